@@ -1,0 +1,1 @@
+"""minilm-jax: tiny masked language models in JAX."""

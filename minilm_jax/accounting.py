@@ -1,0 +1,98 @@
+"""Parameter and FLOPs accounting.
+
+* Parameter counts split into embedding / non-embedding, from the real parameter tree and from the
+  paper's closed form (SPEC A3).
+* Training FLOPs per sequence: the paper's formula (forward x 3, SPEC A5; it omits the
+  attention-times-values and output-projection terms, kept for comparison with the paper) and a
+  complete analytic count of every matmul (attention fully counted, MLM head only at the P masked
+  positions), used for model-FLOPs utilization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from flax import nnx
+
+from minilm_jax.model.config import ModelConfig
+
+EMBEDDING_MODULES = ("word_embeddings", "position_embeddings", "token_type_embeddings",
+                     "embedding_norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    embedding: int
+    non_embedding: int
+
+
+def count_params(model: nnx.Module) -> ParamCounts:
+    """Count the real parameter tree; embedding = word/position/type tables + their LayerNorm."""
+    params = nnx.state(model, nnx.Param)
+    total = embedding = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        size = int(leaf.size)
+        total += size
+        names = {getattr(k, "key", getattr(k, "name", None)) for k in path}
+        if names & set(EMBEDDING_MODULES):
+            embedding += size
+    return ParamCounts(total=total, embedding=embedding, non_embedding=total - embedding)
+
+
+def formula_params(cfg: ModelConfig) -> ParamCounts:
+    """SPEC A3's closed form for the MLM model (RoBERTa layout; conv front end and pooler excluded)."""
+    e, h, i, l, v = cfg.emb_dim, cfg.hidden_dim, cfg.ffn_dim, cfg.num_layers, cfg.vocab_size
+    embedding = e * (v + cfg.num_positions + cfg.type_vocab_size + 2)
+    projection = e * h + 3 * h if cfg.embed_projection else 0
+    layers = l * (4 * h * h + 2 * h * i + 9 * h + i)
+    final_norm = 2 * h if cfg.norm_position == "pre" else 0
+    head = h * h + 3 * h + h * v + v
+    non_embedding = projection + layers + final_norm + head
+    return ParamCounts(total=embedding + non_embedding, embedding=embedding,
+                       non_embedding=non_embedding)
+
+
+def paper_train_flops_per_sequence(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """The paper's training FLOPs per sequence (forward x 3), SPEC A5."""
+    t = seq_len or cfg.max_len
+    e, h, i, l, v, a = (cfg.emb_dim, cfg.hidden_dim, cfg.ffn_dim, cfg.num_layers, cfg.vocab_size,
+                        cfg.num_heads)
+    embeddings = 2 * t * v * e + 2 * t * e * h
+    attention = 6 * t * h * h + 2 * t * t * h + 3 * a * t * t
+    ffn = 4 * t * h * i
+    logits = 2 * t * h * v
+    return 3.0 * (embeddings + l * (attention + ffn) + logits)
+
+
+def forward_flops_per_sequence(cfg: ModelConfig, *, seq_len: int | None = None,
+                               num_predictions: int | None = None, head: str = "mlm",
+                               num_labels: int = 2) -> float:
+    """Complete matmul FLOPs of one forward pass of one sequence (2 per multiply-add).
+
+    Counts the E->H projection, Q/K/V/O projections, scores and probabilities-times-values, the FFN,
+    the conv front end, and the head: MLM at ``num_predictions`` gathered positions (default: all T),
+    or classification (pooler + classifier). Embedding lookups are gathers and count zero.
+    """
+    t = seq_len or cfg.max_len
+    e, h, i, l, v = cfg.emb_dim, cfg.hidden_dim, cfg.ffn_dim, cfg.num_layers, cfg.vocab_size
+    flops = 2 * t * e * h if cfg.embed_projection else 0
+    flops += l * (8 * t * h * h + 4 * t * t * h + 4 * t * h * i)
+    if cfg.conv_layers:
+        c = cfg.conv_channels
+        flops += 2 * t * h * 9 * c + (cfg.conv_layers - 1) * 2 * t * h * 9 * c * c + 2 * t * h * c
+    if head == "mlm":
+        p = t if num_predictions is None else num_predictions
+        flops += 2 * p * h * h + 2 * p * h * v
+    elif head == "classifier":
+        flops += (2 * h * h if cfg.pooler == "cls_tanh" else 2 * t * h) + 2 * h * num_labels
+    else:
+        raise ValueError(f"unknown head {head!r}: 'mlm' or 'classifier'")
+    return float(flops)
+
+
+def train_flops_per_sequence(cfg: ModelConfig, *, seq_len: int | None = None,
+                             num_predictions: int | None = None) -> float:
+    """Complete training FLOPs per sequence: forward + backward (2x forward) = 3x forward."""
+    return 3.0 * forward_flops_per_sequence(cfg, seq_len=seq_len, num_predictions=num_predictions)

@@ -1,0 +1,107 @@
+"""The frozen, typed model configuration that every model module receives."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Mapping
+
+NORM_POSITIONS = ("post", "pre")
+INIT_SCHEMES = ("paper", "bert")
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+POOLERS = ("cls_tanh", "weighted_sum")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A model or run configuration that cannot be honoured, with a message naming the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one encoder. Shapes: E emb_dim, H hidden_dim, I ffn_dim, L num_layers,
+    A num_heads, V vocab_size, T max_len."""
+
+    vocab_size: int = 19010
+    emb_dim: int = 32
+    hidden_dim: int = 32
+    ffn_dim: int = 128
+    num_layers: int = 1
+    num_heads: int = 2
+    arch: str = "roberta"
+    max_len: int = 128
+    position_offset: int = 2  # RoBERTa: real tokens sit at positions 2..T+1 (130 rows for T=128)
+    type_vocab_size: int = 2
+    embed_projection: bool = True  # E->H Linear + LayerNorm (the paper's code has it even when E == H)
+    norm_position: Literal["post", "pre"] = "post"
+    layer_norm_eps: float = 1e-5
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    init: Literal["paper", "bert"] = "paper"
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    attention_impl: str = "einsum"
+    pad_id: int = 1
+    # Study B's convolutional front end (arch "bert_conv"): conv_layers 3x3 convs of conv_channels.
+    conv_layers: int = 0
+    conv_channels: int = 0
+    # Classification head.
+    pooler: str = "cls_tanh"
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, field: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"model.{field}: {msg} (got {getattr(self, field)!r})")
+
+        for field in ("vocab_size", "emb_dim", "hidden_dim", "ffn_dim", "num_layers", "num_heads",
+                      "max_len"):
+            need(isinstance(getattr(self, field), int) and getattr(self, field) > 0, field,
+                 "must be a positive integer")
+        need(isinstance(self.arch, str) and bool(self.arch), "arch", "must name a registered encoder")
+        need(self.norm_position in NORM_POSITIONS, "norm_position", f"must be one of {NORM_POSITIONS}")
+        need(self.init in INIT_SCHEMES, "init", f"must be one of {INIT_SCHEMES}")
+        need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
+             f"must be one of {ATTENTION_IMPLS}")
+        need(self.pooler in POOLERS, "pooler", f"must be one of {POOLERS}")
+        need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
+        need(self.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}")
+        need(self.hidden_dim % self.num_heads == 0, "num_heads",
+             f"must divide hidden_dim={self.hidden_dim}")
+        need(0.0 <= self.hidden_dropout < 1.0, "hidden_dropout", "must be in [0, 1)")
+        need(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "must be in [0, 1)")
+        need(self.position_offset >= 0, "position_offset", "must be >= 0")
+        need(self.embed_projection or self.emb_dim == self.hidden_dim, "embed_projection",
+             f"may be False only when emb_dim == hidden_dim ({self.emb_dim} != {self.hidden_dim})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_dim // self.num_heads
+
+    @property
+    def num_positions(self) -> int:
+        """Rows of the position table (T + offset: 130 for RoBERTa at T=128)."""
+        return self.max_len + self.position_offset
+
+    @property
+    def point(self) -> str:
+        """This size in the point grammar ``E-H-I-L-A-V``."""
+        return (f"E{self.emb_dim}-H{self.hidden_dim}-I{self.ffn_dim}-L{self.num_layers}"
+                f"-A{self.num_heads}-V{self.vocab_size}")
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "ModelConfig":
+        """Build from a plain mapping (e.g. ``config.model.to_dict()``); unknown keys are an error."""
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown model field(s) {unknown}; valid fields: "
+                              f"{', '.join(cls.field_names())}")
+        return cls(**dict(values))

@@ -1,0 +1,115 @@
+"""Encoders: the RoBERTa/BERT-style transformer encoder and study B's convolutional front-end variant.
+
+Every encoder maps ``tokens [B, T]`` (+ ``segment_ids``, ``token_types``) to hidden states ``[B, T, H]``.
+Segment id 0 marks padding; packed documents carry ids 1, 2, ... and never attend to each other.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from minilm_jax.model.config import ConfigError, ModelConfig
+from minilm_jax.model.init import make_initializers
+from minilm_jax.model.layers import (EncoderLayer, attention_mask, dropout, gelu_exact,
+                                     make_layer_norm, make_linear, split_key)
+
+
+class TransformerEncoder(nnx.Module):
+    """Factorized embeddings (width E) -> optional E->H projection + LN -> L transformer layers.
+
+    With ``embed_projection=False`` and E == H this is exactly RoBERTa's / BERT's encoder.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        init = make_initializers(cfg.init)
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.emb_dim, embedding_init=init.embedding,
+                                         param_dtype=pdt, rngs=rngs)
+        self.position_embeddings = nnx.Embed(cfg.num_positions, cfg.emb_dim,
+                                             embedding_init=init.embedding, param_dtype=pdt, rngs=rngs)
+        self.token_type_embeddings = nnx.Embed(cfg.type_vocab_size, cfg.emb_dim,
+                                               embedding_init=init.embedding, param_dtype=pdt, rngs=rngs)
+        self.embedding_norm = make_layer_norm(cfg, cfg.emb_dim, rngs)
+        if cfg.embed_projection:
+            self.projection = make_linear(cfg, init, cfg.emb_dim, cfg.hidden_dim, rngs)
+            self.projection_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
+        self.layers = nnx.List([EncoderLayer(cfg, init, rngs) for _ in range(cfg.num_layers)])
+        if cfg.norm_position == "pre":
+            self.final_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
+
+    def embed(self, tokens_bt: jax.Array, token_types_bt: jax.Array, segment_ids_bt: jax.Array,
+              key: jax.Array | None, train: bool) -> jax.Array:
+        """Word + position + type embeddings -> LN -> dropout -> projection: ``[B, T, H]``."""
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        t = tokens_bt.shape[1]
+        if t > cfg.max_len:
+            raise ValueError(f"sequence length {t} exceeds model.max_len={cfg.max_len}")
+        positions_t = jnp.arange(t) + cfg.position_offset
+        x_bte = (self.word_embeddings(tokens_bt) + self.position_embeddings(positions_t)[None]
+                 + self.token_type_embeddings(token_types_bt))
+        x_bte = dropout(self.embedding_norm(x_bte), cfg.hidden_dropout, key).astype(dtype)
+        if cfg.embed_projection:
+            x_bte = self.projection_norm(self.projection(x_bte)).astype(dtype)
+        return x_bte
+
+    def __call__(self, tokens_bt: jax.Array, segment_ids_bt: jax.Array | None = None,
+                 token_types_bt: jax.Array | None = None, *, dropout_key: jax.Array | None = None,
+                 train: bool = False) -> jax.Array:
+        """Hidden states ``[B, T, H]``. Dropout runs iff ``dropout_key`` is given."""
+        if segment_ids_bt is None:
+            segment_ids_bt = (tokens_bt != self.cfg.pad_id).astype(jnp.int32)
+        if token_types_bt is None:
+            token_types_bt = jnp.zeros_like(tokens_bt)
+        keys = split_key(dropout_key, self.cfg.num_layers + 1)
+        x_bth = self.embed(tokens_bt, token_types_bt, segment_ids_bt, keys[0], train)
+        mask_b1tt = attention_mask(segment_ids_bt)
+        for layer, key in zip(self.layers, keys[1:]):
+            x_bth = layer(x_bth, mask_b1tt, key)
+        if self.cfg.norm_position == "pre":
+            x_bth = self.final_norm(x_bth).astype(x_bth.dtype)
+        return x_bth
+
+
+class ConvFrontEnd(nnx.Module):
+    """Study B's front end: the embedding output ``[B, T, H]`` seen as a 1-channel image, through
+    ``n`` 3x3 convs of C channels (each BatchNorm + GELU), then a 1x1 conv back to one channel."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if cfg.conv_layers <= 0 or cfg.conv_channels <= 0:
+            raise ConfigError(f"arch {cfg.arch!r} needs model.conv_layers > 0 and "
+                              f"model.conv_channels > 0 (got {cfg.conv_layers}, {cfg.conv_channels})")
+        c = cfg.conv_channels
+        dtype = jnp.dtype(cfg.dtype)
+        pdt = jnp.dtype(cfg.param_dtype)
+        ins = [1] + [c] * (cfg.conv_layers - 1)
+        self.convs = nnx.List([nnx.Conv(i, c, (3, 3), padding="SAME", dtype=dtype, param_dtype=pdt,
+                                        rngs=rngs) for i in ins])
+        self.norms = nnx.List([nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=jnp.float32,
+                                             param_dtype=pdt, rngs=rngs) for _ in ins])
+        self.out = nnx.Conv(c, 1, (1, 1), dtype=dtype, param_dtype=pdt, rngs=rngs)
+
+    def __call__(self, x_bth: jax.Array, segment_ids_bt: jax.Array, train: bool) -> jax.Array:
+        real_bt11 = (segment_ids_bt != 0)[:, :, None, None]
+        img_bth1 = x_bth[..., None]
+        for conv, norm in zip(self.convs, self.norms):
+            # Zero padding rows so that extra padding leaves real positions unchanged.
+            img = conv(jnp.where(real_bt11, img_bth1, 0))
+            mask = jnp.broadcast_to(real_bt11, img.shape)
+            img_bth1 = gelu_exact(norm(img, use_running_average=not train, mask=mask)).astype(img.dtype)
+        return self.out(jnp.where(real_bt11, img_bth1, 0))[..., 0]
+
+
+class ConvFrontEncoder(TransformerEncoder):
+    """BERT-style encoder with the convolutional front end between embeddings and layers."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        self.front_end = ConvFrontEnd(cfg, rngs=rngs)
+
+    def embed(self, tokens_bt, token_types_bt, segment_ids_bt, key, train):
+        x_bth = super().embed(tokens_bt, token_types_bt, segment_ids_bt, key, train)
+        return self.front_end(x_bth, segment_ids_bt, train).astype(x_bth.dtype)

@@ -1,0 +1,72 @@
+"""Task heads: MLM at gathered masked positions, sequence classification, regression."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.init import make_initializers
+from minilm_jax.model.layers import dropout, gelu_exact, make_layer_norm, make_linear
+
+
+def gather_positions(hidden_bth: jax.Array, positions_bp: jax.Array) -> jax.Array:
+    """Hidden states at ``positions [B, P]``: ``[B, P, H]``."""
+    return jnp.take_along_axis(hidden_bth, positions_bp[:, :, None], axis=1)
+
+
+class MlmHead(nnx.Module):
+    """Linear(H->H) -> GELU -> LayerNorm -> Linear(H->V) + bias; untied from the input embedding.
+
+    Evaluated only at a static number P of gathered positions per sequence, so the V-wide output
+    layer costs P/T of a full-sequence head.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        init = make_initializers(cfg.init)
+        self.cfg = cfg
+        self.dense = make_linear(cfg, init, cfg.hidden_dim, cfg.hidden_dim, rngs)
+        self.norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
+        self.decoder = make_linear(cfg, init, cfg.hidden_dim, cfg.vocab_size, rngs)
+
+    def __call__(self, hidden_bth: jax.Array, positions_bp: jax.Array) -> jax.Array:
+        x_bph = gather_positions(hidden_bth, positions_bp)
+        x_bph = self.norm(gelu_exact(self.dense(x_bph))).astype(x_bph.dtype)
+        return self.decoder(x_bph)  # [B, P, V]
+
+
+class Pooler(nnx.Module):
+    """Sequence summary ``[B, H]``: first token -> Linear -> tanh (``cls_tanh``), or a learned,
+    padding-masked softmax-weighted sum over positions (``weighted_sum``)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        init = make_initializers(cfg.init)
+        self.kind = cfg.pooler
+        if self.kind == "cls_tanh":
+            self.dense = make_linear(cfg, init, cfg.hidden_dim, cfg.hidden_dim, rngs)
+        else:
+            self.position_logits = nnx.Param(jnp.zeros((cfg.max_len,), jnp.dtype(cfg.param_dtype)))
+
+    def __call__(self, hidden_bth: jax.Array, segment_ids_bt: jax.Array) -> jax.Array:
+        if self.kind == "cls_tanh":
+            return jnp.tanh(self.dense(hidden_bth[:, 0]))
+        t = hidden_bth.shape[1]
+        logits_bt = jnp.where(segment_ids_bt != 0, self.position_logits[...][:t][None], -1e9)
+        weights_bt = jax.nn.softmax(logits_bt.astype(jnp.float32), axis=-1).astype(hidden_bth.dtype)
+        return jnp.einsum("bt,bth->bh", weights_bt, hidden_bth)
+
+
+class ClassificationHead(nnx.Module):
+    """Pooler -> dropout -> Linear(H -> num_labels). ``num_labels == 1`` is regression (STS-B)."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int, *, rngs: nnx.Rngs):
+        init = make_initializers(cfg.init)
+        self.cfg = cfg
+        self.pooler = Pooler(cfg, rngs=rngs)
+        self.classifier = make_linear(cfg, init, cfg.hidden_dim, num_labels, rngs)
+
+    def __call__(self, hidden_bth: jax.Array, segment_ids_bt: jax.Array,
+                 key: jax.Array | None = None) -> jax.Array:
+        pooled_bh = dropout(self.pooler(hidden_bth, segment_ids_bt), self.cfg.hidden_dropout, key)
+        return self.classifier(pooled_bh).astype(jnp.float32)  # [B, num_labels]

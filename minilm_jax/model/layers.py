@@ -1,0 +1,132 @@
+"""Transformer building blocks (Flax NNX): attention, feed-forward, one encoder layer.
+
+Shape letters: B batch, T sequence, H hidden, A heads, D head size (H/A), I FFN size.
+Dropout is functional: each call receives an explicit PRNG key (``None`` = deterministic), so jitted
+training steps stay pure functions of arrays and the model holds no RNG state.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.init import Initializers
+
+NEG_INF = -1e9  # finite, so that fully masked rows (padding queries) stay NaN-free
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when ``key`` is None or ``rate`` is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def split_key(key: jax.Array | None, num: int) -> list[jax.Array | None]:
+    """``num`` independent keys from ``key`` (or ``num`` Nones)."""
+    if key is None:
+        return [None] * num
+    return list(jax.random.split(key, num))
+
+
+def attention_mask(segment_ids: jax.Array) -> jax.Array:
+    """Boolean mask [B, 1, T, T]: query i may attend key j iff both sit in the same non-zero segment.
+
+    Segment 0 is padding; packed documents carry distinct ids 1, 2, ... so they never see each other.
+    """
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
+    real_key = (segment_ids != 0)[:, None, :]  # [B, 1, T]
+    return (same & real_key)[:, None, :, :]
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """GELU with the exact erf form (the paper's and BERT's activation)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def make_linear(cfg: ModelConfig, init: Initializers, d_in: int, d_out: int,
+                rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, kernel_init=init.kernel, bias_init=init.bias,
+                      dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+
+
+def make_layer_norm(cfg: ModelConfig, dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # LayerNorm statistics are computed in float32 even under bf16 compute.
+    return nnx.LayerNorm(dim, epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
+                         param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention with Q/K/V/O projections (all with bias); heads honoured."""
+
+    def __init__(self, cfg: ModelConfig, init: Initializers, rngs: nnx.Rngs):
+        self.cfg = cfg
+        h = cfg.hidden_dim
+        self.query = make_linear(cfg, init, h, h, rngs)
+        self.key = make_linear(cfg, init, h, h, rngs)
+        self.value = make_linear(cfg, init, h, h, rngs)
+        self.output = make_linear(cfg, init, h, h, rngs)
+
+    def __call__(self, x_bth: jax.Array, mask_b1tt: jax.Array,
+                 key: jax.Array | None = None) -> jax.Array:
+        cfg = self.cfg
+        b, t, _ = x_bth.shape
+        heads, head_dim = cfg.num_heads, cfg.head_dim
+        q_btad = self.query(x_bth).reshape(b, t, heads, head_dim)
+        k_btad = self.key(x_bth).reshape(b, t, heads, head_dim)
+        v_btad = self.value(x_bth).reshape(b, t, heads, head_dim)
+        if cfg.attention_impl == "einsum":
+            scores_batt = jnp.einsum("bqad,bkad->baqk", q_btad, k_btad) / jnp.sqrt(
+                jnp.asarray(head_dim, q_btad.dtype))
+            scores_batt = jnp.where(mask_b1tt, scores_batt.astype(jnp.float32), NEG_INF)
+            probs_batt = jax.nn.softmax(scores_batt, axis=-1).astype(v_btad.dtype)
+            probs_batt = dropout(probs_batt, cfg.attention_dropout, key)
+            ctx_btad = jnp.einsum("baqk,bkad->bqad", probs_batt, v_btad)
+        else:
+            if key is not None and cfg.attention_dropout > 0.0:
+                raise ValueError("attention_impl 'xla'/'cudnn' has no attention-probability dropout; "
+                                 "set model.attention_dropout=0 or use attention_impl='einsum'")
+            ctx_btad = jax.nn.dot_product_attention(
+                q_btad, k_btad, v_btad, mask=mask_b1tt,
+                implementation=None if cfg.attention_impl == "xla" else "cudnn")
+        return self.output(ctx_btad.reshape(b, t, heads * head_dim))
+
+
+class FeedForward(nnx.Module):
+    """H -> I -> H with exact GELU."""
+
+    def __init__(self, cfg: ModelConfig, init: Initializers, rngs: nnx.Rngs):
+        self.up = make_linear(cfg, init, cfg.hidden_dim, cfg.ffn_dim, rngs)
+        self.down = make_linear(cfg, init, cfg.ffn_dim, cfg.hidden_dim, rngs)
+
+    def __call__(self, x_bth: jax.Array) -> jax.Array:
+        return self.down(gelu_exact(self.up(x_bth)))
+
+
+class EncoderLayer(nnx.Module):
+    """One transformer layer, post-LN (the paper, BERT) or pre-LN."""
+
+    def __init__(self, cfg: ModelConfig, init: Initializers, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.attention = SelfAttention(cfg, init, rngs)
+        self.attention_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
+        self.ffn = FeedForward(cfg, init, rngs)
+        self.ffn_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
+
+    def __call__(self, x_bth: jax.Array, mask_b1tt: jax.Array,
+                 key: jax.Array | None = None) -> jax.Array:
+        cfg = self.cfg
+        k_probs, k_attn, k_ffn = split_key(key, 3)
+        dtype = x_bth.dtype
+        if cfg.norm_position == "post":
+            attn = dropout(self.attention(x_bth, mask_b1tt, k_probs), cfg.hidden_dropout, k_attn)
+            x_bth = self.attention_norm(x_bth + attn).astype(dtype)
+            ffn = dropout(self.ffn(x_bth), cfg.hidden_dropout, k_ffn)
+            return self.ffn_norm(x_bth + ffn).astype(dtype)
+        attn = self.attention(self.attention_norm(x_bth).astype(dtype), mask_b1tt, k_probs)
+        x_bth = x_bth + dropout(attn, cfg.hidden_dropout, k_attn)
+        ffn = self.ffn(self.ffn_norm(x_bth).astype(dtype))
+        return x_bth + dropout(ffn, cfg.hidden_dropout, k_ffn)

@@ -1,0 +1,64 @@
+"""Full models: encoder + head. Build one from a point with :func:`build_mlm` / :func:`build_classifier`."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.heads import ClassificationHead, MlmHead
+from minilm_jax.model.layers import split_key
+from minilm_jax.model.registry import build_encoder
+
+
+class MaskedLM(nnx.Module):
+    """Encoder + MLM head evaluated at ``masked_positions [B, P]``; returns logits ``[B, P, V]``."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.encoder = build_encoder(cfg, rngs)
+        self.mlm_head = MlmHead(cfg, rngs=rngs)
+
+    def __call__(self, tokens_bt: jax.Array, masked_positions_bp: jax.Array,
+                 segment_ids_bt: jax.Array | None = None, token_types_bt: jax.Array | None = None, *,
+                 dropout_key: jax.Array | None = None, train: bool = False) -> jax.Array:
+        hidden_bth = self.encoder(tokens_bt, segment_ids_bt, token_types_bt,
+                                  dropout_key=dropout_key, train=train)
+        return self.mlm_head(hidden_bth, masked_positions_bp)
+
+    def all_logits(self, tokens_bt: jax.Array, segment_ids_bt: jax.Array | None = None) -> jax.Array:
+        """Deterministic logits at every position ``[B, T, V]`` (inspection, export checks)."""
+        b, t = tokens_bt.shape
+        positions_bt = jnp.broadcast_to(jnp.arange(t), (b, t))
+        return self(tokens_bt, positions_bt, segment_ids_bt)
+
+
+class SequenceClassifier(nnx.Module):
+    """Encoder + pooler + linear head; ``num_labels == 1`` gives a regressor."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.encoder = build_encoder(cfg, rngs)
+        self.head = ClassificationHead(cfg, num_labels, rngs=rngs)
+
+    def __call__(self, tokens_bt: jax.Array, segment_ids_bt: jax.Array | None = None,
+                 token_types_bt: jax.Array | None = None, *, dropout_key: jax.Array | None = None,
+                 train: bool = False) -> jax.Array:
+        if segment_ids_bt is None:
+            segment_ids_bt = (tokens_bt != self.cfg.pad_id).astype(jnp.int32)
+        k_enc, k_head = split_key(dropout_key, 2)
+        hidden_bth = self.encoder(tokens_bt, segment_ids_bt, token_types_bt, dropout_key=k_enc,
+                                  train=train)
+        return self.head(hidden_bth, segment_ids_bt, k_head)  # [B, num_labels]
+
+
+def build_mlm(cfg: ModelConfig, seed: int = 0) -> MaskedLM:
+    """A freshly initialised masked LM."""
+    return MaskedLM(cfg, rngs=nnx.Rngs(params=seed))
+
+
+def build_classifier(cfg: ModelConfig, num_labels: int, seed: int = 0) -> SequenceClassifier:
+    """A freshly initialised classifier (regressor when ``num_labels == 1``)."""
+    return SequenceClassifier(cfg, num_labels, rngs=nnx.Rngs(params=seed))

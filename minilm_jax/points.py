@@ -1,0 +1,43 @@
+"""List the named model points with parameter counts and training FLOPs per sequence.
+
+    python -m minilm_jax.points                # every named point
+    python -m minilm_jax.points E64-H64-I256-L2-A4 bert6
+"""
+
+from __future__ import annotations
+
+import sys
+
+from minilm_jax import accounting
+from minilm_jax.model.config import ConfigError
+from minilm_jax.sizes import NAMED_POINTS, resolve_point
+
+
+def table(points: list[str]) -> str:
+    header = (f"{'point':<24} {'grammar':<32} {'arch':<9} {'params':>12} {'embedding':>11} "
+              f"{'non-emb':>11} {'paper FLOPs/seq':>16} {'complete FLOPs/seq':>19}")
+    rows = [header, "-" * len(header)]
+    for point in points:
+        cfg = resolve_point(point)
+        counts = accounting.formula_params(cfg)
+        paper = accounting.paper_train_flops_per_sequence(cfg)
+        complete = accounting.train_flops_per_sequence(cfg, num_predictions=32)
+        rows.append(f"{point:<24} {cfg.point:<32} {cfg.arch:<9} {counts.total:>12,} "
+                    f"{counts.embedding:>11,} {counts.non_embedding:>11,} {paper:>16.3e} "
+                    f"{complete:>19.3e}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        print(table(argv or list(NAMED_POINTS)))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\nparams: MLM model by SPEC A3's formula (conv front end excluded); complete FLOPs: "
+          "3x forward matmuls with the MLM head at 32 masked positions.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,130 @@
+"""ml-collections run configs and their conversion into frozen, typed objects.
+
+Every number of the recipe is a field; model fields come from the point grammar
+(:mod:`minilm_jax.sizes`) and are checked into a frozen :class:`ModelConfig` before any model code
+sees them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from minilm_jax.model.config import ConfigError, ModelConfig
+from minilm_jax.sizes import point_fields
+
+
+def model_config_dict(point: str) -> ml_collections.ConfigDict:
+    """Every ModelConfig field, with the point's values filled in (so any field can be overridden)."""
+    fields = ModelConfig().to_dict()
+    fields.update(point_fields(point))
+    return ml_collections.ConfigDict(fields)
+
+
+def model_from_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The frozen model config of a run config (validated)."""
+    return ModelConfig.from_mapping(config.model.to_dict())
+
+
+def pretrain_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
+    """SPEC A4's recipe for ``point``; every number is a field."""
+    c = ml_collections.ConfigDict()
+    c.point = point
+    c.model = model_config_dict(point)
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.shards = ""  # token-shard directory (see minilm_jax.data.shards)
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.test_split = "test"
+    c.data.prefetch = 4  # host batches prepared ahead of the device
+    c.data.verify_checksums = False
+
+    c.mlm = ml_collections.ConfigDict()
+    c.mlm.mask_prob = 0.15
+    c.mlm.max_predictions = 32  # static gathered positions per sequence (>= 99.9% of 15% of 128)
+    c.mlm.replacement = "mask"  # "mask": all selected -> <mask> (paper); "bert": 80/10/10
+    c.mlm.mask_id = 4
+    c.mlm.never_mask_ids = (0, 1, 2, 3)  # <s>, <pad>, </s>, <unk>
+    c.mlm.random_token_min_id = 5  # random replacements (bert mode) draw from [min_id, V)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.peak_lr = 5e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.01
+    c.optim.decay_mask = False  # True: no decay on biases and LayerNorm parameters
+    c.optim.schedule = "inverse_sqrt"  # inverse_sqrt (paper) | linear | cosine | constant
+    c.optim.warmup_steps = -1  # -1: min(4000, 5% of total updates) (paper)
+    c.optim.end_lr_fraction = 0.0  # linear/cosine: final lr = peak * this
+    c.optim.clip_norm = 0.0  # global-norm clipping; 0 disables
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 256  # global sequences per optimizer step
+    c.train.num_steps = 35475  # one epoch of the paper's corpus
+    c.train.grad_accum = 1  # micro-batches per optimizer step
+    c.train.steps_per_dispatch = 1  # optimizer steps per compiled call (lax.scan)
+    c.train.log_every = 50
+    c.train.peak_flops = 0.0  # device peak FLOP/s for MFU; 0: measure a matmul at start
+    c.train.progress = True
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 1000
+    c.eval.batch_size = 256
+    c.eval.max_sequences = 0  # 0: the whole split
+    c.eval.seed = 1234  # fixed evaluation masks
+    c.eval.test_at_end = True
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000
+    c.checkpoint.every_minutes = 30.0
+    c.checkpoint.keep = 3
+    c.checkpoint.keep_best = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1: all devices not used by other axes
+    c.mesh.fsdp = 1
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialize = False  # call jax.distributed.initialize (TPU pods, multi-host GPU)
+    c.distributed.coordinator_address = ""
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
+    return c
+
+
+# Fields that may change between a run and its resumption (run control, not the experiment).
+RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.progress", "train.peak_flops",
+                    "eval.every_steps", "eval.test_at_end", "checkpoint.every_steps",
+                    "checkpoint.every_minutes", "checkpoint.keep", "data.prefetch",
+                    "data.verify_checksums", "distributed.initialize",
+                    "distributed.coordinator_address", "distributed.num_processes",
+                    "distributed.process_id", "mesh.data", "mesh.fsdp", "train.steps_per_dispatch")
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` view of a (nested) ConfigDict or dict."""
+    items = config.items() if hasattr(config, "items") else []
+    out: dict[str, Any] = {}
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:
+    """Fields whose values differ between two flattened configs, ignoring run-control fields."""
+    keys = (set(saved) | set(current)) - set(ignore)
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def check_choice(value: Any, field: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{field}: {value!r} is not one of {choices}")

@@ -1,0 +1,56 @@
+"""Deterministic class-balanced sampling and splitting of example lists."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+from .base import Example, TaskDataError
+
+
+def _indices_by_class(examples: Sequence[Example]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        if ex.label is None or isinstance(ex.label, float):
+            raise TaskDataError(f"{ex.uid}: balanced sampling needs integer class labels, "
+                                f"got {ex.label!r}")
+        groups[int(ex.label)].append(i)
+    return dict(groups)
+
+
+def sample_per_class(examples: Sequence[Example], k: int, seed: int,
+                     allow_fewer: bool = False) -> list[Example]:
+    """Draw ``k`` examples of every class, deterministically from ``seed``.
+
+    One ``random.Random(seed)`` draws ``rng.sample(rows_of_class, k)`` for each
+    class in ascending label order; the chosen examples are returned in their
+    original order. A class with fewer than ``k`` examples raises
+    :class:`TaskDataError` unless ``allow_fewer`` (then all of it is kept).
+    """
+    return split_per_class(examples, (k,), seed, allow_fewer)[0]
+
+
+def split_per_class(examples: Sequence[Example], sizes: Sequence[int], seed: int,
+                    allow_fewer: bool = False) -> list[list[Example]]:
+    """Cut every class into disjoint parts of ``sizes`` (e.g. ``(630, 70)``).
+
+    For each class (ascending label) one ``rng.sample`` of ``sum(sizes)`` rows is
+    taken and cut in order; each part keeps the original example order. With
+    ``allow_fewer`` a short class fills the parts in order as far as it goes.
+    """
+    if any(s < 0 for s in sizes):
+        raise ValueError(f"sizes must be non-negative, got {tuple(sizes)}")
+    need = sum(sizes)
+    rng = random.Random(seed)
+    chosen: list[set[int]] = [set() for _ in sizes]
+    for label, rows in sorted(_indices_by_class(examples).items()):
+        if len(rows) < need and not allow_fewer:
+            raise TaskDataError(f"class {label} has {len(rows)} examples, fewer than the "
+                                f"{need} requested (pass allow_fewer=True to keep them all)")
+        picked = rng.sample(rows, min(need, len(rows)))
+        start = 0
+        for part, size in zip(chosen, sizes):
+            part.update(picked[start:start + size])
+            start += size
+    return [[ex for i, ex in enumerate(examples) if i in part] for part in chosen]

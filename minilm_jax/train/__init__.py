@@ -1,0 +1,1 @@
+"""The pre-training engine: batches, device-side masking, sharded steps, checkpoints, metrics."""

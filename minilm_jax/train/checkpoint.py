@@ -1,0 +1,94 @@
+"""Orbax checkpoints: the last K train states (every N steps and every M minutes), the best one by
+validation loss, and fallback to the previous step when the newest is corrupt or partial."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
+
+
+class Checkpoints:
+    """Wraps two ``ocp.CheckpointManager``s: ``<workdir>/checkpoints`` and ``<workdir>/best``."""
+
+    def __init__(self, workdir: str | Path, *, keep: int, every_steps: int, every_minutes: float,
+                 keep_best: bool):
+        root = epath.Path(str(workdir))  # local paths and gs:// alike
+        self.every_steps = max(1, int(every_steps))
+        self.every_seconds = float(every_minutes) * 60.0
+        self._last_save_time = time.monotonic()
+        self.latest = ocp.CheckpointManager(
+            root / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=False))
+        self.best = (ocp.CheckpointManager(
+            root / "best",
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                 enable_async_checkpointing=False))
+            if keep_best else None)
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is a save point by count or by elapsed time."""
+        return (step % self.every_steps == 0
+                or time.monotonic() - self._last_save_time >= self.every_seconds)
+
+    def save(self, step: int, state: Any) -> None:
+        if step in self.latest.all_steps():
+            return
+        self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
+        self.latest.wait_until_finished()
+        self._last_save_time = time.monotonic()
+
+    def save_best(self, step: int, state: Any, metrics: dict[str, float]) -> None:
+        if self.best is None:
+            return
+        for old in self.best.all_steps():
+            self.best.delete(old)
+        self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     metrics=ocp.args.JsonSave(metrics)), force=True)
+        self.best.wait_until_finished()
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any] | None:
+        """Newest restorable (step, state); a corrupt newest checkpoint falls back with a warning."""
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                state = self.latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
+                return step, state
+            except Exception as err:  # corrupt or partial: try the previous one
+                log.warning("checkpoint at step %d is unreadable (%s: %s); falling back to an "
+                            "earlier one", step, type(err).__name__, str(err).splitlines()[0][:200])
+                print(f"warning: checkpoint at step {step} is unreadable "
+                      f"({type(err).__name__}); falling back to an earlier one", flush=True)
+        return None
+
+    def restore_best(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+        if self.best is None or self.best.latest_step() is None:
+            return None
+        step = self.best.latest_step()
+        out = self.best.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), metrics=ocp.args.JsonRestore()))
+        return step, out.state, dict(out.metrics)
+
+    def best_metrics(self) -> dict | None:
+        if self.best is None or self.best.latest_step() is None:
+            return None
+        step = self.best.latest_step()
+        out = self.best.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))
+        return dict(out.metrics)
+
+    def close(self) -> None:
+        self.latest.close()
+        if self.best is not None:
+            self.best.close()
+
+
+def abstract_like(state: Any) -> Any:
+    """ShapeDtypeStructs with shardings, as Orbax restore targets."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

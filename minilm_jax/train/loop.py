@@ -1,0 +1,349 @@
+"""The pre-training loop: shards -> sharded jitted steps -> metrics, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from minilm_jax import accounting
+from minilm_jax.cli import UserError
+from minilm_jax.data.shards import ShardError, ShardSplit, atomic_write_json, open_split, read_manifest
+from minilm_jax.model.models import MaskedLM
+from minilm_jax.run_config import config_differences, flatten, model_from_config
+from minilm_jax.train import batches as batch_lib
+from minilm_jax.train.checkpoint import Checkpoints, abstract_like
+from minilm_jax.train.masking import MaskingConfig
+from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, make_mesh, replicated,
+                                   state_shardings)
+from minilm_jax.train.metrics import MetricsWriter, progress_bar
+from minilm_jax.train.optim import make_optimizer, make_schedule
+from minilm_jax.train.step import make_eval_step, make_train_step
+from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    dist = config.distributed
+    if not dist.initialize:
+        return
+    kwargs: dict[str, Any] = {}
+    if dist.coordinator_address:
+        kwargs = dict(coordinator_address=dist.coordinator_address,
+                      num_processes=dist.num_processes, process_id=dist.process_id)
+    jax.distributed.initialize(**kwargs)
+
+
+def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_len: int,
+                 pad_id: int) -> dict[str, Any]:
+    """The shard manifest, after checking it fits the config (sequence length, tokenizer, pad id)."""
+    if not config.data.shards:
+        raise UserError("config.data.shards is empty: pass --config.data.shards=DIR (a token-shard "
+                        "directory built by `python -m minilm_jax.corpus shards`)")
+    manifest = read_manifest(config.data.shards)
+    if manifest["seq_len"] != model_max_len:
+        raise ShardError(f"shards in {config.data.shards} have seq_len {manifest['seq_len']}, but "
+                         f"model.max_len is {model_max_len}")
+    tok_vocab = int(manifest["tokenizer"]["vocab_size"])
+    if tok_vocab > model_vocab:
+        raise ShardError(f"shards were made with a tokenizer of {tok_vocab} tokens, more than "
+                         f"model.vocab_size={model_vocab}")
+    if manifest["pad_id"] != pad_id:
+        raise ShardError(f"shards use pad id {manifest['pad_id']}, model.pad_id is {pad_id}")
+    expected = config.data.get("tokenizer_sha256", "")
+    if expected and manifest["tokenizer"]["sha256"] != expected:
+        raise ShardError(f"shards were made with tokenizer {manifest['tokenizer']['sha256'][:12]}, "
+                         f"the config expects {expected[:12]}")
+    if config.data.train_split not in manifest["splits"]:
+        raise ShardError(f"no '{config.data.train_split}' split in {config.data.shards} "
+                         f"(has {sorted(manifest['splits'])})")
+    return manifest
+
+
+def check_workdir(workdir: Path, config: ml_collections.ConfigDict, manifest: dict) -> None:
+    """Refuse a workdir that holds a run of a different config or different shards."""
+    saved_path = workdir / "config.json"
+    current = flatten(config)
+    current["data.tokenizer_sha256_seen"] = manifest["tokenizer"]["sha256"]
+    if saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        diffs = config_differences(saved, current)
+        if diffs:
+            details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diffs[:6])
+            raise UserError(f"workdir {workdir} holds a run with a different config ({details}); "
+                            "use a new --workdir")
+    if jax.process_index() == 0:
+        atomic_write_json(saved_path, current)
+
+
+class Pretrainer:
+    """Builds everything for one run; :meth:`run` trains to ``train.num_steps``."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.model_cfg = model_from_config(config)
+        self.manifest = check_shards(config, self.model_cfg.vocab_size, self.model_cfg.max_len,
+                                     self.model_cfg.pad_id)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        check_workdir(self.workdir, config, self.manifest)
+        self.train_split = open_split(config.data.shards, config.data.train_split,
+                                      verify=config.data.verify_checksums)
+        self.eval_split = self._optional_split(config.data.eval_split)
+        self.test_split = self._optional_split(config.data.test_split)
+
+        tc = config.train
+        self.total_steps = int(tc.num_steps)
+        if self.total_steps <= 0:
+            raise UserError(f"train.num_steps must be positive (got {self.total_steps})")
+        if tc.batch_size % tc.grad_accum:
+            raise UserError(f"train.batch_size={tc.batch_size} must be divisible by "
+                            f"train.grad_accum={tc.grad_accum}")
+        self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
+        check_batch_divisible(tc.batch_size // tc.grad_accum, self.mesh,
+                              "train.batch_size / train.grad_accum")
+        check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
+        self.masking = MaskingConfig.from_config(config.mlm, self.model_cfg.vocab_size)
+        self.schedule = make_schedule(config.optim, self.total_steps)
+        self.optimizer = make_optimizer(config.optim, self.total_steps)
+        self._build_state()
+        self.indexer = batch_lib.BatchIndexer(config.seed, self.train_split.num_sequences,
+                                              tc.batch_size)
+        self.flops_paper = accounting.paper_train_flops_per_sequence(self.model_cfg)
+        self.flops_complete = accounting.train_flops_per_sequence(
+            self.model_cfg, num_predictions=config.mlm.max_predictions)
+
+    def _optional_split(self, name: str) -> ShardSplit | None:
+        if name and name in self.manifest["splits"]:
+            return open_split(self.config.data.shards, name, verify=self.config.data.verify_checksums)
+        return None
+
+    def _build_state(self) -> None:
+        cfg, seed = self.model_cfg, self.config.seed
+
+        def init_fn():
+            model = MaskedLM(cfg, rngs=nnx.Rngs(params=seed))
+            _, params, rest = nnx.split(model, nnx.Param, ...)
+            return {"params": params, "rest": rest, "opt_state": self.optimizer.init(params),
+                    "step": jnp.zeros((), jnp.int32)}
+
+        abstract_model = nnx.eval_shape(lambda: MaskedLM(cfg, rngs=nnx.Rngs(params=seed)))
+        self.graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
+        self.param_counts = accounting.count_params(abstract_model)
+        abstract = jax.eval_shape(init_fn)
+        self.state_sharding = state_shardings(self.mesh, abstract)
+        self.state = jax.jit(init_fn, out_shardings=self.state_sharding)()
+        train_step = make_train_step(self.graphdef, self.optimizer, self.schedule, self.masking,
+                                     self.config.seed)
+        self.batch_sharding = batch_sharding(self.mesh, batch_axis=2, ndim=4)
+        self.train_step = jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
+                                  out_shardings=(self.state_sharding, replicated(self.mesh)),
+                                  donate_argnums=0)
+        eval_step = make_eval_step(self.graphdef, self.masking, self.config.eval.seed)
+        row = batch_sharding(self.mesh, batch_axis=0, ndim=2)
+        vec = batch_sharding(self.mesh, batch_axis=0, ndim=1)
+        self.eval_step = jax.jit(
+            eval_step,
+            in_shardings=(self.state_sharding["params"], self.state_sharding["rest"], row, row, vec,
+                          None),
+            out_shardings=replicated(self.mesh))
+
+    # ----------------------------------------------------------------------------------------
+    def evaluate(self, split: ShardSplit, params=None, rest=None) -> dict[str, float]:
+        """Masked-LM loss and perplexity over every sequence of ``split`` exactly once."""
+        params = self.state["params"] if params is None else params
+        rest = self.state["rest"] if rest is None else rest
+        bs = self.config.eval.batch_size
+        n = split.num_sequences
+        if self.config.eval.max_sequences:
+            n = min(n, int(self.config.eval.max_sequences))
+        pad_id = self.model_cfg.pad_id
+        loss_sum, count = 0.0, 0.0
+        row_sharding = batch_sharding(self.mesh, batch_axis=0, ndim=2)
+        vec_sharding = batch_sharding(self.mesh, batch_axis=0, ndim=1)
+        for index, start in enumerate(range(0, n, bs)):
+            rows = np.arange(start, min(start + bs, n))
+            data = batch_lib.load_rows(split, rows, pad_id)
+            valid = np.zeros(bs, np.float32)
+            valid[:len(rows)] = 1.0
+            if len(rows) < bs:  # pad the last batch; padded rows are masked out
+                fill = bs - len(rows)
+                data = {k: np.concatenate([v, np.repeat(v[:1], fill, axis=0)]) for k, v in data.items()}
+            tokens = batch_lib.to_global({"x": batch_lib.host_rows(data["tokens"])}, row_sharding)["x"]
+            segs = batch_lib.to_global({"x": batch_lib.host_rows(data["segments"])}, row_sharding)["x"]
+            valid_arr = batch_lib.to_global({"x": batch_lib.host_rows(valid)}, vec_sharding)["x"]
+            s, c = self.eval_step(params, rest, tokens, segs, valid_arr, index)
+            loss_sum += float(s)
+            count += float(c)
+        loss = loss_sum / max(count, 1.0)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "predictions": count,
+                "sequences": float(n)}
+
+    def _host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
+        return batch_lib.train_batch(self.train_split, self.indexer, step, self.model_cfg.pad_id,
+                                     steps=steps, micro=self.config.train.grad_accum)
+
+    def _dispatch_plan(self, start: int) -> list[tuple[int, int]]:
+        k = max(1, int(self.config.train.steps_per_dispatch))
+        plan, step = [], start
+        while step < self.total_steps:
+            n = min(k, self.total_steps - step)
+            plan.append((step, n))
+            step += n
+        return plan
+
+    # ----------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        config, tc = self.config, self.config.train
+        ckpts = Checkpoints(self.workdir, keep=config.checkpoint.keep,
+                            every_steps=config.checkpoint.every_steps,
+                            every_minutes=config.checkpoint.every_minutes,
+                            keep_best=config.checkpoint.keep_best)
+        writer = MetricsWriter(self.workdir)
+        restored = ckpts.restore_latest(abstract_like(self.state))
+        start = 0
+        if restored is not None:
+            start, self.state = restored
+            start = int(start)
+            print(f"resumed from checkpoint at step {start}", flush=True)
+        best = ckpts.best_metrics() or {}
+        best_loss = best.get("loss", float("inf"))
+        peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
+        stop = {"signal": None}
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("signal", "SIGTERM"))
+        t0 = time.time()
+        plan = self._dispatch_plan(start)
+        size_of = dict(plan)
+        prefetch = batch_lib.Prefetcher(lambda s: self._host_batch(s, size_of[s]),
+                                        iter([s for s, _ in plan]), config.data.prefetch)
+        bar = progress_bar(self.total_steps, start, tc.progress, "pretrain")
+        pending: tuple[int, int, Any] | None = None  # (first step, count, device metrics)
+        window = {"time": time.perf_counter(), "tokens": 0.0, "seqs": 0, "compiled": False}
+        step = start
+        status = "completed"
+
+        def drain() -> None:
+            """Read the previous dispatch's metrics (one step late) and log them."""
+            nonlocal pending
+            if pending is None:
+                return
+            first, count, metrics = pending
+            pending = None
+            host = jax.device_get(metrics)
+            losses = np.asarray(host["loss"])
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if bad.size:
+                raise TrainingDiverged(f"non-finite training loss ({losses[bad[0]]}) at step "
+                                       f"{first + int(bad[0]) + 1}; the last good checkpoint is kept "
+                                       f"in {self.workdir / 'checkpoints'}")
+            window["tokens"] += float(np.sum(host["tokens"]))
+            window["seqs"] += count * tc.batch_size
+            last = first + count
+            if last // tc.log_every > (first) // tc.log_every or last == self.total_steps:
+                now = time.perf_counter()
+                elapsed = max(now - window["time"], 1e-9)
+                seqs_s = window["seqs"] / elapsed
+                values = {
+                    "loss": float(losses[-1]), "perplexity": math.exp(min(float(losses[-1]), 50.0)),
+                    "lr": float(np.asarray(host["lr"])[-1]),
+                    "grad_norm": float(np.asarray(host["grad_norm"])[-1]),
+                    "tokens_seen": float(last * tc.batch_size * self.model_cfg.max_len),
+                    "flops_paper": last * tc.batch_size * self.flops_paper,
+                    "flops_complete": last * tc.batch_size * self.flops_complete,
+                    "tokens_per_sec": window["tokens"] / elapsed,
+                    "sequences_per_sec": seqs_s,
+                    "mfu": seqs_s * self.flops_complete / peak,
+                    "host_wait_sec": prefetch.wait_seconds,
+                }
+                if window["compiled"]:  # the first window includes compilation: no speed figures
+                    writer.write(last, "train", values)
+                else:
+                    writer.write(last, "train", {k: v for k, v in values.items()
+                                                 if k not in ("tokens_per_sec", "sequences_per_sec",
+                                                              "mfu")})
+                window.update(time=now, tokens=0.0, seqs=0, compiled=True)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}")
+
+        try:
+            for first, host_batch in prefetch:
+                count = size_of[first]
+                batch = batch_lib.to_global(host_batch, self.batch_sharding)
+                self.state, metrics = self.train_step(self.state, batch)
+                drain()  # the previous dispatch's metrics: the host never blocks the device
+                pending = (first, count, metrics)
+                prev, step = first, first + count
+                bar.update(count)
+                evaluate_now = (self.eval_split is not None and
+                                step // config.eval.every_steps > prev // config.eval.every_steps)
+                save_now = ckpts.due(step) or step == self.total_steps or stop["signal"]
+                if evaluate_now or save_now:
+                    drain()
+                if evaluate_now:
+                    result = self.evaluate(self.eval_split)
+                    writer.write(step, "validation", result)
+                    if result["loss"] < best_loss:
+                        best_loss = result["loss"]
+                        ckpts.save_best(step, self.state, {**result, "step": step})
+                if save_now:
+                    ckpts.save(step, self.state)
+                if evaluate_now or save_now:  # keep evaluation and saving out of the speed figures
+                    window["time"] = time.perf_counter()
+                if stop["signal"]:
+                    status = "preempted"
+                    print(f"received {stop['signal']}: saved checkpoint at step {step}; exiting",
+                          flush=True)
+                    break
+            drain()
+        finally:
+            prefetch.close()
+            bar.close()
+            signal.signal(signal.SIGTERM, previous)
+            writer.flush()
+
+        summary = self._summary(status, step, time.time() - t0, ckpts, writer)
+        writer.close()
+        ckpts.close()
+        return summary
+
+    def _summary(self, status: str, step: int, wall: float, ckpts: Checkpoints,
+                 writer: MetricsWriter) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "status": status, "step": step, "wall_seconds_this_session": wall,
+            "point": self.model_cfg.point, "model": self.model_cfg.to_dict(),
+            "params": dataclasses.asdict(self.param_counts),
+            "flops_per_sequence": {"paper": self.flops_paper, "complete": self.flops_complete},
+            "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                         "flax": __import__("flax").__version__,
+                         "optax": __import__("optax").__version__,
+                         "orbax": __import__("orbax.checkpoint").checkpoint.__version__},
+            "devices": [str(d) for d in jax.devices()][:8], "num_devices": jax.device_count(),
+            "shards": self.manifest["tokenizer"],
+        }
+        best = ckpts.restore_best(abstract_like(self.state)) if status == "completed" else None
+        if best is not None:
+            best_step, best_state, best_metrics = best
+            summary["best"] = {"step": int(best_step), "validation_loss": best_metrics["loss"],
+                               "validation_perplexity": best_metrics["perplexity"]}
+            if self.config.eval.test_at_end and self.test_split is not None:
+                test = self.evaluate(self.test_split, best_state["params"], best_state["rest"])
+                writer.write(int(best_step), "test", test)
+                summary["best"]["test_loss"] = test["loss"]
+                summary["best"]["test_perplexity"] = test["perplexity"]
+        summary["device_memory"] = device_memory_stats()
+        if jax.process_index() == 0:
+            atomic_write_json(self.workdir / "summary.json", summary)
+        return summary

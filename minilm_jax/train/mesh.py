@@ -1,0 +1,63 @@
+"""Device mesh and shardings: a ``data`` axis (data parallel) and an ``fsdp`` axis (parameters and
+optimizer state sharded, batch split over both axes)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from minilm_jax.model.config import ConfigError
+
+AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
+    """A ``(data, fsdp)`` mesh over ``devices`` (all devices by default); ``data=-1`` takes the rest."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    if fsdp < 1 or n % fsdp:
+        raise ConfigError(f"mesh.fsdp={fsdp} must divide the device count {n}")
+    if data == -1:
+        data = n // fsdp
+    if data < 1 or data * fsdp > n:
+        raise ConfigError(f"mesh.data x mesh.fsdp = {data} x {fsdp} needs more than the {n} devices")
+    return Mesh(np.asarray(devices[:data * fsdp]).reshape(data, fsdp), AXES)
+
+
+def param_spec(shape: tuple[int, ...], fsdp: int) -> P:
+    """Shard the largest dimension divisible by the fsdp size; replicate small or indivisible leaves."""
+    if fsdp == 1 or not shape:
+        return P()
+    dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+    for d in dims:
+        if shape[d] % fsdp == 0 and shape[d] >= fsdp:
+            spec = [None] * len(shape)
+            spec[d] = "fsdp"
+            return P(*spec)
+    return P()
+
+
+def state_shardings(mesh: Mesh, abstract_state):
+    """NamedShardings for a pytree of arrays/ShapeDtypeStructs, following :func:`param_spec`."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(tuple(x.shape), fsdp)),
+                        abstract_state)
+
+
+def batch_sharding(mesh: Mesh, batch_axis: int, ndim: int) -> NamedSharding:
+    """Shard axis ``batch_axis`` of an ``ndim`` array over both mesh axes."""
+    spec = [None] * ndim
+    spec[batch_axis] = BATCH_AXES
+    return NamedSharding(mesh, P(*spec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:
+    n = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % n:
+        raise ConfigError(f"{what}={batch_size} must be divisible by the {n} devices of the mesh")

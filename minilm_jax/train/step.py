@@ -1,0 +1,96 @@
+"""Pure, jitted train and eval steps for the masked LM.
+
+The model is split once into a static ``graphdef`` and array state; the steps are functions of
+arrays only: ``state = {"params", "rest", "opt_state", "step"}``. Masking and dropout keys derive
+from ``(seed, step)``, so results do not depend on how the batch is sharded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from minilm_jax.train.masking import MaskingConfig, mask_tokens
+
+TrainState = dict[str, Any]
+
+
+def masked_nll(logits_bpv: jax.Array, targets_bp: jax.Array, weights_bp: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+    """(sum of cross-entropy over selected positions, number of selected positions)."""
+    logp_bpv = jax.nn.log_softmax(logits_bpv.astype(jnp.float32), axis=-1)
+    nll_bp = -jnp.take_along_axis(logp_bpv, targets_bp[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll_bp * weights_bp), jnp.sum(weights_bp)
+
+
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, masking: MaskingConfig, seed: int
+                    ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
+    """``step_fn(state, batch)`` with batch arrays ``[K, M, b, T]``: K optimizer updates per call
+    (``lax.scan``), each accumulating gradients over M micro-batches."""
+    base_key = jax.random.key(seed)
+
+    def micro_loss(params, rest, tokens_bt, segments_bt, key):
+        k_mask, k_drop = jax.random.split(key)
+        mb = mask_tokens(k_mask, tokens_bt, segments_bt, masking)
+        model = nnx.merge(graphdef, params, rest)
+        logits = model(mb.inputs_bt, mb.positions_bp, segments_bt, dropout_key=k_drop, train=True)
+        loss_sum, count = masked_nll(logits, mb.targets_bp, mb.weights_bp)
+        new_rest = nnx.state(model, nnx.Not(nnx.Param))
+        return loss_sum, (count, new_rest)
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def one_update(state: TrainState, batch: dict[str, jax.Array]):
+        step_key = jax.random.fold_in(base_key, state["step"])
+        params = state["params"]
+
+        def accumulate(carry, xs):
+            grads_acc, loss_acc, count_acc, rest = carry
+            tokens, segments, index = xs
+            (loss_sum, (count, rest)), grads = grad_fn(params, rest, tokens, segments,
+                                                       jax.random.fold_in(step_key, index))
+            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+            return (grads_acc, loss_acc + loss_sum, count_acc + count, rest), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        micro = batch["tokens"].shape[0]
+        (grads, loss_sum, count, rest), _ = jax.lax.scan(
+            accumulate, (zeros, jnp.zeros(()), jnp.zeros(()), state["rest"]),
+            (batch["tokens"], batch["segments"], jnp.arange(micro)))
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        new_state = {"params": optax.apply_updates(params, updates), "rest": rest,
+                     "opt_state": opt_state, "step": state["step"] + 1}
+        metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads),
+                   "lr": schedule(state["step"]), "predictions": count,
+                   "tokens": jnp.sum(batch["segments"] != 0)}
+        return new_state, metrics
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        return jax.lax.scan(one_update, state, batch)
+
+    return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, masking: MaskingConfig, eval_seed: int
+                   ) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``eval_fn(params, rest, tokens, segments, valid, batch_index) -> (loss_sum, count)``.
+
+    Masks depend only on (eval_seed, batch_index): every checkpoint is scored on the same masks.
+    Rows with ``valid == 0`` (padding of the last batch) contribute nothing.
+    """
+    base_key = jax.random.key(eval_seed)
+
+    def eval_step(params, rest, tokens_bt, segments_bt, valid_b, batch_index):
+        mb = mask_tokens(jax.random.fold_in(base_key, batch_index), tokens_bt, segments_bt, masking)
+        model = nnx.merge(graphdef, params, rest)
+        logits = model(mb.inputs_bt, mb.positions_bp, segments_bt)
+        return masked_nll(logits, mb.targets_bp, mb.weights_bp * valid_b[:, None])
+
+    return eval_step

@@ -1,0 +1,37 @@
+"""minilm-jax: research on tiny masked language models in pure JAX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="minilm-jax",
+    version="0.1.0",
+    description="Tiny masked language models (1M-100M parameters) in JAX/Flax: reduced-vocabulary "
+                "pre-training, GLUE, scaling laws, soft committees.",
+    packages=find_packages(include=["minilm_jax", "minilm_jax.*"]),
+    package_data={"minilm_jax": ["corpus/*.tsv"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.7,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "ml-collections>=1.0,<2",
+        "chex>=0.1.90,<0.2",
+        "absl-py>=2.0,<3",
+        "numpy>=1.26,<3",
+        "sentencepiece>=0.2,<0.3",
+        "tensorboardX>=2.6,<3",
+        "tqdm>=4.66,<5",
+        "matplotlib>=3.8,<4",
+        "scipy>=1.11,<2",
+        "etils[epath]>=1.7",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "scikit-learn>=1.4,<2"],
+        # Hugging Face interop (export/import of RobertaForMaskedLM; side-by-side benchmark).
+        "interop": ["torch>=2.4", "transformers>=4.46,<6", "safetensors>=0.4,<1"],
+        # TFDS text sources (no TensorFlow needed for array_record data sources).
+        "tfds": ["tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6", "grain>=0.2.10,<0.3"],
+    },
+    entry_points={"console_scripts": ["minilm-pretrain=minilm_jax.pretrain:_entry"]},
+)

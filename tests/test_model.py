@@ -1,0 +1,209 @@
+"""Model behaviour: shapes, dtypes, jit equality, padding invariance, segment isolation, heads, init."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from minilm_jax.model import build_classifier, build_mlm
+from minilm_jax.model.config import ConfigError
+from minilm_jax.model.models import MaskedLM
+from minilm_jax.model.registry import build_encoder
+from minilm_jax.sizes import resolve_point
+
+SMALL = "E24-H32-I64-L2-A4-V300"
+
+
+def tokens(b=2, t=16, seed=0, vocab=300, pad_from=None):
+    x = np.random.default_rng(seed).integers(5, vocab, size=(b, t)).astype(np.int32)
+    if pad_from is not None:
+        x[:, pad_from:] = 1
+    return jnp.asarray(x)
+
+
+@pytest.mark.parametrize("point,pre", [(SMALL, False), (SMALL, True), ("E32-H32-I64-L1-A2-V300", False)])
+def test_mlm_shapes_and_dtypes(point, pre):
+    cfg = resolve_point(point, norm_position="pre" if pre else "post")
+    model = build_mlm(cfg)
+    x = tokens()
+    logits = model(x, jnp.zeros((2, 5), jnp.int32))
+    chex.assert_shape(logits, (2, 5, 300))
+    chex.assert_type(logits, jnp.float32)
+    chex.assert_tree_all_finite(logits)
+
+
+def test_bf16_compute_keeps_f32_params():
+    cfg = resolve_point(SMALL, dtype="bfloat16")
+    model = build_mlm(cfg)
+    logits = model(tokens(), jnp.zeros((2, 5), jnp.int32))
+    assert logits.dtype == jnp.bfloat16
+    for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
+        assert leaf.dtype == jnp.float32
+    ref = build_mlm(resolve_point(SMALL))(tokens(), jnp.zeros((2, 5), jnp.int32))
+    np.testing.assert_allclose(np.asarray(logits, np.float32), ref, atol=0.1)
+
+
+class TestJitVariants(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_and_no_jit_agree(self):
+        model = build_mlm(resolve_point(SMALL))
+        graphdef, state = nnx.split(model)
+
+        def forward(state, x, pos, key):
+            return nnx.merge(graphdef, state)(x, pos, dropout_key=key, train=True)
+
+        x, pos = tokens(), jnp.array([[1, 2, 3], [0, 4, 5]], jnp.int32)
+        out = self.variant(forward)(state, x, pos, jax.random.key(3))
+        ref = forward(state, x, pos, jax.random.key(3))
+        np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_only_with_key():
+    model = build_mlm(resolve_point(SMALL))
+    x, pos = tokens(), jnp.zeros((2, 4), jnp.int32)
+    a, b = model(x, pos), model(x, pos)
+    np.testing.assert_array_equal(a, b)
+    c = model(x, pos, dropout_key=jax.random.key(0), train=True)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("impl", ["einsum", "xla"])
+@pytest.mark.parametrize("point", [SMALL, "bert1-a8-conv2x32"])
+def test_padding_invariance(point, impl):
+    """Extra padding leaves the real tokens' outputs unchanged."""
+    overrides = dict(attention_impl=impl)
+    if point.startswith("bert"):
+        overrides.update(hidden_dim=64, emb_dim=64, ffn_dim=128, num_heads=1, vocab_size=300)
+    cfg = resolve_point(point, **overrides)
+    encoder = build_encoder(cfg, nnx.Rngs(params=0))
+    pad = cfg.pad_id
+    short = np.asarray(tokens(t=10, vocab=300))
+    long = np.concatenate([short, np.full((2, 6), pad, np.int32)], axis=1)
+    out_short = encoder(jnp.asarray(short))
+    out_long = encoder(jnp.asarray(long))
+    np.testing.assert_allclose(out_long[:, :10], out_short, atol=2e-5)
+
+
+def test_packed_segments_do_not_interact():
+    """Gradient of one packed document's outputs w.r.t. another document's tokens is exactly zero."""
+    cfg = resolve_point(SMALL)
+    encoder = build_encoder(cfg, nnx.Rngs(params=0))
+    graphdef, state = nnx.split(encoder)
+    x = jnp.arange(10, 22, dtype=jnp.int32)[None]  # distinct ids: table rows map to positions
+    segments = jnp.array([[1] * 5 + [2] * 4 + [0] * 3], jnp.int32)
+
+    def doc1_output(state):
+        return jnp.sum(nnx.merge(graphdef, state)(x, segments)[0, :5] ** 2)
+
+    grads = jax.grad(doc1_output)(state)
+    word = np.asarray(grads["word_embeddings"]["embedding"][...])
+    position = np.asarray(grads["position_embeddings"]["embedding"][...])
+    assert np.abs(word[15:19]).max() == 0.0  # doc 2's tokens
+    assert np.abs(position[cfg.position_offset + 5:cfg.position_offset + 9]).max() == 0.0
+    assert np.abs(word[10:15]).min() > 0.0  # doc 1's own tokens do matter
+
+
+def test_segment_isolation_by_perturbation():
+    """Changing document 2's tokens leaves document 1's hidden states bit-identical."""
+    cfg = resolve_point(SMALL)
+    encoder = build_encoder(cfg, nnx.Rngs(params=0))
+    x = np.asarray(tokens(b=1, t=12))
+    seg = jnp.array([[1] * 6 + [2] * 6], jnp.int32)
+    y = x.copy()
+    y[0, 6:] = (y[0, 6:] + 7) % 290 + 5
+    a, b = encoder(jnp.asarray(x), seg), encoder(jnp.asarray(y), seg)
+    np.testing.assert_array_equal(a[0, :6], b[0, :6])
+    assert not np.allclose(a[0, 6:], b[0, 6:])
+
+
+def test_mlm_head_gathers_positions():
+    model = build_mlm(resolve_point(SMALL))
+    x = tokens()
+    full = model.all_logits(x)
+    pos = jnp.array([[3, 0, 7], [15, 2, 2]], jnp.int32)
+    gathered = model(x, pos)
+    np.testing.assert_allclose(gathered, jnp.take_along_axis(full, pos[:, :, None], axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("pooler", ["cls_tanh", "weighted_sum"])
+@pytest.mark.parametrize("labels", [1, 3])
+def test_classifier_and_regressor_heads(pooler, labels):
+    model = build_classifier(resolve_point(SMALL, pooler=pooler), labels)
+    out = model(tokens(pad_from=12), dropout_key=jax.random.key(1), train=True)
+    chex.assert_shape(out, (2, labels))
+    chex.assert_tree_all_finite(out)
+    # Padding invariance of the pooled prediction, deterministic mode.
+    a = model(tokens(t=12))
+    b = model(jnp.concatenate([tokens(t=12), jnp.ones((2, 4), jnp.int32)], axis=1))
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_paper_init_statistics():
+    cfg = resolve_point("E128-H256-I1024-L1-A4-V2000")
+    model = build_mlm(cfg, seed=1)
+    w = np.asarray(model.encoder.layers[0].ffn.up.kernel[...])  # [256, 1024]
+    expected = np.sqrt(2.0 / (256 + 1024))
+    assert abs(w.std() / expected - 1) < 0.02
+    assert np.abs(w).max() > 2.5 * expected  # untruncated normal has tails beyond 2 sigma
+    emb = np.asarray(model.encoder.word_embeddings.embedding[...])  # [2000, 128]
+    assert abs(emb.std() / np.sqrt(2.0 / (2000 + 128)) - 1) < 0.02
+    np.testing.assert_allclose(np.asarray(model.encoder.layers[0].ffn.up.bias[...]), 0.01, rtol=1e-7)
+    ln = model.encoder.layers[0].attention_norm
+    np.testing.assert_array_equal(np.asarray(ln.scale[...]), 1.0)
+    np.testing.assert_array_equal(np.asarray(ln.bias[...]), 0.0)
+
+
+def test_bert_init_statistics():
+    model = build_mlm(resolve_point("E128-H256-I1024-L1-A4-V2000", init="bert"), seed=1)
+    w = np.asarray(model.encoder.layers[0].ffn.up.kernel[...])
+    assert abs(w.std() / 0.02 - 1) < 0.02
+    np.testing.assert_array_equal(np.asarray(model.encoder.layers[0].ffn.up.bias[...]), 0.0)
+
+
+def test_conv_front_end_batchnorm_train_and_eval():
+    cfg = resolve_point("bert1-a8-conv2x32", hidden_dim=64, emb_dim=64, ffn_dim=128, num_heads=1,
+                        vocab_size=300)
+    model = build_classifier(cfg, 4)
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    mean0 = jax.tree.leaves(stats)[0].copy()
+    x = tokens(b=4, t=16, pad_from=12)
+    model(x, train=True)  # train mode: batch statistics, running averages move
+    _, _, stats_after = nnx.split(model, nnx.Param, nnx.BatchStat)
+    assert not np.allclose(jax.tree.leaves(stats_after)[0], mean0)
+    # Eval mode uses running averages: outputs per example do not depend on the rest of the batch.
+    a = model(x[:1])
+    b = model(x)[:1]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    _, _, stats_eval = nnx.split(model, nnx.Param, nnx.BatchStat)
+    for u, v in zip(jax.tree.leaves(stats_after), jax.tree.leaves(stats_eval)):
+        np.testing.assert_array_equal(u, v)  # eval does not update statistics
+    # Train mode: an example's output depends on the batch (batch statistics).
+    assert not np.allclose(model(x[:2], train=True)[:1], model(x, train=True)[:1], atol=1e-6)
+
+
+def test_conv_arch_requires_conv_fields():
+    with pytest.raises(ConfigError, match="conv_layers"):
+        build_mlm(resolve_point("bert1-a8", arch="bert_conv"))
+
+
+def test_unknown_arch_lists_registered():
+    with pytest.raises(ConfigError, match=r"unknown encoder 'nope'; registered: \['bert', 'bert_conv', 'roberta'"):
+        MaskedLM(resolve_point(SMALL, arch="nope"), rngs=nnx.Rngs(0))
+
+
+def test_heads_are_honoured():
+    """A=1 and A=4 give different functions of the same weights (no silent fixed head count)."""
+    m1 = build_mlm(resolve_point("E24-H32-I64-L1-A1-V300"))
+    m4 = build_mlm(resolve_point("E24-H32-I64-L1-A4-V300"))
+    nnx.update(m4, nnx.state(m1))
+    x, pos = tokens(), jnp.zeros((2, 3), jnp.int32)
+    assert not np.allclose(m1(x, pos), m4(x, pos), atol=1e-4)
+
+
+def test_attention_implementations_agree():
+    a = build_mlm(resolve_point(SMALL))
+    b = build_mlm(resolve_point(SMALL, attention_impl="xla"))
+    x = tokens(pad_from=12)
+    np.testing.assert_allclose(a.all_logits(x)[:, :12], b.all_logits(x)[:, :12], atol=2e-5)

@@ -28,8 +28,7 @@ def main(argv: list[str]) -> None:
         raise UserError("both --config=configs/pretrain.py:<point> and --workdir=DIR are required")
     maybe_initialize_distributed(_CONFIG.value)
     summary = Pretrainer(_CONFIG.value, _WORKDIR.value).run()
-    brief = {k: summary[k] for k in ("status", "step", "point") if k in summary}
-    brief.update(summary.get("best", {}))
+    brief = {k: summary[k] for k in ("status", "step", "point", "best") if k in summary}
     print(json.dumps(brief, indent=2))
 
 

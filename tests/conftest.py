@@ -23,3 +23,37 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared_data():
     return shared_path
+
+
+def build_word_shards(out_dir: Path, *, vocab_size: int = 500, seq_len: int = 64,
+                      splits=(("train", 600), ("validation", 100), ("test", 100))) -> Path:
+    """Token shards from real text (WikiText-2 validation): a word-level tokenizer fit in the test
+    (the ``vocab_size - 5`` most frequent words; rarer words -> <unk>=3), RoBERTa specials."""
+    import collections
+
+    import numpy as np
+
+    from minilm_jax.data.shards import TokenizerInfo, write_shards
+
+    text = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
+    lines = [line.split() for line in text.splitlines() if len(line.split()) >= 12]
+    counts = collections.Counter(w for line in lines for w in line)
+    ids = {w: i + 5 for i, (w, _) in enumerate(counts.most_common(vocab_size - 5))}
+    rows = []
+    for line in lines:
+        body = [ids.get(w, 3) for w in line][: seq_len - 2]
+        row = [0] + body + [2]
+        rows.append(row + [1] * (seq_len - len(row)))
+    array = np.asarray(rows, np.int32)
+    out, start = {}, 0
+    for name, n in splits:
+        out[name] = array[start:start + n]
+        start += n
+    write_shards(out_dir, out, pad_id=1, tokenizer=TokenizerInfo(sha256="word-level-test",
+                                                                  vocab_size=vocab_size))
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def word_shards(tmp_path_factory):
+    return build_word_shards(tmp_path_factory.mktemp("shards"))

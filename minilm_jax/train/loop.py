@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import platform
@@ -31,6 +32,14 @@ from minilm_jax.train.metrics import MetricsWriter, progress_bar
 from minilm_jax.train.optim import make_optimizer, make_schedule
 from minilm_jax.train.step import make_eval_step, make_train_step
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
+
+
+def params_digest(params) -> str:
+    """sha256 over every parameter's bytes, in tree order (exact-reproducibility checks)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(params)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
 
 
 class TrainingDiverged(UserError):
@@ -343,6 +352,7 @@ class Pretrainer:
                 writer.write(int(best_step), "test", test)
                 summary["best"]["test_loss"] = test["loss"]
                 summary["best"]["test_perplexity"] = test["perplexity"]
+        summary["final_params_sha256"] = params_digest(self.state["params"])
         summary["device_memory"] = device_memory_stats()
         if jax.process_index() == 0:
             atomic_write_json(self.workdir / "summary.json", summary)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from minilm_jax.train.masking import MaskingConfig, mask_tokens
+from minilm_jax.train.masking import MaskedBatch, MaskingConfig, mask_tokens
 
 TrainState = dict[str, Any]
 
@@ -34,11 +34,9 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     (``lax.scan``), each accumulating gradients over M micro-batches."""
     base_key = jax.random.key(seed)
 
-    def micro_loss(params, rest, tokens_bt, segments_bt, key):
-        k_mask, k_drop = jax.random.split(key)
-        mb = mask_tokens(k_mask, tokens_bt, segments_bt, masking)
+    def micro_loss(params, rest, mb: MaskedBatch, segments_bt, key):
         model = nnx.merge(graphdef, params, rest)
-        logits = model(mb.inputs_bt, mb.positions_bp, segments_bt, dropout_key=k_drop, train=True)
+        logits = model(mb.inputs_bt, mb.positions_bp, segments_bt, dropout_key=key, train=True)
         loss_sum, count = masked_nll(logits, mb.targets_bp, mb.weights_bp)
         new_rest = nnx.state(model, nnx.Not(nnx.Param))
         return loss_sum, (count, new_rest)
@@ -46,22 +44,26 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
     def one_update(state: TrainState, batch: dict[str, jax.Array]):
-        step_key = jax.random.fold_in(base_key, state["step"])
+        k_mask, k_drop = jax.random.split(jax.random.fold_in(base_key, state["step"]))
         params = state["params"]
+        micro, b, t = batch["tokens"].shape
+        # Masks are drawn for the whole global batch at once: identical for any micro-batching.
+        masked = mask_tokens(k_mask, batch["tokens"].reshape(micro * b, t),
+                             batch["segments"].reshape(micro * b, t), masking)
+        masked = jax.tree.map(lambda x: x.reshape(micro, b, *x.shape[1:]), masked)
 
         def accumulate(carry, xs):
             grads_acc, loss_acc, count_acc, rest = carry
-            tokens, segments, index = xs
-            (loss_sum, (count, rest)), grads = grad_fn(params, rest, tokens, segments,
-                                                       jax.random.fold_in(step_key, index))
+            mb, segments, index = xs
+            (loss_sum, (count, rest)), grads = grad_fn(params, rest, mb, segments,
+                                                       jax.random.fold_in(k_drop, index))
             grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
             return (grads_acc, loss_acc + loss_sum, count_acc + count, rest), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        micro = batch["tokens"].shape[0]
         (grads, loss_sum, count, rest), _ = jax.lax.scan(
             accumulate, (zeros, jnp.zeros(()), jnp.zeros(()), state["rest"]),
-            (batch["tokens"], batch["segments"], jnp.arange(micro)))
+            (masked, batch["segments"], jnp.arange(micro)))
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)

@@ -1,0 +1,575 @@
+"""Hugging Face ``RobertaForMaskedLM`` export and import for :class:`~minilm_jax.model.MaskedLM`.
+
+A RoBERTa-style ``MaskedLM`` (``arch`` "roberta"/"bert" with ``embed_projection=False``, so E == H,
+post-LN layers, learned positions offset by ``pad_id + 1``) has exactly the parameters of
+``transformers.RobertaForMaskedLM``; this module maps them one to one::
+
+    ours (nnx path)                                  Hugging Face (safetensors key)
+    encoder.word_embeddings.embedding      [V, H]    roberta.embeddings.word_embeddings.weight
+    encoder.position_embeddings.embedding  [T+2, H]  roberta.embeddings.position_embeddings.weight
+    encoder.token_type_embeddings.embedding          roberta.embeddings.token_type_embeddings.weight
+    encoder.embedding_norm.{scale,bias}              roberta.embeddings.LayerNorm.{weight,bias}
+    encoder.layers.i.attention.{query,key,value}     roberta.encoder.layer.i.attention.self.{q,k,v}
+    encoder.layers.i.attention.output                roberta.encoder.layer.i.attention.output.dense
+    encoder.layers.i.attention_norm                  roberta.encoder.layer.i.attention.output.LayerNorm
+    encoder.layers.i.ffn.up                          roberta.encoder.layer.i.intermediate.dense
+    encoder.layers.i.ffn.down                        roberta.encoder.layer.i.output.dense
+    encoder.layers.i.ffn_norm                        roberta.encoder.layer.i.output.LayerNorm
+    mlm_head.dense / mlm_head.norm                   lm_head.dense / lm_head.layer_norm
+    mlm_head.decoder.{kernel,bias}                   lm_head.decoder.{weight,bias} (+ lm_head.bias)
+
+An nnx ``Linear`` kernel is ``[in, out]``; a torch ``Linear`` weight is ``[out, in]`` (transposed on
+the way through). LayerNorm ``scale`` is torch's ``weight``. Our MLM decoder is not tied to the input
+embedding, so exports say ``tie_word_embeddings: false``; importing a tied checkpoint copies the
+word embedding into our decoder.
+
+Neither direction needs torch: weights go through ``safetensors.numpy``. The numerical check against
+``transformers`` lives in ``tests/test_interop_hf.py``; ``python -m minilm_jax.interop.hf_roberta demo``
+runs a round trip on a freshly built point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from minilm_jax.model.config import ConfigError, ModelConfig
+from minilm_jax.model.encoder import TransformerEncoder
+from minilm_jax.model.models import MaskedLM
+
+HF_ARCHITECTURE = "RobertaForMaskedLM"
+HF_MODEL_TYPE = "roberta"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+METADATA_KEY = "minilm_jax"  # our own, non-architectural fields, kept in config.json
+METADATA_VERSION = 1
+BOS_ID, EOS_ID = 0, 2  # RoBERTa's <s> and </s>
+EXPORTABLE_ARCHS = ("roberta", "bert")  # both build a plain TransformerEncoder
+# ModelConfig fields that the Hugging Face config does not carry: restored from our metadata on import
+# and accepted as import overrides. Everything else is decided by the Hugging Face config.
+RESTORABLE_FIELDS = ("arch", "init", "dtype", "param_dtype", "attention_impl", "pooler")
+OVERRIDABLE_FIELDS = RESTORABLE_FIELDS + ("hidden_dropout", "attention_dropout")
+
+_EMBED, _KERNEL, _VECTOR = "embed", "kernel", "vector"  # how a tensor crosses: as is / transposed
+Path_ = tuple[Any, ...]
+
+
+class InteropError(ValueError):
+    """A model or checkpoint that cannot be converted, with a message naming the field or tensor."""
+
+
+# ----------------------------------------------------------------------------------------- mapping
+
+
+def _linear(ours: Path_, hf: str) -> list[tuple[Path_, str, str]]:
+    return [(ours + ("kernel",), f"{hf}.weight", _KERNEL), (ours + ("bias",), f"{hf}.bias", _VECTOR)]
+
+
+def _norm(ours: Path_, hf: str) -> list[tuple[Path_, str, str]]:
+    return [(ours + ("scale",), f"{hf}.weight", _VECTOR), (ours + ("bias",), f"{hf}.bias", _VECTOR)]
+
+
+def param_map(num_layers: int) -> list[tuple[Path_, str, str]]:
+    """``(our nnx path, Hugging Face key, kind)`` for every parameter of a RoBERTa-style MaskedLM."""
+    enc, emb = ("encoder",), "roberta.embeddings"
+    rows = [
+        (enc + ("word_embeddings", "embedding"), f"{emb}.word_embeddings.weight", _EMBED),
+        (enc + ("position_embeddings", "embedding"), f"{emb}.position_embeddings.weight", _EMBED),
+        (enc + ("token_type_embeddings", "embedding"), f"{emb}.token_type_embeddings.weight", _EMBED),
+        *_norm(enc + ("embedding_norm",), f"{emb}.LayerNorm"),
+    ]
+    for i in range(num_layers):
+        ours, hf = enc + ("layers", i), f"roberta.encoder.layer.{i}"
+        for name in ("query", "key", "value"):
+            rows += _linear(ours + ("attention", name), f"{hf}.attention.self.{name}")
+        rows += _linear(ours + ("attention", "output"), f"{hf}.attention.output.dense")
+        rows += _norm(ours + ("attention_norm",), f"{hf}.attention.output.LayerNorm")
+        rows += _linear(ours + ("ffn", "up"), f"{hf}.intermediate.dense")
+        rows += _linear(ours + ("ffn", "down"), f"{hf}.output.dense")
+        rows += _norm(ours + ("ffn_norm",), f"{hf}.output.LayerNorm")
+    rows += _linear(("mlm_head", "dense"), "lm_head.dense")
+    rows += _norm(("mlm_head", "norm"), "lm_head.layer_norm")
+    rows += _linear(("mlm_head", "decoder"), "lm_head.decoder")
+    return rows
+
+
+def _dotted(path: Path_) -> str:
+    return ".".join(str(p) for p in path)
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def _config_problems(cfg: ModelConfig) -> list[str]:
+    problems = []
+    if cfg.arch not in EXPORTABLE_ARCHS:
+        problems.append(f"model.arch={cfg.arch!r}: only {EXPORTABLE_ARCHS} (a plain transformer "
+                        "encoder) map to RoBERTa")
+    if cfg.conv_layers or cfg.conv_channels:
+        problems.append(f"model.conv_layers={cfg.conv_layers}/model.conv_channels={cfg.conv_channels}: "
+                        "RoBERTa has no convolutional front end")
+    if cfg.embed_projection:
+        problems.append("model.embed_projection=True: RoBERTa has no E->H projection (+LayerNorm); "
+                        "only models built with embed_projection=False (and E == H) export")
+    if cfg.emb_dim != cfg.hidden_dim:
+        problems.append(f"model.emb_dim={cfg.emb_dim} != model.hidden_dim={cfg.hidden_dim}: RoBERTa's "
+                        "embeddings are H wide")
+    if cfg.norm_position != "post":
+        problems.append(f"model.norm_position={cfg.norm_position!r}: RoBERTa layers are post-LN")
+    if cfg.position_offset != cfg.pad_id + 1:
+        problems.append(f"model.position_offset={cfg.position_offset}: Hugging Face RoBERTa numbers "
+                        f"positions from pad_token_id + 1 = {cfg.pad_id + 1} "
+                        f"(model.pad_id={cfg.pad_id})")
+    return problems
+
+
+def hf_config_from_model_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The ``config.json`` dict of a ``RobertaForMaskedLM`` equivalent to ``cfg``."""
+    problems = _config_problems(cfg)
+    if problems:
+        raise InteropError("cannot export to Hugging Face RobertaForMaskedLM: " + "; ".join(problems))
+    return {
+        "architectures": [HF_ARCHITECTURE],
+        "model_type": HF_MODEL_TYPE,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.ffn_dim,
+        "hidden_act": "gelu",  # exact (erf) GELU in transformers, as ours
+        "hidden_dropout_prob": cfg.hidden_dropout,
+        "attention_probs_dropout_prob": cfg.attention_dropout,
+        "max_position_embeddings": cfg.num_positions,
+        "type_vocab_size": cfg.type_vocab_size,
+        "initializer_range": 0.02,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "pad_token_id": cfg.pad_id,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "tie_word_embeddings": False,
+        "position_embedding_type": "absolute",
+        "is_decoder": False,
+        "add_cross_attention": False,
+        "use_cache": True,
+        "classifier_dropout": None,
+        "dtype": "float32",
+        METADATA_KEY: {"version": METADATA_VERSION, "model_config": cfg.to_dict()},
+    }
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise InteropError(msg)
+
+
+def model_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> ModelConfig:
+    """Our :class:`ModelConfig` for a Hugging Face RoBERTa ``config.json`` dict.
+
+    ``overrides`` may set only fields the Hugging Face config does not decide
+    (:data:`OVERRIDABLE_FIELDS`: compute dtype, attention implementation, dropout, ...).
+    """
+    model_type = hf_config.get("model_type")
+    archs = hf_config.get("architectures") or []
+    _need(model_type == HF_MODEL_TYPE or (model_type is None and HF_ARCHITECTURE in archs),
+          f"config.json: model_type={model_type!r} is not supported; only {HF_MODEL_TYPE!r} "
+          f"({HF_ARCHITECTURE}) converts")
+    _need(not archs or HF_ARCHITECTURE in archs,
+          f"config.json: architectures={archs!r}; only {HF_ARCHITECTURE} checkpoints (with an MLM "
+          "head) convert")
+    act = hf_config.get("hidden_act", "gelu")
+    _need(act == "gelu", f"config.json: hidden_act={act!r} is not supported; ours is the exact "
+          "(erf) 'gelu'")
+    pos = hf_config.get("position_embedding_type", "absolute")
+    _need(pos == "absolute", f"config.json: position_embedding_type={pos!r} is not supported; only "
+          "'absolute' learned positions")
+    _need(not hf_config.get("is_decoder", False), "config.json: is_decoder=true is not supported "
+          "(ours is a bidirectional encoder)")
+    _need(not hf_config.get("add_cross_attention", False),
+          "config.json: add_cross_attention=true is not supported")
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "max_position_embeddings"):
+        _need(isinstance(hf_config.get(key), int), f"config.json: {key} missing or not an integer "
+              f"(got {hf_config.get(key)!r})")
+    pad = hf_config.get("pad_token_id", 1)
+    _need(isinstance(pad, int) and pad >= 0,
+          f"config.json: pad_token_id={pad!r} must be an integer >= 0")
+    offset = pad + 1
+    max_len = hf_config["max_position_embeddings"] - offset
+    _need(max_len > 0, f"config.json: max_position_embeddings={hf_config['max_position_embeddings']} "
+          f"leaves no positions after the offset pad_token_id + 1 = {offset}")
+    hidden = hf_config["hidden_size"]
+    fields: dict[str, Any] = dict(
+        vocab_size=hf_config["vocab_size"], emb_dim=hidden, hidden_dim=hidden,
+        ffn_dim=hf_config["intermediate_size"], num_layers=hf_config["num_hidden_layers"],
+        num_heads=hf_config["num_attention_heads"], arch="roberta", max_len=max_len,
+        position_offset=offset, type_vocab_size=hf_config.get("type_vocab_size", 2),
+        embed_projection=False, norm_position="post",
+        layer_norm_eps=float(hf_config.get("layer_norm_eps", 1e-12)),
+        hidden_dropout=float(hf_config.get("hidden_dropout_prob", 0.1)),
+        attention_dropout=float(hf_config.get("attention_probs_dropout_prob", 0.1)),
+        init="bert", pad_id=pad)
+    meta = hf_config.get(METADATA_KEY)
+    if isinstance(meta, Mapping) and isinstance(meta.get("model_config"), Mapping):
+        ours = meta["model_config"]
+        restored = {k: ours[k] for k in RESTORABLE_FIELDS if k in ours}
+        if restored.get("arch") not in EXPORTABLE_ARCHS:
+            restored.pop("arch", None)
+        fields.update(restored)
+    bad = sorted(set(overrides) - set(OVERRIDABLE_FIELDS))
+    _need(not bad, f"import overrides {bad} are not allowed: the checkpoint decides them; allowed: "
+          f"{', '.join(OVERRIDABLE_FIELDS)}")
+    fields.update(overrides)
+    _need(fields["arch"] in EXPORTABLE_ARCHS, f"model.arch={fields['arch']!r}: an imported RoBERTa "
+          f"is one of {EXPORTABLE_ARCHS}")
+    try:
+        return ModelConfig.from_mapping(fields)
+    except ConfigError as err:
+        raise InteropError(f"config.json describes a model we cannot build: {err}") from err
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def _flat_params(model: nnx.Module) -> dict[Path_, Any]:
+    return {tuple(path): var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _export_problems(model: MaskedLM) -> list[str]:
+    problems = _config_problems(model.cfg)
+    if not problems and type(model.encoder) is not TransformerEncoder:
+        problems.append(f"model.encoder is a {type(model.encoder).__name__}, not a plain "
+                        "TransformerEncoder")
+    other = nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))
+    if not problems and len(other):
+        problems.append(f"model has non-parameter state {[_dotted(p) for p, _ in other][:5]} "
+                        "that RoBERTa cannot hold")
+    return problems
+
+
+def hf_tensors(model: MaskedLM) -> dict[str, np.ndarray]:
+    """The ``RobertaForMaskedLM`` state dict (float32 numpy arrays) of ``model``."""
+    if not isinstance(model, MaskedLM):
+        raise TypeError(f"export_roberta needs a MaskedLM, got {type(model).__name__}")
+    problems = _export_problems(model)
+    if problems:
+        raise InteropError("cannot export to Hugging Face RobertaForMaskedLM: " + "; ".join(problems))
+    params = _flat_params(model)
+    rows = param_map(model.cfg.num_layers)
+    mapped = {ours for ours, _, _ in rows}
+    unmapped = sorted(_dotted(p) for p in set(params) - mapped)
+    missing = sorted(_dotted(p) for p in mapped - set(params))
+    if unmapped or missing:
+        raise InteropError(f"model parameters do not match RobertaForMaskedLM: unmapped {unmapped}, "
+                           f"missing {missing}")
+    out: dict[str, np.ndarray] = {}
+    for ours, hf, kind in rows:
+        arr = np.asarray(params[ours].get_value(), dtype=np.float32)
+        out[hf] = np.ascontiguousarray(arr.T if kind == _KERNEL else arr)
+    # transformers keeps the output bias twice (lm_head.bias, tied to lm_head.decoder.bias when the
+    # embeddings are tied); an untied save_pretrained writes both, so do we.
+    out["lm_head.bias"] = out["lm_head.decoder.bias"].copy()
+    return out
+
+
+def _tokenizer_files(tokenizer_path: str | os.PathLike | None) -> list[Path]:
+    if tokenizer_path is None:
+        return []
+    path = Path(tokenizer_path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file())
+        if not files:
+            raise FileNotFoundError(f"tokenizer_path {path} is an empty directory")
+    else:
+        raise FileNotFoundError(f"tokenizer_path {path} does not exist")
+    clash = [f.name for f in files if f.name in (CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)]
+    if clash:
+        raise InteropError(f"tokenizer_path {path}: {clash} would overwrite the exported model files")
+    return files
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a directory")
+    if _is_nonempty_dir(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True "
+                              "(--overwrite) to replace it")
+
+
+def write_dir_atomically(out_dir: str | os.PathLike, fill: Callable[[Path], None], *,
+                         overwrite: bool = False) -> Path:
+    """Run ``fill(tmp_dir)`` in a sibling temporary directory, then rename it to ``out_dir``.
+
+    A non-empty ``out_dir`` is replaced only with ``overwrite=True`` (moved aside, then deleted once
+    the new directory is in place). On any failure the temporary directory is removed and
+    ``out_dir`` is left as it was.
+    """
+    out_dir = Path(out_dir).absolute()
+    _check_target(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        fill(tmp)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)  # safetensors creates its file 0600
+            _fsync(f)
+        _check_target(out_dir, overwrite)  # again: someone may have written there meanwhile
+        if _is_nonempty_dir(out_dir):
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.rename(out_dir, old)  # onto the empty directory mkdtemp made
+            try:
+                os.rename(tmp, out_dir)
+            except BaseException:
+                os.rename(old, out_dir)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)  # absent, or an empty directory (replaced)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _safetensors_numpy():
+    try:
+        import safetensors.numpy as st_numpy
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("Hugging Face interop needs the 'safetensors' package "
+                          "(pip install 'safetensors>=0.4')") from err
+    return st_numpy
+
+
+def export_roberta(model: MaskedLM, out_dir: str | os.PathLike, *,
+                   tokenizer_path: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Write ``model`` as a Hugging Face ``RobertaForMaskedLM`` directory (``config.json`` +
+    ``model.safetensors``, float32), loadable with ``RobertaForMaskedLM.from_pretrained(out_dir)``.
+
+    ``tokenizer_path`` (a file, or a directory whose files are all copied) is copied alongside.
+    Configurations RoBERTa cannot represent (E->H projection, E != H, pre-LN, conv front end, a
+    position offset other than pad_id + 1) raise :class:`InteropError` naming the field. The
+    directory is written atomically; a non-empty ``out_dir`` is replaced only with ``overwrite=True``.
+    Returns the absolute output directory.
+    """
+    if not isinstance(model, MaskedLM):
+        raise TypeError(f"export_roberta needs a MaskedLM, got {type(model).__name__}")
+    hf_config = hf_config_from_model_config(model.cfg)
+    _check_target(Path(out_dir), overwrite)  # fail before doing any work
+    tensors = hf_tensors(model)
+    tokenizer_files = _tokenizer_files(tokenizer_path)
+    st_numpy = _safetensors_numpy()
+
+    def fill(tmp: Path) -> None:
+        (tmp / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+        st_numpy.save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        for f in tokenizer_files:
+            shutil.copyfile(f, tmp / f.name)
+
+    return write_dir_atomically(out_dir, fill, overwrite=overwrite)
+
+
+# ------------------------------------------------------------------------------------------ import
+
+
+def read_hf_tensors(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a Hugging Face directory's safetensors weights (single file or sharded)."""
+    hf_dir = Path(hf_dir)
+    single, index = hf_dir / WEIGHTS_NAME, hf_dir / WEIGHTS_INDEX_NAME
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        files = [hf_dir / name for name in sorted(set(weight_map.values()))]
+        absent = [str(f) for f in files if not f.is_file()]
+        if not files or absent:
+            raise FileNotFoundError(f"{index}: shard files missing: {absent or 'none listed'}")
+    else:
+        legacy = [n for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+                  if (hf_dir / n).exists()]
+        hint = (f" (found {legacy}: re-save it with transformers' save_pretrained, which writes "
+                "safetensors)") if legacy else ""
+        raise FileNotFoundError(f"{hf_dir}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}{hint}")
+    st_numpy = _safetensors_numpy()
+    tensors: dict[str, np.ndarray] = {}
+    for f in files:
+        tensors.update(st_numpy.load_file(str(f)))
+    return tensors
+
+
+def _ignorable(key: str) -> bool:
+    """Tensors of a RobertaForMaskedLM checkpoint that carry nothing we model."""
+    return (key.startswith("roberta.pooler.") or key.endswith(".position_ids")
+            or key.endswith(".token_type_ids") or key in ("lm_head.bias", "lm_head.decoder.weight",
+                                                          "lm_head.decoder.bias"))
+
+
+def _hf_values(tensors: Mapping[str, np.ndarray],
+               hf_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``tensors`` with ``lm_head.decoder.{weight,bias}`` resolved as transformers would tie them."""
+    values = dict(tensors)
+    tied = hf_config.get("tie_word_embeddings", True)  # RobertaConfig's default
+    word = "roberta.embeddings.word_embeddings.weight"
+    if tied:
+        if word in values:
+            if ("lm_head.decoder.weight" in values
+                    and not np.array_equal(values["lm_head.decoder.weight"], values[word])):
+                warnings.warn("config.json ties the word embeddings, so lm_head.decoder.weight is "
+                              "ignored (as transformers does) and the word embedding is used",
+                              stacklevel=3)
+            values["lm_head.decoder.weight"] = values[word]
+        if "lm_head.bias" in values:
+            values["lm_head.decoder.bias"] = values["lm_head.bias"]
+    else:
+        if "lm_head.decoder.weight" not in values:
+            raise InteropError("config.json says tie_word_embeddings=false but the checkpoint has no "
+                               "lm_head.decoder.weight")
+    if "lm_head.decoder.bias" not in values and "lm_head.bias" in values:
+        values["lm_head.decoder.bias"] = values["lm_head.bias"]
+    return values
+
+
+def import_roberta(hf_dir: str | os.PathLike, **overrides: Any) -> MaskedLM:
+    """A :class:`MaskedLM` with exactly the weights of a Hugging Face ``RobertaForMaskedLM`` directory.
+
+    Reads ``config.json`` and ``model.safetensors`` (or a sharded index) with numpy only. A checkpoint
+    with tied embeddings (no separate decoder weight) gets the word embedding copied into our
+    untied decoder. ``overrides`` set non-architectural fields (see :func:`model_config_from_hf`).
+    """
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise FileNotFoundError(f"{hf_dir} is not a directory (expected a Hugging Face model directory)")
+    config_path = hf_dir / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{hf_dir}: no {CONFIG_NAME}; not a Hugging Face model directory")
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InteropError(f"{config_path}: not valid JSON ({err})") from err
+    if not isinstance(hf_config, dict):
+        raise InteropError(f"{config_path}: expected a JSON object")
+    cfg = model_config_from_hf(hf_config, **overrides)
+    values = _hf_values(read_hf_tensors(hf_dir), hf_config)
+
+    model = nnx.eval_shape(lambda: MaskedLM(cfg, rngs=nnx.Rngs(0)))  # shapes only, no init cost
+    params = _flat_params(model)
+    rows = param_map(cfg.num_layers)
+    missing = [hf for _, hf, _ in rows if hf not in values]
+    if missing:
+        raise InteropError(f"{hf_dir}: checkpoint lacks {len(missing)} RobertaForMaskedLM tensor(s), "
+                           f"e.g. {missing[:4]}")
+    used = {hf for _, hf, _ in rows}
+    unexpected = sorted(k for k in values if k not in used and not _ignorable(k))
+    if unexpected:
+        raise InteropError(f"{hf_dir}: checkpoint has tensors this RoBERTa mapping does not know "
+                           f"(a different architecture?): {unexpected[:6]}")
+    if set(params) != {ours for ours, _, _ in rows}:  # pragma: no cover - guards model edits
+        raise InteropError("MaskedLM parameters changed; update "
+                           "minilm_jax.interop.hf_roberta.param_map")
+    for ours, hf, kind in rows:
+        var = params[ours]
+        want = var.get_value()
+        arr = np.asarray(values[hf])
+        if kind == _KERNEL:
+            arr = arr.T
+        if arr.shape != tuple(want.shape):
+            raise InteropError(f"{hf_dir}: tensor {hf} has shape {tuple(np.asarray(values[hf]).shape)}, "
+                               f"expected {tuple(want.shape[::-1]) if kind == _KERNEL else want.shape} "
+                               f"for {_dotted(ours)}")
+        var.set_value(jnp.asarray(arr, dtype=want.dtype))
+    return model
+
+
+# -------------------------------------------------------------------------------------------- demo
+
+
+def _demo_tokens(cfg: ModelConfig, seed: int) -> np.ndarray:
+    """Two sequences ``<s> ... </s>``, the second right-padded."""
+    rng = np.random.default_rng(seed)
+    t = min(cfg.max_len, 32)
+    tokens = np.full((2, t), cfg.pad_id, np.int32)
+    for row, n in enumerate((t, max(3, t // 2))):
+        tokens[row, :n] = rng.integers(5, cfg.vocab_size, n)
+        tokens[row, 0], tokens[row, n - 1] = BOS_ID, EOS_ID
+    return tokens
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from minilm_jax.model.models import build_mlm
+    from minilm_jax.sizes import resolve_point
+
+    cfg = resolve_point(args.point, embed_projection=False, max_len=args.max_len)
+    model = build_mlm(cfg, seed=args.seed)
+    out = export_roberta(model, args.out, overwrite=args.overwrite)
+    print(f"exported {cfg.point} (max_len={cfg.max_len}) to {out}: "
+          f"{', '.join(sorted(p.name for p in out.iterdir()))}")
+    back = import_roberta(out)
+    a, b = _flat_params(model), _flat_params(back)
+    same = a.keys() == b.keys() and all(
+        np.array_equal(np.asarray(a[k].get_value()), np.asarray(b[k].get_value())) for k in a)
+    print(f"import_roberta round trip: parameters identical = {same}")
+    tokens = _demo_tokens(cfg, args.seed)
+    ours = np.asarray(model.all_logits(jnp.asarray(tokens)))
+    real = tokens != cfg.pad_id
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        print("torch/transformers not installed: skipped the comparison with transformers")
+        return 0 if same else 1
+    hf = transformers.RobertaForMaskedLM.from_pretrained(str(out), attn_implementation="eager").eval()
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.from_numpy(tokens.astype(np.int64)),
+                    attention_mask=torch.from_numpy(real.astype(np.int64))).logits.numpy()
+    diff = float(np.max(np.abs(ours[real] - theirs[real])))
+    print(f"transformers {transformers.__version__} RobertaForMaskedLM logits vs ours at real "
+          f"positions: max abs diff {diff:.3g}")
+    return 0 if same and diff < 1e-4 else 1
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minilm_jax.interop.hf_roberta",
+                                     description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="build a fresh point, export it, import it back, compare")
+    demo.add_argument("--point", default="E64-H64-I256-L2-A4-V1000",
+                      help="model point (grammar string or name); built with embed_projection=False")
+    demo.add_argument("--out", required=True, help="output directory (Hugging Face format)")
+    demo.add_argument("--max-len", type=int, default=128)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        return _demo(args)
+    except (InteropError, ConfigError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

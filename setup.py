@@ -20,6 +20,7 @@ setup(
         "absl-py>=2.0,<3",
         "numpy>=1.26,<3",
         "sentencepiece>=0.2,<0.3",
+        "tokenizers>=0.15,<1",
         "tensorboardX>=2.6,<3",
         "tqdm>=4.66,<5",
         "matplotlib>=3.8,<4",

@@ -4,6 +4,7 @@ validation loss, and fallback to the previous step when the newest is corrupt or
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ class Checkpoints:
 
     def __init__(self, workdir: str | Path, *, keep: int, every_steps: int, every_minutes: float,
                  keep_best: bool):
-        root = epath.Path(str(workdir))  # local paths and gs:// alike
+        workdir = str(workdir)
+        # Orbax needs absolute paths; gs:// and other URLs pass through.
+        root = epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
         self.every_steps = max(1, int(every_steps))
         self.every_seconds = float(every_minutes) * 60.0
         self._last_save_time = time.monotonic()

@@ -1,0 +1,129 @@
+"""The ``train-tokenizer`` stage: SentencePiece BPE / unigram models for a grid of vocabulary sizes.
+
+Models are trained on a seeded reservoir sample of the corpus (the same sample for every model) and get
+the RoBERTa special tokens ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, ``<mask>``=4. Output: one
+``{type}-{size}.model`` (+ a readable ``.vocab``) per grid point and a manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from minilm_jax.corpus.errors import CorpusError
+from minilm_jax.corpus.manifest import atomic_output_dir, check_output_free, write_stage_manifest
+from minilm_jax.corpus.progress import progress_bar
+from minilm_jax.corpus.sources import ReadStats, SourceSpec, fingerprint, iter_documents
+
+MODEL_TYPES = ("bpe", "unigram")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """SentencePiece training options shared by every grid point."""
+
+    character_coverage: float = 0.9995
+    byte_fallback: bool = False
+    normalization: str = "nmt_nfkc"
+    threads: int = 1
+    max_sentence_length: int = 1 << 16
+
+
+def reservoir_sample(texts: Iterable[str], n: int, seed: int) -> list[str]:
+    """A uniform sample of ``n`` texts (all of them if fewer), in stream order; memory O(n)."""
+    rng = random.Random(seed)
+    chosen: list[tuple[int, str]] = []
+    for index, text in enumerate(texts):
+        if index < n:
+            chosen.append((index, text))
+        else:
+            slot = rng.randint(0, index)
+            if slot < n:
+                chosen[slot] = (index, text)
+    return [text for _, text in sorted(chosen)]
+
+
+def sample_corpus(specs: list[SourceSpec], n: int, seed: int, on_decode_error: str = "skip") -> list[str]:
+    """Reservoir sample across several sources; an empty corpus is an error."""
+    stats = ReadStats()
+
+    def stream() -> Iterable[str]:
+        for spec in specs:
+            yield from iter_documents(spec, on_decode_error=on_decode_error, stats=stats)
+
+    sample = reservoir_sample(stream(), n, seed)
+    if not sample:
+        raise CorpusError(f"corpus is empty: no documents in {', '.join(map(str, specs))}")
+    return sample
+
+
+def train_sentencepiece(texts: list[str], vocab_size: int, model_type: str,
+                        cfg: TrainConfig = TrainConfig()) -> bytes:
+    """Train one SentencePiece model in memory; return the serialized model."""
+    import sentencepiece as spm
+
+    if model_type not in MODEL_TYPES:
+        raise CorpusError(f"model type must be one of {MODEL_TYPES}, got {model_type!r}")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+            bos_id=0, pad_id=1, eos_id=2, unk_id=3, bos_piece="<s>", pad_piece="<pad>", eos_piece="</s>",
+            unk_piece="<unk>", user_defined_symbols=["<mask>"], character_coverage=cfg.character_coverage,
+            byte_fallback=cfg.byte_fallback, normalization_rule_name=cfg.normalization,
+            num_threads=max(1, cfg.threads), max_sentence_length=cfg.max_sentence_length,
+            shuffle_input_sentence=False, minloglevel=2)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1].rpartition("] ")[2]
+        raise CorpusError(f"SentencePiece could not train a {model_type} model of size {vocab_size}: "
+                          f"{reason}") from None
+    return model.getvalue()
+
+
+def model_name(model_type: str, vocab_size: int) -> str:
+    return f"{model_type}-{vocab_size}"
+
+
+def _write_vocab_listing(model_path: Path) -> None:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    lines = [f"{sp.id_to_piece(i)}\t{sp.get_score(i):.6g}" for i in range(sp.get_piece_size())]
+    model_path.with_suffix(".vocab").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run_train_tokenizers(sources: list[SourceSpec], out_dir: str | os.PathLike, *, sizes: list[int],
+                         model_types: list[str], sample: int = 100_000, seed: int = 0,
+                         cfg: TrainConfig = TrainConfig(), overwrite: bool = False,
+                         progress: bool = False) -> dict[str, Any]:
+    """Train every (type, size) of the grid on one corpus sample; write models and a manifest."""
+    if not sizes:
+        raise CorpusError("no vocabulary sizes given")
+    for model_type in model_types:
+        if model_type not in MODEL_TYPES:
+            raise CorpusError(f"model type must be one of {MODEL_TYPES}, got {model_type!r}")
+    check_output_free(out_dir, overwrite)
+    inputs = {"sources": [fingerprint(s) for s in sources]}
+    texts = sample_corpus(sources, sample, seed)
+    models: dict[str, Any] = {}
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        grid = [(t, s) for t in model_types for s in sorted(sizes)]
+        for model_type, size in progress_bar(progress, grid, desc="train-tokenizer"):
+            name = model_name(model_type, size)
+            path = tmp / f"{name}.model"
+            path.write_bytes(train_sentencepiece(texts, size, model_type, cfg))
+            _write_vocab_listing(path)
+            models[name] = {"file": path.name, "model_type": model_type, "vocab_size": size}
+        params = {"sizes": sorted(sizes), "model_types": list(model_types), "sample": sample, "seed": seed,
+                  "train": dataclasses.asdict(cfg),
+                  "special_tokens": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}}
+        manifest = write_stage_manifest(tmp, "train-tokenizer", inputs=inputs, parameters=params,
+                                        counts={"sample_texts": len(texts)}, extra={"models": models})
+    for entry in models.values():
+        entry["sha256"] = manifest["outputs"][entry["file"]]["sha256"]
+    return {"models": models, "sample_texts": len(texts), "out_dir": str(out_dir)}

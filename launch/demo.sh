@@ -6,11 +6,7 @@
 #   DEMO_OUT=runs/demo  DEMO_STEPS=400  DEMO_POINT=E64-H64-I256-L2-A4   (overridable)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-  echo "error: Python 3.11+ is required (found $("$PY" --version 2>&1))" >&2; exit 2
-fi
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+source launch/venv.sh
 .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 OUT=${DEMO_OUT:-runs/demo}
 STEPS=${DEMO_STEPS:-400}

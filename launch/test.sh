@@ -5,11 +5,7 @@
 #   extra arguments go to pytest, e.g.  bash launch/test.sh -k model -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-  echo "error: Python 3.11+ is required (found $("$PY" --version 2>&1))" >&2; exit 2
-fi
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+source launch/venv.sh
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 if [ "${MINILM_TEST_INTEROP:-1}" != "0" ] && ! .venv/bin/python -c 'import torch, transformers' 2>/dev/null; then
   # CPU torch for the Hugging Face export test (2.13.0 has a CPU wheel on the CI machines).

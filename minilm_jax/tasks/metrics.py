@@ -17,7 +17,7 @@ import numpy as np
 
 from .glue import GLUE_TASKS, glue_task
 
-_ACCURACY_ONLY = ("ag_news", "dbpedia14", "fewrel")
+_ACCURACY_ONLY = ("ag_news", "dbpedia14", "fewrel", "bbc", "bbc_headlines", "folders")
 
 
 def _class_ids(predictions: Any) -> np.ndarray:

@@ -1,0 +1,127 @@
+"""Soft committees from fine-tuned runs: accuracy as a function of the number of members K.
+
+    python -m minilm_jax.committee RUN_DIR [RUN_DIR ...] --out=DIR [--split=test]
+        [--combine=prob|logit] [--which=final|best] [--reference=RUN_DIR]
+
+Members are every seed of every run (runs may differ in architecture, e.g. the BERT-1 variants);
+their saved evaluation logits (``predictions/<split>.<which>.npy``) are combined by averaging
+softmax probabilities (or logits). ``--reference`` (e.g. the 6-layer model) is drawn as a line.
+Writes ``committee.json``, ``committee.md`` and ``committee.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minilm_jax.data.shards import atomic_write_bytes, atomic_write_json
+from minilm_jax.tasks.committee import accuracy_vs_k
+
+
+class CommitteeError(ValueError):
+    """Runs that cannot form a committee (missing predictions, different examples)."""
+
+
+def load_members(runs: list[str], split: str, which: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Stacked member logits ``[K, N, C]``, labels ``[N]`` and a name per member."""
+    logits, names, labels = [], [], None
+    for run in runs:
+        pred_dir = Path(run) / "predictions"
+        path = pred_dir / f"{split}.{which}.npy"
+        if not path.is_file():
+            raise CommitteeError(f"{run}: no {path.name} (is it a finished fine-tuning run with an "
+                                 f"evaluation split '{split}'?)")
+        run_logits = np.load(path)  # [S, N, C]
+        run_labels = np.load(pred_dir / f"{split}.labels.npy")
+        if labels is None:
+            labels = run_labels
+        elif run_labels.shape != labels.shape or not np.array_equal(run_labels, labels):
+            raise CommitteeError(f"{run}: its {split} examples differ from {runs[0]}'s; members must "
+                                 "be evaluated on the same examples")
+        if logits and run_logits.shape[2] != logits[0].shape[-1]:
+            raise CommitteeError(f"{run}: {run_logits.shape[2]} classes, others have "
+                                 f"{logits[0].shape[-1]}")
+        summary = json.loads((Path(run) / "summary.json").read_text())
+        for s, seed in enumerate(summary["seeds"]):
+            logits.append(run_logits[s])
+            names.append(f"{summary['point']}#seed{seed} ({run})")
+    return np.stack(logits), labels, names
+
+
+def reference_accuracy(run: str, split: str, which: str) -> float:
+    """Mean accuracy over the seeds of a reference run."""
+    logits, labels, _ = load_members([run], split, which)
+    return float(np.mean(logits.argmax(-1) == labels[None]))
+
+
+def write_committee(runs: list[str], out: str | Path, split: str = "test", method: str = "prob",
+                    which: str = "final", reference: str = "") -> dict[str, Any]:
+    """Compute accuracy vs K and write JSON, Markdown and a plot to ``out``."""
+    logits, labels, names = load_members(runs, split, which)
+    points = accuracy_vs_k(logits, labels, method=method)
+    ref = reference_accuracy(reference, split, which) if reference else None
+    result = {"split": split, "combine": method, "which": which, "members": names,
+              "points": [p.__dict__ for p in points], "reference": reference or None,
+              "reference_accuracy": ref}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Soft committee ({method} averaging, {split} split, {len(names)} members)", "",
+             "| K | accuracy | std over subsets | subsets |", "| --- | --- | --- | --- |"]
+    lines += [f"| {p.k} | {100 * p.accuracy:.2f} | {100 * p.std:.2f} | {p.n_subsets} |" for p in points]
+    if ref is not None:
+        lines += ["", f"Reference `{reference}`: {100 * ref:.2f}"]
+    lines += ["", "Members:", *[f"- {n}" for n in names]]
+    atomic_write_bytes(out / "committee.md", "\n".join(lines).encode())
+    atomic_write_json(out / "committee.json", result)
+    _plot(points, ref, out / "committee.png")
+    return result
+
+
+def _plot(points, ref: float | None, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ks = [p.k for p in points]
+    ax.errorbar(ks, [100 * p.accuracy for p in points], yerr=[100 * p.std for p in points],
+                marker="o", capsize=3, label="committee")
+    if ref is not None:
+        ax.axhline(100 * ref, color="gray", linestyle="--", label="reference")
+    ax.set_xlabel("members K")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xticks(ks)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--combine", default="prob", choices=("prob", "logit"))
+    parser.add_argument("--which", default="final", choices=("final", "best"))
+    parser.add_argument("--reference", default="")
+    args = parser.parse_args()
+    try:
+        result = write_committee(args.runs, args.out, args.split, args.combine, args.which,
+                                 args.reference)
+    except (CommitteeError, FileNotFoundError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print((Path(args.out) / "committee.md").read_text())
+    del result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Benchmark: S fine-tuning members (seeds) in one vmapped program vs the same S run one after another.
+
+    python -m minilm_jax.finetune.bench [--point=paper-1.25m] [--members=1,4,8] [--batch=32]
+
+Prints, per S, the time of one optimizer step of all S members together, the time S separate
+single-member steps take, and the speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from minilm_jax.model.models import SequenceClassifier
+from minilm_jax.sizes import resolve_point
+from minilm_jax.train.optim import make_optimizer, make_schedule
+
+from .step import make_finetune_step, make_members_init
+
+
+def _optim() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(peak_lr=2e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                                          decay_mask=False, schedule="linear", warmup_steps=0,
+                                          end_lr_fraction=0.0, clip_norm=0.0))
+
+
+def step_seconds(point: str, members: int, batch: int, seq_len: int, num_labels: int = 2,
+                 steps_per_dispatch: int = 1, repeats: int = 10) -> float:
+    """Median wall seconds of one optimizer step of ``members`` vmapped members."""
+    cfg = resolve_point(point)
+    optimizer = make_optimizer(_optim(), 1000)
+    graphdef = nnx.split(nnx.eval_shape(lambda: SequenceClassifier(cfg, num_labels,
+                                                                   rngs=nnx.Rngs(params=0))),
+                         nnx.Param, ...)[0]
+    init = make_members_init(cfg, num_labels, optimizer)
+    state = jax.jit(init)(jnp.arange(members, dtype=jnp.int32), None)
+    step = jax.jit(make_finetune_step(graphdef, optimizer, make_schedule(_optim(), 1000),
+                                      num_labels == 1), donate_argnums=0)
+    rng = np.random.default_rng(0)
+    shape = (steps_per_dispatch, members, batch, seq_len)
+    data = {"tokens": jnp.asarray(rng.integers(5, cfg.vocab_size, shape), jnp.int32),
+            "segments": jnp.ones(shape, jnp.int32), "token_types": jnp.zeros(shape, jnp.int32),
+            "labels": jnp.asarray(rng.integers(0, num_labels, shape[:3]), jnp.int32)}
+    state, metrics = step(state, data)  # compile
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = step(state, data)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - start) / steps_per_dispatch)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--point", default="paper-1.25m")
+    parser.add_argument("--members", default="1,4,8")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    counts = [int(x) for x in args.members.split(",")]
+    print(f"# {args.point}, batch {args.batch} x {args.seq_len}, device {jax.devices()[0].device_kind}"
+          f" x{jax.device_count()}, jax {jax.__version__}, python {platform.python_version()}")
+    single = step_seconds(args.point, 1, args.batch, args.seq_len, repeats=args.repeats)
+    rows = []
+    print(f"{'members':>8} {'vmapped ms/step':>16} {'sequential ms':>14} {'speed-up':>9}")
+    for s in counts:
+        together = single if s == 1 else step_seconds(args.point, s, args.batch, args.seq_len,
+                                                      repeats=args.repeats)
+        rows.append({"members": s, "vmapped_seconds": together, "sequential_seconds": s * single,
+                     "speedup": s * single / together})
+        print(f"{s:>8} {1e3 * together:>16.1f} {1e3 * s * single:>14.1f} {s * single / together:>8.2f}x")
+    if args.json:
+        from minilm_jax.data.shards import atomic_write_json
+        atomic_write_json(args.json, {"point": args.point, "batch": args.batch, "rows": rows,
+                                      "device": jax.devices()[0].device_kind})
+
+
+if __name__ == "__main__":
+    main()

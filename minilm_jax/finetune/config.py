@@ -1,0 +1,139 @@
+"""Fine-tuning configs: SPEC A6's GLUE recipe and study B's recipe, one preset per task.
+
+Every number is a config field; ``configs/finetune.py:<task>`` returns :func:`finetune_config`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from minilm_jax.model.config import ConfigError
+from minilm_jax.run_config import model_config_dict
+
+GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
+STUDY_B = ("ag_news", "dbpedia14", "fewrel")
+LOCAL = ("folders", "bbc", "bbc_headlines")
+TASKS = GLUE + STUDY_B + LOCAL
+
+# Study B's balanced per-class sample sizes (SPEC B): (train, eval) per class.
+_PER_CLASS = {"ag_news": (1000, 1000), "dbpedia14": (100, 100), "fewrel": (630, 70)}
+
+
+def _glue_recipe(c: ml_collections.ConfigDict) -> None:
+    """SPEC A6: batch 32, LR 2e-4, weight decay 0, 5 epochs, linear decay, no warmup."""
+    c.optim.peak_lr = 2e-4
+    c.optim.weight_decay = 0.0
+    c.train.epochs = 5
+    c.train.batch_size = 32
+
+
+def _study_b_recipe(c: ml_collections.ConfigDict) -> None:
+    """SPEC B: AdamW 5e-5, batch 32, up to 50 epochs (early stopping on the evaluation split)."""
+    c.optim.peak_lr = 5e-5
+    c.optim.weight_decay = 0.01  # not stated for fine-tuning; the pre-training value
+    c.train.epochs = 50
+    c.train.batch_size = 32
+    c.train.early_stopping_patience = 5
+
+
+def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
+    """The default fine-tuning config of ``task`` (see :data:`TASKS`)."""
+    task = task.strip().lower()
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    c = ml_collections.ConfigDict()
+    c.task = task
+
+    c.init = ml_collections.ConfigDict()
+    c.init.checkpoint = ""  # a pre-training workdir; its best checkpoint (else the newest) is used
+    c.init.which = "best"  # best | latest
+    c.init.mode = "pretrained"  # pretrained | random (same architecture) | both (two sub-runs)
+
+    # Architecture when no checkpoint is given (with a checkpoint, the checkpoint's model is used).
+    c.point = "paper-1.25m"
+    c.model = model_config_dict(c.point)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tsv"  # tsv (glue_data layout) | tfds | csv (AG News / DBpedia) | json (FewRel)
+    c.data.dir = ""  # glue_data folder, AG News / DBpedia folder, FewRel JSON file, class folders
+    c.data.tokenizer = ""  # "" -> the tokenizer recorded in the checkpoint's shard manifest
+    c.data.max_len = 128
+    c.data.vocab_filter = ""  # "" | "aochildes" | path of a word list: SPEC A6 vocabulary filter
+    c.data.train_split = "train"
+    c.data.eval_splits = ("dev",)
+    c.data.max_train_examples = 0  # 0: all (a seeded subset otherwise)
+    c.data.max_eval_examples = 0
+    c.data.train_per_class = 0  # > 0: balanced per-class sample (study B)
+    c.data.eval_per_class = 0
+    c.data.sample_seed = 0
+    c.data.holdout_fraction = 0.2  # tasks without an evaluation split: seeded per-class holdout
+    c.data.text_mode = "join"  # AG News / DBpedia: "join" title and body, or "pair"
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.peak_lr = 2e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0
+    c.optim.decay_mask = False
+    c.optim.schedule = "linear"
+    c.optim.warmup_steps = 0
+    c.optim.end_lr_fraction = 0.0
+    c.optim.clip_norm = 0.0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.seeds = (0,)  # one member per seed, trained together in one vmapped program
+    c.train.batch_size = 32
+    c.train.epochs = 5
+    c.train.early_stopping_patience = 0  # epochs without improvement on any seed; 0: off
+    c.train.steps_per_dispatch = 1
+    c.train.log_every = 50
+    c.train.progress = True
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 128
+    c.eval.every_epochs = 1
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000
+    c.checkpoint.every_minutes = 30.0
+    c.checkpoint.keep = 2
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+
+    if task in GLUE:
+        _glue_recipe(c)
+        if task == "mnli":
+            c.data.eval_splits = ("dev_matched", "dev_mismatched")
+    else:
+        _study_b_recipe(c)
+        c.data.eval_splits = ("test",)
+        c.data.source = {"fewrel": "json"}.get(task, "csv")
+        if task in _PER_CLASS:
+            c.data.train_per_class, c.data.eval_per_class = _PER_CLASS[task]
+        if task in LOCAL:
+            c.data.source = "folders"
+            c.data.eval_splits = ("holdout",)
+    return c
+
+
+# Fields that may change when a run resumes (run control, not the experiment).
+RESUMABLE_FIELDS = ("train.log_every", "train.progress", "checkpoint.every_steps",
+                    "checkpoint.every_minutes", "checkpoint.keep", "mesh.data", "mesh.fsdp",
+                    "train.steps_per_dispatch", "eval.batch_size")
+
+
+def task_family(task: str) -> str:
+    """``glue``, ``study_b`` or ``local``."""
+    return "glue" if task in GLUE else "study_b" if task in STUDY_B else "local"
+
+
+def describe(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The fields a results table shows for a run."""
+    return {"task": config.task, "init": config.init.mode, "checkpoint": config.init.checkpoint,
+            "seeds": list(config.train.seeds), "epochs": config.train.epochs,
+            "lr": config.optim.peak_lr, "vocab_filter": config.data.vocab_filter}

@@ -1,0 +1,380 @@
+"""The fine-tuning loop: task data -> S vmapped members on a mesh -> per-epoch evaluation over every
+example once, Orbax checkpoints with resume, JSONL/TensorBoard metrics, a run summary."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from minilm_jax import accounting
+from minilm_jax.cli import UserError
+from minilm_jax.corpus.vocab import load_word_list, obtain_aochildes_vocab
+from minilm_jax.data.shards import atomic_write_bytes, atomic_write_json
+from minilm_jax.model.models import SequenceClassifier
+from minilm_jax.run_config import config_differences, flatten, model_from_config
+from minilm_jax.tasks.batching import pad_to_batches
+from minilm_jax.tasks.encoding import encode_examples
+from minilm_jax.tasks.metrics import glue_score, task_metrics
+from minilm_jax.tokenizer import Tokenizer, load_tokenizer
+from minilm_jax.train import batches as batch_lib
+from minilm_jax.train.checkpoint import Checkpoints, abstract_like
+from minilm_jax.train.dispatch import dispatch_plan, sigterm_flag
+from minilm_jax.train.loop import TrainingDiverged
+from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, make_mesh, replicated,
+                                   state_shardings)
+from minilm_jax.train.metrics import MetricsWriter, progress_bar
+from minilm_jax.train.optim import make_optimizer, make_schedule
+
+from .config import RESUMABLE_FIELDS
+from .pretrained import PretrainedRun
+from .step import make_finetune_step, make_members_init, make_predict_step
+from .task_data import TaskData, load_task_data
+
+INPUTS = ("tokens", "segments", "token_types")
+
+
+def load_vocabulary(spec: str) -> frozenset[str] | None:
+    """The word list of ``data.vocab_filter`` ("" -> no filter, "aochildes", or a file path)."""
+    if not spec:
+        return None
+    path = obtain_aochildes_vocab() if spec == "aochildes" else spec
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"data.vocab_filter: vocabulary file not found: {path}")
+    return load_word_list(path)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+class Finetuner:
+    """One fine-tuning run of ``config.task`` for S seeds, from a checkpoint or from random init."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, init_mode: str):
+        if init_mode not in ("pretrained", "random"):
+            raise UserError(f"init mode must be 'pretrained' or 'random', not {init_mode!r}")
+        self.config, self.workdir, self.init_mode = config, Path(workdir), init_mode
+        self.pretrained = (PretrainedRun.open(config.init.checkpoint, config.init.which)
+                           if config.init.checkpoint else None)
+        if init_mode == "pretrained" and self.pretrained is None:
+            raise UserError("init.mode=pretrained needs --config.init.checkpoint=<pre-training "
+                            "workdir> (or use init.mode=random)")
+        self.model_cfg = self.pretrained.model if self.pretrained else model_from_config(config)
+        self.tokenizer = self._tokenizer()
+        self.data: TaskData = load_task_data(config, load_vocabulary(config.data.vocab_filter))
+        self.spec = self.data.spec
+        self.regression = self.spec.is_regression
+        max_len = int(config.data.max_len)
+        self.train_arrays = encode_examples(self.data.train, self.tokenizer, max_len, self.regression)
+        self.eval_arrays = {s: encode_examples(v, self.tokenizer, max_len, self.regression)
+                            for s, v in self.data.evals.items()}
+        self.seeds = [int(s) for s in config.train.seeds]
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"train.seeds must be distinct and non-empty, got {self.seeds}")
+        tc = config.train
+        n_train = len(self.data.train)
+        self.steps_per_epoch = max(1, math.ceil(n_train / tc.batch_size))
+        self.total_steps = int(tc.epochs) * self.steps_per_epoch
+        if self.total_steps <= 0:
+            raise UserError(f"train.epochs must be positive (got {tc.epochs})")
+        self.eval_steps = [e * self.steps_per_epoch
+                           for e in range(1, int(tc.epochs) + 1) if e % config.eval.every_epochs == 0
+                           or e == tc.epochs]
+        self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
+        check_batch_divisible(tc.batch_size, self.mesh, "train.batch_size")
+        check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._check_workdir()
+        self.indexers = [batch_lib.BatchIndexer(seed, n_train, tc.batch_size) for seed in self.seeds]
+        self._build()
+
+    # ----------------------------------------------------------------------------- setup
+    def _tokenizer(self) -> Tokenizer:
+        path = self.config.data.tokenizer or (self.pretrained.tokenizer_path if self.pretrained else "")
+        if not path:
+            raise UserError("no tokenizer: pass --config.data.tokenizer=FILE (the checkpoint's shard "
+                            "manifest records none)")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        tokenizer = load_tokenizer(path)
+        if self.pretrained is not None:
+            self.pretrained.check_tokenizer(tokenizer)
+        elif tokenizer.vocab_size > self.model_cfg.vocab_size:
+            raise UserError(f"tokenizer {path} has {tokenizer.vocab_size} tokens, more than "
+                            f"model.vocab_size={self.model_cfg.vocab_size}")
+        if tokenizer.pad_id != self.model_cfg.pad_id:
+            raise UserError(f"tokenizer pad id {tokenizer.pad_id} differs from the model's "
+                            f"pad_id {self.model_cfg.pad_id}")
+        if self.config.data.max_len > self.model_cfg.max_len:
+            raise UserError(f"data.max_len={self.config.data.max_len} exceeds the model's sequence "
+                            f"length {self.model_cfg.max_len}")
+        return tokenizer
+
+    def _check_workdir(self) -> None:
+        current = flatten(self.config)
+        current["init.mode"] = self.init_mode
+        current["tokenizer_sha256"] = self.tokenizer.sha256
+        saved_path = self.workdir / "config.json"
+        if saved_path.exists():
+            saved = json.loads(saved_path.read_text())
+            diffs = config_differences(saved, current, RESUMABLE_FIELDS)
+            if diffs:
+                details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diffs[:6])
+                raise UserError(f"workdir {self.workdir} holds a fine-tuning run with a different "
+                                f"config ({details}); use a new --workdir")
+        if jax.process_index() == 0:
+            atomic_write_json(saved_path, current)
+
+    def _build(self) -> None:
+        cfg, num_labels = self.model_cfg, self.spec.num_labels
+        self.optimizer = make_optimizer(self.config.optim, self.total_steps)
+        self.schedule = make_schedule(self.config.optim, self.total_steps)
+        encoder_state = self.pretrained.encoder_state() if self.init_mode == "pretrained" else None
+        seeds = jnp.asarray(self.seeds, jnp.int32)
+        init_fn = functools.partial(make_members_init(cfg, num_labels, self.optimizer), seeds)
+
+        abstract_model = nnx.eval_shape(lambda: SequenceClassifier(cfg, num_labels,
+                                                                   rngs=nnx.Rngs(params=0)))
+        self.graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
+        self.param_counts = accounting.count_params(abstract_model)
+        abstract = jax.eval_shape(init_fn, encoder_state)
+        self.state_sharding = state_shardings(self.mesh, abstract)
+        self.state = jax.jit(init_fn, out_shardings=self.state_sharding)(encoder_state)
+        self.batch_shardings = {k: batch_sharding(self.mesh, batch_axis=2, ndim=4) for k in INPUTS}
+        self.batch_shardings["labels"] = batch_sharding(self.mesh, batch_axis=2, ndim=3)
+        step = make_finetune_step(self.graphdef, self.optimizer, self.schedule, self.regression)
+        self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_shardings),
+                                  out_shardings=(self.state_sharding, replicated(self.mesh)),
+                                  donate_argnums=0)
+        row = batch_sharding(self.mesh, batch_axis=0, ndim=2)
+        self.eval_input_sharding = row
+        self.predict = jax.jit(make_predict_step(self.graphdef),
+                               in_shardings=(self.state_sharding["params"], self.state_sharding["rest"],
+                                             row, row, row),
+                               out_shardings=replicated(self.mesh))
+
+    # ----------------------------------------------------------------------------- data
+    def _host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
+        """``[steps, S, B_host, ...]``: member s sees the order of ``BatchIndexer(seed_s)``."""
+        rows = np.stack([np.stack([batch_lib.host_rows(ix.indices(step + k)) for ix in self.indexers])
+                         for k in range(steps)])  # [K, S, B_host]
+        return {name: self.train_arrays[name][rows] for name in (*INPUTS, "labels")}
+
+    # ----------------------------------------------------------------------------- evaluation
+    def predict_split(self, split: str) -> np.ndarray:
+        """Logits ``[S, N, C]`` of every member for every example of ``split``, each once."""
+        arrays = {k: self.eval_arrays[split][k] for k in INPUTS}
+        outputs = []
+        for batch, valid in pad_to_batches(arrays, self.config.eval.batch_size):
+            placed = [batch_lib.to_global({"x": batch_lib.host_rows(batch[k])},
+                                          self.eval_input_sharding)["x"] for k in INPUTS]
+            logits = self.predict(self.state["params"], self.state["rest"], *placed)
+            outputs.append(np.asarray(logits.addressable_data(0))[:, valid])
+        return np.concatenate(outputs, axis=1)
+
+    def member_metrics(self, logits: dict[str, np.ndarray]) -> list[dict[str, float]]:
+        """Per-member official metrics and ``score`` (GLUE-style, x100) over the eval splits."""
+        results = []
+        for s in range(len(self.seeds)):
+            preds = {split: (v[s, :, 0] if self.regression else v[s]) for split, v in logits.items()}
+            labels = {split: self.eval_arrays[split]["labels"] for split in logits}
+            if self.spec.name == "mnli":
+                metrics = task_metrics("mnli", preds, labels)
+            else:
+                first = next(iter(preds))
+                metrics = task_metrics(self.spec.name, preds[first], labels[first])
+                for split in list(preds)[1:]:
+                    extra = task_metrics(self.spec.name, preds[split], labels[split])
+                    metrics.update({f"{split}/{k}": v for k, v in extra.items()})
+            metrics = {k: 100.0 * v for k, v in metrics.items()}
+            metrics["score"] = glue_score(self.spec.name, metrics)
+            results.append(metrics)
+        return results
+
+    # ----------------------------------------------------------------------------- history
+    def _history_path(self) -> Path:
+        return self.workdir / "history.json"
+
+    def _load_history(self, upto_step: int) -> list[dict[str, Any]]:
+        path = self._history_path()
+        if not path.exists():
+            return []
+        return [h for h in json.loads(path.read_text()) if h["step"] <= upto_step]
+
+    def _save_predictions(self, logits: dict[str, np.ndarray], which: str,
+                          keep: np.ndarray | None = None) -> None:
+        """``predictions/<split>.<which>.npy`` [S, N, C]; with ``keep`` only those members change."""
+        out = self.workdir / "predictions"
+        out.mkdir(exist_ok=True)
+        for split, array in logits.items():
+            path = out / f"{split}.{which}.npy"
+            if keep is not None and path.exists():
+                old = np.load(path)
+                array = np.where(keep[:, None, None], array, old)
+            atomic_write_bytes(path, _npy_bytes(array))
+            labels_path = out / f"{split}.labels.npy"
+            if not labels_path.exists():
+                atomic_write_bytes(labels_path, _npy_bytes(self.eval_arrays[split]["labels"]))
+
+    # ----------------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        config, tc = self.config, self.config.train
+        ckpts = Checkpoints(self.workdir, keep=config.checkpoint.keep,
+                            every_steps=config.checkpoint.every_steps,
+                            every_minutes=config.checkpoint.every_minutes, keep_best=False)
+        writer = MetricsWriter(self.workdir)
+        restored = ckpts.restore_latest(abstract_like(self.state))
+        start = 0
+        if restored is not None:
+            start, self.state = int(restored[0]), restored[1]
+            print(f"resumed from checkpoint at step {start}", flush=True)
+        history = self._load_history(start)
+        t0 = time.time()
+        plan = dispatch_plan(start, self.total_steps, tc.steps_per_dispatch, self.eval_steps)
+        size_of = dict(plan)
+        prefetch = batch_lib.Prefetcher(lambda s: self._host_batch(s, size_of[s]),
+                                        iter([s for s, _ in plan]), 2)
+        bar = progress_bar(self.total_steps, start, tc.progress, f"finetune {self.spec.name}")
+        status = "completed" if start >= self.total_steps else "running"
+        pending: tuple[int, int, Any] | None = None
+        window = {"time": time.perf_counter(), "examples": 0}
+
+        def drain() -> None:
+            nonlocal pending
+            if pending is None:
+                return
+            first, count, metrics = pending
+            pending = None
+            host = jax.device_get(metrics)
+            losses = np.asarray(host["loss"])  # [K, S]
+            if not np.all(np.isfinite(losses)):
+                bad = int(np.argwhere(~np.isfinite(losses))[0][0])
+                raise TrainingDiverged(f"non-finite fine-tuning loss at step {first + bad + 1}")
+            window["examples"] += count * tc.batch_size * len(self.seeds)
+            last = first + count
+            if last // tc.log_every > first // tc.log_every or last == self.total_steps:
+                now = time.perf_counter()
+                writer.write(last, "train", {
+                    "loss": float(losses[-1].mean()), "loss_per_member": losses[-1].tolist(),
+                    "lr": float(np.asarray(host["lr"])[-1]),
+                    "grad_norm": float(np.asarray(host["grad_norm"])[-1].mean()),
+                    "epoch": last / self.steps_per_epoch,
+                    "examples_per_sec": window["examples"] / max(now - window["time"], 1e-9)})
+                window.update(time=now, examples=0)
+                bar.set_postfix(loss=f"{float(losses[-1].mean()):.3f}")
+
+        try:
+            with sigterm_flag() as stop:
+                for first, host_batch in prefetch:
+                    count = size_of[first]
+                    batch = {k: batch_lib.to_global({k: v}, self.batch_shardings[k])[k]
+                             for k, v in host_batch.items()}
+                    self.state, metrics = self.train_step(self.state, batch)
+                    drain()
+                    pending = (first, count, metrics)
+                    step = first + count
+                    bar.update(count)
+                    evaluate_now = step in self.eval_steps
+                    save_now = evaluate_now or ckpts.due(step) or stop["signal"]
+                    if evaluate_now or save_now:
+                        drain()
+                    if evaluate_now:
+                        history.append(self._evaluate(step, writer, history))
+                        atomic_write_json(self._history_path(), history)
+                    if save_now:
+                        ckpts.save(step, self.state)
+                        window["time"] = time.perf_counter()
+                    if stop["signal"]:
+                        status = "preempted"
+                        print(f"received {stop['signal']}: saved checkpoint at step {step}; exiting",
+                              flush=True)
+                        break
+                    if evaluate_now and self._early_stop(history):
+                        status = "early_stopped"
+                        ckpts.save(step, self.state)
+                        break
+                drain()
+        finally:
+            prefetch.close()
+            bar.close()
+            writer.flush()
+        if status == "running" or (status == "completed" and not history):
+            status = "completed"
+        summary = self._summary(status, history, time.time() - t0)
+        writer.close()
+        ckpts.close()
+        return summary
+
+    def _evaluate(self, step: int, writer: MetricsWriter, history: list[dict]) -> dict[str, Any]:
+        logits = {split: self.predict_split(split) for split in self.eval_arrays}
+        members = self.member_metrics(logits)
+        scores = np.asarray([m["score"] for m in members])
+        best_before = (np.max([[m["score"] for m in h["members"]] for h in history], axis=0)
+                       if history else np.full(len(members), -np.inf))
+        improved = scores > best_before
+        self._save_predictions(logits, "final")
+        self._save_predictions(logits, "best", keep=improved)
+        entry = {"step": step, "epoch": step / self.steps_per_epoch, "members": members,
+                 "score_mean": float(scores.mean()), "score_std": float(scores.std())}
+        writer.write(step, "eval", {"score": entry["score_mean"], "score_std": entry["score_std"],
+                                    "epoch": entry["epoch"],
+                                    **{k: float(np.mean([m[k] for m in members])) for k in members[0]}})
+        return entry
+
+    def _early_stop(self, history: list[dict]) -> bool:
+        patience = int(self.config.train.early_stopping_patience)
+        if patience <= 0 or len(history) <= patience:
+            return False
+        scores = np.asarray([[m["score"] for m in h["members"]] for h in history])  # [E, S]
+        best_recent = scores[-patience:].max(axis=0)
+        best_before = scores[:-patience].max(axis=0)
+        return bool(np.all(best_recent <= best_before))
+
+    def _summary(self, status: str, history: list[dict], wall: float) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "status": status, "task": self.spec.name, "init": self.init_mode,
+            "pretrained": self.pretrained.describe() if self.pretrained else None,
+            "point": self.model_cfg.point, "seeds": self.seeds,
+            "examples": self.data.counts(), "steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch, "wall_seconds_this_session": wall,
+            "params_total": self.param_counts.total,
+            "tokenizer": {"path": self.tokenizer.path, "sha256": self.tokenizer.sha256},
+            "vocab_filter": self.config.data.vocab_filter or None,
+        }
+        if self.data.filter_report is not None:
+            report = self.data.filter_report
+            summary["filter"] = {"total": report.total, "kept": report.kept,
+                                 "top_oov": report.oov.most_common(10)}
+        if history:
+            scores = np.asarray([[m["score"] for m in h["members"]] for h in history])  # [E, S]
+            best_epoch = scores.argmax(axis=0)
+            final = history[-1]["members"]
+            best = [history[int(e)]["members"][s] for s, e in enumerate(best_epoch)]
+            summary.update({
+                "final": {"epoch": history[-1]["epoch"], "members": final,
+                          **_mean_std(final)},
+                "best": {"epochs": [history[int(e)]["epoch"] for e in best_epoch], "members": best,
+                         **_mean_std(best)},
+            })
+        if jax.process_index() == 0:
+            atomic_write_json(self.workdir / "summary.json", summary)
+        return summary
+
+
+def _mean_std(members: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = members[0].keys()
+    return {"mean": {k: float(np.mean([m[k] for m in members])) for k in keys},
+            "std": {k: float(np.std([m[k] for m in members])) for k in keys}}

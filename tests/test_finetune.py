@@ -1,0 +1,276 @@
+"""Fine-tuning on real task data: learning, vmapped seeds, resume, every-example-once evaluation,
+bad input, results tables and committees."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, shared_path
+
+from minilm_jax.cli import UserError
+from minilm_jax.finetune.config import finetune_config
+from minilm_jax.finetune.loop import Finetuner
+from minilm_jax.finetune.results import glue_averages, run_row, tables, write_tables
+
+SEQ = 64
+POINT = "E32-H32-I64-L1-A2-V1010"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> dict[str, Path]:
+    """A SentencePiece tokenizer (1,000 pieces) trained on real text, shards of WikiText-2 and a short
+    pre-training run of a tiny model on them."""
+    from minilm_jax.corpus.tokenizer_train import train_sentencepiece
+    from minilm_jax.data.shards import write_shards
+    from minilm_jax.run_config import pretrain_config
+    from minilm_jax.tokenizer import load_tokenizer
+    from minilm_jax.train.loop import Pretrainer
+
+    root = tmp_path_factory.mktemp("ft")
+    wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
+    lines = [line.strip() for line in wiki.splitlines() if len(line.split()) >= 12]
+    news = shared_path("ag_news", "train.csv").read_text(encoding="utf-8").splitlines()
+    tok_path = root / "tok.model"
+    tok_path.write_bytes(train_sentencepiece(lines + news, 1000, "bpe"))
+    tok = load_tokenizer(tok_path)
+    rows = []
+    for ids in tok.encode_batch(lines):
+        row = [0] + ids[: SEQ - 2] + [2]
+        rows.append(row + [1] * (SEQ - len(row)))
+    array = np.asarray(rows, np.int32)
+    write_shards(root / "shards", {"train": array[:-200], "validation": array[-200:-100],
+                                   "test": array[-100:]}, pad_id=1, tokenizer=tok.info)
+    config = pretrain_config(POINT)
+    config.model.max_len = SEQ
+    config.data.shards = str(root / "shards")
+    config.train.num_steps = 30
+    config.train.batch_size = 32
+    config.train.progress = False
+    config.eval.every_steps = 15
+    config.eval.batch_size = 64
+    config.checkpoint.every_steps = 15
+    Pretrainer(config, root / "pre").run()
+    return {"root": root, "tokenizer": tok_path, "pre": root / "pre"}
+
+
+def ag_config(pre: dict[str, Path], **train) -> "ml_collections.ConfigDict":  # noqa: F821
+    c = finetune_config("ag_news")
+    c.init.checkpoint = str(pre["pre"])
+    c.data.dir = str(shared_path("ag_news"))
+    c.data.max_len = SEQ
+    c.data.train_per_class = 100
+    c.data.eval_per_class = 50
+    c.optim.peak_lr = 1e-3
+    c.optim.weight_decay = 0.0
+    c.train.epochs = 2
+    c.train.early_stopping_patience = 0
+    c.train.seeds = (0, 1)
+    c.train.progress = False
+    c.eval.batch_size = 64
+    for key, value in train.items():
+        section, field = key.split("__")
+        c[section][field] = value
+    return c
+
+
+def test_short_finetune_beats_majority_class(pretrained, tmp_path):
+    """AG News (4 balanced classes, majority 25%): both inits must clearly beat the majority class."""
+    config = ag_config(pretrained, train__epochs=8, data__train_per_class=338, optim__peak_lr=2e-3)
+    results = {}
+    for init in ("pretrained", "random"):
+        summary = Finetuner(config, tmp_path / init, init).run()
+        results[init] = summary
+        assert summary["status"] == "completed"
+        assert summary["examples"] == {"train": 1352, "test": 200}
+        assert len(summary["final"]["members"]) == 2
+        assert summary["final"]["mean"]["accuracy"] > 40.0, summary["final"]
+        assert 1 <= min(summary["best"]["epochs"]) <= 8
+    history = json.loads((tmp_path / "pretrained" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [float(e) for e in range(1, 9)]
+    logits = np.load(tmp_path / "pretrained" / "predictions" / "test.final.npy")
+    assert logits.shape == (2, 200, 4)
+    md, json_path = write_tables([tmp_path], tmp_path / "table")
+    text = md.read_text()
+    assert "| ag_news |" in text and "pre-trained" in text
+
+
+def test_vmapped_seeds_equal_separate_runs(pretrained, tmp_path):
+    """Two seeds trained together in one vmapped program = each seed trained alone."""
+    together = Finetuner(ag_config(pretrained, train__epochs=1, data__train_per_class=25),
+                         tmp_path / "both", "pretrained")
+    together.run()
+    both = np.load(tmp_path / "both" / "predictions" / "test.final.npy")
+    for i, seed in enumerate((0, 1)):
+        alone_dir = tmp_path / f"seed{seed}"
+        Finetuner(ag_config(pretrained, train__epochs=1, train__seeds=(seed,), data__train_per_class=25),
+                  alone_dir, "pretrained").run()
+        alone = np.load(alone_dir / "predictions" / "test.final.npy")
+        np.testing.assert_allclose(both[i], alone[0], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(both[0], both[1])  # seeds differ (head init, data order, dropout)
+
+
+def test_evaluation_counts_every_example_once(pretrained, tmp_path):
+    config = ag_config(pretrained, train__epochs=1, data__eval_per_class=31)  # 124 examples
+    config.eval.batch_size = 128
+    runner = Finetuner(config, tmp_path / "a", "random")
+    full = runner.predict_split("test")
+    runner.config.eval.batch_size = 8  # 124 = 15 x 8 + 4: the last batch is padded
+    padded = runner.predict_split("test")
+    assert full.shape == padded.shape == (2, 124, 4)
+    np.testing.assert_allclose(full, padded, rtol=1e-5, atol=1e-5)
+
+
+def _cli(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    return subprocess.Popen([sys.executable, "-m", "minilm_jax.finetune", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _ag_args(pre: dict[str, Path], workdir: Path, *extra: str) -> list[str]:
+    return ["--config=configs/finetune.py:ag_news", f"--workdir={workdir}",
+            f"--config.init.checkpoint={pre['pre']}", f"--config.data.dir={shared_path('ag_news')}",
+            f"--config.data.max_len={SEQ}", "--config.data.train_per_class=100",
+            "--config.data.eval_per_class=25", "--config.train.epochs=3", "--config.train.seeds=0,1",
+            "--config.optim.peak_lr=1e-3", "--config.train.progress=False",
+            "--config.checkpoint.every_steps=4", *extra]
+
+
+def test_killed_run_resumes_to_identical_result(pretrained, tmp_path):
+    straight = _cli(_ag_args(pretrained, tmp_path / "straight"))
+    out, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err[-2000:]
+
+    killed = _cli(_ag_args(pretrained, tmp_path / "killed"))
+    ckpt_dir = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and killed.poll() is None:
+        steps = [p for p in ckpt_dir.glob("*") if p.name.isdigit()] if ckpt_dir.exists() else []
+        if any(int(p.name) >= 8 for p in steps):
+            break
+        time.sleep(0.2)
+    assert killed.poll() is None, "run finished before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    resumed = _cli(_ag_args(pretrained, tmp_path / "killed"))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert "resumed from checkpoint" in out
+    a = np.load(tmp_path / "straight" / "predictions" / "test.final.npy")
+    b = np.load(tmp_path / "killed" / "predictions" / "test.final.npy")
+    np.testing.assert_array_equal(a, b)
+    sa = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert sa["final"] == sb["final"] and sa["best"] == sb["best"]
+
+
+def test_tokenizer_of_another_checkpoint_is_refused(pretrained, tmp_path):
+    from minilm_jax.corpus.tokenizer_train import train_sentencepiece
+
+    other = tmp_path / "other.model"
+    text = shared_path("ag_news", "test.csv").read_text(encoding="utf-8").splitlines()
+    other.write_bytes(train_sentencepiece(text, 600, "bpe"))
+    config = ag_config(pretrained)
+    config.data.tokenizer = str(other)
+    with pytest.raises(UserError, match="is not the one .* was pre-trained with"):
+        Finetuner(config, tmp_path / "x", "pretrained")
+
+
+def test_sequence_length_and_vocabulary_mismatch(pretrained, tmp_path):
+    config = ag_config(pretrained)
+    config.data.max_len = 128  # the checkpoint's model has 64 positions
+    with pytest.raises(UserError, match="exceeds the model's sequence length 64"):
+        Finetuner(config, tmp_path / "x", "pretrained")
+    config = ag_config(pretrained)
+    config.init.checkpoint = ""
+    config.data.tokenizer = str(pretrained["tokenizer"])
+    config.model.vocab_size = 500  # the tokenizer has 1,000 pieces
+    with pytest.raises(UserError, match="more than model.vocab_size=500"):
+        Finetuner(config, tmp_path / "y", "random")
+
+
+def test_bad_tsv_row_and_unknown_label_are_clear_cli_errors(pretrained, tmp_path):
+    glue = tmp_path / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    (glue / "train.tsv").write_text("sentence\tlabel\na fine film\t1\nno tab here\n")
+    (glue / "dev.tsv").write_text("sentence\tlabel\na fine film\t1\n")
+    args = ["--config=configs/finetune.py:sst2", f"--workdir={tmp_path / 'run'}",
+            f"--config.init.checkpoint={pretrained['pre']}", f"--config.data.dir={tmp_path / 'glue'}",
+            f"--config.data.max_len={SEQ}"]
+    proc = _cli(args)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "train.tsv" in err and "line 3" in err and "Traceback" not in err
+    (glue / "train.tsv").write_text("sentence\tlabel\na fine film\t7\n")
+    proc = _cli(args)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "label" in err and "'7'" in err, err
+
+
+def test_pretrained_mode_needs_a_checkpoint(tmp_path):
+    config = finetune_config("ag_news")
+    config.data.dir = str(shared_path("ag_news"))
+    with pytest.raises(UserError, match="needs --config.init.checkpoint"):
+        Finetuner(config, tmp_path, "pretrained")
+
+
+def _fake_summary(root: Path, task: str, init: str, scores: list[float], ckpt: str = "/runs/p",
+                  metrics: dict | None = None) -> Path:
+    members = [{**(metrics or {"accuracy": s}), "score": s} for s in scores]
+    mean = {k: float(np.mean([m[k] for m in members])) for k in members[0]}
+    std = {k: float(np.std([m[k] for m in members])) for k in members[0]}
+    summary = {"task": task, "init": init, "status": "completed", "point": "E32-H32-I128-L1-A2",
+               "seeds": list(range(len(scores))),
+               "pretrained": {"workdir": ckpt, "validation_perplexity": 20.0},
+               "final": {"members": members, "mean": mean, "std": std},
+               "best": {"members": members, "mean": mean, "std": std}}
+    path = root / task / init / "summary.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(summary))
+    return path
+
+
+def test_results_table_glue_average(tmp_path):
+    _fake_summary(tmp_path, "sst2", "pretrained", [80.0, 82.0])
+    _fake_summary(tmp_path, "sst2", "random", [70.0, 72.0])
+    # STS-B's score is the mean of Pearson and Spearman (SPEC A6: one number per task).
+    _fake_summary(tmp_path, "stsb", "pretrained", [30.0], metrics={"pearson": 40.0, "spearman": 20.0})
+    _fake_summary(tmp_path, "stsb", "random", [10.0], metrics={"pearson": 12.0, "spearman": 8.0})
+    _fake_summary(tmp_path, "ag_news", "pretrained", [90.0])
+    rows = [run_row(p) for p in sorted(tmp_path.rglob("summary.json"))]
+    assert glue_averages(rows) == {"pretrained": pytest.approx((81.0 + 30.0) / 2),
+                                   "random": pytest.approx((71.0 + 10.0) / 2)}
+    md, payload = tables(rows)
+    assert "| sst2 |" in md and "81.0 ± 1.0" in md and "+10.0" in md
+    assert "**GLUE average** | | **55.5** | **40.5**" in md
+    assert payload["checkpoints"][0]["glue_average"]["pretrained"] == pytest.approx(55.5)
+
+
+def test_committee_accuracy_vs_k(tmp_path):
+    from minilm_jax.committee import CommitteeError, write_committee
+
+    labels = np.array([0, 1, 1, 0, 1])
+    runs = []
+    for r, seeds in enumerate(([0, 1], [0])):
+        run = tmp_path / f"run{r}"
+        (run / "predictions").mkdir(parents=True)
+        logits = np.random.default_rng(r).normal(size=(len(seeds), 5, 2))
+        np.save(run / "predictions" / "test.final.npy", logits)
+        np.save(run / "predictions" / "test.labels.npy", labels)
+        (run / "summary.json").write_text(json.dumps({"seeds": seeds, "point": f"p{r}"}))
+        runs.append(str(run))
+    result = write_committee(runs, tmp_path / "out")
+    assert [p["k"] for p in result["points"]] == [1, 2, 3]
+    assert len(result["members"]) == 3
+    assert (tmp_path / "out" / "committee.png").stat().st_size > 0
+    np.save(Path(runs[1]) / "predictions" / "test.labels.npy", labels[::-1])
+    with pytest.raises(CommitteeError, match="differ"):
+        write_committee(runs, tmp_path / "out2")

@@ -28,11 +28,15 @@ setup(
         "etils[epath]>=1.7",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "scikit-learn>=1.4,<2"],
+        # tensorflow-datasets: the TFDS source test builds and reads a real ArrayRecord dataset offline
+        # (~10 s to install, no TensorFlow needed).
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "scikit-learn>=1.4,<2",
+                 "tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6"],
         # Hugging Face interop (export/import of RobertaForMaskedLM; side-by-side benchmark).
         "interop": ["torch>=2.4", "transformers>=4.46,<6", "safetensors>=0.4,<1"],
-        # TFDS text sources (no TensorFlow needed for array_record data sources).
-        "tfds": ["tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6", "grain>=0.2.10,<0.3"],
+        # TFDS text sources (no TensorFlow needed for array_record data sources); tensorflow-datasets
+        # imports importlib_resources without declaring it.
+        "tfds": ["tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6"],
     },
     entry_points={"console_scripts": ["minilm-pretrain=minilm_jax.pretrain:_entry"]},
 )

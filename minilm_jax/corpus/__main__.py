@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from minilm_jax.corpus.errors import CorpusError
 
@@ -29,16 +29,23 @@ def _sources(values: Sequence[str]) -> list:
     return [SourceSpec.parse(v) for v in values]
 
 
-def _add_common(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
+def _command(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], None],
+             summary: str, description: str) -> argparse.ArgumentParser:
+    """A sub-command's parser, which runs ``func``."""
+    p = sub.add_parser(name, help=summary, description=description)
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_common(p: argparse.ArgumentParser, *, workers: bool = True, decode: bool = False) -> None:
+    """The options every stage shares: --overwrite, --no_progress, and --workers / --on_decode_error."""
+    if decode:
+        p.add_argument("--on_decode_error", choices=("skip", "fail"), default="skip",
+                       help="lines with undecodable (non UTF-8) bytes: skip and count them (default) or stop")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     if workers:
         p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
-
-
-def _add_decode(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--on_decode_error", choices=("skip", "fail"), default="skip",
-                   help="lines with undecodable (non UTF-8) bytes: skip and count them (default) or stop")
 
 
 def _vocab_path(args: argparse.Namespace):
@@ -173,19 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minilm_jax.corpus", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    p = sub.add_parser("vocab", help="obtain/check the AO-CHILDES vocabulary, or make a top-N word list",
-                       description="Without --top: find the AO-CHILDES vocabulary (path, cache or verified "
-                       "download) and print its path and size. With --top N: write the N most frequent words "
-                       "of a corpus as a vocabulary CSV.")
+    p = _command(sub, "vocab", cmd_vocab, "obtain/check the AO-CHILDES vocabulary, or make a top-N word list",
+                 "Without --top: find the AO-CHILDES vocabulary (path, cache or verified "
+                 "download) and print its path and size. With --top N: write the N most frequent words "
+                 "of a corpus as a vocabulary CSV.")
     _add_vocab_args(p)
     p.add_argument("--top", type=int, help="make a vocabulary of the N most frequent words of --corpus")
     p.add_argument("--corpus", action="append", help=SOURCE_HELP)
     p.add_argument("--out", help="output vocabulary CSV (with --top)")
-    p.set_defaults(func=cmd_vocab)
 
-    p = sub.add_parser("filter", help="build the constrained corpus (study A filter + packing)",
-                       description="Filter sources against a reduced vocabulary (110-word windows, stride 30, "
-                       "no out-of-vocabulary word, >40 words; or sentences) and pack kept units into sequences.")
+    p = _command(sub, "filter", cmd_filter, "build the constrained corpus (study A filter + packing)",
+                 "Filter sources against a reduced vocabulary (110-word windows, stride 30, "
+                 "no out-of-vocabulary word, >40 words; or sentences) and pack kept units into sequences.")
     p.add_argument("--source", action="append", required=True, help=SOURCE_HELP + "; repeat for several")
     p.add_argument("--out", required=True, help="output folder (sequences.jsonl, report.json, manifest.json)")
     _add_vocab_args(p)
@@ -199,23 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_pack", action="store_true", help="write kept units as they are, unpacked")
     p.add_argument("--max_len", type=int, default=128, help="packing: words x ratio must stay below this")
     p.add_argument("--ratio", type=float, default=1.2, help="packing: estimated tokens per word")
-    _add_decode(p)
-    _add_common(p)
-    p.set_defaults(func=cmd_filter)
+    _add_common(p, decode=True)
 
-    p = sub.add_parser("control", help="sample the unconstrained control matching a constrained corpus",
-                       description="Sample windows from the sources of a filter output, without the vocabulary "
-                       "check, to match it per source in units or words; pack them the same way.")
+    p = _command(sub, "control", cmd_control, "sample the unconstrained control matching a constrained corpus",
+                 "Sample windows from the sources of a filter output, without the vocabulary "
+                 "check, to match it per source in units or words; pack them the same way.")
     p.add_argument("--constrained", required=True, help="output folder of `filter`")
     p.add_argument("--out", required=True)
     p.add_argument("--match", choices=("units", "words"), default="units")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
-    p.set_defaults(func=cmd_control)
 
-    p = sub.add_parser("train-tokenizer", help="train SentencePiece BPE/unigram models for a grid of sizes",
-                       description="Train SentencePiece models (<s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4) on a "
-                       "seeded sample of a corpus, one per model type and vocabulary size.")
+    p = _command(sub, "train-tokenizer", cmd_train_tokenizer,
+                 "train SentencePiece BPE/unigram models for a grid of sizes",
+                 "Train SentencePiece models (<s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4) on a "
+                 "seeded sample of a corpus, one per model type and vocabulary size.")
     p.add_argument("--corpus", action="append", required=True, help=SOURCE_HELP)
     p.add_argument("--out", required=True)
     p.add_argument("--sizes", type=_ints, required=True, help="vocabulary sizes, e.g. 8000,19000,32000")
@@ -225,11 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--character_coverage", type=float, default=0.9995)
     p.add_argument("--byte_fallback", action="store_true", help="byte pieces instead of <unk> for rare characters")
     _add_common(p)
-    p.set_defaults(func=cmd_train_tokenizer)
 
-    p = sub.add_parser("select-tokenizer", help="compare tokenizers (split ratio, ESMS, unk rate); recommend a size",
-                       description="Measure each tokenizer on a seeded corpus sample and downstream texts; "
-                       "write report.md, report.json and report.png.")
+    p = _command(sub, "select-tokenizer", cmd_select,
+                 "compare tokenizers (split ratio, ESMS, unk rate); recommend a size",
+                 "Measure each tokenizer on a seeded corpus sample and downstream texts; "
+                 "write report.md, report.json and report.png.")
     p.add_argument("--tokenizers", nargs="+", required=True, help="train-tokenizer output folders or model files")
     p.add_argument("--corpus", action="append", required=True, help=SOURCE_HELP)
     p.add_argument("--downstream", action="append", default=[], help="downstream texts for the unk rate (" +
@@ -240,11 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--morphemes", help="reference segmentations word<TAB>m1 m2 ... (default: the project's list)")
     p.add_argument("--tolerance", type=float, default=0.05, help="split-ratio tolerance of the recommendation rule")
     _add_common(p, workers=False)
-    p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser("shards", help="tokenize a corpus into train/validation/test token shards",
-                       description="Tokenize texts into seq_len-token rows (<s> ... </s>, padded or packed) "
-                       "and write the engine's shard format.")
+    p = _command(sub, "shards", cmd_shards, "tokenize a corpus into train/validation/test token shards",
+                 "Tokenize texts into seq_len-token rows (<s> ... </s>, padded or packed) "
+                 "and write the engine's shard format.")
     p.add_argument("--corpus", action="append", required=True, help=SOURCE_HELP)
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model or WordPiece vocab.txt")
     p.add_argument("--out", required=True)
@@ -255,13 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid", type=float, default=0.01, help="validation texts: a fraction (<1) or a count")
     p.add_argument("--test", type=float, default=0.01, help="test texts: a fraction (<1) or a count")
     p.add_argument("--seed", type=int, default=0)
-    _add_decode(p)
-    _add_common(p)
-    p.set_defaults(func=cmd_shards)
+    _add_common(p, decode=True)
 
-    p = sub.add_parser("subsets", help="study B: first-128-token shards of the first N articles of a shuffled corpus",
-                       description="One shard folder per N: the first seq_len tokens of each of the first N "
-                       "articles of a seeded shuffle (nested subsets, shared validation split).")
+    p = _command(sub, "subsets", cmd_subsets,
+                 "study B: first-128-token shards of the first N articles of a shuffled corpus",
+                 "One shard folder per N: the first seq_len tokens of each of the first N "
+                 "articles of a seeded shuffle (nested subsets, shared validation split).")
     p.add_argument("--corpus", required=True, help=SOURCE_HELP + " (one document per article)")
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--out", required=True)
@@ -270,17 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seq_len", type=int, default=128)
     _add_common(p, workers=False)
-    p.set_defaults(func=cmd_subsets)
 
-    p = sub.add_parser("overlap", help="token overlap between pre-training shards and task texts",
-                       description="Type-level and occurrence-level share of task tokens whose type occurs in the "
-                       "pre-training shards (special tokens excluded).")
+    p = _command(sub, "overlap", cmd_overlap, "token overlap between pre-training shards and task texts",
+                 "Type-level and occurrence-level share of task tokens whose type occurs in the "
+                 "pre-training shards (special tokens excluded).")
     p.add_argument("--shards", required=True, help="shard folder")
     p.add_argument("--tokenizer", required=True, help="the tokenizer the shards were built with")
     p.add_argument("--task", action="append", required=True, help="task texts: " + SOURCE_HELP)
     p.add_argument("--splits", default="train", help="shard splits to count (comma-separated)")
     p.add_argument("--json", help="also write the result as JSON to this file")
-    p.set_defaults(func=cmd_overlap)
     return parser
 
 

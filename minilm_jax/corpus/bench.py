@@ -1,8 +1,9 @@
 """Throughput benchmark of the corpus pipeline: ``python -m minilm_jax.corpus.bench``.
 
 Prints MB/s of raw text (UTF-8 bytes) for: the constrained filter on one core (window rule), the whole
-``filter`` stage with N worker processes (reading, filtering, dedup, packing, writing), and SentencePiece
-tokenization on one core. Texts: WikiText-2 articles and AO-CHILDES transcripts from the shared data
+``filter`` stage with N worker processes (reading, filtering, dedup, packing, writing), SentencePiece
+tokenization on one core, and the whole streaming ``shards`` stage with N worker processes (counting
+pass, tokenizing, writing rows). Texts: WikiText-2 articles and AO-CHILDES transcripts from the shared data
 folder if present (``$MINILM_SHARED_DATA``, else ``../shared/data`` next to the repository), or
 ``--text FILE`` (one document per line), else seeded synthetic text. A figure, not a test.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from minilm_jax.corpus.constrained import FilterConfig, FilterCounts, VocabularyChecker, filter_document
 from minilm_jax.corpus.filter_stage import run_filter
 from minilm_jax.corpus.selection import load_morphemes
+from minilm_jax.corpus.shards_build import run_shards
 from minilm_jax.corpus.sources import SourceSpec, iter_documents
 from minilm_jax.corpus.tokenizer_train import train_sentencepiece
 from minilm_jax.corpus.vocab import load_word_list, write_word_list
@@ -67,6 +69,12 @@ def _repeat_to(docs: list[str], megabytes: float) -> list[str]:
     return out
 
 
+def _write_lines(docs: list[str], path: Path) -> Path:
+    """Write ``docs`` one per line (newlines inside a document become spaces); return ``path``."""
+    path.write_text("\n".join(d.replace("\n", " ") for d in docs) + "\n", encoding="utf-8")
+    return path
+
+
 def bench_filter_core(docs: list[str], vocab: frozenset[str]) -> tuple[float, FilterCounts]:
     """One-core MB/s of the window filter (no I/O)."""
     checker, cfg, counts, oov = VocabularyChecker(vocab), FilterConfig(), FilterCounts(), Counter()
@@ -79,8 +87,7 @@ def bench_filter_core(docs: list[str], vocab: frozenset[str]) -> tuple[float, Fi
 def bench_filter_stage(docs: list[str], vocab_path: Path, workers: int) -> float:
     """End-to-end MB/s of the filter stage with ``workers`` processes."""
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "docs.txt"
-        src.write_text("\n".join(d.replace("\n", " ") for d in docs) + "\n", encoding="utf-8")
+        src = _write_lines(docs, Path(tmp) / "docs.txt")
         try:
             report = run_filter([SourceSpec("text", str(src))], vocab_path, Path(tmp) / "out", workers=workers)
         except Exception as err:  # nothing kept, etc.: report it, do not fail the benchmark
@@ -89,17 +96,25 @@ def bench_filter_stage(docs: list[str], vocab_path: Path, workers: int) -> float
         return report["mb_per_s"]
 
 
-def bench_tokenize(docs: list[str], vocab_size: int) -> float:
-    """One-core MB/s of SentencePiece BPE encoding (model trained on the first documents)."""
+def bench_tokenize(docs: list[str], model: Path) -> float:
+    """One-core MB/s of SentencePiece encoding."""
     import sentencepiece as spm
 
-    model = train_sentencepiece(docs[:2000], vocab_size, "bpe")
-    sp = spm.SentencePieceProcessor(model_proto=model)
+    sp = spm.SentencePieceProcessor(model_file=str(model))
     size = sum(len(d.encode("utf-8")) for d in docs)
     start = time.perf_counter()
     for i in range(0, len(docs), 256):
         sp.encode(docs[i:i + 256], out_type=int)
     return size / 1e6 / (time.perf_counter() - start)
+
+
+def bench_shards_stage(docs: list[str], model: Path, workers: int) -> float:
+    """End-to-end MB/s of the streaming ``shards`` stage (counting pass, tokenizing, 128-token padded rows)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = _write_lines(docs, Path(tmp) / "docs.txt")
+        start = time.perf_counter()
+        run_shards([SourceSpec("text", str(src))], str(model), Path(tmp) / "shards", workers=workers)
+        return src.stat().st_size / 1e6 / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             for workers in sorted({1, args.workers}):
                 stage = bench_filter_stage(docs, vocab_path, workers)
                 print(f"  filter stage, {workers} worker(s), end to end: {stage:8.2f} MB/s")
-            encode = bench_tokenize(docs, args.vocab_size)
-            print(f"  SentencePiece BPE-{args.vocab_size} encode, one core: {encode:8.2f} MB/s")
+            model = Path(tmp) / "bench.model"
+            model.write_bytes(train_sentencepiece(docs[:2000], args.vocab_size, "bpe"))
+            print(f"  SentencePiece BPE-{args.vocab_size} encode, one core: {bench_tokenize(docs, model):8.2f} MB/s")
+            for workers in sorted({1, args.workers}):
+                stage = bench_shards_stage(docs, model, workers)
+                print(f"  shards stage (streaming), {workers} worker(s), end to end: {stage:8.2f} MB/s")
     return 0
 
 

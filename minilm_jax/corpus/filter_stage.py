@@ -1,9 +1,9 @@
 """The ``filter`` stage: sources -> constrained corpus (``sequences.jsonl``), report and manifest.
 
 Documents are read in the main process, in order, and filtered in batches by a pool of worker
-processes (``imap`` keeps the batch order, so the output does not depend on the number of workers).
-The main process drops exact duplicates (by a 128-bit BLAKE2b digest), packs the kept units per source
-and writes them.
+processes (results are taken in submission order, so the output does not depend on the number of
+workers; a few batches per worker are in flight at a time, so memory stays bounded). The main process
+drops exact duplicates (by a 128-bit BLAKE2b digest), packs the kept units per source and writes them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from minilm_jax.data.shards import atomic_write_json, file_sha256
 BATCH_BYTES = 1 << 18
 BATCH_DOCS = 2048
 _OOV_KEEP = 1 << 20
+IN_FLIGHT_PER_WORKER = 4  # parallel_map: batches submitted ahead of the consumer, per worker
 REPORT_FILE = "report.json"
 
 _worker: dict[str, Any] = {}
@@ -90,14 +91,24 @@ def _filter_batch(item: tuple[str, list[str]]) -> tuple[str, list[str], FilterCo
 
 def parallel_map(func: Callable, items: Iterable, workers: int, initializer: Callable,
                  initargs: tuple) -> Iterator:
-    """Ordered map over ``items``: in-process for one worker, else a process pool (``imap``)."""
+    """Ordered map over ``items``: in-process for one worker, else a process pool.
+
+    At most ``IN_FLIGHT_PER_WORKER x workers`` items are submitted and not yet consumed, so memory
+    stays bounded when the consumer is slower than the workers (``Pool.imap`` would queue every result).
+    """
     if workers <= 1:
         initializer(*initargs)
         yield from map(func, items)
         return
     ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
     with ctx.Pool(workers, initializer=initializer, initargs=initargs) as pool:
-        yield from pool.imap(func, items, chunksize=1)
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.apply_async(func, (item,)))
+            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
 class SequenceSink:

@@ -1,21 +1,27 @@
 """The ``shards`` stage: tokenize a corpus into the engine's token shards (``minilm_jax.data.shards``).
 
 Texts are assigned to train / validation / test by a seeded permutation of their indices (exact counts,
-or fractions of the corpus), then tokenized in order by a pool of workers (``imap``: the output does not
-depend on the number of workers). Rows have ``seq_len`` tokens:
+or fractions of the corpus; a counting pass over the sources comes first), then tokenized in order by a
+pool of workers (results are consumed in order: the output does not depend on the number of workers).
+Rows have ``seq_len`` tokens:
 
 * ``padded``: one text per row, ``<s> ids </s>`` then padding; a longer text is truncated
   (``overflow=truncate``) or continued in further rows (``overflow=split``);
 * ``packed``: each text becomes ``<s> ids </s>`` pieces (split into pieces of ``seq_len - 2`` ids if
   longer) and pieces are packed greedily into rows; ``segments`` arrays number the pieces of a row
   1, 2, ... (0 at padding) so that pieces never attend to each other.
+
+Rows are streamed: each split keeps one block of ``block_rows`` rows in memory and appends full blocks
+to its ``.npy`` file (``ShardWriter``), so memory does not grow with the corpus (beyond one byte per
+text for the split assignment). The files are byte-identical to those of ``write_shards`` on whole
+arrays, whatever the block size.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +32,15 @@ from minilm_jax.corpus.filter_stage import parallel_map
 from minilm_jax.corpus.manifest import atomic_output_dir, check_output_free, read_stage_manifest
 from minilm_jax.corpus.progress import progress_bar
 from minilm_jax.corpus.sources import SourceSpec, fingerprint, iter_documents
-from minilm_jax.data.shards import write_shards
+from minilm_jax.data.shards import ShardWriter
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 
 SPLITS = ("train", "validation", "test")
 MODES = ("padded", "packed")
 OVERFLOWS = ("truncate", "split")
 _BATCH_TEXTS = 512
+_BATCH_CHARS = 1 << 18  # long documents: smaller batches, so that every worker gets some
+BLOCK_ROWS = 2048  # rows per split held in memory before they are written
 _worker: dict[str, Any] = {}
 
 
@@ -71,34 +79,62 @@ def split_sizes(n: int, valid: float, test: float) -> tuple[int, int, int]:
 
 
 def split_assignment(n: int, valid: float, test: float, seed: int) -> np.ndarray:
-    """Split index (0 train, 1 validation, 2 test) of each text, from a seeded permutation."""
+    """Split index (0 train, 1 validation, 2 test) of each text, from a seeded permutation.
+
+    One byte per text (the permutation, 4 bytes per text below 2**31 texts, is freed on return);
+    the same permutation as ``np.random.default_rng(seed).permutation(n)``.
+    """
     _, n_valid, n_test = split_sizes(n, valid, test)
-    order = np.random.default_rng(seed).permutation(n)
+    order = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    np.random.default_rng(seed).shuffle(order)
     assignment = np.zeros(n, dtype=np.int8)
     assignment[order[:n_valid]] = 1
     assignment[order[n_valid:n_valid + n_test]] = 2
     return assignment
 
 
-class RowBuffer:
-    """Rows of ``seq_len`` int32 tokens (and segment ids) grown in fixed-size blocks."""
+RowSink = Callable[[np.ndarray, np.ndarray], None]
 
-    def __init__(self, seq_len: int, pad_id: int, block: int = 4096) -> None:
-        self.seq_len, self.pad_id, self.block = seq_len, pad_id, block
+
+class RowBuffer:
+    """Rows of ``seq_len`` int32 tokens (and segment ids) in blocks of ``block`` rows.
+
+    Without ``emit`` every block is kept (:meth:`arrays` joins them). With ``emit``, a full block is
+    handed to ``emit(tokens, segments)`` (which must not keep the arrays) and reused, so memory stays
+    at one block; :meth:`flush` hands over the last, partial block.
+    """
+
+    def __init__(self, seq_len: int, pad_id: int, block: int = BLOCK_ROWS, emit: RowSink | None = None) -> None:
+        self.seq_len, self.pad_id, self.block, self.emit = seq_len, pad_id, block, emit
         self._tokens: list[np.ndarray] = []
         self._segments: list[np.ndarray] = []
+        self._filled = 0  # rows in the last block
         self.rows = 0
 
     def append(self, tokens: list[int], segments: list[int]) -> None:
-        slot = self.rows % self.block
-        if slot == 0:
+        if not self._tokens or self._filled == self.block:
             self._tokens.append(np.full((self.block, self.seq_len), self.pad_id, dtype=np.int32))
             self._segments.append(np.zeros((self.block, self.seq_len), dtype=np.int32))
-        self._tokens[-1][slot, :len(tokens)] = tokens
-        self._segments[-1][slot, :len(segments)] = segments
+            self._filled = 0
+        self._tokens[-1][self._filled, :len(tokens)] = tokens
+        self._segments[-1][self._filled, :len(segments)] = segments
+        self._filled += 1
         self.rows += 1
+        if self.emit is not None and self._filled == self.block:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the rows of the current block to ``emit`` and clear the block (nothing without ``emit``)."""
+        if self.emit is not None and self._filled:
+            self.emit(self._tokens[-1][:self._filled], self._segments[-1][:self._filled])
+            self._tokens[-1].fill(self.pad_id)
+            self._segments[-1].fill(0)
+            self._filled = 0
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All rows (tokens, segments); only without ``emit``."""
+        if self.emit is not None:
+            raise CorpusError("RowBuffer.arrays: the rows were emitted, not kept")
         if not self._tokens:
             empty = np.zeros((0, self.seq_len), dtype=np.int32)
             return empty, empty
@@ -108,9 +144,10 @@ class RowBuffer:
 class RowBuilder:
     """Turns token-id lists into rows for one split (padded or packed)."""
 
-    def __init__(self, cfg: ShardConfig, bos: int, eos: int, pad: int) -> None:
+    def __init__(self, cfg: ShardConfig, bos: int, eos: int, pad: int, *, emit: RowSink | None = None,
+                 block: int = BLOCK_ROWS) -> None:
         self.cfg, self.bos, self.eos = cfg, bos, eos
-        self.buffer = RowBuffer(cfg.seq_len, pad)
+        self.buffer = RowBuffer(cfg.seq_len, pad, block, emit)
         self.texts = self.truncated_tokens = self.empty_texts = 0
         self._row: list[int] = []
         self._seg: list[int] = []
@@ -137,9 +174,15 @@ class RowBuilder:
             self._seg.extend([segment] * len(piece))
 
     def flush(self) -> None:
+        """Close the row being packed."""
         if self._row:
             self.buffer.append(self._row, self._seg)
             self._row, self._seg = [], []
+
+    def finish(self) -> None:
+        """Close the row being packed and hand the last rows to the sink."""
+        self.flush()
+        self.buffer.flush()
 
 
 def _init_worker(path: str, sha256: str) -> None:
@@ -165,13 +208,15 @@ def _encode_batch(item: tuple[int, list[str]]) -> tuple[int, list[np.ndarray], i
 
 
 def _text_batches(specs: list[SourceSpec], on_decode_error: str) -> Iterator[tuple[int, list[str]]]:
-    index, batch = 0, []
+    """(index of the first text, texts) batches of at most ``_BATCH_TEXTS`` texts or about ``_BATCH_CHARS``."""
+    index, batch, chars = 0, [], 0
     for spec in specs:
         for text in iter_documents(spec, on_decode_error=on_decode_error):
             batch.append(text)
-            if len(batch) >= _BATCH_TEXTS:
+            chars += len(text)
+            if len(batch) >= _BATCH_TEXTS or chars >= _BATCH_CHARS:
                 yield index, batch
-                index, batch = index + len(batch), []
+                index, batch, chars = index + len(batch), [], 0
     if batch:
         yield index, batch
 
@@ -187,10 +232,20 @@ def count_texts(specs: list[SourceSpec], on_decode_error: str) -> int:
     return total
 
 
+def _split_sink(writer: ShardWriter, split: str, packed: bool) -> RowSink:
+    def emit(tokens: np.ndarray, segments: np.ndarray) -> None:
+        writer.append(split, tokens, segments if packed else None)
+
+    return emit
+
+
 def build_rows(specs: list[SourceSpec], tok: Tokenizer, cfg: ShardConfig, assignment: np.ndarray, *,
-               workers: int, on_decode_error: str, progress: bool) -> dict[str, RowBuilder]:
-    """Tokenize every text and route it to its split's row builder."""
-    builders = {name: RowBuilder(cfg, tok.bos_id, tok.eos_id, tok.pad_id) for name in SPLITS}
+               workers: int, on_decode_error: str, progress: bool, writer: ShardWriter | None = None,
+               block_rows: int = BLOCK_ROWS) -> dict[str, RowBuilder]:
+    """Tokenize every text and route it to its split's row builder (streamed to ``writer`` if given)."""
+    builders = {name: RowBuilder(cfg, tok.bos_id, tok.eos_id, tok.pad_id, block=block_rows,
+                                 emit=_split_sink(writer, name, cfg.mode == "packed") if writer else None)
+                for name in SPLITS}
     seen = 0
     with progress_bar(progress, unit="B", unit_scale=True, desc="shards") as bar:
         for first, ids_list, size in parallel_map(_encode_batch, _text_batches(specs, on_decode_error), workers,
@@ -204,14 +259,14 @@ def build_rows(specs: list[SourceSpec], tok: Tokenizer, cfg: ShardConfig, assign
     if seen != len(assignment):
         raise CorpusError(f"the corpus changed while building shards ({seen} texts, {len(assignment)} counted)")
     for builder in builders.values():
-        builder.flush()
+        builder.finish()
     return builders
 
 
 def run_shards(sources: list[SourceSpec], tokenizer_path: str, out_dir: str | os.PathLike, *,
                cfg: ShardConfig = ShardConfig(), workers: int = 1, on_decode_error: str = "skip",
-               overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
-    """Build a shard set from ``sources``; return its manifest."""
+               overwrite: bool = False, progress: bool = False, block_rows: int = BLOCK_ROWS) -> dict[str, Any]:
+    """Build a shard set from ``sources``, streaming rows to disk ``block_rows`` at a time; return its manifest."""
     check_output_free(out_dir, overwrite)
     tok = load_tokenizer(tokenizer_path)
     inputs = [fingerprint(s) for s in sources]
@@ -219,20 +274,22 @@ def run_shards(sources: list[SourceSpec], tokenizer_path: str, out_dir: str | os
     if n == 0:
         raise CorpusError(f"corpus is empty: no texts in {', '.join(map(str, sources))}")
     assignment = split_assignment(n, cfg.valid, cfg.test, cfg.seed)
-    builders = build_rows(sources, tok, cfg, assignment, workers=workers, on_decode_error=on_decode_error,
-                          progress=progress)
-    arrays = {name: b.buffer.arrays() for name, b in builders.items() if b.buffer.rows}
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp, \
+            ShardWriter(tmp, seq_len=cfg.seq_len, pad_id=tok.pad_id, tokenizer=tok.info, splits=SPLITS) as writer:
+        builders = build_rows(sources, tok, cfg, assignment, workers=workers, on_decode_error=on_decode_error,
+                              progress=progress, writer=writer, block_rows=block_rows)
+        manifest = writer.finish(_provenance(inputs, tok, cfg, builders))
+    return manifest
+
+
+def _provenance(inputs: list[dict[str, Any]], tok: Tokenizer, cfg: ShardConfig,
+                builders: dict[str, RowBuilder]) -> dict[str, Any]:
     counts = {name: {"texts": b.texts, "rows": b.buffer.rows, "truncated_tokens": b.truncated_tokens,
                      "empty_texts": b.empty_texts} for name, b in builders.items()}
-    provenance = {"stage": "shards", "inputs": inputs, "tokenizer": {"path": tok.path, "sha256": tok.sha256,
-                  "kind": tok.kind}, "parameters": dataclasses.asdict(cfg), "counts": counts,
-                  "special_ids": {"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id, "unk": tok.unk_id,
-                                  "mask": tok.mask_id}}
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        segments = {k: v[1] for k, v in arrays.items()} if cfg.mode == "packed" else None
-        manifest = write_shards(tmp, {k: v[0] for k, v in arrays.items()}, pad_id=tok.pad_id,
-                                tokenizer=tok.info, segments=segments, source=provenance)
-    return manifest
+    return {"stage": "shards", "inputs": inputs, "tokenizer": {"path": tok.path, "sha256": tok.sha256,
+            "kind": tok.kind}, "parameters": dataclasses.asdict(cfg), "counts": counts,
+            "special_ids": {"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id, "unk": tok.unk_id,
+                            "mask": tok.mask_id}}
 
 
 def check_shards_tokenizer(shard_dir: str | os.PathLike, tok: Tokenizer) -> dict[str, Any]:

@@ -107,6 +107,14 @@ class ReadStats:
     undecodable_skipped: int = 0
     first_undecodable: str | None = None
 
+    def undecodable(self, loc: str, policy: str, detail: str, unit: str) -> None:
+        """Undecodable bytes at ``loc``: stop (policy ``fail``) or count the skipped line or file."""
+        if policy == "fail":
+            raise CorpusError(f"{loc}: undecodable bytes (not UTF-8){detail}; "
+                              f"use --on_decode_error skip to skip such {unit}") from None
+        self.undecodable_skipped += 1
+        self.first_undecodable = self.first_undecodable or loc
+
     def merge(self, other: ReadStats) -> None:
         self.documents += other.documents
         self.bytes += other.bytes
@@ -149,12 +157,7 @@ def _decoded_lines(path: Path, policy: str, stats: ReadStats, where: list[int]) 
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                loc = f"{path}:{lineno}"
-                if policy == "fail":
-                    raise CorpusError(f"{loc}: undecodable bytes (not UTF-8) at column {err.start + 1}; "
-                                      "use --on_decode_error skip to skip such lines") from None
-                stats.undecodable_skipped += 1
-                stats.first_undecodable = stats.first_undecodable or loc
+                stats.undecodable(f"{path}:{lineno}", policy, f" at column {err.start + 1}", "lines")
                 continue
             if lineno == 1 and line.startswith("\ufeff"):
                 line = line[1:]
@@ -176,12 +179,7 @@ def _iter_textfiles(files: list[Path], policy: str, stats: ReadStats) -> Iterato
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as err:
-            loc = f"{path}:{data[:err.start].count(NEWLINE) + 1}"
-            if policy == "fail":
-                raise CorpusError(f"{loc}: undecodable bytes (not UTF-8); "
-                                  "use --on_decode_error skip to skip such files") from None
-            stats.undecodable_skipped += 1
-            stats.first_undecodable = stats.first_undecodable or loc
+            stats.undecodable(f"{path}:{data[:err.start].count(NEWLINE) + 1}", policy, "", "files")
             continue
         if text.strip():
             yield text.strip()

@@ -15,7 +15,9 @@ padded with ``pad_id``; memory-mapped on read) and one ``manifest.json`` describ
 Packed sequences may carry an optional ``<split>.segments.npy`` (int32, same shape, 0 at padding,
 1, 2, ... per packed document) so that documents in one row never attend to each other.
 
-Files are written to a temporary name and renamed, so a reader never sees a half-written shard.
+Files are written to a temporary name and renamed, so a reader never sees a half-written shard;
+:class:`ShardWriter` writes a shard set in chunks of rows (bounded memory), ``write_shards`` from
+whole arrays (the same files, byte for byte).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -68,18 +71,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npy")
-    os.close(fd)
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 @dataclasses.dataclass(frozen=True)
 class TokenizerInfo:
     """Identity of the tokenizer that produced a shard set."""
@@ -87,6 +78,160 @@ class TokenizerInfo:
     sha256: str
     vocab_size: int
     path: str = ""
+
+
+ROW_DTYPE = np.dtype("<i4")
+
+
+class NpyRowWriter:
+    """Append int32 rows of one length to a ``.npy`` file whose row count is known only at the end.
+
+    Rows go to a temporary file (same folder) after a header for zero rows; :meth:`commit` rewrites
+    the header with the final count, hashes the file and renames it into place. numpy pads the header
+    so that its length does not depend on the count: the file is byte-identical to ``np.save`` of the
+    whole array. The sha256 takes one sequential read of the finished file, since the header (which
+    holds the count) comes first and is final only at the end. Memory: the rows of one :meth:`append`.
+    """
+
+    def __init__(self, path: str | os.PathLike, row_len: int) -> None:
+        self.path, self.row_len, self.rows = Path(path), int(row_len), 0
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self._tmp = Path(tmp)
+        self._handle = os.fdopen(fd, "wb")
+        self._data_offset = self._write_header()
+
+    def _write_header(self) -> int:
+        """Write the header for the rows so far at the start of the file; return its length."""
+        self._handle.seek(0)
+        header = {"descr": np.lib.format.dtype_to_descr(ROW_DTYPE), "fortran_order": False,
+                  "shape": (self.rows, self.row_len)}
+        np.lib.format.write_array_header_1_0(self._handle, header)
+        return self._handle.tell()
+
+    def append(self, rows: np.ndarray) -> None:
+        """Append ``[n, row_len]`` rows (converted to little-endian int32)."""
+        if rows.ndim != 2 or rows.shape[1] != self.row_len:
+            raise ShardError(f"{self.path.name}: rows of shape {rows.shape}, expected [n, {self.row_len}]")
+        self._handle.write(np.ascontiguousarray(rows, dtype=ROW_DTYPE))  # buffer protocol: no copy
+        self.rows += int(rows.shape[0])
+
+    def commit(self) -> str:
+        """Write the final header, rename the file into place; return its sha256."""
+        self._handle.flush()
+        if self._write_header() != self._data_offset:
+            raise ShardError(f"{self.path.name}: the .npy header changed length")  # numpy pads it: not expected
+        self._handle.close()
+        digest = file_sha256(self._tmp)
+        os.replace(self._tmp, self.path)
+        return digest
+
+    def discard(self) -> None:
+        """Close and delete the temporary file (nothing is renamed)."""
+        self._handle.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+@dataclasses.dataclass
+class _SplitFiles:
+    tokens: NpyRowWriter
+    segments: NpyRowWriter | None
+    num_tokens: int = 0
+
+
+class ShardWriter:
+    """Write a shard set in chunks of rows, with memory bounded by the largest chunk.
+
+    ``append(split, tokens, segments)`` adds rows to a split (its files are created at its first rows;
+    ``splits`` gives the allowed names and their order in the manifest). ``finish(source)`` removes an
+    older manifest, completes each file (header, sha256, rename) and writes the new manifest last;
+    leaving a ``with`` block without ``finish`` (an error) deletes the temporary files. So a failure
+    leaves either the folder as it was or one without a manifest, which no reader accepts.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, *, seq_len: int, pad_id: int, tokenizer: TokenizerInfo,
+                 splits: Sequence[str]) -> None:
+        self.out = Path(out_dir)
+        self.seq_len, self.pad_id, self.tokenizer = int(seq_len), int(pad_id), tokenizer
+        self.split_names = tuple(splits)
+        self._files: dict[str, _SplitFiles] = {}
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def _open(self, split: str, with_segments: bool) -> _SplitFiles:
+        if split not in self.split_names:
+            raise ShardError(f"split '{split}' is not one of {self.split_names}")
+        segments = NpyRowWriter(self.out / f"{split}.segments.npy", self.seq_len) if with_segments else None
+        files = self._files[split] = _SplitFiles(NpyRowWriter(self.out / f"{split}.npy", self.seq_len), segments)
+        return files
+
+    def append(self, split: str, tokens: np.ndarray, segments: np.ndarray | None = None) -> None:
+        """Append ``[n, seq_len]`` token rows (and their segment ids, if the split has them) to ``split``."""
+        files = self._files.get(split) or self._open(split, segments is not None)
+        if (segments is None) != (files.segments is None):
+            raise ShardError(f"split '{split}': segments must be given with every chunk or with none")
+        if segments is not None and segments.shape != tokens.shape:
+            raise ShardError(f"split '{split}': segments of shape {segments.shape}, tokens {tokens.shape}")
+        files.tokens.append(tokens)
+        files.num_tokens += int(np.count_nonzero(tokens != self.pad_id))
+        if files.segments is not None:
+            files.segments.append(segments)
+
+    def finish(self, source: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Complete every split's files, then write the manifest; return it."""
+        if not any(files.tokens.rows for files in self._files.values()):
+            raise ShardError(f"no rows written to {self.out}")
+        entries: dict[str, Any] = {}
+        (self.out / MANIFEST).unlink(missing_ok=True)  # never an old manifest over new files
+        try:
+            for name in (n for n in self.split_names if n in self._files):
+                entries[name] = self._commit(name, self._files[name])
+        finally:
+            self.abort()
+        manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seq_len": self.seq_len,
+                    "pad_id": self.pad_id, "tokenizer": dataclasses.asdict(self.tokenizer), "splits": entries,
+                    "source": source or {}}
+        atomic_write_json(self.out / MANIFEST, manifest)
+        return manifest
+
+    def _commit(self, name: str, files: _SplitFiles) -> dict[str, Any]:
+        if files.tokens.rows == 0:
+            raise ShardError(f"split '{name}' is empty")
+        entry = {"file": files.tokens.path.name, "num_sequences": files.tokens.rows,
+                 "num_tokens": files.num_tokens, "sha256": files.tokens.commit()}
+        if files.segments is not None:
+            files.segments.commit()
+            entry["segments_file"] = files.segments.path.name
+        return entry
+
+    def abort(self) -> None:
+        """Delete the temporary files not yet renamed into place."""
+        for files in self._files.values():
+            for writer in (files.tokens, files.segments):
+                if writer is not None:
+                    writer.discard()
+        self._files.clear()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+def _check_arrays(splits: dict[str, np.ndarray], segments: dict[str, np.ndarray] | None) -> int:
+    """The common row length of ``write_shards``' arrays; a ShardError for anything malformed."""
+    if not splits:
+        raise ShardError("write_shards: no splits given")
+    seq_lens = {name: arr.shape[1] for name, arr in splits.items() if arr.ndim == 2}
+    if len(seq_lens) != len(splits) or len(set(seq_lens.values())) != 1:
+        raise ShardError(f"write_shards: every split must be a 2-D array of one length, got "
+                         f"{ {k: v.shape for k, v in splits.items()} }")
+    for name, arr in splits.items():
+        if arr.shape[0] == 0:
+            raise ShardError(f"write_shards: split '{name}' is empty")
+        seg = (segments or {}).get(name)
+        if seg is not None and np.shape(seg) != arr.shape:
+            raise ShardError(f"write_shards: segments of '{name}' have shape {np.shape(seg)}, tokens {arr.shape}")
+    return next(iter(seq_lens.values()))
 
 
 def write_shards(
@@ -98,49 +243,16 @@ def write_shards(
     segments: dict[str, np.ndarray] | None = None,
     source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write token arrays (one ``[N, T]`` int array per split) and the manifest; return the manifest."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not splits:
-        raise ShardError("write_shards: no splits given")
-    seq_lens = {name: arr.shape[1] for name, arr in splits.items() if arr.ndim == 2}
-    if len(seq_lens) != len(splits) or len(set(seq_lens.values())) != 1:
-        raise ShardError(f"write_shards: every split must be a 2-D array of one length, got "
-                         f"{ {k: v.shape for k, v in splits.items()} }")
-    seq_len = next(iter(seq_lens.values()))
-    manifest_splits: dict[str, Any] = {}
-    for name, arr in splits.items():
-        if arr.shape[0] == 0:
-            raise ShardError(f"write_shards: split '{name}' is empty")
-        arr = np.ascontiguousarray(arr, dtype=np.int32)
-        path = out / f"{name}.npy"
-        _atomic_save_npy(path, arr)
-        entry = {
-            "file": path.name,
-            "num_sequences": int(arr.shape[0]),
-            "num_tokens": int((arr != pad_id).sum()),
-            "sha256": file_sha256(path),
-        }
-        if segments is not None and name in segments:
-            seg = np.ascontiguousarray(segments[name], dtype=np.int32)
-            if seg.shape != arr.shape:
-                raise ShardError(f"write_shards: segments of '{name}' have shape {seg.shape}, "
-                                 f"tokens {arr.shape}")
-            seg_path = out / f"{name}.segments.npy"
-            _atomic_save_npy(seg_path, seg)
-            entry["segments_file"] = seg_path.name
-        manifest_splits[name] = entry
-    manifest = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "seq_len": int(seq_len),
-        "pad_id": int(pad_id),
-        "tokenizer": dataclasses.asdict(tokenizer),
-        "splits": manifest_splits,
-        "source": source or {},
-    }
-    atomic_write_json(out / MANIFEST, manifest)
-    return manifest
+    """Write token arrays (one ``[N, T]`` int array per split) and the manifest; return the manifest.
+
+    For data that does not fit in memory, use :class:`ShardWriter` (same files, written in chunks).
+    """
+    seq_len = _check_arrays(splits, segments)
+    with ShardWriter(out_dir, seq_len=seq_len, pad_id=pad_id, tokenizer=tokenizer, splits=list(splits)) as writer:
+        for name, arr in splits.items():
+            seg = (segments or {}).get(name)
+            writer.append(name, np.asarray(arr), None if seg is None else np.asarray(seg))
+        return writer.finish(source)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,318 @@
+"""The sweep results table (``results.jsonl``): loading, validation and row selection.
+
+One JSON object per line, one row per evaluation point of every run. ``kind`` is
+``validation``, ``test`` or ``downstream``; the fields each kind needs are listed in
+:data:`REQUIRED`. Fields in :data:`OPTIONAL` may be absent (their default is used).
+Every problem is reported as one :class:`ResultsError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+KINDS = ("validation", "test", "downstream")
+INITS = ("pretrained", "random")
+FLOPS_DEFINITIONS = ("paper", "complete")
+
+
+class ResultsError(ValueError):
+    """A malformed results table: the message names the file, the line and the field."""
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return _is_number(v) and float(v).is_integer()
+
+
+def _is_number_or_null(v: Any) -> bool:
+    return v is None or _is_number(v)
+
+
+def _is_scalar_or_null(v: Any) -> bool:
+    return v is None or _is_str(v) or _is_number(v)
+
+
+def _is_dict(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+_CHECKS: dict[Callable[[Any], bool], str] = {
+    _is_str: "a string", _is_number: "a number", _is_int: "an integer",
+    _is_number_or_null: "a number or null", _is_scalar_or_null: "a number, a string or null",
+    _is_dict: "an object",
+}
+
+_COMMON = {"run": _is_str, "workdir": _is_str, "point": _is_str, "group": _is_str, "base": _is_str,
+           "factor": _is_str, "params_total": _is_int, "params_non_embedding": _is_int,
+           "kind": _is_str}
+_CURVE = {"step": _is_int, "flops_paper": _is_number, "flops_complete": _is_number,
+          "loss": _is_number, "perplexity": _is_number}
+_DOWNSTREAM = {"task": _is_str, "init": _is_str, "score": _is_number, "flops_paper": _is_number,
+               "flops_complete": _is_number}
+
+#: Required fields per kind, with their type checks.
+REQUIRED: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "validation": {**_COMMON, **_CURVE},
+    "test": {**_COMMON, **_CURVE},
+    "downstream": {**_COMMON, **_DOWNSTREAM},
+}
+#: Optional fields: (type check, default).
+OPTIONAL: dict[str, tuple[Callable[[Any], bool], Any]] = {
+    "factor_value": (_is_scalar_or_null, None),
+    "sequences_seen": (_is_number_or_null, None),
+    "metrics": (_is_dict, None),
+    "final_validation_perplexity": (_is_number_or_null, None),
+}
+#: Fields that must agree on every row of one run.
+RUN_FIELDS = ("workdir", "point", "group", "base", "factor", "params_total", "params_non_embedding")
+
+
+def _validate_row(obj: Any, where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ResultsError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    kind = obj.get("kind")
+    if "kind" not in obj:
+        raise ResultsError(f"{where}: missing field 'kind'")
+    if kind not in KINDS:
+        raise ResultsError(f"{where}: field 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    row = dict(obj)
+    for field, check in REQUIRED[kind].items():
+        if field not in obj:
+            raise ResultsError(f"{where}: missing field '{field}' (kind '{kind}')")
+        if not check(obj[field]):
+            raise ResultsError(f"{where}: field '{field}' must be {_CHECKS[check]}, "
+                               f"got {obj[field]!r}")
+    for field, (check, default) in OPTIONAL.items():
+        if field not in obj or obj[field] is None:
+            row[field] = {} if field == "metrics" else default
+        elif not check(obj[field]):
+            raise ResultsError(f"{where}: field '{field}' must be {_CHECKS[check]}, "
+                               f"got {obj[field]!r}")
+    if kind == "downstream" and row["init"] not in INITS:
+        raise ResultsError(f"{where}: field 'init' must be one of {', '.join(INITS)}, "
+                           f"got {row['init']!r}")
+    if not row["run"]:
+        raise ResultsError(f"{where}: field 'run' must not be empty")
+    return row
+
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """Read and validate ``results.jsonl``; blank lines are skipped. Rows keep a ``line`` field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"results file not found: {path}")
+    rows: list[dict[str, Any]] = []
+    first_seen: dict[str, dict[str, Any]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ResultsError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") \
+                    from None
+            row = _validate_row(obj, where)
+            _check_run_consistency(row, first_seen, where)
+            row["line"] = number
+            rows.append(row)
+    return rows
+
+
+def _check_run_consistency(row: dict[str, Any], first_seen: dict[str, dict[str, Any]],
+                           where: str) -> None:
+    first = first_seen.setdefault(row["run"], row)
+    for field in RUN_FIELDS:
+        if row[field] != first[field]:
+            raise ResultsError(f"{where}: field '{field}' of run '{row['run']}' is {row[field]!r} "
+                               f"here but {first[field]!r} on an earlier line")
+
+
+# ---------------------------------------------------------------------------------------------
+# selection
+
+
+def rows_of_kind(rows: Iterable[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
+    """The rows of one ``kind``."""
+    return [r for r in rows if r["kind"] == kind]
+
+
+def validation_curves(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Validation rows per run, sorted by step (runs in order of first appearance)."""
+    curves: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows_of_kind(rows, "validation"):
+        curves[r["run"]].append(r)
+    return {run: sorted(points, key=lambda r: r["step"]) for run, points in curves.items()}
+
+
+def last_validation(rows: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The validation row with the largest step, per run."""
+    return {run: curve[-1] for run, curve in validation_curves(rows).items()}
+
+
+def best_validation(rows: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The validation row with the lowest finite perplexity (earliest on ties), per run."""
+    best = {}
+    for run, curve in validation_curves(rows).items():
+        finite = [r for r in curve if math.isfinite(r["perplexity"])]
+        if finite:
+            best[run] = min(finite, key=lambda r: (r["perplexity"], r["step"]))
+    return best
+
+
+def flops_field(definition: str) -> str:
+    """``flops_paper`` or ``flops_complete``."""
+    if definition not in FLOPS_DEFINITIONS:
+        raise ValueError(f"FLOPs definition must be one of {FLOPS_DEFINITIONS}, got {definition!r}")
+    return f"flops_{definition}"
+
+
+# ---------------------------------------------------------------------------------------------
+# per-run summaries
+
+_POINT_RE = re.compile(r"^E(\d+)-H(\d+)-I(\d+)-L(\d+)-A(\d+)(?:-V(\d+))?$")
+_POINT_FIELDS = ("emb_dim", "hidden_dim", "ffn_dim", "num_layers", "num_heads", "vocab_size")
+
+
+def point_sizes(point: str) -> dict[str, int]:
+    """Size fields of a model point (``E32-H32-I128-L1-A2[-V19010]`` or a named point); {} if
+    the point is not recognised."""
+    match = _POINT_RE.match(point.strip())
+    if match:
+        return {k: int(v) for k, v in zip(_POINT_FIELDS, match.groups()) if v is not None}
+    try:
+        from minilm_jax.sizes import NAMED_POINTS, parse_point  # noqa: PLC0415 (imports jax)
+    except ImportError:
+        return {}
+    if point in NAMED_POINTS:
+        return dict(parse_point(NAMED_POINTS[point][0]))
+    return {}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run's identity and its headline numbers (FLOPs of one definition)."""
+
+    run: str
+    workdir: str
+    point: str
+    group: str
+    base: str
+    factor: str
+    factor_value: Any
+    params_total: int
+    params_non_embedding: int
+    num_layers: int | None
+    final_step: int | None
+    final_flops: float | None
+    flops_per_step: float | None
+    best_perplexity: float | None
+    best_step: int | None
+    final_perplexity: float | None
+
+
+def summarize_runs(rows: Sequence[Mapping[str, Any]], flops: str = "paper"
+                   ) -> dict[str, RunSummary]:
+    """A :class:`RunSummary` per run. Final FLOPs: the largest cumulative FLOPs on any row of the
+    run; FLOPs per step: final FLOPs / step of the last validation row."""
+    field = flops_field(flops)
+    first: dict[str, Mapping[str, Any]] = {}
+    final_flops: dict[str, float] = {}
+    for r in rows:
+        first.setdefault(r["run"], r)
+        value = r.get(field)
+        if value is not None and math.isfinite(value):
+            final_flops[r["run"]] = max(final_flops.get(r["run"], 0.0), float(value))
+    last, best = last_validation(rows), best_validation(rows)
+    out = {}
+    for run, r in first.items():
+        end, top = last.get(run), best.get(run)
+        total = final_flops.get(run)
+        per_step = None
+        if end is not None and end["step"] > 0:
+            per_step = float(end[field]) / end["step"]
+        out[run] = RunSummary(
+            run=run, workdir=r["workdir"], point=r["point"], group=r["group"], base=r["base"],
+            factor=r["factor"], factor_value=r["factor_value"], params_total=int(r["params_total"]),
+            params_non_embedding=int(r["params_non_embedding"]),
+            num_layers=point_sizes(r["point"]).get("num_layers"),
+            final_step=int(end["step"]) if end is not None else None, final_flops=total,
+            flops_per_step=per_step,
+            best_perplexity=float(top["perplexity"]) if top is not None else None,
+            best_step=int(top["step"]) if top is not None else None,
+            final_perplexity=float(end["perplexity"]) if end is not None else None)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# downstream
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """Mean score of one (run, task, init) over its rows (seeds), with the row count."""
+
+    run: str
+    task: str
+    init: str
+    score: float
+    n: int
+
+
+def downstream_scores(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], TaskScore]:
+    """Mean downstream score per (run, task, init), over repeated rows (seeds)."""
+    grouped: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in rows_of_kind(rows, "downstream"):
+        if math.isfinite(r["score"]):
+            grouped[(r["run"], r["task"], r["init"])].append(float(r["score"]))
+    return {key: TaskScore(*key, sum(v) / len(v), len(v)) for key, v in grouped.items()}
+
+
+def mean_scores(scores: Mapping[tuple[str, str, str], TaskScore], init: str,
+                tasks: Sequence[str] | None = None) -> dict[str, float]:
+    """Mean over tasks of each run's score for one ``init``; with ``tasks``, only runs that have
+    every one of them, averaged over exactly those."""
+    per_run: dict[str, dict[str, float]] = defaultdict(dict)
+    for (run, task, kind), s in scores.items():
+        if kind == init:
+            per_run[run][task] = s.score
+    out = {}
+    for run, by_task in per_run.items():
+        wanted = list(tasks) if tasks is not None else list(by_task)
+        if wanted and all(t in by_task for t in wanted):
+            out[run] = sum(by_task[t] for t in wanted) / len(wanted)
+    return out
+
+
+def common_tasks(scores: Mapping[tuple[str, str, str], TaskScore], runs: Iterable[str],
+                 init: str = "pretrained") -> list[str]:
+    """Tasks scored (for ``init``) on every one of ``runs``, sorted."""
+    sets = [{t for (r, t, i) in scores if r == run and i == init} for run in runs]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def pretrained_perplexity(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Validation perplexity of the checkpoint each run fine-tuned from: the downstream rows'
+    ``final_validation_perplexity`` when given, else the run's best validation perplexity."""
+    rows = list(rows)
+    out = {run: float(r["perplexity"]) for run, r in best_validation(rows).items()}
+    for r in rows_of_kind(rows, "downstream"):
+        value = r["final_validation_perplexity"]
+        if r["init"] == "pretrained" and value is not None and math.isfinite(value):
+            out[r["run"]] = float(value)
+    return out

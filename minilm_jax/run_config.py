@@ -7,6 +7,8 @@ sees them.
 
 from __future__ import annotations
 
+import ast
+import re
 from typing import Any
 
 import ml_collections
@@ -128,3 +130,44 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
 def check_choice(value: Any, field: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{field}: {value!r} is not one of {choices}")
+
+
+def parse_value(text: str, current: Any) -> Any:
+    """``text`` converted to the type of the field's current value."""
+    text = text.strip()
+    if isinstance(current, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"expected a boolean, got {text!r}")
+    if isinstance(current, int):
+        return int(float(text)) if re.fullmatch(r"[-+]?\d+(\.0*)?(e\d+)?", text) else int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, (tuple, list)):
+        value = ast.literal_eval(text) if text.startswith(("(", "[")) else tuple(
+            parse_value(t, current[0] if current else "") for t in text.split(",") if t)
+        return tuple(value)
+    return text
+
+
+def apply_override(config: ml_collections.ConfigDict, assignment: str) -> tuple[str, Any]:
+    """Apply ``"a.b=value"`` to ``config`` (the field must exist); returns (field, parsed value)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not of the form field=value")
+    field, text = assignment.split("=", 1)
+    field = field.strip()
+    valid = flatten(config)
+    if field not in valid:
+        raise ConfigError(f"override {assignment!r}: unknown config field '{field}'")
+    try:
+        value = parse_value(text, valid[field])
+    except (ValueError, SyntaxError) as err:
+        raise ConfigError(f"override {assignment!r}: {err}") from err
+    *parents, leaf = field.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return field, value

@@ -21,33 +21,14 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "fine-tuning config: c
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary)")
 
 
-def run_finetune(config, workdir: str) -> dict:
-    """Run ``config`` in ``workdir`` (both inits under sub-folders for ``init.mode=both``)."""
-    from pathlib import Path
-
-    from minilm_jax.cli import UserError
-    from minilm_jax.finetune.loop import Finetuner
-    from minilm_jax.finetune.results import write_tables
-
-    mode = config.init.mode
-    if mode not in ("pretrained", "random", "both"):
-        raise UserError(f"init.mode must be pretrained, random or both, not {mode!r}")
-    inits = ("pretrained", "random") if mode == "both" else (mode,)
-    summaries = {}
-    for init in inits:
-        run_dir = Path(workdir) / init if mode == "both" else Path(workdir)
-        print(f"== {config.task}: {init} init -> {run_dir}", flush=True)
-        summaries[init] = Finetuner(config, run_dir, init).run()
-    write_tables([workdir], workdir)
-    return summaries
-
-
 def main(argv: list[str]) -> None:
     del argv
     from minilm_jax.cli import UserError
 
     if _CONFIG.value is None or not _WORKDIR.value:
         raise UserError("both --config=configs/finetune.py:<task> and --workdir=DIR are required")
+    from minilm_jax.finetune.run import run_finetune
+
     summaries = run_finetune(_CONFIG.value, _WORKDIR.value)
     brief = {init: {"status": s["status"], "final": s.get("final", {}).get("mean"),
                     "final_std": s.get("final", {}).get("std", {}).get("score")}

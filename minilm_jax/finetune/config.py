@@ -52,6 +52,9 @@ def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
     c.init.mode = "pretrained"  # pretrained | random (same architecture) | both (two sub-runs)
 
     # Architecture when no checkpoint is given (with a checkpoint, the checkpoint's model is used).
+    # model_overrides ("pooler=weighted_sum", "hidden_dropout=0.0", ...) then apply to either;
+    # fields that change parameter shapes cannot be combined with a checkpoint.
+    c.model_overrides = ()
     c.point = "paper-1.25m"
     c.model = model_config_dict(c.point)
 

@@ -21,7 +21,8 @@ from minilm_jax.cli import UserError
 from minilm_jax.corpus.vocab import load_word_list, obtain_aochildes_vocab
 from minilm_jax.data.shards import atomic_write_bytes, atomic_write_json
 from minilm_jax.model.models import SequenceClassifier
-from minilm_jax.run_config import config_differences, flatten, model_from_config
+from minilm_jax.model.config import ModelConfig
+from minilm_jax.run_config import config_differences, flatten, model_from_config, parse_value
 from minilm_jax.tasks.batching import pad_to_batches
 from minilm_jax.tasks.encoding import encode_examples
 from minilm_jax.tasks.metrics import glue_score, task_metrics
@@ -53,6 +54,18 @@ def load_vocabulary(spec: str) -> frozenset[str] | None:
     return load_word_list(path)
 
 
+def with_overrides(cfg: ModelConfig, overrides: tuple[str, ...]) -> ModelConfig:
+    """``cfg`` with ``("field=value", ...)`` applied (values parsed by the field's type)."""
+    fields = cfg.to_dict()
+    for assignment in overrides:
+        name, _, text = assignment.partition("=")
+        if name.strip() not in fields or not _:
+            raise UserError(f"model_overrides: {assignment!r} is not field=value with a ModelConfig "
+                            f"field (fields: {', '.join(sorted(fields))})")
+        fields[name.strip()] = parse_value(text, fields[name.strip()])
+    return ModelConfig.from_mapping(fields)
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     import io
     buffer = io.BytesIO()
@@ -72,7 +85,9 @@ class Finetuner:
         if init_mode == "pretrained" and self.pretrained is None:
             raise UserError("init.mode=pretrained needs --config.init.checkpoint=<pre-training "
                             "workdir> (or use init.mode=random)")
-        self.model_cfg = self.pretrained.model if self.pretrained else model_from_config(config)
+        self.model_cfg = with_overrides(
+            self.pretrained.model if self.pretrained else model_from_config(config),
+            config.model_overrides)
         self.tokenizer = self._tokenizer()
         self.data: TaskData = load_task_data(config, load_vocabulary(config.data.vocab_filter))
         self.spec = self.data.spec

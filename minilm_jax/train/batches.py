@@ -8,6 +8,7 @@ rows of each global batch).
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from typing import Iterator
@@ -56,8 +57,15 @@ def segments_of(split: ShardSplit, rows: np.ndarray, pad_id: int) -> np.ndarray:
 
 
 def host_rows(global_rows: np.ndarray) -> np.ndarray:
-    """This process's contiguous share of a global batch's rows (all rows on a single host)."""
+    """This process's contiguous share of a global batch's rows (all rows on a single host).
+
+    Process ``i`` of ``n`` takes block ``i`` of ``n`` equal blocks; :func:`to_global` checks that
+    the sharding puts exactly that block on this process's devices.
+    """
     n, i = jax.process_count(), jax.process_index()
+    if len(global_rows) % n:
+        raise ValueError(f"a global batch of {len(global_rows)} rows does not split evenly over "
+                         f"{n} processes")
     per = len(global_rows) // n
     return global_rows[i * per:(i + 1) * per]
 
@@ -71,6 +79,22 @@ def load_rows(split: ShardSplit, rows: np.ndarray, pad_id: int) -> dict[str, np.
     tokens = np.asarray(split.tokens[sorted_rows], np.int32)[inverse]
     segments = segments_of(split, sorted_rows, pad_id)[inverse]
     return {"tokens": tokens, "segments": segments}
+
+
+def eval_batch(split: ShardSplit, start: int, stop: int, batch_size: int,
+               pad_id: int) -> dict[str, np.ndarray]:
+    """This process's part of the evaluation batch of rows ``[start, stop)`` of ``split``.
+
+    A short last batch is padded to ``batch_size`` with copies of row ``start``; ``valid`` is 1 for
+    real rows and 0 for padding. Each process reads only its own rows (:func:`host_rows`).
+    Returns ``tokens``/``segments`` ``[B_host, T]`` and ``valid`` ``[B_host]`` (float32).
+    """
+    rows = np.arange(start, stop)
+    if not 0 < len(rows) <= batch_size:
+        raise ValueError(f"rows [{start}, {stop}) do not fit an evaluation batch of {batch_size}")
+    padded = np.concatenate([rows, np.full(batch_size - len(rows), start, rows.dtype)])
+    valid = (np.arange(batch_size) < len(rows)).astype(np.float32)
+    return {**load_rows(split, host_rows(padded), pad_id), "valid": host_rows(valid)}
 
 
 def train_batch(split: ShardSplit, indexer: BatchIndexer, step: int, pad_id: int,
@@ -89,10 +113,55 @@ def train_batch(split: ShardSplit, indexer: BatchIndexer, step: int, pad_id: int
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """Assemble global arrays from each process's rows (the batch axis is axis 2)."""
+    """Assemble global arrays from each process's rows (:func:`host_rows`).
+
+    ``sharding`` splits one axis (the batch axis) over the mesh; on one process the arrays are the
+    whole batch. With several processes, each passes only its block of the batch axis and the
+    global arrays are ``process_count()`` times as long along it.
+    """
     if jax.process_count() == 1:
         return {k: jax.device_put(v, sharding) for k, v in batch.items()}
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    out = {}
+    for k, v in batch.items():
+        global_shape = process_block_shape(sharding, v.shape)
+        out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_global_shape(sharding: NamedSharding, local_shape: tuple[int, ...], process: int,
+                          processes: int) -> tuple[int, ...]:
+    axes = [d for d, entry in enumerate(sharding.spec) if entry is not None]
+    if len(axes) != 1:
+        raise ValueError(f"to_global needs a sharding over exactly one (batch) axis, got "
+                         f"{sharding.spec}")
+    axis = axes[0]
+    per = local_shape[axis]
+    global_shape = list(local_shape)
+    global_shape[axis] = per * processes
+    global_shape = tuple(global_shape)
+    blocks = {(index[axis].start or 0, global_shape[axis] if index[axis].stop is None
+               else index[axis].stop)
+              for index in sharding.addressable_devices_indices_map(global_shape).values()}
+    held = sorted(blocks)
+    lo, hi = held[0][0], held[-1][1]
+    contiguous = all(a[1] == b[0] for a, b in zip(held, held[1:]))
+    if (lo, hi) != (process * per, (process + 1) * per) or not contiguous:
+        raise ValueError(
+            f"process {process} loaded rows [{process * per}, {(process + 1) * per}) of a global "
+            f"batch of {global_shape[axis]}, but the mesh puts blocks {held} on its devices: build "
+            "the mesh from jax.devices() in order (devices grouped by process)")
+    return global_shape
+
+
+def process_block_shape(sharding: NamedSharding, local_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The global shape of an array whose batch axis is split into equal per-process blocks.
+
+    Raises ``ValueError`` if the mesh does not put block ``process_index()`` of the batch axis on
+    this process's devices (then :func:`host_rows` would have loaded the wrong rows).
+    """
+    return _checked_global_shape(sharding, tuple(local_shape), jax.process_index(),
+                                 jax.process_count())
 
 
 class Prefetcher:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from minilm_jax import accounting
 from minilm_jax.cli import UserError
@@ -37,9 +38,16 @@ from minilm_jax.train.throughput import device_memory_stats, measured_matmul_pea
 def params_digest(params) -> str:
     """sha256 over every parameter's bytes, in tree order (exact-reproducibility checks)."""
     digest = hashlib.sha256()
+    if jax.process_count() > 1:  # parameters sharded over several hosts: gather them everywhere
+        params = multihost_utils.process_allgather(params, tiled=True)
     for leaf in jax.tree.leaves(jax.device_get(params)):
         digest.update(np.ascontiguousarray(leaf).tobytes())
     return digest.hexdigest()
+
+
+def _on_process_0(flag: bool) -> bool:
+    """Process 0's value of ``flag``, on every process (for choices all processes must share)."""
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
 
 
 class TrainingDiverged(UserError):
@@ -47,14 +55,31 @@ class TrainingDiverged(UserError):
 
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """``jax.distributed.initialize`` when ``distributed.initialize`` is set (multi-host runs).
+
+    Must run before anything touches a JAX device. Fields left at their defaults (empty
+    ``coordinator_address``, ``num_processes=0``, ``process_id=-1``) are detected by JAX from the
+    cluster (Cloud TPU, SLURM, Open MPI, ...); otherwise ``coordinator_address`` is ``host:port`` of
+    process 0 and ``num_processes`` / ``process_id`` name this process. CPU processes exchange
+    collectives over Gloo (TCP).
+    """
     dist = config.distributed
-    if not dist.initialize:
+    if not dist.initialize or jax.distributed.is_initialized():
         return
     kwargs: dict[str, Any] = {}
     if dist.coordinator_address:
-        kwargs = dict(coordinator_address=dist.coordinator_address,
-                      num_processes=dist.num_processes, process_id=dist.process_id)
+        kwargs["coordinator_address"] = dist.coordinator_address
+    if int(dist.num_processes) > 0:
+        kwargs["num_processes"] = int(dist.num_processes)
+    if int(dist.process_id) >= 0:
+        kwargs["process_id"] = int(dist.process_id)
+    # CPU processes need a cross-process collectives implementation: Gloo (JAX 0.10's default),
+    # unless one was chosen (e.g. mpi). Only the CPU client reads this flag.
+    if jax.config.jax_cpu_collectives_implementation is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
+    print(f"distributed: process {jax.process_index()} of {jax.process_count()}, "
+          f"{jax.local_device_count()} local of {jax.device_count()} devices", flush=True)
 
 
 def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_len: int,
@@ -185,17 +210,11 @@ class Pretrainer:
         row_sharding = batch_sharding(self.mesh, batch_axis=0, ndim=2)
         vec_sharding = batch_sharding(self.mesh, batch_axis=0, ndim=1)
         for index, start in enumerate(range(0, n, bs)):
-            rows = np.arange(start, min(start + bs, n))
-            data = batch_lib.load_rows(split, rows, pad_id)
-            valid = np.zeros(bs, np.float32)
-            valid[:len(rows)] = 1.0
-            if len(rows) < bs:  # pad the last batch; padded rows are masked out
-                fill = bs - len(rows)
-                data = {k: np.concatenate([v, np.repeat(v[:1], fill, axis=0)]) for k, v in data.items()}
-            tokens = batch_lib.to_global({"x": batch_lib.host_rows(data["tokens"])}, row_sharding)["x"]
-            segs = batch_lib.to_global({"x": batch_lib.host_rows(data["segments"])}, row_sharding)["x"]
-            valid_arr = batch_lib.to_global({"x": batch_lib.host_rows(valid)}, vec_sharding)["x"]
-            s, c = self.eval_step(params, rest, tokens, segs, valid_arr, index)
+            # This process's rows only; the last batch is padded, padded rows are masked out.
+            host = batch_lib.eval_batch(split, start, min(start + bs, n), bs, pad_id)
+            rows = batch_lib.to_global({k: host[k] for k in ("tokens", "segments")}, row_sharding)
+            valid = batch_lib.to_global({"valid": host["valid"]}, vec_sharding)["valid"]
+            s, c = self.eval_step(params, rest, rows["tokens"], rows["segments"], valid, index)
             loss_sum += float(s)
             count += float(c)
         loss = loss_sum / max(count, 1.0)
@@ -233,7 +252,13 @@ class Pretrainer:
         best_loss = best.get("loss", float("inf"))
         peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
         stop = {"signal": None}
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("signal", "SIGTERM"))
+        # Saving and training are collective: with several processes, none may stop alone. There
+        # JAX's preemption service catches SIGTERM (on any host) and picks one dispatch at which
+        # every process saves and stops; a single process handles SIGTERM itself.
+        multi = jax.process_count() > 1
+        previous = (None if multi else
+                    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("signal", "SIGTERM")))
+        dispatches = 0
         t0 = time.time()
         plan = self._dispatch_plan(start)
         size_of = dict(plan)
@@ -298,7 +323,17 @@ class Pretrainer:
                 bar.update(count)
                 evaluate_now = (self.eval_split is not None and
                                 step // config.eval.every_steps > prev // config.eval.every_steps)
-                save_now = ckpts.due(step) or step == self.total_steps or stop["signal"]
+                dispatches += 1
+                if multi and multihost_utils.reached_preemption_sync_point(dispatches):
+                    stop["signal"] = "SIGTERM"
+                if multi:  # every process must decide alike: the clock is process 0's, read
+                    # at logging steps; the other reasons are the same everywhere
+                    save_now = (step % ckpts.every_steps == 0 or step == self.total_steps
+                                or bool(stop["signal"])
+                                or (step // tc.log_every > prev // tc.log_every
+                                    and _on_process_0(ckpts.due(step))))
+                else:
+                    save_now = ckpts.due(step) or step == self.total_steps or stop["signal"]
                 if evaluate_now or save_now:
                     drain()
                 if evaluate_now:
@@ -320,7 +355,8 @@ class Pretrainer:
         finally:
             prefetch.close()
             bar.close()
-            signal.signal(signal.SIGTERM, previous)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             writer.flush()
 
         summary = self._summary(status, step, time.time() - t0, ckpts, writer)

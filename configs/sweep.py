@@ -1,0 +1,106 @@
+"""Sweep configs. ``configs/sweep.py:<name>``:
+
+- ``paper``: study A's design (SPEC A5): one-factor-at-a-time from both bases, the iso-FLOP /
+  iso-parameter groups, and a width x depth grid up to ~100M parameters (>70 runs); one epoch of
+  the constrained corpus each; fine-tuned on the GLUE tasks. Needs ``--config.shards=DIR`` and
+  ``--config.finetune_overrides='("data.dir=glue_data",)'``.
+- ``demo``: the README's main job, scaled down for a CPU: 4 tiny models, a few hundred steps,
+  fine-tuned on two tasks (BBC News topic and headline matching by default).
+- ``smoke``: the demo at the smallest size (the CI test of the main job).
+
+    python -m minilm_jax.sweep --config=configs/sweep.py:paper --root=runs/paper --dry_run
+"""
+
+import ml_collections
+
+
+def _common(c: ml_collections.ConfigDict) -> None:
+    c.shards = ""  # -> data.shards of every run
+    c.num_steps = 0  # > 0: train.num_steps of every run
+    c.batch_size = 0  # > 0: train.batch_size
+    c.eval_every = 0  # > 0: eval.every_steps and checkpoint.every_steps
+    c.vocab_size = 0  # > 0: model.vocab_size (tokenizer size + spare rows)
+    c.pretrain_overrides = ()  # ("field=value", ...) for every pre-training run
+    c.bases = ()
+    c.ofat = ()
+    c.groups = ()
+    c.grid = ()
+    c.grid_fields = ()
+    c.finetune_tasks = ()
+    c.finetune_init = "both"  # pretrained | random | both
+    c.finetune_overrides = ()  # ("field=value", "task:field=value", ...)
+    c.report = True
+    c.report_bootstrap = 1000
+    c.assumed_mfu = 0.3  # for --dry_run time estimates
+
+
+def paper() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "paper"
+    _common(c)
+    c.bases = ("small=E32-H32-I128-L2-A2", "large=E256-H256-I1024-L8-A8")
+    c.ofat = (
+        "small:model.emb_dim=16,64,128,256",
+        "small:model.hidden_dim=16,64,128,256",
+        "small:model.ffn_dim=64,256,512,1024",
+        "small:model.num_layers=1,4,8",
+        "small:model.num_heads=1,4,8",
+        "large:model.emb_dim=64,128,512",
+        "large:model.hidden_dim=64,128,512",
+        "large:model.ffn_dim=256,512,2048",
+        "large:model.num_layers=1,2,4,12",
+        "large:model.num_heads=2,4,16",
+    )
+    c.groups = (
+        "iso_flop:g1=E32-H32-I128-L2-A2,E32-H32-I256-L1-A2",
+        "iso_flop:g2=E64-H128-I1024-L4-A8,E128-H128-I128-L1-A1",
+        "iso_param:g3=E64-H32-I128-L8-A1,E64-H32-I256-L4-A1",
+    )
+    c.grid = tuple(f"E{h}-H{h}-I{4 * h}-L{layers}-A{max(1, h // 64)}"
+                   for h in (32, 64, 128, 256, 384, 512) for layers in (1, 2, 4, 6, 12)
+                   if h * layers <= 512 * 12) + ("E512-H768-I3072-L12-A12",)
+    c.finetune_tasks = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
+    return c
+
+
+def demo() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "demo"
+    _common(c)
+    c.num_steps = 250
+    c.batch_size = 32
+    c.eval_every = 50
+    c.pretrain_overrides = ("eval.batch_size=64", "train.log_every=25", "optim.warmup_steps=30",
+                            "checkpoint.every_minutes=5.0")
+    c.bases = ("tiny=E32-H32-I128-L1-A2",)
+    c.ofat = ("tiny:model.hidden_dim=64", "tiny:model.num_layers=2")
+    c.groups = ("iso_flop:depth=E32-H32-I128-L2-A2,E32-H32-I256-L1-A2",)
+    c.finetune_tasks = ("bbc", "bbc_headlines")
+    c.finetune_overrides = ("train.epochs=8", "optim.peak_lr=2e-3", "data.max_train_examples=800",
+                            "data.max_eval_examples=400", "train.early_stopping_patience=0",
+                            "eval.batch_size=100")
+    c.report_bootstrap = 300
+    return c
+
+
+def smoke() -> ml_collections.ConfigDict:
+    """The demo's code path at the smallest size (CI): 4 runs, a few dozen steps each."""
+    c = demo()
+    c.name = "smoke"
+    c.num_steps = 40
+    c.eval_every = 10
+    c.pretrain_overrides = ("eval.batch_size=64", "train.log_every=10", "optim.warmup_steps=5")
+    c.finetune_overrides = ("train.epochs=2", "optim.peak_lr=2e-3", "data.max_train_examples=160",
+                            "data.max_eval_examples=100", "train.early_stopping_patience=0",
+                            "eval.batch_size=100")
+    c.report_bootstrap = 50
+    return c
+
+
+SWEEPS = {"paper": paper, "demo": demo, "smoke": smoke}
+
+
+def get_config(name: str = "demo"):
+    if name not in SWEEPS:
+        raise ValueError(f"unknown sweep {name!r}; known: {', '.join(SWEEPS)}")
+    return SWEEPS[name]()

@@ -1,0 +1,404 @@
+"""Ahead-of-time compilation of the pre-training step for a target mesh, without allocating it.
+
+    python -m minilm_jax.aot --config=configs/pretrain.py:<point> --devices=8 \
+        [--mesh_data=4 --mesh_fsdp=2] [--config.<field>=<value> ...] [--device_memory_gb=16]
+
+Builds the step exactly as ``Pretrainer._build_state`` does (``make_train_step``,
+``state_shardings``, ``batch_sharding``, ``make_optimizer`` / ``make_schedule``) from abstract
+shapes only (``nnx.eval_shape`` / ``jax.eval_shape`` and sharded ``jax.ShapeDtypeStruct``s: no
+parameter is ever allocated), lowers and compiles it, and prints per-device memory
+(``memory_analysis``), FLOPs (``cost_analysis``) and parameter counts. Exit status 2 when the
+estimated per-device peak exceeds ``--device_memory_gb`` (GiB).
+
+Targets (``--target``):
+
+* ``cpu`` (default): ``--devices`` fake host CPU devices. The device count must be fixed before the
+  CPU backend starts; ``main`` sets ``XLA_FLAGS=--xla_force_host_platform_device_count=N``,
+  ``JAX_PLATFORMS=cpu`` and ``jax_num_cpu_devices`` before any device is touched. Argument and
+  output sizes are exact per-device shard sizes; temporaries are XLA:CPU's and overstate what the
+  GPU/TPU compilers need (largest paper point, 4 x 2 mesh: 6.5 GiB on CPU, 1.9 GiB on TPU v5e).
+  In-process callers (tests) pass devices to :func:`compile_train_step` instead.
+* ``attached``: the devices this process sees (e.g. the local GPUs): the target compiler's figures.
+* ``tpu:<topology>`` (e.g. ``tpu:v5e:2x4``, ``tpu:v4:2x2x2``): compile-only TPU devices from
+  ``jax.experimental.topologies``; needs libtpu installed (``pip install "jax[tpu]"``), works on a
+  CPU-only machine; the TPU compiler is slow there (minutes).
+* ``lower:<platform>`` (``lower:tpu``, ``lower:cuda``): lowering only, on a device-free
+  ``AbstractMesh``; reports the unpartitioned StableHLO FLOPs and the per-device state size (no
+  compiler memory figures: compiling needs real or compile-only devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from typing import Any, Sequence
+
+from absl import flags
+from ml_collections import config_flags
+
+from minilm_jax.cli import run_main
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "pre-training config: configs/pretrain.py:<point>")
+_DEVICES = flags.DEFINE_integer("devices", None, "device count of the target mesh (fake CPU devices "
+                                "for --target=cpu; default: mesh_data x mesh_fsdp, or 8)")
+_MESH_DATA = flags.DEFINE_integer("mesh_data", None, "data axis size (default: config.mesh.data)")
+_MESH_FSDP = flags.DEFINE_integer("mesh_fsdp", None, "fsdp axis size (default: config.mesh.fsdp)")
+_BUDGET = flags.DEFINE_float("device_memory_gb", 16.0, "per-device memory budget in GiB; exit 2 "
+                             "when the estimated peak exceeds it (0: no check)")
+_TARGET = flags.DEFINE_string("target", "cpu", "cpu | attached | tpu:<topology> | lower:<platform>")
+_JSON = flags.DEFINE_bool("json", False, "print the report as one JSON object")
+
+GIB = 2 ** 30
+DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+# ------------------------------------------------------------------------------------------------
+# Fake CPU devices (must happen before the CPU backend starts).
+def force_host_device_count(n: int) -> None:
+    """Ask for ``n`` CPU devices: XLA_FLAGS (replacing any count there), JAX_PLATFORMS=cpu and
+    ``jax_num_cpu_devices``. A no-op for the backend if it has already started."""
+    flags_now = re.sub(rf"{DEVICE_FLAG}=\d+", "", os.environ.get("XLA_FLAGS", "")).strip()
+    os.environ["XLA_FLAGS"] = f"{flags_now} {DEVICE_FLAG}={n}".strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+
+    try:
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", n)
+    except Exception:  # backend already initialised: target_devices() reports the shortfall
+        pass
+
+
+def target_devices(target: str, count: int | None) -> list:
+    """The devices to compile for (``count`` of them where given)."""
+    import jax
+
+    from minilm_jax.cli import UserError
+
+    if target == "cpu":
+        devices = jax.devices("cpu")
+        if count and len(devices) < count:
+            raise UserError(f"only {len(devices)} CPU devices exist, {count} requested: the CPU "
+                            f"backend started before {DEVICE_FLAG}={count} took effect; run "
+                            f"`python -m minilm_jax.aot` directly or set XLA_FLAGS="
+                            f"{DEVICE_FLAG}={count} before importing jax")
+    elif target == "attached":
+        devices = jax.devices()
+    elif target.startswith("tpu:"):
+        devices = tpu_topology_devices(target[len("tpu:"):])
+    else:
+        raise UserError(f"--target={target!r}: expected cpu, attached, tpu:<topology> or "
+                        "lower:<platform>")
+    if count and len(devices) < count:
+        raise UserError(f"--target={target} has {len(devices)} devices, {count} requested")
+    return list(devices[:count] if count else devices)
+
+
+def tpu_topology_devices(topology: str) -> list:
+    """Compile-only devices of a TPU topology such as ``v5e:2x4`` (needs libtpu)."""
+    from jax.experimental import topologies
+
+    from minilm_jax.cli import UserError
+
+    try:
+        return list(topologies.get_topology_desc(topology, platform="tpu").devices)
+    except Exception as err:  # RuntimeError without libtpu; JaxRuntimeError for a bad name
+        raise UserError(f"cannot build TPU topology {topology!r}: {err} (compile-only TPU devices "
+                        "need libtpu: pip install \"jax[tpu]\"; --target=lower:tpu lowers without "
+                        "it)") from err
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class AotReport:
+    """What one ahead-of-time compile measured. Bytes and FLOPs are per device unless named global."""
+
+    point: str
+    target: str
+    platform: str
+    mesh: dict[str, int]
+    batch_shape: list[int]
+    params_total: int
+    params_embedding: int
+    params_non_embedding: int
+    state_bytes_per_device: int
+    state_bytes_global: int
+    flops_per_device: float | None
+    flops_global_lowered: float | None
+    analytic_flops_per_device: float
+    lower_seconds: float
+    compile_seconds: float | None
+    memory: dict[str, int] | None  # argument, output, alias, temp, generated_code
+    peak_bytes: int | None  # argument + output - alias + temp + generated code
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def sharded_abstract(abstract: Any, shardings: Any) -> Any:
+    """``ShapeDtypeStruct``s carrying their shardings (no memory)."""
+    import jax
+
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+
+
+def bytes_per_device(abstract: Any, shardings: Any) -> int:
+    """Sum over leaves of the shard size on one device."""
+    import jax
+    import numpy as np
+
+    sizes = jax.tree.map(lambda a, s: math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize,
+                         abstract, shardings)
+    return int(sum(jax.tree.leaves(sizes)))
+
+
+def tree_bytes(abstract: Any) -> int:
+    import jax
+    import numpy as np
+
+    return int(sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(abstract)))
+
+
+def build_mesh(config, devices: Sequence | None, abstract_size: int | None):
+    """The (data, fsdp) mesh of the config over ``devices``, or an AbstractMesh of ``abstract_size``."""
+    from jax.sharding import AbstractMesh
+
+    from minilm_jax.model.config import ConfigError
+    from minilm_jax.train.mesh import AXES, make_mesh
+
+    data, fsdp = int(config.mesh.data), int(config.mesh.fsdp)
+    if devices is not None:
+        return make_mesh(data, fsdp, devices)
+    if fsdp < 1 or abstract_size % fsdp:
+        raise ConfigError(f"mesh.fsdp={fsdp} must divide the device count {abstract_size}")
+    data = abstract_size // fsdp if data == -1 else data
+    if data < 1 or data * fsdp > abstract_size:
+        raise ConfigError(f"mesh.data x mesh.fsdp = {data} x {fsdp} needs more than the "
+                          f"{abstract_size} devices")
+    return AbstractMesh((data, fsdp), AXES)
+
+
+def compile_train_step(config, devices: Sequence | None = None, *, target: str = "cpu",
+                       abstract_size: int | None = None) -> AotReport:
+    """Lower and compile the pre-training step of ``config`` for ``devices``.
+
+    With ``devices=None`` and ``target='lower:<platform>'``, lower on an ``AbstractMesh`` of
+    ``abstract_size`` devices only.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from minilm_jax import accounting
+    from minilm_jax.cli import UserError
+    from minilm_jax.model.models import MaskedLM
+    from minilm_jax.run_config import model_from_config
+    from minilm_jax.train.masking import MaskingConfig
+    from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, replicated,
+                                       state_shardings)
+    from minilm_jax.train.optim import make_optimizer, make_schedule
+    from minilm_jax.train.step import make_train_step
+
+    model_cfg = model_from_config(config)
+    tc = config.train
+    total_steps = int(tc.num_steps)
+    if total_steps <= 0:
+        raise UserError(f"train.num_steps must be positive (got {total_steps})")
+    if tc.batch_size % tc.grad_accum:
+        raise UserError(f"train.batch_size={tc.batch_size} must be divisible by "
+                        f"train.grad_accum={tc.grad_accum}")
+    mesh = build_mesh(config, devices, abstract_size)
+    check_batch_divisible(tc.batch_size // tc.grad_accum, mesh, "train.batch_size / train.grad_accum")
+    masking = MaskingConfig.from_config(config.mlm, model_cfg.vocab_size)
+    schedule = make_schedule(config.optim, total_steps)
+    optimizer = make_optimizer(config.optim, total_steps)
+    seed = config.seed
+
+    # Same state as Pretrainer._build_state's init_fn, traced for shapes only.
+    def init_fn():
+        model = MaskedLM(model_cfg, rngs=nnx.Rngs(params=seed))
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return {"params": params, "rest": rest, "opt_state": optimizer.init(params),
+                "step": jnp.zeros((), jnp.int32)}
+
+    abstract_model = nnx.eval_shape(lambda: MaskedLM(model_cfg, rngs=nnx.Rngs(params=seed)))
+    graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
+    counts = accounting.count_params(abstract_model)
+    abstract_state = jax.eval_shape(init_fn)
+    state_sharding = state_shardings(mesh, abstract_state)
+    data_sharding = batch_sharding(mesh, batch_axis=2, ndim=4)
+    train_step = make_train_step(graphdef, optimizer, schedule, masking, seed)
+    step_fn = jax.jit(train_step, in_shardings=(state_sharding, data_sharding),
+                      out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+
+    k, micro = max(1, int(tc.steps_per_dispatch)), int(tc.grad_accum)
+    batch_shape = [k, micro, tc.batch_size // micro, model_cfg.max_len]
+    batch = {name: jax.ShapeDtypeStruct(tuple(batch_shape), jnp.int32, sharding=data_sharding)
+             for name in ("tokens", "segments")}
+    state = sharded_abstract(abstract_state, state_sharding)
+
+    start = time.perf_counter()
+    traced = step_fn.trace(state, batch)
+    lower_only = target.startswith("lower:")
+    lowered = (traced.lower(lowering_platforms=(target[len("lower:"):],)) if lower_only
+               else traced.lower())
+    lower_seconds = time.perf_counter() - start
+    n_devices = mesh.size
+    analytic = (accounting.train_flops_per_sequence(model_cfg,
+                                                    num_predictions=config.mlm.max_predictions)
+                * tc.batch_size * k / n_devices)
+    report = AotReport(
+        point=model_cfg.point, target=target,
+        platform=target[len("lower:"):] if lower_only else devices[0].platform,
+        mesh={"data": int(mesh.shape["data"]), "fsdp": int(mesh.shape["fsdp"])},
+        batch_shape=batch_shape, params_total=counts.total, params_embedding=counts.embedding,
+        params_non_embedding=counts.non_embedding,
+        state_bytes_per_device=bytes_per_device(abstract_state, state_sharding),
+        state_bytes_global=tree_bytes(abstract_state), flops_per_device=None,
+        flops_global_lowered=_flops(lowered.cost_analysis()) if lower_only else None,
+        analytic_flops_per_device=analytic, lower_seconds=lower_seconds, compile_seconds=None,
+        memory=None, peak_bytes=None)
+    if lower_only:
+        return report
+
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    report.compile_seconds = time.perf_counter() - start
+    report.flops_per_device = _flops(compiled.cost_analysis())
+    report.memory = memory_figures(compiled.memory_analysis())
+    if report.memory is not None:
+        m = report.memory
+        report.peak_bytes = (m["argument"] + m["output"] - m["alias"] + m["temp"]
+                             + m["generated_code"])
+    return report
+
+
+def _flops(cost: Any) -> float | None:
+    """``flops`` of a cost analysis (a dict, or a list of dicts in older JAX)."""
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def memory_figures(stats: Any) -> dict[str, int] | None:
+    """Per-device byte counts of ``Compiled.memory_analysis()`` (None where the backend has none)."""
+    if stats is None:
+        return None
+    names = {"argument": "argument_size_in_bytes", "output": "output_size_in_bytes",
+             "alias": "alias_size_in_bytes", "temp": "temp_size_in_bytes",
+             "generated_code": "generated_code_size_in_bytes"}
+    return {key: int(getattr(stats, attr, 0) or 0) for key, attr in names.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+def human_bytes(n: float) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def format_report(r: AotReport, budget_gb: float) -> str:
+    n = r.mesh["data"] * r.mesh["fsdp"]
+    lines = [
+        f"AOT pre-training step: {r.point} for {n} {r.platform} devices ({r.target}), "
+        f"mesh data={r.mesh['data']} x fsdp={r.mesh['fsdp']}",
+        f"  parameters         {r.params_total:,} (embedding {r.params_embedding:,}, "
+        f"non-embedding {r.params_non_embedding:,})",
+        f"  batch per call     tokens, segments int32 {r.batch_shape} "
+        f"(steps_per_dispatch, grad_accum, batch, seq)",
+        f"  train state        {human_bytes(r.state_bytes_per_device)} per device "
+        f"({human_bytes(r.state_bytes_global)} global: params, AdamW moments, step)",
+    ]
+    if r.memory is not None:
+        m = r.memory
+        lines += [
+            "  memory per device  (compiled.memory_analysis())",
+            f"    arguments        {human_bytes(m['argument'])}",
+            f"    outputs          {human_bytes(m['output'])}",
+            f"    aliased (donated) {human_bytes(m['alias'])}",
+            f"    temporaries      {human_bytes(m['temp'])}",
+            f"    generated code   {human_bytes(m['generated_code'])}",
+            f"    peak estimate    {human_bytes(r.peak_bytes)} (arguments + outputs - aliased + "
+            f"temporaries + code)" + (f"; budget {budget_gb:g} GiB" if budget_gb > 0 else ""),
+        ]
+    elif r.compile_seconds is None:
+        lines.append("  memory per device  not available: lowering only (no compile)")
+    else:
+        lines.append("  memory per device  not reported by this backend")
+    if r.flops_per_device is not None:
+        lines.append(f"  FLOPs per device   {r.flops_per_device:.4g} per call (XLA cost_analysis of "
+                     f"the partitioned step; analytic matmul count {r.analytic_flops_per_device:.4g})")
+    if r.flops_global_lowered is not None:
+        lines.append(f"  FLOPs (global)     {r.flops_global_lowered:.4g} per call (StableHLO, "
+                     f"before partitioning; analytic {r.analytic_flops_per_device * n:.4g})")
+    timing = f"  time               lower {r.lower_seconds:.1f} s"
+    if r.compile_seconds is not None:
+        timing += f", compile {r.compile_seconds:.1f} s"
+    lines.append(timing)
+    return "\n".join(lines)
+
+
+def check_budget(r: AotReport, budget_gb: float) -> None:
+    """UserError (exit 2) when the per-device peak (or, lowering only, the state) exceeds the budget."""
+    from minilm_jax.cli import UserError
+
+    if budget_gb <= 0:
+        return
+    need, what = ((r.peak_bytes, "estimated peak memory") if r.peak_bytes is not None
+                  else (r.state_bytes_per_device, "train state"))
+    if need > budget_gb * GIB:
+        raise UserError(f"{what} per device is {human_bytes(need)}, over the --device_memory_gb="
+                        f"{budget_gb:g} GiB budget ({r.point}, mesh data={r.mesh['data']} x "
+                        f"fsdp={r.mesh['fsdp']}); raise mesh.fsdp, lower train.batch_size or raise "
+                        "train.grad_accum")
+
+
+def default_device_count(config) -> int:
+    data, fsdp = int(config.mesh.data), int(config.mesh.fsdp)
+    return data * fsdp if data > 0 else max(8, fsdp)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from minilm_jax.cli import UserError
+
+    config = _CONFIG.value
+    if config is None:
+        raise UserError("--config=configs/pretrain.py:<point> is required")
+    if _MESH_DATA.value is not None:
+        config.mesh.data = _MESH_DATA.value
+    if _MESH_FSDP.value is not None:
+        config.mesh.fsdp = _MESH_FSDP.value
+    target = _TARGET.value
+    count = _DEVICES.value
+    if count is not None and count < 1:
+        raise UserError(f"--devices must be positive (got {count})")
+    if target == "cpu":
+        count = count or default_device_count(config)
+        force_host_device_count(count)
+    if target.startswith("lower:"):
+        report = compile_train_step(config, None, target=target,
+                                    abstract_size=count or default_device_count(config))
+    else:
+        report = compile_train_step(config, target_devices(target, count), target=target)
+    if _JSON.value:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(format_report(report, _BUDGET.value), flush=True)
+    check_budget(report, _BUDGET.value)
+
+
+def _entry() -> None:
+    run_main(main)
+
+
+if __name__ == "__main__":
+    _entry()

@@ -1,0 +1,27 @@
+"""Run one fine-tuning config: one init, or both inits side by side with their results table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+
+from minilm_jax.cli import UserError
+
+from .loop import Finetuner
+from .results import write_tables
+
+
+def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Run ``config`` in ``workdir`` (both inits under sub-folders for ``init.mode=both``)."""
+    mode = config.init.mode
+    if mode not in ("pretrained", "random", "both"):
+        raise UserError(f"init.mode must be pretrained, random or both, not {mode!r}")
+    inits = ("pretrained", "random") if mode == "both" else (mode,)
+    summaries = {}
+    for init in inits:
+        run_dir = Path(workdir) / init if mode == "both" else Path(workdir)
+        print(f"== {config.task}: {init} init -> {run_dir}", flush=True)
+        summaries[init] = Finetuner(config, run_dir, init).run()
+    write_tables([workdir], workdir)
+    return summaries

@@ -1,0 +1,165 @@
+"""Run a sweep: pre-train every run, fine-tune each (pre-trained and random init) on the configured
+tasks, keep going past failures, rebuild the results table after every run, write the report.
+
+Layout under ``--root``: ``runs/<name>/pretrain`` (a pre-training workdir),
+``runs/<name>/finetune/<task>/{pretrained,random}``, ``status.json`` (state of every run,
+failures with their error), ``results.jsonl``, ``report/``. Re-running skips finished work and
+resumes interrupted runs from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from minilm_jax import accounting
+from minilm_jax.cli import UserError
+from minilm_jax.data.shards import atomic_write_json
+from minilm_jax.finetune.config import TASKS, finetune_config
+from minilm_jax.run_config import model_from_config
+
+from .results import write_results
+from .spec import Run, apply_override, expand
+
+
+def _done(summary_path: Path) -> bool:
+    if not summary_path.is_file():
+        return False
+    return json.loads(summary_path.read_text()).get("status") in ("completed", "early_stopped")
+
+
+def finetune_run_config(sweep: ml_collections.ConfigDict, task: str, checkpoint: Path
+                        ) -> ml_collections.ConfigDict:
+    """The fine-tuning config of ``task`` for a run's checkpoint, with the sweep's overrides
+    (``field=value`` for every task, ``task:field=value`` for one)."""
+    config = finetune_config(task)
+    config.init.checkpoint = str(checkpoint)
+    config.init.mode = sweep.finetune_init
+    for entry in sweep.finetune_overrides:
+        head = entry.split("=", 1)[0]
+        if ":" in head:
+            only, _, rest = entry.partition(":")
+            if only.strip() != task:
+                continue
+            entry = rest
+        apply_override(config, entry)
+    return config
+
+
+def plan_table(runs: list[Run], sweep: ml_collections.ConfigDict, peak_flops: float) -> str:
+    """Dry-run listing: parameters, training FLOPs and an estimated time per run."""
+    lines = [f"{'run':<40} {'point':<30} {'params':>11} {'FLOPs (paper)':>14} "
+             f"{'FLOPs (complete)':>17} {'est. time':>10}  groups"]
+    total_seconds = 0.0
+    for run in runs:
+        cfg = model_from_config(run.config)
+        params = accounting.formula_params(cfg).total if cfg.arch == "roberta" else float("nan")
+        seqs = run.config.train.num_steps * run.config.train.batch_size
+        paper = seqs * accounting.paper_train_flops_per_sequence(cfg)
+        complete = seqs * accounting.train_flops_per_sequence(
+            cfg, num_predictions=run.config.mlm.max_predictions)
+        seconds = complete / (peak_flops * sweep.assumed_mfu)
+        total_seconds += seconds
+        groups = ", ".join(m.group for m in run.memberships)
+        lines.append(f"{run.name:<40} {run.point:<30} {params:>11,.0f} {paper:>14.3e} "
+                     f"{complete:>17.3e} {seconds / 60:>9.1f}m  {groups}")
+    lines.append(f"{len(runs)} runs; estimated pre-training time {total_seconds / 3600:.2f} h at "
+                 f"{sweep.assumed_mfu:.0%} of the measured matmul peak ({peak_flops:.3g} FLOP/s); "
+                 f"fine-tuning on {len(sweep.finetune_tasks)} task(s) x "
+                 f"{2 if sweep.finetune_init == 'both' else 1} init(s) per run not included")
+    return "\n".join(lines)
+
+
+class SweepRunner:
+    """Expands a sweep and runs it under ``root``."""
+
+    def __init__(self, sweep: ml_collections.ConfigDict, root: str | Path):
+        self.sweep = sweep
+        self.root = Path(root)
+        for task in sweep.finetune_tasks:
+            if task not in TASKS:
+                raise UserError(f"sweep finetune_tasks: unknown task {task!r}; known: {', '.join(TASKS)}")
+        self.runs = expand(sweep)
+        for task in sweep.finetune_tasks:  # bad fine-tuning overrides fail now, not after pre-training
+            finetune_run_config(sweep, task, Path("."))
+        self.status_path = self.root / "status.json"
+
+    def _status(self) -> dict[str, Any]:
+        return json.loads(self.status_path.read_text()) if self.status_path.exists() else {}
+
+    def _record(self, name: str, stage: str, state: str, **extra: Any) -> None:
+        status = self._status()
+        status.setdefault(name, {})[stage] = {"state": state, "time": time.time(), **extra}
+        atomic_write_json(self.status_path, status)
+
+    def _attempt(self, name: str, stage: str, fn) -> bool:
+        """Run ``fn``; a failure is recorded with its error and does not stop the sweep."""
+        self._record(name, stage, "running")
+        try:
+            fn()
+        except (Exception, SystemExit) as err:  # isolate: one failing run must not stop the rest
+            message = f"{type(err).__name__}: {err}"
+            self._record(name, stage, "failed", error=message[:2000],
+                         traceback=traceback.format_exc()[-4000:])
+            print(f"!! {name} {stage} failed: {message.splitlines()[0][:300]}", flush=True)
+            return False
+        self._record(name, stage, "done")
+        return True
+
+    def run(self, only: str = "") -> dict[str, Any]:
+        from minilm_jax.finetune.run import run_finetune
+        from minilm_jax.train.loop import Pretrainer
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        selected = [r for r in self.runs if not only or only in r.name]
+        for i, run in enumerate(selected, 1):
+            run_dir = self.root / "runs" / run.name
+            pre_dir = run_dir / "pretrain"
+            print(f"== [{i}/{len(selected)}] {run.name} ({run.point})", flush=True)
+            if _done(pre_dir / "summary.json"):
+                print("   pre-training finished earlier: skipped", flush=True)
+                ok = True
+            else:
+                ok = self._attempt(run.name, "pretrain", lambda: Pretrainer(run.config, pre_dir).run())
+                ok = ok and _done(pre_dir / "summary.json")
+            if ok:
+                for task in self.sweep.finetune_tasks:
+                    task_dir = run_dir / "finetune" / task
+                    inits = (("pretrained", "random") if self.sweep.finetune_init == "both"
+                             else (self.sweep.finetune_init,))
+                    if all(_done((task_dir / init if len(inits) > 1 else task_dir) / "summary.json")
+                           for init in inits):
+                        print(f"   {task}: finished earlier: skipped", flush=True)
+                        continue
+                    config = finetune_run_config(self.sweep, task, pre_dir)
+                    self._attempt(run.name, f"finetune:{task}",
+                                  lambda: run_finetune(config, str(task_dir)))
+            write_results(self.runs, self.root)
+        results = write_results(self.runs, self.root)
+        report_dir = None
+        if self.sweep.report:
+            report_dir = self._report(results)
+        failures = {name: {stage: s["error"] for stage, s in stages.items() if s["state"] == "failed"}
+                    for name, stages in self._status().items()}
+        failures = {k: v for k, v in failures.items() if v}
+        return {"runs": len(selected), "failures": failures, "results": str(results),
+                "report": str(report_dir) if report_dir else None}
+
+    def _report(self, results: Path) -> Path | None:
+        from minilm_jax.report import ReportOptions, build_report
+
+        if not results.read_text().strip():
+            print("no finished runs: no report", flush=True)
+            return None
+        out = self.root / "report"
+        try:
+            build_report(results, out, ReportOptions(bootstrap=int(self.sweep.report_bootstrap)))
+        except (Exception, SystemExit) as err:
+            print(f"!! report failed: {type(err).__name__}: {err}", flush=True)
+            return None
+        return out

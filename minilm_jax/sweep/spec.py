@@ -1,0 +1,151 @@
+"""Sweep declarations -> runs.
+
+A sweep config (``configs/sweep.py:<name>``) declares:
+
+- ``bases``: ``("name=POINT", ...)`` one-factor-at-a-time bases (each is a run, group ``base``);
+- ``ofat``: ``("base:field=v1,v2,...", ...)`` one run per value, varying one field of that base;
+- ``groups``: ``("iso_flop:g1=POINT,POINT", ...)`` explicit named groups (iso-FLOP / iso-parameter);
+- ``grid``: ``("POINT", ...)`` points crossed with every combination of ``grid_fields``
+  (``("field=v1,v2", ...)``, e.g. ``train.num_steps`` for data size or ``seed``);
+- ``pretrain_overrides`` / ``finetune_overrides``: ``("field=value", ...)`` applied to every run.
+
+A run that appears in several groups (same resulting config) is trained once and reported under
+each group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+from typing import Any
+
+import ml_collections
+
+from minilm_jax.cli import UserError
+from minilm_jax.model.config import ConfigError
+from minilm_jax.run_config import apply_override, flatten, model_from_config, pretrain_config
+
+
+@dataclasses.dataclass(frozen=True)
+class Membership:
+    """One place of a run in the sweep's design."""
+
+    group: str  # base | ofat:<field> | iso_flop:<name> | iso_param:<name> | grid
+    base: str = ""
+    factor: str = ""
+    factor_value: Any = None
+
+
+@dataclasses.dataclass
+class Run:
+    """One pre-training run of the sweep (and its fine-tuning)."""
+
+    name: str
+    point: str  # E-H-I-L-A-V of the resulting model
+    config: ml_collections.ConfigDict
+    memberships: list[Membership]
+
+    def fingerprint(self) -> str:
+        flat = {k: v for k, v in flatten(self.config).items()}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _split_assignment(entry: str, what: str) -> tuple[str, str]:
+    if "=" not in entry:
+        raise UserError(f"sweep {what} entry {entry!r} is not of the form name=values")
+    key, values = entry.split("=", 1)
+    return key.strip(), values.strip()
+
+
+def _run_config(point: str, overrides: list[str]) -> ml_collections.ConfigDict:
+    config = pretrain_config(point)
+    for assignment in overrides:
+        apply_override(config, assignment)
+    return config
+
+
+def _name(*parts: str) -> str:
+    return "__".join(re.sub(r"[^A-Za-z0-9_.=+-]", "_", p) for p in parts if p)
+
+
+def knob_overrides(sweep: ml_collections.ConfigDict) -> list[str]:
+    """Overrides from the sweep's shortcut fields (``shards``, ``num_steps``, ``batch_size``,
+    ``eval_every``, ``vocab_size``); zero or empty leaves the recipe's value."""
+    out = [f"data.shards={sweep.shards}"] if sweep.shards else []
+    if sweep.num_steps > 0:
+        out.append(f"train.num_steps={sweep.num_steps}")
+    if sweep.batch_size > 0:
+        out.append(f"train.batch_size={sweep.batch_size}")
+    if sweep.eval_every > 0:
+        out += [f"eval.every_steps={sweep.eval_every}", f"checkpoint.every_steps={sweep.eval_every}"]
+    if sweep.vocab_size > 0:
+        out.append(f"model.vocab_size={sweep.vocab_size}")
+    return out
+
+
+def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
+    """Every run of the sweep, deduplicated by resulting config, in declaration order."""
+    common = knob_overrides(sweep) + list(sweep.pretrain_overrides)
+    runs: dict[str, Run] = {}  # fingerprint -> run
+
+    def add(name: str, point: str, extra: list[str], membership: Membership) -> None:
+        try:
+            config = _run_config(point, common + extra)
+            model = model_from_config(config)
+        except ConfigError as err:
+            raise UserError(f"sweep run {name}: {err}") from err
+        config.point = model.point
+        run = Run(name, model.point, config, [membership])
+        key = run.fingerprint()
+        if key in runs:
+            if membership not in runs[key].memberships:
+                runs[key].memberships.append(membership)
+        else:
+            runs[key] = run
+
+    bases = dict(_split_assignment(e, "bases") for e in sweep.bases)
+    for base, point in bases.items():
+        add(base, point, [], Membership("base", base))
+    for entry in sweep.ofat:
+        head, values = _split_assignment(entry, "ofat")
+        if ":" not in head:
+            raise UserError(f"sweep ofat entry {entry!r} must be base:field=v1,v2,...")
+        base, field = head.split(":", 1)
+        if base not in bases:
+            raise UserError(f"sweep ofat entry {entry!r}: unknown base {base!r} (bases: {list(bases)})")
+        for value in [v.strip() for v in values.split(",") if v.strip()]:
+            add(_name(base, f"{field.split('.')[-1]}={value}"), bases[base], [f"{field}={value}"],
+                Membership(f"ofat:{field}", base, field, _number(value)))
+    for entry in sweep.groups:
+        group, points = _split_assignment(entry, "groups")
+        if not group.startswith(("iso_flop:", "iso_param:")):
+            raise UserError(f"sweep group {group!r} must be named iso_flop:<name> or iso_param:<name>")
+        for point in [p.strip() for p in points.split(",") if p.strip()]:
+            add(point, point, [], Membership(group))
+    grid_fields = [_split_assignment(e, "grid_fields") for e in sweep.grid_fields]
+    combos = list(itertools.product(*[[v.strip() for v in vals.split(",")] for _, vals in grid_fields]))
+    for point in sweep.grid:
+        for combo in combos:
+            extra = [f"{f}={v}" for (f, _), v in zip(grid_fields, combo)]
+            add(_name(point, *[f"{f.split('.')[-1]}={v}" for (f, _), v in zip(grid_fields, combo)]),
+                point, extra, Membership("grid"))
+    names = [r.name for r in runs.values()]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise UserError(f"sweep declares different runs with the same name: {sorted(dupes)}")
+    if not runs:
+        raise UserError("the sweep declares no runs (bases, ofat, groups and grid are all empty)")
+    return list(runs.values())
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text

@@ -36,6 +36,8 @@ setup(
         "interop": ["torch>=2.4", "transformers>=4.46,<6", "safetensors>=0.4,<1"],
         # TFDS text sources (no TensorFlow needed for array_record data sources); tensorflow-datasets
         # imports importlib_resources without declaring it.
+        # gs:// run directories (Orbax writes arrays there itself; JSON files go through etils.epath).
+        "gcs": ["gcsfs>=2023.1"],
         "tfds": ["tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6"],
     },
     entry_points={"console_scripts": ["minilm-pretrain=minilm_jax.pretrain:_entry"]},

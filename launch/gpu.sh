@@ -27,19 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "error: $*" >&2; exit 2; }
-
-# Print a command the way a shell would read it back (words quoted only where needed).
-quote() {
-  local out=() word safe='^[A-Za-z0-9_./:=@%+,-]+$'
-  for word in "$@"; do
-    if [[ $word =~ $safe ]]; then out+=("$word"); else out+=("'${word//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
-# Run a command, or print it (one line) under --dry_run.
-run() { if [ "$DRY_RUN" = 1 ]; then quote "$@"; else "$@"; fi; }
+source launch/common.sh
 
 # Options come before COMMAND; everything after it goes to the module unchanged.
 DRY_RUN=${MINILM_DRY_RUN:-0}

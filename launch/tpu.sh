@@ -6,7 +6,7 @@
 # Commands:
 #   create             create the TPU VM (gcloud compute tpus tpu-vm create)
 #   setup              on every worker: this checkout (copied with scp) or --repo (git clone), a
-#                      Python 3.11+ .venv, pip install -e . "jax[tpu]"
+#                      Python 3.11+ .venv, pip install -e ".[gcs]" "jax[tpu]"
 #   shards SRC [DEST]  token shards onto every worker's disk (pre-training memory-maps them): SRC a
 #                      local folder (scp) or gs://... (gcloud storage rsync); DEST default data/<name>
 #   check              on every worker: JAX's process index and count, local and global devices
@@ -34,7 +34,8 @@
 #   GCLOUD=PATH                                    the gcloud binary (default: gcloud)
 #
 # A pod slice (more than 8 TensorCores/chips: v4-16+, v5p-16+, v5litepod-16+, v6e-16+) runs one
-# process per worker host: its --workdir (sweep: --root) must be gs://..., storage every host sees,
+# process per worker host: its --workdir must be gs://..., storage every host sees (sweeps run on
+# single-host VMs only),
 # because Orbax writes each checkpoint from all hosts.
 #
 # Example, a v4-32 pod slice:
@@ -48,20 +49,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "error: $*" >&2; exit 2; }
-note() { echo "note: $*" >&2; }
-
-# Print a command the way a shell would read it back (words quoted only where needed).
-quote() {
-  local out=() word safe='^[A-Za-z0-9_./:=@%+,-]+$'
-  for word in "$@"; do
-    if [[ $word =~ $safe ]]; then out+=("$word"); else out+=("'${word//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
-# Run a command, or print it (one line) under --dry_run.
-run() { if [ "$DRY_RUN" = 1 ]; then quote "$@"; else "$@"; fi; }
+source launch/common.sh
 
 NAME=${TPU_NAME:-}
 ZONE=${TPU_ZONE:-}
@@ -181,7 +169,7 @@ install_cmd() {
   if [[ $py =~ ^python3\.[0-9]+$ ]]; then
     apt="(command -v $py >/dev/null || (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $py $py-venv)) && "
   fi
-  echo "${apt}PYTHON=$py . launch/venv.sh && .venv/bin/python -m pip install -q -U pip && $(quote .venv/bin/python -m pip install -q -e . "jax[tpu]$JAX_RANGE")"
+  echo "${apt}PYTHON=$py . launch/venv.sh && .venv/bin/python -m pip install -q -U pip && $(quote .venv/bin/python -m pip install -q -e ".[gcs]" "jax[tpu]$JAX_RANGE")"
 }
 
 setup() {
@@ -245,6 +233,9 @@ case "$COMMAND" in
     [ -z "$(arg_value --config.distributed.initialize)" ] || init=()
     on_all_workers "$(module_cmd pretrain ${ARGS[@]+"${ARGS[@]}"} ${init[@]+"${init[@]}"})" ;;
   sweep)
+    if [ "$MULTI_HOST" = 1 ] && ! has_arg --dry_run; then
+      die "sweep runs its runs one after another in one process per host and cannot span the hosts of $TYPE; run it on a single-host TPU VM (e.g. v5litepod-8), or run \`pretrain\` per point on the pod slice"
+    fi
     check_output_dir --root
     on_all_workers "$(module_cmd sweep ${ARGS[@]+"${ARGS[@]}"})" ;;
   run)

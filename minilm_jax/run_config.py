@@ -29,6 +29,21 @@ def model_from_config(config: ml_collections.ConfigDict) -> ModelConfig:
     return ModelConfig.from_mapping(config.model.to_dict())
 
 
+def optim_section(**values: Any) -> ml_collections.ConfigDict:
+    """AdamW + schedule fields; defaults are SPEC A4's pre-training recipe."""
+    fields = dict(
+        peak_lr=5e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01,
+        decay_mask=False,  # True: no decay on biases and LayerNorm parameters
+        schedule="inverse_sqrt",  # inverse_sqrt (paper) | linear | cosine | constant
+        warmup_steps=-1,  # -1: min(4000, 5% of total updates) (paper)
+        end_lr_fraction=0.0,  # linear/cosine: final lr = peak * this
+        clip_norm=0.0)  # global-norm clipping; 0 disables
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown optim fields {sorted(unknown)}")
+    return ml_collections.ConfigDict({**fields, **values})
+
+
 def pretrain_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
     """SPEC A4's recipe for ``point``; every number is a field."""
     c = ml_collections.ConfigDict()
@@ -52,17 +67,7 @@ def pretrain_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
     c.mlm.never_mask_ids = (0, 1, 2, 3)  # <s>, <pad>, </s>, <unk>
     c.mlm.random_token_min_id = 5  # random replacements (bert mode) draw from [min_id, V)
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.peak_lr = 5e-4
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.95
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.01
-    c.optim.decay_mask = False  # True: no decay on biases and LayerNorm parameters
-    c.optim.schedule = "inverse_sqrt"  # inverse_sqrt (paper) | linear | cosine | constant
-    c.optim.warmup_steps = -1  # -1: min(4000, 5% of total updates) (paper)
-    c.optim.end_lr_fraction = 0.0  # linear/cosine: final lr = peak * this
-    c.optim.clip_norm = 0.0  # global-norm clipping; 0 disables
+    c.optim = optim_section()
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256  # global sequences per optimizer step

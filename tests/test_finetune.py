@@ -274,3 +274,10 @@ def test_committee_accuracy_vs_k(tmp_path):
     np.save(Path(runs[1]) / "predictions" / "test.labels.npy", labels[::-1])
     with pytest.raises(CommitteeError, match="differ"):
         write_committee(runs, tmp_path / "out2")
+
+
+def test_seed_benchmark_times_both_programs():
+    from minilm_jax.finetune.bench import step_seconds
+
+    step, compile_seconds = step_seconds("E16-H16-I32-L1-A2-V200", 2, batch=8, seq_len=16, repeats=2)
+    assert step > 0 and compile_seconds >= step

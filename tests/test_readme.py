@@ -32,7 +32,7 @@ def test_new_encoder_example_runs_and_trains_its_gate():
 
 def test_readme_opens_with_the_two_commands():
     lines = [l for l in README.read_text().splitlines() if l.startswith("bash ")]
-    assert lines[0].startswith("bash launch/demo.sh") and lines[1].startswith("bash launch/test.sh")
+    assert lines[0].startswith("bash launch/main.sh") and lines[1].startswith("bash launch/test.sh")
     root = README.parent
-    assert (root / "launch" / "demo.sh").is_file() and (root / "launch" / "test.sh").is_file()
+    assert (root / "launch" / "main.sh").is_file() and (root / "launch" / "test.sh").is_file()
     assert "bash launch/test.sh" in (root / ".ci" / "run").read_text()

@@ -52,7 +52,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename (on an
+    object store, ``gs://...``, one whole-object write, which is atomic there)."""
+    if "://" in str(path):
+        from minilm_jax.storage import run_path
+        remote = run_path(path)
+        remote.parent.mkdir(parents=True, exist_ok=True)
+        remote.write_bytes(data)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

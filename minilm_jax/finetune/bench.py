@@ -1,15 +1,15 @@
 """Benchmark: S fine-tuning members (seeds) in one vmapped program vs the same S run one after another.
 
-    python -m minilm_jax.finetune.bench [--point=paper-1.25m] [--members=1,4,8] [--batch=32]
+    python -m minilm_jax.finetune.bench [--point=paper-1.25m] [--members=1,4,8] [--batch=32] [--steps=250]
 
-Prints, per S, the time of one optimizer step of all S members together, the time S separate
-single-member steps take, and the speed-up.
+Prints, per S, the time of one optimizer step of all S members together and of S separate
+single-member steps, the compile time of each program, and the time of a whole fine-tuning run of
+``--steps`` steps both ways (one compile + steps, vs S compiles + S x steps), with the speed-ups.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
@@ -33,8 +33,9 @@ def _optim() -> ml_collections.ConfigDict:
 
 
 def step_seconds(point: str, members: int, batch: int, seq_len: int, num_labels: int = 2,
-                 steps_per_dispatch: int = 1, repeats: int = 10) -> float:
-    """Median wall seconds of one optimizer step of ``members`` vmapped members."""
+                 steps_per_dispatch: int = 1, repeats: int = 10) -> tuple[float, float]:
+    """(median wall seconds of one optimizer step of ``members`` vmapped members, seconds of the
+    first call: compilation included)."""
     cfg = resolve_point(point)
     optimizer = make_optimizer(_optim(), 1000)
     graphdef = nnx.split(nnx.eval_shape(lambda: SequenceClassifier(cfg, num_labels,
@@ -49,15 +50,17 @@ def step_seconds(point: str, members: int, batch: int, seq_len: int, num_labels:
     data = {"tokens": jnp.asarray(rng.integers(5, cfg.vocab_size, shape), jnp.int32),
             "segments": jnp.ones(shape, jnp.int32), "token_types": jnp.zeros(shape, jnp.int32),
             "labels": jnp.asarray(rng.integers(0, num_labels, shape[:3]), jnp.int32)}
+    start = time.perf_counter()
     state, metrics = step(state, data)  # compile
     jax.block_until_ready(metrics)
+    compile_seconds = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         state, metrics = step(state, data)
         jax.block_until_ready(metrics)
         times.append((time.perf_counter() - start) / steps_per_dispatch)
-    return float(np.median(times))
+    return float(np.median(times)), compile_seconds
 
 
 def main() -> None:
@@ -66,25 +69,33 @@ def main() -> None:
     parser.add_argument("--members", default="1,4,8")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=250, help="steps of a whole fine-tuning run")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
     args = parser.parse_args()
     counts = [int(x) for x in args.members.split(",")]
     print(f"# {args.point}, batch {args.batch} x {args.seq_len}, device {jax.devices()[0].device_kind}"
           f" x{jax.device_count()}, jax {jax.__version__}, python {platform.python_version()}")
-    single = step_seconds(args.point, 1, args.batch, args.seq_len, repeats=args.repeats)
+    single, single_compile = step_seconds(args.point, 1, args.batch, args.seq_len, repeats=args.repeats)
     rows = []
-    print(f"{'members':>8} {'vmapped ms/step':>16} {'sequential ms':>14} {'speed-up':>9}")
+    print(f"{'S':>3} {'step ms: vmapped':>17} {'S x single':>11} {'speed-up':>9} {'compile s':>10} "
+          f"{'run of ' + str(args.steps) + ' steps, s: vmapped':>30} {'S runs':>8} {'speed-up':>9}")
     for s in counts:
-        together = single if s == 1 else step_seconds(args.point, s, args.batch, args.seq_len,
-                                                      repeats=args.repeats)
-        rows.append({"members": s, "vmapped_seconds": together, "sequential_seconds": s * single,
-                     "speedup": s * single / together})
-        print(f"{s:>8} {1e3 * together:>16.1f} {1e3 * s * single:>14.1f} {s * single / together:>8.2f}x")
+        together, compile_s = ((single, single_compile) if s == 1 else
+                               step_seconds(args.point, s, args.batch, args.seq_len,
+                                            repeats=args.repeats))
+        run_vmapped = compile_s + args.steps * together
+        run_sequential = s * (single_compile + args.steps * single)
+        rows.append({"members": s, "vmapped_step_seconds": together,
+                     "sequential_step_seconds": s * single, "compile_seconds": compile_s,
+                     "run_seconds_vmapped": run_vmapped, "run_seconds_sequential": run_sequential})
+        print(f"{s:>3} {1e3 * together:>17.1f} {1e3 * s * single:>11.1f} {s * single / together:>8.2f}x "
+              f"{compile_s:>10.1f} {run_vmapped:>30.1f} {run_sequential:>8.1f} "
+              f"{run_sequential / run_vmapped:>8.2f}x")
     if args.json:
         from minilm_jax.data.shards import atomic_write_json
-        atomic_write_json(args.json, {"point": args.point, "batch": args.batch, "rows": rows,
-                                      "device": jax.devices()[0].device_kind})
+        atomic_write_json(args.json, {"point": args.point, "batch": args.batch, "steps": args.steps,
+                                      "rows": rows, "device": jax.devices()[0].device_kind})
 
 
 if __name__ == "__main__":

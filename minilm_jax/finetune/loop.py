@@ -29,8 +29,7 @@ from minilm_jax.tasks.metrics import glue_score, task_metrics
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
-from minilm_jax.train.dispatch import dispatch_plan, sigterm_flag
-from minilm_jax.train.loop import TrainingDiverged
+from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, sigterm_flag
 from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, make_mesh, replicated,
                                    state_shardings)
 from minilm_jax.train.metrics import MetricsWriter, progress_bar
@@ -264,20 +263,15 @@ class Finetuner:
                                         iter([s for s, _ in plan]), 2)
         bar = progress_bar(self.total_steps, start, tc.progress, f"finetune {self.spec.name}")
         status = "completed" if start >= self.total_steps else "running"
-        pending: tuple[int, int, Any] | None = None
+        deferred = DeferredMetrics(str(self.workdir / "checkpoints"))
         window = {"time": time.perf_counter(), "examples": 0}
 
         def drain() -> None:
-            nonlocal pending
-            if pending is None:
+            popped = deferred.pop()
+            if popped is None:
                 return
-            first, count, metrics = pending
-            pending = None
-            host = jax.device_get(metrics)
+            first, count, host = popped
             losses = np.asarray(host["loss"])  # [K, S]
-            if not np.all(np.isfinite(losses)):
-                bad = int(np.argwhere(~np.isfinite(losses))[0][0])
-                raise TrainingDiverged(f"non-finite fine-tuning loss at step {first + bad + 1}")
             window["examples"] += count * tc.batch_size * len(self.seeds)
             last = first + count
             if last // tc.log_every > first // tc.log_every or last == self.total_steps:
@@ -299,7 +293,7 @@ class Finetuner:
                              for k, v in host_batch.items()}
                     self.state, metrics = self.train_step(self.state, batch)
                     drain()
-                    pending = (first, count, metrics)
+                    deferred.push(first, count, metrics)
                     step = first + count
                     bar.update(count)
                     evaluate_now = step in self.eval_steps

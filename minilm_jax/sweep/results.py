@@ -52,7 +52,9 @@ def run_rows(run: Run, run_dir: Path) -> list[dict[str, Any]]:
                          "flops_paper": best["step"] * batch * per_seq["paper"],
                          "flops_complete": best["step"] * batch * per_seq["complete"],
                          "loss": best["test_loss"], "perplexity": best["test_perplexity"]})
-        for ft_summary in sorted((run_dir / "finetune").glob("*/*/summary.json")):
+        summaries = sorted([*(run_dir / "finetune").glob("*/summary.json"),  # one init
+                            *(run_dir / "finetune").glob("*/*/summary.json")])  # both inits
+        for ft_summary in summaries:
             ft = json.loads(ft_summary.read_text())
             if "final" not in ft:
                 continue

@@ -25,10 +25,13 @@ from minilm_jax.data.shards import ShardError, ShardSplit, atomic_write_json, op
 from minilm_jax.model.models import MaskedLM
 from minilm_jax.run_config import config_differences, flatten, model_from_config
 from minilm_jax.train import batches as batch_lib
+from minilm_jax.train.dispatch import (DeferredMetrics, TrainingDiverged,  # noqa: F401 (re-export)
+                                       dispatch_plan)
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, make_mesh, replicated,
                                    state_shardings)
+from minilm_jax.storage import run_path
 from minilm_jax.train.metrics import MetricsWriter, progress_bar
 from minilm_jax.train.optim import make_optimizer, make_schedule
 from minilm_jax.train.step import make_eval_step, make_train_step
@@ -48,10 +51,6 @@ def params_digest(params) -> str:
 def _on_process_0(flag: bool) -> bool:
     """Process 0's value of ``flag``, on every process (for choices all processes must share)."""
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite."""
 
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
@@ -129,7 +128,7 @@ class Pretrainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
         self.config = config
-        self.workdir = Path(workdir)
+        self.workdir = run_path(workdir)
         self.model_cfg = model_from_config(config)
         self.manifest = check_shards(config, self.model_cfg.vocab_size, self.model_cfg.max_len,
                                      self.model_cfg.pad_id)
@@ -225,15 +224,6 @@ class Pretrainer:
         return batch_lib.train_batch(self.train_split, self.indexer, step, self.model_cfg.pad_id,
                                      steps=steps, micro=self.config.train.grad_accum)
 
-    def _dispatch_plan(self, start: int) -> list[tuple[int, int]]:
-        k = max(1, int(self.config.train.steps_per_dispatch))
-        plan, step = [], start
-        while step < self.total_steps:
-            n = min(k, self.total_steps - step)
-            plan.append((step, n))
-            step += n
-        return plan
-
     # ----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         config, tc = self.config, self.config.train
@@ -260,30 +250,23 @@ class Pretrainer:
                     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("signal", "SIGTERM")))
         dispatches = 0
         t0 = time.time()
-        plan = self._dispatch_plan(start)
+        plan = dispatch_plan(start, self.total_steps, tc.steps_per_dispatch)
         size_of = dict(plan)
         prefetch = batch_lib.Prefetcher(lambda s: self._host_batch(s, size_of[s]),
                                         iter([s for s, _ in plan]), config.data.prefetch)
         bar = progress_bar(self.total_steps, start, tc.progress, "pretrain")
-        pending: tuple[int, int, Any] | None = None  # (first step, count, device metrics)
+        deferred = DeferredMetrics(str(self.workdir / "checkpoints"))
         window = {"time": time.perf_counter(), "tokens": 0.0, "seqs": 0, "compiled": False}
         step = start
         status = "completed"
 
         def drain() -> None:
             """Read the previous dispatch's metrics (one step late) and log them."""
-            nonlocal pending
-            if pending is None:
+            popped = deferred.pop()
+            if popped is None:
                 return
-            first, count, metrics = pending
-            pending = None
-            host = jax.device_get(metrics)
+            first, count, host = popped
             losses = np.asarray(host["loss"])
-            bad = np.flatnonzero(~np.isfinite(losses))
-            if bad.size:
-                raise TrainingDiverged(f"non-finite training loss ({losses[bad[0]]}) at step "
-                                       f"{first + int(bad[0]) + 1}; the last good checkpoint is kept "
-                                       f"in {self.workdir / 'checkpoints'}")
             window["tokens"] += float(np.sum(host["tokens"]))
             window["seqs"] += count * tc.batch_size
             last = first + count
@@ -318,7 +301,7 @@ class Pretrainer:
                 batch = batch_lib.to_global(host_batch, self.batch_sharding)
                 self.state, metrics = self.train_step(self.state, batch)
                 drain()  # the previous dispatch's metrics: the host never blocks the device
-                pending = (first, count, metrics)
+                deferred.push(first, count, metrics)
                 prev, step = first, first + count
                 bar.update(count)
                 evaluate_now = (self.eval_split is not None and
@@ -344,6 +327,7 @@ class Pretrainer:
                         ckpts.save_best(step, self.state, {**result, "step": step})
                 if save_now:
                     ckpts.save(step, self.state)
+                    writer.flush()
                 if evaluate_now or save_now:  # keep evaluation and saving out of the speed figures
                     window["time"] = time.perf_counter()
                 if stop["signal"]:

@@ -3,6 +3,7 @@
 
     python -m minilm_jax.bench --point paper-1.25m --batch 32 --steps 20
     python -m minilm_jax.bench --point base-large --batch 32 --dtype bfloat16 --hf
+    python -m minilm_jax.bench --sweep configs/sweep.py:paper --batch 256 --dtype bfloat16
 
 Both sides run a full training step (forward, backward, AdamW update) on the same batch with the
 same loss (mean cross-entropy over the 15% masked positions). Ours evaluates the MLM head only at
@@ -72,45 +73,80 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
             "memory": device_memory_stats()}
 
 
-def bench_hf(point: str, batch: int, steps: int, threads: int) -> dict:
+def bench_hf(point: str, batch: int, steps: int, threads: int, dtype: str = "float32") -> dict:
+    """Hugging Face RobertaForMaskedLM, eager PyTorch, on CUDA when available (bf16 autocast for
+    ``dtype="bfloat16"``), else on the CPU."""
+    import contextlib
+
     import torch
     from transformers import RobertaConfig, RobertaForMaskedLM
 
     torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = resolve_point(point)
     hf_cfg = RobertaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_dim,
                            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                            intermediate_size=cfg.ffn_dim, max_position_embeddings=cfg.num_positions,
                            type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.layer_norm_eps,
                            pad_token_id=1, bos_token_id=0, eos_token_id=2, tie_word_embeddings=False)
-    model = RobertaForMaskedLM(hf_cfg)
+    model = RobertaForMaskedLM(hf_cfg).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.95), eps=1e-8,
                                   weight_decay=0.01)
-    tokens = torch.from_numpy(synthetic_tokens(batch, cfg.max_len, cfg.vocab_size).astype(np.int64))
-    generator = torch.Generator().manual_seed(0)
+    tokens = torch.from_numpy(synthetic_tokens(batch, cfg.max_len, cfg.vocab_size).astype(np.int64)
+                              ).to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())
 
     def one_step():
-        selected = (torch.rand(tokens.shape, generator=generator) < 0.15)
+        selected = (torch.rand(tokens.shape, generator=generator, device=device) < 0.15)
         selected[:, 0] = selected[:, -1] = False
         inputs = tokens.masked_fill(selected, 4)
         labels = tokens.masked_fill(~selected, -100)
-        loss = model(input_ids=inputs, attention_mask=torch.ones_like(tokens), labels=labels).loss
+        with autocast:
+            loss = model(input_ids=inputs, attention_mask=torch.ones_like(tokens), labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
 
     one_step()
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         loss = one_step()
+    loss_value = float(loss.detach())  # waits for the device
     elapsed = time.perf_counter() - start
     seqs_s = steps * batch / elapsed
-    return {"impl": "hf-transformers", "point": cfg.point, "batch": batch, "dtype": "float32",
-            "tokens_per_sec": seqs_s * cfg.max_len, "step_ms": 1000 * elapsed / steps,
-            "loss": float(loss), "torch": torch.__version__,
+    return {"impl": "hf-transformers", "point": cfg.point, "batch": batch, "dtype": dtype,
+            "device": device, "tokens_per_sec": seqs_s * cfg.max_len,
+            "step_ms": 1000 * elapsed / steps, "loss": loss_value, "torch": torch.__version__,
             "note": "no E->H projection in HF RoBERTa; head at all positions"}
+
+
+def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
+                  tokens_per_run: float, limit: int = 0) -> dict:
+    """Measure tokens/s of every distinct point of a sweep and project its pre-training time:
+    ``tokens_per_run`` tokens (one epoch of the paper's corpus: 1.16e9) per run."""
+    from minilm_jax.cli import load_config_file
+    from minilm_jax.sweep import expand
+
+    runs = expand(load_config_file(sweep_spec))
+    points = list(dict.fromkeys(r.point for r in runs))[: limit or None]
+    rows, total_hours = [], 0.0
+    for point in points:
+        measured = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum")
+        hours = tokens_per_run / measured["tokens_per_sec"] / 3600 * sum(r.point == point for r in runs)
+        total_hours += hours
+        rows.append({"point": point, "tokens_per_sec": measured["tokens_per_sec"],
+                     "mfu": measured["mfu"], "hours": hours})
+        print(f"{point:<34} {measured['tokens_per_sec']:>14,.0f} tokens/s  MFU "
+              f"{100 * measured['mfu']:5.1f}%  {hours:8.3f} h", flush=True)
+    print(f"projected pre-training time of {len(runs) if not limit else len(rows)} runs x "
+          f"{tokens_per_run:.3g} tokens on {jax.devices()[0].device_kind}: {total_hours:.2f} hours")
+    return {"device": str(jax.devices()[0]), "rows": rows, "hours": total_hours}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf", action="store_true", help="also run Hugging Face RobertaForMaskedLM")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument("--sweep", default="", help="project a sweep's pre-training time, e.g. "
+                        "configs/sweep.py:paper (measures every distinct point at --batch)")
+    parser.add_argument("--sweep_tokens", type=float, default=1.16e9,
+                        help="tokens per run for --sweep (one epoch of the constrained corpus)")
+    parser.add_argument("--sweep_limit", type=int, default=0, help="measure only the first N points")
     args = parser.parse_args(argv)
+    if args.sweep:
+        project_sweep(args.sweep, args.batch, args.steps, args.dtype, args.steps_per_dispatch,
+                      args.sweep_tokens, args.sweep_limit)
+        return 0
 
     ours = bench_ours(args.point, args.batch, args.steps, args.dtype, args.steps_per_dispatch,
                       args.attention)
@@ -132,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.hf:
         import os
         results["hf"] = bench_hf(args.point, args.batch, max(3, args.steps // 2),
-                                 args.threads or os.cpu_count() or 1)
+                                 args.threads or os.cpu_count() or 1, args.dtype)
         results["speedup_tokens_per_sec"] = ours["tokens_per_sec"] / results["hf"]["tokens_per_sec"]
     if args.json:
         print(json.dumps(results, indent=2))

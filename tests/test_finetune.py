@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -62,7 +63,7 @@ def pretrained(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "tokenizer": tok_path, "pre": root / "pre"}
 
 
-def ag_config(pre: dict[str, Path], **train) -> "ml_collections.ConfigDict":  # noqa: F821
+def ag_config(pre: dict[str, Path], **train) -> ml_collections.ConfigDict:
     c = finetune_config("ag_news")
     c.init.checkpoint = str(pre["pre"])
     c.data.dir = str(shared_path("ag_news"))

@@ -1,0 +1,22 @@
+"""The throughput benchmark's pieces on tiny points (structure only; speed is never asserted)."""
+
+import pytest
+
+from minilm_jax import bench
+
+
+def test_ours_and_sweep_projection(capsys):
+    ours = bench.bench_ours("E16-H16-I32-L1-A2-V300", batch=8, steps=2, dtype="float32",
+                            steps_per_dispatch=1, attention="einsum")
+    assert ours["tokens_per_sec"] > 0 and 0 < ours["mfu"] < 1
+    projection = bench.project_sweep("configs/sweep.py:smoke", batch=8, steps=2, dtype="float32",
+                                     steps_per_dispatch=1, tokens_per_run=1e6, limit=1)
+    assert len(projection["rows"]) == 1 and projection["hours"] > 0
+    assert "projected pre-training time" in capsys.readouterr().out
+
+
+def test_hugging_face_side_runs_on_the_same_config():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    hf = bench.bench_hf("E16-H16-I32-L1-A2-V300", batch=4, steps=2, threads=1)
+    assert hf["tokens_per_sec"] > 0 and hf["device"] in ("cpu", "cuda")

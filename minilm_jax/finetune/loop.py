@@ -193,9 +193,10 @@ class Finetuner:
         arrays = {k: self.eval_arrays[split][k] for k in INPUTS}
         outputs = []
         for batch, valid in pad_to_batches(arrays, self.config.eval.batch_size):
-            placed = [batch_lib.to_global({"x": batch_lib.host_rows(batch[k])},
-                                          self.eval_input_sharding)["x"] for k in INPUTS]
-            logits = self.predict(self.state["params"], self.state["rest"], *placed)
+            placed = batch_lib.to_global({k: batch_lib.host_rows(v) for k, v in batch.items()},
+                                         self.eval_input_sharding)
+            logits = self.predict(self.state["params"], self.state["rest"],
+                                  *[placed[k] for k in INPUTS])
             outputs.append(np.asarray(logits.addressable_data(0))[:, valid])
         return np.concatenate(outputs, axis=1)
 
@@ -262,7 +263,7 @@ class Finetuner:
         prefetch = batch_lib.Prefetcher(lambda s: self._host_batch(s, size_of[s]),
                                         iter([s for s, _ in plan]), 2)
         bar = progress_bar(self.total_steps, start, tc.progress, f"finetune {self.spec.name}")
-        status = "completed" if start >= self.total_steps else "running"
+        status = "completed"  # unless preempted or stopped early below
         deferred = DeferredMetrics(str(self.workdir / "checkpoints"))
         window = {"time": time.perf_counter(), "examples": 0}
 
@@ -289,8 +290,7 @@ class Finetuner:
             with sigterm_flag() as stop:
                 for first, host_batch in prefetch:
                     count = size_of[first]
-                    batch = {k: batch_lib.to_global({k: v}, self.batch_shardings[k])[k]
-                             for k, v in host_batch.items()}
+                    batch = batch_lib.to_global(host_batch, self.batch_shardings)
                     self.state, metrics = self.train_step(self.state, batch)
                     drain()
                     deferred.push(first, count, metrics)
@@ -320,8 +320,6 @@ class Finetuner:
             prefetch.close()
             bar.close()
             writer.flush()
-        if status == "running" or (status == "completed" and not history):
-            status = "completed"
         summary = self._summary(status, history, time.time() - t0)
         writer.close()
         ckpts.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import jax
 import numpy as np
@@ -112,19 +112,21 @@ def train_batch(split: ShardSplit, indexer: BatchIndexer, step: int, pad_id: int
     return out
 
 
-def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+def to_global(batch: dict[str, np.ndarray],
+              sharding: NamedSharding | Mapping[str, NamedSharding]) -> dict[str, jax.Array]:
     """Assemble global arrays from each process's rows (:func:`host_rows`).
 
-    ``sharding`` splits one axis (the batch axis) over the mesh; on one process the arrays are the
-    whole batch. With several processes, each passes only its block of the batch axis and the
-    global arrays are ``process_count()`` times as long along it.
+    ``sharding`` (one for every array, or one per key) splits one axis (the batch axis) over the
+    mesh; on one process the arrays are the whole batch. With several processes, each passes only
+    its block of the batch axis and the global arrays are ``process_count()`` times as long along it.
     """
+    shardings = sharding if isinstance(sharding, Mapping) else {k: sharding for k in batch}
     if jax.process_count() == 1:
-        return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+        return {k: jax.device_put(v, shardings[k]) for k, v in batch.items()}
     out = {}
     for k, v in batch.items():
-        global_shape = process_block_shape(sharding, v.shape)
-        out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
+        global_shape = process_block_shape(shardings[k], v.shape)
+        out[k] = jax.make_array_from_process_local_data(shardings[k], v, global_shape)
     return out
 
 

@@ -189,6 +189,7 @@ class Pretrainer:
         eval_step = make_eval_step(self.graphdef, self.masking, self.config.eval.seed)
         row = batch_sharding(self.mesh, batch_axis=0, ndim=2)
         vec = batch_sharding(self.mesh, batch_axis=0, ndim=1)
+        self.eval_shardings = {"tokens": row, "segments": row, "valid": vec}
         self.eval_step = jax.jit(
             eval_step,
             in_shardings=(self.state_sharding["params"], self.state_sharding["rest"], row, row, vec,
@@ -206,14 +207,11 @@ class Pretrainer:
             n = min(n, int(self.config.eval.max_sequences))
         pad_id = self.model_cfg.pad_id
         loss_sum, count = 0.0, 0.0
-        row_sharding = batch_sharding(self.mesh, batch_axis=0, ndim=2)
-        vec_sharding = batch_sharding(self.mesh, batch_axis=0, ndim=1)
         for index, start in enumerate(range(0, n, bs)):
             # This process's rows only; the last batch is padded, padded rows are masked out.
             host = batch_lib.eval_batch(split, start, min(start + bs, n), bs, pad_id)
-            rows = batch_lib.to_global({k: host[k] for k in ("tokens", "segments")}, row_sharding)
-            valid = batch_lib.to_global({"valid": host["valid"]}, vec_sharding)["valid"]
-            s, c = self.eval_step(params, rest, rows["tokens"], rows["segments"], valid, index)
+            rows = batch_lib.to_global(host, self.eval_shardings)
+            s, c = self.eval_step(params, rest, rows["tokens"], rows["segments"], rows["valid"], index)
             loss_sum += float(s)
             count += float(c)
         loss = loss_sum / max(count, 1.0)

@@ -224,13 +224,13 @@ def test_pretrained_mode_needs_a_checkpoint(tmp_path):
 
 
 def _fake_summary(root: Path, task: str, init: str, scores: list[float], ckpt: str = "/runs/p",
-                  metrics: dict | None = None) -> Path:
+                  metrics: dict | None = None, perplexity: float = 20.0) -> Path:
     members = [{**(metrics or {"accuracy": s}), "score": s} for s in scores]
     mean = {k: float(np.mean([m[k] for m in members])) for k in members[0]}
     std = {k: float(np.std([m[k] for m in members])) for k in members[0]}
     summary = {"task": task, "init": init, "status": "completed", "point": "E32-H32-I128-L1-A2",
                "seeds": list(range(len(scores))),
-               "pretrained": {"workdir": ckpt, "validation_perplexity": 20.0},
+               "pretrained": {"workdir": ckpt, "validation_perplexity": perplexity},
                "final": {"members": members, "mean": mean, "std": std},
                "best": {"members": members, "mean": mean, "std": std}}
     path = root / task / init / "summary.json"
@@ -253,6 +253,28 @@ def test_results_table_glue_average(tmp_path):
     assert "| sst2 |" in md and "81.0 ± 1.0" in md and "+10.0" in md
     assert "**GLUE average** | | **55.5** | **40.5**" in md
     assert payload["checkpoints"][0]["glue_average"]["pretrained"] == pytest.approx(55.5)
+
+
+def test_perplexity_vs_downstream_across_checkpoints(tmp_path):
+    """Three or more checkpoints: the table gains the correlation (lower perplexity, higher score
+    here, so both coefficients are -1) and its scatter plot."""
+    for i, (ppl, score) in enumerate([(10.0, 80.0), (20.0, 70.0), (40.0, 65.0), (80.0, 50.0)]):
+        _fake_summary(tmp_path / f"c{i}", "sst2", "pretrained", [score], ckpt=f"/runs/c{i}",
+                      perplexity=ppl)
+    md, _ = write_tables([tmp_path], tmp_path / "out")
+    text = md.read_text()
+    assert "4 checkpoints" in text and "Pearson r = -" in text and "Spearman rho = -1.000" in text
+    assert (tmp_path / "out" / "correlation.png").stat().st_size > 0
+
+
+def test_model_overrides_apply_to_the_architecture():
+    from minilm_jax.finetune.loop import with_overrides
+    from minilm_jax.sizes import resolve_point
+
+    cfg = with_overrides(resolve_point("paper-1.25m"), ("pooler=weighted_sum", "hidden_dropout=0.0"))
+    assert cfg.pooler == "weighted_sum" and cfg.hidden_dropout == 0.0 and cfg.hidden_dim == 32
+    with pytest.raises(UserError, match="not field=value with a ModelConfig field"):
+        with_overrides(cfg, ("poolr=cls_tanh",))
 
 
 def test_committee_accuracy_vs_k(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,20 @@ def test_runner_isolates_failures_skips_finished_and_resumes(word_shards, tmp_pa
     assert [r["step"] for r in validation] == [4, 8]
     assert validation[1]["flops_paper"] == pytest.approx(2 * validation[0]["flops_paper"])
     assert (tmp_path / "report" / "report.md").is_file()
+
+    # Downstream rows come from both layouts: one init (finetune/<task>/summary.json) and both
+    # inits (finetune/<task>/<init>/summary.json).
+    from minilm_jax.sweep.results import write_results
+    scored = {"mean": {"accuracy": 60.0, "score": 60.0}, "std": {"accuracy": 0.0, "score": 0.0}}
+    for rel, task, init in (("sst2", "sst2", "pretrained"), ("rte/random", "rte", "random")):
+        path = tmp_path / "runs" / "b" / "finetune" / rel / "summary.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"task": task, "init": init, "final": scored, "best": scored}))
+    rows = [json.loads(line) for line in write_results(SweepRunner(sweep, tmp_path).runs, tmp_path)
+            .read_text().splitlines()]
+    assert {(r["task"], r["init"]) for r in rows if r["kind"] == "downstream"} == {
+        ("sst2", "pretrained"), ("rte", "random")}
+    shutil.rmtree(tmp_path / "runs" / "b" / "finetune")
 
     # Interrupt one run (its summary gone, checkpoints kept), then run the same sweep again:
     # the finished run is skipped, the interrupted one resumes from its checkpoint.

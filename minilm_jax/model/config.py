@@ -8,6 +8,8 @@ from typing import Any, Literal, Mapping
 NORM_POSITIONS = ("post", "pre")
 INIT_SCHEMES = ("paper", "bert")
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+DROPOUT_RNGS = ("hash", "threefry")
+LOSS_IMPLS = ("auto", "fused", "logits")
 POOLERS = ("cls_tanh", "weighted_sum")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -36,6 +38,13 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
+    # Dropout masks: "hash" (a keyed integer hash of each element's index; 4x cheaper than threefry
+    # on CPU and the same masks on any mesh) or "threefry" (jax.random.bernoulli).
+    dropout_rng: str = "hash"
+    # MLM loss: "fused" (output layer + cross-entropy in row chunks, never the whole [N, V] logits;
+    # fastest on CPU), "logits" (one GEMM, then cross-entropy; fastest on accelerators) or "auto".
+    mlm_loss_impl: str = "auto"
+    mlm_loss_chunk: int = 128  # rows per chunk of the fused loss
     init: Literal["paper", "bert"] = "paper"
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
@@ -61,6 +70,10 @@ class ModelConfig:
         need(self.init in INIT_SCHEMES, "init", f"must be one of {INIT_SCHEMES}")
         need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
              f"must be one of {ATTENTION_IMPLS}")
+        need(self.mlm_loss_impl in LOSS_IMPLS, "mlm_loss_impl", f"must be one of {LOSS_IMPLS}")
+        need(isinstance(self.mlm_loss_chunk, int) and self.mlm_loss_chunk > 0, "mlm_loss_chunk",
+             "must be a positive integer")
+        need(self.dropout_rng in DROPOUT_RNGS, "dropout_rng", f"must be one of {DROPOUT_RNGS}")
         need(self.pooler in POOLERS, "pooler", f"must be one of {POOLERS}")
         need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
         need(self.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}")

@@ -51,7 +51,8 @@ class TransformerEncoder(nnx.Module):
         positions_t = jnp.arange(t) + cfg.position_offset
         x_bte = (self.word_embeddings(tokens_bt) + self.position_embeddings(positions_t)[None]
                  + self.token_type_embeddings(token_types_bt))
-        x_bte = dropout(self.embedding_norm(x_bte), cfg.hidden_dropout, key).astype(dtype)
+        x_bte = dropout(self.embedding_norm(x_bte), cfg.hidden_dropout, key,
+                        cfg.dropout_rng).astype(dtype)
         if cfg.embed_projection:
             x_bte = self.projection_norm(self.projection(x_bte)).astype(dtype)
         return x_bte

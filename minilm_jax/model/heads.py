@@ -9,6 +9,7 @@ from flax import nnx
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.init import make_initializers
 from minilm_jax.model.layers import dropout, gelu_exact, make_layer_norm, make_linear
+from minilm_jax.model.xent import fused_linear_xent, resolve_loss_impl, softmax_xent_sum
 
 
 def gather_positions(hidden_bth: jax.Array, positions_bp: jax.Array) -> jax.Array:
@@ -30,9 +31,13 @@ class MlmHead(nnx.Module):
         self.norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
         self.decoder = make_linear(cfg, init, cfg.hidden_dim, cfg.vocab_size, rngs)
 
-    def __call__(self, hidden_bth: jax.Array, positions_bp: jax.Array) -> jax.Array:
+    def features(self, hidden_bth: jax.Array, positions_bp: jax.Array) -> jax.Array:
+        """The transformed hidden states at the gathered positions ``[B, P, H]``."""
         x_bph = gather_positions(hidden_bth, positions_bp)
-        x_bph = self.norm(gelu_exact(self.dense(x_bph))).astype(x_bph.dtype)
+        return self.norm(gelu_exact(self.dense(x_bph))).astype(x_bph.dtype)
+
+    def __call__(self, hidden_bth: jax.Array, positions_bp: jax.Array) -> jax.Array:
+        x_bph = self.features(hidden_bth, positions_bp)
         b, p, h = x_bph.shape
         if jax.default_backend() != "cpu":
             return self.decoder(x_bph)  # [B, P, V]
@@ -43,6 +48,23 @@ class MlmHead(nnx.Module):
         x_nh1 = jnp.concatenate([x_bph.reshape(b * p, h), jnp.ones((b * p, 1), x_bph.dtype)], -1)
         w_h1v = jnp.concatenate([self.decoder.kernel[...], self.decoder.bias[...][None]], 0)
         return (x_nh1.astype(dtype) @ w_h1v.astype(dtype)).reshape(b, p, -1)  # [B, P, V]
+
+    def loss(self, hidden_bth: jax.Array, positions_bp: jax.Array, targets_bp: jax.Array,
+             weights_bp: jax.Array) -> jax.Array:
+        """Summed cross-entropy ``sum weights * CE`` over the gathered positions (float32 scalar).
+
+        ``mlm_loss_impl``: ``fused`` never materialises the ``[B*P, V]`` logits (see
+        :mod:`minilm_jax.model.xent`); ``logits`` computes them with ``__call__`` first.
+        """
+        targets_n, weights_n = targets_bp.reshape(-1), weights_bp.reshape(-1).astype(jnp.float32)
+        if resolve_loss_impl(self.cfg.mlm_loss_impl) == "logits":
+            logits_bpv = self(hidden_bth, positions_bp)
+            return softmax_xent_sum(logits_bpv.reshape(-1, logits_bpv.shape[-1]), targets_n,
+                                    weights_n)
+        x_bph = self.features(hidden_bth, positions_bp)
+        return fused_linear_xent(x_bph.reshape(-1, x_bph.shape[-1]), self.decoder.kernel[...],
+                                 self.decoder.bias[...], targets_n, weights_n,
+                                 self.cfg.mlm_loss_chunk, self.cfg.dtype)
 
 
 class Pooler(nnx.Module):
@@ -77,5 +99,6 @@ class ClassificationHead(nnx.Module):
 
     def __call__(self, hidden_bth: jax.Array, segment_ids_bt: jax.Array,
                  key: jax.Array | None = None) -> jax.Array:
-        pooled_bh = dropout(self.pooler(hidden_bth, segment_ids_bt), self.cfg.hidden_dropout, key)
+        pooled_bh = dropout(self.pooler(hidden_bth, segment_ids_bt), self.cfg.hidden_dropout, key,
+                            self.cfg.dropout_rng)
         return self.classifier(pooled_bh).astype(jnp.float32)  # [B, num_labels]

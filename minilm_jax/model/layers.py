@@ -17,11 +17,42 @@ from minilm_jax.model.init import Initializers
 NEG_INF = -1e9  # finite, so that fully masked rows (padding queries) stay NaN-free
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout; identity when ``key`` is None or ``rate`` is 0."""
+def _mix32(h_u32: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: a bijection that mixes every input bit into every output bit."""
+    h_u32 = h_u32 ^ (h_u32 >> 16)
+    h_u32 = h_u32 * jnp.uint32(0x85EBCA6B)
+    h_u32 = h_u32 ^ (h_u32 >> 13)
+    h_u32 = h_u32 * jnp.uint32(0xC2B2AE35)
+    return h_u32 ^ (h_u32 >> 16)
+
+
+def hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Uniform uint32 bits of ``shape``: a keyed two-round hash of each element's flat index.
+
+    Counter-based like threefry, so the bits of an element depend only on (key, index): the same on
+    any mesh, and computed inside the consumer's fusion instead of a separate random-bits pass.
+    Statistically fine for dropout masks (not for anything cryptographic).
+    """
+    seed_u32 = jax.random.bits(key, (2,), jnp.uint32)
+    index_u32 = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for dim in reversed(range(len(shape))):
+        index_u32 = index_u32 + jax.lax.broadcasted_iota(jnp.uint32, shape, dim) * jnp.uint32(stride)
+        stride = (stride * shape[dim]) % (1 << 32)
+    return _mix32(_mix32(index_u32 ^ seed_u32[0]) + seed_u32[1])
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None, rng: str = "hash") -> jax.Array:
+    """Inverted dropout; identity when ``key`` is None or ``rate`` is 0.
+
+    ``rng``: ``"hash"`` (:func:`hash_bits`, the default) or ``"threefry"`` (jax.random.bernoulli).
+    """
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    if rng == "hash":
+        keep = hash_bits(key, x.shape) >= jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))
+    else:
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
@@ -83,7 +114,7 @@ class SelfAttention(nnx.Module):
                 jnp.asarray(head_dim, q_btad.dtype))
             scores_batt = jnp.where(mask_b1tt, scores_batt.astype(jnp.float32), NEG_INF)
             probs_batt = jax.nn.softmax(scores_batt, axis=-1).astype(v_btad.dtype)
-            probs_batt = dropout(probs_batt, cfg.attention_dropout, key)
+            probs_batt = dropout(probs_batt, cfg.attention_dropout, key, cfg.dropout_rng)
             ctx_btad = jnp.einsum("baqk,bkad->bqad", probs_batt, v_btad)
         else:
             if key is not None and cfg.attention_dropout > 0.0:
@@ -122,11 +153,12 @@ class EncoderLayer(nnx.Module):
         k_probs, k_attn, k_ffn = split_key(key, 3)
         dtype = x_bth.dtype
         if cfg.norm_position == "post":
-            attn = dropout(self.attention(x_bth, mask_b1tt, k_probs), cfg.hidden_dropout, k_attn)
+            attn = dropout(self.attention(x_bth, mask_b1tt, k_probs), cfg.hidden_dropout, k_attn,
+                           cfg.dropout_rng)
             x_bth = self.attention_norm(x_bth + attn).astype(dtype)
-            ffn = dropout(self.ffn(x_bth), cfg.hidden_dropout, k_ffn)
+            ffn = dropout(self.ffn(x_bth), cfg.hidden_dropout, k_ffn, cfg.dropout_rng)
             return self.ffn_norm(x_bth + ffn).astype(dtype)
         attn = self.attention(self.attention_norm(x_bth).astype(dtype), mask_b1tt, k_probs)
-        x_bth = x_bth + dropout(attn, cfg.hidden_dropout, k_attn)
+        x_bth = x_bth + dropout(attn, cfg.hidden_dropout, k_attn, cfg.dropout_rng)
         ffn = self.ffn(self.ffn_norm(x_bth).astype(dtype))
-        return x_bth + dropout(ffn, cfg.hidden_dropout, k_ffn)
+        return x_bth + dropout(ffn, cfg.hidden_dropout, k_ffn, cfg.dropout_rng)

@@ -27,6 +27,17 @@ class MaskedLM(nnx.Module):
                                   dropout_key=dropout_key, train=train)
         return self.mlm_head(hidden_bth, masked_positions_bp)
 
+    def mlm_loss(self, tokens_bt: jax.Array, masked_positions_bp: jax.Array,
+                 targets_bp: jax.Array, weights_bp: jax.Array,
+                 segment_ids_bt: jax.Array | None = None, *, dropout_key: jax.Array | None = None,
+                 train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """(sum of cross-entropy over the weighted positions, sum of the weights): the training
+        and evaluation loss, through the head's fastest implementation for this backend."""
+        hidden_bth = self.encoder(tokens_bt, segment_ids_bt, None, dropout_key=dropout_key,
+                                  train=train)
+        loss_sum = self.mlm_head.loss(hidden_bth, masked_positions_bp, targets_bp, weights_bp)
+        return loss_sum, jnp.sum(weights_bp.astype(jnp.float32))
+
     def all_logits(self, tokens_bt: jax.Array, segment_ids_bt: jax.Array | None = None) -> jax.Array:
         """Deterministic logits at every position ``[B, T, V]`` (inspection, export checks)."""
         b, t = tokens_bt.shape

@@ -19,14 +19,6 @@ from minilm_jax.train.masking import MaskedBatch, MaskingConfig, mask_tokens
 TrainState = dict[str, Any]
 
 
-def masked_nll(logits_bpv: jax.Array, targets_bp: jax.Array, weights_bp: jax.Array
-               ) -> tuple[jax.Array, jax.Array]:
-    """(sum of cross-entropy over selected positions, number of selected positions)."""
-    logp_bpv = jax.nn.log_softmax(logits_bpv.astype(jnp.float32), axis=-1)
-    nll_bp = -jnp.take_along_axis(logp_bpv, targets_bp[..., None], axis=-1)[..., 0]
-    return jnp.sum(nll_bp * weights_bp), jnp.sum(weights_bp)
-
-
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, masking: MaskingConfig, seed: int
                     ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
@@ -36,8 +28,8 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
 
     def micro_loss(params, rest, mb: MaskedBatch, segments_bt, key):
         model = nnx.merge(graphdef, params, rest)
-        logits = model(mb.inputs_bt, mb.positions_bp, segments_bt, dropout_key=key, train=True)
-        loss_sum, count = masked_nll(logits, mb.targets_bp, mb.weights_bp)
+        loss_sum, count = model.mlm_loss(mb.inputs_bt, mb.positions_bp, mb.targets_bp,
+                                         mb.weights_bp, segments_bt, dropout_key=key, train=True)
         new_rest = nnx.state(model, nnx.Not(nnx.Param))
         return loss_sum, (count, new_rest)
 
@@ -92,7 +84,7 @@ def make_eval_step(graphdef: nnx.GraphDef, masking: MaskingConfig, eval_seed: in
     def eval_step(params, rest, tokens_bt, segments_bt, valid_b, batch_index):
         mb = mask_tokens(jax.random.fold_in(base_key, batch_index), tokens_bt, segments_bt, masking)
         model = nnx.merge(graphdef, params, rest)
-        logits = model(mb.inputs_bt, mb.positions_bp, segments_bt)
-        return masked_nll(logits, mb.targets_bp, mb.weights_bp * valid_b[:, None])
+        return model.mlm_loss(mb.inputs_bt, mb.positions_bp, mb.targets_bp,
+                              mb.weights_bp * valid_b[:, None], segments_bt)
 
     return eval_step

@@ -1,0 +1,124 @@
+"""Softmax cross-entropy of the MLM output layer, plain or fused with the output layer.
+
+``fused_linear_xent`` computes ``sum_n w_n * CE(x_n @ W + b, t_n)`` in row chunks under
+``lax.scan``, so the ``[N, V]`` logits never exist as a whole: each ``[chunk, V]`` block is produced,
+reduced and turned into its gradient while it is still in cache. Under differentiation the gradients
+with respect to x, W and b are computed in the same pass (the loss is a scalar, so the backward pass
+only scales them). This is the fast path on CPU hosts, where passes over a large logits array are
+bound by memory bandwidth; on accelerators the plain path (one big GEMM, logits in memory) is faster.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+
+def resolve_loss_impl(impl: str) -> str:
+    """``auto`` -> ``fused`` on the CPU backend, ``logits`` elsewhere."""
+    if impl == "auto":
+        return "fused" if jax.default_backend() == "cpu" else "logits"
+    return impl
+
+
+def softmax_xent_sum(logits_nv: jax.Array, targets_n: jax.Array, weights_n: jax.Array) -> jax.Array:
+    """``sum_n weights_n * (logsumexp(logits_n) - logits_n[targets_n])`` in float32."""
+    logp_nv = jax.nn.log_softmax(logits_nv.astype(jnp.float32), axis=-1)
+    nll_n = -jnp.take_along_axis(logp_nv, targets_n[:, None], axis=-1)[:, 0]
+    return jnp.sum(nll_n * weights_n)
+
+
+def _chunked(x_nh, targets_n, weights_n, chunk: int):
+    """Rows padded to a multiple of ``chunk`` (weight 0) and laid out ``[num_chunks, chunk, ...]``.
+
+    Chunk j holds rows j, j + k, j + 2k, ...: when the rows are sharded over devices, every chunk
+    spreads over all of them instead of sitting on one.
+    """
+    n = x_nh.shape[0]
+    chunk = max(1, min(chunk, n))
+    padded = -(-n // chunk) * chunk
+    if padded != n:
+        pad = padded - n
+        x_nh = jnp.pad(x_nh, ((0, pad), (0, 0)))
+        targets_n = jnp.pad(targets_n, (0, pad))
+        weights_n = jnp.pad(weights_n, (0, pad))
+    k = padded // chunk
+
+    def split(a):
+        return jnp.swapaxes(a.reshape(chunk, k, *a.shape[1:]), 0, 1)
+
+    return split(x_nh), split(targets_n), split(weights_n), n, padded
+
+
+def _unchunk(a_kch: jax.Array, n: int) -> jax.Array:
+    k, chunk = a_kch.shape[:2]
+    return jnp.swapaxes(a_kch, 0, 1).reshape(k * chunk, *a_kch.shape[2:])[:n]
+
+
+def _block_logits(x_ch, w_hv, b_v, compute_dtype):
+    logits_cv = jnp.dot(x_ch.astype(compute_dtype), w_hv.astype(compute_dtype),
+                        preferred_element_type=jnp.float32)
+    return logits_cv + b_v.astype(jnp.float32)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def fused_linear_xent(x_nh: jax.Array, w_hv: jax.Array, b_v: jax.Array, targets_n: jax.Array,
+                      weights_n: jax.Array, chunk: int = 128, compute_dtype: str = "float32"
+                      ) -> jax.Array:
+    """``sum_n weights_n * CE(x_n @ w + b, targets_n)`` without materialising ``[N, V]`` logits."""
+    xs_kch, ts_kc, ws_kc, _, _ = _chunked(x_nh, targets_n, weights_n, chunk)
+
+    def body(loss, block):
+        x_ch, t_c, w_c = block
+        logits_cv = _block_logits(x_ch, w_hv, b_v, compute_dtype)
+        lse_c = jax.nn.logsumexp(logits_cv, axis=-1)
+        picked_c = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
+        return loss + jnp.sum((lse_c - picked_c) * w_c), None
+
+    loss, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (xs_kch, ts_kc, ws_kc))
+    return loss
+
+
+def _fused_fwd(x_nh, w_hv, b_v, targets_n, weights_n, chunk, compute_dtype):
+    xs_kch, ts_kc, ws_kc, n, _ = _chunked(x_nh, targets_n, weights_n, chunk)
+    cdt = jnp.dtype(compute_dtype)
+    w_c = w_hv.astype(cdt)
+
+    def body(carry, block):
+        dw_hv, db_v, loss = carry
+        x_ch, t_c, wt_c = block
+        logits_cv = _block_logits(x_ch, w_hv, b_v, cdt)
+        max_c1 = jnp.max(logits_cv, axis=-1, keepdims=True)
+        exp_cv = jnp.exp(logits_cv - max_c1)
+        sum_c1 = jnp.sum(exp_cv, axis=-1, keepdims=True)
+        picked_c = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
+        nll_c = max_c1[:, 0] + jnp.log(sum_c1[:, 0]) - picked_c
+        loss = loss + jnp.sum(nll_c * wt_c)
+        onehot_cv = jax.lax.broadcasted_iota(jnp.int32, logits_cv.shape, 1) == t_c[:, None]
+        dlogits_cv = (exp_cv / sum_c1 - onehot_cv) * wt_c[:, None]  # d loss / d logits
+        dx_ch = jnp.dot(dlogits_cv.astype(cdt), w_c.T, preferred_element_type=jnp.float32)
+        dw_hv = dw_hv + jnp.dot(x_ch.astype(cdt).T, dlogits_cv.astype(cdt),
+                                preferred_element_type=jnp.float32)
+        # The bias gradient as a GEMV: a column reduction over [chunk, V] is much slower on CPU.
+        db_v = db_v + jnp.dot(jnp.ones((1, x_ch.shape[0]), cdt), dlogits_cv.astype(cdt),
+                              preferred_element_type=jnp.float32)[0]
+        return (dw_hv, db_v, loss), (dx_ch.astype(x_nh.dtype), nll_c)
+
+    init = (jnp.zeros(w_hv.shape, jnp.float32), jnp.zeros(b_v.shape, jnp.float32),
+            jnp.zeros((), jnp.float32))
+    (dw_hv, db_v, loss), (dx_kch, nll_kc) = jax.lax.scan(body, init, (xs_kch, ts_kc, ws_kc))
+    grads = (_unchunk(dx_kch, n), dw_hv.astype(w_hv.dtype), db_v.astype(b_v.dtype),
+             _unchunk(nll_kc, n).astype(weights_n.dtype))
+    return loss, grads
+
+
+def _fused_bwd(chunk, compute_dtype, residuals, g):
+    """The loss is a scalar: the gradients from the forward pass, scaled by its cotangent."""
+    del chunk, compute_dtype
+    return tuple(None if grad is None else (g * grad).astype(grad.dtype)
+                 for grad in residuals[:3]) + (None, (g * residuals[3]).astype(residuals[3].dtype))
+
+
+fused_linear_xent.defvjp(_fused_fwd, _fused_bwd)

@@ -101,21 +101,33 @@ class SelfAttention(nnx.Module):
         self.value = make_linear(cfg, init, h, h, rngs)
         self.output = make_linear(cfg, init, h, h, rngs)
 
+    def project_qkv(self, x_bth: jax.Array) -> tuple[jax.Array, ...]:
+        """Q, K, V ``[B, T, H]`` each, from one ``[H, 3H]`` GEMM over the concatenated kernels:
+        one pass over x (and one transpose of it for the weight gradient) instead of three."""
+        dtype = jnp.dtype(self.cfg.dtype)
+        linears = (self.query, self.key, self.value)
+        kernel_h3h = jnp.concatenate([lin.kernel[...] for lin in linears], axis=1).astype(dtype)
+        bias_3h = jnp.concatenate([lin.bias[...] for lin in linears]).astype(dtype)
+        qkv_bt3h = jnp.dot(x_bth.astype(dtype), kernel_h3h) + bias_3h
+        return tuple(jnp.split(qkv_bt3h, 3, axis=-1))
+
     def __call__(self, x_bth: jax.Array, mask_b1tt: jax.Array,
                  key: jax.Array | None = None) -> jax.Array:
         cfg = self.cfg
         b, t, _ = x_bth.shape
         heads, head_dim = cfg.num_heads, cfg.head_dim
-        q_btad = self.query(x_bth).reshape(b, t, heads, head_dim)
-        k_btad = self.key(x_bth).reshape(b, t, heads, head_dim)
-        v_btad = self.value(x_bth).reshape(b, t, heads, head_dim)
+        q_btad, k_btad, v_btad = (a.reshape(b, t, heads, head_dim) for a in self.project_qkv(x_bth))
         if cfg.attention_impl == "einsum":
-            scores_batt = jnp.einsum("bqad,bkad->baqk", q_btad, k_btad) / jnp.sqrt(
-                jnp.asarray(head_dim, q_btad.dtype))
+            # Head-major [B, A, T, D] operands: the batched dots run 2-3x faster on CPU than
+            # with the head axis between T and D.
+            q_batd, k_batd, v_batd = (a.transpose(0, 2, 1, 3) for a in (q_btad, k_btad, v_btad))
+            q_batd = q_batd / jnp.sqrt(jnp.asarray(head_dim, q_batd.dtype))
+            scores_batt = jnp.einsum("baqd,bakd->baqk", q_batd, k_batd)
             scores_batt = jnp.where(mask_b1tt, scores_batt.astype(jnp.float32), NEG_INF)
-            probs_batt = jax.nn.softmax(scores_batt, axis=-1).astype(v_btad.dtype)
+            probs_batt = jax.nn.softmax(scores_batt, axis=-1).astype(v_batd.dtype)
             probs_batt = dropout(probs_batt, cfg.attention_dropout, key, cfg.dropout_rng)
-            ctx_btad = jnp.einsum("baqk,bkad->bqad", probs_batt, v_btad)
+            ctx_batd = jnp.einsum("baqk,bakd->baqd", probs_batt, v_batd)
+            ctx_btad = ctx_batd.transpose(0, 2, 1, 3)
         else:
             if key is not None and cfg.attention_dropout > 0.0:
                 raise ValueError("attention_impl 'xla'/'cudnn' has no attention-probability dropout; "

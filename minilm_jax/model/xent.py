@@ -84,31 +84,40 @@ def fused_linear_xent(x_nh: jax.Array, w_hv: jax.Array, b_v: jax.Array, targets_
 def _fused_fwd(x_nh, w_hv, b_v, targets_n, weights_n, chunk, compute_dtype):
     xs_kch, ts_kc, ws_kc, n, _ = _chunked(x_nh, targets_n, weights_n, chunk)
     cdt = jnp.dtype(compute_dtype)
-    w_c = w_hv.astype(cdt)
+    # W^T once, outside the loop; the barrier keeps XLA from folding the transpose back into the
+    # dot, which would transpose W again in every iteration.
+    w_vh = jax.lax.optimization_barrier(w_hv.astype(cdt).T)
 
-    def body(carry, block):
-        dw_hv, db_v, loss = carry
-        x_ch, t_c, wt_c = block
+    def block(x_ch, t_c, wt_c):
+        """One chunk: (nll, d x, d W, d b) with the loss weights applied."""
         logits_cv = _block_logits(x_ch, w_hv, b_v, cdt)
         max_c1 = jnp.max(logits_cv, axis=-1, keepdims=True)
         exp_cv = jnp.exp(logits_cv - max_c1)
         sum_c1 = jnp.sum(exp_cv, axis=-1, keepdims=True)
         picked_c = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
         nll_c = max_c1[:, 0] + jnp.log(sum_c1[:, 0]) - picked_c
-        loss = loss + jnp.sum(nll_c * wt_c)
         onehot_cv = jax.lax.broadcasted_iota(jnp.int32, logits_cv.shape, 1) == t_c[:, None]
-        dlogits_cv = (exp_cv / sum_c1 - onehot_cv) * wt_c[:, None]  # d loss / d logits
-        dx_ch = jnp.dot(dlogits_cv.astype(cdt), w_c.T, preferred_element_type=jnp.float32)
-        dw_hv = dw_hv + jnp.dot(x_ch.astype(cdt).T, dlogits_cv.astype(cdt),
-                                preferred_element_type=jnp.float32)
+        dlogits_cv = ((exp_cv / sum_c1 - onehot_cv) * wt_c[:, None]).astype(cdt)
+        dx_ch = jnp.dot(dlogits_cv, w_vh, preferred_element_type=jnp.float32)
+        dw_hv = jnp.dot(x_ch.astype(cdt).T, dlogits_cv, preferred_element_type=jnp.float32)
         # The bias gradient as a GEMV: a column reduction over [chunk, V] is much slower on CPU.
-        db_v = db_v + jnp.dot(jnp.ones((1, x_ch.shape[0]), cdt), dlogits_cv.astype(cdt),
-                              preferred_element_type=jnp.float32)[0]
-        return (dw_hv, db_v, loss), (dx_ch.astype(x_nh.dtype), nll_c)
+        db_v = jnp.dot(jnp.ones((1, x_ch.shape[0]), cdt), dlogits_cv,
+                       preferred_element_type=jnp.float32)[0]
+        return nll_c, dx_ch.astype(x_nh.dtype), dw_hv, db_v
 
-    init = (jnp.zeros(w_hv.shape, jnp.float32), jnp.zeros(b_v.shape, jnp.float32),
-            jnp.zeros((), jnp.float32))
-    (dw_hv, db_v, loss), (dx_kch, nll_kc) = jax.lax.scan(body, init, (xs_kch, ts_kc, ws_kc))
+    def body(carry, chunk_inputs):
+        dw_hv, db_v, loss = carry
+        nll_c, dx_ch, dw_block, db_block = block(*chunk_inputs)
+        carry = (dw_hv + dw_block, db_v + db_block, loss + jnp.sum(nll_c * chunk_inputs[2]))
+        return carry, (dx_ch, nll_c)
+
+    # The first chunk seeds the accumulators (no zero-filled [H, V] buffer to add into).
+    nll_0, dx_0, dw_0, db_0 = block(xs_kch[0], ts_kc[0], ws_kc[0])
+    init = (dw_0, db_0, jnp.sum(nll_0 * ws_kc[0]))
+    (dw_hv, db_v, loss), (dx_rest, nll_rest) = jax.lax.scan(
+        body, init, (xs_kch[1:], ts_kc[1:], ws_kc[1:]))
+    dx_kch = jnp.concatenate([dx_0[None], dx_rest], axis=0)
+    nll_kc = jnp.concatenate([nll_0[None], nll_rest], axis=0)
     grads = (_unchunk(dx_kch, n), dw_hv.astype(w_hv.dtype), db_v.astype(b_v.dtype),
              _unchunk(nll_kc, n).astype(weights_n.dtype))
     return loss, grads

@@ -52,10 +52,16 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
             grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
             return (grads_acc, loss_acc + loss_sum, count_acc + count, rest), None
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        (grads, loss_sum, count, rest), _ = jax.lax.scan(
-            accumulate, (zeros, jnp.zeros(()), jnp.zeros(()), state["rest"]),
-            (masked, batch["segments"], jnp.arange(micro)))
+        if micro == 1:  # no accumulation loop: nothing between the gradients and the update
+            mb = jax.tree.map(lambda x: x[0], masked)
+            (loss_sum, (count, rest)), grads = grad_fn(params, state["rest"], mb,
+                                                       batch["segments"][0],
+                                                       jax.random.fold_in(k_drop, 0))
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (grads, loss_sum, count, rest), _ = jax.lax.scan(
+                accumulate, (zeros, jnp.zeros(()), jnp.zeros(()), state["rest"]),
+                (masked, batch["segments"], jnp.arange(micro)))
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)

@@ -1,0 +1,139 @@
+"""The CPU fast paths: hash-based dropout masks and the fused output layer + cross-entropy.
+
+Each is checked against the plain computation it replaces (values and gradients), on awkward
+shapes (rows not a multiple of the chunk, zero weights), and across meshes.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from minilm_jax.model.config import ConfigError
+from minilm_jax.model.layers import dropout, hash_bits
+from minilm_jax.model.models import build_mlm
+from minilm_jax.model.xent import fused_linear_xent, resolve_loss_impl, softmax_xent_sum
+from minilm_jax.sizes import resolve_point
+
+SMALL = "E16-H16-I32-L1-A2-V97"
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_hash_dropout_rate_and_scale(rate):
+    x = jnp.ones((64, 128, 128))
+    y = np.asarray(dropout(x, rate, jax.random.key(3)))
+    kept = y != 0
+    n = kept.size
+    assert abs(kept.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
+    np.testing.assert_allclose(y[kept], 1 / (1 - rate), rtol=1e-6)  # inverted dropout
+
+
+def test_hash_bits_are_uniform_and_independent():
+    a = np.asarray(hash_bits(jax.random.key(0), (1024, 1024)), np.float64).ravel() / 2.0**32
+    b = np.asarray(hash_bits(jax.random.key(1), (1024, 1024)), np.float64).ravel() / 2.0**32
+    hist, _ = np.histogram(a, bins=16, range=(0, 1))
+    expected = a.size / 16
+    assert ((hist - expected) ** 2 / expected).sum() < 60  # chi-square, 15 dof: p ~ 1e-7
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.005  # two keys
+    assert abs(np.corrcoef(a[:-1], a[1:])[0, 1]) < 0.005  # neighbouring elements
+    assert abs(np.corrcoef(a[:-1024], a[1024:])[0, 1]) < 0.005  # neighbouring rows
+    np.testing.assert_array_equal(a, np.asarray(hash_bits(jax.random.key(0), (1024, 1024)),
+                                                np.float64).ravel() / 2.0**32)
+
+
+def test_hash_dropout_same_on_any_mesh():
+    """Counter-based: the mask of an element depends on (key, index) only, not on sharding."""
+    x = jnp.arange(8 * 16 * 32, dtype=jnp.float32).reshape(8, 16, 32)
+    key = jax.random.key(7)
+    ref = np.asarray(jax.jit(dropout, static_argnums=1)(x, 0.3, key))
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+    sharded = jax.device_put(x, NamedSharding(mesh, P("data", None, "model")))
+    out = jax.jit(dropout, static_argnums=1)(sharded, 0.3, key)
+    np.testing.assert_array_equal(np.asarray(out), ref)
+
+
+def test_threefry_dropout_still_available():
+    x = jnp.ones((256, 256))
+    a = dropout(x, 0.2, jax.random.key(0), "threefry")
+    b = jnp.where(jax.random.bernoulli(jax.random.key(0), 0.8, x.shape), x / 0.8, 0.0)
+    np.testing.assert_array_equal(a, b)
+
+
+def _problem(n=300, h=24, v=257, seed=0):
+    k = jax.random.split(jax.random.key(seed), 4)
+    x = jax.random.normal(k[0], (n, h))
+    w = jax.random.normal(k[1], (h, v)) * 0.2
+    b = jax.random.normal(k[2], (v,)) * 0.1
+    t = jax.random.randint(k[3], (n,), 0, v)
+    wt = (jnp.arange(n) % 3 != 0).astype(jnp.float32)  # a third of the rows weigh nothing
+    return x, w, b, t, wt
+
+
+@pytest.mark.parametrize("chunk", [1, 64, 128, 1000])  # 300 rows: padded, exact-ish, one chunk
+def test_fused_xent_matches_plain_values_and_gradients(chunk):
+    x, w, b, t, wt = _problem()
+
+    def plain(x, w, b, wt):
+        return softmax_xent_sum(x @ w + b, t, wt)
+
+    def fused(x, w, b, wt):
+        return fused_linear_xent(x, w, b, t, wt, chunk)
+
+    np.testing.assert_allclose(fused(x, w, b, wt), plain(x, w, b, wt), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(fused)(x, w, b, wt), plain(x, w, b, wt), rtol=1e-6)
+    g_plain = jax.grad(plain, argnums=(0, 1, 2, 3))(x, w, b, wt)
+    g_fused = jax.jit(jax.grad(fused, argnums=(0, 1, 2, 3)))(x, w, b, wt)
+    for got, want in zip(g_fused, g_plain):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * float(jnp.abs(want).max()))
+    # A scaled cotangent (the 1/count of the mean loss) scales every gradient.
+    g_half = jax.grad(lambda *a: 0.5 * fused(*a), argnums=1)(x, w, b, wt)
+    np.testing.assert_allclose(g_half, 0.5 * g_fused[1], rtol=1e-4, atol=1e-6)
+
+
+def test_fused_xent_bf16_compute_is_close():
+    x, w, b, t, wt = _problem()
+    ref = softmax_xent_sum(x @ w + b, t, wt)
+    got = fused_linear_xent(x, w, b, t, wt, 128, "bfloat16")
+    np.testing.assert_allclose(got, ref, rtol=2e-2)
+    gw = jax.grad(fused_linear_xent, argnums=1)(x, w, b, t, wt, 128, "bfloat16")
+    assert gw.dtype == jnp.float32  # gradients come back in the parameters' dtype
+
+
+def _model_loss_and_grads(impl):
+    cfg = resolve_point(SMALL, mlm_loss_impl=impl, mlm_loss_chunk=7, hidden_dropout=0.0,
+                        attention_dropout=0.0)
+    model = build_mlm(cfg, seed=0)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(5, 97, (4, 128)), jnp.int32)
+    positions = jnp.asarray(rng.integers(0, 128, (4, 9)), jnp.int32)
+    targets = jnp.asarray(rng.integers(5, 97, (4, 9)), jnp.int32)
+    weights = jnp.asarray(rng.random((4, 9)) < 0.7, jnp.float32)
+
+    def loss(params):
+        m = nnx.merge(graphdef, params, rest)
+        total, count = m.mlm_loss(tokens, positions, targets, weights)
+        return total / count
+
+    return jax.value_and_grad(loss)(params)
+
+
+def test_model_loss_fused_equals_logits_path():
+    loss_f, grads_f = _model_loss_and_grads("fused")
+    loss_l, grads_l = _model_loss_and_grads("logits")
+    np.testing.assert_allclose(loss_f, loss_l, rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(grads_f), jax.tree.leaves(grads_l)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_loss_impl_is_fused_on_cpu_and_fields_are_validated():
+    assert resolve_loss_impl("auto") == ("fused" if jax.default_backend() == "cpu" else "logits")
+    assert resolve_loss_impl("logits") == "logits"
+    with pytest.raises(ConfigError, match="model.mlm_loss_impl"):
+        resolve_point(SMALL, mlm_loss_impl="chunky")
+    with pytest.raises(ConfigError, match="model.mlm_loss_chunk"):
+        resolve_point(SMALL, mlm_loss_chunk=0)
+    with pytest.raises(ConfigError, match="model.dropout_rng"):
+        resolve_point(SMALL, dropout_rng="philox")

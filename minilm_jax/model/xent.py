@@ -49,7 +49,7 @@ def _chunked(x_nh, targets_n, weights_n, chunk: int):
     def split(a):
         return jnp.swapaxes(a.reshape(chunk, k, *a.shape[1:]), 0, 1)
 
-    return split(x_nh), split(targets_n), split(weights_n), n, padded
+    return split(x_nh), split(targets_n), split(weights_n), n
 
 
 def _unchunk(a_kch: jax.Array, n: int) -> jax.Array:
@@ -63,26 +63,33 @@ def _block_logits(x_ch, w_hv, b_v, compute_dtype):
     return logits_cv + b_v.astype(jnp.float32)
 
 
+def _block_nll(logits_cv, t_c):
+    """(per-row cross-entropy, exp(logits - row max), its row sum) of one chunk."""
+    max_c1 = jnp.max(logits_cv, axis=-1, keepdims=True)
+    exp_cv = jnp.exp(logits_cv - max_c1)
+    sum_c1 = jnp.sum(exp_cv, axis=-1, keepdims=True)
+    picked_c = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
+    return max_c1[:, 0] + jnp.log(sum_c1[:, 0]) - picked_c, exp_cv, sum_c1
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 def fused_linear_xent(x_nh: jax.Array, w_hv: jax.Array, b_v: jax.Array, targets_n: jax.Array,
                       weights_n: jax.Array, chunk: int = 128, compute_dtype: str = "float32"
                       ) -> jax.Array:
     """``sum_n weights_n * CE(x_n @ w + b, targets_n)`` without materialising ``[N, V]`` logits."""
-    xs_kch, ts_kc, ws_kc, _, _ = _chunked(x_nh, targets_n, weights_n, chunk)
+    xs_kch, ts_kc, ws_kc, _ = _chunked(x_nh, targets_n, weights_n, chunk)
 
     def body(loss, block):
         x_ch, t_c, w_c = block
-        logits_cv = _block_logits(x_ch, w_hv, b_v, compute_dtype)
-        lse_c = jax.nn.logsumexp(logits_cv, axis=-1)
-        picked_c = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
-        return loss + jnp.sum((lse_c - picked_c) * w_c), None
+        nll_c, _, _ = _block_nll(_block_logits(x_ch, w_hv, b_v, compute_dtype), t_c)
+        return loss + jnp.sum(nll_c * w_c), None
 
     loss, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (xs_kch, ts_kc, ws_kc))
     return loss
 
 
 def _fused_fwd(x_nh, w_hv, b_v, targets_n, weights_n, chunk, compute_dtype):
-    xs_kch, ts_kc, ws_kc, n, _ = _chunked(x_nh, targets_n, weights_n, chunk)
+    xs_kch, ts_kc, ws_kc, n = _chunked(x_nh, targets_n, weights_n, chunk)
     cdt = jnp.dtype(compute_dtype)
     # W^T once, outside the loop; the barrier keeps XLA from folding the transpose back into the
     # dot, which would transpose W again in every iteration.
@@ -91,11 +98,7 @@ def _fused_fwd(x_nh, w_hv, b_v, targets_n, weights_n, chunk, compute_dtype):
     def block(x_ch, t_c, wt_c):
         """One chunk: (nll, d x, d W, d b) with the loss weights applied."""
         logits_cv = _block_logits(x_ch, w_hv, b_v, cdt)
-        max_c1 = jnp.max(logits_cv, axis=-1, keepdims=True)
-        exp_cv = jnp.exp(logits_cv - max_c1)
-        sum_c1 = jnp.sum(exp_cv, axis=-1, keepdims=True)
-        picked_c = jnp.take_along_axis(logits_cv, t_c[:, None], axis=-1)[:, 0]
-        nll_c = max_c1[:, 0] + jnp.log(sum_c1[:, 0]) - picked_c
+        nll_c, exp_cv, sum_c1 = _block_nll(logits_cv, t_c)
         onehot_cv = jax.lax.broadcasted_iota(jnp.int32, logits_cv.shape, 1) == t_c[:, None]
         dlogits_cv = ((exp_cv / sum_c1 - onehot_cv) * wt_c[:, None]).astype(cdt)
         dx_ch = jnp.dot(dlogits_cv, w_vh, preferred_element_type=jnp.float32)
@@ -126,8 +129,9 @@ def _fused_fwd(x_nh, w_hv, b_v, targets_n, weights_n, chunk, compute_dtype):
 def _fused_bwd(chunk, compute_dtype, residuals, g):
     """The loss is a scalar: the gradients from the forward pass, scaled by its cotangent."""
     del chunk, compute_dtype
-    return tuple(None if grad is None else (g * grad).astype(grad.dtype)
-                 for grad in residuals[:3]) + (None, (g * residuals[3]).astype(residuals[3].dtype))
+    dx_nh, dw_hv, db_v, dweights_n = residuals
+    return ((g * dx_nh).astype(dx_nh.dtype), (g * dw_hv).astype(dw_hv.dtype),
+            (g * db_v).astype(db_v.dtype), None, (g * dweights_n).astype(dweights_n.dtype))
 
 
 fused_linear_xent.defvjp(_fused_fwd, _fused_bwd)

@@ -44,19 +44,19 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
                              batch["segments"].reshape(micro * b, t), masking)
         masked = jax.tree.map(lambda x: x.reshape(micro, b, *x.shape[1:]), masked)
 
+        def micro_grads(rest, mb: MaskedBatch, segments_bt, index):
+            """((loss sum, (count, new rest)), grads) of micro-batch ``index``."""
+            return grad_fn(params, rest, mb, segments_bt, jax.random.fold_in(k_drop, index))
+
         def accumulate(carry, xs):
             grads_acc, loss_acc, count_acc, rest = carry
-            mb, segments, index = xs
-            (loss_sum, (count, rest)), grads = grad_fn(params, rest, mb, segments,
-                                                       jax.random.fold_in(k_drop, index))
+            (loss_sum, (count, rest)), grads = micro_grads(rest, *xs)
             grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
             return (grads_acc, loss_acc + loss_sum, count_acc + count, rest), None
 
         if micro == 1:  # no accumulation loop: nothing between the gradients and the update
-            mb = jax.tree.map(lambda x: x[0], masked)
-            (loss_sum, (count, rest)), grads = grad_fn(params, state["rest"], mb,
-                                                       batch["segments"][0],
-                                                       jax.random.fold_in(k_drop, 0))
+            (loss_sum, (count, rest)), grads = micro_grads(
+                state["rest"], jax.tree.map(lambda x: x[0], masked), batch["segments"][0], 0)
         else:
             zeros = jax.tree.map(jnp.zeros_like, params)
             (grads, loss_sum, count, rest), _ = jax.lax.scan(

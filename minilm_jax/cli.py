@@ -58,6 +58,26 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
                         f"{' under ' + parent[:-1] if parent else ''}: {', '.join(siblings)}")
 
 
+def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.ConfigDict, str]]:
+    """Define ``--config`` (a config file, ``spec``) and ``--workdir`` for a run's entry point.
+
+    Returns a function that gives (config, workdir) inside ``main``, or raises a UserError naming
+    both flags when either is missing.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, f"{what} config: {spec}")
+    workdir = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary)")
+
+    def values() -> tuple[ml_collections.ConfigDict, str]:
+        if config.value is None or not workdir.value:
+            raise UserError(f"both --config={spec} and --workdir=DIR are required")
+        return config.value, workdir.value
+
+    return values
+
+
 def run_main(main: Callable[[list[str]], None]) -> None:
     """``absl.app.run(main)`` with override checking and one-line user errors."""
     from absl import app

@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import json
 
-from absl import flags
-from ml_collections import config_flags
+from minilm_jax.cli import define_run_flags, run_main
 
-from minilm_jax.cli import run_main
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "pre-training config: configs/pretrain.py:<point>")
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary)")
+_RUN_FLAGS = define_run_flags("pre-training", "configs/pretrain.py:<point>")
 
 
 def main(argv: list[str]) -> None:
     del argv
-    from minilm_jax.cli import UserError
     from minilm_jax.train.loop import Pretrainer, maybe_initialize_distributed
 
-    if _CONFIG.value is None or not _WORKDIR.value:
-        raise UserError("both --config=configs/pretrain.py:<point> and --workdir=DIR are required")
-    maybe_initialize_distributed(_CONFIG.value)
-    summary = Pretrainer(_CONFIG.value, _WORKDIR.value).run()
+    config, workdir = _RUN_FLAGS()
+    maybe_initialize_distributed(config)
+    summary = Pretrainer(config, workdir).run()
     brief = {k: summary[k] for k in ("status", "step", "point", "best") if k in summary}
     print(json.dumps(brief, indent=2))
 

@@ -30,8 +30,18 @@ import numpy as np
 PAPER_BREAK_FLOPS = 2.2e15
 
 
+class _PowerLawCurve:
+    """``predict(C) = a * C^b`` for a dataclass with fields ``a`` and ``b``."""
+
+    a: float
+    b: float
+
+    def predict(self, flops: Any) -> np.ndarray:
+        return self.a * np.asarray(flops, dtype=np.float64) ** self.b
+
+
 @dataclass(frozen=True)
-class PaperFit:
+class PaperFit(_PowerLawCurve):
     """One of the paper's published fits, valid for ``low <= C < high``."""
 
     label: str
@@ -40,9 +50,6 @@ class PaperFit:
     r2: float
     low: float
     high: float
-
-    def predict(self, flops: Any) -> np.ndarray:
-        return self.a * np.asarray(flops, dtype=np.float64) ** self.b
 
 
 PAPER_FITS: tuple[PaperFit, ...] = (
@@ -53,7 +60,7 @@ PAPER_FITS: tuple[PaperFit, ...] = (
 
 
 @dataclass(frozen=True)
-class PowerLaw:
+class PowerLaw(_PowerLawCurve):
     """``L = a * C^b`` fitted by least squares in log space over ``n`` points."""
 
     a: float
@@ -64,9 +71,6 @@ class PowerLaw:
     n: int
     flops_min: float
     flops_max: float
-
-    def predict(self, flops: Any) -> np.ndarray:
-        return self.a * np.asarray(flops, dtype=np.float64) ** self.b
 
 
 @dataclass(frozen=True)

@@ -12,24 +12,17 @@ from __future__ import annotations
 
 import json
 
-from absl import flags
-from ml_collections import config_flags
+from minilm_jax.cli import define_run_flags, run_main
 
-from minilm_jax.cli import run_main
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "fine-tuning config: configs/finetune.py:<task>")
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary)")
+_RUN_FLAGS = define_run_flags("fine-tuning", "configs/finetune.py:<task>")
 
 
 def main(argv: list[str]) -> None:
     del argv
-    from minilm_jax.cli import UserError
-
-    if _CONFIG.value is None or not _WORKDIR.value:
-        raise UserError("both --config=configs/finetune.py:<task> and --workdir=DIR are required")
     from minilm_jax.finetune.run import run_finetune
 
-    summaries = run_finetune(_CONFIG.value, _WORKDIR.value)
+    config, workdir = _RUN_FLAGS()
+    summaries = run_finetune(config, workdir)
     brief = {init: {"status": s["status"], "final": s.get("final", {}).get("mean"),
                     "final_std": s.get("final", {}).get("std", {}).get("score")}
              for init, s in summaries.items()}

@@ -29,7 +29,7 @@ from minilm_jax.tasks.metrics import glue_score, task_metrics
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
-from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, sigterm_flag
+from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, preempted, sigterm_flag
 from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, make_mesh, replicated,
                                    state_shardings)
 from minilm_jax.train.metrics import MetricsWriter, progress_bar
@@ -307,9 +307,7 @@ class Finetuner:
                         ckpts.save(step, self.state)
                         window["time"] = time.perf_counter()
                     if stop["signal"]:
-                        status = "preempted"
-                        print(f"received {stop['signal']}: saved checkpoint at step {step}; exiting",
-                              flush=True)
+                        status = preempted(stop["signal"], step)
                         break
                     if evaluate_now and self._early_stop(history):
                         status = "early_stopped"

@@ -67,3 +67,9 @@ def sigterm_flag() -> Iterator[dict[str, str | None]]:
         yield flag
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def preempted(signal_name: str, step: int) -> str:
+    """Say that a run stopped on ``signal_name`` after saving ``step``; the status to record."""
+    print(f"received {signal_name}: saved checkpoint at step {step}; exiting", flush=True)
+    return "preempted"

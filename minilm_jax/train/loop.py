@@ -26,7 +26,7 @@ from minilm_jax.model.models import MaskedLM
 from minilm_jax.run_config import config_differences, flatten, model_from_config
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.dispatch import (DeferredMetrics, TrainingDiverged,  # noqa: F401 (re-export)
-                                       dispatch_plan)
+                                       dispatch_plan, preempted)
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, make_mesh, replicated,
@@ -329,9 +329,7 @@ class Pretrainer:
                 if evaluate_now or save_now:  # keep evaluation and saving out of the speed figures
                     window["time"] = time.perf_counter()
                 if stop["signal"]:
-                    status = "preempted"
-                    print(f"received {stop['signal']}: saved checkpoint at step {step}; exiting",
-                          flush=True)
+                    status = preempted(stop["signal"], step)
                     break
             drain()
         finally:

@@ -222,6 +222,17 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("module, spec", [("minilm_jax.pretrain", "configs/pretrain.py:<point>"),
+                                          ("minilm_jax.finetune", "configs/finetune.py:<task>")])
+def test_cli_missing_config_or_workdir_is_one_line(module, spec, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", module, f"--workdir={tmp_path / 'w'}"],
+                          capture_output=True, text=True, cwd=REPO, env=cli_env(), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: both --config={spec} and --workdir=DIR are required")
+    assert not (tmp_path / "w").exists()
+
+
 def test_batches_are_a_function_of_seed_and_step():
     a, b = BatchIndexer(0, 100, 32), BatchIndexer(0, 100, 32)
     np.testing.assert_array_equal(a.indices(7), b.indices(7))

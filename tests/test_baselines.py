@@ -1,0 +1,75 @@
+"""Count-based reference perplexities of a shard set (unigram, interpolated bigram)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from minilm_jax.data.baselines import CACHE, compute_baselines, load_baselines, shard_baselines
+from minilm_jax.data.shards import TokenizerInfo, write_shards
+
+PAD = 1
+
+
+def _markov_rows(rng, n_rows, seq_len, vocab, noise, nxt):
+    """Rows of a chain where token t+1 = nxt[t] except with probability ``noise``; some padding."""
+    rows = np.full((n_rows, seq_len), PAD, np.int32)
+    for r in range(n_rows):
+        length = rng.integers(seq_len // 2, seq_len + 1)
+        tok = int(rng.integers(5, vocab))
+        for t in range(length):
+            rows[r, t] = tok
+            tok = int(rng.integers(5, vocab)) if rng.random() < noise else int(nxt[tok])
+    return rows
+
+
+@pytest.fixture()
+def shards(tmp_path):
+    rng = np.random.default_rng(0)
+    vocab = 40
+    nxt = dict(zip(range(5, vocab), rng.permutation(np.arange(5, vocab))))
+    splits = {s: _markov_rows(rng, n, 32, vocab, 0.2, nxt) for s, n in
+              (("train", 400), ("validation", 60), ("test", 60))}
+    write_shards(tmp_path / "shards", splits, pad_id=PAD,
+                 tokenizer=TokenizerInfo("0" * 64, vocab))
+    return tmp_path / "shards", splits, vocab
+
+
+def test_unigram_matches_hand_count(shards):
+    path, splits, vocab = shards
+    result = compute_baselines(path)
+    train = splits["train"][splits["train"] != PAD]
+    counts = np.bincount(train, minlength=vocab).astype(float)
+    p = (counts + 1) / (counts.sum() + vocab)
+    valid = splits["validation"][splits["validation"] != PAD]
+    expected = float(-np.log(p[valid]).mean())
+    assert result["splits"]["validation"]["unigram"] == pytest.approx(expected, rel=1e-12)
+    assert result["splits"]["validation"]["tokens"] == valid.size
+
+
+def test_bigram_beats_unigram_on_a_chain(shards):
+    path, _, vocab = shards
+    result = compute_baselines(path)
+    for split in ("validation", "test"):
+        values = result["splits"][split]
+        # 80% of next tokens are determined by the previous one: far below the unigram level.
+        assert values["bigram"] < values["unigram"] - 1.0
+        assert values["unigram"] < math.log(vocab) + 0.1
+    assert result["lambda_chosen_on"] == "validation"
+
+
+def test_rows_and_cache(shards):
+    path, _, _ = shards
+    rows = shard_baselines(path)
+    assert {(r["name"], r["split"]) for r in rows} == {
+        (n, s) for n in ("unigram", "bigram") for s in ("validation", "test")}
+    for r in rows:
+        assert r["kind"] == "baseline" and r["perplexity"] == pytest.approx(math.exp(r["loss"]))
+    cached = json.loads((path / CACHE).read_text())
+    cached["splits"]["validation"]["unigram"] = 123.0  # a valid cache is used as it is
+    (path / CACHE).write_text(json.dumps(cached))
+    assert load_baselines(path)["splits"]["validation"]["unigram"] == 123.0
+    cached["splits_sha256"]["train"] = "stale"  # shards changed: recomputed
+    (path / CACHE).write_text(json.dumps(cached))
+    assert load_baselines(path)["splits"]["validation"]["unigram"] != 123.0

@@ -17,7 +17,8 @@ import numpy as np
 
 from .glue import GLUE_TASKS, glue_task
 
-_ACCURACY_ONLY = ("ag_news", "dbpedia14", "fewrel", "bbc", "bbc_headlines", "folders")
+_ACCURACY_ONLY = ("ag_news", "dbpedia14", "fewrel", "bbc", "bbc_headlines", "bbc_topic", "bbc_order",
+                  "folders")
 
 
 def _class_ids(predictions: Any) -> np.ndarray:

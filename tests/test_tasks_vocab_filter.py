@@ -24,7 +24,8 @@ def test_content_words_rules():
     assert content_words("He did n't buy Dominick 's 2 cars .") == ["he", "did", "buy", "cars"]
     assert content_words("I won't go, it's 5pm.") == ["i", "wont", "go", "its", "pm"]
     assert content_words('" The pie " , he said . " Good "') == ["the", "pie", "he", "said", "good"]
-    assert content_words("a three-minute alert 1998") == ["a", "threeminute", "alert"]
+    assert content_words("a three-minute alert 1998", split_hyphens=False) == ["a", "threeminute", "alert"]
+    assert content_words("a three-minute alert 1998") == ["a", "three", "minute", "alert"]
     assert content_words("a three-minute alert", split_hyphens=True) == ["a", "three", "minute", "alert"]
     assert content_words("we 're here 'll d ve", stubs=frozenset({"re"})) == \
         ["we", "here", "ll", "d", "ve"]

@@ -19,6 +19,7 @@ from collections import Counter
 from itertools import accumulate
 
 from minilm_jax.corpus.words import URL_LABEL, URL_WORD, WORD_RE, normalize_for_check
+from minilm_jax.text_norm import CONTRACTION_STUBS
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _CACHE_LIMIT = 1 << 19
@@ -79,7 +80,7 @@ class VocabularyChecker:
             if word in self.vocab and len(word) > 1 and word.isalnum():
                 info = (1, ())
             else:
-                found = WORD_RE.findall(word)
+                found = [w for w in WORD_RE.findall(word) if w not in CONTRACTION_STUBS]
                 info = (len(found), tuple(w for w in found if w not in self.vocab))
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()

@@ -17,6 +17,7 @@ from typing import Any
 
 from minilm_jax.corpus.errors import CorpusError
 from minilm_jax.corpus.manifest import atomic_output_dir, check_output_free, write_stage_manifest
+from minilm_jax.text_norm import SENTENCEPIECE_NORMALIZATION
 from minilm_jax.corpus.progress import progress_bar
 from minilm_jax.corpus.sources import ReadStats, SourceSpec, fingerprint, iter_documents
 
@@ -29,7 +30,7 @@ class TrainConfig:
 
     character_coverage: float = 0.9995
     byte_fallback: bool = False
-    normalization: str = "nmt_nfkc"
+    normalization: str = SENTENCEPIECE_NORMALIZATION  # lowercases at encode time (text_norm)
     threads: int = 1
     max_sentence_length: int = 1 << 16
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from minilm_jax.text_norm import CONTRACTION_STUBS, join_contractions
+
 WORD_RE = re.compile(r"(?u)\b\w\w+\b")
 _AT_NUMBER_RE = re.compile(r"@[,.]@")
 _NUMBER_RE = re.compile(r"\b\d+")
@@ -27,7 +29,10 @@ URL_LABEL = "<url>"
 
 
 def normalize_for_check(text: str) -> str:
-    """Check-only normalisation of lowercased text; keeps every space (see the module docstring)."""
+    """Check-only normalisation of lowercased text; keeps every space (see the module docstring).
+
+    Contractions are joined first (``doesn't`` -> ``doesnt``, see :mod:`minilm_jax.text_norm`)."""
+    text = join_contractions(text)
     if "-" in text:
         text = text.replace("-", _SEP)
     if "@" in text:
@@ -40,7 +45,7 @@ def normalize_for_check(text: str) -> str:
 
 def check_words(text: str) -> list[str]:
     """The words the vocabulary check sees in ``text`` (lowercased, normalised, 2+ word characters)."""
-    return WORD_RE.findall(normalize_for_check(text.lower()))
+    return [w for w in WORD_RE.findall(normalize_for_check(text.lower())) if w not in CONTRACTION_STUBS]
 
 
 def top_words(texts: Iterable[str], n: int) -> list[tuple[str, int]]:

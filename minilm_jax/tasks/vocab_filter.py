@@ -13,8 +13,9 @@ Word extraction (:func:`content_words`), per whitespace token of each text:
 4. Empty results and contraction stubs (``nt, s, re, t, d, ll`` by default, as
    left by tokenized text such as ``do n't``, ``Dominick 's``) are ignored.
 
-With ``split_hyphens=True`` hyphens are first turned into spaces (as the
-pre-training corpus filter of SPEC A1 does), so ``year-old`` gives ``year old``.
+With ``split_hyphens=True`` (the default, as the pre-training corpus filter of SPEC A1 does: one
+normalisation everywhere, see :mod:`minilm_jax.text_norm`) hyphens are first turned into spaces, so
+``year-old`` gives ``year old``.
 
 An example survives when every remaining word of ``text_a`` and ``text_b`` is in
 the vocabulary (an example with no remaining words survives vacuously).
@@ -28,14 +29,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import overload
 
+from minilm_jax.text_norm import CONTRACTION_STUBS
+
 from .base import Example
 
-CONTRACTION_STUBS = frozenset({"nt", "s", "re", "t", "d", "ll"})
 _SENTENCE_END = re.compile(r"[.!?][\"'\u2019\u201d)\]]*$")
 
 
 def content_words(text: str, stubs: frozenset[str] = CONTRACTION_STUBS,
-                  split_hyphens: bool = False) -> list[str]:
+                  split_hyphens: bool = True) -> list[str]:
     """The normalised words of ``text`` that must be in the vocabulary (see module doc)."""
     if split_hyphens:
         text = text.replace("-", " ")
@@ -58,7 +60,7 @@ def content_words(text: str, stubs: frozenset[str] = CONTRACTION_STUBS,
 
 
 def oov_words(example: Example, vocabulary: frozenset[str] | set[str],
-              stubs: frozenset[str] = CONTRACTION_STUBS, split_hyphens: bool = False) -> list[str]:
+              stubs: frozenset[str] = CONTRACTION_STUBS, split_hyphens: bool = True) -> list[str]:
     """Words of the example (both texts) that are not in ``vocabulary``."""
     texts = [example.text_a] + ([example.text_b] if example.text_b is not None else [])
     return [w for t in texts for w in content_words(t, stubs, split_hyphens)
@@ -113,7 +115,7 @@ def filter_examples(examples: Sequence[Example], vocabulary: frozenset[str],
                     ) -> tuple[list[Example], FilterReport]: ...
 
 
-def filter_examples(examples, vocabulary, stubs=CONTRACTION_STUBS, split_hyphens=False):
+def filter_examples(examples, vocabulary, stubs=CONTRACTION_STUBS, split_hyphens=True):
     """Keep the examples whose words are all in ``vocabulary``.
 
     ``examples`` is either a sequence (reported as split ``"all"``) or a mapping

@@ -1,7 +1,7 @@
 """Soft committees from fine-tuned runs: accuracy as a function of the number of members K.
 
     python -m minilm_jax.committee RUN_DIR [RUN_DIR ...] --out=DIR [--split=test]
-        [--combine=prob|logit] [--which=final|best] [--reference=RUN_DIR]
+        [--combine=prob|logit] [--which=final|selected] [--reference=RUN_DIR]
 
 Members are every seed of every run (runs may differ in architecture, e.g. the BERT-1 variants);
 their saved evaluation logits (``predictions/<split>.<which>.npy``) are combined by averaging
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--combine", default="prob", choices=("prob", "logit"))
-    parser.add_argument("--which", default="final", choices=("final", "best"))
+    parser.add_argument("--which", default="final", choices=("final", "selected"))
     parser.add_argument("--reference", default="")
     args = parser.parse_args()
     try:

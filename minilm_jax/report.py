@@ -28,16 +28,17 @@ from minilm_jax.analysis.fits import PAPER_BREAK_FLOPS, PAPER_FITS, FitCompariso
 from minilm_jax.analysis.frontier import Frontier, compute_frontier
 from minilm_jax.analysis.icer import FactorSummary, IcerStep, icer_analysis
 from minilm_jax.analysis.results import (FLOPS_DEFINITIONS, ResultsError, RunSummary, TaskScore,
-                                         common_tasks, downstream_scores, flops_field,
-                                         load_results, mean_scores, pretrained_perplexity,
+                                         baselines, downstream_scores, flops_field, load_results,
                                          rows_of_kind, summarize_runs, validation_curves)
 from minilm_jax.cli import UserError, run_main
+from minilm_jax.report_downstream import (CORRELATION_PLOT, DownstreamAnalysis, analyse_downstream,
+                                          plot_correlation, section_correlation, section_gaps)
+from minilm_jax.report_downstream import summary_lines as downstream_summary_lines
 
 REPORT_NAME = "report.md"
 LOSS_PLOT = "loss_vs_flops_{}.png"
 ICER_PLOT = "icer.png"
 DOWNSTREAM_PLOT = "downstream.png"
-CORRELATION_PLOT = "perplexity_vs_downstream.png"
 
 
 def define_flags() -> None:
@@ -226,6 +227,10 @@ def plot_loss_vs_flops(analyses: Analyses, curve: CurveAnalysis, path: Path) -> 
         _draw_fits(ax, comparison)
     if curve.definition == "paper":
         _draw_paper_fits(ax, curve)
+    for (name, split), ppl in sorted(baselines(analyses.rows).items()):
+        if split == "validation":
+            ax.axhline(math.log(ppl), ls=":", lw=1.0, color="tab:green" if name == "unigram"
+                       else "tab:purple", label=f"{name} baseline (validation ppl {ppl:.0f})")
     from matplotlib.ticker import ScalarFormatter  # noqa: PLC0415
 
     ax.set_xscale("log")
@@ -518,106 +523,20 @@ def section_depth(analyses: Analyses, options: ReportOptions) -> list[str]:
     return lines + [""]
 
 
-def section_downstream(analyses: Analyses, plotted: bool) -> list[str]:
-    """Section 4: pre-trained vs random-init downstream scores."""
-    lines = ["## 4. Downstream: pre-trained vs random initialisation", ""]
-    scores = analyses.scores
-    if not scores:
-        return lines + ["No downstream rows in the results: section skipped.", ""]
-    lines += ["Scores are the tasks' GLUE-style scores, averaged over repeated rows (seeds; count "
-              "in brackets). Δ = pre-trained − random.", ""]
-    if plotted:
-        lines += [f"![downstream scores]({DOWNSTREAM_PLOT})", ""]
-    rows = []
-    for (run, task) in sorted({(r, t) for (r, t, _) in scores}):
-        pre, rand = scores.get((run, task, "pretrained")), scores.get((run, task, "random"))
-        delta = pre.score - rand.score if pre and rand else None
-        workdir = analyses.runs[run].workdir
-        rows.append([_code(run), _code(workdir), _code(task),
-                     f"{_num(pre.score, 2)} ({pre.n})" if pre else "—",
-                     f"{_num(rand.score, 2)} ({rand.n})" if rand else "—", _num(delta, 2)])
-    lines += _table(["run", "workdir", "task", "pre-trained", "random init", "Δ"], rows)
-    lines += _downstream_means(analyses)
-    return lines
-
-
-def _downstream_means(analyses: Analyses) -> list[str]:
-    scores = analyses.scores
-    rows = []
-    for run in sorted({r for (r, _, _) in scores}):
-        tasks = sorted({t for (r, t, _) in scores if r == run and (r, t, "pretrained") in scores
-                        and (r, t, "random") in scores})
-        if not tasks:
-            continue
-        pre = mean_scores(scores, "pretrained", tasks).get(run)
-        rand = mean_scores(scores, "random", tasks).get(run)
-        rows.append([_code(run), _code(analyses.runs[run].workdir),
-                     f"{analyses.runs[run].params_total:,}", str(len(tasks)), _num(pre, 2),
-                     _num(rand, 2), _num(pre - rand, 2)])
-    if not rows:
-        return ["No run has both pre-trained and random-init scores on a task: no averages.", ""]
-    return (["Averages over the tasks with both initialisations:", ""]
-            + _table(["run", "workdir", "params", "tasks", "pre-trained", "random init", "Δ"], rows))
-
-
-@dataclass
-class CorrelationData:
-    """Inputs and outcome of the perplexity-vs-downstream correlation."""
-
-    runs: list[str]
-    perplexity: list[float]
-    score: list[float]
-    tasks: list[str]
-    result: Any = None
-    note: str = ""
-
-
-def correlation_data(analyses: Analyses, options: ReportOptions) -> CorrelationData:
-    """Pre-trained runs' validation perplexity against their mean pre-trained downstream score."""
-    from minilm_jax.tasks.correlation import correlate  # noqa: PLC0415
-
-    ppl = pretrained_perplexity(analyses.rows)
-    scored = sorted({r for (r, _, i) in analyses.scores if i == "pretrained"} & set(ppl))
-    tasks = common_tasks(analyses.scores, scored)
-    means = mean_scores(analyses.scores, "pretrained", tasks) if tasks else {}
-    runs = [r for r in scored if r in means]
-    data = CorrelationData(runs, [ppl[r] for r in runs], [means[r] for r in runs], tasks)
-    if not scored:
-        data.note = "No pre-trained downstream rows: section skipped."
-    elif not tasks:
-        data.note = "The pre-trained runs share no downstream task: no correlation."
-    elif len(runs) < 3:
-        data.note = f"Only {len(runs)} pre-trained run(s) with scores: at least 3 are needed."
-    else:
-        try:
-            data.result = correlate(data.perplexity, data.score, n_resamples=options.bootstrap,
-                                    confidence=options.confidence, seed=options.seed)
-        except ValueError as err:
-            data.note = f"No correlation: {err}."
-    return data
-
-
-def section_correlation(data: CorrelationData, plotted: bool) -> list[str]:
-    """Section 5: perplexity vs downstream."""
-    lines = ["## 5. Pre-training perplexity vs downstream score", ""]
-    if data.note:
-        lines += [data.note, ""]
-    if data.result is not None:
-        p, s = data.result.pearson, data.result.spearman
-        pct = round(100 * data.result.confidence)
-        lines += [f"Validation perplexity of the checkpoint each run fine-tuned from (the downstream "
-                  "rows' `final_validation_perplexity`, else the run's best validation perplexity) "
-                  f"against the mean pre-trained score over {len(data.tasks)} shared task(s) "
-                  f"({', '.join(data.tasks)}).", "",
-                  f"- Pearson r = {_num(p.value)} [{_num(p.low)}, {_num(p.high)}], Spearman ρ = "
-                  f"{_num(s.value)} [{_num(s.low)}, {_num(s.high)}] ({pct}% bootstrap intervals, "
-                  f"{data.result.n_resamples} resamples, n = {data.result.n}).", ""]
-        if plotted:
-            lines += [f"![perplexity vs downstream]({CORRELATION_PLOT})", ""]
-    if data.runs:
-        rows = [[_code(r), _num(x, 2), _num(y, 2)] for r, x, y in
-                zip(data.runs, data.perplexity, data.score)]
-        lines += _table(["run", "validation ppl", "mean downstream"], rows)
+def baseline_lines(analyses: Analyses) -> list[str]:
+    """Best validation perplexity next to the shard set's count-based baselines."""
+    base = baselines(analyses.rows)
+    if not base:
+        return []
+    uni, bi = base.get(("unigram", "validation")), base.get(("bigram", "validation"))
+    lines = [f"- Baselines on the validation split (count-based, from the training split): unigram "
+             f"perplexity {_num(uni, 1)}, interpolated left-context bigram {_num(bi, 1)}."]
+    for run, s in sorted(analyses.runs.items()):
+        if s.best_perplexity is not None and uni:
+            lines.append(f"  - {_code(run)}: best validation perplexity {_num(s.best_perplexity, 1)}"
+                         f" = {s.best_perplexity / uni:.0%} of the unigram level"
+                         f" ({'below' if s.best_perplexity < uni else 'NOT below'} unigram"
+                         f"{'' if bi is None else ', below bigram' if s.best_perplexity < bi else ', above bigram'}).")
     return lines
 
 
@@ -640,13 +559,14 @@ def section_runs(analyses: Analyses) -> list[str]:
          "last step", "FLOPs (paper)", "FLOPs (complete)", "best val ppl", "test ppl"], rows))
 
 
-def section_summary(analyses: Analyses, correlation: CorrelationData, options: ReportOptions
+def section_summary(analyses: Analyses, downstream: DownstreamAnalysis, options: ReportOptions
                     ) -> list[str]:
     """The headline findings, one line each."""
     counts = {k: len(rows_of_kind(analyses.rows, k)) for k in ("validation", "test", "downstream")}
     lines = ["## Summary", "",
              f"- {len(analyses.runs)} runs; {counts['validation']} validation, {counts['test']} test "
              f"and {counts['downstream']} downstream rows."]
+    lines += baseline_lines(analyses)
     curve = analyses.curves[options.flops]
     c = curve.comparison
     if c is None:
@@ -678,10 +598,7 @@ def section_summary(analyses: Analyses, correlation: CorrelationData, options: R
             lines.append(f"- {_code(g.group)}: lowest perplexity {_code(winner.run)} "
                          f"(L = {_value(winner.num_layers)}); best downstream "
                          f"{_code(g.downstream_winner) if g.downstream_winner else '—'}.")
-    if correlation.result is not None:
-        lines.append(f"- Perplexity vs mean downstream score: Pearson r = "
-                     f"{_num(correlation.result.pearson.value)}, Spearman ρ = "
-                     f"{_num(correlation.result.spearman.value)} (n = {correlation.result.n}).")
+    lines += downstream_summary_lines(downstream)
     return lines + [""]
 
 
@@ -709,26 +626,22 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
     downstream_plotted = bool(analyses.scores)
     if downstream_plotted:
         plot_downstream(analyses.scores, out / DOWNSTREAM_PLOT)
-    correlation = correlation_data(analyses, options)
-    if correlation.result is not None:
-        from minilm_jax.tasks.correlation import plot_correlation  # noqa: PLC0415
-
-        plot_correlation(correlation.perplexity, correlation.score, out / CORRELATION_PLOT,
-                         correlation.result, xlabel="validation perplexity (pre-trained)",
-                         ylabel="mean downstream score",
-                         point_labels=correlation.runs if len(correlation.runs) <= 12 else None)
+    downstream = analyse_downstream(rows)
+    correlation_plotted = plot_correlation(downstream, out / CORRELATION_PLOT)
     lines = ["# Scaling study report", "",
              f"Source: {_code(source)} (sha256 {_sha256(source)[:16]}…, {len(rows)} rows). "
              f"Settings: headline FLOPs `{options.flops}`, {options.bins_per_decade} bins per "
              f"decade, {options.bootstrap} bootstrap resamples, seed {options.seed}, at least "
              f"{options.min_points} points per fit segment, {round(100 * options.confidence)}% "
              "intervals. Loss in nats; FLOPs are cumulative training FLOPs.", ""]
-    lines += section_summary(analyses, correlation, options)
+    lines += section_summary(analyses, downstream, options)
     lines += section_curves(analyses, options)
     lines += section_icer(analyses, options, icer_plotted)
     lines += section_depth(analyses, options)
-    lines += section_downstream(analyses, downstream_plotted)
-    lines += section_correlation(correlation, correlation.result is not None)
+    lines += section_gaps(downstream)
+    if downstream_plotted:
+        lines += [f"![downstream scores]({DOWNSTREAM_PLOT})", ""]
+    lines += section_correlation(downstream, correlation_plotted)
     lines += section_runs(analyses)
     path = out / REPORT_NAME
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -90,6 +90,9 @@ def pretrain_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
     c.checkpoint.every_minutes = 30.0
     c.checkpoint.keep = 3
     c.checkpoint.keep_best = True
+    # Snapshots kept for good at these fractions of train.num_steps (evaluated there too), e.g.
+    # (0.4, 0.7, 1.0): one pre-training run gives several checkpoints to fine-tune from.
+    c.checkpoint.keep_fractions = ()
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all devices not used by other axes
@@ -106,10 +109,27 @@ def pretrain_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
 # Fields that may change between a run and its resumption (run control, not the experiment).
 RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.progress", "train.peak_flops",
                     "eval.every_steps", "eval.test_at_end", "checkpoint.every_steps",
-                    "checkpoint.every_minutes", "checkpoint.keep", "data.prefetch",
+                    "checkpoint.every_minutes", "checkpoint.keep", "checkpoint.keep_fractions",
+                    "data.prefetch",
                     "data.verify_checksums", "distributed.initialize",
                     "distributed.coordinator_address", "distributed.num_processes",
                     "distributed.process_id", "mesh.data", "mesh.fsdp", "train.steps_per_dispatch")
+
+
+def snapshot_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The steps of ``checkpoint.keep_fractions`` (round(f * num_steps), at least 1)."""
+    total = int(config.train.num_steps)
+    steps = []
+    for f in config.checkpoint.keep_fractions:
+        if not 0.0 < float(f) <= 1.0:
+            raise ConfigError(f"checkpoint.keep_fractions: {f} is not in (0, 1]")
+        steps.append(max(1, round(float(f) * total)))
+    k = int(config.train.steps_per_dispatch)
+    bad = [s for s in steps if s % k and s != total]
+    if bad:
+        raise ConfigError(f"checkpoint.keep_fractions gives steps {bad}, not multiples of "
+                          f"train.steps_per_dispatch={k}")
+    return tuple(sorted(set(steps)))
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:

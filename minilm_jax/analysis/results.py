@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-KINDS = ("validation", "test", "downstream")
+KINDS = ("validation", "test", "downstream", "baseline")
 INITS = ("pretrained", "random")
 FLOPS_DEFINITIONS = ("paper", "complete")
 
@@ -69,6 +69,9 @@ REQUIRED: dict[str, dict[str, Callable[[Any], bool]]] = {
     "validation": {**_COMMON, **_CURVE},
     "test": {**_COMMON, **_CURVE},
     "downstream": {**_COMMON, **_DOWNSTREAM},
+    # Count-based reference perplexities of a shard set (minilm_jax.data.baselines); no run.
+    "baseline": {"kind": _is_str, "name": _is_str, "split": _is_str, "loss": _is_number,
+                 "perplexity": _is_number},
 }
 #: Optional fields: (type check, default).
 OPTIONAL: dict[str, tuple[Callable[[Any], bool], Any]] = {
@@ -96,6 +99,8 @@ def _validate_row(obj: Any, where: str) -> dict[str, Any]:
         if not check(obj[field]):
             raise ResultsError(f"{where}: field '{field}' must be {_CHECKS[check]}, "
                                f"got {obj[field]!r}")
+    if kind == "baseline":
+        return row
     for field, (check, default) in OPTIONAL.items():
         if field not in obj or obj[field] is None:
             row[field] = {} if field == "metrics" else default
@@ -128,7 +133,8 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
                 raise ResultsError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") \
                     from None
             row = _validate_row(obj, where)
-            _check_run_consistency(row, first_seen, where)
+            if row["kind"] != "baseline":
+                _check_run_consistency(row, first_seen, where)
             row["line"] = number
             rows.append(row)
     return rows
@@ -234,6 +240,8 @@ def summarize_runs(rows: Sequence[Mapping[str, Any]], flops: str = "paper"
     first: dict[str, Mapping[str, Any]] = {}
     final_flops: dict[str, float] = {}
     for r in rows:
+        if r["kind"] == "baseline":
+            continue
         first.setdefault(r["run"], r)
         value = r.get(field)
         if value is not None and math.isfinite(value):
@@ -274,10 +282,41 @@ class TaskScore:
     n: int
 
 
+def final_downstream_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Downstream rows of each run's last fine-tuned checkpoint (random rows always), each
+    fine-tuning workdir once per run name."""
+    rows = rows_of_kind(rows, "downstream")
+    last: dict[str, int] = {}
+    for r in rows:
+        if r["init"] == "pretrained" and r.get("checkpoint_step") is not None:
+            last[r["run"]] = max(last.get(r["run"], -1), int(r["checkpoint_step"]))
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for r in rows:
+        step = r.get("checkpoint_step")
+        if r["init"] == "pretrained" and step is not None and int(step) != last[r["run"]]:
+            continue
+        key = (r["run"], str(r.get("finetune_workdir") or id(r)))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(r)
+    return out
+
+
+def baselines(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], float]:
+    """``(name, split) -> perplexity`` of the baseline rows (first shard set seen)."""
+    out: dict[tuple[str, str], float] = {}
+    for r in rows_of_kind(rows, "baseline"):
+        out.setdefault((r["name"], r["split"]), float(r["perplexity"]))
+    return out
+
+
 def downstream_scores(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], TaskScore]:
-    """Mean downstream score per (run, task, init), over repeated rows (seeds)."""
+    """Mean downstream score per (run, task, init) at each run's last fine-tuned checkpoint (one
+    row per fine-tuning run; a row's score is already the mean over its seeds)."""
     grouped: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for r in rows_of_kind(rows, "downstream"):
+    for r in final_downstream_rows(rows):
         if math.isfinite(r["score"]):
             grouped[(r["run"], r["task"], r["init"])].append(float(r["score"]))
     return {key: TaskScore(*key, sum(v) / len(v), len(v)) for key, v in grouped.items()}

@@ -46,7 +46,9 @@ class PretrainedRun:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         tok = summary.get("shards", {})
         step, ckpt_dir = _find_checkpoint(workdir, which)
-        ppl = summary.get("best", {}).get("validation_perplexity")
+        ppl = _validation_perplexity(workdir, step)
+        if ppl is None and which == "best":
+            ppl = summary.get("best", {}).get("validation_perplexity")
         return cls(workdir, model, tok.get("path", ""),
                    tok.get("sha256", flat.get("data.tokenizer_sha256_seen", "")), step, ckpt_dir,
                    ppl)
@@ -92,10 +94,34 @@ class PretrainedRun:
                 "tokenizer_sha256": self.tokenizer_sha256}
 
 
+def _validation_perplexity(workdir: Path, step: int) -> float | None:
+    """The validation perplexity the run logged at ``step`` (the checkpoint fine-tuned from)."""
+    from minilm_jax.train.metrics import read_metrics
+
+    path = workdir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    values = [r["perplexity"] for r in read_metrics(path)
+              if r.get("split") == "validation" and int(r["step"]) == step]
+    return float(values[-1]) if values else None
+
+
 def _find_checkpoint(workdir: Path, which: str) -> tuple[int, Path]:
-    """(step, directory of the saved train state) of the best or newest checkpoint."""
+    """(step, directory of the saved train state): ``best``, ``latest`` or ``step:N`` (a snapshot
+    or a kept checkpoint at step N)."""
+    if which.startswith("step:"):
+        try:
+            step = int(which[len("step:"):])
+        except ValueError:
+            raise UserError(f"init.which={which!r}: expected step:<integer>") from None
+        for folder in ("snapshots", "checkpoints"):
+            path = workdir / folder / str(step) / "default"
+            if path.is_dir():
+                return step, path
+        raise UserError(f"no checkpoint at step {step} in {workdir} (snapshots/{step} or "
+                        f"checkpoints/{step}); set checkpoint.keep_fractions when pre-training")
     if which not in ("best", "latest"):
-        raise UserError(f"init.which must be 'best' or 'latest', not {which!r}")
+        raise UserError(f"init.which must be 'best', 'latest' or 'step:N', not {which!r}")
     candidates: list[tuple[int, Path]] = []
     if which == "best":
         candidates = [(int(p.name), p / "state") for p in (workdir / "best").glob("*")

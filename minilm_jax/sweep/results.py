@@ -22,8 +22,32 @@ def _identity(run: Run, membership: Membership, name: str, workdir: Path,
             "params_non_embedding": int(params["non_embedding"])}
 
 
-def run_rows(run: Run, run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of one finished run (nothing if its pre-training has no summary yet)."""
+def downstream_fields(ft: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """A downstream row's fields from a fine-tuning summary: scores per seed (final epoch), the
+    checkpoint it started from (step, fraction, validation perplexity), baselines."""
+    selected = ft.get("selected") or ft.get("best") or {}
+    pre = ft.get("pretrained") or {}
+    pretrained = ft["init"] == "pretrained"
+    majority = [m["score"] for m in (ft.get("majority") or {}).values() if m]
+    unk = [u["rate"] for u in (ft.get("unk") or {}).values()]
+    return {"kind": "downstream", "task": ft["task"], "init": ft["init"],
+            "score": ft["final"]["mean"]["score"], "score_std": ft["final"]["std"]["score"],
+            "score_n": ft["final"].get("n", len(ft["final"]["members"])),
+            "seeds": list(ft.get("seeds", [])),
+            "member_scores": [m["score"] for m in ft["final"]["members"]],
+            "selected_score": selected.get("mean", {}).get("score"),
+            "metrics": {k: v for k, v in ft["final"]["mean"].items() if k != "score"},
+            "checkpoint_step": pre.get("step") if pretrained else None,
+            "checkpoint_fraction": None,  # set by the caller, which knows the run's length
+            "final_validation_perplexity": pre.get("validation_perplexity") if pretrained else None,
+            "majority_score": float(sum(majority) / len(majority)) if majority else None,
+            "unk_rate": max(unk) if unk else None,
+            "finetune_workdir": str(workdir)}
+
+
+def run_rows(run: Run, run_dir: Path, twins: list[Path] | None = None) -> list[dict[str, Any]]:
+    """Rows of one finished run (nothing if its pre-training has no summary yet); ``twins`` are the
+    summaries of the random-init twins this run shares with others of its architecture."""
     pre_dir = run_dir / "pretrain"
     summary_path = pre_dir / "summary.json"
     if not summary_path.is_file():
@@ -35,6 +59,9 @@ def run_rows(run: Run, run_dir: Path) -> list[dict[str, Any]]:
     per_seq = summary["flops_per_sequence"]
     curve = [r for r in read_metrics(pre_dir / "metrics.jsonl") if r["split"] == "validation"]
     best = summary.get("best", {})
+    finetune_summaries = sorted([*(run_dir / "finetune").glob("*/summary.json"),  # one init
+                                 *(run_dir / "finetune").glob("*/*/summary.json"),  # both / snapshots
+                                 *(twins or [])])
     final_flops = {k: summary["step"] * batch * per_seq[k] for k in ("paper", "complete")}
     rows = []
     for i, membership in enumerate(run.memberships):
@@ -52,30 +79,43 @@ def run_rows(run: Run, run_dir: Path) -> list[dict[str, Any]]:
                          "flops_paper": best["step"] * batch * per_seq["paper"],
                          "flops_complete": best["step"] * batch * per_seq["complete"],
                          "loss": best["test_loss"], "perplexity": best["test_perplexity"]})
-        summaries = sorted([*(run_dir / "finetune").glob("*/summary.json"),  # one init
-                            *(run_dir / "finetune").glob("*/*/summary.json")])  # both inits
-        for ft_summary in summaries:
+        for ft_summary in finetune_summaries:
             ft = json.loads(ft_summary.read_text())
             if "final" not in ft:
                 continue
-            rows.append({**ident, "kind": "downstream", "task": ft["task"], "init": ft["init"],
-                         "score": ft["final"]["mean"]["score"],
-                         "score_std": ft["final"]["std"]["score"],
-                         "best_score": ft["best"]["mean"]["score"],
-                         "metrics": {k: v for k, v in ft["final"]["mean"].items() if k != "score"},
-                         "final_validation_perplexity": (best.get("validation_perplexity")
-                                                         if ft["init"] == "pretrained" else None),
-                         "flops_paper": final_flops["paper"],
-                         "flops_complete": final_flops["complete"],
-                         "finetune_workdir": str(ft_summary.parent)})
+            row = {**ident, **downstream_fields(ft, ft_summary.parent),
+                   "flops_paper": final_flops["paper"], "flops_complete": final_flops["complete"]}
+            if row["checkpoint_step"] is not None:
+                row["checkpoint_fraction"] = row["checkpoint_step"] / int(run.config.train.num_steps)
+            rows.append(row)
     return rows
 
 
-def write_results(runs: list[Run], root: Path) -> Path:
+def baseline_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """Unigram / bigram reference perplexities of every shard set the runs read."""
+    from minilm_jax.data.baselines import shard_baselines
+    from minilm_jax.data.shards import ShardError
+
+    rows = []
+    for shards in sorted({str(r.config.data.shards) for r in runs if r.config.data.shards}):
+        try:
+            rows += shard_baselines(shards)
+        except (ShardError, OSError) as err:
+            print(f"warning: no baselines for {shards}: {err}", flush=True)
+    return rows
+
+
+def write_results(runs: list[Run], root: Path, sweep: Any = None) -> Path:
     """Rebuild ``root/results.jsonl`` from every run directory (atomic)."""
-    lines = []
+    from .runner import finetune_jobs
+
+    lines = [json.dumps(row) for row in baseline_rows(runs)]
     for run in runs:
-        lines += [json.dumps(row) for row in run_rows(run, root / "runs" / run.name)]
+        twins = []
+        if sweep is not None and sweep.get("finetune_checkpoints"):
+            twins = [job.workdir / "summary.json" for job in finetune_jobs(sweep, run, root)
+                     if job.init == "random" and (job.workdir / "summary.json").is_file()]
+        lines += [json.dumps(row) for row in run_rows(run, root / "runs" / run.name, twins)]
     path = root / "results.jsonl"
     atomic_write_bytes(path, ("\n".join(lines) + ("\n" if lines else "")).encode())
     return path

@@ -2,13 +2,18 @@
 tasks, keep going past failures, rebuild the results table after every run, write the report.
 
 Layout under ``--root``: ``runs/<name>/pretrain`` (a pre-training workdir),
-``runs/<name>/finetune/<task>/{pretrained,random}``, ``status.json`` (state of every run,
+``runs/<name>/finetune/<task>/{pretrained,random}`` (with ``finetune_checkpoints``:
+``runs/<name>/finetune/<task>/pretrained@<fraction>`` per snapshot and one random-init twin per
+architecture and task, shared by every run of that architecture, at
+``random/<point>__<hash>/<task>``), ``status.json`` (state of every run,
 failures with their error), ``results.jsonl``, ``report/``. Re-running skips finished work and
 resumes interrupted runs from their checkpoints.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import time
 import traceback
@@ -21,7 +26,7 @@ from minilm_jax import accounting
 from minilm_jax.cli import UserError
 from minilm_jax.data.shards import atomic_write_json
 from minilm_jax.finetune.config import TASKS, finetune_config
-from minilm_jax.run_config import model_from_config
+from minilm_jax.run_config import flatten, model_from_config, snapshot_steps
 
 from .results import write_results
 from .spec import Run, apply_override, expand
@@ -36,10 +41,12 @@ def _done(summary_path: Path) -> bool:
 def finetune_run_config(sweep: ml_collections.ConfigDict, task: str, checkpoint: Path
                         ) -> ml_collections.ConfigDict:
     """The fine-tuning config of ``task`` for a run's checkpoint, with the sweep's overrides
-    (``field=value`` for every task, ``task:field=value`` for one)."""
+    (``field=value`` for every task, ``task:field=value`` for one) and ``finetune_seeds``."""
     config = finetune_config(task)
     config.init.checkpoint = str(checkpoint)
     config.init.mode = sweep.finetune_init
+    if sweep.finetune_seeds:
+        config.train.seeds = tuple(int(s) for s in sweep.finetune_seeds)
     for entry in sweep.finetune_overrides:
         head = entry.split("=", 1)[0]
         if ":" in head:
@@ -73,6 +80,62 @@ def plan_table(runs: list[Run], sweep: ml_collections.ConfigDict, peak_flops: fl
                  f"fine-tuning on {len(sweep.finetune_tasks)} task(s) x "
                  f"{2 if sweep.finetune_init == 'both' else 1} init(s) per run not included")
     return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneJob:
+    """One fine-tuning sub-run of a sweep run: one task, one init, one checkpoint."""
+
+    task: str
+    init: str  # pretrained | random
+    workdir: Path
+    config: ml_collections.ConfigDict
+    fraction: float | None = None  # pre-trained from the snapshot at this fraction of pre-training
+
+    @property
+    def label(self) -> str:
+        if self.init == "random":
+            return "random"
+        return "pretrained" if self.fraction is None else f"pretrained@{self.fraction:g}"
+
+
+def twin_key(run: Run, config: ml_collections.ConfigDict) -> str:
+    """Identity of a random-init twin: the architecture and the fine-tuning recipe (seeds included),
+    not the checkpoint, so runs of one architecture share one twin."""
+    flat = {k: v for k, v in flatten(config).items() if not k.startswith("init.")}
+    flat["model"] = {k: v for k, v in flatten(run.config.model).items()}
+    digest = hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{run.point}__{digest}"
+
+
+def finetune_jobs(sweep: ml_collections.ConfigDict, run: Run, root: Path) -> list[FinetuneJob]:
+    """The fine-tuning sub-runs of ``run`` (see the module docstring for the layout)."""
+    pre_dir = root / "runs" / run.name / "pretrain"
+    inits = ("pretrained", "random") if sweep.finetune_init == "both" else (sweep.finetune_init,)
+    jobs = []
+    for task in sweep.finetune_tasks:
+        task_dir = root / "runs" / run.name / "finetune" / task
+        if "pretrained" in inits:
+            fractions = tuple(sweep.finetune_checkpoints) or (None,)
+            for fraction in fractions:
+                config = finetune_run_config(sweep, task, pre_dir)
+                config.init.mode = "pretrained"
+                if fraction is not None:
+                    steps = snapshot_steps(run.config)
+                    step = max(1, round(float(fraction) * int(run.config.train.num_steps)))
+                    assert step in steps, (step, steps)
+                    config.init.which = f"step:{step}"
+                name = "pretrained" if fraction is None else f"pretrained@{float(fraction):g}"
+                workdir = task_dir / name if len(inits) > 1 or fraction is not None else task_dir
+                jobs.append(FinetuneJob(task, "pretrained", workdir, config,
+                                        None if fraction is None else float(fraction)))
+        if "random" in inits:
+            config = finetune_run_config(sweep, task, pre_dir)
+            config.init.mode = "random"
+            workdir = (root / "random" / twin_key(run, config) / task if sweep.finetune_checkpoints
+                       else (task_dir / "random" if len(inits) > 1 else task_dir))
+            jobs.append(FinetuneJob(task, "random", workdir, config))
+    return jobs
 
 
 class SweepRunner:
@@ -112,7 +175,7 @@ class SweepRunner:
         return True
 
     def run(self, only: str = "") -> dict[str, Any]:
-        from minilm_jax.finetune.run import run_finetune
+        from minilm_jax.finetune.loop import Finetuner
         from minilm_jax.train.loop import Pretrainer
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -128,19 +191,15 @@ class SweepRunner:
                 ok = self._attempt(run.name, "pretrain", lambda: Pretrainer(run.config, pre_dir).run())
                 ok = ok and _done(pre_dir / "summary.json")
             if ok:
-                for task in self.sweep.finetune_tasks:
-                    task_dir = run_dir / "finetune" / task
-                    inits = (("pretrained", "random") if self.sweep.finetune_init == "both"
-                             else (self.sweep.finetune_init,))
-                    if all(_done((task_dir / init if len(inits) > 1 else task_dir) / "summary.json")
-                           for init in inits):
-                        print(f"   {task}: finished earlier: skipped", flush=True)
+                for job in finetune_jobs(self.sweep, run, self.root):
+                    if _done(job.workdir / "summary.json"):
+                        print(f"   {job.task} {job.label}: finished earlier: skipped", flush=True)
                         continue
-                    config = finetune_run_config(self.sweep, task, pre_dir)
-                    self._attempt(run.name, f"finetune:{task}",
-                                  lambda: run_finetune(config, str(task_dir)))
-            write_results(self.runs, self.root)
-        results = write_results(self.runs, self.root)
+                    print(f"== {job.task}: {job.label} -> {job.workdir}", flush=True)
+                    self._attempt(run.name, f"finetune:{job.task}:{job.label}",
+                                  lambda job=job: Finetuner(job.config, job.workdir, job.init).run())
+            write_results(self.runs, self.root, self.sweep)
+        results = write_results(self.runs, self.root, self.sweep)
         report_dir = None
         if self.sweep.report:
             report_dir = self._report(results)

@@ -26,7 +26,8 @@ import ml_collections
 
 from minilm_jax.cli import UserError
 from minilm_jax.model.config import ConfigError
-from minilm_jax.run_config import apply_override, flatten, model_from_config, pretrain_config
+from minilm_jax.run_config import (apply_override, flatten, model_from_config, pretrain_config,
+                                   snapshot_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,8 @@ def knob_overrides(sweep: ml_collections.ConfigDict) -> list[str]:
         out += [f"eval.every_steps={sweep.eval_every}", f"checkpoint.every_steps={sweep.eval_every}"]
     if sweep.vocab_size > 0:
         out.append(f"model.vocab_size={sweep.vocab_size}")
+    if sweep.get("finetune_checkpoints"):
+        out.append(f"checkpoint.keep_fractions={tuple(float(f) for f in sweep.finetune_checkpoints)}")
     return out
 
 
@@ -95,6 +98,7 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
         try:
             config = _run_config(point, common + extra)
             model = model_from_config(config)
+            snapshot_steps(config)
         except ConfigError as err:
             raise UserError(f"sweep run {name}: {err}") from err
         config.point = model.point

@@ -20,7 +20,7 @@ class Checkpoints:
     """Wraps two ``ocp.CheckpointManager``s: ``<workdir>/checkpoints`` and ``<workdir>/best``."""
 
     def __init__(self, workdir: str | Path, *, keep: int, every_steps: int, every_minutes: float,
-                 keep_best: bool):
+                 keep_best: bool, snapshot_steps: tuple[int, ...] = ()):
         workdir = str(workdir)
         # Orbax needs absolute paths; gs:// and other URLs pass through.
         root = epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
@@ -36,6 +36,23 @@ class Checkpoints:
             options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
                                                  enable_async_checkpointing=False))
             if keep_best else None)
+        # Snapshots: states at fixed steps (fractions of the run), never deleted; fine-tuning can
+        # start from any of them (``init.which=step:N``).
+        self.snapshot_steps = tuple(sorted(set(int(s) for s in snapshot_steps)))
+        self.snapshots = (ocp.CheckpointManager(
+            root / "snapshots",
+            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
+                                                 enable_async_checkpointing=False))
+            if self.snapshot_steps else None)
+
+    def save_snapshot(self, step: int, state: Any) -> None:
+        """Keep ``state`` at ``step`` if it is a snapshot step (and not saved already)."""
+        if self.snapshots is None or step not in self.snapshot_steps:
+            return
+        if step in self.snapshots.all_steps():
+            return
+        self.snapshots.save(step, args=ocp.args.StandardSave(state), force=True)
+        self.snapshots.wait_until_finished()
 
     def due(self, step: int) -> bool:
         """Whether ``step`` is a save point by count or by elapsed time."""
@@ -88,6 +105,8 @@ class Checkpoints:
 
     def close(self) -> None:
         self.latest.close()
+        if self.snapshots is not None:
+            self.snapshots.close()
         if self.best is not None:
             self.best.close()
 

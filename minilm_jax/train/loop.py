@@ -23,7 +23,7 @@ from minilm_jax import accounting
 from minilm_jax.cli import UserError
 from minilm_jax.data.shards import ShardError, ShardSplit, atomic_write_json, open_split, read_manifest
 from minilm_jax.model.models import MaskedLM
-from minilm_jax.run_config import config_differences, flatten, model_from_config
+from minilm_jax.run_config import config_differences, flatten, model_from_config, snapshot_steps
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.dispatch import (DeferredMetrics, TrainingDiverged,  # noqa: F401 (re-export)
                                        dispatch_plan, preempted)
@@ -228,7 +228,8 @@ class Pretrainer:
         ckpts = Checkpoints(self.workdir, keep=config.checkpoint.keep,
                             every_steps=config.checkpoint.every_steps,
                             every_minutes=config.checkpoint.every_minutes,
-                            keep_best=config.checkpoint.keep_best)
+                            keep_best=config.checkpoint.keep_best,
+                            snapshot_steps=snapshot_steps(config))
         writer = MetricsWriter(self.workdir)
         restored = ckpts.restore_latest(abstract_like(self.state))
         start = 0
@@ -302,8 +303,10 @@ class Pretrainer:
                 deferred.push(first, count, metrics)
                 prev, step = first, first + count
                 bar.update(count)
+                snapshot_now = any(prev < s <= step for s in ckpts.snapshot_steps)
                 evaluate_now = (self.eval_split is not None and
-                                step // config.eval.every_steps > prev // config.eval.every_steps)
+                                (step // config.eval.every_steps > prev // config.eval.every_steps
+                                 or snapshot_now))
                 dispatches += 1
                 if multi and multihost_utils.reached_preemption_sync_point(dispatches):
                     stop["signal"] = "SIGTERM"
@@ -323,6 +326,8 @@ class Pretrainer:
                     if result["loss"] < best_loss:
                         best_loss = result["loss"]
                         ckpts.save_best(step, self.state, {**result, "step": step})
+                if snapshot_now:
+                    ckpts.save_snapshot(step, self.state)
                 if save_now:
                     ckpts.save(step, self.state)
                     writer.flush()

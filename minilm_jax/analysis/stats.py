@@ -1,0 +1,208 @@
+"""Statistics the reports print: sample mean/std with n, paired gaps with t intervals and p-values,
+Pearson r with a Fisher-z interval and a permutation p-value.
+
+Every function returns a result that can say "undefined" (with the reason) instead of raising, so a
+report never crashes on constant scores or too few points.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats
+
+EXACT_PERMUTATION_MAX_N = 8
+MONTE_CARLO_PERMUTATIONS = 20_000
+
+
+@dataclass(frozen=True)
+class MeanSD:
+    """Mean and sample standard deviation (ddof = 1) of n values."""
+
+    mean: float
+    sd: float
+    n: int
+
+    def text(self, digits: int = 1) -> str:
+        if self.n == 0:
+            return "—"
+        if self.n == 1:
+            return f"{self.mean:.{digits}f} (n = 1)"
+        return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f} (n = {self.n})"
+
+
+def mean_sd(values: Sequence[float]) -> MeanSD:
+    """Mean and sample std (ddof = 1; 0 for one value) of ``values``."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        return MeanSD(float("nan"), float("nan"), 0)
+    return MeanSD(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0, int(x.size))
+
+
+@dataclass(frozen=True)
+class Gap:
+    """``a - b`` with a 95% interval and a two-sided p-value; ``undefined`` names why not."""
+
+    mean: float
+    low: float
+    high: float
+    p: float
+    n: int
+    sd: float
+    method: str  # "paired t" | "Welch t" | ""
+    confidence: float = 0.95
+    undefined: str = ""
+
+    @property
+    def defined(self) -> bool:
+        return not self.undefined
+
+    def verdict(self, better: str = "pre-trained better", worse: str = "random better") -> str:
+        if not self.defined:
+            return f"undefined ({self.undefined})"
+        if self.low > 0:
+            return better
+        if self.high < 0:
+            return worse
+        return "no significant difference"
+
+    def text(self, digits: int = 1) -> str:
+        if not self.defined:
+            return f"undefined ({self.undefined})"
+        pct = round(100 * self.confidence)
+        return (f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}] "
+                f"({pct}% CI, {self.method}, n = {self.n}, p = {format_p(self.p)})")
+
+
+def format_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _undefined_gap(reason: str, n: int, method: str = "") -> Gap:
+    nan = float("nan")
+    return Gap(nan, nan, nan, nan, n, nan, method, undefined=reason)
+
+
+def paired_gap(a_by_seed: dict[Any, float], b_by_seed: dict[Any, float],
+               confidence: float = 0.95) -> Gap:
+    """Gap ``a - b``. Paired by seed (t interval over per-seed differences, ``ttest_rel`` p) when the
+    seeds overlap in >= 2 values; otherwise Welch's t (unequal variances) over all values."""
+    common = sorted(set(a_by_seed) & set(b_by_seed), key=str)
+    if len(common) >= 2:
+        d = np.asarray([a_by_seed[s] - b_by_seed[s] for s in common], dtype=np.float64)
+        n = d.size
+        sd = float(d.std(ddof=1))
+        mean = float(d.mean())
+        if sd == 0.0:  # identical differences: a degenerate interval
+            return Gap(mean, mean, mean, 0.0 if mean != 0 else 1.0, n, 0.0, "paired t", confidence)
+        half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+        p = float(stats.ttest_rel([a_by_seed[s] for s in common],
+                                  [b_by_seed[s] for s in common]).pvalue)
+        return Gap(mean, mean - half, mean + half, p, n, sd, "paired t", confidence)
+    a = np.asarray(list(a_by_seed.values()), dtype=np.float64)
+    b = np.asarray(list(b_by_seed.values()), dtype=np.float64)
+    if a.size < 2 or b.size < 2:
+        return _undefined_gap("fewer than 2 seeds on a side", int(min(a.size, b.size)), "Welch t")
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    mean = float(a.mean() - b.mean())
+    if va + vb == 0.0:
+        return _undefined_gap("no variance", int(a.size + b.size), "Welch t")
+    dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, dof) * math.sqrt(va + vb)
+    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return Gap(mean, mean - half, mean + half, p, int(a.size + b.size), float("nan"), "Welch t",
+               confidence)
+
+
+@dataclass(frozen=True)
+class PearsonResult:
+    """Pearson r of n points, Fisher-z interval, permutation and parametric p-values."""
+
+    r: float
+    low: float
+    high: float
+    n: int
+    p_permutation: float
+    p_parametric: float
+    permutations: str  # "exact (n! orderings)" | "Monte Carlo (m)"
+    confidence: float = 0.95
+    undefined: str = ""
+
+    @property
+    def defined(self) -> bool:
+        return not self.undefined
+
+    def text(self) -> str:
+        if not self.defined:
+            return f"undefined ({self.undefined})"
+        pct = round(100 * self.confidence)
+        return (f"r = {self.r:.3f} [{self.low:.3f}, {self.high:.3f}] ({pct}% Fisher-z CI, n = {self.n}; "
+                f"permutation p = {format_p(self.p_permutation)}, {self.permutations})")
+
+    def agreement(self, expected_sign: int) -> str:
+        """How the data relate to the expected direction (-1: negative, +1: positive)."""
+        if not self.defined:
+            return "undefined"
+        if np.sign(self.r) != expected_sign:
+            return "opposite sign to the expected direction"
+        excludes = self.high < 0 if expected_sign < 0 else self.low > 0
+        return ("agrees: expected sign, CI excludes 0" if excludes
+                else "same sign as expected, but the CI includes 0")
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    xc, yc = x - x.mean(), y - y.mean()
+    return float((xc * yc).sum() / math.sqrt((xc * xc).sum() * (yc * yc).sum()))
+
+
+def permutation_p(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, str]:
+    """Two-sided permutation p-value of Pearson r: exact over all orderings for n <= 8, else a seeded
+    Monte Carlo with the (k + 1) / (m + 1) correction."""
+    r0 = abs(_pearson(x, y)) - 1e-12
+    n = x.size
+    if n <= EXACT_PERMUTATION_MAX_N:
+        hits = total = 0
+        for order in itertools.permutations(range(n)):
+            total += 1
+            hits += abs(_pearson(x, y[list(order)])) >= r0
+        return hits / total, f"exact ({total} orderings)"
+    rng = np.random.default_rng(seed)
+    m = MONTE_CARLO_PERMUTATIONS
+    ys = np.stack([rng.permutation(y) for _ in range(m)])
+    xc = x - x.mean()
+    yc = ys - ys.mean(axis=1, keepdims=True)
+    r = (yc @ xc) / np.sqrt((xc * xc).sum() * (yc * yc).sum(axis=1))
+    hits = int(np.sum(np.abs(r) >= r0))
+    return (hits + 1) / (m + 1), f"Monte Carlo ({m} permutations)"
+
+
+def pearson_fisher(x: Sequence[float], y: Sequence[float], confidence: float = 0.95,
+                   seed: int = 0) -> PearsonResult:
+    """Pearson r with scipy's Fisher-z interval and a permutation p-value; undefined (not an error)
+    for n < 4 (the Fisher-z interval needs n > 3) or a constant side."""
+    xa = np.asarray(x, dtype=np.float64).reshape(-1)
+    ya = np.asarray(y, dtype=np.float64).reshape(-1)
+    nan = float("nan")
+    n = int(xa.size)
+    if xa.shape != ya.shape:
+        raise ValueError(f"x has {xa.size} points but y has {ya.size}")
+    reason = ""
+    if n < 4:
+        reason = f"n = {n}: at least 4 points are needed for a Fisher-z interval"
+    elif not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
+        reason = "non-finite values"
+    elif np.ptp(xa) == 0 or np.ptp(ya) == 0:
+        reason = "one side is constant"
+    if reason:
+        return PearsonResult(nan, nan, nan, n, nan, nan, "", confidence, undefined=reason)
+    result = stats.pearsonr(xa, ya)
+    ci = result.confidence_interval(confidence_level=confidence)
+    p_perm, how = permutation_p(xa, ya, seed)
+    return PearsonResult(float(result.statistic), float(ci.low), float(ci.high), n, p_perm,
+                         float(result.pvalue), how, confidence)

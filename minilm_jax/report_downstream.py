@@ -1,0 +1,133 @@
+"""The report's downstream sections: pre-trained vs random (gaps with intervals and p-values, the
+majority-class baseline) and pre-training perplexity vs downstream score (Fisher-z, permutation p),
+each fine-tuning run counted once (see :mod:`minilm_jax.analysis.downstream`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from minilm_jax.analysis.downstream import (EXPECTED_SIGN, CheckpointCorrelation, GapRow,
+                                            final_gap_rows, finetune_runs, gap_rows,
+                                            perplexity_correlation)
+from minilm_jax.analysis.stats import format_p
+
+CORRELATION_PLOT = "perplexity_vs_downstream.png"
+
+
+@dataclass
+class DownstreamAnalysis:
+    gaps: list[GapRow]
+    correlation: CheckpointCorrelation
+
+
+def analyse_downstream(rows: Sequence[Mapping[str, Any]]) -> DownstreamAnalysis:
+    runs = finetune_runs(rows)
+    return DownstreamAnalysis(gap_rows(runs), perplexity_correlation(runs))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def _ckpt(g: GapRow) -> str:
+    where = f"`{g.run}`"
+    if g.step is not None:
+        where += f" step {g.step}" + (f" ({g.fraction:.0%})" if g.fraction is not None else "")
+    return where
+
+
+def section_gaps(analysis: DownstreamAnalysis) -> list[str]:
+    lines = ["## 4. Downstream: pre-trained vs random initialisation", ""]
+    if not analysis.gaps:
+        return lines + ["No pre-trained downstream rows: section skipped.", ""]
+    lines += ["Scores (x100, the task's official metric) at the final fine-tuning epoch, mean ± "
+              "sample std (ddof = 1) over seeds, n seeds. Gap = pre-trained − random, paired by "
+              "seed: 95% t interval over the per-seed differences and a two-sided paired t-test p "
+              "(Welch's t where the seeds differ). The random-init twin has the same architecture "
+              "and fine-tuning recipe. *Majority* = always predicting the most frequent training "
+              "label.", ""]
+    rows = []
+    for g in analysis.gaps:
+        rows.append([_ckpt(g), f"`{g.task}`", g.pretrained.text(),
+                     g.random.text() if g.random else "—",
+                     g.gap.text() if g.gap else "no random twin",
+                     g.gap.verdict() if g.gap else "—",
+                     f"{g.majority:.1f}" if g.majority is not None else "—"])
+    return lines + _table(["checkpoint", "task", "pre-trained", "random init", "gap (95% CI)",
+                           "verdict", "majority"], rows)
+
+
+def section_correlation(analysis: DownstreamAnalysis, plotted: bool) -> list[str]:
+    c = analysis.correlation
+    lines = ["## 5. Pre-training perplexity vs downstream score", ""]
+    if c.points:
+        lines += [f"One point per distinct checkpoint (pre-training run and step; each fine-tuning "
+                  f"run counted once): its validation perplexity against the mean pre-trained score "
+                  f"over the {len(c.tasks)} task(s) every checkpoint has ({', '.join(c.tasks)}). "
+                  "Expected direction (the paper): negative — lower perplexity, higher score.", ""]
+    for note in c.notes:
+        lines += [f"- {note}"]
+    if c.notes:
+        lines += [""]
+    if c.result is not None:
+        lines += [f"- Pearson {c.result.text()}; parametric p = {format_p(c.result.p_parametric)}.",
+                  f"- Direction: {c.result.agreement(EXPECTED_SIGN)}.", ""]
+        if plotted:
+            lines += [f"![perplexity vs downstream]({CORRELATION_PLOT})", ""]
+    if c.points:
+        lines += _table(["checkpoint", "validation ppl", "mean pre-trained score"],
+                        [[f"`{p.label}`", f"{p.perplexity:.1f}", f"{p.score:.2f}"] for p in c.points])
+    return lines
+
+
+def summary_lines(analysis: DownstreamAnalysis) -> list[str]:
+    """Headline lines: final checkpoints vs random per task, and the correlation."""
+    out = []
+    finals = final_gap_rows(analysis.gaps)
+    if finals:
+        better = [g for g in finals if g.gap and g.gap.defined and g.gap.low > 0]
+        out.append(f"- Pre-trained (each run's last checkpoint) vs random init: {len(better)} of "
+                   f"{len(finals)} (run, task) pairs better with a 95% interval excluding 0.")
+        for g in finals:
+            if g.gap:
+                out.append(f"  - {_ckpt(g)}, `{g.task}`: gap {g.gap.text()} — {g.gap.verdict()}.")
+    c = analysis.correlation
+    if c.result is not None:
+        out.append(f"- Perplexity vs mean downstream score over {len(c.points)} checkpoints: "
+                   f"Pearson {c.result.text()} — {c.result.agreement(EXPECTED_SIGN)}.")
+    return out
+
+
+def plot_correlation(analysis: DownstreamAnalysis, path: Path) -> bool:
+    """Scatter of the correlation points with a least-squares line; False when nothing to plot."""
+    c = analysis.correlation
+    if c.result is None or not c.result.defined:
+        return False
+    import numpy as np  # noqa: PLC0415
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    x = np.asarray([p.perplexity for p in c.points])
+    y = np.asarray([p.score for p in c.points])
+    fig = Figure(figsize=(6.0, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    r = c.result
+    ax.scatter(x, y, zorder=3, label=f"Pearson r = {r.r:.3f} [{r.low:.3f}, {r.high:.3f}]\n"
+                                     f"(95% Fisher-z CI, n = {r.n}, perm. p = {format_p(r.p_permutation)})")
+    slope, intercept = np.polyfit(x, y, 1)
+    grid = np.linspace(x.min(), x.max(), 50)
+    ax.plot(grid, intercept + slope * grid, color="tab:red", label="least squares")
+    for p in c.points:
+        ax.annotate(p.label, (p.perplexity, p.score), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("validation perplexity of the checkpoint")
+    ax.set_ylabel(f"mean pre-trained score ({', '.join(c.tasks)})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    return True

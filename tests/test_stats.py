@@ -1,0 +1,67 @@
+"""Report statistics: sample std, paired gaps, Fisher-z Pearson intervals, permutation p-values."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from minilm_jax.analysis.stats import mean_sd, paired_gap, pearson_fisher, permutation_p
+
+
+def test_mean_sd_is_sample_std():
+    m = mean_sd([1.0, 2.0, 4.0])
+    assert m.sd == pytest.approx(np.std([1, 2, 4], ddof=1)) and m.n == 3
+    assert mean_sd([5.0]).sd == 0.0 and "n = 3" in m.text()
+
+
+def test_paired_gap_matches_scipy():
+    a = {0: 60.0, 1: 58.0, 2: 63.0, 3: 61.0}
+    b = {0: 50.0, 1: 51.0, 2: 55.0, 3: 49.0}
+    gap = paired_gap(a, b)
+    d = np.asarray([a[s] - b[s] for s in a])
+    assert gap.mean == pytest.approx(d.mean()) and gap.method == "paired t"
+    assert gap.p == pytest.approx(stats.ttest_rel(list(a.values()), list(b.values())).pvalue)
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    assert (gap.low, gap.high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert gap.verdict() == "pre-trained better"
+    assert paired_gap({0: 1.0, 1: 2.0}, {0: 1.5, 1: 1.0}).verdict() == "no significant difference"
+
+
+def test_gap_without_common_seeds_uses_welch_and_one_seed_is_undefined():
+    gap = paired_gap({0: 1.0, 1: 2.0, 2: 3.0}, {5: 0.0, 6: 0.5, 7: 0.2})
+    assert gap.method == "Welch t"
+    assert gap.p == pytest.approx(stats.ttest_ind([1, 2, 3], [0, 0.5, 0.2], equal_var=False).pvalue)
+    assert not paired_gap({0: 1.0}, {0: 0.0}).defined
+    assert "undefined" in paired_gap({0: 1.0}, {0: 0.0}).verdict()
+
+
+def test_fisher_interval_equals_scipy_and_hand_formula():
+    x = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+    y = [5.0, 4.1, 4.3, 2.0, 2.5, 1.0]
+    res = pearson_fisher(x, y)
+    r = stats.pearsonr(x, y)
+    ci = r.confidence_interval(0.95)
+    assert (res.low, res.high) == pytest.approx((ci.low, ci.high))
+    z, half = math.atanh(r.statistic), stats.norm.ppf(0.975) / math.sqrt(len(x) - 3)
+    assert (res.low, res.high) == pytest.approx((math.tanh(z - half), math.tanh(z + half)), rel=1e-9)
+    assert res.agreement(-1).startswith("agrees")
+
+
+def test_permutation_p_exact_for_monotone_five_points():
+    p, how = permutation_p(np.arange(5.0), np.arange(5.0) ** 2)
+    # Only the identity and the reversal reach |r| of the observed order: 2 of 120 orderings.
+    assert p == pytest.approx(2 / 120) and how.startswith("exact")
+
+
+def test_monte_carlo_permutation_for_larger_n():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=30)
+    p, how = permutation_p(x, rng.normal(size=30))
+    assert how.startswith("Monte Carlo") and 0.0 < p <= 1.0
+
+
+def test_constant_or_tiny_inputs_are_undefined_not_errors():
+    assert "constant" in pearson_fisher([1, 2, 3, 4], [5, 5, 5, 5]).undefined
+    assert "at least 4" in pearson_fisher([1, 2, 3], [3, 2, 1]).undefined
+    assert pearson_fisher([1, 2, 3, 4], [5, 5, 5, 5]).text().startswith("undefined")

@@ -43,7 +43,7 @@ def _ckpt(g: GapRow) -> str:
 def section_gaps(analysis: DownstreamAnalysis) -> list[str]:
     lines = ["## 4. Downstream: pre-trained vs random initialisation", ""]
     if not analysis.gaps:
-        return lines + ["No pre-trained downstream rows: section skipped.", ""]
+        return lines + ["No downstream rows in the results: section skipped.", ""]
     lines += ["Scores (x100, the task's official metric) at the final fine-tuning epoch, mean ± "
               "sample std (ddof = 1) over seeds, n seeds. Gap = pre-trained − random, paired by "
               "seed: 95% t interval over the per-seed differences and a two-sided paired t-test p "

@@ -159,8 +159,10 @@ def test_report_numbers_match_the_synthetic_sweep(good_report):
     # The iso-FLOP pair is reported with both members and a perplexity winner.
     assert "| `iso_flop:g1` | `iso1-deep` | `runs/sweep/iso1-deep` |" in text
     assert "`iso_flop:g1`: lowest perplexity" in text
-    # Downstream table: small / sst2 averages seeds 0 and 1 -> (x + 0 + x + 1) / 2, 2 rows each.
-    assert "| `small` | `runs/sweep/small` | `sst2` |" in text and "(2)" in text
+    # Downstream table: small / sst2 pools its two seed rows (x + 0, x + 1): mean ± sample std, n = 2,
+    # and a gap paired by seed against the random rows.
+    line = next(ln for ln in text.splitlines() if ln.startswith("| `small` | `sst2` |"))
+    assert "± 0.7 (n = 2)" in line and "paired t" in line
 
 
 def test_malformed_line_exits_2_and_keeps_the_good_report(good_report):

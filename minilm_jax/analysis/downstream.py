@@ -62,10 +62,20 @@ def finetune_runs(rows: Iterable[Mapping[str, Any]]) -> list[FinetuneRun]:
         if r.get("kind") != "downstream":
             continue
         name = str(r["run"]).split("@")[0]
-        key = _key(r.get("finetune_workdir") or f"{r['workdir']}|{r['task']}|{r['init']}")
-        if key in found:
-            found[key].runs.add(name)
-            continue
+        if not r.get("finetune_workdir"):  # hand-made tables: one row per seed, no workdir
+            key = f"{_key(r['workdir'])}|{r['task']}|{r['init']}|{r.get('checkpoint_step')}"
+            if key in found:
+                ft = found[key]
+                if name in ft.runs:
+                    ft.scores_by_seed[len(ft.scores_by_seed)] = float(r["score"])
+                    ft.score = sum(ft.scores_by_seed.values()) / len(ft.scores_by_seed)
+                ft.runs.add(name)
+                continue
+        else:
+            key = _key(r["finetune_workdir"])
+            if key in found:
+                found[key].runs.add(name)
+                continue
         seeds = r.get("seeds") or []
         scores = r.get("member_scores") or []
         by_seed = (dict(zip(seeds, scores)) if seeds and len(seeds) == len(scores)
@@ -151,8 +161,8 @@ def perplexity_correlation(runs: list[FinetuneRun]) -> CheckpointCorrelation:
             by_ckpt[(ft.pretrain_workdir, ft.step)][ft.task] = ft
     notes: list[str] = []
     if not by_ckpt:
-        return CheckpointCorrelation([], [], None, ["No pre-trained downstream rows with a "
-                                                    "checkpoint perplexity: no correlation."])
+        return CheckpointCorrelation([], [], None, ["No pre-trained downstream rows: section "
+                                                    "skipped."])
     all_tasks = sorted(set().union(*[set(v) for v in by_ckpt.values()]))
     counts = {t: sum(t in v for v in by_ckpt.values()) for t in all_tasks}
     shared = [t for t in all_tasks if counts[t] == len(by_ckpt)]

@@ -91,10 +91,13 @@ def test_short_finetune_beats_majority_class(pretrained, tmp_path):
         summary = Finetuner(config, tmp_path / init, init).run()
         results[init] = summary
         assert summary["status"] == "completed"
-        assert summary["examples"] == {"train": 1352, "test": 200}
+        assert summary["examples"] == {"train": 1216, "validation": 136, "test": 200}
         assert len(summary["final"]["members"]) == 2
         assert summary["final"]["mean"]["accuracy"] > 40.0, summary["final"]
-        assert 1 <= min(summary["best"]["epochs"]) <= 8
+        assert 1 <= min(summary["selected"]["epochs"]) <= 8
+        assert summary["selected"]["selected_on"] == "validation"
+        assert summary["final"]["n"] == summary["selected"]["n"] == len(summary["seeds"]) == 2
+        assert summary["final"]["mean"]["accuracy"] > summary["majority"]["test"]["accuracy"] + 10
     history = json.loads((tmp_path / "pretrained" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [float(e) for e in range(1, 9)]
     logits = np.load(tmp_path / "pretrained" / "predictions" / "test.final.npy")
@@ -106,14 +109,16 @@ def test_short_finetune_beats_majority_class(pretrained, tmp_path):
 
 def test_vmapped_seeds_equal_separate_runs(pretrained, tmp_path):
     """Two seeds trained together in one vmapped program = each seed trained alone."""
-    together = Finetuner(ag_config(pretrained, train__epochs=1, data__train_per_class=25),
-                         tmp_path / "both", "pretrained")
+    # Fixed max_len padding: with length buckets the padded width of a step is the longest of all
+    # members' batches, and hash dropout masks depend on that width.
+    together = Finetuner(ag_config(pretrained, train__epochs=1, data__train_per_class=25,
+                                   data__pad_buckets=0), tmp_path / "both", "pretrained")
     together.run()
     both = np.load(tmp_path / "both" / "predictions" / "test.final.npy")
     for i, seed in enumerate((0, 1)):
         alone_dir = tmp_path / f"seed{seed}"
-        Finetuner(ag_config(pretrained, train__epochs=1, train__seeds=(seed,), data__train_per_class=25),
-                  alone_dir, "pretrained").run()
+        Finetuner(ag_config(pretrained, train__epochs=1, train__seeds=(seed,), data__train_per_class=25,
+                            data__pad_buckets=0), alone_dir, "pretrained").run()
         alone = np.load(alone_dir / "predictions" / "test.final.npy")
         np.testing.assert_allclose(both[i], alone[0], rtol=1e-4, atol=1e-4)
     assert not np.allclose(both[0], both[1])  # seeds differ (head init, data order, dropout)
@@ -165,12 +170,14 @@ def test_killed_run_resumes_to_identical_result(pretrained, tmp_path):
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
     assert "resumed from checkpoint" in out
-    a = np.load(tmp_path / "straight" / "predictions" / "test.final.npy")
-    b = np.load(tmp_path / "killed" / "predictions" / "test.final.npy")
-    np.testing.assert_array_equal(a, b)
+    for which in ("final", "selected"):
+        a = np.load(tmp_path / "straight" / "predictions" / f"test.{which}.npy")
+        b = np.load(tmp_path / "killed" / "predictions" / f"test.{which}.npy")
+        np.testing.assert_array_equal(a, b)
     sa = json.loads((tmp_path / "straight" / "summary.json").read_text())
     sb = json.loads((tmp_path / "killed" / "summary.json").read_text())
-    assert sa["final"] == sb["final"] and sa["best"] == sb["best"]
+    assert sa["final"] == sb["final"] and sa["selected"] == sb["selected"]
+    assert sa["validation"] == sb["validation"]
 
 
 def test_tokenizer_of_another_checkpoint_is_refused(pretrained, tmp_path):
@@ -232,6 +239,7 @@ def _fake_summary(root: Path, task: str, init: str, scores: list[float], ckpt: s
                "seeds": list(range(len(scores))),
                "pretrained": {"workdir": ckpt, "validation_perplexity": perplexity},
                "final": {"members": members, "mean": mean, "std": std},
+               "selected": {"members": members, "mean": mean, "std": std},
                "best": {"members": members, "mean": mean, "std": std}}
     path = root / task / init / "summary.json"
     path.parent.mkdir(parents=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from minilm_jax.tasks import encode_examples, load_glue, pad_to_batches, predict_in_batches
-from minilm_jax.tasks.batching import num_batches, unpad
+from minilm_jax.tasks.batching import bucket_length, cut_to_bucket, num_batches, unpad, used_length
 from minilm_jax.tasks.metrics import accuracy
 
 
@@ -84,3 +84,35 @@ def test_zero_fill_and_errors():
         list(pad_to_batches({"a": np.zeros(3), "b": np.zeros(4)}, 2))
     with pytest.raises(ValueError, match="positive"):
         list(pad_to_batches(arrays, 0))
+
+
+def test_length_buckets():
+    assert [bucket_length(n, 128, 16) for n in (0, 1, 16, 17, 100, 128)] == [16, 16, 16, 32, 112, 128]
+    assert bucket_length(97, 100, 16) == 100 and bucket_length(5, 100, 0) == 100
+    with pytest.raises(ValueError, match=">= 0"):
+        bucket_length(5, 100, -16)
+    segments = np.zeros((3, 64), np.int32)
+    segments[0, :5], segments[1, :21], segments[2, :3] = 1, 1, 1
+    assert used_length(segments) == 21 and used_length(np.zeros((2, 8))) == 0
+    assert used_length(segments[None].repeat(2, axis=0)) == 21  # [K, B, T] batches too
+    batch = {"tokens": np.arange(3 * 64).reshape(3, 64), "segments": segments,
+             "labels": np.array([0, 1, 2])}
+    cut = cut_to_bucket(batch, 16, ("tokens", "segments"))
+    assert cut["tokens"].shape == cut["segments"].shape == (3, 32)
+    np.testing.assert_array_equal(cut["tokens"], batch["tokens"][:, :32])
+    assert cut["labels"] is batch["labels"]
+    assert cut_to_bucket(batch, 0, ("tokens", "segments"))["tokens"].shape == (3, 64)
+
+
+def test_bucketed_batches_keep_every_real_token(cola_dev):
+    """Cut to 16-token buckets, CoLA dev batches lose only padding columns."""
+    keys = ("tokens", "segments", "token_types")
+    widths = set()
+    for batch, mask in pad_to_batches(cola_dev, 32):
+        cut = cut_to_bucket(batch, 16, keys)
+        width = cut["tokens"].shape[1]
+        widths.add(width)
+        assert width % 16 == 0 and width >= batch["segments"].sum(axis=1).max()
+        assert not batch["segments"][:, width:].any()
+        np.testing.assert_array_equal(cut["row"], batch["row"])
+    assert min(widths) < 64 and len(widths) > 1

@@ -5,6 +5,9 @@
         [--config.data.dir=...] [--config.train.seeds=0,1,2] [--config.<field>=<value> ...]
 
 ``init.mode=both`` runs DIR/pretrained and DIR/random and writes DIR/results.md + results.json.
+Each epoch is evaluated on a validation split carved from train (model selection only); the reported
+splits (GLUE dev, test, holdout) are scored once at the end, with the final and with each seed's
+selected parameters (summary ``final`` and ``selected``: mean, sample std, n).
 Re-running the same command resumes from the newest checkpoint of each run.
 """
 
@@ -23,8 +26,11 @@ def main(argv: list[str]) -> None:
 
     config, workdir = _RUN_FLAGS()
     summaries = run_finetune(config, workdir)
-    brief = {init: {"status": s["status"], "final": s.get("final", {}).get("mean"),
-                    "final_std": s.get("final", {}).get("std", {}).get("score")}
+    brief = {init: {"status": s["status"],
+                    **{f"{which}{part}": s.get(which, {}).get(key)
+                       for which in ("selected", "final")
+                       for part, key in (("", "mean"), ("_std", "std"))},
+                    "n": s.get("selected", {}).get("n")}
              for init, s in summaries.items()}
     print(json.dumps(brief, indent=2))
 

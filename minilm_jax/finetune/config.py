@@ -14,7 +14,7 @@ from minilm_jax.run_config import model_config_dict, optim_section
 
 GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 STUDY_B = ("ag_news", "dbpedia14", "fewrel")
-LOCAL = ("folders", "bbc", "bbc_headlines")
+LOCAL = ("folders", "bbc", "bbc_headlines", "bbc_topic", "bbc_order")
 TASKS = GLUE + STUDY_B + LOCAL
 
 # Study B's balanced per-class sample sizes (SPEC B): (train, eval) per class.
@@ -30,7 +30,7 @@ def _glue_recipe(c: ml_collections.ConfigDict) -> None:
 
 
 def _study_b_recipe(c: ml_collections.ConfigDict) -> None:
-    """SPEC B: AdamW 5e-5, batch 32, up to 50 epochs (early stopping on the evaluation split)."""
+    """SPEC B: AdamW 5e-5, batch 32, up to 50 epochs (early stopping on the validation split)."""
     c.optim.peak_lr = 5e-5
     c.optim.weight_decay = 0.01  # not stated for fine-tuning; the pre-training value
     c.train.epochs = 50
@@ -72,6 +72,12 @@ def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
     c.data.eval_per_class = 0
     c.data.sample_seed = 0
     c.data.holdout_fraction = 0.2  # tasks without an evaluation split: seeded per-class holdout
+    # Model selection (per-epoch evaluation, early stopping, each seed's selected epoch) reads only
+    # a seeded per-class share of the training examples (a plain share for regression), never a
+    # reported split (GLUE dev, test, holdout): those are scored once, at the end of the run.
+    c.data.validation_fraction = 0.1
+    c.data.validation_seed = 0
+    c.data.pad_buckets = 16  # pad each batch to the next multiple of this (<= max_len); 0: max_len
     c.data.text_mode = "join"  # AG News / DBpedia: "join" title and body, or "pair"
 
     # AdamW with linear decay and no warmup (SPEC A6); beta2 0.999 (not stated: the AdamW default).
@@ -113,6 +119,13 @@ def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
         if task in LOCAL:
             c.data.source = "folders"
             c.data.eval_splits = ("holdout",)
+        if task in ("bbc_topic", "bbc_order"):  # the main job's sentence tasks (minilm_jax.tasks.bbc)
+            c.data.source = "bbc"
+            c.data.eval_splits = ("test",)
+            c.optim.peak_lr = 1e-3
+            c.train.epochs = 10
+            c.train.early_stopping_patience = 0
+            c.data.max_len = 64
     return c
 
 

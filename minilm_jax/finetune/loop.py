@@ -1,5 +1,8 @@
-"""The fine-tuning loop: task data -> S vmapped members on a mesh -> per-epoch evaluation over every
-example once, Orbax checkpoints with resume, JSONL/TensorBoard metrics, a run summary."""
+"""The fine-tuning loop: task data -> S vmapped members on a mesh -> per-epoch evaluation on the
+validation split (model selection only: history, early stopping, each member's selected epoch), the
+reported splits (GLUE dev, test, holdout) scored once at the end with the final and the selected
+parameters; length-bucketed batches, Orbax checkpoints with resume, JSONL/TensorBoard metrics, a run
+summary."""
 
 from __future__ import annotations
 
@@ -18,14 +21,12 @@ from flax import nnx
 
 from minilm_jax import accounting
 from minilm_jax.cli import UserError
-from minilm_jax.corpus.vocab import load_word_list, obtain_aochildes_vocab
 from minilm_jax.data.shards import atomic_write_bytes, atomic_write_json
 from minilm_jax.model.models import SequenceClassifier
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.run_config import config_differences, flatten, model_from_config, parse_value
-from minilm_jax.tasks.batching import pad_to_batches
+from minilm_jax.tasks.batching import bucket_length, cut_to_bucket, pad_to_batches
 from minilm_jax.tasks.encoding import encode_examples
-from minilm_jax.tasks.metrics import glue_score, task_metrics
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
@@ -37,20 +38,12 @@ from minilm_jax.train.optim import make_optimizer, make_schedule
 
 from .config import RESUMABLE_FIELDS
 from .pretrained import PretrainedRun
-from .step import make_finetune_step, make_members_init, make_predict_step
-from .task_data import TaskData, load_task_data
+from .selection import (VALIDATION, majority_baseline, mean_std, sample_std, split_metrics,
+                        unk_counts, unk_warnings)
+from .step import make_finetune_step, make_members_init, make_predict_step, make_select
+from .task_data import TaskData, load_task_data, load_vocabulary
 
 INPUTS = ("tokens", "segments", "token_types")
-
-
-def load_vocabulary(spec: str) -> frozenset[str] | None:
-    """The word list of ``data.vocab_filter`` ("" -> no filter, "aochildes", or a file path)."""
-    if not spec:
-        return None
-    path = obtain_aochildes_vocab() if spec == "aochildes" else spec
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"data.vocab_filter: vocabulary file not found: {path}")
-    return load_word_list(path)
 
 
 def with_overrides(cfg: ModelConfig, overrides: tuple[str, ...]) -> ModelConfig:
@@ -91,10 +84,27 @@ class Finetuner:
         self.data: TaskData = load_task_data(config, load_vocabulary(config.data.vocab_filter))
         self.spec = self.data.spec
         self.regression = self.spec.is_regression
-        max_len = int(config.data.max_len)
-        self.train_arrays = encode_examples(self.data.train, self.tokenizer, max_len, self.regression)
-        self.eval_arrays = {s: encode_examples(v, self.tokenizer, max_len, self.regression)
-                            for s, v in self.data.evals.items()}
+        self.max_len, self.buckets = int(config.data.max_len), int(config.data.pad_buckets)
+        if self.buckets < 0:
+            raise UserError(f"data.pad_buckets must be >= 0 (0: always pad to max_len), "
+                            f"got {self.buckets}")
+        if VALIDATION in self.data.evals:
+            raise UserError(f"a reported split may not be called {VALIDATION!r} (the model-selection "
+                            "split carved from train)")
+
+        def encode(examples):
+            return encode_examples(examples, self.tokenizer, self.max_len, self.regression)
+
+        self.train_arrays = encode(self.data.train)
+        self.train_lengths = self.train_arrays["segments"].astype(bool).sum(axis=1)
+        self.reported = list(self.data.evals)  # scored once, at the end
+        # Every split that is ever scored: validation (selection) first, then the reported ones.
+        self.eval_arrays = {VALIDATION: encode(self.data.validation),
+                            **{s: encode(v) for s, v in self.data.evals.items()}}
+        self.unk = {split: unk_counts(arrays, self.tokenizer)
+                    for split, arrays in {"train": self.train_arrays, **self.eval_arrays}.items()}
+        for line in unk_warnings(self.unk):
+            print(line, flush=True)
         self.seeds = [int(s) for s in config.train.seeds]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"train.seeds must be distinct and non-empty, got {self.seeds}")
@@ -179,45 +189,45 @@ class Finetuner:
                                in_shardings=(self.state_sharding["params"], self.state_sharding["rest"],
                                              row, row, row),
                                out_shardings=replicated(self.mesh))
+        self.select = jax.jit(make_select(), in_shardings=(self.state_sharding, replicated(self.mesh)),
+                              out_shardings=self.state_sharding, donate_argnums=0)
 
     # ----------------------------------------------------------------------------- data
     def _host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
-        """``[steps, S, B_host, ...]``: member s sees the order of ``BatchIndexer(seed_s)``."""
-        rows = np.stack([np.stack([batch_lib.host_rows(ix.indices(step + k)) for ix in self.indexers])
-                         for k in range(steps)])  # [K, S, B_host]
-        return {name: self.train_arrays[name][rows] for name in (*INPUTS, "labels")}
+        """``[steps, S, B_host, T]``: member s sees the order of ``BatchIndexer(seed_s)``; ``T`` is
+        the bucket of the longest sequence among all members' global batches of these steps."""
+        rows = np.stack([np.stack([ix.indices(step + k) for ix in self.indexers])
+                         for k in range(steps)])  # [K, S, B] global rows, the same on every host
+        length = bucket_length(int(self.train_lengths[rows].max()), self.max_len, self.buckets)
+        host = np.stack([np.stack([batch_lib.host_rows(r) for r in per_step]) for per_step in rows])
+        batch = {name: self.train_arrays[name][:, :length][host] for name in INPUTS}
+        batch["labels"] = self.train_arrays["labels"][host]
+        return batch
 
     # ----------------------------------------------------------------------------- evaluation
-    def predict_split(self, split: str) -> np.ndarray:
-        """Logits ``[S, N, C]`` of every member for every example of ``split``, each once."""
+    def predict_split(self, split: str, which: str = "final") -> np.ndarray:
+        """Logits ``[S, N, C]`` of every member for every example of ``split``, each once, with the
+        current (``final``) or each member's ``selected`` parameters."""
+        if which not in ("final", "selected"):
+            raise ValueError(f"which must be 'final' or 'selected', not {which!r}")
+        source = self.state if which == "final" else self.state["selected"]
         arrays = {k: self.eval_arrays[split][k] for k in INPUTS}
         outputs = []
         for batch, valid in pad_to_batches(arrays, self.config.eval.batch_size):
+            batch = cut_to_bucket(batch, self.buckets, INPUTS)
             placed = batch_lib.to_global({k: batch_lib.host_rows(v) for k, v in batch.items()},
                                          self.eval_input_sharding)
-            logits = self.predict(self.state["params"], self.state["rest"],
-                                  *[placed[k] for k in INPUTS])
+            logits = self.predict(source["params"], source["rest"], *[placed[k] for k in INPUTS])
             outputs.append(np.asarray(logits.addressable_data(0))[:, valid])
         return np.concatenate(outputs, axis=1)
 
     def member_metrics(self, logits: dict[str, np.ndarray]) -> list[dict[str, float]]:
-        """Per-member official metrics and ``score`` (GLUE-style, x100) over the eval splits."""
-        results = []
-        for s in range(len(self.seeds)):
-            preds = {split: (v[s, :, 0] if self.regression else v[s]) for split, v in logits.items()}
-            labels = {split: self.eval_arrays[split]["labels"] for split in logits}
-            if self.spec.name == "mnli":
-                metrics = task_metrics("mnli", preds, labels)
-            else:
-                first = next(iter(preds))
-                metrics = task_metrics(self.spec.name, preds[first], labels[first])
-                for split in list(preds)[1:]:
-                    extra = task_metrics(self.spec.name, preds[split], labels[split])
-                    metrics.update({f"{split}/{k}": v for k, v in extra.items()})
-            metrics = {k: 100.0 * v for k, v in metrics.items()}
-            metrics["score"] = glue_score(self.spec.name, metrics)
-            results.append(metrics)
-        return results
+        """Per-member official metrics and ``score`` (GLUE-style, x100) over the given splits."""
+        labels = {split: self.eval_arrays[split]["labels"] for split in logits}
+        return [split_metrics(self.spec.name,
+                              {split: (v[s, :, 0] if self.regression else v[s])
+                               for split, v in logits.items()}, labels)
+                for s in range(len(self.seeds))]
 
     # ----------------------------------------------------------------------------- history
     def _history_path(self) -> Path:
@@ -229,20 +239,16 @@ class Finetuner:
             return []
         return [h for h in json.loads(path.read_text()) if h["step"] <= upto_step]
 
-    def _save_predictions(self, logits: dict[str, np.ndarray], which: str,
-                          keep: np.ndarray | None = None) -> None:
-        """``predictions/<split>.<which>.npy`` [S, N, C]; with ``keep`` only those members change."""
+    def _save_predictions(self, logits: dict[str, np.ndarray], which: str) -> None:
+        """``predictions/<split>.<which>.npy`` [S, N, C] and ``<split>.labels.npy``."""
+        if jax.process_index() != 0:
+            return
         out = self.workdir / "predictions"
         out.mkdir(exist_ok=True)
         for split, array in logits.items():
-            path = out / f"{split}.{which}.npy"
-            if keep is not None and path.exists():
-                old = np.load(path)
-                array = np.where(keep[:, None, None], array, old)
-            atomic_write_bytes(path, _npy_bytes(array))
-            labels_path = out / f"{split}.labels.npy"
-            if not labels_path.exists():
-                atomic_write_bytes(labels_path, _npy_bytes(self.eval_arrays[split]["labels"]))
+            atomic_write_bytes(out / f"{split}.{which}.npy", _npy_bytes(array))
+            atomic_write_bytes(out / f"{split}.labels.npy",
+                               _npy_bytes(self.eval_arrays[split]["labels"]))
 
     # ----------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -258,12 +264,16 @@ class Finetuner:
             print(f"resumed from checkpoint at step {start}", flush=True)
         history = self._load_history(start)
         t0 = time.time()
-        plan = dispatch_plan(start, self.total_steps, tc.steps_per_dispatch, self.eval_steps)
+        status = "completed"  # unless preempted or stopped early below
+        stopped = bool(history) and history[-1]["step"] == start and self._early_stop(history)
+        if stopped:  # a run that stopped early and is started again: nothing left to train
+            status = "early_stopped"
+        plan = ([] if stopped else
+                dispatch_plan(start, self.total_steps, tc.steps_per_dispatch, self.eval_steps))
         size_of = dict(plan)
         prefetch = batch_lib.Prefetcher(lambda s: self._host_batch(s, size_of[s]),
                                         iter([s for s, _ in plan]), 2)
         bar = progress_bar(self.total_steps, start, tc.progress, f"finetune {self.spec.name}")
-        status = "completed"  # unless preempted or stopped early below
         deferred = DeferredMetrics(str(self.workdir / "checkpoints"))
         window = {"time": time.perf_counter(), "examples": 0}
 
@@ -300,7 +310,7 @@ class Finetuner:
                     save_now = evaluate_now or ckpts.due(step) or stop["signal"]
                     if evaluate_now or save_now:
                         drain()
-                    if evaluate_now:
+                    if evaluate_now:  # also updates the selected parameters (saved just below)
                         history.append(self._evaluate(step, writer, history))
                         atomic_write_json(self._history_path(), history)
                     if save_now:
@@ -318,28 +328,33 @@ class Finetuner:
             prefetch.close()
             bar.close()
             writer.flush()
-        summary = self._summary(status, history, time.time() - t0)
+        # The reported splits are scored here and only here: once with the final parameters, once
+        # with each member's selected ones (not for a preempted run: its resumption does it).
+        reported = (self._score_reported() if status != "preempted" and history else None)
+        summary = self._summary(status, history, reported, time.time() - t0)
         writer.close()
         ckpts.close()
         return summary
 
     def _evaluate(self, step: int, writer: MetricsWriter, history: list[dict]) -> dict[str, Any]:
-        logits = {split: self.predict_split(split) for split in self.eval_arrays}
-        members = self.member_metrics(logits)
+        """Score the validation split; members that beat their best validation score so far copy
+        their parameters into ``state["selected"]``."""
+        members = self.member_metrics({VALIDATION: self.predict_split(VALIDATION)})
         scores = np.asarray([m["score"] for m in members])
         best_before = (np.max([[m["score"] for m in h["members"]] for h in history], axis=0)
                        if history else np.full(len(members), -np.inf))
         improved = scores > best_before
-        self._save_predictions(logits, "final")
-        self._save_predictions(logits, "best", keep=improved)
-        entry = {"step": step, "epoch": step / self.steps_per_epoch, "members": members,
-                 "score_mean": float(scores.mean()), "score_std": float(scores.std())}
-        writer.write(step, "eval", {"score": entry["score_mean"], "score_std": entry["score_std"],
-                                    "epoch": entry["epoch"],
-                                    **{k: float(np.mean([m[k] for m in members])) for k in members[0]}})
+        self.state = self.select(self.state, jnp.asarray(improved))
+        entry = {"step": step, "epoch": step / self.steps_per_epoch, "split": VALIDATION,
+                 "members": members, "improved": improved.tolist(),
+                 "score_mean": float(scores.mean()), "score_std": sample_std(scores)}
+        writer.write(step, VALIDATION, {
+            "score": entry["score_mean"], "score_std": entry["score_std"], "epoch": entry["epoch"],
+            **{k: float(np.mean([m[k] for m in members])) for k in members[0]}})
         return entry
 
     def _early_stop(self, history: list[dict]) -> bool:
+        """No member improved its validation score in the last ``patience`` evaluations."""
         patience = int(self.config.train.early_stopping_patience)
         if patience <= 0 or len(history) <= patience:
             return False
@@ -348,16 +363,32 @@ class Finetuner:
         best_before = scores[:-patience].max(axis=0)
         return bool(np.all(best_recent <= best_before))
 
-    def _summary(self, status: str, history: list[dict], wall: float) -> dict[str, Any]:
+    def _score_reported(self) -> dict[str, list[dict[str, float]]]:
+        """Members' metrics on the reported splits with the ``final`` and the ``selected``
+        parameters; their logits go to ``predictions/``."""
+        out = {}
+        for which in ("final", "selected"):
+            logits = {split: self.predict_split(split, which) for split in self.reported}
+            self._save_predictions(logits, which)
+            out[which] = self.member_metrics(logits)
+        return out
+
+    def _summary(self, status: str, history: list[dict],
+                 reported: dict[str, list[dict[str, float]]] | None, wall: float) -> dict[str, Any]:
         summary: dict[str, Any] = {
             "status": status, "task": self.spec.name, "init": self.init_mode,
             "pretrained": self.pretrained.describe() if self.pretrained else None,
             "point": self.model_cfg.point, "seeds": self.seeds,
-            "examples": self.data.counts(), "steps": self.total_steps,
-            "steps_per_epoch": self.steps_per_epoch, "wall_seconds_this_session": wall,
-            "params_total": self.param_counts.total,
+            "examples": self.data.counts(), "reported_splits": self.reported,
+            "steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
+            "wall_seconds_this_session": wall, "params_total": self.param_counts.total,
             "tokenizer": {"path": self.tokenizer.path, "sha256": self.tokenizer.sha256},
             "vocab_filter": self.config.data.vocab_filter or None,
+            "unk": self.unk,
+            "majority": majority_baseline(
+                self.spec.name, self.train_arrays["labels"],
+                {split: arrays["labels"] for split, arrays in self.eval_arrays.items()},
+                self.regression),
         }
         if self.data.filter_report is not None:
             report = self.data.filter_report
@@ -365,21 +396,16 @@ class Finetuner:
                                  "top_oov": report.oov.most_common(10)}
         if history:
             scores = np.asarray([[m["score"] for m in h["members"]] for h in history])  # [E, S]
-            best_epoch = scores.argmax(axis=0)
-            final = history[-1]["members"]
-            best = [history[int(e)]["members"][s] for s, e in enumerate(best_epoch)]
-            summary.update({
-                "final": {"epoch": history[-1]["epoch"], "members": final,
-                          **_mean_std(final)},
-                "best": {"epochs": [history[int(e)]["epoch"] for e in best_epoch], "members": best,
-                         **_mean_std(best)},
-            })
+            chosen = scores.argmax(axis=0)  # the first best epoch, as ``_evaluate`` keeps it
+            epochs = [history[int(e)]["epoch"] for e in chosen]
+            valid = [history[int(e)]["members"][s] for s, e in enumerate(chosen)]
+            summary["validation"] = {"epochs": epochs, "members": valid, **mean_std(valid)}
+            if reported is not None:
+                final = reported["final"]
+                summary["final"] = {"epochs": [history[-1]["epoch"]] * len(final),
+                                    "members": final, **mean_std(final)}
+                summary["selected"] = {"epochs": epochs, "members": reported["selected"],
+                                       "selected_on": VALIDATION, **mean_std(reported["selected"])}
         if jax.process_index() == 0:
             atomic_write_json(self.workdir / "summary.json", summary)
         return summary
-
-
-def _mean_std(members: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    keys = members[0].keys()
-    return {"mean": {k: float(np.mean([m[k] for m in members])) for k in keys},
-            "std": {k: float(np.std([m[k] for m in members])) for k in keys}}

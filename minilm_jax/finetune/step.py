@@ -1,7 +1,8 @@
 """Pure, jitted fine-tuning steps for S members (seeds) trained together with ``jax.vmap``.
 
 State leaves carry a leading member axis ``S``: ``{"params", "rest", "opt_state"}`` stacked, plus a
-shared scalar ``step``. Batches are ``[K, S, B, T]`` (K optimizer steps per dispatch via
+shared scalar ``step`` and ``selected`` (``{"params", "rest"}``: each member's parameters at its best
+validation epoch so far, see :func:`make_select`). Batches are ``[K, S, B, T]`` (K optimizer steps per dispatch via
 ``lax.scan``; every member sees its own data order). Dropout keys derive from (member seed, step).
 """
 
@@ -80,7 +81,9 @@ def make_members_init(cfg: ModelConfig, num_labels: int, optimizer: optax.Gradie
 
     def init(seeds_s: jax.Array, encoder) -> FinetuneState:
         members = jax.vmap(init_member, in_axes=(0, None))(seeds_s, encoder)
-        return {**members, "step": jnp.zeros((), jnp.int32), "member_seeds": seeds_s}
+        selected = {"params": members["params"], "rest": members["rest"]}
+        return {**members, "selected": selected, "step": jnp.zeros((), jnp.int32),
+                "member_seeds": seeds_s}
 
     return init
 
@@ -93,3 +96,18 @@ def make_predict_step(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
         return model(tokens_bt, segments_bt, types_bt).astype(jnp.float32)
 
     return jax.vmap(member_logits, in_axes=(0, 0, None, None, None))
+
+
+def make_select() -> Callable[[FinetuneState, jax.Array], FinetuneState]:
+    """``select(state, improved [S] bool)``: members with ``improved`` copy their current parameters
+    into ``state["selected"]``; the others keep theirs."""
+
+    def pick(new: jax.Array, old: jax.Array, improved_s: jax.Array) -> jax.Array:
+        return jnp.where(improved_s.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+    def select(state: FinetuneState, improved_s: jax.Array) -> FinetuneState:
+        chosen = {k: jax.tree.map(lambda n, o: pick(n, o, improved_s), state[k], state["selected"][k])
+                  for k in ("params", "rest")}
+        return {**state, "selected": chosen}
+
+    return select

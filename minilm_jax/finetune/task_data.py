@@ -19,11 +19,13 @@ from typing import Any, Sequence
 import ml_collections
 
 from minilm_jax.cli import UserError
+from minilm_jax.corpus.vocab import load_word_list, obtain_aochildes_vocab
 from minilm_jax.tasks.base import Example, TaskDataError, TaskSpec
+from minilm_jax.tasks.bbc import TASKS as BBC_TASKS, load_bbc_task
 from minilm_jax.tasks.classification import (AG_NEWS, DBPEDIA14, load_ag_news, load_ag_news_tfds,
                                              load_dbpedia14, load_dbpedia14_tfds, load_fewrel)
 from minilm_jax.tasks.glue import glue_task, load_glue
-from minilm_jax.tasks.sampling import sample_per_class, split_per_class
+from minilm_jax.tasks.sampling import sample_per_class, split_off_fraction, split_per_class
 from minilm_jax.tasks.vocab_filter import FilterReport, filter_examples
 
 from .config import GLUE
@@ -31,15 +33,18 @@ from .config import GLUE
 
 @dataclasses.dataclass
 class TaskData:
-    """A task's spec, training examples and evaluation splits (after sampling and filtering)."""
+    """A task's spec, training, validation and reported splits (after sampling and filtering)."""
 
     spec: TaskSpec
     train: list[Example]
-    evals: dict[str, list[Example]]
+    evals: dict[str, list[Example]]  # reported splits (GLUE dev, test, holdout): scored once
     filter_report: FilterReport | None = None
+    # Model selection only; carved from the training examples unless the source has its own.
+    validation: list[Example] = dataclasses.field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        return {"train": len(self.train), **{k: len(v) for k, v in self.evals.items()}}
+        return {"train": len(self.train), "validation": len(self.validation),
+                **{k: len(v) for k, v in self.evals.items()}}
 
 
 # ------------------------------------------------------------------------------ class folders
@@ -124,6 +129,16 @@ def holdout_split(examples: Sequence[Example], fraction: float, seed: int
 
 
 # ------------------------------------------------------------------------------ loading
+def load_vocabulary(spec: str) -> frozenset[str] | None:
+    """The word list of ``data.vocab_filter`` ("" -> no filter, "aochildes", or a file path)."""
+    if not spec:
+        return None
+    path = obtain_aochildes_vocab() if spec == "aochildes" else spec
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"data.vocab_filter: vocabulary file not found: {path}")
+    return load_word_list(path)
+
+
 def _need_dir(data: ml_collections.ConfigDict, task: str, what: str) -> str:
     if not data.dir:
         raise UserError(f"task {task} needs --config.data.dir={what}")
@@ -186,6 +201,27 @@ def _load_local(task: str, data: ml_collections.ConfigDict) -> TaskData:
     return TaskData(spec, train, {data.eval_splits[0]: holdout})
 
 
+def _load_bbc(task: str, data: ml_collections.ConfigDict) -> TaskData:
+    """The main job's BBC sentence tasks: train from pre-training-side articles, test from held-out
+    articles (``minilm_jax.tasks.bbc``)."""
+    root = data.dir or None
+    train, spec = load_bbc_task(task, "train", data.sample_seed, root)
+    test, _ = load_bbc_task(task, "test", data.sample_seed, root)
+    return TaskData(spec, train, {data.eval_splits[0]: test})
+
+
+def validation_split(examples: Sequence[Example], fraction: float, seed: int, regression: bool
+                     ) -> tuple[list[Example], list[Example]]:
+    """Seeded ``(train, validation)`` split of the training examples for model selection: per class
+    (every class keeps at least one training example) or, for regression, a plain seeded share."""
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"data.validation_fraction must be in (0, 1), got {fraction}")
+    if len(examples) < 2:
+        raise UserError(f"{len(examples)} training example(s) cannot be split into train and "
+                        "validation")
+    return split_off_fraction(examples, fraction, seed, stratified=not regression)
+
+
 def _subsample(examples: list[Example], limit: int, seed: int) -> list[Example]:
     if limit <= 0 or len(examples) <= limit:
         return examples
@@ -195,7 +231,8 @@ def _subsample(examples: list[Example], limit: int, seed: int) -> list[Example]:
 
 def load_task_data(config: ml_collections.ConfigDict, vocabulary: frozenset[str] | None = None
                    ) -> TaskData:
-    """Examples of ``config.task`` after per-class sampling, subsetting and vocabulary filtering."""
+    """Examples of ``config.task`` after per-class sampling, subsetting and vocabulary filtering, with
+    the validation split (``data.validation_fraction`` of train, seeded) carved out last."""
     task, data = config.task, config.data
     try:
         if task in GLUE:
@@ -204,6 +241,8 @@ def load_task_data(config: ml_collections.ConfigDict, vocabulary: frozenset[str]
             result = _load_news(task, data)
         elif task == "fewrel":
             result = _load_fewrel(task, data)
+        elif task in BBC_TASKS:
+            result = _load_bbc(task, data)
         else:
             result = _load_local(task, data)
     except (TaskDataError, KeyError, ValueError) as err:
@@ -221,11 +260,17 @@ def load_task_data(config: ml_collections.ConfigDict, vocabulary: frozenset[str]
     result.evals = {s: _subsample(v, data.max_eval_examples, data.sample_seed)
                     for s, v in result.evals.items()}
     if vocabulary is not None:
-        kept, report = filter_examples({"train": result.train, **result.evals}, vocabulary)
+        own = {"validation": result.validation} if result.validation else {}
+        kept, report = filter_examples({"train": result.train, **own, **result.evals}, vocabulary)
         result.train = kept.pop("train")
+        result.validation = kept.pop("validation", [])
         result.evals = kept
         result.filter_report = report
-    for split, examples in {"train": result.train, **result.evals}.items():
+    if not result.validation:  # no labelled validation split of its own: carve one from train
+        result.train, result.validation = validation_split(
+            result.train, data.validation_fraction, data.validation_seed, result.spec.is_regression)
+    for split, examples in {"train": result.train, "validation": result.validation,
+                            **result.evals}.items():
         if not examples:
             raise UserError(f"task {task}: the {split} split is empty after sampling/filtering")
         if any(ex.label is None for ex in examples):

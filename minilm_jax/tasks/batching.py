@@ -1,4 +1,5 @@
-"""Fixed-shape evaluation batches in which every example counts exactly once."""
+"""Fixed-shape evaluation batches in which every example counts exactly once, and length buckets
+(batches cut to the smallest bucket that holds their longest sequence)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,30 @@ def predict_in_batches(fn: Callable[[dict[str, np.ndarray]], np.ndarray],
         outputs.append(np.asarray(fn(batch)))
         masks.append(mask)
     return unpad(outputs, masks)
+
+
+def used_length(segments: np.ndarray) -> int:
+    """Number of leading columns that hold a real token (``segments != 0``) in any row."""
+    cols = np.flatnonzero(np.any(np.asarray(segments) != 0,
+                                 axis=tuple(range(np.ndim(segments) - 1))))
+    return int(cols[-1]) + 1 if cols.size else 0
+
+
+def bucket_length(longest: int, max_len: int, bucket: int) -> int:
+    """The smallest multiple of ``bucket`` that is ``>= longest`` (at least one bucket), capped at
+    ``max_len``; ``bucket == 0`` always gives ``max_len``."""
+    if bucket < 0:
+        raise ValueError(f"bucket must be >= 0, got {bucket}")
+    if bucket == 0:
+        return max_len
+    return min(max_len, max(1, -(-int(longest) // bucket)) * bucket)
+
+
+def cut_to_bucket(batch: Mapping[str, np.ndarray], bucket: int, keys: Iterable[str],
+                  segments_key: str = "segments") -> dict[str, np.ndarray]:
+    """``batch`` with the last axis of ``keys`` cut to the bucket of its longest sequence (other
+    arrays, e.g. labels, unchanged). Columns dropped are padding in every row."""
+    keys = tuple(keys)
+    max_len = np.shape(batch[segments_key])[-1]
+    length = bucket_length(used_length(batch[segments_key]), max_len, bucket)
+    return {k: (v[..., :length] if k in keys else v) for k, v in batch.items()}

@@ -54,3 +54,27 @@ def split_per_class(examples: Sequence[Example], sizes: Sequence[int], seed: int
             part.update(picked[start:start + size])
             start += size
     return [[ex for i, ex in enumerate(examples) if i in part] for part in chosen]
+
+
+def split_off_fraction(examples: Sequence[Example], fraction: float, seed: int,
+                       stratified: bool = True) -> tuple[list[Example], list[Example]]:
+    """Seeded split into ``(rest, part)`` with ``part`` about ``fraction`` of the examples.
+
+    ``stratified``: every class (ascending label, one ``random.Random(seed)``) gives
+    ``round(fraction * n)`` of its ``n`` examples, at least 1 and at most ``n - 1``
+    (a one-example class stays in ``rest``); otherwise (regression) a plain seeded
+    sample. Both parts keep the original example order.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    rng = random.Random(seed)
+    if stratified:
+        part: set[int] = set()
+        for _, rows in sorted(_indices_by_class(examples).items()):
+            k = min(max(1, round(fraction * len(rows))), len(rows) - 1)
+            part.update(rng.sample(rows, k))
+    else:
+        n = len(examples)
+        part = set(rng.sample(range(n), min(max(1, round(fraction * n)), n - 1))) if n > 1 else set()
+    rest = [ex for i, ex in enumerate(examples) if i not in part]
+    return rest, [ex for i, ex in enumerate(examples) if i in part]

@@ -154,7 +154,8 @@ def test_main_job_end_to_end_smallest_size(tmp_path):
     report = (study / "report" / "report.md").read_text()
     assert "Validation loss vs training compute" in report
     assert "pre-trained vs random" in report.lower() and "paired t" in report
-    assert "Fisher-z" in report and "unigram perplexity" in report
+    assert "unigram perplexity" in report
+    assert "Fisher-z" in report or "undefined" in report  # constant scores at this size: undefined
     for png in ("loss_vs_flops_paper.png", "downstream.png"):
         assert (study / "report" / png).stat().st_size > 0
     # At this size the scores may be constant (all at chance): then the correlation says so.

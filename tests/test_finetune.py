@@ -271,8 +271,20 @@ def test_perplexity_vs_downstream_across_checkpoints(tmp_path):
                       perplexity=ppl)
     md, _ = write_tables([tmp_path], tmp_path / "out")
     text = md.read_text()
-    assert "4 checkpoints" in text and "Pearson r = -" in text and "Spearman rho = -1.000" in text
+    assert "4 checkpoints" in text and "Pearson r = -" in text and "Fisher-z" in text
+    assert "agrees" in text or "includes 0" in text
     assert (tmp_path / "out" / "correlation.png").stat().st_size > 0
+    # Overlapping roots count each run once.
+    md, _ = write_tables([tmp_path, tmp_path / "c0", tmp_path / "c0" / "sst2"], tmp_path / "out2")
+    assert "4 checkpoints" in md.read_text()
+
+
+def test_constant_scores_say_undefined_instead_of_crashing(tmp_path):
+    for i, ppl in enumerate([10.0, 20.0, 40.0, 80.0]):
+        _fake_summary(tmp_path / f"c{i}", "sst2", "pretrained", [50.0, 50.0], ckpt=f"/runs/c{i}",
+                      perplexity=ppl)
+    md, _ = write_tables([tmp_path], tmp_path / "out")
+    assert "undefined (one side is constant)" in md.read_text()
 
 
 def test_model_overrides_apply_to_the_architecture():

@@ -15,12 +15,16 @@ import numpy as np
 
 from minilm_jax.data.shards import atomic_write_bytes, atomic_write_json
 
+from minilm_jax.analysis.stats import paired_gap, pearson_fisher
+
 from .config import GLUE
 
 
 def find_summaries(roots: Iterable[str | Path]) -> list[Path]:
-    """Every fine-tuning ``summary.json`` (one with a ``task`` field) under ``roots``."""
-    found = []
+    """Every fine-tuning ``summary.json`` (one with a ``task`` field) under ``roots``, each once
+    (identity: the resolved path, so overlapping roots do not repeat a run)."""
+    found: list[Path] = []
+    seen: set[Path] = set()
     for root in roots:
         root = Path(root)
         if not root.exists():
@@ -28,7 +32,8 @@ def find_summaries(roots: Iterable[str | Path]) -> list[Path]:
         for path in sorted([root / "summary.json"] if (root / "summary.json").is_file()
                            else root.rglob("summary.json")):
             data = json.loads(path.read_text())
-            if "task" in data and "init" in data:
+            if "task" in data and "init" in data and path.resolve() not in seen:
+                seen.add(path.resolve())
                 found.append(path)
     return found
 
@@ -38,15 +43,18 @@ def run_row(path: Path) -> dict[str, Any]:
     s = json.loads(path.read_text())
     pre = s.get("pretrained") or {}
     row = {"workdir": str(path.parent), "task": s["task"], "init": s["init"],
-           "checkpoint": pre.get("workdir") or f"(none: {s['point']})", "point": s["point"],
+           "checkpoint": (f"{pre['workdir']} (step {pre.get('step')})" if pre.get("workdir")
+                          else f"(none: {s['point']})"), "point": s["point"],
            "pretrain_validation_perplexity": pre.get("validation_perplexity"),
            "seeds": len(s["seeds"]), "status": s["status"], "examples": s.get("examples"),
            "vocab_filter": s.get("vocab_filter")}
-    for which in ("final", "best"):
-        if which in s:
-            row[f"{which}_score"] = s[which]["mean"]["score"]
-            row[f"{which}_score_std"] = s[which]["std"]["score"]
-            row[f"{which}_metrics"] = {k: v for k, v in s[which]["mean"].items() if k != "score"}
+    row["seed_list"] = list(s["seeds"])
+    for which, key in (("final", "final"), ("best", "selected" if "selected" in s else "best")):
+        if key in s:
+            row[f"{which}_score"] = s[key]["mean"]["score"]
+            row[f"{which}_score_std"] = s[key]["std"]["score"]  # sample std (ddof=1) in new runs
+            row[f"{which}_metrics"] = {k: v for k, v in s[key]["mean"].items() if k != "score"}
+            row[f"{which}_member_scores"] = [m["score"] for m in s[key]["members"]]
     return row
 
 
@@ -54,7 +62,8 @@ def _cell(row: dict | None, key: str = "final") -> str:
     if row is None or f"{key}_score" not in row:
         return "—"
     text = f"{row[f'{key}_score']:.1f}"
-    return text + (f" ± {row[f'{key}_score_std']:.1f}" if row["seeds"] > 1 else "")
+    return text + (f" ± {row[f'{key}_score_std']:.1f} (n = {row['seeds']})" if row["seeds"] > 1
+                   else " (n = 1)")
 
 
 def glue_averages(rows: list[dict], which: str = "final") -> dict[str, float | None]:
@@ -73,7 +82,9 @@ def tables(rows: list[dict]) -> tuple[str, dict[str, Any]]:
     for row in rows:
         by_ckpt[row["checkpoint"]].append(row)
     lines = ["# Fine-tuning results", "",
-             "Scores x100, mean ± std over seeds, at the final epoch (best epoch in brackets). "
+             "Scores x100, mean ± sample std (ddof = 1) over seeds, at the final epoch (in brackets: "
+             "at each seed's epoch selected on the validation split). Gain: pre-trained − random "
+             "init with a 95% interval paired by seed and its p-value. "
              "GLUE average: one score per task (the mean of its two metrics for MRPC, QQP, STS-B, "
              "MNLI m/mm), averaged over the GLUE tasks present.", ""]
     payload: dict[str, Any] = {"checkpoints": []}
@@ -91,8 +102,12 @@ def tables(rows: list[dict]) -> tuple[str, dict[str, Any]]:
             rnd = next((r for r in group if r["task"] == task and r["init"] == "random"), None)
             metrics = ", ".join(f"{k} {v:.1f}" for k, v in (pre or rnd or {}).get(
                 "final_metrics", {}).items())
-            gain = (f"{pre['final_score'] - rnd['final_score']:+.1f}"
-                    if pre and rnd and "final_score" in pre and "final_score" in rnd else "—")
+            gain = "—"
+            if pre and rnd and "final_score" in pre and "final_score" in rnd:
+                gap = paired_gap(dict(zip(pre["seed_list"], pre["final_member_scores"])),
+                                 dict(zip(rnd["seed_list"], rnd["final_member_scores"])))
+                gain = gap.text() if gap.defined else (
+                    f"{pre['final_score'] - rnd['final_score']:+.1f} ({gap.undefined})")
             best = " / ".join(f"[{r['best_score']:.1f}]" for r in (pre, rnd)
                               if r and "best_score" in r)
             dirs = ", ".join(f"`{r['workdir']}`" for r in (pre, rnd) if r)
@@ -111,29 +126,36 @@ def tables(rows: list[dict]) -> tuple[str, dict[str, Any]]:
 def perplexity_correlation(rows: list[dict], out: Path) -> str:
     """Pre-training perplexity vs mean pre-trained downstream score across checkpoints (needs 3+):
     Pearson and Spearman with bootstrap intervals, and ``correlation.png``. Markdown lines."""
-    from minilm_jax.tasks.correlation import correlate, plot_correlation
+    from minilm_jax.tasks.correlation import plot_correlation
 
     points: dict[str, tuple[float, list[float]]] = {}
     for r in rows:
         if r["init"] == "pretrained" and r["pretrain_validation_perplexity"] and "final_score" in r:
             points.setdefault(r["checkpoint"], (r["pretrain_validation_perplexity"], []))[1].append(
-                r["final_score"])
-    tasks_per_ckpt = {len(v[1]) for v in points.values()}
-    if len(points) < 3 or len(tasks_per_ckpt) != 1:
+                (r["task"], r["final_score"]))
+    task_sets = {frozenset(t for t, _ in v[1]) for v in points.values()}
+    if len(points) < 3:
         return ""
+    shared = sorted(frozenset.intersection(*task_sets))
+    if not shared:
+        return ("## Pre-training perplexity vs downstream score\n\nThe checkpoints share no task: "
+                "no correlation.\n")
     names = sorted(points)
     ppl = [points[n][0] for n in names]
-    score = [float(np.mean(points[n][1])) for n in names]
-    result = correlate(ppl, score, n_resamples=2000)
-    plot_correlation(ppl, score, out / "correlation.png", result, log_x=True,
-                     ylabel="mean downstream score (pre-trained)")
-    p, s = result.pearson, result.spearman
-    return "\n".join([
-        "## Pre-training perplexity vs downstream score", "",
-        f"{len(names)} checkpoints, mean final score over {tasks_per_ckpt.pop()} task(s): "
-        f"Pearson r = {p.value:.3f} [{p.low:.3f}, {p.high:.3f}], Spearman rho = {s.value:.3f} "
-        f"[{s.low:.3f}, {s.high:.3f}] (95% bootstrap intervals).", "",
-        "![perplexity vs downstream](correlation.png)", ""])
+    score = [float(np.mean([v for t, v in points[n][1] if t in shared])) for n in names]
+    result = pearson_fisher(ppl, score)
+    lines = ["## Pre-training perplexity vs downstream score", "",
+             f"{len(names)} checkpoints, mean final pre-trained score over the {len(shared)} task(s) "
+             f"they all have ({', '.join(shared)}). Expected direction: negative.", "",
+             f"- Pearson {result.text()}" + ("" if not result.defined
+                                             else f" — {result.agreement(-1)}."), ""]
+    if len(task_sets) > 1:
+        lines += ["- Tasks not scored on every checkpoint are left out of the mean.", ""]
+    if result.defined:
+        plot_correlation(ppl, score, out / "correlation.png", log_x=True,
+                         ylabel="mean downstream score (pre-trained)")
+        lines += ["![perplexity vs downstream](correlation.png)", ""]
+    return "\n".join(lines)
 
 
 def write_tables(roots: Iterable[str | Path], out_dir: str | Path) -> tuple[Path, Path]:

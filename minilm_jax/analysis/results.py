@@ -343,15 +343,3 @@ def common_tasks(scores: Mapping[tuple[str, str, str], TaskScore], runs: Iterabl
     """Tasks scored (for ``init``) on every one of ``runs``, sorted."""
     sets = [{t for (r, t, i) in scores if r == run and i == init} for run in runs]
     return sorted(set.intersection(*sets)) if sets else []
-
-
-def pretrained_perplexity(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """Validation perplexity of the checkpoint each run fine-tuned from: the downstream rows'
-    ``final_validation_perplexity`` when given, else the run's best validation perplexity."""
-    rows = list(rows)
-    out = {run: float(r["perplexity"]) for run, r in best_validation(rows).items()}
-    for r in rows_of_kind(rows, "downstream"):
-        value = r["final_validation_perplexity"]
-        if r["init"] == "pretrained" and value is not None and math.isfinite(value):
-            out[r["run"]] = float(value)
-    return out

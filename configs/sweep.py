@@ -3,10 +3,12 @@
 - ``paper``: study A's design (SPEC A5): one-factor-at-a-time from both bases, the iso-FLOP /
   iso-parameter groups, and a width x depth grid up to ~100M parameters (>70 runs); one epoch of
   the constrained corpus each; fine-tuned on the GLUE tasks. Needs ``--config.shards=DIR`` and
-  ``--config.finetune_overrides='("data.dir=glue_data",)'``.
+  ``--config.finetune_data_dir=glue_data``.
 - ``demo``: 4 tiny models, a few hundred steps, fine-tuned on two BBC article tasks (topic and
   headline matching; the latter stays at chance at this size).
 - ``main``: the README's main job (``launch/main.sh``): the fixed protocol in :func:`main`.
+- ``childes``: study A's own setting at CPU scale (``launch/childes.sh``): AO-CHILDES text,
+  three sizes, filtered SST-2 / CoLA / STS-B.
 - ``smoke``: the main job at the smallest size (the CI test of ``launch/main.sh``).
 
     python -m minilm_jax.sweep --config=configs/sweep.py:paper --root=runs/paper --dry_run
@@ -30,6 +32,7 @@ def _common(c: ml_collections.ConfigDict) -> None:
     c.finetune_tasks = ()
     c.finetune_init = "both"  # pretrained | random | both
     c.finetune_overrides = ()  # ("field=value", "task:field=value", ...)
+    c.finetune_data_dir = ""  # -> data.dir of every fine-tuning run (e.g. a glue_data folder)
     # Fractions of pre-training to fine-tune from, e.g. (0.4, 0.7, 1.0): snapshots are kept there
     # and each gives a (perplexity, score) point; the random-init twin is then trained once per
     # architecture. Empty: the best checkpoint only.
@@ -113,7 +116,8 @@ def main() -> ml_collections.ConfigDict:
     words (sentences), 2,000-piece tokenizer, packed 128-token sequences (5% validation, 5% test).
     Models: ``tiny`` E32-H32-I128-L1-A2 and ``ffn`` E32-H32-I256-L1-A2 (FFN width doubled: the
     paper's iso-FLOP group 1 trades it against depth), 2,500 steps of batch 32, evaluated every 125
-    steps; snapshots at 30, 50, 70, 85 and 100% of pre-training (10 checkpoints). Protocol v2: v1
+    steps and at 4 log-spaced steps per decade from step 10 (protocol v3: the frontier's small-compute
+    end; training is unchanged, so v2's checkpoints and scores reproduce exactly); snapshots at 30, 50, 70, 85 and 100% of pre-training (10 checkpoints). Protocol v2: v1
     had ``wide`` E64-H64-I256-L1-A2 and snapshots at 40/70/100% (docs/reproduction.md has its run). Recipe for a 2-core CPU budget: peak LR 3e-3 (constant after
     50 warm-up steps; batch 32 favours a higher LR than the paper's 5e-4 at batch 256), 40% masking,
     no dropout (tiny models underfit). Downstream: ``bbc_topic`` and ``bbc_order`` (sentences of
@@ -129,7 +133,8 @@ def main() -> ml_collections.ConfigDict:
     c.pretrain_overrides = ("eval.batch_size=64", "train.log_every=250", "optim.peak_lr=3e-3",
                             "optim.schedule=constant", "optim.warmup_steps=50", "mlm.mask_prob=0.4",
                             "mlm.max_predictions=64", "model.hidden_dropout=0.0",
-                            "model.attention_dropout=0.0", "checkpoint.every_minutes=10.0")
+                            "model.attention_dropout=0.0", "checkpoint.every_minutes=10.0",
+                            "eval.per_decade=4")
     c.bases = ("tiny=E32-H32-I128-L1-A2", "ffn=E32-H32-I256-L1-A2")
     c.finetune_tasks = ("bbc_topic", "bbc_order")
     c.finetune_checkpoints = (0.3, 0.5, 0.7, 0.85, 1.0)
@@ -143,7 +148,35 @@ def main() -> ml_collections.ConfigDict:
     return c
 
 
-SWEEPS = {"paper": paper, "demo": demo, "smoke": smoke, "main": main}
+def childes() -> ml_collections.ConfigDict:
+    """Study A's own setting at CPU scale (``launch/childes.sh``), a fixed protocol.
+
+    Text: AO-CHILDES transcripts (the shared data's 21 corpora) filtered to the AO-CHILDES
+    vocabulary by utterance (``--unit sentence``), 2,000-piece tokenizer, packed 128-token
+    sequences (5% validation, 5% test). Models: three sizes, ``tiny`` E32-H32-I128-L1-A2 (the
+    "1.25M" shape with a 2,010-row vocabulary), ``ffn`` E32-H32-I256-L1-A2 and ``wide``
+    E64-H64-I256-L1-A2; 2,000 steps of batch 32 with the main job's recipe (constant LR 3e-3, 40%
+    masking, no dropout), snapshots at 50% and 100%. Downstream: vocabulary-filtered SST-2, CoLA
+    and STS-B (GLUE dev as the reported split; validation carved from train; at most 1,500 training
+    examples), seeds 0, 1, 2, both inits, 8 epochs at LR 1e-3. Needs ``--config.shards`` and
+    ``--config.finetune_data_dir`` (the GLUE folder; the launch script passes both).
+    """
+    c = main()
+    c.name = "childes"
+    c.num_steps = 2000
+    c.eval_every = 125
+    c.bases = ("tiny=E32-H32-I128-L1-A2", "ffn=E32-H32-I256-L1-A2", "wide=E64-H64-I256-L1-A2")
+    c.finetune_tasks = ("sst2", "cola", "stsb")
+    c.finetune_checkpoints = (0.5, 1.0)
+    c.finetune_seeds = (0, 1, 2)
+    c.finetune_overrides = ("train.epochs=8", "optim.peak_lr=1e-3", "optim.weight_decay=0.01",
+                            "data.max_len=64", 'model_overrides=("pooler=weighted_sum",)',
+                            "train.early_stopping_patience=0", "eval.batch_size=100",
+                            "data.vocab_filter=aochildes", "data.max_train_examples=1500")
+    return c
+
+
+SWEEPS = {"paper": paper, "demo": demo, "smoke": smoke, "main": main, "childes": childes}
 
 
 def get_config(name: str = "demo"):

@@ -80,6 +80,9 @@ def pretrain_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 1000
+    # > 0: also evaluate at this many log-spaced steps per decade (10^(k/n), from step 10), so a
+    # loss-vs-FLOPs frontier has points at small compute as well as on the cadence.
+    c.eval.per_decade = 0
     c.eval.batch_size = 256
     c.eval.max_sequences = 0  # 0: the whole split
     c.eval.seed = 1234  # fixed evaluation masks
@@ -108,7 +111,7 @@ def pretrain_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
 
 # Fields that may change between a run and its resumption (run control, not the experiment).
 RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.progress", "train.peak_flops",
-                    "eval.every_steps", "eval.test_at_end", "checkpoint.every_steps",
+                    "eval.every_steps", "eval.per_decade", "eval.test_at_end", "checkpoint.every_steps",
                     "checkpoint.every_minutes", "checkpoint.keep", "checkpoint.keep_fractions",
                     "data.prefetch",
                     "data.verify_checksums", "distributed.initialize",
@@ -130,6 +133,21 @@ def snapshot_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
         raise ConfigError(f"checkpoint.keep_fractions gives steps {bad}, not multiples of "
                           f"train.steps_per_dispatch={k}")
     return tuple(sorted(set(steps)))
+
+
+def log_eval_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Steps round(10^(k/n)) >= 10 below ``train.num_steps`` for ``eval.per_decade`` = n (or ())."""
+    per_decade = int(config.eval.get("per_decade", 0))
+    total = int(config.train.num_steps)
+    if per_decade < 0:
+        raise ConfigError(f"eval.per_decade must be >= 0, got {per_decade}")
+    if per_decade == 0:
+        return ()
+    steps, k = set(), per_decade  # k = n gives step 10
+    while (step := round(10 ** (k / per_decade))) < total:
+        steps.add(step)
+        k += 1
+    return tuple(sorted(steps))
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:

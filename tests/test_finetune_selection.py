@@ -18,10 +18,12 @@ from minilm_jax.finetune.config import finetune_config
 from minilm_jax.finetune.loop import Finetuner
 from minilm_jax.finetune.selection import (majority_baseline, mean_std, sample_std, split_metrics,
                                            unk_counts, unk_warnings)
+from minilm_jax.corpus.vocab import load_word_list
 from minilm_jax.finetune.task_data import load_task_data
 from minilm_jax.run_config import model_config_dict
 from minilm_jax.tasks.base import Example
 from minilm_jax.tasks.batching import bucket_length
+from minilm_jax.tasks.vocab_filter import oov_words
 from minilm_jax.tasks.sampling import split_off_fraction
 
 POINT = "E32-H32-I128-L1-A2-V1010"
@@ -98,6 +100,20 @@ def test_task_data_carves_validation_from_train(tokenizer_path):
     assert held == {label: round(0.1 * n) for label, n in whole.items()}
     config.data.validation_seed = 1
     assert {ex.uid for ex in load_task_data(config).validation} != {ex.uid for ex in data.validation}
+
+
+def test_sample_sizes_count_examples_after_the_vocabulary_filter():
+    """max_train_examples caps the *filtered* set: a filtered SST-2 run trains on that many."""
+    config = finetune_config("sst2")
+    config.data.dir = str(shared_path("glue"))
+    config.data.max_train_examples = 300
+    config.data.max_eval_examples = 50
+    vocabulary = frozenset(load_word_list(shared_path("vocab", "AOChildes_word_frequency.csv")))
+    data = load_task_data(config, vocabulary)
+    assert data.counts() == {"train": 270, "validation": 30, "dev": 50}
+    assert data.filter_report.rate("train") < 0.5  # most of SST-2 train was dropped first
+    for ex in data.train + data.validation + data.evals["dev"]:
+        assert not oov_words(ex, vocabulary)
 
 
 # ----------------------------------------------------------------------------- summary pieces

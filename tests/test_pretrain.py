@@ -16,7 +16,8 @@ import pytest
 
 from minilm_jax.cli import UserError
 from minilm_jax.data.shards import ShardError
-from minilm_jax.run_config import pretrain_config
+from minilm_jax.model.config import ConfigError
+from minilm_jax.run_config import log_eval_steps, pretrain_config
 from minilm_jax.train.batches import BatchIndexer
 from minilm_jax.train.loop import Pretrainer, TrainingDiverged
 from minilm_jax.train.masking import MaskingConfig, mask_tokens
@@ -166,8 +167,17 @@ def test_grad_accum_and_steps_per_dispatch_match_plain_steps(word_shards, tmp_pa
     assert scan[3] == pytest.approx(plain[3], rel=1e-6) and scan[4] == pytest.approx(plain[4], rel=1e-6)
 
 
+def test_log_spaced_evaluation_steps():
+    c = small_config("unused", **{"train.num_steps": 2500, "eval.per_decade": 4})
+    assert log_eval_steps(c) == (10, 18, 32, 56, 100, 178, 316, 562, 1000, 1778)
+    assert log_eval_steps(small_config("unused")) == ()
+    with pytest.raises(ConfigError, match="per_decade"):
+        log_eval_steps(small_config("unused", **{"eval.per_decade": -1}))
+
+
 def test_outputs_metrics_and_summary(word_shards, tmp_path):
-    summary = Pretrainer(small_config(word_shards), tmp_path).run()
+    # eval.per_decade=1 adds step 10 to the every-6-steps cadence
+    summary = Pretrainer(small_config(word_shards, **{"eval.per_decade": 1}), tmp_path).run()
     records = read_metrics(tmp_path / "metrics.jsonl")
     train = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 13))
@@ -175,7 +185,7 @@ def test_outputs_metrics_and_summary(word_shards, tmp_path):
         assert all(np.isfinite(r[key]) for r in train)
     assert all("tokens_per_sec" in r and "mfu" in r for r in train[1:])
     val = [r for r in records if r["split"] == "validation"]
-    assert [r["step"] for r in val] == [6, 12] and all(r["sequences"] == 100 for r in val)
+    assert [r["step"] for r in val] == [6, 10, 12] and all(r["sequences"] == 100 for r in val)
     assert summary["params"]["total"] > 0 and summary["best"]["test_perplexity"] > 1
     assert train[-1]["loss"] < train[0]["loss"]
     assert list((tmp_path / "tensorboard").iterdir())

@@ -49,6 +49,24 @@ def test_demo_sweep_has_four_tiny_points_and_two_tasks():
     assert len(sweep_configs.demo().finetune_tasks) >= 2
 
 
+def test_childes_sweep_is_study_a_at_cpu_scale(tmp_path):
+    """Three sizes, filtered SST-2 / CoLA / STS-B, both inits, 3 seeds, GLUE folder from one field."""
+    from minilm_jax.sweep.runner import finetune_jobs
+    sweep = sweep_configs.childes()
+    sweep.finetune_data_dir = str(tmp_path / "glue")
+    runs = expand(sweep)
+    assert [r.name for r in runs] == ["tiny", "ffn", "wide"]
+    assert all(r.config.eval.per_decade == 4 for r in runs)
+    jobs = finetune_jobs(sweep, runs[0], tmp_path)
+    assert {j.task for j in jobs} == {"sst2", "cola", "stsb"}
+    assert sorted({j.init for j in jobs}) == ["pretrained", "random"]
+    assert len(jobs) == 3 * (2 + 1)  # two snapshots and one twin per task
+    for job in jobs:
+        assert job.config.data.dir == str(tmp_path / "glue")
+        assert job.config.data.vocab_filter == "aochildes"
+        assert tuple(job.config.train.seeds) == (0, 1, 2)
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("ofat", ("nobase:model.hidden_dim=8",), "unknown base"),
     ("groups", ("pairs=E32-H32-I128-L1-A2",), "iso_flop:<name> or iso_param"),

@@ -221,7 +221,7 @@ def _subsample(examples: list[Example], limit: int, seed: int) -> list[Example]:
 
 def load_task_data(config: ml_collections.ConfigDict, vocabulary: frozenset[str] | None = None
                    ) -> TaskData:
-    """Examples of ``config.task`` after per-class sampling, subsetting and vocabulary filtering, with
+    """Examples of ``config.task`` after vocabulary filtering, per-class sampling and subsetting, with
     the validation split (``data.validation_fraction`` of train, seeded) carved out last."""
     task, data = config.task, config.data
     try:
@@ -239,6 +239,14 @@ def load_task_data(config: ml_collections.ConfigDict, vocabulary: frozenset[str]
         if isinstance(err, UserError):
             raise
         raise UserError(f"task {task}: {err}") from err
+    # the vocabulary filter first: sample sizes count examples the model will see
+    if vocabulary is not None:
+        own = {"validation": result.validation} if result.validation else {}
+        kept, report = filter_examples({"train": result.train, **own, **result.evals}, vocabulary)
+        result.train = kept.pop("train")
+        result.validation = kept.pop("validation", [])
+        result.evals = kept
+        result.filter_report = report
     if task != "fewrel":
         if data.train_per_class > 0:
             result.train = sample_per_class(result.train, data.train_per_class, data.sample_seed,
@@ -249,13 +257,6 @@ def load_task_data(config: ml_collections.ConfigDict, vocabulary: frozenset[str]
     result.train = _subsample(result.train, data.max_train_examples, data.sample_seed)
     result.evals = {s: _subsample(v, data.max_eval_examples, data.sample_seed)
                     for s, v in result.evals.items()}
-    if vocabulary is not None:
-        own = {"validation": result.validation} if result.validation else {}
-        kept, report = filter_examples({"train": result.train, **own, **result.evals}, vocabulary)
-        result.train = kept.pop("train")
-        result.validation = kept.pop("validation", [])
-        result.evals = kept
-        result.filter_report = report
     if not result.validation:  # no labelled validation split of its own: carve one from train
         result.train, result.validation = validation_split(
             result.train, data.validation_fraction, data.validation_seed, result.spec.is_regression)

@@ -40,11 +40,14 @@ def _done(summary_path: Path) -> bool:
 
 def finetune_run_config(sweep: ml_collections.ConfigDict, task: str, checkpoint: Path
                         ) -> ml_collections.ConfigDict:
-    """The fine-tuning config of ``task`` for a run's checkpoint, with the sweep's overrides
-    (``field=value`` for every task, ``task:field=value`` for one) and ``finetune_seeds``."""
+    """The fine-tuning config of ``task`` for a run's checkpoint, with the sweep's
+    ``finetune_data_dir``, ``finetune_seeds`` and overrides (``field=value`` for every task,
+    ``task:field=value`` for one)."""
     config = finetune_config(task)
     config.init.checkpoint = str(checkpoint)
     config.init.mode = sweep.finetune_init
+    if sweep.get("finetune_data_dir"):
+        config.data.dir = str(sweep.finetune_data_dir)
     if sweep.finetune_seeds:
         config.train.seeds = tuple(int(s) for s in sweep.finetune_seeds)
     for entry in sweep.finetune_overrides:

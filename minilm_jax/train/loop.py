@@ -23,7 +23,8 @@ from minilm_jax import accounting
 from minilm_jax.cli import UserError
 from minilm_jax.data.shards import ShardError, ShardSplit, atomic_write_json, open_split, read_manifest
 from minilm_jax.model.models import MaskedLM
-from minilm_jax.run_config import config_differences, flatten, model_from_config, snapshot_steps
+from minilm_jax.run_config import (config_differences, flatten, log_eval_steps, model_from_config,
+                                   snapshot_steps)
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.dispatch import (DeferredMetrics, TrainingDiverged,  # noqa: F401 (re-export)
                                        dispatch_plan, preempted)
@@ -230,6 +231,7 @@ class Pretrainer:
                             every_minutes=config.checkpoint.every_minutes,
                             keep_best=config.checkpoint.keep_best,
                             snapshot_steps=snapshot_steps(config))
+        log_steps = log_eval_steps(config)
         writer = MetricsWriter(self.workdir)
         restored = ckpts.restore_latest(abstract_like(self.state))
         start = 0
@@ -306,7 +308,7 @@ class Pretrainer:
                 snapshot_now = any(prev < s <= step for s in ckpts.snapshot_steps)
                 evaluate_now = (self.eval_split is not None and
                                 (step // config.eval.every_steps > prev // config.eval.every_steps
-                                 or snapshot_now))
+                                 or snapshot_now or any(prev < s <= step for s in log_steps)))
                 dispatches += 1
                 if multi and multihost_utils.reached_preemption_sync_point(dispatches):
                     stop["signal"] = "SIGTERM"

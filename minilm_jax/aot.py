@@ -77,7 +77,7 @@ def target_devices(target: str, count: int | None) -> list:
     """The devices to compile for (``count`` of them where given)."""
     import jax
 
-    from minilm_jax.cli import UserError
+    from minilm_jax.errors import UserError
 
     if target == "cpu":
         devices = jax.devices("cpu")
@@ -102,7 +102,7 @@ def tpu_topology_devices(topology: str) -> list:
     """Compile-only devices of a TPU topology such as ``v5e:2x4`` (needs libtpu)."""
     from jax.experimental import topologies
 
-    from minilm_jax.cli import UserError
+    from minilm_jax.errors import UserError
 
     try:
         return list(topologies.get_topology_desc(topology, platform="tpu").devices)
@@ -195,7 +195,7 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
     from flax import nnx
 
     from minilm_jax import accounting
-    from minilm_jax.cli import UserError
+    from minilm_jax.errors import UserError
     from minilm_jax.model.models import MaskedLM
     from minilm_jax.run_config import model_from_config
     from minilm_jax.train.masking import MaskingConfig
@@ -348,7 +348,7 @@ def format_report(r: AotReport, budget_gb: float) -> str:
 
 def check_budget(r: AotReport, budget_gb: float) -> None:
     """UserError (exit 2) when the per-device peak (or, lowering only, the state) exceeds the budget."""
-    from minilm_jax.cli import UserError
+    from minilm_jax.errors import UserError
 
     if budget_gb <= 0:
         return
@@ -368,7 +368,7 @@ def default_device_count(config) -> int:
 
 def main(argv: list[str]) -> None:
     del argv
-    from minilm_jax.cli import UserError
+    from minilm_jax.errors import UserError
 
     config = _CONFIG.value
     if config is None:

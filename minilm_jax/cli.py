@@ -11,17 +11,11 @@ from typing import Callable, Sequence
 
 import ml_collections
 
-from minilm_jax.data.shards import ShardError
-from minilm_jax.model.config import ConfigError
+from minilm_jax.errors import UserError
 from minilm_jax.run_config import flatten
 
-
-class UserError(RuntimeError):
-    """A problem with the user's input (not a bug): reported as one line, exit status 2."""
-
-
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, ShardError,
-                                                 FileNotFoundError)
+# Every layer's user-facing error derives from UserError (minilm_jax.errors).
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from minilm_jax.data.shards import atomic_write_bytes, atomic_write_json
+from minilm_jax.errors import UserError
+from minilm_jax.storage import atomic_write_bytes, atomic_write_json
 from minilm_jax.tasks.committee import accuracy_vs_k
 
 
-class CommitteeError(ValueError):
+class CommitteeError(UserError, ValueError):
     """Runs that cannot form a committee (missing predictions, different examples)."""
 
 

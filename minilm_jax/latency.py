@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from minilm_jax import accounting
-from minilm_jax.data.shards import atomic_write_json
+from minilm_jax.storage import atomic_write_json
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import build_classifier
 from minilm_jax.model.stacked import init_stacked, stacked_apply, unstack_state

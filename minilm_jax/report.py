@@ -30,7 +30,8 @@ from minilm_jax.analysis.icer import FactorSummary, IcerStep, icer_analysis
 from minilm_jax.analysis.results import (FLOPS_DEFINITIONS, ResultsError, RunSummary, TaskScore,
                                          baselines, downstream_scores, flops_field, load_results,
                                          rows_of_kind, summarize_runs, validation_curves)
-from minilm_jax.cli import UserError, run_main
+from minilm_jax.cli import run_main
+from minilm_jax.errors import UserError
 from minilm_jax.report_downstream import (CORRELATION_PLOT, DownstreamAnalysis, analyse_downstream,
                                           plot_correlation, section_correlation, section_gaps)
 from minilm_jax.report_downstream import summary_lines as downstream_summary_lines
@@ -572,7 +573,10 @@ def section_summary(analyses: Analyses, downstream: DownstreamAnalysis, options:
     if c is None:
         lines.append(f"- Frontier ({options.flops} FLOPs): {len(curve.frontier)} point(s); no fit.")
     else:
-        lines.append(f"- Frontier ({options.flops} FLOPs): {len(curve.frontier)} points; one line "
+        flops = curve.frontier.flops
+        span = (f" over {math.log10(flops.max() / flops.min()):.2f} decades "
+                f"({_sci(flops.min())} – {_sci(flops.max())})")
+        lines.append(f"- Frontier ({options.flops} FLOPs): {len(curve.frontier)} points{span}; one line "
                      f"L = {c.single.a:.4g}·C^{c.single.b:.4f} (R² log {_num(c.single.r2_log)}).")
         if c.two is None:
             lines.append("- Too few frontier points for a break search.")

@@ -10,19 +10,30 @@ tokenizer's identity, recorded in shard manifests and checked by later stages.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from minilm_jax.data.shards import TokenizerInfo, file_sha256
+from minilm_jax.errors import UserError
+from minilm_jax.storage import file_sha256
 
 SENTENCEPIECE_SPECIALS = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>"}
 WORDPIECE_SPECIALS = {"bos": "[CLS]", "pad": "[PAD]", "eos": "[SEP]", "unk": "[UNK]", "mask": "[MASK]"}
 
 
-class TokenizerError(ValueError):
+@dataclasses.dataclass(frozen=True)
+class TokenizerInfo:
+    """Identity of a tokenizer (recorded in shard manifests and checked by later stages)."""
+
+    sha256: str
+    vocab_size: int
+    path: str = ""
+
+
+class TokenizerError(UserError, ValueError):
     """A tokenizer file that cannot be used (missing, unreadable, or lacking special tokens)."""
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from minilm_jax import accounting
 from minilm_jax.aot import GIB, AotReport, check_budget, compile_train_step, tpu_topology_devices
-from minilm_jax.cli import UserError
+from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError
 from minilm_jax.run_config import model_from_config, pretrain_config
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO, shared_path
 
-from minilm_jax.cli import UserError
+from minilm_jax.errors import UserError
 from minilm_jax.finetune.config import finetune_config
 from minilm_jax.finetune.loop import Finetuner
 from minilm_jax.finetune.results import glue_averages, run_row, tables, write_tables

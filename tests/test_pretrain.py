@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minilm_jax.cli import UserError
+from minilm_jax.errors import UserError
 from minilm_jax.data.shards import ShardError
 from minilm_jax.model.config import ConfigError
 from minilm_jax.run_config import log_eval_steps, pretrain_config

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from minilm_jax import report
-from minilm_jax.cli import UserError
+from minilm_jax.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 T, V, BATCH = 128, 19010, 256

@@ -3,7 +3,7 @@
 import json
 
 from minilm_jax import storage
-from minilm_jax.data.shards import atomic_write_json
+from minilm_jax.storage import atomic_write_json
 from minilm_jax.train import metrics as metrics_lib
 
 

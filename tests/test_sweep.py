@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 
-from minilm_jax.cli import UserError
+from minilm_jax.errors import UserError
 from minilm_jax.sweep import expand
 from minilm_jax.sweep.runner import SweepRunner
 

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from minilm_jax.errors import UserError
+
 KINDS = ("validation", "test", "downstream", "baseline")
 INITS = ("pretrained", "random")
 FLOPS_DEFINITIONS = ("paper", "complete")
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError, ValueError):
     """A malformed results table: the message names the file, the line and the field."""
 
 

@@ -165,7 +165,7 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     result = run_overlap(args.shards, args.tokenizer, _sources(args.task), splits=args.splits.split(","))
     print(format_overlap(result))
     if args.json:
-        from minilm_jax.data.shards import atomic_write_bytes
+        from minilm_jax.storage import atomic_write_bytes
 
         atomic_write_bytes(args.json, (dump_json(result) + "\n").encode())
         print(f"wrote {args.json}")

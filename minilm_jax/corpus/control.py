@@ -36,7 +36,7 @@ from minilm_jax.corpus.manifest import (
 from minilm_jax.corpus.packing import Packer
 from minilm_jax.corpus.progress import progress_bar
 from minilm_jax.corpus.sources import SourceSpec, check_fingerprint, iter_documents
-from minilm_jax.data.shards import atomic_write_json
+from minilm_jax.storage import atomic_write_json
 
 MATCH_MODES = ("units", "words")
 _worker: dict[str, Any] = {}

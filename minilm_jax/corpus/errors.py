@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from minilm_jax.errors import UserError
 
-class CorpusError(Exception):
+
+class CorpusError(UserError):
     """A user-facing error (bad input, missing file, mismatched stage): printed as one line by the CLI."""

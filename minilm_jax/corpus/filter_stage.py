@@ -32,7 +32,7 @@ from minilm_jax.corpus.manifest import (
 from minilm_jax.corpus.packing import Packer
 from minilm_jax.corpus.progress import progress_bar
 from minilm_jax.corpus.sources import ReadStats, SourceSpec, check_unique_names, fingerprint, iter_documents
-from minilm_jax.data.shards import atomic_write_json, file_sha256
+from minilm_jax.storage import atomic_write_json, file_sha256
 
 BATCH_BYTES = 1 << 18
 BATCH_DOCS = 2048

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from minilm_jax.corpus.errors import CorpusError
-from minilm_jax.data.shards import atomic_write_json, file_sha256
+from minilm_jax.storage import atomic_write_json, file_sha256
 
 STAGE_FORMAT = "minilm-jax-corpus-stage"
 STAGE_VERSION = 1

@@ -19,7 +19,7 @@ from minilm_jax.corpus.selection import (
 )
 from minilm_jax.corpus.sources import SourceSpec, check_unique_names, fingerprint, iter_documents
 from minilm_jax.corpus.tokenizer_train import sample_corpus
-from minilm_jax.data.shards import atomic_write_bytes, file_sha256
+from minilm_jax.storage import atomic_write_bytes, file_sha256
 from minilm_jax.tokenizer import load_tokenizer
 
 

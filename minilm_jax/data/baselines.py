@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .shards import ShardError, atomic_write_json, open_split, read_manifest
+from .shards import ShardError, open_split, read_manifest
+from minilm_jax.storage import atomic_write_json
 
 CACHE = "baselines.json"
 NEVER_MASK_IDS = (0, 1, 2, 3)

@@ -23,68 +23,26 @@ whole arrays (the same files, byte for byte).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from minilm_jax.errors import UserError
+from minilm_jax.storage import atomic_write_json, file_sha256
+from minilm_jax.tokenizer import TokenizerInfo
 
 FORMAT_NAME = "minilm-jax-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """Raised for missing, empty, malformed or mismatched shards."""
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename (on an
-    object store, ``gs://...``, one whole-object write, which is atomic there)."""
-    if "://" in str(path):
-        from minilm_jax.storage import run_path
-        remote = run_path(path)
-        remote.parent.mkdir(parents=True, exist_ok=True)
-        remote.write_bytes(data)
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizerInfo:
-    """Identity of the tokenizer that produced a shard set."""
-
-    sha256: str
-    vocab_size: int
-    path: str = ""
 
 
 ROW_DTYPE = np.dtype("<i4")

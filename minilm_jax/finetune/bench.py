@@ -93,7 +93,7 @@ def main() -> None:
               f"{compile_s:>10.1f} {run_vmapped:>30.1f} {run_sequential:>8.1f} "
               f"{run_sequential / run_vmapped:>8.2f}x")
     if args.json:
-        from minilm_jax.data.shards import atomic_write_json
+        from minilm_jax.storage import atomic_write_json
         atomic_write_json(args.json, {"point": args.point, "batch": args.batch, "steps": args.steps,
                                       "rows": rows, "device": jax.devices()[0].device_kind})
 

@@ -20,8 +20,8 @@ import numpy as np
 from flax import nnx
 
 from minilm_jax import accounting
-from minilm_jax.cli import UserError
-from minilm_jax.data.shards import atomic_write_bytes, atomic_write_json
+from minilm_jax.errors import UserError
+from minilm_jax.storage import atomic_write_bytes, atomic_write_json
 from minilm_jax.model.models import SequenceClassifier
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.run_config import config_differences, flatten, model_from_config, parse_value

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from minilm_jax.cli import UserError
+from minilm_jax.errors import UserError
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import MaskedLM
 from minilm_jax.tokenizer import Tokenizer

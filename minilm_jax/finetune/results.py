@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from minilm_jax.data.shards import atomic_write_bytes, atomic_write_json
+from minilm_jax.storage import atomic_write_bytes, atomic_write_json
 
 from minilm_jax.analysis.stats import paired_gap, pearson_fisher
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import ml_collections
 
-from minilm_jax.cli import UserError
+from minilm_jax.errors import UserError
 
 from .loop import Finetuner
 from .results import write_tables

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from minilm_jax.cli import UserError
+from minilm_jax.errors import UserError
 from minilm_jax.corpus.vocab import load_word_list, obtain_aochildes_vocab
 from minilm_jax.tasks.base import Example, TaskDataError, TaskSpec
 from minilm_jax.tasks.bbc import TASKS as BBC_TASKS, bbc_news_dir, load_bbc_task
@@ -236,7 +236,7 @@ def load_task_data(config: ml_collections.ConfigDict, vocabulary: frozenset[str]
         else:
             result = _load_local(task, data)
     except (TaskDataError, KeyError, ValueError) as err:
-        if isinstance(err, UserError):
+        if isinstance(err, UserError) and not isinstance(err, TaskDataError):
             raise
         raise UserError(f"task {task}: {err}") from err
     # the vocabulary filter first: sample sizes count examples the model will see

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.encoder import TransformerEncoder
 from minilm_jax.model.models import MaskedLM
@@ -66,7 +67,7 @@ _EMBED, _KERNEL, _VECTOR = "embed", "kernel", "vector"  # how a tensor crosses: 
 Path_ = tuple[Any, ...]
 
 
-class InteropError(ValueError):
+class InteropError(UserError, ValueError):
     """A model or checkpoint that cannot be converted, with a message naming the field or tensor."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Mapping
 
+from minilm_jax.errors import UserError
+
 NORM_POSITIONS = ("post", "pre")
 INIT_SCHEMES = ("paper", "bert")
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
@@ -14,7 +16,7 @@ POOLERS = ("cls_tanh", "weighted_sum")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A model or run configuration that cannot be honoured, with a message naming the field."""
 
 

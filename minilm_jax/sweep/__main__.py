@@ -25,7 +25,7 @@ _ONLY = flags.DEFINE_string("only", "", "run only the runs whose name contains t
 
 def main(argv: list[str]) -> None:
     del argv
-    from minilm_jax.cli import UserError
+    from minilm_jax.errors import UserError
     from minilm_jax.sweep.runner import SweepRunner, plan_table
 
     if _CONFIG.value is None or (not _ROOT.value and not _DRY_RUN.value):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from minilm_jax.data.shards import atomic_write_bytes
+from minilm_jax.storage import atomic_write_bytes
 from minilm_jax.train.metrics import read_metrics
 
 from .spec import Membership, Run

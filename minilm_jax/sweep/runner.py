@@ -23,8 +23,8 @@ from typing import Any
 import ml_collections
 
 from minilm_jax import accounting
-from minilm_jax.cli import UserError
-from minilm_jax.data.shards import atomic_write_json
+from minilm_jax.errors import UserError
+from minilm_jax.storage import atomic_write_json
 from minilm_jax.finetune.config import TASKS, finetune_config
 from minilm_jax.run_config import flatten, model_from_config, snapshot_steps
 

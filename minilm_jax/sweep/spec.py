@@ -24,7 +24,7 @@ from typing import Any
 
 import ml_collections
 
-from minilm_jax.cli import UserError
+from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError
 from minilm_jax.run_config import (apply_override, flatten, model_from_config, pretrain_config,
                                    snapshot_steps)

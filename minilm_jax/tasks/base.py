@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from minilm_jax.errors import UserError
+
 Label = Union[int, float, None]
 
 
-class TaskDataError(ValueError):
+class TaskDataError(UserError, ValueError):
     """Malformed task data; the message names the file (and line) at fault."""
 
 

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator
 import jax
 import numpy as np
 
-from minilm_jax.cli import UserError
+from minilm_jax.errors import UserError
 
 
 class TrainingDiverged(UserError):

@@ -20,8 +20,9 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from minilm_jax import accounting
-from minilm_jax.cli import UserError
-from minilm_jax.data.shards import ShardError, ShardSplit, atomic_write_json, open_split, read_manifest
+from minilm_jax.errors import UserError
+from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_manifest
+from minilm_jax.storage import atomic_write_json
 from minilm_jax.model.models import MaskedLM
 from minilm_jax.run_config import (config_differences, flatten, log_eval_steps, model_from_config,
                                    snapshot_steps)

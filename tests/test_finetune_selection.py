@@ -250,7 +250,7 @@ def test_training_batches_are_cut_to_the_members_longest(tokenizer_path, tmp_pat
     lengths = arrays["segments"].sum(axis=1)
     widths = []
     for step in range(0, runner.steps_per_epoch - 1, 2):  # two steps per dispatch
-        batch = runner._host_batch(step, 2)
+        batch = runner.host_batch(step, 2)
         rows = np.stack([[ix.indices(step + k) for ix in runner.indexers] for k in range(2)])
         width = batch["tokens"].shape[-1]
         assert batch["tokens"].shape == (2, 2, 8, width) and batch["labels"].shape == (2, 2, 8)

@@ -67,6 +67,21 @@ def test_childes_sweep_is_study_a_at_cpu_scale(tmp_path):
         assert tuple(job.config.train.seeds) == (0, 1, 2)
 
 
+def test_downstream_fields_of_a_regression_task_have_no_majority_score(tmp_path):
+    """STS-B: a constant prediction has no correlation, so its majority baseline is None (not a
+    crash); a classification task's baseline is taken over the reported splits only."""
+    from minilm_jax.sweep.results import downstream_fields
+    members = [{"score": 30.0, "pearson": 31.0, "spearman": 29.0}] * 3
+    final = {"members": members, "mean": members[0], "std": {"score": 0.0}, "n": 3}
+    ft = {"task": "stsb", "init": "random", "final": final, "reported_splits": ["dev"],
+          "majority": {"validation": {"pearson": None, "spearman": None, "score": None},
+                       "dev": {"pearson": None, "spearman": None, "score": None}}}
+    assert downstream_fields(ft, tmp_path)["majority_score"] is None
+    ft.update(task="sst2", majority={"validation": {"accuracy": 60.0, "score": 60.0},
+                                     "dev": {"accuracy": 51.0, "score": 51.0}})
+    assert downstream_fields(ft, tmp_path)["majority_score"] == 51.0
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("ofat", ("nobase:model.hidden_dim=8",), "unknown base"),
     ("groups", ("pairs=E32-H32-I128-L1-A2",), "iso_flop:<name> or iso_param"),

@@ -19,21 +19,20 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from minilm_jax import accounting
 from minilm_jax.errors import UserError
-from minilm_jax.storage import atomic_write_bytes, atomic_write_json
+from minilm_jax.storage import atomic_write_bytes, atomic_write_json, run_path
 from minilm_jax.model.models import SequenceClassifier
 from minilm_jax.model.config import ModelConfig
-from minilm_jax.run_config import config_differences, flatten, model_from_config, parse_value
+from minilm_jax.run_config import flatten, model_from_config, parse_value
 from minilm_jax.tasks.batching import bucket_length, cut_to_bucket, pad_to_batches
 from minilm_jax.tasks.encoding import encode_examples
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train import batches as batch_lib
-from minilm_jax.train.checkpoint import Checkpoints, abstract_like
-from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, preempted, sigterm_flag
-from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, make_mesh, replicated,
-                                   state_shardings)
-from minilm_jax.train.metrics import MetricsWriter, progress_bar
+from minilm_jax.train.checkpoint import Checkpoints
+from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
+from minilm_jax.train import runner
+from minilm_jax.train.metrics import MetricsWriter
+from minilm_jax.train.state import MembersState, build_state
 from minilm_jax.train.optim import make_optimizer, make_schedule
 
 from .config import RESUMABLE_FIELDS
@@ -65,13 +64,13 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class Finetuner:
+class Finetuner(runner.LoopSpec):
     """One fine-tuning run of ``config.task`` for S seeds, from a checkpoint or from random init."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, init_mode: str):
         if init_mode not in ("pretrained", "random"):
             raise UserError(f"init mode must be 'pretrained' or 'random', not {init_mode!r}")
-        self.config, self.workdir, self.init_mode = config, Path(workdir), init_mode
+        self.config, self.workdir, self.init_mode = config, run_path(workdir), init_mode
         self.pretrained = (PretrainedRun.open(config.init.checkpoint, config.init.which)
                            if config.init.checkpoint else None)
         if init_mode == "pretrained" and self.pretrained is None:
@@ -151,16 +150,7 @@ class Finetuner:
         current = flatten(self.config)
         current["init.mode"] = self.init_mode
         current["tokenizer_sha256"] = self.tokenizer.sha256
-        saved_path = self.workdir / "config.json"
-        if saved_path.exists():
-            saved = json.loads(saved_path.read_text())
-            diffs = config_differences(saved, current, RESUMABLE_FIELDS)
-            if diffs:
-                details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diffs[:6])
-                raise UserError(f"workdir {self.workdir} holds a fine-tuning run with a different "
-                                f"config ({details}); use a new --workdir")
-        if jax.process_index() == 0:
-            atomic_write_json(saved_path, current)
+        runner.check_workdir(self.workdir, current, RESUMABLE_FIELDS, "a fine-tuning run")
 
     def _build(self) -> None:
         cfg, num_labels = self.model_cfg, self.spec.num_labels
@@ -170,13 +160,11 @@ class Finetuner:
         seeds = jnp.asarray(self.seeds, jnp.int32)
         init_fn = functools.partial(make_members_init(cfg, num_labels, self.optimizer), seeds)
 
-        abstract_model = nnx.eval_shape(lambda: SequenceClassifier(cfg, num_labels,
-                                                                   rngs=nnx.Rngs(params=0)))
-        self.graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
-        self.param_counts = accounting.count_params(abstract_model)
-        abstract = jax.eval_shape(init_fn, encoder_state)
-        self.state_sharding = state_shardings(self.mesh, abstract)
-        self.state = jax.jit(init_fn, out_shardings=self.state_sharding)(encoder_state)
+        built = build_state(lambda: SequenceClassifier(cfg, num_labels, rngs=nnx.Rngs(params=0)),
+                            init_fn, self.mesh, encoder_state)
+        self.graphdef, self.param_counts = built.graphdef, built.param_counts
+        self.state_sharding = built.shardings
+        self.state: MembersState = built.init(encoder_state)
         self.batch_shardings = {k: batch_sharding(self.mesh, batch_axis=2, ndim=4) for k in INPUTS}
         self.batch_shardings["labels"] = batch_sharding(self.mesh, batch_axis=2, ndim=3)
         step = make_finetune_step(self.graphdef, self.optimizer, self.schedule, self.regression)
@@ -193,7 +181,7 @@ class Finetuner:
                               out_shardings=self.state_sharding, donate_argnums=0)
 
     # ----------------------------------------------------------------------------- data
-    def _host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
+    def host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
         """``[steps, S, B_host, T]``: member s sees the order of ``BatchIndexer(seed_s)``; ``T`` is
         the bucket of the longest sequence among all members' global batches of these steps."""
         rows = np.stack([np.stack([ix.indices(step + k) for ix in self.indexers])
@@ -250,89 +238,62 @@ class Finetuner:
             atomic_write_bytes(out / f"{split}.labels.npy",
                                _npy_bytes(self.eval_arrays[split]["labels"]))
 
+    # ----------------------------------------------------------------------------- loop specialisation
+    save_after_evaluation = True  # an evaluation updates the selected parameters and the history
+
+    def dispatch(self, state: MembersState, host_batch: dict[str, np.ndarray]):
+        return self.train_step(state, batch_lib.to_global(host_batch, self.batch_shardings))
+
+    def record_metrics(self, first: int, count: int, host: dict[str, Any]) -> None:
+        self._window_examples += count * self.config.train.batch_size * len(self.seeds)
+
+    def log_line(self, step: int, host: dict[str, Any], window: runner.Window) -> dict[str, str]:
+        losses = np.asarray(host["loss"])  # [K, S]
+        values = {"loss": float(losses[-1].mean()), "loss_per_member": losses[-1].tolist(),
+                  "lr": float(np.asarray(host["lr"])[-1]),
+                  "grad_norm": float(np.asarray(host["grad_norm"])[-1].mean()),
+                  "epoch": step / self.steps_per_epoch}
+        if window.compiled:  # the first window includes compilation: no speed figure
+            values["examples_per_sec"] = self._window_examples / window.elapsed()
+        self.writer.write(step, "train", values)
+        self._window_examples = 0
+        return {"loss": f"{values['loss']:.3f}"}
+
+    def dispatch_boundaries(self) -> list[int]:
+        return self.eval_steps
+
+    def evaluation_due(self, prev: int, step: int) -> bool:
+        return step in self.eval_steps
+
+    def evaluate_at(self, step: int, state: MembersState) -> tuple[MembersState, bool]:
+        self.state = state
+        self._history.append(self._evaluate(step, self.writer, self._history))
+        atomic_write_json(self._history_path(), self._history)
+        return self.state, self._early_stop(self._history)
+
     # ----------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         config, tc = self.config, self.config.train
         ckpts = Checkpoints(self.workdir, keep=config.checkpoint.keep,
                             every_steps=config.checkpoint.every_steps,
                             every_minutes=config.checkpoint.every_minutes, keep_best=False)
-        writer = MetricsWriter(self.workdir)
-        restored = ckpts.restore_latest(abstract_like(self.state))
-        start = 0
-        if restored is not None:
-            start, self.state = int(restored[0]), restored[1]
-            print(f"resumed from checkpoint at step {start}", flush=True)
-        history = self._load_history(start)
+        self.writer = MetricsWriter(self.workdir)
+        start, self.state = runner.restore(ckpts, self.state)
+        self._history = history = self._load_history(start)
+        self._window_examples = 0
         t0 = time.time()
-        status = "completed"  # unless preempted or stopped early below
+        # a run that stopped early and is started again: nothing left to train
         stopped = bool(history) and history[-1]["step"] == start and self._early_stop(history)
-        if stopped:  # a run that stopped early and is started again: nothing left to train
-            status = "early_stopped"
-        plan = ([] if stopped else
-                dispatch_plan(start, self.total_steps, tc.steps_per_dispatch, self.eval_steps))
-        size_of = dict(plan)
-        prefetch = batch_lib.Prefetcher(lambda s: self._host_batch(s, size_of[s]),
-                                        iter([s for s, _ in plan]), 2)
-        bar = progress_bar(self.total_steps, start, tc.progress, f"finetune {self.spec.name}")
-        deferred = DeferredMetrics(str(self.workdir / "checkpoints"))
-        window = {"time": time.perf_counter(), "examples": 0}
-
-        def drain() -> None:
-            popped = deferred.pop()
-            if popped is None:
-                return
-            first, count, host = popped
-            losses = np.asarray(host["loss"])  # [K, S]
-            window["examples"] += count * tc.batch_size * len(self.seeds)
-            last = first + count
-            if last // tc.log_every > first // tc.log_every or last == self.total_steps:
-                now = time.perf_counter()
-                writer.write(last, "train", {
-                    "loss": float(losses[-1].mean()), "loss_per_member": losses[-1].tolist(),
-                    "lr": float(np.asarray(host["lr"])[-1]),
-                    "grad_norm": float(np.asarray(host["grad_norm"])[-1].mean()),
-                    "epoch": last / self.steps_per_epoch,
-                    "examples_per_sec": window["examples"] / max(now - window["time"], 1e-9)})
-                window.update(time=now, examples=0)
-                bar.set_postfix(loss=f"{float(losses[-1].mean()):.3f}")
-
-        try:
-            with sigterm_flag() as stop:
-                for first, host_batch in prefetch:
-                    count = size_of[first]
-                    batch = batch_lib.to_global(host_batch, self.batch_shardings)
-                    self.state, metrics = self.train_step(self.state, batch)
-                    drain()
-                    deferred.push(first, count, metrics)
-                    step = first + count
-                    bar.update(count)
-                    evaluate_now = step in self.eval_steps
-                    save_now = evaluate_now or ckpts.due(step) or stop["signal"]
-                    if evaluate_now or save_now:
-                        drain()
-                    if evaluate_now:  # also updates the selected parameters (saved just below)
-                        history.append(self._evaluate(step, writer, history))
-                        atomic_write_json(self._history_path(), history)
-                    if save_now:
-                        ckpts.save(step, self.state)
-                        window["time"] = time.perf_counter()
-                    if stop["signal"]:
-                        status = preempted(stop["signal"], step)
-                        break
-                    if evaluate_now and self._early_stop(history):
-                        status = "early_stopped"
-                        ckpts.save(step, self.state)
-                        break
-                drain()
-        finally:
-            prefetch.close()
-            bar.close()
-            writer.flush()
+        result = runner.run_loop(self, self.state, start, ckpts, self.writer,
+                                 steps_per_dispatch=tc.steps_per_dispatch, log_every=tc.log_every,
+                                 prefetch_depth=2, progress=tc.progress,
+                                 desc=f"finetune {self.spec.name}", nothing_left=stopped)
+        self.state, status = result.state, result.status
         # The reported splits are scored here and only here: once with the final parameters, once
         # with each member's selected ones (not for a preempted run: its resumption does it).
         reported = (self._score_reported() if status != "preempted" and history else None)
         summary = self._summary(status, history, reported, time.time() - t0)
-        writer.close()
+        self.writer.close()
         ckpts.close()
         return summary
 

@@ -17,8 +17,9 @@ from flax import nnx
 
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import SequenceClassifier
+from minilm_jax.train.state import MembersState
 
-FinetuneState = dict[str, Any]
+FinetuneState = MembersState
 
 
 def example_losses(logits_bc: jax.Array, labels_b: jax.Array, regression: bool) -> jax.Array:

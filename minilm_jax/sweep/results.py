@@ -28,7 +28,9 @@ def downstream_fields(ft: dict[str, Any], workdir: Path) -> dict[str, Any]:
     selected = ft.get("selected") or ft.get("best") or {}
     pre = ft.get("pretrained") or {}
     pretrained = ft["init"] == "pretrained"
-    majority = [m["score"] for m in (ft.get("majority") or {}).values() if m]
+    reported = ft.get("reported_splits") or list(ft.get("majority") or {})
+    majority = [m["score"] for split, m in (ft.get("majority") or {}).items()
+                if split in reported and m and m.get("score") is not None]  # None: regression
     unk = [u["rate"] for u in (ft.get("unk") or {}).values()]
     return {"kind": "downstream", "task": ft["task"], "init": ft["init"],
             "score": ft["final"]["mean"]["score"], "score_std": ft["final"]["std"]["score"],

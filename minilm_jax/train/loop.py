@@ -4,38 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import platform
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from minilm_jax import accounting
-from minilm_jax.errors import UserError
 from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_manifest
-from minilm_jax.storage import atomic_write_json
-from minilm_jax.model.models import MaskedLM
-from minilm_jax.run_config import (config_differences, flatten, log_eval_steps, model_from_config,
+from minilm_jax.errors import UserError
+from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, model_from_config,
                                    snapshot_steps)
+from minilm_jax.storage import RunPath, atomic_write_json, run_path
 from minilm_jax.train import batches as batch_lib
-from minilm_jax.train.dispatch import (DeferredMetrics, TrainingDiverged,  # noqa: F401 (re-export)
-                                       dispatch_plan, preempted)
+from minilm_jax.train import runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
+from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exported for callers)
 from minilm_jax.train.masking import MaskingConfig
-from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, make_mesh, replicated,
-                                   state_shardings)
-from minilm_jax.storage import run_path
-from minilm_jax.train.metrics import MetricsWriter, progress_bar
+from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
+from minilm_jax.train.metrics import MetricsWriter
 from minilm_jax.train.optim import make_optimizer, make_schedule
+from minilm_jax.train.state import TrainState, lm_state
 from minilm_jax.train.step import make_eval_step, make_train_step
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
 
@@ -48,11 +42,6 @@ def params_digest(params) -> str:
     for leaf in jax.tree.leaves(jax.device_get(params)):
         digest.update(np.ascontiguousarray(leaf).tobytes())
     return digest.hexdigest()
-
-
-def _on_process_0(flag: bool) -> bool:
-    """Process 0's value of ``flag``, on every process (for choices all processes must share)."""
-    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
 
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
@@ -109,24 +98,16 @@ def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_
     return manifest
 
 
-def check_workdir(workdir: Path, config: ml_collections.ConfigDict, manifest: dict) -> None:
+def check_workdir(workdir: RunPath, config: ml_collections.ConfigDict, manifest: dict) -> None:
     """Refuse a workdir that holds a run of a different config or different shards."""
-    saved_path = workdir / "config.json"
     current = flatten(config)
     current["data.tokenizer_sha256_seen"] = manifest["tokenizer"]["sha256"]
-    if saved_path.exists():
-        saved = json.loads(saved_path.read_text())
-        diffs = config_differences(saved, current)
-        if diffs:
-            details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diffs[:6])
-            raise UserError(f"workdir {workdir} holds a run with a different config ({details}); "
-                            "use a new --workdir")
-    if jax.process_index() == 0:
-        atomic_write_json(saved_path, current)
+    runner.check_workdir(workdir, current, RESUMABLE_FIELDS)
 
 
-class Pretrainer:
-    """Builds everything for one run; :meth:`run` trains to ``train.num_steps``."""
+class Pretrainer(runner.LoopSpec):
+    """Builds everything for one run; :meth:`run` trains to ``train.num_steps`` (the shared
+    :func:`~minilm_jax.train.runner.run_loop`, specialised by the methods below)."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
         self.config = config
@@ -168,20 +149,10 @@ class Pretrainer:
         return None
 
     def _build_state(self) -> None:
-        cfg, seed = self.model_cfg, self.config.seed
-
-        def init_fn():
-            model = MaskedLM(cfg, rngs=nnx.Rngs(params=seed))
-            _, params, rest = nnx.split(model, nnx.Param, ...)
-            return {"params": params, "rest": rest, "opt_state": self.optimizer.init(params),
-                    "step": jnp.zeros((), jnp.int32)}
-
-        abstract_model = nnx.eval_shape(lambda: MaskedLM(cfg, rngs=nnx.Rngs(params=seed)))
-        self.graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
-        self.param_counts = accounting.count_params(abstract_model)
-        abstract = jax.eval_shape(init_fn)
-        self.state_sharding = state_shardings(self.mesh, abstract)
-        self.state = jax.jit(init_fn, out_shardings=self.state_sharding)()
+        built = lm_state(self.model_cfg, self.config.seed, self.optimizer, self.mesh)
+        self.graphdef, self.param_counts = built.graphdef, built.param_counts
+        self.state_sharding = built.shardings
+        self.state: TrainState = built.init()
         train_step = make_train_step(self.graphdef, self.optimizer, self.schedule, self.masking,
                                      self.config.seed)
         self.batch_sharding = batch_sharding(self.mesh, batch_axis=2, ndim=4)
@@ -220,136 +191,77 @@ class Pretrainer:
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "predictions": count,
                 "sequences": float(n)}
 
-    def _host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
+    def host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
         return batch_lib.train_batch(self.train_split, self.indexer, step, self.model_cfg.pad_id,
                                      steps=steps, micro=self.config.train.grad_accum)
+
+    # ------------------------------------------------------------------------- loop specialisation
+    def dispatch(self, state: TrainState, host_batch: dict[str, np.ndarray]):
+        return self.train_step(state, batch_lib.to_global(host_batch, self.batch_sharding))
+
+    def record_metrics(self, first: int, count: int, host: dict[str, Any]) -> None:
+        self._window_tokens += float(np.sum(host["tokens"]))
+        self._window_seqs += count * self.config.train.batch_size
+
+    def log_line(self, step: int, host: dict[str, Any], window: runner.Window) -> dict[str, str]:
+        tc, loss = self.config.train, float(np.asarray(host["loss"])[-1])
+        seqs_s = self._window_seqs / window.elapsed()
+        values = {
+            "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+            "lr": float(np.asarray(host["lr"])[-1]),
+            "grad_norm": float(np.asarray(host["grad_norm"])[-1]),
+            "tokens_seen": float(step * tc.batch_size * self.model_cfg.max_len),
+            "flops_paper": step * tc.batch_size * self.flops_paper,
+            "flops_complete": step * tc.batch_size * self.flops_complete,
+            "host_wait_sec": window.host_wait,
+        }
+        if window.compiled:  # the first window includes compilation: no speed figures
+            values.update(tokens_per_sec=self._window_tokens / window.elapsed(),
+                          sequences_per_sec=seqs_s, mfu=seqs_s * self.flops_complete / self._peak)
+        self.writer.write(step, "train", values)
+        self._window_tokens, self._window_seqs = 0.0, 0
+        return {"loss": f"{loss:.3f}", "lr": f"{values['lr']:.2e}"}
+
+    def evaluation_due(self, prev: int, step: int) -> bool:
+        if self.eval_split is None:
+            return False
+        every = self.config.eval.every_steps
+        return (step // every > prev // every
+                or any(prev < s <= step for s in self.ckpts.snapshot_steps + self._log_steps))
+
+    def evaluate_at(self, step: int, state: TrainState) -> tuple[TrainState, bool]:
+        result = self.evaluate(self.eval_split, state["params"], state["rest"])
+        self.writer.write(step, "validation", result)
+        if result["loss"] < self._best_loss:
+            self._best_loss = result["loss"]
+            self.ckpts.save_best(step, state, {**result, "step": step})
+        self.ckpts.save_snapshot(step, state)
+        return state, False
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         config, tc = self.config, self.config.train
-        ckpts = Checkpoints(self.workdir, keep=config.checkpoint.keep,
-                            every_steps=config.checkpoint.every_steps,
-                            every_minutes=config.checkpoint.every_minutes,
-                            keep_best=config.checkpoint.keep_best,
-                            snapshot_steps=snapshot_steps(config))
-        log_steps = log_eval_steps(config)
-        writer = MetricsWriter(self.workdir)
-        restored = ckpts.restore_latest(abstract_like(self.state))
-        start = 0
-        if restored is not None:
-            start, self.state = restored
-            start = int(start)
-            print(f"resumed from checkpoint at step {start}", flush=True)
-        best = ckpts.best_metrics() or {}
-        best_loss = best.get("loss", float("inf"))
-        peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
-        stop = {"signal": None}
-        # Saving and training are collective: with several processes, none may stop alone. There
-        # JAX's preemption service catches SIGTERM (on any host) and picks one dispatch at which
-        # every process saves and stops; a single process handles SIGTERM itself.
-        multi = jax.process_count() > 1
-        previous = (None if multi else
-                    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("signal", "SIGTERM")))
-        dispatches = 0
+        self.ckpts = Checkpoints(self.workdir, keep=config.checkpoint.keep,
+                                 every_steps=config.checkpoint.every_steps,
+                                 every_minutes=config.checkpoint.every_minutes,
+                                 keep_best=config.checkpoint.keep_best,
+                                 snapshot_steps=snapshot_steps(config))
+        self._log_steps = log_eval_steps(config)
+        self.writer = MetricsWriter(self.workdir)
+        start, self.state = runner.restore(self.ckpts, self.state)
+        self._best_loss = (self.ckpts.best_metrics() or {}).get("loss", float("inf"))
+        self._peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
+        self._window_tokens, self._window_seqs = 0.0, 0
         t0 = time.time()
-        plan = dispatch_plan(start, self.total_steps, tc.steps_per_dispatch)
-        size_of = dict(plan)
-        prefetch = batch_lib.Prefetcher(lambda s: self._host_batch(s, size_of[s]),
-                                        iter([s for s, _ in plan]), config.data.prefetch)
-        bar = progress_bar(self.total_steps, start, tc.progress, "pretrain")
-        deferred = DeferredMetrics(str(self.workdir / "checkpoints"))
-        window = {"time": time.perf_counter(), "tokens": 0.0, "seqs": 0, "compiled": False}
-        step = start
-        status = "completed"
-
-        def drain() -> None:
-            """Read the previous dispatch's metrics (one step late) and log them."""
-            popped = deferred.pop()
-            if popped is None:
-                return
-            first, count, host = popped
-            losses = np.asarray(host["loss"])
-            window["tokens"] += float(np.sum(host["tokens"]))
-            window["seqs"] += count * tc.batch_size
-            last = first + count
-            if last // tc.log_every > (first) // tc.log_every or last == self.total_steps:
-                now = time.perf_counter()
-                elapsed = max(now - window["time"], 1e-9)
-                seqs_s = window["seqs"] / elapsed
-                values = {
-                    "loss": float(losses[-1]), "perplexity": math.exp(min(float(losses[-1]), 50.0)),
-                    "lr": float(np.asarray(host["lr"])[-1]),
-                    "grad_norm": float(np.asarray(host["grad_norm"])[-1]),
-                    "tokens_seen": float(last * tc.batch_size * self.model_cfg.max_len),
-                    "flops_paper": last * tc.batch_size * self.flops_paper,
-                    "flops_complete": last * tc.batch_size * self.flops_complete,
-                    "tokens_per_sec": window["tokens"] / elapsed,
-                    "sequences_per_sec": seqs_s,
-                    "mfu": seqs_s * self.flops_complete / peak,
-                    "host_wait_sec": prefetch.wait_seconds,
-                }
-                if window["compiled"]:  # the first window includes compilation: no speed figures
-                    writer.write(last, "train", values)
-                else:
-                    writer.write(last, "train", {k: v for k, v in values.items()
-                                                 if k not in ("tokens_per_sec", "sequences_per_sec",
-                                                              "mfu")})
-                window.update(time=now, tokens=0.0, seqs=0, compiled=True)
-                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}")
-
-        try:
-            for first, host_batch in prefetch:
-                count = size_of[first]
-                batch = batch_lib.to_global(host_batch, self.batch_sharding)
-                self.state, metrics = self.train_step(self.state, batch)
-                drain()  # the previous dispatch's metrics: the host never blocks the device
-                deferred.push(first, count, metrics)
-                prev, step = first, first + count
-                bar.update(count)
-                snapshot_now = any(prev < s <= step for s in ckpts.snapshot_steps)
-                evaluate_now = (self.eval_split is not None and
-                                (step // config.eval.every_steps > prev // config.eval.every_steps
-                                 or snapshot_now or any(prev < s <= step for s in log_steps)))
-                dispatches += 1
-                if multi and multihost_utils.reached_preemption_sync_point(dispatches):
-                    stop["signal"] = "SIGTERM"
-                if multi:  # every process must decide alike: the clock is process 0's, read
-                    # at logging steps; the other reasons are the same everywhere
-                    save_now = (step % ckpts.every_steps == 0 or step == self.total_steps
-                                or bool(stop["signal"])
-                                or (step // tc.log_every > prev // tc.log_every
-                                    and _on_process_0(ckpts.due(step))))
-                else:
-                    save_now = ckpts.due(step) or step == self.total_steps or stop["signal"]
-                if evaluate_now or save_now:
-                    drain()
-                if evaluate_now:
-                    result = self.evaluate(self.eval_split)
-                    writer.write(step, "validation", result)
-                    if result["loss"] < best_loss:
-                        best_loss = result["loss"]
-                        ckpts.save_best(step, self.state, {**result, "step": step})
-                if snapshot_now:
-                    ckpts.save_snapshot(step, self.state)
-                if save_now:
-                    ckpts.save(step, self.state)
-                    writer.flush()
-                if evaluate_now or save_now:  # keep evaluation and saving out of the speed figures
-                    window["time"] = time.perf_counter()
-                if stop["signal"]:
-                    status = preempted(stop["signal"], step)
-                    break
-            drain()
-        finally:
-            prefetch.close()
-            bar.close()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            writer.flush()
-
-        summary = self._summary(status, step, time.time() - t0, ckpts, writer)
-        writer.close()
-        ckpts.close()
+        result = runner.run_loop(self, self.state, start, self.ckpts, self.writer,
+                                 steps_per_dispatch=tc.steps_per_dispatch, log_every=tc.log_every,
+                                 prefetch_depth=config.data.prefetch, progress=tc.progress,
+                                 desc="pretrain")
+        self.state = result.state
+        summary = self._summary(result.status, result.step, time.time() - t0, self.ckpts,
+                                self.writer)
+        self.writer.close()
+        self.ckpts.close()
         return summary
 
     def _summary(self, status: str, step: int, wall: float, ckpts: Checkpoints,
@@ -372,7 +284,8 @@ class Pretrainer:
             summary["best"] = {"step": int(best_step), "validation_loss": best_metrics["loss"],
                                "validation_perplexity": best_metrics["perplexity"]}
             if self.config.eval.test_at_end and self.test_split is not None:
-                test = self.evaluate(self.test_split, best_state["params"], best_state["rest"])
+                test = self.evaluate(self.test_split, best_state["params"],
+                                           best_state["rest"])
                 writer.write(int(best_step), "test", test)
                 summary["best"]["test_loss"] = test["loss"]
                 summary["best"]["test_perplexity"] = test["perplexity"]

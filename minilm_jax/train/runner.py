@@ -1,0 +1,209 @@
+"""The one run loop shared by pre-training and fine-tuning.
+
+:func:`run_loop` owns what every run does the same way: the dispatch plan, the host prefetcher, the
+progress bar, metrics read back one dispatch late (a non-finite loss stops the run naming the
+step), the evaluation cadence, checkpoint decisions (by count, by clock, at the end, after an
+evaluation when the specialisation asks, on preemption), SIGTERM on one process and JAX's
+preemption sync point on several, and early stopping. :func:`check_workdir` refuses a workdir
+holding another config; :func:`restore` resumes from the newest readable checkpoint.
+
+A specialisation (:class:`LoopSpec`: ``Pretrainer``, ``Finetuner``) says what a batch is, how a
+dispatch runs, what a log line holds and what an evaluation does.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from minilm_jax.errors import UserError
+from minilm_jax.run_config import config_differences
+from minilm_jax.storage import RunPath, atomic_write_json
+from minilm_jax.train import batches as batch_lib
+from minilm_jax.train.checkpoint import Checkpoints, abstract_like
+from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, preempted
+from minilm_jax.train.metrics import MetricsWriter, progress_bar
+
+
+@dataclass
+class Window:
+    """The span of wall-clock time a log line's speed figures cover. ``compiled`` is False until
+    the first line is written: that window includes compilation, so it carries no speed figures.
+    Evaluation and checkpoint time is left out (the loop restarts the clock after them)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    compiled: bool = False
+    host_wait: float = 0.0  # seconds the loop has waited for host batches so far
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.start, 1e-9)
+
+    def restart(self, logged: bool = False) -> None:
+        self.start = time.perf_counter()
+        self.compiled = self.compiled or logged
+
+
+@dataclass
+class LoopResult:
+    state: Any
+    step: int
+    status: str  # completed | early_stopped | preempted
+
+
+class LoopSpec(abc.ABC):
+    """What a run loop specialisation provides."""
+
+    total_steps: int
+    workdir: RunPath
+
+    @abc.abstractmethod
+    def host_batch(self, first: int, count: int) -> dict[str, np.ndarray]:
+        """This process's rows for optimizer steps ``first .. first + count - 1``."""
+
+    @abc.abstractmethod
+    def dispatch(self, state: Any, host_batch: dict[str, np.ndarray]) -> tuple[Any, Any]:
+        """Place the batch on the devices and run the jitted step: (new state, device metrics)."""
+
+    @abc.abstractmethod
+    def record_metrics(self, first: int, count: int, host: dict[str, Any]) -> None:
+        """Account one dispatch's metrics (host arrays) for the next log line."""
+
+    @abc.abstractmethod
+    def log_line(self, step: int, host: dict[str, Any], window: Window) -> dict[str, str]:
+        """Write the train metrics of the window ending at ``step``; the progress bar's postfix."""
+
+    @abc.abstractmethod
+    def evaluation_due(self, prev: int, step: int) -> bool:
+        """Whether the dispatch from ``prev`` to ``step`` ends at an evaluation point."""
+
+    @abc.abstractmethod
+    def evaluate_at(self, step: int, state: Any) -> tuple[Any, bool]:
+        """Evaluate at ``step``: (state, possibly updated; whether to stop early)."""
+
+    def dispatch_boundaries(self) -> Iterable[int]:
+        """Steps no dispatch may cross (so an evaluation lands exactly there)."""
+        return ()
+
+    save_after_evaluation: bool = False  # the evaluation changed the state (selection): save it
+
+
+def check_workdir(workdir: RunPath, current: dict[str, Any], resumable: tuple[str, ...],
+                  what: str = "a run") -> None:
+    """Refuse a workdir whose ``config.json`` differs from ``current`` outside ``resumable``
+    fields; then record ``current`` there."""
+    saved_path = workdir / "config.json"
+    if saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        diffs = config_differences(saved, current, resumable)
+        if diffs:
+            details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diffs[:6])
+            raise UserError(f"workdir {workdir} holds {what} with a different config ({details}); "
+                            "use a new --workdir")
+    if jax.process_index() == 0:
+        atomic_write_json(saved_path, current)
+
+
+def restore(ckpts: Checkpoints, state: Any) -> tuple[int, Any]:
+    """(step, state) of the newest readable checkpoint, or (0, ``state``)."""
+    restored = ckpts.restore_latest(abstract_like(state))
+    if restored is None:
+        return 0, state
+    step, state = int(restored[0]), restored[1]
+    print(f"resumed from checkpoint at step {step}", flush=True)
+    return step, state
+
+
+def _on_process_0(flag: bool) -> bool:
+    """Process 0's value of ``flag``, on every process (for choices all processes must share)."""
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
+def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer: MetricsWriter, *,
+             steps_per_dispatch: int, log_every: int, prefetch_depth: int, progress: bool,
+             desc: str, nothing_left: bool = False) -> LoopResult:
+    """Train ``state`` from ``start`` to ``spec.total_steps`` (see the module docstring)."""
+    total = spec.total_steps
+    plan = [] if nothing_left else dispatch_plan(start, total, steps_per_dispatch,
+                                                 spec.dispatch_boundaries())
+    size_of = dict(plan)
+    prefetch = batch_lib.Prefetcher(lambda s: spec.host_batch(s, size_of[s]),
+                                    iter([s for s, _ in plan]), prefetch_depth)
+    bar = progress_bar(total, start, progress, desc)
+    deferred = DeferredMetrics(str(spec.workdir / "checkpoints"))
+    window = Window()
+    step, status = start, ("early_stopped" if nothing_left else "completed")
+    stop: dict[str, str | None] = {"signal": None}
+    # Saving and training are collective: with several processes, none may stop alone. There
+    # JAX's preemption service catches SIGTERM (on any host) and picks one dispatch at which every
+    # process saves and stops; a single process handles SIGTERM itself.
+    multi = jax.process_count() > 1
+    previous = (None if multi else
+                signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("signal", "SIGTERM")))
+    dispatches = 0
+
+    def drain() -> None:
+        """Read the previous dispatch's metrics (one dispatch late) and log them when due."""
+        popped = deferred.pop()
+        if popped is None:
+            return
+        first, count, host = popped
+        spec.record_metrics(first, count, host)
+        last = first + count
+        if last // log_every > first // log_every or last == total:
+            window.host_wait = prefetch.wait_seconds
+            postfix = spec.log_line(last, host, window)
+            window.restart(logged=True)
+            bar.set_postfix(**postfix)
+
+    try:
+        for first, host_batch in prefetch:
+            count = size_of[first]
+            state, metrics = spec.dispatch(state, host_batch)
+            drain()  # the previous dispatch's metrics: the host never blocks the device
+            deferred.push(first, count, metrics)
+            prev, step = first, first + count
+            bar.update(count)
+            evaluate_now = spec.evaluation_due(prev, step)
+            dispatches += 1
+            if multi and multihost_utils.reached_preemption_sync_point(dispatches):
+                stop["signal"] = "SIGTERM"
+            if multi:  # every process must decide alike: the clock is process 0's, read at
+                # logging steps; the other reasons are the same everywhere
+                save_now = (step % ckpts.every_steps == 0 or step == total or bool(stop["signal"])
+                            or (step // log_every > prev // log_every
+                                and _on_process_0(ckpts.due(step))))
+            else:
+                save_now = ckpts.due(step) or step == total or bool(stop["signal"])
+            save_now = save_now or (evaluate_now and spec.save_after_evaluation)
+            if evaluate_now or save_now:
+                drain()
+            early = False
+            if evaluate_now:
+                state, early = spec.evaluate_at(step, state)
+            if save_now or early:
+                ckpts.save(step, state)
+                writer.flush()
+            if evaluate_now or save_now:  # keep evaluation and saving out of the speed figures
+                window.start = time.perf_counter()
+            if stop["signal"]:
+                status = preempted(stop["signal"], step)
+                break
+            if early:
+                status = "early_stopped"
+                break
+        drain()
+    finally:
+        prefetch.close()
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        writer.flush()
+    return LoopResult(state, step, status)

@@ -1,0 +1,89 @@
+"""The train state: one type for pre-training and fine-tuning, and one builder of its parameters,
+shardings and graph definition (used by the pre-training and fine-tuning loops, ``aot`` and
+``bench``).
+
+The state is a plain dict at run time (so Orbax checkpoints and jitted functions see the same tree
+as ever), typed with ``TypedDict`` for readers and checkers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, TypedDict
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from minilm_jax import accounting
+from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.models import MaskedLM
+from minilm_jax.train.mesh import state_shardings
+
+
+class TrainState(TypedDict):
+    """One model's training state: parameters, the rest of the module state (e.g. BatchNorm
+    statistics), optimizer state and the optimizer step (a scalar int32 array)."""
+
+    params: nnx.State
+    rest: nnx.State
+    opt_state: optax.OptState
+    step: jax.Array
+
+
+class SelectedParams(TypedDict):
+    """Each fine-tuning member's parameters at its best validation epoch so far."""
+
+    params: nnx.State
+    rest: nnx.State
+
+
+class MembersState(TrainState):
+    """Fine-tuning: S members trained together (leaves of params / rest / opt_state carry a leading
+    member axis), their seeds and their selected parameters; ``step`` is shared."""
+
+    selected: SelectedParams
+    member_seeds: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltState:
+    """What a loop needs to run a state: graph definition, parameter counts, the abstract state and
+    its shardings, and the jitted initialiser (``init(*args)`` gives the sharded state)."""
+
+    graphdef: nnx.GraphDef
+    param_counts: accounting.ParamCounts
+    abstract: Any
+    shardings: Any
+    init: Callable[..., Any]
+
+
+def build_state(make_model: Callable[[], nnx.Module], init_fn: Callable[..., Any], mesh: Any,
+                *example_args: Any) -> BuiltState:
+    """Trace ``make_model`` (shapes only) for the graph definition and parameter counts, and
+    ``init_fn(*example_args)`` for the state's shapes; shard the state over ``mesh`` (a ``Mesh`` or an
+    ``AbstractMesh``)."""
+    abstract_model = nnx.eval_shape(make_model)
+    graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
+    abstract = jax.eval_shape(init_fn, *example_args)
+    shardings = state_shardings(mesh, abstract)
+    return BuiltState(graphdef=graphdef, param_counts=accounting.count_params(abstract_model),
+                      abstract=abstract, shardings=shardings,
+                      init=jax.jit(init_fn, out_shardings=shardings))
+
+
+def lm_state(cfg: ModelConfig, seed: int, optimizer: optax.GradientTransformation, mesh: Any
+             ) -> BuiltState:
+    """The pre-training state of a ``MaskedLM`` (parameters from ``seed``); ``init()`` takes no
+    arguments."""
+
+    def make_model() -> MaskedLM:
+        return MaskedLM(cfg, rngs=nnx.Rngs(params=seed))
+
+    def init_fn() -> TrainState:
+        _, params, rest = nnx.split(make_model(), nnx.Param, ...)
+        return {"params": params, "rest": rest, "opt_state": optimizer.init(params),
+                "step": jnp.zeros((), jnp.int32)}
+
+    return build_state(make_model, init_fn, mesh)

@@ -192,45 +192,28 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
     """
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
     from minilm_jax import accounting
-    from minilm_jax.errors import UserError
-    from minilm_jax.model.models import MaskedLM
     from minilm_jax.run_config import model_from_config
     from minilm_jax.train.masking import MaskingConfig
-    from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, replicated,
-                                       state_shardings)
+    from minilm_jax.train.mesh import batch_sharding, check_train_shape, replicated
     from minilm_jax.train.optim import make_optimizer, make_schedule
+    from minilm_jax.train.state import lm_state
     from minilm_jax.train.step import make_train_step
 
     model_cfg = model_from_config(config)
     tc = config.train
-    total_steps = int(tc.num_steps)
-    if total_steps <= 0:
-        raise UserError(f"train.num_steps must be positive (got {total_steps})")
-    if tc.batch_size % tc.grad_accum:
-        raise UserError(f"train.batch_size={tc.batch_size} must be divisible by "
-                        f"train.grad_accum={tc.grad_accum}")
     mesh = build_mesh(config, devices, abstract_size)
-    check_batch_divisible(tc.batch_size // tc.grad_accum, mesh, "train.batch_size / train.grad_accum")
+    total_steps = check_train_shape(tc, mesh)
     masking = MaskingConfig.from_config(config.mlm, model_cfg.vocab_size)
     schedule = make_schedule(config.optim, total_steps)
     optimizer = make_optimizer(config.optim, total_steps)
     seed = config.seed
 
-    # Same state as Pretrainer._build_state's init_fn, traced for shapes only.
-    def init_fn():
-        model = MaskedLM(model_cfg, rngs=nnx.Rngs(params=seed))
-        _, params, rest = nnx.split(model, nnx.Param, ...)
-        return {"params": params, "rest": rest, "opt_state": optimizer.init(params),
-                "step": jnp.zeros((), jnp.int32)}
-
-    abstract_model = nnx.eval_shape(lambda: MaskedLM(model_cfg, rngs=nnx.Rngs(params=seed)))
-    graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
-    counts = accounting.count_params(abstract_model)
-    abstract_state = jax.eval_shape(init_fn)
-    state_sharding = state_shardings(mesh, abstract_state)
+    # The pre-training state (train.state.lm_state, as Pretrainer builds it), traced for shapes only.
+    built = lm_state(model_cfg, seed, optimizer, mesh)
+    graphdef, counts = built.graphdef, built.param_counts
+    abstract_state, state_sharding = built.abstract, built.shardings
     data_sharding = batch_sharding(mesh, batch_axis=2, ndim=4)
     train_step = make_train_step(graphdef, optimizer, schedule, masking, seed)
     step_fn = jax.jit(train_step, in_shardings=(state_sharding, data_sharding),

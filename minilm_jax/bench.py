@@ -20,14 +20,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from minilm_jax import accounting
-from minilm_jax.model.models import MaskedLM
 from minilm_jax.run_config import pretrain_config
 from minilm_jax.sizes import resolve_point
 from minilm_jax.train.masking import MaskingConfig
+from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.optim import make_optimizer, make_schedule
+from minilm_jax.train.state import lm_state
 from minilm_jax.train.step import make_train_step
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
 
@@ -43,11 +43,9 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
     config = pretrain_config(point)
     cfg = resolve_point(point, dtype=dtype, attention_impl=attention,
                         attention_dropout=0.0 if attention != "einsum" else 0.1)
-    model = MaskedLM(cfg, rngs=nnx.Rngs(params=0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     optimizer = make_optimizer(config.optim, 10_000)
-    state = {"params": params, "rest": rest, "opt_state": optimizer.init(params),
-             "step": jnp.zeros((), jnp.int32)}
+    built = lm_state(cfg, 0, optimizer, make_mesh(1, 1))
+    graphdef, state = built.graphdef, built.init()
     masking = MaskingConfig.from_config(config.mlm, cfg.vocab_size)
     step_fn = jax.jit(make_train_step(graphdef, optimizer, make_schedule(config.optim, 10_000),
                                       masking, 0), donate_argnums=0)

@@ -17,13 +17,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
-from minilm_jax.model.models import SequenceClassifier
 from minilm_jax.sizes import resolve_point
+from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.optim import make_optimizer, make_schedule
 
-from .step import make_finetune_step, make_members_init
+from .step import make_finetune_step, members_state
 
 
 def _optim() -> ml_collections.ConfigDict:
@@ -38,11 +37,8 @@ def step_seconds(point: str, members: int, batch: int, seq_len: int, num_labels:
     first call: compilation included)."""
     cfg = resolve_point(point)
     optimizer = make_optimizer(_optim(), 1000)
-    graphdef = nnx.split(nnx.eval_shape(lambda: SequenceClassifier(cfg, num_labels,
-                                                                   rngs=nnx.Rngs(params=0))),
-                         nnx.Param, ...)[0]
-    init = make_members_init(cfg, num_labels, optimizer)
-    state = jax.jit(init)(jnp.arange(members, dtype=jnp.int32), None)
+    built = members_state(cfg, num_labels, optimizer, range(members), make_mesh(1, 1))
+    graphdef, state = built.graphdef, built.init(None)
     step = jax.jit(make_finetune_step(graphdef, optimizer, make_schedule(_optim(), 1000),
                                       num_labels == 1), donate_argnums=0)
     rng = np.random.default_rng(0)

@@ -6,7 +6,6 @@ summary."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -17,11 +16,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from minilm_jax.errors import UserError
 from minilm_jax.storage import atomic_write_bytes, atomic_write_json, run_path
-from minilm_jax.model.models import SequenceClassifier
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.run_config import flatten, model_from_config, parse_value
 from minilm_jax.tasks.batching import bucket_length, cut_to_bucket, pad_to_batches
@@ -32,14 +29,14 @@ from minilm_jax.train.checkpoint import Checkpoints
 from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
 from minilm_jax.train import runner
 from minilm_jax.train.metrics import MetricsWriter
-from minilm_jax.train.state import MembersState, build_state
+from minilm_jax.train.state import MembersState
 from minilm_jax.train.optim import make_optimizer, make_schedule
 
 from .config import RESUMABLE_FIELDS
 from .pretrained import PretrainedRun
 from .selection import (VALIDATION, majority_baseline, mean_std, sample_std, split_metrics,
                         unk_counts, unk_warnings)
-from .step import make_finetune_step, make_members_init, make_predict_step, make_select
+from .step import make_finetune_step, make_predict_step, make_select, members_state
 from .task_data import TaskData, load_task_data, load_vocabulary
 
 INPUTS = ("tokens", "segments", "token_types")
@@ -157,11 +154,7 @@ class Finetuner(runner.LoopSpec):
         self.optimizer = make_optimizer(self.config.optim, self.total_steps)
         self.schedule = make_schedule(self.config.optim, self.total_steps)
         encoder_state = self.pretrained.encoder_state() if self.init_mode == "pretrained" else None
-        seeds = jnp.asarray(self.seeds, jnp.int32)
-        init_fn = functools.partial(make_members_init(cfg, num_labels, self.optimizer), seeds)
-
-        built = build_state(lambda: SequenceClassifier(cfg, num_labels, rngs=nnx.Rngs(params=0)),
-                            init_fn, self.mesh, encoder_state)
+        built = members_state(cfg, num_labels, self.optimizer, self.seeds, self.mesh, encoder_state)
         self.graphdef, self.param_counts = built.graphdef, built.param_counts
         self.state_sharding = built.shardings
         self.state: MembersState = built.init(encoder_state)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import SequenceClassifier
-from minilm_jax.train.state import MembersState
+from minilm_jax.train.state import BuiltState, MembersState, build_state
 
 FinetuneState = MembersState
 
@@ -87,6 +87,16 @@ def make_members_init(cfg: ModelConfig, num_labels: int, optimizer: optax.Gradie
                 "member_seeds": seeds_s}
 
     return init
+
+
+def members_state(cfg: ModelConfig, num_labels: int, optimizer: optax.GradientTransformation,
+                  seeds: Any, mesh: Any, encoder_state: Any = None) -> BuiltState:
+    """The fine-tuning state of ``len(seeds)`` members (train.state.build_state); ``init(encoder)``
+    gives it, from ``encoder_state`` (a pre-trained encoder) or random init (``None``)."""
+    seeds_s = jnp.asarray(list(seeds), jnp.int32)
+    init = make_members_init(cfg, num_labels, optimizer)
+    return build_state(lambda: SequenceClassifier(cfg, num_labels, rngs=nnx.Rngs(params=0)),
+                       lambda encoder: init(seeds_s, encoder), mesh, encoder_state)
 
 
 def make_predict_step(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:

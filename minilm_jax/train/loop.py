@@ -26,7 +26,8 @@ from minilm_jax.train import runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exported for callers)
 from minilm_jax.train.masking import MaskingConfig
-from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
+from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, check_train_shape,
+                                   make_mesh, replicated)
 from minilm_jax.train.metrics import MetricsWriter
 from minilm_jax.train.optim import make_optimizer, make_schedule
 from minilm_jax.train.state import TrainState, lm_state
@@ -123,15 +124,8 @@ class Pretrainer(runner.LoopSpec):
         self.test_split = self._optional_split(config.data.test_split)
 
         tc = config.train
-        self.total_steps = int(tc.num_steps)
-        if self.total_steps <= 0:
-            raise UserError(f"train.num_steps must be positive (got {self.total_steps})")
-        if tc.batch_size % tc.grad_accum:
-            raise UserError(f"train.batch_size={tc.batch_size} must be divisible by "
-                            f"train.grad_accum={tc.grad_accum}")
         self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-        check_batch_divisible(tc.batch_size // tc.grad_accum, self.mesh,
-                              "train.batch_size / train.grad_accum")
+        self.total_steps = check_train_shape(tc, self.mesh)
         check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
         self.masking = MaskingConfig.from_config(config.mlm, self.model_cfg.vocab_size)
         self.schedule = make_schedule(config.optim, self.total_steps)

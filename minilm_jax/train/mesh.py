@@ -3,6 +3,8 @@ optimizer state sharded, batch split over both axes)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -61,3 +63,18 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = "train.batch_
     n = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch_size % n:
         raise ConfigError(f"{what}={batch_size} must be divisible by the {n} devices of the mesh")
+
+
+def check_train_shape(train: Any, mesh: Mesh) -> int:
+    """The number of optimizer steps, after checking ``train`` (a config's ``train`` section):
+    positive ``num_steps``, ``batch_size`` divisible by ``grad_accum`` and each micro-batch by the
+    mesh's batch devices."""
+    total_steps = int(train.num_steps)
+    if total_steps <= 0:
+        raise ConfigError(f"train.num_steps must be positive (got {total_steps})")
+    if train.batch_size % train.grad_accum:
+        raise ConfigError(f"train.batch_size={train.batch_size} must be divisible by "
+                          f"train.grad_accum={train.grad_accum}")
+    check_batch_divisible(train.batch_size // train.grad_accum, mesh,
+                          "train.batch_size / train.grad_accum")
+    return total_steps

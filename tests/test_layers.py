@@ -1,0 +1,90 @@
+"""The package's layering: no module imports from a layer above its own.
+
+0 errors, storage, text normalisation -> 1 model, data, corpus, tasks, tokenizer, configs plumbing
+-> 2 the engine (train, finetune) -> 3 studies (analysis, sweeps, report, committee, latency,
+interop, compile checks, benches) -> 4 entry points (``__main__`` modules and commands).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PACKAGE = REPO / "minilm_jax"
+
+LAYERS = {  # module or package prefix -> layer; the longest matching prefix decides
+    "minilm_jax.errors": 0, "minilm_jax.storage": 0, "minilm_jax.text_norm": 0,
+    "minilm_jax.model": 1, "minilm_jax.sizes": 1, "minilm_jax.accounting": 1,
+    "minilm_jax.run_config": 1, "minilm_jax.tokenizer": 1, "minilm_jax.data": 1,
+    "minilm_jax.corpus": 1, "minilm_jax.tasks": 1, "minilm_jax.cli": 1,
+    "minilm_jax.train": 2, "minilm_jax.finetune": 2,
+    "minilm_jax.finetune.results": 3,  # tables over many fine-tuning runs: a study
+    "minilm_jax.finetune.run": 4,  # the fine-tuning command (one init or both, then the table)
+    "minilm_jax.analysis": 3, "minilm_jax.sweep": 3, "minilm_jax.report": 3,
+    "minilm_jax.report_downstream": 3, "minilm_jax.committee": 3, "minilm_jax.latency": 3,
+    "minilm_jax.interop": 3, "minilm_jax.aot": 3, "minilm_jax.bench": 3,
+    "minilm_jax.pretrain": 4, "minilm_jax.points": 4,
+}
+ENTRY = 4
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def layer_of(module: str) -> int:
+    if module.endswith(".__main__"):
+        return ENTRY
+    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len,
+               default=None)
+    if best is None:
+        raise KeyError(f"{module} has no layer: add it to LAYERS in tests/test_layers.py")
+    return LAYERS[best]
+
+
+def imports_of(path: Path, module: str) -> set[str]:
+    """Project modules imported by ``path`` (absolute and relative imports, at any depth)."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            for alias in node.names:  # ``from minilm_jax import accounting``: a module
+                candidate = f"{target}.{alias.name}"
+                if (REPO / (candidate.replace(".", "/") + ".py")).exists() or \
+                        (REPO / candidate.replace(".", "/")).is_dir():
+                    found.add(candidate)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m == "minilm_jax" or m.startswith("minilm_jax.")}
+
+
+MODULES = sorted((module_name(p), p) for p in PACKAGE.rglob("*.py"))
+
+
+def test_every_module_has_a_layer():
+    for module, _ in MODULES:
+        if module != "minilm_jax":
+            layer_of(module)
+
+
+@pytest.mark.parametrize("module,path", MODULES, ids=[m for m, _ in MODULES])
+def test_no_module_imports_from_a_layer_above(module, path):
+    if module == "minilm_jax":
+        return
+    own = layer_of(module)
+    upward = sorted(f"{t} (layer {layer_of(t)})" for t in imports_of(path, module)
+                    if t != "minilm_jax" and layer_of(t) > own)
+    assert not upward, f"{module} (layer {own}) imports from above: {', '.join(upward)}"

@@ -170,11 +170,6 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
     return sorted(k for k in keys if saved.get(k) != current.get(k))
 
 
-def check_choice(value: Any, field: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{field}: {value!r} is not one of {choices}")
-
-
 def parse_value(text: str, current: Any) -> Any:
     """``text`` converted to the type of the field's current value."""
     text = text.strip()

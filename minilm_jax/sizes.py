@@ -89,9 +89,3 @@ def resolve_point(point: str, **overrides: Any) -> ModelConfig:
     """A frozen ModelConfig for a named point or grammar string, with optional field overrides."""
     fields = {**point_fields(point), **overrides}
     return ModelConfig.from_mapping(fields)
-
-
-def describe_points() -> str:
-    """A table of the named points, for ``--help`` texts and the README."""
-    rows = [f"{name:<24} {grammar:<34} {desc}" for name, (grammar, _, desc) in NAMED_POINTS.items()]
-    return "\n".join(rows)

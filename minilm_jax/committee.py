@@ -12,7 +12,6 @@ Writes ``committee.json``, ``committee.md`` and ``committee.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from minilm_jax.errors import UserError
+from minilm_jax.train.records import read_finetune_summary
 from minilm_jax.storage import atomic_write_bytes, atomic_write_json
 from minilm_jax.tasks.committee import accuracy_vs_k
 
@@ -47,10 +47,10 @@ def load_members(runs: list[str], split: str, which: str) -> tuple[np.ndarray, n
         if logits and run_logits.shape[2] != logits[0].shape[-1]:
             raise CommitteeError(f"{run}: {run_logits.shape[2]} classes, others have "
                                  f"{logits[0].shape[-1]}")
-        summary = json.loads((Path(run) / "summary.json").read_text())
-        for s, seed in enumerate(summary["seeds"]):
+        summary = read_finetune_summary(run)
+        for s, seed in enumerate(summary.seeds):
             logits.append(run_logits[s])
-            names.append(f"{summary['point']}#seed{seed} ({run})")
+            names.append(f"{summary.point}#seed{seed} ({run})")
     return np.stack(logits), labels, names
 
 
@@ -117,7 +117,7 @@ def main() -> None:
     try:
         result = write_committee(args.runs, args.out, args.split, args.combine, args.which,
                                  args.reference)
-    except (CommitteeError, FileNotFoundError, KeyError) as err:
+    except (UserError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print((Path(args.out) / "committee.md").read_text())

@@ -308,7 +308,9 @@ def test_committee_accuracy_vs_k(tmp_path):
         logits = np.random.default_rng(r).normal(size=(len(seeds), 5, 2))
         np.save(run / "predictions" / "test.final.npy", logits)
         np.save(run / "predictions" / "test.labels.npy", labels)
-        (run / "summary.json").write_text(json.dumps({"seeds": seeds, "point": f"p{r}"}))
+        (run / "summary.json").write_text(json.dumps({"status": "completed", "task": "sst2",
+                                                      "init": "pretrained", "seeds": seeds,
+                                                      "point": f"p{r}"}))
         runs.append(str(run))
     result = write_committee(runs, tmp_path / "out")
     assert [p["k"] for p in result["points"]] == [1, 2, 3]

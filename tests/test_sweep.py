@@ -71,15 +71,18 @@ def test_downstream_fields_of_a_regression_task_have_no_majority_score(tmp_path)
     """STS-B: a constant prediction has no correlation, so its majority baseline is None (not a
     crash); a classification task's baseline is taken over the reported splits only."""
     from minilm_jax.sweep.results import downstream_fields
+    from minilm_jax.train.records import FinetuneSummary
     members = [{"score": 30.0, "pearson": 31.0, "spearman": 29.0}] * 3
     final = {"members": members, "mean": members[0], "std": {"score": 0.0}, "n": 3}
     ft = {"task": "stsb", "init": "random", "final": final, "reported_splits": ["dev"],
           "majority": {"validation": {"pearson": None, "spearman": None, "score": None},
                        "dev": {"pearson": None, "spearman": None, "score": None}}}
-    assert downstream_fields(ft, tmp_path)["majority_score"] is None
+    fixed = dict(point="E32-H32-I128-L1-A2", seeds=[0, 1, 2], examples={}, steps=10,
+                 steps_per_epoch=1, status="completed")
+    assert downstream_fields(FinetuneSummary(**ft, **fixed), tmp_path)["majority_score"] is None
     ft.update(task="sst2", majority={"validation": {"accuracy": 60.0, "score": 60.0},
                                      "dev": {"accuracy": 51.0, "score": 51.0}})
-    assert downstream_fields(ft, tmp_path)["majority_score"] == 51.0
+    assert downstream_fields(FinetuneSummary(**ft, **fixed), tmp_path)["majority_score"] == 51.0
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -149,7 +152,8 @@ def test_runner_isolates_failures_skips_finished_and_resumes(word_shards, tmp_pa
     for rel, task, init in (("sst2", "sst2", "pretrained"), ("rte/random", "rte", "random")):
         path = tmp_path / "runs" / "b" / "finetune" / rel / "summary.json"
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"task": task, "init": init, "seeds": [3, 4], "final": scored,
+        path.write_text(json.dumps({"status": "completed", "task": task, "init": init,
+                                    "seeds": [3, 4], "final": scored,
                                     "selected": scored,
                                     "majority": {"test": {"accuracy": 50.0, "score": 50.0}}}))
     rows = [json.loads(line) for line in write_results(SweepRunner(sweep, tmp_path).runs, tmp_path)

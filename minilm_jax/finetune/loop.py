@@ -29,6 +29,7 @@ from minilm_jax.train.checkpoint import Checkpoints
 from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
 from minilm_jax.train import runner
 from minilm_jax.train.metrics import MetricsWriter
+from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.state import MembersState
 from minilm_jax.train.optim import make_optimizer, make_schedule
 
@@ -329,6 +330,7 @@ class Finetuner(runner.LoopSpec):
 
     def _summary(self, status: str, history: list[dict],
                  reported: dict[str, list[dict[str, float]]] | None, wall: float) -> dict[str, Any]:
+        """Write the run's :class:`FinetuneSummary` (process 0); return it as JSON."""
         summary: dict[str, Any] = {
             "status": status, "task": self.spec.name, "init": self.init_mode,
             "pretrained": self.pretrained.describe() if self.pretrained else None,
@@ -360,6 +362,7 @@ class Finetuner(runner.LoopSpec):
                                     "members": final, **mean_std(final)}
                 summary["selected"] = {"epochs": epochs, "members": reported["selected"],
                                        "selected_on": VALIDATION, **mean_std(reported["selected"])}
+        record = FinetuneSummary(**summary)
         if jax.process_index() == 0:
-            atomic_write_json(self.workdir / "summary.json", summary)
-        return summary
+            record.write(self.workdir)
+        return record.to_json()

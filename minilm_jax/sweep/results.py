@@ -9,6 +9,7 @@ from typing import Any
 
 from minilm_jax.storage import atomic_write_bytes
 from minilm_jax.train.metrics import read_metrics
+from minilm_jax.train.records import FinetuneSummary, read_finetune_summary, read_pretrain_summary
 
 from .spec import Membership, Run
 
@@ -22,23 +23,24 @@ def _identity(run: Run, membership: Membership, name: str, workdir: Path,
             "params_non_embedding": int(params["non_embedding"])}
 
 
-def downstream_fields(ft: dict[str, Any], workdir: Path) -> dict[str, Any]:
+def downstream_fields(ft: FinetuneSummary, workdir: Path) -> dict[str, Any]:
     """A downstream row's fields from a fine-tuning summary: scores per seed (final epoch), the
     checkpoint it started from (step, fraction, validation perplexity), baselines."""
-    selected = ft.get("selected") or ft.get("best") or {}
-    pre = ft.get("pretrained") or {}
-    pretrained = ft["init"] == "pretrained"
-    reported = ft.get("reported_splits") or list(ft.get("majority") or {})
-    majority = [m["score"] for split, m in (ft.get("majority") or {}).items()
+    selected = ft.selected or {}
+    pre = ft.pretrained or {}
+    pretrained = ft.init == "pretrained"
+    reported = ft.reported_splits or list(ft.majority)
+    majority = [m["score"] for split, m in ft.majority.items()
                 if split in reported and m and m.get("score") is not None]  # None: regression
-    unk = [u["rate"] for u in (ft.get("unk") or {}).values()]
-    return {"kind": "downstream", "task": ft["task"], "init": ft["init"],
-            "score": ft["final"]["mean"]["score"], "score_std": ft["final"]["std"]["score"],
-            "score_n": ft["final"].get("n", len(ft["final"]["members"])),
-            "seeds": list(ft.get("seeds", [])),
-            "member_scores": [m["score"] for m in ft["final"]["members"]],
+    unk = [u["rate"] for u in ft.unk.values()]
+    final = ft.final or {}
+    return {"kind": "downstream", "task": ft.task, "init": ft.init,
+            "score": final["mean"]["score"], "score_std": final["std"]["score"],
+            "score_n": final.get("n", len(final["members"])),
+            "seeds": list(ft.seeds),
+            "member_scores": [m["score"] for m in final["members"]],
             "selected_score": selected.get("mean", {}).get("score"),
-            "metrics": {k: v for k, v in ft["final"]["mean"].items() if k != "score"},
+            "metrics": {k: v for k, v in final["mean"].items() if k != "score"},
             "checkpoint_step": pre.get("step") if pretrained else None,
             "checkpoint_fraction": None,  # set by the caller, which knows the run's length
             "final_validation_perplexity": pre.get("validation_perplexity") if pretrained else None,
@@ -54,9 +56,10 @@ def run_rows(run: Run, run_dir: Path, twins: list[Path] | None = None) -> list[d
     summary_path = pre_dir / "summary.json"
     if not summary_path.is_file():
         return []
-    summary = json.loads(summary_path.read_text())
-    if summary.get("status") != "completed":
+    record = read_pretrain_summary(summary_path)
+    if record.status != "completed":
         return []
+    summary = record.to_json()
     batch = int(run.config.train.batch_size)
     per_seq = summary["flops_per_sequence"]
     curve = [r for r in read_metrics(pre_dir / "metrics.jsonl") if r["split"] == "validation"]
@@ -82,8 +85,8 @@ def run_rows(run: Run, run_dir: Path, twins: list[Path] | None = None) -> list[d
                          "flops_complete": best["step"] * batch * per_seq["complete"],
                          "loss": best["test_loss"], "perplexity": best["test_perplexity"]})
         for ft_summary in finetune_summaries:
-            ft = json.loads(ft_summary.read_text())
-            if "final" not in ft:
+            ft = read_finetune_summary(ft_summary)
+            if ft.final is None:
                 continue
             row = {**ident, **downstream_fields(ft, ft_summary.parent),
                    "flops_paper": final_flops["paper"], "flops_complete": final_flops["complete"]}

@@ -27,15 +27,10 @@ from minilm_jax.errors import UserError
 from minilm_jax.storage import atomic_write_json
 from minilm_jax.finetune.config import TASKS, finetune_config
 from minilm_jax.run_config import flatten, model_from_config, snapshot_steps
+from minilm_jax.train.records import is_done
 
 from .results import write_results
 from .spec import Run, apply_override, expand
-
-
-def _done(summary_path: Path) -> bool:
-    if not summary_path.is_file():
-        return False
-    return json.loads(summary_path.read_text()).get("status") in ("completed", "early_stopped")
 
 
 def finetune_run_config(sweep: ml_collections.ConfigDict, task: str, checkpoint: Path
@@ -187,15 +182,15 @@ class SweepRunner:
             run_dir = self.root / "runs" / run.name
             pre_dir = run_dir / "pretrain"
             print(f"== [{i}/{len(selected)}] {run.name} ({run.point})", flush=True)
-            if _done(pre_dir / "summary.json"):
+            if is_done(pre_dir / "summary.json"):
                 print("   pre-training finished earlier: skipped", flush=True)
                 ok = True
             else:
                 ok = self._attempt(run.name, "pretrain", lambda: Pretrainer(run.config, pre_dir).run())
-                ok = ok and _done(pre_dir / "summary.json")
+                ok = ok and is_done(pre_dir / "summary.json")
             if ok:
                 for job in finetune_jobs(self.sweep, run, self.root):
-                    if _done(job.workdir / "summary.json"):
+                    if is_done(job.workdir / "summary.json"):
                         print(f"   {job.task} {job.label}: finished earlier: skipped", flush=True)
                         continue
                     print(f"== {job.task}: {job.label} -> {job.workdir}", flush=True)

@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import nnx
+
+from minilm_jax.errors import UserError
+from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.models import MaskedLM
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +120,59 @@ class Checkpoints:
 def abstract_like(state: Any) -> Any:
     """ShapeDtypeStructs with shardings, as Orbax restore targets."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+# ------------------------------------------------------------------ the on-disk layout, for readers
+def find_checkpoint(workdir: Path, which: str) -> tuple[int, Path]:
+    """(step, directory of the saved train state): ``best``, ``latest`` or ``step:N`` (a snapshot
+    or a kept checkpoint at step N)."""
+    if which.startswith("step:"):
+        try:
+            step = int(which[len("step:"):])
+        except ValueError:
+            raise UserError(f"init.which={which!r}: expected step:<integer>") from None
+        for folder in ("snapshots", "checkpoints"):
+            path = workdir / folder / str(step) / "default"
+            if path.is_dir():
+                return step, path
+        raise UserError(f"no checkpoint at step {step} in {workdir} (snapshots/{step} or "
+                        f"checkpoints/{step}); set checkpoint.keep_fractions when pre-training")
+    if which not in ("best", "latest"):
+        raise UserError(f"init.which must be 'best', 'latest' or 'step:N', not {which!r}")
+    candidates: list[tuple[int, Path]] = []
+    if which == "best":
+        candidates = [(int(p.name), p / "state") for p in (workdir / "best").glob("*")
+                      if p.name.isdigit() and (p / "state").is_dir()]
+    if not candidates:
+        candidates = [(int(p.name), p / "default") for p in (workdir / "checkpoints").glob("*")
+                      if p.name.isdigit() and (p / "default").is_dir()]
+    if not candidates:
+        raise UserError(f"no checkpoint in {workdir} (expected best/<step>/state or "
+                        "checkpoints/<step>/default)")
+    return max(candidates)
+
+
+def load_encoder(checkpoint_dir: Path, model: ModelConfig) -> nnx.State:
+    """The encoder part (parameters and other state, e.g. BatchNorm statistics) of the ``MaskedLM``
+    train state saved in ``checkpoint_dir`` (from :func:`find_checkpoint`), as host arrays in the
+    layout of ``SequenceClassifier.encoder``; nothing else is read."""
+    abstract = nnx.eval_shape(lambda: MaskedLM(model, rngs=nnx.Rngs(params=0)))
+    _, params, rest = nnx.split(abstract.encoder, nnx.Param, ...)
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    params, rest = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host), (params, rest))
+    item: dict[str, Any] = {"params": {"encoder": params}}
+    if jax.tree.leaves(rest):
+        item["rest"] = {"encoder": rest}
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            str(Path(checkpoint_dir).resolve()),
+            args=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True))
+    except Exception as err:  # shape mismatch, partial write
+        raise UserError(f"cannot read the encoder of {checkpoint_dir} "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    parts = [restored["params"]["encoder"]] + ([restored["rest"]["encoder"]] if "rest" in item else [])
+    state = nnx.merge_state(*parts) if len(parts) > 1 else parts[0]
+    return jax.tree.map(np.asarray, state)  # host arrays: placed by the caller's jit

@@ -20,7 +20,7 @@ from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_mani
 from minilm_jax.errors import UserError
 from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, model_from_config,
                                    snapshot_steps)
-from minilm_jax.storage import RunPath, atomic_write_json, run_path
+from minilm_jax.storage import RunPath, run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train import runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
@@ -30,6 +30,7 @@ from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, check_
                                    make_mesh, replicated)
 from minilm_jax.train.metrics import MetricsWriter
 from minilm_jax.train.optim import make_optimizer, make_schedule
+from minilm_jax.train.records import PretrainSummary
 from minilm_jax.train.state import TrainState, lm_state
 from minilm_jax.train.step import make_eval_step, make_train_step
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
@@ -260,31 +261,29 @@ class Pretrainer(runner.LoopSpec):
 
     def _summary(self, status: str, step: int, wall: float, ckpts: Checkpoints,
                  writer: MetricsWriter) -> dict[str, Any]:
-        summary: dict[str, Any] = {
-            "status": status, "step": step, "wall_seconds_this_session": wall,
-            "point": self.model_cfg.point, "model": self.model_cfg.to_dict(),
-            "params": dataclasses.asdict(self.param_counts),
-            "flops_per_sequence": {"paper": self.flops_paper, "complete": self.flops_complete},
-            "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                         "flax": __import__("flax").__version__,
-                         "optax": __import__("optax").__version__,
-                         "orbax": __import__("orbax.checkpoint").checkpoint.__version__},
-            "devices": [str(d) for d in jax.devices()][:8], "num_devices": jax.device_count(),
-            "shards": self.manifest["tokenizer"],
-        }
+        """Write the run's :class:`PretrainSummary` (process 0); return it as JSON."""
+        record = PretrainSummary(
+            status=status, step=step, wall_seconds_this_session=wall,
+            point=self.model_cfg.point, model=self.model_cfg.to_dict(),
+            params=dataclasses.asdict(self.param_counts),
+            flops_per_sequence={"paper": self.flops_paper, "complete": self.flops_complete},
+            versions={"python": platform.python_version(), "jax": jax.__version__,
+                      "flax": __import__("flax").__version__,
+                      "optax": __import__("optax").__version__,
+                      "orbax": __import__("orbax.checkpoint").checkpoint.__version__},
+            devices=[str(d) for d in jax.devices()][:8], num_devices=jax.device_count(),
+            shards=self.manifest["tokenizer"])
         best = ckpts.restore_best(abstract_like(self.state)) if status == "completed" else None
         if best is not None:
             best_step, best_state, best_metrics = best
-            summary["best"] = {"step": int(best_step), "validation_loss": best_metrics["loss"],
-                               "validation_perplexity": best_metrics["perplexity"]}
+            record.best = {"step": int(best_step), "validation_loss": best_metrics["loss"],
+                           "validation_perplexity": best_metrics["perplexity"]}
             if self.config.eval.test_at_end and self.test_split is not None:
-                test = self.evaluate(self.test_split, best_state["params"],
-                                           best_state["rest"])
+                test = self.evaluate(self.test_split, best_state["params"], best_state["rest"])
                 writer.write(int(best_step), "test", test)
-                summary["best"]["test_loss"] = test["loss"]
-                summary["best"]["test_perplexity"] = test["perplexity"]
-        summary["final_params_sha256"] = params_digest(self.state["params"])
-        summary["device_memory"] = device_memory_stats()
+                record.best.update(test_loss=test["loss"], test_perplexity=test["perplexity"])
+        record.final_params_sha256 = params_digest(self.state["params"])
+        record.device_memory = device_memory_stats()
         if jax.process_index() == 0:
-            atomic_write_json(self.workdir / "summary.json", summary)
-        return summary
+            record.write(self.workdir)
+        return record.to_json()

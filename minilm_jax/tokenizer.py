@@ -66,6 +66,12 @@ class Tokenizer(abc.ABC):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def unknown_chars(self, texts: Sequence[str]) -> list[str]:
+        """The characters of ``texts`` (whitespace aside) that this tokenizer can only encode as
+        ``<unk>``, e.g. punctuation absent from the text it was trained on; sorted."""
+        chars = sorted({c for t in texts for c in t if not c.isspace()})
+        return [c for c, ids in zip(chars, self.encode_batch(chars)) if self.unk_id in ids]
+
     @abc.abstractmethod
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` (special tokens skipped)."""

@@ -116,6 +116,29 @@ def test_sample_sizes_count_examples_after_the_vocabulary_filter():
         assert not oov_words(ex, vocabulary)
 
 
+def test_characters_the_tokenizer_cannot_encode_are_dropped(tokenizer_path):
+    """data.drop_unknown_chars: a character the tokenizer only knows as <unk> leaves every split."""
+    import dataclasses
+
+    from minilm_jax.finetune.loop import drop_unknown_chars
+    from minilm_jax.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer(tokenizer_path)
+    assert tokenizer.unknown_chars(["snow ☃ man", "plain text"]) == ["☃"]
+    data = load_task_data(tiny_config(tokenizer_path))
+    data.train[0] = dataclasses.replace(data.train[0], text_a="☃ " + data.train[0].text_a)
+    data.evals["test"][0] = dataclasses.replace(data.evals["test"][0],
+                                                text_a=data.evals["test"][0].text_a + " ☃☃")
+    before = [ex.text_a for ex in data.train[1:]]
+    dropped = drop_unknown_chars(data, tokenizer)
+    assert "☃" in dropped and all(tokenizer.unk_id in tokenizer.encode(c) for c in dropped)
+    texts = [ex.text_a for split in (data.train, data.validation, data.evals["test"]) for ex in split]
+    assert not any(c in t for t in texts for c in dropped)
+    table = str.maketrans("", "", "".join(dropped))  # other texts lose those characters only
+    assert [ex.text_a for ex in data.train[1:]] == [" ".join(t.translate(table).split())
+                                                    for t in before]
+    assert tokenizer.unk_id not in tokenizer.encode(data.train[0].text_a)
+
+
 # ----------------------------------------------------------------------------- summary pieces
 def test_sample_std_with_n():
     members = [{"accuracy": 80.0, "score": 80.0}, {"accuracy": 84.0, "score": 84.0},

@@ -6,6 +6,7 @@ summary."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -22,6 +23,7 @@ from minilm_jax.storage import atomic_write_bytes, atomic_write_json, run_path
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.run_config import flatten, model_from_config, parse_value
 from minilm_jax.tasks.batching import bucket_length, cut_to_bucket, pad_to_batches
+from minilm_jax.tasks.base import Example
 from minilm_jax.tasks.encoding import encode_examples
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train import batches as batch_lib
@@ -62,6 +64,29 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def drop_unknown_chars(data: TaskData, tokenizer: Tokenizer) -> list[str]:
+    """Remove from every text of ``data`` (in place) the characters ``tokenizer`` can only encode as
+    ``<unk>``; the removed characters."""
+    splits = {"train": data.train, "validation": data.validation, **data.evals}
+    texts = [t for examples in splits.values() for ex in examples
+             for t in (ex.text_a, ex.text_b) if t]
+    unknown = tokenizer.unknown_chars(texts)
+    if unknown:
+        table = str.maketrans("", "", "".join(unknown))
+
+        def clean(ex: Example) -> Example:
+            return dataclasses.replace(ex, text_a=" ".join(ex.text_a.translate(table).split()),
+                                       text_b=None if ex.text_b is None else
+                                       " ".join(ex.text_b.translate(table).split()))
+
+        data.train = [clean(ex) for ex in data.train]
+        data.validation = [clean(ex) for ex in data.validation]
+        data.evals = {split: [clean(ex) for ex in examples] for split, examples in data.evals.items()}
+        print(f"data.drop_unknown_chars: removed {''.join(unknown)!r} (characters the tokenizer "
+              "encodes only as <unk>) from the task's texts", flush=True)
+    return unknown
+
+
 class Finetuner(runner.LoopSpec):
     """One fine-tuning run of ``config.task`` for S seeds, from a checkpoint or from random init."""
 
@@ -79,6 +104,8 @@ class Finetuner(runner.LoopSpec):
             config.model_overrides)
         self.tokenizer = self._tokenizer()
         self.data: TaskData = load_task_data(config, load_vocabulary(config.data.vocab_filter))
+        self.dropped_chars = (drop_unknown_chars(self.data, self.tokenizer)
+                              if config.data.drop_unknown_chars else None)
         self.spec = self.data.spec
         self.regression = self.spec.is_regression
         self.max_len, self.buckets = int(config.data.max_len), int(config.data.pad_buckets)
@@ -340,6 +367,7 @@ class Finetuner(runner.LoopSpec):
             "wall_seconds_this_session": wall, "params_total": self.param_counts.total,
             "tokenizer": {"path": self.tokenizer.path, "sha256": self.tokenizer.sha256},
             "vocab_filter": self.config.data.vocab_filter or None,
+            "dropped_chars": self.dropped_chars,
             "unk": self.unk,
             "majority": majority_baseline(
                 self.spec.name, self.train_arrays["labels"],

@@ -95,6 +95,7 @@ class FinetuneSummary(_Record):
     params_total: int = 0
     tokenizer: dict[str, str] = dataclasses.field(default_factory=dict)
     vocab_filter: str | None = None
+    dropped_chars: list[str] | None = None  # data.drop_unknown_chars: characters removed
     unk: dict[str, Any] = dataclasses.field(default_factory=dict)
     majority: dict[str, Any] = dataclasses.field(default_factory=dict)
     filter: dict[str, Any] | None = None

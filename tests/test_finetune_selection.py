@@ -125,12 +125,15 @@ def test_characters_the_tokenizer_cannot_encode_are_dropped(tokenizer_path):
     tokenizer = load_tokenizer(tokenizer_path)
     assert tokenizer.unknown_chars(["snow ☃ man", "plain text"]) == ["☃"]
     data = load_task_data(tiny_config(tokenizer_path))
+    letters = {c for ex in data.train for c in ex.text_a if c.isalnum()}
+    unknown_letters = [c for c in tokenizer.unknown_chars(sorted(letters)) if c.isalnum()]
     data.train[0] = dataclasses.replace(data.train[0], text_a="☃ " + data.train[0].text_a)
     data.evals["test"][0] = dataclasses.replace(data.evals["test"][0],
                                                 text_a=data.evals["test"][0].text_a + " ☃☃")
     before = [ex.text_a for ex in data.train[1:]]
     dropped = drop_unknown_chars(data, tokenizer)
     assert "☃" in dropped and all(tokenizer.unk_id in tokenizer.encode(c) for c in dropped)
+    assert not set(unknown_letters) & set(dropped)  # letters and digits stay (as <unk>)
     texts = [ex.text_a for split in (data.train, data.validation, data.evals["test"]) for ex in split]
     assert not any(c in t for t in texts for c in dropped)
     table = str.maketrans("", "", "".join(dropped))  # other texts lose those characters only

@@ -77,7 +77,7 @@ def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
     # reported split (GLUE dev, test, holdout): those are scored once, at the end of the run.
     c.data.validation_fraction = 0.1
     c.data.validation_seed = 0
-    # Remove the characters the tokenizer can only encode as <unk> (e.g. punctuation when the
+    # Remove the punctuation and symbols the tokenizer can only encode as <unk> (e.g. when the
     # pre-training text had none) from every task text; the summary lists them.
     c.data.drop_unknown_chars = False
     c.data.pad_buckets = 16  # pad each batch to the next multiple of this (<= max_len); 0: max_len

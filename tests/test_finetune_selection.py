@@ -19,7 +19,7 @@ from minilm_jax.finetune.loop import Finetuner
 from minilm_jax.finetune.selection import (majority_baseline, mean_std, sample_std, split_metrics,
                                            unk_counts, unk_warnings)
 from minilm_jax.corpus.vocab import load_word_list
-from minilm_jax.finetune.task_data import load_task_data
+from minilm_jax.tasks.task_data import load_task_data
 from minilm_jax.run_config import model_config_dict
 from minilm_jax.tasks.base import Example
 from minilm_jax.tasks.batching import bucket_length

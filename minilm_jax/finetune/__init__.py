@@ -1,5 +1,5 @@
 """Fine-tuning and evaluation on downstream tasks (GLUE, study B's tasks, local class folders)."""
 
-from .config import TASKS, finetune_config
+from .config import finetune_config
 
-__all__ = ["TASKS", "finetune_config"]
+__all__ = ["finetune_config"]

@@ -1,4 +1,4 @@
-"""Fine-tuning configs: SPEC A6's GLUE recipe and study B's recipe, one preset per task.
+"""Fine-tuning configs: generic defaults plus each task's recipe from the task registry.
 
 Every number is a config field; ``configs/finetune.py:<task>`` returns :func:`finetune_config`.
 """
@@ -11,38 +11,17 @@ import ml_collections
 
 from minilm_jax.model.config import ConfigError
 from minilm_jax.run_config import model_config_dict, optim_section
-
-GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
-STUDY_B = ("ag_news", "dbpedia14", "fewrel")
-LOCAL = ("folders", "bbc", "bbc_headlines", "bbc_topic", "bbc_order")
-TASKS = GLUE + STUDY_B + LOCAL
-
-# Study B's balanced per-class sample sizes (SPEC B): (train, eval) per class.
-_PER_CLASS = {"ag_news": (1000, 1000), "dbpedia14": (100, 100), "fewrel": (630, 70)}
-
-
-def _glue_recipe(c: ml_collections.ConfigDict) -> None:
-    """SPEC A6: batch 32, LR 2e-4, weight decay 0, 5 epochs, linear decay, no warmup."""
-    c.optim.peak_lr = 2e-4
-    c.optim.weight_decay = 0.0
-    c.train.epochs = 5
-    c.train.batch_size = 32
-
-
-def _study_b_recipe(c: ml_collections.ConfigDict) -> None:
-    """SPEC B: AdamW 5e-5, batch 32, up to 50 epochs (early stopping on the validation split)."""
-    c.optim.peak_lr = 5e-5
-    c.optim.weight_decay = 0.01  # not stated for fine-tuning; the pre-training value
-    c.train.epochs = 50
-    c.train.batch_size = 32
-    c.train.early_stopping_patience = 5
+from minilm_jax.tasks.registry import UnknownTask, get_task
 
 
 def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
-    """The default fine-tuning config of ``task`` (see :data:`TASKS`)."""
-    task = task.strip().lower()
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    """The default fine-tuning config of ``task``: generic defaults, then the task's recipe from the
+    registry (``minilm_jax.tasks.registry``)."""
+    try:
+        entry = get_task(task)
+    except UnknownTask as err:
+        raise ConfigError(str(err)) from None
+    task = entry.name
     c = ml_collections.ConfigDict()
     c.task = task
 
@@ -109,26 +88,14 @@ def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
     c.mesh.data = -1
     c.mesh.fsdp = 1
 
-    if task in GLUE:
-        _glue_recipe(c)
-        if task == "mnli":
-            c.data.eval_splits = ("dev_matched", "dev_mismatched")
-    else:
-        _study_b_recipe(c)
-        c.data.eval_splits = ("test",)
-        c.data.source = {"fewrel": "json"}.get(task, "csv")
-        if task in _PER_CLASS:
-            c.data.train_per_class, c.data.eval_per_class = _PER_CLASS[task]
-        if task in LOCAL:
-            c.data.source = "folders"
-            c.data.eval_splits = ("holdout",)
-        if task in ("bbc_topic", "bbc_order"):  # the main job's sentence tasks (minilm_jax.tasks.bbc)
-            c.data.source = "bbc"
-            c.data.eval_splits = ("test",)
-            c.optim.peak_lr = 1e-3
-            c.train.epochs = 10
-            c.train.early_stopping_patience = 0
-            c.data.max_len = 64
+    for field, value in entry.recipe.items():
+        *parents, leaf = field.split(".")
+        node = c
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"task {task}: recipe field {field!r} is not a fine-tuning config field")
+        node[leaf] = value
     return c
 
 
@@ -136,11 +103,6 @@ def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
 RESUMABLE_FIELDS = ("train.log_every", "train.progress", "checkpoint.every_steps",
                     "checkpoint.every_minutes", "checkpoint.keep", "mesh.data", "mesh.fsdp",
                     "train.steps_per_dispatch", "eval.batch_size")
-
-
-def task_family(task: str) -> str:
-    """``glue``, ``study_b`` or ``local``."""
-    return "glue" if task in GLUE else "study_b" if task in STUDY_B else "local"
 
 
 def describe(config: ml_collections.ConfigDict) -> dict[str, Any]:

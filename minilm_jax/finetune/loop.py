@@ -40,7 +40,8 @@ from .pretrained import PretrainedRun
 from .selection import (VALIDATION, majority_baseline, mean_std, sample_std, split_metrics,
                         unk_counts, unk_warnings)
 from .step import make_finetune_step, make_predict_step, make_select, members_state
-from .task_data import TaskData, load_task_data, load_vocabulary
+from minilm_jax.tasks.loaders import TaskData
+from minilm_jax.tasks.task_data import load_task_data, load_vocabulary
 
 INPUTS = ("tokens", "segments", "token_types")
 

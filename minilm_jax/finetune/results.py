@@ -17,7 +17,8 @@ from minilm_jax.storage import atomic_write_bytes, atomic_write_json
 
 from minilm_jax.analysis.stats import paired_gap, pearson_fisher
 
-from .config import GLUE
+from minilm_jax.tasks.metrics import glue_average
+from minilm_jax.tasks.registry import task_names
 
 
 def find_summaries(roots: Iterable[str | Path]) -> list[Path]:
@@ -68,11 +69,12 @@ def _cell(row: dict | None, key: str = "final") -> str:
 
 def glue_averages(rows: list[dict], which: str = "final") -> dict[str, float | None]:
     """Per init: the mean of per-task scores over the GLUE tasks present for that init."""
+    glue = task_names("glue")
     out: dict[str, float | None] = {}
     for init in ("pretrained", "random"):
         scores = [r[f"{which}_score"] for r in rows
-                  if r["init"] == init and r["task"] in GLUE and f"{which}_score" in r]
-        out[init] = float(np.mean(scores)) if scores else None
+                  if r["init"] == init and r["task"] in glue and f"{which}_score" in r]
+        out[init] = glue_average(scores) if scores else None
     return out
 
 
@@ -96,7 +98,7 @@ def tables(rows: list[dict]) -> tuple[str, dict[str, Any]]:
             lines += [f"Pre-training validation perplexity: {ppl:.2f}", ""]
         lines += ["| task | metrics (pre-trained) | pre-trained | random init | gain | runs |",
                   "| --- | --- | --- | --- | --- | --- |"]
-        tasks = sorted({r["task"] for r in group}, key=lambda t: (t not in GLUE, t))
+        tasks = sorted({r["task"] for r in group}, key=lambda t: (t not in task_names("glue"), t))
         for task in tasks:
             pre = next((r for r in group if r["task"] == task and r["init"] == "pretrained"), None)
             rnd = next((r for r in group if r["task"] == task and r["init"] == "random"), None)

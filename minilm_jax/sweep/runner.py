@@ -25,7 +25,8 @@ import ml_collections
 from minilm_jax import accounting
 from minilm_jax.errors import UserError
 from minilm_jax.storage import atomic_write_json
-from minilm_jax.finetune.config import TASKS, finetune_config
+from minilm_jax.finetune.config import finetune_config
+from minilm_jax.tasks.registry import task_names
 from minilm_jax.run_config import flatten, model_from_config, snapshot_steps
 from minilm_jax.train.records import is_done
 
@@ -143,8 +144,9 @@ class SweepRunner:
         self.sweep = sweep
         self.root = Path(root)
         for task in sweep.finetune_tasks:
-            if task not in TASKS:
-                raise UserError(f"sweep finetune_tasks: unknown task {task!r}; known: {', '.join(TASKS)}")
+            if task not in task_names():
+                raise UserError(f"sweep finetune_tasks: unknown task {task!r}; known: "
+                                f"{', '.join(task_names())}")
         self.runs = expand(sweep)
         for task in sweep.finetune_tasks:  # bad fine-tuning overrides fail now, not after pre-training
             finetune_run_config(sweep, task, Path("."))

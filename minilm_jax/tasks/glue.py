@@ -85,13 +85,13 @@ _TFDS_SPLITS = {"train": "train", "dev": "validation", "test": "test",
                 "dev_matched": "validation_matched", "dev_mismatched": "validation_mismatched",
                 "test_matched": "test_matched", "test_mismatched": "test_mismatched"}
 
-_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli-mm": "mnli"}
+GLUE_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli-mm": "mnli"}
 
 
 def glue_task(name: str) -> TaskSpec:
     """The :class:`TaskSpec` of a GLUE task (accepts ``CoLA``, ``SST-2``, ``sts-b``...)."""
     key = name.strip().lower()
-    key = _ALIASES.get(key, key)
+    key = GLUE_ALIASES.get(key, key)
     if key not in GLUE_TASKS:
         raise KeyError(f"unknown GLUE task {name!r}; known: {', '.join(GLUE_TASKS)}")
     return GLUE_TASKS[key]

@@ -15,10 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .glue import GLUE_TASKS, glue_task
-
-_ACCURACY_ONLY = ("ag_news", "dbpedia14", "fewrel", "bbc", "bbc_headlines", "bbc_topic", "bbc_order",
-                  "folders")
+from .glue import GLUE_TASKS
+from .registry import get_task
 
 
 def _class_ids(predictions: Any) -> np.ndarray:
@@ -138,39 +136,36 @@ def _mnli_key(split: str) -> str:
     raise KeyError(f"MNLI split key {split!r} is neither matched nor mismatched")
 
 
-def task_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float]:
-    """The official metrics of a task over one split.
+METRICS = {"accuracy": accuracy, "f1": f1_binary, "mcc": matthews_corrcoef,
+           "pearson": pearson, "spearman": spearman}
 
-    CoLA ``mcc``; STS-B ``pearson``, ``spearman``; MRPC/QQP ``accuracy``, ``f1``;
-    SST-2, QNLI, RTE, WNLI, AG News, DBpedia-14, FewRel ``accuracy``. MNLI:
-    pass mappings ``{"dev_matched": ..., "dev_mismatched": ...}`` for predictions
-    and labels to get ``accuracy_m`` and ``accuracy_mm``; or use task ``"mnli-m"``
-    / ``"mnli-mm"`` with arrays for one of them.
+
+def task_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float]:
+    """The official metrics of a task over one split: the registry entry's ``metric_names``.
+
+    CoLA ``mcc``; STS-B ``pearson``, ``spearman``; MRPC/QQP ``accuracy``, ``f1``; most others
+    ``accuracy``. MNLI: pass mappings ``{"dev_matched": ..., "dev_mismatched": ...}`` for
+    predictions and labels to get ``accuracy_m`` and ``accuracy_mm``; or use task ``"mnli-m"`` /
+    ``"mnli-mm"`` with arrays for one of them.
     """
     key = task.strip().lower()
-    if key in _ACCURACY_ONLY:
-        return {"accuracy": accuracy(predictions, labels)}
     if key in ("mnli-m", "mnli-mm"):
         return {"accuracy_m" if key == "mnli-m" else "accuracy_mm": accuracy(predictions, labels)}
-    name = glue_task(key).name
-    if name == "mnli":
+    names = get_task(key).metric_names
+    if names == ("accuracy_m", "accuracy_mm"):
         if not isinstance(predictions, Mapping) or not isinstance(labels, Mapping):
             raise TypeError("MNLI needs mappings split -> array for predictions and labels "
                             "(or task 'mnli-m' / 'mnli-mm')")
         return {_mnli_key(s): accuracy(predictions[s], labels[s]) for s in predictions}
-    if name == "cola":
-        return {"mcc": matthews_corrcoef(predictions, labels)}
-    if name == "stsb":
-        return {"pearson": pearson(predictions, labels), "spearman": spearman(predictions, labels)}
-    if name in ("mrpc", "qqp"):
-        return {"accuracy": accuracy(predictions, labels), "f1": f1_binary(predictions, labels)}
-    return {"accuracy": accuracy(predictions, labels)}
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise KeyError(f"task {task!r}: no metric function for {unknown}; known: {sorted(METRICS)}")
+    return {name: METRICS[name](predictions, labels) for name in names}
 
 
 def glue_score(task: str, metrics: Mapping[str, float]) -> float:
     """One number per task: the mean of its official metrics (MNLI: mean of m and mm)."""
-    key = task.strip().lower()
-    names = ("accuracy",) if key in _ACCURACY_ONLY else glue_task(key).metric_names
+    names = get_task(task).metric_names
     missing = [m for m in names if m not in metrics]
     if missing:
         raise KeyError(f"metrics for {task!r} lack {missing}; got {sorted(metrics)}")

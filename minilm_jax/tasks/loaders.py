@@ -1,4 +1,4 @@
-"""Task examples for a fine-tuning config: loading, per-class sampling, the SPEC A6 vocabulary filter.
+"""Task loaders, one per source family (each is the ``load`` of a registry entry), and ``TaskData``.
 
 Sources: GLUE (``glue_data`` TSV layout or TFDS), AG News / DBpedia-14 (original CSVs or TFDS),
 FewRel (JSON; the relation set is split per class into train / test), and local class folders
@@ -18,16 +18,14 @@ from typing import Any, Sequence
 import ml_collections
 
 from minilm_jax.errors import UserError
-from minilm_jax.corpus.vocab import load_word_list, obtain_aochildes_vocab
-from minilm_jax.tasks.base import Example, TaskDataError, TaskSpec
-from minilm_jax.tasks.bbc import TASKS as BBC_TASKS, bbc_news_dir, load_bbc_task
-from minilm_jax.tasks.classification import (AG_NEWS, DBPEDIA14, load_ag_news, load_ag_news_tfds,
-                                             load_dbpedia14, load_dbpedia14_tfds, load_fewrel)
-from minilm_jax.tasks.glue import glue_task, load_glue
-from minilm_jax.tasks.sampling import sample_per_class, split_off_fraction, split_per_class
-from minilm_jax.tasks.vocab_filter import FilterReport, filter_examples
 
-from .config import GLUE
+from .base import Example, TaskDataError, TaskSpec
+from .bbc import bbc_news_dir, load_bbc_task
+from .classification import (AG_NEWS, DBPEDIA14, load_ag_news, load_ag_news_tfds, load_dbpedia14,
+                             load_dbpedia14_tfds, load_fewrel)
+from .glue import glue_task, load_glue
+from .sampling import split_per_class
+from .vocab_filter import FilterReport
 
 
 @dataclasses.dataclass
@@ -118,18 +116,8 @@ def holdout_split(examples: Sequence[Example], fraction: float, seed: int
     return train, [ex for i, ex in enumerate(examples) if i in held]
 
 
-# ------------------------------------------------------------------------------ loading
-def load_vocabulary(spec: str) -> frozenset[str] | None:
-    """The word list of ``data.vocab_filter`` ("" -> no filter, "aochildes", or a file path)."""
-    if not spec:
-        return None
-    path = obtain_aochildes_vocab() if spec == "aochildes" else spec
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"data.vocab_filter: vocabulary file not found: {path}")
-    return load_word_list(path)
-
-
-def _need_dir(data: ml_collections.ConfigDict, task: str, what: str) -> str:
+# ------------------------------------------------------------------------------ loaders
+def need_dir(data: ml_collections.ConfigDict, task: str, what: str) -> str:
     if not data.dir:
         raise UserError(f"task {task} needs --config.data.dir={what}")
     if not Path(data.dir).exists():
@@ -137,10 +125,10 @@ def _need_dir(data: ml_collections.ConfigDict, task: str, what: str) -> str:
     return data.dir
 
 
-def _load_glue(task: str, data: ml_collections.ConfigDict) -> TaskData:
+def load_glue_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
     spec = glue_task(task)
     if data.source == "tsv":
-        _need_dir(data, task, "the glue_data folder (GLUE's download-script layout)")
+        need_dir(data, task, "the glue_data folder (GLUE's download-script layout)")
     elif data.source != "tfds":
         raise UserError(f"GLUE tasks read data.source 'tsv' or 'tfds', not {data.source!r}")
     data_dir = data.dir or None
@@ -151,11 +139,11 @@ def _load_glue(task: str, data: ml_collections.ConfigDict) -> TaskData:
     return TaskData(spec, load(data.train_split), {s: load(s) for s in data.eval_splits})
 
 
-def _load_news(task: str, data: ml_collections.ConfigDict) -> TaskData:
+def load_news_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
     spec = AG_NEWS if task == "ag_news" else DBPEDIA14
     if data.source == "csv":
         loader = load_ag_news if task == "ag_news" else load_dbpedia14
-        root = _need_dir(data, task, "the folder with train.csv / test.csv")
+        root = need_dir(data, task, "the folder with train.csv / test.csv")
 
         def load(split: str) -> list[Example]:
             return loader(root, split, data.text_mode)
@@ -169,8 +157,8 @@ def _load_news(task: str, data: ml_collections.ConfigDict) -> TaskData:
     return TaskData(spec, load(data.train_split), {s: load(s) for s in data.eval_splits})
 
 
-def _load_fewrel(task: str, data: ml_collections.ConfigDict) -> TaskData:
-    path = _need_dir(data, task, "a FewRel JSON file (relation -> instances)")
+def load_fewrel_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
+    path = need_dir(data, task, "a FewRel JSON file (relation -> instances)")
     examples, spec = load_fewrel(path)
     train_k, eval_k = data.train_per_class, data.eval_per_class
     if train_k <= 0 or eval_k <= 0:
@@ -179,7 +167,7 @@ def _load_fewrel(task: str, data: ml_collections.ConfigDict) -> TaskData:
     return TaskData(spec, train, {data.eval_splits[0]: test})
 
 
-def _load_local(task: str, data: ml_collections.ConfigDict) -> TaskData:
+def load_folder_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
     root = data.dir or (bbc_news_dir() if task.startswith("bbc") else "")
     if not root:
         raise UserError("task 'folders' needs --config.data.dir=DIR (one sub-folder of .txt per class)")
@@ -191,80 +179,10 @@ def _load_local(task: str, data: ml_collections.ConfigDict) -> TaskData:
     return TaskData(spec, train, {data.eval_splits[0]: holdout})
 
 
-def _load_bbc(task: str, data: ml_collections.ConfigDict) -> TaskData:
+def load_bbc_sentence_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
     """The main job's BBC sentence tasks: train from pre-training-side articles, test from held-out
     articles (``minilm_jax.tasks.bbc``)."""
     root = data.dir or None
     train, spec = load_bbc_task(task, "train", data.sample_seed, root)
     test, _ = load_bbc_task(task, "test", data.sample_seed, root)
     return TaskData(spec, train, {data.eval_splits[0]: test})
-
-
-def validation_split(examples: Sequence[Example], fraction: float, seed: int, regression: bool
-                     ) -> tuple[list[Example], list[Example]]:
-    """Seeded ``(train, validation)`` split of the training examples for model selection: per class
-    (every class keeps at least one training example) or, for regression, a plain seeded share."""
-    if not 0.0 < fraction < 1.0:
-        raise UserError(f"data.validation_fraction must be in (0, 1), got {fraction}")
-    if len(examples) < 2:
-        raise UserError(f"{len(examples)} training example(s) cannot be split into train and "
-                        "validation")
-    return split_off_fraction(examples, fraction, seed, stratified=not regression)
-
-
-def _subsample(examples: list[Example], limit: int, seed: int) -> list[Example]:
-    if limit <= 0 or len(examples) <= limit:
-        return examples
-    keep = set(random.Random(seed).sample(range(len(examples)), limit))
-    return [ex for i, ex in enumerate(examples) if i in keep]
-
-
-def load_task_data(config: ml_collections.ConfigDict, vocabulary: frozenset[str] | None = None
-                   ) -> TaskData:
-    """Examples of ``config.task`` after vocabulary filtering, per-class sampling and subsetting, with
-    the validation split (``data.validation_fraction`` of train, seeded) carved out last."""
-    task, data = config.task, config.data
-    try:
-        if task in GLUE:
-            result = _load_glue(task, data)
-        elif task in ("ag_news", "dbpedia14"):
-            result = _load_news(task, data)
-        elif task == "fewrel":
-            result = _load_fewrel(task, data)
-        elif task in BBC_TASKS:
-            result = _load_bbc(task, data)
-        else:
-            result = _load_local(task, data)
-    except (TaskDataError, KeyError, ValueError) as err:
-        if isinstance(err, UserError) and not isinstance(err, TaskDataError):
-            raise
-        raise UserError(f"task {task}: {err}") from err
-    # the vocabulary filter first: sample sizes count examples the model will see
-    if vocabulary is not None:
-        own = {"validation": result.validation} if result.validation else {}
-        kept, report = filter_examples({"train": result.train, **own, **result.evals}, vocabulary)
-        result.train = kept.pop("train")
-        result.validation = kept.pop("validation", [])
-        result.evals = kept
-        result.filter_report = report
-    if task != "fewrel":
-        if data.train_per_class > 0:
-            result.train = sample_per_class(result.train, data.train_per_class, data.sample_seed,
-                                            allow_fewer=True)
-        if data.eval_per_class > 0:
-            result.evals = {s: sample_per_class(v, data.eval_per_class, data.sample_seed,
-                                                allow_fewer=True) for s, v in result.evals.items()}
-    result.train = _subsample(result.train, data.max_train_examples, data.sample_seed)
-    result.evals = {s: _subsample(v, data.max_eval_examples, data.sample_seed)
-                    for s, v in result.evals.items()}
-    if not result.validation:  # no labelled validation split of its own: carve one from train
-        result.train, result.validation = validation_split(
-            result.train, data.validation_fraction, data.validation_seed, result.spec.is_regression)
-    for split, examples in {"train": result.train, "validation": result.validation,
-                            **result.evals}.items():
-        if not examples:
-            raise UserError(f"task {task}: the {split} split is empty after sampling/filtering")
-        if any(ex.label is None for ex in examples):
-            raise UserError(f"task {task}: the {split} split has unlabelled examples "
-                            "(test splits of GLUE carry no labels; evaluate on dev)")
-    return result

@@ -189,8 +189,9 @@ def test_failure_while_writing_keeps_the_good_report(good_report, tmp_path, monk
     def broken(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr(report, "plot_loss_vs_flops", quick_plot)
-    monkeypatch.setattr(report, "plot_icer", broken)
+    from minilm_jax.report import publish
+    monkeypatch.setattr(publish, "plot_loss_vs_flops", quick_plot)
+    monkeypatch.setattr(publish, "plot_icer", broken)
     with pytest.raises(RuntimeError, match="plotting failed"):
         report.build_report(results, out, report.ReportOptions(bootstrap=5))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -1,0 +1,119 @@
+"""Build a report directory: analyses, plots and report.md written to a staging directory that
+replaces the old report whole (a failed run leaves the earlier report untouched)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from minilm_jax.analysis.results import ResultsError, load_results
+from minilm_jax.errors import UserError
+
+from .analyses import analyse
+from .fmt import code
+from .downstream import (CORRELATION_PLOT, analyse_downstream, plot_correlation,
+                         section_correlation, section_gaps)
+from .markdown import section_curves, section_depth, section_icer, section_runs, section_summary
+from .options import DOWNSTREAM_PLOT, ICER_PLOT, LOSS_PLOT, REPORT_NAME, ReportOptions
+from .plots import plot_downstream, plot_icer, plot_loss_vs_flops
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
+                 source: Path) -> Path:
+    """Analyse ``rows`` and write report.md and its plots into the (empty) directory ``out``."""
+    analyses = analyse(rows, options)
+    for definition, curve in analyses.curves.items():
+        plot_loss_vs_flops(analyses, curve, out / LOSS_PLOT.format(definition))
+    icer_plotted = bool(analyses.icer_factors)
+    if icer_plotted:
+        plot_icer(analyses.icer_factors, analyses.icer_steps, out / ICER_PLOT)
+    downstream_plotted = bool(analyses.scores)
+    if downstream_plotted:
+        plot_downstream(analyses.scores, out / DOWNSTREAM_PLOT)
+    downstream = analyse_downstream(rows)
+    correlation_plotted = plot_correlation(downstream, out / CORRELATION_PLOT)
+    lines = ["# Scaling study report", "",
+             f"Source: {code(source)} (sha256 {_sha256(source)[:16]}…, {len(rows)} rows). "
+             f"Settings: headline FLOPs `{options.flops}`, {options.bins_per_decade} bins per "
+             f"decade, {options.bootstrap} bootstrap resamples, seed {options.seed}, at least "
+             f"{options.min_points} points per fit segment, {round(100 * options.confidence)}% "
+             "intervals. Loss in nats; FLOPs are cumulative training FLOPs.", ""]
+    lines += section_summary(analyses, downstream, options)
+    lines += section_curves(analyses, options)
+    lines += section_icer(analyses, options, icer_plotted)
+    lines += section_depth(analyses, options)
+    lines += section_gaps(downstream)
+    if downstream_plotted:
+        lines += [f"![downstream scores]({DOWNSTREAM_PLOT})", ""]
+    lines += section_correlation(downstream, correlation_plotted)
+    lines += section_runs(analyses)
+    path = out / REPORT_NAME
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _check_replaceable(out: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out exists and is not a directory: {out}")
+    foreign = [p.name for p in out.iterdir() if not (p.is_file() and (
+        p.name == REPORT_NAME or p.suffix == ".png"))]
+    if foreign:
+        raise UserError(f"refusing to replace {out}: it holds files that are not part of a report "
+                        f"({', '.join(sorted(foreign)[:5])})")
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Swap the finished ``staging`` directory in for ``out`` (restoring ``out`` on failure)."""
+    backup = None
+    if out.exists():
+        backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        backup.rmdir()
+        os.rename(out, backup)
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        if backup is not None:
+            os.rename(backup, out)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def build_report(results: str | Path, out: str | Path, options: ReportOptions | None = None
+                 ) -> Path:
+    """Load ``results``, write the report into a temporary sibling of ``out``, then swap it in.
+    Returns the path of report.md."""
+    options = options or ReportOptions()
+    options.check()
+    results, out = Path(results), Path(out)
+    try:
+        rows = load_results(results)
+    except ResultsError as err:
+        raise UserError(str(err)) from None
+    if not rows:
+        raise UserError(f"results file has no rows: {results}")
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        write_report(rows, staging, options, results)
+        os.chmod(staging, 0o755)
+        _publish(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out / REPORT_NAME

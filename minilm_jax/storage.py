@@ -16,6 +16,8 @@ from typing import Any, Union
 
 from etils import epath
 
+from minilm_jax.errors import UserError
+
 RunPath = Union[Path, epath.Path]
 
 
@@ -63,3 +65,82 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+LOCK_NAME = ".lock"
+
+
+class WorkdirLock:
+    """One live process per run directory: ``<dir>/.lock`` holds the owner's host and pid.
+
+    A second process gets :class:`~minilm_jax.errors.UserError` naming the owner. A lock left by a
+    process that no longer runs on this host is stale and taken over (with a note); one from another
+    host cannot be checked and is refused with the way out (delete the file). The owning process
+    may take its own lock again (re-entrant). On an object store the check and the write are not
+    atomic (no exclusive create there): it catches the common mistake, not a race.
+    """
+
+    def __init__(self, directory: str | os.PathLike, what: str = "workdir"):
+        self.path = run_path(directory) / LOCK_NAME
+        self.what = what
+        self.held = False
+
+    @staticmethod
+    def _me() -> dict[str, Any]:
+        import socket
+        import time
+        return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError, OSError):
+            return None
+
+    def acquire(self) -> "WorkdirLock":
+        me = self._me()
+        owner = self._owner()
+        if owner is not None and (owner.get("host"), owner.get("pid")) != (me["host"], me["pid"]):
+            if owner.get("host") != me["host"]:
+                raise UserError(f"{self.what} {self.path.parent} is in use by process "
+                                f"{owner.get('pid')} on host {owner.get('host')}; if that process "
+                                f"is gone, delete {self.path}")
+            if _alive(int(owner.get("pid", -1))):
+                raise UserError(f"{self.what} {self.path.parent} is in use by process "
+                                f"{owner.get('pid')} (this host); wait for it, stop it, or use "
+                                "another directory")
+            print(f"note: taking over the stale lock of process {owner.get('pid')} (no longer "
+                  f"running) in {self.path.parent}", flush=True)
+        atomic_write_json(self.path, me)
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        owner = self._owner()
+        if owner is not None and owner.get("pid") == os.getpid():
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        self.held = False
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with ``pid`` runs on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -167,6 +167,23 @@ def test_grad_accum_and_steps_per_dispatch_match_plain_steps(word_shards, tmp_pa
     assert scan[3] == pytest.approx(plain[3], rel=1e-6) and scan[4] == pytest.approx(plain[4], rel=1e-6)
 
 
+def test_a_second_live_process_on_the_workdir_is_refused(word_shards, tmp_path):
+    """One live process per workdir: the second is refused before it writes anything."""
+    import socket
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(json.dumps({"host": socket.gethostname(),
+                                                    "pid": sleeper.pid, "since": 0.0}))
+        with pytest.raises(UserError, match="in use by process"):
+            Pretrainer(small_config(word_shards), tmp_path)
+        assert not (tmp_path / "config.json").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    Pretrainer(small_config(word_shards, **{"train.num_steps": 2}), tmp_path).run()  # stale now
+    assert not (tmp_path / ".lock").exists()  # released at the end of the run
+
+
 def test_log_spaced_evaluation_steps():
     c = small_config("unused", **{"train.num_steps": 2500, "eval.per_decade": 4})
     assert log_eval_steps(c) == (10, 18, 32, 56, 100, 178, 316, 562, 1000, 1778)

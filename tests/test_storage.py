@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from minilm_jax import storage
 from minilm_jax.storage import atomic_write_json
 from minilm_jax.train import metrics as metrics_lib
@@ -47,3 +49,38 @@ def test_atomic_write_to_a_url_is_one_whole_write(monkeypatch, tmp_path):
     monkeypatch.setattr(storage, "run_path", FakeRemote)
     atomic_write_json("gs://bucket/run/summary.json", {"a": 1})
     assert json.loads(written["gs://bucket/run/summary.json"]) == {"a": 1}
+
+
+def _lock_file(directory, pid, host=None):
+    import socket
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ".lock").write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid,
+                                                 "since": 0.0}))
+
+
+def test_workdir_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from minilm_jax.errors import UserError
+    from minilm_jax.storage import WorkdirLock
+
+    lock = WorkdirLock(tmp_path / "run").acquire()
+    assert lock.acquire().held  # re-entrant for its owner
+    lock.release()
+    assert not (tmp_path / "run" / ".lock").exists()
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _lock_file(tmp_path / "busy", sleeper.pid)
+        with pytest.raises(UserError, match=f"in use by process {sleeper.pid}"):
+            WorkdirLock(tmp_path / "busy").acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with WorkdirLock(tmp_path / "busy") as taken:  # the owner is gone: stale
+        assert taken.held
+    assert "stale lock" in capsys.readouterr().out
+    _lock_file(tmp_path / "elsewhere", 123, host="another-host")
+    with pytest.raises(UserError, match="on host another-host; if that process is gone, delete"):
+        WorkdirLock(tmp_path / "elsewhere").acquire()

@@ -177,7 +177,8 @@ class Finetuner(runner.LoopSpec):
         current = flatten(self.config)
         current["init.mode"] = self.init_mode
         current["tokenizer_sha256"] = self.tokenizer.sha256
-        runner.check_workdir(self.workdir, current, RESUMABLE_FIELDS, "a fine-tuning run")
+        self.lock = runner.check_workdir(self.workdir, current, RESUMABLE_FIELDS,
+                                         "a fine-tuning run")
 
     def _build(self) -> None:
         cfg, num_labels = self.model_cfg, self.spec.num_labels
@@ -296,6 +297,14 @@ class Finetuner(runner.LoopSpec):
 
     # ----------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
+        """Train to the end (or preemption); the run's summary. The workdir lock is released
+        however the run ends."""
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> dict[str, Any]:
         config, tc = self.config, self.config.train
         ckpts = Checkpoints(self.workdir, keep=config.checkpoint.keep,
                             every_steps=config.checkpoint.every_steps,

@@ -24,7 +24,7 @@ import ml_collections
 
 from minilm_jax import accounting
 from minilm_jax.errors import UserError
-from minilm_jax.storage import atomic_write_json
+from minilm_jax.storage import WorkdirLock, atomic_write_json
 from minilm_jax.finetune.config import finetune_config
 from minilm_jax.tasks.registry import task_names
 from minilm_jax.run_config import flatten, model_from_config, snapshot_steps
@@ -175,10 +175,16 @@ class SweepRunner:
         return True
 
     def run(self, only: str = "") -> dict[str, Any]:
+        """Run (or skip, when finished) every selected run, then rebuild results and the report;
+        one sweep process per root (its lock)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with WorkdirLock(self.root, "sweep root"):
+            return self._run(only)
+
+    def _run(self, only: str) -> dict[str, Any]:
         from minilm_jax.finetune.loop import Finetuner
         from minilm_jax.train.loop import Pretrainer
 
-        self.root.mkdir(parents=True, exist_ok=True)
         selected = [r for r in self.runs if not only or only in r.name]
         for i, run in enumerate(selected, 1):
             run_dir = self.root / "runs" / run.name

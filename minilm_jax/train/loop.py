@@ -20,7 +20,7 @@ from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_mani
 from minilm_jax.errors import UserError
 from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, model_from_config,
                                    snapshot_steps)
-from minilm_jax.storage import RunPath, run_path
+from minilm_jax.storage import RunPath, WorkdirLock, run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train import runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
@@ -100,11 +100,12 @@ def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_
     return manifest
 
 
-def check_workdir(workdir: RunPath, config: ml_collections.ConfigDict, manifest: dict) -> None:
-    """Refuse a workdir that holds a run of a different config or different shards."""
+def check_workdir(workdir: RunPath, config: ml_collections.ConfigDict, manifest: dict
+                  ) -> WorkdirLock:
+    """Lock the workdir and refuse one that holds a run of a different config or shards."""
     current = flatten(config)
     current["data.tokenizer_sha256_seen"] = manifest["tokenizer"]["sha256"]
-    runner.check_workdir(workdir, current, RESUMABLE_FIELDS)
+    return runner.check_workdir(workdir, current, RESUMABLE_FIELDS)
 
 
 class Pretrainer(runner.LoopSpec):
@@ -118,7 +119,7 @@ class Pretrainer(runner.LoopSpec):
         self.manifest = check_shards(config, self.model_cfg.vocab_size, self.model_cfg.max_len,
                                      self.model_cfg.pad_id)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        check_workdir(self.workdir, config, self.manifest)
+        self.lock = check_workdir(self.workdir, config, self.manifest)
         self.train_split = open_split(config.data.shards, config.data.train_split,
                                       verify=config.data.verify_checksums)
         self.eval_split = self._optional_split(config.data.eval_split)
@@ -235,6 +236,14 @@ class Pretrainer(runner.LoopSpec):
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train to the end (or preemption); the run's summary. The workdir lock is released
+        however the run ends."""
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> dict[str, Any]:
         config, tc = self.config, self.config.train
         self.ckpts = Checkpoints(self.workdir, keep=config.checkpoint.keep,
                                  every_steps=config.checkpoint.every_steps,

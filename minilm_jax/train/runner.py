@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from minilm_jax.errors import UserError
 from minilm_jax.run_config import config_differences
-from minilm_jax.storage import RunPath, atomic_write_json
+from minilm_jax.storage import RunPath, WorkdirLock, atomic_write_json
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, preempted
@@ -96,19 +96,29 @@ class LoopSpec(abc.ABC):
 
 
 def check_workdir(workdir: RunPath, current: dict[str, Any], resumable: tuple[str, ...],
-                  what: str = "a run") -> None:
-    """Refuse a workdir whose ``config.json`` differs from ``current`` outside ``resumable``
-    fields; then record ``current`` there."""
-    saved_path = workdir / "config.json"
-    if saved_path.exists():
-        saved = json.loads(saved_path.read_text())
-        diffs = config_differences(saved, current, resumable)
-        if diffs:
-            details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diffs[:6])
-            raise UserError(f"workdir {workdir} holds {what} with a different config ({details}); "
-                            "use a new --workdir")
+                  what: str = "a run") -> WorkdirLock:
+    """Take the workdir's lock (one live process per workdir; process 0 of a multi-host run), refuse
+    a ``config.json`` that differs from ``current`` outside ``resumable`` fields, then record
+    ``current``. Returns the lock (release it when the run ends)."""
+    lock = WorkdirLock(workdir)
     if jax.process_index() == 0:
-        atomic_write_json(saved_path, current)
+        lock.acquire()
+    saved_path = workdir / "config.json"
+    try:
+        if saved_path.exists():
+            saved = json.loads(saved_path.read_text())
+            diffs = config_differences(saved, current, resumable)
+            if diffs:
+                details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+                                    for k in diffs[:6])
+                raise UserError(f"workdir {workdir} holds {what} with a different config "
+                                f"({details}); use a new --workdir")
+        if jax.process_index() == 0:
+            atomic_write_json(saved_path, current)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def restore(ckpts: Checkpoints, state: Any) -> tuple[int, Any]:

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 import ml_collections
 
-from minilm_jax.errors import UserError
+from minilm_jax.errors import StorageError, UserError, one_line
 from minilm_jax.run_config import flatten
-
-# Every layer's user-facing error derives from UserError (minilm_jax.errors).
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -27,7 +25,10 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     module_spec = importlib.util.spec_from_file_location("_minilm_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    try:
+        return module.get_config(arg) if arg else module.get_config()
+    except (ValueError, KeyError) as err:  # an unknown name: the config file's own message
+        raise UserError(f"--config={spec}: {err.args[0] if err.args else err}") from err
 
 
 def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
@@ -78,19 +79,99 @@ def run_main(main: Callable[[list[str]], None]) -> None:
 
     try:
         check_overrides(sys.argv[1:])
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as err:
+        exit_on_user_error(err)
+        raise
 
     def guarded(argv: list[str]) -> None:
         from absl import flags, logging
 
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+            quiet_orbax_errors()
+            sys.stderr = ClosedLoopNoiseFilter(sys.stderr)
         try:
             main(argv)
-        except USER_ERRORS as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+        except Exception as err:
+            exit_on_user_error(err)
+            raise
 
     app.run(guarded)
+
+
+def exit_on_user_error(err: BaseException) -> None:
+    """For a user-facing failure (:func:`~minilm_jax.errors.one_line`): print one ``error:`` line and
+    exit 2. Returns for a bug (the caller re-raises it with its traceback)."""
+    line = one_line(err)
+    if line is None:
+        return
+    if isinstance(err, StorageError):  # Orbax's aborted writers would print tracebacks at exit
+        stream = sys.stderr
+        if isinstance(stream, ClosedLoopNoiseFilter):  # a traceback still being held: noise
+            stream = stream.discard_held()
+        print(f"error: {line}", file=stream, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def quiet_orbax_errors() -> None:
+    """Drop Orbax's own error log lines (a failed write is logged by each of its threads); the
+    failure reaches the user as one :class:`StorageError` line. ``--verbosity`` brings them back."""
+    import logging
+
+    class _NotOrbax(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "/orbax/" not in record.pathname.replace("\\", "/")
+
+    logging.getLogger("absl").addFilter(_NotOrbax())
+
+
+class ClosedLoopNoiseFilter:
+    """A stderr wrapper that drops the tracebacks ending in ``RuntimeError: Event loop is closed``:
+    after a failed checkpoint write, TensorStore's threads call back into Orbax's closed event loop,
+    once per pending write. Everything else passes through unchanged."""
+
+    NOISE = "RuntimeError: Event loop is closed"
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._pending = ""  # text not yet ended by a newline
+        self._held: list[str] | None = None  # lines of a traceback being held back
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        if self._held is None and line.startswith("Traceback (most recent call last):"):
+            self._held = [line]
+        elif self._held is not None and (line.startswith(" ") or not line.strip()):
+            self._held.append(line)
+        elif self._held is not None:
+            held, self._held = self._held, None
+            if line.strip() != self.NOISE:
+                self._stream.write("\n".join(held + [line]) + "\n")
+        else:
+            self._stream.write(line + "\n")
+
+    def discard_held(self):
+        """Drop what is held back (a half-written traceback); the underlying stream."""
+        self._held, self._pending = None, ""
+        return self._stream
+
+    def flush(self) -> None:
+        if self._held is not None:
+            self._stream.write("\n".join(self._held) + "\n")
+            self._held = None
+        if self._pending:
+            self._stream.write(self._pending)
+            self._pending = ""
+        self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)

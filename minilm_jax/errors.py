@@ -11,3 +11,22 @@ from __future__ import annotations
 
 class UserError(RuntimeError):
     """A problem with the user's input (not a bug): reported as one line with a non-zero exit."""
+
+
+class StorageError(UserError):
+    """Writing outputs failed (disk full, read-only, quota) in a library that leaves work running
+    in the background (Orbax): entry points exit at once after the error line instead of waiting
+    for that work to be torn down at interpreter exit."""
+
+
+def one_line(err: BaseException) -> str | None:
+    """The one-line report of a user-facing failure, or None for a bug (which keeps its traceback):
+    a :class:`UserError`, or an ``OSError`` from the environment (missing file, permission denied,
+    read-only file system, disk full), named with its file."""
+    if isinstance(err, UserError):
+        return str(err)
+    if isinstance(err, OSError):
+        if err.strerror and err.filename:
+            return f"{err.filename}: {err.strerror}"
+        return err.strerror or str(err)
+    return None

@@ -90,6 +90,9 @@ def test_downstream_fields_of_a_regression_task_have_no_majority_score(tmp_path)
     ("groups", ("pairs=E32-H32-I128-L1-A2",), "iso_flop:<name> or iso_param"),
     ("ofat", ("small:model.hiden_dim=8",), "unknown config field 'model.hiden_dim'"),
     ("ofat", ("small:model.num_heads=3",), "sweep run small__num_heads=3"),
+    ("bases", ("small=E32-H32-I128-L1-A2", "small=E64-H64-I256-L1-A2"), r"\['small'\] are declared"),
+    ("num_steps", -5, "num_steps=-5 must be positive"),
+    ("batch_size", -1, "batch_size=-1 must be positive"),
 ])
 def test_bad_sweep_entries_are_clear_errors(field, value, match):
     sweep = sweep_configs.paper()
@@ -174,6 +177,41 @@ def test_runner_isolates_failures_skips_finished_and_resumes(word_shards, tmp_pa
     assert "pre-training finished earlier: skipped" in out
     assert "resumed from checkpoint at step 8" in out
     assert (tmp_path / "runs" / "b" / "pretrain" / "summary.json").stat().st_mtime_ns == first_summary
+
+
+def test_a_changed_sweep_is_refused_and_only_judges_its_runs(word_shards, tmp_path):
+    """A re-run whose effective config differs from what a workdir was trained with is refused
+    before anything runs, naming the fields; ``--only`` reports only the runs it selected."""
+    sweep = tiny_sweep(word_shards)
+    sweep.num_steps = 4
+    sweep.ofat = ("b:eval.batch_size=44",)  # fails at start-up (8 test devices)
+    outcome = SweepRunner(sweep, tmp_path).run()
+    assert list(outcome["failures"]) == ["b__batch_size=44"]
+    assert SweepRunner(sweep, tmp_path).run(only="b__")["failures"] == {"b__batch_size=44": {
+        "pretrain": outcome["failures"]["b__batch_size=44"]["pretrain"]}}
+    sweep.ofat = ()
+    assert SweepRunner(sweep, tmp_path).run()["failures"] == {}  # b only: its own outcome
+    status_before = (tmp_path / "status.json").read_text()
+    for field, value, named in (("num_steps", 6, "train.num_steps: 4 -> 6"),
+                                ("pretrain_overrides", sweep.pretrain_overrides + ("seed=3",),
+                                 "seed: 0 -> 3")):
+        changed = ml_collections.ConfigDict(sweep.to_dict())
+        changed[field] = value
+        with pytest.raises(UserError, match=rf"runs/b/pretrain \({named}.*use a new --root"):
+            SweepRunner(changed, tmp_path).run()
+    assert (tmp_path / "status.json").read_text() == status_before  # nothing ran
+    # a fine-tuning workdir trained with other fine-tuning overrides
+    from minilm_jax.run_config import flatten
+    from minilm_jax.sweep.runner import finetune_jobs
+    sweep.finetune_tasks, sweep.finetune_init = ("sst2",), "pretrained"
+    runner = SweepRunner(sweep, tmp_path)
+    job = finetune_jobs(sweep, runner.runs[0], tmp_path)[0]
+    job.workdir.mkdir(parents=True)
+    (job.workdir / "config.json").write_text(json.dumps(flatten(job.config)))
+    runner._refuse_changed(runner.runs)  # the same config: accepted
+    sweep.finetune_overrides = tuple(sweep.finetune_overrides) + ("train.epochs=3",)
+    with pytest.raises(UserError, match=r"finetune/sst2 \(train.epochs: \d+ -> 3\)"):
+        SweepRunner(sweep, tmp_path).run()
 
 
 def test_main_job_end_to_end_smallest_size(tmp_path):

@@ -111,9 +111,12 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
                       threads=args.workers)
     result = run_train_tokenizers(_sources(args.corpus), args.out, sizes=args.sizes,
                                   model_types=args.model_types.split(","), sample=args.sample, seed=args.seed,
-                                  cfg=cfg, overwrite=args.overwrite, progress=not args.no_progress)
+                                  cfg=cfg, overwrite=args.overwrite, progress=not args.no_progress,
+                                  on_decode_error=args.on_decode_error)
     for name, model in result["models"].items():
         print(f"{name}\t{model['file']}\tsha256 {model['sha256'][:16]}")
+    if result["skipped_note"]:
+        print(result["skipped_note"])
     print(f"trained {len(result['models'])} model(s) on {result['sample_texts']} sampled texts; wrote {args.out}")
 
 
@@ -141,6 +144,10 @@ def cmd_shards(args: argparse.Namespace) -> None:
         counts = manifest["source"]["counts"][name]
         print(f"{name:<11} {entry['num_sequences']:>9} rows {entry['num_tokens']:>11} tokens "
               f"{counts['texts']:>9} texts {counts['truncated_tokens']:>8} truncated tokens")
+    skipped = manifest["source"].get("undecodable_skipped", 0)
+    if skipped:
+        print(f"skipped {skipped} undecodable line(s) (first at "
+              f"{manifest['source']['first_undecodable']})")
     print(f"wrote {args.out}")
 
 
@@ -228,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--character_coverage", type=float, default=0.9995)
     p.add_argument("--byte_fallback", action="store_true", help="byte pieces instead of <unk> for rare characters")
-    _add_common(p)
+    _add_common(p, decode=True)
 
     p = _command(sub, "select-tokenizer", cmd_select,
                  "compare tokenizers (split ratio, ESMS, unk rate); recommend a size",
@@ -285,14 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from minilm_jax.data.shards import ShardError
-    from minilm_jax.tokenizer import TokenizerError
+    from minilm_jax.errors import one_line
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CorpusError, TokenizerError, ShardError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # user errors and the environment's (disk full, read-only) in one line
+        line = one_line(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -31,7 +31,7 @@ from minilm_jax.corpus.errors import CorpusError
 from minilm_jax.corpus.filter_stage import parallel_map
 from minilm_jax.corpus.manifest import atomic_output_dir, check_output_free, read_stage_manifest
 from minilm_jax.corpus.progress import progress_bar
-from minilm_jax.corpus.sources import SourceSpec, fingerprint, iter_documents
+from minilm_jax.corpus.sources import ReadStats, SourceSpec, fingerprint, iter_documents
 from minilm_jax.data.shards import ShardWriter
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 
@@ -221,14 +221,15 @@ def _text_batches(specs: list[SourceSpec], on_decode_error: str) -> Iterator[tup
         yield index, batch
 
 
-def count_texts(specs: list[SourceSpec], on_decode_error: str) -> int:
-    """Number of texts of the sources (from the manifest for a stage output, else by reading)."""
+def count_texts(specs: list[SourceSpec], on_decode_error: str, stats: ReadStats | None = None) -> int:
+    """Number of texts of the sources (from the manifest for a stage output, else by reading;
+    ``stats`` counts the undecodable lines skipped)."""
     total = 0
     for spec in specs:
         if spec.kind == "corpus" and spec.option("limit") is None:
             total += read_stage_manifest(spec.location, ("filter", "control"))["counts"]["total"]["sequences"]
         else:
-            total += sum(1 for _ in iter_documents(spec, on_decode_error=on_decode_error))
+            total += sum(1 for _ in iter_documents(spec, on_decode_error=on_decode_error, stats=stats))
     return total
 
 
@@ -270,7 +271,8 @@ def run_shards(sources: list[SourceSpec], tokenizer_path: str, out_dir: str | os
     check_output_free(out_dir, overwrite)
     tok = load_tokenizer(tokenizer_path)
     inputs = [fingerprint(s) for s in sources]
-    n = count_texts(sources, on_decode_error)
+    read = ReadStats()
+    n = count_texts(sources, on_decode_error, read)
     if n == 0:
         raise CorpusError(f"corpus is empty: no texts in {', '.join(map(str, sources))}")
     assignment = split_assignment(n, cfg.valid, cfg.test, cfg.seed)
@@ -278,7 +280,8 @@ def run_shards(sources: list[SourceSpec], tokenizer_path: str, out_dir: str | os
             ShardWriter(tmp, seq_len=cfg.seq_len, pad_id=tok.pad_id, tokenizer=tok.info, splits=SPLITS) as writer:
         builders = build_rows(sources, tok, cfg, assignment, workers=workers, on_decode_error=on_decode_error,
                               progress=progress, writer=writer, block_rows=block_rows)
-        manifest = writer.finish(_provenance(inputs, tok, cfg, builders))
+        manifest = writer.finish({**_provenance(inputs, tok, cfg, builders),
+                                  **read.undecodable_counts()})
     return manifest
 
 

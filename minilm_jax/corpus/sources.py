@@ -115,6 +115,18 @@ class ReadStats:
         self.undecodable_skipped += 1
         self.first_undecodable = self.first_undecodable or loc
 
+    def skipped_note(self) -> str | None:
+        """The line a stage prints about skipped undecodable input, or None when there was none."""
+        if not self.undecodable_skipped:
+            return None
+        return (f"skipped {self.undecodable_skipped} undecodable line(s) "
+                f"(first at {self.first_undecodable})")
+
+    def undecodable_counts(self) -> dict[str, Any]:
+        """The counts a stage's manifest records."""
+        return {"undecodable_skipped": self.undecodable_skipped,
+                "first_undecodable": self.first_undecodable}
+
     def merge(self, other: ReadStats) -> None:
         self.documents += other.documents
         self.bytes += other.bytes

@@ -49,9 +49,11 @@ def reservoir_sample(texts: Iterable[str], n: int, seed: int) -> list[str]:
     return [text for _, text in sorted(chosen)]
 
 
-def sample_corpus(specs: list[SourceSpec], n: int, seed: int, on_decode_error: str = "skip") -> list[str]:
-    """Reservoir sample across several sources; an empty corpus is an error."""
-    stats = ReadStats()
+def sample_corpus(specs: list[SourceSpec], n: int, seed: int, on_decode_error: str = "skip",
+                  stats: ReadStats | None = None) -> list[str]:
+    """Reservoir sample across several sources (``stats`` counts what was read and skipped); an
+    empty corpus is an error."""
+    stats = stats if stats is not None else ReadStats()
 
     def stream() -> Iterable[str]:
         for spec in specs:
@@ -101,7 +103,7 @@ def _write_vocab_listing(model_path: Path) -> None:
 def run_train_tokenizers(sources: list[SourceSpec], out_dir: str | os.PathLike, *, sizes: list[int],
                          model_types: list[str], sample: int = 100_000, seed: int = 0,
                          cfg: TrainConfig = TrainConfig(), overwrite: bool = False,
-                         progress: bool = False) -> dict[str, Any]:
+                         progress: bool = False, on_decode_error: str = "skip") -> dict[str, Any]:
     """Train every (type, size) of the grid on one corpus sample; write models and a manifest."""
     if not sizes:
         raise CorpusError("no vocabulary sizes given")
@@ -110,7 +112,8 @@ def run_train_tokenizers(sources: list[SourceSpec], out_dir: str | os.PathLike, 
             raise CorpusError(f"model type must be one of {MODEL_TYPES}, got {model_type!r}")
     check_output_free(out_dir, overwrite)
     inputs = {"sources": [fingerprint(s) for s in sources]}
-    texts = sample_corpus(sources, sample, seed)
+    stats = ReadStats()
+    texts = sample_corpus(sources, sample, seed, on_decode_error, stats)
     models: dict[str, Any] = {}
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         grid = [(t, s) for t in model_types for s in sorted(sizes)]
@@ -124,7 +127,10 @@ def run_train_tokenizers(sources: list[SourceSpec], out_dir: str | os.PathLike, 
                   "train": dataclasses.asdict(cfg),
                   "special_tokens": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}}
         manifest = write_stage_manifest(tmp, "train-tokenizer", inputs=inputs, parameters=params,
-                                        counts={"sample_texts": len(texts)}, extra={"models": models})
+                                        counts={"sample_texts": len(texts),
+                                                **stats.undecodable_counts()},
+                                        extra={"models": models})
     for entry in models.values():
         entry["sha256"] = manifest["outputs"][entry["file"]]["sha256"]
-    return {"models": models, "sample_texts": len(texts), "out_dir": str(out_dir)}
+    return {"models": models, "sample_texts": len(texts), "out_dir": str(out_dir),
+            "skipped_note": stats.skipped_note()}

@@ -263,12 +263,39 @@ def open_split(shard_dir: str | os.PathLike, split: str, *, verify: bool = False
         raise ShardError(f"shard file missing: {path}")
     if verify and file_sha256(path) != entry["sha256"]:
         raise ShardError(f"shard file {path} does not match the checksum in its manifest")
-    tokens = np.load(path, mmap_mode="r")
-    if tokens.ndim != 2 or tokens.shape[1] != manifest["seq_len"]:
-        raise ShardError(f"{path}: shape {tokens.shape} disagrees with seq_len {manifest['seq_len']}")
+    tokens = _load_rows(path, manifest["seq_len"], int(entry["num_sequences"]))
     if tokens.shape[0] == 0:
         raise ShardError(f"{path}: split '{split}' is empty")
+    _check_token_range(path, tokens, int(manifest["tokenizer"]["vocab_size"]))
     segments = None
     if "segments_file" in entry:
-        segments = np.load(Path(shard_dir) / entry["segments_file"], mmap_mode="r")
+        segments = _load_rows(Path(shard_dir) / entry["segments_file"], manifest["seq_len"],
+                              int(entry["num_sequences"]))
     return ShardSplit(tokens=tokens, segments=segments)
+
+
+def _load_rows(path: Path, seq_len: int, rows: int) -> np.ndarray:
+    """Memory-map a shard file after checking it has the manifest's ``rows`` x ``seq_len`` shape
+    (a truncated or replaced file is named, never read past its end)."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as err:
+        raise ShardError(f"shard file {path} is truncated or unreadable ({err}); rebuild the "
+                         "shards") from err
+    if array.ndim != 2 or array.shape != (rows, seq_len):
+        raise ShardError(f"shard file {path} has shape {array.shape}, its manifest says "
+                         f"({rows}, {seq_len}); rebuild the shards")
+    return array
+
+
+def _check_token_range(path: Path, tokens: np.ndarray, vocab_size: int,
+                       sample_rows: int = 4096) -> None:
+    """Token ids within [0, vocab_size), checked on up to ``sample_rows`` evenly spaced rows (first
+    and last included): cheap at open; ``data.verify_checksums`` checks every byte."""
+    rows = np.unique(np.linspace(0, tokens.shape[0] - 1, min(sample_rows, tokens.shape[0]))
+                     .astype(np.int64))
+    sample = np.asarray(tokens[rows])
+    low, high = int(sample.min()), int(sample.max())
+    if low < 0 or high >= vocab_size:
+        raise ShardError(f"shard file {path} holds token id {high if high >= vocab_size else low}, "
+                         f"outside the tokenizer's {vocab_size} ids; rebuild the shards")

@@ -146,10 +146,15 @@ class Finetuner(runner.LoopSpec):
         self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
         check_batch_divisible(tc.batch_size, self.mesh, "train.batch_size")
         check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._check_workdir()
         self.indexers = [batch_lib.BatchIndexer(seed, n_train, tc.batch_size) for seed in self.seeds]
         self._build()
+        # Everything is checked: only now is anything written (a rejected command leaves no trace).
+        self.identity = flatten(config)
+        self.identity["init.mode"] = self.init_mode
+        self.identity["tokenizer_sha256"] = self.tokenizer.sha256
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.lock = runner.check_workdir(self.workdir, self.identity, RESUMABLE_FIELDS,
+                                         "a fine-tuning run")
 
     # ----------------------------------------------------------------------------- setup
     def _tokenizer(self) -> Tokenizer:
@@ -172,13 +177,6 @@ class Finetuner(runner.LoopSpec):
             raise UserError(f"data.max_len={self.config.data.max_len} exceeds the model's sequence "
                             f"length {self.model_cfg.max_len}")
         return tokenizer
-
-    def _check_workdir(self) -> None:
-        current = flatten(self.config)
-        current["init.mode"] = self.init_mode
-        current["tokenizer_sha256"] = self.tokenizer.sha256
-        self.lock = runner.check_workdir(self.workdir, current, RESUMABLE_FIELDS,
-                                         "a fine-tuning run")
 
     def _build(self) -> None:
         cfg, num_labels = self.model_cfg, self.spec.num_labels
@@ -308,9 +306,10 @@ class Finetuner(runner.LoopSpec):
         config, tc = self.config, self.config.train
         ckpts = Checkpoints(self.workdir, keep=config.checkpoint.keep,
                             every_steps=config.checkpoint.every_steps,
-                            every_minutes=config.checkpoint.every_minutes, keep_best=False)
+                            every_minutes=config.checkpoint.every_minutes, keep_best=False,
+                            identity=self.identity, resumable=RESUMABLE_FIELDS)
         self.writer = MetricsWriter(self.workdir)
-        start, self.state = runner.restore(ckpts, self.state)
+        start, self.state = runner.restore(ckpts, self.writer, self.state)
         self._history = history = self._load_history(start)
         self._window_examples = 0
         t0 = time.time()

@@ -7,7 +7,8 @@ Layout under ``--root``: ``runs/<name>/pretrain`` (a pre-training workdir),
 architecture and task, shared by every run of that architecture, at
 ``random/<point>__<hash>/<task>``), ``status.json`` (state of every run,
 failures with their error), ``results.jsonl``, ``report/``. Re-running skips finished work and
-resumes interrupted runs from their checkpoints.
+resumes interrupted runs from their checkpoints; a re-run whose config would change what a workdir
+was trained with is refused before anything runs (:meth:`SweepRunner._refuse_changed`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,27 @@ from minilm_jax.errors import UserError
 from minilm_jax.storage import WorkdirLock, atomic_write_json
 from minilm_jax.finetune.config import finetune_config
 from minilm_jax.tasks.registry import task_names
-from minilm_jax.run_config import flatten, model_from_config, snapshot_steps
+from minilm_jax.finetune.config import RESUMABLE_FIELDS as FINETUNE_RUN_CONTROL
+from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config, snapshot_steps
 from minilm_jax.train.records import is_done
+
+# Pre-training fields that a sweep may change without changing a run's results (run control);
+# everything else, the number of steps and the evaluation points included, makes it another run.
+PRETRAIN_RUN_CONTROL = tuple(f for f in RESUMABLE_FIELDS if f not in (
+    "train.num_steps", "eval.every_steps", "eval.per_decade", "eval.test_at_end",
+    "checkpoint.keep_fractions"))
+
+
+def changed_fields(workdir: Path, config: ml_collections.ConfigDict,
+                   run_control: tuple[str, ...]) -> list[str]:
+    """Fields (``field: old -> new``) in which ``workdir``'s recorded ``config.json`` differs from
+    ``config``, outside ``run_control``; empty when nothing differs or nothing is recorded."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return []
+    saved, current = json.loads(path.read_text()), flatten(config)
+    keys = sorted(k for k in current if k not in run_control and saved.get(k) != current[k])
+    return [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in keys]
 
 from .results import write_results
 from .spec import Run, apply_override, expand
@@ -186,6 +206,7 @@ class SweepRunner:
         from minilm_jax.train.loop import Pretrainer
 
         selected = [r for r in self.runs if not only or only in r.name]
+        self._refuse_changed(selected)
         for i, run in enumerate(selected, 1):
             run_dir = self.root / "runs" / run.name
             pre_dir = run_dir / "pretrain"
@@ -209,11 +230,31 @@ class SweepRunner:
         report_dir = None
         if self.sweep.report:
             report_dir = self._report(results)
+        names = {run.name for run in selected}  # --only: judged on the runs it selected
         failures = {name: {stage: s["error"] for stage, s in stages.items() if s["state"] == "failed"}
-                    for name, stages in self._status().items()}
+                    for name, stages in self._status().items() if name in names}
         failures = {k: v for k, v in failures.items() if v}
         return {"runs": len(selected), "failures": failures, "results": str(results),
                 "report": str(report_dir) if report_dir else None}
+
+    def _refuse_changed(self, runs: list[Run]) -> None:
+        """Refuse, before anything runs, a sweep whose runs would differ from what their workdirs
+        were trained with (the sweep config changed since): results are never silently mixed."""
+        changed = []
+        for run in runs:
+            pre_dir = self.root / "runs" / run.name / "pretrain"
+            fields = changed_fields(pre_dir, run.config, PRETRAIN_RUN_CONTROL)
+            if fields:
+                changed.append(f"{pre_dir.relative_to(self.root)} ({'; '.join(fields[:4])})")
+            for job in finetune_jobs(self.sweep, run, self.root):
+                fields = changed_fields(job.workdir, job.config, FINETUNE_RUN_CONTROL)
+                if fields:
+                    changed.append(f"{job.workdir.relative_to(self.root)} ({'; '.join(fields[:4])})")
+        if changed:
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            raise UserError(f"sweep root {self.root} holds runs trained with a different config: "
+                            f"{', '.join(changed[:3])}{more}; use a new --root, or delete those "
+                            "folders to re-run them")
 
     def _report(self, results: Path) -> Path | None:
         from minilm_jax.report import ReportOptions, build_report

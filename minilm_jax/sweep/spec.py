@@ -75,6 +75,9 @@ def _name(*parts: str) -> str:
 def knob_overrides(sweep: ml_collections.ConfigDict) -> list[str]:
     """Overrides from the sweep's shortcut fields (``shards``, ``num_steps``, ``batch_size``,
     ``eval_every``, ``vocab_size``); zero or empty leaves the recipe's value."""
+    for knob in ("num_steps", "batch_size", "eval_every", "vocab_size"):
+        if sweep[knob] < 0:
+            raise UserError(f"sweep {knob}={sweep[knob]} must be positive (0: the recipe's value)")
     out = [f"data.shards={sweep.shards}"] if sweep.shards else []
     if sweep.num_steps > 0:
         out.append(f"train.num_steps={sweep.num_steps}")
@@ -110,6 +113,10 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
         else:
             runs[key] = run
 
+    base_names = [_split_assignment(e, "bases")[0] for e in sweep.bases]
+    repeated = sorted({n for n in base_names if base_names.count(n) > 1})
+    if repeated:
+        raise UserError(f"sweep bases: the name(s) {repeated} are declared more than once")
     bases = dict(_split_assignment(e, "bases") for e in sweep.bases)
     for base, point in bases.items():
         add(base, point, [], Membership("base", base))

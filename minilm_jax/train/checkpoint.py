@@ -1,10 +1,13 @@
 """Orbax checkpoints: the last K train states (every N steps and every M minutes), the best one by
-validation loss, and fallback to the previous step when the newest is corrupt or partial."""
+validation loss and snapshots at fixed steps; each step sealed (:mod:`~minilm_jax.train.seal`) and
+checked before it is read: a corrupt newest checkpoint is quarantined and the run falls back to the
+previous one, a checkpoint of another run is refused, and no readable checkpoint at all is an error,
+never a silent restart."""
 
 from __future__ import annotations
 
-import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,21 +18,48 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from minilm_jax.errors import UserError
+from minilm_jax.errors import StorageError, UserError
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import MaskedLM
+from minilm_jax.run_config import config_differences
+from minilm_jax.train import seal
 
-log = logging.getLogger(__name__)
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: corrupt, of another run, or not restorable."""
+
+
+class CheckpointWriteError(CheckpointError, StorageError):
+    """Saving a checkpoint failed (the storage, not the state)."""
+
+
+def _storage_cause(err: BaseException) -> str:
+    """The operating-system cause inside an Orbax / TensorStore write error, in a few words."""
+    text = str(err)
+    code = re.search(r"os_error_code='?(\d+)", text)
+    path = re.search(r'Failed (?:writing|to write)[^"]*"([^"]+)"', text)
+    if code:
+        cause = os.strerror(int(code.group(1)))
+        return f"{cause}: {path.group(1)}" if path else cause
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    return f"{type(err).__name__}: {_first_line(err)}"
 
 
 class Checkpoints:
-    """Wraps two ``ocp.CheckpointManager``s: ``<workdir>/checkpoints`` and ``<workdir>/best``."""
+    """Wraps ``ocp.CheckpointManager``s for ``<workdir>/checkpoints``, ``best`` and ``snapshots``.
+
+    ``identity`` (the run's flattened config) is sealed into every step; a checkpoint whose sealed
+    identity differs outside ``resumable`` fields is refused."""
 
     def __init__(self, workdir: str | Path, *, keep: int, every_steps: int, every_minutes: float,
-                 keep_best: bool, snapshot_steps: tuple[int, ...] = ()):
+                 keep_best: bool, snapshot_steps: tuple[int, ...] = (),
+                 identity: dict[str, Any] | None = None, resumable: tuple[str, ...] = ()):
         workdir = str(workdir)
         # Orbax needs absolute paths; gs:// and other URLs pass through.
         root = epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+        self.root = root
+        self.identity, self.resumable = identity, tuple(resumable)
         self.every_steps = max(1, int(every_steps))
         self.every_seconds = float(every_minutes) * 60.0
         self._last_save_time = time.monotonic()
@@ -51,14 +81,32 @@ class Checkpoints:
                                                  enable_async_checkpointing=False))
             if self.snapshot_steps else None)
 
+    # ------------------------------------------------------------------------------ saving
+    def _step_dir(self, manager: ocp.CheckpointManager, step: int) -> epath.Path:
+        return epath.Path(str(manager.directory)) / str(step)
+
+    def _write(self, manager: ocp.CheckpointManager, step: int, args: Any) -> None:
+        """Save ``step`` (replacing a corrupt copy of it) and seal it."""
+        if step in manager.all_steps():
+            if seal.verify(self._step_dir(manager, step)).ok:
+                return
+            self._quarantine(manager, [step], "it is corrupt or was never sealed")
+        try:
+            manager.save(step, args=args, force=True)
+            manager.wait_until_finished()
+            if jax.process_index() == 0:
+                seal.write_seal(self._step_dir(manager, step), self.identity)
+        except Exception as err:  # disk full, read-only, quota: Orbax wraps the OS error
+            raise CheckpointWriteError(
+                f"cannot save the checkpoint at step {step} in {manager.directory} "
+                f"({_storage_cause(err)}); the earlier checkpoints are kept") from err
+        _sync("seal")
+
     def save_snapshot(self, step: int, state: Any) -> None:
         """Keep ``state`` at ``step`` if it is a snapshot step (and not saved already)."""
         if self.snapshots is None or step not in self.snapshot_steps:
             return
-        if step in self.snapshots.all_steps():
-            return
-        self.snapshots.save(step, args=ocp.args.StandardSave(state), force=True)
-        self.snapshots.wait_until_finished()
+        self._write(self.snapshots, step, ocp.args.StandardSave(state))
 
     def due(self, step: int) -> bool:
         """Whether ``step`` is a save point by count or by elapsed time."""
@@ -66,10 +114,7 @@ class Checkpoints:
                 or time.monotonic() - self._last_save_time >= self.every_seconds)
 
     def save(self, step: int, state: Any) -> None:
-        if step in self.latest.all_steps():
-            return
-        self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
-        self.latest.wait_until_finished()
+        self._write(self.latest, step, ocp.args.StandardSave(state))
         self._last_save_time = time.monotonic()
 
     def save_best(self, step: int, state: Any, metrics: dict[str, float]) -> None:
@@ -77,35 +122,89 @@ class Checkpoints:
             return
         for old in self.best.all_steps():
             self.best.delete(old)
-        self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     metrics=ocp.args.JsonSave(metrics)), force=True)
-        self.best.wait_until_finished()
+        self._write(self.best, step, ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        metrics=ocp.args.JsonSave(metrics)))
+
+    # ----------------------------------------------------------------------------- reading
+    def _quarantine(self, manager: ocp.CheckpointManager, steps: list[int], why: str) -> None:
+        """Move ``steps`` aside (process 0), then make ``manager`` forget them."""
+        for step in steps:
+            if jax.process_index() == 0:
+                target = seal.quarantine(self._step_dir(manager, step), self.root)
+                print(f"warning: {manager.directory.name}/{step} {why}: moved to {target}",
+                      flush=True)
+        _sync("quarantine")
+        manager.reload()
+
+    def _check_identity(self, where: str, verdict: seal.Verdict) -> None:
+        if self.identity is None or verdict.identity is None:
+            return
+        diffs = config_differences(verdict.identity, self.identity, self.resumable)
+        if diffs:
+            details = "; ".join(f"{k}: {verdict.identity.get(k)!r} -> {self.identity.get(k)!r}"
+                                for k in diffs[:6])
+            raise CheckpointError(f"{where} was written by a run with a different config "
+                                  f"({details}); use a new --workdir")
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any] | None:
-        """Newest restorable (step, state); a corrupt newest checkpoint falls back with a warning."""
-        for step in sorted(self.latest.all_steps(), reverse=True):
-            try:
-                state = self.latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
-                return step, state
-            except Exception as err:  # corrupt or partial: try the previous one
-                log.warning("checkpoint at step %d is unreadable (%s: %s); falling back to an "
-                            "earlier one", step, type(err).__name__, str(err).splitlines()[0][:200])
-                print(f"warning: checkpoint at step {step} is unreadable "
-                      f"({type(err).__name__}); falling back to an earlier one", flush=True)
-        return None
+        """Newest usable (step, state), or None when there is no checkpoint.
 
-    def restore_best(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+        Sealed checkpoints are preferred: corrupt and unsealed ones newer than the newest sealed one
+        are quarantined (the run then recomputes and saves those steps). With no sealed checkpoint,
+        the newest unsealed one is used (with a note). A checkpoint of another config, or one that
+        verifies but does not restore (another model's shapes), is an error that moves nothing;
+        checkpoints that exist but none usable is an error naming each."""
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        if not steps:
+            return None
+        verdicts = {step: seal.verify(self._step_dir(self.latest, step)) for step in steps}
+        sealed = [s for s in steps if verdicts[s].ok]
+        unsealed = [s for s in steps if verdicts[s].state == "unsealed"]
+        chosen = sealed[0] if sealed else (unsealed[0] if unsealed else None)
+        where = str(self._step_dir(self.latest, chosen)) if chosen is not None else ""
+        if chosen is None:
+            failures = "; ".join(f"step {s}: {verdicts[s].reason}" for s in steps)
+            raise CheckpointError(f"no usable checkpoint in {self.latest.directory} ({failures}); "
+                                  "nothing was changed: move the folder aside to start over")
+        self._check_identity(f"checkpoint {where}", verdicts[chosen])
+        try:
+            state = self.latest.restore(chosen, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as err:
+            raise CheckpointError(
+                f"checkpoint {where} ({verdicts[chosen].state}) does not restore into this run's "
+                f"state ({type(err).__name__}: {_first_line(err)}); nothing was changed") from err
+        newer = [s for s in steps if s > chosen]
+        for step in newer:
+            self._quarantine(self.latest, [step], f"is not usable ({verdicts[step].reason})")
+        if newer:
+            print(f"warning: falling back to the checkpoint at step {chosen}", flush=True)
+        if not verdicts[chosen].ok:
+            print(f"note: checkpoint at step {chosen} has no seal; restored unverified", flush=True)
+        return chosen, state
+
+    def _verified_best(self) -> int | None:
         if self.best is None or self.best.latest_step() is None:
             return None
         step = self.best.latest_step()
+        verdict = seal.verify(self._step_dir(self.best, step))
+        if verdict.state == "corrupt":
+            raise CheckpointError(f"best checkpoint {self._step_dir(self.best, step)} is corrupt "
+                                  f"({verdict.reason}); move it aside to go on without it")
+        self._check_identity(f"best checkpoint {self._step_dir(self.best, step)}", verdict)
+        return step
+
+    def restore_best(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+        step = self._verified_best()
+        if step is None:
+            return None
         out = self.best.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), metrics=ocp.args.JsonRestore()))
         return step, out.state, dict(out.metrics)
 
     def best_metrics(self) -> dict | None:
-        if self.best is None or self.best.latest_step() is None:
+        step = self._verified_best()
+        if step is None:
             return None
-        step = self.best.latest_step()
         out = self.best.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))
         return dict(out.metrics)
 
@@ -115,6 +214,17 @@ class Checkpoints:
             self.snapshots.close()
         if self.best is not None:
             self.best.close()
+
+
+def _sync(name: str) -> None:
+    """A barrier across processes (no-op on one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"checkpoint {name}")
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [""])[0][:200]
 
 
 def abstract_like(state: Any) -> Any:
@@ -164,6 +274,10 @@ def load_encoder(checkpoint_dir: Path, model: ModelConfig) -> nnx.State:
     item: dict[str, Any] = {"params": {"encoder": params}}
     if jax.tree.leaves(rest):
         item["rest"] = {"encoder": rest}
+    verdict = seal.verify(Path(checkpoint_dir).parent)
+    if verdict.state == "corrupt":
+        raise CheckpointError(f"checkpoint {Path(checkpoint_dir).parent} is corrupt "
+                              f"({verdict.reason}); use another (init.which) or re-create it")
     try:
         restored = ocp.PyTreeCheckpointer().restore(
             str(Path(checkpoint_dir).resolve()),
@@ -171,8 +285,8 @@ def load_encoder(checkpoint_dir: Path, model: ModelConfig) -> nnx.State:
                 item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                 partial_restore=True))
     except Exception as err:  # shape mismatch, partial write
-        raise UserError(f"cannot read the encoder of {checkpoint_dir} "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+        raise CheckpointError(f"cannot read the encoder of {checkpoint_dir} "
+                              f"({type(err).__name__}: {_first_line(err)})") from err
     parts = [restored["params"]["encoder"]] + ([restored["rest"]["encoder"]] if "rest" in item else [])
     state = nnx.merge_state(*parts) if len(parts) > 1 else parts[0]
     return jax.tree.map(np.asarray, state)  # host arrays: placed by the caller's jit

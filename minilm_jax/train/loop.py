@@ -20,7 +20,7 @@ from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_mani
 from minilm_jax.errors import UserError
 from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, model_from_config,
                                    snapshot_steps)
-from minilm_jax.storage import RunPath, WorkdirLock, run_path
+from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train import runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
@@ -100,12 +100,12 @@ def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_
     return manifest
 
 
-def check_workdir(workdir: RunPath, config: ml_collections.ConfigDict, manifest: dict
-                  ) -> WorkdirLock:
-    """Lock the workdir and refuse one that holds a run of a different config or shards."""
+def run_identity(config: ml_collections.ConfigDict, manifest: dict) -> dict[str, Any]:
+    """What a pre-training run is (recorded in ``config.json`` and sealed into every checkpoint):
+    its flattened config and the tokenizer its shards were made with."""
     current = flatten(config)
     current["data.tokenizer_sha256_seen"] = manifest["tokenizer"]["sha256"]
-    return runner.check_workdir(workdir, current, RESUMABLE_FIELDS)
+    return current
 
 
 class Pretrainer(runner.LoopSpec):
@@ -118,8 +118,6 @@ class Pretrainer(runner.LoopSpec):
         self.model_cfg = model_from_config(config)
         self.manifest = check_shards(config, self.model_cfg.vocab_size, self.model_cfg.max_len,
                                      self.model_cfg.pad_id)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.lock = check_workdir(self.workdir, config, self.manifest)
         self.train_split = open_split(config.data.shards, config.data.train_split,
                                       verify=config.data.verify_checksums)
         self.eval_split = self._optional_split(config.data.eval_split)
@@ -138,6 +136,10 @@ class Pretrainer(runner.LoopSpec):
         self.flops_paper = accounting.paper_train_flops_per_sequence(self.model_cfg)
         self.flops_complete = accounting.train_flops_per_sequence(
             self.model_cfg, num_predictions=config.mlm.max_predictions)
+        # Everything is checked: only now is anything written (a rejected command leaves no trace).
+        self.identity = run_identity(config, self.manifest)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.lock = runner.check_workdir(self.workdir, self.identity, RESUMABLE_FIELDS)
 
     def _optional_split(self, name: str) -> ShardSplit | None:
         if name and name in self.manifest["splits"]:
@@ -249,10 +251,11 @@ class Pretrainer(runner.LoopSpec):
                                  every_steps=config.checkpoint.every_steps,
                                  every_minutes=config.checkpoint.every_minutes,
                                  keep_best=config.checkpoint.keep_best,
-                                 snapshot_steps=snapshot_steps(config))
+                                 snapshot_steps=snapshot_steps(config),
+                                 identity=self.identity, resumable=RESUMABLE_FIELDS)
         self._log_steps = log_eval_steps(config)
         self.writer = MetricsWriter(self.workdir)
-        start, self.state = runner.restore(self.ckpts, self.state)
+        start, self.state = runner.restore(self.ckpts, self.writer, self.state)
         self._best_loss = (self.ckpts.best_metrics() or {}).get("loss", float("inf"))
         self._peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
         self._window_tokens, self._window_seqs = 0.0, 0

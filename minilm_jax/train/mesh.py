@@ -60,6 +60,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:
+    """A positive batch size that splits evenly over the mesh's batch devices."""
+    if int(batch_size) <= 0:
+        raise ConfigError(f"{what} must be positive (got {batch_size})")
     n = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch_size % n:
         raise ConfigError(f"{what}={batch_size} must be divisible by the {n} devices of the mesh")
@@ -72,6 +75,10 @@ def check_train_shape(train: Any, mesh: Mesh) -> int:
     total_steps = int(train.num_steps)
     if total_steps <= 0:
         raise ConfigError(f"train.num_steps must be positive (got {total_steps})")
+    if int(train.grad_accum) <= 0:
+        raise ConfigError(f"train.grad_accum must be positive (got {train.grad_accum})")
+    if int(train.batch_size) <= 0:
+        raise ConfigError(f"train.batch_size must be positive (got {train.batch_size})")
     if train.batch_size % train.grad_accum:
         raise ConfigError(f"train.batch_size={train.batch_size} must be divisible by "
                           f"train.grad_accum={train.grad_accum}")

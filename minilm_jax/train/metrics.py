@@ -8,7 +8,7 @@ from typing import Any
 
 import jax
 
-from minilm_jax.storage import is_remote, run_path
+from minilm_jax.storage import atomic_write_bytes, is_remote, run_path
 
 
 class MetricsWriter:
@@ -26,15 +26,39 @@ class MetricsWriter:
         if self.remote and self.enabled and self.path.exists():
             self._lines = self.path.read_text().splitlines()
         self._tb = None
+        self._tb_dir = (str(Path(workdir) / "tensorboard")
+                        if self.enabled and tensorboard and not self.remote else None)
         if self.enabled and tensorboard and self.remote:
             print(f"note: no TensorBoard events for the remote workdir {workdir}; metrics.jsonl "
                   "has every value", flush=True)
-        elif self.enabled and tensorboard:
+
+    def _tensorboard(self):
+        """The TensorBoard writer, opened at the first record (a run refused before its first step
+        leaves no event file); None without ``tensorboardX``."""
+        if self._tb is None and self._tb_dir is not None:
             try:
                 from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+                self._tb = SummaryWriter(self._tb_dir)
             except ImportError:
-                self._tb = None
+                pass
+            self._tb_dir = None
+        return self._tb
+
+    def truncate_after(self, step: int) -> int:
+        """Drop the records after ``step`` (a resumed run recomputes them); how many were dropped.
+        TensorBoard events are append-only and keep them (TensorBoard shows the newest)."""
+        if not self.enabled or not self.path.exists():
+            return 0
+        lines = self._lines if self.remote else self.path.read_text().splitlines()
+        kept = [line for line in lines if _step_of(line) <= step]
+        if len(kept) == len(lines):
+            return 0
+        if self.remote:
+            self._lines = kept
+            self.flush()
+        else:
+            atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
+        return len(lines) - len(kept)
 
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -45,7 +69,7 @@ class MetricsWriter:
         else:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-        if self._tb is not None:
+        if self._tensorboard() is not None:
             for key, value in record.items():
                 if key not in ("step", "split") and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{split}/{key}", value, step)
@@ -69,15 +93,26 @@ def _py(value: Any) -> Any:
     return value
 
 
+def _step_of(line: str) -> float:
+    """A record line's step (a torn line counts as past every step, so it is dropped)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return float("inf")
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics file (tolerates a truncated last line)."""
-    records = []
-    for line in Path(path).read_text().splitlines():
+    """The records of a metrics file, one per (step, split): a record written again (a resumed run
+    that recomputed it, a re-run that scored its test split again) replaces the earlier one in
+    place. A torn last line is skipped."""
+    records: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for line in run_path(path).read_text().splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
-    return records
+        records[(record.get("step"), record.get("split"))] = record  # a repeat keeps its place
+    return list(records.values())
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):

@@ -121,13 +121,18 @@ def check_workdir(workdir: RunPath, current: dict[str, Any], resumable: tuple[st
     return lock
 
 
-def restore(ckpts: Checkpoints, state: Any) -> tuple[int, Any]:
-    """(step, state) of the newest readable checkpoint, or (0, ``state``)."""
+def restore(ckpts: Checkpoints, writer: MetricsWriter, state: Any) -> tuple[int, Any]:
+    """(step, state) of the newest usable checkpoint, or (0, ``state``) when there is none; the
+    metrics history after that step is dropped (it is about to be recomputed)."""
     restored = ckpts.restore_latest(abstract_like(state))
-    if restored is None:
-        return 0, state
-    step, state = int(restored[0]), restored[1]
-    print(f"resumed from checkpoint at step {step}", flush=True)
+    step = 0 if restored is None else int(restored[0])
+    if restored is not None:
+        state = restored[1]
+        print(f"resumed from checkpoint at step {step}", flush=True)
+    dropped = writer.truncate_after(step)
+    if dropped:
+        print(f"note: dropped {dropped} metrics record(s) after step {step} (recomputed now)",
+              flush=True)
     return step, state
 
 

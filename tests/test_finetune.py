@@ -192,6 +192,15 @@ def test_tokenizer_of_another_checkpoint_is_refused(pretrained, tmp_path):
         Finetuner(config, tmp_path / "x", "pretrained")
 
 
+@pytest.mark.parametrize("override, message", [("optim__schedule", "cosin"),
+                                               ("train__batch_size", 0)])
+def test_a_rejected_fine_tuning_command_leaves_no_trace(pretrained, tmp_path, override, message):
+    config = ag_config(pretrained, **{override: message})
+    with pytest.raises(UserError, match=override.split("__")[1]):
+        Finetuner(config, tmp_path / "run", "pretrained")
+    assert not (tmp_path / "run").exists()
+
+
 def test_sequence_length_and_vocabulary_mismatch(pretrained, tmp_path):
     config = ag_config(pretrained)
     config.data.max_len = 128  # the checkpoint's model has 64 positions

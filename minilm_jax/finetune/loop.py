@@ -135,6 +135,9 @@ class Finetuner(runner.LoopSpec):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"train.seeds must be distinct and non-empty, got {self.seeds}")
         tc = config.train
+        self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
+        check_batch_divisible(tc.batch_size, self.mesh, "train.batch_size")
+        check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
         n_train = len(self.data.train)
         self.steps_per_epoch = max(1, math.ceil(n_train / tc.batch_size))
         self.total_steps = int(tc.epochs) * self.steps_per_epoch
@@ -143,9 +146,6 @@ class Finetuner(runner.LoopSpec):
         self.eval_steps = [e * self.steps_per_epoch
                            for e in range(1, int(tc.epochs) + 1) if e % config.eval.every_epochs == 0
                            or e == tc.epochs]
-        self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-        check_batch_divisible(tc.batch_size, self.mesh, "train.batch_size")
-        check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
         self.indexers = [batch_lib.BatchIndexer(seed, n_train, tc.batch_size) for seed in self.seeds]
         self._build()
         # Everything is checked: only now is anything written (a rejected command leaves no trace).

@@ -16,7 +16,6 @@ setup(
         "optax>=0.2.5,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
         "ml-collections>=1.0,<2",
-        "chex>=0.1.90,<0.2",
         "absl-py>=2.0,<3",
         "numpy>=1.26,<3",
         "sentencepiece>=0.2,<0.3",
@@ -38,7 +37,23 @@ setup(
         # imports importlib_resources without declaring it.
         # gs:// run directories (Orbax writes arrays there itself; JSON files go through etils.epath).
         "gcs": ["gcsfs>=2023.1"],
+        # JAX's accelerator builds, within the jax range above (launch/gpu.sh, launch/tpu.sh).
+        "cuda12": ["jax[cuda12]>=0.7,<0.11"],
+        "cuda13": ["jax[cuda13]>=0.7,<0.11"],
+        "tpu": ["jax[tpu]>=0.7,<0.11"],
+        # `tensorboard --logdir runs` (the events themselves are written by tensorboardX).
+        "tensorboard": ["tensorboard>=2.15,<3"],
+        # torch-free Hugging Face export/import (safetensors) and hub downloads.
+        "hf": ["safetensors>=0.4,<1", "huggingface_hub>=0.23,<2"],
         "tfds": ["tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6"],
     },
-    entry_points={"console_scripts": ["minilm-pretrain=minilm_jax.pretrain:_entry"]},
+    entry_points={"console_scripts": [
+        "minilm-pretrain=minilm_jax.pretrain:_entry",
+        "minilm-finetune=minilm_jax.finetune.__main__:entry",
+        "minilm-sweep=minilm_jax.sweep.__main__:entry",
+        "minilm-report=minilm_jax.report.__main__:_entry",
+        "minilm-corpus=minilm_jax.corpus.__main__:entry",
+        "minilm-aot=minilm_jax.aot:_entry",
+        "minilm-points=minilm_jax.points:entry",
+    ]},
 )

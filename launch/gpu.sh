@@ -49,19 +49,11 @@ NVIDIA_SMI=${NVIDIA_SMI:-nvidia-smi}
 GPU_ENV=("XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.90}"
          "JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR-$REPO/.cache/jax}")
 
-# The jax version range of setup.py, e.g. ">=0.7,<0.11".
-jax_range() {
-  local range
-  range=$(sed -n 's/^ *"jax\([<>=!~][^"]*\)",.*/\1/p' setup.py | head -1)
-  [ -n "$range" ] || die "cannot read the jax requirement from setup.py"
-  echo "$range"
-}
-
 setup() {
   case "$CUDA" in cuda12|cuda13) ;; *) die "MINILM_CUDA=$CUDA: expected cuda12 or cuda13" ;; esac
   if [ "$DRY_RUN" = 1 ]; then echo "source launch/venv.sh"; else source launch/venv.sh; fi
-  run "$PY" -m pip install --disable-pip-version-check -e .
-  run "$PY" -m pip install --disable-pip-version-check -U "jax[$CUDA]$(jax_range)"
+  # the package with its cuda12 / cuda13 extra: JAX's CUDA build within the package's jax range
+  run "$PY" -m pip install --disable-pip-version-check -e ".[$CUDA]"
 }
 
 # Python run by `check`: JAX must see a GPU; prints each one's name and the memory JAX may use.

@@ -149,8 +149,6 @@ check_output_dir() {
   fi
 }
 
-JAX_RANGE=$(sed -n 's/^ *"jax\([<>=!~][^"]*\)",.*/\1/p' setup.py | head -1)
-[ -n "$JAX_RANGE" ] || die "cannot read the jax requirement from setup.py"
 
 if [ "$DRY_RUN" != 1 ] && ! command -v "$GCLOUD" >/dev/null 2>&1; then
   die "gcloud not found ($GCLOUD): install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) and run gcloud auth login"
@@ -169,7 +167,7 @@ install_cmd() {
   if [[ $py =~ ^python3\.[0-9]+$ ]]; then
     apt="(command -v $py >/dev/null || (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $py $py-venv)) && "
   fi
-  echo "${apt}PYTHON=$py . launch/venv.sh && .venv/bin/python -m pip install -q -U pip && $(quote .venv/bin/python -m pip install -q -e ".[gcs]" "jax[tpu]$JAX_RANGE")"
+  echo "${apt}PYTHON=$py . launch/venv.sh && .venv/bin/python -m pip install -q -U pip && $(quote .venv/bin/python -m pip install -q -e ".[gcs,tpu]")"
 }
 
 setup() {

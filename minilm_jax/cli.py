@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import ml_collections
 
 from minilm_jax.errors import StorageError, UserError, one_line
-from minilm_jax.run_config import flatten
+from minilm_jax.run_config import FIXED_FIELDS, check_override, flatten
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -42,7 +42,12 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
     for arg in argv:
         if not arg.startswith(prefix):
             continue
-        field = arg[len(prefix):].split("=", 1)[0]
+        field, has_value, text = arg[len(prefix):].partition("=")
+        if field in valid and has_value:  # the value, by the parser sweeps use too
+            check_override(config, field, text)
+            continue
+        if field in FIXED_FIELDS:
+            check_override(config, field, text)
         if field in valid or any(v.startswith(field + ".") for v in valid):
             continue
         parent = field.rsplit(".", 1)[0] + "." if "." in field else ""
@@ -62,6 +67,7 @@ def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.
     from absl import flags
     from ml_collections import config_flags
 
+    flags.disclaim_key_flags()  # the flags below belong to the entry point: its --help lists them
     config = config_flags.DEFINE_config_file("config", None, f"{what} config: {spec}")
     workdir = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary)")
 
@@ -96,7 +102,12 @@ def run_main(main: Callable[[list[str]], None]) -> None:
             exit_on_user_error(err)
             raise
 
-    app.run(guarded)
+    try:
+        app.run(guarded)
+    except SystemExit as done:
+        if set(sys.argv[1:]) & {"-h", "--help", "--helpshort", "--helpfull", "-?"}:
+            sys.exit(0)  # absl exits 1 after printing help; asking for help is not an error
+        raise done
 
 
 def exit_on_user_error(err: BaseException) -> None:

@@ -8,7 +8,6 @@ sees them.
 from __future__ import annotations
 
 import ast
-import re
 from typing import Any
 
 import ml_collections
@@ -179,8 +178,11 @@ def parse_value(text: str, current: Any) -> Any:
         if text.lower() in ("false", "0", "no"):
             return False
         raise ConfigError(f"expected a boolean, got {text!r}")
-    if isinstance(current, int):
-        return int(float(text)) if re.fullmatch(r"[-+]?\d+(\.0*)?(e\d+)?", text) else int(text)
+    if isinstance(current, int):  # an integer literal, as on the command line (no 1e3)
+        try:
+            return int(text.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"expected an integer, got {text!r}") from None
     if isinstance(current, float):
         return float(text)
     if isinstance(current, (tuple, list)):
@@ -190,18 +192,35 @@ def parse_value(text: str, current: Any) -> Any:
     return text
 
 
+# Fields a config argument sets and an override may not change: the model size comes from
+# ``configs/pretrain.py:<point>`` (or ``--config.model.<field>``); ``point`` only labels it.
+FIXED_FIELDS = {"point": "the size comes from the config argument (configs/pretrain.py:<point>) "
+                         "or --config.model.<field>=...; point only labels it"}
+
+
+def check_override(config: ml_collections.ConfigDict, field: str, text: str) -> Any:
+    """The value ``text`` parsed for ``field`` of ``config`` (the one override parser, for the
+    command line and for sweeps); a :class:`ConfigError` naming the field otherwise."""
+    if field in FIXED_FIELDS:
+        raise ConfigError(f"{field} cannot be overridden: {FIXED_FIELDS[field]}")
+    valid = flatten(config)
+    if field not in valid:
+        raise ConfigError(f"unknown config field '{field}'")
+    try:
+        return parse_value(text, valid[field])
+    except (ValueError, SyntaxError) as err:
+        raise ConfigError(f"{field}={text}: {err}") from err
+
+
 def apply_override(config: ml_collections.ConfigDict, assignment: str) -> tuple[str, Any]:
     """Apply ``"a.b=value"`` to ``config`` (the field must exist); returns (field, parsed value)."""
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} is not of the form field=value")
     field, text = assignment.split("=", 1)
     field = field.strip()
-    valid = flatten(config)
-    if field not in valid:
-        raise ConfigError(f"override {assignment!r}: unknown config field '{field}'")
     try:
-        value = parse_value(text, valid[field])
-    except (ValueError, SyntaxError) as err:
+        value = check_override(config, field, text)
+    except ConfigError as err:
         raise ConfigError(f"override {assignment!r}: {err}") from err
     *parents, leaf = field.split(".")
     node = config

@@ -296,6 +296,17 @@ def test_constant_scores_say_undefined_instead_of_crashing(tmp_path):
     assert "undefined (one side is constant)" in md.read_text()
 
 
+def test_model_fields_apply_on_top_of_a_checkpoint(pretrained, tmp_path):
+    """``--config.model.pooler=...`` with ``init.checkpoint``: built, and recorded as built."""
+    config = ag_config(pretrained)
+    config.model.pooler = "weighted_sum"
+    tuner = Finetuner(config, tmp_path / "run", "pretrained")
+    assert tuner.model_cfg.pooler == "weighted_sum"
+    assert tuner.model_cfg.hidden_dim == tuner.pretrained.model.hidden_dim  # the checkpoint's size
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["model_built"]["pooler"] == "weighted_sum"
+
+
 def test_model_overrides_apply_to_the_architecture():
     from minilm_jax.finetune.loop import with_overrides
     from minilm_jax.sizes import resolve_point

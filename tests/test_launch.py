@@ -47,6 +47,11 @@ def jax_range() -> str:
     return re.search(r'"jax([<>=!~][^"]*)"', (REPO / "setup.py").read_text()).group(1)
 
 
+def extra_pin(extra: str) -> str:
+    """The requirement of setup.py's ``extra`` (one entry)."""
+    return re.search(rf'"{extra}": \["([^"]+)"\]', (REPO / "setup.py").read_text()).group(1)
+
+
 def fails(result: subprocess.CompletedProcess, *fragments: str) -> None:
     assert result.returncode != 0, result.stdout
     assert result.stdout == "" or "error" not in result.stdout
@@ -76,10 +81,11 @@ def test_shellcheck_clean():
 def test_gpu_setup_installs_the_package_and_jax_cuda_within_the_pinned_range():
     lines = commands(launch(GPU, "--dry_run", "setup"))
     assert lines[0] == ["source", "launch/venv.sh"]
-    assert lines[1][:4] == [".venv/bin/python", "-m", "pip", "install"] and lines[1][-2:] == ["-e", "."]
-    assert lines[2][-1] == f"jax[cuda12]{jax_range()}" and "-U" in lines[2]
+    assert lines[1][:4] == [".venv/bin/python", "-m", "pip", "install"]
+    assert lines[1][-2:] == ["-e", ".[cuda12]"] and len(lines) == 2
+    assert extra_pin("cuda12") == f"jax[cuda12]{jax_range()}"  # within the package's jax range
     cuda13 = commands(launch(GPU, "setup", MINILM_DRY_RUN="1", MINILM_CUDA="cuda13"))
-    assert cuda13[2][-1] == f"jax[cuda13]{jax_range()}"
+    assert cuda13[1][-1] == ".[cuda13]" and extra_pin("cuda13") == f"jax[cuda13]{jax_range()}"
     fails(launch(GPU, "--dry_run", "setup", MINILM_CUDA="rocm"), "MINILM_CUDA=rocm")
 
 
@@ -207,7 +213,8 @@ def test_tpu_setup_copies_the_checkout_and_installs_jax_tpu_on_every_worker():
     assert scp[4] == "scp" and scp[5] == tar[2] and scp[6] == "mlm-pod:minilm-jax-src.tar.gz"
     assert "--worker=all" in scp and "--worker=all" in ssh
     cmd = remote(ssh)
-    assert cmd[-5:] == ["install", "-q", "-e", ".[gcs]", f"jax[tpu]{jax_range()}"]
+    assert cmd[-4:] == ["install", "-q", "-e", ".[gcs,tpu]"]
+    assert extra_pin("tpu") == f"jax[tpu]{jax_range()}"
     assert "PYTHON=python3.11" in cmd and "launch/venv.sh" in cmd
 
 
@@ -216,7 +223,7 @@ def test_tpu_setup_from_a_git_repository():
                             "--ref=v0.1", "setup", **POD))
     cmd = " ".join(remote(ssh))
     assert "git clone -q https://example.org/minilm-jax.git minilm-jax" in cmd
-    assert "checkout -q v0.1" in cmd and f"jax[tpu]{jax_range()}" in cmd
+    assert "checkout -q v0.1" in cmd and ".[gcs,tpu]" in cmd
 
 
 def test_tpu_shards_reach_every_worker(tmp_path):

@@ -35,5 +35,9 @@ def main(argv: list[str]) -> None:
     print(json.dumps(brief, indent=2))
 
 
-if __name__ == "__main__":
+def entry() -> None:
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -21,7 +21,7 @@ import numpy as np
 from minilm_jax.errors import UserError
 from minilm_jax.storage import atomic_write_bytes, atomic_write_json, run_path
 from minilm_jax.model.config import ModelConfig
-from minilm_jax.run_config import flatten, model_from_config, parse_value
+from minilm_jax.run_config import flatten, model_config_dict, model_from_config, parse_value
 from minilm_jax.tasks.batching import bucket_length, cut_to_bucket, pad_to_batches
 from minilm_jax.tasks.base import Example
 from minilm_jax.tasks.encoding import encode_examples
@@ -30,7 +30,7 @@ from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints
 from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
 from minilm_jax.train import runner
-from minilm_jax.train.metrics import MetricsWriter
+from minilm_jax.train.metrics import MetricsWriter, log_line
 from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.state import MembersState
 from minilm_jax.train.optim import make_optimizer, make_schedule
@@ -56,6 +56,13 @@ def with_overrides(cfg: ModelConfig, overrides: tuple[str, ...]) -> ModelConfig:
                             f"field (fields: {', '.join(sorted(fields))})")
         fields[name.strip()] = parse_value(text, fields[name.strip()])
     return ModelConfig.from_mapping(fields)
+
+
+def changed_model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The ``model.*`` fields set away from the recipe's (``--config.model.pooler=weighted_sum``):
+    with a checkpoint they apply on top of the checkpoint's model, like ``model_overrides``."""
+    recipe = model_config_dict(config.point)
+    return {k: v for k, v in config.model.to_dict().items() if recipe.get(k) != v}
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -102,7 +109,8 @@ class Finetuner(runner.LoopSpec):
             raise UserError("init.mode=pretrained needs --config.init.checkpoint=<pre-training "
                             "workdir> (or use init.mode=random)")
         self.model_cfg = with_overrides(
-            self.pretrained.model if self.pretrained else model_from_config(config),
+            self.pretrained.model.replace(**changed_model_fields(config)) if self.pretrained
+            else model_from_config(config),
             config.model_overrides)
         self.tokenizer = self._tokenizer()
         self.data: TaskData = load_task_data(config, load_vocabulary(config.data.vocab_filter))
@@ -152,6 +160,7 @@ class Finetuner(runner.LoopSpec):
         self.identity = flatten(config)
         self.identity["init.mode"] = self.init_mode
         self.identity["tokenizer_sha256"] = self.tokenizer.sha256
+        self.identity["model_built"] = self.model_cfg.to_dict()  # what config.json's fields made
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.lock = runner.check_workdir(self.workdir, self.identity, RESUMABLE_FIELDS,
                                          "a fine-tuning run")
@@ -343,6 +352,8 @@ class Finetuner(runner.LoopSpec):
         writer.write(step, VALIDATION, {
             "score": entry["score_mean"], "score_std": entry["score_std"], "epoch": entry["epoch"],
             **{k: float(np.mean([m[k] for m in members])) for k in members[0]}})
+        log_line(f"{self.spec.name} validation epoch {entry['epoch']:g} (step {step}): score "
+                 f"{entry['score_mean']:.2f} (sd {entry['score_std']:.2f}, {len(members)} seeds)")
         return entry
 
     def _early_stop(self, history: list[dict]) -> bool:
@@ -371,7 +382,7 @@ class Finetuner(runner.LoopSpec):
         summary: dict[str, Any] = {
             "status": status, "task": self.spec.name, "init": self.init_mode,
             "pretrained": self.pretrained.describe() if self.pretrained else None,
-            "point": self.model_cfg.point, "seeds": self.seeds,
+            "point": self.model_cfg.point, "model": self.model_cfg.to_dict(), "seeds": self.seeds,
             "examples": self.data.counts(), "reported_splits": self.reported,
             "steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
             "wall_seconds_this_session": wall, "params_total": self.param_counts.total,

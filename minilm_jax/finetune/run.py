@@ -23,5 +23,9 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
         run_dir = Path(workdir) / init if mode == "both" else Path(workdir)
         print(f"== {config.task}: {init} init -> {run_dir}", flush=True)
         summaries[init] = Finetuner(config, run_dir, init).run()
+        if summaries[init]["status"] == "preempted":  # SIGTERM stops the whole command
+            print(f"preempted: not starting the other init; re-run the command to resume",
+                  flush=True)
+            return summaries
     write_tables([workdir], workdir)
     return summaries

@@ -41,5 +41,9 @@ def main(argv: list[str]) -> None:
         raise SystemExit(1)
 
 
-if __name__ == "__main__":
+def entry() -> None:
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -28,7 +28,7 @@ from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exporte
 from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, check_train_shape,
                                    make_mesh, replicated)
-from minilm_jax.train.metrics import MetricsWriter
+from minilm_jax.train.metrics import MetricsWriter, log_line
 from minilm_jax.train.optim import make_optimizer, make_schedule
 from minilm_jax.train.records import PretrainSummary
 from minilm_jax.train.state import TrainState, lm_state
@@ -230,6 +230,8 @@ class Pretrainer(runner.LoopSpec):
     def evaluate_at(self, step: int, state: TrainState) -> tuple[TrainState, bool]:
         result = self.evaluate(self.eval_split, state["params"], state["rest"])
         self.writer.write(step, "validation", result)
+        log_line(f"validation step {step}: loss {result['loss']:.4f} perplexity "
+                 f"{result['perplexity']:.2f}")
         if result["loss"] < self._best_loss:
             self._best_loss = result["loss"]
             self.ckpts.save_best(step, state, {**result, "step": step})

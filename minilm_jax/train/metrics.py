@@ -115,9 +115,31 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return list(records.values())
 
 
+def on_terminal() -> bool:
+    """Whether progress bars can redraw: stderr is a terminal (not a log file or a pipe)."""
+    import sys
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):
-    """A tqdm bar with ETA (a no-op object when disabled or not process 0)."""
+    """A tqdm bar with ETA on a terminal (a no-op object when disabled, when stderr is a file or a
+    pipe, or not on process 0: there the run prints plain lines, :func:`log_line`)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                disable=not enabled or jax.process_index() != 0, smoothing=0.1)
+                disable=not enabled or not on_terminal() or jax.process_index() != 0,
+                smoothing=0.1)
+
+
+def log_line(text: str) -> None:
+    """A plain log line (process 0), printed above a progress bar if one is drawn."""
+    if jax.process_index() != 0:
+        return
+    from tqdm.auto import tqdm
+    tqdm.write(text)
+
+
+def plain_progress(desc: str, step: int, total: int, values: dict[str, str]) -> str:
+    """``pretrain step 100/2500 (4%): loss 5.123 lr 1.00e-03``."""
+    shown = " ".join(f"{k} {v}" for k, v in values.items())
+    return f"{desc} step {step}/{total} ({100 * step / max(total, 1):.0f}%): {shown}"

@@ -86,6 +86,7 @@ class FinetuneSummary(_Record):
     init: str  # pretrained | random
     seeds: list[int]
     point: str = ""
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)  # the model actually built
     examples: dict[str, int] = dataclasses.field(default_factory=dict)
     reported_splits: list[str] = dataclasses.field(default_factory=list)
     steps: int = 0

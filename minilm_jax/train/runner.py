@@ -30,7 +30,7 @@ from minilm_jax.storage import RunPath, WorkdirLock, atomic_write_json
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, preempted
-from minilm_jax.train.metrics import MetricsWriter, progress_bar
+from minilm_jax.train.metrics import MetricsWriter, log_line, plain_progress, progress_bar
 
 
 @dataclass
@@ -152,6 +152,10 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
     prefetch = batch_lib.Prefetcher(lambda s: spec.host_batch(s, size_of[s]),
                                     iter([s for s, _ in plan]), prefetch_depth)
     bar = progress_bar(total, start, progress, desc)
+    # No bar (stderr is a file, or progress off): plain lines, about 20 per run and at least every
+    # log_every steps apart.
+    plain = bar.disable
+    plain_every = max(log_every, -(-total // 20 // log_every) * log_every)
     deferred = DeferredMetrics(str(spec.workdir / "checkpoints"))
     window = Window()
     step, status = start, ("early_stopped" if nothing_left else "completed")
@@ -177,6 +181,8 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
             postfix = spec.log_line(last, host, window)
             window.restart(logged=True)
             bar.set_postfix(**postfix)
+            if plain and (last // plain_every > first // plain_every or last == total):
+                log_line(plain_progress(desc, last, total, postfix))
 
     try:
         for first, host_batch in prefetch:

@@ -1,0 +1,87 @@
+"""The researcher's workflow: overrides that mean what they say, one override parser, logs that
+suit where they go, entry points that explain themselves."""
+
+import subprocess
+import sys
+
+import pytest
+
+from minilm_jax.model.config import ConfigError
+from minilm_jax.run_config import apply_override, pretrain_config
+
+from test_pretrain import REPO, cli_env
+
+
+def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.point=paper-2.5m", "error: point cannot be overridden: the size comes from the "
+                                  "config argument"),
+    ("--config.train.num_steps=1e3", "error: train.num_steps=1e3: expected an integer, got '1e3'"),
+    ("--config.train.progress=maybe", "error: train.progress=maybe: expected a boolean"),
+])
+def test_an_override_that_would_not_mean_what_it_says_is_refused(tmp_path, override, message):
+    proc = run("minilm_jax.pretrain", "--config=configs/pretrain.py:paper-1.25m",
+               f"--workdir={tmp_path / 'w'}", override)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(message), proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_sweeps_parse_overrides_like_the_command_line():
+    config = pretrain_config("paper-1.25m")
+    with pytest.raises(ConfigError, match="expected an integer, got '1e3'"):
+        apply_override(config, "train.num_steps=1e3")
+    with pytest.raises(ConfigError, match="point cannot be overridden"):
+        apply_override(config, "point=paper-2.5m")
+    assert apply_override(config, "train.num_steps=1_000") == ("train.num_steps", 1000)
+
+
+def test_sigterm_in_one_init_stops_the_whole_both_run(tmp_path, monkeypatch):
+    """``init.mode=both``: a preempted first sub-run does not start the second."""
+    from minilm_jax.finetune import run as run_module
+    from minilm_jax.finetune.config import finetune_config
+
+    started = []
+
+    class Preempted:
+        def __init__(self, config, workdir, init):
+            started.append(init)
+
+        def run(self):
+            return {"status": "preempted"}
+
+    monkeypatch.setattr(run_module, "Finetuner", Preempted)
+    config = finetune_config("sst2")
+    config.init.mode = "both"
+    summaries = run_module.run_finetune(config, str(tmp_path))
+    assert started == ["pretrained"] and list(summaries) == ["pretrained"]
+
+
+def test_a_redirected_run_prints_plain_lines_not_a_progress_bar(word_shards, tmp_path):
+    from test_pretrain import cli_args
+    args = [a for a in cli_args(word_shards, tmp_path / "w", steps=40)
+            if not a.startswith("--config.train.progress")] + ["--config.train.progress=True"]
+    proc = subprocess.run(args, cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stderr + proc.stdout  # no redraws in a log file
+    lines = proc.stdout.splitlines()
+    progress = [line for line in lines if line.startswith("pretrain step ")]
+    assert progress[-1].startswith("pretrain step 40/40 (100%): loss ") and 2 <= len(progress) <= 21
+    assert [line.split(":")[0] for line in lines if line.startswith("validation")] == [
+        "validation step 20", "validation step 40"]
+
+
+@pytest.mark.parametrize("module", ["minilm_jax.pretrain", "minilm_jax.finetune"])
+def test_help_lists_the_entry_points_own_flags(module):
+    proc = run(module, "--help")
+    assert proc.returncode == 0
+    assert "--config:" in proc.stdout and "--workdir:" in proc.stdout
+
+
+def test_points_help_is_not_an_error():
+    proc = run("minilm_jax.points", "--help")
+    assert proc.returncode == 0 and "python -m minilm_jax.points" in proc.stdout

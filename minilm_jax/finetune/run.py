@@ -24,7 +24,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"== {config.task}: {init} init -> {run_dir}", flush=True)
         summaries[init] = Finetuner(config, run_dir, init).run()
         if summaries[init]["status"] == "preempted":  # SIGTERM stops the whole command
-            print(f"preempted: not starting the other init; re-run the command to resume",
+            print("preempted: not starting the other init; re-run the command to resume",
                   flush=True)
             return summaries
     write_tables([workdir], workdir)

@@ -30,7 +30,8 @@ setup(
         # tensorflow-datasets: the TFDS source test builds and reads a real ArrayRecord dataset offline
         # (~10 s to install, no TensorFlow needed).
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "scikit-learn>=1.4,<2",
-                 "tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6"],
+                 "tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6",
+                 "huggingface_hub>=0.23,<2", "pyarrow>=14,<24"],
         # Hugging Face interop (export/import of RobertaForMaskedLM; side-by-side benchmark).
         "interop": ["torch>=2.4", "transformers>=4.46,<6", "safetensors>=0.4,<1"],
         # TFDS text sources (no TensorFlow needed for array_record data sources); tensorflow-datasets
@@ -43,8 +44,8 @@ setup(
         "tpu": ["jax[tpu]>=0.7,<0.11"],
         # `tensorboard --logdir runs` (the events themselves are written by tensorboardX).
         "tensorboard": ["tensorboard>=2.15,<3"],
-        # torch-free Hugging Face export/import (safetensors) and hub downloads.
-        "hf": ["safetensors>=0.4,<1", "huggingface_hub>=0.23,<2"],
+        # torch-free Hugging Face export/import (safetensors); hf: corpus sources (hub + Parquet).
+        "hf": ["safetensors>=0.4,<1", "huggingface_hub>=0.23,<2", "pyarrow>=14,<24"],
         "tfds": ["tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6"],
     },
     entry_points={"console_scripts": [

@@ -179,8 +179,25 @@ def cmd_overlap(args: argparse.Namespace) -> None:
 
 
 SOURCE_HELP = ("source, KIND:LOCATION[#key=value,...] with KIND in text, textfiles, jsonl, csv, tsv, aochildes, "
-               "wikitext, corpus, tfds (e.g. aochildes:DIR, csv:FILE#column=text, corpus:FILTER_OUTPUT, "
-               "tfds:huggingface:text-machine-lab/constrained_language#split=train,field=TEXT)")
+               "wikitext, corpus, hf, tfds (e.g. aochildes:DIR, csv:FILE#column=text, corpus:FILTER_OUTPUT, "
+               "hf:text-machine-lab/constrained_language#split=train,field=TEXT)")
+
+
+def cmd_fetch(args: argparse.Namespace) -> None:
+    from minilm_jax.corpus import hub
+    from minilm_jax.corpus.sources import SourceSpec
+
+    for item in args.sources:
+        if item.startswith("hf-file:"):
+            print(f"{item}\t{hub.fetch_file(item[len('hf-file:'):], args.out)}")
+            continue
+        spec = SourceSpec.parse(item)
+        if spec.kind != "hf":
+            raise CorpusError(f"fetch takes hf:OWNER/NAME#split=... or hf-file:OWNER/NAME/PATH, "
+                              f"not {item!r}")
+        files = hub.files_of(spec.location, dict(spec.options))
+        size = sum(f.stat().st_size for f in files)
+        print(f"{item}\t{len(files)} Parquet file(s), {size / 1e6:.1f} MB, in {files[0].parent}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seq_len", type=int, default=128)
     _add_common(p, workers=False)
+
+    p = _command(sub, "fetch", cmd_fetch, "download Hugging Face datasets and files into the cache",
+                 "Download (or find in the cache) the Parquet files of hf:OWNER/NAME#split=S[,revision=R] "
+                 "dataset sources and hf-file:OWNER/NAME/PATH model-repository files (e.g. "
+                 "hf-file:google-bert/bert-base-uncased/vocab.txt); every stage then reads hf: sources "
+                 "from the cache, offline. $MINILM_HF_MIRROR (or #mirror=DIR) reads a local copy laid "
+                 "out like the hub instead.")
+    p.add_argument("sources", nargs="+", help="hf:OWNER/NAME#split=...,field=... or hf-file:OWNER/NAME/PATH")
+    p.add_argument("--out", help="hf-file: also place the file in this folder")
 
     p = _command(sub, "overlap", cmd_overlap, "token overlap between pre-training shards and task texts",
                  "Type-level and occurrence-level share of task tokens whose type occurs in the "

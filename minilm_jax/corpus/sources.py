@@ -1,4 +1,5 @@
-"""Text sources: local files (plain text, JSONL, CSV/TSV, AO-CHILDES, WikiText), stage outputs and TFDS.
+"""Text sources: local files (plain text, JSONL, CSV/TSV, AO-CHILDES, WikiText), stage outputs,
+Hugging Face datasets and TFDS.
 
 A source is written ``KIND:LOCATION[#key=value,...]``, for example::
 
@@ -10,7 +11,9 @@ A source is written ``KIND:LOCATION[#key=value,...]``, for example::
     aochildes:/data/...#group_by=transcript_id          consecutive rows joined into one document
     wikitext:/data/wiki.valid.tokens          WikiText file, one document per article
     corpus:/runs/constrained                  the output of ``filter`` / ``control`` (checked)
-    tfds:huggingface:text-machine-lab/constrained_language#split=train,field=TEXT
+    hf:text-machine-lab/constrained_language#split=train,field=TEXT   a Hugging Face dataset
+                                              (Parquet, downloaded and cached: corpus/hub.py)
+    tfds:wikipedia/20230601.en#split=train    a TFDS dataset (array_record; needs [tfds])
 
 Every source takes ``name=LABEL`` (used in reports) and ``limit=N`` (first N documents). A bare path
 is accepted too: a stage folder (with ``manifest.json``) -> ``corpus``, ``.jsonl`` -> ``jsonl``, a
@@ -34,7 +37,7 @@ from typing import Any
 
 from minilm_jax.corpus.errors import CorpusError
 
-KINDS = ("text", "textfiles", "jsonl", "csv", "tsv", "aochildes", "wikitext", "corpus", "tfds")
+KINDS = ("text", "textfiles", "jsonl", "csv", "tsv", "aochildes", "wikitext", "corpus", "tfds", "hf")
 DECODE_POLICIES = ("skip", "fail")
 NEWLINE = b"\n"
 _WIKITEXT_TITLE = re.compile(r"^ ?= [^=].* = ?$")
@@ -75,7 +78,7 @@ class SourceSpec:
         explicit = self.option("name")
         if explicit:
             return explicit
-        if self.kind == "tfds":
+        if self.kind in ("tfds", "hf"):
             return self.location
         path = Path(self.location.rstrip("/"))
         if path.is_dir() or not path.parent.name:
@@ -138,6 +141,9 @@ def resolve_files(spec: SourceSpec) -> list[Path]:
     """The files a local source reads, sorted; a clear error if there are none."""
     if spec.kind == "tfds":
         return []
+    if spec.kind == "hf":
+        from minilm_jax.corpus.hub import files_of
+        return files_of(spec.location, dict(spec.options))
     if spec.kind == "corpus":
         from minilm_jax.corpus.manifest import corpus_sequences_file
 
@@ -302,6 +308,9 @@ def _iter_kind(spec: SourceSpec, policy: str, stats: ReadStats) -> Iterator[str]
     if spec.kind == "tfds":
         return _iter_tfds(spec, stats)
     files = resolve_files(spec)
+    if spec.kind == "hf":
+        from minilm_jax.corpus.hub import iter_parquet_texts
+        return iter_parquet_texts(files, spec.option("field", "text"), stats)
     if spec.kind == "text":
         return _iter_text(files, policy, stats)
     if spec.kind == "textfiles":

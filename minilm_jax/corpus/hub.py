@@ -1,0 +1,124 @@
+"""Hugging Face hub sources: ``hf:OWNER/NAME#split=train,field=TEXT[,revision=REV]``.
+
+A dataset repository's Parquet files for one split are downloaded with ``huggingface_hub``
+(``snapshot_download``: cached under ``$HF_HOME``, resumed after an interruption, reused offline),
+then streamed one record batch at a time with ``pyarrow``. ``revision`` pins a branch, tag or commit
+(the resolved commit is recorded in stage manifests through the files' sha256).
+
+``mirror=DIR`` (or ``$MINILM_HF_MIRROR``) reads a local directory laid out like the hub instead:
+``DIR/OWNER/NAME/<files as in the repository>``, for machines without network and for tests.
+
+Split files are found the ways the hub lays them out: ``data/<split>-*.parquet``,
+``<split>/*.parquet``, ``<config>/<split>/*.parquet`` and ``*<split>*.parquet``.
+
+Single files (a tokenizer vocabulary) come from :func:`fetch_file`
+(``hf-file:google-bert/bert-base-uncased/vocab.txt``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from minilm_jax.corpus.errors import CorpusError
+
+MIRROR_ENV = "MINILM_HF_MIRROR"
+INSTALL = "install the hub extra: pip install -e '.[hf]' (huggingface_hub, pyarrow)"
+
+
+def split_patterns(split: str) -> list[str]:
+    """Where a split's Parquet files live in a hub dataset repository."""
+    return [f"data/{split}-*.parquet", f"data/{split}/*.parquet", f"{split}/*.parquet",
+            f"*/{split}/*.parquet", f"*/{split}-*.parquet", f"{split}-*.parquet"]
+
+
+def _matching(root: Path, split: str) -> list[Path]:
+    files = [p for p in root.rglob("*.parquet") if p.is_file()]
+    for pattern in split_patterns(split):
+        found = sorted(p for p in files if fnmatch.fnmatch(p.relative_to(root).as_posix(), pattern))
+        if found:
+            return found
+    return sorted(p for p in files if split in p.name)
+
+
+def dataset_files(repo_id: str, split: str, revision: str | None = None,
+                  mirror: str | None = None) -> list[Path]:
+    """Local paths of ``repo_id``'s Parquet files for ``split`` (downloaded when needed)."""
+    mirror = mirror or os.environ.get(MIRROR_ENV)
+    if mirror:
+        root = Path(mirror).expanduser() / repo_id
+        if not root.is_dir():
+            raise CorpusError(f"hub mirror has no {repo_id}: {root} is not a directory")
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise CorpusError(f"hf:{repo_id}: huggingface_hub is not installed; {INSTALL}") from None
+        try:
+            root = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision,
+                                          allow_patterns=split_patterns(split)))
+        except Exception as err:  # offline and not cached, unknown repository, gated, ...
+            raise CorpusError(f"hf:{repo_id}: download failed ({type(err).__name__}: "
+                              f"{(str(err).splitlines() or [''])[0][:200]})") from None
+    files = _matching(root, split)
+    if not files:
+        raise CorpusError(f"hf:{repo_id}: no Parquet files for split '{split}' in {root} "
+                          f"(looked for {', '.join(split_patterns(split))})")
+    return files
+
+
+def files_of(location: str, options: dict[str, str]) -> list[Path]:
+    """The Parquet files of an ``hf:`` source (its location and options)."""
+    return dataset_files(location, options.get("split", "train"), options.get("revision"),
+                         options.get("mirror"))
+
+
+def iter_parquet_texts(files: list[Path], field: str, stats: Any) -> Iterator[str]:
+    """Non-empty values of column ``field``, file by file, one record batch at a time."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CorpusError(f"reading Parquet needs pyarrow; {INSTALL}") from None
+    for path in files:
+        handle = pq.ParquetFile(path)
+        if field not in handle.schema_arrow.names:
+            raise CorpusError(f"{path}: no column '{field}' (columns: "
+                              f"{', '.join(handle.schema_arrow.names)}); set #field=NAME")
+        for batch in handle.iter_batches(columns=[field], batch_size=8192):
+            for value in batch.column(0).to_pylist():
+                if value is None:
+                    continue
+                text = str(value).strip()
+                stats.bytes += len(text.encode("utf-8"))
+                if text:
+                    yield text
+
+
+def fetch_file(spec: str, out_dir: str | None = None) -> Path:
+    """``OWNER/NAME/PATH`` of a model repository (``revision=`` after ``#``) -> a local file."""
+    body, _, opts = spec.partition("#")
+    options = dict(item.split("=", 1) for item in opts.split(",") if "=" in item)
+    parts = body.split("/")
+    if len(parts) < 3:
+        raise CorpusError(f"hf-file:{spec}: expected OWNER/NAME/PATH (e.g. "
+                          "google-bert/bert-base-uncased/vocab.txt)")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    mirror = options.get("mirror") or os.environ.get(MIRROR_ENV)
+    if mirror:
+        path = Path(mirror).expanduser() / repo_id / filename
+        if not path.is_file():
+            raise CorpusError(f"hub mirror has no {repo_id}/{filename}: {path}")
+        return path
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise CorpusError(f"hf-file:{spec}: huggingface_hub is not installed; {INSTALL}") from None
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=options.get("revision"),
+                                    local_dir=out_dir))
+    except Exception as err:
+        raise CorpusError(f"hf-file:{spec}: download failed ({type(err).__name__}: "
+                          f"{(str(err).splitlines() or [''])[0][:200]})") from None

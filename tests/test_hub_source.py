@@ -1,0 +1,91 @@
+"""hf: corpus sources against a local directory laid out like a Hugging Face dataset repository
+(offline), and the download call they make when no mirror is given."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, shared_path
+from minilm_jax.corpus import hub
+from minilm_jax.corpus.errors import CorpusError
+from minilm_jax.corpus.sources import iter_documents
+
+pq = pytest.importorskip("pyarrow.parquet")
+pa = pytest.importorskip("pyarrow")
+
+REPO_ID = "text-machine-lab/constrained_language"
+
+
+@pytest.fixture
+def mirror(tmp_path) -> tuple[Path, list[str]]:
+    """The hub layout of a dataset with two train shards and a validation file (column TEXT),
+    holding real WikiText-2 lines."""
+    lines = [line.strip() for line in shared_path("wikitext2", "tokenized", "wiki.valid.tokens")
+             .read_text(encoding="utf-8").splitlines() if len(line.split()) > 8][:600]
+    data = tmp_path / "hub" / REPO_ID / "data"
+    data.mkdir(parents=True)
+    for name, rows in (("train-00000-of-00002", lines[:250]), ("train-00001-of-00002", lines[250:500]),
+                       ("validation-00000-of-00001", lines[500:])):
+        pq.write_table(pa.table({"TEXT": rows, "id": list(range(len(rows)))}),
+                       data / f"{name}.parquet")
+    (tmp_path / "hub" / REPO_ID / "README.md").write_text("dataset card\n")
+    return tmp_path / "hub", lines
+
+
+def test_a_hub_dataset_split_streams_in_file_order(mirror):
+    root, lines = mirror
+    texts = list(iter_documents(f"hf:{REPO_ID}#split=train,field=TEXT,mirror={root}"))
+    assert texts == lines[:500]
+    valid = list(iter_documents(f"hf:{REPO_ID}#split=validation,field=TEXT,mirror={root}"))
+    assert valid == lines[500:]
+    with pytest.raises(CorpusError, match="no column 'text' \\(columns: TEXT, id\\)"):
+        list(iter_documents(f"hf:{REPO_ID}#split=train,mirror={root}"))
+    with pytest.raises(CorpusError, match="no Parquet files for split 'test'"):
+        list(iter_documents(f"hf:{REPO_ID}#split=test,field=TEXT,mirror={root}"))
+
+
+def test_without_a_mirror_the_split_is_downloaded_from_the_hub(mirror, monkeypatch):
+    root, lines = mirror
+    calls = []
+
+    def snapshot_download(repo_id, **kwargs):  # stands in for the network: the repo's snapshot
+        calls.append((repo_id, kwargs))
+        return str(root / repo_id)
+
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv(hub.MIRROR_ENV, raising=False)
+    files = hub.dataset_files(REPO_ID, "train", revision="abc123")
+    assert [f.name for f in files] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    [(repo_id, kwargs)] = calls
+    assert repo_id == REPO_ID and kwargs["repo_type"] == "dataset" and kwargs["revision"] == "abc123"
+    assert "data/train-*.parquet" in kwargs["allow_patterns"]
+
+
+def test_fetch_then_build_shards_from_the_hub_source(mirror, tmp_path):
+    root, lines = mirror
+    env = {**os.environ, hub.MIRROR_ENV: str(root), "JAX_PLATFORMS": "cpu"}
+    source = f"hf:{REPO_ID}#split=train,field=TEXT"
+
+    def corpus(*args):
+        return subprocess.run([sys.executable, "-m", "minilm_jax.corpus", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    fetched = corpus("fetch", source)
+    assert fetched.returncode == 0, fetched.stderr
+    assert "2 Parquet file(s)" in fetched.stdout
+    tok = corpus("train-tokenizer", "--corpus", source, "--out", str(tmp_path / "tok"),
+                 "--sizes", "300", "--no_progress")
+    assert tok.returncode == 0, tok.stderr[-2000:]
+    shards = corpus("shards", "--corpus", source, "--tokenizer", str(tmp_path / "tok" / "bpe-300.model"),
+                    "--out", str(tmp_path / "shards"), "--seq_len", "64", "--valid", "0.1",
+                    "--no_progress")
+    assert shards.returncode == 0, shards.stderr[-2000:]
+    import json
+    counts = json.loads((tmp_path / "shards" / "manifest.json").read_text())["source"]["counts"]
+    assert sum(c["texts"] for c in counts.values()) == 500  # every train text of both files
+    missing = corpus("fetch", "hf-file:google-bert/bert-base-uncased/vocab.txt")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: hub mirror has no")

@@ -142,46 +142,72 @@ def quiet_orbax_errors() -> None:
 class ClosedLoopNoiseFilter:
     """A stderr wrapper that drops the tracebacks ending in ``RuntimeError: Event loop is closed``:
     after a failed checkpoint write, TensorStore's threads call back into Orbax's closed event loop,
-    once per pending write. Everything else passes through unchanged."""
+    once per pending write, and their tracebacks interleave line by line. A held block is released
+    when each of its tracebacks has ended, dropped when every one ended in that error. Everything
+    else passes through unchanged; a block still open at exit is written then."""
 
     NOISE = "RuntimeError: Event loop is closed"
+    HEADER = "Traceback (most recent call last):"
 
     def __init__(self, stream):
+        import atexit
+        import threading
+
         self._stream = stream
+        self._lock = threading.Lock()
         self._pending = ""  # text not yet ended by a newline
-        self._held: list[str] | None = None  # lines of a traceback being held back
+        self._held: list[str] = []  # lines of the tracebacks being held back
+        self._open = 0  # tracebacks in the held block whose exception line has not come yet
+        self._ends: list[str] = []  # the exception lines that closed them
+        atexit.register(self._release)
 
     def write(self, text: str) -> int:
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            self._line(line)
+        with self._lock:
+            self._pending += text
+            *lines, self._pending = self._pending.split("\n")
+            for line in lines:
+                self._line(line)
+            head = self._pending[: len(self.HEADER)]
+            if self._pending and not self._open and not self.HEADER.startswith(head):
+                self._stream.write(self._pending)  # a progress bar redrawn with \r: show it now
+                self._pending = ""
         return len(text)
 
     def _line(self, line: str) -> None:
-        if self._held is None and line.startswith("Traceback (most recent call last):"):
-            self._held = [line]
-        elif self._held is not None and (line.startswith(" ") or not line.strip()):
+        if line.startswith(self.HEADER):
             self._held.append(line)
-        elif self._held is not None:
-            held, self._held = self._held, None
-            if line.strip() != self.NOISE:
-                self._stream.write("\n".join(held + [line]) + "\n")
-        else:
+            self._open += 1
+        elif not self._open:
             self._stream.write(line + "\n")
+        elif line.startswith(" ") or not line.strip():
+            self._held.append(line)
+        else:  # an exception line ends one of the open tracebacks
+            self._held.append(line)
+            self._ends.append(line.strip())
+            self._open -= 1
+            if not self._open:
+                if any(end != self.NOISE for end in self._ends):
+                    self._stream.write("\n".join(self._held) + "\n")
+                self._held, self._ends = [], []
+
+    def _release(self) -> None:
+        """Write what is still held (a traceback cut off before its last line) and pending text."""
+        with self._lock:
+            if self._held:
+                self._stream.write("\n".join(self._held) + "\n")
+            if self._pending:
+                self._stream.write(self._pending)
+            self._held, self._ends, self._open, self._pending = [], [], 0, ""
+        self._stream.flush()
 
     def discard_held(self):
-        """Drop what is held back (a half-written traceback); the underlying stream."""
-        self._held, self._pending = None, ""
+        """Drop what is held back (half-written tracebacks); the underlying stream."""
+        with self._lock:
+            self._held, self._ends, self._open, self._pending = [], [], 0, ""
         return self._stream
 
     def flush(self) -> None:
-        if self._held is not None:
-            self._stream.write("\n".join(self._held) + "\n")
-            self._held = None
-        if self._pending:
-            self._stream.write(self._pending)
-            self._pending = ""
+        """Flush what has passed the filter; a traceback being held stays held."""
         self._stream.flush()
 
     def __getattr__(self, name: str):

@@ -30,7 +30,7 @@ def test_pretrain_summary_round_trip_and_absent_fields(tmp_path):
 def test_finetune_summary_is_not_a_pretrain_summary(tmp_path):
     FinetuneSummary(status="completed", task="sst2", init="random", seeds=[0, 1]).write(tmp_path)
     assert read_finetune_summary(tmp_path).seeds == [0, 1]
-    with pytest.raises(RecordError, match="lacks step, model, params"):
+    with pytest.raises(RecordError, match="lacks step, params"):
         read_pretrain_summary(tmp_path)
     with pytest.raises(RecordError, match="no summary.json"):
         read_finetune_summary(tmp_path / "elsewhere")

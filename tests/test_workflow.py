@@ -85,3 +85,29 @@ def test_help_lists_the_entry_points_own_flags(module):
 def test_points_help_is_not_an_error():
     proc = run("minilm_jax.points", "--help")
     assert proc.returncode == 0 and "python -m minilm_jax.points" in proc.stdout
+
+
+def test_stderr_filter_drops_interleaved_closed_loop_tracebacks_and_keeps_the_rest():
+    import io
+
+    from minilm_jax.cli import ClosedLoopNoiseFilter
+
+    sink = io.StringIO()
+    err = ClosedLoopNoiseFilter(sink)
+    frame = '  File "base_events.py", line 519, in _check_closed\n'
+    noise = "RuntimeError: Event loop is closed\n"
+    # Two threads' tracebacks, interleaved line by line, both noise: nothing comes through.
+    err.write("Traceback (most recent call last):\n" + frame)
+    err.write("Traceback (most recent call last):\n")
+    err.flush()  # another thread's flush does not release a held traceback
+    err.write(frame + noise + noise)
+    assert sink.getvalue() == ""
+    err.write("\r 40%|####      | 4/10")  # a progress bar redraw passes at once
+    assert sink.getvalue() == "\r 40%|####      | 4/10"
+    # A real traceback interleaved with noise comes through whole.
+    err.write("\nTraceback (most recent call last):\n" + frame)
+    err.write("Traceback (most recent call last):\n" + frame + noise + "ValueError: real\n")
+    assert "ValueError: real" in sink.getvalue() and sink.getvalue().count("Traceback") == 2
+    err.write("Traceback (most recent call last):\n" + frame)
+    err._release()  # at exit, a traceback cut off early is shown, not lost
+    assert sink.getvalue().count("Traceback") == 3

@@ -56,5 +56,6 @@ setup(
         "minilm-corpus=minilm_jax.corpus.__main__:entry",
         "minilm-aot=minilm_jax.aot:_entry",
         "minilm-points=minilm_jax.points:entry",
+        "minilm-interop=minilm_jax.interop.__main__:entry",
     ]},
 )

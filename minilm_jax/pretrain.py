@@ -21,9 +21,25 @@ def main(argv: list[str]) -> None:
 
     config, workdir = _RUN_FLAGS()
     maybe_initialize_distributed(config)
+    export_note(config)
     summary = Pretrainer(config, workdir).run()
     brief = {k: summary[k] for k in ("status", "step", "point", "best") if k in summary}
     print(json.dumps(brief, indent=2))
+
+
+def export_note(config) -> None:
+    """Say before training when the model will not export to Hugging Face RoBERTa, and why."""
+    from minilm_jax.interop.hf_roberta import export_problems
+    from minilm_jax.model.config import ConfigError
+    from minilm_jax.run_config import model_from_config
+
+    try:
+        problems = export_problems(model_from_config(config))
+    except ConfigError:
+        return  # the run itself reports a bad model config
+    if problems:
+        print(f"note: this model will not export to Hugging Face RobertaForMaskedLM "
+              f"({problems[0]}); set the field before training if you need the export", flush=True)
 
 
 def _entry() -> None:

@@ -279,9 +279,9 @@ def test_import_errors(exported, tmp_path):
 
 
 def test_demo_command(tmp_path, capsys):
-    from minilm_jax.interop.hf_roberta import main
+    from minilm_jax.interop.__main__ import main
 
-    args = ["demo", "--point", TINY, "--max-len", "8", "--out", str(tmp_path / "demo")]
+    args = ["demo", "--point", TINY, "--max_len", "8", "--out", str(tmp_path / "demo")]
     assert main(args) == 0
     assert "parameters identical = True" in capsys.readouterr().out
     assert main(args) == 2  # refuses to overwrite without --overwrite

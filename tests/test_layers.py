@@ -26,7 +26,9 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.finetune.run": 4,  # the fine-tuning command (one init or both, then the table)
     "minilm_jax.analysis": 3, "minilm_jax.sweep": 3, "minilm_jax.report": 3,
     "minilm_jax.committee": 3, "minilm_jax.latency": 3,
-    "minilm_jax.interop": 3, "minilm_jax.aot": 3, "minilm_jax.bench": 3,
+    "minilm_jax.interop": 1,  # the RoBERTa mapping and tokenizer files: beside the model
+    "minilm_jax.interop.workdir": 3,  # exporting a trained workdir
+    "minilm_jax.aot": 3, "minilm_jax.bench": 3,
     "minilm_jax.pretrain": 4, "minilm_jax.points": 4,
 }
 ENTRY = 4

@@ -1,5 +1,6 @@
 """A pre-training run as the starting point of fine-tuning: its model config, tokenizer and encoder
-weights (read from the run's best or newest Orbax checkpoint, parameters only)."""
+weights (read from the run's best or newest Orbax checkpoint, parameters only), or a Hugging Face
+``RobertaForMaskedLM`` directory (e.g. one ``python -m minilm_jax.interop export`` wrote)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,18 @@ class PretrainedRun:
     step: int
     checkpoint_dir: Path
     validation_perplexity: float | None
+    hugging_face: bool = False  # checkpoint_dir is a Hugging Face model directory
 
     @classmethod
     def open(cls, workdir: str | os.PathLike, which: str = "best") -> "PretrainedRun":
         workdir = Path(workdir)
         config_path = workdir / "config.json"
         if not config_path.is_file():
-            raise UserError(f"init.checkpoint={workdir} is not a pre-training workdir "
-                            f"(no config.json)")
+            raise UserError(f"init.checkpoint={workdir} is not a pre-training workdir or a Hugging "
+                            f"Face model directory (no config.json)")
         flat = json.loads(config_path.read_text())
+        if "model_type" in flat or "architectures" in flat:
+            return cls._open_hugging_face(workdir, flat)
         model = ModelConfig.from_mapping({k[len("model."):]: v for k, v in flat.items()
                                           if k.startswith("model.")})
         try:  # a preempted run has no summary yet: the config's tokenizer identity serves
@@ -53,10 +57,36 @@ class PretrainedRun:
                    tok.get("sha256", flat.get("data.tokenizer_sha256_seen", "")), step, ckpt_dir,
                    ppl)
 
+    @classmethod
+    def _open_hugging_face(cls, hf_dir: Path, hf_config: dict[str, Any]) -> "PretrainedRun":
+        from minilm_jax.interop.hf_roberta import METADATA_KEY, model_config_from_hf
+        from minilm_jax.storage import file_sha256
+
+        model = model_config_from_hf(hf_config)
+        ours = sorted(hf_dir.glob("*.model")) or sorted(hf_dir.glob("vocab.txt"))
+        tokenizer = str(ours[0]) if len(ours) == 1 else ""  # else: data.tokenizer must name one
+        provenance = (hf_config.get(METADATA_KEY) or {}).get("provenance") or {}
+        return cls(hf_dir, model, tokenizer, file_sha256(tokenizer) if tokenizer else "",
+                   int(provenance.get("step", 0)), hf_dir,
+                   provenance.get("validation_perplexity"), hugging_face=True)
+
     def encoder_state(self) -> nnx.State:
         """The encoder's parameters and other state (e.g. BatchNorm statistics) as host arrays, in
         the layout of ``SequenceClassifier.encoder``."""
+        if self.hugging_face:
+            import jax
+            import numpy as np
+
+            from minilm_jax.interop.hf_roberta import import_roberta
+
+            return jax.tree.map(np.asarray, nnx.state(import_roberta(self.checkpoint_dir).encoder))
         return load_encoder(self.checkpoint_dir, self.model)
+
+    def model_state(self) -> nnx.State:
+        """The whole ``MaskedLM`` state (encoder and MLM head) as host arrays (a workdir only)."""
+        from minilm_jax.train.checkpoint import load_model_state
+
+        return load_model_state(self.checkpoint_dir, self.model)
 
     def check_tokenizer(self, tokenizer: Tokenizer) -> None:
         """Refuse a tokenizer other than the one the checkpoint was pre-trained with."""
@@ -71,6 +101,7 @@ class PretrainedRun:
 
     def describe(self) -> dict[str, Any]:
         return {"workdir": str(self.workdir), "step": self.step, "point": self.model.point,
+                "format": "hugging_face" if self.hugging_face else "orbax",
                 "validation_perplexity": self.validation_perplexity,
                 "tokenizer_sha256": self.tokenizer_sha256}
 

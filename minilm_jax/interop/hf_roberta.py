@@ -24,36 +24,35 @@ embedding, so exports say ``tie_word_embeddings: false``; importing a tied check
 word embedding into our decoder.
 
 Neither direction needs torch: weights go through ``safetensors.numpy``. The numerical check against
-``transformers`` lives in ``tests/test_interop_hf.py``; ``python -m minilm_jax.interop.hf_roberta demo``
-runs a round trip on a freshly built point.
+``transformers`` lives in ``tests/test_interop_hf.py``; ``python -m minilm_jax.interop export`` writes
+a trained workdir, ``python -m minilm_jax.interop demo`` runs a round trip on a freshly built point.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from minilm_jax.errors import UserError
+from minilm_jax.interop.hf_files import (CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, InteropError,
+                                         check_target, safetensors_numpy, tokenizer_files,
+                                         write_dir_atomically)
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.encoder import TransformerEncoder
 from minilm_jax.model.models import MaskedLM
 
+if TYPE_CHECKING:
+    from minilm_jax.tokenizer import Tokenizer
+
 HF_ARCHITECTURE = "RobertaForMaskedLM"
 HF_MODEL_TYPE = "roberta"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 METADATA_KEY = "minilm_jax"  # our own, non-architectural fields, kept in config.json
 METADATA_VERSION = 1
 BOS_ID, EOS_ID = 0, 2  # RoBERTa's <s> and </s>
@@ -66,9 +65,6 @@ OVERRIDABLE_FIELDS = RESTORABLE_FIELDS + ("hidden_dropout", "attention_dropout")
 _EMBED, _KERNEL, _VECTOR = "embed", "kernel", "vector"  # how a tensor crosses: as is / transposed
 Path_ = tuple[Any, ...]
 
-
-class InteropError(UserError, ValueError):
-    """A model or checkpoint that cannot be converted, with a message naming the field or tensor."""
 
 
 # ----------------------------------------------------------------------------------------- mapping
@@ -113,7 +109,8 @@ def _dotted(path: Path_) -> str:
 # ------------------------------------------------------------------------------------------ config
 
 
-def _config_problems(cfg: ModelConfig) -> list[str]:
+def export_problems(cfg: ModelConfig) -> list[str]:
+    """Why a model of ``cfg`` cannot be a RobertaForMaskedLM (empty: it can)."""
     problems = []
     if cfg.arch not in EXPORTABLE_ARCHS:
         problems.append(f"model.arch={cfg.arch!r}: only {EXPORTABLE_ARCHS} (a plain transformer "
@@ -138,7 +135,7 @@ def _config_problems(cfg: ModelConfig) -> list[str]:
 
 def hf_config_from_model_config(cfg: ModelConfig) -> dict[str, Any]:
     """The ``config.json`` dict of a ``RobertaForMaskedLM`` equivalent to ``cfg``."""
-    problems = _config_problems(cfg)
+    problems = export_problems(cfg)
     if problems:
         raise InteropError("cannot export to Hugging Face RobertaForMaskedLM: " + "; ".join(problems))
     return {
@@ -248,7 +245,7 @@ def _flat_params(model: nnx.Module) -> dict[Path_, Any]:
 
 
 def _export_problems(model: MaskedLM) -> list[str]:
-    problems = _config_problems(model.cfg)
+    problems = export_problems(model.cfg)
     if not problems and type(model.encoder) is not TransformerEncoder:
         problems.append(f"model.encoder is a {type(model.encoder).__name__}, not a plain "
                         "TransformerEncoder")
@@ -284,95 +281,17 @@ def hf_tensors(model: MaskedLM) -> dict[str, np.ndarray]:
     return out
 
 
-def _tokenizer_files(tokenizer_path: str | os.PathLike | None) -> list[Path]:
-    if tokenizer_path is None:
-        return []
-    path = Path(tokenizer_path)
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.is_file())
-        if not files:
-            raise FileNotFoundError(f"tokenizer_path {path} is an empty directory")
-    else:
-        raise FileNotFoundError(f"tokenizer_path {path} does not exist")
-    clash = [f.name for f in files if f.name in (CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)]
-    if clash:
-        raise InteropError(f"tokenizer_path {path}: {clash} would overwrite the exported model files")
-    return files
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _is_nonempty_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
-
-
-def _check_target(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a directory")
-    if _is_nonempty_dir(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True "
-                              "(--overwrite) to replace it")
-
-
-def write_dir_atomically(out_dir: str | os.PathLike, fill: Callable[[Path], None], *,
-                         overwrite: bool = False) -> Path:
-    """Run ``fill(tmp_dir)`` in a sibling temporary directory, then rename it to ``out_dir``.
-
-    A non-empty ``out_dir`` is replaced only with ``overwrite=True`` (moved aside, then deleted once
-    the new directory is in place). On any failure the temporary directory is removed and
-    ``out_dir`` is left as it was.
-    """
-    out_dir = Path(out_dir).absolute()
-    _check_target(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        os.chmod(tmp, 0o755)
-        fill(tmp)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)  # safetensors creates its file 0600
-            _fsync(f)
-        _check_target(out_dir, overwrite)  # again: someone may have written there meanwhile
-        if _is_nonempty_dir(out_dir):
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rename(out_dir, old)  # onto the empty directory mkdtemp made
-            try:
-                os.rename(tmp, out_dir)
-            except BaseException:
-                os.rename(old, out_dir)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)  # absent, or an empty directory (replaced)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _safetensors_numpy():
-    try:
-        import safetensors.numpy as st_numpy
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("Hugging Face interop needs the 'safetensors' package "
-                          "(pip install 'safetensors>=0.4')") from err
-    return st_numpy
-
-
 def export_roberta(model: MaskedLM, out_dir: str | os.PathLike, *,
-                   tokenizer_path: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+                   tokenizer_path: str | os.PathLike | None = None,
+                   tokenizer: "Tokenizer | None" = None, provenance: Mapping[str, Any] | None = None,
+                   overwrite: bool = False) -> Path:
     """Write ``model`` as a Hugging Face ``RobertaForMaskedLM`` directory (``config.json`` +
     ``model.safetensors``, float32), loadable with ``RobertaForMaskedLM.from_pretrained(out_dir)``.
 
-    ``tokenizer_path`` (a file, or a directory whose files are all copied) is copied alongside.
+    ``tokenizer`` (ours) adds its own file plus ``tokenizer.json`` & co., which ``AutoTokenizer``
+    loads and which encode as ``tokenizer`` does (:mod:`minilm_jax.interop.hf_tokenizer`);
+    ``tokenizer_path`` (a file, or a directory whose files are all copied) is copied as is.
+    ``provenance`` (e.g. the workdir and step exported) is kept in ``config.json`` under our key.
     Configurations RoBERTa cannot represent (E->H projection, E != H, pre-LN, conv front end, a
     position offset other than pad_id + 1) raise :class:`InteropError` naming the field. The
     directory is written atomically; a non-empty ``out_dir`` is replaced only with ``overwrite=True``.
@@ -381,16 +300,22 @@ def export_roberta(model: MaskedLM, out_dir: str | os.PathLike, *,
     if not isinstance(model, MaskedLM):
         raise TypeError(f"export_roberta needs a MaskedLM, got {type(model).__name__}")
     hf_config = hf_config_from_model_config(model.cfg)
-    _check_target(Path(out_dir), overwrite)  # fail before doing any work
+    if provenance:
+        hf_config[METADATA_KEY]["provenance"] = dict(provenance)
+    check_target(Path(out_dir), overwrite)  # fail before doing any work
     tensors = hf_tensors(model)
-    tokenizer_files = _tokenizer_files(tokenizer_path)
-    st_numpy = _safetensors_numpy()
+    copies = tokenizer_files(tokenizer_path) + tokenizer_files(tokenizer.path if tokenizer else None)
+    st_numpy = safetensors_numpy()
 
     def fill(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         st_numpy.save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        for f in tokenizer_files:
+        for f in copies:
             shutil.copyfile(f, tmp / f.name)
+        if tokenizer is not None:
+            from minilm_jax.interop.hf_tokenizer import write_hf_tokenizer
+
+            write_hf_tokenizer(tokenizer, tmp, max_len=model.cfg.max_len)
 
     return write_dir_atomically(out_dir, fill, overwrite=overwrite)
 
@@ -416,7 +341,7 @@ def read_hf_tensors(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
         hint = (f" (found {legacy}: re-save it with transformers' save_pretrained, which writes "
                 "safetensors)") if legacy else ""
         raise FileNotFoundError(f"{hf_dir}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}{hint}")
-    st_numpy = _safetensors_numpy()
+    st_numpy = safetensors_numpy()
     tensors: dict[str, np.ndarray] = {}
     for f in files:
         tensors.update(st_numpy.load_file(str(f)))
@@ -504,73 +429,3 @@ def import_roberta(hf_dir: str | os.PathLike, **overrides: Any) -> MaskedLM:
                                f"for {_dotted(ours)}")
         var.set_value(jnp.asarray(arr, dtype=want.dtype))
     return model
-
-
-# -------------------------------------------------------------------------------------------- demo
-
-
-def _demo_tokens(cfg: ModelConfig, seed: int) -> np.ndarray:
-    """Two sequences ``<s> ... </s>``, the second right-padded."""
-    rng = np.random.default_rng(seed)
-    t = min(cfg.max_len, 32)
-    tokens = np.full((2, t), cfg.pad_id, np.int32)
-    for row, n in enumerate((t, max(3, t // 2))):
-        tokens[row, :n] = rng.integers(5, cfg.vocab_size, n)
-        tokens[row, 0], tokens[row, n - 1] = BOS_ID, EOS_ID
-    return tokens
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from minilm_jax.model.models import build_mlm
-    from minilm_jax.sizes import resolve_point
-
-    cfg = resolve_point(args.point, embed_projection=False, max_len=args.max_len)
-    model = build_mlm(cfg, seed=args.seed)
-    out = export_roberta(model, args.out, overwrite=args.overwrite)
-    print(f"exported {cfg.point} (max_len={cfg.max_len}) to {out}: "
-          f"{', '.join(sorted(p.name for p in out.iterdir()))}")
-    back = import_roberta(out)
-    a, b = _flat_params(model), _flat_params(back)
-    same = a.keys() == b.keys() and all(
-        np.array_equal(np.asarray(a[k].get_value()), np.asarray(b[k].get_value())) for k in a)
-    print(f"import_roberta round trip: parameters identical = {same}")
-    tokens = _demo_tokens(cfg, args.seed)
-    ours = np.asarray(model.all_logits(jnp.asarray(tokens)))
-    real = tokens != cfg.pad_id
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        print("torch/transformers not installed: skipped the comparison with transformers")
-        return 0 if same else 1
-    hf = transformers.RobertaForMaskedLM.from_pretrained(str(out), attn_implementation="eager").eval()
-    with torch.no_grad():
-        theirs = hf(input_ids=torch.from_numpy(tokens.astype(np.int64)),
-                    attention_mask=torch.from_numpy(real.astype(np.int64))).logits.numpy()
-    diff = float(np.max(np.abs(ours[real] - theirs[real])))
-    print(f"transformers {transformers.__version__} RobertaForMaskedLM logits vs ours at real "
-          f"positions: max abs diff {diff:.3g}")
-    return 0 if same and diff < 1e-4 else 1
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minilm_jax.interop.hf_roberta",
-                                     description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="build a fresh point, export it, import it back, compare")
-    demo.add_argument("--point", default="E64-H64-I256-L2-A4-V1000",
-                      help="model point (grammar string or name); built with embed_projection=False")
-    demo.add_argument("--out", required=True, help="output directory (Hugging Face format)")
-    demo.add_argument("--max-len", type=int, default=128)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    args = parser.parse_args(None if argv is None else list(argv))
-    try:
-        return _demo(args)
-    except (InteropError, ConfigError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -266,14 +266,21 @@ def load_encoder(checkpoint_dir: Path, model: ModelConfig) -> nnx.State:
     """The encoder part (parameters and other state, e.g. BatchNorm statistics) of the ``MaskedLM``
     train state saved in ``checkpoint_dir`` (from :func:`find_checkpoint`), as host arrays in the
     layout of ``SequenceClassifier.encoder``; nothing else is read."""
+    return load_model_state(checkpoint_dir, model, part="encoder")
+
+
+def load_model_state(checkpoint_dir: Path, model: ModelConfig, part: str | None = None) -> nnx.State:
+    """The ``MaskedLM`` state (parameters and other state) saved in ``checkpoint_dir``, or only its
+    ``part`` (e.g. ``"encoder"``), as host arrays; optimizer state is never read."""
     abstract = nnx.eval_shape(lambda: MaskedLM(model, rngs=nnx.Rngs(params=0)))
-    _, params, rest = nnx.split(abstract.encoder, nnx.Param, ...)
+    _, params, rest = nnx.split(getattr(abstract, part) if part else abstract, nnx.Param, ...)
     host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     params, rest = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host), (params, rest))
-    item: dict[str, Any] = {"params": {"encoder": params}}
+    nest = (lambda tree: {part: tree}) if part else (lambda tree: tree)
+    item: dict[str, Any] = {"params": nest(params)}
     if jax.tree.leaves(rest):
-        item["rest"] = {"encoder": rest}
+        item["rest"] = nest(rest)
     verdict = seal.verify(Path(checkpoint_dir).parent)
     if verdict.state == "corrupt":
         raise CheckpointError(f"checkpoint {Path(checkpoint_dir).parent} is corrupt "
@@ -285,8 +292,9 @@ def load_encoder(checkpoint_dir: Path, model: ModelConfig) -> nnx.State:
                 item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                 partial_restore=True))
     except Exception as err:  # shape mismatch, partial write
-        raise CheckpointError(f"cannot read the encoder of {checkpoint_dir} "
+        raise CheckpointError(f"cannot read the {part or 'model'} of {checkpoint_dir} "
                               f"({type(err).__name__}: {_first_line(err)})") from err
-    parts = [restored["params"]["encoder"]] + ([restored["rest"]["encoder"]] if "rest" in item else [])
+    unnest = (lambda tree: tree[part]) if part else (lambda tree: tree)
+    parts = [unnest(restored["params"])] + ([unnest(restored["rest"])] if "rest" in item else [])
     state = nnx.merge_state(*parts) if len(parts) > 1 else parts[0]
     return jax.tree.map(np.asarray, state)  # host arrays: placed by the caller's jit

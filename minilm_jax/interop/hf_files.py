@@ -1,0 +1,105 @@
+"""Files of a Hugging Face model directory: an atomic directory writer, the safetensors backend and
+the tokenizer files copied next to the weights."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from minilm_jax.errors import UserError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+
+class InteropError(UserError, ValueError):
+    """A model, checkpoint or directory that cannot cross between the two formats."""
+
+
+def tokenizer_files(tokenizer_path: str | os.PathLike | None) -> list[Path]:
+    if tokenizer_path is None:
+        return []
+    path = Path(tokenizer_path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file())
+        if not files:
+            raise FileNotFoundError(f"tokenizer_path {path} is an empty directory")
+    else:
+        raise FileNotFoundError(f"tokenizer_path {path} does not exist")
+    clash = [f.name for f in files if f.name in (CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)]
+    if clash:
+        raise InteropError(f"tokenizer_path {path}: {clash} would overwrite the exported model files")
+    return files
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def check_target(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a directory")
+    if _is_nonempty_dir(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True "
+                              "(--overwrite) to replace it")
+
+
+def write_dir_atomically(out_dir: str | os.PathLike, fill: Callable[[Path], None], *,
+                         overwrite: bool = False) -> Path:
+    """Run ``fill(tmp_dir)`` in a sibling temporary directory, then rename it to ``out_dir``.
+
+    A non-empty ``out_dir`` is replaced only with ``overwrite=True`` (moved aside, then deleted once
+    the new directory is in place). On any failure the temporary directory is removed and
+    ``out_dir`` is left as it was.
+    """
+    out_dir = Path(out_dir).absolute()
+    check_target(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        fill(tmp)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)  # safetensors creates its file 0600
+            _fsync(f)
+        check_target(out_dir, overwrite)  # again: someone may have written there meanwhile
+        if _is_nonempty_dir(out_dir):
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.rename(out_dir, old)  # onto the empty directory mkdtemp made
+            try:
+                os.rename(tmp, out_dir)
+            except BaseException:
+                os.rename(old, out_dir)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)  # absent, or an empty directory (replaced)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def safetensors_numpy():
+    try:
+        import safetensors.numpy as st_numpy
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("Hugging Face interop needs the 'safetensors' package "
+                          "(pip install 'safetensors>=0.4')") from err
+    return st_numpy
+
+

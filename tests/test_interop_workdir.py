@@ -1,0 +1,205 @@
+"""Hugging Face export of a trained workdir: AutoTokenizer encodes as we do on real text, transformers
+gives our logits, the export is a fine-tuning init.checkpoint, and what RoBERTa cannot hold is refused
+before anything is read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import shared_path
+
+from minilm_jax.corpus.tokenizer_train import TrainConfig, train_sentencepiece
+from minilm_jax.interop.hf_files import InteropError
+from minilm_jax.interop.hf_tokenizer import bpe_merges, write_hf_tokenizer
+from minilm_jax.tasks.encoding import build_inputs
+from minilm_jax.tokenizer import load_tokenizer
+
+SEQ = 64
+POINT = "E32-H32-I64-L2-A2-V600"
+
+
+def wiki_lines(name: str = "wiki.valid.tokens") -> list[str]:
+    text = shared_path("wikitext2", "tokenized", name).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def sst2_pairs() -> list[tuple[str, str]]:
+    """Real sentence pairs (RTE dev: premise, hypothesis)."""
+    rows = shared_path("glue", "RTE", "dev.tsv").read_text(encoding="utf-8").splitlines()[1:200]
+    return [(r.split("\t")[1], r.split("\t")[2]) for r in rows if len(r.split("\t")) >= 3]
+
+
+ODD = ["  leading and  double  spaces ", "tab\there", "Ünïcödé ＦＵＬＬ width ﬁ", "emoji 😀 中文",
+       "", " ", "new\nline", "x\u3000y", "a <unk> b </s> <s> <pad>"]
+
+
+def test_bpe_merges_rank_by_the_merged_piece():
+    pieces = ["<s>", "a", "b", "c", "ab", "abc", "bc"]
+    assert bpe_merges(pieces) == [("a", "b"), ("a", "bc"), ("ab", "c"), ("b", "c")]
+
+
+@pytest.mark.parametrize("model_type,byte_fallback", [("unigram", False), ("bpe", False),
+                                                      ("unigram", True), ("bpe", True)])
+def test_auto_tokenizer_encodes_as_we_do_on_real_text(model_type, byte_fallback, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    train = wiki_lines()
+    path = tmp_path / "tok.model"
+    path.write_bytes(train_sentencepiece(train[:3000], 800, model_type,
+                                         TrainConfig(byte_fallback=byte_fallback)))
+    ours = load_tokenizer(path)
+    write_hf_tokenizer(ours, tmp_path, max_len=SEQ)
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    texts = wiki_lines("wiki.test.tokens")[:1500] + ODD  # unseen text, with "<unk>" written in it
+    ids = ours.encode_batch(texts)
+    differ = [t for t, want in zip(texts, ids) if hf(t, add_special_tokens=False)["input_ids"] != want]
+    assert not differ, f"{len(differ)} of {len(texts)} differ, e.g. {differ[:3]}"
+    for a, b in sst2_pairs()[:100]:  # pairs and truncation: the layout fine-tuning uses
+        want, _ = build_inputs(ours, ours.encode(a), ours.encode(b), SEQ)
+        got = hf(a, b, truncation="longest_first", max_length=SEQ)["input_ids"]
+        assert got == want
+    assert hf.pad_token_id == ours.pad_id and hf.mask_token_id == ours.mask_id
+    assert hf.decode(hf("the cat sat")["input_ids"], skip_special_tokens=True) == "the cat sat"
+
+
+def test_auto_tokenizer_of_a_wordpiece_vocabulary(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    words = sorted({w for line in wiki_lines()[:2000] for w in line.lower().split()})[:3000]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    ours = load_tokenizer(tmp_path / "vocab.txt")
+    out = tmp_path / "hf"
+    out.mkdir()
+    write_hf_tokenizer(ours, out, max_len=SEQ)
+    hf = transformers.AutoTokenizer.from_pretrained(str(out))
+    for a, b in sst2_pairs()[:100]:
+        want, types = build_inputs(ours, ours.encode(a), ours.encode(b), SEQ)
+        got = hf(a, b, truncation="longest_first", max_length=SEQ)
+        assert got["input_ids"] == want and got["token_type_ids"] == types
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A unigram tokenizer and a short pre-training run of an exportable model (E == H, no
+    projection) on WikiText-2 shards."""
+    from minilm_jax.data.shards import write_shards
+    from minilm_jax.run_config import pretrain_config
+    from minilm_jax.train.loop import Pretrainer
+
+    root = tmp_path_factory.mktemp("export")
+    lines = [line for line in wiki_lines() if len(line.split()) >= 12]
+    tok_path = root / "tok.model"
+    tok_path.write_bytes(train_sentencepiece(lines, 600, "unigram"))
+    tok = load_tokenizer(tok_path)
+    rows = []
+    for ids in tok.encode_batch(lines):
+        row = [0] + ids[: SEQ - 2] + [2]
+        rows.append(row + [1] * (SEQ - len(row)))
+    array = np.asarray(rows, np.int32)
+    write_shards(root / "shards", {"train": array[:-200], "validation": array[-200:-100],
+                                   "test": array[-100:]}, pad_id=1, tokenizer=tok.info)
+    runs = {}
+    for name, projection in (("pre", False), ("projected", True)):
+        config = pretrain_config(POINT)
+        config.model.max_len = SEQ
+        config.model.embed_projection = projection
+        config.data.shards = str(root / "shards")
+        config.train.num_steps = 10
+        config.train.batch_size = 16
+        config.train.progress = False
+        config.eval.every_steps = 10
+        config.eval.batch_size = 50
+        config.mesh.data = 1
+        config.checkpoint.every_steps = 10
+        Pretrainer(config, root / name).run()
+        runs[name] = root / name
+    return {"root": root, "tokenizer": tok_path, **runs}
+
+
+def test_exported_workdir_matches_transformers_and_serves_as_init_checkpoint(trained, tmp_path):
+    from minilm_jax.finetune.pretrained import PretrainedRun
+    from minilm_jax.interop.__main__ import main
+
+    out = tmp_path / "hf"
+    assert main(["export", "--workdir", str(trained["pre"]), "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tok.model", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json"} <= names
+    meta = json.loads((out / "config.json").read_text())["minilm_jax"]["provenance"]
+    assert meta["workdir"] == str(trained["pre"]) and meta["step"] == 10
+    assert main(["export", "--workdir", str(trained["pre"]), "--out", str(out)]) == 2  # no overwrite
+
+    # The export is an init.checkpoint: the same encoder, the same tokenizer identity.
+    from_workdir, from_hf = PretrainedRun.open(trained["pre"]), PretrainedRun.open(out)
+    assert from_hf.hugging_face and from_hf.tokenizer_sha256 == from_workdir.tokenizer_sha256
+    a, b = from_workdir.encoder_state(), from_hf.encoder_state()
+    flat_a, flat_b = dict(a.flat_state()), dict(b.flat_state())
+    assert flat_a.keys() == flat_b.keys()
+    for key in flat_a:
+        np.testing.assert_array_equal(flat_a[key].get_value(), flat_b[key].get_value())
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from flax import nnx
+
+    from minilm_jax.model.models import build_mlm
+
+    ours = build_mlm(from_workdir.model)
+    nnx.update(ours, from_workdir.model_state())
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    hf_model = transformers.RobertaForMaskedLM.from_pretrained(str(out)).eval()
+    texts = wiki_lines("wiki.test.tokens")[:8]
+    batch = hf_tok(texts, padding="max_length", truncation=True, max_length=SEQ, return_tensors="np")
+    tok = load_tokenizer(trained["tokenizer"])
+    for row, text in zip(batch["input_ids"], texts):
+        want, _ = build_inputs(tok, tok.encode(text), None, SEQ)
+        assert list(row[: len(want)]) == want
+    with torch.no_grad():
+        theirs = hf_model(input_ids=torch.from_numpy(batch["input_ids"].astype(np.int64)),
+                          attention_mask=torch.from_numpy(batch["attention_mask"])).logits.numpy()
+    mine = np.asarray(ours.all_logits(batch["input_ids"].astype(np.int32)))
+    real = batch["attention_mask"].astype(bool)
+    assert np.max(np.abs(mine[real] - theirs[real])) < 1e-4
+
+
+def test_what_roberta_cannot_hold_is_refused_before_reading(trained, tmp_path, capsys):
+    from minilm_jax.interop.__main__ import main
+
+    out = tmp_path / "hf"
+    assert main(["export", "--workdir", str(trained["projected"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot export") and "embed_projection=True" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+    assert main(["export", "--workdir", str(tmp_path / "absent"), "--out", str(out)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    with pytest.raises(InteropError, match="records no tokenizer|not found"):
+        from minilm_jax.interop.workdir import export_workdir
+
+        export_workdir(trained["pre"], out, tokenizer_path=str(tmp_path / "moved.model"))
+
+
+def test_fine_tuning_starts_from_an_exported_directory(trained, tmp_path):
+    from minilm_jax.finetune.loop import Finetuner
+    from minilm_jax.interop.workdir import export_workdir
+    from minilm_jax.finetune.config import finetune_config
+
+    out = export_workdir(trained["pre"], tmp_path / "hf")
+    config = finetune_config("ag_news")
+    config.init.checkpoint = str(out)
+    config.data.dir = str(shared_path("ag_news"))
+    config.data.max_len = SEQ
+    config.data.train_per_class = 20
+    config.data.eval_per_class = 10
+    config.train.epochs = 1
+    config.train.seeds = (0,)
+    config.train.progress = False
+    config.eval.batch_size = 40
+    config.mesh.data = 1
+    summary = Finetuner(config, tmp_path / "ft", "pretrained").run()
+    assert summary["status"] == "completed"
+    assert summary["pretrained"]["format"] == "hugging_face"
+    assert summary["pretrained"]["step"] == 10
+    assert summary["tokenizer"]["sha256"] == load_tokenizer(trained["tokenizer"]).sha256

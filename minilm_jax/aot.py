@@ -30,7 +30,6 @@ Targets (``--target``):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -41,6 +40,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from minilm_jax.cli import run_main
+from minilm_jax.storage import atomic_write_json
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "pre-training config: configs/pretrain.py:<point>")
 _DEVICES = flags.DEFINE_integer("devices", None, "device count of the target mesh (fake CPU devices "
@@ -50,7 +50,7 @@ _MESH_FSDP = flags.DEFINE_integer("mesh_fsdp", None, "fsdp axis size (default: c
 _BUDGET = flags.DEFINE_float("device_memory_gb", 16.0, "per-device memory budget in GiB; exit 2 "
                              "when the estimated peak exceeds it (0: no check)")
 _TARGET = flags.DEFINE_string("target", "cpu", "cpu | attached | tpu:<topology> | lower:<platform>")
-_JSON = flags.DEFINE_bool("json", False, "print the report as one JSON object")
+_JSON = flags.DEFINE_string("json", "", "also write the report as one JSON object to this path")
 
 GIB = 2 ** 30
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
@@ -372,10 +372,9 @@ def main(argv: list[str]) -> None:
                                     abstract_size=count or default_device_count(config))
     else:
         report = compile_train_step(config, target_devices(target, count), target=target)
-    if _JSON.value:
-        print(json.dumps(report.to_dict()))
-    else:
-        print(format_report(report, _BUDGET.value), flush=True)
+    if _JSON.value:  # written before the budget verdict, so an over-budget run keeps its figures
+        atomic_write_json(_JSON.value, report.to_dict())
+    print(format_report(report, _BUDGET.value), flush=True)
     check_budget(report, _BUDGET.value)
 
 

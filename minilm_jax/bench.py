@@ -13,7 +13,6 @@ the masked positions; Hugging Face evaluates it everywhere, as its API does.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -24,6 +23,7 @@ import numpy as np
 from minilm_jax import accounting
 from minilm_jax.run_config import pretrain_config
 from minilm_jax.sizes import resolve_point
+from minilm_jax.storage import atomic_write_json
 from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.optim import make_optimizer, make_schedule
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", default="einsum", choices=["einsum", "xla", "cudnn"])
     parser.add_argument("--hf", action="store_true", help="also run Hugging Face RobertaForMaskedLM")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
     parser.add_argument("--sweep", default="", help="project a sweep's pre-training time, e.g. "
                         "configs/sweep.py:paper (measures every distinct point at --batch)")
     parser.add_argument("--sweep_tokens", type=float, default=1.16e9,
@@ -178,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.threads or os.cpu_count() or 1, args.dtype)
         results["speedup_tokens_per_sec"] = ours["tokens_per_sec"] / results["hf"]["tokens_per_sec"]
     if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
+        atomic_write_json(args.json, results)
     print(f"device {results['device']}  jax {results['jax']}  point {ours['point']}  "
           f"batch {args.batch}x128  dtype {args.dtype}")
     print(f"minilm-jax : {ours['tokens_per_sec']:>12,.0f} tokens/s  {ours['step_ms']:8.1f} ms/step  "

@@ -13,8 +13,8 @@ Rows (each at every batch size; forward pass of a classifier in eval mode, jitte
 * ``committee-seq``   one jitted call per member, each completed before the next starts, then a jitted
                       combine.
 
-Members are ``--members`` cycled to K entries (seeds 0..K-1); ``--combine=probs`` averages softmax
-probabilities, ``logits`` averages logits then applies softmax. Weights are random: latency does not
+Members are ``--members`` cycled to K entries (seeds 0..K-1); ``--combine=prob`` averages softmax
+probabilities, ``logit`` averages logits then applies softmax. Weights are random: latency does not
 depend on them (loading checkpoints is not supported). Timings are per call after ``--warmup`` calls
 (the first one compiles), interleaved across rows: median and p90 milliseconds, throughput =
 batch / median.
@@ -43,7 +43,7 @@ from minilm_jax.model.stacked import init_stacked, stacked_apply, unstack_state
 from minilm_jax.sizes import resolve_point
 from minilm_jax.tasks import committee
 
-COMBINE_METHODS = {"probs": "prob", "logits": "logit"}  # CLI name -> tasks.committee method
+COMBINE_METHODS = ("prob", "logit")  # as tasks.committee and the committee command name them
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -178,12 +178,12 @@ def _describe(members: Sequence[Member]) -> str:
 
 
 def build_runners(*, k: int = 4, members: Sequence[str] = ("bert1-a12",), deep: str | None = "bert6",
-                  seq_len: int = 128, dtype: str = "float32", combine: str = "probs",
+                  seq_len: int = 128, dtype: str = "float32", combine: str = "prob",
                   num_labels: int = 4) -> tuple[list[Runner], list[dict[str, str]]]:
     """The rows to time, and the rows skipped (with the reason)."""
-    method = COMBINE_METHODS.get(combine, combine)
-    if method not in ("prob", "logit"):
-        raise ValueError(f"unknown --combine={combine!r}: one of {sorted(COMBINE_METHODS)}")
+    method = combine
+    if method not in COMBINE_METHODS:
+        raise ValueError(f"unknown --combine={combine!r}: one of {', '.join(COMBINE_METHODS)}")
     runners = [single_runner("single", make_member(members[0], 0, num_labels, dtype, seq_len))]
     if deep:
         runners.append(single_runner("deep", make_member(deep, 0, num_labels, dtype, seq_len)))
@@ -257,7 +257,7 @@ def environment() -> dict[str, Any]:
 def run_benchmark(*, k: int = 4, members: Sequence[str] = ("bert1-a12",),
                   deep: str | None = "bert6", batch_sizes: Sequence[int] = (1, 32),
                   seq_len: int = 128, repeats: int = 50, warmup: int = 5, dtype: str = "float32",
-                  combine: str = "probs", num_labels: int = 4,
+                  combine: str = "prob", num_labels: int = 4,
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time every row at every batch size; returns ``{"environment", "settings", "rows", "skipped"}``.
 
@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--combine", default="probs", choices=sorted(COMBINE_METHODS))
+    parser.add_argument("--combine", default="prob", choices=COMBINE_METHODS,
+                        help="average member probabilities (prob) or logits (logit)")
     parser.add_argument("--num_labels", type=int, default=4)
     parser.add_argument("--json", default=None, help="write the figures to this path (atomically)")
     args = parser.parse_args(argv)

@@ -126,13 +126,14 @@ def test_cli_report():
         assert line in out
 
 
-def test_cli_over_budget_exits_2_with_a_message():
-    result = aot_cli(f"--config=configs/pretrain.py:{SMALL}", "--mesh_data=2", "--json",
+def test_cli_over_budget_exits_2_with_a_message(tmp_path):
+    result = aot_cli(f"--config=configs/pretrain.py:{SMALL}", "--mesh_data=2",
+                     f"--json={tmp_path / 'aot.json'}",
                      "--config.model.num_layers=2", "--device_memory_gb=0.001", devices=2)
     assert result.returncode == 2
     assert "error: estimated peak memory per device is" in result.stderr
     assert "over the --device_memory_gb=0.001 GiB budget" in result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])  # printed before the verdict
+    report = json.loads((tmp_path / "aot.json").read_text())  # written before the verdict
     assert report["mesh"] == {"data": 2, "fsdp": 1} and report["point"] == "E64-H64-I256-L2-A2-V1000"
     assert report["memory"]["argument"] > 0 and report["flops_per_device"] > 0
     assert report["peak_bytes"] > 0.001 * GIB

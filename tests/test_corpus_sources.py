@@ -132,3 +132,19 @@ def test_tfds_data_source_adapter(monkeypatch):
                      "data_dir": "/d"}
     with pytest.raises(CorpusError, match="no feature 'text'"):
         list(iter_documents("tfds:x"))
+
+
+def test_headerless_glue_tsv_by_column_index(shared_data, tmp_path):
+    cola = shared_data("glue", "CoLA", "dev.tsv")  # no header row: source, label, -, sentence
+    docs = list(iter_documents(f"tsv:{cola}#header=false,column=3"))
+    assert len(docs) == 1043 and docs[0] == "The sailors rode the breeze clear of the rocks."
+    with pytest.raises(CorpusError, match=r"header=false needs column=<0-based index>"):
+        list(iter_documents(f"tsv:{cola}#header=false,column=sentence"))
+    with pytest.raises(CorpusError, match=r"takes #header=false,column=<0-based index>"):
+        list(iter_documents(f"tsv:{cola}#column=sentence"))
+    with pytest.raises(CorpusError, match="header must be true or false"):
+        list(iter_documents(f"tsv:{cola}#header=no,column=3"))
+    # GLUE TSV never quotes: a '"' opening a sentence is text, not a field spanning lines.
+    (tmp_path / "q.tsv").write_text('sentence\tlabel\n" quoted start\t1\nnext line\t0\n')
+    assert list(iter_documents(f"tsv:{tmp_path / 'q.tsv'}#column=sentence")) == [
+        '" quoted start', "next line"]

@@ -44,7 +44,7 @@ def test_all_rows_present_with_sane_figures(results):
     assert "committee-vmap" in latency.format_report(results)
 
 
-@pytest.mark.parametrize("combine", ["probs", "logits"])
+@pytest.mark.parametrize("combine", ["prob", "logit"])
 def test_committee_probs_equal_mean_of_member_softmaxes(combine):
     runners, _ = latency.build_runners(k=3, members=[MEMBER], deep=None, seq_len=SEQ_LEN,
                                        combine=combine, num_labels=4)
@@ -53,7 +53,7 @@ def test_committee_probs_equal_mean_of_member_softmaxes(combine):
     assert [r.name for r in committees] == ["committee-vmap", "committee-fused", "committee-seq"]
     logits_kbc = np.stack([np.asarray(m.logits(tokens_bt), np.float64)
                            for m in committees[0].members])
-    if combine == "probs":
+    if combine == "prob":
         want_bc = np.mean(np.exp(logits_kbc) / np.exp(logits_kbc).sum(-1, keepdims=True), axis=0)
     else:
         mean_bc = logits_kbc.mean(axis=0)

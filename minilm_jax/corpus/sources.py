@@ -7,6 +7,7 @@ A source is written ``KIND:LOCATION[#key=value,...]``, for example::
     textfiles:/data/articles                  one document per file (a folder or a glob)
     jsonl:/data/c4.jsonl#field=text           one JSON object per line
     csv:/data/x.csv#column=sentence           CSV with a header row; tsv:... for tab-separated
+    tsv:/glue/CoLA/dev.tsv#header=false,column=3        no header row: a 0-based column index
     aochildes:/data/aochildes/original_transcripts      AO-CHILDES CSVs, the ``gloss`` column
     aochildes:/data/...#group_by=transcript_id          consecutive rows joined into one document
     wikitext:/data/wiki.valid.tokens          WikiText file, one document per article
@@ -220,22 +221,33 @@ def _iter_jsonl(files: list[Path], field: str, policy: str, stats: ReadStats) ->
                 yield text.strip()
 
 
+def _column_index(path: Path, header: list[str] | None, column: str, what: str = "column") -> int:
+    """Where ``column`` (a header name, or a 0-based index) sits in ``path``'s rows."""
+    if header is not None and column in header:
+        return header.index(column)
+    if column.isdigit():
+        return int(column)
+    if header is None:
+        raise CorpusError(f"{path}: header=false needs {what}=<0-based index>, not '{column}'")
+    raise CorpusError(f"{path}: no {what} '{column}' (columns: {', '.join(header)}); a headerless "
+                      f"file takes #header=false,{what}=<0-based index>")
+
+
 def _iter_csv(files: list[Path], column: str, delimiter: str, group_by: str | None,
-              policy: str, stats: ReadStats) -> Iterator[str]:
+              policy: str, stats: ReadStats, has_header: bool = True) -> Iterator[str]:
+    # TSV as GLUE writes it: fields are never quoted, and a '"' inside a sentence is text.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     for path in files:
         where = [0]
-        reader = csv.reader(_decoded_lines(path, policy, stats, where), delimiter=delimiter)
-        header = next(reader, None)
-        if header is None:
+        reader = csv.reader(_decoded_lines(path, policy, stats, where), delimiter=delimiter,
+                            quoting=quoting)
+        header = next(reader, None) if has_header else None
+        if has_header and header is None:
             continue
-        if column not in header:
-            raise CorpusError(f"{path}: no column '{column}' (columns: {', '.join(header)})")
-        col = header.index(column)
-        if group_by is not None and group_by not in header:
-            raise CorpusError(f"{path}: no column '{group_by}' to group by (columns: {', '.join(header)})")
-        key_col = header.index(group_by) if group_by is not None else None
-        rows = ((row[key_col] if key_col is not None else None, row[col].strip())
-                for row in reader if len(row) > col)
+        col = _column_index(path, header, column)
+        key_col = _column_index(path, header, group_by, "group_by") if group_by is not None else None
+        rows = ((row[key_col] if key_col is not None and len(row) > key_col else None,
+                 row[col].strip()) for row in reader if len(row) > col)
         if key_col is None:
             yield from (text for _, text in rows if text)
             continue
@@ -322,9 +334,13 @@ def _iter_kind(spec: SourceSpec, policy: str, stats: ReadStats) -> Iterator[str]
     if spec.kind in ("csv", "tsv"):
         column = spec.option("column")
         if not column:
-            raise CorpusError(f"source {spec}: a CSV/TSV source needs #column=NAME")
+            raise CorpusError(f"source {spec}: a CSV/TSV source needs #column=NAME (or a 0-based "
+                              "index; #header=false for a file without a header row)")
+        header = spec.option("header", "true").lower()
+        if header not in ("true", "false"):
+            raise CorpusError(f"source {spec}: header must be true or false, not {header!r}")
         return _iter_csv(files, column, "\t" if spec.kind == "tsv" else ",", spec.option("group_by"),
-                         policy, stats)
+                         policy, stats, has_header=header == "true")
     if spec.kind == "aochildes":
         return _iter_csv(files, spec.option("column", "gloss"), ",", spec.option("group_by"), policy, stats)
     if spec.kind == "wikitext":

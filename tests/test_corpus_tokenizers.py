@@ -146,3 +146,18 @@ def test_selection_report(grid, tmp_path):
     with pytest.raises(CorpusError, match="bpe-300.model does not match the checksum"):
         run_select([str(copy)], [SourceSpec.parse(AO_SOURCE)], tmp_path / "sel2", sample=50)
     assert not (tmp_path / "sel2").exists()
+
+
+@needs_shared
+def test_a_grid_size_too_large_for_the_corpus_is_skipped_not_fatal(tmp_path):
+    out = tmp_path / "grid"
+    result = run_train_tokenizers([SourceSpec.parse(AO_SOURCE)], out, sizes=[300, 200_000],
+                                  model_types=["bpe"], sample=400, seed=0)
+    assert list(result["models"]) == ["bpe-300"]
+    assert "Vocabulary size too high" in result["skipped"]["bpe-200000"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["models"]) == ["bpe-300"] and "bpe-200000" in manifest["skipped"]
+    with pytest.raises(CorpusError, match="no tokenizer of the grid could be trained"):
+        run_train_tokenizers([SourceSpec.parse(AO_SOURCE)], tmp_path / "none", sizes=[200_000],
+                             model_types=["bpe"], sample=400, seed=0)
+    assert not (tmp_path / "none").exists()

@@ -115,6 +115,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
                                   on_decode_error=args.on_decode_error)
     for name, model in result["models"].items():
         print(f"{name}\t{model['file']}\tsha256 {model['sha256'][:16]}")
+    for name, reason in result["skipped"].items():
+        print(f"skipped {name}: {reason}")
     if result["skipped_note"]:
         print(result["skipped_note"])
     print(f"trained {len(result['models'])} model(s) on {result['sample_texts']} sampled texts; wrote {args.out}")

@@ -115,22 +115,30 @@ def run_train_tokenizers(sources: list[SourceSpec], out_dir: str | os.PathLike, 
     stats = ReadStats()
     texts = sample_corpus(sources, sample, seed, on_decode_error, stats)
     models: dict[str, Any] = {}
+    skipped: dict[str, str] = {}  # a grid point SentencePiece cannot train (e.g. too large a size)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         grid = [(t, s) for t in model_types for s in sorted(sizes)]
         for model_type, size in progress_bar(progress, grid, desc="train-tokenizer"):
             name = model_name(model_type, size)
             path = tmp / f"{name}.model"
-            path.write_bytes(train_sentencepiece(texts, size, model_type, cfg))
+            try:
+                path.write_bytes(train_sentencepiece(texts, size, model_type, cfg))
+            except CorpusError as err:
+                skipped[name] = str(err)
+                continue
             _write_vocab_listing(path)
             models[name] = {"file": path.name, "model_type": model_type, "vocab_size": size}
+        if not models:
+            raise CorpusError("no tokenizer of the grid could be trained: "
+                              + "; ".join(skipped.values()))
         params = {"sizes": sorted(sizes), "model_types": list(model_types), "sample": sample, "seed": seed,
                   "train": dataclasses.asdict(cfg),
                   "special_tokens": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}}
         manifest = write_stage_manifest(tmp, "train-tokenizer", inputs=inputs, parameters=params,
                                         counts={"sample_texts": len(texts),
                                                 **stats.undecodable_counts()},
-                                        extra={"models": models})
+                                        extra={"models": models, "skipped": skipped})
     for entry in models.values():
         entry["sha256"] = manifest["outputs"][entry["file"]]["sha256"]
-    return {"models": models, "sample_texts": len(texts), "out_dir": str(out_dir),
-            "skipped_note": stats.skipped_note()}
+    return {"models": models, "skipped": skipped, "sample_texts": len(texts),
+            "out_dir": str(out_dir), "skipped_note": stats.skipped_note()}

@@ -10,6 +10,9 @@
 - ``childes``: study A's own setting at CPU scale (``launch/childes.sh``): AO-CHILDES text,
   three sizes, filtered SST-2 / CoLA / STS-B.
 - ``smoke``: the main job at the smallest size (the CI test of ``launch/main.sh``).
+- ``study_b``: study B at CPU scale (``launch/study_b.sh``): nested WikiText-2 subsets, 1-layer
+  members and a 6-layer model, AG News / DBpedia-14 / FewRel, both inits; ``study_b_smoke`` is its
+  CI size and ``study_b_full`` the paper's scale (a GPU; bert-base-uncased vocabulary, Wikipedia).
 
     python -m minilm_jax.sweep --config=configs/sweep.py:paper --root=runs/paper --dry_run
 """
@@ -38,6 +41,7 @@ def _common(c: ml_collections.ConfigDict) -> None:
     # architecture. Empty: the best checkpoint only.
     c.finetune_checkpoints = ()
     c.finetune_seeds = ()  # e.g. (0, 1, 2): train.seeds of every fine-tuning run
+    c.data_root = ""  # what {data_root} in an override stands for (data a launcher prepared)
     c.report = True
     c.report_bootstrap = 1000
     c.assumed_mfu = 0.3  # for --dry_run time estimates
@@ -179,7 +183,110 @@ def childes() -> ml_collections.ConfigDict:
     return c
 
 
-SWEEPS = {"paper": paper, "demo": demo, "smoke": smoke, "main": main, "childes": childes}
+def _study_b_tasks(per_class: dict, fewrel_file: str) -> tuple:
+    """Study B's task overrides: each task's data under ``{finetune_data_dir}`` and its examples
+    per class (train, test)."""
+    out = []
+    for task, (train, test) in per_class.items():
+        where = f"fewrel/{fewrel_file}" if task == "fewrel" else task
+        out += [f"{task}:data.dir={{finetune_data_dir}}/{where}",
+                f"{task}:data.train_per_class={train}", f"{task}:data.eval_per_class={test}"]
+    return tuple(out)
+
+
+def study_b() -> ml_collections.ConfigDict:
+    """Study B at CPU scale (``launch/study_b.sh``), a fixed protocol written down before the run.
+
+    Text: WikiText-2 (valid + test) paragraphs as the "articles"; a 4,000-entry uncased WordPiece
+    vocabulary trained on them (the ``tokenizers`` trainer); nested subsets of 750 / 1,500 / 3,000
+    paragraphs of a seeded shuffle, first 64 tokens each, 300 more as a shared validation split.
+    Models (BERT-style post-LN, exact GELU, head size 64, FFN 4H, learned positions): ``l1``
+    E64-H64-I256-L1-A1 pre-trained on each subset, two more ``l1`` members (pre-training seeds 1,
+    2) on the largest, and ``l6`` E64-H64-I256-L6-A1 on the largest. Every run: 600 updates of
+    batch 32 (fixed compute: the paper trains 50 epochs of each subset, so there larger subsets also
+    get more updates), MLM 15% with 80/10/10, AdamW, constant LR 2e-3 after 50 warm-up steps, no
+    dropout (tiny models underfit). Downstream: AG News (100 train / 100 test per class), DBpedia-14
+    (30 / 50 per class), FewRel-format val_nyt (25 relations, 60 / 40 per relation), 64 tokens,
+    [CLS] tanh pooler, 6 epochs at LR 1e-3, fine-tuning seeds 0, 1, 2, both inits (one random-init
+    twin per architecture), selection on a validation split carved from train, test reported.
+    Needs ``--config.data_root`` (the launcher's prepared data) and ``--config.finetune_data_dir``
+    (the shared data folder: ``ag_news/``, ``dbpedia14/``, ``fewrel/``).
+    """
+    c = ml_collections.ConfigDict()
+    c.name = "study_b"
+    _common(c)
+    c.shards = "{data_root}/subsets/n3000"
+    c.num_steps = 600
+    c.batch_size = 32
+    c.eval_every = 200
+    c.vocab_size = 4000
+    c.pretrain_overrides = ("model.max_len=64", "eval.batch_size=60", "train.log_every=100",
+                            "optim.peak_lr=2e-3", "optim.schedule=constant", "optim.warmup_steps=50",
+                            "mlm.mask_prob=0.15", "mlm.replacement=bert", "mlm.max_predictions=16",
+                            "model.hidden_dropout=0.0", "model.attention_dropout=0.0",
+                            "checkpoint.every_minutes=10.0", "eval.test_at_end=False")
+    c.bases = ("l1=E64-H64-I256-L1-A1", "l6=E64-H64-I256-L6-A1")
+    c.ofat = ("l1:data.shards={data_root}/subsets/n750,{data_root}/subsets/n1500",
+              "l1:seed=1,2")
+    c.finetune_tasks = ("ag_news", "dbpedia14", "fewrel")
+    c.finetune_checkpoints = (1.0,)  # the end of pre-training; random-init twins shared per model
+    c.finetune_seeds = (0, 1, 2)
+    c.finetune_overrides = (
+        "train.epochs=6", "optim.peak_lr=1e-3", "optim.weight_decay=0.01", "data.max_len=64",
+        'model_overrides=("pooler=cls_tanh",)', "train.early_stopping_patience=0",
+        "eval.batch_size=100") + _study_b_tasks({"ag_news": (100, 100), "dbpedia14": (30, 50),
+                                                  "fewrel": (60, 40)}, "val_nyt.json")
+    c.report = False  # study B has its own report: python -m minilm_jax.report.study_b
+    return c
+
+
+def study_b_smoke() -> ml_collections.ConfigDict:
+    """``study_b``'s code path at CI size: a few dozen updates, small task samples, two seeds."""
+    c = study_b()
+    c.name = "study_b_smoke"
+    c.num_steps = 30
+    c.eval_every = 15
+    c.vocab_size = 1000
+    c.shards = "{data_root}/subsets/n300"
+    c.bases = ("l1=E32-H32-I64-L1-A1", "l6=E32-H32-I64-L2-A1")
+    c.ofat = ("l1:data.shards={data_root}/subsets/n100", "l1:seed=1")
+    c.finetune_seeds = (0, 1)
+    c.finetune_overrides = tuple(o for o in study_b().finetune_overrides
+                                 if ":" not in o.split("=")[0] and "epochs" not in o) + (
+        "train.epochs=1",) + _study_b_tasks({"ag_news": (10, 10), "dbpedia14": (4, 4),
+                                             "fewrel": (6, 4)}, "val_nyt.json")
+    return c
+
+
+def study_b_full() -> ml_collections.ConfigDict:
+    """Study B at the paper's scale (SPEC B; a GPU): bert-base-uncased's WordPiece vocabulary
+    (30,522), Wikipedia subsets of 20k / 40k / 90k articles (first 128 tokens), BERT-1 (12 heads)
+    members and BERT-6 at H=768, 50 epochs of the largest subset's size in updates (90k x 50 / 32),
+    LR 5e-5 with dropout 0.1, the full task samples (AG News 1000 per class, DBpedia-14 100,
+    FewRel 630 / 70), 50 epochs of fine-tuning at 5e-5. ``launch/study_b.sh --full`` prepares it."""
+    c = study_b()
+    c.name = "study_b_full"
+    c.shards = "{data_root}/subsets/n90000"
+    c.num_steps = 140625
+    c.eval_every = 5000
+    c.vocab_size = 30522
+    c.pretrain_overrides = ("model.max_len=128", "eval.batch_size=256", "train.log_every=500",
+                            "optim.peak_lr=5e-5", "optim.schedule=linear", "optim.warmup_steps=4000",
+                            "mlm.mask_prob=0.15", "mlm.replacement=bert", "mlm.max_predictions=32",
+                            "checkpoint.every_minutes=30.0", "eval.test_at_end=False")
+    c.bases = ("l1=bert1-a12", "l6=bert6")  # BERT layout: [PAD]=0, positions from 0
+    c.ofat = ("l1:data.shards={data_root}/subsets/n20000,{data_root}/subsets/n40000",
+              "l1:seed=1,2,3")
+    c.finetune_overrides = (
+        "train.epochs=50", "optim.peak_lr=5e-5", "optim.weight_decay=0.01", "data.max_len=128",
+        'model_overrides=("pooler=cls_tanh",)', "train.early_stopping_patience=5",
+        "eval.batch_size=256") + _study_b_tasks({"ag_news": (1000, 1000), "dbpedia14": (100, 100),
+                                                  "fewrel": (630, 70)}, "train_wiki.json")
+    return c
+
+
+SWEEPS = {"paper": paper, "demo": demo, "smoke": smoke, "main": main, "childes": childes,
+          "study_b": study_b, "study_b_smoke": study_b_smoke, "study_b_full": study_b_full}
 
 
 def get_config(name: str = "demo"):

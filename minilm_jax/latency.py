@@ -266,6 +266,18 @@ def run_benchmark(*, k: int = 4, members: Sequence[str] = ("bert1-a12",),
     """
     runners, skipped = build_runners(k=k, members=members, deep=deep, seq_len=seq_len, dtype=dtype,
                                      combine=combine, num_labels=num_labels)
+    rows = time_runners(runners, batch_sizes, seq_len=seq_len, repeats=repeats, warmup=warmup,
+                        num_labels=num_labels, log=log)
+    settings = {"k": k, "members": list(members), "deep": deep, "batch_sizes": list(batch_sizes),
+                "seq_len": seq_len, "repeats": repeats, "warmup": warmup, "dtype": dtype,
+                "combine": combine, "num_labels": num_labels, "weights": "random"}
+    return {"environment": environment(), "settings": settings, "rows": rows, "skipped": skipped}
+
+
+def time_runners(runners: Sequence[Runner], batch_sizes: Sequence[int], *, seq_len: int,
+                 repeats: int, warmup: int, num_labels: int,
+                 log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Rows of :func:`run_benchmark` for given runners (e.g. of trained members)."""
     vocab = min(m.cfg.vocab_size for r in runners for m in r.members)
     rows = []
     for batch in batch_sizes:
@@ -287,10 +299,21 @@ def run_benchmark(*, k: int = 4, members: Sequence[str] = ("bert1-a12",),
             if log:
                 log(format_row(row))
         _add_relative(rows, batch)
-    settings = {"k": k, "members": list(members), "deep": deep, "batch_sizes": list(batch_sizes),
-                "seq_len": seq_len, "repeats": repeats, "warmup": warmup, "dtype": dtype,
-                "combine": combine, "num_labels": num_labels, "weights": "random"}
-    return {"environment": environment(), "settings": settings, "rows": rows, "skipped": skipped}
+    return rows
+
+
+def trained_member(workdir: str, num_labels: int, seq_len: int, seed: int = 0) -> Member:
+    """A classifier whose encoder is the pre-trained one of ``workdir`` (its best checkpoint; a
+    fresh head of ``num_labels``), for timing trained models."""
+    from minilm_jax.finetune.pretrained import PretrainedRun
+
+    run = PretrainedRun.open(workdir)
+    if seq_len > run.model.max_len:
+        raise ValueError(f"seq_len={seq_len} exceeds max_len={run.model.max_len} of {workdir}")
+    model = build_classifier(run.model, num_labels, seed=seed)
+    nnx.update(model.encoder, run.encoder_state())
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return Member(run.model.point, run.model, graphdef, params, rest)
 
 
 def _add_relative(rows: list[dict[str, Any]], batch: int) -> None:

@@ -54,6 +54,23 @@ def build_word_shards(out_dir: Path, *, vocab_size: int = 500, seq_len: int = 64
     return out_dir
 
 
+def write_line_shards(out_dir: Path, tokenizer, lines: list[str], seq_len: int) -> Path:
+    """One padded row per line (``<s>`` + its first tokens + ``</s>``) of a SentencePiece
+    tokenizer's ids; the last 200 rows are validation (100) and test (100)."""
+    import numpy as np
+
+    from minilm_jax.data.shards import write_shards
+
+    rows = []
+    for ids in tokenizer.encode_batch(lines):
+        row = [tokenizer.bos_id] + ids[: seq_len - 2] + [tokenizer.eos_id]
+        rows.append(row + [tokenizer.pad_id] * (seq_len - len(row)))
+    array = np.asarray(rows, np.int32)
+    write_shards(out_dir, {"train": array[:-200], "validation": array[-200:-100],
+                           "test": array[-100:]}, pad_id=tokenizer.pad_id, tokenizer=tokenizer.info)
+    return out_dir
+
+
 @pytest.fixture(scope="session")
 def word_shards(tmp_path_factory):
     return build_word_shards(tmp_path_factory.mktemp("shards"))

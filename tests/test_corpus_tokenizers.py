@@ -161,3 +161,16 @@ def test_a_grid_size_too_large_for_the_corpus_is_skipped_not_fatal(tmp_path):
         run_train_tokenizers([SourceSpec.parse(AO_SOURCE)], tmp_path / "none", sizes=[200_000],
                              model_types=["bpe"], sample=400, seed=0)
     assert not (tmp_path / "none").exists()
+
+
+@needs_shared
+def test_wordpiece_vocabulary_from_the_tokenizers_trainer(tmp_path):
+    out = tmp_path / "wp"
+    result = run_train_tokenizers([SourceSpec.parse(AO_SOURCE)], out, sizes=[600],
+                                  model_types=["wordpiece"], sample=2000, seed=0)
+    assert list(result["models"]) == ["wordpiece-600"]
+    tok = load_tokenizer(out / "wordpiece-600.txt")
+    assert tok.kind == "wordpiece" and tok.vocab_size == 600 and tok.lowercase
+    assert (tok.bos_id, tok.pad_id, tok.eos_id, tok.unk_id, tok.mask_id) == (0, 1, 2, 3, 4)
+    ids = tok.encode("Where is the doggie going")
+    assert ids and tok.unk_id not in ids and tok.decode(ids) == "where is the doggie going"

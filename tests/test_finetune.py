@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, shared_path
+from conftest import REPO, shared_path, write_line_shards
 
 from minilm_jax.errors import UserError
 from minilm_jax.finetune.config import finetune_config
@@ -31,7 +31,6 @@ def pretrained(tmp_path_factory) -> dict[str, Path]:
     """A SentencePiece tokenizer (1,000 pieces) trained on real text, shards of WikiText-2 and a short
     pre-training run of a tiny model on them."""
     from minilm_jax.corpus.tokenizer_train import train_sentencepiece
-    from minilm_jax.data.shards import write_shards
     from minilm_jax.run_config import pretrain_config
     from minilm_jax.tokenizer import load_tokenizer
     from minilm_jax.train.loop import Pretrainer
@@ -43,13 +42,7 @@ def pretrained(tmp_path_factory) -> dict[str, Path]:
     tok_path = root / "tok.model"
     tok_path.write_bytes(train_sentencepiece(lines + news, 1000, "bpe"))
     tok = load_tokenizer(tok_path)
-    rows = []
-    for ids in tok.encode_batch(lines):
-        row = [0] + ids[: SEQ - 2] + [2]
-        rows.append(row + [1] * (SEQ - len(row)))
-    array = np.asarray(rows, np.int32)
-    write_shards(root / "shards", {"train": array[:-200], "validation": array[-200:-100],
-                                   "test": array[-100:]}, pad_id=1, tokenizer=tok.info)
+    write_line_shards(root / "shards", tok, lines, SEQ)
     config = pretrain_config(POINT)
     config.model.max_len = SEQ
     config.data.shards = str(root / "shards")

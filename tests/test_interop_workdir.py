@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from conftest import shared_path, write_line_shards
 
 from minilm_jax.corpus.tokenizer_train import TrainConfig, train_sentencepiece
 from minilm_jax.interop.hf_files import InteropError
@@ -85,7 +85,6 @@ def test_auto_tokenizer_of_a_wordpiece_vocabulary(tmp_path):
 def trained(tmp_path_factory) -> dict[str, Path]:
     """A unigram tokenizer and a short pre-training run of an exportable model (E == H, no
     projection) on WikiText-2 shards."""
-    from minilm_jax.data.shards import write_shards
     from minilm_jax.run_config import pretrain_config
     from minilm_jax.train.loop import Pretrainer
 
@@ -94,13 +93,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     tok_path = root / "tok.model"
     tok_path.write_bytes(train_sentencepiece(lines, 600, "unigram"))
     tok = load_tokenizer(tok_path)
-    rows = []
-    for ids in tok.encode_batch(lines):
-        row = [0] + ids[: SEQ - 2] + [2]
-        rows.append(row + [1] * (SEQ - len(row)))
-    array = np.asarray(rows, np.int32)
-    write_shards(root / "shards", {"train": array[:-200], "validation": array[-200:-100],
-                                   "test": array[-100:]}, pad_id=1, tokenizer=tok.info)
+    write_line_shards(root / "shards", tok, lines, SEQ)
     runs = {}
     for name, projection in (("pre", False), ("projected", True)):
         config = pretrain_config(POINT)

@@ -30,6 +30,7 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.interop.workdir": 3,  # exporting a trained workdir
     "minilm_jax.aot": 3, "minilm_jax.bench": 3,
     "minilm_jax.pretrain": 4, "minilm_jax.points": 4,
+    "minilm_jax.report.study_b": 4,  # the study B report command
 }
 ENTRY = 4
 

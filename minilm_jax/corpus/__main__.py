@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", action="append", required=True, help=SOURCE_HELP)
     p.add_argument("--out", required=True)
     p.add_argument("--sizes", type=_ints, required=True, help="vocabulary sizes, e.g. 8000,19000,32000")
-    p.add_argument("--model_types", default="bpe", help="comma-separated: bpe, unigram (default bpe)")
+    p.add_argument("--model_types", default="bpe", help="comma-separated: bpe, unigram (SentencePiece), wordpiece (BERT, uncased; default bpe)")
     p.add_argument("--sample", type=int, default=100_000, help="texts sampled for training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--character_coverage", type=float, default=0.9995)

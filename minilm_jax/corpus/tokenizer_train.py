@@ -1,8 +1,11 @@
-"""The ``train-tokenizer`` stage: SentencePiece BPE / unigram models for a grid of vocabulary sizes.
+"""The ``train-tokenizer`` stage: SentencePiece BPE / unigram models, or BERT WordPiece vocabularies,
+for a grid of vocabulary sizes.
 
-Models are trained on a seeded reservoir sample of the corpus (the same sample for every model) and get
-the RoBERTa special tokens ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, ``<mask>``=4. Output: one
-``{type}-{size}.model`` (+ a readable ``.vocab``) per grid point and a manifest.
+Models are trained on a seeded reservoir sample of the corpus (the same sample for every model).
+SentencePiece models get the RoBERTa special tokens ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3,
+``<mask>``=4 and are written as ``{type}-{size}.model`` (+ a readable ``.vocab``); WordPiece
+vocabularies (the ``tokenizers`` trainer, BERT's uncased normalisation) list ``[CLS]``, ``[PAD]``,
+``[SEP]``, ``[UNK]``, ``[MASK]`` at the same ids and are written as ``wordpiece-{size}.txt``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from minilm_jax.text_norm import SENTENCEPIECE_NORMALIZATION
 from minilm_jax.corpus.progress import progress_bar
 from minilm_jax.corpus.sources import ReadStats, SourceSpec, fingerprint, iter_documents
 
-MODEL_TYPES = ("bpe", "unigram")
+SENTENCEPIECE_TYPES = ("bpe", "unigram")
+MODEL_TYPES = SENTENCEPIECE_TYPES + ("wordpiece",)
+WORDPIECE_ORDER = ("[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]")  # ids 0..4, as <s> <pad> </s> <unk> <mask>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +75,8 @@ def train_sentencepiece(texts: list[str], vocab_size: int, model_type: str,
     """Train one SentencePiece model in memory; return the serialized model."""
     import sentencepiece as spm
 
-    if model_type not in MODEL_TYPES:
-        raise CorpusError(f"model type must be one of {MODEL_TYPES}, got {model_type!r}")
+    if model_type not in SENTENCEPIECE_TYPES:
+        raise CorpusError(f"model type must be one of {SENTENCEPIECE_TYPES}, got {model_type!r}")
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -86,6 +91,28 @@ def train_sentencepiece(texts: list[str], vocab_size: int, model_type: str,
         raise CorpusError(f"SentencePiece could not train a {model_type} model of size {vocab_size}: "
                           f"{reason}") from None
     return model.getvalue()
+
+
+def train_wordpiece(texts: list[str], vocab_size: int) -> bytes:
+    """Train an uncased BERT WordPiece vocabulary in memory; return ``vocab.txt``'s bytes."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordPiece
+    from tokenizers.trainers import WordPieceTrainer
+
+    hf = Tokenizer(WordPiece(unk_token="[UNK]"))
+    hf.normalizer = normalizers.BertNormalizer(lowercase=True)
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(WORDPIECE_ORDER),
+                               show_progress=False)
+    hf.train_from_iterator(texts, trainer)
+    vocab = hf.get_vocab()
+    if len(vocab) < vocab_size:
+        raise CorpusError(f"WordPiece could not train a vocabulary of size {vocab_size}: the corpus "
+                          f"sample gives only {len(vocab)} entries")
+    tokens = sorted(vocab, key=vocab.get)
+    if tuple(tokens[:len(WORDPIECE_ORDER)]) != WORDPIECE_ORDER:
+        raise CorpusError(f"WordPiece trainer put the special tokens at {tokens[:5]}")
+    return ("\n".join(tokens) + "\n").encode("utf-8")
 
 
 def model_name(model_type: str, vocab_size: int) -> str:
@@ -120,20 +147,24 @@ def run_train_tokenizers(sources: list[SourceSpec], out_dir: str | os.PathLike, 
         grid = [(t, s) for t in model_types for s in sorted(sizes)]
         for model_type, size in progress_bar(progress, grid, desc="train-tokenizer"):
             name = model_name(model_type, size)
-            path = tmp / f"{name}.model"
+            path = tmp / (f"{name}.txt" if model_type == "wordpiece" else f"{name}.model")
             try:
-                path.write_bytes(train_sentencepiece(texts, size, model_type, cfg))
+                path.write_bytes(train_wordpiece(texts, size) if model_type == "wordpiece"
+                                 else train_sentencepiece(texts, size, model_type, cfg))
             except CorpusError as err:
                 skipped[name] = str(err)
                 continue
-            _write_vocab_listing(path)
+            if model_type != "wordpiece":
+                _write_vocab_listing(path)
             models[name] = {"file": path.name, "model_type": model_type, "vocab_size": size}
         if not models:
             raise CorpusError("no tokenizer of the grid could be trained: "
                               + "; ".join(skipped.values()))
         params = {"sizes": sorted(sizes), "model_types": list(model_types), "sample": sample, "seed": seed,
                   "train": dataclasses.asdict(cfg),
-                  "special_tokens": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}}
+                  "special_tokens": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+                  if set(model_types) <= set(SENTENCEPIECE_TYPES)
+                  else {t: i for i, t in enumerate(WORDPIECE_ORDER)}}
         manifest = write_stage_manifest(tmp, "train-tokenizer", inputs=inputs, parameters=params,
                                         counts={"sample_texts": len(texts),
                                                 **stats.undecodable_counts()},

@@ -51,7 +51,7 @@ def changed_fields(workdir: Path, config: ml_collections.ConfigDict,
     return [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in keys]
 
 from .results import write_results
-from .spec import Run, apply_override, expand
+from .spec import Run, apply_override, expand, fill_placeholders
 
 
 def finetune_run_config(sweep: ml_collections.ConfigDict, task: str, checkpoint: Path
@@ -73,7 +73,7 @@ def finetune_run_config(sweep: ml_collections.ConfigDict, task: str, checkpoint:
             if only.strip() != task:
                 continue
             entry = rest
-        apply_override(config, entry)
+        apply_override(config, fill_placeholders(entry, sweep))
     return config
 
 

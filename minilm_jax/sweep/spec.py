@@ -9,6 +9,10 @@ A sweep config (``configs/sweep.py:<name>``) declares:
   (``("field=v1,v2", ...)``, e.g. ``train.num_steps`` for data size or ``seed``);
 - ``pretrain_overrides`` / ``finetune_overrides``: ``("field=value", ...)`` applied to every run.
 
+``{data_root}`` and ``{finetune_data_dir}`` in any override or value stand for those sweep fields
+(given on the command line), so a declaration can name data a launcher prepared, e.g.
+``l1:data.shards={data_root}/subsets/n750``.
+
 A run that appears in several groups (same resulting config) is trained once and reported under
 each group.
 """
@@ -72,6 +76,21 @@ def _name(*parts: str) -> str:
     return "__".join(re.sub(r"[^A-Za-z0-9_.=+-]", "_", p) for p in parts if p)
 
 
+PLACEHOLDERS = ("data_root", "finetune_data_dir")
+
+
+def fill_placeholders(text: str, sweep: ml_collections.ConfigDict) -> str:
+    """``text`` with ``{data_root}`` / ``{finetune_data_dir}`` replaced by the sweep's fields."""
+    for key in PLACEHOLDERS:
+        token = "{" + key + "}"
+        if token in text:
+            value = str(sweep.get(key) or "")
+            if not value:
+                raise UserError(f"the sweep uses {token} ({text!r}) but --config.{key} is empty")
+            text = text.replace(token, value.rstrip("/"))
+    return text
+
+
 def knob_overrides(sweep: ml_collections.ConfigDict) -> list[str]:
     """Overrides from the sweep's shortcut fields (``shards``, ``num_steps``, ``batch_size``,
     ``eval_every``, ``vocab_size``); zero or empty leaves the recipe's value."""
@@ -94,7 +113,7 @@ def knob_overrides(sweep: ml_collections.ConfigDict) -> list[str]:
 
 def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
     """Every run of the sweep, deduplicated by resulting config, in declaration order."""
-    common = knob_overrides(sweep) + list(sweep.pretrain_overrides)
+    common = [fill_placeholders(o, sweep) for o in knob_overrides(sweep) + list(sweep.pretrain_overrides)]
     runs: dict[str, Run] = {}  # fingerprint -> run
 
     def add(name: str, point: str, extra: list[str], membership: Membership) -> None:
@@ -128,8 +147,10 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
         if base not in bases:
             raise UserError(f"sweep ofat entry {entry!r}: unknown base {base!r} (bases: {list(bases)})")
         for value in [v.strip() for v in values.split(",") if v.strip()]:
-            add(_name(base, f"{field.split('.')[-1]}={value}"), bases[base], [f"{field}={value}"],
-                Membership(f"ofat:{field}", base, field, _number(value)))
+            label = value.rstrip("/").rsplit("/", 1)[-1]  # a path is named by its last part
+            add(_name(base, f"{field.split('.')[-1]}={label}"), bases[base],
+                [f"{field}={fill_placeholders(value, sweep)}"],
+                Membership(f"ofat:{field}", base, field, _number(label)))
     for entry in sweep.groups:
         group, points = _split_assignment(entry, "groups")
         if not group.startswith(("iso_flop:", "iso_param:")):

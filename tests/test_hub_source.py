@@ -89,3 +89,46 @@ def test_fetch_then_build_shards_from_the_hub_source(mirror, tmp_path):
     assert sum(c["texts"] for c in counts.values()) == 500  # every train text of both files
     missing = corpus("fetch", "hf-file:google-bert/bert-base-uncased/vocab.txt")
     assert missing.returncode == 1 and missing.stderr.startswith("error: hub mirror has no")
+
+
+def test_study_b_full_scale_data_path_against_a_hub_stand_in(tmp_path):
+    """launch/study_b.sh STUDY_B_FULL=1's data steps: English Wikipedia (wikimedia/wikipedia,
+    folder 20231101.en) and bert-base-uncased's vocab.txt from a mirror laid out like the hub ->
+    nested article subsets of the first 128 tokens with the BERT vocabulary ([PAD]=0)."""
+    paragraphs = [line.strip() for line in shared_path("wikitext2", "tokenized", "wiki.valid.tokens")
+                  .read_text(encoding="utf-8").splitlines() if len(line.split()) > 20][:120]
+    wiki = tmp_path / "hub" / "wikimedia" / "wikipedia" / "20231101.en"
+    wiki.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [str(i) for i in range(120)], "title": ["t"] * 120,
+                             "text": paragraphs}), wiki / "train-00000-of-00001.parquet")
+    words = sorted({w for p in paragraphs for w in p.lower().split() if w.isalpha()})
+    bert = tmp_path / "hub" / "google-bert" / "bert-base-uncased"
+    bert.mkdir(parents=True)
+    vocab = (["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+             + list("abcdefghijklmnopqrstuvwxyz0123456789.,;:'\"()-@=") + words
+             + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"])
+    (bert / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    env = {**os.environ, hub.MIRROR_ENV: str(tmp_path / "hub"), "JAX_PLATFORMS": "cpu"}
+    source = "hf:wikimedia/wikipedia#split=20231101.en,field=text"
+
+    def corpus(*args):
+        return subprocess.run([sys.executable, "-m", "minilm_jax.corpus", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    fetched = corpus("fetch", source, "hf-file:google-bert/bert-base-uncased/vocab.txt",
+                     "--out", str(tmp_path / "bert"))
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "bert" / "vocab.txt").read_text(encoding="utf-8").split("\n")[:1] == ["[PAD]"]
+    built = corpus("subsets", "--corpus", source, "--tokenizer", str(tmp_path / "bert" / "vocab.txt"),
+                   "--out", str(tmp_path / "subsets"), "--sizes", "40,100", "--valid", "10",
+                   "--seq_len", "128", "--no_progress")
+    assert built.returncode == 0, built.stderr[-2000:]
+    import json
+
+    import numpy as np
+    manifest = json.loads((tmp_path / "subsets" / "n100" / "manifest.json").read_text())
+    assert manifest["pad_id"] == 0 and manifest["splits"]["train"]["num_sequences"] == 100
+    rows = np.load(tmp_path / "subsets" / "n100" / "train.npy")
+    assert rows.shape == (100, 128) and (rows[:, 0] == 101).all()  # [CLS] opens every article
+    small = np.load(tmp_path / "subsets" / "n40" / "train.npy")
+    assert (small == rows[:40]).all()  # nested: the smaller subset is the larger one's head

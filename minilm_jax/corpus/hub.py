@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from minilm_jax.corpus.errors import CorpusError
+from minilm_jax.storage import atomic_write_bytes
 
 MIRROR_ENV = "MINILM_HF_MIRROR"
 INSTALL = "install the hub extra: pip install -e '.[hf]' (huggingface_hub, pyarrow)"
@@ -111,7 +112,12 @@ def fetch_file(spec: str, out_dir: str | None = None) -> Path:
         path = Path(mirror).expanduser() / repo_id / filename
         if not path.is_file():
             raise CorpusError(f"hub mirror has no {repo_id}/{filename}: {path}")
-        return path
+        if out_dir is None:
+            return path
+        target = Path(out_dir) / filename  # where a download would put it
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, path.read_bytes())
+        return target
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:

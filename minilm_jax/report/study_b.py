@@ -106,13 +106,12 @@ def markdown(result: dict[str, Any], sweep) -> str:
               f"{r['perplexity']:.1f} | {r['unigram']:.1f} | {r['bigram']:.1f} |"
               for r in result["pretraining"]]
     lines += ["", "## 1. Pre-trained vs random init", "",
-             "| task | model | subset | pre-trained | random | majority | gap [95% CI] | p |",
-             "| --- | --- | ---: | --- | --- | ---: | --- | ---: |"]
+             "| task | model | subset | pre-trained | random | majority | pre-trained - random |",
+             "| --- | --- | ---: | --- | --- | ---: | --- |"]
     for r in result["gaps"]:
         g = r["gap"]
         lines.append(f"| {r['task']} | {r['model']} | {r['subset']} | {r['pretrained'].text(1)} | "
-                     f"{r['random'].text(1)} | {_pct(r['majority'])} | {g.text(1)} | "
-                     f"{_pct(g.p) if g.defined else 'n/a'} |")
+                     f"{r['random'].text(1)} | {_pct(r['majority'])} | {g.text(1)} |")
     size = result["size"]
     lines += ["", f"## 2. Gap vs pre-training subset size ({size['smallest']} -> {size['largest']} "
               "paragraphs, 1-layer models)", "",

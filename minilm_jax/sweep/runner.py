@@ -84,7 +84,7 @@ def plan_table(runs: list[Run], sweep: ml_collections.ConfigDict, peak_flops: fl
     total_seconds = 0.0
     for run in runs:
         cfg = model_from_config(run.config)
-        params = accounting.formula_params(cfg).total if cfg.arch == "roberta" else float("nan")
+        params = accounting.formula_params(cfg).total
         seqs = run.config.train.num_steps * run.config.train.batch_size
         paper = seqs * accounting.paper_train_flops_per_sequence(cfg)
         complete = seqs * accounting.train_flops_per_sequence(

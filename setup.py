@@ -57,5 +57,10 @@ setup(
         "minilm-aot=minilm_jax.aot:_entry",
         "minilm-points=minilm_jax.points:entry",
         "minilm-interop=minilm_jax.interop.__main__:entry",
+        "minilm-study-b=minilm_jax.report.study_b:_entry",
+        "minilm-committee=minilm_jax.committee:main",
+        "minilm-results=minilm_jax.finetune.results:main",
+        "minilm-latency=minilm_jax.latency:entry",
+        "minilm-bench=minilm_jax.bench:entry",
     ]},
 )

@@ -21,8 +21,8 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from minilm_jax.interop.hf_roberta import (InteropError, export_roberta,  # noqa: E402
-                                           import_roberta)
+from minilm_jax.interop.hf_import import import_roberta  # noqa: E402
+from minilm_jax.interop.hf_roberta import InteropError, export_roberta  # noqa: E402
 from minilm_jax.model import build_classifier, build_mlm  # noqa: E402
 from minilm_jax.sizes import resolve_point  # noqa: E402
 

@@ -15,8 +15,8 @@ test accuracy of each seed's epoch selected on the validation split carved from 
    subset's pre-training text (and the type-level share), Pearson r with the gap over the same
    points. Within a task, overlap grows with subset size, so this is not separable from (2) here.
 4. **Soft committee**: for each fine-tuning seed, the members' test probabilities (or logits) are
-   averaged over every member subset of size K; the mean over seeds with a t interval, against the
-   6-layer model (paired by seed).
+   averaged; accuracy is the mean over every member subset of size K (its sd over subsets is kept);
+   the mean over seeds with a t interval, against the 6-layer model (paired by seed).
 """
 
 from __future__ import annotations
@@ -204,13 +204,18 @@ def committee(design: Design, task: str, method: str = "prob") -> dict[str, Any]
     stacked = np.stack(logits)  # [K, S, N, C]
     seeds = sorted(design.scores(SHALLOW, task, "pretrained").by_seed)
     by_k: dict[int, dict[int, float]] = {}
+    spread: dict[int, list[float]] = {}  # sd over member subsets, per seed
+    subsets: dict[int, int] = {}
     for s, seed in enumerate(seeds):
         for point in accuracy_vs_k(stacked[:, s], labels, method=method):
             by_k.setdefault(point.k, {})[seed] = 100 * point.accuracy
+            spread.setdefault(point.k, []).append(100 * point.std)
+            subsets[point.k] = point.n_subsets
     deep = design.scores(DEEP, task, "pretrained").by_seed
     k_max = max(by_k)
     return {"task": task, "method": method, "members": len(design.members),
-            "by_k": {k: _interval(list(v.values())) for k, v in by_k.items()},
+            "by_k": {k: {**_interval(list(v.values())), "member_subsets": subsets[k],
+                         "sd_over_subsets": float(np.mean(spread[k]))} for k, v in by_k.items()},
             "deep": _interval(list(deep.values())),
             "largest_minus_deep": paired_gap(by_k[k_max], deep),
             "single_minus_deep": paired_gap(by_k[1], deep)}

@@ -77,7 +77,7 @@ class PretrainedRun:
             import jax
             import numpy as np
 
-            from minilm_jax.interop.hf_roberta import import_roberta
+            from minilm_jax.interop.hf_import import import_roberta
 
             return jax.tree.map(np.asarray, nnx.state(import_roberta(self.checkpoint_dir).encoder))
         return load_encoder(self.checkpoint_dir, self.model)

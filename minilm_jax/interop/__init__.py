@@ -9,8 +9,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {name: "minilm_jax.interop.hf_roberta" for name in (
-    "InteropError", "export_roberta", "import_roberta", "hf_config_from_model_config",
-    "model_config_from_hf")}
+    "InteropError", "export_roberta", "hf_config_from_model_config", "model_config_from_hf")}
+_EXPORTS["import_roberta"] = "minilm_jax.interop.hf_import"
 
 __all__ = sorted(_EXPORTS)
 

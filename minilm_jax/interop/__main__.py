@@ -17,8 +17,8 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from minilm_jax.interop.hf_roberta import (BOS_ID, EOS_ID, _flat_params, export_roberta,
-                                           import_roberta)
+from minilm_jax.interop.hf_import import import_roberta
+from minilm_jax.interop.hf_roberta import BOS_ID, EOS_ID, _flat_params, export_roberta
 from minilm_jax.model.config import ModelConfig
 
 

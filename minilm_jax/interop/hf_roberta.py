@@ -33,15 +33,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from minilm_jax.interop.hf_files import (CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, InteropError,
+from minilm_jax.interop.hf_files import (CONFIG_NAME, WEIGHTS_NAME, InteropError,
                                          check_target, safetensors_numpy, tokenizer_files,
                                          write_dir_atomically)
 from minilm_jax.model.config import ConfigError, ModelConfig
@@ -318,114 +316,3 @@ def export_roberta(model: MaskedLM, out_dir: str | os.PathLike, *,
             write_hf_tokenizer(tokenizer, tmp, max_len=model.cfg.max_len)
 
     return write_dir_atomically(out_dir, fill, overwrite=overwrite)
-
-
-# ------------------------------------------------------------------------------------------ import
-
-
-def read_hf_tensors(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a Hugging Face directory's safetensors weights (single file or sharded)."""
-    hf_dir = Path(hf_dir)
-    single, index = hf_dir / WEIGHTS_NAME, hf_dir / WEIGHTS_INDEX_NAME
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = [hf_dir / name for name in sorted(set(weight_map.values()))]
-        absent = [str(f) for f in files if not f.is_file()]
-        if not files or absent:
-            raise FileNotFoundError(f"{index}: shard files missing: {absent or 'none listed'}")
-    else:
-        legacy = [n for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
-                  if (hf_dir / n).exists()]
-        hint = (f" (found {legacy}: re-save it with transformers' save_pretrained, which writes "
-                "safetensors)") if legacy else ""
-        raise FileNotFoundError(f"{hf_dir}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}{hint}")
-    st_numpy = safetensors_numpy()
-    tensors: dict[str, np.ndarray] = {}
-    for f in files:
-        tensors.update(st_numpy.load_file(str(f)))
-    return tensors
-
-
-def _ignorable(key: str) -> bool:
-    """Tensors of a RobertaForMaskedLM checkpoint that carry nothing we model."""
-    return (key.startswith("roberta.pooler.") or key.endswith(".position_ids")
-            or key.endswith(".token_type_ids") or key in ("lm_head.bias", "lm_head.decoder.weight",
-                                                          "lm_head.decoder.bias"))
-
-
-def _hf_values(tensors: Mapping[str, np.ndarray],
-               hf_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``tensors`` with ``lm_head.decoder.{weight,bias}`` resolved as transformers would tie them."""
-    values = dict(tensors)
-    tied = hf_config.get("tie_word_embeddings", True)  # RobertaConfig's default
-    word = "roberta.embeddings.word_embeddings.weight"
-    if tied:
-        if word in values:
-            if ("lm_head.decoder.weight" in values
-                    and not np.array_equal(values["lm_head.decoder.weight"], values[word])):
-                warnings.warn("config.json ties the word embeddings, so lm_head.decoder.weight is "
-                              "ignored (as transformers does) and the word embedding is used",
-                              stacklevel=3)
-            values["lm_head.decoder.weight"] = values[word]
-        if "lm_head.bias" in values:
-            values["lm_head.decoder.bias"] = values["lm_head.bias"]
-    else:
-        if "lm_head.decoder.weight" not in values:
-            raise InteropError("config.json says tie_word_embeddings=false but the checkpoint has no "
-                               "lm_head.decoder.weight")
-    if "lm_head.decoder.bias" not in values and "lm_head.bias" in values:
-        values["lm_head.decoder.bias"] = values["lm_head.bias"]
-    return values
-
-
-def import_roberta(hf_dir: str | os.PathLike, **overrides: Any) -> MaskedLM:
-    """A :class:`MaskedLM` with exactly the weights of a Hugging Face ``RobertaForMaskedLM`` directory.
-
-    Reads ``config.json`` and ``model.safetensors`` (or a sharded index) with numpy only. A checkpoint
-    with tied embeddings (no separate decoder weight) gets the word embedding copied into our
-    untied decoder. ``overrides`` set non-architectural fields (see :func:`model_config_from_hf`).
-    """
-    hf_dir = Path(hf_dir)
-    if not hf_dir.is_dir():
-        raise FileNotFoundError(f"{hf_dir} is not a directory (expected a Hugging Face model directory)")
-    config_path = hf_dir / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{hf_dir}: no {CONFIG_NAME}; not a Hugging Face model directory")
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise InteropError(f"{config_path}: not valid JSON ({err})") from err
-    if not isinstance(hf_config, dict):
-        raise InteropError(f"{config_path}: expected a JSON object")
-    cfg = model_config_from_hf(hf_config, **overrides)
-    values = _hf_values(read_hf_tensors(hf_dir), hf_config)
-
-    model = nnx.eval_shape(lambda: MaskedLM(cfg, rngs=nnx.Rngs(0)))  # shapes only, no init cost
-    params = _flat_params(model)
-    rows = param_map(cfg.num_layers)
-    missing = [hf for _, hf, _ in rows if hf not in values]
-    if missing:
-        raise InteropError(f"{hf_dir}: checkpoint lacks {len(missing)} RobertaForMaskedLM tensor(s), "
-                           f"e.g. {missing[:4]}")
-    used = {hf for _, hf, _ in rows}
-    unexpected = sorted(k for k in values if k not in used and not _ignorable(k))
-    if unexpected:
-        raise InteropError(f"{hf_dir}: checkpoint has tensors this RoBERTa mapping does not know "
-                           f"(a different architecture?): {unexpected[:6]}")
-    if set(params) != {ours for ours, _, _ in rows}:  # pragma: no cover - guards model edits
-        raise InteropError("MaskedLM parameters changed; update "
-                           "minilm_jax.interop.hf_roberta.param_map")
-    for ours, hf, kind in rows:
-        var = params[ours]
-        want = var.get_value()
-        arr = np.asarray(values[hf])
-        if kind == _KERNEL:
-            arr = arr.T
-        if arr.shape != tuple(want.shape):
-            raise InteropError(f"{hf_dir}: tensor {hf} has shape {tuple(np.asarray(values[hf]).shape)}, "
-                               f"expected {tuple(want.shape[::-1]) if kind == _KERNEL else want.shape} "
-                               f"for {_dotted(ours)}")
-        var.set_value(jnp.asarray(arr, dtype=want.dtype))
-    return model

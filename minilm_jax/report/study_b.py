@@ -133,7 +133,8 @@ def markdown(result: dict[str, Any], sweep) -> str:
               "1-layer members vs the 6-layer model", ""]
     for task, by_method in result["committees"].items():
         for method, c in by_method.items():
-            ks = " · ".join(f"K={k}: {_ci(v)}" for k, v in c["by_k"].items())
+            ks = " · ".join(f"K={k}: {_ci(v)} over {v['member_subsets']} member subset(s), "
+                            f"sd {v['sd_over_subsets']:.1f} between them" for k, v in c["by_k"].items())
             lines.append(f"- **{task}**, {method} averaging: {ks}; 6-layer: {_ci(c['deep'])}; "
                          f"K={max(c['by_k'])} minus 6-layer: {c['largest_minus_deep'].text(1)}; "
                          f"one member minus 6-layer: {c['single_minus_deep'].text(1)}")

@@ -120,7 +120,7 @@ def test_characters_the_tokenizer_cannot_encode_are_dropped(tokenizer_path):
     """data.drop_unknown_chars: a character the tokenizer only knows as <unk> leaves every split."""
     import dataclasses
 
-    from minilm_jax.finetune.loop import drop_unknown_chars
+    from minilm_jax.tasks.task_data import drop_unknown_chars
     from minilm_jax.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(tokenizer_path)
     assert tokenizer.unknown_chars(["snow ☃ man", "plain text"]) == ["☃"]

@@ -6,7 +6,6 @@ summary."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -20,10 +19,8 @@ import numpy as np
 
 from minilm_jax.errors import UserError
 from minilm_jax.storage import atomic_write_bytes, atomic_write_json, run_path
-from minilm_jax.model.config import ModelConfig
-from minilm_jax.run_config import flatten, model_config_dict, model_from_config, parse_value
+from minilm_jax.run_config import flatten, model_from_config
 from minilm_jax.tasks.batching import bucket_length, cut_to_bucket, pad_to_batches
-from minilm_jax.tasks.base import Example
 from minilm_jax.tasks.encoding import encode_examples
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train import batches as batch_lib
@@ -35,34 +32,15 @@ from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.state import MembersState
 from minilm_jax.train.optim import make_optimizer, make_schedule
 
-from .config import RESUMABLE_FIELDS
+from .config import RESUMABLE_FIELDS, changed_model_fields, with_overrides
 from .pretrained import PretrainedRun
 from .selection import (VALIDATION, majority_baseline, mean_std, sample_std, split_metrics,
                         unk_counts, unk_warnings)
 from .step import make_finetune_step, make_predict_step, make_select, members_state
 from minilm_jax.tasks.loaders import TaskData
-from minilm_jax.tasks.task_data import load_task_data, load_vocabulary
+from minilm_jax.tasks.task_data import drop_unknown_chars, load_task_data, load_vocabulary
 
 INPUTS = ("tokens", "segments", "token_types")
-
-
-def with_overrides(cfg: ModelConfig, overrides: tuple[str, ...]) -> ModelConfig:
-    """``cfg`` with ``("field=value", ...)`` applied (values parsed by the field's type)."""
-    fields = cfg.to_dict()
-    for assignment in overrides:
-        name, _, text = assignment.partition("=")
-        if name.strip() not in fields or not _:
-            raise UserError(f"model_overrides: {assignment!r} is not field=value with a ModelConfig "
-                            f"field (fields: {', '.join(sorted(fields))})")
-        fields[name.strip()] = parse_value(text, fields[name.strip()])
-    return ModelConfig.from_mapping(fields)
-
-
-def changed_model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The ``model.*`` fields set away from the recipe's (``--config.model.pooler=weighted_sum``):
-    with a checkpoint they apply on top of the checkpoint's model, like ``model_overrides``."""
-    recipe = model_config_dict(config.point)
-    return {k: v for k, v in config.model.to_dict().items() if recipe.get(k) != v}
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -70,30 +48,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
-
-
-def drop_unknown_chars(data: TaskData, tokenizer: Tokenizer) -> list[str]:
-    """Remove from every text of ``data`` (in place) the punctuation and symbols ``tokenizer`` can
-    only encode as ``<unk>``; the removed characters. Letters and digits stay (removing one would
-    make another word of the rest): they remain ``<unk>`` and count in the summary's rate."""
-    splits = {"train": data.train, "validation": data.validation, **data.evals}
-    texts = [t for examples in splits.values() for ex in examples
-             for t in (ex.text_a, ex.text_b) if t]
-    unknown = [c for c in tokenizer.unknown_chars(texts) if not c.isalnum()]
-    if unknown:
-        table = str.maketrans("", "", "".join(unknown))
-
-        def clean(ex: Example) -> Example:
-            return dataclasses.replace(ex, text_a=" ".join(ex.text_a.translate(table).split()),
-                                       text_b=None if ex.text_b is None else
-                                       " ".join(ex.text_b.translate(table).split()))
-
-        data.train = [clean(ex) for ex in data.train]
-        data.validation = [clean(ex) for ex in data.validation]
-        data.evals = {split: [clean(ex) for ex in examples] for split, examples in data.evals.items()}
-        print(f"data.drop_unknown_chars: removed {''.join(unknown)!r} (punctuation the tokenizer "
-              "encodes only as <unk>) from the task's texts", flush=True)
-    return unknown
 
 
 class Finetuner(runner.LoopSpec):

@@ -3,6 +3,7 @@ filter, per-class sampling and subsetting, then the validation split carved from
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 from typing import Sequence
@@ -11,6 +12,7 @@ import ml_collections
 
 from minilm_jax.corpus.vocab import load_word_list, obtain_aochildes_vocab
 from minilm_jax.errors import UserError
+from minilm_jax.tokenizer import Tokenizer
 
 from .base import Example, TaskDataError
 from .loaders import TaskData
@@ -89,3 +91,27 @@ def load_task_data(config: ml_collections.ConfigDict, vocabulary: frozenset[str]
             raise UserError(f"task {task}: the {split} split has unlabelled examples "
                             "(test splits of GLUE carry no labels; evaluate on dev)")
     return result
+
+
+def drop_unknown_chars(data: TaskData, tokenizer: Tokenizer) -> list[str]:
+    """Remove from every text of ``data`` (in place) the punctuation and symbols ``tokenizer`` can
+    only encode as ``<unk>``; the removed characters. Letters and digits stay (removing one would
+    make another word of the rest): they remain ``<unk>`` and count in the summary's rate."""
+    splits = {"train": data.train, "validation": data.validation, **data.evals}
+    texts = [t for examples in splits.values() for ex in examples
+             for t in (ex.text_a, ex.text_b) if t]
+    unknown = [c for c in tokenizer.unknown_chars(texts) if not c.isalnum()]
+    if unknown:
+        table = str.maketrans("", "", "".join(unknown))
+
+        def clean(ex: Example) -> Example:
+            return dataclasses.replace(ex, text_a=" ".join(ex.text_a.translate(table).split()),
+                                       text_b=None if ex.text_b is None else
+                                       " ".join(ex.text_b.translate(table).split()))
+
+        data.train = [clean(ex) for ex in data.train]
+        data.validation = [clean(ex) for ex in data.validation]
+        data.evals = {split: [clean(ex) for ex in examples] for split, examples in data.evals.items()}
+        print(f"data.drop_unknown_chars: removed {''.join(unknown)!r} (punctuation the tokenizer "
+              "encodes only as <unk>) from the task's texts", flush=True)
+    return unknown

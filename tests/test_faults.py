@@ -284,7 +284,8 @@ def test_an_unknown_sweep_name_is_one_line():
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: --config=configs/sweep.py:nope: unknown sweep 'nope'; "
-                                   "known: paper, demo, smoke, main, childes")
+                                   "known: paper, demo, smoke, main, childes, study_b, study_b_smoke, "
+                                   "study_b_full")
 
 
 def test_a_vocabulary_file_without_a_word_column_is_a_user_error(tmp_path):

@@ -22,7 +22,7 @@ import numpy as np
 
 from minilm_jax import accounting
 from minilm_jax.run_config import pretrain_config
-from minilm_jax.sizes import resolve_point
+from minilm_jax.model.sizes import resolve_point
 from minilm_jax.storage import atomic_write_json
 from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import make_mesh

@@ -40,7 +40,7 @@ from minilm_jax.storage import atomic_write_json
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import build_classifier
 from minilm_jax.model.stacked import init_stacked, stacked_apply, unstack_state
-from minilm_jax.sizes import resolve_point
+from minilm_jax.model.sizes import resolve_point
 from minilm_jax.tasks import committee
 
 COMBINE_METHODS = ("prob", "logit")  # as tasks.committee and the committee command name them

@@ -10,7 +10,7 @@ import sys
 
 from minilm_jax import accounting
 from minilm_jax.model.config import ConfigError
-from minilm_jax.sizes import NAMED_POINTS, resolve_point
+from minilm_jax.model.sizes import NAMED_POINTS, resolve_point
 
 
 def table(points: list[str]) -> str:

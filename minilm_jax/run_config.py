@@ -1,7 +1,7 @@
 """ml-collections run configs and their conversion into frozen, typed objects.
 
 Every number of the recipe is a field; model fields come from the point grammar
-(:mod:`minilm_jax.sizes`) and are checked into a frozen :class:`ModelConfig` before any model code
+(:mod:`minilm_jax.model.sizes`) and are checked into a frozen :class:`ModelConfig` before any model code
 sees them.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 
 from minilm_jax.model.config import ConfigError, ModelConfig
-from minilm_jax.sizes import point_fields
+from minilm_jax.model.sizes import point_fields
 
 
 def model_config_dict(point: str) -> ml_collections.ConfigDict:

@@ -7,7 +7,7 @@ from flax import nnx
 
 from minilm_jax import accounting
 from minilm_jax.model import build_classifier, build_mlm
-from minilm_jax.sizes import resolve_point
+from minilm_jax.model.sizes import resolve_point
 
 
 @pytest.mark.parametrize("point,total", [

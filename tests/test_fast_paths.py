@@ -15,7 +15,7 @@ from minilm_jax.model.config import ConfigError
 from minilm_jax.model.layers import dropout, hash_bits
 from minilm_jax.model.models import build_mlm
 from minilm_jax.model.xent import fused_linear_xent, resolve_loss_impl, softmax_xent_sum
-from minilm_jax.sizes import resolve_point
+from minilm_jax.model.sizes import resolve_point
 
 SMALL = "E16-H16-I32-L1-A2-V97"
 

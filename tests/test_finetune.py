@@ -302,7 +302,7 @@ def test_model_fields_apply_on_top_of_a_checkpoint(pretrained, tmp_path):
 
 def test_model_overrides_apply_to_the_architecture():
     from minilm_jax.finetune.config import with_overrides
-    from minilm_jax.sizes import resolve_point
+    from minilm_jax.model.sizes import resolve_point
 
     cfg = with_overrides(resolve_point("paper-1.25m"), ("pooler=weighted_sum", "hidden_dropout=0.0"))
     assert cfg.pooler == "weighted_sum" and cfg.hidden_dropout == 0.0 and cfg.hidden_dim == 32

@@ -24,7 +24,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 from minilm_jax.interop.hf_import import import_roberta  # noqa: E402
 from minilm_jax.interop.hf_roberta import InteropError, export_roberta  # noqa: E402
 from minilm_jax.model import build_classifier, build_mlm  # noqa: E402
-from minilm_jax.sizes import resolve_point  # noqa: E402
+from minilm_jax.model.sizes import resolve_point  # noqa: E402
 
 VOCAB = 1000
 POINT = f"E64-H64-I128-L2-A4-V{VOCAB}"

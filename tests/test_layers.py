@@ -18,7 +18,7 @@ PACKAGE = REPO / "minilm_jax"
 
 LAYERS = {  # module or package prefix -> layer; the longest matching prefix decides
     "minilm_jax.errors": 0, "minilm_jax.storage": 0, "minilm_jax.text_norm": 0,
-    "minilm_jax.model": 1, "minilm_jax.sizes": 1, "minilm_jax.accounting": 1,
+    "minilm_jax.model": 1, "minilm_jax.accounting": 1,
     "minilm_jax.run_config": 1, "minilm_jax.tokenizer": 1, "minilm_jax.data": 1,
     "minilm_jax.corpus": 1, "minilm_jax.tasks": 1, "minilm_jax.cli": 1,
     "minilm_jax.train": 2, "minilm_jax.finetune": 2,

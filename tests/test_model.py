@@ -10,7 +10,7 @@ from minilm_jax.model import build_classifier, build_mlm
 from minilm_jax.model.config import ConfigError
 from minilm_jax.model.models import MaskedLM
 from minilm_jax.model.registry import build_encoder
-from minilm_jax.sizes import resolve_point
+from minilm_jax.model.sizes import resolve_point
 
 SMALL = "E24-H32-I64-L2-A4-V300"
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from minilm_jax.model.config import ConfigError, ModelConfig
-from minilm_jax.sizes import NAMED_POINTS, parse_point, resolve_point
+from minilm_jax.model.sizes import NAMED_POINTS, parse_point, resolve_point
 
 
 def test_grammar_round_trip():

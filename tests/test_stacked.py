@@ -9,7 +9,7 @@ from flax import nnx
 from minilm_jax.model.models import build_classifier
 from minilm_jax.model.stacked import (init_stacked, member_model, num_members, stack_models,
                                       stack_states, stacked_apply, unstack_state, vmap_members)
-from minilm_jax.sizes import resolve_point
+from minilm_jax.model.sizes import resolve_point
 
 TINY = "E32-H32-I128-L1-A2-V500"
 SEEDS = (0, 1, 2)

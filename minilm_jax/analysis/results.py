@@ -204,7 +204,7 @@ def point_sizes(point: str) -> dict[str, int]:
     if match:
         return {k: int(v) for k, v in zip(_POINT_FIELDS, match.groups()) if v is not None}
     try:
-        from minilm_jax.sizes import NAMED_POINTS, parse_point  # noqa: PLC0415 (imports jax)
+        from minilm_jax.model.sizes import NAMED_POINTS, parse_point  # noqa: PLC0415 (imports jax)
     except ImportError:
         return {}
     if point in NAMED_POINTS:

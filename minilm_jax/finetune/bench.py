@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from minilm_jax.sizes import resolve_point
+from minilm_jax.model.sizes import resolve_point
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.optim import make_optimizer, make_schedule
 

@@ -45,7 +45,7 @@ def _demo_tokens(cfg: ModelConfig, seed: int) -> np.ndarray:
 
 def _demo(args: argparse.Namespace) -> int:
     from minilm_jax.model.models import build_mlm
-    from minilm_jax.sizes import resolve_point
+    from minilm_jax.model.sizes import resolve_point
 
     cfg = resolve_point(args.point, embed_projection=False, max_len=args.max_len)
     model = build_mlm(cfg, seed=args.seed)

@@ -181,8 +181,7 @@ def build_runners(*, k: int = 4, members: Sequence[str] = ("bert1-a12",), deep: 
                   seq_len: int = 128, dtype: str = "float32", combine: str = "prob",
                   num_labels: int = 4) -> tuple[list[Runner], list[dict[str, str]]]:
     """The rows to time, and the rows skipped (with the reason)."""
-    method = combine
-    if method not in COMBINE_METHODS:
+    if combine not in COMBINE_METHODS:
         raise ValueError(f"unknown --combine={combine!r}: one of {', '.join(COMBINE_METHODS)}")
     runners = [single_runner("single", make_member(members[0], 0, num_labels, dtype, seq_len))]
     if deep:
@@ -191,12 +190,12 @@ def build_runners(*, k: int = 4, members: Sequence[str] = ("bert1-a12",), deep: 
                                                 seq_len)
     skipped = []
     if stacked is not None:
-        runners.append(vmap_runner(committee_members, stacked, method))
+        runners.append(vmap_runner(committee_members, stacked, combine))
     else:
         skipped.append({"name": "committee-vmap",
                         "reason": "members differ in architecture: one jit calls each member"})
-    runners.append(fused_runner(committee_members, method))
-    runners.append(sequential_runner(committee_members, method))
+    runners.append(fused_runner(committee_members, combine))
+    runners.append(sequential_runner(committee_members, combine))
     return runners, skipped
 
 

@@ -65,3 +65,16 @@ def test_constant_or_tiny_inputs_are_undefined_not_errors():
     assert "constant" in pearson_fisher([1, 2, 3, 4], [5, 5, 5, 5]).undefined
     assert "at least 4" in pearson_fisher([1, 2, 3], [3, 2, 1]).undefined
     assert pearson_fisher([1, 2, 3, 4], [5, 5, 5, 5]).text().startswith("undefined")
+
+
+def test_t_interval_matches_scipy():
+    from scipy import stats as st
+
+    from minilm_jax.analysis.stats import t_interval
+
+    values = [30.4, 32.6, 34.0]
+    got = t_interval(values)
+    low, high = st.t.interval(0.95, 2, loc=np.mean(values), scale=st.sem(values))
+    assert got["n"] == 3 and abs(got["sd"] - np.std(values, ddof=1)) < 1e-12
+    assert abs(got["low"] - low) < 1e-9 and abs(got["high"] - high) < 1e-9
+    assert np.isnan(t_interval([1.0])["low"])

@@ -43,6 +43,19 @@ def mean_sd(values: Sequence[float]) -> MeanSD:
     return MeanSD(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0, int(x.size))
 
 
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean, sample sd (ddof = 1), n and the t interval of the mean of ``values`` (NaN bounds for
+    one value)."""
+    a = np.asarray(values, dtype=np.float64).reshape(-1)
+    n = int(a.size)
+    mean = float(a.mean())
+    if n < 2:
+        return {"mean": mean, "sd": float("nan"), "n": n, "low": float("nan"), "high": float("nan")}
+    sd = float(a.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
+    return {"mean": mean, "sd": sd, "n": n, "low": mean - half, "high": mean + half}
+
+
 @dataclass(frozen=True)
 class Gap:
     """``a - b`` with a 95% interval and a two-sided p-value; ``undefined`` names why not."""

@@ -29,14 +29,15 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from scipy import stats
 
-from minilm_jax.analysis.stats import Gap, PearsonResult, mean_sd, paired_gap, pearson_fisher
+from minilm_jax.analysis.stats import (PearsonResult, mean_sd, paired_gap, pearson_fisher,
+                                       t_interval)
 from minilm_jax.errors import UserError
 from minilm_jax.sweep.runner import finetune_jobs
 from minilm_jax.sweep.spec import Run, expand
 from minilm_jax.tasks.committee import accuracy_vs_k
-from minilm_jax.train.records import FinetuneSummary, is_done, read_finetune_summary
+from minilm_jax.train.records import (FinetuneSummary, is_done, read_finetune_summary,
+                                      read_pretrain_summary)
 
 SHALLOW, DEEP = "l1", "l6"
 _SUBSET = re.compile(r"^l1__shards=n(\d+)$")
@@ -110,7 +111,6 @@ def pretraining_rows(design: Design) -> list[dict[str, Any]]:
     """Each run's best validation perplexity next to its subset's unigram and bigram perplexity
     (counted on the subset's own training split)."""
     from minilm_jax.data.baselines import load_baselines
-    from minilm_jax.train.records import read_pretrain_summary
 
     rows = []
     for name, run in design.runs.items():
@@ -170,15 +170,19 @@ def overlap_rows(design: Design, rows: list[dict[str, Any]]) -> list[dict[str, A
         examples = list(data.train) + list(data.validation) + [e for split in data.evals.values()
                                                                 for e in split]
         texts[task] = [e.text_a for e in examples] + [e.text_b for e in examples if e.text_b]
+    presence: dict[str, Any] = {}  # shard folder -> which token ids its train split holds
+    task_ids: dict[str, list[list[int]]] = {}  # task -> its texts encoded (one tokenizer for all)
     for row in rows:
         if row["model"] != SHALLOW:
             continue
         shards = design.shards(row["run"])
-        manifest = read_manifest(shards)
-        tok = load_tokenizer(manifest["tokenizer"]["path"])
-        present = shard_token_presence(shards, ["train"], tok.vocab_size)
-        present[list(tok.special_ids)] = False
-        share = token_overlap(present, tok.encode_batch(texts[row["task"]]), tok.special_ids)
+        tok = load_tokenizer(read_manifest(shards)["tokenizer"]["path"])
+        if shards not in presence:
+            presence[shards] = shard_token_presence(shards, ["train"], tok.vocab_size)
+            presence[shards][list(tok.special_ids)] = False
+        if row["task"] not in task_ids:
+            task_ids[row["task"]] = tok.encode_batch(texts[row["task"]])
+        share = token_overlap(presence[shards], task_ids[row["task"]], tok.special_ids)
         out.append({"task": row["task"], "subset": row["subset"], "gap": row["gap"].mean, **share})
     return out
 
@@ -214,22 +218,8 @@ def committee(design: Design, task: str, method: str = "prob") -> dict[str, Any]
     deep = design.scores(DEEP, task, "pretrained").by_seed
     k_max = max(by_k)
     return {"task": task, "method": method, "members": len(design.members),
-            "by_k": {k: {**_interval(list(v.values())), "member_subsets": subsets[k],
+            "by_k": {k: {**t_interval(list(v.values())), "member_subsets": subsets[k],
                          "sd_over_subsets": float(np.mean(spread[k]))} for k, v in by_k.items()},
-            "deep": _interval(list(deep.values())),
+            "deep": t_interval(list(deep.values())),
             "largest_minus_deep": paired_gap(by_k[k_max], deep),
             "single_minus_deep": paired_gap(by_k[1], deep)}
-
-
-def _interval(values: list[float], confidence: float = 0.95) -> dict[str, float]:
-    """Mean, sample sd and t interval of ``values`` (n >= 2)."""
-    a = np.asarray(values, dtype=np.float64)
-    n = int(a.size)
-    mean = float(a.mean())
-    sd = float(a.std(ddof=1)) if n > 1 else float("nan")
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else float("nan")
-    return {"mean": mean, "sd": sd, "n": n, "low": mean - half, "high": mean + half}
-
-
-def gap_text(gap: Gap) -> str:
-    return gap.text(1)

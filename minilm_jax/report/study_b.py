@@ -18,16 +18,14 @@ from absl import flags
 from ml_collections import config_flags
 
 from minilm_jax.cli import run_main
+from minilm_jax.report import fmt
+from minilm_jax.storage import atomic_write_json
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "the study B sweep: configs/sweep.py:study_b")
 _ROOT = flags.DEFINE_string("root", None, "the sweep's --root")
 _OUT = flags.DEFINE_string("out", "", "report folder (default ROOT/study_b)")
 _REPEATS = flags.DEFINE_integer("latency_repeats", 30, "timed calls per latency row and batch size")
 LATENCY_BATCHES = (1, 32)
-
-
-def _pct(value: float) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
 
 
 def _ci(d: dict[str, float]) -> str:
@@ -76,7 +74,6 @@ def build(sweep, root: Path, out: Path, repeats: int) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     _plots(result, out)
     (out / "report.md").write_text(markdown(result, sweep))
-    from minilm_jax.storage import atomic_write_json
     atomic_write_json(out / "study_b.json", _jsonable(result))
     return result
 
@@ -111,7 +108,7 @@ def markdown(result: dict[str, Any], sweep) -> str:
     for r in result["gaps"]:
         g = r["gap"]
         lines.append(f"| {r['task']} | {r['model']} | {r['subset']} | {r['pretrained'].text(1)} | "
-                     f"{r['random'].text(1)} | {_pct(r['majority'])} | {g.text(1)} |")
+                     f"{r['random'].text(1)} | {fmt.num(r['majority'], 1)} | {g.text(1)} |")
     size = result["size"]
     lines += ["", f"## 2. Gap vs pre-training subset size ({size['smallest']} -> {size['largest']} "
               "paragraphs, 1-layer models)", "",

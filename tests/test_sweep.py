@@ -246,3 +246,18 @@ def test_main_job_end_to_end_smallest_size(tmp_path):
     # At this size the scores may be constant (all at chance): then the correlation says so.
     assert ((study / "report" / "perplexity_vs_downstream.png").is_file()
             or "undefined" in report)
+
+def test_placeholders_name_prepared_data_and_an_empty_one_is_refused():
+    from minilm_jax.errors import UserError
+    from minilm_jax.sweep.runner import finetune_run_config
+    from minilm_jax.sweep.spec import expand
+
+    sweep = sweep_configs.study_b_smoke()
+    with pytest.raises(UserError, match=r"uses \{data_root\} .* --config.data_root is empty"):
+        expand(sweep)
+    sweep.data_root, sweep.finetune_data_dir = "/prepared/", "/shared"
+    runs = {run.name: run for run in expand(sweep)}
+    assert runs["l1"].config.data.shards == "/prepared/subsets/n300"
+    assert runs["l1__shards=n100"].config.data.shards == "/prepared/subsets/n100"
+    config = finetune_run_config(sweep, "fewrel", runs["l1"].config.data.shards)
+    assert config.data.dir == "/shared/fewrel/val_nyt.json"

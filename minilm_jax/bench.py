@@ -39,7 +39,7 @@ def synthetic_tokens(batch: int, seq_len: int, vocab: int, seed: int = 0) -> np.
 
 
 def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
-               attention: str) -> dict:
+               attention: str, min_seconds: float = 2.0) -> dict:
     config = pretrain_config(point)
     cfg = resolve_point(point, dtype=dtype, attention_impl=attention,
                         attention_dropout=0.0 if attention != "einsum" else 0.1)
@@ -55,16 +55,22 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
             "segments": jnp.ones((k, 1, batch, cfg.max_len), jnp.int32)}
     state, metrics = step_fn(state, data)  # compile
     jax.block_until_ready(metrics)
-    dispatches = max(1, steps // k)
-    start = time.perf_counter()
-    for _ in range(dispatches):
-        state, metrics = step_fn(state, data)
-    jax.block_until_ready(metrics)
-    elapsed = time.perf_counter() - start
+    # At least `steps` steps and at least `min_seconds`: a 1M-parameter step takes ~3 ms on a GPU,
+    # and a 60 ms window can be off by a factor of three.
+    dispatches, start = 0, time.perf_counter()
+    while True:
+        for _ in range(max(1, steps // k)):
+            state, metrics = step_fn(state, data)
+        dispatches += max(1, steps // k)
+        jax.block_until_ready(metrics)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            break
     seqs_s = dispatches * k * batch / elapsed
     flops = accounting.train_flops_per_sequence(cfg, num_predictions=config.mlm.max_predictions)
     peak = measured_matmul_peak("bfloat16" if dtype == "bfloat16" else "float32")
     return {"impl": "minilm-jax", "point": cfg.point, "batch": batch, "dtype": dtype,
+            "steps_timed": dispatches * k, "seconds_timed": elapsed,
             "tokens_per_sec": seqs_s * cfg.max_len, "step_ms": 1000 * elapsed / (dispatches * k),
             "model_flops_per_sec": seqs_s * flops, "mfu": seqs_s * flops / peak,
             "peak_flops_measured": peak, "loss": float(np.asarray(metrics["loss"])[-1]),
@@ -125,7 +131,7 @@ def bench_hf(point: str, batch: int, steps: int, threads: int, dtype: str = "flo
 
 
 def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
-                  tokens_per_run: float, limit: int = 0) -> dict:
+                  tokens_per_run: float, limit: int = 0, min_seconds: float = 2.0) -> dict:
     """Measure tokens/s of every distinct point of a sweep and project its pre-training time:
     ``tokens_per_run`` tokens (one epoch of the paper's corpus: 1.16e9) per run."""
     from minilm_jax.cli import load_config_file
@@ -135,7 +141,7 @@ def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per
     points = list(dict.fromkeys(r.point for r in runs))[: limit or None]
     rows, total_hours = [], 0.0
     for point in points:
-        measured = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum")
+        measured = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum", min_seconds)
         hours = tokens_per_run / measured["tokens_per_sec"] / 3600 * sum(r.point == point for r in runs)
         total_hours += hours
         rows.append({"point": point, "tokens_per_sec": measured["tokens_per_sec"],
@@ -151,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--point", default="paper-1.25m")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="steps timed (at least)")
+    parser.add_argument("--min_seconds", type=float, default=2.0,
+                        help="keep timing whole rounds of --steps until this many seconds have passed")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--steps_per_dispatch", type=int, default=1)
     parser.add_argument("--attention", default="einsum", choices=["einsum", "xla", "cudnn"])
@@ -165,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep_limit", type=int, default=0, help="measure only the first N points")
     args = parser.parse_args(argv)
     if args.sweep:
-        project_sweep(args.sweep, args.batch, args.steps, args.dtype, args.steps_per_dispatch,
-                      args.sweep_tokens, args.sweep_limit)
+        projected = project_sweep(args.sweep, args.batch, args.steps, args.dtype,
+                                  args.steps_per_dispatch, args.sweep_tokens, args.sweep_limit,
+                                  args.min_seconds)
+        if args.json:
+            atomic_write_json(args.json, projected | {"jax": jax.__version__, "batch": args.batch,
+                                                      "dtype": args.dtype})
         return 0
 
     ours = bench_ours(args.point, args.batch, args.steps, args.dtype, args.steps_per_dispatch,
-                      args.attention)
+                      args.attention, args.min_seconds)
     results = {"device": str(jax.devices()[0]), "jax": jax.__version__, "ours": ours}
     if args.hf:
         import os

@@ -7,10 +7,12 @@ from minilm_jax import bench
 
 def test_ours_and_sweep_projection(capsys):
     ours = bench.bench_ours("E16-H16-I32-L1-A2-V300", batch=8, steps=2, dtype="float32",
-                            steps_per_dispatch=1, attention="einsum")
+                            steps_per_dispatch=1, attention="einsum", min_seconds=0.3)
     assert ours["tokens_per_sec"] > 0 and 0 < ours["mfu"] < 1
+    # Timing goes on in whole rounds of `steps` until min_seconds have passed (a short window is noise).
+    assert ours["seconds_timed"] >= 0.3 and ours["steps_timed"] % 2 == 0 and ours["steps_timed"] > 2
     projection = bench.project_sweep("configs/sweep.py:smoke", batch=8, steps=2, dtype="float32",
-                                     steps_per_dispatch=1, tokens_per_run=1e6, limit=1)
+                                     steps_per_dispatch=1, tokens_per_run=1e6, limit=1, min_seconds=0)
     assert len(projection["rows"]) == 1 and projection["hours"] > 0
     assert "projected pre-training time" in capsys.readouterr().out
 

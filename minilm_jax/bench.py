@@ -12,8 +12,6 @@ the masked positions; Hugging Face evaluates it everywhere, as its API does.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 
 import jax
@@ -21,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minilm_jax import accounting
+from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.run_config import pretrain_config
 from minilm_jax.model.sizes import resolve_point
 from minilm_jax.storage import atomic_write_json
@@ -154,7 +153,7 @@ def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser(prog="python -m minilm_jax.bench", description=__doc__)
     parser.add_argument("--point", default="paper-1.25m")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="steps timed (at least)")
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    run_tool(main)
 
 
 if __name__ == "__main__":

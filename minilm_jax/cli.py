@@ -1,19 +1,27 @@
-"""Command-line plumbing shared by the entry points: absl + ml-collections ``config_flags`` with
-override checking, and one-line errors with a non-zero exit for user mistakes."""
+"""Command-line plumbing shared by the entry points, all of them absl applications: runs
+(``--config`` / ``--workdir``) define absl flags with ml-collections ``config_flags`` and override
+checking; tools (subcommands, plain options) use absl's ``argparse_flags`` parser through
+:func:`tool_parser` / :func:`run_tool`, so ``--helpfull``, ``--flagfile`` and ``--verbosity`` work
+everywhere. User mistakes give one ``error:`` line and a non-zero exit."""
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
-import ml_collections
+from absl.flags import argparse_flags
 
 from minilm_jax.errors import StorageError, UserError, one_line
-from minilm_jax.run_config import FIXED_FIELDS, check_override, flatten
+
+if TYPE_CHECKING:
+    import ml_collections
+
+EXIT_USER_ERROR = 2
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -36,6 +44,8 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
     if spec is None:
         return
+    from minilm_jax.run_config import FIXED_FIELDS, check_override, flatten
+
     config = load_config_file(spec)
     valid = set(flatten(config))
     prefix = f"--{flag}."
@@ -108,6 +118,46 @@ def run_main(main: Callable[[list[str]], None]) -> None:
         if set(sys.argv[1:]) & {"-h", "--help", "--helpshort", "--helpfull", "-?"}:
             sys.exit(0)  # absl exits 1 after printing help; asking for help is not an error
         raise done
+
+
+class _ToolParser(argparse_flags.ArgumentParser):
+    """absl's argparse parser with a one-line usage error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (--help lists the options)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def tool_parser(**kwargs: Any) -> argparse.ArgumentParser:
+    """An argparse parser for a tool (not a ``--config`` run): absl's ``argparse_flags`` parser, which
+    also accepts absl's own flags (``--verbosity``, ``--flagfile``; listed by ``--helpfull``), and
+    reports a usage mistake in one ``error:`` line. Sub-command parsers are of the same kind."""
+    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    return _ToolParser(**kwargs)
+
+
+def run_tool(main: Callable[[list[str]], int | None]) -> NoReturn:
+    """``absl.app.run`` for a tool whose ``main(argv)`` parses its arguments with :func:`tool_parser`;
+    a user error the tool did not catch becomes one ``error:`` line and exit status 2."""
+    from absl import app, flags
+
+    def parse(argv: list[str]) -> list[str]:
+        flags.FLAGS.mark_as_parsed()  # main's tool_parser reads absl's own flags with the rest
+        return argv
+
+    def guarded(argv: list[str]) -> NoReturn:
+        try:
+            code = main(list(argv[1:]))
+        except BrokenPipeError:  # output piped into `head`: not an error of ours, and no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        except Exception as err:
+            exit_on_user_error(err)
+            raise
+        sys.exit(code or 0)
+
+    app.run(guarded, flags_parser=parse)
+    raise AssertionError("absl.app.run returned")  # it always exits
 
 
 def exit_on_user_error(err: BaseException) -> None:

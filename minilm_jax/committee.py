@@ -11,13 +11,12 @@ Writes ``committee.json``, ``committee.md`` and ``committee.png``.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.errors import UserError
 from minilm_jax.train.records import read_finetune_summary
 from minilm_jax.storage import atomic_write_bytes, atomic_write_json
@@ -105,24 +104,26 @@ def _plot(points, ref: float | None, path: Path) -> None:
     tmp.replace(path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = tool_parser(prog="python -m minilm_jax.committee", description=__doc__)
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--out", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--combine", default="prob", choices=("prob", "logit"))
     parser.add_argument("--which", default="final", choices=("final", "selected"))
     parser.add_argument("--reference", default="")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
-        result = write_committee(args.runs, args.out, args.split, args.combine, args.which,
-                                 args.reference)
-    except (UserError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        write_committee(args.runs, args.out, args.split, args.combine, args.which, args.reference)
+    except KeyError as err:  # a record without a field the committee needs
+        raise UserError(f"committee: run record lacks {err}") from err
     print((Path(args.out) / "committee.md").read_text())
-    del result
+    return 0
+
+
+def entry() -> None:
+    run_tool(main)
 
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -22,7 +22,6 @@ batch / median.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import platform
@@ -36,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from minilm_jax import accounting
+from minilm_jax.cli import EXIT_USER_ERROR, run_tool, tool_parser
 from minilm_jax.storage import atomic_write_json
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import build_classifier
@@ -355,8 +355,7 @@ def _csv(text: str, cast: Callable[[str], Any] = str) -> list[Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser(prog="python -m minilm_jax.latency", description=__doc__)
     parser.add_argument("--k", type=int, default=4, help="committee size")
     parser.add_argument("--members", default="bert1-a12",
                         help="comma-separated member points, cycled to K members")
@@ -380,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                                 log=lambda line: print(line, file=sys.stderr, flush=True))
     except ValueError as err:  # bad points, sizes or options (ConfigError included)
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     print(format_report(results))
     if args.json:
         atomic_write_json(args.json, results)
@@ -388,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    run_tool(main)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,8 @@
 
 from __future__ import annotations
 
-import sys
-
 from minilm_jax import accounting
-from minilm_jax.model.config import ConfigError
+from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.model.sizes import NAMED_POINTS, resolve_point
 
 
@@ -28,22 +26,19 @@ def table(points: list[str]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
-        return 0
-    try:
-        print(table(argv or list(NAMED_POINTS)))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    parser = tool_parser(prog="python -m minilm_jax.points", description=__doc__)
+    parser.add_argument("points", nargs="*", help="named points or grammar strings (default: all "
+                        "named points)")
+    args = parser.parse_args(argv)
+    print(table(args.points or list(NAMED_POINTS)))  # a bad point: ConfigError, one line (run_tool)
     print("\nparams: MLM model by SPEC A3's formula (conv front end excluded); complete FLOPs: "
           "3x forward matmuls with the MLM head at 32 masked positions.")
     return 0
 
 
 def entry() -> None:
-    sys.exit(main(sys.argv[1:]))
+    run_tool(main)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,43 @@ def test_every_console_script_names_a_callable_and_its_help_is_not_an_error():
     assert proc.returncode == 0 and "export" in proc.stdout
 
 
+TOOLS = {  # every entry point that is not a --config run, and one of its own flags
+    "minilm_jax.points": "points", "minilm_jax.bench": "--min_seconds",
+    "minilm_jax.latency": "--batch_sizes", "minilm_jax.committee": "--combine",
+    "minilm_jax.finetune.results": "--out", "minilm_jax.finetune.bench": "--members",
+    "minilm_jax.corpus": "train-tokenizer", "minilm_jax.corpus.bench": "--megabytes",
+    "minilm_jax.interop": "export", "minilm_jax.tasks.bbc": "pretraining-text",
+}
+
+
+@pytest.mark.parametrize("module", sorted(TOOLS))
+def test_every_tool_is_an_absl_program_with_help_and_one_line_usage_errors(module, capsys):
+    """One CLI framework: each tool parses with absl's argparse_flags (absl's flags such as
+    --verbosity work there too), its --help lists its own flags and --helpfull, and a usage
+    mistake is one `error:` line with exit status 2."""
+    import importlib
+
+    loaded = importlib.import_module(module)
+    main = getattr(loaded, "main", None) or importlib.import_module(module + ".__main__").main
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and TOOLS[module] in out and "--helpfull" in out
+    assert f"python -m {module}" in out  # the usage names the command a user types
+    with pytest.raises(SystemExit) as done:
+        main(["--no_such_option"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+
+
+def test_a_tool_accepts_abseils_own_flags_and_reports_user_errors_in_one_line():
+    proc = run("minilm_jax.points", "--verbosity=1", "E32-H32-I128-L1-A2")
+    assert proc.returncode == 0 and "E32-H32-I128-L1-A2-V19010" in proc.stdout, proc.stderr
+    proc = run("minilm_jax.points", "E32-H32-nonsense")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: malformed model point")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
 def test_points_help_is_not_an_error():
     proc = run("minilm_jax.points", "--help")
     assert proc.returncode == 0 and "python -m minilm_jax.points" in proc.stdout

@@ -203,7 +203,9 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m minilm_jax.corpus", description=__doc__.splitlines()[0])
+    from minilm_jax.cli import tool_parser
+
+    parser = tool_parser(prog="python -m minilm_jax.corpus", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     p = _command(sub, "vocab", cmd_vocab, "obtain/check the AO-CHILDES vocabulary, or make a top-N word list",
@@ -338,7 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    from minilm_jax.cli import run_tool
+
+    run_tool(main)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.corpus.constrained import FilterConfig, FilterCounts, VocabularyChecker, filter_document
 from minilm_jax.corpus.filter_stage import run_filter
 from minilm_jax.corpus.selection import load_morphemes
@@ -118,7 +118,7 @@ def bench_shards_stage(docs: list[str], model: Path, workers: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minilm_jax.corpus.bench", description=__doc__.splitlines()[0])
+    parser = tool_parser(prog="python -m minilm_jax.corpus.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--text", help="benchmark text, one document per line")
     parser.add_argument("--vocab", help="vocabulary file for the filter (default: AO-CHILDES from the shared data)")
     parser.add_argument("--megabytes", type=float, default=8.0, help="text per measurement (documents repeated)")
@@ -153,4 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)

@@ -9,7 +9,6 @@ single-member steps, the compile time of each program, and the time of a whole f
 
 from __future__ import annotations
 
-import argparse
 import platform
 import time
 
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.model.sizes import resolve_point
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.optim import make_optimizer, make_schedule
@@ -59,8 +59,8 @@ def step_seconds(point: str, members: int, batch: int, seq_len: int, num_labels:
     return float(np.median(times)), compile_seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = tool_parser(prog="python -m minilm_jax.finetune.bench", description=__doc__)
     parser.add_argument("--point", default="paper-1.25m")
     parser.add_argument("--members", default="1,4,8")
     parser.add_argument("--batch", type=int, default=32)
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=250, help="steps of a whole fine-tuning run")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     counts = [int(x) for x in args.members.split(",")]
     print(f"# {args.point}, batch {args.batch} x {args.seq_len}, device {jax.devices()[0].device_kind}"
           f" x{jax.device_count()}, jax {jax.__version__}, python {platform.python_version()}")
@@ -92,7 +92,8 @@ def main() -> None:
         from minilm_jax.storage import atomic_write_json
         atomic_write_json(args.json, {"point": args.point, "batch": args.batch, "steps": args.steps,
                                       "rows": rows, "device": jax.devices()[0].device_kind})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -175,21 +175,28 @@ def write_tables(roots: Iterable[str | Path], out_dir: str | Path) -> tuple[Path
     return out / "results.md", out / "results.json"
 
 
-def main() -> None:
-    import argparse
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    from minilm_jax.cli import tool_parser
+    from minilm_jax.errors import UserError
 
-    parser = argparse.ArgumentParser(description="Tabulate fine-tuning runs (Markdown + JSON).")
+    parser = tool_parser(prog="python -m minilm_jax.finetune.results",
+                         description="Tabulate fine-tuning runs (Markdown + JSON).")
     parser.add_argument("runs", nargs="+", help="run directories (searched for summary.json)")
     parser.add_argument("--out", required=True, help="where results.md / results.json go")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         md, _ = write_tables(args.runs, args.out)
-    except (FileNotFoundError, json.JSONDecodeError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except (json.JSONDecodeError, KeyError) as err:
+        raise UserError(f"unreadable run record: {err}") from err
     print(md.read_text())
+    return 0
+
+
+def entry() -> None:
+    from minilm_jax.cli import run_tool
+
+    run_tool(main)
 
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -17,6 +17,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.interop.hf_import import import_roberta
 from minilm_jax.interop.hf_roberta import BOS_ID, EOS_ID, _flat_params, export_roberta
 from minilm_jax.model.config import ModelConfig
@@ -77,8 +78,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m minilm_jax.interop",
-                                     description=__doc__.split("\n")[0])
+    parser = tool_parser(prog="python -m minilm_jax.interop", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="write a trained workdir as a Hugging Face directory")
     export.add_argument("--workdir", required=True, help="pre-training workdir")
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    run_tool(main)
 
 
 if __name__ == "__main__":

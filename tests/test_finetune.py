@@ -20,7 +20,7 @@ from conftest import REPO, shared_path, write_line_shards
 from minilm_jax.errors import UserError
 from minilm_jax.finetune.config import finetune_config
 from minilm_jax.finetune.loop import Finetuner
-from minilm_jax.finetune.results import glue_averages, run_row, tables, write_tables
+from minilm_jax.finetune.tables import glue_averages, run_row, tables, write_tables
 
 SEQ = 64
 POINT = "E32-H32-I64-L1-A2-V1010"

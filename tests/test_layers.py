@@ -22,7 +22,7 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.run_config": 1, "minilm_jax.tokenizer": 1, "minilm_jax.data": 1,
     "minilm_jax.corpus": 1, "minilm_jax.tasks": 1, "minilm_jax.cli": 1,
     "minilm_jax.train": 2, "minilm_jax.finetune": 2,
-    "minilm_jax.finetune.results": 3,  # tables over many fine-tuning runs: a study
+    "minilm_jax.finetune.tables": 3,  # tables over many fine-tuning runs: a study
     "minilm_jax.finetune.run": 4,  # the fine-tuning command (one init or both, then the table)
     "minilm_jax.analysis": 3, "minilm_jax.sweep": 3, "minilm_jax.report": 3,
     "minilm_jax.committee": 3, "minilm_jax.latency": 3,

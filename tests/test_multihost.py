@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from minilm_jax.train.batches import BatchIndexer
-from minilm_jax.train.metrics import read_metrics
+from minilm_jax.train.run_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 POINT = "E32-H32-I64-L1-A2-V500"

@@ -20,7 +20,7 @@ from minilm_jax.run_config import log_eval_steps, pretrain_config
 from minilm_jax.train.batches import BatchIndexer
 from minilm_jax.train.loop import Pretrainer, TrainingDiverged
 from minilm_jax.train.masking import MaskingConfig, mask_tokens
-from minilm_jax.train.metrics import read_metrics
+from minilm_jax.train.run_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 POINT = "E32-H32-I64-L1-A2-V500"

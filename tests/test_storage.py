@@ -6,7 +6,7 @@ import pytest
 
 from minilm_jax import storage
 from minilm_jax.storage import atomic_write_json
-from minilm_jax.train import metrics as metrics_lib
+from minilm_jax.train import run_log as metrics_lib
 
 
 def test_remote_locations_are_recognised():

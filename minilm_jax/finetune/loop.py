@@ -27,7 +27,7 @@ from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints
 from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
 from minilm_jax.train import runner
-from minilm_jax.train.metrics import MetricsWriter, log_line
+from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.state import MembersState
 from minilm_jax.train.optim import make_optimizer, make_schedule

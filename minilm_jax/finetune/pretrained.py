@@ -108,7 +108,7 @@ class PretrainedRun:
 
 def _validation_perplexity(workdir: Path, step: int) -> float | None:
     """The validation perplexity the run logged at ``step`` (the checkpoint fine-tuned from)."""
-    from minilm_jax.train.metrics import read_metrics
+    from minilm_jax.train.run_log import read_metrics
 
     path = workdir / "metrics.jsonl"
     if not path.is_file():

@@ -9,7 +9,7 @@ import ml_collections
 from minilm_jax.errors import UserError
 
 from .loop import Finetuner
-from .results import write_tables
+from .tables import write_tables
 
 
 def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:

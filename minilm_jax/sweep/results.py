@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from minilm_jax.storage import atomic_write_bytes
-from minilm_jax.train.metrics import read_metrics
+from minilm_jax.train.run_log import read_metrics
 from minilm_jax.train.records import FinetuneSummary, read_finetune_summary, read_pretrain_summary
 
 from .spec import Membership, Run

@@ -28,7 +28,7 @@ from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exporte
 from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, check_train_shape,
                                    make_mesh, replicated)
-from minilm_jax.train.metrics import MetricsWriter, log_line
+from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.optim import make_optimizer, make_schedule
 from minilm_jax.train.records import PretrainSummary
 from minilm_jax.train.state import TrainState, lm_state

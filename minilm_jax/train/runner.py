@@ -30,7 +30,7 @@ from minilm_jax.storage import RunPath, WorkdirLock, atomic_write_json
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, preempted
-from minilm_jax.train.metrics import MetricsWriter, log_line, plain_progress, progress_bar
+from minilm_jax.train.run_log import MetricsWriter, log_line, plain_progress, progress_bar
 
 
 @dataclass

@@ -228,7 +228,7 @@ def test_main_job_end_to_end_smallest_size(tmp_path):
     downstream = [r for r in rows if r["kind"] == "downstream"]
     pretrained = {(r["run"], r["task"], r["checkpoint_step"]) for r in downstream
                   if r["init"] == "pretrained"}
-    assert pretrained == {(run, t, s) for run in ("tiny", "ffn") for t in ("bbc_topic", "bbc_order")
+    assert pretrained == {(run, t, s) for run in ("narrow", "tiny") for t in ("bbc_topic", "bbc_order")
                           for s in (20, 40)}
     assert all(r["seeds"] == [0, 1] and len(r["member_scores"]) == 2 for r in downstream)
     twins = {r["finetune_workdir"] for r in downstream if r["init"] == "random"}

@@ -62,5 +62,8 @@ setup(
         "minilm-finetune-tables=minilm_jax.finetune.tables:entry",
         "minilm-latency=minilm_jax.latency:entry",
         "minilm-bench=minilm_jax.bench:entry",
+        "minilm-finetune-bench=minilm_jax.finetune.bench:entry",
+        "minilm-corpus-bench=minilm_jax.corpus.bench:entry",
+        "minilm-bbc=minilm_jax.tasks.bbc:entry",
     ]},
 )

@@ -98,6 +98,8 @@ def test_every_console_script_names_a_callable_and_its_help_is_not_an_error():
             assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, name
     proc = run("minilm_jax.interop", "--help")
     assert proc.returncode == 0 and "export" in proc.stdout
+    modules = {m.removesuffix(".__main__") for _, m, _ in scripts}
+    assert set(TOOLS) <= modules, sorted(set(TOOLS) - modules)  # every tool has a console script
 
 
 TOOLS = {  # every entry point that is not a --config run, and one of its own flags

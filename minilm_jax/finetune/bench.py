@@ -95,5 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
     run_tool(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -194,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
     from minilm_jax.cli import run_tool
 
     run_tool(main)
+
+
+if __name__ == "__main__":
+    entry()

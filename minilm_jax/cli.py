@@ -120,8 +120,28 @@ def run_main(main: Callable[[list[str]], None]) -> None:
         raise done
 
 
+def _abseil_own_flags() -> Any:
+    """A FlagValues holding only absl's own flags (``--verbosity``, ``--log_dir``, ...), the same
+    Flag objects as ``absl.flags.FLAGS``: a flag some imported module defines (an entry point's
+    ``--json``, say) must not clash with a tool's option of that name."""
+    from absl import flags
+    importlib.import_module("absl.logging")  # defines --verbosity and friends
+
+    own = flags.FlagValues()
+    for module, module_flags in flags.FLAGS.flags_by_module_dict().items():
+        if module.startswith("absl."):
+            for flag in module_flags:
+                if flag.name not in own:
+                    own[flag.name] = flag  # registers its short name (-v) too
+    return own
+
+
 class _ToolParser(argparse_flags.ArgumentParser):
-    """absl's argparse parser with a one-line usage error."""
+    """absl's argparse parser (absl's own flags only) with a one-line usage error."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("inherited_absl_flags", _abseil_own_flags())
+        super().__init__(**kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {self.prog}: {message} (--help lists the options)", file=sys.stderr)

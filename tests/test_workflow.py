@@ -118,8 +118,23 @@ def test_every_tool_is_an_absl_program_with_help_and_one_line_usage_errors(modul
     mistake is one `error:` line with exit status 2."""
     import importlib
 
+    from absl import flags
+
     loaded = importlib.import_module(module)
     main = getattr(loaded, "main", None) or importlib.import_module(module + ".__main__").main
+    # A flag another module defined in this process (an entry point's --json, say) must not clash
+    # with the tool's own option of that name.
+    clash = "json" not in flags.FLAGS
+    if clash:
+        flags.DEFINE_string("json", None, "defined elsewhere in the process")
+    try:
+        check_tool(module, main, capsys)
+    finally:
+        if clash:
+            delattr(flags.FLAGS, "json")
+
+
+def check_tool(module, main, capsys):
     with pytest.raises(SystemExit) as done:
         main(["--help"])
     out = capsys.readouterr().out

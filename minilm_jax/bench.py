@@ -56,11 +56,12 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
     jax.block_until_ready(metrics)
     # At least `steps` steps and at least `min_seconds`: a 1M-parameter step takes ~3 ms on a GPU,
     # and a 60 ms window can be off by a factor of three.
+    per_round = max(1, steps // k)
     dispatches, start = 0, time.perf_counter()
     while True:
-        for _ in range(max(1, steps // k)):
+        for _ in range(per_round):
             state, metrics = step_fn(state, data)
-        dispatches += max(1, steps // k)
+        dispatches += per_round
         jax.block_until_ready(metrics)
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:

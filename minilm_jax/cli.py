@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import importlib.util
 import os
 import sys
@@ -120,10 +121,12 @@ def run_main(main: Callable[[list[str]], None]) -> None:
         raise done
 
 
+@functools.cache
 def _abseil_own_flags() -> Any:
     """A FlagValues holding only absl's own flags (``--verbosity``, ``--log_dir``, ...), the same
     Flag objects as ``absl.flags.FLAGS``: a flag some imported module defines (an entry point's
-    ``--json``, say) must not clash with a tool's option of that name."""
+    ``--json``, say) must not clash with a tool's option of that name. Built once per process and
+    shared by a tool's parser and its sub-command parsers."""
     from absl import flags
     importlib.import_module("absl.logging")  # defines --verbosity and friends
 

@@ -108,14 +108,14 @@ def smoke() -> ml_collections.ConfigDict:
     c.finetune_seeds = (0, 1)
     c.finetune_overrides = ("train.epochs=2", "optim.peak_lr=1e-3", "data.max_len=64",
                             "eval.batch_size=100", "data.train_per_class=30",
-                            "data.eval_per_class=30")
+                            "data.eval_per_class=30", "bbc_order:train.seeds=(0, 1, 2)")
     c.report_bootstrap = 50
     return c
 
 
 def main() -> ml_collections.ConfigDict:
     """The README's main job (``launch/main.sh``), a fixed protocol written down before the run
-    (protocol v5; earlier versions and their runs are in docs/reproduction.md).
+    (protocol v6; earlier versions and their runs are in docs/reproduction.md).
 
     Text: BBC News article bodies minus ~20% held-out articles, filtered to the 8,000 most frequent
     words (sentences), 2,000-piece tokenizer, packed 128-token sequences (5% validation, 5% test).
@@ -125,11 +125,20 @@ def main() -> ml_collections.ConfigDict:
     2-core CPU budget: peak LR 3e-3 (constant after 50 warm-up steps; batch 32 favours a higher LR
     than the paper's 5e-4 at batch 256), 40% masking, no dropout (tiny models underfit).
     Downstream: ``bbc_topic`` (100 training sentences per class) and ``bbc_order`` (200 per class),
-    test sentences from held-out articles only; fine-tuning seeds 7, 8, 9, 10 for every snapshot
-    and one random-init twin per architecture; 10 epochs at LR 1e-3; selection on a validation
-    split carved from train.
+    test sentences from held-out articles only; every snapshot and one random-init twin per
+    architecture fine-tuned with seeds 11-14 on ``bbc_topic`` and seeds 11-26 on ``bbc_order``; 10
+    epochs at LR 1e-3; selection on a validation split carved from train.
 
-    v4 (seeds 3-6, ``bbc_order`` 500 per class) ran 15 min 37 s and one random-init seed in four
+    v6 = v5 with fresh seeds and 16 of them on ``bbc_order``, chosen by a power analysis of v4's
+    and v5's paired ``bbc_order`` gaps before this run: standardised effect d = mean / sd of the
+    per-seed differences was 0.8 (``tiny``, both versions) and 1.1-1.7 (``narrow``), so a paired
+    t-test at alpha 0.05 with 4 seeds has ~21% power for ``tiny``; 16 seeds give ~85%. The final
+    checkpoints' ``bbc_topic`` gaps had d ~ 6 (power > 99% with 4 seeds). Members now run one after
+    another inside the compiled fine-tuning program on CPU (``train.members=auto``), 2-3x faster
+    than vmap there, which pays for the extra seeds. The v6 verdict is the run's, whatever it shows.
+
+    v5 (seeds 7-10) met every criterion but one: ``tiny``'s final ``bbc_order`` gap +6.8 [-6.6,
+    +20.2]. v4 (seeds 3-6, ``bbc_order`` 500 per class) ran 15 min 37 s and one random-init seed in four
     learned word order from the labels alone (65.5, as well as the pre-trained encoders), which
     put both final ``bbc_order`` gaps' intervals across 0. v5 gives ``bbc_order`` 200 training
     sentences per class, where random init stays near chance (exploration, seeds 0-2: 50-55), so
@@ -151,12 +160,13 @@ def main() -> ml_collections.ConfigDict:
     c.bases = ("narrow=E32-H32-I64-L1-A2", "tiny=E32-H32-I128-L1-A2")
     c.finetune_tasks = ("bbc_topic", "bbc_order")
     c.finetune_checkpoints = (0.3, 0.55, 0.8, 1.0)
-    c.finetune_seeds = (7, 8, 9, 10)
+    c.finetune_seeds = (11, 12, 13, 14)
     c.finetune_overrides = ("train.epochs=10", "optim.peak_lr=1e-3", "optim.weight_decay=0.01",
                             "data.max_len=64", 'model_overrides=("pooler=weighted_sum",)',
                             "train.early_stopping_patience=0", "eval.batch_size=100",
                             "bbc_topic:data.train_per_class=100", "bbc_topic:data.eval_per_class=200",
-                            "bbc_order:data.train_per_class=200", "bbc_order:data.eval_per_class=300")
+                            "bbc_order:data.train_per_class=200", "bbc_order:data.eval_per_class=300",
+                            f"bbc_order:train.seeds={tuple(range(11, 27))}")
     c.report_bootstrap = 1000
     return c
 

@@ -217,7 +217,7 @@ def test_a_changed_sweep_is_refused_and_only_judges_its_runs(word_shards, tmp_pa
 def test_main_job_end_to_end_smallest_size(tmp_path):
     """README command 1 at the `smoke` size: held-out article split -> corpus -> tokenizer -> shards
     (+ baselines) -> 2 pre-trainings with snapshots at 50% and 100% -> every snapshot and one random
-    twin per architecture fine-tuned on 2 tasks with 2 seeds -> report. Never reads ../shared/data."""
+    twin per architecture fine-tuned on 2 tasks with 2 and 3 seeds -> report. Never reads ../shared/data."""
     env = {**os.environ, "MAIN_OUT": str(tmp_path / "main"), "MAIN_SWEEP": "smoke", "XLA_FLAGS": "",
            "MINILM_SHARED_DATA": str(tmp_path / "no-shared-data")}
     proc = subprocess.run(["bash", "launch/main.sh"], cwd=REPO, env=env, capture_output=True,
@@ -230,7 +230,10 @@ def test_main_job_end_to_end_smallest_size(tmp_path):
                   if r["init"] == "pretrained"}
     assert pretrained == {(run, t, s) for run in ("narrow", "tiny") for t in ("bbc_topic", "bbc_order")
                           for s in (20, 40)}
-    assert all(r["seeds"] == [0, 1] and len(r["member_scores"]) == 2 for r in downstream)
+    # Seeds per task, as in the main job: bbc_order has its own (more) seeds, twins included.
+    seeds = {"bbc_topic": [0, 1], "bbc_order": [0, 1, 2]}
+    assert all(r["seeds"] == seeds[r["task"]] and len(r["member_scores"]) == len(seeds[r["task"]])
+               for r in downstream)
     twins = {r["finetune_workdir"] for r in downstream if r["init"] == "random"}
     assert len(twins) == 4 and all("/random/" in t for t in twins)  # 2 architectures x 2 tasks
     assert {(r["name"], r["split"]) for r in rows if r["kind"] == "baseline"} >= {

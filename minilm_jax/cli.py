@@ -183,6 +183,23 @@ def run_tool(main: Callable[[list[str]], int | None]) -> NoReturn:
     raise AssertionError("absl.app.run returned")  # it always exits
 
 
+def status_of_user_errors(action: Callable[[], int | None]) -> int:
+    """Run ``action``; a user-facing failure (:func:`~minilm_jax.errors.one_line`) becomes one
+    ``error:`` line on stderr and status 2, Ctrl-C ``error: interrupted`` and 130; a bug propagates.
+    For tools whose ``main(argv)`` returns a status (and is called in-process by tests)."""
+    try:
+        return action() or 0
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # user errors and the environment's (disk full, read-only)
+        line = one_line(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
 def exit_on_user_error(err: BaseException) -> None:
     """For a user-facing failure (:func:`~minilm_jax.errors.one_line`): print one ``error:`` line and
     exit 2. Returns for a bug (the caller re-raises it with its traceback)."""

@@ -270,7 +270,7 @@ def test_undecodable_lines_are_counted_by_every_stage(tmp_path):
     strict = corpus_cli("shards", "--corpus", f"text:{corpus}", "--tokenizer",
                         str(tmp_path / "tok" / "bpe-300.model"), "--out", str(tmp_path / "s2"),
                         "--on_decode_error", "fail", "--no_progress")
-    assert strict.returncode == 1 and strict.stderr.startswith(f"error: {corpus}:11: undecodable")
+    assert strict.returncode == 2 and strict.stderr.startswith(f"error: {corpus}:11: undecodable")
     assert not (tmp_path / "s2").exists()
 
 

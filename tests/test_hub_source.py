@@ -88,7 +88,7 @@ def test_fetch_then_build_shards_from_the_hub_source(mirror, tmp_path):
     counts = json.loads((tmp_path / "shards" / "manifest.json").read_text())["source"]["counts"]
     assert sum(c["texts"] for c in counts.values()) == 500  # every train text of both files
     missing = corpus("fetch", "hf-file:google-bert/bert-base-uncased/vocab.txt")
-    assert missing.returncode == 1 and missing.stderr.startswith("error: hub mirror has no")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: hub mirror has no")
 
 
 def test_study_b_full_scale_data_path_against_a_hub_stand_in(tmp_path):

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable, Sequence
 
 from minilm_jax.corpus.errors import CorpusError
-
-EXIT_USER_ERROR = 1
-
 
 def _ints(text: str) -> list[int]:
     try:
@@ -322,21 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from minilm_jax.errors import one_line
+    from minilm_jax.cli import status_of_user_errors
 
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except Exception as err:  # user errors and the environment's (disk full, read-only) in one line
-        line = one_line(err)
-        if line is None:
-            raise
-        print(f"error: {line}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return status_of_user_errors(lambda: args.func(args))
 
 
 def entry() -> None:

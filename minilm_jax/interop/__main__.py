@@ -11,13 +11,12 @@ builds a fresh point, exports it, imports it back and compares with ``transforme
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from minilm_jax.cli import run_tool, tool_parser
+from minilm_jax.cli import run_tool, status_of_user_errors, tool_parser
 from minilm_jax.interop.hf_import import import_roberta
 from minilm_jax.interop.hf_roberta import BOS_ID, EOS_ID, _flat_params, export_roberta
 from minilm_jax.model.config import ModelConfig
@@ -100,17 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from minilm_jax.errors import one_line
-
     args = build_parser().parse_args(None if argv is None else list(argv))
-    try:
-        return args.func(args)
-    except Exception as err:  # user errors and the environment's in one line
-        line = one_line(err)
-        if line is None:
-            raise
-        print(f"error: {line}", file=sys.stderr)
-        return 2
+    return status_of_user_errors(lambda: args.func(args))
 
 
 def entry() -> None:

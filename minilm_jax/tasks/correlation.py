@@ -8,11 +8,14 @@ counted in ``n_valid``.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from minilm_jax.storage import atomic_write_bytes, run_path
 
 from .metrics import average_ranks, pearson_rows
 
@@ -124,7 +127,7 @@ def plot_correlation(x: Any, y: Any, path: str | Path, result: CorrelationResult
         ax.set_title(title)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=120)
-    return path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())  # a local folder or gs://
+    return run_path(str(path))

@@ -22,6 +22,7 @@ from minilm_jax.errors import StorageError, UserError
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import MaskedLM
 from minilm_jax.run_config import config_differences
+from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.train import seal
 
 
@@ -57,7 +58,7 @@ class Checkpoints:
                  identity: dict[str, Any] | None = None, resumable: tuple[str, ...] = ()):
         workdir = str(workdir)
         # Orbax needs absolute paths; gs:// and other URLs pass through.
-        root = epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+        root = epath.Path(run_path(workdir) if is_remote(workdir) else os.path.abspath(workdir))
         self.root = root
         self.identity, self.resumable = identity, tuple(resumable)
         self.every_steps = max(1, int(every_steps))
@@ -233,9 +234,10 @@ def abstract_like(state: Any) -> Any:
 
 
 # ------------------------------------------------------------------ the on-disk layout, for readers
-def find_checkpoint(workdir: Path, which: str) -> tuple[int, Path]:
+def find_checkpoint(workdir: RunPath, which: str) -> tuple[int, RunPath]:
     """(step, directory of the saved train state): ``best``, ``latest`` or ``step:N`` (a snapshot
-    or a kept checkpoint at step N)."""
+    or a kept checkpoint at step N), in a local or ``gs://`` workdir."""
+    workdir = run_path(str(workdir))
     if which.startswith("step:"):
         try:
             step = int(which[len("step:"):])
@@ -249,7 +251,7 @@ def find_checkpoint(workdir: Path, which: str) -> tuple[int, Path]:
                         f"checkpoints/{step}); set checkpoint.keep_fractions when pre-training")
     if which not in ("best", "latest"):
         raise UserError(f"init.which must be 'best', 'latest' or 'step:N', not {which!r}")
-    candidates: list[tuple[int, Path]] = []
+    candidates: list[tuple[int, RunPath]] = []
     if which == "best":
         candidates = [(int(p.name), p / "state") for p in (workdir / "best").glob("*")
                       if p.name.isdigit() and (p / "state").is_dir()]
@@ -262,14 +264,15 @@ def find_checkpoint(workdir: Path, which: str) -> tuple[int, Path]:
     return max(candidates)
 
 
-def load_encoder(checkpoint_dir: Path, model: ModelConfig) -> nnx.State:
+def load_encoder(checkpoint_dir: RunPath, model: ModelConfig) -> nnx.State:
     """The encoder part (parameters and other state, e.g. BatchNorm statistics) of the ``MaskedLM``
     train state saved in ``checkpoint_dir`` (from :func:`find_checkpoint`), as host arrays in the
     layout of ``SequenceClassifier.encoder``; nothing else is read."""
     return load_model_state(checkpoint_dir, model, part="encoder")
 
 
-def load_model_state(checkpoint_dir: Path, model: ModelConfig, part: str | None = None) -> nnx.State:
+def load_model_state(checkpoint_dir: RunPath, model: ModelConfig,
+                     part: str | None = None) -> nnx.State:
     """The ``MaskedLM`` state (parameters and other state) saved in ``checkpoint_dir``, or only its
     ``part`` (e.g. ``"encoder"``), as host arrays; optimizer state is never read."""
     abstract = nnx.eval_shape(lambda: MaskedLM(model, rngs=nnx.Rngs(params=0)))
@@ -281,13 +284,14 @@ def load_model_state(checkpoint_dir: Path, model: ModelConfig, part: str | None 
     item: dict[str, Any] = {"params": nest(params)}
     if jax.tree.leaves(rest):
         item["rest"] = nest(rest)
-    verdict = seal.verify(Path(checkpoint_dir).parent)
+    checkpoint_dir = run_path(str(checkpoint_dir))
+    verdict = seal.verify(checkpoint_dir.parent)
     if verdict.state == "corrupt":
-        raise CheckpointError(f"checkpoint {Path(checkpoint_dir).parent} is corrupt "
+        raise CheckpointError(f"checkpoint {checkpoint_dir.parent} is corrupt "
                               f"({verdict.reason}); use another (init.which) or re-create it")
     try:
         restored = ocp.PyTreeCheckpointer().restore(
-            str(Path(checkpoint_dir).resolve()),
+            str(checkpoint_dir if is_remote(checkpoint_dir) else checkpoint_dir.resolve()),
             args=ocp.args.PyTreeRestore(
                 item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                 partial_restore=True))

@@ -22,7 +22,7 @@ import json
 import time
 from typing import Any
 
-from minilm_jax.storage import RunPath, atomic_write_json, run_path
+from minilm_jax.storage import RunPath, atomic_write_json, files_under, run_path
 
 SEAL_NAME = "seal.json"
 QUARANTINE = "quarantine"
@@ -40,12 +40,7 @@ class Verdict:
 
 
 def _files(step_dir: RunPath) -> dict[str, RunPath]:
-    root = run_path(str(step_dir))
-    out = {}
-    for path in root.rglob("*"):
-        if path.is_file() and path.name != SEAL_NAME:
-            out[str(path.relative_to(root))] = path
-    return out
+    return {name: path for name, path in files_under(step_dir).items() if name != SEAL_NAME}
 
 
 def _sha256(path: RunPath) -> str:

@@ -17,7 +17,8 @@ _RUN_FLAGS = define_run_flags("pre-training", "configs/pretrain.py:<point>")
 
 def main(argv: list[str]) -> None:
     del argv
-    from minilm_jax.train.loop import Pretrainer, maybe_initialize_distributed
+    from minilm_jax.train.distributed import maybe_initialize_distributed
+    from minilm_jax.train.loop import Pretrainer
 
     config, workdir = _RUN_FLAGS()
     maybe_initialize_distributed(config)

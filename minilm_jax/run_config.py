@@ -43,6 +43,22 @@ def optim_section(**values: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({**fields, **values})
 
 
+def distributed_section() -> ml_collections.ConfigDict:
+    """Multi-host fields (pre-training and fine-tuning): read by
+    :func:`minilm_jax.train.distributed.maybe_initialize_distributed`."""
+    c = ml_collections.ConfigDict()
+    c.initialize = False  # call jax.distributed.initialize (TPU pods, multi-host GPU)
+    c.coordinator_address = ""  # host:port of process 0; "": detected from the cluster
+    c.num_processes = 0  # 0: detected
+    c.process_id = -1  # -1: detected
+    return c
+
+
+# The ``distributed`` fields: how a run is launched, never what it computes (a run may resume on
+# another number of processes).
+DISTRIBUTED_FIELDS = tuple(f"distributed.{k}" for k in distributed_section())
+
+
 def pretrain_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
     """SPEC A4's recipe for ``point``; every number is a field."""
     c = ml_collections.ConfigDict()
@@ -100,11 +116,7 @@ def pretrain_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
     c.mesh.data = -1  # -1: all devices not used by other axes
     c.mesh.fsdp = 1
 
-    c.distributed = ml_collections.ConfigDict()
-    c.distributed.initialize = False  # call jax.distributed.initialize (TPU pods, multi-host GPU)
-    c.distributed.coordinator_address = ""
-    c.distributed.num_processes = 0
-    c.distributed.process_id = -1
+    c.distributed = distributed_section()
     return c
 
 
@@ -113,9 +125,8 @@ RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.progress", "tra
                     "eval.every_steps", "eval.per_decade", "eval.test_at_end", "checkpoint.every_steps",
                     "checkpoint.every_minutes", "checkpoint.keep", "checkpoint.keep_fractions",
                     "data.prefetch",
-                    "data.verify_checksums", "distributed.initialize",
-                    "distributed.coordinator_address", "distributed.num_processes",
-                    "distributed.process_id", "mesh.data", "mesh.fsdp", "train.steps_per_dispatch")
+                    "data.verify_checksums", *DISTRIBUTED_FIELDS, "mesh.data", "mesh.fsdp",
+                    "train.steps_per_dispatch")
 
 
 def snapshot_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:

@@ -57,9 +57,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def distributed_flags(distributed) -> list[str]:
+    """The ``--config.distributed.*`` flags of process ``process_id`` of ``num_processes``, with
+    the coordinator on localhost:``port``."""
+    port, process_id, num_processes = distributed
+    return ["--config.distributed.initialize=True",
+            f"--config.distributed.coordinator_address=localhost:{port}",
+            f"--config.distributed.num_processes={num_processes}",
+            f"--config.distributed.process_id={process_id}"]
+
+
+def start(name, tmp_path, args, *, devices, env=None):
+    """Start ``python args...`` with ``devices`` fake CPU devices (and ``env`` added); its
+    stdout+stderr go to ``<tmp>/<name>.log``."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
+           # opt level 0 halves XLA's CPU compile time; every run here uses the same flags
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                        "--xla_backend_optimization_level=0", **(env or {})}
+    log_path = tmp_path / f"{name}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc.name, proc.log_path = name, log_path
+    return proc
+
+
 def launch(name, tmp_path, shards, workdir, *, devices, mesh, distributed=None):
     """Start one pre-training process; its stdout+stderr go to ``<tmp>/<name>.log``."""
-    args = [sys.executable, "-c", DRIVER, f"--config=configs/pretrain.py:{POINT}",
+    args = ["-c", DRIVER, f"--config=configs/pretrain.py:{POINT}",
             f"--workdir={workdir}", f"--config.data.shards={shards}", "--config.model.max_len=64",
             f"--config.train.num_steps={STEPS}", f"--config.train.batch_size={BATCH}",
             "--config.train.log_every=1", "--config.optim.warmup_steps=4",
@@ -68,22 +93,9 @@ def launch(name, tmp_path, shards, workdir, *, devices, mesh, distributed=None):
             f"--config.mesh.data={mesh[0]}", f"--config.mesh.fsdp={mesh[1]}",
             "--config.train.peak_flops=1e12", "--config.train.progress=False"]
     if distributed is not None:
-        port, process_id, num_processes = distributed
-        args += ["--config.distributed.initialize=True",
-                 f"--config.distributed.coordinator_address=localhost:{port}",
-                 f"--config.distributed.num_processes={num_processes}",
-                 f"--config.distributed.process_id={process_id}"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
-           # opt level 0 halves XLA's CPU compile time; every run here uses the same flags
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
-                        "--xla_backend_optimization_level=0",
-           "MINILM_TEST_ROW_LOG": str(tmp_path / f"{name}.rows.jsonl")}
-    log_path = tmp_path / f"{name}.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    proc.name, proc.log_path = name, log_path
-    return proc
+        args += distributed_flags(distributed)
+    return start(name, tmp_path, args, devices=devices,
+                 env={"MINILM_TEST_ROW_LOG": str(tmp_path / f"{name}.rows.jsonl")})
 
 
 def output(proc) -> str:

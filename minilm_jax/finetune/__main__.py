@@ -9,6 +9,8 @@ Each epoch is evaluated on a validation split carved from train (model selection
 splits (GLUE dev, test, holdout) are scored once at the end, with the final and with each seed's
 selected parameters (summary ``final`` and ``selected``: mean, sample std, n).
 Re-running the same command resumes from the newest checkpoint of each run.
+Several hosts: the same command on each, with ``--config.distributed.initialize=True`` (README,
+"Multi-host fine-tuning").
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ _RUN_FLAGS = define_run_flags("fine-tuning", "configs/finetune.py:<task>")
 def main(argv: list[str]) -> None:
     del argv
     from minilm_jax.finetune.run import run_finetune
+    from minilm_jax.train.distributed import maybe_initialize_distributed
 
     config, workdir = _RUN_FLAGS()
+    maybe_initialize_distributed(config)
     summaries = run_finetune(config, workdir)
     brief = {init: {"status": s["status"],
                     **{f"{which}{part}": s.get(which, {}).get(key)

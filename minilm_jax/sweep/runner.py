@@ -120,10 +120,10 @@ class FinetuneJob:
 
 def twin_key(run: Run, config: ml_collections.ConfigDict) -> str:
     """Identity of a random-init twin: the architecture and the fine-tuning recipe (seeds included),
-    not the checkpoint (nor how the run is launched: ``distributed.*``), so runs of one architecture
-    share one twin."""
+    not the checkpoint (nor how the run is launched or executed: ``distributed.*``,
+    ``train.members``), so runs of one architecture share one twin."""
     flat = {k: v for k, v in flatten(config).items()
-            if not k.startswith(("init.", "distributed."))}
+            if not k.startswith(("init.", "distributed.")) and k != "train.members"}
     flat["model"] = {k: v for k, v in flatten(run.config.model).items()}
     digest = hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{run.point}__{digest}"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from minilm_jax.corpus.errors import CorpusError
 
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.replace(",", " ").split()]

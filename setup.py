@@ -7,7 +7,10 @@ setup(
     version="0.1.0",
     description="Tiny masked language models (1M-100M parameters) in JAX/Flax: reduced-vocabulary "
                 "pre-training, GLUE, scaling laws, soft committees.",
-    packages=find_packages(include=["minilm_jax", "minilm_jax.*"]),
+    # configs/ (the recipes a researcher edits) is the package minilm_jax.configs, in a wheel and in
+    # an editable install.
+    packages=find_packages(include=["minilm_jax", "minilm_jax.*"]) + ["minilm_jax.configs"],
+    package_dir={"minilm_jax.configs": "configs"},
     package_data={"minilm_jax": ["corpus/*.tsv"]},
     python_requires=">=3.11",
     install_requires=[

@@ -20,7 +20,7 @@ import numpy as np
 
 from minilm_jax import accounting
 from minilm_jax.cli import run_tool, tool_parser
-from minilm_jax.run_config import pretrain_config
+from minilm_jax.configs import pretrain as pretrain_recipe
 from minilm_jax.model.sizes import resolve_point
 from minilm_jax.storage import atomic_write_json
 from minilm_jax.train.masking import MaskingConfig
@@ -39,7 +39,7 @@ def synthetic_tokens(batch: int, seq_len: int, vocab: int, seed: int = 0) -> np.
 
 def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
                attention: str, min_seconds: float = 2.0) -> dict:
-    config = pretrain_config(point)
+    config = pretrain_recipe.get_config(point)
     cfg = resolve_point(point, dtype=dtype, attention_impl=attention,
                         attention_dropout=0.0 if attention != "einsum" else 0.1)
     optimizer = make_optimizer(config.optim, 10_000)

@@ -1,13 +1,15 @@
-"""ml-collections run configs and their conversion into frozen, typed objects.
+"""What the library knows of run configs: their shared sections, overrides, resumable fields and
+the conversion into frozen, typed objects.
 
-Every number of the recipe is a field; model fields come from the point grammar
-(:mod:`minilm_jax.model.sizes`) and are checked into a frozen :class:`ModelConfig` before any model code
-sees them.
+The recipes themselves (every number of a run) are in ``configs/`` (``minilm_jax.configs``); model
+fields come from the point grammar (:mod:`minilm_jax.model.sizes`) and are checked into a frozen
+:class:`ModelConfig` before any model code sees them.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -28,21 +30,6 @@ def model_from_config(config: ml_collections.ConfigDict) -> ModelConfig:
     return ModelConfig.from_mapping(config.model.to_dict())
 
 
-def optim_section(**values: Any) -> ml_collections.ConfigDict:
-    """AdamW + schedule fields; defaults are SPEC A4's pre-training recipe."""
-    fields = dict(
-        peak_lr=5e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01,
-        decay_mask=False,  # True: no decay on biases and LayerNorm parameters
-        schedule="inverse_sqrt",  # inverse_sqrt (paper) | linear | cosine | constant
-        warmup_steps=-1,  # -1: min(4000, 5% of total updates) (paper)
-        end_lr_fraction=0.0,  # linear/cosine: final lr = peak * this
-        clip_norm=0.0)  # global-norm clipping; 0 disables
-    unknown = set(values) - set(fields)
-    if unknown:
-        raise ConfigError(f"unknown optim fields {sorted(unknown)}")
-    return ml_collections.ConfigDict({**fields, **values})
-
-
 def distributed_section() -> ml_collections.ConfigDict:
     """Multi-host fields (pre-training and fine-tuning): read by
     :func:`minilm_jax.train.distributed.maybe_initialize_distributed`."""
@@ -57,67 +44,6 @@ def distributed_section() -> ml_collections.ConfigDict:
 # The ``distributed`` fields: how a run is launched, never what it computes (a run may resume on
 # another number of processes).
 DISTRIBUTED_FIELDS = tuple(f"distributed.{k}" for k in distributed_section())
-
-
-def pretrain_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
-    """SPEC A4's recipe for ``point``; every number is a field."""
-    c = ml_collections.ConfigDict()
-    c.point = point
-    c.model = model_config_dict(point)
-    c.seed = 0
-
-    c.data = ml_collections.ConfigDict()
-    c.data.shards = ""  # token-shard directory (see minilm_jax.data.shards)
-    c.data.train_split = "train"
-    c.data.eval_split = "validation"
-    c.data.test_split = "test"
-    c.data.prefetch = 4  # host batches prepared ahead of the device
-    c.data.verify_checksums = False
-
-    c.mlm = ml_collections.ConfigDict()
-    c.mlm.mask_prob = 0.15
-    c.mlm.max_predictions = 32  # static gathered positions per sequence (>= 99.9% of 15% of 128)
-    c.mlm.replacement = "mask"  # "mask": all selected -> <mask> (paper); "bert": 80/10/10
-    c.mlm.mask_id = 4
-    c.mlm.never_mask_ids = (0, 1, 2, 3)  # <s>, <pad>, </s>, <unk>
-    c.mlm.random_token_min_id = 5  # random replacements (bert mode) draw from [min_id, V)
-
-    c.optim = optim_section()
-
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 256  # global sequences per optimizer step
-    c.train.num_steps = 35475  # one epoch of the paper's corpus
-    c.train.grad_accum = 1  # micro-batches per optimizer step
-    c.train.steps_per_dispatch = 1  # optimizer steps per compiled call (lax.scan)
-    c.train.log_every = 50
-    c.train.peak_flops = 0.0  # device peak FLOP/s for MFU; 0: measure a matmul at start
-    c.train.progress = True
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.every_steps = 1000
-    # > 0: also evaluate at this many log-spaced steps per decade (10^(k/n), from step 10), so a
-    # loss-vs-FLOPs frontier has points at small compute as well as on the cadence.
-    c.eval.per_decade = 0
-    c.eval.batch_size = 256
-    c.eval.max_sequences = 0  # 0: the whole split
-    c.eval.seed = 1234  # fixed evaluation masks
-    c.eval.test_at_end = True
-
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 1000
-    c.checkpoint.every_minutes = 30.0
-    c.checkpoint.keep = 3
-    c.checkpoint.keep_best = True
-    # Snapshots kept for good at these fractions of train.num_steps (evaluated there too), e.g.
-    # (0.4, 0.7, 1.0): one pre-training run gives several checkpoints to fine-tune from.
-    c.checkpoint.keep_fractions = ()
-
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # -1: all devices not used by other axes
-    c.mesh.fsdp = 1
-
-    c.distributed = distributed_section()
-    return c
 
 
 # Fields that may change between a run and its resumption (run control, not the experiment).
@@ -233,9 +159,23 @@ def apply_override(config: ml_collections.ConfigDict, assignment: str) -> tuple[
         value = check_override(config, field, text)
     except ConfigError as err:
         raise ConfigError(f"override {assignment!r}: {err}") from err
+    _set(config, field, value)
+    return field, value
+
+
+def _set(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
     *parents, leaf = field.split(".")
     node = config
     for part in parents:
         node = node[part]
     node[leaf] = value
-    return field, value
+
+
+def apply_recipe(config: ml_collections.ConfigDict, recipe: Mapping[str, Any], what: str) -> None:
+    """Set ``{"a.b": value}`` fields of ``config`` in place; every field must exist already
+    (``what`` names the recipe in the error, e.g. ``task sst2``)."""
+    valid = flatten(config)
+    for field, value in recipe.items():
+        if field not in valid:
+            raise ConfigError(f"{what}: recipe field {field!r} is not a field of the config")
+        _set(config, field, value)

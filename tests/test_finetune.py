@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, shared_path, write_line_shards
 
 from minilm_jax.errors import UserError
-from minilm_jax.finetune.config import finetune_config
+from minilm_jax.configs.finetune import get_config as finetune_config
 from minilm_jax.finetune.loop import Finetuner
 from minilm_jax.finetune.tables import glue_averages, run_row, tables, write_tables
 
@@ -31,7 +31,7 @@ def pretrained(tmp_path_factory) -> dict[str, Path]:
     """A SentencePiece tokenizer (1,000 pieces) trained on real text, shards of WikiText-2 and a short
     pre-training run of a tiny model on them."""
     from minilm_jax.corpus.tokenizer_train import train_sentencepiece
-    from minilm_jax.run_config import pretrain_config
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
     from minilm_jax.tokenizer import load_tokenizer
     from minilm_jax.train.loop import Pretrainer
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import shared_path
 
-from minilm_jax.finetune.config import finetune_config
+from minilm_jax.configs.finetune import get_config as finetune_config
 from minilm_jax.finetune.loop import Finetuner
 from minilm_jax.finetune.selection import (majority_baseline, mean_std, sample_std, split_metrics,
                                            unk_counts, unk_warnings)

@@ -59,7 +59,7 @@ def raw_records(uri: str) -> list[tuple[int, str]]:
 
 
 def pre_config(shards: Path):
-    from minilm_jax.run_config import pretrain_config
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
 
     c = pretrain_config(POINT)
     c.model.max_len = SEQ
@@ -167,7 +167,7 @@ FT_OVERRIDES = {"data.max_len": SEQ, "data.train_per_class": 25, "data.eval_per_
 
 
 def ft_config(pretrained: dict[str, Any]):
-    from minilm_jax.finetune.config import finetune_config
+    from minilm_jax.configs.finetune import get_config as finetune_config
 
     c = finetune_config("ag_news")
     c.init.checkpoint = pretrained["workdir"]

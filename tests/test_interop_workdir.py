@@ -85,7 +85,7 @@ def test_auto_tokenizer_of_a_wordpiece_vocabulary(tmp_path):
 def trained(tmp_path_factory) -> dict[str, Path]:
     """A unigram tokenizer and a short pre-training run of an exportable model (E == H, no
     projection) on WikiText-2 shards."""
-    from minilm_jax.run_config import pretrain_config
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
     from minilm_jax.train.loop import Pretrainer
 
     root = tmp_path_factory.mktemp("export")
@@ -177,7 +177,7 @@ def test_what_roberta_cannot_hold_is_refused_before_reading(trained, tmp_path, c
 def test_fine_tuning_starts_from_an_exported_directory(trained, tmp_path):
     from minilm_jax.finetune.loop import Finetuner
     from minilm_jax.interop.workdir import export_workdir
-    from minilm_jax.finetune.config import finetune_config
+    from minilm_jax.configs.finetune import get_config as finetune_config
 
     out = export_workdir(trained["pre"], tmp_path / "hf")
     config = finetune_config("ag_news")

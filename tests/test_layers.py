@@ -1,6 +1,6 @@
 """The package's layering: no module imports from a layer above its own.
 
-0 errors, storage, text normalisation -> 1 model, data, corpus, tasks, tokenizer, configs plumbing
+0 errors, storage, text normalisation -> 1 model, data, corpus, tasks, tokenizer, the recipes (configs/)
 -> 2 the engine (train, finetune) -> 3 studies (analysis, sweeps, report, committee, latency,
 interop, compile checks, benches) -> 4 entry points (``__main__`` modules and commands).
 """
@@ -15,12 +15,15 @@ import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "minilm_jax"
+CONFIGS = REPO / "configs"  # the package minilm_jax.configs (setup.py maps it)
 
 LAYERS = {  # module or package prefix -> layer; the longest matching prefix decides
     "minilm_jax.errors": 0, "minilm_jax.storage": 0, "minilm_jax.text_norm": 0,
     "minilm_jax.model": 1, "minilm_jax.accounting": 1,
     "minilm_jax.run_config": 1, "minilm_jax.tokenizer": 1, "minilm_jax.data": 1,
     "minilm_jax.corpus": 1, "minilm_jax.tasks": 1, "minilm_jax.cli": 1,
+    "minilm_jax.configs": 1,  # the recipes (configs/, installed as minilm_jax.configs)
+    "minilm_jax.configs.task_recipes": 0,  # plain values, read by the task registry
     "minilm_jax.train": 2, "minilm_jax.finetune": 2,
     "minilm_jax.finetune.tables": 3,  # tables over many fine-tuning runs: a study
     "minilm_jax.finetune.run": 4,  # the fine-tuning command (one init or both, then the table)
@@ -37,6 +40,8 @@ ENTRY = 4
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[0] == "configs":
+        parts.insert(0, "minilm_jax")
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
@@ -74,7 +79,7 @@ def imports_of(path: Path, module: str) -> set[str]:
     return {m for m in found if m == "minilm_jax" or m.startswith("minilm_jax.")}
 
 
-MODULES = sorted((module_name(p), p) for p in PACKAGE.rglob("*.py"))
+MODULES = sorted((module_name(p), p) for p in [*PACKAGE.rglob("*.py"), *CONFIGS.glob("*.py")])
 
 
 def test_every_module_has_a_layer():

@@ -186,8 +186,43 @@ def test_conv_arch_requires_conv_fields():
 
 
 def test_unknown_arch_lists_registered():
-    with pytest.raises(ConfigError, match=r"unknown encoder 'nope'; registered: \['bert', 'bert_conv', 'roberta'"):
+    with pytest.raises(ConfigError, match=r"unknown encoder 'nope'; registered: \['bert', 'bert_conv', 'roberta'.*"
+                                          r"or an import path"):
         MaskedLM(resolve_point(SMALL, arch="nope"), rngs=nnx.Rngs(0))
+
+
+GATED_ENCODER = """
+import jax.numpy as jnp
+from flax import nnx
+from minilm_jax.model.encoder import TransformerEncoder
+
+
+class GatedEncoder(TransformerEncoder):
+    def __init__(self, cfg, *, rngs):
+        super().__init__(cfg, rngs=rngs)
+        self.gate = nnx.Param(jnp.full((cfg.hidden_dim,), 0.5))
+
+    def embed(self, tokens_bt, token_types_bt, segment_ids_bt, key, train):
+        return super().embed(tokens_bt, token_types_bt, segment_ids_bt, key, train) * self.gate[...]
+"""
+
+
+def test_an_encoder_is_selected_by_import_path(tmp_path, monkeypatch):
+    """``model.arch=module:Name`` builds a class no registry line names."""
+    (tmp_path / "lab_encoders.py").write_text(GATED_ENCODER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gated = build_mlm(resolve_point(SMALL, arch="lab_encoders:GatedEncoder"), seed=0)
+    plain = build_mlm(resolve_point(SMALL), seed=0)
+    assert type(gated.encoder).__name__ == "GatedEncoder"
+    x = jnp.full((2, 8), 7, jnp.int32)
+    positions = jnp.zeros((2, 3), jnp.int32)
+    assert gated(x, positions).shape == plain(x, positions).shape == (2, 3, 300)
+    assert not np.allclose(gated(x, positions), plain(x, positions))  # the gate is applied
+    with pytest.raises(ConfigError, match="model.arch='lab_encoders:Missing': lab_encoders has no "
+                                          "encoder 'Missing'"):
+        build_mlm(resolve_point(SMALL, arch="lab_encoders:Missing"))
+    with pytest.raises(ConfigError, match="cannot import 'no_such_lab.encoders' \\(No module"):
+        build_mlm(resolve_point(SMALL, arch="no_such_lab.encoders:X"))
 
 
 def test_heads_are_honoured():

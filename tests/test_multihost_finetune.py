@@ -71,7 +71,7 @@ def toy(tmp_path_factory) -> dict[str, Path]:
     """Class folders (three topics, each with its own words among shared ones), a WordPiece
     vocabulary of exactly those words, and a two-step pre-training run on the same text."""
     from minilm_jax.data.shards import write_shards
-    from minilm_jax.run_config import pretrain_config
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
     from minilm_jax.tokenizer import load_tokenizer
     from minilm_jax.train.loop import Pretrainer
 

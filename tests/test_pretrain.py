@@ -16,9 +16,11 @@ import pytest
 from minilm_jax.errors import UserError
 from minilm_jax.data.shards import ShardError
 from minilm_jax.model.config import ConfigError
-from minilm_jax.run_config import log_eval_steps, pretrain_config
+from minilm_jax.configs.pretrain import get_config as pretrain_config
+from minilm_jax.run_config import log_eval_steps
 from minilm_jax.train.batches import BatchIndexer
-from minilm_jax.train.loop import Pretrainer, TrainingDiverged
+from minilm_jax.train.dispatch import TrainingDiverged
+from minilm_jax.train.loop import Pretrainer
 from minilm_jax.train.masking import MaskingConfig, mask_tokens
 from minilm_jax.train.run_log import read_metrics
 

@@ -269,8 +269,8 @@ def test_placeholders_name_prepared_data_and_an_empty_one_is_refused():
 def test_random_twin_identity_is_the_recipe_not_how_it_runs():
     """One twin per architecture and fine-tuning recipe: seeds change it; the multi-host fields and
     how the members are executed (vmap / map) do not."""
-    from minilm_jax.finetune.config import finetune_config
-    from minilm_jax.run_config import pretrain_config
+    from minilm_jax.configs.finetune import get_config as finetune_config
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
     from minilm_jax.sweep.runner import twin_key
     from minilm_jax.sweep.spec import Run
 

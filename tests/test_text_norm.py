@@ -1,7 +1,5 @@
 """One normalisation across corpus filter, task filter, tokenizer training and task encoding."""
 
-import pytest
-
 from minilm_jax.corpus.words import check_words
 from minilm_jax.tasks.vocab_filter import content_words
 from minilm_jax.text_norm import join_contractions, normalize

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from minilm_jax.model.config import ConfigError
-from minilm_jax.run_config import apply_override, pretrain_config
+from minilm_jax.configs.pretrain import get_config as pretrain_config
+from minilm_jax.run_config import apply_override
 
 from test_pretrain import REPO, cli_env
 
@@ -42,7 +43,7 @@ def test_sweeps_parse_overrides_like_the_command_line():
 def test_sigterm_in_one_init_stops_the_whole_both_run(tmp_path, monkeypatch):
     """``init.mode=both``: a preempted first sub-run does not start the second."""
     from minilm_jax.finetune import run as run_module
-    from minilm_jax.finetune.config import finetune_config
+    from minilm_jax.configs.finetune import get_config as finetune_config
 
     started = []
 
@@ -183,3 +184,37 @@ def test_stderr_filter_drops_interleaved_closed_loop_tracebacks_and_keeps_the_re
     err.write("Traceback (most recent call last):\n" + frame)
     err._release()  # at exit, a traceback cut off early is shown, not lost
     assert sink.getvalue().count("Traceback") == 3
+
+
+def test_an_encoder_named_by_import_path_pretrains_and_reloads_from_the_command_line(
+        word_shards, tmp_path):
+    """``--config.model.arch=module:Name``: no registry line, no edit of the package; the
+    checkpoint records the path and reloading it builds the same class."""
+    import os
+
+    from test_model import GATED_ENCODER
+    from test_pretrain import cli_args
+
+    from minilm_jax.finetune.pretrained import PretrainedRun
+
+    (tmp_path / "lab_encoders.py").write_text(GATED_ENCODER)
+    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(tmp_path),
+                                                       os.environ.get("PYTHONPATH", "")])}
+    args = cli_args(word_shards, tmp_path / "w", steps=10) + [
+        "--config.model.arch=lab_encoders:GatedEncoder"]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = PretrainedRun.open(tmp_path / "w", "latest")
+    assert run.model.arch == "lab_encoders:GatedEncoder" and run.step == 10
+    sys.path.insert(0, str(tmp_path))
+    try:
+        state = run.encoder_state()
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert "gate" in state  # the custom parameter was trained and saved
+    bad = subprocess.run(cli_args(word_shards, tmp_path / "w2", steps=10) + [
+        "--config.model.arch=lab_encoders:GatedEncoder"], cwd=REPO, env=cli_env(),
+        capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+        "error: model.arch='lab_encoders:GatedEncoder': cannot import 'lab_encoders'"), bad.stderr
+    assert not (tmp_path / "w2").exists()  # refused before anything was written

@@ -1,5 +1,4 @@
-"""Fine-tuning and evaluation on downstream tasks (GLUE, study B's tasks, local class folders)."""
+"""Fine-tuning and evaluation on downstream tasks (GLUE, study B's tasks, local class folders).
 
-from .config import finetune_config
-
-__all__ = ["finetune_config"]
+The recipe is ``configs/finetune.py`` (``minilm_jax.configs.finetune.get_config(task)``).
+"""

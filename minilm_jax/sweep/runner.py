@@ -26,7 +26,7 @@ import ml_collections
 from minilm_jax import accounting
 from minilm_jax.errors import UserError
 from minilm_jax.storage import WorkdirLock, atomic_write_json
-from minilm_jax.finetune.config import finetune_config
+from minilm_jax.configs import finetune as finetune_recipe
 from minilm_jax.tasks.registry import task_names
 from minilm_jax.finetune.config import RESUMABLE_FIELDS as FINETUNE_RUN_CONTROL
 from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config, snapshot_steps
@@ -59,7 +59,7 @@ def finetune_run_config(sweep: ml_collections.ConfigDict, task: str, checkpoint:
     """The fine-tuning config of ``task`` for a run's checkpoint, with the sweep's
     ``finetune_data_dir``, ``finetune_seeds`` and overrides (``field=value`` for every task,
     ``task:field=value`` for one)."""
-    config = finetune_config(task)
+    config = finetune_recipe.get_config(task)
     config.init.checkpoint = str(checkpoint)
     config.init.mode = sweep.finetune_init
     if sweep.get("finetune_data_dir"):

@@ -30,8 +30,8 @@ import ml_collections
 
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError
-from minilm_jax.run_config import (apply_override, flatten, model_from_config, pretrain_config,
-                                   snapshot_steps)
+from minilm_jax.configs import pretrain as pretrain_recipe
+from minilm_jax.run_config import apply_override, flatten, model_from_config, snapshot_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _split_assignment(entry: str, what: str) -> tuple[str, str]:
 
 
 def _run_config(point: str, overrides: list[str]) -> ml_collections.ConfigDict:
-    config = pretrain_config(point)
+    config = pretrain_recipe.get_config(point)
     for assignment in overrides:
         apply_override(config, assignment)
     return config

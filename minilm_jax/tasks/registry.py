@@ -1,7 +1,7 @@
 """The task registry: every downstream task in one place — its family, metrics, loader and
-fine-tuning recipe.
+fine-tuning recipe (the built-in tasks' recipes are in ``configs/task_recipes.py``).
 
-Fine-tuning configs (``finetune_config``), data loading (``load_task_data``), metrics
+Fine-tuning configs (``configs/finetune.py``), data loading (``load_task_data``), metrics
 (``task_metrics``, ``glue_score``), results tables and sweeps only look tasks up here. Adding a task
 is one :func:`register_task` call with a loader::
 
@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
+
+from minilm_jax.configs.task_recipes import TASK_RECIPES
 
 from .base import TaskDataError
 from .glue import GLUE_ALIASES, GLUE_TASKS
@@ -58,19 +60,6 @@ class TaskEntry:
             raise ValueError(f"task {self.name}: no metric names")
 
 
-# SPEC A6: batch 32, LR 2e-4, weight decay 0, 5 epochs, linear decay, no warmup.
-GLUE_RECIPE = {"optim.peak_lr": 2e-4, "optim.weight_decay": 0.0, "train.epochs": 5,
-               "train.batch_size": 32}
-# SPEC B: AdamW 5e-5, batch 32, up to 50 epochs (early stopping on the validation split); weight
-# decay 0.01 is not stated for fine-tuning: the pre-training value.
-STUDY_B_RECIPE = {"optim.peak_lr": 5e-5, "optim.weight_decay": 0.01, "train.epochs": 50,
-                  "train.batch_size": 32, "train.early_stopping_patience": 5,
-                  "data.eval_splits": ("test",), "data.source": "csv"}
-# The main job's BBC sentence tasks (minilm_jax.tasks.bbc).
-BBC_SENTENCE_RECIPE = {**STUDY_B_RECIPE, "data.source": "bbc", "optim.peak_lr": 1e-3,
-                       "train.epochs": 10, "train.early_stopping_patience": 0, "data.max_len": 64}
-FOLDER_RECIPE = {**STUDY_B_RECIPE, "data.source": "folders", "data.eval_splits": ("holdout",)}
-
 _REGISTRY: dict[str, TaskEntry] = {}
 
 
@@ -102,26 +91,20 @@ def task_names(family: str | None = None) -> tuple[str, ...]:
 
 
 def _register_builtin() -> None:
+    """The built-in tasks; each one's recipe is its entry of ``configs/task_recipes.py``."""
     for name, spec in GLUE_TASKS.items():
-        recipe = dict(GLUE_RECIPE)
-        if name == "mnli":
-            recipe["data.eval_splits"] = ("dev_matched", "dev_mismatched")
-        register_task(TaskEntry(name, "glue", spec.metric_names, load_glue_task, recipe))
+        register_task(TaskEntry(name, "glue", spec.metric_names, load_glue_task,
+                                TASK_RECIPES[name]))
     accuracy = ("accuracy",)
-    register_task(TaskEntry("ag_news", "study_b", accuracy, load_news_task,
-                            {**STUDY_B_RECIPE, "data.train_per_class": 1000,
-                             "data.eval_per_class": 1000}))
-    register_task(TaskEntry("dbpedia14", "study_b", accuracy, load_news_task,
-                            {**STUDY_B_RECIPE, "data.train_per_class": 100,
-                             "data.eval_per_class": 100}))
-    register_task(TaskEntry("fewrel", "study_b", accuracy, load_fewrel_task,
-                            {**STUDY_B_RECIPE, "data.source": "json", "data.train_per_class": 630,
-                             "data.eval_per_class": 70}, splits_per_class=True))
+    for name in ("ag_news", "dbpedia14"):
+        register_task(TaskEntry(name, "study_b", accuracy, load_news_task, TASK_RECIPES[name]))
+    register_task(TaskEntry("fewrel", "study_b", accuracy, load_fewrel_task, TASK_RECIPES["fewrel"],
+                            splits_per_class=True))
     for name in ("folders", "bbc", "bbc_headlines"):
-        register_task(TaskEntry(name, "local", accuracy, load_folder_task, FOLDER_RECIPE))
+        register_task(TaskEntry(name, "local", accuracy, load_folder_task, TASK_RECIPES[name]))
     for name in ("bbc_topic", "bbc_order"):
         register_task(TaskEntry(name, "local", accuracy, load_bbc_sentence_task,
-                                BBC_SENTENCE_RECIPE))
+                                TASK_RECIPES[name]))
 
 
 _register_builtin()

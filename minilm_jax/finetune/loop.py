@@ -24,7 +24,6 @@ from minilm_jax.tasks.batching import bucket_length, cut_to_bucket, pad_to_batch
 from minilm_jax.tasks.encoding import encode_examples
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train import batches as batch_lib
-from minilm_jax.train.checkpoint import Checkpoints
 from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
 from minilm_jax.train import runner
@@ -266,22 +265,11 @@ class Finetuner(runner.LoopSpec):
         return self.state, self._early_stop(self._history)
 
     # ----------------------------------------------------------------------------- run
-    def run(self) -> dict[str, Any]:
-        """Train to the end (or preemption); the run's summary. The workdir lock is released
-        however the run ends."""
-        try:
-            return self._run()
-        finally:
-            self.lock.release()
-
-    def _run(self) -> dict[str, Any]:
+    def train(self) -> dict[str, Any]:
         config, tc = self.config, self.config.train
-        ckpts = Checkpoints(self.workdir, keep=config.checkpoint.keep,
-                            every_steps=config.checkpoint.every_steps,
-                            every_minutes=config.checkpoint.every_minutes, keep_best=False,
-                            identity=self.identity, resumable=RESUMABLE_FIELDS)
-        self.writer = MetricsWriter(self.workdir)
-        start, self.state = runner.restore(ckpts, self.writer, self.state)
+        ckpts, self.writer, start, self.state = runner.open_run(
+            self.workdir, config.checkpoint, self.state, identity=self.identity,
+            resumable=RESUMABLE_FIELDS, keep_best=False)
         self._history = history = self._load_history(start)
         self._window_examples = 0
         t0 = time.time()

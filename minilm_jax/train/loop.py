@@ -211,25 +211,13 @@ class Pretrainer(runner.LoopSpec):
         return state, False
 
     # ----------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        """Train to the end (or preemption); the run's summary. The workdir lock is released
-        however the run ends."""
-        try:
-            return self._run()
-        finally:
-            self.lock.release()
-
-    def _run(self) -> dict[str, Any]:
+    def train(self) -> dict[str, Any]:
         config, tc = self.config, self.config.train
-        self.ckpts = Checkpoints(self.workdir, keep=config.checkpoint.keep,
-                                 every_steps=config.checkpoint.every_steps,
-                                 every_minutes=config.checkpoint.every_minutes,
-                                 keep_best=config.checkpoint.keep_best,
-                                 snapshot_steps=snapshot_steps(config),
-                                 identity=self.identity, resumable=RESUMABLE_FIELDS)
+        self.ckpts, self.writer, start, self.state = runner.open_run(
+            self.workdir, config.checkpoint, self.state, identity=self.identity,
+            resumable=RESUMABLE_FIELDS, keep_best=config.checkpoint.keep_best,
+            snapshot_steps=snapshot_steps(config))
         self._log_steps = log_eval_steps(config)
-        self.writer = MetricsWriter(self.workdir)
-        start, self.state = runner.restore(self.ckpts, self.writer, self.state)
         self._best_loss = (self.ckpts.best_metrics() or {}).get("loss", float("inf"))
         self._peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
         self._window_tokens, self._window_seqs = 0.0, 0

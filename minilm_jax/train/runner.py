@@ -94,6 +94,34 @@ class LoopSpec(abc.ABC):
 
     save_after_evaluation: bool = False  # the evaluation changed the state (selection): save it
 
+    lock: WorkdirLock  # taken by check_workdir when the specialisation is built
+
+    def run(self) -> dict[str, Any]:
+        """Train to the end (or preemption); the run's summary. The workdir lock is released
+        however the run ends."""
+        try:
+            return self.train()
+        finally:
+            self.lock.release()
+
+    def train(self) -> dict[str, Any]:
+        """Restore, run :func:`run_loop`, write and return the summary (what :meth:`run` calls)."""
+        raise NotImplementedError
+
+
+def open_run(workdir: RunPath, checkpoint_config: Any, state: Any, *, identity: dict[str, Any],
+             resumable: tuple[str, ...], **checkpoint_options: Any
+             ) -> tuple[Checkpoints, MetricsWriter, int, Any]:
+    """The run's checkpoints (``checkpoint_config``: keep, every_steps, every_minutes), its metrics
+    writer and (step, state) restored from the newest usable checkpoint (see :func:`restore`)."""
+    ckpts = Checkpoints(workdir, keep=checkpoint_config.keep,
+                        every_steps=checkpoint_config.every_steps,
+                        every_minutes=checkpoint_config.every_minutes, identity=identity,
+                        resumable=resumable, **checkpoint_options)
+    writer = MetricsWriter(workdir)
+    start, state = restore(ckpts, writer, state)
+    return ckpts, writer, start, state
+
 
 def check_workdir(workdir: RunPath, current: dict[str, Any], resumable: tuple[str, ...],
                   what: str = "a run") -> WorkdirLock:

@@ -7,6 +7,7 @@
 #   setup            create .venv (launch/venv.sh), pip install -e . and JAX's CUDA build
 #   check            nvidia-smi is there and JAX sees a GPU: prints each GPU's name and memory
 #   pretrain ARGS    python -m minilm_jax.pretrain ARGS   (after check)
+#   finetune ARGS    python -m minilm_jax.finetune ARGS   (after check)
 #   sweep ARGS       python -m minilm_jax.sweep ARGS      (after check)
 #   bench ARGS       python -m minilm_jax.bench ARGS      (after check)
 #   aot ARGS         python -m minilm_jax.aot --target=attached ARGS: compile the pre-training step
@@ -80,7 +81,7 @@ case "$COMMAND" in
   help) usage ;;
   setup) setup ;;
   check) check ;;
-  pretrain|sweep|bench) module "$COMMAND" "$@" ;;
+  pretrain|finetune|sweep|bench) module "$COMMAND" "$@" ;;
   aot) module aot --target=attached "$@" ;;
   *) die "unknown command '$COMMAND' (bash launch/gpu.sh -h lists them)" ;;
 esac

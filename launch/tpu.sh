@@ -11,6 +11,7 @@
 #                      local folder (scp) or gs://... (gcloud storage rsync); DEST default data/<name>
 #   check              on every worker: JAX's process index and count, local and global devices
 #   pretrain ARGS      on every worker: python -m minilm_jax.pretrain ARGS --config.distributed.initialize=True
+#   finetune ARGS      on every worker: python -m minilm_jax.finetune ARGS --config.distributed.initialize=True
 #   sweep ARGS         on every worker: python -m minilm_jax.sweep ARGS
 #   run CMD            on every worker, in the checkout: CMD
 #   delete             delete the TPU VM
@@ -29,7 +30,7 @@
 #   --python=PY              TPU_PYTHON            Python 3.11+ on the workers (default python3.11,
 #                                                  apt-installed when missing)
 #   --spot                   TPU_SPOT=1            create a Spot TPU VM
-#   --detach                 TPU_DETACH=1          pretrain/sweep under nohup, output in DIR/logs/
+#   --detach                 TPU_DETACH=1          pretrain/finetune/sweep under nohup, output in DIR/logs/
 #   --dry_run                MINILM_DRY_RUN=1      print every command, one per line, run nothing
 #   GCLOUD=PATH                                    the gcloud binary (default: gcloud)
 #
@@ -91,7 +92,7 @@ COMMAND=$1; shift
 ARGS=("$@")
 
 case "$COMMAND" in
-  create|setup|shards|check|pretrain|sweep|run|delete) ;;
+  create|setup|shards|check|pretrain|finetune|sweep|run|delete) ;;
   help) usage; exit 0 ;;
   *) die "unknown command '$COMMAND' (bash launch/tpu.sh -h lists them)" ;;
 esac
@@ -225,11 +226,11 @@ case "$COMMAND" in
   setup) setup ;;
   shards) shards ;;
   check) on_all_workers "cd $DIR && $(quote .venv/bin/python -c "$CHECK_PY")" ;;
-  pretrain)
+  pretrain|finetune)
     check_output_dir --workdir
     init=(--config.distributed.initialize=True)
     [ -z "$(arg_value --config.distributed.initialize)" ] || init=()
-    on_all_workers "$(module_cmd pretrain ${ARGS[@]+"${ARGS[@]}"} ${init[@]+"${init[@]}"})" ;;
+    on_all_workers "$(module_cmd "$COMMAND" ${ARGS[@]+"${ARGS[@]}"} ${init[@]+"${init[@]}"})" ;;
   sweep)
     if [ "$MULTI_HOST" = 1 ] && ! has_arg --dry_run; then
       die "sweep runs its runs one after another in one process per host and cannot span the hosts of $TYPE; run it on a single-host TPU VM (e.g. v5litepod-8), or run \`pretrain\` per point on the pod slice"

@@ -115,7 +115,8 @@ def test_arguments_after_the_command_go_to_the_module_unchanged():
     fails(launch(GPU, "--bogus", "check"), "unknown option '--bogus'")
 
 
-@pytest.mark.parametrize("mode,module", [("sweep", "minilm_jax.sweep"), ("aot", "minilm_jax.aot")])
+@pytest.mark.parametrize("mode,module", [("sweep", "minilm_jax.sweep"), ("aot", "minilm_jax.aot"),
+                                         ("finetune", "minilm_jax.finetune")])
 def test_gpu_other_modes(mode, module):
     last = commands(launch(GPU, "--dry_run", mode, "--config=configs/x.py:y"))[-1]
     assert last[last.index("-m") + 1] == module and last[-1] == "--config=configs/x.py:y"
@@ -153,6 +154,16 @@ def test_tpu_pod_pretrain_runs_the_module_on_every_worker_with_distributed_init(
     assert cmd[:3] == ["cd", "minilm-jax", "&&"]
     assert cmd[3:] == [".venv/bin/python", "-m", "minilm_jax.pretrain", *args,
                        "--config.distributed.initialize=True"]
+
+
+def test_tpu_pod_finetune_runs_the_module_on_every_worker_with_distributed_init():
+    args = ["--config=configs/finetune.py:sst2", "--workdir=gs://my-bucket/runs/ft",
+            "--config.init.checkpoint=gs://my-bucket/runs/e768", "--config.data.dir=glue_data"]
+    [argv] = commands(launch(TPU, "--dry_run", "finetune", *args, **POD))
+    assert remote(argv)[3:] == [".venv/bin/python", "-m", "minilm_jax.finetune", *args,
+                                "--config.distributed.initialize=True"]
+    fails(launch(TPU, "--dry_run", "finetune", "--config=configs/finetune.py:sst2",
+                 "--workdir=runs/ft", **POD), "is not on shared storage")
 
 
 def test_tpu_flags_override_the_environment_and_arguments_keep_their_quoting():

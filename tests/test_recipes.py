@@ -3,6 +3,7 @@ built-in task has its recipe there, a bad recipe field is named, and a wheel shi
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -74,8 +75,14 @@ def test_an_edited_recipe_reaches_a_sweep(monkeypatch, tmp_path):
 
 
 def test_a_wheel_ships_the_recipes(tmp_path):
+    """Built from a copy of the sources (a build writes build/ beside setup.py)."""
+    source = tmp_path / "src"
+    for name in ("minilm_jax", "configs"):
+        shutil.copytree(REPO / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO / "setup.py", source)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-w", str(tmp_path), str(REPO)], check=True,
+                    "--disable-pip-version-check", "-w", str(tmp_path), str(source)], check=True,
                    cwd=tmp_path, capture_output=True)
     (wheel,) = tmp_path.glob("minilm_jax-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

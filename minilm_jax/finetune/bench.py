@@ -87,14 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         together, compile_s = ((single, single_compile) if s == 1 else
                                step_seconds(args.point, s, args.batch, args.seq_len,
                                             repeats=args.repeats, impl=args.impl))
-        run_vmapped = compile_s + args.steps * together
+        run_together = compile_s + args.steps * together
         run_sequential = s * (single_compile + args.steps * single)
-        rows.append({"members": s, "vmapped_step_seconds": together,
+        rows.append({"members": s, "together_step_seconds": together,
                      "sequential_step_seconds": s * single, "compile_seconds": compile_s,
-                     "run_seconds_vmapped": run_vmapped, "run_seconds_sequential": run_sequential})
+                     "run_seconds_together": run_together, "run_seconds_sequential": run_sequential})
         print(f"{s:>3} {1e3 * together:>17.1f} {1e3 * s * single:>11.1f} {s * single / together:>8.2f}x "
-              f"{compile_s:>10.1f} {run_vmapped:>31.1f} {run_sequential:>8.1f} "
-              f"{run_sequential / run_vmapped:>8.2f}x")
+              f"{compile_s:>10.1f} {run_together:>31.1f} {run_sequential:>8.1f} "
+              f"{run_sequential / run_together:>8.2f}x")
     if args.json:
         from minilm_jax.storage import atomic_write_json
         atomic_write_json(args.json, {"point": args.point, "batch": args.batch, "steps": args.steps,

@@ -193,7 +193,7 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
     import jax
     import jax.numpy as jnp
 
-    from minilm_jax import accounting
+    from minilm_jax.model import accounting
     from minilm_jax.run_config import model_from_config
     from minilm_jax.train.masking import MaskingConfig
     from minilm_jax.train.mesh import batch_sharding, check_train_shape, replicated

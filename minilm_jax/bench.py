@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minilm_jax import accounting
+from minilm_jax.model import accounting
 from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.configs import pretrain as pretrain_recipe
 from minilm_jax.model.sizes import resolve_point

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from minilm_jax import accounting
+from minilm_jax.model import accounting
 from minilm_jax.cli import EXIT_USER_ERROR, run_tool, tool_parser
 from minilm_jax.storage import atomic_write_json
 from minilm_jax.model.config import ModelConfig

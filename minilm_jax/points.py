@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from minilm_jax import accounting
+from minilm_jax.model import accounting
 from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.model.sizes import NAMED_POINTS, resolve_point
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from minilm_jax import accounting
+from minilm_jax.model import accounting
 from minilm_jax.model import build_classifier, build_mlm
 from minilm_jax.model.sizes import resolve_point
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from minilm_jax import accounting
+from minilm_jax.model import accounting
 from minilm_jax.aot import GIB, AotReport, check_budget, compile_train_step, tpu_topology_devices
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError

@@ -19,7 +19,7 @@ CONFIGS = REPO / "configs"  # the package minilm_jax.configs (setup.py maps it)
 
 LAYERS = {  # module or package prefix -> layer; the longest matching prefix decides
     "minilm_jax.errors": 0, "minilm_jax.storage": 0, "minilm_jax.text_norm": 0,
-    "minilm_jax.model": 1, "minilm_jax.accounting": 1,
+    "minilm_jax.model": 1,
     "minilm_jax.run_config": 1, "minilm_jax.tokenizer": 1, "minilm_jax.data": 1,
     "minilm_jax.corpus": 1, "minilm_jax.tasks": 1, "minilm_jax.cli": 1,
     "minilm_jax.configs": 1,  # the recipes (configs/, installed as minilm_jax.configs)
@@ -69,7 +69,7 @@ def imports_of(path: Path, module: str) -> set[str]:
             else:
                 target = node.module or ""
             found.add(target)
-            for alias in node.names:  # ``from minilm_jax import accounting``: a module
+            for alias in node.names:  # ``from minilm_jax.model import accounting``: a module
                 candidate = f"{target}.{alias.name}"
                 if (REPO / (candidate.replace(".", "/") + ".py")).exists() or \
                         (REPO / candidate.replace(".", "/")).is_dir():

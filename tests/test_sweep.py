@@ -33,7 +33,7 @@ def test_paper_sweep_expands_to_the_study_design():
     small = next(r for r in runs if r.name == "small")
     # The small base is also a member of iso-FLOP group 1: trained once, reported under both.
     assert {m.group for m in small.memberships} == {"base", "iso_flop:g1"}
-    from minilm_jax import accounting
+    from minilm_jax.model import accounting
     from minilm_jax.run_config import model_from_config
     sizes = [accounting.formula_params(model_from_config(r.config)).total for r in runs]
     assert min(sizes) < 1.3e6 and 0.9e8 < max(sizes) < 1.2e8

@@ -23,7 +23,7 @@ from typing import Any
 
 import ml_collections
 
-from minilm_jax import accounting
+from minilm_jax.model import accounting
 from minilm_jax.errors import UserError
 from minilm_jax.storage import WorkdirLock, atomic_write_json
 from minilm_jax.configs import finetune as finetune_recipe

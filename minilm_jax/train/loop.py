@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from minilm_jax import accounting
+from minilm_jax.model import accounting
 from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_manifest
 from minilm_jax.errors import UserError
 from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, model_from_config,

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from minilm_jax import accounting
+from minilm_jax.model import accounting
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import MaskedLM
 from minilm_jax.train.mesh import state_shardings

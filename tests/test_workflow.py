@@ -76,6 +76,18 @@ def test_a_redirected_run_prints_plain_lines_not_a_progress_bar(word_shards, tmp
         "validation step 20", "validation step 40"]
 
 
+def test_the_architecture_notes_list_every_command_as_setup_py_installs_it():
+    """docs/architecture.md's command table and setup.py's console scripts name the same commands
+    and modules (``python -m <module>`` runs the script's function)."""
+    import re
+
+    scripts = {name: module.removesuffix(".__main__") for name, module, _ in re.findall(
+        r'"(minilm-[a-z-]+)=([\w.]+):(\w+)"', (REPO / "setup.py").read_text())}
+    listed = dict(re.findall(r"^\| `(minilm-[a-z-]+)` \| `([\w.]+)` \|",
+                             (REPO / "docs" / "architecture.md").read_text(), flags=re.M))
+    assert listed == scripts
+
+
 @pytest.mark.parametrize("module", ["minilm_jax.pretrain", "minilm_jax.finetune"])
 def test_help_lists_the_entry_points_own_flags(module):
     proc = run(module, "--help")

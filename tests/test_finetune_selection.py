@@ -254,15 +254,15 @@ def test_bucketed_padding_changes_no_logits(tokenizer_path, tmp_path):
     runs = {}
     for buckets in (16, 0):
         config = tiny_config(tokenizer_path, train__epochs=1, data__pad_buckets=buckets,
-                             data__max_len=256, train__batch_size=8, eval__batch_size=8)
+                             data__max_len=128, train__batch_size=8, eval__batch_size=8)
         config.model_overrides = overrides
         runner = Finetuner(config, tmp_path / str(buckets), "random")
         before = runner.predict_split("test")
         runner.run()
         runs[buckets] = (before, np.load(tmp_path / str(buckets) / "predictions" / "test.final.npy"))
     lengths = runner.eval_arrays["test"]["segments"].sum(axis=1)
-    cut = [bucket_length(lengths[i:i + 8].max(), 256, 16) for i in range(0, len(lengths), 8)]
-    assert min(cut) < 256 and len(set(cut)) > 1  # the buckets really cut, to several lengths
+    cut = [bucket_length(lengths[i:i + 8].max(), 128, 16) for i in range(0, len(lengths), 8)]
+    assert min(cut) < 128 and len(set(cut)) > 1  # the buckets really cut, to several lengths
     np.testing.assert_allclose(runs[16][0], runs[0][0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(runs[16][1], runs[0][1], rtol=1e-4, atol=1e-4)
     assert not np.allclose(runs[0][0], runs[0][1])  # training changed the model

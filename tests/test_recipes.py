@@ -9,6 +9,7 @@ import sys
 import zipfile
 
 import pytest
+from absl import flags
 from ml_collections import config_flags
 
 from conftest import REPO
@@ -29,9 +30,10 @@ def test_the_library_reads_the_configs_folder():
 
 
 def test_a_config_file_on_the_command_line_is_the_recipe_the_library_uses():
-    by_path = config_flags.config_flags._LoadConfigModule("pretrain", str(REPO / "configs/pretrain.py"))
-    assert by_path.get_config("E32-H32-I64-L1-A2").to_dict() == \
-        pretrain_recipe.get_config("E32-H32-I64-L1-A2").to_dict()
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values)
+    flag_values(["test", f"--config={REPO / 'configs/pretrain.py'}:E32-H32-I64-L1-A2"])
+    assert flag_values.config.to_dict() == pretrain_recipe.get_config("E32-H32-I64-L1-A2").to_dict()
 
 
 def test_every_builtin_task_has_its_recipe_and_every_recipe_a_task():

@@ -67,7 +67,8 @@ class ModelConfig:
                       "max_len"):
             need(isinstance(getattr(self, field), int) and getattr(self, field) > 0, field,
                  "must be a positive integer")
-        need(isinstance(self.arch, str) and bool(self.arch), "arch", "must name a registered encoder or module.path:Name")
+        need(isinstance(self.arch, str) and bool(self.arch), "arch",
+             "must name a registered encoder or module.path:Name")
         need(self.norm_position in NORM_POSITIONS, "norm_position", f"must be one of {NORM_POSITIONS}")
         need(self.init in INIT_SCHEMES, "init", f"must be one of {INIT_SCHEMES}")
         need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",

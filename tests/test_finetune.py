@@ -344,3 +344,18 @@ def test_seed_benchmark_times_both_programs():
 
     step, compile_seconds = step_seconds("E16-H16-I32-L1-A2-V200", 2, batch=8, seq_len=16, repeats=2)
     assert step > 0 and compile_seconds >= step
+
+
+def test_seed_benchmark_json_names_how_members_ran(tmp_path):
+    """``--json``: one row per member count, keys that hold for vmap and map alike."""
+    from minilm_jax.finetune.bench import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--point=E16-H16-I32-L1-A2-V200", "--members=1,2", "--batch=8", "--seq_len=16",
+                 "--steps=10", "--repeats=2", "--impl=map", f"--json={out}"]) == 0
+    report = json.loads(out.read_text())
+    assert report["impl"] == "map" and [r["members"] for r in report["rows"]] == [1, 2]
+    for row in report["rows"]:
+        assert set(row) == {"members", "together_step_seconds", "sequential_step_seconds",
+                            "compile_seconds", "run_seconds_together", "run_seconds_sequential"}
+        assert row["run_seconds_together"] >= row["compile_seconds"] > 0

@@ -19,6 +19,16 @@ class StorageError(UserError):
     for that work to be torn down at interpreter exit."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) stopped a command after its work was saved: entry points print the message
+    as one ``error:`` line and exit 130, as a shell does for Ctrl-C. Not a :class:`UserError`:
+    nothing was wrong with the input, and a sweep must not record it as a failed run."""
+
+    def __init__(self, message: str, exit_status: int = 130):
+        super().__init__(message)
+        self.exit_status = exit_status  # 130 for Ctrl-C; 143 for a sweep stopped by SIGTERM
+
+
 def one_line(err: BaseException) -> str | None:
     """The one-line report of a user-facing failure, or None for a bug (which keeps its traceback):
     a :class:`UserError`, or an ``OSError`` from the environment (missing file, permission denied,

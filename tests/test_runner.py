@@ -47,6 +47,9 @@ class RecordingCheckpoints:
     def due(self, step):
         return False
 
+    def saved_steps(self):
+        return [step for step, _ in self.saved]
+
     def save(self, step, state):
         self.saved.append((step, state))
 

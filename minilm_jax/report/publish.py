@@ -12,6 +12,7 @@ from typing import Any
 
 from minilm_jax.analysis.results import ResultsError, load_results
 from minilm_jax.errors import UserError
+from minilm_jax.sweep.status import STATUS_NAME, SweepStatus
 
 from .analyses import analyse
 from .fmt import code
@@ -50,6 +51,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
              f"decade, {options.bootstrap} bootstrap resamples, seed {options.seed}, at least "
              f"{options.min_points} points per fit segment, {round(100 * options.confidence)}% "
              "intervals. Loss in nats; FLOPs are cumulative training FLOPs.", ""]
+    lines += incomplete_note(source)
     lines += section_summary(analyses, downstream, options)
     lines += section_curves(analyses, options)
     lines += section_icer(analyses, options, icer_plotted)
@@ -62,6 +64,20 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
     path = out / REPORT_NAME
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def incomplete_note(results: Path) -> list[str]:
+    """A warning at the top of the report when the sweep beside ``results`` (its ``status.json``)
+    has stages that did not finish: failed, interrupted, or still running when it was killed."""
+    unfinished = SweepStatus(results.parent).unfinished()
+    if not unfinished:
+        return []
+    shown = "; ".join(unfinished[:8]) + (f"; and {len(unfinished) - 8} more"
+                                         if len(unfinished) > 8 else "")
+    return [f"> **Incomplete sweep:** {len(unfinished)} stage(s) recorded in "
+            f"{code(results.parent / STATUS_NAME)} did not finish ({shown}); their rows are "
+            "missing below, and an interrupted sweep did not start the stages after them. Run "
+            "the same sweep command again to resume (a failed stage's error is in that file).", ""]
 
 
 def _check_replaceable(out: Path) -> None:

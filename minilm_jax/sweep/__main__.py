@@ -4,7 +4,8 @@
         [--only=SUBSTRING] [--config.<field>=<value> ...]
 
 Re-running the same command skips finished runs and resumes interrupted ones; a failing run is
-recorded in DIR/status.json and the others go on. ``--dry_run`` lists the runs with parameters,
+recorded in DIR/status.json and the others go on (exit 1 at the end). SIGTERM or Ctrl-C stops the
+sweep once the stage in progress has saved its step (exit 143 or 130, one line saying so). ``--dry_run`` lists the runs with parameters,
 FLOPs and an estimated time on this device, and runs nothing.
 """
 
@@ -37,6 +38,16 @@ def main(argv: list[str]) -> None:
         return
     outcome = runner.run(_ONLY.value)
     print(json.dumps(outcome, indent=2))
+    stopped = outcome.get("interrupted")
+    if stopped:
+        from minilm_jax.errors import Interrupted
+
+        signal_name = stopped["signal"] or "SIGTERM"
+        raise Interrupted(
+            f"sweep stopped by {'Ctrl-C' if signal_name == 'SIGINT' else signal_name} at "
+            f"{stopped['run']} {stopped['stage']} (its step is saved); results and report are "
+            "incomplete: run the same command again to resume",
+            exit_status=130 if signal_name == "SIGINT" else 143)
     if outcome["failures"]:
         raise SystemExit(1)
 

@@ -16,21 +16,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import ml_collections
 
 from minilm_jax.model import accounting
-from minilm_jax.errors import UserError
-from minilm_jax.storage import WorkdirLock, atomic_write_json
+from minilm_jax.errors import Interrupted, UserError
+from minilm_jax.storage import WorkdirLock
 from minilm_jax.configs import finetune as finetune_recipe
 from minilm_jax.tasks.registry import task_names
 from minilm_jax.finetune.config import RESUMABLE_FIELDS as FINETUNE_RUN_CONTROL
 from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config, snapshot_steps
-from minilm_jax.train.records import is_done
+from minilm_jax.train.dispatch import StopRequest, stop_signals
+from minilm_jax.train.records import DONE, is_done
 
 # Pre-training fields that a sweep may change without changing a run's results (run control);
 # everything else, the number of steps and the evaluation points included, makes it another run.
@@ -52,6 +52,7 @@ def changed_fields(workdir: Path, config: ml_collections.ConfigDict,
 
 from .results import write_results
 from .spec import Run, apply_override, expand, fill_placeholders
+from .status import SweepStatus
 
 
 def finetune_run_config(sweep: ml_collections.ConfigDict, task: str, checkpoint: Path
@@ -172,72 +173,93 @@ class SweepRunner:
         self.runs = expand(sweep)
         for task in sweep.finetune_tasks:  # bad fine-tuning overrides fail now, not after pre-training
             finetune_run_config(sweep, task, Path("."))
-        self.status_path = self.root / "status.json"
+        self.status = SweepStatus(self.root)
+        self._stop = StopRequest()
 
-    def _status(self) -> dict[str, Any]:
-        return json.loads(self.status_path.read_text()) if self.status_path.exists() else {}
-
-    def _record(self, name: str, stage: str, state: str, **extra: Any) -> None:
-        status = self._status()
-        status.setdefault(name, {})[stage] = {"state": state, "time": time.time(), **extra}
-        atomic_write_json(self.status_path, status)
-
-    def _attempt(self, name: str, stage: str, fn) -> bool:
-        """Run ``fn``; a failure is recorded with its error and does not stop the sweep."""
-        self._record(name, stage, "running")
+    def _attempt(self, name: str, stage: str, fn: Callable[[], dict[str, Any]]) -> str:
+        """Run ``fn`` (a run's ``run()``, returning its summary): ``done``, ``failed`` (recorded
+        with its error; the sweep goes on) or ``interrupted`` (SIGTERM or Ctrl-C stopped it after
+        saving; recorded, and the sweep stops)."""
+        self.status.record(name, stage, "running")
         try:
-            fn()
+            summary = fn()
+        except Interrupted:
+            summary = {"status": "preempted", "signal": "SIGINT"}
         except (Exception, SystemExit) as err:  # isolate: one failing run must not stop the rest
             message = f"{type(err).__name__}: {err}"
-            self._record(name, stage, "failed", error=message[:2000],
-                         traceback=traceback.format_exc()[-4000:])
+            self.status.record(name, stage, "failed", error=message[:2000],
+                               traceback=traceback.format_exc()[-4000:])
             print(f"!! {name} {stage} failed: {message.splitlines()[0][:300]}", flush=True)
-            return False
-        self._record(name, stage, "done")
-        return True
+            return "failed"
+        if summary.get("status") in DONE:
+            self.status.record(name, stage, "done")
+            return "done"
+        signal_name = summary.get("signal") or self._stop.signal or "SIGTERM"
+        self._stop.signal = self._stop.signal or signal_name
+        self.status.record(name, stage, "interrupted", signal=signal_name,
+                           step=summary.get("step"))
+        return "interrupted"
 
     def run(self, only: str = "") -> dict[str, Any]:
         """Run (or skip, when finished) every selected run, then rebuild results and the report;
-        one sweep process per root (its lock)."""
+        one sweep process per root (its lock). SIGTERM or Ctrl-C stops the sweep after the stage
+        in progress saved its step: ``interrupted`` in the outcome says where."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with WorkdirLock(self.root, "sweep root"):
+        with WorkdirLock(self.root, "sweep root"), stop_signals() as self._stop:
             return self._run(only)
 
-    def _run(self, only: str) -> dict[str, Any]:
+    def _stages(self, run: Run) -> Iterator[tuple[str, Path, Callable[[], dict[str, Any]]]]:
+        """(stage, workdir, start it) of ``run``: pre-training, then each fine-tuning job."""
         from minilm_jax.finetune.loop import Finetuner
         from minilm_jax.train.loop import Pretrainer
 
+        pre_dir = self.root / "runs" / run.name / "pretrain"
+        yield "pretrain", pre_dir, lambda: Pretrainer(run.config, pre_dir).run()
+        for job in finetune_jobs(self.sweep, run, self.root):
+            yield (f"finetune:{job.task}:{job.label}", job.workdir,
+                   lambda job=job: Finetuner(job.config, job.workdir, job.init).run())
+
+    def _run(self, only: str) -> dict[str, Any]:
         selected = [r for r in self.runs if not only or only in r.name]
         self._refuse_changed(selected)
+        interrupted = None
         for i, run in enumerate(selected, 1):
-            run_dir = self.root / "runs" / run.name
-            pre_dir = run_dir / "pretrain"
             print(f"== [{i}/{len(selected)}] {run.name} ({run.point})", flush=True)
-            if is_done(pre_dir / "summary.json"):
-                print("   pre-training finished earlier: skipped", flush=True)
-                ok = True
-            else:
-                ok = self._attempt(run.name, "pretrain", lambda: Pretrainer(run.config, pre_dir).run())
-                ok = ok and is_done(pre_dir / "summary.json")
-            if ok:
-                for job in finetune_jobs(self.sweep, run, self.root):
-                    if is_done(job.workdir / "summary.json"):
-                        print(f"   {job.task} {job.label}: finished earlier: skipped", flush=True)
-                        continue
-                    print(f"== {job.task}: {job.label} -> {job.workdir}", flush=True)
-                    self._attempt(run.name, f"finetune:{job.task}:{job.label}",
-                                  lambda job=job: Finetuner(job.config, job.workdir, job.init).run())
+            for stage, workdir, start in self._stages(run):
+                label = "pre-training" if stage == "pretrain" else stage.split(":", 1)[1]
+                if is_done(workdir / "summary.json"):
+                    print(f"   {label.replace(':', ' ', 1)}: finished earlier: skipped"
+                          if stage != "pretrain" else "   pre-training finished earlier: skipped",
+                          flush=True)
+                    continue
+                if self._stop.signal:  # arrived between stages: start nothing more
+                    self.status.record(run.name, stage, "interrupted", signal=self._stop.signal,
+                                       step=None)
+                    interrupted = (run.name, stage)
+                    break
+                if stage != "pretrain":
+                    print(f"== {label.replace(':', ': ', 1)} -> {workdir}", flush=True)
+                state = self._attempt(run.name, stage, start)
+                if state == "interrupted":
+                    interrupted = (run.name, stage)
+                    break
+                if stage == "pretrain" and state != "done":
+                    break  # a run whose pre-training failed is not fine-tuned
             write_results(self.runs, self.root, self.sweep)
+            if interrupted:
+                break
         results = write_results(self.runs, self.root, self.sweep)
         report_dir = None
         if self.sweep.report:
             report_dir = self._report(results)
         names = {run.name for run in selected}  # --only: judged on the runs it selected
-        failures = {name: {stage: s["error"] for stage, s in stages.items() if s["state"] == "failed"}
-                    for name, stages in self._status().items() if name in names}
-        failures = {k: v for k, v in failures.items() if v}
-        return {"runs": len(selected), "failures": failures, "results": str(results),
-                "report": str(report_dir) if report_dir else None}
+        outcome: dict[str, Any] = {
+            "runs": len(selected), "failures": self.status.failures(names),
+            "results": str(results), "report": str(report_dir) if report_dir else None}
+        if interrupted:
+            outcome["interrupted"] = {"run": interrupted[0], "stage": interrupted[1],
+                                      "signal": self._stop.signal}
+        return outcome
 
     def _refuse_changed(self, runs: list[Run]) -> None:
         """Refuse, before anything runs, a sweep whose runs would differ from what their workdirs
@@ -261,7 +283,8 @@ class SweepRunner:
     def _report(self, results: Path) -> Path | None:
         from minilm_jax.report import ReportOptions, build_report
 
-        if not results.read_text().strip():
+        if not any(json.loads(line).get("kind") != "baseline"
+                   for line in results.read_text().splitlines() if line.strip()):
             print("no finished runs: no report", flush=True)
             return None
         out = self.root / "report"

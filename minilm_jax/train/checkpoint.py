@@ -6,6 +6,7 @@ never a silent restart."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -68,9 +69,11 @@ class Checkpoints:
             root / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                  enable_async_checkpointing=False))
+        # The best state: one step, replaced only once its successor is saved and sealed
+        # (:meth:`save_best`), so best/ always holds a finished, evaluated step.
         self.best = (ocp.CheckpointManager(
             root / "best",
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
                                                  enable_async_checkpointing=False))
             if keep_best else None)
         # Snapshots: states at fixed steps (fractions of the run), never deleted; fine-tuning can
@@ -109,6 +112,10 @@ class Checkpoints:
             return
         self._write(self.snapshots, step, ocp.args.StandardSave(state))
 
+    def saved_steps(self) -> list[int]:
+        """The steps of the kept regular checkpoints (what a resumption can start from)."""
+        return list(self.latest.all_steps())
+
     def due(self, step: int) -> bool:
         """Whether ``step`` is a save point by count or by elapsed time."""
         return (step % self.every_steps == 0
@@ -119,12 +126,15 @@ class Checkpoints:
         self._last_save_time = time.monotonic()
 
     def save_best(self, step: int, state: Any, metrics: dict[str, float]) -> None:
+        """Publish ``state`` as the best: the new step is written and sealed before the old one is
+        deleted, so a kill at any moment leaves a complete best (readers take the newest sealed)."""
         if self.best is None:
             return
-        for old in self.best.all_steps():
-            self.best.delete(old)
         self._write(self.best, step, ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         metrics=ocp.args.JsonSave(metrics)))
+        for old in self.best.all_steps():
+            if old != step:
+                self.best.delete(old)
 
     # ----------------------------------------------------------------------------- reading
     def _quarantine(self, manager: ocp.CheckpointManager, steps: list[int], why: str) -> None:
@@ -184,14 +194,18 @@ class Checkpoints:
         return chosen, state
 
     def _verified_best(self) -> int | None:
+        """The best step: the newest sealed one (a newer unsealed one was being published when
+        the run stopped), else an unsealed one (it predates seals); a corrupt newest is an error."""
         if self.best is None or self.best.latest_step() is None:
             return None
-        step = self.best.latest_step()
-        verdict = seal.verify(self._step_dir(self.best, step))
-        if verdict.state == "corrupt":
-            raise CheckpointError(f"best checkpoint {self._step_dir(self.best, step)} is corrupt "
-                                  f"({verdict.reason}); move it aside to go on without it")
-        self._check_identity(f"best checkpoint {self._step_dir(self.best, step)}", verdict)
+        steps = sorted(self.best.all_steps(), reverse=True)
+        verdicts = {step: seal.verify(self._step_dir(self.best, step)) for step in steps}
+        if verdicts[steps[0]].state == "corrupt":
+            raise CheckpointError(f"best checkpoint {self._step_dir(self.best, steps[0])} is "
+                                  f"corrupt ({verdicts[steps[0]].reason}); move it aside to go on "
+                                  "without it")
+        step = next((s for s in steps if verdicts[s].ok), steps[0])
+        self._check_identity(f"best checkpoint {self._step_dir(self.best, step)}", verdicts[step])
         return step
 
     def restore_best(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
@@ -251,17 +265,42 @@ def find_checkpoint(workdir: RunPath, which: str) -> tuple[int, RunPath]:
                         f"checkpoints/{step}); set checkpoint.keep_fractions when pre-training")
     if which not in ("best", "latest"):
         raise UserError(f"init.which must be 'best', 'latest' or 'step:N', not {which!r}")
-    candidates: list[tuple[int, RunPath]] = []
     if which == "best":
-        candidates = [(int(p.name), p / "state") for p in (workdir / "best").glob("*")
-                      if p.name.isdigit() and (p / "state").is_dir()]
-    if not candidates:
-        candidates = [(int(p.name), p / "default") for p in (workdir / "checkpoints").glob("*")
-                      if p.name.isdigit() and (p / "default").is_dir()]
+        best = published_best(workdir)
+        if best is not None:
+            return best
+        if keeps_best(workdir):
+            raise UserError(f"no evaluated best checkpoint in {workdir} yet (best/ holds no "
+                            "finished step: the run has not evaluated yet); use the newest "
+                            "checkpoint instead with which=latest (--which latest, "
+                            "init.which=latest)")
+    candidates = [(int(p.name), p / "default") for p in (workdir / "checkpoints").glob("*")
+                  if p.name.isdigit() and (p / "default").is_dir()]
     if not candidates:
         raise UserError(f"no checkpoint in {workdir} (expected best/<step>/state or "
                         "checkpoints/<step>/default)")
     return max(candidates)
+
+
+def published_best(workdir: RunPath) -> tuple[int, RunPath] | None:
+    """(step, state directory) of the best checkpoint in ``workdir``: the newest sealed step of
+    ``best/`` (a newer unsealed one is still being published), or the newest unsealed one when
+    none is sealed (it predates seals); None when ``best/`` holds no finished step."""
+    steps = sorted(((int(p.name), p) for p in (workdir / "best").glob("*")
+                    if p.name.isdigit() and (p / "state").is_dir()), reverse=True)
+    sealed = [(step, path) for step, path in steps if (path / seal.SEAL_NAME).exists()]
+    chosen = (sealed or steps or [None])[0]
+    return None if chosen is None else (chosen[0], chosen[1] / "state")
+
+
+def keeps_best(workdir: RunPath) -> bool:
+    """Whether the run in ``workdir`` keeps a best checkpoint (``checkpoint.keep_best`` with a
+    validation split); a run that keeps none is read from its newest checkpoint instead."""
+    try:
+        flat = json.loads((workdir / "config.json").read_text())
+    except (OSError, ValueError):
+        return True  # unknown: never guess that an unevaluated step will do
+    return bool(flat.get("checkpoint.keep_best", True)) and bool(flat.get("data.eval_split", "x"))
 
 
 def load_encoder(checkpoint_dir: RunPath, model: ModelConfig) -> nnx.State:

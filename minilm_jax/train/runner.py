@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import json
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -24,12 +23,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from minilm_jax.errors import UserError
+from minilm_jax.errors import Interrupted, UserError
 from minilm_jax.run_config import config_differences
 from minilm_jax.storage import RunPath, WorkdirLock, atomic_write_json
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
-from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, preempted
+from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, preempted, stop_signals
 from minilm_jax.train.run_log import MetricsWriter, log_line, plain_progress, progress_bar
 
 
@@ -96,13 +95,21 @@ class LoopSpec(abc.ABC):
 
     lock: WorkdirLock  # taken by check_workdir when the specialisation is built
 
+    stopped_by: str | None = None  # the signal that stopped the last run_loop, if any
+
     def run(self) -> dict[str, Any]:
         """Train to the end (or preemption); the run's summary. The workdir lock is released
-        however the run ends."""
+        however the run ends. Ctrl-C saves, writes the summary, then raises
+        :class:`~minilm_jax.errors.Interrupted` (SIGTERM returns the ``preempted`` summary)."""
         try:
-            return self.train()
+            summary = self.train()
         finally:
             self.lock.release()
+        if self.stopped_by == "SIGINT":
+            raise Interrupted(f"interrupted (Ctrl-C) at step {summary.get('step')} of "
+                              f"{self.workdir}; that step is saved: run the same command again "
+                              "to resume")
+        return summary
 
     def train(self) -> dict[str, Any]:
         """Restore, run :func:`run_loop`, write and return the summary (what :meth:`run` calls)."""
@@ -184,16 +191,16 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
     # log_every steps apart.
     plain = bar.disable
     plain_every = max(log_every, -(-total // 20 // log_every) * log_every)
-    deferred = DeferredMetrics(str(spec.workdir / "checkpoints"))
+    deferred = DeferredMetrics(lambda: kept_note(ckpts, spec.workdir))
     window = Window()
     step, status = start, ("early_stopped" if nothing_left else "completed")
-    stop: dict[str, str | None] = {"signal": None}
     # Saving and training are collective: with several processes, none may stop alone. There
     # JAX's preemption service catches SIGTERM (on any host) and picks one dispatch at which every
-    # process saves and stops; a single process handles SIGTERM itself.
+    # process saves and stops; a single process handles SIGTERM and Ctrl-C itself.
     multi = jax.process_count() > 1
-    previous = (None if multi else
-                signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("signal", "SIGTERM")))
+    signals = stop_signals(enabled=not multi)
+    stop = signals.__enter__()
+    spec.stopped_by = None
     dispatches = 0
 
     def drain() -> None:
@@ -223,14 +230,14 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
             evaluate_now = spec.evaluation_due(prev, step)
             dispatches += 1
             if multi and multihost_utils.reached_preemption_sync_point(dispatches):
-                stop["signal"] = "SIGTERM"
+                stop.signal = "SIGTERM"
             if multi:  # every process must decide alike: the clock is process 0's, read at
                 # logging steps; the other reasons are the same everywhere
-                save_now = (step % ckpts.every_steps == 0 or step == total or bool(stop["signal"])
+                save_now = (step % ckpts.every_steps == 0 or step == total or bool(stop.signal)
                             or (step // log_every > prev // log_every
                                 and _on_process_0(ckpts.due(step))))
             else:
-                save_now = ckpts.due(step) or step == total or bool(stop["signal"])
+                save_now = ckpts.due(step) or step == total or bool(stop.signal)
             save_now = save_now or (evaluate_now and spec.save_after_evaluation)
             if evaluate_now or save_now:
                 drain()
@@ -239,14 +246,14 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
                 state, early = spec.evaluate_at(step, state)
             # A SIGTERM that arrived during the evaluation (or the drain) stops the run here, so
             # this step is saved too. (Several processes only stop at the sync point above.)
-            save_now = save_now or bool(stop["signal"])
+            save_now = save_now or bool(stop.signal)
             if save_now or early:
                 ckpts.save(step, state)
                 writer.flush()
             if evaluate_now or save_now:  # keep evaluation and saving out of the speed figures
                 window.start = time.perf_counter()
-            if stop["signal"]:
-                status = preempted(stop["signal"], step)
+            if stop.signal:
+                status = preempted(stop.signal, step)
                 break
             if early:
                 status = "early_stopped"
@@ -255,7 +262,17 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
     finally:
         prefetch.close()
         bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        signals.__exit__(None, None, None)
         writer.flush()
+    spec.stopped_by = stop.signal if status == "preempted" else None
     return LoopResult(state, step, status)
+
+
+def kept_note(ckpts: Checkpoints, workdir: RunPath) -> str:
+    """What a diverged run leaves to resume from, for its error line."""
+    steps = ckpts.saved_steps()
+    if steps:
+        return (f"the last good checkpoint (step {max(steps)}) is kept in {workdir}/checkpoints: "
+                "lower the learning rate or use a new --workdir")
+    return ("no checkpoint was saved before it: start again in a new --workdir with a lower "
+            "learning rate")

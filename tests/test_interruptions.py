@@ -1,0 +1,167 @@
+"""Stops that must not lose or misreport work: a SIGTERM'd sweep is not "done", Ctrl-C saves and
+exits 130 with one line, the best checkpoint is published atomically and never replaced by an
+unevaluated step, a diverged run says what it leaves behind."""
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minilm_jax.errors import Interrupted, UserError
+from minilm_jax.sweep.runner import SweepRunner
+from minilm_jax.sweep.status import SweepStatus
+from minilm_jax.train import seal
+from minilm_jax.train.checkpoint import Checkpoints, find_checkpoint
+from minilm_jax.train.dispatch import DeferredMetrics, TrainingDiverged, stop_signals
+from minilm_jax.train.loop import Pretrainer
+
+from test_pretrain import REPO, cli_args, cli_env, wait_for
+from test_sweep import tiny_sweep
+
+
+def signal_after(cls, dispatches: int, signum: int, monkeypatch) -> None:
+    """Raise ``signum`` in this thread right after the ``dispatches``-th dispatch of any ``cls``
+    run (``raise_signal`` delivers before it returns, so the step it lands on is known)."""
+    original, count = cls.dispatch, [0]
+
+    def dispatch(self, state, batch):
+        out = original(self, state, batch)
+        count[0] += 1
+        if count[0] == dispatches:
+            signal.raise_signal(signum)
+        return out
+
+    monkeypatch.setattr(cls, "dispatch", dispatch)
+
+
+def test_a_sigterm_stops_the_sweep_marks_the_stage_interrupted_and_the_report_incomplete(
+        word_shards, tmp_path, monkeypatch):
+    sweep = tiny_sweep(word_shards)
+    sweep.ofat = ("b:model.hidden_dim=32",)
+    sweep.ofat = ("b:model.hidden_dim=32", "b:model.ffn_dim=64")
+    signal_after(Pretrainer, 8 + 5, signal.SIGTERM, monkeypatch)  # run 2 of 3, at step 5
+    outcome = SweepRunner(sweep, tmp_path).run()
+    assert outcome["interrupted"] == {"run": "b__hidden_dim=32", "stage": "pretrain",
+                                      "signal": "SIGTERM"}
+    status = SweepStatus(tmp_path).read()
+    assert status["b"]["pretrain"]["state"] == "done"
+    assert status["b__hidden_dim=32"]["pretrain"] == {**status["b__hidden_dim=32"]["pretrain"],
+                                                       "state": "interrupted", "step": 5}
+    assert "b__ffn_dim=64" not in status  # the sweep stopped: the last run never started
+    assert not (tmp_path / "runs" / "b__ffn_dim=64").exists()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Incomplete sweep" in report and "b__hidden_dim=32 pretrain: interrupted" in report
+
+    monkeypatch.undo()  # re-run: resumes the interrupted run, then runs the other one
+    outcome = SweepRunner(sweep, tmp_path).run()
+    assert "interrupted" not in outcome and outcome["failures"] == {}
+    assert SweepStatus(tmp_path).unfinished() == []
+    assert "Incomplete sweep" not in (tmp_path / "report" / "report.md").read_text()
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {r["run"] for r in rows if r["kind"] == "validation"} == {
+        "b", "b__hidden_dim=32", "b__ffn_dim=64"}
+
+
+def test_a_preempted_finetuning_stage_is_recorded_interrupted_not_done(word_shards, tmp_path):
+    runner = SweepRunner(tiny_sweep(word_shards), tmp_path)
+    with stop_signals() as runner._stop:
+        state = runner._attempt("b", "finetune:sst2:pretrained",
+                                lambda: {"status": "preempted", "step": 7})
+    assert state == "interrupted" and runner._stop.signal == "SIGTERM"
+    assert SweepStatus(tmp_path).read()["b"]["finetune:sst2:pretrained"]["state"] == "interrupted"
+    assert SweepStatus(tmp_path).unfinished() == ["b finetune:sst2:pretrained: interrupted"]
+
+
+def test_the_sweep_command_exits_non_zero_naming_what_to_rerun(monkeypatch):
+    from minilm_jax.sweep import __main__ as sweep_main
+
+    stopped = {"runs": 2, "failures": {}, "results": "r", "report": None,
+               "interrupted": {"run": "b", "stage": "finetune:sst2:pretrained", "signal": "SIGTERM"}}
+    monkeypatch.setattr(SweepRunner, "run", lambda self, only="": stopped)
+    monkeypatch.setattr(sweep_main, "_CONFIG", type("F", (), {"value": tiny_sweep(Path("s"))}))
+    monkeypatch.setattr(sweep_main, "_ROOT", type("F", (), {"value": "root"}))
+    monkeypatch.setattr(sweep_main, "_DRY_RUN", type("F", (), {"value": False}))
+    monkeypatch.setattr(sweep_main, "_ONLY", type("F", (), {"value": ""}))
+    with pytest.raises(Interrupted, match="b finetune:sst2:pretrained.*run the same command") as err:
+        sweep_main.main([])
+    assert err.value.exit_status == 143
+
+
+def test_ctrl_c_saves_the_step_and_exits_130_with_one_line(word_shards, tmp_path):
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(cli_args(word_shards, workdir, steps=5000), env=cli_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(workdir / "checkpoints" / "5", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out[-2000:], err[-3000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted (Ctrl-C) at step"), err[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["status"] == "preempted"
+    assert f"at step {summary['step']} " in lines[0]
+    assert seal.verify(workdir / "checkpoints" / str(summary["step"])).ok  # saved at the interrupt
+
+
+def small_state(value: float) -> dict:
+    return {"w": jnp.full((4,), value, jnp.float32)}
+
+
+def test_best_is_published_before_the_old_one_goes(tmp_path, monkeypatch):
+    ckpts = Checkpoints(tmp_path, keep=2, every_steps=10, every_minutes=60, keep_best=True)
+    ckpts.save_best(10, small_state(1.0), {"loss": 2.0})
+    real_seal = seal.write_seal
+
+    def killed_while_sealing(step_dir, identity):
+        raise KeyboardInterrupt  # the process dies between Orbax's rename and the seal
+
+    monkeypatch.setattr(seal, "write_seal", killed_while_sealing)
+    with pytest.raises(KeyboardInterrupt):
+        ckpts.save_best(20, small_state(2.0), {"loss": 1.0})
+    monkeypatch.setattr(seal, "write_seal", real_seal)
+    assert seal.verify(tmp_path / "best" / "10").ok  # the old best is still there, whole
+    assert find_checkpoint(tmp_path, "best")[0] == 10  # the unsealed newcomer is not read
+    reopened = Checkpoints(tmp_path, keep=2, every_steps=10, every_minutes=60, keep_best=True)
+    assert reopened.best_metrics()["loss"] == 2.0
+    reopened.save_best(30, small_state(3.0), {"loss": 0.5})
+    assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == ["30"]
+    assert find_checkpoint(tmp_path, "best")[0] == 30
+
+
+def test_which_best_never_falls_back_to_an_unevaluated_step(tmp_path):
+    ckpts = Checkpoints(tmp_path, keep=2, every_steps=10, every_minutes=60, keep_best=True)
+    ckpts.save(390, small_state(1.0))
+    (tmp_path / "config.json").write_text(json.dumps({"checkpoint.keep_best": True,
+                                                      "data.eval_split": "validation"}))
+    with pytest.raises(UserError, match="no evaluated best checkpoint.*which=latest"):
+        find_checkpoint(tmp_path, "best")
+    assert find_checkpoint(tmp_path, "latest")[0] == 390
+    # a run that keeps no best (no validation split): its newest checkpoint, as documented
+    (tmp_path / "config.json").write_text(json.dumps({"checkpoint.keep_best": True,
+                                                      "data.eval_split": ""}))
+    assert find_checkpoint(tmp_path, "best")[0] == 390
+
+
+def test_a_diverged_population_names_its_members_and_what_is_kept():
+    deferred = DeferredMetrics(lambda: "no checkpoint was saved before it")
+    losses = np.array([[1.0, np.nan, 2.0, np.inf]], np.float32)
+    deferred.push(40, 1, {"loss": losses})
+    with pytest.raises(TrainingDiverged) as err:
+        deferred.pop()
+    message = str(err.value)
+    assert message == ("non-finite training loss at step 41 (2 of 4 members: member 1: nan, "
+                       "member 3: inf); no checkpoint was saved before it")
+    assert "[" not in message  # no raw array
+
+
+def test_nested_stop_signals_share_the_outer_request():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with stop_signals() as outer:
+        signal.raise_signal(signal.SIGTERM)  # between two runs of a sweep
+        with stop_signals() as inner:  # the next run's loop sees it at once
+            assert inner is outer and inner.signal == "SIGTERM"
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from absl.flags import argparse_flags
 
-from minilm_jax.errors import StorageError, UserError, one_line
+from minilm_jax.errors import Interrupted, StorageError, UserError, one_line
 
 if TYPE_CHECKING:
     import ml_collections
@@ -109,6 +109,10 @@ def run_main(main: Callable[[list[str]], None]) -> None:
             sys.stderr = ClosedLoopNoiseFilter(sys.stderr)
         try:
             main(argv)
+        except KeyboardInterrupt:  # Ctrl-C outside a run loop (which saves first): no traceback
+            exit_interrupted(Interrupted("interrupted (Ctrl-C)"))
+        except Interrupted as err:
+            exit_interrupted(err)
         except Exception as err:
             exit_on_user_error(err)
             raise
@@ -198,6 +202,18 @@ def status_of_user_errors(action: Callable[[], int | None]) -> int:
             raise
         print(f"error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def exit_interrupted(err: Interrupted) -> NoReturn:
+    """One ``error:`` line for a command stopped by a signal, and its exit status (130 for
+    Ctrl-C). Exits at once: background threads (prefetchers, Orbax) are not waited for, so the
+    interpreter's shutdown prints nothing more."""
+    stream = sys.stderr
+    if isinstance(stream, ClosedLoopNoiseFilter):
+        stream = stream.discard_held()
+    print(f"error: {err}", file=stream, flush=True)
+    sys.stdout.flush()
+    os._exit(err.exit_status)
 
 
 def exit_on_user_error(err: BaseException) -> None:

@@ -3,9 +3,8 @@
     python -m minilm_jax.aot --config=configs/pretrain.py:<point> --devices=8 \
         [--mesh_data=4 --mesh_fsdp=2] [--config.<field>=<value> ...] [--device_memory_gb=16]
 
-Builds the step exactly as ``Pretrainer._build_state`` does (``make_train_step``,
-``state_shardings``, ``batch_sharding``, ``make_optimizer`` / ``make_schedule``) from abstract
-shapes only (``nnx.eval_shape`` / ``jax.eval_shape`` and sharded ``jax.ShapeDtypeStruct``s: no
+Builds the step with ``train.program.pretrain_program``, the builder a pre-training run uses, from
+abstract shapes only (``nnx.eval_shape`` / ``jax.eval_shape`` and sharded ``jax.ShapeDtypeStruct``s: no
 parameter is ever allocated), lowers and compiles it, and prints per-device memory
 (``memory_analysis``), FLOPs (``cost_analysis``) and parameter counts. Exit status 2 when the
 estimated per-device peak exceeds ``--device_memory_gb`` (GiB).
@@ -190,43 +189,21 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
     With ``devices=None`` and ``target='lower:<platform>'``, lower on an ``AbstractMesh`` of
     ``abstract_size`` devices only.
     """
-    import jax
-    import jax.numpy as jnp
-
     from minilm_jax.model import accounting
-    from minilm_jax.run_config import model_from_config
-    from minilm_jax.train.masking import MaskingConfig
-    from minilm_jax.train.mesh import batch_sharding, check_train_shape, replicated
-    from minilm_jax.train.optim import make_optimizer, make_schedule
-    from minilm_jax.train.state import lm_state
-    from minilm_jax.train.step import make_train_step
+    from minilm_jax.train.program import pretrain_program
 
-    model_cfg = model_from_config(config)
-    tc = config.train
+    # The pre-training program exactly as a run builds it, traced for shapes only.
     mesh = build_mesh(config, devices, abstract_size)
-    total_steps = check_train_shape(tc, mesh)
-    masking = MaskingConfig.from_config(config.mlm, model_cfg.vocab_size)
-    schedule = make_schedule(config.optim, total_steps)
-    optimizer = make_optimizer(config.optim, total_steps)
-    seed = config.seed
-
-    # The pre-training state (train.state.lm_state, as Pretrainer builds it), traced for shapes only.
-    built = lm_state(model_cfg, seed, optimizer, mesh)
-    graphdef, counts = built.graphdef, built.param_counts
-    abstract_state, state_sharding = built.abstract, built.shardings
-    data_sharding = batch_sharding(mesh, batch_axis=2, ndim=4)
-    train_step = make_train_step(graphdef, optimizer, schedule, masking, seed)
-    step_fn = jax.jit(train_step, in_shardings=(state_sharding, data_sharding),
-                      out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
-
-    k, micro = max(1, int(tc.steps_per_dispatch)), int(tc.grad_accum)
-    batch_shape = [k, micro, tc.batch_size // micro, model_cfg.max_len]
-    batch = {name: jax.ShapeDtypeStruct(tuple(batch_shape), jnp.int32, sharding=data_sharding)
-             for name in ("tokens", "segments")}
+    program = pretrain_program(config, mesh)
+    model_cfg, tc, counts = program.model, config.train, program.state.param_counts
+    abstract_state, state_sharding = program.state.abstract, program.state.shardings
+    k = program.batch_shape[0]
+    batch_shape = list(program.batch_shape)
+    batch = program.abstract_batch()
     state = sharded_abstract(abstract_state, state_sharding)
 
     start = time.perf_counter()
-    traced = step_fn.trace(state, batch)
+    traced = program.train_step.trace(state, batch)
     lower_only = target.startswith("lower:")
     lowered = (traced.lower(lowering_platforms=(target[len("lower:"):],)) if lower_only
                else traced.lower())

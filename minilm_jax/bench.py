@@ -23,11 +23,8 @@ from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.configs import pretrain as pretrain_recipe
 from minilm_jax.model.sizes import resolve_point
 from minilm_jax.storage import atomic_write_json
-from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import make_mesh
-from minilm_jax.train.optim import make_optimizer, make_schedule
-from minilm_jax.train.state import lm_state
-from minilm_jax.train.step import make_train_step
+from minilm_jax.train.program import pretrain_program
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
 
 
@@ -42,16 +39,15 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
     config = pretrain_recipe.get_config(point)
     cfg = resolve_point(point, dtype=dtype, attention_impl=attention,
                         attention_dropout=0.0 if attention != "einsum" else 0.1)
-    optimizer = make_optimizer(config.optim, 10_000)
-    built = lm_state(cfg, 0, optimizer, make_mesh(1, 1))
-    graphdef, state = built.graphdef, built.init()
-    masking = MaskingConfig.from_config(config.mlm, cfg.vocab_size)
-    step_fn = jax.jit(make_train_step(graphdef, optimizer, make_schedule(config.optim, 10_000),
-                                      masking, 0), donate_argnums=0)
+    config.train.num_steps, config.train.batch_size = 10_000, batch
+    config.train.grad_accum, config.train.steps_per_dispatch = 1, steps_per_dispatch
+    config.eval.batch_size, config.seed = batch, 0
+    program = pretrain_program(config, make_mesh(1, 1), model=cfg)  # what a run compiles
+    state, step_fn = program.state.init(), program.train_step
     tokens = synthetic_tokens(batch, cfg.max_len, cfg.vocab_size)
     k = steps_per_dispatch
-    data = {"tokens": jnp.asarray(np.broadcast_to(tokens, (k, 1, batch, cfg.max_len))),
-            "segments": jnp.ones((k, 1, batch, cfg.max_len), jnp.int32)}
+    data = {"tokens": jnp.asarray(np.broadcast_to(tokens, program.batch_shape)),
+            "segments": jnp.ones(program.batch_shape, jnp.int32)}
     state, metrics = step_fn(state, data)  # compile
     jax.block_until_ready(metrics)
     # At least `steps` steps and at least `min_seconds`: a 1M-parameter step takes ~3 ms on a GPU,

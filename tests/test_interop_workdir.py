@@ -5,6 +5,11 @@ before anything is read."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +118,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_exported_workdir_matches_transformers_and_serves_as_init_checkpoint(trained, tmp_path):
+    pytest.importorskip("safetensors")  # the hf extra
     from minilm_jax.finetune.pretrained import PretrainedRun
     from minilm_jax.interop.__main__ import main
 
@@ -175,6 +181,7 @@ def test_what_roberta_cannot_hold_is_refused_before_reading(trained, tmp_path, c
 
 
 def test_fine_tuning_starts_from_an_exported_directory(trained, tmp_path):
+    pytest.importorskip("safetensors")  # the hf extra
     from minilm_jax.finetune.loop import Finetuner
     from minilm_jax.interop.workdir import export_workdir
     from minilm_jax.configs.finetune import get_config as finetune_config
@@ -196,3 +203,94 @@ def test_fine_tuning_starts_from_an_exported_directory(trained, tmp_path):
     assert summary["pretrained"]["format"] == "hugging_face"
     assert summary["pretrained"]["step"] == 10
     assert summary["tokenizer"]["sha256"] == load_tokenizer(trained["tokenizer"]).sha256
+
+
+def fake_safetensors(monkeypatch) -> None:
+    """A stand-in for ``safetensors.numpy`` (the hf extra, not installed everywhere) whose
+    save_file writes the tensors with numpy: enough for an export to run to its end."""
+    st_numpy = types.ModuleType("safetensors.numpy")
+    st_numpy.save_file = lambda tensors, path, metadata=None: np.savez(open(path, "wb"), **tensors)
+    package = types.ModuleType("safetensors")
+    package.numpy = st_numpy
+    monkeypatch.setitem(sys.modules, "safetensors", package)
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", st_numpy)
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_export_never_replaces_the_run_it_exports(trained, tmp_path, monkeypatch, capsys):
+    """--out the workdir, a folder holding it, or one of its checkpoint folders (however written:
+    relative, trailing slash, through a symlink) is refused with one line naming both paths,
+    --overwrite or not, and nothing is deleted; another folder inside the workdir is fine."""
+    from minilm_jax.interop.__main__ import main
+
+    fake_safetensors(monkeypatch)  # were the export to go ahead, it would reach its end
+    runs = tmp_path / "runs"
+    run = runs / "pre"
+    shutil.copytree(trained["pre"], run)  # this test's own copy, which a regression would delete
+    (tmp_path / "link").symlink_to(run)
+    before = files_of(runs)
+    outs = [run, f"{run}/", runs, tmp_path, os.path.relpath(runs), tmp_path / "link",
+            run / "checkpoints", run / "best" / "10", run / "snapshots" / "new"]
+    for out in outs:
+        for overwrite in (["--overwrite"], []):
+            assert main(["export", "--workdir", str(run), "--out", str(out), *overwrite]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("error: --out ")
+            assert str(out) in err[0] and str(run) in err[0], err[0]
+    assert main(["export", "--workdir", f"{runs}/./pre/", "--out", str(runs),
+                 "--overwrite"]) == 2  # the workdir written another way
+    capsys.readouterr()
+    assert files_of(runs) == before
+    assert main(["export", "--workdir", str(run), "--out", str(run / "hf"), "--overwrite"]) == 0
+    assert (run / "hf" / "config.json").is_file()
+    assert {k: v for k, v in files_of(runs).items() if not k.startswith("pre/hf/")} == before
+
+
+def test_export_refuses_an_out_over_a_remote_workdir_before_reading_it(monkeypatch):
+    from minilm_jax.finetune.pretrained import PretrainedRun
+    from minilm_jax.interop.workdir import export_workdir
+
+    def opened(*args, **kwargs):
+        raise AssertionError("the workdir was opened")
+
+    monkeypatch.setattr(PretrainedRun, "open", opened)
+    for out in ("gs://bucket/runs/a", "gs://bucket/runs/a/", "gs://bucket/runs", "gs://bucket",
+                "gs://bucket/runs/a/checkpoints/40"):
+        with pytest.raises(InteropError, match=f"--out {out} .*gs://bucket/runs/a"):
+            export_workdir("gs://bucket/runs/a", out, overwrite=True)
+    with pytest.raises(AssertionError, match="opened"):  # a sibling sharing a prefix is no parent
+        export_workdir("gs://bucket/runs/ab", "gs://bucket/runs/a", overwrite=True)
+
+
+def test_export_without_the_hf_extra_is_one_line(trained, tmp_path, monkeypatch, capsys):
+    from minilm_jax.interop.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    out = tmp_path / "hf"
+    assert main(["export", "--workdir", str(trained["pre"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "'safetensors'" in err[0]
+    assert "pip install 'minilm-jax[hf]'" in err[0]
+    assert not out.exists()
+
+
+def test_demo_without_the_hf_extra_is_one_line(tmp_path):
+    """The command itself (absl's app.run around main): one error line, exit status 2."""
+    from test_pretrain import REPO, cli_env
+
+    out = tmp_path / "demo"
+    code = ("import runpy, sys; sys.modules['safetensors'] = sys.modules['safetensors.numpy'] = None;"
+            f" sys.argv = ['minilm-interop', 'demo', '--point', 'E16-H16-I32-L1-A2-V100', "
+            f"'--max_len', '8', '--out', {str(out)!r}];"
+            " runpy.run_module('minilm_jax.interop', run_name='__main__', alter_sys=True)")
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "'safetensors'" in lines[0]
+    assert "pip install 'minilm-jax[hf]'" in lines[0] and not out.exists()

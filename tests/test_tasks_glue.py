@@ -219,3 +219,39 @@ def test_tfds_real_if_available():
     except Exception as err:  # noqa: BLE001 - offline or not prepared
         pytest.skip(f"TFDS glue/rte not available offline: {err}")
     assert len(examples) == 277 and tfds is not None
+
+
+def _task_data(task: str, data_dir: Path):
+    from minilm_jax.configs.finetune import get_config as finetune_config
+    from minilm_jax.tasks.task_data import load_task_data
+
+    config = finetune_config(task)
+    config.data.dir = str(data_dir)
+    return load_task_data(config)
+
+
+@pytest.mark.parametrize("task,folder,header", [("sst2", "SST-2", "sentence\tlabel\n"),
+                                                ("cola", "CoLA", "")])  # CoLA train: no header
+def test_an_empty_or_undecodable_tsv_is_named(tmp_path, task, folder, header):
+    """What fine-tuning reports (one UserError line) names the file, and the line of the first
+    byte that is not UTF-8; an empty (or header-only) file is an error, not zero examples."""
+    from minilm_jax.errors import UserError, one_line
+
+    row = (lambda text, label: f"{text}\t{label}\n") if task == "sst2" else \
+        (lambda text, label: f"src\t{label}\t\t{text}\n")
+    train = tmp_path / folder / "train.tsv"
+    write(tmp_path / folder / "dev.tsv", [(header + row("fine .", 1) + row("bad .", 0)).strip()])
+    for content in (b"", header.encode()):
+        train.write_bytes(content)
+        with pytest.raises(UserError) as caught:
+            _task_data(task, tmp_path)
+        assert str(train) in one_line(caught.value) and "empty" in one_line(caught.value)
+    bad_line = 3 + bool(header)
+    train.write_bytes((header + row("fine .", 1) + row("good .", 1)).encode()
+                      + row("caf\xe9 au lait", 0).encode("latin-1") + row("ok .", 0).encode())
+    with pytest.raises(UserError) as caught:
+        _task_data(task, tmp_path)
+    message = one_line(caught.value)
+    assert f"{train}, line {bad_line}: not UTF-8" in message and "0xe9" in message
+    with pytest.raises(TaskDataError, match=rf"{train}, line {bad_line}: not UTF-8"):
+        read_glue_tsv(train, task, "train")

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minilm_jax.cli import run_tool, status_of_user_errors, tool_parser
+from minilm_jax.interop.hf_files import safetensors_numpy
 from minilm_jax.interop.hf_import import import_roberta
 from minilm_jax.interop.hf_roberta import BOS_ID, EOS_ID, _flat_params, export_roberta
 from minilm_jax.model.config import ModelConfig
@@ -48,6 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
     from minilm_jax.model.sizes import resolve_point
 
     cfg = resolve_point(args.point, embed_projection=False, max_len=args.max_len)
+    safetensors_numpy()  # the hf extra: one line naming it, before any work
     model = build_mlm(cfg, seed=args.seed)
     out = export_roberta(model, args.out, overwrite=args.overwrite)
     print(f"exported {cfg.point} (max_len={cfg.max_len}) to {out}: "
@@ -85,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--which", default="best", help="best | latest | step:N (default best)")
     export.add_argument("--tokenizer", default="",
                         help="the shards' tokenizer file, if it moved since pre-training")
-    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (never the workdir or a folder holding it)")
     export.set_defaults(func=_export)
     demo = sub.add_parser("demo", help="build a fresh point, export it, import it back, compare")
     demo.add_argument("--point", default="E64-H64-I256-L2-A4-V1000",

@@ -94,12 +94,17 @@ def write_dir_atomically(out_dir: str | os.PathLike, fill: Callable[[Path], None
     return out_dir
 
 
+class MissingExtraError(UserError, ImportError):
+    """A package of an optional extra is not installed: one line naming it and the extra."""
+
+
 def safetensors_numpy():
+    """``safetensors.numpy``, or :class:`MissingExtraError` naming the package and the extra."""
     try:
         import safetensors.numpy as st_numpy
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("Hugging Face interop needs the 'safetensors' package "
-                          "(pip install 'safetensors>=0.4')") from err
+    except ImportError as err:
+        raise MissingExtraError("Hugging Face export and import need the 'safetensors' package, "
+                                "which is not installed: pip install 'minilm-jax[hf]'") from err
     return st_numpy
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Union
 
 from minilm_jax.errors import UserError
@@ -12,6 +13,19 @@ Label = Union[int, float, None]
 
 class TaskDataError(UserError, ValueError):
     """Malformed task data; the message names the file (and line) at fault."""
+
+
+def not_utf8(path: Path) -> TaskDataError:
+    """The error for a task file that is not UTF-8 text: names the file, the line of its first
+    undecodable byte and that byte (the reader's own error knows neither the file nor the line)."""
+    for number, line in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            byte = line[err.start]
+            return TaskDataError(f"{path}, line {number}: not UTF-8 text (byte {byte:#04x} at "
+                                 f"column {err.start + 1}); save the file as UTF-8")
+    return TaskDataError(f"{path}: not UTF-8 text; save the file as UTF-8")
 
 
 @dataclass(frozen=True)

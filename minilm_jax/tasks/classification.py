@@ -9,12 +9,13 @@ space into ``text_a`` (as Hugging Face's ``ag_news`` ``text`` field); with
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from .base import Example, TaskDataError, TaskSpec
+from .base import Example, TaskDataError, TaskSpec, not_utf8
 from .tfds_source import as_class_label, as_text, iter_tfds
 
 TextMode = Literal["join", "pair"]
@@ -30,6 +31,14 @@ DBPEDIA14 = TaskSpec("dbpedia14", 14, (
 FEWREL_MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
 
 
+def _utf8_text(path: Path) -> str:
+    """The text of a task file; one that is not UTF-8 is a :class:`TaskDataError` naming it."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
 def _make_text(title: str | None, body: str, mode: TextMode) -> tuple[str, str | None]:
     if mode == "pair":
         return (title, body) if title is not None else (body, None)
@@ -43,12 +52,13 @@ def read_class_csv(path: str | Path, spec: TaskSpec, split: str,
     """Read a Zhang et al. (2015) CSV: ``class index (1-based), [title,] body``.
 
     The title column is optional (2 or 3 fields), but every row of one file must
-    have the same number of fields as its first row.
+    have the same number of fields as its first row. An empty file, or one that is not UTF-8,
+    raises :class:`TaskDataError` naming it (and the first bad line).
     """
     path = Path(path)
     examples: list[Example] = []
     n_fields = None
-    with path.open(encoding="utf-8", newline="") as handle:
+    with io.StringIO(_utf8_text(path), newline="") as handle:
         reader = csv.reader(handle)
         for row in reader:
             where = f"{path}, line {reader.line_num}"
@@ -67,6 +77,8 @@ def read_class_csv(path: str | Path, spec: TaskSpec, split: str,
             text_a, text_b = _make_text(title, row[-1], text_mode)
             examples.append(Example(text_a, text_b, int(raw) - 1,
                                     f"{spec.name}/{split}/{len(examples)}"))
+    if not examples:
+        raise TaskDataError(f"{path}: empty file (no rows)")
     return examples
 
 
@@ -154,8 +166,11 @@ def load_fewrel(path: str | Path, relations: Sequence[str] | None = None,
     ``fewrel/<file stem>/<row>`` over relations in sorted order.
     """
     path = Path(path)
+    text = _utf8_text(path)
+    if not text.strip():
+        raise TaskDataError(f"{path}: empty file (expected a JSON object relation -> instances)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise TaskDataError(f"{path}, line {err.lineno}: invalid JSON ({err.msg})") from err
     if not isinstance(data, dict):

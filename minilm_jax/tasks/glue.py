@@ -8,13 +8,14 @@ in [0, 5]. Unlabelled test rows get ``label=None``.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .base import Example, TaskDataError, TaskSpec
+from .base import Example, TaskDataError, TaskSpec, not_utf8
 from .tfds_source import as_class_label, as_text, iter_tfds
 
 _STD_SPLITS = ("train", "dev", "test")
@@ -123,7 +124,8 @@ def read_glue_tsv(path: str | Path, task: str, split: str,
 
     Every row must have as many fields as the header (4 for headerless CoLA);
     a short or long row raises :class:`TaskDataError` naming file and line, or is
-    skipped with a warning when ``on_bad_row="skip"``.
+    skipped with a warning when ``on_bad_row="skip"``. A file without data rows, or
+    one that is not UTF-8, raises :class:`TaskDataError` naming it (and the first bad line).
     """
     spec = glue_task(task)
     task = spec.name
@@ -132,7 +134,11 @@ def read_glue_tsv(path: str | Path, task: str, split: str,
     labelled = not split.startswith("test")
     examples: list[Example] = []
     skipped = 0
-    with path.open(encoding="utf-8-sig", newline="") as handle:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         if task == "cola" and labelled:
             n_fields, idx_a, idx_b, idx_label = _COLA_FIELDS, _COLA_TEXT, None, _COLA_LABEL
@@ -162,6 +168,10 @@ def read_glue_tsv(path: str | Path, task: str, split: str,
             examples.append(Example(text_a=row[idx_a],
                                     text_b=row[idx_b] if idx_b is not None else None,
                                     label=label, uid=f"{task}/{split}/{len(examples)}"))
+    if not examples:
+        raise TaskDataError(f"{path}: every data row has the wrong number of fields (skipped "
+                            f"{skipped})" if skipped else
+                            f"{path}: no data rows (the file is empty or holds a header alone)")
     if skipped:
         warnings.warn(f"{path}: skipped {skipped} rows with the wrong number of fields",
                       stacklevel=2)

@@ -45,7 +45,11 @@ class TaskData:
 
 # ------------------------------------------------------------------------------ class folders
 def read_class_folders(root: str | Path, name: str) -> tuple[list[tuple[str, str, int]], tuple[str, ...]]:
-    """``(title, body, label)`` for every ``root/<class>/*.txt`` (classes in sorted order)."""
+    """``(title, body, label)`` for every ``root/<class>/*.txt`` (classes in sorted order).
+
+    A document that is not UTF-8 is read as Latin-1 (the BBC News corpus has one: a pound sign as
+    byte 0xa3); an empty one is a :class:`TaskDataError` naming it. A document of one line (a
+    title without a body) is skipped."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"task {name}: class folder root not found: {root}")
@@ -61,6 +65,9 @@ def read_class_folders(root: str | Path, name: str) -> tuple[list[tuple[str, str
             except UnicodeDecodeError:
                 text = path.read_text(encoding="latin-1")
             lines = [line.strip() for line in text.splitlines() if line.strip()]
+            if not lines:
+                raise TaskDataError(f"{path}: empty document (a class folder's .txt files each "
+                                    "hold a title line and a body)")
             if len(lines) < 2:
                 continue
             docs.append((lines[0], " ".join(lines[1:]), label))

@@ -24,7 +24,7 @@ class MetricsWriter:
         self.path = run_path(workdir) / "metrics.jsonl"
         self._lines: list[str] = []
         if self.remote and self.enabled and self.path.exists():
-            self._lines = self.path.read_text().splitlines()
+            self._lines = _text_lines(self.path.read_bytes())
         self._tb = None
         self._tb_dir = (str(Path(workdir) / "tensorboard")
                         if self.enabled and tensorboard and not self.remote else None)
@@ -49,8 +49,8 @@ class MetricsWriter:
         TensorBoard events are append-only and keep them (TensorBoard shows the newest)."""
         if not self.enabled or not self.path.exists():
             return 0
-        lines = self._lines if self.remote else self.path.read_text().splitlines()
-        kept = [line for line in lines if _step_of(line) <= step]
+        lines = self._lines if self.remote else _text_lines(self.path.read_bytes())
+        kept = [line for line in lines if _step_of(line) <= step]  # torn or undecodable: dropped
         if len(kept) == len(lines):
             return 0
         if self.remote:
@@ -93,25 +93,41 @@ def _py(value: Any) -> Any:
     return value
 
 
-def _step_of(line: str) -> float:
-    """A record line's step (a torn line counts as past every step, so it is dropped)."""
+def _text_lines(data: bytes) -> list[str]:
+    """The lines of a metrics file's bytes, each decoded as UTF-8 on its own. A line that is not
+    UTF-8 (a torn write, a damaged disk block) keeps its bad bytes as ``\\xNN`` escapes, which
+    are never valid JSON: it is dropped and counted as any garbled line is, and the lines around
+    it are read as usual."""
+    return [line.decode("utf-8", errors="backslashreplace") for line in data.splitlines()]
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """The record of a line, or None for a garbled one (torn, undecodable, not a JSON object)."""
     try:
-        return float(json.loads(line)["step"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _step_of(line: str) -> float:
+    """A record line's step (a garbled line counts as past every step, so it is dropped)."""
+    record = _record(line)
+    try:
+        return float(record["step"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
         return float("inf")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a metrics file, one per (step, split): a record written again (a resumed run
     that recomputed it, a re-run that scored its test split again) replaces the earlier one in
-    place. A torn last line is skipped."""
+    place. A garbled line (a torn last line, bytes that are not UTF-8) is skipped."""
     records: dict[tuple[Any, Any], dict[str, Any]] = {}
-    for line in run_path(path).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        records[(record.get("step"), record.get("split"))] = record  # a repeat keeps its place
+    for line in _text_lines(run_path(path).read_bytes()):
+        record = _record(line)
+        if record is not None:
+            records[(record.get("step"), record.get("split"))] = record  # a repeat keeps its place
     return list(records.values())
 
 

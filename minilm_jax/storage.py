@@ -15,7 +15,13 @@ import hashlib
 import json
 import os
 import posixpath
+import re
+import secrets
+import shutil
+import socket
+import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -110,6 +116,63 @@ def _umask() -> int:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _host_tag() -> str:
+    """This host's name as it appears in a temporary name: no dot (the separator before a tag)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def owned_temp_dir(parent: str | os.PathLike, name: str, tag: str) -> Path:
+    """A new private folder ``parent/.<name>.<tag>-<host>-<pid>-<8 hex>``, for this process to fill
+    and rename into place (or onto ``name``). The owner in the name lets a later run tell a folder
+    left by a killed process (:func:`remove_stale_temps`) from one that a live process is writing."""
+    parent = Path(parent)
+    while True:
+        path = parent / f".{name}.{tag}-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            path.mkdir(mode=0o700)
+            return path
+        except FileExistsError:
+            continue
+
+
+def remove_stale_temps(parent: str | os.PathLike, name: str, tags: Sequence[str]) -> list[Path]:
+    """Remove the folders that :func:`owned_temp_dir` made for ``name`` in ``parent`` (with one of
+    ``tags``) on this host for a process that no longer runs: what a killed run left behind. Those
+    of live processes (a run writing the same output now) and of other hosts are kept. Folders named
+    by the earlier ``tempfile.mkdtemp`` scheme (``.<name>.<tag>-XXXXXXXX``) name no owner: they are
+    kept, with a note on stderr. Returns the removed paths (each named in a note on stderr)."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    alternatives = "|".join(re.escape(t) for t in tags)
+    owned = re.compile(rf"\.{re.escape(name)}\.(?:{alternatives})-(?P<host>[A-Za-z0-9_-]+)-"
+                       r"(?P<pid>\d+)-[0-9a-f]{8}")
+    legacy = re.compile(rf"\.{re.escape(name)}\.(?:{alternatives})-[a-z0-9_]{{8}}")
+    removed, unknown = [], []
+    for path in sorted(parent.iterdir()):
+        match = owned.fullmatch(path.name)
+        if match is None:
+            if legacy.fullmatch(path.name) and path.is_dir():
+                unknown.append(path)
+            continue
+        pid = int(match["pid"])
+        if match["host"] != _host_tag() or pid == os.getpid() or _alive(pid):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        if not path.exists():
+            removed.append(path)
+            print(f"note: removed {path}, left by process {pid} (no longer running)",
+                  file=sys.stderr, flush=True)
+    for path in unknown:
+        print(f"note: {path} is a temporary folder of an earlier version, which does not record "
+              f"its owner: delete it if no command is writing {parent / name}", file=sys.stderr,
+              flush=True)
+    return removed
 
 
 LOCK_NAME = ".lock"

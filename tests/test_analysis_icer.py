@@ -157,3 +157,69 @@ def test_load_results_rejects_bad_json_and_missing_file(tmp_path):
     with pytest.raises(ResultsError, match="not found"):
         load_results(tmp_path / "missing.jsonl")
     assert issubclass(ResultsError, ValueError)
+
+
+# --- duplicate rows: identical ones counted once, same identity with other values refused ----------
+
+def _downstream(run, task, init, score, workdir, seeds=(0, 1), step=2):
+    return dict(run=run, workdir=f"/runs/{run}", point="E32-H32-I128-L2-A2", group="base", base="b",
+                factor="", factor_value=None, params_total=1000, params_non_embedding=500,
+                kind="downstream", task=task, init=init, score=score, flops_paper=100.0,
+                flops_complete=150.0, seeds=list(seeds), checkpoint_step=step,
+                finetune_workdir=workdir)
+
+
+def _table():
+    base = next(r for r in hidden_sweep() if r["run"] == "base")
+    return (hidden_sweep()
+            + [{**base, "kind": "test", "step": 1, "loss": 4.0, "perplexity": math.exp(4.0)}]
+            + [_downstream("base", "sst2", "pretrained", 70.0, "/ft/base/sst2"),
+               _downstream("base", "sst2", "random", 55.0, "/ft/random/sst2", step=None),
+               _downstream("base", "cola", "pretrained", 20.0, "/ft/base/cola")]
+            + [{"kind": "baseline", "name": "unigram", "split": "validation", "loss": 7.0,
+                "perplexity": math.exp(7.0), "shards": "/shards"}])
+
+
+def test_load_results_counts_identical_rows_once_and_warns(tmp_path, capsys):
+    rows = _table()
+    plain = load_results(write_jsonl(tmp_path / "plain.jsonl", rows))
+    path = write_jsonl(tmp_path / "r.jsonl", [r for r in rows for _ in range(2)])
+    doubled = load_results(path)
+    assert [{k: v for k, v in r.items() if k != "line"} for r in doubled] == \
+        [{k: v for k, v in r.items() if k != "line"} for r in plain]
+    assert [r["line"] for r in doubled] == list(range(1, 2 * len(rows), 2))  # first copies kept
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {path}: {len(rows)} duplicate rows dropped (each identical to an earlier line, "
+        "e.g. line 2 repeats line 1); each row counted once"]
+    assert summarize_runs(doubled) == summarize_runs(plain)
+    assert downstream_scores(doubled) == downstream_scores(plain)
+    assert downstream_scores(doubled)[("base", "sst2", "pretrained")].n == 1
+
+
+@pytest.mark.parametrize("index, edit, identity", [
+    (1, lambda r: r.update(perplexity=71), r"validation row of run 'h16' at step 2"),
+    (7, lambda r: r.update(loss=4.5), r"test row of run 'base'"),
+    (8, lambda r: r.update(score=71.0), r"downstream row of run 'base' fine-tuned in '/ft/base/sst2'"),
+    (11, lambda r: r.update(loss=7.5), r"baseline row 'unigram' of split 'validation' of shards"),
+])
+def test_load_results_refuses_one_row_with_two_values(tmp_path, index, edit, identity):
+    rows = _table()
+    other = dict(rows[index])
+    edit(other)
+    path = write_jsonl(tmp_path / "r.jsonl", rows + [other])
+    with pytest.raises(ResultsError, match=rf"r\.jsonl: lines {index + 1} and {len(rows) + 1} are "
+                                           rf"the same {identity}"):
+        load_results(path)
+
+
+def test_load_results_keeps_distinct_rows_that_share_no_identity(tmp_path, capsys):
+    """Other seeds of a task, another checkpoint, the same run under another group name and
+    hand-made per-seed rows (no fine-tuning workdir, no seeds) are distinct rows."""
+    rows = _table()
+    extra = [_downstream("base", "sst2", "pretrained", 71.0, "/ft/base/sst2-more", seeds=(2, 3)),
+             _downstream("base", "sst2", "pretrained", 60.0, "/ft/base/sst2@1", step=1),
+             {**rows[8], "run": "base@iso_flop:g1", "group": "iso_flop:g1"}]
+    hand = [{**_downstream("base", "rte", "random", s, None), "seeds": None} for s in (50.0, 52.0)]
+    loaded = load_results(write_jsonl(tmp_path / "r.jsonl", rows + extra + hand))
+    assert len(loaded) == len(rows + extra + hand)
+    assert capsys.readouterr().err == ""

@@ -204,3 +204,53 @@ def test_study_b_subsets_nested_with_shared_validation(tmp_path):
         run_subsets(source, str(vocab), tmp_path / "sub3", sizes=[len(articles)], valid=1)
     stage = json.loads((tmp_path / "sub" / "manifest.json").read_text())
     assert stage["stage"] == "subsets" and stage["parameters"]["sizes"] == [10, 25]
+
+
+# A `corpus shards` command that stops after writing its first rows (into its temporary folder) and
+# says so on stdout, then waits on stdin: the test kills it there, as a user or a scheduler would.
+_STOPPED_SHARDS = """
+import runpy, sys
+from minilm_jax.data import shards
+real = shards.ShardWriter.append
+def append(self, *args, **kwargs):
+    real(self, *args, **kwargs)
+    print("writing", flush=True)
+    sys.stdin.readline()
+shards.ShardWriter.append = append
+sys.argv = ["minilm-corpus", "shards", *sys.argv[1:]]
+runpy.run_module("minilm_jax.corpus", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_killed_shards_run_is_cleaned_up_by_the_next_run(corpus_and_tokenizer, tmp_path):
+    """SIGKILL leaves the stage's temporary folder behind; the next run into the same output removes
+    it, but never the folder of a run that is still going."""
+    import signal
+    import subprocess
+    import sys
+
+    corpus, model = corpus_and_tokenizer
+    sources = [SourceSpec.parse(f"corpus:{corpus}")]
+    out = tmp_path / "s"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    child = subprocess.Popen([sys.executable, "-c", _STOPPED_SHARDS, "--corpus", f"corpus:{corpus}",
+                              "--tokenizer", str(model), "--out", str(out), "--workers", "1",
+                              "--no_progress"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert child.stdout.readline().strip() == "writing"  # its first rows are on disk
+        (live,) = [p for p in tmp_path.iterdir() if p.name.startswith(".s.")]
+        assert any(live.iterdir())
+        run_shards(sources, str(model), out, workers=1)  # meanwhile, into the same output
+        assert live.is_dir()  # the running command's folder is not touched
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL and live.is_dir()  # what a killed run leaves
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    run_shards(sources, str(model), out, workers=1, overwrite=True)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    for name in ("train", "validation", "test"):
+        assert open_split(out, name, verify=True).tokens.shape[0] > 0

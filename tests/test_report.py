@@ -165,6 +165,45 @@ def test_report_numbers_match_the_synthetic_sweep(good_report):
     assert "± 0.7 (n = 2)" in line and "paired t" in line
 
 
+def _without_source_line(text):
+    """report.md without its Source line (which names the file and its hash)."""
+    return "\n".join(ln for ln in text.splitlines() if not ln.startswith("Source: "))
+
+
+def test_doubled_results_count_each_run_once(good_report, tmp_path):
+    """A results.jsonl whose every row is written twice reports exactly the numbers of the plain
+    file (each run counted once), with a warning naming the file and the rows dropped."""
+    _, _, out = good_report
+    rows = sweep_rows()
+    doubled = write_jsonl(tmp_path / "results.jsonl", rows + rows)
+    proc = cli(doubled, tmp_path / "report")
+    assert proc.returncode == 0, proc.stderr
+    warning = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: ")]
+    assert warning == [f"warning: {doubled}: {len(rows)} duplicate rows dropped (each identical "
+                       f"to an earlier line, e.g. line {len(rows) + 1} repeats line 1); each "
+                       "row counted once"]
+    plain, text = (out / "report.md").read_text(), (tmp_path / "report" / "report.md").read_text()
+    assert f"{len(rows)} rows" in text and f"{len(rows)} duplicate rows dropped" in text
+    assert _without_source_line(text) == _without_source_line(plain)
+    frontier = next(ln for ln in plain.splitlines() if ln.startswith("Frontier points ("))
+    assert frontier in text  # the frontier counts every validation point once
+
+
+def test_conflicting_rows_exit_2_naming_the_file_and_both_lines(good_report, tmp_path):
+    """Two rows of one run and step with different losses are mixed results: never averaged."""
+    _, _, out = good_report
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rows = sweep_rows()
+    rerun = {**rows[2], "loss": rows[2]["loss"] + 0.5, "perplexity": rows[2]["perplexity"] * 1.6}
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", rows + [rerun])
+    with pytest.raises(UserError) as err:
+        report.build_report(mixed, out, report.ReportOptions(bootstrap=5))
+    message = str(err.value)
+    assert f"{mixed}: lines 3 and {len(rows) + 1}" in message
+    assert "run 'small'" in message and "step 3000" in message and "loss, perplexity" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_malformed_line_exits_2_and_keeps_the_good_report(good_report):
     root, results, out = good_report
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -196,6 +235,48 @@ def test_failure_while_writing_keeps_the_good_report(good_report, tmp_path, monk
         report.build_report(results, out, report.ReportOptions(bootstrap=5))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".report.")]
+
+
+# A report command that stops once its staging directory is complete, says so on stdout and waits
+# on stdin: the test kills it there.
+_STOPPED_REPORT = """
+import runpy, sys
+from minilm_jax.report import publish
+real = publish.write_report
+def write_report(*args, **kwargs):
+    path = real(*args, **kwargs)
+    print("staged", flush=True)
+    sys.stdin.readline()
+    return path
+publish.write_report = write_report
+sys.argv = ["minilm-report", *sys.argv[1:]]
+runpy.run_module("minilm_jax.report", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_killed_report_is_cleaned_up_by_the_next_run(good_report, tmp_path):
+    """SIGKILL leaves the staging directory behind; the next report into the same directory removes
+    it, but never the staging directory of a report that is still being written."""
+    import signal
+
+    _, results, good = good_report
+    out = tmp_path / "report"
+    child = subprocess.Popen([sys.executable, "-c", _STOPPED_REPORT, f"--results={results}",
+                              f"--out={out}", "--bootstrap=0"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=REPO,
+                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    try:
+        assert child.stdout.readline().strip() == "staged"
+        (live,) = [p for p in tmp_path.iterdir() if p.name.startswith(".report.")]
+        report.build_report(results, out, report.ReportOptions(bootstrap=0))
+        assert live.is_dir()  # a report still being written keeps its staging directory
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL and (live / "report.md").is_file()
+    report.build_report(results, out, report.ReportOptions(bootstrap=50))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert (out / "report.md").read_text() == (good / "report.md").read_text()
 
 
 def test_missing_file_and_foreign_directory_are_user_errors(tmp_path):

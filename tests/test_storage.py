@@ -1,6 +1,7 @@
 """Run locations on object stores: whole-object writes and rewritten metrics files."""
 
 import json
+import os
 
 import pytest
 
@@ -111,3 +112,42 @@ def test_undecodable_metrics_lines_are_dropped_like_garbled_ones(tmp_path, monke
     assert writer.truncate_after(1) == 3  # both bad lines and the record after step 1
     writer.close()
     assert path.read_bytes() == first + b"\n"
+
+
+def test_stale_temporary_folders_are_those_of_dead_processes_on_this_host(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from minilm_jax.storage import owned_temp_dir, remove_stale_temps
+
+    mine = owned_temp_dir(tmp_path, "out", "tmp")
+    assert mine.name.startswith(".out.tmp-") and f"-{os.getpid()}-" in mine.name
+    assert mine.stat().st_mode & 0o777 == 0o700
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = int(gone.stdout)  # that process has exited
+    sleeper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                               stdin=subprocess.PIPE)
+    try:
+        host = mine.name[len(".out.tmp-"):].rsplit("-", 2)[0]  # this host, as names carry it
+        stale = [tmp_path / f".out.old-{host}-{dead}-89abcdef",
+                 tmp_path / f".out.tmp-{host}-{dead}-0123abcd"]
+        live = tmp_path / f".out.tmp-{host}-{sleeper.pid}-0123abcd"
+        elsewhere = tmp_path / f".out.tmp-another-host-{dead}-0123abcd"
+        legacy = tmp_path / ".out.tmp-k2j_9x0a"
+        others = [tmp_path / f".other.tmp-{host}-{dead}-0123abcd",
+                  tmp_path / f".out.log-{host}-{dead}-0123abcd", tmp_path / "out"]
+        for path in [*stale, live, elsewhere, legacy, *others]:
+            (path / "sub").mkdir(parents=True)
+            (path / "sub" / "data").write_bytes(b"x" * 100)
+        assert remove_stale_temps(tmp_path, "out", ("tmp", "old")) == sorted(stale)
+        assert all(p.is_dir() for p in (mine, live, elsewhere, legacy, *others))
+        assert not any(p.exists() for p in stale)
+        err = capsys.readouterr().err
+        assert f"note: removed {stale[0]}, left by process {dead} (no longer running)" in err
+        assert f"note: {legacy} is a temporary folder of an earlier version" in err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert remove_stale_temps(tmp_path, "out", ("tmp",)) == [live]  # its owner is gone now
+    assert remove_stale_temps(tmp_path / "missing", "out", ("tmp",)) == []

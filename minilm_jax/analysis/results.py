@@ -4,6 +4,12 @@ One JSON object per line, one row per evaluation point of every run. ``kind`` is
 ``validation``, ``test`` or ``downstream``; the fields each kind needs are listed in
 :data:`REQUIRED`. Fields in :data:`OPTIONAL` may be absent (their default is used).
 Every problem is reported as one :class:`ResultsError` naming the file, the line and the field.
+
+Each row is counted once. A row identical to an earlier one (a table written or concatenated twice)
+is dropped with one warning line naming the file and the count. Two rows with the same identity
+(:func:`row_identity`: a run's validation step, a run's test, one fine-tuning run of a run, one
+baseline of a shard set) but different values are mixed results: a :class:`ResultsError` names the
+file and both lines, since averaging them would be silently wrong.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -117,13 +124,72 @@ def _validate_row(obj: Any, where: str) -> dict[str, Any]:
     return row
 
 
-def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read and validate ``results.jsonl``; blank lines are skipped. Rows keep a ``line`` field."""
+def row_identity(row: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """What one row stands for (as written by :mod:`minilm_jax.sweep.results`): a validation row
+    is one evaluation step of a run (a name, ``run@group`` for each further group), a test row
+    the test of a run's best checkpoint, a downstream row one fine-tuning run (its workdir, or
+    without one its task, init, checkpoint and seeds) reported under a run name, a baseline row one
+    count model of a split of a shard set. None for a hand-made per-seed downstream row that
+    names neither a fine-tuning workdir nor its seeds: only an identical copy repeats it."""
+    kind = row["kind"]
+    if kind == "validation":
+        return (kind, row["run"], int(row["step"]))
+    if kind == "test":
+        return (kind, row["run"])
+    if kind == "baseline":
+        return (kind, row["name"], row["split"], row.get("shards"))
+    if row.get("finetune_workdir"):
+        return (kind, row["run"], str(row["finetune_workdir"]))
+    seeds = row.get("seeds")
+    if seeds:
+        return (kind, row["run"], row["task"], row["init"], row.get("checkpoint_step"),
+                json.dumps(seeds))
+    return None
+
+
+def _describe(row: Mapping[str, Any]) -> str:
+    kind = row["kind"]
+    if kind == "validation":
+        return f"validation row of run '{row['run']}' at step {row['step']}"
+    if kind == "test":
+        return f"test row of run '{row['run']}'"
+    if kind == "baseline":
+        return (f"baseline row '{row['name']}' of split '{row['split']}' of shards "
+                f"{row.get('shards')!r}")
+    if row.get("finetune_workdir"):
+        return f"downstream row of run '{row['run']}' fine-tuned in '{row['finetune_workdir']}'"
+    return (f"downstream row of run '{row['run']}' (task '{row['task']}', init '{row['init']}', "
+            f"checkpoint step {row.get('checkpoint_step')}, seeds {row.get('seeds')})")
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """Rows dropped as identical copies of earlier ones: how many, and the first (line, original)."""
+
+    count: int = 0
+    example: tuple[int, int] | None = None
+
+    def warning(self, path: str | Path) -> str:
+        """The warning line (empty when nothing was dropped)."""
+        if not self.count:
+            return ""
+        line, first = self.example or (0, 0)
+        return (f"warning: {path}: {self.count} duplicate row{'s' if self.count != 1 else ''} "
+                f"dropped (each identical to an earlier line, e.g. line {line} repeats line "
+                f"{first}); each row counted once")
+
+
+def read_results(path: str | Path) -> tuple[list[dict[str, Any]], Duplicates]:
+    """Read and validate ``results.jsonl`` without printing: the rows, each counted once (they keep
+    a ``line`` field), and the identical copies dropped. Blank lines are skipped."""
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"results file not found: {path}")
     rows: list[dict[str, Any]] = []
     first_seen: dict[str, dict[str, Any]] = {}
+    by_text: dict[str, int] = {}  # canonical JSON of a row -> its first line
+    by_identity: dict[tuple[Any, ...], tuple[int, dict[str, Any]]] = {}
+    dropped, example = 0, None
     with path.open(encoding="utf-8") as handle:
         for number, text in enumerate(handle, start=1):
             if not text.strip():
@@ -137,8 +203,38 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
             row = _validate_row(obj, where)
             if row["kind"] != "baseline":
                 _check_run_consistency(row, first_seen, where)
+            canonical = json.dumps(obj, sort_keys=True)  # NaN == NaN here, key order ignored
+            if canonical in by_text:
+                dropped += 1
+                example = example or (number, by_text[canonical])
+                continue
+            by_text[canonical] = number
+            identity = row_identity(row)
+            if identity is not None:
+                if identity in by_identity:
+                    first, other = by_identity[identity]
+                    raise ResultsError(_conflict(path, first, number, other, obj))
+                by_identity[identity] = (number, obj)
             row["line"] = number
             rows.append(row)
+    return rows, Duplicates(dropped, example)
+
+
+def _conflict(path: Path, first: int, number: int, a: Mapping[str, Any], b: Mapping[str, Any]
+              ) -> str:
+    differ = sorted(k for k in {*a, *b}
+                    if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True))
+    return (f"{path}: lines {first} and {number} are the same {_describe(b)} with different values "
+            f"({', '.join(differ)}); mixed results are never averaged: keep the row of the run "
+            "you mean and delete the other")
+
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """Read and validate ``results.jsonl`` (:func:`read_results`); prints one warning line to
+    stderr when identical copies of rows were dropped."""
+    rows, duplicates = read_results(path)
+    if duplicates.count:
+        print(duplicates.warning(path), file=sys.stderr, flush=True)
     return rows
 
 

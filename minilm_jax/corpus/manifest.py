@@ -1,9 +1,11 @@
 """Stage manifests and atomic stage outputs.
 
 Every stage writes its outputs into a temporary sibling folder and renames it into place when done, so
-a later stage never sees a half-written output. Each output folder has a ``manifest.json`` recording
-the stage, its inputs (with checksums), parameters, counts and the sha256 of every output file; a later
-stage reads its input through :func:`read_stage_manifest`, which re-checks those checksums.
+a later stage never sees a half-written output; the folder's name records its owner (host and pid), so
+the next run into the same output removes the folders a killed run left behind. Each output folder has
+a ``manifest.json`` recording the stage, its inputs (with checksums), parameters, counts and the sha256
+of every output file; a later stage reads its input through :func:`read_stage_manifest`, which
+re-checks those checksums.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from minilm_jax.corpus.errors import CorpusError
-from minilm_jax.storage import atomic_write_json, file_sha256
+from minilm_jax.storage import atomic_write_json, file_sha256, owned_temp_dir, remove_stale_temps
 
 STAGE_FORMAT = "minilm-jax-corpus-stage"
 STAGE_VERSION = 1
@@ -40,15 +41,19 @@ def check_output_free(out_dir: str | os.PathLike, overwrite: bool) -> Path:
 
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder next to ``out_dir``; rename it to ``out_dir`` if the block succeeds."""
+    """Yield a temporary folder next to ``out_dir``; rename it to ``out_dir`` if the block succeeds.
+
+    First removes the temporary folders of earlier runs into ``out_dir`` that were killed (their
+    process no longer runs); a run still writing keeps its folder."""
     out = check_output_free(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    remove_stale_temps(out.parent, out.name, ("tmp", "old"))
+    tmp = owned_temp_dir(out.parent, out.name, "tmp")
     try:
         yield tmp
         _default_permissions(tmp)
         if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            old = owned_temp_dir(out.parent, out.name, "old")
             os.replace(out, old / "x")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)

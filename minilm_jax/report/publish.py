@@ -1,17 +1,20 @@
 """Build a report directory: analyses, plots and report.md written to a staging directory that
-replaces the old report whole (a failed run leaves the earlier report untouched)."""
+replaces the old report whole (a failed run leaves the earlier report untouched). The staging and
+backup directories name their owner (host and pid): the next report into the same directory removes
+those a killed run left behind."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
-import tempfile
+import sys
 from pathlib import Path
 from typing import Any
 
-from minilm_jax.analysis.results import ResultsError, load_results
+from minilm_jax.analysis.results import Duplicates, ResultsError, read_results
 from minilm_jax.errors import UserError
+from minilm_jax.storage import owned_temp_dir, remove_stale_temps
 from minilm_jax.sweep.status import STATUS_NAME, SweepStatus
 
 from .analyses import analyse
@@ -31,9 +34,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_TEMP_TAGS = ("partial", "old")  # staging and backup directories beside the report
+
+
 def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
-                 source: Path) -> Path:
-    """Analyse ``rows`` and write report.md and its plots into the (empty) directory ``out``."""
+                 source: Path, duplicates: Duplicates = Duplicates()) -> Path:
+    """Analyse ``rows`` and write report.md and its plots into the (empty) directory ``out``;
+    ``duplicates`` are the identical rows of ``source`` that were dropped (noted in the report)."""
     analyses = analyse(rows, options)
     for definition, curve in analyses.curves.items():
         plot_loss_vs_flops(analyses, curve, out / LOSS_PLOT.format(definition))
@@ -46,7 +53,8 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
     downstream = analyse_downstream(rows)
     correlation_plotted = plot_correlation(downstream, out / CORRELATION_PLOT)
     lines = ["# Scaling study report", "",
-             f"Source: {code(source)} (sha256 {_sha256(source)[:16]}…, {len(rows)} rows). "
+             f"Source: {code(source)} (sha256 {_sha256(source)[:16]}…, {len(rows)} rows"
+             f"{_duplicates_note(duplicates)}). "
              f"Settings: headline FLOPs `{options.flops}`, {options.bins_per_decade} bins per "
              f"decade, {options.bootstrap} bootstrap resamples, seed {options.seed}, at least "
              f"{options.min_points} points per fit segment, {round(100 * options.confidence)}% "
@@ -64,6 +72,13 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
     path = out / REPORT_NAME
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _duplicates_note(duplicates: Duplicates) -> str:
+    if not duplicates.count:
+        return ""
+    plural = "s" if duplicates.count != 1 else ""
+    return f"; {duplicates.count} duplicate row{plural} dropped, each identical to an earlier line"
 
 
 def incomplete_note(results: Path) -> list[str]:
@@ -96,7 +111,7 @@ def _publish(staging: Path, out: Path) -> None:
     """Swap the finished ``staging`` directory in for ``out`` (restoring ``out`` on failure)."""
     backup = None
     if out.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        backup = owned_temp_dir(out.parent, out.name, "old")
         backup.rmdir()
         os.rename(out, backup)
     try:
@@ -117,16 +132,19 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions | 
     options.check()
     results, out = Path(results), Path(out)
     try:
-        rows = load_results(results)
+        rows, duplicates = read_results(results)
     except ResultsError as err:
         raise UserError(str(err)) from None
     if not rows:
         raise UserError(f"results file has no rows: {results}")
+    if duplicates.count:
+        print(duplicates.warning(results), file=sys.stderr, flush=True)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    remove_stale_temps(out.parent, out.name, _TEMP_TAGS)
+    staging = owned_temp_dir(out.parent, out.name, "partial")
     try:
-        write_report(rows, staging, options, results)
+        write_report(rows, staging, options, results, duplicates)
         os.chmod(staging, 0o755)
         _publish(staging, out)
     finally:

@@ -263,6 +263,8 @@ def test_export_refuses_an_out_over_a_remote_workdir_before_reading_it(monkeypat
         with pytest.raises(InteropError, match=f"--out {out} .*gs://bucket/runs/a"):
             export_workdir("gs://bucket/runs/a", out, overwrite=True)
     with pytest.raises(AssertionError, match="opened"):  # a sibling sharing a prefix is no parent
+        export_workdir("gs://bucket/runs/ab", "runs/hf", overwrite=True)
+    with pytest.raises(InteropError, match="writes a local folder"):  # never a local 'gs:' folder
         export_workdir("gs://bucket/runs/ab", "gs://bucket/runs/a", overwrite=True)
 
 

@@ -59,6 +59,9 @@ def export_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, wh
     checkpoint folders is refused first (:func:`check_out_spares_run`), and a missing ``safetensors``
     before the weights are read. Returns the absolute output directory."""
     check_out_spares_run(workdir, out_dir)
+    if is_remote(os.fspath(out_dir)):
+        raise InteropError(f"--out {out_dir}: export writes a local folder; export here, then "
+                           "copy it to the bucket (gcloud storage cp -r)")
     run = PretrainedRun.open(workdir, which)
     if run.hugging_face:
         raise InteropError(f"{workdir} is already a Hugging Face model directory")

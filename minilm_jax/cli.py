@@ -11,6 +11,7 @@ import difflib
 import functools
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
@@ -69,6 +70,60 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
                         f"{' under ' + parent[:-1] if parent else ''}: {', '.join(siblings)}")
 
 
+def last_override_wins(argv: Sequence[str], flag: str = "config") -> list[str]:
+    """``argv`` with only the last of each repeated ``--<flag>.<field>`` override (``--flagfile``
+    contents expanded first). ml-collections parses a tuple field as an absl multi-flag, so
+    ``--config.train.seeds=0,1 --config.train.seeds=2,3`` would concatenate to ``(0, 1, 2, 3)``
+    while a repeated scalar takes its last value: with this, both take the last value.
+
+    An override is ``--<flag>.<field>=value``, ``--[no]<flag>.<field>`` (a boolean) or
+    ``--<flag>.<field> value`` (the next argument, for a field that is not a boolean); nothing
+    after ``--`` is a flag."""
+    from absl import flags
+
+    try:
+        argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
+    except flags.Error:
+        argv = list(argv)  # absl reports the bad --flagfile itself
+    override = re.compile(rf"^--?(no)?{re.escape(flag)}\.([^=]+)(=.*)?$")
+    end = argv.index("--") if "--" in argv else len(argv)
+    booleans = None  # the config's boolean fields, read when a value might be the next argument
+    groups: list[tuple[str | None, list[str]]] = []  # (field or None, its arguments)
+    i = 0
+    while i < end:
+        match = override.match(argv[i])
+        if match is None:
+            groups.append((None, [argv[i]]))
+            i += 1
+            continue
+        field, takes_next = match.group(2), False
+        if match.group(3) is None and match.group(1) is None and i + 1 < end:
+            if booleans is None:
+                booleans = _boolean_fields(argv, flag)
+            takes_next = field not in booleans  # absl takes the next argument, as it is
+        groups.append((field, argv[i:i + 1 + takes_next]))
+        i += 1 + takes_next
+    last = {field: n for n, (field, _) in enumerate(groups) if field is not None}
+    kept = [arg for n, (field, args) in enumerate(groups) if field is None or last[field] == n
+            for arg in args]
+    return kept + argv[end:]
+
+
+def _boolean_fields(argv: Sequence[str], flag: str) -> set[str]:
+    """The boolean fields of the config file ``--<flag>=`` names (none when it cannot be read:
+    the command reports that itself)."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+    if spec is None:
+        return set()
+    from minilm_jax.run_config import flatten
+
+    try:
+        config = load_config_file(spec)
+    except Exception:  # a missing file or a bad argument: reported by the command
+        return set()
+    return {field for field, value in flatten(config).items() if isinstance(value, bool)}
+
+
 def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.ConfigDict, str]]:
     """Define ``--config`` (a config file, ``spec``) and ``--workdir`` for a run's entry point.
 
@@ -91,10 +146,14 @@ def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.
 
 
 def run_main(main: Callable[[list[str]], None]) -> None:
-    """``absl.app.run(main)`` with override checking and one-line user errors."""
+    """``absl.app.run(main)`` with override checking (the last of a repeated override wins, see
+    :func:`last_override_wins`) and one-line user errors."""
     from absl import app
 
     try:
+        # A repeated override keeps its last value, a tuple field's too (ml-collections would
+        # concatenate those): config_flags reads sys.argv itself, so the rewrite goes there.
+        sys.argv = [sys.argv[0], *last_override_wins(sys.argv[1:])]
         check_overrides(sys.argv[1:])
     except Exception as err:
         exit_on_user_error(err)

@@ -1,5 +1,7 @@
 """What the engine knows of fine-tuning configs beyond their recipe (``configs/finetune.py``):
-the fields a resumed run may change, a run's table columns and the model overrides.
+the range of every field (:data:`FINETUNE_RULES`, checked by :func:`validate_finetune_config`
+before a run writes anything), the fields a resumed run may change, a run's table columns and the
+model overrides.
 """
 
 from __future__ import annotations
@@ -10,7 +12,47 @@ import ml_collections
 
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ModelConfig
-from minilm_jax.run_config import DISTRIBUTED_FIELDS, model_config_dict, parse_value
+from minilm_jax.run_config import (DISTRIBUTED_FIELDS, SHARED_RULES, Allowed, model_config_dict,
+                                   parse_value, raise_problems, range_problems)
+
+
+FINETUNE_RULES: dict[str, Allowed] = {
+    **SHARED_RULES,
+    "data.max_len": Allowed(">= 6", "tokens per example; a sentence pair takes 4 special tokens "
+                                    "and one token of each text", integer=True),
+    "data.max_train_examples": Allowed(">= 0", "0: all", integer=True),
+    "data.max_eval_examples": Allowed(">= 0", "0: all", integer=True),
+    "data.train_per_class": Allowed(">= 0", "0: no per-class sample", integer=True),
+    "data.eval_per_class": Allowed(">= 0", "0: no per-class sample", integer=True),
+    "data.sample_seed": Allowed(">= 0", "the sampling seed", integer=True),
+    "data.holdout_fraction": Allowed("(0, 1)", "the share held out to report on, for a task "
+                                               "without an evaluation split"),
+    "data.validation_fraction": Allowed("(0, 1)", "the share of train carved out for model "
+                                                  "selection"),
+    "data.validation_seed": Allowed(">= 0", "the validation split's seed", integer=True),
+    "data.pad_buckets": Allowed(">= 0", "0: always pad to data.max_len", integer=True),
+    "train.seeds": Allowed(">= 0", "one member per seed", integer=True, each=True),
+    "train.batch_size": Allowed(">= 1", "examples per step and member", integer=True),
+    "train.epochs": Allowed(">= 1", "passes over the training examples", integer=True),
+    "train.early_stopping_patience": Allowed(">= 0", "evaluations without improvement; 0: off",
+                                             integer=True),
+    "train.steps_per_dispatch": Allowed(">= 1", "optimizer steps per compiled call", integer=True),
+    "train.log_every": Allowed(">= 1", "steps between log lines", integer=True),
+    "eval.batch_size": Allowed(">= 1", "examples per evaluation batch", integer=True),
+    "eval.every_epochs": Allowed(">= 1", "epochs between evaluations", integer=True),
+}
+
+
+def validate_finetune_config(config: ml_collections.ConfigDict) -> None:
+    """Check every field of a fine-tuning config for range (:data:`FINETUNE_RULES`; the model's
+    fields when it is built, by :class:`ModelConfig`): one :class:`ConfigError` line listing every
+    problem. Called before anything is written."""
+    problems = range_problems(config, FINETUNE_RULES)
+    seeds = tuple(config.train.seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        problems.insert(0, f"train.seeds={seeds!r}: must be distinct and non-empty (one member per "
+                           "seed)")
+    raise_problems(problems)
 
 
 # Fields that may change when a run resumes (run control, not the experiment).

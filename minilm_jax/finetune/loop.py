@@ -32,7 +32,8 @@ from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.state import MembersState
 from minilm_jax.train.optim import make_optimizer, make_schedule
 
-from .config import RESUMABLE_FIELDS, changed_model_fields, with_overrides
+from .config import (RESUMABLE_FIELDS, changed_model_fields, validate_finetune_config,
+                     with_overrides)
 from .pretrained import PretrainedRun
 from .selection import (VALIDATION, majority_baseline, mean_std, sample_std, split_metrics,
                         unk_counts, unk_warnings)
@@ -57,6 +58,7 @@ class Finetuner(runner.LoopSpec):
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, init_mode: str):
         if init_mode not in ("pretrained", "random"):
             raise UserError(f"init mode must be 'pretrained' or 'random', not {init_mode!r}")
+        validate_finetune_config(config)  # every field's range, before anything else
         self.config, self.workdir, self.init_mode = config, run_path(workdir), init_mode
         self.pretrained = (PretrainedRun.open(config.init.checkpoint, config.init.which)
                            if config.init.checkpoint else None)

@@ -85,6 +85,15 @@ class ModelConfig:
         need(0.0 <= self.hidden_dropout < 1.0, "hidden_dropout", "must be in [0, 1)")
         need(0.0 <= self.attention_dropout < 1.0, "attention_dropout", "must be in [0, 1)")
         need(self.position_offset >= 0, "position_offset", "must be >= 0")
+        need(isinstance(self.type_vocab_size, int) and self.type_vocab_size >= 1,
+             "type_vocab_size", "must be a positive integer")
+        need(0.0 < self.layer_norm_eps < float("inf"), "layer_norm_eps",
+             "must be > 0: it is added to the variance under a square root")
+        need(isinstance(self.pad_id, int) and 0 <= self.pad_id < self.vocab_size, "pad_id",
+             f"must be a token id in [0, vocab_size={self.vocab_size})")
+        for field in ("conv_layers", "conv_channels"):
+            need(isinstance(getattr(self, field), int) and getattr(self, field) >= 0, field,
+                 "must be an integer >= 0; 0: no convolutional front end")
         need(self.embed_projection or self.emb_dim == self.hidden_dim, "embed_projection",
              f"may be False only when emb_dim == hidden_dim ({self.emb_dim} != {self.hidden_dim})")
 

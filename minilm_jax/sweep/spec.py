@@ -31,7 +31,7 @@ import ml_collections
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError
 from minilm_jax.configs import pretrain as pretrain_recipe
-from minilm_jax.run_config import apply_override, flatten, model_from_config, snapshot_steps
+from minilm_jax.run_config import apply_override, flatten, validate_pretrain_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +119,7 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
     def add(name: str, point: str, extra: list[str], membership: Membership) -> None:
         try:
             config = _run_config(point, common + extra)
-            model = model_from_config(config)
-            snapshot_steps(config)
+            model = validate_pretrain_config(config)  # every field's range, the snapshot steps
         except ConfigError as err:
             raise UserError(f"sweep run {name}: {err}") from err
         config.point = model.point

@@ -18,8 +18,8 @@ from jax.experimental import multihost_utils
 from minilm_jax.model import accounting
 from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_manifest
 from minilm_jax.errors import UserError
-from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, model_from_config,
-                                   snapshot_steps)
+from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, snapshot_steps,
+                                   validate_pretrain_config)
 from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train import runner
@@ -87,7 +87,7 @@ class Pretrainer(runner.LoopSpec):
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
         self.config = config
         self.workdir = run_path(workdir)
-        self.model_cfg = model_from_config(config)
+        self.model_cfg = validate_pretrain_config(config)  # every field's range, first
         self.manifest = check_shards(config, self.model_cfg.vocab_size, self.model_cfg.max_len,
                                      self.model_cfg.pad_id)
         self.train_split = open_split(config.data.shards, config.data.train_split,

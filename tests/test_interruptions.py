@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from minilm_jax.errors import Interrupted, UserError
-from minilm_jax.sweep.runner import SweepRunner
+from minilm_jax.sweep.runner import SweepRunner, stop_error
 from minilm_jax.sweep.status import SweepStatus
 from minilm_jax.train import seal
 from minilm_jax.train.checkpoint import Checkpoints, find_checkpoint
@@ -76,19 +76,17 @@ def test_a_preempted_finetuning_stage_is_recorded_interrupted_not_done(word_shar
     assert SweepStatus(tmp_path).unfinished() == ["b finetune:sst2:pretrained: interrupted"]
 
 
-def test_the_sweep_command_exits_non_zero_naming_what_to_rerun(monkeypatch):
-    from minilm_jax.sweep import __main__ as sweep_main
-
+def test_a_stopped_sweep_command_exits_non_zero_naming_what_to_rerun():
     stopped = {"runs": 2, "failures": {}, "results": "r", "report": None,
                "interrupted": {"run": "b", "stage": "finetune:sst2:pretrained", "signal": "SIGTERM"}}
-    monkeypatch.setattr(SweepRunner, "run", lambda self, only="": stopped)
-    monkeypatch.setattr(sweep_main, "_CONFIG", type("F", (), {"value": tiny_sweep(Path("s"))}))
-    monkeypatch.setattr(sweep_main, "_ROOT", type("F", (), {"value": "root"}))
-    monkeypatch.setattr(sweep_main, "_DRY_RUN", type("F", (), {"value": False}))
-    monkeypatch.setattr(sweep_main, "_ONLY", type("F", (), {"value": ""}))
-    with pytest.raises(Interrupted, match="b finetune:sst2:pretrained.*run the same command") as err:
-        sweep_main.main([])
-    assert err.value.exit_status == 143
+    error = stop_error(stopped)
+    assert isinstance(error, Interrupted) and error.exit_status == 143
+    assert str(error) == ("sweep stopped by SIGTERM at b finetune:sst2:pretrained (its step is "
+                          "saved); results and report are incomplete: run the same command again "
+                          "to resume")
+    stopped["interrupted"]["signal"] = "SIGINT"
+    assert stop_error(stopped).exit_status == 130
+    assert stop_error({**stopped, "interrupted": None}) is None
 
 
 def test_ctrl_c_saves_the_step_and_exits_130_with_one_line(word_shards, tmp_path):

@@ -27,7 +27,7 @@ _ONLY = flags.DEFINE_string("only", "", "run only the runs whose name contains t
 def main(argv: list[str]) -> None:
     del argv
     from minilm_jax.errors import UserError
-    from minilm_jax.sweep.runner import SweepRunner, plan_table
+    from minilm_jax.sweep.runner import SweepRunner, plan_table, stop_error
 
     if _CONFIG.value is None or (not _ROOT.value and not _DRY_RUN.value):
         raise UserError("--config=configs/sweep.py:<name> and --root=DIR are required")
@@ -38,16 +38,9 @@ def main(argv: list[str]) -> None:
         return
     outcome = runner.run(_ONLY.value)
     print(json.dumps(outcome, indent=2))
-    stopped = outcome.get("interrupted")
+    stopped = stop_error(outcome)
     if stopped:
-        from minilm_jax.errors import Interrupted
-
-        signal_name = stopped["signal"] or "SIGTERM"
-        raise Interrupted(
-            f"sweep stopped by {'Ctrl-C' if signal_name == 'SIGINT' else signal_name} at "
-            f"{stopped['run']} {stopped['stage']} (its step is saved); results and report are "
-            "incomplete: run the same command again to resume",
-            exit_status=130 if signal_name == "SIGINT" else 143)
+        raise stopped
     if outcome["failures"]:
         raise SystemExit(1)
 

@@ -160,6 +160,20 @@ def finetune_jobs(sweep: ml_collections.ConfigDict, run: Run, root: Path) -> lis
     return jobs
 
 
+def stop_error(outcome: dict[str, Any]) -> Interrupted | None:
+    """The one-line error that ends a sweep command stopped by a signal (exit 130 for Ctrl-C, 143
+    for SIGTERM), or None when the sweep was not stopped."""
+    stopped = outcome.get("interrupted")
+    if not stopped:
+        return None
+    signal_name = stopped["signal"] or "SIGTERM"
+    return Interrupted(
+        f"sweep stopped by {'Ctrl-C' if signal_name == 'SIGINT' else signal_name} at "
+        f"{stopped['run']} {stopped['stage']} (its step is saved); results and report are "
+        "incomplete: run the same command again to resume",
+        exit_status=130 if signal_name == "SIGINT" else 143)
+
+
 class SweepRunner:
     """Expands a sweep and runs it under ``root``."""
 

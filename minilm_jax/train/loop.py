@@ -25,14 +25,11 @@ from minilm_jax.train import batches as batch_lib
 from minilm_jax.train import runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exported for callers)
-from minilm_jax.train.masking import MaskingConfig
-from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, check_train_shape,
-                                   make_mesh, replicated)
+from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.run_log import MetricsWriter, log_line
-from minilm_jax.train.optim import make_optimizer, make_schedule
 from minilm_jax.train.records import PretrainSummary
-from minilm_jax.train.state import TrainState, lm_state
-from minilm_jax.train.step import make_eval_step, make_train_step
+from minilm_jax.train.program import pretrain_program
+from minilm_jax.train.state import TrainState
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
 
 
@@ -97,12 +94,11 @@ class Pretrainer(runner.LoopSpec):
 
         tc = config.train
         self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-        self.total_steps = check_train_shape(tc, self.mesh)
-        check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
-        self.masking = MaskingConfig.from_config(config.mlm, self.model_cfg.vocab_size)
-        self.schedule = make_schedule(config.optim, self.total_steps)
-        self.optimizer = make_optimizer(config.optim, self.total_steps)
-        self._build_state()
+        self.program = pretrain_program(config, self.mesh, self.model_cfg)
+        self.total_steps = self.program.total_steps
+        self.graphdef = self.program.state.graphdef
+        self.param_counts = self.program.state.param_counts
+        self.state: TrainState = self.program.state.init()
         self.indexer = batch_lib.BatchIndexer(config.seed, self.train_split.num_sequences,
                                               tc.batch_size)
         self.flops_paper = accounting.paper_train_flops_per_sequence(self.model_cfg)
@@ -118,27 +114,6 @@ class Pretrainer(runner.LoopSpec):
             return open_split(self.config.data.shards, name, verify=self.config.data.verify_checksums)
         return None
 
-    def _build_state(self) -> None:
-        built = lm_state(self.model_cfg, self.config.seed, self.optimizer, self.mesh)
-        self.graphdef, self.param_counts = built.graphdef, built.param_counts
-        self.state_sharding = built.shardings
-        self.state: TrainState = built.init()
-        train_step = make_train_step(self.graphdef, self.optimizer, self.schedule, self.masking,
-                                     self.config.seed)
-        self.batch_sharding = batch_sharding(self.mesh, batch_axis=2, ndim=4)
-        self.train_step = jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
-                                  out_shardings=(self.state_sharding, replicated(self.mesh)),
-                                  donate_argnums=0)
-        eval_step = make_eval_step(self.graphdef, self.masking, self.config.eval.seed)
-        row = batch_sharding(self.mesh, batch_axis=0, ndim=2)
-        vec = batch_sharding(self.mesh, batch_axis=0, ndim=1)
-        self.eval_shardings = {"tokens": row, "segments": row, "valid": vec}
-        self.eval_step = jax.jit(
-            eval_step,
-            in_shardings=(self.state_sharding["params"], self.state_sharding["rest"], row, row, vec,
-                          None),
-            out_shardings=replicated(self.mesh))
-
     # ----------------------------------------------------------------------------------------
     def evaluate(self, split: ShardSplit, params=None, rest=None) -> dict[str, float]:
         """Masked-LM loss and perplexity over every sequence of ``split`` exactly once."""
@@ -153,8 +128,9 @@ class Pretrainer(runner.LoopSpec):
         for index, start in enumerate(range(0, n, bs)):
             # This process's rows only; the last batch is padded, padded rows are masked out.
             host = batch_lib.eval_batch(split, start, min(start + bs, n), bs, pad_id)
-            rows = batch_lib.to_global(host, self.eval_shardings)
-            s, c = self.eval_step(params, rest, rows["tokens"], rows["segments"], rows["valid"], index)
+            rows = batch_lib.to_global(host, self.program.eval_shardings)
+            s, c = self.program.eval_step(params, rest, rows["tokens"], rows["segments"],
+                                          rows["valid"], index)
             loss_sum += float(s)
             count += float(c)
         loss = loss_sum / max(count, 1.0)
@@ -167,7 +143,8 @@ class Pretrainer(runner.LoopSpec):
 
     # ------------------------------------------------------------------------- loop specialisation
     def dispatch(self, state: TrainState, host_batch: dict[str, np.ndarray]):
-        return self.train_step(state, batch_lib.to_global(host_batch, self.batch_sharding))
+        return self.program.train_step(state,
+                                       batch_lib.to_global(host_batch, self.program.batch_sharding))
 
     def record_metrics(self, first: int, count: int, host: dict[str, Any]) -> None:
         self._window_tokens += float(np.sum(host["tokens"]))

@@ -176,6 +176,8 @@ SHARED_RULES: dict[str, Allowed] = {
                                   also=(-1,)),
     "optim.end_lr_fraction": Allowed("[0, 1]", "the final learning rate as a fraction of the peak"),
     "optim.clip_norm": Allowed(">= 0", "global-norm clipping; 0: none"),
+    "train.steps_per_dispatch": Allowed(">= 1", "optimizer steps per compiled call", integer=True),
+    "train.log_every": Allowed(">= 1", "steps between log lines", integer=True),
     "checkpoint.every_steps": Allowed(">= 1", "steps between saves", integer=True),
     "checkpoint.every_minutes": Allowed("> 0", "minutes between saves; 0 would save at every "
                                                "dispatch"),
@@ -204,8 +206,6 @@ PRETRAIN_RULES: dict[str, Allowed] = {
     "train.batch_size": Allowed(">= 1", "sequences per optimizer step", integer=True),
     "train.num_steps": Allowed(">= 1", "optimizer steps", integer=True),
     "train.grad_accum": Allowed(">= 1", "micro-batches per optimizer step", integer=True),
-    "train.steps_per_dispatch": Allowed(">= 1", "optimizer steps per compiled call", integer=True),
-    "train.log_every": Allowed(">= 1", "steps between log lines", integer=True),
     "train.peak_flops": Allowed(">= 0", "device peak FLOP/s for MFU; 0: measured"),
     "eval.every_steps": Allowed(">= 1", "steps between evaluations", integer=True),
     "eval.per_decade": Allowed(">= 0", "log-spaced evaluations per decade; 0: none", integer=True),

@@ -36,8 +36,6 @@ FINETUNE_RULES: dict[str, Allowed] = {
     "train.epochs": Allowed(">= 1", "passes over the training examples", integer=True),
     "train.early_stopping_patience": Allowed(">= 0", "evaluations without improvement; 0: off",
                                              integer=True),
-    "train.steps_per_dispatch": Allowed(">= 1", "optimizer steps per compiled call", integer=True),
-    "train.log_every": Allowed(">= 1", "steps between log lines", integer=True),
     "eval.batch_size": Allowed(">= 1", "examples per evaluation batch", integer=True),
     "eval.every_epochs": Allowed(">= 1", "epochs between evaluations", integer=True),
 }

@@ -112,7 +112,12 @@ def last_override_wins(argv: Sequence[str], flag: str = "config") -> list[str]:
 def _boolean_fields(argv: Sequence[str], flag: str) -> set[str]:
     """The boolean fields of the config file ``--<flag>=`` names (none when it cannot be read:
     the command reports that itself)."""
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+    spec = None
+    for i, arg in enumerate(argv):
+        if arg.startswith((f"--{flag}=", f"-{flag}=")):
+            spec = arg.split("=", 1)[1]
+        elif arg in (f"--{flag}", f"-{flag}") and i + 1 < len(argv):
+            spec = argv[i + 1]
     if spec is None:
         return set()
     from minilm_jax.run_config import flatten

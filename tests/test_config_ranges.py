@@ -217,6 +217,11 @@ def test_only_earlier_copies_of_a_repeated_override_are_dropped():
     assert last_override_wins(argv) == ["--config=configs/pretrain.py:paper-1.25m", "--workdir=w",
                                         "--config.mlm.never_mask_ids=(0, 1, 2)", "--config.seed=1",
                                         "--", "--config.seed=2"]
+    # the config file as a separate argument: a bare boolean takes no value, so the next
+    # argument is an override of its own (and its repeat is dropped)
+    argv = ["--config", str(REPO / "configs/pretrain.py") + ":paper-1.25m",
+            "--config.train.progress", "--config.seed=1", "--config.seed=3"]
+    assert last_override_wins(argv) == argv[:3] + ["--config.seed=3"]
 
 
 def test_pretraining_with_mask_prob_zero_is_one_error_line_and_writes_nothing(tmp_path):

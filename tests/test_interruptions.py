@@ -66,14 +66,40 @@ def test_a_sigterm_stops_the_sweep_marks_the_stage_interrupted_and_the_report_in
         "b", "b__hidden_dim=32", "b__ffn_dim=64"}
 
 
+class PreemptedRun:
+    """A stage's run that SIGTERM stopped after saving step 7 (its summary has no step field, as
+    a fine-tuning summary has none)."""
+
+    stopped_by, stopped_at = "SIGTERM", 7
+
+    def run(self):
+        return {"status": "preempted", "task": "sst2"}
+
+
 def test_a_preempted_finetuning_stage_is_recorded_interrupted_not_done(word_shards, tmp_path):
     runner = SweepRunner(tiny_sweep(word_shards), tmp_path)
     with stop_signals() as runner._stop:
-        state = runner._attempt("b", "finetune:sst2:pretrained",
-                                lambda: {"status": "preempted", "step": 7})
+        state = runner._attempt("b", "finetune:sst2:pretrained", PreemptedRun)
     assert state == "interrupted" and runner._stop.signal == "SIGTERM"
-    assert SweepStatus(tmp_path).read()["b"]["finetune:sst2:pretrained"]["state"] == "interrupted"
+    entry = SweepStatus(tmp_path).read()["b"]["finetune:sst2:pretrained"]
+    assert (entry["state"], entry["signal"], entry["step"]) == ("interrupted", "SIGTERM", 7)
     assert SweepStatus(tmp_path).unfinished() == ["b finetune:sst2:pretrained: interrupted"]
+    # the same stage finished by a later attempt (or another run sharing the workdir): done
+    workdir = tmp_path / "runs" / "b" / "pretrain"
+    workdir.mkdir(parents=True)
+    (workdir / "summary.json").write_text(json.dumps({"status": "completed"}))
+    runner.status.record("b", "pretrain", "failed", error="x")
+    runner._settle([r for r in runner.runs if r.name == "b"])
+    assert SweepStatus(tmp_path).read()["b"]["pretrain"]["state"] == "done"
+
+
+def test_ctrl_c_in_process_names_the_saved_step(word_shards, tmp_path, monkeypatch):
+    from test_pretrain import small_config
+
+    signal_after(Pretrainer, 3, signal.SIGINT, monkeypatch)
+    with pytest.raises(Interrupted, match=r"interrupted \(Ctrl-C\) at step 3 of .*run the same"):
+        Pretrainer(small_config(word_shards), tmp_path / "run").run()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 3
 
 
 def test_a_stopped_sweep_command_exits_non_zero_naming_what_to_rerun():
@@ -138,6 +164,13 @@ def test_which_best_never_falls_back_to_an_unevaluated_step(tmp_path):
     with pytest.raises(UserError, match="no evaluated best checkpoint.*which=latest"):
         find_checkpoint(tmp_path, "best")
     assert find_checkpoint(tmp_path, "latest")[0] == 390
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "preempted"}))
+    with pytest.raises(UserError, match="no evaluated best checkpoint"):  # it will evaluate later
+        find_checkpoint(tmp_path, "best")
+    # finished without ever evaluating (eval.every_steps > num_steps): it never will; the newest
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "completed"}))
+    assert find_checkpoint(tmp_path, "best")[0] == 390
+    (tmp_path / "summary.json").unlink()
     # a run that keeps no best (no validation split): its newest checkpoint, as documented
     (tmp_path / "config.json").write_text(json.dumps({"checkpoint.keep_best": True,
                                                       "data.eval_split": ""}))
@@ -162,4 +195,11 @@ def test_nested_stop_signals_share_the_outer_request():
         signal.raise_signal(signal.SIGTERM)  # between two runs of a sweep
         with stop_signals() as inner:  # the next run's loop sees it at once
             assert inner is outer and inner.signal == "SIGTERM"
+        with stop_signals(enabled=False) as other:  # several processes: never shared
+            assert other is not outer and other.signal is None
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)  # Ctrl-C, once pressed, decides how it ends
+        assert outer.signal == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+            signal.raise_signal(signal.SIGINT)
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

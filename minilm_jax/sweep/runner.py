@@ -28,9 +28,11 @@ from minilm_jax.storage import WorkdirLock
 from minilm_jax.configs import finetune as finetune_recipe
 from minilm_jax.tasks.registry import task_names
 from minilm_jax.finetune.config import RESUMABLE_FIELDS as FINETUNE_RUN_CONTROL
+from minilm_jax.finetune.config import validate_finetune_config
 from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config, snapshot_steps
 from minilm_jax.train.dispatch import StopRequest, stop_signals
 from minilm_jax.train.records import DONE, is_done
+from minilm_jax.train.runner import LoopSpec
 
 # Pre-training fields that a sweep may change without changing a run's results (run control);
 # everything else, the number of steps and the evaluation points included, makes it another run.
@@ -186,19 +188,21 @@ class SweepRunner:
                                 f"{', '.join(task_names())}")
         self.runs = expand(sweep)
         for task in sweep.finetune_tasks:  # bad fine-tuning overrides fail now, not after pre-training
-            finetune_run_config(sweep, task, Path("."))
+            validate_finetune_config(finetune_run_config(sweep, task, Path(".")))
         self.status = SweepStatus(self.root)
         self._stop = StopRequest()
 
-    def _attempt(self, name: str, stage: str, fn: Callable[[], dict[str, Any]]) -> str:
-        """Run ``fn`` (a run's ``run()``, returning its summary): ``done``, ``failed`` (recorded
-        with its error; the sweep goes on) or ``interrupted`` (SIGTERM or Ctrl-C stopped it after
-        saving; recorded, and the sweep stops)."""
+    def _attempt(self, name: str, stage: str, make: Callable[[], LoopSpec]) -> str:
+        """Build the stage's run (``make``) and run it: ``done``, ``failed`` (recorded with its
+        error; the sweep goes on) or ``interrupted`` (SIGTERM or Ctrl-C stopped it after saving
+        a step; recorded with that step, and the sweep stops)."""
         self.status.record(name, stage, "running")
+        spec = None
         try:
-            summary = fn()
-        except Interrupted:
-            summary = {"status": "preempted", "signal": "SIGINT"}
+            spec = make()
+            summary = spec.run()
+        except Interrupted:  # Ctrl-C: the run saved its step and wrote its summary
+            summary = {"status": "preempted"}
         except (Exception, SystemExit) as err:  # isolate: one failing run must not stop the rest
             message = f"{type(err).__name__}: {err}"
             self.status.record(name, stage, "failed", error=message[:2000],
@@ -208,38 +212,53 @@ class SweepRunner:
         if summary.get("status") in DONE:
             self.status.record(name, stage, "done")
             return "done"
-        signal_name = summary.get("signal") or self._stop.signal or "SIGTERM"
+        signal_name = (spec.stopped_by if spec else None) or self._stop.signal or "SIGTERM"
         self._stop.signal = self._stop.signal or signal_name
         self.status.record(name, stage, "interrupted", signal=signal_name,
-                           step=summary.get("step"))
+                           step=spec.stopped_at if spec else None)
         return "interrupted"
 
     def run(self, only: str = "") -> dict[str, Any]:
         """Run (or skip, when finished) every selected run, then rebuild results and the report;
         one sweep process per root (its lock). SIGTERM or Ctrl-C stops the sweep after the stage
-        in progress saved its step: ``interrupted`` in the outcome says where."""
+        in progress saved its step (``interrupted`` in the outcome says where); the report is then
+        built marked incomplete. Ctrl-C during the report itself stops at once (it is published
+        whole or not at all)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with WorkdirLock(self.root, "sweep root"), stop_signals() as self._stop:
-            return self._run(only)
+        with WorkdirLock(self.root, "sweep root"):
+            with stop_signals() as self._stop:
+                selected, interrupted = self._run_stages(only)
+                results = write_results(self.runs, self.root, self.sweep)
+            report_dir = self._report(results) if self.sweep.report else None
+        names = {run.name for run in selected}  # --only: judged on the runs it selected
+        outcome: dict[str, Any] = {
+            "runs": len(selected), "failures": self.status.failures(names),
+            "results": str(results), "report": str(report_dir) if report_dir else None}
+        if interrupted:
+            outcome["interrupted"] = {"run": interrupted[0], "stage": interrupted[1],
+                                      "signal": self._stop.signal}
+        return outcome
 
-    def _stages(self, run: Run) -> Iterator[tuple[str, Path, Callable[[], dict[str, Any]]]]:
-        """(stage, workdir, start it) of ``run``: pre-training, then each fine-tuning job."""
+    def _stages(self, run: Run) -> Iterator[tuple[str, Path, Callable[[], LoopSpec]]]:
+        """(stage, workdir, build its run) of ``run``: pre-training, then each fine-tuning job."""
         from minilm_jax.finetune.loop import Finetuner
         from minilm_jax.train.loop import Pretrainer
 
         pre_dir = self.root / "runs" / run.name / "pretrain"
-        yield "pretrain", pre_dir, lambda: Pretrainer(run.config, pre_dir).run()
+        yield "pretrain", pre_dir, lambda: Pretrainer(run.config, pre_dir)
         for job in finetune_jobs(self.sweep, run, self.root):
             yield (f"finetune:{job.task}:{job.label}", job.workdir,
-                   lambda job=job: Finetuner(job.config, job.workdir, job.init).run())
+                   lambda job=job: Finetuner(job.config, job.workdir, job.init))
 
-    def _run(self, only: str) -> dict[str, Any]:
+    def _run_stages(self, only: str) -> tuple[list[Run], tuple[str, str] | None]:
+        """Run the selected runs' unfinished stages in order, until done or stopped: (the selected
+        runs, (run, stage) where a signal stopped the sweep, or None)."""
         selected = [r for r in self.runs if not only or only in r.name]
         self._refuse_changed(selected)
         interrupted = None
         for i, run in enumerate(selected, 1):
             print(f"== [{i}/{len(selected)}] {run.name} ({run.point})", flush=True)
-            for stage, workdir, start in self._stages(run):
+            for stage, workdir, make in self._stages(run):
                 label = "pre-training" if stage == "pretrain" else stage.split(":", 1)[1]
                 if is_done(workdir / "summary.json"):
                     print(f"   {label.replace(':', ' ', 1)}: finished earlier: skipped"
@@ -253,7 +272,7 @@ class SweepRunner:
                     break
                 if stage != "pretrain":
                     print(f"== {label.replace(':', ': ', 1)} -> {workdir}", flush=True)
-                state = self._attempt(run.name, stage, start)
+                state = self._attempt(run.name, stage, make)
                 if state == "interrupted":
                     interrupted = (run.name, stage)
                     break
@@ -262,18 +281,21 @@ class SweepRunner:
             write_results(self.runs, self.root, self.sweep)
             if interrupted:
                 break
-        results = write_results(self.runs, self.root, self.sweep)
-        report_dir = None
-        if self.sweep.report:
-            report_dir = self._report(results)
-        names = {run.name for run in selected}  # --only: judged on the runs it selected
-        outcome: dict[str, Any] = {
-            "runs": len(selected), "failures": self.status.failures(names),
-            "results": str(results), "report": str(report_dir) if report_dir else None}
-        if interrupted:
-            outcome["interrupted"] = {"run": interrupted[0], "stage": interrupted[1],
-                                      "signal": self._stop.signal}
-        return outcome
+        if self._stop.signal and not interrupted:  # after the last stage's run loop
+            interrupted = (selected[-1].name if selected else "", "after its last stage")
+        self._settle(selected)
+        return selected, interrupted
+
+    def _settle(self, runs: list[Run]) -> None:
+        """Record ``done`` for every stage of ``runs`` whose workdir holds a finished run but whose
+        record says otherwise (a random twin one run failed and another finished, a stage that
+        finished in an earlier sweep, a kill between the summary and the record)."""
+        recorded = self.status.read()
+        for run in runs:
+            for stage, workdir, _ in self._stages(run):
+                entry = recorded.get(run.name, {}).get(stage)
+                if entry and entry.get("state") != "done" and is_done(workdir / "summary.json"):
+                    self.status.record(run.name, stage, "done")
 
     def _refuse_changed(self, runs: list[Run]) -> None:
         """Refuse, before anything runs, a sweep whose runs would differ from what their workdirs
@@ -297,6 +319,8 @@ class SweepRunner:
     def _report(self, results: Path) -> Path | None:
         from minilm_jax.report import ReportOptions, build_report
 
+        if self._stop.signal:
+            print("stopped: the report is built from the finished stages", flush=True)
         if not any(json.loads(line).get("kind") != "baseline"
                    for line in results.read_text().splitlines() if line.strip()):
             print("no finished runs: no report", flush=True)

@@ -269,11 +269,12 @@ def find_checkpoint(workdir: RunPath, which: str) -> tuple[int, RunPath]:
         best = published_best(workdir)
         if best is not None:
             return best
-        if keeps_best(workdir):
+        if keeps_best(workdir) and not finished(workdir):
             raise UserError(f"no evaluated best checkpoint in {workdir} yet (best/ holds no "
-                            "finished step: the run has not evaluated yet); use the newest "
+                            "finished step and the run has not finished); use the newest "
                             "checkpoint instead with which=latest (--which latest, "
                             "init.which=latest)")
+        # a run that keeps no best, or finished without evaluating: its newest checkpoint
     candidates = [(int(p.name), p / "default") for p in (workdir / "checkpoints").glob("*")
                   if p.name.isdigit() and (p / "default").is_dir()]
     if not candidates:
@@ -291,6 +292,15 @@ def published_best(workdir: RunPath) -> tuple[int, RunPath] | None:
     sealed = [(step, path) for step, path in steps if (path / seal.SEAL_NAME).exists()]
     chosen = (sealed or steps or [None])[0]
     return None if chosen is None else (chosen[0], chosen[1] / "state")
+
+
+def finished(workdir: RunPath) -> bool:
+    """Whether the run in ``workdir`` has finished (its ``summary.json`` says so)."""
+    try:
+        return json.loads((workdir / "summary.json").read_text()).get("status") in (
+            "completed", "early_stopped")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def keeps_best(workdir: RunPath) -> bool:

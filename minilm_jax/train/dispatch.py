@@ -96,19 +96,20 @@ def stop_signals(enabled: bool = True) -> Iterator[StopRequest]:
     its runs' loops still stops the run that starts next. ``enabled=False`` (several processes,
     where JAX's preemption service owns SIGTERM) or a thread other than the main one: nothing is
     caught."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield StopRequest()
+        return
     if _ACTIVE:
         yield _ACTIVE[-1]
         return
     request = StopRequest()
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield request
-        return
 
     def handler(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if name == "SIGINT" and request.signal == "SIGINT":
             raise KeyboardInterrupt  # asked twice: stop now, unsaved
-        request.signal = name
+        if request.signal != "SIGINT":  # Ctrl-C, once pressed, decides how the command ends
+            request.signal = name
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     _ACTIVE.append(request)

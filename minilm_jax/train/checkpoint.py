@@ -25,6 +25,7 @@ from minilm_jax.model.models import MaskedLM
 from minilm_jax.run_config import config_differences
 from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.train import seal
+from minilm_jax.train.records import is_done
 
 
 class CheckpointError(UserError):
@@ -269,7 +270,7 @@ def find_checkpoint(workdir: RunPath, which: str) -> tuple[int, RunPath]:
         best = published_best(workdir)
         if best is not None:
             return best
-        if keeps_best(workdir) and not finished(workdir):
+        if keeps_best(workdir) and not is_done(workdir):
             raise UserError(f"no evaluated best checkpoint in {workdir} yet (best/ holds no "
                             "finished step and the run has not finished); use the newest "
                             "checkpoint instead with which=latest (--which latest, "
@@ -292,15 +293,6 @@ def published_best(workdir: RunPath) -> tuple[int, RunPath] | None:
     sealed = [(step, path) for step, path in steps if (path / seal.SEAL_NAME).exists()]
     chosen = (sealed or steps or [None])[0]
     return None if chosen is None else (chosen[0], chosen[1] / "state")
-
-
-def finished(workdir: RunPath) -> bool:
-    """Whether the run in ``workdir`` has finished (its ``summary.json`` says so)."""
-    try:
-        return json.loads((workdir / "summary.json").read_text()).get("status") in (
-            "completed", "early_stopped")
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def keeps_best(workdir: RunPath) -> bool:

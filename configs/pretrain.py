@@ -12,6 +12,7 @@ an edit here changes every pre-training run that does not override the field.
 import ml_collections
 
 from minilm_jax.run_config import distributed_section, model_config_dict
+from minilm_jax.train.population import population_section
 
 
 def get_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
@@ -80,6 +81,11 @@ def get_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all devices not used by other axes
     c.mesh.fsdp = 1
+    c.mesh.members = 1  # devices a population's members are spread over (1: every device trains all)
+
+    # A population: N members in one compiled program, each a run in <workdir>/members/<name>.
+    # Non-empty lists are crossed (e.g. seeds=(0, 1, 2) and peak_lr=(5e-4, 1e-3): 6 members).
+    c.population = population_section()
 
     # Multi-host runs (TPU pods, several GPU hosts): how a run is launched, never what it computes.
     c.distributed = distributed_section()

@@ -179,7 +179,7 @@ def build_mesh(config, devices: Sequence | None, abstract_size: int | None):
     if data < 1 or data * fsdp > abstract_size:
         raise ConfigError(f"mesh.data x mesh.fsdp = {data} x {fsdp} needs more than the "
                           f"{abstract_size} devices")
-    return AbstractMesh((data, fsdp), AXES)
+    return AbstractMesh((1, data, fsdp), AXES)
 
 
 def compile_train_step(config, devices: Sequence | None = None, *, target: str = "cpu",

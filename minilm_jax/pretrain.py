@@ -4,6 +4,9 @@
         --config.data.shards=SHARD_DIR [--config.<field>=<value> ...]
 
 Re-running the same command resumes from the newest complete checkpoint in DIR.
+
+A population (``--config.population.seeds=0,1,2``, ``--config.population.peak_lr=5e-4,1e-3``, ...:
+lists, crossed) trains its members in one compiled program, each a run in ``DIR/members/<name>``.
 """
 
 from __future__ import annotations
@@ -19,12 +22,21 @@ def main(argv: list[str]) -> None:
     del argv
     from minilm_jax.train.distributed import maybe_initialize_distributed
     from minilm_jax.train.loop import Pretrainer
+    from minilm_jax.train.population import expand, is_population
+    from minilm_jax.train.population_loop import PopulationTrainer
 
     config, workdir = _RUN_FLAGS()
     maybe_initialize_distributed(config)
     export_note(config)
-    summary = Pretrainer(config, workdir).run()
-    brief = {k: summary[k] for k in ("status", "step", "point", "best") if k in summary}
+    if is_population(config):
+        summary = PopulationTrainer(expand(config, workdir), workdir,
+                                    config.population.members).run()
+        brief = {"status": summary["status"], "step": summary["step"],
+                 "members": {m["name"]: {k: m[k] for k in ("status", "best") if m.get(k)}
+                             for m in summary["members"]}}
+    else:
+        summary = Pretrainer(config, workdir).run()
+        brief = {k: summary[k] for k in ("status", "step", "point", "best") if k in summary}
     print(json.dumps(brief, indent=2))
 
 

@@ -57,6 +57,7 @@ RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.progress", "tra
                     "checkpoint.every_minutes", "checkpoint.keep", "checkpoint.keep_fractions",
                     "data.prefetch",
                     "data.verify_checksums", *DISTRIBUTED_FIELDS, "mesh.data", "mesh.fsdp",
+                    "mesh.members", "population.members",
                     "train.steps_per_dispatch")
 
 
@@ -186,6 +187,8 @@ SHARED_RULES: dict[str, Allowed] = {
     "mesh.data": Allowed(">= 1", "devices on the data axis; -1: all not used by fsdp",
                          integer=True, also=(-1,)),
     "mesh.fsdp": Allowed(">= 1", "devices that shard the parameters", integer=True),
+    "mesh.members": Allowed(">= 1", "devices a population's members are spread over",
+                            integer=True),
     "distributed.num_processes": Allowed(">= 0", "0: detected", integer=True),
     "distributed.process_id": Allowed(">= 0", "-1: detected", integer=True, also=(-1,)),
 }

@@ -5,11 +5,8 @@ shared scalar ``step`` and ``selected`` (``{"params", "rest"}``: each member's p
 validation epoch so far, see :func:`make_select`). Batches are ``[K, S, B, T]`` (K optimizer steps per dispatch via
 ``lax.scan``; every member sees its own data order). Dropout keys derive from (member seed, step).
 
-How the S members run inside the one compiled program is ``members``: ``vmap`` (batched, the fast
-choice on GPUs and TPUs) or ``map`` (``lax.map``: one member after another in a compiled loop; on
-CPUs about twice as fast as ``vmap`` for tiny models, measured by ``python -m
-minilm_jax.finetune.bench``); ``auto`` picks ``map`` on CPU and ``vmap`` elsewhere. Both compute the
-same function of the seeds.
+How the S members run inside the one compiled program is ``members`` (:mod:`minilm_jax.train.members`:
+``vmap``, ``map`` or ``auto``).
 """
 
 from __future__ import annotations
@@ -23,35 +20,10 @@ from flax import nnx
 
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import SequenceClassifier
+from minilm_jax.train.members import MEMBER_STRATEGIES, members_strategy, over_members  # noqa: F401
 from minilm_jax.train.state import BuiltState, MembersState, build_state
 
 FinetuneState = MembersState
-MEMBER_STRATEGIES = ("auto", "vmap", "map")
-
-
-def members_strategy(members: str = "auto") -> str:
-    """``vmap`` or ``map`` for ``members`` (``auto``: ``map`` on CPU, ``vmap`` on accelerators)."""
-    if members not in MEMBER_STRATEGIES:
-        raise ValueError(f"members must be one of {MEMBER_STRATEGIES}, got {members!r}")
-    if members == "auto":
-        return "map" if jax.default_backend() == "cpu" else "vmap"
-    return members
-
-
-def over_members(fn: Callable, members: str, shared: int = 0) -> Callable:
-    """``fn`` applied to every member: the leading axis of each argument but the last ``shared``
-    ones (those are the same for every member), by ``vmap`` or ``lax.map`` (see the module doc)."""
-    if members_strategy(members) == "vmap":
-        def batched(*args):
-            count = len(args) - shared
-            return jax.vmap(fn, in_axes=(0,) * count + (None,) * shared)(*args)
-        return batched
-
-    def looped(*args):
-        count = len(args) - shared
-        per_member, common = args[:count], args[count:]
-        return jax.lax.map(lambda xs: fn(*xs, *common), per_member)
-    return looped
 
 
 def example_losses(logits_bc: jax.Array, labels_b: jax.Array, regression: bool) -> jax.Array:

@@ -22,9 +22,11 @@ class DeferredMetrics:
     """The last dispatch's device metrics, read back one dispatch late so the host never waits for
     the device; a non-finite loss stops the run naming the step."""
 
-    def __init__(self, what_is_kept: Callable[[], str]):
+    def __init__(self, what_is_kept: Callable[[], str],
+                 check: Callable[[int, dict[str, np.ndarray]], None] | None = None):
         self._pending: tuple[int, int, Any] | None = None
         self._what_is_kept = what_is_kept  # says which checkpoint a resumption would start from
+        self._check = check  # replaces the rule "any non-finite loss stops" (populations)
 
     def push(self, first_step: int, steps: int, metrics: Any) -> None:
         self._pending = (first_step, steps, metrics)
@@ -36,6 +38,9 @@ class DeferredMetrics:
         first, count, metrics = self._pending
         self._pending = None
         host = jax.device_get(metrics)
+        if self._check is not None:
+            self._check(first, host)
+            return first, count, host
         losses = np.asarray(host["loss"])  # [K] or [K, members]
         finite = np.isfinite(losses.reshape(losses.shape[0], -1)).all(axis=1)
         if not finite.all():

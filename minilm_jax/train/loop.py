@@ -8,7 +8,7 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -16,6 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from minilm_jax.model import accounting
+from minilm_jax.model.config import ModelConfig
 from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_manifest
 from minilm_jax.errors import UserError
 from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, snapshot_steps,
@@ -77,6 +78,50 @@ def run_identity(config: ml_collections.ConfigDict, manifest: dict) -> dict[str,
     return current
 
 
+def split_losses(split: ShardSplit, eval_config: ml_collections.ConfigDict, pad_id: int,
+                 shardings: dict[str, Any], score: Callable[[dict[str, jax.Array], int], Any]
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(loss sum, prediction count, sequences) over every sequence of ``split`` exactly once (at
+    most ``eval.max_sequences``), ``score(rows, batch_index)`` giving a batch's (sum, count):
+    scalars for a run, ``[N]`` for a population."""
+    bs = eval_config.batch_size
+    n = split.num_sequences
+    if eval_config.max_sequences:
+        n = min(n, int(eval_config.max_sequences))
+    loss_sum, count = np.zeros(()), np.zeros(())
+    for index, start in enumerate(range(0, n, bs)):
+        # This process's rows only; the last batch is padded, padded rows are masked out.
+        host = batch_lib.eval_batch(split, start, min(start + bs, n), bs, pad_id)
+        s, c = score(batch_lib.to_global(host, shardings), index)
+        loss_sum = loss_sum + np.asarray(s, np.float64)
+        count = count + np.asarray(c, np.float64)
+    return loss_sum, count, n
+
+
+def eval_result(loss_sum: float, count: float, sequences: int) -> dict[str, float]:
+    """A validation or test row: loss per prediction, perplexity, predictions, sequences."""
+    loss = loss_sum / max(count, 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "predictions": count,
+            "sequences": float(sequences)}
+
+
+def summary_record(status: str, step: int, wall: float, model_cfg: ModelConfig,
+                   param_counts: accounting.ParamCounts, flops_paper: float,
+                   flops_complete: float, manifest: dict[str, Any]) -> PretrainSummary:
+    """A run's :class:`PretrainSummary` without its best, test and digest fields (the caller's)."""
+    return PretrainSummary(
+        status=status, step=step, wall_seconds_this_session=wall,
+        point=model_cfg.point, model=model_cfg.to_dict(),
+        params=dataclasses.asdict(param_counts),
+        flops_per_sequence={"paper": flops_paper, "complete": flops_complete},
+        versions={"python": platform.python_version(), "jax": jax.__version__,
+                  "flax": __import__("flax").__version__,
+                  "optax": __import__("optax").__version__,
+                  "orbax": __import__("orbax.checkpoint").checkpoint.__version__},
+        devices=[str(d) for d in jax.devices()][:8], num_devices=jax.device_count(),
+        shards=manifest["tokenizer"])
+
+
 class Pretrainer(runner.LoopSpec):
     """Builds everything for one run; :meth:`run` trains to ``train.num_steps`` (the shared
     :func:`~minilm_jax.train.runner.run_loop`, specialised by the methods below)."""
@@ -119,23 +164,11 @@ class Pretrainer(runner.LoopSpec):
         """Masked-LM loss and perplexity over every sequence of ``split`` exactly once."""
         params = self.state["params"] if params is None else params
         rest = self.state["rest"] if rest is None else rest
-        bs = self.config.eval.batch_size
-        n = split.num_sequences
-        if self.config.eval.max_sequences:
-            n = min(n, int(self.config.eval.max_sequences))
-        pad_id = self.model_cfg.pad_id
-        loss_sum, count = 0.0, 0.0
-        for index, start in enumerate(range(0, n, bs)):
-            # This process's rows only; the last batch is padded, padded rows are masked out.
-            host = batch_lib.eval_batch(split, start, min(start + bs, n), bs, pad_id)
-            rows = batch_lib.to_global(host, self.program.eval_shardings)
-            s, c = self.program.eval_step(params, rest, rows["tokens"], rows["segments"],
-                                          rows["valid"], index)
-            loss_sum += float(s)
-            count += float(c)
-        loss = loss_sum / max(count, 1.0)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "predictions": count,
-                "sequences": float(n)}
+        loss_sum, count, n = split_losses(
+            split, self.config.eval, self.model_cfg.pad_id, self.program.eval_shardings,
+            lambda rows, index: self.program.eval_step(params, rest, rows["tokens"],
+                                                       rows["segments"], rows["valid"], index))
+        return eval_result(float(loss_sum), float(count), n)
 
     def host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
         return batch_lib.train_batch(self.train_split, self.indexer, step, self.model_cfg.pad_id,
@@ -213,17 +246,8 @@ class Pretrainer(runner.LoopSpec):
     def _summary(self, status: str, step: int, wall: float, ckpts: Checkpoints,
                  writer: MetricsWriter) -> dict[str, Any]:
         """Write the run's :class:`PretrainSummary` (process 0); return it as JSON."""
-        record = PretrainSummary(
-            status=status, step=step, wall_seconds_this_session=wall,
-            point=self.model_cfg.point, model=self.model_cfg.to_dict(),
-            params=dataclasses.asdict(self.param_counts),
-            flops_per_sequence={"paper": self.flops_paper, "complete": self.flops_complete},
-            versions={"python": platform.python_version(), "jax": jax.__version__,
-                      "flax": __import__("flax").__version__,
-                      "optax": __import__("optax").__version__,
-                      "orbax": __import__("orbax.checkpoint").checkpoint.__version__},
-            devices=[str(d) for d in jax.devices()][:8], num_devices=jax.device_count(),
-            shards=self.manifest["tokenizer"])
+        record = summary_record(status, step, wall, self.model_cfg, self.param_counts,
+                                self.flops_paper, self.flops_complete, self.manifest)
         best = ckpts.restore_best(abstract_like(self.state)) if status == "completed" else None
         if best is not None:
             best_step, best_state, best_metrics = best

@@ -1,5 +1,6 @@
-"""Device mesh and shardings: a ``data`` axis (data parallel) and an ``fsdp`` axis (parameters and
-optimizer state sharded, batch split over both axes)."""
+"""Device mesh and shardings: a ``members`` axis (a population's members spread over devices; size 1
+for a single run), a ``data`` axis (data parallel) and an ``fsdp`` axis (parameters and optimizer
+state sharded, batch split over ``data`` and ``fsdp``)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,25 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from minilm_jax.model.config import ConfigError
 
-AXES = ("data", "fsdp")
-BATCH_AXES = ("data", "fsdp")
+AXES = ("members", "data", "fsdp")
+BATCH_AXES = ("members", "data", "fsdp")
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
-    """A ``(data, fsdp)`` mesh over ``devices`` (all devices by default); ``data=-1`` takes the rest."""
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None, members: int = 1) -> Mesh:
+    """A ``(members, data, fsdp)`` mesh over ``devices`` (all devices by default); ``data=-1``
+    takes the rest."""
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices)
-    if fsdp < 1 or n % fsdp:
-        raise ConfigError(f"mesh.fsdp={fsdp} must divide the device count {n}")
+    if members < 1 or n % members:
+        raise ConfigError(f"mesh.members={members} must divide the device count {n}")
+    if fsdp < 1 or (n // members) % fsdp:
+        raise ConfigError(f"mesh.fsdp={fsdp} must divide the {n // members} devices of a member")
     if data == -1:
-        data = n // fsdp
-    if data < 1 or data * fsdp > n:
-        raise ConfigError(f"mesh.data x mesh.fsdp = {data} x {fsdp} needs more than the {n} devices")
-    return Mesh(np.asarray(devices[:data * fsdp]).reshape(data, fsdp), AXES)
+        data = n // members // fsdp
+    if data < 1 or members * data * fsdp > n:
+        raise ConfigError(f"mesh.members x mesh.data x mesh.fsdp = {members} x {data} x {fsdp} "
+                          f"needs more than the {n} devices")
+    return Mesh(np.asarray(devices[:members * data * fsdp]).reshape(members, data, fsdp), AXES)
 
 
 def param_spec(shape: tuple[int, ...], fsdp: int) -> P:
@@ -51,6 +56,29 @@ def state_shardings(mesh: Mesh, abstract_state):
 def batch_sharding(mesh: Mesh, batch_axis: int, ndim: int) -> NamedSharding:
     """Shard axis ``batch_axis`` of an ``ndim`` array over both mesh axes."""
     spec = [None] * ndim
+    spec[batch_axis] = BATCH_AXES
+    return NamedSharding(mesh, P(*spec))
+
+
+def member_axis(mesh: Mesh) -> str | None:
+    """The mesh axis a population's member axis is sharded over (None on a one-device axis, so a
+    single process's batch stays split over one axis only)."""
+    return "members" if mesh.shape.get("members", 1) > 1 else None
+
+
+def members_state_shardings(mesh: Mesh, abstract_state):
+    """Shardings of a population's state: each leaf's leading member axis over ``members``, the
+    rest as :func:`param_spec` shards one member's leaf."""
+    fsdp, axis = mesh.shape["fsdp"], member_axis(mesh)
+    return jax.tree.map(
+        lambda x: NamedSharding(mesh, P(axis, *param_spec(tuple(x.shape[1:]), fsdp))),
+        abstract_state)
+
+
+def members_batch_sharding(mesh: Mesh, batch_axis: int, ndim: int) -> NamedSharding:
+    """Axis 0 (members) over ``members``, axis ``batch_axis`` over ``data`` and ``fsdp``."""
+    spec: list[Any] = [None] * ndim
+    spec[0] = member_axis(mesh)
     spec[batch_axis] = BATCH_AXES
     return NamedSharding(mesh, P(*spec))
 

@@ -15,14 +15,18 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from minilm_jax.model.config import ModelConfig
+from flax import nnx
+
+from minilm_jax.model.config import ConfigError, ModelConfig
+from minilm_jax.model.models import MaskedLM
 from minilm_jax.run_config import model_from_config
 from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, check_train_shape,
-                                   replicated)
-from minilm_jax.train.optim import make_optimizer, make_schedule
+                                   members_batch_sharding, members_state_shardings, replicated)
+from minilm_jax.train.optim import make_optimizer, make_schedule, schedule_values
 from minilm_jax.train.state import BuiltState, lm_state
-from minilm_jax.train.step import make_eval_step, make_train_step
+from minilm_jax.train.step import (MemberGroup, make_eval_step, make_population_eval,
+                                   make_population_step, make_train_step, member_objects)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,3 +87,103 @@ def pretrain_program(config: ml_collections.ConfigDict, mesh: Any,
         optimizer=optimizer, state=built, batch_sharding=data,
         eval_shardings={"tokens": row, "segments": row, "valid": vec}, train_step=train_step,
         eval_step=eval_step, batch_shape=(k, micro, int(tc.batch_size) // micro, model.max_len))
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationProgram:
+    """Everything a population of N members compiles (see :mod:`minilm_jax.train.population`).
+
+    ``state`` leaves carry a leading member axis; ``state["hyper"]`` holds each member's values
+    and ``state["live"]`` whether it still trains. ``train_step(state, batch)`` takes batch arrays
+    ``[N, K, M, b, T]`` and gives metrics ``[K, N]``; ``eval_step(params, rest, mask_prob, tokens,
+    segments, valid, batch_index)`` gives (loss sums, counts) ``[N]``."""
+
+    model: ModelConfig  # member 0's (every member has the same shapes)
+    mesh: Any
+    total_steps: int
+    size: int
+    groups: list[MemberGroup]
+    state: BuiltState
+    batch_sharding: Any
+    eval_shardings: dict[str, Any]
+    train_step: Callable[..., Any]
+    eval_step: Callable[..., Any]
+    batch_shape: tuple[int, int, int, int, int]  # [N, K, M, b, T] of one dispatch
+
+
+def member_values(config: ml_collections.ConfigDict, total_steps: int) -> dict[str, float]:
+    """A member's per-member program values: schedule and decay numbers, mask probability, seed."""
+    return {**schedule_values(config.optim, total_steps), "mask_prob": float(config.mlm.mask_prob),
+            "seed": int(config.seed)}
+
+
+def population_program(configs: list[ml_collections.ConfigDict], mesh: Any,
+                       members: str = "auto") -> PopulationProgram:
+    """The program of a population whose members have ``configs`` (they differ in population
+    fields only: :func:`minilm_jax.train.population.members_of` checks that) on ``mesh``;
+    ``members`` (vmap | map | auto) says how members run together."""
+    from minilm_jax.train.population import group_key
+
+    size = len(configs)
+    first = configs[0]
+    tc = first.train
+    total_steps = check_train_shape(tc, mesh)
+    check_batch_divisible(first.eval.batch_size, mesh, "eval.batch_size")
+    if size % mesh.shape["members"]:
+        raise ConfigError(f"mesh.members={mesh.shape['members']} must divide the {size} members")
+    models = [model_from_config(c) for c in configs]
+    keys: dict[Any, list[int]] = {}
+    for i, c in enumerate(configs):
+        keys.setdefault(group_key(c), []).append(i)
+    groups, makers, counts = [], [], None
+    for indices in keys.values():
+        c, model = configs[indices[0]], models[indices[0]]
+        masking = MaskingConfig.from_config(c.mlm, model.vocab_size)
+        built = lm_state(model, 0, make_optimizer(c.optim, total_steps), mesh)  # shapes only
+        groups.append(MemberGroup(tuple(indices), built.graphdef, c.optim, masking))
+        makers.append(model)
+        counts = counts or built.param_counts
+    values = [member_values(c, total_steps) for c in configs]
+    hyper = {k: jnp.asarray([v[k] for v in values],
+                            jnp.int32 if k == "seed" else jnp.float32) for k in values[0]}
+
+    def init_member(group_index: int, member_hyper):
+        group = groups[group_index]
+        optimizer, _, _, _ = member_objects(group, total_steps, member_hyper)
+        model = MaskedLM(makers[group_index],
+                         rngs=nnx.Rngs(params=jax.random.key(member_hyper["seed"])))
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return {"params": params, "rest": rest, "opt_state": optimizer.init(params),
+                "step": jnp.zeros((), jnp.int32), "live": jnp.ones((), bool), "hyper": member_hyper}
+
+    def init_fn():
+        parts = []
+        for gi, group in enumerate(groups):
+            sub = jax.tree.map(lambda x: x[jnp.asarray(group.indices)], hyper)
+            parts.append(jax.vmap(lambda h, gi=gi: init_member(gi, h))(sub))
+        inverse = jnp.argsort(jnp.asarray([i for g in groups for i in g.indices]))
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[inverse], *parts)
+
+    abstract = jax.eval_shape(init_fn)
+    shardings = members_state_shardings(mesh, abstract)
+    built = BuiltState(graphdef=groups[0].graphdef, param_counts=counts,
+                       abstract=abstract, shardings=shardings,
+                       init=jax.jit(init_fn, out_shardings=shardings))
+    data = members_batch_sharding(mesh, batch_axis=3, ndim=5)
+    train_step = jax.jit(make_population_step(groups, total_steps, size, members),
+                         in_shardings=(shardings, data),
+                         out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    row = batch_sharding(mesh, batch_axis=0, ndim=2)
+    vec = batch_sharding(mesh, batch_axis=0, ndim=1)
+    eval_step = jax.jit(
+        make_population_eval(groups, int(first.eval.seed), size, members),
+        in_shardings=(shardings["params"], shardings["rest"], shardings["hyper"]["mask_prob"],
+                      row, row, vec, None),
+        out_shardings=replicated(mesh))
+    k, micro = max(1, int(tc.steps_per_dispatch)), int(tc.grad_accum)
+    return PopulationProgram(
+        model=models[0], mesh=mesh, total_steps=total_steps, size=size, groups=groups,
+        state=built, batch_sharding=data,
+        eval_shardings={"tokens": row, "segments": row, "valid": vec}, train_step=train_step,
+        eval_step=eval_step,
+        batch_shape=(size, k, micro, int(tc.batch_size) // micro, models[0].max_len))

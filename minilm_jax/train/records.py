@@ -27,7 +27,7 @@ class RecordError(UserError, ValueError):
 
 @dataclasses.dataclass
 class _Record:
-    status: str  # completed | early_stopped | preempted
+    status: str  # completed | early_stopped | preempted | diverged (a population member)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items()
@@ -72,10 +72,23 @@ class PretrainSummary(_Record):
     best: dict[str, Any] | None = None  # step, validation_loss/perplexity, test_loss/perplexity
     final_params_sha256: str = ""
     device_memory: dict[str, Any] | None = None
+    diverged_at: int | None = None  # a population member: the step whose loss was non-finite
+    population: str | None = None  # a population member: the population's workdir
 
     @classmethod
     def _keep_none(cls) -> tuple[str, ...]:
         return ("device_memory",)
+
+
+@dataclasses.dataclass
+class PopulationSummary(_Record):
+    """What a pre-training population wrote at its end: its members, each a run with its own
+    :class:`PretrainSummary` (``name``, ``workdir``, ``status``, ``step``, ``best``)."""
+
+    step: int
+    members: list[dict[str, Any]]
+    strategy: str = ""  # vmap | map
+    wall_seconds_this_session: float = 0.0
 
 
 @dataclasses.dataclass
@@ -125,6 +138,11 @@ def _read(cls: type[R], path: str | RunPath) -> R:
 def read_pretrain_summary(path: str | RunPath) -> PretrainSummary:
     """The pre-training summary of a workdir (or of a ``summary.json`` path)."""
     return _read(PretrainSummary, path)
+
+
+def read_population_summary(path: str | RunPath) -> PopulationSummary:
+    """The summary of a pre-training population's workdir."""
+    return _read(PopulationSummary, path)
 
 
 def read_finetune_summary(path: str | RunPath) -> FinetuneSummary:

@@ -17,7 +17,7 @@ import abc
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
@@ -92,6 +92,10 @@ class LoopSpec(abc.ABC):
         return ()
 
     save_after_evaluation: bool = False  # the evaluation changed the state (selection): save it
+
+    # ``check_losses(first step, host metrics)``: the divergence rule; None: any non-finite loss
+    # stops the run (a population stops a diverged member and goes on).
+    check_losses: Callable[[int, dict[str, Any]], None] | None = None
 
     lock: WorkdirLock  # taken by check_workdir when the specialisation is built
 
@@ -192,7 +196,7 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
     # log_every steps apart.
     plain = bar.disable
     plain_every = max(log_every, -(-total // 20 // log_every) * log_every)
-    deferred = DeferredMetrics(lambda: kept_note(ckpts, spec.workdir))
+    deferred = DeferredMetrics(lambda: kept_note(ckpts, spec.workdir), spec.check_losses)
     window = Window()
     step, status = start, ("early_stopped" if nothing_left else "completed")
     # Saving and training are collective: with several processes, none may stop alone. There

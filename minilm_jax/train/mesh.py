@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from minilm_jax.model.config import ConfigError
 
 AXES = ("members", "data", "fsdp")
-BATCH_AXES = ("members", "data", "fsdp")
+BATCH_AXES = ("data", "fsdp")
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None, members: int = 1) -> Mesh:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -23,12 +24,19 @@ def warmup_steps(optim: ml_collections.ConfigDict, total_steps: int) -> int:
 
 def schedule_values(optim: ml_collections.ConfigDict, total_steps: int) -> dict[str, float]:
     """The numbers of a run's schedule and decay: ``peak_lr``, ``warmup`` (steps), ``end_lr``
-    (``peak * end_lr_fraction``, computed here once) and ``weight_decay``. A population passes each
+    (``peak * end_lr_fraction``), ``weight_decay``, and what the schedule derives from them
+    (``inv_warmup``, ``inv_span``: reciprocals; ``drop``: ``peak - end``), computed here once in
+    float32. A population passes each
     member's as arrays (:func:`make_schedule`, :func:`make_optimizer`), so a member computes exactly
     what a separate run with those values does."""
-    return {"peak_lr": float(optim.peak_lr), "warmup": float(warmup_steps(optim, total_steps)),
+    warm = warmup_steps(optim, total_steps)
+    return {"peak_lr": float(optim.peak_lr), "warmup": float(warm),
             "end_lr": float(optim.peak_lr) * float(optim.end_lr_fraction),
-            "weight_decay": float(optim.weight_decay)}
+            "weight_decay": float(optim.weight_decay),
+            "inv_warmup": float(np.float32(1.0) / np.float32(warm)) if warm else float("inf"),
+            "inv_span": float(np.float32(1.0) / np.float32(max(1, total_steps - warm))),
+            "drop": float(np.float32(optim.peak_lr)
+                          - np.float32(float(optim.peak_lr) * float(optim.end_lr_fraction)))}
 
 
 def make_schedule(optim: ml_collections.ConfigDict, total_steps: int,
@@ -38,20 +46,23 @@ def make_schedule(optim: ml_collections.ConfigDict, total_steps: int,
     or traced arrays) replace the config's numbers; the schedule's kind is always the config's."""
     values = values if values is not None else schedule_values(optim, total_steps)
     peak, warm, end = values["peak_lr"], values["warmup"], values["end_lr"]
+    inv_warm, inv_span, drop = values["inv_warmup"], values["inv_span"], values["drop"]
     name = optim.schedule
     if name not in SCHEDULES:
         raise ConfigError(f"optim.schedule: {name!r} is not one of {SCHEDULES}")
 
     def schedule(count: jax.Array) -> jax.Array:
         s = jnp.asarray(count, jnp.float32) + 1.0
-        warmup = jnp.minimum(s / warm, 1.0)
-        frac = jnp.clip((s - warm) / jnp.maximum(1.0, total_steps - warm), 0.0, 1.0)
+        # Divisions by a run's constants are products with reciprocals computed once in float32
+        # (what XLA does with a constant divisor), so a member's traced values give the same bits.
+        warmup = jnp.minimum(s * inv_warm, 1.0)
+        frac = jnp.clip((s - warm) * inv_span, 0.0, 1.0)
         if name == "inverse_sqrt":  # paper: peak * min(s/W, sqrt(W/s))
-            return peak * jnp.minimum(s / warm, jnp.sqrt(warm / s))
+            return peak * jnp.minimum(s * inv_warm, jnp.sqrt(warm / s))
         if name == "linear":
-            return warmup * (peak + (end - peak) * frac)
+            return warmup * (peak - drop * frac)
         if name == "cosine":
-            return warmup * (end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac)))
+            return warmup * (end + drop * 0.5 * (1.0 + jnp.cos(jnp.pi * frac)))
         return warmup * peak
 
     return schedule

@@ -265,23 +265,26 @@ class PopulationTrainer(runner.LoopSpec):
                                      steps_per_dispatch=tc.steps_per_dispatch,
                                      log_every=tc.log_every, prefetch_depth=config.data.prefetch,
                                      progress=tc.progress, desc="population")
-        except TrainingDiverged:
-            self._member_summaries("diverged", start, time.time() - t0, final=False)
+        except TrainingDiverged:  # every member diverged; the state was donated to the last step
+            self._member_summaries("diverged", start, time.time() - t0, state=None)
             raise
         finally:
             writers.flush()
         self.state = result.state
-        summary = self._member_summaries(result.status, result.step, time.time() - t0)
+        summary = self._member_summaries(result.status, result.step, time.time() - t0,
+                                         self.state)
         writers.close()
         self.ckpts.close()
         for c in self.member_ckpts:
             c.close()
         return summary
 
-    def _member_summaries(self, status: str, step: int, wall: float, final: bool = True
-                          ) -> dict[str, Any]:
-        """Save each member's final state, write each member's summary and the population's."""
-        steps = np.asarray(jax.device_get(self.state["step"]))
+    def _member_summaries(self, status: str, step: int, wall: float,
+                          state: dict[str, Any] | None) -> dict[str, Any]:
+        """Save each member's final ``state`` (None: not available, when every member diverged),
+        write each member's summary and the population's."""
+        steps = (np.asarray(jax.device_get(state["step"])) if state is not None
+                 else np.asarray([self.diverged[i] - 1 for i in range(self.size)]))
         best_states = [None] * self.size
         records = []
         for i, (member, ckpts) in enumerate(zip(self.members, self.member_ckpts)):
@@ -291,26 +294,27 @@ class PopulationTrainer(runner.LoopSpec):
                                     self.manifest)
             record.diverged_at = self.diverged.get(i)
             record.population = str(self.workdir)
-            state = member_state(self.state, i)
-            if final:
-                ckpts.save(int(steps[i]), state)
-            best = ckpts.restore_best(abstract_like(state)) if status == "completed" else None
-            if best is not None:
-                best_step, best_states[i], metrics = best
-                record.best = {"step": int(best_step), "validation_loss": metrics["loss"],
-                               "validation_perplexity": metrics["perplexity"]}
-            record.final_params_sha256 = params_digest(state["params"])
+            if state is not None:
+                mine = member_state(state, i)
+                ckpts.save(int(steps[i]), mine)
+                record.final_params_sha256 = params_digest(mine["params"])
+                if status == "completed":
+                    best = ckpts.restore_best(abstract_like(mine))
+                    if best is not None:
+                        best_step, best_states[i], metrics = best
+                        record.best = {"step": int(best_step), "validation_loss": metrics["loss"],
+                                       "validation_perplexity": metrics["perplexity"]}
             records.append(record)
         if (status == "completed" and self.config.eval.test_at_end and self.test_split is not None
                 and any(b is not None for b in best_states)):
-            chosen = [b if b is not None else member_state(self.state, i)
+            chosen = [b if b is not None else member_state(state, i)
                       for i, b in enumerate(best_states)]  # a member without a best: not reported
             stacked = {k: jax.tree.map(lambda *xs: np.stack(xs), *[b[k] for b in chosen])
                        for k in ("params", "rest")}
             stacked = jax.device_put(stacked, {k: self.program.state.shardings[k]
                                                for k in ("params", "rest")})
             for i, test in enumerate(self.evaluate(self.test_split,
-                                                   {**stacked, "hyper": self.state["hyper"]})):
+                                                   {**stacked, "hyper": state["hyper"]})):
                 if best_states[i] is None:
                     continue
                 best_step = records[i].best["step"]

@@ -130,8 +130,9 @@ class MemberGroup:
 def member_objects(group: MemberGroup, total_steps: int, hyper: dict[str, jax.Array]
                    ) -> tuple[optax.GradientTransformation, optax.Schedule, MaskingConfig, jax.Array]:
     """One member's optimizer, schedule, masking and base key, from its values in ``hyper``
-    (``seed``, ``peak_lr``, ``warmup``, ``end_lr``, ``weight_decay``, ``mask_prob``)."""
-    values = {k: hyper[k] for k in ("peak_lr", "warmup", "end_lr", "weight_decay")}
+    (``seed``, ``mask_prob`` and :func:`~minilm_jax.train.optim.schedule_values`)."""
+    values = {k: hyper[k] for k in ("peak_lr", "warmup", "end_lr", "weight_decay", "inv_warmup",
+                                     "inv_span", "drop")}
     return (make_optimizer(group.optim, total_steps, values),
             make_schedule(group.optim, total_steps, values),
             dataclasses.replace(group.masking, mask_prob=hyper["mask_prob"]),

@@ -1,0 +1,186 @@
+"""Pre-training populations on real text: members equal separate runs, each member is a run, exact
+resume after SIGKILL, a diverging member stops alone, members sharded over 8 fake devices."""
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from minilm_jax.errors import UserError
+from minilm_jax.run_config import model_from_config
+from minilm_jax.train.checkpoint import find_checkpoint, load_model_state
+from minilm_jax.train.dispatch import TrainingDiverged
+from minilm_jax.train.loop import Pretrainer
+from minilm_jax.train.population import expand, members_of, with_fields
+from minilm_jax.train.population_loop import PopulationTrainer
+from minilm_jax.train.records import is_done, read_pretrain_summary
+from minilm_jax.train.run_log import read_metrics
+
+from test_pretrain import REPO, cli_args, cli_env, small_config, train_losses, wait_for
+
+# Four members: different seeds and peak learning rates; the last also another schedule and no
+# dropout (so it is compiled as a second group inside the same program).
+SETTINGS = [{"seed": 0, "optim.peak_lr": 5e-4},
+            {"seed": 1, "optim.peak_lr": 1e-3, "mlm.mask_prob": 0.3},
+            {"seed": 2, "optim.peak_lr": 2e-3, "optim.warmup_steps": 2},
+            {"seed": 3, "optim.peak_lr": 1e-3, "optim.schedule": "linear",
+             "model.hidden_dropout": 0.0, "model.attention_dropout": 0.0}]
+
+
+def base_config(shards, **overrides):
+    return small_config(shards, **{"train.num_steps": 8, "eval.every_steps": 4,
+                                   "checkpoint.every_steps": 4,
+                                   "checkpoint.keep_fractions": (0.5,), **overrides})
+
+
+def population(shards, root: Path, **overrides):
+    base = base_config(shards, **overrides)
+    return members_of([(f"m{i}", root / f"m{i}", with_fields(base, s))
+                       for i, s in enumerate(SETTINGS)])
+
+
+def validation_losses(workdir):
+    return {r["step"]: r["loss"] for r in read_metrics(Path(workdir) / "metrics.jsonl")
+            if r["split"] == "validation"}
+
+
+def params_of(workdir, which="latest"):
+    config_model = model_from_config(base_config("x"))
+    return jax.tree.leaves(load_model_state(find_checkpoint(Path(workdir), which)[1], config_model))
+
+
+@pytest.fixture(scope="module")
+def trained(word_shards, tmp_path_factory):
+    """One population (lax.map, 1 device) and the four separate runs it should equal."""
+    root = tmp_path_factory.mktemp("population")
+    members = population(word_shards, root / "members")
+    summary = PopulationTrainer(members, root / "pop", "map").run()
+    for m in members:
+        Pretrainer(m.config, root / "solo" / m.name).run()
+    return root, members, summary
+
+
+def test_members_equal_separate_runs_exactly(trained):
+    root, members, summary = trained
+    assert summary["status"] == "completed" and len(summary["members"]) == 4
+    for m in members:
+        solo = root / "solo" / m.name
+        assert train_losses(m.workdir) == train_losses(solo)
+        assert validation_losses(m.workdir) == validation_losses(solo)
+        assert (read_pretrain_summary(m.workdir).final_params_sha256
+                == read_pretrain_summary(solo).final_params_sha256)
+    # the members really differ (seeds, learning rates, schedules)
+    assert len({train_losses(m.workdir)[8] for m in members}) == 4
+
+
+def test_each_member_is_a_run_read_like_a_separate_one(trained):
+    root, members, _ = trained
+    for m in members:
+        solo = root / "solo" / m.name
+        assert is_done(m.workdir)
+        assert json.loads((m.workdir / "config.json").read_text()) == json.loads(
+            (solo / "config.json").read_text())
+        mine, theirs = read_pretrain_summary(m.workdir), read_pretrain_summary(solo)
+        assert mine.best == theirs.best and mine.best["test_loss"] > 0
+        for which in ("best", "latest", "step:4"):
+            assert find_checkpoint(m.workdir, which)[0] == find_checkpoint(solo, which)[0]
+            for a, b in zip(params_of(m.workdir, which), params_of(solo, which)):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_members_on_eight_devices_equal_unsharded_members(trained, word_shards, tmp_path):
+    root, members, _ = trained
+    sharded = population(word_shards, tmp_path / "members",
+                         **{"mesh.members": 2, "mesh.data": 2, "mesh.fsdp": 2})
+    trainer = PopulationTrainer(sharded, tmp_path / "pop", "vmap")
+    assert dict(trainer.mesh.shape) == {"members": 2, "data": 2, "fsdp": 2}
+    assert all(leaf.sharding.spec[0] == "members"
+               for leaf in jax.tree.leaves(trainer.state["params"]))
+    trainer.run()
+    for m, s in zip(members, sharded):
+        a, b = train_losses(m.workdir), train_losses(s.workdir)
+        assert a.keys() == b.keys()
+        np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], rtol=1e-4)
+        for x, y in zip(params_of(m.workdir), params_of(s.workdir)):
+            np.testing.assert_allclose(x, y, atol=2e-3)
+
+
+def test_a_diverging_member_stops_alone(word_shards, tmp_path):
+    base = base_config(word_shards, **{"checkpoint.keep_fractions": ()})
+    members = members_of([("ok", tmp_path / "ok", base),
+                          ("bad", tmp_path / "bad", with_fields(base, {"optim.peak_lr": 1e30}))])
+    summary = PopulationTrainer(members, tmp_path / "pop", "map").run()
+    assert summary["status"] == "completed"
+    ok, bad = read_pretrain_summary(tmp_path / "ok"), read_pretrain_summary(tmp_path / "bad")
+    assert ok.status == "completed" and ok.step == 8 and is_done(tmp_path / "ok")
+    assert bad.status == "diverged" and not is_done(tmp_path / "bad")
+    assert bad.step == bad.diverged_at - 1 < 8
+    assert max(train_losses(tmp_path / "bad")) < bad.diverged_at  # no rows after it
+    assert all(np.isfinite(v) for v in train_losses(tmp_path / "bad").values())
+    assert find_checkpoint(tmp_path / "bad", "latest")[0] == bad.step  # its last finite state
+    # the healthy member trained as if alone
+    Pretrainer(base, tmp_path / "solo").run()
+    assert train_losses(tmp_path / "ok") == train_losses(tmp_path / "solo")
+
+    both_bad = members_of([(n, tmp_path / f"all-{n}", with_fields(base, {"seed": s,
+                                                                         "optim.peak_lr": 1e30}))
+                           for n, s in (("a", 0), ("b", 1))])
+    with pytest.raises(TrainingDiverged, match="every member of the population diverged"):
+        PopulationTrainer(both_bad, tmp_path / "pop-bad", "map").run()
+    assert read_pretrain_summary(tmp_path / "all-a").status == "diverged"
+
+
+def population_cli(shards, workdir, steps=24):
+    return cli_args(shards, workdir, steps) + ["--config.population.seeds=0,1",
+                                               "--config.population.peak_lr=5e-4,1e-3",
+                                               "--config.checkpoint.keep=1"]
+
+
+def member_digests(workdir):
+    return {p.name: read_pretrain_summary(p).final_params_sha256
+            for p in sorted((Path(workdir) / "members").iterdir())}
+
+
+def test_sigkill_mid_population_resumes_bit_identically(word_shards, tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run(population_cli(word_shards, reference), cwd=REPO, env=cli_env(), check=True,
+                   capture_output=True)
+    assert sorted(member_digests(reference)) == ["s0-lr0.0005", "s0-lr0.001", "s1-lr0.0005",
+                                                 "s1-lr0.001"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(population_cli(word_shards, killed), cwd=REPO, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(killed / "checkpoints" / "10", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=cli_env(),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resumed from checkpoint at step" in out.stdout
+    assert member_digests(killed) == member_digests(reference)
+    for name in member_digests(reference):
+        assert (train_losses(killed / "members" / name)
+                == train_losses(reference / "members" / name))
+
+
+def test_population_lists_cross_into_named_members(word_shards, tmp_path):
+    c = base_config(word_shards)
+    c.population.seeds = (0, 1, 2)
+    c.population.dropout = (0.0, 0.1)
+    members = expand(c, tmp_path)
+    assert [m.name for m in members] == ["s0-do0", "s1-do0", "s2-do0", "s0-do0.1", "s1-do0.1",
+                                         "s2-do0.1"]
+    assert members[4].config.seed == 1 and members[4].config.model.attention_dropout == 0.1
+    assert members[4].workdir == tmp_path / "members" / "s1-do0.1"
+    assert all(len(m.config.population.seeds) == 0 for m in members)
+    c.population.seeds = (0, 0)
+    with pytest.raises(UserError, match="repeats a value"):
+        expand(c, tmp_path)
+    with pytest.raises(UserError, match="train.batch_size"):
+        members_of([("a", tmp_path / "a", base_config(word_shards)),
+                    ("b", tmp_path / "b", base_config(word_shards, **{"train.batch_size": 8}))])

@@ -41,6 +41,12 @@ def _common(c: ml_collections.ConfigDict) -> None:
     # architecture. Empty: the best checkpoint only.
     c.finetune_checkpoints = ()
     c.finetune_seeds = ()  # e.g. (0, 1, 2): train.seeds of every fine-tuning run
+    # e.g. (0, 1, 2): every run is pre-trained with each seed (run <name>__seed=<s>); the report
+    # then treats the pre-training seed as the unit of replication. Empty: the recipe's seed.
+    c.pretrain_seeds = ()
+    # auto: runs whose configs differ only in population fields (seed, peak LR, warm-up, ...) are
+    # pre-trained together as one population (one compiled program); off: one run at a time.
+    c.pack = "auto"
     c.data_root = ""  # what {data_root} in an override stands for (data a launcher prepared)
     c.report = True
     c.report_bootstrap = 1000

@@ -4,6 +4,13 @@
     python -m minilm_jax.bench --point paper-1.25m --batch 32 --steps 20
     python -m minilm_jax.bench --point base-large --batch 32 --dtype bfloat16 --hf
     python -m minilm_jax.bench --sweep configs/sweep.py:paper --batch 256 --dtype bfloat16
+    python -m minilm_jax.bench --point paper-1.25m --batch 256 --members 1,4,16,64
+    python -m minilm_jax.bench --sweep configs/sweep.py:paper --batch 256 --sweep_seeds 3
+
+``--members`` trains N members (seeds 0..N-1, ``batch`` sequences each) as one population program
+(``--members_impl``: vmap | map | auto) and prints aggregate and per-member tokens/s, MFU and peak
+memory, and the ratio of the aggregate to one separate run's tokens/s (>= 1: the N members together
+take no longer than N runs one after another).
 
 Both sides run a full training step (forward, backward, AdamW update) on the same batch with the
 same loss (mean cross-entropy over the 15% masked positions). Ours evaluates the MLM head only at
@@ -43,15 +50,29 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
     config.train.grad_accum, config.train.steps_per_dispatch = 1, steps_per_dispatch
     config.eval.batch_size, config.seed = batch, 0
     program = pretrain_program(config, make_mesh(1, 1), model=cfg)  # what a run compiles
-    state, step_fn = program.state.init(), program.train_step
     tokens = synthetic_tokens(batch, cfg.max_len, cfg.vocab_size)
     k = steps_per_dispatch
     data = {"tokens": jnp.asarray(np.broadcast_to(tokens, program.batch_shape)),
             "segments": jnp.ones(program.batch_shape, jnp.int32)}
+    metrics, elapsed, dispatches = timed(program.train_step, program.state.init(), data, steps, k,
+                                         min_seconds)
+    seqs_s = dispatches * k * batch / elapsed
+    flops = accounting.train_flops_per_sequence(cfg, num_predictions=config.mlm.max_predictions)
+    peak = measured_matmul_peak("bfloat16" if dtype == "bfloat16" else "float32")
+    return {"impl": "minilm-jax", "point": cfg.point, "batch": batch, "dtype": dtype,
+            "steps_timed": dispatches * k, "seconds_timed": elapsed,
+            "tokens_per_sec": seqs_s * cfg.max_len, "step_ms": 1000 * elapsed / (dispatches * k),
+            "model_flops_per_sec": seqs_s * flops, "mfu": seqs_s * flops / peak,
+            "peak_flops_measured": peak, "loss": float(np.asarray(metrics["loss"])[-1]),
+            "memory": device_memory_stats()}
+
+
+def timed(step_fn, state, data, steps: int, k: int, min_seconds: float):
+    """(last metrics, seconds, dispatches) of whole rounds of ``steps // k`` dispatches, after one
+    compiling dispatch, until at least ``min_seconds`` have passed (a 1M-parameter step takes ~3 ms
+    on a GPU, and a 60 ms window can be off by a factor of three)."""
     state, metrics = step_fn(state, data)  # compile
     jax.block_until_ready(metrics)
-    # At least `steps` steps and at least `min_seconds`: a 1M-parameter step takes ~3 ms on a GPU,
-    # and a 60 ms window can be off by a factor of three.
     per_round = max(1, steps // k)
     dispatches, start = 0, time.perf_counter()
     while True:
@@ -61,15 +82,41 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
         jax.block_until_ready(metrics)
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
-            break
-    seqs_s = dispatches * k * batch / elapsed
+            return metrics, elapsed, dispatches
+
+
+def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
+                  steps_per_dispatch: int, impl: str = "auto", min_seconds: float = 2.0) -> dict:
+    """Tokens/s, MFU and memory of ``members`` members (seeds 0..N-1, ``batch`` sequences each)
+    trained by one population program (what a population run compiles)."""
+    from minilm_jax.train.members import members_strategy
+    from minilm_jax.train.program import population_program
+
+    config = pretrain_recipe.get_config(point)
+    cfg = resolve_point(point, dtype=dtype)
+    config.model.dtype = cfg.dtype
+    config.train.num_steps, config.train.batch_size = 10_000, batch
+    config.train.grad_accum, config.train.steps_per_dispatch = 1, steps_per_dispatch
+    config.eval.batch_size = batch
+    configs = []
+    for seed in range(members):
+        member = config.copy_and_resolve_references()
+        member.seed = seed
+        configs.append(member)
+    program = population_program(configs, make_mesh(1, 1), impl)
+    tokens = synthetic_tokens(batch, cfg.max_len, cfg.vocab_size)
+    data = {"tokens": jnp.asarray(np.broadcast_to(tokens, program.batch_shape)),
+            "segments": jnp.ones(program.batch_shape, jnp.int32)}
+    metrics, elapsed, dispatches = timed(program.train_step, program.state.init(), data, steps,
+                                         steps_per_dispatch, min_seconds)
+    seqs_s = dispatches * steps_per_dispatch * batch * members / elapsed
     flops = accounting.train_flops_per_sequence(cfg, num_predictions=config.mlm.max_predictions)
     peak = measured_matmul_peak("bfloat16" if dtype == "bfloat16" else "float32")
-    return {"impl": "minilm-jax", "point": cfg.point, "batch": batch, "dtype": dtype,
-            "steps_timed": dispatches * k, "seconds_timed": elapsed,
-            "tokens_per_sec": seqs_s * cfg.max_len, "step_ms": 1000 * elapsed / (dispatches * k),
-            "model_flops_per_sec": seqs_s * flops, "mfu": seqs_s * flops / peak,
-            "peak_flops_measured": peak, "loss": float(np.asarray(metrics["loss"])[-1]),
+    return {"members": members, "impl": members_strategy(impl), "point": cfg.point,
+            "batch": batch, "dtype": dtype, "seconds_timed": elapsed,
+            "tokens_per_sec": seqs_s * cfg.max_len,
+            "tokens_per_sec_per_member": seqs_s * cfg.max_len / members,
+            "mfu": seqs_s * flops / peak, "loss": float(np.mean(np.asarray(metrics["loss"])[-1])),
             "memory": device_memory_stats()}
 
 
@@ -127,9 +174,12 @@ def bench_hf(point: str, batch: int, steps: int, threads: int, dtype: str = "flo
 
 
 def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
-                  tokens_per_run: float, limit: int = 0, min_seconds: float = 2.0) -> dict:
+                  tokens_per_run: float, limit: int = 0, min_seconds: float = 2.0,
+                  seeds: int = 1, impl: str = "auto") -> dict:
     """Measure tokens/s of every distinct point of a sweep and project its pre-training time:
-    ``tokens_per_run`` tokens (one epoch of the paper's corpus: 1.16e9) per run."""
+    ``tokens_per_run`` tokens (one epoch of the paper's corpus: 1.16e9) per run. With ``seeds`` > 1
+    every run is ``seeds`` pre-training seeds packed into one population (``impl``): its time is
+    measured as such and compared with the one-seed time of the point."""
     from minilm_jax.cli import load_config_file
     from minilm_jax.sweep import expand
 
@@ -137,16 +187,54 @@ def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per
     points = list(dict.fromkeys(r.point for r in runs))[: limit or None]
     rows, total_hours = [], 0.0
     for point in points:
+        count = sum(r.point == point for r in runs)
         measured = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum", min_seconds)
-        hours = tokens_per_run / measured["tokens_per_sec"] / 3600 * sum(r.point == point for r in runs)
-        total_hours += hours
-        rows.append({"point": point, "tokens_per_sec": measured["tokens_per_sec"],
-                     "mfu": measured["mfu"], "hours": hours})
-        print(f"{point:<34} {measured['tokens_per_sec']:>14,.0f} tokens/s  MFU "
-              f"{100 * measured['mfu']:5.1f}%  {hours:8.3f} h", flush=True)
+        one_seed = tokens_per_run / measured["tokens_per_sec"] / 3600 * count
+        row = {"point": point, "tokens_per_sec": measured["tokens_per_sec"],
+               "mfu": measured["mfu"], "hours": one_seed}
+        line = (f"{point:<34} {measured['tokens_per_sec']:>14,.0f} tokens/s  MFU "
+                f"{100 * measured['mfu']:5.1f}%  {one_seed:8.3f} h")
+        if seeds > 1:
+            packed = bench_members(point, seeds, batch, steps, dtype, steps_per_dispatch, impl,
+                                   min_seconds)
+            hours = tokens_per_run * seeds / packed["tokens_per_sec"] / 3600 * count
+            row.update(hours=hours, one_seed_hours=one_seed, seeds=seeds,
+                       packed_tokens_per_sec=packed["tokens_per_sec"], packed_mfu=packed["mfu"],
+                       cost_vs_one_seed=hours / one_seed)
+            line += (f"  | {seeds} seeds packed: {packed['tokens_per_sec']:>14,.0f} tokens/s  "
+                     f"{hours:8.3f} h ({hours / one_seed:.2f}x one seed)")
+        total_hours += row["hours"]
+        rows.append(row)
+        print(line, flush=True)
     print(f"projected pre-training time of {len(runs) if not limit else len(rows)} runs x "
-          f"{tokens_per_run:.3g} tokens on {jax.devices()[0].device_kind}: {total_hours:.2f} hours")
-    return {"device": str(jax.devices()[0]), "rows": rows, "hours": total_hours}
+          f"{seeds} seed(s) x {tokens_per_run:.3g} tokens on {jax.devices()[0].device_kind}: "
+          f"{total_hours:.2f} hours")
+    return {"device": str(jax.devices()[0]), "rows": rows, "hours": total_hours, "seeds": seeds}
+
+
+def members_table(point: str, counts: list[int], batch: int, steps: int, dtype: str,
+                  steps_per_dispatch: int, impl: str, min_seconds: float) -> dict:
+    """:func:`bench_members` for each count, next to one separate run (the ratio's reference)."""
+    alone = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum", min_seconds)
+    print(f"device {jax.devices()[0]}  point {alone['point']}  batch {batch}x128 per member  "
+          f"dtype {dtype}")
+    print(f"one separate run: {alone['tokens_per_sec']:>12,.0f} tokens/s  MFU "
+          f"{100 * alone['mfu']:5.1f}%")
+    print(f"{'members':>7} {'impl':>5} {'tokens/s':>14} {'per member':>12} {'MFU':>6} "
+          f"{'vs one run':>10}  peak memory")
+    rows = []
+    for n in counts:
+        row = bench_members(point, n, batch, steps, dtype, steps_per_dispatch, impl, min_seconds)
+        row["vs_one_run"] = row["tokens_per_sec"] / alone["tokens_per_sec"]
+        memory = (row["memory"] or {}).get("peak_bytes_in_use")
+        print(f"{n:>7} {row['impl']:>5} {row['tokens_per_sec']:>14,.0f} "
+              f"{row['tokens_per_sec_per_member']:>12,.0f} {100 * row['mfu']:5.1f}% "
+              f"{row['vs_one_run']:>9.2f}x  {memory / 2**20:.0f} MiB" if memory else
+              f"{n:>7} {row['impl']:>5} {row['tokens_per_sec']:>14,.0f} "
+              f"{row['tokens_per_sec_per_member']:>12,.0f} {100 * row['mfu']:5.1f}% "
+              f"{row['vs_one_run']:>9.2f}x  n/a", flush=True)
+        rows.append(row)
+    return {"device": str(jax.devices()[0]), "jax": jax.__version__, "alone": alone, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,11 +255,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep_tokens", type=float, default=1.16e9,
                         help="tokens per run for --sweep (one epoch of the constrained corpus)")
     parser.add_argument("--sweep_limit", type=int, default=0, help="measure only the first N points")
+    parser.add_argument("--sweep_seeds", type=int, default=1,
+                        help="pre-training seeds per run, packed into one population (--sweep)")
+    parser.add_argument("--members", default="", help="population sizes to measure, e.g. "
+                        "1,4,16,64 (each member trains --batch sequences per step)")
+    parser.add_argument("--members_impl", default="auto", choices=["auto", "vmap", "map"],
+                        help="how members run together (auto: map on CPU, vmap elsewhere)")
     args = parser.parse_args(argv)
+    if args.members:
+        try:
+            counts = [int(x) for x in args.members.split(",") if x]
+        except ValueError:
+            parser.error(f"--members={args.members!r}: expected counts such as 1,4,16")
+        table = members_table(args.point, counts, args.batch, args.steps, args.dtype,
+                              args.steps_per_dispatch, args.members_impl, args.min_seconds)
+        if args.json:
+            atomic_write_json(args.json, table)
+        return 0
     if args.sweep:
         projected = project_sweep(args.sweep, args.batch, args.steps, args.dtype,
                                   args.steps_per_dispatch, args.sweep_tokens, args.sweep_limit,
-                                  args.min_seconds)
+                                  args.min_seconds, args.sweep_seeds, args.members_impl)
         if args.json:
             atomic_write_json(args.json, projected | {"jax": jax.__version__, "batch": args.batch,
                                                       "dtype": args.dtype})

@@ -217,6 +217,19 @@ PRETRAIN_RULES: dict[str, Allowed] = {
     "eval.seed": Allowed(">= 0", "the evaluation masks", integer=True),
     "checkpoint.keep_fractions": Allowed("(0, 1]", "fractions of train.num_steps kept as "
                                                    "snapshots", each=True),
+    # A population's lists: each value as the field it sets (population.schedule: by name,
+    # when the program is built)
+    "population.seeds": Allowed(">= 0", "the members' seeds", integer=True, each=True),
+    "population.peak_lr": Allowed("> 0", "the members' peak learning rates", each=True),
+    "population.warmup_steps": Allowed(">= 0", "the members' warm-up steps; -1: min(4000, 5% "
+                                               "of the updates)", integer=True, also=(-1,),
+                                       each=True),
+    "population.weight_decay": Allowed(">= 0", "the members' decoupled weight decay", each=True),
+    "population.end_lr_fraction": Allowed("[0, 1]", "the members' final learning rates as "
+                                                    "fractions of the peak", each=True),
+    "population.mask_prob": Allowed("(0, 1)", "the members' shares of tokens selected for "
+                                              "prediction", each=True),
+    "population.dropout": Allowed("[0, 1)", "the members' dropout rates", each=True),
 }
 
 

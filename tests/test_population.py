@@ -184,3 +184,70 @@ def test_population_lists_cross_into_named_members(word_shards, tmp_path):
     with pytest.raises(UserError, match="train.batch_size"):
         members_of([("a", tmp_path / "a", base_config(word_shards)),
                     ("b", tmp_path / "b", base_config(word_shards, **{"train.batch_size": 8}))])
+
+
+def test_a_packed_sweep_equals_an_unpacked_one_and_reports_seeds(word_shards, tmp_path):
+    import sys as _sys
+
+    from conftest import REPO as _REPO
+    from minilm_jax.report.publish import build_report
+    from minilm_jax.report.options import ReportOptions
+    from minilm_jax.sweep.runner import SweepRunner
+
+    _sys.path.insert(0, str(_REPO / "configs"))
+    import sweep as sweep_configs
+
+    def tiny(pack: str):
+        s = sweep_configs.demo()
+        s.shards, s.num_steps, s.eval_every, s.vocab_size = str(word_shards), 8, 4, 500
+        s.pretrain_overrides = ("model.max_len=64", "eval.batch_size=48", "train.log_every=4",
+                                "train.progress=False", "optim.warmup_steps=2")
+        s.bases, s.ofat, s.groups, s.finetune_tasks = ("b=E16-H16-I32-L1-A2",), (
+            "b:model.hidden_dim=32",), (), ()
+        s.pretrain_seeds, s.pack, s.report = (0, 1, 2), pack, False
+        return s
+
+    rows = {}
+    for pack in ("auto", "off"):
+        root = tmp_path / pack
+        runner = SweepRunner(tiny(pack), root)
+        assert len(runner.runs) == 6 and runner.runs[1].name == "b__seed=1"
+        outcome = runner.run()
+        assert outcome["failures"] == {}
+        text = (root / "results.jsonl").read_text().replace(str(root), "ROOT")
+        rows[pack] = [json.loads(line) for line in text.splitlines()]
+    assert sorted(p.name for p in (tmp_path / "auto" / "populations").iterdir()) \
+        and not (tmp_path / "off" / "populations").exists()
+    assert rows["auto"] == rows["off"]
+    validation = [r for r in rows["auto"] if r["kind"] == "validation"]
+    assert {(r["design"], r["pretrain_seed"]) for r in validation} == {
+        (d, s) for d in ("b", "b__hidden_dim=32") for s in (0, 1, 2)}
+
+    report = build_report(tmp_path / "auto" / "results.jsonl", tmp_path / "report",
+                          ReportOptions(bootstrap=20))
+    text = report.read_text()
+    assert "## Pre-training seeds" in text and "seed_bands.png" in text
+    line = next(x for x in text.splitlines() if x.startswith("| b__hidden_dim=32 |"))
+    assert line.split("|")[3].strip() == "3"  # n = 3 pre-training seeds
+    assert (tmp_path / "report" / "seed_bands.png").is_file()
+
+
+def test_gaps_use_the_pretraining_seed_as_the_unit():
+    from minilm_jax.analysis.seeds import seed_gaps
+
+    def row(kind, run, seed, **extra):
+        return {"kind": kind, "run": run, "design": "d", "pretrain_seed": seed, "point": "P",
+                **extra}
+
+    rows = []
+    for seed, (pre, rand) in enumerate([(70.0, 60.0), (72.0, 60.0), (68.0, 61.0)]):
+        run = f"d__seed={seed}"
+        rows += [row("validation", run, seed, step=4, loss=5.0, flops_paper=1.0),
+                 row("downstream", run, seed, task="t", init="pretrained", score=pre),
+                 row("downstream", run, seed, task="t", init="random", score=rand)]
+    (gap,) = seed_gaps(rows)
+    assert gap.gaps == [10.0, 12.0, 7.0] and gap.interval["n"] == 3
+    assert gap.interval["mean"] == pytest.approx(29 / 3)
+    assert gap.interval["sd"] == pytest.approx(np.std([10, 12, 7], ddof=1))
+    assert gap.interval["low"] < gap.interval["mean"] < gap.interval["high"]
+    assert 0 < gap.p_value < 0.05

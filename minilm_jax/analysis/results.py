@@ -88,6 +88,8 @@ OPTIONAL: dict[str, tuple[Callable[[Any], bool], Any]] = {
     "sequences_seen": (_is_number_or_null, None),
     "metrics": (_is_dict, None),
     "final_validation_perplexity": (_is_number_or_null, None),
+    "pretrain_seed": (_is_number_or_null, None),  # the run's pre-training seed
+    "design": (_is_scalar_or_null, None),  # the declared run it replicates (several seeds)
 }
 #: Fields that must agree on every row of one run.
 RUN_FIELDS = ("workdir", "point", "group", "base", "factor", "params_total", "params_non_embedding")

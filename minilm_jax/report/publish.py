@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from minilm_jax.analysis.results import Duplicates, ResultsError, read_results
+from minilm_jax.analysis.results import Duplicates, ResultsError, flops_field, read_results
+from minilm_jax.analysis.seeds import seed_gaps, seed_spreads
 from minilm_jax.errors import UserError
 from minilm_jax.storage import owned_temp_dir, remove_stale_temps
 from minilm_jax.sweep.status import STATUS_NAME, SweepStatus
@@ -24,6 +25,7 @@ from .downstream import (CORRELATION_PLOT, analyse_downstream, plot_correlation,
 from .markdown import section_curves, section_depth, section_icer, section_runs, section_summary
 from .options import DOWNSTREAM_PLOT, ICER_PLOT, LOSS_PLOT, REPORT_NAME, ReportOptions
 from .plots import plot_downstream, plot_icer, plot_loss_vs_flops
+from .seeds import SEED_PLOT, plot_seed_bands, section_seeds
 
 
 def _sha256(path: Path) -> str:
@@ -52,6 +54,8 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
         plot_downstream(analyses.scores, out / DOWNSTREAM_PLOT)
     downstream = analyse_downstream(rows)
     correlation_plotted = plot_correlation(downstream, out / CORRELATION_PLOT)
+    spreads = seed_spreads(rows, flops_field(options.flops))
+    seeds_plotted = plot_seed_bands(spreads, out / SEED_PLOT)
     lines = ["# Scaling study report", "",
              f"Source: {code(source)} (sha256 {_sha256(source)[:16]}…, {len(rows)} rows"
              f"{_duplicates_note(duplicates)}). "
@@ -68,6 +72,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
     if downstream_plotted:
         lines += [f"![downstream scores]({DOWNSTREAM_PLOT})", ""]
     lines += section_correlation(downstream, correlation_plotted)
+    lines += section_seeds(spreads, seed_gaps(rows), seeds_plotted)
     lines += section_runs(analyses)
     path = out / REPORT_NAME
     path.write_text("\n".join(lines), encoding="utf-8")

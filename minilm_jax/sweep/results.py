@@ -17,10 +17,12 @@ from .spec import Membership, Run
 def _identity(run: Run, membership: Membership, name: str, workdir: Path,
               summary: dict[str, Any]) -> dict[str, Any]:
     params = summary["params"]
+    design = (run.design or run.name) + name[len(run.name):]  # run@group -> design@group
     return {"run": name, "workdir": str(workdir), "point": run.point, "group": membership.group,
             "base": membership.base, "factor": membership.factor,
             "factor_value": membership.factor_value, "params_total": int(params["total"]),
-            "params_non_embedding": int(params["non_embedding"])}
+            "params_non_embedding": int(params["non_embedding"]),
+            "design": design, "pretrain_seed": run.pretrain_seed}
 
 
 def downstream_fields(ft: FinetuneSummary, workdir: Path) -> dict[str, Any]:

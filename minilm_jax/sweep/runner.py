@@ -52,6 +52,7 @@ def changed_fields(workdir: Path, config: ml_collections.ConfigDict,
     keys = sorted(k for k in current if k not in run_control and saved.get(k) != current[k])
     return [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in keys]
 
+from .packing import packs, population_dir
 from .results import write_results
 from .spec import Run, apply_override, expand, fill_placeholders
 from .status import SweepStatus
@@ -187,6 +188,8 @@ class SweepRunner:
                 raise UserError(f"sweep finetune_tasks: unknown task {task!r}; known: "
                                 f"{', '.join(task_names())}")
         self.runs = expand(sweep)
+        self.packs = packs(self.runs, sweep.get("pack", "auto"))
+        self._only = ""  # --only: runs outside it are not packed into a population either
         for task in sweep.finetune_tasks:  # bad fine-tuning overrides fail now, not after pre-training
             validate_finetune_config(finetune_run_config(sweep, task, Path(".")))
         self.status = SweepStatus(self.root)
@@ -201,6 +204,8 @@ class SweepRunner:
         try:
             spec = make()
             summary = spec.run()
+            if "members" in summary:  # a population: this run is one member, others are settled
+                summary = self._settle_members(name, stage, summary)
         except Interrupted:  # Ctrl-C: the run saved its step and wrote its summary
             summary = {"status": "preempted"}
         except (Exception, SystemExit) as err:  # isolate: one failing run must not stop the rest
@@ -217,6 +222,27 @@ class SweepRunner:
         self.status.record(name, stage, "interrupted", signal=signal_name,
                            step=spec.stopped_at if spec else None)
         return "interrupted"
+
+    def _settle_members(self, name: str, stage: str, summary: dict[str, Any]) -> dict[str, Any]:
+        """Record the other members of a population this run was trained in; this run's entry
+        (a diverged member: raised as a failure naming the step)."""
+        mine = None
+        for member in summary["members"]:
+            if member["status"] == "diverged":
+                error = (f"TrainingDiverged: non-finite training loss at step "
+                         f"{member['diverged_at']} (population member; the others went on)")
+            if member["name"] == name:
+                mine = member
+            elif member["status"] in DONE:
+                self.status.record(member["name"], stage, "done")
+            elif member["status"] == "diverged":
+                self.status.record(member["name"], stage, "failed", error=error)
+        if mine is None:
+            raise UserError(f"run {name} is not a member of the population it started")
+        if mine["status"] == "diverged":
+            raise UserError(f"diverged at step {mine['diverged_at']} (non-finite training loss; "
+                            "the population's other members went on)")
+        return mine
 
     def run(self, only: str = "") -> dict[str, Any]:
         """Run (or skip, when finished) every selected run, then rebuild results and the report;
@@ -245,15 +271,34 @@ class SweepRunner:
         from minilm_jax.train.loop import Pretrainer
 
         pre_dir = self.root / "runs" / run.name / "pretrain"
-        yield "pretrain", pre_dir, lambda: Pretrainer(run.config, pre_dir)
+        pack = [r for r in self.packs[run.name]
+                if r is run or (self._only in r.name
+                                and not is_done(self.root / "runs" / r.name / "pretrain"))]
+        if len(pack) > 1:
+            yield "pretrain", pre_dir, lambda: self._population(pack)
+        else:
+            yield "pretrain", pre_dir, lambda: Pretrainer(run.config, pre_dir)
         for job in finetune_jobs(self.sweep, run, self.root):
             yield (f"finetune:{job.task}:{job.label}", job.workdir,
                    lambda job=job: Finetuner(job.config, job.workdir, job.init))
+
+    def _population(self, pack: list[Run]) -> LoopSpec:
+        """The population that pre-trains the unfinished runs of ``pack`` together."""
+        from minilm_jax.train.population import members_of
+        from minilm_jax.train.population_loop import PopulationTrainer
+
+        names = [r.name for r in pack]
+        print(f"   pre-training {len(pack)} runs as one population: {', '.join(names)}",
+              flush=True)
+        members = members_of([(r.name, self.root / "runs" / r.name / "pretrain", r.config)
+                              for r in pack])
+        return PopulationTrainer(members, population_dir(self.root, names))
 
     def _run_stages(self, only: str) -> tuple[list[Run], tuple[str, str] | None]:
         """Run the selected runs' unfinished stages in order, until done or stopped: (the selected
         runs, (run, stage) where a signal stopped the sweep, or None)."""
         selected = [r for r in self.runs if not only or only in r.name]
+        self._only = only
         self._refuse_changed(selected)
         interrupted = None
         for i, run in enumerate(selected, 1):

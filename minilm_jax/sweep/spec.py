@@ -7,7 +7,9 @@ A sweep config (``configs/sweep.py:<name>``) declares:
 - ``groups``: ``("iso_flop:g1=POINT,POINT", ...)`` explicit named groups (iso-FLOP / iso-parameter);
 - ``grid``: ``("POINT", ...)`` points crossed with every combination of ``grid_fields``
   (``("field=v1,v2", ...)``, e.g. ``train.num_steps`` for data size or ``seed``);
-- ``pretrain_overrides`` / ``finetune_overrides``: ``("field=value", ...)`` applied to every run.
+- ``pretrain_overrides`` / ``finetune_overrides``: ``("field=value", ...)`` applied to every run;
+- ``pretrain_seeds``: ``(0, 1, 2)`` pre-trains every declared run once per seed (``<name>__seed=<s>``,
+  the same design place; the report's unit of replication).
 
 ``{data_root}`` and ``{finetune_data_dir}`` in any override or value stand for those sweep fields
 (given on the command line), so a declaration can name data a launcher prepared, e.g.
@@ -52,6 +54,11 @@ class Run:
     point: str  # E-H-I-L-A-V of the resulting model
     config: ml_collections.ConfigDict
     memberships: list[Membership]
+    design: str = ""  # the declared run it replicates (with pretrain_seeds); "": itself
+
+    @property
+    def pretrain_seed(self) -> int:
+        return int(self.config.seed)
 
     def fingerprint(self) -> str:
         flat = {k: v for k, v in flatten(self.config).items()}
@@ -116,20 +123,28 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
     common = [fill_placeholders(o, sweep) for o in knob_overrides(sweep) + list(sweep.pretrain_overrides)]
     runs: dict[str, Run] = {}  # fingerprint -> run
 
+    seeds = [int(s) for s in sweep.get("pretrain_seeds", ())]
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise UserError(f"sweep pretrain_seeds={tuple(seeds)}: each must be a distinct integer "
+                        ">= 0")
+
     def add(name: str, point: str, extra: list[str], membership: Membership) -> None:
-        try:
-            config = _run_config(point, common + extra)
-            model = validate_pretrain_config(config)  # every field's range, the snapshot steps
-        except ConfigError as err:
-            raise UserError(f"sweep run {name}: {err}") from err
-        config.point = model.point
-        run = Run(name, model.point, config, [membership])
-        key = run.fingerprint()
-        if key in runs:
-            if membership not in runs[key].memberships:
-                runs[key].memberships.append(membership)
-        else:
-            runs[key] = run
+        for seed in seeds or [None]:
+            with_seed = extra + ([f"seed={seed}"] if seed is not None else [])
+            label = _name(name, f"seed={seed}") if seed is not None else name
+            try:
+                config = _run_config(point, common + with_seed)
+                model = validate_pretrain_config(config)  # every field's range, the snapshots
+            except ConfigError as err:
+                raise UserError(f"sweep run {label}: {err}") from err
+            config.point = model.point
+            run = Run(label, model.point, config, [membership], design=name if seeds else "")
+            key = run.fingerprint()
+            if key in runs:
+                if membership not in runs[key].memberships:
+                    runs[key].memberships.append(membership)
+            else:
+                runs[key] = run
 
     base_names = [_split_assignment(e, "bases")[0] for e in sweep.bases]
     repeated = sorted({n for n in base_names if base_names.count(n) > 1})

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import ml_collections
 
 from minilm_jax.errors import UserError
-from minilm_jax.run_config import check_override, flatten, apply_recipe
+from minilm_jax.run_config import (PRETRAIN_RULES, apply_recipe, check_override, flatten,
+                                   raise_problems, range_problems)
 from minilm_jax.storage import RunPath, run_path
 
 # Fields a member may set for itself, as config fields, with the short name used in member names.
@@ -93,6 +94,8 @@ def _show(value: Any) -> str:
 def expand(config: ml_collections.ConfigDict, workdir: str | RunPath) -> list[Member]:
     """The members of ``config.population``: the cross product of its non-empty lists (seeds
     vary fastest), in ``<workdir>/members/<name>``; a one-line error for a bad list."""
+    raise_problems([p for p in range_problems(config, PRETRAIN_RULES)
+                    if p.startswith("population.")])
     base = solo_config(config)
     section = config.population
     given = [(key, list(section[key])) for key in LIST_FIELDS if len(section[key])]

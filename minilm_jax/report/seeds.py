@@ -1,0 +1,75 @@
+"""The report's pre-training-seed section: per multi-seed design place the final validation loss
+over seeds (a band on the loss-vs-FLOPs plot) and the pre-trained-minus-random gap per pre-training
+seed (:mod:`minilm_jax.analysis.seeds`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from minilm_jax.analysis.seeds import SeedGap, SeedSpread
+from minilm_jax.analysis.stats import format_p
+
+from .fmt import cell, num
+
+SEED_PLOT = "seed_bands.png"
+
+
+def plot_seed_bands(spreads: Sequence[SeedSpread], path: Path) -> bool:
+    """Each multi-seed design's validation loss vs FLOPs: the mean over seeds and the band from
+    the lowest to the highest seed at each evaluation; False (no file) when there is none."""
+    if not spreads:
+        return False
+    from .plots import _figure, _save
+
+    fig, axes = _figure(10.0, 5.0)
+    ax = axes[0, 0]
+    for spread in spreads:
+        curves = list(spread.curves.values())
+        length = min(len(c) for c in curves)
+        flops = np.asarray([p[0] for p in curves[0][:length]])
+        losses = np.asarray([[p[1] for p in c[:length]] for c in curves])
+        line, = ax.plot(flops, losses.mean(axis=0), label=f"{spread.design} (n = {len(curves)})")
+        ax.fill_between(flops, losses.min(axis=0), losses.max(axis=0), alpha=0.2,
+                        color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("validation loss (nats)")
+    ax.set_title("validation loss over pre-training seeds: mean, band = lowest to highest seed")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def section_seeds(spreads: Sequence[SeedSpread], gaps: Sequence[SeedGap], plotted: bool
+                  ) -> list[str]:
+    """Markdown: the seed spread table, the per-seed gap table and the band plot."""
+    if not spreads:
+        return []
+    lines = ["## Pre-training seeds", "",
+             "Unit of replication: the pre-training seed (each run counted once; fine-tuning seeds "
+             "are averaged inside each pre-training seed). Intervals are 95% t intervals over "
+             "seeds (sample sd, ddof = 1).", "",
+             "| design | point | seeds | final validation loss | sd | 95% CI | range |",
+             "|---|---|---|---|---|---|---|"]
+    for s in spreads:
+        i = s.interval
+        lines.append(f"| {cell(s.design)} | {cell(s.point)} | {i['n']} | {num(i['mean'], 4)} | "
+                     f"{num(i['sd'], 4)} | [{num(i['low'], 4)}, {num(i['high'], 4)}] | "
+                     f"{num(min(s.losses), 4)} to {num(max(s.losses), 4)} |")
+    lines.append("")
+    if plotted:
+        lines += [f"![validation loss over pre-training seeds]({SEED_PLOT})", ""]
+    if gaps:
+        lines += ["Pre-trained minus random-init score, one value per pre-training seed:", "",
+                  "| design | task | n | gap | 95% CI | p (t-test vs 0) | per seed |",
+                  "|---|---|---|---|---|---|---|"]
+        for g in gaps:
+            i = g.interval
+            lines.append(f"| {cell(g.design)} | {cell(g.task)} | {i['n']} | {num(i['mean'], 2)} | "
+                         f"[{num(i['low'], 2)}, {num(i['high'], 2)}] | {format_p(g.p_value)} | "
+                         f"{', '.join(num(x, 2) for x in g.gaps)} |")
+        lines.append("")
+    return lines

@@ -11,8 +11,7 @@ an edit here changes every pre-training run that does not override the field.
 
 import ml_collections
 
-from minilm_jax.run_config import distributed_section, model_config_dict
-from minilm_jax.train.population import population_section
+from minilm_jax.run_config import distributed_section, model_config_dict, population_section
 
 
 def get_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:

@@ -46,6 +46,22 @@ def distributed_section() -> ml_collections.ConfigDict:
     return c
 
 
+def population_section() -> ml_collections.ConfigDict:
+    """``config.population`` of the pre-training recipe (read by
+    :mod:`minilm_jax.train.population`): empty lists train one run."""
+    c = ml_collections.ConfigDict()
+    c.seeds = ()  # e.g. (0, 1, 2): three pre-training seeds in one program
+    c.peak_lr = ()  # per-member optim.peak_lr values (crossed with the other lists)
+    c.warmup_steps = ()
+    c.weight_decay = ()
+    c.end_lr_fraction = ()
+    c.mask_prob = ()
+    c.schedule = ()
+    c.dropout = ()  # sets model.hidden_dropout and model.attention_dropout
+    c.members = "auto"  # how members run together: vmap | map | auto (map on CPU)
+    return c
+
+
 # The ``distributed`` fields: how a run is launched, never what it computes (a run may resume on
 # another number of processes).
 DISTRIBUTED_FIELDS = tuple(f"distributed.{k}" for k in distributed_section())

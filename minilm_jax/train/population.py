@@ -42,21 +42,6 @@ LIST_FIELDS = {"seeds": ("seed",), "peak_lr": ("optim.peak_lr",),
                "dropout": ("model.hidden_dropout", "model.attention_dropout")}
 
 
-def population_section() -> ml_collections.ConfigDict:
-    """``config.population`` of the pre-training recipe: empty lists train one run."""
-    c = ml_collections.ConfigDict()
-    c.seeds = ()  # e.g. (0, 1, 2): three pre-training seeds in one program
-    c.peak_lr = ()  # per-member optim.peak_lr values (crossed with the other lists)
-    c.warmup_steps = ()
-    c.weight_decay = ()
-    c.end_lr_fraction = ()
-    c.mask_prob = ()
-    c.schedule = ()
-    c.dropout = ()  # sets model.hidden_dropout and model.attention_dropout
-    c.members = "auto"  # how members run together: vmap | map | auto (map on CPU)
-    return c
-
-
 @dataclasses.dataclass(frozen=True)
 class Member:
     """One member: its name, its run folder and its full config (population lists emptied, so

@@ -7,6 +7,8 @@
 - ``demo``: 4 tiny models, a few hundred steps, fine-tuned on two BBC article tasks (topic and
   headline matching; the latter stays at chance at this size).
 - ``main``: the README's main job (``launch/main.sh``): the fixed protocol in :func:`main`.
+- ``a4``: study A's one-factor-at-a-time design around the main job's ``tiny`` base, 3
+  pre-training seeds per point (declared; its run is recorded in docs/reproduction.md when made).
 - ``childes``: study A's own setting at CPU scale (``launch/childes.sh``): AO-CHILDES text,
   three sizes, filtered SST-2 / CoLA / STS-B.
 - ``smoke``: the main job at the smallest size (the CI test of ``launch/main.sh``).
@@ -174,6 +176,35 @@ def main() -> ml_collections.ConfigDict:
                             "bbc_order:data.train_per_class=200", "bbc_order:data.eval_per_class=300",
                             f"bbc_order:train.seeds={tuple(range(11, 27))}")
     c.report_bootstrap = 1000
+    return c
+
+
+def a4() -> ml_collections.ConfigDict:
+    """Study A's one-factor-at-a-time design (SPEC A4/A5) around the main job's ``tiny`` base at
+    CPU scale, with pre-training seeds: a fixed protocol written before its run.
+
+    Text and recipe: the main job's (``--config.shards`` = its shard folder, ``launch/main.sh``
+    prepares it): 2,500 steps of batch 32, constant LR 3e-3 after 50 warm-up steps, 40% masking,
+    no dropout, evaluated every 125 steps and 4 log-spaced steps per decade. Base ``tiny``
+    E32-H32-I128-L1-A2; each factor grown one step from it: embedding 64, hidden 64, FFN 256,
+    layers 2, heads 4 (group ``ofat:<field>``); depth vs width at about equal non-embedding
+    parameters: ``iso_param:d1`` E32-H32-I128-L2-A2 (2 layers) vs E32-H32-I384-L1-A2 (1 layer,
+    3x the FFN). Pre-training seeds 0, 1, 2 for every point (the unit of replication), packed into
+    one population per point (``pack=auto``). No fine-tuning (the claim is about validation
+    perplexity per FLOP). Reported: the ICER table and depth-vs-width groups per seed and with
+    intervals over seeds, the frontier with a seed band; every run counted, whatever it shows.
+    """
+    c = main()
+    c.name = "a4"
+    c.bases = ("tiny=E32-H32-I128-L1-A2",)
+    c.ofat = ("tiny:model.emb_dim=64", "tiny:model.hidden_dim=64", "tiny:model.ffn_dim=256",
+              "tiny:model.num_layers=2", "tiny:model.num_heads=4")
+    c.groups = ("iso_param:d1=E32-H32-I128-L2-A2,E32-H32-I384-L1-A2",)
+    c.pretrain_seeds = (0, 1, 2)
+    c.finetune_tasks = ()
+    c.finetune_checkpoints = ()
+    c.finetune_seeds = ()
+    c.finetune_overrides = ()
     return c
 
 

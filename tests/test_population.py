@@ -251,3 +251,25 @@ def test_gaps_use_the_pretraining_seed_as_the_unit():
     assert gap.interval["sd"] == pytest.approx(np.std([10, 12, 7], ddof=1))
     assert gap.interval["low"] < gap.interval["mean"] < gap.interval["high"]
     assert 0 < gap.p_value < 0.05
+
+
+def test_the_a4_sweep_declares_three_seeds_per_point_packed_by_point():
+    import sys as _sys
+
+    from conftest import REPO as _REPO
+    from minilm_jax.sweep import expand as expand_sweep
+    from minilm_jax.sweep.packing import packs
+
+    _sys.path.insert(0, str(_REPO / "configs"))
+    import sweep as sweep_configs
+
+    sweep = sweep_configs.a4()
+    sweep.shards = "shards"
+    runs = expand_sweep(sweep)
+    assert len(runs) == 21 and len({r.point for r in runs}) == 7
+    assert {r.pretrain_seed for r in runs} == {0, 1, 2}
+    by_run = packs(runs, "auto")
+    assert all(len(p) == 3 and len({r.point for r in p}) == 1 for p in by_run.values())
+    assert all(len(p) == 1 for p in packs(runs, "off").values())
+    deep = next(r for r in runs if r.name == "tiny__num_layers=2__seed=1")
+    assert {m.group for m in deep.memberships} == {"ofat:model.num_layers", "iso_param:d1"}

@@ -43,6 +43,10 @@ def plot_seed_bands(spreads: Sequence[SeedSpread], path: Path) -> bool:
     return True
 
 
+def _bounds(interval: dict[str, float], digits: int) -> str:
+    return f"[{num(interval['low'], digits)}, {num(interval['high'], digits)}]"
+
+
 def section_seeds(spreads: Sequence[SeedSpread], gaps: Sequence[SeedGap], plotted: bool
                   ) -> list[str]:
     """Markdown: the seed spread table, the per-seed gap table and the band plot."""
@@ -57,7 +61,7 @@ def section_seeds(spreads: Sequence[SeedSpread], gaps: Sequence[SeedGap], plotte
     for s in spreads:
         i = s.interval
         lines.append(f"| {cell(s.design)} | {cell(s.point)} | {i['n']} | {num(i['mean'], 4)} | "
-                     f"{num(i['sd'], 4)} | [{num(i['low'], 4)}, {num(i['high'], 4)}] | "
+                     f"{num(i['sd'], 4)} | {_bounds(i, 4)} | "
                      f"{num(min(s.losses), 4)} to {num(max(s.losses), 4)} |")
     lines.append("")
     if plotted:
@@ -69,7 +73,7 @@ def section_seeds(spreads: Sequence[SeedSpread], gaps: Sequence[SeedGap], plotte
         for g in gaps:
             i = g.interval
             lines.append(f"| {cell(g.design)} | {cell(g.task)} | {i['n']} | {num(i['mean'], 2)} | "
-                         f"[{num(i['low'], 2)}, {num(i['high'], 2)}] | {format_p(g.p_value)} | "
+                         f"{_bounds(i, 2)} | {format_p(g.p_value)} | "
                          f"{', '.join(num(x, 2) for x in g.gaps)} |")
         lines.append("")
     return lines

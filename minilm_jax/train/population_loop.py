@@ -42,30 +42,24 @@ from minilm_jax.train.throughput import device_memory_stats, measured_matmul_pea
 CORE = ("params", "rest", "opt_state", "step")  # a member's state, as a separate run saves it
 
 
-class _Locks:
-    """The population's and every member's workdir locks, released together."""
+class _Each:
+    """Several locks or metrics writers used as one: released, flushed or closed together."""
 
-    def __init__(self, locks: Sequence[Any]):
-        self.locks = list(locks)
+    def __init__(self, items: Sequence[Any]):
+        self.items = list(items)
+
+    def _each(self, method: str) -> None:
+        for item in self.items:
+            getattr(item, method)()
 
     def release(self) -> None:
-        for lock in self.locks:
-            lock.release()
-
-
-class _Writers:
-    """The population's metrics writer and each member's, flushed and closed together."""
-
-    def __init__(self, writers: Sequence[MetricsWriter]):
-        self.writers = list(writers)
+        self._each("release")
 
     def flush(self) -> None:
-        for w in self.writers:
-            w.flush()
+        self._each("flush")
 
     def close(self) -> None:
-        for w in self.writers:
-            w.close()
+        self._each("close")
 
 
 def member_state(state: dict[str, Any], index: int) -> dict[str, Any]:
@@ -122,9 +116,9 @@ class PopulationTrainer(runner.LoopSpec):
                 path.mkdir(parents=True, exist_ok=True)
                 locks.append(runner.check_workdir(path, ident, RESUMABLE_FIELDS, what))
         except BaseException:
-            _Locks(locks).release()
+            _Each(locks).release()
             raise
-        self.lock = _Locks(locks)
+        self.lock = _Each(locks)
 
     def _optional_split(self, name: str) -> ShardSplit | None:
         if name and name in self.manifest["splits"]:
@@ -258,7 +252,7 @@ class PopulationTrainer(runner.LoopSpec):
         self._log_steps = log_eval_steps(config)
         self._peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
         self._window_tokens, self._window_steps = np.zeros(self.size), 0
-        writers = _Writers([self.writer, *self.member_writers])
+        writers = _Each([self.writer, *self.member_writers])
         t0 = time.time()
         try:
             result = runner.run_loop(self, self.state, start, self.ckpts, writers,

@@ -273,3 +273,40 @@ def test_the_a4_sweep_declares_three_seeds_per_point_packed_by_point():
     assert all(len(p) == 1 for p in packs(runs, "off").values())
     deep = next(r for r in runs if r.name == "tiny__num_layers=2__seed=1")
     assert {m.group for m in deep.memberships} == {"ofat:model.num_layers", "iso_param:d1"}
+
+
+def test_icer_and_depth_compare_runs_within_a_pretraining_seed(tmp_path):
+    import math
+
+    from minilm_jax.report.options import ReportOptions
+    from minilm_jax.report.publish import build_report
+
+    places = [  # design, point, group, base, factor, factor value, flops, perplexity by seed
+        ("b", "E32-H32-I128-L1-A2", "base", "b", "", None, 1e12, (300.0, 310.0, 305.0)),
+        ("b__hidden_dim=64", "E32-H64-I128-L1-A2", "ofat:model.hidden_dim", "b",
+         "model.hidden_dim", 64, 2e12, (250.0, 240.0, 260.0)),
+        ("d2", "E32-H32-I128-L2-A2", "iso_param:g", "", "", None, 2e12, (280.0, 290.0, 270.0)),
+        ("w1", "E32-H32-I384-L1-A2", "iso_param:g", "", "", None, 2e12, (275.0, 295.0, 260.0)),
+    ]
+    rows = []
+    for design, point, group, base, factor, value, flops, ppls in places:
+        for seed, ppl in enumerate(ppls):
+            rows.append({"kind": "validation", "run": f"{design}__seed={seed}",
+                         "workdir": f"w/{design}/{seed}", "point": point, "group": group,
+                         "base": base, "factor": factor, "factor_value": value,
+                         "params_total": 1000, "params_non_embedding": 100, "step": 100,
+                         "flops_paper": flops, "flops_complete": flops, "loss": math.log(ppl),
+                         "perplexity": ppl, "design": design, "pretrain_seed": seed})
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = build_report(results, tmp_path / "report", ReportOptions(bootstrap=20)).read_text()
+    seeds_part = text[text.index("## Pre-training seeds"):]
+    # within each seed: ICER = 1e12 FLOPs / gain (50, 70, 45 perplexity points)
+    line = next(x for x in seeds_part.splitlines() if x.startswith("| 1 | b | model.hidden_dim"))
+    assert "0: 2.00e10" in line and "1: 1.43e10" in line and "2: 2.22e10" in line
+    assert "(n = 3)" in line
+    assert "the ICER section above shows seed 0" in seeds_part
+    depth = [x for x in seeds_part.splitlines() if x.startswith("| iso_param:g |")]
+    assert [x.split("|")[2].strip() for x in depth] == ["d2", "w1"]
+    assert [x.split("|")[-2].strip() for x in depth] == ["1", "2"]  # d2 won seed 1, w1 seeds 0, 2
+    assert all(x.split("|")[3].strip() == "3" for x in depth)

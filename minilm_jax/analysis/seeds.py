@@ -2,7 +2,9 @@
 with several seeds (``pretrain_seeds``; rows carry ``design`` and ``pretrain_seed``), the final
 validation loss over seeds and the pre-trained-minus-random downstream gap computed per
 pre-training seed (its fine-tuning seeds averaged inside), each with n, the sample sd, a 95% t
-interval and, for gaps, a one-sample t-test p-value. Each run is counted once."""
+interval and, for gaps, a one-sample t-test p-value; ICER and the iso groups computed within each
+seed (runs of different seeds are never compared with each other) and summarised over seeds.
+Each run is counted once."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from minilm_jax.analysis.results import downstream_scores, rows_of_kind
+from minilm_jax.analysis.depth import depth_analysis
+from minilm_jax.analysis.icer import icer_analysis
+from minilm_jax.analysis.results import RunSummary, downstream_scores, rows_of_kind
 from minilm_jax.analysis.stats import t_interval
 
 
@@ -85,3 +89,89 @@ def seed_gaps(rows: list[Mapping[str, Any]]) -> list[SeedGap]:
                        if len(gaps) > 1 and np.std(gaps) > 0 else float("nan"))
             out.append(SeedGap(design, task, gaps, t_interval(gaps), p_value))
     return out
+
+
+# ------------------------------------------------------------------ ICER and depth over seeds
+def run_seeds(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int | None, str]]:
+    """run -> (pre-training seed, design) from its rows (None and the run itself when absent)."""
+    out: dict[str, tuple[int | None, str]] = {}
+    for r in rows:
+        if r["kind"] != "baseline" and r["run"] not in out:
+            seed = r.get("pretrain_seed")
+            out[r["run"]] = (int(seed) if seed is not None else None, str(r.get("design") or r["run"]))
+    return out
+
+
+def seed_partitions(runs: Mapping[str, RunSummary], rows: Iterable[Mapping[str, Any]]
+                    ) -> dict[int | None, dict[str, RunSummary]]:
+    """The runs of each pre-training seed (one partition, keyed by its seed or None, when the
+    sweep has one seed per design place): ICER and depth compare runs within one seed."""
+    if not _designs(list(rows)):
+        return {None: dict(runs)}
+    seeds = run_seeds(rows)
+    out: dict[int | None, dict[str, RunSummary]] = defaultdict(dict)
+    for name, summary in runs.items():
+        out[seeds.get(name, (None, name))[0]][name] = summary
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
+
+
+@dataclass(frozen=True)
+class SeedFactor:
+    """A factor's median ICER in each pre-training seed, and over seeds."""
+
+    base: str
+    factor: str
+    per_seed: dict[int, float]  # seed -> median ICER of its helpful steps (inf: none helped)
+    median: float  # median over seeds
+    log10_interval: dict[str, float]  # t interval of log10 ICER over seeds with a finite one
+
+
+def icer_over_seeds(partitions: Mapping[int | None, Mapping[str, RunSummary]]
+                    ) -> list[SeedFactor]:
+    """Per (base, factor): its ICER computed within each seed, then summarised over seeds; ranked
+    by the median over seeds (lower = more cost-effective)."""
+    per: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for seed, runs in partitions.items():
+        if seed is None:
+            continue
+        for f in icer_analysis(runs.values())[1]:
+            per[(f.base, f.factor)][seed] = f.median_icer
+    out = []
+    for (base, factor), values in per.items():
+        finite = [np.log10(v) for v in values.values() if np.isfinite(v) and v > 0]
+        out.append(SeedFactor(base, factor, dict(sorted(values.items())),
+                              float(np.median(list(values.values()))),
+                              t_interval(finite) if finite else {"n": 0}))
+    return sorted(out, key=lambda f: (f.median, f.base, f.factor))
+
+
+@dataclass(frozen=True)
+class SeedDepth:
+    """An iso group over pre-training seeds: each member design's best validation perplexity
+    (t interval over seeds) and how many seeds each design won."""
+
+    group: str
+    perplexity: dict[str, dict[str, float]]  # design -> t interval of best perplexity
+    wins: dict[str, int]  # design -> seeds in which it had the lowest perplexity
+
+
+def depth_over_seeds(partitions: Mapping[int | None, Mapping[str, RunSummary]],
+                     rows: Iterable[Mapping[str, Any]], scores: Mapping[Any, Any]
+                     ) -> list[SeedDepth]:
+    """Every iso group, its depth analysis done within each seed and summarised over seeds."""
+    designs = {run: design for run, (_, design) in run_seeds(rows).items()}
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    wins: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for seed, runs in partitions.items():
+        if seed is None:
+            continue
+        for group in depth_analysis(runs.values(), scores):
+            for member in group.members:
+                if member.summary.best_perplexity is not None:
+                    values[group.group][designs.get(member.summary.run, member.summary.run)].append(
+                        member.summary.best_perplexity)
+            if group.perplexity_winner:
+                wins[group.group][designs.get(group.perplexity_winner,
+                                              group.perplexity_winner)] += 1
+    return [SeedDepth(g, {d: t_interval(v) for d, v in sorted(members.items())},
+                      dict(wins[g])) for g, members in sorted(values.items())]

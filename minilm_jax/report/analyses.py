@@ -14,6 +14,8 @@ from minilm_jax.analysis.depth import DepthGroup, depth_analysis
 from minilm_jax.analysis.fits import FitComparison, compare_fits
 from minilm_jax.analysis.frontier import Frontier, compute_frontier
 from minilm_jax.analysis.icer import FactorSummary, IcerStep, icer_analysis
+from minilm_jax.analysis.seeds import (SeedDepth, SeedFactor, depth_over_seeds, icer_over_seeds,
+                                       seed_partitions)
 from minilm_jax.analysis.results import (FLOPS_DEFINITIONS, RunSummary, TaskScore,
                                          downstream_scores, flops_field, rows_of_kind,
                                          summarize_runs)
@@ -69,13 +71,21 @@ class Analyses:
     depth: list[DepthGroup]
     scores: dict[tuple[str, str, str], TaskScore]
     test_perplexity: dict[str, float] = field(default_factory=dict)
+    # Several pre-training seeds: ICER and depth above are those of ``shown_seed``'s runs; over
+    # every seed in ``seed_icer`` / ``seed_depth``.
+    shown_seed: int | None = None
+    seed_icer: list[SeedFactor] = field(default_factory=list)
+    seed_depth: list[SeedDepth] = field(default_factory=list)
 
 
 def analyse(rows: list[dict[str, Any]], options: ReportOptions) -> Analyses:
     """Run every analysis on the loaded rows."""
     by_definition = {d: summarize_runs(rows, d) for d in FLOPS_DEFINITIONS}
     runs = by_definition[options.flops]
-    steps, factors = icer_analysis(runs.values())
+    # ICER and depth compare runs of one pre-training seed (all runs when there is one per place)
+    partitions = seed_partitions(runs, rows)
+    shown_seed, shown = next(iter(partitions.items()))
+    steps, factors = icer_analysis(shown.values())
     scores = downstream_scores(rows)
     tests = {}
     for r in sorted(rows_of_kind(rows, "test"), key=lambda r: r["step"]):
@@ -83,8 +93,10 @@ def analyse(rows: list[dict[str, Any]], options: ReportOptions) -> Analyses:
     return Analyses(rows=rows, runs=runs, runs_by_definition=by_definition,
                     curves={d: analyse_curve(rows, d, options) for d in FLOPS_DEFINITIONS},
                     icer_steps=steps, icer_factors=factors,
-                    depth=depth_analysis(runs.values(), scores), scores=scores,
-                    test_perplexity=tests)
+                    depth=depth_analysis(shown.values(), scores), scores=scores,
+                    test_perplexity=tests, shown_seed=shown_seed,
+                    seed_icer=icer_over_seeds(partitions),
+                    seed_depth=depth_over_seeds(partitions, rows, scores))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
     if downstream_plotted:
         lines += [f"![downstream scores]({DOWNSTREAM_PLOT})", ""]
     lines += section_correlation(downstream, correlation_plotted)
-    lines += section_seeds(spreads, seed_gaps(rows), seeds_plotted)
+    lines += section_seeds(spreads, seed_gaps(rows), seeds_plotted, analyses)
     lines += section_runs(analyses)
     path = out / REPORT_NAME
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -12,7 +12,8 @@ import numpy as np
 from minilm_jax.analysis.seeds import SeedGap, SeedSpread
 from minilm_jax.analysis.stats import format_p
 
-from .fmt import cell, num
+from .analyses import Analyses
+from .fmt import cell, num, sci
 
 SEED_PLOT = "seed_bands.png"
 
@@ -47,9 +48,10 @@ def _bounds(interval: dict[str, float], digits: int) -> str:
     return f"[{num(interval['low'], digits)}, {num(interval['high'], digits)}]"
 
 
-def section_seeds(spreads: Sequence[SeedSpread], gaps: Sequence[SeedGap], plotted: bool
-                  ) -> list[str]:
-    """Markdown: the seed spread table, the per-seed gap table and the band plot."""
+def section_seeds(spreads: Sequence[SeedSpread], gaps: Sequence[SeedGap], plotted: bool,
+                  analyses: Analyses | None = None) -> list[str]:
+    """Markdown: the seed spread table, the band plot, the per-seed gap table, and ICER and the
+    iso groups over seeds (from ``analyses``)."""
     if not spreads:
         return []
     lines = ["## Pre-training seeds", "",
@@ -75,5 +77,29 @@ def section_seeds(spreads: Sequence[SeedSpread], gaps: Sequence[SeedGap], plotte
             lines.append(f"| {cell(g.design)} | {cell(g.task)} | {i['n']} | {num(i['mean'], 2)} | "
                          f"{_bounds(i, 2)} | {format_p(g.p_value)} | "
                          f"{', '.join(num(x, 2) for x in g.gaps)} |")
+        lines.append("")
+    if analyses is not None and analyses.seed_icer:
+        lines += [f"ICER within each pre-training seed (the ICER section above shows seed "
+                  f"{analyses.shown_seed}); a factor's median ICER per seed, the median over "
+                  "seeds and a 95% t interval of log10 ICER over the seeds where a step helped:",
+                  "", "| rank | base | factor | per seed | median over seeds | 95% CI |",
+                  "|---|---|---|---|---|---|"]
+        for rank, f in enumerate(analyses.seed_icer, start=1):
+            i = f.log10_interval
+            ci = (f"[{sci(10 ** i['low'])}, {sci(10 ** i['high'])}] (n = {i['n']})"
+                  if i.get("n", 0) >= 2 else f"— (n = {i.get('n', 0)})")
+            per = ", ".join(f"{seed}: {sci(v)}" for seed, v in f.per_seed.items())
+            lines.append(f"| {rank} | {cell(f.base)} | {cell(f.factor)} | {per} | "
+                         f"{sci(f.median)} | {ci} |")
+        lines.append("")
+    if analyses is not None and analyses.seed_depth:
+        lines += ["Depth vs width within each pre-training seed: best validation perplexity "
+                  "over seeds and the seeds each design won:", "",
+                  "| group | design | n | best perplexity | 95% CI | seeds won |",
+                  "|---|---|---|---|---|---|"]
+        for g in analyses.seed_depth:
+            for design, i in g.perplexity.items():
+                lines.append(f"| {cell(g.group)} | {cell(design)} | {i['n']} | "
+                             f"{num(i['mean'], 2)} | {_bounds(i, 2)} | {g.wins.get(design, 0)} |")
         lines.append("")
     return lines

@@ -350,7 +350,7 @@ def study_b_full() -> ml_collections.ConfigDict:
     return c
 
 
-SWEEPS = {"paper": paper, "demo": demo, "smoke": smoke, "main": main, "childes": childes,
+SWEEPS = {"paper": paper, "demo": demo, "smoke": smoke, "main": main, "a4": a4, "childes": childes,
           "study_b": study_b, "study_b_smoke": study_b_smoke, "study_b_full": study_b_full}
 
 

@@ -263,7 +263,7 @@ def test_the_a4_sweep_declares_three_seeds_per_point_packed_by_point():
     _sys.path.insert(0, str(_REPO / "configs"))
     import sweep as sweep_configs
 
-    sweep = sweep_configs.a4()
+    sweep = sweep_configs.get_config("a4")  # by name, as the command line reads it
     sweep.shards = "shards"
     runs = expand_sweep(sweep)
     assert len(runs) == 21 and len({r.point for r in runs}) == 7

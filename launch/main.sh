@@ -9,7 +9,8 @@
 # The fixed protocol (models, steps, tasks, seeds, splits) is the `main` sweep of configs/sweep.py and
 # the README section "The main job"; nothing is dropped after the run.
 #
-#   MAIN_OUT=runs/main  MAIN_TOKENS=2000  MAIN_TOP_WORDS=8000  MAIN_SWEEP=main (smoke: the CI size)
+#   MAIN_OUT=runs/main  MAIN_TOKENS=2000  MAIN_TOP_WORDS=8000  MAIN_SWEEP=main (smoke: the CI size;
+#   a4: study A's one-factor design with 3 pre-training seeds per point, on the same text)
 #   extra arguments go to `python -m minilm_jax.sweep`, e.g. --config.num_steps=500
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,29 +3,36 @@ validation split (model selection only: history, early stopping, each member's s
 reported splits (GLUE dev, test, holdout) scored once at the end with the final and the selected
 parameters; length-bucketed batches, Orbax checkpoints with resume, JSONL/TensorBoard metrics, a run
 summary. With several processes each feeds its rows of every batch, process 0's validation metrics
-decide model selection everywhere, and process 0 alone writes the run's files."""
+decide model selection everywhere, and process 0 alone writes the run's files.
+
+A population (``Finetuner.population``): several runs that differ only in the pre-trained
+checkpoint they start from (same shapes; e.g. one design's pre-training seeds) trained in one
+program, checkpoints x seeds members. Each run keeps its own folder, written as a separate run
+writes it (``config.json``, ``metrics.jsonl``, ``history.json``, ``predictions/``,
+``summary.json``); the population's folder holds the stacked checkpoints it resumes from. A run that
+stops early is frozen (its members' updates are masked) while the others go on."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
 from minilm_jax.errors import UserError
-from minilm_jax.storage import atomic_write_bytes, atomic_write_json, run_path
-from minilm_jax.run_config import flatten, model_from_config
+from minilm_jax.storage import run_path
+from minilm_jax.run_config import model_from_config
 from minilm_jax.tasks.batching import bucket_length, cut_to_bucket, pad_to_batches
 from minilm_jax.tasks.encoding import encode_examples
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
+from minilm_jax.train.population_loop import Each
 from minilm_jax.train import runner
 from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.records import FinetuneSummary
@@ -35,7 +42,8 @@ from minilm_jax.train.optim import make_optimizer, make_schedule
 from .config import (RESUMABLE_FIELDS, changed_model_fields, validate_finetune_config,
                      with_overrides)
 from .pretrained import PretrainedRun
-from .selection import (VALIDATION, majority_baseline, mean_std, sample_std, split_metrics,
+from .run_folder import RunFolder, check_population
+from .selection import (VALIDATION, majority_baseline, sample_std, split_metrics,
                         unk_counts, unk_warnings)
 from .step import (MEMBER_STRATEGIES, make_finetune_step, make_predict_step, make_select,
                    members_state)
@@ -45,26 +53,30 @@ from minilm_jax.tasks.task_data import drop_unknown_chars, load_task_data, load_
 INPUTS = ("tokens", "segments", "token_types")
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
 class Finetuner(runner.LoopSpec):
-    """One fine-tuning run of ``config.task`` for S seeds, from a checkpoint or from random init."""
+    """One fine-tuning run of ``config.task`` for S seeds, from a checkpoint or from random init
+    (or, given ``runs`` as (name, config, workdir), a population of such runs from checkpoints
+    of one shape; ``workdir`` is then the population's own folder)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, init_mode: str):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, init_mode: str,
+                 runs: Sequence[tuple[str, ml_collections.ConfigDict, str | Path]] = ()):
         if init_mode not in ("pretrained", "random"):
             raise UserError(f"init mode must be 'pretrained' or 'random', not {init_mode!r}")
-        validate_finetune_config(config)  # every field's range, before anything else
-        self.config, self.workdir, self.init_mode = config, run_path(workdir), init_mode
-        self.pretrained = (PretrainedRun.open(config.init.checkpoint, config.init.which)
-                           if config.init.checkpoint else None)
-        if init_mode == "pretrained" and self.pretrained is None:
-            raise UserError("init.mode=pretrained needs --config.init.checkpoint=<pre-training "
-                            "workdir> (or use init.mode=random)")
+        self.workdir, self.init_mode = run_path(workdir), init_mode
+        self.folders = []
+        for name, run_config, run_dir in (runs or [("", config, workdir)]):
+            validate_finetune_config(run_config)  # every field's range, before anything else
+            pretrained = (PretrainedRun.open(run_config.init.checkpoint, run_config.init.which)
+                          if run_config.init.checkpoint else None)
+            if init_mode == "pretrained" and pretrained is None:
+                raise UserError("init.mode=pretrained needs --config.init.checkpoint=<pre-training "
+                                "workdir> (or use init.mode=random)")
+            self.folders.append(RunFolder(name, run_config, run_path(run_dir), pretrained))
+        self.is_population = bool(runs)
+        if self.is_population:
+            check_population(self.folders, init_mode)
+        self.config, self.pretrained = self.folders[0].config, self.folders[0].pretrained
+        config = self.config
         self.model_cfg = with_overrides(
             self.pretrained.model.replace(**changed_model_fields(config)) if self.pretrained
             else model_from_config(config),
@@ -99,6 +111,9 @@ class Finetuner(runner.LoopSpec):
         self.seeds = [int(s) for s in config.train.seeds]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"train.seeds must be distinct and non-empty, got {self.seeds}")
+        for i, folder in enumerate(self.folders):
+            folder.first, folder.size = i * len(self.seeds), len(self.seeds)
+        self.member_seeds = self.seeds * len(self.folders)  # run by run, each with every seed
         tc = config.train
         if tc.members not in MEMBER_STRATEGIES:
             raise UserError(f"train.members must be one of {', '.join(MEMBER_STRATEGIES)}, "
@@ -114,16 +129,31 @@ class Finetuner(runner.LoopSpec):
         self.eval_steps = [e * self.steps_per_epoch
                            for e in range(1, int(tc.epochs) + 1) if e % config.eval.every_epochs == 0
                            or e == tc.epochs]
-        self.indexers = [batch_lib.BatchIndexer(seed, n_train, tc.batch_size) for seed in self.seeds]
+        self.indexers = [batch_lib.BatchIndexer(seed, n_train, tc.batch_size)
+                         for seed in self.member_seeds]
         self._build()
         # Everything is checked: only now is anything written (a rejected command leaves no trace).
-        self.identity = flatten(config)
-        self.identity["init.mode"] = self.init_mode
-        self.identity["tokenizer_sha256"] = self.tokenizer.sha256
-        self.identity["model_built"] = self.model_cfg.to_dict()  # what config.json's fields made
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.lock = runner.check_workdir(self.workdir, self.identity, RESUMABLE_FIELDS,
-                                         "a fine-tuning run")
+        identities = [f.identity(self.init_mode, self.tokenizer.sha256, self.model_cfg.to_dict())
+                      for f in self.folders]  # model_built: what config.json's fields made
+        targets = [(f.workdir, ident, "a fine-tuning run")
+                   for f, ident in zip(self.folders, identities)]
+        self.identity = identities[0]
+        if self.is_population:
+            self.identity = {"population.runs": [
+                {"name": f.name, "workdir": str(f.workdir), "identity": {
+                    k: v for k, v in ident.items() if k not in RESUMABLE_FIELDS}}
+                for f, ident in zip(self.folders, identities)],
+                **{k: v for k, v in identities[0].items() if k in RESUMABLE_FIELDS}}
+            targets.insert(0, (self.workdir, self.identity, "a fine-tuning population"))
+        locks = []
+        try:
+            for path, ident, what in targets:
+                path.mkdir(parents=True, exist_ok=True)
+                locks.append(runner.check_workdir(path, ident, RESUMABLE_FIELDS, what))
+        except BaseException:
+            Each(locks).release()
+            raise
+        self.lock = locks[0] if len(locks) == 1 else Each(locks)
 
     # ----------------------------------------------------------------------------- setup
     def _tokenizer(self) -> Tokenizer:
@@ -151,8 +181,13 @@ class Finetuner(runner.LoopSpec):
         cfg, num_labels = self.model_cfg, self.spec.num_labels
         self.optimizer = make_optimizer(self.config.optim, self.total_steps)
         self.schedule = make_schedule(self.config.optim, self.total_steps)
-        encoder_state = self.pretrained.encoder_state() if self.init_mode == "pretrained" else None
-        built = members_state(cfg, num_labels, self.optimizer, self.seeds, self.mesh, encoder_state)
+        encoder_state = None
+        if self.init_mode == "pretrained":
+            encoders = [f.pretrained.encoder_state() for f in self.folders]
+            encoder_state = encoders[0] if not self.is_population else jax.tree.map(
+                lambda *xs: np.stack([np.asarray(x) for x in xs for _ in self.seeds]), *encoders)
+        built = members_state(cfg, num_labels, self.optimizer, self.member_seeds, self.mesh,
+                              encoder_state, population=self.is_population)
         self.graphdef, self.param_counts = built.graphdef, built.param_counts
         self.state_sharding = built.shardings
         self.state: MembersState = built.init(encoder_state)
@@ -209,28 +244,14 @@ class Finetuner(runner.LoopSpec):
         return [split_metrics(self.spec.name,
                               {split: (v[s, :, 0] if self.regression else v[s])
                                for split, v in logits.items()}, labels)
-                for s in range(len(self.seeds))]
+                for s in range(len(next(iter(logits.values()))))]
 
-    # ----------------------------------------------------------------------------- history
-    def _history_path(self) -> Path:
-        return self.workdir / "history.json"
+    def _patience(self) -> int:
+        return int(self.config.train.early_stopping_patience)
 
-    def _load_history(self, upto_step: int) -> list[dict[str, Any]]:
-        """Process 0's ``history.json`` up to ``upto_step``, on every process."""
-        path = self._history_path()
-        saved = json.loads(path.read_text()) if jax.process_index() == 0 and path.exists() else []
-        return [h for h in from_process_0(saved) if h["step"] <= upto_step]
-
-    def _save_predictions(self, logits: dict[str, np.ndarray], which: str) -> None:
-        """``predictions/<split>.<which>.npy`` [S, N, C] and ``<split>.labels.npy``."""
-        if jax.process_index() != 0:
-            return
-        out = self.workdir / "predictions"
-        out.mkdir(exist_ok=True)
-        for split, array in logits.items():
-            atomic_write_bytes(out / f"{split}.{which}.npy", _npy_bytes(array))
-            atomic_write_bytes(out / f"{split}.labels.npy",
-                               _npy_bytes(self.eval_arrays[split]["labels"]))
+    def _live(self) -> list[RunFolder]:
+        """The runs still training (all but those early stopping froze)."""
+        return [f for f in self.folders if not f.stopped(self._patience())]
 
     # ----------------------------------------------------------------------------- loop specialisation
     save_after_evaluation = True  # an evaluation updates the selected parameters and the history
@@ -242,16 +263,24 @@ class Finetuner(runner.LoopSpec):
         self._window_examples += count * self.config.train.batch_size * len(self.seeds)
 
     def log_line(self, step: int, host: dict[str, Any], window: runner.Window) -> dict[str, str]:
-        losses = np.asarray(host["loss"])  # [K, S]
-        values = {"loss": float(losses[-1].mean()), "loss_per_member": losses[-1].tolist(),
-                  "lr": float(np.asarray(host["lr"])[-1]),
-                  "grad_norm": float(np.asarray(host["grad_norm"])[-1].mean()),
-                  "epoch": step / self.steps_per_epoch}
-        if window.compiled:  # the first window includes compilation: no speed figure
-            values["examples_per_sec"] = self._window_examples / window.elapsed()
-        self.writer.write(step, "train", values)
+        losses, norms = np.asarray(host["loss"]), np.asarray(host["grad_norm"])  # [K, S]
+        shown = []
+        for folder in self._live():
+            mine = losses[-1, folder.members]
+            values = {"loss": float(mine.mean()), "loss_per_member": mine.tolist(),
+                      "lr": float(np.asarray(host["lr"])[-1]),
+                      "grad_norm": float(norms[-1, folder.members].mean()),
+                      "epoch": step / self.steps_per_epoch}
+            if window.compiled:  # the first window includes compilation: no speed figure
+                values["examples_per_sec"] = self._window_examples / window.elapsed()
+            self.writers[folder.name].write(step, "train", values)
+            shown.append(values["loss"])
+        if self.is_population and window.compiled:
+            self.writer.write(step, "train", {"examples_per_sec": self._window_examples
+                                              * len(self.folders) / window.elapsed(),
+                                              "runs": len(self.folders)})
         self._window_examples = 0
-        return {"loss": f"{values['loss']:.3f}"}
+        return {"loss": f"{np.mean(shown):.3f}" if shown else "-"}
 
     def dispatch_boundaries(self) -> list[int]:
         return self.eval_steps
@@ -261,10 +290,8 @@ class Finetuner(runner.LoopSpec):
 
     def evaluate_at(self, step: int, state: MembersState) -> tuple[MembersState, bool]:
         self.state = state
-        self._history.append(self._evaluate(step, self.writer, self._history))
-        if jax.process_index() == 0:
-            atomic_write_json(self._history_path(), self._history)
-        return self.state, self._early_stop(self._history)
+        self._evaluate(step)
+        return self.state, not self._live()
 
     # ----------------------------------------------------------------------------- run
     def train(self) -> dict[str, Any]:
@@ -272,70 +299,93 @@ class Finetuner(runner.LoopSpec):
         ckpts, self.writer, start, self.state = runner.open_run(
             self.workdir, config.checkpoint, self.state, identity=self.identity,
             resumable=RESUMABLE_FIELDS, keep_best=False)
-        self._history = history = self._load_history(start)
+        self.writers = {self.folders[0].name: self.writer}
+        if self.is_population:
+            self.writers = {f.name: MetricsWriter(f.workdir) for f in self.folders}
+            for writer in self.writers.values():
+                writer.truncate_after(start)
+        for folder in self.folders:
+            folder.load_history(start)
         self._window_examples = 0
         t0 = time.time()
-        # a run that stopped early and is started again: nothing left to train
-        stopped = bool(history) and history[-1]["step"] == start and self._early_stop(history)
-        result = runner.run_loop(self, self.state, start, ckpts, self.writer,
+        # runs that stopped early and are started again: nothing left to train
+        stopped = all(f.stopped(self._patience(), at_step=start) for f in self.folders)
+        writers = (Each([self.writer, *self.writers.values()]) if self.is_population
+                   else self.writer)
+        result = runner.run_loop(self, self.state, start, ckpts, writers,
                                  steps_per_dispatch=tc.steps_per_dispatch, log_every=tc.log_every,
                                  prefetch_depth=2, progress=tc.progress,
                                  desc=f"finetune {self.spec.name}", nothing_left=stopped)
         self.state, status = result.state, result.status
         # The reported splits are scored here and only here: once with the final parameters, once
         # with each member's selected ones (not for a preempted run: its resumption does it).
-        reported = (self._score_reported() if status != "preempted" and history else None)
-        summary = self._summary(status, history, reported, time.time() - t0)
-        self.writer.close()
+        reported = (self._score_reported()
+                    if status != "preempted" and all(f.history for f in self.folders) else None)
+        wall = time.time() - t0
+        summaries = [self._summary(f, self._run_status(f, status), reported, wall)
+                     for f in self.folders]
+        writers.close()
         ckpts.close()
-        return summary
+        if not self.is_population:
+            return summaries[0]
+        return {"status": status, "members": [{"name": f.name, "workdir": str(f.workdir),
+                                               "status": s["status"]}
+                                              for f, s in zip(self.folders, summaries)]}
 
-    def _evaluate(self, step: int, writer: MetricsWriter, history: list[dict]) -> dict[str, Any]:
-        """Score the validation split; members that beat their best validation score so far copy
-        their parameters into ``state["selected"]``."""
+    def _run_status(self, folder: RunFolder, status: str) -> str:
+        """A run of a population that early stopping froze ended ``early_stopped``."""
+        if status == "completed" and folder.stopped(self._patience()):
+            return "early_stopped"
+        return status
+
+    def _evaluate(self, step: int) -> None:
+        """Score the validation split; each live run's members that beat their best validation
+        score so far copy their parameters into ``state["selected"]``; a run early stopping ends
+        is frozen."""
         # Process 0's metrics decide on every process (the same selection, the same early stop).
         members = from_process_0(self.member_metrics({VALIDATION: self.predict_split(VALIDATION)}))
-        scores = np.asarray([m["score"] for m in members])
-        best_before = (np.max([[m["score"] for m in h["members"]] for h in history], axis=0)
-                       if history else np.full(len(members), -np.inf))
-        improved = scores > best_before
+        improved = np.zeros(len(members), bool)
+        for folder in self._live():
+            mine = members[folder.members]
+            scores = np.asarray([m["score"] for m in mine])
+            improved[folder.members] = scores > folder.best_scores()
+            entry = {"step": step, "epoch": step / self.steps_per_epoch, "split": VALIDATION,
+                     "members": mine, "improved": improved[folder.members].tolist(),
+                     "score_mean": float(scores.mean()), "score_std": sample_std(scores)}
+            folder.append_history(entry)
+            self.writers[folder.name].write(step, VALIDATION, {
+                "score": entry["score_mean"], "score_std": entry["score_std"],
+                "epoch": entry["epoch"], **{k: float(np.mean([m[k] for m in mine]))
+                                            for k in mine[0]}})
+            log_line(f"{self.spec.name}{' ' + folder.name if folder.name else ''} validation "
+                     f"epoch {entry['epoch']:g} (step {step}): score {entry['score_mean']:.2f} "
+                     f"(sd {entry['score_std']:.2f}, {len(mine)} seeds)")
         self.state = self.select(self.state, improved)  # a host array: the same on every process
-        entry = {"step": step, "epoch": step / self.steps_per_epoch, "split": VALIDATION,
-                 "members": members, "improved": improved.tolist(),
-                 "score_mean": float(scores.mean()), "score_std": sample_std(scores)}
-        writer.write(step, VALIDATION, {
-            "score": entry["score_mean"], "score_std": entry["score_std"], "epoch": entry["epoch"],
-            **{k: float(np.mean([m[k] for m in members])) for k in members[0]}})
-        log_line(f"{self.spec.name} validation epoch {entry['epoch']:g} (step {step}): score "
-                 f"{entry['score_mean']:.2f} (sd {entry['score_std']:.2f}, {len(members)} seeds)")
-        return entry
-
-    def _early_stop(self, history: list[dict]) -> bool:
-        """No member improved its validation score in the last ``patience`` evaluations."""
-        patience = int(self.config.train.early_stopping_patience)
-        if patience <= 0 or len(history) <= patience:
-            return False
-        scores = np.asarray([[m["score"] for m in h["members"]] for h in history])  # [E, S]
-        best_recent = scores[-patience:].max(axis=0)
-        best_before = scores[:-patience].max(axis=0)
-        return bool(np.all(best_recent <= best_before))
+        if self.is_population:
+            active = np.zeros(len(members), bool)
+            for folder in self._live():
+                active[folder.members] = True
+            self.state = {**self.state, "active": jax.device_put(
+                active, self.state_sharding["active"])}
 
     def _score_reported(self) -> dict[str, list[dict[str, float]]]:
         """Members' metrics on the reported splits with the ``final`` and the ``selected``
-        parameters; their logits go to ``predictions/``."""
+        parameters; each run's logits go to its ``predictions/``."""
         out = {}
+        labels = {split: self.eval_arrays[split]["labels"] for split in self.reported}
         for which in ("final", "selected"):
             logits = {split: self.predict_split(split, which) for split in self.reported}
-            self._save_predictions(logits, which)
+            for folder in self.folders:
+                folder.save_predictions(logits, labels, which)
             out[which] = self.member_metrics(logits)
         return out
 
-    def _summary(self, status: str, history: list[dict],
+    def _summary(self, folder: RunFolder, status: str,
                  reported: dict[str, list[dict[str, float]]] | None, wall: float) -> dict[str, Any]:
-        """Write the run's :class:`FinetuneSummary` (process 0); return it as JSON."""
+        """Write ``folder``'s :class:`FinetuneSummary` (process 0); return it as JSON."""
         summary: dict[str, Any] = {
             "status": status, "task": self.spec.name, "init": self.init_mode,
-            "pretrained": self.pretrained.describe() if self.pretrained else None,
+            "pretrained": folder.pretrained.describe() if folder.pretrained else None,
             "point": self.model_cfg.point, "model": self.model_cfg.to_dict(), "seeds": self.seeds,
             "examples": self.data.counts(), "reported_splits": self.reported,
             "steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
@@ -353,19 +403,7 @@ class Finetuner(runner.LoopSpec):
             report = self.data.filter_report
             summary["filter"] = {"total": report.total, "kept": report.kept,
                                  "top_oov": report.oov.most_common(10)}
-        if history:
-            scores = np.asarray([[m["score"] for m in h["members"]] for h in history])  # [E, S]
-            chosen = scores.argmax(axis=0)  # the first best epoch, as ``_evaluate`` keeps it
-            epochs = [history[int(e)]["epoch"] for e in chosen]
-            valid = [history[int(e)]["members"][s] for s, e in enumerate(chosen)]
-            summary["validation"] = {"epochs": epochs, "members": valid, **mean_std(valid)}
-            if reported is not None:
-                final = reported["final"]
-                summary["final"] = {"epochs": [history[-1]["epoch"]] * len(final),
-                                    "members": final, **mean_std(final)}
-                summary["selected"] = {"epochs": epochs, "members": reported["selected"],
-                                       "selected_on": VALIDATION, **mean_std(reported["selected"])}
-        record = FinetuneSummary(**summary)
+        record = FinetuneSummary(**summary, **folder.scores(reported))
         if jax.process_index() == 0:
-            record.write(self.workdir)
+            record.write(folder.workdir)
         return record.to_json()

@@ -5,6 +5,11 @@ shared scalar ``step`` and ``selected`` (``{"params", "rest"}``: each member's p
 validation epoch so far, see :func:`make_select`). Batches are ``[K, S, B, T]`` (K optimizer steps per dispatch via
 ``lax.scan``; every member sees its own data order). Dropout keys derive from (member seed, step).
 
+A population of fine-tuning runs (several pre-trained checkpoints of one shape, each with the same
+seeds: ``S`` = checkpoints x seeds) starts every member from its own encoder and carries
+``active [S]``: a member whose run stopped early keeps its parameters and optimizer state (the
+update is masked), so each run ends where it would have ended alone.
+
 How the S members run inside the one compiled program is ``members`` (:mod:`minilm_jax.train.members`:
 ``vmap``, ``map`` or ``auto``).
 """
@@ -62,6 +67,10 @@ def make_finetune_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransfor
         params, rest, opt_state, metrics = members_update(
             state["params"], state["rest"], state["opt_state"], batch, state["member_seeds"],
             state["step"])
+        if "active" in state:  # a population: members of stopped runs keep their state
+            params, rest, opt_state = jax.tree.map(
+                lambda new, old: where_members(state["active"], new, old),
+                (params, rest, opt_state), (state["params"], state["rest"], state["opt_state"]))
         metrics["lr"] = schedule(state["step"])
         return {**state, "params": params, "rest": rest, "opt_state": opt_state,
                 "step": state["step"] + 1}, metrics
@@ -72,10 +81,17 @@ def make_finetune_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransfor
     return step_fn
 
 
-def make_members_init(cfg: ModelConfig, num_labels: int, optimizer: optax.GradientTransformation
-                      ) -> Callable[[jax.Array, Any], FinetuneState]:
+def where_members(mask_s: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    """Per member (leading axis): ``new`` where ``mask_s`` is true, else ``old``."""
+    return jnp.where(mask_s.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+
+def make_members_init(cfg: ModelConfig, num_labels: int, optimizer: optax.GradientTransformation,
+                      population: bool = False) -> Callable[[jax.Array, Any], FinetuneState]:
     """``init(seeds [S], encoder_state | None) -> state``: S classifiers (heads, and encoders
-    when no pre-trained encoder state is given, initialised from their seed) with optimizer state."""
+    when no pre-trained encoder state is given, initialised from their seed) with optimizer state.
+    ``population``: the encoder state is stacked, one per member, and the state carries
+    ``active``."""
 
     def init_member(seed, encoder):
         model = SequenceClassifier(cfg, num_labels, rngs=nnx.Rngs(params=jax.random.key(seed)))
@@ -85,20 +101,25 @@ def make_members_init(cfg: ModelConfig, num_labels: int, optimizer: optax.Gradie
         return {"params": params, "rest": rest, "opt_state": optimizer.init(params)}
 
     def init(seeds_s: jax.Array, encoder) -> FinetuneState:
-        members = jax.vmap(init_member, in_axes=(0, None))(seeds_s, encoder)
+        members = jax.vmap(init_member, in_axes=(0, 0 if population else None))(seeds_s, encoder)
         selected = {"params": members["params"], "rest": members["rest"]}
-        return {**members, "selected": selected, "step": jnp.zeros((), jnp.int32),
-                "member_seeds": seeds_s}
+        state = {**members, "selected": selected, "step": jnp.zeros((), jnp.int32),
+                 "member_seeds": seeds_s}
+        if population:
+            state["active"] = jnp.ones(seeds_s.shape, bool)
+        return state
 
     return init
 
 
 def members_state(cfg: ModelConfig, num_labels: int, optimizer: optax.GradientTransformation,
-                  seeds: Any, mesh: Any, encoder_state: Any = None) -> BuiltState:
+                  seeds: Any, mesh: Any, encoder_state: Any = None, population: bool = False
+                  ) -> BuiltState:
     """The fine-tuning state of ``len(seeds)`` members (train.state.build_state); ``init(encoder)``
-    gives it, from ``encoder_state`` (a pre-trained encoder) or random init (``None``)."""
+    gives it, from ``encoder_state`` (a pre-trained encoder; stacked per member for a
+    ``population``) or random init (``None``)."""
     seeds_s = jnp.asarray(list(seeds), jnp.int32)
-    init = make_members_init(cfg, num_labels, optimizer)
+    init = make_members_init(cfg, num_labels, optimizer, population)
     return build_state(lambda: SequenceClassifier(cfg, num_labels, rngs=nnx.Rngs(params=0)),
                        lambda encoder: init(seeds_s, encoder), mesh, encoder_state)
 
@@ -117,11 +138,9 @@ def make_select() -> Callable[[FinetuneState, jax.Array], FinetuneState]:
     """``select(state, improved [S] bool)``: members with ``improved`` copy their current parameters
     into ``state["selected"]``; the others keep theirs."""
 
-    def pick(new: jax.Array, old: jax.Array, improved_s: jax.Array) -> jax.Array:
-        return jnp.where(improved_s.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-
     def select(state: FinetuneState, improved_s: jax.Array) -> FinetuneState:
-        chosen = {k: jax.tree.map(lambda n, o: pick(n, o, improved_s), state[k], state["selected"][k])
+        chosen = {k: jax.tree.map(lambda n, o: where_members(improved_s, n, o), state[k],
+                                  state["selected"][k])
                   for k in ("params", "rest")}
         return {**state, "selected": chosen}
 

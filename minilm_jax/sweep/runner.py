@@ -7,7 +7,10 @@ Layout under ``--root``: ``runs/<name>/pretrain`` (a pre-training workdir),
 architecture and task, shared by every run of that architecture, at
 ``random/<point>__<hash>/<task>``), ``status.json`` (state of every run,
 failures with their error), ``results.jsonl``, ``report/``. Re-running skips finished work and
-resumes interrupted runs from their checkpoints; a re-run whose config would change what a workdir
+resumes interrupted runs from their checkpoints. Runs pre-trained as one population (``pack=auto``)
+are fine-tuned as one too: a task's pre-trained jobs of every packed run (same shapes, only the
+checkpoint differs) train in one program whose stacked checkpoints live in ``populations/``, each
+job still in its own folder; a re-run whose config would change what a workdir
 was trained with is refused before anything runs (:meth:`SweepRunner._refuse_changed`).
 """
 
@@ -279,8 +282,43 @@ class SweepRunner:
         else:
             yield "pretrain", pre_dir, lambda: Pretrainer(run.config, pre_dir)
         for job in finetune_jobs(self.sweep, run, self.root):
-            yield (f"finetune:{job.task}:{job.label}", job.workdir,
-                   lambda job=job: Finetuner(job.config, job.workdir, job.init))
+            stage = f"finetune:{job.task}:{job.label}"
+            together = self._finetune_pack(run, job)
+            if len(together) > 1:
+                yield (stage, job.workdir,
+                       lambda stage=stage, together=together: self._finetune_population(
+                           stage, together))
+            else:
+                yield (stage, job.workdir,
+                       lambda job=job: Finetuner(job.config, job.workdir, job.init))
+
+    def _finetune_pack(self, run: Run, job: FinetuneJob) -> list[tuple[str, FinetuneJob]]:
+        """(run name, job) of every run packed with ``run`` whose pre-training finished and whose
+        matching pre-trained job (same task, same snapshot) has not: fine-tuned together."""
+        together = [(run.name, job)]
+        if job.init != "pretrained":  # random-init twins are shared by a design's runs
+            return together
+        for other in self.packs[run.name]:
+            if (other.name == run.name or self._only not in other.name
+                    or not is_done(self.root / "runs" / other.name / "pretrain")):
+                continue
+            for theirs in finetune_jobs(self.sweep, other, self.root):
+                if (theirs.task, theirs.label) == (job.task, job.label) and not is_done(
+                        theirs.workdir):
+                    together.append((other.name, theirs))
+        return together
+
+    def _finetune_population(self, stage: str, together: list[tuple[str, FinetuneJob]]
+                             ) -> LoopSpec:
+        """The population that fine-tunes the jobs of ``together`` in one program."""
+        from minilm_jax.finetune.loop import Finetuner
+
+        print(f"   fine-tuning {len(together)} runs' checkpoints as one population: "
+              f"{', '.join(n for n, _ in together)}", flush=True)
+        job = together[0][1]
+        return Finetuner(job.config,
+                         population_dir(self.root, [f"{n}/{stage}" for n, _ in together]),
+                         job.init, [(n, j.config, j.workdir) for n, j in together])
 
     def _population(self, pack: list[Run]) -> LoopSpec:
         """The population that pre-trains the unfinished runs of ``pack`` together."""

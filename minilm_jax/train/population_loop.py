@@ -42,7 +42,7 @@ from minilm_jax.train.throughput import device_memory_stats, measured_matmul_pea
 CORE = ("params", "rest", "opt_state", "step")  # a member's state, as a separate run saves it
 
 
-class _Each:
+class Each:
     """Several locks or metrics writers used as one: released, flushed or closed together."""
 
     def __init__(self, items: Sequence[Any]):
@@ -116,9 +116,9 @@ class PopulationTrainer(runner.LoopSpec):
                 path.mkdir(parents=True, exist_ok=True)
                 locks.append(runner.check_workdir(path, ident, RESUMABLE_FIELDS, what))
         except BaseException:
-            _Each(locks).release()
+            Each(locks).release()
             raise
-        self.lock = _Each(locks)
+        self.lock = Each(locks)
 
     def _optional_split(self, name: str) -> ShardSplit | None:
         if name and name in self.manifest["splits"]:
@@ -164,8 +164,8 @@ class PopulationTrainer(runner.LoopSpec):
                 "every member of the population diverged ("
                 + ", ".join(f"{m.name} at step {self.diverged[i]}"
                             for i, m in enumerate(self.members))
-                + f"); each member's summary says where; lower the learning rate or use a new "
-                  f"--workdir")
+                + "); each member's summary says where; lower the learning rate or use a new "
+                  "--workdir")
 
     def record_metrics(self, first: int, count: int, host: dict[str, Any]) -> None:
         self._window_tokens += np.sum(np.asarray(host["tokens"], np.float64), axis=0)
@@ -252,7 +252,7 @@ class PopulationTrainer(runner.LoopSpec):
         self._log_steps = log_eval_steps(config)
         self._peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
         self._window_tokens, self._window_steps = np.zeros(self.size), 0
-        writers = _Each([self.writer, *self.member_writers])
+        writers = Each([self.writer, *self.member_writers])
         t0 = time.time()
         try:
             result = runner.run_loop(self, self.state, start, self.ckpts, writers,

@@ -1,0 +1,148 @@
+"""One fine-tuning run folder inside a :class:`~minilm_jax.finetune.loop.Finetuner`: its config, the
+checkpoint it starts from, its members' slice of the program's members, its validation history
+(``history.json``), early stopping and predictions. A separate run is one folder; a population of
+runs (several pre-trained checkpoints of one shape fine-tuned in one program) is several, each
+written exactly as a separate run writes its own."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from minilm_jax.errors import UserError
+from minilm_jax.run_config import flatten
+from minilm_jax.storage import RunPath, atomic_write_bytes, atomic_write_json
+from minilm_jax.train.distributed import from_process_0
+
+from .pretrained import PretrainedRun
+from .selection import VALIDATION, mean_std
+
+# The fields in which the runs of one population may differ: the checkpoint each starts from.
+POPULATION_FIELDS = ("init.checkpoint", "init.which")
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def early_stop(history: list[dict[str, Any]], patience: int) -> bool:
+    """No member improved its validation score in the last ``patience`` evaluations."""
+    if patience <= 0 or len(history) <= patience:
+        return False
+    scores = np.asarray([[m["score"] for m in h["members"]] for h in history])  # [E, S]
+    return bool(np.all(scores[-patience:].max(axis=0) <= scores[:-patience].max(axis=0)))
+
+
+@dataclasses.dataclass
+class RunFolder:
+    """A fine-tuning run's folder and its members ``first .. first + size`` of the program."""
+
+    name: str
+    config: ml_collections.ConfigDict
+    workdir: RunPath
+    pretrained: PretrainedRun | None
+    first: int = 0
+    size: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def members(self) -> slice:
+        return slice(self.first, self.first + self.size)
+
+    def identity(self, init_mode: str, tokenizer_sha256: str, model_built: dict[str, Any]
+                 ) -> dict[str, Any]:
+        """What the run is (its ``config.json``)."""
+        identity = flatten(self.config)
+        identity["init.mode"] = init_mode
+        identity["tokenizer_sha256"] = tokenizer_sha256
+        identity["model_built"] = model_built
+        return identity
+
+    # ----------------------------------------------------------------------------- history
+    def load_history(self, upto_step: int) -> None:
+        """Process 0's ``history.json`` up to ``upto_step``, on every process."""
+        path = self.workdir / "history.json"
+        saved = json.loads(path.read_text()) if jax.process_index() == 0 and path.exists() else []
+        self.history = [h for h in from_process_0(saved) if h["step"] <= upto_step]
+
+    def append_history(self, entry: dict[str, Any]) -> None:
+        self.history.append(entry)
+        if jax.process_index() == 0:
+            atomic_write_json(self.workdir / "history.json", self.history)
+
+    def stopped(self, patience: int, at_step: int | None = None) -> bool:
+        """Early stopping ended this run (at its last evaluation, or at ``at_step`` only)."""
+        if at_step is not None and (not self.history or self.history[-1]["step"] != at_step):
+            return False
+        return early_stop(self.history, patience)
+
+    def best_scores(self) -> np.ndarray:
+        """Each member's best validation score so far (``-inf`` before the first evaluation)."""
+        if not self.history:
+            return np.full(self.size, -np.inf)
+        return np.max([[m["score"] for m in h["members"]] for h in self.history], axis=0)
+
+    # ----------------------------------------------------------------------------- outputs
+    def scores(self, reported: dict[str, list[dict[str, float]]] | None) -> dict[str, Any]:
+        """The summary's ``validation`` (each member at its selected epoch) and, given the
+        program's ``reported`` metrics, this run's ``final`` and ``selected`` ones."""
+        if not self.history:
+            return {}
+        history = self.history
+        scores = np.asarray([[m["score"] for m in h["members"]] for h in history])  # [E, S]
+        chosen = scores.argmax(axis=0)  # the first best epoch, as selection keeps it
+        epochs = [history[int(e)]["epoch"] for e in chosen]
+        valid = [history[int(e)]["members"][s] for s, e in enumerate(chosen)]
+        out: dict[str, Any] = {"validation": {"epochs": epochs, "members": valid,
+                                              **mean_std(valid)}}
+        if reported is not None:
+            final, selected = reported["final"][self.members], reported["selected"][self.members]
+            out["final"] = {"epochs": [history[-1]["epoch"]] * len(final), "members": final,
+                            **mean_std(final)}
+            out["selected"] = {"epochs": epochs, "members": selected, "selected_on": VALIDATION,
+                               **mean_std(selected)}
+        return out
+
+    def save_predictions(self, logits: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                         which: str) -> None:
+        """``predictions/<split>.<which>.npy`` [S, N, C] (this run's members) and
+        ``<split>.labels.npy``."""
+        if jax.process_index() != 0:
+            return
+        out = self.workdir / "predictions"
+        out.mkdir(exist_ok=True)
+        for split, array in logits.items():
+            atomic_write_bytes(out / f"{split}.{which}.npy", npy_bytes(array[self.members]))
+            atomic_write_bytes(out / f"{split}.labels.npy", npy_bytes(labels[split]))
+
+
+def check_population(folders: list[RunFolder], init_mode: str) -> None:
+    """Refuse runs that cannot share one program: configs differing outside
+    :data:`POPULATION_FIELDS`, checkpoints of different shapes or tokenizers, random init."""
+    if init_mode != "pretrained":
+        raise UserError("a fine-tuning population starts every run from a pre-trained "
+                        f"checkpoint (init.mode=pretrained), not {init_mode}")
+    first = folders[0]
+    base = {k: v for k, v in flatten(first.config).items() if k not in POPULATION_FIELDS}
+    for folder in folders[1:]:
+        other = {k: v for k, v in flatten(folder.config).items() if k not in POPULATION_FIELDS}
+        diffs = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
+        if diffs:
+            raise UserError(f"fine-tuning runs {first.name} and {folder.name} differ in "
+                            f"{', '.join(diffs[:5])}: only {', '.join(POPULATION_FIELDS)} may "
+                            "differ within one population")
+        if folder.pretrained.model.to_dict() != first.pretrained.model.to_dict():
+            raise UserError(f"the checkpoints of {first.name} ({first.pretrained.workdir}) and "
+                            f"{folder.name} ({folder.pretrained.workdir}) have different models: "
+                            "they cannot be fine-tuned in one program")
+        if folder.pretrained.tokenizer_sha256 != first.pretrained.tokenizer_sha256:
+            raise UserError(f"the checkpoints of {first.name} and {folder.name} were pre-trained "
+                            "with different tokenizers")

@@ -1,0 +1,137 @@
+"""Fine-tuning a population on real task data: several pre-trained checkpoints x seeds in one
+program equal the separate fine-tuning runs (predictions, scores, histories, early stopping), each
+run is written as a separate run writes it, and a sweep packs the fine-tuning jobs of runs it
+pre-trained as one population."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minilm_jax.errors import UserError
+from minilm_jax.finetune.loop import Finetuner
+from minilm_jax.train.records import is_done
+
+from test_finetune import SEQ, ag_config, pretrained  # noqa: F401 (the module's fixture)
+
+CHECKPOINTS = ("step:15", "latest")  # two encoders of one shape: the run's two kept checkpoints
+
+
+def configs(pre, **train):
+    out = []
+    for which in CHECKPOINTS:
+        c = ag_config(pre, **train)
+        c.init.which = which
+        out.append(c)
+    return out
+
+
+def train_both(pre, root: Path, **train) -> tuple[dict, list[Path], list[Path]]:
+    """The population (2 checkpoints x 2 seeds) and the two separate runs it should equal."""
+    runs = configs(pre, **train)
+    together = [root / "pop" / f"r{i}" for i in range(len(runs))]
+    outcome = Finetuner(runs[0], root / "pop" / "population", "pretrained",
+                        [(f"r{i}", c, d) for i, (c, d) in enumerate(zip(runs, together))]).run()
+    alone = [root / "solo" / f"r{i}" for i in range(len(runs))]
+    for c, d in zip(runs, alone):
+        Finetuner(c, d, "pretrained").run()
+    return outcome, together, alone
+
+
+def summary(workdir: Path) -> dict:
+    return json.loads((workdir / "summary.json").read_text())
+
+
+def test_checkpoints_times_seeds_equal_separate_runs(pretrained, tmp_path):  # noqa: F811
+    outcome, together, alone = train_both(pretrained, tmp_path)
+    assert [m["name"] for m in outcome["members"]] == ["r0", "r1"]
+    assert all(m["status"] == "completed" for m in outcome["members"])
+    for mine, solo in zip(together, alone):
+        assert is_done(mine)
+        for name in ("test.final.npy", "test.selected.npy", "test.labels.npy"):
+            a, b = np.load(mine / "predictions" / name), np.load(solo / "predictions" / name)
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4)
+        s, t = summary(mine), summary(solo)
+        assert s["seeds"] == t["seeds"] == [0, 1]
+        assert s["pretrained"]["step"] == t["pretrained"]["step"]
+        for which in ("final", "selected", "validation"):
+            np.testing.assert_allclose([m["score"] for m in s[which]["members"]],
+                                       [m["score"] for m in t[which]["members"]], atol=1e-6)
+        # the same files a separate run writes, read the same way
+        assert {p.name for p in mine.iterdir()} >= {"config.json", "metrics.jsonl",
+                                                      "history.json", "predictions",
+                                                      "summary.json"}
+    # the checkpoints differ, so the runs do: the population did not train one encoder twice
+    assert not np.allclose(np.load(together[0] / "predictions" / "test.final.npy"),
+                           np.load(together[1] / "predictions" / "test.final.npy"))
+    assert (tmp_path / "pop" / "population" / "checkpoints").is_dir()
+
+
+def test_early_stopping_freezes_one_run_while_the_others_go_on(pretrained, tmp_path):  # noqa: F811
+    """Patience 1 over 5 epochs at a high learning rate: each run's history, stopping epoch and
+    scores equal its separate run's, whenever each of them stops."""
+    outcome, together, alone = train_both(pretrained, tmp_path, train__epochs=5,
+                                          train__early_stopping_patience=1, optim__peak_lr=3e-3)
+    for mine, solo in zip(together, alone):
+        h, g = (json.loads((d / "history.json").read_text()) for d in (mine, solo))
+        assert [e["step"] for e in h] == [e["step"] for e in g]
+        np.testing.assert_allclose([[m["score"] for m in e["members"]] for e in h],
+                                   [[m["score"] for m in e["members"]] for e in g], atol=1e-6)
+        assert summary(mine)["status"] == summary(solo)["status"]
+        np.testing.assert_allclose(np.load(mine / "predictions" / "test.final.npy"),
+                                   np.load(solo / "predictions" / "test.final.npy"),
+                                   atol=2e-4, rtol=1e-4)
+
+
+def test_a_population_refuses_runs_that_cannot_share_a_program(pretrained, tmp_path):  # noqa: F811
+    a, b = configs(pretrained)
+    b.train.epochs = 3
+    with pytest.raises(UserError, match="differ in train.epochs"):
+        Finetuner(a, tmp_path / "p", "pretrained", [("a", a, tmp_path / "a"),
+                                                    ("b", b, tmp_path / "b")])
+    assert not (tmp_path / "p").exists()  # refused before anything was written
+    with pytest.raises(UserError, match="pre-trained checkpoint"):
+        Finetuner(a, tmp_path / "p", "random", [("a", a, tmp_path / "a"),
+                                                ("c", configs(pretrained)[1], tmp_path / "c")])
+
+
+def test_a_sweep_packs_the_finetuning_jobs_of_its_population(word_shards, tmp_path):
+    """Runs pre-trained as one population (three pre-training seeds) are fine-tuned as one: the
+    first run's job takes every packed run whose pre-training finished and whose job did not; the
+    shared random-init twin is never packed; ``pack=off`` packs nothing."""
+    from conftest import REPO
+    from minilm_jax.sweep.runner import SweepRunner, finetune_jobs
+
+    sys.path.insert(0, str(REPO / "configs"))
+    import sweep as sweep_configs
+
+    s = sweep_configs.demo()
+    s.shards, s.num_steps, s.eval_every, s.vocab_size = str(word_shards), 8, 4, 500
+    s.bases, s.ofat, s.groups = ("b=E16-H16-I32-L1-A2",), (), ()
+    s.finetune_tasks, s.finetune_init, s.finetune_checkpoints = ("sst2",), "both", (0.5, 1.0)
+    s.pretrain_seeds = (0, 1, 2)
+    runner = SweepRunner(s, tmp_path)
+    first, second, third = runner.runs
+    for run in (first, second):  # the third run's pre-training did not finish
+        pre = tmp_path / "runs" / run.name / "pretrain"
+        pre.mkdir(parents=True)
+        (pre / "summary.json").write_text(json.dumps({"status": "completed"}))
+    jobs = finetune_jobs(s, first, tmp_path)
+    by_label = {j.label: j for j in jobs}
+    packed = runner._finetune_pack(first, by_label["pretrained@0.5"])
+    assert [name for name, _ in packed] == [first.name, second.name]
+    assert [j.workdir for _, j in packed] == [
+        tmp_path / "runs" / r.name / "finetune" / "sst2" / "pretrained@0.5" for r in (first, second)]
+    assert len(runner._finetune_pack(first, by_label["random"])) == 1
+    done = packed[1][1].workdir  # a job that finished earlier is not trained again
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({"status": "completed"}))
+    assert len(runner._finetune_pack(first, by_label["pretrained@0.5"])) == 1
+    assert len(runner._finetune_pack(first, by_label["pretrained@1"])) == 2
+    s.pack = "off"
+    assert len(SweepRunner(s, tmp_path)._finetune_pack(first, by_label["pretrained@1"])) == 1

@@ -1,7 +1,8 @@
 """Analyses of a scaling sweep (numpy/scipy only): the results table, the compute-optimal
 frontier, power-law fits with a break, one-factor-at-a-time cost-effectiveness and depth groups.
 
-Modules: ``results`` (load and select rows), ``frontier``, ``fits``, ``icer``, ``depth``.
+Modules: ``results`` (load and select rows), ``frontier``, ``fits``, ``icer``, ``depth``;
+``seeds`` and ``seed_frontier`` treat the pre-training seed as the unit of replication.
 ``python -m minilm_jax.report`` turns them into a Markdown report with plots.
 """
 

@@ -16,7 +16,8 @@ counted. The lower BIC is preferred.
 Break interval: resample the points with replacement (seeded), refit the two-segment model, and take
 the ``(1 - confidence) / 2`` percentile of the resampled gaps' lower ends and the
 ``(1 + confidence) / 2`` percentile of their upper ends; resamples without a valid split are skipped
-and counted.
+and counted. The same resampling step and percentiles serve the interval over pre-training seeds
+(:mod:`minilm_jax.analysis.seed_frontier`).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class FitComparison:
         return self.bic_two is not None and self.bic_two < self.bic_single
 
 
-def _log_xy(flops: Any, loss: Any) -> tuple[np.ndarray, np.ndarray]:
+def log_xy(flops: Any, loss: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(ln C, ln L)`` as flat float arrays; ValueError unless both are finite and positive."""
     c = np.asarray(flops, dtype=np.float64).reshape(-1)
     y = np.asarray(loss, dtype=np.float64).reshape(-1)
     if c.shape != y.shape:
@@ -132,7 +134,7 @@ def _log_xy(flops: Any, loss: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_power_law(flops: Any, loss: Any) -> PowerLaw:
     """Least-squares line through ``(ln C, ln L)``; needs two distinct FLOPs values."""
-    x, y = _log_xy(flops, loss)
+    x, y = log_xy(flops, loss)
     if np.unique(x).size < 2:
         raise ValueError("a power-law fit needs at least two distinct FLOPs values")
     b, ln_a = np.polyfit(x, y, 1)
@@ -185,13 +187,12 @@ def _segment_sse(m: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarray,
 def fit_two_segments(flops: Any, loss: Any, min_points: int = 3) -> TwoSegmentFit | None:
     """Best two-segment fit, or None when no split leaves ``min_points`` distinct FLOPs values on
     each side."""
-    x, y = _log_xy(flops, loss)
+    x, y = log_xy(flops, loss)
     order = np.argsort(x, kind="stable")
     x, y = x[order], y[order]
-    splits, errors = _split_errors(x, y, max(min_points, 2))
-    if splits.size == 0:
+    i = _best_split(x, y, min_points)
+    if i is None:
         return None
-    i = int(splits[np.argmin(errors)])
     c = np.exp(x)
     left = fit_power_law(c[:i], np.exp(y[:i]))
     right = fit_power_law(c[i:], np.exp(y[i:]))
@@ -200,31 +201,52 @@ def fit_two_segments(flops: Any, loss: Any, min_points: int = 3) -> TwoSegmentFi
                          sse_log=left.sse_log + right.sse_log, n=int(x.size))
 
 
-def bootstrap_break(flops: Any, loss: Any, min_points: int = 3, n_resamples: int = 1000,
-                    confidence: float = 0.95, seed: int = 0) -> BreakInterval:
-    """Percentile interval of the break location over seeded resamples (see module docstring)."""
+def _best_split(x: np.ndarray, y: np.ndarray, min_points: int) -> int | None:
+    """For log points sorted by ``x``: the size of the left segment of the least-SSE split, or
+    None when no split leaves ``min_points`` distinct FLOPs values on each side."""
+    splits, errors = _split_errors(x, y, max(min_points, 2))
+    return int(splits[np.argmin(errors)]) if splits.size else None
+
+
+def resampled_break_bounds(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+                           min_points: int) -> tuple[float, float] | None:
+    """Resample the log points ``(x, y)`` with replacement and return the log FLOPs of the last
+    point below and the first point above the best break (None: no valid split)."""
+    pick = rng.integers(0, x.size, size=x.size)
+    order = np.argsort(x[pick], kind="stable")
+    xs, ys = x[pick][order], y[pick][order]
+    i = _best_split(xs, ys, min_points)
+    return None if i is None else (float(xs[i - 1]), float(xs[i]))
+
+
+def check_confidence(confidence: float) -> None:
+    """Raise ValueError unless ``0 < confidence < 1``."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    x, y = _log_xy(flops, loss)
-    rng = np.random.default_rng(seed)
-    lows, highs = [], []
-    for _ in range(n_resamples):
-        pick = rng.integers(0, x.size, size=x.size)
-        order = np.argsort(x[pick], kind="stable")
-        xs, ys = x[pick][order], y[pick][order]
-        splits, errors = _split_errors(xs, ys, max(min_points, 2))
-        if splits.size == 0:
-            continue
-        i = int(splits[np.argmin(errors)])
-        lows.append(xs[i - 1])
-        highs.append(xs[i])
-    if not lows:
+
+
+def percentile_interval(bounds: list[tuple[float, float]], confidence: float, n_resamples: int,
+                        seed: int) -> BreakInterval:
+    """The ``(1 - confidence) / 2`` percentile of the resampled gaps' lower log ends and the
+    ``(1 + confidence) / 2`` percentile of their upper ends, in FLOPs (NaN when none is valid)."""
+    if not bounds:
         return BreakInterval(float("nan"), float("nan"), confidence, n_resamples, 0, seed)
+    lows, highs = zip(*bounds)
     alpha = (1.0 - confidence) / 2.0
     return BreakInterval(low=float(np.exp(np.quantile(lows, alpha))),
                          high=float(np.exp(np.quantile(highs, 1.0 - alpha))),
-                         confidence=confidence, n_resamples=n_resamples, n_valid=len(lows),
+                         confidence=confidence, n_resamples=n_resamples, n_valid=len(bounds),
                          seed=seed)
+
+
+def bootstrap_break(flops: Any, loss: Any, min_points: int = 3, n_resamples: int = 1000,
+                    confidence: float = 0.95, seed: int = 0) -> BreakInterval:
+    """Percentile interval of the break location over seeded resamples (see module docstring)."""
+    check_confidence(confidence)
+    x, y = log_xy(flops, loss)
+    rng = np.random.default_rng(seed)
+    draws = (resampled_break_bounds(x, y, rng, min_points) for _ in range(n_resamples))
+    return percentile_interval([b for b in draws if b is not None], confidence, n_resamples, seed)
 
 
 def compare_fits(flops: Any, loss: Any, min_points: int = 3, n_resamples: int = 1000,

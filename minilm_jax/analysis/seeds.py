@@ -3,13 +3,14 @@ with several seeds (``pretrain_seeds``; rows carry ``design`` and ``pretrain_see
 validation loss over seeds and the pre-trained-minus-random downstream gap computed per
 pre-training seed (its fine-tuning seeds averaged inside), each with n, the sample sd, a 95% t
 interval and, for gaps, a one-sample t-test p-value; ICER and the iso groups computed within each
-seed (runs of different seeds are never compared with each other) and summarised over seeds.
+seed (runs of different seeds are never compared with each other) and summarised over seeds;
+the perplexity-vs-downstream correlation within each pre-training seed, summarised over seeds.
 Each run is counted once."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from minilm_jax.analysis.depth import depth_analysis
+from minilm_jax.analysis.downstream import (CheckpointCorrelation, finetune_runs,
+                                            perplexity_correlation)
 from minilm_jax.analysis.icer import icer_analysis
 from minilm_jax.analysis.results import RunSummary, downstream_scores, rows_of_kind
 from minilm_jax.analysis.stats import t_interval
@@ -45,7 +48,7 @@ class SeedGap:
     p_value: float
 
 
-def _designs(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[int, str]]:
+def multi_seed_designs(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[int, str]]:
     """design -> {pre-training seed: run} for designs with at least two seeds."""
     out: dict[str, dict[int, str]] = defaultdict(dict)
     for r in rows_of_kind(rows, "validation"):
@@ -61,7 +64,7 @@ def seed_spreads(rows: list[Mapping[str, Any]], flops_key: str = "flops_paper"
     for r in rows_of_kind(rows, "validation"):
         curves[r["run"]].append(r)
     out = []
-    for design, runs in sorted(_designs(rows).items()):
+    for design, runs in sorted(multi_seed_designs(rows).items()):
         per_seed = {seed: sorted(curves[run], key=lambda r: r["step"]) for seed, run in runs.items()}
         losses = [float(c[-1]["loss"]) for c in per_seed.values()]
         out.append(SeedSpread(
@@ -77,7 +80,7 @@ def seed_gaps(rows: list[Mapping[str, Any]]) -> list[SeedGap]:
     seed, its t interval and the p-value of a one-sample t-test against 0 (n = seeds)."""
     scores = downstream_scores(rows)
     out = []
-    for design, runs in sorted(_designs(rows).items()):
+    for design, runs in sorted(multi_seed_designs(rows).items()):
         tasks = sorted({t for (run, t, _) in scores if run in runs.values()})
         for task in tasks:
             pairs = [(scores.get((run, task, "pretrained")), scores.get((run, task, "random")))
@@ -106,7 +109,7 @@ def seed_partitions(runs: Mapping[str, RunSummary], rows: Iterable[Mapping[str, 
                     ) -> dict[int | None, dict[str, RunSummary]]:
     """The runs of each pre-training seed (one partition, keyed by its seed or None, when the
     sweep has one seed per design place): ICER and depth compare runs within one seed."""
-    if not _designs(list(rows)):
+    if not multi_seed_designs(list(rows)):
         return {None: dict(runs)}
     seeds = run_seeds(rows)
     out: dict[int | None, dict[str, RunSummary]] = defaultdict(dict)
@@ -175,3 +178,53 @@ def depth_over_seeds(partitions: Mapping[int | None, Mapping[str, RunSummary]],
                                               group.perplexity_winner)] += 1
     return [SeedDepth(g, {d: t_interval(v) for d, v in sorted(members.items())},
                       dict(wins[g])) for g, members in sorted(values.items())]
+
+
+# ------------------------------------------------------------------ perplexity vs downstream
+@dataclass(frozen=True)
+class SeedCorrelations:
+    """Perplexity vs mean pre-trained score within each pre-training seed (one point per checkpoint
+    of that seed's runs, over the tasks of the pooled correlation) and summarised over seeds."""
+
+    tasks: list[str]
+    per_seed: dict[int, CheckpointCorrelation]
+    pooled: CheckpointCorrelation  # every checkpoint of every seed (the report's section 5)
+    mean_r: float  # tanh of the mean Fisher z over the seeds with a defined r (NaN: none)
+    r_min: float
+    r_max: float
+    n_defined: int  # seeds with a defined r
+
+
+def fisher_mean(rs: Sequence[float]) -> float:
+    """``tanh(mean(arctanh r))`` (r clipped to +-(1 - 1e-12) so a perfect r stays finite)."""
+    if not rs:
+        return float("nan")
+    z = np.arctanh(np.clip(np.asarray(rs, dtype=np.float64), -1 + 1e-12, 1 - 1e-12))
+    return float(np.tanh(z.mean()))
+
+
+def correlation_over_seeds(rows: Iterable[Mapping[str, Any]]) -> SeedCorrelations | None:
+    """:func:`perplexity_correlation` within each pre-training seed, restricted to the tasks every
+    checkpoint shares; None without multi-seed design places or without a pooled correlation."""
+    rows = list(rows)
+    if not multi_seed_designs(rows):
+        return None
+    runs = finetune_runs(rows)
+    pooled = perplexity_correlation(runs)
+    if not pooled.tasks:
+        return None
+    seed_of = {run.split("@")[0]: seed for run, (seed, _) in run_seeds(rows).items()
+               if seed is not None}
+    per_seed: dict[int, CheckpointCorrelation] = {}
+    for seed in sorted(set(seed_of.values())):
+        mine = [ft for ft in runs if ft.task in pooled.tasks
+                and any(seed_of.get(name) == seed for name in ft.runs)]
+        correlation = perplexity_correlation(mine)
+        if correlation.points:
+            per_seed[seed] = correlation
+    if not per_seed:
+        return None
+    rs = [c.result.r for c in per_seed.values() if c.result is not None and c.result.defined]
+    nan = float("nan")
+    return SeedCorrelations(pooled.tasks, per_seed, pooled, fisher_mean(rs),
+                            min(rs) if rs else nan, max(rs) if rs else nan, len(rs))

@@ -14,8 +14,10 @@ from minilm_jax.analysis.depth import DepthGroup, depth_analysis
 from minilm_jax.analysis.fits import FitComparison, compare_fits
 from minilm_jax.analysis.frontier import Frontier, compute_frontier
 from minilm_jax.analysis.icer import FactorSummary, IcerStep, icer_analysis
-from minilm_jax.analysis.seeds import (SeedDepth, SeedFactor, depth_over_seeds, icer_over_seeds,
-                                       seed_partitions)
+from minilm_jax.analysis.seed_frontier import SeedBreak, seed_break
+from minilm_jax.analysis.seeds import (SeedCorrelations, SeedDepth, SeedFactor,
+                                       correlation_over_seeds, depth_over_seeds, icer_over_seeds,
+                                       multi_seed_designs, seed_partitions)
 from minilm_jax.analysis.results import (FLOPS_DEFINITIONS, RunSummary, TaskScore,
                                          downstream_scores, flops_field, rows_of_kind,
                                          summarize_runs)
@@ -32,11 +34,15 @@ class CurveAnalysis:
     frontier: Frontier
     comparison: FitComparison | None = None
     note: str = ""
+    # Several pre-training seeds per design place: the break's interval over seeds and frontier
+    # points, and each seed's own break (only with a two-segment fit).
+    seed_break: SeedBreak | None = None
 
 
 def analyse_curve(rows: Sequence[Mapping[str, Any]], definition: str, options: ReportOptions
                   ) -> CurveAnalysis:
-    """Frontier of all validation points and the one-line / two-segment fits on it."""
+    """Frontier of all validation points and the one-line / two-segment fits on it; with
+    multi-seed design places also the break over pre-training seeds."""
     key = flops_field(definition)
     points = [r for r in rows_of_kind(rows, "validation")
               if math.isfinite(r[key]) and r[key] > 0
@@ -55,6 +61,12 @@ def analyse_curve(rows: Sequence[Mapping[str, Any]], definition: str, options: R
         result.note = (f"The frontier has {len(frontier)} points: a break search needs at least "
                        f"{2 * options.min_points} ({options.min_points} per segment), so only the "
                        "single power law is fitted.")
+        return result
+    designs = multi_seed_designs(rows)
+    if designs:
+        result.seed_break = seed_break(points, designs, key, options.bins_per_decade,
+                                       options.min_points, options.bootstrap, options.confidence,
+                                       options.seed)
     return result
 
 
@@ -76,6 +88,7 @@ class Analyses:
     shown_seed: int | None = None
     seed_icer: list[SeedFactor] = field(default_factory=list)
     seed_depth: list[SeedDepth] = field(default_factory=list)
+    seed_correlations: SeedCorrelations | None = None  # perplexity vs downstream per seed
 
 
 def analyse(rows: list[dict[str, Any]], options: ReportOptions) -> Analyses:
@@ -96,7 +109,8 @@ def analyse(rows: list[dict[str, Any]], options: ReportOptions) -> Analyses:
                     depth=depth_analysis(shown.values(), scores), scores=scores,
                     test_perplexity=tests, shown_seed=shown_seed,
                     seed_icer=icer_over_seeds(partitions),
-                    seed_depth=depth_over_seeds(partitions, rows, scores))
+                    seed_depth=depth_over_seeds(partitions, rows, scores),
+                    seed_correlations=correlation_over_seeds(rows))
 
 
 # ---------------------------------------------------------------------------------------------

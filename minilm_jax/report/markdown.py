@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from minilm_jax.analysis.fits import PAPER_BREAK_FLOPS, PAPER_FITS, FitComparison
+from minilm_jax.analysis.fits import PAPER_BREAK_FLOPS, PAPER_FITS, BreakInterval, FitComparison
+from minilm_jax.analysis.seed_frontier import SeedBreak
 from minilm_jax.analysis.results import FLOPS_DEFINITIONS, baselines, flops_field, rows_of_kind
 
 from .analyses import Analyses, CurveAnalysis
@@ -37,8 +38,56 @@ def _paper_rows() -> list[list[str]]:
             for f in PAPER_FITS]
 
 
-def _break_lines(comparison: FitComparison, options: ReportOptions, definition: str
-                 ) -> list[str]:
+def _paper_inside(interval: BreakInterval, definition: str) -> list[str]:
+    if definition != "paper":
+        return []
+    inside = interval.low <= PAPER_BREAK_FLOPS <= interval.high
+    return [f"- The paper's break ({sci(PAPER_BREAK_FLOPS)}) lies "
+            f"{'inside' if inside else 'outside'} this interval."]
+
+
+def _seeds_per_design(found: SeedBreak) -> str:
+    counts = sorted(found.seeds_per_design.values())
+    places = len(counts)
+    seeds = (f"{counts[0]} seeds" if counts[0] == counts[-1]
+             else f"{counts[0]}–{counts[-1]} seeds")
+    n = found.n_fixed_runs
+    fixed = f", {n} run{'s' if n != 1 else ''} with one seed or none in every resample" if n else ""
+    return f"{seeds} per design place, {places} places{fixed}"
+
+
+def _seed_break_lines(found: SeedBreak | None, options: ReportOptions, definition: str
+                      ) -> list[str]:
+    """The break over pre-training seeds: the hierarchical interval and each seed's own break."""
+    if found is None:
+        return []
+    lines = []
+    interval = found.interval
+    if interval is not None and interval.n_valid == 0:
+        lines.append(f"- Over pre-training seeds: none of {interval.n_resamples} resamples allowed "
+                     f"a split with {options.min_points} points per segment, so no interval.")
+    elif interval is not None:
+        lines.append(f"- {round(100 * interval.confidence)}% interval over pre-training seeds and "
+                     f"frontier points: [{sci(interval.low)}, {sci(interval.high)}] FLOPs (each "
+                     "resample draws one pre-training seed per design place, builds the frontier "
+                     "of the drawn runs and resamples its points; "
+                     f"{_seeds_per_design(found)}; {interval.n_valid} of {interval.n_resamples} "
+                     f"resamples had a valid split; seed {interval.seed}).")
+        lines += _paper_inside(interval, definition)
+    if not found.per_seed:
+        lines.append("- No pre-training seed is present in every design place: no per-seed "
+                     "breaks.")
+        return lines
+    each = [f"seed {seed}: " + (f"{sci(two.break_flops)} (between {sci(two.break_low)} and "
+                                f"{sci(two.break_high)})" if two is not None else "no valid split")
+            for seed, two in found.per_seed.items()]
+    lines.append("- Break on each pre-training seed's own frontier (that seed's run of every "
+                 f"design place): {'; '.join(each)}.")
+    return lines
+
+
+def _break_lines(comparison: FitComparison, options: ReportOptions, definition: str,
+                 found: SeedBreak | None = None) -> list[str]:
     two = comparison.two
     if two is None:
         return []
@@ -55,10 +104,8 @@ def _break_lines(comparison: FitComparison, options: ReportOptions, definition: 
         lines.append(f"- {round(100 * interval.confidence)}% bootstrap interval of the break: "
                      f"[{sci(interval.low)}, {sci(interval.high)}] FLOPs ({interval.n_valid} of "
                      f"{interval.n_resamples} resamples had a valid split; seed {interval.seed}).")
-        if definition == "paper":
-            inside = interval.low <= PAPER_BREAK_FLOPS <= interval.high
-            lines.append(f"- The paper's break ({sci(PAPER_BREAK_FLOPS)}) lies "
-                         f"{'inside' if inside else 'outside'} this interval.")
+        lines += _paper_inside(interval, definition)
+    lines += _seed_break_lines(found, options, definition)
     left = float(two.left.predict(two.break_flops))
     right = float(two.right.predict(two.break_flops))
     step = f"a drop of {num(left - right)}" if left >= right else f"a rise of {num(right - left)}"
@@ -119,7 +166,7 @@ def section_curves(analyses: Analyses, options: ReportOptions) -> list[str]:
                       "points", "BIC"]
             rows = _fit_rows(curve.comparison) + (_paper_rows() if definition == "paper" else [])
             lines += table(header, rows)
-            lines += _break_lines(curve.comparison, options, definition)
+            lines += _break_lines(curve.comparison, options, definition, curve.seed_break)
             residual = _paper_fit_residual(curve)
             lines += ([residual] if residual else []) + [""]
         lines += _frontier_table(curve)

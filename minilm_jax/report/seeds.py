@@ -1,6 +1,7 @@
 """The report's pre-training-seed section: per multi-seed design place the final validation loss
-over seeds (a band on the loss-vs-FLOPs plot) and the pre-trained-minus-random gap per pre-training
-seed (:mod:`minilm_jax.analysis.seeds`)."""
+over seeds (a band on the loss-vs-FLOPs plot), the pre-trained-minus-random gap per pre-training
+seed, ICER and depth within each seed, and perplexity vs downstream score within each seed
+(:mod:`minilm_jax.analysis.seeds`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minilm_jax.analysis.seeds import SeedGap, SeedSpread
+from minilm_jax.analysis.seeds import SeedCorrelations, SeedGap, SeedSpread
 from minilm_jax.analysis.stats import format_p
 
 from .analyses import Analyses
@@ -102,4 +103,37 @@ def section_seeds(spreads: Sequence[SeedSpread], gaps: Sequence[SeedGap], plotte
                 lines.append(f"| {cell(g.group)} | {cell(design)} | {i['n']} | "
                              f"{num(i['mean'], 2)} | {_bounds(i, 2)} | {g.wins.get(design, 0)} |")
         lines.append("")
+    if analyses is not None and analyses.seed_correlations is not None:
+        lines += correlation_lines(analyses.seed_correlations)
+    return lines
+
+
+def correlation_lines(found: SeedCorrelations) -> list[str]:
+    """Markdown: perplexity vs mean downstream score within each pre-training seed, and over
+    seeds."""
+    lines = [("Perplexity vs downstream score within each pre-training seed: one point per "
+              "checkpoint (pre-training run and step) of that seed's runs, its validation "
+              "perplexity against the mean pre-trained score over the task(s) every checkpoint "
+              f"has ({', '.join(found.tasks)}); n = checkpoints of the seed. Pearson r with a 95% "
+              "Fisher-z interval and a permutation p-value:"), "",
+             "| pre-training seed | n | r | 95% CI | p (permutation) |", "|---|---|---|---|---|"]
+    for seed, c in found.per_seed.items():
+        r = c.result
+        if r is None or not r.defined:
+            why = r.undefined if r is not None else "no correlation"
+            lines.append(f"| {seed} | {len(c.points)} | undefined ({cell(why)}) | — | — |")
+            continue
+        lines.append(f"| {seed} | {r.n} | {num(r.r, 3)} | [{num(r.low, 3)}, {num(r.high, 3)}] | "
+                     f"{format_p(r.p_permutation)} |")
+    lines.append("")
+    pooled = found.pooled.result
+    pooled_text = (f" Pooled over all {pooled.n} checkpoints (section 5): r = {num(pooled.r, 3)}."
+                   if pooled is not None and pooled.defined else "")
+    if found.n_defined:
+        lines += [(f"- Over pre-training seeds (n = {found.n_defined} seeds with a defined r, "
+                   f"the seed as the unit): mean r = {num(found.mean_r, 3)} (Fisher z averaged, "
+                   f"then back-transformed); range {num(found.r_min, 3)} to "
+                   f"{num(found.r_max, 3)}.{pooled_text}"), ""]
+    else:
+        lines += [f"- No pre-training seed has a defined r.{pooled_text}", ""]
     return lines

@@ -1,8 +1,9 @@
 """The package's layering: no module imports from a layer above its own.
 
 0 errors, storage, text normalisation -> 1 model, data, corpus, tasks, tokenizer, the recipes (configs/)
--> 2 the engine (train, finetune) -> 3 studies (analysis, sweeps, report, committee, latency,
-interop, compile checks, benches) -> 4 entry points (``__main__`` modules and commands).
+-> 2 the engine (train, finetune) -> 3 evaluations (evals: minimal pairs) -> 4 studies (analysis,
+sweeps, report, committee, latency, interop, compile checks, benches) -> 5 entry points
+(``__main__`` modules and commands).
 """
 
 from __future__ import annotations
@@ -25,17 +26,18 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.configs": 1,  # the recipes (configs/, installed as minilm_jax.configs)
     "minilm_jax.configs.task_recipes": 0,  # plain values, read by the task registry
     "minilm_jax.train": 2, "minilm_jax.finetune": 2,
-    "minilm_jax.finetune.tables": 3,  # tables over many fine-tuning runs: a study
-    "minilm_jax.finetune.run": 4,  # the fine-tuning command (one init or both, then the table)
-    "minilm_jax.analysis": 3, "minilm_jax.sweep": 3, "minilm_jax.report": 3,
-    "minilm_jax.committee": 3, "minilm_jax.latency": 3,
+    "minilm_jax.evals": 3,  # evaluations of trained models (minimal pairs): above the engine
+    "minilm_jax.finetune.tables": 4,  # tables over many fine-tuning runs: a study
+    "minilm_jax.finetune.run": 5,  # the fine-tuning command (one init or both, then the table)
+    "minilm_jax.analysis": 4, "minilm_jax.sweep": 4, "minilm_jax.report": 4,
+    "minilm_jax.committee": 4, "minilm_jax.latency": 4,
     "minilm_jax.interop": 1,  # the RoBERTa mapping and tokenizer files: beside the model
-    "minilm_jax.interop.workdir": 3,  # exporting a trained workdir
-    "minilm_jax.aot": 3, "minilm_jax.bench": 3,
-    "minilm_jax.pretrain": 4, "minilm_jax.points": 4,
-    "minilm_jax.report.study_b": 4,  # the study B report command
+    "minilm_jax.interop.workdir": 4,  # exporting a trained workdir
+    "minilm_jax.aot": 4, "minilm_jax.bench": 4,
+    "minilm_jax.pretrain": 5, "minilm_jax.points": 5,
+    "minilm_jax.report.study_b": 5,  # the study B report command
 }
-ENTRY = 4
+ENTRY = 5
 
 
 def module_name(path: Path) -> str:

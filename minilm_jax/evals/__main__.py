@@ -1,0 +1,78 @@
+"""Zero-shot minimal-pair accuracy (Zorro, BLiMP or your own pairs) of a pre-training run's
+checkpoint, read pair by pair against its random-init twin (same architecture, untrained).
+
+  python -m minilm_jax.evals --workdir runs/tiny --suite zorro --rules holistic,pll
+  python -m minilm_jax.evals --workdir runs/tiny --suite my_pairs.jsonl --which step:1000
+
+Writes ``minimal_pairs.jsonl`` (a row per model, rule and paradigm: accuracy, its 95% Wilson
+interval, pairs scored and skipped) and ``minimal_pairs.md`` (per phenomenon and overall, the
+paired pre-trained minus random difference with McNemar's p) to ``--out`` (default:
+``<workdir>/minimal_pairs/<suite>``). Chance is 50%."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from minilm_jax.cli import run_tool, tool_parser
+from minilm_jax.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint_pairs import ScoredModel, checkpoint_scorer, score_model, write_outputs
+    from .scoring import RULES
+    from .suites import SUITES, open_suite
+
+    parser = tool_parser(prog="python -m minilm_jax.evals", description=__doc__)
+    parser.add_argument("--workdir", required=True, help="a pre-training run's folder")
+    parser.add_argument("--which", default="best",
+                        help="its checkpoint: best, latest or step:N (default: %(default)s)")
+    parser.add_argument("--suite", default="zorro",
+                        help=f"{' or '.join(SUITES)} (downloaded at a pinned commit and cached; "
+                             "$MINILM_PAIRS_MIRROR reads a local copy) or a path to your own "
+                             "pairs: Zorro .txt or BLiMP .jsonl files (default: %(default)s)")
+    parser.add_argument("--paradigms", default="",
+                        help="comma-separated paradigm names to keep (default: all)")
+    parser.add_argument("--rules", default="holistic,pll",
+                        help=f"scoring rules, comma-separated, of {', '.join(RULES)} "
+                             "(default: %(default)s)")
+    parser.add_argument("--word_list", default="",
+                        help="a file of allowed words (one per line or a vocabulary CSV's first "
+                             "column): pairs with other words are skipped and counted")
+    parser.add_argument("--random_seed", type=int, default=0,
+                        help="seed of the random-init twin (default: %(default)s)")
+    parser.add_argument("--no_twin", action="store_true", help="skip the random-init twin")
+    parser.add_argument("--batch_rows", type=int, default=256,
+                        help="rows (masked copies) per device batch (default: %(default)s)")
+    parser.add_argument("--out", default="", help="output folder (default: "
+                                                  "<workdir>/minimal_pairs/<suite name>)")
+    args = parser.parse_args(argv)
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    paradigms = open_suite(args.suite, paradigms=[p for p in args.paradigms.split(",") if p])
+    words = None
+    if args.word_list:
+        path = Path(args.word_list)
+        if not path.is_file():
+            raise UserError(f"--word_list {path} is not a file")
+        words = [line.split(",")[0].strip() for line in path.read_text().splitlines()
+                 if line.strip()]
+    models = []
+    info = None
+    for seed in ([None] if args.no_twin else [None, args.random_seed]):
+        tokenizer, fn, described = checkpoint_scorer(args.workdir, args.which, seed)
+        info = info or described
+        results, seconds = score_model(paradigms, tokenizer, fn, rules, words, args.batch_rows)
+        models.append(ScoredModel(described["init"], described["step"], results, seconds))
+    suite_name = args.suite if args.suite in SUITES else Path(args.suite).stem
+    out = Path(args.out) if args.out else Path(args.workdir) / "minimal_pairs" / suite_name
+    path = write_outputs(out, models, info,
+                         f"Minimal pairs: {suite_name}, {info['point']} at step {info['step']}")
+    print(path.read_text())
+    return 0
+
+
+def entry() -> None:
+    run_tool(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,166 @@
+"""Minimal-pair scoring: the three rules against naive per-sentence loops, batching that never
+changes a score, pairs skipped and counted (never dropped), paired comparison, and the command on
+a pre-trained checkpoint with Zorro."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import shared_path
+from minilm_jax.evals.minimal_pairs import (ParadigmResult, compare_paired, score_paradigms,
+                                            summarize, wilson)
+from minilm_jax.evals.scoring import (EncodedSentence, encode_sentence, masked_rows,
+                                      mlm_target_logprobs, score_sentences)
+from minilm_jax.evals.suites import MinimalPair, Paradigm
+from minilm_jax.model.models import MaskedLM
+from minilm_jax.model.sizes import resolve_point
+
+SENTENCES = ["the dog chased a ball", "a ball chased the dog",
+             "unbelievably the grandmothers reorganised everything",
+             "she is happy", "is she happy", "the children were playing outside"]
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    """A SentencePiece tokenizer small enough to split long words into several pieces, and a
+    random-init masked LM with sharpened logits (so scores differ clearly)."""
+    from minilm_jax.corpus.tokenizer_train import train_sentencepiece
+    from minilm_jax.tokenizer import load_tokenizer
+    import tempfile
+    from pathlib import Path
+
+    wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
+    lines = [line.strip() for line in wiki.splitlines() if len(line.split()) >= 12][:3000]
+    path = Path(tempfile.mkdtemp()) / "tok.model"
+    path.write_bytes(train_sentencepiece(lines, 400, "bpe"))
+    tokenizer = load_tokenizer(path)
+    cfg = resolve_point("E24-H32-I64-L2-A4-V410", max_len=64)
+    model = MaskedLM(cfg, rngs=nnx.Rngs(params=3))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params = jax.tree.map(lambda x: x * 4.0, params)  # sharper than a fresh init
+    return tokenizer, graphdef, params, rest
+
+
+def naive_logprob(scorer, ids_t: list[int], masked: tuple[int, ...], position: int) -> float:
+    """log p(original token at ``position``) with ``masked`` positions replaced by <mask>, one
+    sentence at a time, unpadded, through the model's every-position logits."""
+    tokenizer, graphdef, params, rest = scorer
+    model = nnx.merge(graphdef, params, rest)
+    tokens = np.asarray(ids_t, np.int32)
+    target = int(tokens[position])
+    tokens[list(masked)] = tokenizer.mask_id
+    logits = model.all_logits(jnp.asarray(tokens[None]))[0, position]
+    return float(jax.nn.log_softmax(logits.astype(jnp.float32))[target])
+
+
+def full(tokenizer, sentence: EncodedSentence) -> list[int]:
+    return [tokenizer.bos_id, *sentence.ids, tokenizer.eos_id]
+
+
+def test_pll_equals_a_naive_masking_loop_whatever_the_batch(scorer):
+    tokenizer, graphdef, params, rest = scorer
+    fn = mlm_target_logprobs(graphdef, params, rest)
+    encoded = [encode_sentence(tokenizer, s) for s in SENTENCES]
+    naive = [sum(naive_logprob(scorer, full(tokenizer, e), (i + 1,), i + 1)
+                 for i in range(len(e.ids))) for e in encoded]
+    for batch_rows in (4, 16, 256):  # a sentence alone, several per batch, all in one
+        got = score_sentences(encoded, "pll", fn, tokenizer, batch_rows)
+        np.testing.assert_allclose(got, naive, rtol=1e-5, atol=1e-4)
+
+
+def test_pll_word_l2r_masks_the_rest_of_the_word(scorer):
+    tokenizer, graphdef, params, rest = scorer
+    e = EncodedSentence((10, 11, 12, 13, 14), (True, False, False, True, False))
+    assert masked_rows(e, "pll_word_l2r") == [(0, 1, 2), (1, 2), (2,), (3, 4), (4,)]
+    assert masked_rows(e, "pll") == [(0,), (1,), (2,), (3,), (4,)]
+    sentence = encode_sentence(tokenizer, SENTENCES[2])
+    pieces = tokenizer.pieces(SENTENCES[2])
+    assert len(pieces) > len(SENTENCES[2].split())  # some word has several pieces
+    assert sum(sentence.word_starts) == len(SENTENCES[2].split())
+    fn = mlm_target_logprobs(graphdef, params, rest)
+    naive = sum(naive_logprob(scorer, full(tokenizer, sentence), tuple(m + 1 for m in masked),
+                              masked[0] + 1)
+                for masked in masked_rows(sentence, "pll_word_l2r"))
+    got = score_sentences([sentence], "pll_word_l2r", fn, tokenizer)[0]
+    assert got == pytest.approx(naive, rel=1e-5, abs=1e-4)
+    assert got != pytest.approx(score_sentences([sentence], "pll", fn, tokenizer)[0], abs=1e-3)
+
+
+def test_holistic_is_the_mean_cross_entropy_of_the_unmasked_sentence(scorer):
+    tokenizer, graphdef, params, rest = scorer
+    fn = mlm_target_logprobs(graphdef, params, rest)
+    model = nnx.merge(graphdef, params, rest)
+    encoded = [encode_sentence(tokenizer, s) for s in SENTENCES]
+    expected = []
+    for e in encoded:
+        ids = full(tokenizer, e)
+        logp = jax.nn.log_softmax(model.all_logits(jnp.asarray([ids]))[0].astype(jnp.float32))
+        expected.append(float(np.mean([logp[i, ids[i]] for i in range(1, len(ids) - 1)])))
+    np.testing.assert_allclose(score_sentences(encoded, "holistic", fn, tokenizer, 2), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_pairs_with_unknown_or_listed_out_words_are_counted_not_dropped(scorer):
+    tokenizer, graphdef, params, rest = scorer
+    fn = mlm_target_logprobs(graphdef, params, rest)
+    pairs = (MinimalPair("she is happy", "is she happy"),
+             MinimalPair("the dog chased a ball", "the dog chased a \u4e00"),  # <unk>
+             MinimalPair("the children were playing", "the children was playing"))
+    paradigm = Paradigm("custom", "p", "agreement", pairs)
+    [result] = score_paradigms([paradigm], tokenizer, fn, "pll")
+    assert (result.pairs, result.scored, result.skipped_unk, result.skipped_vocab) == (3, 2, 1, 0)
+    assert np.isnan(result.margins[1]) and result.correct == int(np.sum(result.margins[[0, 2]] > 0))
+    words = "she is happy the dog chased a ball".split()
+    [limited] = score_paradigms([paradigm], tokenizer, fn, "pll", word_list=words)
+    assert (limited.scored, limited.skipped_unk, limited.skipped_vocab) == (1, 0, 2)
+    assert limited.margins[0] == pytest.approx(result.margins[0])
+    row = result.row(run="r", step=5)
+    assert row["kind"] == "minimal_pairs" and row["skipped_unk"] == 1 and row["step"] == 5
+
+
+def test_paired_comparison_counts_discordant_pairs():
+    def result(margins):
+        m = np.asarray(margins, float)
+        return ParadigmResult("s", "p", "x", "pll", len(m), int(np.sum(~np.isnan(m))), 0, 0,
+                              int(np.sum(m > 0)), m)
+
+    a = result([1, 1, 1, 1, 1, 1, 1, 1, -1, np.nan])
+    b = result([-1, -1, -1, -1, -1, -1, 1, 1, 1, 1])
+    c = compare_paired([a], [b])
+    assert (c.n, c.a_only, c.b_only) == (9, 6, 1)
+    assert c.difference == pytest.approx(100 * 5 / 9)
+    assert c.p_value == pytest.approx(0.125)  # exact two-sided binomial, 1 of 7
+    assert c.low < c.difference < c.high
+    [s] = summarize([a, b])
+    assert (s.scored, s.correct) == (19, 12)
+    assert wilson(0, 0) != wilson(0, 0)  # NaN: nothing scored
+    low, high = wilson(50, 100)
+    assert low < 50 < high and high - low == pytest.approx(19.2, abs=0.3)
+
+
+def test_command_scores_zorro_on_a_checkpoint_and_its_random_twin(pretrained, tmp_path):  # noqa: F811
+    from minilm_jax.evals.__main__ import main
+
+    out = tmp_path / "zorro"
+    names = ["agreement_subject_verb-in_simple_question", "island-effects-adjunct_island"]
+    zorro = shared_path("zorro", "sentences", "babyberta")
+    assert main(["--workdir", str(pretrained["pre"]), "--which", "latest",
+                 "--suite", str(zorro), "--paradigms", ",".join(names),
+                 "--rules", "holistic,pll_word_l2r", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "minimal_pairs.jsonl").read_text().splitlines()]
+    assert {(r["init"], r["rule"], r["paradigm"]) for r in rows} == {
+        (i, r, p) for i in ("pretrained", "random") for r in ("holistic", "pll_word_l2r")
+        for p in names}
+    assert all(r["pairs"] == 2000 == r["scored"] + r["skipped_unk"] for r in rows)
+    assert all(r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] for r in rows)
+    text = (out / "minimal_pairs.md").read_text()
+    assert "Chance: 50%" in text and "McNemar" in text and "**overall**" in text
+
+
+from test_finetune import pretrained  # noqa: E402,F401 (the module's fixture)

@@ -56,6 +56,8 @@ setup(
         "tensorboard": ["tensorboard>=2.15,<3"],
         # torch-free Hugging Face export/import (safetensors); hf: corpus sources (hub + Parquet).
         "hf": ["safetensors>=0.4,<1", "huggingface_hub>=0.23,<2", "pyarrow>=14,<24"],
+        # transformers: scoring a Hugging Face masked LM (python -m minilm_jax.evals on its folder).
+        "transformers": ["torch>=2.1,<3", "transformers>=4.46,<6", "safetensors>=0.4,<1"],
         "tfds": ["tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6"],
     },
     entry_points={"console_scripts": [
@@ -64,6 +66,7 @@ setup(
         "minilm-sweep=minilm_jax.sweep.__main__:entry",
         "minilm-report=minilm_jax.report.__main__:_entry",
         "minilm-corpus=minilm_jax.corpus.__main__:entry",
+        "minilm-evals=minilm_jax.evals.__main__:entry",
         "minilm-aot=minilm_jax.aot:_entry",
         "minilm-points=minilm_jax.points:entry",
         "minilm-interop=minilm_jax.interop.__main__:entry",

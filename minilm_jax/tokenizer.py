@@ -72,6 +72,19 @@ class Tokenizer(abc.ABC):
         chars = sorted({c for t in texts for c in t if not c.isspace()})
         return [c for c, ids in zip(chars, self.encode_batch(chars)) if self.unk_id in ids]
 
+    def encode_words(self, text: str) -> tuple[list[int], list[bool]]:
+        """Token ids of ``text`` and, per id, whether it starts a whitespace-separated word (the
+        first always does)."""
+        ids = self.encode(text)
+        starts = [self._starts_word(self.id_to_token(i)) for i in ids]
+        if starts:
+            starts[0] = True
+        return ids, starts
+
+    def _starts_word(self, token: str) -> bool:
+        """Whether the vocabulary entry ``token`` begins a word."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` (special tokens skipped)."""
@@ -136,6 +149,9 @@ class SentencePieceTokenizer(Tokenizer):
 
     def id_to_token(self, token_id: int) -> str:
         return self._sp.id_to_piece(int(token_id))
+
+    def _starts_word(self, token: str) -> bool:
+        return token.startswith("\u2581")  # a lone "▁" piece starts its word
 
 
 class WordPieceTokenizer(Tokenizer):
@@ -211,6 +227,9 @@ class WordPieceTokenizer(Tokenizer):
 
     def id_to_token(self, token_id: int) -> str:
         return self._tokens[int(token_id)]
+
+    def _starts_word(self, token: str) -> bool:
+        return not token.startswith("##")
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,8 +1,10 @@
 """Zero-shot minimal-pair accuracy (Zorro, BLiMP or your own pairs) of a pre-training run's
-checkpoint, read pair by pair against its random-init twin (same architecture, untrained).
+checkpoint or a Hugging Face masked LM, read pair by pair against its random-init twin (same
+architecture, untrained).
 
   python -m minilm_jax.evals --workdir runs/tiny --suite zorro --rules holistic,pll
   python -m minilm_jax.evals --workdir runs/tiny --suite my_pairs.jsonl --which step:1000
+  python -m minilm_jax.evals --workdir exported_hf_folder --suite blimp
 
 Writes ``minimal_pairs.jsonl`` (a row per model, rule and paradigm: accuracy, its 95% Wilson
 interval, pairs scored and skipped) and ``minimal_pairs.md`` (per phenomenon and overall, the
@@ -14,16 +16,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from minilm_jax.cli import run_tool, tool_parser
-from minilm_jax.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint_pairs import ScoredModel, checkpoint_scorer, score_model, write_outputs
+    from .checkpoint_pairs import ScoredModel, model_scorer, score_model, write_outputs
     from .scoring import RULES
     from .suites import SUITES, open_suite
+    from minilm_jax.tasks.task_data import load_vocabulary
 
     parser = tool_parser(prog="python -m minilm_jax.evals", description=__doc__)
-    parser.add_argument("--workdir", required=True, help="a pre-training run's folder")
+    parser.add_argument("--workdir", required=True,
+                        help="a pre-training run's folder, or a local Hugging Face masked-LM "
+                             "folder (scored with transformers and its own tokenizer)")
     parser.add_argument("--which", default="best",
                         help="its checkpoint: best, latest or step:N (default: %(default)s)")
     parser.add_argument("--suite", default="zorro",
@@ -36,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"scoring rules, comma-separated, of {', '.join(RULES)} "
                              "(default: %(default)s)")
     parser.add_argument("--word_list", default="",
-                        help="a file of allowed words (one per line or a vocabulary CSV's first "
-                             "column): pairs with other words are skipped and counted")
+                        help="aochildes or a word-list file (as data.vocab_filter reads it): "
+                             "pairs with other words are skipped and counted")
     parser.add_argument("--random_seed", type=int, default=0,
                         help="seed of the random-init twin (default: %(default)s)")
     parser.add_argument("--no_twin", action="store_true", help="skip the random-init twin")
@@ -48,17 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     paradigms = open_suite(args.suite, paradigms=[p for p in args.paradigms.split(",") if p])
-    words = None
-    if args.word_list:
-        path = Path(args.word_list)
-        if not path.is_file():
-            raise UserError(f"--word_list {path} is not a file")
-        words = [line.split(",")[0].strip() for line in path.read_text().splitlines()
-                 if line.strip()]
+    words = load_vocabulary(args.word_list)
     models = []
     info = None
     for seed in ([None] if args.no_twin else [None, args.random_seed]):
-        tokenizer, fn, described = checkpoint_scorer(args.workdir, args.which, seed)
+        tokenizer, fn, described = model_scorer(args.workdir, args.which, seed)
         info = info or described
         results, seconds = score_model(paradigms, tokenizer, fn, rules, words, args.batch_rows)
         models.append(ScoredModel(described["init"], described["step"], results, seconds))

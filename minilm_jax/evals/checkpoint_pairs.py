@@ -5,6 +5,7 @@ architecture, untrained), read pair by pair against each other: what
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,17 @@ class ScoredModel:
     seconds: float
 
 
+def model_scorer(location: str | Path, which: str = "best", random_seed: int | None = None
+                 ) -> tuple[Tokenizer, TargetLogProbs, dict[str, Any]]:
+    """:func:`checkpoint_scorer` of a pre-training workdir, or the scorer of a local Hugging Face
+    model folder (:func:`~minilm_jax.evals.hf_scorer.hugging_face_scorer`; ``which`` unused)."""
+    from .hf_scorer import hugging_face_scorer, is_hugging_face_dir
+
+    if is_hugging_face_dir(location):
+        return hugging_face_scorer(location, random_seed)
+    return checkpoint_scorer(location, which, random_seed)
+
+
 def checkpoint_scorer(workdir: str | Path, which: str = "best", random_seed: int | None = None
                       ) -> tuple[Tokenizer, TargetLogProbs, dict[str, Any]]:
     """(tokenizer, scorer, description) of the run's checkpoint ``which``, or with
@@ -40,9 +52,6 @@ def checkpoint_scorer(workdir: str | Path, which: str = "best", random_seed: int
     from minilm_jax.model.models import MaskedLM
 
     run = PretrainedRun.open(workdir, which)
-    if run.hugging_face:
-        raise UserError(f"{workdir} is a Hugging Face model directory; score a pre-training "
-                        "workdir (its tokenizer and checkpoint)")
     if not run.tokenizer_path or not Path(run.tokenizer_path).is_file():
         raise UserError(f"{workdir}: its tokenizer {run.tokenizer_path or '(none recorded)'} is "
                         "not found")
@@ -75,15 +84,16 @@ def score_model(paradigms: Sequence[Paradigm], tokenizer: Tokenizer, fn: TargetL
 
 
 def _pct(value: float) -> str:
-    return "—" if value != value else f"{value:.1f}"
+    return "—" if math.isnan(value) else f"{value:.1f}"
 
 
 def report_lines(models: Sequence[ScoredModel], title: str) -> list[str]:
     """Markdown: per rule, accuracy per phenomenon and overall of each model (pooled over pairs,
     95% Wilson interval; macro = mean of paradigm accuracies) and, with a random-init twin, the
     pre-trained minus random difference paired over pairs (95% interval, McNemar p)."""
-    lines = [f"# {title}", "", f"Chance: {CHANCE:.0f}%. Accuracy in % of scored pairs (a tie is "
-             "wrong); 95% Wilson intervals; macro = the mean of the paradigms' accuracies.", ""]
+    lines = [f"# {title}", "", (f"Chance: {CHANCE:.0f}%. Accuracy in % of scored pairs (a tie is "
+                                "wrong); 95% Wilson intervals; macro = the mean of the "
+                                "paradigms' accuracies."), ""]
     by_init = {m.init: m for m in models}
     for rule in models[0].results:
         lines += [f"## Rule `{rule}`", "",

@@ -2,8 +2,9 @@
 than the ungrammatical one under a scoring rule (:mod:`minilm_jax.evals.scoring`).
 
 Pairs are never dropped silently: a pair with a token the tokenizer can only encode as ``<unk>``
-is counted per paradigm as ``skipped_unk``; with a word list, a pair with a word outside it is
-counted as ``skipped_vocab``. Accuracy is over the scored pairs, with a 95% Wilson interval; a
+is counted per paradigm as ``skipped_unk``; with a word list, a pair with a word outside it (words
+as the downstream vocabulary filter reads them: ``tasks.vocab_filter.content_words``) is counted
+as ``skipped_vocab``. Accuracy is over the scored pairs, with a 95% Wilson interval; a
 tie counts as wrong. Two models scored on the same pairs (a checkpoint and its random-init twin)
 are compared pair by pair: the accuracy difference with a 95% interval over pairs and McNemar's
 exact test on the discordant pairs. Chance is 50%.
@@ -12,20 +13,19 @@ exact test on the discordant pairs. Chance is 50%.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats as scipy_stats
 
+from minilm_jax.tasks.vocab_filter import content_words
 from minilm_jax.tokenizer import Tokenizer
 
 from .scoring import EncodedSentence, TargetLogProbs, encode_sentence, score_sentences
 from .suites import Paradigm
 
 CHANCE = 50.0
-_WORD = re.compile(r"\w+(?:'\w+)?")
 
 
 @dataclasses.dataclass
@@ -70,11 +70,6 @@ def wilson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float
     return 100.0 * ci.low, 100.0 * ci.high
 
 
-def words_of(text: str) -> list[str]:
-    """Lowercased words of a sentence, for a word-list restriction."""
-    return _WORD.findall(text.lower())
-
-
 def score_paradigms(paradigms: Sequence[Paradigm], tokenizer: Tokenizer, fn: TargetLogProbs,
                     rule: str, word_list: Iterable[str] | None = None, batch_rows: int = 256
                     ) -> list[ParadigmResult]:
@@ -88,7 +83,7 @@ def score_paradigms(paradigms: Sequence[Paradigm], tokenizer: Tokenizer, fn: Tar
         kept, unk, vocab = [], 0, 0
         for pair in paradigm.pairs:
             if allowed is not None and not all(w in allowed for s in (pair.good, pair.bad)
-                                               for w in words_of(s)):
+                                               for w in content_words(s)):
                 vocab += 1
                 kept.append(False)
                 continue

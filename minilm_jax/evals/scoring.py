@@ -1,8 +1,8 @@
 """Scoring sentences with a masked LM, three rules, batched on device.
 
-A sentence is ``<s> w_1 .. w_n </s>`` (the tokenizer's ids; word boundaries from the vocabulary
-entry of each id: a SentencePiece entry starting with ``▁`` or a WordPiece entry not starting
-with ``##`` starts a word). Its score (higher = more acceptable) under each rule:
+A sentence is ``<s> w_1 .. w_n </s>`` (the tokenizer's ids and word starts,
+``Tokenizer.encode_words``: a SentencePiece entry starting with ``▁`` or a WordPiece entry not
+starting with ``##`` starts a word; a Hugging Face tokenizer's own word ids). Its score (higher = more acceptable) under each rule:
 
 - ``holistic``: minus the mean cross-entropy of the tokens ``w_i`` read off the *unmasked*
   sentence in one pass (BabyBERTa's scoring);
@@ -22,8 +22,8 @@ supply its own).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,14 +43,7 @@ class EncodedSentence:
 
 def encode_sentence(tokenizer: Tokenizer, text: str) -> EncodedSentence:
     """Ids and word starts of ``text`` (the tokenizer's own normalisation applies)."""
-    ids = tokenizer.encode(text)
-    tokens = [tokenizer.id_to_token(i) for i in ids]
-    if tokenizer.kind == "wordpiece":
-        starts = [not t.startswith("##") for t in tokens]
-    else:  # a lone "▁" piece starts its word; the unknown token is taken as a word of its own
-        starts = [t.startswith("\u2581") or i == tokenizer.unk_id for t, i in zip(tokens, ids)]
-    if starts:
-        starts[0] = True
+    ids, starts = tokenizer.encode_words(text)
     return EncodedSentence(tuple(ids), tuple(starts))
 
 

@@ -13,7 +13,8 @@ starting with ``##`` starts a word; a Hugging Face tokenizer's own word ids). It
   later pieces.
 
 Every masked copy of a sentence goes into the same batch; batches have a fixed number of rows and
-a length rounded up to a power of two, so a suite compiles one program per length.
+a length rounded up to a power of two, so a suite compiles one program per length (``holistic``
+asks for the log-probabilities of the real tokens only, a multiple of 4 positions per row).
 ``TargetLogProbs`` is what a model supplies: ``fn(tokens [C, T], positions [C, P], targets [C, P])
 -> log p(target) [C, P]`` (our checkpoints: :func:`mlm_target_logprobs`; a Hugging Face model can
 supply its own).
@@ -107,7 +108,9 @@ def score_sentences(sentences: Sequence[EncodedSentence], rule: str, fn: TargetL
     for size, indices in _plan(lengths, [len(c) for c in copies], batch_rows):
         n_rows = sum(len(copies[i]) for i in indices)
         rows_total = max(batch_rows, n_rows)  # fixed shape; a long sentence's own bigger batch
-        positions_p = size if rule == "holistic" else 1
+        longest = max(lengths[i] for i in indices)
+        # holistic: the real tokens' positions only (a multiple of 4: few compiled shapes)
+        positions_p = -(-longest // 4) * 4 if rule == "holistic" else 1
         tokens = np.full((rows_total, size), tokenizer.pad_id, np.int32)
         positions = np.zeros((rows_total, positions_p), np.int32)
         targets = np.zeros((rows_total, positions_p), np.int32)
@@ -120,9 +123,9 @@ def score_sentences(sentences: Sequence[EncodedSentence], rule: str, fn: TargetL
             for masked in copies[index]:
                 tokens[row, :len(full)] = full
                 if rule == "holistic":
-                    positions[row] = np.arange(size)
-                    targets[row, :len(full)] = full
-                    weights[row, 1:len(ids) + 1] = 1.0 / max(len(ids), 1)
+                    positions[row, :len(ids)] = np.arange(1, len(ids) + 1)
+                    targets[row, :len(ids)] = ids
+                    weights[row, :len(ids)] = 1.0 / max(len(ids), 1)
                 else:
                     tokens[row, [m + 1 for m in masked]] = tokenizer.mask_id
                     positions[row, 0] = masked[0] + 1
@@ -147,8 +150,8 @@ def mlm_target_logprobs(graphdef: Any, params: Any, rest: Any) -> TargetLogProbs
     def logprobs(params, rest, tokens_ct, positions_cp, targets_cp):
         model = nnx.merge(graphdef, params, rest)
         logits = model(tokens_ct, positions_cp).astype(jnp.float32)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        return jnp.take_along_axis(logp, targets_cp[..., None], axis=-1)[..., 0]
+        picked = jnp.take_along_axis(logits, targets_cp[..., None], axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)  # no [C, P, V] log-softmax array
 
     def fn(tokens: np.ndarray, positions: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return np.asarray(logprobs(params, rest, tokens, positions, targets))

@@ -125,20 +125,24 @@ def test_pairs_with_unknown_or_listed_out_words_are_counted_not_dropped(scorer):
 
 
 def test_paired_comparison_counts_discordant_pairs():
-    def result(margins):
+    def row(margins, paradigm="p"):
         m = np.asarray(margins, float)
-        return ParadigmResult("s", "p", "x", "pll", len(m), int(np.sum(~np.isnan(m))), 0, 0,
-                              int(np.sum(m > 0)), m)
+        return ParadigmResult("s", paradigm, "x", "pll", len(m), int(np.sum(~np.isnan(m))), 0, 0,
+                              int(np.sum(m > 0)), m).row()
 
-    a = result([1, 1, 1, 1, 1, 1, 1, 1, -1, np.nan])
-    b = result([-1, -1, -1, -1, -1, -1, 1, 1, 1, 1])
+    a = row([1, 1, 1, 1, 1, 1, 1, 1, -1, np.nan])
+    b = row([-1, -1, -1, -1, -1, -1, 1, 1, 1, 1])
+    assert a["outcomes"] == "111111110-" and b["outcomes"] == "0000001111"
     c = compare_paired([a], [b])
     assert (c.n, c.a_only, c.b_only) == (9, 6, 1)
     assert c.difference == pytest.approx(100 * 5 / 9)
     assert c.p_value == pytest.approx(0.125)  # exact two-sided binomial, 1 of 7
     assert c.low < c.difference < c.high
-    [s] = summarize([a, b])
-    assert (s.scored, s.correct) == (19, 12)
+    with pytest.raises(ValueError, match="different paradigms"):
+        compare_paired([a], [row([1, -1], paradigm="q")])
+    s = summarize([a, b])
+    assert (s.scored, s.correct, s.paradigms) == (19, 12, 2)
+    assert s.macro == pytest.approx((100 * 8 / 9 + 40) / 2)
     assert wilson(0, 0) != wilson(0, 0)  # NaN: nothing scored
     low, high = wilson(50, 100)
     assert low < 50 < high and high - low == pytest.approx(19.2, abs=0.3)

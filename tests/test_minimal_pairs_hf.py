@@ -17,7 +17,7 @@ import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from conftest import shared_path
-from minilm_jax.evals.hf_scorer import hugging_face_scorer
+from minilm_jax.evals.hf_scorer import hugging_face_model
 from minilm_jax.evals.minimal_pairs import score_paradigms
 from minilm_jax.evals.scoring import RULES, mlm_target_logprobs
 from minilm_jax.evals.suites import open_suite
@@ -55,7 +55,8 @@ def test_scores_equal_a_transformers_scoring_of_the_export(exported):
     tokenizer, model, out = exported
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     ours = mlm_target_logprobs(graphdef, params, rest)
-    hf_tokenizer, theirs, info = hugging_face_scorer(out)
+    hf = hugging_face_model(out)
+    hf_tokenizer, theirs, info = hf.tokenizer, hf.logprobs, hf.info
     assert info["init"] == "pretrained" and info["point"] == "roberta"
     paradigms = open_suite(str(shared_path("zorro", "sentences", "babyberta")), paradigms=PARADIGMS)
     paradigms = [dataclasses.replace(p, pairs=p.pairs[:60]) for p in paradigms]
@@ -96,4 +97,4 @@ def test_a_folder_without_a_model_config_is_refused(tmp_path):
 
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(UserError, match="not a Hugging Face model folder"):
-        hugging_face_scorer(tmp_path)
+        hugging_face_model(tmp_path)

@@ -13,16 +13,18 @@ paired pre-trained minus random difference with McNemar's p) to ``--out`` (defau
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from minilm_jax.cli import run_tool, tool_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint_pairs import ScoredModel, model_scorer, score_model, write_outputs
+    from .common import MinimalPairsEvaluator
+    from .pair_tables import write_outputs
     from .scoring import RULES
-    from .suites import SUITES, open_suite
-    from minilm_jax.tasks.task_data import load_vocabulary
+    from .scoring_models import scoring_model
+    from .suites import SUITES
 
     parser = tool_parser(prog="python -m minilm_jax.evals", description=__doc__)
     parser.add_argument("--workdir", required=True,
@@ -50,20 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="", help="output folder (default: "
                                                   "<workdir>/minimal_pairs/<suite name>)")
     args = parser.parse_args(argv)
-    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
-    paradigms = open_suite(args.suite, paradigms=[p for p in args.paradigms.split(",") if p])
-    words = load_vocabulary(args.word_list)
-    models = []
-    info = None
-    for seed in ([None] if args.no_twin else [None, args.random_seed]):
-        tokenizer, fn, described = model_scorer(args.workdir, args.which, seed)
-        info = info or described
-        results, seconds = score_model(paradigms, tokenizer, fn, rules, words, args.batch_rows)
-        models.append(ScoredModel(described["init"], described["step"], results, seconds))
     suite_name = args.suite if args.suite in SUITES else Path(args.suite).stem
+    evaluator = MinimalPairsEvaluator.from_config(suite_name, {
+        "suite": args.suite, "rules": args.rules, "paradigms": args.paradigms,
+        "word_list": args.word_list, "batch_rows": args.batch_rows})
+    evaluator.check()
+    rows, info = [], None
+    for seed in ([None] if args.no_twin else [None, args.random_seed]):
+        model = scoring_model(args.workdir, args.which, seed)
+        info = info or model.info
+        start = time.perf_counter()
+        scored = evaluator.rows(model)
+        seconds = time.perf_counter() - start
+        pairs = sum(r["pairs"] for r in scored)
+        print(f"{model.info['init']}: {pairs:,} pair scorings in {seconds:.1f} s "
+              f"({pairs / max(seconds, 1e-9):,.0f} pairs/s)", flush=True)
+        rows += [{**r, "run": str(args.workdir)} for r in scored]
     out = Path(args.out) if args.out else Path(args.workdir) / "minimal_pairs" / suite_name
-    path = write_outputs(out, models, info,
-                         f"Minimal pairs: {suite_name}, {info['point']} at step {info['step']}")
+    path = write_outputs(out, rows, f"Minimal pairs: {suite_name}, {info['point']} at step "
+                                    f"{info['step']} ({args.workdir})")
     print(path.read_text())
     return 0
 

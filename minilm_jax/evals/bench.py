@@ -66,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     sentences = sorted({s for p in paradigms for pair in p.pairs for s in (pair.good, pair.bad)})
     pairs = sum(len(p.pairs) for p in paradigms)
     if args.workdir:
-        from .checkpoint_pairs import model_scorer
+        from .scoring_models import scoring_model
 
-        tokenizer, fn, info = model_scorer(args.workdir, args.which)
-        shape = f"{info['point']} (step {info['step']})"
+        model = scoring_model(args.workdir, args.which)
+        tokenizer, fn = model.tokenizer, model.logprobs
+        shape = f"{model.info['point']} (step {model.info['step']})"
     else:
         tokenizer, fn, shape = _random_scorer(args.point, sentences, args.vocab, 0)
     encoded = [encode_sentence(tokenizer, s) for s in sentences]

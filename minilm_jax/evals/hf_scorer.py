@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from minilm_jax.errors import UserError
 from minilm_jax.tokenizer import Tokenizer
 
-from .scoring import TargetLogProbs
+from .scoring import ScoringModel
 
 LOGITS_BUDGET = 1 << 28  # bytes of float32 logits per forward pass (rows are chunked to fit)
 
@@ -88,10 +87,9 @@ class HuggingFaceTokenizer(Tokenizer):
         return self._tok.convert_ids_to_tokens(int(token_id))
 
 
-def hugging_face_scorer(path: str | Path, random_seed: int | None = None
-                        ) -> tuple[Tokenizer, TargetLogProbs, dict[str, Any]]:
-    """(tokenizer, scorer, description) of the masked LM in ``path``, or with ``random_seed`` of
-    its architecture freshly initialised (the random-init twin)."""
+def hugging_face_model(path: str | Path, random_seed: int | None = None) -> ScoringModel:
+    """The masked LM in ``path``, or with ``random_seed`` its architecture freshly initialised
+    (the random-init twin)."""
     torch, transformers = _transformers()
     if not is_hugging_face_dir(path):
         raise UserError(f"{path} is not a Hugging Face model folder (no config.json with a "
@@ -130,4 +128,4 @@ def hugging_face_scorer(path: str | Path, random_seed: int | None = None
             "init": "random" if random_seed is not None else "pretrained",
             "validation_perplexity": None if random_seed is not None
             else provenance.get("validation_perplexity")}
-    return tokenizer, fn, info
+    return ScoringModel(tokenizer, fn, info)

@@ -13,7 +13,7 @@ exact test on the discordant pairs. Chance is 50%.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,14 +52,21 @@ class ParadigmResult:
     def interval(self) -> tuple[float, float]:
         return wilson(self.correct, self.scored)
 
+    @property
+    def outcomes(self) -> str:
+        """Per pair, in file order: ``1`` right, ``0`` wrong (a tie too), ``-`` skipped."""
+        return "".join("-" if np.isnan(m) else "1" if m > 0 else "0" for m in self.margins)
+
     def row(self, **extra: Any) -> dict[str, Any]:
-        """A results row (``kind = "minimal_pairs"``)."""
+        """A results row (``kind = "minimal_pairs"``); ``outcomes`` lets two models scored on
+        the same pairs be compared pair by pair from their rows alone."""
         low, high = self.interval
         return {"kind": "minimal_pairs", "suite": self.suite, "paradigm": self.paradigm,
                 "phenomenon": self.phenomenon, "rule": self.rule, "accuracy": self.accuracy,
                 "accuracy_low": low, "accuracy_high": high, "pairs": self.pairs,
                 "scored": self.scored, "skipped_unk": self.skipped_unk,
-                "skipped_vocab": self.skipped_vocab, "correct": self.correct, **extra}
+                "skipped_vocab": self.skipped_vocab, "correct": self.correct,
+                "outcomes": self.outcomes, **extra}
 
 
 def wilson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -113,10 +120,9 @@ def score_paradigms(paradigms: Sequence[Paradigm], tokenizer: Tokenizer, fn: Tar
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """Accuracy over a group of paradigms: pooled over pairs (Wilson) and the mean of the
+    """Accuracy over a group of paradigm rows: pooled over pairs (Wilson) and the mean of the
     paradigms' accuracies (BLiMP's and Zorro's usual "overall")."""
 
-    label: str
     paradigms: int
     scored: int
     correct: int
@@ -126,21 +132,14 @@ class Summary:
     macro: float
 
 
-def summarize(results: Sequence[ParadigmResult], by: str = "overall") -> list[Summary]:
-    """``by="overall"``: one summary of all results; ``by="phenomenon"``: one per phenomenon."""
-    groups: dict[str, list[ParadigmResult]] = {}
-    for r in results:
-        groups.setdefault("overall" if by == "overall" else r.phenomenon, []).append(r)
-    out = []
-    for label, members in sorted(groups.items()):
-        scored = sum(r.scored for r in members)
-        correct = sum(r.correct for r in members)
-        low, high = wilson(correct, scored)
-        accuracies = [r.accuracy for r in members if r.scored]
-        out.append(Summary(label, len(members), scored, correct,
-                           100.0 * correct / scored if scored else float("nan"), low, high,
-                           float(np.mean(accuracies)) if accuracies else float("nan")))
-    return out
+def summarize(rows: Sequence[Mapping[str, Any]]) -> Summary:
+    """One summary of ``minimal_pairs`` rows (e.g. one phenomenon's, or all of a model's)."""
+    scored = sum(int(r["scored"]) for r in rows)
+    correct = sum(int(r["correct"]) for r in rows)
+    low, high = wilson(correct, scored)
+    accuracies = [100.0 * r["correct"] / r["scored"] for r in rows if r["scored"]]
+    return Summary(len(rows), scored, correct, 100.0 * correct / scored if scored else float("nan"),
+                   low, high, float(np.mean(accuracies)) if accuracies else float("nan"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,14 +156,22 @@ class PairedComparison:
     p_value: float
 
 
-def compare_paired(a: Sequence[ParadigmResult], b: Sequence[ParadigmResult]) -> PairedComparison:
-    """Pair by pair over the pairs both scored (the same suite, paradigms and pairs)."""
-    ra = np.concatenate([r.margins for r in a]) if a else np.zeros(0)
-    rb = np.concatenate([r.margins for r in b]) if b else np.zeros(0)
-    if ra.shape != rb.shape:
-        raise ValueError(f"the two results cover different pairs ({ra.size} vs {rb.size})")
-    both = ~np.isnan(ra) & ~np.isnan(rb)
-    right_a, right_b = ra[both] > 0, rb[both] > 0
+def compare_paired(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]
+                   ) -> PairedComparison:
+    """Pair by pair over the pairs both scored: ``a`` and ``b`` are the rows of the same
+    paradigms (matched by suite and paradigm, then pair order)."""
+    key = lambda r: (r["suite"], r["paradigm"])  # noqa: E731
+    theirs = {key(r): r["outcomes"] for r in b}
+    missing = [key(r) for r in a if key(r) not in theirs]
+    if missing or len(theirs) != len(a):
+        raise ValueError(f"the two models' rows cover different paradigms ({missing[:3]})")
+    ra = "".join(r["outcomes"] for r in a)
+    rb = "".join(theirs[key(r)] for r in a)
+    if len(ra) != len(rb):
+        raise ValueError(f"the two results cover different pairs ({len(ra)} vs {len(rb)})")
+    both = np.asarray([x != "-" and y != "-" for x, y in zip(ra, rb)], bool)
+    right_a = np.frombuffer(ra.encode(), np.uint8)[both] == ord("1")
+    right_b = np.frombuffer(rb.encode(), np.uint8)[both] == ord("1")
     d = 100.0 * (right_a.astype(np.float64) - right_b.astype(np.float64))
     n = int(d.size)
     a_only, b_only = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))

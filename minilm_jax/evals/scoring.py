@@ -23,6 +23,7 @@ supply its own).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,16 @@ from minilm_jax.tokenizer import Tokenizer
 
 RULES = ("holistic", "pll", "pll_word_l2r")
 TargetLogProbs = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringModel:
+    """A masked LM ready to score: its tokenizer, log-probabilities and what it is (``workdir``,
+    ``point``, ``step``, ``init`` = pretrained | random, ``validation_perplexity``)."""
+
+    tokenizer: Tokenizer
+    logprobs: TargetLogProbs
+    info: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,9 +150,9 @@ def score_sentences(sentences: Sequence[EncodedSentence], rule: str, fn: TargetL
     return scores
 
 
-def mlm_target_logprobs(graphdef: Any, params: Any, rest: Any) -> TargetLogProbs:
-    """:data:`TargetLogProbs` of one of our ``MaskedLM`` states (jitted, eval mode; one compiled
-    program per batch shape)."""
+@functools.lru_cache(maxsize=8)
+def _jitted_logprobs(graphdef: Any) -> Callable:
+    """One jitted program per model structure (checkpoints of one run share it)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -152,6 +163,14 @@ def mlm_target_logprobs(graphdef: Any, params: Any, rest: Any) -> TargetLogProbs
         logits = model(tokens_ct, positions_cp).astype(jnp.float32)
         picked = jnp.take_along_axis(logits, targets_cp[..., None], axis=-1)[..., 0]
         return picked - jax.nn.logsumexp(logits, axis=-1)  # no [C, P, V] log-softmax array
+
+    return logprobs
+
+
+def mlm_target_logprobs(graphdef: Any, params: Any, rest: Any) -> TargetLogProbs:
+    """:data:`TargetLogProbs` of one of our ``MaskedLM`` states (jitted, eval mode; one compiled
+    program per batch shape)."""
+    logprobs = _jitted_logprobs(graphdef)
 
     def fn(tokens: np.ndarray, positions: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return np.asarray(logprobs(params, rest, tokens, positions, targets))

@@ -50,6 +50,10 @@ def _common(c: ml_collections.ConfigDict) -> None:
     # pre-trained together as one population (one compiled program); off: one run at a time.
     c.pack = "auto"
     c.data_root = ""  # what {data_root} in an override stands for (data a launcher prepared)
+    # Zero-shot evaluations of every kept snapshot, the final checkpoint and a random-init twin
+    # (minilm_jax.evals.common), e.g. {"zorro": {"type": "minimal_pairs", "suite": "zorro",
+    # "rules": "holistic,pll"}}; results rows of kind minimal_pairs and a report section.
+    c.evals = ml_collections.ConfigDict()
     c.report = True
     c.report_bootstrap = 1000
     c.assumed_mfu = 0.3  # for --dry_run time estimates
@@ -236,6 +240,11 @@ def childes() -> ml_collections.ConfigDict:
                             "train.early_stopping_patience=0", "eval.batch_size=100",
                             "data.vocab_filter=aochildes", "data.max_train_examples=1500",
                             "data.drop_unknown_chars=True")
+    # Zero-shot: Zorro (23 paradigms x 2,000 pairs) on both snapshots and a random twin per run,
+    # BabyBERTa's holistic rule and PLL; transcripts have no punctuation, so the tokenizer's
+    # <unk>-only punctuation is removed from both sentences of every pair (protocol v3).
+    c.evals = {"zorro": {"type": "minimal_pairs", "suite": "zorro", "rules": "holistic,pll",
+                         "drop_unknown_chars": True}}
     return c
 
 

@@ -5,7 +5,9 @@
 #   AO-CHILDES utterances filtered to the AO-CHILDES vocabulary -> SentencePiece tokenizer -> token
 #   shards (+ unigram / bigram reference perplexities) -> pre-train the `childes` sweep of
 #   configs/sweep.py (three sizes) -> fine-tune the 50% and 100% snapshots and one random-init twin
-#   per size on vocabulary-filtered SST-2, CoLA and STS-B (seeds 0,1,2) -> report.
+#   per size on vocabulary-filtered SST-2, CoLA and STS-B (seeds 0,1,2); score Zorro's minimal
+#   pairs on both snapshots and a random twin per size (from $SHARED/zorro when present, else
+#   downloaded at its pinned commit) -> report.
 #
 #   CHILDES_OUT=runs/childes  CHILDES_TOKENS=2000
 #   extra arguments go to `python -m minilm_jax.sweep`, e.g. --config.num_steps=500
@@ -30,6 +32,12 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$OUT/jax_cache}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.2}
 export MINILM_JAX_VOCAB="$SHARED/vocab/AOChildes_word_frequency.csv"  # corpus filter and task filter
+
+if [ -z "${MINILM_PAIRS_MIRROR:-}" ] && [ -d "$SHARED/zorro/sentences" ]; then
+  mkdir -p "$OUT/pairs_mirror/phueb"  # laid out like the repository; checked by sha256 as usual
+  ln -sfn "$SHARED/zorro" "$OUT/pairs_mirror/phueb/Zorro"
+  export MINILM_PAIRS_MIRROR="$OUT/pairs_mirror"
+fi
 
 SOURCE="aochildes:$SHARED/aochildes/original_transcripts"
 echo "== text: $SOURCE   vocabulary: $MINILM_JAX_VOCAB"

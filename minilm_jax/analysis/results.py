@@ -1,7 +1,7 @@
 """The sweep results table (``results.jsonl``): loading, validation and row selection.
 
 One JSON object per line, one row per evaluation point of every run. ``kind`` is
-``validation``, ``test`` or ``downstream``; the fields each kind needs are listed in
+``validation``, ``test``, ``downstream``, ``minimal_pairs`` or ``baseline``; the fields each kind needs are listed in
 :data:`REQUIRED`. Fields in :data:`OPTIONAL` may be absent (their default is used).
 Every problem is reported as one :class:`ResultsError` naming the file, the line and the field.
 
@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from minilm_jax.errors import UserError
 
-KINDS = ("validation", "test", "downstream", "baseline")
+KINDS = ("validation", "test", "downstream", "minimal_pairs", "baseline")
 INITS = ("pretrained", "random")
 FLOPS_DEFINITIONS = ("paper", "complete")
 
@@ -73,11 +73,19 @@ _CURVE = {"step": _is_int, "flops_paper": _is_number, "flops_complete": _is_numb
 _DOWNSTREAM = {"task": _is_str, "init": _is_str, "score": _is_number, "flops_paper": _is_number,
                "flops_complete": _is_number}
 
+_MINIMAL_PAIRS = {"evaluation": _is_str, "suite": _is_str, "paradigm": _is_str,
+                  "phenomenon": _is_str, "rule": _is_str, "init": _is_str, "step": _is_int,
+                  "pairs": _is_int, "scored": _is_int, "correct": _is_int, "outcomes": _is_str,
+                  "flops_paper": _is_number, "flops_complete": _is_number}
+
 #: Required fields per kind, with their type checks.
 REQUIRED: dict[str, dict[str, Callable[[Any], bool]]] = {
     "validation": {**_COMMON, **_CURVE},
     "test": {**_COMMON, **_CURVE},
     "downstream": {**_COMMON, **_DOWNSTREAM},
+    # Zero-shot accuracy of one model (a checkpoint or the random twin) on one paradigm, one rule
+    # (minilm_jax.evals.minimal_pairs); outcomes: per pair 1 right, 0 wrong, - skipped.
+    "minimal_pairs": {**_COMMON, **_MINIMAL_PAIRS},
     # Count-based reference perplexities of a shard set (minilm_jax.data.baselines); no run.
     "baseline": {"kind": _is_str, "name": _is_str, "split": _is_str, "loss": _is_number,
                  "perplexity": _is_number},
@@ -118,7 +126,7 @@ def _validate_row(obj: Any, where: str) -> dict[str, Any]:
         elif not check(obj[field]):
             raise ResultsError(f"{where}: field '{field}' must be {_CHECKS[check]}, "
                                f"got {obj[field]!r}")
-    if kind == "downstream" and row["init"] not in INITS:
+    if kind in ("downstream", "minimal_pairs") and row["init"] not in INITS:
         raise ResultsError(f"{where}: field 'init' must be one of {', '.join(INITS)}, "
                            f"got {row['init']!r}")
     if not row["run"]:
@@ -140,6 +148,9 @@ def row_identity(row: Mapping[str, Any]) -> tuple[Any, ...] | None:
         return (kind, row["run"])
     if kind == "baseline":
         return (kind, row["name"], row["split"], row.get("shards"))
+    if kind == "minimal_pairs":
+        return (kind, row["run"], row["evaluation"], row["suite"], row["paradigm"], row["rule"],
+                row["init"], int(row["step"]))
     if row.get("finetune_workdir"):
         return (kind, row["run"], str(row["finetune_workdir"]))
     seeds = row.get("seeds")
@@ -158,6 +169,9 @@ def _describe(row: Mapping[str, Any]) -> str:
     if kind == "baseline":
         return (f"baseline row '{row['name']}' of split '{row['split']}' of shards "
                 f"{row.get('shards')!r}")
+    if kind == "minimal_pairs":
+        return (f"minimal_pairs row of run '{row['run']}' ({row['evaluation']}, paradigm "
+                f"'{row['paradigm']}', rule '{row['rule']}', {row['init']} at step {row['step']})")
     if row.get("finetune_workdir"):
         return f"downstream row of run '{row['run']}' fine-tuned in '{row['finetune_workdir']}'"
     return (f"downstream row of run '{row['run']}' (task '{row['task']}', init '{row['init']}', "

@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--word_list", default="",
                         help="aochildes or a word-list file (as data.vocab_filter reads it): "
                              "pairs with other words are skipped and counted")
+    parser.add_argument("--drop_unknown_chars", action="store_true",
+                        help="remove punctuation the tokenizer can only encode as <unk> from both "
+                             "sentences of every pair (e.g. a tokenizer trained on transcripts "
+                             "without punctuation)")
     parser.add_argument("--random_seed", type=int, default=0,
                         help="seed of the random-init twin (default: %(default)s)")
     parser.add_argument("--no_twin", action="store_true", help="skip the random-init twin")
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     suite_name = args.suite if args.suite in SUITES else Path(args.suite).stem
     evaluator = MinimalPairsEvaluator.from_config(suite_name, {
         "suite": args.suite, "rules": args.rules, "paradigms": args.paradigms,
-        "word_list": args.word_list, "batch_rows": args.batch_rows})
+        "word_list": args.word_list, "batch_rows": args.batch_rows,
+        "drop_unknown_chars": args.drop_unknown_chars})
     evaluator.check()
     rows, info = [], None
     for seed in ([None] if args.no_twin else [None, args.random_seed]):

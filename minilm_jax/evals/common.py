@@ -5,8 +5,8 @@ A config entry names its ``type`` and that type's fields, e.g. in a sweep::
 
     c.evals = {"zorro": {"type": "minimal_pairs", "suite": "zorro", "rules": "holistic,pll"}}
 
-Adding an evaluation is one module with a class that has ``name``, ``from_config`` and
-``rows(model)``, plus a line in :data:`EVALUATORS`.
+Adding an evaluation is one module with a class that has ``name``, ``FIELDS``, ``from_config``,
+``check()`` and ``rows(model)``, plus a line in :data:`EVALUATORS`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from .scoring import RULES, ScoringModel
 
 
 class Evaluator(Protocol):
-    """Maps a scoring model to result rows (each a dict with a ``kind``)."""
+    """Maps a scoring model to result rows (each a dict with a ``kind``); ``check`` reaches the
+    evaluator's data (downloads, files) so a sweep fails before training, not after."""
 
     name: str
+
+    def check(self) -> None: ...
 
     def rows(self, model: ScoringModel) -> list[dict[str, Any]]: ...
 
@@ -38,8 +41,9 @@ class MinimalPairsEvaluator:
     paradigms: tuple[str, ...] = ()
     word_list: str = ""  # aochildes or a word-list file: pairs with other words are counted out
     batch_rows: int = 256
+    drop_unknown_chars: bool = False  # remove punctuation the tokenizer only knows as <unk>
 
-    FIELDS = ("suite", "rules", "paradigms", "word_list", "batch_rows")
+    FIELDS = ("suite", "rules", "paradigms", "word_list", "batch_rows", "drop_unknown_chars")
 
     @classmethod
     def from_config(cls, name: str, entry: Mapping[str, Any]) -> MinimalPairsEvaluator:
@@ -51,7 +55,8 @@ class MinimalPairsEvaluator:
                   rules=names(entry.get("rules", "holistic,pll")),
                   paradigms=names(entry.get("paradigms", ())),
                   word_list=str(entry.get("word_list", "")),
-                  batch_rows=int(entry.get("batch_rows", 256)))
+                  batch_rows=int(entry.get("batch_rows", 256)),
+                  drop_unknown_chars=bool(entry.get("drop_unknown_chars", False)))
         unknown = [r for r in out.rules if r not in RULES]
         if unknown or not out.rules:
             raise UserError(f"evals.{name}.rules: {', '.join(unknown) or '(none)'}: rules are "
@@ -84,7 +89,7 @@ class MinimalPairsEvaluator:
         out = []
         for rule in self.rules:
             for result in score_paradigms(paradigms, model.tokenizer, model.logprobs, rule, words,
-                                          self.batch_rows):
+                                          self.batch_rows, self.drop_unknown_chars):
                 out.append(result.row(evaluation=self.name, init=info["init"],
                                       step=info["step"], point=info["point"],
                                       validation_perplexity=info.get("validation_perplexity")))

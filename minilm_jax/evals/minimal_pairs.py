@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
+from minilm_jax.tasks.task_data import unknown_punctuation, without_chars
 from minilm_jax.tasks.vocab_filter import content_words
 from minilm_jax.tokenizer import Tokenizer
 
 from .scoring import EncodedSentence, TargetLogProbs, encode_sentence, score_sentences
-from .suites import Paradigm
+from .suites import MinimalPair, Paradigm
 
 CHANCE = 50.0
 
@@ -78,10 +79,20 @@ def wilson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float
 
 
 def score_paradigms(paradigms: Sequence[Paradigm], tokenizer: Tokenizer, fn: TargetLogProbs,
-                    rule: str, word_list: Iterable[str] | None = None, batch_rows: int = 256
-                    ) -> list[ParadigmResult]:
+                    rule: str, word_list: Iterable[str] | None = None, batch_rows: int = 256,
+                    drop_unknown_chars: bool = False) -> list[ParadigmResult]:
     """Score every pair of ``paradigms`` with ``rule``; all sentences of all paradigms are
-    scored together (each distinct sentence once)."""
+    scored together (each distinct sentence once). ``drop_unknown_chars``: punctuation the
+    tokenizer can only encode as ``<unk>`` is removed from both sentences of every pair first
+    (as fine-tuning's ``data.drop_unknown_chars`` does; e.g. a tokenizer trained on transcripts
+    without punctuation)."""
+    if drop_unknown_chars:
+        texts = sorted({s for p in paradigms for pair in p.pairs for s in (pair.good, pair.bad)})
+        unknown = unknown_punctuation(tokenizer, texts)
+        if unknown:
+            paradigms = [dataclasses.replace(p, pairs=tuple(
+                MinimalPair(without_chars(pair.good, unknown), without_chars(pair.bad, unknown))
+                for pair in p.pairs)) for p in paradigms]
     allowed = None if word_list is None else frozenset(w.lower() for w in word_list)
     encoded: dict[str, EncodedSentence] = {}
     keep: list[list[bool]] = []
@@ -159,8 +170,8 @@ class PairedComparison:
 def compare_paired(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]
                    ) -> PairedComparison:
     """Pair by pair over the pairs both scored: ``a`` and ``b`` are the rows of the same
-    paradigms (matched by suite and paradigm, then pair order)."""
-    key = lambda r: (r["suite"], r["paradigm"])  # noqa: E731
+    paradigms (matched by run, when rows name one, suite and paradigm, then pair order)."""
+    key = lambda r: (r.get("run"), r["suite"], r["paradigm"])  # noqa: E731
     theirs = {key(r): r["outcomes"] for r in b}
     missing = [key(r) for r in a if key(r) not in theirs]
     if missing or len(theirs) != len(a):

@@ -14,6 +14,7 @@ from typing import Any
 
 from minilm_jax.analysis.results import Duplicates, ResultsError, flops_field, read_results
 from minilm_jax.analysis.seeds import seed_gaps, seed_spreads
+from minilm_jax.analysis.zero_shot import zero_shot_analyses
 from minilm_jax.errors import UserError
 from minilm_jax.storage import owned_temp_dir, remove_stale_temps
 from minilm_jax.sweep.status import STATUS_NAME, SweepStatus
@@ -26,6 +27,7 @@ from .markdown import section_curves, section_depth, section_icer, section_runs,
 from .options import DOWNSTREAM_PLOT, ICER_PLOT, LOSS_PLOT, REPORT_NAME, ReportOptions
 from .plots import plot_downstream, plot_icer, plot_loss_vs_flops
 from .seeds import SEED_PLOT, plot_seed_bands, section_seeds
+from .zero_shot import ZERO_SHOT_PLOT, plot_zero_shot, section_zero_shot
 
 
 def _sha256(path: Path) -> str:
@@ -73,6 +75,11 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
         lines += [f"![downstream scores]({DOWNSTREAM_PLOT})", ""]
     lines += section_correlation(downstream, correlation_plotted)
     lines += section_seeds(spreads, seed_gaps(rows), seeds_plotted, analyses)
+    zero_shot = zero_shot_analyses(rows, options.confidence)
+    zero_shot_plots = [name if plot_zero_shot(z, out / name) else ""
+                       for z, name in ((z, ZERO_SHOT_PLOT.format(index=i))
+                                       for i, z in enumerate(zero_shot))]
+    lines += section_zero_shot(zero_shot, zero_shot_plots)
     lines += section_runs(analyses)
     path = out / REPORT_NAME
     path.write_text("\n".join(lines), encoding="utf-8")

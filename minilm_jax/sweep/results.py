@@ -1,5 +1,6 @@
 """The sweep's results table: one JSON row per evaluation point of every run (validation curve, test
-of the best checkpoint, downstream scores of both inits), written atomically to ``results.jsonl``."""
+of the best checkpoint, zero-shot minimal-pair accuracy per paradigm of each scored checkpoint and
+random twin, downstream scores of both inits), written atomically to ``results.jsonl``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from minilm_jax.storage import atomic_write_bytes
 from minilm_jax.train.run_log import read_metrics
 from minilm_jax.train.records import FinetuneSummary, read_finetune_summary, read_pretrain_summary
 
+from .evals_stage import evaluation_rows
 from .spec import Membership, Run
 
 
@@ -51,9 +53,11 @@ def downstream_fields(ft: FinetuneSummary, workdir: Path) -> dict[str, Any]:
             "finetune_workdir": str(workdir)}
 
 
-def run_rows(run: Run, run_dir: Path, twins: list[Path] | None = None) -> list[dict[str, Any]]:
+def run_rows(run: Run, run_dir: Path, twins: list[Path] | None = None, evals: Any = None
+             ) -> list[dict[str, Any]]:
     """Rows of one finished run (nothing if its pre-training has no summary yet); ``twins`` are the
-    summaries of the random-init twins this run shares with others of its architecture."""
+    summaries of the random-init twins this run shares with others of its architecture; ``evals``
+    the sweep's zero-shot evaluation entries (their finished rows are added)."""
     pre_dir = run_dir / "pretrain"
     summary_path = pre_dir / "summary.json"
     if not summary_path.is_file():
@@ -86,6 +90,12 @@ def run_rows(run: Run, run_dir: Path, twins: list[Path] | None = None) -> list[d
                          "flops_paper": best["step"] * batch * per_seq["paper"],
                          "flops_complete": best["step"] * batch * per_seq["complete"],
                          "loss": best["test_loss"], "perplexity": best["test_perplexity"]})
+        for row in evaluation_rows(run_dir, evals):
+            step = int(row["step"])
+            rows.append({**ident, **row, "sequences_seen": step * batch,
+                         "flops_paper": step * batch * per_seq["paper"],
+                         "flops_complete": step * batch * per_seq["complete"],
+                         "checkpoint_fraction": step / int(run.config.train.num_steps)})
         for ft_summary in finetune_summaries:
             ft = read_finetune_summary(ft_summary)
             if ft.final is None:
@@ -122,7 +132,8 @@ def write_results(runs: list[Run], root: Path, sweep: Any = None) -> Path:
         if sweep is not None and sweep.get("finetune_checkpoints"):
             twins = [job.workdir / "summary.json" for job in finetune_jobs(sweep, run, root)
                      if job.init == "random" and (job.workdir / "summary.json").is_file()]
-        lines += [json.dumps(row) for row in run_rows(run, root / "runs" / run.name, twins)]
+        evals = sweep.get("evals") if sweep is not None else None
+        lines += [json.dumps(row) for row in run_rows(run, root / "runs" / run.name, twins, evals)]
     path = root / "results.jsonl"
     atomic_write_bytes(path, ("\n".join(lines) + ("\n" if lines else "")).encode())
     return path

@@ -2,7 +2,9 @@
 tasks, keep going past failures, rebuild the results table after every run, write the report.
 
 Layout under ``--root``: ``runs/<name>/pretrain`` (a pre-training workdir),
-``runs/<name>/finetune/<task>/{pretrained,random}`` (with ``finetune_checkpoints``:
+``runs/<name>/evals/<evaluation>-<hash>`` (zero-shot evaluations of the ``evals`` section:
+:mod:`minilm_jax.sweep.evals_stage`), ``runs/<name>/finetune/<task>/{pretrained,random}`` (with
+``finetune_checkpoints``:
 ``runs/<name>/finetune/<task>/pretrained@<fraction>`` per snapshot and one random-init twin per
 architecture and task, shared by every run of that architecture, at
 ``random/<point>__<hash>/<task>``), ``status.json`` (state of every run,
@@ -33,6 +35,7 @@ from minilm_jax.tasks.registry import task_names
 from minilm_jax.finetune.config import RESUMABLE_FIELDS as FINETUNE_RUN_CONTROL
 from minilm_jax.finetune.config import validate_finetune_config
 from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config, snapshot_steps
+from minilm_jax.evals.common import from_config as evaluator_from_config
 from minilm_jax.train.dispatch import StopRequest, stop_signals
 from minilm_jax.train.records import DONE, is_done
 from minilm_jax.train.runner import LoopSpec
@@ -55,6 +58,7 @@ def changed_fields(workdir: Path, config: ml_collections.ConfigDict,
     keys = sorted(k for k in current if k not in run_control and saved.get(k) != current[k])
     return [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in keys]
 
+from .evals_stage import EvaluationStage, entry_folder, plain_entries
 from .packing import packs, population_dir
 from .results import write_results
 from .spec import Run, apply_override, expand, fill_placeholders
@@ -195,6 +199,9 @@ class SweepRunner:
         self._only = ""  # --only: runs outside it are not packed into a population either
         for task in sweep.finetune_tasks:  # bad fine-tuning overrides fail now, not after pre-training
             validate_finetune_config(finetune_run_config(sweep, task, Path(".")))
+        self.evals = plain_entries(sweep.get("evals"))
+        self._evaluators = [evaluator_from_config(name, entry)  # a bad entry fails now
+                            for name, entry in sorted(self.evals.items())]
         self.status = SweepStatus(self.root)
         self._stop = StopRequest()
 
@@ -253,6 +260,8 @@ class SweepRunner:
         in progress saved its step (``interrupted`` in the outcome says where); the report is then
         built marked incomplete. Ctrl-C during the report itself stops at once (it is published
         whole or not at all)."""
+        for evaluator in self._evaluators:  # a suite out of reach fails before any training
+            evaluator.check()
         self.root.mkdir(parents=True, exist_ok=True)
         with WorkdirLock(self.root, "sweep root"):
             with stop_signals() as self._stop:
@@ -269,7 +278,8 @@ class SweepRunner:
         return outcome
 
     def _stages(self, run: Run) -> Iterator[tuple[str, Path, Callable[[], LoopSpec]]]:
-        """(stage, workdir, build its run) of ``run``: pre-training, then each fine-tuning job."""
+        """(stage, workdir, build its run) of ``run``: pre-training, each zero-shot evaluation of
+        the sweep's ``evals`` section, then each fine-tuning job."""
         from minilm_jax.finetune.loop import Finetuner
         from minilm_jax.train.loop import Pretrainer
 
@@ -281,6 +291,10 @@ class SweepRunner:
             yield "pretrain", pre_dir, lambda: self._population(pack)
         else:
             yield "pretrain", pre_dir, lambda: Pretrainer(run.config, pre_dir)
+        for name, entry in sorted(self.evals.items()):
+            yield (f"evals:{name}", entry_folder(pre_dir.parent, name, entry),
+                   lambda name=name, entry=entry: EvaluationStage(
+                       name, entry, pre_dir, run.config, run.pretrain_seed))
         for job in finetune_jobs(self.sweep, run, self.root):
             stage = f"finetune:{job.task}:{job.label}"
             together = self._finetune_pack(run, job)

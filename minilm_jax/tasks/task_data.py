@@ -93,21 +93,30 @@ def load_task_data(config: ml_collections.ConfigDict, vocabulary: frozenset[str]
     return result
 
 
+def unknown_punctuation(tokenizer: Tokenizer, texts: Sequence[str]) -> list[str]:
+    """The punctuation and symbols of ``texts`` that ``tokenizer`` can only encode as ``<unk>``.
+    Letters and digits are never listed (removing one would make another word of the rest)."""
+    return [c for c in tokenizer.unknown_chars(texts) if not c.isalnum()]
+
+
+def without_chars(text: str, chars: Sequence[str]) -> str:
+    """``text`` with ``chars`` removed and its whitespace collapsed."""
+    return " ".join(text.translate(str.maketrans("", "", "".join(chars))).split())
+
+
 def drop_unknown_chars(data: TaskData, tokenizer: Tokenizer) -> list[str]:
     """Remove from every text of ``data`` (in place) the punctuation and symbols ``tokenizer`` can
-    only encode as ``<unk>``; the removed characters. Letters and digits stay (removing one would
-    make another word of the rest): they remain ``<unk>`` and count in the summary's rate."""
+    only encode as ``<unk>`` (:func:`unknown_punctuation`); the removed characters. Letters and
+    digits stay: they remain ``<unk>`` and count in the summary's rate."""
     splits = {"train": data.train, "validation": data.validation, **data.evals}
     texts = [t for examples in splits.values() for ex in examples
              for t in (ex.text_a, ex.text_b) if t]
-    unknown = [c for c in tokenizer.unknown_chars(texts) if not c.isalnum()]
+    unknown = unknown_punctuation(tokenizer, texts)
     if unknown:
-        table = str.maketrans("", "", "".join(unknown))
-
         def clean(ex: Example) -> Example:
-            return dataclasses.replace(ex, text_a=" ".join(ex.text_a.translate(table).split()),
+            return dataclasses.replace(ex, text_a=without_chars(ex.text_a, unknown),
                                        text_b=None if ex.text_b is None else
-                                       " ".join(ex.text_b.translate(table).split()))
+                                       without_chars(ex.text_b, unknown))
 
         data.train = [clean(ex) for ex in data.train]
         data.validation = [clean(ex) for ex in data.validation]

@@ -1,0 +1,100 @@
+"""Zero-shot minimal-pair results of a sweep (``minimal_pairs`` rows): per evaluation, suite and
+rule, each run's final checkpoint against its random-init twin pair by pair; the pre-trained minus
+random accuracy per model point over pre-training seeds (the seed as the unit of replication);
+accuracy against validation perplexity over every scored checkpoint; accuracy along training."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from minilm_jax.analysis.results import rows_of_kind
+from minilm_jax.analysis.stats import Gap, PearsonResult, paired_gap, pearson_fisher
+from minilm_jax.evals.minimal_pairs import PairedComparison, Summary, compare_paired, summarize
+
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RunZeroShot:
+    """One run under one (evaluation, suite, rule): its final checkpoint and random twin."""
+
+    run: str
+    point: str
+    pretrain_seed: int | None
+    final_step: int
+    skipped: int  # pairs of the final checkpoint's paradigms skipped (unk or word list)
+    final: Summary
+    random: Summary | None
+    paired: PairedComparison | None
+    curve: list[tuple[int, float, float | None]]  # (step, pooled accuracy, validation perplexity)
+
+
+@dataclass(frozen=True)
+class ZeroShot:
+    """Everything the report shows for one (evaluation, suite, rule)."""
+
+    evaluation: str
+    suite: str
+    rule: str
+    runs: list[RunZeroShot]
+    seed_gaps: dict[str, Gap]  # point -> pre-trained minus random over pre-training seeds
+    correlation: PearsonResult  # accuracy vs validation perplexity over scored checkpoints
+    phenomena: dict[str, tuple[Summary, Summary | None, PairedComparison | None]]  # pooled runs
+
+
+def _group(rows: Iterable[Row], *keys: str) -> dict[tuple, list[Row]]:
+    out: dict[tuple, list[Row]] = defaultdict(list)
+    for r in rows:
+        out[tuple(r[k] for k in keys)].append(r)
+    return out
+
+
+def zero_shot_analyses(rows: Sequence[Row], confidence: float = 0.95) -> list[ZeroShot]:
+    """One :class:`ZeroShot` per (evaluation, suite, rule) found in ``rows``."""
+    found = []
+    for (evaluation, suite, rule), mine in sorted(
+            _group(rows_of_kind(rows, "minimal_pairs"), "evaluation", "suite", "rule").items()):
+        runs, finals, twins = [], [], []
+        for (run,), of_run in sorted(_group(mine, "run").items()):
+            pre = [r for r in of_run if r["init"] == "pretrained"]
+            rand = [r for r in of_run if r["init"] == "random"]
+            if not pre:
+                continue
+            by_step = _group(pre, "step")
+            final_step = max(s for (s,) in by_step)
+            final = by_step[(final_step,)]
+            curve = []
+            for (step,), at in sorted(by_step.items()):
+                ppl = at[0].get("validation_perplexity")
+                curve.append((int(step), summarize(at).pooled, None if ppl is None else float(ppl)))
+            runs.append(RunZeroShot(run, final[0]["point"], final[0].get("pretrain_seed"),
+                                    int(final_step),
+                                    sum(r["pairs"] - r["scored"] for r in final),
+                                    summarize(final),
+                                    summarize(rand) if rand else None,
+                                    compare_paired(final, rand) if rand else None, curve))
+            finals += final
+            twins += rand
+        gaps = {}
+        for (point,), of_point in sorted(_group(
+                [{"point": r.point, "r": r} for r in runs], "point").items()):
+            with_twin = [x["r"] for x in of_point if x["r"].random is not None]
+            if len(with_twin) >= 2:
+                gaps[point] = paired_gap(
+                    {i: r.final.pooled for i, r in enumerate(with_twin)},
+                    {i: r.random.pooled for i, r in enumerate(with_twin)}, confidence)
+        points = [(ppl, acc) for r in runs for _, acc, ppl in r.curve if ppl is not None]
+        correlation = pearson_fisher([p for p, _ in points], [a for _, a in points], confidence)
+        phenomena = {}
+        for (phenomenon,), of_final in sorted(_group(finals, "phenomenon").items()):
+            twin = [r for r in twins if r["phenomenon"] == phenomenon]
+            # paired over pairs needs the twins of exactly the final checkpoints' runs
+            paired = compare_paired(of_final, twin) if twin and len(twin) == len(of_final) \
+                else None
+            phenomena[phenomenon] = (summarize(of_final), summarize(twin) if twin else None,
+                                     paired)
+        found.append(ZeroShot(evaluation, suite, rule, runs, gaps, correlation, phenomena))
+    return found

@@ -1,0 +1,93 @@
+"""The report's zero-shot section: minimal-pair accuracy of each run's final checkpoint against
+its random-init twin, per phenomenon, over pre-training seeds, against validation perplexity, and
+along training (:mod:`minilm_jax.analysis.zero_shot`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from minilm_jax.analysis.stats import format_p
+from minilm_jax.analysis.zero_shot import ZeroShot
+from minilm_jax.evals.minimal_pairs import CHANCE, PairedComparison, Summary
+
+from .fmt import cell
+
+ZERO_SHOT_PLOT = "zero_shot_{index}.png"
+
+
+def _acc(s: Summary | None) -> str:
+    if s is None or s.scored == 0:
+        return "—"
+    return f"{s.pooled:.1f} [{s.low:.1f}, {s.high:.1f}]"
+
+
+def _paired(c: PairedComparison | None) -> str:
+    if c is None or c.n < 2:
+        return "— | —"
+    return f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] (n = {c.n:,}) | {format_p(c.p_value)}"
+
+
+def plot_zero_shot(found: ZeroShot, path: Path) -> bool:
+    """Accuracy along training per run (log steps), each run's random twin as a dotted level,
+    chance as a grey line; False when no run has two scored steps."""
+    if not any(len(r.curve) >= 2 for r in found.runs):
+        return False
+    from .plots import _figure, _save
+
+    fig, axes = _figure(9.0, 4.5)
+    ax = axes[0, 0]
+    for r in found.runs:
+        line, = ax.plot([s for s, _, _ in r.curve], [a for _, a, _ in r.curve], marker="o",
+                        label=r.run)
+        if r.random is not None:
+            ax.axhline(r.random.pooled, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.axhline(CHANCE, color="grey", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("pre-training step")
+    ax.set_ylabel("accuracy (% of scored pairs)")
+    ax.set_title(f"{found.evaluation}: {found.suite}, rule {found.rule} (dotted: random twin; "
+                 "grey: chance)")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def section_zero_shot(analyses: Sequence[ZeroShot], plotted: Sequence[str]) -> list[str]:
+    """Markdown of every (evaluation, suite, rule); ``plotted`` the plot file of each (or "")."""
+    if not analyses:
+        return []
+    lines = ["## Zero-shot minimal pairs", "",
+             (f"Chance is {CHANCE:.0f}%. Accuracy in % of scored pairs (a tie is wrong) with a 95% "
+              "Wilson interval; a pair the tokenizer can only encode with <unk> (or, with a word "
+              "list, one with another word) is skipped and counted. Each run's final checkpoint "
+              "is compared with its random-init twin (same architecture, the run's seed) pair by "
+              "pair: the difference with a 95% t interval over pairs and McNemar's exact p. Over "
+              "pre-training seeds the unit of replication is the seed (paired t over runs)."), ""]
+    for found, plot in zip(analyses, plotted):
+        lines += [f"### {cell(found.evaluation)}: {found.suite}, rule `{found.rule}`", "",
+                  "| run | step | pre-trained | random init | pre-trained − random | "
+                  "p (McNemar) | pairs scored / skipped |", "|---|---|---|---|---|---|---|"]
+        for r in found.runs:
+            lines.append(f"| {cell(r.run)} | {r.final_step} | {_acc(r.final)} | "
+                         f"{_acc(r.random)} | {_paired(r.paired)} | {r.final.scored:,} / "
+                         f"{r.skipped:,} |")
+        lines.append("")
+        if found.seed_gaps:
+            lines.append("Over pre-training seeds (the seed as the unit), pre-trained − random "
+                         "accuracy:")
+            lines += [f"- {cell(point)}: {gap.text()} — {gap.verdict()}"
+                      for point, gap in found.seed_gaps.items()]
+            lines.append("")
+        lines += ["Per phenomenon, final checkpoints of all runs pooled (pairs repeat across "
+                  "runs, so read the intervals as descriptive):", "",
+                  "| phenomenon | pre-trained | random init | pre-trained − random | p (McNemar) |",
+                  "|---|---|---|---|---|"]
+        for phenomenon, (pre, rand, paired) in found.phenomena.items():
+            lines.append(f"| {cell(phenomenon)} | {_acc(pre)} | {_acc(rand)} | "
+                         f"{_paired(paired)} |")
+        lines += ["", ("Accuracy vs validation perplexity over every scored checkpoint (a run's "
+                       "checkpoints are not independent): " + found.correlation.text()), ""]
+        if plot:
+            lines += [f"![zero-shot accuracy along training]({plot})", ""]
+    return lines

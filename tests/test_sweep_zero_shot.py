@@ -1,0 +1,124 @@
+"""Zero-shot evaluations in a sweep: every kept snapshot, the final checkpoint and a random-init
+twin of each run scored on Zorro (offline, through a mirror of the shared copy), rows in
+results.jsonl, the report's section, a re-run that skips them, a changed entry that re-scores."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, shared_path, write_line_shards
+from minilm_jax.errors import UserError
+from minilm_jax.evals import suites
+from minilm_jax.sweep.runner import SweepRunner
+
+sys.path.insert(0, str(REPO / "configs"))
+import sweep as sweep_configs  # noqa: E402
+
+PARADIGM = "agreement_subject_verb-across_relative_clause"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Shards of WikiText-2 with a 600-piece tokenizer that also saw Zorro's sentences."""
+    from minilm_jax.corpus.tokenizer_train import train_sentencepiece
+    from minilm_jax.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("zero_shot")
+    wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
+    lines = [line.strip() for line in wiki.splitlines() if len(line.split()) >= 12]
+    zorro = shared_path("zorro", "sentences", "babyberta", f"{PARADIGM}.txt").read_text()
+    (root / "tok.model").write_bytes(train_sentencepiece(lines + zorro.splitlines(), 600, "bpe"))
+    return write_line_shards(root / "shards", load_tokenizer(root / "tok.model"), lines, 64)
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch) -> Path:
+    """Zorro offline: a mirror folder laid out like the repository (a link to the shared copy),
+    and an empty cache."""
+    folder = tmp_path / "mirror" / "phueb"
+    folder.mkdir(parents=True)
+    (folder / "Zorro").symlink_to(shared_path("zorro"))
+    monkeypatch.setenv(suites.MIRROR_ENV, str(tmp_path / "mirror"))
+    monkeypatch.setenv("MINILM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(suites, "BASE_URL", "file:///nonexistent")  # never the network
+    return tmp_path / "mirror"
+
+
+def zero_shot_sweep(shards: Path, rules: str = "holistic") -> object:
+    sweep = sweep_configs.demo()
+    sweep.shards = str(shards)
+    sweep.num_steps = 8
+    sweep.eval_every = 4
+    sweep.vocab_size = 610
+    sweep.pretrain_overrides = ("model.max_len=64", "eval.batch_size=48", "train.log_every=4",
+                                "train.progress=False", "optim.warmup_steps=2",
+                                "optim.peak_lr=3e-3")
+    sweep.bases = ("b=E16-H16-I32-L1-A2",)
+    sweep.ofat = ()
+    sweep.groups = ()
+    sweep.pretrain_seeds = (0, 1)
+    sweep.finetune_tasks = ()
+    sweep.finetune_checkpoints = (0.5, 1.0)  # snapshots at steps 4 and 8
+    sweep.evals = {"zorro": {"type": "minimal_pairs", "suite": "zorro", "paradigms": PARADIGM,
+                             "rules": rules}}
+    sweep.report_bootstrap = 20
+    return sweep
+
+
+def rows_of(root: Path) -> list[dict]:
+    return [r for r in map(json.loads, (root / "results.jsonl").read_text().splitlines())
+            if r["kind"] == "minimal_pairs"]
+
+
+def test_a_sweep_scores_every_snapshot_and_a_random_twin(shards, mirror, tmp_path, capsys):
+    root = tmp_path / "sweep"
+    outcome = SweepRunner(zero_shot_sweep(shards), root).run()
+    assert outcome["failures"] == {}
+    rows = rows_of(root)
+    assert sorted({(r["run"], r["init"], r["step"]) for r in rows}) == [
+        (run, init, step) for run in ("b__seed=0", "b__seed=1")
+        for init, step in (("pretrained", 4), ("pretrained", 8), ("random", 0))]
+    for r in rows:
+        assert (r["suite"], r["paradigm"], r["rule"], r["pairs"]) == ("zorro", PARADIGM,
+                                                                       "holistic", 2000)
+        assert len(r["outcomes"]) == 2000 and r["scored"] == r["outcomes"].count("1") + \
+            r["outcomes"].count("0")
+        assert r["scored"] > 1900  # the tokenizer saw these sentences: few <unk>
+        assert (r["validation_perplexity"] is None) == (r["init"] == "random")
+    flops = {(r["run"], r["step"]): r["flops_paper"] for r in rows}
+    assert flops[("b__seed=0", 8)] == pytest.approx(2 * flops[("b__seed=0", 4)])
+    assert flops[("b__seed=0", 0)] == 0
+    # the two seeds' random twins differ (the run's seed initialises its twin)
+    twins = {r["run"]: r["outcomes"] for r in rows if r["init"] == "random"}
+    assert twins["b__seed=0"] != twins["b__seed=1"]
+    report = (root / "report" / "report.md").read_text()
+    assert "## Zero-shot minimal pairs" in report and "zorro: zorro, rule `holistic`" in report
+    assert "Over pre-training seeds" in report and "McNemar" in report
+    assert (root / "report" / "zero_shot_0.png").is_file()
+
+    capsys.readouterr()
+    SweepRunner(zero_shot_sweep(shards), root).run()  # finished: nothing is scored again
+    assert "scoring" not in capsys.readouterr().out
+    assert rows_of(root) == rows
+
+    SweepRunner(zero_shot_sweep(shards, "holistic,pll_word_l2r"), root).run()  # a changed entry
+    changed = rows_of(root)
+    assert {r["rule"] for r in changed} == {"holistic", "pll_word_l2r"}
+    assert len(changed) == 2 * len(rows)
+    assert [r for r in changed if r["rule"] == "holistic"] == rows  # same pairs, same scores
+
+
+def test_a_bad_entry_or_an_unreachable_suite_fails_before_training(shards, mirror, tmp_path):
+    sweep = zero_shot_sweep(shards)
+    sweep.evals.zorro.rules = "holistic,nonsense"
+    with pytest.raises(UserError, match="evals.zorro.rules: nonsense"):
+        SweepRunner(sweep, tmp_path / "a")
+    sweep = zero_shot_sweep(shards)
+    sweep.evals.zorro.suite = "blimp"  # not in the mirror, and the network is out of reach
+    with pytest.raises(UserError, match="blimp"):
+        SweepRunner(sweep, tmp_path / "b").run()
+    assert not (tmp_path / "b" / "runs").exists()

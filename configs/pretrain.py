@@ -67,6 +67,15 @@ def get_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
     c.eval.max_sequences = 0  # 0: the whole split
     c.eval.seed = 1234  # fixed evaluation masks
     c.eval.test_at_end = True
+    # Zero-shot evaluations (the evals section below) run at the snapshot steps and the final
+    # step; > 0: also every this many steps (a multiple of eval.every_steps).
+    c.eval.zero_shot_every = 0
+
+    # Zero-shot evaluators run on the model being trained (minilm_jax.evals.common), e.g.
+    # {"zorro": {"type": "minimal_pairs", "suite": "zorro", "rules": "holistic"}}: rows in
+    # <workdir>/zero_shot.jsonl, overall accuracy in metrics.jsonl / TensorBoard (zero_shot/...).
+    # Run control: adding or changing one never makes the run another run.
+    c.evals = ml_collections.ConfigDict()
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 1000

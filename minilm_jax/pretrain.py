@@ -20,6 +20,8 @@ _RUN_FLAGS = define_run_flags("pre-training", "configs/pretrain.py:<point>")
 
 def main(argv: list[str]) -> None:
     del argv
+    from minilm_jax.errors import UserError
+    from minilm_jax.evals.in_training import step_evaluations
     from minilm_jax.train.distributed import maybe_initialize_distributed
     from minilm_jax.train.loop import Pretrainer
     from minilm_jax.train.population import expand, is_population
@@ -29,13 +31,16 @@ def main(argv: list[str]) -> None:
     maybe_initialize_distributed(config)
     export_note(config)
     if is_population(config):
+        if config.get("evals"):
+            raise UserError("config.evals runs inside single runs; score a population's members "
+                            "after training (python -m minilm_jax.evals, or a sweep's evals)")
         summary = PopulationTrainer(expand(config, workdir), workdir,
                                     config.population.members).run()
         brief = {"status": summary["status"], "step": summary["step"],
                  "members": {m["name"]: {k: m[k] for k in ("status", "best") if m.get(k)}
                              for m in summary["members"]}}
     else:
-        summary = Pretrainer(config, workdir).run()
+        summary = Pretrainer(config, workdir, step_evaluations(config, workdir)).run()
         brief = {k: summary[k] for k in ("status", "step", "point", "best") if k in summary}
     print(json.dumps(brief, indent=2))
 

@@ -69,7 +69,8 @@ DISTRIBUTED_FIELDS = tuple(f"distributed.{k}" for k in distributed_section())
 
 # Fields that may change between a run and its resumption (run control, not the experiment).
 RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.progress", "train.peak_flops",
-                    "eval.every_steps", "eval.per_decade", "eval.test_at_end", "checkpoint.every_steps",
+                    "eval.every_steps", "eval.per_decade", "eval.test_at_end",
+                    "eval.zero_shot_every", "checkpoint.every_steps",
                     "checkpoint.every_minutes", "checkpoint.keep", "checkpoint.keep_fractions",
                     "data.prefetch",
                     "data.verify_checksums", *DISTRIBUTED_FIELDS, "mesh.data", "mesh.fsdp",
@@ -231,6 +232,8 @@ PRETRAIN_RULES: dict[str, Allowed] = {
     "eval.batch_size": Allowed(">= 1", "sequences per evaluation batch", integer=True),
     "eval.max_sequences": Allowed(">= 0", "0: the whole split", integer=True),
     "eval.seed": Allowed(">= 0", "the evaluation masks", integer=True),
+    "eval.zero_shot_every": Allowed(">= 0", "steps between zero-shot evaluations; 0: at the "
+                                    "snapshots and the final step only", integer=True),
     "checkpoint.keep_fractions": Allowed("(0, 1]", "fractions of train.num_steps kept as "
                                                    "snapshots", each=True),
     # A population's lists: each value as the field it sets (population.schedule: by name,

@@ -8,7 +8,8 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Sequence
+from typing import Any, Callable, Protocol
 
 import jax
 import ml_collections
@@ -73,7 +74,8 @@ def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_
 def run_identity(config: ml_collections.ConfigDict, manifest: dict) -> dict[str, Any]:
     """What a pre-training run is (recorded in ``config.json`` and sealed into every checkpoint):
     its flattened config and the tokenizer its shards were made with."""
-    current = flatten(config)
+    current = {k: v for k, v in flatten(config).items()
+               if k != "evals" and not k.startswith("evals.")}  # evaluations: run control
     current["data.tokenizer_sha256_seen"] = manifest["tokenizer"]["sha256"]
     return current
 
@@ -122,14 +124,24 @@ def summary_record(status: str, step: int, wall: float, model_cfg: ModelConfig,
         shards=manifest["tokenizer"])
 
 
+class EvaluationHook(Protocol):
+    """An evaluation the run loop calls with the model state at zero-shot steps (built above the
+    engine, e.g. :mod:`minilm_jax.evals.in_training`); returns scalars to log."""
+
+    def __call__(self, step: int, graphdef: Any, params: Any, rest: Any,
+                 validation_perplexity: float | None) -> dict[str, float]: ...
+
+
 class Pretrainer(runner.LoopSpec):
     """Builds everything for one run; :meth:`run` trains to ``train.num_steps`` (the shared
     :func:`~minilm_jax.train.runner.run_loop`, specialised by the methods below)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path,
+                 evaluations: Sequence[EvaluationHook] = ()):
         self.config = config
         self.workdir = run_path(workdir)
         self.model_cfg = validate_pretrain_config(config)  # every field's range, first
+        self.evaluations = list(evaluations)  # zero-shot, at snapshots / the end / every N steps
         self.manifest = check_shards(config, self.model_cfg.vocab_size, self.model_cfg.max_len,
                                      self.model_cfg.pad_id)
         self.train_split = open_split(config.data.shards, config.data.train_split,
@@ -218,7 +230,20 @@ class Pretrainer(runner.LoopSpec):
             self._best_loss = result["loss"]
             self.ckpts.save_best(step, state, {**result, "step": step})
         self.ckpts.save_snapshot(step, state)
+        if self.evaluations and self._zero_shot_due(step):
+            scalars: dict[str, float] = {}
+            for evaluation in self.evaluations:
+                scalars.update(evaluation(step, self.graphdef, state["params"], state["rest"],
+                                          result["perplexity"]))
+            self.writer.write(step, "zero_shot", scalars)
+            log_line(f"zero-shot step {step}: " + ", ".join(f"{k} {v:.1f}%"
+                                                            for k, v in scalars.items()))
         return state, False
+
+    def _zero_shot_due(self, step: int) -> bool:
+        every = int(self.config.eval.zero_shot_every)
+        return (step in self.ckpts.snapshot_steps or step == self.total_steps
+                or (every > 0 and step % every == 0))
 
     # ----------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:

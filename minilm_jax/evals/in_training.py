@@ -1,0 +1,87 @@
+"""Evaluators inside pre-training: the ``evals`` section of a pre-training config, run on the
+model being trained at its snapshot steps, its final step and every ``eval.zero_shot_every``
+steps (when those are validation steps).
+
+Each evaluation writes its rows to ``<workdir>/zero_shot.jsonl`` (process 0; rows of a step
+evaluated again after a resume replace the earlier ones, so a killed run resumes exactly) and
+returns scalars (overall pooled accuracy per evaluation and rule) that the run loop logs under
+the ``zero_shot`` split of ``metrics.jsonl`` and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from minilm_jax.storage import atomic_write_bytes, run_path
+
+from .common import Evaluator, evaluators_from_config
+from .minimal_pairs import summarize
+from .scoring import ScoringModel, mlm_target_logprobs
+
+ROWS_FILE = "zero_shot.jsonl"
+
+
+def read_zero_shot(workdir: str | Path) -> list[dict[str, Any]]:
+    """The rows a run's in-training evaluations wrote (none: an empty list)."""
+    path = run_path(workdir) / ROWS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class StepEvaluation:
+    """One evaluator, called by the run loop with the current model state."""
+
+    def __init__(self, evaluator: Evaluator, tokenizer: Any, workdir: str | Path, point: str):
+        self.evaluator, self.tokenizer = evaluator, tokenizer
+        self.workdir, self.point = run_path(workdir), point
+        self.name = evaluator.name
+
+    def __call__(self, step: int, graphdef: Any, params: Any, rest: Any,
+                 validation_perplexity: float | None) -> dict[str, float]:
+        import jax
+
+        info = {"workdir": str(self.workdir), "point": self.point, "step": int(step),
+                "init": "pretrained", "validation_perplexity": validation_perplexity}
+        rows = self.evaluator.rows(ScoringModel(
+            self.tokenizer, mlm_target_logprobs(graphdef, params, rest), info))
+        if jax.process_index() == 0:
+            kept = [r for r in read_zero_shot(self.workdir)
+                    if not (r.get("evaluation") == self.name and int(r["step"]) >= step)]
+            atomic_write_bytes(self.workdir / ROWS_FILE, "".join(
+                json.dumps(r) + "\n" for r in kept + rows).encode())
+        return {f"{self.name}/{rule}": summarize([r for r in rows if r["rule"] == rule]).pooled
+                for rule in sorted({r["rule"] for r in rows})}
+
+
+def step_evaluations(config: ml_collections.ConfigDict, workdir: str | Path
+                     ) -> list[StepEvaluation]:
+    """The evaluations of ``config.evals`` (checked now: suites fetched, word lists read), each
+    with the tokenizer the run's shards were made with."""
+    from minilm_jax.data.shards import read_manifest
+    from minilm_jax.errors import UserError
+    from minilm_jax.run_config import model_from_config
+    from minilm_jax.tokenizer import load_tokenizer
+
+    entries = config.get("evals")
+    entries = entries.to_dict() if hasattr(entries, "to_dict") else dict(entries or {})
+    evaluators = evaluators_from_config(entries)
+    if not evaluators:
+        return []
+    every, cadence = int(config.eval.zero_shot_every), int(config.eval.every_steps)
+    if every % cadence:
+        raise UserError(f"eval.zero_shot_every={every} must be a multiple of eval.every_steps="
+                        f"{cadence} (zero-shot evaluations run at validation steps)")
+    tokenizer_path = read_manifest(config.data.shards)["tokenizer"].get("path", "")
+    if not tokenizer_path or not Path(tokenizer_path).is_file():
+        raise UserError(f"config.evals needs the tokenizer file of {config.data.shards}; its "
+                        f"manifest names {tokenizer_path or 'none'}")
+    for evaluator in evaluators:
+        evaluator.check()
+    tokenizer = load_tokenizer(tokenizer_path)
+    point = model_from_config(config).point
+    return [StepEvaluation(e, tokenizer, workdir, point) for e in evaluators]

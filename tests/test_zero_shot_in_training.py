@@ -1,0 +1,110 @@
+"""Evaluators inside pre-training: Zorro scored at the snapshot steps of the model being trained
+equals scoring the saved snapshot afterwards; rows of a step evaluated again replace the earlier
+ones; the overall accuracy is logged; evaluations are run control (not part of a run's identity)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_path, write_line_shards
+from minilm_jax.errors import UserError
+from minilm_jax.evals import suites
+
+PARADIGM = "agreement_subject_verb-across_relative_clause"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    from minilm_jax.corpus.tokenizer_train import train_sentencepiece
+    from minilm_jax.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("in_training")
+    wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
+    lines = [line.strip() for line in wiki.splitlines() if len(line.split()) >= 12]
+    zorro = shared_path("zorro", "sentences", "babyberta", f"{PARADIGM}.txt").read_text()
+    (root / "tok.model").write_bytes(train_sentencepiece(lines + zorro.splitlines(), 600, "bpe"))
+    return write_line_shards(root / "shards", load_tokenizer(root / "tok.model"), lines, 64)
+
+
+@pytest.fixture
+def offline_zorro(tmp_path, monkeypatch):
+    folder = tmp_path / "mirror" / "phueb"
+    folder.mkdir(parents=True)
+    (folder / "Zorro").symlink_to(shared_path("zorro"))
+    monkeypatch.setenv(suites.MIRROR_ENV, str(tmp_path / "mirror"))
+    monkeypatch.setenv("MINILM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(suites, "BASE_URL", "file:///nonexistent")
+
+
+def config_for(shards: Path, rules: str = "holistic,pll_word_l2r"):
+    from minilm_jax.configs.pretrain import get_config
+
+    c = get_config("E16-H16-I32-L1-A2-V610")
+    c.model.max_len = 64
+    c.data.shards = str(shards)
+    c.train.num_steps = 8
+    c.train.batch_size = 32
+    c.train.progress = False
+    c.train.log_every = 4
+    c.eval.every_steps = 4
+    c.eval.batch_size = 48
+    c.checkpoint.every_steps = 4
+    c.checkpoint.keep_fractions = (0.5, 1.0)
+    c.evals = {"zorro": {"type": "minimal_pairs", "suite": "zorro", "paradigms": PARADIGM,
+                         "rules": rules}}
+    return c
+
+
+def test_in_training_scores_equal_scoring_the_saved_snapshots(shards, offline_zorro, tmp_path):
+    from minilm_jax.evals.common import from_config
+    from minilm_jax.evals.in_training import read_zero_shot, step_evaluations
+    from minilm_jax.evals.scoring_models import checkpoint_model
+    from minilm_jax.train.loop import Pretrainer
+    from minilm_jax.train.run_log import read_metrics
+
+    config, workdir = config_for(shards), tmp_path / "run"
+    Pretrainer(config, workdir, step_evaluations(config, workdir)).run()
+    rows = read_zero_shot(workdir)
+    assert sorted({(r["step"], r["rule"]) for r in rows}) == [
+        (s, r) for s in (4, 8) for r in ("holistic", "pll_word_l2r")]
+    evaluator = from_config("zorro", dict(config.evals.zorro))
+    for step in (4, 8):
+        after = evaluator.rows(checkpoint_model(workdir, f"step:{step}"))
+        during = [r for r in rows if r["step"] == step]
+        assert [(r["rule"], r["outcomes"], r["correct"]) for r in during] == \
+            [(r["rule"], r["outcomes"], r["correct"]) for r in after]
+        assert all(r["validation_perplexity"] is not None for r in during)
+    logged = [m for m in read_metrics(workdir / "metrics.jsonl") if m["split"] == "zero_shot"]
+    assert [m["step"] for m in logged] == [4, 8]
+    assert 0 < logged[0]["zorro/holistic"] < 100
+
+    # A step evaluated again (a resumed run) replaces its rows; other steps' rows stay.
+    from flax import nnx
+
+    from minilm_jax.finetune.pretrained import PretrainedRun
+    from minilm_jax.model.models import MaskedLM
+
+    [evaluation] = step_evaluations(config, workdir)
+    run = PretrainedRun.open(workdir, "step:4")  # another state, scored as step 8
+    m = MaskedLM(run.model, rngs=nnx.Rngs(params=0))
+    nnx.update(m, run.model_state())
+    graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+    evaluation(8, graphdef, params, rest, 1.0)
+    again = read_zero_shot(workdir)
+    assert len(again) == len(rows)
+    assert [r for r in again if r["step"] == 4] == [r for r in rows if r["step"] == 4]
+    assert {r["validation_perplexity"] for r in again if r["step"] == 8} == {1.0}
+
+    # Evaluations are run control: the finished run reopens with other entries.
+    Pretrainer(config_for(shards, "holistic"), workdir)
+
+
+def test_a_zero_shot_cadence_off_the_validation_steps_is_refused(shards, offline_zorro, tmp_path):
+    from minilm_jax.evals.in_training import step_evaluations
+
+    config = config_for(shards)
+    config.eval.zero_shot_every = 6
+    with pytest.raises(UserError, match="zero_shot_every=6 must be a multiple"):
+        step_evaluations(config, tmp_path / "run")

@@ -64,7 +64,8 @@ def zero_shot_sweep(shards: Path, rules: str = "holistic") -> object:
     sweep.finetune_tasks = ()
     sweep.finetune_checkpoints = (0.5, 1.0)  # snapshots at steps 4 and 8
     sweep.evals = {"zorro": {"type": "minimal_pairs", "suite": "zorro", "paradigms": PARADIGM,
-                             "rules": rules}}
+                             "rules": rules},
+                   "ppl": {"type": "perplexity", "split": "test"}}
     sweep.report_bootstrap = 20
     return sweep
 
@@ -95,7 +96,14 @@ def test_a_sweep_scores_every_snapshot_and_a_random_twin(shards, mirror, tmp_pat
     # the two seeds' random twins differ (the run's seed initialises its twin)
     twins = {r["run"]: r["outcomes"] for r in rows if r["init"] == "random"}
     assert twins["b__seed=0"] != twins["b__seed=1"]
+    ppl = [r for r in map(json.loads, (root / "results.jsonl").read_text().splitlines())
+           if r["kind"] == "perplexity"]
+    assert sorted((r["run"], r["init"], r["step"]) for r in ppl) == sorted(
+        (r["run"], r["init"], r["step"]) for r in rows)  # the same models as the pairs
+    by_model = {(r["run"], r["step"]): r["perplexity"] for r in ppl}
+    assert by_model[("b__seed=0", 0)] > by_model[("b__seed=0", 8)]  # the twin is untrained
     report = (root / "report" / "report.md").read_text()
+    assert "## Evaluations: masked-LM perplexity" in report
     assert "## Zero-shot minimal pairs" in report and "zorro: zorro, rule `holistic`" in report
     assert "Over pre-training seeds" in report and "McNemar" in report
     assert (root / "report" / "zero_shot_0.png").is_file()

@@ -4,6 +4,7 @@ ones; the overall accuracy is logged; evaluations are run control (not part of a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,8 @@ def config_for(shards: Path, rules: str = "holistic,pll_word_l2r"):
     c.checkpoint.every_steps = 4
     c.checkpoint.keep_fractions = (0.5, 1.0)
     c.evals = {"zorro": {"type": "minimal_pairs", "suite": "zorro", "paradigms": PARADIGM,
-                         "rules": rules}}
+                         "rules": rules},
+               "ppl": {"type": "perplexity", "split": "validation"}}
     return c
 
 
@@ -66,9 +68,25 @@ def test_in_training_scores_equal_scoring_the_saved_snapshots(shards, offline_zo
 
     config, workdir = config_for(shards), tmp_path / "run"
     Pretrainer(config, workdir, step_evaluations(config, workdir)).run()
-    rows = read_zero_shot(workdir)
+    everything = read_zero_shot(workdir)
+    rows = [r for r in everything if r["kind"] == "minimal_pairs"]
     assert sorted({(r["step"], r["rule"]) for r in rows}) == [
         (s, r) for s in (4, 8) for r in ("holistic", "pll_word_l2r")]
+    # Perplexity behind the same seam equals the run loop's own validation figure at each step,
+    # and the test perplexity of a saved checkpoint the summary's.
+    validation = {m["step"]: m["perplexity"] for m in read_metrics(workdir / "metrics.jsonl")
+                  if m["split"] == "validation"}
+    ppl = [r for r in everything if r["kind"] == "perplexity"]
+    assert [r["step"] for r in ppl] == [4, 8]
+    for r in ppl:
+        assert r["perplexity"] == pytest.approx(validation[r["step"]], rel=1e-6)
+    summary = json.loads((workdir / "summary.json").read_text())
+    test = from_config("t", {"type": "perplexity", "split": "test"}).rows(
+        checkpoint_model(workdir, "best"))
+    assert test[0]["perplexity"] == pytest.approx(summary["best"]["test_perplexity"], rel=1e-6)
+    random = from_config("t", {"type": "perplexity", "split": "test"}).rows(
+        checkpoint_model(workdir, "best", random_seed=0))
+    assert random[0]["perplexity"] > test[0]["perplexity"]
     evaluator = from_config("zorro", dict(config.evals.zorro))
     for step in (4, 8):
         after = evaluator.rows(checkpoint_model(workdir, f"step:{step}"))
@@ -86,16 +104,17 @@ def test_in_training_scores_equal_scoring_the_saved_snapshots(shards, offline_zo
     from minilm_jax.finetune.pretrained import PretrainedRun
     from minilm_jax.model.models import MaskedLM
 
-    [evaluation] = step_evaluations(config, workdir)
+    evaluation = next(e for e in step_evaluations(config, workdir) if e.name == "zorro")
     run = PretrainedRun.open(workdir, "step:4")  # another state, scored as step 8
     m = MaskedLM(run.model, rngs=nnx.Rngs(params=0))
     nnx.update(m, run.model_state())
     graphdef, params, rest = nnx.split(m, nnx.Param, ...)
     evaluation(8, graphdef, params, rest, 1.0)
     again = read_zero_shot(workdir)
-    assert len(again) == len(rows)
-    assert [r for r in again if r["step"] == 4] == [r for r in rows if r["step"] == 4]
-    assert {r["validation_perplexity"] for r in again if r["step"] == 8} == {1.0}
+    assert len(again) == len(everything)
+    assert [r for r in again if r["step"] == 4] == [r for r in everything if r["step"] == 4]
+    assert {r["validation_perplexity"] for r in again
+            if r["step"] == 8 and r["evaluation"] == "zorro"} == {1.0}
 
     # Evaluations are run control: the finished run reopens with other entries.
     Pretrainer(config_for(shards, "holistic"), workdir)

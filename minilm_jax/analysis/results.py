@@ -1,7 +1,7 @@
 """The sweep results table (``results.jsonl``): loading, validation and row selection.
 
 One JSON object per line, one row per evaluation point of every run. ``kind`` is
-``validation``, ``test``, ``downstream``, ``minimal_pairs`` or ``baseline``; the fields each kind needs are listed in
+``validation``, ``test``, ``downstream``, ``minimal_pairs``, ``perplexity`` or ``baseline``; the fields each kind needs are listed in
 :data:`REQUIRED`. Fields in :data:`OPTIONAL` may be absent (their default is used).
 Every problem is reported as one :class:`ResultsError` naming the file, the line and the field.
 
@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from minilm_jax.errors import UserError
 
-KINDS = ("validation", "test", "downstream", "minimal_pairs", "baseline")
+KINDS = ("validation", "test", "downstream", "minimal_pairs", "perplexity", "baseline")
 INITS = ("pretrained", "random")
 FLOPS_DEFINITIONS = ("paper", "complete")
 
@@ -86,6 +86,10 @@ REQUIRED: dict[str, dict[str, Callable[[Any], bool]]] = {
     # Zero-shot accuracy of one model (a checkpoint or the random twin) on one paradigm, one rule
     # (minilm_jax.evals.minimal_pairs); outcomes: per pair 1 right, 0 wrong, - skipped.
     "minimal_pairs": {**_COMMON, **_MINIMAL_PAIRS},
+    # Masked-LM perplexity of one model on one split, by an evaluator (minilm_jax.evals.perplexity)
+    "perplexity": {**_COMMON, "evaluation": _is_str, "split": _is_str, "init": _is_str,
+                   "step": _is_int, "loss": _is_number, "perplexity": _is_number,
+                   "flops_paper": _is_number, "flops_complete": _is_number},
     # Count-based reference perplexities of a shard set (minilm_jax.data.baselines); no run.
     "baseline": {"kind": _is_str, "name": _is_str, "split": _is_str, "loss": _is_number,
                  "perplexity": _is_number},
@@ -126,7 +130,7 @@ def _validate_row(obj: Any, where: str) -> dict[str, Any]:
         elif not check(obj[field]):
             raise ResultsError(f"{where}: field '{field}' must be {_CHECKS[check]}, "
                                f"got {obj[field]!r}")
-    if kind in ("downstream", "minimal_pairs") and row["init"] not in INITS:
+    if kind in ("downstream", "minimal_pairs", "perplexity") and row["init"] not in INITS:
         raise ResultsError(f"{where}: field 'init' must be one of {', '.join(INITS)}, "
                            f"got {row['init']!r}")
     if not row["run"]:
@@ -151,6 +155,8 @@ def row_identity(row: Mapping[str, Any]) -> tuple[Any, ...] | None:
     if kind == "minimal_pairs":
         return (kind, row["run"], row["evaluation"], row["suite"], row["paradigm"], row["rule"],
                 row["init"], int(row["step"]))
+    if kind == "perplexity":
+        return (kind, row["run"], row["evaluation"], row["split"], row["init"], int(row["step"]))
     if row.get("finetune_workdir"):
         return (kind, row["run"], str(row["finetune_workdir"]))
     seeds = row.get("seeds")
@@ -169,6 +175,9 @@ def _describe(row: Mapping[str, Any]) -> str:
     if kind == "baseline":
         return (f"baseline row '{row['name']}' of split '{row['split']}' of shards "
                 f"{row.get('shards')!r}")
+    if kind == "perplexity":
+        return (f"perplexity row of run '{row['run']}' ({row['evaluation']}, split "
+                f"'{row['split']}', {row['init']} at step {row['step']})")
     if kind == "minimal_pairs":
         return (f"minimal_pairs row of run '{row['run']}' ({row['evaluation']}, paradigm "
                 f"'{row['paradigm']}', rule '{row['rule']}', {row['init']} at step {row['step']})")

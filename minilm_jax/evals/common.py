@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from minilm_jax.errors import UserError
 
+from .perplexity import PerplexityEvaluator
 from .scoring import RULES, ScoringModel
 
 
@@ -96,7 +97,7 @@ class MinimalPairsEvaluator:
         return out
 
 
-EVALUATORS = {"minimal_pairs": MinimalPairsEvaluator}
+EVALUATORS = {"minimal_pairs": MinimalPairsEvaluator, "perplexity": PerplexityEvaluator}
 
 
 def from_config(name: str, entry: Mapping[str, Any]) -> Evaluator:

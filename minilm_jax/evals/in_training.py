@@ -33,12 +33,28 @@ def read_zero_shot(workdir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def scalars_of(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """What a step's rows log: per evaluation and rule the overall pooled accuracy (minimal
+    pairs), per evaluation and split the perplexity."""
+    out = {}
+    for r in rows:
+        if r["kind"] == "perplexity":
+            out[f"{r['evaluation']}/{r['split']}_perplexity"] = float(r["perplexity"])
+    for name, rule in sorted({(r["evaluation"], r["rule"]) for r in rows
+                              if r["kind"] == "minimal_pairs"}):
+        out[f"{name}/{rule}"] = summarize([r for r in rows if r["kind"] == "minimal_pairs"
+                                           and (r["evaluation"], r["rule"]) == (name, rule)]
+                                          ).pooled
+    return out
+
+
 class StepEvaluation:
     """One evaluator, called by the run loop with the current model state."""
 
-    def __init__(self, evaluator: Evaluator, tokenizer: Any, workdir: str | Path, point: str):
+    def __init__(self, evaluator: Evaluator, tokenizer: Any, workdir: str | Path, point: str,
+                 run_config: dict[str, Any]):
         self.evaluator, self.tokenizer = evaluator, tokenizer
-        self.workdir, self.point = run_path(workdir), point
+        self.workdir, self.point, self.run_config = run_path(workdir), point, run_config
         self.name = evaluator.name
 
     def __call__(self, step: int, graphdef: Any, params: Any, rest: Any,
@@ -48,14 +64,14 @@ class StepEvaluation:
         info = {"workdir": str(self.workdir), "point": self.point, "step": int(step),
                 "init": "pretrained", "validation_perplexity": validation_perplexity}
         rows = self.evaluator.rows(ScoringModel(
-            self.tokenizer, mlm_target_logprobs(graphdef, params, rest), info))
+            self.tokenizer, mlm_target_logprobs(graphdef, params, rest), info,
+            (graphdef, params, rest), self.run_config))
         if jax.process_index() == 0:
             kept = [r for r in read_zero_shot(self.workdir)
                     if not (r.get("evaluation") == self.name and int(r["step"]) >= step)]
             atomic_write_bytes(self.workdir / ROWS_FILE, "".join(
                 json.dumps(r) + "\n" for r in kept + rows).encode())
-        return {f"{self.name}/{rule}": summarize([r for r in rows if r["rule"] == rule]).pooled
-                for rule in sorted({r["rule"] for r in rows})}
+        return scalars_of(rows)
 
 
 def step_evaluations(config: ml_collections.ConfigDict, workdir: str | Path
@@ -64,7 +80,7 @@ def step_evaluations(config: ml_collections.ConfigDict, workdir: str | Path
     with the tokenizer the run's shards were made with."""
     from minilm_jax.data.shards import read_manifest
     from minilm_jax.errors import UserError
-    from minilm_jax.run_config import model_from_config
+    from minilm_jax.run_config import flatten, model_from_config
     from minilm_jax.tokenizer import load_tokenizer
 
     entries = config.get("evals")
@@ -84,4 +100,5 @@ def step_evaluations(config: ml_collections.ConfigDict, workdir: str | Path
         evaluator.check()
     tokenizer = load_tokenizer(tokenizer_path)
     point = model_from_config(config).point
-    return [StepEvaluation(e, tokenizer, workdir, point) for e in evaluators]
+    flat = {**flatten(config), "data.tokenizer_sha256_seen": tokenizer.sha256}
+    return [StepEvaluation(e, tokenizer, workdir, point, flat) for e in evaluators]

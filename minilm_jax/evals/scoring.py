@@ -38,11 +38,14 @@ TargetLogProbs = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class ScoringModel:
     """A masked LM ready to score: its tokenizer, log-probabilities and what it is (``workdir``,
-    ``point``, ``step``, ``init`` = pretrained | random, ``validation_perplexity``)."""
+    ``point``, ``step``, ``init`` = pretrained | random, ``validation_perplexity``); for one of
+    our models also its state ``(graphdef, params, rest)`` and its run's flattened config."""
 
     tokenizer: Tokenizer
     logprobs: TargetLogProbs
     info: dict[str, Any]
+    state: tuple[Any, Any, Any] | None = None
+    run_config: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,9 +3,11 @@ architecture freshly initialised) or a local Hugging Face masked-LM folder."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from minilm_jax.errors import UserError
+from minilm_jax.storage import run_path
 from minilm_jax.tokenizer import load_tokenizer
 
 from .scoring import ScoringModel, mlm_target_logprobs
@@ -48,4 +50,6 @@ def checkpoint_model(workdir: str | Path, which: str = "best", random_seed: int 
             "step": run.step if pretrained else 0,
             "init": "pretrained" if pretrained else "random",
             "validation_perplexity": run.validation_perplexity if pretrained else None}
-    return ScoringModel(tokenizer, mlm_target_logprobs(graphdef, params, rest), info)
+    flat = json.loads((run_path(workdir) / "config.json").read_text())
+    return ScoringModel(tokenizer, mlm_target_logprobs(graphdef, params, rest), info,
+                        (graphdef, params, rest), flat)

@@ -27,7 +27,8 @@ from .markdown import section_curves, section_depth, section_icer, section_runs,
 from .options import DOWNSTREAM_PLOT, ICER_PLOT, LOSS_PLOT, REPORT_NAME, ReportOptions
 from .plots import plot_downstream, plot_icer, plot_loss_vs_flops
 from .seeds import SEED_PLOT, plot_seed_bands, section_seeds
-from .zero_shot import ZERO_SHOT_PLOT, plot_zero_shot, section_zero_shot
+from .zero_shot import (ZERO_SHOT_PLOT, plot_zero_shot, section_perplexity_evaluations,
+                        section_zero_shot)
 
 
 def _sha256(path: Path) -> str:
@@ -80,6 +81,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
                        for z, name in ((z, ZERO_SHOT_PLOT.format(index=i))
                                        for i, z in enumerate(zero_shot))]
     lines += section_zero_shot(zero_shot, zero_shot_plots)
+    lines += section_perplexity_evaluations(rows)
     lines += section_runs(analyses)
     path = out / REPORT_NAME
     path.write_text("\n".join(lines), encoding="utf-8")

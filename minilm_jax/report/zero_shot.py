@@ -4,8 +4,9 @@ along training (:mod:`minilm_jax.analysis.zero_shot`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from minilm_jax.analysis.stats import format_p
 from minilm_jax.analysis.zero_shot import ZeroShot
@@ -91,3 +92,22 @@ def section_zero_shot(analyses: Sequence[ZeroShot], plotted: Sequence[str]) -> l
         if plot:
             lines += [f"![zero-shot accuracy along training]({plot})", ""]
     return lines
+
+
+def section_perplexity_evaluations(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown of the ``perplexity`` rows of a sweep's evaluations: each scored model (the
+    snapshots, the final checkpoint and the random twin) on its split."""
+    found = [r for r in rows if r["kind"] == "perplexity"]
+    if not found:
+        return []
+    lines = ["## Evaluations: masked-LM perplexity", "",
+             ("The run's own evaluation (fixed masks, its masking recipe) of every scored model "
+              "on the named split; the random twin's is the untrained baseline."), "",
+             "| evaluation | run | model | step | split | loss | perplexity | sequences |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(found, key=lambda r: (r["evaluation"], r["run"], r["init"] != "random",
+                                          int(r["step"]))):
+        lines.append(f"| {cell(r['evaluation'])} | {cell(r['run'])} | {r['init']} | {r['step']} "
+                     f"| {r['split']} | {r['loss']:.4f} | {r['perplexity']:.2f} | "
+                     f"{int(r.get('sequences') or 0):,} |")
+    return lines + [""]

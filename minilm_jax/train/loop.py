@@ -9,7 +9,7 @@ import platform
 import time
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import jax
 import ml_collections
@@ -27,6 +27,7 @@ from minilm_jax.train import batches as batch_lib
 from minilm_jax.train import runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exported for callers)
+from minilm_jax.train.evaluation import EvaluationHook, ShardPerplexity
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.records import PretrainSummary
@@ -80,33 +81,6 @@ def run_identity(config: ml_collections.ConfigDict, manifest: dict) -> dict[str,
     return current
 
 
-def split_losses(split: ShardSplit, eval_config: ml_collections.ConfigDict, pad_id: int,
-                 shardings: dict[str, Any], score: Callable[[dict[str, jax.Array], int], Any]
-                 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(loss sum, prediction count, sequences) over every sequence of ``split`` exactly once (at
-    most ``eval.max_sequences``), ``score(rows, batch_index)`` giving a batch's (sum, count):
-    scalars for a run, ``[N]`` for a population."""
-    bs = eval_config.batch_size
-    n = split.num_sequences
-    if eval_config.max_sequences:
-        n = min(n, int(eval_config.max_sequences))
-    loss_sum, count = np.zeros(()), np.zeros(())
-    for index, start in enumerate(range(0, n, bs)):
-        # This process's rows only; the last batch is padded, padded rows are masked out.
-        host = batch_lib.eval_batch(split, start, min(start + bs, n), bs, pad_id)
-        s, c = score(batch_lib.to_global(host, shardings), index)
-        loss_sum = loss_sum + np.asarray(s, np.float64)
-        count = count + np.asarray(c, np.float64)
-    return loss_sum, count, n
-
-
-def eval_result(loss_sum: float, count: float, sequences: int) -> dict[str, float]:
-    """A validation or test row: loss per prediction, perplexity, predictions, sequences."""
-    loss = loss_sum / max(count, 1.0)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "predictions": count,
-            "sequences": float(sequences)}
-
-
 def summary_record(status: str, step: int, wall: float, model_cfg: ModelConfig,
                    param_counts: accounting.ParamCounts, flops_paper: float,
                    flops_complete: float, manifest: dict[str, Any]) -> PretrainSummary:
@@ -122,14 +96,6 @@ def summary_record(status: str, step: int, wall: float, model_cfg: ModelConfig,
                   "orbax": __import__("orbax.checkpoint").checkpoint.__version__},
         devices=[str(d) for d in jax.devices()][:8], num_devices=jax.device_count(),
         shards=manifest["tokenizer"])
-
-
-class EvaluationHook(Protocol):
-    """An evaluation the run loop calls with the model state at zero-shot steps (built above the
-    engine, e.g. :mod:`minilm_jax.evals.in_training`); returns scalars to log."""
-
-    def __call__(self, step: int, graphdef: Any, params: Any, rest: Any,
-                 validation_perplexity: float | None) -> dict[str, float]: ...
 
 
 class Pretrainer(runner.LoopSpec):
@@ -173,14 +139,14 @@ class Pretrainer(runner.LoopSpec):
 
     # ----------------------------------------------------------------------------------------
     def evaluate(self, split: ShardSplit, params=None, rest=None) -> dict[str, float]:
-        """Masked-LM loss and perplexity over every sequence of ``split`` exactly once."""
+        """Masked-LM loss and perplexity over every sequence of ``split`` exactly once: the
+        engine's own evaluation, of the same shape as every other
+        (:class:`~minilm_jax.train.evaluation.ShardPerplexity`)."""
         params = self.state["params"] if params is None else params
         rest = self.state["rest"] if rest is None else rest
-        loss_sum, count, n = split_losses(
-            split, self.config.eval, self.model_cfg.pad_id, self.program.eval_shardings,
-            lambda rows, index: self.program.eval_step(params, rest, rows["tokens"],
-                                                       rows["segments"], rows["valid"], index))
-        return eval_result(float(loss_sum), float(count), n)
+        perplexity = ShardPerplexity(split, self.config.eval, self.model_cfg.pad_id,
+                                     self.program.eval_step, self.program.eval_shardings)
+        return perplexity(0, self.graphdef, params, rest)
 
     def host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
         return batch_lib.train_batch(self.train_split, self.indexer, step, self.model_cfg.pad_id,

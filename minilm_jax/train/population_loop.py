@@ -29,8 +29,8 @@ from minilm_jax.train import batches as batch_lib
 from minilm_jax.train import runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import TrainingDiverged
-from minilm_jax.train.loop import (check_shards, eval_result, params_digest, run_identity,
-                                   split_losses, summary_record)
+from minilm_jax.train.evaluation import eval_result, split_losses
+from minilm_jax.train.loop import check_shards, params_digest, run_identity, summary_record
 from minilm_jax.train.members import members_strategy
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.population import Member, members_of, population_identity

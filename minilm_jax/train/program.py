@@ -57,6 +57,28 @@ class PretrainProgram:
                 for name in ("tokens", "segments")}
 
 
+def eval_program(graphdef: Any, masking: MaskingConfig, eval_seed: int, mesh: Any,
+                 param_shardings: Any = None, rest_shardings: Any = None
+                 ) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The compiled masked-LM evaluation step (fixed masks from ``eval_seed``) and the shardings
+    of its batch rows; parameters as ``param_shardings`` / ``rest_shardings`` (replicated when
+    not given: a checkpoint scored outside its run)."""
+    rows = eval_row_shardings(mesh)
+    eval_step = jax.jit(
+        make_eval_step(graphdef, masking, eval_seed),
+        in_shardings=(replicated(mesh) if param_shardings is None else param_shardings,
+                      replicated(mesh) if rest_shardings is None else rest_shardings,
+                      *rows.values(), None),
+        out_shardings=replicated(mesh))
+    return eval_step, rows
+
+
+def eval_row_shardings(mesh: Any) -> dict[str, Any]:
+    """Shardings of an evaluation batch's rows (tokens, segments, valid), split over the batch."""
+    row = batch_sharding(mesh, batch_axis=0, ndim=2)
+    return {"tokens": row, "segments": row, "valid": batch_sharding(mesh, batch_axis=0, ndim=1)}
+
+
 def pretrain_program(config: ml_collections.ConfigDict, mesh: Any,
                      model: ModelConfig | None = None) -> PretrainProgram:
     """The program of ``config`` on ``mesh`` (``model`` replaces ``config.model`` where a caller
@@ -75,17 +97,13 @@ def pretrain_program(config: ml_collections.ConfigDict, mesh: Any,
         make_train_step(built.graphdef, optimizer, schedule, masking, config.seed),
         in_shardings=(built.shardings, data), out_shardings=(built.shardings, replicated(mesh)),
         donate_argnums=0)
-    row = batch_sharding(mesh, batch_axis=0, ndim=2)
-    vec = batch_sharding(mesh, batch_axis=0, ndim=1)
-    eval_step = jax.jit(
-        make_eval_step(built.graphdef, masking, config.eval.seed),
-        in_shardings=(built.shardings["params"], built.shardings["rest"], row, row, vec, None),
-        out_shardings=replicated(mesh))
+    eval_step, eval_shardings = eval_program(built.graphdef, masking, config.eval.seed, mesh,
+                                             built.shardings["params"], built.shardings["rest"])
     k, micro = max(1, int(tc.steps_per_dispatch)), int(tc.grad_accum)
     return PretrainProgram(
         model=model, mesh=mesh, total_steps=total_steps, masking=masking, schedule=schedule,
         optimizer=optimizer, state=built, batch_sharding=data,
-        eval_shardings={"tokens": row, "segments": row, "valid": vec}, train_step=train_step,
+        eval_shardings=eval_shardings, train_step=train_step,
         eval_step=eval_step, batch_shape=(k, micro, int(tc.batch_size) // micro, model.max_len))
 
 
@@ -173,17 +191,16 @@ def population_program(configs: list[ml_collections.ConfigDict], mesh: Any,
     train_step = jax.jit(make_population_step(groups, total_steps, size, members),
                          in_shardings=(shardings, data),
                          out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
-    row = batch_sharding(mesh, batch_axis=0, ndim=2)
-    vec = batch_sharding(mesh, batch_axis=0, ndim=1)
+    eval_shardings = eval_row_shardings(mesh)
     eval_step = jax.jit(
         make_population_eval(groups, int(first.eval.seed), size, members),
         in_shardings=(shardings["params"], shardings["rest"], shardings["hyper"]["mask_prob"],
-                      row, row, vec, None),
+                      *eval_shardings.values(), None),
         out_shardings=replicated(mesh))
     k, micro = max(1, int(tc.steps_per_dispatch)), int(tc.grad_accum)
     return PopulationProgram(
         model=models[0], mesh=mesh, total_steps=total_steps, size=size, groups=groups,
         state=built, batch_sharding=data,
-        eval_shardings={"tokens": row, "segments": row, "valid": vec}, train_step=train_step,
+        eval_shardings=eval_shardings, train_step=train_step,
         eval_step=eval_step,
         batch_shape=(size, k, micro, int(tc.batch_size) // micro, models[0].max_len))

@@ -95,3 +95,37 @@ def write_line_shards(out_dir: Path, tokenizer, lines: list[str], seq_len: int) 
 @pytest.fixture(scope="session")
 def word_shards(tmp_path_factory):
     return build_word_shards(tmp_path_factory.mktemp("shards"))
+
+
+ZORRO_DEV_PARADIGM = "agreement_subject_verb-across_relative_clause"
+
+
+@pytest.fixture(scope="session")
+def zorro_shards(tmp_path_factory) -> Path:
+    """Shards of WikiText-2 with a 600-piece BPE tokenizer that also saw one Zorro paradigm's
+    sentences (so its pairs encode without <unk>)."""
+    from minilm_jax.corpus.tokenizer_train import train_sentencepiece
+    from minilm_jax.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("zorro_shards")
+    wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
+    lines = [line.strip() for line in wiki.splitlines() if len(line.split()) >= 12]
+    zorro = shared_path("zorro", "sentences", "babyberta",
+                        f"{ZORRO_DEV_PARADIGM}.txt").read_text()
+    (root / "tok.model").write_bytes(train_sentencepiece(lines + zorro.splitlines(), 600, "bpe"))
+    return write_line_shards(root / "shards", load_tokenizer(root / "tok.model"), lines, 64)
+
+
+@pytest.fixture
+def offline_zorro(tmp_path, monkeypatch) -> Path:
+    """Zorro offline: a mirror folder laid out like the repository (a link to the shared copy),
+    an empty cache, and no network (the download base points nowhere)."""
+    from minilm_jax.evals import suites
+
+    folder = tmp_path / "mirror" / "phueb"
+    folder.mkdir(parents=True)
+    (folder / "Zorro").symlink_to(shared_path("zorro"))
+    monkeypatch.setenv(suites.MIRROR_ENV, str(tmp_path / "mirror"))
+    monkeypatch.setenv("MINILM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(suites, "BASE_URL", "file:///nonexistent")
+    return tmp_path / "mirror"

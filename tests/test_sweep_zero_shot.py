@@ -10,42 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, shared_path, write_line_shards
+from conftest import REPO, ZORRO_DEV_PARADIGM as PARADIGM
 from minilm_jax.errors import UserError
-from minilm_jax.evals import suites
 from minilm_jax.sweep.runner import SweepRunner
 
 sys.path.insert(0, str(REPO / "configs"))
 import sweep as sweep_configs  # noqa: E402
-
-PARADIGM = "agreement_subject_verb-across_relative_clause"
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """Shards of WikiText-2 with a 600-piece tokenizer that also saw Zorro's sentences."""
-    from minilm_jax.corpus.tokenizer_train import train_sentencepiece
-    from minilm_jax.tokenizer import load_tokenizer
-
-    root = tmp_path_factory.mktemp("zero_shot")
-    wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
-    lines = [line.strip() for line in wiki.splitlines() if len(line.split()) >= 12]
-    zorro = shared_path("zorro", "sentences", "babyberta", f"{PARADIGM}.txt").read_text()
-    (root / "tok.model").write_bytes(train_sentencepiece(lines + zorro.splitlines(), 600, "bpe"))
-    return write_line_shards(root / "shards", load_tokenizer(root / "tok.model"), lines, 64)
-
-
-@pytest.fixture
-def mirror(tmp_path, monkeypatch) -> Path:
-    """Zorro offline: a mirror folder laid out like the repository (a link to the shared copy),
-    and an empty cache."""
-    folder = tmp_path / "mirror" / "phueb"
-    folder.mkdir(parents=True)
-    (folder / "Zorro").symlink_to(shared_path("zorro"))
-    monkeypatch.setenv(suites.MIRROR_ENV, str(tmp_path / "mirror"))
-    monkeypatch.setenv("MINILM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(suites, "BASE_URL", "file:///nonexistent")  # never the network
-    return tmp_path / "mirror"
 
 
 def zero_shot_sweep(shards: Path, rules: str = "holistic") -> object:
@@ -75,9 +45,10 @@ def rows_of(root: Path) -> list[dict]:
             if r["kind"] == "minimal_pairs"]
 
 
-def test_a_sweep_scores_every_snapshot_and_a_random_twin(shards, mirror, tmp_path, capsys):
+def test_a_sweep_scores_every_snapshot_and_a_random_twin(zorro_shards, offline_zorro,
+        tmp_path, capsys):
     root = tmp_path / "sweep"
-    outcome = SweepRunner(zero_shot_sweep(shards), root).run()
+    outcome = SweepRunner(zero_shot_sweep(zorro_shards), root).run()
     assert outcome["failures"] == {}
     rows = rows_of(root)
     assert sorted({(r["run"], r["init"], r["step"]) for r in rows}) == [
@@ -109,23 +80,25 @@ def test_a_sweep_scores_every_snapshot_and_a_random_twin(shards, mirror, tmp_pat
     assert (root / "report" / "zero_shot_0.png").is_file()
 
     capsys.readouterr()
-    SweepRunner(zero_shot_sweep(shards), root).run()  # finished: nothing is scored again
+    SweepRunner(zero_shot_sweep(zorro_shards), root).run()  # finished: nothing is scored again
     assert "scoring" not in capsys.readouterr().out
     assert rows_of(root) == rows
 
-    SweepRunner(zero_shot_sweep(shards, "holistic,pll_word_l2r"), root).run()  # a changed entry
+    # a changed entry: scored again into a new folder
+    SweepRunner(zero_shot_sweep(zorro_shards, "holistic,pll_word_l2r"), root).run()
     changed = rows_of(root)
     assert {r["rule"] for r in changed} == {"holistic", "pll_word_l2r"}
     assert len(changed) == 2 * len(rows)
     assert [r for r in changed if r["rule"] == "holistic"] == rows  # same pairs, same scores
 
 
-def test_a_bad_entry_or_an_unreachable_suite_fails_before_training(shards, mirror, tmp_path):
-    sweep = zero_shot_sweep(shards)
+def test_a_bad_entry_or_an_unreachable_suite_fails_before_training(zorro_shards, offline_zorro,
+        tmp_path):
+    sweep = zero_shot_sweep(zorro_shards)
     sweep.evals.zorro.rules = "holistic,nonsense"
     with pytest.raises(UserError, match="evals.zorro.rules: nonsense"):
         SweepRunner(sweep, tmp_path / "a")
-    sweep = zero_shot_sweep(shards)
+    sweep = zero_shot_sweep(zorro_shards)
     sweep.evals.zorro.suite = "blimp"  # not in the mirror, and the network is out of reach
     with pytest.raises(UserError, match="blimp"):
         SweepRunner(sweep, tmp_path / "b").run()

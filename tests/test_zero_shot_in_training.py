@@ -9,34 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_path, write_line_shards
+from conftest import ZORRO_DEV_PARADIGM as PARADIGM
 from minilm_jax.errors import UserError
-from minilm_jax.evals import suites
 
-PARADIGM = "agreement_subject_verb-across_relative_clause"
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from minilm_jax.corpus.tokenizer_train import train_sentencepiece
-    from minilm_jax.tokenizer import load_tokenizer
-
-    root = tmp_path_factory.mktemp("in_training")
-    wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
-    lines = [line.strip() for line in wiki.splitlines() if len(line.split()) >= 12]
-    zorro = shared_path("zorro", "sentences", "babyberta", f"{PARADIGM}.txt").read_text()
-    (root / "tok.model").write_bytes(train_sentencepiece(lines + zorro.splitlines(), 600, "bpe"))
-    return write_line_shards(root / "shards", load_tokenizer(root / "tok.model"), lines, 64)
-
-
-@pytest.fixture
-def offline_zorro(tmp_path, monkeypatch):
-    folder = tmp_path / "mirror" / "phueb"
-    folder.mkdir(parents=True)
-    (folder / "Zorro").symlink_to(shared_path("zorro"))
-    monkeypatch.setenv(suites.MIRROR_ENV, str(tmp_path / "mirror"))
-    monkeypatch.setenv("MINILM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(suites, "BASE_URL", "file:///nonexistent")
 
 
 def config_for(shards: Path, rules: str = "holistic,pll_word_l2r"):
@@ -59,14 +34,15 @@ def config_for(shards: Path, rules: str = "holistic,pll_word_l2r"):
     return c
 
 
-def test_in_training_scores_equal_scoring_the_saved_snapshots(shards, offline_zorro, tmp_path):
+def test_in_training_scores_equal_scoring_the_saved_snapshots(zorro_shards, offline_zorro,
+        tmp_path):
     from minilm_jax.evals.common import from_config
     from minilm_jax.evals.in_training import read_zero_shot, step_evaluations
     from minilm_jax.evals.scoring_models import checkpoint_model
     from minilm_jax.train.loop import Pretrainer
     from minilm_jax.train.run_log import read_metrics
 
-    config, workdir = config_for(shards), tmp_path / "run"
+    config, workdir = config_for(zorro_shards), tmp_path / "run"
     Pretrainer(config, workdir, step_evaluations(config, workdir)).run()
     everything = read_zero_shot(workdir)
     rows = [r for r in everything if r["kind"] == "minimal_pairs"]
@@ -117,13 +93,14 @@ def test_in_training_scores_equal_scoring_the_saved_snapshots(shards, offline_zo
             if r["step"] == 8 and r["evaluation"] == "zorro"} == {1.0}
 
     # Evaluations are run control: the finished run reopens with other entries.
-    Pretrainer(config_for(shards, "holistic"), workdir)
+    Pretrainer(config_for(zorro_shards, "holistic"), workdir)
 
 
-def test_a_zero_shot_cadence_off_the_validation_steps_is_refused(shards, offline_zorro, tmp_path):
+def test_a_zero_shot_cadence_off_the_validation_steps_is_refused(zorro_shards, offline_zorro,
+        tmp_path):
     from minilm_jax.evals.in_training import step_evaluations
 
-    config = config_for(shards)
+    config = config_for(zorro_shards)
     config.eval.zero_shot_every = 6
     with pytest.raises(UserError, match="zero_shot_every=6 must be a multiple"):
         step_evaluations(config, tmp_path / "run")

@@ -109,12 +109,15 @@ def hugging_face_model(path: str | Path, random_seed: int | None = None) -> Scor
         rows = max(1, LOGITS_BUDGET // (4 * vocab * tokens.shape[1]))
         out = []
         with torch.no_grad():
+            def chunk(array: np.ndarray, start: int):
+                return torch.from_numpy(np.asarray(array[start:start + rows], np.int64)).to(device)
+
             for start in range(0, tokens.shape[0], rows):
-                ids = torch.from_numpy(np.asarray(tokens[start:start + rows], np.int64)).to(device)
+                ids = chunk(tokens, start)
                 logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_id).long()).logits
-                pos = torch.from_numpy(np.asarray(positions[start:start + rows], np.int64)).to(device)
-                tgt = torch.from_numpy(np.asarray(targets[start:start + rows], np.int64)).to(device)
-                picked = torch.gather(logits.float(), 1, pos[..., None].expand(-1, -1, logits.shape[-1]))
+                pos, tgt = chunk(positions, start), chunk(targets, start)
+                index = pos[..., None].expand(-1, -1, logits.shape[-1])
+                picked = torch.gather(logits.float(), 1, index)
                 logp = torch.log_softmax(picked, dim=-1)
                 out.append(torch.gather(logp, 2, tgt[..., None])[..., 0].cpu().numpy())
         return np.concatenate(out)

@@ -26,7 +26,8 @@ def _acc(s: Summary | None) -> str:
 def _paired(c: PairedComparison | None) -> str:
     if c is None or c.n < 2:
         return "— | —"
-    return f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] (n = {c.n:,}) | {format_p(c.p_value)}"
+    return (f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] (n = {c.n:,}) | "
+            f"{format_p(c.p_value)}")
 
 
 def plot_zero_shot(found: ZeroShot, path: Path) -> bool:
@@ -82,7 +83,8 @@ def section_zero_shot(analyses: Sequence[ZeroShot], plotted: Sequence[str]) -> l
             lines.append("")
         lines += ["Per phenomenon, final checkpoints of all runs pooled (pairs repeat across "
                   "runs, so read the intervals as descriptive):", "",
-                  "| phenomenon | pre-trained | random init | pre-trained − random | p (McNemar) |",
+                  ("| phenomenon | pre-trained | random init | pre-trained − random | "
+                   "p (McNemar) |"),
                   "|---|---|---|---|---|"]
         for phenomenon, (pre, rand, paired) in found.phenomena.items():
             lines.append(f"| {cell(phenomenon)} | {_acc(pre)} | {_acc(rand)} | "

@@ -122,6 +122,11 @@ def test_pairs_with_unknown_or_listed_out_words_are_counted_not_dropped(scorer):
     assert limited.margins[0] == pytest.approx(result.margins[0])
     row = result.row(run="r", step=5)
     assert row["kind"] == "minimal_pairs" and row["skipped_unk"] == 1 and row["step"] == 5
+    longest = max(len(encode_sentence(tokenizer, s).ids) for p in pairs for s in (p.good, p.bad)
+                  if tokenizer.unk_id not in encode_sentence(tokenizer, s).ids)
+    [short] = score_paradigms([paradigm], tokenizer, fn, "pll", max_len=longest + 1)
+    assert short.skipped_long >= 1 and short.scored + short.skipped_long == result.scored
+    assert short.row()["skipped_long"] == short.skipped_long
 
 
 def test_paired_comparison_counts_discordant_pairs():
@@ -140,6 +145,10 @@ def test_paired_comparison_counts_discordant_pairs():
     assert c.low < c.difference < c.high
     with pytest.raises(ValueError, match="different paradigms"):
         compare_paired([a], [row([1, -1], paradigm="q")])
+    with pytest.raises(ValueError, match="repeat a paradigm"):
+        compare_paired([a, a], [b, row([1, -1], paradigm="q")])
+    with pytest.raises(ValueError, match="different pairs"):
+        compare_paired([a], [row([1, -1])])
     s = summarize([a, b])
     assert (s.scored, s.correct, s.paradigms) == (19, 12, 2)
     assert s.macro == pytest.approx((100 * 8 / 9 + 40) / 2)

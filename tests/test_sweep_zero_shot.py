@@ -29,7 +29,8 @@ def zero_shot_sweep(shards: Path, rules: str = "holistic") -> object:
                                 "optim.peak_lr=3e-3")
     sweep.bases = ("b=E16-H16-I32-L1-A2",)
     sweep.ofat = ()
-    sweep.groups = ()
+    # b also belongs to an iso-parameter group: its rows are still written once
+    sweep.groups = ("iso_param:g=E16-H16-I32-L1-A2,E16-H16-I48-L1-A2",)
     sweep.pretrain_seeds = (0, 1)
     sweep.finetune_tasks = ()
     sweep.finetune_checkpoints = (0.5, 1.0)  # snapshots at steps 4 and 8
@@ -51,8 +52,10 @@ def test_a_sweep_scores_every_snapshot_and_a_random_twin(zorro_shards, offline_z
     outcome = SweepRunner(zero_shot_sweep(zorro_shards), root).run()
     assert outcome["failures"] == {}
     rows = rows_of(root)
-    assert sorted({(r["run"], r["init"], r["step"]) for r in rows}) == [
-        (run, init, step) for run in ("b__seed=0", "b__seed=1")
+    models = [(r["run"], r["init"], r["step"]) for r in rows]
+    assert sorted(models) == [
+        (run, init, step) for run in ("E16-H16-I48-L1-A2__seed=0", "E16-H16-I48-L1-A2__seed=1",
+                                      "b__seed=0", "b__seed=1")
         for init, step in (("pretrained", 4), ("pretrained", 8), ("random", 0))]
     for r in rows:
         assert (r["suite"], r["paradigm"], r["rule"], r["pairs"]) == ("zorro", PARADIGM,
@@ -77,6 +80,8 @@ def test_a_sweep_scores_every_snapshot_and_a_random_twin(zorro_shards, offline_z
     assert "## Evaluations: masked-LM perplexity" in report
     assert "## Zero-shot minimal pairs" in report and "zorro: zorro, rule `holistic`" in report
     assert "Over pre-training seeds" in report and "McNemar" in report
+    assert report.count("- E16-H16-I32-L1-A2: ") == 0 and "- b: " in report  # by design, n = 2
+    assert "n = 2, p =" in report
     assert (root / "report" / "zero_shot_0.png").is_file()
 
     capsys.readouterr()

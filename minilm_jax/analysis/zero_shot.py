@@ -23,6 +23,7 @@ class RunZeroShot:
 
     run: str
     point: str
+    design: str  # the declared run it replicates (pre-training seeds); itself otherwise
     pretrain_seed: int | None
     final_step: int
     skipped: int  # pairs of the final checkpoint's paradigms skipped (unk or word list)
@@ -40,9 +41,9 @@ class ZeroShot:
     suite: str
     rule: str
     runs: list[RunZeroShot]
-    seed_gaps: dict[str, Gap]  # point -> pre-trained minus random over pre-training seeds
+    seed_gaps: dict[str, Gap]  # design -> pre-trained minus random, paired by pre-training seed
     correlation: PearsonResult  # accuracy vs validation perplexity over scored checkpoints
-    phenomena: dict[str, tuple[Summary, Summary | None, PairedComparison | None]]  # pooled runs
+    phenomena: dict[str, tuple[Summary, Summary | None]]  # final checkpoints of all runs pooled
 
 
 def _group(rows: Iterable[Row], *keys: str) -> dict[tuple, list[Row]]:
@@ -70,7 +71,8 @@ def zero_shot_analyses(rows: Sequence[Row], confidence: float = 0.95) -> list[Ze
             for (step,), at in sorted(by_step.items()):
                 ppl = at[0].get("validation_perplexity")
                 curve.append((int(step), summarize(at).pooled, None if ppl is None else float(ppl)))
-            runs.append(RunZeroShot(run, final[0]["point"], final[0].get("pretrain_seed"),
+            runs.append(RunZeroShot(run, final[0]["point"], str(final[0].get("design") or run),
+                                    final[0].get("pretrain_seed"),
                                     int(final_step),
                                     sum(r["pairs"] - r["scored"] for r in final),
                                     summarize(final),
@@ -78,23 +80,20 @@ def zero_shot_analyses(rows: Sequence[Row], confidence: float = 0.95) -> list[Ze
                                     compare_paired(final, rand) if rand else None, curve))
             finals += final
             twins += rand
-        gaps = {}
-        for (point,), of_point in sorted(_group(
-                [{"point": r.point, "r": r} for r in runs], "point").items()):
-            with_twin = [x["r"] for x in of_point if x["r"].random is not None]
-            if len(with_twin) >= 2:
-                gaps[point] = paired_gap(
-                    {i: r.final.pooled for i, r in enumerate(with_twin)},
-                    {i: r.random.pooled for i, r in enumerate(with_twin)}, confidence)
+        gaps = {}  # per design place: each pre-training seed's run against its own twin
+        for (design,), of_design in sorted(_group(
+                [{"design": r.design, "r": r} for r in runs], "design").items()):
+            by_seed = {x["r"].pretrain_seed: x["r"] for x in of_design
+                       if x["r"].random is not None and x["r"].pretrain_seed is not None}
+            if len(by_seed) >= 2:
+                gaps[design] = paired_gap({s: r.final.pooled for s, r in by_seed.items()},
+                                          {s: r.random.pooled for s, r in by_seed.items()},
+                                          confidence)
         points = [(ppl, acc) for r in runs for _, acc, ppl in r.curve if ppl is not None]
         correlation = pearson_fisher([p for p, _ in points], [a for _, a in points], confidence)
         phenomena = {}
         for (phenomenon,), of_final in sorted(_group(finals, "phenomenon").items()):
             twin = [r for r in twins if r["phenomenon"] == phenomenon]
-            # paired over pairs needs the twins of exactly the final checkpoints' runs
-            paired = compare_paired(of_final, twin) if twin and len(twin) == len(of_final) \
-                else None
-            phenomena[phenomenon] = (summarize(of_final), summarize(twin) if twin else None,
-                                     paired)
+            phenomena[phenomenon] = (summarize(of_final), summarize(twin) if twin else None)
         found.append(ZeroShot(evaluation, suite, rule, runs, gaps, correlation, phenomena))
     return found

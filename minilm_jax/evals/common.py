@@ -90,7 +90,8 @@ class MinimalPairsEvaluator:
         out = []
         for rule in self.rules:
             for result in score_paradigms(paradigms, model.tokenizer, model.logprobs, rule, words,
-                                          self.batch_rows, self.drop_unknown_chars):
+                                          self.batch_rows, self.drop_unknown_chars,
+                                          model.max_len):
                 out.append(result.row(evaluation=self.name, init=info["init"],
                                       step=info["step"], point=info["point"],
                                       validation_perplexity=info.get("validation_perplexity")))

@@ -131,4 +131,9 @@ def hugging_face_model(path: str | Path, random_seed: int | None = None) -> Scor
             "init": "random" if random_seed is not None else "pretrained",
             "validation_perplexity": None if random_seed is not None
             else provenance.get("validation_perplexity")}
-    return ScoringModel(tokenizer, fn, info)
+    limit = int(getattr(tokenizer._tok, "model_max_length", 0) or 0)
+    positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    if model.config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= tokenizer.pad_id + 1  # RoBERTa's positions start after the padding index
+    max_len = min(v for v in (limit, positions) if 0 < v < 1_000_000) if positions > 0 else None
+    return ScoringModel(tokenizer, fn, info, max_len=max_len)

@@ -1,19 +1,25 @@
 """Evaluators inside pre-training: the ``evals`` section of a pre-training config, run on the
 model being trained at its snapshot steps, its final step and every ``eval.zero_shot_every``
-steps (when those are validation steps).
+steps, each when it is a validation step (snapshot steps always are; the final step is when
+``train.num_steps`` is a multiple of ``eval.every_steps`` or a snapshot).
 
 Each evaluation writes its rows to ``<workdir>/zero_shot.jsonl`` (process 0; rows of a step
-evaluated again after a resume replace the earlier ones, so a killed run resumes exactly) and
+evaluated again after a resume replace the earlier ones, so a killed run resumes exactly; each row
+carries a hash of its entry, and rows of an earlier, different entry of the same name are dropped
+when the run restarts) and
 returns scalars (overall pooled accuracy per evaluation and rule) that the run loop logs under
 the ``zero_shot`` split of ``metrics.jsonl`` and TensorBoard.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
 from minilm_jax.storage import atomic_write_bytes, run_path
@@ -56,16 +62,25 @@ class StepEvaluation:
         self.evaluator, self.tokenizer = evaluator, tokenizer
         self.workdir, self.point, self.run_config = run_path(workdir), point, run_config
         self.name = evaluator.name
+        self.entry_sha = hashlib.sha256(json.dumps(dataclasses.asdict(evaluator), sort_keys=True,
+                                                   default=list).encode()).hexdigest()[:12]
+        if jax.process_index() == 0:  # rows of an earlier, different entry of this name: dropped
+            old = read_zero_shot(self.workdir)
+            kept = [r for r in old if r.get("evaluation") != self.name
+                    or r.get("entry_sha") == self.entry_sha]
+            if len(kept) != len(old):
+                print(f"note: evals.{self.name} changed since its earlier rows in "
+                      f"{self.workdir / ROWS_FILE}; they are dropped", flush=True)
+                atomic_write_bytes(self.workdir / ROWS_FILE,
+                                   "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     def __call__(self, step: int, graphdef: Any, params: Any, rest: Any,
                  validation_perplexity: float | None) -> dict[str, float]:
-        import jax
-
         info = {"workdir": str(self.workdir), "point": self.point, "step": int(step),
                 "init": "pretrained", "validation_perplexity": validation_perplexity}
-        rows = self.evaluator.rows(ScoringModel(
+        rows = [{**r, "entry_sha": self.entry_sha} for r in self.evaluator.rows(ScoringModel(
             self.tokenizer, mlm_target_logprobs(graphdef, params, rest), info,
-            (graphdef, params, rest), self.run_config))
+            (graphdef, params, rest), self.run_config, int(self.run_config["model.max_len"])))]
         if jax.process_index() == 0:
             kept = [r for r in read_zero_shot(self.workdir)
                     if not (r.get("evaluation") == self.name and int(r["step"]) >= step)]

@@ -44,6 +44,7 @@ class ParadigmResult:
     skipped_vocab: int
     correct: int
     margins: np.ndarray = dataclasses.field(repr=False)
+    skipped_long: int = 0  # a sentence longer than the model's input
 
     @property
     def accuracy(self) -> float:
@@ -66,7 +67,8 @@ class ParadigmResult:
                 "phenomenon": self.phenomenon, "rule": self.rule, "accuracy": self.accuracy,
                 "accuracy_low": low, "accuracy_high": high, "pairs": self.pairs,
                 "scored": self.scored, "skipped_unk": self.skipped_unk,
-                "skipped_vocab": self.skipped_vocab, "correct": self.correct,
+                "skipped_vocab": self.skipped_vocab, "skipped_long": self.skipped_long,
+                "correct": self.correct,
                 "outcomes": self.outcomes, **extra}
 
 
@@ -80,12 +82,14 @@ def wilson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float
 
 def score_paradigms(paradigms: Sequence[Paradigm], tokenizer: Tokenizer, fn: TargetLogProbs,
                     rule: str, word_list: Iterable[str] | None = None, batch_rows: int = 256,
-                    drop_unknown_chars: bool = False) -> list[ParadigmResult]:
+                    drop_unknown_chars: bool = False, max_len: int | None = None
+                    ) -> list[ParadigmResult]:
     """Score every pair of ``paradigms`` with ``rule``; all sentences of all paradigms are
     scored together (each distinct sentence once). ``drop_unknown_chars``: punctuation the
     tokenizer can only encode as ``<unk>`` is removed from both sentences of every pair first
     (as fine-tuning's ``data.drop_unknown_chars`` does; e.g. a tokenizer trained on transcripts
-    without punctuation)."""
+    without punctuation). A pair with a sentence longer than ``max_len`` tokens (specials
+    included) is skipped and counted (``skipped_long``)."""
     if drop_unknown_chars:
         texts = sorted({s for p in paradigms for pair in p.pairs for s in (pair.good, pair.bad)})
         unknown = unknown_punctuation(tokenizer, texts)
@@ -98,7 +102,7 @@ def score_paradigms(paradigms: Sequence[Paradigm], tokenizer: Tokenizer, fn: Tar
     keep: list[list[bool]] = []
     counts = []
     for paradigm in paradigms:
-        kept, unk, vocab = [], 0, 0
+        kept, unk, vocab, long = [], 0, 0, 0
         for pair in paradigm.pairs:
             if allowed is not None and not all(w in allowed for s in (pair.good, pair.bad)
                                                for w in content_words(s)):
@@ -111,21 +115,27 @@ def score_paradigms(paradigms: Sequence[Paradigm], tokenizer: Tokenizer, fn: Tar
                 unk += 1
                 kept.append(False)
                 continue
+            if max_len and any(len(s.ids) + 2 > max_len for s in sentences):
+                long += 1
+                kept.append(False)
+                continue
             kept.append(True)
         keep.append(kept)
-        counts.append((unk, vocab))
+        counts.append((unk, vocab, long))
     needed = sorted({s for paradigm, kept in zip(paradigms, keep)
                      for pair, k in zip(paradigm.pairs, kept) if k for s in (pair.good, pair.bad)})
-    values = score_sentences([encoded[s] for s in needed], rule, fn, tokenizer, batch_rows)
+    values = score_sentences([encoded[s] for s in needed], rule, fn, tokenizer, batch_rows,
+                             max_len)
     score_of = dict(zip(needed, values))
     results = []
-    for paradigm, kept, (unk, vocab) in zip(paradigms, keep, counts):
+    for paradigm, kept, (unk, vocab, long) in zip(paradigms, keep, counts):
         margins = np.asarray([score_of[p.good] - score_of[p.bad] if k else np.nan
                               for p, k in zip(paradigm.pairs, kept)], np.float64)
         scored = int(np.sum(kept))
         results.append(ParadigmResult(
             paradigm.suite, paradigm.name, paradigm.phenomenon, rule, len(paradigm.pairs),
-            scored, unk, vocab, int(np.sum(margins[np.asarray(kept, bool)] > 0)), margins))
+            scored, unk, vocab, int(np.sum(margins[np.asarray(kept, bool)] > 0)), margins,
+            long))
     return results
 
 
@@ -172,14 +182,20 @@ def compare_paired(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]
     """Pair by pair over the pairs both scored: ``a`` and ``b`` are the rows of the same
     paradigms (matched by run, when rows name one, suite and paradigm, then pair order)."""
     key = lambda r: (r.get("run"), r["suite"], r["paradigm"])  # noqa: E731
+    for side in (a, b):
+        keys = [key(r) for r in side]
+        if len(set(keys)) != len(keys):
+            repeated = sorted(k for k in keys if keys.count(k) > 1)[0]
+            raise ValueError(f"rows repeat a paradigm ({repeated})")
     theirs = {key(r): r["outcomes"] for r in b}
-    missing = [key(r) for r in a if key(r) not in theirs]
-    if missing or len(theirs) != len(a):
-        raise ValueError(f"the two models' rows cover different paradigms ({missing[:3]})")
+    if set(theirs) != {key(r) for r in a}:
+        missing = sorted(set(theirs) ^ {key(r) for r in a})[:3]
+        raise ValueError(f"the two models' rows cover different paradigms ({missing})")
+    uneven = [key(r) for r in a if len(r["outcomes"]) != len(theirs[key(r)])]
+    if uneven:
+        raise ValueError(f"the two results cover different pairs of {uneven[0]}")
     ra = "".join(r["outcomes"] for r in a)
     rb = "".join(theirs[key(r)] for r in a)
-    if len(ra) != len(rb):
-        raise ValueError(f"the two results cover different pairs ({len(ra)} vs {len(rb)})")
     both = np.asarray([x != "-" and y != "-" for x, y in zip(ra, rb)], bool)
     right_a = np.frombuffer(ra.encode(), np.uint8)[both] == ord("1")
     right_b = np.frombuffer(rb.encode(), np.uint8)[both] == ord("1")

@@ -43,7 +43,8 @@ def chance_line() -> str:
 def model_table(pretrained: Sequence[Row], random: Sequence[Row] = ()) -> list[str]:
     """One rule of one suite: per phenomenon and overall, the model (and its random twin, with
     the paired difference)."""
-    head = "| phenomenon | paradigms | pairs scored | skipped (unk / vocab) | pre-trained |"
+    head = ("| phenomenon | paradigms | pairs scored | skipped (unk / word list / too long) | "
+            "pre-trained |")
     rule = "|---|---|---|---|---|"
     if random:
         head += " random init | pre-trained − random | p (McNemar) |"
@@ -53,7 +54,8 @@ def model_table(pretrained: Sequence[Row], random: Sequence[Row] = ()) -> list[s
         mine = [r for r in pretrained if group == "overall" or r["phenomenon"] == group]
         row = (f"| {'**overall**' if group == 'overall' else group} | {len(mine)} | "
                f"{sum(r['scored'] for r in mine):,} | {sum(r['skipped_unk'] for r in mine)} / "
-               f"{sum(r['skipped_vocab'] for r in mine)} | {accuracy_cell(mine)} |")
+               f"{sum(r['skipped_vocab'] for r in mine)} / "
+               f"{sum(r.get('skipped_long', 0) for r in mine)} | {accuracy_cell(mine)} |")
         if random:
             twin = [r for r in random if group == "overall" or r["phenomenon"] == group]
             row += f" {accuracy_cell(twin)} | {paired_cell(mine, twin)} |"

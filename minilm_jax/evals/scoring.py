@@ -5,7 +5,8 @@ A sentence is ``<s> w_1 .. w_n </s>`` (the tokenizer's ids and word starts,
 starting with ``##`` starts a word; a Hugging Face tokenizer's own word ids). Its score (higher = more acceptable) under each rule:
 
 - ``holistic``: minus the mean cross-entropy of the tokens ``w_i`` read off the *unmasked*
-  sentence in one pass (BabyBERTa's scoring);
+  sentence in one pass (BabyBERTa-style; BabyBERTa's own average also counts ``<s>`` and
+  ``</s>``, ours the sentence's tokens only);
 - ``pll``: pseudo-log-likelihood, the sum over ``i`` of ``log p(w_i | sentence with w_i masked)``
   (Salazar et al., 2020);
 - ``pll_word_l2r``: as ``pll``, but when scoring ``w_i`` the sub-tokens of the same word to its
@@ -46,6 +47,7 @@ class ScoringModel:
     info: dict[str, Any]
     state: tuple[Any, Any, Any] | None = None
     run_config: dict[str, Any] | None = None
+    max_len: int | None = None  # the longest input (special tokens included) the model takes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +89,15 @@ def bucket(length: int, minimum: int = 8) -> int:
     return size
 
 
-def _plan(lengths: Sequence[int], rows_per_sentence: Sequence[int], batch_rows: int
-          ) -> list[tuple[int, list[int]]]:
+def _plan(lengths: Sequence[int], rows_per_sentence: Sequence[int], batch_rows: int,
+          max_len: int | None = None) -> list[tuple[int, list[int]]]:
     """Batches of sentences as (padded length, sentence indices): sentences of one length bucket,
     whole (all rows of a sentence in one batch), at most ``batch_rows`` rows (a sentence with more
     rows than that gets a batch of its own)."""
     by_bucket: dict[int, list[int]] = {}
     for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        by_bucket.setdefault(bucket(lengths[index] + 2), []).append(index)
+        size = bucket(lengths[index] + 2)
+        by_bucket.setdefault(min(size, max_len) if max_len else size, []).append(index)
     batches = []
     for size, indices in sorted(by_bucket.items()):
         current, rows = [], 0
@@ -110,16 +113,20 @@ def _plan(lengths: Sequence[int], rows_per_sentence: Sequence[int], batch_rows: 
 
 
 def score_sentences(sentences: Sequence[EncodedSentence], rule: str, fn: TargetLogProbs,
-                    tokenizer: Tokenizer, batch_rows: int = 256) -> np.ndarray:
+                    tokenizer: Tokenizer, batch_rows: int = 256, max_len: int | None = None
+                    ) -> np.ndarray:
     """Each sentence's score under ``rule`` (float64 ``[N]``), computed in batches of
-    ``batch_rows`` rows (masked copies for PLL rules, sentences for ``holistic``)."""
+    ``batch_rows`` rows (masked copies for PLL rules, sentences for ``holistic``); padded
+    lengths never exceed ``max_len`` (a longer sentence is the caller's to skip)."""
     if rule not in RULES:
         raise ValueError(f"unknown scoring rule {rule!r}; rules: {', '.join(RULES)}")
+    if max_len and any(len(s.ids) + 2 > max_len for s in sentences):
+        raise ValueError(f"a sentence is longer than the model's {max_len} tokens")
     scores = np.zeros(len(sentences), np.float64)
     lengths = [len(s.ids) for s in sentences]
     copies = ([[()] for _ in sentences] if rule == "holistic"
               else [masked_rows(s, rule) for s in sentences])
-    for size, indices in _plan(lengths, [len(c) for c in copies], batch_rows):
+    for size, indices in _plan(lengths, [len(c) for c in copies], batch_rows, max_len):
         n_rows = sum(len(copies[i]) for i in indices)
         rows_total = max(batch_rows, n_rows)  # fixed shape; a long sentence's own bigger batch
         longest = max(lengths[i] for i in indices)

@@ -52,4 +52,4 @@ def checkpoint_model(workdir: str | Path, which: str = "best", random_seed: int 
             "validation_perplexity": run.validation_perplexity if pretrained else None}
     flat = json.loads((run_path(workdir) / "config.json").read_text())
     return ScoringModel(tokenizer, mlm_target_logprobs(graphdef, params, rest), info,
-                        (graphdef, params, rest), flat)
+                        (graphdef, params, rest), flat, run.model.max_len)

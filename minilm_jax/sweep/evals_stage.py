@@ -8,8 +8,8 @@ Layout (owned here; :func:`evaluation_rows` is its one reader)::
         step-<N>.jsonl, random.jsonl   one file per scored model, written whole (atomic)
         summary.json                   {"status": "completed", "entry": ..., "models": [...]}
 
-A changed entry gets a new folder (old rows are never mixed in); a stage killed part-way
-re-scores only the models it had not written.
+A changed entry or a re-trained run gets a new folder (old rows are never mixed in); a stage
+killed part-way re-scores only the models it had not written.
 """
 
 from __future__ import annotations
@@ -37,8 +37,16 @@ def plain_entries(entries: Any) -> dict[str, dict[str, Any]]:
 
 
 def entry_folder(run_dir: Path, name: str, entry: Mapping[str, Any]) -> Path:
-    """Where evaluator ``name`` with config ``entry`` writes a run's rows."""
-    digest = hashlib.sha256(json.dumps(dict(entry), sort_keys=True, default=list).encode())
+    """Where evaluator ``name`` with config ``entry`` writes a run's rows: named by a hash of the
+    entry and of the pre-training it scores (the final parameters' digest in its summary), so a
+    re-trained run or a changed entry is scored afresh, never mixed with older rows."""
+    try:
+        trained = json.loads((run_dir / "pretrain" / "summary.json").read_text()).get(
+            "final_params_sha256", "")
+    except (OSError, ValueError):
+        trained = ""
+    digest = hashlib.sha256(json.dumps([dict(entry), trained], sort_keys=True,
+                                       default=list).encode())
     return run_dir / EVALS_DIR / f"{name}-{digest.hexdigest()[:10]}"
 
 

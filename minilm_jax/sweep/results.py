@@ -90,7 +90,7 @@ def run_rows(run: Run, run_dir: Path, twins: list[Path] | None = None, evals: An
                          "flops_paper": best["step"] * batch * per_seq["paper"],
                          "flops_complete": best["step"] * batch * per_seq["complete"],
                          "loss": best["test_loss"], "perplexity": best["test_perplexity"]})
-        for row in evaluation_rows(run_dir, evals):
+        for row in (evaluation_rows(run_dir, evals) if i == 0 else ()):  # once per run
             step = int(row["step"])
             rows.append({**ident, **row, "sequences_seen": step * batch,
                          "flops_paper": step * batch * per_seq["paper"],

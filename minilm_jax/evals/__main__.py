@@ -61,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         "suite": args.suite, "rules": args.rules, "paradigms": args.paradigms,
         "word_list": args.word_list, "batch_rows": args.batch_rows,
         "drop_unknown_chars": args.drop_unknown_chars})
+    first = scoring_model(args.workdir, args.which)  # a bad --workdir fails before any download
     evaluator.check()
     rows, info = [], None
     for seed in ([None] if args.no_twin else [None, args.random_seed]):
-        model = scoring_model(args.workdir, args.which, seed)
+        model = first if seed is None else scoring_model(args.workdir, args.which, seed)
         info = info or model.info
         start = time.perf_counter()
         scored = evaluator.rows(model)

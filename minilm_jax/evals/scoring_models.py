@@ -21,6 +21,9 @@ def scoring_model(location: str | Path, which: str = "best", random_seed: int | 
 
     if is_hugging_face_dir(location):
         return hugging_face_model(location, random_seed)
+    if not (run_path(location) / "config.json").is_file():
+        raise UserError(f"{location} is not a pre-training workdir or a Hugging Face model folder "
+                        "(no config.json)")
     return checkpoint_model(location, which, random_seed)
 
 

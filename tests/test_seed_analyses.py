@@ -168,3 +168,15 @@ def test_report_shows_both_for_several_seeds_and_neither_for_one(tmp_path):
     assert "bootstrap interval of the break:" in single
     assert "over pre-training seeds" not in single and "own frontier" not in single
     assert "within each pre-training seed" not in single
+
+
+def test_a_run_listed_under_a_further_group_is_one_design_place():
+    from minilm_jax.analysis.seeds import multi_seed_designs
+
+    def row(run: str, design: str, seed: int) -> dict:
+        return {"kind": "validation", "run": run, "design": design, "pretrain_seed": seed,
+                "step": 10, "loss": 6.0}
+
+    rows = [row(f"a__seed={s}", "a", s) for s in (0, 1)]
+    rows += [row(f"a__seed={s}@iso_param:g", "a@iso_param:g", s) for s in (0, 1)]
+    assert multi_seed_designs(rows) == {"a": {0: "a__seed=0", 1: "a__seed=1"}}

@@ -49,9 +49,13 @@ class SeedGap:
 
 
 def multi_seed_designs(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[int, str]]:
-    """design -> {pre-training seed: run} for designs with at least two seeds."""
+    """design -> {pre-training seed: run} for designs with at least two seeds. A run's rows under
+    a further group (``run@group``, the same run again) are not another design: each run is
+    counted once."""
     out: dict[str, dict[int, str]] = defaultdict(dict)
     for r in rows_of_kind(rows, "validation"):
+        if "@" in str(r["run"]):
+            continue
         if r.get("design") is not None and r.get("pretrain_seed") is not None:
             out[str(r["design"])][int(r["pretrain_seed"])] = r["run"]
     return {d: dict(sorted(s.items())) for d, s in out.items() if len(s) >= 2}

@@ -76,10 +76,16 @@ class Tokenizer(abc.ABC):
         """Token ids of ``text`` and, per id, whether it starts a whitespace-separated word (the
         first always does)."""
         ids = self.encode(text)
-        starts = [self._starts_word(self.id_to_token(i)) for i in ids]
+        table = self._word_start_table
+        starts = [table[i] for i in ids]
         if starts:
             starts[0] = True
         return ids, starts
+
+    @functools.cached_property
+    def _word_start_table(self) -> list[bool]:
+        """Per vocabulary id, whether its entry begins a word (read once)."""
+        return [self._starts_word(self.id_to_token(i)) for i in range(self.vocab_size)]
 
     def _starts_word(self, token: str) -> bool:
         """Whether the vocabulary entry ``token`` begins a word."""

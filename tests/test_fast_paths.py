@@ -128,6 +128,27 @@ def test_model_loss_fused_equals_logits_path():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_target_logprobs_fused_equals_the_full_log_softmax(chunk):
+    """Scoring's per-position log-probabilities: the chunked path, the logits path and the
+    log-softmax of every position's logits agree (rows not a multiple of the chunk)."""
+    rng = np.random.default_rng(1)
+    tokens = jnp.asarray(rng.integers(5, 97, (3, 16)), jnp.int32)
+    positions = jnp.asarray(rng.integers(0, 16, (3, 5)), jnp.int32)
+    targets = jnp.asarray(rng.integers(0, 97, (3, 5)), jnp.int32)
+    got = {}
+    for impl in ("fused", "logits"):
+        model = build_mlm(resolve_point(SMALL, mlm_loss_impl=impl, mlm_loss_chunk=chunk), seed=0)
+        got[impl] = jax.jit(lambda m, *a: m.target_logprobs(*a))(model, tokens, positions,
+                                                                 targets)
+    logp_btv = jax.nn.log_softmax(model.all_logits(tokens).astype(jnp.float32))
+    want = jnp.take_along_axis(jnp.take_along_axis(logp_btv, positions[..., None], 1),
+                               targets[..., None], -1)[..., 0]
+    assert got["fused"].shape == (3, 5) and got["fused"].dtype == jnp.float32
+    np.testing.assert_allclose(got["fused"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["logits"], want, rtol=1e-5, atol=1e-5)
+
+
 def test_auto_loss_impl_is_fused_on_cpu_and_fields_are_validated():
     assert resolve_loss_impl("auto") == ("fused" if jax.default_backend() == "cpu" else "logits")
     assert resolve_loss_impl("logits") == "logits"

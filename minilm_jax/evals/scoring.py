@@ -164,15 +164,12 @@ def score_sentences(sentences: Sequence[EncodedSentence], rule: str, fn: TargetL
 def _jitted_logprobs(graphdef: Any) -> Callable:
     """One jitted program per model structure (checkpoints of one run share it)."""
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     @jax.jit
     def logprobs(params, rest, tokens_ct, positions_cp, targets_cp):
         model = nnx.merge(graphdef, params, rest)
-        logits = model(tokens_ct, positions_cp).astype(jnp.float32)
-        picked = jnp.take_along_axis(logits, targets_cp[..., None], axis=-1)[..., 0]
-        return picked - jax.nn.logsumexp(logits, axis=-1)  # no [C, P, V] log-softmax array
+        return model.target_logprobs(tokens_ct, positions_cp, targets_cp)
 
     return logprobs
 

@@ -9,7 +9,8 @@ from flax import nnx
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.init import make_initializers
 from minilm_jax.model.layers import dropout, gelu_exact, make_layer_norm, make_linear
-from minilm_jax.model.xent import fused_linear_xent, resolve_loss_impl, softmax_xent_sum
+from minilm_jax.model.xent import (fused_linear_logprobs, fused_linear_xent, resolve_loss_impl,
+                                   softmax_xent_sum)
 
 
 def gather_positions(hidden_bth: jax.Array, positions_bp: jax.Array) -> jax.Array:
@@ -65,6 +66,21 @@ class MlmHead(nnx.Module):
         return fused_linear_xent(x_bph.reshape(-1, x_bph.shape[-1]), self.decoder.kernel[...],
                                  self.decoder.bias[...], targets_n, weights_n,
                                  self.cfg.mlm_loss_chunk, self.cfg.dtype)
+
+    def target_logprobs(self, hidden_bth: jax.Array, positions_bp: jax.Array,
+                        targets_bp: jax.Array) -> jax.Array:
+        """``log p(target)`` at the gathered positions ``[B, P]`` (float32; scoring), through the
+        same implementation as :meth:`loss`."""
+        b, p = positions_bp.shape
+        if resolve_loss_impl(self.cfg.mlm_loss_impl) == "logits":
+            logits_bpv = self(hidden_bth, positions_bp).astype(jnp.float32)
+            picked_bp = jnp.take_along_axis(logits_bpv, targets_bp[..., None], axis=-1)[..., 0]
+            return picked_bp - jax.nn.logsumexp(logits_bpv, axis=-1)
+        x_bph = self.features(hidden_bth, positions_bp)
+        logp_n = fused_linear_logprobs(x_bph.reshape(b * p, -1), self.decoder.kernel[...],
+                                       self.decoder.bias[...], targets_bp.reshape(-1),
+                                       self.cfg.mlm_loss_chunk, self.cfg.dtype)
+        return logp_n.reshape(b, p)
 
 
 class Pooler(nnx.Module):

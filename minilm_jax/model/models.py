@@ -38,6 +38,12 @@ class MaskedLM(nnx.Module):
         loss_sum = self.mlm_head.loss(hidden_bth, masked_positions_bp, targets_bp, weights_bp)
         return loss_sum, jnp.sum(weights_bp.astype(jnp.float32))
 
+    def target_logprobs(self, tokens_bt: jax.Array, positions_bp: jax.Array,
+                        targets_bp: jax.Array) -> jax.Array:
+        """Deterministic ``log p(target)`` at the gathered positions ``[B, P]`` (float32;
+        minimal-pair scoring), without a ``[B, P, V]`` log-softmax array."""
+        return self.mlm_head.target_logprobs(self.encoder(tokens_bt), positions_bp, targets_bp)
+
     def all_logits(self, tokens_bt: jax.Array, segment_ids_bt: jax.Array | None = None) -> jax.Array:
         """Deterministic logits at every position ``[B, T, V]`` (inspection, export checks)."""
         b, t = tokens_bt.shape

@@ -72,6 +72,21 @@ def _block_nll(logits_cv, t_c):
     return max_c1[:, 0] + jnp.log(sum_c1[:, 0]) - picked_c, exp_cv, sum_c1
 
 
+def fused_linear_logprobs(x_nh: jax.Array, w_hv: jax.Array, b_v: jax.Array, targets_n: jax.Array,
+                          chunk: int = 128, compute_dtype: str = "float32") -> jax.Array:
+    """``log softmax(x_n @ w + b)[targets_n]`` per row (float32 ``[N]``), in row chunks like
+    :func:`fused_linear_xent` (no ``[N, V]`` logits; scoring, no gradient)."""
+    xs_kch, ts_kc, _, n = _chunked(x_nh, targets_n, jnp.zeros(targets_n.shape, jnp.float32), chunk)
+
+    def body(_, block):
+        x_ch, t_c = block
+        nll_c, _, _ = _block_nll(_block_logits(x_ch, w_hv, b_v, compute_dtype), t_c)
+        return None, -nll_c
+
+    _, logp_kc = jax.lax.scan(body, None, (xs_kch, ts_kc))
+    return _unchunk(logp_kc, n)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 def fused_linear_xent(x_nh: jax.Array, w_hv: jax.Array, b_v: jax.Array, targets_n: jax.Array,
                       weights_n: jax.Array, chunk: int = 128, compute_dtype: str = "float32"

@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of the pre-training step for a target mesh, without allocating it.
+r"""Ahead-of-time compilation of the pre-training step for a target mesh, without allocating it.
 
     python -m minilm_jax.aot --config=configs/pretrain.py:<point> --devices=8 \
         [--mesh_data=4 --mesh_fsdp=2] [--config.<field>=<value> ...] [--device_memory_gb=16]
@@ -41,7 +41,7 @@ from ml_collections import config_flags
 from minilm_jax.cli import run_main
 from minilm_jax.storage import atomic_write_json
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "pre-training config: configs/pretrain.py:<point>")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "pre-training config: pretrain:<point> (an installed recipe) or a file")
 _DEVICES = flags.DEFINE_integer("devices", None, "device count of the target mesh (fake CPU devices "
                                 "for --target=cpu; default: mesh_data x mesh_fsdp, or 8)")
 _MESH_DATA = flags.DEFINE_integer("mesh_data", None, "data axis size (default: config.mesh.data)")
@@ -356,7 +356,7 @@ def main(argv: list[str]) -> None:
 
 
 def _entry() -> None:
-    run_main(main)
+    run_main(main, recipe="pretrain")
 
 
 if __name__ == "__main__":

@@ -239,14 +239,17 @@ def members_table(point: str, counts: list[int], batch: int, steps: int, dtype: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = tool_parser(prog="python -m minilm_jax.bench", description=__doc__)
-    parser.add_argument("--point", default="paper-1.25m")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--point", default="paper-1.25m", help="model shape (named point or grammar)")
+    parser.add_argument("--batch", type=int, default=32, help="sequences per step (per member)")
     parser.add_argument("--steps", type=int, default=20, help="steps timed (at least)")
     parser.add_argument("--min_seconds", type=float, default=2.0,
                         help="keep timing whole rounds of --steps until this many seconds have passed")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--steps_per_dispatch", type=int, default=1)
-    parser.add_argument("--attention", default="einsum", choices=["einsum", "xla", "cudnn"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="compute dtype")
+    parser.add_argument("--steps_per_dispatch", type=int, default=1,
+                        help="train steps per compiled call (lax.scan)")
+    parser.add_argument("--attention", default="einsum", choices=["einsum", "xla", "cudnn"],
+                        help="attention implementation (model.attention_impl)")
     parser.add_argument("--hf", action="store_true", help="also run Hugging Face RobertaForMaskedLM")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")

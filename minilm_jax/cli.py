@@ -13,11 +13,11 @@ import importlib.util
 import os
 import re
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from absl.flags import argparse_flags
 
+from minilm_jax import recipes
 from minilm_jax.errors import Interrupted, StorageError, UserError, one_line
 
 if TYPE_CHECKING:
@@ -27,11 +27,9 @@ EXIT_USER_ERROR = 2
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """Load ``path.py[:arg]`` the way ``config_flags`` does (``get_config(arg)``)."""
-    path, _, arg = spec.partition(".py:")
-    path = path if path.endswith(".py") else path + ".py"
-    if not Path(path).is_file():
-        raise UserError(f"config file not found: {path}")
+    """Load ``path.py[:arg]`` or an installed recipe ``name[:arg]`` (:mod:`minilm_jax.recipes`)
+    the way ``config_flags`` does (``get_config(arg)``)."""
+    path, arg = recipes.split_spec(recipes.resolve(spec))
     module_spec = importlib.util.spec_from_file_location("_minilm_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -139,7 +137,7 @@ def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.
     from ml_collections import config_flags
 
     flags.disclaim_key_flags()  # the flags below belong to the entry point: its --help lists them
-    config = config_flags.DEFINE_config_file("config", None, f"{what} config: {spec}")
+    config = config_flags.DEFINE_config_file("config", None, f"{what} config: {spec} (an installed recipe) or a file")
     workdir = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary)")
 
     def values() -> tuple[ml_collections.ConfigDict, str]:
@@ -150,15 +148,24 @@ def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.
     return values
 
 
-def run_main(main: Callable[[list[str]], None]) -> None:
-    """``absl.app.run(main)`` with override checking (the last of a repeated override wins, see
+def run_main(main: Callable[[list[str]], None], recipe: str | None = None) -> None:
+    """``absl.app.run(main)`` with the command's own ``--help`` (``recipe``: its default
+    ``--config``, whose fields the help lists), ``--print_config``, recipes by name
+    (:mod:`minilm_jax.recipes`), override checking (the last of a repeated override wins, see
     :func:`last_override_wins`) and one-line user errors."""
     from absl import app
 
+    from minilm_jax import command_help
+
+    if set(sys.argv[1:]) & command_help.HELP_FLAGS:
+        print(command_help.command_help(main, sys.argv[1:], recipe), end="")
+        sys.exit(0)
+    print_config = command_help.PRINT_CONFIG in sys.argv[1:]
     try:
         # A repeated override keeps its last value, a tuple field's too (ml-collections would
         # concatenate those): config_flags reads sys.argv itself, so the rewrite goes there.
-        sys.argv = [sys.argv[0], *last_override_wins(sys.argv[1:])]
+        argv = [a for a in sys.argv[1:] if a != command_help.PRINT_CONFIG]
+        sys.argv = [sys.argv[0], *last_override_wins(recipes.resolve_args(argv))]
         check_overrides(sys.argv[1:])
     except Exception as err:
         exit_on_user_error(err)
@@ -167,6 +174,11 @@ def run_main(main: Callable[[list[str]], None]) -> None:
     def guarded(argv: list[str]) -> None:
         from absl import flags, logging
 
+        if print_config:
+            if "config" not in flags.FLAGS or flags.FLAGS.config is None:
+                exit_on_user_error(UserError(f"{command_help.PRINT_CONFIG} needs --config"))
+            print(command_help.config_lines(flags.FLAGS.config), end="")
+            sys.exit(0)
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
             quiet_orbax_errors()
@@ -207,11 +219,25 @@ def _abseil_own_flags() -> Any:
     return own
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written; each option's default appended to its help unless the help
+    already names it, or there is none to show (no value, an unset switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or not action.option_strings or default is argparse.SUPPRESS
+                or default in (None, "", False) or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _ToolParser(argparse_flags.ArgumentParser):
     """absl's argparse parser (absl's own flags only) with a one-line usage error."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("inherited_absl_flags", _abseil_own_flags())
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(**kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -222,8 +248,8 @@ class _ToolParser(argparse_flags.ArgumentParser):
 def tool_parser(**kwargs: Any) -> argparse.ArgumentParser:
     """An argparse parser for a tool (not a ``--config`` run): absl's ``argparse_flags`` parser, which
     also accepts absl's own flags (``--verbosity``, ``--flagfile``; listed by ``--helpfull``), and
-    reports a usage mistake in one ``error:`` line. Sub-command parsers are of the same kind."""
-    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    reports a usage mistake in one ``error:`` line; ``--help`` shows each option's default.
+    Sub-command parsers are of the same kind."""
     return _ToolParser(**kwargs)
 
 
@@ -237,6 +263,9 @@ def run_tool(main: Callable[[list[str]], int | None]) -> NoReturn:
         return argv
 
     def guarded(argv: list[str]) -> NoReturn:
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)  # no INFO lines (backends, Orbax); --verbosity wins
         try:
             code = main(list(argv[1:]))
         except BrokenPipeError:  # output piped into `head`: not an error of ours, and no traceback

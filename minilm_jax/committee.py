@@ -106,12 +106,15 @@ def _plot(points, ref: float | None, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = tool_parser(prog="python -m minilm_jax.committee", description=__doc__)
-    parser.add_argument("runs", nargs="+")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--combine", default="prob", choices=("prob", "logit"))
-    parser.add_argument("--which", default="final", choices=("final", "selected"))
-    parser.add_argument("--reference", default="")
+    parser.add_argument("runs", nargs="+", help="fine-tuning run folders (each seed a member)")
+    parser.add_argument("--out", required=True, help="output folder (committee.json, .md, .png)")
+    parser.add_argument("--split", default="test", help="evaluation split whose saved logits are combined")
+    parser.add_argument("--combine", default="prob", choices=("prob", "logit"),
+                        help="average softmax probabilities or logits")
+    parser.add_argument("--which", default="final", choices=("final", "selected"),
+                        help="each seed's final or validation-selected parameters' logits")
+    parser.add_argument("--reference", default="",
+                        help="a run drawn as a reference line (e.g. the 6-layer model)")
     args = parser.parse_args(argv)
     try:
         write_committee(args.runs, args.out, args.split, args.combine, args.which, args.reference)

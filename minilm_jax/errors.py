@@ -29,12 +29,26 @@ class Interrupted(Exception):
         self.exit_status = exit_status  # 130 for Ctrl-C; 143 for a sweep stopped by SIGTERM
 
 
+# Optional packages (import name -> the extra of setup.py that installs it): a command that needs
+# one reports its absence in one line.
+OPTIONAL_MODULES = {
+    "torch": "transformers", "transformers": "transformers", "safetensors": "hf",
+    "huggingface_hub": "hf", "pyarrow": "hf", "gcsfs": "gcs", "google.cloud": "gcs",
+    "tensorflow_datasets": "tfds", "importlib_resources": "tfds", "tensorboard": "tensorboard",
+}
+
+
 def one_line(err: BaseException) -> str | None:
     """The one-line report of a user-facing failure, or None for a bug (which keeps its traceback):
     a :class:`UserError`, or an ``OSError`` from the environment (missing file, permission denied,
     read-only file system, disk full), named with its file."""
     if isinstance(err, UserError):
         return str(err)
+    if isinstance(err, ModuleNotFoundError) and err.name:
+        for module, extra in OPTIONAL_MODULES.items():
+            if err.name == module or err.name.startswith(module + "."):
+                return (f"this needs the optional package {module}, which is not installed: "
+                        f"pip install 'minilm-jax[{extra}]'")
     if isinstance(err, OSError):
         if err.strerror and err.filename:
             return f"{err.filename}: {err.strerror}"

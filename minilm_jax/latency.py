@@ -360,14 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", default="bert1-a12",
                         help="comma-separated member points, cycled to K members")
     parser.add_argument("--deep", default="bert6", help="deep model point ('' to skip)")
-    parser.add_argument("--batch_sizes", default="1,32")
-    parser.add_argument("--seq_len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--batch_sizes", default="1,32", help="comma-separated batch sizes timed")
+    parser.add_argument("--seq_len", type=int, default=128, help="tokens per sequence")
+    parser.add_argument("--repeats", type=int, default=50, help="timed calls per row")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls first")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="compute dtype")
     parser.add_argument("--combine", default="prob", choices=COMBINE_METHODS,
                         help="average member probabilities (prob) or logits (logit)")
-    parser.add_argument("--num_labels", type=int, default=4)
+    parser.add_argument("--num_labels", type=int, default=4, help="classes of the classifier heads")
     parser.add_argument("--json", default=None, help="write the figures to this path (atomically)")
     args = parser.parse_args(argv)
     print(HEADER, file=sys.stderr, flush=True)

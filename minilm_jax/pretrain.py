@@ -1,7 +1,10 @@
 """Pre-train a masked LM on token shards.
 
-    python -m minilm_jax.pretrain --config=configs/pretrain.py:<point> --workdir=DIR \
-        --config.data.shards=SHARD_DIR [--config.<field>=<value> ...]
+    minilm-pretrain --config=pretrain:<point> --workdir=DIR --config.data.shards=SHARD_DIR
+        [--config.<field>=<value> ...]
+
+(``python -m minilm_jax.pretrain`` is the same command; ``<point>`` is a named point such as
+``paper-1.25m`` or a shape ``E32-H32-I128-L1-A2-V8000``: ``minilm-points`` lists them.)
 
 Re-running the same command resumes from the newest complete checkpoint in DIR.
 
@@ -15,7 +18,7 @@ import json
 
 from minilm_jax.cli import define_run_flags, run_main
 
-_RUN_FLAGS = define_run_flags("pre-training", "configs/pretrain.py:<point>")
+_RUN_FLAGS = define_run_flags("pre-training", "pretrain:<point>")
 
 
 def main(argv: list[str]) -> None:
@@ -61,7 +64,7 @@ def export_note(config) -> None:
 
 
 def _entry() -> None:
-    run_main(main)
+    run_main(main, recipe="pretrain")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.model": 1,
     "minilm_jax.run_config": 1, "minilm_jax.tokenizer": 1, "minilm_jax.data": 1,
     "minilm_jax.corpus": 1, "minilm_jax.tasks": 1, "minilm_jax.cli": 1,
+    "minilm_jax.recipes": 1, "minilm_jax.command_help": 1,  # command-line plumbing, beside cli
     "minilm_jax.configs": 1,  # the recipes (configs/, installed as minilm_jax.configs)
     "minilm_jax.configs.task_recipes": 0,  # plain values, read by the task registry
     "minilm_jax.train": 2, "minilm_jax.finetune": 2,

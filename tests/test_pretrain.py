@@ -233,8 +233,8 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("module, spec", [("minilm_jax.pretrain", "configs/pretrain.py:<point>"),
-                                          ("minilm_jax.finetune", "configs/finetune.py:<task>")])
+@pytest.mark.parametrize("module, spec", [("minilm_jax.pretrain", "pretrain:<point>"),
+                                          ("minilm_jax.finetune", "finetune:<task>")])
 def test_cli_missing_config_or_workdir_is_one_line(module, spec, tmp_path):
     proc = subprocess.run([sys.executable, "-m", module, f"--workdir={tmp_path / 'w'}"],
                           capture_output=True, text=True, cwd=REPO, env=cli_env(), timeout=120)

@@ -220,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="append", required=True, help=SOURCE_HELP + "; repeat for several")
     p.add_argument("--out", required=True, help="output folder (sequences.jsonl, report.json, manifest.json)")
     _add_vocab_args(p)
-    p.add_argument("--unit", choices=("window", "sentence"), default="window")
-    p.add_argument("--window", type=int, default=110)
-    p.add_argument("--stride", type=int, default=30)
+    p.add_argument("--unit", choices=("window", "sentence"), default="window",
+                   help="kept unit: word windows (study A) or sentences")
+    p.add_argument("--window", type=int, default=110, help="words per window")
+    p.add_argument("--stride", type=int, default=30, help="words between window starts")
     p.add_argument("--min_words", type=int, help="keep units with MORE words than this (default 40 for windows, "
                    "0 for sentences)")
     p.add_argument("--dedup", choices=("auto", "on", "off"), default="auto",
@@ -236,9 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "Sample windows from the sources of a filter output, without the vocabulary "
                  "check, to match it per source in units or words; pack them the same way.")
     p.add_argument("--constrained", required=True, help="output folder of `filter`")
-    p.add_argument("--out", required=True)
-    p.add_argument("--match", choices=("units", "words"), default="units")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (as `filter` writes)")
+    p.add_argument("--match", choices=("units", "words"), default="units",
+                   help="match the constrained corpus per source in units or in words")
+    p.add_argument("--seed", type=int, default=0, help="seed of the window sample")
     _add_common(p)
 
     p = _command(sub, "train-tokenizer", cmd_train_tokenizer,
@@ -246,12 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
                  "Train SentencePiece models (<s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4) on a "
                  "seeded sample of a corpus, one per model type and vocabulary size.")
     p.add_argument("--corpus", action="append", required=True, help=SOURCE_HELP)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder (one model per type and size)")
     p.add_argument("--sizes", type=_ints, required=True, help="vocabulary sizes, e.g. 8000,19000,32000")
     p.add_argument("--model_types", default="bpe", help="comma-separated: bpe, unigram (SentencePiece), wordpiece (BERT, uncased; default bpe)")
     p.add_argument("--sample", type=int, default=100_000, help="texts sampled for training")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--character_coverage", type=float, default=0.9995)
+    p.add_argument("--seed", type=int, default=0, help="seed of the training sample")
+    p.add_argument("--character_coverage", type=float, default=0.9995,
+                   help="SentencePiece: share of characters the vocabulary must cover")
     p.add_argument("--byte_fallback", action="store_true", help="byte pieces instead of <unk> for rare characters")
     _add_common(p, decode=True)
 
@@ -263,9 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", action="append", required=True, help=SOURCE_HELP)
     p.add_argument("--downstream", action="append", default=[], help="downstream texts for the unk rate (" +
                    SOURCE_HELP + ")")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder (report.md, report.json, report.png)")
     p.add_argument("--sample", type=int, default=10_000, help="sampled sequences (paper: 10,000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the corpus sample")
     p.add_argument("--morphemes", help="reference segmentations word<TAB>m1 m2 ... (default: the project's list)")
     p.add_argument("--tolerance", type=float, default=0.05, help="split-ratio tolerance of the recommendation rule")
     _add_common(p, workers=False)
@@ -275,14 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
                  "and write the engine's shard format.")
     p.add_argument("--corpus", action="append", required=True, help=SOURCE_HELP)
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model or WordPiece vocab.txt")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seq_len", type=int, default=128)
-    p.add_argument("--mode", choices=("padded", "packed"), default="padded")
+    p.add_argument("--out", required=True, help="output shard folder (train, validation, test)")
+    p.add_argument("--seq_len", type=int, default=128, help="tokens per row, <s> and </s> included")
+    p.add_argument("--mode", choices=("padded", "packed"), default="padded",
+                   help="one text per row (padded) or texts packed end to end")
     p.add_argument("--overflow", choices=("truncate", "split"), default="truncate",
                    help="padded mode: cut a long text or continue it in further rows")
     p.add_argument("--valid", type=float, default=0.01, help="validation texts: a fraction (<1) or a count")
     p.add_argument("--test", type=float, default=0.01, help="test texts: a fraction (<1) or a count")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the row order")
     _add_common(p, decode=True)
 
     p = _command(sub, "subsets", cmd_subsets,
@@ -290,12 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
                  "One shard folder per N: the first seq_len tokens of each of the first N "
                  "articles of a seeded shuffle (nested subsets, shared validation split).")
     p.add_argument("--corpus", required=True, help=SOURCE_HELP + " (one document per article)")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--tokenizer", required=True, help="SentencePiece .model or WordPiece vocab.txt")
+    p.add_argument("--out", required=True, help="output folder (one shard folder per size)")
     p.add_argument("--sizes", type=_ints, required=True, help="subset sizes, e.g. 20000,40000,90000")
     p.add_argument("--valid", type=int, default=0, help="validation articles (held out from every subset)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="seed of the article shuffle")
+    p.add_argument("--seq_len", type=int, default=128, help="tokens kept per article")
     _add_common(p, workers=False)
 
     p = _command(sub, "fetch", cmd_fetch, "download Hugging Face datasets and files into the cache",

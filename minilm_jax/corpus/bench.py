@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", help="benchmark text, one document per line")
     parser.add_argument("--vocab", help="vocabulary file for the filter (default: AO-CHILDES from the shared data)")
     parser.add_argument("--megabytes", type=float, default=8.0, help="text per measurement (documents repeated)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes for the parallel figures (default: the CPU count)")
     parser.add_argument("--vocab_size", type=int, default=2000, help="SentencePiece size for the tokenize figure")
     args = parser.parse_args(argv)
     sets, vocab_path = load_texts(args)

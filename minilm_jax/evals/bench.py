@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=8000,
                         help="without --workdir: BPE pieces (default: %(default)s)")
     parser.add_argument("--paradigms", default="", help="comma-separated subset (default: all)")
-    parser.add_argument("--rules", default=",".join(RULES))
-    parser.add_argument("--batch_rows", type=int, default=256)
+    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated scoring rules")
+    parser.add_argument("--batch_rows", type=int, default=256, help="model rows per batch")
     args = parser.parse_args(argv)
     import jax
 

@@ -1,6 +1,6 @@
-"""Fine-tune a pre-trained checkpoint (or its random-init twin) on one task and evaluate it.
+r"""Fine-tune a pre-trained checkpoint (or its random-init twin) on one task and evaluate it.
 
-    python -m minilm_jax.finetune --config=configs/finetune.py:<task> --workdir=DIR \
+    python -m minilm_jax.finetune --config=finetune:<task> --workdir=DIR \
         --config.init.checkpoint=PRETRAIN_WORKDIR [--config.init.mode=both] \
         [--config.data.dir=...] [--config.train.seeds=0,1,2] [--config.<field>=<value> ...]
 
@@ -19,7 +19,7 @@ import json
 
 from minilm_jax.cli import define_run_flags, run_main
 
-_RUN_FLAGS = define_run_flags("fine-tuning", "configs/finetune.py:<task>")
+_RUN_FLAGS = define_run_flags("fine-tuning", "finetune:<task>")
 
 
 def main(argv: list[str]) -> None:
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
 
 
 def entry() -> None:
-    run_main(main)
+    run_main(main, recipe="finetune")
 
 
 if __name__ == "__main__":

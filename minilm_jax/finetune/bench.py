@@ -65,12 +65,12 @@ def step_seconds(point: str, members: int, batch: int, seq_len: int, num_labels:
 
 def main(argv: list[str] | None = None) -> int:
     parser = tool_parser(prog="python -m minilm_jax.finetune.bench", description=__doc__)
-    parser.add_argument("--point", default="paper-1.25m")
-    parser.add_argument("--members", default="1,4,8")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--point", default="paper-1.25m", help="classifier shape (named point or grammar)")
+    parser.add_argument("--members", default="1,4,8", help="comma-separated seed counts trained together")
+    parser.add_argument("--batch", type=int, default=32, help="examples per member per step")
+    parser.add_argument("--seq_len", type=int, default=128, help="tokens per example")
     parser.add_argument("--steps", type=int, default=250, help="steps of a whole fine-tuning run")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per figure")
     parser.add_argument("--impl", default="vmap", choices=("vmap", "map"),
                         help="how the members run together (vmap: batched; map: one after another)")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")

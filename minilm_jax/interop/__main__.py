@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--point", default="E64-H64-I256-L2-A4-V1000",
                       help="model point (grammar string or name); built with embed_projection=False")
     demo.add_argument("--out", required=True, help="output directory (Hugging Face format)")
-    demo.add_argument("--max_len", type=int, default=128)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--max_len", type=int, default=128, help="longest input of the built model")
+    demo.add_argument("--seed", type=int, default=0, help="seed of its random initialisation")
     demo.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     demo.set_defaults(func=_demo)
     return parser

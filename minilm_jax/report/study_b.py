@@ -1,4 +1,4 @@
-"""Study B's report from a finished ``study_b`` sweep: gaps with intervals, gap vs subset size and vs
+r"""Study B's report from a finished ``study_b`` sweep: gaps with intervals, gap vs subset size and vs
 token overlap, soft committees vs K against the 6-layer model, and latency of the trained models.
 
     python -m minilm_jax.report.study_b --config=configs/sweep.py:study_b --root=DIR \
@@ -21,7 +21,7 @@ from minilm_jax.cli import run_main
 from minilm_jax.report import fmt
 from minilm_jax.storage import atomic_write_json
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "the study B sweep: configs/sweep.py:study_b")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "the study B sweep: sweep:study_b (an installed recipe) or a file")
 _ROOT = flags.DEFINE_string("root", None, "the sweep's --root")
 _OUT = flags.DEFINE_string("out", "", "report folder (default ROOT/study_b)")
 _REPEATS = flags.DEFINE_integer("latency_repeats", 30, "timed calls per latency row and batch size")
@@ -203,7 +203,7 @@ def main(argv: list[str]) -> None:
 
 
 def _entry() -> None:
-    run_main(main)
+    run_main(main, recipe="sweep:study_b")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from minilm_jax.cli import run_main
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "sweep config: configs/sweep.py:<name>")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "sweep config: sweep:<name> (an installed recipe) or a file")
 _ROOT = flags.DEFINE_string("root", None, "sweep directory (runs, status, results, report)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "list the runs with parameters, FLOPs and time; run nothing")
 _ONLY = flags.DEFINE_string("only", "", "run only the runs whose name contains this")
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
 
 
 def entry() -> None:
-    run_main(main)
+    run_main(main, recipe="sweep")
 
 
 if __name__ == "__main__":

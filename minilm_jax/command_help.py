@@ -83,7 +83,8 @@ def command_help(main: Callable, argv: list[str], recipe: str | None) -> str:
     module = sys.modules.get(main.__module__)
     doc = inspect.cleandoc(getattr(module, "__doc__", None) or "")
     parts = [doc, "", "flags:"]
-    parts += [_flag_line(flag) for flag in _own_flags({main.__module__, "__main__"})]
+    # absl names the __main__ module by its path (sys.argv[0])
+    parts += [_flag_line(flag) for flag in _own_flags({main.__module__, "__main__", sys.argv[0]})]
     if "config" in flags.FLAGS:
         parts += [
             textwrap.fill(f"{PRINT_CONFIG}: print the resolved config (recipe and overrides), "

@@ -61,6 +61,19 @@ def test_sigterm_in_one_init_stops_the_whole_both_run(tmp_path, monkeypatch):
     assert started == ["pretrained"] and list(summaries) == ["pretrained"]
 
 
+def test_eta_and_durations_read_like_a_clock():
+    from minilm_jax.train.run_log import EtaClock, duration, plain_progress
+
+    assert [duration(s) for s in (0, 45.4, 192, 7500)] == ["0s", "45s", "3m12s", "2h05m"]
+    clock = EtaClock()
+    assert clock.eta(10, 100) is None  # the first line sets the origin
+    eta = clock.eta(20, 100)
+    assert eta is not None and eta >= 0
+    assert plain_progress("pretrain", 50, 100, {"loss": "1.000"}, 192).endswith(
+        "(50%): loss 1.000, ETA 3m12s")
+    assert plain_progress("pretrain", 100, 100, {"loss": "1.000"}, 0.0).endswith("loss 1.000")
+
+
 def test_a_redirected_run_prints_plain_lines_not_a_progress_bar(word_shards, tmp_path):
     from test_pretrain import cli_args
     args = [a for a in cli_args(word_shards, tmp_path / "w", steps=40)
@@ -72,6 +85,9 @@ def test_a_redirected_run_prints_plain_lines_not_a_progress_bar(word_shards, tmp
     lines = proc.stdout.splitlines()
     progress = [line for line in lines if line.startswith("pretrain step ")]
     assert progress[-1].startswith("pretrain step 40/40 (100%): loss ") and 2 <= len(progress) <= 21
+    # After compilation every line has the speed, and all but the last the time left.
+    assert all(" tok/s " in line for line in progress[1:]), progress
+    assert all(", ETA " in line for line in progress[1:-1]) and ", ETA" not in progress[-1]
     assert [line.split(":")[0] for line in lines if line.startswith("validation")] == [
         "validation step 20", "validation step 40"]
 

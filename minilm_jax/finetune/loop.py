@@ -279,8 +279,12 @@ class Finetuner(runner.LoopSpec):
             self.writer.write(step, "train", {"examples_per_sec": self._window_examples
                                               * len(self.folders) / window.elapsed(),
                                               "runs": len(self.folders)})
+        shown_values = {"loss": f"{np.mean(shown):.3f}" if shown else "-"}
+        if window.compiled:  # every run's examples together
+            runs = len(self.folders) if self.is_population else 1
+            shown_values["ex/s"] = f"{self._window_examples * runs / window.elapsed():,.0f}"
         self._window_examples = 0
-        return {"loss": f"{np.mean(shown):.3f}" if shown else "-"}
+        return shown_values
 
     def dispatch_boundaries(self) -> list[int]:
         return self.eval_steps

@@ -178,7 +178,10 @@ class Pretrainer(runner.LoopSpec):
                           sequences_per_sec=seqs_s, mfu=seqs_s * self.flops_complete / self._peak)
         self.writer.write(step, "train", values)
         self._window_tokens, self._window_seqs = 0.0, 0
-        return {"loss": f"{loss:.3f}", "lr": f"{values['lr']:.2e}"}
+        shown = {"loss": f"{loss:.3f}", "lr": f"{values['lr']:.2e}"}
+        if "tokens_per_sec" in values:
+            shown["tok/s"] = f"{values['tokens_per_sec']:,.0f}"
+        return shown
 
     def evaluation_due(self, prev: int, step: int) -> bool:
         if self.eval_split is None:

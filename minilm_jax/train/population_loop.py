@@ -200,9 +200,12 @@ class PopulationTrainer(runner.LoopSpec):
                 "tokens_per_sec": total, "sequences_per_sec": seqs_s * self.size,
                 "mfu": seqs_s * self.size * self.flops_complete / self._peak,
                 "members": self.size, "live": self.size - len(self.diverged)})
+        shown_values = {"loss": f"{np.mean(shown):.3f}" if shown else "-",
+                        "live": f"{self.size - len(self.diverged)}/{self.size}"}
+        if window.compiled:  # all members together
+            shown_values["tok/s"] = f"{float(np.sum(self._window_tokens)) / elapsed:,.0f}"
         self._window_tokens, self._window_steps = np.zeros(self.size), 0
-        return {"loss": f"{np.mean(shown):.3f}" if shown else "-",
-                "live": f"{self.size - len(self.diverged)}/{self.size}"}
+        return shown_values
 
     def evaluation_due(self, prev: int, step: int) -> bool:
         if self.eval_split is None:

@@ -42,7 +42,28 @@ class MetricsWriter:
             except ImportError:
                 pass
             self._tb_dir = None
+            if self._tb is not None:
+                self._describe_run()
         return self._tb
+
+    def _describe_run(self) -> None:
+        """The run's config (``config.json``, written before its first step) as TensorBoard
+        hyperparameters of this run (the HParams tab filters and compares runs by them) and as a
+        text table; the validation scalars are the hyperparameters' metrics."""
+        from tensorboardX.summary import hparams
+
+        path = self.path.parent / "config.json"
+        if not path.exists():
+            return
+        config = json.loads(path.read_text())
+        values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+                  for k, v in sorted(config.items())}
+        metrics = ({"validation/score": 0.0, "validation/score_std": 0.0} if "task" in config
+                   else {"validation/loss": 0.0, "validation/perplexity": 0.0})
+        for summary in hparams(values, metrics):
+            self._tb.file_writer.add_summary(summary)
+        table = "\n".join(f"| `{k}` | `{v}` |" for k, v in values.items())
+        self._tb.add_text("config", "| field | value |\n| --- | --- |\n" + table, 0)
 
     def truncate_after(self, step: int) -> int:
         """Drop the records after ``step`` (a resumed run recomputes them); how many were dropped.
@@ -155,7 +176,39 @@ def log_line(text: str) -> None:
     tqdm.write(text)
 
 
-def plain_progress(desc: str, step: int, total: int, values: dict[str, str]) -> str:
-    """``pretrain step 100/2500 (4%): loss 5.123 lr 1.00e-03``."""
+def plain_progress(desc: str, step: int, total: int, values: dict[str, str],
+                   eta_seconds: float | None = None) -> str:
+    """``pretrain step 100/2500 (4%): loss 5.123 lr 1.00e-03 tok/s 41,200, ETA 3m12s``."""
     shown = " ".join(f"{k} {v}" for k, v in values.items())
-    return f"{desc} step {step}/{total} ({100 * step / max(total, 1):.0f}%): {shown}"
+    eta = "" if eta_seconds is None or step >= total else f", ETA {duration(eta_seconds)}"
+    return f"{desc} step {step}/{total} ({100 * step / max(total, 1):.0f}%): {shown}{eta}"
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``3m12s``, ``2h05m``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+class EtaClock:
+    """Time left from the rate since the first log line after compilation (evaluations and
+    saves included: they recur until the end)."""
+
+    def __init__(self) -> None:
+        self._origin: tuple[int, float] | None = None
+
+    def eta(self, step: int, total: int) -> float | None:
+        import time
+
+        now = time.perf_counter()
+        if self._origin is None:
+            self._origin = (step, now)
+            return None
+        first, start = self._origin
+        if step <= first:
+            return None
+        return (total - step) * (now - start) / (step - first)

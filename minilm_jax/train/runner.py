@@ -29,7 +29,8 @@ from minilm_jax.storage import RunPath, WorkdirLock, atomic_write_json
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, preempted, stop_signals
-from minilm_jax.train.run_log import MetricsWriter, log_line, plain_progress, progress_bar
+from minilm_jax.train.run_log import (EtaClock, MetricsWriter, log_line, plain_progress,
+                                      progress_bar)
 
 
 @dataclass
@@ -198,6 +199,7 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
     plain_every = max(log_every, -(-total // 20 // log_every) * log_every)
     deferred = DeferredMetrics(lambda: kept_note(ckpts, spec.workdir), spec.check_losses)
     window = Window()
+    clock = EtaClock()
     step, status = start, ("early_stopped" if nothing_left else "completed")
     # Saving and training are collective: with several processes, none may stop alone. There
     # JAX's preemption service catches SIGTERM (on any host) and picks one dispatch at which every
@@ -221,8 +223,9 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
             postfix = spec.log_line(last, host, window)
             window.restart(logged=True)
             bar.set_postfix(**postfix)
+            eta = clock.eta(last, total)
             if plain and (last // plain_every > first // plain_every or last == total):
-                log_line(plain_progress(desc, last, total, postfix))
+                log_line(plain_progress(desc, last, total, postfix, eta))
 
     try:
         for first, host_batch in prefetch:

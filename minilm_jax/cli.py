@@ -137,7 +137,8 @@ def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.
     from ml_collections import config_flags
 
     flags.disclaim_key_flags()  # the flags below belong to the entry point: its --help lists them
-    config = config_flags.DEFINE_config_file("config", None, f"{what} config: {spec} (an installed recipe) or a file")
+    config = config_flags.DEFINE_config_file(
+        "config", None, f"{what} config: {spec} (an installed recipe) or a file")
     workdir = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary)")
 
     def values() -> tuple[ml_collections.ConfigDict, str]:

@@ -6,7 +6,7 @@ for AG News / DBpedia-14 / FewRel). Select the task with ``:<task>``:
         --config.init.checkpoint=runs/p125 --config.data.dir=glue_data --config.init.mode=both
 
 Tasks: cola sst2 mrpc qqp stsb mnli qnli rte wnli ag_news dbpedia14 fewrel bbc bbc_headlines
-bbc_topic bbc_order folders. Sweeps start from :func:`get_config` too.
+bbc_topic bbc_order folders table table_regression. Sweeps start from :func:`get_config` too.
 """
 
 import ml_collections
@@ -38,8 +38,11 @@ def get_config(task: str = "sst2") -> ml_collections.ConfigDict:
     c.model = model_config_dict(c.point)
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "tsv"  # tsv (glue_data layout) | tfds | csv (AG News / DBpedia) | json (FewRel)
-    c.data.dir = ""  # glue_data folder, AG News / DBpedia folder, FewRel JSON file, class folders
+    # tsv (glue_data layout) | tfds | csv (AG News / DBpedia) | json (FewRel) | table (your own files)
+    c.data.source = "tsv"
+    # glue_data folder, AG News / DBpedia folder, FewRel JSON file, class folders, or (tasks table,
+    # table_regression) a CSV/TSV/JSONL file or a folder of <split>.csv|.tsv|.jsonl
+    c.data.dir = ""
     c.data.tokenizer = ""  # "" -> the tokenizer recorded in the checkpoint's shard manifest
     c.data.max_len = 128
     c.data.vocab_filter = ""  # "" | "aochildes" | path of a word list: SPEC A6 vocabulary filter
@@ -61,6 +64,10 @@ def get_config(task: str = "sst2") -> ml_collections.ConfigDict:
     c.data.drop_unknown_chars = False
     c.data.pad_buckets = 16  # pad each batch to the next multiple of this (<= max_len); 0: max_len
     c.data.text_mode = "join"  # AG News / DBpedia: "join" title and body, or "pair"
+    # Tasks table / table_regression (your own CSV/TSV/JSONL): the columns of each row.
+    c.data.text_column = "text"
+    c.data.pair_column = ""  # "": one text per example; else the second text of a pair
+    c.data.label_column = "label"
 
     # AdamW with linear decay and no warmup (SPEC A6); beta2 0.999 (not stated: the AdamW default).
     c.optim = ml_collections.ConfigDict()

@@ -28,6 +28,9 @@ def get_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
     c.data.test_split = "test"
     c.data.prefetch = 4  # host batches prepared ahead of the device
     c.data.verify_checksums = False
+    # model.vocab_size may exceed the shards' tokenizer by at most 10 spare rows; more is refused
+    # (unused rows inflate parameter counts, FLOPs and scaling fits) unless this says it is intended.
+    c.data.allow_vocab_mismatch = False
 
     c.mlm = ml_collections.ConfigDict()
     c.mlm.mask_prob = 0.15

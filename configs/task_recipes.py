@@ -20,6 +20,9 @@ BBC_SENTENCE_RECIPE = {**STUDY_B_RECIPE, "data.source": "bbc", "optim.peak_lr": 
 # Class-per-folder text tasks (the BBC article tasks): a seeded per-class holdout is reported.
 FOLDER_RECIPE = {**STUDY_B_RECIPE, "data.source": "folders", "data.eval_splits": ("holdout",)}
 
+# A user's labelled CSV/TSV/JSONL files: the numbers the main job's tiny models fine-tune with.
+TABLE_RECIPE = {**BBC_SENTENCE_RECIPE, "data.source": "table", "data.max_len": 128}
+
 _GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 
 TASK_RECIPES = {
@@ -32,4 +35,5 @@ TASK_RECIPES = {
                "data.eval_per_class": 70},
     **{name: FOLDER_RECIPE for name in ("folders", "bbc", "bbc_headlines")},
     **{name: BBC_SENTENCE_RECIPE for name in ("bbc_topic", "bbc_order")},
+    **{name: TABLE_RECIPE for name in ("table", "table_regression")},
 }

@@ -72,7 +72,7 @@ RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.progress", "tra
                     "eval.every_steps", "eval.per_decade", "eval.test_at_end",
                     "eval.zero_shot_every", "checkpoint.every_steps",
                     "checkpoint.every_minutes", "checkpoint.keep", "checkpoint.keep_fractions",
-                    "data.prefetch",
+                    "data.prefetch", "data.allow_vocab_mismatch",
                     "data.verify_checksums", *DISTRIBUTED_FIELDS, "mesh.data", "mesh.fsdp",
                     "mesh.members", "population.members",
                     "train.steps_per_dispatch")

@@ -248,6 +248,15 @@ def test_bad_input_errors(word_shards, tmp_path):
     with pytest.raises(ShardError, match="tokenizer of 500 tokens, more than model.vocab_size=300"):
         Pretrainer(small_config(word_shards, **{"model.vocab_size": 300}), tmp_path / "w3")
     Pretrainer(small_config(word_shards), tmp_path / "w4")
+    # more than the 10 spare rows over the tokenizer: refused before anything is written
+    with pytest.raises(ShardError, match=r"model.vocab_size=511 but the shards' tokenizer has 500 "
+                       r"tokens: 11 embedding rows would never be used.*"
+                       r"--config.model.vocab_size=510 .*allow_vocab_mismatch=True"):
+        Pretrainer(small_config(word_shards, **{"model.vocab_size": 511}), tmp_path / "w6")
+    assert not (tmp_path / "w6").exists()
+    Pretrainer(small_config(word_shards, **{"model.vocab_size": 510}), tmp_path / "w7")
+    Pretrainer(small_config(word_shards, **{"model.vocab_size": 19010,
+                                            "data.allow_vocab_mismatch": True}), tmp_path / "w8")
     with pytest.raises(UserError, match=r"different config \(model.hidden_dim: 32 -> 64"):
         Pretrainer(small_config(word_shards, **{"model.hidden_dim": 64}), tmp_path / "w4")
     empty = tmp_path / "empty"

@@ -54,6 +54,10 @@ def run_row(path: RunPath) -> dict[str, Any]:
            "seeds": len(s["seeds"]), "status": s["status"], "examples": s.get("examples"),
            "vocab_filter": s.get("vocab_filter")}
     row["seed_list"] = list(s["seeds"])
+    reported = s.get("reported_splits") or list(s.get("majority") or {})
+    majority = [m["score"] for split, m in (s.get("majority") or {}).items()
+                if split in reported and m and m.get("score") is not None]
+    row["majority_score"] = float(np.mean(majority)) if majority else None
     for which, key in (("final", "final"), ("best", "selected" if "selected" in s else "best")):
         if key in s:
             row[f"{which}_score"] = s[key]["mean"]["score"]
@@ -90,7 +94,8 @@ def tables(rows: list[dict]) -> tuple[str, dict[str, Any]]:
     lines = ["# Fine-tuning results", "",
              "Scores x100, mean ± sample std (ddof = 1) over seeds, at the final epoch (in brackets: "
              "at each seed's epoch selected on the validation split). Gain: pre-trained − random "
-             "init with a 95% interval paired by seed and its p-value. "
+             "init with a 95% interval paired by seed and its p-value. Majority: the score of always "
+             "predicting the training split's most frequent class (its mean, for regression). "
              "GLUE average: one score per task (the mean of its two metrics for MRPC, QQP, STS-B, "
              "MNLI m/mm), averaged over the GLUE tasks present.", ""]
     payload: dict[str, Any] = {"checkpoints": []}
@@ -100,8 +105,8 @@ def tables(rows: list[dict]) -> tuple[str, dict[str, Any]]:
         lines += [f"## {ckpt}", ""]
         if ppl is not None:
             lines += [f"Pre-training validation perplexity: {ppl:.2f}", ""]
-        lines += ["| task | metrics (pre-trained) | pre-trained | random init | gain | runs |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["| task | metrics (pre-trained) | pre-trained | random init | majority | gain | runs |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         tasks = sorted({r["task"] for r in group}, key=lambda t: (t not in task_names("glue"), t))
         for task in tasks:
             pre = next((r for r in group if r["task"] == task and r["init"] == "pretrained"), None)
@@ -117,11 +122,15 @@ def tables(rows: list[dict]) -> tuple[str, dict[str, Any]]:
             best = " / ".join(f"[{r['best_score']:.1f}]" for r in (pre, rnd)
                               if r and "best_score" in r)
             dirs = ", ".join(f"`{r['workdir']}`" for r in (pre, rnd) if r)
-            lines.append(f"| {task} | {metrics} | {_cell(pre)} | {_cell(rnd)} | {gain} {best} | {dirs} |")
+            majority = next((r["majority_score"] for r in (pre, rnd)
+                             if r and r.get("majority_score") is not None), None)
+            base = f"{majority:.1f}" if majority is not None else "—"
+            lines.append(f"| {task} | {metrics} | {_cell(pre)} | {_cell(rnd)} | {base} | {gain} {best} "
+                         f"| {dirs} |")
         averages = glue_averages(group)
         if any(v is not None for v in averages.values()):
             fmt = {k: (f"{v:.1f}" if v is not None else "—") for k, v in averages.items()}
-            lines.append(f"| **GLUE average** | | **{fmt['pretrained']}** | **{fmt['random']}** | | |")
+            lines.append(f"| **GLUE average** | | **{fmt['pretrained']}** | **{fmt['random']}** | | | |")
         lines.append("")
         payload["checkpoints"].append({"checkpoint": ckpt, "pretrain_validation_perplexity": ppl,
                                        "runs": group, "glue_average": averages,

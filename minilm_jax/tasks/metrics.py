@@ -63,6 +63,14 @@ def f1_binary(predictions: Any, labels: Any, positive: int = 1) -> float:
     return float(2 * tp / denom) if denom else 0.0
 
 
+def macro_f1(predictions: Any, labels: Any) -> float:
+    """The unweighted mean over the classes present in labels or predictions of each class's F1."""
+    p, y = _pair(predictions, labels, classes=True)
+    scores = [2 * np.sum((p == c) & (y == c)) / (np.sum(p == c) + np.sum(y == c))
+              for c in np.union1d(p, y)]
+    return float(np.mean(scores))
+
+
 def matthews_corrcoef(predictions: Any, labels: Any) -> float:
     """Matthews correlation (multiclass R_K statistic; binary phi). 0 when undefined."""
     p, y = _pair(predictions, labels, classes=True)
@@ -136,7 +144,7 @@ def _mnli_key(split: str) -> str:
     raise KeyError(f"MNLI split key {split!r} is neither matched nor mismatched")
 
 
-METRICS = {"accuracy": accuracy, "f1": f1_binary, "mcc": matthews_corrcoef,
+METRICS = {"accuracy": accuracy, "f1": f1_binary, "macro_f1": macro_f1, "mcc": matthews_corrcoef,
            "pearson": pearson, "spearman": spearman}
 
 
@@ -180,6 +188,6 @@ def glue_average(scores: Mapping[str, float] | Sequence[float]) -> float:
     return float(np.mean(values))
 
 
-__all__ = ["accuracy", "f1_binary", "matthews_corrcoef", "pearson", "spearman",
+__all__ = ["accuracy", "f1_binary", "macro_f1", "matthews_corrcoef", "pearson", "spearman",
            "average_ranks", "pearson_rows", "task_metrics", "glue_score", "glue_average",
            "GLUE_TASKS"]

@@ -25,7 +25,7 @@ from minilm_jax.configs.task_recipes import TASK_RECIPES
 from .base import TaskDataError
 from .glue import GLUE_ALIASES, GLUE_TASKS
 from .loaders import (TaskData, load_bbc_sentence_task, load_fewrel_task, load_folder_task,
-                      load_glue_task, load_news_task)
+                      load_glue_task, load_news_task, load_table_task)
 
 Loader = Callable[[str, ml_collections.ConfigDict], TaskData]
 FAMILIES = ("glue", "study_b", "local")
@@ -105,6 +105,11 @@ def _register_builtin() -> None:
     for name in ("bbc_topic", "bbc_order"):
         register_task(TaskEntry(name, "local", accuracy, load_bbc_sentence_task,
                                 TASK_RECIPES[name]))
+    # a user's labelled CSV/TSV/JSONL files (minilm_jax.tasks.table)
+    register_task(TaskEntry("table", "local", ("accuracy", "macro_f1"), load_table_task,
+                            TASK_RECIPES["table"]))
+    register_task(TaskEntry("table_regression", "local", ("pearson", "spearman"), load_table_task,
+                            TASK_RECIPES["table_regression"]))
 
 
 _register_builtin()

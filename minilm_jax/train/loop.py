@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from minilm_jax.model import accounting
 from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.sizes import SPARE_VOCAB_ROWS
 from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_manifest
 from minilm_jax.errors import UserError
 from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, snapshot_steps,
@@ -60,6 +61,14 @@ def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_
     if tok_vocab > model_vocab:
         raise ShardError(f"shards were made with a tokenizer of {tok_vocab} tokens, more than "
                          f"model.vocab_size={model_vocab}")
+    unused = model_vocab - tok_vocab
+    if unused > SPARE_VOCAB_ROWS and not config.data.get("allow_vocab_mismatch", False):
+        raise ShardError(
+            f"model.vocab_size={model_vocab} but the shards' tokenizer has {tok_vocab} tokens: "
+            f"{unused:,} embedding rows would never be used and would still count in parameters, "
+            f"FLOPs and scaling fits; pass --config.model.vocab_size={tok_vocab + SPARE_VOCAB_ROWS} "
+            f"(the tokenizer + {SPARE_VOCAB_ROWS} spare rows), or "
+            "--config.data.allow_vocab_mismatch=True if this is intended")
     if manifest["pad_id"] != pad_id:
         raise ShardError(f"shards use pad id {manifest['pad_id']}, model.pad_id is {pad_id}")
     expected = config.data.get("tokenizer_sha256", "")

@@ -1,0 +1,156 @@
+"""A user's own labelled files as a task (``table``, ``table_regression``), and the own-data path end
+to end: text -> tokenizer -> shards -> pre-training -> fine-tuning on a labelled CSV
+(``launch/own_data.sh``), on real text (WikiText-2) and real labels (SST-2) when ../shared/data has
+them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configs.finetune import get_config
+from minilm_jax.errors import UserError
+from minilm_jax.tasks.metrics import macro_f1, task_metrics
+from minilm_jax.tasks.task_data import load_task_data
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MINILM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def write_csv(path: Path, header: list[str], rows: list[list], delimiter: str = ",") -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def config(task: str, data_dir: Path, **data: object):
+    c = get_config(task)
+    c.data.dir = str(data_dir)
+    for key, value in data.items():
+        c.data[key] = value
+    return c
+
+
+def reviews(n: int) -> list[list]:
+    return [[f"review number {i} was {'good' if i % 3 else 'bad'}", "pos" if i % 3 else "neg"]
+            for i in range(n)]
+
+
+def test_a_folder_of_csv_splits_with_named_columns(tmp_path):
+    write_csv(tmp_path / "train.csv", ["review", "sentiment"], reviews(30))
+    write_csv(tmp_path / "test.csv", ["review", "sentiment"], reviews(9))
+    data = load_task_data(config("table", tmp_path, text_column="review", label_column="sentiment"))
+    assert data.spec.label_names == ("neg", "pos") and data.spec.num_labels == 2
+    assert not data.spec.is_pair and data.spec.metric_names == ("accuracy", "macro_f1")
+    assert sorted(data.evals) == ["test"] and len(data.evals["test"]) == 9
+    assert len(data.train) + len(data.validation) == 30  # validation carved from train
+    first = data.evals["test"][0]
+    assert (first.text_a, first.label, first.uid) == ("review number 0 was bad", 0, "table/test/2")
+
+
+def test_one_jsonl_file_holds_out_a_seeded_share_per_class(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"a": f"first {i}", "b": f"second {i}", "label": i % 3} for i in range(60)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    c = config("table", path, text_column="a", pair_column="b", holdout_fraction=0.25)
+    data = load_task_data(c)
+    assert data.spec.is_pair and data.spec.label_names == ("0", "1", "2")
+    held = data.evals["holdout"]
+    assert len(held) == 15 and {ex.label for ex in held} == {0, 1, 2}
+    assert held[0].text_b.startswith("second ")
+    again = load_task_data(c)
+    assert [ex.uid for ex in again.evals["holdout"]] == [ex.uid for ex in held]  # seeded
+
+
+def test_regression_reads_real_valued_labels_from_tsv(tmp_path):
+    rows = [[f"sentence {i}", f"other {i}", f"{i / 10:.1f}"] for i in range(40)]
+    write_csv(tmp_path / "train.tsv", ["s1", "s2", "score"], rows, delimiter="\t")
+    write_csv(tmp_path / "test.tsv", ["s1", "s2", "score"], rows[:8], delimiter="\t")
+    data = load_task_data(config("table_regression", tmp_path, text_column="s1", pair_column="s2",
+                                 label_column="score"))
+    assert data.spec.is_regression and data.spec.metric_names == ("pearson", "spearman")
+    assert [ex.label for ex in data.evals["test"][:3]] == [0.0, 0.1, 0.2]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: write_csv(d / "train.csv", ["text", "y"], reviews(5)),
+     r"train.csv, line 2: no column 'label' \(data.label_column\)"),
+    (lambda d: (write_csv(d / "train.csv", ["text", "label"], reviews(9)),
+                write_csv(d / "test.csv", ["text", "label"], [["an odd one", "maybe"]])),
+     r"test.csv, line 2: label 'maybe' does not occur in the training file"),
+    (lambda d: write_csv(d / "train.csv", ["text", "label"], [["only", "pos"], ["one", "pos"]]),
+     r"one class only \('pos'\)"),
+    (lambda d: write_csv(d / "train.csv", ["text", "label"], [["fine", "pos"], ["", "neg"]]),
+     r"train.csv, line 3: column 'text' must be non-empty text"),
+    (lambda d: (d / "train.csv").write_bytes(b"text,label\ncaf\xe9,pos\n"),
+     r"train.csv, line 2: not UTF-8 text \(byte 0xe9"),
+    (lambda d: (d / "train.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", \n'),
+     r"train.jsonl, line 2: invalid JSON"),
+    (lambda d: None, r"no file for split 'train'"),
+])
+def test_bad_files_are_one_error_naming_file_and_line(tmp_path, make, message):
+    make(tmp_path)
+    if not (tmp_path / "test.csv").exists():
+        write_csv(tmp_path / "test.csv", ["text", "label"], reviews(6))
+    with pytest.raises(UserError, match=message):
+        load_task_data(config("table", tmp_path))
+
+
+def test_a_regression_label_that_is_not_a_number_is_refused(tmp_path):
+    path = write_csv(tmp_path / "scores.csv", ["text", "label"], [["a", "1.5"], ["b", "high"]])
+    with pytest.raises(UserError, match=r"scores.csv, line 3: label 'high' is not a finite number"):
+        load_task_data(config("table_regression", path))
+
+
+def test_macro_f1_weighs_every_class_equally():
+    labels = [0, 0, 0, 0, 1]
+    assert macro_f1([0, 0, 0, 0, 0], labels) == pytest.approx((8 / 9 + 0) / 2)
+    assert macro_f1(labels, labels) == 1.0
+    assert task_metrics("table", [0, 1, 1], [0, 1, 0]) == {
+        "accuracy": pytest.approx(2 / 3), "macro_f1": pytest.approx(2 / 3)}
+
+
+def test_own_text_and_labels_end_to_end(tmp_path):
+    """The documented own-data script at a small size: WikiText-2 text -> a 500-piece tokenizer ->
+    64-token shards -> 30 pre-training steps -> fine-tuning (pre-trained and random twin, 2 seeds)
+    on 600 SST-2 sentences written as a CSV with the user's own column names and string labels."""
+    text = SHARED / "wikitext2" / "tokenized" / "wiki.valid.tokens"
+    sst2 = SHARED / "glue" / "SST-2" / "train.tsv"
+    if not (text.is_file() and sst2.is_file()):
+        pytest.skip("needs ../shared/data (WikiText-2, GLUE SST-2)")
+    rows = [line.rstrip("\n").split("\t") for line in sst2.read_text().splitlines()[1:601]]
+    labels = write_csv(tmp_path / "reviews.csv", ["review", "sentiment"],
+                       [[s, "positive" if y == "1" else "negative"] for s, y in rows])
+    out = tmp_path / "own"
+    env = {**os.environ, "OWN_STEPS": "30", "OWN_TOKENS": "500", "OWN_SEQ_LEN": "64",
+           "OWN_SEEDS": "0,1", "XLA_FLAGS": ""}
+    proc = subprocess.run(
+        ["bash", "launch/own_data.sh", str(text), str(labels), str(out), "--",
+         "--config.data.text_column=review", "--config.data.label_column=sentiment",
+         "--config.train.epochs=2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    assert json.loads((out / "pretrain" / "summary.json").read_text())["status"] == "completed"
+    for init in ("pretrained", "random"):
+        summary = json.loads((out / "finetune" / init / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["task"] == "table"
+        assert summary["reported_splits"] == ["holdout"] and "holdout" in summary["majority"]
+    table = (out / "finetune" / "results.md").read_text()
+    assert "| table | accuracy" in table and "| majority |" in table
+    # a wrong column name: one error line, exit 2, the finished pre-training untouched
+    bad = subprocess.run(
+        [sys.executable, "-m", "minilm_jax.finetune",
+         "--config=finetune:table", f"--workdir={tmp_path / 'ft2'}",
+         f"--config.init.checkpoint={out / 'pretrain'}", f"--config.data.dir={labels}",
+         "--config.data.max_len=64"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"error: task table: {labels}, line 2: no column 'text' (data.text_column); the row has "
+        "['review', 'sentiment']"]

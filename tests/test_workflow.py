@@ -92,13 +92,20 @@ def test_a_redirected_run_prints_plain_lines_not_a_progress_bar(word_shards, tmp
         "validation step 20", "validation step 40"]
 
 
-def test_the_architecture_notes_list_every_command_as_setup_py_installs_it():
-    """docs/architecture.md's command table and setup.py's console scripts name the same commands
-    and modules (``python -m <module>`` runs the script's function)."""
+def console_scripts() -> list[tuple[str, str, str]]:
+    """``(name, module, function)`` of every console script pyproject.toml installs."""
+    import tomllib
+
+    table = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    return [(name, *target.split(":")) for name, target in table.items()]
+
+
+def test_the_architecture_notes_list_every_command_as_pyproject_installs_it():
+    """docs/architecture.md's command table and pyproject.toml's console scripts name the same
+    commands and modules (``python -m <module>`` runs the script's function)."""
     import re
 
-    scripts = {name: module.removesuffix(".__main__") for name, module, _ in re.findall(
-        r'"(minilm-[a-z-]+)=([\w.]+):(\w+)"', (REPO / "setup.py").read_text())}
+    scripts = {name: module.removesuffix(".__main__") for name, module, _ in console_scripts()}
     listed = dict(re.findall(r"^\| `(minilm-[a-z-]+)` \| `([\w.]+)` \|",
                              (REPO / "docs" / "architecture.md").read_text(), flags=re.M))
     assert listed == scripts
@@ -114,7 +121,7 @@ def test_help_lists_the_entry_points_own_flags(module):
 def test_every_console_script_names_a_callable_and_its_help_is_not_an_error():
     import re
 
-    scripts = re.findall(r'"(minilm-[a-z-]+)=([\w.]+):(\w+)"', (REPO / "setup.py").read_text())
+    scripts = console_scripts()
     assert {name for name, _, _ in scripts} >= {"minilm-pretrain", "minilm-finetune", "minilm-sweep",
                                                  "minilm-report", "minilm-corpus", "minilm-interop"}
     absl = ("pretrain", "__main__", "aot", "study_b")  # each defines --config: one per process

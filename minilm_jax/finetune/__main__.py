@@ -9,7 +9,7 @@ Each epoch is evaluated on a validation split carved from train (model selection
 splits (GLUE dev, test, holdout) are scored once at the end, with the final and with each seed's
 selected parameters (summary ``final`` and ``selected``: mean, sample std, n).
 Re-running the same command resumes from the newest checkpoint of each run.
-Several hosts: the same command on each, with ``--config.distributed.initialize=True`` (README,
+Several hosts: the same command on each, with ``--config.distributed.initialize=True`` (docs/accelerators.md,
 "Multi-host fine-tuning").
 """
 

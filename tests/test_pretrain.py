@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import tensorboard_config
 from minilm_jax.errors import UserError
 from minilm_jax.data.shards import ShardError
 from minilm_jax.model.config import ConfigError
@@ -193,33 +194,6 @@ def test_outputs_metrics_and_summary(word_shards, tmp_path):
     assert hparams["optim.peak_lr"] == pytest.approx(config["optim.peak_lr"])
     assert hparams["point"] == config["point"] and len(hparams) == len(config)
     assert "| `model.hidden_dim` |" in texts["config"]
-
-
-def tensorboard_config(folder):
-    """The hyperparameters (HParams plugin, session start) and text summaries in a run's events."""
-    import struct
-
-    from tensorboardX.proto import event_pb2
-    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
-
-    hparams, texts = {}, {}
-    for path in folder.iterdir():
-        data = path.read_bytes()
-        offset = 0
-        while offset < len(data):  # TFRecord: length, its CRC, the record, its CRC
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-            offset += 16 + length
-            for value in event.summary.value:
-                plugin = value.metadata.plugin_data
-                if plugin.plugin_name == "hparams":
-                    content = HParamsPluginData.FromString(plugin.content)
-                    for key, v in content.session_start_info.hparams.items():
-                        hparams[key] = v.number_value if v.HasField("number_value") else (
-                            v.string_value if v.HasField("string_value") else v.bool_value)
-                elif plugin.plugin_name == "text":
-                    texts[value.tag.split("/")[0]] = value.tensor.string_val[0].decode()
-    return hparams, texts
 
 
 def test_evaluation_counts_every_sequence_once(word_shards, tmp_path):

@@ -215,10 +215,34 @@ def test_stderr_filter_drops_interleaved_closed_loop_tracebacks_and_keeps_the_re
     # A real traceback interleaved with noise comes through whole.
     err.write("\nTraceback (most recent call last):\n" + frame)
     err.write("Traceback (most recent call last):\n" + frame + noise + "ValueError: real\n")
+    err.write("Traceback (most recent call last):\n" + frame)  # no chained exception: released
     assert "ValueError: real" in sink.getvalue() and sink.getvalue().count("Traceback") == 2
-    err.write("Traceback (most recent call last):\n" + frame)
     err._release()  # at exit, a traceback cut off early is shown, not lost
     assert sink.getvalue().count("Traceback") == 3
+
+
+def test_stderr_filter_holds_chained_noise_and_goes_quiet_after_the_error_line():
+    import io
+
+    from minilm_jax.cli import ClosedLoopNoiseFilter
+
+    sink = io.StringIO()
+    err = ClosedLoopNoiseFilter(sink)
+    frame = '  File "base_events.py", line 519, in _check_closed\n'
+    noise = "RuntimeError: Event loop is closed\n"
+    # A chained traceback whose last exception is the noise: its middle lines end nothing.
+    err.write("Traceback (most recent call last):\n" + frame + "OSError: [Errno 27] File too large\n"
+              "\nDuring handling of the above exception, another exception occurred:\n\n"
+              "Traceback (most recent call last):\n" + frame + "    raise RuntimeError('Event loop "
+              "is closed')\n" + noise)
+    assert sink.getvalue() == ""
+    # Once the one error line is out, other threads' late tracebacks do not reach the user.
+    err.write("Traceback (most recent call last):\n")
+    raw = err.discard_held()
+    raw.write("error: cannot save\n")
+    err.write(frame + "    raise RuntimeError('Event loop is closed')\n" + noise)
+    err._release()
+    assert sink.getvalue() == "error: cannot save\n"
 
 
 def test_an_encoder_named_by_import_path_pretrains_and_reloads_from_the_command_line(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,8 @@ class MetricsWriter:
     """Appends one JSON object per record to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
     Only process 0 writes. On an object store (``gs://``) the file is rewritten whole at every
-    :meth:`flush` (no appends there) and TensorBoard events are not written.
+    :meth:`flush` (no appends there); TensorBoard events are written to a local staging folder and
+    copied into ``tensorboard/`` at every flush, through the same storage layer.
     """
 
     def __init__(self, workdir: str | Path, *, tensorboard: bool = True):
@@ -26,24 +29,23 @@ class MetricsWriter:
         if self.remote and self.enabled and self.path.exists():
             self._lines = _text_lines(self.path.read_bytes())
         self._tb = None
-        self._tb_dir = (str(Path(workdir) / "tensorboard")
-                        if self.enabled and tensorboard and not self.remote else None)
-        if self.enabled and tensorboard and self.remote:
-            print(f"note: no TensorBoard events for the remote workdir {workdir}; metrics.jsonl "
-                  "has every value", flush=True)
+        self._tb_wanted = self.enabled and tensorboard  # opened at most once, at the first record
+        self._tb_remote = f"{str(workdir).rstrip('/')}/tensorboard" if self.remote else None
+        self._tb_dir = None if self.remote else str(Path(workdir) / "tensorboard")
 
     def _tensorboard(self):
         """The TensorBoard writer, opened at the first record (a run refused before its first step
         leaves no event file); None without ``tensorboardX``."""
-        if self._tb is None and self._tb_dir is not None:
+        if self._tb is None and self._tb_wanted:
+            self._tb_wanted = False
             try:
                 from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(self._tb_dir)
             except ImportError:
-                pass
-            self._tb_dir = None
-            if self._tb is not None:
-                self._describe_run()
+                return None
+            if self.remote:  # staged here, copied at each flush
+                self._tb_dir = tempfile.mkdtemp(prefix="minilm-tensorboard-")
+            self._tb = SummaryWriter(self._tb_dir)
+            self._describe_run()
         return self._tb
 
     def _describe_run(self) -> None:
@@ -100,12 +102,25 @@ class MetricsWriter:
             self.path.write_text("\n".join(self._lines) + "\n")
         if self._tb is not None:
             self._tb.flush()
+            self._upload_events()
+
+    def _upload_events(self) -> None:
+        """Copy the staged event files (written whole again: object stores have no appends)."""
+        if self._tb_remote is None:
+            return
+        target = run_path(self._tb_remote)
+        for event_file in Path(self._tb_dir).iterdir():
+            (target / event_file.name).write_bytes(event_file.read_bytes())
 
     def close(self) -> None:
-        if self.remote:
-            self.flush()
+        if self.remote and self.enabled:
+            self.path.write_text("\n".join(self._lines) + "\n")
         if self._tb is not None:
             self._tb.close()
+            self._upload_events()
+            self._tb = None
+            if self.remote:
+                shutil.rmtree(self._tb_dir, ignore_errors=True)
 
 
 def _py(value: Any) -> Any:

@@ -102,6 +102,9 @@ def get_config(task: str = "sst2") -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 1000
     c.checkpoint.every_minutes = 30.0
     c.checkpoint.keep = 2
+    # A finished run keeps summary.json, predictions/ and parameters.npz (each member's final and
+    # selected parameters) and drops its training checkpoints; True keeps those too.
+    c.checkpoint.keep_finished = False
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1

@@ -106,6 +106,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a folder and everything in it, on a local disk or an object store."""
+    if is_remote(path):
+        run_path(path).rmtree()
+    else:
+        shutil.rmtree(path)
+
+
 def _umask() -> int:
     """The process umask (read by setting it, then restoring it)."""
     mask = os.umask(0o022)

@@ -20,6 +20,7 @@ from conftest import REPO, shared_path, write_line_shards
 from minilm_jax.errors import UserError
 from minilm_jax.configs.finetune import get_config as finetune_config
 from minilm_jax.finetune.loop import Finetuner
+from minilm_jax.finetune.parameters import load_parameters
 from minilm_jax.finetune.tables import glue_averages, run_row, tables, write_tables
 
 SEQ = 64
@@ -176,6 +177,58 @@ def test_killed_run_resumes_to_identical_result(pretrained, tmp_path):
     sb = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert sa["final"] == sb["final"] and sa["selected"] == sb["selected"]
     assert sa["validation"] == sb["validation"]
+    for run in ("straight", "killed"):  # finished: parameters kept, training checkpoints dropped
+        assert not (tmp_path / run / "checkpoints").exists()
+    for which in ("final", "selected"):
+        a, b = (load_parameters(tmp_path / run, which) for run in ("straight", "killed"))
+        assert a["params"].keys() == b["params"].keys()
+        for name in a["params"]:
+            np.testing.assert_array_equal(a["params"][name], b["params"][name])
+
+
+def test_a_finished_run_keeps_its_parameters_drops_checkpoints_and_is_not_trained_again(
+        pretrained, tmp_path):
+    """Default: summary, predictions and parameters.npz (each member's final and selected
+    parameters, exactly the training state's) stay, checkpoints go, and the same command again
+    trains and scores nothing. ``checkpoint.keep_finished=True`` keeps the checkpoints; a run
+    finished without parameters.npz (a kill before it, or an older version) is completed from its
+    last checkpoint without training."""
+    from minilm_jax.finetune.parameters import flat_leaves
+
+    config = ag_config(pretrained, train__epochs=1, train__seeds=(0, 1, 2))
+    config.data.train_per_class = 40
+    run = Finetuner(config, tmp_path / "w", "pretrained")
+    first = run.run()
+    w = tmp_path / "w"
+    assert first["status"] == "completed" and not (w / "checkpoints").exists()
+    for which, tree in (("final", run.state), ("selected", run.state["selected"])):
+        kept = load_parameters(w, which)
+        for part in ("params", "rest"):
+            expected = flat_leaves(tree[part])
+            assert kept[part].keys() == expected.keys() and (expected or part == "rest")
+            for name, value in expected.items():
+                assert kept[part][name].shape[0] == 3  # one row per seed
+                np.testing.assert_array_equal(kept[part][name], value)
+    files = {p: p.read_bytes() for p in w.rglob("*") if p.is_file() and p.name != ".lock"}
+    again = Finetuner(config, w, "pretrained").run()
+    assert again == first
+    assert {p: p.read_bytes() for p in w.rglob("*") if p.is_file() and p.name != ".lock"} == files
+
+    config.checkpoint.keep_finished = True
+    Finetuner(config, tmp_path / "k", "pretrained").run()
+    k = tmp_path / "k"
+    assert (k / "checkpoints").is_dir() and (k / "parameters.npz").is_file()
+    metrics = (k / "metrics.jsonl").read_bytes()
+    predictions = (k / "predictions" / "test.selected.npy").read_bytes()
+    (k / "parameters.npz").unlink()  # finished before it was kept
+    config.checkpoint.keep_finished = False
+    Finetuner(config, k, "pretrained").run()  # from the last checkpoint: scores, keeps, drops
+    assert not (k / "checkpoints").exists() and (k / "parameters.npz").is_file()
+    assert (k / "metrics.jsonl").read_bytes() == metrics  # no step trained again
+    assert (k / "predictions" / "test.selected.npy").read_bytes() == predictions
+    (k / "parameters.npz").write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(UserError, match="parameters.npz is damaged"):
+        load_parameters(k, "selected")
 
 
 def test_tokenizer_of_another_checkpoint_is_refused(pretrained, tmp_path):

@@ -14,6 +14,7 @@ import pytest
 
 from minilm_jax.errors import UserError
 from minilm_jax.finetune.loop import Finetuner
+from minilm_jax.finetune.parameters import load_parameters
 from minilm_jax.train.records import is_done
 
 from test_finetune import SEQ, ag_config, pretrained  # noqa: F401 (the module's fixture)
@@ -69,7 +70,15 @@ def test_checkpoints_times_seeds_equal_separate_runs(pretrained, tmp_path):  # n
     # the checkpoints differ, so the runs do: the population did not train one encoder twice
     assert not np.allclose(np.load(together[0] / "predictions" / "test.final.npy"),
                            np.load(together[1] / "predictions" / "test.final.npy"))
-    assert (tmp_path / "pop" / "population" / "checkpoints").is_dir()
+    # finished: the population's stacked checkpoints are dropped; each run kept its own members'
+    # parameters, as its separate run did
+    assert not (tmp_path / "pop" / "population" / "checkpoints").exists()
+    for mine, solo in zip(together, alone):
+        a, b = load_parameters(mine, "selected"), load_parameters(solo, "selected")
+        assert a["params"].keys() == b["params"].keys()
+        for name, value in a["params"].items():
+            assert value.shape[0] == 2  # its two seeds, not the population's four members
+            np.testing.assert_allclose(value, b["params"][name], atol=2e-4, rtol=1e-3)
 
 
 def test_early_stopping_freezes_one_run_while_the_others_go_on(pretrained, tmp_path):  # noqa: F811

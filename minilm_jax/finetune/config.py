@@ -55,8 +55,8 @@ def validate_finetune_config(config: ml_collections.ConfigDict) -> None:
 
 # Fields that may change when a run resumes (run control, not the experiment).
 RESUMABLE_FIELDS = ("train.log_every", "train.progress", "checkpoint.every_steps",
-                    "checkpoint.every_minutes", "checkpoint.keep", "mesh.data", "mesh.fsdp",
-                    "train.steps_per_dispatch", "train.members", "eval.batch_size",
+                    "checkpoint.every_minutes", "checkpoint.keep", "checkpoint.keep_finished",
+                    "mesh.data", "mesh.fsdp", "train.steps_per_dispatch", "train.members", "eval.batch_size",
                     *DISTRIBUTED_FIELDS)
 
 

@@ -41,6 +41,7 @@ from minilm_jax.train.optim import make_optimizer, make_schedule
 
 from .config import (RESUMABLE_FIELDS, changed_model_fields, validate_finetune_config,
                      with_overrides)
+from .parameters import PARTS, drop_checkpoints, finished_summaries, save_parameters
 from .pretrained import PretrainedRun
 from .run_folder import RunFolder, check_population
 from .selection import (VALIDATION, majority_baseline, sample_std, split_metrics,
@@ -300,6 +301,9 @@ class Finetuner(runner.LoopSpec):
     # ----------------------------------------------------------------------------- run
     def train(self) -> dict[str, Any]:
         config, tc = self.config, self.config.train
+        earlier = self._finished_earlier()
+        if earlier is not None:
+            return earlier
         ckpts, self.writer, start, self.state = runner.open_run(
             self.workdir, config.checkpoint, self.state, identity=self.identity,
             resumable=RESUMABLE_FIELDS, keep_best=False)
@@ -326,15 +330,46 @@ class Finetuner(runner.LoopSpec):
         reported = (self._score_reported()
                     if status != "preempted" and all(f.history for f in self.folders) else None)
         wall = time.time() - t0
+        if reported is not None:  # before the summaries: a run whose summary is done kept them
+            self._save_parameters()
         summaries = [self._summary(f, self._run_status(f, status), reported, wall)
                      for f in self.folders]
         writers.close()
         ckpts.close()
+        if reported is not None and not config.checkpoint.keep_finished:
+            self._drop_checkpoints()
+        return self._result(status, summaries)
+
+    def _result(self, status: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
         if not self.is_population:
             return summaries[0]
         return {"status": status, "members": [{"name": f.name, "workdir": str(f.workdir),
                                                "status": s["status"]}
                                               for f, s in zip(self.folders, summaries)]}
+
+    # ----------------------------------------------------------------------------- finished runs
+    def _finished_earlier(self) -> dict[str, Any] | None:
+        """The result of a run that finished and kept ``parameters.npz`` (nothing is trained or
+        scored again); None otherwise, and always with ``checkpoint.keep_finished=True``."""
+        if self.config.checkpoint.keep_finished:
+            return None
+        summaries = finished_summaries([f.workdir for f in self.folders])
+        if summaries is None:
+            return None
+        self._drop_checkpoints()
+        where = self.workdir if not self.is_population else f"{len(self.folders)} runs"
+        log_line(f"{self.spec.name} ({self.init_mode}): finished earlier in {where}; nothing to "
+                 "train (summary.json, predictions/, parameters.npz)")
+        done = [s["status"] for s in summaries]
+        return self._result("completed" if "completed" in done else done[0], summaries)
+
+    def _save_parameters(self) -> None:
+        """Each run's members' final and selected parameters (``parameters.npz``)."""
+        save_parameters([(f.workdir, f.members) for f in self.folders],
+                        {k: self.state[k] for k in PARTS}, self.state["selected"])
+
+    def _drop_checkpoints(self) -> None:
+        drop_checkpoints({self.workdir, *(f.workdir for f in self.folders)})
 
     def _run_status(self, folder: RunFolder, status: str) -> str:
         """A run of a population that early stopping froze ended ``early_stopped``."""

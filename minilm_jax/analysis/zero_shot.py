@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from minilm_jax.analysis.results import rows_of_kind
@@ -31,6 +31,7 @@ class RunZeroShot:
     random: Summary | None
     paired: PairedComparison | None
     curve: list[tuple[int, float, float | None]]  # (step, pooled accuracy, validation perplexity)
+    curve_ci: list[tuple[float, float]] = field(default_factory=list)  # Wilson 95% per curve step
 
 
 @dataclass(frozen=True)
@@ -67,17 +68,20 @@ def zero_shot_analyses(rows: Sequence[Row], confidence: float = 0.95) -> list[Ze
             by_step = _group(pre, "step")
             final_step = max(s for (s,) in by_step)
             final = by_step[(final_step,)]
-            curve = []
+            curve, curve_ci = [], []
             for (step,), at in sorted(by_step.items()):
                 ppl = at[0].get("validation_perplexity")
-                curve.append((int(step), summarize(at).pooled, None if ppl is None else float(ppl)))
+                summary = summarize(at)
+                curve.append((int(step), summary.pooled, None if ppl is None else float(ppl)))
+                curve_ci.append((summary.low, summary.high))
             runs.append(RunZeroShot(run, final[0]["point"], str(final[0].get("design") or run),
                                     final[0].get("pretrain_seed"),
                                     int(final_step),
                                     sum(r["pairs"] - r["scored"] for r in final),
                                     summarize(final),
                                     summarize(rand) if rand else None,
-                                    compare_paired(final, rand) if rand else None, curve))
+                                    compare_paired(final, rand) if rand else None, curve,
+                                    curve_ci))
             finals += final
             twins += rand
         gaps = {}  # per design place: each pre-training seed's run against its own twin

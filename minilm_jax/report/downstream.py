@@ -102,32 +102,9 @@ def summary_lines(analysis: DownstreamAnalysis) -> list[str]:
     return out
 
 
-def plot_correlation(analysis: DownstreamAnalysis, path: Path) -> bool:
-    """Scatter of the correlation points with a least-squares line; False when nothing to plot."""
-    c = analysis.correlation
-    if c.result is None or not c.result.defined:
-        return False
-    import numpy as np  # noqa: PLC0415
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
+def plot_correlation(analysis: DownstreamAnalysis, path: Path) -> Any:
+    """Scatter of the correlation points with a least-squares line, r and its interval, and
+    non-overlapping checkpoint labels; the Figure, or None (no file) when r is undefined."""
+    from .plots import plot_perplexity_vs_downstream  # noqa: PLC0415
 
-    x = np.asarray([p.perplexity for p in c.points])
-    y = np.asarray([p.score for p in c.points])
-    fig = Figure(figsize=(6.0, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    r = c.result
-    ax.scatter(x, y, zorder=3, label=f"Pearson r = {r.r:.3f} [{r.low:.3f}, {r.high:.3f}]\n"
-                                     f"(95% Fisher-z CI, n = {r.n}, perm. p = {format_p(r.p_permutation)})")
-    slope, intercept = np.polyfit(x, y, 1)
-    grid = np.linspace(x.min(), x.max(), 50)
-    ax.plot(grid, intercept + slope * grid, color="tab:red", label="least squares")
-    for p in c.points:
-        ax.annotate(p.label, (p.perplexity, p.score), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.set_xlabel("validation perplexity of the checkpoint")
-    ax.set_ylabel(f"mean pre-trained score ({', '.join(c.tasks)})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    return True
+    return plot_perplexity_vs_downstream(analysis.correlation, path)

@@ -52,11 +52,9 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
     icer_plotted = bool(analyses.icer_factors)
     if icer_plotted:
         plot_icer(analyses.icer_factors, analyses.icer_steps, out / ICER_PLOT)
-    downstream_plotted = bool(analyses.scores)
-    if downstream_plotted:
-        plot_downstream(analyses.scores, out / DOWNSTREAM_PLOT)
     downstream = analyse_downstream(rows)
-    correlation_plotted = plot_correlation(downstream, out / CORRELATION_PLOT)
+    downstream_plotted = plot_downstream(downstream.gaps, out / DOWNSTREAM_PLOT) is not None
+    correlation_plotted = plot_correlation(downstream, out / CORRELATION_PLOT) is not None
     spreads = seed_spreads(rows, flops_field(options.flops))
     seeds_plotted = plot_seed_bands(spreads, out / SEED_PLOT)
     lines = ["# Scaling study report", "",
@@ -77,7 +75,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
     lines += section_correlation(downstream, correlation_plotted)
     lines += section_seeds(spreads, seed_gaps(rows), seeds_plotted, analyses)
     zero_shot = zero_shot_analyses(rows, options.confidence)
-    zero_shot_plots = [name if plot_zero_shot(z, out / name) else ""
+    zero_shot_plots = [name if plot_zero_shot(z, out / name) is not None else ""
                        for z, name in ((z, ZERO_SHOT_PLOT.format(index=i))
                                        for i, z in enumerate(zero_shot))]
     lines += section_zero_shot(zero_shot, zero_shot_plots)

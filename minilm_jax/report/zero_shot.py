@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from minilm_jax.analysis.stats import format_p
 from minilm_jax.analysis.zero_shot import ZeroShot
 from minilm_jax.evals.minimal_pairs import CHANCE, PairedComparison, Summary
@@ -30,29 +32,44 @@ def _paired(c: PairedComparison | None) -> str:
             f"{format_p(c.p_value)}")
 
 
-def plot_zero_shot(found: ZeroShot, path: Path) -> bool:
-    """Accuracy along training per run (log steps), each run's random twin as a dotted level,
-    chance as a grey line; False when no run has two scored steps."""
+def plot_zero_shot(found: ZeroShot, path: Path) -> Any:
+    """Accuracy along training per run (log steps) with 95% Wilson intervals over pairs, each
+    run's random-init twin as a dotted level in the run's colour, and chance (50%) dashed; the
+    Figure, or None (no file) when no run has two scored steps."""
     if not any(len(r.curve) >= 2 for r in found.runs):
-        return False
+        return None
     from .plots import _figure, _save
 
-    fig, axes = _figure(9.0, 4.5)
+    fig, axes = _figure(9.0, 4.8)
     ax = axes[0, 0]
-    for r in found.runs:
-        line, = ax.plot([s for s, _, _ in r.curve], [a for _, a, _ in r.curve], marker="o",
-                        label=r.run)
+    twins = False
+    for k, r in enumerate(found.runs):  # runs side by side at a step: dodged a little in x
+        dodge = 1.0 + 0.025 * (k - (len(found.runs) - 1) / 2)
+        steps = dodge * np.asarray([s for s, _, _ in r.curve], dtype=float)
+        acc = np.asarray([a for _, a, _ in r.curve], dtype=float)
+        if len(r.curve_ci) == len(r.curve):
+            low, high = np.asarray(r.curve_ci, dtype=float).reshape(-1, 2).T
+            yerr = np.stack([acc - low, high - acc])
+        else:
+            yerr = None
+        container = ax.errorbar(steps, acc, yerr=yerr, marker="o", ms=4, capsize=3, lw=1.2,
+                                label=r.run)
         if r.random is not None:
-            ax.axhline(r.random.pooled, color=line.get_color(), linestyle=":", linewidth=1)
-    ax.axhline(CHANCE, color="grey", linewidth=1)
+            twins = True
+            ax.axhline(r.random.pooled, color=container.lines[0].get_color(), ls=":", lw=1.2,
+                       gid="random twin")
+    ax.axhline(CHANCE, color="black", ls="--", lw=1.0, gid="chance",
+               label=f"chance ({CHANCE:.0f}%)")
+    if twins:
+        ax.plot([], [], color="0.3", ls=":", lw=1.2, label="random-init twin (run's colour)")
     ax.set_xscale("log")
-    ax.set_xlabel("pre-training step")
+    ax.set_xlabel("pre-training step (log scale)")
     ax.set_ylabel("accuracy (% of scored pairs)")
-    ax.set_title(f"{found.evaluation}: {found.suite}, rule {found.rule} (dotted: random twin; "
-                 "grey: chance)")
-    ax.legend(fontsize=7)
+    ax.set_title(f"{found.evaluation}: {found.suite}, rule {found.rule}\n"
+                 "accuracy pooled over pairs; bars: 95% Wilson interval over pairs", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)
-    return True
+    return fig
 
 
 def section_zero_shot(analyses: Sequence[ZeroShot], plotted: Sequence[str]) -> list[str]:

@@ -12,4 +12,4 @@ if [ "${MINILM_TEST_INTEROP:-1}" != "0" ] && ! .venv/bin/python -c 'import torch
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" \
     "transformers>=4.46,<6" "safetensors>=0.4,<1" || echo "warning: torch/transformers not installed; interop tests will skip" >&2
 fi
-exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder "$@" tests
+exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 "$@" tests

@@ -49,18 +49,18 @@ def main(argv: list[str]) -> None:
 
 
 def export_note(config) -> None:
-    """Say before training when the model will not export to Hugging Face RoBERTa, and why."""
-    from minilm_jax.interop.hf_roberta import export_problems
+    """Say before training when the model will not export to Hugging Face at all, and why (every
+    built-in encoder exports: as RoBERTa where it fits, with its own PyTorch code otherwise)."""
+    from minilm_jax.interop.hf_minilm import remote_problems
     from minilm_jax.model.config import ConfigError
     from minilm_jax.run_config import model_from_config
 
     try:
-        problems = export_problems(model_from_config(config))
+        problems = remote_problems(model_from_config(config))
     except ConfigError:
         return  # the run itself reports a bad model config
     if problems:
-        print(f"note: this model will not export to Hugging Face RobertaForMaskedLM "
-              f"({problems[0]}); set the field before training if you need the export", flush=True)
+        print(f"note: this model will not export to Hugging Face ({problems[0]})", flush=True)
 
 
 def _entry() -> None:

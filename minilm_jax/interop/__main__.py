@@ -1,11 +1,17 @@
 """Hugging Face interop commands.
 
     python -m minilm_jax.interop export --workdir=RUN --out=DIR [--which=best|latest|step:N]
+    python -m minilm_jax.interop export --workdir=FT_RUN --out=DIR [--which=best|final] [--seed=S]
     python -m minilm_jax.interop demo --out=DIR [--point=E64-H64-I256-L2-A4-V1000]
 
-``export`` writes a trained pre-training workdir as a ``RobertaForMaskedLM`` directory with a tokenizer
-``AutoTokenizer`` loads; that directory also serves as a fine-tuning ``init.checkpoint``. ``demo``
-builds a fresh point, exports it, imports it back and compares with ``transformers`` if installed.
+``export`` writes a trained run as a Hugging Face directory with a tokenizer ``AutoTokenizer`` loads
+and a model card (``README.md``): a pre-training workdir as a masked LM, a finished fine-tuning run as
+a sequence classifier (one seed's member). A model RoBERTa can hold becomes ``RobertaForMaskedLM`` /
+``RobertaForSequenceClassification`` (a RoBERTa masked LM also serves as a fine-tuning
+``init.checkpoint``); any other (the default factorized embeddings with the E->H projection, pre-LN,
+the conv front end, the weighted-sum pooler) ships its own PyTorch code, loaded with
+``trust_remote_code=True``. ``demo`` builds a fresh point, exports it, imports it back and compares
+with ``transformers`` if installed.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ def _export(args: argparse.Namespace) -> int:
     from minilm_jax.interop.workdir import export_workdir
 
     out = export_workdir(args.workdir, args.out, which=args.which, tokenizer_path=args.tokenizer,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, seed=args.seed)
     print(f"exported {args.workdir} ({args.which}) to {out}: "
           f"{', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
@@ -81,12 +87,18 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = tool_parser(prog="python -m minilm_jax.interop", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export", help="write a trained workdir as a Hugging Face directory")
-    export.add_argument("--workdir", required=True, help="pre-training workdir")
+    export = sub.add_parser("export", help="write a trained run as a Hugging Face directory")
+    export.add_argument("--workdir", required=True,
+                        help="pre-training workdir or finished fine-tuning run folder")
     export.add_argument("--out", required=True, help="output directory (Hugging Face format)")
-    export.add_argument("--which", default="best", help="best | latest | step:N (default best)")
+    export.add_argument("--which", default="best",
+                        help="pre-training: best | latest | step:N; fine-tuning: best (= selected) "
+                             "| final (default best)")
+    export.add_argument("--seed", type=int, default=None,
+                        help="fine-tuning: the member trained with this seed (default: the best "
+                             "validation score)")
     export.add_argument("--tokenizer", default="",
-                        help="the shards' tokenizer file, if it moved since pre-training")
+                        help="the run's tokenizer file, if it moved since training")
     export.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --out (never the workdir or a folder holding it)")
     export.set_defaults(func=_export)

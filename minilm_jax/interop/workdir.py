@@ -1,25 +1,39 @@
-"""Export a trained pre-training workdir as a Hugging Face ``RobertaForMaskedLM`` directory: the
-weights of one of its checkpoints, its tokenizer (our file plus an ``AutoTokenizer``-loadable
-``tokenizer.json``) and where they came from."""
+"""Export a trained run as a Hugging Face directory: a pre-training workdir (the masked LM of one of
+its checkpoints) or a finished fine-tuning run (one member's classifier from ``parameters.npz``),
+with its tokenizer (our file plus an ``AutoTokenizer``-loadable ``tokenizer.json``), a ``README.md``
+model card and the run's ``config.json`` as ``run_config.json``. RoBERTa layouts where the model
+fits, our remote code otherwise (:mod:`minilm_jax.interop.hf_minilm`)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 from pathlib import Path
+from typing import Any
 
+import jax
+import ml_collections
+import numpy as np
 from flax import nnx
 
+from minilm_jax.finetune.parameters import flat_leaves, load_parameters
 from minilm_jax.finetune.pretrained import PretrainedRun
 from minilm_jax.interop.hf_files import InteropError, safetensors_numpy
-from minilm_jax.interop.hf_roberta import export_roberta, hf_config_from_model_config
-from minilm_jax.model.models import build_mlm
-from minilm_jax.storage import is_remote
-from minilm_jax.tokenizer import load_tokenizer
+from minilm_jax.interop.hf_minilm import export_model, fits_roberta, hf_layout, remote_problems
+from minilm_jax.interop.model_card import CARD_NAME, CardFacts, model_card, rebuilt_command
+from minilm_jax.model.accounting import count_params
+from minilm_jax.model.config import ConfigError, ModelConfig
+from minilm_jax.model.models import build_classifier, build_mlm
+from minilm_jax.storage import RunPath, is_remote, run_path
+from minilm_jax.tokenizer import Tokenizer, load_tokenizer
+from minilm_jax.train.records import RecordError, read_finetune_summary, read_pretrain_summary
 
-# The folders of a pre-training workdir that hold what the run saved (checkpoints, best/,
-# snapshots/ and quarantine/ of train.checkpoint and train.seal; TensorBoard events): an export
+RUN_CONFIG_NAME = "run_config.json"  # the run's own config.json, kept next to the export
+# The folders of a run that hold what it saved (checkpoints, best/, snapshots/ and quarantine/ of
+# train.checkpoint and train.seal; TensorBoard events; a fine-tuning run's predictions/): an export
 # into one of them would replace it. Any other folder inside the workdir may take an export.
-RUN_FOLDERS = ("checkpoints", "best", "snapshots", "quarantine", "tensorboard")
+RUN_FOLDERS = ("checkpoints", "best", "snapshots", "quarantine", "tensorboard", "predictions")
 
 
 def _parts(location: str | os.PathLike) -> tuple[str, ...]:
@@ -49,35 +63,278 @@ def check_out_spares_run(workdir: str | os.PathLike, out_dir: str | os.PathLike)
                            "what the run saved; pass another --out (e.g. a new folder)")
 
 
-def export_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, which: str = "best",
-                   tokenizer_path: str = "", overwrite: bool = False) -> Path:
-    """Write checkpoint ``which`` (``best``, ``latest`` or ``step:N``) of ``workdir`` to ``out_dir``.
 
-    The model must be one RoBERTa can hold (checked before anything is read); the tokenizer is the
-    one the workdir's shards were built with, or ``tokenizer_path``, which must be that same file
-    (its sha256 is checked). An ``out_dir`` that is the workdir, holds it or lies in one of its
-    checkpoint folders is refused first (:func:`check_out_spares_run`), and a missing ``safetensors``
-    before the weights are read. Returns the absolute output directory."""
-    check_out_spares_run(workdir, out_dir)
-    if is_remote(os.fspath(out_dir)):
-        raise InteropError(f"--out {out_dir}: export writes a local folder; export here, then "
-                           "copy it to the bucket (gcloud storage cp -r)")
-    run = PretrainedRun.open(workdir, which)
-    if run.hugging_face:
-        raise InteropError(f"{workdir} is already a Hugging Face model directory")
-    hf_config_from_model_config(run.model)  # refuses E->H projection, pre-LN, ... up front
-    path = tokenizer_path or run.tokenizer_path
+
+def export_command(workdir: str | os.PathLike, out_dir: str | os.PathLike, which: str,
+                   seed: int | None = None) -> str:
+    """The ``python -m minilm_jax.interop export`` command line of these arguments."""
+    args = ["python -m minilm_jax.interop export", f"--workdir={workdir}", f"--out={out_dir}"]
+    args += [f"--which={which}"] if which != "best" else []
+    args += [f"--seed={seed}"] if seed is not None else []
+    return " ".join([args[0], *map(shlex.quote, args[1:])])
+
+
+def _run_config(workdir: RunPath) -> dict[str, Any] | None:
+    path = workdir / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        flat = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InteropError(f"{path} is not valid JSON ({err})") from None
+    return flat if isinstance(flat, dict) else None
+
+
+def _recorded_command(workdir: RunPath, flat: dict[str, Any]) -> str | None:
+    """The command a run recorded (a ``command`` field or a ``command.txt`` file), if any."""
+    if isinstance(flat.get("command"), str):
+        return flat["command"]
+    path = workdir / "command.txt"
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _commands(workdir: RunPath, flat: dict[str, Any], tool: str, recipe: str,
+              export: str) -> list[tuple[str, str]]:
+    recorded = _recorded_command(workdir, flat)
+    if recorded:
+        return [("The run's recorded command", recorded), ("Exported with", export)]
+    rebuilt = rebuilt_command(tool, recipe, str(workdir), flat)
+    rows = [("The run records no command line; this one is equivalent (the recipe plus every "
+             "field its config.json sets away from it; all fields are in run_config.json)",
+             rebuilt)] if rebuilt else []
+    return rows + [("Exported with", export)]
+
+
+def _tokenizer(path: str, workdir: str | os.PathLike) -> Tokenizer:
     if not path:
         raise InteropError(f"{workdir} records no tokenizer file; pass --tokenizer=FILE (the one "
                            "its shards were built with)")
     if not Path(path).is_file():
         raise InteropError(f"tokenizer file not found: {path} (recorded by {workdir}); pass "
                            "--tokenizer=FILE if it moved")
-    tokenizer = load_tokenizer(path)
+    return load_tokenizer(path)
+
+
+def _refuse_unexportable(cfg: ModelConfig, workdir: str | os.PathLike) -> None:
+    problems = remote_problems(cfg)
+    if problems:
+        raise InteropError(f"cannot export {workdir} to Hugging Face: " + "; ".join(problems))
+
+
+def export_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, which: str = "best",
+                   tokenizer_path: str = "", overwrite: bool = False, seed: int | None = None,
+                   command: str = "") -> Path:
+    """Write a trained run to ``out_dir``: checkpoint ``which`` (``best``, ``latest``, ``step:N``) of
+    a pre-training workdir, or a finished fine-tuning run's ``which`` (``best``/``selected`` or
+    ``final``) parameters of the member trained with ``seed`` (default: the best validation score).
+
+    The tokenizer is the one the run recorded, or ``tokenizer_path``, which must be that same file
+    (its sha256 is checked). An ``out_dir`` that is the workdir, holds it or lies in one of its
+    folders is refused first (:func:`check_out_spares_run`), a model no layout can hold and a
+    missing ``safetensors`` before the weights are read. ``command`` (the export command line, for
+    the model card) defaults to the equivalent of these arguments. Returns the output directory."""
+    check_out_spares_run(workdir, out_dir)
+    if is_remote(os.fspath(out_dir)):
+        raise InteropError(f"--out {out_dir}: export writes a local folder; export here, then "
+                           "copy it to the bucket (gcloud storage cp -r)")
+    command = command or export_command(workdir, out_dir, which, seed)
+    path = run_path(workdir)
+    flat = _run_config(path)
+    if flat is None and (path / "pretrained" / "config.json").is_file():
+        raise InteropError(f"{workdir} holds the runs pretrained/ and random/ of init.mode=both; "
+                           f"pass one of them (--workdir={path / 'pretrained'})")
+    if flat is not None and "task" in flat and "init.mode" in flat:
+        return _export_finetuned(path, flat, out_dir, which, seed, tokenizer_path, overwrite,
+                                 command)
+    if seed is not None:
+        raise InteropError(f"--seed is for fine-tuning runs; {workdir} is a pre-training workdir")
+    return _export_pretrained(workdir, out_dir, which, tokenizer_path, overwrite, command)
+
+
+def _export_pretrained(workdir: str | os.PathLike, out_dir: str | os.PathLike, which: str,
+                       tokenizer_path: str, overwrite: bool, command: str) -> Path:
+    run = PretrainedRun.open(workdir, which)
+    if run.hugging_face:
+        raise InteropError(f"{workdir} is already a Hugging Face model directory")
+    _refuse_unexportable(run.model, workdir)
+    tokenizer = _tokenizer(tokenizer_path or run.tokenizer_path, workdir)
     run.check_tokenizer(tokenizer)
     safetensors_numpy()  # the hf extra: one line naming it, before the checkpoint is read
     model = build_mlm(run.model)
     nnx.update(model, run.model_state())
     provenance = {k: v for k, v in run.describe().items() if k != "format"}
-    return export_roberta(model, out_dir, tokenizer=tokenizer, provenance=provenance,
-                          overwrite=overwrite)
+    flat = _run_config(run.workdir) or {}
+    try:
+        summary = read_pretrain_summary(run.workdir)
+    except RecordError:
+        summary = None
+    best = (summary.best or {}) if summary else {}
+    config, _, remote = hf_layout(model)
+    facts = CardFacts(
+        title=f"minilm-jax masked LM {run.model.point}", architecture=config["architectures"][0],
+        remote=remote, cfg=run.model, params=count_params(model),
+        source=[("run", str(run.workdir)), ("checkpoint", f"{which} (step {run.step})"),
+                ("run status", summary.status if summary else "unfinished (no summary.json)")],
+        data=[("token shards", flat.get("data.shards")),
+              ("tokenizer", f"{tokenizer.path} (sha256 {tokenizer.sha256[:12]}, "
+                            f"{tokenizer.vocab_size} tokens)"),
+              ("steps trained", run.step), ("of steps planned", flat.get("train.num_steps")),
+              ("batch size (sequences)", flat.get("train.batch_size")),
+              ("sequence length", run.model.max_len), ("peak learning rate", flat.get("optim.peak_lr"))],
+        metrics=[(name, value) for name, value in (
+            (f"validation perplexity at step {run.step}", run.validation_perplexity),
+            ("best validation perplexity", best.get("validation_perplexity")),
+            ("best step", best.get("step")), ("test perplexity (best)", best.get("test_perplexity")))
+            if value is not None],
+        commands=_commands(run.workdir, flat, "minilm-pretrain",
+                           f"pretrain:{flat.get('point', run.model.point)}", command))
+    files = {CARD_NAME: model_card(facts)}
+    if flat:
+        files[RUN_CONFIG_NAME] = json.dumps(flat, indent=2, sort_keys=True) + "\n"
+    return export_model(model, out_dir, tokenizer=tokenizer, provenance=provenance, files=files,
+                        overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- fine-tuning runs
+FINETUNE_WHICH = {"best": "selected", "selected": "selected", "final": "final"}
+
+
+def _member(seeds: list[int], validation: dict[str, Any] | None, seed: int | None) -> int:
+    """The member exported: the one trained with ``seed``, else the best validation score."""
+    if seed is not None:
+        if seed not in seeds:
+            raise InteropError(f"--seed={seed}: the run trained the seeds {seeds}")
+        return seeds.index(seed)
+    scores = [m.get("score") for m in (validation or {}).get("members") or []]
+    if len(scores) == len(seeds) and all(isinstance(s, (int, float)) for s in scores):
+        return int(np.argmax(scores))
+    return 0
+
+
+def _static_labels(task: str) -> tuple[str, ...]:
+    from minilm_jax.tasks.classification import AG_NEWS, DBPEDIA14
+    from minilm_jax.tasks.glue import GLUE_TASKS
+
+    specs = {**GLUE_TASKS, AG_NEWS.name: AG_NEWS, DBPEDIA14.name: DBPEDIA14}
+    return specs[task].label_names if task in specs else ()
+
+
+def label_names(flat: dict[str, Any], task: str, num_labels: int) -> tuple[list[str], str]:
+    """A classifier's label names, id order (a regressor's one output is ``score``), and a note
+    when they are unknown: the task's fixed names, else those its loader finds in the run's data
+    (``data.*`` of its config), else ``LABEL_<id>``."""
+    if num_labels == 1:
+        return ["score"], ""
+    names = _static_labels(task)
+    if len(names) != num_labels:
+        from minilm_jax.tasks.registry import get_task
+
+        nested: dict[str, Any] = {}
+        for key, value in flat.items():
+            if key.startswith("data."):
+                nested[key[len("data."):]] = tuple(value) if isinstance(value, list) else value
+        try:  # best effort: the data may have moved since the run
+            names = get_task(task).load(task, ml_collections.ConfigDict(nested)).spec.label_names
+        except Exception:  # noqa: BLE001 - any failure leaves generic names, said in the card
+            names = ()
+    if len(names) == num_labels:
+        return [str(n) for n in names], ""
+    return ([f"LABEL_{i}" for i in range(num_labels)],
+            f"label names unknown (task {task}'s data was not found at data.dir="
+            f"{flat.get('data.dir')!r}): outputs are named LABEL_<id>, ids as in the run's labels")
+
+
+def _load_classifier(cfg: ModelConfig, arrays: dict[str, dict[str, np.ndarray]], member: int,
+                     where: RunPath) -> Any:
+    """A :class:`SequenceClassifier` holding member ``member`` of ``parameters.npz`` arrays."""
+    heads = [v for k, v in arrays["params"].items() if k.startswith("head/classifier/kernel")]
+    if len(heads) != 1:
+        raise InteropError(f"{where}/parameters.npz holds no classifier head (head/classifier)")
+    model = build_classifier(cfg, int(heads[0].shape[-1]))
+    _, *parts = nnx.split(model, nnx.Param, ...)
+    filled = []
+    for name, state in zip(("params", "rest"), parts):
+        wanted, saved = flat_leaves(state), arrays[name]
+        missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+        if missing or extra:
+            raise InteropError(f"{where}/parameters.npz does not match the run's model: missing "
+                               f"{missing[:4]}, unexpected {extra[:4]}")
+        leaves = []
+        for key, want in wanted.items():
+            value = saved[key][member]
+            if value.shape != want.shape:
+                raise InteropError(f"{where}/parameters.npz: {key} has shape {value.shape}, the "
+                                   f"model's is {want.shape}")
+            leaves.append(value.astype(want.dtype))
+        filled.append(jax.tree.unflatten(jax.tree.structure(state), leaves))
+    nnx.update(model, *filled)
+    return model
+
+
+def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.PathLike,
+                      which: str, seed: int | None, tokenizer_path: str, overwrite: bool,
+                      command: str) -> Path:
+    if which not in FINETUNE_WHICH:
+        raise InteropError(f"--which={which}: a fine-tuning run exports its selected (best) or "
+                           "final parameters: --which=best|selected|final")
+    summary = read_finetune_summary(workdir)
+    if not summary.done:
+        raise InteropError(f"{workdir} has status {summary.status!r}: not a finished fine-tuning "
+                           "run; finish it (run its command again), then export")
+    try:
+        cfg = ModelConfig.from_mapping(summary.model or flat.get("model_built") or {})
+    except ConfigError as err:
+        raise InteropError(f"{workdir}: its summary's model cannot be built ({err})") from None
+    _refuse_unexportable(cfg, workdir)
+    member = _member(list(summary.seeds), summary.validation, seed)
+    recorded = summary.tokenizer or {}
+    tokenizer = _tokenizer(tokenizer_path or recorded.get("path", ""), workdir)
+    if recorded.get("sha256") and tokenizer.sha256 != recorded["sha256"]:
+        raise InteropError(f"--tokenizer {tokenizer.path} is not the one {workdir} was fine-tuned "
+                           f"with (sha256 {recorded['sha256'][:12]})")
+    safetensors_numpy()  # the hf extra: one line naming it, before the parameters are read
+    params_which = FINETUNE_WHICH[which]
+    model = _load_classifier(cfg, load_parameters(workdir, params_which), member, workdir)
+    regression = model.num_labels == 1
+    labels, note = label_names(flat, summary.task, model.num_labels)
+    chosen = summary.seeds[member]
+    reported = getattr(summary, params_which) or {}
+    valid = ((summary.validation or {}).get("members") or [{}] * len(summary.seeds))[member]
+    mine = (reported.get("members") or [{}] * len(summary.seeds))[member]
+    pre = summary.pretrained or {}
+    metrics: list[tuple[str, Any]] = [(f"validation {k} (this member)", v) for k, v in valid.items()]
+    metrics += [(f"{k} (this member, {params_which} parameters)", v) for k, v in mine.items()]
+    mean, std = reported.get("mean") or {}, reported.get("std") or {}
+    if "score" in mean:
+        metrics.append((f"score over {reported.get('n')} seeds (mean ± sd)",
+                        f"{mean['score']:.2f} ± {std.get('score', 0.0):.2f}"))
+    for split, base in (summary.majority or {}).items():
+        if base.get("score") is not None and split in summary.reported_splits:
+            metrics.append((f"majority-class baseline score ({split})", base["score"]))
+    facts = CardFacts(
+        title=f"minilm-jax {summary.task} {'regressor' if regression else 'classifier'} "
+              f"{cfg.point}",
+        architecture=hf_layout(model, labels, regression)[0]["architectures"][0],
+        remote=not fits_roberta(model), cfg=cfg, params=count_params(model),
+        source=[("run", str(workdir)), ("member", f"seed {chosen} (member {member} of seeds "
+                                                  f"{summary.seeds})"),
+                ("parameters", "selected epoch (best validation score)"
+                 if params_which == "selected" else "final epoch"),
+                ("init", summary.init), ("pre-trained run", pre.get("workdir")),
+                ("pre-trained step", pre.get("step")),
+                ("pre-training validation perplexity", pre.get("validation_perplexity"))],
+        data=[("task", summary.task), ("task data", flat.get("data.dir")),
+              *[(f"{split} examples", n) for split, n in (summary.examples or {}).items()],
+              ("reported splits", summary.reported_splits),
+              ("sequence length", flat.get("data.max_len")),
+              ("epochs", flat.get("train.epochs")), ("steps", summary.steps),
+              ("tokenizer", f"{tokenizer.path} (sha256 {tokenizer.sha256[:12]})")],
+        metrics=metrics, labels=labels, regression=regression, notes=[note] if note else [],
+        commands=_commands(workdir, flat, "minilm-finetune", f"finetune:{summary.task}", command))
+    provenance = {"workdir": str(workdir), "task": summary.task, "seed": chosen,
+                  "parameters": params_which, "point": cfg.point}
+    files = {CARD_NAME: model_card(facts),
+             RUN_CONFIG_NAME: json.dumps(flat, indent=2, sort_keys=True) + "\n"}
+    return export_model(model, out_dir, labels=labels, regression=regression,
+                        tokenizer=tokenizer, provenance=provenance, files=files,
+                        overwrite=overwrite)

@@ -109,6 +109,7 @@ class MetricsWriter:
         if self._tb_remote is None:
             return
         target = run_path(self._tb_remote)
+        target.mkdir(parents=True, exist_ok=True)  # a no-op on object stores
         for event_file in Path(self._tb_dir).iterdir():
             (target / event_file.name).write_bytes(event_file.read_bytes())
 

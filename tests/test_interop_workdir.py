@@ -164,13 +164,32 @@ def test_exported_workdir_matches_transformers_and_serves_as_init_checkpoint(tra
     assert np.max(np.abs(mine[real] - theirs[real])) < 1e-4
 
 
-def test_what_roberta_cannot_hold_is_refused_before_reading(trained, tmp_path, capsys):
+def test_what_no_layout_can_hold_is_refused_before_reading(trained, tmp_path, capsys,
+                                                            monkeypatch):
+    """What RoBERTa cannot hold (the E->H projection) exports with our own modeling code
+    (tests/test_interop_export_models.py); a custom encoder has no PyTorch twin and is refused in
+    one line before any weight is read."""
+    pytest.importorskip("safetensors")  # the hf extra
+    from minilm_jax.finetune.pretrained import PretrainedRun
     from minilm_jax.interop.__main__ import main
 
     out = tmp_path / "hf"
-    assert main(["export", "--workdir", str(trained["projected"]), "--out", str(out)]) == 2
+    assert main(["export", "--workdir", str(trained["projected"]), "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "minilm_jax"
+    custom = tmp_path / "custom"
+    shutil.copytree(trained["projected"], custom)
+    config = json.loads((custom / "config.json").read_text())
+    config["model.arch"] = "my_lab.encoders:Gated"
+    (custom / "config.json").write_text(json.dumps(config))
+
+    def read(*args, **kwargs):
+        raise AssertionError("the weights were read")
+
+    monkeypatch.setattr(PretrainedRun, "model_state", read)
+    out = tmp_path / "c"
+    assert main(["export", "--workdir", str(custom), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: cannot export") and "embed_projection=True" in err
+    assert err.startswith("error: cannot export") and "custom encoder" in err
     assert len(err.splitlines()) == 1 and not out.exists()
     assert main(["export", "--workdir", str(tmp_path / "absent"), "--out", str(out)]) == 2
     assert "no config.json" in capsys.readouterr().err
@@ -252,12 +271,14 @@ def test_export_never_replaces_the_run_it_exports(trained, tmp_path, monkeypatch
 
 def test_export_refuses_an_out_over_a_remote_workdir_before_reading_it(monkeypatch):
     from minilm_jax.finetune.pretrained import PretrainedRun
+    from minilm_jax.interop import workdir as workdir_module
     from minilm_jax.interop.workdir import export_workdir
 
     def opened(*args, **kwargs):
         raise AssertionError("the workdir was opened")
 
     monkeypatch.setattr(PretrainedRun, "open", opened)
+    monkeypatch.setattr(workdir_module, "_run_config", opened)  # reading config.json opens it too
     for out in ("gs://bucket/runs/a", "gs://bucket/runs/a/", "gs://bucket/runs", "gs://bucket",
                 "gs://bucket/runs/a/checkpoints/40"):
         with pytest.raises(InteropError, match=f"--out {out} .*gs://bucket/runs/a"):

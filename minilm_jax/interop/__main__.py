@@ -4,14 +4,14 @@
     python -m minilm_jax.interop export --workdir=FT_RUN --out=DIR [--which=best|final] [--seed=S]
     python -m minilm_jax.interop demo --out=DIR [--point=E64-H64-I256-L2-A4-V1000]
 
-``export`` writes a trained run as a Hugging Face directory with a tokenizer ``AutoTokenizer`` loads
-and a model card (``README.md``): a pre-training workdir as a masked LM, a finished fine-tuning run as
-a sequence classifier (one seed's member). A model RoBERTa can hold becomes ``RobertaForMaskedLM`` /
-``RobertaForSequenceClassification`` (a RoBERTa masked LM also serves as a fine-tuning
-``init.checkpoint``); any other (the default factorized embeddings with the E->H projection, pre-LN,
-the conv front end, the weighted-sum pooler) ships its own PyTorch code, loaded with
-``trust_remote_code=True``. ``demo`` builds a fresh point, exports it, imports it back and compares
-with ``transformers`` if installed.
+``export`` writes a trained run as a Hugging Face directory with a tokenizer ``AutoTokenizer``
+loads and a model card (``README.md``): a pre-training workdir as a masked LM, a finished
+fine-tuning run as a sequence classifier (one seed's member). A model RoBERTa can hold becomes
+``RobertaForMaskedLM`` / ``RobertaForSequenceClassification`` (a RoBERTa masked LM also serves as a
+fine-tuning ``init.checkpoint``); any other (the default factorized embeddings with the E->H
+projection, pre-LN, the conv front end, the weighted-sum pooler) ships its own PyTorch code, loaded
+with ``trust_remote_code=True``. ``demo`` builds a fresh point, exports it, imports it back and
+compares with ``transformers`` if installed.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output directory (Hugging Face format)")
     export.add_argument("--which", default="best",
                         help="pre-training: best | latest | step:N; fine-tuning: best (= selected) "
-                             "| final (default best)")
+                             "| final")
     export.add_argument("--seed", type=int, default=None,
                         help="fine-tuning: the member trained with this seed (default: the best "
                              "validation score)")

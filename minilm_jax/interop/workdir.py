@@ -124,9 +124,10 @@ def _refuse_unexportable(cfg: ModelConfig, workdir: str | os.PathLike) -> None:
 def export_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, which: str = "best",
                    tokenizer_path: str = "", overwrite: bool = False, seed: int | None = None,
                    command: str = "") -> Path:
-    """Write a trained run to ``out_dir``: checkpoint ``which`` (``best``, ``latest``, ``step:N``) of
-    a pre-training workdir, or a finished fine-tuning run's ``which`` (``best``/``selected`` or
-    ``final``) parameters of the member trained with ``seed`` (default: the best validation score).
+    """Write a trained run to ``out_dir``: checkpoint ``which`` (``best``, ``latest``,
+    ``step:N``) of a pre-training workdir, or a finished fine-tuning run's ``which``
+    (``best``/``selected`` or ``final``) parameters of the member trained with ``seed`` (default:
+    the best validation score).
 
     The tokenizer is the one the run recorded, or ``tokenizer_path``, which must be that same file
     (its sha256 is checked). An ``out_dir`` that is the workdir, holds it or lies in one of its
@@ -180,11 +181,13 @@ def _export_pretrained(workdir: str | os.PathLike, out_dir: str | os.PathLike, w
                             f"{tokenizer.vocab_size} tokens)"),
               ("steps trained", run.step), ("of steps planned", flat.get("train.num_steps")),
               ("batch size (sequences)", flat.get("train.batch_size")),
-              ("sequence length", run.model.max_len), ("peak learning rate", flat.get("optim.peak_lr"))],
+              ("sequence length", run.model.max_len),
+              ("peak learning rate", flat.get("optim.peak_lr"))],
         metrics=[(name, value) for name, value in (
             (f"validation perplexity at step {run.step}", run.validation_perplexity),
             ("best validation perplexity", best.get("validation_perplexity")),
-            ("best step", best.get("step")), ("test perplexity (best)", best.get("test_perplexity")))
+            ("best step", best.get("step")),
+            ("test perplexity (best)", best.get("test_perplexity")))
             if value is not None],
         commands=_commands(run.workdir, flat, "minilm-pretrain",
                            f"pretrain:{flat.get('point', run.model.point)}", command))
@@ -302,10 +305,11 @@ def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.
     valid = ((summary.validation or {}).get("members") or [{}] * len(summary.seeds))[member]
     mine = (reported.get("members") or [{}] * len(summary.seeds))[member]
     pre = summary.pretrained or {}
-    metrics: list[tuple[str, Any]] = [(f"validation {k} (this member)", v) for k, v in valid.items()]
+    metrics: list[tuple[str, Any]] = [(f"validation {k} (this member)", v)
+                                      for k, v in valid.items()]
     metrics += [(f"{k} (this member, {params_which} parameters)", v) for k, v in mine.items()]
     mean, std = reported.get("mean") or {}, reported.get("std") or {}
-    if "score" in mean:
+    if "score" in mean and (reported.get("n") or 0) > 1:
         metrics.append((f"score over {reported.get('n')} seeds (mean ± sd)",
                         f"{mean['score']:.2f} ± {std.get('score', 0.0):.2f}"))
     for split, base in (summary.majority or {}).items():

@@ -1,0 +1,318 @@
+"""Hugging Face export of every model the tool trains: the default recipe's factorized masked LM
+(E != H, E->H projection) and fine-tuned classifiers and regressors, loaded through transformers'
+Auto classes (our remote code where RoBERTa cannot hold the model) with our logits, a model card
+naming config, data, metrics and command; pre-LN, the weighted-sum pooler and the conv front end
+too."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import shared_path, write_line_shards
+
+from minilm_jax.interop.hf_files import InteropError
+
+SEQ = 32
+POINT = "E16-H32-I64-L2-A2-V600"  # factorized: E != H, the recipe's embed_projection=True
+CLASSES = ("alpha", "beta", "gamma")
+
+
+def wiki_lines() -> list[str]:
+    text = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if len(line.split()) >= 12]
+
+
+def write_table(folder: Path, rows: list[tuple[str, object]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, part in (("train", rows[:90]), ("test", rows[90:])):
+        with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows(part)
+
+
+def finetune(task: str, data_dir: Path, workdir: Path, **fields) -> Path:
+    from minilm_jax.configs.finetune import get_config as finetune_config
+    from minilm_jax.finetune.loop import Finetuner
+
+    c = finetune_config(task)
+    c.data.dir = str(data_dir)
+    c.data.max_len = SEQ
+    c.train.epochs = 1
+    c.train.batch_size = 16
+    c.train.seeds = (0, 1)
+    c.train.progress = False
+    c.eval.batch_size = 32
+    c.mesh.data = 1
+    for key, value in fields.items():
+        section, name = key.split("__")
+        c[section][name] = value
+    mode = c.init.mode
+    assert Finetuner(c, workdir, mode).run()["status"] == "completed"
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A short pre-training run of the default recipe at a factorized point; a 3-class table task
+    fine-tuned from it (2 seeds); a regression table task fine-tuned from random init with a
+    RoBERTa-shaped model (E == H, no projection)."""
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
+    from minilm_jax.corpus.tokenizer_train import train_sentencepiece
+    from minilm_jax.tokenizer import load_tokenizer
+    from minilm_jax.train.loop import Pretrainer
+
+    for package in ("safetensors", "torch", "transformers"):  # the hf and interop extras
+        pytest.importorskip(package)
+    root = tmp_path_factory.mktemp("export_models")
+    lines = wiki_lines()
+    tok_path = root / "tok.model"
+    tok_path.write_bytes(train_sentencepiece(lines, 600, "unigram"))
+    write_line_shards(root / "shards", load_tokenizer(tok_path), lines[:700], SEQ)
+    config = pretrain_config(POINT)
+    config.model.max_len = SEQ
+    config.data.shards = str(root / "shards")
+    config.train.num_steps = 4
+    config.train.batch_size = 8
+    config.train.progress = False
+    config.eval.every_steps = 4
+    config.eval.batch_size = 50
+    config.mesh.data = 1
+    config.checkpoint.every_steps = 4
+    Pretrainer(config, root / "pre").run()
+
+    texts = [" ".join(line.split()[:20]) for line in lines[800:920]]
+    write_table(root / "cls_data", [(t, CLASSES[i % 3]) for i, t in enumerate(texts)])
+    write_table(root / "reg_data", [(t, round(len(t) / 40.0, 2)) for t in texts])
+    cls = finetune("table", root / "cls_data", root / "cls", init__checkpoint=str(root / "pre"))
+    reg = finetune("table_regression", root / "reg_data", root / "reg", init__mode="random",
+                   data__tokenizer=str(tok_path), model__emb_dim=32, model__hidden_dim=32,
+                   model__ffn_dim=64, model__num_layers=1, model__vocab_size=600,
+                   model__embed_projection=False, model__max_len=SEQ, train__seeds=(3,))
+    return {"root": root, "tokenizer": tok_path, "pre": root / "pre", "cls": cls, "reg": reg}
+
+
+def test_the_default_recipe_builds_a_model_roberta_cannot_hold():
+    """The point of this file: the recipe's default model (E->H projection) is what most runs
+    train, and it used to be refused by ``export`` (and announced as such before training)."""
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
+    from minilm_jax.interop.hf_roberta import export_problems
+    from minilm_jax.run_config import model_from_config
+
+    cfg = model_from_config(pretrain_config(POINT))
+    assert cfg.embed_projection and cfg.emb_dim != cfg.hidden_dim
+    assert any("embed_projection" in p for p in export_problems(cfg))
+
+
+def test_no_export_note_before_training_the_default_recipe(capsys):
+    """Fails on the old behaviour: pre-training printed 'will not export' for the default model."""
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
+    from minilm_jax.pretrain import export_note
+
+    config = pretrain_config(POINT)
+    export_note(config)
+    assert capsys.readouterr().out == ""
+    config.model.arch = "my_lab.encoders:Gated"
+    export_note(config)
+    assert "will not export to Hugging Face" in capsys.readouterr().out
+
+
+def hf_batch(tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
+    return tokenizer(texts, padding="max_length", truncation=True, max_length=SEQ,
+                     return_tensors="np")
+
+
+def test_factorized_pretraining_run_exports_with_its_own_modeling_code(runs, tmp_path):
+    """Fails on the old behaviour (``error: ... embed_projection=True``): the default recipe's
+    model exports, loads through the Auto classes with trust_remote_code=True and gives our logits
+    at every position of a padded batch."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from flax import nnx
+
+    from minilm_jax.finetune.pretrained import PretrainedRun
+    from minilm_jax.interop.__main__ import main
+    from minilm_jax.model.models import build_mlm
+
+    out = tmp_path / "hf"
+    assert main(["export", "--workdir", str(runs["pre"]), "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "minilm_jax" and config["architectures"] == ["MinilmForMaskedLM"]
+    assert config["auto_map"]["AutoModelForMaskedLM"] == "modeling_minilm.MinilmForMaskedLM"
+    assert {"modeling_minilm.py", "configuration_minilm.py", "README.md", "run_config.json",
+            "tok.model", "tokenizer.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+
+    hf, info = transformers.AutoModelForMaskedLM.from_pretrained(
+        str(out), trust_remote_code=True, output_loading_info=True)
+    assert type(hf).__name__ == "MinilmForMaskedLM"
+    assert not any(info.values()), info  # every tensor used, none missing
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    texts = wiki_lines()[900:906] + ["a short one", "the"]
+    batch = hf_batch(hf_tok, texts)
+    assert (batch["attention_mask"] == 0).any()  # padded rows
+    with torch.no_grad():
+        theirs = hf.eval()(input_ids=torch.from_numpy(batch["input_ids"].astype(np.int64)),
+                           attention_mask=torch.from_numpy(batch["attention_mask"])).logits.numpy()
+    run = PretrainedRun.open(runs["pre"])
+    ours = build_mlm(run.model)
+    nnx.update(ours, run.model_state())
+    mine = np.asarray(ours.all_logits(batch["input_ids"].astype(np.int32)))
+    np.testing.assert_allclose(theirs, mine, atol=1e-4, rtol=0)  # padding positions too
+    base = transformers.AutoModel.from_pretrained(str(out), trust_remote_code=True)
+    assert type(base).__name__ == "MinilmModel"
+
+    card = (out / "README.md").read_text()
+    summary = json.loads((runs["pre"] / "summary.json").read_text())
+    for fact in (POINT, "| E (embedding width) | 16 |", "| H (hidden width) | 32 |",
+                 "| E->H projection | True |", f"{summary['params']['total']:,}",
+                 str(runs["root"] / "shards"), "minilm-pretrain --config=pretrain:" + POINT,
+                 "--config.data.shards=", "--config.train.num_steps=4",
+                 "python -m minilm_jax.interop export", "trust_remote_code=True",
+                 f"{summary['best']['validation_perplexity']:.4g}"):
+        assert fact in card, fact
+
+
+def test_finetuned_classifier_exports_and_predicts_as_the_run_did(runs, tmp_path):
+    """The best member of a 3-class run (factorized encoder: remote code) gives the logits the run
+    saved for its test split, from the raw texts through AutoTokenizer; labels and card carried."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from minilm_jax.interop.__main__ import main
+
+    summary = json.loads((runs["cls"] / "summary.json").read_text())
+    scores = [m["score"] for m in summary["validation"]["members"]]
+    member = int(np.argmax(scores))
+    out = tmp_path / "cls"
+    assert main(["export", "--workdir", str(runs["cls"]), "--out", str(out)]) == 0
+    hf, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(out), trust_remote_code=True, output_loading_info=True)
+    assert type(hf).__name__ == "MinilmForSequenceClassification" and not any(info.values())
+    assert hf.config.id2label == dict(enumerate(CLASSES)) and hf.config.num_labels == 3
+    assert hf.config.problem_type == "single_label_classification"
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    with open(runs["root"] / "cls_data" / "test.csv", encoding="utf-8") as f:
+        texts = [row["text"] for row in csv.DictReader(f)]
+    batch = hf_tok(texts, padding=True, truncation=True, max_length=SEQ, return_tensors="pt")
+    with torch.no_grad():
+        theirs = hf.eval()(**batch).logits.numpy()
+    saved = np.load(runs["cls"] / "predictions" / "test.selected.npy")[member]
+    np.testing.assert_allclose(theirs, saved, atol=1e-4, rtol=0)
+
+    card = (out / "README.md").read_text()
+    for fact in ("table", f"seed {summary['seeds'][member]}", "alpha, beta, gamma",
+                 "minilm-finetune --config=finetune:table", "--config.init.checkpoint=",
+                 "AutoModelForSequenceClassification", "trust_remote_code=True",
+                 f"{summary['selected']['members'][member]['score']:.4g}"):
+        assert fact in card, fact
+    other = tmp_path / "seed1_final"
+    assert main(["export", "--workdir", str(runs["cls"]), "--out", str(other), "--seed", "1",
+                 "--which", "final"]) == 0
+    assert json.loads((other / "config.json").read_text())["minilm_jax"]["provenance"] == {
+        "workdir": str(runs["cls"]), "task": "table", "seed": 1, "parameters": "final",
+        "point": POINT}
+
+
+def test_finetuned_regressor_of_roberta_shape_exports_as_roberta(runs, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from minilm_jax.interop.workdir import export_workdir
+
+    out = export_workdir(runs["reg"], tmp_path / "reg")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "roberta" and "auto_map" not in config
+    hf, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(out), output_loading_info=True)
+    assert type(hf).__name__ == "RobertaForSequenceClassification" and not any(info.values())
+    assert hf.config.problem_type == "regression" and hf.config.num_labels == 1
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    with open(runs["root"] / "reg_data" / "test.csv", encoding="utf-8") as f:
+        texts = [row["text"] for row in csv.DictReader(f)]
+    batch = hf_tok(texts, padding=True, truncation=True, max_length=SEQ, return_tensors="pt")
+    with torch.no_grad():
+        theirs = hf.eval()(**batch).logits.numpy()
+    saved = np.load(runs["reg"] / "predictions" / "test.selected.npy")[0]
+    np.testing.assert_allclose(theirs, saved, atol=1e-4, rtol=0)
+    card = (out / "README.md").read_text()
+    assert "regression (one output)" in card and "pearson" in card
+    assert "trust_remote_code" not in card
+
+
+def test_bad_fine_tuning_exports_are_one_line(runs, tmp_path, capsys):
+    from minilm_jax.interop.__main__ import main
+
+    cases = [(["--workdir", str(runs["cls"]), "--seed", "7"], "the run trained the seeds [0, 1]"),
+             (["--workdir", str(runs["cls"]), "--which", "latest"], "--which=latest"),
+             (["--workdir", str(runs["pre"]), "--seed", "0"], "--seed is for fine-tuning runs")]
+    for args, message in cases:
+        assert main(["export", *args, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    both = tmp_path / "both"
+    (both / "pretrained").mkdir(parents=True)
+    (both / "pretrained" / "config.json").write_text("{}")
+    with pytest.raises(InteropError, match="init.mode=both"):
+        from minilm_jax.interop.workdir import export_workdir
+
+        export_workdir(both, tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def _perturbed(model, seed: int = 0):
+    """Every parameter and statistic moved off its initial value (non-trivial biases, norms,
+    BatchNorm statistics, pooler weights)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    rng = np.random.default_rng(seed)
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        value = np.asarray(var.get_value())
+        moved = (rng.uniform(0.5, 2.0, value.shape) if path[-1] == "var"
+                 else value + rng.normal(0.0, 0.1, value.shape))
+        var.set_value(jnp.asarray(moved.astype(value.dtype)))
+    return model
+
+
+@pytest.mark.parametrize("fields,classifier", [
+    ({"norm_position": "pre", "pooler": "weighted_sum"}, True),
+    ({"arch": "bert_conv", "conv_layers": 2, "conv_channels": 3}, False),
+    ({"arch": "bert_conv", "conv_layers": 1, "conv_channels": 2, "embed_projection": False,
+      "emb_dim": 32}, True)])
+def test_other_architectures_export_with_remote_code(fields, classifier, tmp_path):
+    """Pre-LN with the weighted-sum pooler, study B's conv front end (BatchNorm statistics):
+    transformers gives our outputs at every position of a padded batch."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    from minilm_jax.interop.hf_minilm import export_model
+    from minilm_jax.model.models import build_classifier, build_mlm
+    from minilm_jax.model.sizes import resolve_point
+
+    cfg = resolve_point(POINT, max_len=16, **fields)
+    model = _perturbed(build_classifier(cfg, 2) if classifier else build_mlm(cfg))
+    out = export_model(model, tmp_path / "hf", labels=["no", "yes"] if classifier else ())
+    auto = (transformers.AutoModelForSequenceClassification if classifier
+            else transformers.AutoModelForMaskedLM)
+    hf, info = auto.from_pretrained(str(out), trust_remote_code=True, output_loading_info=True)
+    assert not any(info.values()), info
+    tokens = np.full((3, 16), cfg.pad_id, np.int32)
+    rng = np.random.default_rng(1)
+    for row, n in enumerate((16, 9, 3)):
+        tokens[row, :n] = rng.integers(5, cfg.vocab_size, n)
+        tokens[row, 0], tokens[row, n - 1] = 0, 2
+    with torch.no_grad():  # no attention_mask: the padding is pad_token_id, as ours
+        theirs = hf.eval()(input_ids=torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+    mine = np.asarray(model(tokens) if classifier else model.all_logits(tokens))
+    np.testing.assert_allclose(theirs, mine, atol=1e-4, rtol=0)
+
+
+def test_a_custom_encoder_is_refused_in_one_line():
+    from minilm_jax.interop.hf_minilm import minilm_hf_config
+    from minilm_jax.model.config import ModelConfig
+
+    with pytest.raises(InteropError, match="custom encoder"):
+        minilm_hf_config(ModelConfig(arch="my_lab.encoders:Gated"), "MaskedLM")

@@ -177,10 +177,23 @@ def test_factorized_pretraining_run_exports_with_its_own_modeling_code(runs, tmp
         assert fact in card, fact
 
 
+def exported_test_logits(hf, out: Path, data: Path) -> np.ndarray:
+    """The exported model's logits on a table task's ``test.csv``, through its own tokenizer."""
+    import torch
+    import transformers
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    with open(data / "test.csv", encoding="utf-8") as f:
+        texts = [row["text"] for row in csv.DictReader(f)]
+    batch = hf_tok(texts, padding=True, truncation=True, max_length=SEQ, return_tensors="pt")
+    with torch.no_grad():
+        return hf.eval()(**batch).logits.numpy()
+
+
 def test_finetuned_classifier_exports_and_predicts_as_the_run_did(runs, tmp_path):
     """The best member of a 3-class run (factorized encoder: remote code) gives the logits the run
     saved for its test split, from the raw texts through AutoTokenizer; labels and card carried."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from minilm_jax.interop.__main__ import main
 
@@ -194,12 +207,7 @@ def test_finetuned_classifier_exports_and_predicts_as_the_run_did(runs, tmp_path
     assert type(hf).__name__ == "MinilmForSequenceClassification" and not any(info.values())
     assert hf.config.id2label == dict(enumerate(CLASSES)) and hf.config.num_labels == 3
     assert hf.config.problem_type == "single_label_classification"
-    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
-    with open(runs["root"] / "cls_data" / "test.csv", encoding="utf-8") as f:
-        texts = [row["text"] for row in csv.DictReader(f)]
-    batch = hf_tok(texts, padding=True, truncation=True, max_length=SEQ, return_tensors="pt")
-    with torch.no_grad():
-        theirs = hf.eval()(**batch).logits.numpy()
+    theirs = exported_test_logits(hf, out, runs["root"] / "cls_data")
     saved = np.load(runs["cls"] / "predictions" / "test.selected.npy")[member]
     np.testing.assert_allclose(theirs, saved, atol=1e-4, rtol=0)
 
@@ -218,7 +226,7 @@ def test_finetuned_classifier_exports_and_predicts_as_the_run_did(runs, tmp_path
 
 
 def test_finetuned_regressor_of_roberta_shape_exports_as_roberta(runs, tmp_path):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from minilm_jax.interop.workdir import export_workdir
 
@@ -229,12 +237,7 @@ def test_finetuned_regressor_of_roberta_shape_exports_as_roberta(runs, tmp_path)
         str(out), output_loading_info=True)
     assert type(hf).__name__ == "RobertaForSequenceClassification" and not any(info.values())
     assert hf.config.problem_type == "regression" and hf.config.num_labels == 1
-    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
-    with open(runs["root"] / "reg_data" / "test.csv", encoding="utf-8") as f:
-        texts = [row["text"] for row in csv.DictReader(f)]
-    batch = hf_tok(texts, padding=True, truncation=True, max_length=SEQ, return_tensors="pt")
-    with torch.no_grad():
-        theirs = hf.eval()(**batch).logits.numpy()
+    theirs = exported_test_logits(hf, out, runs["root"] / "reg_data")
     saved = np.load(runs["reg"] / "predictions" / "test.selected.npy")[0]
     np.testing.assert_allclose(theirs, saved, atol=1e-4, rtol=0)
     card = (out / "README.md").read_text()

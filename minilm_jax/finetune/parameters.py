@@ -22,11 +22,10 @@ from typing import Any, Iterable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from minilm_jax.errors import UserError
 from minilm_jax.storage import RunPath, atomic_write_bytes, remove_tree, run_path
-from minilm_jax.train.distributed import from_process_0
+from minilm_jax.train.distributed import from_process_0, gathered
 from minilm_jax.train.records import is_done, read_finetune_summary
 from minilm_jax.train.run_log import log_line
 
@@ -46,13 +45,6 @@ def flat_leaves(tree: Any) -> dict[str, np.ndarray]:
     """``{"a/b/c": array}`` for every leaf of ``tree`` (host copies)."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
     return {"/".join(_key_name(k) for k in path): np.asarray(leaf) for path, leaf in leaves}
-
-
-def gathered(tree: Any) -> Any:
-    """``tree`` whole on this host (every process must call it in a multi-host run)."""
-    if jax.process_count() > 1:
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return tree
 
 
 def parameters_bytes(final: dict[str, Any], selected: dict[str, Any], members: slice) -> bytes:

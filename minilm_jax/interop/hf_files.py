@@ -7,9 +7,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+import json
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from minilm_jax.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from minilm_jax.tokenizer import Tokenizer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -108,3 +114,27 @@ def safetensors_numpy():
     return st_numpy
 
 
+
+
+def write_hf_dir(out_dir: str | os.PathLike, config: Mapping[str, Any],
+                 tensors: "Mapping[str, np.ndarray]", *, copies: list[Path],
+                 tokenizer: "Tokenizer | None", max_len: int,
+                 files: Mapping[str, str] | None = None, overwrite: bool = False) -> Path:
+    """Write a Hugging Face directory atomically: ``config.json``, ``model.safetensors``, the
+    ``copies`` (files copied as they are), our tokenizer as ``AutoTokenizer`` files, and ``files``
+    (name -> text). The caller has checked the target (:func:`check_target`)."""
+    st_numpy = safetensors_numpy()
+
+    def fill(tmp: Path) -> None:
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        st_numpy.save_file(dict(tensors), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        for f in copies:
+            shutil.copyfile(f, tmp / f.name)
+        if tokenizer is not None:
+            from minilm_jax.interop.hf_tokenizer import write_hf_tokenizer
+
+            write_hf_tokenizer(tokenizer, tmp, max_len=max_len)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    return write_dir_atomically(out_dir, fill, overwrite=overwrite)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -26,11 +25,12 @@ import numpy as np
 from flax import nnx
 
 from minilm_jax.interop.hf_files import (CONFIG_NAME, WEIGHTS_NAME, InteropError, check_target,
-                                         safetensors_numpy, tokenizer_files, write_dir_atomically)
+                                         tokenizer_files, write_hf_dir)
 from minilm_jax.interop.hf_remote import remote_files
 from minilm_jax.interop.hf_roberta import (_KERNEL, BOS_ID, EOS_ID, METADATA_KEY, METADATA_VERSION,
                                            _flat_params, export_problems,
-                                           hf_config_from_model_config, hf_tensors, param_map)
+                                           hf_config_from_model_config, hf_tensors, mapped_tensors,
+                                           param_map)
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import MaskedLM, SequenceClassifier
 
@@ -132,11 +132,7 @@ def roberta_classifier_tensors(model: SequenceClassifier) -> dict[str, np.ndarra
     if extra:
         raise InteropError(f"classifier state {extra[:5]} has no name in "
                            "RobertaForSequenceClassification")
-    out = {}
-    for ours, hf, kind in rows:
-        arr = np.asarray(params[ours].get_value(), dtype=np.float32)
-        out[hf] = np.ascontiguousarray(arr.T if kind == _KERNEL else arr)
-    return out
+    return mapped_tensors(params, rows)
 
 
 def hf_layout(model: MaskedLM | SequenceClassifier, labels: Sequence[str] = (),
@@ -178,21 +174,8 @@ def export_model(model: MaskedLM | SequenceClassifier, out_dir: str | os.PathLik
     clash = sorted(set(files or {}) & ({CONFIG_NAME, WEIGHTS_NAME} | {f.name for f in copies}))
     if clash:
         raise InteropError(f"extra export files {clash} would overwrite the model's own")
-    st_numpy = safetensors_numpy()
-
-    def fill(tmp: Path) -> None:
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        st_numpy.save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        for f in copies:
-            shutil.copyfile(f, tmp / f.name)
-        if tokenizer is not None:
-            from minilm_jax.interop.hf_tokenizer import write_hf_tokenizer
-
-            write_hf_tokenizer(tokenizer, tmp, max_len=model.cfg.max_len)
-        for name, text in (files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-
-    return write_dir_atomically(out_dir, fill, overwrite=overwrite)
+    return write_hf_dir(out_dir, config, tensors, copies=copies, tokenizer=tokenizer,
+                        max_len=model.cfg.max_len, files=files, overwrite=overwrite)
 
 
 def architecture_of(out_dir: str | os.PathLike) -> str:

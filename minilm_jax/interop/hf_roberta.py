@@ -30,18 +30,15 @@ a trained workdir, ``python -m minilm_jax.interop demo`` runs a round trip on a 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from flax import nnx
 
-from minilm_jax.interop.hf_files import (CONFIG_NAME, WEIGHTS_NAME, InteropError,
-                                         check_target, safetensors_numpy, tokenizer_files,
-                                         write_dir_atomically)
+from minilm_jax.interop.hf_files import (InteropError, check_target, tokenizer_files,
+                                         write_hf_dir)
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.encoder import TransformerEncoder
 from minilm_jax.model.models import MaskedLM
@@ -254,6 +251,16 @@ def _export_problems(model: MaskedLM) -> list[str]:
     return problems
 
 
+def mapped_tensors(params: dict[Path_, Any], rows: list[tuple[Path_, str, str]]
+                   ) -> dict[str, np.ndarray]:
+    """The float32 state dict of ``rows`` (ours, Hugging Face name, kind): kernels transposed."""
+    out: dict[str, np.ndarray] = {}
+    for ours, hf, kind in rows:
+        arr = np.asarray(params[ours].get_value(), dtype=np.float32)
+        out[hf] = np.ascontiguousarray(arr.T if kind == _KERNEL else arr)
+    return out
+
+
 def hf_tensors(model: MaskedLM) -> dict[str, np.ndarray]:
     """The ``RobertaForMaskedLM`` state dict (float32 numpy arrays) of ``model``."""
     if not isinstance(model, MaskedLM):
@@ -269,10 +276,7 @@ def hf_tensors(model: MaskedLM) -> dict[str, np.ndarray]:
     if unmapped or missing:
         raise InteropError(f"model parameters do not match RobertaForMaskedLM: unmapped {unmapped}, "
                            f"missing {missing}")
-    out: dict[str, np.ndarray] = {}
-    for ours, hf, kind in rows:
-        arr = np.asarray(params[ours].get_value(), dtype=np.float32)
-        out[hf] = np.ascontiguousarray(arr.T if kind == _KERNEL else arr)
+    out = mapped_tensors(params, rows)
     # transformers keeps the output bias twice (lm_head.bias, tied to lm_head.decoder.bias when the
     # embeddings are tied); an untied save_pretrained writes both, so do we.
     out["lm_head.bias"] = out["lm_head.decoder.bias"].copy()
@@ -301,18 +305,6 @@ def export_roberta(model: MaskedLM, out_dir: str | os.PathLike, *,
     if provenance:
         hf_config[METADATA_KEY]["provenance"] = dict(provenance)
     check_target(Path(out_dir), overwrite)  # fail before doing any work
-    tensors = hf_tensors(model)
     copies = tokenizer_files(tokenizer_path) + tokenizer_files(tokenizer.path if tokenizer else None)
-    st_numpy = safetensors_numpy()
-
-    def fill(tmp: Path) -> None:
-        (tmp / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-        st_numpy.save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        for f in copies:
-            shutil.copyfile(f, tmp / f.name)
-        if tokenizer is not None:
-            from minilm_jax.interop.hf_tokenizer import write_hf_tokenizer
-
-            write_hf_tokenizer(tokenizer, tmp, max_len=model.cfg.max_len)
-
-    return write_dir_atomically(out_dir, fill, overwrite=overwrite)
+    return write_hf_dir(out_dir, hf_config, hf_tensors(model), copies=copies, tokenizer=tokenizer,
+                        max_len=model.cfg.max_len, overwrite=overwrite)

@@ -58,3 +58,11 @@ def from_process_0(value: Any) -> Any:
         data = np.zeros(size, np.uint8)
     data = np.asarray(multihost_utils.broadcast_one_to_all(data), np.uint8)
     return json.loads(data.tobytes().decode())
+
+
+def gathered(tree: Any) -> Any:
+    """``tree`` whole on this host (arrays sharded over several hosts gathered everywhere).
+    Collective in a multi-host run: every process must call it."""
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return tree

@@ -14,7 +14,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from minilm_jax.model import accounting
 from minilm_jax.model.config import ModelConfig
@@ -27,6 +26,7 @@ from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train import runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
+from minilm_jax.train.distributed import gathered
 from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exported for callers)
 from minilm_jax.train.evaluation import EvaluationHook, ShardPerplexity
 from minilm_jax.train.mesh import make_mesh
@@ -40,9 +40,7 @@ from minilm_jax.train.throughput import device_memory_stats, measured_matmul_pea
 def params_digest(params) -> str:
     """sha256 over every parameter's bytes, in tree order (exact-reproducibility checks)."""
     digest = hashlib.sha256()
-    if jax.process_count() > 1:  # parameters sharded over several hosts: gather them everywhere
-        params = multihost_utils.process_allgather(params, tiled=True)
-    for leaf in jax.tree.leaves(jax.device_get(params)):
+    for leaf in jax.tree.leaves(jax.device_get(gathered(params))):
         digest.update(np.ascontiguousarray(leaf).tobytes())
     return digest.hexdigest()
 

@@ -97,9 +97,13 @@ class MetricsWriter:
                 if key not in ("step", "split") and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{split}/{key}", value, step)
 
-    def flush(self) -> None:
+    def _rewrite_remote(self) -> None:
+        """An object store's metrics file, written whole (no appends there)."""
         if self.remote and self.enabled:
             self.path.write_text("\n".join(self._lines) + "\n")
+
+    def flush(self) -> None:
+        self._rewrite_remote()
         if self._tb is not None:
             self._tb.flush()
             self._upload_events()
@@ -114,8 +118,7 @@ class MetricsWriter:
             (target / event_file.name).write_bytes(event_file.read_bytes())
 
     def close(self) -> None:
-        if self.remote and self.enabled:
-            self.path.write_text("\n".join(self._lines) + "\n")
+        self._rewrite_remote()
         if self._tb is not None:
             self._tb.close()
             self._upload_events()

@@ -25,6 +25,7 @@ def main(argv: list[str]) -> None:
     del argv
     from minilm_jax.errors import UserError
     from minilm_jax.evals.in_training import step_evaluations
+    from minilm_jax.interop.hf_minilm import export_note
     from minilm_jax.train.distributed import maybe_initialize_distributed
     from minilm_jax.train.loop import Pretrainer
     from minilm_jax.train.population import expand, is_population
@@ -32,7 +33,9 @@ def main(argv: list[str]) -> None:
 
     config, workdir = _RUN_FLAGS()
     maybe_initialize_distributed(config)
-    export_note(config)
+    note = export_note(config)
+    if note:
+        print(note, flush=True)
     if is_population(config):
         if config.get("evals"):
             raise UserError("config.evals runs inside single runs; score a population's members "
@@ -46,21 +49,6 @@ def main(argv: list[str]) -> None:
         summary = Pretrainer(config, workdir, step_evaluations(config, workdir)).run()
         brief = {k: summary[k] for k in ("status", "step", "point", "best") if k in summary}
     print(json.dumps(brief, indent=2))
-
-
-def export_note(config) -> None:
-    """Say before training when the model will not export to Hugging Face at all, and why (every
-    built-in encoder exports: as RoBERTa where it fits, with its own PyTorch code otherwise)."""
-    from minilm_jax.interop.hf_minilm import remote_problems
-    from minilm_jax.model.config import ConfigError
-    from minilm_jax.run_config import model_from_config
-
-    try:
-        problems = remote_problems(model_from_config(config))
-    except ConfigError:
-        return  # the run itself reports a bad model config
-    if problems:
-        print(f"note: this model will not export to Hugging Face ({problems[0]})", flush=True)
 
 
 def _entry() -> None:

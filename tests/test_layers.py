@@ -99,3 +99,28 @@ def test_no_module_imports_from_a_layer_above(module, path):
     upward = sorted(f"{t} (layer {layer_of(t)})" for t in imports_of(path, module)
                     if t != "minilm_jax" and layer_of(t) > own)
     assert not upward, f"{module} (layer {own}) imports from above: {', '.join(upward)}"
+
+
+def defines_flags(path: Path) -> bool:
+    """Whether importing ``path`` defines absl flags (a command module)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:  # module level only: a flag defined inside main() is not imported
+        for call in ast.walk(node) if isinstance(node, (ast.Assign, ast.Expr)) else ():
+            if isinstance(call, ast.Call):
+                name = getattr(call.func, "attr", getattr(call.func, "id", ""))
+                if name.startswith("DEFINE_") or name == "define_run_flags":
+                    return True
+    return False
+
+
+def test_tests_import_at_most_one_command_module():
+    """Two command modules in one pytest process define the same absl flag (``--config``) and the
+    second import fails with DuplicateFlagError, whichever test happens to run second."""
+    commands = {m for m, p in MODULES if defines_flags(p)}
+    assert {"minilm_jax.pretrain", "minilm_jax.aot"} <= commands  # the scan sees them
+    imported = {}
+    for test in sorted((REPO / "tests").glob("*.py")):
+        for target in imports_of(test, "tests." + test.stem) & commands:
+            imported.setdefault(target, []).append(test.name)
+    assert len(imported) <= 1, f"tests import several command modules: {imported}; import the " \
+        "library function from a module without flags, or run the command in a subprocess"

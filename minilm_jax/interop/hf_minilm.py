@@ -31,7 +31,7 @@ from minilm_jax.interop.hf_roberta import (_KERNEL, BOS_ID, EOS_ID, METADATA_KEY
                                            _flat_params, export_problems,
                                            hf_config_from_model_config, hf_tensors, mapped_tensors,
                                            param_map)
-from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.models import MaskedLM, SequenceClassifier
 
 if TYPE_CHECKING:
@@ -55,6 +55,18 @@ def remote_problems(cfg: ModelConfig) -> list[str]:
         return [f"model.arch={cfg.arch!r} is a custom encoder; only {REMOTE_ARCHS} have a PyTorch "
                 "twin (minilm_jax.interop.hf_remote)"]
     return []
+
+
+def export_note(config: Any) -> str | None:
+    """The line pre-training prints before it trains when the run's model will not export to
+    Hugging Face at all, and why (None: it exports, as RoBERTa or with its own PyTorch code)."""
+    from minilm_jax.run_config import model_from_config
+
+    try:
+        problems = remote_problems(model_from_config(config))
+    except ConfigError:
+        return None  # the run itself reports a bad model config
+    return f"note: this model will not export to Hugging Face ({problems[0]})" if problems else None
 
 
 def fits_roberta(model: MaskedLM | SequenceClassifier) -> bool:

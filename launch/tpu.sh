@@ -12,7 +12,8 @@
 #   check              on every worker: JAX's process index and count, local and global devices
 #   pretrain ARGS      on every worker: python -m minilm_jax.pretrain ARGS --config.distributed.initialize=True
 #   finetune ARGS      on every worker: python -m minilm_jax.finetune ARGS --config.distributed.initialize=True
-#   sweep ARGS         on every worker: python -m minilm_jax.sweep ARGS
+#   sweep ARGS         on every worker: python -m minilm_jax.sweep ARGS (a pod slice: every host is
+#                      one sweep worker, --launcher=tpu, sharing --root=/shared/mount/DIR)
 #   run CMD            on every worker, in the checkout: CMD
 #   delete             delete the TPU VM
 #
@@ -35,9 +36,9 @@
 #   GCLOUD=PATH                                    the gcloud binary (default: gcloud)
 #
 # A pod slice (more than 8 TensorCores/chips: v4-16+, v5p-16+, v5litepod-16+, v6e-16+) runs one
-# process per worker host: its --workdir must be gs://..., storage every host sees (sweeps run on
-# single-host VMs only),
-# because Orbax writes each checkpoint from all hosts.
+# process per worker host: its --workdir must be gs://..., storage every host sees, because Orbax
+# writes each checkpoint from all hosts. A sweep there runs one worker per host (each trains on its
+# own chips) with --root on a filesystem every host mounts.
 #
 # Example, a v4-32 pod slice:
 #   export TPU_NAME=mlm TPU_ZONE=us-central2-b TPU_ACCELERATOR_TYPE=v4-32
@@ -233,10 +234,16 @@ case "$COMMAND" in
     on_all_workers "$(module_cmd "$COMMAND" ${ARGS[@]+"${ARGS[@]}"} ${init[@]+"${init[@]}"})" ;;
   sweep)
     if [ "$MULTI_HOST" = 1 ] && ! has_arg --dry_run; then
-      die "sweep runs its runs one after another in one process per host and cannot span the hosts of $TYPE; run it on a single-host TPU VM (e.g. v5litepod-8), or run \`pretrain\` per point on the pod slice"
-    fi
-    check_output_dir --root
-    on_all_workers "$(module_cmd sweep ${ARGS[@]+"${ARGS[@]}"})" ;;
+      # Every host is one sweep worker (its own chips); the workers share the root through a
+      # filesystem every host mounts (Filestore/NFS): claims need exclusive create and rename.
+      root=$(arg_value --root)
+      [ -n "$root" ] || die "sweep needs --root=DIR"
+      [[ $root == /* ]] || die "--root=$root: on the pod slice $TYPE every host runs a sweep worker, and the workers share the root; use an absolute path on a filesystem every host mounts (e.g. a Filestore share at /mnt/shared), not the VM's own disk or gs://"
+      on_all_workers "$(module_cmd sweep ${ARGS[@]+"${ARGS[@]}"} --launcher=tpu)"
+    else
+      check_output_dir --root
+      on_all_workers "$(module_cmd sweep ${ARGS[@]+"${ARGS[@]}"})"
+    fi ;;
   run)
     [ ${#ARGS[@]} -ge 1 ] || die "run needs a command"
     on_all_workers "cd $DIR && ${ARGS[*]}" ;;

@@ -166,7 +166,7 @@ def remove_stale_temps(parent: str | os.PathLike, name: str, tags: Sequence[str]
                 unknown.append(path)
             continue
         pid = int(match["pid"])
-        if match["host"] != _host_tag() or pid == os.getpid() or _alive(pid):
+        if match["host"] != _host_tag() or pid == os.getpid() or process_alive(pid):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -221,7 +221,7 @@ class WorkdirLock:
                 raise UserError(f"{self.what} {self.path.parent} is in use by process "
                                 f"{owner.get('pid')} on host {owner.get('host')}; if that process "
                                 f"is gone, delete {self.path}")
-            if _alive(int(owner.get("pid", -1))):
+            if process_alive(int(owner.get("pid", -1))):
                 raise UserError(f"{self.what} {self.path.parent} is in use by process "
                                 f"{owner.get('pid')} (this host); wait for it, stop it, or use "
                                 "another directory")
@@ -249,7 +249,7 @@ class WorkdirLock:
         self.release()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether a process with ``pid`` runs on this host."""
     if pid <= 0:
         return False

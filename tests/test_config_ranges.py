@@ -165,7 +165,7 @@ def test_every_number_of_both_recipes_has_a_range(recipe, rules):
 
 def test_the_shipped_recipes_and_sweeps_validate(tmp_path):
     from minilm_jax.sweep import expand
-    from minilm_jax.sweep.runner import finetune_jobs
+    from minilm_jax.sweep.layout import finetune_jobs
 
     for point in NAMED_POINTS:
         validate_pretrain_config(pretrain_recipe.get_config(point))

@@ -114,7 +114,8 @@ def test_a_sweep_packs_the_finetuning_jobs_of_its_population(word_shards, tmp_pa
     first run's job takes every packed run whose pre-training finished and whose job did not; the
     shared random-init twin is never packed; ``pack=off`` packs nothing."""
     from conftest import REPO
-    from minilm_jax.sweep.runner import SweepRunner, finetune_jobs
+    from minilm_jax.sweep.layout import finetune_jobs
+    from minilm_jax.sweep.runner import SweepRunner
 
     sys.path.insert(0, str(REPO / "configs"))
     import sweep as sweep_configs

@@ -13,6 +13,7 @@ import pytest
 
 from minilm_jax.errors import Interrupted, UserError
 from minilm_jax.sweep.runner import SweepRunner, stop_error
+from minilm_jax.sweep.workers import run_worker
 from minilm_jax.sweep.status import SweepStatus
 from minilm_jax.train import seal
 from minilm_jax.train.checkpoint import Checkpoints, find_checkpoint
@@ -44,7 +45,7 @@ def test_a_sigterm_stops_the_sweep_marks_the_stage_interrupted_and_the_report_in
     sweep.ofat = ("b:model.hidden_dim=32",)
     sweep.ofat = ("b:model.hidden_dim=32", "b:model.ffn_dim=64")
     signal_after(Pretrainer, 8 + 5, signal.SIGTERM, monkeypatch)  # run 2 of 3, at step 5
-    outcome = SweepRunner(sweep, tmp_path).run()
+    outcome = run_worker(sweep, tmp_path)
     assert outcome["interrupted"] == {"run": "b__hidden_dim=32", "stage": "pretrain",
                                       "signal": "SIGTERM"}
     status = SweepStatus(tmp_path).read()
@@ -57,7 +58,7 @@ def test_a_sigterm_stops_the_sweep_marks_the_stage_interrupted_and_the_report_in
     assert "Incomplete sweep" in report and "b__hidden_dim=32 pretrain: interrupted" in report
 
     monkeypatch.undo()  # re-run: resumes the interrupted run, then runs the other one
-    outcome = SweepRunner(sweep, tmp_path).run()
+    outcome = run_worker(sweep, tmp_path)
     assert "interrupted" not in outcome and outcome["failures"] == {}
     assert SweepStatus(tmp_path).unfinished() == []
     assert "Incomplete sweep" not in (tmp_path / "report" / "report.md").read_text()
@@ -89,7 +90,7 @@ def test_a_preempted_finetuning_stage_is_recorded_interrupted_not_done(word_shar
     workdir.mkdir(parents=True)
     (workdir / "summary.json").write_text(json.dumps({"status": "completed"}))
     runner.status.record("b", "pretrain", "failed", error="x")
-    runner._settle([r for r in runner.runs if r.name == "b"])
+    runner.settle([r for r in runner.runs if r.name == "b"])
     assert SweepStatus(tmp_path).read()["b"]["pretrain"]["state"] == "done"
 
 

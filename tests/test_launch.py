@@ -198,8 +198,17 @@ def test_tpu_pod_slice_refuses_a_workdir_off_shared_storage():
                  "--workdir=runs/p125", **POD), "not on shared storage", "gs://", "v4-32")
     fails(launch(TPU, "--dry_run", "pretrain", "--config=configs/pretrain.py:paper-1.25m", **POD),
           "needs --workdir")
-    fails(launch(TPU, "--dry_run", "sweep", "--config=configs/sweep.py:a", "--root=/tmp/s", **POD),
-          "cannot span the hosts of v4-32", "single-host")
+    fails(launch(TPU, "--dry_run", "sweep", "--config=configs/sweep.py:a", "--root=runs/s", **POD),
+          "every host runs a sweep worker", "absolute path", "v4-32")
+
+
+def test_tpu_pod_slice_runs_one_sweep_worker_per_host():
+    result = launch(TPU, "--dry_run", "sweep", "--config=sweep:main", "--root=/mnt/shared/main",
+                    **POD)
+    [argv] = commands(result)
+    assert "--worker=all" in argv
+    assert remote(argv)[-5:] == ["-m", "minilm_jax.sweep", "--config=sweep:main",
+                                 "--root=/mnt/shared/main", "--launcher=tpu"]
 
 
 def test_tpu_missing_names_fail_clearly():

@@ -37,6 +37,7 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.aot": 4, "minilm_jax.bench": 4,
     "minilm_jax.pretrain": 5, "minilm_jax.points": 5,
     "minilm_jax.report.study_b": 5,  # the study B report command
+    "minilm_jax.sweep.workers": 5, "minilm_jax.sweep.launchers": 5,  # the sweep command's work
 }
 ENTRY = 5
 

@@ -18,6 +18,7 @@ from conftest import REPO
 from minilm_jax.errors import UserError
 from minilm_jax.sweep import expand
 from minilm_jax.sweep.runner import SweepRunner
+from minilm_jax.sweep.workers import run_worker
 
 sys.path.insert(0, str(REPO / "configs"))
 import sweep as sweep_configs  # noqa: E402
@@ -51,7 +52,7 @@ def test_demo_sweep_has_four_tiny_points_and_two_tasks():
 
 def test_childes_sweep_is_study_a_at_cpu_scale(tmp_path):
     """Three sizes, filtered SST-2 / CoLA / STS-B, both inits, 3 seeds, GLUE folder from one field."""
-    from minilm_jax.sweep.runner import finetune_jobs
+    from minilm_jax.sweep.layout import finetune_jobs
     sweep = sweep_configs.childes()
     sweep.finetune_data_dir = str(tmp_path / "glue")
     runs = expand(sweep)
@@ -130,7 +131,7 @@ def tiny_sweep(shards: Path) -> ml_collections.ConfigDict:
 
 def test_runner_isolates_failures_skips_finished_and_resumes(word_shards, tmp_path, capsys):
     sweep = tiny_sweep(word_shards)
-    outcome = SweepRunner(sweep, tmp_path).run()
+    outcome = run_worker(sweep, tmp_path)
     assert list(outcome["failures"]) == ["b__batch_size=44"]
     assert "divisible" in outcome["failures"]["b__batch_size=44"]["pretrain"]
     status = json.loads((tmp_path / "status.json").read_text())
@@ -147,22 +148,28 @@ def test_runner_isolates_failures_skips_finished_and_resumes(word_shards, tmp_pa
     assert (tmp_path / "report" / "report.md").is_file()
 
     # Downstream rows come from both layouts: one init (finetune/<task>/summary.json) and both
-    # inits (finetune/<task>/<init>/summary.json).
+    # inits (finetune/<task>/<init>/summary.json), found where the layout puts them.
+    from minilm_jax.sweep.layout import SweepLayout
     from minilm_jax.sweep.results import write_results
     members = [{"accuracy": 59.0, "score": 59.0}, {"accuracy": 61.0, "score": 61.0}]
     scored = {"mean": {"accuracy": 60.0, "score": 60.0}, "std": {"accuracy": 1.4, "score": 1.4},
               "n": 2, "members": members}
-    for rel, task, init in (("sst2", "sst2", "pretrained"), ("rte/random", "rte", "random")):
+    downstream = []
+    for rel, task, init, mode in (("sst2", "sst2", "pretrained", "pretrained"),
+                                  ("rte/random", "rte", "random", "both")):
         path = tmp_path / "runs" / "b" / "finetune" / rel / "summary.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({"status": "completed", "task": task, "init": init,
                                     "seeds": [3, 4], "final": scored,
                                     "selected": scored,
                                     "majority": {"test": {"accuracy": 50.0, "score": 50.0}}}))
-    rows = [json.loads(line) for line in write_results(SweepRunner(sweep, tmp_path).runs, tmp_path)
+        with_task = ml_collections.ConfigDict(sweep.to_dict())
+        with_task.finetune_tasks, with_task.finetune_init = (task,), mode
+        rows = [json.loads(line) for line in write_results(
+            SweepRunner(with_task, tmp_path).runs, SweepLayout(tmp_path), with_task)
             .read_text().splitlines()]
-    downstream = [r for r in rows if r["kind"] == "downstream"]
-    assert {(r["task"], r["init"]) for r in downstream} == {("sst2", "pretrained"), ("rte", "random")}
+        downstream += [r for r in rows if r["kind"] == "downstream"]
+    assert [(r["task"], r["init"]) for r in downstream] == [("sst2", "pretrained"), ("rte", "random")]
     assert all(r["seeds"] == [3, 4] and r["member_scores"] == [59.0, 61.0]
                and r["majority_score"] == 50.0 for r in downstream)
     shutil.rmtree(tmp_path / "runs" / "b" / "finetune")
@@ -172,7 +179,7 @@ def test_runner_isolates_failures_skips_finished_and_resumes(word_shards, tmp_pa
     (tmp_path / "runs" / "b__hidden_dim=32" / "pretrain" / "summary.json").unlink()
     first_summary = (tmp_path / "runs" / "b" / "pretrain" / "summary.json").stat().st_mtime_ns
     capsys.readouterr()
-    SweepRunner(sweep, tmp_path).run()
+    run_worker(sweep, tmp_path)
     out = capsys.readouterr().out
     assert "pre-training finished earlier: skipped" in out
     assert "resumed from checkpoint at step 8" in out
@@ -185,12 +192,12 @@ def test_a_changed_sweep_is_refused_and_only_judges_its_runs(word_shards, tmp_pa
     sweep = tiny_sweep(word_shards)
     sweep.num_steps = 4
     sweep.ofat = ("b:eval.batch_size=44",)  # fails at start-up (8 test devices)
-    outcome = SweepRunner(sweep, tmp_path).run()
+    outcome = run_worker(sweep, tmp_path)
     assert list(outcome["failures"]) == ["b__batch_size=44"]
-    assert SweepRunner(sweep, tmp_path).run(only="b__")["failures"] == {"b__batch_size=44": {
+    assert run_worker(sweep, tmp_path, only="b__")["failures"] == {"b__batch_size=44": {
         "pretrain": outcome["failures"]["b__batch_size=44"]["pretrain"]}}
     sweep.ofat = ()
-    assert SweepRunner(sweep, tmp_path).run()["failures"] == {}  # b only: its own outcome
+    assert run_worker(sweep, tmp_path)["failures"] == {}  # b only: its own outcome
     status_before = (tmp_path / "status.json").read_text()
     for field, value, named in (("num_steps", 6, "train.num_steps: 4 -> 6"),
                                 ("pretrain_overrides", sweep.pretrain_overrides + ("seed=3",),
@@ -198,11 +205,11 @@ def test_a_changed_sweep_is_refused_and_only_judges_its_runs(word_shards, tmp_pa
         changed = ml_collections.ConfigDict(sweep.to_dict())
         changed[field] = value
         with pytest.raises(UserError, match=rf"runs/b/pretrain \({named}.*use a new --root"):
-            SweepRunner(changed, tmp_path).run()
+            run_worker(changed, tmp_path)
     assert (tmp_path / "status.json").read_text() == status_before  # nothing ran
     # a fine-tuning workdir trained with other fine-tuning overrides
     from minilm_jax.run_config import flatten
-    from minilm_jax.sweep.runner import finetune_jobs
+    from minilm_jax.sweep.layout import finetune_jobs
     sweep.finetune_tasks, sweep.finetune_init = ("sst2",), "pretrained"
     runner = SweepRunner(sweep, tmp_path)
     job = finetune_jobs(sweep, runner.runs[0], tmp_path)[0]
@@ -211,7 +218,7 @@ def test_a_changed_sweep_is_refused_and_only_judges_its_runs(word_shards, tmp_pa
     runner._refuse_changed(runner.runs)  # the same config: accepted
     sweep.finetune_overrides = tuple(sweep.finetune_overrides) + ("train.epochs=3",)
     with pytest.raises(UserError, match=r"finetune/sst2 \(train.epochs: \d+ -> 3\)"):
-        SweepRunner(sweep, tmp_path).run()
+        run_worker(sweep, tmp_path)
 
 
 def test_main_job_end_to_end_smallest_size(tmp_path):
@@ -252,7 +259,7 @@ def test_main_job_end_to_end_smallest_size(tmp_path):
 
 def test_placeholders_name_prepared_data_and_an_empty_one_is_refused():
     from minilm_jax.errors import UserError
-    from minilm_jax.sweep.runner import finetune_run_config
+    from minilm_jax.sweep.layout import finetune_run_config
     from minilm_jax.sweep.spec import expand
 
     sweep = sweep_configs.study_b_smoke()
@@ -271,7 +278,7 @@ def test_random_twin_identity_is_the_recipe_not_how_it_runs():
     how the members are executed (vmap / map) do not."""
     from minilm_jax.configs.finetune import get_config as finetune_config
     from minilm_jax.configs.pretrain import get_config as pretrain_config
-    from minilm_jax.sweep.runner import twin_key
+    from minilm_jax.sweep.layout import twin_key
     from minilm_jax.sweep.spec import Run
 
     run = Run("tiny", "E32-H32-I128-L1-A2-V2010", pretrain_config("E32-H32-I128-L1-A2-V2010"), [])

@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, ZORRO_DEV_PARADIGM as PARADIGM
 from minilm_jax.errors import UserError
 from minilm_jax.sweep.runner import SweepRunner
+from minilm_jax.sweep.workers import run_worker
 
 sys.path.insert(0, str(REPO / "configs"))
 import sweep as sweep_configs  # noqa: E402
@@ -49,7 +50,7 @@ def rows_of(root: Path) -> list[dict]:
 def test_a_sweep_scores_every_snapshot_and_a_random_twin(zorro_shards, offline_zorro,
         tmp_path, capsys):
     root = tmp_path / "sweep"
-    outcome = SweepRunner(zero_shot_sweep(zorro_shards), root).run()
+    outcome = run_worker(zero_shot_sweep(zorro_shards), root)
     assert outcome["failures"] == {}
     rows = rows_of(root)
     models = [(r["run"], r["init"], r["step"]) for r in rows]
@@ -85,12 +86,12 @@ def test_a_sweep_scores_every_snapshot_and_a_random_twin(zorro_shards, offline_z
     assert (root / "report" / "zero_shot_0.png").is_file()
 
     capsys.readouterr()
-    SweepRunner(zero_shot_sweep(zorro_shards), root).run()  # finished: nothing is scored again
+    run_worker(zero_shot_sweep(zorro_shards), root)  # finished: nothing is scored again
     assert "scoring" not in capsys.readouterr().out
     assert rows_of(root) == rows
 
     # a changed entry: scored again into a new folder
-    SweepRunner(zero_shot_sweep(zorro_shards, "holistic,pll_word_l2r"), root).run()
+    run_worker(zero_shot_sweep(zorro_shards, "holistic,pll_word_l2r"), root)
     changed = rows_of(root)
     assert {r["rule"] for r in changed} == {"holistic", "pll_word_l2r"}
     assert len(changed) == 2 * len(rows)
@@ -106,5 +107,5 @@ def test_a_bad_entry_or_an_unreachable_suite_fails_before_training(zorro_shards,
     sweep = zero_shot_sweep(zorro_shards)
     sweep.evals.zorro.suite = "blimp"  # not in the mirror, and the network is out of reach
     with pytest.raises(UserError, match="blimp"):
-        SweepRunner(sweep, tmp_path / "b").run()
+        run_worker(sweep, tmp_path / "b")
     assert not (tmp_path / "b" / "runs").exists()

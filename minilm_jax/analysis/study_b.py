@@ -33,7 +33,7 @@ import numpy as np
 from minilm_jax.analysis.stats import (PearsonResult, mean_sd, paired_gap, pearson_fisher,
                                        t_interval)
 from minilm_jax.errors import UserError
-from minilm_jax.sweep.runner import finetune_jobs
+from minilm_jax.sweep.layout import SweepLayout, finetune_jobs, finetune_run_config
 from minilm_jax.sweep.spec import Run, expand
 from minilm_jax.tasks.committee import accuracy_vs_k
 from minilm_jax.train.records import (FinetuneSummary, is_done, read_finetune_summary,
@@ -87,10 +87,14 @@ class Design:
                    [SHALLOW] + [f"l1__seed={s}" for s in seeds])
 
     def workdir(self, run: str, task: str, init: str) -> Path:
-        for job in finetune_jobs(self.sweep, self.runs[run], self.root):
+        for job in finetune_jobs(self.sweep, self.runs[run], self.layout):
             if job.task == task and job.init == init:
                 return job.workdir
         raise UserError(f"the sweep has no {init} fine-tuning of {run} on {task}")
+
+    @property
+    def layout(self) -> SweepLayout:
+        return SweepLayout(self.root)
 
     def scores(self, run: str, task: str, init: str) -> Scores:
         return Scores.read(self.workdir(run, task, init))
@@ -114,7 +118,7 @@ def pretraining_rows(design: Design) -> list[dict[str, Any]]:
 
     rows = []
     for name, run in design.runs.items():
-        summary = read_pretrain_summary(design.root / "runs" / name / "pretrain")
+        summary = read_pretrain_summary(design.layout.pretrain_dir(name))
         base = load_baselines(design.shards(name))["splits"]["validation"]
         rows.append({"run": name, "point": run.point, "subset": _subset_size(run),
                      "seed": int(run.config.seed), "steps": summary.step,
@@ -158,7 +162,6 @@ def overlap_rows(design: Design, rows: list[dict[str, Any]]) -> list[dict[str, A
     text (occurrence and type shares), next to that point's gap."""
     from minilm_jax.corpus.overlap import shard_token_presence, token_overlap
     from minilm_jax.data.shards import read_manifest
-    from minilm_jax.sweep.runner import finetune_run_config
     from minilm_jax.tasks.task_data import load_task_data
     from minilm_jax.tokenizer import load_tokenizer
 

@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from minilm_jax.cli import run_main
 from minilm_jax.report import fmt
 from minilm_jax.storage import atomic_write_json
+from minilm_jax.sweep.layout import SweepLayout
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "the study B sweep: sweep:study_b (an installed recipe) or a file")
 _ROOT = flags.DEFINE_string("root", None, "the sweep's --root")
@@ -44,7 +45,7 @@ def latency(design, num_labels: int, repeats: int) -> dict[str, Any]:
     from minilm_jax import latency as lat
 
     seq_len = int(design.runs["l1"].config.model.max_len)
-    pre = {name: str(design.root / "runs" / name / "pretrain") for name in design.members + ["l6"]}
+    pre = {name: str(design.layout.pretrain_dir(name)) for name in design.members + ["l6"]}
     members = [lat.trained_member(pre[m], num_labels, seq_len, seed=i)
                for i, m in enumerate(design.members)]
     runners = [lat.single_runner("single", members[0]),
@@ -197,7 +198,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or not _ROOT.value:
         raise UserError("--config=configs/sweep.py:<study_b sweep> and --root=DIR are required")
     root = Path(_ROOT.value)
-    out = Path(_OUT.value) if _OUT.value else root / "study_b"
+    out = Path(_OUT.value) if _OUT.value else SweepLayout(root).study_b_report_dir
     build(_CONFIG.value, root, out, _REPEATS.value)
     print(f"wrote {out / 'report.md'}")
 

@@ -2,11 +2,11 @@
 ``evals`` section (:mod:`minilm_jax.evals.common`) scores every snapshot the run kept, its final
 checkpoint and its random-init twin (the same architecture initialised with the run's seed).
 
-Layout (owned here; :func:`evaluation_rows` is its one reader)::
+Files (in :meth:`SweepLayout.evaluation_dir <minilm_jax.sweep.layout.SweepLayout.evaluation_dir>`;
+:func:`evaluation_rows` is their one reader)::
 
-    runs/<run>/evals/<name>-<hash of the evaluator's entry>/
-        step-<N>.jsonl, random.jsonl   one file per scored model, written whole (atomic)
-        summary.json                   {"status": "completed", "entry": ..., "models": [...]}
+    step-<N>.jsonl, random.jsonl   one file per scored model, written whole (atomic)
+    summary.json                   {"status": "completed", "entry": ..., "models": [...]}
 
 A changed entry or a re-trained run gets a new folder (old rows are never mixed in); a stage
 killed part-way re-scores only the models it had not written.
@@ -14,7 +14,6 @@ killed part-way re-scores only the models it had not written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,8 +23,7 @@ from minilm_jax.run_config import snapshot_steps
 from minilm_jax.storage import atomic_write_bytes, atomic_write_json
 from minilm_jax.train.records import is_done
 
-EVALS_DIR = "evals"
-
+from .layout import SweepLayout
 
 def plain_entries(entries: Any) -> dict[str, dict[str, Any]]:
     """The sweep's ``evals`` section as plain dicts (a ConfigDict or a mapping; None: none)."""
@@ -34,20 +32,6 @@ def plain_entries(entries: Any) -> dict[str, dict[str, Any]]:
     entries = entries.to_dict() if hasattr(entries, "to_dict") else entries
     return {str(k): dict(v.to_dict() if hasattr(v, "to_dict") else v)
             for k, v in entries.items()}
-
-
-def entry_folder(run_dir: Path, name: str, entry: Mapping[str, Any]) -> Path:
-    """Where evaluator ``name`` with config ``entry`` writes a run's rows: named by a hash of the
-    entry and of the pre-training it scores (the final parameters' digest in its summary), so a
-    re-trained run or a changed entry is scored afresh, never mixed with older rows."""
-    try:
-        trained = json.loads((run_dir / "pretrain" / "summary.json").read_text()).get(
-            "final_params_sha256", "")
-    except (OSError, ValueError):
-        trained = ""
-    digest = hashlib.sha256(json.dumps([dict(entry), trained], sort_keys=True,
-                                       default=list).encode())
-    return run_dir / EVALS_DIR / f"{name}-{digest.hexdigest()[:10]}"
 
 
 def scored_steps(pre_dir: Path, config: Any) -> list[int]:
@@ -64,10 +48,10 @@ class EvaluationStage:
     stopped_at: int | None = None
 
     def __init__(self, name: str, entry: Mapping[str, Any], pre_dir: Path, config: Any,
-                 random_seed: int) -> None:
+                 random_seed: int, workdir: Path) -> None:
         self.name, self.entry = name, dict(entry)
         self.pre_dir, self.config, self.random_seed = pre_dir, config, random_seed
-        self.workdir = entry_folder(pre_dir.parent, name, entry)
+        self.workdir = workdir
 
     def run(self) -> dict[str, Any]:
         from minilm_jax.evals.common import from_config
@@ -90,12 +74,12 @@ class EvaluationStage:
         return summary
 
 
-def evaluation_rows(run_dir: Path, entries: Any) -> list[dict[str, Any]]:
-    """The rows of every finished evaluation of the sweep's current ``entries`` for a run."""
+def evaluation_rows(layout: SweepLayout, run: str, entries: Any) -> list[dict[str, Any]]:
+    """The rows of every finished evaluation of the sweep's current ``entries`` for ``run``."""
     rows = []
     entries = plain_entries(entries)
     for name in sorted(entries):
-        folder = entry_folder(run_dir, name, entries[name])
+        folder = layout.evaluation_dir(run, name, entries[name])
         if not is_done(folder):
             continue
         for label in json.loads((folder / "summary.json").read_text())["models"]:

@@ -3,13 +3,11 @@ configs differ only in population fields (:data:`minilm_jax.train.population.POP
 seed, peak LR, warm-up, decay, mask probability, schedule, dropout), e.g. the pre-training seeds
 of one design point. Each member is still pre-trained in its own run folder
 (``runs/<name>/pretrain``); the population's own folder (its stacked checkpoints) is
-``populations/<digest>`` under the sweep root, named by its members."""
+:meth:`SweepLayout.population_dir <minilm_jax.sweep.layout.SweepLayout.population_dir>`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 from typing import Sequence
 
 from minilm_jax.errors import UserError
@@ -39,9 +37,3 @@ def packs(runs: Sequence[Run], mode: str) -> dict[str, list[Run]]:
     for run in runs:
         by_key.setdefault(pack_key(run), []).append(run)
     return {r.name: group for group in by_key.values() for r in group}
-
-
-def population_dir(root: Path, names: Sequence[str]) -> Path:
-    """The folder of the population of runs ``names`` (their stacked checkpoints)."""
-    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
-    return root / "populations" / digest

@@ -13,6 +13,7 @@ from minilm_jax.train.run_log import read_metrics
 from minilm_jax.train.records import FinetuneSummary, read_finetune_summary, read_pretrain_summary
 
 from .evals_stage import evaluation_rows
+from .layout import SweepLayout, finetune_jobs
 from .spec import Membership, Run
 
 
@@ -53,12 +54,13 @@ def downstream_fields(ft: FinetuneSummary, workdir: Path) -> dict[str, Any]:
             "finetune_workdir": str(workdir)}
 
 
-def run_rows(run: Run, run_dir: Path, twins: list[Path] | None = None, evals: Any = None
+def run_rows(run: Run, layout: SweepLayout, finetune_dirs: list[Path], evals: Any = None
              ) -> list[dict[str, Any]]:
-    """Rows of one finished run (nothing if its pre-training has no summary yet); ``twins`` are the
-    summaries of the random-init twins this run shares with others of its architecture; ``evals``
-    the sweep's zero-shot evaluation entries (their finished rows are added)."""
-    pre_dir = run_dir / "pretrain"
+    """Rows of one finished run (nothing if its pre-training has no summary yet); ``finetune_dirs``
+    are its fine-tuning runs (:func:`~minilm_jax.sweep.layout.finetune_jobs`; random-init twins
+    shared with others of its architecture included); ``evals`` the sweep's zero-shot evaluation
+    entries (their finished rows are added)."""
+    run_dir, pre_dir = layout.run_dir(run.name), layout.pretrain_dir(run.name)
     summary_path = pre_dir / "summary.json"
     if not summary_path.is_file():
         return []
@@ -70,9 +72,8 @@ def run_rows(run: Run, run_dir: Path, twins: list[Path] | None = None, evals: An
     per_seq = summary["flops_per_sequence"]
     curve = [r for r in read_metrics(pre_dir / "metrics.jsonl") if r["split"] == "validation"]
     best = summary.get("best", {})
-    finetune_summaries = sorted([*(run_dir / "finetune").glob("*/summary.json"),  # one init
-                                 *(run_dir / "finetune").glob("*/*/summary.json"),  # both / snapshots
-                                 *(twins or [])])
+    finetune_summaries = sorted(d / "summary.json" for d in finetune_dirs
+                                if (d / "summary.json").is_file())
     final_flops = {k: summary["step"] * batch * per_seq[k] for k in ("paper", "complete")}
     rows = []
     for i, membership in enumerate(run.memberships):
@@ -90,7 +91,7 @@ def run_rows(run: Run, run_dir: Path, twins: list[Path] | None = None, evals: An
                          "flops_paper": best["step"] * batch * per_seq["paper"],
                          "flops_complete": best["step"] * batch * per_seq["complete"],
                          "loss": best["test_loss"], "perplexity": best["test_perplexity"]})
-        for row in (evaluation_rows(run_dir, evals) if i == 0 else ()):  # once per run
+        for row in (evaluation_rows(layout, run.name, evals) if i == 0 else ()):  # once per run
             step = int(row["step"])
             rows.append({**ident, **row, "sequences_seen": step * batch,
                          "flops_paper": step * batch * per_seq["paper"],
@@ -122,18 +123,12 @@ def baseline_rows(runs: list[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_results(runs: list[Run], root: Path, sweep: Any = None) -> Path:
-    """Rebuild ``root/results.jsonl`` from every run directory (atomic)."""
-    from .runner import finetune_jobs
-
+def write_results(runs: list[Run], layout: SweepLayout, sweep: Any) -> Path:
+    """Rebuild the sweep's ``results.jsonl`` from every run's folders (atomic)."""
     lines = [json.dumps(row) for row in baseline_rows(runs)]
     for run in runs:
-        twins = []
-        if sweep is not None and sweep.get("finetune_checkpoints"):
-            twins = [job.workdir / "summary.json" for job in finetune_jobs(sweep, run, root)
-                     if job.init == "random" and (job.workdir / "summary.json").is_file()]
-        evals = sweep.get("evals") if sweep is not None else None
-        lines += [json.dumps(row) for row in run_rows(run, root / "runs" / run.name, twins, evals)]
-    path = root / "results.jsonl"
+        dirs = [job.workdir for job in finetune_jobs(sweep, run, layout)]
+        lines += [json.dumps(row) for row in run_rows(run, layout, dirs, sweep.get("evals"))]
+    path = layout.results_path
     atomic_write_bytes(path, ("\n".join(lines) + ("\n" if lines else "")).encode())
     return path

@@ -1,50 +1,57 @@
-"""Run a sweep: pre-train every run, fine-tune each (pre-trained and random init) on the configured
-tasks, keep going past failures, rebuild the results table after every run, write the report.
+"""Run a sweep as one worker: pre-train every run, score it zero-shot, fine-tune it (pre-trained
+and random init) on the configured tasks, keep going past failures, rebuild the results table.
 
-Layout under ``--root``: ``runs/<name>/pretrain`` (a pre-training workdir),
-``runs/<name>/evals/<evaluation>-<hash>`` (zero-shot evaluations of the ``evals`` section:
-:mod:`minilm_jax.sweep.evals_stage`), ``runs/<name>/finetune/<task>/{pretrained,random}`` (with
-``finetune_checkpoints``:
-``runs/<name>/finetune/<task>/pretrained@<fraction>`` per snapshot and one random-init twin per
-architecture and task, shared by every run of that architecture, at
-``random/<point>__<hash>/<task>``), ``status.json`` (state of every run,
-failures with their error), ``results.jsonl``, ``report/``. Re-running skips finished work and
-resumes interrupted runs from their checkpoints. Runs pre-trained as one population (``pack=auto``)
-are fine-tuned as one too: a task's pre-trained jobs of every packed run (same shapes, only the
-checkpoint differs) train in one program whose stacked checkpoints live in ``populations/``, each
-job still in its own folder; a re-run whose config would change what a workdir
-was trained with is refused before anything runs (:meth:`SweepRunner._refuse_changed`).
+Any number of workers (processes on one machine, SLURM array tasks, TPU hosts) may run one sweep
+root together: each takes the next unfinished unit (a pre-training run or population, an evaluation,
+a fine-tuning job or population) by claiming it (:mod:`minilm_jax.sweep.claims`), waits while the
+units left are held by others or wait for a pre-training another worker runs, and ends when every
+unit is settled. A unit left by a killed worker is resumed from its checkpoint by the next worker.
+Folders: :mod:`minilm_jax.sweep.layout`. Re-running skips finished work and resumes interrupted
+runs; a unit that failed is tried again by a worker started after the failure. Runs pre-trained as
+one population (``pack=auto``) are fine-tuned as one too: a task's pre-trained jobs of every packed
+run (same shapes, only the checkpoint differs) train in one program, each job still in its own
+folder; a re-run whose config would change what a workdir was trained with is refused before
+anything runs (:meth:`SweepRunner._refuse_changed`). The report is built by the command
+(:mod:`minilm_jax.sweep.workers`), not here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from minilm_jax.model import accounting
 from minilm_jax.errors import Interrupted, UserError
-from minilm_jax.storage import WorkdirLock
-from minilm_jax.configs import finetune as finetune_recipe
-from minilm_jax.tasks.registry import task_names
+from minilm_jax.evals.common import from_config as evaluator_from_config
 from minilm_jax.finetune.config import RESUMABLE_FIELDS as FINETUNE_RUN_CONTROL
 from minilm_jax.finetune.config import validate_finetune_config
-from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config, snapshot_steps
-from minilm_jax.evals.common import from_config as evaluator_from_config
+from minilm_jax.model import accounting
+from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config
+from minilm_jax.tasks.registry import task_names
 from minilm_jax.train.dispatch import StopRequest, stop_signals
 from minilm_jax.train.records import DONE, is_done
 from minilm_jax.train.runner import LoopSpec
+
+from .claims import ClaimBoard
+from .evals_stage import EvaluationStage, plain_entries
+from .layout import FinetuneJob, SweepLayout, finetune_jobs, finetune_run_config
+from .packing import packs
+from .results import write_results
+from .spec import Run, expand
+from .status import SweepStatus
 
 # Pre-training fields that a sweep may change without changing a run's results (run control);
 # everything else, the number of steps and the evaluation points included, makes it another run.
 PRETRAIN_RUN_CONTROL = tuple(f for f in RESUMABLE_FIELDS if f not in (
     "train.num_steps", "eval.every_steps", "eval.per_decade", "eval.test_at_end",
     "checkpoint.keep_fractions"))
+WAIT_SECONDS = 30.0  # a worker with nothing to claim looks again after this, or on a change
+
+Stage = tuple[str, Path, Callable[[], LoopSpec], list[Path]]
 
 
 def changed_fields(workdir: Path, config: ml_collections.ConfigDict,
@@ -57,35 +64,6 @@ def changed_fields(workdir: Path, config: ml_collections.ConfigDict,
     saved, current = json.loads(path.read_text()), flatten(config)
     keys = sorted(k for k in current if k not in run_control and saved.get(k) != current[k])
     return [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in keys]
-
-from .evals_stage import EvaluationStage, entry_folder, plain_entries
-from .packing import packs, population_dir
-from .results import write_results
-from .spec import Run, apply_override, expand, fill_placeholders
-from .status import SweepStatus
-
-
-def finetune_run_config(sweep: ml_collections.ConfigDict, task: str, checkpoint: Path
-                        ) -> ml_collections.ConfigDict:
-    """The fine-tuning config of ``task`` for a run's checkpoint, with the sweep's
-    ``finetune_data_dir``, ``finetune_seeds`` and overrides (``field=value`` for every task,
-    ``task:field=value`` for one)."""
-    config = finetune_recipe.get_config(task)
-    config.init.checkpoint = str(checkpoint)
-    config.init.mode = sweep.finetune_init
-    if sweep.get("finetune_data_dir"):
-        config.data.dir = str(sweep.finetune_data_dir)
-    if sweep.finetune_seeds:
-        config.train.seeds = tuple(int(s) for s in sweep.finetune_seeds)
-    for entry in sweep.finetune_overrides:
-        head = entry.split("=", 1)[0]
-        if ":" in head:
-            only, _, rest = entry.partition(":")
-            if only.strip() != task:
-                continue
-            entry = rest
-        apply_override(config, fill_placeholders(entry, sweep))
-    return config
 
 
 def plan_table(runs: list[Run], sweep: ml_collections.ConfigDict, peak_flops: float) -> str:
@@ -112,64 +90,6 @@ def plan_table(runs: list[Run], sweep: ml_collections.ConfigDict, peak_flops: fl
     return "\n".join(lines)
 
 
-@dataclasses.dataclass(frozen=True)
-class FinetuneJob:
-    """One fine-tuning sub-run of a sweep run: one task, one init, one checkpoint."""
-
-    task: str
-    init: str  # pretrained | random
-    workdir: Path
-    config: ml_collections.ConfigDict
-    fraction: float | None = None  # pre-trained from the snapshot at this fraction of pre-training
-
-    @property
-    def label(self) -> str:
-        if self.init == "random":
-            return "random"
-        return "pretrained" if self.fraction is None else f"pretrained@{self.fraction:g}"
-
-
-def twin_key(run: Run, config: ml_collections.ConfigDict) -> str:
-    """Identity of a random-init twin: the architecture and the fine-tuning recipe (seeds included),
-    not the checkpoint (nor how the run is launched or executed: ``distributed.*``,
-    ``train.members``), so runs of one architecture share one twin."""
-    flat = {k: v for k, v in flatten(config).items()
-            if not k.startswith(("init.", "distributed.")) and k != "train.members"}
-    flat["model"] = {k: v for k, v in flatten(run.config.model).items()}
-    digest = hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{run.point}__{digest}"
-
-
-def finetune_jobs(sweep: ml_collections.ConfigDict, run: Run, root: Path) -> list[FinetuneJob]:
-    """The fine-tuning sub-runs of ``run`` (see the module docstring for the layout)."""
-    pre_dir = root / "runs" / run.name / "pretrain"
-    inits = ("pretrained", "random") if sweep.finetune_init == "both" else (sweep.finetune_init,)
-    jobs = []
-    for task in sweep.finetune_tasks:
-        task_dir = root / "runs" / run.name / "finetune" / task
-        if "pretrained" in inits:
-            fractions = tuple(sweep.finetune_checkpoints) or (None,)
-            for fraction in fractions:
-                config = finetune_run_config(sweep, task, pre_dir)
-                config.init.mode = "pretrained"
-                if fraction is not None:
-                    steps = snapshot_steps(run.config)
-                    step = max(1, round(float(fraction) * int(run.config.train.num_steps)))
-                    assert step in steps, (step, steps)
-                    config.init.which = f"step:{step}"
-                name = "pretrained" if fraction is None else f"pretrained@{float(fraction):g}"
-                workdir = task_dir / name if len(inits) > 1 or fraction is not None else task_dir
-                jobs.append(FinetuneJob(task, "pretrained", workdir, config,
-                                        None if fraction is None else float(fraction)))
-        if "random" in inits:
-            config = finetune_run_config(sweep, task, pre_dir)
-            config.init.mode = "random"
-            workdir = (root / "random" / twin_key(run, config) / task if sweep.finetune_checkpoints
-                       else (task_dir / "random" if len(inits) > 1 else task_dir))
-            jobs.append(FinetuneJob(task, "random", workdir, config))
-    return jobs
-
-
 def stop_error(outcome: dict[str, Any]) -> Interrupted | None:
     """The one-line error that ends a sweep command stopped by a signal (exit 130 for Ctrl-C, 143
     for SIGTERM), or None when the sweep was not stopped."""
@@ -185,11 +105,12 @@ def stop_error(outcome: dict[str, Any]) -> Interrupted | None:
 
 
 class SweepRunner:
-    """Expands a sweep and runs it under ``root``."""
+    """Expands a sweep and runs it under ``root`` as one worker."""
 
     def __init__(self, sweep: ml_collections.ConfigDict, root: str | Path):
         self.sweep = sweep
-        self.root = Path(root)
+        self.layout = SweepLayout(Path(root))
+        self.root = self.layout.root
         for task in sweep.finetune_tasks:
             if task not in task_names():
                 raise UserError(f"sweep finetune_tasks: unknown task {task!r}; known: "
@@ -203,13 +124,16 @@ class SweepRunner:
         self._evaluators = [evaluator_from_config(name, entry)  # a bad entry fails now
                             for name, entry in sorted(self.evals.items())]
         self.status = SweepStatus(self.root)
+        self.claims = ClaimBoard(self.layout.claims_dir, self.root)
         self._stop = StopRequest()
 
     def _attempt(self, name: str, stage: str, make: Callable[[], LoopSpec]) -> str:
         """Build the stage's run (``make``) and run it: ``done``, ``failed`` (recorded with its
         error; the sweep goes on) or ``interrupted`` (SIGTERM or Ctrl-C stopped it after saving
         a step; recorded with that step, and the sweep stops)."""
-        self.status.record(name, stage, "running")
+        from .claims import worker_id
+
+        self.status.record(name, stage, "running", worker=worker_id())
         spec = None
         try:
             spec = make()
@@ -221,16 +145,16 @@ class SweepRunner:
         except (Exception, SystemExit) as err:  # isolate: one failing run must not stop the rest
             message = f"{type(err).__name__}: {err}"
             self.status.record(name, stage, "failed", error=message[:2000],
-                               traceback=traceback.format_exc()[-4000:])
+                               traceback=traceback.format_exc()[-4000:], worker=worker_id())
             print(f"!! {name} {stage} failed: {message.splitlines()[0][:300]}", flush=True)
             return "failed"
         if summary.get("status") in DONE:
-            self.status.record(name, stage, "done")
+            self.status.record(name, stage, "done", worker=worker_id())
             return "done"
         signal_name = (spec.stopped_by if spec else None) or self._stop.signal or "SIGTERM"
         self._stop.signal = self._stop.signal or signal_name
         self.status.record(name, stage, "interrupted", signal=signal_name,
-                           step=spec.stopped_at if spec else None)
+                           step=spec.stopped_at if spec else None, worker=worker_id())
         return "interrupted"
 
     def _settle_members(self, name: str, stage: str, summary: dict[str, Any]) -> dict[str, Any]:
@@ -254,57 +178,56 @@ class SweepRunner:
                             "the population's other members went on)")
         return mine
 
-    def run(self, only: str = "") -> dict[str, Any]:
-        """Run (or skip, when finished) every selected run, then rebuild results and the report;
-        one sweep process per root (its lock). SIGTERM or Ctrl-C stops the sweep after the stage
-        in progress saved its step (``interrupted`` in the outcome says where); the report is then
-        built marked incomplete. Ctrl-C during the report itself stops at once (it is published
-        whole or not at all)."""
+    def run(self, only: str = "", stage: str = "") -> dict[str, Any]:
+        """Run (or skip, when finished) every unit of the selected runs (``only``: names containing
+        it; ``stage``: only that stage, e.g. ``finetune:bbc_topic:random``) that no other worker
+        holds, until every unit is settled, then rebuild the results table. SIGTERM or Ctrl-C stops
+        this worker after the stage in progress saved its step (``interrupted`` in the outcome
+        says where)."""
         for evaluator in self._evaluators:  # a suite out of reach fails before any training
             evaluator.check()
         self.root.mkdir(parents=True, exist_ok=True)
-        with WorkdirLock(self.root, "sweep root"):
-            with stop_signals() as self._stop:
-                selected, interrupted = self._run_stages(only)
-                results = write_results(self.runs, self.root, self.sweep)
-            report_dir = self._report(results) if self.sweep.report else None
+        with stop_signals() as self._stop:
+            selected, interrupted = self._run_stages(only, stage)
+            results = write_results(self.runs, self.layout, self.sweep)
         names = {run.name for run in selected}  # --only: judged on the runs it selected
-        outcome: dict[str, Any] = {
-            "runs": len(selected), "failures": self.status.failures(names),
-            "results": str(results), "report": str(report_dir) if report_dir else None}
+        outcome: dict[str, Any] = {"runs": len(selected), "failures": self.status.failures(names),
+                                   "results": str(results)}
         if interrupted:
             outcome["interrupted"] = {"run": interrupted[0], "stage": interrupted[1],
                                       "signal": self._stop.signal}
         return outcome
 
-    def _stages(self, run: Run) -> Iterator[tuple[str, Path, Callable[[], LoopSpec]]]:
-        """(stage, workdir, build its run) of ``run``: pre-training, each zero-shot evaluation of
-        the sweep's ``evals`` section, then each fine-tuning job."""
+    def _stages(self, run: Run) -> Iterator[Stage]:
+        """(stage, workdir, build its run, the folders it holds) of ``run``: pre-training, each
+        zero-shot evaluation of the sweep's ``evals`` section, then each fine-tuning job."""
         from minilm_jax.finetune.loop import Finetuner
         from minilm_jax.train.loop import Pretrainer
 
-        pre_dir = self.root / "runs" / run.name / "pretrain"
+        pre_dir = self.layout.pretrain_dir(run.name)
         pack = [r for r in self.packs[run.name]
                 if r is run or (self._only in r.name
-                                and not is_done(self.root / "runs" / r.name / "pretrain"))]
+                                and not is_done(self.layout.pretrain_dir(r.name)))]
         if len(pack) > 1:
-            yield "pretrain", pre_dir, lambda: self._population(pack)
+            yield ("pretrain", pre_dir, lambda: self._population(pack),
+                   [self.layout.pretrain_dir(r.name) for r in pack])
         else:
-            yield "pretrain", pre_dir, lambda: Pretrainer(run.config, pre_dir)
+            yield "pretrain", pre_dir, lambda: Pretrainer(run.config, pre_dir), [pre_dir]
         for name, entry in sorted(self.evals.items()):
-            yield (f"evals:{name}", entry_folder(pre_dir.parent, name, entry),
-                   lambda name=name, entry=entry: EvaluationStage(
-                       name, entry, pre_dir, run.config, run.pretrain_seed))
-        for job in finetune_jobs(self.sweep, run, self.root):
-            stage = f"finetune:{job.task}:{job.label}"
+            folder = self.layout.evaluation_dir(run.name, name, entry)
+            yield (f"evals:{name}", folder,
+                   lambda name=name, entry=entry, folder=folder: EvaluationStage(
+                       name, entry, pre_dir, run.config, run.pretrain_seed, folder),
+                   [folder])
+        for job in finetune_jobs(self.sweep, run, self.layout):
             together = self._finetune_pack(run, job)
             if len(together) > 1:
-                yield (stage, job.workdir,
-                       lambda stage=stage, together=together: self._finetune_population(
-                           stage, together))
+                yield (job.stage, job.workdir,
+                       lambda stage=job.stage, together=together: self._finetune_population(
+                           stage, together), [j.workdir for _, j in together])
             else:
-                yield (stage, job.workdir,
-                       lambda job=job: Finetuner(job.config, job.workdir, job.init))
+                yield (job.stage, job.workdir,
+                       lambda job=job: Finetuner(job.config, job.workdir, job.init), [job.workdir])
 
     def _finetune_pack(self, run: Run, job: FinetuneJob) -> list[tuple[str, FinetuneJob]]:
         """(run name, job) of every run packed with ``run`` whose pre-training finished and whose
@@ -314,9 +237,9 @@ class SweepRunner:
             return together
         for other in self.packs[run.name]:
             if (other.name == run.name or self._only not in other.name
-                    or not is_done(self.root / "runs" / other.name / "pretrain")):
+                    or not is_done(self.layout.pretrain_dir(other.name))):
                 continue
-            for theirs in finetune_jobs(self.sweep, other, self.root):
+            for theirs in finetune_jobs(self.sweep, other, self.layout):
                 if (theirs.task, theirs.label) == (job.task, job.label) and not is_done(
                         theirs.workdir):
                     together.append((other.name, theirs))
@@ -331,7 +254,7 @@ class SweepRunner:
               f"{', '.join(n for n, _ in together)}", flush=True)
         job = together[0][1]
         return Finetuner(job.config,
-                         population_dir(self.root, [f"{n}/{stage}" for n, _ in together]),
+                         self.layout.population_dir([f"{n}/{stage}" for n, _ in together]),
                          job.init, [(n, j.config, j.workdir) for n, j in together])
 
     def _population(self, pack: list[Run]) -> LoopSpec:
@@ -342,54 +265,90 @@ class SweepRunner:
         names = [r.name for r in pack]
         print(f"   pre-training {len(pack)} runs as one population: {', '.join(names)}",
               flush=True)
-        members = members_of([(r.name, self.root / "runs" / r.name / "pretrain", r.config)
+        members = members_of([(r.name, self.layout.pretrain_dir(r.name), r.config)
                               for r in pack])
-        return PopulationTrainer(members, population_dir(self.root, names))
+        return PopulationTrainer(members, self.layout.population_dir(names))
 
-    def _run_stages(self, only: str) -> tuple[list[Run], tuple[str, str] | None]:
-        """Run the selected runs' unfinished stages in order, until done or stopped: (the selected
-        runs, (run, stage) where a signal stopped the sweep, or None)."""
+    def _failed_since(self, run: str, stage: str, started: float) -> bool:
+        """Whether ``stage`` of ``run`` failed after this worker started (not tried again now)."""
+        entry = self.status.read().get(run, {}).get(stage) or {}
+        return entry.get("state") == "failed" and float(entry.get("time", 0)) >= started
+
+    def _run_stages(self, only: str, only_stage: str = ""
+                    ) -> tuple[list[Run], tuple[str, str] | None]:
+        """Take and run the selected runs' unfinished units in order, until every one is settled
+        or this worker is stopped: (the selected runs, (run, stage) where a signal stopped it, or
+        None)."""
         selected = [r for r in self.runs if not only or only in r.name]
         self._only = only
         self._refuse_changed(selected)
-        interrupted = None
-        for i, run in enumerate(selected, 1):
-            print(f"== [{i}/{len(selected)}] {run.name} ({run.point})", flush=True)
-            for stage, workdir, make in self._stages(run):
-                label = "pre-training" if stage == "pretrain" else stage.split(":", 1)[1]
-                if is_done(workdir / "summary.json"):
-                    print(f"   {label.replace(':', ' ', 1)}: finished earlier: skipped"
-                          if stage != "pretrain" else "   pre-training finished earlier: skipped",
-                          flush=True)
-                    continue
-                if self._stop.signal:  # arrived between stages: start nothing more
-                    self.status.record(run.name, stage, "interrupted", signal=self._stop.signal,
-                                       step=None)
-                    interrupted = (run.name, stage)
+        started, interrupted, seen = time.time(), None, set()
+        while interrupted is None:
+            waiting = False  # a unit held by another worker, or waiting for its pre-training
+            for i, run in enumerate(selected, 1):
+                worked = False
+                for stage, workdir, make, holds in self._stages(run):
+                    if only_stage and stage != only_stage and stage != "pretrain":
+                        continue
+                    label = "pre-training" if stage == "pretrain" else stage.split(":", 1)[1]
+                    if is_done(workdir / "summary.json"):
+                        if (run.name, stage) not in seen and (stage != "pretrain" or
+                                                              not only_stage):
+                            print(f"   {label.replace(':', ' ', 1)}: finished earlier: skipped"
+                                  if stage != "pretrain" else
+                                  f"== [{i}/{len(selected)}] {run.name}: pre-training finished "
+                                  "earlier: skipped", flush=True)
+                        seen.add((run.name, stage))
+                        continue
+                    if stage == "pretrain" and only_stage not in ("", "pretrain"):
+                        break  # --stage runs one stage of runs whose pre-training finished
+                    if stage != "pretrain" and not is_done(self.layout.pretrain_dir(run.name)):
+                        waiting |= not self._failed_since(run.name, "pretrain", started)
+                        break  # not fine-tuned before its pre-training finishes (or at all)
+                    if self._failed_since(run.name, stage, started):
+                        continue
+                    if self._stop.signal:  # arrived between stages: start nothing more
+                        self.status.record(run.name, stage, "interrupted",
+                                           signal=self._stop.signal, step=None)
+                        interrupted = (run.name, stage)
+                        break
+                    claim = self.claims.try_claim(holds, stage)
+                    if claim is None:
+                        waiting = True
+                        continue
+                    with claim:
+                        if is_done(workdir / "summary.json"):  # finished while we looked
+                            continue
+                        print(f"== [{i}/{len(selected)}] {run.name} ({run.point})" if stage ==
+                              "pretrain" else f"== {run.name} {label.replace(':', ': ', 1)} -> "
+                              f"{workdir}", flush=True)
+                        worked = True
+                        state = self._attempt(run.name, stage, make)
+                    if state == "interrupted":
+                        interrupted = (run.name, stage)
+                        break
+                    if stage == "pretrain" and state != "done":
+                        break  # a run whose pre-training failed is not fine-tuned
+                if worked:
+                    write_results(self.runs, self.layout, self.sweep)
+                if interrupted:
                     break
-                if stage != "pretrain":
-                    print(f"== {label.replace(':', ': ', 1)} -> {workdir}", flush=True)
-                state = self._attempt(run.name, stage, make)
-                if state == "interrupted":
-                    interrupted = (run.name, stage)
-                    break
-                if stage == "pretrain" and state != "done":
-                    break  # a run whose pre-training failed is not fine-tuned
-            write_results(self.runs, self.root, self.sweep)
-            if interrupted:
+            if interrupted is None and not waiting:
                 break
+            if interrupted is None:
+                self.claims.wait_for_change(WAIT_SECONDS, [self.layout.status_path])
         if self._stop.signal and not interrupted:  # after the last stage's run loop
             interrupted = (selected[-1].name if selected else "", "after its last stage")
-        self._settle(selected)
+        self.settle(selected)
         return selected, interrupted
 
-    def _settle(self, runs: list[Run]) -> None:
+    def settle(self, runs: list[Run]) -> None:
         """Record ``done`` for every stage of ``runs`` whose workdir holds a finished run but whose
         record says otherwise (a random twin one run failed and another finished, a stage that
         finished in an earlier sweep, a kill between the summary and the record)."""
         recorded = self.status.read()
         for run in runs:
-            for stage, workdir, _ in self._stages(run):
+            for stage, workdir, _, _ in self._stages(run):
                 entry = recorded.get(run.name, {}).get(stage)
                 if entry and entry.get("state") != "done" and is_done(workdir / "summary.json"):
                     self.status.record(run.name, stage, "done")
@@ -399,11 +358,11 @@ class SweepRunner:
         were trained with (the sweep config changed since): results are never silently mixed."""
         changed = []
         for run in runs:
-            pre_dir = self.root / "runs" / run.name / "pretrain"
+            pre_dir = self.layout.pretrain_dir(run.name)
             fields = changed_fields(pre_dir, run.config, PRETRAIN_RUN_CONTROL)
             if fields:
                 changed.append(f"{pre_dir.relative_to(self.root)} ({'; '.join(fields[:4])})")
-            for job in finetune_jobs(self.sweep, run, self.root):
+            for job in finetune_jobs(self.sweep, run, self.layout):
                 fields = changed_fields(job.workdir, job.config, FINETUNE_RUN_CONTROL)
                 if fields:
                     changed.append(f"{job.workdir.relative_to(self.root)} ({'; '.join(fields[:4])})")
@@ -412,20 +371,3 @@ class SweepRunner:
             raise UserError(f"sweep root {self.root} holds runs trained with a different config: "
                             f"{', '.join(changed[:3])}{more}; use a new --root, or delete those "
                             "folders to re-run them")
-
-    def _report(self, results: Path) -> Path | None:
-        from minilm_jax.report import ReportOptions, build_report
-
-        if self._stop.signal:
-            print("stopped: the report is built from the finished stages", flush=True)
-        if not any(json.loads(line).get("kind") != "baseline"
-                   for line in results.read_text().splitlines() if line.strip()):
-            print("no finished runs: no report", flush=True)
-            return None
-        out = self.root / "report"
-        try:
-            build_report(results, out, ReportOptions(bootstrap=int(self.sweep.report_bootstrap)))
-        except (Exception, SystemExit) as err:
-            print(f"!! report failed: {type(err).__name__}: {err}", flush=True)
-            return None
-        return out

@@ -1,0 +1,94 @@
+"""``minilm-sweep status --root R``: every unit of a sweep with its state, step, worker, elapsed
+time and failure, read from the root (``status.json``, the claims, each unit's folder) while the
+workers run or after."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from minilm_jax.train.records import is_done
+
+from .layout import SweepLayout
+from .runner import SweepRunner
+
+
+def last_step(workdir: Path) -> int | None:
+    """The newest step in ``workdir/metrics.jsonl`` (read from its end), or None."""
+    path = workdir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _elapsed(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def unit_rows(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[dict[str, Any]]:
+    """One row per (run, stage): state (done, running, failed, interrupted, waiting, pending),
+    step, worker, elapsed seconds, error."""
+    runner = SweepRunner(sweep, layout.root)
+    recorded = runner.status.read()
+    holders = runner.claims.holders()
+    now, rows = time.time(), []
+    for run in runner.runs:
+        for stage, workdir, _, _ in runner._stages(run):
+            entry = recorded.get(run.name, {}).get(stage, {})
+            holder = holders.get(str(workdir.relative_to(layout.root)))
+            if is_done(workdir / "summary.json"):
+                state = "done"
+            elif holder:
+                state = "running"
+            elif entry.get("state") in ("failed", "interrupted"):
+                state = entry["state"]
+            elif entry.get("state") == "running":
+                state = "interrupted"  # recorded running, nobody holds it: its worker is gone
+            else:
+                state = "pending"
+            rows.append({"run": run.name, "stage": stage, "state": state,
+                         "step": last_step(workdir) if state != "pending" else None,
+                         "worker": (holder or {}).get("worker") or entry.get("worker", ""),
+                         "elapsed": now - holder["since"] if holder else None,
+                         "error": (entry.get("error") or "").splitlines()[0][:160]
+                         if state == "failed" else ""})
+    return rows
+
+
+def print_status(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[dict[str, Any]]:
+    """Print the table of :func:`unit_rows`, a count per state, and how to retry a failed unit."""
+    rows = unit_rows(sweep, layout)
+    width = max([len(r["run"]) for r in rows] + [3])
+    swidth = max([len(r["stage"]) for r in rows] + [5])
+    print(f"{'run':<{width}}  {'stage':<{swidth}}  {'state':<11} {'step':>7}  "
+          f"{'elapsed':>8}  worker")
+    for r in rows:
+        step = "" if r["step"] is None else str(r["step"])
+        elapsed = "" if r["elapsed"] is None else _elapsed(r["elapsed"])
+        print(f"{r['run']:<{width}}  {r['stage']:<{swidth}}  {r['state']:<11} {step:>7}  "
+              f"{elapsed:>8}  {r['worker']}")
+        if r["error"]:
+            print(f"{'':<{width}}  error: {r['error']}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    print(f"{len(rows)} units: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    failed = [r for r in rows if r["state"] == "failed"]
+    if failed:
+        print(f"retry one alone: python -m minilm_jax.sweep --config=... --root={layout.root} "
+              f"--only={failed[0]['run']} --stage={failed[0]['stage']}")
+    return rows

@@ -1,0 +1,177 @@
+"""Several workers run one sweep root: each unit exactly once, results equal to one worker's, a
+killed worker's unit resumed by another bit-identically, the SLURM launcher through submitit (its
+local executor here; a real SLURM where ``sbatch`` exists), ``status`` and a retry of one unit (``launch/tpu.sh sweep``: tests/test_launch.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from test_pretrain import wait_for
+
+TESTS = Path(__file__).resolve().parent
+
+
+def sweep_file(tmp_path: Path, shards: Path, **fields) -> Path:
+    """A sweep config file: tests/test_sweep.py's tiny sweep (three runs, one of which fails at
+    start-up on the 8 fake devices), 16 steps with checkpoints every 4, ``fields`` changed."""
+    path = tmp_path / "tiny_sweep.py"
+    path.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(TESTS)!r})\n"
+        "from pathlib import Path\n"
+        "from test_sweep import tiny_sweep\n\n\n"
+        "def get_config():\n"
+        f"    sweep = tiny_sweep(Path({str(shards)!r}))\n"
+        "    sweep.num_steps = 16\n"
+        + "".join(f"    sweep.{k} = {v!r}\n" for k, v in fields.items())
+        + "    return sweep\n")
+    return path
+
+
+def sweep_cmd(config: Path, root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "minilm_jax.sweep", f"--config={config}", f"--root={root}", *extra]
+
+
+def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def results(root: Path) -> list[dict]:
+    text = (root / "results.jsonl").read_text().replace(str(root), "ROOT")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def units_started(output: str) -> list[str]:
+    """The runs whose pre-training a worker started, one entry per start, from the output."""
+    return re.findall(r"^(?:\[w\d+\] )?== \[\d+/\d+\] (\S+) \(", output, re.M)
+
+
+@pytest.fixture(scope="module")
+def sequential(word_shards, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sequential")
+    config = sweep_file(root, word_shards)
+    proc = run(sweep_cmd(config, root / "sweep"))
+    assert proc.returncode == 1, proc.stderr[-2000:]  # one run fails, on purpose
+    return config, root / "sweep", proc.stdout
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_concurrent_workers_run_each_unit_once_and_equal_one_worker(sequential, tmp_path,
+                                                                      workers):
+    config, seq_root, seq_out = sequential
+    root = tmp_path / "sweep"
+    proc = run(sweep_cmd(config, root, f"--workers={workers}"))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    started = units_started(proc.stdout)
+    assert sorted(started) == sorted(units_started(seq_out)) == sorted(
+        ["b", "b__hidden_dim=32", "b__batch_size=44"]), proc.stdout[-3000:]
+    assert results(root) == results(seq_root)
+    outcome = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    assert list(outcome["failures"]) == ["b__batch_size=44"] and outcome["workers"] == [1] * workers
+    assert (root / "report" / "report.md").is_file()
+    assert not [p for p in (root / "claims").glob("*.json")]  # every claim released
+
+    status = run(sweep_cmd(config, root)[:3] + ["status", f"--root={root}"])
+    assert status.returncode == 0, status.stderr[-2000:]
+    lines = status.stdout.splitlines()
+    assert re.search(r"^b\s+pretrain\s+done\s+16\s", status.stdout, re.M), status.stdout
+    assert re.search(r"^b__batch_size=44\s+pretrain\s+failed\s", status.stdout, re.M)
+    assert any("error: " in line and "divisible" in line for line in lines), status.stdout
+    assert "3 units: 2 done, 1 failed" in status.stdout
+    assert "--only=b__batch_size=44 --stage=pretrain" in status.stdout
+
+
+def test_a_killed_workers_unit_is_resumed_by_another_bit_identically(sequential, word_shards,
+                                                                      tmp_path):
+    """Run ``b`` alone (the same config as in the sequential sweep), its worker killed with SIGKILL
+    after the checkpoint at step 4: the next worker takes the unit over and ends where one
+    uninterrupted worker ended."""
+    _, seq_root, _ = sequential
+    config = sweep_file(tmp_path, word_shards, ofat=())
+    root = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(sweep_cmd(config, root), cwd=REPO, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for(root / "runs" / "b" / "pretrain" / "checkpoints" / "4", first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert list((root / "claims").glob("*.json"))  # the dead worker's claim is left behind
+    assert not (root / "runs" / "b" / "pretrain" / "summary.json").exists()
+    second = run(sweep_cmd(config, root))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+    assert "taking over pretrain of runs/b/pretrain" in second.stdout
+    assert "resumed from checkpoint at step" in second.stdout
+    digest = [json.loads((r / "runs" / "b" / "pretrain" / "summary.json").read_text())
+              ["final_params_sha256"] for r in (seq_root, root)]
+    assert digest[0] == digest[1]
+    assert [r for r in results(root) if r.get("run") == "b"] == [
+        r for r in results(seq_root) if r.get("run") == "b"]
+
+
+def test_slurm_launcher_runs_workers_through_submitit(sequential, tmp_path):
+    pytest.importorskip("submitit")
+    config, seq_root, _ = sequential
+    root = tmp_path / "sweep"
+    proc = run(sweep_cmd(config, root, "--launcher=slurm", "--slurm_executor=local",
+                         "--workers=2", "--wait"))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert re.search(r"submitted 2 sweep workers: job \d+", proc.stdout), proc.stdout[-2000:]
+    assert results(root) == results(seq_root)
+    logs = "".join(p.read_text() for p in (root / "slurm").rglob("*_log.out"))
+    assert sorted(units_started(logs)) == ["b", "b__batch_size=44", "b__hidden_dim=32"]
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="no SLURM here (sbatch not found): "
+                    "bash launch/slurm_local.sh sets one up on this machine")
+def test_slurm_launcher_on_a_real_slurm(sequential, tmp_path):
+    pytest.importorskip("submitit")
+    config, seq_root, _ = sequential
+    root = tmp_path / "sweep"
+    proc = run(sweep_cmd(config, root, "--launcher=slurm", "--workers=2", "--slurm_cpus=1",
+                         "--slurm_time_min=20", "--wait"), timeout=1200)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert results(root) == results(seq_root)
+
+
+def test_one_failed_unit_is_retried_alone(sequential, tmp_path):
+    """The failed run (eval batch 44 on 8 devices) is retried alone on one device, where it fits."""
+    config, seq_root, _ = sequential
+    root = tmp_path / "sweep"
+    shutil.copytree(seq_root, root)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    proc = subprocess.run(sweep_cmd(config, root, "--only=b__batch_size=44", "--stage=pretrain"),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert units_started(proc.stdout) == ["b__batch_size=44"], proc.stdout[-3000:]
+    status = run(sweep_cmd(config, root)[:3] + ["status", f"--root={root}"])
+    assert "3 units: 3 done" in status.stdout, status.stdout
+
+
+def test_gpu_workers_get_one_gpu_each_and_the_launcher_flags_stay_with_the_launcher(monkeypatch):
+    from minilm_jax.errors import UserError
+    from minilm_jax.sweep.launchers import gpu_envs, worker_argv
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in gpu_envs(0)] == ["2", "5", "7"]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in gpu_envs(2)] == ["2", "5"]
+    with pytest.raises(UserError, match="has 3 GPU"):
+        gpu_envs(4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(UserError, match="found no GPU"):
+        gpu_envs(0)
+    argv = ["sweep", "--config=sweep:a4", "--root=R", "--launcher=slurm", "--workers=8",
+            "--slurm_gpus", "1", "--nowait", "--only=x", "--config.num_steps=10"]
+    assert worker_argv(argv)[1:] == ["-m", "minilm_jax.sweep", "--config=sweep:a4", "--root=R",
+                                     "--only=x", "--config.num_steps=10", "--launcher=local",
+                                     "--workers=1"]

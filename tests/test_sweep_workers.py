@@ -132,7 +132,20 @@ def test_slurm_launcher_runs_workers_through_submitit(sequential, tmp_path):
     assert sorted(units_started(logs)) == ["b", "b__batch_size=44", "b__hidden_dim=32"]
 
 
-@pytest.mark.skipif(shutil.which("sbatch") is None, reason="no SLURM here (sbatch not found): "
+def slurm_node_ready() -> bool:
+    """Whether a SLURM controller answers here with a node that can take jobs (``sbatch`` on the
+    PATH is not enough: its daemons may be down)."""
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return False
+    states = proc.stdout.split() if proc.returncode == 0 else []
+    return any(s.rstrip("*") in ("idle", "mixed") for s in states)
+
+
+@pytest.mark.skipif(not slurm_node_ready(), reason="no SLURM node ready here (sinfo): "
                     "bash launch/slurm_local.sh sets one up on this machine")
 def test_slurm_launcher_on_a_real_slurm(sequential, tmp_path):
     pytest.importorskip("submitit")

@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 
 from minilm_jax.train.records import is_done
+from minilm_jax.train.run_log import duration
 
 from .layout import SweepLayout
 from .runner import SweepRunner
@@ -34,11 +35,6 @@ def last_step(workdir: Path) -> int | None:
     return None
 
 
-def _elapsed(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def unit_rows(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[dict[str, Any]]:
     """One row per (run, stage): state (done, running, failed, interrupted, waiting, pending),
     step, worker, elapsed seconds, error."""
@@ -47,7 +43,7 @@ def unit_rows(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[dic
     holders = runner.claims.holders()
     now, rows = time.time(), []
     for run in runner.runs:
-        for stage, workdir, _, _ in runner._stages(run):
+        for stage, workdir, _, _ in runner.stages(run):
             entry = recorded.get(run.name, {}).get(stage, {})
             holder = holders.get(str(workdir.relative_to(layout.root)))
             if is_done(workdir / "summary.json"):
@@ -78,7 +74,7 @@ def print_status(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[
           f"{'elapsed':>8}  worker")
     for r in rows:
         step = "" if r["step"] is None else str(r["step"])
-        elapsed = "" if r["elapsed"] is None else _elapsed(r["elapsed"])
+        elapsed = "" if r["elapsed"] is None else duration(r["elapsed"])
         print(f"{r['run']:<{width}}  {r['stage']:<{swidth}}  {r['state']:<11} {step:>7}  "
               f"{elapsed:>8}  {r['worker']}")
         if r["error"]:

@@ -36,7 +36,7 @@ from minilm_jax.train.dispatch import StopRequest, stop_signals
 from minilm_jax.train.records import DONE, is_done
 from minilm_jax.train.runner import LoopSpec
 
-from .claims import ClaimBoard
+from .claims import ClaimBoard, worker_id
 from .evals_stage import EvaluationStage, plain_entries
 from .layout import FinetuneJob, SweepLayout, finetune_jobs, finetune_run_config
 from .packing import packs
@@ -131,8 +131,6 @@ class SweepRunner:
         """Build the stage's run (``make``) and run it: ``done``, ``failed`` (recorded with its
         error; the sweep goes on) or ``interrupted`` (SIGTERM or Ctrl-C stopped it after saving
         a step; recorded with that step, and the sweep stops)."""
-        from .claims import worker_id
-
         self.status.record(name, stage, "running", worker=worker_id())
         spec = None
         try:
@@ -198,7 +196,7 @@ class SweepRunner:
                                       "signal": self._stop.signal}
         return outcome
 
-    def _stages(self, run: Run) -> Iterator[Stage]:
+    def stages(self, run: Run) -> Iterator[Stage]:
         """(stage, workdir, build its run, the folders it holds) of ``run``: pre-training, each
         zero-shot evaluation of the sweep's ``evals`` section, then each fine-tuning job."""
         from minilm_jax.finetune.loop import Finetuner
@@ -287,7 +285,7 @@ class SweepRunner:
             waiting = False  # a unit held by another worker, or waiting for its pre-training
             for i, run in enumerate(selected, 1):
                 worked = False
-                for stage, workdir, make, holds in self._stages(run):
+                for stage, workdir, make, holds in self.stages(run):
                     if only_stage and stage != only_stage and stage != "pretrain":
                         continue
                     label = "pre-training" if stage == "pretrain" else stage.split(":", 1)[1]
@@ -348,7 +346,7 @@ class SweepRunner:
         finished in an earlier sweep, a kill between the summary and the record)."""
         recorded = self.status.read()
         for run in runs:
-            for stage, workdir, _, _ in self._stages(run):
+            for stage, workdir, _, _ in self.stages(run):
                 entry = recorded.get(run.name, {}).get(stage)
                 if entry and entry.get("state") != "done" and is_done(workdir / "summary.json"):
                     self.status.record(run.name, stage, "done")

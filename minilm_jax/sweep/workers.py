@@ -19,6 +19,7 @@ import ml_collections
 
 from minilm_jax.storage import atomic_write_bytes
 
+from .claims import ClaimBoard
 from .layout import SweepLayout
 from .results import write_results
 from .runner import SweepRunner
@@ -71,14 +72,13 @@ def build_report_once(layout: SweepLayout, sweep: ml_collections.ConfigDict) -> 
     worker is building it; the report folder (or None: no finished runs, or it failed)."""
     from minilm_jax.report import ReportOptions, build_report
 
-    from .claims import ClaimBoard
-
     results = layout.results_path
+    data = results.read_bytes()
     if not any(json.loads(line).get("kind") != "baseline"
-               for line in results.read_text().splitlines() if line.strip()):
+               for line in data.decode().splitlines() if line.strip()):
         print("no finished runs: no report", flush=True)
         return None
-    digest = hashlib.sha256(results.read_bytes()).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
     built = layout.claims_dir / "report-source.sha256"
     claim = ClaimBoard(layout.claims_dir, layout.root).try_claim([layout.report_dir], "report")
     if claim is None:

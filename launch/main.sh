@@ -11,6 +11,8 @@
 #
 #   MAIN_OUT=runs/main  MAIN_TOKENS=2000  MAIN_TOP_WORDS=8000  MAIN_SWEEP=main (smoke: the CI size;
 #   a4: study A's one-factor design with 3 pre-training seeds per point, on the same text)
+#   MAIN_WORKERS=2: sweep workers sharing the machine (each takes the next unfinished run or
+#   fine-tuning job; results do not depend on the count; 2 keep both cores of a 2-core machine busy)
 #   extra arguments go to `python -m minilm_jax.sweep`, e.g. --config.num_steps=500
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,5 +43,5 @@ MODEL=$(ls "$OUT"/tokenizer/*.model | head -1)
 $PY -m minilm_jax.corpus shards --corpus "corpus:$OUT/corpus" --tokenizer "$MODEL" \
   --out "$OUT/shards" --seq_len 128 --mode packed --valid 0.05 --test 0.05 --overwrite --no_progress
 $PY -m minilm_jax.sweep --config=configs/sweep.py:"$SWEEP" --root="$OUT/study" \
-  --config.shards="$OUT/shards" --config.vocab_size=$((TOKENS + 10)) "$@"
+  --workers="${MAIN_WORKERS:-2}" --config.shards="$OUT/shards" --config.vocab_size=$((TOKENS + 10)) "$@"
 echo "== report: $OUT/study/report/report.md   results: $OUT/study/results.jsonl"

@@ -255,7 +255,9 @@ class Finetuner(runner.LoopSpec):
         return [f for f in self.folders if not f.stopped(self._patience())]
 
     # ----------------------------------------------------------------------------- loop specialisation
-    save_after_evaluation = True  # an evaluation updates the selected parameters and the history
+    # An evaluation changes the state (each member's selected parameters) and the history, but is
+    # not a save point of its own: a resumed run restores the last checkpoint's selection, drops the
+    # history after its step and evaluates again (the same scores: evaluation is deterministic).
 
     def dispatch(self, state: MembersState, host_batch: dict[str, np.ndarray]):
         return self.train_step(state, batch_lib.to_global(host_batch, self.batch_shardings))

@@ -21,6 +21,7 @@ Tasks (sentences of 8-40 words from article bodies; titles are not used):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import random
@@ -153,23 +154,31 @@ def load_bbc_task(task: str, split: str, seed: int = 0, root: str | Path | None 
                   ) -> tuple[list[Example], TaskSpec]:
     """Examples of ``task`` (``bbc_topic`` | ``bbc_order``) for ``split`` (``train``: from
     pre-training-side articles; ``test``: from held-out articles). Per-class sampling is left to the
-    caller; the order task's labels and permutations are seeded by ``seed``."""
+    caller; the order task's labels and permutations are seeded by ``seed``. Built once per process
+    (a sweep fine-tunes many runs on the same examples)."""
     if task not in TASKS:
         raise TaskDataError(f"unknown BBC task {task!r}; known: {', '.join(TASKS)}")
     if split not in ("train", "test"):
         raise TaskDataError(f"BBC task {task}: split must be train or test, not {split!r}")
-    articles, classes = read_articles(root)
+    examples, spec = _task_examples(task, split, seed, str(Path(root).resolve()) if root else "")
+    return list(examples), spec
+
+
+@functools.lru_cache(maxsize=8)
+def _task_examples(task: str, split: str, seed: int, root: str
+                   ) -> tuple[tuple[Example, ...], TaskSpec]:
+    articles, classes = read_articles(root or None)
     pool = _sentence_pool(articles, heldout=(split == "test"))
     if task == TOPIC:
-        examples = [Example(s, None, label, f"{task}/{split}/{uid}") for s, label, uid in pool]
-        return examples, topic_spec(classes)
+        return (tuple(Example(s, None, label, f"{task}/{split}/{uid}") for s, label, uid in pool),
+                topic_spec(classes))
     rng = random.Random(f"{seed}/{split}")
     examples = []
     for sentence, _, uid in pool:
         original = rng.random() < 0.5
         text = _order_text(sentence, rng, permute=not original)
         examples.append(Example(text, None, int(original), f"{task}/{split}/{uid}"))
-    return examples, ORDER_SPEC
+    return tuple(examples), ORDER_SPEC
 
 
 def main(argv: list[str] | None = None) -> int:

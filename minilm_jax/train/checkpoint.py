@@ -77,6 +77,7 @@ class Checkpoints:
             options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
                                                  enable_async_checkpointing=False))
             if keep_best else None)
+        self._held_best: tuple[int, Any, dict[str, float]] | None = None  # see hold_best
         # Snapshots: states at fixed steps (fractions of the run), never deleted; fine-tuning can
         # start from any of them (``init.which=step:N``).
         self.snapshot_steps = tuple(sorted(set(int(s) for s in snapshot_steps)))
@@ -123,8 +124,23 @@ class Checkpoints:
                 or time.monotonic() - self._last_save_time >= self.every_seconds)
 
     def save(self, step: int, state: Any) -> None:
+        self.publish_best()  # first: best/ never lags behind the checkpoint a resumption starts from
         self._write(self.latest, step, ocp.args.StandardSave(state))
         self._last_save_time = time.monotonic()
+
+    def hold_best(self, step: int, state: Any, metrics: dict[str, float]) -> None:
+        """Keep ``state`` as the best so far (a device copy) and publish it with the next regular
+        checkpoint, or when the best is read or these checkpoints are closed: an improving
+        evaluation costs no write. ``best/`` always reflects every evaluation up to the newest
+        checkpoint, and a resumed run evaluates the later steps again."""
+        if self.best is not None:
+            self._held_best = (step, jax.tree.map(lambda x: x.copy(), state), metrics)
+
+    def publish_best(self) -> None:
+        """Write the best held by :meth:`hold_best`, if any."""
+        held, self._held_best = self._held_best, None
+        if held is not None:
+            self.save_best(*held)
 
     def save_best(self, step: int, state: Any, metrics: dict[str, float]) -> None:
         """Publish ``state`` as the best: the new step is written and sealed before the old one is
@@ -210,6 +226,7 @@ class Checkpoints:
         return step
 
     def restore_best(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+        self.publish_best()
         step = self._verified_best()
         if step is None:
             return None
@@ -218,6 +235,7 @@ class Checkpoints:
         return step, out.state, dict(out.metrics)
 
     def best_metrics(self) -> dict | None:
+        self.publish_best()
         step = self._verified_best()
         if step is None:
             return None
@@ -225,6 +243,7 @@ class Checkpoints:
         return dict(out.metrics)
 
     def close(self) -> None:
+        self.publish_best()
         self.latest.close()
         if self.snapshots is not None:
             self.snapshots.close()

@@ -204,7 +204,7 @@ class Pretrainer(runner.LoopSpec):
                  f"{result['perplexity']:.2f}")
         if result["loss"] < self._best_loss:
             self._best_loss = result["loss"]
-            self.ckpts.save_best(step, state, {**result, "step": step})
+            self.ckpts.hold_best(step, state, {**result, "step": step})
         self.ckpts.save_snapshot(step, state)
         if self.evaluations and self._zero_shot_due(step):
             scalars: dict[str, float] = {}

@@ -2,8 +2,8 @@
 
 :func:`run_loop` owns what every run does the same way: the dispatch plan, the host prefetcher, the
 progress bar, metrics read back one dispatch late (a non-finite loss stops the run naming the
-step), the evaluation cadence, checkpoint decisions (by count, by clock, at the end, after an
-evaluation when the specialisation asks, on preemption), SIGTERM on one process and JAX's
+step), the evaluation cadence, checkpoint decisions (by count, by clock, at the end, on
+preemption, on early stopping), SIGTERM on one process and JAX's
 preemption sync point on several, and early stopping. :func:`check_workdir` refuses a workdir
 holding another config; :func:`restore` resumes from the newest readable checkpoint.
 
@@ -91,8 +91,6 @@ class LoopSpec(abc.ABC):
     def dispatch_boundaries(self) -> Iterable[int]:
         """Steps no dispatch may cross (so an evaluation lands exactly there)."""
         return ()
-
-    save_after_evaluation: bool = False  # the evaluation changed the state (selection): save it
 
     # ``check_losses(first step, host metrics)``: the divergence rule; None: any non-finite loss
     # stops the run (a population stops a diverged member and goes on).
@@ -246,7 +244,6 @@ def run_loop(spec: LoopSpec, state: Any, start: int, ckpts: Checkpoints, writer:
                                 and _on_process_0(ckpts.due(step))))
             else:
                 save_now = ckpts.due(step) or step == total or bool(stop.signal)
-            save_now = save_now or (evaluate_now and spec.save_after_evaluation)
             if evaluate_now or save_now:
                 drain()
             early = False

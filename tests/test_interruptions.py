@@ -157,6 +157,26 @@ def test_best_is_published_before_the_old_one_goes(tmp_path, monkeypatch):
     assert find_checkpoint(tmp_path, "best")[0] == 30
 
 
+def test_a_held_best_is_published_before_the_next_checkpoint(tmp_path):
+    """An improving evaluation costs no write: the best is held and published before the next
+    regular checkpoint, so ``best/`` never lags behind the step a resumption starts from; reading
+    the best or closing publishes it too."""
+    ckpts = Checkpoints(tmp_path, keep=2, every_steps=10, every_minutes=60, keep_best=True)
+    ckpts.hold_best(4, small_state(1.0), {"loss": 2.0})
+    ckpts.hold_best(8, small_state(2.0), {"loss": 1.5})
+    assert not [p for p in (tmp_path / "best").iterdir() if p.name.isdigit()]
+    ckpts.save(10, small_state(3.0))
+    assert find_checkpoint(tmp_path, "best")[0] == 8 and ckpts.best_metrics()["loss"] == 1.5
+    ckpts.hold_best(12, small_state(4.0), {"loss": 1.0})
+    assert ckpts.best_metrics()["loss"] == 1.0  # read: published first
+    assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == ["12"]
+    step, restored, _ = ckpts.restore_best({"w": jnp.zeros((4,), jnp.float32)})
+    assert step == 12 and float(restored["w"][0]) == 4.0
+    ckpts.hold_best(14, small_state(5.0), {"loss": 0.5})
+    ckpts.close()  # closing publishes what is held
+    assert find_checkpoint(tmp_path, "best")[0] == 14
+
+
 def test_which_best_never_falls_back_to_an_unevaluated_step(tmp_path):
     ckpts = Checkpoints(tmp_path, keep=2, every_steps=10, every_minutes=60, keep_best=True)
     ckpts.save(390, small_state(1.0))

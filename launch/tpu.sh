@@ -234,11 +234,11 @@ case "$COMMAND" in
     on_all_workers "$(module_cmd "$COMMAND" ${ARGS[@]+"${ARGS[@]}"} ${init[@]+"${init[@]}"})" ;;
   sweep)
     if [ "$MULTI_HOST" = 1 ] && ! has_arg --dry_run; then
-      # Every host is one sweep worker (its own chips); the workers share the root through a
-      # filesystem every host mounts (Filestore/NFS): claims need exclusive create and rename.
+      # Every host is one sweep worker (its own chips); the workers share the root: a gs:// bucket
+      # (claims by generation preconditions) or a filesystem every host mounts (Filestore/NFS).
       root=$(arg_value --root)
       [ -n "$root" ] || die "sweep needs --root=DIR"
-      [[ $root == /* ]] || die "--root=$root: on the pod slice $TYPE every host runs a sweep worker, and the workers share the root; use an absolute path on a filesystem every host mounts (e.g. a Filestore share at /mnt/shared), not the VM's own disk or gs://"
+      [[ $root == /* || $root == gs://* ]] || die "--root=$root: on the pod slice $TYPE every host runs a sweep worker, and the workers share the root; use a gs:// location or an absolute path on a filesystem every host mounts (e.g. a Filestore share at /mnt/shared), not the VM's own disk"
       on_all_workers "$(module_cmd sweep ${ARGS[@]+"${ARGS[@]}"} --launcher=tpu)"
     else
       check_output_dir --root

@@ -59,6 +59,16 @@ def _uncached_listings() -> None:
         fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
 
 
+def relative_location(location: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``location`` relative to the folder ``root`` (``/``-separated; local paths or URLs)."""
+    location, root = str(location), str(root).rstrip("/")
+    if is_remote(root) or is_remote(location):
+        if not location.startswith(root + "/"):
+            raise ValueError(f"{location} is not inside {root}")
+        return location[len(root) + 1:]
+    return Path(os.path.relpath(location, root)).as_posix()
+
+
 def files_under(root: RunPath) -> dict[str, RunPath]:
     """Every file below the folder ``root``, by its ``/``-separated path relative to ``root``.
     On an object store the folders are listed one by one (``epath`` refuses ``**`` globs there)."""

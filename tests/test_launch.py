@@ -202,13 +202,13 @@ def test_tpu_pod_slice_refuses_a_workdir_off_shared_storage():
           "every host runs a sweep worker", "absolute path", "v4-32")
 
 
-def test_tpu_pod_slice_runs_one_sweep_worker_per_host():
-    result = launch(TPU, "--dry_run", "sweep", "--config=sweep:main", "--root=/mnt/shared/main",
-                    **POD)
+@pytest.mark.parametrize("root", ["/mnt/shared/main", "gs://my-bucket/sweeps/main"])
+def test_tpu_pod_slice_runs_one_sweep_worker_per_host(root):
+    result = launch(TPU, "--dry_run", "sweep", "--config=sweep:main", f"--root={root}", **POD)
     [argv] = commands(result)
     assert "--worker=all" in argv
     assert remote(argv)[-5:] == ["-m", "minilm_jax.sweep", "--config=sweep:main",
-                                 "--root=/mnt/shared/main", "--launcher=tpu"]
+                                 f"--root={root}", "--launcher=tpu"]
 
 
 def test_tpu_missing_names_fail_clearly():

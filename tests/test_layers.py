@@ -1,6 +1,6 @@
 """The package's layering: no module imports from a layer above its own.
 
-0 errors, storage, text normalisation -> 1 model, data, corpus, tasks, tokenizer, the recipes (configs/)
+0 errors, storage (and exclusive files), text normalisation -> 1 model, data, corpus, tasks, tokenizer, the recipes (configs/)
 -> 2 the engine (train, finetune) -> 3 evaluations (evals: minimal pairs) -> 4 studies (analysis,
 sweeps, report, committee, latency, interop, compile checks, benches) -> 5 entry points
 (``__main__`` modules and commands).
@@ -19,7 +19,8 @@ PACKAGE = REPO / "minilm_jax"
 CONFIGS = REPO / "configs"  # the package minilm_jax.configs (pyproject.toml maps it)
 
 LAYERS = {  # module or package prefix -> layer; the longest matching prefix decides
-    "minilm_jax.errors": 0, "minilm_jax.storage": 0, "minilm_jax.text_norm": 0,
+    "minilm_jax.errors": 0, "minilm_jax.storage": 0, "minilm_jax.exclusive_files": 0,
+    "minilm_jax.text_norm": 0,
     "minilm_jax.model": 1,
     "minilm_jax.run_config": 1, "minilm_jax.tokenizer": 1, "minilm_jax.data": 1,
     "minilm_jax.corpus": 1, "minilm_jax.tasks": 1, "minilm_jax.cli": 1,

@@ -18,6 +18,7 @@ from conftest import REPO
 from minilm_jax.errors import UserError
 from minilm_jax.sweep import expand
 from minilm_jax.sweep.runner import SweepRunner
+from minilm_jax.sweep.status import SweepStatus
 from minilm_jax.sweep.workers import run_worker
 
 sys.path.insert(0, str(REPO / "configs"))
@@ -134,7 +135,7 @@ def test_runner_isolates_failures_skips_finished_and_resumes(word_shards, tmp_pa
     outcome = run_worker(sweep, tmp_path)
     assert list(outcome["failures"]) == ["b__batch_size=44"]
     assert "divisible" in outcome["failures"]["b__batch_size=44"]["pretrain"]
-    status = json.loads((tmp_path / "status.json").read_text())
+    status = SweepStatus(tmp_path).read()
     assert status["b"]["pretrain"]["state"] == "done"
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     baselines = [r for r in rows if r["kind"] == "baseline"]  # the shard set's reference perplexities
@@ -198,7 +199,7 @@ def test_a_changed_sweep_is_refused_and_only_judges_its_runs(word_shards, tmp_pa
         "pretrain": outcome["failures"]["b__batch_size=44"]["pretrain"]}}
     sweep.ofat = ()
     assert run_worker(sweep, tmp_path)["failures"] == {}  # b only: its own outcome
-    status_before = (tmp_path / "status.json").read_text()
+    status_before = SweepStatus(tmp_path).read()
     for field, value, named in (("num_steps", 6, "train.num_steps: 4 -> 6"),
                                 ("pretrain_overrides", sweep.pretrain_overrides + ("seed=3",),
                                  "seed: 0 -> 3")):
@@ -206,7 +207,7 @@ def test_a_changed_sweep_is_refused_and_only_judges_its_runs(word_shards, tmp_pa
         changed[field] = value
         with pytest.raises(UserError, match=rf"runs/b/pretrain \({named}.*use a new --root"):
             run_worker(changed, tmp_path)
-    assert (tmp_path / "status.json").read_text() == status_before  # nothing ran
+    assert SweepStatus(tmp_path).read() == status_before  # nothing ran
     # a fine-tuning workdir trained with other fine-tuning overrides
     from minilm_jax.run_config import flatten
     from minilm_jax.sweep.layout import finetune_jobs

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from gcs_stand_in import gcs  # noqa: F401  (the session fixture)
 from test_pretrain import wait_for
 
 TESTS = Path(__file__).resolve().parent
@@ -47,8 +48,12 @@ def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def results(root: Path) -> list[dict]:
-    text = (root / "results.jsonl").read_text().replace(str(root), "ROOT")
+def results(root: Path | str) -> list[dict]:
+    """The rows of ``root``'s results table (a folder or a ``gs://`` location), paths from the
+    root on."""
+    from minilm_jax.storage import run_path
+
+    text = (run_path(str(root)) / "results.jsonl").read_text().replace(str(root), "ROOT")
     return [json.loads(line) for line in text.splitlines()]
 
 
@@ -90,6 +95,29 @@ def test_concurrent_workers_run_each_unit_once_and_equal_one_worker(sequential, 
     assert any("error: " in line and "divisible" in line for line in lines), status.stdout
     assert "3 units: 2 done, 1 failed" in status.stdout
     assert "--only=b__batch_size=44 --stage=pretrain" in status.stdout
+
+
+def test_two_workers_run_one_sweep_root_in_a_bucket(sequential, gcs):  # noqa: F811
+    """The sweep root is a ``gs://`` location (the Cloud Storage stand-in): two workers claim
+    units by generation preconditions, each unit runs once, and results, report and ``status``
+    equal what one worker made on a local disk."""
+    from minilm_jax.storage import run_path
+
+    config, seq_root, seq_out = sequential
+    root = gcs.uri("sweeps", "two-workers")
+    proc = run(sweep_cmd(config, root, "--workers=2"))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert sorted(units_started(proc.stdout)) == sorted(units_started(seq_out)), proc.stdout[-3000:]
+    assert results(root) == results(seq_root)
+    bucket = run_path(root)
+    assert (bucket / "report" / "report.md").read_text().startswith("# Scaling study report")
+    assert sorted(p.name for p in (bucket / "report").iterdir()) == sorted(
+        p.name for p in (seq_root / "report").iterdir())
+    assert not [p for p in (bucket / "claims").iterdir() if p.name.endswith(".json")]
+    status = run(sweep_cmd(config, root)[:3] + ["status", f"--root={root}"])
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert re.search(r"^b\s+pretrain\s+done\s+16\s", status.stdout, re.M), status.stdout
+    assert "3 units: 2 done, 1 failed" in status.stdout
 
 
 def test_a_killed_workers_unit_is_resumed_by_another_bit_identically(sequential, word_shards,

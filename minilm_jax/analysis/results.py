@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from minilm_jax.errors import UserError
+from minilm_jax.storage import run_path
 
 KINDS = ("validation", "test", "downstream", "minimal_pairs", "perplexity", "baseline")
 INITS = ("pretrained", "random")
@@ -206,8 +207,9 @@ class Duplicates:
 
 def read_results(path: str | Path) -> tuple[list[dict[str, Any]], Duplicates]:
     """Read and validate ``results.jsonl`` without printing: the rows, each counted once (they keep
-    a ``line`` field), and the identical copies dropped. Blank lines are skipped."""
-    path = Path(path)
+    a ``line`` field), and the identical copies dropped. Blank lines are skipped. ``path`` may be
+    a ``gs://`` location."""
+    path = run_path(str(path))
     if not path.is_file():
         raise ResultsError(f"results file not found: {path}")
     rows: list[dict[str, Any]] = []

@@ -16,8 +16,9 @@ from minilm_jax.analysis.results import Duplicates, ResultsError, flops_field, r
 from minilm_jax.analysis.seeds import seed_gaps, seed_spreads
 from minilm_jax.analysis.zero_shot import zero_shot_analyses
 from minilm_jax.errors import UserError
-from minilm_jax.storage import owned_temp_dir, remove_stale_temps
-from minilm_jax.sweep.status import STATUS_NAME, SweepStatus
+from minilm_jax.storage import (RunPath, atomic_write_bytes, is_remote, owned_temp_dir,
+                                remove_stale_temps, run_path)
+from minilm_jax.sweep.status import STATUS_DIR, SweepStatus
 
 from .analyses import analyse
 from .fmt import code
@@ -31,7 +32,7 @@ from .zero_shot import (ZERO_SHOT_PLOT, plot_zero_shot, section_perplexity_evalu
                         section_zero_shot)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: RunPath) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -43,7 +44,7 @@ _TEMP_TAGS = ("partial", "old")  # staging and backup directories beside the rep
 
 
 def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
-                 source: Path, duplicates: Duplicates = Duplicates()) -> Path:
+                 source: RunPath, duplicates: Duplicates = Duplicates()) -> Path:
     """Analyse ``rows`` and write report.md and its plots into the (empty) directory ``out``;
     ``duplicates`` are the identical rows of ``source`` that were dropped (noted in the report)."""
     analyses = analyse(rows, options)
@@ -93,8 +94,8 @@ def _duplicates_note(duplicates: Duplicates) -> str:
     return f"; {duplicates.count} duplicate row{plural} dropped, each identical to an earlier line"
 
 
-def incomplete_note(results: Path) -> list[str]:
-    """A warning at the top of the report when the sweep beside ``results`` (its ``status.json``)
+def incomplete_note(results: RunPath) -> list[str]:
+    """A warning at the top of the report when the sweep beside ``results`` (its stage records)
     has stages that did not finish: failed, interrupted, or still running when it was killed."""
     unfinished = SweepStatus(results.parent).unfinished()
     if not unfinished:
@@ -102,9 +103,10 @@ def incomplete_note(results: Path) -> list[str]:
     shown = "; ".join(unfinished[:8]) + (f"; and {len(unfinished) - 8} more"
                                          if len(unfinished) > 8 else "")
     return [f"> **Incomplete sweep:** {len(unfinished)} stage(s) recorded in "
-            f"{code(results.parent / STATUS_NAME)} did not finish ({shown}); their rows are "
+            f"{code(results.parent / STATUS_DIR)} did not finish ({shown}); their rows are "
             "missing below, and an interrupted sweep did not start the stages after them. Run "
-            "the same sweep command again to resume (a failed stage's error is in that file).", ""]
+            "the same sweep command again to resume (`python -m minilm_jax.sweep status` shows "
+            "a failed stage's error).", ""]
 
 
 def _check_replaceable(out: Path) -> None:
@@ -136,13 +138,33 @@ def _publish(staging: Path, out: Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def _build_for_bucket(results: RunPath, out: RunPath, options: ReportOptions) -> RunPath:
+    """Build the report in a local folder and upload it into ``out``; files of an earlier report
+    that the new one lacks are deleted after the upload."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="minilm-report-") as local:
+        built = build_report(results, Path(local) / "report", options).parent
+        names = sorted(p.name for p in built.iterdir())
+        old = [p for p in out.iterdir() if p.name not in names] if out.exists() else []
+        for name in sorted(names, key=lambda n: n == REPORT_NAME):
+            atomic_write_bytes(out / name, (built / name).read_bytes())
+    for path in old:
+        path.unlink()
+    return out / REPORT_NAME
+
+
 def build_report(results: str | Path, out: str | Path, options: ReportOptions | None = None
                  ) -> Path:
     """Load ``results``, write the report into a temporary sibling of ``out``, then swap it in.
-    Returns the path of report.md."""
+    Returns the path of report.md. ``results`` and ``out`` may be ``gs://`` locations: a report
+    for a bucket is built locally, then its files are uploaded (report.md last)."""
     options = options or ReportOptions()
     options.check()
-    results, out = Path(results), Path(out)
+    results = run_path(str(results))
+    if is_remote(out):
+        return _build_for_bucket(results, run_path(str(out)), options)
+    out = Path(out)
     try:
         rows, duplicates = read_results(results)
     except ResultsError as err:

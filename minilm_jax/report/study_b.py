@@ -197,6 +197,10 @@ def main(argv: list[str]) -> None:
 
     if _CONFIG.value is None or not _ROOT.value:
         raise UserError("--config=configs/sweep.py:<study_b sweep> and --root=DIR are required")
+    if "://" in _ROOT.value or "://" in (_OUT.value or ""):
+        raise UserError(f"study B's report reads and writes local folders (--root={_ROOT.value}); "
+                        "copy the sweep root first, e.g. gcloud storage rsync --recursive "
+                        f"{_ROOT.value} study_b_root, and pass --root=study_b_root")
     root = Path(_ROOT.value)
     out = Path(_OUT.value) if _OUT.value else SweepLayout(root).study_b_report_dir
     build(_CONFIG.value, root, out, _REPEATS.value)

@@ -46,9 +46,8 @@ _EXECUTOR = flags.DEFINE_enum("slurm_executor", "slurm", ["slurm", "local"],
 
 
 def main(argv: list[str]) -> None:
-    from pathlib import Path
-
     from minilm_jax.errors import UserError
+    from minilm_jax.storage import run_path
     from minilm_jax.sweep import launchers, workers
     from minilm_jax.sweep.layout import SweepLayout
     from minilm_jax.sweep.runner import SweepRunner, plan_table, stop_error
@@ -58,7 +57,7 @@ def main(argv: list[str]) -> None:
 
         if not _ROOT.value:
             raise UserError("status needs --root=DIR")
-        layout = SweepLayout(Path(_ROOT.value))
+        layout = SweepLayout(_ROOT.value)
         print_status(_CONFIG.value or workers.load_config(layout), layout)
         return
     if argv[1:]:
@@ -70,7 +69,7 @@ def main(argv: list[str]) -> None:
         runner = SweepRunner(_CONFIG.value, _ROOT.value or ".")
         print(plan_table(runner.runs, _CONFIG.value, measured_matmul_peak("float32")))
         return
-    root = Path(_ROOT.value)
+    root = run_path(_ROOT.value)
     launcher, n = _LAUNCHER.value, _WORKERS.value
     if launcher == "slurm":
         SweepRunner(_CONFIG.value, root)  # a bad sweep fails here, not in every task
@@ -79,7 +78,7 @@ def main(argv: list[str]) -> None:
             _PARTITION.value, _GPUS.value, _CPUS.value, _MEM.value, _TIME.value, _PARALLEL.value,
             _EXECUTOR.value))
         print(f"submitted {len(jobs)} sweep workers: job {jobs[0].job_id.split('_')[0]} "
-              f"(logs in {root / 'slurm'}); follow with: python -m minilm_jax.sweep status "
+              f"(logs in {launchers.slurm_log_folder(root)}); follow with: python -m minilm_jax.sweep status "
               f"--root={root}", flush=True)
         if not _WAIT.value:
             return

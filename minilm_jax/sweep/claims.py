@@ -1,13 +1,13 @@
 """Which worker runs which unit of a sweep: one claim file per unit folder under ``<root>/claims``.
 
 A worker claims a unit (a pre-training run or population, a zero-shot evaluation, a fine-tuning
-job or population) by creating the claim file of each of its folders exclusively (``O_EXCL``: of two
-workers, one wins), and keeps it fresh while the unit runs (its mtime is the heartbeat). A claim is
-stale, and taken over by the next worker that wants the unit, when its process is gone (same host)
-or its heartbeat is older than ``stale_after`` seconds (any host: a SLURM node or TPU host that was
-preempted); the unit then resumes from its checkpoint. The sweep root must be a filesystem every
-worker sees (a local disk, NFS, Lustre, a Filestore mount): exclusive create and rename are what
-make the claims safe.
+job or population) by creating the claim file of each of its folders only if it is absent (of two
+workers, one wins), and keeps it fresh while the unit runs (the heartbeat). A claim is stale, and
+taken over by the next worker that wants the unit, when its process is gone (same host) or its
+heartbeat is older than ``stale_after`` seconds (any host: a SLURM node or TPU host that was
+preempted); the unit then resumes from its checkpoint. The sweep root is a filesystem every worker
+sees (a local disk, NFS, Lustre, a Filestore mount) or a ``gs://`` bucket: the conditional creates,
+replacements and deletes of :mod:`minilm_jax.exclusive_files` make the claims safe on both.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
-from minilm_jax.storage import process_alive
+from minilm_jax import exclusive_files
+from minilm_jax.storage import RunPath, is_remote, process_alive, relative_location, run_path
 
 HEARTBEAT_SECONDS = 20.0
 STALE_AFTER_SECONDS = 300.0
@@ -33,31 +33,41 @@ def worker_id() -> str:
 
 
 class Claim:
-    """Held claims on one unit's folders, kept fresh by a heartbeat thread until released."""
+    """Held claims on one unit's folders (path -> version), kept fresh by a heartbeat thread until
+    released."""
 
-    def __init__(self, paths: list[Path], heartbeat: float):
-        self.paths = paths
+    def __init__(self, held: dict[RunPath, str], heartbeat: float):
+        self.held = held
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat,), daemon=True)
         self._thread.start()
 
+    @property
+    def paths(self) -> list[RunPath]:
+        return list(self.held)
+
     def _beat(self, every: float) -> None:
         while not self._stop.wait(every):
-            for path in self.paths:
+            for path, version in list(self.held.items()):
                 try:
-                    os.utime(path)
-                except OSError:
-                    pass
+                    fresh = exclusive_files.refresh(path, version)
+                except Exception as err:  # a store that does not answer now may answer next time
+                    print(f"warning: heartbeat of claim {path} failed: {err}", flush=True)
+                    continue
+                if fresh is None:
+                    print(f"warning: claim {path} was taken over by another worker", flush=True)
+                    del self.held[path]
+                else:
+                    self.held[path] = fresh
 
     def release(self) -> None:
         self._stop.set()
-        mine = worker_id()
-        for path in self.paths:
+        self._thread.join()
+        for path, version in self.held.items():
             try:
-                if json.loads(path.read_text()).get("worker") == mine:
-                    path.unlink()
-            except (OSError, ValueError):
-                pass
+                exclusive_files.delete(path, version)
+            except Exception as err:  # left behind: stale once this process is gone
+                print(f"warning: could not release claim {path}: {err}", flush=True)
 
     def __enter__(self) -> "Claim":
         return self
@@ -69,103 +79,92 @@ class Claim:
 class ClaimBoard:
     """The claims of the sweep root whose claims folder is ``folder``."""
 
-    def __init__(self, folder: Path, root: Path, stale_after: float = STALE_AFTER_SECONDS,
-                 heartbeat: float = HEARTBEAT_SECONDS):
-        self.folder, self.root = Path(folder), Path(root)
+    def __init__(self, folder: str | os.PathLike, root: str | os.PathLike,
+                 stale_after: float = STALE_AFTER_SECONDS, heartbeat: float = HEARTBEAT_SECONDS):
+        self.folder, self.root = run_path(str(folder)), run_path(str(root))
         self.stale_after, self.heartbeat = stale_after, heartbeat
 
-    def path_of(self, workdir: Path) -> Path:
-        relative = os.path.relpath(workdir, self.root)
+    def path_of(self, workdir: str | os.PathLike) -> RunPath:
+        relative = relative_location(workdir, self.root)
         return self.folder / (hashlib.sha256(relative.encode()).hexdigest()[:20] + ".json")
 
-    def holder(self, workdir: Path) -> dict[str, Any] | None:
+    def holder(self, workdir: str | os.PathLike) -> dict[str, Any] | None:
         """The live claim on ``workdir`` (None: unclaimed, or its claim is stale)."""
-        owner = self._read(self.path_of(workdir))
-        return None if owner is None or self._stale(self.path_of(workdir), owner) else owner
+        held = exclusive_files.read(self.path_of(workdir))
+        owner = _owner(held)
+        return None if owner is None or self._stale(owner, held.age) else owner
 
     def holders(self) -> dict[str, dict[str, Any]]:
         """Every live claim: its folder (relative to the root) -> owner."""
         out = {}
-        for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else ():
-            owner = self._read(path)
-            if owner is not None and not self._stale(path, owner):
+        for name in sorted(exclusive_files.listing(self.folder)):
+            held = exclusive_files.read(self.folder / name)
+            owner = _owner(held)
+            if owner is not None and not self._stale(owner, held.age):
                 out[owner["unit"]] = owner
         return out
 
-    def try_claim(self, workdirs: Sequence[Path], stage: str) -> Claim | None:
+    def try_claim(self, workdirs: Sequence[str | os.PathLike], stage: str) -> Claim | None:
         """Claim every folder of a unit, or none of them (None: another worker holds one)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        made: list[Path] = []
-        for workdir in sorted(set(workdirs)):
+        if not is_remote(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+        made: dict[RunPath, str] = {}
+        for workdir in sorted(set(map(str, workdirs))):
             path = self.path_of(workdir)
             owner = {"worker": worker_id(), "host": socket.gethostname(), "pid": os.getpid(),
                      "since": time.time(), "stage": stage,
-                     "unit": os.path.relpath(workdir, self.root)}
-            if not self._create(path, owner) and not (self._take_over(path)
-                                                      and self._create(path, owner)):
-                for held in made:
-                    held.unlink(missing_ok=True)
+                     "unit": relative_location(workdir, self.root)}
+            data = json.dumps(owner).encode()
+            version = exclusive_files.create(path, data) or self._take_over(path, data)
+            if version is None:
+                for held, held_version in made.items():
+                    exclusive_files.delete(held, held_version)
                 return None
-            made.append(path)
+            made[path] = version
         return Claim(made, self.heartbeat)
 
-    def wait_for_change(self, timeout: float, extra: Sequence[Path] = ()) -> None:
-        """Return when a claim is released or taken, or one of ``extra`` changes (or after
-        ``timeout`` seconds: a stale claim is noticed by the next look)."""
+    def wait_for_change(self, timeout: float, folders: Sequence[str | os.PathLike] = ()) -> None:
+        """Return when a claim is made, refreshed or released, or a file of ``folders`` changes
+        (or after ``timeout`` seconds: a stale claim is noticed by the next look). A local root is
+        looked at every 0.2 s, a bucket every 2 s."""
         def snapshot() -> tuple:
-            names = tuple(sorted(p.name for p in self.folder.glob("*.json"))) \
-                if self.folder.is_dir() else ()
-            stamps = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in extra)
-            return names, stamps
+            return tuple(tuple(sorted(exclusive_files.listing(f).items()))
+                         for f in (self.folder, *folders))
+        every = 2.0 if is_remote(self.folder) else 0.2
         before, end = snapshot(), time.monotonic() + timeout
         while time.monotonic() < end and snapshot() == before:
-            time.sleep(0.2)
+            time.sleep(every)
 
-    @staticmethod
-    def _read(path: Path) -> dict[str, Any] | None:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    @staticmethod
-    def _create(path: Path, owner: dict[str, Any]) -> bool:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(owner, f)
-        return True
-
-    def _stale(self, path: Path, owner: dict[str, Any]) -> bool:
+    def _stale(self, owner: dict[str, Any], age: float) -> bool:
         if owner.get("host") == socket.gethostname():
             return not process_alive(int(owner.get("pid", -1)))
-        try:
-            return time.time() - path.stat().st_mtime > self.stale_after
-        except FileNotFoundError:
-            return True
+        return age > self.stale_after
 
-    def _take_over(self, path: Path) -> bool:
-        """Move a stale claim aside (rename: of two workers taking it over, one wins)."""
-        owner = self._read(path)
-        if owner is None:  # being written this instant, or just released
-            return False
-        if not self._stale(path, owner):
-            return False
-        aside = path.with_suffix(f".stale-{os.getpid()}")
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return False
-        if self._read(aside) != owner:  # another worker replaced it in between: put it back
-            try:
-                os.link(aside, path)
-            except OSError:
-                pass
-            aside.unlink(missing_ok=True)
-            return False
-        aside.unlink(missing_ok=True)
-        print(f"note: taking over {owner.get('stage')} of {owner.get('unit')} from worker "
-              f"{owner.get('worker')} (gone)", flush=True)
-        return True
+    def _take_over(self, path: RunPath, data: bytes) -> str | None:
+        """Replace a stale claim with ours (of two workers taking it over, one wins): our version,
+        or None (the claim is live, or another worker got there first)."""
+        held = exclusive_files.read(path)
+        owner = _owner(held)
+        if held is None:  # released since we looked
+            return exclusive_files.create(path, data)
+        if owner is None and held.age <= self.stale_after:  # unreadable: a young partial write
+            return None
+        if owner is not None and not self._stale(owner, held.age):
+            return None
+        owner = owner or {}
+        version = exclusive_files.replace(path, held.version, data)
+        if version is not None:
+            print(f"note: taking over {owner.get('stage')} of {owner.get('unit')} from worker "
+                  f"{owner.get('worker')} (gone)", flush=True)
+        return version
+
+
+def _owner(held: exclusive_files.Held | None) -> dict[str, Any] | None:
+    """The owner record of a claim as read (None: absent or unreadable)."""
+    if held is None:
+        return None
+    try:
+        owner = json.loads(held.data)
+    except ValueError:
+        return None
+    return owner if isinstance(owner, dict) else None

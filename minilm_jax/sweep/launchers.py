@@ -9,7 +9,7 @@
   host of a slice), using that host's chips only.
 
 Every worker runs the same sweep command with ``--launcher=local --workers=1``; the sweep root must
-be a filesystem every worker sees (:mod:`minilm_jax.sweep.claims`).
+be a filesystem every worker sees or a ``gs://`` location (:mod:`minilm_jax.sweep.claims`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from minilm_jax.errors import UserError
+from minilm_jax.storage import RunPath, is_remote
 
 LAUNCHERS = ("local", "gpus", "slurm", "tpu")
 # Flags the launcher consumes; a worker's command line is the rest plus --launcher=local.
@@ -128,7 +129,14 @@ class SweepWorkerJob:
         return submitit.helpers.DelayedSubmission(self)
 
 
-def submit_slurm(argv: Sequence[str], root: Path, workers: int, options: SlurmOptions):
+def slurm_log_folder(root: RunPath) -> Path:
+    """Where submitit keeps the tasks' pickles and logs: ``ROOT/slurm``, or for a ``gs://`` root
+    (submitit needs a filesystem the nodes share) ``slurm-logs/<root's name>`` in the submitting
+    directory."""
+    return Path("slurm-logs") / root.name if is_remote(root) else Path(root) / "slurm"
+
+
+def submit_slurm(argv: Sequence[str], root: RunPath, workers: int, options: SlurmOptions):
     """Submit ``workers`` SLURM tasks (one job array) each running one worker; the jobs."""
     try:
         import submitit
@@ -136,7 +144,7 @@ def submit_slurm(argv: Sequence[str], root: Path, workers: int, options: SlurmOp
         raise UserError("--launcher=slurm needs submitit: pip install 'minilm-jax[slurm]'") from None
     if workers < 1:
         raise UserError("--launcher=slurm needs --workers=N (the job array's size)")
-    folder = root / "slurm" / "%j"
+    folder = slurm_log_folder(root) / "%j"
     if options.executor == "local":
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=options.time_min)

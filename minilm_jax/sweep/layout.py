@@ -3,7 +3,7 @@
 
     <root>/
       sweep.json                         the sweep config the root was started with
-      status.json                        every stage's state (minilm_jax.sweep.status)
+      status/<digest>.json               each stage's state (minilm_jax.sweep.status)
       claims/<digest>.json               which worker holds which unit (minilm_jax.sweep.claims)
       results.jsonl  report/             the results table and the report
       study_b/                           study B's report (a study_b sweep)
@@ -29,53 +29,55 @@ import ml_collections
 
 from minilm_jax.configs import finetune as finetune_recipe
 from minilm_jax.run_config import flatten, snapshot_steps
+from minilm_jax.storage import RunPath, run_path
 
 from .spec import Run, apply_override, fill_placeholders
+from .status import STATUS_DIR
 
 INITS = ("pretrained", "random")
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepLayout:
-    """Where everything of the sweep rooted at ``root`` lives."""
+    """Where everything of the sweep rooted at ``root`` (a folder or a ``gs://`` location) lives."""
 
-    root: Path
+    root: RunPath
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "root", run_path(str(self.root)))
 
     @property
-    def config_path(self) -> Path:
+    def config_path(self) -> RunPath:
         return self.root / "sweep.json"
 
     @property
-    def status_path(self) -> Path:
-        return self.root / "status.json"
+    def status_dir(self) -> RunPath:
+        return self.root / STATUS_DIR
 
     @property
-    def claims_dir(self) -> Path:
+    def claims_dir(self) -> RunPath:
         return self.root / "claims"
 
     @property
-    def results_path(self) -> Path:
+    def results_path(self) -> RunPath:
         return self.root / "results.jsonl"
 
     @property
-    def report_dir(self) -> Path:
+    def report_dir(self) -> RunPath:
         return self.root / "report"
 
     @property
-    def study_b_report_dir(self) -> Path:
+    def study_b_report_dir(self) -> RunPath:
         """Study B's own report (python -m minilm_jax.report.study_b)."""
         return self.root / "study_b"
 
-    def run_dir(self, run: str) -> Path:
+    def run_dir(self, run: str) -> RunPath:
         return self.root / "runs" / run
 
-    def pretrain_dir(self, run: str) -> Path:
+    def pretrain_dir(self, run: str) -> RunPath:
         return self.run_dir(run) / "pretrain"
 
-    def evaluation_dir(self, run: str, name: str, entry: Mapping[str, Any]) -> Path:
+    def evaluation_dir(self, run: str, name: str, entry: Mapping[str, Any]) -> RunPath:
         """Where evaluator ``name`` with config ``entry`` writes ``run``'s rows: named by a hash of
         the entry and of the pre-training it scores (the final parameters' digest in its summary),
         so a re-trained run or a changed entry is scored afresh, never mixed with older rows."""
@@ -89,18 +91,18 @@ class SweepLayout:
         return self.run_dir(run) / "evals" / f"{name}-{digest.hexdigest()[:10]}"
 
     def finetune_dir(self, run: str, task: str, init: str, fraction: float | None,
-                     both_inits: bool) -> Path:
+                     both_inits: bool) -> RunPath:
         """A pre-trained (or, without snapshots, random-init) fine-tuning run of ``run``."""
         task_dir = self.run_dir(run) / "finetune" / task
         if init == "pretrained" and fraction is not None:
             return task_dir / f"pretrained@{float(fraction):g}"
         return task_dir / init if both_inits else task_dir
 
-    def twin_dir(self, key: str, task: str) -> Path:
+    def twin_dir(self, key: str, task: str) -> RunPath:
         """The random-init twin of the architecture and recipe ``key`` (:func:`twin_key`)."""
         return self.root / "random" / key / task
 
-    def population_dir(self, names: Sequence[str]) -> Path:
+    def population_dir(self, names: Sequence[str]) -> RunPath:
         """The folder of the population of runs (or jobs) ``names``: their stacked checkpoints."""
         digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
         return self.root / "populations" / digest
@@ -135,7 +137,7 @@ class FinetuneJob:
 
     task: str
     init: str  # pretrained | random
-    workdir: Path
+    workdir: RunPath
     config: ml_collections.ConfigDict
     fraction: float | None = None  # pre-trained from the snapshot at this fraction of pre-training
 
@@ -162,7 +164,7 @@ def twin_key(run: Run, config: ml_collections.ConfigDict) -> str:
     return f"{run.point}__{digest}"
 
 
-def finetune_jobs(sweep: ml_collections.ConfigDict, run: Run, root: Path | SweepLayout
+def finetune_jobs(sweep: ml_collections.ConfigDict, run: Run, root: RunPath | SweepLayout
                   ) -> list[FinetuneJob]:
     """The fine-tuning sub-runs of ``run``, each with its folder (see the module docstring)."""
     layout = root if isinstance(root, SweepLayout) else SweepLayout(root)

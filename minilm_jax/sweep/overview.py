@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 
+from minilm_jax.storage import RunPath, relative_location
 from minilm_jax.train.records import is_done
 from minilm_jax.train.run_log import duration
 
@@ -18,12 +18,12 @@ from .layout import SweepLayout
 from .runner import SweepRunner
 
 
-def last_step(workdir: Path) -> int | None:
+def last_step(workdir: RunPath) -> int | None:
     """The newest step in ``workdir/metrics.jsonl`` (read from its end), or None."""
     path = workdir / "metrics.jsonl"
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - 4096))
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
             lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return None
@@ -45,7 +45,7 @@ def unit_rows(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[dic
     for run in runner.runs:
         for stage, workdir, _, _ in runner.stages(run):
             entry = recorded.get(run.name, {}).get(stage, {})
-            holder = holders.get(str(workdir.relative_to(layout.root)))
+            holder = holders.get(relative_location(workdir, layout.root))
             if is_done(workdir / "summary.json"):
                 state = "done"
             elif holder:

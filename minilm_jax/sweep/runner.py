@@ -31,6 +31,7 @@ from minilm_jax.finetune.config import RESUMABLE_FIELDS as FINETUNE_RUN_CONTROL
 from minilm_jax.finetune.config import validate_finetune_config
 from minilm_jax.model import accounting
 from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config
+from minilm_jax.storage import RunPath, relative_location
 from minilm_jax.tasks.registry import task_names
 from minilm_jax.train.dispatch import StopRequest, stop_signals
 from minilm_jax.train.records import DONE, is_done
@@ -51,10 +52,10 @@ PRETRAIN_RUN_CONTROL = tuple(f for f in RESUMABLE_FIELDS if f not in (
     "checkpoint.keep_fractions"))
 WAIT_SECONDS = 30.0  # a worker with nothing to claim looks again after this, or on a change
 
-Stage = tuple[str, Path, Callable[[], LoopSpec], list[Path]]
+Stage = tuple[str, RunPath, Callable[[], LoopSpec], list[RunPath]]
 
 
-def changed_fields(workdir: Path, config: ml_collections.ConfigDict,
+def changed_fields(workdir: RunPath, config: ml_collections.ConfigDict,
                    run_control: tuple[str, ...]) -> list[str]:
     """Fields (``field: old -> new``) in which ``workdir``'s recorded ``config.json`` differs from
     ``config``, outside ``run_control``; empty when nothing differs or nothing is recorded."""
@@ -109,7 +110,7 @@ class SweepRunner:
 
     def __init__(self, sweep: ml_collections.ConfigDict, root: str | Path):
         self.sweep = sweep
-        self.layout = SweepLayout(Path(root))
+        self.layout = SweepLayout(root)
         self.root = self.layout.root
         for task in sweep.finetune_tasks:
             if task not in task_names():
@@ -269,7 +270,7 @@ class SweepRunner:
 
     def _failed_since(self, run: str, stage: str, started: float) -> bool:
         """Whether ``stage`` of ``run`` failed after this worker started (not tried again now)."""
-        entry = self.status.read().get(run, {}).get(stage) or {}
+        entry = self.status.entry(run, stage)
         return entry.get("state") == "failed" and float(entry.get("time", 0)) >= started
 
     def _run_stages(self, only: str, only_stage: str = ""
@@ -334,7 +335,7 @@ class SweepRunner:
             if interrupted is None and not waiting:
                 break
             if interrupted is None:
-                self.claims.wait_for_change(WAIT_SECONDS, [self.layout.status_path])
+                self.claims.wait_for_change(WAIT_SECONDS, [self.layout.status_dir])
         if self._stop.signal and not interrupted:  # after the last stage's run loop
             interrupted = (selected[-1].name if selected else "", "after its last stage")
         self.settle(selected)
@@ -359,11 +360,12 @@ class SweepRunner:
             pre_dir = self.layout.pretrain_dir(run.name)
             fields = changed_fields(pre_dir, run.config, PRETRAIN_RUN_CONTROL)
             if fields:
-                changed.append(f"{pre_dir.relative_to(self.root)} ({'; '.join(fields[:4])})")
+                changed.append(f"{relative_location(pre_dir, self.root)} ({'; '.join(fields[:4])})")
             for job in finetune_jobs(self.sweep, run, self.layout):
                 fields = changed_fields(job.workdir, job.config, FINETUNE_RUN_CONTROL)
                 if fields:
-                    changed.append(f"{job.workdir.relative_to(self.root)} ({'; '.join(fields[:4])})")
+                    changed.append(f"{relative_location(job.workdir, self.root)} "
+                                   f"({'; '.join(fields[:4])})")
         if changed:
             more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
             raise UserError(f"sweep root {self.root} holds runs trained with a different config: "

@@ -1,0 +1,148 @@
+"""Sweep claims on a local folder and in a ``gs://`` bucket (the Cloud Storage stand-in on
+127.0.0.1): one of two workers wins a unit, a stale claim is taken over by exactly one, the
+heartbeat keeps a claim young, a release never deletes another worker's claim; stage records of
+many workers are kept apart."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from gcs_stand_in import gcs  # noqa: F401  (the session fixture)
+from minilm_jax import exclusive_files
+from minilm_jax.storage import run_path
+from minilm_jax.sweep.claims import ClaimBoard
+from minilm_jax.sweep.status import SweepStatus
+
+
+@pytest.fixture(params=["local", "gs"])
+def root(request, tmp_path):
+    """A sweep root on this machine's disk, or in the stand-in's bucket (a fresh prefix)."""
+    if request.param == "local":
+        return run_path(str(tmp_path / "sweep"))
+    stand_in = request.getfixturevalue("gcs")
+    return run_path(stand_in.uri(f"claims-{tmp_path.name}"))
+
+
+def board(root, **kwargs) -> ClaimBoard:
+    return ClaimBoard(root / "claims", root, **kwargs)
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    """Wait for ``condition()`` (an event another thread causes), failing after ``timeout``."""
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_exclusive_files_create_replace_delete(root):
+    path = root / "x.json"
+    first = exclusive_files.create(path, b"a")
+    assert first and exclusive_files.create(path, b"b") is None
+    held = exclusive_files.read(path)
+    assert held.data == b"a" and held.version == first and held.age < 60
+    second = exclusive_files.replace(path, first, b"c")
+    assert second and second != first
+    assert exclusive_files.replace(path, first, b"d") is None  # not at that version any more
+    assert not exclusive_files.delete(path, first)
+    assert exclusive_files.read(path).data == b"c"
+    assert list(exclusive_files.listing(root)) == ["x.json"]
+    assert exclusive_files.delete(path, second) and exclusive_files.read(path) is None
+    assert exclusive_files.refresh(path, second) is None and exclusive_files.listing(root) == {}
+
+
+def test_of_two_workers_one_wins_a_unit(root):
+    unit = root / "runs" / "a" / "pretrain"
+    barrier, won = threading.Barrier(4), []
+
+    def worker():
+        barrier.wait()
+        claim = board(root).try_claim([unit], "pretrain")
+        if claim is not None:
+            won.append(claim)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1
+    holder = board(root).holder(unit)
+    assert holder["unit"] == "runs/a/pretrain" and holder["stage"] == "pretrain"
+    assert list(board(root).holders()) == ["runs/a/pretrain"]
+    won[0].release()
+    assert board(root).holder(unit) is None and board(root).holders() == {}
+    assert board(root).try_claim([unit], "pretrain") is not None
+
+
+def test_a_unit_is_claimed_whole_or_not_at_all(root):
+    a, b = root / "runs" / "a" / "pretrain", root / "runs" / "b" / "pretrain"
+    held = board(root).try_claim([b], "pretrain")
+    assert board(root).try_claim([a, b], "pretrain") is None
+    assert board(root).holder(a) is None  # the part it got was given back
+    held.release()
+    assert board(root).try_claim([a, b], "pretrain") is not None
+
+
+def foreign_claim(root, unit: str) -> None:
+    """A claim left by a worker on another host (a preempted SLURM node or TPU host)."""
+    owner = {"worker": "node7:123", "host": "node7", "pid": 123, "since": 0.0,
+             "stage": "pretrain", "unit": unit}
+    path = board(root).path_of(root / unit)
+    assert exclusive_files.create(path, json.dumps(owner).encode())
+
+
+def test_a_stale_claim_of_another_host_is_taken_over_once(root, capsys):
+    unit = root / "runs" / "a" / "pretrain"
+    foreign_claim(root, "runs/a/pretrain")
+    assert board(root).try_claim([unit], "pretrain") is None  # fresh: its heartbeat is recent
+    assert board(root).holder(unit)["worker"] == "node7:123"
+    taken = board(root, stale_after=0.0).try_claim([unit], "pretrain")
+    assert taken is not None
+    assert "taking over pretrain of runs/a/pretrain from worker node7:123" in capsys.readouterr().out
+    assert board(root, stale_after=0.0).try_claim([unit], "pretrain") is None  # ours is live
+    taken.release()
+    assert board(root).holder(unit) is None
+
+
+def test_the_heartbeat_keeps_a_claim_young_and_release_spares_a_successor(root):
+    unit = root / "runs" / "a" / "pretrain"
+    claim = board(root, heartbeat=0.05).try_claim([unit], "pretrain")
+    path = claim.paths[0]
+    stamp = exclusive_files.listing(root / "claims")  # mtime (local) or generation (gs)
+    wait_until(lambda: exclusive_files.listing(root / "claims") != stamp)
+    # another worker judged it stale and took it over: our release leaves theirs alone
+    successor = json.dumps({"worker": "node9:1", "host": "node9", "pid": 1, "since": 0.0,
+                            "stage": "pretrain", "unit": "runs/a/pretrain"}).encode()
+    assert exclusive_files.replace(path, exclusive_files.read(path).version, successor)
+    claim.release()
+    assert exclusive_files.read(path).data == successor
+
+
+def test_stage_records_of_many_workers_are_kept_apart(root):
+    status = SweepStatus(root)
+    threads = [threading.Thread(target=status.record, args=(f"run{i}", "pretrain", "done"))
+               for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    status.record("run0", "finetune:sst2:random", "failed", error="ValueError: x")
+    recorded = status.read()
+    assert sorted(recorded) == [f"run{i}" for i in range(6)]
+    assert status.entry("run0", "finetune:sst2:random")["state"] == "failed"
+    assert status.failures({"run0"}) == {"run0": {"finetune:sst2:random": "ValueError: x"}}
+    assert status.unfinished() == ["run0 finetune:sst2:random: failed"]
+
+
+def test_a_root_of_the_single_status_file_is_still_read(tmp_path):
+    (tmp_path / "status.json").write_text(json.dumps(
+        {"b": {"pretrain": {"state": "failed", "time": 1.0, "error": "E"}}}))
+    status = SweepStatus(tmp_path)
+    assert status.entry("b", "pretrain")["state"] == "failed"
+    status.record("b", "pretrain", "done")
+    assert status.read()["b"]["pretrain"]["state"] == "done" and status.unfinished() == []

@@ -3,7 +3,8 @@ filesystem or on Cloud Storage: create only if absent, refresh, replace or delet
 since they were read.
 
 - Local, NFS, Lustre, Filestore: a new file is written beside its name and hard-linked into place
-  (``link`` fails when the name exists, and the file appears whole); replacing and deleting move the
+  (``link`` fails when the name exists, and the file appears whole; where a filesystem has no hard
+  links, an exclusive create, ``O_EXCL``, and then the write); replacing and deleting move the
   file aside first (``rename``: of two processes, one gets it) and check it is the one that was read.
   A file's version is the sha256 of its bytes; its age is that of its mtime.
 - ``gs://``: every change is a write or delete conditioned on the object's generation
@@ -47,6 +48,13 @@ def create(path: str | os.PathLike, data: bytes) -> str | None:
         os.link(tmp, path)
     except FileExistsError:
         return None
+    except OSError:  # no hard links on this filesystem (some FUSE mounts): exclusive create
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return None
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
     finally:
         tmp.unlink(missing_ok=True)
     return hashlib.sha256(data).hexdigest()

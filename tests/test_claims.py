@@ -6,6 +6,7 @@ many workers are kept apart."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -118,7 +119,8 @@ def test_the_heartbeat_keeps_a_claim_young_and_release_spares_a_successor(root):
     # another worker judged it stale and took it over: our release leaves theirs alone
     successor = json.dumps({"worker": "node9:1", "host": "node9", "pid": 1, "since": 0.0,
                             "stage": "pretrain", "unit": "runs/a/pretrain"}).encode()
-    assert exclusive_files.replace(path, exclusive_files.read(path).version, successor)
+    wait_until(lambda: exclusive_files.replace(path, exclusive_files.read(path).version,
+                                               successor) is not None)  # (between two beats)
     claim.release()
     assert exclusive_files.read(path).data == successor
 
@@ -146,3 +148,13 @@ def test_a_root_of_the_single_status_file_is_still_read(tmp_path):
     assert status.entry("b", "pretrain")["state"] == "failed"
     status.record("b", "pretrain", "done")
     assert status.read()["b"]["pretrain"]["state"] == "done" and status.unfinished() == []
+
+
+def test_a_filesystem_without_hard_links_still_creates_exclusively(tmp_path, monkeypatch):
+    def no_links(*args):  # as on some FUSE mounts
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "c.json"
+    assert exclusive_files.create(path, b"a") and exclusive_files.create(path, b"b") is None
+    assert path.read_bytes() == b"a" and [p.name for p in tmp_path.iterdir()] == ["c.json"]

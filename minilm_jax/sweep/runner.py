@@ -127,6 +127,17 @@ class SweepRunner:
         self.status = SweepStatus(self.root)
         self.claims = ClaimBoard(self.layout.claims_dir, self.root)
         self._stop = StopRequest()
+        self._finished: set[str] = set()  # workdirs seen finished (they stay so)
+
+    def _done(self, workdir: RunPath) -> bool:
+        """Whether ``workdir`` holds a finished run; a finished one is not read again (each look
+        is a read of its summary, a request in a ``gs://`` root)."""
+        if str(workdir) in self._finished:
+            return True
+        if is_done(workdir):
+            self._finished.add(str(workdir))
+            return True
+        return False
 
     def _attempt(self, name: str, stage: str, make: Callable[[], LoopSpec]) -> str:
         """Build the stage's run (``make``) and run it: ``done``, ``failed`` (recorded with its
@@ -206,7 +217,7 @@ class SweepRunner:
         pre_dir = self.layout.pretrain_dir(run.name)
         pack = [r for r in self.packs[run.name]
                 if r is run or (self._only in r.name
-                                and not is_done(self.layout.pretrain_dir(r.name)))]
+                                and not self._done(self.layout.pretrain_dir(r.name)))]
         if len(pack) > 1:
             yield ("pretrain", pre_dir, lambda: self._population(pack),
                    [self.layout.pretrain_dir(r.name) for r in pack])
@@ -236,10 +247,10 @@ class SweepRunner:
             return together
         for other in self.packs[run.name]:
             if (other.name == run.name or self._only not in other.name
-                    or not is_done(self.layout.pretrain_dir(other.name))):
+                    or not self._done(self.layout.pretrain_dir(other.name))):
                 continue
             for theirs in finetune_jobs(self.sweep, other, self.layout):
-                if (theirs.task, theirs.label) == (job.task, job.label) and not is_done(
+                if (theirs.task, theirs.label) == (job.task, job.label) and not self._done(
                         theirs.workdir):
                     together.append((other.name, theirs))
         return together
@@ -290,7 +301,7 @@ class SweepRunner:
                     if only_stage and stage != only_stage and stage != "pretrain":
                         continue
                     label = "pre-training" if stage == "pretrain" else stage.split(":", 1)[1]
-                    if is_done(workdir / "summary.json"):
+                    if self._done(workdir):
                         if (run.name, stage) not in seen and (stage != "pretrain" or
                                                               not only_stage):
                             print(f"   {label.replace(':', ' ', 1)}: finished earlier: skipped"
@@ -301,7 +312,7 @@ class SweepRunner:
                         continue
                     if stage == "pretrain" and only_stage not in ("", "pretrain"):
                         break  # --stage runs one stage of runs whose pre-training finished
-                    if stage != "pretrain" and not is_done(self.layout.pretrain_dir(run.name)):
+                    if stage != "pretrain" and not self._done(self.layout.pretrain_dir(run.name)):
                         waiting |= not self._failed_since(run.name, "pretrain", started)
                         break  # not fine-tuned before its pre-training finishes (or at all)
                     if self._failed_since(run.name, stage, started):
@@ -316,7 +327,7 @@ class SweepRunner:
                         waiting = True
                         continue
                     with claim:
-                        if is_done(workdir / "summary.json"):  # finished while we looked
+                        if self._done(workdir):  # finished while we looked
                             continue
                         print(f"== [{i}/{len(selected)}] {run.name} ({run.point})" if stage ==
                               "pretrain" else f"== {run.name} {label.replace(':', ': ', 1)} -> "

@@ -194,6 +194,13 @@ def remove_stale_temps(parent: str | os.PathLike, name: str, tags: Sequence[str]
 
 
 LOCK_NAME = ".lock"
+_GONE: set[tuple[str, int]] = set()  # (host, pid) of processes known to have stopped
+
+
+def mark_gone(host: str, pid: int) -> None:
+    """Record that process ``pid`` on ``host`` no longer runs (a sweep worker on another host
+    whose claim went stale): its workdir locks are then taken over like a dead local process's."""
+    _GONE.add((host, int(pid)))
 
 
 class WorkdirLock:
@@ -227,16 +234,17 @@ class WorkdirLock:
         me = self._me()
         owner = self._owner()
         if owner is not None and (owner.get("host"), owner.get("pid")) != (me["host"], me["pid"]):
-            if owner.get("host") != me["host"]:
+            gone = (owner.get("host"), owner.get("pid")) in _GONE
+            if owner.get("host") != me["host"] and not gone:
                 raise UserError(f"{self.what} {self.path.parent} is in use by process "
                                 f"{owner.get('pid')} on host {owner.get('host')}; if that process "
                                 f"is gone, delete {self.path}")
-            if process_alive(int(owner.get("pid", -1))):
+            if not gone and process_alive(int(owner.get("pid", -1))):
                 raise UserError(f"{self.what} {self.path.parent} is in use by process "
                                 f"{owner.get('pid')} (this host); wait for it, stop it, or use "
                                 "another directory")
-            print(f"note: taking over the stale lock of process {owner.get('pid')} (no longer "
-                  f"running) in {self.path.parent}", flush=True)
+            print(f"note: taking over the stale lock of process {owner.get('pid')} on "
+                  f"{owner.get('host')} (no longer running) in {self.path.parent}", flush=True)
         atomic_write_json(self.path, me)
         self.held = True
         return self

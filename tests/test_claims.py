@@ -14,7 +14,7 @@ import pytest
 
 from gcs_stand_in import gcs  # noqa: F401  (the session fixture)
 from minilm_jax import exclusive_files
-from minilm_jax.storage import run_path
+from minilm_jax.storage import atomic_write_json, run_path
 from minilm_jax.sweep.claims import ClaimBoard
 from minilm_jax.sweep.status import SweepStatus
 
@@ -97,17 +97,82 @@ def foreign_claim(root, unit: str) -> None:
     assert exclusive_files.create(path, json.dumps(owner).encode())
 
 
-def test_a_stale_claim_of_another_host_is_taken_over_once(root, capsys):
+def claim_when_stale(taker: ClaimBoard, unit, timeout: float = 30.0):
+    """``taker`` looking again and again until the claim on ``unit`` is stale and it gets it."""
+    end = time.monotonic() + timeout
+    while (claim := taker.try_claim([unit], "pretrain")) is None:
+        assert time.monotonic() < end, "never stale"
+        time.sleep(0.01)
+    return claim
+
+
+def test_a_stale_claim_of_another_host_is_taken_over_once_with_its_workdir_lock(root, capsys,
+                                                                               monkeypatch):
+    from minilm_jax import storage
+    from minilm_jax.errors import UserError
+    from minilm_jax.storage import WorkdirLock
+
+    monkeypatch.setattr(storage, "_GONE", set())  # no process known gone yet
+
     unit = root / "runs" / "a" / "pretrain"
     foreign_claim(root, "runs/a/pretrain")
+    atomic_write_json(unit / ".lock", {"host": "node7", "pid": 123, "since": 0.0})
+    with pytest.raises(UserError, match="in use by process 123 on host node7"):
+        WorkdirLock(unit).acquire()
     assert board(root).try_claim([unit], "pretrain") is None  # fresh: its heartbeat is recent
     assert board(root).holder(unit)["worker"] == "node7:123"
-    taken = board(root, stale_after=0.0).try_claim([unit], "pretrain")
-    assert taken is not None
+    taker = board(root, stale_after=0.0, heartbeat=0.01)
+    taken = claim_when_stale(taker, unit)
     assert "taking over pretrain of runs/a/pretrain from worker node7:123" in capsys.readouterr().out
-    assert board(root, stale_after=0.0).try_claim([unit], "pretrain") is None  # ours is live
+    assert taker.try_claim([unit], "pretrain") is None  # ours is live
+    WorkdirLock(unit).acquire().release()  # node7's process is gone: its lock is taken over
+    assert "stale lock of process 123 on node7" in capsys.readouterr().out
     taken.release()
     assert board(root).holder(unit) is None
+
+
+def test_a_live_claim_is_kept_from_a_host_whose_clock_runs_ahead(tmp_path):
+    """Another host's claim whose last write looks 10 minutes old (the clocks disagree) but that
+    its worker keeps refreshing is never taken over; once the refreshes stop, it is."""
+    root = run_path(str(tmp_path / "sweep"))
+    unit = root / "runs" / "a" / "pretrain"
+    foreign_claim(root, "runs/a/pretrain")
+    path = board(root).path_of(unit)
+    old = time.time() - 600
+    taker = board(root, heartbeat=0.02)  # stale_after 300 s
+    for beat in range(20):  # the owner's heartbeat, as the taker sees it: mtime moves, stays old
+        os.utime(path, (old + beat, old + beat))
+        assert taker.try_claim([unit], "pretrain") is None
+        time.sleep(0.01)
+    claim_when_stale(taker, unit).release()  # unchanged for three heartbeats and old: stale
+
+
+def test_a_unit_is_not_left_half_claimed_when_the_store_fails(root, monkeypatch):
+    a, b = root / "runs" / "a" / "pretrain", root / "runs" / "b" / "pretrain"
+    real, calls = exclusive_files.create, []
+
+    def failing(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise ConnectionError("store unreachable")
+        return real(path, data)
+
+    monkeypatch.setattr(exclusive_files, "create", failing)
+    with pytest.raises(ConnectionError):
+        board(root).try_claim([a, b], "pretrain")
+    monkeypatch.setattr(exclusive_files, "create", real)
+    assert board(root).holders() == {}
+
+
+def test_a_write_whose_reply_was_lost_is_recognised_as_ours(root):
+    """A retried create or replace refused because the first attempt went through: the file holds
+    our own bytes, so it is ours."""
+    path = root / "x.json"
+    version = exclusive_files.create(path, b"mine")
+    assert exclusive_files.create(path, b"mine") == version
+    assert exclusive_files.create(path, b"theirs") is None
+    newer = exclusive_files.replace(path, version, b"mine, renewed")
+    assert exclusive_files.replace(path, version, b"mine, renewed") == newer
 
 
 def test_the_heartbeat_keeps_a_claim_young_and_release_spares_a_successor(root):

@@ -114,6 +114,12 @@ def test_two_workers_run_one_sweep_root_in_a_bucket(sequential, gcs):  # noqa: F
     assert sorted(p.name for p in (bucket / "report").iterdir()) == sorted(
         p.name for p in (seq_root / "report").iterdir())
     assert not [p for p in (bucket / "claims").iterdir() if p.name.endswith(".json")]
+    from minilm_jax.errors import UserError
+    from minilm_jax.report import build_report
+
+    with pytest.raises(UserError, match="refusing to replace"):  # a report over the sweep itself
+        build_report(bucket / "results.jsonl", root)
+    assert (bucket / "sweep.json").is_file()
     status = run(sweep_cmd(config, root)[:3] + ["status", f"--root={root}"])
     assert status.returncode == 0, status.stderr[-2000:]
     assert re.search(r"^b\s+pretrain\s+done\s+16\s", status.stdout, re.M), status.stdout

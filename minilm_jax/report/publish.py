@@ -109,7 +109,7 @@ def incomplete_note(results: RunPath) -> list[str]:
             "a failed stage's error).", ""]
 
 
-def _check_replaceable(out: Path) -> None:
+def _check_replaceable(out: RunPath) -> None:
     if not out.exists():
         return
     if not out.is_dir():
@@ -143,6 +143,7 @@ def _build_for_bucket(results: RunPath, out: RunPath, options: ReportOptions) ->
     that the new one lacks are deleted after the upload."""
     import tempfile
 
+    _check_replaceable(out)
     with tempfile.TemporaryDirectory(prefix="minilm-report-") as local:
         built = build_report(results, Path(local) / "report", options).parent
         names = sorted(p.name for p in built.iterdir())

@@ -2,10 +2,13 @@
 
 A worker claims a unit (a pre-training run or population, a zero-shot evaluation, a fine-tuning
 job or population) by creating the claim file of each of its folders only if it is absent (of two
-workers, one wins), and keeps it fresh while the unit runs (the heartbeat). A claim is stale, and
-taken over by the next worker that wants the unit, when its process is gone (same host) or its
-heartbeat is older than ``stale_after`` seconds (any host: a SLURM node or TPU host that was
-preempted); the unit then resumes from its checkpoint. The sweep root is a filesystem every worker
+workers, one wins), and keeps it fresh while the unit runs (the heartbeat, every ``heartbeat``
+seconds). A claim is stale, and taken over by the next worker that wants the unit, when its process
+is gone (same host), or (another host: a SLURM node or TPU host that was preempted) when this
+worker has seen it unchanged for ``stale_after`` seconds, or for three heartbeats when its last
+write is also older than ``stale_after`` by the clocks (so a host whose clock is off can neither
+take over a live claim nor wait long for a dead one). The unit then resumes from its checkpoint;
+the gone worker's workdir locks are taken over too (:func:`minilm_jax.storage.mark_gone`). The sweep root is a filesystem every worker
 sees (a local disk, NFS, Lustre, a Filestore mount) or a ``gs://`` bucket: the conditional creates,
 replacements and deletes of :mod:`minilm_jax.exclusive_files` make the claims safe on both.
 """
@@ -21,7 +24,8 @@ import time
 from typing import Any, Sequence
 
 from minilm_jax import exclusive_files
-from minilm_jax.storage import RunPath, is_remote, process_alive, relative_location, run_path
+from minilm_jax.storage import (RunPath, is_remote, mark_gone, process_alive, relative_location,
+                                run_path)
 
 HEARTBEAT_SECONDS = 20.0
 STALE_AFTER_SECONDS = 300.0
@@ -83,6 +87,7 @@ class ClaimBoard:
                  stale_after: float = STALE_AFTER_SECONDS, heartbeat: float = HEARTBEAT_SECONDS):
         self.folder, self.root = run_path(str(folder)), run_path(str(root))
         self.stale_after, self.heartbeat = stale_after, heartbeat
+        self._seen: dict[str, tuple[str, float]] = {}  # claim -> (stamp, when first seen so)
 
     def path_of(self, workdir: str | os.PathLike) -> RunPath:
         relative = relative_location(workdir, self.root)
@@ -90,9 +95,10 @@ class ClaimBoard:
 
     def holder(self, workdir: str | os.PathLike) -> dict[str, Any] | None:
         """The live claim on ``workdir`` (None: unclaimed, or its claim is stale)."""
-        held = exclusive_files.read(self.path_of(workdir))
+        path = self.path_of(workdir)
+        held = exclusive_files.read(path)
         owner = _owner(held)
-        return None if owner is None or self._stale(owner, held.age) else owner
+        return None if owner is None or self._stale(path, owner, held) else owner
 
     def holders(self) -> dict[str, dict[str, Any]]:
         """Every live claim: its folder (relative to the root) -> owner."""
@@ -100,7 +106,7 @@ class ClaimBoard:
         for name in sorted(exclusive_files.listing(self.folder)):
             held = exclusive_files.read(self.folder / name)
             owner = _owner(held)
-            if owner is not None and not self._stale(owner, held.age):
+            if owner is not None and not self._stale(self.folder / name, owner, held):
                 out[owner["unit"]] = owner
         return out
 
@@ -109,36 +115,58 @@ class ClaimBoard:
         if not is_remote(self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
         made: dict[RunPath, str] = {}
-        for workdir in sorted(set(map(str, workdirs))):
-            path = self.path_of(workdir)
-            owner = {"worker": worker_id(), "host": socket.gethostname(), "pid": os.getpid(),
-                     "since": time.time(), "stage": stage,
-                     "unit": relative_location(workdir, self.root)}
-            data = json.dumps(owner).encode()
-            version = exclusive_files.create(path, data) or self._take_over(path, data)
-            if version is None:
-                for held, held_version in made.items():
-                    exclusive_files.delete(held, held_version)
-                return None
-            made[path] = version
-        return Claim(made, self.heartbeat)
+        try:
+            for workdir in sorted(set(map(str, workdirs))):
+                path = self.path_of(workdir)
+                owner = {"worker": worker_id(), "host": socket.gethostname(), "pid": os.getpid(),
+                         "since": time.time(), "stage": stage,
+                         "unit": relative_location(workdir, self.root)}
+                data = json.dumps(owner).encode()
+                version = exclusive_files.create(path, data) or self._take_over(path, data)
+                if version is None:
+                    break
+                made[path] = version
+            else:
+                return Claim(made, self.heartbeat)
+        except BaseException:
+            self._give_back(made)
+            raise
+        self._give_back(made)
+        return None
+
+    @staticmethod
+    def _give_back(made: dict[RunPath, str]) -> None:
+        """Release the part of a unit that was claimed (another worker holds the rest)."""
+        for path, version in made.items():
+            try:
+                exclusive_files.delete(path, version)
+            except Exception as err:  # left behind: stale once this process is gone
+                print(f"warning: could not release claim {path}: {err}", flush=True)
 
     def wait_for_change(self, timeout: float, folders: Sequence[str | os.PathLike] = ()) -> None:
         """Return when a claim is made, refreshed or released, or a file of ``folders`` changes
         (or after ``timeout`` seconds: a stale claim is noticed by the next look). A local root is
         looked at every 0.2 s, a bucket every 2 s."""
-        def snapshot() -> tuple:
-            return tuple(tuple(sorted(exclusive_files.listing(f).items()))
-                         for f in (self.folder, *folders))
+        def snapshot() -> tuple:  # claims by name (a heartbeat is no change), records by stamp
+            return (tuple(sorted(exclusive_files.listing(self.folder))),
+                    *(tuple(sorted(exclusive_files.listing(f).items())) for f in folders))
         every = 2.0 if is_remote(self.folder) else 0.2
         before, end = snapshot(), time.monotonic() + timeout
         while time.monotonic() < end and snapshot() == before:
             time.sleep(every)
 
-    def _stale(self, owner: dict[str, Any], age: float) -> bool:
+    def _stale(self, path: RunPath, owner: dict[str, Any], held: exclusive_files.Held) -> bool:
+        """Whether the claim ``held`` at ``path`` is stale (see the module docstring)."""
         if owner.get("host") == socket.gethostname():
             return not process_alive(int(owner.get("pid", -1)))
-        return age > self.stale_after
+        now = time.monotonic()
+        stamp, since = self._seen.get(str(path), (None, now))
+        if stamp != held.stamp:
+            since = now
+            self._seen[str(path)] = (held.stamp, now)
+        unchanged = now - since
+        return unchanged >= self.stale_after or (held.age > self.stale_after
+                                                 and unchanged >= 3 * self.heartbeat)
 
     def _take_over(self, path: RunPath, data: bytes) -> str | None:
         """Replace a stale claim with ours (of two workers taking it over, one wins): our version,
@@ -149,11 +177,13 @@ class ClaimBoard:
             return exclusive_files.create(path, data)
         if owner is None and held.age <= self.stale_after:  # unreadable: a young partial write
             return None
-        if owner is not None and not self._stale(owner, held.age):
+        if owner is not None and not self._stale(path, owner, held):
             return None
         owner = owner or {}
         version = exclusive_files.replace(path, held.version, data)
         if version is not None:
+            if owner.get("host") and owner.get("pid") is not None:
+                mark_gone(str(owner["host"]), int(owner["pid"]))
             print(f"note: taking over {owner.get('stage')} of {owner.get('unit')} from worker "
                   f"{owner.get('worker')} (gone)", flush=True)
         return version

@@ -15,6 +15,7 @@ be a filesystem every worker sees or a ``gs://`` location (:mod:`minilm_jax.swee
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import subprocess
 import sys
@@ -131,9 +132,12 @@ class SweepWorkerJob:
 
 def slurm_log_folder(root: RunPath) -> Path:
     """Where submitit keeps the tasks' pickles and logs: ``ROOT/slurm``, or for a ``gs://`` root
-    (submitit needs a filesystem the nodes share) ``slurm-logs/<root's name>`` in the submitting
-    directory."""
-    return Path("slurm-logs") / root.name if is_remote(root) else Path(root) / "slurm"
+    (submitit needs a filesystem the nodes share) ``slurm-logs/<root's name>-<digest of the root>``
+    in the submitting directory."""
+    if not is_remote(root):
+        return Path(root) / "slurm"
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    return Path("slurm-logs") / f"{root.name}-{digest}"
 
 
 def submit_slurm(argv: Sequence[str], root: RunPath, workers: int, options: SlurmOptions):

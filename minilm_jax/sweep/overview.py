@@ -5,12 +5,13 @@ workers run or after."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
 import ml_collections
 
-from minilm_jax.storage import RunPath, relative_location
+from minilm_jax.storage import RunPath, is_remote, relative_location
 from minilm_jax.train.records import is_done
 from minilm_jax.train.run_log import duration
 
@@ -22,11 +23,15 @@ def last_step(workdir: RunPath) -> int | None:
     """The newest step in ``workdir/metrics.jsonl`` (read from its end), or None."""
     path = workdir / "metrics.jsonl"
     try:
-        with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 4096))
-            lines = f.read().decode(errors="replace").splitlines()
+        if is_remote(path):
+            tail = path.read_bytes()[-4096:]
+        else:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+                tail = f.read()
     except OSError:
         return None
+    lines = tail.decode(errors="replace").splitlines()
     for line in reversed(lines):
         try:
             return int(json.loads(line)["step"])

@@ -46,15 +46,16 @@ class SweepStatus:
         return data if isinstance(data, dict) else {}
 
     def read(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """``{run: {stage: entry}}`` of every recorded stage (empty when nothing was recorded;
-        unreadable entries are left out)."""
+        """``{run: {stage: entry}}`` of every recorded stage, a run's stages in the order they
+        were recorded (empty when nothing was recorded; unreadable entries are left out)."""
         status = self._legacy()
         for file in sorted(exclusive_files.listing(self.folder)):
             entry = _read_json(self.folder / file)
             if isinstance(entry, dict) and "run" in entry and "stage" in entry:
                 name, stage = entry.pop("run"), entry.pop("stage")
                 status.setdefault(name, {})[stage] = entry
-        return status
+        return {name: dict(sorted(stages.items(), key=lambda kv: float(kv[1].get("time", 0))))
+                for name, stages in status.items()}
 
     def entry(self, name: str, stage: str) -> dict[str, Any]:
         """The record of one stage ({} when none)."""

@@ -1,6 +1,8 @@
 """Several workers run one sweep root: each unit exactly once, results equal to one worker's, a
-killed worker's unit resumed by another bit-identically, the SLURM launcher through submitit (its
-local executor here; a real SLURM where ``sbatch`` exists), ``status`` and a retry of one unit (``launch/tpu.sh sweep``: tests/test_launch.py)."""
+killed worker's unit resumed by another bit-identically (same host, and a worker under another host
+name), a root in a ``gs://`` bucket, the SLURM launcher through submitit (its local executor here;
+a real SLURM where ``sbatch`` exists), ``status`` and a retry of one unit (``launch/tpu.sh sweep``:
+tests/test_launch.py)."""
 
 from __future__ import annotations
 
@@ -151,6 +153,58 @@ def test_a_killed_workers_unit_is_resumed_by_another_bit_identically(sequential,
     assert digest[0] == digest[1]
     assert [r for r in results(root) if r.get("run") == "b"] == [
         r for r in results(seq_root) if r.get("run") == "b"]
+
+
+def can_rename_host() -> bool:
+    """Whether a process can run here under another host name (``unshare --uts``: root, or a
+    user namespace)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--uts", "hostname", "probe"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not can_rename_host(), reason="needs unshare --uts to rename a worker's host")
+def test_a_unit_of_a_worker_on_another_host_is_resumed_once_its_claim_goes_stale(
+        sequential, word_shards, tmp_path, monkeypatch):
+    """The first worker runs under the host name ``node-elsewhere`` (a SLURM node or TPU host of
+    its own) and is killed after checkpoint 4; the next worker, here, cannot see that process:
+    it waits until the claim has not changed for ``MINILM_CLAIM_STALE_SECONDS``, takes over the
+    claim and the workdir lock, and ends bit-identical to the uninterrupted run."""
+    _, seq_root, _ = sequential
+    config = sweep_file(tmp_path, word_shards, ofat=())
+    root = tmp_path / "elsewhere"
+    monkeypatch.setenv("MINILM_CLAIM_HEARTBEAT_SECONDS", "0.5")
+    monkeypatch.setenv("MINILM_CLAIM_STALE_SECONDS", "4")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(["unshare", "--uts", "sh", "-c", 'hostname node-elsewhere && exec "$@"',
+                              "sh", *sweep_cmd(config, root)],
+                             cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    wait_for(root / "runs" / "b" / "pretrain" / "checkpoints" / "4", first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    lock = json.loads((root / "runs" / "b" / "pretrain" / ".lock").read_text())
+    assert lock["host"] == "node-elsewhere" and lock["pid"] == first.pid
+    second = run(sweep_cmd(config, root))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+    assert (f"taking over pretrain of runs/b/pretrain from worker node-elsewhere:{first.pid}"
+            in second.stdout), second.stdout[-3000:]
+    assert f"stale lock of process {first.pid} on node-elsewhere" in second.stdout
+    assert "resumed from checkpoint at step" in second.stdout
+    digest = [json.loads((r / "runs" / "b" / "pretrain" / "summary.json").read_text())
+              ["final_params_sha256"] for r in (seq_root, root)]
+    assert digest[0] == digest[1]
+
+
+def test_bad_claim_times_are_one_error_line(sequential, tmp_path):
+    config, _, _ = sequential
+    proc = subprocess.run(sweep_cmd(config, tmp_path / "s"), cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "MINILM_CLAIM_STALE_SECONDS": "-1"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: MINILM_CLAIM_STALE_SECONDS='-1': must be a positive "
+                                   "number of seconds")
+    assert not (tmp_path / "s").exists()  # refused before anything was written
 
 
 def test_slurm_launcher_runs_workers_through_submitit(sequential, tmp_path):

@@ -24,11 +24,29 @@ import time
 from typing import Any, Sequence
 
 from minilm_jax import exclusive_files
+from minilm_jax.errors import UserError
 from minilm_jax.storage import (RunPath, is_remote, mark_gone, process_alive, relative_location,
                                 run_path)
 
 HEARTBEAT_SECONDS = 20.0
 STALE_AFTER_SECONDS = 300.0
+# Environment variables that change them for every worker started with them (a cluster that
+# preempts often may want a dead worker's units back sooner; keep stale >> heartbeat).
+HEARTBEAT_VARIABLE, STALE_VARIABLE = "MINILM_CLAIM_HEARTBEAT_SECONDS", "MINILM_CLAIM_STALE_SECONDS"
+
+
+def seconds_from_env(name: str, default: float) -> float:
+    """A positive number of seconds from the environment variable ``name``, or ``default``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise UserError(f"{name}={text!r}: must be a positive number of seconds")
+    return value
 
 
 def worker_id() -> str:
@@ -84,9 +102,12 @@ class ClaimBoard:
     """The claims of the sweep root whose claims folder is ``folder``."""
 
     def __init__(self, folder: str | os.PathLike, root: str | os.PathLike,
-                 stale_after: float = STALE_AFTER_SECONDS, heartbeat: float = HEARTBEAT_SECONDS):
+                 stale_after: float | None = None, heartbeat: float | None = None):
         self.folder, self.root = run_path(str(folder)), run_path(str(root))
-        self.stale_after, self.heartbeat = stale_after, heartbeat
+        self.stale_after = stale_after if stale_after is not None else seconds_from_env(
+            STALE_VARIABLE, STALE_AFTER_SECONDS)
+        self.heartbeat = heartbeat if heartbeat is not None else seconds_from_env(
+            HEARTBEAT_VARIABLE, HEARTBEAT_SECONDS)
         self._seen: dict[str, tuple[str, float]] = {}  # claim -> (stamp, when first seen so)
 
     def path_of(self, workdir: str | os.PathLike) -> RunPath:

@@ -175,9 +175,11 @@ def test_a_write_whose_reply_was_lost_is_recognised_as_ours(root):
     assert exclusive_files.replace(path, version, b"mine, renewed") == newer
 
 
-def test_the_heartbeat_keeps_a_claim_young_and_release_spares_a_successor(root):
+def test_the_heartbeat_keeps_a_claim_young_and_a_lost_claim_is_reported_and_spared(root):
     unit = root / "runs" / "a" / "pretrain"
-    claim = board(root, heartbeat=0.05).try_claim([unit], "pretrain")
+    owner, lost = board(root, heartbeat=0.05), []
+    owner.on_lost = lost.append  # (a worker's default: stop the process at once)
+    claim = owner.try_claim([unit], "pretrain")
     path = claim.paths[0]
     stamp = exclusive_files.listing(root / "claims")  # mtime (local) or generation (gs)
     wait_until(lambda: exclusive_files.listing(root / "claims") != stamp)
@@ -186,6 +188,7 @@ def test_the_heartbeat_keeps_a_claim_young_and_release_spares_a_successor(root):
                             "stage": "pretrain", "unit": "runs/a/pretrain"}).encode()
     wait_until(lambda: exclusive_files.replace(path, exclusive_files.read(path).version,
                                                successor) is not None)  # (between two beats)
+    wait_until(lambda: lost == [path])  # the next beat finds it gone
     claim.release()
     assert exclusive_files.read(path).data == successor
 
@@ -223,3 +226,27 @@ def test_a_filesystem_without_hard_links_still_creates_exclusively(tmp_path, mon
     path = tmp_path / "c.json"
     assert exclusive_files.create(path, b"a") and exclusive_files.create(path, b"b") is None
     assert path.read_bytes() == b"a" and [p.name for p in tmp_path.iterdir()] == ["c.json"]
+
+
+def test_a_worker_whose_claim_was_taken_over_stops_at_once(tmp_path):
+    """In a worker process, the default reaction: one error line and exit status 75 at the next
+    heartbeat, before the unit could be trained twice."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys, time\n"
+        "from minilm_jax import exclusive_files\n"
+        "from minilm_jax.sweep.claims import ClaimBoard\n"
+        f"root = {str(tmp_path)!r}\n"
+        "board = ClaimBoard(root + '/claims', root, heartbeat=0.05)\n"
+        "claim = board.try_claim([root + '/runs/a'], 'pretrain')\n"
+        "path = claim.paths[0]\n"
+        "exclusive_files.replace(path, exclusive_files.read(path).version, b'{}')\n"
+        "time.sleep(60)  # the heartbeat thread ends the process first\n"
+        "sys.exit(0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 75, proc.stderr
+    assert proc.stderr.strip().startswith("error: claim ") and "taken over" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -19,9 +19,10 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from minilm_jax import exclusive_files
 from minilm_jax.errors import UserError
@@ -54,12 +55,27 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+LOST_EXIT_STATUS = 75  # EX_TEMPFAIL: this worker stopped; its unit goes on under another
+
+
+def stop_at_once(path: RunPath) -> None:
+    """What a worker does when its claim was taken over (it was judged gone: its heartbeat could
+    not be written for ``stale_after`` seconds, e.g. a store out of reach or a frozen process):
+    stop at once, as if killed, so that the unit is never trained by two workers (the next owner
+    resumes from a checkpoint, which a kill at any moment leaves usable)."""
+    print(f"error: claim {path} was taken over by another worker (this one was judged gone); "
+          "stopping at once so that its unit runs once", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(LOST_EXIT_STATUS)
+
+
 class Claim:
     """Held claims on one unit's folders (path -> version), kept fresh by a heartbeat thread until
-    released."""
+    released; ``on_lost`` is called with a claim found taken over (default: :func:`stop_at_once`)."""
 
-    def __init__(self, held: dict[RunPath, str], heartbeat: float):
-        self.held = held
+    def __init__(self, held: dict[RunPath, str], heartbeat: float,
+                 on_lost: Callable[[RunPath], None] = stop_at_once):
+        self.held, self.on_lost = held, on_lost
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat,), daemon=True)
         self._thread.start()
@@ -77,8 +93,8 @@ class Claim:
                     print(f"warning: heartbeat of claim {path} failed: {err}", flush=True)
                     continue
                 if fresh is None:
-                    print(f"warning: claim {path} was taken over by another worker", flush=True)
                     del self.held[path]
+                    self.on_lost(path)
                 else:
                     self.held[path] = fresh
 
@@ -109,6 +125,7 @@ class ClaimBoard:
         self.heartbeat = heartbeat if heartbeat is not None else seconds_from_env(
             HEARTBEAT_VARIABLE, HEARTBEAT_SECONDS)
         self._seen: dict[str, tuple[str, float]] = {}  # claim -> (stamp, when first seen so)
+        self.on_lost: Callable[[RunPath], None] = stop_at_once
 
     def path_of(self, workdir: str | os.PathLike) -> RunPath:
         relative = relative_location(workdir, self.root)
@@ -148,7 +165,7 @@ class ClaimBoard:
                     break
                 made[path] = version
             else:
-                return Claim(made, self.heartbeat)
+                return Claim(made, self.heartbeat, self.on_lost)
         except BaseException:
             self._give_back(made)
             raise

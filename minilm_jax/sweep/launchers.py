@@ -26,6 +26,8 @@ from typing import Sequence
 from minilm_jax.errors import UserError
 from minilm_jax.storage import RunPath, is_remote
 
+from .claims import LOST_EXIT_STATUS
+
 LAUNCHERS = ("local", "gpus", "slurm", "tpu")
 # Flags the launcher consumes; a worker's command line is the rest plus --launcher=local.
 LAUNCH_FLAGS = ("launcher", "workers", "slurm_partition", "slurm_gpus", "slurm_cpus",
@@ -120,7 +122,8 @@ class SweepWorkerJob:
 
     def __call__(self) -> int:
         code = subprocess.run(self.command, cwd=self.cwd).returncode
-        if code not in (0, 1):  # 1: some unit failed and is recorded; anything else is an error
+        # 1: some unit failed and is recorded; 75: this worker's unit went to another worker
+        if code not in (0, 1, LOST_EXIT_STATUS):  # anything else is an error
             raise RuntimeError(f"sweep worker exited with status {code}")
         return code
 

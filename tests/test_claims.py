@@ -250,3 +250,12 @@ def test_a_worker_whose_claim_was_taken_over_stops_at_once(tmp_path):
     assert proc.returncode == 75, proc.stderr
     assert proc.stderr.strip().startswith("error: claim ") and "taken over" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_status_shows_a_long_silent_claim_of_another_host_as_not_held(tmp_path):
+    root = run_path(str(tmp_path / "sweep"))
+    foreign_claim(root, "runs/a/pretrain")
+    assert list(board(root).holders()) == ["runs/a/pretrain"]  # written just now: held
+    old = time.time() - 600
+    os.utime(board(root).path_of(root / "runs" / "a" / "pretrain"), (old, old))
+    assert board(root).holders() == {}  # silent for 10 minutes: its worker is gone

@@ -132,19 +132,22 @@ class ClaimBoard:
         return self.folder / (hashlib.sha256(relative.encode()).hexdigest()[:20] + ".json")
 
     def holder(self, workdir: str | os.PathLike) -> dict[str, Any] | None:
-        """The live claim on ``workdir`` (None: unclaimed, or its claim is stale)."""
+        """The live claim on ``workdir`` (None: unclaimed, or its claim looks stale: also when its
+        last write is older than ``stale_after`` by the clocks, as a one-time look can tell)."""
         path = self.path_of(workdir)
         held = exclusive_files.read(path)
         owner = _owner(held)
-        return None if owner is None or self._stale(path, owner, held) else owner
+        if owner is None or self._stale(path, owner, held) or held.age > self.stale_after:
+            return None
+        return owner
 
     def holders(self) -> dict[str, dict[str, Any]]:
-        """Every live claim: its folder (relative to the root) -> owner."""
+        """Every live claim (as :meth:`holder` judges it): its folder (relative to the root) ->
+        owner."""
         out = {}
         for name in sorted(exclusive_files.listing(self.folder)):
-            held = exclusive_files.read(self.folder / name)
-            owner = _owner(held)
-            if owner is not None and not self._stale(self.folder / name, owner, held):
+            owner = _owner(exclusive_files.read(self.folder / name))
+            if owner is not None and self.holder(self.root / owner["unit"]) is not None:
                 out[owner["unit"]] = owner
         return out
 
@@ -182,7 +185,7 @@ class ClaimBoard:
                 print(f"warning: could not release claim {path}: {err}", flush=True)
 
     def wait_for_change(self, timeout: float, folders: Sequence[str | os.PathLike] = ()) -> None:
-        """Return when a claim is made, refreshed or released, or a file of ``folders`` changes
+        """Return when a claim is made or released, or a file of ``folders`` changes
         (or after ``timeout`` seconds: a stale claim is noticed by the next look). A local root is
         looked at every 0.2 s, a bucket every 2 s."""
         def snapshot() -> tuple:  # claims by name (a heartbeat is no change), records by stamp

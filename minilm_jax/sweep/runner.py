@@ -50,7 +50,8 @@ from .status import SweepStatus
 PRETRAIN_RUN_CONTROL = tuple(f for f in RESUMABLE_FIELDS if f not in (
     "train.num_steps", "eval.every_steps", "eval.per_decade", "eval.test_at_end",
     "checkpoint.keep_fractions"))
-WAIT_SECONDS = 30.0  # a worker with nothing to claim looks again after this, or on a change
+WAIT_SECONDS = 30.0  # a worker with nothing to claim looks again after this (or three
+# heartbeats, if shorter: it must watch a claim to judge it stale), or on a change
 
 Stage = tuple[str, RunPath, Callable[[], LoopSpec], list[RunPath]]
 
@@ -346,7 +347,8 @@ class SweepRunner:
             if interrupted is None and not waiting:
                 break
             if interrupted is None:
-                self.claims.wait_for_change(WAIT_SECONDS, [self.layout.status_dir])
+                self.claims.wait_for_change(min(WAIT_SECONDS, 3 * self.claims.heartbeat),
+                                            [self.layout.status_dir])
         if self._stop.signal and not interrupted:  # after the last stage's run loop
             interrupted = (selected[-1].name if selected else "", "after its last stage")
         self.settle(selected)

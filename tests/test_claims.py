@@ -259,3 +259,26 @@ def test_status_shows_a_long_silent_claim_of_another_host_as_not_held(tmp_path):
     old = time.time() - 600
     os.utime(board(root).path_of(root / "runs" / "a" / "pretrain"), (old, old))
     assert board(root).holders() == {}  # silent for 10 minutes: its worker is gone
+
+
+def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path, capsys):
+    """Same host: the owner's pid decides, with no waiting (a SIGKILLed local worker)."""
+    import socket
+    import subprocess
+    import sys
+
+    root = run_path(str(tmp_path / "sweep"))
+    unit = root / "runs" / "a" / "pretrain"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    for pid, taken in ((os.getppid(), False), (int(dead), True)):  # a live process, a gone one
+        owner = {"worker": f"{socket.gethostname()}:{pid}", "host": socket.gethostname(),
+                 "pid": pid, "since": 0.0, "stage": "pretrain", "unit": "runs/a/pretrain"}
+        path = board(root).path_of(unit)
+        held = exclusive_files.read(path)
+        assert exclusive_files.replace(path, held.version, json.dumps(owner).encode()) if held \
+            else exclusive_files.create(path, json.dumps(owner).encode())
+        claim = board(root).try_claim([unit], "pretrain")
+        assert (claim is not None) == taken
+    assert f"from worker {socket.gethostname()}:{dead} (gone)" in capsys.readouterr().out
+    claim.release()

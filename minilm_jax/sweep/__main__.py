@@ -78,8 +78,8 @@ def main(argv: list[str]) -> None:
             _PARTITION.value, _GPUS.value, _CPUS.value, _MEM.value, _TIME.value, _PARALLEL.value,
             _EXECUTOR.value))
         print(f"submitted {len(jobs)} sweep workers: job {jobs[0].job_id.split('_')[0]} "
-              f"(logs in {launchers.slurm_log_folder(root)}); follow with: python -m minilm_jax.sweep status "
-              f"--root={root}", flush=True)
+              f"(logs in {launchers.slurm_log_folder(root)}); follow with: "
+              f"python -m minilm_jax.sweep status --root={root}", flush=True)
         if not _WAIT.value:
             return
         codes = [job.result() for job in jobs]

@@ -8,9 +8,10 @@ is gone (same host), or (another host: a SLURM node or TPU host that was preempt
 worker has seen it unchanged for ``stale_after`` seconds, or for three heartbeats when its last
 write is also older than ``stale_after`` by the clocks (so a host whose clock is off can neither
 take over a live claim nor wait long for a dead one). The unit then resumes from its checkpoint;
-the gone worker's workdir locks are taken over too (:func:`minilm_jax.storage.mark_gone`). The sweep root is a filesystem every worker
-sees (a local disk, NFS, Lustre, a Filestore mount) or a ``gs://`` bucket: the conditional creates,
-replacements and deletes of :mod:`minilm_jax.exclusive_files` make the claims safe on both.
+the gone worker's workdir locks are taken over too (:func:`minilm_jax.storage.mark_gone`). The
+sweep root is a filesystem every worker sees (a local disk, NFS, Lustre, a Filestore mount) or a
+``gs://`` bucket: the conditional creates, replacements and deletes of
+:mod:`minilm_jax.exclusive_files` make the claims safe on both.
 """
 
 from __future__ import annotations
@@ -135,21 +136,24 @@ class ClaimBoard:
         """The live claim on ``workdir`` (None: unclaimed, or its claim looks stale: also when its
         last write is older than ``stale_after`` by the clocks, as a one-time look can tell)."""
         path = self.path_of(workdir)
-        held = exclusive_files.read(path)
-        owner = _owner(held)
-        if owner is None or self._stale(path, owner, held) or held.age > self.stale_after:
-            return None
-        return owner
+        return self._live(path, exclusive_files.read(path))
 
     def holders(self) -> dict[str, dict[str, Any]]:
         """Every live claim (as :meth:`holder` judges it): its folder (relative to the root) ->
         owner."""
         out = {}
         for name in sorted(exclusive_files.listing(self.folder)):
-            owner = _owner(exclusive_files.read(self.folder / name))
-            if owner is not None and self.holder(self.root / owner["unit"]) is not None:
+            owner = self._live(self.folder / name, exclusive_files.read(self.folder / name))
+            if owner is not None:
                 out[owner["unit"]] = owner
         return out
+
+    def _live(self, path: RunPath, held: exclusive_files.Held | None) -> dict[str, Any] | None:
+        """The owner of the claim ``held`` at ``path`` unless it looks stale (see :meth:`holder`)."""
+        owner = _owner(held)
+        if owner is None or self._stale(path, owner, held) or held.age > self.stale_after:
+            return None
+        return owner
 
     def try_claim(self, workdirs: Sequence[str | os.PathLike], stage: str) -> Claim | None:
         """Claim every folder of a unit, or none of them (None: another worker holds one)."""

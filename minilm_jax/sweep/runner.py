@@ -362,7 +362,7 @@ class SweepRunner:
         for run in runs:
             for stage, workdir, _, _ in self.stages(run):
                 entry = recorded.get(run.name, {}).get(stage)
-                if entry and entry.get("state") != "done" and is_done(workdir / "summary.json"):
+                if entry and entry.get("state") != "done" and self._done(workdir):
                     self.status.record(run.name, stage, "done")
 
     def _refuse_changed(self, runs: list[Run]) -> None:

@@ -39,22 +39,29 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         raise UserError(f"--config={spec}: {err.args[0] if err.args else err}") from err
 
 
-def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
-    """Fail with one message naming an unknown ``--config.<field>`` and listing valid ones."""
+def check_overrides(argv: Sequence[str], flag: str = "config") -> list[str]:
+    """Fail with one message naming an unknown ``--config.<field>`` and listing valid ones;
+    ``argv`` with each list field given as ``a,b`` written as the literal ``('a', 'b')``
+    (ml-collections would read ``linear,cosine`` as the one string ``'linear,cosine'``)."""
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
     if spec is None:
-        return
+        return list(argv)
     from minilm_jax.run_config import FIXED_FIELDS, check_override, flatten
 
     config = load_config_file(spec)
-    valid = set(flatten(config))
+    flat = flatten(config)
+    valid = set(flat)
     prefix = f"--{flag}."
+    out = []
     for arg in argv:
+        out.append(arg)
         if not arg.startswith(prefix):
             continue
         field, has_value, text = arg[len(prefix):].partition("=")
         if field in valid and has_value:  # the value, by the parser sweeps use too
-            check_override(config, field, text)
+            value = check_override(config, field, text)
+            if isinstance(flat[field], (tuple, list)) and not text.strip().startswith(("(", "[")):
+                out[-1] = f"{prefix}{field}={tuple(value)!r}"
             continue
         if field in FIXED_FIELDS:
             check_override(config, field, text)
@@ -66,6 +73,7 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UserError(f"unknown config field '{field}'{hint}; valid fields"
                         f"{' under ' + parent[:-1] if parent else ''}: {', '.join(siblings)}")
+    return out
 
 
 def last_override_wins(argv: Sequence[str], flag: str = "config") -> list[str]:
@@ -167,7 +175,7 @@ def run_main(main: Callable[[list[str]], None], recipe: str | None = None) -> No
         # concatenate those): config_flags reads sys.argv itself, so the rewrite goes there.
         argv = [a for a in sys.argv[1:] if a != command_help.PRINT_CONFIG]
         sys.argv = [sys.argv[0], *last_override_wins(recipes.resolve_args(argv))]
-        check_overrides(sys.argv[1:])
+        sys.argv = [sys.argv[0], *check_overrides(sys.argv[1:])]
     except Exception as err:
         exit_on_user_error(err)
         raise

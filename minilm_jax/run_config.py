@@ -324,9 +324,21 @@ def parse_value(text: str, current: Any) -> Any:
         return float(text)
     if isinstance(current, (tuple, list)):
         value = ast.literal_eval(text) if text.startswith(("(", "[")) else tuple(
-            parse_value(t, current[0] if current else "") for t in text.split(",") if t)
+            parse_value(t, current[0]) if current else _literal(t)
+            for t in text.split(",") if t.strip())
         return tuple(value)
     return text
+
+
+def _literal(text: str) -> Any:
+    """An element of a list given as ``a,b`` whose field has no example element: a number where
+    it reads as one, else the text."""
+    text = text.strip()
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else text
 
 
 # Fields a config argument sets and an override may not change: the model size comes from

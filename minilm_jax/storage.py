@@ -268,7 +268,8 @@ class WorkdirLock:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with ``pid`` runs on this host."""
+    """Whether a process with ``pid`` runs on this host: one that exited but was not yet reaped by
+    its parent (a zombie, e.g. a killed sweep worker whose launcher waits on another) is not."""
     if pid <= 0:
         return False
     try:
@@ -276,5 +277,16 @@ def process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` is a zombie (Linux ``/proc``; elsewhere: assumed not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last ')'
+    fields = stat[stat.rfind(")") + 1:].split()
+    return bool(fields) and fields[0] in ("Z", "X")

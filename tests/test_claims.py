@@ -256,6 +256,10 @@ def test_status_shows_a_long_silent_claim_of_another_host_as_not_held(tmp_path):
     root = run_path(str(tmp_path / "sweep"))
     foreign_claim(root, "runs/a/pretrain")
     assert list(board(root).holders()) == ["runs/a/pretrain"]  # written just now: held
+    assert board(root).holders()["runs/a/pretrain"]["silent_for"] == 0
+    quiet = time.time() - 100  # three 20 s heartbeats missed, not yet the 300 s stale time
+    os.utime(board(root).path_of(root / "runs" / "a" / "pretrain"), (quiet, quiet))
+    assert board(root).holders()["runs/a/pretrain"]["silent_for"] >= 99  # status: "silent"
     old = time.time() - 600
     os.utime(board(root).path_of(root / "runs" / "a" / "pretrain"), (old, old))
     assert board(root).holders() == {}  # silent for 10 minutes: its worker is gone
@@ -282,3 +286,33 @@ def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path, 
         assert (claim is not None) == taken
     assert f"from worker {socket.gethostname()}:{dead} (gone)" in capsys.readouterr().out
     claim.release()
+
+
+def test_a_zombie_holder_is_gone_and_wakes_a_waiting_worker(tmp_path):
+    """A worker killed but not yet reaped by its parent (a zombie) holds nothing: its claim is
+    free, and a worker waiting for a change wakes at once instead of after its timeout."""
+    import socket
+    import subprocess
+    import sys
+
+    from minilm_jax.storage import process_alive
+
+    root = run_path(str(tmp_path / "sweep"))
+    unit = root / "runs" / "a" / "pretrain"
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    owner = {"worker": f"{socket.gethostname()}:{child.pid}", "host": socket.gethostname(),
+             "pid": child.pid, "since": time.time(), "stage": "pretrain",
+             "unit": "runs/a/pretrain"}
+    exclusive_files.create(board(root).path_of(unit), json.dumps(owner).encode())
+    assert process_alive(child.pid) and list(board(root).holders()) == ["runs/a/pretrain"]
+    woke = threading.Event()
+    waiter = threading.Thread(target=lambda: (board(root).wait_for_change(600), woke.set()))
+    waiter.start()
+    child.stdin.close()  # the child ends; nobody reaps it until child.wait() below
+    wait_until(lambda: os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT) is not None)
+    assert not process_alive(child.pid)  # a zombie is not alive
+    assert board(root).holders() == {}
+    wait_until(woke.is_set)  # not 600 s
+    waiter.join()
+    child.wait()

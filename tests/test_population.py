@@ -2,6 +2,7 @@
 resume after SIGKILL, a diverging member stops alone, members sharded over 8 fake devices."""
 
 import json
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -166,6 +167,48 @@ def test_sigkill_mid_population_resumes_bit_identically(word_shards, tmp_path):
     for name in member_digests(reference):
         assert (train_losses(killed / "members" / name)
                 == train_losses(reference / "members" / name))
+
+
+    # A member that lost its final state and summary resumes from the population's checkpoint.
+    member = killed / "members" / "s1-lr0.001"
+    before = read_pretrain_summary(member)
+    shutil.rmtree(member / "checkpoints")
+    (member / "summary.json").unlink()
+    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=cli_env(),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = read_pretrain_summary(member)
+    assert (after.status, after.best, after.final_params_sha256) == (
+        before.status, before.best, before.final_params_sha256)
+    # One that lost its best checkpoint, or its whole folder, is refused in one line naming it,
+    # never reported completed without its history.
+    shutil.rmtree(killed / "members" / "s0-lr0.0005" / "best")
+    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=cli_env(),
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ") and (
+        "member s0-lr0.0005" in out.stderr and "lost its best checkpoint" in out.stderr), out.stderr
+    shutil.rmtree(member)
+    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=cli_env(),
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and not member.exists()
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "member s1-lr0.001" in last and "history" in last, last
+
+
+def test_population_cli_lists_and_strategy_are_checked(word_shards, tmp_path):
+    """``a,b`` for a list of names is two members; a bad ``population.members`` is one line."""
+    args = population_cli(word_shards, tmp_path / "p")
+    shown = subprocess.run(args + ["--config.population.schedule=linear,cosine", "--print_config"],
+                           cwd=REPO, env=cli_env(), capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert 'population.schedule = ["linear", "cosine"]' in shown.stdout
+    assert "population.seeds = [0, 1]" in shown.stdout  # numbers stay numbers
+    bad = subprocess.run(args + ["--config.population.members=bogus"], cwd=REPO, env=cli_env(),
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [
+        "error: population.members='bogus': must be one of auto, vmap, map"], bad.stderr
 
 
 def test_population_lists_cross_into_named_members(word_shards, tmp_path):

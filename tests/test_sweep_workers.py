@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,69 @@ def test_a_unit_of_a_worker_on_another_host_is_resumed_once_its_claim_goes_stale
     assert digest[0] == digest[1]
 
 
+def test_a_sigkilled_worker_of_a_two_worker_sweep_is_taken_over_and_the_sweep_ends(sequential,
+                                                                                  tmp_path):
+    """``--workers=2``; the worker holding ``b``'s pre-training is killed with SIGKILL (as the
+    out-of-memory killer does) after its checkpoint at step 4: the launcher reaps it at once, the
+    other worker sees it gone, takes the unit over and resumes it, and the sweep ends by itself
+    with the results one worker made; ``status`` never shows the dead worker running."""
+    from minilm_jax.storage import process_alive
+    from minilm_jax.sweep.claims import ClaimBoard
+    from minilm_jax.sweep.layout import SweepLayout
+    from minilm_jax.sweep.overview import unit_rows
+    from minilm_jax.sweep.workers import load_config
+
+    config, seq_root, _ = sequential
+    root = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    launcher = subprocess.Popen(sweep_cmd(config, root, "--workers=2"), cwd=REPO, env=env,
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for(root / "runs" / "b" / "pretrain" / "checkpoints" / "4", launcher)
+    board = ClaimBoard(root / "claims", root)
+    victim = board.holder(root / "runs" / "b" / "pretrain")["pid"]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while process_alive(victim):  # the kill takes effect (a zombie counts as ended)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    layout = SweepLayout(root)
+    rows = unit_rows(load_config(layout), layout)  # the dead worker holds nothing
+    b = next(r for r in rows if (r["run"], r["stage"]) == ("b", "pretrain"))
+    assert not (b["state"] == "running" and b["worker"].endswith(f":{victim}")), b
+    out, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1, out[-3000:]  # the run that fails on purpose
+    assert re.search(rf"warning: sweep worker w\d \(pid {victim}\) was killed by SIGKILL", out), out
+    assert f"taking over pretrain of runs/b/pretrain from worker" in out, out[-3000:]
+    assert "resumed from checkpoint at step" in out
+    assert results(root) == results(seq_root)
+    outcome = json.loads(out[out.rindex("\n{") + 1:])
+    assert sorted(outcome["workers"]) == [-signal.SIGKILL, 1]
+    assert not list((root / "claims").glob("*.json"))
+
+
+def test_a_refused_sweep_command_changes_nothing_under_the_root(sequential, tmp_path):
+    """Another config on a finished root is refused (one worker and two) and leaves its config,
+    stage records and claims as they were: ``status`` shows no phantom units."""
+    config, seq_root, _ = sequential
+    root = tmp_path / "sweep"
+    shutil.copytree(seq_root, root)
+
+    def contents() -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.parts[len(root.parts)] in ("sweep.json", "status", "claims")}
+
+    before = contents()
+    for extra in ([], ["--workers=2"]):
+        proc = run(sweep_cmd(config, root, "--config.num_steps=50",
+                             "--config.ofat=('b:model.hidden_dim=32',)", *extra))
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: sweep root "), proc.stderr
+        assert "trained with a different config" in proc.stderr
+        assert contents() == before
+    status = run(sweep_cmd(config, root)[:3] + ["status", f"--root={root}"])
+    assert "3 units: 2 done, 1 failed" in status.stdout, status.stdout
+
+
 def test_bad_claim_times_are_refused_before_anything_is_written(sequential, tmp_path,
                                                                 monkeypatch):
     from minilm_jax.errors import UserError
@@ -217,6 +281,10 @@ def test_bad_claim_times_are_refused_before_anything_is_written(sequential, tmp_
     monkeypatch.setenv("MINILM_CLAIM_STALE_SECONDS", "-1")
     with pytest.raises(UserError, match=r"^MINILM_CLAIM_STALE_SECONDS='-1': must be a positive "
                                         r"number of seconds$"):
+        run_worker(module.get_config(), tmp_path / "s")
+    monkeypatch.setenv("MINILM_CLAIM_STALE_SECONDS", "5")  # below three 20 s heartbeats
+    with pytest.raises(UserError, match=r"^MINILM_CLAIM_STALE_SECONDS=5 with "
+                                        r"MINILM_CLAIM_HEARTBEAT_SECONDS=20: .* at least three"):
         run_worker(module.get_config(), tmp_path / "s")
     assert not (tmp_path / "s").exists()
 

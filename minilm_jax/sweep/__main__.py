@@ -72,7 +72,7 @@ def main(argv: list[str]) -> None:
     root = run_path(_ROOT.value)
     launcher, n = _LAUNCHER.value, _WORKERS.value
     if launcher == "slurm":
-        SweepRunner(_CONFIG.value, root)  # a bad sweep fails here, not in every task
+        SweepRunner(_CONFIG.value, root).check(_ONLY.value)  # fails here, not in every task
         workers.save_config(_CONFIG.value, SweepLayout(root))
         jobs = launchers.submit_slurm(sys.argv, root, n, launchers.SlurmOptions(
             _PARTITION.value, _GPUS.value, _CPUS.value, _MEM.value, _TIME.value, _PARALLEL.value,
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
         outcome["workers"] = codes
     elif launcher == "gpus" or (launcher == "local" and n > 1):
         envs = launchers.gpu_envs(n) if launcher == "gpus" else [{}] * n
-        SweepRunner(_CONFIG.value, root)
+        SweepRunner(_CONFIG.value, root).check(_ONLY.value)  # refused: no worker starts
         codes = launchers.run_local_workers(sys.argv, envs)
         outcome = workers.finish(_CONFIG.value, root)
         outcome["workers"] = codes

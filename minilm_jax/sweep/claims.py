@@ -125,6 +125,11 @@ class ClaimBoard:
             STALE_VARIABLE, STALE_AFTER_SECONDS)
         self.heartbeat = heartbeat if heartbeat is not None else seconds_from_env(
             HEARTBEAT_VARIABLE, HEARTBEAT_SECONDS)
+        if (stale_after is None or heartbeat is None) and self.stale_after < 3 * self.heartbeat:
+            raise UserError(f"{STALE_VARIABLE}={self.stale_after:g} with {HEARTBEAT_VARIABLE}="
+                            f"{self.heartbeat:g}: a claim must stay silent for at least three "
+                            f"heartbeats ({3 * self.heartbeat:g} s) before it is taken over, or a "
+                            "live worker's unit would be trained twice")
         self._seen: dict[str, tuple[str, float]] = {}  # claim -> (stamp, when first seen so)
         self.on_lost: Callable[[RunPath], None] = stop_at_once
 
@@ -140,11 +145,16 @@ class ClaimBoard:
 
     def holders(self) -> dict[str, dict[str, Any]]:
         """Every live claim (as :meth:`holder` judges it): its folder (relative to the root) ->
-        owner."""
+        owner, with ``silent_for``: seconds since its last heartbeat when more than three of its
+        worker's heartbeats were missed (a worker of another host that may be gone; its claim is
+        taken over once it stays so for ``stale_after``), else 0."""
         out = {}
         for name in sorted(exclusive_files.listing(self.folder)):
-            owner = self._live(self.folder / name, exclusive_files.read(self.folder / name))
+            held = exclusive_files.read(self.folder / name)
+            owner = self._live(self.folder / name, held)
             if owner is not None:
+                beat = float(owner.get("heartbeat") or self.heartbeat)
+                owner["silent_for"] = held.age if held.age > 3 * beat else 0.0
                 out[owner["unit"]] = owner
         return out
 
@@ -164,7 +174,7 @@ class ClaimBoard:
             for workdir in sorted(set(map(str, workdirs))):
                 path = self.path_of(workdir)
                 owner = {"worker": worker_id(), "host": socket.gethostname(), "pid": os.getpid(),
-                         "since": time.time(), "stage": stage,
+                         "since": time.time(), "heartbeat": self.heartbeat, "stage": stage,
                          "unit": relative_location(workdir, self.root)}
                 data = json.dumps(owner).encode()
                 version = exclusive_files.create(path, data) or self._take_over(path, data)
@@ -189,16 +199,29 @@ class ClaimBoard:
                 print(f"warning: could not release claim {path}: {err}", flush=True)
 
     def wait_for_change(self, timeout: float, folders: Sequence[str | os.PathLike] = ()) -> None:
-        """Return when a claim is made or released, or a file of ``folders`` changes
-        (or after ``timeout`` seconds: a stale claim is noticed by the next look). A local root is
+        """Return when a claim is made or released, a file of ``folders`` changes, or the process
+        holding a claim on this host ends (killed: its unit is free at once), or after ``timeout``
+        seconds (a stale claim of another host is noticed by the next look). A local root is
         looked at every 0.2 s, a bucket every 2 s."""
         def snapshot() -> tuple:  # claims by name (a heartbeat is no change), records by stamp
             return (tuple(sorted(exclusive_files.listing(self.folder))),
                     *(tuple(sorted(exclusive_files.listing(f).items())) for f in folders))
         every = 2.0 if is_remote(self.folder) else 0.2
         before, end = snapshot(), time.monotonic() + timeout
+        local = self._local_holders()
         while time.monotonic() < end and snapshot() == before:
+            if any(not process_alive(pid) for pid in local):
+                return
             time.sleep(every)
+
+    def _local_holders(self) -> list[int]:
+        """The pids of the processes on this host that hold a claim of this root now."""
+        me, pids = socket.gethostname(), []
+        for name in exclusive_files.listing(self.folder):
+            owner = _owner(exclusive_files.read(self.folder / name))
+            if owner and owner.get("host") == me and owner.get("pid") != os.getpid():
+                pids.append(int(owner.get("pid", -1)))
+        return pids
 
     def _stale(self, path: RunPath, owner: dict[str, Any], held: exclusive_files.Held) -> bool:
         """Whether the claim ``held`` at ``path`` is stale (see the module docstring)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -71,22 +72,38 @@ def _relay(stream, prefix: str) -> None:
 
 def run_local_workers(argv: Sequence[str], envs: Sequence[dict[str, str]]) -> list[int]:
     """Start one worker per entry of ``envs`` (extra environment variables) on this machine, relay
-    their output with a ``[w<i>]`` prefix, wait for all; their exit codes."""
-    procs, relays = [], []
+    their output with a ``[w<i>]`` prefix, wait for all; their exit codes (negative: killed by
+    that signal). Each worker is reaped the moment it ends (a waiter thread each), so a killed one
+    never lingers as a zombie that the others' claims would take for alive: they see it gone
+    within one look and take its unit over."""
+    procs, threads = [], []
     for i, extra in enumerate(envs):
         proc = subprocess.Popen(worker_argv(argv), env={**os.environ, **extra},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         relay = threading.Thread(target=_relay, args=(proc.stdout, f"[w{i}] "), daemon=True)
+        reaper = threading.Thread(target=_reap, args=(proc, f"w{i}"), daemon=True)
         relay.start()
+        reaper.start()
         procs.append(proc)
-        relays.append(relay)
-    try:
-        codes = [proc.wait() for proc in procs]
-    except KeyboardInterrupt:  # the workers got the Ctrl-C too: wait until they saved their step
-        codes = [proc.wait() for proc in procs]
-    for relay in relays:
-        relay.join()
-    return codes
+        threads += [reaper, relay]
+    while any(t.is_alive() for t in threads):
+        try:
+            for thread in threads:
+                thread.join()
+        except KeyboardInterrupt:  # the workers got the Ctrl-C too: wait until they saved their step
+            continue
+    return [proc.returncode for proc in procs]
+
+
+def _reap(proc: subprocess.Popen, name: str) -> None:
+    """Wait for one worker; say so at once when a signal ended it (SIGKILL: the out-of-memory
+    killer, or a user)."""
+    code = proc.wait()
+    if code < 0 and -code not in (signal.SIGINT, signal.SIGTERM):
+        sys.stdout.write(f"warning: sweep worker {name} (pid {proc.pid}) was killed by "
+                         f"{signal.Signals(-code).name}; the other workers take over its unit and "
+                         "resume it from its last checkpoint\n")
+        sys.stdout.flush()
 
 
 def local_gpus() -> list[str]:

@@ -41,8 +41,11 @@ def last_step(workdir: RunPath) -> int | None:
 
 
 def unit_rows(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[dict[str, Any]]:
-    """One row per (run, stage): state (done, running, failed, interrupted, waiting, pending),
-    step, worker, elapsed seconds, error."""
+    """One row per (run, stage): state (done, running, silent, failed, interrupted, pending),
+    step, worker, elapsed seconds, error. ``running``: its worker is alive (same host) or beats;
+    ``silent``: its worker (another host) missed three heartbeats, and is taken over if it stays
+    silent for the stale time; ``interrupted``: recorded running, nobody holds it (a killed
+    worker: a live worker takes it over)."""
     runner = SweepRunner(sweep, layout.root)
     recorded = runner.status.read()
     holders = runner.claims.holders()
@@ -53,8 +56,8 @@ def unit_rows(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[dic
             holder = holders.get(relative_location(workdir, layout.root))
             if is_done(workdir / "summary.json"):
                 state = "done"
-            elif holder:
-                state = "running"
+            elif holder:  # a holder of this host is alive; one elsewhere may have gone quiet
+                state = "silent" if holder.get("silent_for") else "running"
             elif entry.get("state") in ("failed", "interrupted"):
                 state = entry["state"]
             elif entry.get("state") == "running":
@@ -66,7 +69,8 @@ def unit_rows(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[dic
                          "worker": (holder or {}).get("worker") or entry.get("worker", ""),
                          "elapsed": now - holder["since"] if holder else None,
                          "error": (entry.get("error") or "").splitlines()[0][:160]
-                         if state == "failed" else ""})
+                         if state == "failed" else "",
+                         "silent_for": (holder or {}).get("silent_for") or None})
     return rows
 
 
@@ -84,6 +88,9 @@ def print_status(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[
               f"{elapsed:>8}  {r['worker']}")
         if r["error"]:
             print(f"{'':<{width}}  error: {r['error']}")
+        if r["silent_for"]:
+            print(f"{'':<{width}}  no heartbeat for {duration(r['silent_for'])}: its worker may "
+                  "be gone (taken over once silent for the stale time)")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

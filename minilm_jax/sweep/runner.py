@@ -129,6 +129,7 @@ class SweepRunner:
         self.claims = ClaimBoard(self.layout.claims_dir, self.root)
         self._stop = StopRequest()
         self._finished: set[str] = set()  # workdirs seen finished (they stay so)
+        self._checked: str | None = None  # the --only value check() passed with
 
     def _done(self, workdir: RunPath) -> bool:
         """Whether ``workdir`` holds a finished run; a finished one is not read again (each look
@@ -195,8 +196,7 @@ class SweepRunner:
         holds, until every unit is settled, then rebuild the results table. SIGTERM or Ctrl-C stops
         this worker after the stage in progress saved its step (``interrupted`` in the outcome
         says where)."""
-        for evaluator in self._evaluators:  # a suite out of reach fails before any training
-            evaluator.check()
+        self.check(only)
         self.root.mkdir(parents=True, exist_ok=True)
         with stop_signals() as self._stop:
             selected, interrupted = self._run_stages(only, stage)
@@ -208,6 +208,17 @@ class SweepRunner:
             outcome["interrupted"] = {"run": interrupted[0], "stage": interrupted[1],
                                       "signal": self._stop.signal}
         return outcome
+
+    def check(self, only: str = "") -> None:
+        """Refuse, before anything under the root is written, a sweep that cannot run as given:
+        a zero-shot suite out of reach, or runs (those ``only`` selects) whose workdirs were
+        trained with another config. Checked once per runner."""
+        if self._checked == only:
+            return
+        for evaluator in self._evaluators:  # a suite out of reach fails before any training
+            evaluator.check()
+        self._refuse_changed([r for r in self.runs if not only or only in r.name])
+        self._checked = only
 
     def stages(self, run: Run) -> Iterator[Stage]:
         """(stage, workdir, build its run, the folders it holds) of ``run``: pre-training, each
@@ -292,7 +303,6 @@ class SweepRunner:
         None)."""
         selected = [r for r in self.runs if not only or only in r.name]
         self._only = only
-        self._refuse_changed(selected)
         started, interrupted, seen = time.time(), None, set()
         while interrupted is None:
             waiting = False  # a unit held by another worker, or waiting for its pre-training

@@ -26,7 +26,9 @@ from .runner import SweepRunner
 
 
 def save_config(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> None:
-    """Keep the sweep config in the root (``sweep.json``): ``minilm-sweep status`` reads it."""
+    """Keep the sweep config in the root (``sweep.json``): ``minilm-sweep status`` reads it.
+    Called only once the sweep passed :meth:`SweepRunner.check` (a refused command leaves the
+    root's config as it was)."""
     layout.root.mkdir(parents=True, exist_ok=True)
     text = sweep.to_json_best_effort(indent=2, sort_keys=True)
     if not layout.config_path.is_file() or layout.config_path.read_text() != text:
@@ -48,6 +50,7 @@ def run_worker(sweep: ml_collections.ConfigDict, root: str | Path, only: str = "
     """Run as one worker until the sweep is settled or this process is stopped; then results and,
     when nothing is left to run, the report. The outcome: runs, failures, results, report."""
     runner = SweepRunner(sweep, root)
+    runner.check(only)  # a refused sweep writes nothing under the root, its config included
     save_config(sweep, runner.layout)
     outcome = runner.run(only, stage)
     if sweep.report and "interrupted" in outcome:

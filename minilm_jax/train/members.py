@@ -13,13 +13,16 @@ from typing import Callable
 
 import jax
 
+from minilm_jax.errors import UserError
+
 MEMBER_STRATEGIES = ("auto", "vmap", "map")
 
 
-def members_strategy(members: str = "auto") -> str:
-    """``vmap`` or ``map`` for ``members`` (``auto``: ``map`` on CPU, ``vmap`` on accelerators)."""
+def members_strategy(members: str = "auto", field: str = "members") -> str:
+    """``vmap`` or ``map`` for ``members`` (``auto``: ``map`` on CPU, ``vmap`` on accelerators);
+    a one-line error naming the config ``field`` for anything else."""
     if members not in MEMBER_STRATEGIES:
-        raise ValueError(f"members must be one of {MEMBER_STRATEGIES}, got {members!r}")
+        raise UserError(f"{field}={members!r}: must be one of {', '.join(MEMBER_STRATEGIES)}")
     if members == "auto":
         return "map" if jax.default_backend() == "cpu" else "vmap"
     return members

@@ -12,6 +12,7 @@ they read any run. A member whose loss turns non-finite keeps its last finite st
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +37,7 @@ from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.population import Member, members_of, population_identity
 from minilm_jax.train.program import population_program
 from minilm_jax.train.records import PopulationSummary
-from minilm_jax.train.run_log import MetricsWriter, log_line
+from minilm_jax.train.run_log import MetricsWriter, log_line, read_metrics
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
 
 CORE = ("params", "rest", "opt_state", "step")  # a member's state, as a separate run saves it
@@ -84,7 +85,7 @@ class PopulationTrainer(runner.LoopSpec):
         self.train_split = open_split(data.shards, data.train_split, verify=data.verify_checksums)
         self.eval_split = self._optional_split(data.eval_split)
         self.test_split = self._optional_split(data.test_split)
-        self.strategy = members_strategy(strategy)
+        self.strategy = members_strategy(strategy, "population.members")
         members_axis = int(self.config.mesh.get("members", 1))
         if members_axis > 1 and jax.process_count() > 1:
             raise UserError("mesh.members > 1 needs a single process (several hosts: "
@@ -107,6 +108,7 @@ class PopulationTrainer(runner.LoopSpec):
                            for ident in self.identities])
         self.identity.update({k: v for k, v in self.identities[0].items()
                               if k in RESUMABLE_FIELDS})
+        self._refuse_lost_members()
         # Everything is checked: only now is anything written.
         locks = []
         try:
@@ -119,6 +121,34 @@ class PopulationTrainer(runner.LoopSpec):
             Each(locks).release()
             raise
         self.lock = Each(locks)
+
+    def _trained_steps(self) -> int:
+        """The newest step the population's own checkpoints or summary record (0: never trained)."""
+        steps = [int(p.name) for p in (self.workdir / "checkpoints").iterdir()
+                 if p.name.isdigit()] if (self.workdir / "checkpoints").is_dir() else []
+        try:
+            steps.append(int(json.loads((self.workdir / "summary.json").read_text())["step"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return max(steps, default=0)
+
+    def _refuse_lost_members(self) -> None:
+        """Refuse, in one line naming them, members whose history is gone (folder deleted, or its
+        ``config.json`` or ``metrics.jsonl`` lost) while the population trained past step 0: the
+        stacked checkpoint holds their state, not their metrics, best or snapshots, so resuming
+        would report a member "completed" with no history. A member that lost only its final
+        state or summary resumes from the population's checkpoint."""
+        trained = self._trained_steps()
+        if trained == 0:
+            return
+        lost = [f"{m.name} ({m.workdir}: no {' or '.join(missing)})" for m in self.members
+                if (missing := [f for f in ("config.json", "metrics.jsonl")
+                                if not (m.workdir / f).is_file()])]
+        if lost:
+            raise UserError(
+                f"population {self.workdir} was trained to step {trained} but the history of "
+                f"member {', '.join(lost)} is gone, which its checkpoint cannot rebuild: restore "
+                f"the folder, or delete {self.workdir} and its members' folders to train again")
 
     def _optional_split(self, name: str) -> ShardSplit | None:
         if name and name in self.manifest["splits"]:
@@ -252,6 +282,7 @@ class PopulationTrainer(runner.LoopSpec):
         self.diverged = {i: int(steps[i]) + 1 for i in range(self.size) if not live[i]}
         self._best_loss = [(c.best_metrics() or {}).get("loss", float("inf"))
                            for c in self.member_ckpts]
+        self._refuse_lost_bests(start)
         self._log_steps = log_eval_steps(config)
         self._peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
         self._window_tokens, self._window_steps = np.zeros(self.size), 0
@@ -275,6 +306,22 @@ class PopulationTrainer(runner.LoopSpec):
         for c in self.member_ckpts:
             c.close()
         return summary
+
+    def _refuse_lost_bests(self, start: int) -> None:
+        """Refuse members that lost their best checkpoint (``best/``) although they were evaluated
+        before ``start``, the step the population resumes from: their best cannot be rebuilt."""
+        if not self.config.checkpoint.keep_best or start == 0:
+            return
+        lost = [f"{m.name} ({m.workdir / 'best'})"
+                for m, ckpts, best in zip(self.members, self.member_ckpts, self._best_loss)
+                if best == float("inf") and any(
+                    r.get("split") == "validation" and r.get("step", 0) <= start
+                    for r in read_metrics(m.workdir / "metrics.jsonl"))]
+        if lost:
+            raise UserError(f"population {self.workdir} resumes at step {start} but member "
+                            f"{', '.join(lost)} lost its best checkpoint, which the population's "
+                            "checkpoint cannot rebuild: restore it, or delete the population and "
+                            "its members' folders to train again")
 
     def _member_summaries(self, status: str, step: int, wall: float,
                           state: dict[str, Any] | None) -> dict[str, Any]:

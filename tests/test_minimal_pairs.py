@@ -157,6 +157,67 @@ def test_paired_comparison_counts_discordant_pairs():
     assert low < 50 < high and high - low == pytest.approx(19.2, abs=0.3)
 
 
+def test_ties_are_counted_and_reported_and_count_as_wrong(scorer, tmp_path):
+    """Fails on the old code: a pair whose sentences are identical (or encode identically)
+    counted as a silent wrong answer, with no count anywhere."""
+    from minilm_jax.evals.pair_tables import report_lines
+
+    tokenizer, graphdef, params, rest = scorer
+    fn = mlm_target_logprobs(graphdef, params, rest)
+    same, spaced = "she is happy", "she  is  happy"  # SentencePiece collapses the spaces
+    assert encode_sentence(tokenizer, same) == encode_sentence(tokenizer, spaced)
+    pairs = (MinimalPair(same, same), MinimalPair(same, spaced),
+             MinimalPair("the children were playing", "the children was playing"),
+             MinimalPair("the dog chased a ball", "a ball chased the dog"))
+    [result] = score_paradigms([Paradigm("custom", "p", "agreement", pairs)], tokenizer, fn, "pll")
+    assert result.margins[0] == 0.0 and result.margins[1] == 0.0  # exact: one score per encoding
+    assert (result.scored, result.ties) == (4, 2)
+    others = int(np.sum(result.margins[2:] > 0))
+    assert result.correct == others  # a tie is wrong (strict >), as BLiMP and Zorro count
+    assert result.accuracy == pytest.approx(100.0 * others / 4)
+    assert result.outcomes[:2] == "00"
+    row = result.row(init="pretrained", step=1, point="x")
+    assert row["ties"] == 2 and summarize([row, row]).ties == 4
+    text = "\n".join(report_lines([row], "t"))
+    assert "| ties |" in text
+    assert "2 pairs tied" in text and "counted as wrong" in text
+
+
+def _row(name: str, margins: list[float], phenomenon: str = "agreement") -> dict:
+    m = np.asarray(margins, float)
+    kept = ~np.isnan(m)
+    return ParadigmResult("custom", name, phenomenon, "pll", len(m), int(kept.sum()),
+                          int((~kept).sum()), 0, int(np.sum(m[kept] > 0)), m
+                          ).row(init="pretrained", step=3, point="x")
+
+
+def test_outputs_are_strict_json_and_count_only_paradigms_with_scored_pairs(tmp_path):
+    """Fails on the old code: a bare NaN in minimal_pairs.jsonl for a paradigm with no scored
+    pair, and an overall row counting that paradigm among those scored."""
+    from minilm_jax.evals.pair_tables import model_table, write_outputs
+
+    rows = [_row("a", [1.0, -1.0]), _row("b", [np.nan, np.nan]),
+            _row("c", [2.0, 0.5], phenomenon="island")]
+    md = write_outputs(tmp_path, rows, "t")
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    lines = (tmp_path / "minimal_pairs.jsonl").read_text().splitlines()
+    back = [json.loads(line, parse_constant=refuse) for line in lines]
+    empty = back[1]
+    assert empty["scored"] == 0 and empty["accuracy"] is None
+    assert empty["accuracy_low"] is None and empty["accuracy_high"] is None
+    assert back[0]["accuracy"] == 50.0
+    s = summarize(rows)
+    assert (s.paradigms, s.empty, s.scored, s.correct) == (2, 1, 4, 3)
+    overall = next(line for line in model_table(rows) if "**overall**" in line)
+    assert overall.split("|")[2].strip() == "2 (1 with no scored pair)"
+    agreement = next(line for line in model_table(rows) if line.startswith("| agreement "))
+    assert agreement.split("|")[2].strip() == "1 (1 with no scored pair)"
+    assert "| island | 1 |" in md.read_text()
+
+
 def test_command_scores_zorro_on_a_checkpoint_and_its_random_twin(pretrained, tmp_path):  # noqa: F811
     from minilm_jax.evals.__main__ import main
 

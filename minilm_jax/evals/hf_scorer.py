@@ -3,20 +3,24 @@ exported run, a hub model downloaded beforehand), so our numbers compare with pu
 
 The model runs in PyTorch through ``AutoModelForMaskedLM``; its tokenizer is the folder's own
 ``AutoTokenizer`` (a fast one: word boundaries are its ``word_ids``). The scoring rules, batching
-and statistics are the ones our checkpoints use (:mod:`minilm_jax.evals.scoring`).
+and statistics are the ones our checkpoints use (:mod:`minilm_jax.evals.scoring`). Code from the
+folder never runs (``trust_remote_code=False`` throughout, so transformers never asks either): our
+own remote-code export is scored through our JAX model, another folder needing custom code is
+refused in one line (:mod:`minilm_jax.evals.hf_folders`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from minilm_jax.errors import UserError
 from minilm_jax.tokenizer import Tokenizer
 
+from .hf_folders import TOKENIZER_FILES, HuggingFaceFolder, inspect_folder, read_config
 from .scoring import ScoringModel
 
 LOGITS_BUDGET = 1 << 28  # bytes of float32 logits per forward pass (rows are chunked to fit)
@@ -24,24 +28,26 @@ LOGITS_BUDGET = 1 << 28  # bytes of float32 logits per forward pass (rows are ch
 
 def is_hugging_face_dir(path: str | Path) -> bool:
     """A folder whose ``config.json`` is a ``transformers`` model config."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        flat = json.loads(config.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(flat, dict) and ("model_type" in flat or "architectures" in flat)
+    return read_config(path) is not None
 
 
-def _transformers():
+def _transformers(torch_too: bool = True):
+    """``(torch, transformers)``, or without ``torch_too`` ``transformers`` alone (a tokenizer)."""
     try:
-        import torch
         import transformers
+        torch = None
+        if torch_too:
+            import torch
     except ImportError:
         raise UserError("scoring a Hugging Face model needs torch and transformers: pip install "
                         "'minilm-jax[transformers]'") from None
-    return torch, transformers
+    return (torch, transformers) if torch_too else transformers
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-blank line of an error's message (its type's name when it has none)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 class HuggingFaceTokenizer(Tokenizer):
@@ -49,11 +55,20 @@ class HuggingFaceTokenizer(Tokenizer):
 
     kind = "huggingface"
 
-    def __init__(self, path: str | Path) -> None:
-        _, transformers = _transformers()
+    def __init__(self, path: str | Path, ours: bool = False) -> None:
+        transformers = _transformers(torch_too=False)
         self.path = str(path)
         self.sha256 = ""
-        self._tok = transformers.AutoTokenizer.from_pretrained(self.path)
+        try:
+            if ours:  # our export's tokenizer.json: no model config read, no custom code at all
+                self._tok = transformers.PreTrainedTokenizerFast.from_pretrained(self.path)
+            else:  # never asks (nor runs) a tokenizer's custom code: refused in one line
+                self._tok = transformers.AutoTokenizer.from_pretrained(self.path,
+                                                                       trust_remote_code=False)
+        except Exception as err:  # noqa: BLE001 - tokenizers and transformers raise many types
+            files = [n for n in TOKENIZER_FILES if (Path(path) / n).is_file()]
+            raise UserError(f"{Path(path) / files[0] if files else path}: its tokenizer does not "
+                            f"load ({first_line(err)})") from None
         if not self._tok.is_fast:
             raise UserError(f"{path}: its tokenizer has no fast (Rust) version, whose word ids "
                             "give word boundaries")
@@ -89,18 +104,28 @@ class HuggingFaceTokenizer(Tokenizer):
 
 def hugging_face_model(path: str | Path, random_seed: int | None = None) -> ScoringModel:
     """The masked LM in ``path``, or with ``random_seed`` its architecture freshly initialised
-    (the random-init twin)."""
+    (the random-init twin). The folder is checked first (:func:`~.hf_folders.inspect_folder`);
+    our remote-code export is scored through our JAX model
+    (:func:`~.scoring_models.exported_minilm_model`), anything else through transformers' own
+    classes, never code from the folder."""
+    folder = inspect_folder(path)
+    if folder.remote:
+        from .scoring_models import exported_minilm_model
+
+        return exported_minilm_model(folder, random_seed)
     torch, transformers = _transformers()
-    if not is_hugging_face_dir(path):
-        raise UserError(f"{path} is not a Hugging Face model folder (no config.json with a "
-                        "model_type)")
     tokenizer = HuggingFaceTokenizer(path)
-    if random_seed is None:
-        model = transformers.AutoModelForMaskedLM.from_pretrained(str(path))
-    else:
-        torch.manual_seed(int(random_seed))
-        config = transformers.AutoConfig.from_pretrained(str(path))
-        model = transformers.AutoModelForMaskedLM.from_config(config)
+    try:
+        if random_seed is None:
+            model = transformers.AutoModelForMaskedLM.from_pretrained(str(path),
+                                                                      trust_remote_code=False)
+        else:
+            torch.manual_seed(int(random_seed))
+            config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+            model = transformers.AutoModelForMaskedLM.from_config(config, trust_remote_code=False)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"{path}: transformers {transformers.__version__} cannot load its masked "
+                        f"LM ({first_line(err)})") from None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device=device, dtype=torch.float32).eval()
     vocab = int(model.get_output_embeddings().weight.shape[0])
@@ -122,18 +147,30 @@ def hugging_face_model(path: str | Path, random_seed: int | None = None) -> Scor
                 out.append(torch.gather(logp, 2, tgt[..., None])[..., 0].cpu().numpy())
         return np.concatenate(out)
 
-    from minilm_jax.interop.hf_roberta import METADATA_KEY
-
-    flat = json.loads((Path(path) / "config.json").read_text())
-    provenance = (flat.get(METADATA_KEY) or {}).get("provenance") or {}
-    info = {"workdir": str(path), "point": flat.get("model_type", "hugging_face"),
-            "step": 0 if random_seed is not None else int(provenance.get("step", 0)),
-            "init": "random" if random_seed is not None else "pretrained",
-            "validation_perplexity": None if random_seed is not None
-            else provenance.get("validation_perplexity")}
-    limit = int(getattr(tokenizer._tok, "model_max_length", 0) or 0)
+    info = folder_info(folder, folder.config.get("model_type", "hugging_face"), random_seed)
     positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     if model.config.model_type in ("roberta", "xlm-roberta", "camembert"):
         positions -= tokenizer.pad_id + 1  # RoBERTa's positions start after the padding index
-    max_len = min(v for v in (limit, positions) if 0 < v < 1_000_000) if positions > 0 else None
-    return ScoringModel(tokenizer, fn, info, max_len=max_len)
+    return ScoringModel(tokenizer, fn, info, max_len=longest_input(tokenizer, positions))
+
+
+def folder_info(folder: HuggingFaceFolder, point: str, random_seed: int | None) -> dict[str, Any]:
+    """What a folder's model is (``ScoringModel.info``): its step and validation perplexity from
+    an export's provenance."""
+    from minilm_jax.interop.hf_roberta import METADATA_KEY
+
+    provenance = (folder.config.get(METADATA_KEY) or {}).get("provenance") or {}
+    pretrained = random_seed is None
+    return {"workdir": str(folder.path), "point": point,
+            "step": int(provenance.get("step", 0)) if pretrained else 0,
+            "init": "pretrained" if pretrained else "random",
+            "validation_perplexity": provenance.get("validation_perplexity") if pretrained
+            else None}
+
+
+def longest_input(tokenizer: HuggingFaceTokenizer, positions: int) -> int | None:
+    """The longest input (specials included) both the tokenizer and ``positions`` take."""
+    limit = int(getattr(tokenizer._tok, "model_max_length", 0) or 0)
+    if positions <= 0:
+        return None
+    return min(v for v in (limit, positions) if 0 < v < 1_000_000)

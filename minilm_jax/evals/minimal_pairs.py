@@ -4,8 +4,10 @@ than the ungrammatical one under a scoring rule (:mod:`minilm_jax.evals.scoring`
 Pairs are never dropped silently: a pair with a token the tokenizer can only encode as ``<unk>``
 is counted per paradigm as ``skipped_unk``; with a word list, a pair with a word outside it (words
 as the downstream vocabulary filter reads them: ``tasks.vocab_filter.content_words``) is counted
-as ``skipped_vocab``. Accuracy is over the scored pairs, with a 95% Wilson interval; a
-tie counts as wrong. Two models scored on the same pairs (a checkpoint and its random-init twin)
+as ``skipped_vocab``. Accuracy is over the scored pairs, with a 95% Wilson interval. A tie (the
+two sentences score exactly equal: identical, or encoded alike by the tokenizer, which scores each
+encoding once) counts as wrong, as BLiMP's and Zorro's strict ``good > bad`` does, and is counted
+per paradigm as ``ties`` so it is never silent. Two models scored on the same pairs (a checkpoint and its random-init twin)
 are compared pair by pair: the accuracy difference with a 95% interval over pairs and McNemar's
 exact test on the discordant pairs. Chance is 50%.
 """
@@ -32,7 +34,8 @@ CHANCE = 50.0
 @dataclasses.dataclass
 class ParadigmResult:
     """One paradigm scored by one rule: counts, accuracy (%) and its 95% Wilson interval, and
-    the margin (good minus bad score) of every pair, NaN for a skipped one."""
+    the margin (good minus bad score) of every pair, NaN for a skipped one. ``ties``: scored pairs
+    whose margin is exactly 0, counted wrong."""
 
     suite: str
     paradigm: str
@@ -45,6 +48,7 @@ class ParadigmResult:
     correct: int
     margins: np.ndarray = dataclasses.field(repr=False)
     skipped_long: int = 0  # a sentence longer than the model's input
+    ties: int = 0  # scored pairs whose sentences score exactly equal (counted wrong)
 
     @property
     def accuracy(self) -> float:
@@ -61,14 +65,19 @@ class ParadigmResult:
 
     def row(self, **extra: Any) -> dict[str, Any]:
         """A results row (``kind = "minimal_pairs"``); ``outcomes`` lets two models scored on
-        the same pairs be compared pair by pair from their rows alone."""
+        the same pairs be compared pair by pair from their rows alone. With no scored pair the
+        accuracy and its interval are None (JSON null), never NaN."""
+        def number(value: float) -> float | None:
+            return None if np.isnan(value) else float(value)
+
         low, high = self.interval
         return {"kind": "minimal_pairs", "suite": self.suite, "paradigm": self.paradigm,
-                "phenomenon": self.phenomenon, "rule": self.rule, "accuracy": self.accuracy,
-                "accuracy_low": low, "accuracy_high": high, "pairs": self.pairs,
+                "phenomenon": self.phenomenon, "rule": self.rule,
+                "accuracy": number(self.accuracy), "accuracy_low": number(low),
+                "accuracy_high": number(high), "pairs": self.pairs,
                 "scored": self.scored, "skipped_unk": self.skipped_unk,
                 "skipped_vocab": self.skipped_vocab, "skipped_long": self.skipped_long,
-                "correct": self.correct,
+                "ties": self.ties, "correct": self.correct,
                 "outcomes": self.outcomes, **extra}
 
 
@@ -89,7 +98,8 @@ def score_paradigms(paradigms: Sequence[Paradigm], tokenizer: Tokenizer, fn: Tar
     tokenizer can only encode as ``<unk>`` is removed from both sentences of every pair first
     (as fine-tuning's ``data.drop_unknown_chars`` does; e.g. a tokenizer trained on transcripts
     without punctuation). A pair with a sentence longer than ``max_len`` tokens (specials
-    included) is skipped and counted (``skipped_long``)."""
+    included) is skipped and counted (``skipped_long``). Each distinct encoding is scored once,
+    so two sentences the tokenizer encodes alike tie exactly (counted in ``ties``)."""
     if drop_unknown_chars:
         texts = sorted({s for p in paradigms for pair in p.pairs for s in (pair.good, pair.bad)})
         unknown = unknown_punctuation(tokenizer, texts)
@@ -122,27 +132,29 @@ def score_paradigms(paradigms: Sequence[Paradigm], tokenizer: Tokenizer, fn: Tar
             kept.append(True)
         keep.append(kept)
         counts.append((unk, vocab, long))
-    needed = sorted({s for paradigm, kept in zip(paradigms, keep)
-                     for pair, k in zip(paradigm.pairs, kept) if k for s in (pair.good, pair.bad)})
-    values = score_sentences([encoded[s] for s in needed], rule, fn, tokenizer, batch_rows,
-                             max_len)
+    texts = sorted({s for paradigm, kept in zip(paradigms, keep)
+                    for pair, k in zip(paradigm.pairs, kept) if k for s in (pair.good, pair.bad)})
+    needed = list(dict.fromkeys(encoded[s] for s in texts))  # each encoding once, text order
+    values = score_sentences(needed, rule, fn, tokenizer, batch_rows, max_len)
     score_of = dict(zip(needed, values))
     results = []
     for paradigm, kept, (unk, vocab, long) in zip(paradigms, keep, counts):
-        margins = np.asarray([score_of[p.good] - score_of[p.bad] if k else np.nan
-                              for p, k in zip(paradigm.pairs, kept)], np.float64)
-        scored = int(np.sum(kept))
+        margins = np.asarray([score_of[encoded[p.good]] - score_of[encoded[p.bad]] if k
+                              else np.nan for p, k in zip(paradigm.pairs, kept)], np.float64)
+        scored_margins = margins[np.asarray(kept, bool)]
         results.append(ParadigmResult(
             paradigm.suite, paradigm.name, paradigm.phenomenon, rule, len(paradigm.pairs),
-            scored, unk, vocab, int(np.sum(margins[np.asarray(kept, bool)] > 0)), margins,
-            long))
+            int(np.sum(kept)), unk, vocab, int(np.sum(scored_margins > 0)), margins, long,
+            int(np.sum(scored_margins == 0))))
     return results
 
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
     """Accuracy over a group of paradigm rows: pooled over pairs (Wilson) and the mean of the
-    paradigms' accuracies (BLiMP's and Zorro's usual "overall")."""
+    paradigms' accuracies (BLiMP's and Zorro's usual "overall"). ``paradigms`` counts those with
+    a scored pair, ``empty`` those without (skipped whole); ``ties`` is counted in ``scored`` and
+    not in ``correct``."""
 
     paradigms: int
     scored: int
@@ -151,6 +163,8 @@ class Summary:
     low: float
     high: float
     macro: float
+    ties: int = 0
+    empty: int = 0
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> Summary:
@@ -159,8 +173,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> Summary:
     correct = sum(int(r["correct"]) for r in rows)
     low, high = wilson(correct, scored)
     accuracies = [100.0 * r["correct"] / r["scored"] for r in rows if r["scored"]]
-    return Summary(len(rows), scored, correct, 100.0 * correct / scored if scored else float("nan"),
-                   low, high, float(np.mean(accuracies)) if accuracies else float("nan"))
+    return Summary(len(accuracies), scored, correct,
+                   100.0 * correct / scored if scored else float("nan"), low, high,
+                   float(np.mean(accuracies)) if accuracies else float("nan"),
+                   sum(int(r.get("ties", 0)) for r in rows), len(rows) - len(accuracies))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,8 @@ from .minimal_pairs import CHANCE, compare_paired, summarize
 Row = Mapping[str, Any]
 
 
-def _pct(value: float) -> str:
-    return "—" if value is None or math.isnan(value) else f"{value:.1f}"
+def _pct(value: float | None, sign: str = "") -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:{sign}.1f}"
 
 
 def accuracy_cell(rows: Sequence[Row]) -> str:
@@ -30,30 +30,50 @@ def accuracy_cell(rows: Sequence[Row]) -> str:
 def paired_cell(pretrained: Sequence[Row], random: Sequence[Row]) -> str:
     """``difference [low, high] (n) | p`` of pre-trained minus random on the same pairs."""
     c = compare_paired(pretrained, random)
-    return (f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] (n = {c.n:,}) | "
-            f"{c.p_value:.2g}")
+    p = "—" if math.isnan(c.p_value) else f"{c.p_value:.2g}"
+    return (f"{_pct(c.difference, '+')} [{_pct(c.low, '+')}, {_pct(c.high, '+')}] "
+            f"(n = {c.n:,}) | {p}")
 
 
 def chance_line() -> str:
-    return (f"Chance: {CHANCE:.0f}%. Accuracy in % of scored pairs (a tie is wrong); 95% Wilson "
-            "intervals; macro = the mean of the paradigms' accuracies; pre-trained − random is "
-            "paired over pairs (95% t interval, McNemar's exact p).")
+    return (f"Chance: {CHANCE:.0f}%. Accuracy in % of scored pairs (a tie, good and bad scored "
+            "exactly equal, is wrong: strict >, as BLiMP and Zorro score; ties are counted); 95% "
+            "Wilson intervals; macro = the mean of the paradigms' accuracies; paradigms = those "
+            "with a scored pair; pre-trained − random is paired over pairs (95% t interval, "
+            "McNemar's exact p).")
+
+
+def _paradigms_cell(rows: Sequence[Row]) -> str:
+    s = summarize(rows)
+    return f"{s.paradigms}" + (f" ({s.empty} with no scored pair)" if s.empty else "")
+
+
+def tie_note(pretrained: Sequence[Row], random: Sequence[Row] = ()) -> str | None:
+    """A line saying how many pairs tied (None: none did)."""
+    mine, twin = summarize(pretrained).ties, summarize(random).ties if random else 0
+    if not mine and not twin:
+        return None
+    counts = f"{mine:,} pair{'s' * (mine != 1)} tied for the pre-trained model"
+    counts += f", {twin:,} for the random init" if random else ""
+    return (f"Note: {counts} (good and bad scored exactly equal: identical sentences, or ones the "
+            "tokenizer encodes alike); a tie is counted as wrong.")
 
 
 def model_table(pretrained: Sequence[Row], random: Sequence[Row] = ()) -> list[str]:
     """One rule of one suite: per phenomenon and overall, the model (and its random twin, with
     the paired difference)."""
-    head = ("| phenomenon | paradigms | pairs scored | skipped (unk / word list / too long) | "
-            "pre-trained |")
-    rule = "|---|---|---|---|---|"
+    head = ("| phenomenon | paradigms | pairs scored | ties | skipped (unk / word list / too long) "
+            "| pre-trained |")
+    rule = "|---|---|---|---|---|---|"
     if random:
         head += " random init | pre-trained − random | p (McNemar) |"
         rule += "---|---|---|"
     lines = [head, rule]
     for group in sorted({r["phenomenon"] for r in pretrained}) + ["overall"]:
         mine = [r for r in pretrained if group == "overall" or r["phenomenon"] == group]
-        row = (f"| {'**overall**' if group == 'overall' else group} | {len(mine)} | "
-               f"{sum(r['scored'] for r in mine):,} | {sum(r['skipped_unk'] for r in mine)} / "
+        row = (f"| {'**overall**' if group == 'overall' else group} | {_paradigms_cell(mine)} | "
+               f"{sum(r['scored'] for r in mine):,} | {summarize(mine).ties:,} | "
+               f"{sum(r['skipped_unk'] for r in mine)} / "
                f"{sum(r['skipped_vocab'] for r in mine)} / "
                f"{sum(r.get('skipped_long', 0) for r in mine)} | {accuracy_cell(mine)} |")
         if random:
@@ -73,14 +93,28 @@ def report_lines(rows: Sequence[Row], title: str) -> list[str]:
             rand = [r for r in mine if r["init"] == "random"]
             step = pre[0]["step"] if pre else None
             lines += [f"## {suite}, rule `{rule}` (step {step})", "", *model_table(pre, rand), ""]
+            note = tie_note(pre, rand)
+            lines += [note, ""] if note else []
     return lines
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (also inside lists and dicts) as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_outputs(out: Path, rows: Sequence[Row], title: str) -> Path:
-    """``minimal_pairs.jsonl`` (the rows) and ``minimal_pairs.md`` into ``out``."""
+    """``minimal_pairs.jsonl`` (the rows, strict JSON: a NaN or infinity is written null) and
+    ``minimal_pairs.md`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "minimal_pairs.jsonl",
-                       "".join(json.dumps(dict(r)) + "\n" for r in rows).encode())
+    atomic_write_bytes(out / "minimal_pairs.jsonl", "".join(
+        json.dumps(strict_json(dict(r)), allow_nan=False) + "\n" for r in rows).encode())
     path = out / "minimal_pairs.md"
     atomic_write_bytes(path, "\n".join(report_lines(rows, title)).encode() + b"\n")
     return path

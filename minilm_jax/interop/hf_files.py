@@ -1,5 +1,6 @@
-"""Files of a Hugging Face model directory: an atomic directory writer, the safetensors backend and
-the tokenizer files copied next to the weights."""
+"""Files of a Hugging Face model directory: an atomic directory writer, the safetensors backend,
+the tokenizer files copied next to the weights, and the checks that a directory's weights are all
+there and whole (one line naming a missing or truncated file)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,70 @@ if TYPE_CHECKING:
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+TORCH_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")  # what transformers also reads
 
 
 class InteropError(UserError, ValueError):
     """A model, checkpoint or directory that cannot cross between the two formats."""
+
+
+class MissingFileError(InteropError, FileNotFoundError):
+    """A file a Hugging Face directory needs is absent: one line naming it."""
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated or damaged safetensors file, naming it: its header (8 bytes of length,
+    then JSON naming each tensor's byte range) must be whole and its tensors' bytes all present."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 2 or 8 + length > size:
+            raise InteropError(f"{path}: truncated or damaged safetensors file ({size:,} bytes, "
+                               "its header cut short); copy or export it again")
+        try:
+            header = json.loads(f.read(length))
+            ends = [int(entry["data_offsets"][1]) for key, entry in header.items()
+                    if key != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise InteropError(f"{path}: damaged safetensors file (its header is not the JSON "
+                               "of a tensor table); copy or export it again") from None
+    needed = 8 + length + max(ends, default=0)
+    if size < needed:
+        raise InteropError(f"{path}: truncated safetensors file ({size:,} of the {needed:,} bytes "
+                           "its header describes); copy or export it again")
+
+
+def hf_weight_files(hf_dir: Path, torch_formats: bool = False) -> list[Path]:
+    """The weight files of a Hugging Face directory: ``model.safetensors`` or the shards its index
+    lists, each checked whole (:func:`check_safetensors`); with ``torch_formats`` also PyTorch's
+    ``pytorch_model.bin`` (or its index), which transformers reads. A missing file is a
+    :class:`MissingFileError` naming it."""
+    single, index = hf_dir / WEIGHTS_NAME, hf_dir / WEIGHTS_INDEX_NAME
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+            files = [hf_dir / name for name in sorted(set(weight_map.values()))]
+        except (ValueError, AttributeError, TypeError):
+            raise InteropError(f"{index}: not a shard index (JSON with a weight_map)") from None
+        absent = [f.name for f in files if not f.is_file()]
+        if not files or absent:
+            raise MissingFileError(f"{index}: shard files missing: "
+                                   f"{', '.join(absent) or 'none listed'}")
+    elif torch_formats and any((hf_dir / name).is_file() for name in TORCH_WEIGHTS):
+        return [hf_dir / next(n for n in TORCH_WEIGHTS if (hf_dir / n).is_file())]
+    else:
+        legacy = [n for n in (*TORCH_WEIGHTS, "tf_model.h5", "flax_model.msgpack")
+                  if (hf_dir / n).exists()]
+        hint = (f" (found {', '.join(legacy)}: re-save it with transformers' save_pretrained, "
+                "which writes safetensors)") if legacy else ""
+        raise MissingFileError(f"{hf_dir}: no weights: {WEIGHTS_NAME} is missing (nor is there "
+                               f"a {WEIGHTS_INDEX_NAME} with its shards){hint}")
+    for f in files:
+        check_safetensors(f)
+    return files
 
 
 def tokenizer_files(tokenizer_path: str | os.PathLike | None) -> list[Path]:

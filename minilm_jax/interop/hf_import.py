@@ -1,5 +1,6 @@
 """Import of a Hugging Face ``RobertaForMaskedLM`` directory into our :class:`MaskedLM` (the mapping
-and config rules are in :mod:`minilm_jax.interop.hf_roberta`); numpy and safetensors only."""
+and config rules are in :mod:`minilm_jax.interop.hf_roberta`), and of our own remote-code masked-LM
+exports (:func:`import_minilm`); numpy and safetensors only."""
 
 from __future__ import annotations
 
@@ -13,32 +14,36 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from minilm_jax.interop.hf_files import (CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, InteropError,
+from minilm_jax.interop.hf_files import (CONFIG_NAME, InteropError, hf_weight_files,
                                          safetensors_numpy)
-from minilm_jax.interop.hf_roberta import (_KERNEL, _dotted, _flat_params, model_config_from_hf,
-                                           param_map)
+from minilm_jax.interop.hf_minilm import MLM, REMOTE_MODEL_TYPE, _torch_key
+from minilm_jax.interop.hf_roberta import (_KERNEL, METADATA_KEY, OVERRIDABLE_FIELDS, _dotted,
+                                           _flat_params, model_config_from_hf, param_map)
+from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.models import MaskedLM
 
 
 
+def read_hf_config(hf_dir: Path) -> dict[str, Any]:
+    """The ``config.json`` of a Hugging Face directory, as a dict."""
+    if not hf_dir.is_dir():
+        raise FileNotFoundError(f"{hf_dir} is not a directory (expected a Hugging Face model directory)")
+    config_path = hf_dir / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{hf_dir}: no {CONFIG_NAME}; not a Hugging Face model directory")
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InteropError(f"{config_path}: not valid JSON ({err})") from err
+    if not isinstance(hf_config, dict):
+        raise InteropError(f"{config_path}: expected a JSON object")
+    return hf_config
+
+
 def read_hf_tensors(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a Hugging Face directory's safetensors weights (single file or sharded)."""
-    hf_dir = Path(hf_dir)
-    single, index = hf_dir / WEIGHTS_NAME, hf_dir / WEIGHTS_INDEX_NAME
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = [hf_dir / name for name in sorted(set(weight_map.values()))]
-        absent = [str(f) for f in files if not f.is_file()]
-        if not files or absent:
-            raise FileNotFoundError(f"{index}: shard files missing: {absent or 'none listed'}")
-    else:
-        legacy = [n for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
-                  if (hf_dir / n).exists()]
-        hint = (f" (found {legacy}: re-save it with transformers' save_pretrained, which writes "
-                "safetensors)") if legacy else ""
-        raise FileNotFoundError(f"{hf_dir}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}{hint}")
+    """All tensors of a Hugging Face directory's safetensors weights (single file or sharded),
+    each file checked whole first (:func:`~minilm_jax.interop.hf_files.hf_weight_files`)."""
+    files = hf_weight_files(Path(hf_dir))
     st_numpy = safetensors_numpy()
     tensors: dict[str, np.ndarray] = {}
     for f in files:
@@ -86,17 +91,7 @@ def import_roberta(hf_dir: str | os.PathLike, **overrides: Any) -> MaskedLM:
     untied decoder. ``overrides`` set non-architectural fields (see :func:`model_config_from_hf`).
     """
     hf_dir = Path(hf_dir)
-    if not hf_dir.is_dir():
-        raise FileNotFoundError(f"{hf_dir} is not a directory (expected a Hugging Face model directory)")
-    config_path = hf_dir / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{hf_dir}: no {CONFIG_NAME}; not a Hugging Face model directory")
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise InteropError(f"{config_path}: not valid JSON ({err})") from err
-    if not isinstance(hf_config, dict):
-        raise InteropError(f"{config_path}: expected a JSON object")
+    hf_config = read_hf_config(hf_dir)
     cfg = model_config_from_hf(hf_config, **overrides)
     values = _hf_values(read_hf_tensors(hf_dir), hf_config)
 
@@ -125,5 +120,61 @@ def import_roberta(hf_dir: str | os.PathLike, **overrides: Any) -> MaskedLM:
             raise InteropError(f"{hf_dir}: tensor {hf} has shape {tuple(np.asarray(values[hf]).shape)}, "
                                f"expected {tuple(want.shape[::-1]) if kind == _KERNEL else want.shape} "
                                f"for {_dotted(ours)}")
+        var.set_value(jnp.asarray(arr, dtype=want.dtype))
+    return model
+
+
+def minilm_export_config(hf_config: Mapping[str, Any], where: str | os.PathLike = "config.json",
+                         **overrides: Any) -> ModelConfig:
+    """Our :class:`ModelConfig` of one of our remote-code exports (``model_type`` minilm_jax),
+    from the ``model_config`` its ``config.json`` keeps; ``overrides`` as for
+    :func:`~minilm_jax.interop.hf_roberta.model_config_from_hf`."""
+    meta = hf_config.get(METADATA_KEY)
+    if hf_config.get("model_type") != REMOTE_MODEL_TYPE or not isinstance(meta, Mapping) \
+            or not isinstance(meta.get("model_config"), Mapping):
+        raise InteropError(f"{where}: not a minilm-jax export (model_type {REMOTE_MODEL_TYPE} with "
+                           f"{METADATA_KEY}.model_config)")
+    bad = sorted(set(overrides) - set(OVERRIDABLE_FIELDS))
+    if bad:
+        raise InteropError(f"cannot override {bad}: only {OVERRIDABLE_FIELDS} may be overridden")
+    try:
+        return ModelConfig.from_mapping({**meta["model_config"], **overrides})
+    except (ConfigError, TypeError) as err:
+        raise InteropError(f"{where}: its {METADATA_KEY}.model_config does not build ({err})") \
+            from None
+
+
+def import_minilm(hf_dir: str | os.PathLike, **overrides: Any) -> MaskedLM:
+    """A :class:`MaskedLM` with exactly the weights of one of our remote-code masked-LM exports
+    (``MinilmForMaskedLM``: the default recipe's factorized model, pre-LN, the conv front end), read
+    with numpy and safetensors only: its PyTorch code is never run. The inverse of
+    :func:`~minilm_jax.interop.hf_minilm.minilm_tensors`."""
+    hf_dir = Path(hf_dir)
+    hf_config = read_hf_config(hf_dir)
+    cfg = minilm_export_config(hf_config, hf_dir / CONFIG_NAME, **overrides)
+    architecture = (hf_config.get("architectures") or ["(none)"])[0]
+    if architecture != f"MinilmFor{MLM}":
+        raise InteropError(f"{hf_dir} holds a {architecture}, not a MinilmFor{MLM}")
+    tensors = read_hf_tensors(hf_dir)
+    model = nnx.eval_shape(lambda: MaskedLM(cfg, rngs=nnx.Rngs(0)))  # shapes only, no init cost
+    variables = [(tuple(path), var) for path, var in nnx.to_flat_state(nnx.state(model))]
+    names = {path: _torch_key(path) for path, _ in variables}
+    missing = [names[path] for path, _ in variables if names[path] not in tensors]
+    if missing:
+        raise InteropError(f"{hf_dir}: checkpoint lacks {len(missing)} tensor(s) of its model, "
+                           f"e.g. {missing[:4]}")
+    unexpected = sorted(set(tensors) - set(names.values()))
+    unexpected = [k for k in unexpected if not k.endswith(".num_batches_tracked")]
+    if unexpected:
+        raise InteropError(f"{hf_dir}: checkpoint has tensors its config's model lacks: "
+                           f"{unexpected[:6]}")
+    for path, var in variables:
+        want = var.get_value()
+        arr = np.asarray(tensors[names[path]])
+        if path[-1] == "kernel":  # Linear [out, in] -> [in, out]; conv [o, i, kh, kw] -> [kh, kw, i, o]
+            arr = arr.T if arr.ndim == 2 else arr.transpose(2, 3, 1, 0)
+        if arr.shape != tuple(want.shape):
+            raise InteropError(f"{hf_dir}: tensor {names[path]} has shape {arr.shape} once "
+                               f"converted, expected {tuple(want.shape)}")
         var.set_value(jnp.asarray(arr, dtype=want.dtype))
     return model

@@ -11,6 +11,7 @@ Writes ``committee.json``, ``committee.md`` and ``committee.png``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import numpy as np
 
 from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.errors import UserError
-from minilm_jax.train.records import read_finetune_summary
+from minilm_jax.train.reading import refuse_population
+from minilm_jax.train.records import SUMMARY, is_done, read_finetune_summary
 from minilm_jax.storage import atomic_write_bytes, atomic_write_json
 from minilm_jax.tasks.committee import accuracy_vs_k
 
@@ -27,10 +29,33 @@ class CommitteeError(UserError, ValueError):
     """Runs that cannot form a committee (missing predictions, different examples)."""
 
 
+def check_member_run(run: str) -> None:
+    """One line unless ``run`` is a fine-tuning run that finished: a pre-training run (or a
+    population's folder) holds no predictions, and a run still training has not written them all."""
+    refuse_population(run, action="fine-tune")
+    try:
+        flat = json.loads((Path(run) / "config.json").read_text())
+    except (OSError, ValueError):
+        flat = {}
+    if isinstance(flat, dict) and "task" not in flat and any(k.startswith("model.") for k in flat):
+        raise CommitteeError(f"{run} is a pre-training run: a committee combines fine-tuning runs "
+                             "(fine-tune from it, then pass the fine-tuning run folders)")
+    summary_path = Path(run) / SUMMARY
+    if flat and not summary_path.is_file():
+        raise CommitteeError(f"{run} has no {SUMMARY}: it is still training (or was stopped); a "
+                             "committee reads finished fine-tuning runs: finish it first")
+    if summary_path.is_file() and not is_done(run):
+        status = read_finetune_summary(run).status
+        raise CommitteeError(f"{run} has status {status!r}: not a finished fine-tuning run; "
+                             "finish it (run its command again), then form the committee")
+
+
 def load_members(runs: list[str], split: str, which: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Stacked member logits ``[K, N, C]``, labels ``[N]`` and a name per member."""
+    """Stacked member logits ``[K, N, C]``, labels ``[N]`` and a name per member (finished
+    fine-tuning runs only: :func:`check_member_run`)."""
     logits, names, labels = [], [], None
     for run in runs:
+        check_member_run(run)
         pred_dir = Path(run) / "predictions"
         path = pred_dir / f"{split}.{which}.npy"
         if not path.is_file():

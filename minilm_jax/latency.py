@@ -306,7 +306,7 @@ def trained_member(workdir: str, num_labels: int, seq_len: int, seed: int = 0) -
     fresh head of ``num_labels``), for timing trained models."""
     from minilm_jax.finetune.pretrained import PretrainedRun
 
-    run = PretrainedRun.open(workdir)
+    run = PretrainedRun.open(workdir, action="time")  # a running run reads too (train.reading)
     if seq_len > run.model.max_len:
         raise ValueError(f"seq_len={seq_len} exceeds max_len={run.model.max_len} of {workdir}")
     model = build_classifier(run.model, num_labels, seed=seed)

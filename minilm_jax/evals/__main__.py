@@ -20,6 +20,8 @@ from minilm_jax.cli import run_tool, tool_parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from minilm_jax.train.reading import refuse_population
+
     from .common import MinimalPairsEvaluator
     from .pair_tables import write_outputs
     from .scoring import RULES
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="", help="output folder (default: "
                                                   "<workdir>/minimal_pairs/<suite name>)")
     args = parser.parse_args(argv)
+    refuse_population(args.workdir, action="score")  # a population's folder: one line, its members
     suite_name = args.suite if args.suite in SUITES else Path(args.suite).stem
     evaluator = MinimalPairsEvaluator.from_config(suite_name, {
         "suite": args.suite, "rules": args.rules, "paradigms": args.paradigms,

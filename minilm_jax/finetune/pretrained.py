@@ -1,7 +1,11 @@
-"""A pre-training run as the starting point of fine-tuning: its model config, tokenizer and encoder
-weights (read from the run's best or newest Orbax checkpoint, parameters only; the workdir may be
-``gs://...``), or a local Hugging Face ``RobertaForMaskedLM`` directory (e.g. one ``python -m
-minilm_jax.interop export`` wrote)."""
+"""A pre-training run as the starting point of fine-tuning (and what evals, ``interop export`` and
+latency read): its model config, tokenizer and encoder weights (read from the run's best or newest
+Orbax checkpoint, parameters only; the workdir may be ``gs://...``), or a local Hugging Face
+``RobertaForMaskedLM`` directory (e.g. one ``python -m minilm_jax.interop export`` wrote).
+
+A run that is still training reads as a finished one (:mod:`minilm_jax.train.reading`): its
+tokenizer is recorded before its first step, and a checkpoint replaced while it is read is read
+again from the step that serves now."""
 
 from __future__ import annotations
 
@@ -16,13 +20,16 @@ from minilm_jax.errors import UserError
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.tokenizer import Tokenizer
-from minilm_jax.train.checkpoint import find_checkpoint, load_encoder
+from minilm_jax.train.checkpoint import find_checkpoint, load_model_state
+from minilm_jax.train.reading import read_checkpoint, recorded_tokenizer, refuse_population
 from minilm_jax.train.records import PretrainSummary, RecordError, read_pretrain_summary
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class PretrainedRun:
-    """What fine-tuning needs to know about a pre-training workdir."""
+    """What fine-tuning needs to know about a pre-training workdir. ``step``, ``checkpoint_dir`` and
+    ``validation_perplexity`` are those of the step last read (a running run's best may move on
+    between :meth:`open` and reading it)."""
 
     workdir: RunPath
     model: ModelConfig
@@ -32,9 +39,14 @@ class PretrainedRun:
     checkpoint_dir: RunPath
     validation_perplexity: float | None
     hugging_face: bool = False  # checkpoint_dir is a Hugging Face model directory
+    which: str = "best"  # best | latest | step:N: what a replaced step is read again as
+    summary_best: dict[str, Any] | None = None  # the summary's best, if the run has finished
 
     @classmethod
-    def open(cls, workdir: str | os.PathLike, which: str = "best") -> "PretrainedRun":
+    def open(cls, workdir: str | os.PathLike, which: str = "best",
+             action: str = "use") -> "PretrainedRun":
+        """The run (or Hugging Face directory) in ``workdir``; a pre-training population's own
+        folder is one error line naming its members (``action``: what to do with one)."""
         workdir = run_path(workdir)
         config_path = workdir / "config.json"
         if not config_path.is_file():
@@ -46,20 +58,38 @@ class PretrainedRun:
                 raise UserError(f"init.checkpoint={workdir}: a Hugging Face model directory must "
                                 "be local (copy it, e.g. gcloud storage cp -r)")
             return cls._open_hugging_face(workdir, flat)
+        refuse_population(workdir, flat, action)
         model = ModelConfig.from_mapping({k[len("model."):]: v for k, v in flat.items()
                                           if k.startswith("model.")})
-        try:  # a preempted run has no summary yet: the config's tokenizer identity serves
+        try:  # a running or preempted run has no summary yet: its run_start.json serves
             summary: PretrainSummary | None = read_pretrain_summary(workdir)
         except RecordError:
             summary = None
-        tok = summary.shards if summary else {}
+        tok = recorded_tokenizer(workdir, flat, summary.shards if summary else None)
         step, ckpt_dir = find_checkpoint(workdir, which)
-        ppl = _validation_perplexity(workdir, step)
-        if ppl is None and which == "best":
-            ppl = (summary.best or {}).get("validation_perplexity") if summary else None
-        return cls(workdir, model, tok.get("path", ""),
-                   tok.get("sha256", flat.get("data.tokenizer_sha256_seen", "")), step, ckpt_dir,
-                   ppl)
+        run = cls(workdir, model, str(tok.get("path") or ""), str(tok.get("sha256") or ""), step,
+                  ckpt_dir, None, which=which, summary_best=(summary.best if summary else None))
+        run._at(step, ckpt_dir)
+        return run
+
+    def _at(self, step: int, checkpoint_dir: RunPath) -> None:
+        """Point at ``step`` (its validation perplexity with it)."""
+        self.step, self.checkpoint_dir = step, checkpoint_dir
+        ppl = _validation_perplexity(self.workdir, step)
+        best = self.summary_best or {}
+        if ppl is None and self.which == "best" and best.get("step", step) == step:
+            ppl = best.get("validation_perplexity")
+        self.validation_perplexity = ppl
+
+    def _read(self, part: str | None) -> nnx.State:
+        """The ``MaskedLM`` state (or its ``part``) of the checkpoint, read again from the step
+        that serves now if it is replaced while read (see :mod:`minilm_jax.train.reading`)."""
+        step, path, state = read_checkpoint(
+            self.workdir, self.which, lambda _, path: load_model_state(path, self.model, part),
+            chosen=(self.step, self.checkpoint_dir))
+        if step != self.step or str(path) != str(self.checkpoint_dir):
+            self._at(step, path)
+        return state
 
     @classmethod
     def _open_hugging_face(cls, hf_dir: RunPath, hf_config: dict[str, Any]) -> "PretrainedRun":
@@ -84,13 +114,11 @@ class PretrainedRun:
             from minilm_jax.interop.hf_import import import_roberta
 
             return jax.tree.map(np.asarray, nnx.state(import_roberta(self.checkpoint_dir).encoder))
-        return load_encoder(self.checkpoint_dir, self.model)
+        return self._read("encoder")
 
     def model_state(self) -> nnx.State:
         """The whole ``MaskedLM`` state (encoder and MLM head) as host arrays (a workdir only)."""
-        from minilm_jax.train.checkpoint import load_model_state
-
-        return load_model_state(self.checkpoint_dir, self.model)
+        return self._read(None)
 
     def check_tokenizer(self, tokenizer: Tokenizer) -> None:
         """Refuse a tokenizer other than the one the checkpoint was pre-trained with."""

@@ -154,7 +154,7 @@ def export_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, wh
 
 def _export_pretrained(workdir: str | os.PathLike, out_dir: str | os.PathLike, which: str,
                        tokenizer_path: str, overwrite: bool, command: str) -> Path:
-    run = PretrainedRun.open(workdir, which)
+    run = PretrainedRun.open(workdir, which, action="export")
     if run.hugging_face:
         raise InteropError(f"{workdir} is already a Hugging Face model directory")
     _refuse_unexportable(run.model, workdir)

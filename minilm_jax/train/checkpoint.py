@@ -295,12 +295,14 @@ def find_checkpoint(workdir: RunPath, which: str) -> tuple[int, RunPath]:
                             "checkpoint instead with which=latest (--which latest, "
                             "init.which=latest)")
         # a run that keeps no best, or finished without evaluating: its newest checkpoint
-    candidates = [(int(p.name), p / "default") for p in (workdir / "checkpoints").glob("*")
-                  if p.name.isdigit() and (p / "default").is_dir()]
+    candidates = sorted(((int(p.name), p / "default") for p in (workdir / "checkpoints").glob("*")
+                         if p.name.isdigit() and (p / "default").is_dir()), reverse=True)
     if not candidates:
         raise UserError(f"no checkpoint in {workdir} (expected best/<step>/state or "
                         "checkpoints/<step>/default)")
-    return max(candidates)
+    # the newest sealed one: a newer unsealed one is being sealed (or predates seals: then newest)
+    sealed = [c for c in candidates if (c[1].parent / seal.SEAL_NAME).exists()]
+    return (sealed or candidates)[0]
 
 
 def published_best(workdir: RunPath) -> tuple[int, RunPath] | None:

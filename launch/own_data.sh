@@ -10,55 +10,114 @@
 #   LABELS  a CSV/TSV (header row) or JSONL file of labelled examples (columns text, label; a fifth
 #           of it, seeded and per class, is held out and reported), or a folder with
 #           train.csv|tsv|jsonl and test.csv|tsv|jsonl; - : pre-training only
-#   OUT     output folder (default runs/own)
+#   OUT     output folder (default runs/own). Run again with another LABELS file and the same TEXT
+#           and OUT: the tokenizer, shards and pre-trained model are reused, only the new task is
+#           fine-tuned (into OUT/finetune/<LABELS name>)
 #   after --: fine-tuning fields, e.g. --config.data.text_column=review --config.data.pair_column=b
 #
-#   OWN_TOKENS=2000 (tokenizer pieces)  OWN_POINT=paper-1.25m  OWN_STEPS=2000  OWN_SEQ_LEN=128
-#   OWN_BATCH=64  OWN_TASK=table (or table_regression)  OWN_SEEDS=0,1,2 (fine-tuning seeds)
-# Each step is one command of the tool; run them yourself to change anything the variables do not.
+#   OWN_TOKENS=2000 (tokenizer pieces)  OWN_POINT=paper-1.25m  OWN_STEPS=2500  OWN_SEQ_LEN=128
+#   OWN_TASK=table (or table_regression)  OWN_SEEDS=0,1,2 (fine-tuning seeds)
+#   OWN_RECIPE=own_data (the pre-training recipe: configs/own_data.py)  OWN_DRY_RUN=1: print the
+#   commands, run nothing
+# Each step is one command of the tool, printed before it runs (README "Your own data" shows them
+# with the defaults); run them yourself to change anything the variables do not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
+  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
 fi
 TEXT=$1 LABELS=$2; shift 2
 OUT=runs/own
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then OUT=$1; shift; fi
 [ $# -gt 0 ] && [ "$1" = "--" ] && shift
-for path in "$TEXT" "$LABELS"; do
-  [ "$path" = "-" ] || [ -e "$path" ] || { echo "error: not found: $path" >&2; exit 2; }
-done
-source launch/venv.sh
-.venv/bin/python -m pip install -q --disable-pip-version-check -e . 2>&1 \
-  | grep -v -e "^ *$" -e BuildBackendWarning -e "\*\*\*" -e "!!" -e "Please be careful" -e "name as your" -e "with strategy" || true
-PY=.venv/bin/python
-TOKENS=${OWN_TOKENS:-2000} SEQ_LEN=${OWN_SEQ_LEN:-128}
-export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$OUT/jax_cache}
+DRY=${OWN_DRY_RUN:-0}
+TOKENS=${OWN_TOKENS:-2000} SEQ_LEN=${OWN_SEQ_LEN:-128} TASK=${OWN_TASK:-table} SEEDS=${OWN_SEEDS:-0,1,2}
+RECIPE=${OWN_RECIPE:-own_data}
+[ -n "${OWN_POINT:-}" ] && RECIPE="$RECIPE:$OWN_POINT"
 if [ -d "$TEXT" ]; then SOURCE="textfiles:$TEXT"
 elif [[ "$TEXT" == *.jsonl ]]; then SOURCE="jsonl:$TEXT"
 else SOURCE="text:$TEXT"; fi
-mkdir -p "$OUT"
+NAME=$(basename "$LABELS"); NAME=${NAME%.*}
+PRETRAIN_EXTRA=()
+[ -n "${OWN_STEPS:-}" ] && PRETRAIN_EXTRA+=("--config.train.num_steps=$OWN_STEPS")
+[ "$SEQ_LEN" != 128 ] && PRETRAIN_EXTRA+=("--config.model.max_len=$SEQ_LEN")
+FINETUNE_EXTRA=()
+[ "$SEQ_LEN" != 128 ] && FINETUNE_EXTRA+=("--config.data.max_len=$SEQ_LEN")
 
+PY=python
+if [ "$DRY" = 0 ]; then
+  for path in "$TEXT" "$LABELS"; do
+    [ "$path" = "-" ] || [ -e "$path" ] || { echo "error: not found: $path" >&2; exit 2; }
+  done
+  source launch/venv.sh
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e . 2>&1 \
+    | grep -v -e "^ *$" -e BuildBackendWarning -e "\*\*\*" -e "!!" -e "Please be careful" -e "name as your" -e "with strategy" || true
+  PY=.venv/bin/python
+  export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+  export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$OUT/jax_cache}
+  mkdir -p "$OUT"
+fi
+
+own_data_estimate() {  # a rough time estimate before the first step, from measured rates
+  "$PY" - "$TEXT" "$LABELS" "${OWN_STEPS:-2500}" "$SEEDS" <<'EOF'
+import os, sys
+from pathlib import Path
+text, labels, steps, seeds = sys.argv[1], sys.argv[2], int(sys.argv[3]), len(sys.argv[4].split(","))
+files = [p for p in Path(text).rglob("*") if p.is_file()] if os.path.isdir(text) else [Path(text)]
+mb = sum(p.stat().st_size for p in files) / 1e6
+rows = 0 if labels == "-" else sum(
+    sum(1 for _ in open(p, "rb")) for p in ([Path(labels)] if os.path.isfile(labels) else Path(labels).glob("*.*")))
+cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# Rates measured on a 2-core CPU (docs/pretraining.md, "Your own corpus"): tokenizer and shards
+# SECONDS_PER_MB s per MB of text, pre-training SECONDS_PER_STEP s per step, fine-tuning
+# SECONDS_PER_ROW s per labelled row per seed and init, plus ~60 s of start-up and compiling.
+SECONDS_PER_MB, SECONDS_PER_STEP, SECONDS_PER_ROW = 6.0, 0.05, 0.01
+seconds = (60 + mb * SECONDS_PER_MB + steps * SECONDS_PER_STEP * min(1.0, 2 / cores)
+           + rows * seeds * 2 * SECONDS_PER_ROW)
+print(f"estimate: about {seconds / 60:.0f} min on this machine's CPU ({mb:.1f} MB of text, {steps} "
+      f"pre-training steps, {rows} labelled rows x {seeds} seeds x 2 inits; rates measured on 2 "
+      f"cores, {cores} here)", flush=True)
+EOF
+}
+
+step() {  # print one command as README shows it (python -m ...), then run it with the venv's Python
+  echo "\$ python $*"
+  [ "$DRY" = 0 ] || return 0
+  "$PY" "$@"
+}
+
+# The same TEXT and OUT again (e.g. another LABELS file): what was made from it is reused.
+STAMP="$OUT/source.txt" MADE="$SOURCE $TOKENS $SEQ_LEN $RECIPE ${OWN_STEPS:-}"
+if [ "$DRY" = 0 ]; then
+  if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" != "$MADE" ]; then
+    echo "error: $OUT was made from '$(cat "$STAMP")' (source, pieces, length, recipe, steps), not" \
+      "'$MADE': use another OUT" >&2; exit 2
+  fi
+  echo "$MADE" > "$STAMP"
+  [ -f "$OUT/pretrain/summary.json" ] || own_data_estimate \
+    --corpus "$SOURCE" --steps "${OWN_STEPS:-2500}" --labels "$LABELS" --seeds "$SEEDS"
+fi
+MODEL="$OUT/tokenizer/bpe-$TOKENS.model"
 echo "== 1/4 tokenizer ($TOKENS pieces) from $SOURCE"
-$PY -m minilm_jax.corpus train-tokenizer --corpus "$SOURCE" --out "$OUT/tokenizer" --sizes "$TOKENS" \
-  --overwrite --no_progress
-MODEL=$(ls "$OUT"/tokenizer/*.model | head -1)
-echo "== 2/4 token shards (sequences of $SEQ_LEN; 5% validation, 5% test)"
-$PY -m minilm_jax.corpus shards --corpus "$SOURCE" --tokenizer "$MODEL" --out "$OUT/shards" \
-  --seq_len "$SEQ_LEN" --mode packed --valid 0.05 --test 0.05 --overwrite --no_progress
-echo "== 3/4 pre-training ${OWN_POINT:-paper-1.25m} for ${OWN_STEPS:-2000} steps"
-$PY -m minilm_jax.pretrain --config=pretrain:"${OWN_POINT:-paper-1.25m}" --workdir="$OUT/pretrain" \
+if [ "$DRY" = 0 ] && [ -f "$MODEL" ]; then echo "   $MODEL exists: reused"
+else step -m minilm_jax.corpus train-tokenizer --corpus "$SOURCE" --out "$OUT/tokenizer" --sizes "$TOKENS"; fi
+echo "== 2/4 token shards (sequences of $SEQ_LEN; 5% validation, 5% test) and their baselines"
+if [ "$DRY" = 0 ] && [ -f "$OUT/shards/manifest.json" ]; then echo "   $OUT/shards exists: reused"
+else step -m minilm_jax.corpus shards --corpus "$SOURCE" --tokenizer "$MODEL" --out "$OUT/shards" \
+  --seq_len "$SEQ_LEN" --mode packed --valid 0.05 --test 0.05; fi
+echo "== 3/4 pre-training ($RECIPE)"
+if [ "$DRY" = 0 ] && grep -q '"status": "completed"' "$OUT/pretrain/summary.json" 2>/dev/null; then
+  echo "   $OUT/pretrain finished: reused"
+else step -m minilm_jax.pretrain --config="$RECIPE" --workdir="$OUT/pretrain" \
   --config.data.shards="$OUT/shards" --config.model.vocab_size=$((TOKENS + 10)) \
-  --config.model.max_len="$SEQ_LEN" --config.train.num_steps="${OWN_STEPS:-2000}" \
-  --config.train.batch_size="${OWN_BATCH:-64}" --config.eval.batch_size="${OWN_BATCH:-64}"
+  ${PRETRAIN_EXTRA[@]+"${PRETRAIN_EXTRA[@]}"}; fi
 if [ "$LABELS" = "-" ]; then
   echo "== done: $OUT/pretrain (metrics.jsonl; TensorBoard: tensorboard --logdir $OUT/pretrain/tensorboard)"
   exit 0
 fi
-echo "== 4/4 fine-tuning ${OWN_TASK:-table} on $LABELS (pre-trained and random init)"
-$PY -m minilm_jax.finetune --config=finetune:"${OWN_TASK:-table}" --workdir="$OUT/finetune" \
+echo "== 4/4 fine-tuning $TASK on $LABELS (pre-trained and random init)"
+step -m minilm_jax.finetune --config=finetune:"$TASK" --workdir="$OUT/finetune/$NAME" \
   --config.init.checkpoint="$OUT/pretrain" --config.init.mode=both --config.data.dir="$LABELS" \
-  --config.train.seeds="${OWN_SEEDS:-0,1,2}" --config.data.max_len="$SEQ_LEN" "$@"
-echo "== done: pre-trained model $OUT/pretrain; scores $OUT/finetune/results.md"
-cat "$OUT/finetune/results.md"
+  --config.train.seeds="$SEEDS" ${FINETUNE_EXTRA[@]+"${FINETUNE_EXTRA[@]}"} "$@"
+[ "$DRY" = 0 ] && echo "== done: pre-trained model $OUT/pretrain; scores $OUT/finetune/$NAME/results.md"
+exit 0

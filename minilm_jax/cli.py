@@ -186,7 +186,7 @@ def run_main(main: Callable[[list[str]], None], recipe: str | None = None) -> No
         if print_config:
             if "config" not in flags.FLAGS or flags.FLAGS.config is None:
                 exit_on_user_error(UserError(f"{command_help.PRINT_CONFIG} needs --config"))
-            print(command_help.config_lines(flags.FLAGS.config), end="")
+            print(command_help.config_lines(flags.FLAGS.config, sys.argv[1:]), end="")
             sys.exit(0)
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO

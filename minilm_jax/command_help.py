@@ -13,7 +13,8 @@ import inspect
 import json
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from minilm_jax import recipes
@@ -106,9 +107,28 @@ def command_help(main: Callable, argv: list[str], recipe: str | None) -> str:
     return "\n".join(parts).strip() + "\n"
 
 
-def config_lines(config: Any) -> str:
-    """``field = value`` per line (JSON values), in the config's order."""
+def config_lines(config: Any, argv: Sequence[str] = ()) -> str:
+    """``field = value`` per line (JSON values), in the config's order. A fine-tuning config with
+    ``init.checkpoint`` shows the checkpoint's model fields (what the run will build), except those
+    given on the command line (``argv``), which override the checkpoint's."""
     from minilm_jax.run_config import flatten
 
-    return "".join(f"{field} = {json.dumps(value, default=str)}\n"
-                   for field, value in flatten(config).items())
+    flat = flatten(config)
+    note = ""
+    checkpoint = flat.get("init.checkpoint")
+    saved_path = Path(str(checkpoint)) / "config.json" if checkpoint else None
+    if saved_path is not None and "://" not in str(checkpoint) and saved_path.is_file():
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        given = {a.split("=", 1)[0][len("--config."):] for a in argv
+                 if a.startswith("--config.model.")}
+        taken = {k: v for k, v in saved.items()
+                 if k.startswith("model.") and k in flat and k not in given}
+        if taken:
+            flat.update(taken)
+            note = (f"# model.* from the checkpoint {saved_path} (init.checkpoint); a "
+                    "--config.model.<field> given here overrides it\n")
+    return note + "".join(f"{field} = {json.dumps(value, default=str)}\n"
+                          for field, value in flat.items())

@@ -1,6 +1,6 @@
 """Soft committees from fine-tuned runs: accuracy as a function of the number of members K.
 
-    python -m minilm_jax.committee RUN_DIR [RUN_DIR ...] --out=DIR [--split=test]
+    python -m minilm_jax.committee RUN_DIR [RUN_DIR ...] --out=DIR [--split=SPLIT]
         [--combine=prob|logit] [--which=final|selected] [--reference=RUN_DIR]
 
 Members are every seed of every run (runs may differ in architecture, e.g. the BERT-1 variants);
@@ -50,6 +50,21 @@ def check_member_run(run: str) -> None:
                              "finish it (run its command again), then form the committee")
 
 
+def reported_split(runs: list[str]) -> str:
+    """The split the runs report (the first of their ``reported_splits``; they must agree)."""
+    splits = set()
+    for run in runs:
+        check_member_run(run)
+        reported = read_finetune_summary(run).reported_splits or []
+        if not reported:
+            raise CommitteeError(f"{run} reports no split: pass --split")
+        splits.add(reported[0])
+    if len(splits) > 1:
+        raise CommitteeError(f"the runs report different splits ({', '.join(sorted(splits))}): "
+                             "pass --split")
+    return splits.pop()
+
+
 def load_members(runs: list[str], split: str, which: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Stacked member logits ``[K, N, C]``, labels ``[N]`` and a name per member (finished
     fine-tuning runs only: :func:`check_member_run`)."""
@@ -59,8 +74,10 @@ def load_members(runs: list[str], split: str, which: str) -> tuple[np.ndarray, n
         pred_dir = Path(run) / "predictions"
         path = pred_dir / f"{split}.{which}.npy"
         if not path.is_file():
-            raise CommitteeError(f"{run}: no {path.name} (is it a finished fine-tuning run with an "
-                                 f"evaluation split '{split}'?)")
+            have = sorted(p.name.split(".")[0] for p in pred_dir.glob(f"*.{which}.npy"))
+            raise CommitteeError(f"{run}: no logits of split '{split}' ({path.name}); it has "
+                                 f"{', '.join(have) or 'none'}: pass --split="
+                                 f"{have[0] if have else '...'}")
         run_logits = np.load(path)  # [S, N, C]
         run_labels = np.load(pred_dir / f"{split}.labels.npy")
         if labels is None:
@@ -133,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = tool_parser(prog="python -m minilm_jax.committee", description=__doc__)
     parser.add_argument("runs", nargs="+", help="fine-tuning run folders (each seed a member)")
     parser.add_argument("--out", required=True, help="output folder (committee.json, .md, .png)")
-    parser.add_argument("--split", default="test", help="evaluation split whose saved logits are combined")
+    parser.add_argument("--split", default="", help="evaluation split whose saved logits are "
+                        "combined (default: the runs' reported split, e.g. test, or holdout for "
+                        "your own labelled file)")
     parser.add_argument("--combine", default="prob", choices=("prob", "logit"),
                         help="average softmax probabilities or logits")
     parser.add_argument("--which", default="final", choices=("final", "selected"),
@@ -142,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a run drawn as a reference line (e.g. the 6-layer model)")
     args = parser.parse_args(argv)
     try:
-        write_committee(args.runs, args.out, args.split, args.combine, args.which, args.reference)
+        split = args.split or reported_split(args.runs)
+        write_committee(args.runs, args.out, split, args.combine, args.which, args.reference)
     except KeyError as err:  # a record without a field the committee needs
         raise UserError(f"committee: run record lacks {err}") from err
     print((Path(args.out) / "committee.md").read_text())

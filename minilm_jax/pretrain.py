@@ -14,7 +14,6 @@ lists, crossed) trains its members in one compiled program, each a run in ``DIR/
 
 from __future__ import annotations
 
-import json
 
 from minilm_jax.cli import define_run_flags, run_main
 
@@ -42,13 +41,25 @@ def main(argv: list[str]) -> None:
                             "after training (python -m minilm_jax.evals, or a sweep's evals)")
         summary = PopulationTrainer(expand(config, workdir), workdir,
                                     config.population.members).run()
-        brief = {"status": summary["status"], "step": summary["step"],
-                 "members": {m["name"]: {k: m[k] for k in ("status", "best") if m.get(k)}
-                             for m in summary["members"]}}
+        for member in summary["members"]:
+            print(f"{member['name']}: {outcome_line(member)}")
+        print(f"population {summary['status']} at step {summary['step']}; each member's summary: "
+              f"{workdir}/members/<name>/summary.json")
     else:
         summary = Pretrainer(config, workdir, step_evaluations(config, workdir)).run()
-        brief = {k: summary[k] for k in ("status", "step", "point", "best") if k in summary}
-    print(json.dumps(brief, indent=2))
+        print(f"{outcome_line(summary)}; summary: {workdir}/summary.json")
+
+
+def outcome_line(summary: dict) -> str:
+    """One line of a pre-training run's (or member's) end: status, step, best perplexities."""
+    line = f"{summary['status']} at step {summary['step']}"
+    best = summary.get("best")
+    if best:
+        line += (f"; best validation perplexity {best['validation_perplexity']:.2f} at step "
+                 f"{best['step']}")
+        if best.get("test_perplexity") is not None:
+            line += f", test {best['test_perplexity']:.2f}"
+    return line
 
 
 def _entry() -> None:

@@ -73,3 +73,27 @@ def test_rows_and_cache(shards):
     cached["splits_sha256"]["train"] = "stale"  # shards changed: recomputed
     (path / CACHE).write_text(json.dumps(cached))
     assert load_baselines(path)["splits"]["validation"]["unigram"] != 123.0
+
+
+def test_every_shard_set_carries_its_baselines(shards):
+    """Written with the shards (no sweep needed), equal to a fresh computation."""
+    path, _, _ = shards
+    assert json.loads((path / CACHE).read_text())["splits"] == compute_baselines(path)["splits"]
+
+
+def test_a_run_says_whether_it_learned_beyond_the_unigram_plateau(shards):
+    from minilm_jax.train import learned
+
+    path, _, _ = shards
+    reference = learned.reference_perplexities(str(path))
+    base = compute_baselines(path)["splits"]["validation"]
+    assert reference == {"split": "validation", "unigram": pytest.approx(math.exp(base["unigram"])),
+                         "bigram": pytest.approx(math.exp(base["bigram"]))}
+    uni, bi = reference["unigram"], reference["bigram"]
+    assert learned.beside(10.0, reference) == f" (unigram {uni:.1f}, bigram {bi:.1f})"
+    assert learned.learned(0.89 * uni, reference) and not learned.learned(0.91 * uni, reference)
+    assert learned.verdict(0.95 * uni, reference).startswith(
+        f"warning: validation perplexity {0.95 * uni:.1f} is within 10% of the unigram")
+    assert "is not below the unigram" in learned.verdict(2 * uni, reference)
+    assert learned.verdict(0.5 * uni, reference).startswith("learned: validation perplexity")
+    assert learned.reference_perplexities("") is None and learned.verdict(1.0, None) is None

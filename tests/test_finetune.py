@@ -98,7 +98,8 @@ def test_short_finetune_beats_majority_class(pretrained, tmp_path):
     assert logits.shape == (2, 200, 4)
     md, json_path = write_tables([tmp_path], tmp_path / "table")
     text = md.read_text()
-    assert "| ag_news |" in text and "pre-trained" in text
+    assert "| ag_news (test, n = 200)<br>accuracy" in text and "pre-trained" in text
+    assert "| 25.0 |" in text  # majority (one metric: no breakdown)
 
 
 def test_seeds_together_equal_separate_runs(pretrained, tmp_path):
@@ -318,8 +319,8 @@ def test_results_table_glue_average(tmp_path):
     assert glue_averages(rows) == {"pretrained": pytest.approx((81.0 + 30.0) / 2),
                                    "random": pytest.approx((71.0 + 10.0) / 2)}
     md, payload = tables(rows)
-    assert "| sst2 |" in md and "81.0 ± 1.0" in md and "+10.0" in md
-    assert "**GLUE average** | | **55.5** | **40.5**" in md
+    assert "| sst2<br>accuracy 81.0 |" in md and "81.0 ± 1.0" in md and "+10.0" in md
+    assert "**GLUE average** | **55.5** | **40.5** |" in md
     assert payload["checkpoints"][0]["glue_average"]["pretrained"] == pytest.approx(55.5)
 
 

@@ -1,4 +1,5 @@
-"""The worked example of docs/models.md runs, and the README opens with its two commands."""
+"""The worked example of docs/models.md runs, the README opens with its two commands, and its own-data
+commands are the script's."""
 
 import re
 from pathlib import Path
@@ -37,3 +38,22 @@ def test_readme_opens_with_the_two_commands():
     root = README.parent
     assert (root / "launch" / "main.sh").is_file() and (root / "launch" / "test.sh").is_file()
     assert "bash launch/test.sh" in (root / ".ci" / "run").read_text()
+
+
+def test_readme_own_data_commands_are_the_scripts():
+    """README's "Your own data" commands equal what launch/own_data.sh runs with its defaults."""
+    import os
+    import subprocess
+
+    repo = README.parent
+    text = README.read_text()
+    section = text[text.index("## Your own data"):text.index("## What a run writes")]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    shown = [" ".join(line.split()) for line in blocks[1].replace("\\\n", " ").splitlines()
+             if line.strip()]
+    proc = subprocess.run(["bash", "launch/own_data.sh", "my_text.txt", "my_labels.csv", "runs/own"],
+                          cwd=repo, env={**os.environ, "OWN_DRY_RUN": "1"}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    run = [line[2:] for line in proc.stdout.splitlines() if line.startswith("$ ")]
+    assert run == shown

@@ -151,3 +151,29 @@ def test_stale_temporary_folders_are_those_of_dead_processes_on_this_host(tmp_pa
         sleeper.wait()
     assert remove_stale_temps(tmp_path, "out", ("tmp",)) == [live]  # its owner is gone now
     assert remove_stale_temps(tmp_path / "missing", "out", ("tmp",)) == []
+
+
+def test_per_member_lists_are_one_tensorboard_curve_each(tmp_path):
+    """A list value (one per fine-tuning member) is in metrics.jsonl as a list and in TensorBoard
+    as one scalar curve per member."""
+    import struct
+
+    pytest.importorskip("tensorboardX")
+    from tensorboardX.proto import event_pb2
+
+    writer = metrics_lib.MetricsWriter(tmp_path)
+    writer.write(3, "train", {"loss": 0.5, "member_loss": [0.25, 0.75], "flag": True})
+    writer.close()
+    tags = {}
+    for path in (tmp_path / "tensorboard").iterdir():
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 16 + length
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    tags[value.tag] = value.simple_value
+    assert tags == {"train/loss": 0.5, "train/member_loss/member_0": 0.25,
+                    "train/member_loss/member_1": 0.75, "train/flag": 1.0}
+    assert metrics_lib.read_metrics(tmp_path / "metrics.jsonl")[0]["member_loss"] == [0.25, 0.75]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,13 +139,49 @@ def test_own_text_and_labels_end_to_end(tmp_path):
          "--config.data.text_column=review", "--config.data.label_column=sentiment",
          "--config.train.epochs=2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    assert json.loads((out / "pretrain" / "summary.json").read_text())["status"] == "completed"
+    assert proc.stdout.startswith("estimate: about "), proc.stdout[:300]
+    pretrain = json.loads((out / "pretrain" / "summary.json").read_text())
+    assert pretrain["status"] == "completed"
+    # the shards carry their baselines, and the run says whether it learned beyond them
+    baselines = json.loads((out / "shards" / "baselines.json").read_text())["splits"]["validation"]
+    reference = pretrain["reference"]
+    assert reference["unigram"] == pytest.approx(math.exp(baselines["unigram"]))
+    assert "baselines on validation" in proc.stdout and "unigram perplexity" in proc.stdout
+    ppl = pretrain["best"]["validation_perplexity"]
+    assert pretrain["learned"] == (ppl < 0.9 * reference["unigram"])
+    verdict = "learned: validation perplexity" if pretrain["learned"] else (
+        "warning: validation perplexity")
+    assert verdict in proc.stdout + proc.stderr
+    assert re.search(r"validation step \d+: loss [\d.]+ perplexity [\d.]+ \(unigram [\d.]+, "
+                     r"bigram [\d.]+\)", proc.stdout + proc.stderr)
+    task_dir = out / "finetune" / "reviews"
     for init in ("pretrained", "random"):
-        summary = json.loads((out / "finetune" / init / "summary.json").read_text())
+        summary = json.loads((task_dir / init / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["task"] == "table"
         assert summary["reported_splits"] == ["holdout"] and "holdout" in summary["majority"]
-    table = (out / "finetune" / "results.md").read_text()
-    assert "| table | accuracy" in table and "| majority |" in table
+        ids = json.loads((task_dir / init / "predictions" / "holdout.ids.json").read_text())
+        assert len(ids) == summary["examples"]["holdout"] and ids[0].startswith("table/")
+    table = (task_dir / "results.md").read_text()
+    n = json.loads((task_dir / "random" / "summary.json").read_text())["examples"]["holdout"]
+    assert f"| table (holdout, n = {n})<br>accuracy" in table, table
+    assert "selected epoch: pre-trained / random" in table and "(accuracy " in table
+    assert "(unigram " in table and "Majority: always predicting" in table
+    assert table.strip() in proc.stdout  # the script prints the table, no JSON dump
+    assert '"status"' not in proc.stdout
+    # a second labelled file on the same text and OUT: only the new task is fine-tuned
+    more = write_csv(tmp_path / "more.csv", ["review", "sentiment"],
+                     [[s, "positive" if y == "1" else "negative"] for s, y in rows[:300]])
+    again = subprocess.run(
+        ["bash", "launch/own_data.sh", str(text), str(more), str(out), "--",
+         "--config.data.text_column=review", "--config.data.label_column=sentiment",
+         "--config.train.epochs=1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-3000:])
+    assert again.stdout.count(": reused") == 3 and "estimate" not in again.stdout
+    assert (out / "finetune" / "more" / "results.md").is_file()
+    assert json.loads((out / "pretrain" / "summary.json").read_text()) == pretrain
+    other = subprocess.run(["bash", "launch/own_data.sh", str(sst2), "-", str(out)], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "use another OUT" in other.stderr
     # a wrong column name: one error line, exit 2, the finished pre-training untouched
     bad = subprocess.run(
         [sys.executable, "-m", "minilm_jax.finetune",

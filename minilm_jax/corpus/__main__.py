@@ -7,6 +7,7 @@ its special tokens, mismatched stages) print one ``error: ...`` line on stderr a
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -147,7 +148,22 @@ def cmd_shards(args: argparse.Namespace) -> None:
     if skipped:
         print(f"skipped {skipped} undecodable line(s) (first at "
               f"{manifest['source']['first_undecodable']})")
+    print(baselines_line(args.out))
     print(f"wrote {args.out}")
+
+
+def baselines_line(shard_dir: str) -> str:
+    """What a pre-trained model of these shards must beat, from their ``baselines.json``."""
+    from minilm_jax.data.baselines import load_baselines
+
+    splits = load_baselines(shard_dir)["splits"]
+    split = "validation" if "validation" in splits else next(iter(splits), None)
+    if split is None:
+        return "no evaluation split: no unigram / bigram baselines"
+    ppl = {k: math.exp(splits[split][k]) for k in ("unigram", "bigram")}
+    return (f"baselines on {split} ({splits[split]['tokens']:,} maskable tokens): unigram "
+            f"perplexity {ppl['unigram']:.1f}, bigram {ppl['bigram']:.1f} (baselines.json); a "
+            "pre-trained model that learned more than word frequencies is below the unigram one")
 
 
 def cmd_subsets(args: argparse.Namespace) -> None:

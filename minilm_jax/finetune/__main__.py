@@ -15,8 +15,6 @@ Several hosts: the same command on each, with ``--config.distributed.initialize=
 
 from __future__ import annotations
 
-import json
-
 from minilm_jax.cli import define_run_flags, run_main
 
 _RUN_FLAGS = define_run_flags("fine-tuning", "finetune:<task>")
@@ -25,18 +23,24 @@ _RUN_FLAGS = define_run_flags("fine-tuning", "finetune:<task>")
 def main(argv: list[str]) -> None:
     del argv
     from minilm_jax.finetune.run import run_finetune
+    from minilm_jax.storage import run_path
     from minilm_jax.train.distributed import maybe_initialize_distributed
 
     config, workdir = _RUN_FLAGS()
     maybe_initialize_distributed(config)
     summaries = run_finetune(config, workdir)
-    brief = {init: {"status": s["status"],
-                    **{f"{which}{part}": s.get(which, {}).get(key)
-                       for which in ("selected", "final")
-                       for part, key in (("", "mean"), ("_std", "std"))},
-                    "n": s.get("selected", {}).get("n")}
-             for init, s in summaries.items()}
-    print(json.dumps(brief, indent=2))
+    table = run_path(workdir) / "results.md"
+    if len(summaries) == 2 and table.is_file():  # both inits: the table is the answer
+        print(table.read_text(), end="")
+        print(f"(table: {table}; every number also in results.json beside it)")
+        return
+    for init, s in summaries.items():
+        line = f"{init} init: {s['status']}"
+        for which in ("final", "selected"):
+            if s.get(which):
+                line += (f"; {which} score {s[which]['mean']['score']:.1f} ± "
+                         f"{s[which]['std']['score']:.1f} (n = {s[which].get('n', '?')})")
+        print(line + f" (summary: {run_path(workdir) / 'summary.json'})")
 
 
 def entry() -> None:

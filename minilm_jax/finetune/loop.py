@@ -414,10 +414,11 @@ class Finetuner(runner.LoopSpec):
         parameters; each run's logits go to its ``predictions/``."""
         out = {}
         labels = {split: self.eval_arrays[split]["labels"] for split in self.reported}
+        uids = {split: [e.uid for e in self.data.evals[split]] for split in self.reported}
         for which in ("final", "selected"):
             logits = {split: self.predict_split(split, which) for split in self.reported}
             for folder in self.folders:
-                folder.save_predictions(logits, labels, which)
+                folder.save_predictions(logits, labels, which, uids)
             out[which] = self.member_metrics(logits)
         return out
 

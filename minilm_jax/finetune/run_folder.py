@@ -112,9 +112,10 @@ class RunFolder:
         return out
 
     def save_predictions(self, logits: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-                         which: str) -> None:
-        """``predictions/<split>.<which>.npy`` [S, N, C] (this run's members) and
-        ``<split>.labels.npy``."""
+                         which: str, uids: dict[str, list[str]] | None = None) -> None:
+        """``predictions/<split>.<which>.npy`` [S, N, C] (this run's members),
+        ``<split>.labels.npy`` and ``<split>.ids.json``: the N rows' ids in the order of the
+        arrays (``<task>/<split>/<row>``, row = 0-based data row of the source file)."""
         if jax.process_index() != 0:
             return
         out = self.workdir / "predictions"
@@ -122,6 +123,9 @@ class RunFolder:
         for split, array in logits.items():
             atomic_write_bytes(out / f"{split}.{which}.npy", npy_bytes(array[self.members]))
             atomic_write_bytes(out / f"{split}.labels.npy", npy_bytes(labels[split]))
+            if uids is not None:
+                atomic_write_bytes(out / f"{split}.ids.json",
+                                   (json.dumps(uids[split]) + "\n").encode())
 
 
 def check_population(folders: list[RunFolder], init_mode: str) -> None:

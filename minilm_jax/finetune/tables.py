@@ -19,6 +19,7 @@ from minilm_jax.storage import (RunPath, atomic_write_bytes, atomic_write_json, 
 from minilm_jax.analysis.stats import paired_gap, pearson_fisher
 
 from minilm_jax.tasks.metrics import glue_average
+from minilm_jax.train import learned
 from minilm_jax.tasks.registry import task_names
 
 
@@ -55,9 +56,14 @@ def run_row(path: RunPath) -> dict[str, Any]:
            "vocab_filter": s.get("vocab_filter")}
     row["seed_list"] = list(s["seeds"])
     reported = s.get("reported_splits") or list(s.get("majority") or {})
-    majority = [m["score"] for split, m in (s.get("majority") or {}).items()
+    row["reported"] = {split: (s.get("examples") or {}).get(split) for split in reported}
+    majority = [m for split, m in (s.get("majority") or {}).items()
                 if split in reported and m and m.get("score") is not None]
-    row["majority_score"] = float(np.mean(majority)) if majority else None
+    row["majority_score"] = float(np.mean([m["score"] for m in majority])) if majority else None
+    row["majority_metrics"] = ({k: float(np.mean([m[k] for m in majority])) for k in majority[0]
+                                if k not in ("score", "prediction") and "/" not in k}
+                               if majority else {})
+    row["pretrain_reference"] = _pretrain_reference(pre.get("workdir"))
     for which, key in (("final", "final"), ("best", "selected" if "selected" in s else "best")):
         if key in s:
             row[f"{which}_score"] = s[key]["mean"]["score"]
@@ -65,6 +71,17 @@ def run_row(path: RunPath) -> dict[str, Any]:
             row[f"{which}_metrics"] = {k: v for k, v in s[key]["mean"].items() if k != "score"}
             row[f"{which}_member_scores"] = [m["score"] for m in s[key]["members"]]
     return row
+
+
+def _pretrain_reference(workdir: str | None) -> dict[str, Any] | None:
+    """The unigram / bigram perplexities a pre-trained checkpoint's run recorded (None: none)."""
+    if not workdir:
+        return None
+    try:
+        summary = json.loads((run_path(workdir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary.get("reference") if isinstance(summary, dict) else None
 
 
 def _cell(row: dict | None, key: str = "final") -> str:
@@ -92,47 +109,72 @@ def tables(rows: list[dict]) -> tuple[str, dict[str, Any]]:
     for row in rows:
         by_ckpt[row["checkpoint"]].append(row)
     lines = ["# Fine-tuning results", "",
-             "Scores x100, mean ± sample std (ddof = 1) over seeds, at the final epoch (in brackets: "
-             "at each seed's epoch selected on the validation split). Gain: pre-trained − random "
-             "init with a 95% interval paired by seed and its p-value. Majority: the score of always "
-             "predicting the training split's most frequent class (its mean, for regression). "
-             "GLUE average: one score per task (the mean of its two metrics for MRPC, QQP, STS-B, "
-             "MNLI m/mm), averaged over the GLUE tasks present.", ""]
+             "Scores x100 on the reported split (never seen in training or model selection), "
+             "mean ± sample std (ddof = 1) over fine-tuning seeds (the unit of replication), at "
+             "the final epoch; the next column has the same at each seed's epoch selected on the "
+             "validation split carved from train. Gain: pre-trained − random init at the final "
+             "epoch, a 95% interval paired by seed and its p-value. Score: the task's metric, or "
+             "the mean of its metrics where it has several (listed under the task). Majority: "
+             "always predicting the training split's most frequent class, each metric and their "
+             "score (for regression, the training mean: correlations undefined). GLUE average: "
+             "one score per task, averaged over the GLUE tasks present.", ""]
     payload: dict[str, Any] = {"checkpoints": []}
     for ckpt, group in sorted(by_ckpt.items()):
         ppl = next((r["pretrain_validation_perplexity"] for r in group
                     if r["pretrain_validation_perplexity"] is not None), None)
+        reference = next((r["pretrain_reference"] for r in group if r.get("pretrain_reference")),
+                         None)
         lines += [f"## {ckpt}", ""]
         if ppl is not None:
-            lines += [f"Pre-training validation perplexity: {ppl:.2f}", ""]
-        lines += ["| task | metrics (pre-trained) | pre-trained | random init | majority | gain | runs |",
+            lines += [f"Pre-training validation perplexity: {ppl:.2f}"
+                      + learned.beside(ppl, reference), ""]
+            verdict = learned.verdict(ppl, reference)
+            if verdict:
+                lines += [verdict[0].upper() + verdict[1:], ""]
+        lines += ["| task (split, n) | pre-trained | random init | gain | selected epoch: "
+                  "pre-trained / random | majority | runs |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         tasks = sorted({r["task"] for r in group}, key=lambda t: (t not in task_names("glue"), t))
+        worse = []
         for task in tasks:
             pre = next((r for r in group if r["task"] == task and r["init"] == "pretrained"), None)
             rnd = next((r for r in group if r["task"] == task and r["init"] == "random"), None)
-            metrics = ", ".join(f"{k} {v:.1f}" for k, v in (pre or rnd or {}).get(
-                "final_metrics", {}).items())
+            either = pre or rnd or {}
+            metrics = ", ".join(f"{k} {v:.1f}" for k, v in either.get("final_metrics", {}).items())
+            splits = ", ".join(f"{split}, n = {n}" if n is not None else split
+                               for split, n in (either.get("reported") or {}).items())
             gain = "—"
             if pre and rnd and "final_score" in pre and "final_score" in rnd:
                 gap = paired_gap(dict(zip(pre["seed_list"], pre["final_member_scores"])),
                                  dict(zip(rnd["seed_list"], rnd["final_member_scores"])))
                 gain = gap.text() if gap.defined else (
                     f"{pre['final_score'] - rnd['final_score']:+.1f} ({gap.undefined})")
-            best = " / ".join(f"[{r['best_score']:.1f}]" for r in (pre, rnd)
-                              if r and "best_score" in r)
+                if pre["final_score"] < rnd["final_score"]:
+                    worse.append((task, gap))
+            selected = " / ".join(_cell(r, "best") for r in (pre, rnd) if r)
             dirs = ", ".join(f"`{r['workdir']}`" for r in (pre, rnd) if r)
-            majority = next((r["majority_score"] for r in (pre, rnd)
-                             if r and r.get("majority_score") is not None), None)
-            base = f"{majority:.1f}" if majority is not None else "—"
-            lines.append(f"| {task} | {metrics} | {_cell(pre)} | {_cell(rnd)} | {base} | {gain} {best} "
-                         f"| {dirs} |")
+            majority = next((r for r in (pre, rnd) if r and r.get("majority_score") is not None),
+                            None)
+            base = "—" if majority is None else f"{majority['majority_score']:.1f}" + (
+                " (" + ", ".join(f"{k} {v:.1f}" for k, v in majority["majority_metrics"].items())
+                + ")" if len(majority["majority_metrics"]) > 1 else "")
+            label = f"{task} ({splits})" if splits else task
+            lines.append(f"| {label}<br>{metrics} | {_cell(pre)} | {_cell(rnd)} | {gain} | "
+                         f"{selected} | {base} | {dirs} |")
         averages = glue_averages(group)
         if any(v is not None for v in averages.values()):
             fmt = {k: (f"{v:.1f}" if v is not None else "—") for k, v in averages.items()}
-            lines.append(f"| **GLUE average** | | **{fmt['pretrained']}** | **{fmt['random']}** | | | |")
+            lines.append(f"| **GLUE average** | **{fmt['pretrained']}** | **{fmt['random']}** "
+                         "| | | | |")
         lines.append("")
+        for task, gap in worse:
+            settled = gap.defined and gap.high < 0
+            lines += [f"Random init scored higher than the pre-trained model on {task}"
+                      + (" (the interval excludes 0)" if settled else
+                         " (within the interval: no difference shown)")
+                      + ": pre-training did not help this task here.", ""]
         payload["checkpoints"].append({"checkpoint": ckpt, "pretrain_validation_perplexity": ppl,
+                                       "pretrain_reference": reference,
                                        "runs": group, "glue_average": averages,
                                        "glue_average_best": glue_averages(group, "best")})
     return "\n".join(lines), payload

@@ -87,7 +87,13 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = tool_parser(prog="python -m minilm_jax.interop", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export", help="write a trained run as a Hugging Face directory")
+    export = sub.add_parser(
+        "export", help="write a trained run as a Hugging Face directory",
+        description="Write a trained run (pre-training: a masked LM; fine-tuning: a classifier, "
+                    "one seed) as a Hugging Face directory: model.safetensors, config, tokenizer "
+                    "files and a model card, loadable with transformers (AutoModelForMaskedLM, "
+                    "pipeline('fill-mask', ...)); a run still training is read from its newest "
+                    "sealed best or latest step.")
     export.add_argument("--workdir", required=True,
                         help="pre-training workdir or finished fine-tuning run folder")
     export.add_argument("--out", required=True, help="output directory (Hugging Face format)")

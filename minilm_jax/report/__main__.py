@@ -1,5 +1,12 @@
-"""``python -m minilm_jax.report --results=PATH/results.jsonl --out=DIR [--bins_per_decade=11]
-[--bootstrap=1000] [--flops=paper|complete] [--seed=0] [--min_points=3] [--confidence=0.95]``."""
+"""Build the report of a sweep's results table: the loss-vs-FLOPs frontier and its fits with
+intervals, ICER and depth-vs-width tables, fine-tuning gains over random init, zero-shot tables,
+every number beside its baseline (unigram / bigram perplexity, majority class, chance), written as
+report.md with PNG plots.
+
+    python -m minilm_jax.report --results=PATH/results.jsonl --out=DIR [--bins_per_decade=11]
+        [--bootstrap=1000] [--flops=paper|complete] [--seed=0] [--min_points=3]
+        [--confidence=0.95]
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import numpy as np
 from minilm_jax.analysis.fits import PAPER_BREAK_FLOPS, PAPER_FITS, BreakInterval, FitComparison
 from minilm_jax.analysis.seed_frontier import SeedBreak
 from minilm_jax.analysis.results import FLOPS_DEFINITIONS, baselines, flops_field, rows_of_kind
+from minilm_jax.train.learned import ADVICE, PLATEAU
 
 from .analyses import Analyses, CurveAnalysis
 from .downstream import DownstreamAnalysis
@@ -261,12 +262,19 @@ def baseline_lines(analyses: Analyses) -> list[str]:
     uni, bi = base.get(("unigram", "validation")), base.get(("bigram", "validation"))
     lines = [f"- Baselines on the validation split (count-based, from the training split): unigram "
              f"perplexity {num(uni, 1)}, interpolated left-context bigram {num(bi, 1)}."]
+    plateau = []
     for run, s in sorted(analyses.runs.items()):
         if s.best_perplexity is not None and uni:
+            on = s.best_perplexity >= PLATEAU * uni
+            plateau += [run] if on else []
             lines.append(f"  - {code(run)}: best validation perplexity {num(s.best_perplexity, 1)}"
                          f" = {s.best_perplexity / uni:.0%} of the unigram level"
-                         f" ({'below' if s.best_perplexity < uni else 'NOT below'} unigram"
+                         f" ({'ON THE UNIGRAM PLATEAU (within 10%)' if on else 'below unigram'}"
                          f"{'' if bi is None else ', below bigram' if s.best_perplexity < bi else ', above bigram'}).")
+    if plateau:
+        lines.append(f"- {len(plateau)} run(s) ended within {1 - PLATEAU:.0%} of the unigram "
+                     f"perplexity ({', '.join(code(r) for r in plateau)}): they learned little "
+                     f"beyond word frequencies, so their downstream numbers mean little; {ADVICE}.")
     return lines
 
 

@@ -24,12 +24,13 @@ from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, sn
                                    validate_pretrain_config)
 from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
-from minilm_jax.train import runner
+from minilm_jax.train import learned, runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.distributed import gathered
 from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exported for callers)
 from minilm_jax.train.evaluation import EvaluationHook, ShardPerplexity
 from minilm_jax.train.mesh import make_mesh
+from minilm_jax.train.reading import write_run_start
 from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.records import PretrainSummary
 from minilm_jax.train.program import pretrain_program
@@ -137,7 +138,15 @@ class Pretrainer(runner.LoopSpec):
         # Everything is checked: only now is anything written (a rejected command leaves no trace).
         self.identity = run_identity(config, self.manifest)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.reference = learned.reference_perplexities(config.data.shards,
+                                                        config.data.eval_split)
         self.lock = runner.check_workdir(self.workdir, self.identity, RESUMABLE_FIELDS)
+        try:  # before the first step: readers of the running run find its tokenizer there
+            write_run_start(self.workdir, self.manifest, self.model_cfg.to_dict(),
+                            config.data.shards)
+        except BaseException:
+            self.lock.release()
+            raise
 
     def _optional_split(self, name: str) -> ShardSplit | None:
         if name and name in self.manifest["splits"]:
@@ -201,7 +210,7 @@ class Pretrainer(runner.LoopSpec):
         result = self.evaluate(self.eval_split, state["params"], state["rest"])
         self.writer.write(step, "validation", result)
         log_line(f"validation step {step}: loss {result['loss']:.4f} perplexity "
-                 f"{result['perplexity']:.2f}")
+                 f"{result['perplexity']:.2f}{learned.beside(result['perplexity'], self.reference)}")
         if result["loss"] < self._best_loss:
             self._best_loss = result["loss"]
             self.ckpts.hold_best(step, state, {**result, "step": step})
@@ -260,6 +269,12 @@ class Pretrainer(runner.LoopSpec):
                 record.best.update(test_loss=test["loss"], test_perplexity=test["perplexity"])
         record.final_params_sha256 = params_digest(self.state["params"])
         record.device_memory = device_memory_stats()
+        record.reference = self.reference
+        if record.best is not None:
+            record.learned = learned.learned(record.best["validation_perplexity"], self.reference)
+            line = learned.verdict(record.best["validation_perplexity"], self.reference)
+            if line:
+                log_line(line)
         if jax.process_index() == 0:
             record.write(self.workdir)
         return record.to_json()

@@ -27,7 +27,7 @@ from minilm_jax.run_config import (RESUMABLE_FIELDS, log_eval_steps, snapshot_st
                                    validate_pretrain_config)
 from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
-from minilm_jax.train import runner
+from minilm_jax.train import learned, runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import TrainingDiverged
 from minilm_jax.train.evaluation import eval_result, split_losses
@@ -36,6 +36,7 @@ from minilm_jax.train.members import members_strategy
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.population import Member, members_of, population_identity
 from minilm_jax.train.program import population_program
+from minilm_jax.train.reading import write_run_start
 from minilm_jax.train.records import PopulationSummary
 from minilm_jax.train.run_log import MetricsWriter, log_line, read_metrics
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
@@ -103,11 +104,12 @@ class PopulationTrainer(runner.LoopSpec):
         self.flops_complete = accounting.train_flops_per_sequence(
             self.model_cfg, num_predictions=self.config.mlm.max_predictions)
         self.identities = [run_identity(c, self.manifest) for c in configs]
-        self.identity = population_identity(
+        # the members' shared run control first: the member list (population.members) wins
+        self.identity = {k: v for k, v in self.identities[0].items() if k in RESUMABLE_FIELDS}
+        self.identity.update(population_identity(
             self.members, [{k: v for k, v in ident.items() if k not in RESUMABLE_FIELDS}
-                           for ident in self.identities])
-        self.identity.update({k: v for k, v in self.identities[0].items()
-                              if k in RESUMABLE_FIELDS})
+                           for ident in self.identities]))
+        self.reference = learned.reference_perplexities(data.shards, data.eval_split)
         self._refuse_lost_members()
         # Everything is checked: only now is anything written.
         locks = []
@@ -117,6 +119,9 @@ class PopulationTrainer(runner.LoopSpec):
                                          for m, i in zip(self.members, self.identities)]):
                 path.mkdir(parents=True, exist_ok=True)
                 locks.append(runner.check_workdir(path, ident, RESUMABLE_FIELDS, what))
+            for member in self.members:  # readers of a member still training find its tokenizer
+                write_run_start(member.workdir, self.manifest, self.model_cfg.to_dict(),
+                                data.shards)
         except BaseException:
             Each(locks).release()
             raise
@@ -258,7 +263,7 @@ class PopulationTrainer(runner.LoopSpec):
         live = [r["perplexity"] for i, r in enumerate(results) if i not in self.diverged]
         if live:
             log_line(f"validation step {step}: perplexity {min(live):.2f} to {max(live):.2f} "
-                     f"over {len(live)} members")
+                     f"over {len(live)} members{learned.beside(min(live), self.reference)}")
         return state, False
 
     # ----------------------------------------------------------------------------------------
@@ -367,6 +372,13 @@ class PopulationTrainer(runner.LoopSpec):
         memory = device_memory_stats()
         for record, member in zip(records, self.members):
             record.device_memory = memory
+            record.reference = self.reference
+            if record.best is not None:
+                ppl = record.best["validation_perplexity"]
+                record.learned = learned.learned(ppl, self.reference)
+                line = learned.verdict(ppl, self.reference)
+                if line:
+                    log_line(f"member {member.name}: {line}")
             if jax.process_index() == 0:
                 record.write(member.workdir)
         summary = PopulationSummary(

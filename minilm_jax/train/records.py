@@ -74,6 +74,10 @@ class PretrainSummary(_Record):
     device_memory: dict[str, Any] | None = None
     diverged_at: int | None = None  # a population member: the step whose loss was non-finite
     population: str | None = None  # a population member: the population's workdir
+    # The shards' unigram / bigram perplexities of the validation split (minilm_jax.train.learned)
+    # and whether the best validation perplexity is clearly below the unigram one.
+    reference: dict[str, Any] | None = None
+    learned: bool | None = None
 
     @classmethod
     def _keep_none(cls) -> tuple[str, ...]:

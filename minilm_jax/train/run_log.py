@@ -92,10 +92,16 @@ class MetricsWriter:
         else:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-        if self._tensorboard() is not None:
+        if self._tensorboard() is not None:  # a list (one value per member): one curve each
             for key, value in record.items():
-                if key not in ("step", "split") and isinstance(value, (int, float)):
+                if key in ("step", "split"):
+                    continue
+                if isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{split}/{key}", value, step)
+                elif isinstance(value, list) and all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                    for i, v in enumerate(value):
+                        self._tb.add_scalar(f"{split}/{key}/member_{i}", v, step)
 
     def _rewrite_remote(self) -> None:
         """An object store's metrics file, written whole (no appends there)."""

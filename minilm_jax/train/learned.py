@@ -1,0 +1,67 @@
+"""Whether a pre-training run learned more than word frequencies: its validation perplexity beside
+the shard set's unigram and bigram perplexities (:mod:`minilm_jax.data.baselines`), and the one-line
+verdict every run prints at its end and records in its summary.
+
+A masked LM that has learned nothing but token frequencies sits at the unigram perplexity (the
+"unigram plateau"); one that ends within :data:`PLATEAU` of it has not learned enough to mean
+anything downstream, whatever its fine-tuning table says.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from minilm_jax.data.baselines import load_baselines
+from minilm_jax.data.shards import ShardError
+from minilm_jax.storage import is_remote
+
+PLATEAU = 0.9  # a perplexity above this fraction of the unigram one is "on the plateau"
+ADVICE = ("try the small-corpus recipe (--config=own_data: peak LR 3e-3 held constant, 40% "
+          "masking, no dropout), more steps, or a larger corpus")
+
+
+def reference_perplexities(shards: str, split: str = "validation") -> dict[str, Any] | None:
+    """``{"split", "unigram", "bigram"}`` perplexities of ``split`` of the shard set ``shards``
+    (computed once and cached in its ``baselines.json``), or None where they cannot be had (a
+    ``gs://`` shard set, a split without maskable tokens)."""
+    if not shards or is_remote(shards):
+        return None
+    try:
+        splits = load_baselines(shards)["splits"]
+    except (ShardError, OSError, ValueError, KeyError):
+        return None
+    if split not in splits:
+        return None
+    return {"split": split, "unigram": math.exp(splits[split]["unigram"]),
+            "bigram": math.exp(splits[split]["bigram"])}
+
+
+def beside(perplexity: float, reference: dict[str, Any] | None) -> str:
+    """``"(unigram U, bigram B)"`` to print after a perplexity, or ``""`` without a reference."""
+    if not reference:
+        return ""
+    return f" (unigram {reference['unigram']:.1f}, bigram {reference['bigram']:.1f})"
+
+
+def learned(perplexity: float, reference: dict[str, Any] | None) -> bool | None:
+    """Whether ``perplexity`` is clearly below the unigram one (None: no reference)."""
+    if not reference or perplexity is None or not math.isfinite(perplexity):
+        return None if not reference else False
+    return perplexity < PLATEAU * reference["unigram"]
+
+
+def verdict(perplexity: float, reference: dict[str, Any] | None) -> str | None:
+    """The one line a run ends with: learned (how far below unigram, and against bigram), or on
+    the unigram plateau with what to try; None without a reference."""
+    if not reference:
+        return None
+    uni, bi = reference["unigram"], reference["bigram"]
+    if not learned(perplexity, reference):
+        where = (f"within {1 - PLATEAU:.0%} of" if perplexity < uni else "not below")
+        return (f"warning: validation perplexity {perplexity:.1f} is {where} the unigram "
+                f"perplexity {uni:.1f} (bigram {bi:.1f}): the model learned little beyond word "
+                f"frequencies (the unigram plateau); {ADVICE}")
+    against = "below" if perplexity < bi else "above"
+    return (f"learned: validation perplexity {perplexity:.1f} is {perplexity / uni:.2f} x the "
+            f"unigram perplexity {uni:.1f} and {against} the bigram one {bi:.1f}")

@@ -42,6 +42,19 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def float32_tolerance(scale: float, terms: int, paths: int = 2) -> float:
+    """Absolute tolerance for two float32 computations of one quantity that add ``terms`` values
+    of magnitude up to ``scale`` in different orders (another chunking, another processor's XLA
+    code). Each addition rounds by up to eps/2 of the running sum; those errors behave like a
+    random walk, so they grow as sqrt(terms); ``paths`` independent computations add theirs, and a
+    factor 8 covers the tails. Derived from the arithmetic, never from one machine's digits."""
+    import math
+
+    import numpy as np
+
+    return paths * 8 * (float(np.finfo(np.float32).eps) / 2) * math.sqrt(terms) * scale
+
+
 @pytest.fixture
 def shared_data():
     return shared_path

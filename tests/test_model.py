@@ -239,3 +239,22 @@ def test_attention_implementations_agree():
     b = build_mlm(resolve_point(SMALL, attention_impl="xla"))
     x = tokens(pad_from=12)
     np.testing.assert_allclose(a.all_logits(x)[:, :12], b.all_logits(x)[:, :12], atol=2e-5)
+
+
+def test_the_models_check_shapes_and_dtypes_at_their_boundary():
+    """chex assertions at the boundary: a 1-D batch, float token ids, positions of another batch
+    size or a segment mask of another shape fail when traced, naming the shapes."""
+    from minilm_jax.model.models import build_classifier, build_mlm
+    from minilm_jax.model.sizes import resolve_point
+
+    cfg = resolve_point("E16-H16-I32-L1-A2-V50", max_len=16)
+    mlm, classifier = build_mlm(cfg), build_classifier(cfg, 3)
+    tokens = jnp.full((2, 8), 5, jnp.int32)
+    assert mlm(tokens, jnp.zeros((2, 3), jnp.int32)).shape == (2, 3, 50)
+    assert classifier(tokens).shape == (2, 3)
+    for bad in (lambda: mlm(tokens[0], jnp.zeros((2, 3), jnp.int32)),
+                lambda: mlm(tokens.astype(jnp.float32), jnp.zeros((2, 3), jnp.int32)),
+                lambda: mlm(tokens, jnp.zeros((3, 3), jnp.int32)),
+                lambda: classifier(tokens, jnp.ones((2, 7), jnp.int32))):
+        with pytest.raises(AssertionError):
+            bad()

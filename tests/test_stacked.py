@@ -1,5 +1,6 @@
 """Stacked (vmapped) members agree with the members run one by one."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,9 +82,7 @@ def test_unstack_stack_round_trip(stacked):
     _, params_k, rest_k = stacked
     for tree in (params_k, rest_k):
         again = stack_states([unstack_state(tree, k) for k in range(len(SEEDS))])
-        assert jax.tree.structure(again) == jax.tree.structure(tree)
-        for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(tree)):
-            np.testing.assert_array_equal(a, b)
+        chex.assert_trees_all_equal(again, tree)  # structure, shapes, dtypes and values
     with pytest.raises(IndexError):
         unstack_state(params_k, len(SEEDS))
 

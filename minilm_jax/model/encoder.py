@@ -6,6 +6,7 @@ Segment id 0 marks padding; packed documents carry ids 1, 2, ... and never atten
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -61,10 +62,13 @@ class TransformerEncoder(nnx.Module):
                  token_types_bt: jax.Array | None = None, *, dropout_key: jax.Array | None = None,
                  train: bool = False) -> jax.Array:
         """Hidden states ``[B, T, H]``. Dropout runs iff ``dropout_key`` is given."""
+        chex.assert_rank(tokens_bt, 2)  # shapes and dtypes at the boundary: checked when traced
+        chex.assert_type(tokens_bt, int)
         if segment_ids_bt is None:
             segment_ids_bt = (tokens_bt != self.cfg.pad_id).astype(jnp.int32)
         if token_types_bt is None:
             token_types_bt = jnp.zeros_like(tokens_bt)
+        chex.assert_equal_shape([tokens_bt, segment_ids_bt, token_types_bt])
         keys = split_key(dropout_key, self.cfg.num_layers + 1)
         x_bth = self.embed(tokens_bt, token_types_bt, segment_ids_bt, keys[0], train)
         mask_b1tt = attention_mask(segment_ids_bt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -23,9 +24,13 @@ class MaskedLM(nnx.Module):
     def __call__(self, tokens_bt: jax.Array, masked_positions_bp: jax.Array,
                  segment_ids_bt: jax.Array | None = None, token_types_bt: jax.Array | None = None, *,
                  dropout_key: jax.Array | None = None, train: bool = False) -> jax.Array:
+        chex.assert_rank(masked_positions_bp, 2)
+        chex.assert_equal_shape_prefix([tokens_bt, masked_positions_bp], 1)
         hidden_bth = self.encoder(tokens_bt, segment_ids_bt, token_types_bt,
                                   dropout_key=dropout_key, train=train)
-        return self.mlm_head(hidden_bth, masked_positions_bp)
+        logits_bpv = self.mlm_head(hidden_bth, masked_positions_bp)
+        chex.assert_shape(logits_bpv, (*masked_positions_bp.shape, self.cfg.vocab_size))
+        return logits_bpv
 
     def mlm_loss(self, tokens_bt: jax.Array, masked_positions_bp: jax.Array,
                  targets_bp: jax.Array, weights_bp: jax.Array,
@@ -68,7 +73,9 @@ class SequenceClassifier(nnx.Module):
         k_enc, k_head = split_key(dropout_key, 2)
         hidden_bth = self.encoder(tokens_bt, segment_ids_bt, token_types_bt, dropout_key=k_enc,
                                   train=train)
-        return self.head(hidden_bth, segment_ids_bt, k_head)  # [B, num_labels]
+        logits_bl = self.head(hidden_bth, segment_ids_bt, k_head)
+        chex.assert_shape(logits_bl, (tokens_bt.shape[0], self.num_labels))
+        return logits_bl
 
 
 def build_mlm(cfg: ModelConfig, seed: int = 0) -> MaskedLM:

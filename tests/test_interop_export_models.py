@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +60,10 @@ def finetune(task: str, data_dir: Path, workdir: Path, **fields) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """A short pre-training run of the default recipe at a factorized point; a 3-class table task
-    fine-tuned from it (2 seeds); a regression table task fine-tuned from random init with a
-    RoBERTa-shaped model (E == H, no projection)."""
+    """A short pre-training run of the default recipe at a factorized point, with a SentencePiece
+    BPE tokenizer (whose "<mask>" the export once spelled out); a 3-class table task fine-tuned
+    from it (2 seeds); a regression table task fine-tuned from random init with a RoBERTa-shaped
+    model (E == H, no projection)."""
     from minilm_jax.configs.pretrain import get_config as pretrain_config
     from minilm_jax.corpus.tokenizer_train import train_sentencepiece
     from minilm_jax.tokenizer import load_tokenizer
@@ -72,7 +74,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export_models")
     lines = wiki_lines()
     tok_path = root / "tok.model"
-    tok_path.write_bytes(train_sentencepiece(lines, 600, "unigram"))
+    tok_path.write_bytes(train_sentencepiece(lines, 600, "bpe"))
     write_line_shards(root / "shards", load_tokenizer(tok_path), lines[:700], SEQ)
     config = pretrain_config(POINT)
     config.model.max_len = SEQ
@@ -149,7 +151,7 @@ def test_factorized_pretraining_run_exports_with_its_own_modeling_code(runs, tmp
         str(out), trust_remote_code=True, output_loading_info=True)
     assert type(hf).__name__ == "MinilmForMaskedLM"
     assert not any(info.values()), info  # every tensor used, none missing
-    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out), trust_remote_code=False)
     texts = wiki_lines()[900:906] + ["a short one", "the"]
     batch = hf_batch(hf_tok, texts)
     assert (batch["attention_mask"] == 0).any()  # padded rows
@@ -168,8 +170,8 @@ def test_factorized_pretraining_run_exports_with_its_own_modeling_code(runs, tmp
     summary = json.loads((runs["pre"] / "summary.json").read_text())
     for fact in (POINT, "| E (embedding width) | 16 |", "| H (hidden width) | 32 |",
                  "| E->H projection | True |", f"{summary['params']['total']:,}",
-                 str(runs["root"] / "shards"), "minilm-pretrain --config=pretrain:" + POINT,
-                 "--config.data.shards=", "--config.train.num_steps=4",
+                 "| token shards | shards |", "minilm-pretrain --config=pretrain:" + POINT,
+                 "--config.data.shards=shards", "--config.train.num_steps=4",
                  "python -m minilm_jax.interop export", "trust_remote_code=True",
                  f"{summary['best']['validation_perplexity']:.4g}"):
         assert fact in card, fact
@@ -180,10 +182,13 @@ def exported_test_logits(hf, out: Path, data: Path) -> np.ndarray:
     import torch
     import transformers
 
-    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out), trust_remote_code=False)
     with open(data / "test.csv", encoding="utf-8") as f:
         texts = [row["text"] for row in csv.DictReader(f)]
-    batch = hf_tok(texts, padding=True, truncation=True, max_length=SEQ, return_tensors="pt")
+    # The texts are WikiText's, which writes "<unk>": read as text in training, as
+    # split_special_tokens=True does (by default the specials written in text are special tokens).
+    batch = hf_tok(texts, padding=True, truncation=True, max_length=SEQ, return_tensors="pt",
+                   split_special_tokens=True)
     with torch.no_grad():
         return hf.eval()(**batch).logits.numpy()
 
@@ -241,6 +246,142 @@ def test_finetuned_regressor_of_roberta_shape_exports_as_roberta(runs, tmp_path)
     card = (out / "README.md").read_text()
     assert "regression (one output)" in card and "pearson" in card
     assert "trust_remote_code" not in card
+
+
+def card_python(card: str) -> str:
+    """The Python block of a model card's "How to load it"."""
+    return card.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def pre_export(runs, tmp_path_factory) -> Path:
+    """The pre-training run exported (the default recipe's model: our remote code)."""
+    from minilm_jax.interop.__main__ import main
+
+    out = tmp_path_factory.mktemp("pre_export") / "hf"
+    assert main(["export", "--workdir", str(runs["pre"]), "--out", str(out)]) == 0
+    return out
+
+
+def test_pretraining_export_fills_the_mask_in_the_pipeline(pre_export):
+    """Fails on the old export ("No mask_token (<mask>) found on the input": the BPE tokenizer
+    spelled the card's "<mask>" out): transformers' fill-mask pipeline on the card's example gives
+    the top 5 tokens of the vocabulary, probabilities in order."""
+    transformers = pytest.importorskip("transformers")
+
+    fill = transformers.pipeline("fill-mask", model=str(pre_export), trust_remote_code=True)
+    predictions = fill("the <mask> sat on the mat")
+    assert len(predictions) == 5
+    scores = [p["score"] for p in predictions]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
+    vocab_size = fill.model.config.vocab_size
+    for p in predictions:
+        assert 0 <= p["token"] < vocab_size and p["token_str"] == fill.tokenizer.decode([p["token"]])
+        assert p["sequence"].endswith("sat on the mat") and "<mask>" not in p["sequence"]
+
+
+def test_pretraining_card_runs_as_written_without_a_prompt(pre_export):
+    """Fails on the old card (its AutoTokenizer line asked transformers' custom-code [y/N]
+    question): the card's Python block runs with stdin closed, asks nothing, prints the fill-mask
+    predictions; the tokenizer config names a standard class and no auto_map."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    tok_config = json.loads((pre_export / "tokenizer_config.json").read_text())
+    assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast" and "auto_map" not in tok_config
+    code = card_python((pre_export / "README.md").read_text())
+    done = subprocess.run([sys.executable, "-c", code], cwd=pre_export, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    said = done.stdout + done.stderr
+    assert "[y/N]" not in said and done.returncode == 0, said[-3000:]
+    assert "'score'" in done.stdout and "'token_str'" in done.stdout
+    assert "tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)" in code
+
+
+def test_pretraining_card_names_no_machine_folder(runs, pre_export):
+    """Fails on the old card (the run, its shards and tokenizer by absolute path)."""
+    card = (pre_export / "README.md").read_text()
+    assert str(runs["root"]) not in card and str(pre_export.parent) not in card
+    assert "| run | pre |" in card and "| token shards | shards |" in card
+    assert "--workdir=pre" in card and "--out=hf" in card
+
+
+def test_pretraining_card_puts_perplexity_beside_the_shards_baselines(runs, tmp_path):
+    """Fails on the old card (no baselines): the run's validation perplexity beside the unigram and
+    bigram perplexities its summary recorded, else those of its shards' baselines.json (an old
+    run), else "none recorded"; one sentence when the model sits on the unigram plateau."""
+    import shutil
+
+    from minilm_jax.interop.workdir import export_workdir
+
+    summary = json.loads((runs["pre"] / "summary.json").read_text())
+    ref = summary["reference"]
+    card = (export_workdir(runs["pre"], tmp_path / "hf") / "README.md").read_text()
+    best = f"| best validation perplexity | {summary['best']['validation_perplexity']:.4g} |"
+    unigram = f"| unigram perplexity (validation split of the shards) | {ref['unigram']:.4g} |"
+    bigram = f"| bigram perplexity (validation split of the shards) | {ref['bigram']:.4g} |"
+    assert best in card and unigram in card and bigram in card
+    assert card.index(best) < card.index(unigram) < card.index(bigram)
+    assert ("on the unigram plateau" in card) == (summary["learned"] is False)
+
+    old = tmp_path / "old"  # a run from before summaries recorded the reference
+    shutil.copytree(runs["pre"], old)
+    del summary["reference"], summary["learned"]
+    summary["best"]["validation_perplexity"] = ref["unigram"] * 0.95
+    (old / "summary.json").write_text(json.dumps(summary))
+    card = (export_workdir(old, tmp_path / "old_hf") / "README.md").read_text()
+    assert unigram in card and bigram in card
+    plateau = [line for line in card.splitlines() if "unigram plateau" in line]
+    assert len(plateau) == 1 and "learned little beyond word frequencies" in plateau[0]
+    config = json.loads((old / "config.json").read_text())
+    config["data.shards"] = str(tmp_path / "moved")  # baselines.json out of reach
+    (old / "config.json").write_text(json.dumps(config))
+    card = (export_workdir(old, tmp_path / "moved_hf", tokenizer_path=str(runs["tokenizer"]))
+            / "README.md").read_text()
+    assert "| unigram / bigram perplexity of the shards | none recorded |" in card
+    assert "unigram plateau" not in card and str(tmp_path) not in card
+
+
+def test_classifier_card_states_its_random_init_twin(runs, tmp_path):
+    """Fails on the old card: a member of init.mode=both (DIR/pretrained) names its random-init
+    twin's score (DIR/random), and says plainly when the twin scored higher; no machine paths."""
+    import shutil
+
+    from minilm_jax.interop.workdir import export_workdir
+
+    both = tmp_path / "sst"
+    shutil.copytree(runs["cls"], both / "pretrained")
+    summary = json.loads((runs["cls"] / "summary.json").read_text())
+    (both / "random").mkdir()
+    for gap, higher in ((12.5, True), (-12.5, False)):
+        twin = json.loads(json.dumps(summary)) | {"init": "random", "pretrained": None}
+        for which in ("final", "selected"):
+            twin[which]["mean"]["score"] += gap
+        (both / "random" / "summary.json").write_text(json.dumps(twin))
+        card = (export_workdir(both / "pretrained", tmp_path / f"hf{gap}") / "README.md").read_text()
+        want = summary["selected"]["mean"]["score"] + gap
+        assert ("| random-init twin (random/) score, selected parameters (mean ± sd) | "
+                f"{want:.2f} ± {summary['selected']['std']['score']:.2f} over 2 seeds |") in card
+        said = [line for line in card.splitlines() if "scored higher" in line]
+        assert len(said) == int(higher)
+        assert not higher or said[0].startswith("Its random-init twin scored higher than this "
+                                                "pre-trained model")
+        assert str(tmp_path) not in card and str(runs["root"]) not in card
+        assert "| run | sst/pretrained |" in card and "| pre-trained run | pre |" in card
+
+
+def test_card_paths_are_written_as_names():
+    from minilm_jax.interop.model_card import portable, portable_command
+
+    assert portable("/home/me/runs/pre") == "pre"
+    assert portable("/data/tok.model (sha256 abc, 600 tokens)") == "tok.model (sha256 abc, 600 tokens)"
+    assert portable("gs://bucket/runs/sst2/pretrained/") == "sst2/pretrained"
+    assert portable("~/corpus/shards, 1/2 of E->H / x") == "shards, 1/2 of E->H / x"
+    assert portable("data.dir='/srv/data/rte'") == "data.dir='rte'"
+    assert portable_command("minilm-pretrain '--workdir=/a b/run one' --config.data.shards=/s/x"
+                            ) == "minilm-pretrain '--workdir=run one' --config.data.shards=x"
 
 
 def test_bad_fine_tuning_exports_are_one_line(runs, tmp_path, capsys):

@@ -286,3 +286,86 @@ def test_demo_command(tmp_path, capsys):
     assert "parameters identical = True" in capsys.readouterr().out
     assert main(args) == 2  # refuses to overwrite without --overwrite
     assert main(args + ["--overwrite"]) == 0
+
+
+# ------------------------------------------------------------------- fill-mask, both layouts
+@pytest.fixture(scope="module")
+def tokenizers_for_fill_mask(tmp_path_factory, text_lines) -> dict[str, object]:
+    """A SentencePiece BPE model (the one whose "<mask>" the export used to spell out) and a
+    WordPiece vocabulary, both of 600 entries, trained on WikiText-2."""
+    from minilm_jax.corpus.tokenizer_train import train_sentencepiece, train_wordpiece
+    from minilm_jax.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("fill_mask_tokenizers")
+    path = shared_data_dir() / "wikitext2" / "tokenized" / "wiki.valid.tokens"
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+             if len(line.split()) >= 12]
+    (root / "bpe.model").write_bytes(train_sentencepiece(lines, 600, "bpe"))
+    (root / "vocab.txt").write_bytes(train_wordpiece(lines, 600))
+    return {"bpe": load_tokenizer(root / "bpe.model"), "wordpiece": load_tokenizer(root / "vocab.txt")}
+
+
+def no_prompt(monkeypatch) -> list[str]:
+    """Record (and refuse) every question transformers asks on stdin."""
+    asked: list[str] = []
+
+    def refuse(prompt: str = "") -> str:
+        asked.append(prompt)
+        raise EOFError
+
+    monkeypatch.setattr("builtins.input", refuse)
+    return asked
+
+
+@pytest.mark.parametrize("layout", ["roberta", "remote"])
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_fill_mask_pipeline_finds_the_mask_in_both_layouts(layout, kind, tokenizers_for_fill_mask,
+                                                           tmp_path, monkeypatch):
+    """Fails on the old export (split_special_tokens: "<mask>" and "[MASK]" spelled out, "No
+    mask_token found"): the card's example sentence goes through transformers' fill-mask pipeline,
+    the mask found, the top 5 tokens those of the vocabulary with the model's own probabilities;
+    the tokenizer loads as the card writes it (trust_remote_code=False beside remote code), asking
+    nothing."""
+    from minilm_jax.interop.hf_minilm import export_model
+
+    tok = tokenizers_for_fill_mask[kind]
+    point = ("E32-H32-I64-L2-A2-V600" if layout == "roberta" else "E16-H32-I64-L2-A2-V600")
+    model = build_mlm(resolve_point(point, embed_projection=layout == "remote"))
+    randomise(model, 3)
+    out = export_model(model, tmp_path / "hf", tokenizer=tok)
+    config = json.loads((out / "config.json").read_text())
+    assert ("auto_map" in config) == (layout == "remote")
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast" and "auto_map" not in tok_config
+
+    asked = no_prompt(monkeypatch)
+    args = {"trust_remote_code": False} if layout == "remote" else {}  # as the model card writes
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out), **args)
+    assert not asked, asked[0]
+    mask = hf_tok.mask_token
+    text = f"the {mask} sat on the mat"
+    ids = hf_tok(text)["input_ids"]
+    assert ids.count(tok.mask_id) == 1 and hf_tok.mask_token_id == tok.mask_id
+    # The mask stands for a whole word, as in pre-training: no lone "▁" piece before it.
+    assert ids == [tok.bos_id, *tok.encode("the"), tok.mask_id, *tok.encode("sat on the mat"),
+                   tok.eos_id]
+    for special in (hf_tok.unk_token, hf_tok.cls_token, hf_tok.sep_token):  # specials, whole
+        assert hf_tok(f"a {special} b", add_special_tokens=False)["input_ids"].count(
+            hf_tok.convert_tokens_to_ids(special)) == 1
+
+    fill = transformers.pipeline("fill-mask", model=str(out), trust_remote_code=True)
+    assert not asked, asked[0]
+    predictions = fill(text)
+    assert len(predictions) == 5
+    with torch.no_grad():
+        logits = fill.model(input_ids=torch.tensor([ids])).logits[0, ids.index(tok.mask_id)]
+    probs = torch.softmax(logits, -1).numpy()
+    top = np.argsort(-probs)[:5]
+    assert [p["token"] for p in predictions] == top.tolist()
+    np.testing.assert_allclose([p["score"] for p in predictions], probs[top], atol=1e-6)
+    assert sum(p["score"] for p in predictions) <= 1.0
+    for p in predictions:
+        assert 0 <= p["token"] < tok.vocab_size and p["token_str"] == hf_tok.decode([p["token"]])
+        assert p["sequence"].endswith("sat on the mat") and mask not in p["sequence"]
+    ours = np.asarray(model.all_logits(jnp.asarray([ids], jnp.int32)))[0, ids.index(tok.mask_id)]
+    assert np.max(np.abs(ours - logits.numpy())) < ATOL  # the pipeline runs our model

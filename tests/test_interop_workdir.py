@@ -60,8 +60,20 @@ def test_auto_tokenizer_encodes_as_we_do_on_real_text(model_type, byte_fallback,
     hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     texts = wiki_lines("wiki.test.tokens")[:1500] + ODD  # unseen text, with "<unk>" written in it
     ids = ours.encode_batch(texts)
-    differ = [t for t, want in zip(texts, ids) if hf(t, add_special_tokens=False)["input_ids"] != want]
+    # split_special_tokens=True reads the specials written in text as text, as our encode does.
+    differ = [t for t, want in zip(texts, ids)
+              if hf(t, add_special_tokens=False, split_special_tokens=True)["input_ids"] != want]
     assert not differ, f"{len(differ)} of {len(texts)} differ, e.g. {differ[:3]}"
+    literal = ("<unk>", "<s>", "</s>", "<pad>", "<mask>")
+    plain = [(t, want) for t, want in zip(texts, ids) if not any(s in t for s in literal)]
+    assert len(plain) > 300 and all(hf(t, add_special_tokens=False)["input_ids"] == want
+                                     for t, want in plain)
+    # By default the specials written in text are special tokens: "<mask>" for fill-mask, standing
+    # for a whole word as in pre-training (no lone "▁" before it).
+    assert hf("the <mask> sat on the mat")["input_ids"] == [
+        ours.bos_id, *ours.encode("the"), ours.mask_id, *ours.encode("sat on the mat"), ours.eos_id]
+    assert hf("a <unk> b </s>", add_special_tokens=False)["input_ids"] == [
+        *ours.encode("a"), ours.unk_id, *ours.encode("b"), ours.eos_id]
     for a, b in sst2_pairs()[:100]:  # pairs and truncation: the layout fine-tuning uses
         want, _ = build_inputs(ours, ours.encode(a), ours.encode(b), SEQ)
         got = hf(a, b, truncation="longest_first", max_length=SEQ)["input_ids"]
@@ -84,6 +96,9 @@ def test_auto_tokenizer_of_a_wordpiece_vocabulary(tmp_path):
         want, types = build_inputs(ours, ours.encode(a), ours.encode(b), SEQ)
         got = hf(a, b, truncation="longest_first", max_length=SEQ)
         assert got["input_ids"] == want and got["token_type_ids"] == types
+    text = "the [MASK] sat on the [UNK] mat"  # every special is matched in text, as ours does
+    assert hf(text)["input_ids"] == [ours.bos_id, *ours.encode(text), ours.eos_id]
+    assert hf(text)["input_ids"].count(ours.mask_id) == 1
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +166,9 @@ def test_exported_workdir_matches_transformers_and_serves_as_init_checkpoint(tra
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
     hf_model = transformers.RobertaForMaskedLM.from_pretrained(str(out)).eval()
     texts = wiki_lines("wiki.test.tokens")[:8]
-    batch = hf_tok(texts, padding="max_length", truncation=True, max_length=SEQ, return_tensors="np")
+    # WikiText writes "<unk>": text in training, as with split_special_tokens=True.
+    batch = hf_tok(texts, padding="max_length", truncation=True, max_length=SEQ, return_tensors="np",
+                   split_special_tokens=True)
     tok = load_tokenizer(trained["tokenizer"])
     for row, text in zip(batch["input_ids"], texts):
         want, _ = build_inputs(tok, tok.encode(text), None, SEQ)

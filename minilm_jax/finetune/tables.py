@@ -19,7 +19,7 @@ from minilm_jax.storage import (RunPath, atomic_write_bytes, atomic_write_json, 
 from minilm_jax.analysis.stats import paired_gap, pearson_fisher
 
 from minilm_jax.tasks.metrics import glue_average
-from minilm_jax.train import learned
+from minilm_jax.data import learned
 from minilm_jax.tasks.registry import task_names
 
 

@@ -9,6 +9,12 @@ text. A WordPiece ``vocab.txt`` becomes BERT's pipeline with ``[CLS] A [SEP] B [
 tokens and the pair layout are those of :mod:`minilm_jax.tasks.encoding`, so
 ``AutoTokenizer.from_pretrained(dir)(a, b)`` gives the ids fine-tuning uses.
 
+Specials written in text are special tokens (transformers' default, and what its fill-mask pipeline
+needs: ``"the <mask> sat"`` is ``▁the <mask> ▁sat``). Our SentencePiece encode reads ``<unk>``
+``<s>`` ``</s>`` ``<pad>`` in text as text (WikiText writes ``<unk>``): ``split_special_tokens=True``
+in the call does the same there. ``tokenizer_config.json`` names ``PreTrainedTokenizerFast``, no
+``auto_map``: no custom code for the tokenizer.
+
 Needs only the ``tokenizers`` package (a core dependency) and ``sentencepiece``'s protobuf schema.
 """
 
@@ -55,6 +61,14 @@ def bpe_merges(pieces: list[str]) -> list[tuple[str, str]]:
     return [(left, right) for _, _, _, left, right in merges]
 
 
+def _added_token(cls: Any, piece: str, special: bool) -> Any:
+    """A ``tokenizers.AddedToken`` for ``piece``. The mask swallows the space before it, as
+    RoBERTa's does: ``"the <mask> sat"`` is ``▁the <mask> ▁sat``, the mask standing for a whole
+    ``▁word`` piece as in pre-training."""
+    return cls(piece, normalized=False, special=special,
+               lstrip=piece == SENTENCEPIECE_SPECIALS["mask"])
+
+
 def _sentencepiece_pipeline(tok: SentencePieceTokenizer):
     from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
@@ -94,12 +108,12 @@ def _sentencepiece_pipeline(tok: SentencePieceTokenizer):
     hf.decoder = decoders.Sequence(
         ([decoders.ByteFallback()] if byte_fallback else [])
         + [decoders.Metaspace(replacement="\u2581", prepend_scheme=scheme)])
-    # Control pieces (<s> <pad> </s>) never come from text; user-defined ones (<mask>) do, whole.
+    # The specials (<s> <pad> </s> <unk> <mask>) are special tokens, matched whole in text (as
+    # transformers treats every named special token); other user-defined pieces are plain ones.
     added = [p.piece for p in proto.pieces if p.type in (_SPM_CONTROL, _SPM_USER_DEFINED)]
     specials = set(SENTENCEPIECE_SPECIALS.values())
-    hf.add_tokens([AddedToken(piece, normalized=False, special=piece in specials) for piece in added])
-    hf.add_special_tokens([AddedToken(p, normalized=False, special=True) for p in specials
-                           if p not in added])
+    hf.add_tokens([_added_token(AddedToken, piece, piece in specials) for piece in added])
+    hf.add_special_tokens([_added_token(AddedToken, p, True) for p in specials if p not in added])
     hf.post_processor = RobertaProcessing(("</s>", tok.eos_id), ("<s>", tok.bos_id),
                                           trim_offsets=False, add_prefix_space=False)
     return hf
@@ -127,7 +141,10 @@ def _config(tok: Tokenizer, max_len: int) -> tuple[dict[str, Any], dict[str, str
     roles |= {"unk_token": names["unk"], "pad_token": names["pad"], "mask_token": names["mask"]}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(max_len),
               "padding_side": "right", "truncation_side": "right", "clean_up_tokenization_spaces": False,
-              "split_special_tokens": True,  # "<unk>" in text is text, as in our encode
+              # Specials written in text are special tokens ("the <mask> sat" for fill-mask).
+              # SentencePiece reads "<unk>" "<s>" "</s>" "<pad>" in text as text:
+              # tokenizer(text, split_special_tokens=True) does too (and splits "<mask>").
+              "split_special_tokens": False,
               "model_input_names": ["input_ids", "attention_mask"] if tok.kind == "sentencepiece"
               else ["input_ids", "token_type_ids", "attention_mask"], **roles, **extra}
     return config, roles

@@ -21,7 +21,8 @@ from minilm_jax.finetune.parameters import flat_leaves, load_parameters
 from minilm_jax.finetune.pretrained import PretrainedRun
 from minilm_jax.interop.hf_files import InteropError, safetensors_numpy
 from minilm_jax.interop.hf_minilm import export_model, fits_roberta, hf_layout, remote_problems
-from minilm_jax.interop.model_card import CARD_NAME, CardFacts, model_card, rebuilt_command
+from minilm_jax.interop.model_card import (CARD_NAME, CardFacts, add_perplexity_reference,
+                                           add_twin_score, model_card, rebuilt_command)
 from minilm_jax.model.accounting import count_params
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.models import build_classifier, build_mlm
@@ -191,6 +192,7 @@ def _export_pretrained(workdir: str | os.PathLike, out_dir: str | os.PathLike, w
             if value is not None],
         commands=_commands(run.workdir, flat, "minilm-pretrain",
                            f"pretrain:{flat.get('point', run.model.point)}", command))
+    add_perplexity_reference(facts, summary, flat.get("data.shards"))
     files = {CARD_NAME: model_card(facts)}
     if flat:
         files[RUN_CONFIG_NAME] = json.dumps(flat, indent=2, sort_keys=True) + "\n"
@@ -335,6 +337,7 @@ def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.
               ("tokenizer", f"{tokenizer.path} (sha256 {tokenizer.sha256[:12]})")],
         metrics=metrics, labels=labels, regression=regression, notes=[note] if note else [],
         commands=_commands(workdir, flat, "minilm-finetune", f"finetune:{summary.task}", command))
+    add_twin_score(facts, workdir, summary, params_which)
     provenance = {"workdir": str(workdir), "task": summary.task, "seed": chosen,
                   "parameters": params_which, "point": cfg.point}
     files = {CARD_NAME: model_card(facts),

@@ -9,7 +9,7 @@ import numpy as np
 from minilm_jax.analysis.fits import PAPER_BREAK_FLOPS, PAPER_FITS, BreakInterval, FitComparison
 from minilm_jax.analysis.seed_frontier import SeedBreak
 from minilm_jax.analysis.results import FLOPS_DEFINITIONS, baselines, flops_field, rows_of_kind
-from minilm_jax.train.learned import ADVICE, PLATEAU
+from minilm_jax.data.learned import ADVICE, PLATEAU
 
 from .analyses import Analyses, CurveAnalysis
 from .downstream import DownstreamAnalysis

@@ -24,7 +24,8 @@ from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, sn
                                    validate_pretrain_config)
 from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
-from minilm_jax.train import learned, runner
+from minilm_jax.data import learned
+from minilm_jax.train import runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.distributed import gathered
 from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exported for callers)

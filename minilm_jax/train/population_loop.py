@@ -27,7 +27,8 @@ from minilm_jax.run_config import (RESUMABLE_FIELDS, log_eval_steps, snapshot_st
                                    validate_pretrain_config)
 from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
-from minilm_jax.train import learned, runner
+from minilm_jax.data import learned
+from minilm_jax.train import runner
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import TrainingDiverged
 from minilm_jax.train.evaluation import eval_result, split_losses

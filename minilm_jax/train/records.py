@@ -74,7 +74,7 @@ class PretrainSummary(_Record):
     device_memory: dict[str, Any] | None = None
     diverged_at: int | None = None  # a population member: the step whose loss was non-finite
     population: str | None = None  # a population member: the population's workdir
-    # The shards' unigram / bigram perplexities of the validation split (minilm_jax.train.learned)
+    # The shards' unigram / bigram perplexities of the validation split (minilm_jax.data.learned)
     # and whether the best validation perplexity is clearly below the unigram one.
     reference: dict[str, Any] | None = None
     learned: bool | None = None

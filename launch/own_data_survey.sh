@@ -51,10 +51,11 @@ if not (out / "bbc.txt").exists():
 EOF
 for corpus in ${SURVEY_CORPORA:-bbc wikitext2 ag_news dbpedia aochildes}; do
   echo "=== $corpus"
+  if [ -f "$OUT/$corpus/pretrain/summary.json" ]; then echo "   finished earlier: skipped"; continue; fi
   start=$(date +%s)
   bash launch/own_data.sh "$OUT/texts/$corpus.txt" - "$OUT/$corpus" > "$OUT/$corpus.log" 2>&1 \
     || { echo "failed: see $OUT/$corpus.log"; tail -3 "$OUT/$corpus.log"; continue; }
-  echo "$(( $(date +%s) - start )) s" > "$OUT/$corpus.seconds"
+  echo "$(( $(date +%s) - start )) s" > "$OUT/$corpus.seconds"  # the whole script: install to model
 done
 .venv/bin/python - "$OUT" ${SURVEY_CORPORA:-bbc wikitext2 ag_news dbpedia aochildes} <<'EOF'
 import json, math, sys

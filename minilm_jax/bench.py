@@ -180,7 +180,7 @@ def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per
     ``tokens_per_run`` tokens (one epoch of the paper's corpus: 1.16e9) per run. With ``seeds`` > 1
     every run is ``seeds`` pre-training seeds packed into one population (``impl``): its time is
     measured as such and compared with the one-seed time of the point."""
-    from minilm_jax.cli import load_config_file
+    from minilm_jax.recipes import load_config_file
     from minilm_jax.sweep import expand
 
     runs = expand(load_config_file(sweep_spec))

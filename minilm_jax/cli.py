@@ -26,19 +26,6 @@ if TYPE_CHECKING:
 EXIT_USER_ERROR = 2
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """Load ``path.py[:arg]`` or an installed recipe ``name[:arg]`` (:mod:`minilm_jax.recipes`)
-    the way ``config_flags`` does (``get_config(arg)``)."""
-    path, arg = recipes.split_spec(recipes.resolve(spec))
-    module_spec = importlib.util.spec_from_file_location("_minilm_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    try:
-        return module.get_config(arg) if arg else module.get_config()
-    except (ValueError, KeyError) as err:  # an unknown name: the config file's own message
-        raise UserError(f"--config={spec}: {err.args[0] if err.args else err}") from err
-
-
 def check_overrides(argv: Sequence[str], flag: str = "config") -> list[str]:
     """Fail with one message naming an unknown ``--config.<field>`` and listing valid ones;
     ``argv`` with each list field given as ``a,b`` written as the literal ``('a', 'b')``
@@ -48,7 +35,7 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> list[str]:
         return list(argv)
     from minilm_jax.run_config import FIXED_FIELDS, check_override, flatten
 
-    config = load_config_file(spec)
+    config = recipes.load_config_file(spec)
     flat = flatten(config)
     valid = set(flat)
     prefix = f"--{flag}."
@@ -129,7 +116,7 @@ def _boolean_fields(argv: Sequence[str], flag: str) -> set[str]:
     from minilm_jax.run_config import flatten
 
     try:
-        config = load_config_file(spec)
+        config = recipes.load_config_file(spec)
     except Exception:  # a missing file or a bad argument: reported by the command
         return set()
     return {field for field, value in flatten(config).items() if isinstance(value, bool)}

@@ -49,7 +49,7 @@ def _flag_line(flag: Any) -> str:
 
 def _recipe_fields(spec: str) -> list[str]:
     """One wrapped line per section of the recipe ``spec``: its fields."""
-    from minilm_jax.cli import load_config_file
+    from minilm_jax.recipes import load_config_file
     from minilm_jax.run_config import flatten
 
     try:

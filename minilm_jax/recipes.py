@@ -15,8 +15,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from minilm_jax.errors import UserError
+
+if TYPE_CHECKING:
+    import ml_collections
 
 RECIPES = ("pretrain", "finetune", "sweep")  # the recipes a command takes with --config
 
@@ -84,3 +88,16 @@ def resolve_args(argv: list[str], flag: str = "config") -> list[str]:
         out.append(arg)
         i += 1
     return out + argv[end:]
+
+
+def load_config_file(spec: str) -> "ml_collections.ConfigDict":
+    """Load ``path.py[:arg]`` or an installed recipe ``name[:arg]`` (see the module doc)
+    the way ``config_flags`` does (``get_config(arg)``)."""
+    path, arg = split_spec(resolve(spec))
+    module_spec = importlib.util.spec_from_file_location("_minilm_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    try:
+        return module.get_config(arg) if arg else module.get_config()
+    except (ValueError, KeyError) as err:  # an unknown name: the config file's own message
+        raise UserError(f"--config={spec}: {err.args[0] if err.args else err}") from err

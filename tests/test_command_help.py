@@ -131,7 +131,7 @@ def test_resolve_names_files_and_two_argument_flags(tmp_path, monkeypatch):
     assert recipes.resolve_args(argv) == [
         "--config", f"{installed / 'pretrain'}.py:tiny", "--config.train.num_steps=3", "--",
         "--config=x"]
-    assert cli.load_config_file("finetune:cola").task == "cola"
+    assert recipes.load_config_file("finetune:cola").task == "cola"
 
 
 def test_tools_keep_absl_info_lines_out_unless_asked(tmp_path):

@@ -100,6 +100,12 @@ def test_padded_shards_round_trip(corpus_and_tokenizer, tmp_path):
             assert row.tolist() == expected
     counts = manifest["source"]["counts"]
     assert counts["validation"]["texts"] == 20 and sum(c["texts"] for c in counts.values()) == len(texts)
+    # every built shard set carries its unigram / bigram baselines, as computed afresh
+    from minilm_jax.data.baselines import CACHE, compute_baselines
+
+    cached = json.loads((tmp_path / "s" / CACHE).read_text())
+    assert cached["splits"] == compute_baselines(tmp_path / "s")["splits"]
+    assert set(cached["splits"]) == {"validation", "test"}
 
 
 def test_packed_shards_segments_and_determinism(corpus_and_tokenizer, tmp_path):
@@ -197,6 +203,7 @@ def test_study_b_subsets_nested_with_shared_validation(tmp_path):
     trimmed = [tuple(x for x in r if x not in (tok.eos_id, tok.pad_id)) for r in rows]
     assert all(t in heads for t in trimmed) and len(set(trimmed)) == 30
     assert read_manifest(tmp_path / "sub" / "n10")["tokenizer"]["sha256"] == tok.sha256
+    assert all((tmp_path / "sub" / n / "baselines.json").is_file() for n in ("n10", "n25"))
     other = run_subsets(source, str(vocab), tmp_path / "sub2", sizes=[10], valid=5, seed=4)
     assert other["subsets"]["n10"]["train"]["num_sequences"] == 10
     assert not np.array_equal(open_split(tmp_path / "sub2" / "n10", "train").tokens, small)

@@ -126,3 +126,37 @@ def test_tests_import_at_most_one_command_module():
             imported.setdefault(target, []).append(test.name)
     assert len(imported) <= 1, f"tests import several command modules: {imported}; import the " \
         "library function from a module without flags, or run the command in a subprocess"
+
+
+def test_no_import_circles():
+    """No two modules import each other, directly or through others (an import inside a function
+    counts: it is a dependency all the same)."""
+    known = {m for m, _ in MODULES}
+    graph = {m: {t for t in imports_of(p, m) if t in known and t != m} for m, p in MODULES}
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    assert not circles, f"import circles: {circles}"

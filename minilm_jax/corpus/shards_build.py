@@ -32,6 +32,7 @@ from minilm_jax.corpus.filter_stage import parallel_map
 from minilm_jax.corpus.manifest import atomic_output_dir, check_output_free, read_stage_manifest
 from minilm_jax.corpus.progress import progress_bar
 from minilm_jax.corpus.sources import ReadStats, SourceSpec, fingerprint, iter_documents
+from minilm_jax.data.baselines import write_baselines
 from minilm_jax.data.shards import ShardWriter
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 
@@ -282,6 +283,7 @@ def run_shards(sources: list[SourceSpec], tokenizer_path: str, out_dir: str | os
                               progress=progress, writer=writer, block_rows=block_rows)
         manifest = writer.finish({**_provenance(inputs, tok, cfg, builders),
                                   **read.undecodable_counts()})
+        write_baselines(tmp)  # the unigram / bigram perplexities a model must beat
     return manifest
 
 

@@ -21,6 +21,7 @@ from minilm_jax.corpus.manifest import atomic_output_dir, check_output_free, wri
 from minilm_jax.corpus.progress import progress_bar
 from minilm_jax.corpus.shards_build import RowBuilder, ShardConfig
 from minilm_jax.corpus.sources import SourceSpec, fingerprint, iter_documents
+from minilm_jax.data.baselines import write_baselines
 from minilm_jax.data.shards import write_shards
 from minilm_jax.tokenizer import load_tokenizer
 
@@ -78,6 +79,7 @@ def run_subsets(source: SourceSpec, tokenizer_path: str, out_dir: str | os.PathL
                           "inputs": inputs, "shuffled_corpus_articles": total}
             manifest = write_shards(tmp / f"n{size}", splits, pad_id=tok.pad_id, tokenizer=tok.info,
                                     source=provenance)
+            write_baselines(tmp / f"n{size}")
             summary[f"n{size}"] = {name: {"num_sequences": e["num_sequences"], "num_tokens": e["num_tokens"]}
                                    for name, e in manifest["splits"].items()}
         write_stage_manifest(tmp, "subsets", inputs=inputs,

@@ -150,6 +150,15 @@ def load_baselines(shard_dir: str | Path) -> dict[str, Any]:
     return result
 
 
+def write_baselines(shard_dir: str | Path) -> None:
+    """Compute and cache the baselines of a shard set just built (every command that builds one
+    calls this, so a shard set always carries its ``baselines.json``); nothing without a train
+    split or an evaluation split."""
+    splits = read_manifest(shard_dir)["splits"]
+    if "train" in splits and len(splits) > 1:
+        load_baselines(shard_dir)
+
+
 def shard_baselines(shard_dir: str | Path) -> list[dict[str, Any]]:
     """Result rows ``{"kind": "baseline", "name", "split", "loss", "perplexity", "shards"}``."""
     result = load_baselines(shard_dir)

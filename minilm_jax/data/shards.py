@@ -141,9 +141,7 @@ class ShardWriter:
             files.segments.append(segments)
 
     def finish(self, source: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Complete every split's files, then write the manifest and the unigram / bigram
-        reference perplexities of the evaluation splits (``baselines.json``, when there is a train
-        split to count from); return the manifest."""
+        """Complete every split's files, then write the manifest; return it."""
         if not any(files.tokens.rows for files in self._files.values()):
             raise ShardError(f"no rows written to {self.out}")
         entries: dict[str, Any] = {}
@@ -157,10 +155,6 @@ class ShardWriter:
                     "pad_id": self.pad_id, "tokenizer": dataclasses.asdict(self.tokenizer), "splits": entries,
                     "source": source or {}}
         atomic_write_json(self.out / MANIFEST, manifest)
-        if "train" in entries and len(entries) > 1:  # every shard set carries its baselines
-            from .baselines import load_baselines
-
-            load_baselines(self.out)
         return manifest
 
     def _commit(self, name: str, files: _SplitFiles) -> dict[str, Any]:

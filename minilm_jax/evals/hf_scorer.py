@@ -21,7 +21,7 @@ from minilm_jax.errors import UserError
 from minilm_jax.tokenizer import Tokenizer
 
 from .hf_folders import TOKENIZER_FILES, HuggingFaceFolder, inspect_folder, read_config
-from .scoring import ScoringModel
+from .scoring import ScoringModel, mlm_target_logprobs
 
 LOGITS_BUDGET = 1 << 28  # bytes of float32 logits per forward pass (rows are chunked to fit)
 
@@ -110,8 +110,6 @@ def hugging_face_model(path: str | Path, random_seed: int | None = None) -> Scor
     classes, never code from the folder."""
     folder = inspect_folder(path)
     if folder.remote:
-        from .scoring_models import exported_minilm_model
-
         return exported_minilm_model(folder, random_seed)
     torch, transformers = _transformers()
     tokenizer = HuggingFaceTokenizer(path)
@@ -174,3 +172,32 @@ def longest_input(tokenizer: HuggingFaceTokenizer, positions: int) -> int | None
     if positions <= 0:
         return None
     return min(v for v in (limit, positions) if 0 < v < 1_000_000)
+
+
+def exported_minilm_model(folder: HuggingFaceFolder, random_seed: int | None = None
+                          ) -> ScoringModel:
+    """One of our remote-code exports (``model_type`` minilm_jax, e.g. the default recipe's
+    factorized model) read back into our ``MaskedLM`` with numpy and safetensors
+    (:func:`~minilm_jax.interop.hf_import.import_minilm`: its PyTorch code never runs), with the
+    export's own ``tokenizer.json``; with ``random_seed`` its architecture freshly initialised, as
+    a checkpoint's twin is."""
+    import jax
+    from flax import nnx
+
+    from minilm_jax.interop.hf_import import import_minilm, minilm_export_config
+    from minilm_jax.model.models import MaskedLM
+
+    cfg = minilm_export_config(folder.config, folder.path / "config.json")
+    tokenizer = HuggingFaceTokenizer(folder.path, ours=True)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise UserError(f"{folder.path}: its tokenizer has {tokenizer.vocab_size} tokens, more "
+                        f"than the model's vocabulary ({cfg.vocab_size} rows)")
+    if random_seed is None:
+        model = import_minilm(folder.path)
+    else:
+        model = MaskedLM(cfg, rngs=nnx.Rngs(params=int(random_seed)))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = jax.device_put((params, rest))
+    info = folder_info(folder, cfg.point, random_seed)
+    return ScoringModel(tokenizer, mlm_target_logprobs(graphdef, params, rest), info,
+                        (graphdef, params, rest), None, longest_input(tokenizer, cfg.max_len))

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from minilm_jax.errors import UserError
 from minilm_jax.storage import run_path
 from minilm_jax.tokenizer import load_tokenizer
 
 from .scoring import ScoringModel, mlm_target_logprobs
-
-if TYPE_CHECKING:
-    from .hf_folders import HuggingFaceFolder
 
 
 def scoring_model(location: str | Path, which: str = "best", random_seed: int | None = None
@@ -61,34 +57,3 @@ def checkpoint_model(workdir: str | Path, which: str = "best", random_seed: int 
     flat = json.loads((run_path(workdir) / "config.json").read_text())
     return ScoringModel(tokenizer, mlm_target_logprobs(graphdef, params, rest), info,
                         (graphdef, params, rest), flat, run.model.max_len)
-
-
-def exported_minilm_model(folder: HuggingFaceFolder, random_seed: int | None = None
-                          ) -> ScoringModel:
-    """One of our remote-code exports (``model_type`` minilm_jax, e.g. the default recipe's
-    factorized model) read back into our ``MaskedLM`` with numpy and safetensors
-    (:func:`~minilm_jax.interop.hf_import.import_minilm`: its PyTorch code never runs), with the
-    export's own ``tokenizer.json``; with ``random_seed`` its architecture freshly initialised, as
-    a checkpoint's twin is."""
-    import jax
-    from flax import nnx
-
-    from minilm_jax.interop.hf_import import import_minilm, minilm_export_config
-    from minilm_jax.model.models import MaskedLM
-
-    from .hf_scorer import HuggingFaceTokenizer, folder_info, longest_input
-
-    cfg = minilm_export_config(folder.config, folder.path / "config.json")
-    tokenizer = HuggingFaceTokenizer(folder.path, ours=True)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise UserError(f"{folder.path}: its tokenizer has {tokenizer.vocab_size} tokens, more "
-                        f"than the model's vocabulary ({cfg.vocab_size} rows)")
-    if random_seed is None:
-        model = import_minilm(folder.path)
-    else:
-        model = MaskedLM(cfg, rngs=nnx.Rngs(params=int(random_seed)))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params, rest = jax.device_put((params, rest))
-    info = folder_info(folder, cfg.point, random_seed)
-    return ScoringModel(tokenizer, mlm_target_logprobs(graphdef, params, rest), info,
-                        (graphdef, params, rest), None, longest_input(tokenizer, cfg.max_len))

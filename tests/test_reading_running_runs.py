@@ -226,6 +226,8 @@ def jax_leaves(state):
 
 # ----------------------------------------------------------------- where the tokenizer is
 def test_the_tokenizer_is_looked_up_in_run_start_then_summary_then_the_shards(finished):
+    assert (finished / reading.RUN_START).is_file()  # a population member records one too
+    (finished / reading.RUN_START).unlink()  # as a run of an earlier version
     flat = json.loads((finished / "config.json").read_text())
     from_shards = reading.recorded_tokenizer(finished, flat)  # no run_start.json, no summary
     assert from_shards["path"].endswith("tok.model")

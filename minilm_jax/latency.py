@@ -41,9 +41,9 @@ from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import build_classifier
 from minilm_jax.model.stacked import init_stacked, stacked_apply, unstack_state
 from minilm_jax.model.sizes import resolve_point
-from minilm_jax.tasks import committee
+from minilm_jax.tasks import committee_math
 
-COMBINE_METHODS = ("prob", "logit")  # as tasks.committee and the committee command name them
+COMBINE_METHODS = ("prob", "logit")  # as tasks.committee_math and the committee command name them
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,10 +82,11 @@ def combine_probs(logits_kbc: jax.Array, method: str) -> jax.Array:
 
 
 def reference_probs(members: Sequence[Member], tokens_bt: jax.Array, method: str) -> np.ndarray:
-    """Members run one by one, eagerly, combined in float64 by :mod:`minilm_jax.tasks.committee`."""
+    """Members run one by one, eagerly, combined in float64 by
+    :mod:`minilm_jax.tasks.committee_math`."""
     logits_kbc = np.stack([np.asarray(m.logits(tokens_bt)) for m in members])
-    scores_bc = committee.combine(logits_kbc, method)
-    return scores_bc if method == "prob" else committee.softmax(scores_bc)
+    scores_bc = committee_math.combine(logits_kbc, method)
+    return scores_bc if method == "prob" else committee_math.softmax(scores_bc)
 
 
 def member_config(point: str, dtype: str, seq_len: int) -> ModelConfig:

@@ -26,9 +26,9 @@ def main(argv: list[str]) -> None:
     from minilm_jax.evals.in_training import step_evaluations
     from minilm_jax.interop.hf_minilm import export_note
     from minilm_jax.train.distributed import maybe_initialize_distributed
-    from minilm_jax.train.loop import Pretrainer
+    from minilm_jax.train.pretrainer import Pretrainer
     from minilm_jax.train.population import expand, is_population
-    from minilm_jax.train.population_loop import PopulationTrainer
+    from minilm_jax.train.population_trainer import PopulationTrainer
 
     config, workdir = _RUN_FLAGS()
     maybe_initialize_distributed(config)

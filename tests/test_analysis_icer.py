@@ -7,8 +7,9 @@ import pytest
 
 from minilm_jax.analysis.depth import depth_analysis
 from minilm_jax.analysis.icer import icer_analysis
-from minilm_jax.analysis.results import (ResultsError, best_validation, downstream_scores,
-                                         last_validation, load_results, summarize_runs)
+from minilm_jax.analysis.result_rows import ResultsError, load_results
+from minilm_jax.analysis.results import (best_validation, downstream_scores, last_validation,
+                                         summarize_runs)
 
 
 def run_rows(run, point, group, base="b", factor="", value=None, curve=(), params=1000):

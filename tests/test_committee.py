@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from minilm_jax.tasks.committee import accuracy_vs_k, combine, committee_predict, softmax
+from minilm_jax.tasks.committee_math import accuracy_vs_k, combine, committee_predict, softmax
 
 
 def test_prob_and_logit_averaging_differ_by_hand():

@@ -1,5 +1,5 @@
 """Every config field is checked for range before anything is written: one table per recipe
-(``run_config.PRETRAIN_RULES``, ``finetune.config.FINETUNE_RULES``, shared sections in
+(``run_config.PRETRAIN_RULES``, ``finetune.config_rules.FINETUNE_RULES``, shared sections in
 ``run_config.SHARED_RULES``), one error line naming the field, its value and the allowed range;
 the shipped recipes and sweeps pass; a tuple field given twice on the command line keeps the last
 value, like a scalar (issue 24)."""
@@ -18,7 +18,7 @@ from conftest import REPO, shared_path
 from minilm_jax.cli import last_override_wins
 from minilm_jax.configs import finetune as finetune_recipe
 from minilm_jax.configs import pretrain as pretrain_recipe
-from minilm_jax.finetune.config import FINETUNE_RULES, validate_finetune_config
+from minilm_jax.finetune.config_rules import FINETUNE_RULES, validate_finetune_config
 from minilm_jax.model.config import ConfigError
 from minilm_jax.model.sizes import NAMED_POINTS
 from minilm_jax.run_config import (PRETRAIN_RULES, SHARED_RULES, apply_recipe, flatten,

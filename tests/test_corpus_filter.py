@@ -13,7 +13,7 @@ import pytest
 from minilm_jax.corpus.constrained import FilterConfig, FilterCounts, VocabularyChecker, filter_document
 from minilm_jax.corpus.errors import CorpusError
 from minilm_jax.corpus.filter_stage import PackConfig, run_filter
-from minilm_jax.corpus.packing import pack
+from minilm_jax.corpus.sequence_packing import pack
 from minilm_jax.corpus.sources import SourceSpec
 from minilm_jax.corpus.vocab import load_word_list
 from minilm_jax.corpus.words import check_words, normalize_for_check

@@ -12,7 +12,8 @@ import pytest
 
 from minilm_jax.corpus.errors import CorpusError
 from minilm_jax.corpus.select_stage import run_select
-from minilm_jax.corpus.selection import esms, load_morphemes, recommend, unk_rates, word_esms, word_split_ratio
+from minilm_jax.corpus.text_selection import (esms, load_morphemes, recommend, unk_rates, word_esms,
+                                              word_split_ratio)
 from minilm_jax.corpus.sources import SourceSpec
 from minilm_jax.corpus.tokenizer_train import reservoir_sample, run_train_tokenizers, train_sentencepiece
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer

@@ -19,7 +19,7 @@ from conftest import REPO, shared_path, write_line_shards
 
 from minilm_jax.errors import UserError
 from minilm_jax.configs.finetune import get_config as finetune_config
-from minilm_jax.finetune.loop import Finetuner
+from minilm_jax.finetune.finetuner import Finetuner
 from minilm_jax.finetune.parameters import load_parameters
 from minilm_jax.finetune.tables import glue_averages, run_row, tables, write_tables
 
@@ -34,7 +34,7 @@ def pretrained(tmp_path_factory) -> dict[str, Path]:
     from minilm_jax.corpus.tokenizer_train import train_sentencepiece
     from minilm_jax.configs.pretrain import get_config as pretrain_config
     from minilm_jax.tokenizer import load_tokenizer
-    from minilm_jax.train.loop import Pretrainer
+    from minilm_jax.train.pretrainer import Pretrainer
 
     root = tmp_path_factory.mktemp("ft")
     wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
@@ -360,7 +360,7 @@ def test_model_fields_apply_on_top_of_a_checkpoint(pretrained, tmp_path):
 
 
 def test_model_overrides_apply_to_the_architecture():
-    from minilm_jax.finetune.config import with_overrides
+    from minilm_jax.finetune.config_rules import with_overrides
     from minilm_jax.model.sizes import resolve_point
 
     cfg = with_overrides(resolve_point("paper-1.25m"), ("pooler=weighted_sum", "hidden_dropout=0.0"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from minilm_jax.errors import UserError
-from minilm_jax.finetune.loop import Finetuner
+from minilm_jax.finetune.finetuner import Finetuner
 from minilm_jax.finetune.parameters import load_parameters
 from minilm_jax.train.records import is_done
 
@@ -115,7 +115,7 @@ def test_a_sweep_packs_the_finetuning_jobs_of_its_population(word_shards, tmp_pa
     shared random-init twin is never packed; ``pack=off`` packs nothing."""
     from conftest import REPO
     from minilm_jax.sweep.layout import finetune_jobs
-    from minilm_jax.sweep.runner import SweepRunner
+    from minilm_jax.sweep.worker_loop import SweepRunner
 
     sys.path.insert(0, str(REPO / "configs"))
     import sweep as sweep_configs

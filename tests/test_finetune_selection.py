@@ -15,9 +15,9 @@ import pytest
 from conftest import shared_path
 
 from minilm_jax.configs.finetune import get_config as finetune_config
-from minilm_jax.finetune.loop import Finetuner
-from minilm_jax.finetune.selection import (majority_baseline, mean_std, sample_std, split_metrics,
-                                           unk_counts, unk_warnings)
+from minilm_jax.finetune.finetuner import Finetuner
+from minilm_jax.finetune.model_selection import (majority_baseline, mean_std, sample_std,
+                                                 split_metrics, unk_counts, unk_warnings)
 from minilm_jax.corpus.vocab import load_word_list
 from minilm_jax.tasks.task_data import load_task_data
 from minilm_jax.run_config import model_config_dict

@@ -107,7 +107,7 @@ def pretrained(gcs, compile_cache, tmp_path_factory) -> dict[str, Any]:  # noqa:
     SIGTERM after step 9 and run again."""
     from minilm_jax.corpus.tokenizer_train import train_sentencepiece
     from minilm_jax.tokenizer import load_tokenizer
-    from minilm_jax.train.loop import Pretrainer
+    from minilm_jax.train.pretrainer import Pretrainer
 
     root = tmp_path_factory.mktemp("gcs")
     wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
@@ -191,7 +191,7 @@ def ft_cli(pretrained: dict[str, Any], workdir: str) -> list[str]:
 
 
 def test_finetuning_from_and_into_a_bucket_resumes_from_it(gcs, pretrained):  # noqa: F811
-    from minilm_jax.finetune.loop import Finetuner
+    from minilm_jax.finetune.finetuner import Finetuner
 
     ref_dir, workdir = gcs.uri("ft-ref"), gcs.uri("ft")
     ref = Finetuner(ft_config(pretrained), ref_dir, "pretrained").run()

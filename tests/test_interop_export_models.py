@@ -39,7 +39,7 @@ def write_table(folder: Path, rows: list[tuple[str, object]]) -> None:
 
 def finetune(task: str, data_dir: Path, workdir: Path, **fields) -> Path:
     from minilm_jax.configs.finetune import get_config as finetune_config
-    from minilm_jax.finetune.loop import Finetuner
+    from minilm_jax.finetune.finetuner import Finetuner
 
     c = finetune_config(task)
     c.data.dir = str(data_dir)
@@ -67,7 +67,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     from minilm_jax.configs.pretrain import get_config as pretrain_config
     from minilm_jax.corpus.tokenizer_train import train_sentencepiece
     from minilm_jax.tokenizer import load_tokenizer
-    from minilm_jax.train.loop import Pretrainer
+    from minilm_jax.train.pretrainer import Pretrainer
 
     for package in ("safetensors", "torch", "transformers"):  # the hf and interop extras
         pytest.importorskip(package)

@@ -106,7 +106,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     """A unigram tokenizer and a short pre-training run of an exportable model (E == H, no
     projection) on WikiText-2 shards."""
     from minilm_jax.configs.pretrain import get_config as pretrain_config
-    from minilm_jax.train.loop import Pretrainer
+    from minilm_jax.train.pretrainer import Pretrainer
 
     root = tmp_path_factory.mktemp("export")
     lines = [line for line in wiki_lines() if len(line.split()) >= 12]
@@ -218,7 +218,7 @@ def test_what_no_layout_can_hold_is_refused_before_reading(trained, tmp_path, ca
 
 def test_fine_tuning_starts_from_an_exported_directory(trained, tmp_path):
     pytest.importorskip("safetensors")  # the hf extra
-    from minilm_jax.finetune.loop import Finetuner
+    from minilm_jax.finetune.finetuner import Finetuner
     from minilm_jax.interop.workdir import export_workdir
     from minilm_jax.configs.finetune import get_config as finetune_config
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from minilm_jax.errors import Interrupted, UserError
-from minilm_jax.sweep.runner import SweepRunner, stop_error
+from minilm_jax.sweep.worker_loop import SweepRunner, stop_error
 from minilm_jax.sweep.workers import run_worker
 from minilm_jax.sweep.status import SweepStatus
 from minilm_jax.train import seal
 from minilm_jax.train.checkpoint import Checkpoints, find_checkpoint
 from minilm_jax.train.dispatch import DeferredMetrics, TrainingDiverged, stop_signals
-from minilm_jax.train.loop import Pretrainer
+from minilm_jax.train.pretrainer import Pretrainer
 
 from test_pretrain import REPO, cli_args, cli_env, wait_for
 from test_sweep import tiny_sweep

@@ -49,7 +49,7 @@ def replace(src, dst, *args, **kwargs):
 os.replace = replace
 slow_from = int(os.environ.get("MINILM_TEST_SLOW_FROM", "0"))
 if slow_from:
-    from minilm_jax.finetune.loop import Finetuner
+    from minilm_jax.finetune.finetuner import Finetuner
     _dispatch, _count = Finetuner.dispatch, [0]
     def dispatch(self, state, batch):
         _count[0] += 1
@@ -73,7 +73,7 @@ def toy(tmp_path_factory) -> dict[str, Path]:
     from minilm_jax.data.shards import write_shards
     from minilm_jax.configs.pretrain import get_config as pretrain_config
     from minilm_jax.tokenizer import load_tokenizer
-    from minilm_jax.train.loop import Pretrainer
+    from minilm_jax.train.pretrainer import Pretrainer
 
     root = tmp_path_factory.mktemp("mh_finetune")
     rng = np.random.default_rng(0)

@@ -15,9 +15,9 @@ from minilm_jax.errors import UserError
 from minilm_jax.run_config import model_from_config
 from minilm_jax.train.checkpoint import find_checkpoint, load_model_state
 from minilm_jax.train.dispatch import TrainingDiverged
-from minilm_jax.train.loop import Pretrainer
+from minilm_jax.train.pretrainer import Pretrainer
 from minilm_jax.train.population import expand, members_of, with_fields
-from minilm_jax.train.population_loop import PopulationTrainer
+from minilm_jax.train.population_trainer import PopulationTrainer
 from minilm_jax.train.records import is_done, read_pretrain_summary
 from minilm_jax.train.run_log import read_metrics
 
@@ -235,7 +235,7 @@ def test_a_packed_sweep_equals_an_unpacked_one_and_reports_seeds(word_shards, tm
     from conftest import REPO as _REPO
     from minilm_jax.report.publish import build_report
     from minilm_jax.report.options import ReportOptions
-    from minilm_jax.sweep.runner import SweepRunner
+    from minilm_jax.sweep.worker_loop import SweepRunner
 
     _sys.path.insert(0, str(_REPO / "configs"))
     import sweep as sweep_configs
@@ -301,7 +301,7 @@ def test_the_a4_sweep_declares_three_seeds_per_point_packed_by_point():
 
     from conftest import REPO as _REPO
     from minilm_jax.sweep import expand as expand_sweep
-    from minilm_jax.sweep.packing import packs
+    from minilm_jax.sweep.population_packing import packs
 
     _sys.path.insert(0, str(_REPO / "configs"))
     import sweep as sweep_configs

@@ -21,7 +21,7 @@ from minilm_jax.configs.pretrain import get_config as pretrain_config
 from minilm_jax.run_config import log_eval_steps
 from minilm_jax.train.batches import BatchIndexer
 from minilm_jax.train.dispatch import TrainingDiverged
-from minilm_jax.train.loop import Pretrainer
+from minilm_jax.train.pretrainer import Pretrainer
 from minilm_jax.train.masking import MaskingConfig, mask_tokens
 from minilm_jax.train.run_log import read_metrics
 

@@ -19,7 +19,7 @@ from minilm_jax.configs import pretrain as pretrain_recipe
 from minilm_jax.configs import task_recipes
 from minilm_jax.model.config import ConfigError
 from minilm_jax.run_config import apply_recipe, flatten
-from minilm_jax.sweep.layout import finetune_run_config
+from minilm_jax.sweep.spec import finetune_run_config
 from minilm_jax.tasks.registry import (TaskEntry, get_task, register_task, task_names,
                                       unregister_task)
 

@@ -7,7 +7,7 @@ import signal
 import jax.numpy as jnp
 import numpy as np
 
-from minilm_jax.train.runner import LoopSpec, run_loop
+from minilm_jax.train.run_loop import LoopSpec, run_loop
 
 
 class CountingSpec(LoopSpec):

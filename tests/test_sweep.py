@@ -17,7 +17,7 @@ from conftest import REPO
 
 from minilm_jax.errors import UserError
 from minilm_jax.sweep import expand
-from minilm_jax.sweep.runner import SweepRunner
+from minilm_jax.sweep.worker_loop import SweepRunner
 from minilm_jax.sweep.status import SweepStatus
 from minilm_jax.sweep.workers import run_worker
 
@@ -260,8 +260,7 @@ def test_main_job_end_to_end_smallest_size(tmp_path):
 
 def test_placeholders_name_prepared_data_and_an_empty_one_is_refused():
     from minilm_jax.errors import UserError
-    from minilm_jax.sweep.layout import finetune_run_config
-    from minilm_jax.sweep.spec import expand
+    from minilm_jax.sweep.spec import expand, finetune_run_config
 
     sweep = sweep_configs.study_b_smoke()
     with pytest.raises(UserError, match=r"uses \{data_root\} .* --config.data_root is empty"):

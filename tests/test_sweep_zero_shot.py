@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, ZORRO_DEV_PARADIGM as PARADIGM
 from minilm_jax.errors import UserError
-from minilm_jax.sweep.runner import SweepRunner
+from minilm_jax.sweep.worker_loop import SweepRunner
 from minilm_jax.sweep.workers import run_worker
 
 sys.path.insert(0, str(REPO / "configs"))

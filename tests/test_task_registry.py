@@ -9,7 +9,7 @@ import pytest
 from conftest import shared_path
 
 from minilm_jax.configs.finetune import get_config as finetune_config
-from minilm_jax.finetune.loop import Finetuner
+from minilm_jax.finetune.finetuner import Finetuner
 from minilm_jax.model.config import ConfigError
 from minilm_jax.run_config import model_config_dict
 from minilm_jax.tasks.base import Example, TaskSpec

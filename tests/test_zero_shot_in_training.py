@@ -39,7 +39,7 @@ def test_in_training_scores_equal_scoring_the_saved_snapshots(zorro_shards, offl
     from minilm_jax.evals.common import from_config
     from minilm_jax.evals.in_training import read_zero_shot, step_evaluations
     from minilm_jax.evals.scoring_models import checkpoint_model
-    from minilm_jax.train.loop import Pretrainer
+    from minilm_jax.train.pretrainer import Pretrainer
     from minilm_jax.train.run_log import read_metrics
 
     config, workdir = config_for(zorro_shards), tmp_path / "run"

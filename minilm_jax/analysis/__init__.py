@@ -1,7 +1,8 @@
 """Analyses of a scaling sweep (numpy/scipy only): the results table, the compute-optimal
 frontier, power-law fits with a break, one-factor-at-a-time cost-effectiveness and depth groups.
 
-Modules: ``results`` (load and select rows), ``frontier``, ``fits``, ``icer``, ``depth``;
+Modules: ``result_rows`` (the row schema; read and validate rows), ``results`` (select rows),
+``frontier``, ``fits``, ``icer``, ``depth``;
 ``seeds`` and ``seed_frontier`` treat the pre-training seed as the unit of replication.
 ``python -m minilm_jax.report`` turns them into a Markdown report with plots.
 """
@@ -12,9 +13,9 @@ from .fits import (PAPER_BREAK_FLOPS, PAPER_FITS, BreakInterval, FitComparison, 
                    fit_two_segments)
 from .frontier import PAPER_BINS_PER_DECADE, Frontier, bin_index, compute_frontier
 from .icer import FactorSummary, IcerStep, icer_analysis
-from .results import (ResultsError, RunSummary, TaskScore, best_validation, downstream_scores,
-                      last_validation, load_results, mean_scores, rows_of_kind, summarize_runs,
-                      validation_curves)
+from .result_rows import ResultsError, load_results
+from .results import (RunSummary, TaskScore, best_validation, downstream_scores, last_validation,
+                      mean_scores, rows_of_kind, summarize_runs, validation_curves)
 
 __all__ = [
     "BreakInterval", "DepthGroup", "DepthMember", "FactorSummary", "FitComparison", "Frontier",

@@ -33,9 +33,9 @@ import numpy as np
 from minilm_jax.analysis.stats import (PearsonResult, mean_sd, paired_gap, pearson_fisher,
                                        t_interval)
 from minilm_jax.errors import UserError
-from minilm_jax.sweep.layout import SweepLayout, finetune_jobs, finetune_run_config
-from minilm_jax.sweep.spec import Run, expand
-from minilm_jax.tasks.committee import accuracy_vs_k
+from minilm_jax.sweep.layout import SweepLayout, finetune_jobs
+from minilm_jax.sweep.spec import Run, expand, finetune_run_config
+from minilm_jax.tasks.committee_math import accuracy_vs_k
 from minilm_jax.train.records import (FinetuneSummary, is_done, read_finetune_summary,
                                       read_pretrain_summary)
 

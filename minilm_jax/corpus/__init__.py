@@ -4,9 +4,11 @@ Modules (each with one job):
 
 * ``sources``: text sources (local files, AO-CHILDES, WikiText, stage outputs, TFDS), streamed;
 * ``vocab`` / ``words``: reduced vocabularies (AO-CHILDES download + cache) and the check's word rules;
-* ``constrained`` / ``packing`` / ``filter_stage``: study A's filter, packing and the ``filter`` stage;
+* ``constrained`` / ``sequence_packing`` / ``filter_stage``: study A's filter, packing and the
+  ``filter`` stage;
 * ``control``: the unconstrained control sample;
-* ``tokenizer_train`` / ``selection`` / ``select_stage``: SentencePiece grids and the selection report;
+* ``tokenizer_train`` / ``text_selection`` / ``select_stage``: SentencePiece grids and the selection
+  report;
 * ``shards_build`` / ``subsets`` / ``overlap``: token shards, study B subsets, token overlap;
 * ``manifest`` / ``progress`` / ``errors``: stage manifests and atomic outputs, progress bars, ``CorpusError``.
 

@@ -182,7 +182,7 @@ def cmd_subsets(args: argparse.Namespace) -> None:
 
 def cmd_overlap(args: argparse.Namespace) -> None:
     from minilm_jax.corpus.overlap import format_overlap, run_overlap
-    from minilm_jax.corpus.selection import dump_json
+    from minilm_jax.corpus.text_selection import dump_json
 
     result = run_overlap(args.shards, args.tokenizer, _sources(args.task), splits=args.splits.split(","))
     print(format_overlap(result))

@@ -21,7 +21,7 @@ from pathlib import Path
 from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.corpus.constrained import FilterConfig, FilterCounts, VocabularyChecker, filter_document
 from minilm_jax.corpus.filter_stage import run_filter
-from minilm_jax.corpus.selection import load_morphemes
+from minilm_jax.corpus.text_selection import load_morphemes
 from minilm_jax.corpus.shards_build import run_shards
 from minilm_jax.corpus.sources import SourceSpec, iter_documents
 from minilm_jax.corpus.tokenizer_train import train_sentencepiece

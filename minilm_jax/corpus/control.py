@@ -33,7 +33,7 @@ from minilm_jax.corpus.manifest import (
     read_stage_manifest,
     write_stage_manifest,
 )
-from minilm_jax.corpus.packing import Packer
+from minilm_jax.corpus.sequence_packing import Packer
 from minilm_jax.corpus.progress import progress_bar
 from minilm_jax.corpus.sources import SourceSpec, check_fingerprint, iter_documents
 from minilm_jax.storage import atomic_write_json

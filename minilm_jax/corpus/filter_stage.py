@@ -29,7 +29,7 @@ from minilm_jax.corpus.manifest import (
     check_output_free,
     write_stage_manifest,
 )
-from minilm_jax.corpus.packing import Packer
+from minilm_jax.corpus.sequence_packing import Packer
 from minilm_jax.corpus.progress import progress_bar
 from minilm_jax.corpus.sources import ReadStats, SourceSpec, check_unique_names, fingerprint, iter_documents
 from minilm_jax.storage import atomic_write_json, file_sha256

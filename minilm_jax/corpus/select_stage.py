@@ -9,7 +9,7 @@ from typing import Any
 from minilm_jax.corpus.errors import CorpusError
 from minilm_jax.corpus.manifest import atomic_output_dir, check_output_free, read_stage_manifest, write_stage_manifest
 from minilm_jax.corpus.progress import progress_bar
-from minilm_jax.corpus.selection import (
+from minilm_jax.corpus.text_selection import (
     dump_json,
     evaluate_tokenizer,
     load_morphemes,

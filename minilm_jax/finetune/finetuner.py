@@ -32,20 +32,20 @@ from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
-from minilm_jax.train.population_loop import Each
-from minilm_jax.train import runner
+from minilm_jax.train.population_trainer import Each
+from minilm_jax.train.run_loop import LoopSpec, Window, check_workdir, open_run, run_loop
 from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.state import MembersState
 from minilm_jax.train.optim import make_optimizer, make_schedule
 
-from .config import (RESUMABLE_FIELDS, changed_model_fields, validate_finetune_config,
-                     with_overrides)
+from .config_rules import (RESUMABLE_FIELDS, changed_model_fields, validate_finetune_config,
+                           with_overrides)
 from .parameters import PARTS, drop_checkpoints, finished_summaries, save_parameters
 from .pretrained import PretrainedRun
-from .run_folder import RunFolder, check_population
-from .selection import (VALIDATION, majority_baseline, sample_std, split_metrics,
-                        unk_counts, unk_warnings)
+from .run_folder import RunFolder, check_population, population_identity
+from .model_selection import (VALIDATION, majority_baseline, member_metrics, sample_std, unk_counts,
+                              unk_warnings)
 from .step import (MEMBER_STRATEGIES, make_finetune_step, make_predict_step, make_select,
                    members_state)
 from minilm_jax.tasks.loaders import TaskData
@@ -54,7 +54,7 @@ from minilm_jax.tasks.task_data import drop_unknown_chars, load_task_data, load_
 INPUTS = ("tokens", "segments", "token_types")
 
 
-class Finetuner(runner.LoopSpec):
+class Finetuner(LoopSpec):
     """One fine-tuning run of ``config.task`` for S seeds, from a checkpoint or from random init
     (or, given ``runs`` as (name, config, workdir), a population of such runs from checkpoints
     of one shape; ``workdir`` is then the population's own folder)."""
@@ -140,17 +140,13 @@ class Finetuner(runner.LoopSpec):
                    for f, ident in zip(self.folders, identities)]
         self.identity = identities[0]
         if self.is_population:
-            self.identity = {"population.runs": [
-                {"name": f.name, "workdir": str(f.workdir), "identity": {
-                    k: v for k, v in ident.items() if k not in RESUMABLE_FIELDS}}
-                for f, ident in zip(self.folders, identities)],
-                **{k: v for k, v in identities[0].items() if k in RESUMABLE_FIELDS}}
+            self.identity = population_identity(self.folders, identities, RESUMABLE_FIELDS)
             targets.insert(0, (self.workdir, self.identity, "a fine-tuning population"))
         locks = []
         try:
             for path, ident, what in targets:
                 path.mkdir(parents=True, exist_ok=True)
-                locks.append(runner.check_workdir(path, ident, RESUMABLE_FIELDS, what))
+                locks.append(check_workdir(path, ident, RESUMABLE_FIELDS, what))
         except BaseException:
             Each(locks).release()
             raise
@@ -239,14 +235,6 @@ class Finetuner(runner.LoopSpec):
             outputs.append(np.asarray(logits.addressable_data(0))[:, valid])
         return np.concatenate(outputs, axis=1)
 
-    def member_metrics(self, logits: dict[str, np.ndarray]) -> list[dict[str, float]]:
-        """Per-member official metrics and ``score`` (GLUE-style, x100) over the given splits."""
-        labels = {split: self.eval_arrays[split]["labels"] for split in logits}
-        return [split_metrics(self.spec.name,
-                              {split: (v[s, :, 0] if self.regression else v[s])
-                               for split, v in logits.items()}, labels)
-                for s in range(len(next(iter(logits.values()))))]
-
     def _patience(self) -> int:
         return int(self.config.train.early_stopping_patience)
 
@@ -265,7 +253,7 @@ class Finetuner(runner.LoopSpec):
     def record_metrics(self, first: int, count: int, host: dict[str, Any]) -> None:
         self._window_examples += count * self.config.train.batch_size * len(self.seeds)
 
-    def log_line(self, step: int, host: dict[str, Any], window: runner.Window) -> dict[str, str]:
+    def log_line(self, step: int, host: dict[str, Any], window: Window) -> dict[str, str]:
         losses, norms = np.asarray(host["loss"]), np.asarray(host["grad_norm"])  # [K, S]
         shown = []
         for folder in self._live():
@@ -306,7 +294,7 @@ class Finetuner(runner.LoopSpec):
         earlier = self._finished_earlier()
         if earlier is not None:
             return earlier
-        ckpts, self.writer, start, self.state = runner.open_run(
+        ckpts, self.writer, start, self.state = open_run(
             self.workdir, config.checkpoint, self.state, identity=self.identity,
             resumable=RESUMABLE_FIELDS, keep_best=False)
         self.writers = {self.folders[0].name: self.writer}
@@ -322,10 +310,10 @@ class Finetuner(runner.LoopSpec):
         stopped = all(f.stopped(self._patience(), at_step=start) for f in self.folders)
         writers = (Each([self.writer, *self.writers.values()]) if self.is_population
                    else self.writer)
-        result = runner.run_loop(self, self.state, start, ckpts, writers,
-                                 steps_per_dispatch=tc.steps_per_dispatch, log_every=tc.log_every,
-                                 prefetch_depth=2, progress=tc.progress,
-                                 desc=f"finetune {self.spec.name}", nothing_left=stopped)
+        result = run_loop(self, self.state, start, ckpts, writers,
+                          steps_per_dispatch=tc.steps_per_dispatch, log_every=tc.log_every,
+                          prefetch_depth=2, progress=tc.progress,
+                          desc=f"finetune {self.spec.name}", nothing_left=stopped)
         self.state, status = result.state, result.status
         # The reported splits are scored here and only here: once with the final parameters, once
         # with each member's selected ones (not for a preempted run: its resumption does it).
@@ -384,7 +372,8 @@ class Finetuner(runner.LoopSpec):
         score so far copy their parameters into ``state["selected"]``; a run early stopping ends
         is frozen."""
         # Process 0's metrics decide on every process (the same selection, the same early stop).
-        members = from_process_0(self.member_metrics({VALIDATION: self.predict_split(VALIDATION)}))
+        members = from_process_0(member_metrics(self.spec.name, {
+            VALIDATION: self.predict_split(VALIDATION)}, self.eval_arrays, self.regression))
         improved = np.zeros(len(members), bool)
         for folder in self._live():
             mine = members[folder.members]
@@ -419,7 +408,7 @@ class Finetuner(runner.LoopSpec):
             logits = {split: self.predict_split(split, which) for split in self.reported}
             for folder in self.folders:
                 folder.save_predictions(logits, labels, which, uids)
-            out[which] = self.member_metrics(logits)
+            out[which] = member_metrics(self.spec.name, logits, self.eval_arrays, self.regression)
         return out
 
     def _summary(self, folder: RunFolder, status: str,

@@ -1,5 +1,6 @@
-"""Scoring pieces of a fine-tuning run: per-split metrics and score, mean and sample std over seeds,
-``<unk>`` counts of encoded splits, and the majority-class (or training-mean) baseline."""
+"""Scoring pieces of a fine-tuning run: per-split metrics and score (per member), mean and sample
+std over seeds, ``<unk>`` counts of encoded splits, and the majority-class (or training-mean)
+baseline."""
 
 from __future__ import annotations
 
@@ -58,6 +59,18 @@ def split_metrics(task: str, predictions: Mapping[str, np.ndarray],
     metrics = {k: 100.0 * v for k, v in metrics.items()}
     metrics["score"] = _score(task, metrics)
     return metrics
+
+
+def member_metrics(task: str, logits: Mapping[str, np.ndarray],
+                   arrays: Mapping[str, Mapping[str, np.ndarray]], regression: bool
+                   ) -> list[dict[str, float]]:
+    """Per-member official metrics and ``score`` (GLUE-style, x100) over the splits of ``logits``
+    (``[S, N, C]`` per split; regression's ``C = 1``), against the ``labels`` of each split's
+    encoded ``arrays``."""
+    labels = {split: arrays[split]["labels"] for split in logits}
+    return [split_metrics(task, {split: (v[s, :, 0] if regression else v[s])
+                                 for split, v in logits.items()}, labels)
+            for s in range(len(next(iter(logits.values()))))]
 
 
 def unk_counts(arrays: Mapping[str, np.ndarray], tokenizer: Any) -> dict[str, Any]:

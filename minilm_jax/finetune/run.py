@@ -8,7 +8,7 @@ import ml_collections
 from minilm_jax.errors import UserError
 from minilm_jax.storage import run_path
 
-from .loop import Finetuner
+from .finetuner import Finetuner
 from .tables import write_tables
 
 

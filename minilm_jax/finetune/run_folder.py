@@ -1,15 +1,15 @@
-"""One fine-tuning run folder inside a :class:`~minilm_jax.finetune.loop.Finetuner`: its config, the
-checkpoint it starts from, its members' slice of the program's members, its validation history
-(``history.json``), early stopping and predictions. A separate run is one folder; a population of
-runs (several pre-trained checkpoints of one shape fine-tuned in one program) is several, each
-written exactly as a separate run writes its own."""
+"""One fine-tuning run folder inside a :class:`~minilm_jax.finetune.finetuner.Finetuner`: its
+config, the checkpoint it starts from, its members' slice of the program's members, its validation
+history (``history.json``), early stopping and predictions. A separate run is one folder; a
+population of runs (several pre-trained checkpoints of one shape fine-tuned in one program) is
+several, each written exactly as a separate run writes its own."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
 import json
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -21,7 +21,7 @@ from minilm_jax.storage import RunPath, atomic_write_bytes, atomic_write_json
 from minilm_jax.train.distributed import from_process_0
 
 from .pretrained import PretrainedRun
-from .selection import VALIDATION, mean_std
+from .model_selection import VALIDATION, mean_std
 
 # The fields in which the runs of one population may differ: the checkpoint each starts from.
 POPULATION_FIELDS = ("init.checkpoint", "init.which")
@@ -126,6 +126,17 @@ class RunFolder:
             if uids is not None:
                 atomic_write_bytes(out / f"{split}.ids.json",
                                    (json.dumps(uids[split]) + "\n").encode())
+
+
+def population_identity(folders: Sequence[RunFolder], identities: Sequence[dict[str, Any]],
+                        resumable: Sequence[str]) -> dict[str, Any]:
+    """What a fine-tuning population is (its ``config.json``): each run's name, folder and
+    identity without the ``resumable`` fields, then the first run's ``resumable`` fields."""
+    return {"population.runs": [
+        {"name": f.name, "workdir": str(f.workdir), "identity": {
+            k: v for k, v in ident.items() if k not in resumable}}
+        for f, ident in zip(folders, identities)],
+        **{k: v for k, v in identities[0].items() if k in resumable}}
 
 
 def check_population(folders: list[RunFolder], init_mode: str) -> None:

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from minilm_jax.analysis.results import Duplicates, ResultsError, flops_field, read_results
+from minilm_jax.analysis.result_rows import Duplicates, ResultsError, read_results
+from minilm_jax.analysis.results import flops_field
 from minilm_jax.analysis.seeds import seed_gaps, seed_spreads
 from minilm_jax.analysis.zero_shot import zero_shot_analyses
 from minilm_jax.errors import UserError

@@ -50,7 +50,7 @@ def main(argv: list[str]) -> None:
     from minilm_jax.storage import run_path
     from minilm_jax.sweep import launchers, workers
     from minilm_jax.sweep.layout import SweepLayout
-    from minilm_jax.sweep.runner import SweepRunner, plan_table, stop_error
+    from minilm_jax.sweep.worker_loop import SweepRunner, plan_table, stop_error
 
     if argv[1:] == ["status"]:
         from minilm_jax.sweep.overview import print_status

@@ -1,5 +1,6 @@
 """The sweep's folder layout, its one owner: every module that writes or reads a sweep root asks
-:class:`SweepLayout` (and :func:`finetune_jobs` for the fine-tuning runs) where things are.
+:class:`SweepLayout` (and :func:`finetune_jobs` for the fine-tuning runs, whose configs
+:func:`~minilm_jax.sweep.spec.finetune_run_config` builds) where things are.
 
     <root>/
       sweep.json                         the sweep config the root was started with
@@ -22,16 +23,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from minilm_jax.configs import finetune as finetune_recipe
 from minilm_jax.run_config import flatten, snapshot_steps
 from minilm_jax.storage import RunPath, run_path
 
-from .spec import Run, apply_override, fill_placeholders
+from .spec import Run, finetune_run_config
 from .status import STATUS_DIR
 
 INITS = ("pretrained", "random")
@@ -106,29 +105,6 @@ class SweepLayout:
         """The folder of the population of runs (or jobs) ``names``: their stacked checkpoints."""
         digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
         return self.root / "populations" / digest
-
-
-def finetune_run_config(sweep: ml_collections.ConfigDict, task: str, checkpoint: Path
-                        ) -> ml_collections.ConfigDict:
-    """The fine-tuning config of ``task`` for a run's checkpoint, with the sweep's
-    ``finetune_data_dir``, ``finetune_seeds`` and overrides (``field=value`` for every task,
-    ``task:field=value`` for one)."""
-    config = finetune_recipe.get_config(task)
-    config.init.checkpoint = str(checkpoint)
-    config.init.mode = sweep.finetune_init
-    if sweep.get("finetune_data_dir"):
-        config.data.dir = str(sweep.finetune_data_dir)
-    if sweep.finetune_seeds:
-        config.train.seeds = tuple(int(s) for s in sweep.finetune_seeds)
-    for entry in sweep.finetune_overrides:
-        head = entry.split("=", 1)[0]
-        if ":" in head:
-            only, _, rest = entry.partition(":")
-            if only.strip() != task:
-                continue
-            entry = rest
-        apply_override(config, fill_placeholders(entry, sweep))
-    return config
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from minilm_jax.train.records import is_done
 from minilm_jax.train.run_log import duration
 
 from .layout import SweepLayout
-from .runner import SweepRunner
+from .worker_loop import SweepRunner
 
 
 def last_step(workdir: RunPath) -> int | None:

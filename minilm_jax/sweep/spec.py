@@ -1,4 +1,5 @@
-"""Sweep declarations -> runs.
+"""Sweep declarations -> runs, and the run configs built from them: each pre-training run's
+(:func:`expand`) and each fine-tuning run's (:func:`finetune_run_config`).
 
 A sweep config (``configs/sweep.py:<name>``) declares:
 
@@ -26,12 +27,14 @@ import hashlib
 import itertools
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError
+from minilm_jax.configs import finetune as finetune_recipe
 from minilm_jax.configs import pretrain as pretrain_recipe
 from minilm_jax.run_config import apply_override, flatten, validate_pretrain_config
 
@@ -195,3 +198,26 @@ def _number(text: str) -> Any:
             return float(text)
         except ValueError:
             return text
+
+
+def finetune_run_config(sweep: ml_collections.ConfigDict, task: str, checkpoint: Path
+                        ) -> ml_collections.ConfigDict:
+    """The fine-tuning config of ``task`` for a run's checkpoint, with the sweep's
+    ``finetune_data_dir``, ``finetune_seeds`` and overrides (``field=value`` for every task,
+    ``task:field=value`` for one)."""
+    config = finetune_recipe.get_config(task)
+    config.init.checkpoint = str(checkpoint)
+    config.init.mode = sweep.finetune_init
+    if sweep.get("finetune_data_dir"):
+        config.data.dir = str(sweep.finetune_data_dir)
+    if sweep.finetune_seeds:
+        config.train.seeds = tuple(int(s) for s in sweep.finetune_seeds)
+    for entry in sweep.finetune_overrides:
+        head = entry.split("=", 1)[0]
+        if ":" in head:
+            only, _, rest = entry.partition(":")
+            if only.strip() != task:
+                continue
+            entry = rest
+        apply_override(config, fill_placeholders(entry, sweep))
+    return config

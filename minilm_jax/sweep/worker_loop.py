@@ -27,22 +27,22 @@ import ml_collections
 
 from minilm_jax.errors import Interrupted, UserError
 from minilm_jax.evals.common import from_config as evaluator_from_config
-from minilm_jax.finetune.config import RESUMABLE_FIELDS as FINETUNE_RUN_CONTROL
-from minilm_jax.finetune.config import validate_finetune_config
+from minilm_jax.finetune.config_rules import RESUMABLE_FIELDS as FINETUNE_RUN_CONTROL
+from minilm_jax.finetune.config_rules import validate_finetune_config
 from minilm_jax.model import accounting
 from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config
 from minilm_jax.storage import RunPath, relative_location
 from minilm_jax.tasks.registry import task_names
 from minilm_jax.train.dispatch import StopRequest, stop_signals
 from minilm_jax.train.records import DONE, is_done
-from minilm_jax.train.runner import LoopSpec
+from minilm_jax.train.run_loop import LoopSpec
 
 from .claims import ClaimBoard, worker_id
 from .evals_stage import EvaluationStage, plain_entries
-from .layout import FinetuneJob, SweepLayout, finetune_jobs, finetune_run_config
-from .packing import packs
+from .layout import FinetuneJob, SweepLayout, finetune_jobs
+from .population_packing import packs
 from .results import write_results
-from .spec import Run, expand
+from .spec import Run, expand, finetune_run_config
 from .status import SweepStatus
 
 # Pre-training fields that a sweep may change without changing a run's results (run control);
@@ -223,8 +223,8 @@ class SweepRunner:
     def stages(self, run: Run) -> Iterator[Stage]:
         """(stage, workdir, build its run, the folders it holds) of ``run``: pre-training, each
         zero-shot evaluation of the sweep's ``evals`` section, then each fine-tuning job."""
-        from minilm_jax.finetune.loop import Finetuner
-        from minilm_jax.train.loop import Pretrainer
+        from minilm_jax.finetune.finetuner import Finetuner
+        from minilm_jax.train.pretrainer import Pretrainer
 
         pre_dir = self.layout.pretrain_dir(run.name)
         pack = [r for r in self.packs[run.name]
@@ -270,7 +270,7 @@ class SweepRunner:
     def _finetune_population(self, stage: str, together: list[tuple[str, FinetuneJob]]
                              ) -> LoopSpec:
         """The population that fine-tunes the jobs of ``together`` in one program."""
-        from minilm_jax.finetune.loop import Finetuner
+        from minilm_jax.finetune.finetuner import Finetuner
 
         print(f"   fine-tuning {len(together)} runs' checkpoints as one population: "
               f"{', '.join(n for n, _ in together)}", flush=True)
@@ -282,7 +282,7 @@ class SweepRunner:
     def _population(self, pack: list[Run]) -> LoopSpec:
         """The population that pre-trains the unfinished runs of ``pack`` together."""
         from minilm_jax.train.population import members_of
-        from minilm_jax.train.population_loop import PopulationTrainer
+        from minilm_jax.train.population_trainer import PopulationTrainer
 
         names = [r.name for r in pack]
         print(f"   pre-training {len(pack)} runs as one population: {', '.join(names)}",

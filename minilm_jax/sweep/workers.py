@@ -22,7 +22,7 @@ from minilm_jax.storage import atomic_write_bytes
 from .claims import ClaimBoard
 from .layout import SweepLayout
 from .results import write_results
-from .runner import SweepRunner
+from .worker_loop import SweepRunner
 
 
 def save_config(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> None:

@@ -4,14 +4,14 @@ Modules: ``base`` (Example, TaskSpec, TaskDataError), ``glue`` and
 ``classification`` (loaders), ``sampling`` (balanced per-class draws),
 ``vocab_filter`` (SPEC A6 filter), ``encoding`` (token arrays), ``metrics``,
 ``batching`` (padded evaluation batches), ``correlation`` (perplexity vs score),
-``committee`` (soft committees).
+``committee_math`` (soft-committee math).
 """
 
 from .base import Example, TaskDataError, TaskSpec
 from .batching import pad_to_batches, predict_in_batches, unpad
 from .classification import (AG_NEWS, DBPEDIA14, load_ag_news, load_ag_news_tfds,
                              load_dbpedia14, load_dbpedia14_tfds, load_fewrel)
-from .committee import accuracy_vs_k, combine, committee_predict
+from .committee_math import accuracy_vs_k, combine, committee_predict
 from .encoding import encode_examples, unk_rate
 from .glue import GLUE_TASKS, glue_task, load_glue
 from .metrics import glue_average, glue_score, task_metrics

@@ -1,5 +1,5 @@
 """The pre-training loop of a population: N members (:mod:`minilm_jax.train.population`) trained by
-one compiled program through the shared :func:`~minilm_jax.train.runner.run_loop`.
+one compiled program through the shared :func:`~minilm_jax.train.run_loop.run_loop`.
 
 The population's own workdir holds its ``config.json`` (every member's identity), the stacked
 checkpoints it resumes from (so a kill or SIGTERM resumes every member at the same step, exactly),
@@ -28,11 +28,11 @@ from minilm_jax.run_config import (RESUMABLE_FIELDS, log_eval_steps, snapshot_st
 from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.data import learned
-from minilm_jax.train import runner
+from minilm_jax.train.run_loop import LoopSpec, Window, check_workdir, open_run, run_loop
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import TrainingDiverged
 from minilm_jax.train.evaluation import eval_result, split_losses
-from minilm_jax.train.loop import check_shards, params_digest, run_identity, summary_record
+from minilm_jax.train.pretrainer import check_shards, params_digest, run_identity, summary_record
 from minilm_jax.train.members import members_strategy
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.population import Member, members_of, population_identity
@@ -70,7 +70,7 @@ def member_state(state: dict[str, Any], index: int) -> dict[str, Any]:
     return jax.tree.map(lambda x: x[index], {k: state[k] for k in CORE})
 
 
-class PopulationTrainer(runner.LoopSpec):
+class PopulationTrainer(LoopSpec):
     """Builds one population; :meth:`run` trains every member to ``train.num_steps``."""
 
     def __init__(self, members: Sequence[Member], workdir: str | Path, strategy: str = "auto"):
@@ -119,7 +119,7 @@ class PopulationTrainer(runner.LoopSpec):
                                       + [(m.workdir, i, "a run")
                                          for m, i in zip(self.members, self.identities)]):
                 path.mkdir(parents=True, exist_ok=True)
-                locks.append(runner.check_workdir(path, ident, RESUMABLE_FIELDS, what))
+                locks.append(check_workdir(path, ident, RESUMABLE_FIELDS, what))
             for member in self.members:  # readers of a member still training find its tokenizer
                 write_run_start(member.workdir, self.manifest, self.model_cfg.to_dict(),
                                 data.shards)
@@ -207,7 +207,7 @@ class PopulationTrainer(runner.LoopSpec):
         self._window_tokens += np.sum(np.asarray(host["tokens"], np.float64), axis=0)
         self._window_steps += count
 
-    def log_line(self, step: int, host: dict[str, Any], window: runner.Window) -> dict[str, str]:
+    def log_line(self, step: int, host: dict[str, Any], window: Window) -> dict[str, str]:
         tc = self.config.train
         elapsed = window.elapsed()
         seqs_s = self._window_steps * tc.batch_size / elapsed  # per member
@@ -271,7 +271,7 @@ class PopulationTrainer(runner.LoopSpec):
     def train(self) -> dict[str, Any]:
         config, tc = self.config, self.config.train
         self.snapshot_steps = snapshot_steps(config)
-        self.ckpts, self.writer, start, self.state = runner.open_run(
+        self.ckpts, self.writer, start, self.state = open_run(
             self.workdir, config.checkpoint, self.state, identity=self.identity,
             resumable=RESUMABLE_FIELDS, keep_best=False)
         self.member_ckpts = [
@@ -295,10 +295,10 @@ class PopulationTrainer(runner.LoopSpec):
         writers = Each([self.writer, *self.member_writers])
         t0 = time.time()
         try:
-            result = runner.run_loop(self, self.state, start, self.ckpts, writers,
-                                     steps_per_dispatch=tc.steps_per_dispatch,
-                                     log_every=tc.log_every, prefetch_depth=config.data.prefetch,
-                                     progress=tc.progress, desc="population")
+            result = run_loop(self, self.state, start, self.ckpts, writers,
+                              steps_per_dispatch=tc.steps_per_dispatch,
+                              log_every=tc.log_every, prefetch_depth=config.data.prefetch,
+                              progress=tc.progress, desc="population")
         except TrainingDiverged:  # every member diverged; the state was donated to the last step
             self._member_summaries("diverged", start, time.time() - t0, state=None)
             raise

@@ -25,7 +25,7 @@ from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, sn
 from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.data import learned
-from minilm_jax.train import runner
+from minilm_jax.train.run_loop import LoopSpec, Window, check_workdir, open_run, run_loop
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.distributed import gathered
 from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exported for callers)
@@ -107,9 +107,9 @@ def summary_record(status: str, step: int, wall: float, model_cfg: ModelConfig,
         shards=manifest["tokenizer"])
 
 
-class Pretrainer(runner.LoopSpec):
+class Pretrainer(LoopSpec):
     """Builds everything for one run; :meth:`run` trains to ``train.num_steps`` (the shared
-    :func:`~minilm_jax.train.runner.run_loop`, specialised by the methods below)."""
+    :func:`~minilm_jax.train.run_loop.run_loop`, specialised by the methods below)."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path,
                  evaluations: Sequence[EvaluationHook] = ()):
@@ -141,7 +141,7 @@ class Pretrainer(runner.LoopSpec):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.reference = learned.reference_perplexities(config.data.shards,
                                                         config.data.eval_split)
-        self.lock = runner.check_workdir(self.workdir, self.identity, RESUMABLE_FIELDS)
+        self.lock = check_workdir(self.workdir, self.identity, RESUMABLE_FIELDS)
         try:  # before the first step: readers of the running run find its tokenizer there
             write_run_start(self.workdir, self.manifest, self.model_cfg.to_dict(),
                             config.data.shards)
@@ -178,7 +178,7 @@ class Pretrainer(runner.LoopSpec):
         self._window_tokens += float(np.sum(host["tokens"]))
         self._window_seqs += count * self.config.train.batch_size
 
-    def log_line(self, step: int, host: dict[str, Any], window: runner.Window) -> dict[str, str]:
+    def log_line(self, step: int, host: dict[str, Any], window: Window) -> dict[str, str]:
         tc, loss = self.config.train, float(np.asarray(host["loss"])[-1])
         seqs_s = self._window_seqs / window.elapsed()
         values = {
@@ -234,7 +234,7 @@ class Pretrainer(runner.LoopSpec):
     # ----------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         config, tc = self.config, self.config.train
-        self.ckpts, self.writer, start, self.state = runner.open_run(
+        self.ckpts, self.writer, start, self.state = open_run(
             self.workdir, config.checkpoint, self.state, identity=self.identity,
             resumable=RESUMABLE_FIELDS, keep_best=config.checkpoint.keep_best,
             snapshot_steps=snapshot_steps(config))
@@ -243,10 +243,10 @@ class Pretrainer(runner.LoopSpec):
         self._peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
         self._window_tokens, self._window_seqs = 0.0, 0
         t0 = time.time()
-        result = runner.run_loop(self, self.state, start, self.ckpts, self.writer,
-                                 steps_per_dispatch=tc.steps_per_dispatch, log_every=tc.log_every,
-                                 prefetch_depth=config.data.prefetch, progress=tc.progress,
-                                 desc="pretrain")
+        result = run_loop(self, self.state, start, self.ckpts, self.writer,
+                          steps_per_dispatch=tc.steps_per_dispatch, log_every=tc.log_every,
+                          prefetch_depth=config.data.prefetch, progress=tc.progress,
+                          desc="pretrain")
         self.state = result.state
         summary = self._summary(result.status, result.step, time.time() - t0, self.ckpts,
                                 self.writer)

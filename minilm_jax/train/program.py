@@ -1,8 +1,8 @@
 """The pre-training program, built in one place: model config, optimizer and schedule, masking,
 the sharded train state and the jitted train and evaluation steps with their shardings.
 
-Used by the pre-training loop (``train.loop.Pretrainer``), the compile-only check (``aot``) and the
-throughput benchmark (``bench``), so what they compile is what a run trains.
+Used by the pre-training loop (``train.pretrainer.Pretrainer``), the compile-only check (``aot``)
+and the throughput benchmark (``bench``), so what they compile is what a run trains.
 """
 
 from __future__ import annotations

@@ -26,11 +26,8 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.corpus": 1, "minilm_jax.tasks": 1, "minilm_jax.cli": 1,
     "minilm_jax.recipes": 1, "minilm_jax.command_help": 1,  # command-line plumbing, beside cli
     "minilm_jax.configs": 1,  # the recipes (configs/, installed as minilm_jax.configs)
-    "minilm_jax.configs.task_recipes": 0,  # plain values, read by the task registry
     "minilm_jax.train": 2, "minilm_jax.finetune": 2,
     "minilm_jax.evals": 3,  # evaluations of trained models (minimal pairs): above the engine
-    "minilm_jax.finetune.tables": 4,  # tables over many fine-tuning runs: a study
-    "minilm_jax.finetune.run": 5,  # the fine-tuning command (one init or both, then the table)
     "minilm_jax.analysis": 4, "minilm_jax.sweep": 4, "minilm_jax.report": 4,
     "minilm_jax.committee": 4, "minilm_jax.latency": 4,
     "minilm_jax.interop": 1,  # the RoBERTa mapping and tokenizer files: beside the model
@@ -38,7 +35,6 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.aot": 4, "minilm_jax.bench": 4,
     "minilm_jax.pretrain": 5, "minilm_jax.points": 5,
     "minilm_jax.report.study_b": 5,  # the study B report command
-    "minilm_jax.sweep.workers": 5, "minilm_jax.sweep.launchers": 5,  # the sweep command's work
 }
 ENTRY = 5
 

@@ -141,7 +141,7 @@ def test_every_console_script_names_a_callable_and_its_help_is_not_an_error():
 TOOLS = {  # every entry point that is not a --config run, and one of its own flags
     "minilm_jax.points": "points", "minilm_jax.bench": "--min_seconds",
     "minilm_jax.latency": "--batch_sizes", "minilm_jax.committee": "--combine",
-    "minilm_jax.finetune.tables": "--out", "minilm_jax.finetune.bench": "--members",
+    "minilm_jax.analysis.finetune_tables": "--out", "minilm_jax.finetune.bench": "--members",
     "minilm_jax.corpus": "train-tokenizer", "minilm_jax.corpus.bench": "--megabytes",
     "minilm_jax.interop": "export", "minilm_jax.tasks.bbc": "pretraining-text",
 }

@@ -233,7 +233,7 @@ def add_perplexity_reference(facts: CardFacts, summary: Any, shards: str | None)
 
 
 def _twin_row(path: Any) -> dict[str, Any]:
-    """A fine-tuning ``summary.json`` read as :func:`minilm_jax.finetune.tables.run_row` reads it:
+    """A fine-tuning ``summary.json`` read as :func:`minilm_jax.analysis.finetune_tables.run_row` reads it:
     ``final`` / ``selected`` mean and std of ``score`` over its ``seeds``."""
     s = json.loads(path.read_text())
     row = {"task": s["task"], "status": s.get("status"), "seeds": len(s["seeds"])}

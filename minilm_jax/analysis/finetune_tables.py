@@ -1,7 +1,7 @@
 """Results tables of fine-tuning runs: one per pre-trained checkpoint, pre-trained vs random init
 side by side, the GLUE average (one score per task: the mean of its metrics where it has two).
 
-    python -m minilm_jax.finetune.tables RUN_DIR [RUN_DIR ...] --out=DIR
+    python -m minilm_jax.analysis.finetune_tables RUN_DIR [RUN_DIR ...] --out=DIR
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     from minilm_jax.cli import tool_parser
     from minilm_jax.errors import UserError
 
-    parser = tool_parser(prog="python -m minilm_jax.finetune.tables",
+    parser = tool_parser(prog="python -m minilm_jax.analysis.finetune_tables",
                          description="Tabulate fine-tuning runs (Markdown + JSON).")
     parser.add_argument("runs", nargs="+", help="run directories (searched for summary.json)")
     parser.add_argument("--out", required=True, help="where results.md / results.json go")

@@ -27,6 +27,7 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.recipes": 1, "minilm_jax.command_help": 1,  # command-line plumbing, beside cli
     "minilm_jax.configs": 1,  # the recipes (configs/, installed as minilm_jax.configs)
     "minilm_jax.train": 2, "minilm_jax.finetune": 2,
+    "minilm_jax.finetune.run": 5,  # the fine-tuning command's work (one init or both, the table)
     "minilm_jax.evals": 3,  # evaluations of trained models (minimal pairs): above the engine
     "minilm_jax.analysis": 4, "minilm_jax.sweep": 4, "minilm_jax.report": 4,
     "minilm_jax.committee": 4, "minilm_jax.latency": 4,

@@ -1,11 +1,13 @@
-"""Run one fine-tuning config: one init, or both inits side by side (the command then writes their
-results table: :mod:`minilm_jax.analysis.finetune_tables`)."""
+"""Run one fine-tuning config: one init, or both inits side by side with their results table
+(:mod:`minilm_jax.analysis.finetune_tables`): the fine-tuning command's work, an entry point."""
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from minilm_jax.errors import UserError
+from minilm_jax.analysis.finetune_tables import write_tables
 from minilm_jax.storage import run_path
 
 from .finetuner import Finetuner
@@ -26,4 +28,6 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
             print("preempted: not starting the other init; re-run the command to resume",
                   flush=True)
             return summaries
+    if jax.process_index() == 0:  # one writer in a multi-host run
+        write_tables([workdir], workdir)
     return summaries

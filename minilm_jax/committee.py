@@ -19,7 +19,7 @@ import numpy as np
 
 from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.errors import UserError
-from minilm_jax.train.reading import refuse_population
+from minilm_jax.runs.running import refuse_population
 from minilm_jax.train.records import SUMMARY, is_done, read_finetune_summary
 from minilm_jax.storage import atomic_write_bytes, atomic_write_json
 from minilm_jax.tasks.committee_math import accuracy_vs_k

@@ -305,9 +305,9 @@ def time_runners(runners: Sequence[Runner], batch_sizes: Sequence[int], *, seq_l
 def trained_member(workdir: str, num_labels: int, seq_len: int, seed: int = 0) -> Member:
     """A classifier whose encoder is the pre-trained one of ``workdir`` (its best checkpoint; a
     fresh head of ``num_labels``), for timing trained models."""
-    from minilm_jax.finetune.pretrained import PretrainedRun
+    from minilm_jax.runs.pretrained import PretrainedRun
 
-    run = PretrainedRun.open(workdir, action="time")  # a running run reads too (train.reading)
+    run = PretrainedRun.open(workdir, action="time")  # a running run reads too (runs.running)
     if seq_len > run.model.max_len:
         raise ValueError(f"seq_len={seq_len} exceeds max_len={run.model.max_len} of {workdir}")
     model = build_classifier(run.model, num_labels, seed=seed)

@@ -20,7 +20,7 @@ from minilm_jax.cli import run_tool, tool_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from minilm_jax.train.reading import refuse_population
+    from minilm_jax.runs.running import refuse_population
 
     from .common import MinimalPairsEvaluator
     from .pair_tables import write_outputs

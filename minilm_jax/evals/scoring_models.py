@@ -35,7 +35,7 @@ def checkpoint_model(workdir: str | Path, which: str = "best", random_seed: int 
     import jax
     from flax import nnx
 
-    from minilm_jax.finetune.pretrained import PretrainedRun
+    from minilm_jax.runs.pretrained import PretrainedRun
     from minilm_jax.model.models import MaskedLM
 
     run = PretrainedRun.open(workdir, which)

@@ -22,6 +22,9 @@ _RUN_FLAGS = define_run_flags("fine-tuning", "finetune:<task>")
 
 def main(argv: list[str]) -> None:
     del argv
+    import jax
+
+    from minilm_jax.analysis.finetune_tables import write_tables
     from minilm_jax.finetune.run import run_finetune
     from minilm_jax.storage import run_path
     from minilm_jax.train.distributed import maybe_initialize_distributed
@@ -29,6 +32,9 @@ def main(argv: list[str]) -> None:
     config, workdir = _RUN_FLAGS()
     maybe_initialize_distributed(config)
     summaries = run_finetune(config, workdir)
+    preempted = any(s["status"] == "preempted" for s in summaries.values())
+    if not preempted and jax.process_index() == 0:  # every init finished; one writer (multi-host)
+        write_tables([workdir], workdir)
     table = run_path(workdir) / "results.md"
     if len(summaries) == 2 and table.is_file():  # both inits: the table is the answer
         print(table.read_text(), end="")

@@ -23,7 +23,7 @@ import numpy as np
 from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.model.sizes import resolve_point
 from minilm_jax.train.mesh import make_mesh
-from minilm_jax.train.optim import make_optimizer, make_schedule
+from minilm_jax.train.optim import optimizer_and_schedule
 
 from .step import make_finetune_step, members_state
 
@@ -40,10 +40,10 @@ def step_seconds(point: str, members: int, batch: int, seq_len: int, num_labels:
     """(median wall seconds of one optimizer step of ``members`` members run together by ``impl``,
     seconds of the first call: compilation included)."""
     cfg = resolve_point(point)
-    optimizer = make_optimizer(_optim(), 1000)
+    optimizer, schedule = optimizer_and_schedule(_optim(), 1000)
     built = members_state(cfg, num_labels, optimizer, range(members), make_mesh(1, 1))
     graphdef, state = built.graphdef, built.init(None)
-    step = jax.jit(make_finetune_step(graphdef, optimizer, make_schedule(_optim(), 1000),
+    step = jax.jit(make_finetune_step(graphdef, optimizer, schedule,
                                       num_labels == 1, impl), donate_argnums=0)
     rng = np.random.default_rng(0)
     shape = (steps_per_dispatch, members, batch, seq_len)

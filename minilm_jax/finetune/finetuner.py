@@ -10,11 +10,14 @@ checkpoint they start from (same shapes; e.g. one design's pre-training seeds) t
 program, checkpoints x seeds members. Each run keeps its own folder, written as a separate run
 writes it (``config.json``, ``metrics.jsonl``, ``history.json``, ``predictions/``,
 ``summary.json``); the population's folder holds the stacked checkpoints it resumes from. A run that
-stops early is frozen (its members' updates are masked) while the others go on."""
+stops early is frozen (its members' updates are masked) while the others go on.
+
+The pieces, as in ``train/``: the task's batches (:mod:`.task_batches`), the compiled programs
+(:mod:`.programs`, their step functions :mod:`.step`), the run folders (:mod:`.run_folder`); this
+module says what a batch is, when to evaluate and what a summary holds."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,34 +27,25 @@ import ml_collections
 import numpy as np
 
 from minilm_jax.errors import UserError
+from minilm_jax.runs.finetuned import PARTS, drop_checkpoints, finished_summaries, save_parameters
 from minilm_jax.storage import run_path
-from minilm_jax.run_config import model_from_config
-from minilm_jax.tasks.batching import bucket_length, cut_to_bucket, pad_to_batches
-from minilm_jax.tasks.encoding import encode_examples
-from minilm_jax.tokenizer import Tokenizer, load_tokenizer
+from minilm_jax.tasks.base import TaskSpec
+from minilm_jax.tasks.loaders import TaskData
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.distributed import from_process_0
-from minilm_jax.train.mesh import batch_sharding, check_batch_divisible, make_mesh, replicated
+from minilm_jax.train.mesh import check_batch_divisible, make_mesh
 from minilm_jax.train.population_trainer import Each
-from minilm_jax.train.run_loop import LoopSpec, Window, check_workdir, open_run, run_loop
+from minilm_jax.train.run_loop import LoopSpec, Window, open_run, run_loop
 from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.state import MembersState
-from minilm_jax.train.optim import make_optimizer, make_schedule
 
-from .config_rules import (RESUMABLE_FIELDS, changed_model_fields, validate_finetune_config,
-                           with_overrides)
-from .parameters import PARTS, drop_checkpoints, finished_summaries, save_parameters
-from .pretrained import PretrainedRun
-from .run_folder import RunFolder, check_population, population_identity
-from .model_selection import (VALIDATION, majority_baseline, member_metrics, sample_std, unk_counts,
-                              unk_warnings)
-from .step import (MEMBER_STRATEGIES, make_finetune_step, make_predict_step, make_select,
-                   members_state)
-from minilm_jax.tasks.loaders import TaskData
-from minilm_jax.tasks.task_data import drop_unknown_chars, load_task_data, load_vocabulary
-
-INPUTS = ("tokens", "segments", "token_types")
+from .config_rules import RESUMABLE_FIELDS
+from .model_selection import VALIDATION, majority_baseline, member_metrics, sample_std
+from .programs import classifier_config, finetune_program
+from .run_folder import RunFolder, check_population, lock_folders, open_folders
+from .step import MEMBER_STRATEGIES
+from .task_batches import INPUTS, TaskBatches, task_tokenizer
 
 
 class Finetuner(LoopSpec):
@@ -64,158 +58,85 @@ class Finetuner(LoopSpec):
         if init_mode not in ("pretrained", "random"):
             raise UserError(f"init mode must be 'pretrained' or 'random', not {init_mode!r}")
         self.workdir, self.init_mode = run_path(workdir), init_mode
-        self.folders = []
-        for name, run_config, run_dir in (runs or [("", config, workdir)]):
-            validate_finetune_config(run_config)  # every field's range, before anything else
-            pretrained = (PretrainedRun.open(run_config.init.checkpoint, run_config.init.which)
-                          if run_config.init.checkpoint else None)
-            if init_mode == "pretrained" and pretrained is None:
-                raise UserError("init.mode=pretrained needs --config.init.checkpoint=<pre-training "
-                                "workdir> (or use init.mode=random)")
-            self.folders.append(RunFolder(name, run_config, run_path(run_dir), pretrained))
+        self.folders = open_folders(runs or [("", config, workdir)], init_mode)
         self.is_population = bool(runs)
         if self.is_population:
             check_population(self.folders, init_mode)
         self.config, self.pretrained = self.folders[0].config, self.folders[0].pretrained
-        config = self.config
-        self.model_cfg = with_overrides(
-            self.pretrained.model.replace(**changed_model_fields(config)) if self.pretrained
-            else model_from_config(config),
-            config.model_overrides)
-        self.tokenizer = self._tokenizer()
-        self.data: TaskData = load_task_data(config, load_vocabulary(config.data.vocab_filter))
-        self.dropped_chars = (drop_unknown_chars(self.data, self.tokenizer)
-                              if config.data.drop_unknown_chars else None)
-        self.spec = self.data.spec
-        self.regression = self.spec.is_regression
-        self.max_len, self.buckets = int(config.data.max_len), int(config.data.pad_buckets)
-        if self.buckets < 0:
-            raise UserError(f"data.pad_buckets must be >= 0 (0: always pad to max_len), "
-                            f"got {self.buckets}")
-        if VALIDATION in self.data.evals:
-            raise UserError(f"a reported split may not be called {VALIDATION!r} (the model-selection "
-                            "split carved from train)")
+        self.model_cfg = classifier_config(self.config, self.pretrained)
+        self.tokenizer = task_tokenizer(self.config, self.pretrained, self.model_cfg)
+        self.task = TaskBatches(self.config, self.tokenizer)
+        self._plan()
+        self.program, self.state = finetune_program(
+            self.config, self.model_cfg, self.spec.num_labels, self.task.regression,
+            self.member_seeds, self.mesh, self.total_steps, self._encoder_state(),
+            population=self.is_population)
+        # Everything is checked: only now is anything written (a rejected command leaves no trace).
+        identities = [f.identity(self.init_mode, self.tokenizer.sha256, self.model_cfg.to_dict())
+                      for f in self.folders]  # model_built: what config.json's fields made
+        self.identity, self.lock = lock_folders(self.workdir, self.folders, identities,
+                                                RESUMABLE_FIELDS, self.is_population)
 
-        def encode(examples):
-            return encode_examples(examples, self.tokenizer, self.max_len, self.regression)
-
-        self.train_arrays = encode(self.data.train)
-        self.train_lengths = self.train_arrays["segments"].astype(bool).sum(axis=1)
-        self.reported = list(self.data.evals)  # scored once, at the end
-        # Every split that is ever scored: validation (selection) first, then the reported ones.
-        self.eval_arrays = {VALIDATION: encode(self.data.validation),
-                            **{s: encode(v) for s, v in self.data.evals.items()}}
-        self.unk = {split: unk_counts(arrays, self.tokenizer)
-                    for split, arrays in {"train": self.train_arrays, **self.eval_arrays}.items()}
-        for line in unk_warnings(self.unk):
-            print(line, flush=True)
-        self.seeds = [int(s) for s in config.train.seeds]
+    # ----------------------------------------------------------------------------- setup
+    def _plan(self) -> None:
+        """The members (every run's seeds, run by run), the mesh, the steps (per epoch, in all, the
+        evaluation steps) and each member's data order."""
+        config, tc = self.config, self.config.train
+        self.seeds = [int(s) for s in tc.seeds]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"train.seeds must be distinct and non-empty, got {self.seeds}")
         for i, folder in enumerate(self.folders):
             folder.first, folder.size = i * len(self.seeds), len(self.seeds)
         self.member_seeds = self.seeds * len(self.folders)  # run by run, each with every seed
-        tc = config.train
         if tc.members not in MEMBER_STRATEGIES:
             raise UserError(f"train.members must be one of {', '.join(MEMBER_STRATEGIES)}, "
                             f"not {tc.members!r}")
         self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
         check_batch_divisible(tc.batch_size, self.mesh, "train.batch_size")
         check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
-        n_train = len(self.data.train)
-        self.steps_per_epoch = max(1, math.ceil(n_train / tc.batch_size))
+        self.steps_per_epoch = self.task.steps_per_epoch(tc.batch_size)
         self.total_steps = int(tc.epochs) * self.steps_per_epoch
         if self.total_steps <= 0:
             raise UserError(f"train.epochs must be positive (got {tc.epochs})")
         self.eval_steps = [e * self.steps_per_epoch
                            for e in range(1, int(tc.epochs) + 1) if e % config.eval.every_epochs == 0
                            or e == tc.epochs]
-        self.indexers = [batch_lib.BatchIndexer(seed, n_train, tc.batch_size)
-                         for seed in self.member_seeds]
-        self._build()
-        # Everything is checked: only now is anything written (a rejected command leaves no trace).
-        identities = [f.identity(self.init_mode, self.tokenizer.sha256, self.model_cfg.to_dict())
-                      for f in self.folders]  # model_built: what config.json's fields made
-        targets = [(f.workdir, ident, "a fine-tuning run")
-                   for f, ident in zip(self.folders, identities)]
-        self.identity = identities[0]
-        if self.is_population:
-            self.identity = population_identity(self.folders, identities, RESUMABLE_FIELDS)
-            targets.insert(0, (self.workdir, self.identity, "a fine-tuning population"))
-        locks = []
-        try:
-            for path, ident, what in targets:
-                path.mkdir(parents=True, exist_ok=True)
-                locks.append(check_workdir(path, ident, RESUMABLE_FIELDS, what))
-        except BaseException:
-            Each(locks).release()
-            raise
-        self.lock = locks[0] if len(locks) == 1 else Each(locks)
+        self.task.order(self.member_seeds, tc.batch_size)
 
-    # ----------------------------------------------------------------------------- setup
-    def _tokenizer(self) -> Tokenizer:
-        path = self.config.data.tokenizer or (self.pretrained.tokenizer_path if self.pretrained else "")
-        if not path:
-            raise UserError("no tokenizer: pass --config.data.tokenizer=FILE (the checkpoint's shard "
-                            "manifest records none)")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"tokenizer file not found: {path}")
-        tokenizer = load_tokenizer(path)
-        if self.pretrained is not None:
-            self.pretrained.check_tokenizer(tokenizer)
-        elif tokenizer.vocab_size > self.model_cfg.vocab_size:
-            raise UserError(f"tokenizer {path} has {tokenizer.vocab_size} tokens, more than "
-                            f"model.vocab_size={self.model_cfg.vocab_size}")
-        if tokenizer.pad_id != self.model_cfg.pad_id:
-            raise UserError(f"tokenizer pad id {tokenizer.pad_id} differs from the model's "
-                            f"pad_id {self.model_cfg.pad_id}")
-        if self.config.data.max_len > self.model_cfg.max_len:
-            raise UserError(f"data.max_len={self.config.data.max_len} exceeds the model's sequence "
-                            f"length {self.model_cfg.max_len}")
-        return tokenizer
-
-    def _build(self) -> None:
-        cfg, num_labels = self.model_cfg, self.spec.num_labels
-        self.optimizer = make_optimizer(self.config.optim, self.total_steps)
-        self.schedule = make_schedule(self.config.optim, self.total_steps)
-        encoder_state = None
-        if self.init_mode == "pretrained":
-            encoders = [f.pretrained.encoder_state() for f in self.folders]
-            encoder_state = encoders[0] if not self.is_population else jax.tree.map(
-                lambda *xs: np.stack([np.asarray(x) for x in xs for _ in self.seeds]), *encoders)
-        built = members_state(cfg, num_labels, self.optimizer, self.member_seeds, self.mesh,
-                              encoder_state, population=self.is_population)
-        self.graphdef, self.param_counts = built.graphdef, built.param_counts
-        self.state_sharding = built.shardings
-        self.state: MembersState = built.init(encoder_state)
-        self.batch_shardings = {k: batch_sharding(self.mesh, batch_axis=2, ndim=4) for k in INPUTS}
-        self.batch_shardings["labels"] = batch_sharding(self.mesh, batch_axis=2, ndim=3)
-        members = self.config.train.members
-        step = make_finetune_step(self.graphdef, self.optimizer, self.schedule, self.regression,
-                                  members)
-        self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_shardings),
-                                  out_shardings=(self.state_sharding, replicated(self.mesh)),
-                                  donate_argnums=0)
-        row = batch_sharding(self.mesh, batch_axis=0, ndim=2)
-        self.eval_input_sharding = row
-        self.predict = jax.jit(make_predict_step(self.graphdef, members),
-                               in_shardings=(self.state_sharding["params"], self.state_sharding["rest"],
-                                             row, row, row),
-                               out_shardings=replicated(self.mesh))
-        self.select = jax.jit(make_select(), in_shardings=(self.state_sharding, replicated(self.mesh)),
-                              out_shardings=self.state_sharding, donate_argnums=0)
+    def _encoder_state(self) -> Any:
+        """The pre-trained encoder every member starts from (one per member of a population), or
+        None (random init)."""
+        if self.init_mode != "pretrained":
+            return None
+        encoders = [f.pretrained.encoder_state() for f in self.folders]
+        return encoders[0] if not self.is_population else jax.tree.map(
+            lambda *xs: np.stack([np.asarray(x) for x in xs for _ in self.seeds]), *encoders)
 
     # ----------------------------------------------------------------------------- data
+    @property
+    def data(self) -> TaskData:
+        return self.task.data
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self.task.spec
+
+    @property
+    def train_arrays(self) -> dict[str, np.ndarray]:
+        return self.task.train_arrays
+
+    @property
+    def eval_arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        return self.task.eval_arrays
+
+    @property
+    def indexers(self) -> list[batch_lib.BatchIndexer]:
+        return self.task.indexers
+
     def host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
         """``[steps, S, B_host, T]``: member s sees the order of ``BatchIndexer(seed_s)``; ``T`` is
         the bucket of the longest sequence among all members' global batches of these steps."""
-        rows = np.stack([np.stack([ix.indices(step + k) for ix in self.indexers])
-                         for k in range(steps)])  # [K, S, B] global rows, the same on every host
-        length = bucket_length(int(self.train_lengths[rows].max()), self.max_len, self.buckets)
-        host = np.stack([np.stack([batch_lib.host_rows(r) for r in per_step]) for per_step in rows])
-        batch = {name: self.train_arrays[name][:, :length][host] for name in INPUTS}
-        batch["labels"] = self.train_arrays["labels"][host]
-        return batch
+        return self.task.host_batch(step, steps)
 
     # ----------------------------------------------------------------------------- evaluation
     def predict_split(self, split: str, which: str = "final") -> np.ndarray:
@@ -225,13 +146,11 @@ class Finetuner(LoopSpec):
         if which not in ("final", "selected"):
             raise ValueError(f"which must be 'final' or 'selected', not {which!r}")
         source = self.state if which == "final" else self.state["selected"]
-        arrays = {k: self.eval_arrays[split][k] for k in INPUTS}
         outputs = []
-        for batch, valid in pad_to_batches(arrays, self.config.eval.batch_size):
-            batch = cut_to_bucket(batch, self.buckets, INPUTS)
-            placed = batch_lib.to_global({k: batch_lib.host_rows(v) for k, v in batch.items()},
-                                         self.eval_input_sharding)
-            logits = self.predict(source["params"], source["rest"], *[placed[k] for k in INPUTS])
+        for placed, valid in self.task.eval_batches(split, self.config.eval.batch_size,
+                                                    self.program.eval_input_sharding):
+            logits = self.program.predict(source["params"], source["rest"],
+                                          *[placed[k] for k in INPUTS])
             outputs.append(np.asarray(logits.addressable_data(0))[:, valid])
         return np.concatenate(outputs, axis=1)
 
@@ -248,7 +167,8 @@ class Finetuner(LoopSpec):
     # history after its step and evaluates again (the same scores: evaluation is deterministic).
 
     def dispatch(self, state: MembersState, host_batch: dict[str, np.ndarray]):
-        return self.train_step(state, batch_lib.to_global(host_batch, self.batch_shardings))
+        return self.program.train_step(state, batch_lib.to_global(host_batch,
+                                                                  self.program.batch_shardings))
 
     def record_metrics(self, first: int, count: int, host: dict[str, Any]) -> None:
         self._window_examples += count * self.config.train.batch_size * len(self.seeds)
@@ -373,7 +293,7 @@ class Finetuner(LoopSpec):
         is frozen."""
         # Process 0's metrics decide on every process (the same selection, the same early stop).
         members = from_process_0(member_metrics(self.spec.name, {
-            VALIDATION: self.predict_split(VALIDATION)}, self.eval_arrays, self.regression))
+            VALIDATION: self.predict_split(VALIDATION)}, self.eval_arrays, self.task.regression))
         improved = np.zeros(len(members), bool)
         for folder in self._live():
             mine = members[folder.members]
@@ -390,25 +310,27 @@ class Finetuner(LoopSpec):
             log_line(f"{self.spec.name}{' ' + folder.name if folder.name else ''} validation "
                      f"epoch {entry['epoch']:g} (step {step}): score {entry['score_mean']:.2f} "
                      f"(sd {entry['score_std']:.2f}, {len(mine)} seeds)")
-        self.state = self.select(self.state, improved)  # a host array: the same on every process
+        # improved: a host array, the same on every process
+        self.state = self.program.select(self.state, improved)
         if self.is_population:
             active = np.zeros(len(members), bool)
             for folder in self._live():
                 active[folder.members] = True
             self.state = {**self.state, "active": jax.device_put(
-                active, self.state_sharding["active"])}
+                active, self.program.state_sharding["active"])}
 
     def _score_reported(self) -> dict[str, list[dict[str, float]]]:
         """Members' metrics on the reported splits with the ``final`` and the ``selected``
         parameters; each run's logits go to its ``predictions/``."""
         out = {}
-        labels = {split: self.eval_arrays[split]["labels"] for split in self.reported}
-        uids = {split: [e.uid for e in self.data.evals[split]] for split in self.reported}
+        labels = {split: self.eval_arrays[split]["labels"] for split in self.task.reported}
+        uids = {split: [e.uid for e in self.data.evals[split]] for split in self.task.reported}
         for which in ("final", "selected"):
-            logits = {split: self.predict_split(split, which) for split in self.reported}
+            logits = {split: self.predict_split(split, which) for split in self.task.reported}
             for folder in self.folders:
                 folder.save_predictions(logits, labels, which, uids)
-            out[which] = member_metrics(self.spec.name, logits, self.eval_arrays, self.regression)
+            out[which] = member_metrics(self.spec.name, logits, self.eval_arrays,
+                                        self.task.regression)
         return out
 
     def _summary(self, folder: RunFolder, status: str,
@@ -418,17 +340,17 @@ class Finetuner(LoopSpec):
             "status": status, "task": self.spec.name, "init": self.init_mode,
             "pretrained": folder.pretrained.describe() if folder.pretrained else None,
             "point": self.model_cfg.point, "model": self.model_cfg.to_dict(), "seeds": self.seeds,
-            "examples": self.data.counts(), "reported_splits": self.reported,
+            "examples": self.data.counts(), "reported_splits": self.task.reported,
             "steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
-            "wall_seconds_this_session": wall, "params_total": self.param_counts.total,
+            "wall_seconds_this_session": wall, "params_total": self.program.param_counts.total,
             "tokenizer": {"path": self.tokenizer.path, "sha256": self.tokenizer.sha256},
             "vocab_filter": self.config.data.vocab_filter or None,
-            "dropped_chars": self.dropped_chars,
-            "unk": self.unk,
+            "dropped_chars": self.task.dropped_chars,
+            "unk": self.task.unk,
             "majority": majority_baseline(
                 self.spec.name, self.train_arrays["labels"],
                 {split: arrays["labels"] for split, arrays in self.eval_arrays.items()},
-                self.regression),
+                self.task.regression),
         }
         if self.data.filter_report is not None:
             report = self.data.filter_report

@@ -17,10 +17,13 @@ import numpy as np
 
 from minilm_jax.errors import UserError
 from minilm_jax.run_config import flatten
-from minilm_jax.storage import RunPath, atomic_write_bytes, atomic_write_json
+from minilm_jax.runs.pretrained import PretrainedRun
+from minilm_jax.storage import RunPath, atomic_write_bytes, atomic_write_json, run_path
 from minilm_jax.train.distributed import from_process_0
+from minilm_jax.train.population_trainer import Each
+from minilm_jax.train.run_loop import check_workdir
 
-from .pretrained import PretrainedRun
+from .config_rules import validate_finetune_config
 from .model_selection import VALIDATION, mean_std
 
 # The fields in which the runs of one population may differ: the checkpoint each starts from.
@@ -126,6 +129,44 @@ class RunFolder:
             if uids is not None:
                 atomic_write_bytes(out / f"{split}.ids.json",
                                    (json.dumps(uids[split]) + "\n").encode())
+
+
+def open_folders(runs: Sequence[tuple[str, ml_collections.ConfigDict, Any]],
+                 init_mode: str) -> list[RunFolder]:
+    """A folder per run ``(name, config, workdir)``: its config checked, the checkpoint it starts
+    from opened."""
+    folders = []
+    for name, run_config, run_dir in runs:
+        validate_finetune_config(run_config)  # every field's range, before anything else
+        pretrained = (PretrainedRun.open(run_config.init.checkpoint, run_config.init.which)
+                      if run_config.init.checkpoint else None)
+        if init_mode == "pretrained" and pretrained is None:
+            raise UserError("init.mode=pretrained needs --config.init.checkpoint=<pre-training "
+                            "workdir> (or use init.mode=random)")
+        folders.append(RunFolder(name, run_config, run_path(run_dir), pretrained))
+    return folders
+
+
+def lock_folders(workdir: RunPath, folders: Sequence[RunFolder],
+                 identities: Sequence[dict[str, Any]], resumable: Sequence[str],
+                 population: bool) -> tuple[dict[str, Any], Any]:
+    """Create and lock each run's folder (and a ``population``'s own folder ``workdir``, first),
+    refusing one that holds another run (its identity but the ``resumable`` fields): (the
+    identity of the run or population, its lock)."""
+    targets = [(f.workdir, ident, "a fine-tuning run") for f, ident in zip(folders, identities)]
+    identity = identities[0]
+    if population:
+        identity = population_identity(folders, identities, resumable)
+        targets.insert(0, (workdir, identity, "a fine-tuning population"))
+    locks = []
+    try:
+        for path, ident, what in targets:
+            path.mkdir(parents=True, exist_ok=True)
+            locks.append(check_workdir(path, ident, resumable, what))
+    except BaseException:
+        Each(locks).release()
+        raise
+    return identity, (locks[0] if len(locks) == 1 else Each(locks))
 
 
 def population_identity(folders: Sequence[RunFolder], identities: Sequence[dict[str, Any]],

@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from minilm_jax.finetune.parameters import flat_leaves, load_parameters
-from minilm_jax.finetune.pretrained import PretrainedRun
+from minilm_jax.runs.finetuned import flat_leaves, load_parameters
+from minilm_jax.runs.pretrained import PretrainedRun
 from minilm_jax.interop.hf_files import InteropError, safetensors_numpy
 from minilm_jax.interop.hf_minilm import export_model, fits_roberta, hf_layout, remote_problems
 from minilm_jax.interop.model_card import (CARD_NAME, CardFacts, add_perplexity_reference,

@@ -3,7 +3,7 @@ latency read): its model config, tokenizer and encoder weights (read from the ru
 Orbax checkpoint, parameters only; the workdir may be ``gs://...``), or a local Hugging Face
 ``RobertaForMaskedLM`` directory (e.g. one ``python -m minilm_jax.interop export`` wrote).
 
-A run that is still training reads as a finished one (:mod:`minilm_jax.train.reading`): its
+A run that is still training reads as a finished one (:mod:`minilm_jax.runs.running`): its
 tokenizer is recorded before its first step, and a checkpoint replaced while it is read is read
 again from the step that serves now."""
 
@@ -18,10 +18,10 @@ from flax import nnx
 
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ModelConfig
+from minilm_jax.runs.running import read_checkpoint, recorded_tokenizer, refuse_population
 from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.tokenizer import Tokenizer
 from minilm_jax.train.checkpoint import find_checkpoint, load_model_state
-from minilm_jax.train.reading import read_checkpoint, recorded_tokenizer, refuse_population
 from minilm_jax.train.records import PretrainSummary, RecordError, read_pretrain_summary
 
 
@@ -83,7 +83,7 @@ class PretrainedRun:
 
     def _read(self, part: str | None) -> nnx.State:
         """The ``MaskedLM`` state (or its ``part``) of the checkpoint, read again from the step
-        that serves now if it is replaced while read (see :mod:`minilm_jax.train.reading`)."""
+        that serves now if it is replaced while read (see :mod:`minilm_jax.runs.running`)."""
         step, path, state = read_checkpoint(
             self.workdir, self.which, lambda _, path: load_model_state(path, self.model, part),
             chosen=(self.step, self.checkpoint_dir))

@@ -1,0 +1,87 @@
+"""The fine-tuning programs, built in one place: the classifier's model config, optimizer and
+schedule, the members' sharded state and the jitted train, predict and select steps (their
+functions: :mod:`minilm_jax.finetune.step`) with their shardings."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+
+from minilm_jax.model import accounting
+from minilm_jax.model.config import ModelConfig
+from minilm_jax.run_config import model_from_config
+from minilm_jax.runs.pretrained import PretrainedRun
+from minilm_jax.train.mesh import batch_sharding, replicated
+from minilm_jax.train.optim import optimizer_and_schedule
+from minilm_jax.train.state import MembersState
+
+from .config_rules import changed_model_fields, with_overrides
+from .step import make_finetune_step, make_predict_step, make_select, members_state
+from .task_batches import INPUTS
+
+
+def classifier_config(config: ml_collections.ConfigDict,
+                      pretrained: PretrainedRun | None) -> ModelConfig:
+    """The model fine-tuned: the checkpoint's (its ``model.*`` fields set away from the recipe's
+    applied on top) or the config's, then ``model_overrides``."""
+    return with_overrides(
+        pretrained.model.replace(**changed_model_fields(config)) if pretrained
+        else model_from_config(config),
+        config.model_overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneProgram:
+    """Everything a fine-tuning run compiles.
+
+    ``train_step(state, batch)`` takes batch arrays ``[K, S, B, T]`` (labels ``[K, S, B]``) and
+    donates the state; ``predict(params, rest, tokens, segments, token_types)`` gives the logits
+    ``[S, B, C]`` of one evaluation batch (rows as ``eval_input_sharding``); ``select(state,
+    improved [S])`` copies the improved members' parameters into ``state["selected"]``."""
+
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    graphdef: nnx.GraphDef
+    param_counts: accounting.ParamCounts
+    state_sharding: Any
+    batch_shardings: dict[str, Any]
+    eval_input_sharding: Any
+    train_step: Callable[..., Any]
+    predict: Callable[..., Any]
+    select: Callable[..., Any]
+
+
+def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, num_labels: int,
+                     regression: bool, member_seeds: Sequence[int], mesh: Any, total_steps: int,
+                     encoder_state: Any = None, population: bool = False
+                     ) -> tuple[FinetuneProgram, MembersState]:
+    """The program of ``member_seeds`` members on ``mesh`` and their initial state, from
+    ``encoder_state`` (a pre-trained encoder, stacked per member for a ``population``) or random
+    init (None)."""
+    optimizer, schedule = optimizer_and_schedule(config.optim, total_steps)
+    built = members_state(model_cfg, num_labels, optimizer, member_seeds, mesh, encoder_state,
+                          population=population)
+    state_sharding = built.shardings
+    state: MembersState = built.init(encoder_state)
+    batch_shardings = {k: batch_sharding(mesh, batch_axis=2, ndim=4) for k in INPUTS}
+    batch_shardings["labels"] = batch_sharding(mesh, batch_axis=2, ndim=3)
+    members = config.train.members
+    step = make_finetune_step(built.graphdef, optimizer, schedule, regression, members)
+    train_step = jax.jit(step, in_shardings=(state_sharding, batch_shardings),
+                         out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+    row = batch_sharding(mesh, batch_axis=0, ndim=2)
+    predict = jax.jit(make_predict_step(built.graphdef, members),
+                      in_shardings=(state_sharding["params"], state_sharding["rest"],
+                                    row, row, row),
+                      out_shardings=replicated(mesh))
+    select = jax.jit(make_select(), in_shardings=(state_sharding, replicated(mesh)),
+                     out_shardings=state_sharding, donate_argnums=0)
+    return FinetuneProgram(optimizer, schedule, built.graphdef, built.param_counts,
+                           state_sharding, batch_shardings, row, train_step, predict,
+                           select), state

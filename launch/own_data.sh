@@ -62,27 +62,7 @@ own_data_estimate() {  # a rough time estimate before the first step, from measu
   local text=$TEXT steps=${OWN_STEPS:-2500}  # what is made already is not counted
   [ -f "$OUT/shards/manifest.json" ] && text=-
   grep -q '"status": "completed"' "$OUT/pretrain/summary.json" 2>/dev/null && steps=0
-  "$PY" - "$text" "$LABELS" "$steps" "$SEEDS" <<'EOF'
-import os, sys
-from pathlib import Path
-text, labels, steps, seeds = sys.argv[1], sys.argv[2], int(sys.argv[3]), len(sys.argv[4].split(","))
-files = ([] if text == "-" else [p for p in Path(text).rglob("*") if p.is_file()]
-         if os.path.isdir(text) else [Path(text)])
-mb = sum(p.stat().st_size for p in files) / 1e6
-rows = 0 if labels == "-" else sum(
-    sum(1 for _ in open(p, "rb")) for p in ([Path(labels)] if os.path.isfile(labels) else Path(labels).glob("*.*")))
-cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-# Rates measured on a 2-core CPU (docs/pretraining.md, "Your own corpus"): tokenizer and shards
-# SECONDS_PER_MB s per MB of text, pre-training SECONDS_PER_STEP s per step, fine-tuning
-# SECONDS_PER_ROW s per labelled row per seed and init, plus ~40 s of start-up and compiling
-# (within ~25% of the five corpora's measured times).
-SECONDS_PER_MB, SECONDS_PER_STEP, SECONDS_PER_ROW = 15.0, 0.04, 0.006
-seconds = (40 + mb * SECONDS_PER_MB + steps * SECONDS_PER_STEP * min(1.0, 2 / cores)
-           + rows * seeds * 2 * SECONDS_PER_ROW)
-print(f"estimate: about {seconds / 60:.0f} min on this machine's CPU ({mb:.1f} MB of text, {steps} "
-      f"pre-training steps, {rows} labelled rows x {seeds} seeds x 2 inits; rates measured on 2 "
-      f"cores, {cores} here)", flush=True)
-EOF
+  "$PY" -m minilm_jax.own_data_estimate "$text" "$LABELS" "$steps" "$SEEDS"
 }
 
 step() {  # print one command as README shows it (python -m ...), then run it with the venv's Python

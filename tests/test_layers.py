@@ -1,7 +1,7 @@
 """The package's layering: no module imports from a layer above its own.
 
 0 errors, storage (and exclusive files), text normalisation -> 1 model, data, corpus, tasks, tokenizer, the recipes (configs/)
--> 2 the engine (train, finetune) -> 3 evaluations (evals: minimal pairs) -> 4 studies (analysis,
+-> 2 the engine (train, finetune, runs) -> 3 evaluations (evals: minimal pairs) -> 4 studies (analysis,
 sweeps, report, committee, latency, interop, compile checks, benches) -> 5 entry points
 (``__main__`` modules and commands).
 """
@@ -27,14 +27,14 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.recipes": 1, "minilm_jax.command_help": 1,  # command-line plumbing, beside cli
     "minilm_jax.configs": 1,  # the recipes (configs/, installed as minilm_jax.configs)
     "minilm_jax.train": 2, "minilm_jax.finetune": 2,
-    "minilm_jax.finetune.run": 5,  # the fine-tuning command's work (one init or both, the table)
+    "minilm_jax.runs": 2,  # reading runs (what fine-tuning, evals, export, latency start from)
     "minilm_jax.evals": 3,  # evaluations of trained models (minimal pairs): above the engine
     "minilm_jax.analysis": 4, "minilm_jax.sweep": 4, "minilm_jax.report": 4,
     "minilm_jax.committee": 4, "minilm_jax.latency": 4,
     "minilm_jax.interop": 1,  # the RoBERTa mapping and tokenizer files: beside the model
     "minilm_jax.interop.workdir": 4,  # exporting a trained workdir
     "minilm_jax.aot": 4, "minilm_jax.bench": 4,
-    "minilm_jax.pretrain": 5, "minilm_jax.points": 5,
+    "minilm_jax.pretrain": 5, "minilm_jax.points": 5, "minilm_jax.own_data_estimate": 5,
     "minilm_jax.report.study_b": 5,  # the study B report command
 }
 ENTRY = 5

@@ -65,3 +65,15 @@ def verdict(perplexity: float, reference: dict[str, Any] | None) -> str | None:
     against = "below" if perplexity < bi else "above"
     return (f"learned: validation perplexity {perplexity:.1f} is {perplexity / uni:.2f} x the "
             f"unigram perplexity {uni:.1f} and {against} the bigram one {bi:.1f}")
+
+
+def record_outcome(record: Any, reference: dict[str, Any] | None) -> str | None:
+    """Write ``reference`` and whether the run learned into a pre-training ``record`` (its summary:
+    ``reference``, ``learned``, from ``record.best``'s validation perplexity) and return the verdict
+    line to print (None: nothing to say)."""
+    record.reference = reference
+    if record.best is None:
+        return None
+    perplexity = record.best["validation_perplexity"]
+    record.learned = learned(perplexity, reference)
+    return verdict(perplexity, reference)

@@ -20,6 +20,12 @@ from minilm_jax.data.shards import ShardSplit
 from minilm_jax.train import batches as batch_lib
 
 
+def evaluation_due(prev: int, step: int, every: int, extra_steps: list[int]) -> bool:
+    """Whether a pre-training run evaluates after advancing from ``prev`` to ``step``: it crossed a
+    multiple of ``every`` or one of ``extra_steps`` (snapshots, logged steps)."""
+    return step // every > prev // every or any(prev < s <= step for s in extra_steps)
+
+
 class EvaluationHook(Protocol):
     """An evaluation of the model state at ``step``; returns scalars to log."""
 

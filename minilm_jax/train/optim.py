@@ -27,7 +27,7 @@ def schedule_values(optim: ml_collections.ConfigDict, total_steps: int) -> dict[
     (``peak * end_lr_fraction``), ``weight_decay``, and what the schedule derives from them
     (``inv_warmup``, ``inv_span``: reciprocals; ``drop``: ``peak - end``), computed here once in
     float32. A population passes each
-    member's as arrays (:func:`make_schedule`, :func:`make_optimizer`), so a member computes exactly
+    member's as arrays (:func:`optimizer_and_schedule`), so a member computes exactly
     what a separate run with those values does."""
     warm = warmup_steps(optim, total_steps)
     return {"peak_lr": float(optim.peak_lr), "warmup": float(warm),
@@ -39,12 +39,11 @@ def schedule_values(optim: ml_collections.ConfigDict, total_steps: int) -> dict[
                           - np.float32(float(optim.peak_lr) * float(optim.end_lr_fraction)))}
 
 
-def make_schedule(optim: ml_collections.ConfigDict, total_steps: int,
-                  values: dict[str, Any] | None = None) -> optax.Schedule:
+def _schedule(optim: ml_collections.ConfigDict, total_steps: int,
+              values: dict[str, Any]) -> optax.Schedule:
     """lr(step) for step = 0, 1, ... (optax counts updates from 0; update s uses lr(s + 1) here,
     so the first update already has a non-zero rate). ``values`` (:func:`schedule_values`; scalars
     or traced arrays) replace the config's numbers; the schedule's kind is always the config's."""
-    values = values if values is not None else schedule_values(optim, total_steps)
     peak, warm, end = values["peak_lr"], values["warmup"], values["end_lr"]
     inv_warm, inv_span, drop = values["inv_warmup"], values["inv_span"], values["drop"]
     name = optim.schedule
@@ -73,15 +72,18 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
-                   values: dict[str, Any] | None = None) -> optax.GradientTransformation:
-    """AdamW with the configured schedule, optional decay mask and global-norm clipping
-    (``values``: as for :func:`make_schedule`; the optimizer state's shape does not depend on them)."""
+def optimizer_and_schedule(optim: ml_collections.ConfigDict, total_steps: int,
+                           values: dict[str, Any] | None = None
+                           ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with the configured schedule, optional decay mask and global-norm clipping, and the
+    schedule itself (the learning rate each step logs). ``values`` (:func:`schedule_values`; scalars
+    or a population member's traced arrays) replace the config's numbers; the schedule's kind is
+    always the config's, and the optimizer state's shape does not depend on them."""
     values = values if values is not None else schedule_values(optim, total_steps)
-    schedule = make_schedule(optim, total_steps, values)
+    schedule = _schedule(optim, total_steps, values)
     adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
                         weight_decay=values["weight_decay"],
                         mask=_decay_mask if optim.decay_mask else None)
     if optim.clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(optim.clip_norm), adamw)
-    return adamw
+        return optax.chain(optax.clip_by_global_norm(optim.clip_norm), adamw), schedule
+    return adamw, schedule

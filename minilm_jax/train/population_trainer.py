@@ -28,16 +28,16 @@ from minilm_jax.run_config import (RESUMABLE_FIELDS, log_eval_steps, snapshot_st
 from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.data import learned
+from minilm_jax.runs.running import write_run_start
 from minilm_jax.train.run_loop import LoopSpec, Window, check_workdir, open_run, run_loop
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import TrainingDiverged
-from minilm_jax.train.evaluation import eval_result, split_losses
+from minilm_jax.train.evaluation import eval_result, evaluation_due, split_losses
 from minilm_jax.train.pretrainer import check_shards, params_digest, run_identity, summary_record
 from minilm_jax.train.members import members_strategy
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.population import Member, members_of, population_identity
 from minilm_jax.train.program import population_program
-from minilm_jax.train.reading import write_run_start
 from minilm_jax.train.records import PopulationSummary
 from minilm_jax.train.run_log import MetricsWriter, log_line, read_metrics
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
@@ -244,11 +244,8 @@ class PopulationTrainer(LoopSpec):
         return shown_values
 
     def evaluation_due(self, prev: int, step: int) -> bool:
-        if self.eval_split is None:
-            return False
-        every = self.config.eval.every_steps
-        return (step // every > prev // every
-                or any(prev < s <= step for s in self.snapshot_steps + self._log_steps))
+        return self.eval_split is not None and evaluation_due(
+            prev, step, self.config.eval.every_steps, self.snapshot_steps + self._log_steps)
 
     def evaluate_at(self, step: int, state) -> tuple[Any, bool]:
         results = self.evaluate(self.eval_split, state)
@@ -373,13 +370,9 @@ class PopulationTrainer(LoopSpec):
         memory = device_memory_stats()
         for record, member in zip(records, self.members):
             record.device_memory = memory
-            record.reference = self.reference
-            if record.best is not None:
-                ppl = record.best["validation_perplexity"]
-                record.learned = learned.learned(ppl, self.reference)
-                line = learned.verdict(ppl, self.reference)
-                if line:
-                    log_line(f"member {member.name}: {line}")
+            line = learned.record_outcome(record, self.reference)
+            if line:
+                log_line(f"member {member.name}: {line}")
             if jax.process_index() == 0:
                 record.write(member.workdir)
         summary = PopulationSummary(

@@ -22,6 +22,7 @@ from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_mani
 from minilm_jax.errors import UserError
 from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, snapshot_steps,
                                    validate_pretrain_config)
+from minilm_jax.runs.running import write_run_start
 from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.data import learned
@@ -29,9 +30,8 @@ from minilm_jax.train.run_loop import LoopSpec, Window, check_workdir, open_run,
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.distributed import gathered
 from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exported for callers)
-from minilm_jax.train.evaluation import EvaluationHook, ShardPerplexity
+from minilm_jax.train.evaluation import EvaluationHook, ShardPerplexity, evaluation_due
 from minilm_jax.train.mesh import make_mesh
-from minilm_jax.train.reading import write_run_start
 from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.records import PretrainSummary
 from minilm_jax.train.program import pretrain_program
@@ -201,11 +201,8 @@ class Pretrainer(LoopSpec):
         return shown
 
     def evaluation_due(self, prev: int, step: int) -> bool:
-        if self.eval_split is None:
-            return False
-        every = self.config.eval.every_steps
-        return (step // every > prev // every
-                or any(prev < s <= step for s in self.ckpts.snapshot_steps + self._log_steps))
+        return self.eval_split is not None and evaluation_due(
+            prev, step, self.config.eval.every_steps, self.ckpts.snapshot_steps + self._log_steps)
 
     def evaluate_at(self, step: int, state: TrainState) -> tuple[TrainState, bool]:
         result = self.evaluate(self.eval_split, state["params"], state["rest"])
@@ -270,12 +267,9 @@ class Pretrainer(LoopSpec):
                 record.best.update(test_loss=test["loss"], test_perplexity=test["perplexity"])
         record.final_params_sha256 = params_digest(self.state["params"])
         record.device_memory = device_memory_stats()
-        record.reference = self.reference
-        if record.best is not None:
-            record.learned = learned.learned(record.best["validation_perplexity"], self.reference)
-            line = learned.verdict(record.best["validation_perplexity"], self.reference)
-            if line:
-                log_line(line)
+        line = learned.record_outcome(record, self.reference)
+        if line:
+            log_line(line)
         if jax.process_index() == 0:
             record.write(self.workdir)
         return record.to_json()

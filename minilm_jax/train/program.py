@@ -23,7 +23,7 @@ from minilm_jax.run_config import model_from_config
 from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, check_train_shape,
                                    members_batch_sharding, members_state_shardings, replicated)
-from minilm_jax.train.optim import make_optimizer, make_schedule, schedule_values
+from minilm_jax.train.optim import optimizer_and_schedule, schedule_values
 from minilm_jax.train.state import BuiltState, lm_state
 from minilm_jax.train.step import (MemberGroup, make_eval_step, make_population_eval,
                                    make_population_step, make_train_step, member_objects)
@@ -89,8 +89,7 @@ def pretrain_program(config: ml_collections.ConfigDict, mesh: Any,
     total_steps = check_train_shape(tc, mesh)
     check_batch_divisible(config.eval.batch_size, mesh, "eval.batch_size")
     masking = MaskingConfig.from_config(config.mlm, model.vocab_size)
-    schedule = make_schedule(config.optim, total_steps)
-    optimizer = make_optimizer(config.optim, total_steps)
+    optimizer, schedule = optimizer_and_schedule(config.optim, total_steps)
     built = lm_state(model, config.seed, optimizer, mesh)
     data = batch_sharding(mesh, batch_axis=2, ndim=4)
     train_step = jax.jit(
@@ -157,7 +156,7 @@ def population_program(configs: list[ml_collections.ConfigDict], mesh: Any,
     for indices in keys.values():
         c, model = configs[indices[0]], models[indices[0]]
         masking = MaskingConfig.from_config(c.mlm, model.vocab_size)
-        built = lm_state(model, 0, make_optimizer(c.optim, total_steps), mesh)  # shapes only
+        built = lm_state(model, 0, optimizer_and_schedule(c.optim, total_steps)[0], mesh)  # shapes only
         groups.append(MemberGroup(tuple(indices), built.graphdef, c.optim, masking))
         makers.append(model)
         counts = counts or built.param_counts

@@ -17,7 +17,7 @@ from flax import nnx
 
 from minilm_jax.train.masking import MaskedBatch, MaskingConfig, mask_tokens
 from minilm_jax.train.members import over_members
-from minilm_jax.train.optim import make_optimizer, make_schedule
+from minilm_jax.train.optim import optimizer_and_schedule
 
 TrainState = dict[str, Any]
 
@@ -133,8 +133,7 @@ def member_objects(group: MemberGroup, total_steps: int, hyper: dict[str, jax.Ar
     (``seed``, ``mask_prob`` and :func:`~minilm_jax.train.optim.schedule_values`)."""
     values = {k: hyper[k] for k in ("peak_lr", "warmup", "end_lr", "weight_decay", "inv_warmup",
                                      "inv_span", "drop")}
-    return (make_optimizer(group.optim, total_steps, values),
-            make_schedule(group.optim, total_steps, values),
+    return (*optimizer_and_schedule(group.optim, total_steps, values),
             dataclasses.replace(group.masking, mask_prob=hyper["mask_prob"]),
             jax.random.key(hyper["seed"]))
 

@@ -10,11 +10,13 @@
 - ``a4``: study A's one-factor-at-a-time design around the main job's ``tiny`` base, 3
   pre-training seeds per point (declared; its run is recorded in docs/reproduction.md when made).
 - ``childes``: study A's own setting at CPU scale (``launch/childes.sh``): AO-CHILDES text,
-  three sizes, filtered SST-2 / CoLA / STS-B.
+  three sizes with 5 pre-training seeds each (a power analysis in its docstring), filtered SST-2 /
+  CoLA / STS-B, Zorro on every snapshot and on each run's own random twin.
 - ``smoke``: the main job at the smallest size (the CI test of ``launch/main.sh``).
 - ``study_b``: study B at CPU scale (``launch/study_b.sh``): nested WikiText-2 subsets, 1-layer
-  members and a 6-layer model, AG News / DBpedia-14 / FewRel, both inits; ``study_b_smoke`` is its
-  CI size and ``study_b_full`` the paper's scale (a GPU; bert-base-uncased vocabulary, Wikipedia).
+  members and a 6-layer model, 3 pre-training seeds for every point, AG News / DBpedia-14 /
+  FewRel, both inits; ``study_b_smoke`` is its CI size (2 seeds) and ``study_b_full`` the paper's
+  scale (a GPU; bert-base-uncased vocabulary, Wikipedia; 3 seeds).
 
     python -m minilm_jax.sweep --config=configs/sweep.py:paper --root=runs/paper --dry_run
 """
@@ -212,20 +214,52 @@ def a4() -> ml_collections.ConfigDict:
     return c
 
 
+# The childes sweep's pre-training seeds, fixed by the power analysis in its docstring (5 per size;
+# seed 0, the pilot run 3, left out).
+CHILDES_PRETRAIN_SEEDS = (1, 2, 3, 4, 5)
+
+
 def childes() -> ml_collections.ConfigDict:
-    """Study A's own setting at CPU scale (``launch/childes.sh``), a fixed protocol.
+    """Study A's own setting at CPU scale (``launch/childes.sh``), a fixed protocol (v4: v3 with
+    pre-training seeds, fixed before its run).
 
     Text: AO-CHILDES transcripts (the shared data's 21 corpora) filtered to the AO-CHILDES
     vocabulary by utterance (``--unit sentence``), 2,000-piece tokenizer, packed 128-token
     sequences (5% validation, 5% test). Models: three sizes, ``tiny`` E32-H32-I128-L1-A2 (the
     "1.25M" shape with a 2,010-row vocabulary), ``ffn`` E32-H32-I256-L1-A2 and ``wide``
     E64-H64-I256-L1-A2; 2,000 steps of batch 32 with the main job's recipe (constant LR 3e-3, 40%
-    masking, no dropout), snapshots at 50% and 100%. Downstream: vocabulary-filtered SST-2, CoLA
+    masking, no dropout), snapshots at 50% and 100%. Pre-training seeds 1, 2, 3, 4, 5 for every
+    size (runs ``<size>__seed=<s>``; the unit of replication), the 5 seeds of a size packed into one
+    population (``pack=auto``); seed 0 (runs 1-3 of v1-v3) is left out, so the run that informed the
+    power analysis below is not part of the test. Downstream: vocabulary-filtered SST-2, CoLA
     and STS-B (GLUE dev as the reported split; validation carved from train; at most 1,500 training
-    examples), seeds 0, 1, 2, both inits, 8 epochs at LR 1e-3; characters the tokenizer cannot
+    examples), fine-tuning seeds 0, 1, 2, both inits (one random-init fine-tuning twin per size,
+    shared by its pre-training seeds), 8 epochs at LR 1e-3; characters the tokenizer cannot
     encode are removed from task texts (AO-CHILDES transcripts have no punctuation, so GLUE's
-    punctuation would be 5-9% ``<unk>`` tokens; protocol v2 of this sweep). Needs ``--config.shards`` and
-    ``--config.finetune_data_dir`` (the GLUE folder; the launch script passes both).
+    punctuation would be 5-9% ``<unk>`` tokens; protocol v2 of this sweep). Zero-shot: Zorro (23
+    paradigms x 2,000 pairs), rules holistic and PLL, on both snapshots of every run and on a
+    random-init twin per run, initialised with that run's pre-training seed (protocol v3; v4 adds
+    the seeds). Needs ``--config.shards`` and ``--config.finetune_data_dir`` (the GLUE folder; the
+    launch script passes both).
+
+    Power analysis (before the run; :mod:`minilm_jax.analysis.power`, scipy's noncentral t). The
+    planned test per size: a one-sample t-test of the 5 per-seed gaps (the final checkpoint's
+    Zorro accuracy minus its own seed's random twin, points), two-sided, alpha 0.05; pooled: the
+    15 runs' gaps (each pre-training run counted once). Run 3 (one pre-training run per size)
+    measured the per-size gaps holistic +7.2 (``tiny``), +3.3 (``ffn``), +9.2 (``wide``) and PLL
+    +6.1, +1.5, +4.7: mean +6.6 and +4.1, sd 3.0 and 2.4 over the 3 sizes. No seed-to-seed sd
+    has been measured, so the sd assumed is that spread (it also holds the differences between
+    sizes); the effect is run 3's mean gap: d = 2.19 (holistic) and 1.74 (PLL). Power with n
+    seeds per size: holistic 0.82 (n = 4), 0.95 (n = 5); PLL 0.65 (n = 4), 0.82 (n = 5); 80% needs
+    n = 4 (holistic) and 5 (PLL), so n = 5 per size, 15 pooled (power > 0.9999 under both rules
+    for the pooled mean). What 5 seeds do not buy: ``ffn``'s own smaller gap (+3.3 holistic, +1.5
+    PLL) has power 0.47 and 0.20 (80% would need 9 and 22 seeds per size); the effects detectable
+    with 80% power at n = 5 are 5.1 (holistic) and 4.0 points (PLL) per size, 2.3 and 1.8
+    pooled; if the seed-to-seed sd is 1.5x the assumed one, the per-size power is 0.69 and 0.50.
+    Reported, whatever they show: per size and pooled, the mean gap, sample sd, n, 95% t
+    interval and p (:mod:`minilm_jax.analysis.zero_shot_seeds`); accuracy vs validation
+    perplexity within each seed and over seeds; per-phenomenon gaps over seeds; the GLUE gaps
+    per pre-training seed (fine-tuning seeds averaged inside).
     """
     c = main()
     c.name = "childes"
@@ -234,15 +268,17 @@ def childes() -> ml_collections.ConfigDict:
     c.bases = ("tiny=E32-H32-I128-L1-A2", "ffn=E32-H32-I256-L1-A2", "wide=E64-H64-I256-L1-A2")
     c.finetune_tasks = ("sst2", "cola", "stsb")
     c.finetune_checkpoints = (0.5, 1.0)
+    c.pretrain_seeds = CHILDES_PRETRAIN_SEEDS
     c.finetune_seeds = (0, 1, 2)
     c.finetune_overrides = ("train.epochs=8", "optim.peak_lr=1e-3", "optim.weight_decay=0.01",
                             "data.max_len=64", 'model_overrides=("pooler=weighted_sum",)',
                             "train.early_stopping_patience=0", "eval.batch_size=100",
                             "data.vocab_filter=aochildes", "data.max_train_examples=1500",
                             "data.drop_unknown_chars=True")
-    # Zero-shot: Zorro (23 paradigms x 2,000 pairs) on both snapshots and a random twin per run,
-    # BabyBERTa's holistic rule and PLL; transcripts have no punctuation, so the tokenizer's
-    # <unk>-only punctuation is removed from both sentences of every pair (protocol v3).
+    # Zero-shot: Zorro (23 paradigms x 2,000 pairs) on both snapshots and a random twin per run
+    # (each twin initialised with its run's pre-training seed), BabyBERTa's holistic rule and PLL;
+    # transcripts have no punctuation, so the tokenizer's <unk>-only punctuation is removed from
+    # both sentences of every pair (protocol v3).
     c.evals = {"zorro": {"type": "minimal_pairs", "suite": "zorro", "rules": "holistic,pll",
                          "drop_unknown_chars": True}}
     return c
@@ -260,15 +296,18 @@ def _study_b_tasks(per_class: dict, fewrel_file: str) -> tuple:
 
 
 def study_b() -> ml_collections.ConfigDict:
-    """Study B at CPU scale (``launch/study_b.sh``), protocol v2, fixed before its run.
+    """Study B at CPU scale (``launch/study_b.sh``), protocol v3, fixed before its run.
 
     Text: WikiText-2 (valid + test) paragraphs of >= 20 words as the "articles"; a 4,000-entry
     uncased WordPiece vocabulary trained on them (the ``tokenizers`` trainer); nested subsets of
     750 / 1,500 / 3,000 paragraphs of a seeded shuffle, first 64 tokens each, 300 more as a shared
     validation split. Models (BERT-style, exact GELU, head size 64, FFN 4H, learned positions,
-    **pre-LN**): ``l1`` E64-H64-I256-L1-A1 pre-trained on each subset, two more ``l1`` members
-    (pre-training seeds 1, 2) on the largest, and ``l6`` E64-H64-I256-L6-A1 on the largest. Every
-    run: 1,200 updates of batch 32 (fixed compute: the paper trains 50 epochs of each subset, so
+    **pre-LN**): ``l1`` E64-H64-I256-L1-A1 pre-trained on each subset and ``l6``
+    E64-H64-I256-L6-A1 on the largest, each with pre-training seeds 0, 1, 2 (``pretrain_seeds``;
+    runs ``l1__seed=<s>``, ``l1__shards=n<N>__seed=<s>``, ``l6__seed=<s>``; the seeds of a point
+    packed into one population); the soft committee's members are the ``l1`` runs on the largest
+    subset, one per pre-training seed (the same three models as v2's committee). Every run:
+    1,200 updates of batch 32 (fixed compute: the paper trains 50 epochs of each subset, so
     there larger subsets also get more updates), MLM 15% with 80/10/10, AdamW, constant LR 2e-3
     after 50 warm-up steps, no dropout (tiny models underfit). Downstream: AG News (150 train / 100
     test per class), DBpedia-14 (40 / 50 per class), FewRel-format val_nyt (25 relations, 40 / 40),
@@ -276,7 +315,16 @@ def study_b() -> ml_collections.ConfigDict:
     random-init twin per architecture), selection on a validation split carved from train, test
     reported. Needs ``--config.data_root`` (the launcher's prepared data) and
     ``--config.finetune_data_dir`` (the shared data folder: ``ag_news/``, ``dbpedia14/``,
-    ``fewrel/``).
+    ``fewrel/``). Reported (``python -m minilm_jax.report.study_b``): B1-B4 per pre-training run
+    with the fine-tuning seeds as the unit, and over pre-training seeds (the unit of replication;
+    :mod:`minilm_jax.analysis.study_b_seeds`): B1 each seed's gap (its fine-tuning seeds' mean
+    pre-trained minus the random twin's mean) per task and subset, B2 / B3 each seed's Pearson r of
+    the gap with log10(subset size) / token overlap and their Fisher-z mean over seeds, B4 the
+    committee minus each seed's 6-layer model, each with n, the sample sd, a 95% t interval and p.
+
+    v3 = v2 plus pre-training seeds for every point: re-run from a fresh clone on another 2-core
+    machine, v2's single-run verdicts moved (B1 4 of 12 intervals excluding 0 but not the same 4;
+    B4 3 of 3 tasks instead of 1 of 3), so one pre-training run per point cannot carry them.
 
     v1 (post-LN, 600 updates; 6 epochs on 100 / 30 / 60 examples per class) is in
     docs/reproduction.md: its 6-layer model never left the unigram plateau (validation perplexity
@@ -300,8 +348,8 @@ def study_b() -> ml_collections.ConfigDict:
                             "model.attention_dropout=0.0", "checkpoint.every_minutes=10.0",
                             "eval.test_at_end=False")
     c.bases = ("l1=E64-H64-I256-L1-A1", "l6=E64-H64-I256-L6-A1")
-    c.ofat = ("l1:data.shards={data_root}/subsets/n750,{data_root}/subsets/n1500",
-              "l1:seed=1,2")
+    c.ofat = ("l1:data.shards={data_root}/subsets/n750,{data_root}/subsets/n1500",)
+    c.pretrain_seeds = (0, 1, 2)  # every point; the committee: l1's seeds on the largest subset
     c.finetune_tasks = ("ag_news", "dbpedia14", "fewrel")
     c.finetune_checkpoints = (1.0,)  # the end of pre-training; random-init twins shared per model
     c.finetune_seeds = (0, 1, 2)
@@ -316,7 +364,7 @@ def study_b() -> ml_collections.ConfigDict:
 
 def study_b_smoke() -> ml_collections.ConfigDict:
     """``study_b``'s code path at CI size: a few dozen updates, two of the three tasks with small
-    samples, two seeds."""
+    samples, two fine-tuning seeds and two pre-training seeds per point (a committee of 2)."""
     c = study_b()
     c.name = "study_b_smoke"
     c.num_steps = 30
@@ -324,7 +372,8 @@ def study_b_smoke() -> ml_collections.ConfigDict:
     c.vocab_size = 1000
     c.shards = "{data_root}/subsets/n300"
     c.bases = ("l1=E32-H32-I64-L1-A1", "l6=E32-H32-I64-L2-A1")
-    c.ofat = ("l1:data.shards={data_root}/subsets/n100", "l1:seed=1")
+    c.ofat = ("l1:data.shards={data_root}/subsets/n100",)
+    c.pretrain_seeds = (0, 1)
     c.finetune_tasks = ("ag_news", "fewrel")  # a topic task and the relation task
     c.finetune_seeds = (0, 1)
     c.finetune_overrides = tuple(o for o in study_b().finetune_overrides
@@ -338,7 +387,8 @@ def study_b_full() -> ml_collections.ConfigDict:
     (30,522), Wikipedia subsets of 20k / 40k / 90k articles (first 128 tokens), BERT-1 (12 heads)
     members and BERT-6 at H=768, 50 epochs of the largest subset's size in updates (90k x 50 / 32),
     LR 5e-5 with dropout 0.1, the full task samples (AG News 1000 per class, DBpedia-14 100,
-    FewRel 630 / 70), 50 epochs of fine-tuning at 5e-5. ``launch/study_b.sh --full`` prepares it."""
+    FewRel 630 / 70), 50 epochs of fine-tuning at 5e-5; pre-training seeds 0, 1, 2 for every point
+    (as ``study_b``: a committee of 3). ``STUDY_B_FULL=1 bash launch/study_b.sh`` prepares it."""
     c = study_b()
     c.name = "study_b_full"
     c.shards = "{data_root}/subsets/n90000"
@@ -350,8 +400,8 @@ def study_b_full() -> ml_collections.ConfigDict:
                             "mlm.mask_prob=0.15", "mlm.replacement=bert", "mlm.max_predictions=32",
                             "checkpoint.every_minutes=30.0", "eval.test_at_end=False")
     c.bases = ("l1=bert1-a12", "l6=bert6")  # BERT layout: [PAD]=0, positions from 0
-    c.ofat = ("l1:data.shards={data_root}/subsets/n20000,{data_root}/subsets/n40000",
-              "l1:seed=1,2,3")
+    c.ofat = ("l1:data.shards={data_root}/subsets/n20000,{data_root}/subsets/n40000",)
+    c.pretrain_seeds = (0, 1, 2)
     c.finetune_overrides = (
         "train.epochs=50", "optim.peak_lr=5e-5", "optim.weight_decay=0.01", "data.max_len=128",
         'model_overrides=("pooler=cls_tanh",)', "train.early_stopping_patience=5",

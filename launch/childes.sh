@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Study A's own setting at CPU scale (about 30 minutes on 2 cores): needs the AO-CHILDES transcripts,
-# the AO-CHILDES vocabulary and GLUE in glue_data layout (default: ../shared/data, or $MINILM_SHARED_DATA:
+# Study A's own setting at CPU scale (about 4 hours on 2 cores, estimated: 15 pre-training runs, 45
+# Zorro-scored models; the sweep resumes exactly, so run the same command again after a stop): needs
+# the AO-CHILDES transcripts, the AO-CHILDES vocabulary and GLUE in glue_data layout (default:
+# ../shared/data, or $MINILM_SHARED_DATA:
 #   aochildes/original_transcripts/*.csv, vocab/AOChildes_word_frequency.csv, glue/{SST-2,CoLA,STS-B}).
 #   AO-CHILDES utterances filtered to the AO-CHILDES vocabulary -> SentencePiece tokenizer -> token
 #   shards (+ unigram / bigram reference perplexities) -> pre-train the `childes` sweep of
-#   configs/sweep.py (three sizes) -> fine-tune the 50% and 100% snapshots and one random-init twin
-#   per size on vocabulary-filtered SST-2, CoLA and STS-B (seeds 0,1,2); score Zorro's minimal
-#   pairs on both snapshots and a random twin per size (from $SHARED/zorro when present, else
-#   downloaded at its pinned commit) -> report.
+#   configs/sweep.py (three sizes x pre-training seeds 1-5, the seeds of a size as one population;
+#   the count is the power analysis in the sweep's docstring) -> fine-tune every run's 50% and 100%
+#   snapshots and one random-init twin per size on vocabulary-filtered SST-2, CoLA and STS-B
+#   (fine-tuning seeds 0,1,2); score Zorro's minimal pairs on both snapshots of every run and on a
+#   random twin per run, initialised with that run's seed (from $SHARED/zorro when present, else
+#   downloaded at its pinned commit) -> report (A1/A2 over pre-training seeds included).
 #
 #   CHILDES_OUT=runs/childes  CHILDES_TOKENS=2000
 #   extra arguments go to `python -m minilm_jax.sweep`, e.g. --config.num_steps=500

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Study B: does pre-training help tiny models, does the gap grow with the pre-training set and with
 # token overlap, and does a soft committee of 1-layer members match a 6-layer model (and how fast)?
-# CPU scale, offline, on the shared development data (14 minutes on 2 cores, measured):
+# CPU scale, offline, on the shared development data (about 30 minutes on 2 cores, estimated; 14
+# minutes measured with one pre-training run per point, protocol v2):
 #   WikiText-2 paragraphs -> uncased WordPiece vocabulary (tokenizers' trainer) -> nested subsets
 #   (first 64 tokens of each paragraph) -> the `study_b` sweep of configs/sweep.py (pre-train 1-layer
-#   members on each subset and a 6-layer model on the largest; fine-tune on AG News, DBpedia-14,
-#   FewRel with both inits and 3 seeds) -> python -m minilm_jax.report.study_b (gaps, overlap,
-#   committee vs K, latency from the trained checkpoints) -> $OUT/study/study_b/report.md
+#   models on each subset and a 6-layer model on the largest, each with pre-training seeds 0,1,2;
+#   fine-tune on AG News, DBpedia-14, FewRel with both inits and 3 fine-tuning seeds) ->
+#   python -m minilm_jax.report.study_b (gaps, size, overlap, committee vs K per run and over
+#   pre-training seeds, latency from the trained checkpoints) -> $OUT/study/study_b/report.md
 # The fixed protocol is the docstring of `study_b` in configs/sweep.py; nothing is dropped.
 #
 #   STUDY_B_OUT=runs/study_b  STUDY_B_SWEEP=study_b (study_b_smoke: the CI size)

@@ -3,7 +3,8 @@ frontier, power-law fits with a break, one-factor-at-a-time cost-effectiveness a
 
 Modules: ``result_rows`` (the row schema; read and validate rows), ``results`` (select rows),
 ``frontier``, ``fits``, ``icer``, ``depth``;
-``seeds`` and ``seed_frontier`` treat the pre-training seed as the unit of replication.
+``seeds``, ``seed_frontier``, ``replication``, ``zero_shot_seeds`` and ``study_b_seeds`` treat the
+pre-training seed as the unit of replication; ``power`` fixes how many seeds a protocol needs.
 ``python -m minilm_jax.report`` turns them into a Markdown report with plots.
 """
 

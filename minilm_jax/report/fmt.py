@@ -47,3 +47,21 @@ def value(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # analyses
+
+
+def effect(e: Any, digits: int = 1) -> str:
+    """A :class:`~minilm_jax.analysis.replication.SeedEffect` as ``mean [low, high]``."""
+    if e.n == 0:
+        return "—"
+    if not e.defined:
+        return f"{e.mean:+.{digits}f} (no interval, n = {e.n})"
+    return f"{e.mean:+.{digits}f} [{e.low:+.{digits}f}, {e.high:+.{digits}f}]"
+
+
+def interval(i: dict[str, float], digits: int = 1) -> str:
+    """A t interval dict (:func:`~minilm_jax.analysis.stats.t_interval`) as ``mean [low, high]``."""
+    if not i or i.get("n", 0) == 0:
+        return "—"
+    if i["n"] < 2 or not math.isfinite(i["low"]):
+        return f"{i['mean']:.{digits}f} (n = {i['n']})"
+    return f"{i['mean']:.{digits}f} [{i['low']:.{digits}f}, {i['high']:.{digits}f}]"

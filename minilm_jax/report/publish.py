@@ -16,6 +16,7 @@ from minilm_jax.analysis.result_rows import Duplicates, ResultsError, read_resul
 from minilm_jax.analysis.results import flops_field
 from minilm_jax.analysis.seeds import seed_gaps, seed_spreads
 from minilm_jax.analysis.zero_shot import zero_shot_analyses
+from minilm_jax.analysis.zero_shot_seeds import zero_shot_seed_analyses
 from minilm_jax.errors import UserError
 from minilm_jax.storage import (RunPath, atomic_write_bytes, is_remote, owned_temp_dir,
                                 remove_stale_temps, run_path)
@@ -30,7 +31,7 @@ from .options import DOWNSTREAM_PLOT, ICER_PLOT, LOSS_PLOT, REPORT_NAME, ReportO
 from .plots import plot_downstream, plot_icer, plot_loss_vs_flops
 from .seeds import SEED_PLOT, plot_seed_bands, section_seeds
 from .zero_shot import (ZERO_SHOT_PLOT, plot_zero_shot, section_perplexity_evaluations,
-                        section_zero_shot)
+                        section_zero_shot, section_zero_shot_seeds)
 
 
 def _sha256(path: RunPath) -> str:
@@ -81,6 +82,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
                        for z, name in ((z, ZERO_SHOT_PLOT.format(index=i))
                                        for i, z in enumerate(zero_shot))]
     lines += section_zero_shot(zero_shot, zero_shot_plots)
+    lines += section_zero_shot_seeds(zero_shot_seed_analyses(rows, options.confidence))
     lines += section_perplexity_evaluations(rows)
     lines += section_runs(analyses)
     path = out / REPORT_NAME

@@ -1,6 +1,7 @@
 """The report's zero-shot section: minimal-pair accuracy of each run's final checkpoint against
 its random-init twin, per phenomenon, over pre-training seeds, against validation perplexity, and
-along training (:mod:`minilm_jax.analysis.zero_shot`)."""
+along training (:mod:`minilm_jax.analysis.zero_shot`); with several pre-training seeds per design
+place, A1, A2 and the phenomena over seeds (:mod:`minilm_jax.analysis.zero_shot_seeds`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import numpy as np
 
 from minilm_jax.analysis.stats import format_p
 from minilm_jax.analysis.zero_shot import ZeroShot
+from minilm_jax.analysis.zero_shot_seeds import ZeroShotSeeds
 from minilm_jax.evals.minimal_pairs import CHANCE, PairedComparison, Summary
 
-from .fmt import cell
+from .fmt import cell, effect, interval, num
 
 ZERO_SHOT_PLOT = "zero_shot_{index}.png"
 
@@ -111,6 +113,77 @@ def section_zero_shot(analyses: Sequence[ZeroShot], plotted: Sequence[str]) -> l
                        "checkpoints are not independent): " + found.correlation.text()), ""]
         if plot:
             lines += [f"![zero-shot accuracy along training]({plot})", ""]
+    return lines
+
+
+def _per_seed(values: dict, digits: int = 1) -> str:
+    return ", ".join(f"{k}: {v:+.{digits}f}" for k, v in values.items())
+
+
+def section_zero_shot_seeds(analyses: Sequence[ZeroShotSeeds]) -> list[str]:
+    """Markdown of A1, A2 and the phenomena over pre-training seeds, per (evaluation, suite,
+    rule) with a multi-seed design place."""
+    if not analyses:
+        return []
+    lines = ["## Zero-shot minimal pairs over pre-training seeds", "",
+             (f"Unit of replication: the pre-training seed. Each seed's run is compared with its "
+              f"own random-init twin (the same architecture initialised with that run's seed): "
+              f"one gap per seed, final-checkpoint accuracy minus own-twin accuracy in points. "
+              f"Chance is {CHANCE:.0f}% (a minimal pair: the model picks one of two sentences). "
+              "Intervals are 95% t intervals over seeds (sample sd, ddof = 1); p is the two-sided "
+              "one-sample t-test of the gaps against 0. Pooled rows count each pre-training run "
+              "(design place x seed) once: n = runs, and the design places' differences are part "
+              "of their spread."), ""]
+    for found in analyses:
+        lines += [f"### {cell(found.evaluation)}: {found.suite}, rule `{found.rule}`, over "
+                  "pre-training seeds", "",
+                  f"A1, pre-trained minus own random twin (chance {found.chance:.0f}%):", "",
+                  "| design | n | final accuracy | own twin | final − own twin [95% CI] | sd | p | "
+                  "per seed |", "|---|---|---|---|---|---|---|---|"]
+        for design, e in found.a1.items():
+            lines.append(f"| {cell(design)} | {e.n} | {interval(found.final_accuracy[design])} | "
+                         f"{interval(found.twin_accuracy[design])} | {effect(e)} | "
+                         f"{num(e.sd, 1)} | {format_p(e.p)} | {_per_seed(e.values)} |")
+        pooled = found.a1_pooled
+        lines += [f"| pooled over design places (unit: {pooled.unit}) | {pooled.n} | — | — | "
+                  f"{effect(pooled)} | "
+                  f"{num(pooled.sd, 1)} | {format_p(pooled.p)} | — |", "",
+                  "- Verdict per design place: " + "; ".join(
+                      f"{cell(d)} {e.verdict('pre-trained better', 'random better')}"
+                      for d, e in found.a1.items())
+                  + f"; pooled: {pooled.verdict('pre-trained better', 'random better')}.", ""]
+        lines += [("A2, accuracy vs validation perplexity within each pre-training seed (one "
+                   "point per scored checkpoint of that seed's runs, every design place and "
+                   "snapshot; Pearson r, 95% Fisher-z CI, permutation p):"), "",
+                  "| pre-training seed | n checkpoints | r | 95% CI | p (permutation) |",
+                  "|---|---|---|---|---|"]
+        for seed, r in found.a2.per_seed.items():
+            if not r.defined:
+                lines.append(f"| {seed} | {r.n} | undefined ({cell(r.undefined)}) | — | — |")
+                continue
+            lines.append(f"| {seed} | {r.n} | {num(r.r, 3)} | [{num(r.low, 3)}, "
+                         f"{num(r.high, 3)}] | {format_p(r.p_permutation)} |")
+        lines += ["", f"- Over pre-training seeds: {found.a2.text()}.", ""]
+        if found.snapshot_change:
+            lines += ["Accuracy from each seed's earliest scored snapshot to its final "
+                      "checkpoint (points, over seeds):", "",
+                      "| design | n | final − earliest snapshot [95% CI] | p | per seed |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {cell(d)} | {e.n} | {effect(e)} | {format_p(e.p)} | "
+                      f"{_per_seed(e.values)} |" for d, e in found.snapshot_change.items()]
+            lines.append("")
+        lines += [("Per phenomenon, final checkpoint minus own twin (points), largest moves "
+                   "first; pooled over runs (each once) and per design place over its seeds:"),
+                  "", "| phenomenon | own twin | final | final − own twin, pooled [95% CI] | n | p "
+                  "| per design place |", "|---|---|---|---|---|---|---|"]
+        ranked = sorted(found.phenomena.values(),
+                        key=lambda ph: -abs(ph.pooled.mean) if ph.pooled.n else 0.0)
+        for ph in ranked:
+            per = "; ".join(f"{cell(d)} {effect(e)}" for d, e in ph.by_design.items())
+            lines.append(f"| {cell(ph.phenomenon)} | {interval(ph.twin)} | {interval(ph.final)} "
+                         f"| {effect(ph.pooled)} | {ph.pooled.n} | {format_p(ph.pooled.p)} | "
+                         f"{per} |")
+        lines.append("")
     return lines
 
 

@@ -1,6 +1,7 @@
 """A sweep's zero-shot evaluation stage: after a run's pre-training, each evaluator of the sweep's
 ``evals`` section (:mod:`minilm_jax.evals.common`) scores every snapshot the run kept, its final
-checkpoint and its random-init twin (the same architecture initialised with the run's seed).
+checkpoint and its random-init twin (the same architecture initialised with the run's own
+pre-training seed, :func:`twin_seed`: a twin per seed).
 
 Files (in :meth:`SweepLayout.evaluation_dir <minilm_jax.sweep.layout.SweepLayout.evaluation_dir>`;
 :func:`evaluation_rows` is their one reader)::
@@ -24,6 +25,15 @@ from minilm_jax.storage import atomic_write_bytes, atomic_write_json
 from minilm_jax.train.records import is_done
 
 from .layout import SweepLayout
+from .spec import Run
+
+
+def twin_seed(run: Run) -> int:
+    """The seed that initialises ``run``'s random-init twin: the run's own pre-training seed, so
+    with ``pretrain_seeds`` every seed's run has a twin of its own (the pair the analyses over
+    pre-training seeds compare, :mod:`minilm_jax.analysis.zero_shot_seeds`)."""
+    return run.pretrain_seed
+
 
 def plain_entries(entries: Any) -> dict[str, dict[str, Any]]:
     """The sweep's ``evals`` section as plain dicts (a ConfigDict or a mapping; None: none)."""

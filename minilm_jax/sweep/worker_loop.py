@@ -38,7 +38,7 @@ from minilm_jax.train.records import DONE, is_done
 from minilm_jax.train.run_loop import LoopSpec
 
 from .claims import ClaimBoard, worker_id
-from .evals_stage import EvaluationStage, plain_entries
+from .evals_stage import EvaluationStage, plain_entries, twin_seed
 from .layout import FinetuneJob, SweepLayout, finetune_jobs
 from .population_packing import packs
 from .results import write_results
@@ -239,7 +239,7 @@ class SweepRunner:
             folder = self.layout.evaluation_dir(run.name, name, entry)
             yield (f"evals:{name}", folder,
                    lambda name=name, entry=entry, folder=folder: EvaluationStage(
-                       name, entry, pre_dir, run.config, run.pretrain_seed, folder),
+                       name, entry, pre_dir, run.config, twin_seed(run), folder),
                    [folder])
         for job in finetune_jobs(self.sweep, run, self.layout):
             together = self._finetune_pack(run, job)

@@ -15,16 +15,26 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, float32_tolerance, shared_path, write_line_shards
+from conftest import (REPO, float32_tolerance, shared_path, trajectory_tolerance,
+                      write_line_shards, xla_flags)
 
 from minilm_jax.errors import UserError
 from minilm_jax.configs.finetune import get_config as finetune_config
 from minilm_jax.finetune.finetuner import Finetuner
-from minilm_jax.finetune.parameters import load_parameters
+from minilm_jax.runs.finetuned import load_parameters
 from minilm_jax.analysis.finetune_tables import glue_averages, run_row, tables, write_tables
 
 SEQ = 64
 POINT = "E32-H32-I64-L1-A2-V1010"
+# A fine-tuning step's float32 reductions (ag_config): a weight gradient sums over 32 x SEQ token
+# positions; the layer's hidden and ffn widths; attention over SEQ positions; the 4 classes.
+STEP_TERMS = 32 * SEQ + 32 + 64 + SEQ + 4
+
+
+def trained_logits_tolerance(logits: np.ndarray, workdir: Path) -> float:
+    """trajectory_tolerance for logits after a run's optimizer steps and one forward pass."""
+    steps = json.loads((workdir / "history.json").read_text())[-1]["step"]
+    return trajectory_tolerance(float(np.max(np.abs(logits))), STEP_TERMS, steps + 1)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +87,20 @@ def ag_config(pre: dict[str, Path], **train) -> ml_collections.ConfigDict:
     return c
 
 
+# One epoch of 100 examples on one device, fixed max_len padding: the runs that check what a run does
+# rather than what it learns share these shapes, so their programs compile once (the persistent
+# compilation cache) instead of once per test.
+SMALL_RUN = dict(train__epochs=1, data__train_per_class=25, data__pad_buckets=0, mesh__data=1)
+
+
 def test_short_finetune_beats_majority_class(pretrained, tmp_path):
-    """AG News (4 balanced classes, majority 25%): both inits must clearly beat the majority class."""
-    config = ag_config(pretrained, train__epochs=8, data__train_per_class=338, optim__peak_lr=2e-3)
+    """AG News (4 balanced classes, majority 25%): both inits must clearly beat the majority class.
+    One device (``mesh.data=1``): what is checked is learning, not the mesh. 5 epochs of batches
+    of 16 at LR 3e-3 (380 updates) learn as much as 8 epochs of 32 at 2e-3 did (test accuracy
+    52.2 and 51.8 for the two inits vs 53.8 and 51.5, validation ~60% at the end) for 30% less
+    CPU; both stay 12 points above the 40% asked and 17 above majority + 10."""
+    config = ag_config(pretrained, train__epochs=5, train__batch_size=16, data__train_per_class=338,
+                       optim__peak_lr=3e-3, mesh__data=1)
     results = {}
     for init in ("pretrained", "random"):
         summary = Finetuner(config, tmp_path / init, init).run()
@@ -88,12 +109,12 @@ def test_short_finetune_beats_majority_class(pretrained, tmp_path):
         assert summary["examples"] == {"train": 1216, "validation": 136, "test": 200}
         assert len(summary["final"]["members"]) == 2
         assert summary["final"]["mean"]["accuracy"] > 40.0, summary["final"]
-        assert 1 <= min(summary["selected"]["epochs"]) <= 8
+        assert 1 <= min(summary["selected"]["epochs"]) <= 5
         assert summary["selected"]["selected_on"] == "validation"
         assert summary["final"]["n"] == summary["selected"]["n"] == len(summary["seeds"]) == 2
         assert summary["final"]["mean"]["accuracy"] > summary["majority"]["test"]["accuracy"] + 10
     history = json.loads((tmp_path / "pretrained" / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [float(e) for e in range(1, 9)]
+    assert [h["epoch"] for h in history] == [float(e) for e in range(1, 6)]
     logits = np.load(tmp_path / "pretrained" / "predictions" / "test.final.npy")
     assert logits.shape == (2, 200, 4)
     md, json_path = write_tables([tmp_path], tmp_path / "table")
@@ -109,18 +130,19 @@ def test_seeds_together_equal_separate_runs(pretrained, tmp_path):
     # members' batches, and hash dropout masks depend on that width.
     both = {}
     for members in ("vmap", "map"):
-        Finetuner(ag_config(pretrained, train__epochs=1, data__train_per_class=25,
-                            data__pad_buckets=0, train__members=members),
+        Finetuner(ag_config(pretrained, **SMALL_RUN, train__members=members),
                   tmp_path / members, "pretrained").run()
         both[members] = np.load(tmp_path / members / "predictions" / "test.final.npy")
-    np.testing.assert_allclose(both["vmap"], both["map"], rtol=1e-4, atol=1e-4)
+    tol = trained_logits_tolerance(both["map"], tmp_path / "map")
+    np.testing.assert_allclose(both["vmap"], both["map"], rtol=0, atol=tol)
     both = both["vmap"]
     for i, seed in enumerate((0, 1)):
         alone_dir = tmp_path / f"seed{seed}"
-        Finetuner(ag_config(pretrained, train__epochs=1, train__seeds=(seed,), data__train_per_class=25,
-                            data__pad_buckets=0), alone_dir, "pretrained").run()
+        Finetuner(ag_config(pretrained, **SMALL_RUN, train__seeds=(seed,)), alone_dir,
+                  "pretrained").run()
         alone = np.load(alone_dir / "predictions" / "test.final.npy")
-        np.testing.assert_allclose(both[i], alone[0], rtol=1e-4, atol=1e-4)
+        tol = trained_logits_tolerance(alone[0], alone_dir)
+        np.testing.assert_allclose(both[i], alone[0], rtol=0, atol=tol)
     assert not np.allclose(both[0], both[1])  # seeds differ (head init, data order, dropout)
 
 
@@ -138,7 +160,7 @@ def test_evaluation_counts_every_example_once(pretrained, tmp_path):
 
 
 def _cli(args: list[str], **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
     return subprocess.Popen([sys.executable, "-m", "minilm_jax.finetune", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -149,7 +171,7 @@ def _ag_args(pre: dict[str, Path], workdir: Path, *extra: str) -> list[str]:
             f"--config.data.max_len={SEQ}", "--config.data.train_per_class=100",
             "--config.data.eval_per_class=25", "--config.train.epochs=3", "--config.train.seeds=0,1",
             "--config.optim.peak_lr=1e-3", "--config.train.progress=False",
-            "--config.checkpoint.every_steps=4", *extra]
+            "--config.checkpoint.every_steps=8", *extra]  # 12 steps an epoch: saves mid-epoch
 
 
 def test_killed_run_resumes_to_identical_result(pretrained, tmp_path):
@@ -196,10 +218,9 @@ def test_a_finished_run_keeps_its_parameters_drops_checkpoints_and_is_not_traine
     trains and scores nothing. ``checkpoint.keep_finished=True`` keeps the checkpoints; a run
     finished without parameters.npz (a kill before it, or an older version) is completed from its
     last checkpoint without training."""
-    from minilm_jax.finetune.parameters import flat_leaves
+    from minilm_jax.runs.finetuned import flat_leaves
 
-    config = ag_config(pretrained, train__epochs=1, train__seeds=(0, 1, 2))
-    config.data.train_per_class = 40
+    config = ag_config(pretrained, **SMALL_RUN)  # seeds 0 and 1: the programs of the runs above
     run = Finetuner(config, tmp_path / "w", "pretrained")
     first = run.run()
     w = tmp_path / "w"
@@ -210,7 +231,7 @@ def test_a_finished_run_keeps_its_parameters_drops_checkpoints_and_is_not_traine
             expected = flat_leaves(tree[part])
             assert kept[part].keys() == expected.keys() and (expected or part == "rest")
             for name, value in expected.items():
-                assert kept[part][name].shape[0] == 3  # one row per seed
+                assert kept[part][name].shape[0] == 2  # one row per seed
                 np.testing.assert_array_equal(kept[part][name], value)
     files = {p: p.read_bytes() for p in w.rglob("*") if p.is_file() and p.name != ".lock"}
     again = Finetuner(config, w, "pretrained").run()
@@ -280,10 +301,16 @@ def test_bad_tsv_row_and_unknown_label_are_clear_cli_errors(pretrained, tmp_path
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "train.tsv" in err and "line 3" in err and "Traceback" not in err
+    # The same command with an unknown label: the same one-line path (a UserError: exit 2, as
+    # above), so its message is checked in this process instead of a second command's start-up.
     (glue / "train.tsv").write_text("sentence\tlabel\na fine film\t7\n")
-    proc = _cli(args)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "label" in err and "'7'" in err, err
+    config = finetune_config("sst2")
+    config.init.checkpoint, config.data.dir = str(pretrained["pre"]), str(tmp_path / "glue")
+    config.data.max_len = SEQ
+    with pytest.raises(UserError) as err:
+        Finetuner(config, tmp_path / "run", "pretrained")
+    assert "label" in str(err.value) and "'7'" in str(err.value), str(err.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_pretrained_mode_needs_a_checkpoint(tmp_path):
@@ -395,15 +422,10 @@ def test_committee_accuracy_vs_k(tmp_path):
         write_committee(runs, tmp_path / "out2")
 
 
-def test_seed_benchmark_times_both_programs():
-    from minilm_jax.finetune.bench import step_seconds
-
-    step, compile_seconds = step_seconds("E16-H16-I32-L1-A2-V200", 2, batch=8, seq_len=16, repeats=2)
-    assert step > 0 and compile_seconds >= step
-
-
 def test_seed_benchmark_json_names_how_members_ran(tmp_path):
-    """``--json``: one row per member count, keys that hold for vmap and map alike."""
+    """``--json``: one row per member count, keys that hold for vmap and map alike; every program
+    is timed (``step_seconds``: a step takes time, the first call, compilation included, at least
+    as long: the single-member vmap program and the members' map program)."""
     from minilm_jax.finetune.bench import main
 
     out = tmp_path / "bench.json"
@@ -415,3 +437,4 @@ def test_seed_benchmark_json_names_how_members_ran(tmp_path):
         assert set(row) == {"members", "together_step_seconds", "sequential_step_seconds",
                             "compile_seconds", "run_seconds_together", "run_seconds_sequential"}
         assert row["run_seconds_together"] >= row["compile_seconds"] > 0
+        assert row["compile_seconds"] >= row["together_step_seconds"] > 0

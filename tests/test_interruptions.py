@@ -42,8 +42,10 @@ def signal_after(cls, dispatches: int, signum: int, monkeypatch) -> None:
 def test_a_sigterm_stops_the_sweep_marks_the_stage_interrupted_and_the_report_incomplete(
         word_shards, tmp_path, monkeypatch):
     sweep = tiny_sweep(word_shards)
-    sweep.ofat = ("b:model.hidden_dim=32",)
     sweep.ofat = ("b:model.hidden_dim=32", "b:model.ffn_dim=64")
+    # one device: the sweep's bookkeeping is checked here, not the mesh (8 fake CPU devices
+    # compile every program and checkpoint write for 8 shards)
+    sweep.pretrain_overrides = (*sweep.pretrain_overrides, "mesh.data=1")
     signal_after(Pretrainer, 8 + 5, signal.SIGTERM, monkeypatch)  # run 2 of 3, at step 5
     outcome = run_worker(sweep, tmp_path)
     assert outcome["interrupted"] == {"run": "b__hidden_dim=32", "stage": "pretrain",

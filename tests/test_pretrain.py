@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tensorboard_config
+from conftest import tensorboard_config, trajectory_tolerance, xla_flags
 from minilm_jax.errors import UserError
 from minilm_jax.data.shards import ShardError
 from minilm_jax.model.config import ConfigError
@@ -27,6 +27,9 @@ from minilm_jax.train.run_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 POINT = "E32-H32-I64-L1-A2-V500"
+# A training step's float32 reductions (small_config): a weight gradient sums over 16 x 64 token
+# positions; the 500-way logsumexp; the layer's hidden and ffn widths; attention over 64 positions.
+STEP_TERMS = 16 * 64 + 500 + 32 + 64 + 64
 
 
 def small_config(shards, **overrides):
@@ -67,7 +70,7 @@ def cli_args(shards, workdir, steps=40):
 
 
 def cli_env():
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "XLA_FLAGS": xla_flags(1), "PYTHONUNBUFFERED": "1"}
 
 
 def wait_for(path: Path, proc, timeout=240):
@@ -116,17 +119,23 @@ def test_sigterm_saves_and_exits_cleanly(word_shards, tmp_path):
 
 
 def test_device_counts_and_fsdp_give_the_same_losses(word_shards, tmp_path):
-    """1 device, data-parallel over 8, and data x fsdp = 4 x 2: same losses (float tolerance)."""
+    """1 device, data-parallel over 8, and data x fsdp = 4 x 2: same losses (float tolerance).
+    Training losses only: no validation split (no evaluation program to compile per mesh) and one
+    checkpoint, at the end (evaluation, checkpoints and resumption on a data x fsdp mesh:
+    tests/test_multihost.py)."""
     runs = {}
     for name, mesh in {"one": (1, 1), "dp8": (8, 1), "dp4xfsdp2": (4, 2)}.items():
         cfg = small_config(word_shards, **{"mesh.data": mesh[0], "mesh.fsdp": mesh[1],
-                                           "train.num_steps": 6, "eval.batch_size": 48,
+                                           "train.num_steps": 6, "data.eval_split": "",
+                                           "checkpoint.every_steps": 100,
                                            "checkpoint.keep_best": False})
         Pretrainer(cfg, tmp_path / name).run()
         runs[name] = train_losses(tmp_path / name)
     for name in ("dp8", "dp4xfsdp2"):
-        np.testing.assert_allclose([runs[name][s] for s in range(1, 7)],
-                                   [runs["one"][s] for s in range(1, 7)], rtol=2e-5)
+        got, want = [runs[name][s] for s in range(1, 7)], [runs["one"][s] for s in range(1, 7)]
+        # 6 steps, each rounding its sums in another order (tests/conftest.py)
+        np.testing.assert_allclose(got, want, rtol=0,
+                                   atol=trajectory_tolerance(max(want), STEP_TERMS, 6))
 
 
 def test_fsdp_shards_parameters(word_shards, tmp_path):
@@ -144,10 +153,14 @@ def test_grad_accum_and_steps_per_dispatch_match_plain_steps(word_shards, tmp_pa
     Pretrainer(small_config(word_shards, **base, **{"train.grad_accum": 2}), tmp_path / "accum").run()
     Pretrainer(small_config(word_shards, **base, **{"train.steps_per_dispatch": 3}), tmp_path / "scan").run()
     plain = train_losses(tmp_path / "plain")
-    np.testing.assert_allclose([train_losses(tmp_path / "accum")[s] for s in range(1, 5)],
-                               [plain[s] for s in range(1, 5)], rtol=1e-5)
+    # 4 steps of other summation orders (two half-batches summed; a scanned program)
+    tol = trajectory_tolerance(max(plain.values()), STEP_TERMS, 4)
+    accum = train_losses(tmp_path / "accum")
+    np.testing.assert_allclose([accum[s] for s in range(1, 5)], [plain[s] for s in range(1, 5)],
+                               rtol=0, atol=tol)
     scan = train_losses(tmp_path / "scan")
-    assert scan[3] == pytest.approx(plain[3], rel=1e-6) and scan[4] == pytest.approx(plain[4], rel=1e-6)
+    assert scan[3] == pytest.approx(plain[3], abs=tol)
+    assert scan[4] == pytest.approx(plain[4], abs=tol)
 
 
 def test_a_second_live_process_on_the_workdir_is_refused(word_shards, tmp_path):

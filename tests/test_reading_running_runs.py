@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from minilm_jax.errors import UserError
-from minilm_jax.finetune.pretrained import PretrainedRun
-from minilm_jax.train import reading, seal
+from minilm_jax.runs.pretrained import PretrainedRun
+from minilm_jax.runs import running as reading
+from minilm_jax.train import seal
 from minilm_jax.train.checkpoint import CheckpointError, find_checkpoint
 
 from test_pretrain import REPO, cli_env
@@ -24,16 +25,32 @@ from test_pretrain import REPO, cli_env
 POINT = "E32-H32-I64-L1-A2-V600"  # zorro_shards: a 600-piece BPE tokenizer, 64-token rows
 
 
+# A tiny pre-training: an evaluation and a checkpoint every 2 steps (``best/`` is replaced often
+# while the validation loss falls); the command's overrides, or the config in process.
+SETTINGS = {"model.max_len": 64, "train.batch_size": 8, "train.log_every": 1,
+            "eval.every_steps": 2, "eval.batch_size": 50, "checkpoint.every_steps": 2,
+            "mesh.data": 1, "train.peak_flops": 1e12, "train.progress": False,
+            "optim.peak_lr": 3e-3}
+
+
 def pretrain_cli(shards: Path, workdir: Path, steps: int, *extra: str) -> list[str]:
-    """A tiny pre-training: an evaluation and a checkpoint every 2 steps (``best/`` is replaced
-    often while the validation loss falls)."""
+    """The command of a tiny pre-training (SETTINGS)."""
     return [sys.executable, "-m", "minilm_jax.pretrain", f"--config=configs/pretrain.py:{POINT}",
-            f"--workdir={workdir}", f"--config.data.shards={shards}", "--config.model.max_len=64",
-            f"--config.train.num_steps={steps}", "--config.train.batch_size=8",
-            "--config.train.log_every=1", "--config.eval.every_steps=2",
-            "--config.eval.batch_size=50", "--config.checkpoint.every_steps=2",
-            "--config.mesh.data=1", "--config.train.peak_flops=1e12",
-            "--config.train.progress=False", "--config.optim.peak_lr=3e-3", *extra]
+            f"--workdir={workdir}", f"--config.data.shards={shards}",
+            f"--config.train.num_steps={steps}",
+            *(f"--config.{key}={value}" for key, value in SETTINGS.items()), *extra]
+
+
+def pretrain_config(shards: Path, steps: int):
+    """The config of :func:`pretrain_cli`'s run, for a run in process."""
+    from minilm_jax.configs.pretrain import get_config
+
+    config = get_config(POINT)
+    config.data.shards, config.train.num_steps = str(shards), steps
+    for key, value in SETTINGS.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
 
 
 def sealed_best(workdir: Path) -> list[int]:
@@ -63,24 +80,36 @@ def pairs_file(folder: Path) -> Path:
 # ----------------------------------------------------------------- a population's own folder
 @pytest.fixture(scope="module")
 def population(zorro_shards, tmp_path_factory) -> Path:
+    """A population of 2 members trained in process, as the command trains one
+    (minilm_jax.pretrain.main): a command's start (imports) would cost more than its training."""
+    from minilm_jax.train.population import expand
+    from minilm_jax.train.population_trainer import PopulationTrainer
+
     root = tmp_path_factory.mktemp("population") / "pop"
-    out = subprocess.run(pretrain_cli(zorro_shards, root, 4, "--config.population.seeds=0,1"),
-                         cwd=REPO, env=cli_env(), capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    config = pretrain_config(zorro_shards, 4)
+    config.population.seeds = (0, 1)
+    summary = PopulationTrainer(expand(config, root), root, config.population.members).run()
+    assert summary["status"] == "completed", summary
     return root
 
 
 @pytest.mark.parametrize("tokenizer", [False, True])  # with one: the shape-error path
 def test_export_of_a_population_folder_is_one_line_naming_its_members(population, zorro_shards,
-                                                                      tmp_path, tokenizer):
+                                                                      tmp_path, tokenizer, capsys):
     extra = [f"--tokenizer={zorro_shards.parent / 'tok.model'}"] if tokenizer else []
-    out = subprocess.run([sys.executable, "-m", "minilm_jax.interop", "export",
-                          f"--workdir={population}", f"--out={tmp_path / 'hf'}", *extra],
-                         cwd=REPO, env=cli_env(), capture_output=True, text=True)
-    assert out.returncode != 0
-    lines = out.stderr.strip().splitlines()
+    args = ["export", f"--workdir={population}", f"--out={tmp_path / 'hf'}", *extra]
+    if tokenizer:  # in process: the same main and its line (the command around it: the other case)
+        from minilm_jax.interop.__main__ import main
+
+        code, stderr = main(args), capsys.readouterr().err
+    else:
+        out = subprocess.run([sys.executable, "-m", "minilm_jax.interop", *args],
+                             cwd=REPO, env=cli_env(), capture_output=True, text=True)
+        code, stderr = out.returncode, out.stderr
+    assert code != 0
+    lines = stderr.strip().splitlines()
     members = sorted(str(p) for p in (population / "members").iterdir())
-    assert len(lines) == 1, out.stderr[-3000:]
+    assert len(lines) == 1, stderr[-3000:]
     assert lines[0].startswith(f"error: {population} is a population of 2 members: export a "
                                "member: "), lines[0]
     assert all(m in lines[0] for m in members)
@@ -287,11 +316,12 @@ def test_evals_scores_the_best_of_a_run_still_training(running, tmp_path, capsys
     still_training(running)
 
 
-def test_export_best_of_a_run_still_training_needs_no_tokenizer_flag(running, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "minilm_jax.interop", "export",
-                          f"--workdir={running['workdir']}", f"--out={tmp_path / 'hf'}",
-                          "--which=best"], cwd=REPO, env=cli_env(), capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+def test_export_best_of_a_run_still_training_needs_no_tokenizer_flag(running, tmp_path, capsys):
+    from minilm_jax.interop.__main__ import main  # in process: the run's life, its CPU, is shorter
+
+    code = main(["export", f"--workdir={running['workdir']}", f"--out={tmp_path / 'hf'}",
+                 "--which=best"])
+    assert code == 0, capsys.readouterr().err[-3000:]
     assert (tmp_path / "hf" / "tok.model").is_file()
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "unfinished (no summary.json)" in card

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 
-from conftest import REPO, SHARED_DATA, shared_path
+from conftest import REPO, SHARED_DATA, shared_path, xla_flags
 
 
 def test_study_b_smoke_runs_end_to_end_and_reports_all_four_analyses(tmp_path):
@@ -16,7 +16,7 @@ def test_study_b_smoke_runs_end_to_end_and_reports_all_four_analyses(tmp_path):
                  ("fewrel", "val_nyt.json")):
         shared_path(*part)
     env = {**os.environ, "STUDY_B_OUT": str(tmp_path / "b"), "STUDY_B_SWEEP": "study_b_smoke",
-           "MINILM_SHARED_DATA": str(SHARED_DATA), "XLA_FLAGS": ""}
+           "MINILM_SHARED_DATA": str(SHARED_DATA), "XLA_FLAGS": xla_flags()}
     proc = subprocess.run(["bash", "launch/study_b.sh"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1200)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
@@ -28,8 +28,9 @@ def test_study_b_smoke_runs_end_to_end_and_reports_all_four_analyses(tmp_path):
         assert heading in report
     result = json.loads((out / "study_b.json").read_text())
     gaps = result["gaps"]
-    # 2 tasks x (two 1-layer subsets + the deeper model), every gap paired over 2 seeds
-    assert len(gaps) == 6 and all(g["gap"]["n"] == 2 for g in gaps if g["gap"]["undefined"] == "")
+    # 2 tasks x (two 1-layer subsets + the deeper model) x 2 pre-training seeds, every gap paired
+    # over 2 fine-tuning seeds
+    assert len(gaps) == 12 and all(g["gap"]["n"] == 2 for g in gaps if g["gap"]["undefined"] == "")
     assert {(g["task"], g["subset"]) for g in gaps if g["model"] == "l1"} == {
         (t, s) for t in ("ag_news", "fewrel") for s in (100, 300)}
     assert all(0 < p["occurrence_share"] <= 1 for p in result["overlap"])

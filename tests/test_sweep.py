@@ -13,7 +13,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from conftest import REPO
+from conftest import REPO, xla_flags
 
 from minilm_jax.errors import UserError
 from minilm_jax.sweep import expand
@@ -57,7 +57,8 @@ def test_childes_sweep_is_study_a_at_cpu_scale(tmp_path):
     sweep = sweep_configs.childes()
     sweep.finetune_data_dir = str(tmp_path / "glue")
     runs = expand(sweep)
-    assert [r.name for r in runs] == ["tiny", "ffn", "wide"]
+    assert [r.name for r in runs] == [f"{size}__seed={seed}" for size in ("tiny", "ffn", "wide")
+                                      for seed in sweep.pretrain_seeds]
     assert all(r.config.eval.per_decade == 4 for r in runs)
     jobs = finetune_jobs(sweep, runs[0], tmp_path)
     assert {j.task for j in jobs} == {"sst2", "cola", "stsb"}
@@ -104,7 +105,7 @@ def test_bad_sweep_entries_are_clear_errors(field, value, match):
 
 
 def test_dry_run_lists_runs_with_flops_and_time():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
     proc = subprocess.run([sys.executable, "-m", "minilm_jax.sweep", "--config=configs/sweep.py:paper",
                            "--dry_run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -226,7 +227,7 @@ def test_main_job_end_to_end_smallest_size(tmp_path):
     """README command 1 at the `smoke` size: held-out article split -> corpus -> tokenizer -> shards
     (+ baselines) -> 2 pre-trainings with snapshots at 50% and 100% -> every snapshot and one random
     twin per architecture fine-tuned on 2 tasks with 2 and 3 seeds -> report. Never reads ../shared/data."""
-    env = {**os.environ, "MAIN_OUT": str(tmp_path / "main"), "MAIN_SWEEP": "smoke", "XLA_FLAGS": "",
+    env = {**os.environ, "MAIN_OUT": str(tmp_path / "main"), "MAIN_SWEEP": "smoke", "XLA_FLAGS": xla_flags(),
            "MINILM_SHARED_DATA": str(tmp_path / "no-shared-data")}
     proc = subprocess.run(["bash", "launch/main.sh"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
@@ -267,9 +268,9 @@ def test_placeholders_name_prepared_data_and_an_empty_one_is_refused():
         expand(sweep)
     sweep.data_root, sweep.finetune_data_dir = "/prepared/", "/shared"
     runs = {run.name: run for run in expand(sweep)}
-    assert runs["l1"].config.data.shards == "/prepared/subsets/n300"
-    assert runs["l1__shards=n100"].config.data.shards == "/prepared/subsets/n100"
-    config = finetune_run_config(sweep, "fewrel", runs["l1"].config.data.shards)
+    assert runs["l1__seed=0"].config.data.shards == "/prepared/subsets/n300"
+    assert runs["l1__shards=n100__seed=0"].config.data.shards == "/prepared/subsets/n100"
+    config = finetune_run_config(sweep, "fewrel", runs["l1__seed=0"].config.data.shards)
     assert config.data.dir == "/shared/fewrel/val_nyt.json"
 
 

@@ -19,16 +19,23 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, xla_flags
 from gcs_stand_in import gcs  # noqa: F401  (the session fixture)
 from test_pretrain import wait_for
 
 TESTS = Path(__file__).resolve().parent
+# Every sweep command here runs on 2 fake CPU devices (sweep_env): enough for the run that fails
+# at start-up (eval batch 45 is not divisible by 2; on one device it fits: the retry test), and
+# far cheaper than 8 (replicated state is copied and checkpointed once per device).
+DEVICES = 2
+FAILING = "b__batch_size=45"
+OFAT = ("b:model.hidden_dim=32", "b:eval.batch_size=45")
 
 
 def sweep_file(tmp_path: Path, shards: Path, **fields) -> Path:
-    """A sweep config file: tests/test_sweep.py's tiny sweep (three runs, one of which fails at
-    start-up on the 8 fake devices), 16 steps with checkpoints every 4, ``fields`` changed."""
+    """A sweep config file: tests/test_sweep.py's tiny sweep (three runs, one of which, FAILING,
+    fails at start-up on the 2 devices), 16 steps with checkpoints every 4, ``fields`` changed."""
+    fields = {"ofat": OFAT, **fields}
     path = tmp_path / "tiny_sweep.py"
     path.write_text(
         "import sys\n"
@@ -47,9 +54,14 @@ def sweep_cmd(config: Path, root: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "minilm_jax.sweep", f"--config={config}", f"--root={root}", *extra]
 
 
+def sweep_env() -> dict[str, str]:
+    """The environment of a sweep command: unbuffered output, DEVICES fake CPU devices."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": xla_flags(DEVICES)}
+
+
 def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env=sweep_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def results(root: Path | str) -> list[dict]:
@@ -75,7 +87,10 @@ def sequential(word_shards, tmp_path_factory):
     return config, root / "sweep", proc.stdout
 
 
-@pytest.mark.parametrize("workers", [2, 3])
+# 3 workers for 3 units (one failing at once); two local workers: the SIGKILL test below (its results
+# equal one worker's) and the SLURM test (each unit started once, through submitit's local executor),
+# and the bucket test runs two workers' claims on a gs:// root
+@pytest.mark.parametrize("workers", [3])
 def test_concurrent_workers_run_each_unit_once_and_equal_one_worker(sequential, tmp_path,
                                                                       workers):
     config, seq_root, seq_out = sequential
@@ -84,10 +99,10 @@ def test_concurrent_workers_run_each_unit_once_and_equal_one_worker(sequential, 
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     started = units_started(proc.stdout)
     assert sorted(started) == sorted(units_started(seq_out)) == sorted(
-        ["b", "b__hidden_dim=32", "b__batch_size=44"]), proc.stdout[-3000:]
+        ["b", "b__hidden_dim=32", FAILING]), proc.stdout[-3000:]
     assert results(root) == results(seq_root)
     outcome = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
-    assert list(outcome["failures"]) == ["b__batch_size=44"] and outcome["workers"] == [1] * workers
+    assert list(outcome["failures"]) == [FAILING] and outcome["workers"] == [1] * workers
     assert (root / "report" / "report.md").is_file()
     assert not [p for p in (root / "claims").glob("*.json")]  # every claim released
 
@@ -95,10 +110,10 @@ def test_concurrent_workers_run_each_unit_once_and_equal_one_worker(sequential, 
     assert status.returncode == 0, status.stderr[-2000:]
     lines = status.stdout.splitlines()
     assert re.search(r"^b\s+pretrain\s+done\s+16\s", status.stdout, re.M), status.stdout
-    assert re.search(r"^b__batch_size=44\s+pretrain\s+failed\s", status.stdout, re.M)
+    assert re.search(rf"^{FAILING}\s+pretrain\s+failed\s", status.stdout, re.M)
     assert any("error: " in line and "divisible" in line for line in lines), status.stdout
     assert "3 units: 2 done, 1 failed" in status.stdout
-    assert "--only=b__batch_size=44 --stage=pretrain" in status.stdout
+    assert f"--only={FAILING} --stage=pretrain" in status.stdout
 
 
 def test_two_workers_run_one_sweep_root_in_a_bucket(sequential, gcs, capsys):  # noqa: F811
@@ -152,9 +167,9 @@ def test_a_killed_workers_unit_is_resumed_by_another_bit_identically(sequential,
     after the checkpoint at step 4: the next worker takes the unit over and ends where one
     uninterrupted worker ended."""
     _, seq_root, _ = sequential
-    config = sweep_file(tmp_path, word_shards, ofat=())
+    config = sweep_file(tmp_path, word_shards, ofat=(), report=False)  # b alone; no report
     root = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = sweep_env()
     first = subprocess.Popen(sweep_cmd(config, root), cwd=REPO, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wait_for(root / "runs" / "b" / "pretrain" / "checkpoints" / "4", first)
@@ -181,11 +196,11 @@ def test_a_unit_of_a_worker_on_another_host_is_resumed_once_its_claim_goes_stale
     it waits until the claim has not changed for ``MINILM_CLAIM_STALE_SECONDS``, takes over the
     claim and the workdir lock, and ends bit-identical to the uninterrupted run."""
     _, seq_root, _ = sequential
-    config = sweep_file(tmp_path, word_shards, ofat=())
+    config = sweep_file(tmp_path, word_shards, ofat=(), report=False)  # b alone; no report
     root = tmp_path / "elsewhere"
     monkeypatch.setenv("MINILM_CLAIM_HEARTBEAT_SECONDS", "0.5")
     monkeypatch.setenv("MINILM_CLAIM_STALE_SECONDS", "4")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = sweep_env()
     first = subprocess.Popen(["unshare", "--uts", "sh", "-c", 'hostname node-elsewhere && exec "$@"',
                               "sh", *sweep_cmd(config, root)],
                              cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
@@ -207,6 +222,7 @@ def test_a_unit_of_a_worker_on_another_host_is_resumed_once_its_claim_goes_stale
 
 
 def test_a_sigkilled_worker_of_a_two_worker_sweep_is_taken_over_and_the_sweep_ends(sequential,
+                                                                                  word_shards,
                                                                                   tmp_path):
     """``--workers=2``; the worker holding ``b``'s pre-training is killed with SIGKILL (as the
     out-of-memory killer does) after its checkpoint at step 4: the launcher reaps it at once, the
@@ -218,9 +234,10 @@ def test_a_sigkilled_worker_of_a_two_worker_sweep_is_taken_over_and_the_sweep_en
     from minilm_jax.sweep.overview import unit_rows
     from minilm_jax.sweep.workers import load_config
 
-    config, seq_root, _ = sequential
+    _, seq_root, _ = sequential
+    config = sweep_file(tmp_path, word_shards, report=False)  # the same runs; no report
     root = tmp_path / "sweep"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = sweep_env()
     launcher = subprocess.Popen(sweep_cmd(config, root, "--workers=2"), cwd=REPO, env=env,
                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wait_for(root / "runs" / "b" / "pretrain" / "checkpoints" / "4", launcher)
@@ -289,9 +306,10 @@ def test_bad_claim_times_are_refused_before_anything_is_written(sequential, tmp_
     assert not (tmp_path / "s").exists()
 
 
-def test_slurm_launcher_runs_workers_through_submitit(sequential, tmp_path):
+def test_slurm_launcher_runs_workers_through_submitit(sequential, word_shards, tmp_path):
     pytest.importorskip("submitit")
-    config, seq_root, _ = sequential
+    _, seq_root, _ = sequential
+    config = sweep_file(tmp_path, word_shards, report=False)  # the same runs; no report
     root = tmp_path / "sweep"
     proc = run(sweep_cmd(config, root, "--launcher=slurm", "--slurm_executor=local",
                          "--workers=2", "--wait"))
@@ -299,7 +317,7 @@ def test_slurm_launcher_runs_workers_through_submitit(sequential, tmp_path):
     assert re.search(r"submitted 2 sweep workers: job \d+", proc.stdout), proc.stdout[-2000:]
     assert results(root) == results(seq_root)
     logs = "".join(p.read_text() for p in (root / "slurm").rglob("*_log.out"))
-    assert sorted(units_started(logs)) == ["b", "b__batch_size=44", "b__hidden_dim=32"]
+    assert sorted(units_started(logs)) == ["b", FAILING, "b__hidden_dim=32"]
 
 
 def slurm_node_ready() -> bool:
@@ -328,15 +346,15 @@ def test_slurm_launcher_on_a_real_slurm(sequential, tmp_path):
 
 
 def test_one_failed_unit_is_retried_alone(sequential, tmp_path):
-    """The failed run (eval batch 44 on 8 devices) is retried alone on one device, where it fits."""
+    """The failed run (eval batch 45 on 2 devices) is retried alone on one device, where it fits."""
     config, seq_root, _ = sequential
     root = tmp_path / "sweep"
     shutil.copytree(seq_root, root)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    proc = subprocess.run(sweep_cmd(config, root, "--only=b__batch_size=44", "--stage=pretrain"),
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
+    proc = subprocess.run(sweep_cmd(config, root, f"--only={FAILING}", "--stage=pretrain"),
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert units_started(proc.stdout) == ["b__batch_size=44"], proc.stdout[-3000:]
+    assert units_started(proc.stdout) == [FAILING], proc.stdout[-3000:]
     status = run(sweep_cmd(config, root)[:3] + ["status", f"--root={root}"])
     assert "3 units: 3 done" in status.stdout, status.stdout
 

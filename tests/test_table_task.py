@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import xla_flags
 from configs.finetune import get_config
 from minilm_jax.errors import UserError
 from minilm_jax.tasks.metrics import macro_f1, task_metrics
@@ -133,7 +134,7 @@ def test_own_text_and_labels_end_to_end(tmp_path):
                        [[s, "positive" if y == "1" else "negative"] for s, y in rows])
     out = tmp_path / "own"
     env = {**os.environ, "OWN_STEPS": "30", "OWN_TOKENS": "500", "OWN_SEQ_LEN": "64",
-           "OWN_SEEDS": "0,1", "XLA_FLAGS": ""}
+           "OWN_SEEDS": "0,1", "XLA_FLAGS": xla_flags()}
     proc = subprocess.run(
         ["bash", "launch/own_data.sh", str(text), str(labels), str(out), "--",
          "--config.data.text_column=review", "--config.data.label_column=sentiment",

@@ -74,12 +74,31 @@ def test_eta_and_durations_read_like_a_clock():
     assert plain_progress("pretrain", 100, 100, {"loss": "1.000"}, 0.0).endswith("loss 1.000")
 
 
-def test_a_redirected_run_prints_plain_lines_not_a_progress_bar(word_shards, tmp_path):
+@pytest.fixture(scope="module")
+def gated_cli_run(word_shards, tmp_path_factory):
+    """One command-line pre-training run (40 steps) with ``--config.train.progress=True`` and its
+    output redirected to pipes, of an encoder named by import path
+    (``--config.model.arch=lab_encoders:GatedEncoder``, a module on PYTHONPATH only): the
+    progress-line test reads its output, the import-path test its checkpoint (one command's
+    start-up and compilation instead of two; neither property depends on the other)."""
+    import os
+
+    from test_model import GATED_ENCODER
     from test_pretrain import cli_args
-    args = [a for a in cli_args(word_shards, tmp_path / "w", steps=40)
-            if not a.startswith("--config.train.progress")] + ["--config.train.progress=True"]
-    proc = subprocess.run(args, cwd=REPO, env=cli_env(), capture_output=True, text=True,
-                          timeout=300)
+
+    root = tmp_path_factory.mktemp("gated")
+    (root / "lab_encoders.py").write_text(GATED_ENCODER)
+    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(root),
+                                                       os.environ.get("PYTHONPATH", "")])}
+    args = [a for a in cli_args(word_shards, root / "w", steps=40)
+            if not a.startswith("--config.train.progress")] + [
+        "--config.train.progress=True", "--config.model.arch=lab_encoders:GatedEncoder"]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return root, proc
+
+
+def test_a_redirected_run_prints_plain_lines_not_a_progress_bar(gated_cli_run):
+    _, proc = gated_cli_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stderr + proc.stdout  # no redraws in a log file
     lines = proc.stdout.splitlines()
@@ -246,30 +265,22 @@ def test_stderr_filter_holds_chained_noise_and_goes_quiet_after_the_error_line()
 
 
 def test_an_encoder_named_by_import_path_pretrains_and_reloads_from_the_command_line(
-        word_shards, tmp_path):
+        gated_cli_run, word_shards, tmp_path):
     """``--config.model.arch=module:Name``: no registry line, no edit of the package; the
     checkpoint records the path and reloading it builds the same class."""
-    import os
-
-    from test_model import GATED_ENCODER
     from test_pretrain import cli_args
 
-    from minilm_jax.finetune.pretrained import PretrainedRun
+    from minilm_jax.runs.pretrained import PretrainedRun
 
-    (tmp_path / "lab_encoders.py").write_text(GATED_ENCODER)
-    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(tmp_path),
-                                                       os.environ.get("PYTHONPATH", "")])}
-    args = cli_args(word_shards, tmp_path / "w", steps=10) + [
-        "--config.model.arch=lab_encoders:GatedEncoder"]
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    root, proc = gated_cli_run
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run = PretrainedRun.open(tmp_path / "w", "latest")
-    assert run.model.arch == "lab_encoders:GatedEncoder" and run.step == 10
-    sys.path.insert(0, str(tmp_path))
+    run = PretrainedRun.open(root / "w", "latest")
+    assert run.model.arch == "lab_encoders:GatedEncoder" and run.step == 40
+    sys.path.insert(0, str(root))
     try:
         state = run.encoder_state()
     finally:
-        sys.path.remove(str(tmp_path))
+        sys.path.remove(str(root))
     assert "gate" in state  # the custom parameter was trained and saved
     bad = subprocess.run(cli_args(word_shards, tmp_path / "w2", steps=10) + [
         "--config.model.arch=lab_encoders:GatedEncoder"], cwd=REPO, env=cli_env(),

@@ -159,7 +159,8 @@ def test_exported_workdir_matches_transformers_and_serves_as_init_checkpoint(tra
 
     from minilm_jax.model.models import build_mlm
 
-    ours = build_mlm(from_workdir.model)
+    # shapes only (no initialisation, op by op): the run's state fills every variable
+    ours = nnx.eval_shape(lambda: build_mlm(from_workdir.model))
     nnx.update(ours, from_workdir.model_state())
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
     hf_model = transformers.RobertaForMaskedLM.from_pretrained(str(out)).eval()

@@ -52,7 +52,8 @@ def scorer():
 def _all_logits_program(graphdef):
     """The model's every-position logits, jitted (one program per sentence length; op-by-op
     execution compiled each operation anew for every length, most of this file's CPU time)."""
-    return jax.jit(lambda params, rest, tokens: nnx.merge(graphdef, params, rest).all_logits(tokens))
+    return jax.jit(lambda params, rest, tokens:
+                   nnx.merge(graphdef, params, rest).all_logits(tokens))
 
 
 def all_logits(scorer, tokens_bt) -> jax.Array:
@@ -258,7 +259,7 @@ def test_outputs_are_strict_json_and_count_only_paradigms_with_scored_pairs(tmp_
 ZORRO_PARADIGMS = ["agreement_subject_verb-in_simple_question", "island-effects-adjunct_island"]
 
 
-def test_command_scores_zorro_on_a_checkpoint_and_its_random_twin(pretrained, tmp_path):  # noqa: F811
+def test_command_scores_zorro_on_a_checkpoint_and_its_random_twin(pretrained, tmp_path):
     from minilm_jax.evals.__main__ import main
 
     out = tmp_path / "zorro"

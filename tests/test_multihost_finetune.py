@@ -109,6 +109,7 @@ def toy(tmp_path_factory) -> dict[str, Path]:
     config.train.peak_flops = 1e12
     config.mlm.max_predictions = 8
     config.checkpoint.every_steps = 2
+    config.mesh.data = 1  # one device: the fine-tuning runs only read its checkpoint
     Pretrainer(config, root / "pre").run()
     return {"task": root / "task", "vocab": root / "vocab.txt", "pre": root / "pre"}
 

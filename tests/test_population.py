@@ -25,11 +25,13 @@ from conftest import adam_drift_bound, trajectory_tolerance
 from test_pretrain import (REPO, STEP_TERMS, cli_args, cli_env, small_config, train_losses,
                            wait_for)
 
-# Four members: different seeds and peak learning rates; the last also another schedule and no
-# dropout (so it is compiled as a second group inside the same program).
+# Four members: different seeds, peak learning rates, warm-up and mask probability; the last also
+# another schedule and no dropout (so it is compiled as a second group inside the same program).
+# The first two keep the recipe's values but the seed: their separate runs are the programs the
+# packed sweep's runs compile (test_a_packed_sweep_...: read from the compilation cache).
 SETTINGS = [{"seed": 0, "optim.peak_lr": 5e-4},
-            {"seed": 1, "optim.peak_lr": 1e-3, "mlm.mask_prob": 0.3},
-            {"seed": 2, "optim.peak_lr": 2e-3, "optim.warmup_steps": 2},
+            {"seed": 1},
+            {"seed": 2, "optim.peak_lr": 2e-3, "optim.warmup_steps": 2, "mlm.mask_prob": 0.3},
             {"seed": 3, "optim.peak_lr": 1e-3, "optim.schedule": "linear",
              "model.hidden_dropout": 0.0, "model.attention_dropout": 0.0}]
 
@@ -129,8 +131,9 @@ def test_members_on_eight_devices_equal_unsharded_members(trained, word_shards, 
         assert diff <= trajectory_tolerance(norm, STEP_TERMS, 8)
 
 
-def test_a_diverging_member_stops_alone(word_shards, tmp_path):
+def test_a_diverging_member_stops_alone(trained, word_shards, tmp_path):
     base = base_config(word_shards, **{"checkpoint.keep_fractions": ()})
+    assert with_fields(base, SETTINGS[0]).to_dict() == base.to_dict()  # m0 of ``trained``
     members = members_of([("ok", tmp_path / "ok", base),
                           ("bad", tmp_path / "bad", with_fields(base, {"optim.peak_lr": 1e30}))])
     summary = PopulationTrainer(members, tmp_path / "pop", "map").run()
@@ -142,9 +145,9 @@ def test_a_diverging_member_stops_alone(word_shards, tmp_path):
     assert max(train_losses(tmp_path / "bad")) < bad.diverged_at  # no rows after it
     assert all(np.isfinite(v) for v in train_losses(tmp_path / "bad").values())
     assert find_checkpoint(tmp_path / "bad", "latest")[0] == bad.step  # its last finite state
-    # the healthy member trained as if alone
-    Pretrainer(base, tmp_path / "solo").run()
-    assert train_losses(tmp_path / "ok") == train_losses(tmp_path / "solo")
+    # the healthy member trained as if alone: as m0's separate run (``trained``: the same
+    # config but for the snapshots it keeps)
+    assert train_losses(tmp_path / "ok") == train_losses(trained[0] / "solo" / "m0")
 
     both_bad = members_of([(n, tmp_path / f"all-{n}", with_fields(base, {"seed": s,
                                                                          "optim.peak_lr": 1e30}))
@@ -260,12 +263,17 @@ def test_a_packed_sweep_equals_an_unpacked_one_and_reports_seeds(word_shards, tm
     import sweep as sweep_configs
 
     def tiny(pack: str):
+        # One design, two pre-training seeds, on one device: its runs' configs are base_config's
+        # with seed 0 and 1 (but for the snapshots kept), so they compile the programs of m0's and
+        # m1's separate runs and of test_a_diverging_member_stops_alone's 2-member population (read
+        # from the compilation cache). Packing by point: test_the_a4_sweep_declares_...
         s = sweep_configs.demo()
         s.shards, s.num_steps, s.eval_every, s.vocab_size = str(word_shards), 8, 4, 500
+        s.batch_size = 16
         s.pretrain_overrides = ("model.max_len=64", "eval.batch_size=48", "train.log_every=4",
-                                "train.progress=False", "optim.warmup_steps=2")
-        s.bases, s.ofat, s.groups, s.finetune_tasks = ("b=E16-H16-I32-L1-A2",), (
-            "b:model.hidden_dim=32",), (), ()
+                                "train.progress=False", "mesh.data=1", "mlm.max_predictions=16",
+                                "train.peak_flops=1e12")
+        s.bases, s.ofat, s.groups, s.finetune_tasks = ("b=E32-H32-I64-L1-A2",), (), (), ()
         s.pretrain_seeds, s.pack, s.report = (0, 1), pack, False
         return s
 
@@ -273,7 +281,7 @@ def test_a_packed_sweep_equals_an_unpacked_one_and_reports_seeds(word_shards, tm
     for pack in ("auto", "off"):
         root = tmp_path / pack
         runner = SweepRunner(tiny(pack), root)
-        assert len(runner.runs) == 4 and runner.runs[1].name == "b__seed=1"
+        assert len(runner.runs) == 2 and runner.runs[1].name == "b__seed=1"
         outcome = runner.run()
         assert outcome["failures"] == {}
         text = (root / "results.jsonl").read_text().replace(str(root), "ROOT")
@@ -282,14 +290,14 @@ def test_a_packed_sweep_equals_an_unpacked_one_and_reports_seeds(word_shards, tm
         and not (tmp_path / "off" / "populations").exists()
     assert rows["auto"] == rows["off"]
     validation = [r for r in rows["auto"] if r["kind"] == "validation"]
-    assert {(r["design"], r["pretrain_seed"]) for r in validation} == {
-        (d, s) for d in ("b", "b__hidden_dim=32") for s in (0, 1)}
+    assert {(r["design"], r["pretrain_seed"]) for r in validation} == {("b", 0), ("b", 1)}
 
     report = build_report(tmp_path / "auto" / "results.jsonl", tmp_path / "report",
                           ReportOptions(bootstrap=20))
     text = report.read_text()
     assert "## Pre-training seeds" in text and "seed_bands.png" in text
-    line = next(x for x in text.splitlines() if x.startswith("| b__hidden_dim=32 |"))
+    seeds_part = text[text.index("## Pre-training seeds"):]
+    line = next(x for x in seeds_part.splitlines() if x.startswith("| b |"))
     assert line.split("|")[3].strip() == "2"  # n = 2 pre-training seeds
     assert (tmp_path / "report" / "seed_bands.png").is_file()
 

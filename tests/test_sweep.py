@@ -1,11 +1,11 @@
-"""Sweeps: expansion of the shipped configs, dry run, skip/resume, failure isolation, results rows,
-and the main job (README command 1) end to end at its smallest size."""
+"""Sweeps: expansion of the shipped configs, dry run, a changed sweep refused, and the main job
+(README command 1) end to end at its smallest size (skip/resume, failure isolation, results rows:
+tests/test_sweep_workers.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,61 +131,10 @@ def tiny_sweep(shards: Path) -> ml_collections.ConfigDict:
     return sweep
 
 
-def test_runner_isolates_failures_skips_finished_and_resumes(word_shards, tmp_path, capsys):
-    sweep = tiny_sweep(word_shards)
-    outcome = run_worker(sweep, tmp_path)
-    assert list(outcome["failures"]) == ["b__batch_size=44"]
-    assert "divisible" in outcome["failures"]["b__batch_size=44"]["pretrain"]
-    status = SweepStatus(tmp_path).read()
-    assert status["b"]["pretrain"]["state"] == "done"
-    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    baselines = [r for r in rows if r["kind"] == "baseline"]  # the shard set's reference perplexities
-    assert {(r["name"], r["split"]) for r in baselines} >= {("unigram", "validation"),
-                                                           ("bigram", "validation")}
-    rows = [r for r in rows if r["kind"] != "baseline"]
-    assert {r["run"] for r in rows} == {"b", "b__hidden_dim=32"}
-    validation = [r for r in rows if r["run"] == "b" and r["kind"] == "validation"]
-    assert [r["step"] for r in validation] == [4, 8]
-    assert validation[1]["flops_paper"] == pytest.approx(2 * validation[0]["flops_paper"])
-    assert (tmp_path / "report" / "report.md").is_file()
-
-    # Downstream rows come from both layouts: one init (finetune/<task>/summary.json) and both
-    # inits (finetune/<task>/<init>/summary.json), found where the layout puts them.
-    from minilm_jax.sweep.layout import SweepLayout
-    from minilm_jax.sweep.results import write_results
-    members = [{"accuracy": 59.0, "score": 59.0}, {"accuracy": 61.0, "score": 61.0}]
-    scored = {"mean": {"accuracy": 60.0, "score": 60.0}, "std": {"accuracy": 1.4, "score": 1.4},
-              "n": 2, "members": members}
-    downstream = []
-    for rel, task, init, mode in (("sst2", "sst2", "pretrained", "pretrained"),
-                                  ("rte/random", "rte", "random", "both")):
-        path = tmp_path / "runs" / "b" / "finetune" / rel / "summary.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"status": "completed", "task": task, "init": init,
-                                    "seeds": [3, 4], "final": scored,
-                                    "selected": scored,
-                                    "majority": {"test": {"accuracy": 50.0, "score": 50.0}}}))
-        with_task = ml_collections.ConfigDict(sweep.to_dict())
-        with_task.finetune_tasks, with_task.finetune_init = (task,), mode
-        rows = [json.loads(line) for line in write_results(
-            SweepRunner(with_task, tmp_path).runs, SweepLayout(tmp_path), with_task)
-            .read_text().splitlines()]
-        downstream += [r for r in rows if r["kind"] == "downstream"]
-    assert [(r["task"], r["init"]) for r in downstream] == [("sst2", "pretrained"), ("rte", "random")]
-    assert all(r["seeds"] == [3, 4] and r["member_scores"] == [59.0, 61.0]
-               and r["majority_score"] == 50.0 for r in downstream)
-    shutil.rmtree(tmp_path / "runs" / "b" / "finetune")
-
-    # Interrupt one run (its summary gone, checkpoints kept), then run the same sweep again:
-    # the finished run is skipped, the interrupted one resumes from its checkpoint.
-    (tmp_path / "runs" / "b__hidden_dim=32" / "pretrain" / "summary.json").unlink()
-    first_summary = (tmp_path / "runs" / "b" / "pretrain" / "summary.json").stat().st_mtime_ns
-    capsys.readouterr()
-    run_worker(sweep, tmp_path)
-    out = capsys.readouterr().out
-    assert "pre-training finished earlier: skipped" in out
-    assert "resumed from checkpoint at step 8" in out
-    assert (tmp_path / "runs" / "b" / "pretrain" / "summary.json").stat().st_mtime_ns == first_summary
+# Failure isolation, results rows, downstream rows of both layouts and a re-run that skips the
+# finished run and resumes the interrupted one: tests/test_sweep_workers.py::
+# test_runner_isolates_failures_skips_finished_and_resumes, on the one-worker sweep that file runs
+# anyway (this file ran the same tiny sweep in-process a second time).
 
 
 def test_a_changed_sweep_is_refused_and_only_judges_its_runs(word_shards, tmp_path):

@@ -78,6 +78,14 @@ def units_started(output: str) -> list[str]:
     return re.findall(r"^(?:\[w\d+\] )?== \[\d+/\d+\] (\S+) \(", output, re.M)
 
 
+def load_sweep(config: Path):
+    """The sweep config of a config file (what the command's --config reads)."""
+    spec = importlib.util.spec_from_file_location("tiny_sweep_config", config)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 @pytest.fixture(scope="module")
 def sequential(word_shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("sequential")
@@ -263,6 +271,74 @@ def test_a_sigkilled_worker_of_a_two_worker_sweep_is_taken_over_and_the_sweep_en
     assert not list((root / "claims").glob("*.json"))
 
 
+def test_runner_isolates_failures_skips_finished_and_resumes(sequential, word_shards, tmp_path):
+    """One worker (the sequential sweep): the run that fails is recorded and the others go on;
+    results rows (reference baselines, validation rows with FLOPs) and the report; downstream rows
+    from both fine-tuning layouts; a re-run skips the finished run and resumes the interrupted one
+    from its checkpoint."""
+    import ml_collections
+
+    from minilm_jax.sweep.layout import SweepLayout
+    from minilm_jax.sweep.results import write_results
+    from minilm_jax.sweep.status import SweepStatus
+    from minilm_jax.sweep.worker_loop import SweepRunner
+
+    config, seq_root, seq_out = sequential
+    outcome = json.loads(seq_out[seq_out.rindex("\n{") + 1:])
+    assert list(outcome["failures"]) == [FAILING]
+    assert "divisible" in outcome["failures"][FAILING]["pretrain"]
+    root = tmp_path / "sweep"
+    shutil.copytree(seq_root, root)
+    status = SweepStatus(root).read()
+    assert status["b"]["pretrain"]["state"] == "done"
+    rows = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
+    baselines = [r for r in rows if r["kind"] == "baseline"]  # the shard set's reference perplexities
+    assert {(r["name"], r["split"]) for r in baselines} >= {("unigram", "validation"),
+                                                           ("bigram", "validation")}
+    rows = [r for r in rows if r["kind"] != "baseline"]
+    assert {r["run"] for r in rows} == {"b", "b__hidden_dim=32"}
+    validation = [r for r in rows if r["run"] == "b" and r["kind"] == "validation"]
+    assert [r["step"] for r in validation] == [4, 8, 12, 16]
+    assert validation[1]["flops_paper"] == pytest.approx(2 * validation[0]["flops_paper"])
+    assert (root / "report" / "report.md").is_file()
+
+    # Downstream rows come from both layouts: one init (finetune/<task>/summary.json) and both
+    # inits (finetune/<task>/<init>/summary.json), found where the layout puts them.
+    sweep = load_sweep(config)
+    members = [{"accuracy": 59.0, "score": 59.0}, {"accuracy": 61.0, "score": 61.0}]
+    scored = {"mean": {"accuracy": 60.0, "score": 60.0}, "std": {"accuracy": 1.4, "score": 1.4},
+              "n": 2, "members": members}
+    downstream = []
+    for rel, task, init, mode in (("sst2", "sst2", "pretrained", "pretrained"),
+                                  ("rte/random", "rte", "random", "both")):
+        path = root / "runs" / "b" / "finetune" / rel / "summary.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"status": "completed", "task": task, "init": init,
+                                    "seeds": [3, 4], "final": scored,
+                                    "selected": scored,
+                                    "majority": {"test": {"accuracy": 50.0, "score": 50.0}}}))
+        with_task = ml_collections.ConfigDict(sweep.to_dict())
+        with_task.finetune_tasks, with_task.finetune_init = (task,), mode
+        rows = [json.loads(line) for line in write_results(
+            SweepRunner(with_task, root).runs, SweepLayout(root), with_task)
+            .read_text().splitlines()]
+        downstream += [r for r in rows if r["kind"] == "downstream"]
+    assert [(r["task"], r["init"]) for r in downstream] == [("sst2", "pretrained"), ("rte", "random")]
+    assert all(r["seeds"] == [3, 4] and r["member_scores"] == [59.0, 61.0]
+               and r["majority_score"] == 50.0 for r in downstream)
+    shutil.rmtree(root / "runs" / "b" / "finetune")
+
+    # Interrupt one run (its summary gone, checkpoints kept), then run the same sweep again:
+    # the finished run is skipped, the interrupted one resumes from its checkpoint.
+    (root / "runs" / "b__hidden_dim=32" / "pretrain" / "summary.json").unlink()
+    first_summary = (root / "runs" / "b" / "pretrain" / "summary.json").stat().st_mtime_ns
+    proc = run(sweep_cmd(sweep_file(tmp_path, word_shards, report=False), root))  # no report
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]  # FAILING again
+    assert "pre-training finished earlier: skipped" in proc.stdout, proc.stdout[-3000:]
+    assert "resumed from checkpoint at step 16" in proc.stdout, proc.stdout[-3000:]
+    assert (root / "runs" / "b" / "pretrain" / "summary.json").stat().st_mtime_ns == first_summary
+
+
 def test_a_refused_sweep_command_changes_nothing_under_the_root(sequential, tmp_path):
     """Another config on a finished root is refused (one worker and two) and leaves its config,
     stage records and claims as they were: ``status`` shows no phantom units."""
@@ -292,17 +368,15 @@ def test_bad_claim_times_are_refused_before_anything_is_written(sequential, tmp_
     from minilm_jax.sweep.workers import run_worker
 
     config, _, _ = sequential
-    spec = importlib.util.spec_from_file_location("tiny_sweep_config", config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sweep = load_sweep(config)
     monkeypatch.setenv("MINILM_CLAIM_STALE_SECONDS", "-1")
     with pytest.raises(UserError, match=r"^MINILM_CLAIM_STALE_SECONDS='-1': must be a positive "
                                         r"number of seconds$"):
-        run_worker(module.get_config(), tmp_path / "s")
+        run_worker(sweep, tmp_path / "s")
     monkeypatch.setenv("MINILM_CLAIM_STALE_SECONDS", "5")  # below three 20 s heartbeats
     with pytest.raises(UserError, match=r"^MINILM_CLAIM_STALE_SECONDS=5 with "
                                         r"MINILM_CLAIM_HEARTBEAT_SECONDS=20: .* at least three"):
-        run_worker(module.get_config(), tmp_path / "s")
+        run_worker(sweep, tmp_path / "s")
     assert not (tmp_path / "s").exists()
 
 
@@ -345,9 +419,10 @@ def test_slurm_launcher_on_a_real_slurm(sequential, tmp_path):
     assert results(root) == results(seq_root)
 
 
-def test_one_failed_unit_is_retried_alone(sequential, tmp_path):
+def test_one_failed_unit_is_retried_alone(sequential, word_shards, tmp_path):
     """The failed run (eval batch 45 on 2 devices) is retried alone on one device, where it fits."""
-    config, seq_root, _ = sequential
+    _, seq_root, _ = sequential
+    config = sweep_file(tmp_path, word_shards, report=False)  # the same runs; no report
     root = tmp_path / "sweep"
     shutil.copytree(seq_root, root)
     env = {**os.environ, "XLA_FLAGS": xla_flags(1)}

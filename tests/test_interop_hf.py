@@ -228,14 +228,16 @@ TINY = "E16-H16-I32-L1-A2-V50"
     (TINY, dict(embed_projection=False, position_offset=0), "position_offset"),
 ])
 def test_export_refuses_what_roberta_cannot_represent(point, overrides, field, tmp_path):
-    tiny = build_mlm(resolve_point(point, max_len=8, **overrides))
+    # shapes only (no initialisation, op by op): the refusal reads the configuration, no weight
+    tiny = nnx.eval_shape(lambda: build_mlm(resolve_point(point, max_len=8, **overrides)))
     with pytest.raises(ValueError, match=field):
         export_roberta(tiny, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary directory
 
 
 def test_export_refuses_non_mlm(tmp_path):
-    clf = build_classifier(resolve_point(TINY, embed_projection=False, max_len=8), 2)
+    clf = nnx.eval_shape(lambda: build_classifier(resolve_point(TINY, embed_projection=False,
+                                                                max_len=8), 2))  # shapes only
     with pytest.raises(TypeError, match="MaskedLM"):
         export_roberta(clf, tmp_path / "out")
 

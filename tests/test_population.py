@@ -5,6 +5,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -21,8 +22,8 @@ from minilm_jax.train.population_trainer import PopulationTrainer
 from minilm_jax.train.records import is_done, read_pretrain_summary
 from minilm_jax.train.run_log import read_metrics
 
-from conftest import adam_drift_bound, trajectory_tolerance
-from test_pretrain import (REPO, STEP_TERMS, cli_args, cli_env, small_config, train_losses,
+from conftest import adam_drift_bound, trajectory_tolerance, xla_flags
+from test_pretrain import (POINT, REPO, STEP_TERMS, cli_env, small_config, train_losses,
                            wait_for)
 
 # Four members: different seeds, peak learning rates, warm-up and mask probability; the last also
@@ -157,10 +158,42 @@ def test_a_diverging_member_stops_alone(trained, word_shards, tmp_path):
     assert read_pretrain_summary(tmp_path / "all-a").status == "diverged"
 
 
-def population_cli(shards, workdir, steps=24):
-    return cli_args(shards, workdir, steps) + ["--config.population.seeds=0,1",
-                                               "--config.population.peak_lr=5e-4,1e-3",
-                                               "--config.checkpoint.keep=1"]
+def population_cli(shards, workdir):
+    """The population command: base_config's run (8 steps, evaluated and saved every 4) with two
+    seeds, so its programs are those of test_a_diverging_member_stops_alone's 2-member population
+    (read from the compilation cache; with population_env's devices, part of the cache key)."""
+    return [sys.executable, "-m", "minilm_jax.pretrain", f"--config=configs/pretrain.py:{POINT}",
+            f"--workdir={workdir}", f"--config.data.shards={shards}", "--config.model.max_len=64",
+            "--config.train.num_steps=8", "--config.train.batch_size=16",
+            "--config.train.log_every=1", "--config.eval.every_steps=4",
+            "--config.eval.batch_size=48", "--config.checkpoint.every_steps=4",
+            "--config.mlm.max_predictions=16", "--config.mesh.data=1",
+            "--config.train.peak_flops=1e12", "--config.train.progress=False",
+            "--config.population.seeds=0,1", "--config.population.peak_lr=5e-4",
+            "--config.checkpoint.keep=1"]
+
+
+def population_env():
+    """The command's environment: this process's 8 fake CPU devices (it trains on one of them)."""
+    return {**cli_env(), "XLA_FLAGS": xla_flags(8)}
+
+
+# Runs the population command, sleeping before each dispatch after the 4th (checkpoint 4 is saved
+# after it), so a SIGKILL sent when that checkpoint appears lands mid-run however loaded the
+# machine is.
+SLOW_AFTER_CHECKPOINT_4 = r"""
+import runpy, sys, time
+from minilm_jax.train.population_trainer import PopulationTrainer
+_dispatch, _count = PopulationTrainer.dispatch, [0]
+def dispatch(self, state, host_batch):
+    _count[0] += 1
+    if _count[0] > 4:
+        time.sleep(1.0)
+    return _dispatch(self, state, host_batch)
+PopulationTrainer.dispatch = dispatch
+sys.argv[0] = "minilm_jax.pretrain"
+runpy.run_module("minilm_jax.pretrain", run_name="__main__", alter_sys=True)
+"""
 
 
 def member_digests(workdir):
@@ -170,18 +203,19 @@ def member_digests(workdir):
 
 def test_sigkill_mid_population_resumes_bit_identically(word_shards, tmp_path):
     reference = tmp_path / "reference"
-    subprocess.run(population_cli(word_shards, reference), cwd=REPO, env=cli_env(), check=True,
-                   capture_output=True)
-    assert sorted(member_digests(reference)) == ["s0-lr0.0005", "s0-lr0.001", "s1-lr0.0005",
-                                                 "s1-lr0.001"]
+    subprocess.run(population_cli(word_shards, reference), cwd=REPO, env=population_env(),
+                   check=True, capture_output=True)
+    assert sorted(member_digests(reference)) == ["s0-lr0.0005", "s1-lr0.0005"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(population_cli(word_shards, killed), cwd=REPO, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(killed / "checkpoints" / "10", proc)
+    command = population_cli(word_shards, killed)
+    proc = subprocess.Popen([command[0], "-c", SLOW_AFTER_CHECKPOINT_4, *command[3:]], cwd=REPO,
+                            env=population_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    wait_for(killed / "checkpoints" / "4", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists()
-    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=cli_env(),
+    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=population_env(),
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "resumed from checkpoint at step" in out.stdout
@@ -192,11 +226,11 @@ def test_sigkill_mid_population_resumes_bit_identically(word_shards, tmp_path):
 
 
     # A member that lost its final state and summary resumes from the population's checkpoint.
-    member = killed / "members" / "s1-lr0.001"
+    member = killed / "members" / "s1-lr0.0005"
     before = read_pretrain_summary(member)
     shutil.rmtree(member / "checkpoints")
     (member / "summary.json").unlink()
-    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=cli_env(),
+    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=population_env(),
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     after = read_pretrain_summary(member)
@@ -205,17 +239,17 @@ def test_sigkill_mid_population_resumes_bit_identically(word_shards, tmp_path):
     # One that lost its best checkpoint, or its whole folder, is refused in one line naming it,
     # never reported completed without its history.
     shutil.rmtree(killed / "members" / "s0-lr0.0005" / "best")
-    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=cli_env(),
+    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=population_env(),
                          capture_output=True, text=True)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith("error: ") and (
         "member s0-lr0.0005" in out.stderr and "lost its best checkpoint" in out.stderr), out.stderr
     shutil.rmtree(member)
-    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=cli_env(),
+    out = subprocess.run(population_cli(word_shards, killed), cwd=REPO, env=population_env(),
                          capture_output=True, text=True)
     assert out.returncode != 0 and not member.exists()
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "member s1-lr0.001" in last and "history" in last, last
+    assert last.startswith("error: ") and "member s1-lr0.0005" in last and "history" in last, last
 
 
 def test_population_cli_lists_and_strategy_are_checked(word_shards, tmp_path):

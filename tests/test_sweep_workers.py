@@ -30,11 +30,15 @@ TESTS = Path(__file__).resolve().parent
 DEVICES = 2
 FAILING = "b__batch_size=45"
 OFAT = ("b:model.hidden_dim=32", "b:eval.batch_size=45")
+# Checkpoints at the last step only, where no test kills a worker: a run-control field (results do
+# not depend on it; the bucket test's are many requests to the stand-in each).
+AT_END = ("checkpoint.every_steps=16",)
 
 
-def sweep_file(tmp_path: Path, shards: Path, **fields) -> Path:
+def sweep_file(tmp_path: Path, shards: Path, run_control: tuple[str, ...] = (), **fields) -> Path:
     """A sweep config file: tests/test_sweep.py's tiny sweep (three runs, one of which, FAILING,
-    fails at start-up on the 2 devices), 16 steps with checkpoints every 4, ``fields`` changed."""
+    fails at start-up on the 2 devices), 16 steps with checkpoints every 4, ``fields`` changed,
+    ``run_control`` overrides (fields that do not change a run's results) added."""
     fields = {"ofat": OFAT, **fields}
     path = tmp_path / "tiny_sweep.py"
     path.write_text(
@@ -46,6 +50,7 @@ def sweep_file(tmp_path: Path, shards: Path, **fields) -> Path:
         f"    sweep = tiny_sweep(Path({str(shards)!r}))\n"
         "    sweep.num_steps = 16\n"
         + "".join(f"    sweep.{k} = {v!r}\n" for k, v in fields.items())
+        + f"    sweep.pretrain_overrides = tuple(sweep.pretrain_overrides) + {tuple(run_control)!r}\n"
         + "    return sweep\n")
     return path
 
@@ -73,6 +78,19 @@ def results(root: Path | str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+def status_of(root: Path | str, capsys) -> str:
+    """What ``python -m minilm_jax.sweep status --root=ROOT`` prints, in this process (the command
+    line itself: test_concurrent_workers_run_each_unit_once_and_equal_one_worker)."""
+    from minilm_jax.sweep.layout import SweepLayout
+    from minilm_jax.sweep.overview import print_status
+    from minilm_jax.sweep.workers import load_config
+
+    layout = SweepLayout(root)
+    capsys.readouterr()
+    print_status(load_config(layout), layout)
+    return capsys.readouterr().out
+
+
 def units_started(output: str) -> list[str]:
     """The runs whose pre-training a worker started, one entry per start, from the output."""
     return re.findall(r"^(?:\[w\d+\] )?== \[\d+/\d+\] (\S+) \(", output, re.M)
@@ -89,7 +107,7 @@ def load_sweep(config: Path):
 @pytest.fixture(scope="module")
 def sequential(word_shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("sequential")
-    config = sweep_file(root, word_shards)
+    config = sweep_file(root, word_shards, run_control=AT_END)
     proc = run(sweep_cmd(config, root / "sweep"))
     assert proc.returncode == 1, proc.stderr[-2000:]  # one run fails, on purpose
     return config, root / "sweep", proc.stdout
@@ -124,13 +142,15 @@ def test_concurrent_workers_run_each_unit_once_and_equal_one_worker(sequential, 
     assert f"--only={FAILING} --stage=pretrain" in status.stdout
 
 
-def test_two_workers_run_one_sweep_root_in_a_bucket(sequential, gcs, capsys):  # noqa: F811
+def test_two_workers_run_one_sweep_root_in_a_bucket(sequential, word_shards, gcs,  # noqa: F811
+                                                     tmp_path, capsys):
     """The sweep root is a ``gs://`` location (the Cloud Storage stand-in): two workers claim
     units by generation preconditions, each unit runs once, and results, report and ``status``
     equal what one worker made on a local disk."""
     from minilm_jax.storage import run_path
 
-    config, seq_root, seq_out = sequential
+    _, seq_root, seq_out = sequential
+    config = sweep_file(tmp_path, word_shards, run_control=AT_END)
     root = gcs.uri("sweeps", "two-workers")
     proc = run(sweep_cmd(config, root, "--workers=2"))
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -147,13 +167,7 @@ def test_two_workers_run_one_sweep_root_in_a_bucket(sequential, gcs, capsys):  #
     with pytest.raises(UserError, match="refusing to replace"):  # a report over the sweep itself
         build_report(bucket / "results.jsonl", root)
     assert (bucket / "sweep.json").is_file()
-    from minilm_jax.sweep.layout import SweepLayout
-    from minilm_jax.sweep.overview import print_status
-    from minilm_jax.sweep.workers import load_config
-
-    layout = SweepLayout(root)
-    print_status(load_config(layout), layout)  # (the command line: the local test above)
-    shown = capsys.readouterr().out
+    shown = status_of(root, capsys)
     assert re.search(r"^b\s+pretrain\s+done\s+16\s", shown, re.M), shown
     assert "3 units: 2 done, 1 failed" in shown
 
@@ -332,14 +346,15 @@ def test_runner_isolates_failures_skips_finished_and_resumes(sequential, word_sh
     # the finished run is skipped, the interrupted one resumes from its checkpoint.
     (root / "runs" / "b__hidden_dim=32" / "pretrain" / "summary.json").unlink()
     first_summary = (root / "runs" / "b" / "pretrain" / "summary.json").stat().st_mtime_ns
-    proc = run(sweep_cmd(sweep_file(tmp_path, word_shards, report=False), root))  # no report
+    config = sweep_file(tmp_path, word_shards, AT_END, report=False)  # the same runs; no report
+    proc = run(sweep_cmd(config, root))
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]  # FAILING again
     assert "pre-training finished earlier: skipped" in proc.stdout, proc.stdout[-3000:]
     assert "resumed from checkpoint at step 16" in proc.stdout, proc.stdout[-3000:]
     assert (root / "runs" / "b" / "pretrain" / "summary.json").stat().st_mtime_ns == first_summary
 
 
-def test_a_refused_sweep_command_changes_nothing_under_the_root(sequential, tmp_path):
+def test_a_refused_sweep_command_changes_nothing_under_the_root(sequential, tmp_path, capsys):
     """Another config on a finished root is refused (one worker and two) and leaves its config,
     stage records and claims as they were: ``status`` shows no phantom units."""
     config, seq_root, _ = sequential
@@ -358,8 +373,8 @@ def test_a_refused_sweep_command_changes_nothing_under_the_root(sequential, tmp_
         assert proc.stderr.strip().splitlines()[-1].startswith("error: sweep root "), proc.stderr
         assert "trained with a different config" in proc.stderr
         assert contents() == before
-    status = run(sweep_cmd(config, root)[:3] + ["status", f"--root={root}"])
-    assert "3 units: 2 done, 1 failed" in status.stdout, status.stdout
+    status = status_of(root, capsys)
+    assert "3 units: 2 done, 1 failed" in status, status
 
 
 def test_bad_claim_times_are_refused_before_anything_is_written(sequential, tmp_path,
@@ -383,7 +398,7 @@ def test_bad_claim_times_are_refused_before_anything_is_written(sequential, tmp_
 def test_slurm_launcher_runs_workers_through_submitit(sequential, word_shards, tmp_path):
     pytest.importorskip("submitit")
     _, seq_root, _ = sequential
-    config = sweep_file(tmp_path, word_shards, report=False)  # the same runs; no report
+    config = sweep_file(tmp_path, word_shards, AT_END, report=False)  # the same runs; no report
     root = tmp_path / "sweep"
     proc = run(sweep_cmd(config, root, "--launcher=slurm", "--slurm_executor=local",
                          "--workers=2", "--wait"))
@@ -419,10 +434,10 @@ def test_slurm_launcher_on_a_real_slurm(sequential, tmp_path):
     assert results(root) == results(seq_root)
 
 
-def test_one_failed_unit_is_retried_alone(sequential, word_shards, tmp_path):
+def test_one_failed_unit_is_retried_alone(sequential, word_shards, tmp_path, capsys):
     """The failed run (eval batch 45 on 2 devices) is retried alone on one device, where it fits."""
     _, seq_root, _ = sequential
-    config = sweep_file(tmp_path, word_shards, report=False)  # the same runs; no report
+    config = sweep_file(tmp_path, word_shards, AT_END, report=False)  # the same runs; no report
     root = tmp_path / "sweep"
     shutil.copytree(seq_root, root)
     env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
@@ -430,8 +445,8 @@ def test_one_failed_unit_is_retried_alone(sequential, word_shards, tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert units_started(proc.stdout) == [FAILING], proc.stdout[-3000:]
-    status = run(sweep_cmd(config, root)[:3] + ["status", f"--root={root}"])
-    assert "3 units: 3 done" in status.stdout, status.stdout
+    status = status_of(root, capsys)
+    assert "3 units: 3 done" in status, status
 
 
 def test_gpu_workers_get_one_gpu_each_and_the_launcher_flags_stay_with_the_launcher(monkeypatch):

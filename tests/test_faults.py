@@ -35,6 +35,21 @@ def raw_records(workdir: Path) -> list[tuple[int, str]]:
             (json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines())]
 
 
+@pytest.fixture(scope="module")
+def eight_steps(word_shards, tmp_path_factory) -> Path:
+    """A finished 8-step run of ``small_config`` (checkpoints at 4 and 8, an evaluation at 6),
+    trained once: each test that breaks such a run breaks a copy of its own (``copy_run``)."""
+    workdir = tmp_path_factory.mktemp("faults") / "run"
+    Pretrainer(small_config(word_shards, **{"train.num_steps": 8}), workdir).run()
+    return workdir
+
+
+def copy_run(finished: Path, tmp_path: Path) -> Path:
+    """A copy of the finished run ``finished`` at ``tmp_path / "run"`` (a run names no folder:
+    its copy resumes as the run itself would)."""
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
 def test_bit_flip_in_the_newest_checkpoint_is_quarantined_and_recomputed(word_shards, tmp_path):
     workdir = tmp_path / "run"
     Pretrainer(small_config(word_shards), workdir).run()
@@ -55,9 +70,8 @@ def test_bit_flip_in_the_newest_checkpoint_is_quarantined_and_recomputed(word_sh
     assert step == 16 and load_encoder(path, model_from_config(small_config(word_shards)))
 
 
-def test_no_usable_checkpoint_is_an_error_that_moves_nothing(word_shards, tmp_path):
-    workdir = tmp_path / "run"
-    Pretrainer(small_config(word_shards, **{"train.num_steps": 8}), workdir).run()
+def test_no_usable_checkpoint_is_an_error_that_moves_nothing(word_shards, eight_steps, tmp_path):
+    workdir = copy_run(eight_steps, tmp_path)
     for step in ("4", "8"):
         flip_bytes(workdir / "checkpoints" / step)
     before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
@@ -68,9 +82,9 @@ def test_no_usable_checkpoint_is_an_error_that_moves_nothing(word_shards, tmp_pa
     assert not (workdir / "quarantine").exists()
 
 
-def test_checkpoint_of_another_run_is_refused_even_without_config_json(word_shards, tmp_path):
-    workdir = tmp_path / "run"
-    Pretrainer(small_config(word_shards, **{"train.num_steps": 4}), workdir).run()
+def test_checkpoint_of_another_run_is_refused_even_without_config_json(word_shards, eight_steps,
+                                                                       tmp_path):
+    workdir = copy_run(eight_steps, tmp_path)
     (workdir / "config.json").unlink()
     before = sorted(str(p) for p in workdir.rglob("*"))
     with pytest.raises(CheckpointError, match=r"different config \(model.hidden_dim: 32 -> 64"):
@@ -102,11 +116,10 @@ def test_a_rejected_command_leaves_no_trace(word_shards, tmp_path, overrides, me
         Pretrainer(small_config(word_shards, **{"train.num_steps": 2}), workdir).run()
 
 
-def test_a_resumed_run_logs_each_step_once(word_shards, tmp_path):
+def test_a_resumed_run_logs_each_step_once(word_shards, eight_steps, tmp_path):
     """The evaluation at step 6 is logged after the checkpoint at step 4; the run dies before the
     next save. Resuming from 4 recomputes steps 5-8 and logs each once."""
-    workdir = tmp_path / "run"
-    Pretrainer(small_config(word_shards, **{"train.num_steps": 8}), workdir).run()
+    workdir = copy_run(eight_steps, tmp_path)
     shutil.rmtree(workdir / "checkpoints" / "8")  # as if killed between the step-6 log and step 8
     Pretrainer(small_config(word_shards, **{"train.num_steps": 8}), workdir).run()
     records = raw_records(workdir)
@@ -131,10 +144,9 @@ def test_a_corrupt_snapshot_is_not_fine_tuned_from(word_shards, tmp_path):
         load_encoder(best, model_from_config(config))
 
 
-def test_an_unsealed_checkpoint_is_used_only_when_nothing_verified_is_left(word_shards, tmp_path,
-                                                                          capsys):
-    workdir = tmp_path / "run"
-    Pretrainer(small_config(word_shards, **{"train.num_steps": 8}), workdir).run()
+def test_an_unsealed_checkpoint_is_used_only_when_nothing_verified_is_left(word_shards, eight_steps,
+                                                                          tmp_path, capsys):
+    workdir = copy_run(eight_steps, tmp_path)
     (workdir / "checkpoints" / "8" / "seal.json").unlink()  # killed between Orbax and the seal
     capsys.readouterr()
     Pretrainer(small_config(word_shards, **{"train.num_steps": 8}), workdir).run()

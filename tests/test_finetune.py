@@ -94,6 +94,18 @@ def ag_config(pre: dict[str, Path], **train) -> ml_collections.ConfigDict:
 SMALL_RUN = dict(train__epochs=1, data__train_per_class=25, data__pad_buckets=0, mesh__data=1)
 
 
+@pytest.fixture(scope="module")
+def small_map_run(pretrained, tmp_path_factory):
+    """SMALL_RUN with seeds 0 and 1 run one after another (``lax.map``), finished: read by
+    test_seeds_together_equal_separate_runs (its ``map`` run) and
+    test_a_finished_run_keeps_its_parameters_drops_checkpoints_and_is_not_trained_again (its
+    finished run), which train the same run. Returns (config, the Finetuner, its summary, workdir)."""
+    config = ag_config(pretrained, **SMALL_RUN, train__members="map")
+    workdir = tmp_path_factory.mktemp("small_map") / "w"
+    run = Finetuner(config, workdir, "pretrained")
+    return config, run, run.run(), workdir
+
+
 def test_short_finetune_beats_majority_class(pretrained, tmp_path):
     """AG News (4 balanced classes, majority 25%): both inits must clearly beat the majority class.
     One device (``mesh.data=1``): what is checked is learning, not the mesh. 5 epochs of batches
@@ -124,17 +136,17 @@ def test_short_finetune_beats_majority_class(pretrained, tmp_path):
     assert "| 25.0 |" in text  # majority (one metric: no breakdown)
 
 
-def test_seeds_together_equal_separate_runs(pretrained, tmp_path):
+def test_seeds_together_equal_separate_runs(pretrained, small_map_run, tmp_path):
     """Two seeds trained together in one program, batched (vmap) or one after another (lax.map),
     = each seed trained alone."""
     # Fixed max_len padding: with length buckets the padded width of a step is the longest of all
     # members' batches, and hash dropout masks depend on that width.
-    both = {}
-    for members in ("vmap", "map"):
-        Finetuner(ag_config(pretrained, **SMALL_RUN, train__members=members),
-                  tmp_path / members, "pretrained").run()
-        both[members] = np.load(tmp_path / members / "predictions" / "test.final.npy")
-    tol = trained_logits_tolerance(both["map"], tmp_path / "map")
+    map_dir = small_map_run[3]
+    Finetuner(ag_config(pretrained, **SMALL_RUN, train__members="vmap"), tmp_path / "vmap",
+              "pretrained").run()
+    both = {members: np.load(folder / "predictions" / "test.final.npy")
+            for members, folder in (("vmap", tmp_path / "vmap"), ("map", map_dir))}
+    tol = trained_logits_tolerance(both["map"], map_dir)
     np.testing.assert_allclose(both["vmap"], both["map"], rtol=0, atol=tol)
     both = both["vmap"]
     for i, seed in enumerate((0, 1)):
@@ -170,12 +182,14 @@ def _ag_args(pre: dict[str, Path], workdir: Path, *extra: str) -> list[str]:
     return ["--config=configs/finetune.py:ag_news", f"--workdir={workdir}",
             f"--config.init.checkpoint={pre['pre']}", f"--config.data.dir={shared_path('ag_news')}",
             f"--config.data.max_len={SEQ}", "--config.data.train_per_class=100",
-            "--config.data.eval_per_class=25", "--config.train.epochs=3", "--config.train.seeds=0,1",
+            "--config.data.eval_per_class=25", "--config.train.epochs=2", "--config.train.seeds=0,1",
             "--config.optim.peak_lr=1e-3", "--config.train.progress=False",
             "--config.checkpoint.every_steps=8", *extra]  # 12 steps an epoch: saves mid-epoch
 
 
 def test_killed_run_resumes_to_identical_result(pretrained, tmp_path):
+    """A fine-tuning command killed with SIGKILL after its mid-epoch checkpoint (step 8 of 24) and
+    run again ends with the uninterrupted run's predictions, scores and parameters, bit for bit."""
     straight = _cli(_ag_args(pretrained, tmp_path / "straight"))
     out, err = straight.communicate(timeout=300)
     assert straight.returncode == 0, err[-2000:]
@@ -213,7 +227,7 @@ def test_killed_run_resumes_to_identical_result(pretrained, tmp_path):
 
 
 def test_a_finished_run_keeps_its_parameters_drops_checkpoints_and_is_not_trained_again(
-        pretrained, tmp_path):
+        small_map_run, tmp_path):
     """Default: summary, predictions and parameters.npz (each member's final and selected
     parameters, exactly the training state's) stay, checkpoints go, and the same command again
     trains and scores nothing. ``checkpoint.keep_finished=True`` keeps the checkpoints; a run
@@ -221,10 +235,8 @@ def test_a_finished_run_keeps_its_parameters_drops_checkpoints_and_is_not_traine
     last checkpoint without training."""
     from minilm_jax.runs.finetuned import flat_leaves
 
-    config = ag_config(pretrained, **SMALL_RUN)  # seeds 0 and 1: the programs of the runs above
-    run = Finetuner(config, tmp_path / "w", "pretrained")
-    first = run.run()
-    w = tmp_path / "w"
+    config, run, first, w = small_map_run  # seeds 0 and 1: the programs of the runs above
+    config = ml_collections.ConfigDict(config.to_dict())  # changed below; the fixture's stays
     assert first["status"] == "completed" and not (w / "checkpoints").exists()
     for which, tree in (("final", run.state), ("selected", run.state["selected"])):
         kept = load_parameters(w, which)

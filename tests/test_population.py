@@ -106,10 +106,19 @@ def test_each_member_is_a_run_read_like_a_separate_one(trained):
 
 
 def test_members_on_eight_devices_equal_unsharded_members(trained, word_shards, tmp_path):
-    root, members, _ = trained
-    sharded = population(word_shards, tmp_path / "members",
-                         **{"mesh.members": 2, "mesh.data": 2, "mesh.fsdp": 2})
+    # m2 and m3 of ``trained``: their own learning rates, warm-up and mask probability, in two
+    # groups (m3: another schedule, no dropout), one member per shard of the members axis; no
+    # snapshots, best checkpoints or step-4 checkpoint (each save of 8-device arrays compiles its
+    # slicing programs): the comparison reads the final state only.
+    root, trained_members, _ = trained
+    members = trained_members[2:]
+    base = base_config(word_shards, **{"mesh.members": 2, "mesh.data": 2, "mesh.fsdp": 2,
+                                       "checkpoint.every_steps": 8, "checkpoint.keep_fractions": (),
+                                       "checkpoint.keep_best": False})
+    sharded = members_of([(m.name, tmp_path / "members" / m.name, with_fields(base, s))
+                          for m, s in zip(members, SETTINGS[2:])])
     trainer = PopulationTrainer(sharded, tmp_path / "pop", "vmap")
+    assert len(trainer.program.groups) == 2
     assert dict(trainer.mesh.shape) == {"members": 2, "data": 2, "fsdp": 2}
     assert all(leaf.sharding.spec[0] == "members"
                for leaf in jax.tree.leaves(trainer.state["params"]))
@@ -201,11 +210,14 @@ def member_digests(workdir):
             for p in sorted((Path(workdir) / "members").iterdir())}
 
 
-def test_sigkill_mid_population_resumes_bit_identically(word_shards, tmp_path):
-    reference = tmp_path / "reference"
-    subprocess.run(population_cli(word_shards, reference), cwd=REPO, env=population_env(),
-                   check=True, capture_output=True)
-    assert sorted(member_digests(reference)) == ["s0-lr0.0005", "s1-lr0.0005"]
+def test_sigkill_mid_population_resumes_bit_identically(trained, word_shards, tmp_path):
+    # The uninterrupted reference: the command's members are base_config's run with seed 0 and 1
+    # at the recipe's learning rate 5e-4, i.e. m0 and m1 of ``trained``, whose separate runs its
+    # members equal bit for bit (test_members_equal_separate_runs_exactly).
+    root, members, _ = trained
+    assert [m.config.optim.peak_lr for m in members[:2]] == [5e-4, 5e-4]
+    solo = {"s0-lr0.0005": root / "solo" / "m0", "s1-lr0.0005": root / "solo" / "m1"}
+    reference = {name: read_pretrain_summary(d).final_params_sha256 for name, d in solo.items()}
     killed = tmp_path / "killed"
     command = population_cli(word_shards, killed)
     proc = subprocess.Popen([command[0], "-c", SLOW_AFTER_CHECKPOINT_4, *command[3:]], cwd=REPO,
@@ -219,10 +231,9 @@ def test_sigkill_mid_population_resumes_bit_identically(word_shards, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "resumed from checkpoint at step" in out.stdout
-    assert member_digests(killed) == member_digests(reference)
-    for name in member_digests(reference):
-        assert (train_losses(killed / "members" / name)
-                == train_losses(reference / "members" / name))
+    assert member_digests(killed) == reference
+    for name in reference:
+        assert train_losses(killed / "members" / name) == train_losses(solo[name])
 
 
     # A member that lost its final state and summary resumes from the population's checkpoint.

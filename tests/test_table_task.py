@@ -121,6 +121,12 @@ def test_macro_f1_weighs_every_class_equally():
         "accuracy": pytest.approx(2 / 3), "macro_f1": pytest.approx(2 / 3)}
 
 
+# Every fine-tuning batch padded to max_len: one train and one evaluation program, compiled once
+# and reused by both inits and the second labelled file, instead of one per 16-token bucket
+# (bucketing: test_finetune_selection.py's test_bucketed_padding_changes_no_logits).
+ONE_SHAPE = ("--config.data.pad_buckets=0",)
+
+
 def test_own_text_and_labels_end_to_end(tmp_path):
     """The documented own-data script at a small size: WikiText-2 text -> a 500-piece tokenizer ->
     64-token shards -> 30 pre-training steps -> fine-tuning (pre-trained and random twin, 2 seeds)
@@ -138,7 +144,8 @@ def test_own_text_and_labels_end_to_end(tmp_path):
     proc = subprocess.run(
         ["bash", "launch/own_data.sh", str(text), str(labels), str(out), "--",
          "--config.data.text_column=review", "--config.data.label_column=sentiment",
-         "--config.train.epochs=2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+         "--config.train.epochs=2", *ONE_SHAPE], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=900)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     assert proc.stdout.startswith("estimate: about "), proc.stdout[:300]
     pretrain = json.loads((out / "pretrain" / "summary.json").read_text())
@@ -175,7 +182,8 @@ def test_own_text_and_labels_end_to_end(tmp_path):
     again = subprocess.run(
         ["bash", "launch/own_data.sh", str(text), str(more), str(out), "--",
          "--config.data.text_column=review", "--config.data.label_column=sentiment",
-         "--config.train.epochs=1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+         "--config.train.epochs=1", *ONE_SHAPE], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=900)
     assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-3000:])
     assert again.stdout.count(": reused") == 3
     assert "0.0 MB of text, 0 pre-training steps" in again.stdout  # only the fine-tuning counted

@@ -81,12 +81,15 @@ def combine_probs(logits_kbc: jax.Array, method: str) -> jax.Array:
     raise ValueError(f"unknown combine method {method!r}: 'prob' or 'logit'")
 
 
-def reference_probs(members: Sequence[Member], tokens_bt: jax.Array, method: str) -> np.ndarray:
+def reference_probs(members: Sequence[Member], tokens_bt: jax.Array, method: str
+                    ) -> tuple[np.ndarray, float]:
     """Members run one by one, eagerly, combined in float64 by
-    :mod:`minilm_jax.tasks.committee_math`."""
+    :mod:`minilm_jax.tasks.committee_math`; and the largest |logit| among them (the scale a
+    float32 tolerance on the committee's error is derived from)."""
     logits_kbc = np.stack([np.asarray(m.logits(tokens_bt)) for m in members])
     scores_bc = committee_math.combine(logits_kbc, method)
-    return scores_bc if method == "prob" else committee_math.softmax(scores_bc)
+    probs_bc = scores_bc if method == "prob" else committee_math.softmax(scores_bc)
+    return probs_bc, float(np.max(np.abs(logits_kbc)))
 
 
 def member_config(point: str, dtype: str, seq_len: int) -> ModelConfig:
@@ -262,7 +265,8 @@ def run_benchmark(*, k: int = 4, members: Sequence[str] = ("bert1-a12",),
     """Time every row at every batch size; returns ``{"environment", "settings", "rows", "skipped"}``.
 
     Committee rows carry ``max_abs_err``: their probabilities against the members run one by one
-    (eagerly) and combined in float64.
+    (eagerly) and combined in float64; and ``logit_scale``, the members' largest |logit| on the
+    batch (what a float32 tolerance on that error scales with).
     """
     runners, skipped = build_runners(k=k, members=members, deep=deep, seq_len=seq_len, dtype=dtype,
                                      combine=combine, num_labels=num_labels)
@@ -292,7 +296,7 @@ def time_runners(runners: Sequence[Runner], batch_sizes: Sequence[int], *, seq_l
                 key = tuple(id(m) for m in runner.members)
                 if key not in references:
                     references[key] = reference_probs(runner.members, tokens_bt, runner.combine)
-                want_bc = references[key]
+                want_bc, row["logit_scale"] = references[key]
                 row["max_abs_err"] = float(np.max(np.abs(np.asarray(runner.forward(tokens_bt))
                                                          - want_bc)))
             rows.append(row)

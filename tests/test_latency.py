@@ -71,13 +71,15 @@ def test_all_rows_present_with_sane_figures(results, benchmark):
         assert row["params"] > 0 and row["flops_per_seq"] > 0
         assert row["vs_deep"] > 0
     by_name = {r["name"]: r for r in rows if r["batch"] == 1}
-    tol = probs_tolerance(logit_scale([MEMBER], (1,), benchmark[1]), 3)
+    # the rows record their members' logit scale (the tolerance's basis): the one computed here
+    assert by_name["committee-seq"]["logit_scale"] == pytest.approx(
+        logit_scale([MEMBER], (1,), benchmark[1]), rel=1e-6)
     single = by_name["single"]
     for name in ("committee-vmap", "committee-fused", "committee-seq"):
         assert by_name[name]["members"] == 3
         assert by_name[name]["params"] == 3 * single["params"]
         assert by_name[name]["flops_per_seq"] == pytest.approx(3 * single["flops_per_seq"])
-        assert by_name[name]["max_abs_err"] < tol
+        assert by_name[name]["max_abs_err"] < probs_tolerance(by_name[name]["logit_scale"], 3)
     assert by_name["deep"]["flops_per_seq"] > single["flops_per_seq"]
     assert "device" in results["environment"] and "jax" in results["environment"]
     json.dumps(results)  # JSON-serialisable
@@ -124,7 +126,7 @@ def test_heterogeneous_committee_and_cli(tmp_path, capsys):
     assert saved["skipped"][0]["name"] == "committee-vmap"
     fused = saved["rows"][1]
     assert fused["description"] == f"{MEMBER} + {OTHER} + {MEMBER}, one jit"
-    tol = probs_tolerance(logit_scale([MEMBER, OTHER], (4,)), 3)
+    tol = probs_tolerance(fused["logit_scale"], 3)
     assert fused["max_abs_err"] < tol and "vs_deep" not in fused
     assert "committee-fused" in capsys.readouterr().out
 

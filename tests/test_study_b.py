@@ -8,7 +8,12 @@ import json
 import os
 import subprocess
 
-from conftest import REPO, SHARED_DATA, shared_path, xla_flags
+from conftest import REPO, SHARED_DATA, float32_tolerance, shared_path, xla_flags
+
+# The sums of one forward pass of the smoke's 1-layer members (E32-H32-I64, 64 tokens, 4 labels),
+# as tests/test_latency.py's TERMS: hidden and ffn widths, attention over the tokens, the pooler,
+# the labels.
+SMOKE_TERMS = 32 + 64 + 64 + 32 + 4
 
 
 def test_study_b_smoke_runs_end_to_end_and_reports_all_four_analyses(tmp_path):
@@ -38,5 +43,9 @@ def test_study_b_smoke_runs_end_to_end_and_reports_all_four_analyses(tmp_path):
     assert sorted(committee["by_k"]) == ["1", "2"] and committee["members"] == 2
     names = {r["name"] for r in result["latency"]["rows"]}
     assert names == {"single", "deep", "committee-fused", "committee-seq"}
-    assert all(r["max_abs_err"] < 1e-5 for r in result["latency"]["rows"] if "max_abs_err" in r)
+    for row in result["latency"]["rows"]:  # committees against their members one by one
+        if "max_abs_err" in row:  # float32 logits at their scale, then a softmax and mean
+            tol = (2 * float32_tolerance(row["logit_scale"], SMOKE_TERMS)
+                   + float32_tolerance(1.0, 4 + row["members"]))
+            assert row["max_abs_err"] < tol, row
     assert (out / "gaps.png").stat().st_size > 0 and (out / "committee.png").stat().st_size > 0

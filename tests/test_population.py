@@ -23,7 +23,7 @@ from minilm_jax.train.records import is_done, read_pretrain_summary
 from minilm_jax.train.run_log import read_metrics
 
 from conftest import adam_drift_bound, trajectory_tolerance, xla_flags
-from test_pretrain import (POINT, REPO, STEP_TERMS, cli_env, small_config, train_losses,
+from test_pretrain import (REPO, STEP_TERMS, cli_args, cli_env, small_config, train_losses,
                            wait_for)
 
 # Four members: different seeds, peak learning rates, warm-up and mask probability; the last also
@@ -171,15 +171,10 @@ def population_cli(shards, workdir):
     """The population command: base_config's run (8 steps, evaluated and saved every 4) with two
     seeds, so its programs are those of test_a_diverging_member_stops_alone's 2-member population
     (read from the compilation cache; with population_env's devices, part of the cache key)."""
-    return [sys.executable, "-m", "minilm_jax.pretrain", f"--config=configs/pretrain.py:{POINT}",
-            f"--workdir={workdir}", f"--config.data.shards={shards}", "--config.model.max_len=64",
-            "--config.train.num_steps=8", "--config.train.batch_size=16",
-            "--config.train.log_every=1", "--config.eval.every_steps=4",
-            "--config.eval.batch_size=48", "--config.checkpoint.every_steps=4",
-            "--config.mlm.max_predictions=16", "--config.mesh.data=1",
-            "--config.train.peak_flops=1e12", "--config.train.progress=False",
-            "--config.population.seeds=0,1", "--config.population.peak_lr=5e-4",
-            "--config.checkpoint.keep=1"]
+    return cli_args(shards, workdir, 8, {
+        "eval.every_steps": 4, "eval.batch_size": 48, "checkpoint.every_steps": 4,
+        "mlm.max_predictions": 16, "population.seeds": "0,1", "population.peak_lr": "5e-4",
+        "checkpoint.keep": 1})
 
 
 def population_env():

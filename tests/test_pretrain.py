@@ -60,13 +60,15 @@ def train_losses(workdir):
             if r["split"] == "train"}
 
 
-def cli_args(shards, workdir, steps=40):
+def cli_args(shards, workdir, steps=40, fields: dict | None = None):
+    """The pre-training command on ``shards``; ``fields`` (``{"eval.every_steps": 4}``) replace
+    or add to its ``--config.`` overrides."""
+    values = {"data.shards": shards, "model.max_len": 64, "train.num_steps": steps,
+              "train.batch_size": 16, "train.log_every": 1, "eval.every_steps": 20,
+              "eval.batch_size": 50, "checkpoint.every_steps": 5, "mesh.data": 1,
+              "train.peak_flops": "1e12", "train.progress": False, **(fields or {})}
     return [sys.executable, "-m", "minilm_jax.pretrain", f"--config=configs/pretrain.py:{POINT}",
-            f"--workdir={workdir}", f"--config.data.shards={shards}", "--config.model.max_len=64",
-            f"--config.train.num_steps={steps}", "--config.train.batch_size=16",
-            "--config.train.log_every=1", "--config.eval.every_steps=20",
-            "--config.eval.batch_size=50", "--config.checkpoint.every_steps=5",
-            "--config.mesh.data=1", "--config.train.peak_flops=1e12", "--config.train.progress=False"]
+            f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in values.items())]
 
 
 def cli_env():

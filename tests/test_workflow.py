@@ -92,10 +92,9 @@ def gated_cli_run(word_shards, tmp_path_factory):
                                                        os.environ.get("PYTHONPATH", "")])}
     # checkpoints at steps 20 and 40 only (cli_args saves every 5 steps: 8 saves; neither test
     # reads an intermediate one)
-    args = [a for a in cli_args(word_shards, root / "w", steps=40)
-            if not a.startswith(("--config.train.progress", "--config.checkpoint.every_steps"))] + [
-        "--config.train.progress=True", "--config.model.arch=lab_encoders:GatedEncoder",
-        "--config.checkpoint.every_steps=20"]
+    args = cli_args(word_shards, root / "w", 40, {
+        "train.progress": True, "model.arch": "lab_encoders:GatedEncoder",
+        "checkpoint.every_steps": 20})
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     return root, proc
 

@@ -25,8 +25,7 @@ for need in aochildes/original_transcripts vocab/AOChildes_word_frequency.csv gl
   fi
 done
 source launch/venv.sh
-.venv/bin/python -m pip install -q --disable-pip-version-check -e . 2>&1 \
-  | grep -v -e "^ *$" -e BuildBackendWarning -e "\*\*\*" -e "!!" -e "Please be careful" -e "name as your" -e "with strategy" || true
+install_project
 PY=.venv/bin/python
 OUT=${CHILDES_OUT:-runs/childes}
 TOKENS=${CHILDES_TOKENS:-2000}

@@ -7,8 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/venv.sh
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[bbc]" 2>&1 \
-  | grep -v -e "^ *$" -e BuildBackendWarning -e "\*\*\*" -e "!!" -e "Please be careful" -e "name as your" -e "with strategy" || true
+install_project bbc
 OUT=${DEMO_OUT:-runs/demo}
 mkdir -p "$OUT"
 .venv/bin/python -m minilm_jax.tasks.bbc pretraining-text --out "$OUT/pretraining.txt"

@@ -17,8 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/venv.sh
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[bbc]" 2>&1 \
-  | grep -v -e "^ *$" -e BuildBackendWarning -e "\*\*\*" -e "!!" -e "Please be careful" -e "name as your" -e "with strategy" || true
+install_project bbc
 PY=.venv/bin/python
 OUT=${MAIN_OUT:-runs/main}
 TOKENS=${MAIN_TOKENS:-2000}

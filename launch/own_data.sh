@@ -50,8 +50,7 @@ if [ "$DRY" = 0 ]; then
     [ "$path" = "-" ] || [ -e "$path" ] || { echo "error: not found: $path" >&2; exit 2; }
   done
   source launch/venv.sh
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e . 2>&1 \
-    | grep -v -e "^ *$" -e BuildBackendWarning -e "\*\*\*" -e "!!" -e "Please be careful" -e "name as your" -e "with strategy" || true
+  install_project
   PY=.venv/bin/python
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
   export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$OUT/jax_cache}

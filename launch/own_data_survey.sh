@@ -15,7 +15,7 @@ DATA=${MINILM_SHARED_DATA:-../shared/data}
 [ -d "$DATA" ] || { echo "error: development data not found: $DATA (set MINILM_SHARED_DATA)" >&2; exit 2; }
 export OWN_RECIPE=${SURVEY_RECIPE:-${OWN_RECIPE:-own_data}}
 source launch/venv.sh
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[bbc]" >/dev/null 2>&1 || true
+install_project bbc >/dev/null
 mkdir -p "$OUT/texts"
 .venv/bin/python - "$DATA" "$OUT/texts" <<'EOF'
 """One document per line for each corpus (written once)."""

@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/venv.sh
-.venv/bin/python -m pip install -q --disable-pip-version-check -e . 2>&1 | grep -v "^ *$" || true
+install_project
 PY=.venv/bin/python
 OUT=${STUDY_B_OUT:-runs/study_b}
 SHARED=${MINILM_SHARED_DATA:-../shared/data}

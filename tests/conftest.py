@@ -3,19 +3,27 @@
 import os
 from pathlib import Path
 
-# Extra XLA flags for the suite and every command it starts (MINILM_TEST_XLA_FLAGS). Off by default:
-# LLVM opt level 0 (--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true)
-# cuts a compile-bound test's CPU time by ~30%, but it changes code generation, and the product's
-# claim that a lax.map population equals its separate runs bit for bit (test_population) holds
-# with XLA's default code generation, not at opt level 0 (last float32 digits differ).
-FAST_COMPILE = os.environ.get("MINILM_TEST_XLA_FLAGS", "")
+# XLA flags for the suite and every command it starts (MINILM_TEST_XLA_FLAGS; "" for XLA's default
+# code generation). By default LLVM opt level 0: the suite is compile-bound, and opt level 0 cuts a
+# compile-bound test's CPU time by ~30%. What it changes is code generation, so the last float32
+# digits; the tests compare floats with tolerances derived from the arithmetic, which another
+# processor's code needs anyway. The one claim that holds only with XLA's default code generation,
+# a lax.map population equals its separate runs bit for bit (tests/test_population.py), runs its
+# two sides in commands started with ``exact_xla_flags``.
+FAST_COMPILE = os.environ.get("MINILM_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                              "--xla_llvm_disable_expensive_passes=true")
 
 
 def xla_flags(devices: int | None = None) -> str:
     """XLA_FLAGS for a test's process or a command it starts: the fast-compile flags, and
     ``devices`` fake CPU devices (None: XLA's default, one)."""
-    count = f"--xla_force_host_platform_device_count={devices} " if devices else ""
-    return (count + FAST_COMPILE).strip()
+    return (exact_xla_flags(devices) + " " + FAST_COMPILE).strip()
+
+
+def exact_xla_flags(devices: int | None = None) -> str:
+    """XLA_FLAGS with XLA's default code generation, for a command whose result a test compares
+    bit for bit with a claim that holds only there."""
+    return f"--xla_force_host_platform_device_count={devices}" if devices else ""
 
 
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
@@ -27,6 +35,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(Path(__file__).resolve().parents[1] / ".cache" / "jax-tests"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+# Every program is cached, not only those compiling for over a second (JAX's default): at opt level
+# 0 most of the suite's programs compile faster than that, and they recur across commands.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 

@@ -22,7 +22,7 @@ from minilm_jax.train.population_trainer import PopulationTrainer
 from minilm_jax.train.records import is_done, read_pretrain_summary
 from minilm_jax.train.run_log import read_metrics
 
-from conftest import adam_drift_bound, trajectory_tolerance, xla_flags
+from conftest import adam_drift_bound, exact_xla_flags, trajectory_tolerance
 from test_pretrain import (REPO, STEP_TERMS, cli_args, cli_env, small_config, train_losses,
                            wait_for)
 
@@ -66,15 +66,44 @@ def params_of(workdir, which="latest"):
     return jax.tree.leaves(load_model_state(find_checkpoint(Path(workdir), which)[1], config_model))
 
 
-@pytest.fixture(scope="module")
-def trained(word_shards, tmp_path_factory):
-    """One population (lax.map, 1 device) and the four separate runs it should equal."""
-    root = tmp_path_factory.mktemp("population")
-    members = population(word_shards, root / "members")
+def train_population_and_solos(shards: Path, root: Path) -> None:
+    """The population (lax.map, 1 device) and the four separate runs it should equal, under
+    ``root``; its summary in root/population_summary.json."""
+    members = population(shards, root / "members")
     summary = PopulationTrainer(members, root / "pop", "map").run()
     for m in members:
         Pretrainer(m.config, root / "solo" / m.name).run()
-    return root, members, summary
+    (root / "population_summary.json").write_text(json.dumps(summary))
+
+
+# Runs a function of this module in a command (argv: its name, then its path arguments).
+EXACT_COMMAND = r"""
+import sys
+from pathlib import Path
+sys.path.insert(0, "tests")
+import test_population
+getattr(test_population, sys.argv[1])(*map(Path, sys.argv[2:]))
+"""
+
+
+def run_exact(function, *paths: Path) -> None:
+    """Runs ``function(*paths)`` in a command with XLA's default code generation
+    (conftest.exact_xla_flags), where a population equals its separate runs bit for bit (not at
+    the suite's fast-compile opt level)."""
+    out = subprocess.run([sys.executable, "-c", EXACT_COMMAND, function.__name__,
+                          *map(str, paths)], cwd=REPO,
+                         env={**cli_env(), "XLA_FLAGS": exact_xla_flags()},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(word_shards, tmp_path_factory):
+    """One population (lax.map, 1 device) and the four separate runs it should equal (run_exact)."""
+    root = tmp_path_factory.mktemp("population")
+    run_exact(train_population_and_solos, word_shards, root)
+    summary = json.loads((root / "population_summary.json").read_text())
+    return root, population(word_shards, root / "members"), summary
 
 
 def test_members_equal_separate_runs_exactly(trained):
@@ -169,8 +198,7 @@ def test_a_diverging_member_stops_alone(trained, word_shards, tmp_path):
 
 def population_cli(shards, workdir):
     """The population command: base_config's run (8 steps, evaluated and saved every 4) with two
-    seeds, so its programs are those of test_a_diverging_member_stops_alone's 2-member population
-    (read from the compilation cache; with population_env's devices, part of the cache key)."""
+    seeds and the recipe's learning rate, i.e. m0 and m1 of ``trained``."""
     return cli_args(shards, workdir, 8, {
         "eval.every_steps": 4, "eval.batch_size": 48, "checkpoint.every_steps": 4,
         "mlm.max_predictions": 16, "population.seeds": "0,1", "population.peak_lr": "5e-4",
@@ -178,8 +206,9 @@ def population_cli(shards, workdir):
 
 
 def population_env():
-    """The command's environment: this process's 8 fake CPU devices (it trains on one of them)."""
-    return {**cli_env(), "XLA_FLAGS": xla_flags(8)}
+    """The command's environment: 8 fake CPU devices (it trains on one of them) and XLA's default
+    code generation, under which its members equal ``trained``'s separate runs bit for bit."""
+    return {**cli_env(), "XLA_FLAGS": exact_xla_flags(8)}
 
 
 # Runs the population command, sleeping before each dispatch after the 4th (checkpoint 4 is saved
@@ -291,40 +320,42 @@ def test_population_lists_cross_into_named_members(word_shards, tmp_path):
                     ("b", tmp_path / "b", base_config(word_shards, **{"train.batch_size": 8}))])
 
 
-def test_a_packed_sweep_equals_an_unpacked_one_and_reports_seeds(word_shards, tmp_path):
-    import sys as _sys
-
-    from conftest import REPO as _REPO
-    from minilm_jax.report.publish import build_report
-    from minilm_jax.report.options import ReportOptions
-    from minilm_jax.sweep.worker_loop import SweepRunner
-
-    _sys.path.insert(0, str(_REPO / "configs"))
+def tiny_sweep(shards: Path, pack: str):
+    """One design, two pre-training seeds, on one device: its runs' configs are base_config's with
+    seed 0 and 1 (but for the snapshots kept), so they compile the programs of m0's and m1's
+    separate runs (read from the compilation cache). Packing by point: test_the_a4_sweep_..."""
+    sys.path.insert(0, str(REPO / "configs"))
     import sweep as sweep_configs
 
-    def tiny(pack: str):
-        # One design, two pre-training seeds, on one device: its runs' configs are base_config's
-        # with seed 0 and 1 (but for the snapshots kept), so they compile the programs of m0's and
-        # m1's separate runs and of test_a_diverging_member_stops_alone's 2-member population (read
-        # from the compilation cache). Packing by point: test_the_a4_sweep_declares_...
-        s = sweep_configs.demo()
-        s.shards, s.num_steps, s.eval_every, s.vocab_size = str(word_shards), 8, 4, 500
-        s.batch_size = 16
-        s.pretrain_overrides = ("model.max_len=64", "eval.batch_size=48", "train.log_every=4",
-                                "train.progress=False", "mesh.data=1", "mlm.max_predictions=16",
-                                "train.peak_flops=1e12")
-        s.bases, s.ofat, s.groups, s.finetune_tasks = ("b=E32-H32-I64-L1-A2",), (), (), ()
-        s.pretrain_seeds, s.pack, s.report = (0, 1), pack, False
-        return s
+    s = sweep_configs.demo()
+    s.shards, s.num_steps, s.eval_every, s.vocab_size = str(shards), 8, 4, 500
+    s.batch_size = 16
+    s.pretrain_overrides = ("model.max_len=64", "eval.batch_size=48", "train.log_every=4",
+                            "train.progress=False", "mesh.data=1", "mlm.max_predictions=16",
+                            "train.peak_flops=1e12")
+    s.bases, s.ofat, s.groups, s.finetune_tasks = ("b=E32-H32-I64-L1-A2",), (), (), ()
+    s.pretrain_seeds, s.pack, s.report = (0, 1), pack, False
+    return s
 
+
+def packed_and_unpacked_sweeps(shards: Path, root: Path) -> None:
+    """tiny_sweep packed (root/auto) and not (root/off)."""
+    from minilm_jax.sweep.worker_loop import SweepRunner
+
+    for pack in ("auto", "off"):
+        runner = SweepRunner(tiny_sweep(shards, pack), root / pack)
+        assert len(runner.runs) == 2 and runner.runs[1].name == "b__seed=1"
+        assert runner.run()["failures"] == {}
+
+
+def test_a_packed_sweep_equals_an_unpacked_one_and_reports_seeds(word_shards, tmp_path):
+    from minilm_jax.report.options import ReportOptions
+    from minilm_jax.report.publish import build_report
+
+    run_exact(packed_and_unpacked_sweeps, word_shards, tmp_path)
     rows = {}
     for pack in ("auto", "off"):
-        root = tmp_path / pack
-        runner = SweepRunner(tiny(pack), root)
-        assert len(runner.runs) == 2 and runner.runs[1].name == "b__seed=1"
-        outcome = runner.run()
-        assert outcome["failures"] == {}
-        text = (root / "results.jsonl").read_text().replace(str(root), "ROOT")
+        text = (tmp_path / pack / "results.jsonl").read_text().replace(str(tmp_path / pack), "ROOT")
         rows[pack] = [json.loads(line) for line in text.splitlines()]
     assert sorted(p.name for p in (tmp_path / "auto" / "populations").iterdir()) \
         and not (tmp_path / "off" / "populations").exists()

@@ -44,13 +44,21 @@ fi
 
 SOURCE="aochildes:$SHARED/aochildes/original_transcripts"
 echo "== text: $SOURCE   vocabulary: $MINILM_JAX_VOCAB"
-$PY -m minilm_jax.corpus filter --source "$SOURCE" --unit sentence --out "$OUT/corpus" \
-  --overwrite --no_progress
-$PY -m minilm_jax.corpus train-tokenizer --corpus "corpus:$OUT/corpus" --out "$OUT/tokenizer" \
-  --sizes "$TOKENS" --sample 50000 --overwrite --no_progress
-MODEL=$(ls "$OUT"/tokenizer/*.model | head -1)
-$PY -m minilm_jax.corpus shards --corpus "corpus:$OUT/corpus" --tokenizer "$MODEL" \
-  --out "$OUT/shards" --seq_len 128 --mode packed --valid 0.05 --test 0.05 --overwrite --no_progress
+# The text, tokenizer and shards are prepared once per $OUT and token count (a resumed study keeps
+# the shards its runs started on); delete $OUT/prepared to prepare them again.
+if [ "$(cat "$OUT/prepared" 2>/dev/null)" != "tokens=$TOKENS" ]; then
+  rm -f "$OUT/prepared"
+  $PY -m minilm_jax.corpus filter --source "$SOURCE" --unit sentence --out "$OUT/corpus" \
+    --overwrite --no_progress
+  $PY -m minilm_jax.corpus train-tokenizer --corpus "corpus:$OUT/corpus" --out "$OUT/tokenizer" \
+    --sizes "$TOKENS" --sample 50000 --overwrite --no_progress
+  MODEL=$(ls "$OUT"/tokenizer/*.model | head -1)
+  $PY -m minilm_jax.corpus shards --corpus "corpus:$OUT/corpus" --tokenizer "$MODEL" \
+    --out "$OUT/shards" --seq_len 128 --mode packed --valid 0.05 --test 0.05 --overwrite --no_progress
+  echo "tokens=$TOKENS" > "$OUT/prepared"
+else
+  echo "== prepared earlier: $OUT/corpus, $OUT/tokenizer, $OUT/shards ($OUT/prepared)"
+fi
 $PY -m minilm_jax.sweep --config=configs/sweep.py:childes --root="$OUT/study" \
   --config.shards="$OUT/shards" --config.vocab_size=$((TOKENS + 10)) \
   --config.finetune_data_dir="$SHARED/glue" "$@"

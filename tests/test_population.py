@@ -89,10 +89,10 @@ getattr(test_population, sys.argv[1])(*map(Path, sys.argv[2:]))
 def run_exact(function, *paths: Path) -> None:
     """Runs ``function(*paths)`` in a command with XLA's default code generation
     (conftest.exact_xla_flags), where a population equals its separate runs bit for bit (not at
-    the suite's fast-compile opt level)."""
+    the suite's fast-compile opt level), and population_env's 8 fake devices: the device count
+    changes XLA's CPU code too, so both sides of a bit-for-bit comparison use the same."""
     out = subprocess.run([sys.executable, "-c", EXACT_COMMAND, function.__name__,
-                          *map(str, paths)], cwd=REPO,
-                         env={**cli_env(), "XLA_FLAGS": exact_xla_flags()},
+                          *map(str, paths)], cwd=REPO, env=population_env(),
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -185,8 +185,13 @@ def test_a_diverging_member_stops_alone(trained, word_shards, tmp_path):
     assert all(np.isfinite(v) for v in train_losses(tmp_path / "bad").values())
     assert find_checkpoint(tmp_path / "bad", "latest")[0] == bad.step  # its last finite state
     # the healthy member trained as if alone: as m0's separate run (``trained``: the same
-    # config but for the snapshots it keeps)
-    assert train_losses(tmp_path / "ok") == train_losses(trained[0] / "solo" / "m0")
+    # config but for the snapshots it keeps), within 8 steps' rounding (this population is
+    # compiled at the suite's opt level, ``trained`` with XLA's default code); a member disturbed
+    # by its diverged neighbour (a NaN in a shared sum, a skipped or repeated step) is far outside
+    ours, alone = train_losses(tmp_path / "ok"), train_losses(trained[0] / "solo" / "m0")
+    assert ours.keys() == alone.keys()
+    np.testing.assert_allclose([ours[k] for k in alone], [alone[k] for k in alone], rtol=0,
+                               atol=trajectory_tolerance(max(alone.values()), STEP_TERMS, 8))
 
     both_bad = members_of([(n, tmp_path / f"all-{n}", with_fields(base, {"seed": s,
                                                                          "optim.peak_lr": 1e30}))

@@ -55,6 +55,20 @@ LONG_FILES_FIRST = ("test_study_b.py", "test_population.py", "test_sweep.py",
                     "test_interop_workdir.py", "test_latency.py")
 
 
+def pytest_sessionstart(session):
+    """Drop compilation-cache entries left half-written (a ``-cache`` file without its ``-atime``
+    file: a command killed between JAX's two writes, as the kill tests do). JAX's size-capped cache
+    reads every entry's ``-atime`` on each write, so one such entry makes every later write in
+    every process warn on stderr, and a command's output is no longer its one error line. Done once,
+    in the process that starts the workers."""
+    if hasattr(session.config, "workerinput"):
+        return
+    cache = Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    for entry in cache.glob("*-cache") if cache.is_dir() else ():
+        if not entry.with_name(entry.name.removesuffix("-cache") + "-atime").exists():
+            entry.unlink(missing_ok=True)
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept

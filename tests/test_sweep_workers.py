@@ -435,12 +435,19 @@ def test_slurm_launcher_on_a_real_slurm(sequential, tmp_path):
 
 
 def test_one_failed_unit_is_retried_alone(sequential, word_shards, tmp_path, capsys):
-    """The failed run (eval batch 45 on 2 devices) is retried alone on one device, where it fits."""
+    """The failed run (eval batch 45 on 2 devices) is retried alone on one device, where it fits,
+    by a later launch; a worker of the launch it failed in (one that started late) leaves it."""
+    from minilm_jax.sweep.claims import LAUNCHED_AT_ENV
+
     _, seq_root, _ = sequential
     config = sweep_file(tmp_path, word_shards, AT_END, report=False)  # the same runs; no report
     root = tmp_path / "sweep"
     shutil.copytree(seq_root, root)
     env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
+    sibling = subprocess.run(sweep_cmd(config, root, f"--only={FAILING}", "--stage=pretrain"),
+                             cwd=REPO, env={**env, LAUNCHED_AT_ENV: "0"}, capture_output=True,
+                             text=True, timeout=600)
+    assert sibling.returncode == 1 and units_started(sibling.stdout) == [], sibling.stdout[-3000:]
     proc = subprocess.run(sweep_cmd(config, root, f"--only={FAILING}", "--stage=pretrain"),
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

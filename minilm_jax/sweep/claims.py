@@ -56,6 +56,9 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# Set by a launcher for the workers it starts together: the time of that launch (seconds since the
+# epoch). A worker does not retry a unit that failed after its launch (sweep.worker_loop).
+LAUNCHED_AT_ENV = "MINILM_SWEEP_LAUNCHED_AT"
 LOST_EXIT_STATUS = 75  # EX_TEMPFAIL: this worker stopped; its unit goes on under another
 
 

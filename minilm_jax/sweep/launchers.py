@@ -21,13 +21,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
 from minilm_jax.errors import UserError
 from minilm_jax.storage import RunPath, is_remote
 
-from .claims import LOST_EXIT_STATUS
+from .claims import LAUNCHED_AT_ENV, LOST_EXIT_STATUS
 
 LAUNCHERS = ("local", "gpus", "slurm", "tpu")
 # Flags the launcher consumes; a worker's command line is the rest plus --launcher=local.
@@ -64,6 +65,12 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "minilm_jax.sweep", *keep, "--launcher=local", "--workers=1"]
 
 
+def launch_env() -> dict[str, str]:
+    """The environment the workers of one launch share: its time, so a worker that starts late
+    does not retry a unit a sibling failed (claims.LAUNCHED_AT_ENV)."""
+    return {LAUNCHED_AT_ENV: repr(time.time())}
+
+
 def _relay(stream, prefix: str) -> None:
     for line in iter(stream.readline, ""):
         sys.stdout.write(f"{prefix}{line}")
@@ -76,9 +83,9 @@ def run_local_workers(argv: Sequence[str], envs: Sequence[dict[str, str]]) -> li
     that signal). Each worker is reaped the moment it ends (a waiter thread each), so a killed one
     never lingers as a zombie that the others' claims would take for alive: they see it gone
     within one look and take its unit over."""
-    procs, threads = [], []
+    procs, threads, launched = [], [], launch_env()
     for i, extra in enumerate(envs):
-        proc = subprocess.Popen(worker_argv(argv), env={**os.environ, **extra},
+        proc = subprocess.Popen(worker_argv(argv), env={**os.environ, **launched, **extra},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         relay = threading.Thread(target=_relay, args=(proc.stdout, f"[w{i}] "), daemon=True)
         reaper = threading.Thread(target=_reap, args=(proc, f"w{i}"), daemon=True)
@@ -134,11 +141,11 @@ class SweepWorkerJob:
     """A SLURM task of a sweep: runs one worker; submitit requeues it when preempted or out of
     time (its unit resumes from its checkpoint)."""
 
-    def __init__(self, command: list[str], cwd: str):
-        self.command, self.cwd = command, cwd
+    def __init__(self, command: list[str], cwd: str, env: dict[str, str]):
+        self.command, self.cwd, self.env = command, cwd, env
 
     def __call__(self) -> int:
-        code = subprocess.run(self.command, cwd=self.cwd).returncode
+        code = subprocess.run(self.command, cwd=self.cwd, env={**os.environ, **self.env}).returncode
         # 1: some unit failed and is recorded; 75: this worker's unit went to another worker
         if code not in (0, 1, LOST_EXIT_STATUS):  # anything else is an error
             raise RuntimeError(f"sweep worker exited with status {code}")
@@ -186,7 +193,7 @@ def submit_slurm(argv: Sequence[str], root: RunPath, workers: int, options: Slur
         executor.update_parameters(**params)
     else:
         raise UserError(f"--slurm_executor={options.executor!r}: use slurm or local")
-    job = SweepWorkerJob(worker_argv(argv), os.getcwd())
+    job = SweepWorkerJob(worker_argv(argv), os.getcwd(), launch_env())
     with executor.batch():
         jobs = [executor.submit(job) for _ in range(workers)]
     return jobs

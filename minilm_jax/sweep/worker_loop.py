@@ -7,7 +7,9 @@ a fine-tuning job or population) by claiming it (:mod:`minilm_jax.sweep.claims`)
 units left are held by others or wait for a pre-training another worker runs, and ends when every
 unit is settled. A unit left by a killed worker is resumed from its checkpoint by the next worker.
 Folders: :mod:`minilm_jax.sweep.layout`. Re-running skips finished work and resumes interrupted
-runs; a unit that failed is tried again by a worker started after the failure. Runs pre-trained as
+runs; a unit that failed is tried again by a worker of a later launch (the workers one launcher
+starts share its launch time, ``claims.LAUNCHED_AT_ENV``: one that starts late does not retry a
+unit a sibling failed). Runs pre-trained as
 one population (``pack=auto``) are fine-tuned as one too: a task's pre-trained jobs of every packed
 run (same shapes, only the checkpoint differs) train in one program, each job still in its own
 folder; a re-run whose config would change what a workdir was trained with is refused before
@@ -18,6 +20,7 @@ anything runs (:meth:`SweepRunner._refuse_changed`). The report is built by the 
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -37,7 +40,7 @@ from minilm_jax.train.dispatch import StopRequest, stop_signals
 from minilm_jax.train.records import DONE, is_done
 from minilm_jax.train.run_loop import LoopSpec
 
-from .claims import ClaimBoard, worker_id
+from .claims import LAUNCHED_AT_ENV, ClaimBoard, worker_id
 from .evals_stage import EvaluationStage, plain_entries, twin_seed
 from .layout import FinetuneJob, SweepLayout, finetune_jobs
 from .population_packing import packs
@@ -104,6 +107,15 @@ def stop_error(outcome: dict[str, Any]) -> Interrupted | None:
         f"{stopped['run']} {stopped['stage']} (its step is saved); results and report are "
         "incomplete: run the same command again to resume",
         exit_status=130 if signal_name == "SIGINT" else 143)
+
+
+def _launched_at() -> float:
+    """This worker's launch time: its launcher's (LAUNCHED_AT_ENV), else now."""
+    value = os.environ.get(LAUNCHED_AT_ENV, "")
+    try:
+        return min(float(value), time.time()) if value else time.time()
+    except ValueError:
+        raise UserError(f"{LAUNCHED_AT_ENV}={value!r} is not a time in seconds") from None
 
 
 class SweepRunner:
@@ -292,7 +304,7 @@ class SweepRunner:
         return PopulationTrainer(members, self.layout.population_dir(names))
 
     def _failed_since(self, run: str, stage: str, started: float) -> bool:
-        """Whether ``stage`` of ``run`` failed after this worker started (not tried again now)."""
+        """Whether ``stage`` of ``run`` failed after this worker's launch (not tried again now)."""
         entry = self.status.entry(run, stage)
         return entry.get("state") == "failed" and float(entry.get("time", 0)) >= started
 
@@ -303,7 +315,7 @@ class SweepRunner:
         None)."""
         selected = [r for r in self.runs if not only or only in r.name]
         self._only = only
-        started, interrupted, seen = time.time(), None, set()
+        started, interrupted, seen = _launched_at(), None, set()
         while interrupted is None:
             waiting = False  # a unit held by another worker, or waiting for its pre-training
             for i, run in enumerate(selected, 1):
@@ -338,7 +350,8 @@ class SweepRunner:
                         waiting = True
                         continue
                     with claim:
-                        if self._done(workdir):  # finished while we looked
+                        # finished, or failed, while we looked (another worker released it)
+                        if self._done(workdir) or self._failed_since(run.name, stage, started):
                             continue
                         print(f"== [{i}/{len(selected)}] {run.name} ({run.point})" if stage ==
                               "pretrain" else f"== {run.name} {label.replace(':', ': ', 1)} -> "

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Study B: does pre-training help tiny models, does the gap grow with the pre-training set and with
 # token overlap, and does a soft committee of 1-layer members match a 6-layer model (and how fast)?
-# CPU scale, offline, on the shared development data (about 30 minutes on 2 cores, estimated; 14
-# minutes measured with one pre-training run per point, protocol v2):
+# CPU scale, offline, on the shared development data (33 minutes measured on 2 cores with the
+# pre-training seeds of protocol v3; 14 minutes with one pre-training run per point, protocol v2):
 #   WikiText-2 paragraphs -> uncased WordPiece vocabulary (tokenizers' trainer) -> nested subsets
 #   (first 64 tokens of each paragraph) -> the `study_b` sweep of configs/sweep.py (pre-train 1-layer
 #   models on each subset and a 6-layer model on the largest, each with pre-training seeds 0,1,2;

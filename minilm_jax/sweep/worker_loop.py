@@ -9,12 +9,11 @@ unit is settled. A unit left by a killed worker is resumed from its checkpoint b
 Folders: :mod:`minilm_jax.sweep.layout`. Re-running skips finished work and resumes interrupted
 runs; a unit that failed is tried again by a worker of a later launch (the workers one launcher
 starts share its launch time, ``claims.LAUNCHED_AT_ENV``: one that starts late does not retry a
-unit a sibling failed). Runs pre-trained as
-one population (``pack=auto``) are fine-tuned as one too: a task's pre-trained jobs of every packed
-run (same shapes, only the checkpoint differs) train in one program, each job still in its own
-folder; a re-run whose config would change what a workdir was trained with is refused before
-anything runs (:meth:`SweepRunner._refuse_changed`). The report is built by the command
-(:mod:`minilm_jax.sweep.workers`), not here.
+unit a sibling failed). Runs pre-trained as one population (``pack=auto``) are fine-tuned as one
+too: a task's pre-trained jobs of every packed run (same shapes, only the checkpoint differs)
+train in one program, each job still in its own folder; a re-run whose config would change what
+a workdir was trained with is refused before anything runs (:meth:`SweepRunner._refuse_changed`).
+The report is built by the command (:mod:`minilm_jax.sweep.workers`), not here.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/venv.sh
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+record_install "" bbc test  # the test extras include bbc: the launch scripts the tests run skip pip
 if [ "${MINILM_TEST_INTEROP:-1}" != "0" ] && ! .venv/bin/python -c 'import torch, transformers' 2>/dev/null; then
   # CPU torch for the Hugging Face export test (2.13.0 has a CPU wheel on the CI machines).
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" \

@@ -4,14 +4,20 @@ import os
 from pathlib import Path
 
 # XLA flags for the suite and every command it starts (MINILM_TEST_XLA_FLAGS; "" for XLA's default
-# code generation). By default LLVM opt level 0: the suite is compile-bound, and opt level 0 cuts a
-# compile-bound test's CPU time by ~30%. What it changes is code generation, so the last float32
-# digits; the tests compare floats with tolerances derived from the arithmetic, which another
-# processor's code needs anyway. The one claim that holds only with XLA's default code generation,
-# a lax.map population equals its separate runs bit for bit (tests/test_population.py), runs its
-# two sides in commands started with ``exact_xla_flags``.
+# code generation). The suite is compile-bound, so by default XLA compiles cheaply: LLVM opt level 0
+# (~30% less CPU on a compile-bound test), the CPU backend's older elemental emitters instead of its
+# fusion emitters (tests/test_pretrain.py + tests/test_model.py in process, cold cache: 105 -> 79
+# CPU-seconds), and no splitting of a module for parallel LLVM code generation (~7% less at opt
+# level 0; the other xdist worker has the second core). What they change is code generation, so
+# the last float32 digits; the tests compare floats with tolerances derived from the arithmetic,
+# which another processor's code needs anyway. The one claim that holds only with XLA's default
+# code generation, a lax.map population equals its separate runs bit for bit
+# (tests/test_population.py), runs its two sides in commands started with ``exact_xla_flags``.
+# XLA aborts on a flag it does not know: these exist in the jaxlib versions pyproject.toml allows.
 FAST_COMPILE = os.environ.get("MINILM_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0 "
-                              "--xla_llvm_disable_expensive_passes=true")
+                              "--xla_llvm_disable_expensive_passes=true "
+                              "--xla_cpu_use_fusion_emitters=false "
+                              "--xla_cpu_parallel_codegen_split_count=1")
 
 
 def xla_flags(devices: int | None = None) -> str:
@@ -98,7 +104,8 @@ def pytest_runtest_protocol(item, nextitem):
 
     wall0, cpu0 = time.monotonic(), cpu()
     yield
-    row = {"test": item.nodeid, "wall": time.monotonic() - wall0, "cpu": cpu() - cpu0}
+    row = {"test": item.nodeid, "wall": time.monotonic() - wall0, "cpu": cpu() - cpu0,
+           "worker": os.environ.get("PYTEST_XDIST_WORKER", ""), "end": time.time()}
     with open(CPU_LOG, "a") as f:
         f.write(json.dumps(row) + "\n")
 

@@ -390,6 +390,31 @@ def test_constant_scores_say_undefined_instead_of_crashing(tmp_path):
     assert "undefined (one side is constant)" in md.read_text()
 
 
+def test_a_random_init_run_may_resume_through_another_checkpoint_of_its_model(pretrained,
+                                                                                tmp_path):
+    """A random-init run takes only its architecture and tokenizer from ``init.checkpoint`` (a
+    sweep's seeds of one design share one random-init twin): resumed through another checkpoint
+    that builds the same model with the same tokenizer it goes on; a pre-trained run is refused,
+    and so is a random-init run whose model is built differently."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(pretrained["pre"], copy)
+    for init in ("random", "pretrained"):
+        Finetuner(ag_config(pretrained, **SMALL_RUN), tmp_path / init, init).lock.release()
+    moved = ag_config(pretrained, **SMALL_RUN)
+    moved.init.checkpoint = str(copy)
+    tuner = Finetuner(moved, tmp_path / "random", "random")  # accepted, and recorded
+    tuner.lock.release()
+    assert json.loads((tmp_path / "random" / "config.json").read_text())[
+        "init.checkpoint"] == str(copy)
+    with pytest.raises(UserError, match=r"different config \(init.checkpoint: "):
+        Finetuner(moved, tmp_path / "pretrained", "pretrained")
+    moved.model.pooler = "weighted_sum"
+    with pytest.raises(UserError, match=r"different config \(model.pooler: .*model_built"):
+        Finetuner(moved, tmp_path / "random", "random")
+
+
 def test_model_fields_apply_on_top_of_a_checkpoint(pretrained, tmp_path):
     """``--config.model.pooler=...`` with ``init.checkpoint``: built, and recorded as built."""
     config = ag_config(pretrained)

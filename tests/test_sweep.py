@@ -177,6 +177,30 @@ def test_a_changed_sweep_is_refused_and_only_judges_its_runs(word_shards, tmp_pa
         run_worker(sweep, tmp_path)
 
 
+def test_a_shared_random_twin_built_by_one_seeds_run_is_accepted_for_the_others(word_shards,
+                                                                                 tmp_path):
+    """A design's pre-training seeds share one random-init fine-tuning twin, whose config.json names
+    the checkpoint of whichever run built it: a re-run of the sweep (a resumed study) accepts it
+    for every seed. Another fine-tuning recipe is another twin (its own folder)."""
+    from minilm_jax.run_config import flatten
+    from minilm_jax.sweep.layout import finetune_jobs
+
+    sweep = tiny_sweep(word_shards)
+    sweep.ofat, sweep.pretrain_seeds = (), (1, 2)
+    sweep.finetune_tasks, sweep.finetune_init, sweep.finetune_checkpoints = ("sst2",), "both", (1.0,)
+    runner = SweepRunner(sweep, tmp_path)
+    twins = [job for run in runner.runs for job in finetune_jobs(sweep, run, tmp_path)
+             if job.init == "random"]
+    assert len(runner.runs) == len(twins) == 2 and twins[0].workdir == twins[1].workdir
+    assert twins[0].config.init.checkpoint != twins[1].config.init.checkpoint
+    twins[1].workdir.mkdir(parents=True)  # the second seed's run fine-tuned the twin
+    (twins[1].workdir / "config.json").write_text(json.dumps(flatten(twins[1].config)))
+    runner._refuse_changed(runner.runs)  # accepted for both seeds
+    sweep.finetune_overrides = tuple(sweep.finetune_overrides) + ("train.epochs=3",)
+    assert {job.workdir for job in finetune_jobs(sweep, runner.runs[0], tmp_path)
+            if job.init == "random"} != {twins[0].workdir}  # another recipe: another twin
+
+
 def test_main_job_end_to_end_smallest_size(tmp_path):
     """README command 1 at the `smoke` size: held-out article split -> corpus -> tokenizer -> shards
     (+ baselines) -> 2 pre-trainings with snapshots at 50% and 100% -> every snapshot and one random

@@ -58,6 +58,16 @@ RESUMABLE_FIELDS = ("train.log_every", "train.progress", "checkpoint.every_steps
                     "checkpoint.every_minutes", "checkpoint.keep", "checkpoint.keep_finished",
                     "mesh.data", "mesh.fsdp", "train.steps_per_dispatch", "train.members", "eval.batch_size",
                     *DISTRIBUTED_FIELDS)
+# A random-init run takes only its architecture and tokenizer from ``init.checkpoint``, and its
+# identity records both (``model_built``, ``tokenizer_sha256``): which checkpoint supplied them is
+# not part of the run (a sweep's runs of one architecture share one random-init twin).
+RANDOM_INIT_SOURCE_FIELDS = ("init.checkpoint", "init.which")
+
+
+def resumable_fields(init_mode: str) -> tuple[str, ...]:
+    """Fields a run with ``init_mode`` may resume with changed: run control, and for random init
+    the checkpoint that supplied its architecture and tokenizer."""
+    return RESUMABLE_FIELDS + (RANDOM_INIT_SOURCE_FIELDS if init_mode == "random" else ())
 
 
 def describe(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.state import MembersState
 
-from .config_rules import RESUMABLE_FIELDS
+from .config_rules import resumable_fields
 from .model_selection import VALIDATION, majority_baseline, member_metrics, sample_std
 from .programs import classifier_config, finetune_program
 from .run_folder import RunFolder, check_population, lock_folders, open_folders
@@ -75,7 +75,8 @@ class Finetuner(LoopSpec):
         identities = [f.identity(self.init_mode, self.tokenizer.sha256, self.model_cfg.to_dict())
                       for f in self.folders]  # model_built: what config.json's fields made
         self.identity, self.lock = lock_folders(self.workdir, self.folders, identities,
-                                                RESUMABLE_FIELDS, self.is_population)
+                                                resumable_fields(self.init_mode),
+                                                self.is_population)
 
     # ----------------------------------------------------------------------------- setup
     def _plan(self) -> None:
@@ -216,7 +217,7 @@ class Finetuner(LoopSpec):
             return earlier
         ckpts, self.writer, start, self.state = open_run(
             self.workdir, config.checkpoint, self.state, identity=self.identity,
-            resumable=RESUMABLE_FIELDS, keep_best=False)
+            resumable=resumable_fields(self.init_mode), keep_best=False)
         self.writers = {self.folders[0].name: self.writer}
         if self.is_population:
             self.writers = {f.name: MetricsWriter(f.workdir) for f in self.folders}

@@ -29,7 +29,7 @@ import ml_collections
 
 from minilm_jax.errors import Interrupted, UserError
 from minilm_jax.evals.common import from_config as evaluator_from_config
-from minilm_jax.finetune.config_rules import RESUMABLE_FIELDS as FINETUNE_RUN_CONTROL
+from minilm_jax.finetune.config_rules import resumable_fields
 from minilm_jax.finetune.config_rules import validate_finetune_config
 from minilm_jax.model import accounting
 from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config
@@ -397,7 +397,7 @@ class SweepRunner:
             if fields:
                 changed.append(f"{relative_location(pre_dir, self.root)} ({'; '.join(fields[:4])})")
             for job in finetune_jobs(self.sweep, run, self.layout):
-                fields = changed_fields(job.workdir, job.config, FINETUNE_RUN_CONTROL)
+                fields = changed_fields(job.workdir, job.config, resumable_fields(job.init))
                 if fields:
                     changed.append(f"{relative_location(job.workdir, self.root)} "
                                    f"({'; '.join(fields[:4])})")

@@ -379,6 +379,8 @@ def test_a_packed_sweep_equals_an_unpacked_one_and_reports_seeds(word_shards, tm
 
 
 def test_gaps_use_the_pretraining_seed_as_the_unit():
+    from scipy import stats as scipy_stats
+
     from minilm_jax.analysis.seeds import seed_gaps
 
     def row(kind, run, seed, **extra):
@@ -396,7 +398,20 @@ def test_gaps_use_the_pretraining_seed_as_the_unit():
     assert gap.interval["mean"] == pytest.approx(29 / 3)
     assert gap.interval["sd"] == pytest.approx(np.std([10, 12, 7], ddof=1))
     assert gap.interval["low"] < gap.interval["mean"] < gap.interval["high"]
-    assert 0 < gap.p_value < 0.05
+    assert 0 < gap.p_value < 0.05 and gap.method == "t"  # each seed its own twin: one-sample t
+
+    # One random-init twin shared by the seeds (one fine-tuning workdir, its 3 fine-tuning
+    # seeds' scores): Welch's t between the seeds' scores and the twin's, the twin counted once.
+    twin = [55.0, 60.0, 66.0]
+    shared = [dict(r, finetune_workdir="random/P/t", member_scores=twin, score=float(np.mean(twin)))
+              if r.get("init") == "random" else r for r in rows]
+    (gap,) = seed_gaps(shared)
+    welch = scipy_stats.ttest_ind([70.0, 72.0, 68.0], twin, equal_var=False)
+    assert gap.gaps == pytest.approx([70 - 181 / 3, 72 - 181 / 3, 68 - 181 / 3])
+    assert (gap.interval["low"], gap.interval["high"]) == pytest.approx(
+        tuple(welch.confidence_interval(0.95)))
+    assert gap.p_value == pytest.approx(welch.pvalue) and gap.p_value > 0.05
+    assert gap.method.startswith("Welch t")
 
 
 def test_the_a4_sweep_declares_three_seeds_per_point_packed_by_point():

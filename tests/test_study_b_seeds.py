@@ -56,7 +56,7 @@ def gap_rows():
                              "pretrained": mean_sd(list(pre.values())),
                              "random": mean_sd(list(rnd.values())), "majority": 25.0,
                              "gap": paired_gap(pre, rnd), "pretrained_by_seed": pre,
-                             "random_by_seed": rnd})
+                             "random_by_seed": rnd, "random_workdir": f"random/{model}/{task}"})
     return rows
 
 
@@ -76,7 +76,10 @@ def check_effect(effect, values):
     assert effect.p == pytest.approx(stats.ttest_1samp(x, 0.0).pvalue, rel=1e-9)
 
 
-def test_b1_one_gap_per_pretraining_seed():
+def test_b1_one_gap_per_pretraining_seed_against_the_shared_twin_counted_once():
+    """The seeds' gaps are shown one per seed; the interval and p are Welch's t between the seeds'
+    mean pre-trained scores and the one shared twin's fine-tuning seeds (scipy's, independently);
+    rows whose seeds each have their own twin get the one-sample t over the gaps."""
     rows = gap_rows()
     found = gaps_over_seeds(rows)
     assert [(g.task, g.model, g.subset) for g in found] == [
@@ -85,10 +88,22 @@ def test_b1_one_gap_per_pretraining_seed():
     for g in found:
         values = [expected_gap(g.task, g.model, g.subset, s) for s in SEEDS]
         assert g.gap.values == pytest.approx(dict(zip(SEEDS, values)), abs=1e-9)
-        assert g.gap.unit == "pre-training seed"
-        check_effect(g.gap, values)
+        assert g.gap.unit == "pre-training seed" and g.gap.n == len(SEEDS)
+        means = [np.mean([pretrained(g.task, g.model, g.subset, s, f) for f in FT]) for s in SEEDS]
+        twin = [RANDOM[g.task] + (1.0 if g.model == "l6" else 0.0) - FT_NOISE[f] for f in FT]
+        welch = stats.ttest_ind(means, twin, equal_var=False)
+        assert g.gap.mean == pytest.approx(np.mean(values), abs=1e-9)
+        assert g.gap.sd == pytest.approx(np.std(values, ddof=1), abs=1e-9)
+        assert (g.gap.low, g.gap.high) == pytest.approx(tuple(welch.confidence_interval(0.95)),
+                                                        abs=1e-9)
+        assert g.gap.p == pytest.approx(welch.pvalue, rel=1e-9)
+        assert g.gap.method == "Welch t vs a shared twin (3 fine-tuning seeds)"
         assert g.random["sd"] == pytest.approx(0.0)  # one shared twin per architecture
         assert g.pretrained["n"] == 3 and g.majority == 25.0
+    own = [{**r, "random_workdir": f"{r['random_workdir']}/seed{r['seed']}"} for r in rows]
+    for g in gaps_over_seeds(own):
+        check_effect(g.gap, [expected_gap(g.task, g.model, g.subset, s) for s in SEEDS])
+        assert g.gap.method == "t"
     with pytest.raises(ValueError, match="two rows"):
         gaps_over_seeds(rows + rows[:1])
 
@@ -151,7 +166,15 @@ def test_b4_committee_against_each_deep_seed_and_members_paired_by_seed():
         assert c.committee == pytest.approx(largest)
         deep_means = [np.mean(list(result["deep_by_seed"][s].values())) for s in SEEDS]
         assert c.largest_minus_deep.unit == "6-layer pre-training seed"
-        check_effect(c.largest_minus_deep, [largest - d for d in deep_means])
+        # the one committee against the 6-layer seeds: Welch's t, the committee counted once
+        effect = c.largest_minus_deep
+        assert effect.values == pytest.approx({s: largest - d for s, d in zip(SEEDS, deep_means)})
+        welch = stats.ttest_ind(list(result["largest_by_seed"].values()), deep_means,
+                                equal_var=False)
+        assert (effect.mean, effect.n) == (pytest.approx(largest - np.mean(deep_means)), 3)
+        assert (effect.low, effect.high) == pytest.approx(tuple(welch.confidence_interval(0.95)))
+        assert effect.p == pytest.approx(welch.pvalue)
+        assert effect.method == "Welch t vs the one committee (3 fine-tuning seeds)"
         # member of seed s against the 6-layer model of seed s: 5 - s points
         check_effect(c.single_minus_deep, [5.0 - s for s in SEEDS])
         assert c.single_minus_deep.values == pytest.approx({0: 5.0, 1: 4.0, 2: 3.0})

@@ -1,6 +1,7 @@
 """Statistics with the pre-training run as the unit of replication: one value per pre-training
 seed (or run), summarised by the mean, sample sd (ddof = 1), n, a t interval and a one-sample
-t-test against 0 (:class:`SeedEffect`); and a Pearson r computed within each seed, summarised over
+t-test against 0 (:class:`SeedEffect`), or, for gaps to one baseline run that every seed shares,
+Welch's t against that run's own replicates (:func:`gap_to_shared_baseline`); and a Pearson r computed within each seed, summarised over
 seeds on the Fisher-z scale (:class:`CorrelationOverSeeds`). Used by
 :mod:`~minilm_jax.analysis.zero_shot_seeds` and :mod:`~minilm_jax.analysis.study_b_seeds`."""
 
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from minilm_jax.analysis.stats import PearsonResult, format_p, pearson_fisher, t_interval
+from minilm_jax.analysis.stats import (PearsonResult, format_p, pearson_fisher, t_interval,
+                                      welch_t)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class SeedEffect:
     high: float
     p: float  # two-sided one-sample t-test against 0 (NaN for one value)
     confidence: float = 0.95
+    # how low, high and p were computed: "t" (one-sample, over the values) or, for gaps to one
+    # shared baseline run, "Welch t vs a shared twin (m fine-tuning seeds)"
+    method: str = "t"
 
     @property
     def defined(self) -> bool:
@@ -52,7 +57,7 @@ class SeedEffect:
             return f"{self.mean:+.{digits}f} (n = {self.n}: no interval)"
         pct = round(100 * self.confidence)
         return (f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}] "
-                f"({pct}% t CI, sd {self.sd:.{digits}f}, n = {self.n} {self.unit}s, "
+                f"({pct}% {self.method} CI, sd {self.sd:.{digits}f}, n = {self.n} {self.unit}s, "
                 f"p = {format_p(self.p)})")
 
 
@@ -74,6 +79,28 @@ def seed_effect(label: str, values: Mapping[Any, float], unit: str = "pre-traini
         p = float(stats.ttest_1samp(x, 0.0).pvalue)
     return SeedEffect(label, unit, values, interval["mean"], interval["sd"], int(x.size),
                       interval["low"], interval["high"], p, confidence)
+
+
+def gap_to_shared_baseline(label: str, scores: Mapping[Any, float], baseline: Sequence[float],
+                           unit: str = "pre-training seed", confidence: float = 0.95
+                           ) -> SeedEffect:
+    """``scores`` (one per replicate) minus one baseline run that every replicate shares (a
+    random-init twin shared by a design's pre-training seeds; ``baseline``: its fine-tuning seeds'
+    scores). ``values`` are the per-replicate gaps; the interval and p are Welch's t between the
+    replicates' scores and the baseline's, so the baseline's own spread counts and the one run it
+    is counts once (a one-sample t over the gaps would treat its mean as known)."""
+    scores = {k: float(v) for k, v in scores.items()}
+    base = np.asarray(baseline, dtype=np.float64).reshape(-1)
+    values = {k: v - float(base.mean()) for k, v in scores.items()}
+    x = np.asarray(list(values.values()), dtype=np.float64)
+    nan = float("nan")
+    method = f"Welch t vs a shared twin ({base.size} fine-tuning seeds)"
+    sd = float(x.std(ddof=1)) if x.size > 1 else nan
+    welch = welch_t(list(scores.values()), base, confidence)
+    if welch is None:  # too few values or no spread at all: the one-sample summary
+        return seed_effect(label, values, unit, confidence)
+    mean, low, high, p = welch
+    return SeedEffect(label, unit, values, mean, sd, int(x.size), low, high, p, confidence, method)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Pre-training seeds as the unit of replication: for every design place of a sweep pre-trained
 with several seeds (``pretrain_seeds``; rows carry ``design`` and ``pretrain_seed``), the final
 validation loss over seeds and the pre-trained-minus-random downstream gap computed per
-pre-training seed (its fine-tuning seeds averaged inside), each with n, the sample sd, a 95% t
-interval and, for gaps, a one-sample t-test p-value; ICER and the iso groups computed within each
+pre-training seed (its fine-tuning seeds averaged inside), each with n, the sample sd, a 95%
+interval and, for gaps, a p-value (one-sample t; Welch's t against a twin the seeds share); ICER and the iso groups computed within each
 seed (runs of different seeds are never compared with each other) and summarised over seeds;
 the perplexity-vs-downstream correlation within each pre-training seed, summarised over seeds.
 Each run is counted once."""
@@ -21,7 +21,9 @@ from minilm_jax.analysis.depth import depth_analysis
 from minilm_jax.analysis.downstream import (CheckpointCorrelation, finetune_runs,
                                             perplexity_correlation)
 from minilm_jax.analysis.icer import icer_analysis
-from minilm_jax.analysis.results import RunSummary, downstream_scores, rows_of_kind
+from minilm_jax.analysis.replication import gap_to_shared_baseline
+from minilm_jax.analysis.results import (RunSummary, downstream_scores, final_downstream_rows,
+                                         rows_of_kind)
 from minilm_jax.analysis.stats import t_interval
 
 
@@ -44,8 +46,9 @@ class SeedGap:
     design: str
     task: str
     gaps: list[float]
-    interval: dict[str, float]
+    interval: dict[str, float]  # mean and sd of the gaps, n seeds, low and high (``method``'s)
     p_value: float
+    method: str = "t"  # "t": one-sample over the gaps; else Welch's against a shared twin
 
 
 def multi_seed_designs(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[int, str]]:
@@ -79,10 +82,19 @@ def seed_spreads(rows: list[Mapping[str, Any]], flops_key: str = "flops_paper"
     return out
 
 
+def _twins(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """(run, task) -> the random-init row of that run's fine-tuning on that task."""
+    return {(r["run"], r["task"]): r for r in final_downstream_rows(rows) if r["init"] == "random"}
+
+
 def seed_gaps(rows: list[Mapping[str, Any]]) -> list[SeedGap]:
     """Per design place and task scored with both inits on every seed: the gap per pre-training
-    seed, its t interval and the p-value of a one-sample t-test against 0 (n = seeds)."""
-    scores = downstream_scores(rows)
+    seed (n = seeds) with a 95% interval and p. Where every seed has its own twin: a one-sample t
+    over the gaps. Where one random-init twin is shared by the design's seeds (one fine-tuning
+    workdir): Welch's t between the seeds' pre-trained scores and the twin's fine-tuning seeds,
+    so the twin, one run, counts once and its own spread counts
+    (:func:`~minilm_jax.analysis.replication.gap_to_shared_baseline`)."""
+    scores, twins = downstream_scores(rows), _twins(rows)
     out = []
     for design, runs in sorted(multi_seed_designs(rows).items()):
         tasks = sorted({t for (run, t, _) in scores if run in runs.values()})
@@ -92,6 +104,17 @@ def seed_gaps(rows: list[Mapping[str, Any]]) -> list[SeedGap]:
             if any(p is None or r is None for p, r in pairs):
                 continue
             gaps = [p.score - r.score for p, r in pairs]
+            shared = {str(twins[(run, task)].get("finetune_workdir") or run)
+                      for run in runs.values() if (run, task) in twins}
+            twin = twins.get((next(iter(runs.values())), task))
+            if len(shared) == 1 and len(runs) > 1 and twin and twin.get("member_scores"):
+                effect = gap_to_shared_baseline(design, {s: p.score for s, (p, _) in
+                                                         zip(runs, pairs)},
+                                                twin["member_scores"])
+                interval = {"mean": effect.mean, "sd": effect.sd, "n": effect.n,
+                            "low": effect.low, "high": effect.high}
+                out.append(SeedGap(design, task, gaps, interval, effect.p, effect.method))
+                continue
             p_value = (float(scipy_stats.ttest_1samp(gaps, 0.0).pvalue)
                        if len(gaps) > 1 and np.std(gaps) > 0 else float("nan"))
             out.append(SeedGap(design, task, gaps, t_interval(gaps), p_value))

@@ -122,15 +122,28 @@ def paired_gap(a_by_seed: dict[Any, float], b_by_seed: dict[Any, float],
     b = np.asarray(list(b_by_seed.values()), dtype=np.float64)
     if a.size < 2 or b.size < 2:
         return _undefined_gap("fewer than 2 seeds on a side", int(min(a.size, b.size)), "Welch t")
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    mean = float(a.mean() - b.mean())
-    if va + vb == 0.0:
+    welch = welch_t(a, b, confidence)
+    if welch is None:
         return _undefined_gap("no variance", int(a.size + b.size), "Welch t")
+    mean, low, high, p = welch
+    return Gap(mean, low, high, p, int(a.size + b.size), float("nan"), "Welch t", confidence)
+
+
+def welch_t(a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+            ) -> tuple[float, float, float, float] | None:
+    """mean(a) - mean(b), its Welch-Satterthwaite t interval and two-sided p (unequal variances);
+    None when a side has fewer than 2 values or neither side varies."""
+    a, b = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.size < 2 or b.size < 2:
+        return None
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    if va + vb == 0.0:
+        return None
+    mean = float(a.mean() - b.mean())
     dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
-    half = stats.t.ppf(0.5 + confidence / 2, dof) * math.sqrt(va + vb)
+    half = float(stats.t.ppf(0.5 + confidence / 2, dof) * math.sqrt(va + vb))
     p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    return Gap(mean, mean - half, mean + half, p, int(a.size + b.size), float("nan"), "Welch t",
-               confidence)
+    return mean, mean - half, mean + half, p
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,8 @@ def gap_rows(design: Design) -> list[dict[str, Any]]:
                          "subset": size, "pretrained": mean_sd(list(pre.by_seed.values())),
                          "random": mean_sd(list(rnd.by_seed.values())), "majority": pre.majority,
                          "gap": paired_gap(pre.by_seed, rnd.by_seed),
-                         "pretrained_by_seed": pre.by_seed, "random_by_seed": rnd.by_seed})
+                         "pretrained_by_seed": pre.by_seed, "random_by_seed": rnd.by_seed,
+                         "random_workdir": str(rnd.workdir)})
     return rows
 
 

@@ -2,11 +2,14 @@
 with ``pretrain_seeds``), from the per-run rows of :mod:`minilm_jax.analysis.study_b`.
 
 A pre-training seed's gap on a task is its fine-tuning seeds' mean pre-trained score minus the
-random-init twin's mean over the same fine-tuning seeds (the twin is shared by the runs of one
-architecture, so the seeds' spread is the pre-training's and the pre-trained fine-tuning's).
+random-init twin's mean over the same fine-tuning seeds. The twin is shared by the runs of one
+architecture (rows name it, ``random_workdir``): it is one run, so B1's interval and p are Welch's
+t between the seeds' mean pre-trained scores and the twin's fine-tuning seeds (its spread counts,
+and it counts once), not a one-sample t over the gaps, which would take the twin's mean as known.
 
-- **B1** per (task, model, subset): the gaps of the pre-training seeds, mean, sample sd, n, 95% t
-  interval and one-sample t p (:func:`gaps_over_seeds`).
+- **B1** per (task, model, subset): the gaps of the pre-training seeds, mean, sample sd, n, 95%
+  interval and p, Welch's against a shared twin (one-sample t where each seed has its own twin)
+  (:func:`gaps_over_seeds`).
 - **B2** per task: each seed's gap on the largest minus the smallest subset (the same seed
   initialises both: paired), over seeds; and within each seed the Pearson r of the gap with
   log10(subset size) over its (task, subset) points, summarised over seeds by the mean Fisher z
@@ -15,13 +18,14 @@ architecture, so the seeds' spread is the pre-training's and the pre-trained fin
   (:func:`overlap_over_seeds`).
 - **B4** per task: the largest committee (one member per pre-training seed) minus each
   pre-training seed's 6-layer model (unit: the 6-layer model's seed; the committee holds every
-  member seed, so its own spread is over member subsets, not in this interval), and one member
-  minus the 6-layer model of the same seed (paired by pre-training seed)
-  (:func:`committee_over_seeds`).
+  member seed and is one model: Welch's t between its fine-tuning seeds and the 6-layer seeds'
+  means, as for a shared twin), and one member minus the 6-layer model of the same seed (paired
+  by pre-training seed) (:func:`committee_over_seeds`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -31,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from minilm_jax.analysis.replication import (CorrelationOverSeeds, SeedEffect,
-                                             correlation_over_seeds, seed_effect)
+                                             correlation_over_seeds, gap_to_shared_baseline,
+                                             seed_effect)
 from minilm_jax.analysis.stats import t_interval
 
 Row = Mapping[str, Any]
@@ -82,8 +87,18 @@ def gaps_over_seeds(rows: Sequence[Row], confidence: float = 0.95) -> list[GapOv
     out = []
     for (task, model, subset), by_seed in sorted(_cells(rows).items(),
                                                  key=lambda kv: (tasks.index(kv[0][0]), kv[0][1:])):
-        gap = seed_effect(f"{task} {model} n{subset}", {s: seed_gap(r) for s, r in by_seed.items()},
-                          confidence=confidence)
+        label, gaps = f"{task} {model} n{subset}", {s: seed_gap(r) for s, r in by_seed.items()}
+        twins = {r.get("random_workdir") for r in by_seed.values()}
+        if len(by_seed) > 1 and len(twins) == 1 and None not in twins:  # one shared twin
+            twin = next(iter(by_seed.values()))["random_by_seed"]
+            common = sorted(set.intersection(*(set(r["pretrained_by_seed"]) & set(twin)
+                                               for r in by_seed.values())))
+            gap = gap_to_shared_baseline(
+                label, {s: _mean({k: r["pretrained_by_seed"][k] for k in common})
+                        for s, r in by_seed.items()},
+                [twin[k] for k in common], confidence=confidence)
+        else:
+            gap = seed_effect(label, gaps, confidence=confidence)
         out.append(GapOverSeeds(
             task, model, subset, gap,
             t_interval([_mean(r["pretrained_by_seed"]) for r in by_seed.values()], confidence),
@@ -161,6 +176,19 @@ def _common_mean(a: Mapping[Any, float], b: Mapping[Any, float]) -> float:
     return _mean({s: a[s] for s in common}) - _mean({s: b[s] for s in common})
 
 
+def _committee_minus_deep(largest: Mapping[int, float], deep: Mapping[int, Mapping[int, float]],
+                          confidence: float) -> SeedEffect:
+    """The one committee (all member seeds) minus each 6-layer seed's mean score: the committee
+    is one model, so Welch's t between its fine-tuning seeds and the 6-layer seeds' means. (The
+    committee is the shared side: negating both, -deep - (-committee), keeps the sign.)"""
+    common = sorted(set(largest).intersection(*(set(d) for d in deep.values())))
+    effect = gap_to_shared_baseline(
+        "committee - 6-layer", {p: -_mean({k: d[k] for k in common}) for p, d in deep.items()},
+        [-largest[k] for k in common], "6-layer pre-training seed", confidence)
+    return dataclasses.replace(effect, method=effect.method.replace("a shared twin",
+                                                                    "the one committee"))
+
+
 def committee_over_seeds(result: Mapping[str, Any], confidence: float = 0.95) -> CommitteeOverSeeds:
     """B4 from one :func:`minilm_jax.analysis.study_b.committee` result (``largest_by_seed``,
     ``members_by_seed``, ``deep_by_seed``; seeds may be strings after a JSON round trip)."""
@@ -173,7 +201,6 @@ def committee_over_seeds(result: Mapping[str, Any], confidence: float = 0.95) ->
         result["task"], result["method"], len(members), _mean(largest),
         t_interval([_mean(d) for d in deep.values()], confidence),
         t_interval([_mean(m) for m in members.values()], confidence),
-        seed_effect("committee - 6-layer", {p: _common_mean(largest, d) for p, d in deep.items()},
-                    "6-layer pre-training seed", confidence),
+        _committee_minus_deep(largest, deep, confidence),
         seed_effect("member - 6-layer", {p: _common_mean(members[p], deep[p])
                                          for p in deep if p in members}, confidence=confidence))

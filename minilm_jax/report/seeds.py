@@ -70,13 +70,18 @@ def section_seeds(spreads: Sequence[SeedSpread], gaps: Sequence[SeedGap], plotte
     if plotted:
         lines += [f"![validation loss over pre-training seeds]({SEED_PLOT})", ""]
     if gaps:
-        lines += ["Pre-trained minus random-init score, one value per pre-training seed:", "",
-                  "| design | task | n | gap | 95% CI | p (t-test vs 0) | per seed |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["Pre-trained minus random-init score, one value per pre-training seed (n = "
+                  "seeds). Where the seeds share one random-init twin (one run), the interval and "
+                  "p are Welch's t between the seeds' pre-trained scores and the twin's "
+                  "fine-tuning seeds, so the twin's own spread counts; where each seed has its "
+                  "own twin, a one-sample t over the gaps:", "",
+                  "| design | task | n | gap | 95% CI | p | test | per seed |",
+                  "|---|---|---|---|---|---|---|---|"]
         for g in gaps:
             i = g.interval
             lines.append(f"| {cell(g.design)} | {cell(g.task)} | {i['n']} | {num(i['mean'], 2)} | "
                          f"{_bounds(i, 2)} | {format_p(g.p_value)} | "
+                         f"{'one-sample t' if g.method == 't' else cell(g.method)} | "
                          f"{', '.join(num(x, 2) for x in g.gaps)} |")
         lines.append("")
     if analyses is not None and analyses.seed_icer:

@@ -53,7 +53,9 @@ def markdown(result: dict[str, Any], sweep) -> str:
              "fine-tuning seed. Over pre-training seeds (the unit of replication): one value per "
              "pre-training seed (its fine-tuning seeds averaged inside; the random-init twin is "
              "shared by the runs of an architecture), 95% t intervals (sample sd, ddof = 1) and "
-             "two-sided one-sample t p-values; correlations within each seed, summarised by the "
+             "two-sided one-sample t p-values, except B1's gaps to the shared twin: Welch's t "
+             "between the seeds' pre-trained means and the twin's fine-tuning seeds (the twin is "
+             "one run: its spread counts, once); correlations within each seed, summarised by the "
              "mean Fisher z over seeds.", "",
              "## Pre-training", "",
              "| run | point | subset | seed | updates | validation ppl | unigram ppl | bigram ppl |",
@@ -119,7 +121,9 @@ def markdown(result: dict[str, Any], sweep) -> str:
               "1-layer members (one per pre-training seed) vs the 6-layer model", "",
               "Over pre-training seeds (B4): the largest committee minus each 6-layer seed "
               "(unit: the 6-layer model's pre-training seed; the committee holds every member "
-              "seed), and one member minus the 6-layer model of the same pre-training seed:", "",
+              "seed and is one model, so its interval and p are Welch's t between the "
+              "committee's fine-tuning seeds and the 6-layer seeds' means), and one member minus "
+              "the 6-layer model of the same pre-training seed (one-sample t):", "",
               "| task | rule | committee | 6-layer over seeds | committee - 6-layer [95% CI] | sd | "
               "n | p | per seed | member - 6-layer [95% CI] | sd | n | p | per seed |",
               "| --- | --- | ---: | --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | --- "

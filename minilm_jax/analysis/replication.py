@@ -1,9 +1,10 @@
 """Statistics with the pre-training run as the unit of replication: one value per pre-training
 seed (or run), summarised by the mean, sample sd (ddof = 1), n, a t interval and a one-sample
 t-test against 0 (:class:`SeedEffect`), or, for gaps to one baseline run that every seed shares,
-Welch's t against that run's own replicates (:func:`gap_to_shared_baseline`); and a Pearson r computed within each seed, summarised over
-seeds on the Fisher-z scale (:class:`CorrelationOverSeeds`). Used by
-:mod:`~minilm_jax.analysis.zero_shot_seeds` and :mod:`~minilm_jax.analysis.study_b_seeds`."""
+Welch's t against that run's own replicates (:func:`gap_to_shared_baseline`); and a Pearson r
+computed within each seed, summarised over seeds on the Fisher-z scale
+(:class:`CorrelationOverSeeds`). Used by :mod:`~minilm_jax.analysis.zero_shot_seeds`,
+:mod:`~minilm_jax.analysis.study_b_seeds` and :mod:`~minilm_jax.analysis.seeds`."""
 
 from __future__ import annotations
 

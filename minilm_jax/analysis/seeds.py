@@ -2,8 +2,9 @@
 with several seeds (``pretrain_seeds``; rows carry ``design`` and ``pretrain_seed``), the final
 validation loss over seeds and the pre-trained-minus-random downstream gap computed per
 pre-training seed (its fine-tuning seeds averaged inside), each with n, the sample sd, a 95%
-interval and, for gaps, a p-value (one-sample t; Welch's t against a twin the seeds share); ICER and the iso groups computed within each
-seed (runs of different seeds are never compared with each other) and summarised over seeds;
+interval and, for gaps, a p-value (one-sample t; Welch's t against a twin the seeds share); ICER
+and the iso groups computed within each seed (runs of different seeds are never compared with each
+other) and summarised over seeds;
 the perplexity-vs-downstream correlation within each pre-training seed, summarised over seeds.
 Each run is counted once."""
 

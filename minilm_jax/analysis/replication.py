@@ -83,19 +83,20 @@ def seed_effect(label: str, values: Mapping[Any, float], unit: str = "pre-traini
 
 
 def gap_to_shared_baseline(label: str, scores: Mapping[Any, float], baseline: Sequence[float],
-                           unit: str = "pre-training seed", confidence: float = 0.95
-                           ) -> SeedEffect:
+                           unit: str = "pre-training seed", confidence: float = 0.95,
+                           baseline_name: str = "a shared twin") -> SeedEffect:
     """``scores`` (one per replicate) minus one baseline run that every replicate shares (a
     random-init twin shared by a design's pre-training seeds; ``baseline``: its fine-tuning seeds'
     scores). ``values`` are the per-replicate gaps; the interval and p are Welch's t between the
     replicates' scores and the baseline's, so the baseline's own spread counts and the one run it
-    is counts once (a one-sample t over the gaps would treat its mean as known)."""
+    is counts once (a one-sample t over the gaps would treat its mean as known). ``baseline_name``
+    names that run in the effect's ``method``."""
     scores = {k: float(v) for k, v in scores.items()}
     base = np.asarray(baseline, dtype=np.float64).reshape(-1)
     values = {k: v - float(base.mean()) for k, v in scores.items()}
     x = np.asarray(list(values.values()), dtype=np.float64)
     nan = float("nan")
-    method = f"Welch t vs a shared twin ({base.size} fine-tuning seeds)"
+    method = f"Welch t vs {baseline_name} ({base.size} fine-tuning seeds)"
     sd = float(x.std(ddof=1)) if x.size > 1 else nan
     welch = welch_t(list(scores.values()), base, confidence)
     if welch is None:  # too few values or no spread at all: the one-sample summary

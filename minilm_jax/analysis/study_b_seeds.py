@@ -25,7 +25,6 @@ and it counts once), not a one-sample t over the gaps, which would take the twin
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -87,7 +86,7 @@ def gaps_over_seeds(rows: Sequence[Row], confidence: float = 0.95) -> list[GapOv
     out = []
     for (task, model, subset), by_seed in sorted(_cells(rows).items(),
                                                  key=lambda kv: (tasks.index(kv[0][0]), kv[0][1:])):
-        label, gaps = f"{task} {model} n{subset}", {s: seed_gap(r) for s, r in by_seed.items()}
+        label = f"{task} {model} n{subset}"
         twins = {r.get("random_workdir") for r in by_seed.values()}
         if len(by_seed) > 1 and len(twins) == 1 and None not in twins:  # one shared twin
             twin = next(iter(by_seed.values()))["random_by_seed"]
@@ -98,7 +97,8 @@ def gaps_over_seeds(rows: Sequence[Row], confidence: float = 0.95) -> list[GapOv
                         for s, r in by_seed.items()},
                 [twin[k] for k in common], confidence=confidence)
         else:
-            gap = seed_effect(label, gaps, confidence=confidence)
+            gap = seed_effect(label, {s: seed_gap(r) for s, r in by_seed.items()},
+                              confidence=confidence)
         out.append(GapOverSeeds(
             task, model, subset, gap,
             t_interval([_mean(r["pretrained_by_seed"]) for r in by_seed.values()], confidence),
@@ -182,11 +182,10 @@ def _committee_minus_deep(largest: Mapping[int, float], deep: Mapping[int, Mappi
     is one model, so Welch's t between its fine-tuning seeds and the 6-layer seeds' means. (The
     committee is the shared side: negating both, -deep - (-committee), keeps the sign.)"""
     common = sorted(set(largest).intersection(*(set(d) for d in deep.values())))
-    effect = gap_to_shared_baseline(
+    return gap_to_shared_baseline(
         "committee - 6-layer", {p: -_mean({k: d[k] for k in common}) for p, d in deep.items()},
-        [-largest[k] for k in common], "6-layer pre-training seed", confidence)
-    return dataclasses.replace(effect, method=effect.method.replace("a shared twin",
-                                                                    "the one committee"))
+        [-largest[k] for k in common], "6-layer pre-training seed", confidence,
+        baseline_name="the one committee")
 
 
 def committee_over_seeds(result: Mapping[str, Any], confidence: float = 0.95) -> CommitteeOverSeeds:

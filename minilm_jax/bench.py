@@ -32,7 +32,8 @@ from minilm_jax.model.sizes import resolve_point
 from minilm_jax.storage import atomic_write_json
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.program import pretrain_program
-from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
+from minilm_jax.train.throughput import (compiled_cost, device_memory_stats,
+                                         measured_copy_bandwidth, measured_matmul_peak, roofline)
 
 
 def synthetic_tokens(batch: int, seq_len: int, vocab: int, seed: int = 0) -> np.ndarray:
@@ -41,10 +42,18 @@ def synthetic_tokens(batch: int, seq_len: int, vocab: int, seed: int = 0) -> np.
     return tokens
 
 
+def step_roofline(step_fn, state, data, steps_per_dispatch: int, step_seconds: float,
+                  peak: float) -> dict[str, float]:
+    """:func:`~minilm_jax.train.throughput.roofline` of one optimizer step of ``step_fn`` (XLA's
+    cost of the compiled dispatch over its ``steps_per_dispatch`` steps)."""
+    cost = {k: v / steps_per_dispatch for k, v in compiled_cost(step_fn, state, data).items()}
+    return roofline(step_seconds, cost, peak, measured_copy_bandwidth())
+
+
 def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
-               attention: str, min_seconds: float = 2.0) -> dict:
+               attention: str, min_seconds: float = 2.0, loss_impl: str = "auto") -> dict:
     config = pretrain_recipe.get_config(point)
-    cfg = resolve_point(point, dtype=dtype, attention_impl=attention,
+    cfg = resolve_point(point, dtype=dtype, attention_impl=attention, mlm_loss_impl=loss_impl,
                         attention_dropout=0.0 if attention != "einsum" else 0.1)
     config.train.num_steps, config.train.batch_size = 10_000, batch
     config.train.grad_accum, config.train.steps_per_dispatch = 1, steps_per_dispatch
@@ -54,16 +63,20 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
     k = steps_per_dispatch
     data = {"tokens": jnp.asarray(np.broadcast_to(tokens, program.batch_shape)),
             "segments": jnp.ones(program.batch_shape, jnp.int32)}
-    metrics, elapsed, dispatches = timed(program.train_step, program.state.init(), data, steps, k,
-                                         min_seconds)
+    state = program.state.init()
+    cost_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                              state)
+    metrics, elapsed, dispatches = timed(program.train_step, state, data, steps, k, min_seconds)
     seqs_s = dispatches * k * batch / elapsed
     flops = accounting.train_flops_per_sequence(cfg, num_predictions=config.mlm.max_predictions)
     peak = measured_matmul_peak("bfloat16" if dtype == "bfloat16" else "float32")
+    step_s = elapsed / (dispatches * k)
     return {"impl": "minilm-jax", "point": cfg.point, "batch": batch, "dtype": dtype,
-            "steps_timed": dispatches * k, "seconds_timed": elapsed,
-            "tokens_per_sec": seqs_s * cfg.max_len, "step_ms": 1000 * elapsed / (dispatches * k),
+            "loss_impl": loss_impl, "steps_timed": dispatches * k, "seconds_timed": elapsed,
+            "tokens_per_sec": seqs_s * cfg.max_len, "step_ms": 1000 * step_s,
             "model_flops_per_sec": seqs_s * flops, "mfu": seqs_s * flops / peak,
             "peak_flops_measured": peak, "loss": float(np.asarray(metrics["loss"])[-1]),
+            **step_roofline(program.train_step, cost_state, data, k, step_s, peak),
             "memory": device_memory_stats()}
 
 
@@ -86,7 +99,8 @@ def timed(step_fn, state, data, steps: int, k: int, min_seconds: float):
 
 
 def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
-                  steps_per_dispatch: int, impl: str = "auto", min_seconds: float = 2.0) -> dict:
+                  steps_per_dispatch: int, impl: str = "auto", min_seconds: float = 2.0,
+                  loss_impl: str = "auto") -> dict:
     """Tokens/s, MFU and memory of ``members`` members (seeds 0..N-1, ``batch`` sequences each)
     trained by one population program (what a population run compiles)."""
     from minilm_jax.train.members import members_strategy
@@ -94,7 +108,7 @@ def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
 
     config = pretrain_recipe.get_config(point)
     cfg = resolve_point(point, dtype=dtype)
-    config.model.dtype = cfg.dtype
+    config.model.dtype, config.model.mlm_loss_impl = cfg.dtype, loss_impl
     config.train.num_steps, config.train.batch_size = 10_000, batch
     config.train.grad_accum, config.train.steps_per_dispatch = 1, steps_per_dispatch
     config.eval.batch_size = batch
@@ -107,13 +121,19 @@ def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
     tokens = synthetic_tokens(batch, cfg.max_len, cfg.vocab_size)
     data = {"tokens": jnp.asarray(np.broadcast_to(tokens, program.batch_shape)),
             "segments": jnp.ones(program.batch_shape, jnp.int32)}
-    metrics, elapsed, dispatches = timed(program.train_step, program.state.init(), data, steps,
+    state = program.state.init()
+    cost_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                              state)
+    metrics, elapsed, dispatches = timed(program.train_step, state, data, steps,
                                          steps_per_dispatch, min_seconds)
     seqs_s = dispatches * steps_per_dispatch * batch * members / elapsed
     flops = accounting.train_flops_per_sequence(cfg, num_predictions=config.mlm.max_predictions)
     peak = measured_matmul_peak("bfloat16" if dtype == "bfloat16" else "float32")
+    step_s = elapsed / (dispatches * steps_per_dispatch)
     return {"members": members, "impl": members_strategy(impl), "point": cfg.point,
-            "batch": batch, "dtype": dtype, "seconds_timed": elapsed,
+            "batch": batch, "dtype": dtype, "loss_impl": loss_impl, "seconds_timed": elapsed,
+            "step_ms": 1000 * step_s,
+            **step_roofline(program.train_step, cost_state, data, steps_per_dispatch, step_s, peak),
             "tokens_per_sec": seqs_s * cfg.max_len,
             "tokens_per_sec_per_member": seqs_s * cfg.max_len / members,
             "mfu": seqs_s * flops / peak, "loss": float(np.mean(np.asarray(metrics["loss"])[-1])),
@@ -212,27 +232,38 @@ def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per
     return {"device": str(jax.devices()[0]), "rows": rows, "hours": total_hours, "seeds": seeds}
 
 
+def bytes_text(row: dict) -> str:
+    """A step's memory figures on one line: bytes and XLA FLOPs per step, achieved bandwidth,
+    the roofline bound and which side bounds it."""
+    return (f"{row['bytes_per_step'] / 1e9:7.3f} GB/step  {row['xla_flops_per_step'] / 1e9:8.2f} "
+            f"GFLOP/step (XLA)  {row['achieved_bytes_per_sec'] / 1e12:5.2f} TB/s of "
+            f"{row['bandwidth_measured'] / 1e12:.2f}  roofline {row['roofline_ms']:.3f} ms "
+            f"({row['bound']})")
+
+
 def members_table(point: str, counts: list[int], batch: int, steps: int, dtype: str,
-                  steps_per_dispatch: int, impl: str, min_seconds: float) -> dict:
+                  steps_per_dispatch: int, impl: str, min_seconds: float,
+                  loss_impl: str = "auto") -> dict:
     """:func:`bench_members` for each count, next to one separate run (the ratio's reference)."""
-    alone = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum", min_seconds)
+    alone = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum", min_seconds,
+                       loss_impl)
     print(f"device {jax.devices()[0]}  point {alone['point']}  batch {batch}x128 per member  "
-          f"dtype {dtype}")
+          f"dtype {dtype}  loss {loss_impl}")
     print(f"one separate run: {alone['tokens_per_sec']:>12,.0f} tokens/s  MFU "
-          f"{100 * alone['mfu']:5.1f}%")
+          f"{100 * alone['mfu']:5.1f}%  {alone['step_ms']:.3f} ms/step  {bytes_text(alone)}")
     print(f"{'members':>7} {'impl':>5} {'tokens/s':>14} {'per member':>12} {'MFU':>6} "
-          f"{'vs one run':>10}  peak memory")
+          f"{'vs one run':>10}  peak memory  step")
     rows = []
     for n in counts:
-        row = bench_members(point, n, batch, steps, dtype, steps_per_dispatch, impl, min_seconds)
+        row = bench_members(point, n, batch, steps, dtype, steps_per_dispatch, impl, min_seconds,
+                            loss_impl)
         row["vs_one_run"] = row["tokens_per_sec"] / alone["tokens_per_sec"]
         memory = (row["memory"] or {}).get("peak_bytes_in_use")
         print(f"{n:>7} {row['impl']:>5} {row['tokens_per_sec']:>14,.0f} "
               f"{row['tokens_per_sec_per_member']:>12,.0f} {100 * row['mfu']:5.1f}% "
-              f"{row['vs_one_run']:>9.2f}x  {memory / 2**20:.0f} MiB" if memory else
-              f"{n:>7} {row['impl']:>5} {row['tokens_per_sec']:>14,.0f} "
-              f"{row['tokens_per_sec_per_member']:>12,.0f} {100 * row['mfu']:5.1f}% "
-              f"{row['vs_one_run']:>9.2f}x  n/a", flush=True)
+              f"{row['vs_one_run']:>9.2f}x  "
+              f"{f'{memory / 2**20:.0f} MiB' if memory else 'n/a'}  {row['step_ms']:.3f} ms  "
+              f"{bytes_text(row)}", flush=True)
         rows.append(row)
     return {"device": str(jax.devices()[0]), "jax": jax.__version__, "alone": alone, "rows": rows}
 
@@ -250,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="train steps per compiled call (lax.scan)")
     parser.add_argument("--attention", default="einsum", choices=["einsum", "xla", "cudnn"],
                         help="attention implementation (model.attention_impl)")
+    parser.add_argument("--loss_impl", default="auto", choices=["auto", "fused", "logits", "kernel"],
+                        help="MLM output layer + loss implementation (model.mlm_loss_impl)")
     parser.add_argument("--hf", action="store_true", help="also run Hugging Face RobertaForMaskedLM")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
@@ -271,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error(f"--members={args.members!r}: expected counts such as 1,4,16")
         table = members_table(args.point, counts, args.batch, args.steps, args.dtype,
-                              args.steps_per_dispatch, args.members_impl, args.min_seconds)
+                              args.steps_per_dispatch, args.members_impl, args.min_seconds,
+                              args.loss_impl)
         if args.json:
             atomic_write_json(args.json, table)
         return 0
@@ -285,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     ours = bench_ours(args.point, args.batch, args.steps, args.dtype, args.steps_per_dispatch,
-                      args.attention, args.min_seconds)
+                      args.attention, args.min_seconds, args.loss_impl)
     results = {"device": str(jax.devices()[0]), "jax": jax.__version__, "ours": ours}
     if args.hf:
         import os
@@ -299,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"minilm-jax : {ours['tokens_per_sec']:>12,.0f} tokens/s  {ours['step_ms']:8.1f} ms/step  "
           f"{ours['model_flops_per_sec'] / 1e9:8.2f} GFLOP/s  MFU {100 * ours['mfu']:5.1f}% "
           f"(peak {ours['peak_flops_measured'] / 1e9:.1f} GFLOP/s measured)  memory {ours['memory'] or 'n/a'}")
+    print(f"step cost  : {bytes_text(ours)}")
     if args.hf:
         hf = results["hf"]
         print(f"HF torch   : {hf['tokens_per_sec']:>12,.0f} tokens/s  {hf['step_ms']:8.1f} ms/step  "

@@ -163,7 +163,7 @@ def test_target_logprobs_fused_equals_the_full_log_softmax(chunk):
     positions = jnp.asarray(rng.integers(0, 16, (3, 5)), jnp.int32)
     targets = jnp.asarray(rng.integers(0, 97, (3, 5)), jnp.int32)
     got = {}
-    for impl in ("fused", "logits"):
+    for impl in ("fused", "logits", "kernel"):
         # the logits path has no chunks: one model, and one compiled program, for every case
         fields = dict(mlm_loss_chunk=chunk) if impl == "fused" else {}
         model = build_mlm(resolve_point(SMALL, mlm_loss_impl=impl, **fields), seed=0)
@@ -177,10 +177,12 @@ def test_target_logprobs_fused_equals_the_full_log_softmax(chunk):
     tol = float32_tolerance(scale, 97 + 1 * (16 + 32))  # the vocabulary's logsumexp, the layer's
     np.testing.assert_allclose(got["fused"], want, rtol=0, atol=tol)
     np.testing.assert_allclose(got["logits"], want, rtol=0, atol=tol)
+    np.testing.assert_allclose(got["kernel"], want, rtol=0, atol=tol)
 
 
 def test_auto_loss_impl_is_fused_on_cpu_and_fields_are_validated():
-    assert resolve_loss_impl("auto") == ("fused" if jax.default_backend() == "cpu" else "logits")
+    assert resolve_loss_impl("auto") == {"cpu": "fused", "gpu": "kernel"}.get(
+        jax.default_backend(), "logits")
     assert resolve_loss_impl("logits") == "logits"
     with pytest.raises(ConfigError, match="model.mlm_loss_impl"):
         resolve_point(SMALL, mlm_loss_impl="chunky")

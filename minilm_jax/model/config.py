@@ -11,7 +11,7 @@ NORM_POSITIONS = ("post", "pre")
 INIT_SCHEMES = ("paper", "bert")
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
 DROPOUT_RNGS = ("hash", "threefry")
-LOSS_IMPLS = ("auto", "fused", "logits")
+LOSS_IMPLS = ("auto", "fused", "logits", "kernel")
 POOLERS = ("cls_tanh", "weighted_sum")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -43,8 +43,10 @@ class ModelConfig:
     # Dropout masks: "hash" (a keyed integer hash of each element's index; 4x cheaper than threefry
     # on CPU and the same masks on any mesh) or "threefry" (jax.random.bernoulli).
     dropout_rng: str = "hash"
-    # MLM loss: "fused" (output layer + cross-entropy in row chunks, never the whole [N, V] logits;
-    # fastest on CPU), "logits" (one GEMM, then cross-entropy; fastest on accelerators) or "auto".
+    # MLM loss: "fused" (output layer + cross-entropy in row chunks under lax.scan, never the whole
+    # [N, V] logits; fastest on CPU), "kernel" (the same fused in one Pallas kernel per pass, logits
+    # only in on-chip memory; GPUs, interpreted elsewhere), "logits" (one GEMM, then cross-entropy
+    # with its one-pass gradient; TPUs) or "auto" (fused on CPU, kernel on GPU, logits on TPU).
     mlm_loss_impl: str = "auto"
     mlm_loss_chunk: int = 128  # rows per chunk of the fused loss
     init: Literal["paper", "bert"] = "paper"

@@ -11,18 +11,24 @@ from minilm_jax.model.init import make_initializers
 from minilm_jax.model.layers import dropout, gelu_exact, make_layer_norm, make_linear
 from minilm_jax.model.xent import (fused_linear_logprobs, fused_linear_xent, resolve_loss_impl,
                                    softmax_xent_sum)
+from minilm_jax.model.xent_kernel import (kernel_applies, kernel_linear_logprobs,
+                                          kernel_linear_xent)
 
 
-def gather_positions(hidden_bth: jax.Array, positions_bp: jax.Array) -> jax.Array:
-    """Hidden states at ``positions [B, P]``: ``[B, P, H]``."""
-    return jnp.take_along_axis(hidden_bth, positions_bp[:, :, None], axis=1)
+def gather_positions(hidden_bth: jax.Array, positions: jax.Array) -> jax.Array:
+    """Hidden states at ``positions``: per sequence ``[B, P]`` -> ``[B, P, H]``, or rows packed
+    across the batch ``[N]`` (flat indices ``b * T + t``) -> ``[N, H]``."""
+    if positions.ndim == 1:
+        return hidden_bth.reshape(-1, hidden_bth.shape[-1])[positions]
+    return jnp.take_along_axis(hidden_bth, positions[:, :, None], axis=1)
 
 
 class MlmHead(nnx.Module):
     """Linear(H->H) -> GELU -> LayerNorm -> Linear(H->V) + bias; untied from the input embedding.
 
-    Evaluated only at a static number P of gathered positions per sequence, so the V-wide output
-    layer costs P/T of a full-sequence head.
+    Evaluated only at gathered positions: P per sequence (``[B, P]``), or N rows packed across the
+    batch (``[N]``, see :func:`minilm_jax.train.masking.pack_predictions`), so the V-wide output
+    layer costs P/T (or N/(B*T)) of a full-sequence head.
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -37,50 +43,66 @@ class MlmHead(nnx.Module):
         x_bph = gather_positions(hidden_bth, positions_bp)
         return self.norm(gelu_exact(self.dense(x_bph))).astype(x_bph.dtype)
 
-    def __call__(self, hidden_bth: jax.Array, positions_bp: jax.Array) -> jax.Array:
-        x_bph = self.features(hidden_bth, positions_bp)
-        b, p, h = x_bph.shape
+    def __call__(self, hidden_bth: jax.Array, positions: jax.Array) -> jax.Array:
+        """Logits at ``positions`` (``[B, P]`` -> ``[B, P, V]``; packed ``[N]`` -> ``[N, V]``)."""
+        x = self.features(hidden_bth, positions)
         if jax.default_backend() != "cpu":
-            return self.decoder(x_bph)  # [B, P, V]
+            return self.decoder(x)
         # On CPU the output layer runs as one 2-D GEMM with the bias folded in ([x, 1] @ [W; b]):
         # the bias gradient then comes out of the weight-gradient GEMM instead of a column
         # reduction over [B*P, V], which XLA's CPU backend does slowly (2-3x the whole head).
         dtype = jnp.dtype(self.cfg.dtype)
-        x_nh1 = jnp.concatenate([x_bph.reshape(b * p, h), jnp.ones((b * p, 1), x_bph.dtype)], -1)
+        x_nh = x.reshape(-1, x.shape[-1])
+        x_nh1 = jnp.concatenate([x_nh, jnp.ones((x_nh.shape[0], 1), x.dtype)], -1)
         w_h1v = jnp.concatenate([self.decoder.kernel[...], self.decoder.bias[...][None]], 0)
-        return (x_nh1.astype(dtype) @ w_h1v.astype(dtype)).reshape(b, p, -1)  # [B, P, V]
+        return (x_nh1.astype(dtype) @ w_h1v.astype(dtype)).reshape(*positions.shape, -1)
 
-    def loss(self, hidden_bth: jax.Array, positions_bp: jax.Array, targets_bp: jax.Array,
-             weights_bp: jax.Array) -> jax.Array:
-        """Summed cross-entropy ``sum weights * CE`` over the gathered positions (float32 scalar).
+    def loss_impl(self) -> str:
+        """The loss implementation this head runs: ``mlm_loss_impl`` resolved for this backend,
+        ``kernel`` falling back to ``logits`` where the hidden size does not fit a block."""
+        impl = resolve_loss_impl(self.cfg.mlm_loss_impl)
+        if impl == "kernel" and not kernel_applies(self.cfg.hidden_dim):
+            return "logits"
+        return impl
 
-        ``mlm_loss_impl``: ``fused`` never materialises the ``[B*P, V]`` logits (see
-        :mod:`minilm_jax.model.xent`); ``logits`` computes them with ``__call__`` first.
+    def loss(self, hidden_bth: jax.Array, positions: jax.Array, targets: jax.Array,
+             weights: jax.Array) -> jax.Array:
+        """Summed cross-entropy ``sum weights * CE`` over the gathered positions (float32 scalar);
+        ``positions``, ``targets`` and ``weights`` per sequence ``[B, P]`` or packed ``[N]``.
+
+        :meth:`loss_impl`: ``fused`` and ``kernel`` never materialise the ``[N, V]`` logits (see
+        :mod:`minilm_jax.model.xent`, :mod:`minilm_jax.model.xent_kernel`); ``logits`` computes
+        them with ``__call__`` first.
         """
-        targets_n, weights_n = targets_bp.reshape(-1), weights_bp.reshape(-1).astype(jnp.float32)
-        if resolve_loss_impl(self.cfg.mlm_loss_impl) == "logits":
-            logits_bpv = self(hidden_bth, positions_bp)
-            return softmax_xent_sum(logits_bpv.reshape(-1, logits_bpv.shape[-1]), targets_n,
-                                    weights_n)
-        x_bph = self.features(hidden_bth, positions_bp)
-        return fused_linear_xent(x_bph.reshape(-1, x_bph.shape[-1]), self.decoder.kernel[...],
-                                 self.decoder.bias[...], targets_n, weights_n,
-                                 self.cfg.mlm_loss_chunk, self.cfg.dtype)
+        targets_n, weights_n = targets.reshape(-1), weights.reshape(-1).astype(jnp.float32)
+        impl = self.loss_impl()
+        if impl == "logits":
+            logits = self(hidden_bth, positions)
+            return softmax_xent_sum(logits.reshape(-1, logits.shape[-1]), targets_n, weights_n)
+        x = self.features(hidden_bth, positions)
+        args = (x.reshape(-1, x.shape[-1]), self.decoder.kernel[...], self.decoder.bias[...],
+                targets_n, weights_n)
+        if impl == "kernel":
+            return kernel_linear_xent(*args, self.cfg.dtype)
+        return fused_linear_xent(*args, self.cfg.mlm_loss_chunk, self.cfg.dtype)
 
     def target_logprobs(self, hidden_bth: jax.Array, positions_bp: jax.Array,
                         targets_bp: jax.Array) -> jax.Array:
         """``log p(target)`` at the gathered positions ``[B, P]`` (float32; scoring), through the
         same implementation as :meth:`loss`."""
         b, p = positions_bp.shape
-        if resolve_loss_impl(self.cfg.mlm_loss_impl) == "logits":
-            logits_bpv = self(hidden_bth, positions_bp).astype(jnp.float32)
+        impl = self.loss_impl()
+        if impl == "logits":
+            logits_bpv = self(hidden_bth, positions_bp)
+            lse_bp = jax.nn.logsumexp(logits_bpv.astype(jnp.float32), axis=-1)
             picked_bp = jnp.take_along_axis(logits_bpv, targets_bp[..., None], axis=-1)[..., 0]
-            return picked_bp - jax.nn.logsumexp(logits_bpv, axis=-1)
+            return picked_bp.astype(jnp.float32) - lse_bp
         x_bph = self.features(hidden_bth, positions_bp)
-        logp_n = fused_linear_logprobs(x_bph.reshape(b * p, -1), self.decoder.kernel[...],
-                                       self.decoder.bias[...], targets_bp.reshape(-1),
-                                       self.cfg.mlm_loss_chunk, self.cfg.dtype)
-        return logp_n.reshape(b, p)
+        args = (x_bph.reshape(b * p, -1), self.decoder.kernel[...], self.decoder.bias[...],
+                targets_bp.reshape(-1))
+        if impl == "kernel":
+            return kernel_linear_logprobs(*args, self.cfg.dtype).reshape(b, p)
+        return fused_linear_logprobs(*args, self.cfg.mlm_loss_chunk, self.cfg.dtype).reshape(b, p)
 
 
 class Pooler(nnx.Module):

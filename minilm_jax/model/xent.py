@@ -1,5 +1,9 @@
 """Softmax cross-entropy of the MLM output layer, plain or fused with the output layer.
 
+``softmax_xent_sum`` takes the logits and has its own gradient, ``(softmax - onehot) * weight``
+computed in one elementwise pass in the logits' dtype: no float32 ``[N, V]`` log-softmax, one-hot
+or scatter buffer (what autodiff of ``log_softmax`` + ``take_along_axis`` writes).
+
 ``fused_linear_xent`` computes ``sum_n w_n * CE(x_n @ W + b, t_n)`` in row chunks under
 ``lax.scan``, so the ``[N, V]`` logits never exist as a whole: each ``[chunk, V]`` block is produced,
 reduced and turned into its gradient while it is still in cache. Under differentiation the gradients
@@ -17,17 +21,45 @@ import jax.numpy as jnp
 
 
 def resolve_loss_impl(impl: str) -> str:
-    """``auto`` -> ``fused`` on the CPU backend, ``logits`` elsewhere."""
+    """``auto`` -> ``fused`` on the CPU backend, ``kernel`` on GPUs (the Pallas output layer of
+    :mod:`minilm_jax.model.xent_kernel`), ``logits`` elsewhere (TPU)."""
     if impl == "auto":
-        return "fused" if jax.default_backend() == "cpu" else "logits"
+        return {"cpu": "fused", "gpu": "kernel"}.get(jax.default_backend(), "logits")
     return impl
 
 
+def _xent_parts(logits_nv: jax.Array, targets_n: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(float32 log-sum-exp per row, float32 target logit per row): reductions over the logits in
+    their own dtype, converted inside the reduction's fusion (no float32 copy of the array)."""
+    lse_n = jax.nn.logsumexp(logits_nv.astype(jnp.float32), axis=-1)
+    picked_n = jnp.take_along_axis(logits_nv, targets_n[:, None], axis=-1)[:, 0]
+    return lse_n, picked_n.astype(jnp.float32)
+
+
+@jax.custom_vjp
 def softmax_xent_sum(logits_nv: jax.Array, targets_n: jax.Array, weights_n: jax.Array) -> jax.Array:
     """``sum_n weights_n * (logsumexp(logits_n) - logits_n[targets_n])`` in float32."""
-    logp_nv = jax.nn.log_softmax(logits_nv.astype(jnp.float32), axis=-1)
-    nll_n = -jnp.take_along_axis(logp_nv, targets_n[:, None], axis=-1)[:, 0]
-    return jnp.sum(nll_n * weights_n)
+    lse_n, picked_n = _xent_parts(logits_nv, targets_n)
+    return jnp.sum((lse_n - picked_n) * weights_n)
+
+
+def _xent_fwd(logits_nv, targets_n, weights_n):
+    lse_n, picked_n = _xent_parts(logits_nv, targets_n)
+    nll_n = lse_n - picked_n
+    return jnp.sum(nll_n * weights_n), (logits_nv, targets_n, weights_n, lse_n, nll_n)
+
+
+def _xent_bwd(residuals, g):
+    """``d logits = (exp(logits - lse) - onehot) * weight * g`` in one pass, in the logits' dtype."""
+    logits_nv, targets_n, weights_n, lse_n, nll_n = residuals
+    scale_n1 = (g * weights_n)[:, None]
+    probs_nv = jnp.exp(logits_nv.astype(jnp.float32) - lse_n[:, None])
+    onehot_nv = jax.lax.broadcasted_iota(jnp.int32, logits_nv.shape, 1) == targets_n[:, None]
+    dlogits_nv = ((probs_nv - onehot_nv) * scale_n1).astype(logits_nv.dtype)
+    return dlogits_nv, None, (g * nll_n).astype(weights_n.dtype)
+
+
+softmax_xent_sum.defvjp(_xent_fwd, _xent_bwd)
 
 
 def _chunked(x_nh, targets_n, weights_n, chunk: int):

@@ -155,7 +155,10 @@ def population_program(configs: list[ml_collections.ConfigDict], mesh: Any,
     groups, makers, counts = [], [], None
     for indices in keys.values():
         c, model = configs[indices[0]], models[indices[0]]
-        masking = MaskingConfig.from_config(c.mlm, model.vocab_size)
+        # Packed prediction rows sized for the group's largest mask probability.
+        masking = dataclasses.replace(MaskingConfig.from_config(c.mlm, model.vocab_size),
+                                      pack_prob=max(float(configs[i].mlm.mask_prob)
+                                                    for i in indices))
         built = lm_state(model, 0, optimizer_and_schedule(c.optim, total_steps)[0], mesh)  # shapes only
         groups.append(MemberGroup(tuple(indices), built.graphdef, c.optim, masking))
         makers.append(model)

@@ -8,6 +8,7 @@ from ``(seed, step)``, so results do not depend on how the batch is sharded.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from minilm_jax.train.masking import MaskedBatch, MaskingConfig, mask_tokens
+from minilm_jax.train.masking import MaskedBatch, MaskingConfig, mask_tokens, predicted
 from minilm_jax.train.members import over_members
 from minilm_jax.train.optim import optimizer_and_schedule
 
@@ -28,14 +29,12 @@ def make_update(graphdef: nnx.GraphDef) -> Callable[..., tuple[TrainState, dict]
     ``(base_key, step)``. A single run passes its config's objects; a population member passes
     its own (built from its traced values), so both compute the same function."""
 
-    def micro_loss(params, rest, mb: MaskedBatch, segments_bt, key):
+    def micro_loss(params, rest, mb: MaskedBatch, segments_bt, key, *, masking: MaskingConfig):
         model = nnx.merge(graphdef, params, rest)
-        loss_sum, count = model.mlm_loss(mb.inputs_bt, mb.positions_bp, mb.targets_bp,
-                                         mb.weights_bp, segments_bt, dropout_key=key, train=True)
+        loss_sum, count = model.mlm_loss(mb.inputs_bt, *predicted(mb, masking), segments_bt,
+                                         dropout_key=key, train=True)
         new_rest = nnx.state(model, nnx.Not(nnx.Param))
         return loss_sum, (count, new_rest)
-
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
     def one_update(state: TrainState, batch: dict[str, jax.Array],
                    optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -50,6 +49,7 @@ def make_update(graphdef: nnx.GraphDef) -> Callable[..., tuple[TrainState, dict]
 
         def micro_grads(rest, mb: MaskedBatch, segments_bt, index):
             """((loss sum, (count, new rest)), grads) of micro-batch ``index``."""
+            grad_fn = jax.value_and_grad(partial(micro_loss, masking=masking), has_aux=True)
             return grad_fn(params, rest, mb, segments_bt, jax.random.fold_in(k_drop, index))
 
         def accumulate(carry, xs):
@@ -108,9 +108,9 @@ def make_eval_step(graphdef: nnx.GraphDef, masking: MaskingConfig, eval_seed: in
     def eval_step(params, rest, tokens_bt, segments_bt, valid_b, batch_index, mask_prob=None):
         cfg = masking if mask_prob is None else dataclasses.replace(masking, mask_prob=mask_prob)
         mb = mask_tokens(jax.random.fold_in(base_key, batch_index), tokens_bt, segments_bt, cfg)
+        mb = dataclasses.replace(mb, weights_bp=mb.weights_bp * valid_b[:, None])
         model = nnx.merge(graphdef, params, rest)
-        return model.mlm_loss(mb.inputs_bt, mb.positions_bp, mb.targets_bp,
-                              mb.weights_bp * valid_b[:, None], segments_bt)
+        return model.mlm_loss(mb.inputs_bt, *predicted(mb, cfg), segments_bt)
 
     return eval_step
 

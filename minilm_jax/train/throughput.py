@@ -33,3 +33,43 @@ def device_memory_stats() -> dict[str, float]:
         stats = {}
     return {k: float(v) for k, v in stats.items() if k in ("bytes_in_use", "peak_bytes_in_use",
                                                            "bytes_limit")}
+
+
+@functools.lru_cache(maxsize=None)
+def measured_copy_bandwidth(megabytes: int = 0, repeats: int = 5) -> float:
+    """Bytes/s (read + written) of the best of ``repeats`` device-to-device copies of a float32
+    array (1 GiB on accelerators, 64 MiB on CPU): the roofline's memory ceiling."""
+    platform = jax.local_devices()[0].platform
+    size = (megabytes or (1024 if platform in ("gpu", "tpu") else 64)) * 2**20 // 4
+    a = jax.random.uniform(jax.random.key(0), (size,), jnp.float32)
+    copy = jax.jit(lambda x: x * 1.0 + 1.0)
+    copy(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        copy(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * 4 * size / best
+
+
+def compiled_cost(jitted, *args) -> dict[str, float]:
+    """XLA's cost analysis of ``jitted`` compiled for ``args``: ``bytes_accessed`` (every
+    operand read and result written, per HLO op after fusion) and ``flops``."""
+    analysis = jitted.lower(*args).compile().cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
+        analysis = analysis[0] if analysis else {}
+    analysis = analysis or {}
+    return {"bytes_accessed": float(analysis.get("bytes accessed", 0.0)),
+            "flops": float(analysis.get("flops", 0.0))}
+
+
+def roofline(step_seconds: float, cost: dict[str, float], peak_flops: float,
+             bandwidth: float) -> dict[str, float]:
+    """A compiled step's memory figures beside its time: bytes and XLA FLOPs per step, the
+    achieved bandwidth, and the roofline bound ``max(flops / peak, bytes / bandwidth)``."""
+    floor = max(cost["flops"] / peak_flops, cost["bytes_accessed"] / bandwidth)
+    return {"bytes_per_step": cost["bytes_accessed"], "xla_flops_per_step": cost["flops"],
+            "achieved_bytes_per_sec": cost["bytes_accessed"] / step_seconds,
+            "bandwidth_measured": bandwidth, "roofline_ms": 1000 * floor,
+            "bound": "memory" if cost["bytes_accessed"] / bandwidth >= cost["flops"] / peak_flops
+            else "compute"}

@@ -60,7 +60,7 @@ def _compiler_params():
 
 def _block_logits(x, w, b, j, block_v: int, vocab: int):
     """f32 logits of one ``[rows, block_v]`` block at vocabulary block ``j``, padded columns -inf."""
-    logits = pl.dot(x, w) + b[None, :].astype(jnp.float32)
+    logits = jnp.dot(x, w, preferred_element_type=jnp.float32) + b[None, :].astype(jnp.float32)
     cols = j * block_v + jnp.arange(block_v)
     return jnp.where(cols[None, :] < vocab, logits, _NEG), cols
 
@@ -99,7 +99,8 @@ def _dx_kernel(x_ref, w_ref, b_ref, t_ref, lse_ref, scale_ref, dx_ref, *, block_
         cols_slice = pl.ds(j * block_v, block_v)
         w = w_ref[:, cols_slice]
         d = _dlogits(x, w, b_ref[cols_slice], t, lse, scale, j, block_v, vocab)
-        return acc + pl.dot(d.astype(w.dtype), w, trans_b=True)
+        return acc + jax.lax.dot_general(d.astype(w.dtype), w, (((1,), (1,)), ((), ())),
+                                         preferred_element_type=jnp.float32)
 
     acc = jax.lax.fori_loop(0, w_ref.shape[1] // block_v, body,
                             jnp.zeros(x.shape, jnp.float32))
@@ -116,7 +117,9 @@ def _dw_kernel(x_ref, w_ref, b_ref, t_ref, lse_ref, scale_ref, dw_ref, db_ref, *
         rows = pl.ds(i * block_r, block_r)
         x = x_ref[rows, :]
         d = _dlogits(x, w, b, t_ref[rows], lse_ref[rows], scale_ref[rows], j, block_v, vocab)
-        return dw + pl.dot(x, d.astype(x.dtype), trans_a=True), db + jnp.sum(d, axis=0)
+        dw = dw + jax.lax.dot_general(x, d.astype(x.dtype), (((0,), (0,)), ((), ())),
+                                     preferred_element_type=jnp.float32)
+        return dw, db + jnp.sum(d, axis=0)
 
     dw, db = jax.lax.fori_loop(0, x_ref.shape[0] // block_r, body,
                                (jnp.zeros(w.shape, jnp.float32), jnp.zeros(b.shape, jnp.float32)))

@@ -24,6 +24,7 @@ not of the logits.
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -65,14 +66,17 @@ def _block_logits(x, w, b, j, block_v: int, vocab: int):
     return jnp.where(cols[None, :] < vocab, logits, _NEG), cols
 
 
-def _forward_kernel(x_ref, w_ref, b_ref, t_ref, lse_ref, tgt_ref, *, block_v: int, vocab: int):
+def _forward_kernel(x_ref, w_ref, b_ref, t_ref, m_ref, s_ref, tgt_ref, *, block_v: int,
+                    per_split: int, vocab: int):
+    """Row block i, vocabulary split k: running max, sum of exp and target logit over the split."""
     x, t = x_ref[...], t_ref[...]
-    rows = x.shape[0]
+    rows, first = x.shape[0], pl.program_id(1) * per_split
 
     def body(j, carry):
         m, s, picked = carry
-        cols_slice = pl.ds(j * block_v, block_v)
-        logits, cols = _block_logits(x, w_ref[:, cols_slice], b_ref[cols_slice], j, block_v, vocab)
+        cols_slice = pl.ds((first + j) * block_v, block_v)
+        logits, cols = _block_logits(x, w_ref[:, cols_slice], b_ref[cols_slice], first + j,
+                                     block_v, vocab)
         m_new = jnp.maximum(m, jnp.max(logits, axis=1))
         s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[:, None]), axis=1)
         picked = picked + jnp.sum(jnp.where(cols[None, :] == t[:, None], logits, 0.0), axis=1)
@@ -80,9 +84,8 @@ def _forward_kernel(x_ref, w_ref, b_ref, t_ref, lse_ref, tgt_ref, *, block_v: in
 
     init = (jnp.full((rows,), _NEG, jnp.float32), jnp.zeros((rows,), jnp.float32),
             jnp.zeros((rows,), jnp.float32))
-    m, s, picked = jax.lax.fori_loop(0, w_ref.shape[1] // block_v, body, init)
-    lse_ref[...] = m + jnp.log(s)
-    tgt_ref[...] = picked
+    m, s, picked = jax.lax.fori_loop(0, per_split, body, init)
+    m_ref[...], s_ref[...], tgt_ref[...] = m, s, picked
 
 
 def _dlogits(x, w, b, t, lse, scale, j, block_v: int, vocab: int):
@@ -92,36 +95,38 @@ def _dlogits(x, w, b, t, lse, scale, j, block_v: int, vocab: int):
     return (probs - (cols[None, :] == t[:, None]).astype(jnp.float32)) * scale[:, None]
 
 
-def _dx_kernel(x_ref, w_ref, b_ref, t_ref, lse_ref, scale_ref, dx_ref, *, block_v: int, vocab: int):
+def _dx_kernel(x_ref, w_ref, b_ref, t_ref, lse_ref, scale_ref, dx_ref, *, block_v: int,
+               per_split: int, vocab: int):
+    """Row block i, vocabulary split k: this split's share of ``dx``."""
     x, t, lse, scale = x_ref[...], t_ref[...], lse_ref[...], scale_ref[...]
+    first = pl.program_id(1) * per_split
 
     def body(j, acc):
-        cols_slice = pl.ds(j * block_v, block_v)
+        cols_slice = pl.ds((first + j) * block_v, block_v)
         w = w_ref[:, cols_slice]
-        d = _dlogits(x, w, b_ref[cols_slice], t, lse, scale, j, block_v, vocab)
+        d = _dlogits(x, w, b_ref[cols_slice], t, lse, scale, first + j, block_v, vocab)
         return acc + jax.lax.dot_general(d.astype(w.dtype), w, (((1,), (1,)), ((), ())),
                                          preferred_element_type=jnp.float32)
 
-    acc = jax.lax.fori_loop(0, w_ref.shape[1] // block_v, body,
-                            jnp.zeros(x.shape, jnp.float32))
-    dx_ref[...] = acc.astype(dx_ref.dtype)
+    dx_ref[...] = jax.lax.fori_loop(0, per_split, body, jnp.zeros(x.shape, jnp.float32))
 
 
 def _dw_kernel(x_ref, w_ref, b_ref, t_ref, lse_ref, scale_ref, dw_ref, db_ref, *, block_r: int,
-               block_v: int, vocab: int):
-    j = pl.program_id(0)
+               block_v: int, per_split: int, vocab: int):
+    """Vocabulary block j, row split k: this split's share of ``dW`` and ``db``."""
+    j, first = pl.program_id(0), pl.program_id(1) * per_split
     w, b = w_ref[...], b_ref[...]
 
     def body(i, carry):
         dw, db = carry
-        rows = pl.ds(i * block_r, block_r)
+        rows = pl.ds((first + i) * block_r, block_r)
         x = x_ref[rows, :]
         d = _dlogits(x, w, b, t_ref[rows], lse_ref[rows], scale_ref[rows], j, block_v, vocab)
         dw = dw + jax.lax.dot_general(x, d.astype(x.dtype), (((0,), (0,)), ((), ())),
                                      preferred_element_type=jnp.float32)
         return dw, db + jnp.sum(d, axis=0)
 
-    dw, db = jax.lax.fori_loop(0, x_ref.shape[0] // block_r, body,
+    dw, db = jax.lax.fori_loop(0, per_split, body,
                                (jnp.zeros(w.shape, jnp.float32), jnp.zeros(b.shape, jnp.float32)))
     dw_ref[...] = dw
     db_ref[...] = db
@@ -135,42 +140,69 @@ def _pad(a: jax.Array, axis: int, size: int, value=0) -> jax.Array:
     return jnp.pad(a, widths, constant_values=value)
 
 
+class _Layout(NamedTuple):
+    """Static sizes: real rows, hidden and vocabulary; block sizes; how many splits the
+    vocabulary (forward, dx) and the rows (dW) are cut into so the grid fills the device."""
+    n: int
+    h: int
+    v: int
+    block_r: int
+    block_v: int
+    v_splits: int
+    r_splits: int
+
+
+def _layout(n: int, h: int, v: int) -> _Layout:
+    block_r, block_v = _blocks(_padded_hidden(h))
+    v_blocks, r_blocks = -(-v // block_v), -(-n // block_r)
+    # ~4 blocks of work per program at least; up to 8 splits (a few waves on 132 SMs at 5k rows)
+    return _Layout(n, h, v, block_r, block_v, max(1, min(8, v_blocks // 4)),
+                   max(1, min(4, r_blocks // 4)))
+
+
 def _prepared(x_nh, w_hv, b_v, targets_n, compute_dtype):
-    """Padded operands and the static sizes: (x, W, b, t, (n, h, v, block_r, block_v))."""
+    """Padded operands (rows to whole row splits, vocabulary to whole vocabulary splits) and their
+    layout: (x, W, b, t, layout)."""
     (n, h), v = x_nh.shape, w_hv.shape[1]
-    hp = _padded_hidden(h)
-    block_r, block_v = _blocks(hp)
-    np_, vp = -(-n // block_r) * block_r, -(-v // block_v) * block_v
+    lay = _layout(n, h, v)
+    rows_unit, cols_unit = lay.block_r * lay.r_splits, lay.block_v * lay.v_splits
+    np_, vp, hp = -(-n // rows_unit) * rows_unit, -(-v // cols_unit) * cols_unit, _padded_hidden(h)
     cdt = jnp.dtype(compute_dtype)
     x = _pad(_pad(x_nh.astype(cdt), 1, hp), 0, np_)
     w = _pad(_pad(w_hv.astype(cdt), 0, hp), 1, vp)
     b = _pad(b_v.astype(jnp.float32), 0, vp)
     t = _pad(targets_n.astype(jnp.int32), 0, np_)
-    return x, w, b, t, (n, h, v, block_r, block_v)
+    return x, w, b, t, lay
 
 
-def _forward(x, w, b, t, sizes) -> tuple[jax.Array, jax.Array]:
-    """(log-sum-exp, target logit) per padded row, float32."""
-    _, _, v, block_r, block_v = sizes
+def _forward(x, w, b, t, lay: _Layout) -> tuple[jax.Array, jax.Array]:
+    """(log-sum-exp, target logit) per padded row, float32: each vocabulary split's partial
+    results combined."""
     (np_, hp), vp = x.shape, w.shape[1]
-    row = pl.BlockSpec((block_r,), lambda i: (i,))
-    return pl.pallas_call(
-        partial(_forward_kernel, block_v=block_v, vocab=v),
-        out_shape=(jax.ShapeDtypeStruct((np_,), jnp.float32),) * 2,
-        grid=(np_ // block_r,),
-        in_specs=[pl.BlockSpec((block_r, hp), lambda i: (i, 0)),
-                  pl.BlockSpec((hp, vp), lambda i: (0, 0)), pl.BlockSpec((vp,), lambda i: (0,)),
-                  row],
-        out_specs=(row, row), compiler_params=_compiler_params(), interpret=_interpret(),
-        name="mlm_xent_forward")(x, w, b, t)
+    splits = lay.v_splits
+    row = pl.BlockSpec((lay.block_r,), lambda i, k: (i,))
+    part = pl.BlockSpec((None, lay.block_r), lambda i, k: (k, i))
+    m, s, picked = pl.pallas_call(
+        partial(_forward_kernel, block_v=lay.block_v, per_split=vp // lay.block_v // splits,
+                vocab=lay.v),
+        out_shape=(jax.ShapeDtypeStruct((splits, np_), jnp.float32),) * 3,
+        grid=(np_ // lay.block_r, splits),
+        in_specs=[pl.BlockSpec((lay.block_r, hp), lambda i, k: (i, 0)),
+                  pl.BlockSpec((hp, vp), lambda i, k: (0, 0)),
+                  pl.BlockSpec((vp,), lambda i, k: (0,)), row],
+        out_specs=(part, part, part), compiler_params=_compiler_params(),
+        interpret=_interpret(), name="mlm_xent_forward")(x, w, b, t)
+    top = jnp.max(m, axis=0)
+    lse = top + jnp.log(jnp.sum(s * jnp.exp(m - top[None]), axis=0))
+    return lse, jnp.sum(picked, axis=0)
 
 
 def kernel_linear_logprobs(x_nh: jax.Array, w_hv: jax.Array, b_v: jax.Array, targets_n: jax.Array,
                            compute_dtype: str = "float32") -> jax.Array:
     """``log softmax(x_n @ W + b)[t_n]`` per row (float32 ``[N]``; scoring, no gradient)."""
-    x, w, b, t, sizes = _prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
-    lse, picked = _forward(x, w, b, t, sizes)
-    return (picked - lse)[: sizes[0]]
+    x, w, b, t, lay = _prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
+    lse, picked = _forward(x, w, b, t, lay)
+    return (picked - lse)[: lay.n]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -181,44 +213,46 @@ def kernel_linear_xent(x_nh: jax.Array, w_hv: jax.Array, b_v: jax.Array, targets
 
 
 def _kernel_fwd(x_nh, w_hv, b_v, targets_n, weights_n, compute_dtype):
-    x, w, b, t, sizes = _prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
-    lse, picked = _forward(x, w, b, t, sizes)
-    nll_n = (lse - picked)[: sizes[0]]
+    x, w, b, t, lay = _prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
+    lse, picked = _forward(x, w, b, t, lay)
+    nll_n = (lse - picked)[: lay.n]
     loss = jnp.sum(nll_n * weights_n.astype(jnp.float32))
     return loss, (x_nh, w_hv, b_v, targets_n, weights_n, lse, nll_n)
 
 
 def _kernel_bwd(compute_dtype, residuals, g):
     x_nh, w_hv, b_v, targets_n, weights_n, lse, nll_n = residuals
-    x, w, b, t, sizes = _prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
-    n, h, v, block_r, block_v = sizes
+    x, w, b, t, lay = _prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
     (np_, hp), vp = x.shape, w.shape[1]
+    br, bv, vs, rs = lay.block_r, lay.block_v, lay.v_splits, lay.r_splits
     scale = _pad(g * weights_n.astype(jnp.float32), 0, np_)
-    row = pl.BlockSpec((block_r,), lambda i: (i,))
-    full_rows = pl.BlockSpec((np_,), lambda j: (0,))
-    dx = pl.pallas_call(
-        partial(_dx_kernel, block_v=block_v, vocab=v),
-        out_shape=jax.ShapeDtypeStruct((np_, hp), jnp.float32), grid=(np_ // block_r,),
-        in_specs=[pl.BlockSpec((block_r, hp), lambda i: (i, 0)),
-                  pl.BlockSpec((hp, vp), lambda i: (0, 0)), pl.BlockSpec((vp,), lambda i: (0,)),
-                  row, row, row],
-        out_specs=pl.BlockSpec((block_r, hp), lambda i: (i, 0)),
+    row = pl.BlockSpec((br,), lambda i, k: (i,))
+    dx_parts = pl.pallas_call(
+        partial(_dx_kernel, block_v=bv, per_split=vp // bv // vs, vocab=lay.v),
+        out_shape=jax.ShapeDtypeStruct((vs, np_, hp), jnp.float32), grid=(np_ // br, vs),
+        in_specs=[pl.BlockSpec((br, hp), lambda i, k: (i, 0)),
+                  pl.BlockSpec((hp, vp), lambda i, k: (0, 0)),
+                  pl.BlockSpec((vp,), lambda i, k: (0,)), row, row, row],
+        out_specs=pl.BlockSpec((None, br, hp), lambda i, k: (k, i, 0)),
         compiler_params=_compiler_params(), interpret=_interpret(),
         name="mlm_xent_dx")(x, w, b, t, lse, scale)
-    dw, db = pl.pallas_call(
-        partial(_dw_kernel, block_r=block_r, block_v=block_v, vocab=v),
-        out_shape=(jax.ShapeDtypeStruct((hp, vp), jnp.float32),
-                   jax.ShapeDtypeStruct((vp,), jnp.float32)),
-        grid=(vp // block_v,),
-        in_specs=[pl.BlockSpec((np_, hp), lambda j: (0, 0)),
-                  pl.BlockSpec((hp, block_v), lambda j: (0, j)),
-                  pl.BlockSpec((block_v,), lambda j: (j,)), full_rows, full_rows, full_rows],
-        out_specs=(pl.BlockSpec((hp, block_v), lambda j: (0, j)),
-                   pl.BlockSpec((block_v,), lambda j: (j,))),
+    all_rows = pl.BlockSpec((np_,), lambda j, k: (0,))
+    dw_parts, db_parts = pl.pallas_call(
+        partial(_dw_kernel, block_r=br, block_v=bv, per_split=np_ // br // rs, vocab=lay.v),
+        out_shape=(jax.ShapeDtypeStruct((rs, hp, vp), jnp.float32),
+                   jax.ShapeDtypeStruct((rs, vp), jnp.float32)),
+        grid=(vp // bv, rs),
+        in_specs=[pl.BlockSpec((np_, hp), lambda j, k: (0, 0)),
+                  pl.BlockSpec((hp, bv), lambda j, k: (0, j)),
+                  pl.BlockSpec((bv,), lambda j, k: (j,)), all_rows, all_rows, all_rows],
+        out_specs=(pl.BlockSpec((None, hp, bv), lambda j, k: (k, 0, j)),
+                   pl.BlockSpec((None, bv), lambda j, k: (k, j))),
         compiler_params=_compiler_params(), interpret=_interpret(),
         name="mlm_xent_dw")(x, w, b, t, lse, scale)
-    return (dx[:n, :h].astype(x_nh.dtype), dw[:h, :v].astype(w_hv.dtype), db[:v].astype(b_v.dtype),
-            None,
+    n, h, v = lay.n, lay.h, lay.v
+    dx = jnp.sum(dx_parts, axis=0)[:n, :h]
+    dw, db = jnp.sum(dw_parts, axis=0)[:h, :v], jnp.sum(db_parts, axis=0)[:v]
+    return (dx.astype(x_nh.dtype), dw.astype(w_hv.dtype), db.astype(b_v.dtype), None,
             (g * nll_n).astype(weights_n.dtype))
 
 

@@ -25,6 +25,13 @@ def test_ours_and_sweep_projection(capsys, tmp_path):
     assert ours["tokens_per_sec"] > 0 and 0 < ours["mfu"] < 1
     # Timing goes on in whole rounds of `steps` until min_seconds have passed (a short window is noise).
     assert ours["seconds_timed"] >= 0.3 and ours["steps_timed"] % 2 == 0 and ours["steps_timed"] > 2
+    # the step's memory figures: XLA's bytes and FLOPs, and the roofline bound they give
+    assert ours["bytes_per_step"] > 0 and ours["xla_flops_per_step"] > 0
+    floor = max(ours["xla_flops_per_step"] / ours["peak_flops_measured"],
+                ours["bytes_per_step"] / ours["bandwidth_measured"])
+    assert ours["roofline_ms"] == pytest.approx(1000 * floor)
+    assert ours["achieved_bytes_per_sec"] == pytest.approx(
+        ours["bytes_per_step"] / (ours["step_ms"] / 1000))
     (tmp_path / "tiny_sweep.py").write_text(TINY_SWEEP)
     projection = bench.project_sweep(str(tmp_path / "tiny_sweep.py"), batch=8, steps=2,
                                      dtype="float32", steps_per_dispatch=1, tokens_per_run=1e6,
@@ -39,3 +46,17 @@ def test_hugging_face_side_runs_on_the_same_config():
     pytest.importorskip("transformers")
     hf = bench.bench_hf("E16-H16-I32-L1-A2-V300", batch=4, steps=2, threads=1)
     assert hf["tokens_per_sec"] > 0 and hf["device"] in ("cpu", "cuda")
+
+
+def test_compiled_cost_counts_bytes_and_flops_of_a_known_program():
+    """An elementwise product of a float32 [1024, 1024] array: 1M multiplies, its 4 MiB read once
+    and its result written once (the scalar adds 4 bytes)."""
+    import jax
+    import jax.numpy as jnp
+
+    from minilm_jax.train.throughput import compiled_cost
+
+    x = jax.ShapeDtypeStruct((1024, 1024), jnp.float32)
+    cost = compiled_cost(jax.jit(lambda a: a * 3.0), x)
+    assert cost["flops"] == pytest.approx(1024 * 1024)
+    assert cost["bytes_accessed"] == pytest.approx(2 * 4 * 1024 * 1024, rel=1e-5)

@@ -9,7 +9,7 @@ Packing: the selected positions of a whole (micro-)batch are packed into one lis
 :func:`packed_rows` rows (``mask_prob`` x tokens plus a 7-sigma binomial margin, a multiple of 128)
 before the output layer, instead of ``B x max_predictions`` rows of which ~40% are padding at the
 paper's 15% of 128 tokens with 32 slots. Same positions, same targets, same loss (summed in
-another order); where the bound is not smaller than ``B x P`` nothing is packed.
+another order).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ class MaskingConfig:
     # The (static) selection probability that sizes the packed prediction rows: the config's
     # mask_prob, or a population group's largest one (``mask_prob`` itself may be traced there).
     pack_prob: float = 0.0
+    # Shards of the batch (data x fsdp): each shard's sequences are packed on their own, so the
+    # packed rows stay on the devices that hold them.
+    pack_groups: int = 1
 
     @classmethod
     def from_config(cls, mlm, vocab_size: int) -> "MaskingConfig":
@@ -112,28 +115,29 @@ jax.tree_util.register_dataclass(PackedPredictions, data_fields=["rows_n", "targ
                                                                   "weights_n"], meta_fields=[])
 
 
-def pack_predictions(mb: MaskedBatch, cfg: MaskingConfig) -> MaskedBatch | PackedPredictions:
+def pack_predictions(mb: MaskedBatch, cfg: MaskingConfig) -> PackedPredictions:
     """The selected positions of ``mb`` packed across its sequences (in batch order) into
-    :func:`packed_rows` rows; ``mb`` itself where packing would not save rows. A selected position
-    past the packed rows (probability < 1e-11 a batch) is left out and so not counted in the
-    loss's weight sum (the logged ``predictions``)."""
+    :func:`packed_rows` rows, rows of weight 0 after them; per shard of the batch where
+    ``cfg.pack_groups`` > 1 (each shard's rows, then the next shard's). A selected position past the packed
+    rows (probability < 1e-11 a batch) is left out and so not counted in the loss's weight sum
+    (the logged ``predictions``). Always packed, also where the bound is the cap ``B x P``: one
+    layout of the output layer's rows for every batch size."""
     b, t = mb.inputs_bt.shape
-    p = mb.positions_bp.shape[1]
-    rows = packed_rows(b * t, b, cfg)
-    if rows >= b * p:
-        return mb
-    weights_n = mb.weights_bp.reshape(-1)
-    (index_n,) = jnp.nonzero(weights_n > 0, size=rows, fill_value=0)
-    flat_n = (jnp.arange(b, dtype=mb.positions_bp.dtype)[:, None] * t + mb.positions_bp).reshape(-1)
-    keep_n = jnp.arange(rows) < jnp.sum(weights_n > 0)
-    return PackedPredictions(rows_n=flat_n[index_n], targets_n=mb.targets_bp.reshape(-1)[index_n],
-                             weights_n=jnp.where(keep_n, weights_n[index_n], 0.0))
+    groups = cfg.pack_groups if b % cfg.pack_groups == 0 else 1
+    rows = packed_rows(b // groups * t, b // groups, cfg)
+    flat_bp = jnp.arange(b, dtype=mb.positions_bp.dtype)[:, None] * t + mb.positions_bp
+
+    def pack(weights_n, flat_n, targets_n):
+        (index_n,) = jnp.nonzero(weights_n > 0, size=rows, fill_value=0)
+        keep_n = jnp.arange(rows) < jnp.sum(weights_n > 0)
+        return flat_n[index_n], targets_n[index_n], jnp.where(keep_n, weights_n[index_n], 0.0)
+
+    per_group = [a.reshape(groups, -1) for a in (mb.weights_bp, flat_bp, mb.targets_bp)]
+    rows_n, targets_n, weights_n = (a.reshape(-1) for a in jax.vmap(pack)(*per_group))
+    return PackedPredictions(rows_n=rows_n, targets_n=targets_n, weights_n=weights_n)
 
 
 def predicted(mb: MaskedBatch, cfg: MaskingConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(positions, targets, weights) the output layer evaluates: packed ``[N]`` rows where
-    :func:`pack_predictions` packs, else ``mb``'s ``[B, P]`` arrays."""
+    """(rows, targets, weights) the output layer evaluates: :func:`pack_predictions`' ``[N]``."""
     packed = pack_predictions(mb, cfg)
-    if isinstance(packed, PackedPredictions):
-        return packed.rows_n, packed.targets_n, packed.weights_n
-    return mb.positions_bp, mb.targets_bp, mb.weights_bp
+    return packed.rows_n, packed.targets_n, packed.weights_n

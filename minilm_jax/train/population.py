@@ -136,9 +136,11 @@ def members_of(named: Sequence[tuple[str, str | RunPath, ml_collections.ConfigDi
 
 
 def group_key(config: ml_collections.ConfigDict) -> tuple[Any, ...]:
-    """What members of one group share: the values of :data:`GROUPING_FIELDS`."""
+    """What members of one group share: the values of :data:`GROUPING_FIELDS`, and the mask
+    probability, which sizes the packed prediction rows (a static shape; traced within the group):
+    a member then packs as many rows as its separate run, and equals it bit for bit."""
     flat = flatten(config)
-    return tuple(flat[f] for f in GROUPING_FIELDS)
+    return (*(flat[f] for f in GROUPING_FIELDS), float(flat["mlm.mask_prob"]))
 
 
 def groups(members: Sequence[Member]) -> list[tuple[int, ...]]:

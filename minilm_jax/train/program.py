@@ -21,8 +21,9 @@ from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.models import MaskedLM
 from minilm_jax.run_config import model_from_config
 from minilm_jax.train.masking import MaskingConfig
-from minilm_jax.train.mesh import (batch_sharding, check_batch_divisible, check_train_shape,
-                                   members_batch_sharding, members_state_shardings, replicated)
+from minilm_jax.train.mesh import (BATCH_AXES, batch_sharding, check_batch_divisible,
+                                   check_train_shape, members_batch_sharding,
+                                   members_state_shardings, replicated)
 from minilm_jax.train.optim import optimizer_and_schedule, schedule_values
 from minilm_jax.train.state import BuiltState, lm_state
 from minilm_jax.train.step import (MemberGroup, make_eval_step, make_population_eval,
@@ -57,6 +58,14 @@ class PretrainProgram:
                 for name in ("tokens", "segments")}
 
 
+def sharded_masking(masking: MaskingConfig, mesh: Any) -> MaskingConfig:
+    """``masking`` packing its prediction rows per shard of the batch on ``mesh``."""
+    shards = 1
+    for axis in BATCH_AXES:
+        shards *= int(mesh.shape[axis])
+    return dataclasses.replace(masking, pack_groups=shards)
+
+
 def eval_program(graphdef: Any, masking: MaskingConfig, eval_seed: int, mesh: Any,
                  param_shardings: Any = None, rest_shardings: Any = None
                  ) -> tuple[Callable[..., Any], dict[str, Any]]:
@@ -65,7 +74,7 @@ def eval_program(graphdef: Any, masking: MaskingConfig, eval_seed: int, mesh: An
     not given: a checkpoint scored outside its run)."""
     rows = eval_row_shardings(mesh)
     eval_step = jax.jit(
-        make_eval_step(graphdef, masking, eval_seed),
+        make_eval_step(graphdef, sharded_masking(masking, mesh), eval_seed),
         in_shardings=(replicated(mesh) if param_shardings is None else param_shardings,
                       replicated(mesh) if rest_shardings is None else rest_shardings,
                       *rows.values(), None),
@@ -88,7 +97,7 @@ def pretrain_program(config: ml_collections.ConfigDict, mesh: Any,
     tc = config.train
     total_steps = check_train_shape(tc, mesh)
     check_batch_divisible(config.eval.batch_size, mesh, "eval.batch_size")
-    masking = MaskingConfig.from_config(config.mlm, model.vocab_size)
+    masking = sharded_masking(MaskingConfig.from_config(config.mlm, model.vocab_size), mesh)
     optimizer, schedule = optimizer_and_schedule(config.optim, total_steps)
     built = lm_state(model, config.seed, optimizer, mesh)
     data = batch_sharding(mesh, batch_axis=2, ndim=4)
@@ -155,10 +164,8 @@ def population_program(configs: list[ml_collections.ConfigDict], mesh: Any,
     groups, makers, counts = [], [], None
     for indices in keys.values():
         c, model = configs[indices[0]], models[indices[0]]
-        # Packed prediction rows sized for the group's largest mask probability.
-        masking = dataclasses.replace(MaskingConfig.from_config(c.mlm, model.vocab_size),
-                                      pack_prob=max(float(configs[i].mlm.mask_prob)
-                                                    for i in indices))
+        # a group shares its mask probability (group_key), so its packed rows are each member's
+        masking = sharded_masking(MaskingConfig.from_config(c.mlm, model.vocab_size), mesh)
         built = lm_state(model, 0, optimizer_and_schedule(c.optim, total_steps)[0], mesh)  # shapes only
         groups.append(MemberGroup(tuple(indices), built.graphdef, c.optim, masking))
         makers.append(model)

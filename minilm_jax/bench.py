@@ -42,6 +42,11 @@ def synthetic_tokens(batch: int, seq_len: int, vocab: int, seed: int = 0) -> np.
     return tokens
 
 
+def abstract_like(tree):
+    """Shapes, dtypes and shardings of ``tree``: what lowering needs once its arrays are donated."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
 def step_roofline(step_fn, state, data, step_seconds: float, peak: float) -> dict[str, float]:
     """:func:`~minilm_jax.train.throughput.roofline` of one optimizer step of ``step_fn``. XLA's
     cost analysis counts a loop body once, so the cost of a dispatch that scans several steps is
@@ -64,8 +69,7 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
     data = {"tokens": jnp.asarray(np.broadcast_to(tokens, program.batch_shape)),
             "segments": jnp.ones(program.batch_shape, jnp.int32)}
     state = program.state.init()
-    cost_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                              state)
+    cost_state = abstract_like(state)
     metrics, elapsed, dispatches = timed(program.train_step, state, data, steps, k, min_seconds)
     seqs_s = dispatches * k * batch / elapsed
     flops = accounting.train_flops_per_sequence(cfg, num_predictions=config.mlm.max_predictions)
@@ -122,8 +126,7 @@ def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
     data = {"tokens": jnp.asarray(np.broadcast_to(tokens, program.batch_shape)),
             "segments": jnp.ones(program.batch_shape, jnp.int32)}
     state = program.state.init()
-    cost_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                              state)
+    cost_state = abstract_like(state)
     metrics, elapsed, dispatches = timed(program.train_step, state, data, steps,
                                          steps_per_dispatch, min_seconds)
     seqs_s = dispatches * steps_per_dispatch * batch * members / elapsed

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from conftest import float32_tolerance
+from test_fast_paths import _problem
 
 from minilm_jax.configs import pretrain as pretrain_recipe
 from minilm_jax.model.models import build_mlm
@@ -23,16 +24,6 @@ from minilm_jax.train.masking import (MaskingConfig, mask_tokens, pack_predictio
                                       predicted)
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.program import pretrain_program
-
-
-def _problem(n=300, h=24, v=257, seed=0):
-    k = jax.random.split(jax.random.key(seed), 4)
-    x = jax.random.normal(k[0], (n, h))
-    w = jax.random.normal(k[1], (h, v)) * 0.2
-    b = jax.random.normal(k[2], (v,)) * 0.1
-    t = jax.random.randint(k[3], (n,), 0, v)
-    wt = (jnp.arange(n) % 3 != 0).astype(jnp.float32)  # a third of the rows weigh nothing
-    return x, w, b, t, wt
 
 
 def _autodiff_xent(x, w, b, t, wt):

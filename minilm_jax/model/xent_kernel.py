@@ -61,7 +61,8 @@ def _compiler_params():
 
 def _block_logits(x, w, b, j, block_v: int, vocab: int):
     """f32 logits of one ``[rows, block_v]`` block at vocabulary block ``j``, padded columns -inf."""
-    logits = jnp.dot(x, w, preferred_element_type=jnp.float32) + b[None, :].astype(jnp.float32)
+    logits = jnp.dot(x, w, preferred_element_type=jnp.float32)
+    logits = logits + b[None, :].astype(jnp.float32)
     cols = j * block_v + jnp.arange(block_v)
     return jnp.where(cols[None, :] < vocab, logits, _NEG), cols
 

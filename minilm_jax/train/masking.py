@@ -118,10 +118,10 @@ jax.tree_util.register_dataclass(PackedPredictions, data_fields=["rows_n", "targ
 def pack_predictions(mb: MaskedBatch, cfg: MaskingConfig) -> PackedPredictions:
     """The selected positions of ``mb`` packed across its sequences (in batch order) into
     :func:`packed_rows` rows, rows of weight 0 after them; per shard of the batch where
-    ``cfg.pack_groups`` > 1 (each shard's rows, then the next shard's). A selected position past the packed
-    rows (probability < 1e-11 a batch) is left out and so not counted in the loss's weight sum
-    (the logged ``predictions``). Always packed, also where the bound is the cap ``B x P``: one
-    layout of the output layer's rows for every batch size."""
+    ``cfg.pack_groups`` > 1 (each shard's rows, then the next shard's). A selected position past
+    the packed rows (probability < 1e-11 a batch) is left out and so not counted in the loss's
+    weight sum (the logged ``predictions``). Always packed, also where the bound is the cap
+    ``B x P``: one layout of the output layer's rows for every batch size."""
     b, t = mb.inputs_bt.shape
     groups = cfg.pack_groups if b % cfg.pack_groups == 0 else 1
     rows = packed_rows(b // groups * t, b // groups, cfg)

@@ -38,9 +38,11 @@ def device_memory_stats() -> dict[str, float]:
 @functools.lru_cache(maxsize=None)
 def measured_copy_bandwidth(megabytes: int = 0, repeats: int = 5) -> float:
     """Bytes/s (read + written) of the best of ``repeats`` device-to-device copies of a float32
-    array (1 GiB on accelerators, 64 MiB on CPU): the roofline's memory ceiling."""
+    array (256 MiB on accelerators, 5x an H100's L2 and small beside a population's peak memory,
+    which the probe's 512 MiB would otherwise set; 64 MiB on CPU): the roofline's memory
+    ceiling."""
     platform = jax.local_devices()[0].platform
-    size = (megabytes or (1024 if platform in ("gpu", "tpu") else 64)) * 2**20 // 4
+    size = (megabytes or (256 if platform in ("gpu", "tpu") else 64)) * 2**20 // 4
     a = jax.random.uniform(jax.random.key(0), (size,), jnp.float32)
     copy = jax.jit(lambda x: x * 1.0 + 1.0)
     copy(a).block_until_ready()

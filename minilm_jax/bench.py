@@ -30,6 +30,7 @@ from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.configs import pretrain as pretrain_recipe
 from minilm_jax.model.sizes import resolve_point
 from minilm_jax.storage import atomic_write_json
+from minilm_jax.train.checkpoint import abstract_like
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.program import pretrain_program
 from minilm_jax.train.throughput import (compiled_cost, device_memory_stats,
@@ -40,11 +41,6 @@ def synthetic_tokens(batch: int, seq_len: int, vocab: int, seed: int = 0) -> np.
     tokens = np.random.default_rng(seed).integers(5, vocab, size=(batch, seq_len)).astype(np.int32)
     tokens[:, 0], tokens[:, -1] = 0, 2
     return tokens
-
-
-def abstract_like(tree):
-    """Shapes, dtypes and shardings of ``tree``: what lowering needs once its arrays are donated."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def step_roofline(step_fn, state, data, step_seconds: float, peak: float) -> dict[str, float]:

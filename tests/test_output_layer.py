@@ -22,6 +22,7 @@ from minilm_jax.model.xent_kernel import (kernel_applies, kernel_linear_logprobs
                                           kernel_linear_xent)
 from minilm_jax.train.masking import (MaskingConfig, mask_tokens, pack_predictions, packed_rows,
                                       predicted)
+from minilm_jax.train.checkpoint import abstract_like
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.program import pretrain_program
 
@@ -156,8 +157,7 @@ def _train_step_hlo(impl: str, vocab: int, batch: int) -> str:
     cfg = resolve_point(f"E16-H32-I64-L1-A2-V{vocab}", dtype="bfloat16", mlm_loss_impl=impl)
     config.train.num_steps, config.train.batch_size, config.eval.batch_size = 10, batch, batch
     program = pretrain_program(config, make_mesh(1, 1, jax.devices()[:1]), model=cfg)
-    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                         program.state.abstract)
+    state = abstract_like(program.state.abstract)
     data = {k: jax.ShapeDtypeStruct(program.batch_shape, jnp.int32) for k in ("tokens", "segments")}
     return program.train_step.lower(state, data).compile().as_text()
 

@@ -201,6 +201,25 @@ def test_a_diverging_member_stops_alone(trained, word_shards, tmp_path):
     assert read_pretrain_summary(tmp_path / "all-a").status == "diverged"
 
 
+def test_a_population_with_a_diverged_member_runs_again(word_shards, tmp_path):
+    """A member that diverged is a finished member: the same population again completes instead
+    of refusing the member's history as lost, also where that member left no ``metrics.jsonl``
+    (it diverged before its first record, before the history file was written at the start);
+    a healthy member's lost history is still refused."""
+    base = base_config(word_shards, **{"checkpoint.keep_fractions": ()})
+    members = members_of([("ok", tmp_path / "ok", base),
+                          ("bad", tmp_path / "bad", with_fields(base, {"optim.peak_lr": 1e30}))])
+    PopulationTrainer(members, tmp_path / "pop", "map").run()
+    assert read_pretrain_summary(tmp_path / "bad").status == "diverged"
+    (tmp_path / "bad" / "metrics.jsonl").unlink()  # as a member diverged before any record left it
+    summary = PopulationTrainer(members, tmp_path / "pop", "map").run()
+    assert summary["status"] == "completed"
+    assert [m["status"] for m in summary["members"]] == ["completed", "diverged"]
+    (tmp_path / "ok" / "metrics.jsonl").unlink()
+    with pytest.raises(UserError, match="history of member ok"):
+        PopulationTrainer(members, tmp_path / "pop", "map")
+
+
 def population_cli(shards, workdir):
     """The population command: base_config's run (8 steps, evaluated and saved every 4) with two
     seeds and the recipe's learning rate, i.e. m0 and m1 of ``trained``."""

@@ -123,6 +123,11 @@ class PopulationTrainer(LoopSpec):
             for member in self.members:  # readers of a member still training find its tokenizer
                 write_run_start(member.workdir, self.manifest, self.model_cfg.to_dict(),
                                 data.shards)
+                # its history exists from the start: a member that diverges before its first
+                # record is not taken for one whose history was lost
+                history = run_path(member.workdir) / "metrics.jsonl"
+                if jax.process_index() == 0 and not history.exists():
+                    history.write_text("")
         except BaseException:
             Each(locks).release()
             raise
@@ -147,14 +152,26 @@ class PopulationTrainer(LoopSpec):
         trained = self._trained_steps()
         if trained == 0:
             return
+        diverged = self._recorded_diverged()
         lost = [f"{m.name} ({m.workdir}: no {' or '.join(missing)})" for m in self.members
                 if (missing := [f for f in ("config.json", "metrics.jsonl")
-                                if not (m.workdir / f).is_file()])]
+                                if not (m.workdir / f).is_file()
+                                and not (f == "metrics.jsonl" and m.name in diverged)])]
         if lost:
             raise UserError(
                 f"population {self.workdir} was trained to step {trained} but the history of "
                 f"member {', '.join(lost)} is gone, which its checkpoint cannot rebuild: restore "
                 f"the folder, or delete {self.workdir} and its members' folders to train again")
+
+    def _recorded_diverged(self) -> set[str]:
+        """Members the population's summary records as diverged (a member that diverged before
+        its first record has no history to lose: populations before the empty ``metrics.jsonl``
+        written at the start left none)."""
+        try:
+            summary = json.loads((self.workdir / "summary.json").read_text())
+            return {m["name"] for m in summary["members"] if m.get("status") == "diverged"}
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
 
     def _optional_split(self, name: str) -> ShardSplit | None:
         if name and name in self.manifest["splits"]:

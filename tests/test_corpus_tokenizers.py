@@ -98,6 +98,14 @@ def test_vocab_size_too_large_is_a_clear_error():
         train_sentencepiece(["a small corpus of few words"] * 10, 5000, "bpe")
 
 
+def test_text_of_only_overlong_lines_names_the_cause():
+    """One 70,000-byte line (a file with no line breaks): SentencePiece would skip it and fail with
+    an internal check; the error says why and what to do."""
+    with pytest.raises(CorpusError, match=r"every document is longer than the 65,536 bytes .* "
+                                          r"\(the longest: 70,000 bytes\): put one document"):
+        train_sentencepiece(["word " * 14_000], 500, "bpe")
+
+
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory) -> Path:
     if not AOCHILDES.is_dir():

@@ -77,6 +77,12 @@ def train_sentencepiece(texts: list[str], vocab_size: int, model_type: str,
 
     if model_type not in SENTENCEPIECE_TYPES:
         raise CorpusError(f"model type must be one of {SENTENCEPIECE_TYPES}, got {model_type!r}")
+    if texts and all(len(t.encode("utf-8")) > cfg.max_sentence_length for t in texts):
+        # SentencePiece skips such lines and then fails with "INTERNAL ... !sentences_.empty()"
+        longest = max(len(t.encode("utf-8")) for t in texts)
+        raise CorpusError(
+            f"every document is longer than the {cfg.max_sentence_length:,} bytes a tokenizer "
+            f"trains on (the longest: {longest:,} bytes): put one document or paragraph per line")
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(

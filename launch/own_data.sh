@@ -22,19 +22,28 @@
 # Each step is one command of the tool, printed before it runs (README "Your own data" shows them
 # with the defaults); run them yourself to change anything the variables do not.
 set -euo pipefail
+CALLER=$PWD
 cd "$(dirname "$0")/.."
+REPO=$PWD
 if [ $# -lt 2 ]; then
   sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
 fi
-TEXT=$1 LABELS=$2; shift 2
+# Relative paths are the caller's (printed as given when the caller is in the checkout).
+from_caller() {
+  case "$1" in
+    ""|-|/*) printf '%s' "$1" ;;
+    *) if [ "$CALLER" = "$REPO" ]; then printf '%s' "$1"; else printf '%s/%s' "$CALLER" "$1"; fi ;;
+  esac
+}
+TEXT=$(from_caller "$1") LABELS=$(from_caller "$2"); shift 2
 OUT=runs/own
-if [ $# -gt 0 ] && [ "$1" != "--" ]; then OUT=$1; shift; fi
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then OUT=$(from_caller "$1"); shift; fi
 [ $# -gt 0 ] && [ "$1" = "--" ] && shift
 DRY=${OWN_DRY_RUN:-0}
 TOKENS=${OWN_TOKENS:-2000} SEQ_LEN=${OWN_SEQ_LEN:-128} TASK=${OWN_TASK:-table} SEEDS=${OWN_SEEDS:-0,1,2}
 RECIPE=${OWN_RECIPE:-own_data}
 [ -n "${OWN_POINT:-}" ] && RECIPE="$RECIPE:$OWN_POINT"
-if [ -d "$TEXT" ]; then SOURCE="textfiles:$TEXT"
+if [ -d "$TEXT" ]; then SOURCE="textfiles:$TEXT/*.txt"  # its .txt files, not a readme beside them
 elif [[ "$TEXT" == *.jsonl ]]; then SOURCE="jsonl:$TEXT"
 else SOURCE="text:$TEXT"; fi
 NAME=$(basename "$LABELS"); NAME=${NAME%.*}
@@ -49,12 +58,16 @@ if [ "$DRY" = 0 ]; then
   for path in "$TEXT" "$LABELS"; do
     [ "$path" = "-" ] || [ -e "$path" ] || { echo "error: not found: $path" >&2; exit 2; }
   done
+  if [ -d "$TEXT" ] && ! compgen -G "$TEXT/*.txt" > /dev/null; then
+    echo "error: no .txt files in $TEXT (TEXT: a .txt file, a .jsonl file, or a folder of .txt" \
+      "files)" >&2; exit 2
+  fi
   source launch/venv.sh
   install_project
   PY=.venv/bin/python
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
   export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$OUT/jax_cache}
-  mkdir -p "$OUT"
+  mkdir -p "$OUT" 2>/dev/null || { echo "error: cannot create the output folder $OUT" >&2; exit 2; }
 fi
 
 own_data_estimate() {  # a rough time estimate before the first step, from measured rates
@@ -70,12 +83,33 @@ step() {  # print one command as README shows it (python -m ...), then run it wi
   "$PY" "$@"
 }
 
-# The same TEXT and OUT again (e.g. another LABELS file): what was made from it is reused.
-STAMP="$OUT/source.txt" MADE="$SOURCE $TOKENS $SEQ_LEN $RECIPE ${OWN_STEPS:-}"
+# The same TEXT and OUT again (e.g. another LABELS file): what was made from it is reused. The text
+# is identified by its bytes (a file's sha256; a folder's .txt files, names and bytes), not by how
+# its path is spelled: a relative path, a symlink or a copy of the same text is the same text.
+text_digest() {  # text_digest KIND:PATH
+  local path=${1#*:}
+  path=${path%/\*.txt}  # a folder's .txt files
+  if [ -d "$path" ]; then
+    (cd "$path" && find . -maxdepth 1 -name '*.txt' -type f -print0 | sort -z \
+      | xargs -0 -r sha256sum) | sha256sum | cut -c1-64
+  elif [ -f "$path" ]; then sha256sum < "$path" | cut -c1-64
+  else echo "missing"; fi
+}
+made_from() {  # made_from KIND:PATH -> what the stamp records
+  echo "${1%%:*}:sha256=$(text_digest "$1") $TOKENS $SEQ_LEN $RECIPE ${OWN_STEPS:-}"
+}
+STAMP="$OUT/source.txt"
 if [ "$DRY" = 0 ]; then
+  MADE=$(made_from "$SOURCE")
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" != "$MADE" ]; then
-    echo "error: $OUT was made from '$(cat "$STAMP")' (source, pieces, length, recipe, steps), not" \
-      "'$MADE': use another OUT" >&2; exit 2
+    RECORDED=$(cat "$STAMP")
+    # a stamp of the earlier format names the text by path: compare that text's bytes
+    LEGACY=${RECORDED%% *}
+    if [[ "$RECORDED" == *sha256=* ]] || [ "${RECORDED#* }" != "${MADE#* }" ] \
+        || [ "$(cd "$REPO" && made_from "$LEGACY")" != "$MADE" ]; then
+      echo "error: $OUT was made from another text or settings ('$RECORDED': source, pieces," \
+        "length, recipe, steps), not '$MADE' ($SOURCE): use another OUT" >&2; exit 2
+    fi
   fi
   echo "$MADE" > "$STAMP"
   own_data_estimate

@@ -192,6 +192,15 @@ def test_own_text_and_labels_end_to_end(tmp_path):
     other = subprocess.run(["bash", "launch/own_data.sh", str(sst2), "-", str(out)], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=300)
     assert other.returncode == 2 and "use another OUT" in other.stderr
+    # the same text spelled another way (a symlink, by a path relative to another folder) is the
+    # same text: everything made from it is reused
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link.txt").symlink_to(text)
+    same = subprocess.run(["bash", str(REPO / "launch" / "own_data.sh"), "../link.txt", "-",
+                           "../own"], cwd=tmp_path / "elsewhere", env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert same.returncode == 0, (same.stdout[-2000:], same.stderr[-2000:])
+    assert same.stdout.count(": reused") == 3
     # a wrong column name: one error line, exit 2, the finished pre-training untouched
     bad = subprocess.run(
         [sys.executable, "-m", "minilm_jax.finetune",

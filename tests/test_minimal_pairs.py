@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from conftest import float32_tolerance, shared_path
+from minilm_jax.errors import UserError
 from minilm_jax.evals.minimal_pairs import (ParadigmResult, compare_paired, score_paradigms,
                                             summarize, wilson)
 from minilm_jax.evals.scoring import (EncodedSentence, encode_sentence, masked_rows,
@@ -139,6 +140,17 @@ def test_holistic_is_the_mean_cross_entropy_of_the_unmasked_sentence(scorer):
     terms = 410 + 2 * (32 + 64)  # the vocabulary's logsumexp, each layer's widest reductions
     np.testing.assert_allclose(score_sentences(encoded, "holistic", fn, tokenizer, 2), expected,
                                rtol=0, atol=float32_tolerance(scale, terms))
+
+
+def test_a_model_with_non_finite_weights_is_refused_not_scored(scorer):
+    """NaN weights give NaN log-probabilities: refused in one line, never "0% of pairs"."""
+    tokenizer, graphdef, params, rest = scorer
+    poisoned = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), params)
+    encoded = [encode_sentence(tokenizer, s) for s in SENTENCES]
+    with pytest.raises(UserError, match=rf"not finite for {len(encoded)} of {len(encoded)} "
+                                        "sentences"):
+        score_sentences(encoded, "holistic", mlm_target_logprobs(graphdef, poisoned, rest),
+                        tokenizer, 2)
 
 
 def test_pairs_with_unknown_or_listed_out_words_are_counted_not_dropped(scorer):

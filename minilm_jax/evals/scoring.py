@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from minilm_jax.errors import UserError
 from minilm_jax.tokenizer import Tokenizer
 
 RULES = ("holistic", "pll", "pll_word_l2r")
@@ -157,6 +158,11 @@ def score_sentences(sentences: Sequence[EncodedSentence], rule: str, fn: TargetL
         logp = np.asarray(fn(tokens, positions, targets), np.float64)
         per_row = np.sum(np.where(weights > 0, logp, 0.0) * weights, axis=1)
         np.add.at(scores, owner[:row], per_row[:row])
+    bad = int(np.sum(~np.isfinite(scores)))
+    if bad:
+        raise UserError(f"the model's log-probabilities are not finite for {bad} of "
+                        f"{len(scores)} sentences (its weights hold NaN or infinite values): "
+                        "nothing is scored, no accuracy reported")
     return scores
 
 

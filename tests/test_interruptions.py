@@ -3,6 +3,7 @@ exits 130 with one line, the best checkpoint is published atomically and never r
 unevaluated step, a diverged run says what it leaves behind."""
 
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from minilm_jax.errors import Interrupted, UserError
 from minilm_jax.sweep.worker_loop import SweepRunner, stop_error
+from minilm_jax.sweep import workers
 from minilm_jax.sweep.workers import run_worker
 from minilm_jax.sweep.status import SweepStatus
 from minilm_jax.train import seal
@@ -67,6 +69,24 @@ def test_a_sigterm_stops_the_sweep_marks_the_stage_interrupted_and_the_report_in
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert {r["run"] for r in rows if r["kind"] == "validation"} == {
         "b", "b__hidden_dim=32", "b__ffn_dim=64"}
+
+    # SIGTERM while the finished sweep rebuilds its results and report: they are finished, and
+    # the command ends with one line and exit 143 (it was killed silently mid-report before)
+    build = workers.build_report_once
+
+    def report_under_sigterm(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return build(*args)
+
+    monkeypatch.setattr(workers, "build_report_once", report_under_sigterm)
+    outcome = run_worker(sweep, tmp_path)
+    assert outcome["interrupted"] == {"run": "", "stage": "", "signal": "SIGTERM"}
+    assert outcome["report"] and "Incomplete sweep" not in (
+        tmp_path / "report" / "report.md").read_text()
+    error = stop_error(outcome)
+    assert error.exit_status == 143 and str(error) == (
+        "sweep stopped by SIGTERM after its last stage: every stage had finished, and the results "
+        "and report were rebuilt before it stopped")
 
 
 class PreemptedRun:

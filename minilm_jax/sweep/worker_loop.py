@@ -101,11 +101,16 @@ def stop_error(outcome: dict[str, Any]) -> Interrupted | None:
     if not stopped:
         return None
     signal_name = stopped["signal"] or "SIGTERM"
+    name = "Ctrl-C" if signal_name == "SIGINT" else signal_name
+    status = 130 if signal_name == "SIGINT" else 143
+    if not stopped["stage"]:  # it came while the results and report were rebuilt
+        return Interrupted(
+            f"sweep stopped by {name} after its last stage: every stage had finished, and the "
+            "results and report were rebuilt before it stopped", exit_status=status)
     return Interrupted(
-        f"sweep stopped by {'Ctrl-C' if signal_name == 'SIGINT' else signal_name} at "
-        f"{stopped['run']} {stopped['stage']} (its step is saved); results and report are "
-        "incomplete: run the same command again to resume",
-        exit_status=130 if signal_name == "SIGINT" else 143)
+        f"sweep stopped by {name} at {stopped['run']} {stopped['stage']} (its step is saved); "
+        "results and report are incomplete: run the same command again to resume",
+        exit_status=status)
 
 
 def _launched_at() -> float:

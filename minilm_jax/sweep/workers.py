@@ -18,6 +18,7 @@ from typing import Any
 import ml_collections
 
 from minilm_jax.storage import atomic_write_bytes
+from minilm_jax.train.dispatch import stop_signals
 
 from .claims import ClaimBoard
 from .layout import SweepLayout
@@ -52,10 +53,15 @@ def run_worker(sweep: ml_collections.ConfigDict, root: str | Path, only: str = "
     runner = SweepRunner(sweep, root)
     runner.check(only)  # a refused sweep writes nothing under the root, its config included
     save_config(sweep, runner.layout)
-    outcome = runner.run(only, stage)
-    if sweep.report and "interrupted" in outcome:
-        print("stopped: the report is built from the finished stages", flush=True)
-    outcome["report"] = build_report_once(runner.layout, sweep) if sweep.report else None
+    # one request for the stages, the results and the report: a signal while they are rebuilt
+    # (every stage already finished) lets them finish and is reported like any stop
+    with stop_signals() as stop:
+        outcome = runner.run(only, stage)
+        if sweep.report and "interrupted" in outcome:
+            print("stopped: the report is built from the finished stages", flush=True)
+        outcome["report"] = build_report_once(runner.layout, sweep) if sweep.report else None
+    if stop.signal and "interrupted" not in outcome:
+        outcome["interrupted"] = {"run": "", "stage": "", "signal": stop.signal}
     return outcome
 
 

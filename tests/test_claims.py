@@ -288,6 +288,26 @@ def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path, 
     claim.release()
 
 
+def test_a_stale_claim_of_a_live_process_on_this_host_is_taken_over(tmp_path, capsys):
+    """Same host, a live pid that never refreshes its claim (no worker: a reused pid, or a hung
+    worker): once the claim is older than stale_after it is taken over, not waited on forever."""
+    import socket
+
+    root = run_path(str(tmp_path / "sweep"))
+    unit = root / "runs" / "a" / "pretrain"
+    owner = {"worker": f"{socket.gethostname()}:{os.getppid()}", "host": socket.gethostname(),
+             "pid": os.getppid(), "since": 0.0, "stage": "pretrain", "unit": "runs/a/pretrain"}
+    path = board(root).path_of(unit)
+    assert exclusive_files.create(path, json.dumps(owner).encode())
+    assert board(root).try_claim([unit], "pretrain") is None  # fresh: its pid is alive
+    old = time.time() - 20 * 60  # as if written 20 minutes ago and never refreshed
+    os.utime(path, (old, old))
+    claim = board(root).try_claim([unit], "pretrain")
+    assert claim is not None
+    assert f"from worker {socket.gethostname()}:{os.getppid()} (gone)" in capsys.readouterr().out
+    claim.release()
+
+
 def test_a_zombie_holder_is_gone_and_wakes_a_waiting_worker(tmp_path):
     """A worker killed but not yet reaped by its parent (a zombie) holds nothing: its claim is
     free, and a worker waiting for a change wakes at once instead of after its timeout."""

@@ -4,7 +4,8 @@ A worker claims a unit (a pre-training run or population, a zero-shot evaluation
 job or population) by creating the claim file of each of its folders only if it is absent (of two
 workers, one wins), and keeps it fresh while the unit runs (the heartbeat, every ``heartbeat``
 seconds). A claim is stale, and taken over by the next worker that wants the unit, when its process
-is gone (same host), or (another host: a SLURM node or TPU host that was preempted) when this
+is gone or its last write is older than ``stale_after`` (same host: a hung worker, or a pid reused
+by a process that is no worker), or (another host: a SLURM node or TPU host that was preempted) when this
 worker has seen it unchanged for ``stale_after`` seconds, or for three heartbeats when its last
 write is also older than ``stale_after`` by the clocks (so a host whose clock is off can neither
 take over a live claim nor wait long for a dead one). The unit then resumes from its checkpoint;
@@ -229,7 +230,12 @@ class ClaimBoard:
     def _stale(self, path: RunPath, owner: dict[str, Any], held: exclusive_files.Held) -> bool:
         """Whether the claim ``held`` at ``path`` is stale (see the module docstring)."""
         if owner.get("host") == socket.gethostname():
-            return not process_alive(int(owner.get("pid", -1)))
+            # this host's clock wrote the claim: its age is exact. A live pid whose claim went
+            # unrefreshed for stale_after is a hung worker, or not a worker at all (a reused pid)
+            pid = int(owner.get("pid", -1))
+            if pid == os.getpid():
+                return False  # this process's own claim (another thread's unit)
+            return not process_alive(pid) or held.age > self.stale_after
         now = time.monotonic()
         stamp, since = self._seen.get(str(path), (None, now))
         if stamp != held.stamp:

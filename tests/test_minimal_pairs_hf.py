@@ -246,6 +246,32 @@ def test_a_classifier_export_is_not_a_masked_lm(default_export, tmp_path, no_pro
         scoring_model(folder)
 
 
+def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(exported, default_export,
+                                                                  tmp_path, capfd):
+    """A RoBERTa-layout export carrying another export's ``model.safetensors``: every tensor
+    would be initialised at random; refused in one line naming them, no transformers report."""
+    folder = tmp_path / "mixed"
+    shutil.copytree(exported[2], folder)
+    shutil.copy(default_export[2] / "model.safetensors", folder / "model.safetensors")
+    capfd.readouterr()
+    with pytest.raises(UserError, match=r"mixed: its weights do not fit its config\.json \(\d+ "
+                                        r"tensor\(s\) missing.*partly random model"):
+        hugging_face_model(folder)
+    out, err = capfd.readouterr()
+    assert "newly initialized" not in err and "newly initialized" not in out
+    # a config.json that no longer fits the weights (another vocabulary size): one line, and
+    # transformers' load report does not reach the user
+    edited = tmp_path / "edited"
+    shutil.copytree(exported[2], edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["vocab_size"] += 8
+    (edited / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"edited: "):
+        hugging_face_model(edited)
+    out, err = capfd.readouterr()
+    assert not err.strip() and not out.strip(), (out, err)
+
+
 def _drop_weights(folder: Path) -> None:
     (folder / "model.safetensors").unlink()
 

@@ -113,10 +113,16 @@ def hugging_face_model(path: str | Path, random_seed: int | None = None) -> Scor
         return exported_minilm_model(folder, random_seed)
     torch, transformers = _transformers()
     tokenizer = HuggingFaceTokenizer(path)
+    # its load report and progress bar: our one line says what matters
+    verbosity, bars = (transformers.logging.get_verbosity(),
+                       transformers.utils.logging.is_progress_bar_enabled())
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     try:
         if random_seed is None:
-            model = transformers.AutoModelForMaskedLM.from_pretrained(str(path),
-                                                                      trust_remote_code=False)
+            model, loading = transformers.AutoModelForMaskedLM.from_pretrained(
+                str(path), trust_remote_code=False, output_loading_info=True)
+            refuse_partial_load(path, loading)
         else:
             torch.manual_seed(int(random_seed))
             config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
@@ -124,6 +130,10 @@ def hugging_face_model(path: str | Path, random_seed: int | None = None) -> Scor
     except (OSError, ValueError, RuntimeError) as err:
         raise UserError(f"{path}: transformers {transformers.__version__} cannot load its masked "
                         f"LM ({first_line(err)})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device=device, dtype=torch.float32).eval()
     vocab = int(model.get_output_embeddings().weight.shape[0])
@@ -150,6 +160,20 @@ def hugging_face_model(path: str | Path, random_seed: int | None = None) -> Scor
     if model.config.model_type in ("roberta", "xlm-roberta", "camembert"):
         positions -= tokenizer.pad_id + 1  # RoBERTa's positions start after the padding index
     return ScoringModel(tokenizer, fn, info, max_len=longest_input(tokenizer, positions))
+
+
+def refuse_partial_load(path: str | Path, loading: dict[str, Any]) -> None:
+    """Refuse a folder whose weights do not fit its config: transformers would initialise the
+    missing (or re-shape the mismatched) tensors at random and score a partly random model."""
+    missing = list(loading.get("missing_keys") or [])
+    mismatched = [str(m[0]) if isinstance(m, (tuple, list)) else str(m)
+                  for m in loading.get("mismatched_keys") or []]
+    if missing or mismatched:
+        names = missing + mismatched
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise UserError(f"{path}: its weights do not fit its config.json ({len(missing)} tensor(s) "
+                        f"missing, {len(mismatched)} of another shape: {shown}); transformers "
+                        "would initialise them at random: refusing to score a partly random model")
 
 
 def folder_info(folder: HuggingFaceFolder, point: str, random_seed: int | None) -> dict[str, Any]:

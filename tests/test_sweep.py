@@ -194,8 +194,16 @@ def test_a_shared_random_twin_built_by_one_seeds_run_is_accepted_for_the_others(
     assert len(runner.runs) == len(twins) == 2 and twins[0].workdir == twins[1].workdir
     assert twins[0].config.init.checkpoint != twins[1].config.init.checkpoint
     twins[1].workdir.mkdir(parents=True)  # the second seed's run fine-tuned the twin
-    (twins[1].workdir / "config.json").write_text(json.dumps(flatten(twins[1].config)))
+    recorded = {**flatten(twins[1].config), "model_built": {"hidden_dim": 16, "num_layers": 1}}
+    (twins[1].workdir / "config.json").write_text(json.dumps(recorded))
     runner._refuse_changed(runner.runs)  # accepted for both seeds
+    # its recorded architecture edited: refused, though the finished twin is never rebuilt
+    recorded["model_built"]["hidden_dim"] = 64
+    (twins[1].workdir / "config.json").write_text(json.dumps(recorded))
+    with pytest.raises(UserError, match=r"/sst2 \(model_built.hidden_dim: 64 -> 16\); use"):
+        runner._refuse_changed(runner.runs)
+    recorded["model_built"]["hidden_dim"] = 16
+    (twins[1].workdir / "config.json").write_text(json.dumps(recorded))
     sweep.finetune_overrides = tuple(sweep.finetune_overrides) + ("train.epochs=3",)
     assert {job.workdir for job in finetune_jobs(sweep, runner.runs[0], tmp_path)
             if job.init == "random"} != {twins[0].workdir}  # another recipe: another twin

@@ -70,6 +70,25 @@ def changed_fields(workdir: RunPath, config: ml_collections.ConfigDict,
     return [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in keys]
 
 
+# The architecture's shapes: what a fine-tuning run's recorded ``model_built`` takes from its
+# checkpoint, so they must be the sweep run's own.
+BUILT_SHAPE_FIELDS = ("arch", "vocab_size", "emb_dim", "hidden_dim", "ffn_dim", "num_layers",
+                      "num_heads")
+
+
+def built_changed(workdir: RunPath, run_config: ml_collections.ConfigDict) -> list[str]:
+    """Shape fields (``model_built.field: recorded -> expected``) in which ``workdir``'s recorded
+    ``model_built`` differs from the model of the run it fine-tunes (a finished job is skipped,
+    not rebuilt, so an edited record would otherwise be reused)."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return []
+    built = json.loads(path.read_text()).get("model_built") or {}
+    expected = model_from_config(run_config).to_dict()
+    return [f"model_built.{k}: {built[k]!r} -> {expected[k]!r}" for k in BUILT_SHAPE_FIELDS
+            if k in built and built[k] != expected[k]]
+
+
 def plan_table(runs: list[Run], sweep: ml_collections.ConfigDict, peak_flops: float) -> str:
     """Dry-run listing: parameters, training FLOPs and an estimated time per run."""
     lines = [f"{'run':<40} {'point':<30} {'params':>11} {'FLOPs (paper)':>14} "
@@ -402,10 +421,12 @@ class SweepRunner:
             if fields:
                 changed.append(f"{relative_location(pre_dir, self.root)} ({'; '.join(fields[:4])})")
             for job in finetune_jobs(self.sweep, run, self.layout):
-                fields = changed_fields(job.workdir, job.config, resumable_fields(job.init))
+                fields = (changed_fields(job.workdir, job.config, resumable_fields(job.init))
+                          + built_changed(job.workdir, run.config))
                 if fields:
                     changed.append(f"{relative_location(job.workdir, self.root)} "
                                    f"({'; '.join(fields[:4])})")
+        changed = list(dict.fromkeys(changed))  # a shared twin is named once
         if changed:
             more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
             raise UserError(f"sweep root {self.root} holds runs trained with a different config: "

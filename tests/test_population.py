@@ -205,7 +205,7 @@ def test_a_population_with_a_diverged_member_runs_again(word_shards, tmp_path):
     """A member that diverged is a finished member: the same population again completes instead
     of refusing the member's history as lost, also where that member left no ``metrics.jsonl``
     (it diverged before its first record, before the history file was written at the start);
-    a healthy member's lost history is still refused."""
+    a healthy member's lost or truncated history is still refused."""
     base = base_config(word_shards, **{"checkpoint.keep_fractions": ()})
     members = members_of([("ok", tmp_path / "ok", base),
                           ("bad", tmp_path / "bad", with_fields(base, {"optim.peak_lr": 1e30}))])
@@ -215,7 +215,12 @@ def test_a_population_with_a_diverged_member_runs_again(word_shards, tmp_path):
     summary = PopulationTrainer(members, tmp_path / "pop", "map").run()
     assert summary["status"] == "completed"
     assert [m["status"] for m in summary["members"]] == ["completed", "diverged"]
-    (tmp_path / "ok" / "metrics.jsonl").unlink()
+    history = tmp_path / "ok" / "metrics.jsonl"  # a healthy member's history cut in half
+    data = history.read_bytes()
+    history.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"history of member ok .*no record of its best step"):
+        PopulationTrainer(members, tmp_path / "pop", "map")
+    history.unlink()
     with pytest.raises(UserError, match="history of member ok"):
         PopulationTrainer(members, tmp_path / "pop", "map")
 

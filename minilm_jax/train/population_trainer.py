@@ -157,6 +157,8 @@ class PopulationTrainer(LoopSpec):
                 if (missing := [f for f in ("config.json", "metrics.jsonl")
                                 if not (m.workdir / f).is_file()
                                 and not (f == "metrics.jsonl" and m.name in diverged)])]
+        lost += [f"{m.name} ({m.workdir}: {gap})" for m in self.members
+                 if (m.workdir / "metrics.jsonl").is_file() and (gap := _history_gap(m.workdir))]
         if lost:
             raise UserError(
                 f"population {self.workdir} was trained to step {trained} but the history of "
@@ -400,3 +402,18 @@ class PopulationTrainer(LoopSpec):
         if jax.process_index() == 0:
             summary.write(self.workdir)
         return summary.to_json()
+
+
+def _history_gap(workdir: Path) -> str:
+    """What a member's ``metrics.jsonl`` lacks that its ``summary.json`` names (a file cut short:
+    its best step's validation record), or "" when nothing is missing or nothing is recorded."""
+    try:
+        summary = json.loads((workdir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    best = (summary.get("best") or {}).get("step") if isinstance(summary, dict) else None
+    if best is None:
+        return ""
+    steps = {r.get("step") for r in read_metrics(workdir / "metrics.jsonl")
+             if r.get("split") == "validation"}
+    return "" if best in steps else f"metrics.jsonl has no record of its best step {best}"

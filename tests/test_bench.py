@@ -60,3 +60,17 @@ def test_compiled_cost_counts_bytes_and_flops_of_a_known_program():
     cost = compiled_cost(jax.jit(lambda a: a * 3.0), x)
     assert cost["flops"] == pytest.approx(1024 * 1024)
     assert cost["bytes_accessed"] == pytest.approx(2 * 4 * 1024 * 1024, rel=1e-5)
+
+
+def test_output_layer_bench_checks_every_formulation(capsys):
+    """``python -m minilm_jax.xent_bench`` at a CPU size: every formulation within the bf16
+    tolerance of the float32 reference, and a tolerance too tight for bf16 fails the check."""
+    from minilm_jax import xent_bench
+
+    assert xent_bench.main(["--rows", "70", "--hidden", "24", "--vocab", "257",
+                            "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}: loss" in out for name in ("kernel", "logits", "autodiff"))
+    assert "under vmap (4 members)" in out
+    assert xent_bench.main(["--rows", "70", "--hidden", "24", "--vocab", "257", "--repeats", "1",
+                            "--tolerance", "1e-9"]) == 1

@@ -22,7 +22,8 @@ from minilm_jax.errors import UserError
 TOOLS = ["minilm_jax.committee", "minilm_jax.corpus.bench", "minilm_jax.corpus.__main__",
          "minilm_jax.interop.__main__", "minilm_jax.tasks.bbc", "minilm_jax.finetune.bench",
          "minilm_jax.analysis.finetune_tables", "minilm_jax.bench", "minilm_jax.latency",
-         "minilm_jax.evals.bench", "minilm_jax.evals.__main__", "minilm_jax.points"]
+         "minilm_jax.evals.bench", "minilm_jax.evals.__main__", "minilm_jax.points",
+         "minilm_jax.xent_bench"]
 SCRIPTS = Path(sys.executable).parent
 
 

@@ -191,6 +191,7 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
     """
     from minilm_jax.model import accounting
     from minilm_jax.train.program import pretrain_program
+    from minilm_jax.train.throughput import analysis_value
 
     # The pre-training program exactly as a run builds it, traced for shapes only.
     mesh = build_mesh(config, devices, abstract_size)
@@ -220,7 +221,8 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
         params_non_embedding=counts.non_embedding,
         state_bytes_per_device=bytes_per_device(abstract_state, state_sharding),
         state_bytes_global=tree_bytes(abstract_state), flops_per_device=None,
-        flops_global_lowered=_flops(lowered.cost_analysis()) if lower_only else None,
+        flops_global_lowered=(analysis_value(lowered.cost_analysis(), "flops") if lower_only
+                              else None),
         analytic_flops_per_device=analytic, lower_seconds=lower_seconds, compile_seconds=None,
         memory=None, peak_bytes=None)
     if lower_only:
@@ -229,22 +231,13 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
     start = time.perf_counter()
     compiled = lowered.compile()
     report.compile_seconds = time.perf_counter() - start
-    report.flops_per_device = _flops(compiled.cost_analysis())
+    report.flops_per_device = analysis_value(compiled.cost_analysis(), "flops")
     report.memory = memory_figures(compiled.memory_analysis())
     if report.memory is not None:
         m = report.memory
         report.peak_bytes = (m["argument"] + m["output"] - m["alias"] + m["temp"]
                              + m["generated_code"])
     return report
-
-
-def _flops(cost: Any) -> float | None:
-    """``flops`` of a cost analysis (a dict, or a list of dicts in older JAX)."""
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else None
-    if not cost or "flops" not in cost:
-        return None
-    return float(cost["flops"])
 
 
 def memory_figures(stats: Any) -> dict[str, int] | None:

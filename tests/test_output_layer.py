@@ -158,8 +158,7 @@ def _train_step_hlo(impl: str, vocab: int, batch: int) -> str:
     config.train.num_steps, config.train.batch_size, config.eval.batch_size = 10, batch, batch
     program = pretrain_program(config, make_mesh(1, 1, jax.devices()[:1]), model=cfg)
     state = abstract_like(program.state.abstract)
-    data = {k: jax.ShapeDtypeStruct(program.batch_shape, jnp.int32) for k in ("tokens", "segments")}
-    return program.train_step.lower(state, data).compile().as_text()
+    return program.train_step.lower(state, program.abstract_batch()).compile().as_text()
 
 
 def _top_level_buffers(hlo: str, rows: int, vocab: int) -> list[tuple[str, str]]:

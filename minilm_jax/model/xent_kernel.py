@@ -4,10 +4,16 @@
 like :func:`minilm_jax.model.xent.fused_linear_xent`, but each pass is one kernel launch over a
 grid of blocks instead of a ``lax.scan`` of small XLA kernels (latency-bound on a GPU):
 
-- forward (grid over row blocks): per row, an online log-sum-exp over vocabulary blocks and the
-  target logit; writes two float32 numbers a row;
-- backward, rows (grid over row blocks): ``dx = ((softmax - onehot) * w * g) @ W^T``;
-- backward, vocabulary (grid over vocabulary blocks): ``dW = x^T @ (...)`` and ``db``.
+- forward (grid: row blocks x vocabulary splits): per row and split, an online log-sum-exp over
+  the split's vocabulary blocks and the target logit (three float32 numbers a row and split,
+  combined after the kernel);
+- backward, rows (grid: row blocks x vocabulary splits): each split's share of
+  ``dx = ((softmax - onehot) * w * g) @ W^T``, summed after;
+- backward, vocabulary (grid: vocabulary blocks x row splits): each split's share of
+  ``dW = x^T @ (...)`` and ``db``, summed after.
+
+The splits (:func:`_layout`) give the grid several programs per streaming multiprocessor: one
+program per row block left most of an H100 waiting on a 149-block loop.
 
 Each block's logits ``[rows, vocab block]`` are recomputed from ``x`` and ``W`` (as flash attention
 recomputes its scores) and never leave registers/shared memory: the step reads ``x`` and ``W`` a
@@ -133,12 +139,13 @@ def _dw_kernel(x_ref, w_ref, b_ref, t_ref, lse_ref, scale_ref, dw_ref, db_ref, *
     db_ref[...] = db
 
 
-def _pad(a: jax.Array, axis: int, size: int, value=0) -> jax.Array:
+def _pad(a: jax.Array, axis: int, size: int) -> jax.Array:
+    """``a`` with zeros appended along ``axis`` up to ``size``."""
     if a.shape[axis] == size:
         return a
     widths = [(0, 0)] * a.ndim
     widths[axis] = (0, size - a.shape[axis])
-    return jnp.pad(a, widths, constant_values=value)
+    return jnp.pad(a, widths)
 
 
 class _Layout(NamedTuple):

@@ -38,7 +38,8 @@ from minilm_jax.train.members import members_strategy
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.population import Member, members_of, population_identity
 from minilm_jax.train.program import population_program
-from minilm_jax.train.records import PopulationSummary
+from minilm_jax.train.records import (PopulationSummary, RecordError, read_population_summary,
+                                      read_pretrain_summary)
 from minilm_jax.train.run_log import MetricsWriter, log_line, read_metrics
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
 
@@ -170,10 +171,10 @@ class PopulationTrainer(LoopSpec):
         its first record has no history to lose: populations before the empty ``metrics.jsonl``
         written at the start left none)."""
         try:
-            summary = json.loads((self.workdir / "summary.json").read_text())
-            return {m["name"] for m in summary["members"] if m.get("status") == "diverged"}
-        except (OSError, ValueError, KeyError, TypeError):
+            members = read_population_summary(self.workdir).members
+        except RecordError:
             return set()
+        return {m.get("name") for m in members if m.get("status") == "diverged"}
 
     def _optional_split(self, name: str) -> ShardSplit | None:
         if name and name in self.manifest["splits"]:
@@ -408,10 +409,9 @@ def _history_gap(workdir: Path) -> str:
     """What a member's ``metrics.jsonl`` lacks that its ``summary.json`` names (a file cut short:
     its best step's validation record), or "" when nothing is missing or nothing is recorded."""
     try:
-        summary = json.loads((workdir / "summary.json").read_text())
-    except (OSError, ValueError):
+        best = (read_pretrain_summary(workdir).best or {}).get("step")
+    except RecordError:
         return ""
-    best = (summary.get("best") or {}).get("step") if isinstance(summary, dict) else None
     if best is None:
         return ""
     steps = {r.get("step") for r in read_metrics(workdir / "metrics.jsonl")

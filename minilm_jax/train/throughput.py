@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,15 +55,22 @@ def measured_copy_bandwidth(megabytes: int = 0, repeats: int = 5) -> float:
     return 2.0 * 4 * size / best
 
 
+def analysis_value(cost: Any, key: str) -> float | None:
+    """``key`` (``flops``, ``bytes accessed``) of an XLA cost analysis (a dict, or a list of dicts
+    in older JAX); None where the backend gives none."""
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost or key not in cost:
+        return None
+    return float(cost[key])
+
+
 def compiled_cost(jitted, *args) -> dict[str, float]:
     """XLA's cost analysis of ``jitted`` compiled for ``args``: ``bytes_accessed`` (every
-    operand read and result written, per HLO op after fusion) and ``flops``."""
+    operand read and result written, per HLO op after fusion) and ``flops`` (0 where absent)."""
     analysis = jitted.lower(*args).compile().cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
-        analysis = analysis[0] if analysis else {}
-    analysis = analysis or {}
-    return {"bytes_accessed": float(analysis.get("bytes accessed", 0.0)),
-            "flops": float(analysis.get("flops", 0.0))}
+    return {"bytes_accessed": analysis_value(analysis, "bytes accessed") or 0.0,
+            "flops": analysis_value(analysis, "flops") or 0.0}
 
 
 def roofline(step_seconds: float, cost: dict[str, float], peak_flops: float,

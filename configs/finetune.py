@@ -68,6 +68,14 @@ def get_config(task: str = "sst2") -> ml_collections.ConfigDict:
     c.data.text_column = "text"
     c.data.pair_column = ""  # "": one text per example; else the second text of a pair
     c.data.label_column = "label"
+    if entry.name in ("table", "table_regression"):
+        # ONE labelled file: stratified k-fold cross-validation, every row scored once out of
+        # fold per fine-tuning seed (each seed its own partition); each fold is a run of its own,
+        # all folds x seeds of one init trained in one program. 0: off (data.holdout_fraction).
+        # cv_fold / cv_seed name one fold run (python -m minilm_jax.finetune sets them).
+        c.data.cv_folds = 5
+        c.data.cv_fold = -1
+        c.data.cv_seed = 0
 
     # AdamW with linear decay and no warmup (SPEC A6); beta2 0.999 (not stated: the AdamW default).
     c.optim = ml_collections.ConfigDict()

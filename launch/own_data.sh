@@ -7,16 +7,18 @@
 #
 #   TEXT    a .txt file (one document or paragraph per line), a .jsonl file with a "text" field, or a
 #           folder of .txt files
-#   LABELS  a CSV/TSV (header row) or JSONL file of labelled examples (columns text, label; a fifth
-#           of it, seeded and per class, is held out and reported), or a folder with
-#           train.csv|tsv|jsonl and test.csv|tsv|jsonl; - : pre-training only
+#   LABELS  a CSV/TSV (header row) or JSONL file of labelled examples (columns text, label; scored
+#           by stratified k-fold cross-validation: every row once per seed, out of fold), or a
+#           folder with train.csv|tsv|jsonl and test.csv|tsv|jsonl (test used as given);
+#           - : pre-training only
 #   OUT     output folder (default runs/own). Run again with another LABELS file and the same TEXT
 #           and OUT: the tokenizer, shards and pre-trained model are reused, only the new task is
 #           fine-tuned (into OUT/finetune/<LABELS name>)
 #   after --: fine-tuning fields, e.g. --config.data.text_column=review --config.data.pair_column=b
 #
 #   OWN_TOKENS=2000 (tokenizer pieces)  OWN_POINT=paper-1.25m  OWN_STEPS=2500  OWN_SEQ_LEN=128
-#   OWN_TASK=table (or table_regression)  OWN_SEEDS=0,1,2 (fine-tuning seeds)
+#   OWN_TASK=table (or table_regression)  OWN_SEEDS=0,1,2 (fine-tuning seeds)  OWN_FOLDS=5
+#   (cross-validation folds of one LABELS file; 0: hold out a fifth instead)
 #   OWN_RECIPE=own_data (the pre-training recipe: configs/own_data.py)  OWN_DRY_RUN=1: print the
 #   commands, run nothing
 # Each step is one command of the tool, printed before it runs (README "Your own data" shows them
@@ -26,7 +28,7 @@ CALLER=$PWD
 cd "$(dirname "$0")/.."
 REPO=$PWD
 if [ $# -lt 2 ]; then
-  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
+  sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
 fi
 # Relative paths are the caller's (printed as given when the caller is in the checkout).
 from_caller() {
@@ -41,6 +43,7 @@ if [ $# -gt 0 ] && [ "$1" != "--" ]; then OUT=$(from_caller "$1"); shift; fi
 [ $# -gt 0 ] && [ "$1" = "--" ] && shift
 DRY=${OWN_DRY_RUN:-0}
 TOKENS=${OWN_TOKENS:-2000} SEQ_LEN=${OWN_SEQ_LEN:-128} TASK=${OWN_TASK:-table} SEEDS=${OWN_SEEDS:-0,1,2}
+FOLDS=${OWN_FOLDS:-5}
 RECIPE=${OWN_RECIPE:-own_data}
 [ -n "${OWN_POINT:-}" ] && RECIPE="$RECIPE:$OWN_POINT"
 if [ -d "$TEXT" ]; then SOURCE="textfiles:$TEXT/*.txt"  # its .txt files, not a readme beside them
@@ -51,6 +54,7 @@ PRETRAIN_EXTRA=()
 [ -n "${OWN_STEPS:-}" ] && PRETRAIN_EXTRA+=("--config.train.num_steps=$OWN_STEPS")
 [ "$SEQ_LEN" != 128 ] && PRETRAIN_EXTRA+=("--config.model.max_len=$SEQ_LEN")
 FINETUNE_EXTRA=()
+[ "$FOLDS" != 5 ] && FINETUNE_EXTRA+=("--config.data.cv_folds=$FOLDS")
 [ "$SEQ_LEN" != 128 ] && FINETUNE_EXTRA+=("--config.data.max_len=$SEQ_LEN")
 
 PY=python
@@ -74,7 +78,7 @@ own_data_estimate() {  # a rough time estimate before the first step, from measu
   local text=$TEXT steps=${OWN_STEPS:-2500}  # what is made already is not counted
   [ -f "$OUT/shards/manifest.json" ] && text=-
   grep -q '"status": "completed"' "$OUT/pretrain/summary.json" 2>/dev/null && steps=0
-  "$PY" -m minilm_jax.own_data_estimate "$text" "$LABELS" "$steps" "$SEEDS"
+  "$PY" -m minilm_jax.own_data_estimate "$text" "$LABELS" "$steps" "$SEEDS" "$FOLDS"
 }
 
 step() {  # print one command as README shows it (python -m ...), then run it with the venv's Python

@@ -1,9 +1,10 @@
 """A rough time estimate for ``launch/own_data.sh`` before its first step, from rates measured on a
 2-core CPU (docs/pretraining.md, "Your own corpus"): tokenizer and shards per MB of text,
-pre-training per step, fine-tuning per labelled row per seed and init, plus start-up and compiling
-(within ~25% of the five corpora's measured times).
+pre-training per step, fine-tuning per labelled row trained on per seed and init (a
+cross-validated file: each row is trained on in folds - 1 of its folds), plus start-up and
+compiling (within ~25% of the five corpora's measured times).
 
-    python -m minilm_jax.own_data_estimate TEXT LABELS STEPS SEEDS   # TEXT / LABELS may be "-"
+    python -m minilm_jax.own_data_estimate TEXT LABELS STEPS SEEDS [FOLDS]  # TEXT/LABELS may be "-"
 """
 
 from __future__ import annotations
@@ -34,26 +35,31 @@ def labelled_rows(labels: str) -> int:
     return sum(sum(1 for _ in open(p, "rb")) for p in files)
 
 
-def estimate_seconds(megabytes: float, steps: int, rows: int, seeds: int, cores: int) -> float:
-    """Seconds for the whole job: pre-training scales with cores up to the 2 it was measured on."""
+def estimate_seconds(megabytes: float, steps: int, rows: int, seeds: int, cores: int,
+                     folds: int = 0) -> float:
+    """Seconds for the whole job: pre-training scales with cores up to the 2 it was measured on;
+    ``folds`` > 1: each row is trained on in ``folds - 1`` fold runs per seed and init."""
     return (START_SECONDS + megabytes * SECONDS_PER_MB
             + steps * SECONDS_PER_STEP * min(1.0, MEASURED_CORES / max(cores, 1))
-            + rows * seeds * 2 * SECONDS_PER_ROW)
+            + rows * seeds * 2 * max(1, folds - 1) * SECONDS_PER_ROW)
 
 
-def estimate_line(text: str, labels: str, steps: int, seeds: int) -> str:
-    """The line own_data.sh prints before it starts."""
+def estimate_line(text: str, labels: str, steps: int, seeds: int, folds: int = 0) -> str:
+    """The line own_data.sh prints before it starts (``folds``: of a cross-validated file)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     mb, rows = text_megabytes(text), labelled_rows(labels)
-    seconds = estimate_seconds(mb, steps, rows, seeds, cores)
+    folds = folds if labels != "-" and Path(labels).is_file() else 0
+    seconds = estimate_seconds(mb, steps, rows, seeds, cores, folds)
+    design = f" x {folds} folds" if folds > 1 else ""
     return (f"estimate: about {seconds / 60:.0f} min on this machine's CPU ({mb:.1f} MB of text, "
-            f"{steps} pre-training steps, {rows} labelled rows x {seeds} seeds x 2 inits; rates "
-            f"measured on {MEASURED_CORES} cores, {cores} here)")
+            f"{steps} pre-training steps, {rows} labelled rows x {seeds} seeds{design} x 2 inits, "
+            f"fine-tuning included; rates measured on {MEASURED_CORES} cores, {cores} here)")
 
 
 def main(argv: list[str]) -> None:
-    text, labels, steps, seeds = argv
-    print(estimate_line(text, labels, int(steps), len(seeds.split(","))), flush=True)
+    text, labels, steps, seeds, *folds = argv
+    print(estimate_line(text, labels, int(steps), len(seeds.split(",")),
+                        int(folds[0]) if folds else 0), flush=True)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,8 @@ def recipe_fields() -> set[str]:
                 walk("", module.get_config())
             except TypeError:  # a recipe that needs its name: its default one
                 walk("", module.get_config(None))
+    # fields only some tasks have (a labelled file's cross-validation)
+    walk("", importlib.import_module("minilm_jax.configs.finetune").get_config("table"))
     return fields
 
 

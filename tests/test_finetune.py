@@ -159,6 +159,63 @@ def test_seeds_together_equal_separate_runs(pretrained, small_map_run, tmp_path)
     assert not np.allclose(both[0], both[1])  # seeds differ (head init, data order, dropout)
 
 
+def test_cross_validation_scores_every_row_once_per_seed_and_each_fold_as_alone(pretrained,
+                                                                                tmp_path):
+    """One labelled file, 3 folds x 2 seeds x both inits: 6 fold runs per init in one program; each
+    seed's held-out folds cover every row exactly once; a fold run of the population = the same
+    fold run alone (its own rows, not another fold's); the table says the design, the corrected
+    resampled gain, the power line and the per-class rows."""
+    import csv
+
+    from minilm_jax.finetune.run import run_finetune
+
+    names = {"1": "World", "2": "Sports", "3": "Business", "4": "Sci/Tech"}
+    rows = list(csv.reader(shared_path("ag_news", "train.csv").open(encoding="utf-8")))
+    per_class: dict[str, list] = {}
+    for label, title, body in rows:
+        if len(per_class.setdefault(label, [])) < 20:
+            per_class[label].append([f"{title} {body}", names[label]])
+    labels = tmp_path / "news.csv"
+    with labels.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["text", "label"], *[r for v in per_class.values() for r in v]])
+    config = finetune_config("table")
+    config.init.checkpoint, config.init.mode = str(pretrained["pre"]), "both"
+    config.data.dir, config.data.max_len, config.data.pad_buckets = str(labels), SEQ, 0
+    config.data.cv_folds = 3
+    config.optim.peak_lr, config.optim.weight_decay = 1e-3, 0.0
+    config.train.seeds, config.train.epochs, config.train.progress = (0, 1), 1, False
+    config.mesh.data = 1
+    summaries = run_finetune(config, str(tmp_path / "cv"))
+    names_run = [f"s{s}-fold{k}" for s in (0, 1) for k in range(3)]
+    for init in ("pretrained", "random"):
+        assert [m["name"] for m in summaries[init]["members"]] == names_run
+        for seed in (0, 1):
+            ids = []
+            for k in range(3):
+                folder = tmp_path / "cv" / init / f"s{seed}-fold{k}"
+                summary = json.loads((folder / "summary.json").read_text())
+                assert summary["cross_validation"] == {"folds": 3, "fold": k, "seed": seed,
+                                                       "classes": sorted(names.values())}
+                assert summary["seeds"] == [seed] and summary["status"] == "completed"
+                ids += json.loads((folder / "predictions" / "holdout.ids.json").read_text())
+            assert sorted(ids) == sorted(f"table/all/{i}" for i in range(2, 82))
+    alone = ml_collections.ConfigDict(config.to_dict())
+    alone.init.mode, alone.train.seeds = "pretrained", (1,)
+    alone.data.cv_fold, alone.data.cv_seed = 2, 1
+    Finetuner(alone, tmp_path / "alone", "pretrained").run()
+    mine = np.load(tmp_path / "alone" / "predictions" / "holdout.final.npy")
+    theirs = np.load(tmp_path / "cv" / "pretrained" / "s1-fold2" / "predictions" / "holdout.final.npy")
+    np.testing.assert_allclose(theirs, mine, rtol=0,
+                               atol=trained_logits_tolerance(mine, tmp_path / "alone"))
+    assert not np.allclose(theirs, np.load(tmp_path / "cv" / "pretrained" / "s1-fold1" /
+                                           "predictions" / "holdout.final.npy")[:, :len(mine[0])])
+    markdown = write_tables([tmp_path / "cv"], tmp_path / "cv")[0].read_text()
+    assert "stratified 3-fold cross-validation" in markdown and "n = 80 rows x 2 seeds" in markdown
+    assert "corrected resampled t, n = 6" in markdown and "80% power" in markdown
+    assert "| Sci/Tech | 20 |" in markdown and "| seed | fold 0 | fold 1 | fold 2 |" in markdown
+    assert "s0-fold0" not in markdown  # fold runs are not rows of the plain table
+
+
 def test_evaluation_counts_every_example_once(pretrained, tmp_path):
     config = ag_config(pretrained, train__epochs=1, data__eval_per_class=31)  # 124 examples
     config.eval.batch_size = 128

@@ -78,3 +78,20 @@ def test_t_interval_matches_scipy():
     assert got["n"] == 3 and abs(got["sd"] - np.std(values, ddof=1)) < 1e-12
     assert abs(got["low"] - low) < 1e-9 and abs(got["high"] - high) < 1e-9
     assert np.isnan(t_interval([1.0])["low"])
+
+
+def test_corrected_resampled_t_widens_the_plain_interval_by_the_folds_overlap():
+    """Nadeau & Bengio's correction by hand: 10 differences of 5-fold CV (n_test/n_train = 1/4);
+    the plain paired t over the same differences is narrower by sqrt(1/J) / sqrt(1/J + 1/4)."""
+    from minilm_jax.analysis.stats import corrected_resampled_gap
+
+    d = np.array([2.0, 5.0, -1.0, 3.0, 4.0, 0.5, 6.0, 1.0, 2.5, 3.5])
+    gap = corrected_resampled_gap(d, 0.25)
+    se = d.std(ddof=1) * np.sqrt(1 / 10 + 0.25)
+    assert gap.mean == pytest.approx(d.mean()) and gap.n == 10
+    assert gap.high - gap.mean == pytest.approx(stats.t.ppf(0.975, 9) * se)
+    assert gap.p == pytest.approx(2 * stats.t.sf(d.mean() / se, 9))
+    plain = stats.ttest_1samp(d, 0.0)
+    assert plain.pvalue < 0.01 < gap.p  # the plain test overstates this evidence
+    assert "corrected resampled t" in gap.text()
+    assert not corrected_resampled_gap([1.0], 0.25).defined

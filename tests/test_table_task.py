@@ -59,11 +59,11 @@ def test_a_folder_of_csv_splits_with_named_columns(tmp_path):
     assert (first.text_a, first.label, first.uid) == ("review number 0 was bad", 0, "table/test/2")
 
 
-def test_one_jsonl_file_holds_out_a_seeded_share_per_class(tmp_path):
+def test_one_jsonl_file_without_folds_holds_out_a_seeded_share_per_class(tmp_path):
     path = tmp_path / "pairs.jsonl"
     rows = [{"a": f"first {i}", "b": f"second {i}", "label": i % 3} for i in range(60)]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    c = config("table", path, text_column="a", pair_column="b", holdout_fraction=0.25)
+    c = config("table", path, text_column="a", pair_column="b", holdout_fraction=0.25, cv_folds=0)
     data = load_task_data(c)
     assert data.spec.is_pair and data.spec.label_names == ("0", "1", "2")
     held = data.evals["holdout"]
@@ -121,6 +121,38 @@ def test_macro_f1_weighs_every_class_equally():
         "accuracy": pytest.approx(2 / 3), "macro_f1": pytest.approx(2 / 3)}
 
 
+def test_one_file_is_cut_into_stratified_folds_each_row_held_out_once(tmp_path):
+    """data.cv_folds (the default for one file): fold k's run trains on the other folds and
+    reports fold k; over the folds every row is held out exactly once, each class spread evenly;
+    the partition is the seed's (another seed, another partition; the same seed, the same)."""
+    path = write_csv(tmp_path / "reviews.csv", ["text", "label"], reviews(62))
+    c = config("table", path)
+    assert c.data.cv_folds == 5 and c.data.cv_fold == -1
+    with pytest.raises(UserError, match="cross-validates the file"):
+        load_task_data(c)  # every fold is a run: the finetune command runs them
+    held: list[str] = []
+    for fold in range(5):
+        data = load_task_data(config("table", path, cv_fold=fold, cv_seed=3))
+        rows = data.evals["holdout"]
+        train = {ex.uid for ex in data.train + data.validation}
+        assert not train & {ex.uid for ex in rows} and len(train) + len(rows) == 62
+        assert sorted(ex.label for ex in rows).count(0) in (4, 5)  # 21 "neg" rows over 5 folds
+        held += [ex.uid for ex in rows]
+    assert sorted(held) == sorted(f"table/all/{i}" for i in range(2, 64))
+    again = load_task_data(config("table", path, cv_fold=0, cv_seed=3)).evals["holdout"]
+    other = load_task_data(config("table", path, cv_fold=0, cv_seed=4)).evals["holdout"]
+    assert [e.uid for e in again] == [e.uid for e in load_task_data(
+        config("table", path, cv_fold=0, cv_seed=3)).evals["holdout"]]
+    assert {e.uid for e in again} != {e.uid for e in other}
+    few = write_csv(tmp_path / "few.csv", ["text", "label"], reviews(30) + [["odd one", "rare"]])
+    with pytest.raises(UserError, match="class 2 has 1 examples, fewer than the 5 folds"):
+        load_task_data(config("table", few, cv_fold=0))
+    # a folder of splits is used as given, and cv_folds=0 keeps the seeded holdout
+    assert not config("table", tmp_path).data.dir.endswith(".csv")
+    plain = load_task_data(config("table", path, cv_folds=0))
+    assert len(plain.evals["holdout"]) == 12
+
+
 # Every fine-tuning batch padded to max_len: one train and one evaluation program, compiled once
 # and reused by both inits and the second labelled file, instead of one per 16-token bucket
 # (bucketing: test_finetune_selection.py's test_bucketed_padding_changes_no_logits).
@@ -129,8 +161,9 @@ ONE_SHAPE = ("--config.data.pad_buckets=0",)
 
 def test_own_text_and_labels_end_to_end(tmp_path):
     """The documented own-data script at a small size: WikiText-2 text -> a 500-piece tokenizer ->
-    64-token shards -> 30 pre-training steps -> fine-tuning (pre-trained and random twin, 2 seeds)
-    on 600 SST-2 sentences written as a CSV with the user's own column names and string labels."""
+    64-token shards -> 30 pre-training steps -> fine-tuning (pre-trained and random twin, 2 seeds
+    x 3 cross-validation folds) on 600 SST-2 sentences written as a CSV with the user's own column
+    names and string labels."""
     text = SHARED / "wikitext2" / "tokenized" / "wiki.valid.tokens"
     sst2 = SHARED / "glue" / "SST-2" / "train.tsv"
     if not (text.is_file() and sst2.is_file()):
@@ -140,7 +173,7 @@ def test_own_text_and_labels_end_to_end(tmp_path):
                        [[s, "positive" if y == "1" else "negative"] for s, y in rows])
     out = tmp_path / "own"
     env = {**os.environ, "OWN_STEPS": "30", "OWN_TOKENS": "500", "OWN_SEQ_LEN": "64",
-           "OWN_SEEDS": "0,1", "XLA_FLAGS": xla_flags()}
+           "OWN_SEEDS": "0,1", "OWN_FOLDS": "3", "XLA_FLAGS": xla_flags()}
     proc = subprocess.run(
         ["bash", "launch/own_data.sh", str(text), str(labels), str(out), "--",
          "--config.data.text_column=review", "--config.data.label_column=sentiment",
@@ -163,17 +196,23 @@ def test_own_text_and_labels_end_to_end(tmp_path):
     assert re.search(r"validation step \d+: loss [\d.]+ perplexity [\d.]+ \(unigram [\d.]+, "
                      r"bigram [\d.]+\)", proc.stdout + proc.stderr)
     task_dir = out / "finetune" / "reviews"
+    assert "labelled rows x 2 seeds x 3 folds x 2 inits, fine-tuning included" in proc.stdout
     for init in ("pretrained", "random"):
-        summary = json.loads((task_dir / init / "summary.json").read_text())
-        assert summary["status"] == "completed" and summary["task"] == "table"
-        assert summary["reported_splits"] == ["holdout"] and "holdout" in summary["majority"]
-        ids = json.loads((task_dir / init / "predictions" / "holdout.ids.json").read_text())
-        assert len(ids) == summary["examples"]["holdout"] and ids[0].startswith("table/")
+        held = []
+        for fold in range(3):
+            summary = json.loads((task_dir / init / f"s1-fold{fold}" / "summary.json").read_text())
+            assert summary["status"] == "completed" and summary["task"] == "table"
+            assert summary["reported_splits"] == ["holdout"] and "holdout" in summary["majority"]
+            ids = json.loads((task_dir / init / f"s1-fold{fold}" / "predictions" /
+                              "holdout.ids.json").read_text())
+            assert len(ids) == summary["examples"]["holdout"] and ids[0].startswith("table/")
+            held += ids
+        assert len(set(held)) == len(held) == 600  # every row scored once, out of fold
     table = (task_dir / "results.md").read_text()
-    n = json.loads((task_dir / "random" / "summary.json").read_text())["examples"]["holdout"]
-    assert f"| table (holdout, n = {n})<br>accuracy" in table, table
-    assert "selected epoch: pre-trained / random" in table and "(accuracy " in table
-    assert "(unigram " in table and "Majority: always predicting" in table
+    assert "stratified 3-fold cross-validation" in table and "n = 600 rows x 2 seeds" in table
+    assert "corrected resampled t, n = 6" in table and "Power: " in table
+    assert "| negative | " in table and "| positive | " in table  # the per-class rows
+    assert "(unigram " in table and "majority class" in table
     assert table.strip() in proc.stdout  # the script prints the table, no JSON dump
     assert '"status"' not in proc.stdout
     # a second labelled file on the same text and OUT: only the new task is fine-tuned

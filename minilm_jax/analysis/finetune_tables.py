@@ -16,6 +16,7 @@ import numpy as np
 from minilm_jax.storage import (RunPath, atomic_write_bytes, atomic_write_json, files_under,
                                 is_remote, run_path)
 
+from minilm_jax.analysis import cross_validation
 from minilm_jax.analysis.stats import paired_gap, pearson_fisher
 
 from minilm_jax.tasks.metrics import glue_average
@@ -215,14 +216,43 @@ def perplexity_correlation(rows: list[dict], out: RunPath) -> str:
     return "\n".join(lines)
 
 
+def cross_validated(paths: list[RunPath]) -> tuple[str, list[dict[str, Any]]]:
+    """The cross-validated verdicts of fold runs (:mod:`.cross_validation`), one per task and
+    fine-tuning folder: (Markdown, JSON objects)."""
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for path in paths:
+        run = cross_validation.FoldRun.read(path)
+        groups[(run.summary["task"], str(path.parent.parent.parent))].append(run)
+    lines = ["# Fine-tuning results, cross-validated", ""]
+    payload = []
+    for (task, _), runs in sorted(groups.items()):
+        pre = next((r.summary.get("pretrained") for r in runs if r.summary.get("pretrained")), {})
+        checkpoint = (f"{pre['workdir']} (step {pre.get('step')})" if pre and pre.get("workdir")
+                      else f"(none: {runs[0].summary['point']})")
+        ppl = pre.get("validation_perplexity") if pre else None
+        found = cross_validation.verdict(runs, checkpoint)
+        lines.append(cross_validation.markdown(
+            found, runs[0].summary["cross_validation"].get("classes", ())))
+        if ppl is not None:
+            reference = _pretrain_reference(pre.get("workdir"))
+            lines += [f"Pre-training validation perplexity: {ppl:.2f}"
+                      + learned.beside(ppl, reference), ""]
+        payload.append(found.to_json())
+    return "\n".join(lines), payload
+
+
 def write_tables(roots: Iterable[str | Path],
                  out_dir: str | Path) -> tuple[RunPath, RunPath]:
     """Collect the runs under ``roots`` and write ``results.md`` and ``results.json`` to ``out_dir``."""
     paths = find_summaries(roots)
     if not paths:
         raise FileNotFoundError(f"no fine-tuning summary.json under {[str(r) for r in roots]}")
-    rows = [run_row(p) for p in paths]
+    folds = [p for p in paths if cross_validation.is_fold_run(json.loads(p.read_text()))]
+    rows = [run_row(p) for p in paths if p not in folds]
     markdown, payload = tables(rows)
+    if folds:
+        cv_markdown, payload["cross_validated"] = cross_validated(folds)
+        markdown = cv_markdown if not rows else markdown + "\n" + cv_markdown
     out = run_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     markdown += "\n" + perplexity_correlation(rows, out)

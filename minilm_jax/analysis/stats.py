@@ -232,3 +232,25 @@ def pearson_fisher(x: Sequence[float], y: Sequence[float], confidence: float = 0
     p_perm, how = permutation_p(xa, ya, seed)
     return PearsonResult(float(result.statistic), float(ci.low), float(ci.high), n, p_perm,
                          float(result.pvalue), how, confidence)
+
+
+def corrected_resampled_gap(differences: Sequence[float], test_over_train: float,
+                            confidence: float = 0.95) -> Gap:
+    """The mean of ``differences`` (one per cross-validation run: fold x repetition) with the
+    corrected resampled t-test of Nadeau & Bengio (2003), as Bouckaert & Frank (2004) apply it
+    to repeated k-fold cross-validation: the variance of the J differences times
+    ``1/J + n_test/n_train`` (the runs' training sets overlap, so their differences are
+    correlated), J - 1 degrees of freedom."""
+    d = np.asarray(differences, dtype=np.float64).reshape(-1)
+    n = int(d.size)
+    if n < 2:
+        return _undefined_gap("fewer than 2 runs", n, "corrected resampled t")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0.0:
+        return Gap(mean, mean, mean, 0.0 if mean != 0 else 1.0, n, 0.0, "corrected resampled t",
+                   confidence)
+    se = sd * math.sqrt(1.0 / n + test_over_train)
+    t = mean / se
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * se)
+    p = float(2 * stats.t.sf(abs(t), n - 1))
+    return Gap(mean, mean - half, mean + half, p, n, sd, "corrected resampled t", confidence)

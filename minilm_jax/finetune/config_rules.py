@@ -27,6 +27,11 @@ FINETUNE_RULES: dict[str, Allowed] = {
     "data.sample_seed": Allowed(">= 0", "the sampling seed", integer=True),
     "data.holdout_fraction": Allowed("(0, 1)", "the share held out to report on, for a task "
                                                "without an evaluation split"),
+    "data.cv_folds": Allowed(">= 0", "k-fold cross-validation of one labelled file (tasks table, "
+                                     "table_regression); 0: the holdout instead", integer=True),
+    "data.cv_fold": Allowed(">= -1", "the held-out fold of one fold run; -1: every fold",
+                            integer=True),
+    "data.cv_seed": Allowed(">= 0", "the fold partition's seed", integer=True),
     "data.validation_fraction": Allowed("(0, 1)", "the share of train carved out for model "
                                                   "selection"),
     "data.validation_seed": Allowed(">= 0", "the validation split's seed", integer=True),

@@ -30,6 +30,7 @@ from minilm_jax.errors import UserError
 from minilm_jax.runs.finetuned import PARTS, drop_checkpoints, finished_summaries, save_parameters
 from minilm_jax.storage import run_path
 from minilm_jax.tasks.base import TaskSpec
+from minilm_jax.tasks.table import cross_validated
 from minilm_jax.tasks.loaders import TaskData
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.distributed import from_process_0
@@ -45,7 +46,7 @@ from .model_selection import VALIDATION, majority_baseline, member_metrics, samp
 from .programs import classifier_config, finetune_program
 from .run_folder import RunFolder, check_population, lock_folders, open_folders
 from .step import MEMBER_STRATEGIES
-from .task_batches import INPUTS, TaskBatches, task_tokenizer
+from .task_batches import INPUTS, TaskBatches, population_batch, run_tasks, task_tokenizer
 
 
 class Finetuner(LoopSpec):
@@ -60,12 +61,16 @@ class Finetuner(LoopSpec):
         self.workdir, self.init_mode = run_path(workdir), init_mode
         self.folders = open_folders(runs or [("", config, workdir)], init_mode)
         self.is_population = bool(runs)
+        # cross-validation's fold runs (each its own data: one fold of one seed's partition)
+        self.folds = all(cross_validated(f.config.task, f.config.data) for f in self.folders)
         if self.is_population:
             check_population(self.folders, init_mode)
         self.config, self.pretrained = self.folders[0].config, self.folders[0].pretrained
         self.model_cfg = classifier_config(self.config, self.pretrained)
         self.tokenizer = task_tokenizer(self.config, self.pretrained, self.model_cfg)
-        self.task = TaskBatches(self.config, self.tokenizer)
+        # one per run; runs of one data config share it (cross-validation folds each have theirs)
+        self.tasks = run_tasks([f.config for f in self.folders], self.tokenizer)
+        self.task = self.tasks[0]
         self._plan()
         self.program, self.state = finetune_program(
             self.config, self.model_cfg, self.spec.num_labels, self.task.regression,
@@ -84,25 +89,30 @@ class Finetuner(LoopSpec):
         evaluation steps) and each member's data order."""
         config, tc = self.config, self.config.train
         self.seeds = [int(s) for s in tc.seeds]
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise UserError(f"train.seeds must be distinct and non-empty, got {self.seeds}")
-        for i, folder in enumerate(self.folders):
-            folder.first, folder.size = i * len(self.seeds), len(self.seeds)
-        self.member_seeds = self.seeds * len(self.folders)  # run by run, each with every seed
+        first = 0
+        for folder in self.folders:  # members run by run, each with its seeds
+            folder.seeds = [int(s) for s in folder.config.train.seeds]
+            if not folder.seeds or len(set(folder.seeds)) != len(folder.seeds):
+                raise UserError(f"train.seeds must be distinct and non-empty, got {folder.seeds}")
+            folder.first, folder.size = first, len(folder.seeds)
+            first += folder.size
+        self.member_seeds = [s for folder in self.folders for s in folder.seeds]
         if tc.members not in MEMBER_STRATEGIES:
             raise UserError(f"train.members must be one of {', '.join(MEMBER_STRATEGIES)}, "
                             f"not {tc.members!r}")
         self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
         check_batch_divisible(tc.batch_size, self.mesh, "train.batch_size")
         check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
-        self.steps_per_epoch = self.task.steps_per_epoch(tc.batch_size)
+        # runs with data of their own (folds) differ by a few rows: the longest sets the epoch
+        self.steps_per_epoch = max(t.steps_per_epoch(tc.batch_size) for t in self._distinct())
         self.total_steps = int(tc.epochs) * self.steps_per_epoch
         if self.total_steps <= 0:
             raise UserError(f"train.epochs must be positive (got {tc.epochs})")
         self.eval_steps = [e * self.steps_per_epoch
                            for e in range(1, int(tc.epochs) + 1) if e % config.eval.every_epochs == 0
                            or e == tc.epochs]
-        self.task.order(self.member_seeds, tc.batch_size)
+        for task, members in self._members_by_task():
+            task.order([self.member_seeds[m] for m in members], tc.batch_size)
 
     def _encoder_state(self) -> Any:
         """The pre-trained encoder every member starts from (one per member of a population), or
@@ -111,7 +121,27 @@ class Finetuner(LoopSpec):
             return None
         encoders = [f.pretrained.encoder_state() for f in self.folders]
         return encoders[0] if not self.is_population else jax.tree.map(
-            lambda *xs: np.stack([np.asarray(x) for x in xs for _ in self.seeds]), *encoders)
+            lambda *xs: np.stack([np.asarray(x) for f, x in zip(self.folders, xs)
+                                  for _ in range(f.size)]), *encoders)
+
+    def _distinct(self) -> list[TaskBatches]:
+        """Each run's task data once, in run order."""
+        return list({id(t): t for t in self.tasks}.values())
+
+    def _members_by_task(self) -> list[tuple[TaskBatches, np.ndarray]]:
+        """Each distinct task data and the members (program indices) of the runs that use it; the
+        members of one task are contiguous (the batch of :func:`population_batch`)."""
+        out = []
+        for task in self._distinct():
+            members = np.concatenate([np.arange(f.first, f.first + f.size)
+                                      for f, t in zip(self.folders, self.tasks) if t is task])
+            if np.any(np.diff(members) != 1):
+                raise ValueError("the runs sharing task data must be contiguous members")
+            out.append((task, members))
+        return out
+
+    def _task_of(self, folder: RunFolder) -> TaskBatches:
+        return self.tasks[self.folders.index(folder)]
 
     # ----------------------------------------------------------------------------- data
     @property
@@ -137,19 +167,21 @@ class Finetuner(LoopSpec):
     def host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
         """``[steps, S, B_host, T]``: member s sees the order of ``BatchIndexer(seed_s)``; ``T`` is
         the bucket of the longest sequence among all members' global batches of these steps."""
-        return self.task.host_batch(step, steps)
+        return population_batch(self._distinct(), step, steps)
 
     # ----------------------------------------------------------------------------- evaluation
-    def predict_split(self, split: str, which: str = "final") -> np.ndarray:
-        """Logits ``[S, N, C]`` of every member for every example of ``split``, each once, with the
-        current (``final``) or each member's ``selected`` parameters. Each process feeds its block of
-        every batch; the logits come back whole (replicated) on every process."""
+    def predict_split(self, split: str, which: str = "final",
+                      task: TaskBatches | None = None) -> np.ndarray:
+        """Logits ``[S, N, C]`` of every member for every example of ``split`` (of ``task``'s data:
+        by default the first run's), each once, with the current (``final``) or each member's
+        ``selected`` parameters. Each process feeds its block of every batch; the logits come back
+        whole (replicated) on every process."""
         if which not in ("final", "selected"):
             raise ValueError(f"which must be 'final' or 'selected', not {which!r}")
         source = self.state if which == "final" else self.state["selected"]
         outputs = []
-        for placed, valid in self.task.eval_batches(split, self.config.eval.batch_size,
-                                                    self.program.eval_input_sharding):
+        for placed, valid in (task or self.task).eval_batches(
+                split, self.config.eval.batch_size, self.program.eval_input_sharding):
             logits = self.program.predict(source["params"], source["rest"],
                                           *[placed[k] for k in INPUTS])
             outputs.append(np.asarray(logits.addressable_data(0))[:, valid])
@@ -293,8 +325,7 @@ class Finetuner(LoopSpec):
         score so far copy their parameters into ``state["selected"]``; a run early stopping ends
         is frozen."""
         # Process 0's metrics decide on every process (the same selection, the same early stop).
-        members = from_process_0(member_metrics(self.spec.name, {
-            VALIDATION: self.predict_split(VALIDATION)}, self.eval_arrays, self.task.regression))
+        members = from_process_0(self._member_metrics([VALIDATION])[1])
         improved = np.zeros(len(members), bool)
         for folder in self._live():
             mine = members[folder.members]
@@ -308,9 +339,16 @@ class Finetuner(LoopSpec):
                 "score": entry["score_mean"], "score_std": entry["score_std"],
                 "epoch": entry["epoch"], **{k: float(np.mean([m[k] for m in mine]))
                                             for k in mine[0]}})
-            log_line(f"{self.spec.name}{' ' + folder.name if folder.name else ''} validation "
-                     f"epoch {entry['epoch']:g} (step {step}): score {entry['score_mean']:.2f} "
-                     f"(sd {entry['score_std']:.2f}, {len(mine)} seeds)")
+            if not self.folds:
+                log_line(f"{self.spec.name}{' ' + folder.name if folder.name else ''} validation "
+                         f"epoch {entry['epoch']:g} (step {step}): score {entry['score_mean']:.2f}"
+                         f" (sd {entry['score_std']:.2f}, {len(mine)} seeds)")
+        if self.folds:  # one line for the fold runs (each has its own history.json)
+            scores = [m["score"] for f in self._live() for m in members[f.members]]
+            if scores:
+                log_line(f"{self.spec.name} validation epoch {step / self.steps_per_epoch:g} "
+                         f"(step {step}): score {np.mean(scores):.2f} (sd {sample_std(scores):.2f},"
+                         f" {len(scores)} fold runs)")
         # improved: a host array, the same on every process
         self.state = self.program.select(self.state, improved)
         if self.is_population:
@@ -320,41 +358,59 @@ class Finetuner(LoopSpec):
             self.state = {**self.state, "active": jax.device_put(
                 active, self.program.state_sharding["active"])}
 
+    def _member_metrics(self, splits: Sequence[str], which: str = "final"
+                        ) -> tuple[dict[int, dict[str, np.ndarray]], list[dict[str, float]]]:
+        """Every member's logits on ``splits`` of its own run's data (per distinct task data, by
+        ``id``: ``[S, N, C]`` for all members) and every member's metrics over them."""
+        logits_of, members = {}, [{}] * len(self.member_seeds)
+        for task, idx in self._members_by_task():
+            logits = {split: self.predict_split(split, which, task) for split in splits}
+            logits_of[id(task)] = logits
+            mine = member_metrics(self.spec.name, {k: v[idx] for k, v in logits.items()},
+                                  task.eval_arrays, self.task.regression)
+            for m, metrics in zip(idx, mine):
+                members[m] = metrics
+        return logits_of, members
+
     def _score_reported(self) -> dict[str, list[dict[str, float]]]:
         """Members' metrics on the reported splits with the ``final`` and the ``selected``
         parameters; each run's logits go to its ``predictions/``."""
         out = {}
-        labels = {split: self.eval_arrays[split]["labels"] for split in self.task.reported}
-        uids = {split: [e.uid for e in self.data.evals[split]] for split in self.task.reported}
         for which in ("final", "selected"):
-            logits = {split: self.predict_split(split, which) for split in self.task.reported}
-            for folder in self.folders:
-                folder.save_predictions(logits, labels, which, uids)
-            out[which] = member_metrics(self.spec.name, logits, self.eval_arrays,
-                                        self.task.regression)
+            logits_of, out[which] = self._member_metrics(self.task.reported, which)
+            for folder, task in zip(self.folders, self.tasks):
+                labels = {split: task.eval_arrays[split]["labels"] for split in task.reported}
+                uids = {split: [e.uid for e in task.data.evals[split]] for split in task.reported}
+                folder.save_predictions(logits_of[id(task)], labels, which, uids)
         return out
 
     def _summary(self, folder: RunFolder, status: str,
                  reported: dict[str, list[dict[str, float]]] | None, wall: float) -> dict[str, Any]:
         """Write ``folder``'s :class:`FinetuneSummary` (process 0); return it as JSON."""
+        task = self._task_of(folder)
+        data = folder.config.data
         summary: dict[str, Any] = {
             "status": status, "task": self.spec.name, "init": self.init_mode,
             "pretrained": folder.pretrained.describe() if folder.pretrained else None,
-            "point": self.model_cfg.point, "model": self.model_cfg.to_dict(), "seeds": self.seeds,
-            "examples": self.data.counts(), "reported_splits": self.task.reported,
+            "point": self.model_cfg.point, "model": self.model_cfg.to_dict(),
+            "seeds": folder.seeds, "examples": task.data.counts(),
+            "reported_splits": task.reported,
+            "cross_validation": ({"folds": int(data.cv_folds), "fold": int(data.cv_fold),
+                                  "seed": int(data.cv_seed), "classes": list(self.spec.label_names)}
+                                 if cross_validated(self.spec.name, data) else None),
             "steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
             "wall_seconds_this_session": wall, "params_total": self.program.param_counts.total,
             "tokenizer": {"path": self.tokenizer.path, "sha256": self.tokenizer.sha256},
             "vocab_filter": self.config.data.vocab_filter or None,
-            "dropped_chars": self.task.dropped_chars,
-            "unk": self.task.unk,
+            "dropped_chars": task.dropped_chars,
+            "unk": task.unk,
             "majority": majority_baseline(
-                self.spec.name, self.train_arrays["labels"],
-                {split: arrays["labels"] for split, arrays in self.eval_arrays.items()},
-                self.task.regression),
+                self.spec.name, task.train_arrays["labels"],
+                {split: arrays["labels"] for split, arrays in task.eval_arrays.items()},
+                task.regression),
         }
-        if self.data.filter_report is not None:
-            report = self.data.filter_report
+        if task.data.filter_report is not None:
+            report = task.data.filter_report
             summary["filter"] = {"total": report.total, "kept": report.kept,
                                  "top_oov": report.oov.most_common(10)}
         record = FinetuneSummary(**summary, **folder.scores(reported))

@@ -23,11 +23,16 @@ from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.population_trainer import Each
 from minilm_jax.train.run_loop import check_workdir
 
+from minilm_jax.tasks.table import cross_validated
+
 from .config_rules import validate_finetune_config
 from .model_selection import VALIDATION, mean_std
 
 # The fields in which the runs of one population may differ: the checkpoint each starts from.
 POPULATION_FIELDS = ("init.checkpoint", "init.which")
+# ... and those of cross-validation's fold runs (one checkpoint, or random init): the held-out fold,
+# the partition (each fine-tuning seed's own) and so the seed.
+FOLD_FIELDS = ("data.cv_fold", "data.cv_seed", "train.seeds")
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -54,6 +59,7 @@ class RunFolder:
     pretrained: PretrainedRun | None
     first: int = 0
     size: int = 0
+    seeds: list[int] = dataclasses.field(default_factory=list)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
@@ -182,19 +188,24 @@ def population_identity(folders: Sequence[RunFolder], identities: Sequence[dict[
 
 def check_population(folders: list[RunFolder], init_mode: str) -> None:
     """Refuse runs that cannot share one program: configs differing outside
-    :data:`POPULATION_FIELDS`, checkpoints of different shapes or tokenizers, random init."""
-    if init_mode != "pretrained":
+    :data:`POPULATION_FIELDS` (cross-validation folds: :data:`FOLD_FIELDS`), checkpoints of
+    different shapes or tokenizers, random init (but for folds)."""
+    first = folders[0]
+    folds = all(cross_validated(f.config.task, f.config.data) for f in folders)
+    allowed = FOLD_FIELDS if folds else POPULATION_FIELDS
+    if init_mode != "pretrained" and not folds:
         raise UserError("a fine-tuning population starts every run from a pre-trained "
                         f"checkpoint (init.mode=pretrained), not {init_mode}")
-    first = folders[0]
-    base = {k: v for k, v in flatten(first.config).items() if k not in POPULATION_FIELDS}
+    base = {k: v for k, v in flatten(first.config).items() if k not in allowed}
     for folder in folders[1:]:
-        other = {k: v for k, v in flatten(folder.config).items() if k not in POPULATION_FIELDS}
+        other = {k: v for k, v in flatten(folder.config).items() if k not in allowed}
         diffs = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
         if diffs:
             raise UserError(f"fine-tuning runs {first.name} and {folder.name} differ in "
-                            f"{', '.join(diffs[:5])}: only {', '.join(POPULATION_FIELDS)} may "
+                            f"{', '.join(diffs[:5])}: only {', '.join(allowed)} may "
                             "differ within one population")
+        if folds:
+            continue  # one checkpoint (or none) for every fold
         if folder.pretrained.model.to_dict() != first.pretrained.model.to_dict():
             raise UserError(f"the checkpoints of {first.name} ({first.pretrained.workdir}) and "
                             f"{folder.name} ({folder.pretrained.workdir}) have different models: "

@@ -96,16 +96,27 @@ class TaskBatches:
         self.indexers = [batch_lib.BatchIndexer(seed, len(self.data.train), batch_size)
                          for seed in member_seeds]
 
-    def host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
-        """``[steps, S, B_host, T]``: member s sees the order of ``BatchIndexer(seed_s)``; ``T`` is
-        the bucket of the longest sequence among all members' global batches of these steps."""
-        rows = np.stack([np.stack([ix.indices(step + k) for ix in self.indexers])
-                         for k in range(steps)])  # [K, S, B] global rows, the same on every host
-        length = bucket_length(int(self.train_lengths[rows].max()), self.max_len, self.buckets)
+    def rows(self, step: int, steps: int) -> np.ndarray:
+        """``[steps, S, B]`` global training rows: member s in the order of ``BatchIndexer(seed_s)``
+        (the same on every host)."""
+        return np.stack([np.stack([ix.indices(step + k) for ix in self.indexers])
+                         for k in range(steps)])
+
+    def longest(self, rows: np.ndarray) -> int:
+        """The longest sequence among ``rows``."""
+        return int(self.train_lengths[rows].max())
+
+    def gather(self, rows: np.ndarray, length: int) -> dict[str, np.ndarray]:
+        """``rows`` as this host's ``[steps, S, B_host, length]`` batch (and ``labels``)."""
         host = np.stack([np.stack([batch_lib.host_rows(r) for r in per_step]) for per_step in rows])
         batch = {name: self.train_arrays[name][:, :length][host] for name in INPUTS}
         batch["labels"] = self.train_arrays["labels"][host]
         return batch
+
+    def host_batch(self, step: int, steps: int) -> dict[str, np.ndarray]:
+        """``[steps, S, B_host, T]``: member s sees the order of ``BatchIndexer(seed_s)``; ``T`` is
+        the bucket of the longest sequence among all members' global batches of these steps."""
+        return population_batch([self], step, steps)
 
     def eval_batches(self, split: str, batch_size: int, sharding: Any
                      ) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
@@ -118,3 +129,31 @@ class TaskBatches:
             placed = batch_lib.to_global({k: batch_lib.host_rows(v) for k, v in batch.items()},
                                          sharding)
             yield placed, valid
+
+
+def population_batch(tasks: Sequence[TaskBatches], step: int, steps: int) -> dict[str, np.ndarray]:
+    """The members of ``tasks`` in order (each task's members with their own data: e.g. one
+    cross-validation fold each), ``[steps, S, B_host, T]`` with one ``T`` for all: the bucket of
+    the longest sequence among every member's global batches of these steps."""
+    rows = [task.rows(step, steps) for task in tasks]
+    first = tasks[0]
+    length = bucket_length(max(t.longest(r) for t, r in zip(tasks, rows)), first.max_len,
+                           first.buckets)
+    parts = [task.gather(r, length) for task, r in zip(tasks, rows)]
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+
+
+def run_tasks(configs: Sequence[ml_collections.ConfigDict], tokenizer: Tokenizer
+              ) -> list[TaskBatches]:
+    """One :class:`TaskBatches` per run config, shared by runs whose task and data fields agree
+    (a population of checkpoints: one; cross-validation folds: one each)."""
+    made: dict[str, TaskBatches] = {}
+    out = []
+    for config in configs:
+        key = repr((config.task, sorted(config.data.to_dict().items())))
+        if key not in made:
+            made[key] = TaskBatches(config, tokenizer)
+        out.append(made[key])
+    return out

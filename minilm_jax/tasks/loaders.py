@@ -24,8 +24,8 @@ from .base import Example, TaskDataError, TaskSpec
 from .classification import (AG_NEWS, DBPEDIA14, load_ag_news, load_ag_news_tfds, load_dbpedia14,
                              load_dbpedia14_tfds, load_fewrel)
 from .glue import glue_task, load_glue
-from .sampling import split_off_fraction, split_per_class
-from .table import table_task
+from .sampling import fold_assignment, split_off_fraction, split_per_class
+from .table import cross_validated, table_task
 from .vocab_filter import FilterReport
 
 
@@ -207,6 +207,18 @@ def load_table_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
     if not one_file:
         return TaskData(spec, examples[data.train_split],
                         {s: examples[s] for s in data.eval_splits})
+    if cross_validated(task, data):
+        if data.cv_fold < 0:
+            raise UserError(f"task {task}: data.cv_folds={data.cv_folds} cross-validates the file: "
+                            "run it with python -m minilm_jax.finetune (every fold), or name one "
+                            "fold with --config.data.cv_fold=K (0 .. cv_folds - 1)")
+        if data.cv_fold >= data.cv_folds:
+            raise UserError(f"data.cv_fold={data.cv_fold} is not one of the {data.cv_folds} folds")
+        fold = fold_assignment(examples["all"], data.cv_folds, data.cv_seed,
+                               stratified=not spec.is_regression)
+        train = [ex for ex, k in zip(examples["all"], fold) if k != data.cv_fold]
+        held = [ex for ex, k in zip(examples["all"], fold) if k == data.cv_fold]
+        return TaskData(spec, train, {"holdout": held})
     train, holdout = split_off_fraction(examples["all"], data.holdout_fraction, data.sample_seed,
                                         stratified=not spec.is_regression)
     return TaskData(spec, train, {"holdout": holdout})

@@ -78,3 +78,33 @@ def split_off_fraction(examples: Sequence[Example], fraction: float, seed: int,
         part = set(rng.sample(range(n), min(max(1, round(fraction * n)), n - 1))) if n > 1 else set()
     rest = [ex for i, ex in enumerate(examples) if i not in part]
     return rest, [ex for i, ex in enumerate(examples) if i in part]
+
+
+def fold_assignment(examples: Sequence[Example], folds: int, seed: int,
+                    stratified: bool = True) -> list[int]:
+    """Each example's fold ``0 .. folds - 1`` for k-fold cross-validation, seeded.
+
+    ``stratified``: every class (ascending label, one ``random.Random(seed)``) is shuffled and dealt
+    round-robin, continuing where the previous class stopped, so each fold holds ``n_c / folds``
+    (+-1) rows of every class and fold sizes differ by at most one; otherwise (regression) a seeded
+    shuffle of all rows dealt the same way. A class with fewer rows than folds is refused: some
+    fold would train without it."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    if len(examples) < folds:
+        raise TaskDataError(f"{len(examples)} examples cannot be cut into {folds} folds")
+    rng = random.Random(seed)
+    groups = (sorted(_indices_by_class(examples).items()) if stratified
+              else [(None, list(range(len(examples))))])
+    fold = [0] * len(examples)
+    dealt = 0
+    for label, rows in groups:
+        if stratified and len(rows) < folds:
+            raise TaskDataError(f"class {label} has {len(rows)} examples, fewer than the {folds} "
+                                "folds (data.cv_folds): lower it, or give that class more rows")
+        rows = list(rows)
+        rng.shuffle(rows)
+        for row in rows:
+            fold[row] = dealt % folds
+            dealt += 1
+    return fold

@@ -6,8 +6,9 @@ in sorted order) and ``table_regression`` (a real-valued label). ``data.dir`` is
 
 - a folder holding ``<split>.csv`` / ``<split>.tsv`` / ``<split>.jsonl`` for ``data.train_split``
   and every split of ``data.eval_splits`` (e.g. ``train.csv`` and ``test.csv``), or
-- one file: a seeded per-class share (``data.holdout_fraction``) is held out and reported as
-  ``holdout``.
+- one file: by default cross-validated (``data.cv_folds``, stratified; each fold a run whose
+  held-out fold is reported as ``holdout``, :func:`cross_validated`); with ``data.cv_folds=0`` a
+  seeded per-class share (``data.holdout_fraction``) is held out and reported as ``holdout``.
 
 Columns are named by ``data.text_column`` (default ``text``), ``data.pair_column`` (default empty:
 single-text task) and ``data.label_column`` (default ``label``); CSV and TSV files have a header row.
@@ -32,6 +33,7 @@ from .base import Example, TaskDataError, TaskSpec, not_utf8
 
 SUFFIXES = (".csv", ".tsv", ".jsonl")
 REGRESSION_TASK = "table_regression"
+TABLE_TASKS = ("table", REGRESSION_TASK)
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -101,6 +103,14 @@ def read_table(path: str | Path, data: ml_collections.ConfigDict, regression: bo
     if not rows:
         raise TaskDataError(f"{path}: no rows")
     return rows
+
+
+def cross_validated(task: str, data: ml_collections.ConfigDict) -> bool:
+    """True when ``task`` reads one labelled file (no split of its own to report on) and
+    ``data.cv_folds`` > 0: every row is then scored once, out of fold, by stratified k-fold
+    cross-validation (each fold a run; :mod:`minilm_jax.finetune.run` runs them all)."""
+    return (task in TABLE_TASKS and bool(data.dir) and Path(data.dir).is_file()
+            and int(data.get("cv_folds", 0)) > 0)
 
 
 def class_names(labels: set[str]) -> tuple[str, ...]:

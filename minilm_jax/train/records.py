@@ -120,6 +120,8 @@ class FinetuneSummary(_Record):
     validation: dict[str, Any] | None = None  # selection split: epochs, members, mean, std, n
     final: dict[str, Any] | None = None  # reported splits, final epoch
     selected: dict[str, Any] | None = None  # reported splits, each member's selected epoch
+    # one fold run of a cross-validated labelled file: {"folds", "fold", "seed", "classes"}
+    cross_validation: dict[str, Any] | None = None
 
     @classmethod
     def _keep_none(cls) -> tuple[str, ...]:

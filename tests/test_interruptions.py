@@ -89,6 +89,30 @@ def test_a_sigterm_stops_the_sweep_marks_the_stage_interrupted_and_the_report_in
         "and report were rebuilt before it stopped")
 
 
+def test_a_sigterm_before_a_stage_starts_says_so_and_leaves_it_pending(word_shards, tmp_path,
+                                                                       monkeypatch):
+    """A worker stopped before it starts a stage (e.g. while it waits for another worker's
+    claim): the line says nothing of it ran, and its status is not made "interrupted"."""
+    sweep = tiny_sweep(word_shards)
+    stages = SweepRunner.stages
+
+    def stop_first(self, run):
+        signal.raise_signal(signal.SIGTERM)  # the worker's handler takes it
+        return stages(self, run)
+
+    monkeypatch.setattr(SweepRunner, "stages", stop_first)
+    outcome = run_worker(sweep, tmp_path)
+    assert outcome["interrupted"] == {"run": "b", "stage": "pretrain", "signal": "SIGTERM",
+                                      "started": False}
+    assert "pretrain" not in SweepStatus(tmp_path).read().get("b", {})
+    assert not (tmp_path / "runs" / "b" / "pretrain" / "checkpoints").exists()
+    error = stop_error(outcome)
+    assert error.exit_status == 143 and str(error) == (
+        "sweep stopped by SIGTERM before starting b pretrain (nothing of it ran; every stage "
+        "before it is saved); results and report are incomplete: run the same command again to "
+        "go on")
+
+
 class PreemptedRun:
     """A stage's run that SIGTERM stopped after saving step 7 (its summary has no step field, as
     a fine-tuning summary has none)."""

@@ -46,7 +46,8 @@ from .model_selection import VALIDATION, majority_baseline, member_metrics, samp
 from .programs import classifier_config, finetune_program
 from .run_folder import RunFolder, check_population, lock_folders, open_folders
 from .step import MEMBER_STRATEGIES
-from .task_batches import INPUTS, TaskBatches, population_batch, run_tasks, task_tokenizer
+from .task_batches import (INPUTS, TaskBatches, eval_batches_of, pooled_split, population_batch,
+                           run_tasks, task_tokenizer)
 
 
 class Finetuner(LoopSpec):
@@ -171,17 +172,18 @@ class Finetuner(LoopSpec):
 
     # ----------------------------------------------------------------------------- evaluation
     def predict_split(self, split: str, which: str = "final",
-                      task: TaskBatches | None = None) -> np.ndarray:
-        """Logits ``[S, N, C]`` of every member for every example of ``split`` (of ``task``'s data:
-        by default the first run's), each once, with the current (``final``) or each member's
-        ``selected`` parameters. Each process feeds its block of every batch; the logits come back
-        whole (replicated) on every process."""
+                      arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Logits ``[S, N, C]`` of every member for every example of ``split`` (of the first run's
+        data, or the encoded ``arrays`` given), each once, with the current (``final``) or each
+        member's ``selected`` parameters. Each process feeds its block of every batch; the logits
+        come back whole (replicated) on every process."""
         if which not in ("final", "selected"):
             raise ValueError(f"which must be 'final' or 'selected', not {which!r}")
         source = self.state if which == "final" else self.state["selected"]
         outputs = []
-        for placed, valid in (task or self.task).eval_batches(
-                split, self.config.eval.batch_size, self.program.eval_input_sharding):
+        for placed, valid in eval_batches_of(
+                self.task.eval_arrays[split] if arrays is None else arrays,
+                self.config.eval.batch_size, self.program.eval_input_sharding, self.task.buckets):
             logits = self.program.predict(source["params"], source["rest"],
                                           *[placed[k] for k in INPUTS])
             outputs.append(np.asarray(logits.addressable_data(0))[:, valid])
@@ -362,11 +364,18 @@ class Finetuner(LoopSpec):
                         ) -> tuple[dict[int, dict[str, np.ndarray]], list[dict[str, float]]]:
         """Every member's logits on ``splits`` of its own run's data (per distinct task data, by
         ``id``: ``[S, N, C]`` for all members) and every member's metrics over them."""
-        logits_of, members = {}, [{}] * len(self.member_seeds)
-        for task, idx in self._members_by_task():
-            logits = {split: self.predict_split(split, which, task) for split in splits}
-            logits_of[id(task)] = logits
-            mine = member_metrics(self.spec.name, {k: v[idx] for k, v in logits.items()},
+        by_task = self._members_by_task()
+        tasks = [task for task, _ in by_task]
+        logits_of: dict[int, dict[str, np.ndarray]] = {id(task): {} for task in tasks}
+        for split in splits:  # every distinct row once (folds share rows), for all members
+            pool, where = pooled_split(tasks, split)
+            logits = self.predict_split(split, which, pool)
+            for task, rows in zip(tasks, where):
+                logits_of[id(task)][split] = logits[:, rows]
+        members: list[dict[str, float]] = [{}] * len(self.member_seeds)
+        for task, idx in by_task:
+            mine = member_metrics(self.spec.name,
+                                  {k: v[idx] for k, v in logits_of[id(task)].items()},
                                   task.eval_arrays, self.task.regression)
             for m, metrics in zip(idx, mine):
                 members[m] = metrics

@@ -123,12 +123,47 @@ class TaskBatches:
         """Every example of ``split`` once, in batches of ``batch_size`` (the last one padded) cut
         to their bucket and placed with ``sharding`` (each process feeds its block): (the placed
         batch, the rows of real examples)."""
-        arrays = {k: self.eval_arrays[split][k] for k in INPUTS}
-        for batch, valid in pad_to_batches(arrays, batch_size):
-            batch = cut_to_bucket(batch, self.buckets, INPUTS)
-            placed = batch_lib.to_global({k: batch_lib.host_rows(v) for k, v in batch.items()},
-                                         sharding)
-            yield placed, valid
+        return eval_batches_of(self.eval_arrays[split], batch_size, sharding, self.buckets)
+
+    def uids(self, split: str) -> list[str]:
+        """The ids of ``split``'s examples, in the order of its arrays."""
+        examples = self.data.validation if split == VALIDATION else self.data.evals[split]
+        return [ex.uid for ex in examples]
+
+
+def eval_batches_of(arrays: dict[str, np.ndarray], batch_size: int, sharding: Any, buckets: int
+                    ) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    """:meth:`TaskBatches.eval_batches` of encoded ``arrays``."""
+    inputs = {k: arrays[k] for k in INPUTS}
+    for batch, valid in pad_to_batches(inputs, batch_size):
+        batch = cut_to_bucket(batch, buckets, INPUTS)
+        placed = batch_lib.to_global({k: batch_lib.host_rows(v) for k, v in batch.items()},
+                                     sharding)
+        yield placed, valid
+
+
+def pooled_split(tasks: Sequence[TaskBatches], split: str
+                 ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The distinct examples of ``split`` over ``tasks`` (by id: cross-validation folds share
+    rows) as one encoded array set, and each task's rows in it (in its own order): scored once
+    for all members instead of once per task."""
+    if len(tasks) == 1:
+        arrays = tasks[0].eval_arrays[split]
+        return arrays, [np.arange(len(arrays["labels"]))]
+    position: dict[str, int] = {}
+    picks: list[tuple[TaskBatches, int]] = []
+    where = []
+    for task in tasks:
+        rows = []
+        for i, uid in enumerate(task.uids(split)):
+            if uid not in position:
+                position[uid] = len(picks)
+                picks.append((task, i))
+            rows.append(position[uid])
+        where.append(np.asarray(rows, np.int64))
+    keys = tasks[0].eval_arrays[split].keys()
+    pool = {k: np.stack([task.eval_arrays[split][k][i] for task, i in picks]) for k in keys}
+    return pool, where
 
 
 def population_batch(tasks: Sequence[TaskBatches], step: int, steps: int) -> dict[str, np.ndarray]:

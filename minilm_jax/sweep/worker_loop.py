@@ -126,6 +126,11 @@ def stop_error(outcome: dict[str, Any]) -> Interrupted | None:
         return Interrupted(
             f"sweep stopped by {name} after its last stage: every stage had finished, and the "
             "results and report were rebuilt before it stopped", exit_status=status)
+    if stopped.get("started") is False:  # it came before the next stage started
+        return Interrupted(
+            f"sweep stopped by {name} before starting {stopped['run']} {stopped['stage']} "
+            "(nothing of it ran; every stage before it is saved); results and report are "
+            "incomplete: run the same command again to go on", exit_status=status)
     return Interrupted(
         f"sweep stopped by {name} at {stopped['run']} {stopped['stage']} (its step is saved); "
         "results and report are incomplete: run the same command again to resume",
@@ -242,6 +247,8 @@ class SweepRunner:
         if interrupted:
             outcome["interrupted"] = {"run": interrupted[0], "stage": interrupted[1],
                                       "signal": self._stop.signal}
+            if self._never_started:
+                outcome["interrupted"]["started"] = False
         return outcome
 
     def check(self, only: str = "") -> None:
@@ -337,7 +344,7 @@ class SweepRunner:
         or this worker is stopped: (the selected runs, (run, stage) where a signal stopped it, or
         None)."""
         selected = [r for r in self.runs if not only or only in r.name]
-        self._only = only
+        self._only, self._never_started = only, False
         started, interrupted, seen = _launched_at(), None, set()
         while interrupted is None:
             waiting = False  # a unit held by another worker, or waiting for its pre-training
@@ -363,9 +370,9 @@ class SweepRunner:
                         break  # not fine-tuned before its pre-training finishes (or at all)
                     if self._failed_since(run.name, stage, started):
                         continue
-                    if self._stop.signal:  # arrived between stages: start nothing more
-                        self.status.record(run.name, stage, "interrupted",
-                                           signal=self._stop.signal, step=None)
+                    if self._stop.signal:  # arrived between stages: start nothing more (the
+                        # stage never ran: its state stays what it was, e.g. pending)
+                        self._never_started = True
                         interrupted = (run.name, stage)
                         break
                     claim = self.claims.try_claim(holds, stage)

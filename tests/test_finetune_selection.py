@@ -204,9 +204,9 @@ def test_test_split_is_scored_once_at_the_end(tokenizer_path, tmp_path, monkeypa
     calls: list[tuple[str, str]] = []
     original = Finetuner.predict_split
 
-    def counting(self, split, which="final"):
+    def counting(self, split, which="final", arrays=None):
         calls.append((split, which))
-        return original(self, split, which)
+        return original(self, split, which, arrays)
 
     monkeypatch.setattr(Finetuner, "predict_split", counting)
     config = tiny_config(tokenizer_path, train__epochs=3, train__seeds=(0, 1, 2))

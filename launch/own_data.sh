@@ -17,7 +17,7 @@
 #   after --: fine-tuning fields, e.g. --config.data.text_column=review --config.data.pair_column=b
 #
 #   OWN_TOKENS=2000 (tokenizer pieces)  OWN_POINT=paper-1.25m  OWN_STEPS=2500  OWN_SEQ_LEN=128
-#   OWN_TASK=table (or table_regression)  OWN_SEEDS=0,1,2 (fine-tuning seeds)  OWN_FOLDS=5
+#   OWN_TASK=table (or table_regression)  OWN_SEEDS=0,1,2 (fine-tuning seeds)  OWN_FOLDS=10
 #   (cross-validation folds of one LABELS file; 0: hold out a fifth instead)
 #   OWN_RECIPE=own_data (the pre-training recipe: configs/own_data.py)  OWN_DRY_RUN=1: print the
 #   commands, run nothing
@@ -43,7 +43,7 @@ if [ $# -gt 0 ] && [ "$1" != "--" ]; then OUT=$(from_caller "$1"); shift; fi
 [ $# -gt 0 ] && [ "$1" = "--" ] && shift
 DRY=${OWN_DRY_RUN:-0}
 TOKENS=${OWN_TOKENS:-2000} SEQ_LEN=${OWN_SEQ_LEN:-128} TASK=${OWN_TASK:-table} SEEDS=${OWN_SEEDS:-0,1,2}
-FOLDS=${OWN_FOLDS:-5}
+FOLDS=${OWN_FOLDS:-10}
 RECIPE=${OWN_RECIPE:-own_data}
 [ -n "${OWN_POINT:-}" ] && RECIPE="$RECIPE:$OWN_POINT"
 if [ -d "$TEXT" ]; then SOURCE="textfiles:$TEXT/*.txt"  # its .txt files, not a readme beside them
@@ -54,7 +54,7 @@ PRETRAIN_EXTRA=()
 [ -n "${OWN_STEPS:-}" ] && PRETRAIN_EXTRA+=("--config.train.num_steps=$OWN_STEPS")
 [ "$SEQ_LEN" != 128 ] && PRETRAIN_EXTRA+=("--config.model.max_len=$SEQ_LEN")
 FINETUNE_EXTRA=()
-[ "$FOLDS" != 5 ] && FINETUNE_EXTRA+=("--config.data.cv_folds=$FOLDS")
+[ "$FOLDS" != 10 ] && FINETUNE_EXTRA+=("--config.data.cv_folds=$FOLDS")
 [ "$SEQ_LEN" != 128 ] && FINETUNE_EXTRA+=("--config.data.max_len=$SEQ_LEN")
 
 PY=python

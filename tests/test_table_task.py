@@ -126,27 +126,28 @@ def test_one_file_is_cut_into_stratified_folds_each_row_held_out_once(tmp_path):
     reports fold k; over the folds every row is held out exactly once, each class spread evenly;
     the partition is the seed's (another seed, another partition; the same seed, the same)."""
     path = write_csv(tmp_path / "reviews.csv", ["text", "label"], reviews(62))
-    c = config("table", path)
-    assert c.data.cv_folds == 5 and c.data.cv_fold == -1
+    assert config("table", path).data.cv_folds == 10  # the default: +-5 points on 1,200 rows
+    c = config("table", path, cv_folds=5)
+    assert c.data.cv_fold == -1
     with pytest.raises(UserError, match="cross-validates the file"):
         load_task_data(c)  # every fold is a run: the finetune command runs them
     held: list[str] = []
     for fold in range(5):
-        data = load_task_data(config("table", path, cv_fold=fold, cv_seed=3))
+        data = load_task_data(config("table", path, cv_folds=5, cv_fold=fold, cv_seed=3))
         rows = data.evals["holdout"]
         train = {ex.uid for ex in data.train + data.validation}
         assert not train & {ex.uid for ex in rows} and len(train) + len(rows) == 62
         assert sorted(ex.label for ex in rows).count(0) in (4, 5)  # 21 "neg" rows over 5 folds
         held += [ex.uid for ex in rows]
     assert sorted(held) == sorted(f"table/all/{i}" for i in range(2, 64))
-    again = load_task_data(config("table", path, cv_fold=0, cv_seed=3)).evals["holdout"]
-    other = load_task_data(config("table", path, cv_fold=0, cv_seed=4)).evals["holdout"]
+    again = load_task_data(config("table", path, cv_folds=5, cv_fold=0, cv_seed=3)).evals["holdout"]
+    other = load_task_data(config("table", path, cv_folds=5, cv_fold=0, cv_seed=4)).evals["holdout"]
     assert [e.uid for e in again] == [e.uid for e in load_task_data(
-        config("table", path, cv_fold=0, cv_seed=3)).evals["holdout"]]
+        config("table", path, cv_folds=5, cv_fold=0, cv_seed=3)).evals["holdout"]]
     assert {e.uid for e in again} != {e.uid for e in other}
     few = write_csv(tmp_path / "few.csv", ["text", "label"], reviews(30) + [["odd one", "rare"]])
     with pytest.raises(UserError, match="class 2 has 1 examples, fewer than the 5 folds"):
-        load_task_data(config("table", few, cv_fold=0))
+        load_task_data(config("table", few, cv_folds=5, cv_fold=0))
     # a folder of splits is used as given, and cv_folds=0 keeps the seeded holdout
     assert not config("table", tmp_path).data.dir.endswith(".csv")
     plain = load_task_data(config("table", path, cv_folds=0))

@@ -29,6 +29,9 @@ def get_config(task: str = "sst2") -> ml_collections.ConfigDict:
     c.init.checkpoint = ""  # a pre-training workdir; its best checkpoint (else the newest) is used
     c.init.which = "best"  # best | latest | step:N
     c.init.mode = "pretrained"  # pretrained | random (same architecture) | both (two sub-runs)
+    # A checkpoint whose encoder is not the model built (another arch, another parameter tree) is
+    # refused; True: load what fits (same path and shape) and initialise the rest, listing it.
+    c.init.partial = False
 
     # Architecture when no checkpoint is given (with a checkpoint, the checkpoint's model is used).
     # model_overrides ("pooler=weighted_sum", "hidden_dropout=0.0", ...) then apply to either;

@@ -299,11 +299,26 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Fields added after runs were recorded, at a value that changes nothing: a record without them
+# has that value (and a run at that value records none, so its config.json stays as it was).
+QUIET_DEFAULTS: dict[str, Any] = {"init.partial": False}
+
+
+def recorded_value(flat: dict[str, Any], key: str) -> Any:
+    """``flat[key]``, or for a field of :data:`QUIET_DEFAULTS` missing from it, its default."""
+    return flat.get(key, QUIET_DEFAULTS.get(key))
+
+
+def without_quiet_defaults(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` without the :data:`QUIET_DEFAULTS` fields at their default."""
+    return {k: v for k, v in flat.items() if k not in QUIET_DEFAULTS or v != QUIET_DEFAULTS[k]}
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any],
                        ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:
     """Fields whose values differ between two flattened configs, ignoring run-control fields."""
     keys = (set(saved) | set(current)) - set(ignore)
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
+    return sorted(k for k in keys if recorded_value(saved, k) != recorded_value(current, k))
 
 
 def parse_value(text: str, current: Any) -> Any:

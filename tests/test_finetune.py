@@ -216,6 +216,34 @@ def test_cross_validation_scores_every_row_once_per_seed_and_each_fold_as_alone(
     assert "s0-fold0" not in markdown  # fold runs are not rows of the plain table
 
 
+def test_a_checkpoint_of_another_architecture_is_refused_or_loaded_partially(pretrained,
+                                                                              tmp_path, capsys):
+    """A variant (tests/encoder_variants.py: one parameter more) over a baseline checkpoint: one
+    line naming the missing parameter, nothing written; init.partial=True loads what fits,
+    initialises the gate anew and says so; the baseline's config.json carries no init.partial."""
+    config = ag_config(pretrained, **SMALL_RUN)
+    config.model.arch = "encoder_variants:GatedEmbeddingEncoder"
+    with pytest.raises(UserError) as refused:
+        Finetuner(config, tmp_path / "variant", "pretrained")
+    message = str(refused.value)
+    assert "holds architecture 'roberta', not 'encoder_variants:GatedEmbeddingEncoder'" in message
+    assert "missing embedding_gate;" in message and "--config.init.partial=True" in message
+    assert "\n" not in message and not (tmp_path / "variant").exists()
+    config.init.partial = True
+    run = Finetuner(config, tmp_path / "variant", "pretrained")
+    assert "init.partial: newly initialised (not in" in capsys.readouterr().out
+    state = run.state["params"]
+    encoder = pretrained_encoder = run.pretrained.encoder_state()
+    np.testing.assert_array_equal(  # the checkpoint's weights loaded, every member
+        np.asarray(state["encoder"]["word_embeddings"]["embedding"][...])[0],
+        np.asarray(pretrained_encoder["word_embeddings"]["embedding"][...]))
+    assert "embedding_gate" not in encoder  # initialised anew, as the variant does
+    np.testing.assert_array_equal(np.asarray(state["encoder"]["embedding_gate"][...]), 1.0)
+    assert json.loads((tmp_path / "variant" / "config.json").read_text())["init.partial"] is True
+    Finetuner(ag_config(pretrained, **SMALL_RUN), tmp_path / "base", "pretrained")
+    assert "init.partial" not in json.loads((tmp_path / "base" / "config.json").read_text())
+
+
 def test_evaluation_counts_every_example_once(pretrained, tmp_path):
     config = ag_config(pretrained, train__epochs=1, data__eval_per_class=31)  # 124 examples
     config.eval.batch_size = 128

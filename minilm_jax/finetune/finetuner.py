@@ -68,6 +68,9 @@ class Finetuner(LoopSpec):
             check_population(self.folders, init_mode)
         self.config, self.pretrained = self.folders[0].config, self.folders[0].pretrained
         self.model_cfg = classifier_config(self.config, self.pretrained)
+        self.partial = bool(self.config.init.get("partial", False))
+        if init_mode == "pretrained":  # the checkpoint must fit the model built (or init.partial)
+            self.fresh = self.pretrained.fit(self.model_cfg, self.partial)
         self.tokenizer = task_tokenizer(self.config, self.pretrained, self.model_cfg)
         # one per run; runs of one data config share it (cross-validation folds each have theirs)
         self.tasks = run_tasks([f.config for f in self.folders], self.tokenizer)
@@ -120,7 +123,13 @@ class Finetuner(LoopSpec):
         None (random init)."""
         if self.init_mode != "pretrained":
             return None
-        encoders = [f.pretrained.encoder_state() for f in self.folders]
+        if self.partial and not self.fresh.empty:
+            log_line(f"init.partial: newly initialised (not in {self.pretrained.workdir}): "
+                     f"{', '.join(self.fresh.missing + [p for p, _, _ in self.fresh.reshaped])}"
+                     + (f"; unused checkpoint parameters: {', '.join(self.fresh.unexpected)}"
+                        if self.fresh.unexpected else ""))
+        fit_to = self.model_cfg if self.partial else None
+        encoders = [f.pretrained.encoder_state(fit_to) for f in self.folders]
         return encoders[0] if not self.is_population else jax.tree.map(
             lambda *xs: np.stack([np.asarray(x) for f, x in zip(self.folders, xs)
                                   for _ in range(f.size)]), *encoders)

@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 
 from minilm_jax.errors import UserError
-from minilm_jax.run_config import flatten
+from minilm_jax.model.code_identity import arch_code
+from minilm_jax.run_config import flatten, without_quiet_defaults
 from minilm_jax.runs.pretrained import PretrainedRun
 from minilm_jax.storage import RunPath, atomic_write_bytes, atomic_write_json, run_path
 from minilm_jax.train.distributed import from_process_0
@@ -69,10 +70,13 @@ class RunFolder:
     def identity(self, init_mode: str, tokenizer_sha256: str, model_built: dict[str, Any]
                  ) -> dict[str, Any]:
         """What the run is (its ``config.json``)."""
-        identity = flatten(self.config)
+        identity = without_quiet_defaults(flatten(self.config))
         identity["init.mode"] = init_mode
         identity["tokenizer_sha256"] = tokenizer_sha256
         identity["model_built"] = model_built
+        code = arch_code(model_built["arch"])  # a user's encoder: its source files
+        if code:
+            identity["model_code"] = code
         return identity
 
     # ----------------------------------------------------------------------------- history

@@ -17,7 +17,10 @@ from typing import Any
 from flax import nnx
 
 from minilm_jax.errors import UserError
+from minilm_jax.model.code_identity import check_code
 from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.registry import encoder_factory
+from minilm_jax.model.tree_check import TreeDiff, encoder_shapes, fitting_part, tree_diff
 from minilm_jax.runs.running import read_checkpoint, recorded_tokenizer, refuse_population
 from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.tokenizer import Tokenizer
@@ -61,6 +64,7 @@ class PretrainedRun:
         refuse_population(workdir, flat, action)
         model = ModelConfig.from_mapping({k[len("model."):]: v for k, v in flat.items()
                                           if k.startswith("model.")})
+        check_code(flat.get("model_code"), model.arch, str(workdir))  # a user encoder's source
         try:  # a running or preempted run has no summary yet: its run_start.json serves
             summary: PretrainSummary | None = read_pretrain_summary(workdir)
         except RecordError:
@@ -104,17 +108,37 @@ class PretrainedRun:
                    int(provenance.get("step", 0)), hf_dir,
                    provenance.get("validation_perplexity"), hugging_face=True)
 
-    def encoder_state(self) -> nnx.State:
+    def encoder_state(self, fit_to: ModelConfig | None = None) -> nnx.State:
         """The encoder's parameters and other state (e.g. BatchNorm statistics) as host arrays, in
-        the layout of ``SequenceClassifier.encoder``."""
+        the layout of ``SequenceClassifier.encoder``; ``fit_to``: only the leaves the encoder of
+        that config has, with the same shapes (a partial load, :meth:`fit`)."""
         if self.hugging_face:
             import jax
             import numpy as np
 
             from minilm_jax.interop.hf_import import import_roberta
 
-            return jax.tree.map(np.asarray, nnx.state(import_roberta(self.checkpoint_dir).encoder))
-        return self._read("encoder")
+            state = jax.tree.map(np.asarray,
+                                 nnx.state(import_roberta(self.checkpoint_dir).encoder))
+        else:
+            state = self._read("encoder")
+        return state if fit_to is None else fitting_part(state, encoder_shapes(fit_to))
+
+    def fit(self, cfg: ModelConfig, partial: bool = False) -> TreeDiff:
+        """Compare this checkpoint's encoder with the one ``cfg`` builds (architecture and
+        parameter tree, abstractly); refuse in one line naming what differs, unless ``partial``
+        (``init.partial=True``: what fits is loaded, the rest initialised anew). The difference."""
+        diff = tree_diff(encoder_shapes(cfg), encoder_shapes(self.model))
+        other_arch = (cfg.arch != self.model.arch
+                      and encoder_factory(cfg.arch) is not encoder_factory(self.model.arch))
+        if (diff.empty and not other_arch) or partial:
+            return diff
+        what = (f"architecture {self.model.arch!r}, not {cfg.arch!r}" if other_arch else
+                "another parameter tree")
+        raise UserError(f"init.checkpoint={self.workdir} holds {what}: "
+                        f"{diff.text() or 'the same parameter names and shapes'}; fine-tune the "
+                        "checkpoint's own architecture, or pass --config.init.partial=True to load "
+                        "what fits and initialise the rest")
 
     def model_state(self) -> nnx.State:
         """The whole ``MaskedLM`` state (encoder and MLM head) as host arrays (a workdir only)."""

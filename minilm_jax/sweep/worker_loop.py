@@ -32,7 +32,7 @@ from minilm_jax.evals.common import from_config as evaluator_from_config
 from minilm_jax.finetune.config_rules import resumable_fields
 from minilm_jax.finetune.config_rules import validate_finetune_config
 from minilm_jax.model import accounting
-from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config
+from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config, recorded_value
 from minilm_jax.storage import RunPath, relative_location
 from minilm_jax.tasks.registry import task_names
 from minilm_jax.train.dispatch import StopRequest, stop_signals
@@ -66,7 +66,8 @@ def changed_fields(workdir: RunPath, config: ml_collections.ConfigDict,
     if not path.exists():
         return []
     saved, current = json.loads(path.read_text()), flatten(config)
-    keys = sorted(k for k in current if k not in run_control and saved.get(k) != current[k])
+    keys = sorted(k for k in current if k not in run_control
+                  and recorded_value(saved, k) != current[k])
     return [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in keys]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import platform
 import time
@@ -16,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from minilm_jax.model import accounting
+from minilm_jax.model.code_identity import arch_code, check_code
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.sizes import SPARE_VOCAB_ROWS
 from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_manifest
@@ -23,7 +25,7 @@ from minilm_jax.errors import UserError
 from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, snapshot_steps,
                                    validate_pretrain_config)
 from minilm_jax.runs.running import write_run_start
-from minilm_jax.storage import run_path
+from minilm_jax.storage import RunPath, run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.data import learned
 from minilm_jax.train.run_loop import LoopSpec, Window, check_workdir, open_run, run_loop
@@ -87,7 +89,24 @@ def run_identity(config: ml_collections.ConfigDict, manifest: dict) -> dict[str,
     current = {k: v for k, v in flatten(config).items()
                if k != "evals" and not k.startswith("evals.")}  # evaluations: run control
     current["data.tokenizer_sha256_seen"] = manifest["tokenizer"]["sha256"]
+    code = arch_code(config.model.arch)  # a user's encoder: its source files (none: built-in)
+    if code:
+        current["model_code"] = code
     return current
+
+
+def code_resumable(workdir: RunPath, identity: dict[str, Any]) -> tuple[str, ...]:
+    """Refuse to resume a run whose recorded encoder code differs from the code now (one line
+    naming the files), unless accepted (``MINILM_ACCEPT_CODE_CHANGE=1``): then ``model_code`` may
+    differ and the change is recorded (``model_code_changes``)."""
+    path = workdir / "config.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    changes = check_code(saved.get("model_code"), str(identity.get("model.arch", "")),
+                         f"the run in {workdir}")
+    if not changes:
+        return ()
+    identity["model_code_changes"] = [*saved.get("model_code_changes", []), *changes]
+    return ("model_code", "model_code_changes")
 
 
 def summary_record(status: str, step: int, wall: float, model_cfg: ModelConfig,
@@ -141,7 +160,8 @@ class Pretrainer(LoopSpec):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.reference = learned.reference_perplexities(config.data.shards,
                                                         config.data.eval_split)
-        self.lock = check_workdir(self.workdir, self.identity, RESUMABLE_FIELDS)
+        self.resumable = RESUMABLE_FIELDS + code_resumable(self.workdir, self.identity)
+        self.lock = check_workdir(self.workdir, self.identity, self.resumable)
         try:  # before the first step: readers of the running run find its tokenizer there
             write_run_start(self.workdir, self.manifest, self.model_cfg.to_dict(),
                             config.data.shards)
@@ -233,7 +253,7 @@ class Pretrainer(LoopSpec):
         config, tc = self.config, self.config.train
         self.ckpts, self.writer, start, self.state = open_run(
             self.workdir, config.checkpoint, self.state, identity=self.identity,
-            resumable=RESUMABLE_FIELDS, keep_best=config.checkpoint.keep_best,
+            resumable=self.resumable, keep_best=config.checkpoint.keep_best,
             snapshot_steps=snapshot_steps(config))
         self._log_steps = log_eval_steps(config)
         self._best_loss = (self.ckpts.best_metrics() or {}).get("loss", float("inf"))

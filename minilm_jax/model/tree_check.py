@@ -1,0 +1,65 @@
+"""Does a saved encoder fit the encoder being built? Their parameter trees compared by path and shape
+(abstractly: nothing is read or initialised), and a saved state cut to what fits, for a partial
+load that says what it initialised anew (as transformers' ``from_pretrained`` does)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flax import nnx
+
+from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.registry import build_encoder
+
+
+def shapes(state: Any) -> dict[str, tuple[int, ...]]:
+    """``path -> shape`` of every leaf of an nnx state (``layers/0/attention/key/kernel``)."""
+    return {"/".join(map(str, path)): tuple(getattr(leaf, "shape", ()))
+            for path, leaf in nnx.to_flat_state(state)}
+
+
+def encoder_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The parameter and state shapes of the encoder ``cfg`` builds (abstract: no arrays)."""
+    return shapes(nnx.state(nnx.eval_shape(lambda: build_encoder(cfg, nnx.Rngs(params=0)))))
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeDiff:
+    """What the model being built lacks in a saved tree, and the reverse."""
+
+    missing: list[str]  # built, not saved: would keep their random init
+    unexpected: list[str]  # saved, not built: would be dropped
+    reshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (path, saved, built)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.missing or self.unexpected or self.reshaped)
+
+    def text(self, limit: int = 4) -> str:
+        def names(items: list[str]) -> str:
+            more = f", ... ({len(items)} in all)" if len(items) > limit else ""
+            return ", ".join(items[:limit]) + more
+        parts = []
+        if self.missing:
+            parts.append(f"missing {names(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected {names(self.unexpected)}")
+        if self.reshaped:
+            parts.append("other shapes " + names([f"{p} {tuple(a)} vs {tuple(b)}"
+                                                  for p, a, b in self.reshaped]))
+        return "; ".join(parts)
+
+
+def tree_diff(built: dict[str, tuple[int, ...]], saved: dict[str, tuple[int, ...]]) -> TreeDiff:
+    """Compare the ``built`` and ``saved`` shape maps of :func:`shapes`."""
+    return TreeDiff(sorted(set(built) - set(saved)), sorted(set(saved) - set(built)),
+                    sorted((p, saved[p], built[p]) for p in set(built) & set(saved)
+                           if tuple(saved[p]) != tuple(built[p])))
+
+
+def fitting_part(state: nnx.State, built: dict[str, tuple[int, ...]]) -> nnx.State:
+    """The leaves of ``state`` the built tree has, with the same shape."""
+    kept = [(path, leaf) for path, leaf in nnx.to_flat_state(state)
+            if built.get("/".join(map(str, path))) == tuple(getattr(leaf, "shape", ()))]
+    return nnx.from_flat_state(kept)

@@ -191,7 +191,7 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
     """
     from minilm_jax.model import accounting
     from minilm_jax.train.program import pretrain_program
-    from minilm_jax.train.throughput import analysis_value
+    from minilm_jax.model.count_check import analysis_value
 
     # The pre-training program exactly as a run builds it, traced for shapes only.
     mesh = build_mesh(config, devices, abstract_size)

@@ -20,6 +20,7 @@ from typing import Any
 import ml_collections
 
 from minilm_jax.model.config import ConfigError, ModelConfig
+from minilm_jax.model.count_check import check_declared_counts
 from minilm_jax.model.sizes import point_fields
 
 
@@ -283,6 +284,7 @@ def validate_pretrain_config(config: ml_collections.ConfigDict) -> ModelConfig:
     model = model_from_config(config)
     raise_problems(range_problems(config, PRETRAIN_RULES))
     snapshot_steps(config)
+    check_declared_counts(model)  # a variant's counts against its tree and XLA's (built-in: none)
     return model
 
 

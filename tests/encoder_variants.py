@@ -16,3 +16,65 @@ class GatedEmbeddingEncoder(TransformerEncoder):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         super().__init__(cfg, rngs=rngs)
         self.embedding_gate = nnx.Param(jnp.ones((cfg.emb_dim,), jnp.dtype(cfg.param_dtype)))
+
+    @classmethod
+    def counts_beyond_baseline(cls, cfg, seq_len):
+        from minilm_jax.model.accounting import VariantCounts
+        return VariantCounts(params=cfg.emb_dim)  # the gate; its multiply is not a matmul
+
+
+# ------------------------------------------------------------------ SwiGLU through the layer hook
+import jax  # noqa: E402
+
+from minilm_jax.model import accounting  # noqa: E402
+from minilm_jax.model.layers import EncoderLayer, make_linear  # noqa: E402
+
+
+class SwiGLU(nnx.Module):
+    """H -> (silu(gate) * up) -> H: the feed-forward block a variant swaps in."""
+
+    def __init__(self, cfg, init, rngs: nnx.Rngs):
+        self.gate = make_linear(cfg, init, cfg.hidden_dim, cfg.ffn_dim, rngs)
+        self.up = make_linear(cfg, init, cfg.hidden_dim, cfg.ffn_dim, rngs)
+        self.down = make_linear(cfg, init, cfg.ffn_dim, cfg.hidden_dim, rngs)
+
+    def __call__(self, x_bth):
+        return self.down(jax.nn.silu(self.gate(x_bth)) * self.up(x_bth))
+
+
+class SwiGLULayer(EncoderLayer):
+    feed_forward_class = SwiGLU
+
+
+class UncountedSwiGLUEncoder(TransformerEncoder):
+    """SwiGLU without a count declaration: refused (its tree has more parameters)."""
+
+    layer_class = SwiGLULayer
+
+
+class SwiGLUEncoder(UncountedSwiGLUEncoder):
+    """SwiGLU declaring its gate: L x (H x I + I) parameters, L x 2 T H I forward FLOPs."""
+
+    @classmethod
+    def counts_beyond_baseline(cls, cfg, seq_len):
+        layers, h, i = cfg.num_layers, cfg.hidden_dim, cfg.ffn_dim
+        return accounting.VariantCounts(params=layers * (h * i + i),
+                                        forward_flops=layers * 2.0 * seq_len * h * i)
+
+
+class MiscountedSwiGLUEncoder(UncountedSwiGLUEncoder):
+    """Right parameters, no FLOPs declared: refused by XLA's count."""
+
+    @classmethod
+    def counts_beyond_baseline(cls, cfg, seq_len):
+        return accounting.VariantCounts(params=cfg.num_layers * (cfg.hidden_dim * cfg.ffn_dim
+                                                                 + cfg.ffn_dim))
+
+
+class TrainingBugEncoder(TransformerEncoder):
+    """A variant with a bug on its training path only: it fails at the first step."""
+
+    def __call__(self, *args, train: bool = False, **kwargs):
+        if train:
+            raise ValueError("a bug in the variant's training path")
+        return super().__call__(*args, train=train, **kwargs)

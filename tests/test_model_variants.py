@@ -28,6 +28,11 @@ class ScaledEncoder(TransformerEncoder):
     def __init__(self, cfg, *, rngs):
         super().__init__(cfg, rngs=rngs)
         self.embedding_gate = nnx.Param(jnp.full((cfg.emb_dim,), GATE_INIT))
+
+    @classmethod
+    def counts_beyond_baseline(cls, cfg, seq_len):
+        from minilm_jax.model.accounting import VariantCounts
+        return VariantCounts(params=cfg.emb_dim)
 '''
 
 
@@ -67,3 +72,73 @@ def test_a_built_in_encoder_records_no_code():
     from minilm_jax.model.code_identity import arch_code
 
     assert arch_code("roberta") == {} and arch_code("bert_conv") == {}
+
+
+def test_a_variant_counts_what_it_builds_and_a_wrong_declaration_is_refused(word_shards,
+                                                                            tmp_path):
+    """SwiGLU through the layer hook (tests/encoder_variants.py): its declared counts equal the
+    built tree and agree with XLA's FLOP ratio within 2%; the run records them; without a
+    declaration, or with its FLOPs left out, the run is refused in one line before it writes."""
+    from flax import nnx
+
+    from minilm_jax.model import accounting
+    from minilm_jax.model.count_check import encoder_matmul_flops, encoder_xla_flops
+    from minilm_jax.model.models import build_mlm
+    from minilm_jax.run_config import model_from_config
+
+    config = small_config(word_shards, **{"model.arch": "encoder_variants:SwiGLUEncoder",
+                                          "train.num_steps": 2})
+    cfg = model_from_config(config)
+    base = cfg.replace(arch="roberta")
+    tree = accounting.count_params(nnx.eval_shape(lambda: build_mlm(cfg)))
+    assert tree == accounting.formula_params(cfg) != accounting.formula_params(base)
+    traced = encoder_matmul_flops(cfg) / encoder_matmul_flops(base)
+    counted = (accounting.forward_flops_per_sequence(cfg, num_predictions=0)
+               / accounting.forward_flops_per_sequence(base, num_predictions=0))
+    assert counted > 1.05 and abs(traced / counted - 1) < 0.02
+    # XLA's total counts element-wise work too (exact GELU's erf): its ratio misleads at this width
+    assert encoder_xla_flops(cfg) / encoder_xla_flops(base) < 1.05
+    summary = Pretrainer(config, tmp_path / "swiglu").run()
+    assert summary["params"]["total"] == tree.total
+    assert summary["flops_per_sequence"]["paper"] == pytest.approx(
+        accounting.paper_train_flops_per_sequence(base) + 3 * cfg.num_layers * 2 * cfg.max_len
+        * cfg.hidden_dim * cfg.ffn_dim)
+    for arch, message in (("UncountedSwiGLUEncoder", r"its parameter tree has [\d,]+ parameters"),
+                          ("MiscountedSwiGLUEncoder", r"traced encoder does [\d,]+ matmul FLOPs")):
+        bad = small_config(word_shards, **{"model.arch": f"encoder_variants:{arch}"})
+        with pytest.raises(UserError, match=message + r".*counts_beyond_baseline"):
+            Pretrainer(bad, tmp_path / arch)
+        assert not (tmp_path / arch).exists()
+
+
+def test_a_run_that_never_completed_a_step_takes_the_corrected_config(word_shards, tmp_path,
+                                                                      capsys):
+    """A variant that fails at its first step leaves a workdir with its config.json: the
+    corrected command runs there (a note says the config is replaced) instead of being refused;
+    a run that completed a step still refuses another config."""
+    broken = small_config(word_shards, **{"model.arch": "encoder_variants:TrainingBugEncoder"})
+    with pytest.raises(ValueError, match="training path"):
+        Pretrainer(broken, tmp_path / "run").run()
+    assert (tmp_path / "run" / "config.json").is_file()
+    fixed = small_config(word_shards, **{"train.num_steps": 2})
+    assert Pretrainer(fixed, tmp_path / "run").run()["status"] == "completed"
+    assert "holds a run that never completed a step" in capsys.readouterr().out
+    with pytest.raises(UserError, match="different config"):
+        Pretrainer(small_config(word_shards, **{"train.num_steps": 3, "seed": 7}), tmp_path / "run")
+
+
+def test_a_short_name_from_the_users_installed_package(monkeypatch):
+    """An entry point of group minilm_jax.encoders names a variant; no library edit."""
+    from importlib import metadata
+
+    from minilm_jax.model import registry
+
+    point = metadata.EntryPoint("swiglu", "encoder_variants:SwiGLUEncoder",
+                                registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(metadata, "entry_points",
+                        lambda group=None: [point] if group == registry.ENTRY_POINT_GROUP else [])
+    import encoder_variants
+
+    assert registry.encoder_factory("swiglu") is encoder_variants.SwiGLUEncoder
+    with pytest.raises(UserError, match=r"unknown encoder 'nope'; registered: .*'swiglu'"):
+        registry.encoder_factory("nope")

@@ -102,6 +102,7 @@ OPTIONAL: dict[str, tuple[Callable[[Any], bool], Any]] = {
     "final_validation_perplexity": (_is_number_or_null, None),
     "pretrain_seed": (_is_number_or_null, None),  # the run's pre-training seed
     "design": (_is_scalar_or_null, None),  # the declared run it replicates (several seeds)
+    "arch": (_is_str, None),  # a user's encoder variant (model.arch); absent: a built-in encoder
 }
 #: Fields that must agree on every row of one run.
 RUN_FIELDS = ("workdir", "point", "group", "base", "factor", "params_total", "params_non_embedding")

@@ -16,6 +16,7 @@ import jax
 from flax import nnx
 
 from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.registry import encoder_factory
 
 EMBEDDING_MODULES = ("word_embeddings", "position_embeddings", "token_type_embeddings",
                      "embedding_norm")
@@ -41,8 +42,35 @@ def count_params(model: nnx.Module) -> ParamCounts:
     return ParamCounts(total=total, embedding=embedding, non_embedding=total - embedding)
 
 
+@dataclasses.dataclass(frozen=True)
+class VariantCounts:
+    """What an encoder variant adds to (negative: removes from) the built-in encoder of the same
+    config, as its class declares with ``counts_beyond_baseline(cfg, seq_len)``: parameters
+    (embedding and the rest) and forward matmul FLOPs per sequence of ``seq_len`` tokens (2 per
+    multiply-add; the paper's training FLOPs take 3x). Checked against the built parameter tree
+    (exactly) and XLA's count (:mod:`minilm_jax.model.count_check`)."""
+
+    params: int = 0
+    embedding_params: int = 0
+    forward_flops: float = 0.0
+
+
+def variant_counts(cfg: ModelConfig, seq_len: int | None = None) -> VariantCounts:
+    """The counts ``cfg.arch``'s class declares beyond the built-in encoder (zero for the
+    built-in encoders and for a variant that declares none)."""
+    declare = getattr(encoder_factory(cfg.arch), "counts_beyond_baseline", None)
+    if declare is None:
+        return VariantCounts()
+    counts = declare(cfg, seq_len or cfg.max_len)
+    if not isinstance(counts, VariantCounts):
+        raise TypeError(f"model.arch={cfg.arch}: counts_beyond_baseline must return "
+                        f"accounting.VariantCounts, not {type(counts).__name__}")
+    return counts
+
+
 def formula_params(cfg: ModelConfig) -> ParamCounts:
-    """SPEC A3's closed form for the MLM model (RoBERTa layout; conv front end and pooler excluded)."""
+    """SPEC A3's closed form for the MLM model (RoBERTa layout; conv front end and pooler
+    excluded), plus what a variant declares (:func:`variant_counts`)."""
     e, h, i, l, v = cfg.emb_dim, cfg.hidden_dim, cfg.ffn_dim, cfg.num_layers, cfg.vocab_size
     embedding = e * (v + cfg.num_positions + cfg.type_vocab_size + 2)
     projection = e * h + 3 * h if cfg.embed_projection else 0
@@ -50,12 +78,16 @@ def formula_params(cfg: ModelConfig) -> ParamCounts:
     final_norm = 2 * h if cfg.norm_position == "pre" else 0
     head = h * h + 3 * h + h * v + v
     non_embedding = projection + layers + final_norm + head
+    variant = variant_counts(cfg)
+    embedding += variant.embedding_params
+    non_embedding += variant.params
     return ParamCounts(total=embedding + non_embedding, embedding=embedding,
                        non_embedding=non_embedding)
 
 
 def paper_train_flops_per_sequence(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """The paper's training FLOPs per sequence (forward x 3), SPEC A5."""
+    """The paper's training FLOPs per sequence (forward x 3), SPEC A5, plus 3x a variant's
+    declared forward FLOPs (:func:`variant_counts`)."""
     t = seq_len or cfg.max_len
     e, h, i, l, v, a = (cfg.emb_dim, cfg.hidden_dim, cfg.ffn_dim, cfg.num_layers, cfg.vocab_size,
                         cfg.num_heads)
@@ -63,7 +95,8 @@ def paper_train_flops_per_sequence(cfg: ModelConfig, seq_len: int | None = None)
     attention = 6 * t * h * h + 2 * t * t * h + 3 * a * t * t
     ffn = 4 * t * h * i
     logits = 2 * t * h * v
-    return 3.0 * (embeddings + l * (attention + ffn) + logits)
+    return 3.0 * (embeddings + l * (attention + ffn) + logits
+                  + variant_counts(cfg, t).forward_flops)
 
 
 def forward_flops_per_sequence(cfg: ModelConfig, *, seq_len: int | None = None,
@@ -73,7 +106,8 @@ def forward_flops_per_sequence(cfg: ModelConfig, *, seq_len: int | None = None,
 
     Counts the E->H projection, Q/K/V/O projections, scores and probabilities-times-values, the FFN,
     the conv front end, and the head: MLM at ``num_predictions`` gathered positions (default: all T),
-    or classification (pooler + classifier). Embedding lookups are gathers and count zero.
+    or classification (pooler + classifier). Embedding lookups are gathers and count zero. A
+    variant's declared forward FLOPs are added (:func:`variant_counts`).
     """
     t = seq_len or cfg.max_len
     e, h, i, l, v = cfg.emb_dim, cfg.hidden_dim, cfg.ffn_dim, cfg.num_layers, cfg.vocab_size
@@ -82,6 +116,7 @@ def forward_flops_per_sequence(cfg: ModelConfig, *, seq_len: int | None = None,
     if cfg.conv_layers:
         c = cfg.conv_channels
         flops += 2 * t * h * 9 * c + (cfg.conv_layers - 1) * 2 * t * h * 9 * c * c + 2 * t * h * c
+    flops += variant_counts(cfg, t).forward_flops
     if head == "mlm":
         p = t if num_predictions is None else num_predictions
         flops += 2 * p * h * h + 2 * p * h * v

@@ -23,6 +23,8 @@ class TransformerEncoder(nnx.Module):
     With ``embed_projection=False`` and E == H this is exactly RoBERTa's / BERT's encoder.
     """
 
+    layer_class: type = EncoderLayer  # a variant's layer (its blocks: EncoderLayer's hooks)
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         init = make_initializers(cfg.init)
@@ -37,7 +39,7 @@ class TransformerEncoder(nnx.Module):
         if cfg.embed_projection:
             self.projection = make_linear(cfg, init, cfg.emb_dim, cfg.hidden_dim, rngs)
             self.projection_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
-        self.layers = nnx.List([EncoderLayer(cfg, init, rngs) for _ in range(cfg.num_layers)])
+        self.layers = nnx.List([self.layer_class(cfg, init, rngs) for _ in range(cfg.num_layers)])
         if cfg.norm_position == "pre":
             self.final_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
 

@@ -150,13 +150,21 @@ class FeedForward(nnx.Module):
 
 
 class EncoderLayer(nnx.Module):
-    """One transformer layer, post-LN (the paper, BERT) or pre-LN."""
+    """One transformer layer, post-LN (the paper, BERT) or pre-LN.
+
+    Hooks: a variant replaces one block by subclassing and naming its class here
+    (``feed_forward_class = SwiGLU``), each built as ``cls(cfg, init, rngs)`` with the same call
+    as the block it replaces; :class:`~minilm_jax.model.encoder.TransformerEncoder`'s
+    ``layer_class`` then names the layer."""
+
+    attention_class: type = SelfAttention  # (x_bth, mask_b1tt, key) -> [B, T, H]
+    feed_forward_class: type = FeedForward  # (x_bth) -> [B, T, H]
 
     def __init__(self, cfg: ModelConfig, init: Initializers, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.attention = SelfAttention(cfg, init, rngs)
+        self.attention = self.attention_class(cfg, init, rngs)
         self.attention_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
-        self.ffn = FeedForward(cfg, init, rngs)
+        self.ffn = self.feed_forward_class(cfg, init, rngs)
         self.ffn_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
 
     def __call__(self, x_bth: jax.Array, mask_b1tt: jax.Array,

@@ -1,6 +1,9 @@
-"""Encoder registry: ``ModelConfig.arch`` -> encoder class. A new encoder variant is one new module
-plus one line here, or no line at all: ``arch`` may be an import path, ``package.module:ClassName``
-(``--config.model.arch=my_lab.encoders:GatedEncoder``), imported when the model is built."""
+"""Encoder registry: ``ModelConfig.arch`` -> encoder class. A new encoder variant needs no line
+here: ``arch`` may be an import path, ``package.module:ClassName``
+(``--config.model.arch=my_lab.encoders:GatedEncoder``), imported when the model is built, or a
+short name the user's installed package declares as an entry point of the group
+:data:`ENTRY_POINT_GROUP` (``[project.entry-points."minilm_jax.encoders"]`` ``gated =
+"my_lab.encoders:GatedEncoder"`` in its pyproject.toml; ``--config.model.arch=gated``)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.encoder import ConvFrontEncoder, TransformerEncoder
 
 EncoderFactory = Callable[..., nnx.Module]  # (cfg: ModelConfig, *, rngs: nnx.Rngs) -> encoder
+ENTRY_POINT_GROUP = "minilm_jax.encoders"
 
 ENCODERS: dict[str, EncoderFactory] = {
     "roberta": TransformerEncoder,
@@ -26,13 +30,26 @@ def register_encoder(name: str, factory: EncoderFactory) -> None:
     ENCODERS[name] = factory
 
 
+def installed_encoders() -> dict[str, str]:
+    """Short names installed packages declare (entry points of :data:`ENTRY_POINT_GROUP`) ->
+    their ``module:Class`` paths."""
+    from importlib import metadata
+
+    return {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def encoder_factory(arch: str) -> EncoderFactory:
-    """The factory ``arch`` names: a registered name, or ``module.path:Name`` (imported)."""
+    """The factory ``arch`` names: a registered name, an installed package's short name, or
+    ``module.path:Name`` (imported)."""
     if arch in ENCODERS:
         return ENCODERS[arch]
     if ":" not in arch:
-        raise ConfigError(f"model.arch: unknown encoder {arch!r}; registered: {sorted(ENCODERS)}, "
-                          f"or an import path such as my_lab.encoders:MyEncoder")
+        installed = installed_encoders()
+        if arch in installed:
+            return encoder_factory(installed[arch])
+        raise ConfigError(f"model.arch: unknown encoder {arch!r}; registered: "
+                          f"{sorted(ENCODERS) + sorted(installed)}, or an import path such as "
+                          "my_lab.encoders:MyEncoder")
     module_name, _, attribute = arch.partition(":")
     try:
         module = importlib.import_module(module_name)

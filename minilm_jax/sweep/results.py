@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from minilm_jax.model.registry import ENCODERS
 from minilm_jax.storage import atomic_write_bytes
 from minilm_jax.train.run_log import read_metrics
 from minilm_jax.train.records import FinetuneSummary, read_finetune_summary, read_pretrain_summary
@@ -21,11 +22,15 @@ def _identity(run: Run, membership: Membership, name: str, workdir: Path,
               summary: dict[str, Any]) -> dict[str, Any]:
     params = summary["params"]
     design = (run.design or run.name) + name[len(run.name):]  # run@group -> design@group
-    return {"run": name, "workdir": str(workdir), "point": run.point, "group": membership.group,
-            "base": membership.base, "factor": membership.factor,
-            "factor_value": membership.factor_value, "params_total": int(params["total"]),
-            "params_non_embedding": int(params["non_embedding"]),
-            "design": design, "pretrain_seed": run.pretrain_seed}
+    row = {"run": name, "workdir": str(workdir), "point": run.point, "group": membership.group,
+           "base": membership.base, "factor": membership.factor,
+           "factor_value": membership.factor_value, "params_total": int(params["total"]),
+           "params_non_embedding": int(params["non_embedding"]),
+           "design": design, "pretrain_seed": run.pretrain_seed}
+    arch = str(run.config.model.arch)
+    if arch not in ENCODERS:  # a user's encoder variant: every row of its run says which
+        row["arch"] = arch
+    return row
 
 
 def downstream_fields(ft: FinetuneSummary, workdir: Path) -> dict[str, Any]:

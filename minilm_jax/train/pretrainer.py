@@ -101,6 +101,8 @@ def code_resumable(workdir: RunPath, identity: dict[str, Any]) -> tuple[str, ...
     differ and the change is recorded (``model_code_changes``)."""
     path = workdir / "config.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
+    if saved.get("model.arch") != identity.get("model.arch"):
+        return ()  # another architecture: a config difference, refused as one (or replaced)
     changes = check_code(saved.get("model_code"), str(identity.get("model.arch", "")),
                          f"the run in {workdir}")
     if not changes:

@@ -134,6 +134,18 @@ def open_run(workdir: RunPath, checkpoint_config: Any, state: Any, *, identity: 
     return ckpts, writer, start, state
 
 
+def never_stepped(workdir: RunPath) -> bool:
+    """True when ``workdir`` holds nothing a step made: no summary, checkpoint, metrics record or
+    validation history (a run that failed before its first step completed)."""
+    if any((workdir / name).exists() for name in ("summary.json", "history.json")):
+        return False
+    metrics = workdir / "metrics.jsonl"
+    if metrics.exists() and metrics.read_text().strip():
+        return False
+    checkpoints = workdir / "checkpoints"
+    return not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()))
+
+
 def check_workdir(workdir: RunPath, current: dict[str, Any], resumable: tuple[str, ...],
                   what: str = "a run") -> WorkdirLock:
     """Take the workdir's lock (one live process per workdir; process 0 of a multi-host run), refuse
@@ -147,6 +159,10 @@ def check_workdir(workdir: RunPath, current: dict[str, Any], resumable: tuple[st
         if saved_path.exists():
             saved = json.loads(saved_path.read_text())
             diffs = config_differences(saved, current, resumable)
+            if diffs and never_stepped(workdir):  # e.g. a crash at the first step: nothing to keep
+                log_line(f"note: {workdir} holds {what} that never completed a step; its config "
+                         f"is replaced ({', '.join(diffs[:6])})")
+                diffs = []
             if diffs:
                 details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
                                     for k in diffs[:6])

@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from minilm_jax.model.count_check import analysis_value
+
 
 @functools.lru_cache(maxsize=None)
 def measured_matmul_peak(dtype: str = "float32", size: int = 0, repeats: int = 5) -> float:
@@ -53,16 +55,6 @@ def measured_copy_bandwidth(megabytes: int = 0, repeats: int = 5) -> float:
         copy(a).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2.0 * 4 * size / best
-
-
-def analysis_value(cost: Any, key: str) -> float | None:
-    """``key`` (``flops``, ``bytes accessed``) of an XLA cost analysis (a dict, or a list of dicts
-    in older JAX); None where the backend gives none."""
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else None
-    if not cost or key not in cost:
-        return None
-    return float(cost[key])
 
 
 def compiled_cost(jitted, *args) -> dict[str, float]:

@@ -122,6 +122,27 @@ def _boolean_fields(argv: Sequence[str], flag: str) -> set[str]:
     return {field for field, value in flatten(config).items() if isinstance(value, bool)}
 
 
+# --config.model.extra.<name>=<value>: a variant's own fields, which the recipe cannot know: taken
+# out of the arguments before ml-collections parses them, applied once the config (and so
+# model.arch) is read (run_config.apply_variant_fields).
+VARIANT_ASSIGNMENTS: list[tuple[str, str]] = []
+_VARIANT_FLAG = re.compile(r"^--config\.model\.extra\.([A-Za-z_]\w*)=(.*)$")
+
+
+def take_variant_fields(argv: Sequence[str]) -> list[str]:
+    """``argv`` without its ``--config.model.extra.<name>=<value>`` arguments, which go to
+    :data:`VARIANT_ASSIGNMENTS` (nothing after ``--`` is a flag)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = []
+    for arg in argv[:end]:
+        match = _VARIANT_FLAG.match(arg)
+        if match:
+            VARIANT_ASSIGNMENTS.append((match.group(1), match.group(2)))
+        else:
+            kept.append(arg)
+    return kept + list(argv[end:])
+
+
 def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.ConfigDict, str]]:
     """Define ``--config`` (a config file, ``spec``) and ``--workdir`` for a run's entry point.
 
@@ -139,6 +160,9 @@ def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.
     def values() -> tuple[ml_collections.ConfigDict, str]:
         if config.value is None or not workdir.value:
             raise UserError(f"both --config={spec} and --workdir=DIR are required")
+        from minilm_jax.run_config import apply_variant_fields
+
+        apply_variant_fields(config.value, VARIANT_ASSIGNMENTS)  # --config.model.extra.<name>
         return config.value, workdir.value
 
     return values
@@ -162,6 +186,7 @@ def run_main(main: Callable[[list[str]], None], recipe: str | None = None) -> No
         # concatenate those): config_flags reads sys.argv itself, so the rewrite goes there.
         argv = [a for a in sys.argv[1:] if a != command_help.PRINT_CONFIG]
         sys.argv = [sys.argv[0], *last_override_wins(recipes.resolve_args(argv))]
+        sys.argv = [sys.argv[0], *take_variant_fields(sys.argv[1:])]
         sys.argv = [sys.argv[0], *check_overrides(sys.argv[1:])]
     except Exception as err:
         exit_on_user_error(err)

@@ -14,13 +14,14 @@ import ast
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.count_check import check_declared_counts
+from minilm_jax.model.registry import encoder_factory
 from minilm_jax.model.sizes import point_fields
 
 
@@ -32,8 +33,49 @@ def model_config_dict(point: str) -> ml_collections.ConfigDict:
 
 
 def model_from_config(config: ml_collections.ConfigDict) -> ModelConfig:
-    """The frozen model config of a run config (validated)."""
-    return ModelConfig.from_mapping(config.model.to_dict())
+    """The frozen model config of a run config (validated; a variant's fields must be its own)."""
+    model = ModelConfig.from_mapping(config.model.to_dict())
+    declared = variant_fields(model.arch)
+    unknown = sorted(name for name, _ in model.extra if name not in declared)
+    if unknown:
+        raise ConfigError(f"model.extra.{unknown[0]}: model.arch={model.arch} declares no such "
+                          f"field (its fields: {', '.join(sorted(declared)) or 'none'})")
+    return model
+
+
+VARIANT_PREFIX = "model.extra."
+
+
+def variant_fields(arch: str) -> dict[str, Any]:
+    """The fields a variant's class declares (``config_fields``: name -> default)."""
+    return dict(getattr(encoder_factory(arch), "config_fields", None) or {})
+
+
+def apply_variant_fields(config: ml_collections.ConfigDict,
+                         assignments: Sequence[tuple[str, str]] = ()) -> None:
+    """``config.model.extra``: the fields ``config.model.arch`` declares at their defaults (kept
+    where already set), then ``assignments`` (name, text) parsed by each default's type. A name
+    the variant does not declare is one :class:`ConfigError`. A built-in encoder declares none:
+    its config is left as it is (no ``extra``), so its identity does not change."""
+    if "model" not in config:
+        if assignments:
+            raise ConfigError(f"{VARIANT_PREFIX}{assignments[0][0]}: this config has no model")
+        return
+    arch = str(config.model.arch)
+    declared = variant_fields(arch)
+    values = {**declared, **dict(config.model.get("extra", None) or {})}
+    for name, text in assignments:
+        if name not in declared:
+            raise ConfigError(f"{VARIANT_PREFIX}{name}: model.arch={arch} declares no such field "
+                              f"(its fields: {', '.join(sorted(declared)) or 'none'}; a variant "
+                              "declares them as its class's config_fields)")
+        try:
+            values[name] = parse_value(text, declared[name])
+        except (ValueError, SyntaxError) as err:
+            raise ConfigError(f"{VARIANT_PREFIX}{name}={text}: {err}") from err
+    if values:
+        with config.unlocked():
+            config.model.extra = ml_collections.ConfigDict(values)
 
 
 def distributed_section() -> ml_collections.ConfigDict:
@@ -379,11 +421,18 @@ def check_override(config: ml_collections.ConfigDict, field: str, text: str) -> 
 
 
 def apply_override(config: ml_collections.ConfigDict, assignment: str) -> tuple[str, Any]:
-    """Apply ``"a.b=value"`` to ``config`` (the field must exist); returns (field, parsed value)."""
+    """Apply ``"a.b=value"`` to ``config`` (the field must exist, or be a field the variant
+    ``model.arch`` names declares: ``model.extra.<name>``); returns (field, parsed value)."""
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} is not of the form field=value")
     field, text = assignment.split("=", 1)
     field = field.strip()
+    if field.startswith(VARIANT_PREFIX):
+        try:
+            apply_variant_fields(config, [(field[len(VARIANT_PREFIX):], text)])
+        except ConfigError as err:
+            raise ConfigError(f"override {assignment!r}: {err}") from err
+        return field, config.model.extra[field[len(VARIANT_PREFIX):]]
     try:
         value = check_override(config, field, text)
     except ConfigError as err:

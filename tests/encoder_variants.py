@@ -78,3 +78,20 @@ class TrainingBugEncoder(TransformerEncoder):
         if train:
             raise ValueError("a bug in the variant's training path")
         return super().__call__(*args, train=train, **kwargs)
+
+
+class GateInitEncoder(TransformerEncoder):
+    """A variant with a field of its own: the gate's initial value
+    (``--config.model.extra.gate_init=0.5``), recorded with the run's config."""
+
+    config_fields = {"gate_init": 1.0}
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        value = float(cfg.extra_value("gate_init", 1.0))
+        self.embedding_gate = nnx.Param(jnp.full((cfg.emb_dim,), value,
+                                                 jnp.dtype(cfg.param_dtype)))
+
+    @classmethod
+    def counts_beyond_baseline(cls, cfg, seq_len):
+        return accounting.VariantCounts(params=cfg.emb_dim)

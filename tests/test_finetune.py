@@ -487,6 +487,8 @@ def test_a_random_init_run_may_resume_through_another_checkpoint_of_its_model(pr
     shutil.copytree(pretrained["pre"], copy)
     for init in ("random", "pretrained"):
         Finetuner(ag_config(pretrained, **SMALL_RUN), tmp_path / init, init).lock.release()
+        # as if it had run (a run that never completed a step takes any corrected config)
+        (tmp_path / init / "history.json").write_text("[]")
     moved = ag_config(pretrained, **SMALL_RUN)
     moved.init.checkpoint = str(copy)
     tuner = Finetuner(moved, tmp_path / "random", "random")  # accepted, and recorded

@@ -142,3 +142,84 @@ def test_a_short_name_from_the_users_installed_package(monkeypatch):
     assert registry.encoder_factory("swiglu") is encoder_variants.SwiGLUEncoder
     with pytest.raises(UserError, match=r"unknown encoder 'nope'; registered: .*'swiglu'"):
         registry.encoder_factory("nope")
+
+
+def test_a_variant_field_is_set_on_the_command_line_recorded_and_gridded(word_shards, tmp_path):
+    """--config.model.extra.gate_init (a field tests/encoder_variants.GateInitEncoder declares):
+    accepted, recorded in config.json and the summary's model, built into the parameters; a field
+    the variant does not declare is one error line; a sweep grids it."""
+    import os
+    import subprocess
+
+    from test_pretrain import REPO, cli_args, cli_env
+    from test_sweep import tiny_sweep
+
+    from minilm_jax.run_config import validate_pretrain_config
+    from minilm_jax.sweep.spec import expand
+
+    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
+    arch = {"model.arch": "encoder_variants:GateInitEncoder"}
+    args = cli_args(word_shards, tmp_path / "run", steps=2, fields=arch)
+    done = subprocess.run([*args, "--config.model.extra.gate_init=0.5"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model.extra.gate_init"] == 0.5
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["model"]["extra"] == {"gate_init": 0.5}
+    run = PretrainedRun.open(tmp_path / "run")
+    assert run.model.extra_value("gate_init") == 0.5
+    bad = subprocess.run([*cli_args(word_shards, tmp_path / "bad", steps=2, fields=arch),
+                          "--config.model.extra.rope_base=100"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: model.extra.rope_base: model.arch=encoder_variants:GateInitEncoder declares no "
+        "such field (its fields: gate_init; a variant declares them as its class's config_fields)"]
+    assert not (tmp_path / "bad").exists()
+
+    sweep = tiny_sweep(word_shards)
+    sweep.bases, sweep.ofat, sweep.groups = (), (), ()
+    sweep.grid = ("E16-H16-I32-L1-A2",)
+    sweep.pretrain_overrides = (*sweep.pretrain_overrides, "model.arch=encoder_variants:GateInitEncoder")
+    sweep.grid_fields = ("model.extra.gate_init=0.5,2.0",)
+    runs = expand(sweep)
+    assert [r.config.model.extra.gate_init for r in runs] == [0.5, 2.0]
+    assert all(validate_pretrain_config(r.config).extra_value("gate_init") in (0.5, 2.0)
+               for r in runs)
+
+
+def _validation_row(run: str, arch: str | None, seed: int, step: int, ppl: float,
+                    flops_per_step: float) -> dict:
+    import math
+
+    row = {"kind": "validation", "run": run, "workdir": f"/w/{run}", "point": "E16-H16-I32-L1-A2",
+           "group": "grid", "base": "", "factor": "", "factor_value": None,
+           "params_total": 1000, "params_non_embedding": 500, "step": step,
+           "flops_paper": flops_per_step * step, "flops_complete": flops_per_step * step,
+           "loss": math.log(ppl), "perplexity": ppl, "pretrain_seed": seed}
+    if arch:
+        row["arch"] = arch
+    return row
+
+
+def test_the_report_pairs_each_variant_with_the_built_in_encoder_over_seeds():
+    """Rows of a sweep whose grid varies model.arch: the variant's final perplexity against the
+    built-in's of the same point and seed (paired gap, interval, p) and its FLOPs per step."""
+    from minilm_jax.analysis.variants import compare_variants
+    from minilm_jax.report.variants import section_variants
+
+    rows = []
+    for seed, (base, variant) in enumerate([(300.0, 280.0), (310.0, 285.0), (305.0, 290.0)]):
+        for step, factor in ((4, 1.2), (8, 1.0)):
+            rows.append(_validation_row(f"b_s{seed}", None, seed, step, base * factor, 1e6))
+            rows.append(_validation_row(f"v_s{seed}", "my_lab:SwiGLU", seed, step,
+                                        variant * factor, 1.076e6))
+    found = compare_variants(rows)
+    assert len(found) == 1
+    c = found[0]
+    assert (c.arch, c.baseline.n, c.variant.n) == ("my_lab:SwiGLU", 3, 3)
+    assert c.gap.method == "paired t" and c.gap.n == 3
+    assert c.gap.mean == pytest.approx(((280 - 300) + (285 - 310) + (290 - 305)) / 3)
+    assert c.flops_ratio == pytest.approx(1.076)
+    text = "\n".join(section_variants(found))
+    assert "## Encoder variants against the built-in encoder" in text and "1.076x" in text
+    assert compare_variants([r for r in rows if "arch" not in r]) == []  # no variant: no section

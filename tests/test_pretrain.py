@@ -250,6 +250,8 @@ def test_bad_input_errors(word_shards, tmp_path):
     Pretrainer(small_config(word_shards, **{"model.vocab_size": 510}), tmp_path / "w7")
     Pretrainer(small_config(word_shards, **{"model.vocab_size": 19010,
                                             "data.allow_vocab_mismatch": True}), tmp_path / "w8")
+    # as if w4 had completed a step (a run that never did takes any corrected config)
+    (tmp_path / "w4" / "metrics.jsonl").write_text('{"step": 1, "split": "train"}\n')
     with pytest.raises(UserError, match=r"different config \(model.hidden_dim: 32 -> 64"):
         Pretrainer(small_config(word_shards, **{"model.hidden_dim": 64}), tmp_path / "w4")
     empty = tmp_path / "empty"

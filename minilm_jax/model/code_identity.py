@@ -61,6 +61,8 @@ def accepted() -> bool:
 def check_code(recorded: dict[str, Any] | None, arch: str, where: str) -> list[str]:
     """Refuse (one line naming the files) the encoder code of ``arch`` when it differs from what
     ``where`` recorded, unless accepted (:data:`ACCEPT_ENV`): then the changes, printed once."""
+    if not recorded:  # a built-in encoder, or a run recorded before code was: nothing to hold
+        return []
     changes = code_changes(recorded, arch_code(arch))
     if changes and not accepted():
         raise UserError(f"the code of model.arch={arch} changed since {where} was recorded: "

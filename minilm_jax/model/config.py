@@ -59,6 +59,9 @@ class ModelConfig:
     conv_channels: int = 0
     # Classification head.
     pooler: str = "cls_tanh"
+    # A variant's own fields (declared by its class as ``config_fields``, set with
+    # --config.model.extra.<name>=...): sorted (name, value) pairs; empty for the built-in encoders.
+    extra: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, msg: str) -> None:
@@ -117,8 +120,17 @@ class ModelConfig:
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
+    def extra_value(self, name: str, default: Any = None) -> Any:
+        """A variant field's value (``default`` when not set)."""
+        return dict(self.extra).get(name, default)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field; ``extra`` (a dict) only when a variant has fields."""
+        out = dataclasses.asdict(self)
+        out.pop("extra")
+        if self.extra:
+            out["extra"] = dict(self.extra)
+        return out
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -126,7 +138,15 @@ class ModelConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "ModelConfig":
-        """Build from a plain mapping (e.g. ``config.model.to_dict()``); unknown keys are an error."""
+        """Build from a plain mapping (e.g. ``config.model.to_dict()``; a variant's fields as an
+        ``extra`` mapping or flattened ``extra.<name>`` keys); unknown keys are an error."""
+        values = dict(values)
+        extra = dict(values.pop("extra", None) or {})
+        for key in [k for k in values if k.startswith("extra.")]:
+            extra[key[len("extra."):]] = values.pop(key)
+        if extra:
+            values["extra"] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                           for k, v in extra.items()))
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise ConfigError(f"unknown model field(s) {unknown}; valid fields: "

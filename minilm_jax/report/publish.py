@@ -20,6 +20,7 @@ from minilm_jax.analysis.zero_shot_seeds import zero_shot_seed_analyses
 from minilm_jax.errors import UserError
 from minilm_jax.storage import (RunPath, atomic_write_bytes, is_remote, owned_temp_dir,
                                 remove_stale_temps, run_path)
+from minilm_jax.analysis.variants import compare_variants
 from minilm_jax.sweep.status import STATUS_DIR, SweepStatus
 
 from .analyses import analyse
@@ -30,6 +31,7 @@ from .markdown import section_curves, section_depth, section_icer, section_runs,
 from .options import DOWNSTREAM_PLOT, ICER_PLOT, LOSS_PLOT, REPORT_NAME, ReportOptions
 from .plots import plot_downstream, plot_icer, plot_loss_vs_flops
 from .seeds import SEED_PLOT, plot_seed_bands, section_seeds
+from .variants import section_variants
 from .zero_shot import (ZERO_SHOT_PLOT, plot_zero_shot, section_perplexity_evaluations,
                         section_zero_shot, section_zero_shot_seeds)
 
@@ -84,6 +86,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
     lines += section_zero_shot(zero_shot, zero_shot_plots)
     lines += section_zero_shot_seeds(zero_shot_seed_analyses(rows, options.confidence))
     lines += section_perplexity_evaluations(rows)
+    lines += section_variants(compare_variants(rows, options.flops))
     lines += section_runs(analyses)
     path = out / REPORT_NAME
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -36,7 +36,8 @@ from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError
 from minilm_jax.configs import finetune as finetune_recipe
 from minilm_jax.configs import pretrain as pretrain_recipe
-from minilm_jax.run_config import apply_override, flatten, validate_pretrain_config
+from minilm_jax.run_config import (VARIANT_PREFIX, apply_override, apply_variant_fields, flatten,
+                                   validate_pretrain_config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +78,11 @@ def _split_assignment(entry: str, what: str) -> tuple[str, str]:
 
 def _run_config(point: str, overrides: list[str]) -> ml_collections.ConfigDict:
     config = pretrain_recipe.get_config(point)
-    for assignment in overrides:
+    # a variant's own fields after everything else (model.arch among it): they are that class's
+    variant = [a for a in overrides if a.split("=", 1)[0].strip().startswith(VARIANT_PREFIX)]
+    for assignment in [a for a in overrides if a not in variant] + variant:
         apply_override(config, assignment)
+    apply_variant_fields(config)  # the variant's fields at their defaults are recorded too
     return config
 
 

@@ -1,0 +1,66 @@
+"""Encoder variants against the built-in encoder in one sweep: each variant run (rows with
+``arch``) paired with the built-in run of the same point, group and pre-training seed; per variant
+and point the final validation perplexity of both over seeds, the variant's gap (paired by
+pre-training seed: the unit of replication), its interval and p-value, and the ratio of their
+training FLOPs per step (the variant's declared, checked counts)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from minilm_jax.analysis.results import summarize_runs
+from minilm_jax.analysis.stats import Gap, MeanSD, mean_sd, paired_gap
+
+BUILT_IN = "built-in"
+
+
+@dataclass(frozen=True)
+class VariantComparison:
+    """One variant at one point against the built-in encoder."""
+
+    arch: str
+    point: str
+    group: str
+    baseline: MeanSD  # final validation perplexity over seeds
+    variant: MeanSD
+    gap: Gap  # variant - baseline, paired by pre-training seed
+    flops_ratio: float | None  # variant / baseline training FLOPs per step
+
+
+def _arch_and_seed(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, Any]]:
+    out: dict[str, tuple[str, Any]] = {}
+    for r in rows:
+        if r.get("kind") != "baseline" and r["run"] not in out:
+            out[r["run"]] = (r.get("arch") or BUILT_IN, r.get("pretrain_seed"))
+    return out
+
+
+def compare_variants(rows: Sequence[Mapping[str, Any]], flops: str = "paper"
+                     ) -> list[VariantComparison]:
+    """Every variant (arch, point, group) that has built-in runs to pair with; empty when the
+    rows hold no variant or no baseline beside it."""
+    runs = summarize_runs(rows, flops)
+    identity = _arch_and_seed(rows)
+    cells: dict[tuple[str, str, str], dict[Any, Any]] = defaultdict(dict)
+    for name, run in runs.items():
+        arch, seed = identity.get(name, (BUILT_IN, None))
+        if run.final_perplexity is not None:
+            cells[(arch, run.point, run.group)][seed if seed is not None else name] = run
+    out = []
+    for (arch, point, group), variant_runs in sorted(cells.items()):
+        base_runs = cells.get((BUILT_IN, point, group))
+        if arch == BUILT_IN or not base_runs:
+            continue
+        gap = paired_gap({s: r.final_perplexity for s, r in variant_runs.items()},
+                         {s: r.final_perplexity for s, r in base_runs.items()})
+        per_step = [[r.flops_per_step for r in side.values() if r.flops_per_step]
+                    for side in (variant_runs, base_runs)]
+        ratio = (sum(per_step[0]) / len(per_step[0])) / (sum(per_step[1]) / len(per_step[1])) \
+            if all(per_step) else None
+        out.append(VariantComparison(
+            arch, point, group, mean_sd([r.final_perplexity for r in base_runs.values()]),
+            mean_sd([r.final_perplexity for r in variant_runs.values()]), gap, ratio))
+    return out

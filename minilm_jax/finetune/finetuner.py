@@ -46,8 +46,8 @@ from .model_selection import VALIDATION, majority_baseline, member_metrics, samp
 from .programs import classifier_config, finetune_program
 from .run_folder import RunFolder, check_population, lock_folders, open_folders
 from .step import MEMBER_STRATEGIES
-from .task_batches import (INPUTS, TaskBatches, eval_batches_of, pooled_split, population_batch,
-                           run_tasks, task_tokenizer)
+from .task_batches import (INPUTS, TaskBatches, distinct, eval_batches_of, members_by_task,
+                           pooled_split, population_batch, run_tasks, task_tokenizer)
 
 
 class Finetuner(LoopSpec):
@@ -135,20 +135,10 @@ class Finetuner(LoopSpec):
                                   for _ in range(f.size)]), *encoders)
 
     def _distinct(self) -> list[TaskBatches]:
-        """Each run's task data once, in run order."""
-        return list({id(t): t for t in self.tasks}.values())
+        return distinct(self.tasks)
 
     def _members_by_task(self) -> list[tuple[TaskBatches, np.ndarray]]:
-        """Each distinct task data and the members (program indices) of the runs that use it; the
-        members of one task are contiguous (the batch of :func:`population_batch`)."""
-        out = []
-        for task in self._distinct():
-            members = np.concatenate([np.arange(f.first, f.first + f.size)
-                                      for f, t in zip(self.folders, self.tasks) if t is task])
-            if np.any(np.diff(members) != 1):
-                raise ValueError("the runs sharing task data must be contiguous members")
-            out.append((task, members))
-        return out
+        return members_by_task(self.tasks, [(f.first, f.size) for f in self.folders])
 
     def _task_of(self, folder: RunFolder) -> TaskBatches:
         return self.tasks[self.folders.index(folder)]

@@ -192,3 +192,23 @@ def run_tasks(configs: Sequence[ml_collections.ConfigDict], tokenizer: Tokenizer
             made[key] = TaskBatches(config, tokenizer)
         out.append(made[key])
     return out
+
+
+def distinct(tasks: Sequence[TaskBatches]) -> list[TaskBatches]:
+    """Each run's task data once, in run order."""
+    return list({id(t): t for t in tasks}.values())
+
+
+def members_by_task(tasks: Sequence[TaskBatches], spans: Sequence[tuple[int, int]]
+                    ) -> list[tuple[TaskBatches, np.ndarray]]:
+    """Each distinct task data and the members (program indices) of the runs that use it (run
+    i: ``tasks[i]``, members ``spans[i] = (first, size)``); one task's members must be
+    contiguous (the batch of :func:`population_batch`)."""
+    out = []
+    for task in distinct(tasks):
+        members = np.concatenate([np.arange(first, first + size)
+                                  for (first, size), t in zip(spans, tasks) if t is task])
+        if np.any(np.diff(members) != 1):
+            raise ValueError("the runs sharing task data must be contiguous members")
+        out.append((task, members))
+    return out

@@ -95,3 +95,28 @@ class GateInitEncoder(TransformerEncoder):
     @classmethod
     def counts_beyond_baseline(cls, cfg, seq_len):
         return accounting.VariantCounts(params=cfg.emb_dim)
+
+
+def _rms_norm(cfg, dim, rngs):
+    return nnx.RMSNorm(dim, epsilon=cfg.layer_norm_eps, rngs=rngs)
+
+
+class RMSNormLayer(EncoderLayer):
+    make_norm = staticmethod(_rms_norm)
+
+
+class RMSNormNoPositionEncoder(TransformerEncoder):
+    """Normalisation and position-encoding hooks: RMSNorm everywhere (no biases), no learned
+    position table (positions would come from the variant's attention, e.g. rotary)."""
+
+    layer_class = RMSNormLayer
+    make_norm = staticmethod(_rms_norm)
+    position_table = False
+
+    @classmethod
+    def counts_beyond_baseline(cls, cfg, seq_len):
+        e, h = cfg.emb_dim, cfg.hidden_dim
+        non_embedding = -(h if cfg.embed_projection else 0) - 2 * cfg.num_layers * h - (
+            h if cfg.norm_position == "pre" else 0)
+        return accounting.VariantCounts(params=non_embedding,
+                                        embedding_params=-(cfg.num_positions * e) - e)

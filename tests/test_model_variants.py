@@ -223,3 +223,24 @@ def test_the_report_pairs_each_variant_with_the_built_in_encoder_over_seeds():
     text = "\n".join(section_variants(found))
     assert "## Encoder variants against the built-in encoder" in text and "1.076x" in text
     assert compare_variants([r for r in rows if "arch" not in r]) == []  # no variant: no section
+
+
+def test_normalisation_and_position_hooks_count_and_run():
+    """RMSNorm through make_norm and no position table (position_table = False): the declared
+    counts match the tree, the model runs, and no position table is built."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from minilm_jax.model import accounting
+    from minilm_jax.model.count_check import check_declared_counts
+    from minilm_jax.model.models import build_mlm
+    from minilm_jax.model.sizes import resolve_point
+
+    cfg = resolve_point("E16-H16-I32-L2-A2-V300", arch="encoder_variants:RMSNormNoPositionEncoder")
+    check_declared_counts(cfg)
+    model = build_mlm(cfg)
+    assert not hasattr(model.encoder, "position_embeddings")
+    assert accounting.count_params(model) == accounting.formula_params(cfg)
+    logits = model(jnp.full((2, 8), 7, jnp.int32), jnp.zeros((2, 3), jnp.int32))
+    assert logits.shape == (2, 3, 300) and bool(jnp.all(jnp.isfinite(logits)))
+    assert isinstance(model.encoder.layers[0].ffn_norm, nnx.RMSNorm)

@@ -24,6 +24,10 @@ class TransformerEncoder(nnx.Module):
     """
 
     layer_class: type = EncoderLayer  # a variant's layer (its blocks: EncoderLayer's hooks)
+    make_norm = staticmethod(make_layer_norm)  # the embedding, projection and final norms
+    # False: no learned position table (a variant that encodes positions elsewhere, e.g. rotary
+    # in its attention_class); position_rows then adds nothing
+    position_table: bool = True
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -31,21 +35,25 @@ class TransformerEncoder(nnx.Module):
         pdt = jnp.dtype(cfg.param_dtype)
         self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.emb_dim, embedding_init=init.embedding,
                                          param_dtype=pdt, rngs=rngs)
-        self.position_embeddings = nnx.Embed(cfg.num_positions, cfg.emb_dim,
-                                             embedding_init=init.embedding, param_dtype=pdt, rngs=rngs)
+        if self.position_table:
+            self.position_embeddings = nnx.Embed(cfg.num_positions, cfg.emb_dim,
+                                                 embedding_init=init.embedding, param_dtype=pdt,
+                                                 rngs=rngs)
         self.token_type_embeddings = nnx.Embed(cfg.type_vocab_size, cfg.emb_dim,
                                                embedding_init=init.embedding, param_dtype=pdt, rngs=rngs)
-        self.embedding_norm = make_layer_norm(cfg, cfg.emb_dim, rngs)
+        self.embedding_norm = self.make_norm(cfg, cfg.emb_dim, rngs)
         if cfg.embed_projection:
             self.projection = make_linear(cfg, init, cfg.emb_dim, cfg.hidden_dim, rngs)
-            self.projection_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
+            self.projection_norm = self.make_norm(cfg, cfg.hidden_dim, rngs)
         self.layers = nnx.List([self.layer_class(cfg, init, rngs) for _ in range(cfg.num_layers)])
         if cfg.norm_position == "pre":
-            self.final_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
+            self.final_norm = self.make_norm(cfg, cfg.hidden_dim, rngs)
 
     def position_rows(self, t: int) -> jax.Array:
         """Position embeddings of positions ``offset .. offset + t - 1`` ``[T, E]``: a slice of the
         table, whose gradient is a pad (a gather's is a scatter-add, serialised on a GPU)."""
+        if not self.position_table:
+            return jnp.zeros((t, self.cfg.emb_dim), jnp.dtype(self.cfg.param_dtype))
         start = self.cfg.position_offset
         return self.position_embeddings.embedding[...][start:start + t]
 

@@ -159,13 +159,14 @@ class EncoderLayer(nnx.Module):
 
     attention_class: type = SelfAttention  # (x_bth, mask_b1tt, key) -> [B, T, H]
     feed_forward_class: type = FeedForward  # (x_bth) -> [B, T, H]
+    make_norm = staticmethod(make_layer_norm)  # (cfg, dim, rngs) -> a module (x) -> x
 
     def __init__(self, cfg: ModelConfig, init: Initializers, rngs: nnx.Rngs):
         self.cfg = cfg
         self.attention = self.attention_class(cfg, init, rngs)
-        self.attention_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
+        self.attention_norm = self.make_norm(cfg, cfg.hidden_dim, rngs)
         self.ffn = self.feed_forward_class(cfg, init, rngs)
-        self.ffn_norm = make_layer_norm(cfg, cfg.hidden_dim, rngs)
+        self.ffn_norm = self.make_norm(cfg, cfg.hidden_dim, rngs)
 
     def __call__(self, x_bth: jax.Array, mask_b1tt: jax.Array,
                  key: jax.Array | None = None) -> jax.Array:

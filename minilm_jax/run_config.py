@@ -35,6 +35,8 @@ def model_config_dict(point: str) -> ml_collections.ConfigDict:
 def model_from_config(config: ml_collections.ConfigDict) -> ModelConfig:
     """The frozen model config of a run config (validated; a variant's fields must be its own)."""
     model = ModelConfig.from_mapping(config.model.to_dict())
+    if not model.extra:  # nothing to check (and no import of the encoder's module)
+        return model
     declared = variant_fields(model.arch)
     unknown = sorted(name for name, _ in model.extra if name not in declared)
     if unknown:

@@ -246,6 +246,11 @@ class GatedEncoder(TransformerEncoder):
 
     def embed(self, tokens_bt, token_types_bt, segment_ids_bt, key, train):
         return super().embed(tokens_bt, token_types_bt, segment_ids_bt, key, train) * self.gate[...]
+
+    @classmethod
+    def counts_beyond_baseline(cls, cfg, seq_len):  # the gate: H parameters, no matmul
+        from minilm_jax.model.accounting import VariantCounts
+        return VariantCounts(params=cfg.hidden_dim)
 """
 
 

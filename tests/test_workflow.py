@@ -48,7 +48,7 @@ def test_sigterm_in_one_init_stops_the_whole_both_run(tmp_path, monkeypatch):
     started = []
 
     class Preempted:
-        def __init__(self, config, workdir, init):
+        def __init__(self, config, workdir, init, runs=()):
             started.append(init)
 
         def run(self):
@@ -276,10 +276,10 @@ def test_an_encoder_named_by_import_path_pretrains_and_reloads_from_the_command_
 
     root, proc = gated_cli_run
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run = PretrainedRun.open(root / "w", "latest")
-    assert run.model.arch == "lab_encoders:GatedEncoder" and run.step == 40
-    sys.path.insert(0, str(root))
+    sys.path.insert(0, str(root))  # reading the run checks its recorded encoder code: importable
     try:
+        run = PretrainedRun.open(root / "w", "latest")
+        assert run.model.arch == "lab_encoders:GatedEncoder" and run.step == 40
         state = run.encoder_state()
     finally:
         sys.path.remove(str(root))

@@ -134,6 +134,7 @@ def take_variant_fields(argv: Sequence[str]) -> list[str]:
     :data:`VARIANT_ASSIGNMENTS` (nothing after ``--`` is a flag)."""
     end = argv.index("--") if "--" in argv else len(argv)
     kept = []
+    VARIANT_ASSIGNMENTS.clear()  # this command's only
     for arg in argv[:end]:
         match = _VARIANT_FLAG.match(arg)
         if match:

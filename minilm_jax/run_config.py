@@ -38,10 +38,9 @@ def model_from_config(config: ml_collections.ConfigDict) -> ModelConfig:
     if not model.extra:  # nothing to check (and no import of the encoder's module)
         return model
     declared = variant_fields(model.arch)
-    unknown = sorted(name for name, _ in model.extra if name not in declared)
-    if unknown:
-        raise ConfigError(f"model.extra.{unknown[0]}: model.arch={model.arch} declares no such "
-                          f"field (its fields: {', '.join(sorted(declared)) or 'none'})")
+    for name, _ in model.extra:
+        if name not in declared:
+            raise undeclared_field(name, model.arch, declared)
     return model
 
 
@@ -51,6 +50,13 @@ VARIANT_PREFIX = "model.extra."
 def variant_fields(arch: str) -> dict[str, Any]:
     """The fields a variant's class declares (``config_fields``: name -> default)."""
     return dict(getattr(encoder_factory(arch), "config_fields", None) or {})
+
+
+def undeclared_field(name: str, arch: str, declared: Mapping[str, Any]) -> ConfigError:
+    """The error for ``model.extra.<name>`` that the variant ``arch`` does not declare."""
+    return ConfigError(f"{VARIANT_PREFIX}{name}: model.arch={arch} declares no such field (its "
+                       f"fields: {', '.join(sorted(declared)) or 'none'}; a variant declares them "
+                       "as its class's config_fields)")
 
 
 def apply_variant_fields(config: ml_collections.ConfigDict,
@@ -68,9 +74,7 @@ def apply_variant_fields(config: ml_collections.ConfigDict,
     values = {**declared, **dict(config.model.get("extra", None) or {})}
     for name, text in assignments:
         if name not in declared:
-            raise ConfigError(f"{VARIANT_PREFIX}{name}: model.arch={arch} declares no such field "
-                              f"(its fields: {', '.join(sorted(declared)) or 'none'}; a variant "
-                              "declares them as its class's config_fields)")
+            raise undeclared_field(name, arch, declared)
         try:
             values[name] = parse_value(text, declared[name])
         except (ValueError, SyntaxError) as err:

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from minilm_jax.analysis.power import detectable_effect
-from minilm_jax.analysis.stats import corrected_resampled_gap, format_p, mean_sd
+from minilm_jax.analysis.stats import Gap, corrected_resampled_gap, format_p, mean_sd
 from minilm_jax.finetune.model_selection import split_metrics
 from minilm_jax.storage import RunPath
 from minilm_jax.tasks.metrics import f1_binary
@@ -96,7 +96,7 @@ class Verdict:
     pooled: dict[str, dict[int, float]]  # init -> seed -> score over every row
     majority: float | None
     per_class: list[dict[str, Any]]
-    gap: Any
+    gap: Gap
     detectable: float | None
     projections: dict[str, float]
 
@@ -143,9 +143,10 @@ def verdict(runs: Sequence[FoldRun], checkpoint: str) -> Verdict:
             if len(seed_runs) != seed_runs[0].folds:
                 continue  # a seed with folds missing scores only some rows: not pooled
             logits, labels = pooled(seed_runs)
-            pooled_predictions[init][seed] = (predicted(logits, regression), labels)
-            pooled_scores[init][seed] = split_metrics(
-                task, {SPLIT: predicted(logits, regression)}, {SPLIT: labels})["score"]
+            guesses = predicted(logits, regression)
+            pooled_predictions[init][seed] = (guesses, labels)
+            pooled_scores[init][seed] = split_metrics(task, {SPLIT: guesses},
+                                                      {SPLIT: labels})["score"]
     common = sorted(set(scores.get("pretrained", {})) & set(scores.get("random", {})))
     gap = corrected_resampled_gap([scores["pretrained"][c] - scores["random"][c] for c in common],
                                   ratio)

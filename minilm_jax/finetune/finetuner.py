@@ -65,7 +65,7 @@ class Finetuner(LoopSpec):
         # cross-validation's fold runs (each its own data: one fold of one seed's partition)
         self.folds = all(cross_validated(f.config.task, f.config.data) for f in self.folders)
         if self.is_population:
-            check_population(self.folders, init_mode)
+            check_population(self.folders, init_mode, self.folds)
         self.config, self.pretrained = self.folders[0].config, self.folders[0].pretrained
         self.model_cfg = classifier_config(self.config, self.pretrained)
         self.partial = bool(self.config.init.get("partial", False))
@@ -75,6 +75,7 @@ class Finetuner(LoopSpec):
         # one per run; runs of one data config share it (cross-validation folds each have theirs)
         self.tasks = run_tasks([f.config for f in self.folders], self.tokenizer)
         self.task = self.tasks[0]
+        self._pools: dict[str, tuple[dict[str, np.ndarray], list[np.ndarray]]] = {}
         self._plan()
         self.program, self.state = finetune_program(
             self.config, self.model_cfg, self.spec.num_labels, self.task.regression,
@@ -367,7 +368,9 @@ class Finetuner(LoopSpec):
         tasks = [task for task, _ in by_task]
         logits_of: dict[int, dict[str, np.ndarray]] = {id(task): {} for task in tasks}
         for split in splits:  # every distinct row once (folds share rows), for all members
-            pool, where = pooled_split(tasks, split)
+            if split not in self._pools:  # the same rows at every evaluation: pooled once
+                self._pools[split] = pooled_split(tasks, split)
+            pool, where = self._pools[split]
             logits = self.predict_split(split, which, pool)
             for task, rows in zip(tasks, where):
                 logits_of[id(task)][split] = logits[:, rows]

@@ -24,8 +24,6 @@ from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.population_trainer import Each
 from minilm_jax.train.run_loop import check_workdir
 
-from minilm_jax.tasks.table import cross_validated
-
 from .config_rules import validate_finetune_config
 from .model_selection import VALIDATION, mean_std
 
@@ -190,12 +188,11 @@ def population_identity(folders: Sequence[RunFolder], identities: Sequence[dict[
         **{k: v for k, v in identities[0].items() if k in resumable}}
 
 
-def check_population(folders: list[RunFolder], init_mode: str) -> None:
+def check_population(folders: list[RunFolder], init_mode: str, folds: bool) -> None:
     """Refuse runs that cannot share one program: configs differing outside
     :data:`POPULATION_FIELDS` (cross-validation folds: :data:`FOLD_FIELDS`), checkpoints of
-    different shapes or tokenizers, random init (but for folds)."""
+    different shapes or tokenizers, random init (but for ``folds``: every run a fold run)."""
     first = folders[0]
-    folds = all(cross_validated(f.config.task, f.config.data) for f in folders)
     allowed = FOLD_FIELDS if folds else POPULATION_FIELDS
     if init_mode != "pretrained" and not folds:
         raise UserError("a fine-tuning population starts every run from a pre-trained "

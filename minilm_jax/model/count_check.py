@@ -11,6 +11,7 @@ number beside it. The built-in encoders are the formula and are not re-checked."
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -21,7 +22,7 @@ from minilm_jax.errors import UserError
 from minilm_jax.model import accounting
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import build_mlm
-from minilm_jax.model.registry import ENCODERS, build_encoder, encoder_factory
+from minilm_jax.model.registry import build_encoder, encoder_factory, is_library_encoder
 
 FLOPS_TOLERANCE = 0.02
 BASELINE_ARCH = "roberta"
@@ -37,17 +38,21 @@ def analysis_value(cost: Any, key: str) -> float | None:
     return float(cost[key])
 
 
-def encoder_xla_flops(cfg: ModelConfig) -> float | None:
-    """XLA's FLOPs of one encoder forward of one ``max_len`` sequence (eval mode)."""
-    model = build_encoder(cfg, nnx.Rngs(params=0))
-    graphdef, state = nnx.split(model)
-    tokens = jnp.full((1, cfg.max_len), 5, jnp.int32)
+def _encoder_forward(cfg: ModelConfig) -> tuple[Any, tuple[Any, jax.Array]]:
+    """``(forward, (state, tokens))``: one eval-mode encoder forward of one ``max_len`` sequence
+    as a function of the encoder's state, and its arguments."""
+    graphdef, state = nnx.split(build_encoder(cfg, nnx.Rngs(params=0)))
 
     def forward(state, tokens):
         return nnx.merge(graphdef, state)(tokens)
 
-    cost = jax.jit(forward).lower(state, tokens).compile().cost_analysis()
-    return analysis_value(cost, "flops")
+    return forward, (state, jnp.full((1, cfg.max_len), 5, jnp.int32))
+
+
+def encoder_xla_flops(cfg: ModelConfig) -> float | None:
+    """XLA's FLOPs of one encoder forward of one ``max_len`` sequence (eval mode)."""
+    forward, args = _encoder_forward(cfg)
+    return analysis_value(jax.jit(forward).lower(*args).compile().cost_analysis(), "flops")
 
 
 def _matmul_flops(jaxpr: Any) -> float:
@@ -55,29 +60,18 @@ def _matmul_flops(jaxpr: Any) -> float:
     total = 0.0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name == "dot_general":
-            (lhs_contract, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
+        if name == "dot_general":  # every output element: one multiply-add per contracted index
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
-            out = eqn.outvars[0].aval.shape
-            contracted = 1
-            for axis in lhs_contract:
-                contracted *= lhs[axis]
-            size = 1
-            for dim in out:
-                size *= dim
-            total += 2.0 * size * contracted
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
+                lhs[axis] for axis in lhs_contract)
         elif name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape  # kernel: out features first (OI... layout or not)
+            # kernel [O, I / groups, *window] in some layout: per output element, its kernel
+            # elements divided by the output features
             out = eqn.outvars[0].aval.shape
-            size = 1
-            for dim in out:
-                size *= dim
-            kernel = 1
-            for dim in rhs:
-                kernel *= dim
             out_features = out[eqn.params["dimension_numbers"].out_spec[1]]
-            total += 2.0 * size * kernel / max(out_features, 1) / eqn.params.get(
-                "feature_group_count", 1)
+            total += 2.0 * math.prod(out) * math.prod(eqn.invars[1].aval.shape) / max(
+                out_features, 1)
         for value in eqn.params.values():
             for sub in (value if isinstance(value, (list, tuple)) else (value,)):
                 inner = getattr(sub, "jaxpr", sub)
@@ -88,26 +82,15 @@ def _matmul_flops(jaxpr: Any) -> float:
 
 def encoder_matmul_flops(cfg: ModelConfig) -> float:
     """The matmul FLOPs of one encoder forward of one ``max_len`` sequence, from its jaxpr."""
-    model = build_encoder(cfg, nnx.Rngs(params=0))
-    graphdef, state = nnx.split(model)
-    tokens = jnp.full((1, cfg.max_len), 5, jnp.int32)
-
-    def forward(state, tokens):
-        return nnx.merge(graphdef, state)(tokens)
-
-    return _matmul_flops(jax.make_jaxpr(forward)(state, tokens).jaxpr)
-
-
-def is_built_in(arch: str) -> bool:
-    return encoder_factory(arch) in set(ENCODERS.values()) and not hasattr(
-        encoder_factory(arch), "counts_beyond_baseline")
+    forward, args = _encoder_forward(cfg)
+    return _matmul_flops(jax.make_jaxpr(forward)(*args).jaxpr)
 
 
 @functools.lru_cache(maxsize=64)
 def check_declared_counts(cfg: ModelConfig) -> None:
     """Refuse, in one line, a variant whose parameter or FLOP counts (the paper's closed form plus
     its ``counts_beyond_baseline`` declaration) do not match what it builds."""
-    if is_built_in(cfg.arch):
+    if is_library_encoder(cfg.arch):
         return
     factory = encoder_factory(cfg.arch)
     name = getattr(factory, "__qualname__", cfg.arch)

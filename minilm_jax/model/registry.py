@@ -61,6 +61,15 @@ def encoder_factory(arch: str) -> EncoderFactory:
     return factory
 
 
+def is_library_encoder(arch: str) -> bool:
+    """Whether ``arch`` names one of this library's encoders (counted by the paper's formula,
+    recorded in rows without an ``arch``), not a user's variant (registered, installed or named by
+    import path). Nothing is imported: results rows are written where the variant may not be."""
+    if arch in ENCODERS:
+        return getattr(ENCODERS[arch], "__module__", "").startswith("minilm_jax.")
+    return ":" in arch and arch.partition(":")[0].startswith("minilm_jax.")
+
+
 def build_encoder(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
     """The encoder named by ``cfg.arch``."""
     return encoder_factory(cfg.arch)(cfg, rngs=rngs)

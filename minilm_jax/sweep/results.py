@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from minilm_jax.model.registry import ENCODERS
+from minilm_jax.model.registry import is_library_encoder
 from minilm_jax.storage import atomic_write_bytes
 from minilm_jax.train.run_log import read_metrics
 from minilm_jax.train.records import FinetuneSummary, read_finetune_summary, read_pretrain_summary
@@ -28,7 +28,7 @@ def _identity(run: Run, membership: Membership, name: str, workdir: Path,
            "params_non_embedding": int(params["non_embedding"]),
            "design": design, "pretrain_seed": run.pretrain_seed}
     arch = str(run.config.model.arch)
-    if arch not in ENCODERS:  # a user's encoder variant: every row of its run says which
+    if not is_library_encoder(arch):  # a user's encoder variant: every row of its run says which
         row["arch"] = arch
     return row
 

@@ -30,13 +30,20 @@ from minilm_jax.model import accounting  # noqa: E402
 from minilm_jax.model.layers import EncoderLayer, make_linear  # noqa: E402
 
 
+def swiglu_width(cfg) -> int:
+    """The gated block's width: ``ffn_scale`` x I (a variant field; 2/3 matches the baseline's
+    parameters)."""
+    return max(1, round(cfg.ffn_dim * float(cfg.extra_value("ffn_scale", 1.0))))
+
+
 class SwiGLU(nnx.Module):
     """H -> (silu(gate) * up) -> H: the feed-forward block a variant swaps in."""
 
     def __init__(self, cfg, init, rngs: nnx.Rngs):
-        self.gate = make_linear(cfg, init, cfg.hidden_dim, cfg.ffn_dim, rngs)
-        self.up = make_linear(cfg, init, cfg.hidden_dim, cfg.ffn_dim, rngs)
-        self.down = make_linear(cfg, init, cfg.ffn_dim, cfg.hidden_dim, rngs)
+        width = swiglu_width(cfg)
+        self.gate = make_linear(cfg, init, cfg.hidden_dim, width, rngs)
+        self.up = make_linear(cfg, init, cfg.hidden_dim, width, rngs)
+        self.down = make_linear(cfg, init, width, cfg.hidden_dim, rngs)
 
     def __call__(self, x_bth):
         return self.down(jax.nn.silu(self.gate(x_bth)) * self.up(x_bth))
@@ -50,16 +57,19 @@ class UncountedSwiGLUEncoder(TransformerEncoder):
     """SwiGLU without a count declaration: refused (its tree has more parameters)."""
 
     layer_class = SwiGLULayer
+    config_fields = {"ffn_scale": 1.0}
 
 
 class SwiGLUEncoder(UncountedSwiGLUEncoder):
-    """SwiGLU declaring its gate: L x (H x I + I) parameters, L x 2 T H I forward FLOPs."""
+    """SwiGLU declaring its counts: three H x J matrices (J = ffn_scale x I, biases J, J, H) in
+    place of two H x I (biases I, H), per layer; at J = I that is L x (H x I + I) parameters and
+    L x 2 T H I forward FLOPs more than the baseline."""
 
     @classmethod
     def counts_beyond_baseline(cls, cfg, seq_len):
-        layers, h, i = cfg.num_layers, cfg.hidden_dim, cfg.ffn_dim
-        return accounting.VariantCounts(params=layers * (h * i + i),
-                                        forward_flops=layers * 2.0 * seq_len * h * i)
+        layers, h, i, j = cfg.num_layers, cfg.hidden_dim, cfg.ffn_dim, swiglu_width(cfg)
+        return accounting.VariantCounts(params=layers * (3 * h * j + 2 * j - 2 * h * i - i),
+                                        forward_flops=layers * 2.0 * seq_len * h * (3 * j - 2 * i))
 
 
 class MiscountedSwiGLUEncoder(UncountedSwiGLUEncoder):
@@ -120,3 +130,41 @@ class RMSNormNoPositionEncoder(TransformerEncoder):
             h if cfg.norm_position == "pre" else 0)
         return accounting.VariantCounts(params=non_embedding,
                                         embedding_params=-(cfg.num_positions * e) - e)
+
+
+# ------------------------------------------------------- rotary positions through the attention hook
+from minilm_jax.model.layers import SelfAttention  # noqa: E402
+
+
+def rotate(x_btad, base: float):
+    """Rotary position embedding of queries or keys ``[B, T, A, D]`` (the two halves of D as the
+    real and imaginary parts; position p turns pair i by p x base^(-2i/D))."""
+    t, d = x_btad.shape[1], x_btad.shape[-1]
+    inverse = base ** (-jnp.arange(0, d // 2, dtype=jnp.float32) * 2.0 / d)
+    angles_tf = jnp.arange(t, dtype=jnp.float32)[:, None] * inverse[None]
+    cos, sin = (f(angles_tf)[None, :, None, :].astype(x_btad.dtype) for f in (jnp.cos, jnp.sin))
+    first, second = x_btad[..., : d // 2], x_btad[..., d // 2:]
+    return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+
+
+class RotaryAttention(SelfAttention):
+    def position_qk(self, q_btad, k_btad):
+        base = float(self.cfg.extra_value("rope_base", 10000.0))
+        return rotate(q_btad, base), rotate(k_btad, base)
+
+
+class RotaryLayer(EncoderLayer):
+    attention_class = RotaryAttention
+
+
+class RotaryEncoder(TransformerEncoder):
+    """Rotary positions (``--config.model.extra.rope_base``) in place of the learned table: the
+    table's T x E parameters less; the rotation is element-wise, no matmul FLOPs."""
+
+    layer_class = RotaryLayer
+    position_table = False
+    config_fields = {"rope_base": 10000.0}
+
+    @classmethod
+    def counts_beyond_baseline(cls, cfg, seq_len):
+        return accounting.VariantCounts(embedding_params=-cfg.num_positions * cfg.emb_dim)

@@ -244,3 +244,54 @@ def test_normalisation_and_position_hooks_count_and_run():
     logits = model(jnp.full((2, 8), 7, jnp.int32), jnp.zeros((2, 3), jnp.int32))
     assert logits.shape == (2, 3, 300) and bool(jnp.all(jnp.isfinite(logits)))
     assert isinstance(model.encoder.layers[0].ffn_norm, nnx.RMSNorm)
+
+
+def test_swiglu_and_rotary_fields_are_counted_built_and_gridded(word_shards):
+    """The two variants' own fields: SwiGLU's width (ffn_scale) moves its declared counts with the
+    tree it builds; rotary's base (rope_base) changes its scores, which depend on the offset
+    between positions only; a sweep grids each field."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from encoder_variants import rotate
+    from test_sweep import tiny_sweep
+
+    from minilm_jax.model import accounting
+    from minilm_jax.model.count_check import check_declared_counts
+    from minilm_jax.model.models import build_mlm
+    from minilm_jax.model.sizes import resolve_point
+    from minilm_jax.run_config import validate_pretrain_config
+    from minilm_jax.sweep.spec import expand
+
+    swiglu = resolve_point("E16-H16-I48-L2-A2-V300", arch="encoder_variants:SwiGLUEncoder")
+    narrow = swiglu.replace(extra=(("ffn_scale", 2 / 3),))
+    for cfg in (swiglu, narrow):
+        check_declared_counts(cfg)
+        assert accounting.count_params(nnx.eval_shape(lambda: build_mlm(cfg))) == \
+            accounting.formula_params(cfg)
+    base = swiglu.replace(arch="roberta")
+    assert abs(accounting.formula_params(narrow).total / accounting.formula_params(base).total
+               - 1) < 0.01 < accounting.formula_params(swiglu).total / accounting.formula_params(
+                   base).total - 1  # 2/3 of the width: about the baseline's parameters
+
+    q, k = jax.random.normal(jax.random.key(0), (2, 1, 12, 1, 8))
+    def scores(base_value, shift, offset=3):  # query at offset + shift, key at shift
+        rq, rk = (rotate(jnp.repeat(x, 12, axis=1), base_value) for x in (q, k))
+        return jnp.einsum("btad,btad->bta", rq[:, offset + shift:offset + shift + 1],
+                          rk[:, shift:shift + 1])
+    assert jnp.allclose(scores(10000.0, 0), scores(10000.0, 5), atol=1e-5)  # relative only
+    assert not jnp.allclose(scores(10000.0, 0), scores(10000.0, 0, offset=0), atol=1e-3)
+    assert not jnp.allclose(scores(10000.0, 0), scores(100.0, 0), atol=1e-3)
+
+    for arch, grid in (("RotaryEncoder", "model.extra.rope_base=100,10000"),
+                       ("SwiGLUEncoder", "model.extra.ffn_scale=0.6667,1.0")):
+        sweep = tiny_sweep(word_shards)
+        sweep.bases, sweep.ofat, sweep.groups = (), (), ()
+        sweep.grid, sweep.grid_fields = ("E16-H16-I32-L1-A2",), (grid,)
+        sweep.pretrain_overrides = (*sweep.pretrain_overrides,
+                                    f"model.arch=encoder_variants:{arch}")
+        runs = expand(sweep)
+        name = grid.split("=")[0].rsplit(".", 1)[-1]
+        values = [validate_pretrain_config(r.config).extra_value(name) for r in runs]
+        assert values == [float(v) for v in grid.split("=")[1].split(",")]

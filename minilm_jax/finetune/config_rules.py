@@ -12,6 +12,7 @@ import ml_collections
 
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.registry import is_library_encoder
 from minilm_jax.run_config import (DISTRIBUTED_FIELDS, SHARED_RULES, Allowed, model_config_dict,
                                    parse_value, raise_problems, range_problems)
 
@@ -99,3 +100,15 @@ def changed_model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
     with a checkpoint they apply on top of the checkpoint's model, like ``model_overrides``."""
     recipe = model_config_dict(config.point)
     return {k: v for k, v in config.model.to_dict().items() if recipe.get(k) != v}
+
+
+def take_checkpoint_arch(config: ml_collections.ConfigDict, arch: str) -> None:
+    """Make ``arch`` (the architecture of the checkpoint a run starts from) the run's
+    ``model.arch`` unless the command set one: its ``config.json`` then names the encoder it
+    really trained (a variant's checkpoint is not recorded as the recipe's ``roberta``). A
+    ``model.arch`` set away from the recipe is kept, to be checked against the checkpoint. A
+    built-in encoder's runs keep the recipe's (their ``model_built.arch`` names it), so roots
+    written before stay resumable."""
+    if not is_library_encoder(arch) and "arch" not in changed_model_fields(config):
+        with config.unlocked():
+            config.model.arch = arch

@@ -24,7 +24,7 @@ from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.population_trainer import Each
 from minilm_jax.train.run_loop import check_workdir
 
-from .config_rules import validate_finetune_config
+from .config_rules import take_checkpoint_arch, validate_finetune_config
 from .model_selection import VALIDATION, mean_std
 
 # The fields in which the runs of one population may differ: the checkpoint each starts from.
@@ -151,6 +151,8 @@ def open_folders(runs: Sequence[tuple[str, ml_collections.ConfigDict, Any]],
         if init_mode == "pretrained" and pretrained is None:
             raise UserError("init.mode=pretrained needs --config.init.checkpoint=<pre-training "
                             "workdir> (or use init.mode=random)")
+        if pretrained is not None:
+            take_checkpoint_arch(run_config, pretrained.model.arch)
         folders.append(RunFolder(name, run_config, run_path(run_dir), pretrained))
     return folders
 

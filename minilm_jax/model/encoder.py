@@ -26,7 +26,7 @@ class TransformerEncoder(nnx.Module):
     layer_class: type = EncoderLayer  # a variant's layer (its blocks: EncoderLayer's hooks)
     make_norm = staticmethod(make_layer_norm)  # the embedding, projection and final norms
     # False: no learned position table (a variant that encodes positions elsewhere, e.g. rotary
-    # in its attention_class); position_rows then adds nothing
+    # through its attention's position_qk hook); position_rows then adds nothing
     position_table: bool = True
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):

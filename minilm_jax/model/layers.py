@@ -111,12 +111,20 @@ class SelfAttention(nnx.Module):
         qkv_bt3h = jnp.dot(x_bth.astype(dtype), kernel_h3h) + bias_3h
         return tuple(jnp.split(qkv_bt3h, 3, axis=-1))
 
+    def position_qk(self, q_btad: jax.Array, k_btad: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The position-encoding hook: queries and keys ``[B, T, A, D]`` as the scores see them.
+        The built-in encoder adds positions to its embeddings, so this passes them through; a
+        variant overrides it (e.g. rotary embeddings) and sets its encoder's
+        ``position_table = False``."""
+        return q_btad, k_btad
+
     def __call__(self, x_bth: jax.Array, mask_b1tt: jax.Array,
                  key: jax.Array | None = None) -> jax.Array:
         cfg = self.cfg
         b, t, _ = x_bth.shape
         heads, head_dim = cfg.num_heads, cfg.head_dim
         q_btad, k_btad, v_btad = (a.reshape(b, t, heads, head_dim) for a in self.project_qkv(x_bth))
+        q_btad, k_btad = self.position_qk(q_btad, k_btad)
         if cfg.attention_impl == "einsum":
             # Head-major [B, A, T, D] operands: the batched dots run 2-3x faster on CPU than
             # with the head axis between T and D.

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
+from minilm_jax.finetune.config_rules import take_checkpoint_arch
 from minilm_jax.run_config import flatten, snapshot_steps
 from minilm_jax.storage import RunPath, run_path
 
@@ -152,6 +153,7 @@ def finetune_jobs(sweep: ml_collections.ConfigDict, run: Run, root: RunPath | Sw
             for fraction in tuple(sweep.finetune_checkpoints) or (None,):
                 config = finetune_run_config(sweep, task, pre_dir)
                 config.init.mode = "pretrained"
+                take_checkpoint_arch(config, run.config.model.arch)
                 if fraction is not None:
                     fraction = float(fraction)
                     step = max(1, round(fraction * int(run.config.train.num_steps)))
@@ -162,6 +164,7 @@ def finetune_jobs(sweep: ml_collections.ConfigDict, run: Run, root: RunPath | Sw
         if "random" in inits:
             config = finetune_run_config(sweep, task, pre_dir)
             config.init.mode = "random"
+            take_checkpoint_arch(config, run.config.model.arch)
             workdir = (layout.twin_dir(twin_key(run, config), task) if sweep.finetune_checkpoints
                        else layout.finetune_dir(run.name, task, "random", None, len(inits) > 1))
             jobs.append(FinetuneJob(task, "random", workdir, config))

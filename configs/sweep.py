@@ -9,6 +9,8 @@
 - ``main``: the README's main job (``launch/main.sh``): the fixed protocol in :func:`main`.
 - ``a4``: study A's one-factor-at-a-time design around the main job's ``tiny`` base, 3
   pre-training seeds per point (declared; its run is recorded in docs/reproduction.md when made).
+- ``variant``: your encoder variant against the built-in encoder at the main job's ``tiny`` point,
+  3 pre-training seeds each, fine-tuned on the main job's tasks (docs/models.md).
 - ``childes``: study A's own setting at CPU scale (``launch/childes.sh``): AO-CHILDES text,
   three sizes with 5 pre-training seeds each (a power analysis in its docstring), filtered SST-2 /
   CoLA / STS-B, Zorro on every snapshot and on each run's own random twin.
@@ -214,6 +216,29 @@ def a4() -> ml_collections.ConfigDict:
     return c
 
 
+def variant() -> ml_collections.ConfigDict:
+    """An encoder variant against the built-in encoder (docs/models.md), a protocol fixed before
+    the run: the main job's text and recipe (``--config.shards`` = its shard folder), point
+    ``tiny`` E32-H32-I128-L1-A2 once per architecture of ``grid_fields`` (name yours beside the
+    built-in on the command line:
+    ``--config.grid_fields="('model.arch=roberta,my_lab.encoders:SwiGLUEncoder',)"``), pre-training
+    seeds 0, 1, 2 for each (the unit of replication: the report pairs the variant's run with the
+    built-in's of the same seed), the final checkpoint fine-tuned on ``bbc_topic`` and
+    ``bbc_order`` with the main job's seeds and recipe. Reported: final validation perplexity gap
+    (paired t over the 3 seeds), FLOPs per step from each variant's declared, checked counts, the
+    frontier, downstream scores per architecture; every run counted, whatever it shows.
+    """
+    c = main()
+    c.name = "variant"
+    c.bases = ()
+    c.grid = ("E32-H32-I128-L1-A2",)
+    c.grid_fields = ("model.arch=roberta",)
+    c.pretrain_seeds = (0, 1, 2)
+    c.finetune_init = "pretrained"
+    c.finetune_checkpoints = ()
+    return c
+
+
 # The childes sweep's pre-training seeds, fixed by the power analysis in its docstring (5 per size;
 # seed 0, the pilot run 3, left out).
 CHILDES_PRETRAIN_SEEDS = (1, 2, 3, 4, 5)
@@ -410,8 +435,8 @@ def study_b_full() -> ml_collections.ConfigDict:
     return c
 
 
-SWEEPS = {"paper": paper, "demo": demo, "smoke": smoke, "main": main, "a4": a4, "childes": childes,
-          "study_b": study_b, "study_b_smoke": study_b_smoke, "study_b_full": study_b_full}
+SWEEPS = {"paper": paper, "demo": demo, "smoke": smoke, "main": main, "a4": a4, "variant": variant,
+          "childes": childes, "study_b": study_b, "study_b_smoke": study_b_smoke, "study_b_full": study_b_full}
 
 
 def get_config(name: str = "demo"):

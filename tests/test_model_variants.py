@@ -270,6 +270,14 @@ def test_swiglu_and_rotary_fields_are_counted_built_and_gridded(word_shards):
         check_declared_counts(cfg)
         assert accounting.count_params(nnx.eval_shape(lambda: build_mlm(cfg))) == \
             accounting.formula_params(cfg)
+    from minilm_jax.model.config import ConfigError
+    from minilm_jax.points import table
+
+    listed = table(["E16-H16-I48-L2-A2-V300"], "encoder_variants:SwiGLUEncoder",
+                   [f"ffn_scale={2 / 3}"])  # minilm-points --arch ... --extra ffn_scale=...
+    assert f"{accounting.formula_params(narrow).total:,}" in listed
+    with pytest.raises(ConfigError, match="declares no such field"):
+        table(["E16-H16-I48-L2-A2-V300"], "encoder_variants:SwiGLUEncoder", ["rope_base=1"])
     base = swiglu.replace(arch="roberta")
     assert abs(accounting.formula_params(narrow).total / accounting.formula_params(base).total
                - 1) < 0.01 < accounting.formula_params(swiglu).total / accounting.formula_params(

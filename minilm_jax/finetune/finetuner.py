@@ -38,11 +38,10 @@ from minilm_jax.train.mesh import check_batch_divisible, make_mesh
 from minilm_jax.train.population_trainer import Each
 from minilm_jax.train.run_loop import LoopSpec, Window, open_run, run_loop
 from minilm_jax.train.run_log import MetricsWriter, log_line
-from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.state import MembersState
 
 from .config_rules import resumable_fields
-from .model_selection import VALIDATION, majority_baseline, member_metrics, sample_std
+from .model_selection import VALIDATION, member_metrics, sample_std
 from .programs import classifier_config, finetune_program
 from .run_folder import RunFolder, check_population, lock_folders, open_folders
 from .step import MEMBER_STRATEGIES
@@ -398,33 +397,10 @@ class Finetuner(LoopSpec):
     def _summary(self, folder: RunFolder, status: str,
                  reported: dict[str, list[dict[str, float]]] | None, wall: float) -> dict[str, Any]:
         """Write ``folder``'s :class:`FinetuneSummary` (process 0); return it as JSON."""
-        task = self._task_of(folder)
-        data = folder.config.data
-        summary: dict[str, Any] = {
+        return folder.write_summary(self._task_of(folder), reported, {
             "status": status, "task": self.spec.name, "init": self.init_mode,
-            "pretrained": folder.pretrained.describe() if folder.pretrained else None,
             "point": self.model_cfg.point, "model": self.model_cfg.to_dict(),
-            "seeds": folder.seeds, "examples": task.data.counts(),
-            "reported_splits": task.reported,
-            "cross_validation": ({"folds": int(data.cv_folds), "fold": int(data.cv_fold),
-                                  "seed": int(data.cv_seed), "classes": list(self.spec.label_names)}
-                                 if cross_validated(self.spec.name, data) else None),
             "steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
             "wall_seconds_this_session": wall, "params_total": self.program.param_counts.total,
             "tokenizer": {"path": self.tokenizer.path, "sha256": self.tokenizer.sha256},
-            "vocab_filter": self.config.data.vocab_filter or None,
-            "dropped_chars": task.dropped_chars,
-            "unk": task.unk,
-            "majority": majority_baseline(
-                self.spec.name, task.train_arrays["labels"],
-                {split: arrays["labels"] for split, arrays in task.eval_arrays.items()},
-                task.regression),
-        }
-        if task.data.filter_report is not None:
-            report = task.data.filter_report
-            summary["filter"] = {"total": report.total, "kept": report.kept,
-                                 "top_oov": report.oov.most_common(10)}
-        record = FinetuneSummary(**summary, **folder.scores(reported))
-        if jax.process_index() == 0:
-            record.write(folder.workdir)
-        return record.to_json()
+            "vocab_filter": self.config.data.vocab_filter or None})

@@ -22,10 +22,13 @@ from minilm_jax.runs.pretrained import PretrainedRun
 from minilm_jax.storage import RunPath, atomic_write_bytes, atomic_write_json, run_path
 from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.population_trainer import Each
+from minilm_jax.tasks.table import cross_validated
+from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.run_loop import check_workdir
 
 from .config_rules import take_checkpoint_arch, validate_finetune_config
-from .model_selection import VALIDATION, mean_std
+from .model_selection import VALIDATION, majority_baseline, mean_std
+from .task_batches import TaskBatches
 
 # The fields in which the runs of one population may differ: the checkpoint each starts from.
 POPULATION_FIELDS = ("init.checkpoint", "init.which")
@@ -121,6 +124,34 @@ class RunFolder:
             out["selected"] = {"epochs": epochs, "members": selected, "selected_on": VALIDATION,
                                **mean_std(selected)}
         return out
+
+    def write_summary(self, task: TaskBatches, reported: dict[str, list[dict[str, float]]] | None,
+                      common: dict[str, Any]) -> dict[str, Any]:
+        """Write this run's :class:`FinetuneSummary` (process 0): ``common`` (what every run of
+        the program shares: status, task, model, steps, tokenizer, ...) with this run's own
+        checkpoint, seeds, data counts, majority baseline and scores; return it as JSON."""
+        data, spec = self.config.data, task.spec
+        summary: dict[str, Any] = {
+            **common, "pretrained": self.pretrained.describe() if self.pretrained else None,
+            "seeds": self.seeds, "examples": task.data.counts(),
+            "reported_splits": task.reported,
+            "cross_validation": ({"folds": int(data.cv_folds), "fold": int(data.cv_fold),
+                                  "seed": int(data.cv_seed), "classes": list(spec.label_names)}
+                                 if cross_validated(spec.name, data) else None),
+            "dropped_chars": task.dropped_chars, "unk": task.unk,
+            "majority": majority_baseline(
+                spec.name, task.train_arrays["labels"],
+                {split: arrays["labels"] for split, arrays in task.eval_arrays.items()},
+                task.regression),
+        }
+        if task.data.filter_report is not None:
+            report = task.data.filter_report
+            summary["filter"] = {"total": report.total, "kept": report.kept,
+                                 "top_oov": report.oov.most_common(10)}
+        record = FinetuneSummary(**summary, **self.scores(reported))
+        if jax.process_index() == 0:
+            record.write(self.workdir)
+        return record.to_json()
 
     def save_predictions(self, logits: dict[str, np.ndarray], labels: dict[str, np.ndarray],
                          which: str, uids: dict[str, list[str]] | None = None) -> None:

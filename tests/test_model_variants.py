@@ -224,6 +224,23 @@ def test_the_report_pairs_each_variant_with_the_built_in_encoder_over_seeds():
     assert "## Encoder variants against the built-in encoder" in text and "1.076x" in text
     assert compare_variants([r for r in rows if "arch" not in r]) == []  # no variant: no section
 
+    from minilm_jax.analysis.variants import compare_downstream
+
+    def downstream(run, arch, seed, step, score):
+        row = {k: v for k, v in _validation_row(run, arch, seed, 8, 1.0, 1.0).items()
+               if k not in ("step", "loss", "perplexity")}
+        return {**row, "kind": "downstream", "task": "sst2", "init": "pretrained",
+                "checkpoint_step": step, "score": score, "score_n": 4}
+    scored = [downstream(f"b_s{s}", None, s, 8, 80.0 + s) for s in range(3)]
+    scored += [downstream(f"v_s{s}", "my_lab:SwiGLU", s, 8, 82.0 + 2 * s) for s in range(3)]
+    scored += [downstream("v_s0", "my_lab:SwiGLU", 0, 4, 10.0)]  # an earlier snapshot: not used
+    scored += [{**downstream("v_s1", "my_lab:SwiGLU", 1, 8, 0.0), "init": "random"}]  # a twin
+    (d,) = compare_downstream(scored)
+    assert (d.task, d.baseline.n, d.variant.n, d.finetune_seeds) == ("sst2", 3, 3, 4)
+    assert d.gap.method == "paired t" and d.gap.mean == pytest.approx((2 + 3 + 4) / 3)
+    text = "\n".join(section_variants(found, [d]))
+    assert "Downstream, pre-trained init" in text and "`sst2`" in text
+
 
 def test_normalisation_and_position_hooks_count_and_run():
     """RMSNorm through make_norm and no position table (position_table = False): the declared

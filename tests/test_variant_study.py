@@ -108,6 +108,7 @@ def test_variants_through_a_sweep_fine_tuning_and_zero_shot(zorro_shards, offlin
     report = (root / "report" / "report.md").read_text()
     section = report[report.index("## Encoder variants against the built-in encoder"):]
     assert SWIGLU in section and ROTARY in section and "paired t" in section
+    assert section.count("| `bbc` |") == 2  # each variant's downstream gap on the task
 
     # a fine-tuning init of another architecture from the baseline's checkpoint: one line
     from minilm_jax.configs.finetune import get_config

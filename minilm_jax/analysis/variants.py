@@ -2,7 +2,9 @@
 ``arch``) paired with the built-in run of the same point, group and pre-training seed; per variant
 and point the final validation perplexity of both over seeds, the variant's gap (paired by
 pre-training seed: the unit of replication), its interval and p-value, and the ratio of their
-training FLOPs per step (the variant's declared, checked counts)."""
+training FLOPs per step (the variant's declared, checked counts); and per fine-tuning task the
+pre-trained runs' downstream scores the same way (each pre-training run's score is the mean over
+its fine-tuning seeds, so a run counts once; the latest checkpoint fine-tuned)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,20 @@ class VariantComparison:
     variant: MeanSD
     gap: Gap  # variant - baseline, paired by pre-training seed
     flops_ratio: float | None  # variant / baseline training FLOPs per step
+
+
+@dataclass(frozen=True)
+class DownstreamComparison:
+    """One variant at one point against the built-in encoder on one fine-tuning task."""
+
+    arch: str
+    point: str
+    group: str
+    task: str
+    baseline: MeanSD  # the runs' scores (each the mean over its fine-tuning seeds)
+    variant: MeanSD
+    gap: Gap  # variant - baseline, paired by pre-training seed
+    finetune_seeds: int  # fine-tuning seeds per run (fewest)
 
 
 def _arch_and_seed(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, Any]]:
@@ -63,4 +79,34 @@ def compare_variants(rows: Sequence[Mapping[str, Any]], flops: str = "paper"
         out.append(VariantComparison(
             arch, point, group, mean_sd([r.final_perplexity for r in base_runs.values()]),
             mean_sd([r.final_perplexity for r in variant_runs.values()]), gap, ratio))
+    return out
+
+
+def compare_downstream(rows: Sequence[Mapping[str, Any]]) -> list[DownstreamComparison]:
+    """Every variant (arch, point, group) and task with built-in runs to pair with: the
+    pre-trained runs' downstream scores at each run's latest fine-tuned checkpoint."""
+    latest: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for r in rows:
+        if r.get("kind") == "downstream" and r.get("init") == "pretrained" and r.get("score") \
+                is not None:
+            key = (r["run"], r["task"])
+            if key not in latest or (r.get("checkpoint_step") or 0) > (
+                    latest[key].get("checkpoint_step") or 0):
+                latest[key] = r
+    cells: dict[tuple[str, str, str, str], dict[Any, Mapping[str, Any]]] = defaultdict(dict)
+    for (name, task), r in latest.items():
+        arch, seed = r.get("arch") or BUILT_IN, r.get("pretrain_seed")
+        cells[(arch, r["point"], r["group"], task)][seed if seed is not None else name] = r
+    out = []
+    for (arch, point, group, task), variant_runs in sorted(cells.items()):
+        base_runs = cells.get((BUILT_IN, point, group, task))
+        if arch == BUILT_IN or not base_runs:
+            continue
+        scores = [{s: float(r["score"]) for s, r in side.items()}
+                  for side in (variant_runs, base_runs)]
+        seeds = min(int(r.get("score_n") or len(r.get("seeds") or ())) for side in
+                    (variant_runs, base_runs) for r in side.values())
+        out.append(DownstreamComparison(
+            arch, point, group, task, mean_sd(list(scores[1].values())),
+            mean_sd(list(scores[0].values())), paired_gap(*scores), seeds))
     return out

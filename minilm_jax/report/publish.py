@@ -20,7 +20,7 @@ from minilm_jax.analysis.zero_shot_seeds import zero_shot_seed_analyses
 from minilm_jax.errors import UserError
 from minilm_jax.storage import (RunPath, atomic_write_bytes, is_remote, owned_temp_dir,
                                 remove_stale_temps, run_path)
-from minilm_jax.analysis.variants import compare_variants
+from minilm_jax.analysis.variants import compare_downstream, compare_variants
 from minilm_jax.sweep.status import STATUS_DIR, SweepStatus
 
 from .analyses import analyse
@@ -86,7 +86,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, options: ReportOptions,
     lines += section_zero_shot(zero_shot, zero_shot_plots)
     lines += section_zero_shot_seeds(zero_shot_seed_analyses(rows, options.confidence))
     lines += section_perplexity_evaluations(rows)
-    lines += section_variants(compare_variants(rows, options.flops))
+    lines += section_variants(compare_variants(rows, options.flops), compare_downstream(rows))
     lines += section_runs(analyses)
     path = out / REPORT_NAME
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from minilm_jax.analysis.variants import VariantComparison
+from minilm_jax.analysis.variants import DownstreamComparison, VariantComparison
 
 
-def section_variants(comparisons: Sequence[VariantComparison]) -> list[str]:
+def section_variants(comparisons: Sequence[VariantComparison],
+                     downstream: Sequence[DownstreamComparison] = ()) -> list[str]:
     """The report's Markdown section (nothing when there is no variant to compare)."""
-    if not comparisons:
+    if not comparisons and not downstream:
         return []
     lines = ["## Encoder variants against the built-in encoder", "",
              "Final validation perplexity, mean ± sample sd over pre-training seeds (the unit of "
@@ -25,4 +26,15 @@ def section_variants(comparisons: Sequence[VariantComparison]) -> list[str]:
         lines.append(f"| `{c.arch}` | {c.point} ({c.group}) | {c.baseline.text(2)} | "
                      f"{c.variant.text(2)} | {c.gap.text(2)} | {ratio} |")
     lines.append("")
+    if downstream:
+        lines += ["Downstream, pre-trained init: each pre-training run's score (x100, the mean over "
+                  "its fine-tuning seeds, at its latest fine-tuned checkpoint), mean ± sample sd "
+                  "over pre-training seeds; gap = variant − built-in, paired by pre-training seed.",
+                  "", "| variant | point (group) | task | built-in | variant | gap | "
+                  "fine-tuning seeds per run |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for d in downstream:
+            lines.append(f"| `{d.arch}` | {d.point} ({d.group}) | `{d.task}` | "
+                         f"{d.baseline.text(1)} | {d.variant.text(1)} | {d.gap.text(1)} | "
+                         f"{d.finetune_seeds} |")
+        lines.append("")
     return lines

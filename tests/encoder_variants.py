@@ -65,6 +65,8 @@ class SwiGLUEncoder(UncountedSwiGLUEncoder):
     place of two H x I (biases I, H), per layer; at J = I that is L x (H x I + I) parameters and
     L x 2 T H I forward FLOPs more than the baseline."""
 
+    torch_twin = "modeling_encoder_variants.py"  # its PyTorch module, for Hugging Face export
+
     @classmethod
     def counts_beyond_baseline(cls, cfg, seq_len):
         layers, h, i, j = cfg.num_layers, cfg.hidden_dim, cfg.ffn_dim, swiglu_width(cfg)
@@ -164,6 +166,7 @@ class RotaryEncoder(TransformerEncoder):
     layer_class = RotaryLayer
     position_table = False
     config_fields = {"rope_base": 10000.0}
+    torch_twin = "modeling_encoder_variants.py"  # its PyTorch module, for Hugging Face export
 
     @classmethod
     def counts_beyond_baseline(cls, cfg, seq_len):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -460,20 +461,176 @@ def test_other_architectures_export_with_remote_code(fields, classifier, tmp_pat
             else transformers.AutoModelForMaskedLM)
     hf, info = auto.from_pretrained(str(out), trust_remote_code=True, output_loading_info=True)
     assert not any(info.values()), info
-    tokens = np.full((3, 16), cfg.pad_id, np.int32)
-    rng = np.random.default_rng(1)
-    for row, n in enumerate((16, 9, 3)):
-        tokens[row, :n] = rng.integers(5, cfg.vocab_size, n)
-        tokens[row, 0], tokens[row, n - 1] = 0, 2
+    tokens = padded_tokens(cfg)
     with torch.no_grad():  # no attention_mask: the padding is pad_token_id, as ours
         theirs = hf.eval()(input_ids=torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
     mine = our_outputs(model, tokens, classifier)
     np.testing.assert_allclose(theirs, mine, atol=logits_tolerance(mine), rtol=0)
 
 
-def test_a_custom_encoder_is_refused_in_one_line():
-    from minilm_jax.interop.hf_minilm import minilm_hf_config
-    from minilm_jax.model.config import ModelConfig
+def padded_tokens(cfg) -> np.ndarray:
+    """Three rows of 16, 9 and 3 real tokens (``<s> ... </s>``), the rest ``pad_id``."""
+    tokens = np.full((3, 16), cfg.pad_id, np.int32)
+    rng = np.random.default_rng(1)
+    for row, n in enumerate((16, 9, 3)):
+        tokens[row, :n] = rng.integers(5, cfg.vocab_size, n)
+        tokens[row, 0], tokens[row, n - 1] = 0, 2
+    return tokens
 
-    with pytest.raises(InteropError, match="custom encoder"):
-        minilm_hf_config(ModelConfig(arch="my_lab.encoders:Gated"), "MaskedLM")
+
+# A user's encoder module (tests/encoder_variants.py) beside its PyTorch twin
+# (tests/modeling_encoder_variants.py, named by the variants' ``torch_twin``).
+TWIN_FILE = Path(__file__).resolve().parent / "modeling_encoder_variants.py"
+BROKEN_VARIANTS = '''
+from minilm_jax.model.encoder import TransformerEncoder
+
+
+class HalfTwinEncoder(TransformerEncoder):
+    torch_twin = "modeling_half.py"
+
+
+class AbsentTwinEncoder(TransformerEncoder):
+    torch_twin = "modeling_absent.py"
+
+
+class StrayImportEncoder(TransformerEncoder):
+    torch_twin = "modeling_stray.py"
+'''
+
+
+def test_a_custom_encoder_without_a_usable_torch_twin_is_refused_in_one_line(tmp_path,
+                                                                              monkeypatch):
+    """No ``torch_twin``: refused (export and pre-training's note) saying how to add one; a
+    declared file that is absent, lacks a class or imports what the export does not ship: one
+    line naming the file and what is wrong. Nothing is written."""
+    from flax import nnx
+
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
+    from minilm_jax.interop.hf_minilm import export_model, export_note, remote_problems
+    from minilm_jax.model.models import build_mlm
+    from minilm_jax.model.sizes import resolve_point
+
+    cfg = resolve_point(POINT, max_len=16, arch="encoder_variants:GatedEmbeddingEncoder")
+    model = nnx.eval_shape(lambda: build_mlm(cfg))  # refused before any weight is read
+    with pytest.raises(InteropError) as refused:
+        export_model(model, tmp_path / "hf")
+    said = str(refused.value)
+    assert "\n" not in said and said.startswith("cannot export to Hugging Face: ")
+    assert ("is a custom encoder with no PyTorch twin: declare torch_twin = \"modeling_x.py\" on "
+            "GatedEmbeddingEncoder") in said and "GatedEmbeddingEncoderForMaskedLM" in said
+    assert "see docs/interop.md" in said and not (tmp_path / "hf").exists()
+    config = pretrain_config(POINT)
+    config.model.arch = "encoder_variants:GatedEmbeddingEncoder"
+    note = export_note(config)
+    assert note.startswith("note: this model will not export") and "declare torch_twin" in note
+    config.model.arch = "encoder_variants:SwiGLUEncoder"
+    assert export_note(config) is None  # SwiGLU declares its twin
+    assert remote_problems(cfg.replace(arch=config.model.arch)) == []
+
+    user = (tmp_path / "user").resolve()  # as the messages name it
+    user.mkdir()
+    (user / "user_twins.py").write_text(BROKEN_VARIANTS)
+    (user / "modeling_half.py").write_text(
+        "from .modeling_minilm import MinilmForMaskedLM\n\n\n"
+        "class HalfTwinEncoderForMaskedLM(MinilmForMaskedLM):\n    pass\n")
+    (user / "modeling_stray.py").write_text(
+        "from .modeling_minilm import MinilmForMaskedLM, MinilmForSequenceClassification\n"
+        "from .helpers import gate\n\n\n"
+        "class StrayImportEncoderForMaskedLM(MinilmForMaskedLM):\n    pass\n\n\n"
+        "class StrayImportEncoderForSequenceClassification(MinilmForSequenceClassification):\n"
+        "    pass\n")
+    monkeypatch.syspath_prepend(str(user))
+    monkeypatch.setitem(sys.modules, "user_twins", None)  # so that it is dropped after the test
+    monkeypatch.delitem(sys.modules, "user_twins")  # and imported here
+    cases = {"HalfTwinEncoder": [f"torch_twin {user / 'modeling_half.py'} of ",
+                                 "defines no HalfTwinEncoderForSequenceClassification"],
+             "AbsentTwinEncoder": [f"torch_twin {user / 'modeling_absent.py'} of ",
+                                   "does not exist"],
+             "StrayImportEncoder": [f"torch_twin {user / 'modeling_stray.py'} of ",
+                                    "imports .helpers, which the export does not ship"]}
+    for name, wanted in cases.items():
+        problems = remote_problems(cfg.replace(arch=f"user_twins:{name}"))
+        assert len(problems) == 1 and "\n" not in problems[0], problems
+        for part in wanted:
+            assert part in problems[0], (name, problems)
+
+
+def test_a_custom_encoder_never_exports_as_roberta(monkeypatch):
+    """Fails on the old behaviour: a user's encoder registered as ``roberta``, at a RoBERTa-shaped
+    point (E == H, no projection, post-LN), was written as stock RoBERTa, its SwiGLU weights with
+    no name there; it exports with its own twin."""
+    import encoder_variants
+    from flax import nnx
+
+    from minilm_jax.interop.hf_minilm import MLM, fits_roberta, minilm_hf_config
+    from minilm_jax.interop.hf_roberta import export_problems
+    from minilm_jax.model import registry
+    from minilm_jax.model.models import build_mlm
+    from minilm_jax.model.sizes import resolve_point
+
+    monkeypatch.setitem(registry.ENCODERS, "roberta", encoder_variants.SwiGLUEncoder)
+    cfg = resolve_point(POINT, max_len=16, emb_dim=32, embed_projection=False)
+    assert cfg.arch == "roberta" and export_problems(cfg) == []  # looks like RoBERTa
+    model = nnx.eval_shape(lambda: build_mlm(cfg))
+    assert hasattr(model.encoder.layers[0].ffn, "gate") and not fits_roberta(model)
+    config = minilm_hf_config(cfg, MLM)
+    assert config["architectures"] == ["SwiGLUEncoderForMaskedLM"]
+    assert config["model_type"] == "minilm_jax"
+
+
+@pytest.mark.parametrize("variant,field,fields,classifier", [
+    ("SwiGLUEncoder", ("ffn_scale", 2 / 3), {"emb_dim": 32, "embed_projection": False}, False),
+    ("RotaryEncoder", ("rope_base", 100.0), {"norm_position": "pre"}, True)])
+def test_custom_encoders_export_with_their_own_pytorch_module(variant, field, fields, classifier,
+                                                              tmp_path):
+    """A user's variants (tests/encoder_variants.py) with their ``torch_twin``
+    (tests/modeling_encoder_variants.py): SwiGLU through the layer hook at a RoBERTa-shaped point
+    (still remote code), ``ffn_scale=2/3`` setting its width; rotary positions through the
+    attention's ``position_qk`` with no position table, ``rope_base=100``, pre-LN, as a
+    classifier. The twin file ships beside ours, ``auto_map`` names its classes, the variant's
+    field reaches it as ``config.variant_fields``, every tensor loads by name and transformers
+    gives our logits at every position of a padded batch."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    from minilm_jax.interop.hf_minilm import export_model
+    from minilm_jax.model.models import build_classifier, build_mlm
+    from minilm_jax.model.sizes import resolve_point
+
+    cfg = resolve_point(POINT, max_len=16, arch=f"encoder_variants:{variant}",
+                        **fields).replace(extra=(field,))
+    model = _perturbed(build_classifier(cfg, 2) if classifier else build_mlm(cfg))
+    # transformers keys a folder's remote code by the folder's name: in one process, a folder
+    # named as one loaded before (tests above: "hf") would get the classes loaded from that one
+    out = export_model(model, tmp_path / variant, labels=["no", "yes"] if classifier else ())
+    kind = "SequenceClassification" if classifier else "MaskedLM"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "minilm_jax"
+    assert config["architectures"] == [f"{variant}For{kind}"]
+    assert config["variant_fields"] == dict([field])
+    module = "modeling_encoder_variants"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_minilm.MinilmConfig", "AutoModel": f"{module}.{variant}Model",
+        "AutoModelForMaskedLM": f"{module}.{variant}ForMaskedLM",
+        "AutoModelForSequenceClassification": f"{module}.{variant}ForSequenceClassification"}
+    assert (out / f"{module}.py").read_text() == TWIN_FILE.read_text()
+    assert {"modeling_minilm.py", "configuration_minilm.py"} <= {p.name for p in out.iterdir()}
+
+    auto = (transformers.AutoModelForSequenceClassification if classifier
+            else transformers.AutoModelForMaskedLM)
+    hf, info = auto.from_pretrained(str(out), trust_remote_code=True, output_loading_info=True)
+    assert type(hf).__name__ == f"{variant}For{kind}" and not any(info.values()), info
+    assert hf.config.variant_fields == dict([field])
+    layer = hf.minilm.layers[0]
+    if variant == "SwiGLUEncoder":  # round(64 x 2/3) wide, as ours
+        assert tuple(layer.ffn.gate.weight.shape) == (43, 32)
+        assert model.encoder.layers[0].ffn.gate.kernel.shape == (32, 43)
+    else:
+        assert not hasattr(hf.minilm, "position_embeddings") and layer.attention.base == 100.0
+    tokens = padded_tokens(cfg)
+    with torch.no_grad():  # no attention_mask: the padding is pad_token_id, as ours
+        theirs = hf.eval()(input_ids=torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+    mine = our_outputs(model, tokens, classifier)
+    np.testing.assert_allclose(theirs, mine, atol=logits_tolerance(mine), rtol=0)
+    base = transformers.AutoModel.from_pretrained(str(out), trust_remote_code=True)
+    assert type(base).__name__ == f"{variant}Model"

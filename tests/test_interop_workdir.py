@@ -189,8 +189,8 @@ def test_what_no_layout_can_hold_is_refused_before_reading(trained, tmp_path, ca
                                                             monkeypatch):
     """What RoBERTa cannot hold (the E->H projection) exports with our own modeling code
     (tests/test_interop_export_models.py: test_factorized_pretraining_run_exports_with_its_own_
-    modeling_code); a custom encoder has no PyTorch twin and is refused in one line before any
-    weight is read."""
+    modeling_code); a custom encoder that declares no PyTorch twin (``torch_twin``) is refused
+    in one line before any weight is read."""
     pytest.importorskip("safetensors")  # the hf extra
     from minilm_jax.runs.pretrained import PretrainedRun
     from minilm_jax.interop.__main__ import main

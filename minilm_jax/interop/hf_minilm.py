@@ -7,10 +7,12 @@ E->H projection, pre-LN, a position offset other than ``pad_id + 1``, study B's 
 ``weighted_sum`` pooler) is written with ``model_type`` ``minilm_jax`` and our own PyTorch code
 (:mod:`minilm_jax.interop.hf_remote`, copied into the directory and named in ``auto_map``), loaded
 with ``AutoModelForMaskedLM`` / ``AutoModelForSequenceClassification`` and
-``trust_remote_code=True``. Every tensor crosses by name: our nnx path with ``encoder`` as
-``minilm`` (``kernel``/``scale``/``embedding`` as ``weight``, Linear kernels transposed, conv
-kernels ``[kh, kw, in, out]`` as ``[out, in, kh, kw]``, BatchNorm ``mean``/``var`` as
-``running_*``).
+``trust_remote_code=True``. A custom encoder exports with its own PyTorch file beside ours (its
+``torch_twin``, :mod:`minilm_jax.interop.hf_twin`), whose classes ``auto_map`` names; its variant
+fields are ``config.json``'s ``variant_fields``. Every tensor crosses by name: our nnx path with
+``encoder`` as ``minilm`` (``kernel``/``scale``/``embedding`` as ``weight``, Linear kernels
+transposed, conv kernels ``[kh, kw, in, out]`` as ``[out, in, kh, kw]``, BatchNorm
+``mean``/``var`` as ``running_*``).
 No torch needed: weights go through ``safetensors.numpy``.
 """
 
@@ -31,14 +33,15 @@ from minilm_jax.interop.hf_roberta import (_KERNEL, BOS_ID, EOS_ID, METADATA_KEY
                                            _flat_params, export_problems,
                                            hf_config_from_model_config, hf_tensors, mapped_tensors,
                                            param_map)
+from minilm_jax.interop.hf_twin import TorchTwin, torch_twin
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.models import MaskedLM, SequenceClassifier
+from minilm_jax.model.registry import is_library_encoder
 
 if TYPE_CHECKING:
     from minilm_jax.tokenizer import Tokenizer
 
 REMOTE_MODEL_TYPE = "minilm_jax"
-REMOTE_ARCHS = ("roberta", "bert", "bert_conv")  # the built-in encoders our remote code mirrors
 MLM, CLASSIFIER = "MaskedLM", "SequenceClassification"
 AUTO_MAP = {"AutoConfig": "configuration_minilm.MinilmConfig",
             "AutoModel": "modeling_minilm.MinilmModel",
@@ -50,11 +53,22 @@ _PREFIX = {"encoder": "minilm", "mlm_head": "mlm_head", "head": "head"}
 
 
 def remote_problems(cfg: ModelConfig) -> list[str]:
-    """Why a model of ``cfg`` cannot be exported at all (empty: it can, in one layout or other)."""
-    if cfg.arch not in REMOTE_ARCHS:
-        return [f"model.arch={cfg.arch!r} is a custom encoder; only {REMOTE_ARCHS} have a PyTorch "
-                "twin (minilm_jax.interop.hf_remote)"]
+    """Why a model of ``cfg`` cannot be exported at all (empty: it can, in one layout or other):
+    a custom encoder without a usable PyTorch twin (:func:`~.hf_twin.torch_twin`)."""
+    try:
+        torch_twin(cfg)
+    except InteropError as err:
+        return [str(err)]
     return []
+
+
+def export_twin(cfg: ModelConfig) -> TorchTwin | None:
+    """The custom encoder's PyTorch twin (None: a built-in encoder, ours); one-line
+    :class:`InteropError` when there is none usable."""
+    try:
+        return torch_twin(cfg)
+    except InteropError as err:
+        raise InteropError(f"cannot export to Hugging Face: {err}") from None
 
 
 def export_note(config: Any) -> str | None:
@@ -70,9 +84,9 @@ def export_note(config: Any) -> str | None:
 
 
 def fits_roberta(model: MaskedLM | SequenceClassifier) -> bool:
-    """Whether ``model`` exports as a stock RoBERTa (no remote code)."""
+    """Whether ``model`` exports as a stock RoBERTa (no remote code; never a custom encoder)."""
     cfg = model.cfg
-    if export_problems(cfg) or cfg.arch == "bert_conv":
+    if export_problems(cfg) or cfg.arch == "bert_conv" or not is_library_encoder(cfg.arch):
         return False
     return isinstance(model, MaskedLM) or cfg.pooler == "cls_tanh"
 
@@ -87,16 +101,21 @@ def label_fields(labels: Sequence[str], regression: bool) -> dict[str, Any]:
 
 def minilm_hf_config(cfg: ModelConfig, kind: str) -> dict[str, Any]:
     """The remote-code ``config.json`` of a model of ``cfg`` (``kind``: :data:`MLM` or
-    :data:`CLASSIFIER`; a classifier's label fields are added by the caller)."""
-    problems = remote_problems(cfg)
-    if problems:
-        raise InteropError("cannot export to Hugging Face: " + "; ".join(problems))
-    conv = cfg.arch == "bert_conv"  # other encoders ignore the conv fields
+    :data:`CLASSIFIER`; a classifier's label fields are added by the caller). A custom encoder's
+    ``architectures`` and ``auto_map`` name its twin's classes."""
+    twin = export_twin(cfg)
+    conv = twin.conv_front_end if twin else cfg.arch == "bert_conv"  # others ignore conv fields
+    auto_map = dict(AUTO_MAP)
+    if twin:
+        del auto_map["AutoModel"]  # named only when the twin defines its base model
+        auto_map |= twin.auto_map()
     return {
-        "architectures": [f"MinilmFor{kind}"], "model_type": REMOTE_MODEL_TYPE,
-        "auto_map": dict(AUTO_MAP), "vocab_size": cfg.vocab_size, "embedding_size": cfg.emb_dim,
-        "hidden_size": cfg.hidden_dim, "intermediate_size": cfg.ffn_dim,
-        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+        "architectures": [twin.architecture(kind) if twin else f"MinilmFor{kind}"],
+        "model_type": REMOTE_MODEL_TYPE, "auto_map": auto_map,
+        "variant_fields": dict(cfg.extra), "vocab_size": cfg.vocab_size,
+        "embedding_size": cfg.emb_dim, "hidden_size": cfg.hidden_dim,
+        "intermediate_size": cfg.ffn_dim, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
         "max_position_embeddings": cfg.num_positions, "position_offset": cfg.position_offset,
         "type_vocab_size": cfg.type_vocab_size, "embed_projection": cfg.embed_projection,
         "norm_position": cfg.norm_position, "layer_norm_eps": cfg.layer_norm_eps,
@@ -173,16 +192,19 @@ def export_model(model: MaskedLM | SequenceClassifier, out_dir: str | os.PathLik
                  tokenizer: "Tokenizer | None" = None, provenance: Mapping[str, Any] | None = None,
                  files: Mapping[str, str] | None = None, overwrite: bool = False) -> Path:
     """Write ``model`` as a Hugging Face directory: ``config.json``, ``model.safetensors``
-    (float32), our remote code when RoBERTa cannot hold it, the tokenizer (ours plus
-    ``tokenizer.json`` & co.) and ``files`` (name -> text, e.g. ``README.md``). A classifier needs
-    its ``labels`` (one name per output; one output and ``regression=True`` for a regressor).
+    (float32), our remote code when RoBERTa cannot hold it (a custom encoder's ``torch_twin``
+    file too), the tokenizer (ours plus ``tokenizer.json`` & co.) and ``files`` (name -> text,
+    e.g. ``README.md``). A classifier needs its ``labels`` (one name per output; one output and
+    ``regression=True`` for a regressor).
     Atomic; a non-empty ``out_dir`` is replaced only with ``overwrite=True``. Returns its path."""
     config, tensors, remote = hf_layout(model, labels, regression)
     if provenance:
         config[METADATA_KEY]["provenance"] = dict(provenance)
     check_target(Path(out_dir), overwrite)
     copies = tokenizer_files(tokenizer.path if tokenizer else None)
-    copies += remote_files() if remote else []
+    if remote:
+        twin = export_twin(model.cfg)
+        copies += remote_files(twin.path if twin else None)
     clash = sorted(set(files or {}) & ({CONFIG_NAME, WEIGHTS_NAME} | {f.name for f in copies}))
     if clash:
         raise InteropError(f"extra export files {clash} would overwrite the model's own")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from minilm_jax.data import learned
+from minilm_jax.interop.hf_twin import torch_twin
 from minilm_jax.model.accounting import ParamCounts
 from minilm_jax.model.config import ModelConfig
 
@@ -147,9 +148,13 @@ def _loading(facts: CardFacts) -> list[str]:
               "`tokenizer(texts, split_special_tokens=True)` encodes such text as training did "
               "(`<mask>` too is then text)."]
     if facts.remote:
-        lines += ["", "`trust_remote_code=True` runs `modeling_minilm.py` and "
-                  "`configuration_minilm.py` from this directory: the model's own PyTorch code "
-                  "(plain `torch`, no other dependency), a twin of minilm-jax's encoder. Without "
+        twin = torch_twin(facts.cfg)  # a custom encoder's own module, shipped beside ours
+        files = ("`modeling_minilm.py`, `configuration_minilm.py` and "
+                 f"`{twin.path.name}` (this encoder's own module)" if twin else
+                 "`modeling_minilm.py` and `configuration_minilm.py`")
+        lines += ["", f"`trust_remote_code=True` runs {files} from this directory: the model's "
+                  "own PyTorch code (plain `torch`, no other dependency), a twin of minilm-jax's "
+                  "encoder. Without "
                   "an `attention_mask` the padding is every `pad_token_id`, as in minilm-jax. "
                   "The tokenizer is a standard `PreTrainedTokenizerFast` (`tokenizer.json`) with "
                   "no code: `trust_remote_code=False` stops `AutoTokenizer` asking about the "

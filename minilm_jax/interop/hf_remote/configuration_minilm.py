@@ -15,7 +15,9 @@ except ImportError:  # transformers 4.x
 class MinilmConfig(_BaseConfig):
     """The fields of minilm-jax's ``ModelConfig`` under Hugging Face names (E ``embedding_size``,
     H ``hidden_size``, I ``intermediate_size``, L ``num_hidden_layers``, A ``num_attention_heads``,
-    V ``vocab_size``; ``max_position_embeddings`` = T + ``position_offset``)."""
+    V ``vocab_size``; ``max_position_embeddings`` = T + ``position_offset``). A custom encoder's
+    own fields (minilm-jax's ``--config.model.extra.<name>``) are ``variant_fields``, a dict its
+    PyTorch twin reads (``config.variant_fields.get("rope_base", 10000.0)``); empty otherwise."""
 
     model_type = "minilm_jax"
 
@@ -28,7 +30,8 @@ class MinilmConfig(_BaseConfig):
                  hidden_act: str = "gelu", conv_layers: int = 0, conv_channels: int = 0,
                  pooler: str = "cls_tanh", initializer_range: float = 0.02,
                  pad_token_id: int = 1, bos_token_id: int = 0, eos_token_id: int = 2,
-                 tie_word_embeddings: bool = False, **kwargs):
+                 tie_word_embeddings: bool = False, variant_fields: dict | None = None,
+                 **kwargs):
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size
         self.hidden_size = hidden_size
@@ -48,6 +51,7 @@ class MinilmConfig(_BaseConfig):
         self.conv_channels = conv_channels
         self.pooler = pooler
         self.initializer_range = initializer_range
+        self.variant_fields = dict(variant_fields or {})
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id,
                          eos_token_id=eos_token_id, tie_word_embeddings=tie_word_embeddings,
                          **kwargs)

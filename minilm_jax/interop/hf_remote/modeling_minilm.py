@@ -14,6 +14,18 @@ Without ``attention_mask`` the padding is ``input_ids == pad_token_id``, as in m
 queries attend nowhere (their rows are uniform), so every position matches minilm-jax's output.
 Parameter names follow minilm-jax's module paths (``minilm.layers.0.attention.query.weight`` is
 ``encoder.layers.0.attention.query.kernel``, transposed).
+
+Hooks, the twins of minilm-jax's: a custom encoder's own PyTorch file (its ``torch_twin``)
+subclasses these classes and overrides only what its Flax variant changes::
+
+    MinilmAttention.position_qk(q, k)        queries, keys [B, A, T, D] before the 1/sqrt(D) scaling
+    MinilmLayer.attention_class / feed_forward_class   built as cls(config)
+    MinilmLayer.make_norm / MinilmModel.make_norm      staticmethod (config, dim) -> module
+    MinilmModel.layer_class                  the layer, built as cls(config)
+    MinilmModel.position_table               False: no position_embeddings, none added
+    MinilmForMaskedLM.encoder_class / MinilmForSequenceClassification.encoder_class
+
+A variant's own fields (``--config.model.extra.<name>``) are ``config.variant_fields``.
 """
 
 from __future__ import annotations
@@ -35,6 +47,10 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.gelu(x)  # exact (erf) GELU
 
 
+def _layer_norm(config: MinilmConfig, dim: int) -> nn.Module:
+    return nn.LayerNorm(dim, eps=config.layer_norm_eps)
+
+
 class MinilmAttention(nn.Module):
     def __init__(self, config: MinilmConfig):
         super().__init__()
@@ -49,12 +65,20 @@ class MinilmAttention(nn.Module):
         def split(lin: nn.Linear) -> torch.Tensor:  # [B, A, T, D]
             return lin(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
 
-        q = split(self.query) / math.sqrt(self.head_dim)
-        scores = torch.matmul(q, split(self.key).transpose(-1, -2)).float()
+        q, k = self.position_qk(split(self.query), split(self.key))
+        q = q / math.sqrt(self.head_dim)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float()
         scores = scores.masked_fill(~allowed, NEG_INF)
         probs = self.dropout(torch.softmax(scores, dim=-1).to(x.dtype))
         ctx = torch.matmul(probs, split(self.value)).transpose(1, 2).reshape(b, t, -1)
         return self.output(ctx)
+
+    def position_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The position-encoding hook (minilm-jax's ``SelfAttention.position_qk``): queries and
+        keys as the scores see them, before the 1/sqrt(D) scaling, head-major ``[B, A, T, D]``
+        (minilm-jax's are ``[B, T, A, D]``: the position axis is 2 here, 1 there). Identity: the
+        built-in encoder adds positions to its embeddings."""
+        return q, k
 
 
 class MinilmFeedForward(nn.Module):
@@ -68,13 +92,20 @@ class MinilmFeedForward(nn.Module):
 
 
 class MinilmLayer(nn.Module):
+    """One post- or pre-LN layer; a variant names its own blocks (minilm-jax's ``EncoderLayer``
+    hooks): each block built as ``cls(config)``, each norm as ``make_norm(config, dim)``."""
+
+    attention_class: type = MinilmAttention  # (x [B, T, H], allowed [B, 1, T, T]) -> [B, T, H]
+    feed_forward_class: type = MinilmFeedForward  # (x [B, T, H]) -> [B, T, H]
+    make_norm = staticmethod(_layer_norm)  # (config, dim) -> a module (x) -> x
+
     def __init__(self, config: MinilmConfig):
         super().__init__()
         self.pre = config.norm_position == "pre"
-        self.attention = MinilmAttention(config)
-        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.ffn = MinilmFeedForward(config)
-        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = self.attention_class(config)
+        self.attention_norm = self.make_norm(config, config.hidden_size)
+        self.ffn = self.feed_forward_class(config)
+        self.ffn_norm = self.make_norm(config, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -126,24 +157,32 @@ class MinilmPreTrainedModel(PreTrainedModel):
 
 
 class MinilmModel(MinilmPreTrainedModel):
-    """The encoder: hidden states ``[B, T, H]``."""
+    """The encoder: hidden states ``[B, T, H]``. Hooks (minilm-jax's ``TransformerEncoder``'s):
+    ``layer_class``, ``make_norm`` (the embedding, projection and final norms) and
+    ``position_table`` (False: no learned position table, e.g. rotary in the attention)."""
+
+    layer_class: type = MinilmLayer  # built as cls(config)
+    make_norm = staticmethod(_layer_norm)  # (config, dim) -> a module (x) -> x
+    position_table: bool = True
 
     def __init__(self, config: MinilmConfig):
         super().__init__(config)
-        e, h, eps = config.embedding_size, config.hidden_size, config.layer_norm_eps
+        e, h = config.embedding_size, config.hidden_size
         self.word_embeddings = nn.Embedding(config.vocab_size, e)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, e)
+        if self.position_table:
+            self.position_embeddings = nn.Embedding(config.max_position_embeddings, e)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e)
-        self.embedding_norm = nn.LayerNorm(e, eps=eps)
+        self.embedding_norm = self.make_norm(config, e)
         self.embedding_dropout = nn.Dropout(config.hidden_dropout_prob)
         if config.embed_projection:
             self.projection = nn.Linear(e, h)
-            self.projection_norm = nn.LayerNorm(h, eps=eps)
+            self.projection_norm = self.make_norm(config, h)
         if config.conv_layers:
             self.front_end = MinilmConvFrontEnd(config)
-        self.layers = nn.ModuleList(MinilmLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(self.layer_class(config)
+                                    for _ in range(config.num_hidden_layers))
         if config.norm_position == "pre":
-            self.final_norm = nn.LayerNorm(h, eps=eps)
+            self.final_norm = self.make_norm(config, h)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -171,9 +210,11 @@ class MinilmModel(MinilmPreTrainedModel):
         real = self.real_positions(input_ids, attention_mask)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        positions = torch.arange(t, device=input_ids.device) + cfg.position_offset
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
-             + self.token_type_embeddings(token_type_ids))
+        x = self.word_embeddings(input_ids)
+        if self.position_table:  # word + position + type, in minilm-jax's order
+            positions = torch.arange(t, device=input_ids.device) + cfg.position_offset
+            x = x + self.position_embeddings(positions)[None]
+        x = x + self.token_type_embeddings(token_type_ids)
         x = self.embedding_dropout(self.embedding_norm(x))
         if cfg.embed_projection:
             x = self.projection_norm(self.projection(x))
@@ -206,9 +247,11 @@ class MinilmMlmHead(nn.Module):
 class MinilmForMaskedLM(MinilmPreTrainedModel):
     """Encoder + untied MLM head: logits ``[B, T, V]`` at every position."""
 
+    encoder_class: type = MinilmModel  # a variant's encoder, built as cls(config)
+
     def __init__(self, config: MinilmConfig):
         super().__init__(config)
-        self.minilm = MinilmModel(config)
+        self.minilm = self.encoder_class(config)
         self.mlm_head = MinilmMlmHead(config)
         self.post_init()
 
@@ -267,10 +310,12 @@ class MinilmClassificationHead(nn.Module):
 class MinilmForSequenceClassification(MinilmPreTrainedModel):
     """Encoder + pooler + linear head: logits ``[B, num_labels]`` (one column: regression)."""
 
+    encoder_class: type = MinilmModel  # a variant's encoder, built as cls(config)
+
     def __init__(self, config: MinilmConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.minilm = MinilmModel(config)
+        self.minilm = self.encoder_class(config)
         self.head = MinilmClassificationHead(config)
         self.post_init()
 

@@ -109,6 +109,7 @@ def test_variants_through_a_sweep_fine_tuning_and_zero_shot(zorro_shards, offlin
     section = report[report.index("## Encoder variants against the built-in encoder"):]
     assert SWIGLU in section and ROTARY in section and "paired t" in section
     assert section.count("| `bbc` |") == 2  # each variant's downstream gap on the task
+    assert "no random-init twin was fine-tuned for the 6 (run, task) pairs" in report
 
     # a fine-tuning init of another architecture from the baseline's checkpoint: one line
     from minilm_jax.configs.finetune import get_config

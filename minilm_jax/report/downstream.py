@@ -88,7 +88,10 @@ def summary_lines(analysis: DownstreamAnalysis) -> list[str]:
     """Headline lines: final checkpoints vs random per task, and the correlation."""
     out = []
     finals = final_gap_rows(analysis.gaps)
-    if finals:
+    if finals and not any(g.gap for g in finals):  # nothing to pair with (no random twin)
+        out.append(f"- Pre-trained vs random init: no random-init twin was fine-tuned for the "
+                   f"{len(finals)} (run, task) pairs (fine-tuning init: pre-trained only).")
+    elif finals:
         better = [g for g in finals if g.gap and g.gap.defined and g.gap.low > 0]
         out.append(f"- Pre-trained (each run's last checkpoint) vs random init: {len(better)} of "
                    f"{len(finals)} (run, task) pairs better with a 95% interval excluding 0.")

@@ -301,7 +301,7 @@ def test_an_unknown_sweep_name_is_one_line():
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: --config=configs/sweep.py:nope: unknown sweep 'nope'; "
-                                   "known: paper, demo, smoke, main, a4, childes, study_b, study_b_smoke, "
+                                   "known: paper, demo, smoke, main, a4, variant, childes, study_b, study_b_smoke, "
                                    "study_b_full")
 
 

@@ -54,6 +54,18 @@ def _arch_and_seed(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, An
     return out
 
 
+def _against_built_in(cells: Mapping[tuple[str, ...], dict[Any, Any]]
+                      ) -> list[tuple[tuple[str, ...], dict[Any, Any], dict[Any, Any]]]:
+    """``(key, variant runs, built-in runs)`` for each variant cell ``(arch, *rest)`` beside a
+    built-in cell of the same ``rest``; the runs keyed by pre-training seed."""
+    out = []
+    for key, variant_runs in sorted(cells.items()):
+        base_runs = cells.get((BUILT_IN, *key[1:]))
+        if key[0] != BUILT_IN and base_runs:
+            out.append((key, variant_runs, base_runs))
+    return out
+
+
 def compare_variants(rows: Sequence[Mapping[str, Any]], flops: str = "paper"
                      ) -> list[VariantComparison]:
     """Every variant (arch, point, group) that has built-in runs to pair with; empty when the
@@ -66,10 +78,7 @@ def compare_variants(rows: Sequence[Mapping[str, Any]], flops: str = "paper"
         if run.final_perplexity is not None:
             cells[(arch, run.point, run.group)][seed if seed is not None else name] = run
     out = []
-    for (arch, point, group), variant_runs in sorted(cells.items()):
-        base_runs = cells.get((BUILT_IN, point, group))
-        if arch == BUILT_IN or not base_runs:
-            continue
+    for (arch, point, group), variant_runs, base_runs in _against_built_in(cells):
         gap = paired_gap({s: r.final_perplexity for s, r in variant_runs.items()},
                          {s: r.final_perplexity for s, r in base_runs.items()})
         per_step = [[r.flops_per_step for r in side.values() if r.flops_per_step]
@@ -98,10 +107,7 @@ def compare_downstream(rows: Sequence[Mapping[str, Any]]) -> list[DownstreamComp
         arch, seed = r.get("arch") or BUILT_IN, r.get("pretrain_seed")
         cells[(arch, r["point"], r["group"], task)][seed if seed is not None else name] = r
     out = []
-    for (arch, point, group, task), variant_runs in sorted(cells.items()):
-        base_runs = cells.get((BUILT_IN, point, group, task))
-        if arch == BUILT_IN or not base_runs:
-            continue
+    for (arch, point, group, task), variant_runs, base_runs in _against_built_in(cells):
         scores = [{s: float(r["score"]) for s, r in side.items()}
                   for side in (variant_runs, base_runs)]
         seeds = min(int(r.get("score_n") or len(r.get("seeds") or ())) for side in

@@ -147,13 +147,18 @@ def finetune_jobs(sweep: ml_collections.ConfigDict, run: Run, root: RunPath | Sw
     layout = root if isinstance(root, SweepLayout) else SweepLayout(root)
     pre_dir = layout.pretrain_dir(run.name)
     inits = INITS if sweep.finetune_init == "both" else (sweep.finetune_init,)
+
+    def job_config(task: str, init: str) -> ml_collections.ConfigDict:
+        config = finetune_run_config(sweep, task, pre_dir)
+        config.init.mode = init
+        take_checkpoint_arch(config, run.config.model.arch)
+        return config
+
     jobs = []
     for task in sweep.finetune_tasks:
         if "pretrained" in inits:
             for fraction in tuple(sweep.finetune_checkpoints) or (None,):
-                config = finetune_run_config(sweep, task, pre_dir)
-                config.init.mode = "pretrained"
-                take_checkpoint_arch(config, run.config.model.arch)
+                config = job_config(task, "pretrained")
                 if fraction is not None:
                     fraction = float(fraction)
                     step = max(1, round(fraction * int(run.config.train.num_steps)))
@@ -162,9 +167,7 @@ def finetune_jobs(sweep: ml_collections.ConfigDict, run: Run, root: RunPath | Sw
                 jobs.append(FinetuneJob(task, "pretrained", layout.finetune_dir(
                     run.name, task, "pretrained", fraction, len(inits) > 1), config, fraction))
         if "random" in inits:
-            config = finetune_run_config(sweep, task, pre_dir)
-            config.init.mode = "random"
-            take_checkpoint_arch(config, run.config.model.arch)
+            config = job_config(task, "random")
             workdir = (layout.twin_dir(twin_key(run, config), task) if sweep.finetune_checkpoints
                        else layout.finetune_dir(run.name, task, "random", None, len(inits) > 1))
             jobs.append(FinetuneJob(task, "random", workdir, config))

@@ -19,6 +19,7 @@ the masked positions; Hugging Face evaluates it everywhere, as its API does.
 
 from __future__ import annotations
 
+import re
 import time
 
 import jax
@@ -29,6 +30,7 @@ from minilm_jax.model import accounting
 from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.configs import pretrain as pretrain_recipe
 from minilm_jax.model.sizes import resolve_point
+from minilm_jax.settings.mlm_cap import effective_max_predictions
 from minilm_jax.storage import atomic_write_json
 from minilm_jax.train.checkpoint import abstract_like
 from minilm_jax.train.mesh import make_mesh
@@ -43,12 +45,94 @@ def synthetic_tokens(batch: int, seq_len: int, vocab: int, seed: int = 0) -> np.
     return tokens
 
 
+# Instructions of an optimized HLO module that launch nothing: values, views, tuples, ordering
+# tokens and the second halves of asynchronous pairs (the ``-start`` half is the launch).
+_NOT_LAUNCHED = frozenset({
+    "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
+    "add-dependency", "opt-barrier", "domain", "partition-id", "replica-id", "async-update"})
+_COMPUTATION = re.compile(r"^(ENTRY )?%?([^\s(]+) \(.*\) -> .*\{$")
+_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%?[^\s=]+ = (.*)$")
+_CALLED = re.compile(r"\b(body|condition|to_apply|true_computation|false_computation)=%?([^\s,}]+)")
+_BRANCHES = re.compile(r"\bbranch_computations=\{([^}]*)\}")
+
+
+def _opcode(rhs: str) -> tuple[str, str]:
+    """(opcode, attributes text) of an instruction's right-hand side ``shape opcode(operands), ...``
+    (a tuple shape is parenthesised and may hold spaces)."""
+    start = 0
+    if rhs.startswith("("):
+        depth = 0
+        for start, char in enumerate(rhs):
+            depth += (char == "(") - (char == ")")
+            if depth == 0:
+                break
+    rest = rhs[rhs.index(" ", start) + 1:]
+    opcode = rest[:rest.index("(")]
+    return opcode, rest
+
+
+def kernels_per_step(hlo_text: str) -> int:
+    """Kernel launches of one run of an optimized HLO module (``compiled.as_text()`` or XLA's
+    ``*after_optimizations.txt`` dump). The rule: every instruction of the entry computation counts
+    one (a fusion, a custom call such as a cuBLAS GEMM or a Pallas kernel, a collective, a copy, an
+    unfused op), except those in ``_NOT_LAUNCHED`` and the ``*-done`` halves of asynchronous pairs;
+    a ``while`` counts its condition's and its body's launches once each (not times the trip count,
+    as XLA's cost analysis counts a loop body once, so a dispatch that scans K steps counts one
+    step), a ``conditional`` its largest branch's, a ``call`` its callee's (XLA:GPU's command
+    buffers are calls). Computations called inside a fusion or as a reducer launch nothing."""
+    computations: dict[str, list[tuple[str, str]]] = {}
+    entry, current = None, None
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line)
+        if header:
+            current = computations.setdefault(header[2], [])
+            entry = header[2] if header[1] else entry
+            continue
+        if line.startswith("}"):
+            current = None
+        elif current is not None and (instruction := _INSTRUCTION.match(line)):
+            current.append(_opcode(instruction[1]))
+    if entry is None:
+        raise ValueError("no ENTRY computation in this HLO text")
+    counted: dict[str, int] = {}
+
+    def launches(name: str) -> int:
+        if name not in counted:
+            counted[name] = 0  # a computation that calls itself counts once
+            total = 0
+            for opcode, rest in computations.get(name, []):
+                called = dict((key, value) for key, value in _CALLED.findall(rest))
+                if opcode == "while":
+                    total += launches(called["condition"]) + launches(called["body"])
+                elif opcode == "conditional":
+                    branches = _BRANCHES.search(rest)
+                    names = ([b.strip().lstrip("%") for b in branches[1].split(",")] if branches
+                             else [called["true_computation"], called["false_computation"]])
+                    total += max(launches(b) for b in names)
+                elif opcode == "call":
+                    total += launches(called["to_apply"])
+                elif opcode not in _NOT_LAUNCHED and not opcode.endswith("-done"):
+                    total += 1
+            counted[name] = total
+        return counted[name]
+
+    return launches(entry)
+
+
+def compiled_kernels(jitted, *args) -> int:
+    """:func:`kernels_per_step` of ``jitted`` compiled for ``args`` (after :func:`compiled_cost`
+    of the same arguments, JAX returns the compiled executable without compiling again)."""
+    return kernels_per_step(jitted.lower(*args).compile().as_text())
+
+
 def step_roofline(step_fn, state, data, step_seconds: float, peak: float) -> dict[str, float]:
-    """:func:`~minilm_jax.train.throughput.roofline` of one optimizer step of ``step_fn``. XLA's
-    cost analysis counts a loop body once, so the cost of a dispatch that scans several steps is
-    already one step's (on an H100: 0.71 GB at 1 and at 8 steps per dispatch)."""
-    return roofline(step_seconds, compiled_cost(step_fn, state, data), peak,
-                    measured_copy_bandwidth())
+    """:func:`~minilm_jax.train.throughput.roofline` of one optimizer step of ``step_fn``, and its
+    kernel launches (:func:`kernels_per_step`). XLA's cost analysis counts a loop body once, so the
+    cost of a dispatch that scans several steps is already one step's (on an H100: 0.71 GB at 1
+    and at 8 steps per dispatch)."""
+    return {**roofline(step_seconds, compiled_cost(step_fn, state, data), peak,
+                       measured_copy_bandwidth()),
+            "kernels_per_step": compiled_kernels(step_fn, state, data)}
 
 
 def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
@@ -68,7 +152,8 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
     cost_state = abstract_like(state)
     metrics, elapsed, dispatches = timed(program.train_step, state, data, steps, k, min_seconds)
     seqs_s = dispatches * k * batch / elapsed
-    flops = accounting.train_flops_per_sequence(cfg, num_predictions=config.mlm.max_predictions)
+    flops = accounting.train_flops_per_sequence(
+        cfg, num_predictions=effective_max_predictions(config.mlm, cfg.max_len))
     peak = measured_matmul_peak("bfloat16" if dtype == "bfloat16" else "float32")
     step_s = elapsed / (dispatches * k)
     return {"impl": "minilm-jax", "point": cfg.point, "batch": batch, "dtype": dtype,
@@ -126,7 +211,8 @@ def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
     metrics, elapsed, dispatches = timed(program.train_step, state, data, steps,
                                          steps_per_dispatch, min_seconds)
     seqs_s = dispatches * steps_per_dispatch * batch * members / elapsed
-    flops = accounting.train_flops_per_sequence(cfg, num_predictions=config.mlm.max_predictions)
+    flops = accounting.train_flops_per_sequence(
+        cfg, num_predictions=effective_max_predictions(config.mlm, cfg.max_len))
     peak = measured_matmul_peak("bfloat16" if dtype == "bfloat16" else "float32")
     step_s = elapsed / (dispatches * steps_per_dispatch)
     return {"members": members, "impl": members_strategy(impl), "point": cfg.point,
@@ -199,7 +285,7 @@ def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per
     ``tokens_per_run`` tokens (one epoch of the paper's corpus: 1.16e9) per run. With ``seeds`` > 1
     every run is ``seeds`` pre-training seeds packed into one population (``impl``): its time is
     measured as such and compared with the one-seed time of the point."""
-    from minilm_jax.recipes import load_config_file
+    from minilm_jax.settings.recipes import load_config_file
     from minilm_jax.sweep import expand
 
     runs = expand(load_config_file(sweep_spec))
@@ -232,10 +318,11 @@ def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per
 
 
 def bytes_text(row: dict) -> str:
-    """A step's memory figures on one line: bytes and XLA FLOPs per step, achieved bandwidth,
-    the roofline bound and which side bounds it."""
+    """A step's memory figures on one line: bytes, XLA FLOPs and kernel launches per step,
+    achieved bandwidth, the roofline bound and which side bounds it."""
     return (f"{row['bytes_per_step'] / 1e9:7.3f} GB/step  {row['xla_flops_per_step'] / 1e9:8.2f} "
-            f"GFLOP/step (XLA)  {row['achieved_bytes_per_sec'] / 1e12:5.2f} TB/s of "
+            f"GFLOP/step (XLA)  {row['kernels_per_step']} kernels/step  "
+            f"{row['achieved_bytes_per_sec'] / 1e12:5.2f} TB/s of "
             f"{row['bandwidth_measured'] / 1e12:.2f}  roofline {row['roofline_ms']:.3f} ms "
             f"({row['bound']})")
 
@@ -265,6 +352,31 @@ def members_table(point: str, counts: list[int], batch: int, steps: int, dtype: 
               f"{bytes_text(row)}", flush=True)
         rows.append(row)
     return {"device": str(jax.devices()[0]), "jax": jax.__version__, "alone": alone, "rows": rows}
+
+
+def refuse_flags_out_of_range(parser, args) -> None:
+    """Refuse every numeric flag outside its range, and a --members list that is not counts,
+    before anything is built or timed: one ``error:`` line (the parser's) naming each."""
+    import math
+
+    at_least = {"batch": 1, "steps": 1, "steps_per_dispatch": 1, "sweep_seeds": 1, "threads": 0,
+                "sweep_limit": 0}
+    problems = [f"--{name}={getattr(args, name)}: must be >= {low}"
+                for name, low in at_least.items() if getattr(args, name) < low]
+    if not (math.isfinite(args.min_seconds) and args.min_seconds >= 0):
+        problems.append(f"--min_seconds={args.min_seconds}: must be a finite number >= 0")
+    if not (math.isfinite(args.sweep_tokens) and args.sweep_tokens > 0):
+        problems.append(f"--sweep_tokens={args.sweep_tokens}: must be a finite number > 0")
+    if args.members:
+        try:
+            counts = [int(x) for x in args.members.split(",") if x.strip()]
+        except ValueError:
+            counts = []
+        if not counts or min(counts) < 1:
+            problems.append(f"--members={args.members!r}: expected population sizes >= 1, "
+                            "such as 1,4,16")
+    if problems:
+        parser.error("; ".join(problems))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members_impl", default="auto", choices=["auto", "vmap", "map"],
                         help="how members run together (auto: map on CPU, vmap elsewhere)")
     args = parser.parse_args(argv)
+    refuse_flags_out_of_range(parser, args)
     if args.members:
         try:
             counts = [int(x) for x in args.members.split(",") if x]

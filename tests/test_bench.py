@@ -38,7 +38,107 @@ def test_ours_and_sweep_projection(capsys, tmp_path):
                                      limit=1, min_seconds=0)
     assert len(projection["rows"]) == 1 and projection["hours"] > 0
     assert projection["rows"][0]["point"] == POINT
-    assert "projected pre-training time" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "projected pre-training time" in printed
+    # what the device check reads of a projection cut short: the rows printed so far
+    from minilm_jax.device_check.measuring import printed_sweep_rows
+
+    assert printed_sweep_rows(printed) == [(POINT, pytest.approx(projection["hours"], abs=5e-4))]
+
+
+def test_kernels_per_step_counts_a_known_program():
+    """Two matmuls with a tanh between them compile on the CPU to three kernels (the dots do not
+    fuse with each other); an XLA dump of the same program counts the same."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.ShapeDtypeStruct((64, 64), jnp.float32)
+    jitted = jax.jit(lambda a, b, c: jnp.tanh(a @ b) @ c)
+    assert bench.compiled_kernels(jitted, x, x, x) == 3
+    assert bench.kernels_per_step(jitted.lower(x, x, x).compile().as_text()) == 3
+
+
+# An optimized module written by hand: what the rule counts is known by construction.
+HAND_HLO = """HloModule hand, is_scheduled=true
+
+%fused (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0)
+  ROOT %e = f32[8]{0} exponential(%p)
+}
+
+%cond (t: (s32[], f32[8])) -> pred[] {
+  %t = (s32[], f32[8]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %n = s32[] constant(4)
+  ROOT %lt = pred[] fusion(%i, %n), kind=kLoop, calls=%fused
+}
+
+%body (t.1: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %t.1 = (s32[], f32[8]{0}) parameter(0)
+  %i.1 = s32[] get-tuple-element(%t.1), index=0
+  %v = f32[8]{0} get-tuple-element(%t.1), index=1
+  %next = s32[] fusion(%i.1), kind=kLoop, calls=%fused
+  %w = f32[8]{0} custom-call(%v), custom_call_target="__gpu$xla.gpu.triton"
+  ROOT %out = (s32[], f32[8]{0}) tuple(%next, %w)
+}
+
+%small (a: f32[8]) -> f32[8] {
+  %a = f32[8]{0} parameter(0)
+  ROOT %x = f32[8]{0} fusion(%a), kind=kLoop, calls=%fused
+}
+
+%large (b: f32[8]) -> f32[8] {
+  %b = f32[8]{0} parameter(0)
+  %y = f32[8]{0} fusion(%b), kind=kLoop, calls=%fused
+  %z = f32[8]{0} copy(%y)
+  ROOT %s = f32[8]{0} sort(%z), dimensions={0}, to_apply=%fused
+}
+
+%graph (c: f32[8]) -> f32[8] {
+  %c = f32[8]{0} parameter(0)
+  %g1 = f32[8]{0} fusion(%c), kind=kLoop, calls=%fused
+  ROOT %g2 = f32[8]{0} fusion(%g1), kind=kLoop, calls=%fused
+}
+
+ENTRY %main (p0: f32[8], k: s32[]) -> (f32[8], f32[8]) {
+  %p0 = f32[8]{0} parameter(0)
+  %k = s32[] parameter(1)
+  %zero = s32[] constant(0)
+  %view = f32[8]{0} bitcast(%p0)
+  %init = (s32[], f32[8]{0}) tuple(%zero, %view)
+  %loop = (s32[], f32[8]{0}) while(%init), condition=%cond, body=%body
+  %after = f32[8]{0} get-tuple-element(%loop), index=1
+  %branch = f32[8]{0} conditional(%k, %after, %after), branch_computations={%small, %large}
+  %ar = f32[8]{0} all-reduce-start(%branch), replica_groups={}, to_apply=%fused
+  %ard = f32[8]{0} all-reduce-done(%ar)
+  %cs = (f32[8]{0}, f32[8]{0}, u32[]) copy-start(%ard)
+  %cd = f32[8]{0} copy-done(%cs)
+  %cb = f32[8]{0} call(%cd), to_apply=%graph
+  ROOT %r = (f32[8]{0}, f32[8]{0}) tuple(%cb, %cd)
+}
+"""
+
+
+def test_kernels_per_step_follows_its_rule_on_a_hand_written_module():
+    # while: condition 1 + body 2 (fusion, Pallas custom call); conditional: the larger branch 3
+    # (fusion, copy, sort); all-reduce-start 1 and copy-start 1 (their -done halves none); the
+    # call's graph 2; parameters, constants, bitcasts, tuples and get-tuple-elements none.
+    assert bench.kernels_per_step(HAND_HLO) == 1 + 2 + 3 + 1 + 1 + 2
+    with pytest.raises(ValueError, match="no ENTRY"):
+        bench.kernels_per_step(HAND_HLO.replace("ENTRY ", ""))
+
+
+def test_kernels_per_step_of_a_train_step_is_positive_and_one_step_per_dispatch():
+    """The train step's count, printed beside bytes and FLOPs, is one step's at any number of
+    steps per dispatch (a scan's body counts once): 2 and 3 steps give the same count."""
+    counts = [bench.bench_ours(POINT, batch=4, steps=k, dtype="float32", steps_per_dispatch=k,
+                               attention="einsum", min_seconds=0)["kernels_per_step"]
+              for k in (2, 3)]
+    assert counts[0] > 0 and counts[0] == counts[1]
+    row = {"bytes_per_step": 1e9, "xla_flops_per_step": 2e9, "kernels_per_step": counts[0],
+           "achieved_bytes_per_sec": 1e12, "bandwidth_measured": 2e12, "roofline_ms": 1.0,
+           "bound": "memory"}
+    assert f"{counts[0]} kernels/step" in bench.bytes_text(row)
 
 
 def test_hugging_face_side_runs_on_the_same_config():

@@ -1,0 +1,149 @@
+"""The measurements: a tree's bench run (echoed, logged, killed at its timeout), kernels per step
+from XLA's dumps, each figure on each side within the budget, and the sweep projection."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from minilm_jax.device_check.targets import Figure, Sweep, sweep_spec
+from minilm_jax.device_check.trees import CHILD_ENV, RUNNER, Side, side_args, side_env
+
+
+def run_bench(side: Side, args: list[str], timeout: float, log,
+              extra_env: dict[str, str] | None = None) -> tuple[str, float, str]:
+    """``python -m minilm_jax.bench ARGS`` of ``side``, its output echoed and logged line by line,
+    its process group killed after ``timeout`` s: (``ok`` | ``failed (exit N)`` | ``timed out
+    after N s``, seconds, output)."""
+    print(f"-- {side.name}: python -m minilm_jax.bench {shlex.join(args)}", flush=True)
+    log.write(f"-- {side.name} ({side.label}): {shlex.join(args)}\n")
+    start, lines = time.monotonic(), []
+    process = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(side.tree), "minilm_jax.bench", *args], cwd=side.tree,
+        env=side_env(side, extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+
+    def pump() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            log.write(f"[{side.name}] {line}")
+            print(f"   [{side.name}] {line}", end="", flush=True)
+
+    def stop() -> None:  # the run and whatever it started (it has a process group of its own)
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 30)):
+            try:
+                os.killpg(process.pid, sig)
+                process.wait(timeout=grace)
+                return
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        process.wait(timeout=timeout)
+        status = "ok" if process.returncode == 0 else f"failed (exit {process.returncode})"
+    except subprocess.TimeoutExpired:
+        stop()
+        status = f"timed out after {timeout:.0f} s"
+    except BaseException:  # Ctrl-C or SIGTERM: no run is left holding the accelerator
+        stop()
+        raise
+    reader.join(timeout=5)
+    return status, time.monotonic() - start, "".join(lines)
+
+
+def dumped_kernels(folder: Path) -> int | None:
+    """Kernels per step of the first train step XLA dumped into ``folder``."""
+    from minilm_jax.bench import kernels_per_step
+
+    dumps = sorted(folder.glob("*train_step*after_optimizations.txt"))
+    return kernels_per_step(dumps[0].read_text()) if dumps else None
+
+
+def measure(sides: list[Side], figs: list[Figure], sweep_min_s: float, deadline: float,
+            scratch: Path, log) -> tuple[dict[tuple[str, str], dict[str, float]], list[dict]]:
+    """Each figure on each side: a run gets at most its timeout and the budget less what the runs
+    after it need at least; one left less than its own least is skipped. Returns the values by
+    (figure, side) and what became of each run."""
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    runs: list[dict] = []
+    tasks = [(fig, side) for fig in figs for side in sides]
+    for i, (fig, side) in enumerate(tasks):
+        later = sum(f.min_s for f, _ in tasks[i + 1:]) + 2 * sweep_min_s
+        left = deadline - time.monotonic()
+        timeout = min(fig.timeout_s, left - later)
+        if timeout < fig.min_s:
+            runs.append({"figure": fig.name, "side": side.name, "status": f"skipped: {left:.0f} "
+                         f"s of the budget left, {later:.0f} s kept for what follows"})
+            print(f"-- {side.name}: {fig.name} skipped (would not fit the budget)", flush=True)
+            continue
+        out, dump = scratch / f"{i}.json", scratch / f"dump-{i}"
+        env = {"JAX_ENABLE_COMPILATION_CACHE": "false",  # a step read from the cache is not dumped
+               "XLA_FLAGS": f"{CHILD_ENV.get('XLA_FLAGS', '')} --xla_dump_to={dump} "
+                            "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*train_step.*"}
+        status, seconds, _ = run_bench(side, [*fig.args, *side_args(side), "--json", str(out)],
+                                       timeout, log, env if fig.dump else None)
+        got: dict[str, float] = {}
+        if status == "ok":
+            try:
+                got = fig.read(json.loads(out.read_text()))
+                if fig.dump:
+                    got["kernels_per_step"] = dumped_kernels(dump)
+            except (OSError, ValueError, KeyError, IndexError) as err:
+                status = f"ok, but its JSON lacks a figure ({type(err).__name__}: {err})"
+        shutil.rmtree(dump, ignore_errors=True)
+        values[(fig.name, side.name)] = {k: v for k, v in got.items() if v is not None}
+        runs.append({"figure": fig.name, "side": side.name, "status": status,
+                     "seconds": round(seconds, 1)})
+    return values, runs
+
+
+SWEEP_ROW = re.compile(r"^(\S+)\s+[\d,]+ tokens/s\s+MFU\s+[\d.]+%\s+([\d.]+) h"
+                       r"(?:\s+\|\s+\d+ seeds packed:\s+[\d,]+ tokens/s\s+([\d.]+) h)?")
+
+
+def printed_sweep_rows(output: str) -> list[tuple[str, float]]:
+    """(point, projected hours) of each point a sweep projection printed: what a run cut short
+    leaves (its JSON is written at the end only)."""
+    matches = (SWEEP_ROW.match(line.strip()) for line in output.splitlines())
+    return [(m[1], float(m[3] or m[2])) for m in matches if m]
+
+
+def measure_sweep(sides: list[Side], sweep: Sweep, deadline: float, scratch: Path,
+                  log) -> tuple[dict[str, list[tuple[str, float]]], list[dict]]:
+    """The sweep projection: this tree first with half the time left (every point if they fit),
+    then the baseline with the rest, at most the points this tree measured."""
+    measured: dict[str, list[tuple[str, float]]] = {}
+    runs: list[dict] = []
+    for side in sorted(sides, key=lambda s: s.name != "now"):
+        left = deadline - time.monotonic()
+        if (left / 2 if side.name == "now" else left) < sweep.min_s:
+            runs.append({"figure": "sweep", "side": side.name,
+                         "status": f"skipped: {left:.0f} s of the budget left"})
+            print(f"-- {side.name}: the sweep projection skipped (would not fit)", flush=True)
+            continue
+        limit = sweep.limit if side.name == "now" else len(measured.get("now", [])) or sweep.limit
+        spec = sweep_spec(sweep, side.tree)
+        out = scratch / f"sweep-{side.name}.json"
+        status, seconds, output = run_bench(side, [
+            "--sweep", spec, "--sweep_seeds", str(sweep.seeds), *sweep.args,
+            *(["--sweep_limit", str(limit)] if limit else []), *side_args(side),
+            "--json", str(out)], left / 2 if side.name == "now" else left, log)
+        try:
+            rows = [(r["point"], float(r["hours"])) for r in json.loads(out.read_text())["rows"]]
+        except (OSError, ValueError, KeyError):
+            rows = printed_sweep_rows(output)
+        measured[side.name] = rows
+        runs.append({"figure": "sweep", "side": side.name, "status": status,
+                     "seconds": round(seconds, 1), "points": len(rows)})
+    return measured, runs

@@ -1,0 +1,115 @@
+"""The figures measured, each a ``python -m minilm_jax.bench`` call per tree, and their targets;
+the sweep projection's spec and its points."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+QUICK_SWEEP = '''from minilm_jax.configs.sweep import smoke
+
+
+def get_config():  # two tiny points
+    c = smoke()
+    c.bases, c.vocab_size = ("a=E16-H16-I32-L1-A2", "b=E16-H16-I64-L1-A2"), 300
+    return c
+'''
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure's value: its JSON key, what it is, the target (``at_least`` or at most)."""
+    key: str
+    what: str
+    limit: float
+    at_least: bool
+    show: Callable[[float], str]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One ``python -m minilm_jax.bench`` call per side; ``read`` takes its values from its JSON.
+    ``min_s``: the least time it is started with; ``dump``: count the kernels XLA dumps."""
+    name: str
+    args: tuple[str, ...]
+    timeout_s: float
+    min_s: float
+    targets: tuple[Target, ...]
+    read: Callable[[dict[str, Any]], dict[str, float]]
+    dump: bool = False
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The sweep projection: its name, spec (relative to a tree, or a file of its own), seeds
+    packed per run, the first points only (0: all), bench options, least time per side, target."""
+    name: str
+    spec: str
+    seeds: int
+    limit: int
+    args: tuple[str, ...]
+    min_s: float
+    target: Target
+
+
+def _rate(v: float) -> str:
+    return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,.0f}"
+
+
+def _members(result: dict[str, Any]) -> dict[str, float]:
+    row = result["rows"][-1]
+    return {"tokens_per_sec": row["tokens_per_sec"],
+            "bytes_per_member": row["bytes_per_step"] / row["members"]}
+
+
+def figures(quick: bool, scratch: Path) -> tuple[list[Figure], Sweep]:
+    """The figures: batch 256 x 128 per member, bf16; with ``quick`` a tiny point at batch 2, the
+    output layer's Pallas kernels (interpreted off a GPU), 2 members, 2 sweep points."""
+    if quick:
+        (scratch / "quick_sweep.py").write_text(QUICK_SWEEP)
+        one = large = "E16-H16-I32-L1-A2-V300"
+        names = (f"{one} one run", f"{one} x 2 members", f"{large} one run, as base-large")
+        members, seeds, limit, spec = 2, 2, 2, str(scratch / "quick_sweep.py")
+        size = ("--batch", "2", "--steps", "1", "--min_seconds", "0")
+        common, sweep_size = (*size, "--loss_impl", "kernel"), size
+        long_s, short_s = 150.0, 10.0
+    else:
+        one, large, members, seeds, limit, spec = "paper-1.25m", "base-large", 16, 3, 0, \
+            "configs/sweep.py:paper"
+        common = ("--batch", "256", "--steps", "50")
+        sweep_size = ("--batch", "256", "--steps", "30", "--min_seconds", "0.5")
+        long_s, short_s = 180.0, 30.0
+        names = (f"{one} one run", f"{one} x {members} members", f"{large} one run")
+    common = ("--dtype", "bfloat16", *common)
+    return [
+        Figure(names[0], ("--point", one, *common), long_s, short_s, (
+            Target("tokens_per_sec", "tokens/s", 40e6, True, _rate),
+            Target("kernels_per_step", "kernels per step", 60, False, lambda v: f"{v:.0f}")),
+            lambda r: {"tokens_per_sec": r["ours"]["tokens_per_sec"]}, dump=True),
+        Figure(names[1], ("--point", one, "--members", str(members), *common),
+               long_s, short_s * 1.5, (
+            Target("tokens_per_sec", "aggregate tokens/s", 150e6, True, _rate),
+            Target("bytes_per_member", "bytes accessed per member", 0.25e9, False,
+                   lambda v: f"{v / 1e9:.3f} GB")), _members),
+        Figure(names[2], ("--point", large, *common), long_s, short_s * 1.5, (
+            Target("mfu", "MFU", 0.30, True, lambda v: f"{100 * v:.1f}%"),),
+            lambda r: {"mfu": r["ours"]["mfu"]})], Sweep(
+        "quick sweep" if quick else "paper sweep", spec, seeds, limit,
+        ("--dtype", "bfloat16", *sweep_size), short_s * 1.5,
+        Target("hours", f"projected device-hours, {seeds} seeds", 3.0, False,
+               lambda v: f"{v:.2f} h"))
+
+
+def sweep_spec(sweep: Sweep, tree: Path) -> str:
+    """The sweep's spec as ``tree`` runs it (a spec of its own file stays as it is)."""
+    return sweep.spec if os.path.isabs(sweep.spec) else f"{tree}/{sweep.spec}"
+
+
+def sweep_points(spec: str) -> int:
+    """The distinct model points of a sweep (what its projection measures)."""
+    from minilm_jax.settings.recipes import load_config_file
+    from minilm_jax.sweep import expand
+
+    return len({run.point for run in expand(load_config_file(spec))})

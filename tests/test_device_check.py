@@ -1,0 +1,184 @@
+"""``launch/device_check.sh``: its CPU quick mode end to end against ``HEAD`` (every figure measured
+on both sides, numbers checked), and its prerequisites refusing in one ``error:`` line.
+
+The command checks the baseline out with ``git worktree add``, so these tests run it in a
+throwaway repository: a clone of this one (HEAD's commits) holding this working tree's files, so
+that "now" is the tree as it is (uncommitted changes included) and the baseline ``HEAD`` is the
+last commit, as when the command runs in a checkout with work in progress."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minilm_jax.device_check.measuring import printed_sweep_rows, run_bench
+from minilm_jax.device_check.prerequisites import pallas_names, pallas_problem
+from minilm_jax.device_check.trees import Side
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
+                                reason="needs git and this repository's history")
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """A clone of this repository (sharing its objects) whose files are this working tree's."""
+    copy = tmp_path / "repo"
+    git(tmp_path, "clone", "--quiet", "--shared", "--no-checkout", str(REPO), str(copy))
+    listed = git(REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    git(copy, "read-tree", "HEAD")  # the index of HEAD: uncommitted changes show as such
+    return copy
+
+
+def run_command(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "launch/device_check.sh", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=900,
+                          env={**os.environ, "PYTHON": sys.executable, "DEVICE_CHECK_QUICK": "1",
+                               **env})
+
+
+def worktrees(repo: Path) -> list[str]:
+    return [line for line in git(repo, "worktree", "list", "--porcelain").splitlines()
+            if line.startswith("worktree ")]
+
+
+def test_quick_mode_measures_every_figure_on_both_sides(repo_copy, tmp_path):
+    out = tmp_path / "out"
+    result = run_command(repo_copy, "HEAD", OUT=str(out))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = json.loads((out / "device_check.json").read_text())
+    assert report["quick"] and report["complete"]
+    head = git(repo_copy, "rev-parse", "HEAD").strip()
+    assert report["baseline"]["commit"] == report["now"]["commit"] == head
+    assert report["baseline"]["label"] == head[:12]
+    # one run (tokens/s, kernels), two members (tokens/s, bytes), the MFU row, the sweep
+    assert [row["key"] for row in report["figures"]] == [
+        "tokens_per_sec", "kernels_per_step", "tokens_per_sec", "bytes_per_member", "mfu", "hours"]
+    for row in report["figures"]:
+        for side in ("baseline", "now"):
+            assert isinstance(row[side], (int, float)) and row[side] > 0, (row, side)
+        expected = row["now"] >= row["target"] if row["at_least"] else row["now"] <= row["target"]
+        assert row["met"] == expected, row
+    kernels = report["figures"][1]
+    assert all(float(kernels[s]).is_integer() for s in ("baseline", "now"))
+    assert all(0 < report["figures"][4][s] < 1 for s in ("baseline", "now"))  # MFU, a fraction
+    sweep = report["figures"][5]
+    assert sweep["points"] == {"total": 2, "both": 2, "now": 2, "baseline": 2}
+    assert {run["status"] for run in report["runs"]} == {"ok"} and len(report["runs"]) == 8
+
+    # The kernels of "now" (counted in the step XLA dumped in the bench process) are those of the
+    # same step compiled here and counted from compiled.as_text().
+    from minilm_jax import bench
+
+    here = bench.bench_ours("E16-H16-I32-L1-A2-V300", batch=2, steps=1, dtype="bfloat16",
+                            steps_per_dispatch=1, attention="einsum", min_seconds=0,
+                            loss_impl="kernel")
+    assert kernels["now"] == here["kernels_per_step"]
+
+    # The printed and written table hold every row with both sides' numbers.
+    table = (out / "device_check.txt").read_text()
+    assert table in result.stdout
+    lines = table.splitlines()
+    assert len(lines) == 7 and "baseline" in lines[0] and "now" in lines[0]
+    for line, row in zip(lines[1:], report["figures"]):
+        assert line.startswith(f"{row['figure']}: {row['what']}")
+        assert "not measured" not in line and line.split()[-1] == ("yes" if row["met"] else "no")
+    assert f"{kernels['baseline']:.0f}" in lines[2] and f"{kernels['now']:.0f}" in lines[2]
+    assert worktrees(repo_copy) == [f"worktree {repo_copy}"]  # the baseline's worktree is gone
+
+
+def test_a_baseline_commit_not_in_the_repository_is_one_error_line(tmp_path):
+    result = run_command(REPO, "0123456789abcdef0123", OUT=str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: baseline commit '0123456789abcdef0123' is not in this repository"]
+    assert not (tmp_path / "device_check.json").exists()
+
+
+def test_a_pallas_name_this_jax_lacks_is_one_error_line(repo_copy, tmp_path):
+    """A kernel module using a name Pallas does not have (and ``pl.dot``, deprecated in jax 0.10
+    and gone in 0.11, the first device run's failure) stops the command before any measurement."""
+    (repo_copy / "minilm_jax" / "model" / "old_kernel.py").write_text(
+        "from jax.experimental import pallas as pl\n\n\n"
+        "def kernel(x_ref, o_ref):\n"
+        "    o_ref[...] = pl.dot(x_ref[...], x_ref[...])\n"
+        "    pl.no_such_primitive(o_ref)\n")
+    result = run_command(repo_copy, "HEAD", OUT=str(tmp_path))
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: jax "), lines
+    assert "now:minilm_jax/model/old_kernel.py:6 jax.experimental.pallas.no_such_primitive: " \
+           "missing" in lines[0]
+    assert "old_kernel.py:5 jax.experimental.pallas.dot:" in lines[0]
+    assert "xent_kernel" not in lines[0]  # the project's own kernels use what this JAX has
+    assert not (tmp_path / "device_check.json").exists()
+    assert worktrees(repo_copy) == [f"worktree {repo_copy}"]
+
+
+def test_pallas_names_resolve_aliases_and_nested_imports():
+    source = ("import jax\nfrom jax.experimental import pallas as pl\n"
+              "import jax.experimental.pallas as pallas_module\n\n\n"
+              "def f():\n    from jax.experimental.pallas import triton as plgpu\n"
+              "    return plgpu.CompilerParams, pl.BlockSpec, pl.tpu.VMEM, pallas_module.ds, "
+              "jax.experimental.pallas.program_id, jax.numpy.dot\n")
+    assert pallas_names(source) == {
+        "jax.experimental.pallas": 2, "jax.experimental.pallas.triton": 7,
+        "jax.experimental.pallas.triton.CompilerParams": 8,
+        "jax.experimental.pallas.BlockSpec": 8, "jax.experimental.pallas.tpu": 8,
+        "jax.experimental.pallas.tpu.VMEM": 8, "jax.experimental.pallas.ds": 8,
+        "jax.experimental.pallas.program_id": 8}
+    assert pallas_problem("jax.experimental.pallas.BlockSpec") is None
+    assert pallas_problem("jax.experimental.pallas.no_such_name") == "missing"
+
+
+def test_a_budget_too_small_skips_every_figure_and_says_so(repo_copy, tmp_path):
+    result = run_command(repo_copy, "HEAD", OUT=str(tmp_path), DEVICE_CHECK_BUDGET_S="1")
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert not report["complete"] and len(report["runs"]) == 8
+    assert all(run["status"].startswith("skipped: ") for run in report["runs"])
+    assert all(row["baseline"] is None and row["now"] is None and row["met"] is None
+               for row in report["figures"])
+    assert (tmp_path / "device_check.txt").read_text().count("not measured") == 2 * 6
+
+
+def test_a_bench_run_past_its_timeout_is_killed_and_keeps_what_it_printed(tmp_path):
+    """A stand-in tree whose bench prints one sweep row and hangs: the run ends at its timeout,
+    killed with its process group, and the row it printed is read back."""
+    package = tmp_path / "tree" / "minilm_jax"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "bench.py").write_text(
+        "import subprocess, sys, time\n"
+        "print('E16-H16-I32-L1-A2-V300   1,234 tokens/s  MFU   0.9%   2.500 h  | 3 seeds packed:"
+        "   3,000 tokens/s   1.250 h (0.50x one seed)', flush=True)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    side = Side("now", tmp_path / "tree", "stand-in")
+    start = time.monotonic()
+    with open(tmp_path / "log", "w") as log:
+        status, seconds, output = run_bench(side, [], 3, log)
+    assert status == "timed out after 3 s" and 3 <= seconds < 60 and time.monotonic() - start < 60
+    assert printed_sweep_rows(output) == [("E16-H16-I32-L1-A2-V300", 1.25)]
+    grandchild = int(output.splitlines()[1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{grandchild}").exists() and \
+            "Z" not in Path(f"/proc/{grandchild}/stat").read_text().split()[2]:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{grandchild}").exists() or \
+        Path(f"/proc/{grandchild}/stat").read_text().split()[2] == "Z"

@@ -54,7 +54,7 @@ class SwiGLULayer(EncoderLayer):
 
 
 class UncountedSwiGLUEncoder(TransformerEncoder):
-    """SwiGLU without a count declaration: refused (its tree has more parameters)."""
+    """SwiGLU without a count declaration: its counts derived from its tree and trace."""
 
     layer_class = SwiGLULayer
     config_fields = {"ffn_scale": 1.0}
@@ -171,3 +171,38 @@ class RotaryEncoder(TransformerEncoder):
     @classmethod
     def counts_beyond_baseline(cls, cfg, seq_len):
         return accounting.VariantCounts(embedding_params=-cfg.num_positions * cfg.emb_dim)
+
+
+# ---------------------------------------------- ALiBi through the attention's score_bias hook
+def alibi_slopes(heads: int):
+    """Press et al. (2022): head h (0-based) gets 2^(-8 (h + 1) / A), a geometric sequence."""
+    return 2.0 ** (-8.0 / heads * jnp.arange(1, heads + 1, dtype=jnp.float32))
+
+
+class AlibiAttention(SelfAttention):
+    def score_bias(self, q_len, k_len):  # [A, Tq, Tk]: -slope x |i - j| (bidirectional)
+        distance = jnp.abs(jnp.arange(q_len)[:, None] - jnp.arange(k_len)[None, :])
+        return -alibi_slopes(self.cfg.num_heads)[:, None, None] * distance.astype(jnp.float32)
+
+
+class AlibiLayer(EncoderLayer):
+    attention_class = AlibiAttention
+
+
+class AlibiEncoder(TransformerEncoder):
+    """ALiBi in place of the learned position table (derived counts: the table's T x E less)."""
+
+    layer_class = AlibiLayer
+    position_table = False
+    torch_twin = "modeling_encoder_variants.py"  # its PyTorch module, for Hugging Face export
+
+
+# ------------------------------------------- cross-layer sharing through the make_layers hook
+class SharedLayerEncoder(TransformerEncoder):
+    """ALBERT-style: one layer's parameters applied num_layers times (derived counts: L - 1
+    layers' parameters less, the FLOPs of L layers)."""
+
+    torch_twin = "modeling_encoder_variants.py"  # its PyTorch module, for Hugging Face export
+
+    def make_layers(self, cfg, init, rngs):
+        return [self.layer_class(cfg, init, rngs)] * cfg.num_layers

@@ -1,4 +1,4 @@
-"""The PyTorch twins of two variants of ``tests/encoder_variants.py`` (their ``torch_twin``): a
+"""The PyTorch twins of four variants of ``tests/encoder_variants.py`` (their ``torch_twin``): a
 Hugging Face export of either ships this file beside minilm-jax's ``modeling_minilm.py``, which it
 imports relatively. Each twin subclasses minilm-jax's twin and overrides the hook its Flax variant
 overrides, its submodules named as the Flax ones (``minilm.layers.0.ffn.gate.weight`` is
@@ -90,3 +90,46 @@ class RotaryEncoderForMaskedLM(MinilmForMaskedLM):
 
 class RotaryEncoderForSequenceClassification(MinilmForSequenceClassification):
     encoder_class = RotaryEncoderModel
+
+
+# ---------------------------------------------- ALiBi through the attention's score_bias hook
+class AlibiAttention(MinilmAttention):
+    def score_bias(self, q_len: int, k_len: int) -> torch.Tensor:
+        """encoder_variants.AlibiAttention's [A, Tq, Tk]: -slope_h x |i - j|,
+        slope_h = 2^(-8 (h + 1) / A)."""
+        device = self.query.weight.device
+        slopes = 2.0 ** (-8.0 / self.heads * torch.arange(1, self.heads + 1, device=device))
+        positions_q, positions_k = (torch.arange(n, device=device) for n in (q_len, k_len))
+        distance = (positions_q[:, None] - positions_k[None, :]).abs().float()
+        return -slopes[:, None, None] * distance
+
+
+class AlibiLayer(MinilmLayer):
+    attention_class = AlibiAttention
+
+
+class AlibiEncoderModel(MinilmModel):
+    layer_class = AlibiLayer
+    position_table = False
+
+
+class AlibiEncoderForMaskedLM(MinilmForMaskedLM):
+    encoder_class = AlibiEncoderModel
+
+
+class AlibiEncoderForSequenceClassification(MinilmForSequenceClassification):
+    encoder_class = AlibiEncoderModel
+
+
+# ------------------------------------------- cross-layer sharing through the make_layers hook
+class SharedLayerEncoderModel(MinilmModel):
+    def make_layers(self, config: MinilmConfig) -> list[nn.Module]:
+        return [self.layer_class(config)] * config.num_hidden_layers
+
+
+class SharedLayerEncoderForMaskedLM(MinilmForMaskedLM):
+    encoder_class = SharedLayerEncoderModel
+
+
+class SharedLayerEncoderForSequenceClassification(MinilmForSequenceClassification):
+    encoder_class = SharedLayerEncoderModel

@@ -114,7 +114,7 @@ def test_the_default_recipe_builds_a_model_roberta_cannot_hold():
     train, and it used to be refused by ``export`` (and announced as such before training)."""
     from minilm_jax.configs.pretrain import get_config as pretrain_config
     from minilm_jax.interop.hf_roberta import export_problems
-    from minilm_jax.run_config import model_from_config
+    from minilm_jax.settings.model_fields import model_from_config
 
     cfg = model_from_config(pretrain_config(POINT))
     assert cfg.embed_projection and cfg.emb_dim != cfg.hidden_dim
@@ -634,3 +634,52 @@ def test_custom_encoders_export_with_their_own_pytorch_module(variant, field, fi
     np.testing.assert_allclose(theirs, mine, atol=logits_tolerance(mine), rtol=0)
     base = transformers.AutoModel.from_pretrained(str(out), trust_remote_code=True)
     assert type(base).__name__ == f"{variant}Model"
+
+
+@pytest.mark.parametrize("variant,classifier", [("AlibiEncoder", False),
+                                                ("SharedLayerEncoder", False),
+                                                ("SharedLayerEncoder", True)])
+def test_hook_variants_round_trip_through_save_pretrained(variant, classifier, tmp_path):
+    """ALiBi through the attention's ``score_bias`` and cross-layer sharing through
+    ``make_layers`` (tests/encoder_variants.py, twins in tests/modeling_encoder_variants.py): the
+    export loads with every tensor; transformers saves the loaded model to a new folder and loads
+    that: no key missing or unexpected, our logits at every position of a padded batch. A shared
+    layer is one module in the twin, written once (the keys and values of our export) and counted
+    once (our tree's parameters)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    from safetensors.numpy import load_file
+
+    from minilm_jax.interop.hf_minilm import export_model
+    from minilm_jax.model.accounting import count_params
+    from minilm_jax.model.models import build_classifier, build_mlm
+    from minilm_jax.model.sizes import resolve_point
+
+    cfg = resolve_point(POINT, max_len=16, num_layers=3, arch=f"encoder_variants:{variant}")
+    model = _perturbed(build_classifier(cfg, 2) if classifier else build_mlm(cfg))
+    kind = "SequenceClassification" if classifier else "MaskedLM"
+    out = export_model(model, tmp_path / f"{variant}_{kind}",
+                       labels=["no", "yes"] if classifier else ())
+    auto = (transformers.AutoModelForSequenceClassification if classifier
+            else transformers.AutoModelForMaskedLM)
+    first, info = auto.from_pretrained(str(out), trust_remote_code=True, output_loading_info=True)
+    assert not any(info.values()), info
+    saved = tmp_path / f"{variant}_{kind}_saved"  # a new name: its remote code is loaded anew
+    first.save_pretrained(str(saved))
+    ours, theirs_file = (load_file(str(d / "model.safetensors")) for d in (out, saved))
+    assert set(theirs_file) == set(ours)
+    for key, value in ours.items():
+        np.testing.assert_array_equal(theirs_file[key], value, err_msg=key)
+    hf, info = auto.from_pretrained(str(saved), trust_remote_code=True, output_loading_info=True)
+    assert type(hf).__name__ == f"{variant}For{kind}" and not any(info.values()), info
+    layers = hf.minilm.layers
+    shared = variant == "SharedLayerEncoder"
+    assert all(layer is layers[0] for layer in layers) == shared and len(layers) == 3
+    assert any(".layers.1." in key for key in ours) != shared  # shared: written once
+    assert sum(p.numel() for p in hf.parameters()) == count_params(model).total
+    tokens = padded_tokens(cfg)
+    with torch.no_grad():  # no attention_mask: the padding is pad_token_id, as ours
+        theirs = hf.eval()(input_ids=torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+    mine = our_outputs(model, tokens, classifier)
+    np.testing.assert_allclose(theirs, mine, atol=logits_tolerance(mine), rtol=0)

@@ -12,7 +12,9 @@ with ``AutoModelForMaskedLM`` / ``AutoModelForSequenceClassification`` and
 fields are ``config.json``'s ``variant_fields``. Every tensor crosses by name: our nnx path with
 ``encoder`` as ``minilm`` (``kernel``/``scale``/``embedding`` as ``weight``, Linear kernels
 transposed, conv kernels ``[kh, kw, in, out]`` as ``[out, in, kh, kw]``, BatchNorm
-``mean``/``var`` as ``running_*``).
+``mean``/``var`` as ``running_*``). A layer shared across depths (a variant's ``make_layers``) is
+one entry of the nnx state, so it is written once, under its first path; the twin ties its other
+names to it (:mod:`minilm_jax.interop.hf_remote`'s base class).
 No torch needed: weights go through ``safetensors.numpy``.
 """
 
@@ -74,7 +76,7 @@ def export_twin(cfg: ModelConfig) -> TorchTwin | None:
 def export_note(config: Any) -> str | None:
     """The line pre-training prints before it trains when the run's model will not export to
     Hugging Face at all, and why (None: it exports, as RoBERTa or with its own PyTorch code)."""
-    from minilm_jax.run_config import model_from_config
+    from minilm_jax.settings.model_fields import model_from_config
 
     try:
         problems = remote_problems(model_from_config(config))

@@ -9,7 +9,7 @@ from minilm_jax.errors import UserError
 
 NORM_POSITIONS = ("post", "pre")
 INIT_SCHEMES = ("paper", "bert")
-ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "flash")
 DROPOUT_RNGS = ("hash", "threefry")
 LOSS_IMPLS = ("auto", "fused", "logits", "kernel")
 POOLERS = ("cls_tanh", "weighted_sum")
@@ -82,6 +82,9 @@ class ModelConfig:
         need(isinstance(self.mlm_loss_chunk, int) and self.mlm_loss_chunk > 0, "mlm_loss_chunk",
              "must be a positive integer")
         need(self.dropout_rng in DROPOUT_RNGS, "dropout_rng", f"must be one of {DROPOUT_RNGS}")
+        need(self.attention_impl != "flash" or self.dropout_rng == "hash"
+             or self.attention_dropout == 0.0, "dropout_rng",
+             "must be 'hash' with attention_impl='flash' (its kernel draws the hash mask)")
         need(self.pooler in POOLERS, "pooler", f"must be one of {POOLERS}")
         need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
         need(self.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}")

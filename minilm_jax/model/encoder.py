@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from minilm_jax.model.config import ConfigError, ModelConfig
-from minilm_jax.model.init import make_initializers
+from minilm_jax.model.init import Initializers, make_initializers
 from minilm_jax.model.layers import (EncoderLayer, attention_mask, dropout, gelu_exact,
                                      make_layer_norm, make_linear, split_key)
 
@@ -24,6 +24,7 @@ class TransformerEncoder(nnx.Module):
     """
 
     layer_class: type = EncoderLayer  # a variant's layer (its blocks: EncoderLayer's hooks)
+    # how the layers are instanced: make_layers (below; one object L times shares it)
     make_norm = staticmethod(make_layer_norm)  # the embedding, projection and final norms
     # False: no learned position table (a variant that encodes positions elsewhere, e.g. rotary
     # through its attention's position_qk hook); position_rows then adds nothing
@@ -45,9 +46,21 @@ class TransformerEncoder(nnx.Module):
         if cfg.embed_projection:
             self.projection = make_linear(cfg, init, cfg.emb_dim, cfg.hidden_dim, rngs)
             self.projection_norm = self.make_norm(cfg, cfg.hidden_dim, rngs)
-        self.layers = nnx.List([self.layer_class(cfg, init, rngs) for _ in range(cfg.num_layers)])
+        layers = list(self.make_layers(cfg, init, rngs))
+        if len(layers) != cfg.num_layers:
+            raise ConfigError(f"{type(self).__name__}.make_layers returned {len(layers)} layers "
+                              f"for model.num_layers={cfg.num_layers}")
+        self.layers = nnx.List(layers)
         if cfg.norm_position == "pre":
             self.final_norm = self.make_norm(cfg, cfg.hidden_dim, rngs)
+
+    def make_layers(self, cfg: ModelConfig, init: Initializers,
+                    rngs: nnx.Rngs) -> list[nnx.Module]:
+        """The layer-instancing hook: the ``num_layers`` layers applied in order, each built as
+        ``layer_class(cfg, init, rngs)``. A variant may return one object several times
+        (cross-layer sharing): its parameters are then held, counted, trained, checkpointed and
+        exported once, and applied at every depth it fills."""
+        return [self.layer_class(cfg, init, rngs) for _ in range(cfg.num_layers)]
 
     def position_rows(self, t: int) -> jax.Array:
         """Position embeddings of positions ``offset .. offset + t - 1`` ``[T, E]``: a slice of the

@@ -10,36 +10,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.extend.core import Literal
 
-from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.config import ConfigError, ModelConfig
+from minilm_jax.model.attention_rules import (NEG_INF, attention_mask, hash_bits,  # noqa: F401
+                                              segment_ids_from_mask)
+from minilm_jax.model.flash_attention import flash_attention
 from minilm_jax.model.init import Initializers
-
-NEG_INF = -1e9  # finite, so that fully masked rows (padding queries) stay NaN-free
-
-
-def _mix32(h_u32: jax.Array) -> jax.Array:
-    """MurmurHash3's 32-bit finaliser: a bijection that mixes every input bit into every output bit."""
-    h_u32 = h_u32 ^ (h_u32 >> 16)
-    h_u32 = h_u32 * jnp.uint32(0x85EBCA6B)
-    h_u32 = h_u32 ^ (h_u32 >> 13)
-    h_u32 = h_u32 * jnp.uint32(0xC2B2AE35)
-    return h_u32 ^ (h_u32 >> 16)
-
-
-def hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Uniform uint32 bits of ``shape``: a keyed two-round hash of each element's flat index.
-
-    Counter-based like threefry, so the bits of an element depend only on (key, index): the same on
-    any mesh, and computed inside the consumer's fusion instead of a separate random-bits pass.
-    Statistically fine for dropout masks (not for anything cryptographic).
-    """
-    seed_u32 = jax.random.bits(key, (2,), jnp.uint32)
-    index_u32 = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for dim in reversed(range(len(shape))):
-        index_u32 = index_u32 + jax.lax.broadcasted_iota(jnp.uint32, shape, dim) * jnp.uint32(stride)
-        stride = (stride * shape[dim]) % (1 << 32)
-    return _mix32(_mix32(index_u32 ^ seed_u32[0]) + seed_u32[1])
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None, rng: str = "hash") -> jax.Array:
@@ -63,16 +40,6 @@ def split_key(key: jax.Array | None, num: int) -> list[jax.Array | None]:
     return list(jax.random.split(key, num))
 
 
-def attention_mask(segment_ids: jax.Array) -> jax.Array:
-    """Boolean mask [B, 1, T, T]: query i may attend key j iff both sit in the same non-zero segment.
-
-    Segment 0 is padding; packed documents carry distinct ids 1, 2, ... so they never see each other.
-    """
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
-    real_key = (segment_ids != 0)[:, None, :]  # [B, 1, T]
-    return (same & real_key)[:, None, :, :]
-
-
 def gelu_exact(x: jax.Array) -> jax.Array:
     """GELU with the exact erf form (the paper's and BERT's activation)."""
     return jax.nn.gelu(x, approximate=False)
@@ -88,6 +55,20 @@ def make_layer_norm(cfg: ModelConfig, dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm
     # LayerNorm statistics are computed in float32 even under bf16 compute.
     return nnx.LayerNorm(dim, epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
                          param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+
+
+def _depends_on_params(module: nnx.Module, fn) -> bool:
+    """Whether ``fn(module)`` reads any of ``module``'s parameters (``nnx.Param``): traced as a
+    function of them (in eager mode, under ``jit``, ``vmap`` or ``grad`` alike: a fresh trace of a
+    copy of the module), an output reached from a parameter through any equation."""
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    closed = jax.make_jaxpr(lambda p: fn(nnx.merge(graphdef, p, rest)))(params)
+    reached = set(closed.jaxpr.invars)
+    for eqn in closed.jaxpr.eqns:
+        if any(not isinstance(v, Literal) and v in reached for v in eqn.invars):
+            reached.update(eqn.outvars)
+    return any(not isinstance(v, Literal) and v in reached
+               for v in closed.jaxpr.outvars)
 
 
 class SelfAttention(nnx.Module):
@@ -118,6 +99,29 @@ class SelfAttention(nnx.Module):
         ``position_table = False``."""
         return q_btad, k_btad
 
+    def score_bias(self, q_len: int, k_len: int) -> jax.Array | None:
+        """The additive attention-prior hook: ``[A, Tq, Tk]`` float32 added to the scaled scores
+        before the mask and the softmax, on every attention path (e.g. ALiBi's ``-slope x |i - j|``,
+        or T5-style learned relative buckets). None in the built-in encoder: nothing added."""
+        return None
+
+    def checked_score_bias(self, t: int) -> jax.Array | None:
+        """:meth:`score_bias` ``[A, T, T]`` as float32, its shape checked; on the flash path one
+        that depends on a parameter is refused (the kernels give the bias no gradient)."""
+        bias_att = self.score_bias(t, t)
+        if bias_att is None:
+            return None
+        want = (self.cfg.num_heads, t, t)
+        if tuple(bias_att.shape) != want:
+            raise ConfigError(f"{type(self).__name__}.score_bias({t}, {t}) must be [A, Tq, Tk] = "
+                              f"{list(want)}, not {list(bias_att.shape)}")
+        if self.cfg.attention_impl == "flash" and _depends_on_params(
+                self, lambda module: module.score_bias(t, t)):
+            raise ConfigError(f"{type(self).__name__}.score_bias depends on parameters, which "
+                              "attention_impl='flash' cannot train (its bias gets no gradient); "
+                              "use attention_impl='einsum', 'xla' or 'cudnn'")
+        return bias_att.astype(jnp.float32)
+
     def __call__(self, x_bth: jax.Array, mask_b1tt: jax.Array,
                  key: jax.Array | None = None) -> jax.Array:
         cfg = self.cfg
@@ -125,24 +129,36 @@ class SelfAttention(nnx.Module):
         heads, head_dim = cfg.num_heads, cfg.head_dim
         q_btad, k_btad, v_btad = (a.reshape(b, t, heads, head_dim) for a in self.project_qkv(x_bth))
         q_btad, k_btad = self.position_qk(q_btad, k_btad)
+        bias_att = self.checked_score_bias(t)
         if cfg.attention_impl == "einsum":
             # Head-major [B, A, T, D] operands: the batched dots run 2-3x faster on CPU than
             # with the head axis between T and D.
             q_batd, k_batd, v_batd = (a.transpose(0, 2, 1, 3) for a in (q_btad, k_btad, v_btad))
             q_batd = q_batd / jnp.sqrt(jnp.asarray(head_dim, q_batd.dtype))
-            scores_batt = jnp.einsum("baqd,bakd->baqk", q_batd, k_batd)
-            scores_batt = jnp.where(mask_b1tt, scores_batt.astype(jnp.float32), NEG_INF)
+            scores_batt = jnp.einsum("baqd,bakd->baqk", q_batd, k_batd).astype(jnp.float32)
+            if bias_att is not None:
+                scores_batt = scores_batt + bias_att[None]
+            scores_batt = jnp.where(mask_b1tt, scores_batt, NEG_INF)
             probs_batt = jax.nn.softmax(scores_batt, axis=-1).astype(v_batd.dtype)
             probs_batt = dropout(probs_batt, cfg.attention_dropout, key, cfg.dropout_rng)
             ctx_batd = jnp.einsum("baqk,bakd->baqd", probs_batt, v_batd)
             ctx_btad = ctx_batd.transpose(0, 2, 1, 3)
+        elif cfg.attention_impl == "flash":
+            ctx_btad = flash_attention(q_btad, k_btad, v_btad, segment_ids_from_mask(mask_b1tt),
+                                       dropout_rate=cfg.attention_dropout, dropout_key=key,
+                                       score_bias=bias_att)
         else:
             if key is not None and cfg.attention_dropout > 0.0:
                 raise ValueError("attention_impl 'xla'/'cudnn' has no attention-probability dropout; "
                                  "set model.attention_dropout=0 or use attention_impl='einsum'")
+            cudnn = cfg.attention_impl == "cudnn"
+            # the bias broadcasts over the batch ([1, A, T, T]); cuDNN adds it (and the mask, as
+            # a bias) in the operands' dtype
+            bias_1att = None if bias_att is None else bias_att[None].astype(
+                q_btad.dtype if cudnn else jnp.float32)
             ctx_btad = jax.nn.dot_product_attention(
-                q_btad, k_btad, v_btad, mask=mask_b1tt,
-                implementation=None if cfg.attention_impl == "xla" else "cudnn")
+                q_btad, k_btad, v_btad, bias=bias_1att, mask=mask_b1tt,
+                implementation="cudnn" if cudnn else None)
         return self.output(ctx_btad.reshape(b, t, heads * head_dim))
 
 

@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+import minilm_jax.model.pallas_backend as pallas_backend
+
 MAX_HIDDEN = 256  # hidden sizes (padded to a power of two) a block holds on chip
 _NEG = -1e30  # logit of a padded vocabulary column (finite: no inf - inf)
 
@@ -52,17 +54,6 @@ def kernel_applies(hidden: int) -> bool:
 def _blocks(hp: int) -> tuple[int, int]:
     """(rows, vocabulary columns) per block for padded hidden size ``hp``."""
     return (64, 128) if hp <= 64 else (32, 64)
-
-
-def _interpret() -> bool:
-    return jax.default_backend() != "gpu"
-
-
-def _compiler_params():
-    if _interpret():
-        return None
-    from jax.experimental.pallas import triton as plgpu
-    return plgpu.CompilerParams(num_warps=4, num_stages=2)
 
 
 def _block_logits(x, w, b, j, block_v: int, vocab: int):
@@ -198,8 +189,8 @@ def _forward(x, w, b, t, lay: _Layout) -> tuple[jax.Array, jax.Array]:
         in_specs=[pl.BlockSpec((lay.block_r, hp), lambda i, k: (i, 0)),
                   pl.BlockSpec((hp, vp), lambda i, k: (0, 0)),
                   pl.BlockSpec((vp,), lambda i, k: (0,)), row],
-        out_specs=(part, part, part), compiler_params=_compiler_params(),
-        interpret=_interpret(), name="mlm_xent_forward")(x, w, b, t)
+        out_specs=(part, part, part), compiler_params=pallas_backend.compiler_params(),
+        interpret=pallas_backend.interpret(), name="mlm_xent_forward")(x, w, b, t)
     top = jnp.max(m, axis=0)
     lse = top + jnp.log(jnp.sum(s * jnp.exp(m - top[None]), axis=0))
     return lse, jnp.sum(picked, axis=0)
@@ -242,7 +233,7 @@ def _kernel_bwd(compute_dtype, residuals, g):
                   pl.BlockSpec((hp, vp), lambda i, k: (0, 0)),
                   pl.BlockSpec((vp,), lambda i, k: (0,)), row, row, row],
         out_specs=pl.BlockSpec((None, br, hp), lambda i, k: (k, i, 0)),
-        compiler_params=_compiler_params(), interpret=_interpret(),
+        compiler_params=pallas_backend.compiler_params(), interpret=pallas_backend.interpret(),
         name="mlm_xent_dx")(x, w, b, t, lse, scale)
     all_rows = pl.BlockSpec((np_,), lambda j, k: (0,))
     dw_parts, db_parts = pl.pallas_call(
@@ -255,7 +246,7 @@ def _kernel_bwd(compute_dtype, residuals, g):
                   pl.BlockSpec((bv,), lambda j, k: (j,)), all_rows, all_rows, all_rows],
         out_specs=(pl.BlockSpec((None, hp, bv), lambda j, k: (k, 0, j)),
                    pl.BlockSpec((None, bv), lambda j, k: (k, j))),
-        compiler_params=_compiler_params(), interpret=_interpret(),
+        compiler_params=pallas_backend.compiler_params(), interpret=pallas_backend.interpret(),
         name="mlm_xent_dw")(x, w, b, t, lse, scale)
     n, h, v = lay.n, lay.h, lay.v
     dx = jnp.sum(dx_parts, axis=0)[:n, :h]

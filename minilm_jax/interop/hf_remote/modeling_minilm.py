@@ -19,9 +19,11 @@ Hooks, the twins of minilm-jax's: a custom encoder's own PyTorch file (its ``tor
 subclasses these classes and overrides only what its Flax variant changes::
 
     MinilmAttention.position_qk(q, k)        queries, keys [B, A, T, D] before the 1/sqrt(D) scaling
+    MinilmAttention.score_bias(q_len, k_len) [A, Tq, Tk] added to the scaled scores, or None
     MinilmLayer.attention_class / feed_forward_class   built as cls(config)
     MinilmLayer.make_norm / MinilmModel.make_norm      staticmethod (config, dim) -> module
     MinilmModel.layer_class                  the layer, built as cls(config)
+    MinilmModel.make_layers(config)          the list of layers (one module several times: shared)
     MinilmModel.position_table               False: no position_embeddings, none added
     MinilmForMaskedLM.encoder_class / MinilmForSequenceClassification.encoder_class
 
@@ -68,6 +70,9 @@ class MinilmAttention(nn.Module):
         q, k = self.position_qk(split(self.query), split(self.key))
         q = q / math.sqrt(self.head_dim)
         scores = torch.matmul(q, k.transpose(-1, -2)).float()
+        bias = self.score_bias(t, t)
+        if bias is not None:
+            scores = scores + bias.float()[None]
         scores = scores.masked_fill(~allowed, NEG_INF)
         probs = self.dropout(torch.softmax(scores, dim=-1).to(x.dtype))
         ctx = torch.matmul(probs, split(self.value)).transpose(1, 2).reshape(b, t, -1)
@@ -79,6 +84,12 @@ class MinilmAttention(nn.Module):
         (minilm-jax's are ``[B, T, A, D]``: the position axis is 2 here, 1 there). Identity: the
         built-in encoder adds positions to its embeddings."""
         return q, k
+
+    def score_bias(self, q_len: int, k_len: int) -> torch.Tensor | None:
+        """The additive attention-prior hook (minilm-jax's ``SelfAttention.score_bias``):
+        ``[A, Tq, Tk]`` added to the scaled scores before the mask and the softmax (e.g. ALiBi).
+        None: nothing added."""
+        return None
 
 
 class MinilmFeedForward(nn.Module):
@@ -136,10 +147,38 @@ class MinilmConvFrontEnd(nn.Module):
         return self.out(img * keep)[:, 0]
 
 
+def shared_parameters(module: nn.Module) -> dict[str, str]:
+    """``{target: source}`` of every parameter ``module`` reaches under more than one name (a
+    module held twice, e.g. one layer at every depth): each later name to the first."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        source = first.setdefault(id(param), name)
+        if source != name:
+            tied[name] = source
+    return tied
+
+
 class MinilmPreTrainedModel(PreTrainedModel):
+    """Shared modules (a variant's ``make_layers`` returning one layer several times) are tied
+    weights to ``transformers``, derived from the modules themselves: ``save_pretrained`` writes
+    each shared tensor once (under its first name) and ``from_pretrained`` reports none missing."""
+
     config_class = MinilmConfig
     base_model_prefix = "minilm"
     _no_split_modules = ["MinilmLayer"]
+
+    def post_init(self) -> None:
+        shared = shared_parameters(self)  # what save_pretrained may leave out
+        if shared:
+            self._tied_weights_keys = {**(type(self)._tied_weights_keys or {}), **shared}
+        super().post_init()
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict[str, str]:
+        """transformers' ``{target: source}`` (none here: ``tie_word_embeddings`` is False) plus
+        the shared parameters, tied whatever ``tie_word_embeddings`` says."""
+        expanded = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
+        return expanded if all_submodels else {**expanded, **shared_parameters(self)}
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -179,11 +218,16 @@ class MinilmModel(MinilmPreTrainedModel):
             self.projection_norm = self.make_norm(config, h)
         if config.conv_layers:
             self.front_end = MinilmConvFrontEnd(config)
-        self.layers = nn.ModuleList(self.layer_class(config)
-                                    for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(self.make_layers(config))
         if config.norm_position == "pre":
             self.final_norm = self.make_norm(config, h)
         self.post_init()
+
+    def make_layers(self, config: MinilmConfig) -> list[nn.Module]:
+        """The layer-instancing hook (minilm-jax's ``TransformerEncoder.make_layers``): the
+        ``num_hidden_layers`` layers in order, each ``layer_class(config)``. One module returned
+        several times shares its parameters across those layers (saved once, tied on load)."""
+        return [self.layer_class(config) for _ in range(config.num_hidden_layers)]
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.word_embeddings

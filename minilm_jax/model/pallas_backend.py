@@ -1,0 +1,20 @@
+"""How the project's Pallas kernels (:mod:`~minilm_jax.model.xent_kernel`,
+:mod:`~minilm_jax.model.flash_attention`) are compiled: by Triton on GPUs, with
+:func:`compiler_params`; elsewhere Pallas' interpreter runs the same kernels (the CPU tests)."""
+
+from __future__ import annotations
+
+import jax
+
+
+def interpret() -> bool:
+    """Whether the kernels run in Pallas' interpreter (no GPU backend)."""
+    return jax.default_backend() != "gpu"
+
+
+def compiler_params():
+    """Triton's parameters for the kernels on a GPU (None when interpreted)."""
+    if interpret():
+        return None
+    from jax.experimental.pallas import triton as plgpu
+    return plgpu.CompilerParams(num_warps=4, num_stages=2)

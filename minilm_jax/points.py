@@ -6,7 +6,8 @@
     python -m minilm_jax.points paper-1.25m --arch my_lab.encoders:SwiGLUEncoder --extra ffn_scale=0.6667
 
 A variant's counts are the formula plus what its class declares (``counts_beyond_baseline``),
-checked against its built tree and traced matmuls before they are shown.
+checked against its built tree and traced matmuls before they are shown, or, where it declares
+none, plus what those two give (derived).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from minilm_jax.model import accounting
 from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.model.count_check import check_declared_counts
 from minilm_jax.model.sizes import NAMED_POINTS, resolve_point
-from minilm_jax.run_config import apply_variant_fields
+from minilm_jax.settings.command_line import apply_variant_fields
 
 
 def variant_extra(arch: str, assignments: Sequence[str]) -> tuple[tuple[str, object], ...]:
@@ -33,7 +34,7 @@ def variant_extra(arch: str, assignments: Sequence[str]) -> tuple[tuple[str, obj
 
 def table(points: list[str], arch: str = "", extra: Sequence[str] = ()) -> str:
     """One row per point (``arch``: built as that encoder with its fields set by ``extra``
-    ``name=value`` assignments, its declared counts checked)."""
+    ``name=value`` assignments, its declared counts checked or its counts derived)."""
     width = max(9, len(arch))
     header = (f"{'point':<24} {'grammar':<32} {'arch':<{width}} {'params':>12} {'embedding':>11} "
               f"{'non-emb':>11} {'paper FLOPs/seq':>16} {'complete FLOPs/seq':>19}")
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("points", nargs="*", help="named points or grammar strings (default: all "
                         "named points)")
     parser.add_argument("--arch", default="", help="build every point as this encoder (a "
-                        "registered name or module:Class): its declared counts, checked")
+                        "registered name or module:Class): its declared counts, checked, or "
+                        "its derived ones")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=VALUE",
                         help="a field of the --arch variant (its config_fields), as "
                         "--config.model.extra.NAME=VALUE sets it for a run; repeatable")

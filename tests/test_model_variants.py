@@ -77,14 +77,15 @@ def test_a_built_in_encoder_records_no_code():
 def test_a_variant_counts_what_it_builds_and_a_wrong_declaration_is_refused(word_shards,
                                                                             tmp_path):
     """SwiGLU through the layer hook (tests/encoder_variants.py): its declared counts equal the
-    built tree and agree with XLA's FLOP ratio within 2%; the run records them; without a
-    declaration, or with its FLOPs left out, the run is refused in one line before it writes."""
+    built tree and agree with XLA's FLOP ratio within 2%; the run records them; with its FLOPs left
+    out, the run is refused in one line before it writes; without a declaration, its counts are
+    derived from the tree and the trace, equal to the declared ones."""
     from flax import nnx
 
     from minilm_jax.model import accounting
     from minilm_jax.model.count_check import encoder_matmul_flops, encoder_xla_flops
     from minilm_jax.model.models import build_mlm
-    from minilm_jax.run_config import model_from_config
+    from minilm_jax.settings.model_fields import model_from_config
 
     config = small_config(word_shards, **{"model.arch": "encoder_variants:SwiGLUEncoder",
                                           "train.num_steps": 2})
@@ -103,12 +104,14 @@ def test_a_variant_counts_what_it_builds_and_a_wrong_declaration_is_refused(word
     assert summary["flops_per_sequence"]["paper"] == pytest.approx(
         accounting.paper_train_flops_per_sequence(base) + 3 * cfg.num_layers * 2 * cfg.max_len
         * cfg.hidden_dim * cfg.ffn_dim)
-    for arch, message in (("UncountedSwiGLUEncoder", r"its parameter tree has [\d,]+ parameters"),
-                          ("MiscountedSwiGLUEncoder", r"traced encoder does [\d,]+ matmul FLOPs")):
-        bad = small_config(word_shards, **{"model.arch": f"encoder_variants:{arch}"})
-        with pytest.raises(UserError, match=message + r".*counts_beyond_baseline"):
-            Pretrainer(bad, tmp_path / arch)
-        assert not (tmp_path / arch).exists()
+    bad = small_config(word_shards, **{"model.arch": "encoder_variants:MiscountedSwiGLUEncoder"})
+    with pytest.raises(UserError, match=r"traced encoder does [\d,]+ matmul FLOPs"
+                                        r".*counts_beyond_baseline"):
+        Pretrainer(bad, tmp_path / "miscounted")
+    assert not (tmp_path / "miscounted").exists()
+    undeclared = cfg.replace(arch="encoder_variants:UncountedSwiGLUEncoder")
+    assert accounting.counts_source(undeclared) == "derived"
+    assert accounting.variant_counts(undeclared) == accounting.variant_counts(cfg)
 
 
 def test_a_run_that_never_completed_a_step_takes_the_corrected_config(word_shards, tmp_path,
@@ -154,7 +157,7 @@ def test_a_variant_field_is_set_on_the_command_line_recorded_and_gridded(word_sh
     from test_pretrain import REPO, cli_args, cli_env
     from test_sweep import tiny_sweep
 
-    from minilm_jax.run_config import validate_pretrain_config
+    from minilm_jax.settings.pretraining import validate_pretrain_config
     from minilm_jax.sweep.spec import expand
 
     env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
@@ -278,7 +281,7 @@ def test_swiglu_and_rotary_fields_are_counted_built_and_gridded(word_shards):
     from minilm_jax.model.count_check import check_declared_counts
     from minilm_jax.model.models import build_mlm
     from minilm_jax.model.sizes import resolve_point
-    from minilm_jax.run_config import validate_pretrain_config
+    from minilm_jax.settings.pretraining import validate_pretrain_config
     from minilm_jax.sweep.spec import expand
 
     swiglu = resolve_point("E16-H16-I48-L2-A2-V300", arch="encoder_variants:SwiGLUEncoder")

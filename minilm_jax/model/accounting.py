@@ -6,17 +6,24 @@
   attention-times-values and output-projection terms, kept for comparison with the paper) and a
   complete analytic count of every matmul (attention fully counted, MLM head only at the P masked
   positions), used for model-FLOPs utilization.
+* A variant's counts beyond the built-in encoder (:func:`variant_counts`): what its class declares,
+  or, when it declares none, derived from its built tree and its traced matmuls
+  (:func:`counts_source` says which).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any, Callable, Literal
 
 import jax
 from flax import nnx
 
 from minilm_jax.model.config import ModelConfig
-from minilm_jax.model.registry import encoder_factory
+from minilm_jax.model.models import build_mlm
+from minilm_jax.model.registry import encoder_factory, is_library_encoder
+from minilm_jax.model.traced_flops import encoder_matmul_flops
 
 EMBEDDING_MODULES = ("word_embeddings", "position_embeddings", "token_type_embeddings",
                      "embedding_norm")
@@ -45,22 +52,58 @@ def count_params(model: nnx.Module) -> ParamCounts:
 @dataclasses.dataclass(frozen=True)
 class VariantCounts:
     """What an encoder variant adds to (negative: removes from) the built-in encoder of the same
-    config, as its class declares with ``counts_beyond_baseline(cfg, seq_len)``: parameters
-    (embedding and the rest) and forward matmul FLOPs per sequence of ``seq_len`` tokens (2 per
-    multiply-add; the paper's training FLOPs take 3x). Checked against the built parameter tree
-    (exactly) and XLA's count (:mod:`minilm_jax.model.count_check`)."""
+    config: parameters (embedding and the rest) and forward matmul FLOPs per sequence of
+    ``seq_len`` tokens (2 per multiply-add; the paper's training FLOPs take 3x). Declared by its
+    class with ``counts_beyond_baseline(cfg, seq_len)`` (checked against the built tree, exactly,
+    and the traced matmuls: :mod:`minilm_jax.model.count_check`) or derived from them
+    (:func:`derived_counts`)."""
 
     params: int = 0
     embedding_params: int = 0
     forward_flops: float = 0.0
 
 
+def builtin_arch(cfg: ModelConfig) -> str:
+    """The built-in encoder whose closed form counts ``cfg``: study B's with a conv front end
+    (the formula's FLOPs count one where ``conv_layers`` is set), RoBERTa's otherwise."""
+    return "bert_conv" if cfg.conv_layers and cfg.conv_channels else "roberta"
+
+
+def _declaration(cfg: ModelConfig) -> Callable[..., Any] | None:
+    """``cfg.arch``'s ``counts_beyond_baseline`` (None: its class declares none)."""
+    return getattr(encoder_factory(cfg.arch), "counts_beyond_baseline", None)
+
+
+def counts_source(cfg: ModelConfig) -> Literal["formula", "declared", "derived"]:
+    """Where ``cfg``'s counts come from: the closed form alone (a built-in encoder), the closed
+    form plus what the variant's class declares, or plus what :func:`derived_counts` finds."""
+    if is_library_encoder(cfg.arch):
+        return "formula"
+    return "derived" if _declaration(cfg) is None else "declared"
+
+
+@functools.lru_cache(maxsize=256)
+def derived_counts(cfg: ModelConfig, seq_len: int) -> VariantCounts:
+    """``cfg.arch``'s counts beyond the built-in encoder, measured: parameters (embedding vs the
+    rest as :func:`count_params` splits them) = its MLM model's tree minus the closed form of the
+    built-in encoder's; forward FLOPs = its traced encoder's matmuls minus the built-in encoder's
+    at the same config (the MLM head is the formula's in both)."""
+    builtin = cfg.replace(arch=builtin_arch(cfg))
+    tree = count_params(nnx.eval_shape(lambda: build_mlm(cfg)))
+    formula = formula_params(builtin)
+    flops = encoder_matmul_flops(cfg, seq_len) - encoder_matmul_flops(builtin, seq_len)
+    return VariantCounts(params=tree.non_embedding - formula.non_embedding,
+                         embedding_params=tree.embedding - formula.embedding, forward_flops=flops)
+
+
 def variant_counts(cfg: ModelConfig, seq_len: int | None = None) -> VariantCounts:
-    """The counts ``cfg.arch``'s class declares beyond the built-in encoder (zero for the
-    built-in encoders and for a variant that declares none)."""
-    declare = getattr(encoder_factory(cfg.arch), "counts_beyond_baseline", None)
-    if declare is None:
+    """What ``cfg.arch`` adds beyond the built-in encoder: zero for the built-in encoders, what a
+    variant's class declares, or (it declares none) :func:`derived_counts`."""
+    if is_library_encoder(cfg.arch):
         return VariantCounts()
+    declare = _declaration(cfg)
+    if declare is None:
+        return derived_counts(cfg, seq_len or cfg.max_len)
     counts = declare(cfg, seq_len or cfg.max_len)
     if not isinstance(counts, VariantCounts):
         raise TypeError(f"model.arch={cfg.arch}: counts_beyond_baseline must return "
@@ -70,7 +113,7 @@ def variant_counts(cfg: ModelConfig, seq_len: int | None = None) -> VariantCount
 
 def formula_params(cfg: ModelConfig) -> ParamCounts:
     """SPEC A3's closed form for the MLM model (RoBERTa layout; conv front end and pooler
-    excluded), plus what a variant declares (:func:`variant_counts`)."""
+    excluded), plus what a variant adds (:func:`variant_counts`)."""
     e, h, i, l, v = cfg.emb_dim, cfg.hidden_dim, cfg.ffn_dim, cfg.num_layers, cfg.vocab_size
     embedding = e * (v + cfg.num_positions + cfg.type_vocab_size + 2)
     projection = e * h + 3 * h if cfg.embed_projection else 0
@@ -87,7 +130,7 @@ def formula_params(cfg: ModelConfig) -> ParamCounts:
 
 def paper_train_flops_per_sequence(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """The paper's training FLOPs per sequence (forward x 3), SPEC A5, plus 3x a variant's
-    declared forward FLOPs (:func:`variant_counts`)."""
+    forward FLOPs (:func:`variant_counts`)."""
     t = seq_len or cfg.max_len
     e, h, i, l, v, a = (cfg.emb_dim, cfg.hidden_dim, cfg.ffn_dim, cfg.num_layers, cfg.vocab_size,
                         cfg.num_heads)
@@ -107,7 +150,7 @@ def forward_flops_per_sequence(cfg: ModelConfig, *, seq_len: int | None = None,
     Counts the E->H projection, Q/K/V/O projections, scores and probabilities-times-values, the FFN,
     the conv front end, and the head: MLM at ``num_predictions`` gathered positions (default: all T),
     or classification (pooler + classifier). Embedding lookups are gathers and count zero. A
-    variant's declared forward FLOPs are added (:func:`variant_counts`).
+    variant's forward FLOPs are added (:func:`variant_counts`).
     """
     t = seq_len or cfg.max_len
     e, h, i, l, v = cfg.emb_dim, cfg.hidden_dim, cfg.ffn_dim, cfg.num_layers, cfg.vocab_size

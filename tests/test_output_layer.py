@@ -17,7 +17,7 @@ from test_fast_paths import _problem
 from minilm_jax.configs import pretrain as pretrain_recipe
 from minilm_jax.model.models import build_mlm
 from minilm_jax.model.sizes import resolve_point
-from minilm_jax.model.xent import softmax_xent_sum
+from minilm_jax.model.xent import fused_linear_xent, softmax_xent_sum
 from minilm_jax.model.xent_kernel import (kernel_applies, kernel_linear_logprobs,
                                           kernel_linear_xent)
 from minilm_jax.train.masking import (MaskingConfig, mask_tokens, pack_predictions, packed_rows,
@@ -208,3 +208,94 @@ def test_train_step_holds_no_float32_rows_by_vocabulary_buffer(monkeypatch):
     assert not [b for b in new if b[1].startswith(forbidden) or "update-slice" in b[1]], new
     assert [b for b in old if b[1] == "broadcast"], old  # the one-hot's zeros, found in the old
     assert sum(d == "f32" for d, _ in new) < sum(d == "f32" for d, _ in old), (new, old)
+
+
+# ------------------------------------------------------- the incoming cotangent, row and vocab splits
+def _weighted_problem(n, h, v, seed):
+    """A problem whose loss weights are not 0/1 only: uniform in [0, 2), every third row 0."""
+    x, w, b, t, _ = _problem(n, h, v, seed=seed)
+    wt = jax.random.uniform(jax.random.key(seed + 100), (n,), minval=0.0, maxval=2.0)
+    return x, w, b, t, jnp.where(jnp.arange(n) % 3 == 0, 0.0, wt)
+
+
+def _float64_reference(x, w, b, t, wt, g):
+    """numpy float64: ``g * sum_n wt_n CE_n`` and its gradients with respect to x, W, b and the
+    weights, written out: d logits = g wt_n (softmax - onehot)."""
+    x, w, b, wt = (np.asarray(a, np.float64) for a in (x, w, b, wt))
+    t = np.asarray(t)
+    logits = x @ w + b
+    top = logits.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    rows = np.arange(len(t))
+    nll = lse - logits[rows, t]
+    d = np.exp(logits - lse[:, None])
+    d[rows, t] -= 1.0
+    d *= g * wt[:, None]
+    return g * float(nll @ wt), (d @ w.T, x.T @ d, d.sum(axis=0), g * nll)
+
+
+FORMULATIONS = {
+    "logits": lambda x, w, b, t, wt: softmax_xent_sum(x @ w + b, t, wt),
+    "fused": lambda x, w, b, t, wt: fused_linear_xent(x, w, b, t, wt, 64),
+    "kernel": kernel_linear_xent,
+}
+
+
+def _assert_close_to_reference(got, grads, want, want_grads, terms):
+    np.testing.assert_allclose(got, want, rtol=0, atol=float32_tolerance(abs(want), terms))
+    for name, a, e in zip(("x", "W", "b", "weights"), grads, want_grads):
+        assert a.shape == e.shape, name
+        np.testing.assert_allclose(np.asarray(a, np.float64), e, rtol=0, err_msg=name,
+                                   atol=float32_tolerance(float(np.abs(e).max()), terms))
+
+
+@pytest.mark.parametrize("formulation", sorted(FORMULATIONS))
+def test_gradients_carry_the_incoming_cotangent(formulation):
+    """Every formulation's backward multiplies by the cotangent it receives: ``c * loss`` for a
+    scalar c, and members stacked under vmap (a population) each with its own cotangent
+    (``sum_m g_m loss_m``, g non-uniform and of both signs), against float64 gradients written
+    out; weights non-uniform too (their gradient is ``g * CE_n``)."""
+    fn = FORMULATIONS[formulation]
+    n, h, v = 150, 24, 300  # 150 rows: 3 fused chunks of 64 (padded), 3 kernel row blocks
+    problem = _weighted_problem(n, h, v, seed=5)
+    c = -1.7
+    got, grads = jax.jit(jax.value_and_grad(lambda *a: c * fn(*a), argnums=(0, 1, 2, 4)))(
+        *problem)
+    want, want_grads = _float64_reference(*problem, c)
+    _assert_close_to_reference(got, grads, want, want_grads, n + h + v)
+    members = [_weighted_problem(n, h, v, seed=s) for s in (11, 12, 13)]
+    stacked = [jnp.stack(parts) for parts in zip(*members)]
+    g = jnp.asarray([0.6, -1.9, 2.7])
+
+    def objective(x, w, b, t, wt):
+        return jnp.sum(g * jax.vmap(fn)(x, w, b, t, wt))
+
+    got, grads = jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2, 4)))(*stacked)
+    want = 0.0
+    for m, problem in enumerate(members):
+        loss_m, grads_m = _float64_reference(*problem, float(g[m]))
+        want += loss_m
+        scale = max(float(np.abs(e).max()) for e in grads_m)
+        for name, a, e in zip(("x", "W", "b", "weights"), grads, grads_m):
+            np.testing.assert_allclose(np.asarray(a[m], np.float64), e, rtol=0,
+                                       err_msg=f"member {m}: {name}",
+                                       atol=float32_tolerance(scale, n + h + v))
+    np.testing.assert_allclose(got, want, rtol=0, atol=float32_tolerance(abs(want), 3 * n))
+
+
+@pytest.mark.parametrize("shape", [(730, 24, 1100), (333, 100, 700)])
+def test_kernel_dw_db_sum_every_row_split_and_vocabulary_split(shape):
+    """dW and db summed over several row splits (each a run of row blocks; the rows not a
+    multiple of the block, so the last is padded) and dx over several vocabulary splits, against
+    float64; the cotangent 0.37 and the weights non-uniform. Both block shapes (64 x 128 up to a
+    hidden size of 64, 32 x 64 above)."""
+    from minilm_jax.model.xent_kernel import _layout
+
+    n, h, v = shape
+    lay = _layout(n, h, v)
+    assert lay.r_splits >= 2 and lay.v_splits >= 2 and n % lay.block_r != 0
+    problem = _weighted_problem(n, h, v, seed=21)
+    got, grads = jax.jit(jax.value_and_grad(lambda *a: 0.37 * kernel_linear_xent(*a),
+                                            argnums=(0, 1, 2, 4)))(*problem)
+    want, want_grads = _float64_reference(*problem, 0.37)
+    _assert_close_to_reference(got, grads, want, want_grads, n + h + v)

@@ -213,8 +213,9 @@ def test_report_section_states_unit_chance_n_interval_and_p():
 
 
 def test_seed_effect_edge_cases():
-    same = seed_effect("x", {1: 2.0, 2: 2.0})
-    assert (same.sd, same.low, same.high, same.p) == (0.0, 2.0, 2.0, 0.0)
+    same = seed_effect("x", {1: 2.0, 2: 2.0})  # zero spread: no interval, no p
+    assert same.sd == 0.0 and same.mean == 2.0 and not same.defined
+    assert math.isnan(same.low) and math.isnan(same.high) and math.isnan(same.p)
     one = seed_effect("x", {1: 2.0})
     assert one.n == 1 and not one.defined and math.isnan(one.p)
     empty = seed_effect("x", {})

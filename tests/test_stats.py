@@ -95,3 +95,81 @@ def test_corrected_resampled_t_widens_the_plain_interval_by_the_folds_overlap():
     assert plain.pvalue < 0.01 < gap.p  # the plain test overstates this evidence
     assert "corrected resampled t" in gap.text()
     assert not corrected_resampled_gap([1.0], 0.25).defined
+
+
+def _corrected_by_hand(d, test_over_train, confidence=0.95):
+    """Nadeau & Bengio's corrected resampled t over J differences, written out with scipy:
+    variance x (1/J + n_test/n_train), J - 1 degrees of freedom."""
+    d = np.asarray(d, dtype=np.float64)
+    j = d.size
+    sd = math.sqrt(np.sum((d - d.mean()) ** 2) / (j - 1))
+    se = sd * math.sqrt(1 / j + test_over_train)
+    t = d.mean() / se
+    q = stats.t.ppf(0.5 + confidence / 2, j - 1)
+    return {"mean": d.mean(), "sd": sd, "low": d.mean() - q * se, "high": d.mean() + q * se,
+            "t": t, "df": j - 1, "p": 2 * stats.t.sf(abs(t), j - 1)}
+
+
+@pytest.mark.parametrize("folds, repeats, confidence", [(10, 2, 0.95), (5, 3, 0.95), (3, 4, 0.9)])
+def test_corrected_resampled_gap_every_number_against_scipy(folds, repeats, confidence):
+    """k-fold cross-validation repeated r times: J = k r differences, n_test / n_train =
+    1 / (k - 1) (1/9 for 10 folds: never 1, so test/train swapped for train/test moves every
+    number). Mean, sd, each bound on its own, t (mean / the interval's half width x its quantile),
+    the J - 1 degrees of freedom (through the quantile and p) and p."""
+    from minilm_jax.analysis.stats import corrected_resampled_gap
+
+    rng = np.random.default_rng(folds * 10 + repeats)
+    d = rng.normal(1.5, 2.0, folds * repeats)
+    ratio = 1 / (folds - 1)
+    gap = corrected_resampled_gap(d, ratio, confidence)
+    want = _corrected_by_hand(d, ratio, confidence)
+    assert gap.n == folds * repeats and gap.method == "corrected resampled t"
+    assert gap.mean == pytest.approx(want["mean"], rel=1e-12)
+    assert gap.sd == pytest.approx(want["sd"], rel=1e-12)
+    assert gap.low == pytest.approx(want["low"], rel=1e-10, abs=1e-12)
+    assert gap.high == pytest.approx(want["high"], rel=1e-10, abs=1e-12)
+    assert gap.p == pytest.approx(want["p"], rel=1e-9)
+    # t and df, recovered from the interval: half width = t_{df}(q) x se, t = mean / se
+    half = (gap.high - gap.low) / 2
+    se = half / stats.t.ppf(0.5 + confidence / 2, want["df"])
+    assert gap.mean / se == pytest.approx(want["t"], rel=1e-9)
+    assert gap.high - gap.mean == pytest.approx(gap.mean - gap.low, rel=1e-12)  # symmetric
+    # the swapped ratio (train/test) gives other numbers: the checks above can tell them apart
+    swapped = _corrected_by_hand(d, 1 / ratio, confidence)
+    assert abs(swapped["low"] - want["low"]) > 10 * abs(want["low"]) * 1e-6 + 1e-3
+    assert abs(swapped["p"] - want["p"]) > 1e-3
+
+
+def test_pearson_within_groups_removes_each_groups_means():
+    """Two groups whose levels differ (group b: higher x, lower y) and no relation inside each:
+    the pooled r is strongly negative, the within-group r near 0. Checked against the residual
+    correlation computed here with numpy and a partial correlation's t-test and Fisher-z interval
+    (n - K - 1 degrees of freedom, standard error 1 / sqrt(n - K - 2)); one group = plain
+    Pearson (scipy's pearsonr: r, interval, p)."""
+    from minilm_jax.analysis.stats import pearson_within_groups
+
+    x = np.array([10.0, 11.0, 12.0, 13.0, 30.0, 31.0, 32.0, 33.0])
+    y = np.array([70.0, 72.0, 69.0, 71.0, 40.0, 42.0, 39.0, 41.0])
+    groups = ["a"] * 4 + ["b"] * 4
+    assert stats.pearsonr(x, y).statistic < -0.95
+    got = pearson_within_groups(x, y, groups)
+    xr = x - np.where(np.arange(8) < 4, x[:4].mean(), x[4:].mean())
+    yr = y - np.where(np.arange(8) < 4, y[:4].mean(), y[4:].mean())
+    r = np.sum(xr * yr) / np.sqrt(np.sum(xr ** 2) * np.sum(yr ** 2))
+    assert abs(r) < 0.5 and got.r == pytest.approx(r, rel=1e-12)
+    n, k = 8, 2
+    assert (got.n, got.groups, got.df) == (n, k, n - k - 1)
+    t = r * math.sqrt((n - k - 1) / (1 - r * r))
+    assert got.p == pytest.approx(2 * stats.t.sf(abs(t), n - k - 1), rel=1e-9)
+    half = stats.norm.ppf(0.975) / math.sqrt(n - k - 2)
+    assert got.low == pytest.approx(math.tanh(math.atanh(r) - half), rel=1e-9)
+    assert got.high == pytest.approx(math.tanh(math.atanh(r) + half), rel=1e-9)
+    one = pearson_within_groups(x[:6], y[:6] + x[:6], ["g"] * 6)
+    plain = stats.pearsonr(x[:6], y[:6] + x[:6])
+    ci = plain.confidence_interval(0.95)
+    assert one.r == pytest.approx(plain.statistic, rel=1e-12) and one.df == 4
+    assert (one.low, one.high) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert one.p == pytest.approx(plain.pvalue, rel=1e-6)
+    assert "at least K + 3 = 5" in pearson_within_groups(x[:4], y[:4], list("aabb")).undefined
+    flat = pearson_within_groups(x, np.where(np.arange(8) < 4, 1.0, 2.0), groups)
+    assert "constant within every group" in flat.undefined

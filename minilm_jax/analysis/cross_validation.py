@@ -1,8 +1,9 @@
 """The verdict of a cross-validated labelled file: did pre-training help?
 
 Each fold run (``data.cv_folds`` > 0: :mod:`minilm_jax.finetune.run`) fine-tuned one seed with one
-fold of that seed's stratified partition held out, from the pre-trained checkpoint and from random
-init on the same folds, seeds and data order. Read back here:
+fold of that seed's partition held out (stratified by class; a regression file's: a seeded
+shuffle), from the pre-trained checkpoint and from random init on the same folds, seeds and data
+order. Read back here:
 
 - per (seed, fold): each init's score on its held-out fold (the final epoch, as the plain table's
   gain) and their difference;
@@ -11,7 +12,9 @@ init on the same folds, seeds and data order. Read back here:
 - the gain: the mean of the J = seeds x folds differences with the corrected resampled t-test
   (:func:`~minilm_jax.analysis.stats.corrected_resampled_gap`): the unit of replication is the
   (seed, fold) run, and the correction ``1/J + n_test/n_train`` accounts for the training sets'
-  overlap, which a plain t-test over folds ignores (its intervals are too narrow);
+  overlap, which a plain t-test over folds ignores (its intervals are too narrow); when every
+  difference is the same, the spread is zero and the interval and p are undefined (said so, never
+  a zero-width interval);
 - power: the smallest gain the design detects with 80% power at the observed spread, and what more
   seeds or labels would make of it;
 - per class: recall and F1 of each init over the pooled out-of-fold predictions.
@@ -107,10 +110,27 @@ class Verdict:
                            for i, d in self.scores.items()},
                 "pooled": {i: {str(s): v for s, v in d.items()} for i, d in self.pooled.items()},
                 "majority": self.majority, "per_class": self.per_class,
-                "gain": {"mean": self.gap.mean, "low": self.gap.low, "high": self.gap.high,
-                         "p": self.gap.p, "n": self.gap.n, "sd": self.gap.sd,
-                         "method": self.gap.method, "undefined": self.gap.undefined},
+                "gain": {"mean": _number(self.gap.mean), "low": _number(self.gap.low),
+                         "high": _number(self.gap.high), "p": _number(self.gap.p),
+                         "n": self.gap.n, "sd": _number(self.gap.sd), "method": self.gap.method,
+                         "undefined": self.gap.undefined},
                 "detectable_gain_80": self.detectable, "projections": self.projections}
+
+
+def _number(x: float) -> float | None:
+    """``x``, or None where it is undefined (NaN): results.json stays strict JSON."""
+    return x if math.isfinite(x) else None
+
+
+def design_kind(task: str, folds: int) -> str:
+    """The kind of cross-validation of ``task``'s labelled file, as the folds are cut
+    (:func:`~minilm_jax.tasks.sampling.fold_assignment`): stratified by class for a
+    classification file, a seeded shuffle for a regression one (real-valued labels have no
+    classes to stratify by)."""
+    if task == "table_regression":
+        return (f"{folds}-fold cross-validation (folds cut by a seeded shuffle, not stratified: "
+                "real-valued labels have no classes)")
+    return f"stratified {folds}-fold cross-validation"
 
 
 def detectable(sd: float, runs: int, test_over_train: float) -> float:
@@ -190,7 +210,7 @@ def markdown(v: Verdict, class_names: Sequence[str] = ()) -> str:
     """The section of results.md: design, gain, power, per-fold and per-class tables."""
     gap = v.gap
     lines = [f"## {v.task}: cross-validated, {v.checkpoint}", "",
-             f"Design: stratified {v.folds}-fold cross-validation of the one labelled file, "
+             f"Design: {design_kind(v.task, v.folds)} of the one labelled file, "
              f"repeated with {len(v.seeds)} fine-tuning seed(s) ({', '.join(map(str, v.seeds))}), "
              f"each seed its own partition: every one of the {v.rows} rows scored once per seed, "
              "out of fold. Pre-trained and random init ran on the same folds, seeds and data "
@@ -205,7 +225,14 @@ def markdown(v: Verdict, class_names: Sequence[str] = ()) -> str:
               "t) | majority class |", "| --- | --- | --- | --- | --- |",
               f"| {v.task} (n = {v.rows} rows x {len(v.seeds)} seeds) | {_cell(list(pre.values()))}"
               f" | {_cell(list(rnd.values()))} | {gap.text()} | {majority} |", ""]
-    if gap.defined:
+    if gap.zero_spread:
+        lines += [f"Verdict: undefined: every one of the {gap.n} (seed, fold) runs gave the same "
+                  f"difference ({gap.mean:+.1f}), so the spread is zero and the "
+                  f"{round(100 * gap.confidence)}% interval and p are undefined; {gap.n} equal "
+                  "differences are not certainty (see the per-fold table: both inits may score "
+                  "alike, e.g. each predicting one class).",
+                  "Power: undefined (no spread to size an effect against).", ""]
+    elif gap.defined:
         lines.append(f"Verdict: {gap.verdict('pre-training helped', 'random init scored higher')}"
                      f" (n = {gap.n} (seed, fold) runs, p = {format_p(gap.p)}).")
         if v.detectable is None:

@@ -10,7 +10,12 @@
   of the same run when it has one, else the one of the same architecture (``point``).
 - Perplexity vs downstream: one point per checkpoint, x = its validation perplexity, y = the mean
   pre-trained score over the tasks every checkpoint has; Pearson with a Fisher-z interval and a
-  permutation p-value. Expected direction (the paper's claim): negative.
+  permutation p-value. Expected direction (the paper's claim): negative. Where the checkpoints
+  span several architectures (the ``arch`` of a user's variant; a built-in encoder's rows have
+  none), that pooled r partly measures which architecture a checkpoint has: the correlation within
+  architectures (each architecture's mean perplexity and mean score removed,
+  :func:`~minilm_jax.analysis.stats.pearson_within_groups`) goes beside it, and each architecture's
+  own r where it has at least :data:`PER_ARCH_MIN` checkpoints.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .stats import Gap, MeanSD, PearsonResult, mean_sd, paired_gap, pearson_fisher
+from .stats import (Gap, MeanSD, PearsonResult, WithinGroups, mean_sd, paired_gap,
+                    pearson_fisher, pearson_within_groups)
 
 EXPECTED_SIGN = -1  # lower perplexity, higher score
 SMALL_N = 10
+BUILT_IN = "built-in"  # the architecture of rows without ``arch`` (as analysis.variants names it)
+PER_ARCH_MIN = 4  # checkpoints an architecture needs for its own r (a Fisher-z interval: n > 3)
 
 
 def _key(path: str) -> str:
@@ -49,6 +57,7 @@ class FinetuneRun:
     unk_rate: float | None
     workdir: str
     runs: set[str] = field(default_factory=set)  # every run name it stands for
+    arch: str = BUILT_IN  # the encoder's architecture (a user's variant's ``arch``)
 
     @property
     def summary(self) -> MeanSD:
@@ -84,7 +93,7 @@ def finetune_runs(rows: Iterable[Mapping[str, Any]]) -> list[FinetuneRun]:
         found[key] = FinetuneRun(
             name, r["point"], _key(r["workdir"]), r["task"], r["init"], r.get("checkpoint_step"),
             fraction, r.get("final_validation_perplexity"), by_seed, float(r["score"]),
-            r.get("majority_score"), r.get("unk_rate"), key, {name})
+            r.get("majority_score"), r.get("unk_rate"), key, {name}, r.get("arch") or BUILT_IN)
     return list(found.values())
 
 
@@ -140,16 +149,38 @@ class CorrelationPoint:
     label: str
     perplexity: float
     score: float
+    arch: str = BUILT_IN
 
 
 @dataclass
 class CheckpointCorrelation:
-    """Perplexity vs mean pre-trained score over distinct checkpoints."""
+    """Perplexity vs mean pre-trained score over distinct checkpoints; where they span several
+    architectures, the correlation within architectures and each architecture's own (those with
+    at least :data:`PER_ARCH_MIN` checkpoints)."""
 
     points: list[CorrelationPoint]
     tasks: list[str]
     result: PearsonResult | None
     notes: list[str]
+    within: WithinGroups | None = None  # None: one architecture (nothing pooled)
+    per_arch: dict[str, PearsonResult] = field(default_factory=dict)
+
+    @property
+    def architectures(self) -> dict[str, int]:
+        """Checkpoints per architecture, in name order."""
+        counts: dict[str, int] = defaultdict(int)
+        for p in self.points:
+            counts[p.arch] += 1
+        return dict(sorted(counts.items()))
+
+    def pooled_text(self) -> str:
+        """``pools K architectures: a (n), b (m)``, or "" for one architecture."""
+        archs = self.architectures
+        if len(archs) < 2:
+            return ""
+        return (f"pools {len(archs)} architectures: "
+                + ", ".join(f"`{a}` ({n} checkpoint{'s' if n != 1 else ''})"
+                            for a, n in archs.items()))
 
 
 def perplexity_correlation(runs: list[FinetuneRun]) -> CheckpointCorrelation:
@@ -176,9 +207,28 @@ def perplexity_correlation(runs: list[FinetuneRun]) -> CheckpointCorrelation:
     for (_, step), tasks in sorted(by_ckpt.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         any_ft = next(iter(tasks.values()))
         points.append(CorrelationPoint(_label(any_ft.run, any_ft.fraction), any_ft.perplexity,
-                                       sum(tasks[t].score for t in shared) / len(shared)))
+                                       sum(tasks[t].score for t in shared) / len(shared),
+                                       any_ft.arch))
     result = pearson_fisher([p.perplexity for p in points], [p.score for p in points])
     if len(points) < SMALL_N:
         notes.append(f"n = {len(points)} < {SMALL_N} checkpoints: intervals are wide and the estimate "
                      "is fragile.")
-    return CheckpointCorrelation(points, shared, result, notes)
+    within, per_arch = _by_architecture(points)
+    return CheckpointCorrelation(points, shared, result, notes, within, per_arch)
+
+
+def _by_architecture(points: list[CorrelationPoint]
+                     ) -> tuple[WithinGroups | None, dict[str, PearsonResult]]:
+    """(the correlation within architectures, each architecture's own r where it has at least
+    :data:`PER_ARCH_MIN` checkpoints); (None, {}) for one architecture."""
+    archs = sorted({p.arch for p in points})
+    if len(archs) < 2:
+        return None, {}
+    within = pearson_within_groups([p.perplexity for p in points], [p.score for p in points],
+                                   [p.arch for p in points])
+    per_arch = {}
+    for arch in archs:
+        mine = [p for p in points if p.arch == arch]
+        if len(mine) >= PER_ARCH_MIN:
+            per_arch[arch] = pearson_fisher([p.perplexity for p in mine], [p.score for p in mine])
+    return within, per_arch

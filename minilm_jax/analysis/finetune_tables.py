@@ -17,7 +17,9 @@ from minilm_jax.storage import (RunPath, atomic_write_bytes, atomic_write_json, 
                                 is_remote, run_path)
 
 from minilm_jax.analysis import cross_validation
+from minilm_jax.analysis.architecture_pooling import architecture_pooling
 from minilm_jax.analysis.stats import paired_gap, pearson_fisher
+from minilm_jax.analysis.variants import BUILT_IN
 
 from minilm_jax.tasks.metrics import glue_average
 from minilm_jax.data import learned
@@ -56,6 +58,7 @@ def run_row(path: RunPath) -> dict[str, Any]:
            "seeds": len(s["seeds"]), "status": s["status"], "examples": s.get("examples"),
            "vocab_filter": s.get("vocab_filter")}
     row["seed_list"] = list(s["seeds"])
+    row["arch"] = _arch(s)
     reported = s.get("reported_splits") or list(s.get("majority") or {})
     row["reported"] = {split: (s.get("examples") or {}).get(split) for split in reported}
     majority = [m for split, m in (s.get("majority") or {}).items()
@@ -65,6 +68,7 @@ def run_row(path: RunPath) -> dict[str, Any]:
                                 if k not in ("score", "prediction") and "/" not in k}
                                if majority else {})
     row["pretrain_reference"] = _pretrain_reference(pre.get("workdir"))
+    row["pretrain_recipe"] = _pretrain_recipe(pre.get("workdir"))
     for which, key in (("final", "final"), ("best", "selected" if "selected" in s else "best")):
         if key in s:
             row[f"{which}_score"] = s[key]["mean"]["score"]
@@ -83,6 +87,29 @@ def _pretrain_reference(workdir: str | None) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return summary.get("reference") if isinstance(summary, dict) else None
+
+
+def _arch(summary: dict[str, Any]) -> str:
+    """The encoder a fine-tuning run trained: a user's variant's ``model.arch``, else
+    :data:`~minilm_jax.analysis.variants.BUILT_IN`."""
+    from minilm_jax.model.registry import is_library_encoder
+
+    arch = str((summary.get("model") or {}).get("arch") or "")
+    return arch if arch and not is_library_encoder(arch) else BUILT_IN
+
+
+def _pretrain_recipe(workdir: str | None) -> dict[str, Any] | None:
+    """The fields of the checkpoint's run that say which recipe it trained with
+    (:data:`~minilm_jax.data.learned.SMALL_CORPUS_FIELDS` and its steps; None: unknown)."""
+    if not workdir:
+        return None
+    try:
+        config = json.loads((run_path(workdir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    return {k: config[k] for k in (*learned.SMALL_CORPUS_FIELDS, "train.num_steps") if k in config}
 
 
 def _cell(row: dict | None, key: str = "final") -> str:
@@ -129,7 +156,8 @@ def tables(rows: list[dict]) -> tuple[str, dict[str, Any]]:
         if ppl is not None:
             lines += [f"Pre-training validation perplexity: {ppl:.2f}"
                       + learned.beside(ppl, reference), ""]
-            verdict = learned.verdict(ppl, reference)
+            recipe = next((r["pretrain_recipe"] for r in group if r.get("pretrain_recipe")), None)
+            verdict = learned.verdict(ppl, reference, recipe)
             if verdict:
                 lines += [verdict[0].upper() + verdict[1:], ""]
         lines += ["| task (split, n) | pre-trained | random init | gain | selected epoch: "
@@ -187,10 +215,12 @@ def perplexity_correlation(rows: list[dict], out: RunPath) -> str:
     from minilm_jax.tasks.correlation import plot_correlation
 
     points: dict[str, tuple[float, list[float]]] = {}
+    archs: dict[str, str] = {}
     for r in rows:
         if r["init"] == "pretrained" and r["pretrain_validation_perplexity"] and "final_score" in r:
             points.setdefault(r["checkpoint"], (r["pretrain_validation_perplexity"], []))[1].append(
                 (r["task"], r["final_score"]))
+            archs.setdefault(r["checkpoint"], r.get("arch") or BUILT_IN)
     task_sets = {frozenset(t for t, _ in v[1]) for v in points.values()}
     if len(points) < 3:
         return ""
@@ -206,7 +236,11 @@ def perplexity_correlation(rows: list[dict], out: RunPath) -> str:
              f"{len(names)} checkpoints, mean final pre-trained score over the {len(shared)} task(s) "
              f"they all have ({', '.join(shared)}). Expected direction: negative.", "",
              f"- Pearson {result.text()}" + ("" if not result.defined
-                                             else f" — {result.agreement(-1)}."), ""]
+                                             else f" — {result.agreement(-1)}.")]
+    pooling = architecture_pooling(ppl, score, [archs[n] for n in names])
+    if pooling is not None:
+        lines += pooling.lines("perplexity", "score", -1)
+    lines.append("")
     if len(task_sets) > 1:
         lines += ["- Tasks not scored on every checkpoint are left out of the mean.", ""]
     if result.defined:

@@ -9,6 +9,7 @@ computed within each seed, summarised over seeds on the Fisher-z scale
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from minilm_jax.analysis.stats import (PearsonResult, format_p, pearson_fisher, t_interval,
-                                      welch_t)
+from minilm_jax.analysis.stats import (format_p, pearson_fisher, pearson_within_groups,
+                                      t_interval, welch_t)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,14 @@ class SeedEffect:
     def defined(self) -> bool:
         return self.n >= 2 and math.isfinite(self.low)
 
+    @property
+    def zero_spread(self) -> bool:
+        """n >= 2 values, all equal: the mean is known, the interval and p are not."""
+        return self.n >= 2 and self.sd == 0.0
+
     def verdict(self, better: str = "above 0", worse: str = "below 0") -> str:
+        if self.zero_spread:
+            return f"undefined (all {self.n} values equal: zero spread)"
         if not self.defined:
             return f"undefined (n = {self.n})"
         if self.low > 0:
@@ -54,6 +62,9 @@ class SeedEffect:
     def text(self, digits: int = 1) -> str:
         if self.n == 0:
             return "— (n = 0)"
+        if self.zero_spread:
+            return (f"{self.mean:+.{digits}f} (all n = {self.n} {self.unit}s equal: zero spread, "
+                    "so the interval and p are undefined)")
         if not self.defined:
             return f"{self.mean:+.{digits}f} (n = {self.n}: no interval)"
         pct = round(100 * self.confidence)
@@ -65,17 +76,18 @@ class SeedEffect:
 def seed_effect(label: str, values: Mapping[Any, float], unit: str = "pre-training seed",
                 confidence: float = 0.95) -> SeedEffect:
     """Mean, sample sd, t interval and one-sample t p-value of ``values`` (one per replicate).
-    Identical values give a zero-width interval and p = 0 (mean != 0) or 1 (mean = 0)."""
+    Identical values have zero spread: no interval and no p (NaN; a zero-width interval would read
+    as certainty from a few replicates)."""
     values = {k: float(v) for k, v in values.items()}
     x = np.asarray(list(values.values()), dtype=np.float64)
     nan = float("nan")
     if x.size == 0:
         return SeedEffect(label, unit, values, nan, nan, 0, nan, nan, nan, confidence)
     interval = t_interval(x, confidence)
-    if x.size < 2:
+    if x.size >= 2 and interval["sd"] == 0.0:
+        interval.update(low=nan, high=nan)
+    if x.size < 2 or interval["sd"] == 0.0:
         p = nan
-    elif interval["sd"] == 0.0:
-        p = 0.0 if interval["mean"] != 0 else 1.0
     else:
         p = float(stats.ttest_1samp(x, 0.0).pvalue)
     return SeedEffect(label, unit, values, interval["mean"], interval["sd"], int(x.size),
@@ -108,33 +120,65 @@ def gap_to_shared_baseline(label: str, scores: Mapping[Any, float], baseline: Se
 @dataclass(frozen=True)
 class CorrelationOverSeeds:
     """Pearson r within each pre-training seed and over seeds: the mean Fisher z of the seeds
-    with a defined r, its t interval and one-sample t p-value, back-transformed to r."""
+    with a defined r, its t interval and one-sample t p-value, back-transformed to r. Where a
+    seed's points span several architectures (a variant sweep), ``within`` is the same summary of
+    the correlation within architectures (each architecture's means removed in each seed) and
+    ``architectures`` counts the points per architecture."""
 
-    per_seed: dict[int, PearsonResult]
+    per_seed: dict[int, Any]  # seed -> PearsonResult (WithinGroups in ``within``)
     mean_r: float
     low: float
     high: float
     n: int  # seeds with a defined r
     p: float
+    within: "CorrelationOverSeeds | None" = None
+    architectures: dict[str, int] | None = None
 
     def text(self) -> str:
         if self.n == 0:
             return "no seed with a defined r"
         if self.n == 1:
-            return f"r = {self.mean_r:+.2f} (n = 1 seed: no interval)"
-        return (f"mean r = {self.mean_r:+.2f} [{self.low:+.2f}, {self.high:+.2f}] (95% t CI of "
-                f"Fisher z over n = {self.n} pre-training seeds, p = {format_p(self.p)})")
+            text = f"r = {self.mean_r:+.2f} (n = 1 seed: no interval)"
+        elif not math.isfinite(self.low):
+            text = (f"mean r = {self.mean_r:+.2f} (every one of the n = {self.n} pre-training "
+                    "seeds gave the same r: zero spread, no interval)")
+        else:
+            text = (f"mean r = {self.mean_r:+.2f} [{self.low:+.2f}, {self.high:+.2f}] (95% t CI "
+                    f"of Fisher z over n = {self.n} pre-training seeds, p = {format_p(self.p)})")
+        if self.within is None or not self.architectures:
+            return text
+        counts = ", ".join(f"`{a}` ({k} checkpoint{'s' if k != 1 else ''})"
+                           for a, k in self.architectures.items())
+        return (f"{text}; each seed's r pools {len(self.architectures)} architectures ({counts}), "
+                "so it also measures which architecture a checkpoint has; within architectures "
+                f"(each architecture's means removed in each seed): {self.within.text()}")
 
 
-def correlation_over_seeds(points: Mapping[int, Sequence[tuple[float, float]]],
-                           confidence: float = 0.95) -> CorrelationOverSeeds:
-    """``points``: seed -> its (x, y) points. Pearson r with a Fisher-z interval within each seed
-    (:func:`pearson_fisher`; undefined below 4 points), then over the seeds with a defined r."""
-    per_seed = {seed: pearson_fisher([x for x, _ in pts], [y for _, y in pts], confidence)
-                for seed, pts in sorted(points.items())}
+def _over_seeds(per_seed: dict[int, Any], confidence: float) -> tuple[float, float, float, int,
+                                                                      float]:
+    """(mean r, low, high, n, p) of the defined per-seed rs, over seeds on the Fisher-z scale."""
     rs = [r.r for r in per_seed.values() if r.defined]
     z = np.arctanh(np.clip(np.asarray(rs, dtype=np.float64), -1 + 1e-12, 1 - 1e-12))
     effect = seed_effect("fisher z", dict(enumerate(z)), confidence=confidence)
     back = (lambda v: float(np.tanh(v)) if math.isfinite(v) else float("nan"))  # noqa: E731
-    return CorrelationOverSeeds(per_seed, back(effect.mean), back(effect.low), back(effect.high),
-                                effect.n, effect.p)
+    return back(effect.mean), back(effect.low), back(effect.high), effect.n, effect.p
+
+
+def correlation_over_seeds(points: Mapping[int, Sequence[tuple]],
+                           confidence: float = 0.95) -> CorrelationOverSeeds:
+    """``points``: seed -> its (x, y) points, or (x, y, architecture). Pearson r with a Fisher-z
+    interval within each seed (:func:`pearson_fisher`; undefined below 4 points), then over the
+    seeds with a defined r; where the points span several architectures, the same for the
+    correlation within architectures (:func:`pearson_within_groups`) beside it."""
+    per_seed = {seed: pearson_fisher([p[0] for p in pts], [p[1] for p in pts], confidence)
+                for seed, pts in sorted(points.items())}
+    archs = Counter(p[2] for pts in points.values() for p in pts if len(p) > 2)
+    within = None
+    if len(archs) >= 2:
+        per_seed_within = {seed: pearson_within_groups([p[0] for p in pts], [p[1] for p in pts],
+                                                       [p[2] for p in pts], confidence)
+                           for seed, pts in sorted(points.items())}
+        within = CorrelationOverSeeds(per_seed_within,
+                                      *_over_seeds(per_seed_within, confidence))
+    return CorrelationOverSeeds(per_seed, *_over_seeds(per_seed, confidence), within,
+                                dict(sorted(archs.items())) if within is not None else None)

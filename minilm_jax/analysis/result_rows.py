@@ -103,6 +103,10 @@ OPTIONAL: dict[str, tuple[Callable[[Any], bool], Any]] = {
     "pretrain_seed": (_is_number_or_null, None),  # the run's pre-training seed
     "design": (_is_scalar_or_null, None),  # the declared run it replicates (several seeds)
     "arch": (_is_str, None),  # a user's encoder variant (model.arch); absent: a built-in encoder
+    "counts_source": (_is_str, None),  # a variant's counts: declared | derived
+    # changes of a user encoder's code accepted (MINILM_ACCEPT_CODE_CHANGE=1) while the run was
+    # trained or read: the row's numbers come from code other than the run recorded first
+    "code_changes": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), None),
 }
 #: Fields that must agree on every row of one run.
 RUN_FIELDS = ("workdir", "point", "group", "base", "factor", "params_total", "params_non_embedding")

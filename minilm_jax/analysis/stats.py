@@ -1,5 +1,6 @@
 """Statistics the reports print: sample mean/std with n, paired gaps with t intervals and p-values,
-Pearson r with a Fisher-z interval and a permutation p-value.
+Pearson r with a Fisher-z interval and a permutation p-value, and Pearson r within groups (each
+group's mean removed: what a correlation pooled over groups measures once their levels are out).
 
 Every function returns a result that can say "undefined" (with the reason) instead of raising, so a
 report never crashes on constant scores or too few points.
@@ -74,6 +75,12 @@ class Gap:
     def defined(self) -> bool:
         return not self.undefined
 
+    @property
+    def zero_spread(self) -> bool:
+        """Every one of n >= 2 differences is the same: the mean is known, the interval and p
+        are not (a t interval needs a spread)."""
+        return self.n >= 2 and self.sd == 0.0 and math.isfinite(self.mean)
+
     def verdict(self, better: str = "pre-trained better", worse: str = "random better") -> str:
         if not self.defined:
             return f"undefined ({self.undefined})"
@@ -84,6 +91,8 @@ class Gap:
         return "no significant difference"
 
     def text(self, digits: int = 1) -> str:
+        if self.zero_spread:
+            return f"{self.mean:+.{digits}f} ({self.method}, n = {self.n}, {self.undefined})"
         if not self.defined:
             return f"undefined ({self.undefined})"
         pct = round(100 * self.confidence)
@@ -102,6 +111,15 @@ def _undefined_gap(reason: str, n: int, method: str = "") -> Gap:
     return Gap(nan, nan, nan, nan, n, nan, method, undefined=reason)
 
 
+def zero_spread_gap(mean: float, n: int, method: str, confidence: float = 0.95) -> Gap:
+    """The gap when all ``n`` (>= 2) differences equal ``mean``: the mean, no interval and no p
+    (the spread is zero, so a t interval would have zero width: certainty from a few runs)."""
+    nan = float("nan")
+    return Gap(mean, nan, nan, nan, n, 0.0, method, confidence,
+               undefined=f"every difference equal: zero spread, so the {round(100 * confidence)}% "
+                         "interval and p are undefined")
+
+
 def paired_gap(a_by_seed: dict[Any, float], b_by_seed: dict[Any, float],
                confidence: float = 0.95) -> Gap:
     """Gap ``a - b``. Paired by seed (t interval over per-seed differences, ``ttest_rel`` p) when the
@@ -112,8 +130,8 @@ def paired_gap(a_by_seed: dict[Any, float], b_by_seed: dict[Any, float],
         n = d.size
         sd = float(d.std(ddof=1))
         mean = float(d.mean())
-        if sd == 0.0:  # identical differences: a degenerate interval
-            return Gap(mean, mean, mean, 0.0 if mean != 0 else 1.0, n, 0.0, "paired t", confidence)
+        if sd == 0.0:  # identical differences: no interval, no p
+            return zero_spread_gap(mean, n, "paired t", confidence)
         half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
         p = float(stats.ttest_rel([a_by_seed[s] for s in common],
                                   [b_by_seed[s] for s in common]).pvalue)
@@ -173,13 +191,17 @@ class PearsonResult:
 
     def agreement(self, expected_sign: int) -> str:
         """How the data relate to the expected direction (-1: negative, +1: positive)."""
-        if not self.defined:
-            return "undefined"
-        if np.sign(self.r) != expected_sign:
-            return "opposite sign to the expected direction"
-        excludes = self.high < 0 if expected_sign < 0 else self.low > 0
-        return ("agrees: expected sign, CI excludes 0" if excludes
-                else "same sign as expected, but the CI includes 0")
+        return _agreement(self, expected_sign)
+
+
+def _agreement(result: "PearsonResult | WithinGroups", expected_sign: int) -> str:
+    if not result.defined:
+        return "undefined"
+    if np.sign(result.r) != expected_sign:
+        return "opposite sign to the expected direction"
+    excludes = result.high < 0 if expected_sign < 0 else result.low > 0
+    return ("agrees: expected sign, CI excludes 0" if excludes
+            else "same sign as expected, but the CI includes 0")
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -234,6 +256,90 @@ def pearson_fisher(x: Sequence[float], y: Sequence[float], confidence: float = 0
                          float(result.pvalue), how, confidence)
 
 
+@dataclass(frozen=True)
+class WithinGroups:
+    """Pearson r of n points in k groups after each group's own mean is removed from x and from y
+    (the pooled-within, or fixed-effects, correlation: what is left once the groups' levels are
+    taken out). Its inference is that of a partial correlation controlling for the k - 1 group
+    indicators: a t-test with n - k - 1 degrees of freedom (``df``) and a Fisher-z interval with
+    standard error 1 / sqrt(n - k - 2), i.e. n - k + 1 in place of n (k = 1: plain Pearson)."""
+
+    r: float
+    low: float
+    high: float
+    n: int
+    groups: int
+    df: int
+    p: float
+    confidence: float = 0.95
+    undefined: str = ""
+
+    @property
+    def defined(self) -> bool:
+        return not self.undefined
+
+    def text(self) -> str:
+        if not self.defined:
+            return f"undefined ({self.undefined})"
+        pct = round(100 * self.confidence)
+        return (f"r = {self.r:.3f} [{self.low:.3f}, {self.high:.3f}] ({pct}% Fisher-z CI with "
+                f"n - K + 1 = {self.n - self.groups + 1} for n, n = {self.n}, K = {self.groups}, "
+                f"df = {self.df}; t-test p = {format_p(self.p)})")
+
+    def agreement(self, expected_sign: int) -> str:
+        """How the data relate to the expected direction (-1: negative, +1: positive)."""
+        return _agreement(self, expected_sign)
+
+
+def group_residuals(values: Sequence[float], groups: Sequence[Any]) -> np.ndarray:
+    """``values`` minus the mean of their group (float64)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    keys = list(groups)
+    out = v.copy()
+    for key in set(keys):
+        mine = np.asarray([g == key for g in keys])
+        out[mine] = v[mine] - v[mine].mean()
+    return out
+
+
+def pearson_within_groups(x: Sequence[float], y: Sequence[float], groups: Sequence[Any],
+                          confidence: float = 0.95) -> WithinGroups:
+    """:class:`WithinGroups` of ``x`` and ``y`` with ``groups`` (one label per point); undefined
+    (not an error) with fewer than k + 3 points, non-finite values or no spread left within the
+    groups on a side."""
+    xa = np.asarray(x, dtype=np.float64).reshape(-1)
+    ya = np.asarray(y, dtype=np.float64).reshape(-1)
+    labels = list(groups)
+    if not xa.shape == ya.shape == (len(labels),):
+        raise ValueError(f"x, y and groups have {xa.size}, {ya.size} and {len(labels)} points")
+    n, k = int(xa.size), len(set(labels))
+    nan = float("nan")
+    reason = ""
+    if n - k - 2 < 1:
+        reason = (f"n = {n} in K = {k} groups: at least K + 3 = {k + 3} points are needed for a "
+                  "Fisher-z interval")
+    elif not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
+        reason = "non-finite values"
+    if reason:
+        return WithinGroups(nan, nan, nan, n, k, max(n - k - 1, 0), nan, confidence, reason)
+    xr, yr = group_residuals(xa, labels), group_residuals(ya, labels)
+    sxx, syy = float((xr * xr).sum()), float((yr * yr).sum())
+    if sxx <= 1e-24 * max(1.0, float((xa * xa).sum())) or \
+            syy <= 1e-24 * max(1.0, float((ya * ya).sum())):
+        return WithinGroups(nan, nan, nan, n, k, n - k - 1, nan, confidence,
+                            "one side is constant within every group")
+    r = float(np.clip((xr * yr).sum() / math.sqrt(sxx * syy), -1.0, 1.0))
+    df = n - k - 1
+    if abs(r) == 1.0:
+        p, low, high = 0.0, r, r
+    else:
+        p = float(2 * stats.t.sf(abs(r) * math.sqrt(df / (1 - r * r)), df))
+        half = float(stats.norm.ppf(0.5 + confidence / 2)) / math.sqrt(n - k - 2)
+        z = math.atanh(r)
+        low, high = math.tanh(z - half), math.tanh(z + half)
+    return WithinGroups(r, low, high, n, k, df, p, confidence)
+
+
 def corrected_resampled_gap(differences: Sequence[float], test_over_train: float,
                             confidence: float = 0.95) -> Gap:
     """The mean of ``differences`` (one per cross-validation run: fold x repetition) with the
@@ -247,8 +353,7 @@ def corrected_resampled_gap(differences: Sequence[float], test_over_train: float
         return _undefined_gap("fewer than 2 runs", n, "corrected resampled t")
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     if sd == 0.0:
-        return Gap(mean, mean, mean, 0.0 if mean != 0 else 1.0, n, 0.0, "corrected resampled t",
-                   confidence)
+        return zero_spread_gap(mean, n, "corrected resampled t", confidence)
     se = sd * math.sqrt(1.0 / n + test_over_train)
     t = mean / se
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * se)

@@ -1,7 +1,9 @@
 """Zero-shot minimal-pair results of a sweep (``minimal_pairs`` rows): per evaluation, suite and
 rule, each run's final checkpoint against its random-init twin pair by pair; the pre-trained minus
 random accuracy per model point over pre-training seeds (the seed as the unit of replication);
-accuracy against validation perplexity over every scored checkpoint; accuracy along training."""
+accuracy against validation perplexity over every scored checkpoint (where the checkpoints span
+several architectures, the correlation within architectures beside it); accuracy along
+training."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from minilm_jax.analysis.architecture_pooling import (ArchitecturePooling, architecture_pooling,
+                                                     row_arch)
 from minilm_jax.analysis.results import rows_of_kind
 from minilm_jax.analysis.stats import Gap, PearsonResult, paired_gap, pearson_fisher
 from minilm_jax.evals.minimal_pairs import PairedComparison, Summary, compare_paired, summarize
@@ -32,6 +36,7 @@ class RunZeroShot:
     paired: PairedComparison | None
     curve: list[tuple[int, float, float | None]]  # (step, pooled accuracy, validation perplexity)
     curve_ci: list[tuple[float, float]] = field(default_factory=list)  # Wilson 95% per curve step
+    arch: str = "built-in"  # a user's variant's ``arch`` (analysis.variants.BUILT_IN otherwise)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class ZeroShot:
     seed_gaps: dict[str, Gap]  # design -> pre-trained minus random, paired by pre-training seed
     correlation: PearsonResult  # accuracy vs validation perplexity over scored checkpoints
     phenomena: dict[str, tuple[Summary, Summary | None]]  # final checkpoints of all runs pooled
+    pooling: ArchitecturePooling | None = None  # the correlation's architectures (None: one)
 
 
 def _group(rows: Iterable[Row], *keys: str) -> dict[tuple, list[Row]]:
@@ -81,7 +87,7 @@ def zero_shot_analyses(rows: Sequence[Row], confidence: float = 0.95) -> list[Ze
                                     summarize(final),
                                     summarize(rand) if rand else None,
                                     compare_paired(final, rand) if rand else None, curve,
-                                    curve_ci))
+                                    curve_ci, row_arch(final[0])))
             finals += final
             twins += rand
         gaps = {}  # per design place: each pre-training seed's run against its own twin
@@ -93,11 +99,15 @@ def zero_shot_analyses(rows: Sequence[Row], confidence: float = 0.95) -> list[Ze
                 gaps[design] = paired_gap({s: r.final.pooled for s, r in by_seed.items()},
                                           {s: r.random.pooled for s, r in by_seed.items()},
                                           confidence)
-        points = [(ppl, acc) for r in runs for _, acc, ppl in r.curve if ppl is not None]
-        correlation = pearson_fisher([p for p, _ in points], [a for _, a in points], confidence)
+        points = [(ppl, acc, r.arch) for r in runs for _, acc, ppl in r.curve if ppl is not None]
+        correlation = pearson_fisher([p for p, _, _ in points], [a for _, a, _ in points],
+                                     confidence)
+        pooling = architecture_pooling([p for p, _, _ in points], [a for _, a, _ in points],
+                                       [arch for _, _, arch in points], confidence=confidence)
         phenomena = {}
         for (phenomenon,), of_final in sorted(_group(finals, "phenomenon").items()):
             twin = [r for r in twins if r["phenomenon"] == phenomenon]
             phenomena[phenomenon] = (summarize(of_final), summarize(twin) if twin else None)
-        found.append(ZeroShot(evaluation, suite, rule, runs, gaps, correlation, phenomena))
+        found.append(ZeroShot(evaluation, suite, rule, runs, gaps, correlation, phenomena,
+                              pooling))
     return found

@@ -8,8 +8,10 @@
   pooled over design places with each pre-training run counted once (unit: the run).
 - **A2** (accuracy follows validation perplexity): within each pre-training seed, Pearson r of
   accuracy against validation perplexity over that seed's scored checkpoints (every size and
-  snapshot), and over seeds (mean Fisher z, t interval); per design place, each seed's change of
-  accuracy from its earliest scored snapshot to its final checkpoint, over seeds.
+  snapshot), and over seeds (mean Fisher z, t interval); where the checkpoints span several
+  architectures (a variant sweep), the correlation within architectures beside it; per design
+  place, each seed's change of accuracy from its earliest scored snapshot to its final
+  checkpoint, over seeds.
 - **Phenomena**: per phenomenon, each run's final minus own-twin accuracy, over the seeds of each
   design place and pooled over runs.
 
@@ -23,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from minilm_jax.analysis.architecture_pooling import row_arch
 from minilm_jax.analysis.replication import (CorrelationOverSeeds, SeedEffect,
                                              correlation_over_seeds, seed_effect)
 from minilm_jax.analysis.results import rows_of_kind
@@ -46,6 +49,7 @@ class SeedRun:
     curve: list[tuple[int, float, float | None]]  # (step, accuracy, validation perplexity)
     final_phenomena: dict[str, float]
     twin_phenomena: dict[str, float]
+    arch: str = "built-in"  # a user's variant's ``arch`` (analysis.variants.BUILT_IN otherwise)
 
     @property
     def gap(self) -> float:
@@ -112,7 +116,7 @@ def seed_runs(rows: Sequence[Row]) -> list[SeedRun]:
         final = by_step[(final_step,)]
         out.append(SeedRun(str(run), str(pre[0].get("design") or run), int(seed),
                            int(final_step), summarize(final).pooled, summarize(twin).pooled,
-                           curve, _phenomena(final), _phenomena(twin)))
+                           curve, _phenomena(final), _phenomena(twin), row_arch(pre[0])))
     return out
 
 
@@ -137,9 +141,9 @@ def analyse(evaluation: str, suite: str, rule: str, runs: Sequence[SeedRun],
     a1 = {d: seed_effect(d, {s: r.gap for s, r in by_seed.items()}, confidence=confidence)
           for d, by_seed in designs.items()}
     pooled = seed_effect("pooled", {r.run: r.gap for r in kept}, RUN_UNIT, confidence)
-    points: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    points: dict[int, list[tuple[float, float, str]]] = defaultdict(list)
     for r in kept:
-        points[r.seed] += [(ppl, acc) for _, acc, ppl in r.curve if ppl is not None]
+        points[r.seed] += [(ppl, acc, r.arch) for _, acc, ppl in r.curve if ppl is not None]
     change = {d: seed_effect(d, {s: r.final - r.curve[0][1] for s, r in by_seed.items()},
                              confidence=confidence)
               for d, by_seed in designs.items() if all(len(r.curve) >= 2 for r in by_seed.values())}

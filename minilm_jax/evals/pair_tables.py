@@ -83,16 +83,37 @@ def model_table(pretrained: Sequence[Row], random: Sequence[Row] = ()) -> list[s
     return lines
 
 
+def arch_text(rows: Sequence[Row]) -> str:
+    """``model.arch `a` `` of rows scored from a user's variant (their ``arch``), else ""."""
+    archs = sorted({str(r["arch"]) for r in rows if r.get("arch")})
+    return f"model.arch {', '.join(f'`{a}`' for a in archs)}" if archs else ""
+
+
+def code_change_line(rows: Sequence[Row]) -> str | None:
+    """A line naming the encoder code changes accepted for the scored model (None: none)."""
+    changes = sorted({str(c) for r in rows for c in (r.get("code_changes") or ())})
+    if not changes:
+        return None
+    return ("Note: scored with encoder code changed since the checkpoint was trained (accepted "
+            f"with MINILM_ACCEPT_CODE_CHANGE=1): {'; '.join(changes)}.")
+
+
 def report_lines(rows: Sequence[Row], title: str) -> list[str]:
-    """Markdown for one model's rows (``init = pretrained``) and its twin's (``random``)."""
-    lines = [f"# {title}", "", chance_line(), ""]
+    """Markdown for one model's rows (``init = pretrained``) and its twin's (``random``); a user's
+    variant is named (its ``arch``) in the title and each section's heading."""
+    arch = arch_text(rows)
+    lines = [f"# {title}" + (f", {arch}" if arch else ""), "", chance_line(), ""]
+    changed = code_change_line(rows)
+    lines += [changed, ""] if changed else []
     for suite in sorted({r["suite"] for r in rows}):
         for rule in sorted({r["rule"] for r in rows if r["suite"] == suite}):
             mine = [r for r in rows if (r["suite"], r["rule"]) == (suite, rule)]
             pre = [r for r in mine if r["init"] == "pretrained"]
             rand = [r for r in mine if r["init"] == "random"]
             step = pre[0]["step"] if pre else None
-            lines += [f"## {suite}, rule `{rule}` (step {step})", "", *model_table(pre, rand), ""]
+            model = arch_text(pre)
+            lines += [f"## {suite}, rule `{rule}` (step {step}{', ' + model if model else ''})",
+                      "", *model_table(pre, rand), ""]
             note = tie_note(pre, rand)
             lines += [note, ""] if note else []
     return lines

@@ -1,6 +1,7 @@
 """The report's downstream sections: pre-trained vs random (gaps with intervals and p-values, the
-majority-class baseline) and pre-training perplexity vs downstream score (Fisher-z, permutation p),
-each fine-tuning run counted once (see :mod:`minilm_jax.analysis.downstream`)."""
+majority-class baseline) and pre-training perplexity vs downstream score (Fisher-z, permutation p;
+over several architectures, the correlation within architectures beside the pooled one), each
+fine-tuning run counted once (see :mod:`minilm_jax.analysis.downstream`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from minilm_jax.analysis.downstream import (EXPECTED_SIGN, CheckpointCorrelation, GapRow,
-                                            final_gap_rows, finetune_runs, gap_rows,
+from minilm_jax.analysis.downstream import (EXPECTED_SIGN, PER_ARCH_MIN, CheckpointCorrelation,
+                                            GapRow, final_gap_rows, finetune_runs, gap_rows,
                                             perplexity_correlation)
 from minilm_jax.analysis.stats import format_p
 
@@ -74,13 +75,38 @@ def section_correlation(analysis: DownstreamAnalysis, plotted: bool) -> list[str
     if c.notes:
         lines += [""]
     if c.result is not None:
-        lines += [f"- Pearson {c.result.text()}; parametric p = {format_p(c.result.p_parametric)}.",
-                  f"- Direction: {c.result.agreement(EXPECTED_SIGN)}.", ""]
+        pooled = c.pooled_text()
+        lines += [f"- Pearson {c.result.text()}; parametric p = {format_p(c.result.p_parametric)}"
+                  + (f"; it {pooled}." if pooled else "."),
+                  f"- Direction: {c.result.agreement(EXPECTED_SIGN)}."]
+        lines += within_lines(c) + [""]
         if plotted:
             lines += [f"![perplexity vs downstream]({CORRELATION_PLOT})", ""]
-    if c.points:
+    if c.points and c.within is not None:
+        lines += _table(["checkpoint", "architecture", "validation ppl", "mean pre-trained score"],
+                        [[f"`{p.label}`", f"`{p.arch}`", f"{p.perplexity:.1f}", f"{p.score:.2f}"]
+                         for p in c.points])
+    elif c.points:
         lines += _table(["checkpoint", "validation ppl", "mean pre-trained score"],
                         [[f"`{p.label}`", f"{p.perplexity:.1f}", f"{p.score:.2f}"] for p in c.points])
+    return lines
+
+
+def within_lines(c: CheckpointCorrelation) -> list[str]:
+    """Where ``c`` pools several architectures: what the pooled r pools, the correlation within
+    architectures and each architecture's own r (those with enough checkpoints); else none."""
+    if c.within is None:
+        return []
+    w = c.within
+    lines = [f"- The r above {c.pooled_text()}: it also measures which architecture a "
+             "checkpoint has (their levels of perplexity and score differ). Within architectures "
+             "(each architecture's mean perplexity and mean score removed: the pooled-within "
+             f"correlation; a t-test with n - K - 1 degrees of freedom): Pearson {w.text()} — "
+             f"{w.agreement(EXPECTED_SIGN)}."]
+    if c.per_arch:
+        each = "; ".join(f"`{arch}`: {r.text()}" for arch, r in c.per_arch.items())
+        lines.append(f"- Per architecture (those with at least {PER_ARCH_MIN} "
+                     f"checkpoints): {each}.")
     return lines
 
 
@@ -100,8 +126,16 @@ def summary_lines(analysis: DownstreamAnalysis) -> list[str]:
                 out.append(f"  - {_ckpt(g)}, `{g.task}`: gap {g.gap.text()} — {g.gap.verdict()}.")
     c = analysis.correlation
     if c.result is not None:
-        out.append(f"- Perplexity vs mean downstream score over {len(c.points)} checkpoints: "
-                   f"Pearson {c.result.text()} — {c.result.agreement(EXPECTED_SIGN)}.")
+        pooled = c.pooled_text()
+        if not pooled:
+            out.append(f"- Perplexity vs mean downstream score over {len(c.points)} checkpoints: "
+                       f"Pearson {c.result.text()} — {c.result.agreement(EXPECTED_SIGN)}.")
+        else:
+            out.append(f"- Perplexity vs mean downstream score over {len(c.points)} checkpoints "
+                       f"({pooled}): pooled Pearson {c.result.text()} — "
+                       f"{c.result.agreement(EXPECTED_SIGN)}; within architectures (each "
+                       f"architecture's means removed): {c.within.text()} — "
+                       f"{c.within.agreement(EXPECTED_SIGN)}.")
     return out
 
 

@@ -53,6 +53,8 @@ def effect(e: Any, digits: int = 1) -> str:
     """A :class:`~minilm_jax.analysis.replication.SeedEffect` as ``mean [low, high]``."""
     if e.n == 0:
         return "—"
+    if getattr(e, "zero_spread", False):
+        return f"{e.mean:+.{digits}f} (all n = {e.n} equal: zero spread, no interval)"
     if not e.defined:
         return f"{e.mean:+.{digits}f} (no interval, n = {e.n})"
     return f"{e.mean:+.{digits}f} [{e.low:+.{digits}f}, {e.high:+.{digits}f}]"
@@ -64,4 +66,6 @@ def interval(i: dict[str, float], digits: int = 1) -> str:
         return "—"
     if i["n"] < 2 or not math.isfinite(i["low"]):
         return f"{i['mean']:.{digits}f} (n = {i['n']})"
+    if i.get("sd") == 0.0:  # a zero-width interval would read as certainty
+        return f"{i['mean']:.{digits}f} (all n = {i['n']} equal: zero spread, no interval)"
     return f"{i['mean']:.{digits}f} [{i['low']:.{digits}f}, {i['high']:.{digits}f}]"

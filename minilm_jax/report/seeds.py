@@ -14,6 +14,7 @@ from minilm_jax.analysis.seeds import SeedCorrelations, SeedGap, SeedSpread
 from minilm_jax.analysis.stats import format_p
 
 from .analyses import Analyses
+from .downstream import within_lines
 from .fmt import cell, num, sci
 
 SEED_PLOT = "seed_bands.png"
@@ -131,8 +132,14 @@ def correlation_lines(found: SeedCorrelations) -> list[str]:
         lines.append(f"| {seed} | {r.n} | {num(r.r, 3)} | [{num(r.low, 3)}, {num(r.high, 3)}] | "
                      f"{format_p(r.p_permutation)} |")
     lines.append("")
+    for seed, c in found.per_seed.items():  # a seed's checkpoints of several architectures
+        if c.within is not None:
+            lines += [f"Pre-training seed {seed}:"] + within_lines(c) + [""]
     pooled = found.pooled.result
-    pooled_text = (f" Pooled over all {pooled.n} checkpoints (section 5): r = {num(pooled.r, 3)}."
+    within = found.pooled.within
+    pooled_text = (f" Pooled over all {pooled.n} checkpoints (section 5): r = {num(pooled.r, 3)}"
+                   + (f" ({found.pooled.pooled_text()}; within architectures r = "
+                      f"{num(within.r, 3)})" if within is not None else "") + "."
                    if pooled is not None and pooled.defined else "")
     if found.n_defined:
         lines += [(f"- Over pre-training seeds (n = {found.n_defined} seeds with a defined r, "

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from minilm_jax.analysis.stats import format_p
+from minilm_jax.analysis.variants import BUILT_IN
 from minilm_jax.analysis.zero_shot import ZeroShot
 from minilm_jax.analysis.zero_shot_seeds import ZeroShotSeeds
 from minilm_jax.evals.minimal_pairs import CHANCE, PairedComparison, Summary
@@ -90,11 +91,14 @@ def section_zero_shot(analyses: Sequence[ZeroShot], plotted: Sequence[str]) -> l
               "independent and overstate the evidence; the inference is over pre-training seeds "
               "(the unit of replication, paired t over each seed's run and its twin)."), ""]
     for found, plot in zip(analyses, plotted):
+        variants = any(r.arch != BUILT_IN for r in found.runs)  # name each run's architecture
         lines += [f"### {cell(found.evaluation)}: {found.suite}, rule `{found.rule}`", "",
-                  "| run | step | pre-trained | random init | pre-trained − random | "
-                  "p (McNemar) | pairs scored / skipped |", "|---|---|---|---|---|---|---|"]
+                  "| run | " + ("architecture | " if variants else "") + "step | pre-trained | "
+                  "random init | pre-trained − random | p (McNemar) | pairs scored / skipped |",
+                  "|---|---|---|---|---|---|---|" + ("---|" if variants else "")]
         for r in found.runs:
-            lines.append(f"| {cell(r.run)} | {r.final_step} | {_acc(r.final)} | "
+            lines.append(f"| {cell(r.run)} | " + (f"`{r.arch}` | " if variants else "")
+                         + f"{r.final_step} | {_acc(r.final)} | "
                          f"{_acc(r.random)} | {_paired(r.paired)} | {r.final.scored:,} / "
                          f"{r.skipped:,} |")
         lines.append("")
@@ -110,7 +114,10 @@ def section_zero_shot(analyses: Sequence[ZeroShot], plotted: Sequence[str]) -> l
         for phenomenon, (pre, rand) in found.phenomena.items():
             lines.append(f"| {cell(phenomenon)} | {_acc(pre)} | {_acc(rand)} |")
         lines += ["", ("Accuracy vs validation perplexity over every scored checkpoint (a run's "
-                       "checkpoints are not independent): " + found.correlation.text()), ""]
+                       "checkpoints are not independent): " + found.correlation.text())]
+        if found.pooling is not None:
+            lines += found.pooling.lines("perplexity", "accuracy", -1)
+        lines.append("")
         if plot:
             lines += [f"![zero-shot accuracy along training]({plot})", ""]
     return lines
@@ -163,7 +170,11 @@ def section_zero_shot_seeds(analyses: Sequence[ZeroShotSeeds]) -> list[str]:
                 continue
             lines.append(f"| {seed} | {r.n} | {num(r.r, 3)} | [{num(r.low, 3)}, "
                          f"{num(r.high, 3)}] | {format_p(r.p_permutation)} |")
-        lines += ["", f"- Over pre-training seeds: {found.a2.text()}.", ""]
+        lines += ["", f"- Over pre-training seeds: {found.a2.text()}."]
+        if found.a2.within is not None:
+            lines.append("- Within architectures, per pre-training seed: " + "; ".join(
+                f"{seed}: {w.text()}" for seed, w in found.a2.within.per_seed.items()) + ".")
+        lines.append("")
         if found.snapshot_change:
             lines += ["Accuracy from each seed's earliest scored snapshot to its final "
                       "checkpoint (points, over seeds):", "",

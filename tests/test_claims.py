@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 
@@ -263,6 +264,9 @@ def test_status_shows_a_long_silent_claim_of_another_host_as_not_held(tmp_path):
     old = time.time() - 600
     os.utime(board(root).path_of(root / "runs" / "a" / "pretrain"), (old, old))
     assert board(root).holders() == {}  # silent for 10 minutes: its worker is gone
+    seen = board(root).claims()["runs/a/pretrain"]  # what status says of it
+    assert seen["verdict"] == "stale" and 600 <= seen["silent_for"] < 660
+    assert seen["note"] == f"stale: silent for {seen['silent_for']:.0f} s on host node7"
 
 
 def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path, capsys):
@@ -284,7 +288,8 @@ def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path, 
             else exclusive_files.create(path, json.dumps(owner).encode())
         claim = board(root).try_claim([unit], "pretrain")
         assert (claim is not None) == taken
-    assert f"from worker {socket.gethostname()}:{dead} (gone)" in capsys.readouterr().out
+    assert (f"from worker {socket.gethostname()}:{dead} (gone: pid {dead} not running)"
+            in capsys.readouterr().out)
     claim.release()
 
 
@@ -304,7 +309,9 @@ def test_a_stale_claim_of_a_live_process_on_this_host_is_taken_over(tmp_path, ca
     os.utime(path, (old, old))
     claim = board(root).try_claim([unit], "pretrain")
     assert claim is not None
-    assert f"from worker {socket.gethostname()}:{os.getppid()} (gone)" in capsys.readouterr().out
+    said = re.search(rf"from worker {socket.gethostname()}:{os.getppid()} \(stale: pid "
+                     rf"{os.getppid()} alive, silent for (\d+) s\)", capsys.readouterr().out)
+    assert said and 20 * 60 <= int(said.group(1)) <= 20 * 60 + 60  # the claim's age, not "gone"
     claim.release()
 
 

@@ -1,7 +1,8 @@
 """Several workers run one sweep root: each unit exactly once, results equal to one worker's, a
 killed worker's unit resumed by another bit-identically (same host, and a worker under another host
-name), a root in a ``gs://`` bucket, the SLURM launcher through submitit (its local executor here;
-a real SLURM where ``sbatch`` exists), ``status`` and a retry of one unit (``launch/tpu.sh sweep``:
+name), a stopped worker's unit taken over and the stopped worker ended by its launcher, a root in a
+``gs://`` bucket, the SLURM launcher through submitit (its local executor here; a real SLURM where
+``sbatch`` exists), ``status`` and a retry of one unit (``launch/tpu.sh sweep``:
 tests/test_launch.py)."""
 
 from __future__ import annotations
@@ -473,3 +474,54 @@ def test_gpu_workers_get_one_gpu_each_and_the_launcher_flags_stay_with_the_launc
     assert worker_argv(argv)[1:] == ["-m", "minilm_jax.sweep", "--config=sweep:a4", "--root=R",
                                      "--only=x", "--config.num_steps=10", "--launcher=local",
                                      "--workers=1"]
+
+
+def test_a_stopped_worker_is_terminated_once_its_unit_was_taken_over_and_the_sweep_ends(
+        sequential, word_shards, tmp_path, monkeypatch):
+    """``--workers=2``; the worker holding ``b``'s pre-training is stopped with SIGSTOP after its
+    checkpoint at step 4 (alive, silent): the other worker takes the unit over once its claim is
+    stale and finishes every unit; the launcher then names the silent worker in one line, kills it
+    (a stopped process acts on no other signal, and resuming it could let it write into the unit
+    taken over) and ends by itself with the exit status and results of one uninterrupted worker."""
+    from minilm_jax.sweep.claims import ClaimBoard
+
+    _, seq_root, _ = sequential
+    heartbeat, stale = 1, 5
+    monkeypatch.setenv("MINILM_CLAIM_HEARTBEAT_SECONDS", str(heartbeat))
+    monkeypatch.setenv("MINILM_CLAIM_STALE_SECONDS", str(stale))
+    config = sweep_file(tmp_path, word_shards, report=False)  # the same runs; no report
+    root = tmp_path / "sweep"
+    launcher = subprocess.Popen(sweep_cmd(config, root, "--workers=2"), cwd=REPO, env=sweep_env(),
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    victim = None
+    try:
+        wait_for(root / "runs" / "b" / "pretrain" / "checkpoints" / "4", launcher)
+        victim = ClaimBoard(root / "claims", root).holder(root / "runs" / "b" / "pretrain")["pid"]
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        out, _ = launcher.communicate(timeout=300)  # before the fix: waits on it forever
+        took = time.monotonic() - stopped_at
+    finally:
+        if launcher.poll() is None:  # never leave a stopped worker or its launcher behind
+            if victim is not None:
+                os.kill(victim, signal.SIGKILL)
+            launcher.kill()
+            launcher.communicate()
+    assert launcher.returncode == 1, out[-3000:]  # the run that fails on purpose, as one worker
+    named = re.findall(r"^warning: sweep worker w\d \(pid (\d+)\) has been silent for (\d+) s "
+                       r"\(stopped\) after every unit was settled; terminating it", out, re.M)
+    assert [int(pid) for pid, _ in named] == [victim], out[-3000:]
+    # silent since the stop, give or take the launcher's one look per heartbeat
+    assert stale <= int(named[0][1]) <= took + heartbeat + 1, (named, took)
+    assert len([line for line in out.splitlines() if f"(pid {victim})" in line]) == 1, out[-3000:]
+    taken = re.search(rf"taking over pretrain of runs/b/pretrain from worker \S+:{victim} "
+                      rf"\(stale: pid {victim} alive, silent for (\d+) s\)", out)
+    assert taken and int(taken.group(1)) >= stale, out[-3000:]
+    assert "resumed from checkpoint at step" in out
+    assert results(root) == results(seq_root)
+    outcome = json.loads(out[out.rindex("\n{") + 1:])
+    assert list(outcome["failures"]) == [FAILING]
+    assert sorted(outcome["workers"]) == [-signal.SIGKILL, 1]
+    with pytest.raises(ProcessLookupError):  # killed and reaped: no stopped process left
+        os.kill(victim, 0)
+    assert not list((root / "claims").glob("*.json"))  # its claim was taken over, then released

@@ -152,14 +152,31 @@ class ClaimBoard:
         owner, with ``silent_for``: seconds since its last heartbeat when more than three of its
         worker's heartbeats were missed (a worker of another host that may be gone; its claim is
         taken over once it stays so for ``stale_after``), else 0."""
+        return {unit: owner for unit, owner in self.claims().items()
+                if owner["verdict"] in ("held", "silent")}
+
+    def claims(self) -> dict[str, dict[str, Any]]:
+        """Every claim as one look at it judges it: its folder (relative to the root) -> owner,
+        with ``verdict`` (``held``; ``silent``: more than three heartbeats missed, not yet the
+        stale time; ``stale``: its process lives on this host but has not refreshed it for
+        ``stale_after`` (stopped or hung), or another host's not refreshed for that long;
+        ``gone``: its process no longer runs on this host), ``note`` (what that verdict says of
+        its process, :meth:`note`, for a stale or gone one) and ``silent_for`` (seconds since its
+        last heartbeat when it is not held fresh, else 0)."""
         out = {}
         for name in sorted(exclusive_files.listing(self.folder)):
             held = exclusive_files.read(self.folder / name)
-            owner = self._live(self.folder / name, held)
-            if owner is not None:
-                beat = float(owner.get("heartbeat") or self.heartbeat)
-                owner["silent_for"] = held.age if held.age > 3 * beat else 0.0
-                out[owner["unit"]] = owner
+            owner = _owner(held)
+            if owner is None:  # released since the listing, or a young partial write
+                continue
+            beat = float(owner.get("heartbeat") or self.heartbeat)
+            if self._live(self.folder / name, held) is not None:
+                verdict = "silent" if held.age > 3 * beat else "held"
+            else:
+                verdict = "gone" if self._process_gone(owner) else "stale"
+            owner.update(verdict=verdict, silent_for=held.age if verdict != "held" else 0.0,
+                         note=self.note(owner, held.age) if verdict in ("stale", "gone") else "")
+            out[owner["unit"]] = owner
         return out
 
     def _live(self, path: RunPath, held: exclusive_files.Held | None) -> dict[str, Any] | None:
@@ -168,6 +185,26 @@ class ClaimBoard:
         if owner is None or self._stale(path, owner, held) or held.age > self.stale_after:
             return None
         return owner
+
+    @staticmethod
+    def _process_gone(owner: dict[str, Any]) -> bool:
+        """Whether the claim's process is known not to run: on this host, its pid (a process of
+        another host cannot be looked at)."""
+        return (owner.get("host") == socket.gethostname()
+                and not process_alive(int(owner.get("pid", -1))))
+
+    @classmethod
+    def note(cls, owner: dict[str, Any], silent_for: float) -> str:
+        """What a stale claim, not refreshed for ``silent_for`` seconds, says of its process:
+        ``gone: pid P not running`` (this host), ``stale: pid P alive, silent for N s`` (this
+        host: stopped or hung), or ``stale: silent for N s on host H`` (another host, whose
+        processes cannot be looked at from here)."""
+        pid = owner.get("pid")
+        if owner.get("host") != socket.gethostname():
+            return f"stale: silent for {silent_for:.0f} s on host {owner.get('host')}"
+        if cls._process_gone(owner):
+            return f"gone: pid {pid} not running"
+        return f"stale: pid {pid} alive, silent for {silent_for:.0f} s"
 
     def try_claim(self, workdirs: Sequence[str | os.PathLike], stage: str) -> Claim | None:
         """Claim every folder of a unit, or none of them (None: another worker holds one)."""
@@ -257,12 +294,16 @@ class ClaimBoard:
         if owner is not None and not self._stale(path, owner, held):
             return None
         owner = owner or {}
+        # what this worker saw: the claim's age, or (another host's clock) how long it watched it
+        seen = self._seen.get(str(path))
+        silent_for = max(held.age, time.monotonic() - seen[1] if seen else 0.0)
         version = exclusive_files.replace(path, held.version, data)
         if version is not None:
             if owner.get("host") and owner.get("pid") is not None:
                 mark_gone(str(owner["host"]), int(owner["pid"]))
+            state = self.note(owner, silent_for) if owner else "unreadable"
             print(f"note: taking over {owner.get('stage')} of {owner.get('unit')} from worker "
-                  f"{owner.get('worker')} (gone)", flush=True)
+                  f"{owner.get('worker')} ({state})", flush=True)
         return version
 
 

@@ -1,6 +1,8 @@
 """Start several workers of one sweep on the engines a lab has (``--launcher``):
 
-- ``local``: ``--workers=N`` processes on this machine (N=1: this process is the worker);
+- ``local``: ``--workers=N`` processes on this machine (N=1: this process is the worker); one left
+  silent (stopped or hung) once the sweep is settled is named and terminated
+  (:func:`wait_for_workers`);
 - ``gpus``: one worker per local GPU (``CUDA_VISIBLE_DEVICES`` set to one GPU each);
 - ``slurm``: a job array of ``--workers`` tasks through submitit (partition, GPUs, CPUs, memory,
   time, array parallelism as flags; a preempted or timed-out task is requeued and resumes); returns
@@ -18,6 +20,7 @@ import dataclasses
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +31,8 @@ from typing import Sequence
 from minilm_jax.errors import UserError
 from minilm_jax.storage import RunPath, is_remote
 
-from .claims import LAUNCHED_AT_ENV, LOST_EXIT_STATUS
+from .claims import (HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE, LAUNCHED_AT_ENV, LOST_EXIT_STATUS,
+                     STALE_AFTER_SECONDS, STALE_VARIABLE, ClaimBoard, seconds_from_env)
 
 LAUNCHERS = ("local", "gpus", "slurm", "tpu")
 # Flags the launcher consumes; a worker's command line is the rest plus --launcher=local.
@@ -71,46 +75,220 @@ def launch_env() -> dict[str, str]:
     return {LAUNCHED_AT_ENV: repr(time.time())}
 
 
-def _relay(stream, prefix: str) -> None:
+@dataclasses.dataclass
+class LocalWorker:
+    """One worker process of a local launch and the last sign of life the launcher saw of it."""
+
+    name: str  # w<i>, its output's prefix
+    proc: subprocess.Popen
+    last_sign: float  # time.monotonic() of its start, last output line or last CPU time change
+    cpu: int | None = None  # its CPU time in clock ticks at the last look (None: not known)
+    terminated_by: int = 0  # the last signal this launcher sent it (0: none)
+    terminated_at: float = 0.0  # when (time.monotonic())
+    warned: bool = False  # told once that it is silent while the sweep is not settled
+
+    @property
+    def ended(self) -> bool:
+        return self.proc.returncode is not None
+
+    @property
+    def exit_code(self) -> int:
+        """Its exit code; minus the signal this launcher ended it with (a worker that stopped on
+        the SIGTERM it was sent exits 143, which is no user's stop)."""
+        if self.terminated_by and self.proc.returncode in (130, 143, -signal.SIGTERM,
+                                                           -signal.SIGKILL):
+            return -self.terminated_by
+        return self.proc.returncode
+
+
+@dataclasses.dataclass(frozen=True)
+class SilenceRule:
+    """When the launcher stops waiting on a silent worker: one silent (no output line, no CPU
+    time, no claim refreshed) for ``stale_after`` seconds, the claims' stale time, once another
+    worker finished; SIGTERM's grace before SIGKILL; the sweep root, whose claims say whether a
+    worker still beats (None: not looked at)."""
+
+    stale_after: float
+    heartbeat: float
+    grace: float = 10.0
+    root: str | None = None
+
+    @property
+    def every(self) -> float:
+        """How often the launcher looks at its workers' CPU time (and at once when one ends)."""
+        return min(self.heartbeat, self.stale_after / 3)
+
+    @classmethod
+    def from_env(cls, argv: Sequence[str]) -> "SilenceRule":
+        """The claims' times as every worker reads them (the launcher's environment), and the
+        root named on the command line ``argv``."""
+        return cls(stale_after=seconds_from_env(STALE_VARIABLE, STALE_AFTER_SECONDS),
+                   heartbeat=seconds_from_env(HEARTBEAT_VARIABLE, HEARTBEAT_SECONDS),
+                   root=flag_value(argv, "root"))
+
+
+def flag_value(argv: Sequence[str], name: str) -> str | None:
+    """The value of ``--name`` on a command line (``--name=V`` or ``--name V``; the last wins)."""
+    value = None
+    for i, arg in enumerate(argv):
+        flag, eq, rest = arg.partition("=")
+        if flag.lstrip("-") == name and flag.startswith("-"):
+            value = rest if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+    return value
+
+
+def _relay(stream, worker: LocalWorker) -> None:
     for line in iter(stream.readline, ""):
-        sys.stdout.write(f"{prefix}{line}")
+        worker.last_sign = time.monotonic()
+        sys.stdout.write(f"[{worker.name}] {line}")
         sys.stdout.flush()
 
 
 def run_local_workers(argv: Sequence[str], envs: Sequence[dict[str, str]]) -> list[int]:
     """Start one worker per entry of ``envs`` (extra environment variables) on this machine, relay
     their output with a ``[w<i>]`` prefix, wait for all; their exit codes (negative: killed by
-    that signal). Each worker is reaped the moment it ends (a waiter thread each), so a killed one
-    never lingers as a zombie that the others' claims would take for alive: they see it gone
-    within one look and take its unit over."""
-    procs, threads, launched = [], [], launch_env()
-    for i, extra in enumerate(envs):
-        proc = subprocess.Popen(worker_argv(argv), env={**os.environ, **launched, **extra},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        relay = threading.Thread(target=_relay, args=(proc.stdout, f"[w{i}] "), daemon=True)
-        reaper = threading.Thread(target=_reap, args=(proc, f"w{i}"), daemon=True)
+    that signal, also one this launcher terminated). Each worker is reaped the moment it ends (a
+    waiter thread each), so a killed one never lingers as a zombie that the others' claims would
+    take for alive: they see it gone within one look and take its unit over. A worker left
+    silent after another one finished (stopped, or hung) is terminated
+    (:func:`wait_for_workers`)."""
+    launched = launch_env()
+    procs = [subprocess.Popen(worker_argv(argv), env={**os.environ, **launched, **extra},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for extra in envs]
+    return wait_for_workers(procs, SilenceRule.from_env(argv))
+
+
+def wait_for_workers(procs: Sequence[subprocess.Popen], rule: SilenceRule) -> list[int]:
+    """Relay and reap the worker processes ``procs`` (each with its output on a pipe) until every
+    one ended; their exit codes (a worker this launcher terminated: minus the signal sent).
+
+    A worker ends only when every unit of the sweep is settled (exit 0, or 1 when one failed), or
+    when a signal or an error stops it. Once one worker finished so, the sweep is settled: nothing
+    is left for the others to run but their own ending (results, the report, each under a claim it
+    refreshes). A worker that then stays silent for the claims' stale time (no output line, no CPU
+    time on Linux's ``/proc``, no fresh claim: a stopped or hung process, whose claims the others
+    took over) is named in one line and terminated: SIGKILL when it is stopped (it would act on
+    SIGTERM only once resumed, and resumed it could write into a unit another worker took over),
+    else SIGTERM and SIGKILL after ``rule.grace`` seconds. A worker that runs, beats or prints is
+    never terminated; nor is one while no worker finished (the sweep may need it): that is said
+    in one line, and the launcher waits."""
+    changed = threading.Event()  # a worker ended
+    now, threads, workers = time.monotonic(), [], []
+    for i, proc in enumerate(procs):
+        worker = LocalWorker(f"w{i}", proc, now)
+        relay = threading.Thread(target=_relay, args=(proc.stdout, worker), daemon=True)
+        reaper = threading.Thread(target=_reap, args=(worker, changed), daemon=True)
         relay.start()
         reaper.start()
-        procs.append(proc)
+        workers.append(worker)
         threads += [reaper, relay]
-    while any(t.is_alive() for t in threads):
+    while not all(w.ended for w in workers):
+        try:
+            changed.wait(_next_look(workers, rule))
+            changed.clear()
+            _look(workers, rule)
+        except KeyboardInterrupt:  # the workers got the Ctrl-C too: wait until they saved their step
+            continue
+    while any(t.is_alive() for t in threads):  # the relays: until each worker's output is drained
         try:
             for thread in threads:
                 thread.join()
-        except KeyboardInterrupt:  # the workers got the Ctrl-C too: wait until they saved their step
+        except KeyboardInterrupt:
             continue
-    return [proc.returncode for proc in procs]
+    return [w.exit_code for w in workers]
 
 
-def _reap(proc: subprocess.Popen, name: str) -> None:
+def _next_look(workers: Sequence[LocalWorker], rule: SilenceRule) -> float:
+    """Seconds until the launcher looks at its workers again (sooner when a worker ends)."""
+    if any(w.terminated_by == signal.SIGTERM and not w.ended for w in workers):
+        return min(rule.every, rule.grace)
+    return rule.every
+
+
+def _look(workers: Sequence[LocalWorker], rule: SilenceRule) -> None:
+    """Note each running worker's CPU time; terminate one silent after the sweep settled."""
+    now = time.monotonic()
+    for worker in workers:
+        if not worker.ended:
+            cpu, _ = process_cpu(worker.proc.pid)
+            if cpu is not None and cpu != worker.cpu:
+                worker.cpu, worker.last_sign = cpu, now
+    finished = any(w.ended and w.proc.returncode in (0, 1) for w in workers)
+    for worker in workers:
+        if worker.ended:
+            continue
+        if worker.terminated_by:  # SIGKILL once SIGTERM went unanswered for the grace period
+            if worker.terminated_by == signal.SIGTERM and now - worker.terminated_at >= rule.grace:
+                _signal(worker, signal.SIGKILL, now)
+            continue
+        silent = now - worker.last_sign
+        if worker.cpu is None or silent < rule.stale_after:
+            continue
+        alone = all(w.ended for w in workers if w is not worker)
+        if not (finished or alone) or _beats(worker, rule):  # claims read only when it matters
+            continue
+        if not finished:
+            if not worker.warned:
+                worker.warned = True
+                _say(f"warning: sweep worker {worker.name} (pid {worker.proc.pid}) has been "
+                     f"silent for {silent:.0f} s and the other workers ended before the sweep "
+                     "was settled; waiting for it (resume it with SIGCONT, or stop it)")
+            continue
+        stopped = process_cpu(worker.proc.pid)[1] in ("T", "t")
+        _say(f"warning: sweep worker {worker.name} (pid {worker.proc.pid}) has been silent for "
+             f"{silent:.0f} s ({'stopped' if stopped else 'hung'}) after every unit was "
+             "settled; terminating it")
+        _signal(worker, signal.SIGKILL if stopped else signal.SIGTERM, now)
+
+
+def _beats(worker: LocalWorker, rule: SilenceRule) -> bool:
+    """Whether ``worker`` holds a claim that is not stale (refreshed within the stale time: a
+    worker that beats is never silent, and no other worker would take its unit over)."""
+    if rule.root is None:
+        return False
+    from .layout import SweepLayout
+
+    board = ClaimBoard(SweepLayout(rule.root).claims_dir, rule.root, rule.stale_after,
+                       rule.heartbeat)
+    me = socket.gethostname()
+    return any(owner.get("host") == me and owner.get("pid") == worker.proc.pid
+               and owner["verdict"] in ("held", "silent") for owner in board.claims().values())
+
+
+def _signal(worker: LocalWorker, signum: int, now: float) -> None:
+    worker.terminated_by, worker.terminated_at = signum, now
+    worker.proc.send_signal(signum)  # nothing when it ended meanwhile
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")  # one write: no worker's output inside the line
+    sys.stdout.flush()
+
+
+def process_cpu(pid: int) -> tuple[int | None, str]:
+    """The CPU time (user + system, clock ticks, every thread) and state letter (``T``: stopped)
+    of process ``pid`` from Linux's ``/proc`` ((None, "") where it cannot be read)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None, ""
+    fields = stat[stat.rfind(")") + 1:].split()  # comm may hold spaces: the fields follow ')'
+    try:
+        return int(fields[11]) + int(fields[12]), fields[0]
+    except (IndexError, ValueError):
+        return None, ""
+
+
+def _reap(worker: LocalWorker, ended: threading.Event) -> None:
     """Wait for one worker; say so at once when a signal ended it (SIGKILL: the out-of-memory
-    killer, or a user)."""
-    code = proc.wait()
-    if code < 0 and -code not in (signal.SIGINT, signal.SIGTERM):
-        sys.stdout.write(f"warning: sweep worker {name} (pid {proc.pid}) was killed by "
-                         f"{signal.Signals(-code).name}; the other workers take over its unit and "
-                         "resume it from its last checkpoint\n")
-        sys.stdout.flush()
+    killer, or a user), unless this launcher sent it."""
+    code = worker.proc.wait()
+    if code < 0 and -code not in (signal.SIGINT, signal.SIGTERM) and not worker.terminated_by:
+        _say(f"warning: sweep worker {worker.name} (pid {worker.proc.pid}) was killed by "
+             f"{signal.Signals(-code).name}; the other workers take over its unit and resume it "
+             "from its last checkpoint")
+    ended.set()
 
 
 def local_gpus() -> list[str]:

@@ -1,6 +1,7 @@
 """``minilm-sweep status --root R``: every unit of a sweep with its state, step, worker, elapsed
-time and failure, read from the root (``status.json``, the claims, each unit's folder) while the
-workers run or after."""
+time and failure, and what a claim left unrefreshed says of its worker (stopped or hung, or not
+running), read from the root (``status/``, the claims, each unit's folder) while the workers run
+or after."""
 
 from __future__ import annotations
 
@@ -41,23 +42,30 @@ def last_step(workdir: RunPath) -> int | None:
 
 
 def unit_rows(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[dict[str, Any]]:
-    """One row per (run, stage): state (done, running, silent, failed, interrupted, pending),
-    step, worker, elapsed seconds, error. ``running``: its worker is alive (same host) or beats;
+    """One row per (run, stage): state (done, running, silent, stale, failed, interrupted,
+    pending), step, worker, elapsed seconds, error, and what a claim no worker keeps fresh says
+    of its process (``claim``: ``stale: pid P alive, silent for N s``, ``gone: pid P not
+    running``, :meth:`ClaimBoard.note`). ``running``: its worker is alive (same host) or beats;
     ``silent``: its worker (another host) missed three heartbeats, and is taken over if it stays
-    silent for the stale time; ``interrupted``: recorded running, nobody holds it (a killed
+    silent for the stale time; ``stale``: its claim was not refreshed for the stale time (a
+    stopped or hung worker of this host, or one of another host) and is taken over by the next
+    worker that wants the unit; ``interrupted``: recorded running, nobody holds it (a killed
     worker: a live worker takes it over)."""
     runner = SweepRunner(sweep, layout.root)
     recorded = runner.status.read()
-    holders = runner.claims.holders()
+    claims = runner.claims.claims()
     now, rows = time.time(), []
     for run in runner.runs:
         for stage, workdir, _, _ in runner.stages(run):
             entry = recorded.get(run.name, {}).get(stage, {})
-            holder = holders.get(relative_location(workdir, layout.root))
+            claim = claims.get(relative_location(workdir, layout.root)) or {}
+            holder = claim if claim.get("verdict") in ("held", "silent") else None
             if is_done(workdir / "summary.json"):
                 state = "done"
             elif holder:  # a holder of this host is alive; one elsewhere may have gone quiet
-                state = "silent" if holder.get("silent_for") else "running"
+                state = "silent" if holder["verdict"] == "silent" else "running"
+            elif claim.get("verdict") == "stale":
+                state = "stale"
             elif entry.get("state") in ("failed", "interrupted"):
                 state = entry["state"]
             elif entry.get("state") == "running":
@@ -66,11 +74,14 @@ def unit_rows(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[dic
                 state = "pending"
             rows.append({"run": run.name, "stage": stage, "state": state,
                          "step": last_step(workdir) if state != "pending" else None,
-                         "worker": (holder or {}).get("worker") or entry.get("worker", ""),
-                         "elapsed": now - holder["since"] if holder else None,
+                         "worker": claim.get("worker", "") if holder or state == "stale"
+                         else entry.get("worker") or claim.get("worker", ""),
+                         "elapsed": now - float(claim.get("since", now))
+                         if holder or state == "stale" else None,
                          "error": (entry.get("error") or "").splitlines()[0][:160]
                          if state == "failed" else "",
-                         "silent_for": (holder or {}).get("silent_for") or None})
+                         "silent_for": (holder or {}).get("silent_for") or None,
+                         "claim": claim.get("note", "") if state != "done" else ""})
     return rows
 
 
@@ -91,6 +102,9 @@ def print_status(sweep: ml_collections.ConfigDict, layout: SweepLayout) -> list[
         if r["silent_for"]:
             print(f"{'':<{width}}  no heartbeat for {duration(r['silent_for'])}: its worker may "
                   "be gone (taken over once silent for the stale time)")
+        if r["claim"]:
+            print(f"{'':<{width}}  claim {r['claim']}: the next worker that wants the unit "
+                  "takes it over")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

@@ -12,7 +12,9 @@ bbc_topic bbc_order folders table table_regression. Sweeps start from :func:`get
 import ml_collections
 
 from minilm_jax.model.config import ConfigError
-from minilm_jax.run_config import apply_recipe, distributed_section, model_config_dict
+from minilm_jax.settings.command_line import apply_recipe
+from minilm_jax.settings.model_fields import model_config_dict
+from minilm_jax.settings.recipes import distributed_section
 from minilm_jax.tasks.registry import UnknownTask, get_task
 
 
@@ -39,6 +41,10 @@ def get_config(task: str = "sst2") -> ml_collections.ConfigDict:
     c.model_overrides = ()
     c.point = "paper-1.25m"
     c.model = model_config_dict(c.point)
+    # "": the checkpoint's architecture (with none, the point's). Set it to hold the checkpoint to
+    # an architecture you name: another one is refused (or, with init.partial, loaded as far as
+    # it fits). A variant's fields (--config.model.extra.<name>) apply over the checkpoint's.
+    c.model.arch = ""
 
     c.data = ml_collections.ConfigDict()
     # tsv (glue_data layout) | tfds | csv (AG News / DBpedia) | json (FewRel) | table (your own files)
@@ -100,7 +106,7 @@ def get_config(task: str = "sst2") -> ml_collections.ConfigDict:
     c.train.members = "auto"
     c.train.batch_size = 32
     c.train.epochs = 5
-    c.train.early_stopping_patience = 0  # epochs without improvement on any seed; 0: off
+    c.train.early_stopping_patience = 0  # evaluations without improvement on any seed; 0: off
     c.train.steps_per_dispatch = 1
     c.train.log_every = 50
     c.train.progress = True

@@ -25,7 +25,7 @@ def get_config(point: str = "paper-1.25m") -> ml_collections.ConfigDict:
     c.model.hidden_dropout = 0.0
     c.model.attention_dropout = 0.0
     c.mlm.mask_prob = 0.4
-    c.mlm.max_predictions = 64  # >= 99.9% of 40% of 128 maskable tokens
+    c.mlm.max_predictions = 64  # drops 0.041% of the positions selected at 40% of 128 tokens
     c.optim.peak_lr = 3e-3
     c.optim.schedule = "constant"
     c.optim.warmup_steps = 50

@@ -190,6 +190,7 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
     ``abstract_size`` devices only.
     """
     from minilm_jax.model import accounting
+    from minilm_jax.settings.mlm_cap import effective_max_predictions
     from minilm_jax.train.program import pretrain_program
     from minilm_jax.model.count_check import analysis_value
 
@@ -210,8 +211,8 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
                else traced.lower())
     lower_seconds = time.perf_counter() - start
     n_devices = mesh.size
-    analytic = (accounting.train_flops_per_sequence(model_cfg,
-                                                    num_predictions=config.mlm.max_predictions)
+    analytic = (accounting.train_flops_per_sequence(
+        model_cfg, num_predictions=effective_max_predictions(config.mlm, model_cfg.max_len))
                 * tc.batch_size * k / n_devices)
     report = AotReport(
         point=model_cfg.point, target=target,

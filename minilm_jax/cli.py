@@ -7,141 +7,21 @@ everywhere. User mistakes give one ``error:`` line and a non-zero exit."""
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import importlib.util
 import os
-import re
 import sys
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from absl.flags import argparse_flags
 
-from minilm_jax import recipes
 from minilm_jax.errors import Interrupted, StorageError, UserError, one_line
+from minilm_jax.settings import recipes
 
 if TYPE_CHECKING:
     import ml_collections
 
 EXIT_USER_ERROR = 2
-
-
-def check_overrides(argv: Sequence[str], flag: str = "config") -> list[str]:
-    """Fail with one message naming an unknown ``--config.<field>`` and listing valid ones;
-    ``argv`` with each list field given as ``a,b`` written as the literal ``('a', 'b')``
-    (ml-collections would read ``linear,cosine`` as the one string ``'linear,cosine'``)."""
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
-    if spec is None:
-        return list(argv)
-    from minilm_jax.run_config import FIXED_FIELDS, check_override, flatten
-
-    config = recipes.load_config_file(spec)
-    flat = flatten(config)
-    valid = set(flat)
-    prefix = f"--{flag}."
-    out = []
-    for arg in argv:
-        out.append(arg)
-        if not arg.startswith(prefix):
-            continue
-        field, has_value, text = arg[len(prefix):].partition("=")
-        if field in valid and has_value:  # the value, by the parser sweeps use too
-            value = check_override(config, field, text)
-            if isinstance(flat[field], (tuple, list)) and not text.strip().startswith(("(", "[")):
-                out[-1] = f"{prefix}{field}={tuple(value)!r}"
-            continue
-        if field in FIXED_FIELDS:
-            check_override(config, field, text)
-        if field in valid or any(v.startswith(field + ".") for v in valid):
-            continue
-        parent = field.rsplit(".", 1)[0] + "." if "." in field else ""
-        siblings = sorted(v for v in valid if v.startswith(parent) and "." not in v[len(parent):])
-        close = difflib.get_close_matches(field, sorted(valid), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UserError(f"unknown config field '{field}'{hint}; valid fields"
-                        f"{' under ' + parent[:-1] if parent else ''}: {', '.join(siblings)}")
-    return out
-
-
-def last_override_wins(argv: Sequence[str], flag: str = "config") -> list[str]:
-    """``argv`` with only the last of each repeated ``--<flag>.<field>`` override (``--flagfile``
-    contents expanded first). ml-collections parses a tuple field as an absl multi-flag, so
-    ``--config.train.seeds=0,1 --config.train.seeds=2,3`` would concatenate to ``(0, 1, 2, 3)``
-    while a repeated scalar takes its last value: with this, both take the last value.
-
-    An override is ``--<flag>.<field>=value``, ``--[no]<flag>.<field>`` (a boolean) or
-    ``--<flag>.<field> value`` (the next argument, for a field that is not a boolean); nothing
-    after ``--`` is a flag."""
-    from absl import flags
-
-    try:
-        argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
-    except flags.Error:
-        argv = list(argv)  # absl reports the bad --flagfile itself
-    override = re.compile(rf"^--?(no)?{re.escape(flag)}\.([^=]+)(=.*)?$")
-    end = argv.index("--") if "--" in argv else len(argv)
-    booleans = None  # the config's boolean fields, read when a value might be the next argument
-    groups: list[tuple[str | None, list[str]]] = []  # (field or None, its arguments)
-    i = 0
-    while i < end:
-        match = override.match(argv[i])
-        if match is None:
-            groups.append((None, [argv[i]]))
-            i += 1
-            continue
-        field, takes_next = match.group(2), False
-        if match.group(3) is None and match.group(1) is None and i + 1 < end:
-            if booleans is None:
-                booleans = _boolean_fields(argv, flag)
-            takes_next = field not in booleans  # absl takes the next argument, as it is
-        groups.append((field, argv[i:i + 1 + takes_next]))
-        i += 1 + takes_next
-    last = {field: n for n, (field, _) in enumerate(groups) if field is not None}
-    kept = [arg for n, (field, args) in enumerate(groups) if field is None or last[field] == n
-            for arg in args]
-    return kept + argv[end:]
-
-
-def _boolean_fields(argv: Sequence[str], flag: str) -> set[str]:
-    """The boolean fields of the config file ``--<flag>=`` names (none when it cannot be read:
-    the command reports that itself)."""
-    spec = None
-    for i, arg in enumerate(argv):
-        if arg.startswith((f"--{flag}=", f"-{flag}=")):
-            spec = arg.split("=", 1)[1]
-        elif arg in (f"--{flag}", f"-{flag}") and i + 1 < len(argv):
-            spec = argv[i + 1]
-    if spec is None:
-        return set()
-    from minilm_jax.run_config import flatten
-
-    try:
-        config = recipes.load_config_file(spec)
-    except Exception:  # a missing file or a bad argument: reported by the command
-        return set()
-    return {field for field, value in flatten(config).items() if isinstance(value, bool)}
-
-
-# --config.model.extra.<name>=<value>: a variant's own fields, which the recipe cannot know: taken
-# out of the arguments before ml-collections parses them, applied once the config (and so
-# model.arch) is read (run_config.apply_variant_fields).
-VARIANT_ASSIGNMENTS: list[tuple[str, str]] = []
-_VARIANT_FLAG = re.compile(r"^--config\.model\.extra\.([A-Za-z_]\w*)=(.*)$")
-
-
-def take_variant_fields(argv: Sequence[str]) -> list[str]:
-    """``argv`` without its ``--config.model.extra.<name>=<value>`` arguments, which go to
-    :data:`VARIANT_ASSIGNMENTS` (nothing after ``--`` is a flag)."""
-    end = argv.index("--") if "--" in argv else len(argv)
-    kept = []
-    VARIANT_ASSIGNMENTS.clear()  # this command's only
-    for arg in argv[:end]:
-        match = _VARIANT_FLAG.match(arg)
-        if match:
-            VARIANT_ASSIGNMENTS.append((match.group(1), match.group(2)))
-        else:
-            kept.append(arg)
-    return kept + list(argv[end:])
 
 
 def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.ConfigDict, str]]:
@@ -161,7 +41,8 @@ def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.
     def values() -> tuple[ml_collections.ConfigDict, str]:
         if config.value is None or not workdir.value:
             raise UserError(f"both --config={spec} and --workdir=DIR are required")
-        from minilm_jax.run_config import apply_variant_fields
+        # imported here: the model's modules (chex, absl.testing's flags) only for a run's command
+        from minilm_jax.settings.command_line import VARIANT_ASSIGNMENTS, apply_variant_fields
 
         apply_variant_fields(config.value, VARIANT_ASSIGNMENTS)  # --config.model.extra.<name>
         return config.value, workdir.value
@@ -172,11 +53,14 @@ def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.
 def run_main(main: Callable[[list[str]], None], recipe: str | None = None) -> None:
     """``absl.app.run(main)`` with the command's own ``--help`` (``recipe``: its default
     ``--config``, whose fields the help lists), ``--print_config``, recipes by name
-    (:mod:`minilm_jax.recipes`), override checking (the last of a repeated override wins, see
-    :func:`last_override_wins`) and one-line user errors."""
+    (:mod:`minilm_jax.settings.recipes`), override checking (the last of a repeated override
+    wins: :func:`minilm_jax.settings.command_line.last_override_wins`) and one-line user
+    errors."""
     from absl import app
 
     from minilm_jax import command_help
+    from minilm_jax.settings.command_line import (check_overrides, last_override_wins,
+                                                  take_variant_fields)
 
     if set(sys.argv[1:]) & command_help.HELP_FLAGS:
         print(command_help.command_help(main, sys.argv[1:], recipe), end="")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from minilm_jax import recipes
+from minilm_jax.settings import recipes
 
 HELP_FLAGS = frozenset({"-h", "--help", "--helpshort", "-?"})
 PRINT_CONFIG = "--print_config"
@@ -49,8 +49,8 @@ def _flag_line(flag: Any) -> str:
 
 def _recipe_fields(spec: str) -> list[str]:
     """One wrapped line per section of the recipe ``spec``: its fields."""
-    from minilm_jax.recipes import load_config_file
-    from minilm_jax.run_config import flatten
+    from minilm_jax.settings.recipes import load_config_file
+    from minilm_jax.settings.command_line import flatten
 
     try:
         config = load_config_file(spec)
@@ -111,7 +111,7 @@ def config_lines(config: Any, argv: Sequence[str] = ()) -> str:
     """``field = value`` per line (JSON values), in the config's order. A fine-tuning config with
     ``init.checkpoint`` shows the checkpoint's model fields (what the run will build), except those
     given on the command line (``argv``), which override the checkpoint's."""
-    from minilm_jax.run_config import flatten
+    from minilm_jax.settings.command_line import flatten
 
     flat = flatten(config)
     note = ""

@@ -2,7 +2,9 @@
 2-core CPU (docs/pretraining.md, "Your own corpus"): tokenizer and shards per MB of text,
 pre-training per step, fine-tuning per labelled row trained on per seed and init (a
 cross-validated file: each row is trained on in folds - 1 of its folds), plus start-up and
-compiling (within ~25% of the five corpora's measured times).
+compiling (within ~25% of the five corpora's measured times on an idle machine). A busy machine
+is accounted for: with a 1-minute load average L on C cores, the job gets about C / (L + 1) of
+them, so the idle estimate is scaled by max(1, (L + 1) / C), and the line says which load it is for.
 
     python -m minilm_jax.own_data_estimate TEXT LABELS STEPS SEEDS [FOLDS]  # TEXT/LABELS may be "-"
 """
@@ -44,16 +46,43 @@ def estimate_seconds(megabytes: float, steps: int, rows: int, seeds: int, cores:
             + rows * seeds * 2 * max(1, folds - 1) * SECONDS_PER_ROW)
 
 
+def load_factor(load: float, cpus: int) -> float:
+    """How much longer than on an idle machine a CPU-bound job takes with ``load`` other runnable
+    processes (the 1-minute load average) on ``cpus`` cores: it gets about cpus / (load + 1) of
+    them, so max(1, (load + 1) / cpus)."""
+    return max(1.0, (max(load, 0.0) + 1.0) / max(cpus, 1))
+
+
+def current_load() -> tuple[float, int] | None:
+    """(1-minute load average, the machine's cores), or None where the system does not say."""
+    try:
+        return os.getloadavg()[0], os.cpu_count() or 1
+    except (AttributeError, OSError):
+        return None
+
+
 def estimate_line(text: str, labels: str, steps: int, seeds: int, folds: int = 0) -> str:
-    """The line own_data.sh prints before it starts (``folds``: of a cross-validated file)."""
+    """The line own_data.sh prints before it starts (``folds``: of a cross-validated file), for
+    the machine's load as it is now (:func:`load_factor`)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     mb, rows = text_megabytes(text), labelled_rows(labels)
     folds = folds if labels != "-" and Path(labels).is_file() else 0
-    seconds = estimate_seconds(mb, steps, rows, seeds, cores, folds)
+    idle = estimate_seconds(mb, steps, rows, seeds, cores, folds)
+    seen = current_load()
+    factor = load_factor(*seen) if seen else 1.0
+    if seen is None:
+        load = "for an idle machine (this system reports no load average)"
+    elif factor > 1.0:
+        load = (f"at the load seen now (load average {seen[0]:.1f} on {seen[1]} cores: "
+                f"{factor:.1f} x the idle machine's {idle / 60:.0f} min; it changes as the load "
+                "does)")
+    else:
+        load = f"at the load seen now (load average {seen[0]:.1f} on {seen[1]} cores: idle enough)"
     design = f" x {folds} folds" if folds > 1 else ""
-    return (f"estimate: about {seconds / 60:.0f} min on this machine's CPU ({mb:.1f} MB of text, "
-            f"{steps} pre-training steps, {rows} labelled rows x {seeds} seeds{design} x 2 inits, "
-            f"fine-tuning included; rates measured on {MEASURED_CORES} cores, {cores} here)")
+    return (f"estimate: about {idle * factor / 60:.0f} min on this machine's CPU {load} "
+            f"({mb:.1f} MB of text, {steps} pre-training steps, {rows} labelled rows x {seeds} "
+            f"seeds{design} x 2 inits, fine-tuning included; rates measured on {MEASURED_CORES} "
+            f"idle cores, {cores} here)")
 
 
 def main(argv: list[str]) -> None:

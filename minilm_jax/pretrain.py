@@ -24,7 +24,6 @@ def main(argv: list[str]) -> None:
     del argv
     from minilm_jax.errors import UserError
     from minilm_jax.evals.in_training import step_evaluations
-    from minilm_jax.interop.hf_minilm import export_note
     from minilm_jax.train.distributed import maybe_initialize_distributed
     from minilm_jax.train.pretrainer import Pretrainer
     from minilm_jax.train.population import expand, is_population
@@ -32,22 +31,32 @@ def main(argv: list[str]) -> None:
 
     config, workdir = _RUN_FLAGS()
     maybe_initialize_distributed(config)
-    note = export_note(config)
-    if note:
-        print(note, flush=True)
     if is_population(config):
         if config.get("evals"):
             raise UserError("config.evals runs inside single runs; score a population's members "
                             "after training (python -m minilm_jax.evals, or a sweep's evals)")
-        summary = PopulationTrainer(expand(config, workdir), workdir,
-                                    config.population.members).run()
+        trainer = PopulationTrainer(expand(config, workdir), workdir, config.population.members)
+        print_export_note(config)
+        summary = trainer.run()
         for member in summary["members"]:
             print(f"{member['name']}: {outcome_line(member)}")
         print(f"population {summary['status']} at step {summary['step']}; each member's summary: "
               f"{workdir}/members/<name>/summary.json")
     else:
-        summary = Pretrainer(config, workdir, step_evaluations(config, workdir)).run()
+        trainer = Pretrainer(config, workdir, step_evaluations(config, workdir))
+        print_export_note(config)
+        summary = trainer.run()
         print(f"{outcome_line(summary)}; summary: {workdir}/summary.json")
+
+
+def print_export_note(config) -> None:
+    """Print why the run's model will not export to Hugging Face, if it will not (once the run is
+    accepted: a refused command prints only its error line)."""
+    from minilm_jax.interop.hf_minilm import export_note
+
+    note = export_note(config)
+    if note:
+        print(note, flush=True)
 
 
 def outcome_line(summary: dict) -> str:

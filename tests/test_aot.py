@@ -17,7 +17,7 @@ from minilm_jax.aot import GIB, AotReport, check_budget, compile_train_step, tpu
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError
 from minilm_jax.configs.pretrain import get_config as pretrain_config
-from minilm_jax.run_config import model_from_config
+from minilm_jax.settings.model_fields import model_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 LARGEST = "E768-H768-I3072-L12-A12-V19010"  # the largest paper point, ~116M parameters

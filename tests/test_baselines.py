@@ -91,3 +91,52 @@ def test_a_run_says_whether_it_learned_beyond_the_unigram_plateau(shards):
     assert "is not below the unigram" in learned.verdict(2 * uni, reference)
     assert learned.verdict(0.5 * uni, reference).startswith("learned: validation perplexity")
     assert learned.reference_perplexities("") is None and learned.verdict(1.0, None) is None
+
+
+def test_plateau_advice_knows_a_run_already_on_the_small_corpus_recipe():
+    """The warning's advice names the small-corpus recipe only to a run that is not on it; a run
+    on it (its config, or its config.json read back) is told what is left: more steps (twice its
+    own count) or a larger corpus."""
+    from minilm_jax.configs.own_data import get_config as own_data_config
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
+    from minilm_jax.data import learned
+    from minilm_jax.settings.command_line import flatten
+
+    reference = {"split": "validation", "unigram": 100.0, "bigram": 60.0}
+    paper = pretrain_config("paper-1.25m")
+    own = own_data_config("paper-1.25m")
+    own.train.num_steps = 1234
+    assert "--config=own_data" in learned.verdict(95.0, reference, paper)
+    assert learned.verdict(95.0, reference, None).endswith(learned.ADVICE)
+    for config in (own, flatten(own)):  # the run's config, or its config.json (flat keys)
+        line = learned.verdict(95.0, reference, config)
+        assert "try the small-corpus recipe" not in line
+        assert "already uses the small-corpus recipe" in line and "a larger corpus" in line
+        assert f"--config.train.num_steps={2 * 1234}" in line
+    for field, other in (("optim.peak_lr", 5e-4), ("mlm.mask_prob", 0.15),
+                         ("optim.schedule", "inverse_sqrt"), ("model.hidden_dropout", 0.1)):
+        section, name = field.split(".")
+        changed = own_data_config("paper-1.25m")
+        changed[section][name] = other  # one of the recipe's values away: not on the recipe
+        assert "try the small-corpus recipe" in learned.verdict(95.0, reference, changed), field
+
+
+def test_a_run_on_the_small_corpus_recipe_is_not_told_to_use_it(word_shards, tmp_path, capsys):
+    """The trainer hands its config to the verdict: 2 steps of the own_data recipe stay on the
+    unigram plateau, and the warning says what is left rather than --config=own_data."""
+    from minilm_jax.configs.own_data import get_config as own_data_config
+    from minilm_jax.train.pretrainer import Pretrainer
+
+    c = own_data_config("E32-H32-I64-L1-A2-V500")
+    c.model.max_len, c.data.shards, c.mesh.data = 64, str(word_shards), 1
+    c.train.batch_size, c.train.num_steps, c.train.progress = 16, 2, False
+    c.eval.every_steps, c.eval.per_decade, c.eval.batch_size = 2, 0, 50
+    c.checkpoint.every_steps, c.mlm.max_predictions = 2, 0  # derived from mask_prob
+    summary = Pretrainer(c, tmp_path).run()
+    assert summary["learned"] is False  # 2 steps: on the plateau
+    out = capsys.readouterr().out
+    warning = [line for line in out.splitlines()
+               if line.startswith("warning: validation perplexity")]
+    assert len(warning) == 1, out
+    assert "already uses the small-corpus recipe" in warning[0]
+    assert "--config.train.num_steps=4" in warning[0] and "--config=own_data:" not in warning[0]

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from minilm_jax import cli, recipes
+from minilm_jax import cli
+from minilm_jax.settings import recipes
 from minilm_jax.errors import UserError
 
 TOOLS = ["minilm_jax.committee", "minilm_jax.corpus.bench", "minilm_jax.corpus.__main__",

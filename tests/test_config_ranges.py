@@ -1,6 +1,6 @@
 """Every config field is checked for range before anything is written: one table per recipe
-(``run_config.PRETRAIN_RULES``, ``finetune.config_rules.FINETUNE_RULES``, shared sections in
-``run_config.SHARED_RULES``), one error line naming the field, its value and the allowed range;
+(``settings.pretraining.PRETRAIN_RULES``, ``settings.finetuning.FINETUNE_RULES``, shared sections in
+``settings.allowed.SHARED_RULES``), one error line naming the field, its value and the allowed range;
 the shipped recipes and sweeps pass; a tuple field given twice on the command line keeps the last
 value, like a scalar (issue 24)."""
 
@@ -15,14 +15,15 @@ from ml_collections import config_flags
 
 from conftest import REPO, shared_path
 
-from minilm_jax.cli import last_override_wins
+from minilm_jax.settings.command_line import last_override_wins
 from minilm_jax.configs import finetune as finetune_recipe
 from minilm_jax.configs import pretrain as pretrain_recipe
-from minilm_jax.finetune.config_rules import FINETUNE_RULES, validate_finetune_config
+from minilm_jax.settings.finetuning import FINETUNE_RULES, validate_finetune_config
 from minilm_jax.model.config import ConfigError
 from minilm_jax.model.sizes import NAMED_POINTS
-from minilm_jax.run_config import (PRETRAIN_RULES, SHARED_RULES, apply_recipe, flatten,
-                                   validate_pretrain_config)
+from minilm_jax.settings.allowed import SHARED_RULES
+from minilm_jax.settings.command_line import apply_recipe, flatten
+from minilm_jax.settings.pretraining import PRETRAIN_RULES, validate_pretrain_config
 from minilm_jax.tasks.registry import task_names
 
 from test_workflow import run
@@ -30,7 +31,7 @@ from test_workflow import run
 BAD_PRETRAIN = [
     ("mlm.mask_prob", 0.0), ("mlm.mask_prob", -0.5), ("mlm.mask_prob", 1.5), ("mlm.mask_prob", 1.0),
     ("mlm.mask_prob", math.nan),
-    ("mlm.max_predictions", 0), ("mlm.max_predictions", 129),  # > model.max_len=128
+    ("mlm.max_predictions", -1), ("mlm.max_predictions", 129),  # > model.max_len=128
     ("mlm.mask_id", -1), ("mlm.mask_id", 19010),  # model.vocab_size=19010
     ("mlm.never_mask_ids", (0, -1)), ("mlm.never_mask_ids", (0, 99999)),
     ("mlm.random_token_min_id", -1), ("mlm.random_token_min_id", 19010),
@@ -124,7 +125,7 @@ def test_where_zero_means_something_it_is_accepted(recipe):
     if recipe == "pretrain":
         zeros.update({"optim.schedule": "linear", "optim.warmup_steps": 0, "eval.per_decade": 0,
                       "eval.max_sequences": 0, "train.peak_flops": 0.0, "seed": 0,
-                      "mlm.mask_prob": 0.999})
+                      "mlm.mask_prob": 0.999, "mlm.max_predictions": 0})  # 0: derived
         validate_pretrain_config(_with(config, "optim.end_lr_fraction", 1.0))
     else:
         zeros.update({"optim.warmup_steps": 0, "data.pad_buckets": 0, "data.max_train_examples": 0,

@@ -10,7 +10,7 @@ import pytest
 
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError
-from minilm_jax.run_config import model_from_config
+from minilm_jax.settings.model_fields import model_from_config
 from minilm_jax.train.checkpoint import CheckpointError, find_checkpoint, load_encoder
 from minilm_jax.train.pretrainer import Pretrainer
 from minilm_jax.train.seal import verify

@@ -231,7 +231,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_or_loaded_partially(pre
     assert "\n" not in message and not (tmp_path / "variant").exists()
     config.init.partial = True
     run = Finetuner(config, tmp_path / "variant", "pretrained")
-    assert "init.partial: newly initialised (not in" in capsys.readouterr().out
+    assert "init.partial: the model built differs from" in capsys.readouterr().out
     state = run.state["params"]
     encoder = pretrained_encoder = run.pretrained.encoder_state()
     np.testing.assert_array_equal(  # the checkpoint's weights loaded, every member
@@ -479,8 +479,9 @@ def test_a_random_init_run_may_resume_through_another_checkpoint_of_its_model(pr
                                                                                 tmp_path):
     """A random-init run takes only its architecture and tokenizer from ``init.checkpoint`` (a
     sweep's seeds of one design share one random-init twin): resumed through another checkpoint
-    that builds the same model with the same tokenizer it goes on; a pre-trained run is refused,
-    and so is a random-init run whose model is built differently."""
+    that builds the same model with the same tokenizer it goes on; a pre-trained run goes on
+    through a copy of its checkpoint (the same bytes elsewhere) but is refused from another
+    checkpoint, and a random-init run whose model is built differently is refused."""
     import shutil
 
     copy = tmp_path / "copy"
@@ -495,8 +496,12 @@ def test_a_random_init_run_may_resume_through_another_checkpoint_of_its_model(pr
     tuner.lock.release()
     assert json.loads((tmp_path / "random" / "config.json").read_text())[
         "init.checkpoint"] == str(copy)
-    with pytest.raises(UserError, match=r"different config \(init.checkpoint: "):
+    Finetuner(moved, tmp_path / "pretrained", "pretrained").lock.release()  # the same bytes
+    moved.init.which = "step:15"  # another checkpoint of that run: another input
+    with pytest.raises(UserError, match=r"different config \(init.which: 'best' -> 'step:15'; "
+                                        r"the bytes of init.checkpoint=.* changed \(inputs.init: "):
         Finetuner(moved, tmp_path / "pretrained", "pretrained")
+    moved.init.which = "best"
     moved.model.pooler = "weighted_sum"
     with pytest.raises(UserError, match=r"different config \(model.pooler: .*model_built"):
         Finetuner(moved, tmp_path / "random", "random")
@@ -514,7 +519,7 @@ def test_model_fields_apply_on_top_of_a_checkpoint(pretrained, tmp_path):
 
 
 def test_model_overrides_apply_to_the_architecture():
-    from minilm_jax.finetune.config_rules import with_overrides
+    from minilm_jax.settings.model_fields import with_overrides
     from minilm_jax.model.sizes import resolve_point
 
     cfg = with_overrides(resolve_point("paper-1.25m"), ("pooler=weighted_sum", "hidden_dropout=0.0"))

@@ -20,7 +20,7 @@ from minilm_jax.finetune.model_selection import (majority_baseline, mean_std, sa
                                                  split_metrics, unk_counts, unk_warnings)
 from minilm_jax.corpus.vocab import load_word_list
 from minilm_jax.tasks.task_data import load_task_data
-from minilm_jax.run_config import model_config_dict
+from minilm_jax.settings.model_fields import model_config_dict
 from minilm_jax.tasks.base import Example
 from minilm_jax.tasks.batching import bucket_length
 from minilm_jax.tasks.vocab_filter import oov_words

@@ -22,9 +22,9 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.errors": 0, "minilm_jax.storage": 0, "minilm_jax.exclusive_files": 0,
     "minilm_jax.text_norm": 0,
     "minilm_jax.model": 1,
-    "minilm_jax.run_config": 1, "minilm_jax.tokenizer": 1, "minilm_jax.data": 1,
+    "minilm_jax.settings": 1, "minilm_jax.run_identity": 1, "minilm_jax.tokenizer": 1, "minilm_jax.data": 1,
     "minilm_jax.corpus": 1, "minilm_jax.tasks": 1, "minilm_jax.cli": 1,
-    "minilm_jax.recipes": 1, "minilm_jax.command_help": 1,  # command-line plumbing, beside cli
+    "minilm_jax.command_help": 1,  # command-line plumbing, beside cli
     "minilm_jax.configs": 1,  # the recipes (configs/, installed as minilm_jax.configs)
     "minilm_jax.train": 2, "minilm_jax.finetune": 2,
     "minilm_jax.runs": 2,  # reading runs (what fine-tuning, evals, export, latency start from)
@@ -34,6 +34,7 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.interop": 1,  # the RoBERTa mapping and tokenizer files: beside the model
     "minilm_jax.interop.workdir": 4,  # exporting a trained workdir
     "minilm_jax.aot": 4, "minilm_jax.bench": 4, "minilm_jax.xent_bench": 4,
+    "minilm_jax.device_check": 4,
     "minilm_jax.pretrain": 5, "minilm_jax.points": 5, "minilm_jax.own_data_estimate": 5,
     "minilm_jax.report.study_b": 5,  # the study B report command
 }

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from minilm_jax.errors import UserError
-from minilm_jax.run_config import model_from_config
+from minilm_jax.settings.model_fields import model_from_config
 from minilm_jax.train.checkpoint import find_checkpoint, load_model_state
 from minilm_jax.train.dispatch import TrainingDiverged
 from minilm_jax.train.pretrainer import Pretrainer
@@ -23,6 +23,7 @@ from minilm_jax.train.records import is_done, read_pretrain_summary
 from minilm_jax.train.run_log import read_metrics
 
 from conftest import adam_drift_bound, exact_xla_flags, trajectory_tolerance
+from test_finetune import pretrained  # noqa: F401 (its fixture: a fine-tuning population's start)
 from test_pretrain import (REPO, STEP_TERMS, cli_args, cli_env, small_config, train_losses,
                            wait_for)
 
@@ -32,7 +33,7 @@ from test_pretrain import (REPO, STEP_TERMS, cli_args, cli_env, small_config, tr
 # packed sweep's runs compile (test_a_packed_sweep_...: read from the compilation cache).
 SETTINGS = [{"seed": 0, "optim.peak_lr": 5e-4},
             {"seed": 1},
-            {"seed": 2, "optim.peak_lr": 2e-3, "optim.warmup_steps": 2, "mlm.mask_prob": 0.3},
+            {"seed": 2, "optim.peak_lr": 2e-3, "optim.warmup_steps": 2, "mlm.mask_prob": 0.1},
             {"seed": 3, "optim.peak_lr": 1e-3, "optim.schedule": "linear",
              "model.hidden_dropout": 0.0, "model.attention_dropout": 0.0}]
 
@@ -495,3 +496,87 @@ def test_icer_and_depth_compare_runs_within_a_pretraining_seed(tmp_path):
     assert [x.split("|")[2].strip() for x in depth] == ["d2", "w1"]
     assert [x.split("|")[-2].strip() for x in depth] == ["1", "2"]  # d2 won seed 1, w1 seeds 0, 2
     assert all(x.split("|")[3].strip() == "3" for x in depth)
+
+
+def garble_after_first_record(path: Path) -> None:
+    """A torn line (cut mid-record, a byte that is not UTF-8) written into ``path`` after its
+    first record, as a crash mid-append followed by later appends leaves one."""
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"\n".join([lines[0], b'{"step": 1, "split": "tra\xff', *lines[1:]]) + b"\n")
+
+
+def test_a_garbled_line_in_a_members_metrics_is_noted_and_counted_on_resume(
+        word_shards, tmp_path, monkeypatch, capsys):
+    """A population stopped by SIGTERM at step 3, a torn line in member m1's metrics.jsonl, the
+    population run again: the note a separate run prints (``note: dropped N metrics record(s)
+    ...``), naming the member, counts the garbled line; every record up to the step resumed from
+    survives unchanged and each later step is recorded once."""
+    from test_interruptions import signal_after
+
+    base = base_config(word_shards, **{"train.num_steps": 6, "eval.every_steps": 2,
+                                       "checkpoint.every_steps": 2,
+                                       "checkpoint.keep_fractions": ()})
+    members = members_of([("m0", tmp_path / "m0", base),
+                          ("m1", tmp_path / "m1", with_fields(base, {"seed": 1}))])
+    signal_after(PopulationTrainer, 3, signal.SIGTERM, monkeypatch)
+    first = PopulationTrainer(members, tmp_path / "pop", "map").run()
+    monkeypatch.undo()
+    stopped = first["step"]
+    assert first["status"] == "preempted" and 0 < stopped < 6
+    history = tmp_path / "m1" / "metrics.jsonl"
+    before = read_metrics(history)
+    later = sum(r["step"] > stopped for r in before)  # none expected: recomputed if any
+    garble_after_first_record(history)
+    capsys.readouterr()
+    summary = PopulationTrainer(members, tmp_path / "pop", "map").run()
+    out = capsys.readouterr().out
+    assert summary["status"] == "completed"
+    assert (f"note: dropped {1 + later} metrics record(s) after step {stopped} (recomputed now) "
+            "of member m1") in out
+    assert "of member m0" not in out
+    after = read_metrics(history)
+    kept = {(r["step"], r["split"]): r for r in after}
+    assert len(kept) == len(after)  # one record per (step, split)
+    for record in before:
+        if record["step"] <= stopped:
+            assert kept[(record["step"], record["split"])] == record
+    assert sorted(s for s, split in kept if split == "train") == list(range(1, 7))
+    assert b"\xff" not in history.read_bytes()
+
+
+def test_a_garbled_line_in_a_finetuning_population_runs_metrics_is_noted(
+        pretrained, tmp_path, monkeypatch, capsys):  # noqa: F811 (the fixture imported above)
+    """The same for a fine-tuning population (two runs from the pre-training run's two kept
+    checkpoints, 2 seeds each): stopped in its second epoch, a torn line in run r1's history,
+    resumed: the note names the run and counts the line; every earlier record survives."""
+    from test_finetune import SMALL_RUN, ag_config
+    from minilm_jax.finetune.finetuner import Finetuner
+    from test_interruptions import signal_after
+
+    runs = []
+    for i, which in enumerate(("step:15", "latest")):
+        c = ag_config(pretrained, **{**SMALL_RUN, "train__epochs": 2, "train__log_every": 1})
+        c.init.which = which
+        runs.append((f"r{i}", c, tmp_path / "pop" / f"r{i}"))
+
+    def population():
+        return Finetuner(runs[0][1], tmp_path / "pop" / "population", "pretrained", runs)
+
+    first = population()
+    signal_after(Finetuner, first.steps_per_epoch + 1, signal.SIGTERM, monkeypatch)
+    assert first.run()["status"] == "preempted"
+    monkeypatch.undo()
+    history = tmp_path / "pop" / "r1" / "metrics.jsonl"
+    before = read_metrics(history)
+    stopped = max(r["step"] for r in before)
+    assert any(r["split"] == "validation" for r in before)  # the first epoch's evaluation
+    garble_after_first_record(history)
+    capsys.readouterr()
+    assert population().run()["status"] == "completed"
+    out = capsys.readouterr().out
+    assert "note: dropped 1 metrics record(s) after step" in out and "of member r1" in out
+    assert "of member r0" not in out
+    kept = {(r["step"], r["split"]): r for r in read_metrics(history)}
+    for record in before:
+        assert kept[(record["step"], record["split"])] == record
+    assert max(s for s, _ in kept) > stopped

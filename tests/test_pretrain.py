@@ -18,7 +18,7 @@ from minilm_jax.errors import UserError
 from minilm_jax.data.shards import ShardError
 from minilm_jax.model.config import ConfigError
 from minilm_jax.configs.pretrain import get_config as pretrain_config
-from minilm_jax.run_config import log_eval_steps
+from minilm_jax.settings.pretraining import log_eval_steps
 from minilm_jax.train.batches import BatchIndexer
 from minilm_jax.train.dispatch import TrainingDiverged
 from minilm_jax.train.pretrainer import Pretrainer
@@ -237,7 +237,8 @@ def test_bad_input_errors(word_shards, tmp_path):
     with pytest.raises(ShardError, match="shard directory not found"):
         Pretrainer(small_config(tmp_path / "nope"), tmp_path / "w1")
     with pytest.raises(ShardError, match="seq_len 64, but model.max_len is 128"):
-        Pretrainer(small_config(word_shards, **{"model.max_len": 128}), tmp_path / "w2")
+        Pretrainer(small_config(word_shards, **{"model.max_len": 128, "mlm.max_predictions": 0}),
+                   tmp_path / "w2")
     with pytest.raises(ShardError, match="tokenizer of 500 tokens, more than model.vocab_size=300"):
         Pretrainer(small_config(word_shards, **{"model.vocab_size": 300}), tmp_path / "w3")
     Pretrainer(small_config(word_shards), tmp_path / "w4")

@@ -18,7 +18,7 @@ from minilm_jax.configs import finetune as finetune_recipe
 from minilm_jax.configs import pretrain as pretrain_recipe
 from minilm_jax.configs import task_recipes
 from minilm_jax.model.config import ConfigError
-from minilm_jax.run_config import apply_recipe, flatten
+from minilm_jax.settings.command_line import apply_recipe, flatten
 from minilm_jax.sweep.spec import finetune_run_config
 from minilm_jax.tasks.registry import (TaskEntry, get_task, register_task, task_names,
                                       unregister_task)

@@ -36,7 +36,7 @@ def test_paper_sweep_expands_to_the_study_design():
     # The small base is also a member of iso-FLOP group 1: trained once, reported under both.
     assert {m.group for m in small.memberships} == {"base", "iso_flop:g1"}
     from minilm_jax.model import accounting
-    from minilm_jax.run_config import model_from_config
+    from minilm_jax.settings.model_fields import model_from_config
     sizes = [accounting.formula_params(model_from_config(r.config)).total for r in runs]
     assert min(sizes) < 1.3e6 and 0.9e8 < max(sizes) < 1.2e8
     ofat = [r for r in runs if any(m.group == "ofat:model.hidden_dim" and m.base == "large"
@@ -164,7 +164,7 @@ def test_a_changed_sweep_is_refused_and_only_judges_its_runs(word_shards, tmp_pa
             run_worker(changed, tmp_path)
     assert SweepStatus(tmp_path).read() == status_before  # nothing ran
     # a fine-tuning workdir trained with other fine-tuning overrides
-    from minilm_jax.run_config import flatten
+    from minilm_jax.settings.command_line import flatten
     from minilm_jax.sweep.layout import finetune_jobs
     sweep.finetune_tasks, sweep.finetune_init = ("sst2",), "pretrained"
     runner = SweepRunner(sweep, tmp_path)
@@ -182,7 +182,7 @@ def test_a_shared_random_twin_built_by_one_seeds_run_is_accepted_for_the_others(
     """A design's pre-training seeds share one random-init fine-tuning twin, whose config.json names
     the checkpoint of whichever run built it: a re-run of the sweep (a resumed study) accepts it
     for every seed. Another fine-tuning recipe is another twin (its own folder)."""
-    from minilm_jax.run_config import flatten
+    from minilm_jax.settings.command_line import flatten
     from minilm_jax.sweep.layout import finetune_jobs
 
     sweep = tiny_sweep(word_shards)

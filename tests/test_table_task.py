@@ -146,7 +146,7 @@ def test_one_file_is_cut_into_stratified_folds_each_row_held_out_once(tmp_path):
         config("table", path, cv_folds=5, cv_fold=0, cv_seed=3)).evals["holdout"]]
     assert {e.uid for e in again} != {e.uid for e in other}
     few = write_csv(tmp_path / "few.csv", ["text", "label"], reviews(30) + [["odd one", "rare"]])
-    with pytest.raises(UserError, match="class 2 has 1 examples, fewer than the 5 folds"):
+    with pytest.raises(UserError, match="class 'rare' has 1 examples, fewer than the 5 folds"):
         load_task_data(config("table", few, cv_folds=5, cv_fold=0))
     # a folder of splits is used as given, and cv_folds=0 keeps the seeded holdout
     assert not config("table", tmp_path).data.dir.endswith(".csv")

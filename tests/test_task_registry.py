@@ -11,7 +11,7 @@ from conftest import shared_path
 from minilm_jax.configs.finetune import get_config as finetune_config
 from minilm_jax.finetune.finetuner import Finetuner
 from minilm_jax.model.config import ConfigError
-from minilm_jax.run_config import model_config_dict
+from minilm_jax.settings.model_fields import model_config_dict
 from minilm_jax.tasks.base import Example, TaskSpec
 from minilm_jax.tasks.loaders import TaskData
 from minilm_jax.tasks.metrics import glue_score, task_metrics

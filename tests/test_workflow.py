@@ -8,7 +8,7 @@ import pytest
 
 from minilm_jax.model.config import ConfigError
 from minilm_jax.configs.pretrain import get_config as pretrain_config
-from minilm_jax.run_config import apply_override
+from minilm_jax.settings.command_line import apply_override
 
 from test_pretrain import REPO, cli_env
 

@@ -19,6 +19,55 @@ from minilm_jax.storage import is_remote
 PLATEAU = 0.9  # a perplexity above this fraction of the unigram one is "on the plateau"
 ADVICE = ("try the small-corpus recipe (--config=own_data: peak LR 3e-3 held constant, 40% "
           "masking, no dropout), more steps, or a larger corpus")
+# What sets the small-corpus recipe (configs/own_data.py) apart from the paper's: a run with all of
+# these at its values is on that recipe already, and the advice is what is left.
+SMALL_CORPUS_FIELDS = ("optim.peak_lr", "optim.schedule", "mlm.mask_prob", "model.hidden_dropout",
+                       "model.attention_dropout")
+
+
+def _field(config: Any, field: str) -> Any:
+    """``field`` (``section.name``) of a config: an ml-collections config, a nested dict, or a
+    run's ``config.json`` (flat keys); None where it has none."""
+    if isinstance(config, dict) and field in config:
+        return config[field]
+    value = config
+    for part in field.split("."):
+        try:
+            value = value[part]
+        except (KeyError, TypeError, AttributeError):
+            return None
+    return value
+
+
+def on_small_corpus_recipe(config: Any) -> bool:
+    """Whether a pre-training ``config`` (a config, or a run's ``config.json``) already has every
+    value of :data:`SMALL_CORPUS_FIELDS` that the small-corpus recipe sets."""
+    if config is None:
+        return False
+    from minilm_jax.configs import own_data
+
+    recipe = own_data.get_config()
+    for field in SMALL_CORPUS_FIELDS:
+        want, got = _field(recipe, field), _field(config, field)
+        if isinstance(want, float) and isinstance(got, (int, float)):
+            if not math.isclose(want, got, rel_tol=1e-9, abs_tol=1e-12):
+                return False
+        elif want != got:
+            return False
+    return True
+
+
+def advice(config: Any = None) -> str:
+    """What to try off the unigram plateau: the small-corpus recipe, more steps or a larger corpus;
+    for a run already on that recipe, what is left (more steps, with its count, or a larger
+    corpus)."""
+    if not on_small_corpus_recipe(config):
+        return ADVICE
+    steps = _field(config, "train.num_steps")
+    more = (f"more steps (--config.train.num_steps={2 * int(steps)}, twice this run's {int(steps)})"
+            if isinstance(steps, int) and steps > 0 else "more steps")
+    return (f"this run already uses the small-corpus recipe (--config=own_data's learning rate, "
+            f"masking and dropout): what is left is {more} or a larger corpus")
 
 
 def reference_perplexities(shards: str, split: str = "validation") -> dict[str, Any] | None:
@@ -51,9 +100,11 @@ def learned(perplexity: float, reference: dict[str, Any] | None) -> bool | None:
     return perplexity < PLATEAU * reference["unigram"]
 
 
-def verdict(perplexity: float, reference: dict[str, Any] | None) -> str | None:
+def verdict(perplexity: float, reference: dict[str, Any] | None, config: Any = None
+            ) -> str | None:
     """The one line a run ends with: learned (how far below unigram, and against bigram), or on
-    the unigram plateau with what to try; None without a reference."""
+    the unigram plateau with what to try (:func:`advice`: ``config`` is the run's pre-training
+    config, when known); None without a reference."""
     if not reference:
         return None
     uni, bi = reference["unigram"], reference["bigram"]
@@ -61,19 +112,20 @@ def verdict(perplexity: float, reference: dict[str, Any] | None) -> str | None:
         where = (f"within {1 - PLATEAU:.0%} of" if perplexity < uni else "not below")
         return (f"warning: validation perplexity {perplexity:.1f} is {where} the unigram "
                 f"perplexity {uni:.1f} (bigram {bi:.1f}): the model learned little beyond word "
-                f"frequencies (the unigram plateau); {ADVICE}")
+                f"frequencies (the unigram plateau); {advice(config)}")
     against = "below" if perplexity < bi else "above"
     return (f"learned: validation perplexity {perplexity:.1f} is {perplexity / uni:.2f} x the "
             f"unigram perplexity {uni:.1f} and {against} the bigram one {bi:.1f}")
 
 
-def record_outcome(record: Any, reference: dict[str, Any] | None) -> str | None:
+def record_outcome(record: Any, reference: dict[str, Any] | None, config: Any = None
+                   ) -> str | None:
     """Write ``reference`` and whether the run learned into a pre-training ``record`` (its summary:
     ``reference``, ``learned``, from ``record.best``'s validation perplexity) and return the verdict
-    line to print (None: nothing to say)."""
+    line to print (None: nothing to say; ``config``: the run's, for the advice)."""
     record.reference = reference
     if record.best is None:
         return None
     perplexity = record.best["validation_perplexity"]
     record.learned = learned(perplexity, reference)
-    return verdict(perplexity, reference)
+    return verdict(perplexity, reference, config)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from minilm_jax.errors import UserError
 
 from .perplexity import PerplexityEvaluator
-from .scoring import RULES, ScoringModel
+from .scoring import RULES, ScoringModel, provenance
 
 
 class Evaluator(Protocol):
@@ -94,7 +94,8 @@ class MinimalPairsEvaluator:
                                           model.max_len):
                 out.append(result.row(evaluation=self.name, init=info["init"],
                                       step=info["step"], point=info["point"],
-                                      validation_perplexity=info.get("validation_perplexity")))
+                                      validation_perplexity=info.get("validation_perplexity"),
+                                      **provenance(info)))
         return out
 
 

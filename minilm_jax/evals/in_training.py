@@ -95,7 +95,8 @@ def step_evaluations(config: ml_collections.ConfigDict, workdir: str | Path
     with the tokenizer the run's shards were made with."""
     from minilm_jax.data.shards import read_manifest
     from minilm_jax.errors import UserError
-    from minilm_jax.run_config import flatten, model_from_config
+    from minilm_jax.settings.command_line import flatten
+    from minilm_jax.settings.model_fields import model_from_config
     from minilm_jax.tokenizer import load_tokenizer
 
     entries = config.get("evals")

@@ -13,7 +13,7 @@ from typing import Any
 
 from minilm_jax.errors import UserError
 
-from .scoring import ScoringModel
+from .scoring import ScoringModel, provenance
 
 
 @dataclasses.dataclass
@@ -93,4 +93,4 @@ class PerplexityEvaluator:
         return [{"kind": "perplexity", "evaluation": self.name, "split": self.split,
                  "shards": shards, **result, "init": info["init"], "step": info["step"],
                  "point": info["point"],
-                 "validation_perplexity": info.get("validation_perplexity")}]
+                 "validation_perplexity": info.get("validation_perplexity"), **provenance(info)}]

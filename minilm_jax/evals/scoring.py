@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,12 @@ from minilm_jax.tokenizer import Tokenizer
 
 RULES = ("holistic", "pll", "pll_word_l2r")
 TargetLogProbs = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def provenance(info: Mapping[str, Any]) -> dict[str, Any]:
+    """What a scored model's rows carry beside its step: a user variant's ``arch`` and the
+    encoder code changes accepted when it was trained or read (``code_changes``)."""
+    return {k: info[k] for k in ("arch", "code_changes") if info.get(k)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,8 +35,9 @@ def checkpoint_model(workdir: str | Path, which: str = "best", random_seed: int 
     import jax
     from flax import nnx
 
-    from minilm_jax.runs.pretrained import PretrainedRun
     from minilm_jax.model.models import MaskedLM
+    from minilm_jax.model.registry import is_library_encoder
+    from minilm_jax.runs.pretrained import PretrainedRun
 
     run = PretrainedRun.open(workdir, which)
     if not run.tokenizer_path or not Path(run.tokenizer_path).is_file():
@@ -54,6 +55,10 @@ def checkpoint_model(workdir: str | Path, which: str = "best", random_seed: int 
             "step": run.step if pretrained else 0,
             "init": "pretrained" if pretrained else "random",
             "validation_perplexity": run.validation_perplexity if pretrained else None}
+    if not is_library_encoder(run.model.arch):  # a user's variant: its rows say which
+        info["arch"] = run.model.arch
+    if run.code_changes:  # read with changed encoder code (MINILM_ACCEPT_CODE_CHANGE=1)
+        info["code_changes"] = list(run.code_changes)
     flat = json.loads((run_path(workdir) / "config.json").read_text())
     return ScoringModel(tokenizer, mlm_target_logprobs(graphdef, params, rest), info,
                         (graphdef, params, rest), flat, run.model.max_len)

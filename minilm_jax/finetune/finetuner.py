@@ -35,12 +35,12 @@ from minilm_jax.tasks.loaders import TaskData
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.mesh import check_batch_divisible, make_mesh
-from minilm_jax.train.population_trainer import Each
+from minilm_jax.train.population_trainer import Each, truncate_members
 from minilm_jax.train.run_loop import LoopSpec, Window, open_run, run_loop
 from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.state import MembersState
 
-from .config_rules import resumable_fields
+from minilm_jax.settings.finetuning import check_batch_fits, resumable_fields
 from .model_selection import VALIDATION, member_metrics, sample_std
 from .programs import classifier_config, finetune_program
 from .run_folder import RunFolder, check_population, lock_folders, open_folders
@@ -66,7 +66,8 @@ class Finetuner(LoopSpec):
         if self.is_population:
             check_population(self.folders, init_mode, self.folds)
         self.config, self.pretrained = self.folders[0].config, self.folders[0].pretrained
-        self.model_cfg = classifier_config(self.config, self.pretrained)
+        self.model_cfg = classifier_config(self.config, self.pretrained,
+                                           self.folders[0].asked_arch)
         self.partial = bool(self.config.init.get("partial", False))
         if init_mode == "pretrained":  # the checkpoint must fit the model built (or init.partial)
             self.fresh = self.pretrained.fit(self.model_cfg, self.partial)
@@ -81,8 +82,8 @@ class Finetuner(LoopSpec):
             self.member_seeds, self.mesh, self.total_steps, self._encoder_state(),
             population=self.is_population)
         # Everything is checked: only now is anything written (a rejected command leaves no trace).
-        identities = [f.identity(self.init_mode, self.tokenizer.sha256, self.model_cfg.to_dict())
-                      for f in self.folders]  # model_built: what config.json's fields made
+        identities = [f.identity(self.init_mode, self.tokenizer.sha256, self.model_cfg, t.digest)
+                      for f, t in zip(self.folders, self.tasks)]
         self.identity, self.lock = lock_folders(self.workdir, self.folders, identities,
                                                 resumable_fields(self.init_mode),
                                                 self.is_population)
@@ -107,6 +108,8 @@ class Finetuner(LoopSpec):
         self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
         check_batch_divisible(tc.batch_size, self.mesh, "train.batch_size")
         check_batch_divisible(config.eval.batch_size, self.mesh, "eval.batch_size")
+        check_batch_fits(tc.batch_size, [(f.name, len(t.data.train))
+                                         for f, t in zip(self.folders, self.tasks)])
         # runs with data of their own (folds) differ by a few rows: the longest sets the epoch
         self.steps_per_epoch = max(t.steps_per_epoch(tc.batch_size) for t in self._distinct())
         self.total_steps = int(tc.epochs) * self.steps_per_epoch
@@ -124,10 +127,9 @@ class Finetuner(LoopSpec):
         if self.init_mode != "pretrained":
             return None
         if self.partial and not self.fresh.empty:
-            log_line(f"init.partial: newly initialised (not in {self.pretrained.workdir}): "
-                     f"{', '.join(self.fresh.missing + [p for p, _, _ in self.fresh.reshaped])}"
-                     + (f"; unused checkpoint parameters: {', '.join(self.fresh.unexpected)}"
-                        if self.fresh.unexpected else ""))
+            log_line(f"init.partial: the model built differs from {self.pretrained.workdir}: "
+                     f"{self.fresh.text(limit=8)} (what fits is loaded, the rest initialised "
+                     "anew, variant fields taken as asked; recorded in summary.json)")
         fit_to = self.model_cfg if self.partial else None
         encoders = [f.pretrained.encoder_state(fit_to) for f in self.folders]
         return encoders[0] if not self.is_population else jax.tree.map(
@@ -254,8 +256,7 @@ class Finetuner(LoopSpec):
         self.writers = {self.folders[0].name: self.writer}
         if self.is_population:
             self.writers = {f.name: MetricsWriter(f.workdir) for f in self.folders}
-            for writer in self.writers.values():
-                writer.truncate_after(start)
+            truncate_members(self.writers, start)
         for folder in self.folders:
             folder.load_history(start)
         self._window_examples = 0
@@ -403,4 +404,6 @@ class Finetuner(LoopSpec):
             "steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
             "wall_seconds_this_session": wall, "params_total": self.program.param_counts.total,
             "tokenizer": {"path": self.tokenizer.path, "sha256": self.tokenizer.sha256},
-            "vocab_filter": self.config.data.vocab_filter or None})
+            "vocab_filter": self.config.data.vocab_filter or None,
+            "init_partial": (self.fresh.to_json() if self.init_mode == "pretrained"
+                             and self.partial and not self.fresh.empty else None)})

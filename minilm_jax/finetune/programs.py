@@ -15,25 +15,29 @@ from flax import nnx
 
 from minilm_jax.model import accounting
 from minilm_jax.model.config import ModelConfig
-from minilm_jax.run_config import model_from_config
+from minilm_jax.settings.model_fields import model_from_config
 from minilm_jax.runs.pretrained import PretrainedRun
 from minilm_jax.train.mesh import batch_sharding, replicated
 from minilm_jax.train.optim import optimizer_and_schedule
 from minilm_jax.train.state import MembersState
 
-from .config_rules import changed_model_fields, with_overrides
+from minilm_jax.settings.model_fields import changed_model_fields, with_overrides
 from .step import make_finetune_step, make_predict_step, make_select, members_state
 from .task_batches import INPUTS
 
 
-def classifier_config(config: ml_collections.ConfigDict,
-                      pretrained: PretrainedRun | None) -> ModelConfig:
-    """The model fine-tuned: the checkpoint's (its ``model.*`` fields set away from the recipe's
-    applied on top) or the config's, then ``model_overrides``."""
-    return with_overrides(
-        pretrained.model.replace(**changed_model_fields(config)) if pretrained
-        else model_from_config(config),
-        config.model_overrides)
+def classifier_config(config: ml_collections.ConfigDict, pretrained: PretrainedRun | None,
+                      asked_arch: str | None = None) -> ModelConfig:
+    """The model fine-tuned: the checkpoint's (the architecture the command asked for, its
+    ``model.*`` fields set away from the recipe's and a variant's fields applied on top; the
+    checkpoint is then held to it by ``PretrainedRun.fit``) or the config's, then
+    ``model_overrides``."""
+    if pretrained is None:
+        return with_overrides(model_from_config(config), config.model_overrides)
+    changed = changed_model_fields(config)
+    fields = {**pretrained.model.to_dict(), **changed, "arch": asked_arch or pretrained.model.arch,
+              "extra": {**dict(pretrained.model.extra), **dict(changed.get("extra") or {})}}
+    return with_overrides(ModelConfig.from_mapping(fields), config.model_overrides)
 
 
 @dataclasses.dataclass(frozen=True)

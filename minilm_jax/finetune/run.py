@@ -4,7 +4,8 @@ runs (:mod:`minilm_jax.analysis.finetune_tables`, a study) is the command's to w
 
 One labelled file with ``data.cv_folds`` > 0 (:func:`~minilm_jax.tasks.table.cross_validated`) is
 cross-validated: per init, a run per fine-tuning seed and fold (``s<seed>-fold<k>``: that seed's
-own stratified partition, fold k held out), all trained as one population in one program."""
+own partition, stratified by class (a regression file's: a seeded shuffle), fold k held out), all
+trained as one population in one program."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from minilm_jax.errors import UserError
 from minilm_jax.storage import RunPath, run_path
 from minilm_jax.tasks.table import cross_validated
 
+from minilm_jax.settings.finetuning import validate_finetune_config
 from .finetuner import Finetuner
 
 
@@ -39,6 +41,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if mode not in ("pretrained", "random", "both"):
         raise UserError(f"init.mode must be pretrained, random or both, not {mode!r}")
     inits = ("pretrained", "random") if mode == "both" else (mode,)
+    validate_finetune_config(config)  # before the fold runs, which each take one of its seeds
     folds = cross_validated(config.task, config.data) and config.data.cv_fold < 0
     summaries = {}
     for init in inits:

@@ -15,9 +15,12 @@ import jax
 import ml_collections
 import numpy as np
 
+import minilm_jax.run_identity as run_identity
 from minilm_jax.errors import UserError
 from minilm_jax.model.code_identity import arch_code
-from minilm_jax.run_config import flatten, without_quiet_defaults
+from minilm_jax.model.config import ModelConfig
+from minilm_jax.run_identity import without_quiet_defaults
+from minilm_jax.settings.command_line import flatten
 from minilm_jax.runs.pretrained import PretrainedRun
 from minilm_jax.storage import RunPath, atomic_write_bytes, atomic_write_json, run_path
 from minilm_jax.train.distributed import from_process_0
@@ -26,7 +29,8 @@ from minilm_jax.tasks.table import cross_validated
 from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.run_loop import check_workdir
 
-from .config_rules import take_checkpoint_arch, validate_finetune_config
+from minilm_jax.settings.finetuning import validate_finetune_config
+from minilm_jax.settings.model_fields import take_checkpoint_arch
 from .model_selection import VALIDATION, majority_baseline, mean_std
 from .task_batches import TaskBatches
 
@@ -63,21 +67,29 @@ class RunFolder:
     size: int = 0
     seeds: list[int] = dataclasses.field(default_factory=list)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    asked_arch: str | None = None  # --config.model.arch, held against the checkpoint's
 
     @property
     def members(self) -> slice:
         return slice(self.first, self.first + self.size)
 
-    def identity(self, init_mode: str, tokenizer_sha256: str, model_built: dict[str, Any]
-                 ) -> dict[str, Any]:
-        """What the run is (its ``config.json``)."""
+    def identity(self, init_mode: str, tokenizer_sha256: str, model_cfg: ModelConfig,
+                 task_data: dict[str, Any]) -> dict[str, Any]:
+        """What the run is (its ``config.json``; :mod:`minilm_jax.run_identity`): its config, the
+        model it builds and the code of a user's encoder, the tokenizer, the bytes of what it reads
+        (``task_data``: its task examples as loaded, :func:`run_identity.examples_digest`; the
+        checkpoint it starts from), the library version."""
         identity = without_quiet_defaults(flatten(self.config))
         identity["init.mode"] = init_mode
         identity["tokenizer_sha256"] = tokenizer_sha256
-        identity["model_built"] = model_built
-        code = arch_code(model_built["arch"])  # a user's encoder: its source files
+        identity["model_built"] = model_cfg.to_dict()
+        identity["inputs.task_data"] = task_data
+        if init_mode == "pretrained" and self.pretrained is not None:
+            identity["inputs.init"] = self.pretrained.digest()
+        identity[run_identity.LIBRARY_VERSION] = run_identity.library_version()
+        code = arch_code(model_cfg.arch, model_cfg)  # a user's encoder: its source files
         if code:
-            identity["model_code"] = code
+            identity[run_identity.MODEL_CODE] = code
         return identity
 
     # ----------------------------------------------------------------------------- history
@@ -182,9 +194,9 @@ def open_folders(runs: Sequence[tuple[str, ml_collections.ConfigDict, Any]],
         if init_mode == "pretrained" and pretrained is None:
             raise UserError("init.mode=pretrained needs --config.init.checkpoint=<pre-training "
                             "workdir> (or use init.mode=random)")
-        if pretrained is not None:
-            take_checkpoint_arch(run_config, pretrained.model.arch)
-        folders.append(RunFolder(name, run_config, run_path(run_dir), pretrained))
+        asked = take_checkpoint_arch(run_config, pretrained.model.arch if pretrained else None)
+        folders.append(RunFolder(name, run_config, run_path(run_dir), pretrained,
+                                 asked_arch=asked))
     return folders
 
 
@@ -197,7 +209,7 @@ def lock_folders(workdir: RunPath, folders: Sequence[RunFolder],
     targets = [(f.workdir, ident, "a fine-tuning run") for f, ident in zip(folders, identities)]
     identity = identities[0]
     if population:
-        identity = population_identity(folders, identities, resumable)
+        identity = population_identity(workdir, folders, identities, resumable)
         targets.insert(0, (workdir, identity, "a fine-tuning population"))
     locks = []
     try:
@@ -210,13 +222,14 @@ def lock_folders(workdir: RunPath, folders: Sequence[RunFolder],
     return identity, (locks[0] if len(locks) == 1 else Each(locks))
 
 
-def population_identity(folders: Sequence[RunFolder], identities: Sequence[dict[str, Any]],
-                        resumable: Sequence[str]) -> dict[str, Any]:
-    """What a fine-tuning population is (its ``config.json``): each run's name, folder and
-    identity without the ``resumable`` fields, then the first run's ``resumable`` fields."""
+def population_identity(workdir: RunPath, folders: Sequence[RunFolder],
+                        identities: Sequence[dict[str, Any]], resumable: Sequence[str]
+                        ) -> dict[str, Any]:
+    """What a fine-tuning population is (its ``config.json``): each run's name, folder (relative
+    to the population's ``workdir``) and identity without the ``resumable`` fields
+    (:func:`minilm_jax.run_identity.member_entry`), then the first run's ``resumable`` fields."""
     return {"population.runs": [
-        {"name": f.name, "workdir": str(f.workdir), "identity": {
-            k: v for k, v in ident.items() if k not in resumable}}
+        run_identity.member_entry(f.name, f.workdir, workdir, ident, resumable)
         for f, ident in zip(folders, identities)],
         **{k: v for k, v in identities[0].items() if k in resumable}}
 

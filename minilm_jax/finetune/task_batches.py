@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from minilm_jax.errors import UserError
+from minilm_jax.run_identity import examples_digest
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.runs.pretrained import PretrainedRun
 from minilm_jax.tasks.batching import bucket_length, cut_to_bucket, pad_to_batches
@@ -53,6 +54,12 @@ def task_tokenizer(config: ml_collections.ConfigDict, pretrained: PretrainedRun 
     return tokenizer
 
 
+def task_data_digest(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The identity of the examples a run of ``config`` reads (rows per split, sha256;
+    :func:`minilm_jax.run_identity.examples_digest`), as :class:`TaskBatches` records it."""
+    return examples_digest(load_task_data(config, load_vocabulary(config.data.vocab_filter)))
+
+
 class TaskBatches:
     """The task's splits, encoded: ``train_arrays`` and ``eval_arrays`` (every split ever scored:
     validation, for model selection, first, then the ``reported`` ones, scored once at the end),
@@ -60,6 +67,7 @@ class TaskBatches:
 
     def __init__(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer):
         self.data: TaskData = load_task_data(config, load_vocabulary(config.data.vocab_filter))
+        self.digest = examples_digest(self.data)  # the examples as read: the run's input
         self.dropped_chars = (drop_unknown_chars(self.data, tokenizer)
                               if config.data.drop_unknown_chars else None)
         self.spec = self.data.spec

@@ -103,8 +103,8 @@ def rebuilt_command(tool: str, recipe: str, workdir: str,
     """``tool --config=recipe --workdir=... --config.<field>=<value> ...``: the recipe plus every
     field the run's flat ``config.json`` sets away from it (run-control fields left out); None when
     the recipe cannot be loaded."""
-    from minilm_jax.recipes import load_config_file
-    from minilm_jax.run_config import flatten
+    from minilm_jax.settings.recipes import load_config_file
+    from minilm_jax.settings.command_line import flatten
 
     try:
         base = flatten(load_config_file(recipe))

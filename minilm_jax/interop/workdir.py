@@ -12,20 +12,19 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
-import numpy as np
 from flax import nnx
 
-from minilm_jax.runs.finetuned import flat_leaves, load_parameters
+from minilm_jax.runs.finetuned import classifier_member, load_parameters, member_index
 from minilm_jax.runs.pretrained import PretrainedRun
 from minilm_jax.interop.hf_files import InteropError, safetensors_numpy
 from minilm_jax.interop.hf_minilm import export_model, fits_roberta, hf_layout, remote_problems
 from minilm_jax.interop.model_card import (CARD_NAME, CardFacts, add_perplexity_reference,
                                            add_twin_score, model_card, rebuilt_command)
 from minilm_jax.model.accounting import count_params
+from minilm_jax.model.code_identity import ACCEPT_ENV, check_code
 from minilm_jax.model.config import ConfigError, ModelConfig
-from minilm_jax.model.models import build_classifier, build_mlm
+from minilm_jax.model.models import build_mlm
 from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train.records import RecordError, read_finetune_summary, read_pretrain_summary
@@ -153,6 +152,15 @@ def export_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, wh
     return _export_pretrained(workdir, out_dir, which, tokenizer_path, overwrite, command)
 
 
+def code_changes_line(changes: list[str]) -> list[tuple[str, str]]:
+    """The card's line for encoder code changed since the run recorded it and accepted
+    (``MINILM_ACCEPT_CODE_CHANGE=1``), when there were any."""
+    if not changes:
+        return []
+    return [("encoder code changed since the run was recorded (accepted with "
+             f"{ACCEPT_ENV}=1)", "; ".join(dict.fromkeys(changes)))]
+
+
 def _export_pretrained(workdir: str | os.PathLike, out_dir: str | os.PathLike, which: str,
                        tokenizer_path: str, overwrite: bool, command: str) -> Path:
     run = PretrainedRun.open(workdir, which, action="export")
@@ -176,7 +184,8 @@ def _export_pretrained(workdir: str | os.PathLike, out_dir: str | os.PathLike, w
         title=f"minilm-jax masked LM {run.model.point}", architecture=config["architectures"][0],
         remote=remote, cfg=run.model, params=count_params(model),
         source=[("run", str(run.workdir)), ("checkpoint", f"{which} (step {run.step})"),
-                ("run status", summary.status if summary else "unfinished (no summary.json)")],
+                ("run status", summary.status if summary else "unfinished (no summary.json)"),
+                *code_changes_line(run.code_changes)],
         data=[("token shards", flat.get("data.shards")),
               ("tokenizer", f"{tokenizer.path} (sha256 {tokenizer.sha256[:12]}, "
                             f"{tokenizer.vocab_size} tokens)"),
@@ -202,18 +211,6 @@ def _export_pretrained(workdir: str | os.PathLike, out_dir: str | os.PathLike, w
 
 # ----------------------------------------------------------------------------- fine-tuning runs
 FINETUNE_WHICH = {"best": "selected", "selected": "selected", "final": "final"}
-
-
-def _member(seeds: list[int], validation: dict[str, Any] | None, seed: int | None) -> int:
-    """The member exported: the one trained with ``seed``, else the best validation score."""
-    if seed is not None:
-        if seed not in seeds:
-            raise InteropError(f"--seed={seed}: the run trained the seeds {seeds}")
-        return seeds.index(seed)
-    scores = [m.get("score") for m in (validation or {}).get("members") or []]
-    if len(scores) == len(seeds) and all(isinstance(s, (int, float)) for s in scores):
-        return int(np.argmax(scores))
-    return 0
 
 
 def _static_labels(task: str) -> tuple[str, ...]:
@@ -249,33 +246,6 @@ def label_names(flat: dict[str, Any], task: str, num_labels: int) -> tuple[list[
             f"{flat.get('data.dir')!r}): outputs are named LABEL_<id>, ids as in the run's labels")
 
 
-def _load_classifier(cfg: ModelConfig, arrays: dict[str, dict[str, np.ndarray]], member: int,
-                     where: RunPath) -> Any:
-    """A :class:`SequenceClassifier` holding member ``member`` of ``parameters.npz`` arrays."""
-    heads = [v for k, v in arrays["params"].items() if k.startswith("head/classifier/kernel")]
-    if len(heads) != 1:
-        raise InteropError(f"{where}/parameters.npz holds no classifier head (head/classifier)")
-    model = build_classifier(cfg, int(heads[0].shape[-1]))
-    _, *parts = nnx.split(model, nnx.Param, ...)
-    filled = []
-    for name, state in zip(("params", "rest"), parts):
-        wanted, saved = flat_leaves(state), arrays[name]
-        missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
-        if missing or extra:
-            raise InteropError(f"{where}/parameters.npz does not match the run's model: missing "
-                               f"{missing[:4]}, unexpected {extra[:4]}")
-        leaves = []
-        for key, want in wanted.items():
-            value = saved[key][member]
-            if value.shape != want.shape:
-                raise InteropError(f"{where}/parameters.npz: {key} has shape {value.shape}, the "
-                                   f"model's is {want.shape}")
-            leaves.append(value.astype(want.dtype))
-        filled.append(jax.tree.unflatten(jax.tree.structure(state), leaves))
-    nnx.update(model, *filled)
-    return model
-
-
 def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.PathLike,
                       which: str, seed: int | None, tokenizer_path: str, overwrite: bool,
                       command: str) -> Path:
@@ -291,7 +261,10 @@ def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.
     except ConfigError as err:
         raise InteropError(f"{workdir}: its summary's model cannot be built ({err})") from None
     _refuse_unexportable(cfg, workdir)
-    member = _member(list(summary.seeds), summary.validation, seed)
+    pre = summary.pretrained or {}
+    code_changes = [*pre.get("code_changes", []), *flat.get("model_code_changes", []),
+                    *check_code(flat.get("model_code"), cfg.arch, str(workdir), cfg)]
+    member = member_index(list(summary.seeds), summary.validation, seed)
     recorded = summary.tokenizer or {}
     tokenizer = _tokenizer(tokenizer_path or recorded.get("path", ""), workdir)
     if recorded.get("sha256") and tokenizer.sha256 != recorded["sha256"]:
@@ -299,14 +272,13 @@ def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.
                            f"with (sha256 {recorded['sha256'][:12]})")
     safetensors_numpy()  # the hf extra: one line naming it, before the parameters are read
     params_which = FINETUNE_WHICH[which]
-    model = _load_classifier(cfg, load_parameters(workdir, params_which), member, workdir)
+    model = classifier_member(cfg, load_parameters(workdir, params_which), member, workdir)
     regression = model.num_labels == 1
     labels, note = label_names(flat, summary.task, model.num_labels)
     chosen = summary.seeds[member]
     reported = getattr(summary, params_which) or {}
     valid = ((summary.validation or {}).get("members") or [{}] * len(summary.seeds))[member]
     mine = (reported.get("members") or [{}] * len(summary.seeds))[member]
-    pre = summary.pretrained or {}
     metrics: list[tuple[str, Any]] = [(f"validation {k} (this member)", v)
                                       for k, v in valid.items()]
     metrics += [(f"{k} (this member, {params_which} parameters)", v) for k, v in mine.items()]
@@ -328,7 +300,8 @@ def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.
                  if params_which == "selected" else "final epoch"),
                 ("init", summary.init), ("pre-trained run", pre.get("workdir")),
                 ("pre-trained step", pre.get("step")),
-                ("pre-training validation perplexity", pre.get("validation_perplexity"))],
+                ("pre-training validation perplexity", pre.get("validation_perplexity")),
+                *code_changes_line(code_changes)],
         data=[("task", summary.task), ("task data", flat.get("data.dir")),
               *[(f"{split} examples", n) for split, n in (summary.examples or {}).items()],
               ("reported splits", summary.reported_splits),
@@ -339,7 +312,8 @@ def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.
         commands=_commands(workdir, flat, "minilm-finetune", f"finetune:{summary.task}", command))
     add_twin_score(facts, workdir, summary, params_which)
     provenance = {"workdir": str(workdir), "task": summary.task, "seed": chosen,
-                  "parameters": params_which, "point": cfg.point}
+                  "parameters": params_which, "point": cfg.point,
+                  **({"code_changes": code_changes} if code_changes else {})}
     files = {CARD_NAME: model_card(facts),
              RUN_CONFIG_NAME: json.dumps(flat, indent=2, sort_keys=True) + "\n"}
     return export_model(model, out_dir, labels=labels, regression=regression,

@@ -7,7 +7,12 @@ short name the user's installed package declares as an entry point of the group
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
+import site
+import sysconfig
+import traceback
 from typing import Callable
 
 from flax import nnx
@@ -53,12 +58,63 @@ def encoder_factory(arch: str) -> EncoderFactory:
     module_name, _, attribute = arch.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(f"model.arch={arch!r}: cannot import {module_name!r} ({err})") from None
+    except ModuleNotFoundError as err:
+        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise ConfigError(f"model.arch={arch!r}: cannot import {module_name!r} ({err})"
+                              ) from None
+        raise ConfigError(import_failure(arch, module_name, err)) from None
+    except Exception as err:  # the user's module raised while it ran: a syntax error, a NameError
+        raise ConfigError(import_failure(arch, module_name, err)) from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ConfigError(f"model.arch={arch!r}: {module_name} has no encoder {attribute!r}")
     return factory
+
+
+@functools.cache
+def installed_roots(include_library: bool = True) -> tuple[str, ...]:
+    """Folders whose modules are not a user's: the standard library, site-packages (a virtual
+    environment's and the user's), and (``include_library``) this library's own package."""
+    paths = sysconfig.get_paths()
+    roots = {paths.get(k, "") for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    try:
+        roots.update(site.getsitepackages())
+        roots.add(site.getusersitepackages())
+    except AttributeError:  # a virtual environment's site module may lack these
+        pass
+    if include_library:
+        roots.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # minilm_jax/
+    return tuple(sorted(os.path.realpath(r) + os.sep for r in roots if r))
+
+
+def import_failure(arch: str, module_name: str, err: Exception) -> str:
+    """The one line for a user's encoder module that raised ``err`` while it was imported: the
+    module, the exception's type and message, and the file:line that raised it."""
+    message = err.msg if isinstance(err, SyntaxError) and err.msg else str(err)
+    where = raised_at(err)
+    return (f"model.arch={arch}: importing {module_name} failed: {type(err).__name__}: "
+            f"{message}" + (f" ({where})" if where else ""))
+
+
+def raised_at(err: BaseException) -> str:
+    """``file:line`` where ``err`` was raised in the user's code: a syntax error's own line, else
+    the innermost frame outside the import machinery, the standard library and installed packages
+    (the user's line that called into them), else the innermost frame. Files under the current
+    folder are named relative to it."""
+    if isinstance(err, SyntaxError) and err.filename:
+        path, line = err.filename, err.lineno
+    else:
+        frames = [f for f in traceback.extract_tb(err.__traceback__)
+                  if not f.filename.startswith("<")]
+        if not frames:
+            return ""
+        installed = installed_roots(include_library=False)
+        own = [f for f in frames if not os.path.realpath(f.filename).startswith(installed)]
+        frame = (own or frames)[-1]
+        path, line = frame.filename, frame.lineno
+    relative = os.path.relpath(path) if os.path.isabs(path) else path
+    shown = path if relative.startswith("..") else relative
+    return f"{shown}:{line}" if line else shown
 
 
 def is_library_encoder(arch: str) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 from flax import nnx
 
 from minilm_jax.model.config import ModelConfig
-from minilm_jax.model.registry import build_encoder
+from minilm_jax.model.registry import build_encoder, encoder_factory
 
 
 def shapes(state: Any) -> dict[str, tuple[int, ...]]:
@@ -31,16 +31,28 @@ class TreeDiff:
     missing: list[str]  # built, not saved: would keep their random init
     unexpected: list[str]  # saved, not built: would be dropped
     reshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (path, saved, built)
+    # a variant's fields (model.extra) whose values differ: (name, saved, built); the same tree
+    # computes another function
+    fields: list[tuple[str, Any, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.missing or self.unexpected or self.reshaped)
+        return not (self.missing or self.unexpected or self.reshaped or self.fields)
 
-    def text(self, limit: int = 4) -> str:
+    def to_json(self) -> dict[str, Any]:
+        """What a run records of a partial load (``init.partial``)."""
+        return {"missing": list(self.missing), "unexpected": list(self.unexpected),
+                "reshaped": [[p, list(a), list(b)] for p, a, b in self.reshaped],
+                "fields": [[n, a, b] for n, a, b in self.fields]}
+
+    def text(self, limit: int = 4, fields: bool = True) -> str:
         def names(items: list[str]) -> str:
             more = f", ... ({len(items)} in all)" if len(items) > limit else ""
             return ", ".join(items[:limit]) + more
         parts = []
+        if fields and self.fields:
+            parts.append("variant fields " + ", ".join(f"model.extra.{n} {a!r} (checkpoint) vs "
+                                                       f"{b!r}" for n, a, b in self.fields))
         if self.missing:
             parts.append(f"missing {names(self.missing)}")
         if self.unexpected:
@@ -49,6 +61,16 @@ class TreeDiff:
             parts.append("other shapes " + names([f"{p} {tuple(a)} vs {tuple(b)}"
                                                   for p, a, b in self.reshaped]))
         return "; ".join(parts)
+
+
+def variant_field_changes(arch: str, saved: dict[str, Any], built: dict[str, Any]
+                          ) -> list[tuple[str, Any, Any]]:
+    """``(name, saved, built)`` for each field of the variant ``arch`` (``model.extra``; a field
+    left out has its declared default) whose values differ."""
+    defaults = dict(getattr(encoder_factory(arch), "config_fields", None) or {})
+    names = sorted(set(saved) | set(built))
+    return [(n, saved.get(n, defaults.get(n)), built.get(n, defaults.get(n))) for n in names
+            if saved.get(n, defaults.get(n)) != built.get(n, defaults.get(n))]
 
 
 def tree_diff(built: dict[str, tuple[int, ...]], saved: dict[str, tuple[int, ...]]) -> TreeDiff:

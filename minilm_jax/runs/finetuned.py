@@ -22,8 +22,11 @@ from typing import Any, Iterable
 
 import jax
 import numpy as np
+from flax import nnx
 
 from minilm_jax.errors import UserError
+from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.models import build_classifier
 from minilm_jax.storage import RunPath, atomic_write_bytes, remove_tree, run_path
 from minilm_jax.train.distributed import from_process_0, gathered
 from minilm_jax.train.records import is_done, read_finetune_summary
@@ -125,3 +128,43 @@ def drop_checkpoints(workdirs: Iterable[RunPath]) -> None:
             remove_tree(folder)
             log_line(f"dropped the training checkpoints of the finished run {workdir} "
                      "(checkpoint.keep_finished=True keeps them)")
+
+
+def member_index(seeds: list[int], validation: dict[str, Any] | None, seed: int | None) -> int:
+    """The member of a run of ``seeds`` to read: the one trained with ``seed``, else the best
+    validation score (the first when there is none)."""
+    if seed is not None:
+        if seed not in seeds:
+            raise UserError(f"--seed={seed}: the run trained the seeds {seeds}")
+        return seeds.index(seed)
+    scores = [m.get("score") for m in (validation or {}).get("members") or []]
+    if len(scores) == len(seeds) and all(isinstance(s, (int, float)) for s in scores):
+        return int(np.argmax(scores))
+    return 0
+
+
+def classifier_member(cfg: ModelConfig, arrays: dict[str, dict[str, np.ndarray]], member: int,
+                      where: RunPath) -> Any:
+    """A :class:`SequenceClassifier` holding member ``member`` of ``parameters.npz`` arrays."""
+    heads = [v for k, v in arrays["params"].items() if k.startswith("head/classifier/kernel")]
+    if len(heads) != 1:
+        raise UserError(f"{where}/parameters.npz holds no classifier head (head/classifier)")
+    model = build_classifier(cfg, int(heads[0].shape[-1]))
+    _, *parts = nnx.split(model, nnx.Param, ...)
+    filled = []
+    for name, state in zip(("params", "rest"), parts):
+        wanted, saved = flat_leaves(state), arrays[name]
+        missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+        if missing or extra:
+            raise UserError(f"{where}/parameters.npz does not match the run's model: missing "
+                            f"{missing[:4]}, unexpected {extra[:4]}")
+        leaves = []
+        for key, want in wanted.items():
+            value = saved[key][member]
+            if value.shape != want.shape:
+                raise UserError(f"{where}/parameters.npz: {key} has shape {value.shape}, the "
+                                f"model's is {want.shape}")
+            leaves.append(value.astype(want.dtype))
+        filled.append(jax.tree.unflatten(jax.tree.structure(state), leaves))
+    nnx.update(model, *filled)
+    return model

@@ -20,7 +20,8 @@ from minilm_jax.errors import UserError
 from minilm_jax.model.code_identity import check_code
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.registry import encoder_factory
-from minilm_jax.model.tree_check import TreeDiff, encoder_shapes, fitting_part, tree_diff
+from minilm_jax.model.tree_check import (TreeDiff, encoder_shapes, fitting_part, tree_diff,
+                                         variant_field_changes)
 from minilm_jax.runs.running import read_checkpoint, recorded_tokenizer, refuse_population
 from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.tokenizer import Tokenizer
@@ -44,6 +45,9 @@ class PretrainedRun:
     hugging_face: bool = False  # checkpoint_dir is a Hugging Face model directory
     which: str = "best"  # best | latest | step:N: what a replaced step is read again as
     summary_best: dict[str, Any] | None = None  # the summary's best, if the run has finished
+    # Changes of a user encoder's code accepted (MINILM_ACCEPT_CODE_CHANGE=1) while the run was
+    # trained or now that it is read: every output made from it says so.
+    code_changes: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def open(cls, workdir: str | os.PathLike, which: str = "best",
@@ -64,7 +68,7 @@ class PretrainedRun:
         refuse_population(workdir, flat, action)
         model = ModelConfig.from_mapping({k[len("model."):]: v for k, v in flat.items()
                                           if k.startswith("model.")})
-        check_code(flat.get("model_code"), model.arch, str(workdir))  # a user encoder's source
+        changes = check_code(flat.get("model_code"), model.arch, str(workdir), model)
         try:  # a running or preempted run has no summary yet: its run_start.json serves
             summary: PretrainSummary | None = read_pretrain_summary(workdir)
         except RecordError:
@@ -72,7 +76,8 @@ class PretrainedRun:
         tok = recorded_tokenizer(workdir, flat, summary.shards if summary else None)
         step, ckpt_dir = find_checkpoint(workdir, which)
         run = cls(workdir, model, str(tok.get("path") or ""), str(tok.get("sha256") or ""), step,
-                  ckpt_dir, None, which=which, summary_best=(summary.best if summary else None))
+                  ckpt_dir, None, which=which, summary_best=(summary.best if summary else None),
+                  code_changes=[*flat.get("model_code_changes", []), *changes])
         run._at(step, ckpt_dir)
         return run
 
@@ -131,9 +136,13 @@ class PretrainedRun:
         diff = tree_diff(encoder_shapes(cfg), encoder_shapes(self.model))
         other_arch = (cfg.arch != self.model.arch
                       and encoder_factory(cfg.arch) is not encoder_factory(self.model.arch))
+        # a variant's fields are part of its architecture: same tree, another function
+        fields = variant_field_changes(cfg.arch, dict(self.model.extra), dict(cfg.extra))
+        diff = dataclasses.replace(diff, fields=fields)
         if (diff.empty and not other_arch) or partial:
             return diff
         what = (f"architecture {self.model.arch!r}, not {cfg.arch!r}" if other_arch else
+                "a variant of other fields" if fields and not diff.text(fields=False) else
                 "another parameter tree")
         raise UserError(f"init.checkpoint={self.workdir} holds {what}: "
                         f"{diff.text() or 'the same parameter names and shapes'}; fine-tune the "
@@ -155,11 +164,30 @@ class PretrainedRun:
                             f"not the one {self.workdir} was pre-trained with (sha256 "
                             f"{self.tokenizer_sha256[:12]}, {self.tokenizer_path or 'path unknown'})")
 
+    def digest(self) -> str:
+        """The identity of the checkpoint read (:func:`minilm_jax.run_identity.checkpoint_digest`):
+        its files' sha256 from its seal (hashed now when it has none) and its step."""
+        from minilm_jax.run_identity import checkpoint_digest
+        from minilm_jax.storage import files_under
+        from minilm_jax.train.seal import SEAL_NAME, file_digests
+
+        seal_path = self.checkpoint_dir / SEAL_NAME
+        files = None
+        if not self.hugging_face and seal_path.exists():
+            files = json.loads(seal_path.read_text()).get("files")
+        if files is None:
+            files = file_digests({k: v for k, v in files_under(self.checkpoint_dir).items()
+                                  if k != SEAL_NAME})
+        return checkpoint_digest(files, self.step)
+
     def describe(self) -> dict[str, Any]:
-        return {"workdir": str(self.workdir), "step": self.step, "point": self.model.point,
-                "format": "hugging_face" if self.hugging_face else "orbax",
-                "validation_perplexity": self.validation_perplexity,
-                "tokenizer_sha256": self.tokenizer_sha256}
+        out = {"workdir": str(self.workdir), "step": self.step, "point": self.model.point,
+               "format": "hugging_face" if self.hugging_face else "orbax",
+               "validation_perplexity": self.validation_perplexity,
+               "tokenizer_sha256": self.tokenizer_sha256}
+        if self.code_changes:
+            out["code_changes"] = list(self.code_changes)
+        return out
 
 
 def _validation_perplexity(workdir: RunPath, step: int) -> float | None:

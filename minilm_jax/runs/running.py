@@ -24,6 +24,7 @@ from typing import Any, Callable, TypeVar
 
 import jax
 
+from minilm_jax.run_identity import member_location
 from minilm_jax.errors import UserError
 from minilm_jax.storage import RunPath, atomic_write_json, run_path
 
@@ -81,8 +82,9 @@ def population_members(workdir: str | RunPath, flat: dict[str, Any]) -> list[str
     ``config.json``), or None when it is not one: its config lists them, else (a config holding no
     model) its ``summary.json`` or its ``members/`` folder does."""
     listed = flat.get("population.members")
-    if isinstance(listed, list):
-        return [str(m.get("workdir", m.get("name", "?"))) for m in listed if isinstance(m, dict)]
+    if isinstance(listed, list):  # each member's folder, recorded relative to the population's
+        return [member_location(workdir, str(m.get("workdir") or "")) or str(m.get("name", "?"))
+                for m in listed if isinstance(m, dict)]
     if any(key.startswith("model.") for key in flat):
         return None  # a run of its own
     workdir = run_path(str(workdir))

@@ -1,6 +1,6 @@
 """Declarative sweeps: expansion into runs, a resumable runner with failure isolation, results."""
 
-from minilm_jax.run_config import apply_override
+from minilm_jax.settings.command_line import apply_override
 
 from .spec import Membership, Run, expand
 

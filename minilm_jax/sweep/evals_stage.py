@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from minilm_jax.run_config import snapshot_steps
+from minilm_jax.settings.pretraining import snapshot_steps
 from minilm_jax.storage import atomic_write_bytes, atomic_write_json
 from minilm_jax.train.records import is_done
 

@@ -27,8 +27,9 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from minilm_jax.finetune.config_rules import take_checkpoint_arch
-from minilm_jax.run_config import flatten, snapshot_steps
+from minilm_jax.settings.model_fields import take_checkpoint_arch
+from minilm_jax.settings.command_line import flatten
+from minilm_jax.settings.pretraining import snapshot_steps
 from minilm_jax.storage import RunPath, run_path
 
 from .spec import Run, finetune_run_config

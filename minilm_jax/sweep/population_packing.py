@@ -11,7 +11,7 @@ import json
 from typing import Sequence
 
 from minilm_jax.errors import UserError
-from minilm_jax.run_config import flatten
+from minilm_jax.settings.command_line import flatten
 from minilm_jax.train.population import POPULATION_FIELDS, solo_config
 
 from .spec import Run

@@ -30,6 +30,13 @@ def _identity(run: Run, membership: Membership, name: str, workdir: Path,
     arch = str(run.config.model.arch)
     if not is_library_encoder(arch):  # a user's encoder variant: every row of its run says which
         row["arch"] = arch
+        if summary.get("counts_source"):  # its counts declared by its class, or derived
+            row["counts_source"] = summary["counts_source"]
+        recorded = workdir / "config.json"
+        changes = (json.loads(recorded.read_text()).get("model_code_changes")
+                   if recorded.is_file() else None)
+        if changes:  # trained on under changed code (MINILM_ACCEPT_CODE_CHANGE=1)
+            row["code_changes"] = list(changes)
     return row
 
 
@@ -56,7 +63,8 @@ def downstream_fields(ft: FinetuneSummary, workdir: Path) -> dict[str, Any]:
             "final_validation_perplexity": pre.get("validation_perplexity") if pretrained else None,
             "majority_score": float(sum(majority) / len(majority)) if majority else None,
             "unk_rate": max(unk) if unk else None,
-            "finetune_workdir": str(workdir)}
+            "finetune_workdir": str(workdir),
+            **({"code_changes": list(pre["code_changes"])} if pre.get("code_changes") else {})}
 
 
 def run_rows(run: Run, layout: SweepLayout, finetune_dirs: list[Path], evals: Any = None

@@ -36,8 +36,9 @@ from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError
 from minilm_jax.configs import finetune as finetune_recipe
 from minilm_jax.configs import pretrain as pretrain_recipe
-from minilm_jax.run_config import (VARIANT_PREFIX, apply_override, apply_variant_fields, flatten,
-                                   validate_pretrain_config)
+from minilm_jax.settings.command_line import (VARIANT_PREFIX, apply_override, apply_variant_fields,
+                                              flatten)
+from minilm_jax.settings.pretraining import validate_pretrain_config
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,6 @@ The report is built by the command (:mod:`minilm_jax.sweep.workers`), not here.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
@@ -29,11 +28,11 @@ import ml_collections
 
 from minilm_jax.errors import Interrupted, UserError
 from minilm_jax.evals.common import from_config as evaluator_from_config
-from minilm_jax.finetune.config_rules import resumable_fields
-from minilm_jax.finetune.config_rules import validate_finetune_config
+from minilm_jax.settings.finetuning import validate_finetune_config
 from minilm_jax.model import accounting
-from minilm_jax.run_config import RESUMABLE_FIELDS, flatten, model_from_config, recorded_value
-from minilm_jax.storage import RunPath, relative_location
+from minilm_jax.settings.mlm_cap import effective_max_predictions
+from minilm_jax.settings.model_fields import model_from_config
+from minilm_jax.storage import RunPath
 from minilm_jax.tasks.registry import task_names
 from minilm_jax.train.dispatch import StopRequest, stop_signals
 from minilm_jax.train.records import DONE, is_done
@@ -46,48 +45,12 @@ from .population_packing import packs
 from .results import write_results
 from .spec import Run, expand, finetune_run_config
 from .status import SweepStatus
+from .unit_identity import changed_units
 
-# Pre-training fields that a sweep may change without changing a run's results (run control);
-# everything else, the number of steps and the evaluation points included, makes it another run.
-PRETRAIN_RUN_CONTROL = tuple(f for f in RESUMABLE_FIELDS if f not in (
-    "train.num_steps", "eval.every_steps", "eval.per_decade", "eval.test_at_end",
-    "checkpoint.keep_fractions"))
 WAIT_SECONDS = 30.0  # a worker with nothing to claim looks again after this (or three
 # heartbeats, if shorter: it must watch a claim to judge it stale), or on a change
 
 Stage = tuple[str, RunPath, Callable[[], LoopSpec], list[RunPath]]
-
-
-def changed_fields(workdir: RunPath, config: ml_collections.ConfigDict,
-                   run_control: tuple[str, ...]) -> list[str]:
-    """Fields (``field: old -> new``) in which ``workdir``'s recorded ``config.json`` differs from
-    ``config``, outside ``run_control``; empty when nothing differs or nothing is recorded."""
-    path = workdir / "config.json"
-    if not path.exists():
-        return []
-    saved, current = json.loads(path.read_text()), flatten(config)
-    keys = sorted(k for k in current if k not in run_control
-                  and recorded_value(saved, k) != current[k])
-    return [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in keys]
-
-
-# The architecture's shapes: what a fine-tuning run's recorded ``model_built`` takes from its
-# checkpoint, so they must be the sweep run's own.
-BUILT_SHAPE_FIELDS = ("arch", "vocab_size", "emb_dim", "hidden_dim", "ffn_dim", "num_layers",
-                      "num_heads")
-
-
-def built_changed(workdir: RunPath, run_config: ml_collections.ConfigDict) -> list[str]:
-    """Shape fields (``model_built.field: recorded -> expected``) in which ``workdir``'s recorded
-    ``model_built`` differs from the model of the run it fine-tunes (a finished job is skipped,
-    not rebuilt, so an edited record would otherwise be reused)."""
-    path = workdir / "config.json"
-    if not path.exists():
-        return []
-    built = json.loads(path.read_text()).get("model_built") or {}
-    expected = model_from_config(run_config).to_dict()
-    return [f"model_built.{k}: {built[k]!r} -> {expected[k]!r}" for k in BUILT_SHAPE_FIELDS
-            if k in built and built[k] != expected[k]]
 
 
 def plan_table(runs: list[Run], sweep: ml_collections.ConfigDict, peak_flops: float) -> str:
@@ -101,7 +64,7 @@ def plan_table(runs: list[Run], sweep: ml_collections.ConfigDict, peak_flops: fl
         seqs = run.config.train.num_steps * run.config.train.batch_size
         paper = seqs * accounting.paper_train_flops_per_sequence(cfg)
         complete = seqs * accounting.train_flops_per_sequence(
-            cfg, num_predictions=run.config.mlm.max_predictions)
+            cfg, num_predictions=effective_max_predictions(run.config.mlm, cfg.max_len))
         seconds = complete / (peak_flops * sweep.assumed_mfu)
         total_seconds += seconds
         groups = ", ".join(m.group for m in run.memberships)
@@ -421,22 +384,11 @@ class SweepRunner:
 
     def _refuse_changed(self, runs: list[Run]) -> None:
         """Refuse, before anything runs, a sweep whose runs would differ from what their workdirs
-        were trained with (the sweep config changed since): results are never silently mixed."""
-        changed = []
-        for run in runs:
-            pre_dir = self.layout.pretrain_dir(run.name)
-            fields = changed_fields(pre_dir, run.config, PRETRAIN_RUN_CONTROL)
-            if fields:
-                changed.append(f"{relative_location(pre_dir, self.root)} ({'; '.join(fields[:4])})")
-            for job in finetune_jobs(self.sweep, run, self.layout):
-                fields = (changed_fields(job.workdir, job.config, resumable_fields(job.init))
-                          + built_changed(job.workdir, run.config))
-                if fields:
-                    changed.append(f"{relative_location(job.workdir, self.root)} "
-                                   f"({'; '.join(fields[:4])})")
-        changed = list(dict.fromkeys(changed))  # a shared twin is named once
+        were trained with (the sweep config or an input changed since): results are never
+        silently mixed."""
+        changed = changed_units(runs, self.sweep, self.layout)
         if changed:
             more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-            raise UserError(f"sweep root {self.root} holds runs trained with a different config: "
-                            f"{', '.join(changed[:3])}{more}; use a new --root, or delete those "
-                            "folders to re-run them")
+            raise UserError(f"sweep root {self.root} holds runs trained with a different config "
+                            f"or inputs: {', '.join(changed[:3])}{more}; use a new --root, or "
+                            "delete those folders to re-run them")

@@ -215,7 +215,7 @@ def load_table_task(task: str, data: ml_collections.ConfigDict) -> TaskData:
         if data.cv_fold >= data.cv_folds:
             raise UserError(f"data.cv_fold={data.cv_fold} is not one of the {data.cv_folds} folds")
         fold = fold_assignment(examples["all"], data.cv_folds, data.cv_seed,
-                               stratified=not spec.is_regression)
+                               stratified=not spec.is_regression, label_names=spec.label_names)
         train = [ex for ex, k in zip(examples["all"], fold) if k != data.cv_fold]
         held = [ex for ex, k in zip(examples["all"], fold) if k == data.cv_fold]
         return TaskData(spec, train, {"holdout": held})

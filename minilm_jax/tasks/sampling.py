@@ -19,6 +19,14 @@ def _indices_by_class(examples: Sequence[Example]) -> dict[int, list[int]]:
     return dict(groups)
 
 
+def class_name(label: int, label_names: Sequence[str] = ()) -> str:
+    """A class as a message names it: its label (``world``) where the task names its classes,
+    else ``class <index>``."""
+    if 0 <= label < len(label_names):
+        return f"class {label_names[label]!r}"
+    return f"class {label}"
+
+
 def sample_per_class(examples: Sequence[Example], k: int, seed: int,
                      allow_fewer: bool = False) -> list[Example]:
     """Draw ``k`` examples of every class, deterministically from ``seed``.
@@ -32,12 +40,14 @@ def sample_per_class(examples: Sequence[Example], k: int, seed: int,
 
 
 def split_per_class(examples: Sequence[Example], sizes: Sequence[int], seed: int,
-                    allow_fewer: bool = False) -> list[list[Example]]:
+                    allow_fewer: bool = False, label_names: Sequence[str] = ()
+                    ) -> list[list[Example]]:
     """Cut every class into disjoint parts of ``sizes`` (e.g. ``(630, 70)``).
 
     For each class (ascending label) one ``rng.sample`` of ``sum(sizes)`` rows is
     taken and cut in order; each part keeps the original example order. With
-    ``allow_fewer`` a short class fills the parts in order as far as it goes.
+    ``allow_fewer`` a short class fills the parts in order as far as it goes. ``label_names``
+    (the task's) name a short class in the error.
     """
     if any(s < 0 for s in sizes):
         raise ValueError(f"sizes must be non-negative, got {tuple(sizes)}")
@@ -46,8 +56,9 @@ def split_per_class(examples: Sequence[Example], sizes: Sequence[int], seed: int
     chosen: list[set[int]] = [set() for _ in sizes]
     for label, rows in sorted(_indices_by_class(examples).items()):
         if len(rows) < need and not allow_fewer:
-            raise TaskDataError(f"class {label} has {len(rows)} examples, fewer than the "
-                                f"{need} requested (pass allow_fewer=True to keep them all)")
+            raise TaskDataError(f"{class_name(label, label_names)} has {len(rows)} examples, "
+                                f"fewer than the {need} requested (pass allow_fewer=True to keep "
+                                "them all)")
         picked = rng.sample(rows, min(need, len(rows)))
         start = 0
         for part, size in zip(chosen, sizes):
@@ -81,14 +92,14 @@ def split_off_fraction(examples: Sequence[Example], fraction: float, seed: int,
 
 
 def fold_assignment(examples: Sequence[Example], folds: int, seed: int,
-                    stratified: bool = True) -> list[int]:
+                    stratified: bool = True, label_names: Sequence[str] = ()) -> list[int]:
     """Each example's fold ``0 .. folds - 1`` for k-fold cross-validation, seeded.
 
     ``stratified``: every class (ascending label, one ``random.Random(seed)``) is shuffled and dealt
     round-robin, continuing where the previous class stopped, so each fold holds ``n_c / folds``
     (+-1) rows of every class and fold sizes differ by at most one; otherwise (regression) a seeded
     shuffle of all rows dealt the same way. A class with fewer rows than folds is refused: some
-    fold would train without it."""
+    fold would train without it (named by its label in ``label_names``, the task's)."""
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
     if len(examples) < folds:
@@ -100,8 +111,10 @@ def fold_assignment(examples: Sequence[Example], folds: int, seed: int,
     dealt = 0
     for label, rows in groups:
         if stratified and len(rows) < folds:
-            raise TaskDataError(f"class {label} has {len(rows)} examples, fewer than the {folds} "
-                                "folds (data.cv_folds): lower it, or give that class more rows")
+            lower = f"lower it to {len(rows)} or less, or " if len(rows) >= 2 else ""
+            raise TaskDataError(f"{class_name(label, label_names)} has {len(rows)} examples, "
+                                f"fewer than the {folds} folds (data.cv_folds): {lower}give that "
+                                "class more rows")
         rows = list(rows)
         rng.shuffle(rows)
         for row in rows:

@@ -6,9 +6,16 @@ in sorted order) and ``table_regression`` (a real-valued label). ``data.dir`` is
 
 - a folder holding ``<split>.csv`` / ``<split>.tsv`` / ``<split>.jsonl`` for ``data.train_split``
   and every split of ``data.eval_splits`` (e.g. ``train.csv`` and ``test.csv``), or
-- one file: by default cross-validated (``data.cv_folds``, stratified; each fold a run whose
-  held-out fold is reported as ``holdout``, :func:`cross_validated`); with ``data.cv_folds=0`` a
-  seeded per-class share (``data.holdout_fraction``) is held out and reported as ``holdout``.
+- one file: by default cross-validated (``data.cv_folds``, stratified by class; a regression
+  file's folds are a seeded shuffle; each fold a run whose held-out fold is reported as
+  ``holdout``, :func:`cross_validated`); with ``data.cv_folds=0`` a seeded per-class share
+  (``data.holdout_fraction``) is held out and reported as ``holdout``.
+
+The same text (and pair text) labelled twice with different labels is refused in one line naming
+the count and the first conflicting lines (a data error, and cut into folds one label is trained on
+while the other is scored); exact repeats (same text, same label) and a regression file's repeated
+texts with other values are noted with their count (their copies can land on both sides of a
+fold, which makes the held-out score optimistic).
 
 Columns are named by ``data.text_column`` (default ``text``), ``data.pair_column`` (default empty:
 single-text task) and ``data.label_column`` (default ``label``); CSV and TSV files have a header row.
@@ -105,10 +112,61 @@ def read_table(path: str | Path, data: ml_collections.ConfigDict, regression: bo
     return rows
 
 
+_NOTED: set[tuple[str, str]] = set()  # (file, note) already printed by this process
+SHOWN_CONFLICTS = 3  # conflicting pairs of lines an error names
+
+
+def check_repeated_texts(path: Path, rows: list[tuple[str, str | None, Any, int]],
+                         regression: bool, one_file: bool) -> None:
+    """Refuse a classification file whose text (with its pair text) occurs with two different
+    labels: one :class:`TaskDataError` naming how many texts and the first conflicting lines.
+    Note (once per process) exact repeats, and a regression file's repeated texts with other
+    values, with their count; ``one_file``: the file is cut into folds or a holdout, which its
+    repeats leak across."""
+    first: dict[tuple[str, str | None], tuple[Any, int]] = {}
+    conflicts: list[tuple[int, Any, int, Any]] = []
+    conflicting: set[tuple[str, str | None]] = set()
+    repeats: list[tuple[int, int]] = []  # (line, the earlier line it repeats)
+    for text_a, text_b, label, number in rows:
+        key = (text_a, text_b)
+        if key not in first:
+            first[key] = (label, number)
+        elif first[key][0] == label:
+            repeats.append((number, first[key][1]))
+        else:
+            conflicts.append((first[key][1], first[key][0], number, label))
+            conflicting.add(key)
+    if conflicts and not regression:
+        shown = "; ".join(f"line {a} {la!r} vs line {b} {lb!r}"
+                          for a, la, b, lb in conflicts[:SHOWN_CONFLICTS])
+        raise TaskDataError(
+            f"{path}: {len(conflicting)} text(s) labelled twice with different labels ({shown}"
+            f"{'; ...' if len(conflicts) > SHOWN_CONFLICTS else ''}): give each text one label "
+            "(the same text with two labels is a data error, and once the file is cut into "
+            "folds one label is trained on while the other is scored)")
+    leak = ("; cut into folds or a holdout, a copy can be trained on while another is scored, "
+            "so the held-out score is optimistic: remove the repeats for a clean estimate"
+            if one_file else "")
+    notes = []
+    if repeats:
+        line, earlier = repeats[0]
+        notes.append(f"{len(repeats)} row(s) repeat an earlier row's text and label (first: line "
+                     f"{line} = line {earlier}){leak}")
+    if conflicts:  # regression: the same text with other values (e.g. several raters)
+        a, va, b, vb = conflicts[0]
+        notes.append(f"{len(conflicting)} text(s) occur again with another value (first: line {a} "
+                     f"{va!r}, line {b} {vb!r}){leak}")
+    for note in notes:
+        if (str(path), note) not in _NOTED:
+            _NOTED.add((str(path), note))
+            print(f"note: {path}: {note}", flush=True)
+
+
 def cross_validated(task: str, data: ml_collections.ConfigDict) -> bool:
     """True when ``task`` reads one labelled file (no split of its own to report on) and
-    ``data.cv_folds`` > 0: every row is then scored once, out of fold, by stratified k-fold
-    cross-validation (each fold a run; :mod:`minilm_jax.finetune.run` runs them all)."""
+    ``data.cv_folds`` > 0: every row is then scored once, out of fold, by k-fold cross-validation
+    (stratified by class; a regression file's folds: a seeded shuffle; each fold a run;
+    :mod:`minilm_jax.finetune.run` runs them all)."""
     return (task in TABLE_TASKS and bool(data.dir) and Path(data.dir).is_file()
             and int(data.get("cv_folds", 0)) > 0)
 
@@ -150,6 +208,8 @@ def table_task(task: str, data: ml_collections.ConfigDict
     else:
         files = {s: split_file(root, s) for s in (data.train_split, *data.eval_splits)}
     tables = {split: read_table(path, data, regression) for split, path in files.items()}
+    for split, rows in tables.items():
+        check_repeated_texts(files[split], rows, regression, one_file)
     train_split = "all" if one_file else data.train_split
     if regression:
         names: tuple[str, ...] = ("value",)

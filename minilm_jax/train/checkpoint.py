@@ -22,7 +22,8 @@ from flax import nnx
 from minilm_jax.errors import StorageError, UserError
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import MaskedLM
-from minilm_jax.run_config import config_differences
+import minilm_jax.run_identity as run_identity
+from minilm_jax.run_identity import QUIET_DEFAULTS
 from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.train import seal
 from minilm_jax.train.records import is_done
@@ -167,12 +168,12 @@ class Checkpoints:
     def _check_identity(self, where: str, verdict: seal.Verdict) -> None:
         if self.identity is None or verdict.identity is None:
             return
-        diffs = config_differences(verdict.identity, self.identity, self.resumable)
+        diffs = run_identity.hold(verdict.identity, dict(self.identity), self.resumable,
+                                  QUIET_DEFAULTS, where)
         if diffs:
-            details = "; ".join(f"{k}: {verdict.identity.get(k)!r} -> {self.identity.get(k)!r}"
-                                for k in diffs[:6])
             raise CheckpointError(f"{where} was written by a run with a different config "
-                                  f"({details}); use a new --workdir")
+                                  f"({run_identity.describe(verdict.identity, self.identity, diffs)}"
+                                  "); use a new --workdir")
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any] | None:
         """Newest usable (step, state), or None when there is no checkpoint.

@@ -2,7 +2,11 @@
 
 Selection: every maskable position (real token, not in ``never_mask_ids``) is selected with
 probability ``mask_prob``; at most ``max_predictions`` per sequence (the lowest-scoring ones) feed the
-gathered MLM head. Replacement: ``mask`` (all selected -> <mask>, the paper) or ``bert`` (80% <mask>,
+gathered MLM head. ``max_predictions=0`` derives the cap from the mask probability
+(:func:`minilm_jax.settings.mlm_cap.effective_max_predictions`: at most ``MASK_CAP_TAIL`` of the selected
+positions dropped in a sequence of maskable tokens only); an explicit cap that would drop more than
+``MASK_CAP_TOLERANCE`` of them is refused before a run starts (``settings.mlm_cap.mask_cap_problems``).
+Replacement: ``mask`` (all selected -> <mask>, the paper) or ``bert`` (80% <mask>,
 10% random token, 10% unchanged).
 
 Packing: the selected positions of a whole (micro-)batch are packed into one list of
@@ -20,11 +24,13 @@ import math
 import jax
 import jax.numpy as jnp
 
+from minilm_jax.settings.mlm_cap import derived_max_predictions
+
 
 @dataclasses.dataclass(frozen=True)
 class MaskingConfig:
     mask_prob: float
-    max_predictions: int
+    max_predictions: int  # 0: derived (:meth:`per_sequence`)
     replacement: str
     mask_id: int
     never_mask_ids: tuple[int, ...]
@@ -48,6 +54,24 @@ class MaskingConfig:
                    random_token_min_id=int(mlm.random_token_min_id), vocab_size=vocab_size,
                    pack_prob=float(mlm.mask_prob))
 
+    def per_sequence(self, seq_len: int) -> int:
+        """The positions predicted per sequence of ``seq_len`` tokens at most: ``max_predictions``,
+        or where it is 0 the cap derived from the static selection probability (``pack_prob``;
+        ``mask_prob`` in a config built by hand), as the config's
+        :func:`~minilm_jax.settings.mlm_cap.effective_max_predictions`."""
+        if self.max_predictions:
+            return self.max_predictions
+        return derived_max_predictions(float(self.pack_prob or self.mask_prob), seq_len)
+
+
+def maskable_positions(tokens_bt: jax.Array, segments_bt: jax.Array,
+                       cfg: MaskingConfig) -> jax.Array:
+    """Where a position may be selected: a real token (not padding), not in ``never_mask_ids``."""
+    maskable_bt = segments_bt != 0
+    for token_id in cfg.never_mask_ids:
+        maskable_bt &= tokens_bt != token_id
+    return maskable_bt
+
 
 @dataclasses.dataclass(frozen=True)
 class MaskedBatch:
@@ -65,14 +89,13 @@ def mask_tokens(key: jax.Array, tokens_bt: jax.Array, segments_bt: jax.Array,
                 cfg: MaskingConfig) -> MaskedBatch:
     """Select and replace tokens; all shapes static ([B, T] in, [B, P] gathered)."""
     k_select, k_kind, k_random = jax.random.split(key, 3)
-    maskable_bt = segments_bt != 0
-    for token_id in cfg.never_mask_ids:
-        maskable_bt &= tokens_bt != token_id
+    maskable_bt = maskable_positions(tokens_bt, segments_bt, cfg)
     scores_bt = jax.random.uniform(k_select, tokens_bt.shape)
     selected_bt = maskable_bt & (scores_bt < cfg.mask_prob)
     # Keep the P selected positions with the lowest scores (all of them when fewer than P).
     rank_scores_bt = jnp.where(selected_bt, scores_bt, 2.0)
-    neg_top_bp, positions_bp = jax.lax.top_k(-rank_scores_bt, cfg.max_predictions)
+    neg_top_bp, positions_bp = jax.lax.top_k(-rank_scores_bt,
+                                             cfg.per_sequence(tokens_bt.shape[1]))
     weights_bp = (neg_top_bp > -2.0).astype(jnp.float32)
     targets_bp = jnp.take_along_axis(tokens_bt, positions_bp, axis=1)
     b = tokens_bt.shape[0]
@@ -101,7 +124,7 @@ def packed_rows(num_tokens: int, sequences: int, cfg: MaskingConfig) -> int:
     p, n = cfg.pack_prob, num_tokens
     bound = p * n + PACK_SIGMAS * math.sqrt(n * p * (1.0 - p)) + 1.0
     rows = int(math.ceil(bound / PACK_MULTIPLE)) * PACK_MULTIPLE
-    return min(rows, sequences * cfg.max_predictions)
+    return min(rows, sequences * cfg.per_sequence(num_tokens // sequences))
 
 
 @dataclasses.dataclass(frozen=True)

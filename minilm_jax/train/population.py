@@ -21,9 +21,11 @@ from typing import Any, Sequence
 
 import ml_collections
 
+import minilm_jax.run_identity as run_identity
 from minilm_jax.errors import UserError
-from minilm_jax.run_config import (PRETRAIN_RULES, apply_recipe, check_override, flatten,
-                                   raise_problems, range_problems)
+from minilm_jax.settings.allowed import raise_problems, range_problems
+from minilm_jax.settings.command_line import apply_recipe, check_override, flatten
+from minilm_jax.settings.pretraining import PRETRAIN_RULES
 from minilm_jax.storage import RunPath, run_path
 
 # Fields a member may set for itself, as config fields, with the short name used in member names.
@@ -151,9 +153,11 @@ def groups(members: Sequence[Member]) -> list[tuple[int, ...]]:
     return [tuple(v) for v in out.values()]
 
 
-def population_identity(members: Sequence[Member], identities: Sequence[dict[str, Any]]
-                        ) -> dict[str, Any]:
+def population_identity(members: Sequence[Member], identities: Sequence[dict[str, Any]],
+                        population_dir: Any) -> dict[str, Any]:
     """What a population is (its ``config.json``, sealed into its checkpoints): the members'
-    names, folders and identities, in order."""
-    return {"population.members": [{"name": m.name, "workdir": str(m.workdir), "identity": ident}
+    names, folders (relative to ``population_dir``) and identities, in order
+    (:func:`minilm_jax.run_identity.member_entry`)."""
+    return {"population.members": [run_identity.member_entry(m.name, m.workdir, population_dir,
+                                                             ident)
                                    for m, ident in zip(members, identities)]}

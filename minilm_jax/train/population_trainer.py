@@ -23,8 +23,8 @@ import numpy as np
 from minilm_jax.data.shards import ShardSplit, open_split
 from minilm_jax.errors import UserError
 from minilm_jax.model import accounting
-from minilm_jax.run_config import (RESUMABLE_FIELDS, log_eval_steps, snapshot_steps,
-                                   validate_pretrain_config)
+from minilm_jax.settings.pretraining import (RESUMABLE_FIELDS, log_eval_steps, snapshot_steps,
+                                             validate_pretrain_config)
 from minilm_jax.storage import run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.data import learned
@@ -33,14 +33,17 @@ from minilm_jax.train.run_loop import LoopSpec, Window, check_workdir, open_run,
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import TrainingDiverged
 from minilm_jax.train.evaluation import eval_result, evaluation_due, split_losses
-from minilm_jax.train.pretrainer import check_shards, params_digest, run_identity, summary_record
+from minilm_jax.settings.mlm_cap import effective_max_predictions
+from minilm_jax.train.pretrainer import (check_batch_fits, check_shards, mask_rate_record,
+                                         mask_window, params_digest, passes_line, run_identity,
+                                         summary_record)
 from minilm_jax.train.members import members_strategy
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.population import Member, members_of, population_identity
 from minilm_jax.train.program import population_program
-from minilm_jax.train.records import (PopulationSummary, RecordError, read_population_summary,
-                                      read_pretrain_summary)
-from minilm_jax.train.run_log import MetricsWriter, log_line, read_metrics
+from minilm_jax.train.records import (DONE, PopulationSummary, RecordError,
+                                      read_population_summary, read_pretrain_summary)
+from minilm_jax.train.run_log import MetricsWriter, has_record, log_line, read_metrics
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
 
 CORE = ("params", "rest", "opt_state", "step")  # a member's state, as a separate run saves it
@@ -66,6 +69,20 @@ class Each:
         self._each("close")
 
 
+def truncate_members(writers: dict[str, MetricsWriter], step: int) -> int:
+    """Cut each member's metrics history back to ``step`` (the population resumes there), as
+    :func:`~minilm_jax.train.run_loop.restore` cuts a separate run's: records after it and garbled
+    lines are dropped, and a member that lost any is named in a note. Returns how many in all."""
+    total = 0
+    for name, writer in writers.items():
+        dropped = writer.truncate_after(step)
+        if dropped:
+            print(f"note: dropped {dropped} metrics record(s) after step {step} (recomputed now) "
+                  f"of member {name}", flush=True)
+        total += dropped
+    return total
+
+
 def member_state(state: dict[str, Any], index: int) -> dict[str, Any]:
     """Member ``index``'s train state, in the layout a separate run saves."""
     return jax.tree.map(lambda x: x[index], {k: state[k] for k in CORE})
@@ -86,6 +103,7 @@ class PopulationTrainer(LoopSpec):
                                      self.model_cfg.max_len, self.model_cfg.pad_id)
         data = self.config.data
         self.train_split = open_split(data.shards, data.train_split, verify=data.verify_checksums)
+        check_batch_fits(self.config, self.train_split.num_sequences)
         self.eval_split = self._optional_split(data.eval_split)
         self.test_split = self._optional_split(data.test_split)
         self.strategy = members_strategy(strategy, "population.members")
@@ -103,14 +121,16 @@ class PopulationTrainer(LoopSpec):
         self.indexers = [batch_lib.BatchIndexer(int(c.seed), self.train_split.num_sequences,
                                                 tc.batch_size) for c in configs]
         self.flops_paper = accounting.paper_train_flops_per_sequence(self.model_cfg)
-        self.flops_complete = accounting.train_flops_per_sequence(
-            self.model_cfg, num_predictions=self.config.mlm.max_predictions)
+        # each member's own: a derived mlm.max_predictions follows the member's mask_prob
+        self.member_flops = [accounting.train_flops_per_sequence(
+            self.model_cfg, num_predictions=effective_max_predictions(c.mlm, self.model_cfg.max_len))
+            for c in configs]
         self.identities = [run_identity(c, self.manifest) for c in configs]
         # the members' shared run control first: the member list (population.members) wins
         self.identity = {k: v for k, v in self.identities[0].items() if k in RESUMABLE_FIELDS}
         self.identity.update(population_identity(
             self.members, [{k: v for k, v in ident.items() if k not in RESUMABLE_FIELDS}
-                           for ident in self.identities]))
+                           for ident in self.identities], self.workdir))
         self.reference = learned.reference_perplexities(data.shards, data.eval_split)
         self._refuse_lost_members()
         # Everything is checked: only now is anything written.
@@ -226,6 +246,8 @@ class PopulationTrainer(LoopSpec):
     def record_metrics(self, first: int, count: int, host: dict[str, Any]) -> None:
         self._window_tokens += np.sum(np.asarray(host["tokens"], np.float64), axis=0)
         self._window_steps += count
+        self._window_masked += np.stack([np.sum(np.asarray(host[k], np.float64), axis=0)
+                                         for k in ("predictions", "maskable")], axis=1)  # [N, 2]
 
     def log_line(self, step: int, host: dict[str, Any], window: Window) -> dict[str, str]:
         tc = self.config.train
@@ -242,25 +264,26 @@ class PopulationTrainer(LoopSpec):
                 "grad_norm": float(np.asarray(host["grad_norm"])[-1, i]),
                 "tokens_seen": float(step * tc.batch_size * self.model_cfg.max_len),
                 "flops_paper": step * tc.batch_size * self.flops_paper,
-                "flops_complete": step * tc.batch_size * self.flops_complete,
-                "host_wait_sec": window.host_wait}
+                "flops_complete": step * tc.batch_size * self.member_flops[i],
+                "host_wait_sec": window.host_wait, **mask_window(self._window_masked[i])}
             if window.compiled:  # a member's own speed: its share of the program's time
                 values.update(tokens_per_sec=float(self._window_tokens[i]) / elapsed,
                               sequences_per_sec=seqs_s,
-                              mfu=seqs_s * self.flops_complete / self._peak)
+                              mfu=seqs_s * self.member_flops[i] / self._peak)
             writer.write(step, "train", values)
             shown.append(loss)
         if window.compiled:
             total = float(np.sum(self._window_tokens)) / elapsed
             self.writer.write(step, "train", {
                 "tokens_per_sec": total, "sequences_per_sec": seqs_s * self.size,
-                "mfu": seqs_s * self.size * self.flops_complete / self._peak,
+                "mfu": seqs_s * sum(self.member_flops) / self._peak,
                 "members": self.size, "live": self.size - len(self.diverged)})
         shown_values = {"loss": f"{np.mean(shown):.3f}" if shown else "-",
                         "live": f"{self.size - len(self.diverged)}/{self.size}"}
         if window.compiled:  # all members together
             shown_values["tok/s"] = f"{float(np.sum(self._window_tokens)) / elapsed:,.0f}"
         self._window_tokens, self._window_steps = np.zeros(self.size), 0
+        self._window_masked = np.zeros((self.size, 2))
         return shown_values
 
     def evaluation_due(self, prev: int, step: int) -> bool:
@@ -291,6 +314,13 @@ class PopulationTrainer(LoopSpec):
         self.ckpts, self.writer, start, self.state = open_run(
             self.workdir, config.checkpoint, self.state, identity=self.identity,
             resumable=RESUMABLE_FIELDS, keep_best=False)
+        finished = self._finished_earlier(start)
+        if finished is not None:  # run again: nothing to train, nothing new to write
+            log_line(f"population {self.workdir} finished earlier at step {start}: nothing to "
+                     "train; its members' summaries are as they were")
+            self.writer.close()
+            self.ckpts.close()
+            return finished
         self.member_ckpts = [
             Checkpoints(m.workdir, keep=config.checkpoint.keep, every_steps=tc.num_steps,
                         every_minutes=1e9, keep_best=config.checkpoint.keep_best,
@@ -298,8 +328,7 @@ class PopulationTrainer(LoopSpec):
                         resumable=RESUMABLE_FIELDS)
             for m, ident in zip(self.members, self.identities)]
         self.member_writers = [MetricsWriter(m.workdir) for m in self.members]
-        for writer in self.member_writers:
-            writer.truncate_after(start)
+        truncate_members({m.name: w for m, w in zip(self.members, self.member_writers)}, start)
         steps = np.asarray(jax.device_get(self.state["step"]))
         live = np.asarray(jax.device_get(self.state["live"]))
         self.diverged = {i: int(steps[i]) + 1 for i in range(self.size) if not live[i]}
@@ -309,6 +338,8 @@ class PopulationTrainer(LoopSpec):
         self._log_steps = log_eval_steps(config)
         self._peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
         self._window_tokens, self._window_steps = np.zeros(self.size), 0
+        self._window_masked = np.zeros((self.size, 2))  # each member's predicted, maskable
+        log_line(passes_line(self.total_steps, tc.batch_size, self.train_split.num_sequences))
         writers = Each([self.writer, *self.member_writers])
         t0 = time.time()
         try:
@@ -329,6 +360,26 @@ class PopulationTrainer(LoopSpec):
         for c in self.member_ckpts:
             c.close()
         return summary
+
+    def _finished_earlier(self, start: int) -> dict[str, Any] | None:
+        """The population's recorded summary when it had finished before this run (completed at
+        ``start``, its last step, every member's summary written), else None: run again, a
+        finished population writes nothing new (a member that lost its summary has it rebuilt)."""
+        if start < self.total_steps:
+            return None
+        try:
+            summary = read_population_summary(self.workdir)
+            members = [read_pretrain_summary(m.workdir).status for m in self.members]
+        except RecordError:
+            return None
+        if (summary.status != "completed" or summary.step != start
+                or any(s not in (*DONE, "diverged") for s in members)):
+            return None
+        if self.config.checkpoint.keep_best and any(  # a member that lost its best: refused below
+                not any(p.name.isdigit() for p in (m.workdir / "best").iterdir())
+                if (m.workdir / "best").is_dir() else True for m in self.members):
+            return None
+        return summary.to_json()
 
     def _refuse_lost_bests(self, start: int) -> None:
         """Refuse members that lost their best checkpoint (``best/``) although they were evaluated
@@ -357,7 +408,7 @@ class PopulationTrainer(LoopSpec):
         for i, (member, ckpts) in enumerate(zip(self.members, self.member_ckpts)):
             member_status = "diverged" if i in self.diverged else status
             record = summary_record(member_status, int(steps[i]), wall, self.model_cfg,
-                                    self.param_counts, self.flops_paper, self.flops_complete,
+                                    self.param_counts, self.flops_paper, self.member_flops[i],
                                     self.manifest)
             record.diverged_at = self.diverged.get(i)
             record.population = str(self.workdir)
@@ -385,12 +436,19 @@ class PopulationTrainer(LoopSpec):
                 if best_states[i] is None:
                     continue
                 best_step = records[i].best["step"]
-                self.member_writers[i].write(best_step, "test", test)
+                if not has_record(self.members[i].workdir, best_step, "test"):  # a summary rebuilt
+                    self.member_writers[i].write(best_step, "test", test)
                 records[i].best.update(test_loss=test["loss"], test_perplexity=test["perplexity"])
         memory = device_memory_stats()
+        for writer in self.member_writers:
+            writer.flush()
         for record, member in zip(records, self.members):
             record.device_memory = memory
-            line = learned.record_outcome(record, self.reference)
+            record.mask_rate = mask_rate_record(member.config.mlm, self.model_cfg.max_len,
+                                                member.workdir / "metrics.jsonl")
+            record.epochs = (record.step * self.config.train.batch_size
+                             / self.train_split.num_sequences)
+            line = learned.record_outcome(record, self.reference, member.config)
             if line:
                 log_line(f"member {member.name}: {line}")
             if jax.process_index() == 0:

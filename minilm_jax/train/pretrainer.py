@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import platform
 import time
@@ -17,24 +16,29 @@ import ml_collections
 import numpy as np
 
 from minilm_jax.model import accounting
-from minilm_jax.model.code_identity import arch_code, check_code
-from minilm_jax.model.config import ModelConfig
+import minilm_jax.run_identity as identity
+from minilm_jax.model.code_identity import arch_code
+from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.sizes import SPARE_VOCAB_ROWS
 from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_manifest
 from minilm_jax.errors import UserError
-from minilm_jax.run_config import (RESUMABLE_FIELDS, flatten, log_eval_steps, snapshot_steps,
-                                   validate_pretrain_config)
+from minilm_jax.settings.command_line import flatten
+from minilm_jax.settings.model_fields import model_from_config
+from minilm_jax.settings.pretraining import (RESUMABLE_FIELDS, log_eval_steps, snapshot_steps,
+                                             validate_pretrain_config)
+from minilm_jax.settings.allowed import batch_over_data
+from minilm_jax.settings.mlm_cap import effective_max_predictions
 from minilm_jax.runs.running import write_run_start
 from minilm_jax.storage import RunPath, run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.data import learned
 from minilm_jax.train.run_loop import LoopSpec, Window, check_workdir, open_run, run_loop
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
-from minilm_jax.train.distributed import gathered
+from minilm_jax.train.distributed import from_process_0, gathered
 from minilm_jax.train.dispatch import TrainingDiverged  # noqa: F401 (re-exported for callers)
 from minilm_jax.train.evaluation import EvaluationHook, ShardPerplexity, evaluation_due
 from minilm_jax.train.mesh import make_mesh
-from minilm_jax.train.run_log import MetricsWriter, log_line
+from minilm_jax.train.run_log import MetricsWriter, has_record, log_line, read_metrics
 from minilm_jax.train.records import PretrainSummary
 from minilm_jax.train.program import pretrain_program
 from minilm_jax.train.state import TrainState
@@ -84,31 +88,18 @@ def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_
 
 
 def run_identity(config: ml_collections.ConfigDict, manifest: dict) -> dict[str, Any]:
-    """What a pre-training run is (recorded in ``config.json`` and sealed into every checkpoint):
-    its flattened config and the tokenizer its shards were made with."""
+    """What a pre-training run is (recorded in ``config.json`` and sealed into every checkpoint;
+    :mod:`minilm_jax.run_identity`): its flattened config, the tokenizer and the bytes of the
+    token shards it reads, the code of a user's encoder, the library version."""
     current = {k: v for k, v in flatten(config).items()
                if k != "evals" and not k.startswith("evals.")}  # evaluations: run control
     current["data.tokenizer_sha256_seen"] = manifest["tokenizer"]["sha256"]
-    code = arch_code(config.model.arch)  # a user's encoder: its source files (none: built-in)
+    current["inputs.shards"] = identity.shards_digest(manifest)
+    current[identity.LIBRARY_VERSION] = identity.library_version()
+    code = arch_code(config.model.arch, model_from_config(config))  # a user's encoder's source
     if code:
-        current["model_code"] = code
+        current[identity.MODEL_CODE] = code
     return current
-
-
-def code_resumable(workdir: RunPath, identity: dict[str, Any]) -> tuple[str, ...]:
-    """Refuse to resume a run whose recorded encoder code differs from the code now (one line
-    naming the files), unless accepted (``MINILM_ACCEPT_CODE_CHANGE=1``): then ``model_code`` may
-    differ and the change is recorded (``model_code_changes``)."""
-    path = workdir / "config.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    if saved.get("model.arch") != identity.get("model.arch"):
-        return ()  # another architecture: a config difference, refused as one (or replaced)
-    changes = check_code(saved.get("model_code"), str(identity.get("model.arch", "")),
-                         f"the run in {workdir}")
-    if not changes:
-        return ()
-    identity["model_code_changes"] = [*saved.get("model_code_changes", []), *changes]
-    return ("model_code", "model_code_changes")
 
 
 def summary_record(status: str, step: int, wall: float, model_cfg: ModelConfig,
@@ -125,7 +116,49 @@ def summary_record(status: str, step: int, wall: float, model_cfg: ModelConfig,
                   "optax": __import__("optax").__version__,
                   "orbax": __import__("orbax.checkpoint").checkpoint.__version__},
         devices=[str(d) for d in jax.devices()][:8], num_devices=jax.device_count(),
-        shards=manifest["tokenizer"])
+        shards=manifest["tokenizer"], counts_source=accounting.counts_source(model_cfg))
+
+
+def mask_rate_record(mlm: Any, max_len: int, history: RunPath) -> dict[str, Any]:
+    """The asked ``mlm.mask_prob`` beside the realised rate: predicted / maskable positions summed
+    over the training rows of ``history`` (a run's ``metrics.jsonl``, read by process 0; every
+    process gets its sums), with the per-sequence cap used and whether it was derived."""
+    sums = [0.0, 0.0]
+    if jax.process_index() == 0 and history.exists():
+        for row in read_metrics(history):
+            if row.get("split") == "train" and "maskable" in row:
+                sums[0] += float(row["predictions"])
+                sums[1] += float(row["maskable"])
+    predictions, maskable = from_process_0(sums)
+    return {"asked": float(mlm.mask_prob), "realised": predictions / maskable if maskable else None,
+            "predictions": predictions, "maskable": maskable,
+            "max_predictions": effective_max_predictions(mlm, max_len),
+            "derived": int(mlm.max_predictions) == 0}
+
+
+def check_batch_fits(config: ml_collections.ConfigDict, sequences: int) -> None:
+    """Refuse a ``train.batch_size`` over the ``sequences`` of the shards' train split."""
+    problem = batch_over_data(config.train.batch_size, sequences,
+                              f"sequences of the '{config.data.train_split}' split of "
+                              f"{config.data.shards}")
+    if problem:
+        raise ConfigError(problem)
+
+
+def mask_window(sums: np.ndarray) -> dict[str, float]:
+    """A training row's predicted and maskable positions (summed since the previous row) and
+    their ratio, the realised mask rate."""
+    predictions, maskable = (float(v) for v in sums)
+    return {"predictions": predictions, "maskable": maskable,
+            **({"mask_rate": predictions / maskable} if maskable else {})}
+
+
+def passes_line(steps: int, batch_size: int, sequences: int) -> str:
+    """What a run's steps read of its train split, said before its first step."""
+    passes = steps * batch_size / sequences
+    return (f"data: {steps:,} steps x {batch_size:,} sequences = {passes:.3g} passes over the "
+            f"{sequences:,} training sequences" + (" (each pass in a new order)" if passes > 1
+                                                   else ""))
 
 
 class Pretrainer(LoopSpec):
@@ -142,6 +175,7 @@ class Pretrainer(LoopSpec):
                                      self.model_cfg.pad_id)
         self.train_split = open_split(config.data.shards, config.data.train_split,
                                       verify=config.data.verify_checksums)
+        check_batch_fits(config, self.train_split.num_sequences)
         self.eval_split = self._optional_split(config.data.eval_split)
         self.test_split = self._optional_split(config.data.test_split)
 
@@ -156,13 +190,14 @@ class Pretrainer(LoopSpec):
                                               tc.batch_size)
         self.flops_paper = accounting.paper_train_flops_per_sequence(self.model_cfg)
         self.flops_complete = accounting.train_flops_per_sequence(
-            self.model_cfg, num_predictions=config.mlm.max_predictions)
+            self.model_cfg,
+            num_predictions=effective_max_predictions(config.mlm, self.model_cfg.max_len))
         # Everything is checked: only now is anything written (a rejected command leaves no trace).
         self.identity = run_identity(config, self.manifest)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.reference = learned.reference_perplexities(config.data.shards,
                                                         config.data.eval_split)
-        self.resumable = RESUMABLE_FIELDS + code_resumable(self.workdir, self.identity)
+        self.resumable = RESUMABLE_FIELDS
         self.lock = check_workdir(self.workdir, self.identity, self.resumable)
         try:  # before the first step: readers of the running run find its tokenizer there
             write_run_start(self.workdir, self.manifest, self.model_cfg.to_dict(),
@@ -199,6 +234,8 @@ class Pretrainer(LoopSpec):
     def record_metrics(self, first: int, count: int, host: dict[str, Any]) -> None:
         self._window_tokens += float(np.sum(host["tokens"]))
         self._window_seqs += count * self.config.train.batch_size
+        self._window_masked += np.asarray([np.sum(host["predictions"], dtype=np.float64),
+                                           np.sum(host["maskable"], dtype=np.float64)])
 
     def log_line(self, step: int, host: dict[str, Any], window: Window) -> dict[str, str]:
         tc, loss = self.config.train, float(np.asarray(host["loss"])[-1])
@@ -211,12 +248,14 @@ class Pretrainer(LoopSpec):
             "flops_paper": step * tc.batch_size * self.flops_paper,
             "flops_complete": step * tc.batch_size * self.flops_complete,
             "host_wait_sec": window.host_wait,
+            **mask_window(self._window_masked),
         }
         if window.compiled:  # the first window includes compilation: no speed figures
             values.update(tokens_per_sec=self._window_tokens / window.elapsed(),
                           sequences_per_sec=seqs_s, mfu=seqs_s * self.flops_complete / self._peak)
         self.writer.write(step, "train", values)
         self._window_tokens, self._window_seqs = 0.0, 0
+        self._window_masked = np.zeros(2)
         shown = {"loss": f"{loss:.3f}", "lr": f"{values['lr']:.2e}"}
         if "tokens_per_sec" in values:
             shown["tok/s"] = f"{values['tokens_per_sec']:,.0f}"
@@ -261,6 +300,8 @@ class Pretrainer(LoopSpec):
         self._best_loss = (self.ckpts.best_metrics() or {}).get("loss", float("inf"))
         self._peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
         self._window_tokens, self._window_seqs = 0.0, 0
+        self._window_masked = np.zeros(2)  # predicted and maskable positions since the last row
+        log_line(passes_line(self.total_steps, tc.batch_size, self.train_split.num_sequences))
         t0 = time.time()
         result = run_loop(self, self.state, start, self.ckpts, self.writer,
                           steps_per_dispatch=tc.steps_per_dispatch, log_every=tc.log_every,
@@ -285,11 +326,16 @@ class Pretrainer(LoopSpec):
                            "validation_perplexity": best_metrics["perplexity"]}
             if self.config.eval.test_at_end and self.test_split is not None:
                 test = self.evaluate(self.test_split, best_state["params"], best_state["rest"])
-                writer.write(int(best_step), "test", test)
+                if not has_record(self.workdir, int(best_step), "test"):  # a finished run again
+                    writer.write(int(best_step), "test", test)
                 record.best.update(test_loss=test["loss"], test_perplexity=test["perplexity"])
         record.final_params_sha256 = params_digest(self.state["params"])
         record.device_memory = device_memory_stats()
-        line = learned.record_outcome(record, self.reference)
+        writer.flush()
+        record.mask_rate = mask_rate_record(self.config.mlm, self.model_cfg.max_len,
+                                            self.workdir / "metrics.jsonl")
+        record.epochs = step * self.config.train.batch_size / self.train_split.num_sequences
+        line = learned.record_outcome(record, self.reference, self.config)
         if line:
             log_line(line)
         if jax.process_index() == 0:

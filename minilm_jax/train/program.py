@@ -19,7 +19,7 @@ from flax import nnx
 
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.models import MaskedLM
-from minilm_jax.run_config import model_from_config
+from minilm_jax.settings.model_fields import model_from_config
 from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import (BATCH_AXES, batch_sharding, check_batch_divisible,
                                    check_train_shape, members_batch_sharding,

@@ -78,6 +78,15 @@ class PretrainSummary(_Record):
     # and whether the best validation perplexity is clearly below the unigram one.
     reference: dict[str, Any] | None = None
     learned: bool | None = None
+    # The asked mlm.mask_prob beside the realised rate: predicted / maskable positions summed over
+    # the training rows of metrics.jsonl, with the per-sequence cap used (``max_predictions``)
+    # and whether it was derived (mlm.max_predictions=0).
+    mask_rate: dict[str, Any] | None = None
+    # Passes over the shards' train split: training sequences seen / the split's sequences.
+    epochs: float | None = None
+    # Where the parameter and FLOP counts come from: the paper's closed form (a built-in
+    # encoder), plus a variant's declaration, or plus what its tree and trace give (derived).
+    counts_source: str | None = None
 
     @classmethod
     def _keep_none(cls) -> tuple[str, ...]:
@@ -122,6 +131,8 @@ class FinetuneSummary(_Record):
     selected: dict[str, Any] | None = None  # reported splits, each member's selected epoch
     # one fold run of a cross-validated labelled file: {"folds", "fold", "seed", "classes"}
     cross_validation: dict[str, Any] | None = None
+    # init.partial: what did not fit the checkpoint (missing, unexpected, reshaped, variant fields)
+    init_partial: dict[str, Any] | None = None
 
     @classmethod
     def _keep_none(cls) -> tuple[str, ...]:

@@ -177,6 +177,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return list(records.values())
 
 
+def has_record(workdir: str | Path, step: int, split: str) -> bool:
+    """Whether ``workdir``'s ``metrics.jsonl`` holds a ``split`` record at ``step`` (a finished
+    run's test record, not to be written twice when its summary is written again)."""
+    path = run_path(workdir) / "metrics.jsonl"
+    return path.exists() and any(r.get("step") == step and r.get("split") == split
+                                 for r in read_metrics(path))
+
+
 def on_terminal() -> bool:
     """Whether progress bars can redraw: stderr is a terminal (not a log file or a pipe)."""
     import sys

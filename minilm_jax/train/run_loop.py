@@ -24,7 +24,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from minilm_jax.errors import Interrupted, UserError
-from minilm_jax.run_config import config_differences
+import minilm_jax.run_identity as run_identity
+from minilm_jax.run_identity import QUIET_DEFAULTS
 from minilm_jax.storage import RunPath, WorkdirLock, atomic_write_json
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
@@ -148,9 +149,10 @@ def never_stepped(workdir: RunPath) -> bool:
 
 def check_workdir(workdir: RunPath, current: dict[str, Any], resumable: tuple[str, ...],
                   what: str = "a run") -> WorkdirLock:
-    """Take the workdir's lock (one live process per workdir; process 0 of a multi-host run), refuse
-    a ``config.json`` that differs from ``current`` outside ``resumable`` fields, then record
-    ``current``. Returns the lock (release it when the run ends)."""
+    """Take the workdir's lock (one live process per workdir; process 0 of a multi-host run), hold
+    ``current`` to the identity its ``config.json`` records (:func:`run_identity.hold`: outside
+    ``resumable`` fields and locations; a change of the model's code refused unless accepted),
+    then record ``current``. Returns the lock (release it when the run ends)."""
     lock = WorkdirLock(workdir)
     if jax.process_index() == 0:
         lock.acquire()
@@ -158,16 +160,21 @@ def check_workdir(workdir: RunPath, current: dict[str, Any], resumable: tuple[st
     try:
         if saved_path.exists():
             saved = json.loads(saved_path.read_text())
-            diffs = config_differences(saved, current, resumable)
+            try:
+                diffs = run_identity.hold(saved, current, resumable, QUIET_DEFAULTS,
+                                          f"the run in {workdir}")
+            except UserError:
+                if not never_stepped(workdir):
+                    raise
+                diffs = ["model_code"]
             if diffs and never_stepped(workdir):  # e.g. a crash at the first step: nothing to keep
                 log_line(f"note: {workdir} holds {what} that never completed a step; its config "
                          f"is replaced ({', '.join(diffs[:6])})")
                 diffs = []
             if diffs:
-                details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
-                                    for k in diffs[:6])
                 raise UserError(f"workdir {workdir} holds {what} with a different config "
-                                f"({details}); use a new --workdir")
+                                f"({run_identity.describe(saved, current, diffs)}); use a new "
+                                "--workdir")
         if jax.process_index() == 0:
             atomic_write_json(saved_path, current)
     except BaseException:

@@ -51,9 +51,14 @@ def _sha256(path: RunPath) -> str:
     return digest.hexdigest()
 
 
+def file_digests(files: dict[str, RunPath]) -> dict[str, str]:
+    """``{name: sha256}`` of ``files`` (name -> path), as a seal records them."""
+    return {name: _sha256(path) for name, path in sorted(files.items())}
+
+
 def write_seal(step_dir: RunPath, identity: dict[str, Any] | None) -> None:
     """Seal a finished step directory: per-file sha256 and the run identity."""
-    files = {name: _sha256(path) for name, path in sorted(_files(step_dir).items())}
+    files = file_digests(_files(step_dir))
     atomic_write_json(run_path(str(step_dir)) / SEAL_NAME,
                       {"format": 1, "files": files, "identity": identity, "sealed_at": time.time()})
 

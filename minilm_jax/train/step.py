@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from minilm_jax.train.masking import MaskedBatch, MaskingConfig, mask_tokens, predicted
+from minilm_jax.train.masking import (MaskedBatch, MaskingConfig, mask_tokens, maskable_positions,
+                                      predicted)
 from minilm_jax.train.members import over_members
 from minilm_jax.train.optim import optimizer_and_schedule
 
@@ -71,9 +72,12 @@ def make_update(graphdef: nnx.GraphDef) -> Callable[..., tuple[TrainState, dict]
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "rest": rest,
                      "opt_state": opt_state, "step": state["step"] + 1}
+        # predictions / maskable: the realised mask rate (summed over log windows and runs)
         metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads),
                    "lr": schedule(state["step"]), "predictions": count,
-                   "tokens": jnp.sum(batch["segments"] != 0)}
+                   "tokens": jnp.sum(batch["segments"] != 0),
+                   "maskable": jnp.sum(maskable_positions(batch["tokens"], batch["segments"],
+                                                          masking))}
         return new_state, metrics
 
     return one_update

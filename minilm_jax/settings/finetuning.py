@@ -1,20 +1,17 @@
-"""What the engine knows of fine-tuning configs beyond their recipe (``configs/finetune.py``):
-the range of every field (:data:`FINETUNE_RULES`, checked by :func:`validate_finetune_config`
-before a run writes anything), the fields a resumed run may change, a run's table columns and the
-model overrides.
-"""
+"""What the fine-tuning recipe's fields allow (:data:`FINETUNE_RULES`, checked by
+:func:`validate_finetune_config` before a run writes anything, and a batch against the examples it
+is drawn from: :func:`check_batch_fits`), the fields a resumed run may change
+(:func:`resumable_fields`) and a run's columns in a results table (:func:`describe`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from minilm_jax.errors import UserError
-from minilm_jax.model.config import ModelConfig
-from minilm_jax.model.registry import is_library_encoder
-from minilm_jax.run_config import (DISTRIBUTED_FIELDS, SHARED_RULES, Allowed, model_config_dict,
-                                   parse_value, raise_problems, range_problems)
+from .allowed import SHARED_RULES, Allowed, batch_over_data, raise_problems, range_problems
+from .recipes import DISTRIBUTED_FIELDS
 
 
 FINETUNE_RULES: dict[str, Allowed] = {
@@ -56,7 +53,23 @@ def validate_finetune_config(config: ml_collections.ConfigDict) -> None:
     if not seeds or len(set(seeds)) != len(seeds):
         problems.insert(0, f"train.seeds={seeds!r}: must be distinct and non-empty (one member per "
                            "seed)")
+    epochs, every = config.train.get("epochs"), config.eval.get("every_epochs")
+    if isinstance(epochs, int) and isinstance(every, int) and 1 <= epochs < every:
+        problems.append(f"eval.every_epochs={every} is more than train.epochs={epochs}: the run "
+                        "would be evaluated at its last epoch only (model selection from one "
+                        f"epoch); pass --config.eval.every_epochs<={epochs}")
     raise_problems(problems)
+
+
+def check_batch_fits(batch_size: int, runs: Sequence[tuple[str, int]]) -> None:
+    """Refuse a ``train.batch_size`` over the training examples of any of ``runs`` (name, rows
+    after sampling, filtering and the validation split): a batch would repeat examples and an
+    epoch would be more than one pass over them. One :class:`ConfigError` line, before anything
+    is written."""
+    name, rows = min(runs, key=lambda run: run[1])
+    raise_problems([p for p in [batch_over_data(
+        batch_size, rows, "training examples" + (f" of run {name}" if name else "")
+        + " (after sampling, filtering and the validation split)")] if p])
 
 
 # Fields that may change when a run resumes (run control, not the experiment).
@@ -64,6 +77,8 @@ RESUMABLE_FIELDS = ("train.log_every", "train.progress", "checkpoint.every_steps
                     "checkpoint.every_minutes", "checkpoint.keep", "checkpoint.keep_finished",
                     "mesh.data", "mesh.fsdp", "train.steps_per_dispatch", "train.members", "eval.batch_size",
                     *DISTRIBUTED_FIELDS)
+
+
 # A random-init run takes only its architecture and tokenizer from ``init.checkpoint``, and its
 # identity records both (``model_built``, ``tokenizer_sha256``): which checkpoint supplied them is
 # not part of the run (a sweep's runs of one architecture share one random-init twin).
@@ -81,34 +96,3 @@ def describe(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"task": config.task, "init": config.init.mode, "checkpoint": config.init.checkpoint,
             "seeds": list(config.train.seeds), "epochs": config.train.epochs,
             "lr": config.optim.peak_lr, "vocab_filter": config.data.vocab_filter}
-
-
-def with_overrides(cfg: ModelConfig, overrides: tuple[str, ...]) -> ModelConfig:
-    """``cfg`` with ``("field=value", ...)`` applied (values parsed by the field's type)."""
-    fields = cfg.to_dict()
-    for assignment in overrides:
-        name, _, text = assignment.partition("=")
-        if name.strip() not in fields or not _:
-            raise UserError(f"model_overrides: {assignment!r} is not field=value with a ModelConfig "
-                            f"field (fields: {', '.join(sorted(fields))})")
-        fields[name.strip()] = parse_value(text, fields[name.strip()])
-    return ModelConfig.from_mapping(fields)
-
-
-def changed_model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The ``model.*`` fields set away from the recipe's (``--config.model.pooler=weighted_sum``):
-    with a checkpoint they apply on top of the checkpoint's model, like ``model_overrides``."""
-    recipe = model_config_dict(config.point)
-    return {k: v for k, v in config.model.to_dict().items() if recipe.get(k) != v}
-
-
-def take_checkpoint_arch(config: ml_collections.ConfigDict, arch: str) -> None:
-    """Make ``arch`` (the architecture of the checkpoint a run starts from) the run's
-    ``model.arch`` unless the command set one: its ``config.json`` then names the encoder it
-    really trained (a variant's checkpoint is not recorded as the recipe's ``roberta``). A
-    ``model.arch`` set away from the recipe is kept, to be checked against the checkpoint. A
-    built-in encoder's runs keep the recipe's (their ``model_built.arch`` names it), so roots
-    written before stay resumable."""
-    if not is_library_encoder(arch) and "arch" not in changed_model_fields(config):
-        with config.unlocked():
-            config.model.arch = arch

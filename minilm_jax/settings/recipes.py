@@ -8,6 +8,11 @@ The recipes in the checkout's ``configs/`` are installed as the package ``minilm
     --config=my_lab/recipe.py              a file of the user's, its ``get_config()`` default
 
 A name is an installed recipe when no file of that name exists in the current directory.
+
+What a recipe sets is the recipe's file (``configs/``); here are the sections both recipes share
+(:func:`distributed_section`; the pre-training :func:`population_section`)
+(:func:`~minilm_jax.settings.command_line.apply_recipe` sets a task's recipe on the fine-tuning
+config).
 """
 
 from __future__ import annotations
@@ -15,12 +20,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import ml_collections
 
 from minilm_jax.errors import UserError
-
-if TYPE_CHECKING:
-    import ml_collections
 
 RECIPES = ("pretrain", "finetune", "sweep")  # the recipes a command takes with --config
 
@@ -101,3 +104,35 @@ def load_config_file(spec: str) -> "ml_collections.ConfigDict":
         return module.get_config(arg) if arg else module.get_config()
     except (ValueError, KeyError) as err:  # an unknown name: the config file's own message
         raise UserError(f"--config={spec}: {err.args[0] if err.args else err}") from err
+
+
+def distributed_section() -> ml_collections.ConfigDict:
+    """Multi-host fields (pre-training and fine-tuning): read by
+    :func:`minilm_jax.train.distributed.maybe_initialize_distributed`."""
+    c = ml_collections.ConfigDict()
+    c.initialize = False  # call jax.distributed.initialize (TPU pods, multi-host GPU)
+    c.coordinator_address = ""  # host:port of process 0; "": detected from the cluster
+    c.num_processes = 0  # 0: detected
+    c.process_id = -1  # -1: detected
+    return c
+
+
+def population_section() -> ml_collections.ConfigDict:
+    """``config.population`` of the pre-training recipe (read by
+    :mod:`minilm_jax.train.population`): empty lists train one run."""
+    c = ml_collections.ConfigDict()
+    c.seeds = ()  # e.g. (0, 1, 2): three pre-training seeds in one program
+    c.peak_lr = ()  # per-member optim.peak_lr values (crossed with the other lists)
+    c.warmup_steps = ()
+    c.weight_decay = ()
+    c.end_lr_fraction = ()
+    c.mask_prob = ()
+    c.schedule = ()
+    c.dropout = ()  # sets model.hidden_dropout and model.attention_dropout
+    c.members = "auto"  # how members run together: vmap | map | auto (map on CPU)
+    return c
+
+
+# The ``distributed`` fields: how a run is launched, never what it computes (a run may resume on
+# another number of processes).
+DISTRIBUTED_FIELDS = tuple(f"distributed.{k}" for k in distributed_section())

@@ -1,0 +1,110 @@
+"""What a sweep's units recorded against what they would be now: a sweep run again is refused
+before anything runs when a unit's workdir was trained with another config (outside run control),
+another architecture, or other inputs (the bytes of its shards, task examples or starting
+checkpoint: :mod:`minilm_jax.run_identity`). A finished unit is skipped, not rebuilt, so this is
+where its reuse is judged."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import ml_collections
+
+import minilm_jax.run_identity as run_identity
+from minilm_jax.data.shards import read_manifest
+from minilm_jax.settings.finetuning import resumable_fields
+from minilm_jax.finetune.task_batches import task_data_digest
+from minilm_jax.run_identity import QUIET_DEFAULTS
+from minilm_jax.settings.command_line import flatten
+from minilm_jax.settings.model_fields import model_from_config
+from minilm_jax.settings.pretraining import RESUMABLE_FIELDS
+from minilm_jax.runs.pretrained import PretrainedRun
+from minilm_jax.storage import RunPath, relative_location
+
+from .layout import SweepLayout, finetune_jobs
+from .spec import Run
+
+# Pre-training fields that a sweep may change without changing a run's results (run control);
+# everything else, the number of steps and the evaluation points included, makes it another run.
+PRETRAIN_RUN_CONTROL = tuple(f for f in RESUMABLE_FIELDS if f not in (
+    "train.num_steps", "eval.every_steps", "eval.per_decade", "eval.test_at_end",
+    "checkpoint.keep_fractions"))
+
+
+def changed_fields(workdir: RunPath, config: ml_collections.ConfigDict,
+                   run_control: tuple[str, ...]) -> list[str]:
+    """Fields (``field: old -> new``) in which ``workdir``'s recorded ``config.json`` differs from
+    ``config``, outside ``run_control``; empty when nothing differs or nothing is recorded."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return []
+    saved, current = json.loads(path.read_text()), flatten(config)
+    keys = [k for k in run_identity.differences(saved, current, run_control, QUIET_DEFAULTS)
+            if k in current]  # the config's fields (what runs record beside them: the runs')
+    return [run_identity.describe(saved, current, [k]) for k in keys]
+
+
+def input_changes(workdir: RunPath, config: ml_collections.ConfigDict,
+                  current: dict[str, Callable[[], Any]]) -> list[str]:
+    """The inputs (``inputs.<name>``) ``workdir``'s ``config.json`` records whose bytes differ
+    now (:mod:`minilm_jax.run_identity`; each current value computed only when recorded)."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    now = {key: make() for key, make in current.items() if key in saved}
+    keys = run_identity.differences({k: saved[k] for k in now}, now)
+    return [run_identity.describe(saved, {**flatten(config), **now}, [k]) for k in keys]
+
+
+# The architecture's shapes: what a fine-tuning run's recorded ``model_built`` takes from its
+# checkpoint, so they must be the sweep run's own.
+BUILT_SHAPE_FIELDS = ("arch", "vocab_size", "emb_dim", "hidden_dim", "ffn_dim", "num_layers",
+                      "num_heads")
+
+
+def built_changed(workdir: RunPath, run_config: ml_collections.ConfigDict) -> list[str]:
+    """Shape fields (``model_built.field: recorded -> expected``) in which ``workdir``'s recorded
+    ``model_built`` differs from the model of the run it fine-tunes (a finished job is skipped,
+    not rebuilt, so an edited record would otherwise be reused)."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return []
+    built = json.loads(path.read_text()).get("model_built") or {}
+    expected = model_from_config(run_config).to_dict()
+    return [f"model_built.{k}: {built[k]!r} -> {expected[k]!r}" for k in BUILT_SHAPE_FIELDS
+            if k in built and built[k] != expected[k]]
+
+
+def changed_units(runs: list[Run], sweep: ml_collections.ConfigDict, layout: SweepLayout
+                  ) -> list[str]:
+    """``folder (what changed)`` for every unit of ``runs`` whose workdir holds a run of another
+    config, architecture or inputs (a shared random-init twin named once)."""
+    changed = []
+    digests: dict[str, Any] = {}  # inputs read by several units: hashed once
+
+    def once(key: str, make: Callable[[], Any]) -> Callable[[], Any]:
+        return lambda: digests[key] if key in digests else digests.setdefault(key, make())
+
+    for run in runs:
+        pre_dir = layout.pretrain_dir(run.name)
+        shards = str(run.config.data.shards)
+        fields = changed_fields(pre_dir, run.config, PRETRAIN_RUN_CONTROL) + input_changes(
+            pre_dir, run.config, {"inputs.shards": once(shards, lambda: run_identity.shards_digest(
+                read_manifest(shards)))})
+        if fields:
+            changed.append(f"{relative_location(pre_dir, layout.root)} ({'; '.join(fields[:4])})")
+        for job in finetune_jobs(sweep, run, layout):
+            data_key = repr((job.config.task, sorted(job.config.data.to_dict().items())))
+            inputs = {"inputs.task_data": once(data_key, lambda c=job.config: task_data_digest(c))}
+            if job.init == "pretrained":
+                inputs["inputs.init"] = lambda c=job.config: PretrainedRun.open(
+                    c.init.checkpoint, c.init.which).digest()
+            fields = (changed_fields(job.workdir, job.config, resumable_fields(job.init))
+                      + built_changed(job.workdir, run.config)
+                      + input_changes(job.workdir, job.config, inputs))
+            if fields:
+                changed.append(f"{relative_location(job.workdir, layout.root)} "
+                               f"({'; '.join(fields[:4])})")
+    return list(dict.fromkeys(changed))

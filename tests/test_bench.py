@@ -2,7 +2,7 @@
 
 import pytest
 
-from minilm_jax import bench
+from minilm_jax import bench, hlo_kernels
 
 POINT = "E16-H16-I32-L1-A2-V300"
 # The smoke sweep with POINT as its one base: the projection measures it with the program
@@ -54,8 +54,8 @@ def test_kernels_per_step_counts_a_known_program():
 
     x = jax.ShapeDtypeStruct((64, 64), jnp.float32)
     jitted = jax.jit(lambda a, b, c: jnp.tanh(a @ b) @ c)
-    assert bench.compiled_kernels(jitted, x, x, x) == 3
-    assert bench.kernels_per_step(jitted.lower(x, x, x).compile().as_text()) == 3
+    assert hlo_kernels.compiled_kernels(jitted, x, x, x) == 3
+    assert hlo_kernels.kernels_per_step(jitted.lower(x, x, x).compile().as_text()) == 3
 
 
 # An optimized module written by hand: what the rule counts is known by construction.
@@ -123,9 +123,9 @@ def test_kernels_per_step_follows_its_rule_on_a_hand_written_module():
     # while: condition 1 + body 2 (fusion, Pallas custom call); conditional: the larger branch 3
     # (fusion, copy, sort); all-reduce-start 1 and copy-start 1 (their -done halves none); the
     # call's graph 2; parameters, constants, bitcasts, tuples and get-tuple-elements none.
-    assert bench.kernels_per_step(HAND_HLO) == 1 + 2 + 3 + 1 + 1 + 2
+    assert hlo_kernels.kernels_per_step(HAND_HLO) == 1 + 2 + 3 + 1 + 1 + 2
     with pytest.raises(ValueError, match="no ENTRY"):
-        bench.kernels_per_step(HAND_HLO.replace("ENTRY ", ""))
+        hlo_kernels.kernels_per_step(HAND_HLO.replace("ENTRY ", ""))
 
 
 def test_kernels_per_step_of_a_train_step_is_positive_and_one_step_per_dispatch():

@@ -64,7 +64,7 @@ def run_bench(side: Side, args: list[str], timeout: float, log,
 
 def dumped_kernels(folder: Path) -> int | None:
     """Kernels per step of the first train step XLA dumped into ``folder``."""
-    from minilm_jax.bench import kernels_per_step
+    from minilm_jax.hlo_kernels import kernels_per_step
 
     dumps = sorted(folder.glob("*train_step*after_optimizations.txt"))
     return kernels_per_step(dumps[0].read_text()) if dumps else None

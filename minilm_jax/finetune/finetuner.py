@@ -35,7 +35,7 @@ from minilm_jax.tasks.loaders import TaskData
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.mesh import check_batch_divisible, make_mesh
-from minilm_jax.train.population_trainer import Each, truncate_members
+from minilm_jax.train.population_folders import Each, truncate_members
 from minilm_jax.train.run_loop import LoopSpec, Window, open_run, run_loop
 from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.state import MembersState

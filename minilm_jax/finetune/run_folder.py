@@ -24,7 +24,7 @@ from minilm_jax.settings.command_line import flatten
 from minilm_jax.runs.pretrained import PretrainedRun
 from minilm_jax.storage import RunPath, atomic_write_bytes, atomic_write_json, run_path
 from minilm_jax.train.distributed import from_process_0
-from minilm_jax.train.population_trainer import Each
+from minilm_jax.train.population_folders import Each
 from minilm_jax.tasks.table import cross_validated
 from minilm_jax.train.records import FinetuneSummary
 from minilm_jax.train.run_loop import check_workdir

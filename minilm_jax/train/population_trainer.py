@@ -12,7 +12,6 @@ they read any run. A member whose loss turns non-finite keeps its last finite st
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,46 +40,13 @@ from minilm_jax.train.members import members_strategy
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.population import Member, members_of, population_identity
 from minilm_jax.train.program import population_program
-from minilm_jax.train.records import (DONE, PopulationSummary, RecordError,
-                                      read_population_summary, read_pretrain_summary)
-from minilm_jax.train.run_log import MetricsWriter, has_record, log_line, read_metrics
+from minilm_jax.train.population_folders import (Each, finished_earlier, refuse_lost_bests,
+                                                 refuse_lost_members, truncate_members)
+from minilm_jax.train.records import PopulationSummary
+from minilm_jax.train.run_log import MetricsWriter, has_record, log_line
 from minilm_jax.train.throughput import device_memory_stats, measured_matmul_peak
 
 CORE = ("params", "rest", "opt_state", "step")  # a member's state, as a separate run saves it
-
-
-class Each:
-    """Several locks or metrics writers used as one: released, flushed or closed together."""
-
-    def __init__(self, items: Sequence[Any]):
-        self.items = list(items)
-
-    def _each(self, method: str) -> None:
-        for item in self.items:
-            getattr(item, method)()
-
-    def release(self) -> None:
-        self._each("release")
-
-    def flush(self) -> None:
-        self._each("flush")
-
-    def close(self) -> None:
-        self._each("close")
-
-
-def truncate_members(writers: dict[str, MetricsWriter], step: int) -> int:
-    """Cut each member's metrics history back to ``step`` (the population resumes there), as
-    :func:`~minilm_jax.train.run_loop.restore` cuts a separate run's: records after it and garbled
-    lines are dropped, and a member that lost any is named in a note. Returns how many in all."""
-    total = 0
-    for name, writer in writers.items():
-        dropped = writer.truncate_after(step)
-        if dropped:
-            print(f"note: dropped {dropped} metrics record(s) after step {step} (recomputed now) "
-                  f"of member {name}", flush=True)
-        total += dropped
-    return total
 
 
 def member_state(state: dict[str, Any], index: int) -> dict[str, Any]:
@@ -132,7 +98,7 @@ class PopulationTrainer(LoopSpec):
             self.members, [{k: v for k, v in ident.items() if k not in RESUMABLE_FIELDS}
                            for ident in self.identities], self.workdir))
         self.reference = learned.reference_perplexities(data.shards, data.eval_split)
-        self._refuse_lost_members()
+        refuse_lost_members(self.workdir, self.members)
         # Everything is checked: only now is anything written.
         locks = []
         try:
@@ -153,48 +119,6 @@ class PopulationTrainer(LoopSpec):
             Each(locks).release()
             raise
         self.lock = Each(locks)
-
-    def _trained_steps(self) -> int:
-        """The newest step the population's own checkpoints or summary record (0: never trained)."""
-        steps = [int(p.name) for p in (self.workdir / "checkpoints").iterdir()
-                 if p.name.isdigit()] if (self.workdir / "checkpoints").is_dir() else []
-        try:
-            steps.append(int(json.loads((self.workdir / "summary.json").read_text())["step"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return max(steps, default=0)
-
-    def _refuse_lost_members(self) -> None:
-        """Refuse, in one line naming them, members whose history is gone (folder deleted, or its
-        ``config.json`` or ``metrics.jsonl`` lost) while the population trained past step 0: the
-        stacked checkpoint holds their state, not their metrics, best or snapshots, so resuming
-        would report a member "completed" with no history. A member that lost only its final
-        state or summary resumes from the population's checkpoint."""
-        trained = self._trained_steps()
-        if trained == 0:
-            return
-        diverged = self._recorded_diverged()
-        lost = [f"{m.name} ({m.workdir}: no {' or '.join(missing)})" for m in self.members
-                if (missing := [f for f in ("config.json", "metrics.jsonl")
-                                if not (m.workdir / f).is_file()
-                                and not (f == "metrics.jsonl" and m.name in diverged)])]
-        lost += [f"{m.name} ({m.workdir}: {gap})" for m in self.members
-                 if (m.workdir / "metrics.jsonl").is_file() and (gap := _history_gap(m.workdir))]
-        if lost:
-            raise UserError(
-                f"population {self.workdir} was trained to step {trained} but the history of "
-                f"member {', '.join(lost)} is gone, which its checkpoint cannot rebuild: restore "
-                f"the folder, or delete {self.workdir} and its members' folders to train again")
-
-    def _recorded_diverged(self) -> set[str]:
-        """Members the population's summary records as diverged (a member that diverged before
-        its first record has no history to lose: populations before the empty ``metrics.jsonl``
-        written at the start left none)."""
-        try:
-            members = read_population_summary(self.workdir).members
-        except RecordError:
-            return set()
-        return {m.get("name") for m in members if m.get("status") == "diverged"}
 
     def _optional_split(self, name: str) -> ShardSplit | None:
         if name and name in self.manifest["splits"]:
@@ -314,7 +238,8 @@ class PopulationTrainer(LoopSpec):
         self.ckpts, self.writer, start, self.state = open_run(
             self.workdir, config.checkpoint, self.state, identity=self.identity,
             resumable=RESUMABLE_FIELDS, keep_best=False)
-        finished = self._finished_earlier(start)
+        finished = finished_earlier(self.workdir, self.members, self.total_steps,
+                                    config.checkpoint.keep_best, start)
         if finished is not None:  # run again: nothing to train, nothing new to write
             log_line(f"population {self.workdir} finished earlier at step {start}: nothing to "
                      "train; its members' summaries are as they were")
@@ -334,7 +259,8 @@ class PopulationTrainer(LoopSpec):
         self.diverged = {i: int(steps[i]) + 1 for i in range(self.size) if not live[i]}
         self._best_loss = [(c.best_metrics() or {}).get("loss", float("inf"))
                            for c in self.member_ckpts]
-        self._refuse_lost_bests(start)
+        refuse_lost_bests(self.workdir, self.members, self._best_loss,
+                          config.checkpoint.keep_best, start)
         self._log_steps = log_eval_steps(config)
         self._peak = float(tc.peak_flops) or measured_matmul_peak(self.model_cfg.dtype)
         self._window_tokens, self._window_steps = np.zeros(self.size), 0
@@ -360,42 +286,6 @@ class PopulationTrainer(LoopSpec):
         for c in self.member_ckpts:
             c.close()
         return summary
-
-    def _finished_earlier(self, start: int) -> dict[str, Any] | None:
-        """The population's recorded summary when it had finished before this run (completed at
-        ``start``, its last step, every member's summary written), else None: run again, a
-        finished population writes nothing new (a member that lost its summary has it rebuilt)."""
-        if start < self.total_steps:
-            return None
-        try:
-            summary = read_population_summary(self.workdir)
-            members = [read_pretrain_summary(m.workdir).status for m in self.members]
-        except RecordError:
-            return None
-        if (summary.status != "completed" or summary.step != start
-                or any(s not in (*DONE, "diverged") for s in members)):
-            return None
-        if self.config.checkpoint.keep_best and any(  # a member that lost its best: refused below
-                not any(p.name.isdigit() for p in (m.workdir / "best").iterdir())
-                if (m.workdir / "best").is_dir() else True for m in self.members):
-            return None
-        return summary.to_json()
-
-    def _refuse_lost_bests(self, start: int) -> None:
-        """Refuse members that lost their best checkpoint (``best/``) although they were evaluated
-        before ``start``, the step the population resumes from: their best cannot be rebuilt."""
-        if not self.config.checkpoint.keep_best or start == 0:
-            return
-        lost = [f"{m.name} ({m.workdir / 'best'})"
-                for m, ckpts, best in zip(self.members, self.member_ckpts, self._best_loss)
-                if best == float("inf") and any(
-                    r.get("split") == "validation" and r.get("step", 0) <= start
-                    for r in read_metrics(m.workdir / "metrics.jsonl"))]
-        if lost:
-            raise UserError(f"population {self.workdir} resumes at step {start} but member "
-                            f"{', '.join(lost)} lost its best checkpoint, which the population's "
-                            "checkpoint cannot rebuild: restore it, or delete the population and "
-                            "its members' folders to train again")
 
     def _member_summaries(self, status: str, step: int, wall: float,
                           state: dict[str, Any] | None) -> dict[str, Any]:
@@ -461,17 +351,3 @@ class PopulationTrainer(LoopSpec):
         if jax.process_index() == 0:
             summary.write(self.workdir)
         return summary.to_json()
-
-
-def _history_gap(workdir: Path) -> str:
-    """What a member's ``metrics.jsonl`` lacks that its ``summary.json`` names (a file cut short:
-    its best step's validation record), or "" when nothing is missing or nothing is recorded."""
-    try:
-        best = (read_pretrain_summary(workdir).best or {}).get("step")
-    except RecordError:
-        return ""
-    if best is None:
-        return ""
-    steps = {r.get("step") for r in read_metrics(workdir / "metrics.jsonl")
-             if r.get("split") == "validation"}
-    return "" if best in steps else f"metrics.jsonl has no record of its best step {best}"

@@ -106,11 +106,11 @@ def finished_earlier(workdir: RunPath, members: Sequence[Member], total_steps: i
         return None
     try:
         summary = read_population_summary(workdir)
-        members = [read_pretrain_summary(m.workdir).status for m in members]
+        statuses = [read_pretrain_summary(m.workdir).status for m in members]
     except RecordError:
         return None
     if (summary.status != "completed" or summary.step != start
-            or any(s not in (*DONE, "diverged") for s in members)):
+            or any(s not in (*DONE, "diverged") for s in statuses)):
         return None
     if keep_best and any(  # a member that lost its best: refused below
             not any(p.name.isdigit() for p in (m.workdir / "best").iterdir())

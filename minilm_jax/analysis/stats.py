@@ -164,8 +164,32 @@ def welch_t(a: Sequence[float], b: Sequence[float], confidence: float = 0.95
     return mean, mean - half, mean + half, p
 
 
+class _Correlation:
+    """What a correlation result (plain or within groups) shares: defined unless a reason says
+    why not, and its reading against an expected sign."""
+
+    r: float
+    low: float
+    high: float
+    undefined: str
+
+    @property
+    def defined(self) -> bool:
+        return not self.undefined
+
+    def agreement(self, expected_sign: int) -> str:
+        """How the data relate to the expected direction (-1: negative, +1: positive)."""
+        if not self.defined:
+            return "undefined"
+        if np.sign(self.r) != expected_sign:
+            return "opposite sign to the expected direction"
+        excludes = self.high < 0 if expected_sign < 0 else self.low > 0
+        return ("agrees: expected sign, CI excludes 0" if excludes
+                else "same sign as expected, but the CI includes 0")
+
+
 @dataclass(frozen=True)
-class PearsonResult:
+class PearsonResult(_Correlation):
     """Pearson r of n points, Fisher-z interval, permutation and parametric p-values."""
 
     r: float
@@ -178,30 +202,12 @@ class PearsonResult:
     confidence: float = 0.95
     undefined: str = ""
 
-    @property
-    def defined(self) -> bool:
-        return not self.undefined
-
     def text(self) -> str:
         if not self.defined:
             return f"undefined ({self.undefined})"
         pct = round(100 * self.confidence)
         return (f"r = {self.r:.3f} [{self.low:.3f}, {self.high:.3f}] ({pct}% Fisher-z CI, n = {self.n}; "
                 f"permutation p = {format_p(self.p_permutation)}, {self.permutations})")
-
-    def agreement(self, expected_sign: int) -> str:
-        """How the data relate to the expected direction (-1: negative, +1: positive)."""
-        return _agreement(self, expected_sign)
-
-
-def _agreement(result: "PearsonResult | WithinGroups", expected_sign: int) -> str:
-    if not result.defined:
-        return "undefined"
-    if np.sign(result.r) != expected_sign:
-        return "opposite sign to the expected direction"
-    excludes = result.high < 0 if expected_sign < 0 else result.low > 0
-    return ("agrees: expected sign, CI excludes 0" if excludes
-            else "same sign as expected, but the CI includes 0")
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -257,7 +263,7 @@ def pearson_fisher(x: Sequence[float], y: Sequence[float], confidence: float = 0
 
 
 @dataclass(frozen=True)
-class WithinGroups:
+class WithinGroups(_Correlation):
     """Pearson r of n points in k groups after each group's own mean is removed from x and from y
     (the pooled-within, or fixed-effects, correlation: what is left once the groups' levels are
     taken out). Its inference is that of a partial correlation controlling for the k - 1 group
@@ -274,10 +280,6 @@ class WithinGroups:
     confidence: float = 0.95
     undefined: str = ""
 
-    @property
-    def defined(self) -> bool:
-        return not self.undefined
-
     def text(self) -> str:
         if not self.defined:
             return f"undefined ({self.undefined})"
@@ -286,9 +288,6 @@ class WithinGroups:
                 f"n - K + 1 = {self.n - self.groups + 1} for n, n = {self.n}, K = {self.groups}, "
                 f"df = {self.df}; t-test p = {format_p(self.p)})")
 
-    def agreement(self, expected_sign: int) -> str:
-        """How the data relate to the expected direction (-1: negative, +1: positive)."""
-        return _agreement(self, expected_sign)
 
 
 def group_residuals(values: Sequence[float], groups: Sequence[Any]) -> np.ndarray:

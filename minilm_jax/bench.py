@@ -59,7 +59,7 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
                attention: str, min_seconds: float = 2.0, loss_impl: str = "auto") -> dict:
     config = pretrain_recipe.get_config(point)
     cfg = resolve_point(point, dtype=dtype, attention_impl=attention, mlm_loss_impl=loss_impl,
-                        attention_dropout=0.0 if attention != "einsum" else 0.1)
+                        attention_dropout=0.1 if attention in ("einsum", "flash") else 0.0)
     config.train.num_steps, config.train.batch_size = 10_000, batch
     config.train.grad_accum, config.train.steps_per_dispatch = 1, steps_per_dispatch
     config.eval.batch_size, config.seed = batch, 0
@@ -310,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="compute dtype")
     parser.add_argument("--steps_per_dispatch", type=int, default=1,
                         help="train steps per compiled call (lax.scan)")
-    parser.add_argument("--attention", default="einsum", choices=["einsum", "xla", "cudnn"],
-                        help="attention implementation (model.attention_impl)")
+    parser.add_argument("--attention", default="einsum",
+                        choices=["einsum", "xla", "cudnn", "flash"],
+                        help="attention implementation (model.attention_impl; xla and cudnn "
+                             "without attention dropout, flash with it in the kernel)")
     parser.add_argument("--loss_impl", default="auto", choices=["auto", "fused", "logits", "kernel"],
                         help="MLM output layer + loss implementation (model.mlm_loss_impl)")
     parser.add_argument("--hf", action="store_true", help="also run Hugging Face RobertaForMaskedLM")

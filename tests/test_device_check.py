@@ -65,20 +65,28 @@ def test_quick_mode_measures_every_figure_on_both_sides(repo_copy, tmp_path):
     head = git(repo_copy, "rev-parse", "HEAD").strip()
     assert report["baseline"]["commit"] == report["now"]["commit"] == head
     assert report["baseline"]["label"] == head[:12]
-    # one run (tokens/s, kernels), two members (tokens/s, bytes), the MFU row, the sweep
+    # one run (tokens/s, kernels), the same with flash attention (this tree only: the baseline
+    # has no such path), two members (tokens/s, bytes), the MFU row, the sweep
     assert [row["key"] for row in report["figures"]] == [
-        "tokens_per_sec", "kernels_per_step", "tokens_per_sec", "bytes_per_member", "mfu", "hours"]
+        "tokens_per_sec", "kernels_per_step", "tokens_per_sec", "kernels_per_step",
+        "tokens_per_sec", "bytes_per_member", "mfu", "hours"]
+    flash = report["figures"][2:4]
+    assert all(row["figure"].endswith("flash attention") and row["sides"] == ["now"]
+               and row["baseline"] is None for row in flash)
     for row in report["figures"]:
-        for side in ("baseline", "now"):
+        for side in row.get("sides", ("baseline", "now")):
             assert isinstance(row[side], (int, float)) and row[side] > 0, (row, side)
         expected = row["now"] >= row["target"] if row["at_least"] else row["now"] <= row["target"]
         assert row["met"] == expected, row
     kernels = report["figures"][1]
     assert all(float(kernels[s]).is_integer() for s in ("baseline", "now"))
-    assert all(0 < report["figures"][4][s] < 1 for s in ("baseline", "now"))  # MFU, a fraction
-    sweep = report["figures"][5]
+    assert float(flash[1]["now"]).is_integer() and flash[1]["now"] != kernels["now"]
+    assert all(0 < report["figures"][6][s] < 1 for s in ("baseline", "now"))  # MFU, a fraction
+    sweep = report["figures"][7]
     assert sweep["points"] == {"total": 2, "both": 2, "now": 2, "baseline": 2}
-    assert {run["status"] for run in report["runs"]} == {"ok"} and len(report["runs"]) == 8
+    assert {run["status"] for run in report["runs"]} == {"ok"} and len(report["runs"]) == 9
+    flash_runs = [run for run in report["runs"] if run["figure"].endswith("flash attention")]
+    assert [run["side"] for run in flash_runs] == ["now"]
 
     # The kernels of "now" (counted in the step XLA dumped in the bench process) are those of the
     # same step compiled here and counted from compiled.as_text().
@@ -93,10 +101,11 @@ def test_quick_mode_measures_every_figure_on_both_sides(repo_copy, tmp_path):
     table = (out / "device_check.txt").read_text()
     assert table in result.stdout
     lines = table.splitlines()
-    assert len(lines) == 7 and "baseline" in lines[0] and "now" in lines[0]
+    assert len(lines) == 9 and "baseline" in lines[0] and "now" in lines[0]
     for line, row in zip(lines[1:], report["figures"]):
         assert line.startswith(f"{row['figure']}: {row['what']}")
         assert "not measured" not in line and line.split()[-1] == ("yes" if row["met"] else "no")
+        assert ("n/a" in line) == (row["baseline"] is None)
     assert f"{kernels['baseline']:.0f}" in lines[2] and f"{kernels['now']:.0f}" in lines[2]
     assert worktrees(repo_copy) == [f"worktree {repo_copy}"]  # the baseline's worktree is gone
 
@@ -149,11 +158,12 @@ def test_a_budget_too_small_skips_every_figure_and_says_so(repo_copy, tmp_path):
     result = run_command(repo_copy, "HEAD", OUT=str(tmp_path), DEVICE_CHECK_BUDGET_S="1")
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((tmp_path / "device_check.json").read_text())
-    assert not report["complete"] and len(report["runs"]) == 8
+    assert not report["complete"] and len(report["runs"]) == 9
     assert all(run["status"].startswith("skipped: ") for run in report["runs"])
     assert all(row["baseline"] is None and row["now"] is None and row["met"] is None
                for row in report["figures"])
-    assert (tmp_path / "device_check.txt").read_text().count("not measured") == 2 * 6
+    text = (tmp_path / "device_check.txt").read_text()
+    assert text.count("not measured") == 2 * 6 + 2 and text.count("n/a") == 2  # flash: now only
 
 
 def test_a_bench_run_past_its_timeout_is_killed_and_keeps_what_it_printed(tmp_path):

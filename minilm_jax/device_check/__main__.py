@@ -47,13 +47,13 @@ def run(baseline: str, quick: bool, budget_s: float, out_dir: Path) -> int:
     start = time.monotonic()
     deadline = start + budget_s
     options = ["--point", "--members", "--sweep", "--sweep_seeds", "--sweep_limit", "--json",
-               "--dtype", "--min_seconds", "--loss_impl"]
+               "--dtype", "--min_seconds", "--loss_impl", "--attention"]
     now, base, scratch = now_side(), None, Path(tempfile.mkdtemp(prefix="device_check-"))
     try:
         figs, sweep = figures(quick, scratch)
         base = baseline_side(baseline, scratch)
         sides = [base, now]
-        found = check_prerequisites(base, now, quick, options)
+        found = check_prerequisites(base, now, quick, options, now_options=["flash"])
         print(f"device check: {found['device']}, jax {found['jax']} ({found['backend']}); "
               f"baseline {base.label}, now {now.label}; budget {budget_s:.0f} s"
               f"{'; quick: tiny sizes' if quick else ''}", flush=True)
@@ -70,7 +70,8 @@ def run(baseline: str, quick: bool, budget_s: float, out_dir: Path) -> int:
     rows = target_rows(figs, values) + [sweep_row(measured, total, sweep)]
     shows = {t.key: t.show for f in figs for t in f.targets} | {"hours": sweep.target.show}
     text = table(rows, shows, sides)
-    complete = all(r["baseline"] is not None and r["now"] is not None for r in rows)
+    complete = all(r[side] is not None for r in rows
+                   for side in r.get("sides", ("baseline", "now")))
     from minilm_jax.storage import atomic_write_json
 
     (out_dir / "device_check.txt").write_text(text + "\n")

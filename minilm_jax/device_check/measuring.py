@@ -77,7 +77,7 @@ def measure(sides: list[Side], figs: list[Figure], sweep_min_s: float, deadline:
     (figure, side) and what became of each run."""
     values: dict[tuple[str, str], dict[str, float]] = {}
     runs: list[dict] = []
-    tasks = [(fig, side) for fig in figs for side in sides]
+    tasks = [(fig, side) for fig in figs for side in sides if side.name in fig.sides]
     for i, (fig, side) in enumerate(tasks):
         later = sum(f.min_s for f, _ in tasks[i + 1:]) + 2 * sweep_min_s
         left = deadline - time.monotonic()

@@ -103,9 +103,11 @@ def jax_range() -> tuple[tuple[int, ...], tuple[int, ...]]:
         else ((0,), (999,))
 
 
-def check_prerequisites(base: Side, now: Side, quick: bool, options: list[str]) -> dict[str, Any]:
+def check_prerequisites(base: Side, now: Side, quick: bool, options: list[str],
+                        now_options: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """Raise a :class:`UserError` (one line) for the first prerequisite that fails; return the
-    probe of this tree's JAX. The three processes (JAX, each tree's bench) run side by side."""
+    probe of this tree's JAX. ``options``: what both trees' bench must offer (``now_options``:
+    this tree's too). The three processes (JAX, each tree's bench) run side by side."""
     for side in (base, now):
         for name in ("__init__.py", "pretrain.py", "sweep.py"):
             if not (side.tree / "configs" / name).is_file():
@@ -130,7 +132,8 @@ def check_prerequisites(base: Side, now: Side, quick: bool, options: list[str]) 
         if code:
             raise UserError(f"python -m minilm_jax.bench of the {side.name} tree ({side.label}) "
                             f"does not start: {(err.strip().splitlines() or [f'exit {code}'])[-1]}")
-        lacking = [o for o in options if not re.search(re.escape(o) + r"(?![\w-])", out)]
+        wanted = [*options, *(now_options if side is now else ())]
+        lacking = [o for o in wanted if not re.search(re.escape(o) + r"(?![\w-])", out)]
         if lacking:
             raise UserError(f"python -m minilm_jax.bench of the {side.name} tree ({side.label}) "
                             f"lacks {', '.join(lacking)}")

@@ -16,6 +16,7 @@ def target_rows(figs: list[Figure], values: dict[tuple[str, str], dict[str, floa
             now, base = (values.get((fig.name, s), {}).get(t.key) for s in ("now", "baseline"))
             rows.append({"figure": fig.name, "what": t.what, "key": t.key, "target": t.limit,
                          "at_least": t.at_least, "baseline": base, "now": now,
+                         "sides": list(fig.sides),
                          "met": None if now is None else
                          (now >= t.limit if t.at_least else now <= t.limit)})
     return rows
@@ -43,7 +44,8 @@ def table(rows: list[dict], shows: dict[str, Callable[[float], str]], sides: lis
     for r in rows:
         show = shows[r["key"]]
         lines.append([f"{r['figure']}: {r['what']}",
-                      *(show(r[s.name]) if r[s.name] is not None else "not measured"
+                      *(show(r[s.name]) if r[s.name] is not None else
+                        "not measured" if s.name in r.get("sides", (s.name,)) else "n/a"
                         for s in sides),
                       f"{'>=' if r['at_least'] else '<='} {show(r['target'])}",
                       {True: "yes", False: "no", None: "not known"}[r["met"]]])

@@ -31,7 +31,8 @@ class Target:
 @dataclass(frozen=True)
 class Figure:
     """One ``python -m minilm_jax.bench`` call per side; ``read`` takes its values from its JSON.
-    ``min_s``: the least time it is started with; ``dump``: count the kernels XLA dumps."""
+    ``min_s``: the least time it is started with; ``dump``: count the kernels XLA dumps;
+    ``sides``: the trees it runs on (a path the baseline lacks: this tree only)."""
     name: str
     args: tuple[str, ...]
     timeout_s: float
@@ -39,6 +40,7 @@ class Figure:
     targets: tuple[Target, ...]
     read: Callable[[dict[str, Any]], dict[str, float]]
     dump: bool = False
+    sides: tuple[str, ...] = ("baseline", "now")
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,9 @@ def _members(result: dict[str, Any]) -> dict[str, float]:
 
 
 def figures(quick: bool, scratch: Path) -> tuple[list[Figure], Sweep]:
-    """The figures: batch 256 x 128 per member, bf16; with ``quick`` a tiny point at batch 2, the
-    output layer's Pallas kernels (interpreted off a GPU), 2 members, 2 sweep points."""
+    """The figures: batch 256 x 128 per member, bf16 (one run also with the flash-attention
+    kernels, this tree only: what decides their default); with ``quick`` a tiny point at batch 2,
+    the Pallas kernels interpreted off a GPU, 2 members, 2 sweep points."""
     if quick:
         (scratch / "quick_sweep.py").write_text(QUICK_SWEEP)
         one = large = "E16-H16-I32-L1-A2-V300"
@@ -88,6 +91,11 @@ def figures(quick: bool, scratch: Path) -> tuple[list[Figure], Sweep]:
             Target("tokens_per_sec", "tokens/s", 40e6, True, _rate),
             Target("kernels_per_step", "kernels per step", 60, False, lambda v: f"{v:.0f}")),
             lambda r: {"tokens_per_sec": r["ours"]["tokens_per_sec"]}, dump=True),
+        Figure(f"{names[0]}, flash attention", ("--point", one, "--attention", "flash", *common),
+               long_s, short_s, (
+            Target("tokens_per_sec", "tokens/s", 40e6, True, _rate),
+            Target("kernels_per_step", "kernels per step", 60, False, lambda v: f"{v:.0f}")),
+            lambda r: {"tokens_per_sec": r["ours"]["tokens_per_sec"]}, dump=True, sides=("now",)),
         Figure(names[1], ("--point", one, "--members", str(members), *common),
                long_s, short_s * 1.5, (
             Target("tokens_per_sec", "aggregate tokens/s", 150e6, True, _rate),

@@ -56,7 +56,9 @@ SHARED_DATA = Path(os.environ.get("MINILM_SHARED_DATA", REPO.parent / "shared" /
 
 # The files holding the longest tests run first (launch/test.sh: ``-n 2 --dist loadfile
 # --no-loadscope-reorder`` keeps this order), so no worker is left alone with one at the end.
-LONG_FILES_FIRST = ("test_study_b.py", "test_population.py", "test_sweep.py",
+LONG_FILES_FIRST = ("test_study_b.py", "test_population.py", "test_variant_study.py",
+                    "test_device_check.py", "test_variant_hooks.py", "test_sweep.py",
+                    "test_table_task.py", "test_run_identity.py", "test_one_line_errors.py",
                     "test_sweep_zero_shot.py", "test_sweep_workers.py", "test_finetune.py", "test_faults.py",
                     "test_finetune_population.py", "test_interruptions.py",
                     "test_pretrain.py", "test_multihost.py", "test_finetune_selection.py",

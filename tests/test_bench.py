@@ -174,3 +174,27 @@ def test_output_layer_bench_checks_every_formulation(capsys):
     assert "under vmap (4 members)" in out
     assert xent_bench.main(["--rows", "70", "--hidden", "24", "--vocab", "257", "--repeats", "1",
                             "--tolerance", "1e-9"]) == 1
+
+
+def test_members_both_ways_picks_the_faster_and_says_by_how_much(capsys):
+    """--members_impl both: each count measured with vmap and with map; the row kept is the one
+    with more aggregate tokens/s, the other's figures beside it and the ratio in words."""
+    table = bench.members_table(POINT, [2], batch=4, steps=1, dtype="float32",
+                                steps_per_dispatch=1, impl="both", min_seconds=0)
+    (row,) = table["rows"]
+    assert set(row["compared"]) == {"vmap", "map"} and all(v > 0 for v in row["compared"].values())
+    other = "map" if row["impl"] == "vmap" else "vmap"
+    assert row["compared"][row["impl"]] == row["tokens_per_sec"] >= row["compared"][other]
+    ratio = row["compared"][row["impl"]] / row["compared"][other]
+    assert row["picked_because"].startswith(f"{ratio:.2f}x {other}'s tokens/s")
+    printed = capsys.readouterr().out
+    assert f"      2 picks {row['impl']}: {row['picked_because']}" in printed
+    assert printed.count("\n      2 ") == 3  # the vmap row, the map row, the pick
+
+
+def test_picked_row_takes_the_larger_aggregate():
+    rows = [{"members": 4, "impl": "vmap", "tokens_per_sec": 300.0, "step_ms": 2.0},
+            {"members": 4, "impl": "map", "tokens_per_sec": 400.0, "step_ms": 1.5}]
+    picked = bench.picked_row(rows)
+    assert picked["impl"] == "map" and picked["compared"] == {"vmap": 300.0, "map": 400.0}
+    assert picked["picked_because"] == "1.33x vmap's tokens/s (2.000 ms a step against 1.500)"

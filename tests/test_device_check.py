@@ -87,6 +87,13 @@ def test_quick_mode_measures_every_figure_on_both_sides(repo_copy, tmp_path):
     assert {run["status"] for run in report["runs"]} == {"ok"} and len(report["runs"]) == 9
     flash_runs = [run for run in report["runs"] if run["figure"].endswith("flash attention")]
     assert [run["side"] for run in flash_runs] == ["now"]
+    # this tree's members measured both ways, the faster kept and said why (the baseline: auto)
+    members_runs = {run["side"]: run for run in report["runs"] if "members" in run["figure"]}
+    picked = members_runs["now"]
+    assert "members_impl" not in members_runs["baseline"]
+    assert set(picked["compared"]) == {"vmap", "map"}
+    assert picked["compared"][picked["members_impl"]] == max(picked["compared"].values())
+    assert report["figures"][4]["now"] == picked["compared"][picked["members_impl"]]
 
     # The kernels of "now" (counted in the step XLA dumped in the bench process) are those of the
     # same step compiled here and counted from compiled.as_text().

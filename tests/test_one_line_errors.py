@@ -117,6 +117,8 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str | tuple[str, ...]]]:
                                    "--members='-2'"),
         "bench_members_not_counts": (command("minilm_jax.bench", "--members", "4,x"),
                                      "--members='4,x'"),
+        "bench_members_both_without_members": (
+            command("minilm_jax.bench", "--members_impl", "both"), "--members_impl=both"),
         "bench_every_number_out_of_range": (
             command("minilm_jax.bench", "--batch", "0", "--steps", "-1", "--min_seconds", "nan",
                     "--steps_per_dispatch", "0", "--sweep_limit", "-1", "--sweep_seeds", "0",
@@ -151,7 +153,8 @@ CASE_NAMES = [
     "pretrain_error_in_imported_helper", "pretrain_variant_refused", "points", "finetune",
     "finetune_repeated_seeds_cv",
     "sweep_dry_run", "evals", "interop_export", "bench_members_0", "bench_members_negative",
-    "bench_members_not_counts", "bench_every_number_out_of_range"]
+    "bench_members_not_counts", "bench_members_both_without_members",
+    "bench_every_number_out_of_range"]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)

@@ -53,7 +53,7 @@ def run(baseline: str, quick: bool, budget_s: float, out_dir: Path) -> int:
         figs, sweep = figures(quick, scratch)
         base = baseline_side(baseline, scratch)
         sides = [base, now]
-        found = check_prerequisites(base, now, quick, options, now_options=["flash"])
+        found = check_prerequisites(base, now, quick, options, now_options=["flash", "both"])
         print(f"device check: {found['device']}, jax {found['jax']} ({found['backend']}); "
               f"baseline {base.label}, now {now.label}; budget {budget_s:.0f} s"
               f"{'; quick: tiny sizes' if quick else ''}", flush=True)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from minilm_jax.device_check.targets import Figure, Sweep, sweep_spec
 from minilm_jax.device_check.trees import CHILD_ENV, RUNNER, Side, side_args, side_env
@@ -91,8 +92,9 @@ def measure(sides: list[Side], figs: list[Figure], sweep_min_s: float, deadline:
         env = {"JAX_ENABLE_COMPILATION_CACHE": "false",  # a step read from the cache is not dumped
                "XLA_FLAGS": f"{CHILD_ENV.get('XLA_FLAGS', '')} --xla_dump_to={dump} "
                             "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*train_step.*"}
-        status, seconds, _ = run_bench(side, [*fig.args, *side_args(side), "--json", str(out)],
-                                       timeout, log, env if fig.dump else None)
+        own = fig.now_args if side.name == "now" else ()
+        status, seconds, _ = run_bench(side, [*fig.args, *own, *side_args(side), "--json",
+                                              str(out)], timeout, log, env if fig.dump else None)
         got: dict[str, float] = {}
         if status == "ok":
             try:
@@ -104,8 +106,19 @@ def measure(sides: list[Side], figs: list[Figure], sweep_min_s: float, deadline:
         shutil.rmtree(dump, ignore_errors=True)
         values[(fig.name, side.name)] = {k: v for k, v in got.items() if v is not None}
         runs.append({"figure": fig.name, "side": side.name, "status": status,
-                     "seconds": round(seconds, 1)})
+                     "seconds": round(seconds, 1),
+                     **picked_strategy(out if status == "ok" else None)})
     return values, runs
+
+
+def picked_strategy(out: Path | None) -> dict[str, Any]:
+    """What a ``--members_impl both`` run picked and why (its last row's), else nothing."""
+    try:
+        row = json.loads(out.read_text())["rows"][-1] if out else {}
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return {}
+    return ({"members_impl": row["impl"], "compared": row["compared"],
+             "picked_because": row["picked_because"]} if "compared" in row else {})
 
 
 SWEEP_ROW = re.compile(r"^(\S+)\s+[\d,]+ tokens/s\s+MFU\s+[\d.]+%\s+([\d.]+) h"

@@ -32,7 +32,8 @@ class Target:
 class Figure:
     """One ``python -m minilm_jax.bench`` call per side; ``read`` takes its values from its JSON.
     ``min_s``: the least time it is started with; ``dump``: count the kernels XLA dumps;
-    ``sides``: the trees it runs on (a path the baseline lacks: this tree only)."""
+    ``sides``: the trees it runs on (a path the baseline lacks: this tree only); ``now_args``:
+    options for this tree's run only (what the baseline's bench does not have)."""
     name: str
     args: tuple[str, ...]
     timeout_s: float
@@ -41,6 +42,7 @@ class Figure:
     read: Callable[[dict[str, Any]], dict[str, float]]
     dump: bool = False
     sides: tuple[str, ...] = ("baseline", "now")
+    now_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,15 @@ def _rate(v: float) -> str:
 
 
 def _members(result: dict[str, Any]) -> dict[str, float]:
-    row = result["rows"][-1]
+    row = result["rows"][-1]  # with --members_impl both: the faster strategy's row
     return {"tokens_per_sec": row["tokens_per_sec"],
             "bytes_per_member": row["bytes_per_step"] / row["members"]}
 
 
 def figures(quick: bool, scratch: Path) -> tuple[list[Figure], Sweep]:
     """The figures: batch 256 x 128 per member, bf16 (one run also with the flash-attention
-    kernels, this tree only: what decides their default); with ``quick`` a tiny point at batch 2,
+    kernels, this tree only: what decides their default; this tree's members measured with vmap
+    and with map, the faster kept: what decides ``auto``); with ``quick`` a tiny point at batch 2,
     the Pallas kernels interpreted off a GPU, 2 members, 2 sweep points."""
     if quick:
         (scratch / "quick_sweep.py").write_text(QUICK_SWEEP)
@@ -100,7 +103,8 @@ def figures(quick: bool, scratch: Path) -> tuple[list[Figure], Sweep]:
                long_s, short_s * 1.5, (
             Target("tokens_per_sec", "aggregate tokens/s", 150e6, True, _rate),
             Target("bytes_per_member", "bytes accessed per member", 0.25e9, False,
-                   lambda v: f"{v / 1e9:.3f} GB")), _members),
+                   lambda v: f"{v / 1e9:.3f} GB")), _members,
+               now_args=("--members_impl", "both")),
         Figure(names[2], ("--point", large, *common), long_s, short_s * 1.5, (
             Target("mfu", "MFU", 0.30, True, lambda v: f"{100 * v:.1f}%"),),
             lambda r: {"mfu": r["ours"]["mfu"]})], Sweep(

@@ -171,11 +171,22 @@ class _Correlation:
     r: float
     low: float
     high: float
+    confidence: float
     undefined: str
 
     @property
     def defined(self) -> bool:
         return not self.undefined
+
+    def inference(self) -> str:
+        """What follows "Fisher-z CI" in :meth:`text`: the interval's n and the test's p."""
+        raise NotImplementedError
+
+    def text(self) -> str:
+        if not self.defined:
+            return f"undefined ({self.undefined})"
+        return (f"r = {self.r:.3f} [{self.low:.3f}, {self.high:.3f}] "
+                f"({round(100 * self.confidence)}% Fisher-z CI{self.inference()})")
 
     def agreement(self, expected_sign: int) -> str:
         """How the data relate to the expected direction (-1: negative, +1: positive)."""
@@ -202,12 +213,9 @@ class PearsonResult(_Correlation):
     confidence: float = 0.95
     undefined: str = ""
 
-    def text(self) -> str:
-        if not self.defined:
-            return f"undefined ({self.undefined})"
-        pct = round(100 * self.confidence)
-        return (f"r = {self.r:.3f} [{self.low:.3f}, {self.high:.3f}] ({pct}% Fisher-z CI, n = {self.n}; "
-                f"permutation p = {format_p(self.p_permutation)}, {self.permutations})")
+    def inference(self) -> str:
+        return (f", n = {self.n}; permutation p = {format_p(self.p_permutation)}, "
+                f"{self.permutations}")
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -280,14 +288,9 @@ class WithinGroups(_Correlation):
     confidence: float = 0.95
     undefined: str = ""
 
-    def text(self) -> str:
-        if not self.defined:
-            return f"undefined ({self.undefined})"
-        pct = round(100 * self.confidence)
-        return (f"r = {self.r:.3f} [{self.low:.3f}, {self.high:.3f}] ({pct}% Fisher-z CI with "
-                f"n - K + 1 = {self.n - self.groups + 1} for n, n = {self.n}, K = {self.groups}, "
-                f"df = {self.df}; t-test p = {format_p(self.p)})")
-
+    def inference(self) -> str:
+        return (f" with n - K + 1 = {self.n - self.groups + 1} for n, n = {self.n}, "
+                f"K = {self.groups}, df = {self.df}; t-test p = {format_p(self.p)}")
 
 
 def group_residuals(values: Sequence[float], groups: Sequence[Any]) -> np.ndarray:

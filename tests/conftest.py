@@ -32,6 +32,27 @@ def exact_xla_flags(devices: int | None = None) -> str:
     return f"--xla_force_host_platform_device_count={devices}" if devices else ""
 
 
+def slow_pretrain_script(trainer: str, after: int = 4) -> str:
+    """A ``python -c`` script that runs ``minilm_jax.pretrain`` (its arguments follow the script)
+    with ``trainer``'s (``module:Class``) dispatch sleeping 1 s before each dispatch after the
+    ``after``-th (checkpoint ``after`` is saved after it), so that a SIGKILL sent when that
+    checkpoint appears lands mid-run however loaded the machine is."""
+    module, name = trainer.split(":")
+    return f"""
+import runpy, sys, time
+from {module} import {name} as _trainer
+_dispatch, _count = _trainer.dispatch, [0]
+def dispatch(self, state, host_batch):
+    _count[0] += 1
+    if _count[0] > {after}:
+        time.sleep(1.0)
+    return _dispatch(self, state, host_batch)
+_trainer.dispatch = dispatch
+sys.argv[0] = "minilm_jax.pretrain"
+runpy.run_module("minilm_jax.pretrain", run_name="__main__", alter_sys=True)
+"""
+
+
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole test run, shared by both xdist workers and every

@@ -22,7 +22,8 @@ from minilm_jax.train.population_trainer import PopulationTrainer
 from minilm_jax.train.records import is_done, read_pretrain_summary
 from minilm_jax.train.run_log import read_metrics
 
-from conftest import adam_drift_bound, exact_xla_flags, trajectory_tolerance
+from conftest import (adam_drift_bound, exact_xla_flags, slow_pretrain_script,
+                      trajectory_tolerance)
 from test_finetune import pretrained  # noqa: F401 (its fixture: a fine-tuning population's start)
 from test_pretrain import (REPO, STEP_TERMS, cli_args, cli_env, small_config, train_losses,
                            wait_for)
@@ -241,22 +242,9 @@ def population_env():
     return {**cli_env(), "XLA_FLAGS": exact_xla_flags(8)}
 
 
-# Runs the population command, sleeping before each dispatch after the 4th (checkpoint 4 is saved
-# after it), so a SIGKILL sent when that checkpoint appears lands mid-run however loaded the
-# machine is.
-SLOW_AFTER_CHECKPOINT_4 = r"""
-import runpy, sys, time
-from minilm_jax.train.population_trainer import PopulationTrainer
-_dispatch, _count = PopulationTrainer.dispatch, [0]
-def dispatch(self, state, host_batch):
-    _count[0] += 1
-    if _count[0] > 4:
-        time.sleep(1.0)
-    return _dispatch(self, state, host_batch)
-PopulationTrainer.dispatch = dispatch
-sys.argv[0] = "minilm_jax.pretrain"
-runpy.run_module("minilm_jax.pretrain", run_name="__main__", alter_sys=True)
-"""
+# The population command, slowed after its step-4 checkpoint (a SIGKILL then lands mid-run).
+SLOW_AFTER_CHECKPOINT_4 = slow_pretrain_script(
+    "minilm_jax.train.population_trainer:PopulationTrainer")
 
 
 def member_digests(workdir):

@@ -22,7 +22,8 @@ import pytest
 from flax import nnx
 
 from conftest import (REPO, ZORRO_DEV_PARADIGM as PARADIGM, exact_xla_flags, float32_tolerance,
-                      shared_path)
+                      shared_path, slow_pretrain_script)
+from test_pretrain import wait_for
 
 from minilm_jax.model import accounting
 from minilm_jax.model.accounting import VariantCounts
@@ -363,32 +364,8 @@ def pretrain_env() -> dict[str, str]:
             "PYTHONPATH": str(REPO / "tests")}
 
 
-# The solo command, sleeping before each dispatch after the 4th (checkpoint 4 is saved after it),
-# so that a SIGKILL sent when that checkpoint appears lands mid-run however loaded the machine is.
-SLOW_AFTER_CHECKPOINT_4 = r"""
-import runpy, sys, time
-from minilm_jax.train.pretrainer import Pretrainer
-_dispatch, _count = Pretrainer.dispatch, [0]
-def dispatch(self, state, host_batch):
-    _count[0] += 1
-    if _count[0] > 4:
-        time.sleep(1.0)
-    return _dispatch(self, state, host_batch)
-Pretrainer.dispatch = dispatch
-sys.argv[0] = "minilm_jax.pretrain"
-runpy.run_module("minilm_jax.pretrain", run_name="__main__", alter_sys=True)
-"""
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
-    """Until ``path`` exists (the process still running), polling its output's end."""
-    import time
-
-    start = time.monotonic()
-    while not path.exists():
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "process ended"
-        assert time.monotonic() - start < timeout
-        time.sleep(0.05)
+# The solo command, slowed after its step-4 checkpoint (a SIGKILL then lands mid-run).
+SLOW_AFTER_CHECKPOINT_4 = slow_pretrain_script("minilm_jax.train.pretrainer:Pretrainer")
 
 
 def write_table(folder: Path, texts: list[str]) -> Path:
@@ -424,7 +401,7 @@ def pipeline(request, zorro_shards, tmp_path_factory) -> dict:
                                  *pretrain_args(zorro_shards, killed, arch)[2:]], cwd=REPO,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
-        wait_for(killed / "checkpoints" / "4", proc)
+        wait_for(killed / "checkpoints" / "4", proc, timeout=300)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_early = not (killed / "summary.json").exists()

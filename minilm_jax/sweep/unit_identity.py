@@ -32,27 +32,26 @@ PRETRAIN_RUN_CONTROL = tuple(f for f in RESUMABLE_FIELDS if f not in (
     "checkpoint.keep_fractions"))
 
 
-def changed_fields(workdir: RunPath, config: ml_collections.ConfigDict,
-                   run_control: tuple[str, ...]) -> list[str]:
-    """Fields (``field: old -> new``) in which ``workdir``'s recorded ``config.json`` differs from
-    ``config``, outside ``run_control``; empty when nothing differs or nothing is recorded."""
+def recorded(workdir: RunPath) -> dict[str, Any] | None:
+    """``workdir``'s recorded ``config.json``, None when nothing is recorded."""
     path = workdir / "config.json"
-    if not path.exists():
-        return []
-    saved, current = json.loads(path.read_text()), flatten(config)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def changed_fields(saved: dict[str, Any], config: ml_collections.ConfigDict,
+                   run_control: tuple[str, ...]) -> list[str]:
+    """Fields (``field: old -> new``) in which a unit's ``saved`` record differs from
+    ``config``, outside ``run_control``."""
+    current = flatten(config)
     keys = [k for k in run_identity.differences(saved, current, run_control, QUIET_DEFAULTS)
             if k in current]  # the config's fields (what runs record beside them: the runs')
     return [run_identity.describe(saved, current, [k]) for k in keys]
 
 
-def input_changes(workdir: RunPath, config: ml_collections.ConfigDict,
+def input_changes(saved: dict[str, Any], config: ml_collections.ConfigDict,
                   current: dict[str, Callable[[], Any]]) -> list[str]:
-    """The inputs (``inputs.<name>``) ``workdir``'s ``config.json`` records whose bytes differ
-    now (:mod:`minilm_jax.run_identity`; each current value computed only when recorded)."""
-    path = workdir / "config.json"
-    if not path.exists():
-        return []
-    saved = json.loads(path.read_text())
+    """The inputs (``inputs.<name>``) a unit's ``saved`` record holds whose bytes differ now
+    (:mod:`minilm_jax.run_identity`; each current value computed only when recorded)."""
     now = {key: make() for key, make in current.items() if key in saved}
     keys = run_identity.differences({k: saved[k] for k in now}, now)
     return [run_identity.describe(saved, {**flatten(config), **now}, [k]) for k in keys]
@@ -64,14 +63,11 @@ BUILT_SHAPE_FIELDS = ("arch", "vocab_size", "emb_dim", "hidden_dim", "ffn_dim", 
                       "num_heads")
 
 
-def built_changed(workdir: RunPath, run_config: ml_collections.ConfigDict) -> list[str]:
-    """Shape fields (``model_built.field: recorded -> expected``) in which ``workdir``'s recorded
-    ``model_built`` differs from the model of the run it fine-tunes (a finished job is skipped,
-    not rebuilt, so an edited record would otherwise be reused)."""
-    path = workdir / "config.json"
-    if not path.exists():
-        return []
-    built = json.loads(path.read_text()).get("model_built") or {}
+def built_changed(saved: dict[str, Any], run_config: ml_collections.ConfigDict) -> list[str]:
+    """Shape fields (``model_built.field: recorded -> expected``) in which a fine-tuning unit's
+    recorded ``model_built`` differs from the model of the run it fine-tunes (a finished job is
+    skipped, not rebuilt, so an edited record would otherwise be reused)."""
+    built = saved.get("model_built") or {}
     expected = model_from_config(run_config).to_dict()
     return [f"model_built.{k}: {built[k]!r} -> {expected[k]!r}" for k in BUILT_SHAPE_FIELDS
             if k in built and built[k] != expected[k]]
@@ -90,20 +86,25 @@ def changed_units(runs: list[Run], sweep: ml_collections.ConfigDict, layout: Swe
     for run in runs:
         pre_dir = layout.pretrain_dir(run.name)
         shards = str(run.config.data.shards)
-        fields = changed_fields(pre_dir, run.config, PRETRAIN_RUN_CONTROL) + input_changes(
-            pre_dir, run.config, {"inputs.shards": once(shards, lambda: run_identity.shards_digest(
-                read_manifest(shards)))})
+        saved = recorded(pre_dir)
+        fields = [] if saved is None else (
+            changed_fields(saved, run.config, PRETRAIN_RUN_CONTROL)
+            + input_changes(saved, run.config, {"inputs.shards": once(
+                shards, lambda: run_identity.shards_digest(read_manifest(shards)))}))
         if fields:
             changed.append(f"{relative_location(pre_dir, layout.root)} ({'; '.join(fields[:4])})")
         for job in finetune_jobs(sweep, run, layout):
+            saved = recorded(job.workdir)
+            if saved is None:
+                continue
             data_key = repr((job.config.task, sorted(job.config.data.to_dict().items())))
             inputs = {"inputs.task_data": once(data_key, lambda c=job.config: task_data_digest(c))}
             if job.init == "pretrained":
                 inputs["inputs.init"] = lambda c=job.config: PretrainedRun.open(
                     c.init.checkpoint, c.init.which).digest()
-            fields = (changed_fields(job.workdir, job.config, resumable_fields(job.init))
-                      + built_changed(job.workdir, run.config)
-                      + input_changes(job.workdir, job.config, inputs))
+            fields = (changed_fields(saved, job.config, resumable_fields(job.init))
+                      + built_changed(saved, run.config)
+                      + input_changes(saved, job.config, inputs))
             if fields:
                 changed.append(f"{relative_location(job.workdir, layout.root)} "
                                f"({'; '.join(fields[:4])})")

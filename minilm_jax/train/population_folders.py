@@ -112,11 +112,15 @@ def finished_earlier(workdir: RunPath, members: Sequence[Member], total_steps: i
     if (summary.status != "completed" or summary.step != start
             or any(s not in (*DONE, "diverged") for s in statuses)):
         return None
-    if keep_best and any(  # a member that lost its best: refused below
-            not any(p.name.isdigit() for p in (m.workdir / "best").iterdir())
-            if (m.workdir / "best").is_dir() else True for m in members):
-        return None
+    if keep_best and not all(_has_best(m.workdir) for m in members):
+        return None  # a member that lost its best: refused by refuse_lost_bests
     return summary.to_json()
+
+
+def _has_best(workdir: RunPath) -> bool:
+    """Whether a member's ``best/`` holds a checkpoint."""
+    best = workdir / "best"
+    return best.is_dir() and any(p.name.isdigit() for p in best.iterdir())
 
 
 def refuse_lost_bests(workdir: RunPath, members: Sequence[Member], best_losses: Sequence[float],

@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
     elif launcher == "gpus" or (launcher == "local" and n > 1):
         envs = launchers.gpu_envs(n) if launcher == "gpus" else [{}] * n
         SweepRunner(_CONFIG.value, root).check(_ONLY.value)  # refused: no worker starts
-        codes = launchers.run_local_workers(sys.argv, envs)
+        codes = launchers.run_local_workers(sys.argv, envs, root)
         outcome = workers.finish(_CONFIG.value, root)
         outcome["workers"] = codes
         if any(c in (130, 143) for c in codes):

@@ -119,22 +119,12 @@ class SilenceRule:
         return min(self.heartbeat, self.stale_after / 3)
 
     @classmethod
-    def from_env(cls, argv: Sequence[str]) -> "SilenceRule":
+    def from_env(cls, root: RunPath) -> "SilenceRule":
         """The claims' times as every worker reads them (the launcher's environment), and the
-        root named on the command line ``argv``."""
+        sweep ``root``."""
         return cls(stale_after=seconds_from_env(STALE_VARIABLE, STALE_AFTER_SECONDS),
                    heartbeat=seconds_from_env(HEARTBEAT_VARIABLE, HEARTBEAT_SECONDS),
-                   root=flag_value(argv, "root"))
-
-
-def flag_value(argv: Sequence[str], name: str) -> str | None:
-    """The value of ``--name`` on a command line (``--name=V`` or ``--name V``; the last wins)."""
-    value = None
-    for i, arg in enumerate(argv):
-        flag, eq, rest = arg.partition("=")
-        if flag.lstrip("-") == name and flag.startswith("-"):
-            value = rest if eq else (argv[i + 1] if i + 1 < len(argv) else None)
-    return value
+                   root=str(root))
 
 
 def _relay(stream, worker: LocalWorker) -> None:
@@ -144,7 +134,8 @@ def _relay(stream, worker: LocalWorker) -> None:
         sys.stdout.flush()
 
 
-def run_local_workers(argv: Sequence[str], envs: Sequence[dict[str, str]]) -> list[int]:
+def run_local_workers(argv: Sequence[str], envs: Sequence[dict[str, str]],
+                      root: RunPath) -> list[int]:
     """Start one worker per entry of ``envs`` (extra environment variables) on this machine, relay
     their output with a ``[w<i>]`` prefix, wait for all; their exit codes (negative: killed by
     that signal, also one this launcher terminated). Each worker is reaped the moment it ends (a
@@ -156,7 +147,7 @@ def run_local_workers(argv: Sequence[str], envs: Sequence[dict[str, str]]) -> li
     procs = [subprocess.Popen(worker_argv(argv), env={**os.environ, **launched, **extra},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for extra in envs]
-    return wait_for_workers(procs, SilenceRule.from_env(argv))
+    return wait_for_workers(procs, SilenceRule.from_env(root))
 
 
 def wait_for_workers(procs: Sequence[subprocess.Popen], rule: SilenceRule) -> list[int]:

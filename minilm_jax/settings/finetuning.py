@@ -67,9 +67,11 @@ def check_batch_fits(batch_size: int, runs: Sequence[tuple[str, int]]) -> None:
     epoch would be more than one pass over them. One :class:`ConfigError` line, before anything
     is written."""
     name, rows = min(runs, key=lambda run: run[1])
-    raise_problems([p for p in [batch_over_data(
-        batch_size, rows, "training examples" + (f" of run {name}" if name else "")
-        + " (after sampling, filtering and the validation split)")] if p])
+    problem = batch_over_data(batch_size, rows, "training examples"
+                              + (f" of run {name}" if name else "")
+                              + " (after sampling, filtering and the validation split)")
+    if problem:
+        raise_problems([problem])
 
 
 # Fields that may change when a run resumes (run control, not the experiment).

@@ -96,9 +96,11 @@ def measure(sides: list[Side], figs: list[Figure], sweep_min_s: float, deadline:
         status, seconds, _ = run_bench(side, [*fig.args, *own, *side_args(side), "--json",
                                               str(out)], timeout, log, env if fig.dump else None)
         got: dict[str, float] = {}
+        picked: dict[str, Any] = {}
         if status == "ok":
             try:
-                got = fig.read(json.loads(out.read_text()))
+                result = json.loads(out.read_text())
+                got, picked = fig.read(result), picked_strategy(result)
                 if fig.dump:
                     got["kernels_per_step"] = dumped_kernels(dump)
             except (OSError, ValueError, KeyError, IndexError) as err:
@@ -106,17 +108,13 @@ def measure(sides: list[Side], figs: list[Figure], sweep_min_s: float, deadline:
         shutil.rmtree(dump, ignore_errors=True)
         values[(fig.name, side.name)] = {k: v for k, v in got.items() if v is not None}
         runs.append({"figure": fig.name, "side": side.name, "status": status,
-                     "seconds": round(seconds, 1),
-                     **picked_strategy(out if status == "ok" else None)})
+                     "seconds": round(seconds, 1), **picked})
     return values, runs
 
 
-def picked_strategy(out: Path | None) -> dict[str, Any]:
+def picked_strategy(result: dict[str, Any]) -> dict[str, Any]:
     """What a ``--members_impl both`` run picked and why (its last row's), else nothing."""
-    try:
-        row = json.loads(out.read_text())["rows"][-1] if out else {}
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return {}
+    row = (result.get("rows") or [{}])[-1]
     return ({"members_impl": row["impl"], "compared": row["compared"],
              "picked_because": row["picked_because"]} if "compared" in row else {})
 

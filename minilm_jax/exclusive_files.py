@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from minilm_jax import held_folders
 from minilm_jax.storage import is_remote
 
 LOCK_FILE = ".exclusive.lock"
@@ -52,6 +53,7 @@ def create(path: str | os.PathLike, data: bytes) -> str | None:
     if is_remote(path):
         return _gcs_write(str(path), data, 0) or _ours(path, data)
     path = Path(path)
+    held_folders.check()  # a held root that is gone: nothing re-created at its path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
     tmp.write_bytes(data)

@@ -27,6 +27,7 @@ from typing import Any, Union
 
 from etils import epath
 
+from minilm_jax import held_folders
 from minilm_jax.errors import UserError
 
 RunPath = Union[Path, epath.Path]
@@ -96,7 +97,9 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename (on an
-    object store, ``gs://...``, one whole-object write, which is atomic there)."""
+    object store, ``gs://...``, one whole-object write, which is atomic there). A held folder
+    that is gone (:mod:`minilm_jax.held_folders`) stops it before anything is created."""
+    held_folders.check()
     if is_remote(path):
         remote = run_path(path)
         remote.parent.mkdir(parents=True, exist_ok=True)

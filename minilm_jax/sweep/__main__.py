@@ -50,7 +50,7 @@ def main(argv: list[str]) -> None:
     from minilm_jax.storage import run_path
     from minilm_jax.sweep import launchers, workers
     from minilm_jax.sweep.layout import SweepLayout
-    from minilm_jax.sweep.worker_loop import SweepRunner, plan_table, stop_error
+    from minilm_jax.sweep.worker_loop import SweepRunner, hold_root, plan_table, stop_error
 
     if argv[1:] == ["status"]:
         from minilm_jax.sweep.overview import print_status
@@ -88,6 +88,8 @@ def main(argv: list[str]) -> None:
     elif launcher == "gpus" or (launcher == "local" and n > 1):
         envs = launchers.gpu_envs(n) if launcher == "gpus" else [{}] * n
         SweepRunner(_CONFIG.value, root).check(_ONLY.value)  # refused: no worker starts
+        root.mkdir(parents=True, exist_ok=True)
+        hold_root(root)  # moved away while the workers ran: no results written at its old path
         codes = launchers.run_local_workers(sys.argv, envs, root)
         outcome = workers.finish(_CONFIG.value, root)
         outcome["workers"] = codes

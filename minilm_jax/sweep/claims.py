@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from minilm_jax import exclusive_files
+from minilm_jax import exclusive_files, held_folders
 from minilm_jax.errors import UserError
 from minilm_jax.storage import (RunPath, is_remote, mark_gone, process_alive, relative_location,
                                 run_path)
@@ -61,6 +61,18 @@ def worker_id() -> str:
 # epoch). A worker does not retry a unit that failed after its launch (sweep.worker_loop).
 LAUNCHED_AT_ENV = "MINILM_SWEEP_LAUNCHED_AT"
 LOST_EXIT_STATUS = 75  # EX_TEMPFAIL: this worker stopped; its unit goes on under another
+
+
+ROOT_GONE_EXIT_STATUS = 2  # the sweep root was moved or deleted: a user's error, one line
+
+
+def stop_root_gone(line: str) -> None:
+    """What a worker does when its sweep root is gone (moved or deleted while it ran): say so in
+    one line and stop at once, writing nothing more (a claim that vanished with the root was not
+    taken over by anyone)."""
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(ROOT_GONE_EXIT_STATUS)
 
 
 def stop_at_once(path: RunPath) -> None:
@@ -98,6 +110,9 @@ class Claim:
                     print(f"warning: heartbeat of claim {path} failed: {err}", flush=True)
                     continue
                 if fresh is None:
+                    gone = held_folders.gone()
+                    if gone is not None:  # the root moved away: no other worker took it
+                        stop_root_gone(gone)
                     del self.held[path]
                     self.on_lost(path)
                 else:
@@ -106,6 +121,8 @@ class Claim:
     def release(self) -> None:
         self._stop.set()
         self._thread.join()
+        if held_folders.gone() is not None:  # the root moved away: nothing to release there
+            return
         for path, version in self.held.items():
             try:
                 exclusive_files.delete(path, version)

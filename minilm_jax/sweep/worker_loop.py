@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
+from minilm_jax import held_folders
 from minilm_jax.errors import Interrupted, UserError
 from minilm_jax.evals.common import from_config as evaluator_from_config
 from minilm_jax.settings.finetuning import validate_finetune_config
@@ -110,6 +111,13 @@ def _launched_at() -> float:
         raise UserError(f"{LAUNCHED_AT_ENV}={value!r} is not a time in seconds") from None
 
 
+def hold_root(root: RunPath) -> None:
+    """Hold the sweep root (a local folder) by its identity: a write after it was moved, renamed
+    or deleted is one ``error:`` line (:class:`minilm_jax.held_folders.FolderGone`), and nothing
+    is written at its old path."""
+    held_folders.hold(root, "sweep root")
+
+
 class SweepRunner:
     """Expands a sweep and runs it under ``root`` as one worker."""
 
@@ -158,6 +166,8 @@ class SweepRunner:
                 summary = self._settle_members(name, stage, summary)
         except Interrupted:  # Ctrl-C: the run saved its step and wrote its summary
             summary = {"status": "preempted"}
+        except held_folders.FolderGone:  # the root moved away: nothing is recorded at its path
+            raise
         except (Exception, SystemExit) as err:  # isolate: one failing run must not stop the rest
             message = f"{type(err).__name__}: {err}"
             self.status.record(name, stage, "failed", error=message[:2000],
@@ -202,6 +212,7 @@ class SweepRunner:
         says where)."""
         self.check(only)
         self.root.mkdir(parents=True, exist_ok=True)
+        hold_root(self.root)  # moved or deleted while this worker runs: it stops, in one line
         with stop_signals() as self._stop:
             selected, interrupted = self._run_stages(only, stage)
             results = write_results(self.runs, self.layout, self.sweep)

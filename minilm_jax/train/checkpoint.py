@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from minilm_jax import held_folders
 from minilm_jax.errors import StorageError, UserError
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import MaskedLM
@@ -94,6 +95,7 @@ class Checkpoints:
 
     def _write(self, manager: ocp.CheckpointManager, step: int, args: Any) -> None:
         """Save ``step`` (replacing a corrupt copy of it) and seal it."""
+        held_folders.check()  # a held root moved away: no checkpoint re-creates its old path
         if step in manager.all_steps():
             if seal.verify(self._step_dir(manager, step)).ok:
                 return
@@ -104,6 +106,7 @@ class Checkpoints:
             if jax.process_index() == 0:
                 seal.write_seal(self._step_dir(manager, step), self.identity)
         except Exception as err:  # disk full, read-only, quota: Orbax wraps the OS error
+            held_folders.check()  # the folder went away during the write: say that
             raise CheckpointWriteError(
                 f"cannot save the checkpoint at step {step} in {manager.directory} "
                 f"({_storage_cause(err)}); the earlier checkpoints are kept") from err

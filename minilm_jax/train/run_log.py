@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 
+from minilm_jax import held_folders
 from minilm_jax.storage import atomic_write_bytes, is_remote, run_path
 
 
@@ -90,6 +91,7 @@ class MetricsWriter:
         if self.remote:
             self._lines.append(json.dumps(record))
         else:
+            held_folders.check()  # a held root moved away: one line, not a missing file
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
         if self._tensorboard() is not None:  # a list (one value per member): one curve each

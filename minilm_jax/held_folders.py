@@ -1,0 +1,66 @@
+"""Folders a command writes under, held by their identity for as long as it runs.
+
+A sweep worker holds its sweep root (:func:`hold`): the root's device and inode, taken when the
+worker starts. Every write that could create folders (:func:`minilm_jax.storage.atomic_write_bytes`,
+:func:`minilm_jax.exclusive_files.create`, a checkpoint, a metrics record) first calls
+:func:`check`: a held folder that is gone (moved, renamed or deleted while the command runs, or
+replaced by another folder at its path) is one :class:`FolderGone` line, and nothing is written at
+the old path (no folder re-created there, no half-written checkpoint). A location in an object
+store (``gs://``) has no identity to hold: it is not checked.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from minilm_jax.errors import StorageError
+
+_HELD: dict[str, tuple[int, int, str]] = {}  # path -> (device, inode, what it is)
+_LOCK = threading.Lock()
+
+
+class FolderGone(StorageError):
+    """A folder this command holds was moved or deleted while it ran: it stops, writing nothing
+    more there (a :class:`StorageError`: the command exits at once after its line)."""
+
+
+def hold(path: str | os.PathLike, what: str) -> None:
+    """Hold the existing local folder ``path`` (``what`` names it in the error line)."""
+    text = str(path)
+    if "://" in text:
+        return
+    stat = os.stat(text)
+    with _LOCK:
+        _HELD[os.path.abspath(text)] = (stat.st_dev, stat.st_ino, what)
+
+
+def release(path: str | os.PathLike) -> None:
+    """Stop holding ``path``."""
+    with _LOCK:
+        _HELD.pop(os.path.abspath(str(path)), None)
+
+
+def gone() -> str | None:
+    """The error line of the first held folder that is gone, or None when every one is there."""
+    with _LOCK:
+        held = list(_HELD.items())
+    for path, (device, inode, what) in held:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            how = "moved or deleted"
+        else:
+            if (stat.st_dev, stat.st_ino) == (device, inode):
+                continue
+            how = "moved or deleted, and another folder now stands at its path"
+        return (f"{what} {path} is gone ({how} while this command ran): stopping; nothing more "
+                "is written there")
+    return None
+
+
+def check() -> None:
+    """Raise :class:`FolderGone` if a held folder is gone (called before each write)."""
+    line = gone()
+    if line is not None:
+        raise FolderGone(line)

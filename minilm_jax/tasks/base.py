@@ -15,6 +15,17 @@ class TaskDataError(UserError, ValueError):
     """Malformed task data; the message names the file (and line) at fault."""
 
 
+def fit_csv_fields(text: str) -> None:
+    """Raise Python's CSV field size limit (131,072 characters by default, one process-wide
+    setting) to the length of ``text``, a whole file read into memory: no field of it can be
+    longer, so a long cell (a document of several megabytes) is read, never refused by the
+    reader with a traceback."""
+    import csv
+
+    if len(text) >= csv.field_size_limit():
+        csv.field_size_limit(len(text) + 1)
+
+
 def not_utf8(path: Path) -> TaskDataError:
     """The error for a task file that is not UTF-8 text: names the file, the line of its first
     undecodable byte and that byte (the reader's own error knows neither the file nor the line)."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from .base import Example, TaskDataError, TaskSpec, not_utf8
+from .base import Example, TaskDataError, TaskSpec, fit_csv_fields, not_utf8
 from .tfds_source import as_class_label, as_text, iter_tfds
 
 TextMode = Literal["join", "pair"]
@@ -58,7 +58,9 @@ def read_class_csv(path: str | Path, spec: TaskSpec, split: str,
     path = Path(path)
     examples: list[Example] = []
     n_fields = None
-    with io.StringIO(_utf8_text(path), newline="") as handle:
+    text = _utf8_text(path)
+    fit_csv_fields(text)  # a cell of any length the file holds
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle)
         for row in reader:
             where = f"{path}, line {reader.line_num}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .base import Example, TaskDataError, TaskSpec, not_utf8
+from .base import Example, TaskDataError, TaskSpec, fit_csv_fields, not_utf8
 from .tfds_source import as_class_label, as_text, iter_tfds
 
 _STD_SPLITS = ("train", "dev", "test")
@@ -138,6 +138,7 @@ def read_glue_tsv(path: str | Path, task: str, split: str,
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
         raise not_utf8(path) from None
+    fit_csv_fields(text)  # a cell of any length the file holds
     with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         if task == "cola" and labelled:

@@ -36,7 +36,7 @@ import ml_collections
 
 from minilm_jax.errors import UserError
 
-from .base import Example, TaskDataError, TaskSpec, not_utf8
+from .base import Example, TaskDataError, TaskSpec, fit_csv_fields, not_utf8
 
 SUFFIXES = (".csv", ".tsv", ".jsonl")
 REGRESSION_TASK = "table_regression"
@@ -61,6 +61,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise TaskDataError(f"{path}, line {number}: expected a JSON object per line")
             yield number, row
         return
+    fit_csv_fields(text)  # a cell of any length the file holds
     reader = csv.DictReader(io.StringIO(text, newline=""),
                             delimiter="\t" if path.suffix == ".tsv" else ",")
     for row in reader:

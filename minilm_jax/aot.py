@@ -6,7 +6,10 @@ r"""Ahead-of-time compilation of the pre-training step for a target mesh, withou
 Builds the step with ``train.program.pretrain_program``, the builder a pre-training run uses, from
 abstract shapes only (``nnx.eval_shape`` / ``jax.eval_shape`` and sharded ``jax.ShapeDtypeStruct``s: no
 parameter is ever allocated), lowers and compiles it, and prints per-device memory
-(``memory_analysis``), FLOPs (``cost_analysis``) and parameter counts. Exit status 2 when the
+(``memory_analysis``), FLOPs (``cost_analysis``), parameter counts and, where the target compiles,
+the kernels one step launches by part of the step (:mod:`minilm_jax.hlo_kernels`: masking,
+embeddings, encoder forward and backward, output layer, optimizer, other) with the largest ones;
+``--members N`` compiles the population program of N members instead. Exit status 2 when the
 estimated per-device peak exceeds ``--device_memory_gb`` (GiB).
 
 Targets (``--target``):
@@ -18,6 +21,9 @@ Targets (``--target``):
   GPU/TPU compilers need (largest paper point, 4 x 2 mesh: 6.5 GiB on CPU, 1.9 GiB on TPU v5e).
   In-process callers (tests) pass devices to :func:`compile_train_step` instead.
 * ``attached``: the devices this process sees (e.g. the local GPUs): the target compiler's figures.
+* ``cuda:<card>`` (``h100``, ``h200``, ``a100``, ``l4``, ``rtx4090``: :mod:`minilm_jax.gpu_targets`):
+  one compile-only NVIDIA GPU on a CPU-only machine (XLA's GPU compiler, Pallas kernels by Triton);
+  needs the ``gpu-compile`` extra (the CUDA plugin's wheels, no NVIDIA libraries).
 * ``tpu:<topology>`` (e.g. ``tpu:v5e:2x4``, ``tpu:v4:2x2x2``): compile-only TPU devices from
   ``jax.experimental.topologies``; needs libtpu installed (``pip install "jax[tpu]"``), works on a
   CPU-only machine; the TPU compiler is slow there (minutes).
@@ -48,7 +54,11 @@ _MESH_DATA = flags.DEFINE_integer("mesh_data", None, "data axis size (default: c
 _MESH_FSDP = flags.DEFINE_integer("mesh_fsdp", None, "fsdp axis size (default: config.mesh.fsdp)")
 _BUDGET = flags.DEFINE_float("device_memory_gb", 16.0, "per-device memory budget in GiB; exit 2 "
                              "when the estimated peak exceeds it (0: no check)")
-_TARGET = flags.DEFINE_string("target", "cpu", "cpu | attached | tpu:<topology> | lower:<platform>")
+_TARGET = flags.DEFINE_string("target", "cpu", "cpu | attached | cuda:<card> (h100, h200, a100, l4, "
+                              "rtx4090; deviceless) | tpu:<topology> | lower:<platform>")
+_MEMBERS = flags.DEFINE_integer("members", 0, "compile the population program of this many members "
+                                "(seeds 0..N-1) instead of one run's step (0: one run)")
+_LARGEST = flags.DEFINE_integer("largest", 5, "how many of the largest kernels to list")
 _JSON = flags.DEFINE_string("json", "", "also write the report as one JSON object to this path")
 
 GIB = 2 ** 30
@@ -89,9 +99,13 @@ def target_devices(target: str, count: int | None) -> list:
         devices = jax.devices()
     elif target.startswith("tpu:"):
         devices = tpu_topology_devices(target[len("tpu:"):])
+    elif target.startswith("cuda:"):
+        from minilm_jax.gpu_targets import cuda_devices
+
+        devices = cuda_devices(target[len("cuda:"):])
     else:
-        raise UserError(f"--target={target!r}: expected cpu, attached, tpu:<topology> or "
-                        "lower:<platform>")
+        raise UserError(f"--target={target!r}: expected cpu, attached, cuda:<card>, "
+                        "tpu:<topology> or lower:<platform>")
     if count and len(devices) < count:
         raise UserError(f"--target={target} has {len(devices)} devices, {count} requested")
     return list(devices[:count] if count else devices)
@@ -133,6 +147,10 @@ class AotReport:
     compile_seconds: float | None
     memory: dict[str, int] | None  # argument, output, alias, temp, generated_code
     peak_bytes: int | None  # argument + output - alias + temp + generated code
+    members: int = 0  # a population program of this many members (0: one run)
+    kernels_per_step: int | None = None  # launches of one step (hlo_kernels), where compiled
+    kernels_by_part: dict[str, int] | None = None
+    largest_kernels: list[dict[str, Any]] | None = None  # name, opcode, part, times, bytes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,40 +201,58 @@ def build_mesh(config, devices: Sequence | None, abstract_size: int | None):
 
 
 def compile_train_step(config, devices: Sequence | None = None, *, target: str = "cpu",
-                       abstract_size: int | None = None) -> AotReport:
-    """Lower and compile the pre-training step of ``config`` for ``devices``.
+                       abstract_size: int | None = None, members: int = 0,
+                       largest: int = 5) -> AotReport:
+    """Lower and compile the pre-training step of ``config`` for ``devices`` (the population
+    program of ``members`` members, seeds 0..N-1, when ``members`` > 0).
 
     With ``devices=None`` and ``target='lower:<platform>'``, lower on an ``AbstractMesh`` of
-    ``abstract_size`` devices only.
+    ``abstract_size`` devices only. The program is built for the devices' platform
+    (:func:`minilm_jax.model.target_platform.building_for`): a GPU target gets the GPU's output
+    layer, Triton-compiled Pallas kernels and members strategy on a CPU-only machine.
     """
+    from minilm_jax.model.target_platform import building_for
+
+    lower_only = target.startswith("lower:")
+    platform = target[len("lower:"):] if lower_only else devices[0].platform
+    with building_for(platform):
+        return _compile(config, devices, target, abstract_size, members, largest, lower_only,
+                        platform)
+
+
+def _compile(config, devices, target: str, abstract_size: int | None, members: int,
+             largest: int, lower_only: bool, platform: str) -> AotReport:
+    from minilm_jax.hlo_kernels import step_kernels
     from minilm_jax.model import accounting
-    from minilm_jax.settings.mlm_cap import effective_max_predictions
-    from minilm_jax.train.program import pretrain_program
     from minilm_jax.model.count_check import analysis_value
+    from minilm_jax.settings.mlm_cap import effective_max_predictions
+    from minilm_jax.train.program import population_program, pretrain_program
 
     # The pre-training program exactly as a run builds it, traced for shapes only.
     mesh = build_mesh(config, devices, abstract_size)
-    program = pretrain_program(config, mesh)
+    if members:
+        program = population_program(member_configs(config, members), mesh)
+        k = program.batch_shape[1]
+    else:
+        program = pretrain_program(config, mesh)
+        k = program.batch_shape[0]
     model_cfg, tc, counts = program.model, config.train, program.state.param_counts
     abstract_state, state_sharding = program.state.abstract, program.state.shardings
-    k = program.batch_shape[0]
     batch_shape = list(program.batch_shape)
-    batch = program.abstract_batch()
+    batch = {name: jax_shape(program.batch_shape, program.batch_sharding)
+             for name in ("tokens", "segments")}
     state = sharded_abstract(abstract_state, state_sharding)
 
     start = time.perf_counter()
     traced = program.train_step.trace(state, batch)
-    lower_only = target.startswith("lower:")
-    lowered = (traced.lower(lowering_platforms=(target[len("lower:"):],)) if lower_only
-               else traced.lower())
+    lowered = (traced.lower(lowering_platforms=(platform,)) if lower_only else traced.lower())
     lower_seconds = time.perf_counter() - start
     n_devices = mesh.size
     analytic = (accounting.train_flops_per_sequence(
         model_cfg, num_predictions=effective_max_predictions(config.mlm, model_cfg.max_len))
-                * tc.batch_size * k / n_devices)
+                * tc.batch_size * k * max(1, members) / n_devices)
     report = AotReport(
-        point=model_cfg.point, target=target,
-        platform=target[len("lower:"):] if lower_only else devices[0].platform,
+        point=model_cfg.point, target=target, platform=platform,
         mesh={"data": int(mesh.shape["data"]), "fsdp": int(mesh.shape["fsdp"])},
         batch_shape=batch_shape, params_total=counts.total, params_embedding=counts.embedding,
         params_non_embedding=counts.non_embedding,
@@ -225,7 +261,7 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
         flops_global_lowered=(analysis_value(lowered.cost_analysis(), "flops") if lower_only
                               else None),
         analytic_flops_per_device=analytic, lower_seconds=lower_seconds, compile_seconds=None,
-        memory=None, peak_bytes=None)
+        memory=None, peak_bytes=None, members=members)
     if lower_only:
         return report
 
@@ -238,7 +274,32 @@ def compile_train_step(config, devices: Sequence | None = None, *, target: str =
         m = report.memory
         report.peak_bytes = (m["argument"] + m["output"] - m["alias"] + m["temp"]
                              + m["generated_code"])
+    kernels = step_kernels(compiled.as_text(), steps_per_dispatch=k)
+    report.kernels_per_step = kernels.total
+    report.kernels_by_part = kernels.by_part()
+    report.largest_kernels = [dataclasses.asdict(launch) for launch in kernels.largest(largest)]
     return report
+
+
+def jax_shape(shape, sharding):
+    import jax
+    import jax.numpy as jnp
+
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.int32, sharding=sharding)
+
+
+def member_configs(config, members: int) -> list:
+    """``members`` copies of ``config`` with seeds 0..N-1 (a population of one recipe)."""
+    from minilm_jax.errors import UserError
+
+    if members < 1:
+        raise UserError(f"--members must be positive (got {members})")
+    configs = []
+    for seed in range(members):
+        member = config.copy_and_resolve_references()
+        member.seed = seed
+        configs.append(member)
+    return configs
 
 
 def memory_figures(stats: Any) -> dict[str, int] | None:
@@ -261,8 +322,9 @@ def human_bytes(n: float) -> str:
 
 def format_report(r: AotReport, budget_gb: float) -> str:
     n = r.mesh["data"] * r.mesh["fsdp"]
+    what = f"population step of {r.members} members" if r.members else "pre-training step"
     lines = [
-        f"AOT pre-training step: {r.point} for {n} {r.platform} devices ({r.target}), "
+        f"AOT {what}: {r.point} for {n} {r.platform} devices ({r.target}), "
         f"mesh data={r.mesh['data']} x fsdp={r.mesh['fsdp']}",
         f"  parameters         {r.params_total:,} (embedding {r.params_embedding:,}, "
         f"non-embedding {r.params_non_embedding:,})",
@@ -293,6 +355,14 @@ def format_report(r: AotReport, budget_gb: float) -> str:
     if r.flops_global_lowered is not None:
         lines.append(f"  FLOPs (global)     {r.flops_global_lowered:.4g} per call (StableHLO, "
                      f"before partitioning; analytic {r.analytic_flops_per_device * n:.4g})")
+    if r.kernels_per_step is not None:
+        lines.append(f"  kernels per step   {r.kernels_per_step} (launches in the optimized HLO, "
+                     f"one step{f' of {r.members} members' if r.members else ''})")
+        lines += [f"    {part:<18} {count}" for part, count in r.kernels_by_part.items()]
+        if r.largest_kernels:
+            lines.append("  largest kernels    (bytes written + read)")
+            lines += [f"    {k['name']:<36} {k['part']:<17} {human_bytes(k['bytes'])}"
+                      + (f" x{k['times']}" if k["times"] > 1 else "") for k in r.largest_kernels]
     timing = f"  time               lower {r.lower_seconds:.1f} s"
     if r.compile_seconds is not None:
         timing += f", compile {r.compile_seconds:.1f} s"
@@ -338,11 +408,21 @@ def main(argv: list[str]) -> None:
     if target == "cpu":
         count = count or default_device_count(config)
         force_host_device_count(count)
+    if target.startswith("cuda:"):
+        from minilm_jax.gpu_targets import prepare_cpu_only
+
+        prepare_cpu_only()  # before JAX starts a backend
+        if count not in (None, 1) or int(config.mesh.data) > 1 or int(config.mesh.fsdp) > 1:
+            raise UserError(f"--target={target} compiles for one GPU: pass --devices=1 and "
+                            "mesh.data = mesh.fsdp = 1 (or -1)")
+        count = 1
     if target.startswith("lower:"):
         report = compile_train_step(config, None, target=target,
-                                    abstract_size=count or default_device_count(config))
+                                    abstract_size=count or default_device_count(config),
+                                    members=_MEMBERS.value, largest=_LARGEST.value)
     else:
-        report = compile_train_step(config, target_devices(target, count), target=target)
+        report = compile_train_step(config, target_devices(target, count), target=target,
+                                    members=_MEMBERS.value, largest=_LARGEST.value)
     if _JSON.value:  # written before the budget verdict, so an over-budget run keeps its figures
         atomic_write_json(_JSON.value, report.to_dict())
     print(format_report(report, _BUDGET.value), flush=True)

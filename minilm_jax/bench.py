@@ -46,14 +46,16 @@ def synthetic_tokens(batch: int, seq_len: int, vocab: int, seed: int = 0) -> np.
     return tokens
 
 
-def step_roofline(step_fn, state, data, step_seconds: float, peak: float) -> dict[str, float]:
+def step_roofline(step_fn, state, data, step_seconds: float, peak: float,
+                  steps_per_dispatch: int = 1) -> dict[str, float]:
     """:func:`~minilm_jax.train.throughput.roofline` of one optimizer step of ``step_fn``, and its
     kernel launches (:func:`minilm_jax.hlo_kernels.kernels_per_step`). XLA's cost analysis counts a loop body once, so the
     cost of a dispatch that scans several steps is already one step's (on an H100: 0.71 GB at 1
     and at 8 steps per dispatch)."""
     return {**roofline(step_seconds, compiled_cost(step_fn, state, data), peak,
                        measured_copy_bandwidth()),
-            "kernels_per_step": compiled_kernels(step_fn, state, data)}
+            "kernels_per_step": compiled_kernels(step_fn, state, data,
+                                                 steps_per_dispatch=steps_per_dispatch)}
 
 
 def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
@@ -82,7 +84,8 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
             "tokens_per_sec": seqs_s * cfg.max_len, "step_ms": 1000 * step_s,
             "model_flops_per_sec": seqs_s * flops, "mfu": seqs_s * flops / peak,
             "peak_flops_measured": peak, "loss": float(np.asarray(metrics["loss"])[-1]),
-            **step_roofline(program.train_step, cost_state, data, step_s, peak),
+            **step_roofline(program.train_step, cost_state, data, step_s, peak,
+                            program.batch_shape[0]),
             "memory": device_memory_stats()}
 
 
@@ -139,7 +142,8 @@ def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
     return {"members": members, "impl": members_strategy(impl), "point": cfg.point,
             "batch": batch, "dtype": dtype, "loss_impl": loss_impl, "seconds_timed": elapsed,
             "step_ms": 1000 * step_s,
-            **step_roofline(program.train_step, cost_state, data, step_s, peak),
+            **step_roofline(program.train_step, cost_state, data, step_s, peak,
+                            program.batch_shape[1]),
             "tokens_per_sec": seqs_s * cfg.max_len,
             "tokens_per_sec_per_member": seqs_s * cfg.max_len / members,
             "mfu": seqs_s * flops / peak, "loss": float(np.mean(np.asarray(metrics["loss"])[-1])),

@@ -1,12 +1,29 @@
 """Kernels per step: the launches of one run of an optimized HLO module, counted from its text
-(``compiled.as_text()`` or XLA's ``*after_optimizations.txt`` dump), so a step's launches can be
-read beside its bytes and FLOPs (``python -m minilm_jax.bench``) and compared between two trees
-(``launch/device_check.sh``)."""
+(``compiled.as_text()`` or XLA's ``*after_optimizations.txt`` dump), by part of the training step,
+so a step's launches can be read beside its bytes and FLOPs (``python -m minilm_jax.bench``,
+``python -m minilm_jax.aot``) and compared between two trees (``launch/device_check.sh``).
+
+The rule: every instruction of the entry computation counts one launch (a fusion, a custom call
+such as a cuBLAS GEMM or a Pallas kernel, a collective, a copy, an unfused op), except values,
+views, tuples and ordering tokens (``_NOT_LAUNCHED``) and the ``-done`` halves of asynchronous
+pairs; a ``while`` counts its condition's and body's launches times its trip count where XLA knows
+it (``known_trip_count``), once where it does not, and the dispatch loop of ``steps_per_dispatch``
+(an entry-level ``while`` of that trip count) once: one step. A ``conditional`` counts its largest
+branch, a ``call`` its callee (XLA:GPU's command buffers are calls). Computations called inside a
+fusion or as a reducer launch nothing.
+
+Parts come from the named scopes the step is traced under (``masking``, ``embeddings``,
+``encoder``, ``output_layer``, ``optimizer``: :mod:`minilm_jax.train.step`,
+:mod:`minilm_jax.model.encoder`, :mod:`minilm_jax.model.models`), read from each instruction's
+``op_name``; a backward op carries ``transpose(`` there.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
-
+from collections import Counter
 
 # Instructions of an optimized HLO module that launch nothing: values, views, tuples, ordering
 # tokens and the second halves of asynchronous pairs (the ``-start`` half is the launch).
@@ -14,14 +31,65 @@ _NOT_LAUNCHED = frozenset({
     "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
     "add-dependency", "opt-barrier", "domain", "partition-id", "replica-id", "async-update"})
 _COMPUTATION = re.compile(r"^(ENTRY )?%?([^\s(]+) \(.*\) -> .*\{$")
-_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%?[^\s=]+ = (.*)$")
+_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%?([^\s=]+) = (.*)$")
 _CALLED = re.compile(r"\b(body|condition|to_apply|true_computation|false_computation)=%?([^\s,}]+)")
 _BRANCHES = re.compile(r"\bbranch_computations=\{([^}]*)\}")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_ARRAY = re.compile(r"\b(pred|[subf]\d+|bf16|f8e\w+|c64|c128)\[([\d,]*)\]")
+
+PARTS = ("masking", "embeddings", "encoder forward", "encoder backward", "output layer",
+         "optimizer", "other")
+# named scope -> part; the encoder's backward is told from its forward by ``transpose(``
+_SCOPES = (("masking", "masking"), ("embeddings", "embeddings"), ("output_layer", "output layer"),
+           ("optimizer", "optimizer"), ("encoder", "encoder"))
+_BITS = {"pred": 8, "bf16": 16, "c64": 64, "c128": 128}
 
 
-def _opcode(rhs: str) -> tuple[str, str]:
-    """(opcode, attributes text) of an instruction's right-hand side ``shape opcode(operands), ...``
-    (a tuple shape is parenthesised and may hold spaces)."""
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    name: str
+    opcode: str
+    rest: str  # the text after the opcode's name: operands, attributes, metadata
+    shape: str  # the result shape's text
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One launching instruction of the step: its name, opcode, part, how many times one step runs
+    it, and the bytes it writes and reads (its result and operand arrays)."""
+
+    name: str
+    opcode: str
+    part: str
+    times: int
+    bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StepKernels:
+    """The launches of one step, in program order (``times`` summed: :attr:`total`)."""
+
+    launches: tuple[Launch, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(launch.times for launch in self.launches)
+
+    def by_part(self) -> dict[str, int]:
+        counts = Counter()
+        for launch in self.launches:
+            counts[launch.part] += launch.times
+        return {part: counts.get(part, 0) for part in PARTS}
+
+    def largest(self, n: int = 5) -> list[Launch]:
+        """The ``n`` launches that move the most bytes."""
+        return sorted(self.launches, key=lambda launch: -launch.bytes * launch.times)[:n]
+
+
+def _opcode(rhs: str) -> tuple[str, str, str]:
+    """(opcode, text after it, result shape) of an instruction's right-hand side ``shape
+    opcode(operands), ...`` (a tuple shape is parenthesised and may hold spaces)."""
     start = 0
     if rhs.startswith("("):
         depth = 0
@@ -29,21 +97,31 @@ def _opcode(rhs: str) -> tuple[str, str]:
             depth += (char == "(") - (char == ")")
             if depth == 0:
                 break
-    rest = rhs[rhs.index(" ", start) + 1:]
-    opcode = rest[:rest.index("(")]
-    return opcode, rest
+    cut = rhs.index(" ", start)
+    rest = rhs[cut + 1:]
+    return rest[:rest.index("(")], rest, rhs[:cut]
 
 
-def kernels_per_step(hlo_text: str) -> int:
-    """Kernel launches of one run of an optimized HLO module (``compiled.as_text()`` or XLA's
-    ``*after_optimizations.txt`` dump). The rule: every instruction of the entry computation counts
-    one (a fusion, a custom call such as a cuBLAS GEMM or a Pallas kernel, a collective, a copy, an
-    unfused op), except those in ``_NOT_LAUNCHED`` and the ``*-done`` halves of asynchronous pairs;
-    a ``while`` counts its condition's and its body's launches once each (not times the trip count,
-    as XLA's cost analysis counts a loop body once, so a dispatch that scans K steps counts one
-    step), a ``conditional`` its largest branch's, a ``call`` its callee's (XLA:GPU's command
-    buffers are calls). Computations called inside a fusion or as a reducer launch nothing."""
-    computations: dict[str, list[tuple[str, str]]] = {}
+def _array_bytes(shape_text: str) -> int:
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape_text):
+        bits = _BITS.get(dtype) or int(re.sub(r"\D", "", dtype)[:3] or 8)
+        total += math.prod(int(d) for d in dims.split(",") if d) * bits // 8
+    return total
+
+
+def part_of(op_name: str) -> str:
+    """The step part an instruction's ``op_name`` belongs to (:data:`PARTS`)."""
+    for scope, part in _SCOPES:
+        if re.search(rf"(^|[/(]){scope}([/)]|$)", op_name):
+            if part == "encoder":
+                return "encoder backward" if "transpose(" in op_name else "encoder forward"
+            return part
+    return "other"
+
+
+def _parse(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
+    computations: dict[str, list[Instruction]] = {}
     entry, current = None, None
     for line in hlo_text.splitlines():
         header = _COMPUTATION.match(line)
@@ -54,35 +132,72 @@ def kernels_per_step(hlo_text: str) -> int:
         if line.startswith("}"):
             current = None
         elif current is not None and (instruction := _INSTRUCTION.match(line)):
-            current.append(_opcode(instruction[1]))
+            current.append(Instruction(instruction[1], *_opcode(instruction[2])))
     if entry is None:
         raise ValueError("no ENTRY computation in this HLO text")
-    counted: dict[str, int] = {}
-
-    def launches(name: str) -> int:
-        if name not in counted:
-            counted[name] = 0  # a computation that calls itself counts once
-            total = 0
-            for opcode, rest in computations.get(name, []):
-                called = dict((key, value) for key, value in _CALLED.findall(rest))
-                if opcode == "while":
-                    total += launches(called["condition"]) + launches(called["body"])
-                elif opcode == "conditional":
-                    branches = _BRANCHES.search(rest)
-                    names = ([b.strip().lstrip("%") for b in branches[1].split(",")] if branches
-                             else [called["true_computation"], called["false_computation"]])
-                    total += max(launches(b) for b in names)
-                elif opcode == "call":
-                    total += launches(called["to_apply"])
-                elif opcode not in _NOT_LAUNCHED and not opcode.endswith("-done"):
-                    total += 1
-            counted[name] = total
-        return counted[name]
-
-    return launches(entry)
+    return computations, entry
 
 
-def compiled_kernels(jitted, *args) -> int:
+def step_kernels(hlo_text: str, steps_per_dispatch: int = 1) -> StepKernels:
+    """The launches of one step of an optimized HLO module (the rule: the module docstring)."""
+    computations, entry = _parse(hlo_text)
+    shapes = {ins.name: ins.shape for body in computations.values() for ins in body}
+    expanded: dict[str, list[Launch]] = {}
+
+    def launches(name: str, top: bool) -> list[Launch]:
+        if name in expanded:
+            return expanded[name]
+        expanded[name] = []  # a computation that calls itself counts once
+        found: list[Launch] = []
+        for ins in computations.get(name, []):
+            called = dict(_CALLED.findall(ins.rest))
+            if ins.opcode == "while":
+                trips = _TRIP_COUNT.search(ins.rest)
+                times = int(trips[1]) if trips else 1
+                if top and times == steps_per_dispatch:
+                    times = 1  # the dispatch loop: one step
+                inner = launches(called["condition"], False) + launches(called["body"], False)
+                found += [dataclasses.replace(launch, times=launch.times * times)
+                          for launch in inner]
+            elif ins.opcode == "conditional":
+                branches = _BRANCHES.search(ins.rest)
+                names = ([b.strip().lstrip("%") for b in branches[1].split(",")] if branches
+                         else [called["true_computation"], called["false_computation"]])
+                found += max((launches(b, False) for b in names),
+                             key=lambda ls: sum(launch.times for launch in ls))
+            elif ins.opcode == "call":
+                found += launches(called["to_apply"], top)
+            elif ins.opcode not in _NOT_LAUNCHED and not ins.opcode.endswith("-done"):
+                op_name = _OP_NAME.search(ins.rest)
+                operands = re.findall(r"%([^\s,()]+)", ins.rest[:ins.rest.find(")")])
+                size = _array_bytes(ins.shape) + sum(_array_bytes(shapes.get(o, ""))
+                                                     for o in operands)
+                found.append(Launch(ins.name, ins.opcode, part_of(op_name[1] if op_name else ""),
+                                    1, size))
+        expanded[name] = found
+        return found
+
+    return StepKernels(tuple(launches(entry, True)))
+
+
+def kernels_per_step(hlo_text: str, steps_per_dispatch: int = 1) -> int:
+    """Kernel launches of one step of an optimized HLO module (:func:`step_kernels`' total)."""
+    return step_kernels(hlo_text, steps_per_dispatch).total
+
+
+def compiled_kernels(jitted, *args, steps_per_dispatch: int = 1) -> int:
     """:func:`kernels_per_step` of ``jitted`` compiled for ``args`` (after :func:`compiled_cost`
     of the same arguments, JAX returns the compiled executable without compiling again)."""
-    return kernels_per_step(jitted.lower(*args).compile().as_text())
+    return kernels_per_step(jitted.lower(*args).compile().as_text(), steps_per_dispatch)
+
+
+def format_parts(kernels: StepKernels, largest: int = 5) -> list[str]:
+    """The by-part table and the largest launches, as lines for a report."""
+    lines = [f"  kernels per step   {kernels.total} (launches in the optimized HLO, one step)"]
+    lines += [f"    {part:<18} {count}" for part, count in kernels.by_part().items()]
+    if largest:
+        lines.append(f"  largest kernels    (bytes written + read, of {len(kernels.launches)})")
+        lines += [f"    {launch.name:<34} {launch.part:<17} {launch.bytes / 2**20:8.2f} MiB"
+                  + (f" x{launch.times}" if launch.times > 1 else "")
+                  for launch in kernels.largest(largest)]
+    return lines

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from minilm_jax.model import target_platform
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.init import make_initializers
 from minilm_jax.model.layers import dropout, gelu_exact, make_layer_norm, make_linear
@@ -46,7 +47,7 @@ class MlmHead(nnx.Module):
     def __call__(self, hidden_bth: jax.Array, positions: jax.Array) -> jax.Array:
         """Logits at ``positions`` (``[B, P]`` -> ``[B, P, V]``; packed ``[N]`` -> ``[N, V]``)."""
         x = self.features(hidden_bth, positions)
-        if jax.default_backend() != "cpu":
+        if target_platform.platform() != "cpu":
             return self.decoder(x)
         # On CPU the output layer runs as one 2-D GEMM with the bias folded in ([x, 1] @ [W; b]):
         # the bias gradient then comes out of the weight-gradient GEMM instead of a column

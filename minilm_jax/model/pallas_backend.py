@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
-import jax
+from minilm_jax.model import target_platform
 
 
 def interpret() -> bool:
     """Whether the kernels run in Pallas' interpreter (no GPU backend)."""
-    return jax.default_backend() != "gpu"
+    return target_platform.platform() != "gpu"
 
 
 def compiler_params():

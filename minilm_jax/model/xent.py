@@ -20,12 +20,14 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from minilm_jax.model import target_platform
+
 
 def resolve_loss_impl(impl: str) -> str:
     """``auto`` -> ``fused`` on the CPU backend, ``kernel`` on GPUs (the Pallas output layer of
     :mod:`minilm_jax.model.xent_kernel`), ``logits`` elsewhere (TPU)."""
     if impl == "auto":
-        return {"cpu": "fused", "gpu": "kernel"}.get(jax.default_backend(), "logits")
+        return {"cpu": "fused", "gpu": "kernel"}.get(target_platform.platform(), "logits")
     return impl
 
 

@@ -14,6 +14,7 @@ from typing import Callable
 import jax
 
 from minilm_jax.errors import UserError
+from minilm_jax.model import target_platform
 
 MEMBER_STRATEGIES = ("auto", "vmap", "map")
 
@@ -24,7 +25,7 @@ def members_strategy(members: str = "auto", field: str = "members") -> str:
     if members not in MEMBER_STRATEGIES:
         raise UserError(f"{field}={members!r}: must be one of {', '.join(MEMBER_STRATEGIES)}")
     if members == "auto":
-        return "map" if jax.default_backend() == "cpu" else "vmap"
+        return "map" if target_platform.platform() == "cpu" else "vmap"
     return members
 
 

@@ -44,8 +44,9 @@ def make_update(graphdef: nnx.GraphDef) -> Callable[..., tuple[TrainState, dict]
         params = state["params"]
         micro, b, t = batch["tokens"].shape
         # Masks are drawn for the whole global batch at once: identical for any micro-batching.
-        masked = mask_tokens(k_mask, batch["tokens"].reshape(micro * b, t),
-                             batch["segments"].reshape(micro * b, t), masking)
+        with jax.named_scope("masking"):  # the parts kernels are counted by (hlo_kernels)
+            masked = mask_tokens(k_mask, batch["tokens"].reshape(micro * b, t),
+                                 batch["segments"].reshape(micro * b, t), masking)
         masked = jax.tree.map(lambda x: x.reshape(micro, b, *x.shape[1:]), masked)
 
         def micro_grads(rest, mb: MaskedBatch, segments_bt, index):
@@ -67,13 +68,15 @@ def make_update(graphdef: nnx.GraphDef) -> Callable[..., tuple[TrainState, dict]
             (grads, loss_sum, count, rest), _ = jax.lax.scan(
                 accumulate, (zeros, jnp.zeros(()), jnp.zeros(()), state["rest"]),
                 (masked, batch["segments"], jnp.arange(micro)))
-        denom = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g: g / denom, grads)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        new_state = {"params": optax.apply_updates(params, updates), "rest": rest,
-                     "opt_state": opt_state, "step": state["step"] + 1}
+        with jax.named_scope("optimizer"):
+            denom = jnp.maximum(count, 1.0)
+            grads = jax.tree.map(lambda g: g / denom, grads)
+            updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+            new_state = {"params": optax.apply_updates(params, updates), "rest": rest,
+                         "opt_state": opt_state, "step": state["step"] + 1}
+            grad_norm = optax.global_norm(grads)
         # predictions / maskable: the realised mask rate (summed over log windows and runs)
-        metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss_sum / denom, "grad_norm": grad_norm,
                    "lr": schedule(state["step"]), "predictions": count,
                    "tokens": jnp.sum(batch["segments"] != 0),
                    "maskable": jnp.sum(maskable_positions(batch["tokens"], batch["segments"],

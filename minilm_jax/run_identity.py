@@ -11,7 +11,11 @@ every checkpoint), and held against what the run is asked to be whenever it is r
 - the source of the user modules its model is built from (``model_code``:
   :mod:`minilm_jax.model.code_identity`), compared module by module by sha256 (not by where the
   file is);
-- the library version (``library.version``).
+- the library version (``library.version``), held by one rule (:func:`version_change`): an
+  output (a run's record, a sweep's unit, a run read by fine-tuning, evals or export) written by
+  another version is not a change of the model's code; it is said once, in one line naming both
+  versions, and the work goes on, recording ``library_version_changes`` in what it writes
+  (``MINILM_HOLD_LIBRARY_VERSION=1``: refused in one line instead).
 
 So a run root moved or copied (another disk, a cluster, a bucket) resumes and reads, while an
 edited labels file, a rebuilt shard set or a changed checkpoint is one ``error:`` line naming what
@@ -35,7 +39,9 @@ INPUTS = "inputs."
 LIBRARY_VERSION = "library.version"
 MODEL_CODE = "model_code"
 CODE_CHANGES = "model_code_changes"  # accepted changes of code (a record, not identity)
-NOT_IDENTITY = (*LOCATION_FIELDS, CODE_CHANGES)
+VERSION_CHANGES = "library_version_changes"  # outputs of another version gone on from (a record)
+HOLD_VERSION_ENV = "MINILM_HOLD_LIBRARY_VERSION"  # =1: an output of another version is refused
+NOT_IDENTITY = (*LOCATION_FIELDS, CODE_CHANGES, VERSION_CHANGES)
 # Keys added after runs were recorded: a record without them is not held to them.
 RECORDED_LATER = (INPUTS, LIBRARY_VERSION)
 # What each input's bytes came from, for the error line.
@@ -60,6 +66,45 @@ def library_version() -> str:
         return metadata.version("minilm-jax")
     except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
         return "unknown"
+
+
+def version_held() -> bool:
+    """Whether :data:`HOLD_VERSION_ENV` holds every output to the library version that wrote it."""
+    return os.environ.get(HOLD_VERSION_ENV, "") not in ("", "0")
+
+
+_NOTED: set[tuple[str, str]] = set()  # library version changes already said by this process
+
+
+def version_change(recorded: Any, where: str, current: str | None = None) -> list[str]:
+    """The library version rule, the same for a run resumed or run again, a sweep's unit reused
+    and a run read: ``where`` written by minilm-jax ``recorded``, another version than
+    ``current`` (this one), is not a change of the model's code. Returns ``["minilm-jax A ->
+    B"]`` for the caller to record (:data:`VERSION_CHANGES`), said once per process and pair of
+    versions in one ``note:`` line; ``[]`` for the same version or none recorded. With
+    :data:`HOLD_VERSION_ENV` set: one ``error:`` line instead (:class:`UserError`)."""
+    current = library_version() if current is None else str(current)
+    if recorded is None or str(recorded) == current:
+        return []
+    if version_held():
+        raise UserError(f"{where} was written by minilm-jax {recorded}, this is minilm-jax "
+                        f"{current}, and {HOLD_VERSION_ENV}=1 holds every output to the library "
+                        f"version that wrote it: install minilm-jax {recorded}, use a new "
+                        f"workdir, or unset {HOLD_VERSION_ENV} to go on (recorded)")
+    if (str(recorded), current) not in _NOTED:
+        _NOTED.add((str(recorded), current))
+        print(f"note: {where} was written by minilm-jax {recorded}, this is minilm-jax {current}: "
+              "a library version change, not a change of the model's code; going on (recorded "
+              f"as {VERSION_CHANGES})", flush=True)
+    return [f"minilm-jax {recorded} -> {current}"]
+
+
+def read_versions(flat: Mapping[str, Any], where: str) -> list[str]:
+    """What a reader (fine-tuning, evals, export, ``load_run``) records of the library versions of
+    the run it reads (``flat``: its ``config.json``): the changes that run recorded, then this
+    reading's own (:func:`version_change`)."""
+    return list(dict.fromkeys([*(flat.get(VERSION_CHANGES) or []),
+                               *version_change(flat.get(LIBRARY_VERSION), where)]))
 
 
 def _digest(payload: Any) -> str:
@@ -202,19 +247,29 @@ _WARNED: set[str] = set()  # accepted changes already printed by this process
 
 def hold(saved: Mapping[str, Any], current: dict[str, Any], ignore: Iterable[str] = (),
          defaults: Mapping[str, Any] | None = None, where: str = "the run") -> list[str]:
-    """Hold ``current`` to the ``saved`` record: a change of the model's code or of the library
-    version is refused in one line naming the files, unless accepted (``MINILM_ACCEPT_CODE_CHANGE=1``:
-    then it is printed once and recorded in ``current[CODE_CHANGES]``); the other differing keys
-    are returned for the caller to refuse in its own words."""
+    """Hold ``current`` to the ``saved`` record: a change of the model's code is refused in one
+    line naming the files, unless accepted (``MINILM_ACCEPT_CODE_CHANGE=1``: then it is printed
+    once and recorded in ``current[CODE_CHANGES]``); a record of another library version goes on
+    by :func:`version_change` (said once, recorded in ``current[VERSION_CHANGES]``); the other
+    differing keys are returned for the caller to refuse in its own words."""
     keys = differences(saved, current, ignore, defaults)
-    code = [k for k in keys if k in (MODEL_CODE, LIBRARY_VERSION)]
-    if not code:
-        if saved.get(CODE_CHANGES):
-            current[CODE_CHANGES] = list(saved[CODE_CHANGES])
-        return keys
+    version = LIBRARY_VERSION in keys
+    keys = [k for k in keys if k != LIBRARY_VERSION]
+    if MODEL_CODE in keys:
+        _hold_code(saved, current, where)
+    elif saved.get(CODE_CHANGES):
+        current[CODE_CHANGES] = list(saved[CODE_CHANGES])
+    before = list(saved.get(VERSION_CHANGES) or [])
+    now = version_change(saved.get(LIBRARY_VERSION), where, current.get(LIBRARY_VERSION)
+                         ) if version else []
+    if before or now:
+        current[VERSION_CHANGES] = before + [c for c in now if c not in before]
+    return [k for k in keys if k != MODEL_CODE]
+
+
+def _hold_code(saved: Mapping[str, Any], current: dict[str, Any], where: str) -> None:
+    """Refuse ``current``'s changed model code, or (accepted) say it once and record it."""
     changes = code_changes(saved.get(MODEL_CODE), current.get(MODEL_CODE) or {})
-    if LIBRARY_VERSION in code:
-        changes.append(f"minilm-jax {saved.get(LIBRARY_VERSION)} -> {current.get(LIBRARY_VERSION)}")
     arch = current.get("model.arch") or current.get("model_built", {}).get("arch", "?")
     text = "; ".join(changes)
     if not accepted():
@@ -226,4 +281,3 @@ def hold(saved: Mapping[str, Any], current: dict[str, Any], ignore: Iterable[str
         print(f"warning: {ACCEPT_ENV}=1: {where} goes on with changed code: {text}", flush=True)
     before = list(saved.get(CODE_CHANGES) or [])
     current[CODE_CHANGES] = before + [c for c in changes if c not in before]
-    return [k for k in keys if k not in code]

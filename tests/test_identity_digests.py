@@ -1,9 +1,10 @@
 """A run's identity (minilm_jax/run_identity.py, minilm_jax/model/code_identity.py,
 minilm_jax/sweep/unit_identity.py) one field at a time: each digest changes when exactly one thing
 it stands for changes (a label, one split's sha256, one file's bytes in a folder of fixed file
-names) and is compared against a sha256 computed here; a key only the current identity has, a
-library version, earlier accepted code changes, a module imported as ``from pkg import module``
-and a recorded module deleted since are each held; a finished sweep's fine-tuning unit is held to
+names) and is compared against a sha256 computed here; a key only the current identity has,
+earlier accepted code changes, a module imported as ``from pkg import module`` and a recorded
+module deleted since are each held; a library version change goes on, said once and recorded
+(held only where the user asks); a finished sweep's fine-tuning unit is held to
 its task data and its checkpoint's bytes. Unit tests: nothing is trained."""
 
 from __future__ import annotations
@@ -106,18 +107,25 @@ def test_a_checkpoint_folder_of_fixed_file_names_is_known_by_its_bytes(tmp_path)
     assert checkpoint_digest(by_hand, 1) != after  # another step: another checkpoint
 
 
-def test_a_library_version_change_is_a_code_change(monkeypatch, capsys):
+def test_a_library_version_change_is_not_a_code_change(monkeypatch, capsys):
     saved = {"model.arch": "roberta", LIBRARY_VERSION: "1.0"}
     current = {"model.arch": "roberta", LIBRARY_VERSION: "1.1"}
     monkeypatch.delenv(code_identity.ACCEPT_ENV, raising=False)
-    with pytest.raises(UserError, match=r"model\.arch=roberta changed since the run was "
-                                        r"recorded: minilm-jax 1\.0 -> 1\.1; "):
+    monkeypatch.delenv(run_identity.HOLD_VERSION_ENV, raising=False)
+    monkeypatch.setattr(run_identity, "_NOTED", set())
+    went_on = dict(current)
+    assert hold(saved, went_on) == []  # goes on: not a config difference, not the model's code
+    assert went_on[run_identity.VERSION_CHANGES] == ["minilm-jax 1.0 -> 1.1"]
+    assert CODE_CHANGES not in went_on
+    again = dict(current)
+    assert hold(saved, again) == [] and again[run_identity.VERSION_CHANGES] == [
+        "minilm-jax 1.0 -> 1.1"]
+    notes = [line for line in capsys.readouterr().out.splitlines() if "1.0" in line]
+    assert len(notes) == 1 and "1.1" in notes[0]  # said once per process
+    monkeypatch.setenv(run_identity.HOLD_VERSION_ENV, "1")
+    with pytest.raises(UserError, match=r"was written by minilm-jax 1\.0, this is minilm-jax "
+                                        r"1\.1, and MINILM_HOLD_LIBRARY_VERSION=1 holds"):
         hold(saved, dict(current))
-    monkeypatch.setenv(code_identity.ACCEPT_ENV, "1")
-    accepted = dict(current)
-    assert hold(saved, accepted) == []  # not left to the caller as a config difference
-    assert accepted[CODE_CHANGES] == ["minilm-jax 1.0 -> 1.1"]
-    assert "minilm-jax 1.0 -> 1.1" in capsys.readouterr().out
 
 
 def test_accepted_code_changes_are_kept_on_every_later_resume(monkeypatch):

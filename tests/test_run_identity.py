@@ -437,3 +437,219 @@ def test_a_loop_shared_variant_with_a_helper_module_and_a_field_is_held_to_its_c
     finally:
         for name in ("loop_user", "loop_user_blocks"):
             sys.modules.pop(name, None)
+
+
+DYNAMIC_ENCODER = '''
+import importlib
+
+from minilm_jax.model.encoder import TransformerEncoder
+from minilm_jax.model.layers import EncoderLayer
+
+
+class DynamicLayer(EncoderLayer):
+    def __call__(self, x, *args, **kwargs):  # a helper named by a string, imported when called
+        scale = importlib.import_module("dynlab.dynhelper").scale()
+        return super().__call__(x * scale, *args, **kwargs)
+
+
+class DynamicEncoder(TransformerEncoder):
+    layer_class = DynamicLayer
+'''
+
+
+def test_a_helper_imported_inside_a_layers_call_is_recorded_and_held(runs, tmp_path,
+                                                                     monkeypatch):
+    """A layer that loads its helper with ``importlib.import_module`` in ``__call__`` (no import
+    statement names it): the helper's file is recorded by its sha256 (computed here), and the
+    helper edited after training is refused on resume and by readers, naming its file (it
+    resumed on the new code, rc 0, before). Restored: the run resumes."""
+    import hashlib
+
+    from minilm_jax.runs.pretrained import PretrainedRun
+
+    package = tmp_path / "dynlab"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "enc.py").write_text(DYNAMIC_ENCODER)
+    helper = package / "dynhelper.py"
+    helper.write_text("def scale():\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    fields = {"model.arch": "dynlab.enc:DynamicEncoder"}
+    try:
+        root = tmp_path / "p"
+        shutil.copytree(runs["root"] / "shards", root / "shards")
+        run = pretrain(root, "run", **fields)
+        code = json.loads((run / "config.json").read_text())["model_code"]
+        assert code["dynlab.dynhelper"] == {
+            "file": str(helper), "sha256": hashlib.sha256(helper.read_bytes()).hexdigest()}
+        before = code["dynlab.dynhelper"]["sha256"]
+        original = helper.read_text()
+        helper.write_text(original.replace("1.0", "0.5"))
+        after = hashlib.sha256(helper.read_bytes()).hexdigest()
+        for name in ("dynlab", "dynlab.enc", "dynlab.dynhelper"):  # as a new process would
+            sys.modules.pop(name, None)
+        line = rf"dynlab\.dynhelper \({helper}\): sha256 {before[:12]} -> {after[:12]}"
+        with pytest.raises(UserError, match=line) as refused:
+            pretrain(root, "run", **fields)
+        assert "\n" not in str(refused.value)
+        with pytest.raises(UserError, match=line):
+            PretrainedRun.open(run)
+        helper.write_text(original)
+        pretrain(root, "run", **fields)  # the recorded code again: resumes (already finished)
+    finally:
+        for name in ("dynlab", "dynlab.enc", "dynlab.dynhelper"):
+            sys.modules.pop(name, None)
+
+
+def test_a_module_shadowed_by_another_file_is_named_by_the_file_now_imported(tmp_path,
+                                                                              monkeypatch):
+    """The variant's helper recorded from one folder; another ``shadow_helper.py`` put earlier on
+    the path: refused naming the file imported now (and the recorded one), with the sha256 of
+    each (computed here). Before, only the recorded file (unchanged) was named."""
+    import hashlib
+
+    from minilm_jax.model.code_identity import arch_code, check_code
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    (first / "shadow_variant.py").write_text(
+        "import shadow_helper\nfrom minilm_jax.model.encoder import TransformerEncoder\n\n\n"
+        "class ShadowEncoder(TransformerEncoder):\n    width = shadow_helper.WIDTH\n")
+    (first / "shadow_helper.py").write_text("WIDTH = 3\n")
+    (second / "shadow_helper.py").write_text("WIDTH = 4\n")
+    monkeypatch.syspath_prepend(str(first))
+    importlib.invalidate_caches()
+    arch = "shadow_variant:ShadowEncoder"
+    try:
+        recorded = arch_code(arch)
+        assert recorded["shadow_helper"]["file"] == str(first / "shadow_helper.py")
+        monkeypatch.syspath_prepend(str(second))  # earlier on the path: shadows the first
+        for name in ("shadow_variant", "shadow_helper"):
+            sys.modules.pop(name, None)
+        importlib.invalidate_caches()
+        sha = {d: hashlib.sha256((d / "shadow_helper.py").read_bytes()).hexdigest()[:12]
+               for d in (first, second)}
+        with pytest.raises(UserError) as refused:
+            check_code(recorded, arch, "the run in /r")
+        message = str(refused.value)
+        assert (f"shadow_helper ({second / 'shadow_helper.py'}, imported now in place of the "
+                f"recorded {first / 'shadow_helper.py'}): sha256 {sha[first]} -> {sha[second]}"
+                in message), message
+        assert "shadow_variant" not in message.split("since")[1]  # the variant is unchanged
+    finally:
+        for name in ("shadow_variant", "shadow_helper"):
+            sys.modules.pop(name, None)
+
+
+def test_a_variants_pytorch_twin_is_part_of_its_recorded_code(tmp_path, monkeypatch):
+    """``torch_twin`` (the variant's PyTorch file, relative to its module): recorded as
+    ``torch_twin:<stem>`` by its sha256 (computed here); an edited twin is named by readers
+    (export reads through them); a variant without one records none."""
+    import hashlib
+
+    from minilm_jax.model.code_identity import arch_code, check_code
+
+    (tmp_path / "twin_variant.py").write_text(
+        "from minilm_jax.model.encoder import TransformerEncoder\n\n\n"
+        "class TwinEncoder(TransformerEncoder):\n    torch_twin = 'modeling_twin.py'\n\n\n"
+        "class NoTwinEncoder(TransformerEncoder):\n    pass\n")
+    twin = tmp_path / "modeling_twin.py"
+    twin.write_text("BUCKETS = 'left to right'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        code = arch_code("twin_variant:TwinEncoder")
+        assert code["torch_twin:modeling_twin"] == {
+            "file": str(twin), "sha256": hashlib.sha256(twin.read_bytes()).hexdigest()}
+        assert sorted(arch_code("twin_variant:NoTwinEncoder")) == ["twin_variant"]
+        before = code["torch_twin:modeling_twin"]["sha256"]
+        twin.write_text("BUCKETS = 'right to left'\n")
+        after = hashlib.sha256(twin.read_bytes()).hexdigest()
+        with pytest.raises(UserError, match=rf"torch_twin:modeling_twin \({twin}\): sha256 "
+                                            rf"{before[:12]} -> {after[:12]}"):
+            check_code(code, "twin_variant:TwinEncoder", "the run in /r")
+    finally:
+        sys.modules.pop("twin_variant", None)
+
+
+def test_a_library_version_change_is_said_once_and_recorded_by_a_run_a_unit_and_a_reader(
+        runs, tmp_path, monkeypatch, capsys):
+    """A run written by one library version, met by another (faked here): the finished run's
+    command, a sweep's finished unit and fine-tuning (a reader) each go on, say it in one line
+    naming both versions, and record ``minilm-jax A -> B``; with MINILM_HOLD_LIBRARY_VERSION=1
+    each refuses in one line naming both. Before, the run was refused as a change of the model's
+    code, the unit reused without a word and the reader recorded nothing."""
+    import types
+
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
+    from minilm_jax.runs.pretrained import PretrainedRun
+    from minilm_jax.settings.command_line import flatten
+    from minilm_jax.sweep import unit_identity
+    from minilm_jax.sweep.layout import SweepLayout
+
+    written = json.loads((runs["pre"] / "config.json").read_text())["library.version"]
+    newer = f"{written}.post7"
+    change = f"minilm-jax {written} -> {newer}"
+    monkeypatch.setattr(run_identity, "library_version", lambda: newer)
+    monkeypatch.delenv("MINILM_HOLD_LIBRARY_VERSION", raising=False)
+
+    def copy(name: str) -> Path:
+        root = tmp_path / name
+        shutil.copytree(runs["root"] / "shards", root / "shards")
+        shutil.copytree(runs["pre"], root / "run")
+        return root
+
+    def unit(name: str) -> tuple[types.SimpleNamespace, SweepLayout, Path]:
+        layout = SweepLayout(tmp_path / name)
+        run = types.SimpleNamespace(name="tiny", config=pretrain_config(POINT))
+        folder = Path(layout.pretrain_dir("tiny"))
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(
+            {**flatten(run.config), "library.version": written}))
+        (folder / "summary.json").write_text("{}")  # finished: reused, not run
+        return run, layout, folder
+
+    def said() -> list[str]:
+        out = capsys.readouterr().out.splitlines()
+        return [line for line in out if f"minilm-jax {written}" in line and newer in line]
+
+    monkeypatch.setattr(unit_identity, "finetune_jobs", lambda sweep, r, lay: [])
+    labels = labels_file(tmp_path / "labels.csv")
+    reader_config = table_config(copy("reader") / "run", labels, init__mode="pretrained",
+                                 data__cv_folds=0)
+    for hold_version in (False, True):
+        if hold_version:
+            monkeypatch.setenv("MINILM_HOLD_LIBRARY_VERSION", "1")
+        attempts = {  # each on a record of the older version, as the rule's first meeting
+            "run": lambda r=copy(f"run{hold_version}"): pretrain(r, "run"),
+            "unit": lambda u=unit(f"sweep{hold_version}"): unit_identity.changed_units(
+                [u[0]], None, u[1]),
+            "reader": lambda: Finetuner(reader_config, tmp_path / f"ft{hold_version}",
+                                        "pretrained").run()}
+        for what, attempt in attempts.items():
+            monkeypatch.setattr(run_identity, "_NOTED", set(), raising=False)
+            capsys.readouterr()
+            if hold_version:
+                with pytest.raises(UserError) as refused:
+                    attempt()
+                message = str(refused.value)
+                assert f"minilm-jax {written}" in message and newer in message, (what, message)
+                assert "\n" not in message and "code of model" not in message, (what, message)
+                continue
+            result = attempt()
+            assert len(said()) == 1, what  # said once, naming both versions
+            if what == "unit":
+                assert result == []  # reused
+            elif what == "reader":
+                assert result["pretrained"]["library_version_changes"] == [change]
+                recorded = json.loads((tmp_path / "ft" f"{hold_version}" / "config.json"
+                                       ).read_text())
+                assert recorded["library.version"] == newer  # its own output: this version
+    run_record = json.loads((tmp_path / "runFalse" / "run" / "config.json").read_text())
+    unit_record = json.loads((tmp_path / "sweepFalse" / "runs" / "tiny" / "pretrain" /
+                              "config.json").read_text())
+    for record in (run_record, unit_record):  # the same record either way
+        assert record["library.version"] == newer
+        assert record["library_version_changes"] == [change]
+    assert PretrainedRun.open(tmp_path / "runFalse" / "run").library_version_changes == [change]

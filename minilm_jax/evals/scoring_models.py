@@ -59,6 +59,8 @@ def checkpoint_model(workdir: str | Path, which: str = "best", random_seed: int 
         info["arch"] = run.model.arch
     if run.code_changes:  # read with changed encoder code (MINILM_ACCEPT_CODE_CHANGE=1)
         info["code_changes"] = list(run.code_changes)
+    if run.library_version_changes:  # written by another library version than this one
+        info["library_version_changes"] = list(run.library_version_changes)
     flat = json.loads((run_path(workdir) / "config.json").read_text())
     return ScoringModel(tokenizer, mlm_target_logprobs(graphdef, params, rest), info,
                         (graphdef, params, rest), flat, run.model.max_len)

@@ -25,6 +25,7 @@ from minilm_jax.model.accounting import count_params
 from minilm_jax.model.code_identity import ACCEPT_ENV, check_code
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.models import build_mlm
+from minilm_jax.run_identity import read_versions
 from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train.records import RecordError, read_finetune_summary, read_pretrain_summary
@@ -161,6 +162,15 @@ def code_changes_line(changes: list[str]) -> list[tuple[str, str]]:
              f"{ACCEPT_ENV}=1)", "; ".join(dict.fromkeys(changes)))]
 
 
+def version_changes_line(changes: list[str]) -> list[tuple[str, str]]:
+    """The card's line for a run written by another library version than the one exporting it
+    (or gone on across versions: :func:`minilm_jax.run_identity.version_change`)."""
+    if not changes:
+        return []
+    return [("library version changed since the run was written (not the model's code)",
+             "; ".join(dict.fromkeys(changes)))]
+
+
 def _export_pretrained(workdir: str | os.PathLike, out_dir: str | os.PathLike, which: str,
                        tokenizer_path: str, overwrite: bool, command: str) -> Path:
     run = PretrainedRun.open(workdir, which, action="export")
@@ -185,7 +195,8 @@ def _export_pretrained(workdir: str | os.PathLike, out_dir: str | os.PathLike, w
         remote=remote, cfg=run.model, params=count_params(model),
         source=[("run", str(run.workdir)), ("checkpoint", f"{which} (step {run.step})"),
                 ("run status", summary.status if summary else "unfinished (no summary.json)"),
-                *code_changes_line(run.code_changes)],
+                *code_changes_line(run.code_changes),
+                *version_changes_line(run.library_version_changes)],
         data=[("token shards", flat.get("data.shards")),
               ("tokenizer", f"{tokenizer.path} (sha256 {tokenizer.sha256[:12]}, "
                             f"{tokenizer.vocab_size} tokens)"),
@@ -264,6 +275,8 @@ def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.
     pre = summary.pretrained or {}
     code_changes = [*pre.get("code_changes", []), *flat.get("model_code_changes", []),
                     *check_code(flat.get("model_code"), cfg.arch, str(workdir), cfg)]
+    versions = list(dict.fromkeys([*pre.get("library_version_changes", []),
+                                   *read_versions(flat, f"the run in {workdir}")]))
     member = member_index(list(summary.seeds), summary.validation, seed)
     recorded = summary.tokenizer or {}
     tokenizer = _tokenizer(tokenizer_path or recorded.get("path", ""), workdir)
@@ -301,7 +314,7 @@ def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.
                 ("init", summary.init), ("pre-trained run", pre.get("workdir")),
                 ("pre-trained step", pre.get("step")),
                 ("pre-training validation perplexity", pre.get("validation_perplexity")),
-                *code_changes_line(code_changes)],
+                *code_changes_line(code_changes), *version_changes_line(versions)],
         data=[("task", summary.task), ("task data", flat.get("data.dir")),
               *[(f"{split} examples", n) for split, n in (summary.examples or {}).items()],
               ("reported splits", summary.reported_splits),
@@ -313,7 +326,8 @@ def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.
     add_twin_score(facts, workdir, summary, params_which)
     provenance = {"workdir": str(workdir), "task": summary.task, "seed": chosen,
                   "parameters": params_which, "point": cfg.point,
-                  **({"code_changes": code_changes} if code_changes else {})}
+                  **({"code_changes": code_changes} if code_changes else {}),
+                  **({"library_version_changes": versions} if versions else {})}
     files = {CARD_NAME: model_card(facts),
              RUN_CONFIG_NAME: json.dumps(flat, indent=2, sort_keys=True) + "\n"}
     return export_model(model, out_dir, labels=labels, regression=regression,

@@ -28,6 +28,7 @@ from minilm_jax.errors import UserError
 from minilm_jax.model.code_identity import check_code
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import build_mlm
+from minilm_jax.run_identity import read_versions
 from minilm_jax.storage import RunPath, run_path
 from minilm_jax.tokenizer import Tokenizer, load_tokenizer
 from minilm_jax.train.records import RecordError, read_finetune_summary
@@ -58,12 +59,15 @@ class LoadedRun:
     task: str | None = None
     seed: int | None = None
     code_changes: tuple[str, ...] = ()  # encoder code changed since recorded, accepted
+    library_version_changes: tuple[str, ...] = ()  # written by another library version
 
     def describe(self) -> dict[str, Any]:
         """What was loaded, as JSON."""
         return {"kind": self.kind, "workdir": str(self.workdir), "point": self.model_config.point,
                 "arch": self.model_config.arch, "step": self.step, "which": self.which,
-                "task": self.task, "seed": self.seed, "code_changes": list(self.code_changes)}
+                "task": self.task, "seed": self.seed, "code_changes": list(self.code_changes),
+                **({"library_version_changes": list(self.library_version_changes)}
+                   if self.library_version_changes else {})}
 
 
 def _tokenizer(path: str, tokenizer: str | None, workdir: RunPath) -> Tokenizer:
@@ -99,7 +103,8 @@ def load_run(path: str | Path, which: str = "best", seed: int | None = None,
     nnx.update(model, run.model_state())
     return LoadedRun("pretraining", workdir, model, run.model, flat,
                      _tokenizer(run.tokenizer_path, tokenizer, workdir), run.step, which,
-                     code_changes=tuple(run.code_changes))
+                     code_changes=tuple(run.code_changes),
+                     library_version_changes=tuple(run.library_version_changes))
 
 
 def _finetuning(workdir: RunPath, flat: dict[str, Any], which: str, seed: int | None,
@@ -117,6 +122,8 @@ def _finetuning(workdir: RunPath, flat: dict[str, Any], which: str, seed: int | 
     changes = [*((summary.pretrained or {}).get("code_changes") or []),
                *flat.get("model_code_changes", []),
                *check_code(flat.get("model_code"), cfg.arch, str(workdir), cfg)]
+    versions = [*((summary.pretrained or {}).get("library_version_changes") or []),
+                *read_versions(flat, f"the run in {workdir}")]
     member = member_index(list(summary.seeds), summary.validation, seed)
     model = classifier_member(cfg, load_parameters(workdir, FINETUNE_WHICH[which]), member,
                               workdir)
@@ -124,4 +131,5 @@ def _finetuning(workdir: RunPath, flat: dict[str, Any], which: str, seed: int | 
     return LoadedRun("finetuning", workdir, model, cfg, flat,
                      _tokenizer(recorded, tokenizer, workdir), int(summary.steps), which,
                      task=summary.task, seed=int(summary.seeds[member]),
-                     code_changes=tuple(dict.fromkeys(changes)))
+                     code_changes=tuple(dict.fromkeys(changes)),
+                     library_version_changes=tuple(dict.fromkeys(versions)))

@@ -22,6 +22,7 @@ from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.registry import encoder_factory
 from minilm_jax.model.tree_check import (TreeDiff, encoder_shapes, fitting_part, tree_diff,
                                          variant_field_changes)
+from minilm_jax.run_identity import read_versions
 from minilm_jax.runs.running import read_checkpoint, recorded_tokenizer, refuse_population
 from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.tokenizer import Tokenizer
@@ -48,6 +49,9 @@ class PretrainedRun:
     # Changes of a user encoder's code accepted (MINILM_ACCEPT_CODE_CHANGE=1) while the run was
     # trained or now that it is read: every output made from it says so.
     code_changes: list[str] = dataclasses.field(default_factory=list)
+    # Library versions changed since the run was written (minilm_jax.run_identity.read_versions):
+    # said once, recorded by every output made from it.
+    library_version_changes: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def open(cls, workdir: str | os.PathLike, which: str = "best",
@@ -69,6 +73,7 @@ class PretrainedRun:
         model = ModelConfig.from_mapping({k[len("model."):]: v for k, v in flat.items()
                                           if k.startswith("model.")})
         changes = check_code(flat.get("model_code"), model.arch, str(workdir), model)
+        versions = read_versions(flat, f"the run in {workdir}")
         try:  # a running or preempted run has no summary yet: its run_start.json serves
             summary: PretrainSummary | None = read_pretrain_summary(workdir)
         except RecordError:
@@ -77,7 +82,8 @@ class PretrainedRun:
         step, ckpt_dir = find_checkpoint(workdir, which)
         run = cls(workdir, model, str(tok.get("path") or ""), str(tok.get("sha256") or ""), step,
                   ckpt_dir, None, which=which, summary_best=(summary.best if summary else None),
-                  code_changes=[*flat.get("model_code_changes", []), *changes])
+                  code_changes=[*flat.get("model_code_changes", []), *changes],
+                  library_version_changes=versions)
         run._at(step, ckpt_dir)
         return run
 
@@ -187,6 +193,8 @@ class PretrainedRun:
                "tokenizer_sha256": self.tokenizer_sha256}
         if self.code_changes:
             out["code_changes"] = list(self.code_changes)
+        if self.library_version_changes:
+            out["library_version_changes"] = list(self.library_version_changes)
         return out
 
 

@@ -2,7 +2,9 @@
 before anything runs when a unit's workdir was trained with another config (outside run control),
 another architecture, or other inputs (the bytes of its shards, task examples or starting
 checkpoint: :mod:`minilm_jax.run_identity`). A finished unit is skipped, not rebuilt, so this is
-where its reuse is judged."""
+where its reuse is judged, the library version included: units written by another version go on
+by the rule runs and readers follow (:func:`run_identity.version_change`: one line for the sweep,
+each finished unit's record updated as its own command would update it)."""
 
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ import minilm_jax.run_identity as run_identity
 from minilm_jax.data.shards import read_manifest
 from minilm_jax.settings.finetuning import resumable_fields
 from minilm_jax.finetune.task_batches import task_data_digest
-from minilm_jax.run_identity import QUIET_DEFAULTS
+from minilm_jax.run_identity import LIBRARY_VERSION, QUIET_DEFAULTS, VERSION_CHANGES
 from minilm_jax.settings.command_line import flatten
 from minilm_jax.settings.model_fields import model_from_config
 from minilm_jax.settings.pretraining import RESUMABLE_FIELDS
 from minilm_jax.runs.pretrained import PretrainedRun
-from minilm_jax.storage import RunPath, relative_location
+from minilm_jax.storage import RunPath, atomic_write_json, relative_location
 
 from .layout import SweepLayout, finetune_jobs
 from .spec import Run
@@ -79,6 +81,7 @@ def changed_units(runs: list[Run], sweep: ml_collections.ConfigDict, layout: Swe
     config, architecture or inputs (a shared random-init twin named once)."""
     changed = []
     digests: dict[str, Any] = {}  # inputs read by several units: hashed once
+    records: list[tuple[RunPath, dict[str, Any]]] = []  # every unit's record, for its version
 
     def once(key: str, make: Callable[[], Any]) -> Callable[[], Any]:
         return lambda: digests[key] if key in digests else digests.setdefault(key, make())
@@ -87,6 +90,7 @@ def changed_units(runs: list[Run], sweep: ml_collections.ConfigDict, layout: Swe
         pre_dir = layout.pretrain_dir(run.name)
         shards = str(run.config.data.shards)
         saved = recorded(pre_dir)
+        records += [(pre_dir, saved)] if saved is not None else []
         fields = [] if saved is None else (
             changed_fields(saved, run.config, PRETRAIN_RUN_CONTROL)
             + input_changes(saved, run.config, {"inputs.shards": once(
@@ -97,6 +101,7 @@ def changed_units(runs: list[Run], sweep: ml_collections.ConfigDict, layout: Swe
             saved = recorded(job.workdir)
             if saved is None:
                 continue
+            records.append((job.workdir, saved))
             data_key = repr((job.config.task, sorted(job.config.data.to_dict().items())))
             inputs = {"inputs.task_data": once(data_key, lambda c=job.config: task_data_digest(c))}
             if job.init == "pretrained":
@@ -108,4 +113,30 @@ def changed_units(runs: list[Run], sweep: ml_collections.ConfigDict, layout: Swe
             if fields:
                 changed.append(f"{relative_location(job.workdir, layout.root)} "
                                f"({'; '.join(fields[:4])})")
+    if not changed:
+        version_changes(records, layout)
     return list(dict.fromkeys(changed))
+
+
+def version_changes(records: list[tuple[RunPath, dict[str, Any]]], layout: SweepLayout) -> None:
+    """Units recorded by another library version than this one: said once per version in one
+    line naming the sweep (:func:`run_identity.version_change`; refused in one line where the
+    user holds versions), and each finished unit's record updated as its command would update
+    it (``library.version`` now, the change appended to ``library_version_changes``); a unit not
+    finished records it when it resumes."""
+    now = run_identity.library_version()
+    by_version: dict[str, list[tuple[RunPath, dict[str, Any]]]] = {}
+    for workdir, saved in records:
+        if saved.get(LIBRARY_VERSION) is not None and str(saved[LIBRARY_VERSION]) != now:
+            by_version.setdefault(str(saved[LIBRARY_VERSION]), []).append((workdir, saved))
+    for old, units in by_version.items():
+        first = relative_location(units[0][0], layout.root)
+        more = f" and {len(units) - 1} more" if len(units) > 1 else ""
+        change = run_identity.version_change(
+            old, f"the sweep in {layout.root} ({len(units)} unit(s): {first}{more})", now)
+        for workdir, saved in units:
+            if (workdir / "summary.json").exists():
+                before = list(saved.get(VERSION_CHANGES) or [])
+                atomic_write_json(workdir / "config.json", {
+                    **saved, LIBRARY_VERSION: now,
+                    VERSION_CHANGES: before + [c for c in change if c not in before]})

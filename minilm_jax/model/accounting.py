@@ -52,15 +52,28 @@ def count_params(model: nnx.Module) -> ParamCounts:
 @dataclasses.dataclass(frozen=True)
 class VariantCounts:
     """What an encoder variant adds to (negative: removes from) the built-in encoder of the same
-    config: parameters (embedding and the rest) and forward matmul FLOPs per sequence of
-    ``seq_len`` tokens (2 per multiply-add; the paper's training FLOPs take 3x). Declared by its
-    class with ``counts_beyond_baseline(cfg, seq_len)`` (checked against the built tree, exactly,
-    and the traced matmuls: :mod:`minilm_jax.model.count_check`) or derived from them
-    (:func:`derived_counts`)."""
+    config, each a difference from the built-in encoder's closed form (:func:`formula_params`):
+
+    * ``params``: the **non-embedding** parameters beyond it (everything but the word, position
+      and type tables and their LayerNorm; :attr:`non_embedding_params` names it), added to
+      ``ParamCounts.non_embedding``;
+    * ``embedding_params``: the embedding parameters beyond it, added to ``ParamCounts.embedding``
+      (the total moves by both);
+    * ``forward_flops``: forward matmul FLOPs per sequence of ``seq_len`` tokens (2 per
+      multiply-add; the paper's training FLOPs take 3x).
+
+    Declared by its class with ``counts_beyond_baseline(cfg, seq_len)`` (checked against the
+    built tree, exactly, and the traced matmuls: :mod:`minilm_jax.model.count_check`) or derived
+    from them (:func:`derived_counts`)."""
 
     params: int = 0
     embedding_params: int = 0
     forward_flops: float = 0.0
+
+    @property
+    def non_embedding_params(self) -> int:
+        """``params``: the non-embedding parameters beyond the built-in encoder."""
+        return self.params
 
 
 def builtin_arch(cfg: ModelConfig) -> str:

@@ -13,8 +13,8 @@ from flax import nnx
 
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.init import Initializers, make_initializers
-from minilm_jax.model.layers import (EncoderLayer, attention_mask, dropout, gelu_exact,
-                                     make_layer_norm, make_linear, split_key)
+from minilm_jax.model.layers import (EncoderLayer, _depends_on_params, attention_mask, dropout,
+                                     gelu_exact, make_layer_norm, make_linear, split_key)
 
 
 class TransformerEncoder(nnx.Module):
@@ -61,6 +61,24 @@ class TransformerEncoder(nnx.Module):
         (cross-layer sharing): its parameters are then held, counted, trained, checkpointed and
         exported once, and applied at every depth it fills."""
         return [self.layer_class(cfg, init, rngs) for _ in range(cfg.num_layers)]
+
+    def shared_score_bias(self, t: int) -> jax.Array | None:
+        """The once-per-forward attention prior: ``[A, T, T]`` computed once per forward and
+        added by every layer's attention in place of its own ``score_bias`` (e.g. T5's relative
+        bias: one table on the encoder for all layers, gathered once). None in the built-in
+        encoder: each attention's own hook."""
+        return None
+
+    def checked_shared_score_bias(self, t: int) -> jax.Array | None:
+        """:meth:`shared_score_bias` (its shape checked by the attention); one that depends on a
+        parameter is refused under ``attention_impl='flash'`` (its kernels give it no gradient)."""
+        bias_att = self.shared_score_bias(t)
+        if bias_att is not None and self.cfg.attention_impl == "flash" and _depends_on_params(
+                self, lambda module: module.shared_score_bias(t)):
+            raise ConfigError(f"{type(self).__name__}.shared_score_bias depends on parameters, "
+                              "which attention_impl='flash' cannot train (its bias gets no "
+                              "gradient); use attention_impl='einsum', 'xla' or 'cudnn'")
+        return bias_att
 
     def position_rows(self, t: int) -> jax.Array:
         """Position embeddings of positions ``offset .. offset + t - 1`` ``[T, E]``: a slice of the
@@ -111,8 +129,10 @@ class TransformerEncoder(nnx.Module):
         keys = split_key(dropout_key, self.cfg.num_layers + 1)
         x_bth = self.embed(tokens_bt, token_types_bt, segment_ids_bt, keys[0], train)
         mask_b1tt = attention_mask(segment_ids_bt)
+        shared = self.checked_shared_score_bias(tokens_bt.shape[1])  # once per forward
         for layer, key in zip(self.layers, keys[1:]):
-            x_bth = layer(x_bth, mask_b1tt, key)
+            x_bth = (layer(x_bth, mask_b1tt, key) if shared is None
+                     else layer(x_bth, mask_b1tt, key, score_bias=shared))
         if self.cfg.norm_position == "pre":
             x_bth = self.final_norm(x_bth).astype(x_bth.dtype)
         return x_bth

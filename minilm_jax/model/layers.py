@@ -105,31 +105,32 @@ class SelfAttention(nnx.Module):
         or T5-style learned relative buckets). None in the built-in encoder: nothing added."""
         return None
 
-    def checked_score_bias(self, t: int) -> jax.Array | None:
-        """:meth:`score_bias` ``[A, T, T]`` as float32, its shape checked; on the flash path one
-        that depends on a parameter is refused (the kernels give the bias no gradient)."""
-        bias_att = self.score_bias(t, t)
+    def checked_score_bias(self, t: int, shared: jax.Array | None = None) -> jax.Array | None:
+        """:meth:`score_bias` ``[A, T, T]`` (or ``shared``, the encoder's once-per-forward bias)
+        as float32, its shape checked; on the flash path one that depends on a parameter is
+        refused (the kernels give the bias no gradient)."""
+        bias_att = self.score_bias(t, t) if shared is None else shared
         if bias_att is None:
             return None
         want = (self.cfg.num_heads, t, t)
         if tuple(bias_att.shape) != want:
             raise ConfigError(f"{type(self).__name__}.score_bias({t}, {t}) must be [A, Tq, Tk] = "
                               f"{list(want)}, not {list(bias_att.shape)}")
-        if self.cfg.attention_impl == "flash" and _depends_on_params(
+        if self.cfg.attention_impl == "flash" and shared is None and _depends_on_params(
                 self, lambda module: module.score_bias(t, t)):
             raise ConfigError(f"{type(self).__name__}.score_bias depends on parameters, which "
                               "attention_impl='flash' cannot train (its bias gets no gradient); "
                               "use attention_impl='einsum', 'xla' or 'cudnn'")
         return bias_att.astype(jnp.float32)
 
-    def __call__(self, x_bth: jax.Array, mask_b1tt: jax.Array,
-                 key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x_bth: jax.Array, mask_b1tt: jax.Array, key: jax.Array | None = None,
+                 score_bias: jax.Array | None = None) -> jax.Array:
         cfg = self.cfg
         b, t, _ = x_bth.shape
         heads, head_dim = cfg.num_heads, cfg.head_dim
         q_btad, k_btad, v_btad = (a.reshape(b, t, heads, head_dim) for a in self.project_qkv(x_bth))
         q_btad, k_btad = self.position_qk(q_btad, k_btad)
-        bias_att = self.checked_score_bias(t)
+        bias_att = self.checked_score_bias(t, score_bias)
         if cfg.attention_impl == "einsum":
             # Head-major [B, A, T, D] operands: the batched dots run 2-3x faster on CPU than
             # with the head axis between T and D.
@@ -149,8 +150,10 @@ class SelfAttention(nnx.Module):
                                        score_bias=bias_att)
         else:
             if key is not None and cfg.attention_dropout > 0.0:
-                raise ValueError("attention_impl 'xla'/'cudnn' has no attention-probability dropout; "
-                                 "set model.attention_dropout=0 or use attention_impl='einsum'")
+                raise ConfigError(f"model.attention_impl={cfg.attention_impl!r} has no attention-"
+                                  f"probability dropout (model.attention_dropout="
+                                  f"{cfg.attention_dropout:g}): set model.attention_dropout=0 or "
+                                  "use attention_impl='einsum' or 'flash'")
             cudnn = cfg.attention_impl == "cudnn"
             # the bias broadcasts over the batch ([1, A, T, T]); cuDNN adds it (and the mask, as
             # a bias) in the operands' dtype
@@ -192,18 +195,22 @@ class EncoderLayer(nnx.Module):
         self.ffn = self.feed_forward_class(cfg, init, rngs)
         self.ffn_norm = self.make_norm(cfg, cfg.hidden_dim, rngs)
 
-    def __call__(self, x_bth: jax.Array, mask_b1tt: jax.Array,
-                 key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x_bth: jax.Array, mask_b1tt: jax.Array, key: jax.Array | None = None,
+                 score_bias: jax.Array | None = None) -> jax.Array:
+        """``score_bias``: the encoder's once-per-forward attention bias (``shared_score_bias``),
+        handed to the attention in place of its own; None: the attention's own hook."""
         cfg = self.cfg
         k_probs, k_attn, k_ffn = split_key(key, 3)
         dtype = x_bth.dtype
+        shared = {} if score_bias is None else {"score_bias": score_bias}
         if cfg.norm_position == "post":
-            attn = dropout(self.attention(x_bth, mask_b1tt, k_probs), cfg.hidden_dropout, k_attn,
-                           cfg.dropout_rng)
+            attn = dropout(self.attention(x_bth, mask_b1tt, k_probs, **shared), cfg.hidden_dropout,
+                           k_attn, cfg.dropout_rng)
             x_bth = self.attention_norm(x_bth + attn).astype(dtype)
             ffn = dropout(self.ffn(x_bth), cfg.hidden_dropout, k_ffn, cfg.dropout_rng)
             return self.ffn_norm(x_bth + ffn).astype(dtype)
-        attn = self.attention(self.attention_norm(x_bth).astype(dtype), mask_b1tt, k_probs)
+        attn = self.attention(self.attention_norm(x_bth).astype(dtype), mask_b1tt, k_probs,
+                              **shared)
         x_bth = x_bth + dropout(attn, cfg.hidden_dropout, k_attn, cfg.dropout_rng)
         ffn = self.ffn(self.ffn_norm(x_bth).astype(dtype))
         return x_bth + dropout(ffn, cfg.hidden_dropout, k_ffn, cfg.dropout_rng)

@@ -11,6 +11,7 @@ from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.heads import ClassificationHead, MlmHead
 from minilm_jax.model.layers import split_key
 from minilm_jax.model.registry import build_encoder
+from minilm_jax.model.sizes import with_variant_defaults
 
 
 class MaskedLM(nnx.Module):
@@ -79,10 +80,11 @@ class SequenceClassifier(nnx.Module):
 
 
 def build_mlm(cfg: ModelConfig, seed: int = 0) -> MaskedLM:
-    """A freshly initialised masked LM."""
-    return MaskedLM(cfg, rngs=nnx.Rngs(params=seed))
+    """A freshly initialised masked LM (a variant's undeclared fields at their defaults)."""
+    return MaskedLM(with_variant_defaults(cfg), rngs=nnx.Rngs(params=seed))
 
 
 def build_classifier(cfg: ModelConfig, num_labels: int, seed: int = 0) -> SequenceClassifier:
-    """A freshly initialised classifier (regressor when ``num_labels == 1``)."""
-    return SequenceClassifier(cfg, num_labels, rngs=nnx.Rngs(params=seed))
+    """A freshly initialised classifier (regressor when ``num_labels == 1``; a variant's
+    undeclared fields at their defaults)."""
+    return SequenceClassifier(with_variant_defaults(cfg), num_labels, rngs=nnx.Rngs(params=seed))

@@ -87,6 +87,23 @@ def point_fields(point: str) -> dict[str, Any]:
 
 
 def resolve_point(point: str, **overrides: Any) -> ModelConfig:
-    """A frozen ModelConfig for a named point or grammar string, with optional field overrides."""
+    """A frozen ModelConfig for a named point or grammar string, with optional field overrides
+    (a variant's fields not given at their declared defaults: :func:`with_variant_defaults`)."""
     fields = {**point_fields(point), **overrides}
-    return ModelConfig.from_mapping(fields)
+    return with_variant_defaults(ModelConfig.from_mapping(fields))
+
+
+def with_variant_defaults(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with every field its variant declares (``config_fields``) that it does not set at
+    the declared default, as the commands record them (``--config.model.extra.<name>``), so
+    ``cfg.extra_value(name)`` is the same in Python as in a run. A built-in encoder declares
+    none: ``cfg`` itself (nothing imported)."""
+    from minilm_jax.model.registry import encoder_factory, is_library_encoder
+
+    if not cfg.arch or is_library_encoder(cfg.arch):
+        return cfg
+    declared = dict(getattr(encoder_factory(cfg.arch), "config_fields", None) or {})
+    missing = {k: v for k, v in declared.items() if k not in dict(cfg.extra)}
+    if not missing:
+        return cfg
+    return ModelConfig.from_mapping({**cfg.to_dict(), "extra": {**dict(cfg.extra), **missing}})

@@ -111,18 +111,18 @@ def test_a_library_version_change_is_not_a_code_change(monkeypatch, capsys):
     saved = {"model.arch": "roberta", LIBRARY_VERSION: "1.0"}
     current = {"model.arch": "roberta", LIBRARY_VERSION: "1.1"}
     monkeypatch.delenv(code_identity.ACCEPT_ENV, raising=False)
-    monkeypatch.delenv(run_identity.HOLD_VERSION_ENV, raising=False)
-    monkeypatch.setattr(run_identity, "_NOTED", set())
+    monkeypatch.delenv("MINILM_HOLD_LIBRARY_VERSION", raising=False)
+    monkeypatch.setattr(run_identity, "_NOTED", set(), raising=False)
     went_on = dict(current)
     assert hold(saved, went_on) == []  # goes on: not a config difference, not the model's code
-    assert went_on[run_identity.VERSION_CHANGES] == ["minilm-jax 1.0 -> 1.1"]
+    assert went_on["library_version_changes"] == ["minilm-jax 1.0 -> 1.1"]
     assert CODE_CHANGES not in went_on
     again = dict(current)
-    assert hold(saved, again) == [] and again[run_identity.VERSION_CHANGES] == [
+    assert hold(saved, again) == [] and again["library_version_changes"] == [
         "minilm-jax 1.0 -> 1.1"]
     notes = [line for line in capsys.readouterr().out.splitlines() if "1.0" in line]
     assert len(notes) == 1 and "1.1" in notes[0]  # said once per process
-    monkeypatch.setenv(run_identity.HOLD_VERSION_ENV, "1")
+    monkeypatch.setenv("MINILM_HOLD_LIBRARY_VERSION", "1")
     with pytest.raises(UserError, match=r"was written by minilm-jax 1\.0, this is minilm-jax "
                                         r"1\.1, and MINILM_HOLD_LIBRARY_VERSION=1 holds"):
         hold(saved, dict(current))

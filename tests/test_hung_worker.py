@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from bounded_launch import bounded_launch
 from minilm_jax.sweep.launchers import SilenceRule, process_cpu, wait_for_workers
 
 STALE = 1.5  # the claims' stale time of these launches (seconds); heartbeat STALE / 3
@@ -31,13 +32,9 @@ def worker(code: str) -> subprocess.Popen:
 
 
 def launch(procs, monkeypatch, root=None, grace=1.0) -> tuple[list[int], str, float]:
-    """Wait for ``procs`` as the local launcher does: exit codes, what it printed, seconds."""
-    out = io.StringIO()
-    monkeypatch.setattr(sys, "stdout", out)
-    start = time.monotonic()
-    codes = wait_for_workers(procs, SilenceRule(STALE, STALE / 3, grace, root))
-    monkeypatch.undo()
-    return codes, out.getvalue(), time.monotonic() - start
+    """Wait for ``procs`` as the local launcher does: exit codes, what it printed, seconds (the
+    test fails when the launcher has not ended them within 60 s)."""
+    return bounded_launch(procs, SilenceRule(STALE, STALE / 3, grace, root), monkeypatch, 60.0)
 
 
 def terminated(output: str) -> list[tuple[int, int, str]]:

@@ -161,16 +161,32 @@ def test_pallas_names_resolve_aliases_and_nested_imports():
     assert pallas_problem("jax.experimental.pallas.no_such_name") == "missing"
 
 
-def test_a_budget_too_small_skips_every_figure_and_says_so(repo_copy, tmp_path):
-    result = run_command(repo_copy, "HEAD", OUT=str(tmp_path), DEVICE_CHECK_BUDGET_S="1")
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    report = json.loads((tmp_path / "device_check.json").read_text())
-    assert not report["complete"] and len(report["runs"]) == 9
-    assert all(run["status"].startswith("skipped: ") for run in report["runs"])
-    assert all(row["baseline"] is None and row["now"] is None and row["met"] is None
-               for row in report["figures"])
-    text = (tmp_path / "device_check.txt").read_text()
-    assert text.count("not measured") == 2 * 6 + 2 and text.count("n/a") == 2  # flash: now only
+def test_a_budget_too_small_to_measure_anything_is_refused_up_front(repo_copy, tmp_path):
+    """A budget below the shortest measurement's least time (this tree's sweep projection starts
+    with at least its least time and half the time left) is refused in one line before the
+    prerequisites run: exit 2, an earlier check's files in OUT untouched, no worktree left."""
+    from minilm_jax.device_check.targets import figures
+
+    least = 2 * figures(True, tmp_path)[1].min_s
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {name: f"an earlier check's {name}\n" for name in
+               ("device_check.json", "device_check.txt", "device_check.log")}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    start = time.monotonic()
+    result = run_command(repo_copy, "HEAD", OUT=str(out), DEVICE_CHECK_BUDGET_S="3")
+    took = time.monotonic() - start
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1] == (
+        f"error: DEVICE_CHECK_BUDGET_S=3: too small to measure anything (the shortest "
+        f"measurement needs {least:.0f} s, besides the prerequisites' checks); nothing was run "
+        "and OUT is untouched")
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == \
+        result.stderr.splitlines()[-1:] and "Traceback" not in result.stderr
+    assert result.stdout == ""  # no prerequisite ran, nothing was measured
+    assert {p.name: p.read_text() for p in out.iterdir()} == earlier
+    assert len(worktrees(repo_copy)) == 1 and took < 3 + least
 
 
 def test_a_bench_run_past_its_timeout_is_killed_and_keeps_what_it_printed(tmp_path):

@@ -36,7 +36,7 @@ from pathlib import Path
 from minilm_jax.device_check.measuring import measure, measure_sweep
 from minilm_jax.device_check.prerequisites import check_prerequisites, probe
 from minilm_jax.device_check.table import sweep_row, table, target_rows
-from minilm_jax.device_check.targets import figures, sweep_points, sweep_spec
+from minilm_jax.device_check.targets import Sweep, figures, sweep_points, sweep_spec
 from minilm_jax.device_check.trees import REPO, baseline_side, git, map_configs, now_side
 from minilm_jax.errors import UserError, one_line
 
@@ -51,6 +51,7 @@ def run(baseline: str, quick: bool, budget_s: float, out_dir: Path) -> int:
     now, base, scratch = now_side(), None, Path(tempfile.mkdtemp(prefix="device_check-"))
     try:
         figs, sweep = figures(quick, scratch)
+        refuse_small_budget(budget_s, least_budget(sweep))  # before the prerequisites' minute
         base = baseline_side(baseline, scratch)
         sides = [base, now]
         found = check_prerequisites(base, now, quick, options, now_options=["flash", "both"])
@@ -59,6 +60,7 @@ def run(baseline: str, quick: bool, budget_s: float, out_dir: Path) -> int:
               f"{'; quick: tiny sizes' if quick else ''}", flush=True)
         map_configs(str(REPO))
         total = sweep_points(sweep_spec(sweep, REPO))
+        refuse_small_budget(budget_s, least_budget(sweep), deadline - time.monotonic())
         out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / "device_check.log", "w") as log:
             values, runs = measure(sides, figs, sweep.min_s, deadline, scratch, log)
@@ -85,6 +87,27 @@ def run(baseline: str, quick: bool, budget_s: float, out_dir: Path) -> int:
     print(f"\n{text}\n\n{out_dir / 'device_check.json'}: {time.monotonic() - start:.0f} s of "
           f"{budget_s:.0f}{'' if complete else '; some figures were not measured (see runs)'}")
     return 0 if complete else 1
+
+
+def least_budget(sweep: Sweep) -> float:
+    """The least time in which anything can be measured: the shortest measurement is this
+    tree's sweep projection, started only with at least its least time and half the time left
+    (:func:`~minilm_jax.device_check.measuring.measure_sweep`); every figure needs more."""
+    return 2 * sweep.min_s
+
+
+def refuse_small_budget(budget_s: float, least_s: float, left_s: float | None = None) -> None:
+    """Refuse, before ``$OUT`` is touched, a budget in which nothing could be measured: the
+    budget itself (``left_s`` None), or what the prerequisites left of it."""
+    if left_s is None and budget_s < least_s:
+        raise UserError(f"DEVICE_CHECK_BUDGET_S={budget_s:g}: too small to measure anything (the "
+                        f"shortest measurement needs {least_s:.0f} s, besides the prerequisites' "
+                        "checks); nothing was run and OUT is untouched")
+    if left_s is not None and left_s < least_s:
+        raise UserError(f"DEVICE_CHECK_BUDGET_S={budget_s:g}: the prerequisites' checks took "
+                        f"{budget_s - left_s:.0f} s and left {max(left_s, 0):.0f} s, less than "
+                        f"the {least_s:.0f} s the shortest measurement needs; nothing was measured "
+                        "and OUT is untouched")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -27,7 +27,8 @@ from minilm_jax.errors import UserError
 from minilm_jax.model import accounting
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import build_mlm
-from minilm_jax.model.registry import build_encoder, encoder_factory, is_library_encoder
+from minilm_jax.model.registry import (build_encoder, check_variant_fields, encoder_factory,
+                                       is_library_encoder)
 from minilm_jax.model.traced_flops import counting_config, encoder_forward, encoder_matmul_flops
 
 FLOPS_TOLERANCE = 0.02
@@ -96,6 +97,7 @@ def check_declared_counts(cfg: ModelConfig) -> None:
     the variant builds the built-in encoder at this point (:func:`same_as_builtin`)."""
     if is_library_encoder(cfg.arch):
         return
+    check_variant_fields(cfg)  # the variant's own refusal of its fields comes first
     declared = accounting.variant_counts(cfg)  # derived ones: traced here, refused if uncountable
     if accounting.counts_source(cfg) == "declared":
         _check_declaration(cfg, declared)

@@ -17,6 +17,7 @@ from typing import Callable
 
 from flax import nnx
 
+from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.encoder import ConvFrontEncoder, TransformerEncoder
 
@@ -127,5 +128,49 @@ def is_library_encoder(arch: str) -> bool:
 
 
 def build_encoder(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
-    """The encoder named by ``cfg.arch``."""
-    return encoder_factory(cfg.arch)(cfg, rngs=rngs)
+    """The encoder named by ``cfg.arch``. A variant's fields are checked first
+    (:func:`check_variant_fields`); a ``UserError`` or ``ValueError`` its own code raises while it
+    is built (``share_every=3`` at 4 layers) is one :class:`ConfigError` line naming the variant,
+    its fields and the line that raised, not a traceback."""
+    factory = encoder_factory(cfg.arch)
+    if is_library_encoder(cfg.arch):
+        return factory(cfg, rngs=rngs)
+    check_variant_fields(cfg)
+    try:
+        return factory(cfg, rngs=rngs)
+    except (UserError, ValueError) as err:
+        if isinstance(err, ConfigError) or not _raised_by_user(err):
+            raise  # the library's own line, or a bug inside a package: its traceback
+        raise ConfigError(variant_refusal(cfg, err, raised_at(err))) from None
+
+
+def check_variant_fields(cfg: ModelConfig) -> None:
+    """Call the variant's ``check_fields(cfg)`` classmethod, if it declares one, before anything
+    is built or counted: a ``UserError`` or ``ValueError`` it raises (a field value it cannot
+    build, such as a layer-sharing period that does not divide ``num_layers``) is one
+    :class:`ConfigError` line naming the variant and its fields."""
+    if is_library_encoder(cfg.arch):
+        return
+    check = getattr(encoder_factory(cfg.arch), "check_fields", None)
+    if check is None:
+        return
+    try:
+        check(cfg)
+    except (UserError, ValueError) as err:
+        raise ConfigError(variant_refusal(cfg, err)) from None
+
+
+def variant_refusal(cfg: ModelConfig, err: BaseException, where: str = "") -> str:
+    """The one line of a variant that refused its fields: ``model.arch=A (model.extra.F=V, ...):
+    its message`` (and the ``file:line`` that raised, for a refusal from its constructor)."""
+    fields = ", ".join(f"model.extra.{name}={value!r}" for name, value in cfg.extra)
+    message = err.msg if isinstance(err, SyntaxError) else str(err)
+    return (f"model.arch={cfg.arch}{f' ({fields})' if fields else ''}: {message}"
+            + (f" ({where})" if where else ""))
+
+
+def _raised_by_user(err: BaseException) -> bool:
+    """Whether ``err`` was raised by the user's own code (its innermost frame outside this
+    library, the standard library and installed packages)."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<")]
+    return bool(frames) and not os.path.realpath(frames[-1].filename).startswith(installed_roots())

@@ -104,12 +104,16 @@ def test_undecodable_metrics_lines_are_dropped_like_garbled_ones(tmp_path, monke
     assert [(r["step"], r["split"]) for r in metrics_lib.read_metrics(path)] == [(1, "train"),
                                                                                 (2, "train")]
     writer = metrics_lib.MetricsWriter(path.parent, tensorboard=False)
-    assert writer.truncate_after(2) == 1  # the undecodable line, as a garbled one would be
+    dropped = writer.truncate_after(2)  # the undecodable line, as a garbled one would be
+    assert (dropped.total, dropped.later, dropped.lost) == (
+        1, 0, ("line 2, between the records of steps 1 and 2",))
     writer.close()
     assert path.read_bytes() == first + b"\n" + second + b"\n"
     path.write_bytes(first + b"\n" + b"\xff\xfe\n" + b"not json\n" + second + b"\n")
     writer = metrics_lib.MetricsWriter(path.parent, tensorboard=False)
-    assert writer.truncate_after(1) == 3  # both bad lines and the record after step 1
+    dropped = writer.truncate_after(1)  # both bad lines and the record after step 1
+    assert (dropped.total, dropped.later, dropped.lost, dropped.unsure) == (
+        3, 1, (), ("line 2, after the record of step 1", "line 3, after the record of step 1"))
     writer.close()
     assert path.read_bytes() == first + b"\n"
 

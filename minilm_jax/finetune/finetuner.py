@@ -35,7 +35,7 @@ from minilm_jax.tasks.loaders import TaskData
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.mesh import check_batch_divisible, make_mesh
-from minilm_jax.train.population_folders import Each, truncate_members
+from minilm_jax.train.population_folders import Each, drop_garbled_lines, truncate_members
 from minilm_jax.train.run_loop import LoopSpec, Window, open_run, run_loop
 from minilm_jax.train.run_log import MetricsWriter, log_line
 from minilm_jax.train.state import MembersState
@@ -302,6 +302,8 @@ class Finetuner(LoopSpec):
         if summaries is None:
             return None
         self._drop_checkpoints()
+        if self.is_population:  # a member's garbled lines: dropped and noted, as on resume
+            drop_garbled_lines({f.name: f.workdir for f in self.folders})
         where = self.workdir if not self.is_population else f"{len(self.folders)} runs"
         log_line(f"{self.spec.name} ({self.init_mode}): finished earlier in {where}; nothing to "
                  "train (summary.json, predictions/, parameters.npz)")

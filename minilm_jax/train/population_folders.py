@@ -2,7 +2,8 @@
 of its members used as one (:class:`Each`), each member's history cut back to the step the
 population resumes from (:func:`truncate_members`), members whose history or best checkpoint is
 gone refused (the stacked checkpoint holds their state, not their records), and a finished
-population's summary when it is run again (:func:`finished_earlier`: nothing new is written)."""
+population's summary when it is run again (:func:`finished_earlier`: nothing new is written;
+garbled lines of its members' metrics are dropped and noted, :func:`drop_garbled_lines`)."""
 
 from __future__ import annotations
 
@@ -38,18 +39,30 @@ class Each:
         self._each("close")
 
 
-def truncate_members(writers: dict[str, MetricsWriter], step: int) -> int:
-    """Cut each member's metrics history back to ``step`` (the population resumes there), as
-    :func:`~minilm_jax.train.run_loop.restore` cuts a separate run's: records after it and garbled
-    lines are dropped, and a member that lost any is named in a note. Returns how many in all."""
+def truncate_members(writers: dict[str, MetricsWriter], step: int | None) -> int:
+    """Cut each member's metrics history back to ``step`` (the population resumes there; None: it
+    had finished, and only garbled lines go), as :func:`~minilm_jax.train.run_loop.restore` cuts
+    a separate run's: records after it and garbled lines are dropped, and a member that lost any
+    is named in a note saying what was recomputed and what was lost. Returns how many in all."""
     total = 0
     for name, writer in writers.items():
         dropped = writer.truncate_after(step)
-        if dropped:
-            print(f"note: dropped {dropped} metrics record(s) after step {step} (recomputed now) "
-                  f"of member {name}", flush=True)
-        total += dropped
+        for note in dropped.notes(name):
+            print(note, flush=True)
+        total += dropped.total
     return total
+
+
+def drop_garbled_lines(workdirs: dict[str, RunPath]) -> int:
+    """A finished population's members (name -> folder): garbled lines of their metrics files
+    dropped, counted and named in a note (:func:`truncate_members` with no step)."""
+    writers = {name: MetricsWriter(workdir, tensorboard=False)
+               for name, workdir in workdirs.items() if (workdir / "metrics.jsonl").is_file()}
+    try:
+        return truncate_members(writers, None)
+    finally:
+        for writer in writers.values():
+            writer.close()
 
 
 def trained_steps(workdir: RunPath) -> int:
@@ -114,6 +127,7 @@ def finished_earlier(workdir: RunPath, members: Sequence[Member], total_steps: i
         return None
     if keep_best and not all(_has_best(m.workdir) for m in members):
         return None  # a member that lost its best: refused by refuse_lost_bests
+    drop_garbled_lines({m.name: m.workdir for m in members})  # dropped and counted, as on resume
     return summary.to_json()
 
 

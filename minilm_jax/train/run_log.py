@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,21 +70,25 @@ class MetricsWriter:
         table = "\n".join(f"| `{k}` | `{v}` |" for k, v in values.items())
         self._tb.add_text("config", "| field | value |\n| --- | --- |\n" + table, 0)
 
-    def truncate_after(self, step: int) -> int:
-        """Drop the records after ``step`` (a resumed run recomputes them); how many were dropped.
+    def truncate_after(self, step: int | None) -> "Dropped":
+        """Drop the records after ``step`` (a resumed run recomputes them) and every garbled line
+        (torn, undecodable, not a JSON object: its record cannot be read); ``step`` None (a
+        finished run) keeps every readable record. What was dropped, and where: :class:`Dropped`.
         TensorBoard events are append-only and keep them (TensorBoard shows the newest)."""
         if not self.enabled or not self.path.exists():
-            return 0
+            return Dropped(step)
         lines = self._lines if self.remote else _text_lines(self.path.read_bytes())
-        kept = [line for line in lines if _step_of(line) <= step]  # torn or undecodable: dropped
-        if len(kept) == len(lines):
-            return 0
+        dropped = Dropped.of(lines, step)
+        if not dropped:
+            return dropped
+        kept = [line for line in lines if _step_of(line) <= (math.inf if step is None else step)
+                and _record(line) is not None]
         if self.remote:
             self._lines = kept
             self.flush()
         else:
             atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
-        return len(lines) - len(kept)
+        return dropped
 
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -133,6 +139,78 @@ class MetricsWriter:
             self._tb = None
             if self.remote:
                 shutil.rmtree(self._tb_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """What :meth:`MetricsWriter.truncate_after` dropped from a metrics file cut back to ``step``
+    (None: a finished run, nothing after it): ``later``, the records after the step (a resumed
+    run recomputes them; a garbled line after a record past the step is one of them, records
+    being appended in step order); ``lost``, where each garbled line lies that a kept record
+    follows (its record is lost: the run resumes after it); ``unsure``, where each garbled line
+    lies after the last kept record (a record past the step it held is recomputed, one of the
+    step or before is lost)."""
+    step: int | None
+    later: int = 0
+    lost: tuple[str, ...] = ()
+    unsure: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.later + len(self.lost) + len(self.unsure)
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    @classmethod
+    def of(cls, lines: list[str], step: int | None) -> "Dropped":
+        """Classify what cutting ``lines`` back to ``step`` drops."""
+        limit = math.inf if step is None else step
+        steps = [None if _record(line) is None else _step_of(line) for line in lines]
+        later, lost, unsure = 0, [], []
+        for i, value in enumerate(steps):
+            if value is not None:
+                later += value > limit
+                continue
+            before = next((v for v in reversed(steps[:i]) if v is not None), None)
+            after = next((v for v in steps[i + 1:] if v is not None), None)
+            if before is not None and before > limit:
+                later += 1
+            elif after is not None and after <= limit:
+                lost.append(f"line {i + 1}, " + (f"between the records of steps {_n(before)} and "
+                                                 f"{_n(after)}" if before is not None else
+                                                 f"before the record of step {_n(after)}"))
+            else:
+                unsure.append(f"line {i + 1}" + (f", after the record of step {_n(before)}"
+                                                 if before is not None else ""))
+        return cls(step, later, tuple(lost), tuple(unsure))
+
+    def notes(self, member: str = "") -> list[str]:
+        """The ``note:`` lines saying what was dropped (``member``: the population member's
+        name, said in each)."""
+        of = f" of member {member}" if member else ""
+        lines = []
+        if self.later:
+            lines.append(f"note: dropped {self.later} metrics record(s) after step {self.step} "
+                         f"(recomputed now){of}")
+        resumes = ("the run had finished" if self.step is None
+                   else f"the run resumes from step {self.step}")
+        if self.lost:
+            lines.append(f"note: dropped {len(self.lost)} garbled metrics line(s){of} "
+                         f"({'; '.join(self.lost)}): what they recorded is lost, not recomputed "
+                         f"({resumes})")
+        if self.unsure:
+            lines.append(f"note: dropped {len(self.unsure)} garbled metrics line(s){of} "
+                         f"({'; '.join(self.unsure)}): unreadable; " + (
+                             "what they recorded is lost (the run had finished)"
+                             if self.step is None else
+                             f"a record of a step after {self.step} is recomputed now, one of "
+                             f"step {self.step} or earlier is lost"))
+        return lines
+
+
+def _n(step: float) -> str:
+    return str(int(step)) if float(step).is_integer() else str(step)
 
 
 def _py(value: Any) -> Any:

@@ -185,16 +185,15 @@ def check_workdir(workdir: RunPath, current: dict[str, Any], resumable: tuple[st
 
 def restore(ckpts: Checkpoints, writer: MetricsWriter, state: Any) -> tuple[int, Any]:
     """(step, state) of the newest usable checkpoint, or (0, ``state``) when there is none; the
-    metrics history after that step is dropped (it is about to be recomputed)."""
+    metrics history after that step is dropped (it is about to be recomputed), and garbled lines,
+    each said in a note."""
     restored = ckpts.restore_latest(abstract_like(state))
     step = 0 if restored is None else int(restored[0])
     if restored is not None:
         state = restored[1]
         print(f"resumed from checkpoint at step {step}", flush=True)
-    dropped = writer.truncate_after(step)
-    if dropped:
-        print(f"note: dropped {dropped} metrics record(s) after step {step} (recomputed now)",
-              flush=True)
+    for note in writer.truncate_after(step).notes():  # later records; garbled lines (lost)
+        print(note, flush=True)
     return step, state
 
 

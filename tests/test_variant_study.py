@@ -77,7 +77,7 @@ def test_variants_through_a_sweep_fine_tuning_and_zero_shot(zorro_shards, offlin
         forward[arch] = (summary["flops_per_sequence"]["paper"], encoder_matmul_flops(model), model)
         validation = [r for r in rows if r["kind"] == "validation" and r["run"] == name]
         assert [r["step"] for r in validation] == [4, 8]
-        assert all(r.get("arch") == (None if arch == "roberta" else arch)
+        assert all(r.get("arch") == arch
                    and r["params_total"] == tree.total for r in validation)
     base_recorded, base_traced, base_model = forward["roberta"]
     head = accounting.forward_flops_per_sequence(base_model) - accounting.forward_flops_per_sequence(

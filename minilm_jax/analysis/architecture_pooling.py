@@ -1,5 +1,5 @@
 """What a correlation pooled over points of several architectures pools (a variant sweep's
-checkpoints: the ``arch`` of a user's variant, a built-in encoder's rows have none), and the
+checkpoints: the ``arch`` of a user's variant, a built-in encoder's rows one architecture), and the
 correlation within architectures beside it (each architecture's means removed,
 :func:`~minilm_jax.analysis.stats.pearson_within_groups`): a pooled r also measures which
 architecture a point has when the architectures' levels differ. The words are those of the
@@ -12,13 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from minilm_jax.analysis import result_rows
 from minilm_jax.analysis.stats import WithinGroups, pearson_within_groups
 from minilm_jax.analysis.variants import BUILT_IN
 
 
 def row_arch(row: Mapping[str, Any]) -> str:
-    """The architecture of a results row: a user's variant's ``arch``, else :data:`BUILT_IN`."""
-    return str(row.get("arch") or BUILT_IN)
+    """The architecture of a results row: a user's variant's ``arch``, else :data:`BUILT_IN`
+    (:func:`minilm_jax.analysis.result_rows.row_arch`)."""
+    return result_rows.row_arch(row)
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from .result_rows import BUILT_IN, row_arch  # BUILT_IN: the architecture of a built-in's rows
 from .stats import (Gap, MeanSD, PearsonResult, WithinGroups, mean_sd, paired_gap,
                     pearson_fisher, pearson_within_groups)
 
 EXPECTED_SIGN = -1  # lower perplexity, higher score
 SMALL_N = 10
-BUILT_IN = "built-in"  # the architecture of rows without ``arch`` (as analysis.variants names it)
 PER_ARCH_MIN = 4  # checkpoints an architecture needs for its own r (a Fisher-z interval: n > 3)
 
 
@@ -93,7 +93,7 @@ def finetune_runs(rows: Iterable[Mapping[str, Any]]) -> list[FinetuneRun]:
         found[key] = FinetuneRun(
             name, r["point"], _key(r["workdir"]), r["task"], r["init"], r.get("checkpoint_step"),
             fraction, r.get("final_validation_perplexity"), by_seed, float(r["score"]),
-            r.get("majority_score"), r.get("unk_rate"), key, {name}, r.get("arch") or BUILT_IN)
+            r.get("majority_score"), r.get("unk_rate"), key, {name}, row_arch(r))
     return list(found.values())
 
 

@@ -102,12 +102,38 @@ OPTIONAL: dict[str, tuple[Callable[[Any], bool], Any]] = {
     "final_validation_perplexity": (_is_number_or_null, None),
     "pretrain_seed": (_is_number_or_null, None),  # the run's pre-training seed
     "design": (_is_scalar_or_null, None),  # the declared run it replicates (several seeds)
-    "arch": (_is_str, None),  # a user's encoder variant (model.arch); absent: a built-in encoder
+    # the encoder (model.arch): a built-in's name (roberta, bert, bert_conv) or a user's variant;
+    # absent in tables written before built-in rows carried it (read as BUILT_IN: row_arch)
+    "arch": (_is_str, None),
+    "variant_fields": (_is_dict, None),  # a variant's fields (model.extra), defaults included
     "counts_source": (_is_str, None),  # a variant's counts: declared | derived
     # changes of a user encoder's code accepted (MINILM_ACCEPT_CODE_CHANGE=1) while the run was
     # trained or read: the row's numbers come from code other than the run recorded first
     "code_changes": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), None),
 }
+#: The architecture the analyses give every row of one of this library's encoders.
+BUILT_IN = "built-in"
+
+
+def row_arch(row: Mapping[str, Any]) -> str:
+    """The architecture a row's numbers come from, as the analyses compare them: a user's
+    variant's ``arch``, else :data:`BUILT_IN` (a built-in encoder's name, or no ``arch``)."""
+    arch = row.get("arch")
+    if not arch:
+        return BUILT_IN
+    from minilm_jax.model.registry import is_library_encoder  # noqa: PLC0415 (imports jax)
+
+    return BUILT_IN if is_library_encoder(str(arch)) else str(arch)
+
+
+def _canonical(obj: Mapping[str, Any]) -> str:
+    """A row as compared for copies: key order ignored, and a built-in encoder's ``arch``
+    dropped (a table written before built-in rows carried it holds the same row without it)."""
+    if obj.get("arch") and row_arch(obj) == BUILT_IN:
+        obj = {k: v for k, v in obj.items() if k != "arch"}
+    return json.dumps(obj, sort_keys=True)
+
+
 #: Fields that must agree on every row of one run.
 RUN_FIELDS = ("workdir", "point", "group", "base", "factor", "params_total", "params_non_embedding")
 
@@ -234,7 +260,7 @@ def read_results(path: str | Path) -> tuple[list[dict[str, Any]], Duplicates]:
             row = _validate_row(obj, where)
             if row["kind"] != "baseline":
                 _check_run_consistency(row, first_seen, where)
-            canonical = json.dumps(obj, sort_keys=True)  # NaN == NaN here, key order ignored
+            canonical = _canonical(obj)  # NaN == NaN here, key order ignored
             if canonical in by_text:
                 dropped += 1
                 example = example or (number, by_text[canonical])

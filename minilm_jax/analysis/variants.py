@@ -1,5 +1,6 @@
-"""Encoder variants against the built-in encoder in one sweep: each variant run (rows with
-``arch``) paired with the built-in run of the same point, group and pre-training seed; per variant
+"""Encoder variants against the built-in encoder in one sweep: each variant run (rows whose
+``arch`` is a user's variant; its fields, ``variant_fields``, set apart variants of one class)
+paired with the built-in run of the same point, group and pre-training seed; per variant
 and point the final validation perplexity of both over seeds, the variant's gap (paired by
 pre-training seed: the unit of replication), its interval and p-value, and the ratio of their
 training FLOPs per step (the variant's declared, checked counts); and per fine-tuning task the
@@ -13,10 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from minilm_jax.analysis.result_rows import BUILT_IN, row_arch
 from minilm_jax.analysis.results import summarize_runs
 from minilm_jax.analysis.stats import Gap, MeanSD, mean_sd, paired_gap
-
-BUILT_IN = "built-in"
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class VariantComparison:
     variant: MeanSD
     gap: Gap  # variant - baseline, paired by pre-training seed
     flops_ratio: float | None  # variant / baseline training FLOPs per step
+    fields: str = ""  # the variant's field values, ``name=value, ...`` (:func:`fields_text`)
 
 
 @dataclass(frozen=True)
@@ -44,23 +45,32 @@ class DownstreamComparison:
     variant: MeanSD
     gap: Gap  # variant - baseline, paired by pre-training seed
     finetune_seeds: int  # fine-tuning seeds per run (fewest)
+    fields: str = ""  # the variant's field values (:func:`fields_text`)
 
 
-def _arch_and_seed(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, Any]]:
-    out: dict[str, tuple[str, Any]] = {}
+def fields_text(row: Mapping[str, Any]) -> str:
+    """A variant's field values as its rows record them (``variant_fields``), ``name=value, ...``
+    by name; "" for a built-in encoder's rows and rows written before they were recorded."""
+    fields = row.get("variant_fields") or {}
+    return ", ".join(f"{name}={fields[name]!r}" if isinstance(fields[name], str)
+                     else f"{name}={fields[name]}" for name in sorted(fields))
+
+
+def _arch_and_seed(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, str, Any]]:
+    out: dict[str, tuple[str, str, Any]] = {}
     for r in rows:
         if r.get("kind") != "baseline" and r["run"] not in out:
-            out[r["run"]] = (r.get("arch") or BUILT_IN, r.get("pretrain_seed"))
+            out[r["run"]] = (row_arch(r), fields_text(r), r.get("pretrain_seed"))
     return out
 
 
 def _against_built_in(cells: Mapping[tuple[str, ...], dict[Any, Any]]
                       ) -> list[tuple[tuple[str, ...], dict[Any, Any], dict[Any, Any]]]:
-    """``(key, variant runs, built-in runs)`` for each variant cell ``(arch, *rest)`` beside a
-    built-in cell of the same ``rest``; the runs keyed by pre-training seed."""
+    """``(key, variant runs, built-in runs)`` for each variant cell ``(arch, fields, *rest)``
+    beside a built-in cell of the same ``rest``; the runs keyed by pre-training seed."""
     out = []
     for key, variant_runs in sorted(cells.items()):
-        base_runs = cells.get((BUILT_IN, *key[1:]))
+        base_runs = cells.get((BUILT_IN, "", *key[2:]))
         if key[0] != BUILT_IN and base_runs:
             out.append((key, variant_runs, base_runs))
     return out
@@ -72,13 +82,13 @@ def compare_variants(rows: Sequence[Mapping[str, Any]], flops: str = "paper"
     rows hold no variant or no baseline beside it."""
     runs = summarize_runs(rows, flops)
     identity = _arch_and_seed(rows)
-    cells: dict[tuple[str, str, str], dict[Any, Any]] = defaultdict(dict)
+    cells: dict[tuple[str, str, str, str], dict[Any, Any]] = defaultdict(dict)
     for name, run in runs.items():
-        arch, seed = identity.get(name, (BUILT_IN, None))
+        arch, fields, seed = identity.get(name, (BUILT_IN, "", None))
         if run.final_perplexity is not None:
-            cells[(arch, run.point, run.group)][seed if seed is not None else name] = run
+            cells[(arch, fields, run.point, run.group)][seed if seed is not None else name] = run
     out = []
-    for (arch, point, group), variant_runs, base_runs in _against_built_in(cells):
+    for (arch, fields, point, group), variant_runs, base_runs in _against_built_in(cells):
         gap = paired_gap({s: r.final_perplexity for s, r in variant_runs.items()},
                          {s: r.final_perplexity for s, r in base_runs.items()})
         per_step = [[r.flops_per_step for r in side.values() if r.flops_per_step]
@@ -87,7 +97,8 @@ def compare_variants(rows: Sequence[Mapping[str, Any]], flops: str = "paper"
             if all(per_step) else None
         out.append(VariantComparison(
             arch, point, group, mean_sd([r.final_perplexity for r in base_runs.values()]),
-            mean_sd([r.final_perplexity for r in variant_runs.values()]), gap, ratio))
+            mean_sd([r.final_perplexity for r in variant_runs.values()]), gap, ratio,
+            fields=fields))
     return out
 
 
@@ -102,17 +113,18 @@ def compare_downstream(rows: Sequence[Mapping[str, Any]]) -> list[DownstreamComp
             if key not in latest or (r.get("checkpoint_step") or 0) > (
                     latest[key].get("checkpoint_step") or 0):
                 latest[key] = r
-    cells: dict[tuple[str, str, str, str], dict[Any, Mapping[str, Any]]] = defaultdict(dict)
+    cells: dict[tuple[str, ...], dict[Any, Mapping[str, Any]]] = defaultdict(dict)
     for (name, task), r in latest.items():
-        arch, seed = r.get("arch") or BUILT_IN, r.get("pretrain_seed")
-        cells[(arch, r["point"], r["group"], task)][seed if seed is not None else name] = r
+        arch, seed = row_arch(r), r.get("pretrain_seed")
+        key = (arch, fields_text(r), r["point"], r["group"], task)
+        cells[key][seed if seed is not None else name] = r
     out = []
-    for (arch, point, group, task), variant_runs, base_runs in _against_built_in(cells):
+    for (arch, fields, point, group, task), variant_runs, base_runs in _against_built_in(cells):
         scores = [{s: float(r["score"]) for s, r in side.items()}
                   for side in (variant_runs, base_runs)]
         seeds = min(int(r.get("score_n") or len(r.get("seeds") or ())) for side in
                     (variant_runs, base_runs) for r in side.values())
         out.append(DownstreamComparison(
             arch, point, group, task, mean_sd(list(scores[1].values())),
-            mean_sd(list(scores[0].values())), paired_gap(*scores), seeds))
+            mean_sd(list(scores[0].values())), paired_gap(*scores), seeds, fields=fields))
     return out

@@ -84,8 +84,12 @@ def model_table(pretrained: Sequence[Row], random: Sequence[Row] = ()) -> list[s
 
 
 def arch_text(rows: Sequence[Row]) -> str:
-    """``model.arch `a` `` of rows scored from a user's variant (their ``arch``), else ""."""
-    archs = sorted({str(r["arch"]) for r in rows if r.get("arch")})
+    """``model.arch `a` `` of rows scored from a user's variant (their ``arch``), else "" (a
+    built-in encoder's rows name theirs too, and the table says nothing of it)."""
+    from minilm_jax.model.registry import is_library_encoder
+
+    archs = sorted({str(r["arch"]) for r in rows
+                    if r.get("arch") and not is_library_encoder(str(r["arch"]))})
     return f"model.arch {', '.join(f'`{a}`' for a in archs)}" if archs else ""
 
 

@@ -38,7 +38,7 @@ TargetLogProbs = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def provenance(info: Mapping[str, Any]) -> dict[str, Any]:
-    """What a scored model's rows carry beside its step: a user variant's ``arch``, the encoder
+    """What a scored model's rows carry beside its step: its encoder's ``arch``, the encoder
     code changes accepted when it was trained or read (``code_changes``) and the library
     versions changed since its run was written (``library_version_changes``)."""
     return {k: info[k] for k in ("arch", "code_changes", "library_version_changes")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from minilm_jax.errors import UserError
 from minilm_jax.storage import run_path
@@ -36,7 +37,6 @@ def checkpoint_model(workdir: str | Path, which: str = "best", random_seed: int 
     from flax import nnx
 
     from minilm_jax.model.models import MaskedLM
-    from minilm_jax.model.registry import is_library_encoder
     from minilm_jax.runs.pretrained import PretrainedRun
 
     run = PretrainedRun.open(workdir, which)
@@ -50,17 +50,24 @@ def checkpoint_model(workdir: str | Path, which: str = "best", random_seed: int 
         nnx.update(model, run.model_state())
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = jax.device_put((params, rest))
-    pretrained = random_seed is None
+    info = run_info(workdir, run, pretrained=random_seed is None)
+    flat = json.loads((run_path(workdir) / "config.json").read_text())
+    return ScoringModel(tokenizer, mlm_target_logprobs(graphdef, params, rest), info,
+                        (graphdef, params, rest), flat, run.model.max_len)
+
+
+def run_info(workdir: str | Path, run: Any, pretrained: bool) -> dict[str, Any]:
+    """What the rows scored from a pre-training run's checkpoint (``pretrained``) or its random
+    twin say of the model: workdir, point, step, init, validation perplexity, its encoder's
+    ``arch`` (a built-in's name or a user's variant, on every row) and the code or library
+    version changes accepted when it was read."""
     info = {"workdir": str(workdir), "point": run.model.point,
             "step": run.step if pretrained else 0,
             "init": "pretrained" if pretrained else "random",
-            "validation_perplexity": run.validation_perplexity if pretrained else None}
-    if not is_library_encoder(run.model.arch):  # a user's variant: its rows say which
-        info["arch"] = run.model.arch
+            "validation_perplexity": run.validation_perplexity if pretrained else None,
+            "arch": run.model.arch}
     if run.code_changes:  # read with changed encoder code (MINILM_ACCEPT_CODE_CHANGE=1)
         info["code_changes"] = list(run.code_changes)
     if run.library_version_changes:  # written by another library version than this one
         info["library_version_changes"] = list(run.library_version_changes)
-    flat = json.loads((run_path(workdir) / "config.json").read_text())
-    return ScoringModel(tokenizer, mlm_target_logprobs(graphdef, params, rest), info,
-                        (graphdef, params, rest), flat, run.model.max_len)
+    return info

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Any
 
 import numpy as np
 
 from minilm_jax.analysis.fits import PAPER_BREAK_FLOPS, PAPER_FITS, BreakInterval, FitComparison
 from minilm_jax.analysis.seed_frontier import SeedBreak
 from minilm_jax.analysis.results import FLOPS_DEFINITIONS, baselines, flops_field, rows_of_kind
-from minilm_jax.data.learned import ADVICE, PLATEAU
+from minilm_jax.data.learned import ADVICE, PLATEAU, advice, on_small_corpus_recipe
+from minilm_jax.storage import run_path
 
 from .analyses import Analyses, CurveAnalysis
 from .downstream import DownstreamAnalysis
@@ -271,11 +274,28 @@ def baseline_lines(analyses: Analyses) -> list[str]:
                          f" = {s.best_perplexity / uni:.0%} of the unigram level"
                          f" ({'ON THE UNIGRAM PLATEAU (within 10%)' if on else 'below unigram'}"
                          f"{'' if bi is None else ', below bigram' if s.best_perplexity < bi else ', above bigram'}).")
-    if plateau:
-        lines.append(f"- {len(plateau)} run(s) ended within {1 - PLATEAU:.0%} of the unigram "
-                     f"perplexity ({', '.join(code(r) for r in plateau)}): they learned little "
+    configs = {run: _run_config(analyses.runs[run].workdir) for run in plateau}
+    on_recipe = [run for run in plateau if on_small_corpus_recipe(configs[run])]
+    others = [run for run in plateau if run not in on_recipe]
+    if others:
+        lines.append(f"- {len(others)} run(s) ended within {1 - PLATEAU:.0%} of the unigram "
+                     f"perplexity ({', '.join(code(r) for r in others)}): they learned little "
                      f"beyond word frequencies, so their downstream numbers mean little; {ADVICE}.")
+    for run in on_recipe:  # the recipe's advice is spent: what is left, with the run's steps
+        lines.append(f"- {code(run)} ended within {1 - PLATEAU:.0%} of the unigram perplexity: "
+                     "it learned little beyond word frequencies, so its downstream numbers mean "
+                     f"little; {advice(configs[run])}.")
     return lines
+
+
+def _run_config(workdir: str) -> dict[str, Any] | None:
+    """A run's recorded ``config.json`` (flat keys), None where it cannot be read (a results table
+    moved away from its runs: the general advice then stands)."""
+    try:
+        config = json.loads((run_path(workdir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def section_runs(analyses: Analyses) -> list[str]:

@@ -28,8 +28,11 @@ def _identity(run: Run, membership: Membership, name: str, workdir: Path,
            "params_non_embedding": int(params["non_embedding"]),
            "design": design, "pretrain_seed": run.pretrain_seed}
     arch = str(run.config.model.arch)
-    if not is_library_encoder(arch):  # a user's encoder variant: every row of its run says which
-        row["arch"] = arch
+    row["arch"] = arch  # every row says which encoder: a built-in's name or a user's variant
+    extra = run.config.model.get("extra", None)
+    if extra:  # a variant's fields, defaults included
+        row["variant_fields"] = extra.to_dict() if hasattr(extra, "to_dict") else dict(extra)
+    if not is_library_encoder(arch):  # a user's encoder variant
         if summary.get("counts_source"):  # its counts declared by its class, or derived
             row["counts_source"] = summary["counts_source"]
         recorded = workdir / "config.json"

@@ -496,9 +496,10 @@ def garble_after_first_record(path: Path) -> None:
 def test_a_garbled_line_in_a_members_metrics_is_noted_and_counted_on_resume(
         word_shards, tmp_path, monkeypatch, capsys):
     """A population stopped by SIGTERM at step 3, a torn line in member m1's metrics.jsonl, the
-    population run again: the note a separate run prints (``note: dropped N metrics record(s)
-    ...``), naming the member, counts the garbled line; every record up to the step resumed from
-    survives unchanged and each later step is recorded once."""
+    population run again: the note a separate run prints, naming the member, counts the garbled
+    line and says its record is lost (it lies before the step resumed from: nothing recomputes
+    it); every record up to the step resumed from survives unchanged and each later step is
+    recorded once."""
     from test_interruptions import signal_after
 
     base = base_config(word_shards, **{"train.num_steps": 6, "eval.every_steps": 2,
@@ -514,13 +515,17 @@ def test_a_garbled_line_in_a_members_metrics_is_noted_and_counted_on_resume(
     history = tmp_path / "m1" / "metrics.jsonl"
     before = read_metrics(history)
     later = sum(r["step"] > stopped for r in before)  # none expected: recomputed if any
+    around = [json.loads(line)["step"] for line in history.read_text().splitlines()[:2]]
     garble_after_first_record(history)
     capsys.readouterr()
     summary = PopulationTrainer(members, tmp_path / "pop", "map").run()
     out = capsys.readouterr().out
     assert summary["status"] == "completed"
-    assert (f"note: dropped {1 + later} metrics record(s) after step {stopped} (recomputed now) "
-            "of member m1") in out
+    # the torn line lies before the step resumed from: its record is lost, not recomputed
+    assert (f"note: dropped 1 garbled metrics line(s) of member m1 (line 2, between the records "
+            f"of steps {around[0]} and {around[1]}): what they recorded is lost, not recomputed "
+            f"(the run resumes from step {stopped})") in out and around[1] <= stopped
+    assert ("metrics record(s) after step" in out) == bool(later)
     assert "of member m0" not in out
     after = read_metrics(history)
     kept = {(r["step"], r["split"]): r for r in after}
@@ -562,7 +567,7 @@ def test_a_garbled_line_in_a_finetuning_population_runs_metrics_is_noted(
     capsys.readouterr()
     assert population().run()["status"] == "completed"
     out = capsys.readouterr().out
-    assert "note: dropped 1 metrics record(s) after step" in out and "of member r1" in out
+    assert "note: dropped 1 garbled metrics line(s) of member r1 (line 2, " in out
     assert "of member r0" not in out
     kept = {(r["step"], r["split"]): r for r in read_metrics(history)}
     for record in before:

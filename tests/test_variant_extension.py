@@ -108,6 +108,11 @@ def test_a_shared_bias_is_trained_and_refused_where_flash_cannot_train_it():
                                     attention_dropout=0.0), seed=0)
     with pytest.raises(ConfigError, match="shared_score_bias depends on parameters"):
         flash(tokens, positions)
+    wrong = build_mlm(resolve_point(POINT, arch=SHARED), seed=0)
+    wrong.encoder.shared_score_bias = lambda t: jnp.zeros((3, t, t))  # A is 2
+    with pytest.raises(ConfigError, match=r"the encoder's shared_score_bias\(10\) must be "
+                                          r"\[A, Tq, Tk\] = \[2, 10, 10\], not \[3, 10, 10\]"):
+        wrong(tokens, positions)
 
 
 def test_variant_counts_params_are_the_non_embedding_parameters_beyond_the_built_in():

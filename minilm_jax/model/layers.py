@@ -114,8 +114,10 @@ class SelfAttention(nnx.Module):
             return None
         want = (self.cfg.num_heads, t, t)
         if tuple(bias_att.shape) != want:
-            raise ConfigError(f"{type(self).__name__}.score_bias({t}, {t}) must be [A, Tq, Tk] = "
-                              f"{list(want)}, not {list(bias_att.shape)}")
+            hook = (f"{type(self).__name__}.score_bias({t}, {t})" if shared is None
+                    else f"the encoder's shared_score_bias({t})")
+            raise ConfigError(f"{hook} must be [A, Tq, Tk] = {list(want)}, not "
+                              f"{list(bias_att.shape)}")
         if self.cfg.attention_impl == "flash" and shared is None and _depends_on_params(
                 self, lambda module: module.score_bias(t, t)):
             raise ConfigError(f"{type(self).__name__}.score_bias depends on parameters, which "

@@ -12,7 +12,8 @@
 # launch/device_prepare.sh for a machine that lacks some dependencies) are installed into a
 # temporary folder put on PYTHONPATH first.
 # Exit status: 0 every figure measured on both sides, 1 some figure not, 2 a prerequisite failed
-# (one error: line, before anything is measured).
+# or the budget is too small to measure anything (one error: line, before anything is measured;
+# OUT untouched).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}

@@ -14,7 +14,8 @@ before a GPU run, not deprecated: gone in the next release); and
 Then each figure runs ``python -m minilm_jax.bench`` of each tree in a process of its own
 (``PYTHONPATH`` and ``minilm_jax.configs`` that tree's: :func:`map_configs`), baseline first, under
 a timeout and an overall budget (``DEVICE_CHECK_BUDGET_S``, default 480 s) that skips what would
-not fit. Kernels per step are counted (:func:`minilm_jax.hlo_kernels.kernels_per_step`) in the train step
+not fit; a budget in which nothing fits is refused (exit status 2, ``$OUT`` untouched) before
+the prerequisites, or after them when they left too little (:func:`refuse_small_budget`). Kernels per step are counted (:func:`minilm_jax.hlo_kernels.kernels_per_step`) in the train step
 XLA dumps, so a baseline that does not count them is measured alike. The table, JSON and log go to
 ``$OUT`` (else ``runs/device_check/``). Exit status 0 when every figure was measured on both
 sides, else 1: a target not met is a measurement, not a failure.

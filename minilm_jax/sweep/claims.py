@@ -225,6 +225,7 @@ class ClaimBoard:
 
     def try_claim(self, workdirs: Sequence[str | os.PathLike], stage: str) -> Claim | None:
         """Claim every folder of a unit, or none of them (None: another worker holds one)."""
+        held_folders.check()  # a root moved away while this worker waited: no claims folder there
         if not is_remote(self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
         made: dict[RunPath, str] = {}

@@ -127,4 +127,5 @@ def test_variant_counts_params_are_the_non_embedding_parameters_beyond_the_built
     tree = count_params(build_mlm(cfg))
     formula = formula_params(cfg)
     assert formula == tree
+    assert formula_params(resolve_point(POINT).replace(arch=SHARED)) == tree  # fields filled too
     assert formula.non_embedding - formula_params(resolve_point(POINT)).non_embedding == counts.params

@@ -23,6 +23,7 @@ from flax import nnx
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import build_mlm
 from minilm_jax.model.registry import encoder_factory, is_library_encoder
+from minilm_jax.model.sizes import with_variant_defaults
 from minilm_jax.model.traced_flops import encoder_matmul_flops
 
 EMBEDDING_MODULES = ("word_embeddings", "position_embeddings", "token_type_embeddings",
@@ -114,6 +115,7 @@ def variant_counts(cfg: ModelConfig, seq_len: int | None = None) -> VariantCount
     variant's class declares, or (it declares none) :func:`derived_counts`."""
     if is_library_encoder(cfg.arch):
         return VariantCounts()
+    cfg = with_variant_defaults(cfg)  # its declaration reads its fields as a run's config has them
     declare = _declaration(cfg)
     if declare is None:
         return derived_counts(cfg, seq_len or cfg.max_len)

@@ -213,9 +213,12 @@ class SweepRunner:
         self.check(only)
         self.root.mkdir(parents=True, exist_ok=True)
         hold_root(self.root)  # moved or deleted while this worker runs: it stops, in one line
-        with stop_signals() as self._stop:
-            selected, interrupted = self._run_stages(only, stage)
-            results = write_results(self.runs, self.layout, self.sweep)
+        try:
+            with stop_signals() as self._stop:
+                selected, interrupted = self._run_stages(only, stage)
+                results = write_results(self.runs, self.layout, self.sweep)
+        finally:  # held while it runs only (a process may go on to other roots)
+            held_folders.release(self.root)
         names = {run.name for run in selected}  # --only: judged on the runs it selected
         outcome: dict[str, Any] = {"runs": len(selected), "failures": self.status.failures(names),
                                    "results": str(results)}

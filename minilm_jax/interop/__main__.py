@@ -32,10 +32,13 @@ from minilm_jax.model.config import ModelConfig
 def _export(args: argparse.Namespace) -> int:
     from minilm_jax.interop.workdir import export_workdir
 
+    notes: list[str] = []
     out = export_workdir(args.workdir, args.out, which=args.which, tokenizer_path=args.tokenizer,
-                         overwrite=args.overwrite, seed=args.seed)
+                         overwrite=args.overwrite, seed=args.seed, notes=notes)
     print(f"exported {args.workdir} ({args.which}) to {out}: "
           f"{', '.join(sorted(p.name for p in out.iterdir()))}")
+    for note in notes:  # whether the PyTorch side was checked by its logits
+        print(note)
     return 0
 
 

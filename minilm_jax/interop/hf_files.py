@@ -126,8 +126,10 @@ def check_target(out_dir: Path, overwrite: bool) -> None:
 
 
 def write_dir_atomically(out_dir: str | os.PathLike, fill: Callable[[Path], None], *,
-                         overwrite: bool = False) -> Path:
-    """Run ``fill(tmp_dir)`` in a sibling temporary directory, then rename it to ``out_dir``.
+                         overwrite: bool = False,
+                         check: Callable[[Path], None] | None = None) -> Path:
+    """Run ``fill(tmp_dir)`` in a sibling temporary directory, then ``check(tmp_dir)`` (which may
+    refuse it by raising, or add files), then rename it to ``out_dir``.
 
     A non-empty ``out_dir`` is replaced only with ``overwrite=True`` (moved aside, then deleted once
     the new directory is in place). On any failure the temporary directory is removed and
@@ -140,6 +142,8 @@ def write_dir_atomically(out_dir: str | os.PathLike, fill: Callable[[Path], None
     try:
         os.chmod(tmp, 0o755)
         fill(tmp)
+        if check is not None:
+            check(tmp)
         for f in tmp.iterdir():
             os.chmod(f, 0o644)  # safetensors creates its file 0600
             _fsync(f)
@@ -180,10 +184,12 @@ def safetensors_numpy():
 def write_hf_dir(out_dir: str | os.PathLike, config: Mapping[str, Any],
                  tensors: "Mapping[str, np.ndarray]", *, copies: list[Path],
                  tokenizer: "Tokenizer | None", max_len: int,
-                 files: Mapping[str, str] | None = None, overwrite: bool = False) -> Path:
+                 files: Mapping[str, str] | None = None, overwrite: bool = False,
+                 check: Callable[[Path], None] | None = None) -> Path:
     """Write a Hugging Face directory atomically: ``config.json``, ``model.safetensors``, the
     ``copies`` (files copied as they are), our tokenizer as ``AutoTokenizer`` files, and ``files``
-    (name -> text). The caller has checked the target (:func:`check_target`)."""
+    (name -> text); then ``check`` it in its temporary place (nothing reaches ``out_dir`` when it
+    raises). The caller has checked the target (:func:`check_target`)."""
     st_numpy = safetensors_numpy()
 
     def fill(tmp: Path) -> None:
@@ -198,4 +204,4 @@ def write_hf_dir(out_dir: str | os.PathLike, config: Mapping[str, Any],
         for name, text in (files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
 
-    return write_dir_atomically(out_dir, fill, overwrite=overwrite)
+    return write_dir_atomically(out_dir, fill, overwrite=overwrite, check=check)

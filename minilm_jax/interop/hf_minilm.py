@@ -20,6 +20,7 @@ No torch needed: weights go through ``safetensors.numpy``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -189,29 +190,77 @@ def hf_layout(model: MaskedLM | SequenceClassifier, labels: Sequence[str] = (),
     return config, minilm_tensors(model), True
 
 
+def implementation_of(model: MaskedLM | SequenceClassifier, architecture: str,
+                      remote: bool) -> str:
+    """How an export's PyTorch side is named in what the export says: the custom encoder's twin
+    file, our remote code, or transformers' own class."""
+    if not remote:
+        return f"transformers' {architecture}"
+    twin = export_twin(model.cfg)
+    if twin:
+        return f"the PyTorch twin {twin.path.name} ({architecture})"
+    return f"minilm-jax's PyTorch code modeling_minilm.py ({architecture})"
+
+
+def twin_record(twin: TorchTwin) -> dict[str, str]:
+    """The twin file an export ships, by name and sha256 (its provenance)."""
+    return {"file": twin.path.name, "sha256": hashlib.sha256(twin.path.read_bytes()).hexdigest()}
+
+
 def export_model(model: MaskedLM | SequenceClassifier, out_dir: str | os.PathLike, *,
                  labels: Sequence[str] = (), regression: bool = False,
                  tokenizer: "Tokenizer | None" = None, provenance: Mapping[str, Any] | None = None,
-                 files: Mapping[str, str] | None = None, overwrite: bool = False) -> Path:
+                 files: Mapping[str, str] | None = None, overwrite: bool = False,
+                 notes: list[str] | None = None) -> Path:
     """Write ``model`` as a Hugging Face directory: ``config.json``, ``model.safetensors``
     (float32), our remote code when RoBERTa cannot hold it (a custom encoder's ``torch_twin``
-    file too), the tokenizer (ours plus ``tokenizer.json`` & co.) and ``files`` (name -> text,
-    e.g. ``README.md``). A classifier needs its ``labels`` (one name per output; one output and
-    ``regression=True`` for a regressor).
-    Atomic; a non-empty ``out_dir`` is replaced only with ``overwrite=True``. Returns its path."""
+    file too, named with its sha256 in the provenance), the tokenizer (ours plus
+    ``tokenizer.json`` & co.) and ``files`` (name -> text, e.g. ``README.md``). A classifier needs
+    its ``labels`` (one name per output; one output and ``regression=True`` for a regressor).
+
+    Before the directory reaches ``out_dir`` it is checked by its numbers where torch and
+    transformers are installed (:mod:`minilm_jax.interop.twin_check`): loaded through the Auto
+    classes, its logits must be ours at the exported and at perturbed parameters, else one-line
+    :class:`InteropError` and nothing written. What the check found is appended to the
+    ``README.md`` model card (when ``files`` has one) and to ``notes``; without torch it says
+    "PyTorch twin not verified". Atomic; a non-empty ``out_dir`` is replaced only with
+    ``overwrite=True``. Returns its path."""
+    from minilm_jax.interop.model_card import CARD_NAME, twin_check_section
+    from minilm_jax.interop.twin_check import not_verified, verify_export
+
     config, tensors, remote = hf_layout(model, labels, regression)
-    if provenance:
-        config[METADATA_KEY]["provenance"] = dict(provenance)
+    twin = export_twin(model.cfg) if remote else None
+    if provenance or twin:
+        config[METADATA_KEY]["provenance"] = {**(provenance or {}),
+                                              **({"torch_twin": twin_record(twin)} if twin else {})}
     check_target(Path(out_dir), overwrite)
     copies = tokenizer_files(tokenizer.path if tokenizer else None)
     if remote:
-        twin = export_twin(model.cfg)
         copies += remote_files(twin.path if twin else None)
     clash = sorted(set(files or {}) & ({CONFIG_NAME, WEIGHTS_NAME} | {f.name for f in copies}))
     if clash:
         raise InteropError(f"extra export files {clash} would overwrite the model's own")
+    implementation = implementation_of(model, config["architectures"][0], remote)
+
+    def check(folder: Path) -> None:
+        result = not_verified(implementation)
+        if result is None:
+            try:
+                result = verify_export(
+                    model, folder, implementation=implementation, remote=remote, labels=labels,
+                    tensors_of=lambda m: hf_layout(m, labels, regression)[1])
+            except InteropError as err:
+                raise InteropError(f"cannot export to Hugging Face: {err}; nothing was written "
+                                   f"to {out_dir}") from None
+        card = folder / CARD_NAME
+        if files and CARD_NAME in files and card.is_file():
+            card.write_text(card.read_text(encoding="utf-8") + twin_check_section(result.line()),
+                            encoding="utf-8")
+        if notes is not None:
+            notes.append(result.line())
+
     return write_hf_dir(out_dir, config, tensors, copies=copies, tokenizer=tokenizer,
-                        max_len=model.cfg.max_len, files=files, overwrite=overwrite)
+                        max_len=model.cfg.max_len, files=files, overwrite=overwrite, check=check)
 
 
 def architecture_of(out_dir: str | os.PathLike) -> str:

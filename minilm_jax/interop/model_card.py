@@ -283,3 +283,9 @@ def add_twin_score(facts: CardFacts, workdir: Any, summary: Any, which: str) -> 
                  "This random-init model scored higher than its pre-trained twin")
         facts.findings.append(f"{whose} ({rnd:.2f} vs {pre:.2f}, mean {which} score over seeds): "
                               "pre-training did not help on this task here.")
+
+
+def twin_check_section(line: str) -> str:
+    """The card's last section: whether the export's PyTorch side was checked against
+    minilm-jax by its logits (:mod:`minilm_jax.interop.twin_check`), in one line."""
+    return "\n## Checked against minilm-jax\n\n" + line.rstrip(".") + ".\n"

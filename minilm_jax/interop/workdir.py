@@ -124,7 +124,7 @@ def _refuse_unexportable(cfg: ModelConfig, workdir: str | os.PathLike) -> None:
 
 def export_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, which: str = "best",
                    tokenizer_path: str = "", overwrite: bool = False, seed: int | None = None,
-                   command: str = "") -> Path:
+                   command: str = "", notes: list[str] | None = None) -> Path:
     """Write a trained run to ``out_dir``: checkpoint ``which`` (``best``, ``latest``,
     ``step:N``) of a pre-training workdir, or a finished fine-tuning run's ``which``
     (``best``/``selected`` or ``final``) parameters of the member trained with ``seed`` (default:
@@ -134,7 +134,9 @@ def export_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, wh
     (its sha256 is checked). An ``out_dir`` that is the workdir, holds it or lies in one of its
     folders is refused first (:func:`check_out_spares_run`), a model no layout can hold and a
     missing ``safetensors`` before the weights are read. ``command`` (the export command line, for
-    the model card) defaults to the equivalent of these arguments. Returns the output directory."""
+    the model card) defaults to the equivalent of these arguments; ``notes`` gets the line saying
+    whether the export's PyTorch side was checked by its logits (:func:`~.hf_minilm.export_model`).
+    Returns the output directory."""
     check_out_spares_run(workdir, out_dir)
     if is_remote(os.fspath(out_dir)):
         raise InteropError(f"--out {out_dir}: export writes a local folder; export here, then "
@@ -147,10 +149,10 @@ def export_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, wh
                            f"pass one of them (--workdir={path / 'pretrained'})")
     if flat is not None and "task" in flat and "init.mode" in flat:
         return _export_finetuned(path, flat, out_dir, which, seed, tokenizer_path, overwrite,
-                                 command)
+                                 command, notes)
     if seed is not None:
         raise InteropError(f"--seed is for fine-tuning runs; {workdir} is a pre-training workdir")
-    return _export_pretrained(workdir, out_dir, which, tokenizer_path, overwrite, command)
+    return _export_pretrained(workdir, out_dir, which, tokenizer_path, overwrite, command, notes)
 
 
 def code_changes_line(changes: list[str]) -> list[tuple[str, str]]:
@@ -172,7 +174,8 @@ def version_changes_line(changes: list[str]) -> list[tuple[str, str]]:
 
 
 def _export_pretrained(workdir: str | os.PathLike, out_dir: str | os.PathLike, which: str,
-                       tokenizer_path: str, overwrite: bool, command: str) -> Path:
+                       tokenizer_path: str, overwrite: bool, command: str,
+                       notes: list[str] | None) -> Path:
     run = PretrainedRun.open(workdir, which, action="export")
     if run.hugging_face:
         raise InteropError(f"{workdir} is already a Hugging Face model directory")
@@ -217,7 +220,7 @@ def _export_pretrained(workdir: str | os.PathLike, out_dir: str | os.PathLike, w
     if flat:
         files[RUN_CONFIG_NAME] = json.dumps(flat, indent=2, sort_keys=True) + "\n"
     return export_model(model, out_dir, tokenizer=tokenizer, provenance=provenance, files=files,
-                        overwrite=overwrite)
+                        overwrite=overwrite, notes=notes)
 
 
 # ----------------------------------------------------------------------------- fine-tuning runs
@@ -259,7 +262,7 @@ def label_names(flat: dict[str, Any], task: str, num_labels: int) -> tuple[list[
 
 def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.PathLike,
                       which: str, seed: int | None, tokenizer_path: str, overwrite: bool,
-                      command: str) -> Path:
+                      command: str, notes: list[str] | None) -> Path:
     if which not in FINETUNE_WHICH:
         raise InteropError(f"--which={which}: a fine-tuning run exports its selected (best) or "
                            "final parameters: --which=best|selected|final")
@@ -332,4 +335,4 @@ def _export_finetuned(workdir: RunPath, flat: dict[str, Any], out_dir: str | os.
              RUN_CONFIG_NAME: json.dumps(flat, indent=2, sort_keys=True) + "\n"}
     return export_model(model, out_dir, labels=labels, regression=regression,
                         tokenizer=tokenizer, provenance=provenance, files=files,
-                        overwrite=overwrite)
+                        overwrite=overwrite, notes=notes)

@@ -101,9 +101,21 @@ def pytest_sessionstart(session):
             entry.unlink(missing_ok=True)
 
 
+# Every test's time limit (pytest.ini's, or a test's own @pytest.mark.timeout) times this factor:
+# the limits are set for 2 free cores; a machine shared with other work may need more.
+TIMEOUT_SCALE = float(os.environ.get("MINILM_TEST_TIMEOUT_SCALE", "1"))
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+    if TIMEOUT_SCALE != 1:
+        default = float(config.getini("timeout") or 0)
+        for item in items:
+            marker = item.get_closest_marker("timeout")
+            limit = (marker.args[0] if marker.args else marker.kwargs["timeout"]) if marker \
+                else default
+            item.add_marker(pytest.mark.timeout(limit * TIMEOUT_SCALE), append=False)
 
 
 CPU_LOG = os.environ.get("MINILM_TEST_CPU_LOG")  # a JSONL file: each test's wall and CPU seconds
@@ -245,9 +257,71 @@ def write_line_shards(out_dir: Path, tokenizer, lines: list[str], seq_len: int) 
     return out_dir
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that ``build(folder)`` fills once per test session, shared by both xdist workers
+    (under the temporary folder their own ones sit in, made for this session) behind a file
+    lock: the worker that comes first builds it, the other waits and reads it. A build that
+    failed halfway is started again. Tests only read what is in it."""
+    import shutil
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"built-{name}"
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def word_shards(tmp_path_factory):
     return build_word_shards(tmp_path_factory.mktemp("shards"))
+
+
+FINETUNE_SEQ = 64  # the fine-tuning start's sequence length (``pretrained``)
+FINETUNE_POINT = "E32-H32-I64-L1-A2-V1010"
+
+
+def build_pretrained(root: Path) -> None:
+    """A SentencePiece tokenizer (1,000 pieces) trained on real text (WikiText-2 and AG News),
+    shards of WikiText-2 and a 30-step pre-training run of a tiny model on them, under ``root``."""
+    from minilm_jax.configs.pretrain import get_config as pretrain_config
+    from minilm_jax.corpus.tokenizer_train import train_sentencepiece
+    from minilm_jax.tokenizer import load_tokenizer
+    from minilm_jax.train.pretrainer import Pretrainer
+
+    wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
+    lines = [line.strip() for line in wiki.splitlines() if len(line.split()) >= 12]
+    news = shared_path("ag_news", "train.csv").read_text(encoding="utf-8").splitlines()
+    tok_path = root / "tok.model"
+    tok_path.write_bytes(train_sentencepiece(lines + news, 1000, "bpe"))
+    write_line_shards(root / "shards", load_tokenizer(tok_path), lines, FINETUNE_SEQ)
+    config = pretrain_config(FINETUNE_POINT)
+    config.model.max_len = FINETUNE_SEQ
+    config.data.shards = str(root / "shards")
+    config.train.num_steps = 30
+    config.train.batch_size = 32
+    config.train.progress = False
+    config.eval.every_steps = 15
+    config.eval.batch_size = 64
+    config.checkpoint.every_steps = 15
+    config.mesh.data = 1  # one device: 8 fake CPU devices cost 40% more CPU for the same model
+    Pretrainer(config, root / "pre").run()
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory) -> dict[str, Path]:
+    """The fine-tuning tests' start (``build_pretrained``), built once per session and read by
+    tests/test_finetune.py, test_finetune_population.py and test_population.py: its tokenizer,
+    shards and pre-training run. Tests copy what they change."""
+    shared_path("wikitext2", "tokenized", "wiki.valid.tokens")
+    shared_path("ag_news", "train.csv")
+    root = built_once(tmp_path_factory, "pretrained", build_pretrained)
+    return {"root": root, "tokenizer": root / "tok.model", "pre": root / "pre"}
 
 
 ZORRO_DEV_PARADIGM = "agreement_subject_verb-across_relative_clause"
@@ -256,17 +330,20 @@ ZORRO_DEV_PARADIGM = "agreement_subject_verb-across_relative_clause"
 @pytest.fixture(scope="session")
 def zorro_shards(tmp_path_factory) -> Path:
     """Shards of WikiText-2 with a 600-piece BPE tokenizer that also saw one Zorro paradigm's
-    sentences (so its pairs encode without <unk>)."""
+    sentences (so its pairs encode without <unk>), built once per session (``built_once``)."""
     from minilm_jax.corpus.tokenizer_train import train_sentencepiece
     from minilm_jax.tokenizer import load_tokenizer
 
-    root = tmp_path_factory.mktemp("zorro_shards")
     wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
     lines = [line.strip() for line in wiki.splitlines() if len(line.split()) >= 12]
     zorro = shared_path("zorro", "sentences", "babyberta",
                         f"{ZORRO_DEV_PARADIGM}.txt").read_text()
-    (root / "tok.model").write_bytes(train_sentencepiece(lines + zorro.splitlines(), 600, "bpe"))
-    return write_line_shards(root / "shards", load_tokenizer(root / "tok.model"), lines, 64)
+
+    def build(root: Path) -> None:
+        (root / "tok.model").write_bytes(train_sentencepiece(lines + zorro.splitlines(), 600, "bpe"))
+        write_line_shards(root / "shards", load_tokenizer(root / "tok.model"), lines, 64)
+
+    return built_once(tmp_path_factory, "zorro_shards", build) / "shards"
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import (REPO, float32_tolerance, shared_path, trajectory_tolerance,
-                      write_line_shards, xla_flags)
+from conftest import (FINETUNE_SEQ, REPO, float32_tolerance, shared_path, trajectory_tolerance,
+                      xla_flags)
 
 from minilm_jax.errors import UserError
 from minilm_jax.configs.finetune import get_config as finetune_config
@@ -24,8 +24,7 @@ from minilm_jax.finetune.finetuner import Finetuner
 from minilm_jax.runs.finetuned import load_parameters
 from minilm_jax.analysis.finetune_tables import glue_averages, run_row, tables, write_tables
 
-SEQ = 64
-POINT = "E32-H32-I64-L1-A2-V1010"
+SEQ = FINETUNE_SEQ  # the session's fine-tuning start (``pretrained``, tests/conftest.py)
 # A fine-tuning step's float32 reductions (ag_config): a weight gradient sums over 32 x SEQ token
 # positions; the layer's hidden and ffn widths; attention over SEQ positions; the 4 classes.
 STEP_TERMS = 32 * SEQ + 32 + 64 + SEQ + 4
@@ -35,37 +34,6 @@ def trained_logits_tolerance(logits: np.ndarray, workdir: Path) -> float:
     """trajectory_tolerance for logits after a run's optimizer steps and one forward pass."""
     steps = json.loads((workdir / "history.json").read_text())[-1]["step"]
     return trajectory_tolerance(float(np.max(np.abs(logits))), STEP_TERMS, steps + 1)
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> dict[str, Path]:
-    """A SentencePiece tokenizer (1,000 pieces) trained on real text, shards of WikiText-2 and a short
-    pre-training run of a tiny model on them."""
-    from minilm_jax.corpus.tokenizer_train import train_sentencepiece
-    from minilm_jax.configs.pretrain import get_config as pretrain_config
-    from minilm_jax.tokenizer import load_tokenizer
-    from minilm_jax.train.pretrainer import Pretrainer
-
-    root = tmp_path_factory.mktemp("ft")
-    wiki = shared_path("wikitext2", "tokenized", "wiki.valid.tokens").read_text(encoding="utf-8")
-    lines = [line.strip() for line in wiki.splitlines() if len(line.split()) >= 12]
-    news = shared_path("ag_news", "train.csv").read_text(encoding="utf-8").splitlines()
-    tok_path = root / "tok.model"
-    tok_path.write_bytes(train_sentencepiece(lines + news, 1000, "bpe"))
-    tok = load_tokenizer(tok_path)
-    write_line_shards(root / "shards", tok, lines, SEQ)
-    config = pretrain_config(POINT)
-    config.model.max_len = SEQ
-    config.data.shards = str(root / "shards")
-    config.train.num_steps = 30
-    config.train.batch_size = 32
-    config.train.progress = False
-    config.eval.every_steps = 15
-    config.eval.batch_size = 64
-    config.checkpoint.every_steps = 15
-    config.mesh.data = 1  # one device: 8 fake CPU devices cost 40% more CPU for the same model
-    Pretrainer(config, root / "pre").run()
-    return {"root": root, "tokenizer": tok_path, "pre": root / "pre"}
 
 
 def ag_config(pre: dict[str, Path], **train) -> ml_collections.ConfigDict:
@@ -272,6 +240,7 @@ def _ag_args(pre: dict[str, Path], workdir: Path, *extra: str) -> list[str]:
             "--config.checkpoint.every_steps=8", *extra]  # 12 steps an epoch: saves mid-epoch
 
 
+@pytest.mark.timeout(300)  # waits on a command it stops: a hang fails in 5 minutes
 def test_killed_run_resumes_to_identical_result(pretrained, tmp_path):
     """A fine-tuning command killed with SIGKILL after its mid-epoch checkpoint (step 8 of 24) and
     run again ends with the uninterrupted run's predictions, scores and parameters, bit for bit."""

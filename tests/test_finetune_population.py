@@ -18,8 +18,7 @@ from minilm_jax.runs.finetuned import load_parameters
 from minilm_jax.train.records import is_done
 
 from conftest import adam_drift_bound, near_tie_share, trajectory_tolerance
-from test_finetune import (SEQ, STEP_TERMS, ag_config, pretrained,  # noqa: F401 (its fixture)
-                           trained_logits_tolerance)
+from test_finetune import SEQ, STEP_TERMS, ag_config, trained_logits_tolerance
 
 CHECKPOINTS = ("step:15", "latest")  # two encoders of one shape: the run's two kept checkpoints
 
@@ -64,7 +63,7 @@ def assert_trained_parameters_agree(got: dict, want: dict, workdir: Path) -> Non
     assert diff <= trajectory_tolerance(norm, STEP_TERMS, steps)
 
 
-def test_checkpoints_times_seeds_equal_separate_runs(pretrained, tmp_path):  # noqa: F811
+def test_checkpoints_times_seeds_equal_separate_runs(pretrained, tmp_path):
     # on one device (compiled ~30% faster than over 8); the population sharded over the default
     # 8-device mesh: test_early_stopping_freezes_one_run_while_the_others_go_on
     outcome, together, alone = train_both(pretrained, tmp_path, mesh__data=1)
@@ -109,7 +108,7 @@ def test_checkpoints_times_seeds_equal_separate_runs(pretrained, tmp_path):  # n
         assert_trained_parameters_agree(a["params"], b["params"], solo)
 
 
-def test_early_stopping_freezes_one_run_while_the_others_go_on(pretrained, tmp_path):  # noqa: F811
+def test_early_stopping_freezes_one_run_while_the_others_go_on(pretrained, tmp_path):
     """Patience 1 over 5 epochs at a high learning rate: each run's history, stopping epoch and
     scores equal its separate run's, whenever each of them stops."""
     outcome, together, alone = train_both(pretrained, tmp_path, train__epochs=5,
@@ -125,7 +124,7 @@ def test_early_stopping_freezes_one_run_while_the_others_go_on(pretrained, tmp_p
                                    rtol=0, atol=trained_logits_tolerance(want, solo))
 
 
-def test_a_population_refuses_runs_that_cannot_share_a_program(pretrained, tmp_path):  # noqa: F811
+def test_a_population_refuses_runs_that_cannot_share_a_program(pretrained, tmp_path):
     a, b = configs(pretrained)
     b.train.epochs = 3
     with pytest.raises(UserError, match="differ in train.epochs"):

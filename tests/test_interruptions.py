@@ -25,6 +25,10 @@ from minilm_jax.train.pretrainer import Pretrainer
 from test_pretrain import REPO, cli_args, cli_env, wait_for
 from test_sweep import tiny_sweep
 
+# These tests wait on commands they stop: a stop that is never obeyed fails in 5 minutes, not 10
+# (pytest.ini's limit), with every thread's stack.
+pytestmark = pytest.mark.timeout(300)
+
 
 def signal_after(cls, dispatches: int, signum: int, monkeypatch) -> None:
     """Raise ``signum`` in this thread right after the ``dispatches``-th dispatch of any ``cls``

@@ -24,7 +24,6 @@ from minilm_jax.train.run_log import read_metrics
 
 from conftest import (adam_drift_bound, exact_xla_flags, slow_pretrain_script,
                       trajectory_tolerance)
-from test_finetune import pretrained  # noqa: F401 (its fixture: a fine-tuning population's start)
 from test_pretrain import (REPO, STEP_TERMS, cli_args, cli_env, small_config, train_losses,
                            wait_for)
 
@@ -252,6 +251,7 @@ def member_digests(workdir):
             for p in sorted((Path(workdir) / "members").iterdir())}
 
 
+@pytest.mark.timeout(450)  # waits on a command it kills (may build the module's population first)
 def test_sigkill_mid_population_resumes_bit_identically(trained, word_shards, tmp_path):
     # The uninterrupted reference: the command's members are base_config's run with seed 0 and 1
     # at the recipe's learning rate 5e-4, i.e. m0 and m1 of ``trained``, whose separate runs its
@@ -538,7 +538,7 @@ def test_a_garbled_line_in_a_members_metrics_is_noted_and_counted_on_resume(
 
 
 def test_a_garbled_line_in_a_finetuning_population_runs_metrics_is_noted(
-        pretrained, tmp_path, monkeypatch, capsys):  # noqa: F811 (the fixture imported above)
+        pretrained, tmp_path, monkeypatch, capsys):
     """The same for a fine-tuning population (two runs from the pre-training run's two kept
     checkpoints, 2 seeds each): stopped in its second epoch, a torn line in run r1's history,
     resumed: the note names the run and counts the line; every earlier record survives."""

@@ -83,6 +83,7 @@ def wait_for(path: Path, proc, timeout=240):
         time.sleep(0.05)
 
 
+@pytest.mark.timeout(300)  # waits on a command it stops: a hang fails in 5 minutes
 def test_sigkill_then_restart_is_identical(word_shards, tmp_path):
     """A run killed with SIGKILL mid-way and restarted ends with bit-identical parameters and loss.
     20 steps: the kill lands after the step-10 checkpoint, with 10 steps, an evaluation and two
@@ -109,6 +110,7 @@ def test_sigkill_then_restart_is_identical(word_shards, tmp_path):
     assert a["best"] == b["best"]
 
 
+@pytest.mark.timeout(300)  # waits on a command it stops: a hang fails in 5 minutes
 def test_sigterm_saves_and_exits_cleanly(word_shards, tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.Popen(cli_args(word_shards, workdir, steps=5000), env=cli_env(), cwd=REPO,
@@ -169,6 +171,7 @@ def test_grad_accum_and_steps_per_dispatch_match_plain_steps(word_shards, tmp_pa
     assert scan[4] == pytest.approx(plain[4], abs=tol)
 
 
+@pytest.mark.timeout(300)  # waits on a command it stops: a hang fails in 5 minutes
 def test_a_second_live_process_on_the_workdir_is_refused(word_shards, tmp_path):
     """One live process per workdir: the second is refused before it writes anything."""
     import socket

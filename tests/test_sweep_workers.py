@@ -24,6 +24,9 @@ from conftest import REPO, xla_flags
 from gcs_stand_in import gcs  # noqa: F401  (the session fixture)
 from test_pretrain import wait_for
 
+# Each test waits on sweep workers it starts (and kills or stops): a worker or launcher that never
+# ends fails its test in 5 minutes, not 10 (pytest.ini's limit), with every thread's stack.
+pytestmark = pytest.mark.timeout(300)
 TESTS = Path(__file__).resolve().parent
 # Every sweep command here runs on 2 fake CPU devices (sweep_env): enough for the run that fails
 # at start-up (eval batch 45 is not divisible by 2; on one device it fits: the retry test), and
@@ -425,6 +428,7 @@ def slurm_node_ready() -> bool:
 
 @pytest.mark.skipif(not slurm_node_ready(), reason="no SLURM node ready here (sinfo): "
                     "bash launch/slurm_local.sh sets one up on this machine")
+@pytest.mark.timeout(1500)  # a real SLURM queue: the command's own limit is 1,200 s
 def test_slurm_launcher_on_a_real_slurm(sequential, tmp_path):
     pytest.importorskip("submitit")
     config, seq_root, _ = sequential

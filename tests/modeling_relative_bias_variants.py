@@ -13,20 +13,18 @@ from .configuration_minilm import MinilmConfig
 from .modeling_minilm import (MinilmAttention, MinilmForMaskedLM, MinilmForSequenceClassification,
                               MinilmLayer, MinilmModel)
 
-MAX_DISTANCE = 4
-
-
 class RelativeBiasAttention(MinilmAttention):
     direction = 1  # bucket of clip(direction x (j - i))
 
     def __init__(self, config: MinilmConfig):
         super().__init__(config)
-        self.relative_bias = nn.Parameter(torch.zeros(2 * MAX_DISTANCE + 1, self.heads))
+        self.max_distance = int(config.variant_fields.get("max_distance", 4))
+        self.relative_bias = nn.Parameter(torch.zeros(2 * self.max_distance + 1, self.heads))
 
     def score_bias(self, q_len: int, k_len: int) -> torch.Tensor | None:
-        device = self.relative_bias.device
+        device, d = self.relative_bias.device, self.max_distance
         rel = torch.arange(k_len, device=device)[None, :] - torch.arange(q_len, device=device)[:, None]
-        buckets = (self.direction * rel).clamp(-MAX_DISTANCE, MAX_DISTANCE) + MAX_DISTANCE
+        buckets = (self.direction * rel).clamp(-d, d) + d
         return self.relative_bias[buckets].permute(2, 0, 1).float()
 
 

@@ -1,5 +1,6 @@
 """A learned relative position bias (T5-style: one ``[buckets, A]`` table per layer, the key's
-offset ``j - i`` clipped to ``±MAX_DISTANCE``) through the attention's ``score_bias`` hook, and two
+offset ``j - i`` clipped to ``±max_distance``, a field of the variant) through the attention's
+``score_bias`` hook, and two
 variants of it that differ only in the PyTorch twin they name
 (``tests/modeling_relative_bias_variants.py``): one whose twin reads the table with the direction
 flipped (``i - j``), one whose twin drops the bias. The table starts at zero, so a freshly
@@ -15,24 +16,28 @@ from flax import nnx
 from minilm_jax.model.encoder import TransformerEncoder
 from minilm_jax.model.layers import EncoderLayer, SelfAttention
 
-MAX_DISTANCE = 4  # 2 x 4 + 1 buckets
+MAX_DISTANCE = 4  # the field's default: 2 x 4 + 1 buckets
 
 
-def relative_buckets(q_len: int, k_len: int) -> jax.Array:
-    """``[Tq, Tk]``: the bucket of key j seen from query i, ``clip(j - i) + MAX_DISTANCE``."""
+def max_distance(cfg) -> int:
+    return int(cfg.extra_value("max_distance", MAX_DISTANCE))
+
+
+def relative_buckets(q_len: int, k_len: int, distance: int) -> jax.Array:
+    """``[Tq, Tk]``: the bucket of key j seen from query i, ``clip(j - i) + distance``."""
     rel = jnp.arange(k_len)[None, :] - jnp.arange(q_len)[:, None]
-    return jnp.clip(rel, -MAX_DISTANCE, MAX_DISTANCE) + MAX_DISTANCE
+    return jnp.clip(rel, -distance, distance) + distance
 
 
 class RelativeBiasAttention(SelfAttention):
     def __init__(self, cfg, init, rngs: nnx.Rngs):
         super().__init__(cfg, init, rngs)
-        self.relative_bias = nnx.Param(jnp.zeros((2 * MAX_DISTANCE + 1, cfg.num_heads),
+        self.relative_bias = nnx.Param(jnp.zeros((2 * max_distance(cfg) + 1, cfg.num_heads),
                                                  jnp.dtype(cfg.param_dtype)))
 
     def score_bias(self, q_len, k_len):  # [A, Tq, Tk]
         table = self.relative_bias[...].astype(jnp.float32)
-        return table[relative_buckets(q_len, k_len)].transpose(2, 0, 1)
+        return table[relative_buckets(q_len, k_len, max_distance(self.cfg))].transpose(2, 0, 1)
 
 
 class RelativeBiasLayer(EncoderLayer):
@@ -43,6 +48,7 @@ class RelativeBiasEncoder(TransformerEncoder):
     """The bias with its right twin."""
 
     layer_class = RelativeBiasLayer
+    config_fields = {"max_distance": MAX_DISTANCE}
     torch_twin = "modeling_relative_bias_variants.py"
 
 

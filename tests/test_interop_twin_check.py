@@ -60,7 +60,6 @@ def test_a_wrong_twin_is_refused_at_initialisation_and_nothing_is_written(varian
     --overwrite) keeps its files and no temporary folder is left beside it."""
     needs_torch()
     from minilm_jax.interop.hf_minilm import export_model
-    from minilm_jax.interop.twin_check import perturbed, probe_batch
 
     model = fresh(variant, classifier)
     table = model.encoder.layers[0].attention.relative_bias[...]
@@ -79,6 +78,8 @@ def test_a_wrong_twin_is_refused_at_initialisation_and_nothing_is_written(varian
         "not compute this model: at the perturbed parameters "), said
     assert said.endswith(f"nothing was written to {out}")
     assert folder_files(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+    from minilm_jax.interop.twin_check import perturbed, probe_batch
 
     theirs, ours, diff, tol = map(float, REFUSED.search(said).groups())
     # the difference is written to 3 digits, the values to 6
@@ -172,7 +173,8 @@ def user_module(root: Path) -> Path:
 def test_export_command_checks_the_twin_of_a_plateau_run(tmp_path, monkeypatch, capsys):
     """Fails on the old command (exit 0, the flipped twin written): a 2-step run of the variant
     (its bias table still within 0.01 of zero: the plateau's case) exports with the right twin and
-    says "PyTorch twin verified"; the twin then edited to read the table the wrong way round
+    says "PyTorch twin verified", its card's rebuilt command with the ``PYTHONPATH`` the variant's
+    module needs and the variant's field at its default; the twin then edited to read the table the wrong way round
     (the change accepted for code identity) is refused by the export: exit 2, one error line
     naming the twin, the output and both values, the earlier export left as it was."""
     needs_torch()
@@ -220,7 +222,14 @@ def test_export_command_checks_the_twin_of_a_plateau_run(tmp_path, monkeypatch, 
     said = capsys.readouterr().out.strip().splitlines()
     assert said[-1].startswith(f"PyTorch twin verified: the PyTorch twin {TWIN.name} "
                                "(RelativeBiasEncoderForMaskedLM)"), said
-    assert said[-1] in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert said[-1] in card
+    # the card's rebuilt command imports the variant from its folder, its field at the default
+    command = next(line for line in card.splitlines() if " minilm-pretrain " in line)
+    assert command.startswith(f"PYTHONPATH={lab.name} minilm-pretrain --config=pretrain:{POINT} "
+                              ), command
+    assert "--config.model.arch=lab_bias:RelativeBiasEncoder" in command.split()
+    assert "--config.model.extra.max_distance=4" in command.split()
     before = folder_files(out)
 
     twin = lab / TWIN.name

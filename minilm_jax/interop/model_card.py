@@ -9,13 +9,15 @@ import dataclasses
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from minilm_jax.data import learned
 from minilm_jax.interop.hf_twin import torch_twin
 from minilm_jax.model.accounting import ParamCounts
-from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.config import ConfigError, ModelConfig
+from minilm_jax.model.registry import encoder_factory, installed_roots
 
 CARD_NAME = "README.md"
 _BATCH = 'batch = tokenizer(["a first text", "another"], padding=True, return_tensors="pt")'
@@ -98,13 +100,36 @@ def _override(key: str, value: Any) -> str:
     return shlex.quote(f"--config.{key}={value}")
 
 
+def variant_pythonpath(arch: str) -> str | None:
+    """The folder a command needs on ``PYTHONPATH`` to import the custom encoder ``arch``
+    (``module:Class``) as it is imported here: the folder holding its top-level package or
+    module. None for a registered or installed encoder, or one that does not import now."""
+    if ":" not in arch:
+        return None
+    module_name = arch.partition(":")[0]
+    try:
+        encoder_factory(arch)
+    except ConfigError:
+        return None
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    if not file:
+        return None
+    path = Path(file).resolve()
+    if str(path).startswith(installed_roots()):
+        return None
+    depth = len(module_name.split(".")) - (0 if path.name == "__init__.py" else 1)
+    return str(path.parents[depth])
+
+
 def rebuilt_command(tool: str, recipe: str, workdir: str,
                     run_config: Mapping[str, Any]) -> str | None:
-    """``tool --config=recipe --workdir=... --config.<field>=<value> ...``: the recipe plus every
-    field the run's flat ``config.json`` sets away from it (run-control fields left out); None when
-    the recipe cannot be loaded."""
+    """``[PYTHONPATH=...] tool --config=recipe --workdir=... --config.<field>=<value> ...``: the
+    recipe plus every field the run's flat ``config.json`` sets away from it (run-control fields
+    left out) and every field of a custom encoder, at its default too (its value in the run, else
+    the variant's declared default); ``PYTHONPATH`` names the folder its module is imported from
+    (:func:`variant_pythonpath`). None when the recipe cannot be loaded."""
+    from minilm_jax.settings.command_line import VARIANT_PREFIX, flatten, variant_fields
     from minilm_jax.settings.recipes import load_config_file
-    from minilm_jax.settings.command_line import flatten
 
     try:
         base = flatten(load_config_file(recipe))
@@ -112,7 +137,17 @@ def rebuilt_command(tool: str, recipe: str, workdir: str,
         return None
     changed = [_override(k, v) for k, v in run_config.items()
                if k in base and base[k] != v and not k.startswith(_RUN_CONTROL)]
-    return " ".join([tool, shlex.quote(f"--config={recipe}"), shlex.quote(f"--workdir={workdir}"),
+    arch = str(run_config.get("model.arch") or "")
+    try:
+        declared = variant_fields(arch) if ":" in arch else {}
+    except ConfigError:  # its module does not import here: the fields the run recorded
+        declared = {}
+    fields = {**declared, **{k[len(VARIANT_PREFIX):]: v for k, v in run_config.items()
+                             if k.startswith(VARIANT_PREFIX)}}
+    changed += [_override(f"{VARIANT_PREFIX}{name}", value) for name, value in fields.items()]
+    path = variant_pythonpath(arch)
+    return " ".join([*([shlex.quote(f"PYTHONPATH={path}")] if path else []), tool,
+                     shlex.quote(f"--config={recipe}"), shlex.quote(f"--workdir={workdir}"),
                      *changed])
 
 

@@ -10,7 +10,9 @@ fine-tuning run as a sequence classifier (one seed's member). A model RoBERTa ca
 ``RobertaForMaskedLM`` / ``RobertaForSequenceClassification`` (a RoBERTa masked LM also serves as a
 fine-tuning ``init.checkpoint``); any other (the default factorized embeddings with the E->H
 projection, pre-LN, the conv front end, the weighted-sum pooler) ships its own PyTorch code, loaded
-with ``trust_remote_code=True``. ``demo`` builds a fresh point, exports it, imports it back and
+with ``trust_remote_code=True``. Where torch is installed the export is checked by its numbers
+before it is written (:mod:`minilm_jax.interop.twin_check`; a mismatch is one ``error:`` line,
+nothing written); the command prints what the check found. ``demo`` builds a fresh point, exports it, imports it back and
 compares with ``transformers`` if installed.
 """
 

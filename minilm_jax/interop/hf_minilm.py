@@ -15,7 +15,9 @@ transposed, conv kernels ``[kh, kw, in, out]`` as ``[out, in, kh, kw]``, BatchNo
 ``mean``/``var`` as ``running_*``). A layer shared across depths (a variant's ``make_layers``) is
 one entry of the nnx state, so it is written once, under its first path; the twin ties its other
 names to it (:mod:`minilm_jax.interop.hf_remote`'s base class).
-No torch needed: weights go through ``safetensors.numpy``.
+No torch needed: weights go through ``safetensors.numpy``; where torch and transformers are
+installed, the written folder is loaded and its logits compared with ours before it is moved into
+place (:mod:`minilm_jax.interop.twin_check`).
 """
 
 from __future__ import annotations

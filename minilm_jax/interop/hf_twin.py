@@ -10,8 +10,9 @@ subclass of :class:`~minilm_jax.model.encoder.TransformerEncoder`) names its own
 That file imports our twin relatively (``from .modeling_minilm import MinilmModel, ...``) and
 defines ``SwiGLUEncoderForMaskedLM`` and ``SwiGLUEncoderForSequenceClassification`` (and, for
 ``AutoModel``, ``SwiGLUEncoderModel``); the export copies it beside ``modeling_minilm.py`` and
-names its classes in ``auto_map``. The file is checked as text (its syntax tree), never imported:
-the library does not import torch.
+names its classes in ``auto_map``. The file is checked here as text (its syntax tree), never
+imported: this needs no torch. Where torch is installed the export then checks the twin by its
+numbers (:mod:`minilm_jax.interop.twin_check`).
 """
 
 from __future__ import annotations

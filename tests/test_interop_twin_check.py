@@ -174,7 +174,9 @@ def test_export_command_checks_the_twin_of_a_plateau_run(tmp_path, monkeypatch, 
     """Fails on the old command (exit 0, the flipped twin written): a 2-step run of the variant
     (its bias table still within 0.01 of zero: the plateau's case) exports with the right twin and
     says "PyTorch twin verified", its card's rebuilt command with the ``PYTHONPATH`` the variant's
-    module needs and the variant's field at its default; the twin then edited to read the table the wrong way round
+    module needs and the variant's field at its default. The twin edited after training (a
+    comment) is named by the export (refused, or accepted with MINILM_ACCEPT_CODE_CHANGE=1 and
+    named in the card, its new sha256 in the provenance); the twin then edited to read the table the wrong way round
     (the change accepted for code identity) is refused by the export: exit 2, one error line
     naming the twin, the output and both values, the earlier export left as it was."""
     needs_torch()
@@ -232,11 +234,31 @@ def test_export_command_checks_the_twin_of_a_plateau_run(tmp_path, monkeypatch, 
     assert "--config.model.extra.max_distance=4" in command.split()
     before = folder_files(out)
 
+    # an edited twin (a comment: the same numbers) is the run's code changed: named at export
     twin = lab / TWIN.name
     source = twin.read_text()
+    recorded = hashlib.sha256(source.encode()).hexdigest()
+    twin.write_text(source + "# edited after training\n")
+    edited = hashlib.sha256(twin.read_bytes()).hexdigest()
+    monkeypatch.delenv(ACCEPT_ENV, raising=False)
+    assert main(["export", "--workdir", str(run), "--out", str(tmp_path / "edited")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and (
+        f"torch_twin:{TWIN.stem} ({twin}): sha256 {recorded[:12]} -> {edited[:12]}" in err[0]), err
+    assert not (tmp_path / "edited").exists()
+    monkeypatch.setenv(ACCEPT_ENV, "1")
+    assert main(["export", "--workdir", str(run), "--out", str(tmp_path / "edited")]) == 0
+    capsys.readouterr()
+    rows = [line for line in (tmp_path / "edited" / "README.md").read_text().splitlines()
+            if line.startswith("| encoder code changed since the run was recorded")]
+    assert len(rows) == 1 and f"torch_twin:{TWIN.stem}" in rows[0], rows
+    config = json.loads((tmp_path / "edited" / "config.json").read_text())
+    assert config["minilm_jax"]["provenance"]["torch_twin"] == {"file": TWIN.name,
+                                                                "sha256": edited}
+    shutil.rmtree(tmp_path / "edited")
+
     assert source.count("    direction = 1  #") == 1
     twin.write_text(source.replace("    direction = 1  #", "    direction = -1  #"))
-    monkeypatch.setenv(ACCEPT_ENV, "1")
     assert main(["export", "--workdir", str(run), "--out", str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.match(

@@ -105,16 +105,18 @@ def tolerance(cfg: ModelConfig, scale: float) -> float:
 
 
 def _float32_model(model: Any) -> Any:
-    """``model`` computing in float32 (the export's precision): itself when it already does,
-    else the same parameters in a float32 build."""
+    """``model`` computing in float32 (the export's precision) through the reference attention
+    (``einsum``; a fused kernel may round otherwise): itself when it already does, else the same
+    parameters in such a build."""
     from flax import nnx
 
     from minilm_jax.model.models import SequenceClassifier, build_classifier, build_mlm
 
     cfg = model.cfg
-    if cfg.dtype == "float32" and cfg.param_dtype == "float32":
+    reference = {"dtype": "float32", "param_dtype": "float32", "attention_impl": "einsum"}
+    if all(getattr(cfg, k) == v for k, v in reference.items()):
         return model
-    cfg32 = cfg.replace(dtype="float32", param_dtype="float32")
+    cfg32 = cfg.replace(**reference)
     if isinstance(model, SequenceClassifier):
         copy = nnx.eval_shape(lambda: build_classifier(cfg32, model.num_labels))
     else:
@@ -160,7 +162,9 @@ def perturbed(model: Any, seed: int = PROBE_SEED) -> Any:
 def our_logits(model: Any, tokens: np.ndarray, types: np.ndarray, real: np.ndarray,
                classifier: bool) -> np.ndarray:
     """Our logits (a masked LM's at every position ``[B, T, V]``, a classifier's ``[B, L]``) as
-    one compiled program."""
+    one compiled program, its float32 matrix products at full precision (an accelerator's
+    default may round their inputs to fewer bits: TF32, bfloat16 passes)."""
+    import jax
     import jax.numpy as jnp
     from flax import nnx
 
@@ -171,8 +175,9 @@ def our_logits(model: Any, tokens: np.ndarray, types: np.ndarray, real: np.ndarr
     def forward(m, t, s, y, p):
         return m(t, s, y) if classifier else m(t, p, s, y)
 
-    return np.asarray(forward(model, *(jnp.asarray(a) for a in (tokens, segments, types,
-                                                                 positions))), np.float32)
+    with jax.default_matmul_precision("highest"):
+        logits = forward(model, *(jnp.asarray(a) for a in (tokens, segments, types, positions)))
+    return np.asarray(logits, np.float32)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 # Set up (or reuse) .venv, install minilm-jax with its test extras, run the test suite.
 #   MINILM_TEST_INTEROP=0   skip installing torch/transformers (the HF interop tests then skip)
 #   MINILM_SHARED_DATA=DIR  where the development datasets live (default: ../shared/data)
+#   MINILM_TEST_GPU_COMPILE=0  skip installing the CUDA plugin wheels (the deviceless GPU compile tests skip)
 #   extra arguments go to pytest, e.g.  bash launch/test.sh -k model -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +13,13 @@ if [ "${MINILM_TEST_INTEROP:-1}" != "0" ] && ! .venv/bin/python -c 'import torch
   # CPU torch for the Hugging Face export test (2.13.0 has a CPU wheel on the CI machines).
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" \
     "transformers>=4.46,<6" "safetensors>=0.4,<1" || echo "warning: torch/transformers not installed; interop tests will skip" >&2
+fi
+if [ "${MINILM_TEST_GPU_COMPILE:-1}" != "0" ] && [ ! -d .cache/gpu-compile/jax_plugins/xla_cuda12 ]; then
+  # The CUDA plugin's wheels at jax's version, outside .venv (the suite's processes run without
+  # them): tests/test_gpu_compile.py compiles the GPU programs deviceless with them (~460 MB).
+  jax_version=$(.venv/bin/python -c 'import jax; print(jax.__version__)')
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target .cache/gpu-compile \
+    "jax-cuda12-pjrt==$jax_version" "jax-cuda12-plugin==$jax_version" \
+    || echo "warning: CUDA plugin wheels not installed; the deviceless GPU compile tests will skip" >&2
 fi
 exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 "$@" tests

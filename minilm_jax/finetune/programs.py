@@ -18,7 +18,7 @@ from minilm_jax.model.config import ModelConfig
 from minilm_jax.settings.model_fields import model_from_config
 from minilm_jax.runs.pretrained import PretrainedRun
 from minilm_jax.train.mesh import batch_sharding, replicated
-from minilm_jax.train.optim import optimizer_and_schedule
+from minilm_jax.train.optim import moments_in_one_vector, optimizer_and_schedule
 from minilm_jax.train.state import MembersState
 
 from minilm_jax.settings.model_fields import changed_model_fields, with_overrides
@@ -68,7 +68,8 @@ def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, 
     """The program of ``member_seeds`` members on ``mesh`` and their initial state, from
     ``encoder_state`` (a pre-trained encoder, stacked per member for a ``population``) or random
     init (None)."""
-    optimizer, schedule = optimizer_and_schedule(config.optim, total_steps)
+    optimizer, schedule = optimizer_and_schedule(
+        config.optim, total_steps, one_vector=moments_in_one_vector(mesh.shape["fsdp"]))
     built = members_state(model_cfg, num_labels, optimizer, member_seeds, mesh, encoder_state,
                           population=population)
     state_sharding = built.shardings

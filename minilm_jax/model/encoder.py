@@ -127,14 +127,17 @@ class TransformerEncoder(nnx.Module):
             token_types_bt = jnp.zeros_like(tokens_bt)
         chex.assert_equal_shape([tokens_bt, segment_ids_bt, token_types_bt])
         keys = split_key(dropout_key, self.cfg.num_layers + 1)
-        x_bth = self.embed(tokens_bt, token_types_bt, segment_ids_bt, keys[0], train)
-        mask_b1tt = attention_mask(segment_ids_bt)
-        shared = self.checked_shared_score_bias(tokens_bt.shape[1])  # once per forward
-        for layer, key in zip(self.layers, keys[1:]):
-            x_bth = (layer(x_bth, mask_b1tt, key) if shared is None
-                     else layer(x_bth, mask_b1tt, key, score_bias=shared))
-        if self.cfg.norm_position == "pre":
-            x_bth = self.final_norm(x_bth).astype(x_bth.dtype)
+        # named scopes: the parts a compiled step's kernels are counted by (minilm_jax.hlo_kernels)
+        with jax.named_scope("embeddings"):
+            x_bth = self.embed(tokens_bt, token_types_bt, segment_ids_bt, keys[0], train)
+        with jax.named_scope("encoder"):
+            mask_b1tt = attention_mask(segment_ids_bt)
+            shared = self.checked_shared_score_bias(tokens_bt.shape[1])  # once per forward
+            for layer, key in zip(self.layers, keys[1:]):
+                x_bth = (layer(x_bth, mask_b1tt, key) if shared is None
+                         else layer(x_bth, mask_b1tt, key, score_bias=shared))
+            if self.cfg.norm_position == "pre":
+                x_bth = self.final_norm(x_bth).astype(x_bth.dtype)
         return x_bth
 
 

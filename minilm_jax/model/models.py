@@ -41,7 +41,8 @@ class MaskedLM(nnx.Module):
         and evaluation loss, through the head's fastest implementation for this backend."""
         hidden_bth = self.encoder(tokens_bt, segment_ids_bt, None, dropout_key=dropout_key,
                                   train=train)
-        loss_sum = self.mlm_head.loss(hidden_bth, masked_positions_bp, targets_bp, weights_bp)
+        with jax.named_scope("output_layer"):
+            loss_sum = self.mlm_head.loss(hidden_bth, masked_positions_bp, targets_bp, weights_bp)
         return loss_sum, jnp.sum(weights_bp.astype(jnp.float32))
 
     def target_logprobs(self, tokens_bt: jax.Array, positions_bp: jax.Array,

@@ -151,8 +151,14 @@ def pack_predictions(mb: MaskedBatch, cfg: MaskingConfig) -> PackedPredictions:
     flat_bp = jnp.arange(b, dtype=mb.positions_bp.dtype)[:, None] * t + mb.positions_bp
 
     def pack(weights_n, flat_n, targets_n):
-        (index_n,) = jnp.nonzero(weights_n > 0, size=rows, fill_value=0)
-        keep_n = jnp.arange(rows) < jnp.sum(weights_n > 0)
+        # The indices of the selected slots in increasing order, as jnp.nonzero(size=rows,
+        # fill_value=0) gives them: the smallest ``rows`` of (index where selected, else n), one
+        # sort (jnp.nonzero's cumulative sum and scatter are ~8 kernels on a GPU).
+        n = weights_n.shape[0]
+        key_n = jnp.where(weights_n > 0, jnp.arange(n, dtype=jnp.int32), n)
+        first_n = jnp.sort(key_n)[:rows]
+        keep_n = first_n < n
+        index_n = jnp.where(keep_n, first_n, 0)
         return flat_n[index_n], targets_n[index_n], jnp.where(keep_n, weights_n[index_n], 0.0)
 
     per_group = [a.reshape(groups, -1) for a in (mb.weights_bp, flat_bp, mb.targets_bp)]

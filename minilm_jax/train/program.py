@@ -24,7 +24,8 @@ from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import (BATCH_AXES, batch_sharding, check_batch_divisible,
                                    check_train_shape, members_batch_sharding,
                                    members_state_shardings, replicated)
-from minilm_jax.train.optim import optimizer_and_schedule, schedule_values
+from minilm_jax.train.optim import (moments_in_one_vector, optimizer_and_schedule,
+                                    schedule_values)
 from minilm_jax.train.state import BuiltState, lm_state
 from minilm_jax.train.step import (MemberGroup, make_eval_step, make_population_eval,
                                    make_population_step, make_train_step, member_objects)
@@ -98,7 +99,8 @@ def pretrain_program(config: ml_collections.ConfigDict, mesh: Any,
     total_steps = check_train_shape(tc, mesh)
     check_batch_divisible(config.eval.batch_size, mesh, "eval.batch_size")
     masking = sharded_masking(MaskingConfig.from_config(config.mlm, model.vocab_size), mesh)
-    optimizer, schedule = optimizer_and_schedule(config.optim, total_steps)
+    optimizer, schedule = optimizer_and_schedule(
+        config.optim, total_steps, one_vector=moments_in_one_vector(mesh.shape["fsdp"]))
     built = lm_state(model, config.seed, optimizer, mesh)
     data = batch_sharding(mesh, batch_axis=2, ndim=4)
     train_step = jax.jit(
@@ -166,8 +168,11 @@ def population_program(configs: list[ml_collections.ConfigDict], mesh: Any,
         c, model = configs[indices[0]], models[indices[0]]
         # a group shares its mask probability (group_key), so its packed rows are each member's
         masking = sharded_masking(MaskingConfig.from_config(c.mlm, model.vocab_size), mesh)
-        built = lm_state(model, 0, optimizer_and_schedule(c.optim, total_steps)[0], mesh)  # shapes only
-        groups.append(MemberGroup(tuple(indices), built.graphdef, c.optim, masking))
+        one_vector = moments_in_one_vector(mesh.shape["fsdp"])
+        built = lm_state(model, 0, optimizer_and_schedule(c.optim, total_steps,
+                                                          one_vector=one_vector)[0],
+                         mesh)  # shapes only
+        groups.append(MemberGroup(tuple(indices), built.graphdef, c.optim, masking, one_vector))
         makers.append(model)
         counts = counts or built.param_counts
     values = [member_values(c, total_steps) for c in configs]

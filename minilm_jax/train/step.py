@@ -19,7 +19,7 @@ from flax import nnx
 from minilm_jax.train.masking import (MaskedBatch, MaskingConfig, mask_tokens, maskable_positions,
                                       predicted)
 from minilm_jax.train.members import over_members
-from minilm_jax.train.optim import optimizer_and_schedule
+from minilm_jax.train.optim import global_norm, optimizer_and_schedule
 
 TrainState = dict[str, Any]
 
@@ -74,7 +74,7 @@ def make_update(graphdef: nnx.GraphDef) -> Callable[..., tuple[TrainState, dict]
             updates, opt_state = optimizer.update(grads, state["opt_state"], params)
             new_state = {"params": optax.apply_updates(params, updates), "rest": rest,
                          "opt_state": opt_state, "step": state["step"] + 1}
-            grad_norm = optax.global_norm(grads)
+            grad_norm = global_norm(grads)
         # predictions / maskable: the realised mask rate (summed over log windows and runs)
         metrics = {"loss": loss_sum / denom, "grad_norm": grad_norm,
                    "lr": schedule(state["step"]), "predictions": count,
@@ -132,6 +132,7 @@ class MemberGroup:
     graphdef: nnx.GraphDef
     optim: Any  # the members' shared ``optim`` config section
     masking: MaskingConfig
+    one_vector: bool = False  # Adam's moments as one vector each (optim.moments_in_one_vector)
 
 
 def member_objects(group: MemberGroup, total_steps: int, hyper: dict[str, jax.Array]
@@ -140,7 +141,7 @@ def member_objects(group: MemberGroup, total_steps: int, hyper: dict[str, jax.Ar
     (``seed``, ``mask_prob`` and :func:`~minilm_jax.train.optim.schedule_values`)."""
     values = {k: hyper[k] for k in ("peak_lr", "warmup", "end_lr", "weight_decay", "inv_warmup",
                                      "inv_span", "drop")}
-    return (*optimizer_and_schedule(group.optim, total_steps, values),
+    return (*optimizer_and_schedule(group.optim, total_steps, values, group.one_vector),
             dataclasses.replace(group.masking, mask_prob=hyper["mask_prob"]),
             jax.random.key(hyper["seed"]))
 

@@ -1,0 +1,63 @@
+"""Compiles the project's Pallas kernels and a small pre-training step for NVIDIA GPUs without one
+(run by tests/test_gpu_compile.py in a process that sees the CUDA plugin's wheels): prints one JSON
+object per card with what each compiled program holds."""
+
+import json
+import os
+import sys
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import SingleDeviceSharding  # noqa: E402
+
+from minilm_jax import aot  # noqa: E402
+from minilm_jax.configs import pretrain  # noqa: E402
+from minilm_jax.gpu_targets import cuda_devices  # noqa: E402
+from minilm_jax.hlo_kernels import step_kernels  # noqa: E402
+from minilm_jax.model.flash_attention import flash_attention  # noqa: E402
+from minilm_jax.model.target_platform import building_for  # noqa: E402
+from minilm_jax.model.xent_kernel import kernel_linear_xent  # noqa: E402
+
+TRITON = "__gpu$xla.gpu.triton"
+
+
+def compiled_text(fn, device, *shapes) -> str:
+    args = [jax.ShapeDtypeStruct(s, d, sharding=SingleDeviceSharding(device)) for s, d in shapes]
+    return jax.jit(fn).trace(*args).lower().compile().as_text()
+
+
+def main(cards: list[str]) -> None:
+    for card in cards:
+        device = cuda_devices(card)[0]
+        with building_for("gpu"):
+            def flash_loss(q, k, v, seg):
+                return jnp.sum(flash_attention(q, k, v, seg).astype(jnp.float32))
+
+            bf, i32, f32 = jnp.bfloat16, jnp.int32, jnp.float32
+            flash = compiled_text(jax.grad(flash_loss, argnums=(0, 1, 2)), device,
+                                  ((2, 128, 2, 16), bf), ((2, 128, 2, 16), bf),
+                                  ((2, 128, 2, 16), bf), ((2, 128), i32))
+
+            def xent(x, w, b, t, wt):
+                return kernel_linear_xent(x, w, b, t, wt, "bfloat16")
+
+            out = compiled_text(jax.grad(xent, argnums=(0, 1, 2)), device, ((256, 32), f32),
+                                ((32, 1000), f32), ((1000,), f32), ((256,), i32), ((256,), f32))
+            config = pretrain.get_config("paper-1.25m")
+            config.model.dtype, config.train.batch_size = "bfloat16", 8
+            config.eval.batch_size, config.mesh.data = 8, 1
+            report = aot.compile_train_step(config, [device], target=f"cuda:{card}")
+        print(json.dumps({
+            "card": card, "kind": device.device_kind,
+            "flash_triton_calls": flash.count(TRITON), "flash_kernels": step_kernels(flash).total,
+            "xent_triton_calls": out.count(TRITON), "xent_kernels": step_kernels(out).total,
+            "step_kernels": report.kernels_per_step, "step_parts": report.kernels_by_part,
+            "step_flops": report.flops_per_device, "analytic_flops": report.analytic_flops_per_device,
+            "temp_bytes": report.memory["temp"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

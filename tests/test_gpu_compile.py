@@ -1,0 +1,89 @@
+"""The project's GPU programs compile for every card we claim, on this CPU-only machine: the Pallas
+flash-attention and output-layer kernels (forward and backward, by Triton) and a whole pre-training
+step, for sm_80 (A100), sm_89 (L4) and sm_90 (H100), with the CUDA plugin's wheels
+(``MINILM_GPU_COMPILE_PATH``, default ``.cache/gpu-compile``, where ``launch/test.sh`` installs
+them; skipped cleanly without). The compile runs in a process of its own: the plugin must be seen
+before JAX starts, and the suite's own processes run without it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+WHEELS = Path(os.environ.get("MINILM_GPU_COMPILE_PATH", REPO / ".cache" / "gpu-compile"))
+CARDS = {"a100": "NVIDIA A100-SXM4-80GB", "l4": "NVIDIA L4", "h100": "NVIDIA H100 80GB HBM3"}
+PARAMETER_LEAVES = 29  # paper-1.25m: every weight, bias, norm and embedding table
+
+
+def plugin_at(path: Path) -> bool:
+    return (path / "jax_plugins" / "xla_cuda12").is_dir()
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict[str, dict]:
+    if not plugin_at(WHEELS):
+        pytest.skip(f"no CUDA plugin wheels at {WHEELS} (launch/test.sh installs them)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(WHEELS), str(REPO / "tests")]),
+               JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "gpu_compile_script.py"),
+                             *CARDS], capture_output=True, text=True, cwd=REPO, env=env,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return {row["card"]: row for row in rows}
+
+
+@pytest.mark.parametrize("card", CARDS)
+def test_the_pallas_kernels_compile_by_triton_for_each_card(compiled, card):
+    row = compiled[card]
+    assert row["kind"] == CARDS[card]
+    # flash attention's gradient: the forward (its residuals) and the dK/dV and dQ kernels; the
+    # output layer's: forward, dx and dW/db: each a Triton kernel, none interpreted
+    assert row["flash_triton_calls"] == 3
+    assert row["xent_triton_calls"] == 3
+    assert row["flash_kernels"] >= 3 and row["xent_kernels"] >= 3
+
+
+@pytest.mark.parametrize("card", CARDS)
+def test_a_whole_step_compiles_and_its_parts_add_up(compiled, card):
+    row = compiled[card]
+    parts = row["step_parts"]
+    assert sum(parts.values()) == row["step_kernels"] > 0
+    # every part of the step is found by its named scope
+    for part in ("masking", "embeddings", "encoder forward", "encoder backward", "output layer",
+                 "optimizer"):
+        assert parts[part] > 0, part
+    # Adam's moments are one vector on a GPU: far fewer optimizer kernels than parameter leaves
+    # (per leaf, each leaf's update is a kernel of its own: 29 and more)
+    assert parts["optimizer"] < PARAMETER_LEAVES
+    assert row["temp_bytes"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax_plugins") is not None
+                    and importlib.util.find_spec("jax_plugins.xla_cuda12") is not None,
+                    reason="the CUDA plugin is installed in this environment")
+def test_without_the_wheels_aot_says_which_extra_in_one_line():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-m", "minilm_jax.aot", "--target=cuda:h100",
+                             "--config=pretrain:paper-1.25m"], capture_output=True, text=True,
+                            cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "gpu-compile" in errors[0] and "jax-cuda12-plugin" in errors[0]
+
+
+def test_an_unknown_card_is_named_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "minilm_jax.aot", "--target=cuda:h800",
+                             "--config=pretrain:paper-1.25m"], capture_output=True, text=True,
+                            cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "h800" in errors[0] and "h100" in errors[0]

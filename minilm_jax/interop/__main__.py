@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "one seed) as a Hugging Face directory: model.safetensors, config, tokenizer "
                     "files and a model card, loadable with transformers (AutoModelForMaskedLM, "
                     "pipeline('fill-mask', ...)); a run still training is read from its newest "
-                    "sealed best or latest step.")
+                    "sealed best or latest step. Where torch and transformers are installed the "
+                    "folder is loaded with them before it is written and its logits compared "
+                    "with ours (at the exported and at perturbed parameters): a mismatch writes "
+                    "nothing.")
     export.add_argument("--workdir", required=True,
                         help="pre-training workdir or finished fine-tuning run folder")
     export.add_argument("--out", required=True, help="output directory (Hugging Face format)")

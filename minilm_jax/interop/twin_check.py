@@ -222,9 +222,12 @@ def _dynamic_modules_of(folder: Path) -> Iterator[None]:
 
 def _largest(ours: np.ndarray, theirs: np.ndarray, real: np.ndarray,
              classifier: bool) -> tuple[float, tuple[int, ...]]:
-    """The largest ``|ours - theirs|`` (at real positions for a masked LM) and where."""
-    diff = np.abs(ours.astype(np.float64) - theirs.astype(np.float64))
-    diff[~np.isfinite(diff)] = np.inf
+    """The largest ``|ours - theirs|`` (at real positions for a masked LM) and where; a value
+    that is not finite matches only the same value (NaN matches NaN), else differs by inf."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(ours - theirs)
+    same = ~np.isfinite(ours) & ((ours == theirs) | (np.isnan(ours) & np.isnan(theirs)))
+    diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff)).astype(np.float32)
     if not classifier:
         diff = np.where(real[:, :, None], diff, -1.0)
     where = np.unravel_index(int(np.argmax(diff)), diff.shape)
@@ -290,7 +293,8 @@ def verify_export(model: Any, folder: Path, *, implementation: str, remote: bool
                 raise InteropError(f"{implementation} gives logits of shape {theirs.shape}, "
                                    f"ours {ours.shape}")
             compared = ours if classifier else ours[real]
-            tol = tolerance(model.cfg, float(np.max(np.abs(compared))))
+            tol = tolerance(model.cfg, float(np.max(np.abs(compared[np.isfinite(compared)]),
+                                                    initial=0.0)))
             diff, where = _largest(ours, theirs, real, classifier)
             if not diff <= tol:
                 raise InteropError(

@@ -269,3 +269,46 @@ def test_export_command_checks_the_twin_of_a_plateau_run(tmp_path, monkeypatch, 
     assert diff > 10 * tol  # at the exported parameters already, or else at the perturbed ones
     assert folder_files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "lab", "pre", "shards", "tok.model"]
+
+
+def test_the_rebuilt_command_names_the_variants_folder_and_every_field(tmp_path, monkeypatch):
+    """Fails on the old card (no PYTHONPATH, a variant's fields left out: the recipe knows none of
+    them): pre-training names every field, at its default too; fine-tuning names those its
+    config records (its checkpoint holds the others); a module in a package is imported from the
+    folder above the package; a built-in encoder needs no PYTHONPATH."""
+    from minilm_jax.interop.model_card import rebuilt_command
+    from minilm_jax.settings.command_line import flatten
+    from minilm_jax.settings.recipes import load_config_file
+
+    lab = user_module(tmp_path)
+    (lab / "pkg").mkdir()
+    (lab / "pkg" / "__init__.py").write_text("")
+    shutil.copyfile(TESTS / "relative_bias_variants.py", lab / "pkg" / "enc.py")
+    shutil.copyfile(TWIN, lab / "pkg" / TWIN.name)
+    monkeypatch.syspath_prepend(str(lab))
+    for name in ("lab_bias", "pkg", "pkg.enc"):
+        monkeypatch.setitem(sys.modules, name, None)  # dropped after the test
+        monkeypatch.delitem(sys.modules, name)
+    recipe = f"pretrain:{POINT}"
+    flat = flatten(load_config_file(recipe))
+    for arch in ("lab_bias:RelativeBiasEncoder", "pkg.enc:RelativeBiasEncoder"):
+        words = rebuilt_command("minilm-pretrain", recipe, "/runs/pre",
+                                {**flat, "model.arch": arch}).split()
+        assert words[:2] == [f"PYTHONPATH={lab}", "minilm-pretrain"], words
+        assert f"--config.model.arch={arch}" in words
+        assert "--config.model.extra.max_distance=4" in words  # the default
+    words = rebuilt_command("minilm-pretrain", recipe, "/runs/pre",
+                            {**flat, "model.arch": "pkg.enc:RelativeBiasEncoder",
+                             "model.extra.max_distance": 6}).split()
+    assert "--config.model.extra.max_distance=6" in words
+    assert not any(w.startswith("--config.model.extra.max_distance=4") for w in words)
+    assert not rebuilt_command("minilm-pretrain", recipe, "/runs/pre", flat).startswith(
+        "PYTHONPATH")  # the recipe's own encoder
+
+    recipe = "finetune:sst2"
+    flat = {**flatten(load_config_file(recipe)), "model.arch": "lab_bias:RelativeBiasEncoder"}
+    words = rebuilt_command("minilm-finetune", recipe, "/runs/sst2", flat).split()
+    assert words[0] == f"PYTHONPATH={lab}" and not any("model.extra" in w for w in words)
+    words = rebuilt_command("minilm-finetune", recipe, "/runs/sst2",
+                            {**flat, "model.extra.max_distance": 6}).split()
+    assert "--config.model.extra.max_distance=6" in words

@@ -125,8 +125,9 @@ def rebuilt_command(tool: str, recipe: str, workdir: str,
                     run_config: Mapping[str, Any]) -> str | None:
     """``[PYTHONPATH=...] tool --config=recipe --workdir=... --config.<field>=<value> ...``: the
     recipe plus every field the run's flat ``config.json`` sets away from it (run-control fields
-    left out) and every field of a custom encoder, at its default too (its value in the run, else
-    the variant's declared default); ``PYTHONPATH`` names the folder its module is imported from
+    left out) and every field of a custom encoder, at its default too (its value in the run, else,
+    for pre-training, the variant's declared default; fine-tuning takes the others from its
+    checkpoint); ``PYTHONPATH`` names the folder its module is imported from
     (:func:`variant_pythonpath`). None when the recipe cannot be loaded."""
     from minilm_jax.settings.command_line import VARIANT_PREFIX, flatten, variant_fields
     from minilm_jax.settings.recipes import load_config_file
@@ -139,7 +140,7 @@ def rebuilt_command(tool: str, recipe: str, workdir: str,
                if k in base and base[k] != v and not k.startswith(_RUN_CONTROL)]
     arch = str(run_config.get("model.arch") or "")
     try:
-        declared = variant_fields(arch) if ":" in arch else {}
+        declared = variant_fields(arch) if ":" in arch and "init.mode" not in run_config else {}
     except ConfigError:  # its module does not import here: the fields the run recorded
         declared = {}
     fields = {**declared, **{k[len(VARIANT_PREFIX):]: v for k, v in run_config.items()

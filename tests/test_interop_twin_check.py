@@ -312,3 +312,35 @@ def test_the_rebuilt_command_names_the_variants_folder_and_every_field(tmp_path,
     words = rebuilt_command("minilm-finetune", recipe, "/runs/sst2",
                             {**flat, "model.extra.max_distance": 6}).split()
     assert "--config.model.extra.max_distance=6" in words
+
+
+@pytest.mark.parametrize("bug,said", [
+    ("        raise RuntimeError('a bug in the twin')\n",
+     "fails on a probe batch of 3 sequences of 16 tokens: RuntimeError: a bug in the twin"),
+    ("        return torch.zeros(self.heads, q_len + 1, k_len)\n",
+     "fails on a probe batch of 3 sequences of 16 tokens: RuntimeError: ")])
+def test_a_twin_that_fails_is_one_line_and_nothing_is_written(bug, said, tmp_path, monkeypatch):
+    """Fails on the old export (written: the twin never ran): a twin whose attention raises, or
+    returns a bias of the wrong shape, is refused in one line naming it and what it raised."""
+    needs_torch()
+    from minilm_jax.interop.hf_minilm import export_model
+    from minilm_jax.model.models import build_mlm
+    from minilm_jax.model.sizes import resolve_point
+
+    lab = user_module(tmp_path)
+    twin = lab / TWIN.name
+    head = "    def score_bias(self, q_len: int, k_len: int) -> torch.Tensor | None:\n"
+    source = twin.read_text()
+    assert source.count(head) == 2  # the right twin's, then the dropped one's
+    twin.write_text(source.replace(head, head + bug, 1))
+    monkeypatch.syspath_prepend(str(lab))
+    monkeypatch.setitem(sys.modules, "lab_bias", None)  # dropped after the test
+    monkeypatch.delitem(sys.modules, "lab_bias")
+    model = build_mlm(resolve_point(POINT, max_len=SEQ, arch="lab_bias:RelativeBiasEncoder"))
+    with pytest.raises(InteropError) as refused:
+        export_model(model, tmp_path / "hf")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(
+        f"cannot export to Hugging Face: the PyTorch twin {TWIN.name} "
+        f"(RelativeBiasEncoderForMaskedLM) {said}"), message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab"]

@@ -234,6 +234,12 @@ def _largest(ours: np.ndarray, theirs: np.ndarray, real: np.ndarray,
     return float(diff[where]), tuple(int(i) for i in where)
 
 
+def _first_line(err: BaseException) -> str:
+    """``Type: first line of the message`` of an exception raised by the PyTorch side."""
+    said = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {said}" if said else type(err).__name__
+
+
 def _describe(where: tuple[int, ...], classifier: bool, labels: Sequence[str]) -> str:
     if classifier:
         b, k = where
@@ -265,9 +271,8 @@ def verify_export(model: Any, folder: Path, *, implementation: str, remote: bool
             hf, info = auto.from_pretrained(str(folder), trust_remote_code=remote,
                                             output_loading_info=True)
         except Exception as err:  # noqa: BLE001 - the user's twin may fail in any way: one line
-            said = (str(err).strip().splitlines() or [""])[0]
             raise InteropError(f"{implementation} does not load the export: "
-                               f"{type(err).__name__}: {said}") from None
+                               f"{_first_line(err)}") from None
         problems = {k: sorted(map(str, v))[:5] for k, v in info.items() if v}
         if problems:
             raise InteropError(f"{implementation} does not load the export whole: "
@@ -282,12 +287,21 @@ def verify_export(model: Any, folder: Path, *, implementation: str, remote: bool
                 ours_model = perturbed(ours_model)
                 state = {k: torch.from_numpy(np.array(v, copy=True))
                          for k, v in tensors_of(ours_model).items()}
-                unexpected = hf.load_state_dict(state, strict=False).unexpected_keys
+                try:
+                    unexpected = hf.load_state_dict(state, strict=False).unexpected_keys
+                except Exception as err:  # noqa: BLE001 - e.g. a tensor of another shape
+                    raise InteropError(f"{implementation} does not take perturbed parameters of "
+                                       f"the export's shapes: {_first_line(err)}") from None
                 if unexpected:
                     raise InteropError(f"{implementation} has no tensor named "
                                        f"{sorted(unexpected)[:5]} of the export")
-            with torch.no_grad():
-                theirs = hf(**inputs).logits.float().numpy()
+            try:
+                with torch.no_grad():
+                    theirs = hf(**inputs).logits.float().numpy()
+            except Exception as err:  # noqa: BLE001 - the user's twin may fail in any way
+                raise InteropError(f"{implementation} fails on a probe batch of {tokens.shape[0]} "
+                                   f"sequences of {tokens.shape[1]} tokens: "
+                                   f"{_first_line(err)}") from None
             ours = our_logits(ours_model, tokens, types, real, classifier)
             if theirs.shape != ours.shape:
                 raise InteropError(f"{implementation} gives logits of shape {theirs.shape}, "

@@ -244,7 +244,16 @@ def _compile(config, devices, target: str, abstract_size: int | None, members: i
     state = sharded_abstract(abstract_state, state_sharding)
 
     start = time.perf_counter()
-    traced = program.train_step.trace(state, batch)
+    try:
+        traced = program.train_step.trace(state, batch)
+    except RuntimeError as err:  # jax asks for cuDNN's library while tracing its attention
+        if "cudnn" not in str(err).lower():
+            raise
+        from minilm_jax.errors import UserError
+
+        raise UserError("model.attention_impl='cudnn' needs cuDNN's library to build its "
+                        f"program, also without a GPU ({str(err).splitlines()[0]}): pip install "
+                        "nvidia-cudnn-cu12, or use attention_impl='einsum' or 'flash'") from err
     lowered = (traced.lower(lowering_platforms=(platform,)) if lower_only else traced.lower())
     lower_seconds = time.perf_counter() - start
     n_devices = mesh.size

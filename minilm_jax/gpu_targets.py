@@ -97,9 +97,9 @@ WHEELS = ("jax-cuda12-pjrt", "jax-cuda12-plugin")
 
 
 def have_cuda_compiler() -> bool:
-    """Whether the CUDA plugin (its PJRT library and the jax plugin) is installed."""
-    return (importlib.util.find_spec("jax_plugins") is not None
-            and importlib.util.find_spec("jax_plugins.xla_cuda12") is not None)
+    """Whether a CUDA plugin (its PJRT library and the jax plugin, CUDA 12 or 13) is installed."""
+    return importlib.util.find_spec("jax_plugins") is not None and any(
+        importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") is not None for v in (12, 13))
 
 
 def prepare_cpu_only() -> None:

@@ -71,6 +71,44 @@ def dumped_kernels(folder: Path) -> int | None:
     return kernels_per_step(dumps[0].read_text()) if dumps else None
 
 
+def device_card() -> str:
+    """The ``aot --target=cuda:<card>`` of this machine's first GPU (by ``nvidia-smi``'s name;
+    h100 when it does not say)."""
+    try:
+        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.upper()
+    except (OSError, subprocess.SubprocessError):
+        name = ""
+    for card, mark in (("h200", "H200"), ("h100", "H100"), ("a100", "A100"), ("l4", "L4"),
+                       ("rtx4090", "4090")):
+        if mark in name:
+            return card
+    return "h100"
+
+
+def deviceless_kernels(side: Side, bench_args: tuple[str, ...], out: Path, log) -> int | None:
+    """Kernels per step of the bench figure's step compiled for this machine's card on the CPU
+    (``python -m minilm_jax.aot --target=cuda:<card>``, in ``side``'s tree), or None."""
+    options = dict(zip(bench_args[::2], bench_args[1::2]))
+    args = ["--target", f"cuda:{device_card()}", f"--config=pretrain:{options['--point']}",
+            f"--config.model.dtype={options.get('--dtype', 'bfloat16')}",
+            f"--config.train.batch_size={options.get('--batch', '256')}",
+            f"--config.eval.batch_size={options.get('--batch', '256')}",
+            "--config.mesh.data=1", "--device_memory_gb=0", "--largest=0", "--json", str(out)]
+    if "--attention" in options:
+        args.append(f"--config.model.attention_impl={options['--attention']}")
+    env = dict(side_env(side, None), JAX_PLATFORMS="cpu", JAX_SKIP_CUDA_CONSTRAINTS_CHECK="1")
+    try:
+        result = subprocess.run([sys.executable, "-c", RUNNER, str(side.tree), "minilm_jax.aot",
+                                 *args], cwd=side.tree, env=env, capture_output=True, text=True,
+                                timeout=600)
+        log.write(f"-- {side.name}: aot {shlex.join(args)}: exit {result.returncode}\n"
+                  f"{result.stdout}{result.stderr[-2000:]}")
+        return json.loads(out.read_text())["kernels_per_step"] if result.returncode == 0 else None
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        return None
+
+
 def measure(sides: list[Side], figs: list[Figure], sweep_min_s: float, deadline: float,
             scratch: Path, log) -> tuple[dict[tuple[str, str], dict[str, float]], list[dict]]:
     """Each figure on each side: a run gets at most its timeout and the budget less what the runs
@@ -103,6 +141,9 @@ def measure(sides: list[Side], figs: list[Figure], sweep_min_s: float, deadline:
                 got, picked = fig.read(result), picked_strategy(result)
                 if fig.dump:
                     got["kernels_per_step"] = dumped_kernels(dump)
+                if fig.deviceless and side.name == "now":
+                    got["kernels_deviceless"] = deviceless_kernels(
+                        side, fig.args, scratch / f"aot-{i}.json", log)
             except (OSError, ValueError, KeyError, IndexError) as err:
                 status = f"ok, but its JSON lacks a figure ({type(err).__name__}: {err})"
         shutil.rmtree(dump, ignore_errors=True)

@@ -66,8 +66,10 @@ def test_one_vector_moments_train_as_optax_adamw(decay_mask):
 
 def test_global_norm_is_optax_global_norm():
     grads = tree(7)
-    want = float(optax.global_norm(grads))
-    assert abs(float(global_norm(grads)) - want) <= 4 * ULP * want
+    want = float(optax.tree.norm(grads))
+    assert float(global_norm(grads)) == want  # this process builds for its CPU: optax's own
+    with building_for("gpu"):  # one concatenated vector: the same sum in another order
+        assert abs(float(global_norm(grads)) - want) <= 4 * ULP * want
     assert float(global_norm({})) == 0.0
 
 

@@ -115,7 +115,10 @@ def test_the_right_twin_passes_and_says_so(tmp_path):
 
     model = perturbed(fresh("RelativeBiasEncoder", False), seed=3)  # stands for trained weights
     notes: list[str] = []
-    out = export_model(model, tmp_path / "hf", notes=notes, files={CARD_NAME: "# card\n"})
+    # transformers keys a folder's remote code by the folder's name (and its source): in one
+    # process, a folder named as one loaded before would get the classes registered for that one
+    out = export_model(model, tmp_path / "relative_bias_right_twin", notes=notes,
+                       files={CARD_NAME: "# card\n"})
     assert len(notes) == 1 and notes[0].startswith(
         f"PyTorch twin verified: the PyTorch twin {TWIN.name} (RelativeBiasEncoderForMaskedLM) "
         f"loaded with torch {torch.__version__}, transformers {transformers.__version__} gives "
@@ -151,7 +154,7 @@ def test_without_torch_the_export_says_its_twin_is_not_verified(tmp_path, monkey
 
     monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
     notes: list[str] = []
-    out = export_model(fresh("RelativeBiasEncoder", False), tmp_path / "hf", notes=notes,
+    out = export_model(fresh("RelativeBiasEncoder", False), tmp_path / "unverified", notes=notes,
                        files={CARD_NAME: "# card\n"})
     assert notes == ["PyTorch twin not verified: torch is not installed where it was exported, "
                      "so its logits were not compared with minilm-jax's (pip install "

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from minilm_jax import held_folders
+import minilm_jax.held_folders as held_folders
 from minilm_jax.storage import is_remote
 
 LOCK_FILE = ".exclusive.lock"

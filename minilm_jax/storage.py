@@ -27,7 +27,7 @@ from typing import Any, Union
 
 from etils import epath
 
-from minilm_jax import held_folders
+import minilm_jax.held_folders as held_folders
 from minilm_jax.errors import UserError
 
 RunPath = Union[Path, epath.Path]

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from minilm_jax.model import target_platform
+import minilm_jax.model.target_platform as target_platform
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.init import make_initializers
 from minilm_jax.model.layers import dropout, gelu_exact, make_layer_norm, make_linear

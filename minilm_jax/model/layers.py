@@ -7,11 +7,15 @@ training steps stay pure functions of arrays and the model holds no RNG state.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 from jax.extend.core import Literal
 
+import minilm_jax.model.target_platform as target_platform
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.attention_rules import (NEG_INF, attention_mask, hash_bits,  # noqa: F401
                                               segment_ids_from_mask)
@@ -51,10 +55,54 @@ def make_linear(cfg: ModelConfig, init: Initializers, d_in: int, d_out: int,
                       dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, scale, bias, epsilon: float):
+    return _layer_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon):
+    x_f = x.astype(jnp.float32)
+    mean = jnp.mean(x_f, axis=-1, keepdims=True)
+    var = jnp.maximum(0.0, jnp.mean(x_f * x_f, axis=-1, keepdims=True) - mean * mean)
+    y = (x_f - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+    return y, (x, mean, var, scale)
+
+
+def _layer_norm_bwd(epsilon, residuals, g):
+    x, mean, var, scale = residuals
+    g = g.astype(jnp.float32)
+    inv = jax.lax.rsqrt(var + epsilon)  # recomputed where used: no kernel of its own
+    x_hat = (x.astype(jnp.float32) - mean) * inv
+    g_scaled = g * scale
+    dx = inv * (g_scaled - jnp.mean(g_scaled, axis=-1, keepdims=True)
+                - x_hat * jnp.mean(g_scaled * x_hat, axis=-1, keepdims=True))
+    both = jnp.sum(jnp.stack([g * x_hat, g], axis=-2).reshape(-1, 2, g.shape[-1]), axis=0)
+    return dx.astype(x.dtype), both[0], both[1]
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nnx.LayerNorm):
+    """``nnx.LayerNorm`` (statistics in float32); in a program built for a GPU its gradient is
+    written out (a custom VJP keeping the mean and variance, recomputing the ``rsqrt`` where it
+    is used), so XLA does not launch a kernel for the ``rsqrt`` alone nor reduce the gradients in
+    autodiff's pieces. The same forward arithmetic as ``nnx.LayerNorm``; elsewhere exactly it."""
+
+    def __call__(self, x, *, mask=None):
+        if (mask is not None or target_platform.platform() != "gpu" or self.scale is None
+                or self.bias is None or tuple(np.atleast_1d(self.reduction_axes)) != (-1,)
+                or not self.use_fast_variance):
+            return super().__call__(x, mask=mask)
+        y = _layer_norm(x, self.scale[...].astype(jnp.float32),
+                        self.bias[...].astype(jnp.float32), float(self.epsilon))
+        return y.astype(self.dtype or x.dtype)
+
+
 def make_layer_norm(cfg: ModelConfig, dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # LayerNorm statistics are computed in float32 even under bf16 compute.
-    return nnx.LayerNorm(dim, epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
-                         param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+    return LayerNorm(dim, epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
+                     param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
 
 
 def _depends_on_params(module: nnx.Module, fn) -> bool:

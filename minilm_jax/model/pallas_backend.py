@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from minilm_jax.model import target_platform
+import minilm_jax.model.target_platform as target_platform
 
 
 def interpret() -> bool:

@@ -20,7 +20,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from minilm_jax.model import target_platform
+import minilm_jax.model.target_platform as target_platform
 
 
 def resolve_loss_impl(impl: str) -> str:

@@ -26,7 +26,8 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from minilm_jax import exclusive_files, held_folders
+import minilm_jax.exclusive_files as exclusive_files
+import minilm_jax.held_folders as held_folders
 from minilm_jax.errors import UserError
 from minilm_jax.storage import (RunPath, is_remote, mark_gone, process_alive, relative_location,
                                 run_path)

@@ -22,7 +22,7 @@ import os
 import time
 from typing import Any
 
-from minilm_jax import exclusive_files
+import minilm_jax.exclusive_files as exclusive_files
 from minilm_jax.storage import RunPath, atomic_write_json, run_path
 
 STATUS_DIR = "status"

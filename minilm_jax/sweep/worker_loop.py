@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from minilm_jax import held_folders
+import minilm_jax.held_folders as held_folders
 from minilm_jax.errors import Interrupted, UserError
 from minilm_jax.evals.common import from_config as evaluator_from_config
 from minilm_jax.settings.finetuning import validate_finetune_config

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from minilm_jax import held_folders
+import minilm_jax.held_folders as held_folders
 from minilm_jax.errors import StorageError, UserError
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import MaskedLM

@@ -14,7 +14,7 @@ from typing import Callable
 import jax
 
 from minilm_jax.errors import UserError
-from minilm_jax.model import target_platform
+import minilm_jax.model.target_platform as target_platform
 
 MEMBER_STRATEGIES = ("auto", "vmap", "map")
 

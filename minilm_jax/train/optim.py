@@ -11,7 +11,7 @@ import ml_collections
 import optax
 from jax.flatten_util import ravel_pytree
 
-from minilm_jax.model import target_platform
+import minilm_jax.model.target_platform as target_platform
 from minilm_jax.model.config import ConfigError
 
 SCHEDULES = ("inverse_sqrt", "linear", "cosine", "constant")

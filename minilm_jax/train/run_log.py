@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 
-from minilm_jax import held_folders
+import minilm_jax.held_folders as held_folders
 from minilm_jax.storage import atomic_write_bytes, is_remote, run_path
 
 

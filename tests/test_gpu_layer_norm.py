@@ -1,0 +1,77 @@
+"""The LayerNorm a GPU program runs (model.layers.LayerNorm: its gradient written out as a custom VJP)
+is nnx.LayerNorm's function: the same forward arithmetic, gradients equal to autodiff's within
+float32 rounding, checked here on the CPU against a float64 reference."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from minilm_jax.model.layers import LayerNorm
+from minilm_jax.model.target_platform import building_for
+
+ULP = 2.0 ** -23
+
+
+def module(dim: int) -> LayerNorm:
+    ln = LayerNorm(dim, epsilon=1e-12, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(1)
+    ln.scale.value = jnp.asarray(rng.normal(1.0, 0.3, dim), jnp.float32)
+    ln.bias.value = jnp.asarray(rng.normal(0.0, 0.3, dim), jnp.float32)
+    return ln
+
+
+def loss_and_grads(ln: LayerNorm, x: jax.Array, cotangent: jax.Array):
+    graphdef, params = nnx.split(ln, nnx.Param)
+
+    def loss(params, x):
+        return jnp.sum(nnx.merge(graphdef, params)(x) * cotangent)
+
+    return jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+
+
+def reference(x, scale, bias, cotangent, eps=1e-12):
+    """float64 LayerNorm and its gradients, written out independently."""
+    x, scale, bias, g = (np.asarray(a, np.float64) for a in (x, scale, bias, cotangent))
+    mean = x.mean(-1, keepdims=True)
+    inv = 1.0 / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
+    x_hat = (x - mean) * inv
+    gs = g * scale
+    dx = inv * (gs - gs.mean(-1, keepdims=True) - x_hat * (gs * x_hat).mean(-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    return x_hat * scale + bias, dx, (g * x_hat).sum(rows), g.sum(rows)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_the_gpu_layer_norm_is_nnx_layer_norm(dtype):
+    dim = 32
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(0.5, 2.0, (4, 16, dim)), dtype)
+    cotangent = jnp.asarray(rng.normal(size=(4, 16, dim)), jnp.float32)
+    ln = module(dim)
+    want_y = ln(x)
+    (loss, (grads, dx)) = loss_and_grads(ln, x, cotangent)
+    with building_for("gpu"):
+        got_y = ln(x)
+        (got_loss, (got_grads, got_dx)) = loss_and_grads(ln, x, cotangent)
+    # the forward is nnx.LayerNorm's arithmetic, operation for operation
+    np.testing.assert_allclose(got_y, want_y, rtol=0, atol=4 * ULP * float(jnp.max(jnp.abs(want_y))))
+    # gradients: against float64, within float32 rounding of a sum over the rows (n terms: the
+    # error of a float32 sum grows at most ~n ulp of the sum of magnitudes); and as autodiff's
+    y64, dx64, dscale64, dbias64 = reference(x.astype(jnp.float32), ln.scale.value, ln.bias.value,
+                                             cotangent)
+    rows = x.shape[0] * x.shape[1]
+    for got, want, mag in ((got_grads["scale"].value, dscale64, rows),
+                           (got_grads["bias"].value, dbias64, rows)):
+        bound = mag * ULP * float(np.max(np.abs(cotangent))) * 8 * 4
+        np.testing.assert_allclose(got, want, rtol=0, atol=bound)
+    np.testing.assert_allclose(np.asarray(got_dx, np.float64), dx64, rtol=0,
+                               atol=64 * ULP * float(np.max(np.abs(dx64))) if dtype == jnp.float32
+                               else 2.0 ** -7 * float(np.max(np.abs(dx64))) * 2)
+    for name in ("scale", "bias"):
+        np.testing.assert_allclose(got_grads[name].value, grads[name].value, rtol=0,
+                                   atol=rows * 8 * 4 * ULP * float(np.max(np.abs(cotangent))))
+    assert abs(float(got_loss) - float(loss)) <= 1e-4 * abs(float(loss)) + 1e-5

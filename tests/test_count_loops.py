@@ -267,8 +267,9 @@ def test_a_variant_that_builds_the_built_in_encoder_is_named(capsys, fresh_count
     assert same_as_builtin(one)  # one layer run once: the built-in encoder's tree and function
     check_declared_counts(one)
     notes = capsys.readouterr().err.strip().splitlines()
+    # the variant's fields at their defaults are named with it (resolve_point fills them)
     assert len(notes) == 1 and notes[0].startswith(f"note: model.arch={LOOP} at {one.point} "
-                                                   "builds the built-in encoder's")
+                                                   "(loop_repeats=0) builds the built-in encoder's")
     assert accounting.variant_counts(one) == accounting.VariantCounts()
     # the same tree, run twice: another function; two layers: another tree
     for other in (one.replace(extra=(("loop_repeats", 2),)), one.replace(num_layers=2)):

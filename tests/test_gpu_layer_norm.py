@@ -1,6 +1,6 @@
-"""The LayerNorm a GPU program runs (model.layers.LayerNorm: its gradient written out as a custom VJP)
-is nnx.LayerNorm's function: the same forward arithmetic, gradients equal to autodiff's within
-float32 rounding, checked here on the CPU against a float64 reference."""
+"""The LayerNorm a GPU program runs (model.layers.LayerNorm: two-pass statistics, its gradient written
+out as a custom VJP) is nnx.LayerNorm's function: values and gradients equal to nnx's and autodiff's
+within float32 rounding, checked here on the CPU against a float64 reference."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_the_gpu_layer_norm_is_nnx_layer_norm(dtype):
     with building_for("gpu"):
         got_y = ln(x)
         (got_loss, (got_grads, got_dx)) = loss_and_grads(ln, x, cotangent)
-    # the forward is nnx.LayerNorm's arithmetic, operation for operation
+    # the forward: nnx.LayerNorm's values within the rounding of its statistics
     np.testing.assert_allclose(got_y, want_y, rtol=0, atol=4 * ULP * float(jnp.max(jnp.abs(want_y))))
     # gradients: against float64, within float32 rounding of a sum over the rows (n terms: the
     # error of a float32 sum grows at most ~n ulp of the sum of magnitudes); and as autodiff's

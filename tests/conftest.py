@@ -79,16 +79,17 @@ SHARED_DATA = Path(os.environ.get("MINILM_SHARED_DATA", REPO.parent / "shared" /
 # ``-n 2 --dist loadfile --no-loadscope-reorder`` keeps this order; each worker takes the next
 # file as it runs out), so no worker is left alone with one at the end. Measured one file at a
 # time with an empty compilation cache (MINILM_TEST_CPU_LOG): test_population.py ~180 CPU-s,
-# test_variant_hooks.py 149, the device check ~100, study B 86, the main job (test_sweep.py) 83,
-# the variant study 63, the own-data table 53.
-LONG_FILES_FIRST = ("test_population.py", "test_variant_hooks.py", "test_device_check.py",
-                    "test_study_b.py", "test_sweep.py", "test_variant_study.py",
-                    "test_table_task.py", "test_run_identity.py", "test_one_line_errors.py",
-                    "test_sweep_zero_shot.py", "test_sweep_workers.py", "test_finetune.py", "test_faults.py",
-                    "test_finetune_population.py", "test_interruptions.py",
-                    "test_pretrain.py", "test_multihost.py", "test_finetune_selection.py",
-                    "test_aot.py", "test_multihost_finetune.py", "test_gcs_workdir.py",
-                    "test_interop_workdir.py", "test_latency.py")
+# test_sweep_workers.py 156, test_variant_hooks.py 149, test_finetune.py 106, the device check
+# ~100, study B 86, the main job (test_sweep.py) 83, the variant study 63, the own-data table 53,
+# test_faults.py 44, test_finetune_population.py 43, test_sweep_zero_shot.py 23.
+LONG_FILES_FIRST = ("test_population.py", "test_sweep_workers.py", "test_variant_hooks.py",
+                    "test_finetune.py", "test_device_check.py", "test_study_b.py",
+                    "test_sweep.py", "test_variant_study.py", "test_table_task.py",
+                    "test_run_identity.py", "test_one_line_errors.py", "test_faults.py",
+                    "test_finetune_population.py", "test_sweep_zero_shot.py",
+                    "test_interruptions.py", "test_pretrain.py", "test_multihost.py",
+                    "test_finetune_selection.py", "test_aot.py", "test_multihost_finetune.py",
+                    "test_gcs_workdir.py", "test_interop_workdir.py", "test_latency.py")
 
 
 def pytest_sessionstart(session):

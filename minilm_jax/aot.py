@@ -283,7 +283,7 @@ def _compile(config, devices, target: str, abstract_size: int | None, members: i
         m = report.memory
         report.peak_bytes = (m["argument"] + m["output"] - m["alias"] + m["temp"]
                              + m["generated_code"])
-    kernels = step_kernels(compiled.as_text(), steps_per_dispatch=k)
+    kernels = step_kernels(compiled.as_text(), steps_per_dispatch=k, platform=platform)
     report.kernels_per_step = kernels.total
     report.kernels_by_part = kernels.by_part()
     report.largest_kernels = [dataclasses.asdict(launch) for launch in kernels.largest(largest)]
@@ -365,7 +365,9 @@ def format_report(r: AotReport, budget_gb: float) -> str:
         lines.append(f"  FLOPs (global)     {r.flops_global_lowered:.4g} per call (StableHLO, "
                      f"before partitioning; analytic {r.analytic_flops_per_device * n:.4g})")
     if r.kernels_per_step is not None:
-        lines.append(f"  kernels per step   {r.kernels_per_step} (launches in the optimized HLO, "
+        what = ("programs the TensorCore runs" if r.platform == "tpu"
+                else "launches in the optimized HLO")
+        lines.append(f"  kernels per step   {r.kernels_per_step} ({what}, "
                      f"one step{f' of {r.members} members' if r.members else ''})")
         lines += [f"    {part:<18} {count}" for part, count in r.kernels_by_part.items()]
         if r.largest_kernels:

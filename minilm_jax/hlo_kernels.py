@@ -12,6 +12,12 @@ it (``known_trip_count``), once where it does not, and the dispatch loop of ``st
 branch, a ``call`` its callee (XLA:GPU's command buffers are calls). Computations called inside a
 fusion or as a reducer launch nothing.
 
+On a TPU there are no kernel launches: a program's steps are its fusions, run one after another
+by the TensorCore, while asynchronous copies and slices (``copy-start``, ``slice-start``: DMAs)
+and the unfused elementwise ops of scalars and tiny vectors (the random keys' arithmetic) run
+beside them. There (``platform="tpu"``) a step counts what the core runs as programs of their own:
+fusions, custom calls, convolutions, dots, collectives and sorts (``_TPU_PROGRAMS``).
+
 Parts come from the named scopes the step is traced under (``masking``, ``embeddings``,
 ``encoder``, ``output_layer``, ``optimizer``: :mod:`minilm_jax.train.step`,
 :mod:`minilm_jax.model.encoder`, :mod:`minilm_jax.model.models`), read from each instruction's
@@ -30,6 +36,8 @@ from collections import Counter
 _NOT_LAUNCHED = frozenset({
     "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
     "add-dependency", "opt-barrier", "domain", "partition-id", "replica-id", "async-update"})
+_TPU_PROGRAMS = ("fusion", "custom-call", "convolution", "dot", "sort", "all-reduce",
+                 "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _COMPUTATION = re.compile(r"^(ENTRY )?%?([^\s(]+) \(.*\) -> .*\{$")
 _INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%?([^\s=]+) = (.*)$")
 _CALLED = re.compile(r"\b(body|condition|to_apply|true_computation|false_computation)=%?([^\s,}]+)")
@@ -138,8 +146,15 @@ def _parse(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
     return computations, entry
 
 
-def step_kernels(hlo_text: str, steps_per_dispatch: int = 1) -> StepKernels:
-    """The launches of one step of an optimized HLO module (the rule: the module docstring)."""
+def _launches_a_kernel(opcode: str, platform: str) -> bool:
+    if platform == "tpu":
+        return opcode.removesuffix("-start") in _TPU_PROGRAMS
+    return opcode not in _NOT_LAUNCHED and not opcode.endswith("-done")
+
+
+def step_kernels(hlo_text: str, steps_per_dispatch: int = 1, platform: str = "gpu") -> StepKernels:
+    """The launches of one step of an optimized HLO module (the rule: the module docstring;
+    ``platform`` ``tpu``: the programs the TensorCore runs)."""
     computations, entry = _parse(hlo_text)
     shapes = {ins.name: ins.shape for body in computations.values() for ins in body}
     expanded: dict[str, list[Launch]] = {}
@@ -167,7 +182,7 @@ def step_kernels(hlo_text: str, steps_per_dispatch: int = 1) -> StepKernels:
                              key=lambda ls: sum(launch.times for launch in ls))
             elif ins.opcode == "call":
                 found += launches(called["to_apply"], top)
-            elif ins.opcode not in _NOT_LAUNCHED and not ins.opcode.endswith("-done"):
+            elif _launches_a_kernel(ins.opcode, platform):
                 op_name = _OP_NAME.search(ins.rest)
                 operands = re.findall(r"%([^\s,()]+)", ins.rest[:ins.rest.find(")")])
                 size = _array_bytes(ins.shape) + sum(_array_bytes(shapes.get(o, ""))
@@ -180,9 +195,9 @@ def step_kernels(hlo_text: str, steps_per_dispatch: int = 1) -> StepKernels:
     return StepKernels(tuple(launches(entry, True)))
 
 
-def kernels_per_step(hlo_text: str, steps_per_dispatch: int = 1) -> int:
+def kernels_per_step(hlo_text: str, steps_per_dispatch: int = 1, platform: str = "gpu") -> int:
     """Kernel launches of one step of an optimized HLO module (:func:`step_kernels`' total)."""
-    return step_kernels(hlo_text, steps_per_dispatch).total
+    return step_kernels(hlo_text, steps_per_dispatch, platform).total
 
 
 def compiled_kernels(jitted, *args, steps_per_dispatch: int = 1) -> int:

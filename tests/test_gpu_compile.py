@@ -87,3 +87,36 @@ def test_an_unknown_card_is_named_in_one_line():
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "h800" in errors[0] and "h100" in errors[0]
+
+
+TPU_HLO = """HloModule tpu_step, is_scheduled=true
+
+%fused (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0)
+  ROOT %e = f32[8]{0} exponential(%p)
+}
+
+ENTRY %main (p0: f32[8], k: u32[2]) -> (f32[8], u32[2]) {
+  %p0 = f32[8]{0} parameter(0)
+  %k = u32[2]{0} parameter(1)
+  %cs = (f32[8]{0}, f32[8]{0}, u32[]) copy-start(%p0)
+  %cd = f32[8]{0} copy-done(%cs)
+  %f = f32[8]{0} fusion(%cd), kind=kLoop, calls=%fused, metadata={op_name="jit(s)/encoder/exp"}
+  %x = u32[2]{0} xor(%k, %k)
+  %sh = u32[2]{0} shift-left(%x, %k)
+  %cc = f32[8]{0} custom-call(%f), custom_call_target="tpu_custom_call"
+  ROOT %r = (f32[8]{0}, u32[2]{0}) tuple(%cc, %sh)
+}
+"""
+
+
+def test_a_tpu_step_counts_the_programs_its_core_runs():
+    """On a TPU the DMAs (copy-start) and the keys' unfused elementwise ops are not programs of
+    their own: a fusion and a custom call are; a GPU launches all five."""
+    from minilm_jax.hlo_kernels import step_kernels
+
+    tpu = step_kernels(TPU_HLO, platform="tpu")
+    assert tpu.total == 2 and [launch.opcode for launch in tpu.launches] == ["fusion",
+                                                                              "custom-call"]
+    assert tpu.by_part()["encoder forward"] == 1
+    assert step_kernels(TPU_HLO).total == 5  # copy-start, fusion, xor, shift-left, custom-call

@@ -84,11 +84,11 @@ def global_norm(tree: Any) -> jax.Array:
     one concatenated vector, one reduction instead of one per leaf (each a launch; 29 leaves at
     the 1.25M point), the same number up to the order of the float32 sum; elsewhere
     ``optax.tree.norm`` itself (a CPU's numbers keep their bits, and it copies nothing)."""
+    if target_platform.platform() != "gpu":
+        return optax.tree.norm(tree)
     leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
     if not leaves:
         return jnp.zeros((), jnp.float32)
-    if target_platform.platform() != "gpu":
-        return optax.tree.norm(tree)
     flat = jnp.concatenate(leaves)
     return jnp.sqrt(jnp.sum(flat * flat))
 
@@ -102,7 +102,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     def update(updates, state, params=None):
         del params
         norm = global_norm(updates)
-        keep = norm < max_norm  # optax's formula: t / norm * max_norm where the norm is over
+        keep = norm < max_norm  # optax's formula, element by element
         return jax.tree.map(lambda u: jnp.where(keep, u, (u / norm.astype(u.dtype)) * max_norm),
                             updates), state
 

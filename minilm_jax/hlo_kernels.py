@@ -204,15 +204,3 @@ def compiled_kernels(jitted, *args, steps_per_dispatch: int = 1) -> int:
     """:func:`kernels_per_step` of ``jitted`` compiled for ``args`` (after :func:`compiled_cost`
     of the same arguments, JAX returns the compiled executable without compiling again)."""
     return kernels_per_step(jitted.lower(*args).compile().as_text(), steps_per_dispatch)
-
-
-def format_parts(kernels: StepKernels, largest: int = 5) -> list[str]:
-    """The by-part table and the largest launches, as lines for a report."""
-    lines = [f"  kernels per step   {kernels.total} (launches in the optimized HLO, one step)"]
-    lines += [f"    {part:<18} {count}" for part, count in kernels.by_part().items()]
-    if largest:
-        lines.append(f"  largest kernels    (bytes written + read, of {len(kernels.launches)})")
-        lines += [f"    {launch.name:<34} {launch.part:<17} {launch.bytes / 2**20:8.2f} MiB"
-                  + (f" x{launch.times}" if launch.times > 1 else "")
-                  for launch in kernels.largest(largest)]
-    return lines

@@ -226,12 +226,13 @@ def _compile(config, devices, target: str, abstract_size: int | None, members: i
     from minilm_jax.model import accounting
     from minilm_jax.model.count_check import analysis_value
     from minilm_jax.settings.mlm_cap import effective_max_predictions
+    from minilm_jax.train.population import seeded_members
     from minilm_jax.train.program import population_program, pretrain_program
 
     # The pre-training program exactly as a run builds it, traced for shapes only.
     mesh = build_mesh(config, devices, abstract_size)
     if members:
-        program = population_program(member_configs(config, members), mesh)
+        program = population_program(seeded_members(config, members), mesh)
         k = program.batch_shape[1]
     else:
         program = pretrain_program(config, mesh)
@@ -239,8 +240,7 @@ def _compile(config, devices, target: str, abstract_size: int | None, members: i
     model_cfg, tc, counts = program.model, config.train, program.state.param_counts
     abstract_state, state_sharding = program.state.abstract, program.state.shardings
     batch_shape = list(program.batch_shape)
-    batch = {name: jax_shape(program.batch_shape, program.batch_sharding)
-             for name in ("tokens", "segments")}
+    batch = program.abstract_batch()
     state = sharded_abstract(abstract_state, state_sharding)
 
     start = time.perf_counter()
@@ -288,27 +288,6 @@ def _compile(config, devices, target: str, abstract_size: int | None, members: i
     report.kernels_by_part = kernels.by_part()
     report.largest_kernels = [dataclasses.asdict(launch) for launch in kernels.largest(largest)]
     return report
-
-
-def jax_shape(shape, sharding):
-    import jax
-    import jax.numpy as jnp
-
-    return jax.ShapeDtypeStruct(tuple(shape), jnp.int32, sharding=sharding)
-
-
-def member_configs(config, members: int) -> list:
-    """``members`` copies of ``config`` with seeds 0..N-1 (a population of one recipe)."""
-    from minilm_jax.errors import UserError
-
-    if members < 1:
-        raise UserError(f"--members must be positive (got {members})")
-    configs = []
-    for seed in range(members):
-        member = config.copy_and_resolve_references()
-        member.seed = seed
-        configs.append(member)
-    return configs
 
 
 def memory_figures(stats: Any) -> dict[str, int] | None:
@@ -416,6 +395,8 @@ def main(argv: list[str]) -> None:
     count = _DEVICES.value
     if count is not None and count < 1:
         raise UserError(f"--devices must be positive (got {count})")
+    if _MEMBERS.value < 0:
+        raise UserError(f"--members must be positive, or 0 for one run (got {_MEMBERS.value})")
     if target == "cpu":
         count = count or default_device_count(config)
         force_host_device_count(count)

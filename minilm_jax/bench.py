@@ -113,6 +113,7 @@ def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
     """Tokens/s, MFU and memory of ``members`` members (seeds 0..N-1, ``batch`` sequences each)
     trained by one population program (what a population run compiles)."""
     from minilm_jax.train.members import members_strategy
+    from minilm_jax.train.population import seeded_members
     from minilm_jax.train.program import population_program
 
     config = pretrain_recipe.get_config(point)
@@ -121,12 +122,7 @@ def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
     config.train.num_steps, config.train.batch_size = 10_000, batch
     config.train.grad_accum, config.train.steps_per_dispatch = 1, steps_per_dispatch
     config.eval.batch_size = batch
-    configs = []
-    for seed in range(members):
-        member = config.copy_and_resolve_references()
-        member.seed = seed
-        configs.append(member)
-    program = population_program(configs, make_mesh(1, 1), impl)
+    program = population_program(seeded_members(config, members), make_mesh(1, 1), impl)
     tokens = synthetic_tokens(batch, cfg.max_len, cfg.vocab_size)
     data = {"tokens": jnp.asarray(np.broadcast_to(tokens, program.batch_shape)),
             "segments": jnp.ones(program.batch_shape, jnp.int32)}

@@ -113,7 +113,7 @@ def _opcode(rhs: str) -> tuple[str, str, str]:
 def _array_bytes(shape_text: str) -> int:
     total = 0
     for dtype, dims in _ARRAY.findall(shape_text):
-        bits = _BITS.get(dtype) or int(re.sub(r"\D", "", dtype)[:3] or 8)
+        bits = _BITS.get(dtype) or int(re.match(r"[a-z]+(\d+)", dtype)[1])  # f8e4m3fn: 8
         total += math.prod(int(d) for d in dims.split(",") if d) * bits // 8
     return total
 

@@ -117,6 +117,18 @@ def with_fields(config: ml_collections.ConfigDict, fields: dict[str, Any]) -> ml
     return out
 
 
+def seeded_members(config: ml_collections.ConfigDict, members: int
+                   ) -> list[ml_collections.ConfigDict]:
+    """``members`` copies of ``config`` with seeds 0..N-1 (a population of one recipe: what
+    ``bench --members`` and ``aot --members`` compile)."""
+    configs = []
+    for seed in range(members):
+        member = config.copy_and_resolve_references()
+        member.seed = seed
+        configs.append(member)
+    return configs
+
+
 def shared_differences(configs: Sequence[ml_collections.ConfigDict]) -> list[str]:
     """Fields other than population fields on which ``configs`` differ (empty: they can be one
     population)."""

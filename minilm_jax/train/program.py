@@ -54,9 +54,13 @@ class PretrainProgram:
 
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
         """One dispatch's batch as sharded shapes (for lowering without data)."""
-        return {name: jax.ShapeDtypeStruct(self.batch_shape, jnp.int32,
-                                           sharding=self.batch_sharding)
-                for name in ("tokens", "segments")}
+        return abstract_batch(self.batch_shape, self.batch_sharding)
+
+
+def abstract_batch(shape: tuple[int, ...], sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """A dispatch's ``tokens`` and ``segments`` as sharded int32 shapes (no data)."""
+    return {name: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
+            for name in ("tokens", "segments")}
 
 
 def sharded_masking(masking: MaskingConfig, mesh: Any) -> MaskingConfig:
@@ -138,6 +142,10 @@ class PopulationProgram:
     eval_step: Callable[..., Any]
     batch_shape: tuple[int, int, int, int, int]  # [N, K, M, b, T] of one dispatch
 
+    def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """One dispatch's batch as sharded shapes (for lowering without data)."""
+        return abstract_batch(self.batch_shape, self.batch_sharding)
+
 
 def member_values(config: ml_collections.ConfigDict, total_steps: int) -> dict[str, float]:
     """A member's per-member program values: schedule and decay numbers, mask probability, seed."""
@@ -164,11 +172,11 @@ def population_program(configs: list[ml_collections.ConfigDict], mesh: Any,
     for i, c in enumerate(configs):
         keys.setdefault(group_key(c), []).append(i)
     groups, makers, counts = [], [], None
+    one_vector = moments_in_one_vector(mesh.shape["fsdp"])
     for indices in keys.values():
         c, model = configs[indices[0]], models[indices[0]]
         # a group shares its mask probability (group_key), so its packed rows are each member's
         masking = sharded_masking(MaskingConfig.from_config(c.mlm, model.vocab_size), mesh)
-        one_vector = moments_in_one_vector(mesh.shape["fsdp"])
         built = lm_state(model, 0, optimizer_and_schedule(c.optim, total_steps,
                                                           one_vector=one_vector)[0],
                          mesh)  # shapes only

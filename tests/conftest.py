@@ -32,11 +32,12 @@ def exact_xla_flags(devices: int | None = None) -> str:
     return f"--xla_force_host_platform_device_count={devices}" if devices else ""
 
 
-def slow_pretrain_script(trainer: str, after: int = 4) -> str:
-    """A ``python -c`` script that runs ``minilm_jax.pretrain`` (its arguments follow the script)
-    with ``trainer``'s (``module:Class``) dispatch sleeping 1 s before each dispatch after the
-    ``after``-th (checkpoint ``after`` is saved after it), so that a SIGKILL sent when that
-    checkpoint appears lands mid-run however loaded the machine is."""
+def slow_pretrain_script(trainer: str, after: int = 4, command: str = "minilm_jax.pretrain") -> str:
+    """A ``python -c`` script that runs ``command`` (``minilm_jax.pretrain``, or the sweep that
+    pre-trains; its arguments follow the script) with ``trainer``'s (``module:Class``) dispatch
+    sleeping 1 s before each dispatch after the ``after``-th (checkpoint ``after`` is saved after
+    it), so that a SIGKILL or a move made when that checkpoint appears lands mid-run however loaded
+    the machine is."""
     module, name = trainer.split(":")
     return f"""
 import runpy, sys, time
@@ -48,8 +49,8 @@ def dispatch(self, state, host_batch):
         time.sleep(1.0)
     return _dispatch(self, state, host_batch)
 _trainer.dispatch = dispatch
-sys.argv[0] = "minilm_jax.pretrain"
-runpy.run_module("minilm_jax.pretrain", run_name="__main__", alter_sys=True)
+sys.argv[0] = "{command}"
+runpy.run_module("{command}", run_name="__main__", alter_sys=True)
 """
 
 

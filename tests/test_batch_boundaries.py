@@ -7,13 +7,13 @@ or written)."""
 
 from __future__ import annotations
 
-import csv
 import math
 
 import numpy as np
 import pytest
 
-from conftest import build_word_shards, shared_path
+from conftest import build_word_shards
+from test_run_identity import labels_file
 
 from minilm_jax.configs.finetune import get_config as finetune_config
 from minilm_jax.configs.pretrain import get_config as pretrain_config
@@ -100,18 +100,6 @@ def test_a_population_batch_of_every_train_sequence_is_accepted_one_more_refused
     assert not (tmp_path / "pop").exists()
 
 
-def labels_file(path, per_class: int) -> str:
-    names = {"1": "world", "2": "sports", "3": "business", "4": "scitech"}
-    rows: dict[str, list] = {}
-    for label, title, body in csv.reader(shared_path("ag_news", "train.csv").open(
-            encoding="utf-8")):
-        if len(rows.setdefault(label, [])) < per_class:
-            rows[label].append([f"{title} {body}", names[label]])
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows([["text", "label"], *[r for v in rows.values() for r in v]])
-    return str(path)
-
-
 @pytest.fixture
 def table(tmp_path):
     """A random-init fine-tuning config of a 4-class labelled file (11 rows a class) and a
@@ -121,7 +109,7 @@ def table(tmp_path):
                                 "to", "in"]) + "\n")
     config = finetune_config("table")
     config.init.mode, config.data.tokenizer = "random", str(vocab)
-    config.data.dir, config.data.max_len = labels_file(tmp_path / "labels.csv", 11), 32
+    config.data.dir, config.data.max_len = str(labels_file(tmp_path / "labels.csv", 11)), 32
     config.data.cv_folds, config.data.pad_buckets = 0, 0
     config.train.seeds, config.train.epochs, config.train.progress = (0,), 1, False
     config.eval.batch_size, config.mesh.data = 8, 1

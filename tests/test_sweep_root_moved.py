@@ -15,42 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, xla_flags
+from conftest import REPO, slow_pretrain_script, xla_flags
+from test_sweep_workers import sweep_file
 
-TESTS = Path(__file__).resolve().parent
-
-# The sweep command with the pre-training's dispatch sleeping 1 s after the 4th step (checkpoint 4
-# is saved just before): the move made when that checkpoint appears lands mid-run.
-SLOW_SWEEP = """
-import runpy, sys, time
-from minilm_jax.train.pretrainer import Pretrainer as _trainer
-_dispatch, _count = _trainer.dispatch, [0]
-def dispatch(self, state, host_batch):
-    _count[0] += 1
-    if _count[0] > 4:
-        time.sleep(1.0)
-    return _dispatch(self, state, host_batch)
-_trainer.dispatch = dispatch
-sys.argv[0] = "minilm_jax.sweep"
-runpy.run_module("minilm_jax.sweep", run_name="__main__", alter_sys=True)
-"""
+# The sweep with the pre-training's dispatch sleeping 1 s after the 4th step (checkpoint 4 is saved
+# just before): the move made when that checkpoint appears lands mid-run.
+SLOW_SWEEP = slow_pretrain_script("minilm_jax.train.pretrainer:Pretrainer", 4, "minilm_jax.sweep")
 
 
-def sweep_file(tmp_path: Path, shards: Path) -> Path:
+def one_run_sweep(tmp_path: Path, shards: Path) -> Path:
     """One tiny run of tests/test_sweep.py's sweep, 16 steps, a checkpoint every 4."""
-    path = tmp_path / "one_run_sweep.py"
-    path.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(TESTS)!r})\n"
-        "from pathlib import Path\n"
-        "from test_sweep import tiny_sweep\n\n\n"
-        "def get_config():\n"
-        f"    sweep = tiny_sweep(Path({str(shards)!r}))\n"
-        "    sweep.num_steps, sweep.ofat = 16, ()\n"
-        "    sweep.pretrain_overrides = tuple(sweep.pretrain_overrides) + "
-        "('checkpoint.every_steps=4',)\n"
-        "    return sweep\n")
-    return path
+    return sweep_file(tmp_path, shards, ("checkpoint.every_steps=4",), ofat=())
 
 
 @pytest.mark.parametrize("heartbeat", ["", "0.3"])
@@ -60,7 +35,7 @@ def test_a_root_moved_mid_run_stops_the_worker_in_one_line(word_shards, tmp_path
     if heartbeat:
         env.update(MINILM_CLAIM_HEARTBEAT_SECONDS=heartbeat, MINILM_CLAIM_STALE_SECONDS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_SWEEP, f"--config={sweep_file(tmp_path, word_shards)}",
+        [sys.executable, "-c", SLOW_SWEEP, f"--config={one_run_sweep(tmp_path, word_shards)}",
          f"--root={root}"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     try:

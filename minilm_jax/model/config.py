@@ -12,6 +12,7 @@ INIT_SCHEMES = ("paper", "bert")
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "flash")
 DROPOUT_RNGS = ("hash", "threefry")
 LOSS_IMPLS = ("auto", "fused", "logits", "kernel")
+LAYER_IMPLS = ("auto", "xla", "fused")
 POOLERS = ("cls_tanh", "weighted_sum")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -53,6 +54,10 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     attention_impl: str = "einsum"
+    # Encoder layer: "xla" (the modules, each op an XLA op), "fused" (the built-in post-LN layer as
+    # two Pallas kernels, forward and backward: model/fused_layer.py) or "auto" (fused when the
+    # program is built for a GPU and the layer and its sizes fit the kernels, xla otherwise).
+    layer_impl: str = "auto"
     pad_id: int = 1
     # Study B's convolutional front end (arch "bert_conv"): conv_layers 3x3 convs of conv_channels.
     conv_layers: int = 0
@@ -78,6 +83,7 @@ class ModelConfig:
         need(self.init in INIT_SCHEMES, "init", f"must be one of {INIT_SCHEMES}")
         need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
              f"must be one of {ATTENTION_IMPLS}")
+        need(self.layer_impl in LAYER_IMPLS, "layer_impl", f"must be one of {LAYER_IMPLS}")
         need(self.mlm_loss_impl in LOSS_IMPLS, "mlm_loss_impl", f"must be one of {LOSS_IMPLS}")
         need(isinstance(self.mlm_loss_chunk, int) and self.mlm_loss_chunk > 0, "mlm_loss_chunk",
              "must be a positive integer")

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.extend.core import Literal
 
+import minilm_jax.model.fused_layer as fused_layer
 import minilm_jax.model.target_platform as target_platform
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.attention_rules import (NEG_INF, attention_mask, hash_bits,  # noqa: F401
@@ -254,6 +255,8 @@ class EncoderLayer(nnx.Module):
         """``score_bias``: the encoder's once-per-forward attention bias (``shared_score_bias``),
         handed to the attention in place of its own; None: the attention's own hook."""
         cfg = self.cfg
+        if self._runs_fused(x_bth, key, score_bias):
+            return fused_layer.apply(self, x_bth, mask_b1tt, key)
         k_probs, k_attn, k_ffn = split_key(key, 3)
         dtype = x_bth.dtype
         shared = {} if score_bias is None else {"score_bias": score_bias}
@@ -268,3 +271,23 @@ class EncoderLayer(nnx.Module):
         x_bth = x_bth + dropout(attn, cfg.hidden_dropout, k_attn, cfg.dropout_rng)
         ffn = self.ffn(self.ffn_norm(x_bth).astype(dtype))
         return x_bth + dropout(ffn, cfg.hidden_dropout, k_ffn, cfg.dropout_rng)
+
+    def _runs_fused(self, x_bth: jax.Array, key: jax.Array | None,
+                    score_bias: jax.Array | None) -> bool:
+        """Whether this call runs the fused kernels (:mod:`~minilm_jax.model.fused_layer`):
+        ``model.layer_impl`` "fused", or "auto" in a program built for a GPU, and the layer exactly
+        the built-in one at sizes the kernels take. An explicit "fused" that cannot apply is a
+        ConfigError; "auto" then runs the modules."""
+        impl = self.cfg.layer_impl
+        if impl == "xla" or (impl == "auto" and target_platform.platform() != "gpu"):
+            return False
+        builtin = (type(self) is EncoderLayer and type(self.attention) is SelfAttention
+                   and type(self.ffn) is FeedForward
+                   and all(type(n) is LayerNorm for n in (self.attention_norm, self.ffn_norm)))
+        why = ("the layer, its attention, feed-forward or norms are not the built-in ones"
+               if not builtin else "the encoder gives an attention score bias"
+               if score_bias is not None else fused_layer.why_not(self.cfg, x_bth, key is not None))
+        if why is not None and impl == "fused":
+            raise ConfigError(f"model.layer_impl='fused' cannot run this layer: {why}; use "
+                              "layer_impl='auto' or 'xla'")
+        return why is None

@@ -1,0 +1,233 @@
+"""The fused encoder layer (model.layer_impl="fused": model/fused_layer.py, two Pallas kernels run by
+Pallas' interpreter on the CPU) is the unfused EncoderLayer's function: the same output and the same
+gradients for x and every parameter, with the same dropout masks under the same key, in float32 and
+bfloat16, on packed segments with padding; an explicit "fused" that cannot apply is one ConfigError
+line; "auto" keeps the unfused path on a CPU build and takes the fused one on a GPU build; and the
+kernels compile by Triton for an H100 (deviceless; skipped without the CUDA plugin's wheels)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import REPO
+from minilm_jax.model.attention_rules import attention_mask, hash_bits
+from minilm_jax.model.config import ConfigError, ModelConfig
+from minilm_jax.model.init import make_initializers
+from minilm_jax.model.layers import EncoderLayer, split_key
+from minilm_jax.model.target_platform import building_for
+
+B, T, H, I, A = 2, 32, 32, 64, 2
+F32_ULP, BF16_ULP = 2.0 ** -23, 2.0 ** -8
+
+
+def make_layer(**changes) -> EncoderLayer:
+    """A layer with every parameter perturbed (biases and norms away from 0 and 1), the same for
+    the same seed whatever ``layer_impl``."""
+    cfg = ModelConfig(hidden_dim=H, ffn_dim=I, num_heads=A, max_len=T, **changes)
+    layer = EncoderLayer(cfg, make_initializers("bert"), nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    for _, p in sorted(nnx.iter_graph(layer), key=lambda kv: str(kv[0])):
+        if isinstance(p, nnx.Param):
+            p.value = jnp.asarray(np.asarray(p.value) + rng.normal(0, 0.2, p.value.shape),
+                                  p.value.dtype)
+    return layer
+
+
+def inputs(dtype):
+    """x [B, T, H], segment ids (row 0: two packed documents and padding; row 1: one document
+    and padding), the output cotangent."""
+    rng = np.random.default_rng(1)
+    seg = np.zeros((B, T), np.int32)
+    seg[0, :18], seg[0, 18:27], seg[1, :23] = 1, 2, 1
+    x = jnp.asarray(rng.normal(0, 1, (B, T, H)), dtype)
+    return x, jnp.asarray(seg), jnp.asarray(rng.normal(0, 1, (B, T, H)), jnp.float32)
+
+
+def value_and_grads(layer, x, seg, cot, key):
+    """(output float32, {module path: gradient}, dx)."""
+    graphdef, params = nnx.split(layer, nnx.Param)
+    mask = attention_mask(seg)
+
+    def loss(params, x):
+        y = nnx.merge(graphdef, params)(x, mask, key).astype(jnp.float32)
+        return jnp.sum(y * cot), y
+
+    (_, y), (grads, dx) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+    flat = {jax.tree_util.keystr(path[:-1]): np.asarray(g, np.float32)
+            for path, g in jax.tree_util.tree_leaves_with_path(grads)}
+    return np.asarray(y), flat, np.asarray(dx, np.float32)
+
+
+def scale_of(grads, name):
+    """A gradient's scale: the largest magnitude among its module's parameters' gradients (the
+    key bias's gradient is 0 in exact arithmetic, a softmax row shifted by a constant: its
+    rounding follows the key kernel's)."""
+    module = name.rsplit("[", 1)[0]
+    return max(float(np.max(np.abs(g))) for n, g in grads.items() if n.rsplit("[", 1)[0] == module)
+
+
+def numpy_layer(layer, x, seg, key):
+    """The post-LN layer in float64 numpy, written out independently, with the dropout masks of
+    ``hash_bits`` under ``split_key(key, 3)``."""
+    cfg = layer.cfg
+    x = np.asarray(x, np.float64)
+    p = {name: np.asarray(v, np.float64) for name, v in (
+        ("wq", layer.attention.query.kernel), ("bq", layer.attention.query.bias),
+        ("wk", layer.attention.key.kernel), ("bk", layer.attention.key.bias),
+        ("wv", layer.attention.value.kernel), ("bv", layer.attention.value.bias),
+        ("wo", layer.attention.output.kernel), ("bo", layer.attention.output.bias),
+        ("w1", layer.ffn.up.kernel), ("b1", layer.ffn.up.bias), ("w2", layer.ffn.down.kernel),
+        ("b2", layer.ffn.down.bias), ("s1", layer.attention_norm.scale),
+        ("c1", layer.attention_norm.bias), ("s2", layer.ffn_norm.scale),
+        ("c2", layer.ffn_norm.bias))}
+
+    def drop(v, rate, k):
+        if k is None:
+            return v
+        thr = min(round(rate * 2.0 ** 32), 2 ** 32 - 1)
+        return np.where(np.asarray(hash_bits(k, v.shape)) >= thr, v / (1 - rate), 0.0)
+
+    def norm(v, s, c):
+        mu = v.mean(-1, keepdims=True)
+        return (v - mu) / np.sqrt(((v - mu) ** 2).mean(-1, keepdims=True) + cfg.layer_norm_eps) * s + c
+
+    k_probs, k_attn, k_ffn = split_key(key, 3)
+    d = H // A
+    heads = lambda v: v.reshape(B, T, A, d).transpose(0, 2, 1, 3)  # noqa: E731
+    q, k, v = (heads(x @ p["w" + n] + p["b" + n]) for n in "qkv")
+    s = np.einsum("baqd,bakd->baqk", q, k) / np.sqrt(d)
+    s = np.where(np.asarray(attention_mask(seg)), s, -1e9)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    probs = drop(e / e.sum(-1, keepdims=True), cfg.attention_dropout, k_probs)
+    ctx = np.einsum("baqk,bakd->baqd", probs, v).transpose(0, 2, 1, 3).reshape(B, T, H)
+    x1 = norm(x + drop(ctx @ p["wo"] + p["bo"], cfg.hidden_dropout, k_attn), p["s1"], p["c1"])
+    u = x1 @ p["w1"] + p["b1"]
+    from scipy.special import erf
+    ffn = (0.5 * u * (1 + erf(u / np.sqrt(2)))) @ p["w2"] + p["b2"]
+    return norm(x1 + drop(ffn, cfg.hidden_dropout, k_ffn), p["s2"], p["c2"])
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_float32_fused_layer_is_the_unfused_layer(dropout):
+    x, seg, cot = inputs(jnp.float32)
+    key = jax.random.key(7) if dropout else None
+    y_ref, g_ref, dx_ref = value_and_grads(make_layer(layer_impl="xla"), x, seg, cot, key)
+    fused = make_layer(layer_impl="fused")
+    y, g, dx = value_and_grads(fused, x, seg, cot, key)
+    # float32 through sums of at most I = 64 terms: n u = 2^6 x 2^-24 of the result's scale
+    # (2^-16 below: the order of the sums differs and erf is a rational approximation ~1e-7)
+    tol = 2.0 ** -16
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol * np.max(np.abs(y_ref)))
+    np.testing.assert_allclose(y, numpy_layer(fused, x, seg, key), rtol=0,
+                               atol=tol * np.max(np.abs(y_ref)))
+    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=tol * np.max(np.abs(dx_ref)))
+    assert sorted(g) == sorted(g_ref) and len(g) == 16
+    for name in g_ref:
+        np.testing.assert_allclose(g[name], g_ref[name], rtol=0,
+                                   atol=tol * scale_of(g_ref, name), err_msg=name)
+
+
+def bf16_rounded(layer: EncoderLayer) -> EncoderLayer:
+    for _, p in nnx.iter_graph(layer):
+        if isinstance(p, nnx.Param):
+            p.value = p.value.astype(jnp.bfloat16).astype(jnp.float32)
+    return layer
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_bfloat16_fused_layer_is_as_close_to_the_exact_function_as_the_unfused(dropout):
+    """Both bfloat16 layers measured against the float32 layer on the same bf16-rounded
+    parameters and input (the function they round): the fused one within the unfused one's own
+    error plus one bfloat16 rounding of the result's scale, for the output, dx and every
+    parameter's gradient."""
+    x, seg, cot = inputs(jnp.bfloat16)
+    key = jax.random.key(7) if dropout else None
+    y_r, g_r, dx_r = value_and_grads(bf16_rounded(make_layer(layer_impl="xla")),
+                                     x.astype(jnp.float32), seg, cot, key)
+    y_u, g_u, dx_u = value_and_grads(make_layer(layer_impl="xla", dtype="bfloat16"), x, seg, cot,
+                                     key)
+    y_f, g_f, dx_f = value_and_grads(make_layer(layer_impl="fused", dtype="bfloat16"), x, seg,
+                                     cot, key)
+
+    def check(got, unfused, ref, scale, what):
+        err, own = np.max(np.abs(got - ref)), np.max(np.abs(unfused - ref))
+        assert err <= own + BF16_ULP * scale, (what, err, own, scale)
+
+    check(y_f, y_u, y_r, np.max(np.abs(y_r)), "y")
+    check(dx_f, dx_u, dx_r, np.max(np.abs(dx_r)), "dx")
+    assert sorted(g_f) == sorted(g_r)
+    for name in g_r:
+        check(g_f[name], g_u[name], g_r[name], scale_of(g_r, name), name)
+
+
+def test_auto_is_the_unfused_path_on_cpu_and_the_kernels_on_a_gpu_build():
+    x, seg, _ = inputs(jnp.float32)
+    mask, key = attention_mask(seg), jax.random.key(3)
+    auto, xla = make_layer(), make_layer(layer_impl="xla")
+    assert auto.cfg.layer_impl == "auto"
+    np.testing.assert_array_equal(np.asarray(auto(x, mask, key)), np.asarray(xla(x, mask, key)))
+
+    def fused(layer):
+        return "fused_layer_forward" in str(jax.make_jaxpr(lambda v: layer(v, mask, key))(x))
+
+    assert not fused(auto)
+    with building_for("gpu"):
+        assert fused(auto) and not fused(xla)
+        # a variant (pre-LN) falls back silently under "auto"
+        assert not fused(make_layer(norm_position="pre"))
+
+
+@pytest.mark.parametrize("changes, t, needle", [
+    ({"norm_position": "pre"}, T, "norm_position='pre'"),
+    ({"dropout_rng": "threefry"}, T, "dropout_rng='threefry'"),
+    ({"attention_impl": "xla", "attention_dropout": 0.0}, T, "attention_impl='xla'"),
+    ({}, 24, "multiple of 16"),
+])
+def test_an_explicit_fused_that_cannot_apply_is_one_config_error_line(changes, t, needle):
+    layer = make_layer(layer_impl="fused", **changes)
+    x = jnp.zeros((1, t, H), jnp.float32)
+    seg = jnp.ones((1, t), jnp.int32)
+    with pytest.raises(ConfigError) as err:
+        layer(x, attention_mask(seg), jax.random.key(0))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("model.layer_impl='fused' cannot run")
+    assert needle in message
+
+
+def test_layer_impl_is_validated():
+    with pytest.raises(ConfigError, match=r"^model\.layer_impl: must be one of"):
+        ModelConfig(layer_impl="triton")
+    assert ModelConfig.from_mapping({"layer_impl": "fused"}).layer_impl == "fused"
+
+
+WHEELS = Path(os.environ.get("MINILM_GPU_COMPILE_PATH", REPO / ".cache" / "gpu-compile"))
+
+
+def test_the_fused_layer_compiles_by_triton_for_an_h100_in_two_kernels():
+    """Deviceless: the layer's forward and backward (value and gradient) as Triton kernels, and
+    the whole paper-1.25m pre-training step's encoder in at most 10 launches (58 unfused)."""
+    if not (WHEELS / "jax_plugins" / "xla_cuda12").is_dir():
+        pytest.skip(f"no CUDA plugin wheels at {WHEELS} (launch/test.sh installs them)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(WHEELS), str(REPO / "tests")]),
+               JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "fused_layer_compile_script.py"),
+                             "h100"], capture_output=True, text=True, cwd=REPO, env=env,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")][0]
+    assert row["triton_calls"] == 2  # fused_layer_forward, fused_layer_backward
+    parts = row["step_parts"]
+    assert parts["encoder forward"] + parts["encoder backward"] <= 10
+    # one custom call (the kernel) in each of the encoder's parts
+    calls = [part for part, opcode in row["encoder_kernels"] if opcode == "custom-call"]
+    assert sorted(calls) == ["encoder backward", "encoder forward"]

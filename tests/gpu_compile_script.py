@@ -18,6 +18,7 @@ from minilm_jax.configs import pretrain  # noqa: E402
 from minilm_jax.gpu_targets import cuda_devices  # noqa: E402
 from minilm_jax.hlo_kernels import step_kernels  # noqa: E402
 from minilm_jax.model.flash_attention import flash_attention  # noqa: E402
+from minilm_jax.model.head_kernel import kernel_head_xent  # noqa: E402
 from minilm_jax.model.target_platform import building_for  # noqa: E402
 from minilm_jax.model.xent_kernel import kernel_linear_xent  # noqa: E402
 
@@ -46,6 +47,14 @@ def main(cards: list[str]) -> None:
 
             out = compiled_text(jax.grad(xent, argnums=(0, 1, 2)), device, ((256, 32), f32),
                                 ((32, 1000), f32), ((1000,), f32), ((256,), i32), ((256,), f32))
+
+            def head(rows, w, b, s, beta, wd, bd, t, wt):
+                return kernel_head_xent(rows, w, b, s, beta, wd, bd, t, wt, 1e-5, "bfloat16")
+
+            head_text = compiled_text(jax.grad(head, argnums=(0, 1, 2, 3, 4, 5, 6)), device,
+                                      ((256, 32), bf), ((32, 32), f32), ((32,), f32),
+                                      ((32,), f32), ((32,), f32), ((32, 1000), f32),
+                                      ((1000,), f32), ((256,), i32), ((256,), f32))
             config = pretrain.get_config("paper-1.25m")
             config.model.dtype, config.train.batch_size = "bfloat16", 8
             config.eval.batch_size, config.mesh.data = 8, 1
@@ -54,6 +63,7 @@ def main(cards: list[str]) -> None:
             "card": card, "kind": device.device_kind,
             "flash_triton_calls": flash.count(TRITON), "flash_kernels": step_kernels(flash).total,
             "xent_triton_calls": out.count(TRITON), "xent_kernels": step_kernels(out).total,
+            "head_triton_calls": head_text.count(TRITON),
             "step_kernels": report.kernels_per_step, "step_parts": report.kernels_by_part,
             "step_flops": report.flops_per_device, "analytic_flops": report.analytic_flops_per_device,
             "temp_bytes": report.memory["temp"]}), flush=True)

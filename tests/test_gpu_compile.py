@@ -1,5 +1,5 @@
 """The project's GPU programs compile for every card we claim, on this CPU-only machine: the Pallas
-flash-attention and output-layer kernels (forward and backward, by Triton) and a whole pre-training
+flash-attention, output-layer and head-transform kernels (forward and backward, by Triton) and a whole pre-training
 step, for sm_80 (A100), sm_89 (L4) and sm_90 (H100), with the CUDA plugin's wheels
 (``MINILM_GPU_COMPILE_PATH``, default ``.cache/gpu-compile``, where ``launch/test.sh`` installs
 them; skipped cleanly without). The compile runs in a process of its own: the plugin must be seen
@@ -49,6 +49,8 @@ def test_the_pallas_kernels_compile_by_triton_for_each_card(compiled, card):
     # output layer's: forward, dx and dW/db: each a Triton kernel, none interpreted
     assert row["flash_triton_calls"] == 3
     assert row["xent_triton_calls"] == 3
+    # the head's transform with it: its forward and backward kernels besides the output layer's
+    assert row["head_triton_calls"] == 5
     assert row["flash_kernels"] >= 3 and row["xent_kernels"] >= 3
 
 

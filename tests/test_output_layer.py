@@ -154,7 +154,10 @@ def test_packed_predictions_same_positions_and_loss_as_per_sequence(impl):
 
 def _train_step_hlo(impl: str, vocab: int, batch: int) -> str:
     config = pretrain_recipe.get_config("paper-1.25m")
-    cfg = resolve_point(f"E16-H32-I64-L1-A2-V{vocab}", dtype="bfloat16", mlm_loss_impl=impl)
+    # the encoder layer in XLA: under the patched backend below, "auto" would pick its GPU
+    # kernels, which only Triton compiles (this test reads the output layer's buffers)
+    cfg = resolve_point(f"E16-H32-I64-L1-A2-V{vocab}", dtype="bfloat16", mlm_loss_impl=impl,
+                        layer_impl="xla")
     config.train.num_steps, config.train.batch_size, config.eval.batch_size = 10, batch, batch
     program = pretrain_program(config, make_mesh(1, 1, jax.devices()[:1]), model=cfg)
     state = abstract_like(program.state.abstract)
@@ -289,10 +292,10 @@ def test_kernel_dw_db_sum_every_row_split_and_vocabulary_split(shape):
     multiple of the block, so the last is padded) and dx over several vocabulary splits, against
     float64; the cotangent 0.37 and the weights non-uniform. Both block shapes (64 x 128 up to a
     hidden size of 64, 32 x 64 above)."""
-    from minilm_jax.model.xent_kernel import _layout
+    from minilm_jax.model.xent_kernel import layout
 
     n, h, v = shape
-    lay = _layout(n, h, v)
+    lay = layout(n, h, v)
     assert lay.r_splits >= 2 and lay.v_splits >= 2 and n % lay.block_r != 0
     problem = _weighted_problem(n, h, v, seed=21)
     got, grads = jax.jit(jax.value_and_grad(lambda *a: 0.37 * kernel_linear_xent(*a),

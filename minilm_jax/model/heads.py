@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 import minilm_jax.model.target_platform as target_platform
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.init import make_initializers
-from minilm_jax.model.layers import dropout, gelu_exact, make_layer_norm, make_linear
+from minilm_jax.model.head_kernel import head_kernel_applies, kernel_head_xent
+from minilm_jax.model.layers import (LayerNorm, dropout, gelu_exact, make_layer_norm,
+                                     make_linear)
 from minilm_jax.model.xent import (fused_linear_logprobs, fused_linear_xent, resolve_loss_impl,
                                    softmax_xent_sum)
 from minilm_jax.model.xent_kernel import (kernel_applies, kernel_linear_logprobs,
@@ -66,6 +69,18 @@ class MlmHead(nnx.Module):
             return "logits"
         return impl
 
+    def transform_in_kernels(self) -> bool:
+        """Whether the ``kernel`` loss runs this head's transform in its kernels too
+        (:mod:`~minilm_jax.model.head_kernel`): the built-in transform (this class's
+        :meth:`features`, a biased dense layer, the project's LayerNorm with scale and bias) at
+        a hidden size the kernels take."""
+        norm = self.norm
+        return (head_kernel_applies(self.cfg.hidden_dim)
+                and type(self).features is MlmHead.features and type(norm) is LayerNorm
+                and norm.scale is not None and norm.bias is not None
+                and self.dense.bias is not None and norm.use_fast_variance
+                and tuple(np.atleast_1d(norm.reduction_axes)) == (-1,))
+
     def loss(self, hidden_bth: jax.Array, positions: jax.Array, targets: jax.Array,
              weights: jax.Array) -> jax.Array:
         """Summed cross-entropy ``sum weights * CE`` over the gathered positions (float32 scalar);
@@ -77,6 +92,13 @@ class MlmHead(nnx.Module):
         """
         targets_n, weights_n = targets.reshape(-1), weights.reshape(-1).astype(jnp.float32)
         impl = self.loss_impl()
+        if impl == "kernel" and self.transform_in_kernels():
+            rows = gather_positions(hidden_bth, positions)
+            norm = self.norm
+            return kernel_head_xent(rows.reshape(-1, rows.shape[-1]), self.dense.kernel[...],
+                                    self.dense.bias[...], norm.scale[...], norm.bias[...],
+                                    self.decoder.kernel[...], self.decoder.bias[...], targets_n,
+                                    weights_n, float(norm.epsilon), self.cfg.dtype)
         if impl == "logits":
             logits = self(hidden_bth, positions)
             return softmax_xent_sum(logits.reshape(-1, logits.shape[-1]), targets_n, weights_n)

@@ -12,7 +12,7 @@ grid of blocks instead of a ``lax.scan`` of small XLA kernels (latency-bound on 
 - backward, vocabulary (grid: vocabulary blocks x row splits): each split's share of
   ``dW = x^T @ (...)`` and ``db``, summed after.
 
-The splits (:func:`_layout`) give the grid several programs per streaming multiprocessor: one
+The splits (:func:`layout`) give the grid several programs per streaming multiprocessor: one
 program per row block left most of an H100 waiting on a 149-block loop.
 
 Each block's logits ``[rows, vocab block]`` are recomputed from ``x`` and ``W`` (as flash attention
@@ -130,7 +130,7 @@ def _dw_kernel(x_ref, w_ref, b_ref, t_ref, lse_ref, scale_ref, dw_ref, db_ref, *
     db_ref[...] = db
 
 
-def _pad(a: jax.Array, axis: int, size: int) -> jax.Array:
+def pad(a: jax.Array, axis: int, size: int) -> jax.Array:
     """``a`` with zeros appended along ``axis`` up to ``size``."""
     if a.shape[axis] == size:
         return a
@@ -151,7 +151,7 @@ class _Layout(NamedTuple):
     r_splits: int
 
 
-def _layout(n: int, h: int, v: int) -> _Layout:
+def layout(n: int, h: int, v: int) -> _Layout:
     block_r, block_v = _blocks(_padded_hidden(h))
     v_blocks, r_blocks = -(-v // block_v), -(-n // block_r)
     # ~4 blocks of work per program at least; up to 8 splits (a few waves on 132 SMs at 5k rows)
@@ -159,22 +159,22 @@ def _layout(n: int, h: int, v: int) -> _Layout:
                    max(1, min(4, r_blocks // 4)))
 
 
-def _prepared(x_nh, w_hv, b_v, targets_n, compute_dtype):
+def prepared(x_nh, w_hv, b_v, targets_n, compute_dtype):
     """Padded operands (rows to whole row splits, vocabulary to whole vocabulary splits) and their
     layout: (x, W, b, t, layout)."""
     (n, h), v = x_nh.shape, w_hv.shape[1]
-    lay = _layout(n, h, v)
+    lay = layout(n, h, v)
     rows_unit, cols_unit = lay.block_r * lay.r_splits, lay.block_v * lay.v_splits
     np_, vp, hp = -(-n // rows_unit) * rows_unit, -(-v // cols_unit) * cols_unit, _padded_hidden(h)
     cdt = jnp.dtype(compute_dtype)
-    x = _pad(_pad(x_nh.astype(cdt), 1, hp), 0, np_)
-    w = _pad(_pad(w_hv.astype(cdt), 0, hp), 1, vp)
-    b = _pad(b_v.astype(jnp.float32), 0, vp)
-    t = _pad(targets_n.astype(jnp.int32), 0, np_)
+    x = pad(pad(x_nh.astype(cdt), 1, hp), 0, np_)
+    w = pad(pad(w_hv.astype(cdt), 0, hp), 1, vp)
+    b = pad(b_v.astype(jnp.float32), 0, vp)
+    t = pad(targets_n.astype(jnp.int32), 0, np_)
     return x, w, b, t, lay
 
 
-def _forward(x, w, b, t, lay: _Layout) -> tuple[jax.Array, jax.Array]:
+def forward(x, w, b, t, lay: _Layout) -> tuple[jax.Array, jax.Array]:
     """(log-sum-exp, target logit) per padded row, float32: each vocabulary split's partial
     results combined."""
     (np_, hp), vp = x.shape, w.shape[1]
@@ -199,8 +199,8 @@ def _forward(x, w, b, t, lay: _Layout) -> tuple[jax.Array, jax.Array]:
 def kernel_linear_logprobs(x_nh: jax.Array, w_hv: jax.Array, b_v: jax.Array, targets_n: jax.Array,
                            compute_dtype: str = "float32") -> jax.Array:
     """``log softmax(x_n @ W + b)[t_n]`` per row (float32 ``[N]``; scoring, no gradient)."""
-    x, w, b, t, lay = _prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
-    lse, picked = _forward(x, w, b, t, lay)
+    x, w, b, t, lay = prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
+    lse, picked = forward(x, w, b, t, lay)
     return (picked - lse)[: lay.n]
 
 
@@ -212,19 +212,19 @@ def kernel_linear_xent(x_nh: jax.Array, w_hv: jax.Array, b_v: jax.Array, targets
 
 
 def _kernel_fwd(x_nh, w_hv, b_v, targets_n, weights_n, compute_dtype):
-    x, w, b, t, lay = _prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
-    lse, picked = _forward(x, w, b, t, lay)
+    x, w, b, t, lay = prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
+    lse, picked = forward(x, w, b, t, lay)
     nll_n = (lse - picked)[: lay.n]
     loss = jnp.sum(nll_n * weights_n.astype(jnp.float32))
     return loss, (x_nh, w_hv, b_v, targets_n, weights_n, lse, nll_n)
 
 
-def _kernel_bwd(compute_dtype, residuals, g):
-    x_nh, w_hv, b_v, targets_n, weights_n, lse, nll_n = residuals
-    x, w, b, t, lay = _prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
+def backward_parts(x, w, b, t, lse, scale, lay: _Layout) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The backward kernels on prepared (padded) operands, ``scale`` the padded rows' ``g * w_n``:
+    ``dx``'s vocabulary splits ``[splits, padded rows, padded hidden]`` (float32, summed by the
+    caller) and ``dW [H, V]``, ``db [V]`` (float32)."""
     (np_, hp), vp = x.shape, w.shape[1]
     br, bv, vs, rs = lay.block_r, lay.block_v, lay.v_splits, lay.r_splits
-    scale = _pad(g * weights_n.astype(jnp.float32), 0, np_)
     row = pl.BlockSpec((br,), lambda i, k: (i,))
     dx_parts = pl.pallas_call(
         partial(_dx_kernel, block_v=bv, per_split=vp // bv // vs, vocab=lay.v),
@@ -248,9 +248,16 @@ def _kernel_bwd(compute_dtype, residuals, g):
                    pl.BlockSpec((None, bv), lambda j, k: (k, j))),
         compiler_params=pallas_backend.compiler_params(), interpret=pallas_backend.interpret(),
         name="mlm_xent_dw")(x, w, b, t, lse, scale)
-    n, h, v = lay.n, lay.h, lay.v
-    dx = jnp.sum(dx_parts, axis=0)[:n, :h]
-    dw, db = jnp.sum(dw_parts, axis=0)[:h, :v], jnp.sum(db_parts, axis=0)[:v]
+    h, v = lay.h, lay.v
+    return dx_parts, jnp.sum(dw_parts, axis=0)[:h, :v], jnp.sum(db_parts, axis=0)[:v]
+
+
+def _kernel_bwd(compute_dtype, residuals, g):
+    x_nh, w_hv, b_v, targets_n, weights_n, lse, nll_n = residuals
+    x, w, b, t, lay = prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
+    scale = pad(g * weights_n.astype(jnp.float32), 0, x.shape[0])
+    dx_parts, dw, db = backward_parts(x, w, b, t, lse, scale, lay)
+    dx = jnp.sum(dx_parts, axis=0)[:lay.n, :lay.h]
     return (dx.astype(x_nh.dtype), dw.astype(w_hv.dtype), db.astype(b_v.dtype), None,
             (g * nll_n).astype(weights_n.dtype))
 

@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import minilm_jax.model.embed_kernel as embed_kernel
+import minilm_jax.model.target_platform as target_platform
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.init import Initializers, make_initializers
-from minilm_jax.model.layers import (EncoderLayer, _depends_on_params, attention_mask, dropout,
-                                     gelu_exact, make_layer_norm, make_linear, split_key)
+from minilm_jax.model.layers import (EncoderLayer, LayerNorm, _depends_on_params, attention_mask,
+                                     dropout, gelu_exact, make_layer_norm, make_linear, split_key)
 
 
 class TransformerEncoder(nnx.Module):
@@ -107,6 +109,8 @@ class TransformerEncoder(nnx.Module):
         t = tokens_bt.shape[1]
         if t > cfg.max_len:
             raise ValueError(f"sequence length {t} exceeds model.max_len={cfg.max_len}")
+        if self._embeds_in_kernels(t, key):
+            return self._kernel_embed(tokens_bt, token_types_bt, key)
         x_bte = (self.word_embeddings(tokens_bt) + self.position_rows(t)[None]
                  + self.token_type_rows(token_types_bt))
         x_bte = dropout(self.embedding_norm(x_bte), cfg.hidden_dropout, key,
@@ -114,6 +118,47 @@ class TransformerEncoder(nnx.Module):
         if cfg.embed_projection:
             x_bte = self.projection_norm(self.projection(x_bte)).astype(dtype)
         return x_bte
+
+    def _embeds_in_kernels(self, t: int, key: jax.Array | None) -> bool:
+        """Whether :meth:`embed` runs as kernels (:mod:`~minilm_jax.model.embed_kernel`):
+        ``model.layer_impl`` "fused", or "auto" in a program built for a GPU, with this class's
+        tables and norms the built-in ones at sizes the kernels take. An explicit "fused" that
+        cannot apply is a ConfigError; "auto" then runs the modules."""
+        cfg = self.cfg
+        impl = cfg.layer_impl
+        if impl == "xla" or (impl == "auto" and target_platform.platform() != "gpu"):
+            return False
+        norms = [self.embedding_norm] + ([self.projection_norm] if cfg.embed_projection else [])
+        builtin = (self.position_table and all(
+            getattr(type(self), name) is getattr(TransformerEncoder, name)
+            for name in ("position_rows", "token_type_rows", "make_norm"))
+            and all(type(norm) is LayerNorm and norm.scale is not None and norm.bias is not None
+                    for norm in norms)
+            and (not cfg.embed_projection or self.projection.bias is not None))
+        why = ("the embeddings' tables, norms or projection are not the built-in ones"
+               if not builtin else
+               f"model.dropout_rng={cfg.dropout_rng!r} (the kernels draw 'hash' masks)"
+               if key is not None and cfg.hidden_dropout > 0.0 and cfg.dropout_rng != "hash"
+               else embed_kernel.unsupported(t, cfg.emb_dim, cfg.hidden_dim,
+                                             cfg.type_vocab_size))
+        if why is not None and impl == "fused":
+            raise ConfigError(f"model.layer_impl='fused' cannot run the embeddings: {why}; use "
+                              "layer_impl='auto' or 'xla'")
+        return why is None
+
+    def _kernel_embed(self, tokens_bt: jax.Array, token_types_bt: jax.Array,
+                      key: jax.Array | None) -> jax.Array:
+        """:meth:`embed` as :func:`~minilm_jax.model.embed_kernel.fused_embeddings`."""
+        cfg = self.cfg
+        tables = (self.word_embeddings.embedding[...], self.position_rows(tokens_bt.shape[1]),
+                  self.token_type_embeddings.embedding[...])
+        params = [self.embedding_norm.scale[...], self.embedding_norm.bias[...]]
+        if cfg.embed_projection:
+            params += [self.projection.kernel[...], self.projection.bias[...],
+                       self.projection_norm.scale[...], self.projection_norm.bias[...]]
+        return embed_kernel.fused_embeddings(tokens_bt, token_types_bt, tables, tuple(params), key,
+                                             rate=cfg.hidden_dropout, eps=cfg.layer_norm_eps,
+                                             dtype=cfg.dtype)
 
     def __call__(self, tokens_bt: jax.Array, segment_ids_bt: jax.Array | None = None,
                  token_types_bt: jax.Array | None = None, *, dropout_key: jax.Array | None = None,

@@ -8,6 +8,11 @@
 - :func:`layer_norm_rows`, :func:`layer_norm_rows_grad`: LayerNorm over the last axis of a block
   of rows, two-pass statistics, and its backward with the scale and bias gradients summed over
   the block's rows.
+- :func:`dropout_threshold`, :func:`kept`, :func:`dropped`, :func:`undropped`: the hash dropout of
+  ``layers.dropout(..., "hash")`` drawn in a kernel from an element's flat index and the two seed
+  words ``jax.random.bits(key, (2,), uint32)``.
+- :func:`dot`, :func:`linear`, :func:`store_rows`: products in the compute dtype with float32
+  accumulation, ``nnx.Linear``'s roundings, and writing a block of a per-program gradient buffer.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from minilm_jax.model.attention_rules import mix32
 
 # Numerical Recipes' erfc coefficients, lowest order first (fractional error < 1.2e-7 in exact
 # arithmetic)
@@ -70,3 +78,42 @@ def layer_norm_rows_grad(dy: jax.Array, x_hat: jax.Array, inv_std: jax.Array, sc
     dx = inv_std * (g - jnp.sum(g, axis=-1, keepdims=True) / width
                     - x_hat * (jnp.sum(g * x_hat, axis=-1, keepdims=True) / width))
     return dx, jnp.sum(dy * x_hat, axis=0), jnp.sum(dy, axis=0)
+
+
+def dropout_threshold(rate: float) -> int:
+    """Keep an element iff its bits are >= this (as ``layers.dropout`` with ``rng="hash"``)."""
+    return min(round(rate * 2.0**32), 2**32 - 1)
+
+
+def kept(seed0: jax.Array, seed1: jax.Array, index: jax.Array, threshold: int) -> jax.Array:
+    """The keep mask of the elements at flat indices ``index`` (uint32): ``hash_bits``' hash."""
+    return mix32(mix32(index ^ seed0) + seed1) >= jnp.uint32(threshold)
+
+
+def dropped(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout of ``x`` in its dtype (as ``layers.dropout``: ``x / (1 - rate)``)."""
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+
+
+def undropped(g: jax.Array, keep: jax.Array | None, rate: float) -> jax.Array:
+    """The gradient through :func:`dropped` (``keep`` None: no dropout)."""
+    return g if keep is None else jnp.where(keep, g / (1.0 - rate), 0.0)
+
+
+def dot(a: jax.Array, b: jax.Array, cdt, contract: tuple[int, int] = (1, 0)) -> jax.Array:
+    """float32 product of ``a`` and ``b`` cast to the compute dtype, over the given axes."""
+    return jax.lax.dot_general(a.astype(cdt), b.astype(cdt),
+                               (((contract[0],), (contract[1],)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+
+def linear(x: jax.Array, w: jax.Array, b: jax.Array, cdt) -> jax.Array:
+    """``x @ w + b`` rounded as ``nnx.Linear`` in the compute dtype (the product, then the sum)."""
+    return dot(x, w, cdt).astype(cdt) + b.astype(cdt)
+
+
+def store_rows(ref, row: int, value: jax.Array, col: int = 0) -> None:
+    """Write ``value`` ``[n, m]`` (a vector as one row) at (row, col) of a kernel's output block."""
+    if value.ndim == 1:
+        value = value[None, :]
+    ref[pl.ds(row, value.shape[0]), pl.ds(col, value.shape[1])] = value

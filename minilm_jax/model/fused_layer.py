@@ -35,7 +35,6 @@ from jax.experimental import pallas as pl
 
 import minilm_jax.model.fused_layer_kernels as kernels
 import minilm_jax.model.pallas_backend as pallas_backend
-from minilm_jax.model.attention_rules import segment_ids_from_mask
 from minilm_jax.model.config import ModelConfig
 
 MAX_SEQ = 256  # each head's [T, T] scores of one sequence in one program
@@ -76,6 +75,15 @@ def _full(a: jax.Array) -> pl.BlockSpec:
     return pl.BlockSpec(a.shape, lambda b, n=a.ndim: (0,) * n)
 
 
+def _compiler_params(lay: kernels.Layout):
+    """Triton's parameters (None when interpreted): 8 warps from T = 128 on (each head's
+    ``[T, T]`` float32 tiles in registers: 4 warps spill them, and compile 3x slower)."""
+    if pallas_backend.interpret():
+        return None
+    from jax.experimental.pallas import triton as plgpu
+    return plgpu.CompilerParams(num_warps=8 if lay.tp >= 128 else 4, num_stages=1)
+
+
 def _call(kernel, lay: kernels.Layout, arrays, per_seq, out_shape, out_specs, name):
     """``kernel`` over one program per sequence: ``per_seq`` of ``arrays`` (by position) are cut
     by their leading (batch) axis, the rest passed whole."""
@@ -88,7 +96,7 @@ def _call(kernel, lay: kernels.Layout, arrays, per_seq, out_shape, out_specs, na
             specs.append(_full(a))
     return pl.pallas_call(partial(kernel, lay=lay), out_shape=out_shape,
                           grid=(arrays[0].shape[0],), in_specs=specs, out_specs=out_specs,
-                          compiler_params=pallas_backend.compiler_params(),
+                          compiler_params=_compiler_params(lay),
                           interpret=pallas_backend.interpret(), name=name)(*arrays)
 
 
@@ -160,9 +168,9 @@ def fused_encoder_layer(x_bth: jax.Array, segment_ids_bt: jax.Array, params: dic
     lay = _layout(t, hidden, heads, ffn, attention_dropout, hidden_dropout, eps, dtype)
     seeds = jnp.zeros((8,), jnp.uint32)
     if key is not None and (attention_dropout > 0.0 or hidden_dropout > 0.0):
-        keys = jax.random.split(key, 3)
-        seeds = jnp.concatenate([jax.random.bits(k, (2,), jnp.uint32) for k in keys]
-                                + [jnp.zeros((2,), jnp.uint32)])
+        # split_key(key, 3)'s keys (probabilities, attention output, FFN output), drawn together
+        bits = jax.vmap(lambda k: jax.random.bits(k, (2,), jnp.uint32))(jax.random.split(key, 3))
+        seeds = jnp.pad(bits.reshape(6), (0, 2))
     x = _pad_rows(x_bth.astype(jnp.dtype(dtype)), lay.tp)
     seg = _pad_rows(segment_ids_bt.astype(jnp.int32), lay.tp)
     y = _layer(x, seg, seeds, tuple(params[name] for name in PARAMS), lay)
@@ -184,6 +192,14 @@ def why_not(cfg: ModelConfig, x_bth: jax.Array, dropout: bool) -> str | None:
     return unsupported(x_bth.shape[1], cfg.hidden_dim, cfg.num_heads, cfg.ffn_dim)
 
 
+def _segment_ids(mask_b1tt: jax.Array) -> jax.Array:
+    """Segment ids for the kernels from an ``attention_mask`` in one reduction: each query's
+    ``T - j`` for the first key j it sees (0: none, a padding row). Queries of one segment see
+    the same first key, those of different segments different ones: the same mask."""
+    t = mask_b1tt.shape[-1]
+    return jnp.max(jnp.where(mask_b1tt[:, 0], t - jnp.arange(t, dtype=jnp.int32), 0), axis=-1)
+
+
 def apply(layer, x_bth: jax.Array, mask_b1tt: jax.Array, key: jax.Array | None) -> jax.Array:
     """:func:`fused_encoder_layer` with the parameters of ``layer``, a built-in
     :class:`~minilm_jax.model.layers.EncoderLayer` (its blocks' attributes read here), and the
@@ -196,7 +212,7 @@ def apply(layer, x_bth: jax.Array, mask_b1tt: jax.Array, key: jax.Array | None) 
         params["w" + name], params["b" + name] = module.kernel[...], module.bias[...]
     for n, norm in (("1", layer.attention_norm), ("2", layer.ffn_norm)):
         params[f"ln{n}_scale"], params[f"ln{n}_bias"] = norm.scale[...], norm.bias[...]
-    return fused_encoder_layer(x_bth, segment_ids_from_mask(mask_b1tt), params, key,
+    return fused_encoder_layer(x_bth, _segment_ids(mask_b1tt), params, key,
                                heads=cfg.num_heads, attention_dropout=cfg.attention_dropout,
                                hidden_dropout=cfg.hidden_dropout, eps=cfg.layer_norm_eps,
                                dtype=cfg.dtype)

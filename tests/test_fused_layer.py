@@ -231,3 +231,32 @@ def test_the_fused_layer_compiles_by_triton_for_an_h100_in_two_kernels():
     # one custom call (the kernel) in each of the encoder's parts
     calls = [part for part, opcode in row["encoder_kernels"] if opcode == "custom-call"]
     assert sorted(calls) == ["encoder backward", "encoder forward"]
+
+
+def test_under_vmap_each_member_is_its_own_layer():
+    """A population vmaps the step over members (parameters, inputs and keys): each member's
+    output and gradients, dropout masks included, are those of the member alone."""
+    from minilm_jax.model.fused_layer import apply
+
+    x, seg, cot = inputs(jnp.float32)
+    mask = attention_mask(seg)
+    layer = make_layer(layer_impl="fused")
+    graphdef, params = nnx.split(layer, nnx.Param)
+    members = [jax.tree.map(lambda p, m=m: p * (1.0 + 0.1 * m), params) for m in range(2)]
+    xs, keys = jnp.stack([x, x[::-1]]), jax.random.split(jax.random.key(5), 2)
+
+    def loss(params, x, key):
+        return jnp.sum(apply(nnx.merge(graphdef, params), x, mask, key).astype(jnp.float32) * cot)
+
+    fn = jax.value_and_grad(loss, argnums=(0, 1))
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *members)
+    losses, (grads, dxs) = jax.vmap(fn)(stacked, xs, keys)
+    for m in range(2):
+        want, (want_grads, want_dx) = fn(members[m], xs[m], keys[m])
+        # the loss: a float32 sum of B T H = 2^11 products, summed in another order under vmap
+        np.testing.assert_allclose(losses[m], want, rtol=2.0 ** 11 * 2.0 ** -24)
+        np.testing.assert_allclose(dxs[m], want_dx, rtol=0, atol=2.0 ** -20 * float(
+            jnp.max(jnp.abs(want_dx))))
+        for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+            np.testing.assert_allclose(got[m], ref, rtol=0,
+                                       atol=2.0 ** -20 * float(jnp.max(jnp.abs(ref))))

@@ -127,20 +127,19 @@ def kernel_head_xent(rows_nh: jax.Array, dense_w: jax.Array, dense_b: jax.Array,
 
 def _head_fwd(rows_nh, dense_w, dense_b, norm_scale, norm_bias, w_hv, b_v, targets_n, weights_n,
               eps, compute_dtype):
-    x, w, b, t, lay = xent_kernel.prepared(rows_nh, w_hv, b_v, targets_n, compute_dtype)
+    x, wb, t, lay = xent_kernel.prepared(rows_nh, w_hv, b_v, targets_n, compute_dtype)
     params = (dense_w, dense_b, norm_scale, norm_bias)
     y = _transform_forward(x, *params, eps, compute_dtype, lay.block_r)
-    lse, picked = xent_kernel.forward(y, w, b, t, lay)
-    nll_n = (lse - picked)[: lay.n]
-    loss = jnp.sum(nll_n * weights_n.astype(jnp.float32))
-    return loss, (rows_nh, x, y, w, b, t, lse, nll_n, params, w_hv, b_v, weights_n)
+    m, s, picked = xent_kernel.forward(y, wb, t, lay)
+    return (xent_kernel.weighted_loss(m, s, picked, weights_n),
+            (rows_nh, x, y, wb, t, m, s, picked, params, w_hv, b_v, weights_n))
 
 
 def _head_bwd(eps, compute_dtype, residuals, g):
-    rows_nh, x, y, w, b, t, lse, nll_n, params, w_hv, b_v, weights_n = residuals
+    rows_nh, x, y, wb, t, m, s, picked, params, w_hv, b_v, weights_n = residuals
     lay = xent_kernel.layout(rows_nh.shape[0], rows_nh.shape[1], b_v.shape[0])
     scale = xent_kernel.pad(g * weights_n.astype(jnp.float32), 0, x.shape[0])
-    dy_parts, dw, db = xent_kernel.backward_parts(y, w, b, t, lse, scale, lay)
+    dy_parts, dw, db = xent_kernel.backward_parts(y, wb, t, m, s, scale, lay)
     dx, parts = _transform_backward(x, *params, dy_parts, eps, compute_dtype, lay.block_r)
     h = x.shape[1]
     sums = jnp.sum(parts, axis=0)
@@ -148,7 +147,7 @@ def _head_bwd(eps, compute_dtype, residuals, g):
     return (dx[: lay.n].astype(rows_nh.dtype), sums[:h].astype(dense_w.dtype),
             sums[h].astype(dense_b.dtype), sums[h + 1].astype(norm_scale.dtype),
             sums[h + 2].astype(norm_bias.dtype), dw.astype(w_hv.dtype), db.astype(b_v.dtype),
-            None, (g * nll_n).astype(weights_n.dtype))
+            None, xent_kernel.weights_grad(m, s, picked, weights_n, g))
 
 
 kernel_head_xent.defvjp(_head_fwd, _head_bwd)

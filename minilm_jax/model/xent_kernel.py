@@ -23,8 +23,10 @@ elsewhere Pallas' interpreter runs the same kernels (tests on CPU). Hidden sizes
 the XLA formulation.
 
 Rows, vocabulary and hidden size are padded in the wrapper (rows with weight 0, vocabulary columns
-masked to -inf, hidden with zeros): ``W``'s pad is a copy of ``[H, V]`` (1.2 MB at the 1.25M point),
-not of the logits.
+masked to -inf, hidden with zeros): ``W`` and ``b`` are one padded float32 copy ``[H + 1, V]`` (the
+bias its last row: one copy instead of two; 2.4 MB at the 1.25M point, each kernel casting the
+weight to the compute dtype), not of the logits. The log-sum-exp of a row is never written: the
+backward kernels combine the forward's per-split maxima and sums themselves.
 """
 
 from __future__ import annotations
@@ -64,7 +66,14 @@ def _block_logits(x, w, b, j, block_v: int, vocab: int):
     return jnp.where(cols[None, :] < vocab, logits, _NEG), cols
 
 
-def _forward_kernel(x_ref, w_ref, b_ref, t_ref, m_ref, s_ref, tgt_ref, *, block_v: int,
+def _weight_and_bias(wb_ref, cols, cdt) -> tuple[jax.Array, jax.Array]:
+    """The weight's columns ``cols`` in the compute dtype ``[H, cols]`` and the bias's (float32)
+    from the ``[H + 1, V]`` float32 operand (the bias its last row)."""
+    hp = wb_ref.shape[0] - 1
+    return wb_ref[pl.ds(0, hp), cols].astype(cdt), wb_ref[hp, cols]
+
+
+def _forward_kernel(x_ref, wb_ref, t_ref, m_ref, s_ref, tgt_ref, *, block_v: int,
                     per_split: int, vocab: int):
     """Row block i, vocabulary split k: running max, sum of exp and target logit over the split."""
     x, t = x_ref[...], t_ref[...]
@@ -73,8 +82,8 @@ def _forward_kernel(x_ref, w_ref, b_ref, t_ref, m_ref, s_ref, tgt_ref, *, block_
     def body(j, carry):
         m, s, picked = carry
         cols_slice = pl.ds((first + j) * block_v, block_v)
-        logits, cols = _block_logits(x, w_ref[:, cols_slice], b_ref[cols_slice], first + j,
-                                     block_v, vocab)
+        logits, cols = _block_logits(x, *_weight_and_bias(wb_ref, cols_slice, x.dtype),
+                                     first + j, block_v, vocab)
         m_new = jnp.maximum(m, jnp.max(logits, axis=1))
         s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[:, None]), axis=1)
         picked = picked + jnp.sum(jnp.where(cols[None, :] == t[:, None], logits, 0.0), axis=1)
@@ -86,6 +95,25 @@ def _forward_kernel(x_ref, w_ref, b_ref, t_ref, m_ref, s_ref, tgt_ref, *, block_
     m_ref[...], s_ref[...], tgt_ref[...] = m, s, picked
 
 
+def row_lse(m, s) -> jax.Array:
+    """Each row's log-sum-exp from the forward's vocabulary splits' running maxima and sums
+    ``[splits, rows]`` (float32)."""
+    top = jnp.max(m, axis=0)
+    return top + jnp.log(jnp.sum(s * jnp.exp(m - top[None]), axis=0))
+
+
+def _block_lse(m_ref, s_ref, rows, splits: int) -> jax.Array:
+    """:func:`row_lse` of the rows ``rows`` inside a kernel (the splits one at a time)."""
+    ms = [m_ref[k, rows] for k in range(splits)]
+    top = ms[0]
+    for m in ms[1:]:
+        top = jnp.maximum(top, m)
+    total = s_ref[0, rows] * jnp.exp(ms[0] - top)
+    for k in range(1, splits):
+        total = total + s_ref[k, rows] * jnp.exp(ms[k] - top)
+    return top + jnp.log(total)
+
+
 def _dlogits(x, w, b, t, lse, scale, j, block_v: int, vocab: int):
     """``(softmax - onehot) * scale`` of one block, float32."""
     logits, cols = _block_logits(x, w, b, j, block_v, vocab)
@@ -93,33 +121,35 @@ def _dlogits(x, w, b, t, lse, scale, j, block_v: int, vocab: int):
     return (probs - (cols[None, :] == t[:, None]).astype(jnp.float32)) * scale[:, None]
 
 
-def _dx_kernel(x_ref, w_ref, b_ref, t_ref, lse_ref, scale_ref, dx_ref, *, block_v: int,
-               per_split: int, vocab: int):
+def _dx_kernel(x_ref, wb_ref, t_ref, m_ref, s_ref, scale_ref, dx_ref, *, block_v: int,
+               block_r: int, splits: int, per_split: int, vocab: int):
     """Row block i, vocabulary split k: this split's share of ``dx``."""
-    x, t, lse, scale = x_ref[...], t_ref[...], lse_ref[...], scale_ref[...]
+    x, t, scale = x_ref[...], t_ref[...], scale_ref[...]
+    lse = _block_lse(m_ref, s_ref, pl.ds(pl.program_id(0) * block_r, block_r), splits)
     first = pl.program_id(1) * per_split
 
     def body(j, acc):
         cols_slice = pl.ds((first + j) * block_v, block_v)
-        w = w_ref[:, cols_slice]
-        d = _dlogits(x, w, b_ref[cols_slice], t, lse, scale, first + j, block_v, vocab)
+        w, b = _weight_and_bias(wb_ref, cols_slice, x.dtype)
+        d = _dlogits(x, w, b, t, lse, scale, first + j, block_v, vocab)
         return acc + jax.lax.dot_general(d.astype(w.dtype), w, (((1,), (1,)), ((), ())),
                                          preferred_element_type=jnp.float32)
 
     dx_ref[...] = jax.lax.fori_loop(0, per_split, body, jnp.zeros(x.shape, jnp.float32))
 
 
-def _dw_kernel(x_ref, w_ref, b_ref, t_ref, lse_ref, scale_ref, dw_ref, db_ref, *, block_r: int,
-               block_v: int, per_split: int, vocab: int):
+def _dw_kernel(x_ref, wb_ref, t_ref, m_ref, s_ref, scale_ref, dw_ref, db_ref, *,
+               block_r: int, block_v: int, splits: int, per_split: int, vocab: int):
     """Vocabulary block j, row split k: this split's share of ``dW`` and ``db``."""
     j, first = pl.program_id(0), pl.program_id(1) * per_split
-    w, b = w_ref[...], b_ref[...]
+    w, b = _weight_and_bias(wb_ref, slice(None), x_ref.dtype)
 
     def body(i, carry):
         dw, db = carry
         rows = pl.ds((first + i) * block_r, block_r)
         x = x_ref[rows, :]
-        d = _dlogits(x, w, b, t_ref[rows], lse_ref[rows], scale_ref[rows], j, block_v, vocab)
+        lse = _block_lse(m_ref, s_ref, rows, splits)
+        d = _dlogits(x, w, b, t_ref[rows], lse, scale_ref[rows], j, block_v, vocab)
         dw = dw + jax.lax.dot_general(x, d.astype(x.dtype), (((0,), (0,)), ((), ())),
                                      preferred_element_type=jnp.float32)
         return dw, db + jnp.sum(d, axis=0)
@@ -160,24 +190,26 @@ def layout(n: int, h: int, v: int) -> _Layout:
 
 
 def prepared(x_nh, w_hv, b_v, targets_n, compute_dtype):
-    """Padded operands (rows to whole row splits, vocabulary to whole vocabulary splits) and their
-    layout: (x, W, b, t, layout)."""
+    """Padded operands and their layout: (x in the compute dtype, rows to whole row splits and
+    hidden to its power of two; the weight with the bias as its last row ``[H + 1, V]``, float32,
+    vocabulary to whole splits (one copy for both, each kernel casts the weight); targets)."""
     (n, h), v = x_nh.shape, w_hv.shape[1]
     lay = layout(n, h, v)
     rows_unit, cols_unit = lay.block_r * lay.r_splits, lay.block_v * lay.v_splits
     np_, vp, hp = -(-n // rows_unit) * rows_unit, -(-v // cols_unit) * cols_unit, _padded_hidden(h)
     cdt = jnp.dtype(compute_dtype)
     x = pad(pad(x_nh.astype(cdt), 1, hp), 0, np_)
-    w = pad(pad(w_hv.astype(cdt), 0, hp), 1, vp)
-    b = pad(b_v.astype(jnp.float32), 0, vp)
+    wb = jnp.concatenate([pad(w_hv.astype(jnp.float32), 0, hp),
+                          b_v.astype(jnp.float32)[None]], axis=0)
     t = pad(targets_n.astype(jnp.int32), 0, np_)
-    return x, w, b, t, lay
+    return x, pad(wb, 1, vp), t, lay
 
 
-def forward(x, w, b, t, lay: _Layout) -> tuple[jax.Array, jax.Array]:
-    """(log-sum-exp, target logit) per padded row, float32: each vocabulary split's partial
-    results combined."""
-    (np_, hp), vp = x.shape, w.shape[1]
+def forward(x, wb, t, lay: _Layout) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per padded row, float32: the vocabulary splits' running maxima and sums of exponentials
+    ``[splits, rows]`` (:func:`row_lse` combines them; the backward kernels combine them
+    themselves, so the log-sum-exp is never written) and the target logit ``[rows]``."""
+    (np_, hp), vp = x.shape, wb.shape[1]
     splits = lay.v_splits
     row = pl.BlockSpec((lay.block_r,), lambda i, k: (i,))
     part = pl.BlockSpec((None, lay.block_r), lambda i, k: (k, i))
@@ -187,21 +219,18 @@ def forward(x, w, b, t, lay: _Layout) -> tuple[jax.Array, jax.Array]:
         out_shape=(jax.ShapeDtypeStruct((splits, np_), jnp.float32),) * 3,
         grid=(np_ // lay.block_r, splits),
         in_specs=[pl.BlockSpec((lay.block_r, hp), lambda i, k: (i, 0)),
-                  pl.BlockSpec((hp, vp), lambda i, k: (0, 0)),
-                  pl.BlockSpec((vp,), lambda i, k: (0,)), row],
+                  pl.BlockSpec((hp + 1, vp), lambda i, k: (0, 0)), row],
         out_specs=(part, part, part), compiler_params=pallas_backend.compiler_params(),
-        interpret=pallas_backend.interpret(), name="mlm_xent_forward")(x, w, b, t)
-    top = jnp.max(m, axis=0)
-    lse = top + jnp.log(jnp.sum(s * jnp.exp(m - top[None]), axis=0))
-    return lse, jnp.sum(picked, axis=0)
+        interpret=pallas_backend.interpret(), name="mlm_xent_forward")(x, wb, t)
+    return m, s, jnp.sum(picked, axis=0)
 
 
 def kernel_linear_logprobs(x_nh: jax.Array, w_hv: jax.Array, b_v: jax.Array, targets_n: jax.Array,
                            compute_dtype: str = "float32") -> jax.Array:
     """``log softmax(x_n @ W + b)[t_n]`` per row (float32 ``[N]``; scoring, no gradient)."""
-    x, w, b, t, lay = prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
-    lse, picked = forward(x, w, b, t, lay)
-    return (picked - lse)[: lay.n]
+    x, wb, t, lay = prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
+    m, s, picked = forward(x, wb, t, lay)
+    return (picked - row_lse(m, s))[: lay.n]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -212,54 +241,68 @@ def kernel_linear_xent(x_nh: jax.Array, w_hv: jax.Array, b_v: jax.Array, targets
 
 
 def _kernel_fwd(x_nh, w_hv, b_v, targets_n, weights_n, compute_dtype):
-    x, w, b, t, lay = prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
-    lse, picked = forward(x, w, b, t, lay)
-    nll_n = (lse - picked)[: lay.n]
-    loss = jnp.sum(nll_n * weights_n.astype(jnp.float32))
-    return loss, (x_nh, w_hv, b_v, targets_n, weights_n, lse, nll_n)
+    x, wb, t, lay = prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
+    m, s, picked = forward(x, wb, t, lay)
+    return (weighted_loss(m, s, picked, weights_n),
+            (x_nh, w_hv, b_v, targets_n, weights_n, m, s, picked))
 
 
-def backward_parts(x, w, b, t, lse, scale, lay: _Layout) -> tuple[jax.Array, jax.Array, jax.Array]:
+def weighted_loss(m, s, picked, weights_n) -> jax.Array:
+    """``sum_n w_n (lse_n - picked_n)`` over the real rows (one reduction of the partials)."""
+    n = weights_n.shape[0]
+    return jnp.sum((row_lse(m, s) - picked)[:n] * weights_n.astype(jnp.float32))
+
+
+def weights_grad(m, s, picked, weights_n, g) -> jax.Array:
+    """The loss's gradient with respect to the weights, ``g * nll_n`` (in their dtype)."""
+    return (g * (row_lse(m, s) - picked)[: weights_n.shape[0]]).astype(weights_n.dtype)
+
+
+def backward_parts(x, wb, t, m, s, scale, lay: _Layout
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The backward kernels on prepared (padded) operands, ``scale`` the padded rows' ``g * w_n``:
     ``dx``'s vocabulary splits ``[splits, padded rows, padded hidden]`` (float32, summed by the
     caller) and ``dW [H, V]``, ``db [V]`` (float32)."""
-    (np_, hp), vp = x.shape, w.shape[1]
+    (np_, hp), vp = x.shape, wb.shape[1]
     br, bv, vs, rs = lay.block_r, lay.block_v, lay.v_splits, lay.r_splits
     row = pl.BlockSpec((br,), lambda i, k: (i,))
+    stats = pl.BlockSpec(m.shape, lambda i, k: (0, 0))
     dx_parts = pl.pallas_call(
-        partial(_dx_kernel, block_v=bv, per_split=vp // bv // vs, vocab=lay.v),
+        partial(_dx_kernel, block_v=bv, block_r=br, splits=vs, per_split=vp // bv // vs,
+                vocab=lay.v),
         out_shape=jax.ShapeDtypeStruct((vs, np_, hp), jnp.float32), grid=(np_ // br, vs),
         in_specs=[pl.BlockSpec((br, hp), lambda i, k: (i, 0)),
-                  pl.BlockSpec((hp, vp), lambda i, k: (0, 0)),
-                  pl.BlockSpec((vp,), lambda i, k: (0,)), row, row, row],
+                  pl.BlockSpec((hp + 1, vp), lambda i, k: (0, 0)), row, stats, stats, row],
         out_specs=pl.BlockSpec((None, br, hp), lambda i, k: (k, i, 0)),
         compiler_params=pallas_backend.compiler_params(), interpret=pallas_backend.interpret(),
-        name="mlm_xent_dx")(x, w, b, t, lse, scale)
+        name="mlm_xent_dx")(x, wb, t, m, s, scale)
     all_rows = pl.BlockSpec((np_,), lambda j, k: (0,))
+    stats = pl.BlockSpec(m.shape, lambda j, k: (0, 0))
     dw_parts, db_parts = pl.pallas_call(
-        partial(_dw_kernel, block_r=br, block_v=bv, per_split=np_ // br // rs, vocab=lay.v),
+        partial(_dw_kernel, block_r=br, block_v=bv, splits=vs, per_split=np_ // br // rs,
+                vocab=lay.v),
         out_shape=(jax.ShapeDtypeStruct((rs, hp, vp), jnp.float32),
                    jax.ShapeDtypeStruct((rs, vp), jnp.float32)),
         grid=(vp // bv, rs),
         in_specs=[pl.BlockSpec((np_, hp), lambda j, k: (0, 0)),
-                  pl.BlockSpec((hp, bv), lambda j, k: (0, j)),
-                  pl.BlockSpec((bv,), lambda j, k: (j,)), all_rows, all_rows, all_rows],
+                  pl.BlockSpec((hp + 1, bv), lambda j, k: (0, j)), all_rows, stats, stats,
+                  all_rows],
         out_specs=(pl.BlockSpec((None, hp, bv), lambda j, k: (k, 0, j)),
                    pl.BlockSpec((None, bv), lambda j, k: (k, j))),
         compiler_params=pallas_backend.compiler_params(), interpret=pallas_backend.interpret(),
-        name="mlm_xent_dw")(x, w, b, t, lse, scale)
+        name="mlm_xent_dw")(x, wb, t, m, s, scale)
     h, v = lay.h, lay.v
     return dx_parts, jnp.sum(dw_parts, axis=0)[:h, :v], jnp.sum(db_parts, axis=0)[:v]
 
 
 def _kernel_bwd(compute_dtype, residuals, g):
-    x_nh, w_hv, b_v, targets_n, weights_n, lse, nll_n = residuals
-    x, w, b, t, lay = prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
+    x_nh, w_hv, b_v, targets_n, weights_n, m, s, picked = residuals
+    x, wb, t, lay = prepared(x_nh, w_hv, b_v, targets_n, compute_dtype)
     scale = pad(g * weights_n.astype(jnp.float32), 0, x.shape[0])
-    dx_parts, dw, db = backward_parts(x, w, b, t, lse, scale, lay)
+    dx_parts, dw, db = backward_parts(x, wb, t, m, s, scale, lay)
     dx = jnp.sum(dx_parts, axis=0)[:lay.n, :lay.h]
     return (dx.astype(x_nh.dtype), dw.astype(w_hv.dtype), db.astype(b_v.dtype), None,
-            (g * nll_n).astype(weights_n.dtype))
+            weights_grad(m, s, picked, weights_n, g))
 
 
 kernel_linear_xent.defvjp(_kernel_fwd, _kernel_bwd)

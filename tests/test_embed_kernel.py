@@ -122,3 +122,28 @@ def test_where_the_kernels_run_and_the_one_line_error():
         assert not _encoder("auto", True)._embeds_in_kernels(40, None)  # not a multiple of 16
     with pytest.raises(ConfigError, match="layer_impl='fused' cannot run the embeddings: emb_dim"):
         _encoder("fused", True, emb=24)._embeds_in_kernels(t, None)
+
+
+def test_under_vmap_each_member_is_its_own():
+    """A population vmaps the model over members: the batched kernels give each member its own
+    output and gradients (a member's own parameters and dropout key)."""
+    tokens, types, cotangent = _inputs()
+    encoders = [_encoder("fused", True, 0.1) for _ in range(2)]
+    encoders[1].embedding_norm.scale.value = encoders[1].embedding_norm.scale[...] * 1.5
+    graphdef, _ = nnx.split(encoders[0], nnx.Param)
+    params = [nnx.split(e, nnx.Param)[1] for e in encoders]
+    keys = jax.random.split(jax.random.key(4), 2)
+
+    def loss(p, key):
+        x = nnx.merge(graphdef, p).embed(tokens, types, None, key, True)
+        return jnp.sum(x.astype(jnp.float32) * cotangent)
+
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *params)
+    values, grads = jax.jit(jax.vmap(jax.value_and_grad(loss)))(stacked, keys)
+    for m in range(2):
+        value, grad = jax.jit(jax.value_and_grad(loss))(params[m], keys[m])
+        np.testing.assert_allclose(values[m], value, rtol=0,
+                                   atol=float32_tolerance(abs(float(value)), 200))
+        for (path, g), (_, g_all) in zip(nnx.to_flat_state(grad), nnx.to_flat_state(grads)):
+            np.testing.assert_allclose(g_all[m], g, rtol=0, err_msg=str(path),
+                                       atol=float32_tolerance(float(jnp.abs(g).max()), 200))

@@ -1,9 +1,10 @@
-"""The fused encoder layer (model.layer_impl="fused": model/fused_layer.py, two Pallas kernels run by
-Pallas' interpreter on the CPU) is the unfused EncoderLayer's function: the same output and the same
-gradients for x and every parameter, with the same dropout masks under the same key, in float32 and
-bfloat16, on packed segments with padding; an explicit "fused" that cannot apply is one ConfigError
-line; "auto" keeps the unfused path on a CPU build and takes the fused one on a GPU build; and the
-kernels compile by Triton for an H100 (deviceless; skipped without the CUDA plugin's wheels)."""
+"""The fused encoder layer (model.layer_impl="fused": model/fused_layer.py, two Pallas kernels run
+by Pallas' interpreter on the CPU) is the unfused EncoderLayer's function: the same output and the
+same gradients for x and every parameter, with the same dropout masks under the same key, in
+float32 (also against float64) and bfloat16, on packed segments with padding, under vmap; an
+explicit "fused" that cannot apply is one ConfigError line; "auto" keeps the unfused path on a CPU
+build and takes the fused one on a GPU build; and the kernels compile by Triton for an H100
+(deviceless; skipped without the CUDA plugin's wheels)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from scipy.special import erf
 
 from conftest import REPO
 from minilm_jax.model.attention_rules import attention_mask, hash_bits
@@ -99,7 +101,8 @@ def numpy_layer(layer, x, seg, key):
 
     def norm(v, s, c):
         mu = v.mean(-1, keepdims=True)
-        return (v - mu) / np.sqrt(((v - mu) ** 2).mean(-1, keepdims=True) + cfg.layer_norm_eps) * s + c
+        var = ((v - mu) ** 2).mean(-1, keepdims=True)
+        return (v - mu) / np.sqrt(var + cfg.layer_norm_eps) * s + c
 
     k_probs, k_attn, k_ffn = split_key(key, 3)
     d = H // A
@@ -113,7 +116,6 @@ def numpy_layer(layer, x, seg, key):
     ctx = np.einsum("baqk,bakd->baqd", probs, v).transpose(0, 2, 1, 3).reshape(B, t, H)
     x1 = norm(x + drop(ctx @ p["wo"] + p["bo"], cfg.hidden_dropout, k_attn), p["s1"], p["c1"])
     u = x1 @ p["w1"] + p["b1"]
-    from scipy.special import erf
     ffn = (0.5 * u * (1 + erf(u / np.sqrt(2)))) @ p["w2"] + p["b2"]
     return norm(x1 + drop(ffn, cfg.hidden_dropout, k_ffn), p["s2"], p["c2"])
 

@@ -162,7 +162,8 @@ def _layer_norm(y, scale, bias, eps):
     centred = y - jnp.mean(y, axis=1, keepdims=True)
     inv = jax.lax.rsqrt(jnp.mean(centred * centred, axis=1, keepdims=True) + eps)
     x_hat = centred * inv
-    return x_hat * scale[None, :].astype(jnp.float32) + bias[None, :].astype(jnp.float32), x_hat, inv
+    y = x_hat * scale[None, :].astype(jnp.float32) + bias[None, :].astype(jnp.float32)
+    return y, x_hat, inv
 
 
 def _layer_norm_grad(g, x_hat, inv, scale):

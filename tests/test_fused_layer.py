@@ -264,3 +264,17 @@ def test_under_vmap_each_member_is_its_own_layer():
         for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
             np.testing.assert_allclose(got[m], ref, rtol=0,
                                        atol=2.0 ** -20 * float(jnp.max(jnp.abs(ref))))
+
+
+def test_a_gpu_build_counts_the_same_matmul_flops():
+    """The traced matmul count (parameter/FLOP accounting, declared-count checks) sees the
+    modules' layer on a GPU build too, where the kernels would hide its matmuls."""
+    from minilm_jax.model.sizes import resolve_point
+    from minilm_jax.model.traced_flops import encoder_matmul_flops
+
+    cfg = resolve_point("paper-1.25m", vocab_size=500)
+    on_cpu = encoder_matmul_flops(cfg)
+    encoder_matmul_flops.cache_clear()
+    with building_for("gpu"):
+        assert encoder_matmul_flops(cfg) == on_cpu > 0
+    encoder_matmul_flops.cache_clear()

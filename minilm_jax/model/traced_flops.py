@@ -121,9 +121,9 @@ def matmul_flops(jaxpr: Any, what: str = "the traced program") -> float:
 
 
 def counting_config(cfg: ModelConfig) -> ModelConfig:
-    """``cfg`` as its matmuls are traced: the einsum attention (the same matmuls as the fused
-    implementations, visible as dot_generals on every backend)."""
-    return cfg.replace(attention_impl="einsum")
+    """``cfg`` as its matmuls are traced: the einsum attention and the modules' layers (the same
+    matmuls as the fused implementations and kernels, visible as dot_generals on every backend)."""
+    return cfg.replace(attention_impl="einsum", layer_impl="xla")
 
 
 def encoder_forward(cfg: ModelConfig, seq_len: int | None = None) -> tuple[Any, tuple[Any, Any]]:

@@ -203,7 +203,8 @@ def _segment_ids(mask_b1tt: jax.Array) -> jax.Array:
 def apply(layer, x_bth: jax.Array, mask_b1tt: jax.Array, key: jax.Array | None) -> jax.Array:
     """:func:`fused_encoder_layer` with the parameters of ``layer``, a built-in
     :class:`~minilm_jax.model.layers.EncoderLayer` (its blocks' attributes read here), and the
-    segment ids of ``mask_b1tt`` (an ``attention_mask``)."""
+    segment ids of ``mask_b1tt``, which must be an ``attention_mask`` of segment ids (as the
+    encoder builds it; the flash path assumes the same): another mask is not representable."""
     cfg, att, ffn = layer.cfg, layer.attention, layer.ffn
     modules = {"q": att.query, "k": att.key, "v": att.value, "o": att.output, "1": ffn.up,
                "2": ffn.down}

@@ -179,3 +179,22 @@ def test_the_model_runs_its_transform_in_the_kernels_where_they_apply():
     assert not wide.mlm_head.transform_in_kernels()
     with building_for("gpu"):
         assert build_mlm(cfg, seed=0).mlm_head.loss_impl() == "kernel"
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_kernel_dropout_is_layers_dropout_bit_for_bit(dtype):
+    """The kernels' hash dropout (kernel_math.kept / dropped, from an element's flat index and
+    the key's two seed words) keeps and scales exactly what ``layers.dropout(..., "hash")`` does:
+    the divisor ``1 - rate`` rounded to the dtype as a weakly typed Python float is."""
+    from minilm_jax.model.layers import dropout
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 48)), dtype)
+    key, rate = jax.random.key(3), 0.1
+    want = dropout(x, rate, key, "hash")
+    seeds = jax.random.bits(key, (2,), jnp.uint32)
+    index = jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape)
+    keep = kernel_math.kept(seeds[0], seeds[1], index, kernel_math.dropout_threshold(rate))
+    got = kernel_math.dropped(x, keep, rate)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    assert 0.05 < 1.0 - float(jnp.mean(keep)) < 0.15

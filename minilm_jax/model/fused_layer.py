@@ -34,6 +34,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 
 import minilm_jax.model.fused_layer_kernels as kernels
+import minilm_jax.model.kernel_math as km
 import minilm_jax.model.pallas_backend as pallas_backend
 from minilm_jax.model.config import ModelConfig
 
@@ -67,7 +68,7 @@ def _layout(t, hidden, heads, ffn, rate_probs, rate_hidden, eps, dtype) -> kerne
     d = hidden // heads
     sqrt_d = float(np.asarray(math.sqrt(d), jnp.dtype(dtype)))  # as the compute dtype rounds it
     return kernels.Layout(t, tp, hidden, heads, d, ffn, float(rate_probs), float(rate_hidden),
-                          kernels.threshold(rate_probs), kernels.threshold(rate_hidden), sqrt_d,
+                          km.dropout_threshold(rate_probs), km.dropout_threshold(rate_hidden), sqrt_d,
                           float(eps), jnp.dtype(dtype).name)
 
 

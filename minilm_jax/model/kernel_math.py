@@ -21,6 +21,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 
 from minilm_jax.model.attention_rules import mix32
@@ -59,14 +60,16 @@ def gelu_grad(x: jax.Array) -> jax.Array:
 
 def layer_norm_rows(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float
                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(y, x_hat, inv_std)`` of LayerNorm over the last axis of float32 ``x [R, H]``: the mean,
+    """``(y, x_hat, inv_std)`` of LayerNorm over the last axis of ``x [R, H]`` (in float32): the mean,
     then the mean square of the centred values (two passes, as :class:`~minilm_jax.model.layers.
     LayerNorm` on a GPU); ``inv_std [R, 1]``."""
+    x = x.astype(jnp.float32)
     width = x.shape[-1]
     centred = x - jnp.sum(x, axis=-1, keepdims=True) / width
     inv_std = jax.lax.rsqrt(jnp.sum(centred * centred, axis=-1, keepdims=True) / width + eps)
     x_hat = centred * inv_std
-    return x_hat * scale[None, :] + bias[None, :], x_hat, inv_std
+    return (x_hat * scale[None, :].astype(jnp.float32) + bias[None, :].astype(jnp.float32),
+            x_hat, inv_std)
 
 
 def layer_norm_rows_grad(dy: jax.Array, x_hat: jax.Array, inv_std: jax.Array, scale: jax.Array
@@ -74,7 +77,7 @@ def layer_norm_rows_grad(dy: jax.Array, x_hat: jax.Array, inv_std: jax.Array, sc
     """``(dx, d scale, d bias)`` of :func:`layer_norm_rows` for the output gradient ``dy [R, H]``
     (float32); the scale and bias gradients summed over the rows ``[H]``."""
     width = x_hat.shape[-1]
-    g = dy * scale[None, :]
+    g = dy * scale[None, :].astype(jnp.float32)
     dx = inv_std * (g - jnp.sum(g, axis=-1, keepdims=True) / width
                     - x_hat * (jnp.sum(g * x_hat, axis=-1, keepdims=True) / width))
     return dx, jnp.sum(dy * x_hat, axis=0), jnp.sum(dy, axis=0)
@@ -91,8 +94,12 @@ def kept(seed0: jax.Array, seed1: jax.Array, index: jax.Array, threshold: int) -
 
 
 def dropped(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
-    """Inverted dropout of ``x`` in its dtype (as ``layers.dropout``: ``x / (1 - rate)``)."""
-    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+    """Inverted dropout of ``x`` as ``layers.dropout`` computes it in ``x``'s dtype:
+    ``x / (1 - rate)`` with the divisor rounded to that dtype (a Python float is weakly typed)
+    and the quotient rounded once (divided in float32: Triton divides no bfloat16)."""
+    divisor = float(np.asarray(1.0 - rate, x.dtype))
+    quotient = (x.astype(jnp.float32) / divisor).astype(x.dtype)
+    return jnp.where(keep, quotient, jnp.zeros_like(x))
 
 
 def undropped(g: jax.Array, keep: jax.Array | None, rate: float) -> jax.Array:

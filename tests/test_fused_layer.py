@@ -3,16 +3,9 @@ by Pallas' interpreter on the CPU) is the unfused EncoderLayer's function: the s
 same gradients for x and every parameter, with the same dropout masks under the same key, in
 float32 (also against float64) and bfloat16, on packed segments with padding, under vmap; an
 explicit "fused" that cannot apply is one ConfigError line; "auto" keeps the unfused path on a CPU
-build and takes the fused one on a GPU build; and the kernels compile by Triton for an H100
-(deviceless; skipped without the CUDA plugin's wheels)."""
+build and takes the fused one on a GPU build (their Triton compile: tests/test_gpu_compile.py)."""
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +14,6 @@ import pytest
 from flax import nnx
 from scipy.special import erf
 
-from conftest import REPO
 from minilm_jax.model.attention_rules import attention_mask, hash_bits
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.init import make_initializers
@@ -214,27 +206,10 @@ def test_layer_impl_is_validated():
     assert ModelConfig.from_mapping({"layer_impl": "fused"}).layer_impl == "fused"
 
 
-WHEELS = Path(os.environ.get("MINILM_GPU_COMPILE_PATH", REPO / ".cache" / "gpu-compile"))
-
-
-def test_the_fused_layer_compiles_by_triton_for_an_h100_in_two_kernels():
-    """Deviceless: the layer's forward and backward (value and gradient) as Triton kernels, and
-    the whole paper-1.25m pre-training step's encoder in at most 10 launches (58 unfused)."""
-    if not (WHEELS / "jax_plugins" / "xla_cuda12").is_dir():
-        pytest.skip(f"no CUDA plugin wheels at {WHEELS} (launch/test.sh installs them)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(WHEELS), str(REPO / "tests")]),
-               JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    result = subprocess.run([sys.executable, str(REPO / "tests" / "fused_layer_compile_script.py"),
-                             "h100"], capture_output=True, text=True, cwd=REPO, env=env,
-                            timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    row = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")][0]
-    assert row["triton_calls"] == 2  # fused_layer_forward, fused_layer_backward
-    parts = row["step_parts"]
-    assert parts["encoder forward"] + parts["encoder backward"] <= 10
-    # one custom call (the kernel) in each of the encoder's parts
-    calls = [part for part, opcode in row["encoder_kernels"] if opcode == "custom-call"]
-    assert sorted(calls) == ["encoder backward", "encoder forward"]
+# The Triton compile of these kernels (forward and backward, for sm_80, sm_89 and sm_90, T = 128's
+# 8-warp configuration on sm_90) and the paper-1.25m step's encoder in its two kernels (58 launches
+# unfused) are tests/test_gpu_compile.py's (test_the_pallas_kernels_compile_by_triton_for_each_card,
+# test_the_h100_step_runs_the_kernels_and_its_parts_add_up): one process compiles them all.
 
 
 def test_under_vmap_each_member_is_its_own_layer():

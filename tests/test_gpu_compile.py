@@ -1,6 +1,7 @@
 """The project's GPU programs compile for every card we claim, on this CPU-only machine: the Pallas
-flash-attention, output-layer and head-transform kernels (forward and backward, by Triton) and a whole pre-training
-step, for sm_80 (A100), sm_89 (L4) and sm_90 (H100), with the CUDA plugin's wheels
+kernels (flash attention, the output layer with the head's transform, the encoder layer, the
+embeddings; forward and backward, by Triton) for sm_80 (A100), sm_89 (L4) and sm_90 (H100), and a
+whole pre-training step for the H100, with the CUDA plugin's wheels
 (``MINILM_GPU_COMPILE_PATH``, default ``.cache/gpu-compile``, where ``launch/test.sh`` installs
 them; skipped cleanly without). The compile runs in a process of its own: the plugin must be seen
 before JAX starts, and the suite's own processes run without it."""
@@ -45,27 +46,34 @@ def compiled() -> dict[str, dict]:
 def test_the_pallas_kernels_compile_by_triton_for_each_card(compiled, card):
     row = compiled[card]
     assert row["kind"] == CARDS[card]
-    # flash attention's gradient: the forward (its residuals) and the dK/dV and dQ kernels; the
-    # output layer's: forward, dx and dW/db: each a Triton kernel, none interpreted
+    # each kernel's forward and backward, a Triton call each, none interpreted: flash attention
+    # (forward, dK/dV, dQ); the output layer (forward, dx, dW/db); the head with its transform
+    # (those and the transform's forward and backward); the encoder layer and the embeddings
+    # (forward, backward)
     assert row["flash_triton_calls"] == 3
     assert row["xent_triton_calls"] == 3
-    # the head's transform with it: its forward and backward kernels besides the output layer's
     assert row["head_triton_calls"] == 5
+    assert row["layer_triton_calls"] == 2
+    assert row["embed_triton_calls"] == 2
     assert row["flash_kernels"] >= 3 and row["xent_kernels"] >= 3
 
 
-@pytest.mark.parametrize("card", CARDS)
-def test_a_whole_step_compiles_and_its_parts_add_up(compiled, card):
-    row = compiled[card]
+def test_the_h100_step_runs_the_kernels_and_its_parts_add_up(compiled):
+    """The whole paper-1.25m step for the H100 (the calls above, in the program): the parts
+    add up, every part is found by its named scope, the encoder is its two kernels (a custom
+    call in each of its parts) and a few small ones (58 unfused), and Adam's moments are one
+    vector (far fewer optimizer kernels than the 29 parameter leaves)."""
+    row = compiled["h100"]
     parts = row["step_parts"]
     assert sum(parts.values()) == row["step_kernels"] > 0
-    # every part of the step is found by its named scope
     for part in ("masking", "embeddings", "encoder forward", "encoder backward", "output layer",
                  "optimizer"):
         assert parts[part] > 0, part
-    # Adam's moments are one vector on a GPU: far fewer optimizer kernels than parameter leaves
-    # (per leaf, each leaf's update is a kernel of its own: 29 and more)
+    assert parts["encoder forward"] + parts["encoder backward"] <= 10
+    calls = [part for part, opcode in row["encoder_kernels"] if opcode == "custom-call"]
+    assert sorted(calls) == ["encoder backward", "encoder forward"]
     assert parts["optimizer"] < PARAMETER_LEAVES
+    assert row["step_kernels"] <= 64  # 60 at batch 256 (docs/performance.md)
     assert row["temp_bytes"] > 0
 
 

@@ -179,6 +179,18 @@ def forward_kernel(*refs, lay: Layout):
     o_ref[...] = _forward(x_ref[...], params, sq, lay).y.astype(o_ref.dtype)
 
 
+def _norm_and_dropout_grad(gw_ref, g, stats, scale_ref, keep, n: int, bias: str, lay: Layout):
+    """Back through LayerNorm ``n`` (its scale and bias gradients stored) and the hidden dropout
+    before it (the sublayer's output bias gradient ``bias`` stored): (the residual's gradient,
+    the sublayer output's)."""
+    d, d_scale, d_bias = km.layer_norm_rows_grad(g, *stats, scale_ref[...])
+    km.store_rows(gw_ref, lay.row(f"ln{n}_scale"), d_scale)
+    km.store_rows(gw_ref, lay.row(f"ln{n}_bias"), d_bias)
+    d_sub = km.undropped(d, keep, lay.rate_hidden)
+    km.store_rows(gw_ref, lay.row(bias), jnp.sum(d_sub, axis=0))
+    return d, d_sub
+
+
 def backward_kernel(*refs, lay: Layout):
     """One sequence: recompute the layer from ``x``, then ``dx`` and this sequence's parameter
     gradients from the output gradient ``g``."""
@@ -191,11 +203,8 @@ def backward_kernel(*refs, lay: Layout):
     xh1, inv1, xh2, inv2 = fw.stats
     keep_a, keep_f = fw.keeps
     # second LayerNorm, FFN (block by block), first LayerNorm
-    d2, ds2, db2 = km.layer_norm_rows_grad(g_ref[...].astype(jnp.float32), xh2, inv2, p[14][...])
-    km.store_rows(gw_ref, lay.row("ln2_scale"), ds2)
-    km.store_rows(gw_ref, lay.row("ln2_bias"), db2)
-    dffn = km.undropped(d2, keep_f, lay.rate_hidden)
-    km.store_rows(gw_ref, lay.row("b2"), jnp.sum(dffn, axis=0))
+    d2, dffn = _norm_and_dropout_grad(gw_ref, g_ref[...].astype(jnp.float32), (xh2, inv2), p[14],
+                                      keep_f, 2, "b2", lay)
     dx1 = d2
     for c in range(lay.chunks):
         cols = pl.ds(c * lay.h, lay.h)
@@ -207,11 +216,7 @@ def backward_kernel(*refs, lay: Layout):
         km.store_rows(gw_ref, lay.row("b1") + c, jnp.sum(du, axis=0))
         km.store_rows(gw_ref, lay.row("w1") + c * lay.h, km.dot(fw.x1, du, cdt, (0, 0)))
         dx1 = dx1 + km.dot(du, w1, cdt, (1, 1))
-    d1, ds1, db1 = km.layer_norm_rows_grad(dx1, xh1, inv1, p[8][...])
-    km.store_rows(gw_ref, lay.row("ln1_scale"), ds1)
-    km.store_rows(gw_ref, lay.row("ln1_bias"), db1)
-    dattn = km.undropped(d1, keep_a, lay.rate_hidden)
-    km.store_rows(gw_ref, lay.row("bo"), jnp.sum(dattn, axis=0))
+    d1, dattn = _norm_and_dropout_grad(gw_ref, dx1, (xh1, inv1), p[8], keep_a, 1, "bo", lay)
     dx = d1
     for a in range(lay.heads):
         hd = _head(x, p, a, sq, lay)

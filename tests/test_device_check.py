@@ -85,6 +85,13 @@ def test_quick_mode_measures_every_figure_on_both_sides(repo_copy, tmp_path):
     sweep = report["figures"][7]
     assert sweep["points"] == {"total": 2, "both": 2, "now": 2, "baseline": 2}
     assert {run["status"] for run in report["runs"]} == {"ok"} and len(report["runs"]) == 9
+    # the quick mode's MFU figure is the one run's point with the same options: each side's
+    # bench ran once for both, the MFU read from that run's JSON
+    one_run = report["figures"][0]["figure"].split(":")[0]
+    mfu_runs = [run for run in report["runs"] if "as base-large" in run["figure"]]
+    assert [(run["side"], run.get("same_run_as")) for run in mfu_runs] == [
+        ("baseline", one_run), ("now", one_run)]
+    assert sum("same_run_as" in run for run in report["runs"]) == 2
     flash_runs = [run for run in report["runs"] if run["figure"].endswith("flash attention")]
     assert [run["side"] for run in flash_runs] == ["now"]
     # this tree's members measured both ways, the faster kept and said why (the baseline: auto)

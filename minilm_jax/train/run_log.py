@@ -16,6 +16,25 @@ import minilm_jax.held_folders as held_folders
 from minilm_jax.storage import atomic_write_bytes, is_remote, run_path
 
 
+def _summary_writer_class():
+    """tensorboardX's ``SummaryWriter``, imported without torch where no torch is loaded yet: its
+    writer module imports torch (where installed) only to accept torch tensors, which no run
+    passes, and that import costs a command ~1.5 CPU-seconds. ``import torch`` fails during this
+    import only; torch imports as usual afterwards."""
+    import sys
+
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # ImportError for `import torch`
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Appends one JSON object per record to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
@@ -42,7 +61,7 @@ class MetricsWriter:
         if self._tb is None and self._tb_wanted:
             self._tb_wanted = False
             try:
-                from tensorboardX import SummaryWriter
+                SummaryWriter = _summary_writer_class()
             except ImportError:
                 return None
             if self.remote:  # staged here, copied at each flush

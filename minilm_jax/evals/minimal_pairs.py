@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from minilm_jax.tasks.task_data import unknown_punctuation, without_chars
 from minilm_jax.tasks.vocab_filter import content_words
@@ -83,6 +82,8 @@ class ParadigmResult:
 
 def wilson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of ``correct / n`` in percent (NaN, NaN for n = 0)."""
+    from scipy import stats as scipy_stats  # here, not at the top: training never imports it
+
     if n == 0:
         return float("nan"), float("nan")
     ci = scipy_stats.binomtest(correct, n).proportion_ci(confidence, method="wilson")
@@ -221,6 +222,8 @@ def compare_paired(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]
     if n < 2:
         return PairedComparison(n, float(np.mean(d)) if n else float("nan"), float("nan"),
                                 float("nan"), a_only, b_only, float("nan"))
+    from scipy import stats as scipy_stats
+
     half = scipy_stats.t.ppf(0.975, n - 1) * np.std(d, ddof=1) / np.sqrt(n)
     discordant = a_only + b_only
     p = (float(scipy_stats.binomtest(a_only, discordant, 0.5).pvalue) if discordant

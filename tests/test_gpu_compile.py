@@ -132,12 +132,12 @@ def test_a_tpu_step_counts_the_programs_its_core_runs():
     assert step_kernels(TPU_HLO).total == 5  # copy-start, fusion, xor, shift-left, custom-call
 
 
-def test_the_device_check_counts_a_figures_step_compiled_deviceless(tmp_path, monkeypatch):
+def test_the_device_check_counts_a_figures_step_compiled_deviceless(compiled, tmp_path,
+                                                                    monkeypatch):
     """The device check's deviceless count of a bench figure (its point, batch, dtype and
     attention read from the bench options) is that of the same step compiled by aot for the
-    card: checked against aot run here directly."""
-    if not plugin_at(WHEELS):
-        pytest.skip(f"no CUDA plugin wheels at {WHEELS}")
+    card: checked against ``compiled``'s step for the L4 (paper-1.25m, bf16, batch 8, one
+    device: aot's compile_train_step run directly, in the module's own process)."""
     import io
 
     from minilm_jax.device_check import measuring, trees
@@ -145,18 +145,8 @@ def test_the_device_check_counts_a_figures_step_compiled_deviceless(tmp_path, mo
     monkeypatch.setitem(trees.CHILD_ENV, "PYTHONPATH", str(WHEELS))
     monkeypatch.setattr(measuring, "device_card", lambda: "l4")
     side = trees.Side("now", REPO, "this tree")
-    point = "E16-H16-I32-L1-A2-V300"
     log = io.StringIO()
     got = measuring.deviceless_kernels(
-        side, ("--point", point, "--dtype", "bfloat16", "--batch", "4", "--steps", "1"),
+        side, ("--point", "paper-1.25m", "--dtype", "bfloat16", "--batch", "8", "--steps", "1"),
         tmp_path / "aot.json", log)
-    env = dict(os.environ, PYTHONPATH=str(WHEELS), JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    direct = subprocess.run(
-        [sys.executable, "-m", "minilm_jax.aot", "--target=cuda:l4", f"--config=pretrain:{point}",
-         "--config.model.dtype=bfloat16", "--config.train.batch_size=4",
-         "--config.eval.batch_size=4", "--config.mesh.data=1", "--device_memory_gb=0",
-         f"--json={tmp_path / 'direct.json'}"], capture_output=True, text=True, cwd=REPO,
-        env=env, timeout=600)
-    assert direct.returncode == 0, direct.stderr[-2000:]
-    want = json.loads((tmp_path / "direct.json").read_text())["kernels_per_step"]
-    assert got == want > 0, log.getvalue()[-2000:]
+    assert got == compiled["l4"]["step_kernels"] > 0, log.getvalue()[-2000:]

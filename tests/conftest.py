@@ -79,23 +79,22 @@ SHARED_DATA = Path(os.environ.get("MINILM_SHARED_DATA", REPO.parent / "shared" /
 # The files holding the longest tests run first, the most CPU-seconds first (launch/test.sh:
 # ``-n 2 --dist loadfile --no-loadscope-reorder`` keeps this order; each worker takes the next
 # file as it runs out), so no worker is left alone with one at the end. Measured in a whole run
-# of the suite (MINILM_TEST_CPU_LOG, CPU-seconds per file): test_population.py 168,
-# test_sweep_workers.py 124, test_variant_hooks.py 116, test_finetune.py 88, test_gpu_compile.py
-# 76, the device check 72, study B 70, the main job (test_sweep.py) 71, the variant study 62,
-# test_run_identity.py 58, test_pretrain.py 49, test_multihost.py 46, test_multihost_finetune.py
-# 45, the own-data table 44, test_finetune_population.py 36, test_faults.py 35,
-# test_interop_export_models.py 34, test_one_line_errors.py 32, test_workflow.py 30,
-# test_aot.py 28, test_model_variants.py 23; the rest 22 and less.
+# of the suite (MINILM_TEST_CPU_LOG, CPU-seconds per file): test_population.py 170,
+# test_sweep_workers.py 124, test_variant_hooks.py 118, test_finetune.py 91, the device check 74,
+# the main job (test_sweep.py) 68, study B 67, test_gpu_compile.py 62, the variant study 61,
+# test_run_identity.py 56, test_multihost_finetune.py 55, test_pretrain.py 53,
+# test_multihost.py 48, the own-data table 44, test_finetune_population.py 36,
+# test_interop_export_models.py 35, test_faults.py 33, test_one_line_errors.py 31,
+# test_workflow.py 30, test_aot.py 26, test_model_variants.py 23; the rest 22 and less.
 LONG_FILES_FIRST = ("test_population.py", "test_sweep_workers.py", "test_variant_hooks.py",
-                    "test_finetune.py", "test_gpu_compile.py", "test_device_check.py",
-                    "test_study_b.py", "test_sweep.py", "test_variant_study.py",
-                    "test_run_identity.py", "test_pretrain.py", "test_multihost.py",
-                    "test_multihost_finetune.py", "test_table_task.py",
-                    "test_finetune_population.py", "test_faults.py",
-                    "test_interop_export_models.py", "test_one_line_errors.py",
-                    "test_workflow.py", "test_aot.py", "test_model_variants.py",
-                    "test_output_layer.py", "test_interop_workdir.py", "test_gcs_workdir.py",
-                    "test_finetune_selection.py", "test_interruptions.py",
+                    "test_finetune.py", "test_device_check.py", "test_sweep.py",
+                    "test_study_b.py", "test_gpu_compile.py", "test_variant_study.py",
+                    "test_run_identity.py", "test_multihost_finetune.py", "test_pretrain.py",
+                    "test_multihost.py", "test_table_task.py", "test_finetune_population.py",
+                    "test_interop_export_models.py", "test_faults.py",
+                    "test_one_line_errors.py", "test_workflow.py", "test_aot.py",
+                    "test_model_variants.py", "test_output_layer.py", "test_interop_workdir.py",
+                    "test_gcs_workdir.py", "test_finetune_selection.py", "test_interruptions.py",
                     "test_sweep_zero_shot.py", "test_latency.py")
 
 

@@ -136,17 +136,17 @@ def test_the_device_check_counts_a_figures_step_compiled_deviceless(compiled, tm
                                                                     monkeypatch):
     """The device check's deviceless count of a bench figure (its point, batch, dtype and
     attention read from the bench options) is that of the same step compiled by aot for the
-    card: checked against ``compiled``'s step for the L4 (paper-1.25m, bf16, batch 8, one
+    card: checked against ``compiled``'s step for the H100 (paper-1.25m, bf16, batch 8, one
     device: aot's compile_train_step run directly, in the module's own process)."""
     import io
 
     from minilm_jax.device_check import measuring, trees
 
     monkeypatch.setitem(trees.CHILD_ENV, "PYTHONPATH", str(WHEELS))
-    monkeypatch.setattr(measuring, "device_card", lambda: "l4")
+    monkeypatch.setattr(measuring, "device_card", lambda: "h100")
     side = trees.Side("now", REPO, "this tree")
     log = io.StringIO()
     got = measuring.deviceless_kernels(
         side, ("--point", "paper-1.25m", "--dtype", "bfloat16", "--batch", "8", "--steps", "1"),
         tmp_path / "aot.json", log)
-    assert got == compiled["l4"]["step_kernels"] > 0, log.getvalue()[-2000:]
+    assert got == compiled["h100"]["step_kernels"] > 0, log.getvalue()[-2000:]

@@ -206,10 +206,10 @@ def test_layer_impl_is_validated():
     assert ModelConfig.from_mapping({"layer_impl": "fused"}).layer_impl == "fused"
 
 
-# The Triton compile of these kernels (forward and backward, for sm_80, sm_89 and sm_90, T = 128's
-# 8-warp configuration on sm_90) and the paper-1.25m step's encoder in its two kernels (58 launches
-# unfused) are tests/test_gpu_compile.py's (test_the_pallas_kernels_compile_by_triton_for_each_card,
-# test_the_h100_step_runs_the_kernels_and_its_parts_add_up): one process compiles them all.
+# The Triton compile of these kernels (forward and backward, in a whole paper-1.25m step for
+# sm_80, sm_89 and sm_90; T = 128's 8-warp configuration on sm_90) and the step's encoder in its
+# two kernels (58 launches unfused) are tests/test_gpu_compile.py's
+# (test_a_whole_step_runs_the_kernels_and_its_parts_add_up): one process compiles them all.
 
 
 def test_under_vmap_each_member_is_its_own_layer():

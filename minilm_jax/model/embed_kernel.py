@@ -81,7 +81,7 @@ def unsupported(t: int, emb: int, hidden: int, types: int) -> str | None:
     return None
 
 
-def _forward(x, types_t, seeds_ref, p, lay: Layout):
+def _forward(x, seeds_ref, p, lay: Layout):
     """(output, first LayerNorm's (x_hat, 1/std), keep mask, dropped rows in the compute dtype,
     projection (z, x_hat, 1/std)) of one sequence's embedding sum ``x`` ``[Tp, E]``."""
     cdt = jnp.dtype(lay.dtype)
@@ -101,16 +101,16 @@ def _forward(x, types_t, seeds_ref, p, lay: Layout):
     return y.astype(cdt), (xh1, inv1), keep, e, (xh2, inv2)
 
 
-def forward_kernel(x_ref, types_ref, seeds_ref, *refs, lay: Layout):
+def forward_kernel(x_ref, seeds_ref, *refs, lay: Layout):
     *p, o_ref = refs
-    o_ref[...] = _forward(x_ref[...], types_ref[...], seeds_ref, p, lay)[0].astype(o_ref.dtype)
+    o_ref[...] = _forward(x_ref[...], seeds_ref, p, lay)[0].astype(o_ref.dtype)
 
 
 def backward_kernel(x_ref, types_ref, seeds_ref, g_ref, *refs, lay: Layout):
     """One sequence: recompute from the embedding sum, then every gradient into the block."""
     *p, gw_ref = refs
     cdt = jnp.dtype(lay.dtype)
-    _, (xh1, inv1), keep, e, second = _forward(x_ref[...], types_ref[...], seeds_ref, p, lay)
+    _, (xh1, inv1), keep, e, second = _forward(x_ref[...], seeds_ref, p, lay)
     g = g_ref[...].astype(jnp.float32)
     if lay.projection:
         xh2, inv2 = second
@@ -130,24 +130,6 @@ def backward_kernel(x_ref, types_ref, seeds_ref, g_ref, *refs, lay: Layout):
     for k in range(lay.types):
         km.store_rows(gw_ref, lay.row("types") + k,
                       jnp.sum(jnp.where((types == k)[:, None], dx, 0.0), axis=0))
-
-
-def _call(kernel, lay: Layout, arrays, per_seq: int, out_shape, name: str):
-    """``kernel`` over one program per sequence: the first ``per_seq`` arrays and ``g`` (4th,
-    when present) cut by their batch axis, the rest (seeds, parameters) whole."""
-    specs = []
-    for n, a in enumerate(arrays):
-        if n < 2 or (n == 3 and per_seq == 4):
-            specs.append(pl.BlockSpec((None, *a.shape[1:]),
-                                      lambda b, k=a.ndim - 1: (b,) + (0,) * k))
-        else:
-            specs.append(pl.BlockSpec(a.shape, lambda b, k=a.ndim: (0,) * k))
-    out_spec = pl.BlockSpec((None, *out_shape.shape[1:]),
-                            lambda b, k=len(out_shape.shape) - 1: (b,) + (0,) * k)
-    return pl.pallas_call(partial(kernel, lay=lay), out_shape=out_shape,
-                          grid=(arrays[0].shape[0],), in_specs=specs, out_specs=out_spec,
-                          compiler_params=pallas_backend.compiler_params(),
-                          interpret=pallas_backend.interpret(), name=name)(*arrays)
 
 
 def _sum_rows(tokens, types, tables, lay: Layout) -> jax.Array:
@@ -174,8 +156,8 @@ def _embed_fwd(tokens, types, seeds, tables, params, lay):
     b = tokens.shape[0]
     out = jax.ShapeDtypeStruct((b, lay.tp, lay.h if lay.projection else lay.e),
                                jnp.dtype(lay.dtype))
-    y = _call(forward_kernel, lay, (x, _padded(types, lay), seeds, *params), 3, out,
-              "embed_forward")
+    y = pallas_backend.per_sequence_call(partial(forward_kernel, lay=lay), (x, seeds, *params),
+                                         {0}, out, "embed_forward")
     return y[:, :lay.t], (tokens, types, seeds, tables, params, x)
 
 
@@ -184,8 +166,9 @@ def _embed_bwd(lay, residuals, g):
     b = tokens.shape[0]
     g = jnp.pad(g, [(0, 0), (0, lay.tp - lay.t), (0, 0)]).astype(jnp.dtype(lay.dtype))
     out = jax.ShapeDtypeStruct((b, lay.rows, lay.width), jnp.float32)
-    parts = _call(backward_kernel, lay, (x, _padded(types, lay), seeds, g, *params), 4, out,
-                  "embed_backward")
+    parts = pallas_backend.per_sequence_call(partial(backward_kernel, lay=lay),
+                                             (x, _padded(types, lay), seeds, g, *params),
+                                             {0, 1, 3}, out, "embed_backward")
     total = jnp.sum(parts, axis=0)
     word, positions, type_table = tables
     e, t = lay.e, lay.t

@@ -31,7 +31,6 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import pallas as pl
 
 import minilm_jax.model.fused_layer_kernels as kernels
 import minilm_jax.model.kernel_math as km
@@ -72,10 +71,6 @@ def _layout(t, hidden, heads, ffn, rate_probs, rate_hidden, eps, dtype) -> kerne
                           float(eps), jnp.dtype(dtype).name)
 
 
-def _full(a: jax.Array) -> pl.BlockSpec:
-    return pl.BlockSpec(a.shape, lambda b, n=a.ndim: (0,) * n)
-
-
 def _compiler_params(lay: kernels.Layout):
     """Triton's parameters (None when interpreted): 8 warps from T = 128 on (each head's
     ``[T, T]`` float32 tiles in registers: 4 warps spill them, and compile 3x slower)."""
@@ -85,24 +80,11 @@ def _compiler_params(lay: kernels.Layout):
     return plgpu.CompilerParams(num_warps=8 if lay.tp >= 128 else 4, num_stages=1)
 
 
-def _call(kernel, lay: kernels.Layout, arrays, per_seq, out_shape, out_specs, name):
-    """``kernel`` over one program per sequence: ``per_seq`` of ``arrays`` (by position) are cut
-    by their leading (batch) axis, the rest passed whole."""
-    specs = []
-    for n, a in enumerate(arrays):
-        if n in per_seq:
-            specs.append(pl.BlockSpec((None, *a.shape[1:]),
-                                      lambda b, k=a.ndim - 1: (b,) + (0,) * k))
-        else:
-            specs.append(_full(a))
-    return pl.pallas_call(partial(kernel, lay=lay), out_shape=out_shape,
-                          grid=(arrays[0].shape[0],), in_specs=specs, out_specs=out_specs,
-                          compiler_params=_compiler_params(lay),
-                          interpret=pallas_backend.interpret(), name=name)(*arrays)
-
-
-def _rows_spec(shape) -> pl.BlockSpec:
-    return pl.BlockSpec((None, *shape[1:]), lambda b, k=len(shape) - 1: (b,) + (0,) * k)
+def _call(kernel, lay: kernels.Layout, arrays, per_seq, out_shape, name):
+    """``kernel`` over one program per sequence: ``per_seq`` of ``arrays`` (by position) and the
+    outputs cut by their leading (batch) axis, the rest passed whole."""
+    return pallas_backend.per_sequence_call(partial(kernel, lay=lay), arrays, per_seq, out_shape,
+                                            name, _compiler_params(lay))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -113,7 +95,7 @@ def _layer(x, seg, seeds, params, lay: kernels.Layout):
 def _fwd(x, seg, seeds, params, lay):
     out = jax.ShapeDtypeStruct(x.shape, x.dtype)
     y = _call(kernels.forward_kernel, lay, (x, seg, seeds, *params), {0, 1}, out,
-              _rows_spec(x.shape), "fused_layer_forward")
+              "fused_layer_forward")
     return y, (x, seg, seeds, params)
 
 
@@ -123,8 +105,7 @@ def _bwd(lay, residuals, g):
     outs = (jax.ShapeDtypeStruct(x.shape, x.dtype),
             jax.ShapeDtypeStruct((b, lay.rows, lay.h), jnp.float32))
     dx, parts = _call(kernels.backward_kernel, lay, (x, seg, seeds, g.astype(x.dtype), *params),
-                      {0, 1, 3}, outs, (_rows_spec(outs[0].shape), _rows_spec(outs[1].shape)),
-                      "fused_layer_backward")
+                      {0, 1, 3}, outs, "fused_layer_backward")
     return (dx, None, None, _unpack(jnp.sum(parts, axis=0), params, lay))
 
 

@@ -12,11 +12,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 import minilm_jax.model.embed_kernel as embed_kernel
-import minilm_jax.model.target_platform as target_platform
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.init import Initializers, make_initializers
 from minilm_jax.model.layers import (EncoderLayer, LayerNorm, _depends_on_params, attention_mask,
-                                     dropout, gelu_exact, make_layer_norm, make_linear, split_key)
+                                     dropout, gelu_exact, make_layer_norm, make_linear,
+                                     runs_kernels, split_key)
 
 
 class TransformerEncoder(nnx.Module):
@@ -121,30 +121,25 @@ class TransformerEncoder(nnx.Module):
 
     def _embeds_in_kernels(self, t: int, key: jax.Array | None) -> bool:
         """Whether :meth:`embed` runs as kernels (:mod:`~minilm_jax.model.embed_kernel`):
-        ``model.layer_impl`` "fused", or "auto" in a program built for a GPU, with this class's
-        tables and norms the built-in ones at sizes the kernels take. An explicit "fused" that
-        cannot apply is a ConfigError; "auto" then runs the modules."""
+        :func:`~minilm_jax.model.layers.runs_kernels`, with this class's tables and norms the
+        built-in ones at sizes the kernels take."""
         cfg = self.cfg
-        impl = cfg.layer_impl
-        if impl == "xla" or (impl == "auto" and target_platform.platform() != "gpu"):
-            return False
-        norms = [self.embedding_norm] + ([self.projection_norm] if cfg.embed_projection else [])
-        builtin = (self.position_table and all(
-            getattr(type(self), name) is getattr(TransformerEncoder, name)
-            for name in ("position_rows", "token_type_rows", "make_norm"))
-            and all(type(norm) is LayerNorm and norm.scale is not None and norm.bias is not None
-                    for norm in norms)
-            and (not cfg.embed_projection or self.projection.bias is not None))
-        why = ("the embeddings' tables, norms or projection are not the built-in ones"
-               if not builtin else
-               f"model.dropout_rng={cfg.dropout_rng!r} (the kernels draw 'hash' masks)"
-               if key is not None and cfg.hidden_dropout > 0.0 and cfg.dropout_rng != "hash"
-               else embed_kernel.unsupported(t, cfg.emb_dim, cfg.hidden_dim,
-                                             cfg.type_vocab_size))
-        if why is not None and impl == "fused":
-            raise ConfigError(f"model.layer_impl='fused' cannot run the embeddings: {why}; use "
-                              "layer_impl='auto' or 'xla'")
-        return why is None
+
+        def why_not() -> str | None:
+            norms = [self.embedding_norm] + ([self.projection_norm] if cfg.embed_projection
+                                             else [])
+            builtin = (self.position_table and all(
+                getattr(type(self), name) is getattr(TransformerEncoder, name)
+                for name in ("position_rows", "token_type_rows", "make_norm"))
+                and all(type(norm) is LayerNorm and norm.plain() for norm in norms)
+                and (not cfg.embed_projection or self.projection.bias is not None))
+            if not builtin:
+                return "the embeddings' tables, norms or projection are not the built-in ones"
+            if key is not None and cfg.hidden_dropout > 0.0 and cfg.dropout_rng != "hash":
+                return f"model.dropout_rng={cfg.dropout_rng!r} (the kernels draw 'hash' masks)"
+            return embed_kernel.unsupported(t, cfg.emb_dim, cfg.hidden_dim, cfg.type_vocab_size)
+
+        return runs_kernels(cfg, "the embeddings", why_not)
 
     def _kernel_embed(self, tokens_bt: jax.Array, token_types_bt: jax.Array,
                       key: jax.Array | None) -> jax.Array:

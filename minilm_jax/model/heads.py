@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 import minilm_jax.model.target_platform as target_platform
@@ -74,12 +73,9 @@ class MlmHead(nnx.Module):
         (:mod:`~minilm_jax.model.head_kernel`): the built-in transform (this class's
         :meth:`features`, a biased dense layer, the project's LayerNorm with scale and bias) at
         a hidden size the kernels take."""
-        norm = self.norm
         return (head_kernel_applies(self.cfg.hidden_dim)
-                and type(self).features is MlmHead.features and type(norm) is LayerNorm
-                and norm.scale is not None and norm.bias is not None
-                and self.dense.bias is not None and norm.use_fast_variance
-                and tuple(np.atleast_1d(norm.reduction_axes)) == (-1,))
+                and type(self).features is MlmHead.features and type(self.norm) is LayerNorm
+                and self.norm.plain() and self.dense.bias is not None)
 
     def loss(self, hidden_bth: jax.Array, positions: jax.Array, targets: jax.Array,
              weights: jax.Array) -> jax.Array:

@@ -8,6 +8,7 @@ training steps stay pure functions of arrays and the model holds no RNG state.
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable
 
 import jax
 import numpy as np
@@ -94,10 +95,14 @@ class LayerNorm(nnx.LayerNorm):
     them and reduces the scale and bias gradients together (step 154 -> 143 kernels on the H100).
     The same values within float32 rounding; elsewhere exactly ``nnx.LayerNorm``."""
 
+    def plain(self) -> bool:
+        """With a scale and a bias, over the last axis, with the fast variance: the function this
+        class's GPU formulation and the project's kernels compute."""
+        return (self.scale is not None and self.bias is not None and self.use_fast_variance
+                and tuple(np.atleast_1d(self.reduction_axes)) == (-1,))
+
     def __call__(self, x, *, mask=None):
-        if (mask is not None or target_platform.platform() != "gpu" or self.scale is None
-                or self.bias is None or tuple(np.atleast_1d(self.reduction_axes)) != (-1,)
-                or not self.use_fast_variance):
+        if mask is not None or target_platform.platform() != "gpu" or not self.plain():
             return super().__call__(x, mask=mask)
         y = _layer_norm(x, self.scale[...].astype(jnp.float32),
                         self.bias[...].astype(jnp.float32), float(self.epsilon))
@@ -108,6 +113,21 @@ def make_layer_norm(cfg: ModelConfig, dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm
     # LayerNorm statistics are computed in float32 even under bf16 compute.
     return LayerNorm(dim, epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
                      param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+
+
+def runs_kernels(cfg: ModelConfig, what: str, why_not: Callable[[], str | None]) -> bool:
+    """Whether ``what`` (the encoder's embeddings, a layer) runs as its Pallas kernels:
+    ``model.layer_impl`` "fused", or "auto" in a program built for a GPU, where ``why_not()``
+    gives no reason against. An explicit "fused" that cannot apply is a ConfigError naming the
+    reason; "auto" then runs the modules."""
+    impl = cfg.layer_impl
+    if impl == "xla" or (impl == "auto" and target_platform.platform() != "gpu"):
+        return False
+    why = why_not()
+    if why is not None and impl == "fused":
+        raise ConfigError(f"model.layer_impl='fused' cannot run {what}: {why}; use "
+                          "layer_impl='auto' or 'xla'")
+    return why is None
 
 
 def _depends_on_params(module: nnx.Module, fn) -> bool:
@@ -275,19 +295,15 @@ class EncoderLayer(nnx.Module):
     def _runs_fused(self, x_bth: jax.Array, key: jax.Array | None,
                     score_bias: jax.Array | None) -> bool:
         """Whether this call runs the fused kernels (:mod:`~minilm_jax.model.fused_layer`):
-        ``model.layer_impl`` "fused", or "auto" in a program built for a GPU, and the layer exactly
-        the built-in one at sizes the kernels take. An explicit "fused" that cannot apply is a
-        ConfigError; "auto" then runs the modules."""
-        impl = self.cfg.layer_impl
-        if impl == "xla" or (impl == "auto" and target_platform.platform() != "gpu"):
-            return False
-        builtin = (type(self) is EncoderLayer and type(self.attention) is SelfAttention
-                   and type(self.ffn) is FeedForward
-                   and all(type(n) is LayerNorm for n in (self.attention_norm, self.ffn_norm)))
-        why = ("the layer, its attention, feed-forward or norms are not the built-in ones"
-               if not builtin else "the encoder gives an attention score bias"
-               if score_bias is not None else fused_layer.why_not(self.cfg, x_bth, key is not None))
-        if why is not None and impl == "fused":
-            raise ConfigError(f"model.layer_impl='fused' cannot run this layer: {why}; use "
-                              "layer_impl='auto' or 'xla'")
-        return why is None
+        :func:`runs_kernels`, with the layer exactly the built-in one at sizes the kernels take."""
+        def why_not() -> str | None:
+            builtin = (type(self) is EncoderLayer and type(self.attention) is SelfAttention
+                       and type(self.ffn) is FeedForward
+                       and all(type(n) is LayerNorm for n in (self.attention_norm, self.ffn_norm)))
+            if not builtin:
+                return "the layer, its attention, feed-forward or norms are not the built-in ones"
+            if score_bias is not None:
+                return "the encoder gives an attention score bias"
+            return fused_layer.why_not(self.cfg, x_bth, key is not None)
+
+        return runs_kernels(self.cfg, "this layer", why_not)

@@ -127,6 +127,33 @@ def test_seeds_together_equal_separate_runs(pretrained, small_map_run, tmp_path)
     assert not np.allclose(both[0], both[1])  # seeds differ (head init, data order, dropout)
 
 
+def test_runs_of_one_shape_share_their_programs_and_no_other_run_does(pretrained, tmp_path):
+    """finetune_program keeps the jitted programs it built in this process: a second run of the
+    same config is handed the same ones (traced and compiled once) and trains what the first did;
+    a run with another learning rate gets its own, and trains exactly what it trains when built
+    first (a key that left the optimizer out would hand it the first run's step)."""
+    from minilm_jax.finetune import programs
+
+    def run(name: str, lr: float):
+        config = ag_config(pretrained, **SMALL_RUN, train__seeds=(0,), optim__peak_lr=lr)
+        runner = Finetuner(config, tmp_path / name, "pretrained")
+        runner.run()
+        return runner.program, np.load(tmp_path / name / "predictions" / "test.final.npy")
+
+    first, first_logits = run("a", 1e-3)
+    again, again_logits = run("a_again", 1e-3)
+    assert (again.train_step, again.predict, again.select) == (
+        first.train_step, first.predict, first.select)
+    np.testing.assert_array_equal(again_logits, first_logits)
+    other, other_logits = run("b", 3e-3)
+    assert other.train_step is not first.train_step
+    programs._BUILT.clear()  # b built first: its own programs, nothing kept from a
+    alone, alone_logits = run("b_alone", 3e-3)
+    assert alone.train_step is not other.train_step
+    np.testing.assert_array_equal(other_logits, alone_logits)
+    assert not np.array_equal(other_logits, first_logits)
+
+
 def test_cross_validation_scores_every_row_once_per_seed_and_each_fold_as_alone(pretrained,
                                                                                 tmp_path):
     """One labelled file, 3 folds x 2 seeds x both inits: 6 fold runs per init in one program; each

@@ -4,6 +4,7 @@ functions: :mod:`minilm_jax.finetune.step`) with their shardings."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -17,6 +18,7 @@ from minilm_jax.model import accounting
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.settings.model_fields import model_from_config
 from minilm_jax.runs.pretrained import PretrainedRun
+from minilm_jax.train.members import members_strategy
 from minilm_jax.train.mesh import batch_sharding, replicated
 from minilm_jax.train.optim import moments_in_one_vector, optimizer_and_schedule
 from minilm_jax.train.state import MembersState
@@ -76,17 +78,36 @@ def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, 
     state: MembersState = built.init(encoder_state)
     batch_shardings = {k: batch_sharding(mesh, batch_axis=2, ndim=4) for k in INPUTS}
     batch_shardings["labels"] = batch_sharding(mesh, batch_axis=2, ndim=3)
-    members = config.train.members
-    step = make_finetune_step(built.graphdef, optimizer, schedule, regression, members)
-    train_step = jax.jit(step, in_shardings=(state_sharding, batch_shardings),
-                         out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+    members = members_strategy(config.train.members, "train.members")
     row = batch_sharding(mesh, batch_axis=0, ndim=2)
-    predict = jax.jit(make_predict_step(built.graphdef, members),
-                      in_shardings=(state_sharding["params"], state_sharding["rest"],
-                                    row, row, row),
-                      out_shardings=replicated(mesh))
-    select = jax.jit(make_select(), in_shardings=(state_sharding, replicated(mesh)),
-                     out_shardings=state_sharding, donate_argnums=0)
+    # Everything the three programs are built from (the graph definition holds the model config
+    # and the labels; the optimizer and schedule are functions of optim, the steps and the moments'
+    # layout): runs with equal keys share the jitted functions, so each is traced and compiled once
+    # in this process (jax.jit caches per function object).
+    key = (built.graphdef, config.optim.to_json(), int(total_steps),
+           moments_in_one_vector(mesh.shape["fsdp"]), bool(regression), members, mesh,
+           jax.tree.structure(state_sharding), tuple(jax.tree.leaves(state_sharding)))
+    if key not in _BUILT:
+        step = make_finetune_step(built.graphdef, optimizer, schedule, regression, members)
+        _BUILT[key] = (optimizer, schedule, jax.jit(
+            step, in_shardings=(state_sharding, batch_shardings),
+            out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0), jax.jit(
+            make_predict_step(built.graphdef, members),
+            in_shardings=(state_sharding["params"], state_sharding["rest"], row, row, row),
+            out_shardings=replicated(mesh)), jax.jit(
+            make_select(), in_shardings=(state_sharding, replicated(mesh)),
+            out_shardings=state_sharding, donate_argnums=0))
+        while len(_BUILT) > _KEEP_BUILT:
+            _BUILT.popitem(last=False)
+    _BUILT.move_to_end(key)
+    optimizer, schedule, train_step, predict, select = _BUILT[key]
     return FinetuneProgram(optimizer, schedule, built.graphdef, built.param_counts,
                            state_sharding, batch_shardings, row, train_step, predict,
                            select), state
+
+
+# The jitted programs of the fine-tuning runs built in this process, the most recent last
+# (finetune_program's key): a sweep fine-tuning several checkpoints or seeds of one shape on one
+# task builds them once.
+_BUILT: collections.OrderedDict[Any, tuple] = collections.OrderedDict()
+_KEEP_BUILT = 8

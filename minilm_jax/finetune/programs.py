@@ -63,6 +63,13 @@ class FinetuneProgram:
     select: Callable[..., Any]
 
 
+# The jitted programs of the fine-tuning runs built in this process, the most recent last
+# (finetune_program's key): a sweep fine-tuning several checkpoints or seeds of one shape on one
+# task builds them once.
+_BUILT: collections.OrderedDict[Any, tuple] = collections.OrderedDict()
+_KEEP_BUILT = 8
+
+
 def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, num_labels: int,
                      regression: bool, member_seeds: Sequence[int], mesh: Any, total_steps: int,
                      encoder_state: Any = None, population: bool = False
@@ -81,12 +88,11 @@ def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, 
     members = members_strategy(config.train.members, "train.members")
     row = batch_sharding(mesh, batch_axis=0, ndim=2)
     # Everything the three programs are built from (the graph definition holds the model config
-    # and the labels; the optimizer and schedule are functions of optim, the steps and the moments'
-    # layout): runs with equal keys share the jitted functions, so each is traced and compiled once
-    # in this process (jax.jit caches per function object).
-    key = (built.graphdef, config.optim.to_json(), int(total_steps),
-           moments_in_one_vector(mesh.shape["fsdp"]), bool(regression), members, mesh,
-           jax.tree.structure(state_sharding), tuple(jax.tree.leaves(state_sharding)))
+    # and the labels; the optimizer and schedule are functions of optim, the steps and the mesh):
+    # runs with equal keys share the jitted functions, so each is traced and compiled once in this
+    # process (jax.jit caches per function object).
+    key = (built.graphdef, config.optim.to_json(), int(total_steps), bool(regression), members,
+           mesh, jax.tree.structure(state_sharding), tuple(jax.tree.leaves(state_sharding)))
     if key not in _BUILT:
         step = make_finetune_step(built.graphdef, optimizer, schedule, regression, members)
         _BUILT[key] = (optimizer, schedule, jax.jit(
@@ -104,10 +110,3 @@ def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, 
     return FinetuneProgram(optimizer, schedule, built.graphdef, built.param_counts,
                            state_sharding, batch_shardings, row, train_step, predict,
                            select), state
-
-
-# The jitted programs of the fine-tuning runs built in this process, the most recent last
-# (finetune_program's key): a sweep fine-tuning several checkpoints or seeds of one shape on one
-# task builds them once.
-_BUILT: collections.OrderedDict[Any, tuple] = collections.OrderedDict()
-_KEEP_BUILT = 8

@@ -130,28 +130,31 @@ def test_seeds_together_equal_separate_runs(pretrained, small_map_run, tmp_path)
 def test_runs_of_one_shape_share_their_programs_and_no_other_run_does(pretrained, tmp_path):
     """finetune_program keeps the jitted programs it built in this process: a second run of the
     same config is handed the same ones (traced and compiled once) and trains what the first did;
-    a run with another learning rate gets its own, and trains exactly what it trains when built
-    first (a key that left the optimizer out would hand it the first run's step)."""
+    a run with another learning rate or another step count gets its own, and trains exactly what
+    it trains when built first (a key that left the optimizer or the steps out would hand it the
+    first run's step)."""
     from minilm_jax.finetune import programs
 
-    def run(name: str, lr: float):
-        config = ag_config(pretrained, **SMALL_RUN, train__seeds=(0,), optim__peak_lr=lr)
+    def run(name: str, **changes):
+        config = ag_config(pretrained, **{**SMALL_RUN, "train__seeds": (0,), **changes})
         runner = Finetuner(config, tmp_path / name, "pretrained")
         runner.run()
         return runner.program, np.load(tmp_path / name / "predictions" / "test.final.npy")
 
-    first, first_logits = run("a", 1e-3)
-    again, again_logits = run("a_again", 1e-3)
+    first, first_logits = run("a")
+    again, again_logits = run("a_again")
     assert (again.train_step, again.predict, again.select) == (
         first.train_step, first.predict, first.select)
     np.testing.assert_array_equal(again_logits, first_logits)
-    other, other_logits = run("b", 3e-3)
-    assert other.train_step is not first.train_step
-    programs._BUILT.clear()  # b built first: its own programs, nothing kept from a
-    alone, alone_logits = run("b_alone", 3e-3)
-    assert alone.train_step is not other.train_step
-    np.testing.assert_array_equal(other_logits, alone_logits)
-    assert not np.array_equal(other_logits, first_logits)
+    for name, changes in (("lr", {"optim__peak_lr": 3e-3}), ("steps", {"train__epochs": 2})):
+        base, _ = run(f"a_before_{name}")  # a's programs, the most recent ones kept
+        other, other_logits = run(name, **changes)
+        assert other.train_step is not base.train_step, name
+        programs._BUILT.clear()  # built first: its own programs, nothing kept from a
+        alone, alone_logits = run(f"{name}_alone", **changes)
+        assert alone.train_step is not other.train_step
+        np.testing.assert_array_equal(other_logits, alone_logits)
+        assert not np.array_equal(other_logits, first_logits), name
 
 
 def test_cross_validation_scores_every_row_once_per_seed_and_each_fold_as_alone(pretrained,

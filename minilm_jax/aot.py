@@ -111,6 +111,20 @@ def target_devices(target: str, count: int | None) -> list:
     return list(devices[:count] if count else devices)
 
 
+def target_context(mesh):
+    """The context to trace and lower for ``mesh``'s devices in: on a GPU target its abstract
+    mesh, which names the card (jax >= 0.11 asks it for the Pallas kernels' compute capability
+    where no GPU is attached, as on a CPU machine or under ``JAX_PLATFORMS=cpu``)."""
+    import contextlib
+
+    import jax
+
+    if (isinstance(mesh, jax.sharding.AbstractMesh)  # lowered for a platform, no devices
+            or mesh.devices.flat[0].platform not in ("gpu", "cuda")):
+        return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
 def tpu_topology_devices(topology: str) -> list:
     """Compile-only devices of a TPU topology such as ``v5e:2x4`` (needs libtpu)."""
     from jax.experimental import topologies
@@ -245,7 +259,10 @@ def _compile(config, devices, target: str, abstract_size: int | None, members: i
 
     start = time.perf_counter()
     try:
-        traced = program.train_step.trace(state, batch)
+        with target_context(mesh):
+            traced = program.train_step.trace(state, batch)
+            lowered = (traced.lower(lowering_platforms=(platform,)) if lower_only
+                       else traced.lower())
     except RuntimeError as err:  # jax asks for cuDNN's library while tracing its attention
         if "cudnn" not in str(err).lower():
             raise
@@ -254,7 +271,6 @@ def _compile(config, devices, target: str, abstract_size: int | None, members: i
         raise UserError("model.attention_impl='cudnn' needs cuDNN's library to build its "
                         f"program, also without a GPU ({str(err).splitlines()[0]}): pip install "
                         "nvidia-cudnn-cu12, or use attention_impl='einsum' or 'flash'") from err
-    lowered = (traced.lower(lowering_platforms=(platform,)) if lower_only else traced.lower())
     lower_seconds = time.perf_counter() - start
     n_devices = mesh.size
     analytic = (accounting.train_flops_per_sequence(

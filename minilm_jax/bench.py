@@ -59,10 +59,14 @@ def step_roofline(step_fn, state, data, step_seconds: float, peak: float,
 
 
 def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
-               attention: str, min_seconds: float = 2.0, loss_impl: str = "auto") -> dict:
+               attention: str, min_seconds: float = 2.0, loss_impl: str = "auto",
+               layer_impl: str = "auto", profile: int = 0) -> dict:
+    """One run's step: tokens/s, MFU, its cost and kernels; with ``profile`` > 0 also the device
+    time of its ``profile`` slowest kernels (:mod:`minilm_jax.kernel_profile`), printed."""
     config = pretrain_recipe.get_config(point)
     cfg = resolve_point(point, dtype=dtype, attention_impl=attention, mlm_loss_impl=loss_impl,
-                        attention_dropout=0.1 if attention in ("einsum", "flash") else 0.0)
+                        attention_dropout=0.1 if attention in ("einsum", "flash") else 0.0,
+                        layer_impl=layer_impl)
     config.train.num_steps, config.train.batch_size = 10_000, batch
     config.train.grad_accum, config.train.steps_per_dispatch = 1, steps_per_dispatch
     config.eval.batch_size, config.seed = batch, 0
@@ -79,8 +83,16 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
         cfg, num_predictions=effective_max_predictions(config.mlm, cfg.max_len))
     peak = measured_matmul_peak("bfloat16" if dtype == "bfloat16" else "float32")
     step_s = elapsed / (dispatches * k)
+    profiled = {}
+    if profile:
+        from minilm_jax.kernel_profile import profile_steps
+
+        step_profile, _ = profile_steps(program.train_step, program.state.init(), data)
+        print(step_profile.table(profile, 1000 * step_s), flush=True)
+        profiled = {"profile": {"busy_us_per_dispatch": step_profile.busy_us, "kernels": [
+            vars(kernel) for kernel in step_profile.kernels[:profile]]}}
     return {"impl": "minilm-jax", "point": cfg.point, "batch": batch, "dtype": dtype,
-            "loss_impl": loss_impl, "steps_timed": dispatches * k, "seconds_timed": elapsed,
+            "loss_impl": loss_impl, "layer_impl": layer_impl, **profiled, "steps_timed": dispatches * k, "seconds_timed": elapsed,
             "tokens_per_sec": seqs_s * cfg.max_len, "step_ms": 1000 * step_s,
             "model_flops_per_sec": seqs_s * flops, "mfu": seqs_s * flops / peak,
             "peak_flops_measured": peak, "loss": float(np.asarray(metrics["loss"])[-1]),
@@ -109,7 +121,7 @@ def timed(step_fn, state, data, steps: int, k: int, min_seconds: float):
 
 def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
                   steps_per_dispatch: int, impl: str = "auto", min_seconds: float = 2.0,
-                  loss_impl: str = "auto") -> dict:
+                  loss_impl: str = "auto", layer_impl: str = "auto") -> dict:
     """Tokens/s, MFU and memory of ``members`` members (seeds 0..N-1, ``batch`` sequences each)
     trained by one population program (what a population run compiles)."""
     from minilm_jax.train.members import members_strategy
@@ -119,6 +131,7 @@ def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
     config = pretrain_recipe.get_config(point)
     cfg = resolve_point(point, dtype=dtype)
     config.model.dtype, config.model.mlm_loss_impl = cfg.dtype, loss_impl
+    config.model.layer_impl = layer_impl
     config.train.num_steps, config.train.batch_size = 10_000, batch
     config.train.grad_accum, config.train.steps_per_dispatch = 1, steps_per_dispatch
     config.eval.batch_size = batch
@@ -250,10 +263,10 @@ def bytes_text(row: dict) -> str:
 
 def members_table(point: str, counts: list[int], batch: int, steps: int, dtype: str,
                   steps_per_dispatch: int, impl: str, min_seconds: float,
-                  loss_impl: str = "auto") -> dict:
+                  loss_impl: str = "auto", layer_impl: str = "auto") -> dict:
     """:func:`bench_members` for each count, next to one separate run (the ratio's reference)."""
     alone = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum", min_seconds,
-                       loss_impl)
+                       loss_impl, layer_impl)
     print(f"device {jax.devices()[0]}  point {alone['point']}  batch {batch}x128 per member  "
           f"dtype {dtype}  loss {loss_impl}")
     print(f"one separate run: {alone['tokens_per_sec']:>12,.0f} tokens/s  MFU "
@@ -265,7 +278,7 @@ def members_table(point: str, counts: list[int], batch: int, steps: int, dtype: 
         tried = []
         for each in (("vmap", "map") if impl == "both" else (impl,)):
             row = bench_members(point, n, batch, steps, dtype, steps_per_dispatch, each,
-                                min_seconds, loss_impl)
+                                min_seconds, loss_impl, layer_impl)
             row["vs_one_run"] = row["tokens_per_sec"] / alone["tokens_per_sec"]
             memory = (row["memory"] or {}).get("peak_bytes_in_use")
             print(f"{n:>7} {row['impl']:>5} {row['tokens_per_sec']:>14,.0f} "
@@ -312,6 +325,10 @@ def refuse_flags_out_of_range(parser, args) -> None:
         if not counts or min(counts) < 1:
             problems.append(f"--members={args.members!r}: expected population sizes >= 1, "
                             "such as 1,4,16")
+    if args.profile < 0:
+        problems.append(f"--profile={args.profile}: must be >= 0")
+    if args.profile and (args.members or args.sweep):
+        problems.append("--profile profiles one run's step: not with --members or --sweep")
     if args.members_impl == "both" and not args.members:
         problems.append("--members_impl=both measures the --members populations both ways: "
                         "give --members (e.g. --members 16)")
@@ -336,6 +353,12 @@ def main(argv: list[str] | None = None) -> int:
                              "without attention dropout, flash with it in the kernel)")
     parser.add_argument("--loss_impl", default="auto", choices=["auto", "fused", "logits", "kernel"],
                         help="MLM output layer + loss implementation (model.mlm_loss_impl)")
+    parser.add_argument("--layer", default="auto", choices=["auto", "xla", "fused"],
+                        help="encoder layer and embeddings (model.layer_impl; fused: Pallas "
+                             "kernels, auto: the modules)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile 10 steps and print the N slowest kernels by device "
+                             "time (a GPU's; one run only)")
     parser.add_argument("--hf", action="store_true", help="also run Hugging Face RobertaForMaskedLM")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
@@ -361,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--members={args.members!r}: expected counts such as 1,4,16")
         table = members_table(args.point, counts, args.batch, args.steps, args.dtype,
                               args.steps_per_dispatch, args.members_impl, args.min_seconds,
-                              args.loss_impl)
+                              args.loss_impl, args.layer)
         if args.json:
             atomic_write_json(args.json, table)
         return 0
@@ -375,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     ours = bench_ours(args.point, args.batch, args.steps, args.dtype, args.steps_per_dispatch,
-                      args.attention, args.min_seconds, args.loss_impl)
+                      args.attention, args.min_seconds, args.loss_impl, args.layer,
+                      args.profile)
     results = {"device": str(jax.devices()[0]), "jax": jax.__version__, "ours": ours}
     if args.hf:
         import os

@@ -166,7 +166,7 @@ def test_bfloat16_fused_layer_is_as_close_to_the_exact_function_as_the_unfused(d
         check(g_f[name], g_u[name], g_r[name], scale_of(g_r, name), name)
 
 
-def test_auto_is_the_unfused_path_on_cpu_and_the_kernels_on_a_gpu_build():
+def test_auto_is_the_unfused_path_on_cpu_and_on_a_gpu_build():
     x, seg, _ = inputs(jnp.float32)
     mask, key = attention_mask(seg), jax.random.key(3)
     auto, xla = make_layer(), make_layer(layer_impl="xla")
@@ -177,9 +177,8 @@ def test_auto_is_the_unfused_path_on_cpu_and_the_kernels_on_a_gpu_build():
         return "fused_layer_forward" in str(jax.make_jaxpr(lambda v: layer(v, mask, key))(x))
 
     assert not fused(auto)
-    with building_for("gpu"):
-        assert fused(auto) and not fused(xla)
-        # a variant (pre-LN) falls back silently under "auto"
+    with building_for("gpu"):  # on an H200 the kernels' step was the slower (docs/performance.md)
+        assert not fused(auto) and not fused(xla) and fused(make_layer(layer_impl="fused"))
         assert not fused(make_layer(norm_position="pre"))
 
 

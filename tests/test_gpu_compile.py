@@ -46,6 +46,7 @@ def compiled() -> dict[str, dict]:
 def test_the_pallas_kernels_compile_by_triton_for_each_card(compiled, card):
     row = compiled[card]
     assert row["kind"] == CARDS[card]
+    assert row["lowered_for"][0] == CARDS[card]  # the card, for jax 0.11's Pallas lowering
     # each kernel's forward and backward, a Triton call each, none interpreted: flash attention
     # (forward, dK/dV, dQ); the output layer (forward, dx, dW/db); the head with its transform
     # (those and the transform's forward and backward); the encoder layer and the embeddings
@@ -135,9 +136,9 @@ def test_a_tpu_step_counts_the_programs_its_core_runs():
 
 def test_the_device_check_counts_a_figures_step_compiled_deviceless(compiled, tmp_path,
                                                                     monkeypatch):
-    """The device check's deviceless count of a bench figure (its point, batch, dtype and
-    attention read from the bench options) is that of the same step compiled by aot for the
-    card: checked against ``compiled``'s step for the H100 (paper-1.25m, bf16, batch 8, one
+    """The device check's deviceless count of a bench figure (its point, batch, dtype,
+    attention and layer read from the bench options) is that of the same step compiled by aot for
+    the card: checked against ``compiled``'s step for the H100 (paper-1.25m, bf16, batch 8, one
     device: aot's compile_train_step run directly, in the module's own process)."""
     import io
 
@@ -148,6 +149,7 @@ def test_the_device_check_counts_a_figures_step_compiled_deviceless(compiled, tm
     side = trees.Side("now", REPO, "this tree")
     log = io.StringIO()
     got = measuring.deviceless_kernels(
-        side, ("--point", "paper-1.25m", "--dtype", "bfloat16", "--batch", "8", "--steps", "1"),
+        side, ("--point", "paper-1.25m", "--layer", "fused", "--dtype", "bfloat16", "--batch",
+               "8", "--steps", "1"),
         tmp_path / "aot.json", log)
     assert got == compiled["h100"]["step_kernels"] > 0, log.getvalue()[-2000:]

@@ -97,6 +97,8 @@ def deviceless_kernels(side: Side, bench_args: tuple[str, ...], out: Path, log) 
             "--config.mesh.data=1", "--device_memory_gb=0", "--largest=0", "--json", str(out)]
     if "--attention" in options:
         args.append(f"--config.model.attention_impl={options['--attention']}")
+    if "--layer" in options:
+        args.append(f"--config.model.layer_impl={options['--layer']}")
     env = dict(side_env(side, None), JAX_PLATFORMS="cpu", JAX_SKIP_CUDA_CONSTRAINTS_CHECK="1")
     try:
         result = subprocess.run([sys.executable, "-c", RUNNER, str(side.tree), "minilm_jax.aot",

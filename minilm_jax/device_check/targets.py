@@ -80,8 +80,9 @@ def kernel_targets(quick: bool) -> tuple[Target, ...]:
 
 
 def figures(quick: bool, scratch: Path) -> tuple[list[Figure], Sweep]:
-    """The figures: batch 256 x 128 per member, bf16 (one run also with the flash-attention
-    kernels, this tree only: what decides their default; this tree's members measured with vmap
+    """The figures: batch 256 x 128 per member, bf16 (one run also with the encoder layer's and
+    embeddings' kernels and with the flash-attention kernel, this tree only: what decides their
+    defaults; this tree's one runs profiled by kernel; this tree's members measured with vmap
     and with map, the faster kept: what decides ``auto``); with ``quick`` a tiny point at batch 2,
     the Pallas kernels interpreted off a GPU, 2 members, 2 sweep points."""
     if quick:
@@ -100,11 +101,17 @@ def figures(quick: bool, scratch: Path) -> tuple[list[Figure], Sweep]:
         long_s, short_s = 180.0, 30.0
         names = (f"{one} one run", f"{one} x {members} members", f"{large} one run")
     common = ("--dtype", "bfloat16", *common)
+    profile = () if quick else ("--profile", "15")  # where this tree's step spends its time
+    one_run = (Target("tokens_per_sec", "tokens/s", 40e6, True, _rate), *kernel_targets(quick))
+    fused = [] if quick else [  # the quick point's heads (8 wide) do not fit the layer kernel
+        Figure(f"{names[0]}, fused layer", ("--point", one, "--layer", "fused", *common),
+               long_s, short_s, one_run, lambda r: {"tokens_per_sec": r["ours"]["tokens_per_sec"]},
+               dump=True, sides=("now",), now_args=profile, deviceless=True)]
     return [
-        Figure(names[0], ("--point", one, *common), long_s, short_s, (
-            Target("tokens_per_sec", "tokens/s", 40e6, True, _rate), *kernel_targets(quick)),
-            lambda r: {"tokens_per_sec": r["ours"]["tokens_per_sec"]}, dump=True,
-            deviceless=not quick),
+        Figure(names[0], ("--point", one, *common), long_s, short_s, one_run,
+               lambda r: {"tokens_per_sec": r["ours"]["tokens_per_sec"]}, dump=True,
+               now_args=profile, deviceless=not quick),
+        *fused,
         Figure(f"{names[0]}, flash attention", ("--point", one, "--attention", "flash", *common),
                long_s, short_s, (
             Target("tokens_per_sec", "tokens/s", 40e6, True, _rate), *kernel_targets(quick)),

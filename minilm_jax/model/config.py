@@ -55,8 +55,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     attention_impl: str = "einsum"
     # Encoder layer: "xla" (the modules, each op an XLA op), "fused" (the built-in post-LN layer as
-    # two Pallas kernels, forward and backward: model/fused_layer.py) or "auto" (fused when the
-    # program is built for a GPU and the layer and its sizes fit the kernels, xla otherwise).
+    # two Pallas kernels, forward and backward: model/fused_layer.py, and the embeddings as two:
+    # model/embed_kernel.py) or "auto" (xla on every backend: on an H200 the kernels' step was
+    # the slower, docs/performance.md "Device check").
     layer_impl: str = "auto"
     pad_id: int = 1
     # Study B's convolutional front end (arch "bert_conv"): conv_layers 3x3 convs of conv_channels.

@@ -1,6 +1,6 @@
-"""The encoder's embedding block as two Pallas kernels (``model.layer_impl`` "fused", or "auto" in a
-program built for a GPU): word + position + token-type embeddings -> LayerNorm -> hash dropout ->
-(projection E -> H -> LayerNorm), what :meth:`~minilm_jax.model.encoder.TransformerEncoder.embed`
+"""The encoder's embedding block as two Pallas kernels (``model.layer_impl`` "fused"): word +
+position + token-type embeddings -> LayerNorm -> hash dropout -> (projection E -> H -> LayerNorm),
+what :meth:`~minilm_jax.model.encoder.TransformerEncoder.embed`
 computes, in one kernel forward and one backward where XLA runs ~25 on a GPU.
 
 The sum of the three tables' rows is one XLA gather; a grid of one program per sequence then runs

@@ -119,8 +119,12 @@ def target_context(mesh):
 
     import jax
 
-    if (isinstance(mesh, jax.sharding.AbstractMesh)  # lowered for a platform, no devices
-            or mesh.devices.flat[0].platform not in ("gpu", "cuda")):
+    if isinstance(mesh, jax.sharding.AbstractMesh):  # lower:<platform>: no devices
+        device = mesh.abstract_device
+        return (jax.sharding.use_abstract_mesh(mesh)
+                if device is not None and device.platform in ("gpu", "cuda")
+                else contextlib.nullcontext())
+    if mesh.devices.flat[0].platform not in ("gpu", "cuda"):
         return contextlib.nullcontext()
     return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
@@ -195,8 +199,25 @@ def tree_bytes(abstract: Any) -> int:
     return int(sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(abstract)))
 
 
-def build_mesh(config, devices: Sequence | None, abstract_size: int | None):
-    """The (data, fsdp) mesh of the config over ``devices``, or an AbstractMesh of ``abstract_size``."""
+def abstract_device(platform: str | None):
+    """What an AbstractMesh lowered for ``platform`` names as its device: for ``cuda`` the H100
+    (:data:`~minilm_jax.gpu_targets.CARDS`), which jax >= 0.11 asks for the Pallas kernels'
+    compute capability; None elsewhere."""
+    if platform not in ("cuda", "gpu"):
+        return None
+    import jax
+
+    from minilm_jax.gpu_targets import CARDS
+
+    card = CARDS["h100"]
+    return jax.sharding.AbstractDevice(device_kind=card.description, num_cores=card.sms,
+                                       platform="cuda")
+
+
+def build_mesh(config, devices: Sequence | None, abstract_size: int | None,
+               platform: str | None = None):
+    """The (data, fsdp) mesh of the config over ``devices``, or an AbstractMesh of
+    ``abstract_size`` (naming a device of ``platform`` where :func:`abstract_device` has one)."""
     from jax.sharding import AbstractMesh
 
     from minilm_jax.model.config import ConfigError
@@ -211,7 +232,7 @@ def build_mesh(config, devices: Sequence | None, abstract_size: int | None):
     if data < 1 or data * fsdp > abstract_size:
         raise ConfigError(f"mesh.data x mesh.fsdp = {data} x {fsdp} needs more than the "
                           f"{abstract_size} devices")
-    return AbstractMesh((1, data, fsdp), AXES)
+    return AbstractMesh((1, data, fsdp), AXES, abstract_device=abstract_device(platform))
 
 
 def compile_train_step(config, devices: Sequence | None = None, *, target: str = "cpu",
@@ -244,7 +265,7 @@ def _compile(config, devices, target: str, abstract_size: int | None, members: i
     from minilm_jax.train.program import population_program, pretrain_program
 
     # The pre-training program exactly as a run builds it, traced for shapes only.
-    mesh = build_mesh(config, devices, abstract_size)
+    mesh = build_mesh(config, devices, abstract_size, platform)
     if members:
         program = population_program(seeded_members(config, members), mesh)
         k = program.batch_shape[1]

@@ -28,6 +28,7 @@ import numpy as np
 
 from minilm_jax.model import accounting
 from minilm_jax.cli import run_tool, tool_parser
+from minilm_jax.errors import one_line
 from minilm_jax.hlo_kernels import compiled_kernels
 from minilm_jax.configs import pretrain as pretrain_recipe
 from minilm_jax.model.sizes import resolve_point
@@ -87,10 +88,15 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
     if profile:
         from minilm_jax.kernel_profile import profile_steps
 
-        step_profile, _ = profile_steps(program.train_step, program.state.init(), data)
-        print(step_profile.table(profile, 1000 * step_s), flush=True)
-        profiled = {"profile": {"busy_us_per_dispatch": step_profile.busy_us, "kernels": [
-            vars(kernel) for kernel in step_profile.kernels[:profile]]}}
+        try:  # the figures above stand without it (the device check reads them)
+            step_profile, _ = profile_steps(program.train_step, program.state.init(), data,
+                                            steps_per_call=k)
+        except Exception as err:  # noqa: BLE001 - the profiler's failures are its own
+            print(f"note: no kernel profile: {one_line(err) or type(err).__name__}", flush=True)
+        else:
+            print(step_profile.table(profile, 1000 * step_s), flush=True)
+            profiled = {"profile": {"busy_us_per_step": step_profile.busy_us, "kernels": [
+                vars(kernel) for kernel in step_profile.kernels[:profile]]}}
     return {"impl": "minilm-jax", "point": cfg.point, "batch": batch, "dtype": dtype,
             "loss_impl": loss_impl, "layer_impl": layer_impl, **profiled, "steps_timed": dispatches * k, "seconds_timed": elapsed,
             "tokens_per_sec": seqs_s * cfg.max_len, "step_ms": 1000 * step_s,
@@ -149,7 +155,8 @@ def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
     peak = measured_matmul_peak("bfloat16" if dtype == "bfloat16" else "float32")
     step_s = elapsed / (dispatches * steps_per_dispatch)
     return {"members": members, "impl": members_strategy(impl), "point": cfg.point,
-            "batch": batch, "dtype": dtype, "loss_impl": loss_impl, "seconds_timed": elapsed,
+            "batch": batch, "dtype": dtype, "loss_impl": loss_impl, "layer_impl": layer_impl,
+            "seconds_timed": elapsed,
             "step_ms": 1000 * step_s,
             **step_roofline(program.train_step, cost_state, data, step_s, peak,
                             program.batch_shape[1]),
@@ -214,7 +221,7 @@ def bench_hf(point: str, batch: int, steps: int, threads: int, dtype: str = "flo
 
 def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
                   tokens_per_run: float, limit: int = 0, min_seconds: float = 2.0,
-                  seeds: int = 1, impl: str = "auto") -> dict:
+                  seeds: int = 1, impl: str = "auto", layer_impl: str = "auto") -> dict:
     """Measure tokens/s of every distinct point of a sweep and project its pre-training time:
     ``tokens_per_run`` tokens (one epoch of the paper's corpus: 1.16e9) per run. With ``seeds`` > 1
     every run is ``seeds`` pre-training seeds packed into one population (``impl``): its time is
@@ -227,7 +234,8 @@ def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per
     rows, total_hours = [], 0.0
     for point in points:
         count = sum(r.point == point for r in runs)
-        measured = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum", min_seconds)
+        measured = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum", min_seconds,
+                              layer_impl=layer_impl)
         one_seed = tokens_per_run / measured["tokens_per_sec"] / 3600 * count
         row = {"point": point, "tokens_per_sec": measured["tokens_per_sec"],
                "mfu": measured["mfu"], "hours": one_seed}
@@ -235,7 +243,7 @@ def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per
                 f"{100 * measured['mfu']:5.1f}%  {one_seed:8.3f} h")
         if seeds > 1:
             packed = bench_members(point, seeds, batch, steps, dtype, steps_per_dispatch, impl,
-                                   min_seconds)
+                                   min_seconds, layer_impl=layer_impl)
             hours = tokens_per_run * seeds / packed["tokens_per_sec"] / 3600 * count
             row.update(hours=hours, one_seed_hours=one_seed, seeds=seeds,
                        packed_tokens_per_sec=packed["tokens_per_sec"], packed_mfu=packed["mfu"],
@@ -268,7 +276,7 @@ def members_table(point: str, counts: list[int], batch: int, steps: int, dtype: 
     alone = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum", min_seconds,
                        loss_impl, layer_impl)
     print(f"device {jax.devices()[0]}  point {alone['point']}  batch {batch}x128 per member  "
-          f"dtype {dtype}  loss {loss_impl}")
+          f"dtype {dtype}  loss {loss_impl}  layer {layer_impl}")
     print(f"one separate run: {alone['tokens_per_sec']:>12,.0f} tokens/s  MFU "
           f"{100 * alone['mfu']:5.1f}%  {alone['step_ms']:.3f} ms/step  {bytes_text(alone)}")
     print(f"{'members':>7} {'impl':>5} {'tokens/s':>14} {'per member':>12} {'MFU':>6} "
@@ -391,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         projected = project_sweep(args.sweep, args.batch, args.steps, args.dtype,
                                   args.steps_per_dispatch, args.sweep_tokens, args.sweep_limit,
-                                  args.min_seconds, args.sweep_seeds, args.members_impl)
+                                  args.min_seconds, args.sweep_seeds, args.members_impl,
+                                  args.layer)
         if args.json:
             atomic_write_json(args.json, projected | {"jax": jax.__version__, "batch": args.batch,
                                                       "dtype": args.dtype})

@@ -2,8 +2,9 @@
 profile of a few steps (``jax.profiler``), as ``python -m minilm_jax.bench --profile N`` prints it.
 
 Kernels per step (:mod:`minilm_jax.hlo_kernels`) count launches; this measures them. On an H200 it
-showed that ``paper-1.25m``'s step was busy for all of its 1.15 ms in 62 kernels, three fifths of
-it in the encoder layer's and the output layer's Pallas kernels (docs/performance.md)."""
+showed that ``paper-1.25m``'s step with the encoder's kernels was busy for all of its 1.15 ms in 59
+kernels, 83% of it in the encoder layer's and the output layer's Pallas kernels
+(docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ def device_events(xspace_path: str) -> list[tuple[str, float]]:
             if "stream" in line.name.lower() for event in line.events]
 
 
-def profile_steps(step: Callable, state, data, steps: int = 10) -> tuple[StepProfile, object]:
-    """Run ``step(state, data) -> (state, metrics)`` ``steps`` times under the profiler (after two
-    unprofiled steps) and return the kernels' profile and the last state."""
+def profile_steps(step: Callable, state, data, steps: int = 10,
+                  steps_per_call: int = 1) -> tuple[StepProfile, object]:
+    """Call ``step(state, data) -> (state, metrics)`` ``steps`` times under the profiler (after two
+    unprofiled calls) and return the kernels' profile per train step (a call runs
+    ``steps_per_call`` of them: ``--steps_per_dispatch``) and the last state."""
     import jax
 
     for _ in range(2):
@@ -83,4 +86,4 @@ def profile_steps(step: Callable, state, data, steps: int = 10) -> tuple[StepPro
             jax.block_until_ready(metrics)
         files = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)
         events = [e for f in files for e in device_events(f)]
-    return aggregate(events, steps), state
+    return aggregate(events, steps * steps_per_call), state

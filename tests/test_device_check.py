@@ -76,6 +76,9 @@ def test_quick_mode_measures_every_figure_on_both_sides(repo_copy, tmp_path):
     for row in report["figures"]:
         for side in row.get("sides", ("baseline", "now")):
             assert isinstance(row[side], (int, float)) and row[side] > 0, (row, side)
+        if row["target"] is None:  # kernels per step of the default step: counted, no target
+            assert row["key"] == "kernels_per_step" and row["met"] is None, row
+            continue
         expected = row["now"] >= row["target"] if row["at_least"] else row["now"] <= row["target"]
         assert row["met"] == expected, row
     kernels = report["figures"][1]
@@ -118,7 +121,8 @@ def test_quick_mode_measures_every_figure_on_both_sides(repo_copy, tmp_path):
     assert len(lines) == 9 and "baseline" in lines[0] and "now" in lines[0]
     for line, row in zip(lines[1:], report["figures"]):
         assert line.startswith(f"{row['figure']}: {row['what']}")
-        assert "not measured" not in line and line.split()[-1] == ("yes" if row["met"] else "no")
+        assert "not measured" not in line and line.split()[-1] == (
+            "-" if row["target"] is None else "yes" if row["met"] else "no")
         assert ("n/a" in line) == (row["baseline"] is None)
     assert f"{kernels['baseline']:.0f}" in lines[2] and f"{kernels['now']:.0f}" in lines[2]
     assert worktrees(repo_copy) == [f"worktree {repo_copy}"]  # the baseline's worktree is gone
@@ -222,3 +226,39 @@ def test_a_bench_run_past_its_timeout_is_killed_and_keeps_what_it_printed(tmp_pa
         time.sleep(0.1)
     assert not Path(f"/proc/{grandchild}").exists() or \
         Path(f"/proc/{grandchild}/stat").read_text().split()[2] == "Z"
+
+
+def test_the_full_check_holds_only_the_encoders_kernels_to_sixty(tmp_path):
+    """On a GPU: the default step (the modules) and flash attention have their kernels counted
+    with no target; the fused-layer figure (this tree only, profiled, its deviceless count too)
+    is held to <= 60; both of this tree's one runs print their slowest kernels. The table shows
+    "-" for a value with no target."""
+    from minilm_jax.device_check.table import table, target_rows
+    from minilm_jax.device_check.targets import figures
+
+    figs, _ = figures(False, tmp_path)
+    by_name = {fig.name: fig for fig in figs}
+    default, fused = by_name["paper-1.25m one run"], by_name["paper-1.25m one run, fused layer"]
+    flash = by_name["paper-1.25m one run, flash attention"]
+    limits = {fig.name: {t.key: t.limit for t in fig.targets} for fig in (default, fused, flash)}
+    assert limits[default.name] == limits[flash.name] == {
+        "tokens_per_sec": 40e6, "kernels_per_step": None, "kernels_deviceless": None}
+    assert limits[fused.name] == {"tokens_per_sec": 40e6, "kernels_per_step": 60,
+                                  "kernels_deviceless": 60}
+    assert fused.args[:4] == ("--point", "paper-1.25m", "--layer", "fused")
+    assert fused.sides == ("now",) and fused.deviceless and fused.dump
+    assert default.now_args == fused.now_args == ("--profile", "15") and not flash.now_args
+    values = {(default.name, "now"): {"tokens_per_sec": 3e7, "kernels_per_step": 129},
+              (fused.name, "now"): {"tokens_per_sec": 2e7, "kernels_per_step": 59}}
+    rows = target_rows([default, fused], values)
+    met = {(r["figure"], r["key"]): r["met"] for r in rows}
+    assert met[(default.name, "kernels_per_step")] is None
+    assert met[(fused.name, "kernels_per_step")] is True
+    assert met[(fused.name, "tokens_per_sec")] is False
+    shows = {t.key: t.show for f in (default, fused) for t in f.targets}
+    sides = [Side("baseline", tmp_path, "b"), Side("now", tmp_path, "n")]
+    lines = table(rows, shows, sides).splitlines()
+    counted = next(line for line in lines if line.startswith(f"{default.name}: kernels per step "))
+    assert counted.split()[-2:] == ["-", "-"] and "129" in counted
+    held = next(line for line in lines if line.startswith(f"{fused.name}: kernels per step "))
+    assert held.split()[-3:] == ["<=", "60", "yes"]

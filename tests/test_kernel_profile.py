@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minilm_jax import bench
+from minilm_jax import bench, kernel_profile
 from minilm_jax.model.config import ConfigError
 from minilm_jax.kernel_profile import aggregate, profile_steps
 
@@ -34,12 +34,16 @@ def test_kernels_are_summed_per_step_and_ordered_by_time():
     assert table[1].split()[0] == f"{top.us:.1f}" and top.name in table[1]
 
 
-def test_profiling_advances_the_state_and_finds_no_gpu_kernel_on_a_cpu():
+def test_profiling_advances_the_state_and_finds_no_gpu_kernel_on_a_cpu(monkeypatch):
     step = jax.jit(lambda s, d: (s + d, {"loss": jnp.sum(s)}), donate_argnums=0)
     got, state = profile_steps(step, jnp.zeros(3), jnp.ones(3), steps=3)
     np.testing.assert_array_equal(np.asarray(state), np.full(3, 5.0))  # 2 unprofiled + 3
     assert got.kernels == () and got.busy_us == 0.0
     assert got.table(5).startswith("device profile: no GPU kernel")
+    # 3 calls of 2 train steps each (--steps_per_dispatch 2): figures per train step
+    monkeypatch.setattr(kernel_profile, "device_events", lambda path: [("k", 6_000.0)] * 12)
+    got, _ = profile_steps(step, state, jnp.ones(3), steps=3, steps_per_call=2)
+    assert got.kernels == (kernel_profile.KernelTime("k", 2.0, 12.0),) and got.busy_us == 12.0
 
 
 def test_bench_layer_option_reaches_the_model():
@@ -47,3 +51,13 @@ def test_bench_layer_option_reaches_the_model():
     with pytest.raises(ConfigError, match=r"layer_impl='fused' cannot run this layer: the head "):
         bench.main(["--point", "E16-H16-I32-L1-A2-V300", "--batch", "2", "--steps", "1",
                     "--min_seconds", "0", "--layer", "fused"])
+
+
+def test_bench_refuses_a_profile_it_cannot_take(capsys):
+    for argv in (["--members", "2", "--profile", "3"], ["--profile", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(argv)
+        assert exit_info.value.code == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line]
+        assert len(errors) == 1 and errors[0].startswith("error:") and "--profile" in errors[0]
+

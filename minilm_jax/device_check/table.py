@@ -9,7 +9,8 @@ from minilm_jax.device_check.trees import Side
 
 
 def target_rows(figs: list[Figure], values: dict[tuple[str, str], dict[str, float]]) -> list[dict]:
-    """A row per figure's target: both sides' values, the target, whether this tree meets it."""
+    """A row per figure's target: both sides' values, the target, whether this tree meets it
+    (a value with no target: target and met None)."""
     rows = []
     for fig in figs:
         for t in fig.targets:
@@ -17,7 +18,7 @@ def target_rows(figs: list[Figure], values: dict[tuple[str, str], dict[str, floa
             rows.append({"figure": fig.name, "what": t.what, "key": t.key, "target": t.limit,
                          "at_least": t.at_least, "baseline": base, "now": now,
                          "sides": list(fig.sides),
-                         "met": None if now is None else
+                         "met": None if now is None or t.limit is None else
                          (now >= t.limit if t.at_least else now <= t.limit)})
     return rows
 
@@ -39,7 +40,8 @@ def sweep_row(measured: dict[str, list[tuple[str, float]]], total: int, sweep: S
 
 
 def table(rows: list[dict], shows: dict[str, Callable[[float], str]], sides: list[Side]) -> str:
-    """The target table: figure, baseline, now, target, met (of this tree)."""
+    """The target table: figure, baseline, now, target, met (of this tree; "-" for a value
+    with no target)."""
     lines = [["figure", *(f"{s.name} ({s.label})" for s in sides), "target", "met"]]
     for r in rows:
         show = shows[r["key"]]
@@ -47,7 +49,9 @@ def table(rows: list[dict], shows: dict[str, Callable[[float], str]], sides: lis
                       *(show(r[s.name]) if r[s.name] is not None else
                         "not measured" if s.name in r.get("sides", (s.name,)) else "n/a"
                         for s in sides),
+                      "-" if r["target"] is None else
                       f"{'>=' if r['at_least'] else '<='} {show(r['target'])}",
+                      "-" if r["target"] is None else
                       {True: "yes", False: "no", None: "not known"}[r["met"]]])
     widths = [max(len(line[i]) for line in lines) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)

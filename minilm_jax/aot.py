@@ -119,14 +119,12 @@ def target_context(mesh):
 
     import jax
 
-    if isinstance(mesh, jax.sharding.AbstractMesh):  # lower:<platform>: no devices
-        device = mesh.abstract_device
-        return (jax.sharding.use_abstract_mesh(mesh)
-                if device is not None and device.platform in ("gpu", "cuda")
-                else contextlib.nullcontext())
-    if mesh.devices.flat[0].platform not in ("gpu", "cuda"):
+    # lower:<platform> lowers on an AbstractMesh (build_mesh names its device); others on devices
+    abstract = mesh if isinstance(mesh, jax.sharding.AbstractMesh) else mesh.abstract_mesh
+    device = abstract.abstract_device
+    if device is None or device.platform not in ("gpu", "cuda"):
         return contextlib.nullcontext()
-    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+    return jax.sharding.use_abstract_mesh(abstract)
 
 
 def tpu_topology_devices(topology: str) -> list:

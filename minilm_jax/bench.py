@@ -98,7 +98,8 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
             profiled = {"profile": {"busy_us_per_step": step_profile.busy_us, "kernels": [
                 vars(kernel) for kernel in step_profile.kernels[:profile]]}}
     return {"impl": "minilm-jax", "point": cfg.point, "batch": batch, "dtype": dtype,
-            "loss_impl": loss_impl, "layer_impl": layer_impl, **profiled, "steps_timed": dispatches * k, "seconds_timed": elapsed,
+            "loss_impl": loss_impl, "layer_impl": layer_impl, **profiled,
+            "steps_timed": dispatches * k, "seconds_timed": elapsed,
             "tokens_per_sec": seqs_s * cfg.max_len, "step_ms": 1000 * step_s,
             "model_flops_per_sec": seqs_s * flops, "mfu": seqs_s * flops / peak,
             "peak_flops_measured": peak, "loss": float(np.asarray(metrics["loss"])[-1]),

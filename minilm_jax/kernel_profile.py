@@ -27,7 +27,6 @@ class KernelTime:
 class StepProfile:
     """The profiled steps' kernels, slowest first; ``busy_us``: the device's kernel time per step
     (below the step's wall time by what the device sat idle)."""
-    steps: int
     kernels: tuple[KernelTime, ...]
     busy_us: float
 
@@ -55,7 +54,7 @@ def aggregate(events: Iterable[tuple[str, float]], steps: int) -> StepProfile:
         total_ns[name] = total_ns.get(name, 0.0) + ns
     kernels = tuple(sorted((KernelTime(n, launches[n] / steps, total_ns[n] / 1e3 / steps)
                             for n in launches), key=lambda k: (-k.us, k.name)))
-    return StepProfile(steps, kernels, sum(total_ns.values()) / 1e3 / steps)
+    return StepProfile(kernels, sum(total_ns.values()) / 1e3 / steps)
 
 
 def device_events(xspace_path: str) -> list[tuple[str, float]]:

@@ -55,8 +55,8 @@ def run(baseline: str, quick: bool, budget_s: float, out_dir: Path) -> int:
         refuse_small_budget(budget_s, least_budget(sweep))  # before the prerequisites' minute
         base = baseline_side(baseline, scratch)
         sides = [base, now]
-        found = check_prerequisites(base, now, quick, options, now_options=["flash", "both", "--layer",
-                                                                        "--profile"])
+        found = check_prerequisites(base, now, quick, options,
+                                    now_options=["flash", "both", "--layer", "--profile"])
         print(f"device check: {found['device']}, jax {found['jax']} ({found['backend']}); "
               f"baseline {base.label}, now {now.label}; budget {budget_s:.0f} s"
               f"{'; quick: tiny sizes' if quick else ''}", flush=True)

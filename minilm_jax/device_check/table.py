@@ -49,9 +49,8 @@ def table(rows: list[dict], shows: dict[str, Callable[[float], str]], sides: lis
                       *(show(r[s.name]) if r[s.name] is not None else
                         "not measured" if s.name in r.get("sides", (s.name,)) else "n/a"
                         for s in sides),
-                      "-" if r["target"] is None else
-                      f"{'>=' if r['at_least'] else '<='} {show(r['target'])}",
-                      "-" if r["target"] is None else
-                      {True: "yes", False: "no", None: "not known"}[r["met"]]])
+                      *(("-", "-") if r["target"] is None else (
+                          f"{'>=' if r['at_least'] else '<='} {show(r['target'])}",
+                          {True: "yes", False: "no", None: "not known"}[r["met"]]))])
     widths = [max(len(line[i]) for line in lines) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)

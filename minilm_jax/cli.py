@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import importlib.util
 import os
 import sys
@@ -22,6 +23,21 @@ if TYPE_CHECKING:
     import ml_collections
 
 EXIT_USER_ERROR = 2
+
+# The garbage collector's thresholds in a command. A command imports ~1M long-lived objects (jax,
+# flax, orbax) and then traces and lowers its programs, allocating millions of short-lived ones;
+# CPython's default (700, 10, 10) collects the youngest generation every 700 net allocations and
+# so keeps re-scanning. At (10000, 10, 10) the test suite's pre-training tests
+# (tests/test_pretrain.py, one process with its commands, cold compilation cache, 2 cores) took
+# 54 instead of 60 CPU-seconds, and importing a pre-training and a fine-tuning command 1.55
+# instead of 1.68 (disabling the collector: 54 and 1.41). Cycles are still collected; the
+# youngest generation just waits for 10,000 allocations.
+COLLECTOR_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_collector() -> None:
+    """Set :data:`COLLECTOR_THRESHOLDS` for this process (a command's, or the test suite's)."""
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
 def define_run_flags(what: str, spec: str) -> Callable[[], tuple[ml_collections.ConfigDict, str]]:
@@ -58,6 +74,7 @@ def run_main(main: Callable[[list[str]], None], recipe: str | None = None) -> No
     errors."""
     from absl import app
 
+    tune_collector()
     from minilm_jax import command_help
     from minilm_jax.settings.command_line import (check_overrides, last_override_wins,
                                                   take_variant_fields)
@@ -163,6 +180,8 @@ def run_tool(main: Callable[[list[str]], int | None]) -> NoReturn:
     """``absl.app.run`` for a tool whose ``main(argv)`` parses its arguments with :func:`tool_parser`;
     a user error the tool did not catch becomes one ``error:`` line and exit status 2."""
     from absl import app, flags
+
+    tune_collector()
 
     def parse(argv: list[str]) -> list[str]:
         flags.FLAGS.mark_as_parsed()  # main's tool_parser reads absl's own flags with the rest

@@ -72,6 +72,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import pytest  # noqa: E402
 
+from minilm_jax.cli import tune_collector  # noqa: E402
+
+# The workers trace and lower programs in process as the commands do: the commands' garbage
+# collector thresholds (minilm_jax.cli.COLLECTOR_THRESHOLDS), which they set themselves.
+tune_collector()
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MINILM_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -148,6 +148,20 @@ def test_tools_keep_absl_info_lines_out_unless_asked(tmp_path):
     assert "an INFO line" in asked.stderr
 
 
+def test_commands_collect_garbage_at_the_project_thresholds(tmp_path):
+    """A tool (``run_tool``) and a run's entry point (``run_main``) set the collector's thresholds
+    before their ``main`` runs; the process started with CPython's default (700, 10, 10)."""
+    for runner in ("run_tool", "run_main"):
+        program = ("import gc\nprint(gc.get_threshold())\n"
+                   f"from minilm_jax.cli import {runner}\n"
+                   "def main(argv):\n    print(gc.get_threshold())\n"
+                   f"{runner}(main)\n")
+        proc = run([sys.executable, "-c", program], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        before, inside = proc.stdout.splitlines()
+        assert before == "(700, 10, 10)" and inside == str(cli.COLLECTOR_THRESHOLDS), runner
+
+
 def test_a_missing_optional_package_is_one_line_naming_its_extra(tmp_path):
     """A command that reaches an optional package which is not installed (here: hidden from the
     import system) says which extra installs it, in one line, exit 2."""

@@ -29,7 +29,7 @@ EXIT_USER_ERROR = 2
 # CPython's default (700, 10, 10) collects the youngest generation every 700 net allocations and
 # so keeps re-scanning. At (10000, 10, 10) the test suite's pre-training tests
 # (tests/test_pretrain.py, one process with its commands, cold compilation cache, 2 cores) took
-# 54 instead of 60 CPU-seconds, and importing a pre-training and a fine-tuning command 1.55
+# 54-56 instead of 60 CPU-seconds, and importing a pre-training and a fine-tuning command 1.55
 # instead of 1.68 (disabling the collector: 54 and 1.41). Cycles are still collected; the
 # youngest generation just waits for 10,000 allocations.
 COLLECTOR_THRESHOLDS = (10_000, 10, 10)

@@ -140,12 +140,16 @@ def test_the_device_check_counts_a_figures_step_compiled_deviceless(compiled, tm
     """The device check's deviceless count of a bench figure (its point, batch, dtype,
     attention and layer read from the bench options) is that of the same step compiled by aot for
     the card: checked against ``compiled``'s step for the H100 (paper-1.25m, bf16, batch 8, one
-    device: aot's compile_train_step run directly, in the module's own process)."""
+    device: aot's compile_train_step run directly, in the module's own process). The aot command
+    writes nothing into the persistent compilation cache: a deviceless executable cannot be read
+    back from it."""
     import io
 
     from minilm_jax.device_check import measuring, trees
 
     monkeypatch.setitem(trees.CHILD_ENV, "PYTHONPATH", str(WHEELS))
+    cache = tmp_path / "compilation_cache"  # the aot command's: a deviceless compile writes none
+    monkeypatch.setitem(trees.CHILD_ENV, "JAX_COMPILATION_CACHE_DIR", str(cache))
     monkeypatch.setattr(measuring, "device_card", lambda: "h100")
     side = trees.Side("now", REPO, "this tree")
     log = io.StringIO()
@@ -154,3 +158,5 @@ def test_the_device_check_counts_a_figures_step_compiled_deviceless(compiled, tm
                "8", "--steps", "1"),
         tmp_path / "aot.json", log)
     assert got == compiled["h100"]["step_kernels"] > 0, log.getvalue()[-2000:]
+    # never readable (the topology's compiler cannot deserialize it): never written
+    assert not list(cache.glob("*-cache")), sorted(p.name for p in cache.iterdir())

@@ -439,12 +439,6 @@ def main(argv: list[str]) -> None:
         from minilm_jax.gpu_targets import prepare_cpu_only
 
         prepare_cpu_only()  # before JAX starts a backend
-        # A deviceless compile is never read back from the persistent compilation cache: the
-        # card's topology compiler cannot deserialize an executable without a client, and JAX
-        # warns on each read. So this command writes none (JAX_COMPILATION_CACHE_DIR set or not).
-        import jax
-
-        jax.config.update("jax_enable_compilation_cache", False)
         if count not in (None, 1) or int(config.mesh.data) > 1 or int(config.mesh.fsdp) > 1:
             raise UserError(f"--target={target} compiles for one GPU: pass --devices=1 and "
                             "mesh.data = mesh.fsdp = 1 (or -1)")

@@ -110,7 +110,9 @@ def prepare_cpu_only() -> None:
 
 
 def cuda_devices(card: str) -> list:
-    """Compile-only devices of one ``card`` (a key of :data:`CARDS`)."""
+    """Compile-only devices of one ``card`` (a key of :data:`CARDS`). The process's persistent
+    compilation cache is turned off: an executable compiled for them is never read back from it
+    (the topology's compiler cannot deserialize one without a GPU; JAX would warn on each read)."""
     if card not in CARDS:
         raise UserError(f"--target=cuda:{card}: unknown card; known: {', '.join(CARDS)}")
     if not have_cuda_compiler():
@@ -125,6 +127,7 @@ def cuda_devices(card: str) -> list:
         jax.config.update("jax_platforms", "cpu")
     except Exception:  # a backend already started: the topology below still compiles
         pass
+    jax.config.update("jax_enable_compilation_cache", False)
     try:
         topology = topologies.get_topology_desc(platform="cuda",
                                                 target_config=CARDS[card].target_config(),

@@ -162,6 +162,11 @@ def pytest_runtest_protocol(item, nextitem):
         f.write(json.dumps(row) + "\n")
 
 
+def never_built():
+    """An initialiser a test gives a run that must restore its state, not build it."""
+    raise AssertionError("the run's initial state was built")
+
+
 def shared_path(*parts: str) -> Path:
     """A path under the shared development data; skips the test when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

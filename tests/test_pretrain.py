@@ -1,7 +1,9 @@
 """The pre-training engine on real text: resume exactness, preemption, bad input, meshes, masking."""
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tensorboard_config, trajectory_tolerance, xla_flags
+from conftest import never_built, tensorboard_config, trajectory_tolerance, xla_flags
 from minilm_jax.errors import UserError
 from minilm_jax.data.shards import ShardError
 from minilm_jax.model.config import ConfigError
@@ -169,6 +171,29 @@ def test_grad_accum_and_steps_per_dispatch_match_plain_steps(word_shards, tmp_pa
     scan = train_losses(tmp_path / "scan")
     assert scan[3] == pytest.approx(plain[3], abs=tol)
     assert scan[4] == pytest.approx(plain[4], abs=tol)
+
+
+def test_a_resumed_run_restores_without_building_its_initial_state(word_shards, tmp_path):
+    """A run that resumes restores its checkpoint into the initial state's shapes and shardings
+    and never builds the state (the initialiser neither compiled nor run): its end is bit for bit
+    that of the run never stopped (4 steps; its copy resumed from step 2). A run that starts
+    afresh builds it."""
+    base = {"train.num_steps": 4, "checkpoint.every_steps": 2, "checkpoint.keep": 3,
+            "checkpoint.keep_best": False, "data.eval_split": ""}
+    straight = Pretrainer(small_config(word_shards, **base), tmp_path / "straight").run()
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "4")  # as if stopped after the step-2 checkpoint
+    (resumed / "summary.json").unlink()
+    trainer = Pretrainer(small_config(word_shards, **base), resumed)
+    trainer.initial = dataclasses.replace(trainer.initial, init=never_built)
+    summary = trainer.run()
+    assert summary["final_params_sha256"] == straight["final_params_sha256"]
+    assert train_losses(resumed)[4] == train_losses(tmp_path / "straight")[4]
+    fresh = Pretrainer(small_config(word_shards, **base), tmp_path / "fresh")
+    fresh.initial = dataclasses.replace(fresh.initial, init=never_built)
+    with pytest.raises(AssertionError, match="built"):
+        fresh.run()
 
 
 @pytest.mark.timeout(300)  # waits on a command it stops: a hang fails in 5 minutes

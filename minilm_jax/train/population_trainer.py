@@ -82,7 +82,7 @@ class PopulationTrainer(LoopSpec):
         self.size = len(self.members)
         self.total_steps = self.program.total_steps
         self.param_counts = self.program.state.param_counts
-        self.state = self.program.state.init()
+        self.initial = self.program.state  # built when first read: a resumed run never is
         tc = self.config.train
         self.indexers = [batch_lib.BatchIndexer(int(c.seed), self.train_split.num_sequences,
                                                 tc.batch_size) for c in configs]
@@ -236,7 +236,7 @@ class PopulationTrainer(LoopSpec):
         config, tc = self.config, self.config.train
         self.snapshot_steps = snapshot_steps(config)
         self.ckpts, self.writer, start, self.state = open_run(
-            self.workdir, config.checkpoint, self.state, identity=self.identity,
+            self.workdir, config.checkpoint, self.starting_state(), identity=self.identity,
             resumable=RESUMABLE_FIELDS, keep_best=False)
         finished = finished_earlier(self.workdir, self.members, self.total_steps,
                                     config.checkpoint.keep_best, start)

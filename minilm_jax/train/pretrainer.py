@@ -185,7 +185,7 @@ class Pretrainer(LoopSpec):
         self.total_steps = self.program.total_steps
         self.graphdef = self.program.state.graphdef
         self.param_counts = self.program.state.param_counts
-        self.state: TrainState = self.program.state.init()
+        self.initial = self.program.state  # built when first read: a resumed run never is
         self.indexer = batch_lib.BatchIndexer(config.seed, self.train_split.num_sequences,
                                               tc.batch_size)
         self.flops_paper = accounting.paper_train_flops_per_sequence(self.model_cfg)
@@ -293,7 +293,7 @@ class Pretrainer(LoopSpec):
     def train(self) -> dict[str, Any]:
         config, tc = self.config, self.config.train
         self.ckpts, self.writer, start, self.state = open_run(
-            self.workdir, config.checkpoint, self.state, identity=self.identity,
+            self.workdir, config.checkpoint, self.starting_state(), identity=self.identity,
             resumable=self.resumable, keep_best=config.checkpoint.keep_best,
             snapshot_steps=snapshot_steps(config))
         self._log_steps = log_eval_steps(config)

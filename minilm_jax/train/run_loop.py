@@ -30,6 +30,7 @@ from minilm_jax.storage import RunPath, WorkdirLock, atomic_write_json
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, preempted, stop_signals
+from minilm_jax.train.state import BuiltState, UnbuiltState
 from minilm_jax.train.run_log import (EtaClock, MetricsWriter, log_line, plain_progress,
                                       progress_bar)
 
@@ -98,6 +99,29 @@ class LoopSpec(abc.ABC):
     check_losses: Callable[[int, dict[str, Any]], None] | None = None
 
     lock: WorkdirLock  # taken by check_workdir when the specialisation is built
+
+    # The state a run starts from when no checkpoint is restored (an initialiser without
+    # arguments: pre-training, populations); ``state`` builds it on first use, so a run that
+    # resumes never does (:meth:`starting_state`).
+    initial: BuiltState | None = None
+    _state: Any = None
+
+    @property
+    def state(self) -> Any:
+        """The run's state (built from ``initial`` when first read, if no other was set)."""
+        if self._state is None and self.initial is not None:
+            self._state = self.initial.init()
+        return self._state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._state = value
+
+    def starting_state(self) -> Any:
+        """What :func:`open_run` restores into: the state if built, else ``initial`` unbuilt."""
+        if self._state is None and self.initial is not None:
+            return self.initial.unbuilt()
+        return self.state
 
     stopped_by: str | None = None  # the signal that stopped the last run_loop, if any
     stopped_at: int | None = None  # the step it saved before stopping
@@ -184,14 +208,18 @@ def check_workdir(workdir: RunPath, current: dict[str, Any], resumable: tuple[st
 
 
 def restore(ckpts: Checkpoints, writer: MetricsWriter, state: Any) -> tuple[int, Any]:
-    """(step, state) of the newest usable checkpoint, or (0, ``state``) when there is none; the
+    """(step, state) of the newest usable checkpoint, or (0, ``state``) when there is none (an
+    :class:`~minilm_jax.train.state.UnbuiltState` is built then, and only then); the
     metrics history after that step is dropped (it is about to be recomputed), and garbled lines,
     each said in a note."""
-    restored = ckpts.restore_latest(abstract_like(state))
+    unbuilt = isinstance(state, UnbuiltState)
+    restored = ckpts.restore_latest(state.target if unbuilt else abstract_like(state))
     step = 0 if restored is None else int(restored[0])
     if restored is not None:
         state = restored[1]
         print(f"resumed from checkpoint at step {step}", flush=True)
+    elif unbuilt:
+        state = state.build()
     for note in writer.truncate_after(step).notes():  # later records; garbled lines (lost)
         print(note, flush=True)
     return step, state

@@ -48,6 +48,16 @@ class MembersState(TrainState):
 
 
 @dataclasses.dataclass(frozen=True)
+class UnbuiltState:
+    """A state not built yet: the restore target of its checkpoints (shapes, dtypes and shardings)
+    and how to build it. A run that resumes restores into ``target`` and never calls ``build``
+    (no initialiser compiled or run, no second copy of the state in memory)."""
+
+    target: Any
+    build: Callable[[], Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class BuiltState:
     """What a loop needs to run a state: graph definition, parameter counts, the abstract state and
     its shardings, and the jitted initialiser (``init(*args)`` gives the sharded state)."""
@@ -57,6 +67,13 @@ class BuiltState:
     abstract: Any
     shardings: Any
     init: Callable[..., Any]
+
+    def unbuilt(self) -> UnbuiltState:
+        """The state of an initialiser without arguments, built only if nothing is restored: its
+        target as ``checkpoint.abstract_like`` gives it for the built state."""
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              self.abstract, self.shardings)
+        return UnbuiltState(target=target, build=self.init)
 
 
 def build_state(make_model: Callable[[], nnx.Module], init_fn: Callable[..., Any], mesh: Any,

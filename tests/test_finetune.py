@@ -3,6 +3,7 @@ bad input, results tables and committees."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,8 +16,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import (FINETUNE_SEQ, REPO, float32_tolerance, shared_path, trajectory_tolerance,
-                      xla_flags)
+from conftest import (FINETUNE_SEQ, REPO, float32_tolerance, never_built, shared_path,
+                      trajectory_tolerance, xla_flags)
 
 from minilm_jax.errors import UserError
 from minilm_jax.configs.finetune import get_config as finetune_config
@@ -343,7 +344,9 @@ def test_a_finished_run_keeps_its_parameters_drops_checkpoints_and_is_not_traine
     predictions = (k / "predictions" / "test.selected.npy").read_bytes()
     (k / "parameters.npz").unlink()  # finished before it was kept
     config.checkpoint.keep_finished = False
-    Finetuner(config, k, "pretrained").run()  # from the last checkpoint: scores, keeps, drops
+    again = Finetuner(config, k, "pretrained")  # from the last checkpoint: scores, keeps, drops
+    again.initial = dataclasses.replace(again.initial, build=never_built)  # restored, never built
+    again.run()
     assert not (k / "checkpoints").exists() and (k / "parameters.npz").is_file()
     assert (k / "metrics.jsonl").read_bytes() == metrics  # no step trained again
     assert (k / "predictions" / "test.selected.npy").read_bytes() == predictions

@@ -215,7 +215,7 @@ def test_a_population_with_a_diverged_member_runs_again(word_shards, tmp_path):
     assert read_pretrain_summary(tmp_path / "bad").status == "diverged"
     (tmp_path / "bad" / "metrics.jsonl").unlink()  # as a member diverged before any record left it
     again = PopulationTrainer(members, tmp_path / "pop", "map")
-    again.initial = dataclasses.replace(again.initial, init=never_built)  # it restores, never builds
+    again.initial = dataclasses.replace(again.initial, build=never_built)  # it restores, never builds
     summary = again.run()
     assert summary["status"] == "completed"
     assert [m["status"] for m in summary["members"]] == ["completed", "diverged"]

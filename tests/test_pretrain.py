@@ -186,12 +186,13 @@ def test_a_resumed_run_restores_without_building_its_initial_state(word_shards, 
     shutil.rmtree(resumed / "checkpoints" / "4")  # as if stopped after the step-2 checkpoint
     (resumed / "summary.json").unlink()
     trainer = Pretrainer(small_config(word_shards, **base), resumed)
-    trainer.initial = dataclasses.replace(trainer.initial, init=never_built)
+    trainer.initial = dataclasses.replace(trainer.initial, build=never_built)
     summary = trainer.run()
+    assert trainer.initial is None  # let go once the state was restored
     assert summary["final_params_sha256"] == straight["final_params_sha256"]
     assert train_losses(resumed)[4] == train_losses(tmp_path / "straight")[4]
     fresh = Pretrainer(small_config(word_shards, **base), tmp_path / "fresh")
-    fresh.initial = dataclasses.replace(fresh.initial, init=never_built)
+    fresh.initial = dataclasses.replace(fresh.initial, build=never_built)
     with pytest.raises(AssertionError, match="built"):
         fresh.run()
 

@@ -77,7 +77,7 @@ class Finetuner(LoopSpec):
         self.task = self.tasks[0]
         self._pools: dict[str, tuple[dict[str, np.ndarray], list[np.ndarray]]] = {}
         self._plan()
-        self.program, self.state = finetune_program(
+        self.program, self.initial = finetune_program(
             self.config, self.model_cfg, self.spec.num_labels, self.task.regression,
             self.member_seeds, self.mesh, self.total_steps, self._encoder_state(),
             population=self.is_population)
@@ -251,7 +251,7 @@ class Finetuner(LoopSpec):
         if earlier is not None:
             return earlier
         ckpts, self.writer, start, self.state = open_run(
-            self.workdir, config.checkpoint, self.state, identity=self.identity,
+            self.workdir, config.checkpoint, self.starting_state(), identity=self.identity,
             resumable=resumable_fields(self.init_mode), keep_best=False)
         self.writers = {self.folders[0].name: self.writer}
         if self.is_population:

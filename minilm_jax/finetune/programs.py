@@ -21,7 +21,7 @@ from minilm_jax.runs.pretrained import PretrainedRun
 from minilm_jax.train.members import members_strategy
 from minilm_jax.train.mesh import batch_sharding, replicated
 from minilm_jax.train.optim import moments_in_one_vector, optimizer_and_schedule
-from minilm_jax.train.state import MembersState
+from minilm_jax.train.state import UnbuiltState
 
 from minilm_jax.settings.model_fields import changed_model_fields, with_overrides
 from .step import make_finetune_step, make_predict_step, make_select, members_state
@@ -73,16 +73,16 @@ _KEEP_BUILT = 8
 def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, num_labels: int,
                      regression: bool, member_seeds: Sequence[int], mesh: Any, total_steps: int,
                      encoder_state: Any = None, population: bool = False
-                     ) -> tuple[FinetuneProgram, MembersState]:
-    """The program of ``member_seeds`` members on ``mesh`` and their initial state, from
-    ``encoder_state`` (a pre-trained encoder, stacked per member for a ``population``) or random
-    init (None)."""
+                     ) -> tuple[FinetuneProgram, UnbuiltState]:
+    """The program of ``member_seeds`` members on ``mesh`` and their initial state, unbuilt (a run
+    that resumes never builds it), from ``encoder_state`` (a pre-trained encoder, stacked per
+    member for a ``population``) or random init (None)."""
     optimizer, schedule = optimizer_and_schedule(
         config.optim, total_steps, one_vector=moments_in_one_vector(mesh.shape["fsdp"]))
     built = members_state(model_cfg, num_labels, optimizer, member_seeds, mesh, encoder_state,
                           population=population)
     state_sharding = built.shardings
-    state: MembersState = built.init(encoder_state)
+    initial = built.unbuilt(encoder_state)  # built only where no checkpoint is restored
     batch_shardings = {k: batch_sharding(mesh, batch_axis=2, ndim=4) for k in INPUTS}
     batch_shardings["labels"] = batch_sharding(mesh, batch_axis=2, ndim=3)
     members = members_strategy(config.train.members, "train.members")
@@ -109,4 +109,4 @@ def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, 
     optimizer, schedule, train_step, predict, select = _BUILT[key]
     return FinetuneProgram(optimizer, schedule, built.graphdef, built.param_counts,
                            state_sharding, batch_shardings, row, train_step, predict,
-                           select), state
+                           select), initial

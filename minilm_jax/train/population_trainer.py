@@ -82,7 +82,7 @@ class PopulationTrainer(LoopSpec):
         self.size = len(self.members)
         self.total_steps = self.program.total_steps
         self.param_counts = self.program.state.param_counts
-        self.initial = self.program.state  # built when first read: a resumed run never is
+        self.initial = self.program.state.unbuilt()  # built when first read, if ever
         tc = self.config.train
         self.indexers = [batch_lib.BatchIndexer(int(c.seed), self.train_split.num_sequences,
                                                 tc.batch_size) for c in configs]

@@ -185,7 +185,7 @@ class Pretrainer(LoopSpec):
         self.total_steps = self.program.total_steps
         self.graphdef = self.program.state.graphdef
         self.param_counts = self.program.state.param_counts
-        self.initial = self.program.state  # built when first read: a resumed run never is
+        self.initial = self.program.state.unbuilt()  # built when first read, if ever
         self.indexer = batch_lib.BatchIndexer(config.seed, self.train_split.num_sequences,
                                               tc.batch_size)
         self.flops_paper = accounting.paper_train_flops_per_sequence(self.model_cfg)

@@ -30,7 +30,7 @@ from minilm_jax.storage import RunPath, WorkdirLock, atomic_write_json
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.train.checkpoint import Checkpoints, abstract_like
 from minilm_jax.train.dispatch import DeferredMetrics, dispatch_plan, preempted, stop_signals
-from minilm_jax.train.state import BuiltState, UnbuiltState
+from minilm_jax.train.state import UnbuiltState
 from minilm_jax.train.run_log import (EtaClock, MetricsWriter, log_line, plain_progress,
                                       progress_bar)
 
@@ -100,28 +100,28 @@ class LoopSpec(abc.ABC):
 
     lock: WorkdirLock  # taken by check_workdir when the specialisation is built
 
-    # The state a run starts from when no checkpoint is restored (an initialiser without
-    # arguments: pre-training, populations); ``state`` builds it on first use, so a run that
-    # resumes never does (:meth:`starting_state`).
-    initial: BuiltState | None = None
+    # The state a run starts from when no checkpoint is restored, not built yet: ``state`` builds
+    # it when first read, and :meth:`starting_state` hands it to :func:`open_run` unbuilt, so a
+    # run that resumes never builds it (no initialiser compiled or run, no second copy in memory).
+    initial: UnbuiltState | None = None
     _state: Any = None
 
     @property
     def state(self) -> Any:
         """The run's state (built from ``initial`` when first read, if no other was set)."""
         if self._state is None and self.initial is not None:
-            self._state = self.initial.init()
+            self.state = self.initial.build()
         return self._state
 
     @state.setter
     def state(self, value: Any) -> None:
-        self._state = value
+        """Set the state; the unbuilt one (and what its builder holds, a pre-trained encoder's
+        arrays) is let go."""
+        self._state, self.initial = value, None
 
     def starting_state(self) -> Any:
-        """What :func:`open_run` restores into: the state if built, else ``initial`` unbuilt."""
-        if self._state is None and self.initial is not None:
-            return self.initial.unbuilt()
-        return self.state
+        """What :func:`open_run` restores into: the state if built, else ``initial``."""
+        return self.initial if self._state is None and self.initial is not None else self.state
 
     stopped_by: str | None = None  # the signal that stopped the last run_loop, if any
     stopped_at: int | None = None  # the step it saved before stopping

@@ -68,12 +68,12 @@ class BuiltState:
     shardings: Any
     init: Callable[..., Any]
 
-    def unbuilt(self) -> UnbuiltState:
-        """The state of an initialiser without arguments, built only if nothing is restored: its
-        target as ``checkpoint.abstract_like`` gives it for the built state."""
+    def unbuilt(self, *args: Any) -> UnbuiltState:
+        """The state ``init(*args)`` gives, built only if nothing is restored; its target is what
+        ``checkpoint.abstract_like`` gives for the built state."""
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               self.abstract, self.shardings)
-        return UnbuiltState(target=target, build=self.init)
+        return UnbuiltState(target=target, build=lambda: self.init(*args))
 
 
 def build_state(make_model: Callable[[], nnx.Module], init_fn: Callable[..., Any], mesh: Any,

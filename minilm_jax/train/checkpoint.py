@@ -15,11 +15,11 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
 import minilm_jax.held_folders as held_folders
+from minilm_jax.deferred_import import Deferred
 from minilm_jax.errors import StorageError, UserError
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import MaskedLM
@@ -28,6 +28,9 @@ from minilm_jax.run_identity import QUIET_DEFAULTS
 from minilm_jax.storage import RunPath, is_remote, run_path
 from minilm_jax.train import seal
 from minilm_jax.train.records import is_done
+
+
+ocp = Deferred("orbax.checkpoint")  # imported at the first checkpoint opened, saved or read
 
 
 class CheckpointError(UserError):

@@ -21,7 +21,7 @@ CONFIGS = REPO / "configs"  # the package minilm_jax.configs (pyproject.toml map
 LAYERS = {  # module or package prefix -> layer; the longest matching prefix decides
     "minilm_jax.errors": 0, "minilm_jax.storage": 0, "minilm_jax.exclusive_files": 0,
     "minilm_jax.held_folders": 0,  # the roots a command holds while it writes under them
-    "minilm_jax.text_norm": 0,
+    "minilm_jax.text_norm": 0, "minilm_jax.deferred_import": 0,
     "minilm_jax.model": 1,
     "minilm_jax.settings": 1, "minilm_jax.run_identity": 1, "minilm_jax.tokenizer": 1, "minilm_jax.data": 1,
     "minilm_jax.corpus": 1, "minilm_jax.tasks": 1, "minilm_jax.cli": 1,

@@ -172,14 +172,6 @@ class AotReport:
         return dataclasses.asdict(self)
 
 
-def sharded_abstract(abstract: Any, shardings: Any) -> Any:
-    """``ShapeDtypeStruct``s carrying their shardings (no memory)."""
-    import jax
-
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
-
-
 def bytes_per_device(abstract: Any, shardings: Any) -> int:
     """Sum over leaves of the shard size on one device."""
     import jax
@@ -274,7 +266,7 @@ def _compile(config, devices, target: str, abstract_size: int | None, members: i
     abstract_state, state_sharding = program.state.abstract, program.state.shardings
     batch_shape = list(program.batch_shape)
     batch = program.abstract_batch()
-    state = sharded_abstract(abstract_state, state_sharding)
+    state = program.state.sharded_abstract()
 
     start = time.perf_counter()
     try:

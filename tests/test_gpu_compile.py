@@ -63,9 +63,10 @@ def test_the_pallas_kernels_compile_by_triton_for_each_card(compiled, card):
 @pytest.mark.parametrize("card", CARDS)
 def test_a_whole_step_runs_the_kernels_and_its_parts_add_up(compiled, card):
     """A whole step for each card (paper-1.25m's on the H100 at T = 128; on the others a small
-    one, one head and one FFN block at T = 32: gpu_compile_script.SMALL_POINT): the parts add up, every part is found by its named scope, the encoder is
-    its two kernels (a custom call in each of its parts) and a few small ones (58 unfused), and
-    Adam's moments are one vector (far fewer optimizer kernels than the 29 parameter leaves)."""
+    one, one head and one FFN block at T = 32: gpu_compile_script.SMALL_POINT): the parts add up,
+    every part is found by its named scope, the encoder is its two kernels (a custom call in each
+    of its parts) and a few small ones (58 unfused), and Adam's moments are one vector (far fewer
+    optimizer kernels than the 29 parameter leaves)."""
     row = compiled[card]
     parts = row["step_parts"]
     assert sum(parts.values()) == row["step_kernels"] > 0

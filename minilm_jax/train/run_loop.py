@@ -121,7 +121,7 @@ class LoopSpec(abc.ABC):
 
     def starting_state(self) -> Any:
         """What :func:`open_run` restores into: the state if built, else ``initial``."""
-        return self.initial if self._state is None and self.initial is not None else self.state
+        return self._state if self._state is not None else self.initial
 
     stopped_by: str | None = None  # the signal that stopped the last run_loop, if any
     stopped_at: int | None = None  # the step it saved before stopping

@@ -68,12 +68,15 @@ class BuiltState:
     shardings: Any
     init: Callable[..., Any]
 
+    def sharded_abstract(self) -> Any:
+        """The state as ``ShapeDtypeStruct``s carrying their shardings (no memory): what
+        ``checkpoint.abstract_like`` gives for the built state, and what ``aot`` lowers with."""
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            self.abstract, self.shardings)
+
     def unbuilt(self, *args: Any) -> UnbuiltState:
-        """The state ``init(*args)`` gives, built only if nothing is restored; its target is what
-        ``checkpoint.abstract_like`` gives for the built state."""
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              self.abstract, self.shardings)
-        return UnbuiltState(target=target, build=lambda: self.init(*args))
+        """The state ``init(*args)`` gives, built only if nothing is restored."""
+        return UnbuiltState(target=self.sharded_abstract(), build=lambda: self.init(*args))
 
 
 def build_state(make_model: Callable[[], nnx.Module], init_fn: Callable[..., Any], mesh: Any,

@@ -166,6 +166,7 @@ class AotReport:
     members: int = 0  # a population program of this many members (0: one run)
     kernels_per_step: int | None = None  # launches of one step (hlo_kernels), where compiled
     kernels_by_part: dict[str, int] | None = None
+    bytes_by_part: dict[str, int] | None = None  # what each part's launches write and read
     largest_kernels: list[dict[str, Any]] | None = None  # name, opcode, part, times, bytes
 
     def to_dict(self) -> dict[str, Any]:
@@ -313,6 +314,7 @@ def _compile(config, devices, target: str, abstract_size: int | None, members: i
     kernels = step_kernels(compiled.as_text(), steps_per_dispatch=k, platform=platform)
     report.kernels_per_step = kernels.total
     report.kernels_by_part = kernels.by_part()
+    report.bytes_by_part = kernels.bytes_by_part()
     report.largest_kernels = [dataclasses.asdict(launch) for launch in kernels.largest(largest)]
     return report
 
@@ -375,7 +377,13 @@ def format_report(r: AotReport, budget_gb: float) -> str:
                 else "launches in the optimized HLO")
         lines.append(f"  kernels per step   {r.kernels_per_step} ({what}, "
                      f"one step{f' of {r.members} members' if r.members else ''})")
-        lines += [f"    {part:<18} {count}" for part, count in r.kernels_by_part.items()]
+        moved = r.bytes_by_part or {}
+        lines += [f"    {part:<18} {count:<6}" + (f" {human_bytes(moved[part])} written + read"
+                                                  if part in moved else "")
+                  for part, count in r.kernels_by_part.items()]
+        if moved:
+            lines.append(f"    {'all parts':<18} {r.kernels_per_step:<6} "
+                         f"{human_bytes(sum(moved.values()))} written + read")
         if r.largest_kernels:
             lines.append("  largest kernels    (bytes written + read)")
             lines += [f"    {k['name']:<36} {k['part']:<17} {human_bytes(k['bytes'])}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from minilm_jax.hlo_kernels import kernels_per_step
+from minilm_jax.hlo_kernels import PARTS, kernels_per_step, step_kernels
 
 BRANCHES = """HloModule branches, is_scheduled=true
 
@@ -66,3 +66,50 @@ def test_async_update_and_done_launch_nothing():
         "async-update(%start)", "bitcast(%start)").replace("async-done(%update)",
                                                            "bitcast(%update)")
     assert kernels_per_step(bare) == 1
+
+
+SLICES = """HloModule slices, is_scheduled=true
+
+%leaf (v: f32[1000], s: f32[]) -> f32[10,5] {
+  %v = f32[1000]{0} parameter(0)
+  %s = f32[] parameter(1)
+  %b = f32[1000]{0} broadcast(%s), dimensions={}
+  %m = f32[1000]{0} multiply(%v, %b)
+  %part = f32[50]{0} slice(%m), slice={[100:150]}
+  ROOT %r = f32[10,5]{1,0} bitcast(%part)
+}
+
+%summed (v: f32[1000], s: f32[]) -> f32[10] {
+  %v = f32[1000]{0} parameter(0)
+  %s = f32[] parameter(1)
+  %rows = f32[10,100]{1,0} bitcast(%v)
+  ROOT %r = f32[10]{0} reduce(%rows, %s), dimensions={1}, to_apply=%add
+}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %c = f32[] add(%a, %b)
+}
+
+ENTRY %main (p0: f32[1000], p1: f32[]) -> (f32[10,5], f32[10], f32[10,5]) {
+  %p0 = f32[1000]{0} parameter(0)
+  %p1 = f32[] parameter(1)
+  %sliced = f32[10,5]{1,0} fusion(%p0, %p1), kind=kLoop, calls=%leaf
+  %reduced = f32[10]{0} fusion(%p0, %p1), kind=kLoop, calls=%summed
+  %input = f32[10,5]{1,0} fusion(%p0, %p1), kind=kInput, calls=%leaf
+  ROOT %t = (f32[10,5]{1,0}, f32[10]{0}, f32[10,5]{1,0}) tuple(%sliced, %reduced, %input)
+}
+"""
+
+
+def test_a_loop_fusion_that_slices_a_long_vector_reads_only_its_slice():
+    """Bytes per launch: a loop fusion of elementwise ops and a slice reads at most one element of
+    each operand per output element (50 of the 1,000: 4 * (50 + 50 + 1)); one that reduces, and a
+    fusion of another kind, read their operands whole (4 * (10 + 1000 + 1), 4 * (50 + 1000 + 1))."""
+    kernels = step_kernels(SLICES)
+    moved = {launch.name: launch.bytes for launch in kernels.launches}
+    assert moved == {"sliced": 4 * (50 + 50 + 1), "reduced": 4 * (10 + 1000 + 1),
+                     "input": 4 * (50 + 1000 + 1)}
+    assert kernels.total == 3
+    assert kernels.bytes_by_part() == {**{part: 0 for part in PARTS}, "other": sum(moved.values())}

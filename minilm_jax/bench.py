@@ -40,6 +40,8 @@ from minilm_jax.train.program import pretrain_program
 from minilm_jax.train.throughput import (compiled_cost, device_memory_stats,
                                          measured_copy_bandwidth, measured_matmul_peak, roofline)
 
+IMPL_FIELDS = ("layer_impl", "norm_impl")  # model fields a bench run may set (--layer, --norm)
+
 
 def synthetic_tokens(batch: int, seq_len: int, vocab: int, seed: int = 0) -> np.ndarray:
     tokens = np.random.default_rng(seed).integers(5, vocab, size=(batch, seq_len)).astype(np.int32)
@@ -59,15 +61,25 @@ def step_roofline(step_fn, state, data, step_seconds: float, peak: float,
                                                  steps_per_dispatch=steps_per_dispatch)}
 
 
+def model_impls(impls: dict[str, str] | None) -> dict[str, str]:
+    """The model fields that choose a formulation, each "auto" unless ``impls`` sets it:
+    ``layer_impl`` (``--layer``) and ``norm_impl`` (``--norm``)."""
+    unknown = set(impls or {}) - set(IMPL_FIELDS)
+    if unknown:
+        raise ValueError(f"not a formulation field: {sorted(unknown)}")
+    return {field: (impls or {}).get(field, "auto") for field in IMPL_FIELDS}
+
+
 def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
                attention: str, min_seconds: float = 2.0, loss_impl: str = "auto",
-               layer_impl: str = "auto", profile: int = 0) -> dict:
+               impls: dict[str, str] | None = None, profile: int = 0) -> dict:
     """One run's step: tokens/s, MFU, its cost and kernels; with ``profile`` > 0 also the device
-    time of its ``profile`` slowest kernels (:mod:`minilm_jax.kernel_profile`), printed."""
+    time of its ``profile`` slowest kernels (:mod:`minilm_jax.kernel_profile`), printed.
+    ``impls``: model fields that choose a formulation (:func:`model_impls`)."""
     config = pretrain_recipe.get_config(point)
     cfg = resolve_point(point, dtype=dtype, attention_impl=attention, mlm_loss_impl=loss_impl,
                         attention_dropout=0.1 if attention in ("einsum", "flash") else 0.0,
-                        layer_impl=layer_impl)
+                        **model_impls(impls))
     config.train.num_steps, config.train.batch_size = 10_000, batch
     config.train.grad_accum, config.train.steps_per_dispatch = 1, steps_per_dispatch
     config.eval.batch_size, config.seed = batch, 0
@@ -98,7 +110,7 @@ def bench_ours(point: str, batch: int, steps: int, dtype: str, steps_per_dispatc
             profiled = {"profile": {"busy_us_per_step": step_profile.busy_us, "kernels": [
                 vars(kernel) for kernel in step_profile.kernels[:profile]]}}
     return {"impl": "minilm-jax", "point": cfg.point, "batch": batch, "dtype": dtype,
-            "loss_impl": loss_impl, "layer_impl": layer_impl, **profiled,
+            "loss_impl": loss_impl, **model_impls(impls), **profiled,
             "steps_timed": dispatches * k, "seconds_timed": elapsed,
             "tokens_per_sec": seqs_s * cfg.max_len, "step_ms": 1000 * step_s,
             "model_flops_per_sec": seqs_s * flops, "mfu": seqs_s * flops / peak,
@@ -128,7 +140,7 @@ def timed(step_fn, state, data, steps: int, k: int, min_seconds: float):
 
 def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
                   steps_per_dispatch: int, impl: str = "auto", min_seconds: float = 2.0,
-                  loss_impl: str = "auto", layer_impl: str = "auto") -> dict:
+                  loss_impl: str = "auto", impls: dict[str, str] | None = None) -> dict:
     """Tokens/s, MFU and memory of ``members`` members (seeds 0..N-1, ``batch`` sequences each)
     trained by one population program (what a population run compiles)."""
     from minilm_jax.train.members import members_strategy
@@ -138,7 +150,8 @@ def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
     config = pretrain_recipe.get_config(point)
     cfg = resolve_point(point, dtype=dtype)
     config.model.dtype, config.model.mlm_loss_impl = cfg.dtype, loss_impl
-    config.model.layer_impl = layer_impl
+    for field, value in model_impls(impls).items():
+        config.model[field] = value
     config.train.num_steps, config.train.batch_size = 10_000, batch
     config.train.grad_accum, config.train.steps_per_dispatch = 1, steps_per_dispatch
     config.eval.batch_size = batch
@@ -156,7 +169,7 @@ def bench_members(point: str, members: int, batch: int, steps: int, dtype: str,
     peak = measured_matmul_peak("bfloat16" if dtype == "bfloat16" else "float32")
     step_s = elapsed / (dispatches * steps_per_dispatch)
     return {"members": members, "impl": members_strategy(impl), "point": cfg.point,
-            "batch": batch, "dtype": dtype, "loss_impl": loss_impl, "layer_impl": layer_impl,
+            "batch": batch, "dtype": dtype, "loss_impl": loss_impl, **model_impls(impls),
             "seconds_timed": elapsed,
             "step_ms": 1000 * step_s,
             **step_roofline(program.train_step, cost_state, data, step_s, peak,
@@ -222,7 +235,8 @@ def bench_hf(point: str, batch: int, steps: int, threads: int, dtype: str = "flo
 
 def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per_dispatch: int,
                   tokens_per_run: float, limit: int = 0, min_seconds: float = 2.0,
-                  seeds: int = 1, impl: str = "auto", layer_impl: str = "auto") -> dict:
+                  seeds: int = 1, impl: str = "auto", impls: dict[str, str] | None = None
+                  ) -> dict:
     """Measure tokens/s of every distinct point of a sweep and project its pre-training time:
     ``tokens_per_run`` tokens (one epoch of the paper's corpus: 1.16e9) per run. With ``seeds`` > 1
     every run is ``seeds`` pre-training seeds packed into one population (``impl``): its time is
@@ -236,7 +250,7 @@ def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per
     for point in points:
         count = sum(r.point == point for r in runs)
         measured = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum", min_seconds,
-                              layer_impl=layer_impl)
+                              impls=impls)
         one_seed = tokens_per_run / measured["tokens_per_sec"] / 3600 * count
         row = {"point": point, "tokens_per_sec": measured["tokens_per_sec"],
                "mfu": measured["mfu"], "hours": one_seed}
@@ -244,7 +258,7 @@ def project_sweep(sweep_spec: str, batch: int, steps: int, dtype: str, steps_per
                 f"{100 * measured['mfu']:5.1f}%  {one_seed:8.3f} h")
         if seeds > 1:
             packed = bench_members(point, seeds, batch, steps, dtype, steps_per_dispatch, impl,
-                                   min_seconds, layer_impl=layer_impl)
+                                   min_seconds, impls=impls)
             hours = tokens_per_run * seeds / packed["tokens_per_sec"] / 3600 * count
             row.update(hours=hours, one_seed_hours=one_seed, seeds=seeds,
                        packed_tokens_per_sec=packed["tokens_per_sec"], packed_mfu=packed["mfu"],
@@ -272,12 +286,14 @@ def bytes_text(row: dict) -> str:
 
 def members_table(point: str, counts: list[int], batch: int, steps: int, dtype: str,
                   steps_per_dispatch: int, impl: str, min_seconds: float,
-                  loss_impl: str = "auto", layer_impl: str = "auto") -> dict:
+                  loss_impl: str = "auto", impls: dict[str, str] | None = None) -> dict:
     """:func:`bench_members` for each count, next to one separate run (the ratio's reference)."""
     alone = bench_ours(point, batch, steps, dtype, steps_per_dispatch, "einsum", min_seconds,
-                       loss_impl, layer_impl)
+                       loss_impl, impls)
+    chosen = model_impls(impls)
     print(f"device {jax.devices()[0]}  point {alone['point']}  batch {batch}x128 per member  "
-          f"dtype {dtype}  loss {loss_impl}  layer {layer_impl}")
+          f"dtype {dtype}  loss {loss_impl}  layer {chosen['layer_impl']}  "
+          f"norm {chosen['norm_impl']}")
     print(f"one separate run: {alone['tokens_per_sec']:>12,.0f} tokens/s  MFU "
           f"{100 * alone['mfu']:5.1f}%  {alone['step_ms']:.3f} ms/step  {bytes_text(alone)}")
     print(f"{'members':>7} {'impl':>5} {'tokens/s':>14} {'per member':>12} {'MFU':>6} "
@@ -287,7 +303,7 @@ def members_table(point: str, counts: list[int], batch: int, steps: int, dtype: 
         tried = []
         for each in (("vmap", "map") if impl == "both" else (impl,)):
             row = bench_members(point, n, batch, steps, dtype, steps_per_dispatch, each,
-                                min_seconds, loss_impl, layer_impl)
+                                min_seconds, loss_impl, impls)
             row["vs_one_run"] = row["tokens_per_sec"] / alone["tokens_per_sec"]
             memory = (row["memory"] or {}).get("peak_bytes_in_use")
             print(f"{n:>7} {row['impl']:>5} {row['tokens_per_sec']:>14,.0f} "
@@ -365,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layer", default="auto", choices=["auto", "xla", "fused"],
                         help="encoder layer and embeddings (model.layer_impl; fused: Pallas "
                              "kernels, auto: the modules)")
+    parser.add_argument("--norm", default="auto", choices=["auto", "xla", "gpu"],
+                        help="the modules' LayerNorm (model.norm_impl; gpu: fewer launches, "
+                             "more bytes; auto: gpu on a GPU)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile 10 steps and print the N slowest kernels by device "
                              "time (a GPU's; one run only)")
@@ -386,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                              "by how much)")
     args = parser.parse_args(argv)
     refuse_flags_out_of_range(parser, args)
+    impls = {"layer_impl": args.layer, "norm_impl": args.norm}
     if args.members:
         try:
             counts = [int(x) for x in args.members.split(",") if x]
@@ -393,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--members={args.members!r}: expected counts such as 1,4,16")
         table = members_table(args.point, counts, args.batch, args.steps, args.dtype,
                               args.steps_per_dispatch, args.members_impl, args.min_seconds,
-                              args.loss_impl, args.layer)
+                              args.loss_impl, impls)
         if args.json:
             atomic_write_json(args.json, table)
         return 0
@@ -401,14 +421,14 @@ def main(argv: list[str] | None = None) -> int:
         projected = project_sweep(args.sweep, args.batch, args.steps, args.dtype,
                                   args.steps_per_dispatch, args.sweep_tokens, args.sweep_limit,
                                   args.min_seconds, args.sweep_seeds, args.members_impl,
-                                  args.layer)
+                                  impls)
         if args.json:
             atomic_write_json(args.json, projected | {"jax": jax.__version__, "batch": args.batch,
                                                       "dtype": args.dtype})
         return 0
 
     ours = bench_ours(args.point, args.batch, args.steps, args.dtype, args.steps_per_dispatch,
-                      args.attention, args.min_seconds, args.loss_impl, args.layer,
+                      args.attention, args.min_seconds, args.loss_impl, impls,
                       args.profile)
     results = {"device": str(jax.devices()[0]), "jax": jax.__version__, "ours": ours}
     if args.hf:

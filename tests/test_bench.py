@@ -198,3 +198,32 @@ def test_picked_row_takes_the_larger_aggregate():
     picked = bench.picked_row(rows)
     assert picked["impl"] == "map" and picked["compared"] == {"vmap": 300.0, "map": 400.0}
     assert picked["picked_because"] == "1.33x vmap's tokens/s (2.000 ms a step against 1.500)"
+
+
+class Built(Exception):
+    """Raised by a stand-in program builder: what the bench would have compiled, not compiled."""
+
+
+def test_formulation_options_reach_the_program_it_compiles(monkeypatch):
+    """``--layer``/``--norm`` (``impls``) are the model fields of the program a bench run and a
+    members run build; unset ones are "auto"; a field that chooses no formulation is refused."""
+    import minilm_jax.train.program as program
+
+    def capture(*args, model=None, **kwargs):
+        raise Built(model if model is not None else args[0][0].model)
+
+    monkeypatch.setattr(bench, "pretrain_program", capture)
+    monkeypatch.setattr(program, "population_program", capture)
+    with pytest.raises(Built) as built:
+        bench.bench_ours(POINT, batch=2, steps=1, dtype="float32", steps_per_dispatch=1,
+                         attention="einsum", impls={"norm_impl": "gpu"})
+    cfg = built.value.args[0]
+    assert (cfg.norm_impl, cfg.layer_impl) == ("gpu", "auto")
+    with pytest.raises(Built) as built:
+        bench.bench_members(POINT, 2, batch=2, steps=1, dtype="float32", steps_per_dispatch=1,
+                            impls={"norm_impl": "xla", "layer_impl": "xla"})
+    model = built.value.args[0]
+    assert (model.norm_impl, model.layer_impl) == ("xla", "xla")
+    assert bench.model_impls(None) == {"layer_impl": "auto", "norm_impl": "auto"}
+    with pytest.raises(ValueError, match="dropout_rng"):
+        bench.model_impls({"dropout_rng": "threefry"})

@@ -248,6 +248,10 @@ def test_the_full_check_holds_only_the_encoders_kernels_to_sixty(tmp_path):
     assert fused.args[:4] == ("--point", "paper-1.25m", "--layer", "fused")
     assert fused.sides == ("now",) and fused.deviceless and fused.dump
     assert default.now_args == fused.now_args == ("--profile", "15") and not flash.now_args
+    large, norm = by_name["base-large one run"], by_name["base-large one run, nnx LayerNorm"]
+    assert norm.args == (*large.args[:2], "--norm", "xla", *large.args[2:])
+    assert norm.sides == ("now",) and [t.key for t in norm.targets] == ["mfu"]
+    assert [f.name for f in figs].index(norm.name) > [f.name for f in figs].index(large.name)
     values = {(default.name, "now"): {"tokens_per_sec": 3e7, "kernels_per_step": 129},
               (fused.name, "now"): {"tokens_per_sec": 2e7, "kernels_per_step": 59}}
     rows = target_rows([default, fused], values)

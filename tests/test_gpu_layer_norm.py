@@ -1,6 +1,7 @@
 """The LayerNorm a GPU program runs (model.layers.LayerNorm: two-pass statistics, its gradient written
 out as a custom VJP) is nnx.LayerNorm's function: values and gradients equal to nnx's and autodiff's
-within float32 rounding, checked here on the CPU against a float64 reference."""
+within float32 rounding, checked here on the CPU against a float64 reference; which form a model
+runs is ``model.norm_impl`` (auto: the GPU's in a program built for a GPU)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from minilm_jax.model.config import ConfigError
 from minilm_jax.model.layers import LayerNorm
+from minilm_jax.model.sizes import resolve_point
 from minilm_jax.model.target_platform import building_for
 
 ULP = 2.0 ** -23
 
 
-def module(dim: int) -> LayerNorm:
-    ln = LayerNorm(dim, epsilon=1e-12, dtype=jnp.float32, rngs=nnx.Rngs(0))
+def module(dim: int, impl: str = "auto") -> LayerNorm:
+    ln = LayerNorm(dim, epsilon=1e-12, dtype=jnp.float32, rngs=nnx.Rngs(0), impl=impl)
     rng = np.random.default_rng(1)
     ln.scale.value = jnp.asarray(rng.normal(1.0, 0.3, dim), jnp.float32)
     ln.bias.value = jnp.asarray(rng.normal(0.0, 0.3, dim), jnp.float32)
@@ -75,3 +78,37 @@ def test_the_gpu_layer_norm_is_nnx_layer_norm(dtype):
         np.testing.assert_allclose(got_grads[name].value, grads[name].value, rtol=0,
                                    atol=rows * 8 * 4 * ULP * float(np.max(np.abs(cotangent))))
     assert abs(float(got_loss) - float(loss)) <= 1e-4 * abs(float(loss)) + 1e-5
+
+
+def custom_vjps(fn, *args) -> int:
+    """The custom-VJP calls in the jaxpr of ``fn(*args)`` (the GPU form is one per norm)."""
+    return str(jax.make_jaxpr(fn)(*args)).count("custom_vjp_call")
+
+
+@pytest.mark.parametrize("impl, target, gpu_form", [
+    ("auto", "cpu", False), ("auto", "gpu", True), ("xla", "gpu", False), ("gpu", "cpu", True)])
+def test_norm_impl_picks_the_form(impl, target, gpu_form):
+    """``impl`` (model.norm_impl) decides the form whatever the target: "xla" is nnx.LayerNorm's
+    own jaxpr on a GPU build too; "gpu" the custom VJP on a CPU build too."""
+    ln, x = module(8, impl), jnp.ones((2, 8), jnp.float32)
+    with building_for(target):
+        assert ln.gpu_form() is gpu_form
+        assert custom_vjps(lambda v: ln(v), x) == int(gpu_form)
+        if not gpu_form:  # exactly nnx.LayerNorm's function
+            plain = nnx.LayerNorm(8, epsilon=1e-12, dtype=jnp.float32, rngs=nnx.Rngs(0))
+            plain.scale.value, plain.bias.value = ln.scale.value, ln.bias.value
+            np.testing.assert_array_equal(ln(x * 3.0 + jnp.arange(8.0)),
+                                          plain(x * 3.0 + jnp.arange(8.0)))
+
+
+def test_a_model_passes_norm_impl_to_every_norm():
+    """Each of an encoder's norms (embeddings, layers, head) takes the model's ``norm_impl``;
+    an unknown value is one ConfigError naming the field."""
+    from minilm_jax.model.models import build_mlm
+
+    for impl in ("xla", "gpu"):
+        model = build_mlm(resolve_point("E16-H16-I32-L2-A2-V300", norm_impl=impl))
+        norms = [m for _, m in model.iter_modules() if isinstance(m, nnx.LayerNorm)]
+        assert len(norms) >= 2 + 2 * 2 and all(n.impl == impl for n in norms)
+    with pytest.raises(ConfigError, match="model.norm_impl"):
+        resolve_point("E16-H16-I32-L2-A2-V300", norm_impl="fast")

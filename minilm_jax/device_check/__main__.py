@@ -56,7 +56,7 @@ def run(baseline: str, quick: bool, budget_s: float, out_dir: Path) -> int:
         base = baseline_side(baseline, scratch)
         sides = [base, now]
         found = check_prerequisites(base, now, quick, options,
-                                    now_options=["flash", "both", "--layer", "--profile"])
+                                    now_options=["flash", "both", "--layer", "--norm", "--profile"])
         print(f"device check: {found['device']}, jax {found['jax']} ({found['backend']}); "
               f"baseline {base.label}, now {now.label}; budget {budget_s:.0f} s"
               f"{'; quick: tiny sizes' if quick else ''}", flush=True)

@@ -101,6 +101,8 @@ def deviceless_kernels(side: Side, bench_args: tuple[str, ...], out: Path, log,
         args.append(f"--config.model.attention_impl={options['--attention']}")
     if "--layer" in options:
         args.append(f"--config.model.layer_impl={options['--layer']}")
+    if "--norm" in options:
+        args.append(f"--config.model.norm_impl={options['--norm']}")
     env = dict(side_env(side, None), JAX_PLATFORMS="cpu", JAX_SKIP_CUDA_CONSTRAINTS_CHECK="1")
     try:
         result = subprocess.run([sys.executable, "-c", RUNNER, str(side.tree), "minilm_jax.aot",

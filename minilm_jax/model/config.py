@@ -13,6 +13,7 @@ ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "flash")
 DROPOUT_RNGS = ("hash", "threefry")
 LOSS_IMPLS = ("auto", "fused", "logits", "kernel")
 LAYER_IMPLS = ("auto", "xla", "fused")
+NORM_IMPLS = ("auto", "xla", "gpu")
 POOLERS = ("cls_tanh", "weighted_sum")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -59,6 +60,11 @@ class ModelConfig:
     # model/embed_kernel.py) or "auto" (xla on every backend: on an H200 the kernels' step was
     # the slower, docs/performance.md "Device check").
     layer_impl: str = "auto"
+    # LayerNorm of the modules: "xla" (nnx.LayerNorm), "gpu" (the same function written for XLA's
+    # GPU fusions: two-pass statistics, a gradient that keeps only the input and recomputes them;
+    # fewer launches, more bytes: docs/performance.md) or "auto" (gpu in a program built for a
+    # GPU, xla elsewhere). The fused layer's kernels compute their own.
+    norm_impl: str = "auto"
     pad_id: int = 1
     # Study B's convolutional front end (arch "bert_conv"): conv_layers 3x3 convs of conv_channels.
     conv_layers: int = 0
@@ -85,6 +91,7 @@ class ModelConfig:
         need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
              f"must be one of {ATTENTION_IMPLS}")
         need(self.layer_impl in LAYER_IMPLS, "layer_impl", f"must be one of {LAYER_IMPLS}")
+        need(self.norm_impl in NORM_IMPLS, "norm_impl", f"must be one of {NORM_IMPLS}")
         need(self.mlm_loss_impl in LOSS_IMPLS, "mlm_loss_impl", f"must be one of {LOSS_IMPLS}")
         need(isinstance(self.mlm_loss_chunk, int) and self.mlm_loss_chunk > 0, "mlm_loss_chunk",
              "must be a positive integer")

@@ -88,12 +88,23 @@ _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNorm(nnx.LayerNorm):
-    """``nnx.LayerNorm`` (statistics in float32); in a program built for a GPU, the same function
-    written for XLA's GPU fusions: the forward's statistics in two passes (mean, then the mean
-    square of the centred values: fused with the normalisation into one kernel) and its gradient
-    a custom VJP that keeps only the input, recomputes the statistics in the kernel that needs
-    them and reduces the scale and bias gradients together (step 154 -> 143 kernels on the H100).
-    The same values within float32 rounding; elsewhere exactly ``nnx.LayerNorm``."""
+    """``nnx.LayerNorm`` (statistics in float32); with ``impl`` "gpu" (``model.norm_impl``; "auto"
+    in a program built for a GPU), the same function written for XLA's GPU fusions: the forward's
+    statistics in two passes (mean, then the mean square of the centred values: fused with the
+    normalisation into one kernel) and its gradient a custom VJP that keeps only the input,
+    recomputes the statistics in the kernel that needs them and reduces the scale and bias
+    gradients together (step 154 -> 143 kernels on the H100, and 6% more bytes at `base-large`).
+    The same values within float32 rounding; with "xla" exactly ``nnx.LayerNorm``."""
+
+    def __init__(self, *args, impl: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.impl = impl
+
+    def gpu_form(self) -> bool:
+        """Whether this norm runs its GPU formulation (``impl``, and :meth:`plain`)."""
+        wanted = self.impl == "gpu" or (self.impl == "auto"
+                                        and target_platform.platform() == "gpu")
+        return wanted and self.plain()
 
     def plain(self) -> bool:
         """With a scale and a bias, over the last axis, with the fast variance: the function this
@@ -102,7 +113,7 @@ class LayerNorm(nnx.LayerNorm):
                 and tuple(np.atleast_1d(self.reduction_axes)) == (-1,))
 
     def __call__(self, x, *, mask=None):
-        if mask is not None or target_platform.platform() != "gpu" or not self.plain():
+        if mask is not None or not self.gpu_form():
             return super().__call__(x, mask=mask)
         y = _layer_norm(x, self.scale[...].astype(jnp.float32),
                         self.bias[...].astype(jnp.float32), float(self.epsilon))
@@ -112,7 +123,7 @@ class LayerNorm(nnx.LayerNorm):
 def make_layer_norm(cfg: ModelConfig, dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # LayerNorm statistics are computed in float32 even under bf16 compute.
     return LayerNorm(dim, epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
-                     param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+                     param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs, impl=cfg.norm_impl)
 
 
 def runs_kernels(cfg: ModelConfig, what: str, why_not: Callable[[], str | None]) -> bool:

@@ -31,6 +31,7 @@ from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.errors import one_line
 from minilm_jax.hlo_kernels import compiled_kernels
 from minilm_jax.configs import pretrain as pretrain_recipe
+from minilm_jax.model.config import LAYER_IMPLS, NORM_IMPLS
 from minilm_jax.model.sizes import resolve_point
 from minilm_jax.settings.mlm_cap import effective_max_predictions
 from minilm_jax.storage import atomic_write_json
@@ -378,10 +379,10 @@ def main(argv: list[str] | None = None) -> int:
                              "without attention dropout, flash with it in the kernel)")
     parser.add_argument("--loss_impl", default="auto", choices=["auto", "fused", "logits", "kernel"],
                         help="MLM output layer + loss implementation (model.mlm_loss_impl)")
-    parser.add_argument("--layer", default="auto", choices=["auto", "xla", "fused"],
+    parser.add_argument("--layer", default="auto", choices=LAYER_IMPLS,
                         help="encoder layer and embeddings (model.layer_impl; fused: Pallas "
                              "kernels, auto: the modules)")
-    parser.add_argument("--norm", default="auto", choices=["auto", "xla", "gpu"],
+    parser.add_argument("--norm", default="auto", choices=NORM_IMPLS,
                         help="the modules' LayerNorm (model.norm_impl; gpu: fewer launches, "
                              "more bytes; auto: gpu on a GPU)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",

@@ -96,18 +96,19 @@ class StepKernels:
     def total(self) -> int:
         return sum(launch.times for launch in self.launches)
 
-    def by_part(self) -> dict[str, int]:
-        counts = Counter()
+    def _per_part(self, each) -> dict[str, int]:
+        """``each(launch) * launch.times`` summed per part (:data:`PARTS`' order)."""
+        sums = Counter()
         for launch in self.launches:
-            counts[launch.part] += launch.times
-        return {part: counts.get(part, 0) for part in PARTS}
+            sums[launch.part] += each(launch) * launch.times
+        return {part: sums.get(part, 0) for part in PARTS}
+
+    def by_part(self) -> dict[str, int]:
+        return self._per_part(lambda launch: 1)
 
     def bytes_by_part(self) -> dict[str, int]:
-        """Bytes the launches of each part write and read in one step (:data:`PARTS`' order)."""
-        moved = Counter()
-        for launch in self.launches:
-            moved[launch.part] += launch.bytes * launch.times
-        return {part: moved.get(part, 0) for part in PARTS}
+        """Bytes the launches of each part write and read in one step."""
+        return self._per_part(lambda launch: launch.bytes)
 
     def largest(self, n: int = 5) -> list[Launch]:
         """The ``n`` launches that move the most bytes."""
@@ -140,26 +141,26 @@ def _array_bytes(shape_text: str) -> int:
     return sum(n * bits // 8 for n, bits in _elements(shape_text))
 
 
-def _one_read_per_output(ins: Instruction, computations: dict[str, list[Instruction]]) -> bool:
-    """Whether ``ins`` reads at most one element of each operand per output element: a loop
-    fusion (``kind=kLoop``: one thread per output element) of elementwise ops, slices, gathers,
-    broadcasts and reshapes only, with no reduction, product, sort or scatter inside."""
+def _elements_read(ins: Instruction, computations: dict[str, list[Instruction]]) -> int | None:
+    """The most elements ``ins`` reads of any one operand where that is known: the elements of its
+    largest output, for a loop fusion (``kind=kLoop``: one thread per output element) of
+    elementwise ops, slices, gathers, broadcasts and reshapes only, with no reduction, product,
+    sort or scatter inside (one element of each operand per output element); else None."""
     if ins.opcode != "fusion" or "kind=kLoop" not in ins.rest:
-        return False
+        return None
     fused = _FUSED.search(ins.rest)
     body = computations.get(fused[1]) if fused else None
-    return body is not None and not any(op.opcode in _MANY_READS for op in body)
+    if body is None or any(op.opcode in _MANY_READS for op in body):
+        return None
+    return max((n for n, _ in _elements(ins.shape)), default=0)
 
 
-def _read_bytes(operand_shape: str, ins: Instruction, one_read: bool) -> int:
-    """Bytes ``ins`` reads of one operand: the whole array, or where it reads one element per
-    output element (:func:`_one_read_per_output`) no more elements than its largest output has;
-    so a fusion that slices one leaf out of a long raveled vector counts that leaf only."""
-    whole = _array_bytes(operand_shape)
-    if not one_read:
-        return whole
-    out = max((n for n, _ in _elements(ins.shape)), default=0)
-    return min(whole, sum(min(n, out) * bits // 8 for n, bits in _elements(operand_shape)))
+def _read_bytes(operand_shape: str, limit: int | None) -> int:
+    """Bytes read of one operand: the whole array, or no more than ``limit`` elements of each of
+    its arrays (:func:`_elements_read`); so a fusion that slices one leaf out of a long raveled
+    vector counts that leaf only."""
+    return sum((n if limit is None else min(n, limit)) * bits // 8
+               for n, bits in _elements(operand_shape))
 
 
 def part_of(op_name: str) -> str:
@@ -229,9 +230,9 @@ def step_kernels(hlo_text: str, steps_per_dispatch: int = 1, platform: str = "gp
             elif _launches_a_kernel(ins.opcode, platform):
                 op_name = _OP_NAME.search(ins.rest)
                 operands = re.findall(r"%([^\s,()]+)", ins.rest[:ins.rest.find(")")])
-                one_read = _one_read_per_output(ins, computations)
-                size = _array_bytes(ins.shape) + sum(
-                    _read_bytes(shapes.get(o, ""), ins, one_read) for o in operands)
+                limit = _elements_read(ins, computations)
+                size = _array_bytes(ins.shape) + sum(_read_bytes(shapes.get(o, ""), limit)
+                                                     for o in operands)
                 found.append(Launch(ins.name, ins.opcode, part_of(op_name[1] if op_name else ""),
                                     1, size))
         expanded[name] = found

@@ -89,9 +89,9 @@ getattr(test_population, sys.argv[1])(*map(Path, sys.argv[2:]))
 
 
 def run_exact(function, *paths: Path) -> None:
-    """Runs ``function(*paths)`` in a command with XLA's default code generation
+    """Runs ``function(*paths)`` in a command with the exact code generation
     (conftest.exact_xla_flags), where a population equals its separate runs bit for bit (not at
-    the suite's fast-compile opt level), and population_env's 8 fake devices: the device count
+    the suite's fast-compile opt level 0), and population_env's 8 fake devices: the device count
     changes XLA's CPU code too, so both sides of a bit-for-bit comparison use the same."""
     out = subprocess.run([sys.executable, "-c", EXACT_COMMAND, function.__name__,
                           *map(str, paths)], cwd=REPO, env=population_env(),
@@ -188,7 +188,7 @@ def test_a_diverging_member_stops_alone(trained, word_shards, tmp_path):
     assert find_checkpoint(tmp_path / "bad", "latest")[0] == bad.step  # its last finite state
     # the healthy member trained as if alone: as m0's separate run (``trained``: the same
     # config but for the snapshots it keeps), within 8 steps' rounding (this population is
-    # compiled at the suite's opt level, ``trained`` with XLA's default code); a member disturbed
+    # compiled at the suite's opt level, ``trained`` with the exact flags); a member disturbed
     # by its diverged neighbour (a NaN in a shared sum, a skipped or repeated step) is far outside
     ours, alone = train_losses(tmp_path / "ok"), train_losses(trained[0] / "solo" / "m0")
     assert ours.keys() == alone.keys()
@@ -239,8 +239,8 @@ def population_cli(shards, workdir):
 
 
 def population_env():
-    """The command's environment: 8 fake CPU devices (it trains on one of them) and XLA's default
-    code generation, under which its members equal ``trained``'s separate runs bit for bit."""
+    """The command's environment: 8 fake CPU devices (it trains on one of them) and the exact code
+    generation (conftest.exact_xla_flags), under which its members equal ``trained``'s separate runs bit for bit."""
     return {**cli_env(), "XLA_FLAGS": exact_xla_flags(8)}
 
 

@@ -356,8 +356,8 @@ def pretrain_args(shards: Path, workdir: Path, arch: str, *extra: str) -> list[s
 
 
 def pretrain_env() -> dict[str, str]:
-    """XLA's default code generation (a lax.map population equals its separate runs bit for bit
-    there; tests/test_population.py) with 8 fake devices, and this folder importable."""
+    """The exact code generation (conftest.exact_xla_flags: a lax.map population equals its
+    separate runs bit for bit there; tests/test_population.py) with 8 fake devices, and this folder importable."""
     import os
 
     return {**os.environ, "XLA_FLAGS": exact_xla_flags(8), "PYTHONUNBUFFERED": "1",
@@ -449,7 +449,7 @@ def train_losses(workdir: Path) -> dict[int, float]:
 
 def test_pretraining_resumes_bit_identically_and_a_population_trains_the_variant(pipeline):
     """The run killed after its step-4 checkpoint resumes from it and ends bit-identical to the
-    population's seed-0 member (a lax.map member equals its separate run under XLA's default code
+    population's seed-0 member (a lax.map member equals its separate run under the exact code
     generation), losses included; the members differ; every run holds the variant's tree and
     records its counts (parameters = the tree, derived)."""
     from minilm_jax.runs.pretrained import PretrainedRun

@@ -343,3 +343,33 @@ def test_a_zombie_holder_is_gone_and_wakes_a_waiting_worker(tmp_path):
     wait_until(woke.is_set)  # not 600 s
     waiter.join()
     child.wait()
+
+
+def test_a_claim_released_before_the_wait_began_wakes_the_worker_at_once(root):
+    """A worker that found a unit held, then waits: the holder released it between the worker's
+    look and its wait (a unit failing at once does). The wait compares with what the look saw
+    (``since``), so it returns at once, not after its timeout (30 s in a sweep; 600 here);
+    without ``since`` nothing changes after the call and it waits the full timeout."""
+    unit = root / "runs" / "a" / "pretrain"
+    status = SweepStatus(root).folder
+    held = board(root).try_claim([unit], "pretrain")
+    assert held is not None
+    looked = board(root).snapshot([status])
+    assert board(root).try_claim([unit], "pretrain") is None  # another worker's look: held
+    held.release()  # before the looking worker waits
+    woke = threading.Event()
+    waiter = threading.Thread(target=lambda: (board(root).wait_for_change(600, [status],
+                                                                          since=looked),
+                                              woke.set()), daemon=True)
+    waiter.start()
+    wait_until(woke.is_set)  # not 600 s
+    assert board(root).snapshot([status]) != looked
+    # a stage record written after the look wakes it too
+    looked = board(root).snapshot([status])
+    SweepStatus(root).record("a", "pretrain", "failed")
+    woke.clear()
+    waiter = threading.Thread(target=lambda: (board(root).wait_for_change(600, [status],
+                                                                          since=looked),
+                                              woke.set()), daemon=True)
+    waiter.start()
+    wait_until(woke.is_set)

@@ -258,18 +258,25 @@ class ClaimBoard:
             except Exception as err:  # left behind: stale once this process is gone
                 print(f"warning: could not release claim {path}: {err}", flush=True)
 
-    def wait_for_change(self, timeout: float, folders: Sequence[str | os.PathLike] = ()) -> None:
+    def snapshot(self, folders: Sequence[str | os.PathLike] = ()) -> tuple:
+        """The claims by name (a heartbeat is no change) and the files of ``folders`` by stamp: what
+        :meth:`wait_for_change` compares with."""
+        return (tuple(sorted(exclusive_files.listing(self.folder))),
+                *(tuple(sorted(exclusive_files.listing(f).items())) for f in folders))
+
+    def wait_for_change(self, timeout: float, folders: Sequence[str | os.PathLike] = (),
+                        since: tuple | None = None) -> None:
         """Return when a claim is made or released, a file of ``folders`` changes, or the process
         holding a claim on this host ends (killed: its unit is free at once), or after ``timeout``
-        seconds (a stale claim of another host is noticed by the next look). A local root is
-        looked at every 0.2 s, a bucket every 2 s."""
-        def snapshot() -> tuple:  # claims by name (a heartbeat is no change), records by stamp
-            return (tuple(sorted(exclusive_files.listing(self.folder))),
-                    *(tuple(sorted(exclusive_files.listing(f).items())) for f in folders))
+        seconds (a stale claim of another host is noticed by the next look). ``since``: the
+        :meth:`snapshot` taken when the caller last looked (at once if anything changed since:
+        a claim released between that look and this call is not missed); default, now. A local
+        root is looked at every 0.2 s, a bucket every 2 s."""
         every = 2.0 if is_remote(self.folder) else 0.2
-        before, end = snapshot(), time.monotonic() + timeout
+        before = self.snapshot(folders) if since is None else since
+        end = time.monotonic() + timeout
         local = self._local_holders()
-        while time.monotonic() < end and snapshot() == before:
+        while time.monotonic() < end and self.snapshot(folders) == before:
             if any(not process_alive(pid) for pid in local):
                 return
             time.sleep(every)

@@ -326,6 +326,7 @@ class SweepRunner:
         started, interrupted, seen = _launched_at(), None, set()
         while interrupted is None:
             waiting = False  # a unit held by another worker, or waiting for its pre-training
+            looked = self.claims.snapshot([self.layout.status_dir])  # what this pass saw
             for i, run in enumerate(selected, 1):
                 worked = False
                 for stage, workdir, make, holds in self.stages(run):
@@ -379,7 +380,7 @@ class SweepRunner:
                 break
             if interrupted is None:
                 self.claims.wait_for_change(min(WAIT_SECONDS, 3 * self.claims.heartbeat),
-                                            [self.layout.status_dir])
+                                            [self.layout.status_dir], since=looked)
         if self._stop.signal and not interrupted:  # after the last stage's run loop
             interrupted = (selected[-1].name if selected else "", "after its last stage")
         self.settle(selected)

@@ -20,6 +20,7 @@ from minilm_jax.runs import running as reading
 from minilm_jax.train import seal
 from minilm_jax.train.checkpoint import CheckpointError, find_checkpoint
 
+from conftest import slow_pretrain_script
 from test_pretrain import REPO, cli_env
 
 POINT = "E32-H32-I64-L1-A2-V600"  # zorro_shards: a 600-piece BPE tokenizer, 64-token rows
@@ -276,9 +277,13 @@ def test_the_tokenizer_is_looked_up_in_run_start_then_summary_then_the_shards(fi
 @pytest.fixture(scope="module")
 def running(zorro_shards, tmp_path_factory):
     """A pre-training that goes on for far longer than the tests (killed at the end), once its
-    first best step is sealed."""
+    first best step is sealed. After its 4th step it takes one step a second (still evaluating,
+    replacing its best and saving every 2 steps): a run at full speed would take a core from the
+    rest of the suite for as long as these tests read it."""
     workdir = tmp_path_factory.mktemp("running") / "run"
-    proc = subprocess.Popen(pretrain_cli(zorro_shards, workdir, 1_000_000), cwd=REPO,
+    slow = slow_pretrain_script("minilm_jax.train.pretrainer:Pretrainer", after=4)
+    proc = subprocess.Popen([sys.executable, "-c", slow,
+                             *pretrain_cli(zorro_shards, workdir, 1_000_000)[3:]], cwd=REPO,
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:

@@ -26,6 +26,7 @@ from minilm_jax.model.xent_kernel import kernel_linear_xent  # noqa: E402
 
 TRITON = "__gpu$xla.gpu.triton"
 SMALL_POINT = "E32-H32-I32-L1-A1-V1000"  # the small step's model (cards other than the H100)
+SHORT_CARDS = ("l4",)  # cards whose small step runs at T = 32 (the layer kernel's 4 warps)
 
 
 def compiled_text(fn, device, *shapes) -> str:
@@ -54,7 +55,8 @@ def main(cards: list[str]) -> None:
     """Every card: the flash-attention and output-layer kernels' forward and backward, and a
     whole step with ``layer_impl="fused"`` (the embeddings' and encoder layer's kernels):
     paper-1.25m's on the H100 at T = 128 (the layer's 8-warp configuration), on the A100 and L4
-    a small one (:data:`SMALL_POINT` at T = 32)."""
+    a small one (:data:`SMALL_POINT`; at T = 128 on the A100, the step the device check's
+    deviceless count is checked against, and T = 32 on the L4: the 4-warp configuration)."""
     for card in cards:
         device = cuda_devices(card)[0]
         row = {"card": card, "kind": device.device_kind}
@@ -86,15 +88,15 @@ def main(cards: list[str]) -> None:
                 "flash_kernels": step_kernels(flash).total,
                 "xent_triton_calls": out.count(TRITON), "xent_kernels": step_kernels(out).total,
                 "head_triton_calls": head_text.count(TRITON)})
-            # The H100's step is the figure's; the others a small one: T = 32 (4 warps), one head
-            # and one FFN block of H (the layer kernel unrolls its heads and FFN blocks: Triton
-            # compiles it in ~7 CPU-seconds instead of ~19 at paper-1.25m's two heads and four
-            # blocks; the kernel's instructions are the same, only repeated less)
+            # The H100's step is the figure's; the others a small one: one head and one FFN block
+            # of H (the layer kernel unrolls its heads and FFN blocks: Triton compiles it in ~7
+            # CPU-seconds instead of ~19 at paper-1.25m's two heads and four blocks; the kernel's
+            # instructions are the same, only repeated less), on the L4 at T = 32 (4 warps)
             config = pretrain.get_config("paper-1.25m" if card == "h100" else SMALL_POINT)
             config.model.dtype, config.train.batch_size = "bfloat16", 8
             config.model.layer_impl = "fused"  # the embeddings' and layer's kernels
             config.eval.batch_size, config.mesh.data = 8, 1
-            if card != "h100":
+            if card in SHORT_CARDS:
                 config.model.max_len = 32
             report = aot.compile_train_step(config, [device], target=f"cuda:{card}", largest=500)
             calls = {part: [k["name"] for k in report.largest_kernels
@@ -103,6 +105,7 @@ def main(cards: list[str]) -> None:
             row.update({
                 "layer_triton_calls": len(calls["encoder forward"] + calls["encoder backward"]),
                 "embed_triton_calls": len(calls["embeddings"]),
+                "step_point": config.point, "step_max_len": config.model.max_len,
                 "step_kernels": report.kernels_per_step, "step_parts": report.kernels_by_part,
                 "encoder_kernels": [(k["part"], k["opcode"]) for k in report.largest_kernels
                                     if k["part"].startswith("encoder")],

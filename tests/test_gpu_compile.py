@@ -63,7 +63,8 @@ def test_the_pallas_kernels_compile_by_triton_for_each_card(compiled, card):
 @pytest.mark.parametrize("card", CARDS)
 def test_a_whole_step_runs_the_kernels_and_its_parts_add_up(compiled, card):
     """A whole step for each card (paper-1.25m's on the H100 at T = 128; on the others a small
-    one, one head and one FFN block at T = 32: gpu_compile_script.SMALL_POINT): the parts add up,
+    one, one head and one FFN block: gpu_compile_script.SMALL_POINT, at T = 128 on the A100 and
+    T = 32 on the L4, the layer kernel's 4-warp configuration): the parts add up,
     every part is found by its named scope, the encoder is its two kernels (a custom call in each
     of its parts) and a few small ones (58 unfused), and Adam's moments are one vector (far fewer
     optimizer kernels than the 29 parameter leaves)."""
@@ -140,24 +141,28 @@ def test_the_device_check_counts_a_figures_step_compiled_deviceless(compiled, tm
                                                                     monkeypatch):
     """The device check's deviceless count of a bench figure (its point, batch, dtype,
     attention and layer read from the bench options) is that of the same step compiled by aot for
-    the card: checked against ``compiled``'s step for the H100 (paper-1.25m, bf16, batch 8, one
-    device: aot's compile_train_step run directly, in the module's own process). The aot command
-    writes nothing into the persistent compilation cache: a deviceless executable cannot be read
-    back from it."""
+    the card: checked against ``compiled``'s small step for the A100 (its point at T = 128,
+    the fused layer, bf16, batch 8, one device: aot's compile_train_step run directly, in the
+    module's own process; a deviceless compile is never cached, and the H100's paper-1.25m step
+    would take Triton ~12 CPU-seconds more). The aot command writes nothing into the persistent
+    compilation cache: a deviceless executable cannot be read back from it."""
     import io
 
+    from minilm_jax.configs.pretrain import get_config
     from minilm_jax.device_check import measuring, trees
 
     monkeypatch.setitem(trees.CHILD_ENV, "PYTHONPATH", str(WHEELS))
     cache = tmp_path / "compilation_cache"  # the aot command's: a deviceless compile writes none
     monkeypatch.setitem(trees.CHILD_ENV, "JAX_COMPILATION_CACHE_DIR", str(cache))
-    monkeypatch.setattr(measuring, "device_card", lambda: "h100")
+    a100 = compiled["a100"]  # the bench runs the point at its own length: as compiled there
+    assert a100["step_max_len"] == get_config(a100["step_point"]).model.max_len == 128
+    monkeypatch.setattr(measuring, "device_card", lambda: "a100")
     side = trees.Side("now", REPO, "this tree")
     log = io.StringIO()
     got = measuring.deviceless_kernels(
-        side, ("--point", "paper-1.25m", "--layer", "fused", "--dtype", "bfloat16", "--batch",
-               "8", "--steps", "1"),
+        side, ("--point", a100["step_point"], "--layer", "fused", "--dtype", "bfloat16",
+               "--batch", "8", "--steps", "1"),
         tmp_path / "aot.json", log)
-    assert got == compiled["h100"]["step_kernels"] > 0, log.getvalue()[-2000:]
+    assert got == a100["step_kernels"] > 0, log.getvalue()[-2000:]
     # never readable (the topology's compiler cannot deserialize it): never written
     assert not list(cache.glob("*-cache")), sorted(p.name for p in cache.iterdir())

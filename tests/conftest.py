@@ -20,11 +20,16 @@ FAST_COMPILE = os.environ.get("MINILM_TEST_XLA_FLAGS", "--xla_backend_optimizati
                               "--xla_cpu_parallel_codegen_split_count=1")
 
 
+def _with_devices(flags: str, devices: int | None) -> str:
+    """``flags`` and ``devices`` fake CPU devices (None: XLA's default, one)."""
+    fake = f"--xla_force_host_platform_device_count={devices}" if devices else ""
+    return (fake + " " + flags).strip()
+
+
 def xla_flags(devices: int | None = None) -> str:
     """XLA_FLAGS for a test's process or a command it starts: the fast-compile flags, and
     ``devices`` fake CPU devices (None: XLA's default, one)."""
-    fake = f"--xla_force_host_platform_device_count={devices}" if devices else ""
-    return (fake + " " + FAST_COMPILE).strip()
+    return _with_devices(FAST_COMPILE, devices)
 
 
 # XLA flags for the commands whose results a test compares bit for bit (MINILM_TEST_EXACT_XLA_FLAGS;
@@ -41,8 +46,7 @@ EXACT_COMPILE = os.environ.get("MINILM_TEST_EXACT_XLA_FLAGS", "--xla_backend_opt
 def exact_xla_flags(devices: int | None = None) -> str:
     """XLA_FLAGS for a command whose result a test compares bit for bit with a claim that needs
     more than the suite's fast compile (``EXACT_COMPILE``), and ``devices`` fake CPU devices."""
-    fake = f"--xla_force_host_platform_device_count={devices}" if devices else ""
-    return (fake + " " + EXACT_COMPILE).strip()
+    return _with_devices(EXACT_COMPILE, devices)
 
 
 def slow_pretrain_script(trainer: str, after: int = 4, command: str = "minilm_jax.pretrain") -> str:

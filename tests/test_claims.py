@@ -352,24 +352,21 @@ def test_a_claim_released_before_the_wait_began_wakes_the_worker_at_once(root):
     without ``since`` nothing changes after the call and it waits the full timeout."""
     unit = root / "runs" / "a" / "pretrain"
     status = SweepStatus(root).folder
+
+    def wait_since(looked) -> None:
+        woke = threading.Event()
+        threading.Thread(target=lambda: (board(root).wait_for_change(600, [status], since=looked),
+                                         woke.set()), daemon=True).start()
+        wait_until(woke.is_set)  # not 600 s
+
     held = board(root).try_claim([unit], "pretrain")
     assert held is not None
     looked = board(root).snapshot([status])
     assert board(root).try_claim([unit], "pretrain") is None  # another worker's look: held
     held.release()  # before the looking worker waits
-    woke = threading.Event()
-    waiter = threading.Thread(target=lambda: (board(root).wait_for_change(600, [status],
-                                                                          since=looked),
-                                              woke.set()), daemon=True)
-    waiter.start()
-    wait_until(woke.is_set)  # not 600 s
+    wait_since(looked)
     assert board(root).snapshot([status]) != looked
     # a stage record written after the look wakes it too
     looked = board(root).snapshot([status])
     SweepStatus(root).record("a", "pretrain", "failed")
-    woke.clear()
-    waiter = threading.Thread(target=lambda: (board(root).wait_for_change(600, [status],
-                                                                          since=looked),
-                                              woke.set()), daemon=True)
-    waiter.start()
-    wait_until(woke.is_set)
+    wait_since(looked)

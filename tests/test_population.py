@@ -240,7 +240,8 @@ def population_cli(shards, workdir):
 
 def population_env():
     """The command's environment: 8 fake CPU devices (it trains on one of them) and the exact code
-    generation (conftest.exact_xla_flags), under which its members equal ``trained``'s separate runs bit for bit."""
+    generation (conftest.exact_xla_flags), under which its members equal ``trained``'s separate
+    runs bit for bit."""
     return {**cli_env(), "XLA_FLAGS": exact_xla_flags(8)}
 
 

@@ -357,7 +357,8 @@ def pretrain_args(shards: Path, workdir: Path, arch: str, *extra: str) -> list[s
 
 def pretrain_env() -> dict[str, str]:
     """The exact code generation (conftest.exact_xla_flags: a lax.map population equals its
-    separate runs bit for bit there; tests/test_population.py) with 8 fake devices, and this folder importable."""
+    separate runs bit for bit there; tests/test_population.py) with 8 fake devices, and this
+    folder importable."""
     import os
 
     return {**os.environ, "XLA_FLAGS": exact_xla_flags(8), "PYTHONUNBUFFERED": "1",
@@ -451,7 +452,7 @@ def test_pretraining_resumes_bit_identically_and_a_population_trains_the_variant
     """The run killed after its step-4 checkpoint resumes from it and ends bit-identical to the
     population's seed-0 member (a lax.map member equals its separate run under the exact code
     generation), losses included; the members differ; every run holds the variant's tree and
-    records its counts (parameters = the tree, derived)."""
+    records its counts (parameters = the tree, derived; FLOPs = the built-in encoder's)."""
     from minilm_jax.runs.pretrained import PretrainedRun
 
     assert pipeline["killed_early"] and "resumed from checkpoint at step 4" in pipeline[
@@ -473,6 +474,9 @@ def test_pretraining_resumes_bit_identically_and_a_population_trains_the_variant
         tree = accounting.count_params(nnx.eval_shape(lambda m=opened.model: build_mlm(m)))
         assert sum(int(np.prod(v.get_value().shape)) for _, v in nnx.to_flat_state(state)) == \
             tree.total == summary_of(run)["params"]["total"]
+        # no matmul added: the recorded (paper) FLOPs are the built-in encoder's of that shape
+        assert summary_of(run)["flops_per_sequence"]["paper"] == \
+            accounting.paper_train_flops_per_sequence(opened.model.replace(arch="roberta"))
 
 
 def test_zero_shot_minimal_pairs_score_the_variant(pipeline, offline_zorro):

@@ -7,7 +7,8 @@ built: parameters equal to the tree, FLOPs to the traced forward, the architectu
 The other two hooks' variants (ALiBi through the score-bias hook, cross-layer sharing through the
 layer-instancing hook) go through the same stages outside a sweep in tests/test_variant_hooks.py
 (``pipeline``: pre-training killed and resumed, a population, fine-tuning, zero-shot scores,
-export; their counts in ``test_the_variants_counts_are_derived_as_by_hand``): a sweep runs every
+export; the FLOPs each run recorded, the built-in encoder's; their counts in
+``test_the_variants_counts_are_derived_as_by_hand``): a sweep runs every
 architecture through the same code, and two more here cost ~40% of this test's time."""
 
 from __future__ import annotations

@@ -131,9 +131,9 @@ def test_seeds_together_equal_separate_runs(pretrained, small_map_run, tmp_path)
 def test_runs_of_one_shape_share_their_programs_and_no_other_run_does(pretrained, tmp_path):
     """finetune_program keeps the jitted programs it built in this process: a second run of the
     same config is handed the same ones (traced and compiled once) and trains what the first did;
-    a run with another learning rate or another step count gets its own, and trains exactly what
-    it trains when built first (a key that left the optimizer or the steps out would hand it the
-    first run's step)."""
+    a run with another learning rate, step count or seed gets its own, and trains exactly what it
+    trains when built first (a key that left the optimizer, the steps or the seeds out would hand
+    it the first run's step or initialiser)."""
     from minilm_jax.finetune import programs
 
     def run(name: str, **changes):
@@ -147,7 +147,8 @@ def test_runs_of_one_shape_share_their_programs_and_no_other_run_does(pretrained
     assert (again.train_step, again.predict, again.select) == (
         first.train_step, first.predict, first.select)
     np.testing.assert_array_equal(again_logits, first_logits)
-    for name, changes in (("lr", {"optim__peak_lr": 3e-3}), ("steps", {"train__epochs": 2})):
+    for name, changes in (("lr", {"optim__peak_lr": 3e-3}), ("steps", {"train__epochs": 2}),
+                          ("seed", {"train__seeds": (1,)})):
         base, _ = run(f"a_before_{name}")  # a's programs, the most recent ones kept
         other, other_logits = run(name, **changes)
         assert other.train_step is not base.train_step, name

@@ -197,6 +197,45 @@ def test_a_resumed_run_restores_without_building_its_initial_state(word_shards, 
         fresh.run()
 
 
+def test_runs_of_one_program_share_it_and_no_other_run_does(word_shards, tmp_path, monkeypatch):
+    """pretrain_program keeps the programs it built in this process: a second run of the same
+    config (another workdir) is handed the same jitted steps and ends bit for bit as the first; a
+    run with another seed, learning rate or step count gets its own and ends exactly as it does
+    when built first (a key that left the seed, the optimizer or the steps out would hand it the
+    first run's program). Building for another platform builds another program."""
+    from minilm_jax.model.target_platform import building_for
+    from minilm_jax.train import program as programs
+    from minilm_jax.train.built_programs import BuiltPrograms
+    from minilm_jax.train.mesh import make_mesh
+
+    base = {"train.num_steps": 3, "checkpoint.every_steps": 3, "checkpoint.keep_best": False,
+            "data.eval_split": "", "train.log_every": 3}
+
+    def run(name: str, **changes):
+        trainer = Pretrainer(small_config(word_shards, **{**base, **changes}), tmp_path / name)
+        return trainer.program, trainer.run()["final_params_sha256"]
+
+    programs._BUILT.clear()
+    first, first_sha = run("a")
+    again, again_sha = run("a_again")
+    assert (again.train_step, again.eval_step, again.state) == (
+        first.train_step, first.eval_step, first.state)
+    assert again_sha == first_sha
+    for name, changes in (("seed", {"seed": 1}), ("lr", {"optim.peak_lr": 3e-3}),
+                          ("steps", {"train.num_steps": 4})):
+        other, other_sha = run(name, **changes)  # built while a's are kept
+        assert other.train_step is not first.train_step, name
+        with monkeypatch.context() as patch:  # built with nothing kept
+            patch.setattr(programs, "_BUILT", BuiltPrograms())
+            alone, alone_sha = run(f"{name}_alone", **changes)
+        assert alone.train_step is not other.train_step
+        assert other_sha == alone_sha != first_sha, name
+    config, mesh = small_config(word_shards, **base), make_mesh(1, 1)
+    with building_for("gpu"):
+        gpu = programs.pretrain_program(config, mesh)
+    assert gpu.train_step is not programs.pretrain_program(config, mesh).train_step
+
+
 @pytest.mark.timeout(300)  # waits on a command it stops: a hang fails in 5 minutes
 def test_a_second_live_process_on_the_workdir_is_refused(word_shards, tmp_path):
     """One live process per workdir: the second is refused before it writes anything."""

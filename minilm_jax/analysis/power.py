@@ -14,7 +14,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+from minilm_jax.deferred_import import Deferred
+
+stats = Deferred("scipy.stats")  # imported at first use, not with the commands
 
 
 def one_sample_t_power(effect: float, sd: float, n: int, alpha: float = 0.05,

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from minilm_jax.analysis.stats import (format_p, pearson_fisher, pearson_within_groups,
                                       t_interval, welch_t)
+from minilm_jax.deferred_import import Deferred
+
+stats = Deferred("scipy.stats")  # imported at first use, not with the commands
 
 
 @dataclass(frozen=True)

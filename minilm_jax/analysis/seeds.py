@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from minilm_jax.analysis.depth import depth_analysis
 from minilm_jax.analysis.downstream import (CheckpointCorrelation, finetune_runs,
@@ -26,6 +25,9 @@ from minilm_jax.analysis.replication import gap_to_shared_baseline
 from minilm_jax.analysis.results import (RunSummary, downstream_scores, final_downstream_rows,
                                          rows_of_kind)
 from minilm_jax.analysis.stats import t_interval
+from minilm_jax.deferred_import import Deferred
+
+scipy_stats = Deferred("scipy.stats")  # imported at first use, not with the commands
 
 
 @dataclass(frozen=True)

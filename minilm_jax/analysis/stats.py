@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats
+
+from minilm_jax.deferred_import import Deferred
+
+stats = Deferred("scipy.stats")  # imported at first use, not with the commands
 
 EXACT_PERMUTATION_MAX_N = 8
 MONTE_CARLO_PERMUTATIONS = 20_000

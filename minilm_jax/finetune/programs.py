@@ -4,24 +4,27 @@ functions: :mod:`minilm_jax.finetune.step`) with their shardings."""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Sequence
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import ml_collections
 import optax
 from flax import nnx
 
+import minilm_jax.model.target_platform as target_platform
 from minilm_jax.model import accounting
 from minilm_jax.model.config import ModelConfig
+from minilm_jax.model.registry import encoder_factory
 from minilm_jax.settings.model_fields import model_from_config
 from minilm_jax.runs.pretrained import PretrainedRun
+from minilm_jax.train.built_programs import BuiltPrograms
 from minilm_jax.train.members import members_strategy
 from minilm_jax.train.mesh import batch_sharding, replicated
 from minilm_jax.train.optim import moments_in_one_vector, optimizer_and_schedule
-from minilm_jax.train.state import UnbuiltState
+from minilm_jax.train.state import BuiltState, UnbuiltState
 
 from minilm_jax.settings.model_fields import changed_model_fields, with_overrides
 from .step import make_finetune_step, make_predict_step, make_select, members_state
@@ -63,11 +66,9 @@ class FinetuneProgram:
     select: Callable[..., Any]
 
 
-# The jitted programs of the fine-tuning runs built in this process, the most recent last
-# (finetune_program's key): a sweep fine-tuning several checkpoints or seeds of one shape on one
-# task builds them once.
-_BUILT: collections.OrderedDict[Any, tuple] = collections.OrderedDict()
-_KEEP_BUILT = 8
+# The jitted programs of the fine-tuning runs built in this process (finetune_program's key): a
+# sweep fine-tuning several checkpoints or seeds of one shape on one task builds them once.
+_BUILT = BuiltPrograms()
 
 
 def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, num_labels: int,
@@ -77,36 +78,47 @@ def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, 
     """The program of ``member_seeds`` members on ``mesh`` and their initial state, unbuilt (a run
     that resumes never builds it), from ``encoder_state`` (a pre-trained encoder, stacked per
     member for a ``population``) or random init (None)."""
-    optimizer, schedule = optimizer_and_schedule(
-        config.optim, total_steps, one_vector=moments_in_one_vector(mesh.shape["fsdp"]))
-    built = members_state(model_cfg, num_labels, optimizer, member_seeds, mesh, encoder_state,
-                          population=population)
-    state_sharding = built.shardings
-    initial = built.unbuilt(encoder_state)  # built only where no checkpoint is restored
-    batch_shardings = {k: batch_sharding(mesh, batch_axis=2, ndim=4) for k in INPUTS}
-    batch_shardings["labels"] = batch_sharding(mesh, batch_axis=2, ndim=3)
     members = members_strategy(config.train.members, "train.members")
-    row = batch_sharding(mesh, batch_axis=0, ndim=2)
-    # Everything the three programs are built from (the graph definition holds the model config
-    # and the labels; the optimizer and schedule are functions of optim, the steps and the mesh):
-    # runs with equal keys share the jitted functions, so each is traced and compiled once in this
+    # Everything the programs and the initial state are built from: the model (and the class its
+    # arch names: an encoder module imported again builds another), the labels, the members'
+    # seeds, the pre-trained encoder's shapes (its values are an argument of the initialiser), the
+    # optimizer's fields and steps, how members run, the mesh and the platform built for. Runs
+    # with equal keys share the jitted functions, so each is traced and compiled once in this
     # process (jax.jit caches per function object).
-    key = (built.graphdef, config.optim.to_json(), int(total_steps), bool(regression), members,
-           mesh, jax.tree.structure(state_sharding), tuple(jax.tree.leaves(state_sharding)))
-    if key not in _BUILT:
-        step = make_finetune_step(built.graphdef, optimizer, schedule, regression, members)
-        _BUILT[key] = (optimizer, schedule, jax.jit(
-            step, in_shardings=(state_sharding, batch_shardings),
-            out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0), jax.jit(
+    key = (model_cfg, encoder_factory(model_cfg.arch), int(num_labels), bool(regression),
+           tuple(int(s) for s in member_seeds), _shapes(encoder_state), bool(population),
+           config.optim.to_json(), int(total_steps), members, mesh, target_platform.platform())
+
+    def build() -> tuple[FinetuneProgram, BuiltState]:
+        optimizer, schedule = optimizer_and_schedule(
+            config.optim, total_steps, one_vector=moments_in_one_vector(mesh.shape["fsdp"]))
+        built = members_state(model_cfg, num_labels, optimizer, member_seeds, mesh,
+                              encoder_state, population=population)
+        state_sharding = built.shardings
+        batch_shardings = {k: batch_sharding(mesh, batch_axis=2, ndim=4) for k in INPUTS}
+        batch_shardings["labels"] = batch_sharding(mesh, batch_axis=2, ndim=3)
+        row = batch_sharding(mesh, batch_axis=0, ndim=2)
+        train_step = jax.jit(
+            make_finetune_step(built.graphdef, optimizer, schedule, regression, members),
+            in_shardings=(state_sharding, batch_shardings),
+            out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+        predict = jax.jit(
             make_predict_step(built.graphdef, members),
             in_shardings=(state_sharding["params"], state_sharding["rest"], row, row, row),
-            out_shardings=replicated(mesh)), jax.jit(
-            make_select(), in_shardings=(state_sharding, replicated(mesh)),
-            out_shardings=state_sharding, donate_argnums=0))
-        while len(_BUILT) > _KEEP_BUILT:
-            _BUILT.popitem(last=False)
-    _BUILT.move_to_end(key)
-    optimizer, schedule, train_step, predict, select = _BUILT[key]
-    return FinetuneProgram(optimizer, schedule, built.graphdef, built.param_counts,
-                           state_sharding, batch_shardings, row, train_step, predict,
-                           select), initial
+            out_shardings=replicated(mesh))
+        select = jax.jit(make_select(), in_shardings=(state_sharding, replicated(mesh)),
+                         out_shardings=state_sharding, donate_argnums=0)
+        return FinetuneProgram(optimizer, schedule, built.graphdef, built.param_counts,
+                               state_sharding, batch_shardings, row, train_step, predict,
+                               select), built
+
+    program, built = _BUILT.get(key, build)
+    return program, built.unbuilt(encoder_state)  # built only where no checkpoint is restored
+
+
+def _shapes(tree: Any) -> Any:
+    """The tree's structure and its leaves' shapes and dtypes (None for None)."""
+    if tree is None:
+        return None
+    leaves, structure = jax.tree.flatten(tree)
+    return structure, tuple((np.shape(x), str(x.dtype)) for x in leaves)

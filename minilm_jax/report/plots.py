@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from minilm_jax.analysis.downstream import CheckpointCorrelation, GapRow, final_gap_rows
 from minilm_jax.analysis.fits import PAPER_FITS, FitComparison
 from minilm_jax.analysis.icer import FactorSummary, IcerStep
 from minilm_jax.analysis.results import baselines, flops_field, validation_curves
 from minilm_jax.analysis.stats import MeanSD, format_p
+from minilm_jax.deferred_import import Deferred
 
 from .analyses import Analyses, CurveAnalysis
 from .fmt import sci
+
+stats = Deferred("scipy.stats")  # imported at first use, not with the commands
 
 # Reference lines of the loss-vs-FLOPs plot: every kind has its own colour and line style.
 LINE_STYLES: dict[str, dict[str, Any]] = {

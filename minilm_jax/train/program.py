@@ -17,9 +17,12 @@ import optax
 
 from flax import nnx
 
+import minilm_jax.model.target_platform as target_platform
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.models import MaskedLM
 from minilm_jax.settings.model_fields import model_from_config
+from minilm_jax.model.registry import encoder_factory
+from minilm_jax.train.built_programs import BuiltPrograms
 from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import (BATCH_AXES, batch_sharding, check_batch_divisible,
                                    check_train_shape, members_batch_sharding,
@@ -29,6 +32,11 @@ from minilm_jax.train.optim import (moments_in_one_vector, optimizer_and_schedul
 from minilm_jax.train.state import BuiltState, lm_state
 from minilm_jax.train.step import (MemberGroup, make_eval_step, make_population_eval,
                                    make_population_step, make_train_step, member_objects)
+
+
+# The pre-training programs built in this process (pretrain_program's key): a run resumed in the
+# process that stopped it, or runs differing only in their data, build theirs once.
+_BUILT = BuiltPrograms()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,22 +111,33 @@ def pretrain_program(config: ml_collections.ConfigDict, mesh: Any,
     total_steps = check_train_shape(tc, mesh)
     check_batch_divisible(config.eval.batch_size, mesh, "eval.batch_size")
     masking = sharded_masking(MaskingConfig.from_config(config.mlm, model.vocab_size), mesh)
-    optimizer, schedule = optimizer_and_schedule(
-        config.optim, total_steps, one_vector=moments_in_one_vector(mesh.shape["fsdp"]))
-    built = lm_state(model, config.seed, optimizer, mesh)
-    data = batch_sharding(mesh, batch_axis=2, ndim=4)
-    train_step = jax.jit(
-        make_train_step(built.graphdef, optimizer, schedule, masking, config.seed),
-        in_shardings=(built.shardings, data), out_shardings=(built.shardings, replicated(mesh)),
-        donate_argnums=0)
-    eval_step, eval_shardings = eval_program(built.graphdef, masking, config.eval.seed, mesh,
-                                             built.shardings["params"], built.shardings["rest"])
     k, micro = max(1, int(tc.steps_per_dispatch)), int(tc.grad_accum)
-    return PretrainProgram(
-        model=model, mesh=mesh, total_steps=total_steps, masking=masking, schedule=schedule,
-        optimizer=optimizer, state=built, batch_sharding=data,
-        eval_shardings=eval_shardings, train_step=train_step,
-        eval_step=eval_step, batch_shape=(k, micro, int(tc.batch_size) // micro, model.max_len))
+    batch_shape = (k, micro, int(tc.batch_size) // micro, model.max_len)
+
+    def build() -> PretrainProgram:
+        optimizer, schedule = optimizer_and_schedule(
+            config.optim, total_steps, one_vector=moments_in_one_vector(mesh.shape["fsdp"]))
+        built = lm_state(model, config.seed, optimizer, mesh)
+        data = batch_sharding(mesh, batch_axis=2, ndim=4)
+        train_step = jax.jit(
+            make_train_step(built.graphdef, optimizer, schedule, masking, config.seed),
+            in_shardings=(built.shardings, data),
+            out_shardings=(built.shardings, replicated(mesh)), donate_argnums=0)
+        eval_step, eval_shardings = eval_program(
+            built.graphdef, masking, config.eval.seed, mesh, built.shardings["params"],
+            built.shardings["rest"])
+        return PretrainProgram(
+            model=model, mesh=mesh, total_steps=total_steps, masking=masking, schedule=schedule,
+            optimizer=optimizer, state=built, batch_sharding=data,
+            eval_shardings=eval_shardings, train_step=train_step, eval_step=eval_step,
+            batch_shape=batch_shape)
+
+    # Everything the program is built from: the model (and the class its arch names: an encoder
+    # module imported again builds another), the optimizer's fields, the steps, the masking, the
+    # seeds, the mesh, the dispatch's shape and the platform it is built for.
+    key = (model, encoder_factory(model.arch), config.optim.to_json(), total_steps, masking,
+           int(config.seed), int(config.eval.seed), mesh, batch_shape, target_platform.platform())
+    return _BUILT.get(key, build)
 
 
 @dataclasses.dataclass(frozen=True)

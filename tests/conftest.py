@@ -250,6 +250,25 @@ def shared_data():
     return shared_path
 
 
+@pytest.fixture(autouse=True)
+def _no_program_kept_across_a_patch(request):
+    """The programs a process keeps (``pretrain_program``, ``finetune_program``) are found by what
+    they are built from, which a monkeypatched function is not: a test that patches forgets them
+    before it starts and once its patches are undone, so no test is handed one built from another
+    test's patched code."""
+    if "monkeypatch" not in request.fixturenames:
+        yield
+        return
+    from minilm_jax.finetune import programs as finetune_programs
+    from minilm_jax.train import program as pretrain_programs
+
+    for kept in (pretrain_programs._BUILT, finetune_programs._BUILT):
+        kept.clear()
+    yield
+    for kept in (pretrain_programs._BUILT, finetune_programs._BUILT):
+        kept.clear()
+
+
 def build_word_shards(out_dir: Path, *, vocab_size: int = 500, seq_len: int = 64,
                       splits=(("train", 600), ("validation", 100), ("test", 100))) -> Path:
     """Token shards from real text (WikiText-2 validation): a word-level tokenizer fit in the test

@@ -22,6 +22,7 @@ from minilm_jax.model.xent_kernel import (kernel_applies, kernel_linear_logprobs
                                           kernel_linear_xent)
 from minilm_jax.train.masking import (MaskingConfig, mask_tokens, pack_predictions, packed_rows,
                                       predicted)
+from minilm_jax.train.built_programs import BuiltPrograms
 from minilm_jax.train.checkpoint import abstract_like
 from minilm_jax.train.mesh import make_mesh
 from minilm_jax.train.program import pretrain_program
@@ -205,6 +206,8 @@ def test_train_step_holds_no_float32_rows_by_vocabulary_buffer(monkeypatch):
         patch.setattr(jax, "default_backend", lambda: "gpu")
         new = _top_level_buffers(_train_step_hlo("logits", vocab, batch), rows, vocab)
         patch.setattr("minilm_jax.model.heads.softmax_xent_sum", _autodiff_logits_xent)
+        # the same config built again from the patched function: not the program kept for it
+        patch.setattr("minilm_jax.train.program._BUILT", BuiltPrograms())
         old = _top_level_buffers(_train_step_hlo("logits", vocab, batch), rows, vocab)
     assert ("bf16", "convert") in new  # the bf16 logits: the test reads the right arrays
     forbidden = ("broadcast", "scatter", "dynamic-update-slice", "exponential", "log")

@@ -252,21 +252,25 @@ def shared_data():
 
 @pytest.fixture(autouse=True)
 def _no_program_kept_across_a_patch(request):
-    """The programs a process keeps (``pretrain_program``, ``finetune_program``) are found by what
-    they are built from, which a monkeypatched function is not: a test that patches forgets them
-    before it starts and once its patches are undone, so no test is handed one built from another
-    test's patched code."""
+    """The programs and model shapes a process keeps (``pretrain_program``, ``finetune_program``,
+    a checkpoint's and an encoder's shapes) are found by what they are built from, which a
+    monkeypatched function is not: a test that patches forgets them before it starts and once its
+    patches are undone, so no test is handed one built from another test's patched code."""
     if "monkeypatch" not in request.fixturenames:
         yield
         return
     from minilm_jax.finetune import programs as finetune_programs
+    from minilm_jax.model import tree_check
+    from minilm_jax.train import checkpoint
     from minilm_jax.train import program as pretrain_programs
 
-    for kept in (pretrain_programs._BUILT, finetune_programs._BUILT):
-        kept.clear()
+    forget = (pretrain_programs._BUILT.clear, finetune_programs._BUILT.clear,
+              tree_check._encoder_shapes.cache_clear, checkpoint._host_shapes.cache_clear)
+    for clear in forget:
+        clear()
     yield
-    for kept in (pretrain_programs._BUILT, finetune_programs._BUILT):
-        kept.clear()
+    for clear in forget:
+        clear()
 
 
 def build_word_shards(out_dir: Path, *, vocab_size: int = 500, seq_len: int = 64,

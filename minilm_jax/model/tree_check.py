@@ -5,6 +5,7 @@ load that says what it initialised anew (as transformers' ``from_pretrained`` do
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from flax import nnx
@@ -20,7 +21,14 @@ def shapes(state: Any) -> dict[str, tuple[int, ...]]:
 
 
 def encoder_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The parameter and state shapes of the encoder ``cfg`` builds (abstract: no arrays)."""
+    """The parameter and state shapes of the encoder ``cfg`` builds (abstract: no arrays; traced
+    once per config and encoder class in a process)."""
+    return dict(_encoder_shapes(cfg, encoder_factory(cfg.arch)))
+
+
+@functools.lru_cache(maxsize=64)
+def _encoder_shapes(cfg: ModelConfig, factory: Any) -> dict[str, tuple[int, ...]]:
+    del factory  # in the key only: an encoder module imported again builds another encoder
     return shapes(nnx.state(nnx.eval_shape(lambda: build_encoder(cfg, nnx.Rngs(params=0)))))
 
 

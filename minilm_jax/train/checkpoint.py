@@ -6,6 +6,7 @@ never a silent restart."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from minilm_jax.deferred_import import Deferred
 from minilm_jax.errors import StorageError, UserError
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import MaskedLM
+from minilm_jax.model.registry import encoder_factory
 import minilm_jax.run_identity as run_identity
 from minilm_jax.run_identity import QUIET_DEFAULTS
 from minilm_jax.storage import RunPath, is_remote, run_path
@@ -340,15 +342,24 @@ def load_encoder(checkpoint_dir: RunPath, model: ModelConfig) -> nnx.State:
     return load_model_state(checkpoint_dir, model, part="encoder")
 
 
+@functools.lru_cache(maxsize=32)
+def _host_shapes(model: ModelConfig, factory: Any, part: str | None) -> tuple[Any, Any]:
+    """The (parameters, rest) of the ``MaskedLM`` ``model`` builds, or of its ``part``, as shapes
+    on this process's first device (traced once per config and encoder class in a process)."""
+    del factory  # in the key only: an encoder module imported again builds another encoder
+    abstract = nnx.eval_shape(lambda: MaskedLM(model, rngs=nnx.Rngs(params=0)))
+    _, params, rest = nnx.split(getattr(abstract, part) if part else abstract, nnx.Param, ...)
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host),
+                        (params, rest))
+
+
 def load_model_state(checkpoint_dir: RunPath, model: ModelConfig,
                      part: str | None = None) -> nnx.State:
     """The ``MaskedLM`` state (parameters and other state) saved in ``checkpoint_dir``, or only its
     ``part`` (e.g. ``"encoder"``), as host arrays; optimizer state is never read."""
-    abstract = nnx.eval_shape(lambda: MaskedLM(model, rngs=nnx.Rngs(params=0)))
-    _, params, rest = nnx.split(getattr(abstract, part) if part else abstract, nnx.Param, ...)
-    host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    params, rest = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host), (params, rest))
+    kept = _host_shapes(model, encoder_factory(model.arch), part)
+    params, rest = jax.tree.map(lambda x: x, kept)  # new containers: the kept ones stay as built
     nest = (lambda tree: {part: tree}) if part else (lambda tree: tree)
     item: dict[str, Any] = {"params": nest(params)}
     if jax.tree.leaves(rest):

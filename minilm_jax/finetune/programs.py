@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import jax
-import numpy as np
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 

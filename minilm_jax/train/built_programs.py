@@ -32,6 +32,3 @@ class BuiltPrograms:
     def clear(self) -> None:
         """Forget every kept value (the next :meth:`get` of any key builds)."""
         self._built.clear()
-
-    def __len__(self) -> int:
-        return len(self._built)

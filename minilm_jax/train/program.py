@@ -20,8 +20,8 @@ from flax import nnx
 import minilm_jax.model.target_platform as target_platform
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.models import MaskedLM
-from minilm_jax.settings.model_fields import model_from_config
 from minilm_jax.model.registry import encoder_factory
+from minilm_jax.settings.model_fields import model_from_config
 from minilm_jax.train.built_programs import BuiltPrograms
 from minilm_jax.train.masking import MaskingConfig
 from minilm_jax.train.mesh import (BATCH_AXES, batch_sharding, check_batch_divisible,

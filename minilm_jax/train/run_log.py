@@ -16,22 +16,29 @@ import minilm_jax.held_folders as held_folders
 from minilm_jax.storage import atomic_write_bytes, is_remote, run_path
 
 
+# What tensorboardX's import loads where installed and no run uses, at a cost to every command
+# that writes metrics: torch (its writer accepts torch tensors, which no run passes: ~1.5
+# CPU-seconds) and google-cloud-storage (its writer of gs:// paths, which no run hands it: a
+# bucket's events are staged locally and copied by minilm_jax.storage; ~0.15 CPU-seconds).
+UNUSED_BY_TENSORBOARD = ("torch", "google.cloud.storage")
+
+
 def _summary_writer_class():
-    """tensorboardX's ``SummaryWriter``, imported without torch where no torch is loaded yet: its
-    writer module imports torch (where installed) only to accept torch tensors, which no run
-    passes, and that import costs a command ~1.5 CPU-seconds. ``import torch`` fails during this
-    import only; torch imports as usual afterwards."""
+    """tensorboardX's ``SummaryWriter``, imported without the modules of
+    :data:`UNUSED_BY_TENSORBOARD` that are not loaded yet: importing one of them fails during this
+    import only, and each imports as usual afterwards."""
     import sys
 
-    if "torch" in sys.modules or "tensorboardX" in sys.modules:
-        from tensorboardX import SummaryWriter
-        return SummaryWriter
-    sys.modules["torch"] = None  # type: ignore[assignment]  # ImportError for `import torch`
+    blocked = [name for name in UNUSED_BY_TENSORBOARD
+               if "tensorboardX" not in sys.modules and name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # ImportError for `import name`
     try:
         from tensorboardX import SummaryWriter
     finally:
-        if "torch" in sys.modules and sys.modules["torch"] is None:
-            del sys.modules["torch"]
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
     return SummaryWriter
 
 

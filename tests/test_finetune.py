@@ -147,13 +147,16 @@ def test_runs_of_one_shape_share_their_programs_and_no_other_run_does(pretrained
     assert (again.train_step, again.predict, again.select) == (
         first.train_step, first.predict, first.select)
     np.testing.assert_array_equal(again_logits, first_logits)
-    for name, changes in (("lr", {"optim__peak_lr": 3e-3}), ("steps", {"train__epochs": 2}),
-                          ("seed", {"train__seeds": (1,)})):
-        base, _ = run(f"a_before_{name}")  # a's programs, the most recent ones kept
-        other, other_logits = run(name, **changes)
-        assert other.train_step is not base.train_step, name
-        programs._BUILT.clear()  # built first: its own programs, nothing kept from a
+    changed = {"lr": {"optim__peak_lr": 3e-3}, "steps": {"train__epochs": 2},
+               "seed": {"train__seeds": (1,)}}
+    others = {}
+    for name, changes in changed.items():  # a's programs still kept: none of them is handed over
+        others[name] = run(name, **changes)
+        assert others[name][0].train_step is not first.train_step, name
+    programs._BUILT.clear()  # each built first: its own programs, nothing kept from a
+    for name, changes in changed.items():
         alone, alone_logits = run(f"{name}_alone", **changes)
+        other, other_logits = others[name]
         assert alone.train_step is not other.train_step
         np.testing.assert_array_equal(other_logits, alone_logits)
         assert not np.array_equal(other_logits, first_logits), name

@@ -56,6 +56,11 @@ def _storage_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {_first_line(err)}"
 
 
+# A copy of a state's arrays where they are (one program per state's shapes: copying leaf by leaf
+# compiles one per leaf shape in every process).
+_device_copy = jax.jit(lambda state: jax.tree.map(lambda x: x.copy(), state))
+
+
 class Checkpoints:
     """Wraps ``ocp.CheckpointManager``s for ``<workdir>/checkpoints``, ``best`` and ``snapshots``.
 
@@ -143,7 +148,7 @@ class Checkpoints:
         evaluation costs no write. ``best/`` always reflects every evaluation up to the newest
         checkpoint, and a resumed run evaluates the later steps again."""
         if self.best is not None:
-            self._held_best = (step, jax.tree.map(lambda x: x.copy(), state), metrics)
+            self._held_best = (step, _device_copy(state), metrics)
 
     def publish_best(self) -> None:
         """Write the best held by :meth:`hold_best`, if any."""

@@ -51,7 +51,12 @@ CORE = ("params", "rest", "opt_state", "step")  # a member's state, as a separat
 
 def member_state(state: dict[str, Any], index: int) -> dict[str, Any]:
     """Member ``index``'s train state, in the layout a separate run saves."""
-    return jax.tree.map(lambda x: x[index], {k: state[k] for k in CORE})
+    return _member({k: state[k] for k in CORE}, index)
+
+
+# Member ``index`` of every leaf: one program for every member (indexing leaf by leaf compiles one
+# per leaf shape and member in every process).
+_member = jax.jit(lambda tree, index: jax.tree.map(lambda x: x[index], tree))
 
 
 class PopulationTrainer(LoopSpec):

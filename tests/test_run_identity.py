@@ -105,9 +105,10 @@ def test_a_labels_file_edited_or_grown_is_refused_never_reused(runs, tmp_path, c
     changed, nothing rewritten. The file restored: reused again. Two rows appended: refused, the
     rows counted."""
     labels = labels_file(tmp_path / "labels.csv")
-    config = table_config(runs["pre"], labels)
+    # the pre-trained init only: the task data's identity is checked the same way for either init
+    config = table_config(runs["pre"], labels, init__mode="pretrained")
     run_finetune(config, str(tmp_path / "ft"))
-    summary = tmp_path / "ft" / "pretrained" / "s0-fold0" / "summary.json"
+    summary = tmp_path / "ft" / "s0-fold0" / "summary.json"
     before = summary.read_bytes()
     original = labels.read_text(encoding="utf-8")
     lines = original.splitlines()

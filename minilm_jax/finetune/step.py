@@ -26,7 +26,7 @@ from flax import nnx
 from minilm_jax.model.config import ModelConfig
 from minilm_jax.model.models import SequenceClassifier
 from minilm_jax.train.members import MEMBER_STRATEGIES, members_strategy, over_members  # noqa: F401
-from minilm_jax.train.state import BuiltState, MembersState, build_state
+from minilm_jax.train.state import BuiltState, MembersState, build_state, record_model
 
 FinetuneState = MembersState
 
@@ -95,6 +95,7 @@ def make_members_init(cfg: ModelConfig, num_labels: int, optimizer: optax.Gradie
 
     def init_member(seed, encoder):
         model = SequenceClassifier(cfg, num_labels, rngs=nnx.Rngs(params=jax.random.key(seed)))
+        record_model(model)
         if encoder is not None:
             nnx.update(model.encoder, encoder)
         _, params, rest = nnx.split(model, nnx.Param, ...)

@@ -49,6 +49,32 @@ def exact_xla_flags(devices: int | None = None) -> str:
     return _with_devices(EXACT_COMPILE, devices)
 
 
+# Runs a function of a test module in a command (argv: the module, the function's name, then its
+# path arguments): run_in_command.
+FUNCTION_COMMAND = r"""
+import importlib, sys
+from pathlib import Path
+sys.path.insert(0, "tests")
+module, name, *paths = sys.argv[1:]
+getattr(importlib.import_module(module), name)(*map(Path, paths))
+"""
+
+
+def run_in_command(function, *paths: Path, xla_flags: str) -> None:
+    """Runs ``function(*paths)`` (a function of a test module) in a command of its own with
+    ``xla_flags``: where a test compares bit for bit under flags the suite's processes do not
+    compile with, or where its runs are execution-bound and optimized code is cheaper than the
+    suite's fast compile (exact_xla_flags)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FUNCTION_COMMAND, function.__module__,
+                          function.__name__, *map(str, paths)],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": xla_flags})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
 def slow_pretrain_script(trainer: str, after: int = 4, command: str = "minilm_jax.pretrain") -> str:
     """A ``python -c`` script that runs ``command`` (``minilm_jax.pretrain``, or the sweep that
     pre-trains; its arguments follow the script) with ``trainer``'s (``module:Class``) dispatch

@@ -23,8 +23,8 @@ from minilm_jax.train.population_trainer import PopulationTrainer
 from minilm_jax.train.records import is_done, read_pretrain_summary
 from minilm_jax.train.run_log import read_metrics
 
-from conftest import (adam_drift_bound, exact_xla_flags, never_built, slow_pretrain_script,
-                      trajectory_tolerance)
+from conftest import (adam_drift_bound, exact_xla_flags, never_built, run_in_command,
+                      slow_pretrain_script, trajectory_tolerance)
 from test_pretrain import (REPO, STEP_TERMS, cli_args, cli_env, small_config, train_losses,
                            wait_for)
 
@@ -78,25 +78,12 @@ def train_population_and_solos(shards: Path, root: Path) -> None:
     (root / "population_summary.json").write_text(json.dumps(summary))
 
 
-# Runs a function of this module in a command (argv: its name, then its path arguments).
-EXACT_COMMAND = r"""
-import sys
-from pathlib import Path
-sys.path.insert(0, "tests")
-import test_population
-getattr(test_population, sys.argv[1])(*map(Path, sys.argv[2:]))
-"""
-
-
 def run_exact(function, *paths: Path) -> None:
     """Runs ``function(*paths)`` in a command with the exact code generation
     (conftest.exact_xla_flags), where a population equals its separate runs bit for bit (not at
     the suite's fast-compile opt level 0), and population_env's 8 fake devices: the device count
     changes XLA's CPU code too, so both sides of a bit-for-bit comparison use the same."""
-    out = subprocess.run([sys.executable, "-c", EXACT_COMMAND, function.__name__,
-                          *map(str, paths)], cwd=REPO, env=population_env(),
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    run_in_command(function, *paths, xla_flags=exact_xla_flags(8))
 
 
 @pytest.fixture(scope="module")

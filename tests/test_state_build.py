@@ -1,6 +1,7 @@
-"""The train state's builder traces a model's construction once: the graph definition and
-parameter counts come from the model its initialiser records, and equal those of a separate
-shapes-only build of the same model (pre-training, and fine-tuning members under vmap)."""
+"""The train state's builder traces a model's construction once, its initialiser included: the
+graph definition and parameter counts come from the model the initialiser records, and equal
+those of a separate shapes-only build of the same model (pre-training, and fine-tuning members
+under vmap)."""
 
 import jax
 import numpy as np
@@ -48,6 +49,10 @@ def test_one_trace_of_the_model_gives_the_graph_and_the_counts(kind, constructio
         built = members_state(CFG, 3, optimizer, (0, 1, 2), mesh)
         make = lambda: SequenceClassifier(CFG, 3, rngs=nnx.Rngs(params=0))  # noqa: E731
     assert len(constructions) == 1
+    state = built.init() if kind == "pretraining" else built.init(None)
+    assert len(constructions) == 1  # the initialiser is compiled from the same trace
+    assert jax.tree.map(lambda x: x.shape, state) == jax.tree.map(lambda x: x.shape,
+                                                                  built.abstract)
     graphdef, counts = separately(make)
     assert built.graphdef == graphdef and built.param_counts == counts
     # one member's parameters: the state's (stacked over the 3 fine-tuning members) over 3

@@ -117,9 +117,10 @@ def build_state(make_model: Callable[[], nnx.Module], init_fn: Callable[..., Any
         seen.update(graphdef=nnx.split(abstract_model, nnx.Param, ...)[0],
                     param_counts=accounting.count_params(abstract_model))
     shardings = state_shardings(mesh, abstract)
+    # jit of the function traced above: JAX reuses that trace for the initialiser
     return BuiltState(graphdef=seen["graphdef"], param_counts=seen["param_counts"],
                       abstract=abstract, shardings=shardings,
-                      init=jax.jit(init_fn, out_shardings=shardings))
+                      init=jax.jit(recording, out_shardings=shardings))
 
 
 def lm_state(cfg: ModelConfig, seed: int, optimizer: optax.GradientTransformation, mesh: Any

@@ -121,8 +121,7 @@ def members_state(cfg: ModelConfig, num_labels: int, optimizer: optax.GradientTr
     ``population``) or random init (``None``)."""
     seeds_s = jnp.asarray(list(seeds), jnp.int32)
     init = make_members_init(cfg, num_labels, optimizer, population)
-    return build_state(lambda: SequenceClassifier(cfg, num_labels, rngs=nnx.Rngs(params=0)),
-                       lambda encoder: init(seeds_s, encoder), mesh, encoder_state)
+    return build_state(lambda encoder: init(seeds_s, encoder), mesh, encoder_state)
 
 
 def make_predict_step(graphdef: nnx.GraphDef, members: str = "auto") -> Callable[..., jax.Array]:

@@ -49,7 +49,12 @@ def unstack_state(stacked: State, k: int) -> State:
     size = num_members(stacked)
     if size and not -size <= k < size:
         raise IndexError(f"member {k} out of range for a stack of {size}")
-    return jax.tree.map(lambda leaf: leaf[k], stacked)
+    return _member(stacked, k)
+
+
+# Member ``k`` of every leaf: one program for every member (indexing leaf by leaf compiles one per
+# leaf shape and member in every process).
+_member = jax.jit(lambda stacked, k: jax.tree.map(lambda leaf: leaf[k], stacked))
 
 
 def stack_models(models: Sequence[nnx.Module]) -> tuple[nnx.GraphDef, State, State]:

@@ -22,6 +22,7 @@ import numpy as np
 from minilm_jax.data.shards import ShardSplit, open_split
 from minilm_jax.errors import UserError
 from minilm_jax.model import accounting
+from minilm_jax.model.stacked import unstack_state
 from minilm_jax.settings.pretraining import (RESUMABLE_FIELDS, log_eval_steps, snapshot_steps,
                                              validate_pretrain_config)
 from minilm_jax.storage import run_path
@@ -51,12 +52,7 @@ CORE = ("params", "rest", "opt_state", "step")  # a member's state, as a separat
 
 def member_state(state: dict[str, Any], index: int) -> dict[str, Any]:
     """Member ``index``'s train state, in the layout a separate run saves."""
-    return _member({k: state[k] for k in CORE}, index)
-
-
-# Member ``index`` of every leaf: one program for every member (indexing leaf by leaf compiles one
-# per leaf shape and member in every process).
-_member = jax.jit(lambda tree, index: jax.tree.map(lambda x: x[index], tree))
+    return unstack_state({k: state[k] for k in CORE}, index)
 
 
 class PopulationTrainer(LoopSpec):

@@ -29,8 +29,8 @@ def _summary_writer_class():
     import only, and each imports as usual afterwards."""
     import sys
 
-    blocked = [name for name in UNUSED_BY_TENSORBOARD
-               if "tensorboardX" not in sys.modules and name not in sys.modules]
+    blocked = [] if "tensorboardX" in sys.modules else [
+        name for name in UNUSED_BY_TENSORBOARD if name not in sys.modules]
     for name in blocked:
         sys.modules[name] = None  # type: ignore[assignment]  # ImportError for `import name`
     try:

@@ -97,11 +97,10 @@ def record_model(model: nnx.Module) -> None:
                     param_counts=accounting.count_params(model))
 
 
-def build_state(make_model: Callable[[], nnx.Module], init_fn: Callable[..., Any], mesh: Any,
-                *example_args: Any) -> BuiltState:
-    """Trace ``init_fn(*example_args)`` for the state's shapes, and the graph definition and
-    parameter counts of the model it records (:func:`record_model`; traced from ``make_model``
-    where it records none); shard the state over ``mesh`` (a ``Mesh`` or an ``AbstractMesh``)."""
+def build_state(init_fn: Callable[..., Any], mesh: Any, *example_args: Any) -> BuiltState:
+    """Trace ``init_fn(*example_args)`` for the state's shapes, and for the graph definition and
+    parameter counts of the model it records (:func:`record_model`); shard the state over
+    ``mesh`` (a ``Mesh`` or an ``AbstractMesh``)."""
     seen: dict[str, Any] = {}
 
     def recording(*args: Any) -> Any:
@@ -113,9 +112,8 @@ def build_state(make_model: Callable[[], nnx.Module], init_fn: Callable[..., Any
 
     abstract = jax.eval_shape(recording, *example_args)
     if not seen:
-        abstract_model = nnx.eval_shape(make_model)
-        seen.update(graphdef=nnx.split(abstract_model, nnx.Param, ...)[0],
-                    param_counts=accounting.count_params(abstract_model))
+        raise TypeError(f"{init_fn!r} recorded no model: an initialiser passes the model it builds "
+                        "to train.state.record_model")
     shardings = state_shardings(mesh, abstract)
     # jit of the function traced above: JAX reuses that trace for the initialiser
     return BuiltState(graphdef=seen["graphdef"], param_counts=seen["param_counts"],
@@ -138,4 +136,4 @@ def lm_state(cfg: ModelConfig, seed: int, optimizer: optax.GradientTransformatio
         return {"params": params, "rest": rest, "opt_state": optimizer.init(params),
                 "step": jnp.zeros((), jnp.int32)}
 
-    return build_state(make_model, init_fn, mesh)
+    return build_state(init_fn, mesh)

@@ -1,6 +1,7 @@
 """Orbax is imported at the first checkpoint and ``scipy.stats`` at the first statistic, not with
 the commands: their ``--help`` and error lines do not pay for them (~0.25 and ~0.45 CPU-seconds of
-the ~1.4 and ~2 a pre-training and a fine-tuning command took to import)."""
+the ~1.4 and ~2 a pre-training and a fine-tuning command took to import). The run commands'
+``--help`` imports neither jax nor flax (``minilm_jax.model`` loads its names on first use)."""
 
 import json
 import subprocess
@@ -42,3 +43,40 @@ def test_a_deferred_module_is_the_module_once_used_and_a_missing_one_fails_then(
     missing = Deferred("minilm_jax_no_such_module")  # nothing happens until it is used
     with pytest.raises(ModuleNotFoundError, match="minilm_jax_no_such_module"):
         missing.anything
+
+
+HELP_SCRIPT = r"""
+import json, runpy, sys
+command = sys.argv[1]
+sys.argv = [command, "--help"]
+try:
+    runpy.run_module(command, run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    code = stop.code
+print(json.dumps({"code": code, "loaded": sorted(m for m in ("jax", "flax", "optax", "chex")
+                                                  if m in sys.modules)}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("command", ["minilm_jax.pretrain", "minilm_jax.finetune",
+                                     "minilm_jax.sweep", "minilm_jax.aot", "minilm_jax.report"])
+def test_a_commands_help_imports_no_jax(command):
+    """``--help`` of the run commands reads flags and recipes only: jax and flax (~1.1 of the
+    ~1.3 CPU-seconds the help took) are imported where a model is built or a program traced."""
+    out = subprocess.run([sys.executable, "-c", HELP_SCRIPT, command], capture_output=True,
+                         text=True, timeout=300)
+    got = json.loads(out.stderr.strip().splitlines()[-1])
+    assert got == {"code": 0, "loaded": []}, out.stderr[-2000:]
+    assert out.stdout.count("\n  --") >= 2  # the help itself was printed: the command's flags
+
+
+def test_the_model_package_loads_its_names_on_first_use():
+    import minilm_jax.model as package
+    from minilm_jax.model import models, registry
+
+    assert package.build_mlm is models.build_mlm and package.ENCODERS is registry.ENCODERS
+    from minilm_jax.model import SequenceClassifier  # a from-import resolves through __getattr__
+
+    assert SequenceClassifier is models.SequenceClassifier and "build_classifier" in dir(package)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        package.no_such_name

@@ -18,7 +18,6 @@ import ml_collections
 
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ConfigError
-from minilm_jax.model.registry import encoder_factory
 
 from . import recipes
 
@@ -125,6 +124,8 @@ VARIANT_PREFIX = "model.extra."
 
 def variant_fields(arch: str) -> dict[str, Any]:
     """The fields a variant's class declares (``config_fields``: name -> default)."""
+    from minilm_jax.model.registry import encoder_factory  # flax: not for --help
+
     return dict(getattr(encoder_factory(arch), "config_fields", None) or {})
 
 

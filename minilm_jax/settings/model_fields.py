@@ -12,7 +12,6 @@ import ml_collections
 
 from minilm_jax.errors import UserError
 from minilm_jax.model.config import ModelConfig
-from minilm_jax.model.registry import encoder_factory, is_library_encoder
 from minilm_jax.model.sizes import point_fields
 
 from .command_line import parse_value, undeclared_field, variant_fields
@@ -42,7 +41,7 @@ def with_overrides(cfg: ModelConfig, overrides: tuple[str, ...]) -> ModelConfig:
     variant's field as ``extra.<name>=value``, by its declared default's)."""
     fields = cfg.to_dict()
     extra = dict(cfg.extra)
-    declared = dict(getattr(encoder_factory(cfg.arch), "config_fields", None) or {})
+    declared = variant_fields(cfg.arch)
     for assignment in overrides:
         name, _, text = assignment.partition("=")
         name = name.strip()
@@ -79,6 +78,8 @@ def take_checkpoint_arch(config: ml_collections.ConfigDict, arch: str | None) ->
     resumable). Returns the architecture the command asked for (``--config.model.arch=...``,
     then held against the checkpoint's, never dropped), or None when it left it to the
     checkpoint."""
+    from minilm_jax.model.registry import is_library_encoder  # flax: not for --help
+
     asked = str(config.model.arch)
     if asked:
         return asked if arch is not None else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ml_collections
 
 from minilm_jax.model.config import ConfigError, ModelConfig
-from minilm_jax.model.count_check import check_declared_counts
 
 from .allowed import SHARED_RULES, Allowed, raise_problems, range_problems
 from .model_fields import model_from_config
@@ -108,5 +107,8 @@ def validate_pretrain_config(config: ml_collections.ConfigDict) -> ModelConfig:
     model = model_from_config(config)
     raise_problems(range_problems(config, PRETRAIN_RULES))
     snapshot_steps(config)
+    # imported here: --help and a field out of range need no jax
+    from minilm_jax.model.count_check import check_declared_counts
+
     check_declared_counts(model)  # a variant's counts against its tree and XLA's (built-in: none)
     return model

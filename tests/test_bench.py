@@ -2,7 +2,7 @@
 
 import pytest
 
-from minilm_jax import bench, hlo_kernels
+from minilm_jax import bench_steps, hlo_kernels
 
 POINT = "E16-H16-I32-L1-A2-V300"
 # The smoke sweep with POINT as its one base: the projection measures it with the program
@@ -20,7 +20,7 @@ def get_config():
 
 
 def test_ours_and_sweep_projection(capsys, tmp_path):
-    ours = bench.bench_ours(POINT, batch=8, steps=2, dtype="float32",
+    ours = bench_steps.bench_ours(POINT, batch=8, steps=2, dtype="float32",
                             steps_per_dispatch=1, attention="einsum", min_seconds=0.3)
     assert ours["tokens_per_sec"] > 0 and 0 < ours["mfu"] < 1
     # Timing goes on in whole rounds of `steps` until min_seconds have passed (a short window is noise).
@@ -33,7 +33,7 @@ def test_ours_and_sweep_projection(capsys, tmp_path):
     assert ours["achieved_bytes_per_sec"] == pytest.approx(
         ours["bytes_per_step"] / (ours["step_ms"] / 1000))
     (tmp_path / "tiny_sweep.py").write_text(TINY_SWEEP)
-    projection = bench.project_sweep(str(tmp_path / "tiny_sweep.py"), batch=8, steps=2,
+    projection = bench_steps.project_sweep(str(tmp_path / "tiny_sweep.py"), batch=8, steps=2,
                                      dtype="float32", steps_per_dispatch=1, tokens_per_run=1e6,
                                      limit=1, min_seconds=0)
     assert len(projection["rows"]) == 1 and projection["hours"] > 0
@@ -131,20 +131,20 @@ def test_kernels_per_step_follows_its_rule_on_a_hand_written_module():
 def test_kernels_per_step_of_a_train_step_is_positive_and_one_step_per_dispatch():
     """The train step's count, printed beside bytes and FLOPs, is one step's at any number of
     steps per dispatch (a scan's body counts once): 2 and 3 steps give the same count."""
-    counts = [bench.bench_ours(POINT, batch=4, steps=k, dtype="float32", steps_per_dispatch=k,
+    counts = [bench_steps.bench_ours(POINT, batch=4, steps=k, dtype="float32", steps_per_dispatch=k,
                                attention="einsum", min_seconds=0)["kernels_per_step"]
               for k in (2, 3)]
     assert counts[0] > 0 and counts[0] == counts[1]
     row = {"bytes_per_step": 1e9, "xla_flops_per_step": 2e9, "kernels_per_step": counts[0],
            "achieved_bytes_per_sec": 1e12, "bandwidth_measured": 2e12, "roofline_ms": 1.0,
            "bound": "memory"}
-    assert f"{counts[0]} kernels/step" in bench.bytes_text(row)
+    assert f"{counts[0]} kernels/step" in bench_steps.bytes_text(row)
 
 
 def test_hugging_face_side_runs_on_the_same_config():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    hf = bench.bench_hf("E16-H16-I32-L1-A2-V300", batch=4, steps=2, threads=1)
+    hf = bench_steps.bench_hf("E16-H16-I32-L1-A2-V300", batch=4, steps=2, threads=1)
     assert hf["tokens_per_sec"] > 0 and hf["device"] in ("cpu", "cuda")
 
 
@@ -179,7 +179,7 @@ def test_output_layer_bench_checks_every_formulation(capsys):
 def test_members_both_ways_picks_the_faster_and_says_by_how_much(capsys):
     """--members_impl both: each count measured with vmap and with map; the row kept is the one
     with more aggregate tokens/s, the other's figures beside it and the ratio in words."""
-    table = bench.members_table(POINT, [2], batch=4, steps=1, dtype="float32",
+    table = bench_steps.members_table(POINT, [2], batch=4, steps=1, dtype="float32",
                                 steps_per_dispatch=1, impl="both", min_seconds=0)
     (row,) = table["rows"]
     assert set(row["compared"]) == {"vmap", "map"} and all(v > 0 for v in row["compared"].values())
@@ -195,7 +195,7 @@ def test_members_both_ways_picks_the_faster_and_says_by_how_much(capsys):
 def test_picked_row_takes_the_larger_aggregate():
     rows = [{"members": 4, "impl": "vmap", "tokens_per_sec": 300.0, "step_ms": 2.0},
             {"members": 4, "impl": "map", "tokens_per_sec": 400.0, "step_ms": 1.5}]
-    picked = bench.picked_row(rows)
+    picked = bench_steps.picked_row(rows)
     assert picked["impl"] == "map" and picked["compared"] == {"vmap": 300.0, "map": 400.0}
     assert picked["picked_because"] == "1.33x vmap's tokens/s (2.000 ms a step against 1.500)"
 
@@ -212,18 +212,18 @@ def test_formulation_options_reach_the_program_it_compiles(monkeypatch):
     def capture(*args, model=None, **kwargs):
         raise Built(model if model is not None else args[0][0].model)
 
-    monkeypatch.setattr(bench, "pretrain_program", capture)
+    monkeypatch.setattr(bench_steps, "pretrain_program", capture)
     monkeypatch.setattr(program, "population_program", capture)
     with pytest.raises(Built) as built:
-        bench.bench_ours(POINT, batch=2, steps=1, dtype="float32", steps_per_dispatch=1,
+        bench_steps.bench_ours(POINT, batch=2, steps=1, dtype="float32", steps_per_dispatch=1,
                          attention="einsum", impls={"norm_impl": "gpu"})
     cfg = built.value.args[0]
     assert (cfg.norm_impl, cfg.layer_impl) == ("gpu", "auto")
     with pytest.raises(Built) as built:
-        bench.bench_members(POINT, 2, batch=2, steps=1, dtype="float32", steps_per_dispatch=1,
+        bench_steps.bench_members(POINT, 2, batch=2, steps=1, dtype="float32", steps_per_dispatch=1,
                             impls={"norm_impl": "xla", "layer_impl": "xla"})
     model = built.value.args[0]
     assert (model.norm_impl, model.layer_impl) == ("xla", "xla")
-    assert bench.model_impls(None) == {"layer_impl": "auto", "norm_impl": "auto"}
+    assert bench_steps.model_impls(None) == {"layer_impl": "auto", "norm_impl": "auto"}
     with pytest.raises(ValueError, match="dropout_rng"):
-        bench.model_impls({"dropout_rng": "threefry"})
+        bench_steps.model_impls({"dropout_rng": "threefry"})

@@ -59,7 +59,8 @@ print(json.dumps({"code": code, "loaded": sorted(m for m in ("jax", "flax", "opt
 
 
 @pytest.mark.parametrize("command", ["minilm_jax.pretrain", "minilm_jax.finetune",
-                                     "minilm_jax.sweep", "minilm_jax.aot", "minilm_jax.report"])
+                                     "minilm_jax.sweep", "minilm_jax.aot", "minilm_jax.report",
+                                     "minilm_jax.bench"])
 def test_a_commands_help_imports_no_jax(command):
     """``--help`` of the run commands reads flags and recipes only: jax and flax (~1.1 of the
     ~1.3 CPU-seconds the help took) are imported where a model is built or a program traced."""

@@ -107,11 +107,11 @@ def test_quick_mode_measures_every_figure_on_both_sides(repo_copy, tmp_path):
 
     # The kernels of "now" (counted in the step XLA dumped in the bench process) are those of the
     # same step compiled here and counted from compiled.as_text().
-    from minilm_jax import bench
+    from minilm_jax import bench_steps
 
-    here = bench.bench_ours("E16-H16-I32-L1-A2-V300", batch=2, steps=1, dtype="bfloat16",
-                            steps_per_dispatch=1, attention="einsum", min_seconds=0,
-                            loss_impl="kernel")
+    here = bench_steps.bench_ours("E16-H16-I32-L1-A2-V300", batch=2, steps=1, dtype="bfloat16",
+                                  steps_per_dispatch=1, attention="einsum", min_seconds=0,
+                                  loss_impl="kernel")
     assert kernels["now"] == here["kernels_per_step"]
 
     # The printed and written table hold every row with both sides' numbers.

@@ -35,6 +35,7 @@ LAYERS = {  # module or package prefix -> layer; the longest matching prefix dec
     "minilm_jax.interop": 1,  # the RoBERTa mapping and tokenizer files: beside the model
     "minilm_jax.interop.workdir": 4,  # exporting a trained workdir
     "minilm_jax.aot": 4, "minilm_jax.bench": 4, "minilm_jax.hlo_kernels": 4, "minilm_jax.xent_bench": 4,
+    "minilm_jax.bench_steps": 4,  # what the bench command measures
     "minilm_jax.kernel_profile": 4,
     "minilm_jax.gpu_targets": 4,  # compile-only GPU devices (aot --target=cuda:<card>)
     "minilm_jax.device_check": 4,

@@ -126,11 +126,8 @@ def lm_state(cfg: ModelConfig, seed: int, optimizer: optax.GradientTransformatio
     """The pre-training state of a ``MaskedLM`` (parameters from ``seed``); ``init()`` takes no
     arguments."""
 
-    def make_model() -> MaskedLM:
-        return MaskedLM(cfg, rngs=nnx.Rngs(params=seed))
-
     def init_fn() -> TrainState:
-        model = make_model()
+        model = MaskedLM(cfg, rngs=nnx.Rngs(params=seed))
         record_model(model)
         _, params, rest = nnx.split(model, nnx.Param, ...)
         return {"params": params, "rest": rest, "opt_state": optimizer.init(params),

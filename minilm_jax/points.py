@@ -16,9 +16,7 @@ from typing import Sequence
 
 import ml_collections
 
-from minilm_jax.model import accounting
 from minilm_jax.cli import run_tool, tool_parser
-from minilm_jax.model.count_check import check_declared_counts
 from minilm_jax.model.sizes import NAMED_POINTS, resolve_point
 from minilm_jax.settings.command_line import apply_variant_fields
 
@@ -34,13 +32,18 @@ def variant_extra(arch: str, assignments: Sequence[str]) -> tuple[tuple[str, obj
 
 def table(points: list[str], arch: str = "", extra: Sequence[str] = ()) -> str:
     """One row per point (``arch``: built as that encoder with its fields set by ``extra``
-    ``name=value`` assignments, its declared counts checked or its counts derived)."""
+    ``name=value`` assignments, its declared counts checked or its counts derived). Counting
+    builds models: jax and flax are imported once every point is read, so ``--help`` and a bad
+    point need neither."""
+    configs = [resolve_point(point) for point in points]  # a bad point: ConfigError, one line
+    from minilm_jax.model import accounting
+    from minilm_jax.model.count_check import check_declared_counts
+
     width = max(9, len(arch))
     header = (f"{'point':<24} {'grammar':<32} {'arch':<{width}} {'params':>12} {'embedding':>11} "
               f"{'non-emb':>11} {'paper FLOPs/seq':>16} {'complete FLOPs/seq':>19}")
     rows = [header, "-" * len(header)]
-    for point in points:
-        cfg = resolve_point(point)
+    for point, cfg in zip(points, configs):
         if arch:
             cfg = cfg.replace(arch=arch, extra=variant_extra(arch, extra))
             check_declared_counts(cfg)

@@ -48,7 +48,7 @@ def test_a_deferred_module_is_the_module_once_used_and_a_missing_one_fails_then(
 HELP_SCRIPT = r"""
 import json, runpy, sys
 command = sys.argv[1]
-sys.argv = [command, "--help"]
+sys.argv = [command, *sys.argv[2:]]
 try:
     runpy.run_module(command, run_name="__main__", alter_sys=True)
 except SystemExit as stop:
@@ -60,12 +60,14 @@ print(json.dumps({"code": code, "loaded": sorted(m for m in ("jax", "flax", "opt
 
 @pytest.mark.parametrize("command", ["minilm_jax.pretrain", "minilm_jax.finetune",
                                      "minilm_jax.sweep", "minilm_jax.aot", "minilm_jax.report",
-                                     "minilm_jax.bench"])
+                                     "minilm_jax.bench", "minilm_jax.evals", "minilm_jax.points",
+                                     "minilm_jax.interop export", "minilm_jax.interop demo"])
 def test_a_commands_help_imports_no_jax(command):
-    """``--help`` of the run commands reads flags and recipes only: jax and flax (~1.1 of the
-    ~1.3 CPU-seconds the help took) are imported where a model is built or a program traced."""
-    out = subprocess.run([sys.executable, "-c", HELP_SCRIPT, command], capture_output=True,
-                         text=True, timeout=300)
+    """``--help`` of the run commands and tools reads flags and recipes only: jax and flax (~1.1
+    of the ~1.3 CPU-seconds the help took) are imported where a model is built or a program
+    traced."""
+    out = subprocess.run([sys.executable, "-c", HELP_SCRIPT, *command.split(), "--help"],
+                         capture_output=True, text=True, timeout=300)
     got = json.loads(out.stderr.strip().splitlines()[-1])
     assert got == {"code": 0, "loaded": []}, out.stderr[-2000:]
     assert out.stdout.count("\n  --") >= 2  # the help itself was printed: the command's flags

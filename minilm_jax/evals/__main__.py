@@ -20,12 +20,7 @@ from minilm_jax.cli import run_tool, tool_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from minilm_jax.runs.running import refuse_population
-
-    from .common import MinimalPairsEvaluator
-    from .pair_tables import write_outputs
     from .scoring import RULES
-    from .scoring_models import scoring_model
     from .suites import SUITES
 
     parser = tool_parser(prog="python -m minilm_jax.evals", description=__doc__)
@@ -58,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="", help="output folder (default: "
                                                   "<workdir>/minimal_pairs/<suite name>)")
     args = parser.parse_args(argv)
+    # what scores (jax, flax) is imported once the flags are read: --help and a bad flag need none
+    from minilm_jax.runs.running import refuse_population
+
+    from .common import MinimalPairsEvaluator
+    from .pair_tables import write_outputs
+    from .scoring_models import scoring_model
+
     refuse_population(args.workdir, action="score")  # a population's folder: one line, its members
     suite_name = args.suite if args.suite in SUITES else Path(args.suite).stem
     evaluator = MinimalPairsEvaluator.from_config(suite_name, {

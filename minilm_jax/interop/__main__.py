@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from minilm_jax.cli import run_tool, status_of_user_errors, tool_parser
 from minilm_jax.interop.hf_files import safetensors_numpy
-from minilm_jax.interop.hf_import import import_roberta
-from minilm_jax.interop.hf_roberta import BOS_ID, EOS_ID, _flat_params, export_roberta
 from minilm_jax.model.config import ModelConfig
 
 
@@ -46,6 +43,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _demo_tokens(cfg: ModelConfig, seed: int) -> np.ndarray:
     """Two sequences ``<s> ... </s>``, the second right-padded."""
+    from minilm_jax.interop.hf_roberta import BOS_ID, EOS_ID
+
     rng = np.random.default_rng(seed)
     t = min(cfg.max_len, 32)
     tokens = np.full((2, t), cfg.pad_id, np.int32)
@@ -56,6 +55,11 @@ def _demo_tokens(cfg: ModelConfig, seed: int) -> np.ndarray:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # jax and flax are imported by the subcommand that builds a model: --help needs neither
+    import jax.numpy as jnp
+
+    from minilm_jax.interop.hf_import import import_roberta
+    from minilm_jax.interop.hf_roberta import _flat_params, export_roberta
     from minilm_jax.model.models import build_mlm
     from minilm_jax.model.sizes import resolve_point
 

@@ -99,6 +99,15 @@ runpy.run_module("{command}", run_name="__main__", alter_sys=True)
 
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One thread runs each process's programs (the CPU client's intra-op pool; XLA reads PJRT_NPROC,
+# by default one thread a core): the two xdist workers and their commands already keep both cores
+# busy, and a second thread in every process only waits and spins against the other worker's.
+# Measured with a warm cache, -n 2 (study B, the main job, the variant study: 216 -> 196-198
+# CPU-seconds, 145 -> 133-134 s; the study B sweep alone: its XLA threads 19.7 -> 12.8). The
+# thread count moves the last float32 digits of a matmul (Eigen splits its sums by threads), so
+# every process of the suite runs with the same (bit-for-bit comparisons are between them) and
+# the tolerances cover the rest; ``MINILM_TEST_NPROC`` sets another count.
+os.environ.setdefault("PJRT_NPROC", os.environ.get("MINILM_TEST_NPROC", "1"))
 # One persistent compilation cache for the whole test run, shared by both xdist workers and every
 # command a test starts: many tests compile the same small programs (tests/test_pretrain.py alone:
 # 216 s without, 167 s with an empty cache, 88 s with a filled one). The size cap turns on JAX's

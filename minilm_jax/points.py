@@ -33,8 +33,8 @@ def variant_extra(arch: str, assignments: Sequence[str]) -> tuple[tuple[str, obj
 def table(points: list[str], arch: str = "", extra: Sequence[str] = ()) -> str:
     """One row per point (``arch``: built as that encoder with its fields set by ``extra``
     ``name=value`` assignments, its declared counts checked or its counts derived). Counting
-    builds models: jax and flax are imported once every point is read, so ``--help`` and a bad
-    point need neither."""
+    builds models: jax and flax are imported once every point is read, so ``--help`` needs
+    neither, nor a malformed first point."""
     configs = [resolve_point(point) for point in points]  # a bad point: ConfigError, one line
     from minilm_jax.model import accounting
     from minilm_jax.model.count_check import check_declared_counts

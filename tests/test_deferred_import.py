@@ -73,6 +73,18 @@ def test_a_commands_help_imports_no_jax(command):
     assert out.stdout.count("\n  --") >= 2  # the help itself was printed: the command's flags
 
 
+def test_a_bad_point_is_one_error_line_before_jax_is_imported():
+    """``points`` reads its points before it imports what counts them (jax, flax): a malformed
+    one is refused with status 2 and nothing heavy loaded. (A well-formed point read before it
+    loads the encoder registry, and flax with it: a variant's defaults are the registry's.)"""
+    out = subprocess.run([sys.executable, "-c", HELP_SCRIPT, "minilm_jax.points",
+                          "E32-H32-nonsense"], capture_output=True, text=True, timeout=300)
+    got = json.loads(out.stderr.strip().splitlines()[-1])
+    assert got == {"code": 2, "loaded": []}, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "E32-H32-nonsense" in errors[0], out.stderr[-2000:]
+
+
 def test_the_model_package_loads_its_names_on_first_use():
     import minilm_jax.model as package
     from minilm_jax.model import models, registry

@@ -100,15 +100,16 @@ runpy.run_module("{command}", run_name="__main__", alter_sys=True)
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One thread runs each process's programs (the CPU client's intra-op pool; XLA reads PJRT_NPROC,
-# by default one thread a core): the two xdist workers and their commands already keep both cores
-# busy, and a second thread in every process only waits and spins against the other worker's.
+# by default one thread a core): the xdist workers (one a core and one more, launch/test.sh) and
+# their commands already keep every core busy, and a second thread in every process only waits
+# and spins against the other workers'.
 # Measured with a warm cache, -n 2 (study B, the main job, the variant study: 216 -> 196-198
 # CPU-seconds, 145 -> 133-134 s; the study B sweep alone: its XLA threads 19.7 -> 12.8). The
 # thread count moves the last float32 digits of a matmul (Eigen splits its sums by threads), so
 # every process of the suite runs with the same (bit-for-bit comparisons are between them) and
 # the tolerances cover the rest; ``MINILM_TEST_NPROC`` sets another count.
 os.environ.setdefault("PJRT_NPROC", os.environ.get("MINILM_TEST_NPROC", "1"))
-# One persistent compilation cache for the whole test run, shared by both xdist workers and every
+# One persistent compilation cache for the whole test run, shared by the xdist workers and every
 # command a test starts: many tests compile the same small programs (tests/test_pretrain.py alone:
 # 216 s without, 167 s with an empty cache, 88 s with a filled one). The size cap turns on JAX's
 # file lock, so no process reads an entry another is still writing.
@@ -135,25 +136,27 @@ SHARED_DATA = Path(os.environ.get("MINILM_SHARED_DATA", REPO.parent / "shared" /
 
 
 # The files holding the longest tests run first, the most CPU-seconds first (launch/test.sh:
-# ``-n 2 --dist loadfile --no-loadscope-reorder`` keeps this order; each worker takes the next
-# file as it runs out), so no worker is left alone with one at the end. Measured in a whole run
-# of the suite (MINILM_TEST_CPU_LOG, CPU-seconds per file): test_population.py 170,
-# test_sweep_workers.py 124, test_variant_hooks.py 118, test_finetune.py 91, the device check 74,
-# the main job (test_sweep.py) 68, study B 67, test_gpu_compile.py 62, the variant study 61,
-# test_run_identity.py 56, test_multihost_finetune.py 55, test_pretrain.py 53,
-# test_multihost.py 48, the own-data table 44, test_finetune_population.py 36,
-# test_interop_export_models.py 35, test_faults.py 33, test_one_line_errors.py 31,
-# test_workflow.py 30, test_aot.py 26, test_model_variants.py 23; the rest 22 and less.
-LONG_FILES_FIRST = ("test_population.py", "test_sweep_workers.py", "test_variant_hooks.py",
-                    "test_finetune.py", "test_device_check.py", "test_sweep.py",
-                    "test_study_b.py", "test_gpu_compile.py", "test_variant_study.py",
-                    "test_run_identity.py", "test_multihost_finetune.py", "test_pretrain.py",
-                    "test_multihost.py", "test_table_task.py", "test_finetune_population.py",
-                    "test_interop_export_models.py", "test_faults.py",
-                    "test_one_line_errors.py", "test_workflow.py", "test_aot.py",
-                    "test_model_variants.py", "test_output_layer.py", "test_interop_workdir.py",
-                    "test_gcs_workdir.py", "test_finetune_selection.py", "test_interruptions.py",
-                    "test_sweep_zero_shot.py", "test_latency.py")
+# ``--dist loadfile --no-loadscope-reorder`` keeps this order; each worker takes the next file as
+# it runs out), so no worker is left alone with one at the end. Measured in four whole runs of the
+# suite on 2026-11-28 (d259a25 and fc8c5c6, two and three workers; MINILM_TEST_CPU_LOG, mean
+# CPU-seconds per file): test_population.py 175, test_sweep_workers.py 137, test_gpu_compile.py
+# 124, test_variant_hooks.py 121, test_finetune.py 99, study B 95, the device check 87, the main
+# job (test_sweep.py) 83, test_pretrain.py 78, test_run_identity.py 68, the variant study 58, the
+# own-data table 55, test_multihost.py 52, test_multihost_finetune.py 51,
+# test_finetune_population.py 50, test_interop_export_models.py 49, test_aot.py 37; the rest 33
+# and less.
+LONG_FILES_FIRST = ("test_population.py", "test_sweep_workers.py", "test_gpu_compile.py",
+                    "test_variant_hooks.py", "test_finetune.py", "test_study_b.py",
+                    "test_device_check.py", "test_sweep.py", "test_pretrain.py",
+                    "test_run_identity.py", "test_variant_study.py", "test_table_task.py",
+                    "test_multihost.py", "test_multihost_finetune.py",
+                    "test_finetune_population.py", "test_interop_export_models.py", "test_aot.py",
+                    "test_output_layer.py", "test_model_variants.py", "test_faults.py",
+                    "test_fused_layer.py", "test_finetune_selection.py", "test_bench.py",
+                    "test_interop_workdir.py", "test_effective_config.py", "test_gcs_workdir.py",
+                    "test_interruptions.py", "test_zero_shot_in_training.py",
+                    "test_one_line_errors.py", "test_interop_twin_check.py", "test_model.py",
+                    "test_sweep_zero_shot.py")
 
 
 def pytest_sessionstart(session):
@@ -355,9 +358,9 @@ def write_line_shards(out_dir: Path, tokenizer, lines: list[str], seq_len: int) 
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
-    """A folder that ``build(folder)`` fills once per test session, shared by both xdist workers
+    """A folder that ``build(folder)`` fills once per test session, shared by the xdist workers
     (under the temporary folder their own ones sit in, made for this session) behind a file
-    lock: the worker that comes first builds it, the other waits and reads it. A build that
+    lock: the worker that comes first builds it, the others wait and read it. A build that
     failed halfway is started again. Tests only read what is in it."""
     import shutil
 

@@ -3,7 +3,7 @@
 #   MINILM_TEST_INTEROP=0   skip installing torch/transformers (the HF interop tests then skip)
 #   MINILM_SHARED_DATA=DIR  where the development datasets live (default: ../shared/data)
 #   MINILM_TEST_GPU_COMPILE=0  skip installing the CUDA plugin wheels (the deviceless GPU compile tests skip)
-#   MINILM_TEST_WORKERS=N   pytest-xdist workers (default: one more than the cores this process may use)
+#   MINILM_TEST_WORKERS=N   pytest-xdist workers (default: one a core and one more, one per 2 GiB at most)
 #   extra arguments go to pytest, e.g.  bash launch/test.sh -k model -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +28,8 @@ fi
 .venv/bin/python -m compileall -q -j 0 minilm_jax tests > /dev/null
 # One worker a core and one more: each process runs its programs on one thread (tests/conftest.py),
 # and a worker waiting on a command, a file or a claim would leave its core idle (docs/testing.md).
-workers=${MINILM_TEST_WORKERS:-$(( $(.venv/bin/python -c 'import os; print(len(os.sched_getaffinity(0)))') + 1 ))}
+# At most one per 2 GiB of memory: the main job's test, pytest and its commands, peaks at ~2 GiB.
+workers=${MINILM_TEST_WORKERS:-$(.venv/bin/python -c 'import os
+gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30
+print(max(1, min(len(os.sched_getaffinity(0)) + 1, gib // 2)))')}
 exec .venv/bin/python -m pytest -q -n "$workers" --dist loadfile --no-loadscope-reorder --durations=25 "$@" tests

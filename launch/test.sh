@@ -26,10 +26,5 @@ fi
 # The project's bytecode, written once: where PYTHONDONTWRITEBYTECODE is set, every command a test
 # starts would otherwise compile the project's modules from source again (~30 CPU-seconds a run).
 .venv/bin/python -m compileall -q -j 0 minilm_jax tests > /dev/null
-# One worker a core and one more: each process runs its programs on one thread (tests/conftest.py),
-# and a worker waiting on a command, a file or a claim would leave its core idle (docs/testing.md).
-# At most one per 2 GiB of memory: the main job's test, pytest and its commands, peaks at ~2 GiB.
-workers=${MINILM_TEST_WORKERS:-$(.venv/bin/python -c 'import os
-gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30
-print(max(1, min(len(os.sched_getaffinity(0)) + 1, gib // 2)))')}
-exec .venv/bin/python -m pytest -q -n "$workers" --dist loadfile --no-loadscope-reorder --durations=25 "$@" tests
+# -n auto: one worker a core and one more, at most one per 2 GiB (worker_count in tests/conftest.py)
+exec .venv/bin/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=25 "$@" tests

@@ -173,6 +173,24 @@ def pytest_sessionstart(session):
             entry.unlink(missing_ok=True)
 
 
+def worker_count() -> int:
+    """xdist workers for ``-n auto`` (launch/test.sh): ``MINILM_TEST_WORKERS``, else one a core
+    this process may use and one more (each process runs its programs on one thread, and a worker
+    waiting on a command, a file or a claim would leave its core idle: docs/testing.md), at most
+    one per 2 GiB of memory (the main job's test, pytest and its commands, peaks at ~2 GiB)."""
+    asked = os.environ.get("MINILM_TEST_WORKERS")
+    if asked:
+        return int(asked)
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 ** 30
+    return max(1, min(cores + 1, gib // 2))
+
+
+def pytest_xdist_auto_num_workers(config):
+    return worker_count()
+
+
 # Every test's time limit (pytest.ini's, or a test's own @pytest.mark.timeout) times this factor:
 # the limits are set for 2 free cores; a machine shared with other work may need more.
 TIMEOUT_SCALE = float(os.environ.get("MINILM_TEST_TIMEOUT_SCALE", "1"))

@@ -187,6 +187,7 @@ def worker_count() -> int:
     return max(1, min(cores + 1, gib // 2))
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist has no such hook to validate
 def pytest_xdist_auto_num_workers(config):
     return worker_count()
 

@@ -50,3 +50,15 @@ def test_the_environment_sets_the_count(machine, monkeypatch):
     monkeypatch.setenv("MINILM_TEST_WORKERS", "5")
     assert conftest.worker_count() == 5
     assert conftest.pytest_xdist_auto_num_workers(None) == 5
+
+
+def test_pytest_without_xdist_still_runs_the_suite(tmp_path):
+    # The hook above is xdist's: with the plugin off, pytest must not refuse it as unknown.
+    import subprocess, sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+         os.path.join(here, "test_worker_count.py"), "-k", "environment_sets"],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "1 passed" in out.stdout

@@ -164,11 +164,19 @@ def load_bbc_task(task: str, split: str, seed: int = 0, root: str | Path | None 
     return list(examples), spec
 
 
+@functools.lru_cache(maxsize=4)
+def _pool_of_side(root: str, heldout: bool) -> tuple[tuple[tuple[str, int, str], ...],
+                                                      tuple[str, ...]]:
+    """The sentence pool of one side of the split and the classes, read once per process (every
+    task and seed of a side draws from it)."""
+    articles, classes = read_articles(root or None)
+    return tuple(_sentence_pool(articles, heldout)), classes
+
+
 @functools.lru_cache(maxsize=8)
 def _task_examples(task: str, split: str, seed: int, root: str
                    ) -> tuple[tuple[Example, ...], TaskSpec]:
-    articles, classes = read_articles(root or None)
-    pool = _sentence_pool(articles, heldout=(split == "test"))
+    pool, classes = _pool_of_side(root, split == "test")
     if task == TOPIC:
         return (tuple(Example(s, None, label, f"{task}/{split}/{uid}") for s, label, uid in pool),
                 topic_spec(classes))

@@ -57,8 +57,17 @@ class Member:
     rest: Any
 
     def logits(self, tokens_bt: jax.Array) -> jax.Array:
-        """Eager forward pass (reference path, no jit)."""
-        return nnx.merge(self.graphdef, self.params, self.rest)(tokens_bt)
+        """This member's forward pass on its own (the reference path: one member, not the
+        committee's stacked or fused program), one jitted function per architecture (run
+        eagerly, each of its ~150 operations compiled a program of its own)."""
+        forward = _REFERENCE_FORWARDS.get(self.graphdef)
+        if forward is None:
+            forward = _REFERENCE_FORWARDS[self.graphdef] = jax.jit(_logits_fn(self.graphdef))
+        return forward(self.params, self.rest, tokens_bt)
+
+
+# The reference forward of each member architecture (Member.logits), built once per process.
+_REFERENCE_FORWARDS: dict[nnx.GraphDef, Callable[..., jax.Array]] = {}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -83,7 +92,7 @@ def combine_probs(logits_kbc: jax.Array, method: str) -> jax.Array:
 
 def reference_probs(members: Sequence[Member], tokens_bt: jax.Array, method: str
                     ) -> tuple[np.ndarray, float]:
-    """Members run one by one, eagerly, combined in float64 by
+    """Members run one by one (:meth:`Member.logits`), combined in float64 by
     :mod:`minilm_jax.tasks.committee_math`; and the largest |logit| among them (the scale a
     float32 tolerance on the committee's error is derived from)."""
     logits_kbc = np.stack([np.asarray(m.logits(tokens_bt)) for m in members])
@@ -265,7 +274,7 @@ def run_benchmark(*, k: int = 4, members: Sequence[str] = ("bert1-a12",),
     """Time every row at every batch size; returns ``{"environment", "settings", "rows", "skipped"}``.
 
     Committee rows carry ``max_abs_err``: their probabilities against the members run one by one
-    (eagerly) and combined in float64; and ``logit_scale``, the members' largest |logit| on the
+    (each on its own, :meth:`Member.logits`) and combined in float64; and ``logit_scale``, the members' largest |logit| on the
     batch (what a float32 tolerance on that error scales with).
     """
     runners, skipped = build_runners(k=k, members=members, deep=deep, seq_len=seq_len, dtype=dtype,

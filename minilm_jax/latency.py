@@ -23,6 +23,7 @@ batch / median.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import sys
@@ -58,16 +59,9 @@ class Member:
 
     def logits(self, tokens_bt: jax.Array) -> jax.Array:
         """This member's forward pass on its own (the reference path: one member, not the
-        committee's stacked or fused program), one jitted function per architecture (run
-        eagerly, each of its ~150 operations compiled a program of its own)."""
-        forward = _REFERENCE_FORWARDS.get(self.graphdef)
-        if forward is None:
-            forward = _REFERENCE_FORWARDS[self.graphdef] = jax.jit(_logits_fn(self.graphdef))
-        return forward(self.params, self.rest, tokens_bt)
-
-
-# The reference forward of each member architecture (Member.logits), built once per process.
-_REFERENCE_FORWARDS: dict[nnx.GraphDef, Callable[..., jax.Array]] = {}
+        committee's stacked or fused program), jitted once per architecture (eagerly, each of
+        its ~150 operations would compile a program of its own)."""
+        return _reference_forward(self.graphdef)(self.params, self.rest, tokens_bt)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -136,6 +130,12 @@ def make_committee(points: Sequence[str], num_labels: int, dtype: str, seq_len: 
 
 def _logits_fn(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
     return lambda params, rest, tokens_bt: nnx.merge(graphdef, params, rest)(tokens_bt)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_forward(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
+    """The jitted forward of one member architecture (:meth:`Member.logits`)."""
+    return jax.jit(_logits_fn(graphdef))
 
 
 def single_runner(name: str, member: Member) -> Runner:
@@ -274,8 +274,8 @@ def run_benchmark(*, k: int = 4, members: Sequence[str] = ("bert1-a12",),
     """Time every row at every batch size; returns ``{"environment", "settings", "rows", "skipped"}``.
 
     Committee rows carry ``max_abs_err``: their probabilities against the members run one by one
-    (each on its own, :meth:`Member.logits`) and combined in float64; and ``logit_scale``, the members' largest |logit| on the
-    batch (what a float32 tolerance on that error scales with).
+    (each on its own, :meth:`Member.logits`) and combined in float64; and ``logit_scale``, the
+    members' largest |logit| on the batch (what a float32 tolerance on that error scales with).
     """
     runners, skipped = build_runners(k=k, members=members, deep=deep, seq_len=seq_len, dtype=dtype,
                                      combine=combine, num_labels=num_labels)

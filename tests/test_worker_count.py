@@ -2,6 +2,8 @@
 core and one more, at most one per 2 GiB of memory, ``MINILM_TEST_WORKERS`` when set."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -54,7 +56,6 @@ def test_the_environment_sets_the_count(machine, monkeypatch):
 
 def test_pytest_without_xdist_still_runs_the_suite(tmp_path):
     # The hook above is xdist's: with the plugin off, pytest must not refuse it as unknown.
-    import subprocess, sys
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",

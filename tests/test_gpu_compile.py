@@ -29,11 +29,20 @@ def plugin_at(path: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def compiled() -> dict[str, dict]:
+def kernel_cache(tmp_path_factory) -> str:
+    """XLA_FLAGS naming one GPU kernel cache for this module's deviceless compiles: Triton's and
+    ptxas's output for a kernel compiled once (``compiled``'s A100 step) is read back by the next
+    compile of the same kernel (the device check's count of that step: 15.6 -> 3.6 CPU-seconds);
+    what XLA builds around the kernels, and so every count, is compiled again."""
+    return f"--xla_gpu_kernel_cache_file={tmp_path_factory.mktemp('gpu_kernels') / 'kernels.bin'}"
+
+
+@pytest.fixture(scope="module")
+def compiled(kernel_cache) -> dict[str, dict]:
     if not plugin_at(WHEELS):
         pytest.skip(f"no CUDA plugin wheels at {WHEELS} (launch/test.sh installs them)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(WHEELS), str(REPO / "tests")]),
-               JAX_PLATFORMS="cpu", XLA_FLAGS="")
+               JAX_PLATFORMS="cpu", XLA_FLAGS=kernel_cache)
     result = subprocess.run([sys.executable, str(REPO / "tests" / "gpu_compile_script.py"),
                              *CARDS], capture_output=True, text=True, cwd=REPO, env=env,
                             timeout=900)
@@ -137,21 +146,23 @@ def test_a_tpu_step_counts_the_programs_its_core_runs():
     assert step_kernels(TPU_HLO).total == 5  # copy-start, fusion, xor, shift-left, custom-call
 
 
-def test_the_device_check_counts_a_figures_step_compiled_deviceless(compiled, tmp_path,
-                                                                    monkeypatch):
+def test_the_device_check_counts_a_figures_step_compiled_deviceless(compiled, kernel_cache,
+                                                                    tmp_path, monkeypatch):
     """The device check's deviceless count of a bench figure (its point, batch, dtype,
     attention and layer read from the bench options) is that of the same step compiled by aot for
     the card: checked against ``compiled``'s small step for the A100 (its point at T = 128,
     the fused layer, bf16, batch 8, one device: aot's compile_train_step run directly, in the
-    module's own process; a deviceless compile is never cached, and the H100's paper-1.25m step
-    would take Triton ~12 CPU-seconds more). The aot command writes nothing into the persistent
-    compilation cache: a deviceless executable cannot be read back from it."""
+    module's own process, under its flags: its kernels are read from ``kernel_cache``, where the
+    H100's paper-1.25m step would take Triton ~12 CPU-seconds more). The aot command writes
+    nothing into the persistent compilation cache: a deviceless executable cannot be read back
+    from it."""
     import io
 
     from minilm_jax.configs.pretrain import get_config
     from minilm_jax.device_check import measuring, trees
 
     monkeypatch.setitem(trees.CHILD_ENV, "PYTHONPATH", str(WHEELS))
+    monkeypatch.setitem(trees.CHILD_ENV, "XLA_FLAGS", kernel_cache)  # compiled's flags and kernels
     cache = tmp_path / "compilation_cache"  # the aot command's: a deviceless compile writes none
     monkeypatch.setitem(trees.CHILD_ENV, "JAX_COMPILATION_CACHE_DIR", str(cache))
     a100 = compiled["a100"]  # the bench runs the point at its own length: as compiled there

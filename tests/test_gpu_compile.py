@@ -32,8 +32,8 @@ def plugin_at(path: Path) -> bool:
 def kernel_cache(tmp_path_factory) -> str:
     """XLA_FLAGS naming one GPU kernel cache for this module's deviceless compiles: Triton's and
     ptxas's output for a kernel compiled once (``compiled``'s A100 step) is read back by the next
-    compile of the same kernel (that step compiled again: 15.6 -> 3.6 CPU-seconds in the
-    compiling thread); what XLA builds around the kernels, and so every count, is compiled
+    compile of the same kernel (that step compiled again: 15.6 -> 3.6 CPU-seconds of the process
+    while it compiled); what XLA builds around the kernels, and so every count, is compiled
     again."""
     return f"--xla_gpu_kernel_cache_file={tmp_path_factory.mktemp('gpu_kernels') / 'kernels.bin'}"
 

@@ -176,7 +176,7 @@ def pytest_sessionstart(session):
 def worker_count() -> int:
     """xdist workers for ``-n auto`` (launch/test.sh): ``MINILM_TEST_WORKERS``, else one a core
     this process may use and one more (each process runs its programs on one thread, and a worker
-    waiting on a command, a file or a claim would leave its core idle: docs/testing.md), at most
+    waiting on a command, a file or a claim would leave its core idle: docs/testing_log.md), at most
     one per 2 GiB of memory (the main job's test, pytest and its commands, peaks at ~2 GiB)."""
     asked = os.environ.get("MINILM_TEST_WORKERS")
     if asked:

@@ -149,7 +149,9 @@ def test_cli_bad_input_exits_2():
     assert result.returncode == 2 and "did you mean 'train.batch_size'" in result.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow(covered_by=(
+    "tests/test_aot.py::test_largest_point_memory_and_flops",
+    "tests/test_aot.py::test_cli_report_then_over_budget_exits_2_with_a_message"))
 def test_cli_largest_point_full_report():
     result = aot_cli(f"--config=configs/pretrain.py:{LARGEST}", "--mesh_data=4", "--mesh_fsdp=2",
                      devices=8)
@@ -157,7 +159,10 @@ def test_cli_largest_point_full_report():
     assert "115,560,002" in result.stdout and "peak estimate" in result.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.slow(covered_by=(
+    "tests/test_aot.py::test_tpu_topology_without_libtpu_says_so",
+    "tests/test_aot.py::test_lowering_on_an_abstract_mesh_needs_no_devices",
+    "tests/test_gpu_compile.py::test_the_pallas_kernels_compile_by_triton_for_each_card"))
 def test_tpu_topology_compile():
     """Compile-only TPU v5e devices (needs libtpu; runs on a CPU-only machine; minutes)."""
     if importlib.util.find_spec("libtpu") is None:

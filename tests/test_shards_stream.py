@@ -252,7 +252,8 @@ def test_stage_memory_stays_bounded(wiki_corpus, tmp_path, workers):
     assert growth_kib * 1024 < shard_bytes / 4, (figures, shard_bytes)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    covered_by=("tests/test_shards_stream.py::test_stage_memory_stays_bounded",))
 def test_stage_memory_stays_bounded_at_200_megabytes(wiki_corpus, tmp_path):
     figures, shard_bytes = _measure_stage(wiki_corpus, tmp_path, 200, seq_len=128, workers=2, block_rows=2048)
     growth_kib = max(figures["self_kib"], figures["workers_kib"]) - figures["baseline_kib"]

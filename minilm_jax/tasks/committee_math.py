@@ -48,7 +48,8 @@ def committee_predict(member_logits: Any, method: Method = "prob") -> np.ndarray
 
 @dataclass(frozen=True)
 class CommitteePoint:
-    """Accuracy of committees of ``k`` members: mean and std over ``n_subsets`` subsets."""
+    """Accuracy of committees of ``k`` members: mean and sample std (ddof=1; 0 for one subset)
+    over ``n_subsets`` subsets."""
 
     k: int
     accuracy: float
@@ -89,5 +90,6 @@ def accuracy_vs_k(member_logits: Any, labels: Any, method: Method = "prob",
     for k in range(1, scores.shape[0] + 1):
         accs = [float(np.mean(scores[list(s)].mean(axis=0).argmax(axis=-1) == y))
                 for s in _subsets(scores.shape[0], k, mode, max_subsets, rng)]
-        points.append(CommitteePoint(k, float(np.mean(accs)), float(np.std(accs)), len(accs)))
+        spread = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0  # sample std, as everywhere
+        points.append(CommitteePoint(k, float(np.mean(accs)), spread, len(accs)))
     return points

@@ -1,6 +1,6 @@
 """The numbers the studies report, each against a value worked out by hand (or by scipy) on a tiny
 input: macro F1, committee spread and members, count baselines, BERT replacement tokens, the
-majority baseline, early stopping, power-law fits and the frontier's bins, statistics over
+majority baseline, power-law fits and the frontier's bins, statistics over
 pre-training seeds, study B's committee reference, minimal-pair summaries and the masked-LM
 evaluation loss."""
 
@@ -24,7 +24,6 @@ from minilm_jax.data.baselines import compute_baselines
 from minilm_jax.data.shards import TokenizerInfo, write_shards
 from minilm_jax.evals.minimal_pairs import compare_paired, summarize
 from minilm_jax.finetune.model_selection import majority_baseline
-from minilm_jax.finetune.run_folder import early_stop
 from minilm_jax.tasks.committee_math import accuracy_vs_k
 from minilm_jax.tasks.metrics import macro_f1
 from minilm_jax.train.evaluation import eval_result
@@ -106,13 +105,6 @@ def test_majority_baseline_breaks_a_tie_towards_the_lowest_id():
     out = majority_baseline("sst2", np.array([1, 0, 1, 0]), {"dev": np.array([0, 0, 0, 1])},
                             False)
     assert out["dev"]["prediction"] == 0 and out["dev"]["accuracy"] == pytest.approx(75.0)
-
-
-def test_early_stopping_counts_a_tie_with_the_best_as_no_improvement():
-    """Patience 1: an epoch that only equals the best so far stops the run."""
-    history = [{"members": [{"score": s}]} for s in (50.0, 70.0, 70.0)]
-    assert early_stop(history, 1)
-    assert not early_stop(history + [{"members": [{"score": 71.0}]}], 1)
 
 
 def _broken_law():

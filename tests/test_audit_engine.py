@@ -10,7 +10,6 @@ import socket
 import types
 from pathlib import Path
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -26,7 +25,8 @@ from minilm_jax.sweep.worker_loop import SweepRunner
 from minilm_jax.train.dispatch import TrainingDiverged
 from minilm_jax.train.evaluation import evaluation_due
 from minilm_jax.train.population_trainer import PopulationTrainer
-from minilm_jax.train.run_loop import LoopSpec, run_loop
+from minilm_jax.train.run_loop import run_loop
+from test_run_loop import CountingSpec, NullWriter, RecordingCheckpoints
 
 
 def _due_steps(total, per_dispatch, every, extra):
@@ -66,22 +66,13 @@ def test_snapshot_steps_allow_the_whole_run_and_a_last_step_off_the_dispatch_gri
         snapshot_steps(_pretrain_config(10, fractions=(0.5,), per_dispatch=4))
 
 
-class _Spec(LoopSpec):
+class _Spec(CountingSpec):
     """Ten one-step dispatches; the state counts steps; evaluations at ``evals``, asking to stop
     at ``stop_at``; the steps of its log lines are recorded."""
 
     def __init__(self, workdir, evals=(), stop_at=None):
-        self.total_steps, self.workdir = 10, workdir
+        super().__init__(workdir, signal_during_eval=False)
         self.evals, self.stop_at, self.logged = evals, stop_at, []
-
-    def host_batch(self, first, count):
-        return {"x": np.ones((count,), np.float32)}
-
-    def dispatch(self, state, host_batch):
-        return state + int(host_batch["x"].sum()), {"loss": jnp.zeros((len(host_batch["x"]),))}
-
-    def record_metrics(self, first, count, host):
-        pass
 
     def log_line(self, step, host, window):
         self.logged.append(step)
@@ -94,30 +85,9 @@ class _Spec(LoopSpec):
         return state, step == self.stop_at
 
 
-class _Checkpoints:
-    every_steps = 1000
-
-    def __init__(self):
-        self.saved = []
-
-    def due(self, step):
-        return False
-
-    def saved_steps(self):
-        return [s for s, _ in self.saved]
-
-    def save(self, step, state):
-        self.saved.append((step, state))
-
-
-class _Writer:
-    def flush(self):
-        pass
-
-
 def _loop(spec, log_every=100):
-    ckpts = _Checkpoints()
-    result = run_loop(spec, 0, 0, ckpts, _Writer(), steps_per_dispatch=1, log_every=log_every,
+    ckpts = RecordingCheckpoints()
+    result = run_loop(spec, 0, 0, ckpts, NullWriter(), steps_per_dispatch=1, log_every=log_every,
                       prefetch_depth=1, progress=False, desc="audit")
     return result, ckpts.saved
 

@@ -9,16 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from minilm_jax.tasks.metrics import accuracy, glue_score, task_metrics
+from minilm_jax.tasks.metrics import accuracy, glue_score, sample_std, task_metrics
 
 VALIDATION = "validation"
 UNK_WARN_RATE = 0.01
-
-
-def sample_std(values: Sequence[float] | np.ndarray) -> float:
-    """Sample standard deviation (ddof=1); 0.0 for a single value."""
-    values = np.asarray(values, dtype=np.float64)
-    return float(np.std(values, ddof=1)) if values.size > 1 else 0.0
 
 
 def mean_std(members: Sequence[Mapping[str, float | None]]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .metrics import sample_std
+
 Method = Literal["prob", "logit"]
 
 
@@ -90,6 +92,5 @@ def accuracy_vs_k(member_logits: Any, labels: Any, method: Method = "prob",
     for k in range(1, scores.shape[0] + 1):
         accs = [float(np.mean(scores[list(s)].mean(axis=0).argmax(axis=-1) == y))
                 for s in _subsets(scores.shape[0], k, mode, max_subsets, rng)]
-        spread = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0  # sample std, as everywhere
-        points.append(CommitteePoint(k, float(np.mean(accs)), spread, len(accs)))
+        points.append(CommitteePoint(k, float(np.mean(accs)), sample_std(accs), len(accs)))
     return points

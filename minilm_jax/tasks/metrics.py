@@ -19,6 +19,13 @@ from .glue import GLUE_TASKS
 from .registry import get_task
 
 
+def sample_std(values: Sequence[float] | np.ndarray) -> float:
+    """Sample standard deviation (ddof=1); 0.0 for a single value: every spread over seeds,
+    members or committees the project reports."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.std(values, ddof=1)) if values.size > 1 else 0.0
+
+
 def _class_ids(predictions: Any) -> np.ndarray:
     p = np.asarray(predictions)
     if p.ndim == 2:

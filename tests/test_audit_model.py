@@ -1,6 +1,7 @@
-"""What is trained, checked against independent numpy and by-hand numbers: one post-LN encoder
-layer, the MLM head, the learning-rate schedules, global-norm clipping, the weight-decay mask,
-and the evaluation and accumulated training steps."""
+"""What is trained, checked against independent numpy and by-hand numbers: the MLM head, the
+learning-rate schedules, global-norm clipping, the weight-decay mask, and the evaluation and
+accumulated training steps. The encoder layer's float64 numpy twin is tests/test_fused_layer.py's
+``numpy_layer``."""
 
 import math
 
@@ -33,31 +34,6 @@ def layer_norm(x, scale, bias, eps=1e-5):
 
 def lin(x, module):
     return x @ np.asarray(module.kernel[...], np.float64) + np.asarray(module.bias[...])
-
-
-def test_encoder_layer_is_the_post_ln_layer_computed_in_numpy():
-    """One post-LN layer: scores scaled by 1/sqrt(head_dim), padding keys masked, erf GELU,
-    residual then LayerNorm after attention and after the FFN."""
-    cfg = resolve_point(POINT)
-    layer = build_mlm(cfg).encoder.layers[0]
-    x = np.random.default_rng(0).normal(size=(1, 6, 32))
-    seg = jnp.asarray([[1, 1, 1, 1, 0, 0]])
-    mask = (seg[:, :, None] == seg[:, None, :]) & (seg != 0)[:, None, :]
-    graphdef, state = nnx.split(layer)
-    got = jax.jit(lambda s, x, m: nnx.merge(graphdef, s)(x, m))(
-        state, jnp.asarray(x, jnp.float32), mask[:, None])
-    a = layer.attention
-    q, k, v = (lin(x, m).reshape(1, 6, 4, 8).transpose(0, 2, 1, 3)
-               for m in (a.query, a.key, a.value))
-    scores = np.where(np.asarray(mask)[:, None], q @ k.transpose(0, 1, 3, 2) / np.sqrt(8), -1e9)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(1, 6, 32)
-    n1, n2 = layer.attention_norm, layer.ffn_norm
-    h = layer_norm(x + lin(ctx, a.output), np.asarray(n1.scale[...]), np.asarray(n1.bias[...]))
-    f = lin(gelu(lin(h, layer.ffn.up)), layer.ffn.down)
-    want = layer_norm(h + f, np.asarray(n2.scale[...]), np.asarray(n2.bias[...]))
-    np.testing.assert_allclose(np.asarray(got)[:, :4], want[:, :4], atol=2e-5, rtol=1e-5)
 
 
 def test_mlm_head_is_dense_gelu_layernorm_then_decoder_with_bias():

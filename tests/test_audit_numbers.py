@@ -196,13 +196,16 @@ def test_study_b_committee_is_compared_with_the_lowest_seed_deep_model(tmp_path)
     assert out["largest_minus_deep"].mean == pytest.approx(45.0)
 
 
-def test_macro_accuracy_is_the_mean_of_the_paradigms():
-    """Paradigms at 100%, 20% and 30%: macro 50 (the mean), pooled 150 / 300."""
-    rows = [{"scored": 100, "correct": c} for c in (100, 20, 30)]
-    summary = summarize(rows)
-    assert summary.macro == pytest.approx(50.0) and summary.pooled == pytest.approx(50.0)
-    rows[0]["scored"] = 200
-    assert summarize(rows).macro == pytest.approx((50 + 20 + 30) / 3)
+def test_pooled_accuracy_is_over_pairs_and_macro_over_paradigms():
+    """Minimal pairs' ``summarize``: pooled accuracy counts every scored pair once (10 right of
+    16), macro is the mean, not the median, of the paradigms' own accuracies (90%, 0%, 25%); a
+    paradigm with nothing scored is counted empty."""
+    rows = [{"scored": 10, "correct": 9, "ties": 0}, {"scored": 2, "correct": 0, "ties": 1},
+            {"scored": 4, "correct": 1, "ties": 0}, {"scored": 0, "correct": 0, "ties": 0}]
+    s = summarize(rows)
+    assert s.pooled == pytest.approx(100.0 * 10 / 16)
+    assert s.macro == pytest.approx((90.0 + 0.0 + 25.0) / 3)
+    assert (s.scored, s.correct, s.paradigms, s.empty, s.ties) == (16, 10, 3, 1, 1)
 
 
 def test_paired_difference_interval_uses_the_sample_sd():

@@ -66,8 +66,10 @@ def defined_tests(source: str) -> set[str]:
 def problems(files: dict[str, str]) -> list[str]:
     """What is wrong with the slow tier of ``files`` (path relative to the repository -> source)."""
     found = []
-    for path, source in sorted(files.items()):
-        for name, marks in slow_marks(source).items():
+    slow = {path: slow_marks(source) for path, source in files.items()}  # each file parsed once
+    tests = {path: defined_tests(source) for path, source in files.items()}
+    for path in sorted(files):
+        for name, marks in slow[path].items():
             where = f"{path}::{name}" if name != "*" else f"{path} (pytestmark)"
             for mark in marks:
                 names = covered_by(mark)
@@ -77,9 +79,9 @@ def problems(files: dict[str, str]) -> list[str]:
                 for test_id in names:
                     file, _, function = test_id.partition("::")
                     function = function.split("[")[0]
-                    if file not in files or function not in defined_tests(files[file]):
+                    if file not in files or function not in tests[file]:
                         found.append(f"{where}: covered_by names {test_id}, which does not exist")
-                    elif "*" in slow_marks(files[file]) or function in slow_marks(files[file]):
+                    elif "*" in slow[file] or function in slow[file]:
                         found.append(f"{where}: covered_by names {test_id}, which is slow too")
     return found
 

@@ -67,6 +67,7 @@ class FinetuneRun:
 def finetune_runs(rows: Iterable[Mapping[str, Any]]) -> list[FinetuneRun]:
     """Distinct fine-tuning runs of the downstream rows, in first-seen order."""
     found: dict[str, FinetuneRun] = {}
+    seeds_from: dict[str, str] = {}  # a hand-made run's seeds come from its first run label only
     for r in rows:
         if r.get("kind") != "downstream":
             continue
@@ -75,11 +76,14 @@ def finetune_runs(rows: Iterable[Mapping[str, Any]]) -> list[FinetuneRun]:
             key = f"{_key(r['workdir'])}|{r['task']}|{r['init']}|{r.get('checkpoint_step')}"
             if key in found:
                 ft = found[key]
-                if name in ft.runs:
+                # another run's or group's copy of the same rows (a shared twin, `run@group`)
+                # names the run, never adds seeds: each run counted once
+                if str(r["run"]) == seeds_from[key]:
                     ft.scores_by_seed[len(ft.scores_by_seed)] = float(r["score"])
                     ft.score = sum(ft.scores_by_seed.values()) / len(ft.scores_by_seed)
                 ft.runs.add(name)
                 continue
+            seeds_from[key] = str(r["run"])
         else:
             key = _key(r["finetune_workdir"])
             if key in found:

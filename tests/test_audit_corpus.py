@@ -243,6 +243,16 @@ def test_holdout_takes_at_least_one_example_of_every_class():
     assert sorted(ex.uid for ex in train + held) == sorted(ex.uid for ex in examples)
 
 
+def test_holdout_never_takes_a_class_s_last_example():
+    """A folder task's holdout (as an own table's): fraction 0.8 of a two-example class rounds
+    to 2 and of a one-example class to 1; each keeps one example to train on."""
+    labels = [0] * 5 + [1, 1, 2]
+    examples = [Example(f"t{i}", None, label, str(i)) for i, label in enumerate(labels)]
+    train, held = holdout_split(examples, 0.8, seed=3)
+    assert Counter(ex.label for ex in held) == Counter({0: 4, 1: 1})
+    assert Counter(ex.label for ex in train) == Counter({0: 1, 1: 1, 2: 1})
+
+
 def test_table_labels_are_stripped_before_classes_are_made(tmp_path):
     """A CSV label written ' pos' (space after the comma) is the class 'pos', not a third class."""
     path = tmp_path / "all.csv"

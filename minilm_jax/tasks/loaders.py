@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import ml_collections
 
@@ -109,19 +108,11 @@ def headline_examples(root: str | Path, name: str, seed: int) -> tuple[list[Exam
 
 def holdout_split(examples: Sequence[Example], fraction: float, seed: int
                   ) -> tuple[list[Example], list[Example]]:
-    """Seeded per-class split into (train, holdout) with ``fraction`` of every class held out."""
+    """Seeded per-class split into (train, holdout), ``fraction`` of every class held out (at
+    least one example, never a class's last: ``sampling.split_off_fraction``, as own tables)."""
     if not 0.0 < fraction < 1.0:
         raise UserError(f"data.holdout_fraction must be in (0, 1), got {fraction}")
-    by_class: dict[Any, list[int]] = defaultdict(list)
-    for i, ex in enumerate(examples):
-        by_class[ex.label].append(i)
-    rng = random.Random(seed)
-    held: set[int] = set()
-    for label in sorted(by_class):
-        rows = by_class[label]
-        held.update(rng.sample(rows, max(1, round(fraction * len(rows)))))
-    train = [ex for i, ex in enumerate(examples) if i not in held]
-    return train, [ex for i, ex in enumerate(examples) if i in held]
+    return split_off_fraction(examples, fraction, seed)
 
 
 # ------------------------------------------------------------------------------ loaders

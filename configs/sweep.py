@@ -427,6 +427,8 @@ def study_b_full() -> ml_collections.ConfigDict:
     c.pretrain_overrides = ("model.max_len=128", "eval.batch_size=256", "train.log_every=500",
                             "optim.peak_lr=5e-5", "optim.schedule=linear", "optim.warmup_steps=4000",
                             "mlm.mask_prob=0.15", "mlm.replacement=bert", "mlm.max_predictions=32",
+                            # bert-base-uncased's [MASK], and its [UNK] [CLS] [SEP] never predicted
+                            "mlm.mask_id=103", "mlm.never_mask_ids=(0, 100, 101, 102)",
                             "checkpoint.every_minutes=30.0", "eval.test_at_end=False")
     c.bases = ("l1=bert1-a12", "l6=bert6")  # BERT layout: [PAD]=0, positions from 0
     c.ofat = ("l1:data.shards={data_root}/subsets/n20000,{data_root}/subsets/n40000",)

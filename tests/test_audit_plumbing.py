@@ -219,3 +219,35 @@ def test_a_folder_without_tie_word_embeddings_ties_them_as_transformers_does(tmp
               nnx.to_flat_state(nnx.state(import_roberta(folder), nnx.Param))}
     np.testing.assert_array_equal(params[("mlm_head", "decoder", "kernel")], word.T)
     np.testing.assert_array_equal(params[("mlm_head", "decoder", "bias")], bias)
+
+
+# ------------------------------------------------------------------ the tokenizer's special ids
+
+ROBERTA_IDS = {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": 4}  # SentencePiece, our WordPiece
+BERT_IDS = {"pad": 0, "unk": 100, "bos": 101, "eos": 102, "mask": 103}  # bert-base-uncased
+
+
+def test_the_masking_recipe_must_name_the_shards_special_tokens():
+    """The recipe's mask 4 and never-masked (0, 1, 2, 3) fit RoBERTa's layout; a BERT vocab.txt
+    would train on [unused3] as the mask and predict [CLS], [SEP] and [UNK]: refused in one line
+    naming the ids to pass, and study_b_full (bert-base-uncased) passes them."""
+    from minilm_jax.configs.pretrain import get_config
+    from minilm_jax.data.shards import ShardError
+    from minilm_jax.train.pretrainer import check_special_ids
+
+    mlm = get_config().mlm
+    check_special_ids(mlm, ROBERTA_IDS)
+    check_special_ids(mlm, {})  # a manifest written before special ids were recorded
+    with pytest.raises(ShardError, match=r"mask token at id 103, mlm\.mask_id is 4: pass "
+                                         r"--config\.mlm\.mask_id=103$"):
+        check_special_ids(mlm, BERT_IDS)
+    mlm.mask_id = 103
+    with pytest.raises(ShardError, match=r"special tokens \[100, 101, 102\] .* pass "
+                                         r"--config\.mlm\.never_mask_ids=0,1,2,3,100,101,102$"):
+        check_special_ids(mlm, BERT_IDS)
+    mlm.never_mask_ids = (0, 100, 101, 102)
+    check_special_ids(mlm, BERT_IDS)
+    sweep = sweep_recipes.study_b_full()
+    sweep.data_root = "/data"
+    for run in expand(sweep):
+        check_special_ids(run.config.mlm, BERT_IDS)

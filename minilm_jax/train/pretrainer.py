@@ -77,6 +77,7 @@ def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_
             "--config.data.allow_vocab_mismatch=True if this is intended")
     if manifest["pad_id"] != pad_id:
         raise ShardError(f"shards use pad id {manifest['pad_id']}, model.pad_id is {pad_id}")
+    check_special_ids(config.mlm, manifest.get("special_ids") or {})
     expected = config.data.get("tokenizer_sha256", "")
     if expected and manifest["tokenizer"]["sha256"] != expected:
         raise ShardError(f"shards were made with tokenizer {manifest['tokenizer']['sha256'][:12]}, "
@@ -85,6 +86,24 @@ def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_
         raise ShardError(f"no '{config.data.train_split}' split in {config.data.shards} "
                          f"(has {sorted(manifest['splits'])})")
     return manifest
+
+
+def check_special_ids(mlm: ml_collections.ConfigDict, specials: dict[str, int]) -> None:
+    """The masking recipe names the shards' tokenizer's own special tokens (the recipe's ids are
+    RoBERTa's, 0-4; a BERT vocab.txt puts [CLS] [SEP] [UNK] [MASK] at 101, 102, 100, 103): the
+    mask token is its mask, and its <s>, </s> and <unk> are never selected for prediction."""
+    if "mask" in specials and int(mlm.mask_id) != specials["mask"]:
+        raise ShardError(f"the shards' tokenizer has its mask token at id {specials['mask']}, "
+                         f"mlm.mask_id is {mlm.mask_id}: pass --config.mlm.mask_id="
+                         f"{specials['mask']}")
+    never = {int(i) for i in mlm.never_mask_ids}
+    named = {specials[k] for k in ("bos", "eos", "unk") if specials.get(k) is not None}
+    if named - never:
+        ids = ",".join(str(i) for i in sorted(never | named))
+        raise ShardError(f"special tokens {sorted(named - never)} of the shards' tokenizer "
+                         f"(<s>, </s>, <unk>: {sorted(named)}) are not in mlm.never_mask_ids "
+                         f"{tuple(sorted(never))}: they would be predicted; pass "
+                         f"--config.mlm.never_mask_ids={ids}")
 
 
 def run_identity(config: ml_collections.ConfigDict, manifest: dict) -> dict[str, Any]:

@@ -28,11 +28,7 @@ from minilm_jax.sweep.layout import SweepLayout, twin_key
 from minilm_jax.sweep.results import run_rows
 from minilm_jax.sweep.spec import Membership, Run, expand
 from minilm_jax.sweep.status import SweepStatus
-
-
-def _jsonl(path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+from test_analysis_icer import write_jsonl
 
 
 # ------------------------------------------------------------------------- sweep expansion
@@ -113,7 +109,8 @@ PER_SEQUENCE = {"paper": 100.0, "complete": 130.0}
 def _pretrained_run(layout: SweepLayout, run: Run, status: str = "completed") -> None:
     """A finished pre-training of ``run``: 20 steps, validation at 10 and 20, best at 10."""
     pre = layout.pretrain_dir(run.name)
-    _jsonl(pre / "metrics.jsonl", [
+    pre.mkdir(parents=True)
+    write_jsonl(pre / "metrics.jsonl", [
         {"step": 10, "split": "train", "loss": 5.0, "perplexity": 148.4},
         {"step": 10, "split": "validation", "loss": 4.0, "perplexity": 54.6},
         {"step": 20, "split": "validation", "loss": 4.5, "perplexity": 90.0},
@@ -177,7 +174,7 @@ def test_an_integer_field_refuses_a_value_that_is_not_an_integer_literal(text):
 def test_the_best_perplexity_of_the_summary_is_only_that_of_the_best_step(tmp_path):
     """A checkpoint without a logged validation record at its step has no known perplexity,
     unless it is the summary's best step; a test record at the step is not a validation one."""
-    _jsonl(tmp_path / "metrics.jsonl", [
+    write_jsonl(tmp_path / "metrics.jsonl", [
         {"step": 5, "split": "validation", "loss": 2.3, "perplexity": 9.0},
         {"step": 5, "split": "test", "loss": 2.2, "perplexity": 8.0}])
     run = PretrainedRun(tmp_path, None, "", "", 0, tmp_path, None, which="best",

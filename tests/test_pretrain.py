@@ -200,9 +200,11 @@ def test_a_resumed_run_restores_without_building_its_initial_state(word_shards, 
 def test_runs_of_one_program_share_it_and_no_other_run_does(word_shards, tmp_path, monkeypatch):
     """pretrain_program keeps the programs it built in this process: a second run of the same
     config (another workdir) is handed the same jitted steps and ends bit for bit as the first; a
-    run with another seed, learning rate or step count gets its own and ends exactly as it does
-    when built first (a key that left the seed, the optimizer or the steps out would hand it the
-    first run's program). Building for another platform builds another program."""
+    run with another learning rate or step count gets its own and ends exactly as it does when
+    built first (a key that left the optimizer or the steps out would hand it the first run's
+    program); a run with another seed runs the first run's compiled step and initialiser, compiled
+    once, with its own seed, and ends exactly as it does when built first. Building for another
+    platform builds another program."""
     from minilm_jax.model.target_platform import building_for
     from minilm_jax.train import program as programs
     from minilm_jax.train.built_programs import BuiltPrograms
@@ -221,19 +223,23 @@ def test_runs_of_one_program_share_it_and_no_other_run_does(word_shards, tmp_pat
     assert (again.train_step, again.eval_step, again.state) == (
         first.train_step, first.eval_step, first.state)
     assert again_sha == first_sha
+    compiled = first.train_step.fn._cache_size(), first.state.init.fn._cache_size()
+    assert compiled == (1, 1)
     for name, changes in (("seed", {"seed": 1}), ("lr", {"optim.peak_lr": 3e-3}),
                           ("steps", {"train.num_steps": 4})):
         other, other_sha = run(name, **changes)  # built while a's are kept
-        assert other.train_step is not first.train_step, name
+        shared = other.train_step.fn is first.train_step.fn
+        assert shared == (other.state.init.fn is first.state.init.fn) == (name == "seed"), name
+        assert (first.train_step.fn._cache_size(), first.state.init.fn._cache_size()) == compiled
         with monkeypatch.context() as patch:  # built with nothing kept
             patch.setattr(programs, "_BUILT", BuiltPrograms())
             alone, alone_sha = run(f"{name}_alone", **changes)
-        assert alone.train_step is not other.train_step
+        assert alone.train_step.fn is not other.train_step.fn
         assert other_sha == alone_sha != first_sha, name
     config, mesh = small_config(word_shards, **base), make_mesh(1, 1)
     with building_for("gpu"):
         gpu = programs.pretrain_program(config, mesh)
-    assert gpu.train_step is not programs.pretrain_program(config, mesh).train_step
+    assert gpu.train_step.fn is not programs.pretrain_program(config, mesh).train_step.fn
 
 
 @pytest.mark.timeout(300)  # waits on a command it stops: a hang fails in 5 minutes

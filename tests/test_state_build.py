@@ -16,7 +16,7 @@ from minilm_jax.model import encoder as encoder_module
 from minilm_jax.model.models import MaskedLM, SequenceClassifier
 from minilm_jax.settings.model_fields import model_from_config
 from minilm_jax.train.mesh import make_mesh
-from minilm_jax.train.state import build_state, lm_state
+from minilm_jax.train.state import build_state, lm_state, seed_arg
 
 CFG = model_from_config(get_config("E32-H32-I64-L2-A2-V500"))
 
@@ -43,13 +43,14 @@ def separately(make) -> tuple[nnx.GraphDef, accounting.ParamCounts]:
 def test_one_trace_of_the_model_gives_the_graph_and_the_counts(kind, constructions):
     optimizer, mesh = optax.adamw(1e-3), make_mesh(1)
     if kind == "pretraining":
-        built = lm_state(CFG, 0, optimizer, mesh)
+        built = lm_state(CFG, optimizer, mesh)
         make = lambda: MaskedLM(CFG, rngs=nnx.Rngs(params=0))  # noqa: E731
     else:
-        built = members_state(CFG, 3, optimizer, (0, 1, 2), mesh)
+        built = members_state(CFG, 3, optimizer, 3, mesh)
         make = lambda: SequenceClassifier(CFG, 3, rngs=nnx.Rngs(params=0))  # noqa: E731
     assert len(constructions) == 1
-    state = built.init() if kind == "pretraining" else built.init(None)
+    state = (built.init(seed_arg(0)) if kind == "pretraining"
+             else built.init(None, np.arange(3, dtype=np.int32)))
     assert len(constructions) == 1  # the initialiser is compiled from the same trace
     assert jax.tree.map(lambda x: x.shape, state) == jax.tree.map(lambda x: x.shape,
                                                                   built.abstract)

@@ -41,8 +41,8 @@ def step_seconds(point: str, members: int, batch: int, seq_len: int, num_labels:
     seconds of the first call: compilation included)."""
     cfg = resolve_point(point)
     optimizer, schedule = optimizer_and_schedule(_optim(), 1000)
-    built = members_state(cfg, num_labels, optimizer, range(members), make_mesh(1, 1))
-    graphdef, state = built.graphdef, built.init(None)
+    built = members_state(cfg, num_labels, optimizer, members, make_mesh(1, 1))
+    graphdef, state = built.graphdef, built.init(None, np.arange(members, dtype=np.int32))
     step = jax.jit(make_finetune_step(graphdef, optimizer, schedule,
                                       num_labels == 1, impl), donate_argnums=0)
     rng = np.random.default_rng(0)

@@ -80,19 +80,20 @@ def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, 
     member for a ``population``) or random init (None)."""
     members = members_strategy(config.train.members, "train.members")
     # Everything the programs and the initial state are built from: the model (and the class its
-    # arch names: an encoder module imported again builds another), the labels, the members'
-    # seeds, the pre-trained encoder's shapes (its values are an argument of the initialiser), the
-    # optimizer's fields and steps, how members run, the mesh and the platform built for. Runs
-    # with equal keys share the jitted functions, so each is traced and compiled once in this
-    # process (jax.jit caches per function object).
+    # arch names: an encoder module imported again builds another), the labels, the number of
+    # members (their seeds and the pre-trained encoder's values are arguments of the initialiser
+    # and the step: only the encoder's shapes count), the optimizer's fields and steps, how
+    # members run, the mesh and the platform built for. Runs with equal keys share the jitted
+    # functions, so each is traced and compiled once in this process (jax.jit caches per
+    # function object).
     key = (model_cfg, encoder_factory(model_cfg.arch), int(num_labels), bool(regression),
-           tuple(int(s) for s in member_seeds), _shapes(encoder_state), bool(population),
+           len(member_seeds), _shapes(encoder_state), bool(population),
            config.optim.to_json(), int(total_steps), members, mesh, target_platform.platform())
 
     def build() -> tuple[FinetuneProgram, BuiltState]:
         optimizer, schedule = optimizer_and_schedule(
             config.optim, total_steps, one_vector=moments_in_one_vector(mesh.shape["fsdp"]))
-        built = members_state(model_cfg, num_labels, optimizer, member_seeds, mesh,
+        built = members_state(model_cfg, num_labels, optimizer, len(member_seeds), mesh,
                               encoder_state, population=population)
         state_sharding = built.shardings
         batch_shardings = {k: batch_sharding(mesh, batch_axis=2, ndim=4) for k in INPUTS}
@@ -113,7 +114,8 @@ def finetune_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, 
                                select), built
 
     program, built = _BUILT.get(key, build)
-    return program, built.unbuilt(encoder_state)  # built only where no checkpoint is restored
+    # built only where no checkpoint is restored
+    return program, built.unbuilt(encoder_state, np.asarray(member_seeds, np.int32))
 
 
 def _shapes(tree: Any) -> Any:

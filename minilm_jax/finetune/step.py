@@ -114,14 +114,15 @@ def make_members_init(cfg: ModelConfig, num_labels: int, optimizer: optax.Gradie
 
 
 def members_state(cfg: ModelConfig, num_labels: int, optimizer: optax.GradientTransformation,
-                  seeds: Any, mesh: Any, encoder_state: Any = None, population: bool = False
+                  num_members: int, mesh: Any, encoder_state: Any = None, population: bool = False
                   ) -> BuiltState:
-    """The fine-tuning state of ``len(seeds)`` members (train.state.build_state); ``init(encoder)``
-    gives it, from ``encoder_state`` (a pre-trained encoder; stacked per member for a
-    ``population``) or random init (``None``)."""
-    seeds_s = jnp.asarray(list(seeds), jnp.int32)
+    """The fine-tuning state of ``num_members`` members (train.state.build_state); ``init(encoder,
+    seeds)`` gives it for the members' ``seeds`` (int32 ``[S]``, an argument: one compiled
+    initialiser for any seeds), from ``encoder`` (a pre-trained encoder of ``encoder_state``'s
+    shapes; stacked per member for a ``population``) or random init (``None``)."""
     init = make_members_init(cfg, num_labels, optimizer, population)
-    return build_state(lambda encoder: init(seeds_s, encoder), mesh, encoder_state)
+    return build_state(lambda encoder, seeds_s: init(seeds_s, encoder), mesh, encoder_state,
+                       jax.ShapeDtypeStruct((int(num_members),), jnp.int32))
 
 
 def make_predict_step(graphdef: nnx.GraphDef, members: str = "auto") -> Callable[..., jax.Array]:

@@ -8,6 +8,7 @@ and the throughput benchmark (``bench``), so what they compile is what a run tra
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -29,7 +30,7 @@ from minilm_jax.train.mesh import (BATCH_AXES, batch_sharding, check_batch_divis
                                    members_state_shardings, replicated)
 from minilm_jax.train.optim import (moments_in_one_vector, optimizer_and_schedule,
                                     schedule_values)
-from minilm_jax.train.state import BuiltState, lm_state
+from minilm_jax.train.state import BuiltState, WithSeed, lm_state
 from minilm_jax.train.step import (MemberGroup, make_eval_step, make_population_eval,
                                    make_population_step, make_train_step, member_objects)
 
@@ -114,14 +115,14 @@ def pretrain_program(config: ml_collections.ConfigDict, mesh: Any,
     k, micro = max(1, int(tc.steps_per_dispatch)), int(tc.grad_accum)
     batch_shape = (k, micro, int(tc.batch_size) // micro, model.max_len)
 
-    def build() -> PretrainProgram:
+    def build() -> PretrainProgram:  # for every seed: the seed is an argument of its programs
         optimizer, schedule = optimizer_and_schedule(
             config.optim, total_steps, one_vector=moments_in_one_vector(mesh.shape["fsdp"]))
-        built = lm_state(model, config.seed, optimizer, mesh)
+        built = lm_state(model, optimizer, mesh)
         data = batch_sharding(mesh, batch_axis=2, ndim=4)
         train_step = jax.jit(
-            make_train_step(built.graphdef, optimizer, schedule, masking, config.seed),
-            in_shardings=(built.shardings, data),
+            make_train_step(built.graphdef, optimizer, schedule, masking),
+            in_shardings=(built.shardings, data, replicated(mesh)),
             out_shardings=(built.shardings, replicated(mesh)), donate_argnums=0)
         eval_step, eval_shardings = eval_program(
             built.graphdef, masking, config.eval.seed, mesh, built.shardings["params"],
@@ -134,10 +135,19 @@ def pretrain_program(config: ml_collections.ConfigDict, mesh: Any,
 
     # Everything the program is built from: the model (and the class its arch names: an encoder
     # module imported again builds another), the optimizer's fields, the steps, the masking, the
-    # seeds, the mesh, the dispatch's shape and the platform it is built for.
+    # evaluation seed, the mesh, the dispatch's shape and the platform it is built for; then the
+    # run's seed, bound to the programs all seeds share.
     key = (model, encoder_factory(model.arch), config.optim.to_json(), total_steps, masking,
-           int(config.seed), int(config.eval.seed), mesh, batch_shape, target_platform.platform())
-    return _BUILT.get(key, build)
+           int(config.eval.seed), mesh, batch_shape, target_platform.platform())
+    return with_seed(_BUILT.get(key, build), int(config.seed))
+
+
+def with_seed(program: PretrainProgram, seed: int) -> PretrainProgram:
+    """``program`` (built for every seed) for a run of ``seed``: its train step and initialiser
+    take the seed as their last argument, one compiled program for all seeds."""
+    return dataclasses.replace(
+        program, train_step=WithSeed(program.train_step, seed),
+        state=dataclasses.replace(program.state, init=WithSeed(program.state.init, seed)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,8 +206,8 @@ def population_program(configs: list[ml_collections.ConfigDict], mesh: Any,
         c, model = configs[indices[0]], models[indices[0]]
         # a group shares its mask probability (group_key), so its packed rows are each member's
         masking = sharded_masking(MaskingConfig.from_config(c.mlm, model.vocab_size), mesh)
-        built = lm_state(model, 0, optimizer_and_schedule(c.optim, total_steps,
-                                                          one_vector=one_vector)[0],
+        built = lm_state(model, optimizer_and_schedule(c.optim, total_steps,
+                                                       one_vector=one_vector)[0],
                          mesh)  # shapes only
         groups.append(MemberGroup(tuple(indices), built.graphdef, c.optim, masking, one_vector))
         makers.append(model)
@@ -215,7 +225,7 @@ def population_program(configs: list[ml_collections.ConfigDict], mesh: Any,
         return {"params": params, "rest": rest, "opt_state": optimizer.init(params),
                 "step": jnp.zeros((), jnp.int32), "live": jnp.ones((), bool), "hyper": member_hyper}
 
-    def init_fn():
+    def init_fn(hyper):  # the members' values are an argument: one program for any values
         parts = []
         for gi, group in enumerate(groups):
             sub = jax.tree.map(lambda x: x[jnp.asarray(group.indices)], hyper)
@@ -223,11 +233,11 @@ def population_program(configs: list[ml_collections.ConfigDict], mesh: Any,
         inverse = jnp.argsort(jnp.asarray([i for g in groups for i in g.indices]))
         return jax.tree.map(lambda *xs: jnp.concatenate(xs)[inverse], *parts)
 
-    abstract = jax.eval_shape(init_fn)
+    abstract = jax.eval_shape(init_fn, hyper)
     shardings = members_state_shardings(mesh, abstract)
     built = BuiltState(graphdef=groups[0].graphdef, param_counts=counts,
                        abstract=abstract, shardings=shardings,
-                       init=jax.jit(init_fn, out_shardings=shardings))
+                       init=functools.partial(jax.jit(init_fn, out_shardings=shardings), hyper))
     data = members_batch_sharding(mesh, batch_axis=3, ndim=5)
     train_step = jax.jit(make_population_step(groups, total_steps, size, members),
                          in_shardings=(shardings, data),

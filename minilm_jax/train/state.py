@@ -14,6 +14,7 @@ from typing import Any, Callable, TypedDict
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -121,16 +122,44 @@ def build_state(init_fn: Callable[..., Any], mesh: Any, *example_args: Any) -> B
                       init=jax.jit(recording, out_shardings=shardings))
 
 
-def lm_state(cfg: ModelConfig, seed: int, optimizer: optax.GradientTransformation, mesh: Any
-             ) -> BuiltState:
-    """The pre-training state of a ``MaskedLM`` (parameters from ``seed``); ``init()`` takes no
-    arguments."""
+# A run's seed as its programs take it: an argument (one program serves every seed), a uint32
+# scalar whose key is the one jax.random.key(seed) makes of the Python int (its low 32 bits).
+SEED = jax.ShapeDtypeStruct((), jnp.uint32)
 
-    def init_fn() -> TrainState:
-        model = MaskedLM(cfg, rngs=nnx.Rngs(params=seed))
+
+def seed_arg(seed: int) -> np.ndarray:
+    """``seed`` as the programs' seed argument (:data:`SEED`)."""
+    return np.asarray(int(seed) & 0xFFFFFFFF, np.uint32)
+
+
+@dataclasses.dataclass(frozen=True)
+class WithSeed:
+    """``fn`` with a run's seed bound as its last argument: ``WithSeed(fn, seed)(*args)`` is
+    ``fn(*args, seed_arg(seed))``; ``lower`` and ``trace`` likewise (``fn`` a ``jax.jit``
+    function). Equal for the same function and seed."""
+
+    fn: Any
+    seed: int
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args, seed_arg(self.seed))
+
+    def lower(self, *args: Any) -> Any:
+        return self.fn.lower(*args, seed_arg(self.seed))
+
+    def trace(self, *args: Any) -> Any:
+        return self.fn.trace(*args, seed_arg(self.seed))
+
+
+def lm_state(cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Any) -> BuiltState:
+    """The pre-training state of a ``MaskedLM``: ``init(seed_arg(seed))`` gives the state with
+    parameters from ``seed``, one compiled initialiser for every seed."""
+
+    def init_fn(seed: jax.Array) -> TrainState:
+        model = MaskedLM(cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
         record_model(model)
         _, params, rest = nnx.split(model, nnx.Param, ...)
         return {"params": params, "rest": rest, "opt_state": optimizer.init(params),
                 "step": jnp.zeros((), jnp.int32)}
 
-    return build_state(init_fn, mesh)
+    return build_state(init_fn, mesh, SEED)

@@ -87,14 +87,16 @@ def make_update(graphdef: nnx.GraphDef) -> Callable[..., tuple[TrainState, dict]
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, masking: MaskingConfig, seed: int
-                    ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict]]:
-    """``step_fn(state, batch)`` with batch arrays ``[K, M, b, T]``: K optimizer updates per call
-    (``lax.scan``), each accumulating gradients over M micro-batches."""
-    base_key = jax.random.key(seed)
+                    schedule: optax.Schedule, masking: MaskingConfig
+                    ) -> Callable[..., tuple[TrainState, dict]]:
+    """``step_fn(state, batch, seed)`` with batch arrays ``[K, M, b, T]``: K optimizer updates per
+    call (``lax.scan``), each accumulating gradients over M micro-batches. The run's ``seed`` (an
+    int32 scalar) is an argument, not a constant of the program: runs that differ in their seed
+    only run one compiled program (a population member's key is made the same way)."""
     update = make_update(graphdef)
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    def train_step(state: TrainState, batch: dict[str, jax.Array], seed: jax.Array):
+        base_key = jax.random.key(seed)
         return jax.lax.scan(
             lambda s, b: update(s, b, optimizer, schedule, masking, base_key), state, batch)
 

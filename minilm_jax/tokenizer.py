@@ -55,6 +55,12 @@ class Tokenizer(abc.ABC):
         return frozenset((self.pad_id, self.bos_id, self.eos_id, self.unk_id, self.mask_id))
 
     @property
+    def special_id_map(self) -> dict[str, int]:
+        """The special tokens' ids by role, as shard manifests record them."""
+        return {"pad": self.pad_id, "bos": self.bos_id, "eos": self.eos_id, "unk": self.unk_id,
+                "mask": self.mask_id}
+
+    @property
     def info(self) -> TokenizerInfo:
         """Identity for shard manifests."""
         return TokenizerInfo(sha256=self.sha256, vocab_size=self.vocab_size, path=self.path)

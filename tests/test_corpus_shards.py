@@ -211,6 +211,41 @@ def test_study_b_subsets_nested_with_shared_validation(tmp_path):
         run_subsets(source, str(vocab), tmp_path / "sub3", sizes=[len(articles)], valid=1)
     stage = json.loads((tmp_path / "sub" / "manifest.json").read_text())
     assert stage["stage"] == "subsets" and stage["parameters"]["sizes"] == [10, 25]
+    special_ids_of_bert_layout_shards(tmp_path / "sub" / "n10", tok)
+
+
+def special_ids_of_bert_layout_shards(shards: Path, tok) -> None:
+    """Shards of a BERT vocab.txt record its special ids ([PAD] 0, [UNK] 100, [CLS] 101, [SEP]
+    102, [MASK] 103); their baselines leave [PAD], [UNK], [CLS] and [SEP] out (an add-one unigram
+    counted here by hand), and pre-training with the RoBERTa-layout recipe is refused."""
+    from minilm_jax.configs.pretrain import get_config
+    from minilm_jax.data.shards import ShardError, recorded_special_ids
+    from minilm_jax.model.sizes import SPARE_VOCAB_ROWS
+    from minilm_jax.train.pretrainer import check_shards
+
+    manifest = read_manifest(shards)
+    bert = {"pad": 0, "unk": 100, "bos": 101, "eos": 102, "mask": 103}
+    assert recorded_special_ids(manifest) == bert == tok.special_id_map
+    baselines = json.loads((shards / "baselines.json").read_text())
+    assert baselines["never_mask_ids"] == [0, 100, 101, 102]
+    train = np.asarray(open_split(shards, "train").tokens).ravel()
+    valid = np.asarray(open_split(shards, "validation").tokens).ravel()
+    never = [0, 100, 101, 102]
+    assert np.isin(train, [101, 102]).sum() == 20  # each row's [CLS] and [SEP], left out
+    counts = np.bincount(train[~np.isin(train, never)], minlength=tok.vocab_size)
+    p = (counts + 1.0) / (counts.sum() + tok.vocab_size)
+    expected = -np.log(p[valid[~np.isin(valid, never)]]).mean()
+    assert baselines["splits"]["validation"]["unigram"] == pytest.approx(expected, rel=1e-12)
+    config = get_config()
+    config.data.shards = str(shards)
+    vocab = tok.vocab_size + SPARE_VOCAB_ROWS
+    with pytest.raises(ShardError, match=r"mask token at id 103, mlm\.mask_id is 4"):
+        check_shards(config, vocab, 128, 0)
+    config.mlm.mask_id = 103
+    with pytest.raises(ShardError, match=r"special tokens \[100, 101, 102\]"):
+        check_shards(config, vocab, 128, 0)
+    config.mlm.never_mask_ids = (0, 100, 101, 102)
+    assert check_shards(config, vocab, 128, 0) == manifest
 
 
 # A `corpus shards` command that stops after writing its first rows (into its temporary folder) and

@@ -293,8 +293,7 @@ def _provenance(inputs: list[dict[str, Any]], tok: Tokenizer, cfg: ShardConfig,
                      "empty_texts": b.empty_texts} for name, b in builders.items()}
     return {"stage": "shards", "inputs": inputs, "tokenizer": {"path": tok.path, "sha256": tok.sha256,
             "kind": tok.kind}, "parameters": dataclasses.asdict(cfg), "counts": counts,
-            "special_ids": {"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id, "unk": tok.unk_id,
-                            "mask": tok.mask_id}}
+            "special_ids": tok.special_id_map}
 
 
 def check_shards_tokenizer(shard_dir: str | os.PathLike, tok: Tokenizer) -> dict[str, Any]:

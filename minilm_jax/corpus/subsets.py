@@ -76,7 +76,8 @@ def run_subsets(source: SourceSpec, tokenizer_path: str, out_dir: str | os.PathL
             if valid_rows is not None:
                 splits["validation"] = valid_rows
             provenance = {"stage": "subsets", "articles": size, "validation_articles": valid, "seed": seed,
-                          "inputs": inputs, "shuffled_corpus_articles": total}
+                          "inputs": inputs, "shuffled_corpus_articles": total,
+                          "special_ids": tok.special_id_map}
             manifest = write_shards(tmp / f"n{size}", splits, pad_id=tok.pad_id, tokenizer=tok.info,
                                     source=provenance)
             write_baselines(tmp / f"n{size}")

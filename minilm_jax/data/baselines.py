@@ -10,7 +10,10 @@
 Maskable tokens are those the pre-training engine may select: real tokens (segment != 0 where the shard
 set has segments, else != pad) whose id is not in ``never_mask_ids`` (``<s>``, ``<pad>``, ``</s>``,
 ``<unk>`` by default, as in ``mlm.never_mask_ids``). Perplexity = exp(mean cross-entropy in nats) over
-those tokens, the definition the engine's validation perplexity uses.
+those tokens, the definition the engine's validation perplexity uses. The never-masked ids are the
+shards' own: their tokenizer's ``<s>``/``[CLS]``, ``<pad>``/``[PAD]``, ``</s>``/``[SEP]`` and
+``<unk>``/``[UNK]`` as the manifest records them (0-3 for the project's tokenizers; 101, 0, 102,
+100 for a BERT ``vocab.txt``), (0, 1, 2, 3) for shards that record none.
 
 Results are cached as ``baselines.json`` next to the manifest (keyed by the splits' sha256).
 """
@@ -24,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from .shards import ShardError, open_split, read_manifest
+from .shards import ShardError, open_split, read_manifest, recorded_special_ids
 from minilm_jax.storage import atomic_write_json
 
 CACHE = "baselines.json"
-NEVER_MASK_IDS = (0, 1, 2, 3)
+NEVER_MASK_IDS = (0, 1, 2, 3)  # shards that record no special ids
+NEVER_MASKED_ROLES = ("bos", "pad", "eos", "unk")
 LAMBDAS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 _CHUNK_ROWS = 8192
 
@@ -93,11 +97,23 @@ def _bigram_nll(ml: np.ndarray, uni: np.ndarray, has_context: np.ndarray, lam: f
     return -np.log(lam_v * ml + (1.0 - lam_v) * uni)
 
 
-def compute_baselines(shard_dir: str | Path, never_mask_ids: tuple[int, ...] = NEVER_MASK_IDS
+def shard_never_mask_ids(manifest: dict[str, Any]) -> tuple[int, ...]:
+    """The ids a shard set's tokens are never predicted at: its tokenizer's ``<s>``, ``<pad>``,
+    ``</s>`` and ``<unk>`` as recorded, else :data:`NEVER_MASK_IDS`."""
+    recorded = recorded_special_ids(manifest)
+    if not all(role in recorded for role in NEVER_MASKED_ROLES):
+        return NEVER_MASK_IDS
+    return tuple(sorted({recorded[role] for role in NEVER_MASKED_ROLES}))
+
+
+def compute_baselines(shard_dir: str | Path, never_mask_ids: tuple[int, ...] | None = None
                       ) -> dict[str, Any]:
-    """Unigram and bigram cross-entropy / perplexity on every evaluation split of ``shard_dir``."""
+    """Unigram and bigram cross-entropy / perplexity on every evaluation split of ``shard_dir``
+    (tokens at ``never_mask_ids`` left out: the shards' own special ids when not given)."""
     shard_dir = Path(shard_dir)
     manifest = read_manifest(shard_dir)
+    if never_mask_ids is None:
+        never_mask_ids = shard_never_mask_ids(manifest)
     if "train" not in manifest["splits"]:
         raise ShardError(f"{shard_dir}: no train split to count from")
     vocab = int(manifest["tokenizer"]["vocab_size"])
@@ -138,7 +154,8 @@ def load_baselines(shard_dir: str | Path) -> dict[str, Any]:
     if cache.is_file():
         try:
             cached = json.loads(cache.read_text())
-            if cached.get("splits_sha256") == want and cached.get("version") == 1:
+            if (cached.get("splits_sha256") == want and cached.get("version") == 1
+                    and cached.get("never_mask_ids") == list(shard_never_mask_ids(manifest))):
                 return cached
         except (OSError, json.JSONDecodeError):
             pass

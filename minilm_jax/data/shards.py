@@ -251,6 +251,14 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def recorded_special_ids(manifest: dict[str, Any]) -> dict[str, int]:
+    """The special tokens' ids by role (``pad``, ``bos``, ``eos``, ``unk``, ``mask``) as the shards'
+    builder recorded them (``manifest["source"]["special_ids"]``); empty for shards written
+    without them (older shards, or arrays written by hand)."""
+    recorded = (manifest.get("source") or {}).get("special_ids") or {}
+    return {role: int(i) for role, i in recorded.items() if i is not None}
+
+
 def open_split(shard_dir: str | os.PathLike, split: str, *, verify: bool = False) -> ShardSplit:
     """Memory-map one split; ``verify`` re-hashes the file against the manifest."""
     manifest = read_manifest(shard_dir)

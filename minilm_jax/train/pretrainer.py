@@ -20,7 +20,8 @@ import minilm_jax.run_identity as identity
 from minilm_jax.model.code_identity import arch_code
 from minilm_jax.model.config import ConfigError, ModelConfig
 from minilm_jax.model.sizes import SPARE_VOCAB_ROWS
-from minilm_jax.data.shards import ShardError, ShardSplit, open_split, read_manifest
+from minilm_jax.data.shards import (ShardError, ShardSplit, open_split, read_manifest,
+                                     recorded_special_ids)
 from minilm_jax.errors import UserError
 from minilm_jax.settings.command_line import flatten
 from minilm_jax.settings.model_fields import model_from_config
@@ -77,7 +78,7 @@ def check_shards(config: ml_collections.ConfigDict, model_vocab: int, model_max_
             "--config.data.allow_vocab_mismatch=True if this is intended")
     if manifest["pad_id"] != pad_id:
         raise ShardError(f"shards use pad id {manifest['pad_id']}, model.pad_id is {pad_id}")
-    check_special_ids(config.mlm, manifest.get("special_ids") or {})
+    check_special_ids(config.mlm, recorded_special_ids(manifest))
     expected = config.data.get("tokenizer_sha256", "")
     if expected and manifest["tokenizer"]["sha256"] != expected:
         raise ShardError(f"shards were made with tokenizer {manifest['tokenizer']['sha256'][:12]}, "

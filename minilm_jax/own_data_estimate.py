@@ -19,22 +19,29 @@ SECONDS_PER_MB, SECONDS_PER_STEP, SECONDS_PER_ROW, START_SECONDS = 15.0, 0.04, 0
 MEASURED_CORES = 2
 
 
+LABEL_SUFFIXES = (".csv", ".tsv", ".jsonl")  # what a labels folder's train and test files are
+
+
 def text_megabytes(text: str) -> float:
-    """Megabytes of text in a file or a folder's files (``-``: none left to make)."""
+    """Megabytes of text in a file, or in a folder's ``.txt`` files (what the job reads of it:
+    not a readme, a PDF or a subfolder beside them; ``-``: none left to make)."""
     if text == "-":
         return 0.0
     path = Path(text)
-    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    files = [p for p in path.glob("*.txt") if p.is_file()] if path.is_dir() else [path]
     return sum(p.stat().st_size for p in files) / 1e6
 
 
 def labelled_rows(labels: str) -> int:
-    """Lines in a labels file or a folder's files (``-``: no fine-tuning)."""
+    """Labelled rows in a labels file or a folder's CSV / TSV / JSONL files: their lines, less a
+    CSV or TSV file's header (``-``: no fine-tuning)."""
     if labels == "-":
         return 0
     path = Path(labels)
-    files = [path] if path.is_file() else sorted(path.glob("*.*"))
-    return sum(sum(1 for _ in open(p, "rb")) for p in files)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES)
+    return sum(max(0, sum(1 for _ in open(p, "rb")) - (p.suffix.lower() != ".jsonl"))
+               for p in files)
 
 
 def estimate_seconds(megabytes: float, steps: int, rows: int, seeds: int, cores: int,

@@ -8,8 +8,11 @@ def test_estimate_counts_text_rows_steps_and_scales_with_cores(tmp_path):
     corpus.mkdir()
     (corpus / "a.txt").write_bytes(b"x" * 600_000)
     (corpus / "b.txt").write_bytes(b"y" * 400_000)
-    labels = tmp_path / "labels.tsv"
-    labels.write_text("".join(f"text {i}\t{i % 2}\n" for i in range(500)))
+    (corpus / "notes.pdf").write_bytes(b"z" * 900_000)  # beside the .txt files: not read
+    (corpus / ".git").mkdir()
+    (corpus / ".git" / "pack.txt").write_bytes(b"w" * 500_000)
+    labels = tmp_path / "labels.tsv"  # a header row, then 500 labelled rows
+    labels.write_text("text\tlabel\n" + "".join(f"text {i}\t{i % 2}\n" for i in range(500)))
     assert est.text_megabytes(str(corpus)) == 1.0 and est.text_megabytes("-") == 0.0
     assert est.labelled_rows(str(labels)) == 500 and est.labelled_rows("-") == 0
     two = est.estimate_seconds(1.0, 2500, 500, 3, cores=2)
@@ -24,7 +27,7 @@ def test_a_busy_machine_scales_the_estimate_and_says_for_which_load(tmp_path, mo
     """Load average 6 on 2 cores (the job gets 2 of 7 runnable slots): 3.5 x the idle estimate;
     load 0.5 on 8 cores: the idle estimate; no load average reported: the idle one, said so."""
     labels = tmp_path / "labels.csv"
-    labels.write_text("".join(f"text {i},{i % 2}\n" for i in range(400)))
+    labels.write_text("text,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(400)))
     monkeypatch.setattr(est.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     idle = 40 + 2500 * 0.04 + 400 * 3 * 2 * 0.006  # cores=2: every rate as measured
 

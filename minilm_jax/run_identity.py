@@ -30,6 +30,7 @@ import os
 import posixpath
 from typing import Any, Iterable, Mapping
 
+from minilm_jax.data.shards import split_fingerprints
 from minilm_jax.errors import UserError
 from minilm_jax.model.code_identity import ACCEPT_ENV, accepted, code_changes
 from minilm_jax.storage import relative_location
@@ -112,9 +113,10 @@ def _digest(payload: Any) -> str:
 
 
 def shards_digest(manifest: Mapping[str, Any]) -> str:
-    """The token shards' identity: every split's sha256, the tokenizer's, sequence length and pad
-    id from their manifest (where the folder is, or when it was written, is not part of it)."""
-    splits = {name: split.get("sha256") for name, split in sorted(manifest["splits"].items())}
+    """The token shards' identity: every split's sha256 (its segments file's too where recorded),
+    the tokenizer's, sequence length and pad id from their manifest (where the folder is, or when
+    it was written, is not part of it)."""
+    splits = split_fingerprints(manifest)
     return _digest({"splits": splits, "tokenizer": manifest["tokenizer"].get("sha256"),
                     "seq_len": manifest.get("seq_len"), "pad_id": manifest.get("pad_id")})
 

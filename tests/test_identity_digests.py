@@ -210,3 +210,42 @@ def test_a_finished_sweeps_fine_tuning_unit_is_held_to_its_task_data_and_checkpo
     now["task_data"], now["init"] = data, SHA["d"]  # the checkpoint's bytes
     [line] = changed()
     assert f"(inputs.init: {SHA['c'][:12]} -> {SHA['d'][:12]})" in line, line
+
+
+def test_a_splits_segments_bytes_are_part_of_its_identity(tmp_path):
+    """Packed shards whose token files are byte-identical but whose document boundaries differ
+    (the segments files): another shards digest, a recomputed baselines.json (the bigram's
+    contexts stop at a boundary: the cached value of the first would be stale), and a segments
+    file edited after the build refused by ``verify``."""
+    import numpy as np
+
+    from minilm_jax.data.baselines import CACHE, compute_baselines, load_baselines
+    from minilm_jax.data.shards import ShardError, open_split, read_manifest, write_shards
+    from minilm_jax.tokenizer import TokenizerInfo
+
+    rng = np.random.default_rng(0)
+    splits = {name: rng.integers(5, 40, (6, 16)).astype(np.int32)
+              for name in ("train", "validation")}
+    one_doc = {name: np.ones((6, 16), np.int32) for name in splits}
+    two_docs = {name: np.where(np.arange(16) < 8, 1, 2).astype(np.int32) * np.ones((6, 1), np.int32)
+                for name in splits}
+    info = TokenizerInfo(sha256="0" * 64, vocab_size=40)
+    for folder, segments in (("a", one_doc), ("b", two_docs)):
+        write_shards(tmp_path / folder, splits, pad_id=1, tokenizer=info, segments=segments)
+    a, b = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    assert a["splits"]["train"]["sha256"] == b["splits"]["train"]["sha256"]
+    assert a["splits"]["train"]["segments_sha256"] == hashlib.sha256(
+        (tmp_path / "a" / a["splits"]["train"]["segments_file"]).read_bytes()).hexdigest()
+    assert run_identity.shards_digest(a) != run_identity.shards_digest(b)
+    stale = load_baselines(tmp_path / "a")
+    (tmp_path / "b" / CACHE).write_text(json.dumps(stale))  # the first set's cache beside b
+    fresh = load_baselines(tmp_path / "b")
+    assert fresh == compute_baselines(tmp_path / "b")
+    assert fresh["splits"]["validation"]["bigram"] != stale["splits"]["validation"]["bigram"]
+    segments_file = tmp_path / "b" / b["splits"]["validation"]["segments_file"]
+    edited = np.load(segments_file)
+    edited[0, -1] = 3
+    np.save(segments_file, edited)
+    open_split(tmp_path / "b", "validation")  # unverified: read as it is
+    with pytest.raises(ShardError, match="does not match the checksum"):
+        open_split(tmp_path / "b", "validation", verify=True)

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .shards import ShardError, open_split, read_manifest, recorded_special_ids
+from .shards import (ShardError, open_split, read_manifest, recorded_special_ids,
+                     split_fingerprints)
 from minilm_jax.storage import atomic_write_json
 
 CACHE = "baselines.json"
@@ -140,7 +141,7 @@ def compute_baselines(shard_dir: str | Path, never_mask_ids: tuple[int, ...] | N
         splits[split]["bigram"] = float(_bigram_nll(ml, uni, has_context, lam).mean())
     return {"version": 1, "never_mask_ids": list(never_mask_ids), "bigram_lambda": lam,
             "lambda_chosen_on": tune, "train_tokens": int(counts.unigram.sum()),
-            "splits_sha256": {k: v.get("sha256") for k, v in manifest["splits"].items()},
+            "splits_sha256": split_fingerprints(manifest),
             "splits": splits}
 
 
@@ -149,7 +150,7 @@ def load_baselines(shard_dir: str | Path) -> dict[str, Any]:
     a read-only shard folder is computed every time)."""
     shard_dir = Path(shard_dir)
     manifest = read_manifest(shard_dir)
-    want = {k: v.get("sha256") for k, v in manifest["splits"].items()}
+    want = split_fingerprints(manifest)
     cache = shard_dir / CACHE
     if cache.is_file():
         try:

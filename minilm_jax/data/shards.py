@@ -163,7 +163,7 @@ class ShardWriter:
         entry = {"file": files.tokens.path.name, "num_sequences": files.tokens.rows,
                  "num_tokens": files.num_tokens, "sha256": files.tokens.commit()}
         if files.segments is not None:
-            files.segments.commit()
+            entry["segments_sha256"] = files.segments.commit()
             entry["segments_file"] = files.segments.path.name
         return entry
 
@@ -251,6 +251,15 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def split_fingerprints(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Each split's bytes as its manifest records them: the tokens file's sha256, and with it the
+    segments file's where one is recorded (``[tokens, segments]``; shards written before segments
+    were hashed give the tokens' alone, as they always did)."""
+    return {name: ([entry.get("sha256"), entry["segments_sha256"]]
+                   if "segments_sha256" in entry else entry.get("sha256"))
+            for name, entry in sorted(manifest["splits"].items())}
+
+
 def recorded_special_ids(manifest: dict[str, Any]) -> dict[str, int]:
     """The special tokens' ids by role (``pad``, ``bos``, ``eos``, ``unk``, ``mask``) as the shards'
     builder recorded them (``manifest["source"]["special_ids"]``); empty for shards written
@@ -271,14 +280,17 @@ def open_split(shard_dir: str | os.PathLike, split: str, *, verify: bool = False
         raise ShardError(f"shard file missing: {path}")
     if verify and file_sha256(path) != entry["sha256"]:
         raise ShardError(f"shard file {path} does not match the checksum in its manifest")
+    segments_path = Path(shard_dir) / entry["segments_file"] if "segments_file" in entry else None
+    if (verify and segments_path is not None and "segments_sha256" in entry
+            and file_sha256(segments_path) != entry["segments_sha256"]):
+        raise ShardError(f"shard file {segments_path} does not match the checksum in its manifest")
     tokens = _load_rows(path, manifest["seq_len"], int(entry["num_sequences"]))
     if tokens.shape[0] == 0:
         raise ShardError(f"{path}: split '{split}' is empty")
     _check_token_range(path, tokens, int(manifest["tokenizer"]["vocab_size"]))
     segments = None
-    if "segments_file" in entry:
-        segments = _load_rows(Path(shard_dir) / entry["segments_file"], manifest["seq_len"],
-                              int(entry["num_sequences"]))
+    if segments_path is not None:
+        segments = _load_rows(segments_path, manifest["seq_len"], int(entry["num_sequences"]))
     return ShardSplit(tokens=tokens, segments=segments)
 
 

@@ -15,11 +15,10 @@ import os
 import sys
 from pathlib import Path
 
+from minilm_jax.tasks.table import SUFFIXES  # a labels folder's train and test files
+
 SECONDS_PER_MB, SECONDS_PER_STEP, SECONDS_PER_ROW, START_SECONDS = 15.0, 0.04, 0.006, 40.0
 MEASURED_CORES = 2
-
-
-LABEL_SUFFIXES = (".csv", ".tsv", ".jsonl")  # what a labels folder's train and test files are
 
 
 def text_megabytes(text: str) -> float:
@@ -39,9 +38,15 @@ def labelled_rows(labels: str) -> int:
         return 0
     path = Path(labels)
     files = [path] if path.is_file() else sorted(
-        p for p in path.iterdir() if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES)
-    return sum(max(0, sum(1 for _ in open(p, "rb")) - (p.suffix.lower() != ".jsonl"))
-               for p in files)
+        p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    return sum(_rows_in(p) for p in files)
+
+
+def _rows_in(path: Path) -> int:
+    """A labels file's rows: its lines, less the header row of a CSV or TSV file."""
+    with open(path, "rb") as f:
+        lines = sum(1 for _ in f)
+    return lines if path.suffix.lower() == ".jsonl" else max(0, lines - 1)
 
 
 def estimate_seconds(megabytes: float, steps: int, rows: int, seeds: int, cores: int,

@@ -16,25 +16,13 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-
+from test_interop_export_models import _perturbed
 
 
 def _cfg(**fields):
     from minilm_jax.model.sizes import resolve_point
 
     return resolve_point("E32-H32-I64-L2-A4-V100", max_len=8, **fields)
-
-
-def _moved(model, seed: int = 1):
-    """``model`` with every parameter moved off its initialisation (biases non-zero)."""
-    import jax.numpy as jnp
-    from flax import nnx
-
-    rng = np.random.default_rng(seed)
-    for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        value = np.asarray(var.get_value())
-        var.set_value(jnp.asarray(value + rng.normal(0.0, 0.1, value.shape).astype(value.dtype)))
-    return model
 
 
 def _write(model, out, labels=()):
@@ -104,7 +92,7 @@ def test_a_tied_checkpoint_without_the_key_gets_the_word_embedding_as_decoder(tm
     from minilm_jax.interop.hf_import import import_roberta
     from minilm_jax.model import build_mlm
 
-    out = _write(_moved(build_mlm(_cfg(embed_projection=False), seed=0)), tmp_path / "hf")
+    out = _write(_perturbed(build_mlm(_cfg(embed_projection=False), seed=0)), tmp_path / "hf")
     config = json.loads((out / "config.json").read_text())
     del config["tie_word_embeddings"]
     (out / "config.json").write_text(json.dumps(config))
@@ -137,7 +125,7 @@ def test_conv_front_end_crosses_as_torch_conv_weights_and_back(tmp_path):
     from minilm_jax.interop.hf_import import import_minilm
     from minilm_jax.model import build_mlm
 
-    model = _moved(build_mlm(_cfg(arch="bert_conv", conv_layers=2, conv_channels=3), seed=0))
+    model = _perturbed(build_mlm(_cfg(arch="bert_conv", conv_layers=2, conv_channels=3), seed=0))
     out = _write(model, tmp_path / "hf")
     tensors = load_file(str(out / "model.safetensors"))
     ours = {".".join(map(str, p)): np.asarray(v.get_value())
@@ -196,7 +184,7 @@ def test_twin_check_refuses_a_twin_wrong_only_where_attention_is_used(tmp_path):
     from minilm_jax.interop.twin_check import verify_export
     from minilm_jax.model import build_mlm
 
-    model = _moved(build_mlm(_cfg(embed_projection=False), seed=0))
+    model = _perturbed(build_mlm(_cfg(embed_projection=False), seed=0))
     for layer in model.encoder.layers:
         for part in (layer.attention.query, layer.attention.key):
             for var in (part.kernel, part.bias):

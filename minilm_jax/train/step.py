@@ -90,9 +90,10 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
                     schedule: optax.Schedule, masking: MaskingConfig
                     ) -> Callable[..., tuple[TrainState, dict]]:
     """``step_fn(state, batch, seed)`` with batch arrays ``[K, M, b, T]``: K optimizer updates per
-    call (``lax.scan``), each accumulating gradients over M micro-batches. The run's ``seed`` (an
-    int32 scalar) is an argument, not a constant of the program: runs that differ in their seed
-    only run one compiled program (a population member's key is made the same way)."""
+    call (``lax.scan``), each accumulating gradients over M micro-batches. The run's ``seed`` (a
+    uint32 scalar, :func:`minilm_jax.train.state.seed_arg`) is an argument, not a constant of the
+    program: runs that differ in their seed only run one compiled program (a population member's
+    key is made the same way)."""
     update = make_update(graphdef)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], seed: jax.Array):

@@ -56,6 +56,26 @@ def _storage_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {_first_line(err)}"
 
 
+# Orbax splits the write of an array replicated over several devices among the replicas, each
+# slicing its part on its device first: one compiled slice per leaf shape and device in every
+# process (a tiny model's state on 8 devices: ~70 programs at its first save, 1.5 CPU-seconds
+# against 0.14 for four saves written from one replica). Slices under this many bytes are not
+# worth it: their arrays are written whole by one replica; a large model's big arrays still are
+# written in parallel.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
+@functools.cache
+def small_arrays_from_one_replica() -> None:
+    """Register Orbax's array handler with ``MIN_REPLICA_SLICE_BYTES`` (the default handler's
+    array metadata kept), once per process, before the first checkpoint is written."""
+    default = ocp.type_handlers.get_type_handler(jax.Array)
+    handler = ocp.type_handlers.ArrayHandler(
+        array_metadata_store=getattr(default, "_array_metadata_store", None),
+        min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 # A copy of a state's arrays where they are (one program per state's shapes: copying leaf by leaf
 # compiles one per leaf shape in every process).
 _device_copy = jax.jit(lambda state: jax.tree.map(lambda x: x.copy(), state))
@@ -78,6 +98,7 @@ class Checkpoints:
         self.every_steps = max(1, int(every_steps))
         self.every_seconds = float(every_minutes) * 60.0
         self._last_save_time = time.monotonic()
+        small_arrays_from_one_replica()
         self.latest = ocp.CheckpointManager(
             root / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,

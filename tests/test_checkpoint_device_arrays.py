@@ -1,7 +1,8 @@
-"""A checkpoint of arrays replicated over several devices: Orbax's replica-parallel write (each
-replica slices and writes its part) is kept for arrays whose per-replica part is at least
-``MIN_REPLICA_SLICE_BYTES``; smaller arrays are written whole by one replica, with no slicing
-program compiled per shape and device (train/checkpoint.py). Runs on the suite's 8 fake devices."""
+"""Checkpoints of device arrays (train/checkpoint.py), on the suite's 8 fake devices, with no program
+compiled where none is needed: Orbax's replica-parallel write (each replica slices and writes its
+part) kept for arrays whose per-replica part is at least ``MIN_REPLICA_SLICE_BYTES``, smaller ones
+written whole by one replica; the best state held between evaluations a copy that outlives the
+train step's donation of the state it was taken from."""
 
 from __future__ import annotations
 
@@ -72,3 +73,33 @@ def test_an_array_with_a_replica_part_of_the_bound_is_still_split_among_replicas
     # one slicing program a device: each replica cuts its own part of the rows
     assert sum("slice" in n for n in names) == devices, names
     np.testing.assert_array_equal(np.asarray(restored["big"]), np.asarray(state["big"]))
+
+
+def test_a_held_best_is_a_copy_that_outlives_the_donated_state(tmp_path):
+    """``hold_best`` keeps a device copy with the state's shardings (no program compiled); the
+    train step then donates the state's buffers; the best published later holds the held step's
+    values."""
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "fsdp"))
+    # (read back from the numpy values: a jax array read to numpy keeps a view of its buffer on a
+    # CPU, and a buffer viewed is never donated)
+    expected = {"w": np.arange(64, dtype=np.float32).reshape(16, 4),
+                "b": np.ones((1, 5), np.float32)}
+    specs = {"w": P("fsdp"), "b": P()}
+    state = {key: jax.device_put(value.copy(), NamedSharding(mesh, specs[key]))
+             for key, value in expected.items()}
+    checkpoints = Checkpoints(tmp_path / "run", keep=2, every_steps=1, every_minutes=1e9,
+                              keep_best=True)
+    step = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
+    step(jax.tree.map(lambda x: x + 0, state))  # compiled before the copy's programs are counted
+    with compiled_programs() as names:
+        checkpoints.hold_best(7, state, {"loss": 1.5})
+    assert names == []
+    _, held, _ = checkpoints._held_best
+    assert {k: v.sharding for k, v in held.items()} == {k: v.sharding for k, v in state.items()}
+    after = step(state)
+    assert {k: v.is_deleted() for k, v in state.items()} == dict.fromkeys(state, True)  # donated
+    checkpoints.save(8, after)  # publishes the held best first
+    best = checkpoints.best.restore(7)["state"]
+    checkpoints.close()
+    for key, value in expected.items():
+        np.testing.assert_array_equal(np.asarray(best[key]), value)

@@ -157,10 +157,15 @@ def test_a_sources_pinned_revision_reaches_the_download(tmp_path, monkeypatch):
         calls.append(kwargs["revision"])
         return str(tmp_path / repo_id)
 
+    def list_repo_files(repo_id, **kwargs):
+        calls.append(kwargs["revision"])
+        return ["data/train-00000-of-00001.parquet"]
+
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
     monkeypatch.delenv(hub.MIRROR_ENV, raising=False)
     assert _docs(f"hf:{REPO_ID}#split=train,revision=v1.2")[0] == ["t"]
-    assert calls == ["v1.2"]
+    assert calls == ["v1.2", "v1.2"]  # the file list and the download
 
 
 def test_hf_file_keeps_its_subfolder_and_the_sources_mirror_wins(tmp_path, monkeypatch):

@@ -47,22 +47,72 @@ def test_a_hub_dataset_split_streams_in_file_order(mirror):
         list(iter_documents(f"hf:{REPO_ID}#split=test,field=TEXT,mirror={root}"))
 
 
-def test_without_a_mirror_the_split_is_downloaded_from_the_hub(mirror, monkeypatch):
-    root, lines = mirror
+def hub_stand_in(monkeypatch, root: Path, listing: list[str] | None) -> list[tuple]:
+    """The network's stand-in: the repository's file list (``listing``; None: offline, the list
+    cannot be read) and its snapshot (``root``/REPO); returns the calls made."""
+    import huggingface_hub
+
     calls = []
 
-    def snapshot_download(repo_id, **kwargs):  # stands in for the network: the repo's snapshot
-        calls.append((repo_id, kwargs))
+    def list_repo_files(repo_id, **kwargs):
+        calls.append(("list", repo_id, kwargs))
+        if listing is None:
+            raise ConnectionError("offline")
+        return listing
+
+    def snapshot_download(repo_id, **kwargs):
+        calls.append(("download", repo_id, kwargs))
         return str(root / repo_id)
 
-    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.delenv(hub.MIRROR_ENV, raising=False)
+    return calls
+
+
+TRAIN = ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"]
+
+
+def test_without_a_mirror_only_the_splits_files_are_downloaded_from_the_hub(mirror, monkeypatch):
+    root, lines = mirror
+    calls = hub_stand_in(monkeypatch, root, [*TRAIN, "data/validation-00000-of-00001.parquet",
+                                             "README.md"])
     files = hub.dataset_files(REPO_ID, "train", revision="abc123")
-    assert [f.name for f in files] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
-    [(repo_id, kwargs)] = calls
-    assert repo_id == REPO_ID and kwargs["repo_type"] == "dataset" and kwargs["revision"] == "abc123"
-    assert "data/train-*.parquet" in kwargs["allow_patterns"]
+    assert files == [root / REPO_ID / name for name in TRAIN]
+    [(first, repo_id, listed), (second, _, kwargs)] = calls
+    assert (first, second) == ("list", "download") and repo_id == REPO_ID
+    assert listed == {"repo_type": "dataset", "revision": "abc123"}
+    assert kwargs == {"repo_type": "dataset", "revision": "abc123", "allow_patterns": TRAIN}
+
+
+def test_offline_the_cached_snapshot_is_matched(mirror, monkeypatch):
+    root, lines = mirror
+    calls = hub_stand_in(monkeypatch, root, None)
+    assert hub.dataset_files(REPO_ID, "train") == [root / REPO_ID / name for name in TRAIN]
+    assert [c[0] for c in calls] == ["list", "download"]
+    assert calls[1][2]["allow_patterns"] == hub.split_patterns("train")
+
+
+def test_a_split_of_several_configurations_is_refused_before_any_download(tmp_path, monkeypatch):
+    """``en/train-*`` and ``fr/train-*``: ``split=train`` names no configuration (its files would
+    be every language's); ``split=en/train`` reads English only, in a mirror and from the hub."""
+    repo = tmp_path / "hub" / REPO_ID
+    for config, rows in (("en", ["one", "two"]), ("fr", ["un", "deux"])):
+        (repo / config).mkdir(parents=True)
+        pq.write_table(pa.table({"text": rows}), repo / config / "train-00000-of-00001.parquet")
+    message = (r"split 'train' matches the files of several configurations \(en, fr\); "
+               r"name one as split=en/train")
+    with pytest.raises(CorpusError, match=message):
+        hub.dataset_files(REPO_ID, "train", mirror=str(tmp_path / "hub"))
+    assert list(iter_documents(f"hf:{REPO_ID}#split=en/train,mirror={tmp_path / 'hub'}")) == [
+        "one", "two"]
+    listing = ["en/train-00000-of-00001.parquet", "fr/train-00000-of-00001.parquet"]
+    calls = hub_stand_in(monkeypatch, tmp_path / "hub", listing)
+    with pytest.raises(CorpusError, match=message):
+        hub.dataset_files(REPO_ID, "train")
+    assert [c[0] for c in calls] == ["list"]  # nothing downloaded
+    assert hub.dataset_files(REPO_ID, "en/train") == [repo / listing[0]]
+    assert calls[-1][2]["allow_patterns"] == listing[:1]
 
 
 def test_fetch_then_build_shards_from_the_hub_source(mirror, tmp_path):

@@ -9,7 +9,9 @@ then streamed one record batch at a time with ``pyarrow``. ``revision`` pins a b
 ``DIR/OWNER/NAME/<files as in the repository>``, for machines without network and for tests.
 
 Split files are found the ways the hub lays them out: ``data/<split>-*.parquet``,
-``<split>/*.parquet``, ``<config>/<split>/*.parquet`` and ``*<split>*.parquet``.
+``<split>/*.parquet``, ``<config>/<split>/*.parquet`` and ``*<split>*.parquet``; a repository of
+several configurations names one in the split (``split=en/train``): a split matching several
+configurations' files is refused before anything is downloaded.
 
 Single files (a tokenizer vocabulary) come from :func:`fetch_file`
 (``hf-file:google-bert/bert-base-uncased/vocab.txt``).
@@ -36,39 +38,61 @@ def split_patterns(split: str) -> list[str]:
             f"*/{split}/*.parquet", f"*/{split}-*.parquet", f"{split}-*.parquet"]
 
 
-def _matching(root: Path, split: str) -> list[Path]:
-    files = [p for p in root.rglob("*.parquet") if p.is_file()]
+def _matching(names: list[str], split: str, where: str) -> list[str]:
+    """The Parquet files among ``names`` (paths relative to a repository's root) that hold
+    ``split``: the first layout of :func:`split_patterns` that matches, else the files whose name
+    holds it. A split whose files sit in several configurations' folders (``en/train-*.parquet``
+    and ``fr/train-*.parquet``) is refused: the configuration is part of the split's name
+    (``split=en/train``), never every configuration's files at once."""
+    files = sorted(n for n in names if n.endswith(".parquet"))
     for pattern in split_patterns(split):
-        found = sorted(p for p in files if fnmatch.fnmatch(p.relative_to(root).as_posix(), pattern))
+        found = [n for n in files if fnmatch.fnmatch(n, pattern)]
         if found:
-            return found
-    return sorted(p for p in files if split in p.name)
+            configs = sorted({n.split("/")[0] for n in found}) if pattern.startswith("*/") else []
+            break
+    else:
+        found = [n for n in files if split in n.rsplit("/", 1)[-1]]
+        configs = sorted({n.rsplit("/", 1)[0] if "/" in n else "." for n in found})
+    if len(configs) > 1:
+        raise CorpusError(f"{where}: split '{split}' matches the files of several configurations "
+                          f"({', '.join(configs)}); name one as split={configs[0]}/{split}")
+    if not found:
+        raise CorpusError(f"{where}: no Parquet files for split '{split}' "
+                          f"(looked for {', '.join(split_patterns(split))})")
+    return found
+
+
+def _listed(root: Path) -> list[str]:
+    return [p.relative_to(root).as_posix() for p in root.rglob("*.parquet") if p.is_file()]
 
 
 def dataset_files(repo_id: str, split: str, revision: str | None = None,
                   mirror: str | None = None) -> list[Path]:
-    """Local paths of ``repo_id``'s Parquet files for ``split`` (downloaded when needed)."""
+    """Local paths of ``repo_id``'s Parquet files for ``split`` (downloaded when needed: the
+    repository's file list is read first, and only the split's files are downloaded; offline, the
+    cached snapshot's)."""
     mirror = mirror or os.environ.get(MIRROR_ENV)
     if mirror:
         root = Path(mirror).expanduser() / repo_id
         if not root.is_dir():
             raise CorpusError(f"hub mirror has no {repo_id}: {root} is not a directory")
-    else:
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError:
-            raise CorpusError(f"hf:{repo_id}: huggingface_hub is not installed; {INSTALL}") from None
-        try:
-            root = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision,
-                                          allow_patterns=split_patterns(split)))
-        except Exception as err:  # offline and not cached, unknown repository, gated, ...
-            raise CorpusError(f"hf:{repo_id}: download failed ({type(err).__name__}: "
-                              f"{(str(err).splitlines() or [''])[0][:200]})") from None
-    files = _matching(root, split)
-    if not files:
-        raise CorpusError(f"hf:{repo_id}: no Parquet files for split '{split}' in {root} "
-                          f"(looked for {', '.join(split_patterns(split))})")
-    return files
+        return [root / n for n in _matching(_listed(root), split, f"hf:{repo_id} ({root})")]
+    try:
+        from huggingface_hub import list_repo_files, snapshot_download
+    except ImportError:
+        raise CorpusError(f"hf:{repo_id}: huggingface_hub is not installed; {INSTALL}") from None
+    try:
+        listed = list_repo_files(repo_id, repo_type="dataset", revision=revision)
+    except Exception:  # offline: what the cache holds (snapshot_download reads it offline)
+        listed = None
+    wanted = _matching(listed, split, f"hf:{repo_id}") if listed is not None else None
+    try:
+        root = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision,
+                                      allow_patterns=wanted or split_patterns(split)))
+    except Exception as err:  # offline and not cached, unknown repository, gated, ...
+        raise CorpusError(f"hf:{repo_id}: download failed ({type(err).__name__}: "
+                          f"{(str(err).splitlines() or [''])[0][:200]})") from None
+    return [root / n for n in (wanted or _matching(_listed(root), split, f"hf:{repo_id} ({root})"))]
 
 
 def files_of(location: str, options: dict[str, str]) -> list[Path]:

@@ -443,6 +443,19 @@ def pretrained(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "tokenizer": root / "tok.model", "pre": root / "pre"}
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """PyTorch on one thread for a module's small forward passes: its second OpenMP thread
+    spin-waits between them, which took 10x the CPU time of the passes themselves (0.6 s -> 8 s
+    per rule in tests/test_minimal_pairs_hf.py on a loaded 2-core machine). Results move only by
+    the order of float32 sums, which the tolerances allow. Skips where torch is absent."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 ZORRO_DEV_PARADIGM = "agreement_subject_verb-across_relative_clause"
 
 

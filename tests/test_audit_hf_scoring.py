@@ -55,18 +55,8 @@ def bert_folder(root, dtype=None):
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """PyTorch on one thread (tiny forward passes; a second thread only spin-waits)."""
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(tmp_path_factory, one_torch_thread):
     return bert_folder(tmp_path_factory.mktemp("audit_hf") / "bert")
 
 
@@ -116,6 +106,7 @@ def test_hf_logprobs_equal_a_plain_forward_pass_per_row_even_chunked(folder, mon
     np.testing.assert_allclose(model.logprobs(tokens, positions, targets), want, atol=2e-5)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_a_bfloat16_file_is_scored_in_float32(tmp_path):
     """A folder saved in bfloat16 is scored with its weights cast up to float32: the numbers
     equal float32 arithmetic on those weights, not bfloat16's (off by ~1e-2)."""

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
@@ -36,18 +37,6 @@ from minilm_jax.model import build_mlm
 from minilm_jax.model.sizes import resolve_point
 
 PARADIGMS = ["agreement_subject_verb-across_relative_clause", "irregular-verb"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """PyTorch on one thread: its second OpenMP thread spin-waits between this file's small
-    forward passes, which took 10x the CPU time of the passes themselves (0.6 s -> 8 s per rule)
-    on a loaded 2-core machine. Results move only by the order of float32 sums, which the
-    tolerances allow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ reported rows, and the registry's families and ``replace``."""
 from __future__ import annotations
 
 import sys
-import types
 import warnings
 
 import numpy as np
@@ -28,21 +27,7 @@ from minilm_jax.tasks.metrics import glue_score, pearson_rows, task_metrics
 from minilm_jax.tasks.registry import (TaskEntry, get_task, register_task, task_names,
                                       unregister_task)
 from minilm_jax.tasks.task_data import load_task_data
-
-
-class _FakeTfds(types.ModuleType):
-    """Stands in for tensorflow_datasets: serves the given records for any request."""
-
-    def __init__(self, records):
-        super().__init__("tensorflow_datasets")
-        self.records, self.calls = records, []
-
-    def load(self, name, split, data_dir=None, download=True):
-        self.calls.append((name, split))
-        return self.records
-
-    def as_numpy(self, ds):
-        return iter(ds)
+from test_tasks_glue import FakeTfds
 
 
 class _WordPiece:
@@ -125,7 +110,7 @@ def test_qnli_question_is_text_a_and_sentence_text_b(tmp_path):
 
 def test_tfds_stsb_score_outside_zero_to_five_is_refused(monkeypatch):
     """STS-B scores lie in [0, 5]: 5.5 from TFDS is an error, 5.0 and 0.0 are read."""
-    fake = _FakeTfds([{"sentence1": b"a", "sentence2": b"b", "label": 5.0, "idx": 0},
+    fake = FakeTfds([{"sentence1": b"a", "sentence2": b"b", "label": 5.0, "idx": 0},
                       {"sentence1": b"c", "sentence2": b"d", "label": 0.0, "idx": 1}])
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
     assert [e.label for e in load_glue("stsb", "train", source="tfds")] == [5.0, 0.0]
@@ -136,7 +121,7 @@ def test_tfds_stsb_score_outside_zero_to_five_is_refused(monkeypatch):
 
 def test_tfds_class_label_equal_to_num_labels_is_refused(monkeypatch):
     """CoLA has labels 0 and 1: a record with label 2 is out of range (1 is the last class)."""
-    fake = _FakeTfds([{"sentence": b"x", "label": 1, "idx": 0}])
+    fake = FakeTfds([{"sentence": b"x", "label": 1, "idx": 0}])
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
     assert load_glue("cola", "train", source="tfds")[0].label == 1
     fake.records = [{"sentence": b"x", "label": 2, "idx": 0}]

@@ -62,8 +62,11 @@ def _matching(names: list[str], split: str, where: str) -> list[str]:
     return found
 
 
-def _listed(root: Path) -> list[str]:
-    return [p.relative_to(root).as_posix() for p in root.rglob("*.parquet") if p.is_file()]
+def _split_files_in(root: Path, repo_id: str, split: str) -> list[Path]:
+    """``split``'s Parquet files in a local copy of ``repo_id`` (a mirror or the cached
+    snapshot)."""
+    names = [p.relative_to(root).as_posix() for p in root.rglob("*.parquet") if p.is_file()]
+    return [root / n for n in _matching(names, split, f"hf:{repo_id} ({root})")]
 
 
 def dataset_files(repo_id: str, split: str, revision: str | None = None,
@@ -76,7 +79,7 @@ def dataset_files(repo_id: str, split: str, revision: str | None = None,
         root = Path(mirror).expanduser() / repo_id
         if not root.is_dir():
             raise CorpusError(f"hub mirror has no {repo_id}: {root} is not a directory")
-        return [root / n for n in _matching(_listed(root), split, f"hf:{repo_id} ({root})")]
+        return _split_files_in(root, repo_id, split)
     try:
         from huggingface_hub import list_repo_files, snapshot_download
     except ImportError:
@@ -92,7 +95,7 @@ def dataset_files(repo_id: str, split: str, revision: str | None = None,
     except Exception as err:  # offline and not cached, unknown repository, gated, ...
         raise CorpusError(f"hf:{repo_id}: download failed ({type(err).__name__}: "
                           f"{(str(err).splitlines() or [''])[0][:200]})") from None
-    return [root / n for n in (wanted or _matching(_listed(root), split, f"hf:{repo_id} ({root})"))]
+    return [root / n for n in wanted] if wanted else _split_files_in(root, repo_id, split)
 
 
 def files_of(location: str, options: dict[str, str]) -> list[Path]:

@@ -56,7 +56,9 @@ def refuse_flags_out_of_range(parser, args) -> None:
         parser.error("; ".join(problems))
 
 
-def main(argv: list[str] | None = None) -> int:
+def bench_parser():
+    """The command's options and their defaults (the device check reads a figure's step from
+    them: what it compiles deviceless is what the bench runs)."""
     parser = tool_parser(prog="python -m minilm_jax.bench", description=__doc__)
     parser.add_argument("--point", default="paper-1.25m", help="model shape (named point or grammar)")
     parser.add_argument("--batch", type=int, default=32, help="sequences per step (per member)")
@@ -98,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="how members run together (auto: map on CPU, vmap elsewhere; "
                              "both: measure vmap and map, each count picks the faster and says "
                              "by how much)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser()
     args = parser.parse_args(argv)
     refuse_flags_out_of_range(parser, args)
     # What a run needs, imported once its flags are accepted: --help and a refused flag need no jax.

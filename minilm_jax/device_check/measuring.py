@@ -90,19 +90,19 @@ def deviceless_kernels(side: Side, bench_args: tuple[str, ...], out: Path, log,
                        timeout_s: float = 600) -> int | None:
     """Kernels per step of the bench figure's step compiled for this machine's card on the CPU
     (``python -m minilm_jax.aot --target=cuda:<card>``, in ``side``'s tree), or None (also when
-    it takes longer than ``timeout_s``)."""
-    options = dict(zip(bench_args[::2], bench_args[1::2]))
-    args = ["--target", f"cuda:{device_card()}", f"--config=pretrain:{options['--point']}",
-            f"--config.model.dtype={options.get('--dtype', 'bfloat16')}",
-            f"--config.train.batch_size={options.get('--batch', '256')}",
-            f"--config.eval.batch_size={options.get('--batch', '256')}",
+    it takes longer than ``timeout_s``). The step is read from ``bench_args`` as the bench reads
+    them, its defaults included (``bench.bench_parser``)."""
+    from minilm_jax.bench import bench_parser
+
+    step = bench_parser().parse_args(list(bench_args))
+    args = ["--target", f"cuda:{device_card()}", f"--config=pretrain:{step.point}",
+            f"--config.model.dtype={step.dtype}", f"--config.train.batch_size={step.batch}",
+            f"--config.eval.batch_size={step.batch}",
+            f"--config.train.steps_per_dispatch={step.steps_per_dispatch}",
+            f"--config.model.attention_impl={step.attention}",
+            f"--config.model.mlm_loss_impl={step.loss_impl}",
+            f"--config.model.layer_impl={step.layer}", f"--config.model.norm_impl={step.norm}",
             "--config.mesh.data=1", "--device_memory_gb=0", "--largest=0", "--json", str(out)]
-    if "--attention" in options:
-        args.append(f"--config.model.attention_impl={options['--attention']}")
-    if "--layer" in options:
-        args.append(f"--config.model.layer_impl={options['--layer']}")
-    if "--norm" in options:
-        args.append(f"--config.model.norm_impl={options['--norm']}")
     env = dict(side_env(side, None), JAX_PLATFORMS="cpu", JAX_SKIP_CUDA_CONSTRAINTS_CHECK="1")
     try:
         result = subprocess.run([sys.executable, "-c", RUNNER, str(side.tree), "minilm_jax.aot",

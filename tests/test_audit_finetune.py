@@ -374,10 +374,9 @@ def test_pooled_rows_point_at_each_ids_first_copy():
 
 # ----------------------------------------------------------------------------- the command
 def test_the_command_runs_folds_only_when_no_fold_is_named_and_prints_mean_and_std(
-        table, tmp_path, monkeypatch, capsys):  # noqa: F811
+        table, tmp_path, monkeypatch):  # noqa: F811
     """``data.cv_fold=-1`` expands a labelled file into seeds x folds runs; a named fold (0
     included) is one run; the command's line is ``mean ± sample std (n)``."""
-    from minilm_jax.finetune import __main__ as command
     from minilm_jax.finetune import run as run_module
 
     made: list[int] = []
@@ -394,10 +393,7 @@ def test_the_command_runs_folds_only_when_no_fold_is_named_and_prints_mean_and_s
     table.data.cv_folds, table.train.seeds = 3, (0, 1)
     for fold in (-1, 0):
         table.data.cv_fold = fold
-        run_module.run_finetune(table, str(tmp_path / "cv"))
+        summaries = run_module.run_finetune(table, str(tmp_path / "cv"))
     assert made == [6, 0]
-    monkeypatch.setattr(command, "_RUN_FLAGS", lambda: (table, str(tmp_path / "cv")))
-    monkeypatch.setattr("minilm_jax.analysis.finetune_tables.write_tables", lambda *a: None)
-    capsys.readouterr()
-    command.main([])
-    assert "random init: completed; final score 70.0 ± 2.5 (n = 3)" in capsys.readouterr().out
+    assert run_module.summary_line("random", summaries["random"], "s.json") == (
+        "random init: completed; final score 70.0 ± 2.5 (n = 3) (summary: s.json)")

@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     from minilm_jax.analysis.finetune_tables import write_tables
-    from minilm_jax.finetune.run import run_finetune
+    from minilm_jax.finetune.run import run_finetune, summary_line
     from minilm_jax.storage import run_path
     from minilm_jax.train.distributed import maybe_initialize_distributed
 
@@ -41,12 +41,7 @@ def main(argv: list[str]) -> None:
         print(f"(table: {table}; every number also in results.json beside it)")
         return
     for init, s in summaries.items():
-        line = f"{init} init: {s['status']}"
-        for which in ("final", "selected"):
-            if s.get(which):
-                line += (f"; {which} score {s[which]['mean']['score']:.1f} ± "
-                         f"{s[which]['std']['score']:.1f} (n = {s[which].get('n', '?')})")
-        print(line + f" (summary: {run_path(workdir) / 'summary.json'})")
+        print(summary_line(init, s, run_path(workdir) / "summary.json"))
 
 
 def entry() -> None:

@@ -57,3 +57,15 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   flush=True)
             break
     return summaries
+
+
+def summary_line(init: str, summary: dict, where: RunPath) -> str:
+    """The command's line for one init: its status, then its final and selected scores, each
+    ``mean ± sample std (n = runs)``, and where its summary is."""
+    line = f"{init} init: {summary['status']}"
+    for which in ("final", "selected"):
+        if summary.get(which):
+            score = summary[which]
+            line += (f"; {which} score {score['mean']['score']:.1f} ± "
+                     f"{score['std']['score']:.1f} (n = {score.get('n', '?')})")
+    return line + f" (summary: {where})"

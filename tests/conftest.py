@@ -236,6 +236,17 @@ def pytest_runtest_protocol(item, nextitem):
         f.write(json.dumps(row) + "\n")
 
 
+class RecordingWriter:
+    """A metrics writer (``write(step, split, values)``) that keeps every row it is given, for
+    tests that check what a trainer logs without files."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, str, dict]] = []
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        self.rows.append((step, split, values))
+
+
 def never_built():
     """An initialiser a test gives a run that must restore its state, not build it."""
     raise AssertionError("the run's initial state was built")

@@ -27,6 +27,7 @@ import optax
 import pytest
 from scipy import stats
 
+from conftest import RecordingWriter
 from test_batch_boundaries import Checked, planned, table  # noqa: F401 (a fixture)
 
 from minilm_jax.finetune import finetuner as finetuner_module
@@ -41,16 +42,6 @@ from minilm_jax.train.batches import BatchIndexer
 
 
 # ----------------------------------------------------------------------------- helpers
-class Recorder:
-    """A metrics writer that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[int, str, dict[str, Any]]] = []
-
-    def write(self, step: int, split: str, values: dict[str, Any]) -> None:
-        self.lines.append((step, split, values))
-
-
 def folder(tmp_path: Path, name: str, first: int, size: int,
            history: list[list[float]] = ()) -> RunFolder:
     """A run folder of members ``first .. first + size`` with a history of member scores (one
@@ -71,8 +62,8 @@ def bare_finetuner(folders: list[RunFolder], patience: int = 0) -> Finetuner:
     ft.folders, ft.folds, ft.is_population = folders, False, len(folders) > 1
     ft.seeds = list(range(folders[0].size))
     ft.steps_per_epoch, ft.task = 10, types.SimpleNamespace(spec=types.SimpleNamespace(name="t"))
-    ft.writers = {f.name: Recorder() for f in folders}
-    ft.writer = Recorder()
+    ft.writers = {f.name: RecordingWriter() for f in folders}
+    ft.writer = RecordingWriter()
     return ft
 
 
@@ -122,13 +113,13 @@ def test_each_runs_log_line_takes_its_members_last_step_and_the_windows_examples
     ft.record_metrics(0, 3, host)
     window = types.SimpleNamespace(compiled=True, elapsed=lambda: 2.0)
     shown = ft.log_line(30, host, window)
-    a, b = ft.writers["a"].lines[0][2], ft.writers["b"].lines[0][2]
+    a, b = ft.writers["a"].rows[0][2], ft.writers["b"].rows[0][2]
     assert a["loss"] == pytest.approx((8 + 9) / 2) and b["loss"] == pytest.approx((10 + 11) / 2)
     assert a["loss_per_member"] == [8.0, 9.0] and a["lr"] == pytest.approx(0.3)
     assert a["grad_norm"] == pytest.approx(10 + (64 + 81) / 2)
     assert b["grad_norm"] == pytest.approx(10 + (100 + 121) / 2)
     assert a["epoch"] == 3.0 and a["examples_per_sec"] == pytest.approx(3 * 4 * 2 / 2.0)
-    assert ft.writer.lines == [(30, "train", {"examples_per_sec": 24.0, "runs": 2})]
+    assert ft.writer.rows == [(30, "train", {"examples_per_sec": 24.0, "runs": 2})]
     assert shown == {"loss": f"{(8.5 + 10.5) / 2:.3f}", "ex/s": "24"}
 
 
@@ -154,7 +145,7 @@ def test_a_first_evaluation_selects_every_member_and_a_stopped_run_is_frozen(tmp
     assert [ft._run_status(f, "completed") for f in runs] == ["early_stopped", "completed"]
     entry = runs[1].history[-1]
     assert entry["score_std"] == pytest.approx(float(np.std([55.0, 1.0], ddof=1)))
-    assert ft.writers["b"].lines[0][2]["score_std"] == pytest.approx(entry["score_std"])
+    assert ft.writers["b"].rows[0][2]["score_std"] == pytest.approx(entry["score_std"])
     assert json.loads((runs[0].workdir / "history.json").read_text())[-1]["members"] == [
         {"score": 59.0}, {"score": 40.0}]
 

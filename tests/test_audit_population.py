@@ -36,6 +36,7 @@ from minilm_jax.train.population_trainer import PopulationTrainer
 from minilm_jax.train.records import read_population_summary, read_pretrain_summary
 from minilm_jax.train.run_log import MetricsWriter
 
+from conftest import RecordingWriter
 from test_population import base_config
 
 
@@ -174,21 +175,13 @@ def test_finished_earlier_needs_the_last_step_and_every_members_best(tmp_path: P
 
 
 # -------------------------------------------------------------------------- the trainer
-class _Writer:
-    def __init__(self) -> None:
-        self.rows: list[tuple[int, str, dict[str, Any]]] = []
-
-    def write(self, step: int, split: str, values: dict[str, Any]) -> None:
-        self.rows.append((step, split, values))
-
-
 def _trainer(size: int) -> PopulationTrainer:
     """A trainer with only what its per-member bookkeeping reads (no program, no data)."""
     t = object.__new__(PopulationTrainer)
     t.size, t.diverged = size, {}
     t.members = [types.SimpleNamespace(name=f"m{i}") for i in range(size)]
-    t.member_writers = [_Writer() for _ in range(size)]
-    t.writer = _Writer()
+    t.member_writers = [RecordingWriter() for _ in range(size)]
+    t.writer = RecordingWriter()
     return t
 
 

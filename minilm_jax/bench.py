@@ -20,6 +20,8 @@ the masked positions; Hugging Face evaluates it everywhere, as its API does.
 
 from __future__ import annotations
 
+import argparse
+
 from minilm_jax.cli import run_tool, tool_parser
 from minilm_jax.model.config import LAYER_IMPLS, NORM_IMPLS
 
@@ -56,7 +58,7 @@ def refuse_flags_out_of_range(parser, args) -> None:
         parser.error("; ".join(problems))
 
 
-def bench_parser():
+def bench_parser() -> argparse.ArgumentParser:
     """The command's options and their defaults (the device check reads a figure's step from
     them: what it compiles deviceless is what the bench runs)."""
     parser = tool_parser(prog="python -m minilm_jax.bench", description=__doc__)

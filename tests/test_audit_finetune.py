@@ -150,15 +150,19 @@ def test_a_first_evaluation_selects_every_member_and_a_stopped_run_is_frozen(tmp
         {"score": 59.0}, {"score": 40.0}]
 
 
-def test_resume_keeps_the_evaluation_at_its_step_and_stops_only_there(tmp_path):
-    """Resuming at step 20 keeps the history of steps 10 and 20 (not 30); a run counts as
-    stopped at a step only when its last evaluation is that step's."""
+def test_resume_keeps_the_evaluation_at_its_step_and_stops_where_it_stopped(tmp_path):
+    """Resuming at step 20 keeps the history of steps 10 and 20 (not 30); a run that stopped at
+    an earlier evaluation than the resumed step (a population's frozen run) is still stopped,
+    and one that improved there is not."""
     run = folder(tmp_path, "", 0, 1, [[60.0], [50.0], [40.0]])
     (run.workdir / "history.json").write_text(json.dumps(run.history))
     run.load_history(20)
     assert [h["step"] for h in run.history] == [10, 20]
-    assert run.stopped(1) and run.stopped(1, at_step=20)
-    assert not run.stopped(1, at_step=30)
+    assert run.stopped(1) and not run.stopped(2)
+    improving = folder(tmp_path, "b", 1, 1, [[50.0], [60.0]])
+    assert not improving.stopped(1)
+    ft = bare_finetuner([run, improving], patience=1)
+    assert ft._live() == [improving]
 
 
 def test_a_population_runs_summary_and_predictions_hold_its_own_members(tmp_path):

@@ -261,8 +261,9 @@ class Finetuner(LoopSpec):
             folder.load_history(start)
         self._window_examples = 0
         t0 = time.time()
-        # runs that stopped early and are started again: nothing left to train
-        stopped = all(f.stopped(self._patience(), at_step=start) for f in self.folders)
+        # runs that stopped early and are started again: nothing left to train (not even the
+        # steps to the next evaluation when a population's runs stopped at different ones)
+        stopped = not self._live()
         writers = (Each([self.writer, *self.writers.values()]) if self.is_population
                    else self.writer)
         result = run_loop(self, self.state, start, ckpts, writers,

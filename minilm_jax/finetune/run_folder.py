@@ -104,10 +104,9 @@ class RunFolder:
         if jax.process_index() == 0:
             atomic_write_json(self.workdir / "history.json", self.history)
 
-    def stopped(self, patience: int, at_step: int | None = None) -> bool:
-        """Early stopping ended this run (at its last evaluation, or at ``at_step`` only)."""
-        if at_step is not None and (not self.history or self.history[-1]["step"] != at_step):
-            return False
+    def stopped(self, patience: int) -> bool:
+        """Early stopping ended this run at its last evaluation (in a population, perhaps
+        evaluations before the others ended)."""
         return early_stop(self.history, patience)
 
     def best_scores(self) -> np.ndarray:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import minilm_jax.held_folders as held_folders
-from minilm_jax.storage import is_remote
+from minilm_jax.storage import is_remote, make_folder
 
 LOCK_FILE = ".exclusive.lock"
 
@@ -53,10 +53,13 @@ def create(path: str | os.PathLike, data: bytes) -> str | None:
     if is_remote(path):
         return _gcs_write(str(path), data, 0) or _ours(path, data)
     path = Path(path)
-    held_folders.check()  # a held root that is gone: nothing re-created at its path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)  # a held root that is gone: nothing re-created at its path
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.write_bytes(data)
+    try:
+        tmp.write_bytes(data)
+    except FileNotFoundError:  # a held root went away after the check
+        held_folders.check()
+        raise
     try:
         os.link(tmp, path)
     except FileExistsError:  # (or an NFS retry of a link that was made: see _ours)

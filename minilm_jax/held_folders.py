@@ -5,7 +5,9 @@ worker starts. Every write that could create folders (:func:`minilm_jax.storage.
 :func:`minilm_jax.exclusive_files.create`, a checkpoint, a metrics record) first calls
 :func:`check`: a held folder that is gone (moved, renamed or deleted while the command runs, or
 replaced by another folder at its path) is one :class:`FolderGone` line, and nothing is written at
-the old path (no folder re-created there, no half-written checkpoint). A location in an object
+the old path (no folder re-created there, no half-written checkpoint). Folders under a held one
+are made by :func:`minilm_jax.storage.make_folder`, a level at a time below it and never the held
+folder itself, so a move between a check and a write re-creates nothing. A location in an object
 store (``gs://``) has no identity to hold: it is not checked.
 """
 
@@ -33,6 +35,14 @@ def hold(path: str | os.PathLike, what: str) -> None:
     stat = os.stat(text)
     with _LOCK:
         _HELD[os.path.abspath(text)] = (stat.st_dev, stat.st_ino, what)
+
+
+def holder(path: str | os.PathLike) -> str | None:
+    """The innermost held folder that ``path`` is or lies in (absolute), or None."""
+    text = os.path.abspath(str(path))
+    with _LOCK:
+        held = [p for p in _HELD if text == p or text.startswith(p.rstrip(os.sep) + os.sep)]
+    return max(held, key=len) if held else None
 
 
 def release(path: str | os.PathLike) -> None:

@@ -95,6 +95,31 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def make_folder(path: str | os.PathLike) -> None:
+    """Create the folder ``path`` and any missing parents. Under a held folder
+    (:mod:`minilm_jax.held_folders`) the missing levels are made one at a time below it, never the
+    held folder itself: one moved or deleted meanwhile, even after the check, is its one line
+    (:class:`~minilm_jax.held_folders.FolderGone`), not a folder re-created at its path."""
+    if is_remote(path):
+        run_path(path).mkdir(parents=True, exist_ok=True)
+        return
+    held_folders.check()
+    root = held_folders.holder(path)
+    if root is None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return
+    level = Path(root)
+    for part in Path(os.path.abspath(path)).relative_to(root).parts:
+        level = level / part
+        try:
+            level.mkdir()
+        except FileExistsError:
+            continue
+        except FileNotFoundError:  # the held folder went away after the check
+            held_folders.check()
+            raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename (on an
     object store, ``gs://...``, one whole-object write, which is atomic there). A held folder
@@ -106,8 +131,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         remote.write_bytes(data)
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    make_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except FileNotFoundError:  # a held folder went away after the check
+        held_folders.check()
+        raise
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() honours the umask
         with os.fdopen(fd, "wb") as handle:

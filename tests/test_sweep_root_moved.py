@@ -59,3 +59,53 @@ def test_a_root_moved_mid_run_stops_the_worker_in_one_line(word_shards, tmp_path
     assert (moved / "runs" / "b" / "pretrain" / "checkpoints" / "4").is_dir()
     records = [json.loads(p.read_text()) for p in (moved / "status").glob("*.json")]
     assert [(r["run"], r["stage"], r["state"]) for r in records] == [("b", "pretrain", "running")]
+
+
+@pytest.fixture
+def held_root(tmp_path: Path):
+    """A sweep root held as a worker holds it, with one level below it made."""
+    from minilm_jax import held_folders
+
+    root = tmp_path / "root"
+    (root / "runs").mkdir(parents=True)
+    held_folders.hold(root, "sweep root")
+    yield root
+    held_folders.release(root)
+
+
+@pytest.mark.parametrize("write", ["folder", "atomic", "exclusive", "metrics"])
+def test_a_root_moved_between_the_check_and_the_write_is_not_created_again(
+        held_root, tmp_path, monkeypatch, write):
+    """The race a loaded machine meets: the check passes, then the root is moved before the write
+    makes its folders. Every kind of write says the root is gone (its one line) and nothing
+    stands at the old path; the moved root holds no folder the write would have made."""
+    from minilm_jax import exclusive_files, held_folders, storage
+    from minilm_jax.train.run_log import MetricsWriter
+
+    moved, run = tmp_path / "moved", held_root / "runs" / "b" / "pretrain"
+    writer = None
+    if write == "metrics":  # a run writing its metrics: its folder exists before the move
+        run.mkdir(parents=True)
+        writer = MetricsWriter(run, tensorboard=False)
+    real_check = held_folders.check
+
+    def check_then_move() -> None:
+        real_check()
+        if held_root.exists():
+            os.rename(held_root, moved)
+
+    monkeypatch.setattr(held_folders, "check", check_then_move)
+    with pytest.raises(held_folders.FolderGone) as gone:
+        if write == "folder":
+            storage.make_folder(run / "checkpoints")
+        elif write == "atomic":
+            storage.atomic_write_json(run / "summary.json", {"status": "running"})
+        elif write == "exclusive":
+            exclusive_files.create(held_root / "claims" / "b.json", b"{}")
+        else:
+            writer.write(5, "train", {"loss": 1.0})
+    assert str(gone.value) == (f"sweep root {held_root} is gone (moved or deleted while this "
+                               "command ran): stopping; nothing more is written there")
+    assert not held_root.exists() and moved.is_dir()
+    made = sorted(str(p.relative_to(moved)) for p in moved.rglob("*"))
+    assert made == (["runs", "runs/b", "runs/b/pretrain"] if write == "metrics" else ["runs"])

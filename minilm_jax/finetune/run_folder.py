@@ -22,7 +22,8 @@ from minilm_jax.model.config import ModelConfig
 from minilm_jax.run_identity import without_quiet_defaults
 from minilm_jax.settings.command_line import flatten
 from minilm_jax.runs.pretrained import PretrainedRun
-from minilm_jax.storage import RunPath, atomic_write_bytes, atomic_write_json, run_path
+from minilm_jax.storage import (RunPath, atomic_write_bytes, atomic_write_json, make_folder,
+                                run_path)
 from minilm_jax.train.distributed import from_process_0
 from minilm_jax.train.population_folders import Each
 from minilm_jax.tasks.table import cross_validated
@@ -213,7 +214,7 @@ def lock_folders(workdir: RunPath, folders: Sequence[RunFolder],
     locks = []
     try:
         for path, ident, what in targets:
-            path.mkdir(parents=True, exist_ok=True)
+            make_folder(path)
             locks.append(check_workdir(path, ident, resumable, what))
     except BaseException:
         Each(locks).release()

@@ -29,8 +29,8 @@ from typing import Any, Callable, Sequence
 import minilm_jax.exclusive_files as exclusive_files
 import minilm_jax.held_folders as held_folders
 from minilm_jax.errors import UserError
-from minilm_jax.storage import (RunPath, is_remote, mark_gone, process_alive, relative_location,
-                                run_path)
+from minilm_jax.storage import (RunPath, is_remote, make_folder, mark_gone, process_alive,
+                                relative_location, run_path)
 
 HEARTBEAT_SECONDS = 20.0
 STALE_AFTER_SECONDS = 300.0
@@ -228,7 +228,7 @@ class ClaimBoard:
         """Claim every folder of a unit, or none of them (None: another worker holds one)."""
         held_folders.check()  # a root moved away while this worker waited: no claims folder there
         if not is_remote(self.folder):
-            self.folder.mkdir(parents=True, exist_ok=True)
+            make_folder(self.folder)
         made: dict[RunPath, str] = {}
         try:
             for workdir in sorted(set(map(str, workdirs))):

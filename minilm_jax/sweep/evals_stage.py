@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from minilm_jax.settings.pretraining import snapshot_steps
-from minilm_jax.storage import atomic_write_bytes, atomic_write_json
+from minilm_jax.storage import atomic_write_bytes, atomic_write_json, make_folder
 from minilm_jax.train.records import is_done
 
 from .layout import SweepLayout
@@ -68,7 +68,7 @@ class EvaluationStage:
         from minilm_jax.evals.scoring_models import checkpoint_model
 
         evaluator = from_config(self.name, self.entry)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.workdir)
         models = [(f"step-{s}", f"step:{s}", None) for s in scored_steps(self.pre_dir, self.config)]
         models.append(("random", "latest", self.random_seed))
         for label, which, seed in models:

@@ -25,7 +25,7 @@ from minilm_jax.model import accounting
 from minilm_jax.model.stacked import unstack_state
 from minilm_jax.settings.pretraining import (RESUMABLE_FIELDS, log_eval_steps, snapshot_steps,
                                              validate_pretrain_config)
-from minilm_jax.storage import run_path
+from minilm_jax.storage import make_folder, run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.data import learned
 from minilm_jax.runs.running import write_run_start
@@ -106,7 +106,7 @@ class PopulationTrainer(LoopSpec):
             for path, ident, what in ([(self.workdir, self.identity, "a population")]
                                       + [(m.workdir, i, "a run")
                                          for m, i in zip(self.members, self.identities)]):
-                path.mkdir(parents=True, exist_ok=True)
+                make_folder(path)
                 locks.append(check_workdir(path, ident, RESUMABLE_FIELDS, what))
             for member in self.members:  # readers of a member still training find its tokenizer
                 write_run_start(member.workdir, self.manifest, self.model_cfg.to_dict(),

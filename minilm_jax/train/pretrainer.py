@@ -30,7 +30,7 @@ from minilm_jax.settings.pretraining import (RESUMABLE_FIELDS, log_eval_steps, s
 from minilm_jax.settings.allowed import batch_over_data
 from minilm_jax.settings.mlm_cap import effective_max_predictions
 from minilm_jax.runs.running import write_run_start
-from minilm_jax.storage import RunPath, run_path
+from minilm_jax.storage import RunPath, make_folder, run_path
 from minilm_jax.train import batches as batch_lib
 from minilm_jax.data import learned
 from minilm_jax.train.run_loop import LoopSpec, Window, check_workdir, open_run, run_loop
@@ -214,7 +214,7 @@ class Pretrainer(LoopSpec):
             num_predictions=effective_max_predictions(config.mlm, self.model_cfg.max_len))
         # Everything is checked: only now is anything written (a rejected command leaves no trace).
         self.identity = run_identity(config, self.manifest)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.workdir)
         self.reference = learned.reference_perplexities(config.data.shards,
                                                         config.data.eval_split)
         self.resumable = RESUMABLE_FIELDS

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 
 import minilm_jax.held_folders as held_folders
-from minilm_jax.storage import atomic_write_bytes, is_remote, run_path
+from minilm_jax.storage import atomic_write_bytes, is_remote, make_folder, run_path
 
 
 # What tensorboardX's import loads where installed and no run uses, at a cost to every command
@@ -73,6 +73,8 @@ class MetricsWriter:
                 return None
             if self.remote:  # staged here, copied at each flush
                 self._tb_dir = tempfile.mkdtemp(prefix="minilm-tensorboard-")
+            else:  # made here: never a held root again (the writer's own makedirs finds it)
+                make_folder(self._tb_dir)
             self._tb = SummaryWriter(self._tb_dir)
             self._describe_run()
         return self._tb
@@ -124,8 +126,12 @@ class MetricsWriter:
             self._lines.append(json.dumps(record))
         else:
             held_folders.check()  # a held root moved away: one line, not a missing file
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            try:
+                with open(self.path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            except FileNotFoundError:  # ... even after the check
+                held_folders.check()
+                raise
         if self._tensorboard() is not None:  # a list (one value per member): one curve each
             for key, value in record.items():
                 if key in ("step", "split"):

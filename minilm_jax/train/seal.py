@@ -22,7 +22,7 @@ import json
 import time
 from typing import Any
 
-from minilm_jax.storage import RunPath, atomic_write_json, files_under, run_path
+from minilm_jax.storage import RunPath, atomic_write_json, files_under, make_folder, run_path
 
 SEAL_NAME = "seal.json"
 QUARANTINE = "quarantine"
@@ -91,7 +91,7 @@ def quarantine(step_dir: RunPath, workdir: RunPath) -> RunPath:
     """Move ``step_dir`` (``<workdir>/<kind>/<step>``) to ``<workdir>/quarantine/<kind>-<step>-<time>``."""
     step_dir = run_path(str(step_dir))
     target_dir = run_path(str(workdir)) / QUARANTINE
-    target_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(target_dir)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     target = target_dir / f"{step_dir.parent.name}-{step_dir.name}-{stamp}"
     n = 1

@@ -55,11 +55,8 @@ def create(path: str | os.PathLike, data: bytes) -> str | None:
     path = Path(path)
     make_folder(path.parent)  # a held root that is gone: nothing re-created at its path
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
-    try:
+    with held_folders.gone_if_missing():
         tmp.write_bytes(data)
-    except FileNotFoundError:  # a held root went away after the check
-        held_folders.check()
-        raise
     try:
         os.link(tmp, path)
     except FileExistsError:  # (or an NFS retry of a link that was made: see _ours)

@@ -13,8 +13,10 @@ store (``gs://``) has no identity to hold: it is not checked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from typing import Iterator
 
 from minilm_jax.errors import StorageError
 
@@ -67,6 +69,17 @@ def gone() -> str | None:
         return (f"{what} {path} is gone ({how} while this command ran): stopping; nothing more "
                 "is written there")
     return None
+
+
+@contextlib.contextmanager
+def gone_if_missing() -> Iterator[None]:
+    """A file or folder missing inside the block, whose held folder went away after its check,
+    is that folder's :class:`FolderGone` line; any other missing path stays the error it was."""
+    try:
+        yield
+    except FileNotFoundError:
+        check()
+        raise
 
 
 def check() -> None:

@@ -10,6 +10,7 @@ TensorStore, behind gcsfs's back: gcsfs's listings cache is therefore turned off
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -111,13 +112,8 @@ def make_folder(path: str | os.PathLike) -> None:
     level = Path(root)
     for part in Path(os.path.abspath(path)).relative_to(root).parts:
         level = level / part
-        try:
+        with held_folders.gone_if_missing(), contextlib.suppress(FileExistsError):
             level.mkdir()
-        except FileExistsError:
-            continue
-        except FileNotFoundError:  # the held folder went away after the check
-            held_folders.check()
-            raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -132,11 +128,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         return
     path = Path(path)
     make_folder(path.parent)
-    try:
+    with held_folders.gone_if_missing():
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except FileNotFoundError:  # a held folder went away after the check
-        held_folders.check()
-        raise
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() honours the umask
         with os.fdopen(fd, "wb") as handle:

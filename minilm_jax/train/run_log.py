@@ -126,12 +126,8 @@ class MetricsWriter:
             self._lines.append(json.dumps(record))
         else:
             held_folders.check()  # a held root moved away: one line, not a missing file
-            try:
-                with open(self.path, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            except FileNotFoundError:  # ... even after the check
-                held_folders.check()
-                raise
+            with held_folders.gone_if_missing(), open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
         if self._tensorboard() is not None:  # a list (one value per member): one curve each
             for key, value in record.items():
                 if key in ("step", "split"):

@@ -120,14 +120,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename (on an
     object store, ``gs://...``, one whole-object write, which is atomic there). A held folder
     that is gone (:mod:`minilm_jax.held_folders`) stops it before anything is created."""
-    held_folders.check()
     if is_remote(path):
+        held_folders.check()
         remote = run_path(path)
         remote.parent.mkdir(parents=True, exist_ok=True)
         remote.write_bytes(data)
         return
     path = Path(path)
-    make_folder(path.parent)
+    make_folder(path.parent)  # the held folders checked first
     with held_folders.gone_if_missing():
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

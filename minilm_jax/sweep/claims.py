@@ -226,9 +226,8 @@ class ClaimBoard:
 
     def try_claim(self, workdirs: Sequence[str | os.PathLike], stage: str) -> Claim | None:
         """Claim every folder of a unit, or none of them (None: another worker holds one)."""
-        held_folders.check()  # a root moved away while this worker waited: no claims folder there
-        if not is_remote(self.folder):
-            make_folder(self.folder)
+        if not is_remote(self.folder):  # a root moved away while this worker waited: its line,
+            make_folder(self.folder)     # and no claims folder made there
         made: dict[RunPath, str] = {}
         try:
             for workdir in sorted(set(map(str, workdirs))):

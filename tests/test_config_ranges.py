@@ -147,6 +147,18 @@ def test_a_process_id_must_be_below_the_process_count():
     apply_recipe(config, {"distributed.num_processes": 2, "distributed.process_id": 2}, "test")
     with pytest.raises(ConfigError, match=r"distributed\.process_id=2: .*num_processes=2"):
         validate_finetune_config(config)
+    apply_recipe(config, {"distributed.process_id": 1}, "test")
+    validate_finetune_config(config)  # the last of two
+
+
+@pytest.mark.parametrize("process_id", [0, 3])
+def test_a_process_id_with_a_detected_process_count_is_accepted(process_id):
+    """``num_processes=0`` means the cluster says how many: an explicit id is not checked
+    against 0 (it was: every id refused as "below num_processes=0")."""
+    config = finetune_recipe.get_config("sst2")
+    apply_recipe(config, {"distributed.num_processes": 0, "distributed.process_id": process_id},
+                 "test")
+    validate_finetune_config(config)
 
 
 @pytest.mark.parametrize("recipe, rules", [("pretrain", PRETRAIN_RULES),

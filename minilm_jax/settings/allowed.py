@@ -144,7 +144,7 @@ def range_problems(config: ml_collections.ConfigDict, rules: Mapping[str, Allowe
                         "inverse_sqrt (peak * min(s/W, sqrt(W/s)) is 0 at every step for W=0)")
     processes = fields.get("distributed.num_processes")
     process = fields.get("distributed.process_id")
-    if isinstance(processes, int) and isinstance(process, int) and 0 <= processes <= process:
+    if isinstance(processes, int) and isinstance(process, int) and 0 < processes <= process:
         problems.append(f"distributed.process_id={process}: must be below "
                         f"distributed.num_processes={processes} (or -1: detected)")
     return problems

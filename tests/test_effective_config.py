@@ -208,9 +208,11 @@ def test_a_runs_summary_records_the_realised_mask_rate(word_shards, tmp_path):
     """A short run at 50% with the derived cap: its summary's realised rate is the predicted /
     maskable positions of its metrics.jsonl; the maskable positions equal a count over the shard
     rows its batches hold; the rate is the asked one within the binomial 99.9% interval."""
+    # training rows only: no validation split (no evaluation program) and no best checkpoint
     config = small_config(word_shards, **{"train.num_steps": 6, "train.log_every": 2,
                                           "eval.every_steps": 6, "checkpoint.every_steps": 6,
-                                          "mlm.mask_prob": 0.5, "mlm.max_predictions": 0})
+                                          "mlm.mask_prob": 0.5, "mlm.max_predictions": 0,
+                                          "data.eval_split": "", "checkpoint.keep_best": False})
     Pretrainer(config, tmp_path / "run").run()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
@@ -234,7 +236,8 @@ def test_each_population_members_summary_records_its_realised_mask_rate(word_sha
     """Two members at 15% and 50% with the derived cap (each its own: 20 and 43 of 64 tokens)."""
     config = small_config(word_shards, **{"train.num_steps": 4, "train.log_every": 2,
                                           "eval.every_steps": 4, "checkpoint.every_steps": 4,
-                                          "mlm.max_predictions": 0})
+                                          "mlm.max_predictions": 0, "data.eval_split": "",
+                                          "checkpoint.keep_best": False})  # training rows only
     config.population.mask_prob = (0.15, 0.5)
     members = expand(config, tmp_path / "pop")
     PopulationTrainer(members, tmp_path / "pop", "map").run()

@@ -50,24 +50,25 @@ def copy_run(finished: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(finished, tmp_path / "run"))
 
 
-def test_bit_flip_in_the_newest_checkpoint_is_quarantined_and_recomputed(word_shards, tmp_path):
-    workdir = tmp_path / "run"
-    Pretrainer(small_config(word_shards), workdir).run()
+def test_bit_flip_in_the_newest_checkpoint_is_quarantined_and_recomputed(word_shards, eight_steps,
+                                                                         tmp_path):
+    workdir = copy_run(eight_steps, tmp_path)  # checkpoints at 4 and 8, the best at 6
     ref = train_losses(workdir)
-    assert verify(workdir / "checkpoints" / "12").ok and verify(workdir / "best" / "12").ok
-    flip_bytes(workdir / "checkpoints" / "12")
-    assert verify(workdir / "checkpoints" / "12").state == "corrupt"
-    summary = Pretrainer(small_config(word_shards, **{"train.num_steps": 16}), workdir).run()
-    assert summary["status"] == "completed" and summary["step"] == 16
+    assert verify(workdir / "checkpoints" / "8").ok
+    assert [verify(best).ok for best in (workdir / "best").iterdir()] == [True]
+    flip_bytes(workdir / "checkpoints" / "8")
+    assert verify(workdir / "checkpoints" / "8").state == "corrupt"
+    summary = Pretrainer(small_config(word_shards), workdir).run()  # on to 12 steps
+    assert summary["status"] == "completed" and summary["step"] == 12
     quarantined = list((workdir / "quarantine").iterdir())
-    assert [q.name.split("-")[:2] for q in quarantined] == [["checkpoints", "12"]]
-    assert verify(workdir / "checkpoints" / "12").ok  # recomputed from step 8 and saved again
+    assert [q.name.split("-")[:2] for q in quarantined] == [["checkpoints", "8"]]
+    assert verify(workdir / "checkpoints" / "8").ok  # recomputed from step 4 and saved again
     losses = train_losses(workdir)
-    assert all(losses[s] == ref[s] for s in range(9, 13))  # steps 9..12 re-done identically
-    # every (step, split) once in the file itself: the records after step 8 were recomputed
+    assert all(losses[s] == ref[s] for s in range(5, 9))  # steps 5..8 re-done identically
+    # every (step, split) once in the file itself: the records after step 4 were recomputed
     assert len(raw_records(workdir)) == len(set(raw_records(workdir)))
     step, path = find_checkpoint(workdir, "latest")
-    assert step == 16 and load_encoder(path, model_from_config(small_config(word_shards)))
+    assert step == 12 and load_encoder(path, model_from_config(small_config(word_shards)))
 
 
 def test_no_usable_checkpoint_is_an_error_that_moves_nothing(word_shards, eight_steps, tmp_path):

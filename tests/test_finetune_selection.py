@@ -209,7 +209,9 @@ def test_test_split_is_scored_once_at_the_end(tokenizer_path, tmp_path, monkeypa
         return original(self, split, which, arrays)
 
     monkeypatch.setattr(Finetuner, "predict_split", counting)
-    config = tiny_config(tokenizer_path, train__epochs=3, train__seeds=(0, 1, 2))
+    # 64 tokens (not 128): what is checked is which splits are scored when, not the texts' ends
+    config = tiny_config(tokenizer_path, train__epochs=3, train__seeds=(0, 1, 2),
+                         data__max_len=64)
     summary = Finetuner(config, tmp_path, "random").run()
 
     assert calls == [("validation", "final")] * 3 + [("test", "final"), ("test", "selected")]
@@ -257,7 +259,8 @@ def test_bucketed_padding_changes_no_logits(tokenizer_path, tmp_path):
     runs = {}
     for buckets in (16, 0):
         config = tiny_config(tokenizer_path, train__epochs=1, data__pad_buckets=buckets,
-                             data__max_len=128, train__batch_size=8, eval__batch_size=8)
+                             data__max_len=128, train__batch_size=8, eval__batch_size=8,
+                             data__max_train_examples=100)  # 12 steps, each of its own width
         config.model_overrides = overrides
         runner = Finetuner(config, tmp_path / str(buckets), "random")
         before = runner.predict_split("test")

@@ -19,7 +19,8 @@ from minilm_jax.finetune.finetuner import Finetuner
 from minilm_jax.runs.finetuned import load_parameters
 from minilm_jax.train.records import is_done
 
-from conftest import adam_drift_bound, near_tie_share, shared_path, trajectory_tolerance
+from conftest import (adam_drift_bound, exact_xla_flags, near_tie_share, run_in_command,
+                      shared_path, trajectory_tolerance)
 from test_finetune import SEQ, STEP_TERMS, ag_config, trained_logits_tolerance
 
 CHECKPOINTS = ("step:15", "latest")  # two encoders of one shape: the run's two kept checkpoints
@@ -128,27 +129,20 @@ def stsb_configs(pre) -> list:
     return out
 
 
-def test_early_stopping_freezes_one_run_while_the_others_go_on(pretrained, tmp_path,
-                                                               monkeypatch):
-    """One run stops evaluations before the other: its history, stopping step and predictions
-    equal its separate run's while the other trains on (its members frozen, not trained). The
-    population killed after its last checkpoint, before any summary, trains nothing when started
-    again (not the frozen steps to a next evaluation) and writes what it would have written."""
-    runs = stsb_configs(pretrained)
-    together = [tmp_path / "pop" / f"r{i}" for i in range(len(runs))]
+def early_stopping_story(root: Path, pre_root: Path) -> None:
+    """The early-stopping population killed after its last checkpoint, before any summary
+    (``_score_reported`` raises), started again (each ``run_loop`` call's start and
+    ``nothing_left`` recorded in ``root/facts.json``), and the two runs alone."""
+    runs = stsb_configs({"pre": pre_root / "pre"})
+    together = [root / "pop" / f"r{i}" for i in range(len(runs))]
 
     def population() -> Finetuner:
-        return Finetuner(runs[0], tmp_path / "pop" / "population", "pretrained",
+        return Finetuner(runs[0], root / "pop" / "population", "pretrained",
                          [(f"r{i}", c, d) for i, (c, d) in enumerate(zip(runs, together))])
 
     def killed(self) -> None:
         raise KeyboardInterrupt  # after the loop's last checkpoint, before the summaries
 
-    with monkeypatch.context() as patch:
-        patch.setattr(Finetuner, "_score_reported", killed)
-        with pytest.raises(KeyboardInterrupt):
-            population().run()
-    assert not any((d / "summary.json").exists() for d in together)
     loops: list[tuple[int, bool]] = []
     real_loop = finetuner_module.run_loop
 
@@ -156,15 +150,39 @@ def test_early_stopping_freezes_one_run_while_the_others_go_on(pretrained, tmp_p
         loops.append((start, kwargs["nothing_left"]))
         return real_loop(spec, state, start, *args, **kwargs)
 
-    monkeypatch.setattr(finetuner_module, "run_loop", recorded)
-    population().run()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Finetuner, "_score_reported", killed)
+        with pytest.raises(KeyboardInterrupt):
+            population().run()
+    summaries_after_kill = [(d / "summary.json").exists() for d in together]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(finetuner_module, "run_loop", recorded)
+        population().run()
+    for i, c in enumerate(runs):
+        Finetuner(c, root / "solo" / f"r{i}", "pretrained").run()
+    (root / "facts.json").write_text(json.dumps({"summaries_after_kill": summaries_after_kill,
+                                                 "loops": loops}))
+
+
+def test_early_stopping_freezes_one_run_while_the_others_go_on(pretrained, tmp_path):
+    """One run stops evaluations before the other: its history, stopping step and predictions
+    equal its separate run's while the other trains on (its members frozen, not trained). The
+    population killed after its last checkpoint, before any summary, trains nothing when started
+    again (not the frozen steps to a next evaluation) and writes what it would have written.
+    Sharded over 8 devices; execution-bound (~300 steps at 4 and 2 members), so the runs train in
+    a command with the exact flags' optimized code (conftest.exact_xla_flags)."""
+    run_in_command(early_stopping_story, tmp_path, pretrained["root"],
+                   xla_flags=exact_xla_flags(8))
+    facts = json.loads((tmp_path / "facts.json").read_text())
+    runs = stsb_configs(pretrained)
+    together = [tmp_path / "pop" / f"r{i}" for i in range(len(runs))]
     alone = [tmp_path / "solo" / f"r{i}" for i in range(len(runs))]
-    for c, d in zip(runs, alone):
-        Finetuner(c, d, "pretrained").run()
+    assert facts["summaries_after_kill"] == [False] * len(runs)
     stops = [json.loads((d / "history.json").read_text())[-1]["step"] for d in alone]
     per_epoch = json.loads((alone[0] / "history.json").read_text())[0]["step"]
     assert len(set(stops)) == 2 and max(stops) < 10 * per_epoch  # apart, both before the end
-    assert loops[0] == (max(stops), True)  # restarted at the last stop: nothing left to train
+    # restarted at the last stop: nothing left to train
+    assert [tuple(x) for x in facts["loops"]][0] == (max(stops), True)
     for mine, solo in zip(together, alone):
         h, g = (json.loads((d / "history.json").read_text()) for d in (mine, solo))
         assert [e["step"] for e in h] == [e["step"] for e in g]

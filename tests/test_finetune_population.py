@@ -169,20 +169,19 @@ def test_early_stopping_freezes_one_run_while_the_others_go_on(pretrained, tmp_p
     equal its separate run's while the other trains on (its members frozen, not trained). The
     population killed after its last checkpoint, before any summary, trains nothing when started
     again (not the frozen steps to a next evaluation) and writes what it would have written.
-    Sharded over 8 devices; execution-bound (~300 steps at 4 and 2 members), so the runs train in
+    Sharded over 8 devices; execution-bound (~170 steps at 4 and 2 members), so the runs train in
     a command with the exact flags' optimized code (conftest.exact_xla_flags)."""
     run_in_command(early_stopping_story, tmp_path, pretrained["root"],
                    xla_flags=exact_xla_flags(8))
     facts = json.loads((tmp_path / "facts.json").read_text())
-    runs = stsb_configs(pretrained)
-    together = [tmp_path / "pop" / f"r{i}" for i in range(len(runs))]
-    alone = [tmp_path / "solo" / f"r{i}" for i in range(len(runs))]
-    assert facts["summaries_after_kill"] == [False] * len(runs)
+    together = [tmp_path / "pop" / f"r{i}" for i in range(len(CHECKPOINTS))]
+    alone = [tmp_path / "solo" / f"r{i}" for i in range(len(CHECKPOINTS))]
+    assert facts["summaries_after_kill"] == [False] * len(CHECKPOINTS)
     stops = [json.loads((d / "history.json").read_text())[-1]["step"] for d in alone]
     per_epoch = json.loads((alone[0] / "history.json").read_text())[0]["step"]
     assert len(set(stops)) == 2 and max(stops) < 10 * per_epoch  # apart, both before the end
     # restarted at the last stop: nothing left to train
-    assert [tuple(x) for x in facts["loops"]][0] == (max(stops), True)
+    assert tuple(facts["loops"][0]) == (max(stops), True)
     for mine, solo in zip(together, alone):
         h, g = (json.loads((d / "history.json").read_text()) for d in (mine, solo))
         assert [e["step"] for e in h] == [e["step"] for e in g]
